@@ -1,0 +1,43 @@
+//! The command line: parses arguments and hands each subcommand to its module in `cmd/`.
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+use crate::cmd;
+
+/// Convoy: plan, sign, dispatch and gate over-the-air rollouts to vehicle and IoT fleets.
+#[derive(Parser, Debug)]
+#[command(name = "convoy", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Generate, import and export fleets.
+    Fleet(cmd::fleet::Args),
+}
+
+/// Runs the command line and returns the process exit code. Errors are printed once, here,
+/// with their whole chain of causes.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        None => {
+            eprintln!(
+                "The desktop console is not built yet; Convoy is a command-line tool for now.\n\
+                 Run `convoy --help` for the commands that exist."
+            );
+            Ok(())
+        }
+        Some(Command::Fleet(args)) => cmd::fleet::run(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,3 @@
+//! One module per top-level subcommand. Each exposes `Args` (clap) and `run(&Args)`.
+
+pub mod fleet;

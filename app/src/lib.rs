@@ -1,0 +1,18 @@
+//! `convoy`: everything of Convoy that does I/O.
+//!
+//! The command line, file formats, the SQLite cache, signing keys on disk, and (as they land)
+//! the MQTT/HTTP link, the fleet simulator, the headless engine and the egui console. All
+//! decisions are made by `convoy_core`; this crate converts files, wire messages and SQL rows
+//! into core types at the edge, feeds them in, and carries out what comes back.
+
+pub mod cli;
+pub mod cmd;
+pub mod fleet_io;
+
+/// The current wall-clock time: the one place the app reads the clock for the core.
+pub fn now() -> convoy_core::time::Timestamp {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    convoy_core::time::Timestamp::from_secs(secs)
+}

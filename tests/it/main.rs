@@ -1,0 +1,3 @@
+//! End-to-end tests: the real `convoy` binary on real files.
+
+mod fleet;
