@@ -24,7 +24,11 @@ fn main() {
         let mut best = f64::MAX;
         for _ in 0..3 {
             let started = Instant::now();
-            let fleet = generate(&SynthOptions { devices: n, seed: 1, now });
+            let fleet = generate(&SynthOptions {
+                devices: n,
+                seed: 1,
+                now,
+            });
             let secs = started.elapsed().as_secs_f64();
             assert_eq!(fleet.len(), n);
             best = best.min(secs);
