@@ -3,24 +3,31 @@
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
-/// The `convoy` binary of this workspace's current profile, built if it is not there yet
-/// (`cargo test --workspace` builds it; `cargo test -p convoy_e2e` alone may not).
+/// The `convoy` binary of this workspace's current profile, (re)built once per test process.
+///
+/// `cargo test` builds a package's binaries only for that package's own integration tests, so
+/// this crate asks cargo to build it; when it is up to date that takes a fraction of a second,
+/// and it is never a stale binary from an earlier build.
 pub fn convoy_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    // target/<profile>/deps/e2e-<hash> -> target/<profile>/convoy
-    let profile_dir = exe
-        .parent()
-        .and_then(|p| p.parent())
-        .expect("target profile dir");
-    let bin = profile_dir.join(format!("convoy{}", std::env::consts::EXE_SUFFIX));
-    if !bin.exists() {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "-p", "convoy", "--bin", "convoy"])
-            .status()
-            .expect("running cargo build");
-        assert!(status.success(), "cargo build -p convoy failed");
-    }
-    bin
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let exe = std::env::current_exe().expect("test binary path");
+            // target/<profile>/deps/e2e-<hash> -> target/<profile>/convoy
+            let profile_dir = exe
+                .parent()
+                .and_then(|p| p.parent())
+                .expect("target profile dir");
+            let mut build = Command::new(env!("CARGO"));
+            build.args(["build", "-p", "convoy", "--bin", "convoy"]);
+            if profile_dir.file_name().is_some_and(|n| n == "release") {
+                build.arg("--release");
+            }
+            let status = build.status().expect("running cargo build");
+            assert!(status.success(), "cargo build -p convoy failed");
+            profile_dir.join(format!("convoy{}", std::env::consts::EXE_SUFFIX))
+        })
+        .clone()
 }
 
 /// Runs `convoy ARGS` and returns its output.
@@ -41,4 +48,89 @@ pub fn convoy_ok(args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).expect("utf-8 stdout")
+}
+
+/// A Mosquitto broker started for one test on 127.0.0.1, stopped (killed) on drop.
+pub struct Mosquitto {
+    child: std::process::Child,
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Mosquitto {
+    /// Whether the `mosquitto` binary is installed. CI installs it (`.ci/run`); a developer
+    /// machine without it skips the Mosquitto tests, but under `CI` a missing broker fails.
+    pub fn available() -> bool {
+        let found = Command::new("mosquitto").arg("-h").output().is_ok()
+            || std::path::Path::new("/usr/sbin/mosquitto").exists();
+        assert!(
+            found || std::env::var_os("CI").is_none(),
+            "CI must install mosquitto (see .ci/run)"
+        );
+        if !found {
+            eprintln!("skipping: mosquitto is not installed (apt-get install -y mosquitto)");
+        }
+        found
+    }
+
+    /// Starts Mosquitto on a free port (or `port` if given) and waits until it accepts
+    /// connections.
+    pub fn start(port: Option<u16>) -> Self {
+        let port = port.unwrap_or_else(free_port);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let conf = dir.path().join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!("per_listener_settings true\nlistener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
+        )
+        .expect("write mosquitto.conf");
+        let bin = if std::path::Path::new("/usr/sbin/mosquitto").exists() {
+            "/usr/sbin/mosquitto"
+        } else {
+            "mosquitto"
+        };
+        let child = Command::new(bin)
+            .arg("-c")
+            .arg(&conf)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("starting mosquitto");
+        let started = std::time::Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                started.elapsed().as_secs() < 10,
+                "mosquitto did not start on port {port}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Self {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the broker (SIGKILL) and waits for it to exit.
+    pub fn kill(mut self) -> u16 {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.port
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A TCP port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> u16 {
+    convoy::link::broker::pick_free_port([127, 0, 0, 1].into()).expect("free port")
 }

@@ -17,6 +17,8 @@ pub struct Cli {
 pub enum Command {
     /// Generate, import and export fleets.
     Fleet(cmd::fleet::Args),
+    /// Run the embedded MQTT broker (for demos and single-machine use).
+    Broker(cmd::broker::Args),
 }
 
 /// Runs the command line and returns the process exit code. Errors are printed once, here,
@@ -32,6 +34,7 @@ pub fn main() -> ExitCode {
             Ok(())
         }
         Some(Command::Fleet(args)) => cmd::fleet::run(&args),
+        Some(Command::Broker(args)) => cmd::broker::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

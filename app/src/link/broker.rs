@@ -1,0 +1,116 @@
+//! The embedded MQTT broker (rumqttd) for demos, tests and single-machine use.
+//!
+//! Real deployments point `--broker` at Mosquitto, EMQX, HiveMQ or a managed broker; this one
+//! exists so that `cargo run` shows a live fleet with nothing else installed. rumqttd cannot
+//! report the port it bound or shut down, so we choose a free port ourselves and the broker
+//! lives until the process exits.
+
+use anyhow::{Context, Result, bail};
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+/// A running embedded broker.
+#[derive(Debug)]
+pub struct EmbeddedBroker {
+    addr: SocketAddr,
+}
+
+impl EmbeddedBroker {
+    /// Starts a broker listening on `addr`; port 0 picks a free port. Returns once the broker
+    /// accepts TCP connections (or fails after 10 s).
+    pub fn start(addr: SocketAddr) -> Result<Self> {
+        let addr = if addr.port() == 0 {
+            SocketAddr::new(addr.ip(), pick_free_port(addr.ip())?)
+        } else {
+            addr
+        };
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            bail!("{addr} is already in use: another broker may be running there");
+        }
+        let config = broker_config(addr);
+        std::thread::Builder::new()
+            .name("mqtt-broker".into())
+            .spawn(move || {
+                let mut broker = rumqttd::Broker::new(config);
+                if let Err(err) = broker.start() {
+                    // Nothing to return it to: the caller's readiness check below reports it.
+                    eprintln!("embedded broker stopped: {err}");
+                }
+            })
+            .context("starting the broker thread")?;
+        let started = Instant::now();
+        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+            if started.elapsed() > Duration::from_secs(10) {
+                bail!("embedded broker did not start listening on {addr} within 10 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(Self { addr })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The URL clients connect with, e.g. `mqtt://127.0.0.1:18830`.
+    pub fn url(&self) -> String {
+        format!("mqtt://{}", self.addr)
+    }
+}
+
+/// A port that is free on `ip` now, chosen below the kernel's ephemeral range (32768 and up on
+/// Linux). rumqttd must bind the port itself, a moment after we release it; a port from the
+/// ephemeral range could be handed to someone else's `bind(0)` or outgoing connection in that
+/// moment, one outside it is only taken by another process choosing the same way.
+pub fn pick_free_port(ip: std::net::IpAddr) -> Result<u16> {
+    let mut x = u64::from(std::process::id())
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+    for _ in 0..200 {
+        // xorshift: a different candidate each try, and different across processes.
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let port = 20_000 + (x % 12_000) as u16;
+        if TcpListener::bind((ip, port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no free port found on {ip} between 20000 and 32000")
+}
+
+fn broker_config(addr: SocketAddr) -> rumqttd::Config {
+    let connections = rumqttd::ConnectionSettings {
+        connection_timeout_ms: 60_000,
+        // Matches the protocol's own limit with room for MQTT framing.
+        max_payload_size: 128 * 1024,
+        max_inflight_count: 500,
+        auth: None,
+        external_auth: None,
+        dynamic_filters: true,
+    };
+    let server = rumqttd::ServerSettings {
+        name: "convoy-v4".into(),
+        listen: addr,
+        tls: None,
+        next_connection_delay_ms: 0,
+        connections,
+    };
+    let router = rumqttd::RouterConfig {
+        max_connections: 100_010,
+        max_outgoing_packet_count: 1_000,
+        max_segment_size: 100 * 1024 * 1024,
+        max_segment_count: 10,
+        custom_segment: None,
+        initialized_filters: None,
+        shared_subscriptions_strategy: rumqttd::Strategy::default(),
+    };
+    rumqttd::Config {
+        id: 0,
+        router,
+        v4: Some(HashMap::from([("1".to_owned(), server)])),
+        ..rumqttd::Config::default()
+    }
+}

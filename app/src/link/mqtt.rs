@@ -1,0 +1,362 @@
+//! The MQTT side of the link: one connection task per console (or simulated device), with
+//! reconnect and backoff, resubscription after every reconnect, QoS 1 for commands and
+//! acknowledgements, and a bounded channel towards the caller.
+//!
+//! Back-pressure, not memory: inbound messages are decoded on the connection task and sent into a
+//! bounded channel; when the caller falls behind, the task stops polling the socket, TCP fills,
+//! and the broker holds the rest. Every inbound payload goes through
+//! [`protocol::decode_inbound`]; a bad one becomes a [`LinkEvent::Rejected`] and is never
+//! passed on as data.
+
+use anyhow::{Context, Result, bail};
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS, Transport};
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+
+use super::protocol::{self, Command, Inbound, Rejection, Topics};
+
+/// Where and how to connect.
+#[derive(Clone, Debug)]
+pub struct LinkConfig {
+    /// `mqtt://host:port` or `mqtts://host:port` (TLS); `user:password@` may precede the host.
+    pub url: String,
+    pub client_id: String,
+    pub keep_alive_secs: u64,
+    /// TLS: the CA that signed the broker's certificate (PEM). Required for `mqtts://`.
+    pub ca_file: Option<PathBuf>,
+    /// TLS client authentication: certificate and key (PEM), both or neither.
+    pub client_cert_file: Option<PathBuf>,
+    pub client_key_file: Option<PathBuf>,
+    /// Size of the inbound channel; when full, the connection stops reading (back-pressure).
+    pub inbound_capacity: usize,
+}
+
+impl LinkConfig {
+    pub fn new(url: &str, client_id: &str) -> Self {
+        Self {
+            url: url.to_owned(),
+            client_id: client_id.to_owned(),
+            keep_alive_secs: 30,
+            ca_file: None,
+            client_cert_file: None,
+            client_key_file: None,
+            inbound_capacity: 10_000,
+        }
+    }
+}
+
+/// A parsed broker URL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BrokerUrl {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+/// Parses `mqtt://[user[:password]@]host[:port]` and `mqtts://…` (default ports 1883 and 8883).
+pub fn parse_broker_url(url: &str) -> Result<BrokerUrl> {
+    let (tls, rest) = if let Some(r) = url.strip_prefix("mqtt://") {
+        (false, r)
+    } else if let Some(r) = url.strip_prefix("mqtts://") {
+        (true, r)
+    } else {
+        bail!("invalid broker URL {url:?}: it must start with mqtt:// or mqtts://");
+    };
+    let rest = rest.trim_end_matches('/');
+    let (userinfo, hostport) = match rest.rsplit_once('@') {
+        Some((u, h)) => (Some(u), h),
+        None => (None, rest),
+    };
+    let (username, password) = match userinfo {
+        Some(u) => match u.split_once(':') {
+            Some((user, pass)) => (Some(user.to_owned()), Some(pass.to_owned())),
+            None => (Some(u.to_owned()), None),
+        },
+        None => (None, None),
+    };
+    let default_port = if tls { 8883 } else { 1883 };
+    let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
+        let (h, after) = v6
+            .split_once(']')
+            .with_context(|| format!("invalid broker URL {url:?}: unclosed '['"))?;
+        let port = match after.strip_prefix(':') {
+            Some(p) => p
+                .parse()
+                .with_context(|| format!("invalid port {p:?} in broker URL {url:?}"))?,
+            None => default_port,
+        };
+        (h.to_owned(), port)
+    } else {
+        match hostport.rsplit_once(':') {
+            Some((h, p)) => (
+                h.to_owned(),
+                p.parse()
+                    .with_context(|| format!("invalid port {p:?} in broker URL {url:?}"))?,
+            ),
+            None => (hostport.to_owned(), default_port),
+        }
+    };
+    if host.is_empty() || host.contains('/') {
+        bail!("invalid broker URL {url:?}: no host");
+    }
+    Ok(BrokerUrl {
+        tls,
+        host,
+        port,
+        username,
+        password,
+    })
+}
+
+/// The state of the connection, for the status bar and the engine.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LinkState {
+    Connecting,
+    Connected,
+    /// Lost or refused; retrying after a backoff. The text says why.
+    Reconnecting(String),
+}
+
+/// What the connection task reports.
+#[derive(Clone, Debug, PartialEq)]
+pub enum LinkEvent {
+    Inbound(Inbound),
+    Rejected(Rejection),
+    /// A message on a raw subscription ([`Role::Filters`]), not decoded.
+    Raw {
+        topic: String,
+        payload: Vec<u8>,
+    },
+    /// (Re)connected and (re)subscribed; retained status follows.
+    Connected,
+    Disconnected(String),
+}
+
+/// The caller's end of a link: publish, and watch the state.
+#[derive(Clone, Debug)]
+pub struct LinkHandle {
+    client: AsyncClient,
+    topics: Topics,
+    state: watch::Receiver<LinkState>,
+}
+
+impl LinkHandle {
+    pub fn state(&self) -> LinkState {
+        self.state.borrow().clone()
+    }
+
+    /// Waits until the link is connected, or fails after `timeout`.
+    pub async fn wait_connected(&mut self, timeout: Duration) -> Result<()> {
+        tokio::time::timeout(timeout, self.state.wait_for(|s| *s == LinkState::Connected))
+            .await
+            .context("timed out waiting for the broker connection")?
+            .context("the link task has stopped")?;
+        Ok(())
+    }
+
+    /// Publishes a command to its device with QoS 1 (at least once; devices dedupe by id).
+    pub async fn send_command(&self, command: &Command) -> Result<()> {
+        let payload = serde_json::to_vec(command).context("encoding a command")?;
+        self.client
+            .publish(
+                self.topics.commands(&command.device_id),
+                QoS::AtLeastOnce,
+                false,
+                payload,
+            )
+            .await
+            .with_context(|| {
+                format!(
+                    "queueing command {} for device {}",
+                    command.command_id, command.device_id
+                )
+            })
+    }
+
+    /// Publishes raw bytes (simulated devices, tests, manifests).
+    pub async fn publish(&self, topic: String, payload: Vec<u8>, retain: bool) -> Result<()> {
+        self.client
+            .publish(topic.clone(), QoS::AtLeastOnce, retain, payload)
+            .await
+            .with_context(|| format!("queueing a publish on {topic}"))
+    }
+
+    pub fn topics(&self) -> &Topics {
+        &self.topics
+    }
+}
+
+/// Whom the link subscribes as.
+#[derive(Clone, Debug)]
+pub enum Role {
+    /// A console or engine: every device's status, telemetry and acks.
+    Console,
+    /// Raw subscriptions (simulated devices, benchmarks): messages arrive as [`LinkEvent::Raw`].
+    Filters(Vec<String>),
+}
+
+/// Connects to the broker and spawns the connection task on the current tokio runtime. Inbound
+/// events arrive on the returned receiver. The task runs until the handle and the receiver are
+/// dropped.
+pub fn spawn(
+    config: &LinkConfig,
+    topics: Topics,
+    role: &Role,
+) -> Result<(LinkHandle, mpsc::Receiver<LinkEvent>)> {
+    let url = parse_broker_url(&config.url)?;
+    let mut options = MqttOptions::new(config.client_id.clone(), url.host.clone(), url.port);
+    options.set_keep_alive(Duration::from_secs(config.keep_alive_secs.max(5)));
+    options.set_max_packet_size(
+        protocol::MAX_PAYLOAD_BYTES * 2,
+        protocol::MAX_PAYLOAD_BYTES * 2,
+    );
+    // A persistent session lets the broker keep QoS 1 messages for us across short outages.
+    options.set_clean_session(false);
+    let password = url
+        .password
+        .clone()
+        .or_else(|| std::env::var("CONVOY_MQTT_PASSWORD").ok());
+    if let Some(user) = &url.username {
+        options.set_credentials(user.clone(), password.unwrap_or_default());
+    }
+    if url.tls {
+        let ca_path = config
+            .ca_file
+            .as_ref()
+            .context("mqtts:// needs a CA certificate file (--ca-file)")?;
+        let ca = std::fs::read(ca_path)
+            .with_context(|| format!("reading CA certificate {}", ca_path.display()))?;
+        let client_auth = match (&config.client_cert_file, &config.client_key_file) {
+            (Some(c), Some(k)) => Some((
+                std::fs::read(c)
+                    .with_context(|| format!("reading client certificate {}", c.display()))?,
+                std::fs::read(k).with_context(|| format!("reading client key {}", k.display()))?,
+            )),
+            (None, None) => None,
+            _ => bail!("TLS client authentication needs both a certificate and a key file"),
+        };
+        options.set_transport(Transport::tls(ca, client_auth, None));
+    }
+    let (client, eventloop) = AsyncClient::new(options, 1_000);
+    let (state_tx, state_rx) = watch::channel(LinkState::Connecting);
+    let (tx, rx) = mpsc::channel(config.inbound_capacity.max(1));
+    let filters = match role {
+        Role::Console => topics.console_subscriptions().to_vec(),
+        Role::Filters(f) => f.clone(),
+    };
+    let decode = matches!(role, Role::Console);
+    tokio::spawn(drive(
+        eventloop,
+        client.clone(),
+        topics.clone(),
+        filters,
+        decode,
+        tx,
+        state_tx,
+    ));
+    Ok((
+        LinkHandle {
+            client,
+            topics,
+            state: state_rx,
+        },
+        rx,
+    ))
+}
+
+/// Polls the event loop forever: rumqttc reconnects on the next poll after an error, so we only
+/// wait out a backoff, and resubscribe on every ConnAck without a stored session.
+async fn drive(
+    mut eventloop: EventLoop,
+    client: AsyncClient,
+    topics: Topics,
+    filters: Vec<String>,
+    decode: bool,
+    tx: mpsc::Sender<LinkEvent>,
+    state: watch::Sender<LinkState>,
+) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match eventloop.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                backoff = Duration::from_millis(100);
+                if !ack.session_present {
+                    for f in &filters {
+                        // The request channel is drained by this very loop: never await here.
+                        if let Err(err) = client.try_subscribe(f.clone(), QoS::AtLeastOnce) {
+                            let _ = tx
+                                .send(LinkEvent::Disconnected(format!(
+                                    "subscribing to {f}: {err}"
+                                )))
+                                .await;
+                        }
+                    }
+                }
+                state.send_replace(LinkState::Connected);
+                if tx.send(LinkEvent::Connected).await.is_err() {
+                    return;
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(publish))) => {
+                let event = if decode {
+                    match protocol::decode_inbound(
+                        &topics,
+                        &publish.topic,
+                        &publish.payload,
+                        crate::now(),
+                    ) {
+                        Ok(inbound) => LinkEvent::Inbound(inbound),
+                        Err(rejection) => LinkEvent::Rejected(rejection),
+                    }
+                } else {
+                    LinkEvent::Raw {
+                        topic: publish.topic.clone(),
+                        payload: publish.payload.to_vec(),
+                    }
+                };
+                if tx.send(event).await.is_err() {
+                    return;
+                }
+            }
+            Ok(_) => {}
+            Err(err) => {
+                let reason = err.to_string();
+                state.send_replace(LinkState::Reconnecting(reason.clone()));
+                if tx.send(LinkEvent::Disconnected(reason)).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broker_urls() {
+        let u = parse_broker_url("mqtt://127.0.0.1:1884").expect("plain");
+        assert_eq!((u.tls, u.host.as_str(), u.port), (false, "127.0.0.1", 1884));
+        let u = parse_broker_url("mqtts://ops:s3cret@broker.example:8884/").expect("tls");
+        assert_eq!(
+            (u.tls, u.port, u.username.as_deref(), u.password.as_deref()),
+            (true, 8884, Some("ops"), Some("s3cret"))
+        );
+        let u = parse_broker_url("mqtt://[::1]").expect("v6");
+        assert_eq!((u.host.as_str(), u.port), ("::1", 1883));
+        for bad in [
+            "tcp://x:1",
+            "mqtt://",
+            "mqtt://host:port",
+            "mqtt://host:99999",
+        ] {
+            assert!(parse_broker_url(bad).is_err(), "{bad}");
+        }
+    }
+}
