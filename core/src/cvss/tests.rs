@@ -346,6 +346,23 @@ fn explain_shows_weights_sub_scores_and_macro_vector() {
         "{lines:?}"
     );
     assert!(lines.contains(&"Score 9.3".to_owned()), "{lines:?}");
+
+    // A modified metric moves the vector to another MacroVector: MAV:P takes EQ1 from 0 to 2.
+    let env =
+        Cvss::parse("CVSS:4.0/AV:N/AC:L/AT:N/PR:N/UI:N/VC:H/VI:H/VA:H/SC:N/SI:N/SA:N/MAV:P/E:U")
+            .expect("valid");
+    let lines = env.explain();
+    assert!(
+        lines.contains(
+            &"MAV:P Modified Attack Vector Physical (replaces AV in the score)".to_owned()
+        ),
+        "{lines:?}"
+    );
+    assert!(
+        lines.iter().any(|l| l.starts_with("MacroVector 200220 ")),
+        "{lines:?}"
+    );
+    assert!(env.base_score() < v4.base_score());
 }
 
 #[test]

@@ -529,11 +529,18 @@ pub(super) fn explain(values: &Values) -> Vec<String> {
     for idx in 0..METRICS.len() {
         if let Some(line) = describe(&METRICS, values, idx) {
             let note = if idx >= SCORED_COUNT {
-                " (supplemental, not scored)"
+                " (supplemental, not scored)".to_owned()
+            } else if idx >= MODIFIED_OFFSET {
+                format!(
+                    " (replaces {} in the score)",
+                    METRICS[idx - MODIFIED_OFFSET].abbrev
+                )
+            } else if idx == E {
+                " (threat, lowers the score unless Attacked)".to_owned()
             } else if idx >= BASE_COUNT {
-                " (overrides the base score's inputs)"
+                " (environmental, scored)".to_owned()
             } else {
-                ""
+                String::new()
             };
             lines.push(format!("{line}{note}"));
         }
