@@ -8,6 +8,7 @@
 //! random source. Callers pass `now` (a [`time::Timestamp`]) and seeds in, and act on what comes
 //! out, so the same inputs always give the same decisions and every rollout can be replayed.
 
+pub mod cvss;
 pub mod fleet;
 pub mod release;
 pub mod requirement;
