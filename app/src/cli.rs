@@ -17,6 +17,8 @@ pub struct Cli {
 pub enum Command {
     /// Generate, import and export fleets.
     Fleet(cmd::fleet::Args),
+    /// Score CVSS vectors and findings: points, tier and recommendation.
+    Score(cmd::score::Args),
 }
 
 /// Runs the command line and returns the process exit code. Errors are printed once, here,
@@ -32,6 +34,7 @@ pub fn main() -> ExitCode {
             Ok(())
         }
         Some(Command::Fleet(args)) => cmd::fleet::run(&args),
+        Some(Command::Score(args)) => cmd::score::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
