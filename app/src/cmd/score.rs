@@ -9,6 +9,7 @@ use convoy_core::cluster::{self, ClusterOptions};
 use convoy_core::cvss::Cvss;
 use convoy_core::risk::{self, Finding, Scorecard, ScoringPolicy};
 use convoy_core::time::Timestamp;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use crate::cmd::fleet::parse_time;
@@ -85,9 +86,10 @@ pub struct ClustersArgs {
 }
 
 pub fn run(args: &Args) -> Result<()> {
+    let mut out = std::io::stdout().lock();
     match &args.command {
-        ScoreCommand::Cvss(a) => cvss(a),
-        ScoreCommand::Finding(a) => finding(a),
+        ScoreCommand::Cvss(a) => cvss(a, &mut out),
+        ScoreCommand::Finding(a) => finding(a, &mut out),
         ScoreCommand::Policy => {
             // A struct rather than `json!`, so that fields keep their documented order.
             #[derive(serde::Serialize)]
@@ -97,28 +99,29 @@ pub fn run(args: &Args) -> Result<()> {
             let file = PolicyFile {
                 scoring: ScoringPolicy::default(),
             };
-            println!("{}", serde_json::to_string_pretty(&file)?);
+            writeln!(out, "{}", serde_json::to_string_pretty(&file)?)?;
             Ok(())
         }
-        ScoreCommand::Clusters(a) => clusters(a),
+        ScoreCommand::Clusters(a) => clusters(a, &mut out),
     }
 }
 
-fn cvss(args: &CvssArgs) -> Result<()> {
+fn cvss(args: &CvssArgs, out: &mut dyn Write) -> Result<()> {
     let cvss = Cvss::parse(&args.vector)
         .with_context(|| format!("scoring CVSS vector {:?}", args.vector))?;
     if args.json {
-        println!("{}", serde_json::to_string(&cvss.summary())?);
+        writeln!(out, "{}", serde_json::to_string(&cvss.summary())?)?;
     } else {
-        println!(
+        writeln!(
+            out,
             "CVSS {} base score {:.1} ({})",
             cvss.version(),
             cvss.base_score(),
             cvss.severity()
-        );
-        println!("vector: {}", cvss.vector());
+        )?;
+        writeln!(out, "vector: {}", cvss.vector())?;
         for line in cvss.explain() {
-            println!("  {line}");
+            writeln!(out, "  {line}")?;
         }
     }
     Ok(())
@@ -171,7 +174,7 @@ fn load_finding(path: &Path) -> Result<Finding> {
     Ok(finding)
 }
 
-fn finding(args: &FindingArgs) -> Result<()> {
+fn finding(args: &FindingArgs, out: &mut dyn Write) -> Result<()> {
     let finding = load_finding(&args.file)?;
     let policy = match &args.policy {
         Some(p) => load_policy(p)?,
@@ -183,23 +186,32 @@ fn finding(args: &FindingArgs) -> Result<()> {
     let card = risk::score(&finding, &fleet, &policy, now)
         .with_context(|| format!("scoring {}", args.file.display()))?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&card)?);
+        writeln!(out, "{}", serde_json::to_string_pretty(&card)?)?;
     } else {
-        print_scorecard(&finding, &card, &args.fleet, args.policy.as_deref(), now);
+        print_scorecard(
+            out,
+            &finding,
+            &card,
+            &args.fleet,
+            args.policy.as_deref(),
+            now,
+        )?;
     }
     Ok(())
 }
 
 fn print_scorecard(
+    out: &mut dyn Write,
     finding: &Finding,
     card: &Scorecard,
     fleet: &Path,
     policy: Option<&Path>,
     now: Timestamp,
-) {
+) -> Result<()> {
     let br = &card.blast_radius;
-    println!("finding {}: {}", card.finding, finding.title);
-    println!(
+    writeln!(out, "finding {}: {}", card.finding, finding.title)?;
+    writeln!(
+        out,
         "fleet {} ({} devices) at {now}, scoring policy version {} ({})",
         fleet.display(),
         br.fleet_devices,
@@ -208,23 +220,29 @@ fn print_scorecard(
             || "built-in default".to_owned(),
             |p| p.display().to_string()
         )
-    );
-    println!();
-    println!("{:>8}  {:<14}  detail", "points", "source");
+    )?;
+    writeln!(out)?;
+    writeln!(out, "{:>8}  {:<14}  detail", "points", "source")?;
     for line in &card.lines {
-        println!("{:>8.1}  {:<14}  {}", line.points, line.source, line.detail);
+        writeln!(
+            out,
+            "{:>8.1}  {:<14}  {}",
+            line.points, line.source, line.detail
+        )?;
     }
-    println!("{:>8}", "--------");
-    println!(
+    writeln!(out, "{:>8}", "--------")?;
+    writeln!(
+        out,
         "{:>8.1}  total = severity {:.1} × exposure {:.3}",
         card.points, card.severity_points, card.exposure_multiplier
-    );
-    println!();
-    println!("tier:           {}", card.tier);
-    println!("recommendation: {}", card.recommendation);
-    println!("reason:         {}", card.reason);
-    println!();
-    println!(
+    )?;
+    writeln!(out)?;
+    writeln!(out, "tier:           {}", card.tier)?;
+    writeln!(out, "recommendation: {}", card.recommendation)?;
+    writeln!(out, "reason:         {}", card.reason)?;
+    writeln!(out)?;
+    writeln!(
+        out,
         "blast radius: {} of {} devices ({:.2}%), criticality-weighted {:.2}%, {} fragile now, {} unreachable",
         br.affected_devices,
         br.fleet_devices,
@@ -232,30 +250,35 @@ fn print_scorecard(
         br.criticality_weighted_share * 100.0,
         br.fragile_devices,
         br.unreachable_devices
-    );
+    )?;
     if !br.by_class.is_empty() {
         let classes: Vec<String> = br
             .by_class
             .iter()
             .map(|c| format!("{} {}", c.class, c.devices))
             .collect();
-        println!("by class: {}", classes.join(", "));
+        writeln!(out, "by class: {}", classes.join(", "))?;
     }
     if !br.clusters.is_empty() {
-        println!("shared-fate clusters it concentrates in (affected / size, share of affected):");
+        writeln!(
+            out,
+            "shared-fate clusters it concentrates in (affected / size, share of affected):"
+        )?;
         for c in &br.clusters {
-            println!(
+            writeln!(
+                out,
                 "  {:>6} / {:<6} {:>6.1}%  {}",
                 c.affected,
                 c.devices,
                 c.share_of_affected * 100.0,
                 c.key
-            );
+            )?;
         }
     }
+    Ok(())
 }
 
-fn clusters(args: &ClustersArgs) -> Result<()> {
+fn clusters(args: &ClustersArgs, out: &mut dyn Write) -> Result<()> {
     let fleet = fleet_io::load_fleet(&args.fleet)
         .with_context(|| format!("loading the fleet {}", args.fleet.display()))?;
     let mut all = cluster::clusters(
@@ -269,16 +292,23 @@ fn clusters(args: &ClustersArgs) -> Result<()> {
         all.truncate(args.top);
     }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&all)?);
+        writeln!(out, "{}", serde_json::to_string_pretty(&all)?)?;
     } else {
-        println!(
+        writeln!(
+            out,
             "{total} shared-fate clusters of at least {} devices in {} devices; largest {}:",
             args.min_devices,
             fleet.len(),
             all.len()
-        );
+        )?;
         for c in &all {
-            println!("  {:>7} {:>6.2}%  {}", c.devices, c.share * 100.0, c.key);
+            writeln!(
+                out,
+                "  {:>7} {:>6.2}%  {}",
+                c.devices,
+                c.share * 100.0,
+                c.key
+            )?;
         }
     }
     Ok(())
