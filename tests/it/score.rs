@@ -277,3 +277,37 @@ fn score_clusters_lists_shared_fate_clusters_largest_first() {
     assert!(sizes.windows(2).all(|w| w[0] >= w[1]));
     assert!(clusters[0]["key"]["model"].is_string());
 }
+
+#[test]
+fn score_policy_prints_the_default_policy_fixture() {
+    let printed: serde_json::Value =
+        serde_json::from_str(&convoy_ok(&["score", "policy"])).expect("JSON");
+    let fixture: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("fixtures/policy/default.json")).expect("read"),
+    )
+    .expect("JSON");
+    assert_eq!(printed, fixture);
+}
+
+#[test]
+fn the_finding_example_in_docs_risk_md_scores() {
+    let doc = std::fs::read_to_string(repo().join("docs/RISK.md")).expect("read docs/RISK.md");
+    let start = doc.find("```json\n{\n  \"id\"").expect("a finding example") + "```json\n".len();
+    let len = doc[start..].find("```").expect("end of the example");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let example = dir.path().join("example.json");
+    std::fs::write(&example, &doc[start..start + len]).expect("write");
+    let fleet = fleet(dir.path());
+    let card = score_json(&[
+        "score",
+        "finding",
+        example.to_str().expect("utf-8"),
+        "--fleet",
+        &fleet,
+        "--now",
+        "2026-11-23T00:00:00Z",
+        "--json",
+    ]);
+    assert_eq!(card["finding"], "SEC-2026-014");
+    assert_eq!(card["tier"], 0);
+}
