@@ -19,6 +19,8 @@ pub enum Command {
     Fleet(cmd::fleet::Args),
     /// Run the embedded MQTT broker (for demos and single-machine use).
     Broker(cmd::broker::Args),
+    /// Score CVSS vectors and findings: points, tier and recommendation.
+    Score(cmd::score::Args),
 }
 
 /// Runs the command line and returns the process exit code. Errors are printed once, here,
@@ -35,6 +37,7 @@ pub fn main() -> ExitCode {
         }
         Some(Command::Fleet(args)) => cmd::fleet::run(&args),
         Some(Command::Broker(args)) => cmd::broker::run(&args),
+        Some(Command::Score(args)) => cmd::score::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -2,3 +2,4 @@
 
 mod fleet;
 mod mqtt;
+mod score;
