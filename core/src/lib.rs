@@ -8,7 +8,9 @@
 //! random source. Callers pass `now` (a [`time::Timestamp`]) and seeds in, and act on what comes
 //! out, so the same inputs always give the same decisions and every rollout can be replayed.
 
+pub mod canonical_json;
 pub mod fleet;
+pub mod manifest;
 pub mod release;
 pub mod requirement;
 pub mod rng;
