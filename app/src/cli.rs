@@ -17,6 +17,10 @@ pub struct Cli {
 pub enum Command {
     /// Generate, import and export fleets.
     Fleet(cmd::fleet::Args),
+    /// Generate signing keys; rotate and revoke trusted keys.
+    Key(cmd::key::Args),
+    /// Sign, verify and publish (TUF) release manifests.
+    Release(cmd::release::Args),
 }
 
 /// Runs the command line and returns the process exit code. Errors are printed once, here,
@@ -32,6 +36,8 @@ pub fn main() -> ExitCode {
             Ok(())
         }
         Some(Command::Fleet(args)) => cmd::fleet::run(&args),
+        Some(Command::Key(args)) => cmd::key::run(&args),
+        Some(Command::Release(args)) => cmd::release::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

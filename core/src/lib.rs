@@ -16,4 +16,5 @@ pub mod requirement;
 pub mod rng;
 pub mod synth;
 pub mod time;
+pub mod tuf;
 pub mod version;

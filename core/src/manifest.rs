@@ -507,9 +507,31 @@ impl VerifiedManifest {
     /// artifact present, none extra, each with the signed length and SHA-256. Run before a slot
     /// is switched.
     pub fn check_artifacts(&self, delivered: &[ArtifactDigest]) -> Result<(), Rejection> {
+        for d in delivered {
+            self.check_artifact(d)?;
+        }
+        let spec = self.spec();
+        if let Some(missing) = spec
+            .artifacts
+            .iter()
+            .find(|a| !delivered.iter().any(|d| d.name == a.name))
+        {
+            return Err(Rejection::MixAndMatch {
+                release_id: self.release_id().to_owned(),
+                detail: format!(
+                    "artifact {} of this release was not delivered",
+                    missing.name
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Checks one delivered artifact: part of this release, with the signed length and SHA-256.
+    pub fn check_artifact(&self, d: &ArtifactDigest) -> Result<(), Rejection> {
         let release_id = || self.release_id().to_owned();
         let spec = self.spec();
-        for d in delivered {
+        {
             let Some(a) = spec.artifacts.iter().find(|a| a.name == d.name) else {
                 return Err(Rejection::MixAndMatch {
                     release_id: release_id(),
@@ -541,19 +563,6 @@ impl VerifiedManifest {
                     detail: format!("sha256 is {}, signed {}", d.sha256, a.sha256),
                 });
             }
-        }
-        if let Some(missing) = spec
-            .artifacts
-            .iter()
-            .find(|a| !delivered.iter().any(|d| d.name == a.name))
-        {
-            return Err(Rejection::MixAndMatch {
-                release_id: release_id(),
-                detail: format!(
-                    "artifact {} of this release was not delivered",
-                    missing.name
-                ),
-            });
         }
         Ok(())
     }

@@ -1,3 +1,5 @@
 //! One module per top-level subcommand. Each exposes `Args` (clap) and `run(&Args)`.
 
 pub mod fleet;
+pub mod key;
+pub mod release;
