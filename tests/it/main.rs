@@ -1,3 +1,5 @@
 //! End-to-end tests: the real `convoy` binary on real files.
 
 mod fleet;
+mod release;
+mod tuf;
