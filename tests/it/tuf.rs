@@ -133,6 +133,23 @@ fn client_script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tools/tuf_client.py")
 }
 
+/// Runs the reference client; returns its output.
+fn run_client(
+    server: &StaticServer,
+    root_json: &Path,
+    work: &Path,
+    names: &[&str],
+) -> std::process::Output {
+    Command::new("python3")
+        .arg(client_script())
+        .arg(&server.base_url)
+        .arg(root_json)
+        .arg(work)
+        .args(names)
+        .output()
+        .expect("running tools/tuf_client.py")
+}
+
 /// Runs the reference client; returns one JSON value per downloaded target.
 fn fetch(
     server: &StaticServer,
@@ -140,14 +157,7 @@ fn fetch(
     work: &Path,
     names: &[&str],
 ) -> Vec<serde_json::Value> {
-    let out = Command::new("python3")
-        .arg(client_script())
-        .arg(&server.base_url)
-        .arg(root_json)
-        .arg(work)
-        .args(names)
-        .output()
-        .expect("running tools/tuf_client.py");
+    let out = run_client(server, root_json, work, names);
     assert!(
         out.status.success(),
         "tuf client failed: {}\n{}",
@@ -295,6 +305,25 @@ fn tuf_export_is_fetched_by_python_tuf() {
     assert_eq!(
         std::fs::read(fetched[0]["path"].as_str().expect("path")).expect("downloaded"),
         payloads[2].1
+    );
+    // A target changed on the server after signing: the reference client refuses it.
+    let stored = repo
+        .join("targets")
+        .join(format!("{}.t500-1.2.0.img", sha(&payloads[1].1)));
+    let mut bytes = std::fs::read(&stored).expect("stored target");
+    bytes[10] ^= 0x20;
+    std::fs::write(&stored, bytes).expect("tamper");
+    let out = run_client(
+        &server,
+        &root_json,
+        &dir.path().join("fresh"),
+        &["t500-1.2.0.img"],
+    );
+    assert!(!out.status.success(), "a tampered target must be refused");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("hash"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
     let log = server.finish();
     // Consistent snapshots: the client asked for versioned metadata and hash-prefixed targets.
