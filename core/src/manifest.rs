@@ -531,38 +531,36 @@ impl VerifiedManifest {
     pub fn check_artifact(&self, d: &ArtifactDigest) -> Result<(), Rejection> {
         let release_id = || self.release_id().to_owned();
         let spec = self.spec();
-        {
-            let Some(a) = spec.artifacts.iter().find(|a| a.name == d.name) else {
-                return Err(Rejection::MixAndMatch {
-                    release_id: release_id(),
-                    detail: format!("artifact {} is not part of this release", d.name),
-                });
-            };
-            if d.length_bytes > a.length_bytes {
-                return Err(Rejection::ArtifactTooLong {
-                    release_id: release_id(),
-                    artifact: d.name.clone(),
-                    length_bytes: d.length_bytes,
-                    declared_bytes: a.length_bytes,
-                });
-            }
-            if d.length_bytes != a.length_bytes {
-                return Err(Rejection::ArtifactMismatch {
-                    release_id: release_id(),
-                    artifact: d.name.clone(),
-                    detail: format!(
-                        "length is {} bytes, signed {}",
-                        d.length_bytes, a.length_bytes
-                    ),
-                });
-            }
-            if !d.sha256.eq_ignore_ascii_case(&a.sha256) {
-                return Err(Rejection::ArtifactMismatch {
-                    release_id: release_id(),
-                    artifact: d.name.clone(),
-                    detail: format!("sha256 is {}, signed {}", d.sha256, a.sha256),
-                });
-            }
+        let Some(a) = spec.artifacts.iter().find(|a| a.name == d.name) else {
+            return Err(Rejection::MixAndMatch {
+                release_id: release_id(),
+                detail: format!("artifact {} is not part of this release", d.name),
+            });
+        };
+        if d.length_bytes > a.length_bytes {
+            return Err(Rejection::ArtifactTooLong {
+                release_id: release_id(),
+                artifact: d.name.clone(),
+                length_bytes: d.length_bytes,
+                declared_bytes: a.length_bytes,
+            });
+        }
+        if d.length_bytes != a.length_bytes {
+            return Err(Rejection::ArtifactMismatch {
+                release_id: release_id(),
+                artifact: d.name.clone(),
+                detail: format!(
+                    "length is {} bytes, signed {}",
+                    d.length_bytes, a.length_bytes
+                ),
+            });
+        }
+        if !d.sha256.eq_ignore_ascii_case(&a.sha256) {
+            return Err(Rejection::ArtifactMismatch {
+                release_id: release_id(),
+                artifact: d.name.clone(),
+                detail: format!("sha256 is {}, signed {}", d.sha256, a.sha256),
+            });
         }
         Ok(())
     }

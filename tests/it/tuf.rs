@@ -207,9 +207,19 @@ fn tuf_export_is_fetched_by_python_tuf() {
         } else {
             "T300"
         };
+        // One release id holds the characters where canonical JSON encoders disagree (quote,
+        // backslash, control characters, non-ASCII): python-tuf verifies the targets signature
+        // over its own canonical form of this `custom` field, so a mismatch would fail the fetch.
+        let id = if i == 1 {
+            "t500 \"q\" \\ \t\u{1}\u{7f} é 🚚".to_owned()
+        } else {
+            format!("release-{i}")
+        };
         convoy_ok(&[
             "release",
             "create",
+            "--id",
+            &id,
             "--artifact",
             art.to_str().expect("utf-8"),
             "--version",
@@ -284,6 +294,9 @@ fn tuf_export_is_fetched_by_python_tuf() {
         let verified = verify(&manifest.to_json_bytes(), &trust, convoy::now())
             .expect("custom manifest verifies");
         assert_eq!(verified.spec().artifacts[0].name, *name);
+        if name.starts_with("t500") {
+            assert_eq!(verified.release_id(), "t500 \"q\" \\ \t\u{1}\u{7f} é 🚚");
+        }
     }
 
     // Second export adds a release: versions move to 2 and the same client refreshes to it.
