@@ -145,6 +145,36 @@ mod tests {
         );
     }
 
+    fn arb_json() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            any::<String>().prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 64, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                proptest::collection::vec((any::<String>(), inner), 0..6)
+                    .prop_map(|kv| Value::Object(kv.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        /// Canonical bytes are valid JSON that parses back to the same value, and encoding the
+        /// parsed value again gives the same bytes.
+        #[test]
+        fn canonical_bytes_round_trip(v in arb_json()) {
+            let bytes = encode(&v).expect("integers only");
+            let back: Value = serde_json::from_slice(&bytes).expect("canonical JSON is JSON");
+            proptest::prop_assert_eq!(&back, &v);
+            proptest::prop_assert_eq!(encode(&back).expect("again"), bytes);
+        }
+    }
+
     #[test]
     fn rejects_floats_with_their_path() {
         let err = encode(&json!({"a": [1, 2.5]})).expect_err("float");

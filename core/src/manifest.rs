@@ -1275,6 +1275,155 @@ mod tests {
         check_rejects(verify(&bytes, &trust_one(&k), NOW), Attack::Oversize);
     }
 
+    // (name, device, offered id, manifest bytes, delivered artifacts, now, expected)
+    type Case<'a> = (
+        &'a str,
+        DeviceState,
+        &'a str,
+        Vec<u8>,
+        Vec<ArtifactDigest>,
+        Timestamp,
+        Option<Attack>,
+    );
+
+    /// The corpus: one case per attack, each run through the whole device path (offer, then
+    /// install with the delivered artifact), and every attack in [`Attack::ALL`] has a case.
+    #[test]
+    fn attack_corpus_covers_every_attack() {
+        let k = key(1);
+        let trust = trust_one(&k);
+        let genuine = signed("r6", 6, &k);
+        let good = ArtifactDigest::of_bytes("fw.img", b"payload");
+        let tampered_body = edited(
+            &genuine,
+            |v| v["signed"]["release"]["counter"] = 60.into(),
+            None,
+        );
+        let mut oversize = genuine.clone();
+        oversize.extend(std::iter::repeat_n(b'\n', MAX_MANIFEST_BYTES));
+        let cases: Vec<Case> = vec![
+            (
+                "genuine",
+                DeviceState::new("T300", 5),
+                "r6",
+                genuine.clone(),
+                vec![good.clone()],
+                NOW,
+                None,
+            ),
+            (
+                "tampered body",
+                DeviceState::new("T300", 5),
+                "r6",
+                tampered_body,
+                vec![good.clone()],
+                NOW,
+                Some(Attack::Tampered),
+            ),
+            (
+                "tampered artifact",
+                DeviceState::new("T300", 5),
+                "r6",
+                genuine.clone(),
+                vec![ArtifactDigest::of_bytes("fw.img", b"pAyload")],
+                NOW,
+                Some(Attack::Tampered),
+            ),
+            (
+                "wrong key",
+                DeviceState::new("T300", 5),
+                "r6",
+                signed("r6", 6, &key(9)),
+                vec![good.clone()],
+                NOW,
+                Some(Attack::WrongKey),
+            ),
+            (
+                "expired",
+                DeviceState::new("T300", 5),
+                "r6",
+                genuine.clone(),
+                vec![good.clone()],
+                NOW.plus_secs(90_000),
+                Some(Attack::Expired),
+            ),
+            (
+                "downgrade",
+                DeviceState::new("T300", 7),
+                "r6",
+                genuine.clone(),
+                vec![good.clone()],
+                NOW,
+                Some(Attack::Downgrade),
+            ),
+            (
+                "wrong hardware",
+                DeviceState::new("T900", 5),
+                "r6",
+                genuine.clone(),
+                vec![good.clone()],
+                NOW,
+                Some(Attack::WrongHardware),
+            ),
+            (
+                "mix-and-match offer",
+                DeviceState::new("T300", 5),
+                "r7",
+                genuine.clone(),
+                vec![good.clone()],
+                NOW,
+                Some(Attack::MixAndMatch),
+            ),
+            (
+                "mix-and-match artifact",
+                DeviceState::new("T300", 5),
+                "r6",
+                genuine.clone(),
+                vec![ArtifactDigest::of_bytes("r7.img", b"payload")],
+                NOW,
+                Some(Attack::MixAndMatch),
+            ),
+            (
+                "oversize manifest",
+                DeviceState::new("T300", 5),
+                "r6",
+                oversize,
+                vec![good.clone()],
+                NOW,
+                Some(Attack::Oversize),
+            ),
+            (
+                "oversize artifact",
+                DeviceState::new("T300", 5),
+                "r6",
+                genuine,
+                vec![ArtifactDigest::of_bytes("fw.img", b"payload+more")],
+                NOW,
+                Some(Attack::Oversize),
+            ),
+        ];
+        let mut covered = BTreeSet::new();
+        for (name, mut device, offered, bytes, delivered, now, expected) in cases {
+            let before = device.clone();
+            let result = device
+                .check_offer(offered, &bytes, &trust, now)
+                .and_then(|m| device.install(&m, &delivered, now));
+            match expected {
+                None => assert!(result.is_ok(), "{name}: {result:?}"),
+                Some(attack) => {
+                    let err = result.expect_err(name);
+                    assert_eq!(err.attack(), attack, "{name}: {err}");
+                    assert_eq!(
+                        device, before,
+                        "{name}: a rejection leaves the device unchanged"
+                    );
+                    covered.insert(attack);
+                }
+            }
+        }
+        assert_eq!(covered, Attack::ALL.into_iter().collect());
+    }
+
     #[test]
     fn device_rules_name_each_attack() {
         let k = key(1);

@@ -447,3 +447,36 @@ fn rotation_and_revocation_through_a_trust_directory() {
         .expect_err("forged key set");
     assert!(err.contains("key set"), "{err}");
 }
+
+#[test]
+fn several_keys_can_be_trusted_at_once() {
+    let w = Work::new();
+    let id1 = w.key("k1");
+    let id2 = w.key("k2");
+    w.key("k3");
+    w.artifact("fw.img", 1000, 8);
+    for (key, out) in [("k1", "m1.json"), ("k2", "m2.json"), ("k3", "m3.json")] {
+        w.release(key, "fw.img", "5", out, &[]);
+    }
+    let (k1, k2, trust, pw) = (w.p("k1"), w.p("k2"), w.p("trust"), w.p("pw"));
+    convoy_ok(&[
+        "key",
+        "trust",
+        "--key",
+        &k1,
+        &k2,
+        "--out",
+        &trust,
+        "--passphrase-file",
+        &pw,
+    ]);
+    w.verify("m1.json", "trust", &[]).expect("k1 trusted");
+    w.verify("m2.json", "trust", &[]).expect("k2 trusted");
+    check_rejected(w.verify("m3.json", "trust", &[]), "wrong key");
+    let mut ids = [id1, id2];
+    ids.sort();
+    assert_eq!(
+        key_list(&w.path("trust")),
+        format!("version 1\ntrusted {}\ntrusted {}\n", ids[0], ids[1])
+    );
+}

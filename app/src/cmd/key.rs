@@ -43,9 +43,10 @@ pub struct GenerateArgs {
 
 #[derive(clap::Args, Debug)]
 pub struct TrustArgs {
-    /// The key directory of the first trusted key; it signs keyset-1.json.
-    #[arg(long)]
-    pub key: PathBuf,
+    /// Key directories to trust (several keys may be trusted at once); the first signs
+    /// keyset-1.json, the others' public keys are read.
+    #[arg(long, required = true, num_args = 1..)]
+    pub key: Vec<PathBuf>,
     /// Trust directory to create.
     #[arg(long)]
     pub out: PathBuf,
@@ -135,13 +136,22 @@ fn trust(args: &TrustArgs) -> Result<()> {
             args.out.display()
         );
     }
-    let key = signing_key(&args.key, args.passphrase_file.as_deref())?;
-    let set = SignedKeySet::sign(KeySetBody::initial([&key.verifying_key()]), &key)?;
+    let (first, others) = args
+        .key
+        .split_first()
+        .context("--key names no key directory")?;
+    let key = signing_key(first, args.passphrase_file.as_deref())?;
+    let mut trusted = vec![key.verifying_key()];
+    for dir in others {
+        trusted.push(keys::load_public(dir)?);
+    }
+    let set = SignedKeySet::sign(KeySetBody::initial(&trusted), &key)?;
     write_next(&args.out, &set)?;
+    let ids: Vec<String> = trusted.iter().map(|k| KeyId::of(k).to_string()).collect();
     eprintln!(
-        "started trust directory {} trusting key {}",
+        "started trust directory {} trusting {}",
         args.out.display(),
-        KeyId::of(&key.verifying_key())
+        ids.join(", ")
     );
     Ok(())
 }
