@@ -190,6 +190,10 @@ pub fn verify_ed25519(
 pub struct Rollback {
     /// Why, recorded on every device that takes it.
     pub reason: String,
+    /// The highest installed counter this rollback may replace (the counter of the bad
+    /// release). A device beyond it refuses the manifest as a downgrade, so an old rollback
+    /// cannot be replayed against devices that have moved on.
+    pub from_counter_max: u64,
 }
 
 /// What a manifest signature covers.
@@ -414,9 +418,10 @@ pub enum Rejection {
         expires: Timestamp,
         now: Timestamp,
     },
-    /// The release counter is lower than the installed one, with no signed rollback.
+    /// The release counter is lower than the installed one, with no signed rollback that
+    /// covers the installed counter.
     #[error(
-        "downgrade: release {release_id} has counter {counter}, lower than the installed {installed_counter}, and is not a signed rollback"
+        "downgrade: release {release_id} has counter {counter}, lower than the installed {installed_counter}, and is not a signed rollback from that counter"
     )]
     Downgrade {
         release_id: String,
@@ -767,7 +772,10 @@ impl DeviceState {
                 supported: spec.hardware.clone(),
             });
         }
-        if spec.counter < self.installed_counter && manifest.rollback().is_none() {
+        let rollback_allows = manifest
+            .rollback()
+            .is_some_and(|r| self.installed_counter <= r.from_counter_max);
+        if spec.counter < self.installed_counter && !rollback_allows {
             return Err(Rejection::Downgrade {
                 release_id: spec.id.clone(),
                 counter: spec.counter,
@@ -1506,6 +1514,7 @@ mod tests {
             spec("r4-rollback", 4, b"payload"),
             Some(Rollback {
                 reason: "crash loop in r9".to_owned(),
+                from_counter_max: 9,
             }),
             &k,
         )
@@ -1529,6 +1538,11 @@ mod tests {
                 at: NOW,
             }]
         );
+        // A device that has moved past the bad release refuses the old rollback.
+        let err = DeviceState::new("T300", 10)
+            .check_offer("r4-rollback", &bytes, &trust, NOW)
+            .expect_err("replayed rollback");
+        assert_eq!(err.attack(), Attack::Downgrade);
         // Stripping the rollback flag breaks the signature: it cannot be removed or added.
         let stripped = edited(
             &bytes,

@@ -304,6 +304,8 @@ fn a_signed_rollback_passes_the_downgrade_check() {
         &[
             "--rollback",
             "crash loop in 2.6.0",
+            "--rollback-from",
+            "9",
             "--id",
             "t300-2.5.0-rollback",
         ],
@@ -318,6 +320,15 @@ fn a_signed_rollback_passes_the_downgrade_check() {
     assert!(
         out.contains("signed rollback: crash loop in 2.6.0"),
         "{out}"
+    );
+    // A device already past the bad release (counter 9) refuses the old rollback.
+    check_rejected(
+        w.verify(
+            "rb.json",
+            "k",
+            &["--device-hardware", "T300", "--installed-counter", "10"],
+        ),
+        "downgrade",
     );
     // Removing the rollback mark breaks the signature; it cannot be added or dropped.
     edit_manifest(&w, "rb.json", "stripped.json", |v| {

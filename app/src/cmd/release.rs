@@ -31,7 +31,7 @@ pub struct Args {
 #[derive(clap::Subcommand, Debug)]
 pub enum ReleaseCommand {
     /// Hash the artifacts and write a signed release manifest.
-    Create(CreateArgs),
+    Create(Box<CreateArgs>),
     /// Verify a manifest (and artifacts) against a trust directory, as a device would.
     Verify(VerifyArgs),
     /// Write a TUF 1.0 repository (metadata/ and targets/) for verified releases.
@@ -68,8 +68,12 @@ pub struct CreateArgs {
     #[arg(long)]
     pub expires: String,
     /// Sign an explicit rollback: devices may install this lower counter, and record the reason.
-    #[arg(long)]
+    #[arg(long, requires = "rollback_from")]
     pub rollback: Option<String>,
+    /// With --rollback: the highest installed counter it may replace (the bad release's
+    /// counter); devices beyond it refuse the rollback.
+    #[arg(long, requires = "rollback")]
+    pub rollback_from: Option<u64>,
     /// The signing key directory.
     #[arg(long)]
     pub key: PathBuf,
@@ -251,7 +255,10 @@ fn create(args: &CreateArgs) -> Result<()> {
         Confirm::Once,
     )?;
     let key = keys::load_signing_key(&args.key, &passphrase)?;
-    let rollback = args.rollback.clone().map(|reason| Rollback { reason });
+    let rollback = args.rollback.clone().map(|reason| Rollback {
+        reason,
+        from_counter_max: args.rollback_from.unwrap_or(args.counter),
+    });
     let id = spec.id.clone();
     let manifest = SignedManifest::sign(spec, rollback, &key)
         .with_context(|| format!("signing release {id}"))?;
