@@ -21,6 +21,10 @@ pub enum Command {
     Broker(cmd::broker::Args),
     /// Score CVSS vectors and findings: points, tier and recommendation.
     Score(cmd::score::Args),
+    /// Generate signing keys; rotate and revoke trusted keys.
+    Key(cmd::key::Args),
+    /// Sign, verify and publish (TUF) release manifests.
+    Release(cmd::release::Args),
 }
 
 /// Runs the command line and returns the process exit code. Errors are printed once, here,
@@ -38,6 +42,8 @@ pub fn main() -> ExitCode {
         Some(Command::Fleet(args)) => cmd::fleet::run(&args),
         Some(Command::Broker(args)) => cmd::broker::run(&args),
         Some(Command::Score(args)) => cmd::score::run(&args),
+        Some(Command::Key(args)) => cmd::key::run(&args),
+        Some(Command::Release(args)) => cmd::release::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

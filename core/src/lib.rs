@@ -8,13 +8,16 @@
 //! random source. Callers pass `now` (a [`time::Timestamp`]) and seeds in, and act on what comes
 //! out, so the same inputs always give the same decisions and every rollout can be replayed.
 
+pub mod canonical_json;
 pub mod cluster;
 pub mod cvss;
 pub mod fleet;
+pub mod manifest;
 pub mod release;
 pub mod requirement;
 pub mod risk;
 pub mod rng;
 pub mod synth;
 pub mod time;
+pub mod tuf;
 pub mod version;

@@ -2,4 +2,6 @@
 
 mod fleet;
 mod mqtt;
+mod release;
 mod score;
+mod tuf;

@@ -2,4 +2,6 @@
 
 pub mod broker;
 pub mod fleet;
+pub mod key;
+pub mod release;
 pub mod score;
