@@ -17,6 +17,8 @@ pub struct Cli {
 pub enum Command {
     /// Generate, import and export fleets.
     Fleet(cmd::fleet::Args),
+    /// Plan a rollout: eligibility, prerequisite chains, canary, waves, schedule, bandwidth.
+    Plan(cmd::plan::Args),
 }
 
 /// Runs the command line and returns the process exit code. Errors are printed once, here,
@@ -32,6 +34,7 @@ pub fn main() -> ExitCode {
             Ok(())
         }
         Some(Command::Fleet(args)) => cmd::fleet::run(&args),
+        Some(Command::Plan(args)) => cmd::plan::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,428 @@
+//! Rollout planning: who gets a release, in what order, and when.
+//!
+//! [`plan`] takes a fleet, the target release, a catalog of other releases (for prerequisite
+//! chains), `now`, a seed and a [`PlanningPolicy`], and returns a [`Plan`]: every device's
+//! eligibility with reasons, the prerequisite chains, a representative canary with its coverage,
+//! the waves, their schedule under rate limits, windows, blackouts and a bandwidth cap, and the
+//! bytes and data cost. It is a pure function: the same inputs give the same plan.
+//!
+//! It deliberately does not dispatch, gate or watch health (the rollout state machine and the
+//! gates do), and it reads no clock: `now` is passed in. Devices are referred to by their index
+//! into `fleet.devices` (ascending, so in id order), never cloned.
+
+pub mod canary;
+pub mod eligibility;
+pub mod graph;
+pub mod policy;
+pub mod schedule;
+pub mod waves;
+
+use crate::fleet::Fleet;
+use crate::release::ReleaseSpec;
+use crate::requirement::RequirementKind;
+use crate::time::Timestamp;
+use serde::Serialize;
+
+pub use canary::{CanaryReport, Coverage, StratumCoverage};
+pub use eligibility::{DeviceEligibility, Status};
+pub use policy::PlanningPolicy;
+pub use schedule::HourLoad;
+pub use waves::WavePlan;
+
+/// Why a plan cannot be made.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PlanError {
+    /// A policy value is out of range.
+    #[error("invalid planning policy field {field}: {why}")]
+    Policy { field: String, why: String },
+    /// The target release has expired at `now`.
+    #[error("release {id} expired at {expires}, before the plan starts at {now}")]
+    Expired {
+        id: String,
+        expires: Timestamp,
+        now: Timestamp,
+    },
+    /// The release lists more requirements than the planner tracks.
+    #[error("release {id} has {count} requirements; the planner tracks at most 64")]
+    TooManyRequirements { id: String, count: usize },
+    /// The bandwidth cap is smaller than one device's download, so nothing could ever go.
+    #[error(
+        "bandwidth_cap_bytes_per_hour {cap} is below one device's download of {bytes} bytes for release {id}"
+    )]
+    CapBelowDownload { cap: u64, bytes: u64, id: String },
+}
+
+/// Everything a plan is computed from.
+#[derive(Clone, Copy, Debug)]
+pub struct PlanInput<'a> {
+    pub fleet: &'a Fleet,
+    pub release: &'a ReleaseSpec,
+    /// Other releases that may serve as prerequisites (the target itself is ignored here).
+    pub catalog: &'a [ReleaseSpec],
+    pub now: Timestamp,
+    pub seed: u64,
+    pub policy: &'a PlanningPolicy,
+}
+
+/// Devices per status.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct StatusCount {
+    pub status: Status,
+    pub devices: usize,
+}
+
+/// Devices per reason within a status.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ReasonCount {
+    pub status: Status,
+    pub reason: String,
+    pub devices: usize,
+}
+
+/// Eligibility in numbers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct EligibilitySummary {
+    pub devices: usize,
+    /// Devices whose model the release is built for.
+    pub targeted: usize,
+    pub by_status: Vec<StatusCount>,
+    /// Sorted by status, then by descending count, then by text. A device waiting on several
+    /// conditions counts under each.
+    pub by_reason: Vec<ReasonCount>,
+    /// Eligible now but offline longer than the online threshold: offered when they return.
+    pub eligible_now_offline: usize,
+}
+
+/// One prerequisite chain.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ChainSummary {
+    /// Release ids, in install order, before the target.
+    pub releases: Vec<String>,
+    pub devices: usize,
+    /// Bytes one device downloads: the chain's releases plus the target.
+    pub bytes_per_device: u64,
+}
+
+/// A calendar exception and how many devices it let through.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ExceptionUse {
+    pub region: String,
+    pub from: Timestamp,
+    pub until: Timestamp,
+    pub reason: String,
+    pub devices: u64,
+}
+
+/// The schedule as a whole.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ScheduleSummary {
+    pub rate: policy::RateLimit,
+    pub windows: Vec<policy::MaintenanceWindow>,
+    pub blackouts: Vec<policy::Blackout>,
+    /// Every exception of the calendar, with the devices it let through (logged, never silent).
+    pub exceptions: Vec<ExceptionUse>,
+    pub bandwidth_cap_bytes_per_hour: Option<u64>,
+    pub peak_bytes_per_hour: u64,
+    pub total_bytes: u64,
+    pub metered_bytes: u64,
+    pub data_cost: f64,
+    pub data_price_per_gb: f64,
+    pub first_offer: Option<Timestamp>,
+    pub last_offer: Option<Timestamp>,
+    /// Load per UTC clock hour in which anything was offered, in time order.
+    pub hours: Vec<HourLoad>,
+}
+
+/// A rollout plan. Serialises to the JSON `convoy plan --json` prints.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Plan {
+    pub release: String,
+    pub now: Timestamp,
+    pub seed: u64,
+    pub download_bytes: u64,
+    pub eligibility: EligibilitySummary,
+    pub chains: Vec<ChainSummary>,
+    /// Possible dependency cycles in the catalog (release ids, first repeated at the end).
+    pub catalog_cycles: Vec<Vec<String>>,
+    pub canary: CanaryReport,
+    pub waves: Vec<WavePlan>,
+    pub schedule: ScheduleSummary,
+    pub warnings: Vec<String>,
+    /// Every device's verdict, indexed like `fleet.devices`.
+    #[serde(skip)]
+    pub devices: Vec<DeviceEligibility>,
+    /// Texts behind [`DeviceEligibility::detail`] for never-eligible devices.
+    #[serde(skip)]
+    pub never_reasons: Vec<String>,
+    /// Chains by index, behind [`DeviceEligibility::detail`] for devices after prerequisites.
+    #[serde(skip)]
+    pub chain_ids: Vec<Vec<String>>,
+}
+
+impl Plan {
+    /// Why device `index` is never eligible, if it is not.
+    pub fn never_reason(&self, index: usize) -> Option<&str> {
+        let v = self.devices.get(index)?;
+        (v.status == Status::Never).then(|| self.never_reasons[v.detail as usize].as_str())
+    }
+
+    /// The prerequisite chain of device `index`, if it needs one.
+    pub fn chain_of(&self, index: usize) -> Option<&[String]> {
+        let v = self.devices.get(index)?;
+        (v.status == Status::AfterPrerequisites)
+            .then(|| self.chain_ids[v.detail as usize].as_slice())
+    }
+}
+
+/// Plans a rollout. Pure and deterministic: the same input gives the same plan.
+pub fn plan(input: &PlanInput<'_>) -> Result<Plan, PlanError> {
+    let PlanInput {
+        fleet,
+        release,
+        catalog,
+        now,
+        seed,
+        policy,
+    } = *input;
+    policy.validate()?;
+    if release.expires <= now {
+        return Err(PlanError::Expired {
+            id: release.id.clone(),
+            expires: release.expires,
+            now,
+        });
+    }
+    if release.requires.len() > 64 {
+        return Err(PlanError::TooManyRequirements {
+            id: release.id.clone(),
+            count: release.requires.len(),
+        });
+    }
+    let download_bytes = release.download_bytes();
+    if let Some(cap) = policy.bandwidth_cap_bytes_per_hour
+        && cap < download_bytes
+    {
+        return Err(PlanError::CapBelowDownload {
+            cap,
+            bytes: download_bytes,
+            id: release.id.clone(),
+        });
+    }
+    let mut warnings = Vec::new();
+    let usable: Vec<&ReleaseSpec> = catalog
+        .iter()
+        .filter(|r| r.id != release.id)
+        .filter(|r| {
+            let live = r.expires > now;
+            if !live {
+                warnings.push(format!(
+                    "catalog release {} expired at {}; not used as a prerequisite",
+                    r.id, r.expires
+                ));
+            }
+            live
+        })
+        .collect();
+
+    let elig = eligibility::evaluate(fleet, release, usable);
+    let summary = summarise(fleet, release, &elig, now, policy);
+    let chain_bytes: Vec<u64> = elig.chain_bytes.clone();
+    let mut chain_devices = vec![0usize; elig.chains.len()];
+    for v in &elig.devices {
+        if v.status == Status::AfterPrerequisites {
+            chain_devices[v.detail as usize] += 1;
+        }
+    }
+    let mut chains: Vec<ChainSummary> = elig
+        .chains
+        .iter()
+        .zip(&chain_devices)
+        .zip(&chain_bytes)
+        .map(|((c, &n), &b)| ChainSummary {
+            releases: c.clone(),
+            devices: n,
+            bytes_per_device: b + download_bytes,
+        })
+        .collect();
+    chains.sort_by(|a, b| b.devices.cmp(&a.devices).then(a.releases.cmp(&b.releases)));
+
+    let calendar = schedule::Calendar::new(fleet, policy);
+    let group_of: Vec<u32> = fleet
+        .devices
+        .iter()
+        .map(|d| calendar.group_of(fleet, d) as u32)
+        .collect();
+    let horizon_end = now.plus_secs(i64::from(policy.horizon_days) * 86_400);
+    let first_open_minute: Vec<Option<u16>> = (0..calendar.group_count())
+        .map(|g| {
+            calendar
+                .next_open(g, now, now.plus_secs(14 * 86_400))
+                .map(|t| calendar.local_minute(g, t))
+        })
+        .collect();
+    let targeted: Vec<u32> = (0..fleet.devices.len() as u32)
+        .filter(|&i| release.supports_hardware(&fleet.devices[i as usize]))
+        .collect();
+    let canary = canary::select(&canary::CanaryInput {
+        fleet,
+        eligibility: &elig.devices,
+        targeted: &targeted,
+        policy,
+        calendar: &calendar,
+        group_of: &group_of,
+        first_open_minute: &first_open_minute,
+        now,
+        seed,
+    });
+    if canary.devices.len() < policy.canary.size.min(canary.candidates) {
+        warnings.push(format!(
+            "canary has {} devices, fewer than the {} asked for",
+            canary.devices.len(),
+            policy.canary.size
+        ));
+    }
+    let mut sim = schedule::Simulator::new(&calendar, policy, horizon_end);
+    let (waves, wave_warnings) = waves::build(
+        &waves::WaveInput {
+            fleet,
+            eligibility: &elig.devices,
+            policy,
+            canary: &canary.devices,
+            group_of: &group_of,
+            groups: calendar.group_count(),
+            chains: &elig.chains,
+            chain_bytes: &chain_bytes,
+            target_bytes: download_bytes,
+            now,
+            seed,
+        },
+        &mut sim,
+    );
+    warnings.extend(wave_warnings);
+    let exceptions = policy
+        .exceptions
+        .iter()
+        .zip(&sim.exception_devices)
+        .map(|(e, &n)| ExceptionUse {
+            region: e.region.clone(),
+            from: e.from,
+            until: e.until,
+            reason: e.reason.clone(),
+            devices: n,
+        })
+        .collect();
+    let total_bytes = waves.iter().map(|w| w.bytes).sum();
+    let metered_bytes: u64 = waves.iter().map(|w| w.metered_bytes).sum();
+    let schedule = ScheduleSummary {
+        rate: policy.rate.clone(),
+        windows: policy.windows.clone(),
+        blackouts: policy.blackouts.clone(),
+        exceptions,
+        bandwidth_cap_bytes_per_hour: policy.bandwidth_cap_bytes_per_hour,
+        peak_bytes_per_hour: sim.hours.iter().map(|h| h.bytes).max().unwrap_or(0),
+        total_bytes,
+        metered_bytes,
+        data_cost: metered_bytes as f64 / 1e9 * policy.data_price_per_gb,
+        data_price_per_gb: policy.data_price_per_gb,
+        first_offer: waves.iter().find_map(|w| w.timing.first_offer),
+        last_offer: waves.iter().filter_map(|w| w.timing.last_offer).max(),
+        hours: std::mem::take(&mut sim.hours),
+    };
+    Ok(Plan {
+        release: release.id.clone(),
+        now,
+        seed,
+        download_bytes,
+        eligibility: summary,
+        chains,
+        catalog_cycles: elig.cycles.clone(),
+        canary,
+        waves,
+        schedule,
+        warnings,
+        devices: elig.devices,
+        never_reasons: elig.reasons,
+        chain_ids: elig.chains,
+    })
+}
+
+fn summarise(
+    fleet: &Fleet,
+    release: &ReleaseSpec,
+    elig: &eligibility::Eligibility,
+    now: Timestamp,
+    policy: &PlanningPolicy,
+) -> EligibilitySummary {
+    let mut by_status = [0usize; 5];
+    let mut never = vec![0usize; elig.reasons.len()];
+    let mut conditions = [0usize; 64];
+    let mut chains = vec![0usize; elig.chains.len()];
+    let mut eligible_now_offline = 0;
+    let mut targeted = 0;
+    for (v, d) in elig.devices.iter().zip(&fleet.devices) {
+        by_status[v.status as usize] += 1;
+        targeted += usize::from(release.supports_hardware(d));
+        match v.status {
+            Status::Never => never[v.detail as usize] += 1,
+            Status::AfterPrerequisites => chains[v.detail as usize] += 1,
+            Status::AfterConditions => {
+                let mut bits = v.unmet_conditions;
+                while bits != 0 {
+                    conditions[bits.trailing_zeros() as usize] += 1;
+                    bits &= bits - 1;
+                }
+            }
+            Status::EligibleNow => {
+                eligible_now_offline +=
+                    usize::from(!d.is_online(now, policy.online_threshold_secs));
+            }
+            Status::Installed => {}
+        }
+    }
+    let mut by_reason = Vec::new();
+    for (r, &n) in elig.reasons.iter().zip(&never) {
+        if n > 0 {
+            by_reason.push(ReasonCount {
+                status: Status::Never,
+                reason: r.clone(),
+                devices: n,
+            });
+        }
+    }
+    for (c, &n) in elig.chains.iter().zip(&chains) {
+        by_reason.push(ReasonCount {
+            status: Status::AfterPrerequisites,
+            reason: format!("needs {} first", c.join(" then ")),
+            devices: n,
+        });
+    }
+    for (i, req) in release.requires.iter().enumerate().take(64) {
+        if req.kind() == RequirementKind::Condition && conditions[i] > 0 {
+            by_reason.push(ReasonCount {
+                status: Status::AfterConditions,
+                reason: format!("{req} unmet ({})", eligibility::condition_hint(req)),
+                devices: conditions[i],
+            });
+        }
+    }
+    by_reason.sort_by(|a, b| {
+        (a.status, usize::MAX - a.devices, &a.reason).cmp(&(
+            b.status,
+            usize::MAX - b.devices,
+            &b.reason,
+        ))
+    });
+    EligibilitySummary {
+        devices: fleet.devices.len(),
+        targeted,
+        by_status: Status::ALL
+            .iter()
+            .map(|&s| StatusCount {
+                status: s,
+                devices: by_status[s as usize],
+            })
+            .collect(),
+        by_reason,
+        eligible_now_offline,
+    }
+}

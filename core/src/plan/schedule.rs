@@ -1,0 +1,284 @@
+//! The schedule: when each wave's devices are offered the release, minute by minute, under the
+//! rate limit, the local maintenance windows, blackouts (with logged exceptions) and the hourly
+//! bandwidth cap.
+//!
+//! Devices are grouped by home depot, because a depot fixes both the region (whose windows and
+//! blackouts apply) and the UTC offset (which turns local windows into instants). The simulator
+//! steps one minute at a time: in each minute it offers up to the rate limit, never more than
+//! the bytes left in the current UTC clock hour allow, spread across the depots whose window is
+//! open. It counts devices, not which device goes when: the dispatcher picks devices within a
+//! wave. Daylight-saving changes are not modelled: depots carry a standard-time offset.
+
+use crate::fleet::{Device, Fleet};
+use crate::time::Timestamp;
+use serde::Serialize;
+
+use super::policy::{LocalRange, PlanningPolicy, RateLimit};
+
+/// One group of devices that share windows and a UTC offset (a depot).
+#[derive(Clone, Debug)]
+struct Group {
+    region: String,
+    offset_secs: i64,
+    /// Union of windows; empty means always open.
+    windows: Vec<LocalRange>,
+}
+
+/// Windows, blackouts and exceptions resolved per depot.
+#[derive(Clone, Debug)]
+pub struct Calendar {
+    groups: Vec<Group>,
+    blackouts: Vec<(String, Timestamp, Timestamp)>,
+    exceptions: Vec<(String, Timestamp, Timestamp)>,
+}
+
+/// Whether a group may be offered updates in a minute.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Openness {
+    Closed,
+    Open,
+    /// Open only because of exception `i` to a blackout.
+    ByException(usize),
+}
+
+impl Calendar {
+    pub fn new(fleet: &Fleet, policy: &PlanningPolicy) -> Self {
+        let windows_for = |region: &str| -> Vec<LocalRange> {
+            let own: Vec<LocalRange> = policy
+                .windows
+                .iter()
+                .filter(|w| w.region == region)
+                .map(|w| LocalRange {
+                    start: w.start,
+                    end: w.end,
+                })
+                .collect();
+            if own.is_empty() {
+                policy
+                    .windows
+                    .iter()
+                    .filter(|w| w.region == "*")
+                    .map(|w| LocalRange {
+                        start: w.start,
+                        end: w.end,
+                    })
+                    .collect()
+            } else {
+                own
+            }
+        };
+        let mut groups: Vec<Group> = fleet
+            .depots
+            .iter()
+            .map(|d| Group {
+                region: d.region.clone(),
+                offset_secs: i64::from(d.utc_offset_minutes) * 60,
+                windows: windows_for(&d.region),
+            })
+            .collect();
+        // Devices whose depot is unknown: UTC, and only the windows for every region.
+        groups.push(Group {
+            region: "*".to_owned(),
+            offset_secs: 0,
+            windows: windows_for("*"),
+        });
+        Self {
+            groups,
+            blackouts: policy
+                .blackouts
+                .iter()
+                .map(|b| (b.region.clone(), b.from, b.until))
+                .collect(),
+            exceptions: policy
+                .exceptions
+                .iter()
+                .map(|e| (e.region.clone(), e.from, e.until))
+                .collect(),
+        }
+    }
+
+    pub fn group_count(&self) -> usize {
+        self.groups.len()
+    }
+
+    /// The group of a device: its depot's index, or the last group for unknown depots.
+    pub fn group_of(&self, fleet: &Fleet, device: &Device) -> usize {
+        fleet
+            .depots
+            .binary_search_by(|d| d.id.as_str().cmp(&device.depot))
+            .unwrap_or(self.groups.len() - 1)
+    }
+
+    /// Minutes after local midnight at `t` for a group.
+    pub fn local_minute(&self, group: usize, t: Timestamp) -> u16 {
+        ((t.secs() + self.groups[group].offset_secs).rem_euclid(86_400) / 60) as u16
+    }
+
+    pub fn openness(&self, group: usize, t: Timestamp) -> Openness {
+        let g = &self.groups[group];
+        if !g.windows.is_empty() {
+            let minute = self.local_minute(group, t);
+            if !g.windows.iter().any(|w| w.contains(minute)) {
+                return Openness::Closed;
+            }
+        }
+        let applies = |region: &str| region == "*" || region == g.region;
+        let blacked = self
+            .blackouts
+            .iter()
+            .any(|(r, from, until)| applies(r) && *from <= t && t < *until);
+        if !blacked {
+            return Openness::Open;
+        }
+        match self
+            .exceptions
+            .iter()
+            .position(|(r, from, until)| applies(r) && *from <= t && t < *until)
+        {
+            Some(i) => Openness::ByException(i),
+            None => Openness::Closed,
+        }
+    }
+
+    /// The first minute at or after `from` (stepping by minutes) in which the group is open,
+    /// if any before `limit`.
+    pub fn next_open(&self, group: usize, from: Timestamp, limit: Timestamp) -> Option<Timestamp> {
+        let mut t = from;
+        while t < limit {
+            if self.openness(group, t) != Openness::Closed {
+                return Some(t);
+            }
+            t = t.plus_secs(60);
+        }
+        None
+    }
+}
+
+/// Devices and bytes offered in one UTC clock hour.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct HourLoad {
+    pub start: Timestamp,
+    pub devices: u64,
+    pub bytes: u64,
+}
+
+/// When one wave's devices are offered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize)]
+pub struct WaveTiming {
+    pub first_offer: Option<Timestamp>,
+    pub last_offer: Option<Timestamp>,
+    /// Devices the horizon left unscheduled (windows too narrow, cap too low).
+    pub unscheduled: u64,
+}
+
+/// Runs waves one after another on one clock, rate ramp and bandwidth budget.
+pub struct Simulator<'c> {
+    calendar: &'c Calendar,
+    rate: RateLimit,
+    cap_bytes_per_hour: Option<u64>,
+    horizon_end: Timestamp,
+    offered: u64,
+    pub hours: Vec<HourLoad>,
+    /// Devices offered under each calendar exception.
+    pub exception_devices: Vec<u64>,
+}
+
+impl<'c> Simulator<'c> {
+    pub fn new(calendar: &'c Calendar, policy: &PlanningPolicy, horizon_end: Timestamp) -> Self {
+        Self {
+            calendar,
+            rate: policy.rate.clone(),
+            cap_bytes_per_hour: policy.bandwidth_cap_bytes_per_hour,
+            horizon_end,
+            offered: 0,
+            hours: Vec::new(),
+            exception_devices: vec![0; policy.exceptions.len()],
+        }
+    }
+
+    /// Schedules a wave of `per_group[g]` devices per group, each downloading
+    /// `bytes_per_device`, starting no earlier than `start`.
+    pub fn run_wave(
+        &mut self,
+        per_group: &[u64],
+        bytes_per_device: u64,
+        start: Timestamp,
+    ) -> WaveTiming {
+        let mut remaining = per_group.to_vec();
+        let mut total: u64 = remaining.iter().sum();
+        let mut timing = WaveTiming::default();
+        // Align to whole minutes so that hour buckets and windows line up.
+        let mut t = Timestamp::from_secs(start.secs() + (60 - start.secs().rem_euclid(60)) % 60);
+        let mut open: Vec<(usize, Openness)> = Vec::with_capacity(remaining.len());
+        while total > 0 {
+            if t >= self.horizon_end {
+                timing.unscheduled = total;
+                break;
+            }
+            open.clear();
+            open.extend(
+                (0..remaining.len())
+                    .filter(|&g| remaining[g] > 0)
+                    .map(|g| (g, self.calendar.openness(g, t)))
+                    .filter(|(_, o)| *o != Openness::Closed),
+            );
+            if open.is_empty() {
+                t = t.plus_secs(60);
+                continue;
+            }
+            let hour_start = Timestamp::from_secs(t.secs() - t.secs().rem_euclid(3600));
+            if self.hours.last().is_none_or(|h| h.start != hour_start) {
+                self.hours.push(HourLoad {
+                    start: hour_start,
+                    devices: 0,
+                    bytes: 0,
+                });
+            }
+            let used = self.hours.last().map_or(0, |h| h.bytes);
+            let budget = match self.cap_bytes_per_hour {
+                Some(cap) if bytes_per_device > 0 => cap.saturating_sub(used) / bytes_per_device,
+                _ => u64::MAX,
+            };
+            if budget == 0 {
+                t = hour_start.plus_secs(3600);
+                continue;
+            }
+            let open_total: u64 = open.iter().map(|(g, _)| remaining[*g]).sum();
+            let mut n = self
+                .rate
+                .per_minute(self.offered)
+                .min(budget)
+                .min(open_total);
+            let offered_now = n;
+            // Water-fill: an even share per open group, the remainder to the first ones, so
+            // that depots in different time zones progress together.
+            let mut left: Vec<usize> = open.iter().map(|(g, _)| *g).collect();
+            while n > 0 && !left.is_empty() {
+                let share = (n / left.len() as u64).max(1);
+                for &g in &left {
+                    if n == 0 {
+                        break;
+                    }
+                    let take = share.min(remaining[g]).min(n);
+                    remaining[g] -= take;
+                    n -= take;
+                    if let Some((_, Openness::ByException(e))) = open.iter().find(|(x, _)| *x == g)
+                    {
+                        self.exception_devices[*e] += take;
+                    }
+                }
+                left.retain(|&g| remaining[g] > 0);
+            }
+            total -= offered_now;
+            self.offered += offered_now;
+            if let Some(h) = self.hours.last_mut() {
+                h.devices += offered_now;
+                h.bytes += offered_now * bytes_per_device;
+            }
+            timing.first_offer = timing.first_offer.or(Some(t));
+            timing.last_offer = Some(t);
+            t = t.plus_secs(60);
+        }
+        timing
+    }
+}
