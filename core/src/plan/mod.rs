@@ -26,7 +26,7 @@ use serde::Serialize;
 pub use canary::{CanaryReport, Coverage, StratumCoverage};
 pub use eligibility::{DeviceEligibility, Status};
 pub use policy::PlanningPolicy;
-pub use schedule::HourLoad;
+pub use schedule::{HourLoad, OfferSlot};
 pub use waves::WavePlan;
 
 /// Why a plan cannot be made.
@@ -131,6 +131,9 @@ pub struct ScheduleSummary {
     pub last_offer: Option<Timestamp>,
     /// Load per UTC clock hour in which anything was offered, in time order.
     pub hours: Vec<HourLoad>,
+    /// Offers per minute and depot, in time order (left out of JSON: it can be long).
+    #[serde(skip)]
+    pub slots: Vec<OfferSlot>,
 }
 
 /// A rollout plan. Serialises to the JSON `convoy plan --json` prints.
@@ -327,6 +330,7 @@ pub fn plan(input: &PlanInput<'_>) -> Result<Plan, PlanError> {
         first_offer: waves.iter().find_map(|w| w.timing.first_offer),
         last_offer: waves.iter().filter_map(|w| w.timing.last_offer).max(),
         hours: std::mem::take(&mut sim.hours),
+        slots: std::mem::take(&mut sim.slots),
     };
     Ok(Plan {
         release: release.id.clone(),

@@ -162,6 +162,17 @@ pub struct HourLoad {
     pub bytes: u64,
 }
 
+/// Devices of one depot offered in one minute: the schedule at its finest grain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct OfferSlot {
+    pub at: Timestamp,
+    /// Index into `fleet.depots`; `None` for devices whose depot is unknown.
+    pub depot: Option<u32>,
+    pub devices: u64,
+    /// Index of the calendar exception that allowed this slot inside a blackout.
+    pub exception: Option<u32>,
+}
+
 /// When one wave's devices are offered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize)]
 pub struct WaveTiming {
@@ -179,6 +190,8 @@ pub struct Simulator<'c> {
     horizon_end: Timestamp,
     offered: u64,
     pub hours: Vec<HourLoad>,
+    /// Every (minute, depot) slot with offers, in time order.
+    pub slots: Vec<OfferSlot>,
     /// Devices offered under each calendar exception.
     pub exception_devices: Vec<u64>,
 }
@@ -192,6 +205,7 @@ impl<'c> Simulator<'c> {
             horizon_end,
             offered: 0,
             hours: Vec::new(),
+            slots: Vec::new(),
             exception_devices: vec![0; policy.exceptions.len()],
         }
     }
@@ -262,9 +276,22 @@ impl<'c> Simulator<'c> {
                     let take = share.min(remaining[g]).min(n);
                     remaining[g] -= take;
                     n -= take;
-                    if let Some((_, Openness::ByException(e))) = open.iter().find(|(x, _)| *x == g)
-                    {
-                        self.exception_devices[*e] += take;
+                    let exception = match open.iter().find(|(x, _)| *x == g) {
+                        Some((_, Openness::ByException(e))) => {
+                            self.exception_devices[*e] += take;
+                            Some(*e as u32)
+                        }
+                        _ => None,
+                    };
+                    let depot = (g + 1 < self.calendar.groups.len()).then_some(g as u32);
+                    match self.slots.last_mut() {
+                        Some(s) if s.at == t && s.depot == depot => s.devices += take,
+                        _ => self.slots.push(OfferSlot {
+                            at: t,
+                            depot,
+                            devices: take,
+                            exception,
+                        }),
                     }
                 }
                 left.retain(|&g| remaining[g] > 0);
