@@ -358,3 +358,129 @@ fn visit(
     stack.pop();
     colour[v] = 2;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fleet::{Fleet, SmallMap};
+    use crate::synth::{self, SynthOptions};
+    use crate::time::Timestamp;
+
+    fn release(
+        id: &str,
+        counter: u64,
+        provides: &[(&str, &str)],
+        requires: &[&str],
+    ) -> ReleaseSpec {
+        ReleaseSpec {
+            id: id.to_owned(),
+            version: Version::new(1, 0, 0),
+            counter,
+            hardware: vec!["T300".to_owned()],
+            provides: provides
+                .iter()
+                .map(|(c, v)| (*c, v.parse::<Version>().expect("version")))
+                .collect::<SmallMap<Version>>(),
+            requires: requires
+                .iter()
+                .map(|r| r.parse().expect("requirement"))
+                .collect(),
+            artifacts: Vec::new(),
+            expires: Timestamp::from_secs(i64::MAX),
+        }
+    }
+
+    fn device(components: &[(&str, &str)]) -> Device {
+        let fleet: Fleet = synth::generate(&SynthOptions {
+            devices: 1,
+            seed: 1,
+            now: Timestamp::from_secs(0),
+        });
+        let mut d = fleet.devices[0].clone();
+        d.model = "T300".to_owned();
+        d.components = components
+            .iter()
+            .map(|(c, v)| (*c, v.parse::<Version>().expect("version")))
+            .collect();
+        d
+    }
+
+    fn ids<'a>(
+        resolver: &mut ChainResolver<'a>,
+        device: &'a Device,
+    ) -> Result<Vec<String>, String> {
+        match resolver.resolve(device) {
+            ChainOutcome::Chain(c) => Ok(resolver.chains()[c as usize]
+                .iter()
+                .map(|&i| resolver.catalog()[i as usize].id.clone())
+                .collect()),
+            ChainOutcome::NoChain(f) => Err(resolver.failures()[f as usize].clone()),
+        }
+    }
+
+    #[test]
+    fn shortest_chain_with_counter_tie_break() {
+        let target = release("app-3", 30, &[("app", "3.0")], &["boot>=2.0", "radio>=2.0"]);
+        // Two ways to get boot 2: boot-2a (counter 10) and boot-2b (counter 11); radio needs boot.
+        let catalog = [
+            release("radio-2", 12, &[("radio", "2.0")], &["boot>=2.0"]),
+            release("boot-2b", 11, &[("boot", "2.1")], &[]),
+            release("boot-2a", 10, &[("boot", "2.0")], &[]),
+        ];
+        let d = device(&[("app", "2.0"), ("boot", "1.0"), ("radio", "1.0")]);
+        let mut r = ChainResolver::new(&target, catalog.iter().collect());
+        let got = ids(&mut r, &d);
+        assert_eq!(got, Ok(vec!["boot-2a".to_owned(), "radio-2".to_owned()]));
+        // Memoised: the same state gives the same chain index without another search.
+        assert_eq!(r.resolve(&d), r.resolve(&d));
+        assert_eq!(r.chains().len(), 1);
+    }
+
+    #[test]
+    fn no_downgrade_inside_a_chain() {
+        // The target wants exactly boot 2.0; the only release providing it would take a device
+        // on boot 2.5 backwards, so there is no chain. A device on boot 1.5 gets it.
+        let target = release("app-3", 30, &[("app", "3.0")], &["boot in 2.0"]);
+        let catalog = [release("boot-2", 10, &[("boot", "2.0")], &[])];
+        let newer = device(&[("app", "2.0"), ("boot", "2.5")]);
+        let older = device(&[("app", "2.0"), ("boot", "1.5")]);
+        let mut r = ChainResolver::new(&target, catalog.iter().collect());
+        let got = ids(&mut r, &newer);
+        assert!(
+            got.as_ref()
+                .is_err_and(|e| e.contains("boot in 2.0: no installable path to boot-2")),
+            "{got:?}"
+        );
+        assert_eq!(ids(&mut r, &older), Ok(vec!["boot-2".to_owned()]));
+    }
+
+    #[test]
+    fn cycles_are_detected_and_explain_failures() {
+        // boot-2 needs radio 2, radio-2 needs boot 2: a device with neither is stuck.
+        let target = release("app-3", 30, &[("app", "3.0")], &["boot>=2.0"]);
+        let catalog = [
+            release("boot-2", 10, &[("boot", "2.0")], &["radio>=2.0"]),
+            release("radio-2", 11, &[("radio", "2.0")], &["boot>=2.0"]),
+        ];
+        let refs: Vec<&ReleaseSpec> = catalog.iter().collect();
+        assert_eq!(
+            catalog_cycles(&refs),
+            vec![vec![
+                "boot-2".to_owned(),
+                "radio-2".to_owned(),
+                "boot-2".to_owned()
+            ]]
+        );
+        let stuck = device(&[("app", "2.0"), ("boot", "1.0"), ("radio", "1.0")]);
+        let lucky = device(&[("app", "2.0"), ("boot", "1.0"), ("radio", "2.0")]);
+        let mut r = ChainResolver::new(&target, refs);
+        let got = ids(&mut r, &stuck);
+        assert!(
+            got.as_ref()
+                .is_err_and(|e| e.contains("cycle (boot-2 -> radio-2 -> boot-2)")),
+            "{got:?}"
+        );
+        // A device that already has radio 2 breaks the cycle.
+        assert_eq!(ids(&mut r, &lucky), Ok(vec!["boot-2".to_owned()]));
+    }
+}

@@ -309,3 +309,98 @@ impl<'c> Simulator<'c> {
         timing
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::synth::{self, SynthOptions};
+
+    const T0: Timestamp = Timestamp::from_secs(1_795_392_000); // 2026-11-23T00:00:00Z
+
+    fn fleet() -> Fleet {
+        synth::generate(&SynthOptions {
+            devices: 10,
+            seed: 1,
+            now: T0,
+        })
+    }
+
+    /// Runs one wave of `n` devices in the first depot; returns the timing and the hours.
+    fn run(policy: &PlanningPolicy, n: u64, bytes: u64) -> (WaveTiming, Vec<HourLoad>) {
+        let fleet = fleet();
+        let calendar = Calendar::new(&fleet, policy);
+        let mut per_group = vec![0; calendar.group_count()];
+        per_group[0] = n;
+        let mut sim = Simulator::new(&calendar, policy, T0.plus_secs(30 * 86_400));
+        let timing = sim.run_wave(&per_group, bytes, T0);
+        (timing, sim.hours)
+    }
+
+    #[test]
+    fn constant_and_exponential_rates() {
+        let constant = PlanningPolicy {
+            rate: RateLimit::Constant { per_minute: 10 },
+            ..PlanningPolicy::default()
+        };
+        let (t, _) = run(&constant, 100, 1);
+        assert_eq!(t.first_offer, Some(T0));
+        assert_eq!(t.last_offer, Some(T0.plus_secs(9 * 60)));
+        // Minute 0 offers 10 (10 offered: one doubling), minute 1 offers 20 (30 offered: three
+        // doublings, 80 a minute), minute 2 offers the last 70.
+        let ramp = PlanningPolicy {
+            rate: RateLimit::Exponential {
+                start_per_minute: 10,
+                factor: 2.0,
+                every_devices: 10,
+                max_per_minute: 1000,
+            },
+            ..PlanningPolicy::default()
+        };
+        let (t, hours) = run(&ramp, 100, 1);
+        assert_eq!(t.last_offer, Some(T0.plus_secs(2 * 60)));
+        assert_eq!(hours.len(), 1);
+        assert_eq!(hours[0].devices, 100);
+    }
+
+    #[test]
+    fn bandwidth_cap_spreads_over_hours() {
+        let policy = PlanningPolicy {
+            rate: RateLimit::Constant { per_minute: 1000 },
+            bandwidth_cap_bytes_per_hour: Some(25 * 1_000_000),
+            ..PlanningPolicy::default()
+        };
+        let (t, hours) = run(&policy, 60, 1_000_000);
+        let per_hour: Vec<(i64, u64)> = hours
+            .iter()
+            .map(|h| (h.start.secs_since(T0), h.devices))
+            .collect();
+        assert_eq!(per_hour, [(0, 25), (3600, 25), (7200, 10)]);
+        assert_eq!(t.last_offer, Some(T0.plus_secs(7200)));
+    }
+
+    #[test]
+    fn closed_windows_wait_and_horizon_gives_up() {
+        // The first depot opens at 02:00 its local time.
+        let fleet = fleet();
+        let policy = PlanningPolicy {
+            windows: vec![super::super::policy::MaintenanceWindow {
+                region: "*".to_owned(),
+                start: super::super::policy::LocalTime(120),
+                end: super::super::policy::LocalTime(180),
+            }],
+            ..PlanningPolicy::default()
+        };
+        let offset = i64::from(fleet.depots[0].utc_offset_minutes) * 60;
+        let opens = (7200 - offset).rem_euclid(86_400);
+        let (t, _) = run(&policy, 5, 1);
+        assert_eq!(t.first_offer, Some(T0.plus_secs(opens)));
+        // A horizon that ends before the window opens: nothing scheduled, and said so.
+        let calendar = Calendar::new(&fleet, &policy);
+        let mut per_group = vec![0; calendar.group_count()];
+        per_group[0] = 5;
+        let mut sim = Simulator::new(&calendar, &policy, T0.plus_secs(opens - 60));
+        let timing = sim.run_wave(&per_group, 1, T0);
+        assert_eq!(timing.unscheduled, 5);
+        assert_eq!(timing.first_offer, None);
+    }
+}
