@@ -731,3 +731,23 @@ fn convoy_plan_prints_text_and_json() {
     assert!(!run.status.success());
     assert!(String::from_utf8_lossy(&run.stderr).contains("unsupported policy version 2"));
 }
+
+#[test]
+fn policy_example_in_docs_parses_and_plans() {
+    let doc = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/PLANNING.md"),
+    )
+    .expect("read docs/PLANNING.md");
+    let start = doc.find("```json\n").expect("a JSON example") + "```json\n".len();
+    let end = start + doc[start..].find("```").expect("closing fence");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("policy.json");
+    std::fs::write(&path, &doc[start..end]).expect("write");
+    let policy = convoy::cmd::plan::read_policy(&path).expect("the documented example parses");
+    assert_eq!(policy.canary.size, 40);
+    assert_eq!(policy.waves.len(), 4);
+    let fleet = fleet(3_000, 1);
+    let plan = make_plan(&fleet, &target(), &catalog(), &policy, 1);
+    assert_eq!(plan.waves[1].cohort, "depot eu-central-ber");
+    assert!(plan.waves[3].soak_secs >= 172_800);
+}
