@@ -23,8 +23,6 @@ use crate::fleet::{Device, Fleet};
 use crate::rng::SeededRng;
 use crate::time::Timestamp;
 use serde::Serialize;
-use std::collections::HashMap;
-use std::fmt::Write as _;
 
 use super::eligibility::{DeviceEligibility, Status};
 use super::policy::PlanningPolicy;
@@ -101,36 +99,101 @@ pub struct CanaryInput<'a> {
     pub seed: u64,
 }
 
-/// Writes a device's value of `attribute` (`a+b` joins with `/`) without allocating for the
-/// usual fields; unknown attributes read `(none)`.
-pub(super) fn write_value(d: &Device, attribute: &str, out: &mut String) {
-    for (i, part) in attribute.split('+').enumerate() {
-        if i > 0 {
-            out.push('/');
-        }
-        let part = part.trim();
-        match part {
-            "model" => out.push_str(&d.model),
-            "hw_rev" => out.push_str(&d.hw_rev),
-            "region" => out.push_str(&d.region),
-            "depot" => out.push_str(&d.depot),
-            "connectivity" => out.push_str(d.connectivity.as_str()),
-            "power" | "power_state" => out.push_str(d.power.as_str()),
-            "customer_tier" => out.push_str(d.customer_tier.as_str()),
-            "device_class" => out.push_str(d.device_class.as_str()),
-            "redundancy" => out.push_str(d.redundancy.as_str()),
-            "active_slot" => out.push_str(d.active_slot.as_str()),
-            "metered" => out.push_str(if d.metered { "true" } else { "false" }),
-            other => {
-                if let Some(v) = d.components.get(other) {
-                    let _ = write!(out, "{v}");
-                } else if let Some(t) = d.tags.get(other) {
-                    out.push_str(t);
-                } else {
-                    out.push_str("(none)");
+/// One part of a stratum attribute, parsed once so the per-device loop compares no names.
+#[derive(Clone, Debug)]
+enum Field {
+    Model,
+    HwRev,
+    Region,
+    Depot,
+    Connectivity,
+    Power,
+    Tier,
+    Class,
+    Redundancy,
+    Slot,
+    Metered,
+    /// A component's version if the device has one, else a tag of that name, else `(none)`.
+    Other(String),
+}
+
+/// A parsed attribute (`model+hw_rev` is two fields, written joined by `/`).
+#[derive(Clone, Debug)]
+pub(super) struct Attribute(Vec<Field>);
+
+impl Attribute {
+    pub(super) fn parse(text: &str) -> Self {
+        Self(
+            text.split('+')
+                .map(|part| match part.trim() {
+                    "model" => Field::Model,
+                    "hw_rev" => Field::HwRev,
+                    "region" => Field::Region,
+                    "depot" => Field::Depot,
+                    "connectivity" => Field::Connectivity,
+                    "power" | "power_state" => Field::Power,
+                    "customer_tier" => Field::Tier,
+                    "device_class" => Field::Class,
+                    "redundancy" => Field::Redundancy,
+                    "active_slot" => Field::Slot,
+                    "metered" => Field::Metered,
+                    other => Field::Other(other.to_owned()),
+                })
+                .collect(),
+        )
+    }
+
+    /// Appends the device's value to `out` without allocating (versions are written digit by
+    /// digit: `fmt` machinery is the hot spot of a million-device canary otherwise).
+    pub(super) fn write(&self, d: &Device, out: &mut String) {
+        for (i, field) in self.0.iter().enumerate() {
+            if i > 0 {
+                out.push('/');
+            }
+            match field {
+                Field::Model => out.push_str(&d.model),
+                Field::HwRev => out.push_str(&d.hw_rev),
+                Field::Region => out.push_str(&d.region),
+                Field::Depot => out.push_str(&d.depot),
+                Field::Connectivity => out.push_str(d.connectivity.as_str()),
+                Field::Power => out.push_str(d.power.as_str()),
+                Field::Tier => out.push_str(d.customer_tier.as_str()),
+                Field::Class => out.push_str(d.device_class.as_str()),
+                Field::Redundancy => out.push_str(d.redundancy.as_str()),
+                Field::Slot => out.push_str(d.active_slot.as_str()),
+                Field::Metered => out.push_str(if d.metered { "true" } else { "false" }),
+                Field::Other(name) => {
+                    if let Some(v) = d.components.get(name) {
+                        for (k, part) in v.parts().iter().enumerate() {
+                            if k > 0 {
+                                out.push('.');
+                            }
+                            push_u32(out, *part);
+                        }
+                    } else if let Some(t) = d.tags.get(name) {
+                        out.push_str(t);
+                    } else {
+                        out.push_str("(none)");
+                    }
                 }
             }
         }
+    }
+}
+
+fn push_u32(out: &mut String, mut n: u32) {
+    let mut digits = [0u8; 10];
+    let mut len = 0;
+    loop {
+        digits[len] = b'0' + (n % 10) as u8;
+        len += 1;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &d in digits[..len].iter().rev() {
+        out.push(char::from(d));
     }
 }
 
@@ -166,14 +229,15 @@ pub fn select(input: &CanaryInput<'_>) -> CanaryReport {
 
     // 1. Strata: intern each (attribute, value) to an id; `strata_of[pos * n_attr + a]`.
     let mut names: Vec<(usize, String)> = Vec::new();
-    let mut ids: Vec<HashMap<String, u32>> = vec![HashMap::new(); n_attr];
+    let mut ids: Vec<super::FastMap<String, u32>> = vec![super::FastMap::default(); n_attr];
     let mut strata_of: Vec<u32> = Vec::with_capacity(n * n_attr);
+    let parsed: Vec<Attribute> = attrs.iter().map(|a| Attribute::parse(a)).collect();
     let mut buf = String::new();
     for &fi in input.targeted {
         let d = &fleet.devices[fi as usize];
-        for (a, attr) in attrs.iter().enumerate() {
+        for (a, attr) in parsed.iter().enumerate() {
             buf.clear();
-            write_value(d, attr, &mut buf);
+            attr.write(d, &mut buf);
             let id = if let Some(id) = ids[a].get(buf.as_str()) {
                 *id
             } else {
@@ -189,7 +253,13 @@ pub fn select(input: &CanaryInput<'_>) -> CanaryReport {
     let mut counts = vec![Counts::default(); n_strata];
 
     // 2. Candidates and their rank key: (offline, far, seeded random).
-    let depot_pos = |d: &Device| fleet.depot(&d.depot).map(|x| x.position);
+    // Calendar groups are depot indices (the last one: unknown depot).
+    let depot_pos = |fi: u32| {
+        fleet
+            .depots
+            .get(input.group_of[fi as usize] as usize)
+            .map(|x| x.position)
+    };
     let mut ranked: Vec<(u8, u64, u32)> = Vec::new(); // (tier, random, position in targeted)
     let mut excluded_peak = 0;
     let mut excluded_depot = 0;
@@ -240,7 +310,7 @@ pub fn select(input: &CanaryInput<'_>) -> CanaryReport {
             counts[s as usize].candidates += 1;
         }
         let offline = !d.is_online(input.now, input.policy.online_threshold_secs);
-        let far = depot_pos(d).is_none_or(|p| p.distance_km(d.position) > policy.near_depot_km);
+        let far = depot_pos(fi).is_none_or(|p| p.distance_km(d.position) > policy.near_depot_km);
         let tier = (u8::from(offline) << 1) | u8::from(far);
         let random = SeededRng::derive(input.seed ^ 0xCA4A_4E11, u64::from(fi)).next_u64();
         ranked.push((tier, random, pos as u32));

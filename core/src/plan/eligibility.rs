@@ -13,7 +13,6 @@ use crate::fleet::Fleet;
 use crate::release::ReleaseSpec;
 use crate::requirement::{Requirement, RequirementKind};
 use serde::Serialize;
-use std::collections::HashMap;
 
 use super::graph::{ChainOutcome, ChainResolver};
 
@@ -62,6 +61,8 @@ pub struct DeviceEligibility {
     pub detail: u32,
     /// Bit `i` set: the target's requirement `i` (a condition) is unmet now.
     pub unmet_conditions: u64,
+    /// The release is built for the device's model (the device is in the targeted fleet).
+    pub supported: bool,
 }
 
 /// Verdicts for a whole fleet, indexed like `fleet.devices`.
@@ -85,7 +86,7 @@ const FAILURE_MARK: u32 = 1 << 31;
 pub fn evaluate(fleet: &Fleet, target: &ReleaseSpec, catalog: Vec<&ReleaseSpec>) -> Eligibility {
     let download = target.download_bytes();
     let mut reasons: Vec<String> = Vec::new();
-    let mut model_reason: HashMap<&str, u32> = HashMap::new();
+    let mut model_reason: super::FastMap<&str, u32> = super::FastMap::default();
     let push = |reasons: &mut Vec<String>, text: String| {
         reasons.push(text);
         (reasons.len() - 1) as u32
@@ -117,6 +118,7 @@ pub fn evaluate(fleet: &Fleet, target: &ReleaseSpec, catalog: Vec<&ReleaseSpec>)
             status: Status::EligibleNow,
             detail: 0,
             unmet_conditions: 0,
+            supported: false,
         };
         if !target.supports_hardware(device) {
             let id = *model_reason
@@ -136,6 +138,7 @@ pub fn evaluate(fleet: &Fleet, target: &ReleaseSpec, catalog: Vec<&ReleaseSpec>)
             out.push(verdict);
             continue;
         }
+        verdict.supported = true;
         let mut components_met = true;
         let mut hardware_unmet = None;
         for (i, req) in target.requires.iter().enumerate().take(64) {

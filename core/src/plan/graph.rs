@@ -18,7 +18,9 @@ use crate::fleet::Device;
 use crate::release::ReleaseSpec;
 use crate::requirement::{Requirement, RequirementKind};
 use crate::version::Version;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
+
+use super::FastMap as HashMap;
 
 /// Installed versions of [`ChainResolver`]'s components, in their order.
 type State = Vec<Option<Version>>;
@@ -73,11 +75,11 @@ impl<'a> ChainResolver<'a> {
             target,
             catalog,
             components,
-            memo: HashMap::new(),
+            memo: HashMap::default(),
             chains: Vec::new(),
-            chain_ids: HashMap::new(),
+            chain_ids: HashMap::default(),
             failures: Vec::new(),
-            failure_ids: HashMap::new(),
+            failure_ids: HashMap::default(),
             state_buf: Vec::new(),
             cycles,
         }

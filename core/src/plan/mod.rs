@@ -23,6 +23,33 @@ use crate::requirement::RequirementKind;
 use crate::time::Timestamp;
 use serde::Serialize;
 
+/// FNV-1a: a fast, deterministic hasher for the planner's small internal maps (depot ids,
+/// stratum values, component states), which SipHash would make the hot spot of a million-device
+/// plan. Keys are the fleet's own strings, not attacker-chosen, so flooding is not a concern.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Self(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl std::hash::Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
+/// A `HashMap` with [`Fnv`].
+pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, std::hash::BuildHasherDefault<Fnv>>;
+
 pub use canary::{CanaryReport, Coverage, StratumCoverage};
 pub use eligibility::{DeviceEligibility, Status};
 pub use policy::PlanningPolicy;
@@ -250,10 +277,25 @@ pub fn plan(input: &PlanInput<'_>) -> Result<Plan, PlanError> {
     chains.sort_by(|a, b| b.devices.cmp(&a.devices).then(a.releases.cmp(&b.releases)));
 
     let calendar = schedule::Calendar::new(fleet, policy);
+    // Only devices that can ever be offered need a calendar group.
+    let depot_index: FastMap<&str, u32> = fleet
+        .depots
+        .iter()
+        .enumerate()
+        .map(|(i, d)| (d.id.as_str(), i as u32))
+        .collect();
+    let unknown_group = (calendar.group_count() - 1) as u32;
     let group_of: Vec<u32> = fleet
         .devices
         .iter()
-        .map(|d| calendar.group_of(fleet, d) as u32)
+        .zip(&elig.devices)
+        .map(|(d, v)| match v.status {
+            Status::Never | Status::Installed => unknown_group,
+            _ => depot_index
+                .get(d.depot.as_str())
+                .copied()
+                .unwrap_or(unknown_group),
+        })
         .collect();
     let horizon_end = now.plus_secs(i64::from(policy.horizon_days) * 86_400);
     let first_open_minute: Vec<Option<u16>> = (0..calendar.group_count())
@@ -264,7 +306,7 @@ pub fn plan(input: &PlanInput<'_>) -> Result<Plan, PlanError> {
         })
         .collect();
     let targeted: Vec<u32> = (0..fleet.devices.len() as u32)
-        .filter(|&i| release.supports_hardware(&fleet.devices[i as usize]))
+        .filter(|&i| elig.devices[i as usize].supported)
         .collect();
     let canary = canary::select(&canary::CanaryInput {
         fleet,
@@ -365,7 +407,7 @@ fn summarise(
     let mut targeted = 0;
     for (v, d) in elig.devices.iter().zip(&fleet.devices) {
         by_status[v.status as usize] += 1;
-        targeted += usize::from(release.supports_hardware(d));
+        targeted += usize::from(v.supported);
         match v.status {
             Status::Never => never[v.detail as usize] += 1,
             Status::AfterPrerequisites => chains[v.detail as usize] += 1,
@@ -428,5 +470,78 @@ fn summarise(
             .collect(),
         by_reason,
         eligible_now_offline,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fleet::SmallMap;
+    use crate::version::Version;
+
+    fn release() -> ReleaseSpec {
+        ReleaseSpec {
+            id: "x-1".to_owned(),
+            version: Version::new(1, 0, 0),
+            counter: 1,
+            hardware: vec!["T300".to_owned()],
+            provides: [("firmware", Version::new(9, 0, 0))]
+                .into_iter()
+                .collect::<SmallMap<Version>>(),
+            requires: Vec::new(),
+            artifacts: Vec::new(),
+            expires: Timestamp::from_secs(1_000),
+        }
+    }
+
+    #[test]
+    fn empty_fleet_gives_an_empty_plan() {
+        let fleet = Fleet::default();
+        let policy = PlanningPolicy::default();
+        let plan = plan(&PlanInput {
+            fleet: &fleet,
+            release: &release(),
+            catalog: &[],
+            now: Timestamp::from_secs(0),
+            seed: 1,
+            policy: &policy,
+        })
+        .expect("plan");
+        assert!(plan.canary.devices.is_empty());
+        assert!(plan.waves.iter().all(|w| w.size == 0));
+        assert_eq!(plan.schedule.total_bytes, 0);
+        assert_eq!(plan.schedule.first_offer, None);
+    }
+
+    #[test]
+    fn refuses_expired_releases_and_impossible_caps() {
+        let fleet = Fleet::default();
+        let mut policy = PlanningPolicy::default();
+        let input = |now: i64, policy: &PlanningPolicy, release: &ReleaseSpec| {
+            plan(&PlanInput {
+                fleet: &fleet,
+                release,
+                catalog: &[],
+                now: Timestamp::from_secs(now),
+                seed: 1,
+                policy,
+            })
+        };
+        let err = input(2_000, &policy, &release()).expect_err("expired");
+        assert!(err.to_string().contains("release x-1 expired"), "{err}");
+        let mut big = release();
+        big.artifacts.push(crate::release::Artifact {
+            name: "a.img".to_owned(),
+            url: "a.img".to_owned(),
+            length_bytes: 10_000,
+            sha256: String::new(),
+        });
+        policy.bandwidth_cap_bytes_per_hour = Some(5_000);
+        let err = input(0, &policy, &big).expect_err("cap");
+        assert!(
+            err.to_string()
+                .contains("below one device's download of 10000"),
+            "{err}"
+        );
     }
 }

@@ -17,7 +17,7 @@ use crate::time::Timestamp;
 use serde::Serialize;
 use std::collections::BTreeMap;
 
-use super::canary::write_value;
+use super::canary::Attribute;
 use super::eligibility::{DeviceEligibility, Status};
 use super::policy::{Cohort, PlanningPolicy};
 use super::schedule::{Simulator, WaveTiming};
@@ -176,6 +176,7 @@ pub fn build(input: &WaveInput<'_>, sim: &mut Simulator<'_>) -> (Vec<WavePlan>, 
             }
             Cohort::Filter { attribute, values } => {
                 description = format!("{attribute} in {}", values.join(","));
+                let parsed = Attribute::parse(attribute);
                 for &(_, i) in &pool {
                     if take.len() >= cap {
                         break;
@@ -184,7 +185,7 @@ pub fn build(input: &WaveInput<'_>, sim: &mut Simulator<'_>) -> (Vec<WavePlan>, 
                         continue;
                     }
                     buf.clear();
-                    write_value(&fleet.devices[i as usize], attribute, &mut buf);
+                    parsed.write(&fleet.devices[i as usize], &mut buf);
                     if values.contains(&buf) {
                         take.push(i);
                     }
@@ -240,10 +241,10 @@ pub fn build(input: &WaveInput<'_>, sim: &mut Simulator<'_>) -> (Vec<WavePlan>, 
         }
         let mut order: Vec<usize> = (0..by_chain.len()).collect();
         order.sort_by_key(|&c| (usize::MAX - by_chain[c].len(), c));
-        for c in order {
+        for (k, c) in order.into_iter().enumerate() {
             let chain = &input.chains[c];
             members.push((
-                format!("after {}", chain.join(" + ")),
+                format!("after-prerequisites-{}", k + 1),
                 format!("devices that first install {}", chain.join(", then ")),
                 std::mem::take(&mut by_chain[c]),
                 None,
