@@ -163,7 +163,7 @@ impl Attribute {
                 Field::Slot => out.push_str(d.active_slot.as_str()),
                 Field::Metered => out.push_str(if d.metered { "true" } else { "false" }),
                 Field::Other(name) => {
-                    if let Some(v) = d.components.get(name) {
+                    if let Some(v) = super::component(d, name) {
                         for (k, part) in v.parts().iter().enumerate() {
                             if k > 0 {
                                 out.push('.');

@@ -142,7 +142,7 @@ pub fn evaluate(fleet: &Fleet, target: &ReleaseSpec, catalog: Vec<&ReleaseSpec>)
         let mut components_met = true;
         let mut hardware_unmet = None;
         for (i, req) in target.requires.iter().enumerate().take(64) {
-            if req.is_met(device, download) {
+            if super::is_met(req, device, download) {
                 continue;
             }
             match req.kind() {
@@ -156,11 +156,16 @@ pub fn evaluate(fleet: &Fleet, target: &ReleaseSpec, catalog: Vec<&ReleaseSpec>)
         if let Some(id) = hardware_unmet {
             verdict.status = Status::Never;
             verdict.detail = id;
-        } else if target.is_installed_on(device) {
+        } else if !target.provides.is_empty()
+            && target
+                .provides
+                .iter()
+                .all(|(c, v)| super::component(device, c) == Some(*v))
+        {
             verdict.status = Status::Installed;
         } else if let Some((_, _, id)) = downgrade_reason
             .iter()
-            .find(|(c, v, _)| device.component(c).is_some_and(|have| have > *v))
+            .find(|(c, v, _)| super::component(device, c).is_some_and(|have| have > *v))
         {
             verdict.status = Status::Never;
             verdict.detail = *id;

@@ -109,7 +109,7 @@ impl<'a> ChainResolver<'a> {
     pub fn resolve(&mut self, device: &'a Device) -> ChainOutcome {
         self.state_buf.clear();
         self.state_buf
-            .extend(self.components.iter().map(|c| device.component(c)));
+            .extend(self.components.iter().map(|c| super::component(device, c)));
         let key = (device.model.as_str(), device.hw_rev.as_str());
         if let Some(hit) = self
             .memo
