@@ -165,7 +165,9 @@ pub struct ChainSummary {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ExceptionUse {
     pub region: String,
+    #[serde(with = "policy::rfc3339")]
     pub from: Timestamp,
+    #[serde(with = "policy::rfc3339")]
     pub until: Timestamp,
     pub reason: String,
     pub devices: u64,

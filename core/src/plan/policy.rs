@@ -352,7 +352,7 @@ pub struct CalendarException {
 }
 
 /// Timestamps as RFC 3339 text in policy files (people write them by hand).
-mod rfc3339 {
+pub(crate) mod rfc3339 {
     use crate::time::Timestamp;
     use serde::{Deserialize, Deserializer, Serializer};
 
