@@ -94,6 +94,9 @@ impl Default for PlanningPolicy {
 
 const DAY: u64 = 86_400;
 
+/// The longest soak or operating cycle the policy accepts: a year.
+const MAX_SOAK_SECS: u64 = 365 * DAY;
+
 /// How the canary is chosen.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -409,6 +412,12 @@ impl PlanningPolicy {
                     format!("{pct} is not in (0, 100]"),
                 );
             }
+            if w.soak_secs.is_some_and(|s| s > MAX_SOAK_SECS) {
+                return bad(
+                    &format!("waves[{i}].soak_secs"),
+                    format!("more than {MAX_SOAK_SECS} s (a year)"),
+                );
+            }
             if w.max_devices == Some(0) {
                 return bad(
                     &format!("waves[{i}].max_devices"),
@@ -470,8 +479,24 @@ impl PlanningPolicy {
         if self.data_price_per_gb.is_nan() || self.data_price_per_gb < 0.0 {
             return bad("data_price_per_gb", "must not be negative".into());
         }
-        if self.horizon_days == 0 {
-            return bad("horizon_days", "must be at least 1".into());
+        if let Some((class, secs)) = self
+            .operating_cycle_secs
+            .iter()
+            .find(|(_, s)| **s > MAX_SOAK_SECS)
+        {
+            return bad(
+                &format!("operating_cycle_secs.{class}"),
+                format!("{secs} is more than {MAX_SOAK_SECS} s (a year)"),
+            );
+        }
+        if self.default_operating_cycle_secs > MAX_SOAK_SECS {
+            return bad(
+                "default_operating_cycle_secs",
+                format!("more than {MAX_SOAK_SECS} s (a year)"),
+            );
+        }
+        if self.horizon_days == 0 || self.horizon_days > 3_650 {
+            return bad("horizon_days", "must be between 1 and 3650".into());
         }
         Ok(())
     }
@@ -550,5 +575,13 @@ mod tests {
         p.waves[1].cohort = Cohort::Canary;
         let err = p.validate().expect_err("canary second").to_string();
         assert!(err.contains("waves[1].cohort"), "{err}");
+        let mut p = PlanningPolicy::default();
+        p.waves[2].soak_secs = Some(u64::MAX);
+        let err = p.validate().expect_err("huge soak").to_string();
+        assert!(err.contains("waves[2].soak_secs"), "{err}");
+        let mut p = PlanningPolicy::default();
+        p.operating_cycle_secs.insert(DeviceClass::Bus, u64::MAX);
+        let err = p.validate().expect_err("huge cycle").to_string();
+        assert!(err.contains("operating_cycle_secs.bus"), "{err}");
     }
 }
