@@ -577,4 +577,110 @@ mod tests {
             "{err}"
         );
     }
+
+    mod properties {
+        use super::super::policy::{Cohort, LocalTime, MaintenanceWindow, RateLimit, WaveSpec};
+        use super::super::*;
+        use crate::release::Artifact;
+        use crate::synth::{self, SynthOptions};
+        use proptest::prelude::*;
+
+        fn target() -> ReleaseSpec {
+            ReleaseSpec {
+                id: "t300-fw-9".to_owned(),
+                version: crate::version::Version::new(9, 0, 0),
+                counter: 9,
+                hardware: vec!["T300".to_owned(), "T500".to_owned()],
+                provides: [("firmware", crate::version::Version::new(9, 0, 0))]
+                    .into_iter()
+                    .collect(),
+                requires: ["bootloader>=2.0", "battery>=40", "no_roaming"]
+                    .iter()
+                    .map(|r| r.parse().expect("requirement"))
+                    .collect(),
+                artifacts: vec![Artifact {
+                    name: "fw.img".to_owned(),
+                    url: "fw.img".to_owned(),
+                    length_bytes: 1_000_000,
+                    sha256: String::new(),
+                }],
+                expires: Timestamp::from_secs(i64::MAX),
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(48))]
+
+            /// Whatever the fleet and policy: every device in the pool lands in exactly one
+            /// wave, the canary is eligible now and within its size, no hour exceeds the cap,
+            /// and every offer falls inside the window.
+            #[test]
+            fn plans_keep_their_invariants(
+                devices in 0usize..400,
+                fleet_seed in 0u64..1_000,
+                seed in 0u64..1_000,
+                canary_size in 1usize..40,
+                floor in 0usize..3,
+                pct in 1.0f64..100.0,
+                per_minute in 1u32..50,
+                cap_devices in 1u64..200,
+                window_start in 0u16..24,
+                window_len in 1u16..24,
+            ) {
+                let now = Timestamp::from_secs(1_795_392_000);
+                let fleet = synth::generate(&SynthOptions { devices, seed: fleet_seed, now });
+                let policy = PlanningPolicy {
+                    canary: policy::CanaryPolicy {
+                        size: canary_size,
+                        floor_per_stratum: floor,
+                        ..policy::CanaryPolicy::default()
+                    },
+                    waves: vec![
+                        WaveSpec::new("canary", Cohort::Canary),
+                        WaveSpec::new("some", Cohort::Percent { pct }),
+                        WaveSpec::new("vans", Cohort::Filter {
+                            attribute: "device_class".to_owned(),
+                            values: vec!["delivery_van".to_owned()],
+                        }),
+                    ],
+                    rate: RateLimit::Constant { per_minute },
+                    bandwidth_cap_bytes_per_hour: Some(cap_devices * 1_000_000),
+                    windows: vec![MaintenanceWindow {
+                        region: "*".to_owned(),
+                        start: LocalTime(window_start * 60),
+                        end: LocalTime(((window_start + window_len) % 24) * 60),
+                    }],
+                    ..PlanningPolicy::default()
+                };
+                let release = target();
+                let plan = plan(&PlanInput { fleet: &fleet, release: &release, catalog: &[], now, seed, policy: &policy })
+                    .expect("valid policy plans");
+                let mut seen = vec![0u8; fleet.len()];
+                for w in &plan.waves {
+                    for &i in &w.devices {
+                        seen[i as usize] += 1;
+                    }
+                }
+                for (i, v) in plan.devices.iter().enumerate() {
+                    let pooled = matches!(v.status, Status::EligibleNow | Status::AfterConditions);
+                    prop_assert_eq!(seen[i], u8::from(pooled));
+                }
+                prop_assert!(plan.canary.devices.len() <= canary_size);
+                for &i in &plan.canary.devices {
+                    prop_assert_eq!(plan.devices[i as usize].status, Status::EligibleNow);
+                }
+                for h in &plan.schedule.hours {
+                    prop_assert!(h.bytes <= cap_devices * 1_000_000);
+                }
+                let window = policy::LocalRange { start: policy.windows[0].start, end: policy.windows[0].end };
+                for slot in &plan.schedule.slots {
+                    let offset = slot
+                        .depot
+                        .map_or(0, |d| i64::from(fleet.depots[d as usize].utc_offset_minutes));
+                    let minute = ((slot.at.secs() / 60 + offset).rem_euclid(1440)) as u16;
+                    prop_assert!(window.contains(minute));
+                }
+            }
+        }
+    }
 }
