@@ -218,8 +218,7 @@ pub fn evaluate(fleet: &Fleet, target: &ReleaseSpec, catalog: Vec<&ReleaseSpec>)
     }
 }
 
-/// Whether a condition requirement could pass later. All do by definition; kept as a function
-/// so the text explaining each one lives in one place.
+/// What a device waits for when a condition requirement is unmet, for reason texts.
 pub fn condition_hint(req: &Requirement) -> &'static str {
     match req {
         Requirement::FreeStorage { .. } => "waits for free storage",

@@ -317,7 +317,7 @@ pub fn plan(input: &PlanInput<'_>) -> Result<Plan, PlanError> {
         .enumerate()
         .map(|(i, d)| (d.id.as_str(), i as u32))
         .collect();
-    let unknown_group = (calendar.group_count() - 1) as u32;
+    let unknown_group = calendar.unknown_depot_group() as u32;
     let group_of: Vec<u32> = fleet
         .devices
         .iter()

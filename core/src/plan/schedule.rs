@@ -9,7 +9,7 @@
 //! open. It counts devices, not which device goes when: the dispatcher picks devices within a
 //! wave. Daylight-saving changes are not modelled: depots carry a standard-time offset.
 
-use crate::fleet::{Device, Fleet};
+use crate::fleet::Fleet;
 use crate::time::Timestamp;
 use serde::Serialize;
 
@@ -101,12 +101,10 @@ impl Calendar {
         self.groups.len()
     }
 
-    /// The group of a device: its depot's index, or the last group for unknown depots.
-    pub fn group_of(&self, fleet: &Fleet, device: &Device) -> usize {
-        fleet
-            .depots
-            .binary_search_by(|d| d.id.as_str().cmp(&device.depot))
-            .unwrap_or(self.groups.len() - 1)
+    /// The group of devices whose depot is unknown; every other group is the depot's index in
+    /// `fleet.depots`.
+    pub fn unknown_depot_group(&self) -> usize {
+        self.groups.len() - 1
     }
 
     /// Minutes after local midnight at `t` for a group.
