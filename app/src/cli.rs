@@ -25,6 +25,8 @@ pub enum Command {
     Key(cmd::key::Args),
     /// Sign, verify and publish (TUF) release manifests.
     Release(cmd::release::Args),
+    /// Plan a rollout: eligibility, prerequisite chains, canary, waves, schedule, bandwidth.
+    Plan(cmd::plan::Args),
 }
 
 /// Runs the command line and returns the process exit code. Errors are printed once, here,
@@ -44,6 +46,7 @@ pub fn main() -> ExitCode {
         Some(Command::Score(args)) => cmd::score::run(&args),
         Some(Command::Key(args)) => cmd::key::run(&args),
         Some(Command::Release(args)) => cmd::release::run(&args),
+        Some(Command::Plan(args)) => cmd::plan::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

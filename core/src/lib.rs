@@ -13,6 +13,7 @@ pub mod cluster;
 pub mod cvss;
 pub mod fleet;
 pub mod manifest;
+pub mod plan;
 pub mod release;
 pub mod requirement;
 pub mod risk;

@@ -2,6 +2,7 @@
 
 mod fleet;
 mod mqtt;
+mod plan;
 mod release;
 mod score;
 mod tuf;

@@ -3,5 +3,6 @@
 pub mod broker;
 pub mod fleet;
 pub mod key;
+pub mod plan;
 pub mod release;
 pub mod score;

@@ -1,0 +1,354 @@
+//! `convoy plan`: plan a rollout of a release to a fleet and print it (text or JSON).
+//!
+//! Reads the fleet, the release (a JSON `ReleaseSpec` for now), an optional catalog of other
+//! releases for prerequisite chains, and the `"planning"` section of an optional policy file;
+//! reads the clock only when `--now` is not given; then hands everything to
+//! `convoy_core::plan::plan`. Gates are not printed yet: they are wired in at integration.
+
+use anyhow::{Context, Result, bail};
+use convoy_core::plan::{self, Coverage, Plan, PlanInput, PlanningPolicy, Status};
+use convoy_core::release::ReleaseSpec;
+use convoy_core::time::Timestamp;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use crate::fleet_io;
+
+/// The policy file versions this build reads.
+const POLICY_VERSION: u64 = 1;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Fleet file (`.json`).
+    #[arg(long)]
+    pub fleet: PathBuf,
+    /// The release to plan: a JSON `ReleaseSpec` file.
+    #[arg(long)]
+    pub release: PathBuf,
+    /// Other releases usable as prerequisites: JSON files, each one `ReleaseSpec` or an array
+    /// of them. Repeatable.
+    #[arg(long)]
+    pub catalog: Vec<PathBuf>,
+    /// Policy file (JSON with `"version"` and a `"planning"` section; other sections are
+    /// ignored here).
+    #[arg(long)]
+    pub policy: Option<PathBuf>,
+    /// The moment the plan starts (RFC 3339); defaults to the clock.
+    #[arg(long, value_parser = super::fleet::parse_time)]
+    pub now: Option<Timestamp>,
+    /// Seed for the canary and wave order: the same seed gives the same plan.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Print the plan as JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: &Args) -> Result<()> {
+    let fleet = fleet_io::load_fleet(&args.fleet)
+        .with_context(|| format!("loading the fleet {}", args.fleet.display()))?;
+    let release: ReleaseSpec = read_json(&args.release)
+        .with_context(|| format!("reading the release {}", args.release.display()))?;
+    let mut catalog = Vec::new();
+    for path in &args.catalog {
+        catalog.extend(
+            read_catalog(path)
+                .with_context(|| format!("reading the catalog {}", path.display()))?,
+        );
+    }
+    let policy = match &args.policy {
+        Some(path) => {
+            read_policy(path).with_context(|| format!("reading the policy {}", path.display()))?
+        }
+        None => PlanningPolicy::default(),
+    };
+    let now = args.now.unwrap_or_else(crate::now);
+    let plan = plan::plan(&PlanInput {
+        fleet: &fleet,
+        release: &release,
+        catalog: &catalog,
+        now,
+        seed: args.seed,
+        policy: &policy,
+    })
+    .with_context(|| format!("planning release {}", release.id))?;
+    let out = if args.json {
+        let mut s = serde_json::to_string_pretty(&plan).context("serialising the plan")?;
+        s.push('\n');
+        s
+    } else {
+        render_text(&plan)
+    };
+    print!("{out}");
+    Ok(())
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("opening {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
+/// One `ReleaseSpec` or an array of them.
+fn read_catalog(path: &Path) -> Result<Vec<ReleaseSpec>> {
+    let value: serde_json::Value = read_json(path)?;
+    if value.is_array() {
+        serde_json::from_value(value).context("parsing an array of releases")
+    } else {
+        Ok(vec![
+            serde_json::from_value(value).context("parsing a release")?,
+        ])
+    }
+}
+
+/// Reads the `"planning"` section of a shared policy file; a missing section means defaults.
+pub fn read_policy(path: &Path) -> Result<PlanningPolicy> {
+    let value: serde_json::Value = read_json(path)?;
+    let Some(obj) = value.as_object() else {
+        bail!("the policy file must be a JSON object with \"version\" and \"planning\"");
+    };
+    match obj.get("version").and_then(serde_json::Value::as_u64) {
+        Some(POLICY_VERSION) => {}
+        Some(v) => {
+            bail!("unsupported policy version {v}: this build reads version {POLICY_VERSION}")
+        }
+        None => {
+            bail!("the policy file needs a numeric \"version\" (this build reads {POLICY_VERSION})")
+        }
+    }
+    match obj.get("planning") {
+        Some(section) => {
+            serde_json::from_value(section.clone()).context("parsing the \"planning\" section")
+        }
+        None => Ok(PlanningPolicy::default()),
+    }
+}
+
+fn bytes_text(bytes: u64) -> String {
+    let b = bytes as f64;
+    if b >= 1e9 {
+        format!("{:.1} GB", b / 1e9)
+    } else if b >= 1e6 {
+        format!("{:.1} MB", b / 1e6)
+    } else if b >= 1e3 {
+        format!("{:.1} kB", b / 1e3)
+    } else {
+        format!("{bytes} B")
+    }
+}
+
+fn duration_text(secs: u64) -> String {
+    if secs.is_multiple_of(86_400) {
+        format!("{}d", secs / 86_400)
+    } else if secs.is_multiple_of(3_600) {
+        format!("{}h", secs / 3_600)
+    } else {
+        format!("{}m", secs.div_ceil(60))
+    }
+}
+
+fn time_text(t: Option<Timestamp>) -> String {
+    t.map_or_else(|| "-".to_owned(), Timestamp::to_rfc3339)
+}
+
+/// The plan for people.
+pub fn render_text(plan: &Plan) -> String {
+    let mut s = String::new();
+    let e = &plan.eligibility;
+    let _ = writeln!(
+        s,
+        "Plan for {} at {} (seed {}), {} per device",
+        plan.release,
+        plan.now,
+        plan.seed,
+        bytes_text(plan.download_bytes)
+    );
+    let _ = writeln!(
+        s,
+        "\nEligibility: {} devices, {} of a model the release is built for",
+        e.devices, e.targeted
+    );
+    for c in &e.by_status {
+        let _ = writeln!(s, "  {:<20} {:>9}", c.status.as_str(), c.devices);
+    }
+    if e.eligible_now_offline > 0 {
+        let _ = writeln!(
+            s,
+            "  ({} eligible now are offline; they are offered it when they return)",
+            e.eligible_now_offline
+        );
+    }
+    let _ = writeln!(s, "\nReasons:");
+    for r in &e.by_reason {
+        let _ = writeln!(
+            s,
+            "  {:<20} {:>9}  {}",
+            r.status.as_str(),
+            r.devices,
+            r.reason
+        );
+    }
+    let _ = writeln!(s, "\nPrerequisite chains:");
+    if plan.chains.is_empty() {
+        let _ = writeln!(s, "  none");
+    }
+    for c in &plan.chains {
+        let _ = writeln!(
+            s,
+            "  {:>9} devices: {} -> {} ({} per device)",
+            c.devices,
+            c.releases.join(" -> "),
+            plan.release,
+            bytes_text(c.bytes_per_device)
+        );
+    }
+    let k = &plan.canary;
+    let _ = writeln!(
+        s,
+        "\nCanary: {} of {} asked, from {} candidates ({} critical at peak excluded, {} outside the canary depot); {} offline, {} far from their depot",
+        k.devices.len(),
+        k.target_size,
+        k.candidates,
+        k.excluded_critical_at_peak,
+        k.excluded_outside_depot,
+        k.offline,
+        k.far_from_depot
+    );
+    let _ = writeln!(
+        s,
+        "  {:<18} {:<14} {:>8} {:>7} {:>9} {:>6}  coverage",
+        "stratum", "value", "devices", "share", "eligible", "canary"
+    );
+    let mut minor = 0;
+    for st in &k.strata {
+        if st.coverage == Coverage::NotRequired {
+            minor += 1;
+            continue;
+        }
+        let cov = match &st.coverage {
+            Coverage::Represented => "represented".to_owned(),
+            Coverage::BelowFloor(why) => format!("BELOW FLOOR: {why}"),
+            Coverage::Missing(why) => format!("MISSING: {why}"),
+            Coverage::NotRequired => String::new(),
+        };
+        let _ = writeln!(
+            s,
+            "  {:<18} {:<14} {:>8} {:>6.2}% {:>9} {:>6}  {cov}",
+            st.attribute, st.value, st.devices, st.share_pct, st.eligible_now, st.canary
+        );
+    }
+    if minor > 0 {
+        let _ = writeln!(
+            s,
+            "  ({minor} strata below the meaningful share are not required; see --json)"
+        );
+    }
+    let _ = writeln!(s, "  devices: {}", k.device_ids.join(" "));
+    let _ = writeln!(s, "\nWaves:");
+    let _ = writeln!(
+        s,
+        "  {:<28} {:>8} {:>7} {:<22} {:<22} {:>10} {:>9}  cohort",
+        "wave", "devices", "soak", "first offer", "last offer", "bytes", "cost"
+    );
+    for w in &plan.waves {
+        let _ = writeln!(
+            s,
+            "  {:<28} {:>8} {:>7} {:<22} {:<22} {:>10} {:>9.2}  {}{}",
+            w.name,
+            w.size,
+            duration_text(w.soak_secs),
+            time_text(w.timing.first_offer),
+            time_text(w.timing.last_offer),
+            bytes_text(w.bytes),
+            w.data_cost,
+            w.cohort,
+            if w.waiting_on_conditions > 0 {
+                format!(" ({} wait on conditions)", w.waiting_on_conditions)
+            } else {
+                String::new()
+            }
+        );
+    }
+    let sch = &plan.schedule;
+    let _ = writeln!(s, "\nSchedule:");
+    let _ = writeln!(s, "  rate: {}", rate_text(&sch.rate));
+    if sch.windows.is_empty() {
+        let _ = writeln!(s, "  windows: any time");
+    }
+    for w in &sch.windows {
+        let _ = writeln!(s, "  window: {} {}-{} local", w.region, w.start, w.end);
+    }
+    for b in &sch.blackouts {
+        let _ = writeln!(
+            s,
+            "  blackout: {} {} to {} ({})",
+            b.region, b.from, b.until, b.reason
+        );
+    }
+    for x in &sch.exceptions {
+        let _ = writeln!(
+            s,
+            "  exception: {} {} to {} ({}): {} devices offered under it",
+            x.region, x.from, x.until, x.reason, x.devices
+        );
+    }
+    let _ = writeln!(
+        s,
+        "  first offer {}, last offer {}",
+        time_text(sch.first_offer),
+        time_text(sch.last_offer)
+    );
+    let _ = writeln!(s, "\nBandwidth:");
+    let _ = writeln!(
+        s,
+        "  total {}, on metered links {} (cost {:.2} at {:.2} per GB)",
+        bytes_text(sch.total_bytes),
+        bytes_text(sch.metered_bytes),
+        sch.data_cost,
+        sch.data_price_per_gb
+    );
+    let _ = writeln!(
+        s,
+        "  peak {} per hour (cap {})",
+        bytes_text(sch.peak_bytes_per_hour),
+        sch.bandwidth_cap_bytes_per_hour
+            .map_or_else(|| "none".to_owned(), bytes_text)
+    );
+    let _ = writeln!(
+        s,
+        "\nGates: not part of the plan yet (wired in at integration)."
+    );
+    if !plan.warnings.is_empty() {
+        let _ = writeln!(s, "\nWarnings:");
+        for w in &plan.warnings {
+            let _ = writeln!(s, "  {w}");
+        }
+    }
+    let never = plan
+        .eligibility
+        .by_status
+        .iter()
+        .find(|c| c.status == Status::Never)
+        .map_or(0, |c| c.devices);
+    let _ = writeln!(
+        s,
+        "\n{} waves, {} devices never eligible (reasons above).",
+        plan.waves.len(),
+        never
+    );
+    s
+}
+
+fn rate_text(rate: &plan::policy::RateLimit) -> String {
+    match rate {
+        plan::policy::RateLimit::Constant { per_minute } => format!("{per_minute} devices/min"),
+        plan::policy::RateLimit::Exponential {
+            start_per_minute,
+            factor,
+            every_devices,
+            max_per_minute,
+        } => format!(
+            "{start_per_minute} devices/min, x{factor} every {every_devices} offered, up to {max_per_minute}/min"
+        ),
+    }
+}

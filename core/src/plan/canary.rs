@@ -1,0 +1,512 @@
+//! The representative canary: a small set of eligible devices that covers the fleet's real
+//! diversity, and a coverage report that says which strata it represents and which it misses,
+//! and why.
+//!
+//! Method (stratified sampling with floors, greedy and deterministic):
+//! 1. Strata are (attribute, value) pairs over the targeted fleet (devices whose model the
+//!    release is built for), one family per `canary.strata` attribute; a stratum is meaningful
+//!    when its share of the targeted fleet is at least `meaningful_share_pct`.
+//! 2. Candidates are devices eligible now, not critical at their peak when their depot's first
+//!    window opens, and (if set) in `canary.depot`. Candidates are ranked: online before
+//!    offline, near their depot before far, then by a seeded random key per device.
+//! 3. Floors first, rarest stratum first: each meaningful stratum takes its best-ranked
+//!    candidates until it has `floor_per_stratum`, preferring (among its next few) the device
+//!    that also fills the most other unmet floors.
+//! 4. Remaining places go in rank order to devices whose strata are all below their
+//!    proportional share of the canary, then to anyone.
+//!
+//! It deliberately covers each attribute's values (marginals), not every combination of them:
+//! combinations explode, and a compound attribute (`model+hw_rev`) names any combination that
+//! matters.
+
+use crate::fleet::{Device, Fleet};
+use crate::rng::SeededRng;
+use crate::time::Timestamp;
+use serde::Serialize;
+
+use super::eligibility::{DeviceEligibility, Status};
+use super::policy::PlanningPolicy;
+use super::schedule::Calendar;
+
+/// How many of a stratum's next candidates the floor step compares.
+const LOOKAHEAD: usize = 32;
+
+/// Whether a stratum made it into the canary.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "status", content = "why")]
+pub enum Coverage {
+    /// At least the floor.
+    Represented,
+    /// Some devices, fewer than the floor.
+    BelowFloor(String),
+    /// Meaningful but absent.
+    Missing(String),
+    /// Below the meaningful share; not required.
+    NotRequired,
+}
+
+/// One stratum's row in the coverage report.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct StratumCoverage {
+    pub attribute: String,
+    pub value: String,
+    /// Devices of the targeted fleet in this stratum.
+    pub devices: usize,
+    pub share_pct: f64,
+    pub eligible_now: usize,
+    pub candidates: usize,
+    pub canary: usize,
+    pub coverage: Coverage,
+}
+
+/// The canary and its coverage.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct CanaryReport {
+    /// Indices into `fleet.devices`, ascending (so in id order).
+    #[serde(skip)]
+    pub devices: Vec<u32>,
+    /// Device ids, in id order.
+    pub device_ids: Vec<String>,
+    pub target_size: usize,
+    pub candidates: usize,
+    /// Eligible-now devices left out because they are critical and at their peak.
+    pub excluded_critical_at_peak: usize,
+    /// Eligible-now devices left out because they are outside `canary.depot`.
+    pub excluded_outside_depot: usize,
+    /// Canary devices offline longer than the online threshold (picked only when needed).
+    pub offline: usize,
+    /// Canary devices farther from their depot than `near_depot_km`.
+    pub far_from_depot: usize,
+    /// Every stratum, by attribute (in policy order) then by descending size.
+    pub strata: Vec<StratumCoverage>,
+    /// One line per meaningful stratum that is missing or below its floor.
+    pub flags: Vec<String>,
+}
+
+/// Inputs the canary needs beyond the fleet.
+pub struct CanaryInput<'a> {
+    pub fleet: &'a Fleet,
+    pub eligibility: &'a [DeviceEligibility],
+    /// Fleet indices of the targeted fleet (release supports the model), ascending.
+    pub targeted: &'a [u32],
+    pub policy: &'a PlanningPolicy,
+    pub calendar: &'a Calendar,
+    /// Per fleet index: the device's calendar group.
+    pub group_of: &'a [u32],
+    /// Per calendar group: local minute of day when it first opens (None: never opens).
+    pub first_open_minute: &'a [Option<u16>],
+    pub now: Timestamp,
+    pub seed: u64,
+}
+
+/// One part of a stratum attribute, parsed once so the per-device loop compares no names.
+#[derive(Clone, Debug)]
+enum Field {
+    Model,
+    HwRev,
+    Region,
+    Depot,
+    Connectivity,
+    Power,
+    Tier,
+    Class,
+    Redundancy,
+    Slot,
+    Metered,
+    /// A component's version if the device has one, else a tag of that name, else `(none)`.
+    Other(String),
+}
+
+/// A parsed attribute (`model+hw_rev` is two fields, written joined by `/`).
+#[derive(Clone, Debug)]
+pub(super) struct Attribute(Vec<Field>);
+
+impl Attribute {
+    pub(super) fn parse(text: &str) -> Self {
+        Self(
+            text.split('+')
+                .map(|part| match part.trim() {
+                    "model" => Field::Model,
+                    "hw_rev" => Field::HwRev,
+                    "region" => Field::Region,
+                    "depot" => Field::Depot,
+                    "connectivity" => Field::Connectivity,
+                    "power" | "power_state" => Field::Power,
+                    "customer_tier" => Field::Tier,
+                    "device_class" => Field::Class,
+                    "redundancy" => Field::Redundancy,
+                    "active_slot" => Field::Slot,
+                    "metered" => Field::Metered,
+                    other => Field::Other(other.to_owned()),
+                })
+                .collect(),
+        )
+    }
+
+    /// Appends the device's value to `out` without allocating (versions are written digit by
+    /// digit: `fmt` machinery is the hot spot of a million-device canary otherwise).
+    pub(super) fn write(&self, d: &Device, out: &mut String) {
+        for (i, field) in self.0.iter().enumerate() {
+            if i > 0 {
+                out.push('/');
+            }
+            match field {
+                Field::Model => out.push_str(&d.model),
+                Field::HwRev => out.push_str(&d.hw_rev),
+                Field::Region => out.push_str(&d.region),
+                Field::Depot => out.push_str(&d.depot),
+                Field::Connectivity => out.push_str(d.connectivity.as_str()),
+                Field::Power => out.push_str(d.power.as_str()),
+                Field::Tier => out.push_str(d.customer_tier.as_str()),
+                Field::Class => out.push_str(d.device_class.as_str()),
+                Field::Redundancy => out.push_str(d.redundancy.as_str()),
+                Field::Slot => out.push_str(d.active_slot.as_str()),
+                Field::Metered => out.push_str(if d.metered { "true" } else { "false" }),
+                Field::Other(name) => {
+                    if let Some(v) = super::component(d, name) {
+                        for (k, part) in v.parts().iter().enumerate() {
+                            if k > 0 {
+                                out.push('.');
+                            }
+                            push_u32(out, *part);
+                        }
+                    } else if let Some(t) = d.tags.get(name) {
+                        out.push_str(t);
+                    } else {
+                        out.push_str("(none)");
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn push_u32(out: &mut String, mut n: u32) {
+    let mut digits = [0u8; 10];
+    let mut len = 0;
+    loop {
+        digits[len] = b'0' + (n % 10) as u8;
+        len += 1;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &d in digits[..len].iter().rev() {
+        out.push(char::from(d));
+    }
+}
+
+/// Whether the policy treats the device as critical.
+pub fn is_critical(d: &Device, policy: &PlanningPolicy) -> bool {
+    let c = &policy.criticality;
+    c.critical_classes.contains(&d.device_class)
+        || (c.critical_tiers.contains(&d.customer_tier)
+            && !c.covering_redundancy.contains(&d.redundancy))
+}
+
+/// Per-stratum counters, indexed by stratum id.
+#[derive(Clone, Copy, Default)]
+struct Counts {
+    devices: usize,
+    eligible_now: usize,
+    after_prerequisites: usize,
+    after_conditions: usize,
+    never: usize,
+    installed: usize,
+    candidates: usize,
+    critical_at_peak: usize,
+    outside_depot: usize,
+    canary: usize,
+}
+
+pub fn select(input: &CanaryInput<'_>) -> CanaryReport {
+    let policy = &input.policy.canary;
+    let fleet = input.fleet;
+    let attrs = &policy.strata;
+    let n_attr = attrs.len();
+    let n = input.targeted.len();
+
+    // 1. Strata: intern each (attribute, value) to an id; `strata_of[pos * n_attr + a]`.
+    let mut names: Vec<(usize, String)> = Vec::new();
+    let mut ids: Vec<super::FastMap<String, u32>> = vec![super::FastMap::default(); n_attr];
+    let mut strata_of: Vec<u32> = Vec::with_capacity(n * n_attr);
+    let parsed: Vec<Attribute> = attrs.iter().map(|a| Attribute::parse(a)).collect();
+    let mut buf = String::new();
+    for &fi in input.targeted {
+        let d = &fleet.devices[fi as usize];
+        for (a, attr) in parsed.iter().enumerate() {
+            buf.clear();
+            attr.write(d, &mut buf);
+            let id = if let Some(id) = ids[a].get(buf.as_str()) {
+                *id
+            } else {
+                let id = names.len() as u32;
+                names.push((a, buf.clone()));
+                ids[a].insert(buf.clone(), id);
+                id
+            };
+            strata_of.push(id);
+        }
+    }
+    let n_strata = names.len();
+    let mut counts = vec![Counts::default(); n_strata];
+
+    // 2. Candidates and their rank key: (offline, far, seeded random).
+    // Calendar groups are depot indices (the last one: unknown depot).
+    let depot_pos = |fi: u32| {
+        fleet
+            .depots
+            .get(input.group_of[fi as usize] as usize)
+            .map(|x| x.position)
+    };
+    let mut ranked: Vec<(u8, u64, u32)> = Vec::new(); // (tier, random, position in targeted)
+    let mut excluded_peak = 0;
+    let mut excluded_depot = 0;
+    for (pos, &fi) in input.targeted.iter().enumerate() {
+        let d = &fleet.devices[fi as usize];
+        let v = input.eligibility[fi as usize];
+        let row = &strata_of[pos * n_attr..(pos + 1) * n_attr];
+        for &s in row {
+            let c = &mut counts[s as usize];
+            c.devices += 1;
+            match v.status {
+                Status::EligibleNow => c.eligible_now += 1,
+                Status::AfterPrerequisites => c.after_prerequisites += 1,
+                Status::AfterConditions => c.after_conditions += 1,
+                Status::Never => c.never += 1,
+                Status::Installed => c.installed += 1,
+            }
+        }
+        if v.status != Status::EligibleNow {
+            continue;
+        }
+        if policy.depot.as_ref().is_some_and(|dep| *dep != d.depot) {
+            excluded_depot += 1;
+            for &s in row {
+                counts[s as usize].outside_depot += 1;
+            }
+            continue;
+        }
+        let group = input.group_of[fi as usize] as usize;
+        let at_peak = is_critical(d, input.policy)
+            && match input.first_open_minute[group] {
+                Some(minute) => input
+                    .policy
+                    .criticality
+                    .peak_hours
+                    .get(&d.device_class)
+                    .is_some_and(|r| r.contains(minute)),
+                None => false,
+            };
+        if at_peak {
+            excluded_peak += 1;
+            for &s in row {
+                counts[s as usize].critical_at_peak += 1;
+            }
+            continue;
+        }
+        for &s in row {
+            counts[s as usize].candidates += 1;
+        }
+        let offline = !d.is_online(input.now, input.policy.online_threshold_secs);
+        let far = depot_pos(fi).is_none_or(|p| p.distance_km(d.position) > policy.near_depot_km);
+        let tier = (u8::from(offline) << 1) | u8::from(far);
+        let random = SeededRng::derive(input.seed ^ 0xCA4A_4E11, u64::from(fi)).next_u64();
+        ranked.push((tier, random, pos as u32));
+    }
+    ranked.sort_unstable();
+
+    // Per-stratum candidate lists in rank order (counting sort into one flat array).
+    let mut start = vec![0usize; n_strata + 1];
+    for s in 0..n_strata {
+        start[s + 1] = start[s] + counts[s].candidates;
+    }
+    let mut fill = start.clone();
+    let mut lists = vec![0u32; start[n_strata]];
+    for (r, &(_, _, pos)) in ranked.iter().enumerate() {
+        for &s in &strata_of[pos as usize * n_attr..(pos as usize + 1) * n_attr] {
+            lists[fill[s as usize]] = r as u32;
+            fill[s as usize] += 1;
+        }
+    }
+
+    let total = n.max(1) as f64;
+    let meaningful: Vec<bool> = counts
+        .iter()
+        .map(|c| c.devices as f64 * 100.0 / total >= policy.meaningful_share_pct && c.devices > 0)
+        .collect();
+    let mut need: Vec<usize> = meaningful
+        .iter()
+        .map(|&m| if m { policy.floor_per_stratum } else { 0 })
+        .collect();
+    let mut chosen = vec![false; ranked.len()];
+    let mut picked: Vec<u32> = Vec::new(); // rank indices
+    let row_of = |r: u32| {
+        let pos = ranked[r as usize].2 as usize;
+        &strata_of[pos * n_attr..(pos + 1) * n_attr]
+    };
+    let take = |r: u32,
+                chosen: &mut Vec<bool>,
+                picked: &mut Vec<u32>,
+                need: &mut Vec<usize>,
+                counts: &mut Vec<Counts>| {
+        chosen[r as usize] = true;
+        picked.push(r);
+        for &s in row_of(r) {
+            need[s as usize] = need[s as usize].saturating_sub(1);
+            counts[s as usize].canary += 1;
+        }
+    };
+
+    // 3. Floors, rarest stratum first (ties by stratum id).
+    let mut order: Vec<usize> = (0..n_strata).filter(|&s| meaningful[s]).collect();
+    order.sort_by_key(|&s| (counts[s].candidates, s));
+    let mut cursor = start.clone();
+    for &s in &order {
+        while need[s] > 0 && picked.len() < policy.size {
+            let mut best: Option<(usize, u32)> = None; // (gain, rank)
+            let mut seen = 0;
+            let mut i = cursor[s];
+            while i < start[s + 1] && seen < LOOKAHEAD {
+                let r = lists[i];
+                i += 1;
+                if chosen[r as usize] {
+                    if seen == 0 {
+                        cursor[s] = i;
+                    }
+                    continue;
+                }
+                seen += 1;
+                let gain = row_of(r).iter().filter(|&&x| need[x as usize] > 0).count();
+                if best.is_none_or(|(g, _)| gain > g) {
+                    best = Some((gain, r));
+                }
+            }
+            let Some((_, r)) = best else { break };
+            take(r, &mut chosen, &mut picked, &mut need, &mut counts);
+        }
+    }
+
+    // 4. Fill: proportional first, then anyone, in rank order.
+    let quota: Vec<usize> = counts
+        .iter()
+        .map(|c| {
+            let fair = (c.devices as f64 / total * policy.size as f64).round() as usize;
+            fair.max(policy.floor_per_stratum)
+        })
+        .collect();
+    for pass in 0..2 {
+        for r in 0..ranked.len() as u32 {
+            if picked.len() >= policy.size {
+                break;
+            }
+            if chosen[r as usize] {
+                continue;
+            }
+            if pass == 0
+                && row_of(r)
+                    .iter()
+                    .any(|&s| counts[s as usize].canary >= quota[s as usize])
+            {
+                continue;
+            }
+            take(r, &mut chosen, &mut picked, &mut need, &mut counts);
+        }
+    }
+
+    // Report.
+    let mut devices: Vec<u32> = picked
+        .iter()
+        .map(|&r| input.targeted[ranked[r as usize].2 as usize])
+        .collect();
+    devices.sort_unstable();
+    let offline = picked
+        .iter()
+        .filter(|&&r| ranked[r as usize].0 & 2 != 0)
+        .count();
+    let far_from_depot = picked
+        .iter()
+        .filter(|&&r| ranked[r as usize].0 & 1 != 0)
+        .count();
+    let mut strata: Vec<(usize, usize, StratumCoverage)> = Vec::with_capacity(n_strata);
+    let mut flags = Vec::new();
+    for (s, (a, value)) in names.into_iter().enumerate() {
+        let c = counts[s];
+        let share_pct = c.devices as f64 * 100.0 / total;
+        let coverage = if !meaningful[s] {
+            Coverage::NotRequired
+        } else if c.canary >= policy.floor_per_stratum {
+            Coverage::Represented
+        } else {
+            let why = if c.eligible_now == 0 {
+                format!(
+                    "no device is eligible now ({} after prerequisites, {} after conditions, {} never, {} installed)",
+                    c.after_prerequisites, c.after_conditions, c.never, c.installed
+                )
+            } else if c.candidates == 0 {
+                format!(
+                    "all {} eligible devices are excluded ({} critical at peak, {} outside the canary depot)",
+                    c.eligible_now, c.critical_at_peak, c.outside_depot
+                )
+            } else if c.candidates < policy.floor_per_stratum && c.canary == c.candidates {
+                format!(
+                    "only {} candidate(s) for a floor of {}",
+                    c.candidates, policy.floor_per_stratum
+                )
+            } else {
+                format!(
+                    "canary size {} too small for every floor ({} candidates)",
+                    policy.size, c.candidates
+                )
+            };
+            flags.push(format!(
+                "{} {}={} ({share_pct:.2}% of targeted devices, {} in canary): {why}",
+                if c.canary == 0 {
+                    "missing"
+                } else {
+                    "below floor"
+                },
+                attrs[a],
+                value,
+                c.canary
+            ));
+            if c.canary == 0 {
+                Coverage::Missing(why)
+            } else {
+                Coverage::BelowFloor(why)
+            }
+        };
+        strata.push((
+            a,
+            usize::MAX - c.devices,
+            StratumCoverage {
+                attribute: attrs[a].clone(),
+                value,
+                devices: c.devices,
+                share_pct,
+                eligible_now: c.eligible_now,
+                candidates: c.candidates,
+                canary: c.canary,
+                coverage,
+            },
+        ));
+    }
+    strata.sort_by(|x, y| (x.0, x.1, &x.2.value).cmp(&(y.0, y.1, &y.2.value)));
+    flags.sort();
+    CanaryReport {
+        device_ids: devices
+            .iter()
+            .map(|&i| fleet.devices[i as usize].id.clone())
+            .collect(),
+        devices,
+        target_size: policy.size,
+        candidates: ranked.len(),
+        excluded_critical_at_peak: excluded_peak,
+        excluded_outside_depot: excluded_depot,
+        offline,
+        far_from_depot,
+        strata: strata.into_iter().map(|(_, _, s)| s).collect(),
+        flags,
+    }
+}

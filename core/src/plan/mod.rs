@@ -1,0 +1,686 @@
+//! Rollout planning: who gets a release, in what order, and when.
+//!
+//! [`plan`] takes a fleet, the target release, a catalog of other releases (for prerequisite
+//! chains), `now`, a seed and a [`PlanningPolicy`], and returns a [`Plan`]: every device's
+//! eligibility with reasons, the prerequisite chains, a representative canary with its coverage,
+//! the waves, their schedule under rate limits, windows, blackouts and a bandwidth cap, and the
+//! bytes and data cost. It is a pure function: the same inputs give the same plan.
+//!
+//! It deliberately does not dispatch, gate or watch health (the rollout state machine and the
+//! gates do), and it reads no clock: `now` is passed in. Devices are referred to by their index
+//! into `fleet.devices` (ascending, so in id order), never cloned.
+
+pub mod canary;
+pub mod eligibility;
+pub mod graph;
+pub mod policy;
+pub mod schedule;
+pub mod waves;
+
+use crate::fleet::Fleet;
+use crate::release::ReleaseSpec;
+use crate::requirement::RequirementKind;
+use crate::time::Timestamp;
+use serde::Serialize;
+
+/// FNV-1a: a fast, deterministic hasher for the planner's small internal maps (depot ids,
+/// stratum values, component states), which SipHash would make the hot spot of a million-device
+/// plan. Keys are the fleet's own strings, not attacker-chosen, so flooding is not a concern.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Self(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl std::hash::Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
+/// A device's installed version of `name`, by a linear scan that compares lengths before
+/// bytes. Devices carry a handful of components whose names mostly differ in length, so this
+/// avoids most byte comparisons that `SmallMap::get`'s binary search makes; same result.
+#[inline]
+pub(crate) fn component(
+    device: &crate::fleet::Device,
+    name: &str,
+) -> Option<crate::version::Version> {
+    device
+        .components
+        .iter()
+        .find(|(k, _)| k.len() == name.len() && *k == name)
+        .map(|(_, v)| *v)
+}
+
+/// Whether `device` meets `req` for a download of `download_bytes`: `Requirement::is_met` with
+/// the faster component lookup.
+#[inline]
+pub(crate) fn is_met(
+    req: &crate::requirement::Requirement,
+    device: &crate::fleet::Device,
+    download_bytes: u64,
+) -> bool {
+    match req {
+        crate::requirement::Requirement::Component { name, constraint } => {
+            component(device, name).is_some_and(|v| constraint.allows(v))
+        }
+        other => other.is_met(device, download_bytes),
+    }
+}
+
+/// A `HashMap` with [`Fnv`].
+pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, std::hash::BuildHasherDefault<Fnv>>;
+
+pub use canary::{CanaryReport, Coverage, StratumCoverage};
+pub use eligibility::{DeviceEligibility, Status};
+pub use policy::PlanningPolicy;
+pub use schedule::{HourLoad, OfferSlot};
+pub use waves::WavePlan;
+
+/// Why a plan cannot be made.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PlanError {
+    /// A policy value is out of range.
+    #[error("invalid planning policy field {field}: {why}")]
+    Policy { field: String, why: String },
+    /// The target release has expired at `now`.
+    #[error("release {id} expired at {expires}, before the plan starts at {now}")]
+    Expired {
+        id: String,
+        expires: Timestamp,
+        now: Timestamp,
+    },
+    /// The release lists more requirements than the planner tracks.
+    #[error("release {id} has {count} requirements; the planner tracks at most 64")]
+    TooManyRequirements { id: String, count: usize },
+    /// The bandwidth cap is smaller than one device's download, so nothing could ever go.
+    #[error(
+        "bandwidth_cap_bytes_per_hour {cap} is below one device's download of {bytes} bytes for release {id}"
+    )]
+    CapBelowDownload { cap: u64, bytes: u64, id: String },
+}
+
+/// Everything a plan is computed from.
+#[derive(Clone, Copy, Debug)]
+pub struct PlanInput<'a> {
+    pub fleet: &'a Fleet,
+    pub release: &'a ReleaseSpec,
+    /// Other releases that may serve as prerequisites (the target itself is ignored here).
+    pub catalog: &'a [ReleaseSpec],
+    pub now: Timestamp,
+    pub seed: u64,
+    pub policy: &'a PlanningPolicy,
+}
+
+/// Devices per status.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct StatusCount {
+    pub status: Status,
+    pub devices: usize,
+}
+
+/// Devices per reason within a status.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ReasonCount {
+    pub status: Status,
+    pub reason: String,
+    pub devices: usize,
+}
+
+/// Eligibility in numbers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct EligibilitySummary {
+    pub devices: usize,
+    /// Devices whose model the release is built for.
+    pub targeted: usize,
+    pub by_status: Vec<StatusCount>,
+    /// Sorted by status, then by descending count, then by text. A device waiting on several
+    /// conditions counts under each.
+    pub by_reason: Vec<ReasonCount>,
+    /// Eligible now but offline longer than the online threshold: offered when they return.
+    pub eligible_now_offline: usize,
+}
+
+/// One prerequisite chain.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ChainSummary {
+    /// Release ids, in install order, before the target.
+    pub releases: Vec<String>,
+    pub devices: usize,
+    /// Bytes one device downloads: the chain's releases plus the target.
+    pub bytes_per_device: u64,
+}
+
+/// A calendar exception and how many devices it let through.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ExceptionUse {
+    pub region: String,
+    #[serde(with = "policy::rfc3339")]
+    pub from: Timestamp,
+    #[serde(with = "policy::rfc3339")]
+    pub until: Timestamp,
+    pub reason: String,
+    pub devices: u64,
+}
+
+/// The schedule as a whole.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ScheduleSummary {
+    pub rate: policy::RateLimit,
+    pub windows: Vec<policy::MaintenanceWindow>,
+    pub blackouts: Vec<policy::Blackout>,
+    /// Every exception of the calendar, with the devices it let through (logged, never silent).
+    pub exceptions: Vec<ExceptionUse>,
+    pub bandwidth_cap_bytes_per_hour: Option<u64>,
+    pub peak_bytes_per_hour: u64,
+    pub total_bytes: u64,
+    pub metered_bytes: u64,
+    pub data_cost: f64,
+    pub data_price_per_gb: f64,
+    pub first_offer: Option<Timestamp>,
+    pub last_offer: Option<Timestamp>,
+    /// Load per UTC clock hour in which anything was offered, in time order.
+    pub hours: Vec<HourLoad>,
+    /// Offers per minute and depot, in time order (left out of JSON: it can be long).
+    #[serde(skip)]
+    pub slots: Vec<OfferSlot>,
+}
+
+/// A rollout plan. Serialises to the JSON `convoy plan --json` prints.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Plan {
+    pub release: String,
+    pub now: Timestamp,
+    pub seed: u64,
+    pub download_bytes: u64,
+    pub eligibility: EligibilitySummary,
+    pub chains: Vec<ChainSummary>,
+    /// Possible dependency cycles in the catalog (release ids, first repeated at the end).
+    pub catalog_cycles: Vec<Vec<String>>,
+    pub canary: CanaryReport,
+    pub waves: Vec<WavePlan>,
+    pub schedule: ScheduleSummary,
+    pub warnings: Vec<String>,
+    /// Every device's verdict, indexed like `fleet.devices`.
+    #[serde(skip)]
+    pub devices: Vec<DeviceEligibility>,
+    /// Texts behind [`DeviceEligibility::detail`] for never-eligible devices.
+    #[serde(skip)]
+    pub never_reasons: Vec<String>,
+    /// Chains by index, behind [`DeviceEligibility::detail`] for devices after prerequisites.
+    #[serde(skip)]
+    pub chain_ids: Vec<Vec<String>>,
+}
+
+impl Plan {
+    /// Why device `index` is never eligible, if it is not.
+    pub fn never_reason(&self, index: usize) -> Option<&str> {
+        let v = self.devices.get(index)?;
+        (v.status == Status::Never).then(|| self.never_reasons[v.detail as usize].as_str())
+    }
+
+    /// The prerequisite chain of device `index`, if it needs one.
+    pub fn chain_of(&self, index: usize) -> Option<&[String]> {
+        let v = self.devices.get(index)?;
+        (v.status == Status::AfterPrerequisites)
+            .then(|| self.chain_ids[v.detail as usize].as_slice())
+    }
+}
+
+/// Plans a rollout. Pure and deterministic: the same input gives the same plan.
+pub fn plan(input: &PlanInput<'_>) -> Result<Plan, PlanError> {
+    let PlanInput {
+        fleet,
+        release,
+        catalog,
+        now,
+        seed,
+        policy,
+    } = *input;
+    policy.validate()?;
+    if release.expires <= now {
+        return Err(PlanError::Expired {
+            id: release.id.clone(),
+            expires: release.expires,
+            now,
+        });
+    }
+    if release.requires.len() > 64 {
+        return Err(PlanError::TooManyRequirements {
+            id: release.id.clone(),
+            count: release.requires.len(),
+        });
+    }
+    let download_bytes = release.download_bytes();
+    if let Some(cap) = policy.bandwidth_cap_bytes_per_hour
+        && cap < download_bytes
+    {
+        return Err(PlanError::CapBelowDownload {
+            cap,
+            bytes: download_bytes,
+            id: release.id.clone(),
+        });
+    }
+    let mut warnings = Vec::new();
+    let usable: Vec<&ReleaseSpec> = catalog
+        .iter()
+        .filter(|r| r.id != release.id)
+        .filter(|r| {
+            let live = r.expires > now;
+            if !live {
+                warnings.push(format!(
+                    "catalog release {} expired at {}; not used as a prerequisite",
+                    r.id, r.expires
+                ));
+            }
+            live
+        })
+        .collect();
+
+    let elig = eligibility::evaluate(fleet, release, usable);
+    let summary = summarise(fleet, release, &elig, now, policy);
+    let chain_bytes: Vec<u64> = elig.chain_bytes.clone();
+    let mut chain_devices = vec![0usize; elig.chains.len()];
+    for v in &elig.devices {
+        if v.status == Status::AfterPrerequisites {
+            chain_devices[v.detail as usize] += 1;
+        }
+    }
+    let mut chains: Vec<ChainSummary> = elig
+        .chains
+        .iter()
+        .zip(&chain_devices)
+        .zip(&chain_bytes)
+        .map(|((c, &n), &b)| ChainSummary {
+            releases: c.clone(),
+            devices: n,
+            bytes_per_device: b + download_bytes,
+        })
+        .collect();
+    chains.sort_by(|a, b| b.devices.cmp(&a.devices).then(a.releases.cmp(&b.releases)));
+
+    let calendar = schedule::Calendar::new(fleet, policy);
+    // Only devices that can ever be offered need a calendar group.
+    let depot_index: FastMap<&str, u32> = fleet
+        .depots
+        .iter()
+        .enumerate()
+        .map(|(i, d)| (d.id.as_str(), i as u32))
+        .collect();
+    let unknown_group = calendar.unknown_depot_group() as u32;
+    let group_of: Vec<u32> = fleet
+        .devices
+        .iter()
+        .zip(&elig.devices)
+        .map(|(d, v)| match v.status {
+            Status::Never | Status::Installed => unknown_group,
+            _ => depot_index
+                .get(d.depot.as_str())
+                .copied()
+                .unwrap_or(unknown_group),
+        })
+        .collect();
+    let horizon_end = now.plus_secs(i64::from(policy.horizon_days) * 86_400);
+    let first_open_minute: Vec<Option<u16>> = (0..calendar.group_count())
+        .map(|g| {
+            calendar
+                .next_open(g, now, now.plus_secs(14 * 86_400))
+                .map(|t| calendar.local_minute(g, t))
+        })
+        .collect();
+    let targeted: Vec<u32> = (0..fleet.devices.len() as u32)
+        .filter(|&i| elig.devices[i as usize].supported)
+        .collect();
+    let canary = canary::select(&canary::CanaryInput {
+        fleet,
+        eligibility: &elig.devices,
+        targeted: &targeted,
+        policy,
+        calendar: &calendar,
+        group_of: &group_of,
+        first_open_minute: &first_open_minute,
+        now,
+        seed,
+    });
+    if canary.devices.len() < policy.canary.size.min(canary.candidates) {
+        warnings.push(format!(
+            "canary has {} devices, fewer than the {} asked for",
+            canary.devices.len(),
+            policy.canary.size
+        ));
+    }
+    let mut sim = schedule::Simulator::new(&calendar, policy, horizon_end);
+    let (waves, wave_warnings) = waves::build(
+        &waves::WaveInput {
+            fleet,
+            eligibility: &elig.devices,
+            policy,
+            canary: &canary.devices,
+            group_of: &group_of,
+            groups: calendar.group_count(),
+            chains: &elig.chains,
+            chain_bytes: &chain_bytes,
+            target_bytes: download_bytes,
+            now,
+            seed,
+        },
+        &mut sim,
+    );
+    warnings.extend(wave_warnings);
+    let exceptions = policy
+        .exceptions
+        .iter()
+        .zip(&sim.exception_devices)
+        .map(|(e, &n)| ExceptionUse {
+            region: e.region.clone(),
+            from: e.from,
+            until: e.until,
+            reason: e.reason.clone(),
+            devices: n,
+        })
+        .collect();
+    let total_bytes = waves.iter().map(|w| w.bytes).sum();
+    let metered_bytes: u64 = waves.iter().map(|w| w.metered_bytes).sum();
+    let schedule = ScheduleSummary {
+        rate: policy.rate.clone(),
+        windows: policy.windows.clone(),
+        blackouts: policy.blackouts.clone(),
+        exceptions,
+        bandwidth_cap_bytes_per_hour: policy.bandwidth_cap_bytes_per_hour,
+        peak_bytes_per_hour: sim.hours.iter().map(|h| h.bytes).max().unwrap_or(0),
+        total_bytes,
+        metered_bytes,
+        data_cost: metered_bytes as f64 / 1e9 * policy.data_price_per_gb,
+        data_price_per_gb: policy.data_price_per_gb,
+        first_offer: waves.iter().find_map(|w| w.timing.first_offer),
+        last_offer: waves.iter().filter_map(|w| w.timing.last_offer).max(),
+        hours: std::mem::take(&mut sim.hours),
+        slots: std::mem::take(&mut sim.slots),
+    };
+    Ok(Plan {
+        release: release.id.clone(),
+        now,
+        seed,
+        download_bytes,
+        eligibility: summary,
+        chains,
+        catalog_cycles: elig.cycles.clone(),
+        canary,
+        waves,
+        schedule,
+        warnings,
+        devices: elig.devices,
+        never_reasons: elig.reasons,
+        chain_ids: elig.chains,
+    })
+}
+
+fn summarise(
+    fleet: &Fleet,
+    release: &ReleaseSpec,
+    elig: &eligibility::Eligibility,
+    now: Timestamp,
+    policy: &PlanningPolicy,
+) -> EligibilitySummary {
+    let mut by_status = [0usize; 5];
+    let mut never = vec![0usize; elig.reasons.len()];
+    let mut conditions = [0usize; 64];
+    let mut chains = vec![0usize; elig.chains.len()];
+    let mut eligible_now_offline = 0;
+    let mut targeted = 0;
+    for (v, d) in elig.devices.iter().zip(&fleet.devices) {
+        by_status[v.status as usize] += 1;
+        targeted += usize::from(v.supported);
+        match v.status {
+            Status::Never => never[v.detail as usize] += 1,
+            Status::AfterPrerequisites => chains[v.detail as usize] += 1,
+            Status::AfterConditions => {
+                let mut bits = v.unmet_conditions;
+                while bits != 0 {
+                    conditions[bits.trailing_zeros() as usize] += 1;
+                    bits &= bits - 1;
+                }
+            }
+            Status::EligibleNow => {
+                eligible_now_offline +=
+                    usize::from(!d.is_online(now, policy.online_threshold_secs));
+            }
+            Status::Installed => {}
+        }
+    }
+    let mut by_reason = Vec::new();
+    for (r, &n) in elig.reasons.iter().zip(&never) {
+        if n > 0 {
+            by_reason.push(ReasonCount {
+                status: Status::Never,
+                reason: r.clone(),
+                devices: n,
+            });
+        }
+    }
+    for (c, &n) in elig.chains.iter().zip(&chains) {
+        by_reason.push(ReasonCount {
+            status: Status::AfterPrerequisites,
+            reason: format!("needs {} first", c.join(" then ")),
+            devices: n,
+        });
+    }
+    for (i, req) in release.requires.iter().enumerate().take(64) {
+        if req.kind() == RequirementKind::Condition && conditions[i] > 0 {
+            by_reason.push(ReasonCount {
+                status: Status::AfterConditions,
+                reason: format!("{req} unmet ({})", eligibility::condition_hint(req)),
+                devices: conditions[i],
+            });
+        }
+    }
+    by_reason.sort_by(|a, b| {
+        (a.status, usize::MAX - a.devices, &a.reason).cmp(&(
+            b.status,
+            usize::MAX - b.devices,
+            &b.reason,
+        ))
+    });
+    EligibilitySummary {
+        devices: fleet.devices.len(),
+        targeted,
+        by_status: Status::ALL
+            .iter()
+            .map(|&s| StatusCount {
+                status: s,
+                devices: by_status[s as usize],
+            })
+            .collect(),
+        by_reason,
+        eligible_now_offline,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fleet::SmallMap;
+    use crate::version::Version;
+
+    fn release() -> ReleaseSpec {
+        ReleaseSpec {
+            id: "x-1".to_owned(),
+            version: Version::new(1, 0, 0),
+            counter: 1,
+            hardware: vec!["T300".to_owned()],
+            provides: [("firmware", Version::new(9, 0, 0))]
+                .into_iter()
+                .collect::<SmallMap<Version>>(),
+            requires: Vec::new(),
+            artifacts: Vec::new(),
+            expires: Timestamp::from_secs(1_000),
+        }
+    }
+
+    #[test]
+    fn empty_fleet_gives_an_empty_plan() {
+        let fleet = Fleet::default();
+        let policy = PlanningPolicy::default();
+        let plan = plan(&PlanInput {
+            fleet: &fleet,
+            release: &release(),
+            catalog: &[],
+            now: Timestamp::from_secs(0),
+            seed: 1,
+            policy: &policy,
+        })
+        .expect("plan");
+        assert!(plan.canary.devices.is_empty());
+        assert!(plan.waves.iter().all(|w| w.size == 0));
+        assert_eq!(plan.schedule.total_bytes, 0);
+        assert_eq!(plan.schedule.first_offer, None);
+    }
+
+    #[test]
+    fn refuses_expired_releases_and_impossible_caps() {
+        let fleet = Fleet::default();
+        let mut policy = PlanningPolicy::default();
+        let input = |now: i64, policy: &PlanningPolicy, release: &ReleaseSpec| {
+            plan(&PlanInput {
+                fleet: &fleet,
+                release,
+                catalog: &[],
+                now: Timestamp::from_secs(now),
+                seed: 1,
+                policy,
+            })
+        };
+        let err = input(2_000, &policy, &release()).expect_err("expired");
+        assert!(err.to_string().contains("release x-1 expired"), "{err}");
+        let mut big = release();
+        big.artifacts.push(crate::release::Artifact {
+            name: "a.img".to_owned(),
+            url: "a.img".to_owned(),
+            length_bytes: 10_000,
+            sha256: String::new(),
+        });
+        policy.bandwidth_cap_bytes_per_hour = Some(5_000);
+        let err = input(0, &policy, &big).expect_err("cap");
+        assert!(
+            err.to_string()
+                .contains("below one device's download of 10000"),
+            "{err}"
+        );
+    }
+
+    mod properties {
+        use super::super::policy::{Cohort, LocalTime, MaintenanceWindow, RateLimit, WaveSpec};
+        use super::super::*;
+        use crate::release::Artifact;
+        use crate::synth::{self, SynthOptions};
+        use proptest::prelude::*;
+
+        fn target() -> ReleaseSpec {
+            ReleaseSpec {
+                id: "t300-fw-9".to_owned(),
+                version: crate::version::Version::new(9, 0, 0),
+                counter: 9,
+                hardware: vec!["T300".to_owned(), "T500".to_owned()],
+                provides: [("firmware", crate::version::Version::new(9, 0, 0))]
+                    .into_iter()
+                    .collect(),
+                requires: ["bootloader>=2.0", "battery>=40", "no_roaming"]
+                    .iter()
+                    .map(|r| r.parse().expect("requirement"))
+                    .collect(),
+                artifacts: vec![Artifact {
+                    name: "fw.img".to_owned(),
+                    url: "fw.img".to_owned(),
+                    length_bytes: 1_000_000,
+                    sha256: String::new(),
+                }],
+                expires: Timestamp::from_secs(i64::MAX),
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(48))]
+
+            /// Whatever the fleet and policy: every device in the pool lands in exactly one
+            /// wave, the canary is eligible now and within its size, no hour exceeds the cap,
+            /// and every offer falls inside the window.
+            #[test]
+            fn plans_keep_their_invariants(
+                devices in 0usize..400,
+                fleet_seed in 0u64..1_000,
+                seed in 0u64..1_000,
+                canary_size in 1usize..40,
+                floor in 0usize..3,
+                pct in 1.0f64..100.0,
+                per_minute in 1u32..50,
+                cap_devices in 1u64..200,
+                window_start in 0u16..24,
+                window_len in 1u16..24,
+            ) {
+                let now = Timestamp::from_secs(1_795_392_000);
+                let fleet = synth::generate(&SynthOptions { devices, seed: fleet_seed, now });
+                let policy = PlanningPolicy {
+                    canary: policy::CanaryPolicy {
+                        size: canary_size,
+                        floor_per_stratum: floor,
+                        ..policy::CanaryPolicy::default()
+                    },
+                    waves: vec![
+                        WaveSpec::new("canary", Cohort::Canary),
+                        WaveSpec::new("some", Cohort::Percent { pct }),
+                        WaveSpec::new("vans", Cohort::Filter {
+                            attribute: "device_class".to_owned(),
+                            values: vec!["delivery_van".to_owned()],
+                        }),
+                    ],
+                    rate: RateLimit::Constant { per_minute },
+                    bandwidth_cap_bytes_per_hour: Some(cap_devices * 1_000_000),
+                    windows: vec![MaintenanceWindow {
+                        region: "*".to_owned(),
+                        start: LocalTime(window_start * 60),
+                        end: LocalTime(((window_start + window_len) % 24) * 60),
+                    }],
+                    ..PlanningPolicy::default()
+                };
+                let release = target();
+                let plan = plan(&PlanInput { fleet: &fleet, release: &release, catalog: &[], now, seed, policy: &policy })
+                    .expect("valid policy plans");
+                let mut seen = vec![0u8; fleet.len()];
+                for w in &plan.waves {
+                    for &i in &w.devices {
+                        seen[i as usize] += 1;
+                    }
+                }
+                for (i, v) in plan.devices.iter().enumerate() {
+                    let pooled = matches!(v.status, Status::EligibleNow | Status::AfterConditions);
+                    prop_assert_eq!(seen[i], u8::from(pooled));
+                }
+                prop_assert!(plan.canary.devices.len() <= canary_size);
+                for &i in &plan.canary.devices {
+                    prop_assert_eq!(plan.devices[i as usize].status, Status::EligibleNow);
+                }
+                for h in &plan.schedule.hours {
+                    prop_assert!(h.bytes <= cap_devices * 1_000_000);
+                }
+                let window = policy::LocalRange { start: policy.windows[0].start, end: policy.windows[0].end };
+                for slot in &plan.schedule.slots {
+                    let offset = slot
+                        .depot
+                        .map_or(0, |d| i64::from(fleet.depots[d as usize].utc_offset_minutes));
+                    let minute = ((slot.at.secs() / 60 + offset).rem_euclid(1440)) as u16;
+                    prop_assert!(window.contains(minute));
+                }
+            }
+        }
+    }
+}
