@@ -19,7 +19,7 @@ pub fn convoy_bin() -> PathBuf {
                 .and_then(|p| p.parent())
                 .expect("target profile dir");
             let mut build = Command::new(env!("CARGO"));
-            build.args(["build", "-p", "convoy", "--bin", "convoy"]);
+            build.args(["build", "--locked", "-p", "convoy", "--bin", "convoy"]);
             if profile_dir.file_name().is_some_and(|n| n == "release") {
                 build.arg("--release");
             }

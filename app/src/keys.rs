@@ -210,7 +210,8 @@ pub fn generate(dir: &Path, passphrase: &str) -> Result<KeyId> {
         },
         ciphertext: hex::encode(ciphertext),
     };
-    write_file(&private_path, &json_bytes(&private)?, FileMode::OwnerOnly)?;
+    // Never replaces a private key, even one created since the check above.
+    write_new_file(&private_path, &json_bytes(&private)?, FileMode::OwnerOnly)?;
     write_file(
         &dir.join(PUBLIC_FILE),
         &json_bytes(&PublicKeyFile {
@@ -262,6 +263,25 @@ pub fn write_file(path: &Path, bytes: &[u8], mode: FileMode) -> Result<()> {
     std::fs::rename(&tmp, path)
         .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
     Ok(())
+}
+
+/// Like [`write_file`], but fails if `path` already exists, even when another process creates
+/// it between our check and our write: the finished temporary file is hard-linked into place,
+/// which, unlike a rename, never replaces an existing file.
+pub fn write_new_file(path: &Path, bytes: &[u8], mode: FileMode) -> Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".new");
+    let tmp = PathBuf::from(tmp);
+    write_file(&tmp, bytes, mode)?;
+    let linked = std::fs::hard_link(&tmp, path);
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            bail!("{} exists already; it was not replaced", path.display())
+        }
+        Err(e) => Err(e).with_context(|| format!("creating {}", path.display())),
+    }
 }
 
 fn read_limited(path: &Path, limit_bytes: u64) -> Result<Vec<u8>> {
@@ -369,6 +389,14 @@ pub fn load_keyset_chain(dir: &Path) -> Result<Vec<SignedKeySet>> {
             .and_then(|r| r.strip_suffix(".json"))
             .and_then(|v| v.parse::<u64>().ok())
         {
+            // `keyset-01.json` beside `keyset-1.json` would count one version twice.
+            if name != keyset_file_name(v) {
+                bail!(
+                    "{}: unexpected key-set file name {name:?}, expected {}",
+                    dir.display(),
+                    keyset_file_name(v)
+                );
+            }
             versions.push(v);
         }
     }

@@ -227,6 +227,9 @@ pub enum ManifestError {
     /// The body has no canonical JSON form.
     #[error("manifest body has no canonical form: {0}")]
     Canonical(#[from] CanonicalJsonError),
+    /// The release id is not 1 to 128 of `A-Z a-z 0-9 - _ . :` (ids travel as MQTT topic levels).
+    #[error("invalid release id {0:?}: use 1 to 128 letters, digits, '-', '_', '.' or ':'")]
+    BadId(String),
     /// The release names no artifact.
     #[error("release {0} has no artifact")]
     NoArtifacts(String),
@@ -262,6 +265,9 @@ fn is_sha256_hex(text: &str) -> bool {
 
 fn check_spec(spec: &ReleaseSpec) -> Result<(), ManifestError> {
     let id = || spec.id.clone();
+    if !crate::release::is_valid_id(&spec.id) {
+        return Err(ManifestError::BadId(id()));
+    }
     if spec.artifacts.is_empty() {
         return Err(ManifestError::NoArtifacts(id()));
     }
@@ -971,6 +977,11 @@ pub enum KeySetError {
     /// The chain is empty.
     #[error("no key set: a trust directory needs at least keyset-1.json")]
     Empty,
+    /// A key set that trusts no key: nobody could ever sign the next version.
+    #[error(
+        "key set version {version} trusts no key: nobody could sign the next version (keep or add a key)"
+    )]
+    NoKeys { version: u64 },
     /// The `_type` is wrong (say, a manifest offered as a key set).
     #[error("key set `_type` is {0:?}, expected \"convoy-keyset\"")]
     WrongType(String),
@@ -1087,6 +1098,11 @@ impl TrustedKeys {
 fn check_body(body: &KeySetBody) -> Result<(), KeySetError> {
     if body.kind != KEYSET_TYPE {
         return Err(KeySetError::WrongType(body.kind.clone()));
+    }
+    if body.keys.is_empty() {
+        return Err(KeySetError::NoKeys {
+            version: body.version,
+        });
     }
     for (listed, public) in &body.keys {
         KeyId::parse(listed.as_str())?;
@@ -1638,6 +1654,45 @@ mod tests {
             })
         );
         assert!(trust2.key(&ida).is_some());
+    }
+
+    #[test]
+    fn a_key_set_that_trusts_no_key_is_refused() {
+        let a = key(1);
+        let ida = KeyId::of(&a.verifying_key());
+        let v1 = SignedKeySet::sign(KeySetBody::initial([&a.verifying_key()]), &a).expect("v1");
+        let trust1 = TrustedKeys::from_chain(std::slice::from_ref(&v1)).expect("v1");
+        // Revoking the only key, and rotating a key to itself, both leave no key.
+        let revoke_last =
+            SignedKeySet::sign(trust1.body().expect("body").revoked(&ida), &a).expect("sign");
+        assert_eq!(
+            TrustedKeys::from_chain(&[v1.clone(), revoke_last]),
+            Err(KeySetError::NoKeys { version: 2 })
+        );
+        let to_itself =
+            trust1
+                .body()
+                .expect("body")
+                .rotated(&ida, &a.verifying_key(), RetireOld::Retire);
+        let to_itself = SignedKeySet::sign(to_itself, &a).expect("sign");
+        assert_eq!(
+            TrustedKeys::from_chain(&[v1, to_itself]),
+            Err(KeySetError::NoKeys { version: 2 })
+        );
+    }
+
+    #[test]
+    fn release_ids_must_fit_a_topic_level() {
+        for bad in ["t300+t310-2.5.0", "a/b", "has space", "", "#"] {
+            let spec = spec(bad, 1, b"payload");
+            assert!(
+                matches!(
+                    SignedManifest::sign(spec, None, &key(1)),
+                    Err(ManifestError::BadId(_))
+                ),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

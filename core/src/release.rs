@@ -12,6 +12,20 @@ use crate::time::Timestamp;
 use crate::version::Version;
 use serde::{Deserialize, Serialize};
 
+/// Longest accepted device, release or command id.
+pub const MAX_ID_LEN: usize = 128;
+
+/// Ids of devices, releases and commands: 1 to 128 of `A-Z a-z 0-9 - _ . :`. They travel as
+/// MQTT topic levels and file names, so MQTT wildcards (`+`, `#`), `/` and whitespace never
+/// appear in one.
+pub fn is_valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_ID_LEN
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+}
+
 /// One file a release delivers.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Artifact {

@@ -47,6 +47,11 @@ impl Timestamp {
     pub fn parse_rfc3339(text: &str) -> Result<Self, TimeParseError> {
         let bad = || TimeParseError(text.to_owned());
         let t = text.trim();
+        // Every field sits at a fixed byte offset; non-ASCII text would put a slice inside a
+        // character, and no valid timestamp contains any.
+        if !t.is_ascii() {
+            return Err(bad());
+        }
         let num = |s: &str| s.parse::<i64>().map_err(|_| bad());
         if t.len() == 10 {
             let (y, m, d) = (num(&t[0..4])?, num(&t[5..7])?, num(&t[8..10])?);
@@ -163,6 +168,9 @@ mod tests {
             "yesterday",
             "2026-11-23T25:00:00Z",
             "2026-11-23T06:51:00",
+            "12€-1-01",
+            "2026-11-2€06:51:00Z",
+            "2026-11-23T06:51:00+0é00",
         ] {
             assert!(Timestamp::parse_rfc3339(bad).is_err(), "{bad}");
         }

@@ -174,7 +174,7 @@ fn create_then_verify_round_trips_in_any_field_order() {
         .verify("m.json", "k", &["--artifact", &w.p("fw.img")])
         .expect("verifies");
     assert!(
-        out.contains("release t300+t310-2.5.0 version 2.5.0 counter 7"),
+        out.contains("release t300_t310-2.5.0 version 2.5.0 counter 7"),
         "{out}"
     );
     assert!(out.contains(&id), "{out}");

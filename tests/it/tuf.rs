@@ -14,6 +14,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+const WEIRD_URL: &str = "t500 \"q\" \\ \t\u{1}\u{7f} é 🚚";
+
 /// A static file server for `root` on an ephemeral 127.0.0.1 port. It stops when dropped, and
 /// after 120 s whatever happens.
 struct StaticServer {
@@ -207,19 +209,23 @@ fn tuf_export_is_fetched_by_python_tuf() {
         } else {
             "T300"
         };
-        // One release id holds the characters where canonical JSON encoders disagree (quote,
+        // One artifact URL holds the characters where canonical JSON encoders disagree (quote,
         // backslash, control characters, non-ASCII): python-tuf verifies the targets signature
         // over its own canonical form of this `custom` field, so a mismatch would fail the fetch.
-        let id = if i == 1 {
-            "t500 \"q\" \\ \t\u{1}\u{7f} é 🚚".to_owned()
+        // (Release ids cannot hold them: ids travel as MQTT topic levels.)
+        let id = format!("release-{i}");
+        let url = if i == 1 {
+            WEIRD_URL.to_owned()
         } else {
-            format!("release-{i}")
+            (*name).to_owned()
         };
         convoy_ok(&[
             "release",
             "create",
             "--id",
             &id,
+            "--url",
+            &url,
             "--artifact",
             art.to_str().expect("utf-8"),
             "--version",
@@ -295,7 +301,7 @@ fn tuf_export_is_fetched_by_python_tuf() {
             .expect("custom manifest verifies");
         assert_eq!(verified.spec().artifacts[0].name, *name);
         if name.starts_with("t500") {
-            assert_eq!(verified.release_id(), "t500 \"q\" \\ \t\u{1}\u{7f} é 🚚");
+            assert_eq!(verified.spec().artifacts[0].url, WEIRD_URL);
         }
     }
 

@@ -127,10 +127,7 @@ fn signing_key(dir: &Path, passphrase_file: Option<&Path>) -> Result<ed25519_dal
 }
 
 fn trust(args: &TrustArgs) -> Result<()> {
-    if !keys::load_keyset_chain(&args.out)
-        .unwrap_or_default()
-        .is_empty()
-    {
+    if args.out.exists() && !keys::load_keyset_chain(&args.out)?.is_empty() {
         bail!(
             "{} already holds key sets: use `convoy key rotate` or `convoy key revoke` to change it",
             args.out.display()
@@ -178,15 +175,14 @@ fn current(dir: &Path) -> Result<(TrustedKeys, KeySetBody)> {
 fn write_next(dir: &Path, set: &SignedKeySet) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let path = dir.join(keys::keyset_file_name(set.signed.version));
-    if path.exists() {
-        bail!("{} exists already", path.display());
-    }
-    keys::write_file(&path, &set.to_json_bytes(), FileMode::Public)?;
-    // Re-read the whole chain: what was written must verify.
-    let chain = keys::load_keyset_chain(dir)?;
+    // Verify the extended chain before anything reaches the disk: a key set that would not
+    // verify is never written, so it cannot break later loads of the directory.
+    let mut chain = keys::load_keyset_chain(dir)?;
+    chain.push(set.clone());
     TrustedKeys::from_chain(&chain)
-        .with_context(|| format!("the key set written to {} does not verify", path.display()))?;
-    Ok(())
+        .with_context(|| format!("the next key set for {} does not verify", dir.display()))?;
+    // Never replaces a file: two concurrent rotations cannot both write version N.
+    keys::write_new_file(&path, &set.to_json_bytes(), FileMode::Public)
 }
 
 fn rotate(args: &RotateArgs) -> Result<()> {
@@ -194,6 +190,11 @@ fn rotate(args: &RotateArgs) -> Result<()> {
     let new = keys::load_public(&args.new)?;
     let old = signing_key(&args.old, args.passphrase_file.as_deref())?;
     let old_id = KeyId::of(&old.verifying_key());
+    if KeyId::of(&new) == old_id {
+        bail!(
+            "--old and --new are the same key {old_id}: rotating a key to itself would retire it and leave no key"
+        );
+    }
     if trust.key(&old_id).is_none() {
         bail!(
             "the old key {old_id} in {} is not trusted by {}: only a trusted key can sign the next key set",

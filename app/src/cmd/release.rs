@@ -205,7 +205,7 @@ pub fn hash_file(path: &Path) -> Result<ArtifactDigest> {
 
 fn default_id(hardware: &[String], version: Version) -> String {
     let hw: Vec<String> = hardware.iter().map(|h| h.to_ascii_lowercase()).collect();
-    format!("{}-{version}", hw.join("+"))
+    format!("{}-{version}", hw.join("_"))
 }
 
 fn create(args: &CreateArgs) -> Result<()> {

@@ -18,8 +18,7 @@ use std::fmt;
 pub const PROTOCOL_VERSION: u32 = 1;
 /// Payloads larger than this are rejected unread (a manifest with a few artifacts fits easily).
 pub const MAX_PAYLOAD_BYTES: usize = 64 * 1024;
-/// Longest accepted device, release or command id.
-pub const MAX_ID_LEN: usize = 128;
+pub use convoy_core::release::{MAX_ID_LEN, is_valid_id};
 /// Timestamps further than this in the future (clock skew) are rejected.
 pub const MAX_CLOCK_SKEW_SECS: i64 = 24 * 3600;
 
@@ -128,16 +127,6 @@ impl Topics {
             _ => None,
         }
     }
-}
-
-/// Ids (devices, releases, commands, topic levels): 1 to 128 of `A-Z a-z 0-9 - _ . :`.
-/// MQTT wildcards (`+`, `#`) and `/` can never appear, so an id is always one topic level.
-pub fn is_valid_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= MAX_ID_LEN
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
 }
 
 /// Where a device is in taking an update, as it reports it.
