@@ -17,6 +17,12 @@ pub struct Cli {
 pub enum Command {
     /// Generate, import and export fleets.
     Fleet(cmd::fleet::Args),
+    /// Verify and list the hash-chained audit log.
+    Audit(cmd::audit::Args),
+    /// Ingest telemetry samples into the cache.
+    Telemetry(cmd::telemetry::Args),
+    /// Rollout records: export timelines.
+    Rollout(cmd::rollout::Args),
 }
 
 /// Runs the command line and returns the process exit code. Errors are printed once, here,
@@ -32,6 +38,9 @@ pub fn main() -> ExitCode {
             Ok(())
         }
         Some(Command::Fleet(args)) => cmd::fleet::run(&args),
+        Some(Command::Audit(args)) => cmd::audit::run(&args),
+        Some(Command::Telemetry(args)) => cmd::telemetry::run(&args),
+        Some(Command::Rollout(args)) => cmd::rollout::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -8,6 +8,7 @@
 pub mod cli;
 pub mod cmd;
 pub mod fleet_io;
+pub mod store;
 
 /// The current wall-clock time: the one place the app reads the clock for the core.
 pub fn now() -> convoy_core::time::Timestamp {
