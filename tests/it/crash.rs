@@ -235,7 +235,7 @@ fn check_rollups(store: &Store) {
     let bad: i64 = conn
         .query_row(
             "SELECT count(*) FROM rollup_device r LEFT JOIN
-               (SELECT dev, metric, time - time % 60 AS bucket, count(*) AS c, sum(value) AS s
+               (SELECT dev, metric, time - time % 3600 AS bucket, count(*) AS c, sum(value) AS s
                 FROM samples GROUP BY 1, 2, 3) a
              USING (dev, metric, bucket)
              WHERE a.c IS NULL OR a.c != r.count OR abs(a.s - r.sum) > 1e-6",
@@ -246,7 +246,7 @@ fn check_rollups(store: &Store) {
     assert_eq!(bad, 0, "device rollups disagree with the samples");
     let (groups, rollups, cohort_total, samples): (i64, i64, i64, i64) = conn
         .query_row(
-            "SELECT (SELECT count(*) FROM (SELECT 1 FROM samples GROUP BY dev, metric, time - time % 60)),
+            "SELECT (SELECT count(*) FROM (SELECT 1 FROM samples GROUP BY dev, metric, time - time % 3600)),
                     (SELECT count(*) FROM rollup_device),
                     (SELECT coalesce(sum(count), 0) FROM rollup_cohort),
                     (SELECT count(*) FROM samples)",

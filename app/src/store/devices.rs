@@ -10,7 +10,7 @@ use anyhow::{Context, Result, bail};
 use convoy_core::fleet::{Depot, Device, Fleet, GeoPoint, SmallMap};
 use convoy_core::time::Timestamp;
 use convoy_core::version::Version;
-use rusqlite::{Transaction, params};
+use rusqlite::{Connection, OpenFlags, Transaction, params};
 use std::collections::HashSet;
 
 /// What an upsert of devices did.
@@ -93,52 +93,79 @@ impl Store {
     }
 
     /// Loads the whole fleet: devices sorted by id, depots sorted by id.
+    ///
+    /// Devices and components are read on two threads, each with its own connection, from
+    /// the same snapshot: a third connection holds the write lock for the moment both
+    /// readers start their read transactions, so no commit can fall between them. Each table
+    /// is read with one query in `dev` order, and the two are merged in one pass.
     pub fn load_fleet(&self) -> Result<Fleet> {
-        let depots = self.load_depots()?;
-        let mut devices: Vec<(i64, Device)> = Vec::new();
-        {
-            let mut stmt = self.conn.prepare(
-                "SELECT dev, id, model, hw_rev, active_slot, region, depot, lat, lon,
-                        connectivity, metered, battery_pct, power, free_storage_bytes,
-                        customer_tier, device_class, redundancy, last_seen,
-                        failed_update_attempts, tags
-                 FROM devices ORDER BY dev",
-            )?;
-            let mut rows = stmt.query([])?;
-            while let Some(r) = rows.next()? {
-                let dev: i64 = r.get(0)?;
-                let id: String = r.get(1)?;
-                let device = device_from_row(r, id).context("reading a device from the cache")?;
-                devices.push((dev, device));
+        let upper_reader = open_reader(&self.path)?;
+        let component_reader = open_reader(&self.path)?;
+        let gate = open_reader(&self.path)?;
+        gate.execute_batch("BEGIN IMMEDIATE")
+            .context("pausing writers to take a snapshot")?;
+        let snapshot = [&self.conn, &upper_reader, &component_reader]
+            .into_iter()
+            .try_for_each(|conn| -> Result<()> {
+                conn.execute_batch("BEGIN")?;
+                // A read transaction starts at its first read.
+                conn.query_row("SELECT count(*) FROM depots", [], |_| Ok(()))?;
+                Ok(())
+            });
+        gate.execute_batch("ROLLBACK")?;
+        let loaded = snapshot.and_then(|()| {
+            // Devices are split in two key ranges, each read on its own thread.
+            let max_dev: i64 =
+                self.conn
+                    .query_row("SELECT coalesce(max(dev), 0) FROM devices", [], |r| {
+                        r.get(0)
+                    })?;
+            let mid = max_dev / 2;
+            std::thread::scope(|scope| {
+                let spawn = |name: &str| std::thread::Builder::new().name(name.to_owned());
+                let components = spawn("load-components")
+                    .spawn_scoped(scope, move || {
+                        let result = load_components(&component_reader);
+                        let _ = component_reader.execute_batch("COMMIT");
+                        result
+                    })
+                    .context("starting the component loader")?;
+                let upper = spawn("load-devices")
+                    .spawn_scoped(scope, move || {
+                        let result = load_devices(&upper_reader, mid + 1, i64::MAX);
+                        let _ = upper_reader.execute_batch("COMMIT");
+                        result
+                    })
+                    .context("starting the device loader")?;
+                let depots = self.load_depots();
+                let lower = load_devices(&self.conn, i64::MIN, mid);
+                let joined = |name: &str| anyhow::anyhow!("the {name} loader panicked");
+                let upper = upper.join().map_err(|_| joined("device"))?;
+                let components = components.join().map_err(|_| joined("component"))?;
+                let mut devices = lower?;
+                devices.extend(upper?);
+                Ok((depots?, devices, components?))
+            })
+        });
+        self.conn.execute_batch("COMMIT")?;
+        let (depots, mut devices, components) = loaded?;
+        let mut i = 0;
+        for (dev, map) in components {
+            while i < devices.len() && devices[i].0 < dev {
+                i += 1;
             }
+            let Some((_, device)) = devices.get_mut(i).filter(|(d, _)| *d == dev) else {
+                bail!("component rows for unknown device key {dev} in the cache");
+            };
+            device.components = map;
         }
-        {
-            // Components come in (dev, name) order, devices in dev order: merge in one pass.
-            let mut stmt = self
-                .conn
-                .prepare("SELECT dev, name, version FROM components ORDER BY dev, name")?;
-            let mut rows = stmt.query([])?;
-            let mut i = 0;
-            while let Some(r) = rows.next()? {
-                let dev: i64 = r.get(0)?;
-                while i < devices.len() && devices[i].0 < dev {
-                    i += 1;
-                }
-                let Some((_, device)) = devices.get_mut(i).filter(|(d, _)| *d == dev) else {
-                    bail!("component row for unknown device key {dev} in the cache");
-                };
-                let name: String = r.get(1)?;
-                let text = r.get_ref(2)?.as_str()?;
-                let version: Version = text.parse().with_context(|| {
-                    format!("component {name} of device {} in the cache", device.id)
-                })?;
-                device.components.insert(name, version);
-            }
+        let devices: Vec<Device> = devices.into_iter().map(|(_, d)| d).collect();
+        // Devices are usually stored in id order already; sorting is then skipped.
+        if devices.is_sorted_by(|a, b| a.id < b.id) && depots.is_sorted_by(|a, b| a.id < b.id) {
+            Ok(Fleet { depots, devices })
+        } else {
+            Ok(Fleet::new(depots, devices))
         }
-        Ok(Fleet::new(
-            depots,
-            devices.into_iter().map(|(_, d)| d).collect(),
-        ))
     }
 
     /// Depots sorted by id.
@@ -171,6 +198,102 @@ impl Store {
     }
 }
 
+/// A second connection to the cache for parallel reads.
+fn open_reader(path: &std::path::Path) -> Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .with_context(|| format!("opening a reader on {}", path.display()))?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    conn.execute_batch("PRAGMA cache_size = -65536; PRAGMA mmap_size = 1073741824;")?;
+    Ok(conn)
+}
+
+/// The device rows with `lo <= dev <= hi` in `dev` order, with empty components.
+fn load_devices(conn: &Connection, lo: i64, hi: i64) -> Result<Vec<(i64, Device)>> {
+    let capacity: i64 = conn.query_row(
+        "SELECT count(*) FROM devices WHERE dev BETWEEN ?1 AND ?2",
+        [lo, hi],
+        |r| r.get(0),
+    )?;
+    let mut devices: Vec<(i64, Device)> = Vec::with_capacity(capacity.max(0) as usize);
+    let mut stmt = conn.prepare(
+        "SELECT dev, id, model, hw_rev, active_slot, region, depot, lat, lon,
+                connectivity, metered, battery_pct, power, free_storage_bytes,
+                customer_tier, device_class, redundancy, last_seen,
+                failed_update_attempts, tags
+         FROM devices WHERE dev BETWEEN ?1 AND ?2 ORDER BY dev",
+    )?;
+    let mut rows = stmt.query([lo, hi])?;
+    while let Some(r) = rows.next()? {
+        let dev: i64 = r.get(0)?;
+        let id: String = r.get(1)?;
+        let device = device_from_row(r, id).context("reading a device from the cache")?;
+        devices.push((dev, device));
+    }
+    Ok(devices)
+}
+
+/// Every device's components, grouped by `dev` in `dev` order.
+fn load_components(conn: &Connection) -> Result<Vec<(i64, SmallMap<Version>)>> {
+    let mut out: Vec<(i64, SmallMap<Version>)> = Vec::new();
+    let mut stmt = conn.prepare("SELECT dev, name, version FROM components ORDER BY dev, name")?;
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
+        let dev: i64 = r.get(0)?;
+        let name: String = r.get(1)?;
+        let text = r.get_ref(2)?.as_str()?;
+        let version: Version = text
+            .parse()
+            .with_context(|| format!("component {name} of device key {dev} in the cache"))?;
+        match out.last_mut() {
+            Some((d, map)) if *d == dev => {
+                map.insert(name, version);
+            }
+            _ => {
+                let mut map = SmallMap::new();
+                map.insert(name, version);
+                out.push((dev, map));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Parses a tags column straight into a `SmallMap` (going through serde's `BTreeMap` would
+/// allocate a tree node per device on the cold load).
+fn parse_tags(text: &str) -> Result<SmallMap<String>> {
+    struct Pairs(Vec<(String, String)>);
+    impl<'de> serde::Deserialize<'de> for Pairs {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct Visit;
+            impl<'de> serde::de::Visitor<'de> for Visit {
+                type Value = Pairs;
+                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    f.write_str("a JSON object of string tags")
+                }
+                fn visit_map<A: serde::de::MapAccess<'de>>(
+                    self,
+                    mut map: A,
+                ) -> Result<Pairs, A::Error> {
+                    let mut pairs = Vec::with_capacity(map.size_hint().unwrap_or(2));
+                    while let Some(pair) = map.next_entry::<String, String>()? {
+                        pairs.push(pair);
+                    }
+                    Ok(Pairs(pairs))
+                }
+            }
+            d.deserialize_map(Visit)
+        }
+    }
+    if text == "{}" {
+        return Ok(SmallMap::new());
+    }
+    let Pairs(pairs) = serde_json::from_str(text)?;
+    Ok(pairs.into_iter().collect())
+}
+
 fn device_from_row(r: &rusqlite::Row<'_>, id: String) -> Result<Device> {
     let text = |i: usize, field: &str| -> Result<String> {
         r.get::<_, String>(i)
@@ -195,8 +318,8 @@ fn device_from_row(r: &rusqlite::Row<'_>, id: String) -> Result<Device> {
     let free: i64 = r.get(13)?;
     let failed: i64 = r.get(18)?;
     let tags_json = parse(19, "tags")?;
-    let tags: SmallMap<String> = serde_json::from_str(tags_json)
-        .with_context(|| format!("tags of device {id} in the cache"))?;
+    let tags =
+        parse_tags(tags_json).with_context(|| format!("tags of device {id} in the cache"))?;
     Ok(Device {
         model: text(2, "model")?,
         hw_rev: text(3, "hw_rev")?,

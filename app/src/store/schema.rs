@@ -101,8 +101,8 @@ pub const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX outbox_unacked ON outbox(seq) WHERE state != 'acked';
     ",
-    // v2: telemetry. Raw recent samples (pruned by age) and per-minute rollups per device and
-    // per cohort (model and firmware), which plots and health gates read.
+    // v2: telemetry. Raw recent samples (pruned by age), hourly rollups per device and
+    // per-minute rollups per cohort (model and firmware), which plots and health gates read.
     r"
     CREATE TABLE metrics (
         metric INTEGER PRIMARY KEY,

@@ -1,5 +1,5 @@
-//! Telemetry in the cache: raw recent samples, and per-minute rollups per device and per cohort
-//! that plots and health gates read.
+//! Telemetry in the cache: raw recent samples, and rollups per device and per cohort that plots
+//! and health gates read.
 //!
 //! A sample is one value of one metric of one device at one second. On the wire and in files
 //! it is one JSON object per line:
@@ -7,7 +7,10 @@
 //! (`time` may also be Unix seconds). Ingest is idempotent: the raw table is keyed by
 //! (device, metric, time), a repeated sample is ignored and not counted again, so replaying a
 //! file after a crash is safe. A cohort is the device's model and firmware at ingest time
-//! (`VAN-200/2.4.1`). Rollup buckets are [`BUCKET_SECS`] long.
+//! (`VAN-200/2.4.1`). Cohort rollups have one-minute buckets ([`COHORT_BUCKET_SECS`]), which
+//! health gates compare against a baseline; device rollups have hourly buckets
+//! ([`DEVICE_BUCKET_SECS`]): a million devices with per-minute rows would add billions of rows
+//! a day, and recent per-device detail is in the raw samples.
 //!
 //! This module does not judge health: gates in `convoy_core` read the rollups.
 
@@ -19,8 +22,11 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::rc::Rc;
 
-/// Length of a rollup bucket.
-pub const BUCKET_SECS: i64 = 60;
+/// Length of a per-device rollup bucket.
+pub const DEVICE_BUCKET_SECS: i64 = 3600;
+
+/// Length of a per-cohort rollup bucket.
+pub const COHORT_BUCKET_SECS: i64 = 60;
 
 /// One telemetry value.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -216,11 +222,12 @@ impl Store {
                     continue;
                 }
                 report.stored += 1;
-                let bucket = t - t.rem_euclid(BUCKET_SECS);
+                let bucket = t - t.rem_euclid(DEVICE_BUCKET_SECS);
                 by_device
                     .entry((*dev, metric, bucket))
                     .and_modify(|a| a.add(s.value))
                     .or_insert_with(|| Agg::new(s.value));
+                let bucket = t - t.rem_euclid(COHORT_BUCKET_SECS);
                 by_cohort
                     .entry((Rc::clone(cohort), metric, bucket))
                     .and_modify(|a| a.add(s.value))
@@ -282,7 +289,7 @@ impl Store {
         Ok(v == Some(s.value))
     }
 
-    /// Per-minute rollup of one device's metric in `[from, to)`, by bucket.
+    /// Hourly rollup of one device's metric, buckets starting in `[from, to)`.
     pub fn device_series(
         &self,
         device: &str,
@@ -302,7 +309,8 @@ impl Store {
         )
     }
 
-    /// Per-minute rollup of one cohort's (`MODEL/FIRMWARE`) metric in `[from, to)`.
+    /// Per-minute rollup of one cohort's (`MODEL/FIRMWARE`) metric, buckets starting in
+    /// `[from, to)`.
     pub fn cohort_series(
         &self,
         cohort: &str,

@@ -430,6 +430,7 @@ fn reference_rollup(
     samples: &[Sample],
     device: &str,
     metric: &str,
+    bucket_secs: i64,
 ) -> Vec<(i64, u64, f64, f64, f64)> {
     let mut buckets: BTreeMap<i64, Vec<f64>> = BTreeMap::new();
     let mut seen = std::collections::HashSet::new();
@@ -437,7 +438,7 @@ fn reference_rollup(
         if s.device == device && s.metric == metric && seen.insert(s.time) {
             let t = s.time.secs();
             buckets
-                .entry(t - t.rem_euclid(60))
+                .entry(t - t.rem_euclid(bucket_secs))
                 .or_default()
                 .push(s.value);
         }
@@ -464,7 +465,7 @@ fn ingest_builds_device_and_cohort_rollups() {
         let d = &f.devices[(i % 7) as usize];
         samples.push(Sample {
             device: d.id.clone(),
-            time: NOW.plus_secs(i * 13 / 7),
+            time: NOW.plus_secs(i * 13),
             metric: if i % 3 == 0 {
                 "crash_count"
             } else {
@@ -487,7 +488,8 @@ fn ingest_builds_device_and_cohort_rollups() {
     let got = store
         .device_series(d0, "battery_pct", NOW, NOW.plus_secs(100_000))
         .expect("series");
-    let want = reference_rollup(&samples, d0, "battery_pct");
+    let want = reference_rollup(&samples, d0, "battery_pct", 3600);
+    assert!(want.len() >= 5, "the samples span several hours");
     assert_eq!(got.len(), want.len());
     for (g, w) in got.iter().zip(&want) {
         assert_eq!((g.bucket, g.count, g.min, g.max), (w.0, w.1, w.3, w.4));
@@ -504,17 +506,19 @@ fn ingest_builds_device_and_cohort_rollups() {
     let cohort_series = store
         .cohort_series(&cohort, "battery_pct", NOW, NOW.plus_secs(100_000))
         .expect("cohort");
-    let total: u64 = cohort_series.iter().map(|p| p.count).sum();
-    let expected: u64 = members
-        .iter()
-        .map(|m| {
-            reference_rollup(&samples, m, "battery_pct")
-                .iter()
-                .map(|r| r.1)
-                .sum::<u64>()
-        })
-        .sum();
-    assert_eq!(total, expected);
+    let mut expected: BTreeMap<i64, (u64, f64)> = BTreeMap::new();
+    for m in &members {
+        for (bucket, count, mean, _, _) in reference_rollup(&samples, m, "battery_pct", 60) {
+            let e = expected.entry(bucket).or_default();
+            e.0 += count;
+            e.1 += mean * count as f64;
+        }
+    }
+    assert_eq!(cohort_series.len(), expected.len());
+    for (p, (bucket, (count, sum))) in cohort_series.iter().zip(&expected) {
+        assert_eq!((p.bucket, p.count), (*bucket, *count));
+        assert!((p.mean * p.count as f64 - sum).abs() < 1e-6);
+    }
 }
 
 #[test]
