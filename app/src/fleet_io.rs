@@ -51,6 +51,32 @@ pub const CSV_COLUMNS: &[&str] = &[
     "failed_update_attempts",
 ];
 
+/// Position of `name` in [`CSV_COLUMNS`], at compile time (a typo fails the build).
+const fn column_index(name: &str) -> usize {
+    let mut i = 0;
+    while i < CSV_COLUMNS.len() {
+        let (a, b) = (CSV_COLUMNS[i].as_bytes(), name.as_bytes());
+        if a.len() == b.len() {
+            let mut j = 0;
+            while j < a.len() && a[j] == b[j] {
+                j += 1;
+            }
+            if j == a.len() {
+                return i;
+            }
+        }
+        i += 1;
+    }
+    panic!("not a CSV column");
+}
+
+/// The index of a known column, computed at compile time.
+macro_rules! col {
+    ($name:literal) => {
+        const { column_index($name) }
+    };
+}
+
 /// Columns an inventory must have; the others take documented defaults when absent.
 pub const CSV_REQUIRED: &[&str] = &[
     "id",
@@ -212,14 +238,15 @@ pub fn read_inventory(path: &Path) -> Result<Inventory> {
 /// Where a CSV column goes.
 #[derive(Clone, Debug)]
 enum Column {
-    Known(&'static str),
+    /// Index into [`CSV_COLUMNS`].
+    Known(usize),
     Component(String),
     Tag(String),
 }
 
 fn classify(header: &str) -> Column {
     let h = header.trim();
-    if let Some(known) = CSV_COLUMNS.iter().find(|c| **c == h) {
+    if let Some(known) = CSV_COLUMNS.iter().position(|c| *c == h) {
         Column::Known(known)
     } else if let Some(name) = h.strip_prefix("component:") {
         Column::Component(name.to_owned())
@@ -298,15 +325,13 @@ pub fn read_csv(reader: impl Read) -> Result<Inventory> {
 fn device_from_fields<'a>(
     fields: impl Iterator<Item = (&'a Column, &'a str)>,
 ) -> Result<Device, String> {
-    let mut known: HashMap<&'static str, &str> = HashMap::new();
+    let mut known: [Option<&str>; CSV_COLUMNS.len()] = [None; CSV_COLUMNS.len()];
     let mut components = SmallMap::new();
     let mut tags = SmallMap::new();
     for (col, raw) in fields {
         let value = raw.trim();
         match col {
-            Column::Known(name) => {
-                known.insert(name, value);
-            }
+            Column::Known(i) => known[*i] = Some(value),
             Column::Component(name) => {
                 if !value.is_empty() {
                     let v: Version = value
@@ -322,11 +347,15 @@ fn device_from_fields<'a>(
             }
         }
     }
-    let get = |name: &str| known.get(name).copied().filter(|v| !v.is_empty());
-    let required = |name: &str| get(name).ok_or_else(|| format!("{name} is empty"));
-    let id = required("id")?.to_owned();
-    for name in [component::FIRMWARE, component::BOOTLOADER, component::MODEM] {
-        if let Some(text) = get(name) {
+    let get = |i: usize| known[i].filter(|v| !v.is_empty());
+    let required = |i: usize| get(i).ok_or_else(|| format!("{} is empty", CSV_COLUMNS[i]));
+    let id = required(col!("id"))?.to_owned();
+    for (name, i) in [
+        (component::FIRMWARE, col!("firmware")),
+        (component::BOOTLOADER, col!("bootloader")),
+        (component::MODEM, col!("modem")),
+    ] {
+        if let Some(text) = get(i) {
             let v: Version = text.parse().map_err(|e| format!("{name}: {e}"))?;
             components.insert(name, v);
         }
@@ -334,16 +363,16 @@ fn device_from_fields<'a>(
     if components.get(component::FIRMWARE).is_none() {
         return Err("firmware is empty".to_owned());
     }
-    let lat: f64 = parse("lat", required("lat")?)?;
-    let lon: f64 = parse("lon", required("lon")?)?;
+    let lat: f64 = parse("lat", required(col!("lat"))?)?;
+    let lon: f64 = parse("lon", required(col!("lon"))?)?;
     if !(-90.0..=90.0).contains(&lat) {
         return Err(format!("lat {lat} is outside -90..90"));
     }
     if !(-180.0..=180.0).contains(&lon) {
         return Err(format!("lon {lon} is outside -180..180"));
     }
-    let connectivity: Connectivity = parse_enum(required("connectivity")?)?;
-    let battery_pct = match get("battery_pct") {
+    let connectivity: Connectivity = parse_enum(required(col!("connectivity"))?)?;
+    let battery_pct = match get(col!("battery_pct")) {
         None => None,
         Some(t) => {
             let pct: u8 = parse("battery_pct", t)?;
@@ -353,40 +382,41 @@ fn device_from_fields<'a>(
             Some(pct)
         }
     };
-    let metered = match get("metered") {
+    let metered = match get(col!("metered")) {
         None => matches!(connectivity, Connectivity::Cellular | Connectivity::Roaming),
         Some(t) => parse_bool("metered", t)?,
     };
-    let power = match get("power_state") {
+    let power = match get(col!("power_state")) {
         None if battery_pct.is_some() => PowerState::Battery,
         None => PowerState::Mains,
         Some(t) => parse_enum(t)?,
     };
-    let last_seen_text = required("last_seen")?;
+    let last_seen_text = required(col!("last_seen"))?;
     let last_seen = match last_seen_text.parse::<i64>() {
         Ok(secs) => Timestamp::from_secs(secs),
         Err(_) => Timestamp::parse_rfc3339(last_seen_text)
             .map_err(|e| format!("invalid last_seen: {e}"))?,
     };
     Ok(Device {
-        model: required("model")?.to_owned(),
-        hw_rev: required("hw_rev")?.to_owned(),
+        model: required(col!("model"))?.to_owned(),
+        hw_rev: required(col!("hw_rev"))?.to_owned(),
         components,
-        active_slot: get("active_slot").map_or(Ok(Slot::A), parse_enum::<Slot>)?,
-        region: required("region")?.to_owned(),
-        depot: required("depot")?.to_owned(),
+        active_slot: get(col!("active_slot")).map_or(Ok(Slot::A), parse_enum::<Slot>)?,
+        region: required(col!("region"))?.to_owned(),
+        depot: required(col!("depot"))?.to_owned(),
         position: GeoPoint { lat, lon },
         connectivity,
         metered,
         battery_pct,
         power,
-        free_storage_bytes: get("free_storage_bytes")
+        free_storage_bytes: get(col!("free_storage_bytes"))
             .map_or(Ok(0), |t| parse("free_storage_bytes", t))?,
-        customer_tier: parse_enum::<CustomerTier>(required("customer_tier")?)?,
-        device_class: parse_enum::<DeviceClass>(required("device_class")?)?,
-        redundancy: get("redundancy").map_or(Ok(Redundancy::None), parse_enum::<Redundancy>)?,
+        customer_tier: parse_enum::<CustomerTier>(required(col!("customer_tier"))?)?,
+        device_class: parse_enum::<DeviceClass>(required(col!("device_class"))?)?,
+        redundancy: get(col!("redundancy"))
+            .map_or(Ok(Redundancy::None), parse_enum::<Redundancy>)?,
         last_seen,
-        failed_update_attempts: get("failed_update_attempts")
+        failed_update_attempts: get(col!("failed_update_attempts"))
             .map_or(Ok(0), |t| parse("failed_update_attempts", t))?,
         tags,
         id,
@@ -583,7 +613,7 @@ fn device_from_json(item: serde_json::Value) -> Result<Device, String> {
     for r in CSV_REQUIRED {
         if !pairs
             .iter()
-            .any(|(c, _)| matches!(c, Column::Known(k) if k == r))
+            .any(|(c, _)| matches!(c, Column::Known(k) if CSV_COLUMNS[*k] == *r))
         {
             return Err(format!("{r} is missing"));
         }

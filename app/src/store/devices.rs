@@ -66,10 +66,26 @@ impl Store {
             }
             stale
         };
-        {
-            let mut del = tx.prepare_cached("DELETE FROM devices WHERE id = ?1")?;
+        if !stale.is_empty() {
+            // Telemetry has no foreign key to devices (see the schema): delete it explicitly.
+            let mut find = tx.prepare_cached("SELECT dev FROM devices WHERE id = ?1")?;
+            let mut del = tx.prepare_cached("DELETE FROM devices WHERE dev = ?1")?;
+            // Caches being built at schema version 1 (in tests) have no telemetry tables.
+            let mut telemetry = if super::schema::version(&tx)? >= 2 {
+                Some((
+                    tx.prepare_cached("DELETE FROM samples WHERE dev = ?1")?,
+                    tx.prepare_cached("DELETE FROM rollup_device WHERE dev = ?1")?,
+                ))
+            } else {
+                None
+            };
             for id in &stale {
-                del.execute([id])?;
+                let dev: i64 = find.query_row([id], |r| r.get(0))?;
+                if let Some((samples, rollups)) = &mut telemetry {
+                    samples.execute([dev])?;
+                    rollups.execute([dev])?;
+                }
+                del.execute([dev])?;
             }
         }
         let keep_depots: HashSet<&str> = fleet.depots.iter().map(|d| d.id.as_str()).collect();
@@ -147,8 +163,9 @@ impl Store {
                 Ok((depots?, devices, components?))
             })
         });
-        self.conn.execute_batch("COMMIT")?;
+        let ended = self.conn.execute_batch("COMMIT");
         let (depots, mut devices, components) = loaded?;
+        ended?;
         let mut i = 0;
         for (dev, map) in components {
             while i < devices.len() && devices[i].0 < dev {

@@ -111,17 +111,20 @@ pub const MIGRATIONS: &[&str] = &[
 
     -- The key makes ingest idempotent: the same sample ingested twice (a retry after a crash)
     -- is stored once and counted once in the rollups.
+    -- Samples and rollups carry no foreign keys on purpose: ingest maps every device id to
+    -- `dev` (and so checks it) anyway, and four parent lookups per sample would halve ingest
+    -- speed. Removing devices deletes their telemetry explicitly (`replace_fleet`).
     CREATE TABLE samples (
-        dev    INTEGER NOT NULL REFERENCES devices(dev) ON DELETE CASCADE,
-        metric INTEGER NOT NULL REFERENCES metrics(metric),
+        dev    INTEGER NOT NULL,
+        metric INTEGER NOT NULL,
         time   INTEGER NOT NULL,
         value  REAL NOT NULL,
         PRIMARY KEY (dev, metric, time)
     ) WITHOUT ROWID;
 
     CREATE TABLE rollup_device (
-        dev          INTEGER NOT NULL REFERENCES devices(dev) ON DELETE CASCADE,
-        metric       INTEGER NOT NULL REFERENCES metrics(metric),
+        dev          INTEGER NOT NULL,
+        metric       INTEGER NOT NULL,
         bucket       INTEGER NOT NULL,
         count        INTEGER NOT NULL,
         sum          REAL NOT NULL,
@@ -132,7 +135,7 @@ pub const MIGRATIONS: &[&str] = &[
 
     CREATE TABLE rollup_cohort (
         cohort       TEXT NOT NULL,
-        metric       INTEGER NOT NULL REFERENCES metrics(metric),
+        metric       INTEGER NOT NULL,
         bucket       INTEGER NOT NULL,
         count        INTEGER NOT NULL,
         sum          REAL NOT NULL,

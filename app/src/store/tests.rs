@@ -66,6 +66,34 @@ fn replace_fleet_removes_devices_not_in_the_new_fleet() {
 }
 
 #[test]
+fn replacing_the_fleet_deletes_telemetry_of_removed_devices() {
+    let (_dir, mut store) = temp_store();
+    let big = fleet(20, 2);
+    store.replace_fleet(&big, None).expect("save");
+    let samples: Vec<Sample> = big
+        .devices
+        .iter()
+        .map(|d| Sample {
+            device: d.id.clone(),
+            time: NOW,
+            metric: "battery_pct".to_owned(),
+            value: 1.0,
+        })
+        .collect();
+    assert_eq!(store.ingest(&samples).expect("ingest").stored, 20);
+    store.replace_fleet(&fleet(5, 2), None).expect("shrink");
+    assert_eq!(store.sample_count().expect("count"), 5);
+    let rollups: i64 = store
+        .conn()
+        .query_row("SELECT count(*) FROM rollup_device", [], |r| r.get(0))
+        .expect("rollups");
+    assert_eq!(rollups, 5);
+    // A device id that comes back later gets a fresh history, not a removed device's.
+    store.replace_fleet(&big, None).expect("grow");
+    assert_eq!(store.sample_count().expect("count"), 5);
+}
+
+#[test]
 fn upsert_updates_known_devices_and_keeps_others() {
     let (_dir, mut store) = temp_store();
     let base = fleet(100, 5);
