@@ -1,5 +1,5 @@
-//! Rollout timelines: the ordered events of each rollout, and their export as CSV, JSON and
-//! Markdown.
+//! Rollout timelines (the ordered events of each rollout, exported as CSV, JSON and
+//! Markdown) and device events (what happened to one device: offered, installed, reverted).
 //!
 //! The rollout engine appends an [`Event`] for every state change and gate decision (with the
 //! cause, so a war room can read why); this module stores them and writes them out. It does not
@@ -32,6 +32,22 @@ pub struct Event {
 #[allow(clippy::trivially_copy_pass_by_ref)] // serde's `serialize_with` passes a reference.
 fn rfc3339<S: serde::Serializer>(t: &Timestamp, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&t.to_rfc3339())
+}
+
+/// One event in a device's history.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DeviceEvent {
+    /// Global append order.
+    pub seq: i64,
+    pub device_id: String,
+    /// The rollout it belongs to, if any.
+    pub rollout_id: Option<String>,
+    #[serde(serialize_with = "rfc3339")]
+    pub time: Timestamp,
+    /// `offered`, `downloaded`, `installed`, `reverted`, `report.rejected`, ...
+    pub kind: String,
+    /// Details as compact JSON.
+    pub payload: String,
 }
 
 /// Timeline export formats.
@@ -67,6 +83,46 @@ impl Store {
         .with_context(|| format!("appending event {seq} of rollout {rollout_id}"))?;
         tx.commit()?;
         Ok(seq)
+    }
+
+    /// Appends an event to a device's history and returns its seq.
+    pub fn append_device_event(
+        &mut self,
+        device_id: &str,
+        rollout_id: Option<&str>,
+        time: Timestamp,
+        kind: &str,
+        payload: &serde_json::Value,
+    ) -> Result<i64> {
+        let payload = serde_json::to_string(payload).context("encoding the event payload")?;
+        self.conn
+            .prepare_cached(
+                "INSERT INTO device_events(device_id, rollout_id, time, kind, payload)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![device_id, rollout_id, time.secs(), kind, payload])
+            .with_context(|| format!("appending an event of device {device_id}"))?;
+        Ok(self.conn.last_insert_rowid())
+    }
+
+    /// The history of `device_id`, oldest first.
+    pub fn device_events(&self, device_id: &str) -> Result<Vec<DeviceEvent>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT seq, device_id, rollout_id, time, kind, payload FROM device_events
+             WHERE device_id = ?1 ORDER BY seq",
+        )?;
+        let rows = stmt.query_map([device_id], |r| {
+            Ok(DeviceEvent {
+                seq: r.get(0)?,
+                device_id: r.get(1)?,
+                rollout_id: r.get(2)?,
+                time: Timestamp::from_secs(r.get(3)?),
+                kind: r.get(4)?,
+                payload: r.get(5)?,
+            })
+        })?;
+        rows.collect::<rusqlite::Result<_>>()
+            .with_context(|| format!("reading the events of device {device_id}"))
     }
 
     /// The timeline of `rollout_id`, in seq order.

@@ -661,3 +661,37 @@ fn timelines_keep_order_and_export_in_three_formats() {
     assert_eq!(lines.len(), 5);
     assert!(lines[3].contains("baseline \\| cohort"), "{}", lines[3]);
 }
+
+#[test]
+fn device_events_are_kept_per_device_in_order() {
+    let (_dir, mut store) = temp_store();
+    for (device, kind) in [
+        ("CV1", "offered"),
+        ("CV2", "offered"),
+        ("CV1", "installed"),
+        ("CV1", "reverted"),
+    ] {
+        store
+            .append_device_event(device, Some("r-1"), NOW, kind, &serde_json::json!({}))
+            .expect("append");
+    }
+    store
+        .append_device_event(
+            "CV1",
+            None,
+            NOW.plus_secs(5),
+            "report.rejected",
+            &serde_json::json!({"why": "bad signature"}),
+        )
+        .expect("append");
+    let events = store.device_events("CV1").expect("events");
+    let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(
+        kinds,
+        ["offered", "installed", "reverted", "report.rejected"]
+    );
+    assert_eq!(events[3].rollout_id, None);
+    assert_eq!(events[3].payload, r#"{"why":"bad signature"}"#);
+    assert!(events.windows(2).all(|w| w[0].seq < w[1].seq));
+    assert_eq!(store.device_events("CV2").expect("events").len(), 1);
+}
