@@ -158,25 +158,26 @@ impl Store {
                 let joined = |name: &str| anyhow::anyhow!("the {name} loader panicked");
                 let upper = upper.join().map_err(|_| joined("device"))?;
                 let components = components.join().map_err(|_| joined("component"))?;
-                let mut devices = lower?;
-                devices.extend(upper?);
-                Ok((depots?, devices, components?))
+                let (mut keys, mut devices) = lower?;
+                let (upper_keys, upper_devices) = upper?;
+                keys.extend(upper_keys);
+                devices.extend(upper_devices);
+                Ok((depots?, keys, devices, components?))
             })
         });
         let ended = self.conn.execute_batch("COMMIT");
-        let (depots, mut devices, components) = loaded?;
+        let (depots, keys, mut devices, components) = loaded?;
         ended?;
         let mut i = 0;
         for (dev, map) in components {
-            while i < devices.len() && devices[i].0 < dev {
+            while i < keys.len() && keys[i] < dev {
                 i += 1;
             }
-            let Some((_, device)) = devices.get_mut(i).filter(|(d, _)| *d == dev) else {
+            if keys.get(i) != Some(&dev) {
                 bail!("component rows for unknown device key {dev} in the cache");
-            };
-            device.components = map;
+            }
+            devices[i].components = map;
         }
-        let devices: Vec<Device> = devices.into_iter().map(|(_, d)| d).collect();
         // Devices are usually stored in id order already; sorting is then skipped.
         if devices.is_sorted_by(|a, b| a.id < b.id) && depots.is_sorted_by(|a, b| a.id < b.id) {
             Ok(Fleet { depots, devices })
@@ -228,13 +229,15 @@ fn open_reader(path: &std::path::Path) -> Result<Connection> {
 }
 
 /// The device rows with `lo <= dev <= hi` in `dev` order, with empty components.
-fn load_devices(conn: &Connection, lo: i64, hi: i64) -> Result<Vec<(i64, Device)>> {
+fn load_devices(conn: &Connection, lo: i64, hi: i64) -> Result<(Vec<i64>, Vec<Device>)> {
     let capacity: i64 = conn.query_row(
         "SELECT count(*) FROM devices WHERE dev BETWEEN ?1 AND ?2",
         [lo, hi],
         |r| r.get(0),
     )?;
-    let mut devices: Vec<(i64, Device)> = Vec::with_capacity(capacity.max(0) as usize);
+    // Keys apart from devices, so that the fleet's vector is built once and never copied.
+    let mut keys: Vec<i64> = Vec::with_capacity(capacity.max(0) as usize);
+    let mut devices: Vec<Device> = Vec::with_capacity(capacity.max(0) as usize);
     let mut stmt = conn.prepare(
         "SELECT dev, id, model, hw_rev, active_slot, region, depot, lat, lon,
                 connectivity, metered, battery_pct, power, free_storage_bytes,
@@ -247,9 +250,10 @@ fn load_devices(conn: &Connection, lo: i64, hi: i64) -> Result<Vec<(i64, Device)
         let dev: i64 = r.get(0)?;
         let id: String = r.get(1)?;
         let device = device_from_row(r, id).context("reading a device from the cache")?;
-        devices.push((dev, device));
+        keys.push(dev);
+        devices.push(device);
     }
-    Ok(devices)
+    Ok((keys, devices))
 }
 
 /// Every device's components, grouped by `dev` in `dev` order.
