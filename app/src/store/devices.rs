@@ -114,12 +114,18 @@ impl Store {
     /// the same snapshot: a third connection holds the write lock for the moment both
     /// readers start their read transactions, so no commit can fall between them. Each table
     /// is read with one query in `dev` order, and the two are merged in one pass.
+    ///
+    /// If another process is in the middle of a long write (an import), writers cannot be
+    /// paused; the load then reads everything on one thread from one snapshot instead, since
+    /// in WAL mode a reader never waits for a writer.
     pub fn load_fleet(&self) -> Result<Fleet> {
+        let gate = open_reader(&self.path)?;
+        gate.busy_timeout(std::time::Duration::from_millis(250))?;
+        if gate.execute_batch("BEGIN IMMEDIATE").is_err() {
+            return self.load_fleet_sequentially();
+        }
         let upper_reader = open_reader(&self.path)?;
         let component_reader = open_reader(&self.path)?;
-        let gate = open_reader(&self.path)?;
-        gate.execute_batch("BEGIN IMMEDIATE")
-            .context("pausing writers to take a snapshot")?;
         let snapshot = [&self.conn, &upper_reader, &component_reader]
             .into_iter()
             .try_for_each(|conn| -> Result<()> {
@@ -166,24 +172,25 @@ impl Store {
             })
         });
         let ended = self.conn.execute_batch("COMMIT");
-        let (depots, keys, mut devices, components) = loaded?;
+        let (depots, keys, devices, components) = loaded?;
         ended?;
-        let mut i = 0;
-        for (dev, map) in components {
-            while i < keys.len() && keys[i] < dev {
-                i += 1;
-            }
-            if keys.get(i) != Some(&dev) {
-                bail!("component rows for unknown device key {dev} in the cache");
-            }
-            devices[i].components = map;
-        }
-        // Devices are usually stored in id order already; sorting is then skipped.
-        if devices.is_sorted_by(|a, b| a.id < b.id) && depots.is_sorted_by(|a, b| a.id < b.id) {
-            Ok(Fleet { depots, devices })
-        } else {
-            Ok(Fleet::new(depots, devices))
-        }
+        assemble(depots, &keys, devices, components)
+    }
+
+    /// [`Store::load_fleet`] on this connection alone, in one read transaction.
+    pub fn load_fleet_sequentially(&self) -> Result<Fleet> {
+        self.conn.execute_batch("BEGIN")?;
+        let loaded = (|| -> Result<_> {
+            Ok((
+                self.load_depots()?,
+                load_devices(&self.conn, i64::MIN, i64::MAX)?,
+                load_components(&self.conn)?,
+            ))
+        })();
+        let ended = self.conn.execute_batch("COMMIT");
+        let (depots, (keys, devices), components) = loaded?;
+        ended?;
+        assemble(depots, &keys, devices, components)
     }
 
     /// Depots sorted by id.
@@ -213,6 +220,31 @@ impl Store {
             .conn
             .query_row("SELECT count(*) FROM devices", [], |r| r.get(0))?;
         Ok(n as usize)
+    }
+}
+
+/// Gives each device its components (both in `dev` order: one merge pass) and builds the fleet.
+fn assemble(
+    depots: Vec<Depot>,
+    keys: &[i64],
+    mut devices: Vec<Device>,
+    components: Vec<(i64, SmallMap<Version>)>,
+) -> Result<Fleet> {
+    let mut i = 0;
+    for (dev, map) in components {
+        while i < keys.len() && keys[i] < dev {
+            i += 1;
+        }
+        if keys.get(i) != Some(&dev) {
+            bail!("component rows for unknown device key {dev} in the cache");
+        }
+        devices[i].components = map;
+    }
+    // Devices are usually stored in id order already; sorting is then skipped.
+    if devices.is_sorted_by(|a, b| a.id < b.id) && depots.is_sorted_by(|a, b| a.id < b.id) {
+        Ok(Fleet { depots, devices })
+    } else {
+        Ok(Fleet::new(depots, devices))
     }
 }
 

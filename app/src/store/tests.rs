@@ -48,6 +48,22 @@ fn synthetic_fleet_round_trips_exactly() {
 }
 
 #[test]
+fn load_works_while_another_connection_holds_the_write_lock() {
+    let (_dir, mut store) = temp_store();
+    let original = fleet(700, 12);
+    store.replace_fleet(&original, None).expect("save");
+    let writer = rusqlite::Connection::open(store.path()).expect("second connection");
+    writer
+        .execute_batch("BEGIN IMMEDIATE; UPDATE devices SET model = 'uncommitted' WHERE dev = 1;")
+        .expect("long write");
+    // Writers cannot be paused: the load falls back to one snapshot on one thread and does
+    // not see the uncommitted change.
+    assert_eq!(store.load_fleet().expect("load"), original);
+    writer.execute_batch("ROLLBACK").expect("rollback");
+    assert_eq!(store.load_fleet_sequentially().expect("load"), original);
+}
+
+#[test]
 fn replace_fleet_removes_devices_not_in_the_new_fleet() {
     let (_dir, mut store) = temp_store();
     store.replace_fleet(&fleet(500, 2), None).expect("save 500");
