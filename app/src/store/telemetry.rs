@@ -221,11 +221,14 @@ impl Agg {
 }
 
 /// Per-connection lookups that ingest needs for every sample: device key and cohort, metric
-/// key. Cleared whenever devices are written.
+/// key. Cleared whenever this store writes devices, and whenever another connection has
+/// committed anything since the last batch (`PRAGMA data_version`), because another process
+/// may have replaced the fleet.
 #[derive(Default)]
 pub(crate) struct IngestCache {
     devices: HashMap<String, Option<(i64, Rc<str>)>>,
     metrics: HashMap<String, i64>,
+    data_version: Option<i64>,
 }
 
 impl IngestCache {
@@ -240,6 +243,13 @@ impl Store {
     pub fn ingest(&mut self, samples: &[Sample]) -> Result<IngestReport> {
         let mut report = IngestReport::default();
         let cache = &mut self.ingest_cache;
+        let data_version: i64 = self
+            .conn
+            .query_row("PRAGMA data_version", [], |r| r.get(0))?;
+        if cache.data_version != Some(data_version) {
+            cache.devices.clear();
+            cache.data_version = Some(data_version);
+        }
         let tx = self.conn.transaction()?;
         // Ordered maps, so that rollup upserts also go in key order.
         let mut by_device: BTreeMap<(i64, i64, i64), Agg> = BTreeMap::new();

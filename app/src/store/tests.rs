@@ -566,6 +566,38 @@ fn ingest_builds_device_and_cohort_rollups() {
 }
 
 #[test]
+fn ingest_notices_a_fleet_replaced_by_another_connection() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("c.db");
+    let mut ingester = Store::open(&path).expect("open");
+    let f = fleet(3, 1);
+    ingester.replace_fleet(&f, None).expect("save");
+    let sample = |device: &str, secs| Sample {
+        device: device.to_owned(),
+        time: NOW.plus_secs(secs),
+        metric: "battery_pct".to_owned(),
+        value: 1.0,
+    };
+    let last = f.devices[2].id.clone();
+    assert_eq!(
+        ingester.ingest(&[sample(&last, 0)]).expect("ingest").stored,
+        1
+    );
+    // Another process drops the last device and adds a new one, which may reuse its key.
+    let mut other = Store::open(&path).expect("second");
+    let mut changed = f.clone();
+    let mut newcomer = changed.devices.pop().expect("device");
+    newcomer.id = "NEW-1".to_owned();
+    changed.devices.push(newcomer);
+    other.replace_fleet(&changed, None).expect("replace");
+    let report = ingester
+        .ingest(&[sample(&last, 60), sample("NEW-1", 60)])
+        .expect("ingest");
+    assert_eq!(report.rejected, [(0, format!("unknown device {last}"))]);
+    assert_eq!(report.stored, 1);
+}
+
+#[test]
 fn ingest_rejects_unknown_devices_and_bad_metrics_but_keeps_the_rest() {
     let (_dir, mut store) = temp_store();
     let f = fleet(5, 3);
