@@ -445,10 +445,17 @@ pub(crate) fn upsert_devices(tx: &Transaction<'_>, devices: &[Device]) -> Result
         tx.prepare_cached("INSERT INTO components(dev, name, version) VALUES (?1, ?2, ?3)")?;
     let mut counts = UpsertCounts::default();
     let mut version_text = String::new();
+    // Into an empty cache (the first import) every device is new: skip one index search per
+    // device. A repeated id then fails on the unique index instead of updating.
+    let empty: bool = tx.query_row("SELECT NOT EXISTS (SELECT 1 FROM devices)", [], |r| {
+        r.get(0)
+    })?;
     for d in devices {
         let tags = serde_json::to_string(&d.tags).context("encoding tags")?;
         let free = to_i64(d.free_storage_bytes, "free_storage_bytes")?;
-        let existing: Option<i64> = {
+        let existing: Option<i64> = if empty {
+            None
+        } else {
             let mut rows = find.query([&d.id])?;
             rows.next()?.map(|r| r.get(0)).transpose()?
         };
