@@ -109,8 +109,8 @@ fn killed_imports_leave_the_old_fleet_or_the_new_one() {
     let dir = tempfile::tempdir().expect("tempdir");
     // Two inventories with the same ids and different contents: every import changes rows.
     let files = [
-        inventory(dir.path(), 1, 6_000),
-        inventory(dir.path(), 2, 6_000),
+        inventory(dir.path(), 1, 4_000),
+        inventory(dir.path(), 2, 4_000),
     ];
     let import = |db: &Path, file: &Path| {
         let mut cmd = Command::new(convoy_bin());
@@ -165,7 +165,7 @@ fn killed_telemetry_ingest_loses_nothing_reported_and_counts_nothing_twice() {
     let (inv, devices) = inventory(dir.path(), 3, 300);
     let mut samples = Vec::new();
     let mut text = String::new();
-    for i in 0..12_000i64 {
+    for i in 0..8_000i64 {
         let s = Sample {
             device: devices[(i % 300) as usize].id.clone(),
             time: Timestamp::from_secs(1_795_392_000 + i / 3),
