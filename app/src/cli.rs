@@ -27,6 +27,12 @@ pub enum Command {
     Release(cmd::release::Args),
     /// Plan a rollout: eligibility, prerequisite chains, canary, waves, schedule, bandwidth.
     Plan(cmd::plan::Args),
+    /// Verify and list the hash-chained audit log.
+    Audit(cmd::audit::Args),
+    /// Ingest telemetry samples into the cache.
+    Telemetry(cmd::telemetry::Args),
+    /// Rollout records: export timelines.
+    Rollout(cmd::rollout::Args),
 }
 
 /// Runs the command line and returns the process exit code. Errors are printed once, here,
@@ -47,6 +53,9 @@ pub fn main() -> ExitCode {
         Some(Command::Key(args)) => cmd::key::run(&args),
         Some(Command::Release(args)) => cmd::release::run(&args),
         Some(Command::Plan(args)) => cmd::plan::run(&args),
+        Some(Command::Audit(args)) => cmd::audit::run(&args),
+        Some(Command::Telemetry(args)) => cmd::telemetry::run(&args),
+        Some(Command::Rollout(args)) => cmd::rollout::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

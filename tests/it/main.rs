@@ -1,8 +1,10 @@
 //! End-to-end tests: the real `convoy` binary on real files.
 
+mod crash;
 mod fleet;
 mod mqtt;
 mod plan;
 mod release;
 mod score;
+mod store;
 mod tuf;

@@ -1,12 +1,17 @@
-//! `convoy fleet`: generate synthetic fleets (and, later, import and export inventories).
+//! `convoy fleet`: generate synthetic fleets, import inventories into the cache, export them.
+//!
+//! This module parses arguments and reports; file formats live in `fleet_io`, the cache in
+//! `store`.
 
 use anyhow::{Context, Result};
 use convoy_core::synth::{self, SynthOptions};
 use convoy_core::time::Timestamp;
-use std::path::PathBuf;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use crate::fleet_io;
+use crate::fleet_io::{self, FleetFormat};
+use crate::store::{self, AuditEntry, Store};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -18,6 +23,11 @@ pub struct Args {
 pub enum FleetCommand {
     /// Write a deterministic synthetic fleet: the same seed gives the same fleet.
     Generate(GenerateArgs),
+    /// Import a CSV or JSON inventory into the cache: new devices are added, known ones
+    /// updated; bad rows are reported and skipped.
+    Import(ImportArgs),
+    /// Export the cache's fleet as CSV or JSON (importing it again gives the same fleet).
+    Export(ExportArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -28,13 +38,42 @@ pub struct GenerateArgs {
     /// Seed: the same seed (and --now) always gives the same fleet.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
-    /// Output file; the format follows the extension (`.json`).
+    /// Output file; the format follows the extension: `.db` (the SQLite cache, recommended;
+    /// its fleet is replaced, its audit log kept), `.json` or `.csv`.
     #[arg(long)]
     pub out: PathBuf,
     /// The moment the fleet is observed at (RFC 3339); `last_seen` values lie before it.
     /// Defaults to today, 00:00 UTC, so that a day's runs agree.
     #[arg(long, value_parser = parse_time)]
     pub now: Option<Timestamp>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ImportArgs {
+    /// The inventory: `.csv` (with a header) or `.json`.
+    pub file: PathBuf,
+    /// The cache file (default: $CONVOY_DB, else $XDG_DATA_HOME/convoy/convoy.db).
+    #[arg(long)]
+    pub db: Option<PathBuf>,
+}
+
+/// Export formats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExportFormat {
+    Csv,
+    Json,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ExportArgs {
+    #[arg(long, value_enum)]
+    pub format: ExportFormat,
+    /// The cache file (default: $CONVOY_DB, else $XDG_DATA_HOME/convoy/convoy.db).
+    #[arg(long)]
+    pub db: Option<PathBuf>,
+    /// Write here (atomically) instead of to standard output.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
 }
 
 pub fn parse_time(text: &str) -> Result<Timestamp, String> {
@@ -44,6 +83,8 @@ pub fn parse_time(text: &str) -> Result<Timestamp, String> {
 pub fn run(args: &Args) -> Result<()> {
     match &args.command {
         FleetCommand::Generate(g) => generate(g),
+        FleetCommand::Import(a) => import(a),
+        FleetCommand::Export(a) => export(a),
     }
 }
 
@@ -52,6 +93,8 @@ fn generate(args: &GenerateArgs) -> Result<()> {
         let t = crate::now();
         Timestamp::from_secs(t.secs() - t.secs().rem_euclid(86_400))
     });
+    // Check the format before spending time on a large fleet.
+    let format = FleetFormat::of(&args.out)?;
     let started = Instant::now();
     let fleet = synth::generate(&SynthOptions {
         devices: args.devices,
@@ -59,8 +102,23 @@ fn generate(args: &GenerateArgs) -> Result<()> {
         now,
     });
     let generated = started.elapsed();
-    fleet_io::save_fleet(&args.out, &fleet)
-        .with_context(|| format!("writing the fleet to {}", args.out.display()))?;
+    if format == FleetFormat::Cache {
+        let mut store = Store::open(&args.out)?;
+        let entry = AuditEntry {
+            time: crate::now(),
+            actor: store::audit::operator_actor(),
+            action: "fleet.generate".to_owned(),
+            payload: serde_json::json!({
+                "devices": args.devices, "seed": args.seed, "now": now.to_rfc3339(),
+            }),
+        };
+        store
+            .replace_fleet(&fleet, Some(&entry))
+            .with_context(|| format!("writing the fleet to {}", args.out.display()))?;
+    } else {
+        fleet_io::save_fleet(&args.out, &fleet)
+            .with_context(|| format!("writing the fleet to {}", args.out.display()))?;
+    }
     eprintln!(
         "generated {} devices in {} depots (seed {}, observed at {now}) in {:.2?}, written to {} in {:.2?}",
         fleet.len(),
@@ -71,4 +129,58 @@ fn generate(args: &GenerateArgs) -> Result<()> {
         started.elapsed().saturating_sub(generated),
     );
     Ok(())
+}
+
+fn import(args: &ImportArgs) -> Result<()> {
+    let db = store::resolve_path(args.db.as_deref())?;
+    let inv = fleet_io::read_inventory(&args.file)?;
+    for r in &inv.rejected {
+        eprintln!("{}: {r}", args.file.display());
+    }
+    let mut store = Store::open(&db)?;
+    let entry = AuditEntry {
+        time: crate::now(),
+        actor: store::audit::operator_actor(),
+        action: "fleet.import".to_owned(),
+        payload: serde_json::json!({
+            "file": args.file.display().to_string(),
+            "devices": inv.devices.len(),
+            "depots": inv.depots.len(),
+            "rejected": inv.rejected.len(),
+        }),
+    };
+    let counts = store
+        .upsert_fleet(&inv.depots, &inv.devices, Some(&entry))
+        .with_context(|| format!("importing {} into {}", args.file.display(), db.display()))?;
+    println!(
+        "imported {} devices from {} into {}: {} new, {} updated, {} rows rejected",
+        inv.devices.len(),
+        args.file.display(),
+        db.display(),
+        counts.inserted,
+        counts.updated,
+        inv.rejected.len()
+    );
+    Ok(())
+}
+
+fn export(args: &ExportArgs) -> Result<()> {
+    let db = store::resolve_path(args.db.as_deref())?;
+    let store = Store::open_existing(&db)?;
+    let fleet = store.load_fleet()?;
+    let write = |w: &mut dyn Write| match args.format {
+        ExportFormat::Csv => fleet_io::write_csv(w, &fleet.devices),
+        ExportFormat::Json => fleet_io::write_json(w, &fleet),
+    };
+    if let Some(path) = &args.out {
+        return write_file(path, write);
+    }
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    write(&mut out)?;
+    out.flush().context("writing to standard output")
+}
+
+fn write_file(path: &Path, write: impl FnOnce(&mut dyn Write) -> Result<()>) -> Result<()> {
+    fleet_io::write_atomically(path, write).with_context(|| format!("writing {}", path.display()))
 }

@@ -1,8 +1,11 @@
 //! One module per top-level subcommand. Each exposes `Args` (clap) and `run(&Args)`.
 
+pub mod audit;
 pub mod broker;
 pub mod fleet;
 pub mod key;
 pub mod plan;
 pub mod release;
+pub mod rollout;
 pub mod score;
+pub mod telemetry;

@@ -1,0 +1,526 @@
+//! Devices, their components and depots in the cache: bulk upsert and cold load.
+//!
+//! Writes go through cached prepared statements inside one transaction; the cold load reads
+//! each table with one query (devices and components both in `dev` order, merged in one pass),
+//! never one query per device. This module does not parse inventories: that is `fleet_io`.
+
+use super::audit::{AuditEntry, append_in};
+use super::{Store, to_i64};
+use anyhow::{Context, Result, bail};
+use convoy_core::fleet::{Depot, Device, Fleet, GeoPoint, SmallMap};
+use convoy_core::time::Timestamp;
+use convoy_core::version::Version;
+use rusqlite::{Connection, OpenFlags, Transaction, params};
+use std::collections::HashSet;
+
+/// What an upsert of devices did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UpsertCounts {
+    pub inserted: usize,
+    pub updated: usize,
+}
+
+impl Store {
+    /// Inserts or updates `devices` (by id) and `depots`, and appends `audit` if given, in one
+    /// transaction. Devices not named are left alone: this is what `fleet import` does.
+    pub fn upsert_fleet(
+        &mut self,
+        depots: &[Depot],
+        devices: &[Device],
+        audit: Option<&AuditEntry>,
+    ) -> Result<UpsertCounts> {
+        self.ingest_cache.clear_devices();
+        let tx = self.conn.transaction()?;
+        upsert_depots(&tx, depots)?;
+        let counts = upsert_devices(&tx, devices)?;
+        if let Some(entry) = audit {
+            append_in(&tx, entry)?;
+        }
+        tx.commit().context("committing the devices")?;
+        Ok(counts)
+    }
+
+    /// Makes the cache hold exactly `fleet`: its devices and depots are upserted and every
+    /// other device and depot is deleted (with their components, samples and rollups), in one
+    /// transaction, with `audit` appended if given. The audit log, outbox and timelines are
+    /// kept.
+    pub fn replace_fleet(
+        &mut self,
+        fleet: &Fleet,
+        audit: Option<&AuditEntry>,
+    ) -> Result<UpsertCounts> {
+        self.ingest_cache.clear_devices();
+        let tx = self.conn.transaction()?;
+        upsert_depots(&tx, &fleet.depots)?;
+        let counts = upsert_devices(&tx, &fleet.devices)?;
+        let keep: HashSet<&str> = fleet.devices.iter().map(|d| d.id.as_str()).collect();
+        let stale = {
+            let mut stmt = tx.prepare("SELECT id FROM devices")?;
+            let ids = stmt.query_map([], |r| r.get::<_, String>(0))?;
+            let mut stale = Vec::new();
+            for id in ids {
+                let id = id?;
+                if !keep.contains(id.as_str()) {
+                    stale.push(id);
+                }
+            }
+            stale
+        };
+        if !stale.is_empty() {
+            // Telemetry has no foreign key to devices (see the schema): delete it explicitly.
+            let mut find = tx.prepare_cached("SELECT dev FROM devices WHERE id = ?1")?;
+            let mut del = tx.prepare_cached("DELETE FROM devices WHERE dev = ?1")?;
+            // Caches being built at schema version 1 (in tests) have no telemetry tables.
+            let mut telemetry = if super::schema::version(&tx)? >= 2 {
+                Some((
+                    tx.prepare_cached("DELETE FROM samples WHERE dev = ?1")?,
+                    tx.prepare_cached("DELETE FROM rollup_device WHERE dev = ?1")?,
+                ))
+            } else {
+                None
+            };
+            for id in &stale {
+                let dev: i64 = find.query_row([id], |r| r.get(0))?;
+                if let Some((samples, rollups)) = &mut telemetry {
+                    samples.execute([dev])?;
+                    rollups.execute([dev])?;
+                }
+                del.execute([dev])?;
+            }
+        }
+        let keep_depots: HashSet<&str> = fleet.depots.iter().map(|d| d.id.as_str()).collect();
+        let stale_depots: Vec<String> = {
+            let mut stmt = tx.prepare("SELECT id FROM depots")?;
+            let ids = stmt.query_map([], |r| r.get::<_, String>(0))?;
+            ids.filter_map(|id| match id {
+                Ok(id) if keep_depots.contains(id.as_str()) => None,
+                other => Some(other),
+            })
+            .collect::<rusqlite::Result<_>>()?
+        };
+        for id in &stale_depots {
+            tx.execute("DELETE FROM depots WHERE id = ?1", [id])?;
+        }
+        if let Some(entry) = audit {
+            append_in(&tx, entry)?;
+        }
+        tx.commit().context("committing the fleet")?;
+        Ok(counts)
+    }
+
+    /// Loads the whole fleet: devices sorted by id, depots sorted by id.
+    ///
+    /// Devices and components are read on two threads, each with its own connection, from
+    /// the same snapshot: a third connection holds the write lock for the moment both
+    /// readers start their read transactions, so no commit can fall between them. Each table
+    /// is read with one query in `dev` order, and the two are merged in one pass.
+    ///
+    /// If another process is in the middle of a long write (an import), writers cannot be
+    /// paused; the load then reads everything on one thread from one snapshot instead, since
+    /// in WAL mode a reader never waits for a writer.
+    pub fn load_fleet(&self) -> Result<Fleet> {
+        let gate = open_reader(&self.path)?;
+        gate.busy_timeout(std::time::Duration::from_millis(250))?;
+        if gate.execute_batch("BEGIN IMMEDIATE").is_err() {
+            return self.load_fleet_sequentially();
+        }
+        let upper_reader = open_reader(&self.path)?;
+        let component_reader = open_reader(&self.path)?;
+        let snapshot = [&self.conn, &upper_reader, &component_reader]
+            .into_iter()
+            .try_for_each(|conn| -> Result<()> {
+                conn.execute_batch("BEGIN")?;
+                // A read transaction starts at its first read.
+                conn.query_row("SELECT count(*) FROM depots", [], |_| Ok(()))?;
+                Ok(())
+            });
+        gate.execute_batch("ROLLBACK")?;
+        let loaded = snapshot.and_then(|()| {
+            // Devices are split in two key ranges, each read on its own thread.
+            let max_dev: i64 =
+                self.conn
+                    .query_row("SELECT coalesce(max(dev), 0) FROM devices", [], |r| {
+                        r.get(0)
+                    })?;
+            let mid = max_dev / 2;
+            std::thread::scope(|scope| {
+                let spawn = |name: &str| std::thread::Builder::new().name(name.to_owned());
+                let components = spawn("load-components")
+                    .spawn_scoped(scope, move || {
+                        let result = load_components(&component_reader);
+                        let _ = component_reader.execute_batch("COMMIT");
+                        result
+                    })
+                    .context("starting the component loader")?;
+                let upper = spawn("load-devices")
+                    .spawn_scoped(scope, move || {
+                        let result = load_devices(&upper_reader, mid + 1, i64::MAX);
+                        let _ = upper_reader.execute_batch("COMMIT");
+                        result
+                    })
+                    .context("starting the device loader")?;
+                let depots = self.load_depots();
+                let lower = load_devices(&self.conn, i64::MIN, mid);
+                let joined = |name: &str| anyhow::anyhow!("the {name} loader panicked");
+                let upper = upper.join().map_err(|_| joined("device"))?;
+                let components = components.join().map_err(|_| joined("component"))?;
+                let (mut keys, mut devices) = lower?;
+                let (upper_keys, upper_devices) = upper?;
+                keys.extend(upper_keys);
+                devices.extend(upper_devices);
+                Ok((depots?, keys, devices, components?))
+            })
+        });
+        let ended = self.conn.execute_batch("COMMIT");
+        let (depots, keys, devices, components) = loaded?;
+        ended?;
+        assemble(depots, &keys, devices, components)
+    }
+
+    /// [`Store::load_fleet`] on this connection alone, in one read transaction.
+    pub fn load_fleet_sequentially(&self) -> Result<Fleet> {
+        self.conn.execute_batch("BEGIN")?;
+        let loaded = (|| -> Result<_> {
+            Ok((
+                self.load_depots()?,
+                load_devices(&self.conn, i64::MIN, i64::MAX)?,
+                load_components(&self.conn)?,
+            ))
+        })();
+        let ended = self.conn.execute_batch("COMMIT");
+        let (depots, (keys, devices), components) = loaded?;
+        ended?;
+        assemble(depots, &keys, devices, components)
+    }
+
+    /// Depots sorted by id.
+    pub fn load_depots(&self) -> Result<Vec<Depot>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT id, name, region, lat, lon, utc_offset_minutes FROM depots ORDER BY id",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(Depot {
+                id: r.get(0)?,
+                name: r.get(1)?,
+                region: r.get(2)?,
+                position: GeoPoint {
+                    lat: r.get(3)?,
+                    lon: r.get(4)?,
+                },
+                utc_offset_minutes: r.get(5)?,
+            })
+        })?;
+        rows.collect::<rusqlite::Result<_>>()
+            .context("reading depots from the cache")
+    }
+
+    /// Number of devices in the cache.
+    pub fn device_count(&self) -> Result<usize> {
+        let n: i64 = self
+            .conn
+            .query_row("SELECT count(*) FROM devices", [], |r| r.get(0))?;
+        Ok(n as usize)
+    }
+}
+
+/// Gives each device its components (both in `dev` order: one merge pass) and builds the fleet.
+fn assemble(
+    depots: Vec<Depot>,
+    keys: &[i64],
+    mut devices: Vec<Device>,
+    components: Vec<(i64, SmallMap<Version>)>,
+) -> Result<Fleet> {
+    let mut i = 0;
+    for (dev, map) in components {
+        while i < keys.len() && keys[i] < dev {
+            i += 1;
+        }
+        if keys.get(i) != Some(&dev) {
+            bail!("component rows for unknown device key {dev} in the cache");
+        }
+        devices[i].components = map;
+    }
+    // Devices are usually stored in id order already; sorting is then skipped.
+    if devices.is_sorted_by(|a, b| a.id < b.id) && depots.is_sorted_by(|a, b| a.id < b.id) {
+        Ok(Fleet { depots, devices })
+    } else {
+        Ok(Fleet::new(depots, devices))
+    }
+}
+
+/// A second connection to the cache for parallel reads.
+fn open_reader(path: &std::path::Path) -> Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .with_context(|| format!("opening a reader on {}", path.display()))?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    conn.execute_batch("PRAGMA cache_size = -65536; PRAGMA mmap_size = 1073741824;")?;
+    Ok(conn)
+}
+
+/// The device rows with `lo <= dev <= hi` in `dev` order, with empty components.
+fn load_devices(conn: &Connection, lo: i64, hi: i64) -> Result<(Vec<i64>, Vec<Device>)> {
+    let capacity: i64 = conn.query_row(
+        "SELECT count(*) FROM devices WHERE dev BETWEEN ?1 AND ?2",
+        [lo, hi],
+        |r| r.get(0),
+    )?;
+    // Keys apart from devices, so that the fleet's vector is built once and never copied.
+    let mut keys: Vec<i64> = Vec::with_capacity(capacity.max(0) as usize);
+    let mut devices: Vec<Device> = Vec::with_capacity(capacity.max(0) as usize);
+    let mut stmt = conn.prepare(
+        "SELECT dev, id, model, hw_rev, active_slot, region, depot, lat, lon,
+                connectivity, metered, battery_pct, power, free_storage_bytes,
+                customer_tier, device_class, redundancy, last_seen,
+                failed_update_attempts, tags
+         FROM devices WHERE dev BETWEEN ?1 AND ?2 ORDER BY dev",
+    )?;
+    let mut rows = stmt.query([lo, hi])?;
+    while let Some(r) = rows.next()? {
+        let dev: i64 = r.get(0)?;
+        let id: String = r.get(1)?;
+        let device = device_from_row(r, id).context("reading a device from the cache")?;
+        keys.push(dev);
+        devices.push(device);
+    }
+    Ok((keys, devices))
+}
+
+/// Every device's components, grouped by `dev` in `dev` order.
+fn load_components(conn: &Connection) -> Result<Vec<(i64, SmallMap<Version>)>> {
+    let mut out: Vec<(i64, SmallMap<Version>)> = Vec::new();
+    let mut stmt = conn.prepare("SELECT dev, name, version FROM components ORDER BY dev, name")?;
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
+        let dev: i64 = r.get(0)?;
+        let name: String = r.get(1)?;
+        let text = r.get_ref(2)?.as_str()?;
+        let version: Version = text
+            .parse()
+            .with_context(|| format!("component {name} of device key {dev} in the cache"))?;
+        match out.last_mut() {
+            Some((d, map)) if *d == dev => {
+                map.insert(name, version);
+            }
+            _ => {
+                let mut map = SmallMap::new();
+                map.insert(name, version);
+                out.push((dev, map));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Parses a tags column straight into a `SmallMap` (going through serde's `BTreeMap` would
+/// allocate a tree node per device on the cold load).
+fn parse_tags(text: &str) -> Result<SmallMap<String>> {
+    struct Pairs(Vec<(String, String)>);
+    impl<'de> serde::Deserialize<'de> for Pairs {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct Visit;
+            impl<'de> serde::de::Visitor<'de> for Visit {
+                type Value = Pairs;
+                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    f.write_str("a JSON object of string tags")
+                }
+                fn visit_map<A: serde::de::MapAccess<'de>>(
+                    self,
+                    mut map: A,
+                ) -> Result<Pairs, A::Error> {
+                    let mut pairs = Vec::with_capacity(map.size_hint().unwrap_or(2));
+                    while let Some(pair) = map.next_entry::<String, String>()? {
+                        pairs.push(pair);
+                    }
+                    Ok(Pairs(pairs))
+                }
+            }
+            d.deserialize_map(Visit)
+        }
+    }
+    if text == "{}" {
+        return Ok(SmallMap::new());
+    }
+    let Pairs(pairs) = serde_json::from_str(text)?;
+    Ok(pairs.into_iter().collect())
+}
+
+fn device_from_row(r: &rusqlite::Row<'_>, id: String) -> Result<Device> {
+    let text = |i: usize, field: &str| -> Result<String> {
+        r.get::<_, String>(i)
+            .with_context(|| format!("column {field} of device {id}"))
+    };
+    let parse = |i: usize, field: &str| -> Result<&str> {
+        r.get_ref(i)
+            .and_then(|v| Ok(v.as_str()?))
+            .with_context(|| format!("column {field} of device {id}"))
+    };
+    macro_rules! enum_col {
+        ($i:expr, $field:literal) => {
+            parse($i, $field)?
+                .parse()
+                .with_context(|| format!("column {} of device {id}", $field))?
+        };
+    }
+    let battery: Option<i64> = r.get(11)?;
+    let battery_pct = battery
+        .map(|b| u8::try_from(b).with_context(|| format!("battery_pct {b} of device {id}")))
+        .transpose()?;
+    let free: i64 = r.get(13)?;
+    let failed: i64 = r.get(18)?;
+    let tags_json = parse(19, "tags")?;
+    let tags =
+        parse_tags(tags_json).with_context(|| format!("tags of device {id} in the cache"))?;
+    Ok(Device {
+        model: text(2, "model")?,
+        hw_rev: text(3, "hw_rev")?,
+        components: SmallMap::new(),
+        active_slot: enum_col!(4, "active_slot"),
+        region: text(5, "region")?,
+        depot: text(6, "depot")?,
+        position: GeoPoint {
+            lat: r.get(7)?,
+            lon: r.get(8)?,
+        },
+        connectivity: enum_col!(9, "connectivity"),
+        metered: r.get(10)?,
+        battery_pct,
+        power: enum_col!(12, "power"),
+        free_storage_bytes: u64::try_from(free)
+            .with_context(|| format!("free_storage_bytes {free} of device {id}"))?,
+        customer_tier: enum_col!(14, "customer_tier"),
+        device_class: enum_col!(15, "device_class"),
+        redundancy: enum_col!(16, "redundancy"),
+        last_seen: Timestamp::from_secs(r.get(17)?),
+        failed_update_attempts: u32::try_from(failed)
+            .with_context(|| format!("failed_update_attempts {failed} of device {id}"))?,
+        tags,
+        id,
+    })
+}
+
+pub(crate) fn upsert_depots(tx: &Transaction<'_>, depots: &[Depot]) -> Result<()> {
+    let mut stmt = tx.prepare_cached(
+        "INSERT INTO depots(id, name, region, lat, lon, utc_offset_minutes)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT(id) DO UPDATE SET name = excluded.name, region = excluded.region,
+             lat = excluded.lat, lon = excluded.lon,
+             utc_offset_minutes = excluded.utc_offset_minutes",
+    )?;
+    for d in depots {
+        stmt.execute(params![
+            d.id,
+            d.name,
+            d.region,
+            d.position.lat,
+            d.position.lon,
+            d.utc_offset_minutes
+        ])
+        .with_context(|| format!("writing depot {}", d.id))?;
+    }
+    Ok(())
+}
+
+pub(crate) fn upsert_devices(tx: &Transaction<'_>, devices: &[Device]) -> Result<UpsertCounts> {
+    let mut find = tx.prepare_cached("SELECT dev FROM devices WHERE id = ?1")?;
+    let mut insert = tx.prepare_cached(
+        "INSERT INTO devices(id, model, hw_rev, active_slot, region, depot, lat, lon,
+             connectivity, metered, battery_pct, power, free_storage_bytes, customer_tier,
+             device_class, redundancy, last_seen, failed_update_attempts, tags)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
+             ?18, ?19)",
+    )?;
+    let mut update = tx.prepare_cached(
+        "UPDATE devices SET model = ?2, hw_rev = ?3, active_slot = ?4, region = ?5,
+             depot = ?6, lat = ?7, lon = ?8, connectivity = ?9, metered = ?10,
+             battery_pct = ?11, power = ?12, free_storage_bytes = ?13, customer_tier = ?14,
+             device_class = ?15, redundancy = ?16, last_seen = ?17,
+             failed_update_attempts = ?18, tags = ?19
+         WHERE dev = ?1",
+    )?;
+    let mut clear_components = tx.prepare_cached("DELETE FROM components WHERE dev = ?1")?;
+    let mut insert_component =
+        tx.prepare_cached("INSERT INTO components(dev, name, version) VALUES (?1, ?2, ?3)")?;
+    let mut counts = UpsertCounts::default();
+    let mut version_text = String::new();
+    // Into an empty cache (the first import) every device is new: skip one index search per
+    // device. A repeated id then fails on the unique index instead of updating.
+    let empty: bool = tx.query_row("SELECT NOT EXISTS (SELECT 1 FROM devices)", [], |r| {
+        r.get(0)
+    })?;
+    for d in devices {
+        let tags = serde_json::to_string(&d.tags).context("encoding tags")?;
+        let free = to_i64(d.free_storage_bytes, "free_storage_bytes")?;
+        let existing: Option<i64> = if empty {
+            None
+        } else {
+            let mut rows = find.query([&d.id])?;
+            rows.next()?.map(|r| r.get(0)).transpose()?
+        };
+        let dev = if let Some(dev) = existing {
+            update
+                .execute(params![
+                    dev,
+                    d.model,
+                    d.hw_rev,
+                    d.active_slot.as_str(),
+                    d.region,
+                    d.depot,
+                    d.position.lat,
+                    d.position.lon,
+                    d.connectivity.as_str(),
+                    d.metered,
+                    d.battery_pct,
+                    d.power.as_str(),
+                    free,
+                    d.customer_tier.as_str(),
+                    d.device_class.as_str(),
+                    d.redundancy.as_str(),
+                    d.last_seen.secs(),
+                    d.failed_update_attempts,
+                    tags
+                ])
+                .with_context(|| format!("updating device {}", d.id))?;
+            clear_components.execute([dev])?;
+            counts.updated += 1;
+            dev
+        } else {
+            insert
+                .execute(params![
+                    d.id,
+                    d.model,
+                    d.hw_rev,
+                    d.active_slot.as_str(),
+                    d.region,
+                    d.depot,
+                    d.position.lat,
+                    d.position.lon,
+                    d.connectivity.as_str(),
+                    d.metered,
+                    d.battery_pct,
+                    d.power.as_str(),
+                    free,
+                    d.customer_tier.as_str(),
+                    d.device_class.as_str(),
+                    d.redundancy.as_str(),
+                    d.last_seen.secs(),
+                    d.failed_update_attempts,
+                    tags
+                ])
+                .with_context(|| format!("inserting device {}", d.id))?;
+            counts.inserted += 1;
+            tx.last_insert_rowid()
+        };
+        for (name, version) in d.components.iter() {
+            use std::fmt::Write as _;
+            version_text.clear();
+            let _ = write!(version_text, "{version}");
+            insert_component
+                .execute(params![dev, name, version_text])
+                .with_context(|| format!("writing component {name} of device {}", d.id))?;
+        }
+    }
+    Ok(counts)
+}

@@ -1,0 +1,209 @@
+//! Rollout timelines (the ordered events of each rollout, exported as CSV, JSON and
+//! Markdown) and device events (what happened to one device: offered, installed, reverted).
+//!
+//! The rollout engine appends an [`Event`] for every state change and gate decision (with the
+//! cause, so a war room can read why); this module stores them and writes them out. It does not
+//! decide anything about rollouts.
+
+use super::Store;
+use anyhow::{Context, Result};
+use convoy_core::time::Timestamp;
+use rusqlite::params;
+use serde::Serialize;
+use std::io::Write;
+
+/// One event of a rollout's timeline.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Event {
+    pub rollout_id: String,
+    /// 1, 2, 3, ... within the rollout.
+    pub seq: i64,
+    /// RFC 3339 in exports; Unix seconds in the cache.
+    #[serde(serialize_with = "rfc3339")]
+    pub time: Timestamp,
+    /// `wave.started`, `gate.hold`, `rollout.paused`, ...
+    pub kind: String,
+    /// Why: the gate, the operator, or the metric that triggered it.
+    pub cause: String,
+    /// Details as compact JSON.
+    pub payload: String,
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's `serialize_with` passes a reference.
+fn rfc3339<S: serde::Serializer>(t: &Timestamp, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&t.to_rfc3339())
+}
+
+/// One event in a device's history.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DeviceEvent {
+    /// Global append order.
+    pub seq: i64,
+    pub device_id: String,
+    /// The rollout it belongs to, if any.
+    pub rollout_id: Option<String>,
+    #[serde(serialize_with = "rfc3339")]
+    pub time: Timestamp,
+    /// `offered`, `downloaded`, `installed`, `reverted`, `report.rejected`, ...
+    pub kind: String,
+    /// Details as compact JSON.
+    pub payload: String,
+}
+
+/// Timeline export formats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum TimelineFormat {
+    Csv,
+    Json,
+    Md,
+}
+
+impl Store {
+    /// Appends an event to `rollout_id`'s timeline and returns its seq.
+    pub fn append_event(
+        &mut self,
+        rollout_id: &str,
+        time: Timestamp,
+        kind: &str,
+        cause: &str,
+        payload: &serde_json::Value,
+    ) -> Result<i64> {
+        let payload = serde_json::to_string(payload).context("encoding the event payload")?;
+        let tx = self.conn.transaction()?;
+        let seq: i64 = tx.query_row(
+            "SELECT coalesce(max(seq), 0) + 1 FROM rollout_events WHERE rollout_id = ?1",
+            [rollout_id],
+            |r| r.get(0),
+        )?;
+        tx.execute(
+            "INSERT INTO rollout_events(rollout_id, seq, time, kind, cause, payload)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![rollout_id, seq, time.secs(), kind, cause, payload],
+        )
+        .with_context(|| format!("appending event {seq} of rollout {rollout_id}"))?;
+        tx.commit()?;
+        Ok(seq)
+    }
+
+    /// Appends an event to a device's history and returns its seq.
+    pub fn append_device_event(
+        &mut self,
+        device_id: &str,
+        rollout_id: Option<&str>,
+        time: Timestamp,
+        kind: &str,
+        payload: &serde_json::Value,
+    ) -> Result<i64> {
+        let payload = serde_json::to_string(payload).context("encoding the event payload")?;
+        self.conn
+            .prepare_cached(
+                "INSERT INTO device_events(device_id, rollout_id, time, kind, payload)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![device_id, rollout_id, time.secs(), kind, payload])
+            .with_context(|| format!("appending an event of device {device_id}"))?;
+        Ok(self.conn.last_insert_rowid())
+    }
+
+    /// The history of `device_id`, oldest first.
+    pub fn device_events(&self, device_id: &str) -> Result<Vec<DeviceEvent>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT seq, device_id, rollout_id, time, kind, payload FROM device_events
+             WHERE device_id = ?1 ORDER BY seq",
+        )?;
+        let rows = stmt.query_map([device_id], |r| {
+            Ok(DeviceEvent {
+                seq: r.get(0)?,
+                device_id: r.get(1)?,
+                rollout_id: r.get(2)?,
+                time: Timestamp::from_secs(r.get(3)?),
+                kind: r.get(4)?,
+                payload: r.get(5)?,
+            })
+        })?;
+        rows.collect::<rusqlite::Result<_>>()
+            .with_context(|| format!("reading the events of device {device_id}"))
+    }
+
+    /// The timeline of `rollout_id`, in seq order.
+    pub fn timeline(&self, rollout_id: &str) -> Result<Vec<Event>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT rollout_id, seq, time, kind, cause, payload FROM rollout_events
+             WHERE rollout_id = ?1 ORDER BY seq",
+        )?;
+        let rows = stmt.query_map([rollout_id], |r| {
+            Ok(Event {
+                rollout_id: r.get(0)?,
+                seq: r.get(1)?,
+                time: Timestamp::from_secs(r.get(2)?),
+                kind: r.get(3)?,
+                cause: r.get(4)?,
+                payload: r.get(5)?,
+            })
+        })?;
+        rows.collect::<rusqlite::Result<_>>()
+            .with_context(|| format!("reading the timeline of rollout {rollout_id}"))
+    }
+}
+
+/// Writes `events` in `format`.
+pub fn write_timeline(out: &mut dyn Write, events: &[Event], format: TimelineFormat) -> Result<()> {
+    match format {
+        TimelineFormat::Csv => {
+            let mut w = csv::Writer::from_writer(out);
+            w.write_record(["rollout_id", "seq", "time", "kind", "cause", "payload"])?;
+            for e in events {
+                w.write_record([
+                    e.rollout_id.as_str(),
+                    &e.seq.to_string(),
+                    &e.time.to_rfc3339(),
+                    &e.kind,
+                    &e.cause,
+                    &e.payload,
+                ])?;
+            }
+            w.flush()?;
+        }
+        TimelineFormat::Json => {
+            let rows: Vec<serde_json::Value> = events
+                .iter()
+                .map(|e| {
+                    serde_json::json!({
+                        "rollout_id": e.rollout_id,
+                        "seq": e.seq,
+                        "time": e.time.to_rfc3339(),
+                        "kind": e.kind,
+                        "cause": e.cause,
+                        "payload": serde_json::from_str::<serde_json::Value>(&e.payload)
+                            .unwrap_or_else(|_| serde_json::Value::String(e.payload.clone())),
+                    })
+                })
+                .collect();
+            serde_json::to_writer_pretty(&mut *out, &rows)?;
+            writeln!(out)?;
+        }
+        TimelineFormat::Md => {
+            writeln!(out, "| seq | time | kind | cause | details |")?;
+            writeln!(out, "| ---: | --- | --- | --- | --- |")?;
+            for e in events {
+                writeln!(
+                    out,
+                    "| {} | {} | {} | {} | {} |",
+                    e.seq,
+                    e.time.to_rfc3339(),
+                    md_cell(&e.kind),
+                    md_cell(&e.cause),
+                    md_cell(&e.payload)
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Escapes a Markdown table cell: pipes would split the cell, newlines would end the row.
+fn md_cell(text: &str) -> String {
+    text.replace('\\', "\\\\")
+        .replace('|', "\\|")
+        .replace(['\n', '\r'], " ")
+}

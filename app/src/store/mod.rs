@@ -1,0 +1,188 @@
+//! The local cache: one SQLite file that holds everything the console and the engine read.
+//!
+//! Devices, depots and components; telemetry samples and rollups; the hash-chained audit log;
+//! the outbox of commands to devices; rollout timelines; settings. The cache is the single
+//! source for the UI and the engine, and it keeps working offline.
+//!
+//! The file runs in WAL mode with foreign keys on and `synchronous = FULL`: a committed
+//! transaction survives a killed process and a power cut. Every write that belongs together
+//! (a decision and its commands, an import, a telemetry batch and its rollups) is one
+//! transaction.
+//!
+//! This module deliberately makes no decisions: it stores and returns core types
+//! ([`convoy_core::fleet::Fleet`]) and plain records, and `convoy_core` decides.
+
+pub mod audit;
+pub mod devices;
+pub mod events;
+pub mod outbox;
+pub mod schema;
+pub mod telemetry;
+
+use anyhow::{Context, Result, bail};
+use rusqlite::{Connection, OptionalExtension};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use audit::{AuditEntry, RecordedEntry, VerifyReport};
+pub use events::Event;
+pub use outbox::{CommandState, Decision, OutboxCommand, QueuedCommand};
+pub use telemetry::Sample;
+
+/// An open cache file.
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+    ingest_cache: telemetry::IngestCache,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where the cache lives when no `--db` is given: `$CONVOY_DB`, else
+/// `$XDG_DATA_HOME/convoy/convoy.db`, else `~/.local/share/convoy/convoy.db`.
+pub fn default_path() -> Result<PathBuf> {
+    default_path_from(
+        std::env::var_os("CONVOY_DB"),
+        std::env::var_os("XDG_DATA_HOME"),
+        std::env::var_os("HOME"),
+    )
+}
+
+/// [`default_path`] from the values of `CONVOY_DB`, `XDG_DATA_HOME` and `HOME` (empty counts
+/// as unset).
+pub fn default_path_from(
+    convoy_db: Option<std::ffi::OsString>,
+    xdg_data_home: Option<std::ffi::OsString>,
+    home: Option<std::ffi::OsString>,
+) -> Result<PathBuf> {
+    if let Some(p) = convoy_db.filter(|p| !p.is_empty()) {
+        return Ok(PathBuf::from(p));
+    }
+    let data = if let Some(d) = xdg_data_home.filter(|p| !p.is_empty()) {
+        PathBuf::from(d)
+    } else {
+        let home = home
+            .filter(|p| !p.is_empty())
+            .context("neither CONVOY_DB, XDG_DATA_HOME nor HOME is set: pass --db PATH")?;
+        PathBuf::from(home).join(".local").join("share")
+    };
+    Ok(data.join("convoy").join("convoy.db"))
+}
+
+/// `--db PATH` if given, else [`default_path`].
+pub fn resolve_path(db: Option<&Path>) -> Result<PathBuf> {
+    match db {
+        Some(p) => Ok(p.to_owned()),
+        None => default_path(),
+    }
+}
+
+impl Store {
+    /// Opens the cache at `path`, creating the file (and its directory) if needed, and
+    /// upgrades its schema to the latest version in place.
+    pub fn open(path: &Path) -> Result<Self> {
+        Self::open_at_version(path, schema::LATEST_VERSION)
+    }
+
+    /// Opens an existing cache; fails if there is no file at `path` (for `--fleet cache.db`,
+    /// where a typo should not create an empty fleet).
+    pub fn open_existing(path: &Path) -> Result<Self> {
+        if !path.is_file() {
+            bail!("no fleet cache at {}", path.display());
+        }
+        Self::open(path)
+    }
+
+    /// Opens the cache, upgrading its schema only up to `version`. Tests use this to build
+    /// caches of every earlier version.
+    pub fn open_at_version(path: &Path, version: u32) -> Result<Self> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("creating the cache directory {}", dir.display()))?;
+        }
+        let mut conn = Connection::open(path)
+            .with_context(|| format!("opening the cache {}", path.display()))?;
+        configure(&conn).with_context(|| format!("configuring the cache {}", path.display()))?;
+        schema::migrate_to(&mut conn, version)
+            .with_context(|| format!("upgrading the cache {}", path.display()))?;
+        Ok(Self {
+            conn,
+            path: path.to_owned(),
+            ingest_cache: telemetry::IngestCache::default(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The underlying connection, for queries this module does not offer (read-only use).
+    pub fn conn(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// The schema version of the open cache.
+    pub fn schema_version(&self) -> Result<u32> {
+        schema::version(&self.conn)
+    }
+
+    /// Runs `PRAGMA integrity_check` and returns its messages (`["ok"]` when sound).
+    pub fn integrity_check(&self) -> Result<Vec<String>> {
+        let mut stmt = self.conn.prepare("PRAGMA integrity_check")?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .context("running the integrity check")
+    }
+
+    /// A setting, if set.
+    pub fn setting(&self, key: &str) -> Result<Option<String>> {
+        self.conn
+            .query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| {
+                r.get(0)
+            })
+            .optional()
+            .with_context(|| format!("reading setting {key}"))
+    }
+
+    pub fn set_setting(&self, key: &str, value: &str) -> Result<()> {
+        self.conn
+            .execute(
+                "INSERT INTO settings(key, value) VALUES (?1, ?2)
+                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                [key, value],
+            )
+            .with_context(|| format!("writing setting {key}"))?;
+        Ok(())
+    }
+}
+
+fn configure(conn: &Connection) -> Result<()> {
+    conn.busy_timeout(Duration::from_secs(10))?;
+    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        bail!("the cache could not switch to WAL mode (journal_mode is {mode})");
+    }
+    // A 64 MiB page cache and memory-mapped reads: a million-device fleet is a few hundred
+    // MiB, and the default 2 MiB cache turns a full load or import into page-by-page reads.
+    conn.execute_batch(
+        "PRAGMA foreign_keys = ON; PRAGMA synchronous = FULL;
+         PRAGMA cache_size = -65536; PRAGMA mmap_size = 1073741824;
+         PRAGMA temp_store = MEMORY;",
+    )?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(())
+}
+
+/// An `i64` for SQLite from a `u64` count, or an error naming the field.
+pub(crate) fn to_i64(value: u64, field: &str) -> Result<i64> {
+    i64::try_from(value).with_context(|| format!("{field} {value} is too large for the cache"))
+}
+
+#[cfg(test)]
+mod tests;

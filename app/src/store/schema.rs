@@ -1,0 +1,248 @@
+//! The cache's schema as an ordered list of migrations, tracked with `PRAGMA user_version`.
+//!
+//! Migration `k` (1-based) upgrades a cache at version `k - 1` to version `k`; a fresh file runs
+//! all of them. Each step runs in its own transaction together with the `user_version` bump, so
+//! a crash mid-upgrade leaves the cache at the old version or the new one, never in between.
+//! Earlier versions are never edited once released: a change is always a new step, and the
+//! tests build every earlier version by applying only the first `k` steps and upgrade a
+//! populated cache from each of them.
+//!
+//! This module deliberately holds no queries: reading and writing live beside their types.
+
+use anyhow::{Context, Result, bail};
+use rusqlite::Connection;
+
+/// The schema steps, oldest first. Never edit a released step; append a new one.
+pub const MIGRATIONS: &[&str] = &[
+    // v1: the fleet (devices, their components and tags, depots), settings, the hash-chained
+    // audit log, and the outbox of commands to devices.
+    r"
+    CREATE TABLE depots (
+        id                 TEXT PRIMARY KEY NOT NULL,
+        name               TEXT NOT NULL,
+        region             TEXT NOT NULL,
+        lat                REAL NOT NULL,
+        lon                REAL NOT NULL,
+        utc_offset_minutes INTEGER NOT NULL
+    ) WITHOUT ROWID;
+
+    -- `dev` is a compact integer key for child tables; `id` is the device's own name.
+    -- Tags are a JSON object in one column rather than a table: they are free-form, never
+    -- joined on by Convoy (filters run on the loaded fleet), and one column per device keeps
+    -- the cold load at one row per device and the file smaller. SQLite's json_extract still
+    -- reaches them for ad-hoc queries.
+    CREATE TABLE devices (
+        dev                    INTEGER PRIMARY KEY,
+        id                     TEXT NOT NULL UNIQUE,
+        model                  TEXT NOT NULL,
+        hw_rev                 TEXT NOT NULL,
+        active_slot            TEXT NOT NULL,
+        region                 TEXT NOT NULL,
+        depot                  TEXT NOT NULL,
+        lat                    REAL NOT NULL,
+        lon                    REAL NOT NULL,
+        connectivity           TEXT NOT NULL,
+        metered                INTEGER NOT NULL,
+        battery_pct            INTEGER,
+        power                  TEXT NOT NULL,
+        free_storage_bytes     INTEGER NOT NULL,
+        customer_tier          TEXT NOT NULL,
+        device_class           TEXT NOT NULL,
+        redundancy             TEXT NOT NULL,
+        last_seen              INTEGER NOT NULL,
+        failed_update_attempts INTEGER NOT NULL,
+        tags                   TEXT NOT NULL DEFAULT '{}'
+    );
+
+    -- One row per installed component: releases name components, and eligibility queries
+    -- (`bootloader < 2.0`) are per component.
+    CREATE TABLE components (
+        dev     INTEGER NOT NULL REFERENCES devices(dev) ON DELETE CASCADE,
+        name    TEXT NOT NULL,
+        version TEXT NOT NULL,
+        PRIMARY KEY (dev, name)
+    ) WITHOUT ROWID;
+
+    CREATE TABLE settings (
+        key   TEXT PRIMARY KEY NOT NULL,
+        value TEXT NOT NULL
+    ) WITHOUT ROWID;
+
+    CREATE TABLE audit (
+        seq       INTEGER PRIMARY KEY,
+        time      INTEGER NOT NULL,
+        actor     TEXT NOT NULL,
+        action    TEXT NOT NULL,
+        payload   TEXT NOT NULL,
+        prev_hash TEXT NOT NULL,
+        hash      TEXT NOT NULL
+    );
+
+    -- The last entry's seq and hash, written in the same transaction as every append, so that
+    -- deleting entries at the end of the chain is detected too.
+    CREATE TABLE audit_head (
+        one  INTEGER PRIMARY KEY CHECK (one = 1),
+        seq  INTEGER NOT NULL,
+        hash TEXT NOT NULL
+    );
+
+    CREATE TABLE outbox (
+        seq         INTEGER PRIMARY KEY,
+        id          TEXT NOT NULL UNIQUE,
+        audit_seq   INTEGER NOT NULL REFERENCES audit(seq),
+        device_id   TEXT NOT NULL,
+        kind        TEXT NOT NULL,
+        payload     TEXT NOT NULL,
+        state       TEXT NOT NULL CHECK (state IN ('pending', 'sent', 'acked')),
+        attempts    INTEGER NOT NULL DEFAULT 0,
+        created     INTEGER NOT NULL,
+        last_sent   INTEGER,
+        acked       INTEGER
+    );
+    CREATE INDEX outbox_unacked ON outbox(seq) WHERE state != 'acked';
+    ",
+    // v2: telemetry. Raw recent samples (pruned by age), hourly rollups per device and
+    // per-minute rollups per cohort (model and firmware), which plots and health gates read.
+    r"
+    CREATE TABLE metrics (
+        metric INTEGER PRIMARY KEY,
+        name   TEXT NOT NULL UNIQUE
+    );
+
+    -- The key makes ingest idempotent: the same sample ingested twice (a retry after a crash)
+    -- is stored once and counted once in the rollups.
+    -- Samples and rollups carry no foreign keys on purpose: ingest maps every device id to
+    -- `dev` (and so checks it) anyway, and four parent lookups per sample would halve ingest
+    -- speed. Removing devices deletes their telemetry explicitly (`replace_fleet`).
+    CREATE TABLE samples (
+        dev    INTEGER NOT NULL,
+        metric INTEGER NOT NULL,
+        time   INTEGER NOT NULL,
+        value  REAL NOT NULL,
+        PRIMARY KEY (dev, metric, time)
+    ) WITHOUT ROWID;
+
+    CREATE TABLE rollup_device (
+        dev          INTEGER NOT NULL,
+        metric       INTEGER NOT NULL,
+        bucket       INTEGER NOT NULL,
+        count        INTEGER NOT NULL,
+        sum          REAL NOT NULL,
+        min          REAL NOT NULL,
+        max          REAL NOT NULL,
+        PRIMARY KEY (dev, metric, bucket)
+    ) WITHOUT ROWID;
+
+    CREATE TABLE rollup_cohort (
+        cohort       TEXT NOT NULL,
+        metric       INTEGER NOT NULL,
+        bucket       INTEGER NOT NULL,
+        count        INTEGER NOT NULL,
+        sum          REAL NOT NULL,
+        min          REAL NOT NULL,
+        max          REAL NOT NULL,
+        PRIMARY KEY (cohort, metric, bucket)
+    ) WITHOUT ROWID;
+    ",
+    // v3: rollouts and their timelines, device events, and the records the engine keeps
+    // (findings and scores, releases and manifests, rollout plans, operators and approvals).
+    r"
+    CREATE TABLE rollout_events (
+        rollout_id TEXT NOT NULL,
+        seq        INTEGER NOT NULL,
+        time       INTEGER NOT NULL,
+        kind       TEXT NOT NULL,
+        cause      TEXT NOT NULL,
+        payload    TEXT NOT NULL,
+        PRIMARY KEY (rollout_id, seq)
+    ) WITHOUT ROWID;
+
+    CREATE TABLE device_events (
+        seq        INTEGER PRIMARY KEY,
+        device_id  TEXT NOT NULL,
+        rollout_id TEXT,
+        time       INTEGER NOT NULL,
+        kind       TEXT NOT NULL,
+        payload    TEXT NOT NULL
+    );
+    CREATE INDEX device_events_by_device ON device_events(device_id, seq);
+
+    CREATE TABLE findings (
+        id      TEXT PRIMARY KEY NOT NULL,
+        created INTEGER NOT NULL,
+        body    TEXT NOT NULL
+    ) WITHOUT ROWID;
+
+    CREATE TABLE scores (
+        finding_id TEXT NOT NULL REFERENCES findings(id) ON DELETE CASCADE,
+        scored_at  INTEGER NOT NULL,
+        body       TEXT NOT NULL,
+        PRIMARY KEY (finding_id, scored_at)
+    ) WITHOUT ROWID;
+
+    CREATE TABLE releases (
+        id      TEXT PRIMARY KEY NOT NULL,
+        created INTEGER NOT NULL,
+        body    TEXT NOT NULL
+    ) WITHOUT ROWID;
+
+    CREATE TABLE manifests (
+        release_id TEXT PRIMARY KEY NOT NULL REFERENCES releases(id) ON DELETE CASCADE,
+        body       TEXT NOT NULL
+    ) WITHOUT ROWID;
+
+    CREATE TABLE rollout_plans (
+        rollout_id TEXT PRIMARY KEY NOT NULL,
+        release_id TEXT,
+        created    INTEGER NOT NULL,
+        body       TEXT NOT NULL
+    ) WITHOUT ROWID;
+
+    CREATE TABLE operators (
+        name    TEXT PRIMARY KEY NOT NULL,
+        role    TEXT NOT NULL,
+        created INTEGER NOT NULL
+    ) WITHOUT ROWID;
+
+    CREATE TABLE approvals (
+        rollout_id TEXT NOT NULL,
+        operator   TEXT NOT NULL REFERENCES operators(name),
+        time       INTEGER NOT NULL,
+        decision   TEXT NOT NULL,
+        body       TEXT NOT NULL,
+        PRIMARY KEY (rollout_id, operator, time)
+    ) WITHOUT ROWID;
+    ",
+];
+
+/// The schema version a fresh or upgraded cache has.
+pub const LATEST_VERSION: u32 = MIGRATIONS.len() as u32;
+
+/// The cache's schema version (`PRAGMA user_version`).
+pub fn version(conn: &Connection) -> Result<u32> {
+    let v: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .context("reading the cache's schema version")?;
+    u32::try_from(v).with_context(|| format!("invalid schema version {v} in the cache"))
+}
+
+/// Upgrades the cache to `target` (at most [`LATEST_VERSION`]), one transaction per step.
+/// Returns the version the cache had before.
+pub fn migrate_to(conn: &mut Connection, target: u32) -> Result<u32> {
+    let before = version(conn)?;
+    if before > LATEST_VERSION {
+        bail!(
+            "the cache has schema version {before}, newer than this Convoy knows \
+             ({LATEST_VERSION}): upgrade Convoy to open it"
+        );
+    }
+    for step in before..target.min(LATEST_VERSION) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(MIGRATIONS[step as usize])
+            .with_context(|| format!("upgrading the cache to schema version {}", step + 1))?;
+        tx.pragma_update(None, "user_version", i64::from(step + 1))?;
+        tx.commit()
+            .with_context(|| format!("committing schema version {}", step + 1))?;
+    }
+    Ok(before)
+}
