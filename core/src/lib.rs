@@ -9,6 +9,7 @@
 //! out, so the same inputs always give the same decisions and every rollout can be replayed.
 
 pub mod fleet;
+pub mod gates;
 pub mod release;
 pub mod requirement;
 pub mod rng;
