@@ -13,6 +13,7 @@ pub mod gates;
 pub mod release;
 pub mod requirement;
 pub mod rng;
+pub mod rollout;
 pub mod synth;
 pub mod time;
 pub mod version;

@@ -140,7 +140,8 @@ pub struct GateInput<'a> {
     pub baseline: &'a [CohortAgg],
     pub updated: &'a [CohortAgg],
     pub outcomes: &'a [OutcomeAgg],
-    /// Findings an operator has overridden for this wave, as (metric, stratum) pairs.
+    /// Findings an operator has overridden for this wave, as (metric, stratum) pairs; a `None`
+    /// stratum overrides the metric in every scope.
     pub overridden: &'a [(String, Option<String>)],
 }
 
@@ -200,6 +201,10 @@ impl GateReport {
             .filter(|f| f.status == FindingStatus::Fail)
     }
 }
+
+/// The nominal (uncorrected) level below which a whole-wave regression beyond tolerance that
+/// is not yet significant at the corrected level counts as trending and extends the soak.
+pub const TREND_LEVEL: f64 = 0.05;
 
 /// The per-test significance level: the wave's false-stop budget split (Bonferroni) over the
 /// planned looks and every metric in every scope (whole wave plus each stratum).
@@ -310,14 +315,17 @@ pub fn evaluate(input: &GateInput<'_>) -> GateReport {
                 report.whole_wave_short_of_sample = true;
                 FindingStatus::NotEnoughData
             } else if beyond && p < level {
-                let key = (name.to_owned(), stratum.clone());
-                if input.overridden.contains(&key) {
+                let overridden = input
+                    .overridden
+                    .iter()
+                    .any(|(m, s)| m == name && (s.is_none() || *s == stratum));
+                if overridden {
                     FindingStatus::Overridden
                 } else {
                     report.outcome = report.outcome.max(Some(gate.on_fail));
                     FindingStatus::Fail
                 }
-            } else if beyond && scope.is_none() {
+            } else if beyond && p < TREND_LEVEL && scope.is_none() {
                 report.trending = true;
                 FindingStatus::Trending
             } else {
