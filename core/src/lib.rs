@@ -10,6 +10,7 @@
 
 pub mod fleet;
 pub mod gates;
+pub mod metrics;
 pub mod release;
 pub mod requirement;
 pub mod rng;

@@ -355,3 +355,116 @@ pub fn evaluate(input: &GateInput<'_>) -> GateReport {
     }
     report
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cohort(layout: &MetricLayout, devices: u32, hours: f64, crashes: u64) -> CohortAgg {
+        let mut c = layout.empty_cohort();
+        c.devices = devices;
+        c.exposure_secs = hours * 3600.0;
+        c.counts[layout.rate_slot("crash").expect("crash slot")] = crashes;
+        c
+    }
+
+    fn outcome(healthy: u32, boot_failed: u32) -> OutcomeAgg {
+        OutcomeAgg {
+            healthy,
+            boot_failed,
+            ..OutcomeAgg::default()
+        }
+    }
+
+    #[test]
+    fn a_rare_stratum_that_regresses_is_caught_while_the_wave_looks_fine() {
+        let policy = GatePolicy::default();
+        let layout = MetricLayout::new(&policy);
+        let strata = vec!["T300/A".to_owned(), "T300/C".to_owned()];
+        let baseline = vec![
+            cohort(&layout, 5000, 50_000.0, 100),
+            cohort(&layout, 150, 1500.0, 3),
+        ];
+        let updated = vec![cohort(&layout, 45, 450.0, 1), cohort(&layout, 0, 0.0, 0)];
+        // 5 of 5 rev C devices failed to boot; 0 of 45 others. Whole wave: 5/50 = 10%.
+        let outcomes = vec![outcome(45, 0), outcome(0, 5)];
+        let input = GateInput {
+            policy: &policy,
+            layout: &layout,
+            strata: &strata,
+            baseline: &baseline,
+            updated: &updated,
+            outcomes: &outcomes,
+            overridden: &[],
+        };
+        let report = evaluate(&input);
+        let failures: Vec<_> = report.failures().collect();
+        assert_eq!(failures.len(), 1, "{report:?}");
+        assert_eq!(failures[0].metric, "boot_failure");
+        assert_eq!(failures[0].stratum.as_deref(), Some("T300/C"));
+        // P(X >= 5 | n = 5, p = 2 × 0.005) = 0.01^5.
+        assert!(
+            (failures[0].p_value - 1e-10).abs() < 1e-16,
+            "{}",
+            failures[0].p_value
+        );
+        assert_eq!(report.outcome(), GateOutcome::RollBackWave);
+        // The whole wave alone would not have stopped: P(X >= 5 | 50, 0.01) is about 1.6e-4.
+        let whole = report
+            .findings
+            .iter()
+            .find(|f| f.metric == "boot_failure" && f.stratum.is_none())
+            .expect("whole-wave boot failures are listed as trending");
+        assert_eq!(whole.status, FindingStatus::Trending);
+
+        // Overriding the metric (every stratum) turns the failure into a recorded override.
+        let overridden = vec![("boot_failure".to_owned(), None)];
+        let report = evaluate(&GateInput {
+            overridden: &overridden,
+            ..input
+        });
+        assert_eq!(report.outcome(), GateOutcome::Continue);
+        assert!(
+            report
+                .findings
+                .iter()
+                .any(|f| f.status == FindingStatus::Overridden)
+        );
+    }
+
+    #[test]
+    fn below_the_minimum_sample_nothing_is_judged() {
+        let policy = GatePolicy::default();
+        let layout = MetricLayout::new(&policy);
+        let strata = vec!["all".to_owned()];
+        // Three devices, all crashing constantly: too few to judge.
+        let baseline = vec![cohort(&layout, 5000, 50_000.0, 100)];
+        let updated = vec![cohort(&layout, 3, 30.0, 300)];
+        let outcomes = vec![outcome(3, 0)];
+        let report = evaluate(&GateInput {
+            policy: &policy,
+            layout: &layout,
+            strata: &strata,
+            baseline: &baseline,
+            updated: &updated,
+            outcomes: &outcomes,
+            overridden: &[],
+        });
+        assert_eq!(report.outcome(), GateOutcome::Continue);
+        assert!(report.whole_wave_short_of_sample);
+        assert!(
+            report
+                .findings
+                .iter()
+                .all(|f| f.status == FindingStatus::NotEnoughData)
+        );
+    }
+
+    #[test]
+    fn per_test_level_splits_the_budget_over_looks_and_tests() {
+        let policy = GatePolicy::default();
+        // 8 built-in metrics × (whole wave + 3 strata) × 96 looks.
+        let level = per_test_level(&policy, 3);
+        assert!((level - 0.05 / (96.0 * 32.0)).abs() < 1e-15, "{level}");
+    }
+}
