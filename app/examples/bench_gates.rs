@@ -11,8 +11,8 @@
 use convoy_core::gates::GatePolicy;
 use convoy_core::rollout::sim::{Fault, FaultKind, SimConfig, SimFleet};
 use convoy_core::rollout::{
-    ChangePath, DeviceReport, DeviceState, HealthSample, Phase, Rollout, RolloutSpec,
-    TelemetryReport, WaveSpec,
+    Cause, ChangePath, DeviceReport, DeviceState, EventKind, HealthSample, Phase, Rollout,
+    RolloutSpec, TelemetryReport, WaveSpec,
 };
 use convoy_core::synth::{SynthOptions, generate};
 use convoy_core::time::Timestamp;
@@ -147,6 +147,57 @@ struct RateRow {
     stops: usize,
     canary_stops: usize,
     mean_secs: f64,
+    /// What stopped the runs that stopped, counted.
+    reasons: String,
+}
+
+/// The gate (metric, scope, status) behind a rollout's first gate stop.
+fn stop_reason(r: &Rollout) -> String {
+    let mut last_findings = String::new();
+    for e in r.events() {
+        match &e.kind {
+            EventKind::GateChecked {
+                report: Some(rep), ..
+            } => {
+                let failed: Vec<String> = rep
+                    .failures()
+                    .map(|f| {
+                        format!(
+                            "{} {}",
+                            f.metric,
+                            f.stratum.as_deref().unwrap_or("whole wave")
+                        )
+                    })
+                    .collect();
+                last_findings = failed.join(", ");
+            }
+            EventKind::Paused {
+                by_gate: true,
+                reason,
+            } => {
+                return if reason.starts_with("still trending") {
+                    format!(
+                        "trending after holds: {}",
+                        reason
+                            .split(": ")
+                            .nth(1)
+                            .unwrap_or("")
+                            .split(' ')
+                            .take(2)
+                            .collect::<Vec<_>>()
+                            .join(" ")
+                    )
+                } else {
+                    format!("pause: {last_findings}")
+                };
+            }
+            EventKind::RollbackStarted { .. } if e.cause == Cause::Gate => {
+                return format!("rollback: {last_findings}");
+            }
+            _ => {}
+        }
+    }
+    "unknown".into()
 }
 
 fn rates(runs: usize, label: &'static str, config: impl Fn(u64) -> SimConfig) -> RateRow {
@@ -181,6 +232,7 @@ fn rates(runs: usize, label: &'static str, config: impl Fn(u64) -> SimConfig) ->
         path: ChangePath::Standard,
     };
     let (mut stops, mut canary_stops) = (0, 0);
+    let mut reasons: Vec<String> = Vec::new();
     let started = Instant::now();
     for run in 0..runs {
         let mut r = approved(spec.clone(), &fleet);
@@ -188,6 +240,7 @@ fn rates(runs: usize, label: &'static str, config: impl Fn(u64) -> SimConfig) ->
         let out = sim.run(&mut r, START, START.plus_secs(30 * 86_400));
         if out.stopped_by_gate {
             stops += 1;
+            reasons.push(stop_reason(&r));
             if out.stopped_in_wave == Some(0) {
                 canary_stops += 1;
             }
@@ -195,7 +248,20 @@ fn rates(runs: usize, label: &'static str, config: impl Fn(u64) -> SimConfig) ->
             eprintln!("run {run} of {label} neither stopped nor completed: {out:?}");
         }
     }
+    reasons.sort();
+    let mut counted: Vec<(String, usize)> = Vec::new();
+    for r in reasons {
+        match counted.last_mut() {
+            Some((last, n)) if *last == r => *n += 1,
+            _ => counted.push((r, 1)),
+        }
+    }
     RateRow {
+        reasons: counted
+            .iter()
+            .map(|(r, n)| format!("{n}× {r}"))
+            .collect::<Vec<_>>()
+            .join("; "),
         label,
         runs,
         stops,
@@ -256,6 +322,7 @@ fn main() {
             ..SimConfig::default()
         }),
     ];
+    let mut why = Vec::new();
     for row in rows {
         println!(
             "| {} | {} | {} | {} | {:.3} | {:.3} |",
@@ -265,6 +332,18 @@ fn main() {
             row.canary_stops,
             row.stops as f64 / row.runs as f64,
             row.mean_secs
+        );
+        why.push((row.label, row.reasons));
+    }
+    println!("\nWhat stopped them (gate, scope):\n");
+    for (label, reasons) in why {
+        println!(
+            "- {label}: {}",
+            if reasons.is_empty() {
+                "no stops"
+            } else {
+                &reasons
+            }
         );
     }
 }

@@ -100,6 +100,10 @@ impl CohortAgg {
 /// Update outcomes of one wave in one stratum, for the proportion gates.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OutcomeAgg {
+    /// Devices that finished installing and rebooted into the new version (whatever followed).
+    /// The install-failure denominator: counting only finished devices would over-weight
+    /// failures early in a wave, because a failed install reports sooner than a confirmed boot.
+    pub installed: u32,
     pub healthy: u32,
     pub install_failed: u32,
     pub boot_failed: u32,
@@ -108,6 +112,7 @@ pub struct OutcomeAgg {
 
 impl OutcomeAgg {
     fn add(&mut self, o: &OutcomeAgg) {
+        self.installed += o.installed;
         self.healthy += o.healthy;
         self.install_failed += o.install_failed;
         self.boot_failed += o.boot_failed;
@@ -116,16 +121,17 @@ impl OutcomeAgg {
 
     /// (failures, devices judged) for a proportion metric.
     fn proportion(&self, metric: &str) -> (u64, u64) {
-        let (h, i, b, s) = (
-            u64::from(self.healthy),
-            u64::from(self.install_failed),
-            u64::from(self.boot_failed),
-            u64::from(self.silent),
-        );
+        let installed = u64::from(self.installed);
+        let healthy = u64::from(self.healthy);
+        let install_failed = u64::from(self.install_failed);
+        let boot_failed = u64::from(self.boot_failed);
+        let silent = u64::from(self.silent);
         match metric {
-            "install_failure" => (i, h + i + b),
-            "boot_failure" => (b, h + b),
-            _ => (s, h + i + b + s),
+            "install_failure" => (install_failed, installed + install_failed),
+            "boot_failure" => (boot_failed, healthy + boot_failed),
+            // Devices with a final outcome; silence takes the longest to show, so early in a
+            // wave this under-states it (the safe direction for a stop rule).
+            _ => (silent, healthy + install_failed + boot_failed + silent),
         }
     }
 }
@@ -370,6 +376,7 @@ mod tests {
 
     fn outcome(healthy: u32, boot_failed: u32) -> OutcomeAgg {
         OutcomeAgg {
+            installed: healthy + boot_failed,
             healthy,
             boot_failed,
             ..OutcomeAgg::default()

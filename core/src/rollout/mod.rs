@@ -1126,6 +1126,11 @@ impl RolloutState {
                 let to = *state;
                 if from != to {
                     let out = &mut self.outcomes[w][s];
+                    if from < DeviceState::Rebooting
+                        && matches!(to, DeviceState::Rebooting | DeviceState::Healthy)
+                    {
+                        out.installed += 1;
+                    }
                     match to {
                         DeviceState::Healthy => out.healthy += 1,
                         DeviceState::Failed if from == DeviceState::Rebooting => {

@@ -243,7 +243,7 @@ fn devices_that_go_silent_after_the_update_stop_the_rollout() {
         })
         .flatten()
         .collect();
-    assert!(fired.iter().any(|m| m == "silent"), "{fired:?}");
+    assert!(fired.iter().any(|m| m == "silent"), "{fired:?} {out:?}");
     assert!(!r.silent_devices().is_empty());
 }
 
