@@ -468,6 +468,22 @@ mod tests {
     }
 
     #[test]
+    fn proportion_denominators_do_not_over_weight_early_failures() {
+        // Early in a wave: 8 installs failed, 392 devices installed and rebooted, of which only
+        // 12 have confirmed so far. The install-failure rate is 8 of 400, not 8 of 20.
+        let o = OutcomeAgg {
+            installed: 392,
+            healthy: 12,
+            install_failed: 8,
+            boot_failed: 0,
+            silent: 3,
+        };
+        assert_eq!(o.proportion("install_failure"), (8, 400));
+        assert_eq!(o.proportion("boot_failure"), (0, 12));
+        assert_eq!(o.proportion("silent"), (3, 23));
+    }
+
+    #[test]
     fn per_test_level_splits_the_budget_over_looks_and_tests() {
         let policy = GatePolicy::default();
         // 8 built-in metrics × (whole wave + 3 strata) × 96 looks.
