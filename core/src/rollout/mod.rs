@@ -990,6 +990,9 @@ fn initial_state(first: &RolloutEvent) -> Result<RolloutState, RolloutError> {
     if ids.windows(2).any(|p| p[0].0 == p[1].0) {
         return Err(bad("a device is in more than one wave"));
     }
+    spec.gates
+        .validate()
+        .map_err(|e| bad(&format!("the spec's gate policy is invalid: {e}")))?;
     let layout = MetricLayout::new(&spec.gates);
     let mut wave_members = vec![Vec::new(); spec.waves.len()];
     let devices = ids
@@ -1077,7 +1080,7 @@ impl RolloutState {
         if d.silent {
             d.silent = false;
             let (w, s) = (usize::from(d.wave), usize::from(d.stratum));
-            self.outcomes[w][s].silent -= 1;
+            self.outcomes[w][s].silent = self.outcomes[w][s].silent.saturating_sub(1);
             if d.state.is_in_flight() {
                 self.in_flight[w] += 1;
             }
@@ -1145,7 +1148,7 @@ impl RolloutState {
                         _ => {}
                     }
                     if from.is_in_flight() && !to.is_in_flight() && !d.silent {
-                        self.in_flight[w] -= 1;
+                        self.in_flight[w] = self.in_flight[w].saturating_sub(1);
                     }
                     let slot = &mut self.devices[*device as usize];
                     slot.state = to;
@@ -1153,7 +1156,7 @@ impl RolloutState {
                         && matches!(to, DeviceState::Reverted | DeviceState::Failed)
                     {
                         slot.rollback_pending = false;
-                        self.rollback_pending -= 1;
+                        self.rollback_pending = self.rollback_pending.saturating_sub(1);
                     }
                 }
                 self.heard(*device, at);
@@ -1189,15 +1192,18 @@ impl RolloutState {
             }
             EventKind::DeviceSilent { device } => {
                 let d = self.device(*device)?;
+                if d.silent {
+                    return Err(format!("device number {device} is already silent"));
+                }
                 let (w, s) = (usize::from(d.wave), usize::from(d.stratum));
                 self.devices[*device as usize].silent = true;
                 self.outcomes[w][s].silent += 1;
                 if d.state.is_in_flight() {
-                    self.in_flight[w] -= 1;
+                    self.in_flight[w] = self.in_flight[w].saturating_sub(1);
                 }
                 if d.rollback_pending {
                     self.devices[*device as usize].rollback_pending = false;
-                    self.rollback_pending -= 1;
+                    self.rollback_pending = self.rollback_pending.saturating_sub(1);
                 }
             }
             EventKind::SoakStarted { wave, until } => {
@@ -1271,7 +1277,7 @@ impl RolloutState {
                         if d.silent {
                             // Already silent: nothing to wait for.
                             self.devices[i as usize].rollback_pending = false;
-                            self.rollback_pending -= 1;
+                            self.rollback_pending = self.rollback_pending.saturating_sub(1);
                         } else {
                             self.heard(i, at);
                         }

@@ -112,6 +112,7 @@ pub struct HealthSample {
     pub reconnect_secs: Option<f64>,
     pub battery_drain_pct_per_hour: Option<f64>,
     /// User-defined metrics by name: a count for rate metrics, a value for mean metrics.
+    /// Names the policy does not gate are ignored (devices may report more than is gated).
     pub custom: Vec<(String, f64)>,
 }
 

@@ -297,6 +297,18 @@ fn replaying_the_event_log_rebuilds_the_same_state() {
         matches!(err, RolloutError::BadLog { index: 0, .. }),
         "{err}"
     );
+    // A log naming a device the rollout does not have is refused, not a panic.
+    let mut forged = r.events()[..1].to_vec();
+    forged.push(convoy_core::rollout::RolloutEvent {
+        at: START,
+        cause: convoy_core::rollout::Cause::Timer,
+        kind: EventKind::DeviceSilent { device: 1_000_000 },
+    });
+    let err = Rollout::replay(forged).expect_err("out-of-range device");
+    assert!(
+        matches!(err, RolloutError::BadLog { index: 1, .. }),
+        "{err}"
+    );
 }
 
 #[test]
