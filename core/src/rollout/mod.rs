@@ -885,17 +885,19 @@ impl Rollout {
     fn end_soak(&mut self, now: Timestamp, wave: usize) {
         let report = self.state.evaluate(wave);
         let policy = &self.state.spec.gates;
-        let unsure = report.trending || report.whole_wave_short_of_sample;
+        // A gate whose configured outcome is `hold` holds like a trend does.
+        let held = report.trending || report.outcome() == GateOutcome::Hold;
+        let unsure = held || report.whole_wave_short_of_sample;
         if unsure && self.state.holds < policy.max_holds {
             let until = now.plus_secs(policy.hold_extension_secs);
             self.gate(now, EventKind::SoakExtended { wave, until });
             return;
         }
-        if report.trending {
+        if held {
             let what: Vec<String> = report
                 .findings
                 .iter()
-                .filter(|f| f.status == FindingStatus::Trending)
+                .filter(|f| matches!(f.status, FindingStatus::Trending | FindingStatus::Fail))
                 .map(describe_finding)
                 .collect();
             self.gate(

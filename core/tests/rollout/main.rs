@@ -588,3 +588,37 @@ fn metrics_count_the_rollback_and_the_recovery_of_a_stopped_rollout() {
     assert_eq!(m.patch_lead_time_secs, None);
     assert_eq!(m.time_to_remediate_secs, None);
 }
+
+#[test]
+fn a_gate_set_to_hold_extends_the_soak_then_pauses_for_a_human() {
+    let fleet = fleet(1500, 7);
+    let mut s = spec(&fleet, ChangePath::Standard);
+    s.gates.battery_drain.on_fail = convoy_core::gates::GateOutcome::Hold;
+    let mut r = Rollout::new(START, s, &fleet).expect("valid");
+    r.approve(START, "bob").expect("bob");
+    r.approve(START, "carol").expect("carol");
+    let config = SimConfig {
+        faults: vec![Fault {
+            attribute: None,
+            kind: FaultKind::BatteryDrainPlus(1.0),
+        }],
+        ..SimConfig::default()
+    };
+    let mut sim = SimFleet::new(&fleet, &r, config, START);
+    let out = sim.run(&mut r, START, START.plus_secs(30 * DAY));
+    let holds = r
+        .events()
+        .iter()
+        .filter(|e| matches!(e.kind, EventKind::SoakExtended { wave: 0, .. }))
+        .count();
+    assert_eq!(holds, 2, "{out:?}");
+    match out.phase {
+        Phase::Paused {
+            wave: 0,
+            by_gate: true,
+            reason,
+            ..
+        } => assert!(reason.contains("battery_drain"), "{reason}"),
+        other => panic!("expected a gate pause in the canary, got {other:?}"),
+    }
+}
