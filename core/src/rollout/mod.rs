@@ -1,0 +1,1346 @@
+//! The rollout state machine: waves, per-device states, gate looks, holds, pauses, rollbacks.
+//!
+//! Shaped like quinn-proto's `Connection`: getters, `handle_*` for inputs, operator mutators,
+//! `poll_action` / `poll_timeout` for outputs, and `now` passed into every call. Every change
+//! is recorded as a [`RolloutEvent`] (timestamp, cause, kind) and applied by one fold, so
+//! [`Rollout::replay`] rebuilds an identical state from the log and a UI can draw the timeline.
+//!
+//! It deliberately does no I/O and knows no transport: it neither sends offers nor reads a
+//! clock. Gate arithmetic is incremental: each report updates running per-stratum aggregates,
+//! so a gate look costs O(strata × metrics), and silence is found with a deadline queue rather
+//! than a scan of the fleet. It does not pick waves (that is the planner's job).
+
+pub mod sim;
+mod types;
+
+pub use types::*;
+
+use crate::fleet::Fleet;
+use crate::gates::{
+    self, CohortAgg, FindingStatus, GateInput, GateOutcome, GateReport, MetricLayout, OutcomeAgg,
+};
+use crate::time::Timestamp;
+use serde::{Deserialize, Serialize};
+use std::collections::VecDeque;
+
+/// How many distinct approvers a standard change needs, none of them the requester.
+pub const STANDARD_APPROVALS: usize = 2;
+
+/// One device's place in the rollout (compact: a million of these stay small).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceSlot {
+    pub state: DeviceState,
+    pub wave: u16,
+    pub stratum: u16,
+    /// Last time the device was heard from (or offered, or asked to roll back).
+    pub last_heard: Timestamp,
+    pub silent: bool,
+    /// Waiting for this device to roll back.
+    pub rollback_pending: bool,
+    seen_baseline: bool,
+    seen_updated: bool,
+}
+
+/// The whole state of a rollout: what the event fold produces.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RolloutState {
+    pub spec: RolloutSpec,
+    pub layout: MetricLayout,
+    pub phase: Phase,
+    pub strata: Vec<String>,
+    /// Every device of the rollout, sorted; indices into this are device numbers.
+    pub device_ids: Vec<String>,
+    pub devices: Vec<DeviceSlot>,
+    /// Device numbers per wave, ascending.
+    pub wave_members: Vec<Vec<u32>>,
+    /// Telemetry of devices on the old version, per stratum.
+    pub baseline: Vec<CohortAgg>,
+    /// Telemetry of devices on the new version, per wave, per stratum.
+    pub updated: Vec<Vec<CohortAgg>>,
+    /// Update outcomes per wave, per stratum.
+    pub outcomes: Vec<Vec<OutcomeAgg>>,
+    /// Devices offered and not finished nor silent, per wave.
+    pub in_flight: Vec<u32>,
+    pub approvals: Vec<String>,
+    pub created_at: Timestamp,
+    pub approved_at: Option<Timestamp>,
+    pub completed_at: Option<Timestamp>,
+    pub holds: u32,
+    pub looks: u32,
+    pub next_look_at: Option<Timestamp>,
+    /// Findings overridden in the current wave.
+    pub overridden: Vec<(String, Option<String>)>,
+    /// Failing findings of the last gate stop, which `override_gate` overrides.
+    pub last_failures: Vec<(String, Option<String>)>,
+    pub last_report: Option<GateReport>,
+    pub rollback_pending: u32,
+    pub rollbacks: u32,
+    /// Silence deadlines in time order, with lazy deletion (a later report supersedes).
+    silence_queue: VecDeque<(Timestamp, u32)>,
+    pub last_at: Timestamp,
+}
+
+/// A rollout: the state, its event log, and the actions waiting for the caller.
+#[derive(Clone, Debug)]
+pub struct Rollout {
+    state: RolloutState,
+    events: Vec<RolloutEvent>,
+    actions: VecDeque<RolloutAction>,
+}
+
+fn invalid(field: impl Into<String>, why: impl Into<String>) -> RolloutError {
+    RolloutError::InvalidSpec {
+        field: field.into(),
+        why: why.into(),
+    }
+}
+
+fn phase_name(p: &Phase) -> String {
+    match p {
+        Phase::Draft => "draft".into(),
+        Phase::Approved => "approved".into(),
+        Phase::Running { wave } => format!("running wave {wave}"),
+        Phase::Soaking { wave, .. } => format!("soaking wave {wave}"),
+        Phase::Paused { wave, .. } => format!("paused in wave {wave}"),
+        Phase::RollingBack { .. } => "rolling back".into(),
+        Phase::Completed => "completed".into(),
+        Phase::RolledBack => "rolled back".into(),
+        Phase::Aborted { .. } => "aborted".into(),
+    }
+}
+
+impl Rollout {
+    /// Checks `spec` against `fleet` and creates a draft rollout. Strata come from the fleet's
+    /// attributes named in `spec.gates.stratify_by` and are recorded in the first event, so the
+    /// log alone can rebuild the rollout.
+    pub fn new(now: Timestamp, spec: RolloutSpec, fleet: &Fleet) -> Result<Self, RolloutError> {
+        if spec.id.is_empty() {
+            return Err(invalid("id", "must not be empty"));
+        }
+        if spec.requested_by.trim().is_empty() {
+            return Err(invalid("requested_by", "must name the requesting operator"));
+        }
+        if spec.waves.is_empty() {
+            return Err(invalid("waves", "a rollout needs at least one wave"));
+        }
+        spec.gates
+            .validate()
+            .map_err(|e| invalid("gates", e.to_string()))?;
+        if let ChangePath::Emergency {
+            authoriser,
+            evidence,
+            rollback_window_secs,
+        } = &spec.path
+        {
+            if authoriser.trim().is_empty() {
+                return Err(invalid(
+                    "path.authoriser",
+                    "an emergency needs a named authoriser",
+                ));
+            }
+            if evidence.trim().is_empty() {
+                return Err(invalid(
+                    "path.evidence",
+                    "an emergency needs recorded evidence",
+                ));
+            }
+            if *rollback_window_secs <= 0 {
+                return Err(invalid("path.rollback_window_secs", "must be positive"));
+            }
+        }
+        if spec.waves.len() > usize::from(u16::MAX) {
+            return Err(invalid("waves", "too many waves"));
+        }
+        let mut all: Vec<(&str, usize)> = Vec::new();
+        for (w, wave) in spec.waves.iter().enumerate() {
+            if wave.device_ids.is_empty() {
+                return Err(invalid(
+                    format!("waves[{w}].device_ids"),
+                    "a wave needs devices",
+                ));
+            }
+            if wave.soak_secs < 0 {
+                return Err(invalid(
+                    format!("waves[{w}].soak_secs"),
+                    "must not be negative",
+                ));
+            }
+            all.extend(wave.device_ids.iter().map(|d| (d.as_str(), w)));
+        }
+        all.sort_unstable();
+        if let Some(pair) = all.windows(2).find(|p| p[0].0 == p[1].0) {
+            return Err(invalid(
+                "waves",
+                format!("device {} is in more than one wave", pair[0].0),
+            ));
+        }
+        let mut keys = Vec::with_capacity(all.len());
+        for (id, _) in &all {
+            let device = fleet
+                .device(id)
+                .ok_or_else(|| invalid("waves", format!("device {id} is not in the fleet")))?;
+            let key: Vec<String> = spec
+                .gates
+                .stratify_by
+                .iter()
+                .map(|a| device.attribute(a).unwrap_or_else(|| "-".to_owned()))
+                .collect();
+            keys.push(key.join("/"));
+        }
+        let mut strata = keys.clone();
+        strata.sort_unstable();
+        strata.dedup();
+        if strata.len() > usize::from(u16::MAX) {
+            return Err(invalid("gates.stratify_by", "more than 65535 strata"));
+        }
+        let device_strata = keys
+            .iter()
+            .map(|k| strata.binary_search(k).unwrap_or(0) as u16)
+            .collect();
+        let event = RolloutEvent {
+            at: now,
+            cause: Cause::Operator {
+                name: spec.requested_by.clone(),
+                reason: "created".into(),
+            },
+            kind: EventKind::Created {
+                spec: Box::new(spec),
+                strata,
+                device_strata,
+            },
+        };
+        Self::replay(vec![event])
+    }
+
+    /// Rebuilds a rollout from its event log. The result has the same state as the rollout
+    /// that wrote the log, and no pending actions (they were delivered the first time).
+    pub fn replay(events: Vec<RolloutEvent>) -> Result<Self, RolloutError> {
+        let Some(first) = events.first() else {
+            return Err(RolloutError::BadLog {
+                index: 0,
+                why: "the log is empty".into(),
+            });
+        };
+        let mut state = initial_state(first)?;
+        for (index, e) in events.iter().enumerate().skip(1) {
+            state
+                .apply(e)
+                .map_err(|why| RolloutError::BadLog { index, why })?;
+        }
+        Ok(Self {
+            state,
+            events,
+            actions: VecDeque::new(),
+        })
+    }
+
+    // ---- getters ----
+
+    pub fn state(&self) -> &RolloutState {
+        &self.state
+    }
+
+    pub fn phase(&self) -> &Phase {
+        &self.state.phase
+    }
+
+    pub fn spec(&self) -> &RolloutSpec {
+        &self.state.spec
+    }
+
+    pub fn events(&self) -> &[RolloutEvent] {
+        &self.events
+    }
+
+    /// The state of a device, or `None` if it is not in this rollout.
+    pub fn device_state(&self, device_id: &str) -> Option<DeviceState> {
+        self.index(device_id)
+            .map(|i| self.state.devices[i as usize].state)
+    }
+
+    /// Devices in `state`, sorted by id.
+    pub fn devices_in(&self, state: DeviceState) -> Vec<&str> {
+        self.state
+            .devices
+            .iter()
+            .zip(&self.state.device_ids)
+            .filter(|(d, _)| d.state == state)
+            .map(|(_, id)| id.as_str())
+            .collect()
+    }
+
+    /// Devices currently marked silent, sorted by id.
+    pub fn silent_devices(&self) -> Vec<&str> {
+        self.state
+            .devices
+            .iter()
+            .zip(&self.state.device_ids)
+            .filter(|(d, _)| d.silent)
+            .map(|(_, id)| id.as_str())
+            .collect()
+    }
+
+    /// The last gate report (findings of the most recent look).
+    pub fn last_gate_report(&self) -> Option<&GateReport> {
+        self.state.last_report.as_ref()
+    }
+
+    /// Evaluates the gates for the current wave now, without recording anything: what the
+    /// next look would see. Returns `None` outside a running or soaking wave.
+    pub fn evaluate_gates(&self) -> Option<GateReport> {
+        let (Phase::Running { wave } | Phase::Soaking { wave, .. }) = self.state.phase else {
+            return None;
+        };
+        Some(self.state.evaluate(wave))
+    }
+
+    fn index(&self, device_id: &str) -> Option<u32> {
+        self.state
+            .device_ids
+            .binary_search_by(|d| d.as_str().cmp(device_id))
+            .ok()
+            .map(|i| i as u32)
+    }
+
+    // ---- outputs ----
+
+    /// The next thing the caller must do, if any.
+    #[must_use]
+    pub fn poll_action(&mut self) -> Option<RolloutAction> {
+        self.actions.pop_front()
+    }
+
+    /// When `handle_timeout` should next be called.
+    pub fn poll_timeout(&self) -> Option<Timestamp> {
+        let s = &self.state;
+        match &s.phase {
+            Phase::Approved => s.approved_at,
+            Phase::Running { .. } | Phase::RollingBack { .. } => s.next_look_at,
+            Phase::Soaking { until, .. } => Some(s.next_look_at.map_or(*until, |t| t.min(*until))),
+            _ => None,
+        }
+    }
+
+    // ---- inputs ----
+
+    /// A device reports its update state.
+    pub fn handle_report(
+        &mut self,
+        now: Timestamp,
+        report: DeviceReport,
+    ) -> Result<(), RolloutError> {
+        let now = self.clamp(now);
+        let i = self
+            .index(&report.device_id)
+            .ok_or_else(|| RolloutError::UnknownDevice(report.device_id.clone()))?;
+        let slot = self.state.devices[i as usize];
+        let from = slot.state;
+        let to = report.state;
+        let allowed = from == to
+            || match to {
+                DeviceState::Pending => false,
+                DeviceState::Failed => from.is_in_flight() || (slot.rollback_pending && from != to),
+                DeviceState::Reverted => from != DeviceState::Pending,
+                _ => from.is_in_flight() && to > from,
+            };
+        if !allowed {
+            return Err(RolloutError::BadTransition {
+                from,
+                to,
+                device: report.device_id,
+            });
+        }
+        self.record(RolloutEvent {
+            at: now,
+            cause: Cause::Device(i),
+            kind: EventKind::Device {
+                device: i,
+                state: to,
+            },
+        });
+        self.after_progress(now);
+        Ok(())
+    }
+
+    /// A device reports health telemetry. Devices on the old version feed the baseline,
+    /// devices on the new version the updated cohort of their wave.
+    pub fn handle_telemetry(
+        &mut self,
+        now: Timestamp,
+        report: TelemetryReport,
+    ) -> Result<(), RolloutError> {
+        let now = self.clamp(now);
+        let i = self
+            .index(&report.device_id)
+            .ok_or_else(|| RolloutError::UnknownDevice(report.device_id.clone()))?;
+        let s = &report.sample;
+        let bad = |field: &str| RolloutError::BadTelemetry {
+            field: field.into(),
+            device: report.device_id.clone(),
+        };
+        let ok = |v: f64| v.is_finite() && v >= 0.0;
+        if !s.reconnect_secs.is_none_or(ok) {
+            return Err(bad("reconnect_secs"));
+        }
+        if !s.battery_drain_pct_per_hour.is_none_or(ok) {
+            return Err(bad("battery_drain_pct_per_hour"));
+        }
+        if let Some((name, _)) = s.custom.iter().find(|(_, v)| !ok(*v)) {
+            return Err(bad(&format!("custom.{name}")));
+        }
+        self.record(RolloutEvent {
+            at: now,
+            cause: Cause::Device(i),
+            kind: EventKind::Telemetry {
+                device: i,
+                sample: Box::new(report.sample),
+            },
+        });
+        Ok(())
+    }
+
+    /// Time has reached `now`: start the first wave, mark silent devices, look at the gates,
+    /// end or extend soaks, finish rollbacks.
+    pub fn handle_timeout(&mut self, now: Timestamp) {
+        let now = self.clamp(now);
+        match self.state.phase.clone() {
+            Phase::Approved if self.state.approved_at.is_some_and(|t| now >= t) => {
+                self.timer(now, EventKind::WaveStarted { wave: 0 });
+            }
+            Phase::Running { wave } | Phase::Soaking { wave, .. } => {
+                self.mark_silent(now);
+                self.after_progress(now);
+                if self.state.next_look_at.is_some_and(|t| now >= t) {
+                    self.look(now, wave);
+                }
+                if let Phase::Soaking { wave, until } = self.state.phase.clone()
+                    && now >= until
+                {
+                    self.end_soak(now, wave);
+                }
+            }
+            Phase::RollingBack { .. } => {
+                self.mark_silent(now);
+                if self.state.next_look_at.is_some_and(|t| now >= t) {
+                    self.timer(now, EventKind::SilenceChecked);
+                }
+                self.after_progress(now);
+            }
+            _ => {}
+        }
+    }
+
+    // ---- operator commands ----
+
+    /// Records `operator`'s approval; the rollout is approved once the change path's rule holds
+    /// (see [`ChangePath`]) and starts its first wave at the next timeout.
+    pub fn approve(&mut self, now: Timestamp, operator: &str) -> Result<(), RolloutError> {
+        let now = self.clamp(now);
+        self.require_phase("approve", matches!(self.state.phase, Phase::Draft))?;
+        let operator = operator.trim();
+        if operator.is_empty() {
+            return Err(RolloutError::Missing {
+                command: "approve".into(),
+                what: "a named operator".into(),
+            });
+        }
+        if self.state.approvals.iter().any(|a| a == operator) {
+            return Err(RolloutError::DuplicateApproval(operator.to_owned()));
+        }
+        self.operator(
+            now,
+            operator,
+            "approved",
+            EventKind::Approval {
+                operator: operator.to_owned(),
+            },
+        );
+        if self.approval_complete() {
+            self.operator(now, operator, "approval complete", EventKind::Approved);
+        }
+        Ok(())
+    }
+
+    /// Whether the approvals so far satisfy the change path.
+    pub fn approval_complete(&self) -> bool {
+        let s = &self.state;
+        let requester = s.spec.requested_by.as_str();
+        let others = s
+            .approvals
+            .iter()
+            .filter(|a| a.as_str() != requester)
+            .count();
+        match &s.spec.path {
+            ChangePath::Standard => others >= STANDARD_APPROVALS,
+            ChangePath::Emergency { authoriser, .. } => {
+                s.approvals.iter().any(|a| a == authoriser) && others >= 1
+            }
+        }
+    }
+
+    /// Stops offering; resumable with [`Rollout::resume`].
+    pub fn pause(
+        &mut self,
+        now: Timestamp,
+        operator: &str,
+        reason: &str,
+    ) -> Result<(), RolloutError> {
+        let now = self.clamp(now);
+        Self::need(operator, reason, "pause")?;
+        self.require_phase(
+            "pause",
+            matches!(
+                self.state.phase,
+                Phase::Running { .. } | Phase::Soaking { .. }
+            ),
+        )?;
+        self.operator(
+            now,
+            operator,
+            reason,
+            EventKind::Paused {
+                reason: reason.to_owned(),
+                by_gate: false,
+            },
+        );
+        Ok(())
+    }
+
+    /// Resumes a rollout an operator paused. A gate stop needs [`Rollout::override_gate`].
+    pub fn resume(
+        &mut self,
+        now: Timestamp,
+        operator: &str,
+        reason: &str,
+    ) -> Result<(), RolloutError> {
+        let now = self.clamp(now);
+        Self::need(operator, reason, "resume")?;
+        let ok = matches!(
+            self.state.phase,
+            Phase::Paused {
+                by_gate: false,
+                rolled_back: false,
+                ..
+            }
+        );
+        self.require_phase("resume (a gate stop needs override_gate)", ok)?;
+        self.operator(now, operator, reason, EventKind::Resumed);
+        Ok(())
+    }
+
+    /// Overrides the gate findings that stopped the rollout, with a recorded reason, and
+    /// resumes the wave. Those findings stay overridden for the rest of the wave; any other
+    /// gate still fires.
+    pub fn override_gate(
+        &mut self,
+        now: Timestamp,
+        operator: &str,
+        reason: &str,
+    ) -> Result<(), RolloutError> {
+        let now = self.clamp(now);
+        Self::need(operator, reason, "override_gate")?;
+        let ok = matches!(
+            self.state.phase,
+            Phase::Paused {
+                by_gate: true,
+                rolled_back: false,
+                ..
+            }
+        );
+        self.require_phase("override_gate", ok)?;
+        // The override covers each failing metric in every scope for the rest of the wave:
+        // one human decision about a metric, not one per stratum as each crosses the line.
+        let mut findings: Vec<(String, Option<String>)> = self
+            .state
+            .last_failures
+            .iter()
+            .map(|(m, _)| (m.clone(), None))
+            .collect();
+        findings.sort();
+        findings.dedup();
+        self.operator(
+            now,
+            operator,
+            reason,
+            EventKind::GateOverridden { findings },
+        );
+        self.operator(now, operator, reason, EventKind::Resumed);
+        Ok(())
+    }
+
+    /// Rolls back the current wave or the whole rollout. After completion only `All` is
+    /// allowed, and only within the rollback window.
+    pub fn roll_back(
+        &mut self,
+        now: Timestamp,
+        operator: &str,
+        scope: RollbackScope,
+        reason: &str,
+    ) -> Result<(), RolloutError> {
+        let now = self.clamp(now);
+        Self::need(operator, reason, "roll_back")?;
+        let wave = self.current_wave();
+        let ok = match (&self.state.phase, scope) {
+            (
+                Phase::Running { .. } | Phase::Soaking { .. } | Phase::Paused { .. },
+                RollbackScope::All,
+            ) => true,
+            (
+                Phase::Running { .. } | Phase::Soaking { .. } | Phase::Paused { .. },
+                RollbackScope::Wave(w),
+            ) => w == wave,
+            (Phase::Completed, RollbackScope::All) => self
+                .state
+                .completed_at
+                .is_some_and(|t| now.secs_since(t) <= self.rollback_window_secs()),
+            _ => false,
+        };
+        self.require_phase(&format!("roll_back {scope:?}"), ok)?;
+        let devices = self.rollback_devices(scope);
+        self.operator(
+            now,
+            operator,
+            reason,
+            EventKind::RollbackStarted { scope, devices },
+        );
+        self.after_progress(now);
+        Ok(())
+    }
+
+    /// Stops the rollout for good, leaving devices where they are.
+    pub fn abort(
+        &mut self,
+        now: Timestamp,
+        operator: &str,
+        reason: &str,
+    ) -> Result<(), RolloutError> {
+        let now = self.clamp(now);
+        Self::need(operator, reason, "abort")?;
+        let ok = !matches!(
+            self.state.phase,
+            Phase::Completed | Phase::RolledBack | Phase::Aborted { .. }
+        );
+        self.require_phase("abort", ok)?;
+        self.operator(
+            now,
+            operator,
+            reason,
+            EventKind::Aborted {
+                reason: reason.to_owned(),
+            },
+        );
+        Ok(())
+    }
+
+    /// The rollback window after completion: the emergency path's own, else the policy's.
+    pub fn rollback_window_secs(&self) -> i64 {
+        match &self.state.spec.path {
+            ChangePath::Emergency {
+                rollback_window_secs,
+                ..
+            } => *rollback_window_secs,
+            ChangePath::Standard => self.state.spec.gates.rollback_window_secs,
+        }
+    }
+
+    // ---- internals ----
+
+    fn need(operator: &str, reason: &str, command: &str) -> Result<(), RolloutError> {
+        if operator.trim().is_empty() {
+            return Err(RolloutError::Missing {
+                command: command.into(),
+                what: "a named operator".into(),
+            });
+        }
+        if reason.trim().is_empty() {
+            return Err(RolloutError::Missing {
+                command: command.into(),
+                what: "a recorded reason".into(),
+            });
+        }
+        Ok(())
+    }
+
+    fn require_phase(&self, command: &str, ok: bool) -> Result<(), RolloutError> {
+        if ok {
+            Ok(())
+        } else {
+            Err(RolloutError::NotAllowed {
+                command: command.into(),
+                phase: phase_name(&self.state.phase),
+            })
+        }
+    }
+
+    fn clamp(&self, now: Timestamp) -> Timestamp {
+        // Time never runs backwards inside a rollout: a late caller's `now` is taken as the
+        // last time seen, so deadlines stay ordered and replay stays exact.
+        now.max(self.state.last_at)
+    }
+
+    fn current_wave(&self) -> usize {
+        match &self.state.phase {
+            Phase::Running { wave } | Phase::Soaking { wave, .. } | Phase::Paused { wave, .. } => {
+                *wave
+            }
+            Phase::RollingBack {
+                scope: RollbackScope::Wave(w),
+            } => *w,
+            _ => self
+                .events
+                .iter()
+                .rev()
+                .find_map(|e| match e.kind {
+                    EventKind::WaveStarted { wave } => Some(wave),
+                    _ => None,
+                })
+                .unwrap_or(0),
+        }
+    }
+
+    fn rollback_devices(&self, scope: RollbackScope) -> Vec<u32> {
+        let touched = |i: &u32| {
+            let d = &self.state.devices[*i as usize];
+            d.state.is_in_flight() || d.state == DeviceState::Healthy
+        };
+        match scope {
+            RollbackScope::Wave(w) => self.state.wave_members[w]
+                .iter()
+                .copied()
+                .filter(touched)
+                .collect(),
+            RollbackScope::All => (0..self.state.devices.len() as u32)
+                .filter(touched)
+                .collect(),
+        }
+    }
+
+    fn operator(&mut self, now: Timestamp, operator: &str, reason: &str, kind: EventKind) {
+        self.record(RolloutEvent {
+            at: now,
+            cause: Cause::Operator {
+                name: operator.to_owned(),
+                reason: reason.to_owned(),
+            },
+            kind,
+        });
+    }
+
+    fn timer(&mut self, now: Timestamp, kind: EventKind) {
+        self.record(RolloutEvent {
+            at: now,
+            cause: Cause::Timer,
+            kind,
+        });
+    }
+
+    fn gate(&mut self, now: Timestamp, kind: EventKind) {
+        self.record(RolloutEvent {
+            at: now,
+            cause: Cause::Gate,
+            kind,
+        });
+    }
+
+    /// Applies an event, appends it to the log and queues the actions it implies.
+    fn record(&mut self, event: RolloutEvent) {
+        // Events built here are valid by construction; an error would be a bug in this file,
+        // and the event is still logged so that the log shows what was attempted.
+        let applied = self.state.apply(&event);
+        debug_assert!(applied.is_ok(), "{applied:?}");
+        let ids = &self.state.device_ids;
+        match &event.kind {
+            EventKind::WaveStarted { wave } => self.actions.push_back(RolloutAction::Offer {
+                wave: *wave,
+                device_ids: self.state.wave_members[*wave]
+                    .iter()
+                    .map(|i| ids[*i as usize].clone())
+                    .collect(),
+            }),
+            EventKind::Paused { reason, .. } => {
+                self.actions.push_back(RolloutAction::Pause(reason.clone()));
+            }
+            EventKind::RollbackStarted { scope, devices } => {
+                self.actions.push_back(RolloutAction::RollBack {
+                    scope: *scope,
+                    device_ids: devices.iter().map(|i| ids[*i as usize].clone()).collect(),
+                });
+            }
+            EventKind::WaveCompleted { wave, summary } => {
+                self.actions.push_back(RolloutAction::Notify(format!(
+                    "wave {wave} completed: {} healthy, {} failed, {} reverted, {} silent",
+                    summary.healthy,
+                    summary.failed,
+                    summary.reverted,
+                    summary.silent_device_ids.len()
+                )));
+            }
+            EventKind::GateChecked {
+                outcome, report, ..
+            } if *outcome > GateOutcome::Hold => {
+                let what: Vec<String> = report
+                    .iter()
+                    .flat_map(|r| r.failures())
+                    .map(describe_finding)
+                    .collect();
+                self.actions.push_back(RolloutAction::Notify(format!(
+                    "gate stop ({outcome:?}): {}",
+                    what.join("; ")
+                )));
+            }
+            EventKind::Completed => self
+                .actions
+                .push_back(RolloutAction::Notify("rollout completed".into())),
+            EventKind::Aborted { reason } => self
+                .actions
+                .push_back(RolloutAction::Notify(format!("rollout aborted: {reason}"))),
+            _ => {}
+        }
+        self.events.push(event);
+    }
+
+    /// Marks devices silent whose deadline has passed with no word from them.
+    fn mark_silent(&mut self, now: Timestamp) {
+        let window = self.state.spec.gates.silent_after_secs;
+        while let Some(&(deadline, i)) = self.state.silence_queue.front() {
+            if deadline > now {
+                break;
+            }
+            self.state.silence_queue.pop_front();
+            let d = self.state.devices[i as usize];
+            let waiting = d.state.is_in_flight() || d.rollback_pending;
+            if waiting && !d.silent && d.last_heard.plus_secs(window) == deadline {
+                self.timer(now, EventKind::DeviceSilent { device: i });
+            }
+        }
+    }
+
+    /// After a report or a silence: start the soak when the wave has no device in flight,
+    /// finish a rollback when no device is left to roll back.
+    fn after_progress(&mut self, now: Timestamp) {
+        match self.state.phase.clone() {
+            Phase::Running { wave } if self.state.in_flight[wave] == 0 => {
+                let until = now.plus_secs(self.state.spec.waves[wave].soak_secs);
+                self.timer(now, EventKind::SoakStarted { wave, until });
+            }
+            Phase::RollingBack { scope } if self.state.rollback_pending == 0 => {
+                self.timer(now, EventKind::RollbackFinished { scope });
+            }
+            _ => {}
+        }
+    }
+
+    /// One gate look: evaluate, record, act on a stop.
+    fn look(&mut self, now: Timestamp, wave: usize) {
+        let report = self.state.evaluate(wave);
+        let outcome = report.outcome();
+        let keep = !report.findings.is_empty();
+        self.gate(
+            now,
+            EventKind::GateChecked {
+                wave,
+                outcome,
+                report: keep.then(|| Box::new(report.clone())),
+            },
+        );
+        let reason = || {
+            let what: Vec<String> = report.failures().map(describe_finding).collect();
+            what.join("; ")
+        };
+        match outcome {
+            GateOutcome::Continue | GateOutcome::Hold => {}
+            GateOutcome::Pause => self.gate(
+                now,
+                EventKind::Paused {
+                    reason: reason(),
+                    by_gate: true,
+                },
+            ),
+            GateOutcome::RollBackWave => {
+                let devices = self.rollback_devices(RollbackScope::Wave(wave));
+                self.gate(
+                    now,
+                    EventKind::RollbackStarted {
+                        scope: RollbackScope::Wave(wave),
+                        devices,
+                    },
+                );
+                self.after_progress(now);
+            }
+            GateOutcome::RollBackAll => {
+                let devices = self.rollback_devices(RollbackScope::All);
+                self.gate(
+                    now,
+                    EventKind::RollbackStarted {
+                        scope: RollbackScope::All,
+                        devices,
+                    },
+                );
+                self.after_progress(now);
+            }
+        }
+    }
+
+    /// The soak of `wave` is over: hold, pause, or complete the wave.
+    fn end_soak(&mut self, now: Timestamp, wave: usize) {
+        let report = self.state.evaluate(wave);
+        let policy = &self.state.spec.gates;
+        // A gate whose configured outcome is `hold` holds like a trend does.
+        let held = report.trending || report.outcome() == GateOutcome::Hold;
+        let unsure = held || report.whole_wave_short_of_sample;
+        if unsure && self.state.holds < policy.max_holds {
+            let until = now.plus_secs(policy.hold_extension_secs);
+            self.gate(now, EventKind::SoakExtended { wave, until });
+            return;
+        }
+        if held {
+            let what: Vec<String> = report
+                .findings
+                .iter()
+                .filter(|f| matches!(f.status, FindingStatus::Trending | FindingStatus::Fail))
+                .map(describe_finding)
+                .collect();
+            self.gate(
+                now,
+                EventKind::Paused {
+                    reason: format!(
+                        "still trending worse after {} holds: {}",
+                        self.state.holds,
+                        what.join("; ")
+                    ),
+                    by_gate: true,
+                },
+            );
+            return;
+        }
+        let s = &self.state;
+        let mut summary = WaveSummary::default();
+        for &i in &s.wave_members[wave] {
+            let d = &s.devices[i as usize];
+            match d.state {
+                DeviceState::Healthy => summary.healthy += 1,
+                DeviceState::Failed => summary.failed += 1,
+                DeviceState::Reverted => summary.reverted += 1,
+                _ => {}
+            }
+            if d.silent || d.state.is_in_flight() {
+                summary
+                    .silent_device_ids
+                    .push(s.device_ids[i as usize].clone());
+            }
+        }
+        summary.not_judged = report
+            .findings
+            .iter()
+            .filter(|f| f.status == FindingStatus::NotEnoughData)
+            .map(|f| f.metric.clone())
+            .collect();
+        self.gate(
+            now,
+            EventKind::WaveCompleted {
+                wave,
+                summary: Box::new(summary),
+            },
+        );
+        if wave + 1 < self.state.spec.waves.len() {
+            self.timer(now, EventKind::WaveStarted { wave: wave + 1 });
+        } else {
+            self.timer(now, EventKind::Completed);
+        }
+    }
+}
+
+fn describe_finding(f: &gates::Finding) -> String {
+    format!(
+        "{} {} {:.4} vs baseline {:.4} (p={:.2e}, n={})",
+        f.metric,
+        f.stratum.as_deref().unwrap_or("all"),
+        f.observed,
+        f.baseline,
+        f.p_value,
+        f.sample
+    )
+}
+
+fn initial_state(first: &RolloutEvent) -> Result<RolloutState, RolloutError> {
+    let bad = |why: &str| RolloutError::BadLog {
+        index: 0,
+        why: why.into(),
+    };
+    let EventKind::Created {
+        spec,
+        strata,
+        device_strata,
+    } = &first.kind
+    else {
+        return Err(bad("the first event must be `created`"));
+    };
+    let mut ids: Vec<(String, u16)> = Vec::new();
+    for (w, wave) in spec.waves.iter().enumerate() {
+        ids.extend(wave.device_ids.iter().map(|d| (d.clone(), w as u16)));
+    }
+    ids.sort_unstable();
+    if ids.len() != device_strata.len() {
+        return Err(bad("device strata do not match the waves"));
+    }
+    if device_strata
+        .iter()
+        .any(|s| usize::from(*s) >= strata.len())
+    {
+        return Err(bad("a device stratum is out of range"));
+    }
+    if ids.windows(2).any(|p| p[0].0 == p[1].0) {
+        return Err(bad("a device is in more than one wave"));
+    }
+    spec.gates
+        .validate()
+        .map_err(|e| bad(&format!("the spec's gate policy is invalid: {e}")))?;
+    let layout = MetricLayout::new(&spec.gates);
+    let mut wave_members = vec![Vec::new(); spec.waves.len()];
+    let devices = ids
+        .iter()
+        .zip(device_strata)
+        .enumerate()
+        .map(|(i, ((_, w), s))| {
+            wave_members[usize::from(*w)].push(i as u32);
+            DeviceSlot {
+                state: DeviceState::Pending,
+                wave: *w,
+                stratum: *s,
+                last_heard: first.at,
+                silent: false,
+                rollback_pending: false,
+                seen_baseline: false,
+                seen_updated: false,
+            }
+        })
+        .collect();
+    let n_waves = spec.waves.len();
+    let per_stratum = || vec![layout.empty_cohort(); strata.len()];
+    Ok(RolloutState {
+        baseline: per_stratum(),
+        updated: (0..n_waves).map(|_| per_stratum()).collect(),
+        outcomes: vec![vec![OutcomeAgg::default(); strata.len()]; n_waves],
+        in_flight: vec![0; n_waves],
+        layout,
+        phase: Phase::Draft,
+        strata: strata.clone(),
+        device_ids: ids.into_iter().map(|(id, _)| id).collect(),
+        devices,
+        wave_members,
+        approvals: Vec::new(),
+        created_at: first.at,
+        approved_at: None,
+        completed_at: None,
+        holds: 0,
+        looks: 0,
+        next_look_at: None,
+        overridden: Vec::new(),
+        last_failures: Vec::new(),
+        last_report: None,
+        rollback_pending: 0,
+        rollbacks: 0,
+        silence_queue: VecDeque::new(),
+        last_at: first.at,
+        spec: (**spec).clone(),
+    })
+}
+
+impl RolloutState {
+    fn evaluate(&self, wave: usize) -> GateReport {
+        gates::evaluate(&GateInput {
+            policy: &self.spec.gates,
+            layout: &self.layout,
+            strata: &self.strata,
+            baseline: &self.baseline,
+            updated: &self.updated[wave],
+            outcomes: &self.outcomes[wave],
+            overridden: &self.overridden,
+        })
+    }
+
+    fn device(&self, i: u32) -> Result<DeviceSlot, String> {
+        self.devices
+            .get(i as usize)
+            .copied()
+            .ok_or_else(|| format!("device number {i} is out of range"))
+    }
+
+    fn wave_index(&self, wave: usize) -> Result<usize, String> {
+        if wave < self.spec.waves.len() {
+            Ok(wave)
+        } else {
+            Err(format!("wave {wave} is out of range"))
+        }
+    }
+
+    /// Notes that device `i` was heard from at `at`, and arms its silence deadline if the
+    /// rollout is waiting on it.
+    fn heard(&mut self, i: u32, at: Timestamp) {
+        let d = &mut self.devices[i as usize];
+        d.last_heard = at;
+        if d.silent {
+            d.silent = false;
+            let (w, s) = (usize::from(d.wave), usize::from(d.stratum));
+            self.outcomes[w][s].silent = self.outcomes[w][s].silent.saturating_sub(1);
+            if d.state.is_in_flight() {
+                self.in_flight[w] += 1;
+            }
+        }
+        if d.state.is_in_flight() || d.rollback_pending {
+            self.silence_queue
+                .push_back((at.plus_secs(self.spec.gates.silent_after_secs), i));
+        }
+    }
+
+    /// The fold: every state change of a rollout happens here and only here.
+    fn apply(&mut self, e: &RolloutEvent) -> Result<(), String> {
+        let at = e.at;
+        if at < self.last_at {
+            return Err("event time runs backwards".into());
+        }
+        self.last_at = at;
+        let every = self.spec.gates.evaluate_every_secs;
+        match &e.kind {
+            EventKind::Created { .. } => return Err("a second `created` event".into()),
+            EventKind::Approval { operator } => self.approvals.push(operator.clone()),
+            EventKind::Approved => {
+                self.phase = Phase::Approved;
+                self.approved_at = Some(at);
+            }
+            EventKind::WaveStarted { wave } => {
+                let w = self.wave_index(*wave)?;
+                self.phase = Phase::Running { wave: w };
+                self.holds = 0;
+                self.looks = 0;
+                self.overridden.clear();
+                self.next_look_at = Some(at.plus_secs(every));
+                let members = self.wave_members[w].clone();
+                for i in members {
+                    if self.devices[i as usize].state == DeviceState::Pending {
+                        self.devices[i as usize].state = DeviceState::Offered;
+                        self.in_flight[w] += 1;
+                        self.heard(i, at);
+                    }
+                }
+            }
+            EventKind::Device { device, state } => {
+                let d = self.device(*device)?;
+                let (w, s) = (usize::from(d.wave), usize::from(d.stratum));
+                let from = d.state;
+                let to = *state;
+                if from != to {
+                    let out = &mut self.outcomes[w][s];
+                    if from < DeviceState::Rebooting
+                        && matches!(to, DeviceState::Rebooting | DeviceState::Healthy)
+                    {
+                        out.installed += 1;
+                    }
+                    match to {
+                        DeviceState::Healthy => out.healthy += 1,
+                        DeviceState::Failed if from == DeviceState::Rebooting => {
+                            out.boot_failed += 1;
+                        }
+                        DeviceState::Failed if from.is_in_flight() => out.install_failed += 1,
+                        DeviceState::Reverted
+                            if from == DeviceState::Rebooting && !d.rollback_pending =>
+                        {
+                            out.boot_failed += 1;
+                        }
+                        _ => {}
+                    }
+                    if from.is_in_flight() && !to.is_in_flight() && !d.silent {
+                        self.in_flight[w] = self.in_flight[w].saturating_sub(1);
+                    }
+                    let slot = &mut self.devices[*device as usize];
+                    slot.state = to;
+                    if slot.rollback_pending
+                        && matches!(to, DeviceState::Reverted | DeviceState::Failed)
+                    {
+                        slot.rollback_pending = false;
+                        self.rollback_pending = self.rollback_pending.saturating_sub(1);
+                    }
+                }
+                self.heard(*device, at);
+            }
+            EventKind::Telemetry { device, sample } => {
+                let d = self.device(*device)?;
+                let (w, s) = (usize::from(d.wave), usize::from(d.stratum));
+                let slot = &mut self.devices[*device as usize];
+                let agg = if d.state.runs_old_version() {
+                    if !slot.seen_baseline {
+                        slot.seen_baseline = true;
+                        self.baseline[s].devices += 1;
+                    }
+                    Some(&mut self.baseline[s])
+                } else if d.state.runs_new_version() {
+                    if !slot.seen_updated {
+                        slot.seen_updated = true;
+                        self.updated[w][s].devices += 1;
+                    }
+                    Some(&mut self.updated[w][s])
+                } else {
+                    // Failed and reverted devices belong to neither cohort.
+                    None
+                };
+                if let Some(agg) = agg {
+                    add_sample(agg, &self.layout, sample);
+                }
+                if d.state.is_in_flight() || d.rollback_pending || d.silent {
+                    self.heard(*device, at);
+                } else {
+                    self.devices[*device as usize].last_heard = at;
+                }
+            }
+            EventKind::DeviceSilent { device } => {
+                let d = self.device(*device)?;
+                if d.silent {
+                    return Err(format!("device number {device} is already silent"));
+                }
+                let (w, s) = (usize::from(d.wave), usize::from(d.stratum));
+                self.devices[*device as usize].silent = true;
+                self.outcomes[w][s].silent += 1;
+                if d.state.is_in_flight() {
+                    self.in_flight[w] = self.in_flight[w].saturating_sub(1);
+                }
+                if d.rollback_pending {
+                    self.devices[*device as usize].rollback_pending = false;
+                    self.rollback_pending = self.rollback_pending.saturating_sub(1);
+                }
+            }
+            EventKind::SoakStarted { wave, until } => {
+                let w = self.wave_index(*wave)?;
+                self.phase = Phase::Soaking {
+                    wave: w,
+                    until: *until,
+                };
+            }
+            EventKind::GateChecked { report, .. } => {
+                self.looks += 1;
+                self.next_look_at = Some(at.plus_secs(every));
+                self.last_failures = report
+                    .iter()
+                    .flat_map(|r| r.failures())
+                    .map(|f| (f.metric.clone(), f.stratum.clone()))
+                    .collect();
+                self.last_report = report.as_deref().cloned();
+            }
+            EventKind::SilenceChecked => {
+                self.next_look_at = Some(at.plus_secs(every));
+            }
+            EventKind::SoakExtended { wave, until } => {
+                let w = self.wave_index(*wave)?;
+                self.holds += 1;
+                self.phase = Phase::Soaking {
+                    wave: w,
+                    until: *until,
+                };
+            }
+            EventKind::WaveCompleted { .. } => {}
+            EventKind::Paused { reason, by_gate } => {
+                let (wave, soak_until) = match self.phase {
+                    Phase::Running { wave } => (wave, None),
+                    Phase::Soaking { wave, until } => (wave, Some(until)),
+                    _ => return Err("pause outside a running wave".into()),
+                };
+                self.phase = Phase::Paused {
+                    wave,
+                    reason: reason.clone(),
+                    by_gate: *by_gate,
+                    rolled_back: false,
+                    soak_until,
+                };
+            }
+            EventKind::Resumed => {
+                let Phase::Paused {
+                    wave, soak_until, ..
+                } = self.phase
+                else {
+                    return Err("resume outside a pause".into());
+                };
+                self.phase = match soak_until {
+                    Some(until) => Phase::Soaking { wave, until },
+                    None => Phase::Running { wave },
+                };
+                self.next_look_at = Some(at.plus_secs(every));
+            }
+            EventKind::GateOverridden { findings } => {
+                self.overridden.extend(findings.iter().cloned());
+            }
+            EventKind::RollbackStarted { scope, devices } => {
+                self.phase = Phase::RollingBack { scope: *scope };
+                self.rollbacks += 1;
+                self.next_look_at = Some(at.plus_secs(every));
+                for &i in devices {
+                    let d = self.device(i)?;
+                    if !d.rollback_pending {
+                        self.devices[i as usize].rollback_pending = true;
+                        self.rollback_pending += 1;
+                        if d.silent {
+                            // Already silent: nothing to wait for.
+                            self.devices[i as usize].rollback_pending = false;
+                            self.rollback_pending = self.rollback_pending.saturating_sub(1);
+                        } else {
+                            self.heard(i, at);
+                        }
+                    }
+                }
+            }
+            EventKind::RollbackFinished { scope } => {
+                self.phase = match scope {
+                    RollbackScope::Wave(w) => Phase::Paused {
+                        wave: *w,
+                        reason: format!("wave {w} rolled back"),
+                        by_gate: true,
+                        rolled_back: true,
+                        soak_until: None,
+                    },
+                    RollbackScope::All => Phase::RolledBack,
+                };
+                self.next_look_at = None;
+            }
+            EventKind::Completed => {
+                self.phase = Phase::Completed;
+                self.completed_at = Some(at);
+                self.next_look_at = None;
+            }
+            EventKind::Aborted { reason } => {
+                self.phase = Phase::Aborted {
+                    reason: reason.clone(),
+                };
+                self.next_look_at = None;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn add_sample(agg: &mut CohortAgg, layout: &MetricLayout, s: &HealthSample) {
+    agg.exposure_secs += f64::from(s.period_secs);
+    let fixed = [
+        ("crash", s.crashes),
+        ("reconnect_failure", s.reconnect_failures),
+        ("support_contacts", s.support_contacts),
+    ];
+    for (name, count) in fixed {
+        if let Some(slot) = layout.rate_slot(name) {
+            agg.counts[slot] += u64::from(count);
+        }
+    }
+    if let (Some(v), Some(slot)) = (s.reconnect_secs, layout.mean_slot("reconnect_time")) {
+        agg.means[slot].add(v);
+    }
+    if let (Some(v), Some(slot)) = (
+        s.battery_drain_pct_per_hour,
+        layout.mean_slot("battery_drain"),
+    ) {
+        agg.means[slot].add(v);
+    }
+    for (name, v) in &s.custom {
+        if let Some(slot) = layout.rate_slot(name) {
+            agg.counts[slot] += v.round() as u64;
+        } else if let Some(slot) = layout.mean_slot(name) {
+            agg.means[slot].add(*v);
+        }
+    }
+}

@@ -1,0 +1,624 @@
+//! Whole rollouts on a simulated fleet with a virtual clock: no sockets, no sleeps.
+
+use convoy_core::fleet::Fleet;
+use convoy_core::gates::{FindingStatus, GatePolicy};
+use convoy_core::rollout::sim::{Fault, FaultKind, SimConfig, SimFleet, SimOutcome};
+use convoy_core::rollout::{
+    ChangePath, DeviceReport, DeviceState, EventKind, Phase, RollbackScope, Rollout, RolloutAction,
+    RolloutError, RolloutSpec, WaveSpec,
+};
+use convoy_core::synth::{SynthOptions, generate};
+use convoy_core::time::Timestamp;
+
+const START: Timestamp = Timestamp::from_secs(1_795_392_000);
+const DAY: i64 = 86_400;
+
+fn fleet(devices: usize, seed: u64) -> Fleet {
+    generate(&SynthOptions {
+        devices,
+        seed,
+        now: START,
+    })
+}
+
+/// Canary of 50 (with five of the rare T300 revision C, as a representative canary would
+/// have), a wave of 500, then everyone else. Ids sorted within each wave.
+fn waves(fleet: &Fleet) -> Vec<WaveSpec> {
+    let rare: Vec<String> = fleet
+        .devices
+        .iter()
+        .filter(|d| d.model == "T300" && d.hw_rev == "C")
+        .take(5)
+        .map(|d| d.id.clone())
+        .collect();
+    assert_eq!(
+        rare.len(),
+        5,
+        "the synthetic fleet has rare revision C devices"
+    );
+    let others: Vec<String> = fleet
+        .devices
+        .iter()
+        .map(|d| d.id.clone())
+        .filter(|id| !rare.contains(id))
+        .collect();
+    let mut canary = rare;
+    canary.extend(others[..45].iter().cloned());
+    canary.sort();
+    vec![
+        WaveSpec {
+            name: "canary".into(),
+            device_ids: canary,
+            soak_secs: DAY,
+        },
+        WaveSpec {
+            name: "early".into(),
+            device_ids: others[45..545].to_vec(),
+            soak_secs: DAY / 2,
+        },
+        WaveSpec {
+            name: "everyone".into(),
+            device_ids: others[545..].to_vec(),
+            soak_secs: DAY / 2,
+        },
+    ]
+}
+
+fn spec(fleet: &Fleet, path: ChangePath) -> RolloutSpec {
+    RolloutSpec {
+        id: "r-1".into(),
+        release_id: "t300-fw-2.5.0".into(),
+        requested_by: "alice".into(),
+        waves: waves(fleet),
+        gates: GatePolicy::default(),
+        path,
+    }
+}
+
+fn approved(fleet: &Fleet) -> Rollout {
+    let mut r = Rollout::new(START, spec(fleet, ChangePath::Standard), fleet).expect("valid spec");
+    r.approve(START, "bob").expect("bob approves");
+    r.approve(START, "carol").expect("carol approves");
+    assert_eq!(r.phase(), &Phase::Approved);
+    r
+}
+
+fn simulate(devices: usize, config: SimConfig) -> (Rollout, SimFleet, SimOutcome) {
+    let fleet = fleet(devices, 7);
+    let mut r = approved(&fleet);
+    let mut sim = SimFleet::new(&fleet, &r, config, START);
+    let out = sim.run(&mut r, START, START.plus_secs(30 * DAY));
+    (r, sim, out)
+}
+
+#[test]
+fn a_good_release_goes_through_all_waves() {
+    let (r, sim, out) = simulate(3000, SimConfig::default());
+    assert_eq!(
+        out.phase,
+        Phase::Completed,
+        "{out:?}\n{:?}",
+        r.last_gate_report()
+    );
+    assert!(!out.stopped_by_gate);
+    let offers: Vec<usize> = sim
+        .actions
+        .iter()
+        .filter_map(|(_, a)| match a {
+            RolloutAction::Offer { wave, .. } => Some(*wave),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(offers, vec![0, 1, 2]);
+    let completed = r
+        .events()
+        .iter()
+        .filter(|e| matches!(e.kind, EventKind::WaveCompleted { .. }))
+        .count();
+    assert_eq!(completed, 3);
+    // Nearly everyone ends healthy; the rest failed, reverted or went silent, by the noise model.
+    let healthy = r.devices_in(DeviceState::Healthy).len();
+    assert!(healthy > 2900, "{healthy}");
+}
+
+#[test]
+fn a_release_that_breaks_a_rare_hardware_revision_is_stopped_in_the_canary() {
+    let config = SimConfig {
+        faults: vec![Fault {
+            attribute: Some(("hw_rev".into(), "C".into())),
+            kind: FaultKind::CrashLoop,
+        }],
+        ..SimConfig::default()
+    };
+    let (r, sim, out) = simulate(3000, config);
+    assert!(out.stopped_by_gate, "{out:?}");
+    assert_eq!(out.stopped_in_wave, Some(0));
+    // Rolled back the canary; nobody outside it was ever offered the release.
+    assert!(matches!(
+        out.phase,
+        Phase::Paused {
+            rolled_back: true,
+            wave: 0,
+            ..
+        }
+    ));
+    assert!(sim.actions.iter().any(|(_, a)| matches!(
+        a,
+        RolloutAction::RollBack {
+            scope: RollbackScope::Wave(0),
+            ..
+        }
+    )));
+    assert!(
+        !sim.actions
+            .iter()
+            .any(|(_, a)| matches!(a, RolloutAction::Offer { wave, .. } if *wave > 0))
+    );
+    // The stop came from the rare stratum, while the canary as a whole was not significant.
+    let stop = r
+        .events()
+        .iter()
+        .find_map(|e| match &e.kind {
+            EventKind::GateChecked {
+                report: Some(rep), ..
+            } if rep.failures().next().is_some() => Some(rep.clone()),
+            _ => None,
+        })
+        .expect("a failing gate check");
+    let failed: Vec<(String, Option<String>)> = stop
+        .failures()
+        .map(|f| (f.metric.clone(), f.stratum.clone()))
+        .collect();
+    assert!(
+        failed.contains(&("boot_failure".into(), Some("T300/C".into()))),
+        "{failed:?}"
+    );
+    assert!(
+        !failed.iter().any(|(_, s)| s.is_none()),
+        "whole-canary gates should not be what fired: {failed:?}"
+    );
+    // The 45 other canary devices stayed healthy until the rollback reverted them.
+    assert_eq!(r.devices_in(DeviceState::Pending).len(), 3000 - 50);
+}
+
+#[test]
+fn noise_alone_does_not_stop_a_good_release() {
+    // Ten independent good rollouts with noisier devices than the default (wider spread of
+    // per-device rates); none may stop. The measured rate over many more runs is in
+    // docs/GATES.md (bench_gates prints it).
+    for seed in 1..=10 {
+        let config = SimConfig {
+            seed,
+            rate_spread_sigma: 0.8,
+            ..SimConfig::default()
+        };
+        let (r, _, out) = simulate(1500, config);
+        assert_eq!(
+            out.phase,
+            Phase::Completed,
+            "seed {seed}: {out:?} {:?}",
+            r.last_gate_report()
+        );
+    }
+}
+
+#[test]
+fn a_clear_regression_everywhere_is_stopped_in_the_canary() {
+    let config = SimConfig {
+        faults: vec![Fault {
+            attribute: None,
+            kind: FaultKind::CrashRateTimes(20.0),
+        }],
+        ..SimConfig::default()
+    };
+    let (r, _, out) = simulate(1500, config);
+    assert_eq!(out.stopped_in_wave, Some(0), "{out:?}");
+    let rep = r.last_gate_report().expect("a report");
+    assert!(
+        rep.failures()
+            .any(|f| f.metric == "crash" && f.stratum.is_none()),
+        "{rep:?}"
+    );
+}
+
+#[test]
+fn devices_that_go_silent_after_the_update_stop_the_rollout() {
+    let config = SimConfig {
+        faults: vec![Fault {
+            attribute: Some(("model".into(), "T300".into())),
+            kind: FaultKind::SilentAfterReboot(0.5),
+        }],
+        ..SimConfig::default()
+    };
+    let (r, _, out) = simulate(3000, config);
+    assert!(out.stopped_by_gate, "{out:?}");
+    let fired: Vec<String> = r
+        .events()
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::GateChecked {
+                report: Some(rep), ..
+            } => Some(rep.failures().map(|f| f.metric.clone()).collect::<Vec<_>>()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert!(fired.iter().any(|m| m == "silent"), "{fired:?} {out:?}");
+    assert!(!r.silent_devices().is_empty());
+}
+
+#[test]
+fn a_wave_does_not_wait_forever_for_silent_devices_and_reports_them() {
+    // A good release with some devices that drop off when offered: every wave still ends, and
+    // the silent devices are listed by id.
+    let config = SimConfig {
+        silent_ratio: 0.01,
+        ..SimConfig::default()
+    };
+    let (r, _, out) = simulate(3000, config);
+    assert_eq!(out.phase, Phase::Completed, "{out:?}");
+    let listed: Vec<String> = r
+        .events()
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::WaveCompleted { summary, .. } => Some(summary.silent_device_ids.clone()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    let mut silent: Vec<String> = r.silent_devices().iter().map(|s| (*s).to_owned()).collect();
+    silent.sort();
+    let mut sorted = listed.clone();
+    sorted.sort();
+    assert_eq!(sorted, silent);
+    assert!(listed.len() > 10, "{}", listed.len());
+}
+
+#[test]
+fn replaying_the_event_log_rebuilds_the_same_state() {
+    let config = SimConfig {
+        faults: vec![Fault {
+            attribute: Some(("hw_rev".into(), "C".into())),
+            kind: FaultKind::CrashLoop,
+        }],
+        ..SimConfig::default()
+    };
+    let (r, _, _) = simulate(1500, config);
+    let replayed = Rollout::replay(r.events().to_vec()).expect("the log replays");
+    assert_eq!(replayed.state(), r.state());
+    // And through JSON, as the store would keep it.
+    let text = serde_json::to_string(r.events()).expect("events serialise");
+    let back = serde_json::from_str(&text).expect("events parse");
+    let again = Rollout::replay(back).expect("the parsed log replays");
+    assert_eq!(again.state(), r.state());
+    // A log that does not start with `created` is refused.
+    let err = Rollout::replay(r.events()[1..].to_vec()).expect_err("no created event");
+    assert!(
+        matches!(err, RolloutError::BadLog { index: 0, .. }),
+        "{err}"
+    );
+    // A log naming a device the rollout does not have is refused, not a panic.
+    let mut forged = r.events()[..1].to_vec();
+    forged.push(convoy_core::rollout::RolloutEvent {
+        at: START,
+        cause: convoy_core::rollout::Cause::Timer,
+        kind: EventKind::DeviceSilent { device: 1_000_000 },
+    });
+    let err = Rollout::replay(forged).expect_err("out-of-range device");
+    assert!(
+        matches!(err, RolloutError::BadLog { index: 1, .. }),
+        "{err}"
+    );
+}
+
+#[test]
+fn standard_change_needs_two_distinct_approvers_other_than_the_requester() {
+    let fleet = fleet(1500, 3);
+    let mut r = Rollout::new(START, spec(&fleet, ChangePath::Standard), &fleet).expect("valid");
+    r.approve(START, "alice")
+        .expect("the requester may approve");
+    r.approve(START, "bob").expect("bob");
+    assert_eq!(
+        r.phase(),
+        &Phase::Draft,
+        "requester's approval does not count"
+    );
+    assert_eq!(
+        r.approve(START, "bob"),
+        Err(RolloutError::DuplicateApproval("bob".into()))
+    );
+    assert!(r.approve(START, " ").is_err());
+    r.approve(START, "carol").expect("carol");
+    assert_eq!(r.phase(), &Phase::Approved);
+    assert!(r.approve(START, "dave").is_err(), "already approved");
+}
+
+#[test]
+fn an_emergency_cannot_be_approved_by_its_requester_alone() {
+    let fleet = fleet(1500, 3);
+    let path = ChangePath::Emergency {
+        authoriser: "alice".into(),
+        evidence: "INC-42: CVE-2026-1234 exploited in the wild".into(),
+        rollback_window_secs: 3 * DAY,
+    };
+    let mut r = Rollout::new(START, spec(&fleet, path.clone()), &fleet).expect("valid");
+    r.approve(START, "alice").expect("authoriser approves");
+    assert_eq!(
+        r.phase(),
+        &Phase::Draft,
+        "requester = authoriser alone is not enough"
+    );
+    r.approve(START, "bob").expect("second person");
+    assert_eq!(r.phase(), &Phase::Approved);
+
+    // An emergency without evidence is refused outright.
+    let mut bad = spec(&fleet, path);
+    bad.path = ChangePath::Emergency {
+        authoriser: "alice".into(),
+        evidence: String::new(),
+        rollback_window_secs: DAY,
+    };
+    let err = Rollout::new(START, bad, &fleet).expect_err("no evidence");
+    assert!(err.to_string().contains("path.evidence"), "{err}");
+}
+
+#[test]
+fn emergency_rollouts_keep_their_gates_and_rollback_window() {
+    let fleet = fleet(1500, 7);
+    let path = ChangePath::Emergency {
+        authoriser: "erin".into(),
+        evidence: "INC-7".into(),
+        rollback_window_secs: DAY,
+    };
+    let mut r = Rollout::new(START, spec(&fleet, path.clone()), &fleet).expect("valid");
+    r.approve(START, "erin").expect("erin");
+    assert_eq!(r.phase(), &Phase::Approved);
+    let config = SimConfig {
+        faults: vec![Fault {
+            attribute: Some(("hw_rev".into(), "C".into())),
+            kind: FaultKind::CrashLoop,
+        }],
+        ..SimConfig::default()
+    };
+    let mut sim = SimFleet::new(&fleet, &r, config, START);
+    let out = sim.run(&mut r, START, START.plus_secs(30 * DAY));
+    assert_eq!(
+        out.stopped_in_wave,
+        Some(0),
+        "gates apply to emergencies too"
+    );
+
+    // A good emergency rollout can be rolled back as a whole within its window, not after.
+    let mut good = Rollout::new(START, spec(&fleet, path), &fleet).expect("valid");
+    good.approve(START, "erin").expect("erin");
+    let mut sim = SimFleet::new(&fleet, &good, SimConfig::default(), START);
+    let out = sim.run(&mut good, START, START.plus_secs(30 * DAY));
+    assert_eq!(out.phase, Phase::Completed);
+    let done = good.state().completed_at.expect("completed");
+    let late = done.plus_secs(DAY + 1);
+    assert!(matches!(
+        good.clone()
+            .roll_back(late, "erin", RollbackScope::All, "too late"),
+        Err(RolloutError::NotAllowed { .. })
+    ));
+    good.roll_back(
+        done.plus_secs(60),
+        "erin",
+        RollbackScope::All,
+        "field reports",
+    )
+    .expect("within the window");
+    assert!(matches!(good.phase(), Phase::RollingBack { .. }));
+    let out = sim.run(&mut good, done.plus_secs(60), done.plus_secs(10 * DAY));
+    assert_eq!(out.phase, Phase::RolledBack);
+}
+
+#[test]
+fn a_gate_stop_resumes_only_by_an_override_with_a_recorded_reason() {
+    // Battery drain pauses (it does not roll back): override it and the rollout completes.
+    let config = SimConfig {
+        faults: vec![Fault {
+            attribute: None,
+            kind: FaultKind::BatteryDrainPlus(1.0),
+        }],
+        ..SimConfig::default()
+    };
+    let fleet = fleet(1500, 7);
+    let mut r = approved(&fleet);
+    let mut sim = SimFleet::new(&fleet, &r, config, START);
+    let out = sim.run(&mut r, START, START.plus_secs(30 * DAY));
+    assert!(
+        matches!(
+            out.phase,
+            Phase::Paused {
+                by_gate: true,
+                rolled_back: false,
+                ..
+            }
+        ),
+        "{out:?}"
+    );
+    let now = out.ended_at;
+    assert!(matches!(
+        r.resume(now, "bob", "looks fine"),
+        Err(RolloutError::NotAllowed { .. })
+    ));
+    assert!(matches!(
+        r.override_gate(now, "bob", "  "),
+        Err(RolloutError::Missing { .. })
+    ));
+    r.override_gate(
+        now,
+        "bob",
+        "drain is the new GPS duty cycle, accepted by product",
+    )
+    .expect("override with a reason");
+    let overridden = r.events().iter().any(|e| {
+        matches!(&e.kind, EventKind::GateOverridden { findings } if findings.iter().any(|(m, _)| m == "battery_drain"))
+            && matches!(&e.cause, convoy_core::rollout::Cause::Operator { name, reason } if name == "bob" && reason.contains("GPS"))
+    });
+    assert!(overridden);
+    let out = sim.run(&mut r, now, now.plus_secs(30 * DAY));
+    // The next waves are judged afresh, so the drain stops the next wave too.
+    assert!(
+        matches!(out.phase, Phase::Paused { wave: 1, .. }),
+        "{out:?}"
+    );
+    let last = r.last_gate_report().expect("report");
+    assert!(
+        last.findings
+            .iter()
+            .any(|f| f.metric == "battery_drain" && f.status == FindingStatus::Fail)
+    );
+}
+
+#[test]
+fn bad_reports_are_rejected_and_change_nothing() {
+    let fleet = fleet(1500, 3);
+    let mut r = approved(&fleet);
+    r.handle_timeout(START);
+    let offered = r.devices_in(DeviceState::Offered)[0].to_owned();
+    let pending = r.devices_in(DeviceState::Pending)[0].to_owned();
+    let before = r.events().len();
+    let unknown = r.handle_report(
+        START,
+        DeviceReport {
+            device_id: "nope".into(),
+            state: DeviceState::Healthy,
+        },
+    );
+    assert_eq!(unknown, Err(RolloutError::UnknownDevice("nope".into())));
+    let early = r.handle_report(
+        START,
+        DeviceReport {
+            device_id: pending,
+            state: DeviceState::Installing,
+        },
+    );
+    assert!(matches!(early, Err(RolloutError::BadTransition { .. })));
+    r.handle_report(
+        START,
+        DeviceReport {
+            device_id: offered.clone(),
+            state: DeviceState::Installing,
+        },
+    )
+    .expect("skipping reports that got lost is fine");
+    let back = r.handle_report(
+        START,
+        DeviceReport {
+            device_id: offered,
+            state: DeviceState::Downloading,
+        },
+    );
+    assert!(matches!(back, Err(RolloutError::BadTransition { .. })));
+    assert_eq!(r.events().len(), before + 1);
+}
+
+#[test]
+fn metrics_of_a_hand_driven_rollout() {
+    use convoy_core::metrics::{adoption_by, rollout_metrics, summarize};
+    let fleet = fleet(1500, 3);
+    let ids: Vec<String> = fleet.devices[..20].iter().map(|d| d.id.clone()).collect();
+    let spec = RolloutSpec {
+        id: "r-hand".into(),
+        release_id: "x".into(),
+        requested_by: "alice".into(),
+        waves: vec![WaveSpec {
+            name: "only".into(),
+            device_ids: ids.clone(),
+            soak_secs: 3600,
+        }],
+        gates: GatePolicy::default(),
+        path: ChangePath::Standard,
+    };
+    let mut r = Rollout::new(START, spec, &fleet).expect("valid");
+    r.approve(START, "bob").expect("bob");
+    r.approve(START, "carol").expect("carol");
+    r.handle_timeout(START);
+    // Device k is confirmed healthy at START + 100·(k+1); the 19th (95% of 20) at +1900.
+    for (k, id) in ids.iter().enumerate() {
+        let at = START.plus_secs(100 * (k as i64 + 1));
+        r.handle_report(
+            at,
+            DeviceReport {
+                device_id: id.clone(),
+                state: DeviceState::Healthy,
+            },
+        )
+        .expect("healthy");
+    }
+    // The soak starts at the last report (+2000) and ends an hour later; below the minimum
+    // sample the wave holds twice (4 h each) and then completes with the gaps listed.
+    while let Some(t) = r.poll_timeout() {
+        r.handle_timeout(t);
+    }
+    assert_eq!(r.phase(), &Phase::Completed);
+    let m = rollout_metrics(&r);
+    assert_eq!(m.targeted, 20);
+    assert_eq!(m.healthy, 20);
+    assert_eq!(m.success_ratio, 1.0);
+    assert_eq!(m.patch_lead_time_secs, Some(1900));
+    assert_eq!(m.time_to_remediate_secs, Some(2000 + 3600 + 2 * 4 * 3600));
+    assert_eq!(m.rollback_count, 0);
+    let by_model = adoption_by(&r, &fleet, "model");
+    assert_eq!(by_model.iter().map(|a| a.targeted).sum::<u64>(), 20);
+    assert!(by_model.windows(2).all(|w| w[0].value < w[1].value));
+    assert!(by_model.iter().all(|a| a.adoption_ratio == 1.0));
+    let summary = summarize(&[m.clone(), m]);
+    assert_eq!(summary.mean_patch_lead_time_secs, Some(1900.0));
+    assert_eq!(summary.completed, 2);
+}
+
+#[test]
+fn metrics_count_the_rollback_and_the_recovery_of_a_stopped_rollout() {
+    let config = SimConfig {
+        faults: vec![Fault {
+            attribute: Some(("hw_rev".into(), "C".into())),
+            kind: FaultKind::CrashLoop,
+        }],
+        ..SimConfig::default()
+    };
+    let (r, _, _) = simulate(1500, config);
+    let m = convoy_core::metrics::rollout_metrics(&r);
+    assert_eq!(m.rollback_count, 1);
+    assert_eq!(m.recoveries_secs.len(), 1);
+    assert!(m.recoveries_secs[0] > 0);
+    assert!(!m.completed);
+    assert_eq!(m.patch_lead_time_secs, None);
+    assert_eq!(m.time_to_remediate_secs, None);
+}
+
+#[test]
+fn a_gate_set_to_hold_extends_the_soak_then_pauses_for_a_human() {
+    let fleet = fleet(1500, 7);
+    let mut s = spec(&fleet, ChangePath::Standard);
+    s.gates.battery_drain.on_fail = convoy_core::gates::GateOutcome::Hold;
+    let mut r = Rollout::new(START, s, &fleet).expect("valid");
+    r.approve(START, "bob").expect("bob");
+    r.approve(START, "carol").expect("carol");
+    let config = SimConfig {
+        faults: vec![Fault {
+            attribute: None,
+            kind: FaultKind::BatteryDrainPlus(1.0),
+        }],
+        ..SimConfig::default()
+    };
+    let mut sim = SimFleet::new(&fleet, &r, config, START);
+    let out = sim.run(&mut r, START, START.plus_secs(30 * DAY));
+    let holds = r
+        .events()
+        .iter()
+        .filter(|e| matches!(e.kind, EventKind::SoakExtended { wave: 0, .. }))
+        .count();
+    assert_eq!(holds, 2, "{out:?}");
+    match out.phase {
+        Phase::Paused {
+            wave: 0,
+            by_gate: true,
+            reason,
+            ..
+        } => assert!(reason.contains("battery_drain"), "{reason}"),
+        other => panic!("expected a gate pause in the canary, got {other:?}"),
+    }
+}
