@@ -654,7 +654,7 @@ fn convoy_plan_prints_text_and_json() {
         &serde_json::json!({
             "version": 1,
             "scoring": {"anything": "belongs to another part"},
-            "gates": [],
+            "gates": {"min_stratum_devices": 8},
             "planning": {"canary": {"size": 30}, "data_price_per_gb": 1.5}
         }),
     );
@@ -691,6 +691,9 @@ fn convoy_plan_prints_text_and_json() {
         "Schedule:",
         "Bandwidth:",
         "not among the release's hardware",
+        "Gates (each judged against the not-yet-updated baseline",
+        "min_stratum_devices: 8",
+        "warning: canary.floor_per_stratum is 5 but the gates judge a stratum only from 8 devices",
     ] {
         assert!(text.contains(needle), "missing {needle:?} in\n{text}");
     }
@@ -698,6 +701,8 @@ fn convoy_plan_prints_text_and_json() {
     let out = convoy_ok(&json_args.iter().map(String::as_str).collect::<Vec<_>>());
     let v: serde_json::Value = serde_json::from_str(&out).expect("plan JSON");
     assert_eq!(v["release"], "t300-fw-2.5.0");
+    assert_eq!(v["gates"]["min_stratum_devices"], 8);
+    assert_eq!(v["gate_warnings"].as_array().map(Vec::len), Some(1));
     assert_eq!(v["canary"]["device_ids"].as_array().expect("ids").len(), 30);
     assert_eq!(v["schedule"]["data_price_per_gb"], 1.5);
     assert!(v["waves"].as_array().expect("waves").len() >= 4);

@@ -6,6 +6,7 @@
 //! `convoy_core::plan::plan`. Gates are not printed yet: they are wired in at integration.
 
 use anyhow::{Context, Result, bail};
+use convoy_core::gates::GatePolicy;
 use convoy_core::plan::{self, Coverage, Plan, PlanInput, PlanningPolicy, Status};
 use convoy_core::release::ReleaseSpec;
 use convoy_core::time::Timestamp;
@@ -56,11 +57,14 @@ pub fn run(args: &Args) -> Result<()> {
                 .with_context(|| format!("reading the catalog {}", path.display()))?,
         );
     }
-    let policy = match &args.policy {
-        Some(path) => {
-            read_policy(path).with_context(|| format!("reading the policy {}", path.display()))?
-        }
-        None => PlanningPolicy::default(),
+    let (policy, gates): (PlanningPolicy, GatePolicy) = match &args.policy {
+        Some(path) => (
+            read_section(path, "planning")
+                .with_context(|| format!("reading the policy {}", path.display()))?,
+            read_section(path, "gates")
+                .with_context(|| format!("reading the policy {}", path.display()))?,
+        ),
+        None => (PlanningPolicy::default(), GatePolicy::default()),
     };
     let now = args.now.unwrap_or_else(crate::now);
     let plan = plan::plan(&PlanInput {
@@ -72,12 +76,32 @@ pub fn run(args: &Args) -> Result<()> {
         policy: &policy,
     })
     .with_context(|| format!("planning release {}", release.id))?;
+    let mut gate_notes = Vec::new();
+    if (policy.canary.floor_per_stratum as u64) < u64::from(gates.min_stratum_devices) {
+        gate_notes.push(format!(
+            "canary.floor_per_stratum is {} but the gates judge a stratum only from {} devices (gates.min_stratum_devices): a rare stratum in the canary cannot stop the rollout on its own",
+            policy.canary.floor_per_stratum, gates.min_stratum_devices
+        ));
+    }
     let out = if args.json {
-        let mut s = serde_json::to_string_pretty(&plan).context("serialising the plan")?;
+        let mut value = serde_json::to_value(&plan).context("serialising the plan")?;
+        if let Some(obj) = value.as_object_mut() {
+            obj.insert(
+                "gates".into(),
+                serde_json::to_value(&gates).context("serialising the gates")?,
+            );
+            obj.insert(
+                "gate_warnings".into(),
+                serde_json::to_value(&gate_notes).context("serialising warnings")?,
+            );
+        }
+        let mut s = serde_json::to_string_pretty(&value).context("serialising the plan")?;
         s.push('\n');
         s
     } else {
-        render_text(&plan)
+        let mut text = render_text(&plan);
+        text.push_str(&render_gates(&gates, &gate_notes)?);
+        text
     };
     print!("{out}");
     Ok(())
@@ -103,6 +127,31 @@ fn read_catalog(path: &Path) -> Result<Vec<ReleaseSpec>> {
 
 /// Reads the `"planning"` section of a shared policy file; a missing section means defaults.
 pub fn read_policy(path: &Path) -> Result<PlanningPolicy> {
+    read_section(path, "planning")
+}
+
+/// The gates the plan carries, as text: every threshold, judged against the baseline of devices
+/// not yet updated (docs/GATES.md).
+fn render_gates(gates: &GatePolicy, notes: &[String]) -> Result<String> {
+    use std::fmt::Write as _;
+    let mut out = String::from(
+        "\nGates (each judged against the not-yet-updated baseline; see docs/GATES.md):\n",
+    );
+    let value = serde_json::to_value(gates).context("serialising the gates")?;
+    if let Some(obj) = value.as_object() {
+        for (key, v) in obj {
+            let _ = writeln!(out, "  {key}: {v}");
+        }
+    }
+    for note in notes {
+        let _ = writeln!(out, "  warning: {note}");
+    }
+    Ok(out)
+}
+
+/// Reads one section of a shared policy file (`"planning"`, `"gates"`, ...); a missing section
+/// means that section's defaults.
+fn read_section<T: serde::de::DeserializeOwned + Default>(path: &Path, key: &str) -> Result<T> {
     let value: serde_json::Value = read_json(path)?;
     let Some(obj) = value.as_object() else {
         bail!("the policy file must be a JSON object with \"version\" and \"planning\"");
@@ -116,11 +165,10 @@ pub fn read_policy(path: &Path) -> Result<PlanningPolicy> {
             bail!("the policy file needs a numeric \"version\" (this build reads {POLICY_VERSION})")
         }
     }
-    match obj.get("planning") {
-        Some(section) => {
-            serde_json::from_value(section.clone()).context("parsing the \"planning\" section")
-        }
-        None => Ok(PlanningPolicy::default()),
+    match obj.get(key) {
+        Some(section) => serde_json::from_value(section.clone())
+            .with_context(|| format!("parsing the \"{key}\" section")),
+        None => Ok(T::default()),
     }
 }
 
@@ -313,10 +361,6 @@ pub fn render_text(plan: &Plan) -> String {
         bytes_text(sch.peak_bytes_per_hour),
         sch.bandwidth_cap_bytes_per_hour
             .map_or_else(|| "none".to_owned(), bytes_text)
-    );
-    let _ = writeln!(
-        s,
-        "\nGates: not part of the plan yet (wired in at integration)."
     );
     if !plan.warnings.is_empty() {
         let _ = writeln!(s, "\nWarnings:");

@@ -223,6 +223,25 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// The plan's waves of devices eligible for the release itself, as the rollout state machine
+    /// takes them (ids in id order, soak in seconds), in plan order: the canary first.
+    /// Prerequisite waves are left out: each prerequisite release is a rollout of its own.
+    pub fn rollout_waves(&self, fleet: &Fleet) -> Vec<crate::rollout::WaveSpec> {
+        self.waves
+            .iter()
+            .filter(|w| w.prerequisites.is_empty() && !w.devices.is_empty())
+            .map(|w| crate::rollout::WaveSpec {
+                name: w.name.clone(),
+                device_ids: w
+                    .devices
+                    .iter()
+                    .map(|&i| fleet.devices[i as usize].id.clone())
+                    .collect(),
+                soak_secs: i64::try_from(w.soak_secs).unwrap_or(i64::MAX),
+            })
+            .collect()
+    }
+
     /// Why device `index` is never eligible, if it is not.
     pub fn never_reason(&self, index: usize) -> Option<&str> {
         let v = self.devices.get(index)?;

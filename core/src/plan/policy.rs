@@ -121,7 +121,7 @@ impl Default for CanaryPolicy {
     fn default() -> Self {
         Self {
             size: 50,
-            floor_per_stratum: 1,
+            floor_per_stratum: 5,
             meaningful_share_pct: 0.5,
             strata: [
                 "model",
@@ -530,7 +530,7 @@ mod tests {
         )
         .expect("parse");
         assert_eq!(p.canary.size, 30);
-        assert_eq!(p.canary.floor_per_stratum, 1);
+        assert_eq!(p.canary.floor_per_stratum, 5);
         assert_eq!(p.windows[0].start, LocalTime(22 * 60));
         let err = serde_json::from_str::<PlanningPolicy>(r#"{"canary": {"sise": 30}}"#)
             .expect_err("typo");

@@ -622,3 +622,132 @@ fn a_gate_set_to_hold_extends_the_soak_then_pauses_for_a_human() {
         other => panic!("expected a gate pause in the canary, got {other:?}"),
     }
 }
+
+/// The planner's own canary, not a hand-built one: the representative canary must give the
+/// rare revision enough devices for its stratum gate, and the gate must stop the rollout there.
+#[test]
+fn a_planned_canary_stops_a_release_that_breaks_a_rare_revision() {
+    use convoy_core::plan::{PlanInput, PlanningPolicy, plan};
+    use convoy_core::release::ReleaseSpec;
+
+    let fleet = fleet(20_000, 7);
+    let release: ReleaseSpec = serde_json::from_str(include_str!(
+        "../../../fixtures/releases/t300-fw-2.5.0.json"
+    ))
+    .expect("release");
+    let catalog: Vec<ReleaseSpec> =
+        serde_json::from_str(include_str!("../../../fixtures/releases/catalog.json"))
+            .expect("catalog");
+    let policy = PlanningPolicy::default();
+    let gates = GatePolicy::default();
+    let planned = plan(&PlanInput {
+        fleet: &fleet,
+        release: &release,
+        catalog: &catalog,
+        now: START,
+        seed: 1,
+        policy: &policy,
+    })
+    .expect("plan");
+    let waves = planned.rollout_waves(&fleet);
+    assert!(waves.len() >= 2, "{waves:?}");
+    assert_eq!(
+        waves[0].device_ids, planned.canary.device_ids,
+        "the first wave is the canary"
+    );
+    let rare_in_canary = waves[0]
+        .device_ids
+        .iter()
+        .filter(|id| {
+            fleet
+                .device(id)
+                .is_some_and(|d| d.model == "T300" && d.hw_rev == "C")
+        })
+        .count();
+    assert!(
+        rare_in_canary >= gates.min_stratum_devices as usize,
+        "the canary holds {rare_in_canary} T300/C devices, the stratum gate needs {}",
+        gates.min_stratum_devices
+    );
+
+    let spec = RolloutSpec {
+        id: "r-planned".into(),
+        release_id: release.id.clone(),
+        requested_by: "alice".into(),
+        waves,
+        gates,
+        path: ChangePath::Standard,
+    };
+    let mut r = Rollout::new(START, spec, &fleet).expect("valid spec");
+    r.approve(START, "bob").expect("bob approves");
+    r.approve(START, "carol").expect("carol approves");
+    let config = SimConfig {
+        faults: vec![Fault {
+            attribute: Some(("hw_rev".into(), "C".into())),
+            kind: FaultKind::CrashLoop,
+        }],
+        ..SimConfig::default()
+    };
+    let mut sim = SimFleet::new(&fleet, &r, config, START);
+    let out = sim.run(&mut r, START, START.plus_secs(30 * DAY));
+    assert!(out.stopped_by_gate, "{out:?}");
+    assert_eq!(out.stopped_in_wave, Some(0), "{out:?}");
+    assert!(
+        !sim.actions
+            .iter()
+            .any(|(_, a)| matches!(a, RolloutAction::Offer { wave, .. } if *wave > 0)),
+        "no device outside the canary was offered the release"
+    );
+}
+
+/// The same planned rollout of a good release runs through every wave.
+#[test]
+fn a_planned_rollout_of_a_good_release_completes() {
+    use convoy_core::plan::{PlanInput, PlanningPolicy, plan};
+    use convoy_core::release::ReleaseSpec;
+
+    let fleet = fleet(5_000, 7);
+    let release: ReleaseSpec = serde_json::from_str(include_str!(
+        "../../../fixtures/releases/t300-fw-2.5.0.json"
+    ))
+    .expect("release");
+    let planned = plan(&PlanInput {
+        fleet: &fleet,
+        release: &release,
+        catalog: &[],
+        now: START,
+        seed: 1,
+        policy: &PlanningPolicy::default(),
+    })
+    .expect("plan");
+    let waves = planned.rollout_waves(&fleet);
+    let wave_count = waves.len();
+    let spec = RolloutSpec {
+        id: "r-good".into(),
+        release_id: release.id.clone(),
+        requested_by: "alice".into(),
+        waves,
+        gates: GatePolicy::default(),
+        path: ChangePath::Standard,
+    };
+    let mut r = Rollout::new(START, spec, &fleet).expect("valid spec");
+    r.approve(START, "bob").expect("bob approves");
+    r.approve(START, "carol").expect("carol approves");
+    let mut sim = SimFleet::new(&fleet, &r, SimConfig::default(), START);
+    let out = sim.run(&mut r, START, START.plus_secs(60 * DAY));
+    assert_eq!(
+        out.phase,
+        Phase::Completed,
+        "{out:?}\n{:?}",
+        r.last_gate_report()
+    );
+    let offered_waves: std::collections::BTreeSet<usize> = sim
+        .actions
+        .iter()
+        .filter_map(|(_, a)| match a {
+            RolloutAction::Offer { wave, .. } => Some(*wave),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(offered_waves.len(), wave_count);
+}
