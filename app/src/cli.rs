@@ -25,6 +25,8 @@ pub enum Command {
     Key(cmd::key::Args),
     /// Sign, verify and publish (TUF) release manifests.
     Release(cmd::release::Args),
+    /// Run every device of a fleet as a simulated device over MQTT.
+    Sim(cmd::sim::Args),
 }
 
 /// Runs the command line and returns the process exit code. Errors are printed once, here,
@@ -44,6 +46,7 @@ pub fn main() -> ExitCode {
         Some(Command::Score(args)) => cmd::score::run(&args),
         Some(Command::Key(args)) => cmd::key::run(&args),
         Some(Command::Release(args)) => cmd::release::run(&args),
+        Some(Command::Sim(args)) => cmd::sim::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -4,4 +4,5 @@ mod fleet;
 mod mqtt;
 mod release;
 mod score;
+mod sim;
 mod tuf;

@@ -5,3 +5,4 @@ pub mod fleet;
 pub mod key;
 pub mod release;
 pub mod score;
+pub mod sim;
