@@ -96,7 +96,7 @@ pub struct Faults {
     pub faults: Vec<Fault>,
 }
 
-/// Why a fault file was refused.
+/// Why a fault file was refused. `index` is the fault's position in the file, from 1.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FaultError {
     /// Not JSON, or not the shape of a fault file (unknown or missing field).
@@ -144,7 +144,9 @@ impl Faults {
         let raw: RawFile =
             serde_json::from_str(json).map_err(|e| FaultError::Shape(e.to_string()))?;
         let mut faults = Vec::with_capacity(raw.faults.len());
-        for (index, f) in raw.faults.into_iter().enumerate() {
+        for (i, f) in raw.faults.into_iter().enumerate() {
+            // Counted from 1, as a person reading the file counts.
+            let index = i + 1;
             for attribute in f.matches.keys() {
                 let known = FIXED_ATTRIBUTES.contains(&attribute.as_str())
                     || fleet.devices.iter().any(|d| {

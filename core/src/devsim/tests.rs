@@ -529,7 +529,11 @@ fn fault_files_are_strict() {
         &fleet,
     )
     .expect_err("unknown effect");
-    assert!(err.to_string().contains("\"explode\""), "{err}");
+    assert!(
+        err.to_string()
+            .starts_with("fault 1: unknown effect \"explode\""),
+        "{err}"
+    );
     let err = Faults::parse(
         r#"{"faults": [{"release_version": "2.4.1", "match": {"hw_revision": "C"}, "effect": "crash_loop"}]}"#,
         &fleet,
