@@ -69,8 +69,7 @@ pub struct SimFleet {
 }
 
 impl SimFleet {
-    /// Every device of `fleet`, in fleet order (by id); device `i` draws from stream `i` of
-    /// `seed`.
+    /// Every device of `fleet`, ordered by id; the `i`-th device draws from stream `i` of `seed`.
     pub fn new(
         fleet: &Fleet,
         faults: Faults,
@@ -82,9 +81,12 @@ impl SimFleet {
     ) -> Self {
         let trust = Arc::new(trust);
         let faults = Arc::new(faults);
-        let devices = fleet
-            .devices
-            .iter()
+        // By id, as `Fleet::new` keeps them, so lookups can binary-search and device `i` is the
+        // same device whoever built the fleet.
+        let mut sorted: Vec<&convoy_core::fleet::Device> = fleet.devices.iter().collect();
+        sorted.sort_by(|a, b| a.id.cmp(&b.id));
+        let devices = sorted
+            .into_iter()
             .enumerate()
             .map(|(i, d)| {
                 SimDevice::new(
