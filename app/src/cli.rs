@@ -33,6 +33,8 @@ pub enum Command {
     Telemetry(cmd::telemetry::Args),
     /// Rollout records: export timelines.
     Rollout(cmd::rollout::Args),
+    /// Run every device of a fleet as a simulated device over MQTT.
+    Sim(cmd::sim::Args),
 }
 
 /// Runs the command line and returns the process exit code. Errors are printed once, here,
@@ -56,6 +58,7 @@ pub fn main() -> ExitCode {
         Some(Command::Audit(args)) => cmd::audit::run(&args),
         Some(Command::Telemetry(args)) => cmd::telemetry::run(&args),
         Some(Command::Rollout(args)) => cmd::rollout::run(&args),
+        Some(Command::Sim(args)) => cmd::sim::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -10,6 +10,7 @@ pub mod cmd;
 pub mod fleet_io;
 pub mod keys;
 pub mod link;
+pub mod sim;
 pub mod store;
 
 /// The current wall-clock time: the one place the app reads the clock for the core.

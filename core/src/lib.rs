@@ -11,6 +11,7 @@
 pub mod canonical_json;
 pub mod cluster;
 pub mod cvss;
+pub mod devsim;
 pub mod fleet;
 pub mod gates;
 pub mod manifest;

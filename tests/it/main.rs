@@ -6,5 +6,6 @@ mod mqtt;
 mod plan;
 mod release;
 mod score;
+mod sim;
 mod store;
 mod tuf;

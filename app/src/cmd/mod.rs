@@ -8,4 +8,5 @@ pub mod plan;
 pub mod release;
 pub mod rollout;
 pub mod score;
+pub mod sim;
 pub mod telemetry;
