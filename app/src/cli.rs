@@ -35,6 +35,8 @@ pub enum Command {
     Rollout(cmd::rollout::Args),
     /// Run every device of a fleet as a simulated device over MQTT.
     Sim(cmd::sim::Args),
+    /// Open the desktop console (the default with no arguments: a live demo).
+    Gui(cmd::gui::Args),
 }
 
 /// Runs the command line and returns the process exit code. Errors are printed once, here,
@@ -42,13 +44,7 @@ pub enum Command {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        None => {
-            eprintln!(
-                "The desktop console is not built yet; Convoy is a command-line tool for now.\n\
-                 Run `convoy --help` for the commands that exist."
-            );
-            Ok(())
-        }
+        None => cmd::gui::run_default(),
         Some(Command::Fleet(args)) => cmd::fleet::run(&args),
         Some(Command::Broker(args)) => cmd::broker::run(&args),
         Some(Command::Score(args)) => cmd::score::run(&args),
@@ -59,6 +55,7 @@ pub fn main() -> ExitCode {
         Some(Command::Telemetry(args)) => cmd::telemetry::run(&args),
         Some(Command::Rollout(args)) => cmd::rollout::run(&args),
         Some(Command::Sim(args)) => cmd::sim::run(&args),
+        Some(Command::Gui(args)) => cmd::gui::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

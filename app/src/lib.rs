@@ -8,6 +8,7 @@
 pub mod cli;
 pub mod cmd;
 pub mod fleet_io;
+pub mod gui;
 pub mod keys;
 pub mod link;
 pub mod sim;

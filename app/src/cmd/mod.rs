@@ -3,6 +3,7 @@
 pub mod audit;
 pub mod broker;
 pub mod fleet;
+pub mod gui;
 pub mod key;
 pub mod plan;
 pub mod release;

@@ -13,6 +13,7 @@
 //! ([`convoy_core::fleet::Fleet`]) and plain records, and `convoy_core` decides.
 
 pub mod audit;
+pub mod console;
 pub mod devices;
 pub mod events;
 pub mod outbox;

@@ -1,0 +1,105 @@
+//! `convoy gui [--db PATH] [--broker URL]`, and `convoy` with no arguments: the desktop console.
+//!
+//! With neither `--db` nor `--broker` the console opens on a live demo (embedded broker,
+//! synthetic fleet in a demo cache, simulated devices). With `--db` it shows that cache, and
+//! with `--broker` it also listens to the fleet on that broker. Without a display it says so
+//! and lists the headless commands instead of failing obscurely.
+
+use anyhow::{Result, bail};
+use clap::CommandFactory;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use crate::gui::{Backend, DemoOptions};
+
+#[derive(clap::Args, Debug, Default)]
+pub struct Args {
+    /// The fleet cache to show (default with --broker: the default cache, see docs/STORE.md).
+    #[arg(long)]
+    pub db: Option<PathBuf>,
+    /// The MQTT broker the fleet reports to, e.g. mqtt://127.0.0.1:1883.
+    #[arg(long)]
+    pub broker: Option<String>,
+    /// Topic prefix.
+    #[arg(long, default_value = "convoy/v1")]
+    pub prefix: String,
+    /// Demo only: how many simulated devices.
+    #[arg(long, default_value_t = 3000)]
+    pub demo_devices: usize,
+    /// Demo only: the fleet's seed.
+    #[arg(long, default_value_t = 7)]
+    pub demo_seed: u64,
+    /// Demo only: simulated seconds per wall second.
+    #[arg(long, default_value_t = 1.0)]
+    pub demo_time_scale: f64,
+}
+
+/// The plain-text notice for a machine without a display.
+pub fn no_display_notice(reason: &str) -> String {
+    let mut text = format!(
+        "convoy: no display ({reason}), so the desktop console cannot open.\n\
+         Everything else works headless:\n\n"
+    );
+    let cli = crate::cli::Cli::command();
+    for sub in cli.get_subcommands().filter(|s| s.get_name() != "gui") {
+        let about = sub.get_about().map(ToString::to_string).unwrap_or_default();
+        let _ = writeln!(text, "  convoy {:<10} {about}", sub.get_name());
+    }
+    text.push_str("\nRun `convoy COMMAND --help` for details, or set DISPLAY / WAYLAND_DISPLAY to open the console.\n");
+    text
+}
+
+fn backend(args: &Args) -> Result<Backend> {
+    if args.db.is_none() && args.broker.is_none() {
+        return Backend::demo(DemoOptions {
+            devices: args.demo_devices,
+            seed: args.demo_seed,
+            time_scale: args.demo_time_scale,
+            cache: crate::gui::backend::default_demo_cache(),
+        });
+    }
+    let db = crate::store::resolve_path(args.db.as_deref())?;
+    Backend::attach(db, args.broker.clone(), &args.prefix)
+}
+
+/// `convoy gui`: fails (non-zero exit) when there is no display.
+pub fn run(args: &Args) -> Result<()> {
+    if !crate::gui::display_available() {
+        eprint!(
+            "{}",
+            no_display_notice("neither DISPLAY nor WAYLAND_DISPLAY is set")
+        );
+        bail!("no display for the console");
+    }
+    if !(args.demo_time_scale.is_finite() && args.demo_time_scale > 0.0) {
+        bail!(
+            "--demo-time-scale must be a positive number, got {}",
+            args.demo_time_scale
+        );
+    }
+    let backend = backend(args)?;
+    if let Err(err) = crate::gui::run_native(backend) {
+        eprint!("{}", no_display_notice(&format!("{err:#}")));
+        return Err(err);
+    }
+    Ok(())
+}
+
+/// `convoy` with no arguments: the demo console, or, with no display, the notice and success
+/// (nothing was asked for that failed).
+pub fn run_default() -> Result<()> {
+    if !crate::gui::display_available() {
+        print!(
+            "{}",
+            no_display_notice("neither DISPLAY nor WAYLAND_DISPLAY is set")
+        );
+        return Ok(());
+    }
+    run(&Args {
+        prefix: "convoy/v1".into(),
+        demo_devices: 3000,
+        demo_seed: 7,
+        demo_time_scale: 1.0,
+        ..Args::default()
+    })
+}

@@ -1,0 +1,226 @@
+//! Map aggregation: devices binned into a square grid in Web Mercator, so the map draws a
+//! bounded number of shapes whatever the fleet size.
+//!
+//! A [`Grid`] is built for one zoom level from the devices that pass the filter: one
+//! [`Cell`] per occupied grid square with its count, centroid and count per colour class, and
+//! the member devices grouped by cell. The map draws a cell's devices one by one when they fit
+//! (few members) and a cluster otherwise, and asks only for the cells in view
+//! ([`Grid::visible`], a binary search per grid column), so a frame's work grows with what is
+//! on screen, not with the fleet.
+//!
+//! Building is O(n log n) and happens only when the data, the filter or the zoom level change
+//! (the map also throttles rebuilds while data streams in). This module is plain code with no
+//! egui: the map only draws what it computes.
+
+/// Number of colour classes a cell counts (see `gui::fleet::ColorMode`).
+pub const CLASSES: usize = 8;
+
+/// One occupied grid square.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cell {
+    pub cx: u32,
+    pub cy: u32,
+    pub count: u32,
+    /// Mean position of the members, normalised Web Mercator.
+    pub centroid: [f64; 2],
+    pub by_class: [u32; CLASSES],
+    start: u32,
+}
+
+/// Devices binned for one zoom level.
+#[derive(Debug, Clone, Default)]
+pub struct Grid {
+    /// The size of a grid square in normalised units (the whole world is 1).
+    pub cell_size: f64,
+    /// Cells sorted by (cx, cy).
+    cells: Vec<Cell>,
+    /// Device indices, grouped by cell in cell order, ascending within a cell.
+    members: Vec<u32>,
+}
+
+/// The grid square size for `zoom`: `cell_px` screen pixels at that zoom, walkers' 256-pixel
+/// tiles.
+pub fn cell_size_for(zoom: u8, cell_px: f64) -> f64 {
+    cell_px / (256.0 * f64::from(1u32 << zoom.min(30)))
+}
+
+impl Grid {
+    /// Bins `devices` (indices into `xs`, `ys`, `class`) into squares of `cell_size`.
+    pub fn build(xs: &[f32], ys: &[f32], class: &[u8], devices: &[u32], cell_size: f64) -> Self {
+        let inv = 1.0 / cell_size;
+        let max_cell = (inv.ceil() as u64).min(u64::from(u32::MAX)) as u32;
+        let mut keyed: Vec<(u64, u32)> = devices
+            .iter()
+            .map(|&i| {
+                let cx = ((f64::from(xs[i as usize]) * inv).max(0.0) as u32).min(max_cell);
+                let cy = ((f64::from(ys[i as usize]) * inv).max(0.0) as u32).min(max_cell);
+                ((u64::from(cx) << 32) | u64::from(cy), i)
+            })
+            .collect();
+        keyed.sort_unstable();
+        let mut cells: Vec<Cell> = Vec::new();
+        let mut members = Vec::with_capacity(keyed.len());
+        let mut sums = (0.0f64, 0.0f64);
+        for (pos, &(key, i)) in keyed.iter().enumerate() {
+            let (cx, cy) = ((key >> 32) as u32, key as u32);
+            let same = cells.last().is_some_and(|c| c.cx == cx && c.cy == cy);
+            if !same {
+                if let Some(last) = cells.last_mut() {
+                    last.centroid = [
+                        sums.0 / f64::from(last.count),
+                        sums.1 / f64::from(last.count),
+                    ];
+                }
+                sums = (0.0, 0.0);
+                cells.push(Cell {
+                    cx,
+                    cy,
+                    count: 0,
+                    centroid: [0.0, 0.0],
+                    by_class: [0; CLASSES],
+                    start: pos as u32,
+                });
+            }
+            if let Some(c) = cells.last_mut() {
+                c.count += 1;
+                let k = usize::from(class.get(i as usize).copied().unwrap_or(0)).min(CLASSES - 1);
+                c.by_class[k] += 1;
+            }
+            sums.0 += f64::from(xs[i as usize]);
+            sums.1 += f64::from(ys[i as usize]);
+            members.push(i);
+        }
+        if let Some(last) = cells.last_mut() {
+            last.centroid = [
+                sums.0 / f64::from(last.count),
+                sums.1 / f64::from(last.count),
+            ];
+        }
+        Self {
+            cell_size,
+            cells,
+            members,
+        }
+    }
+
+    pub fn cells(&self) -> &[Cell] {
+        &self.cells
+    }
+
+    /// The devices of `cell`, ascending.
+    pub fn members(&self, cell: &Cell) -> &[u32] {
+        let start = cell.start as usize;
+        &self.members[start..start + cell.count as usize]
+    }
+
+    /// Devices binned (those that passed the filter).
+    pub fn device_count(&self) -> usize {
+        self.members.len()
+    }
+
+    /// Cells whose square intersects the normalised rectangle `min`–`max`, column by column.
+    pub fn visible(&self, min: [f64; 2], max: [f64; 2]) -> impl Iterator<Item = &Cell> {
+        let inv = 1.0 / self.cell_size;
+        let to_cell = |v: f64| (v * inv).floor().max(0.0).min(f64::from(u32::MAX)) as u32;
+        let (x0, x1) = (to_cell(min[0]), to_cell(max[0]));
+        let (y0, y1) = (to_cell(min[1]), to_cell(max[1]));
+        let first = self.cells.partition_point(|c| c.cx < x0);
+        let cells = &self.cells[first..];
+        let end = cells.partition_point(|c| c.cx <= x1);
+        let cells = &cells[..end];
+        // Within each column, binary-search the visible rows.
+        let mut out = Vec::new();
+        let mut at = 0;
+        while at < cells.len() {
+            let cx = cells[at].cx;
+            let column_len = cells[at..].partition_point(|c| c.cx == cx);
+            let column = &cells[at..at + column_len];
+            let lo = column.partition_point(|c| c.cy < y0);
+            let hi = column.partition_point(|c| c.cy <= y1);
+            out.extend(&column[lo..hi]);
+            at += column_len;
+        }
+        out.into_iter()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grid(points: &[(f32, f32, u8)], cell: f64) -> Grid {
+        let xs: Vec<f32> = points.iter().map(|p| p.0).collect();
+        let ys: Vec<f32> = points.iter().map(|p| p.1).collect();
+        let cl: Vec<u8> = points.iter().map(|p| p.2).collect();
+        let all: Vec<u32> = (0..points.len() as u32).collect();
+        Grid::build(&xs, &ys, &cl, &all, cell)
+    }
+
+    #[test]
+    fn bins_counts_classes_and_centroids() {
+        let g = grid(
+            &[
+                (0.11, 0.11, 0),
+                (0.13, 0.19, 2),
+                (0.55, 0.15, 1),
+                (0.12, 0.12, 2),
+            ],
+            0.1,
+        );
+        let cells = g.cells();
+        assert_eq!(cells.len(), 2);
+        assert_eq!((cells[0].cx, cells[0].cy, cells[0].count), (1, 1, 3));
+        assert_eq!(cells[0].by_class[..3], [1, 0, 2]);
+        assert!((cells[0].centroid[0] - 0.12).abs() < 1e-6);
+        assert!((cells[0].centroid[1] - 0.14).abs() < 1e-6);
+        assert_eq!(g.members(&cells[0]), [0, 1, 3]);
+        assert_eq!((cells[1].cx, cells[1].cy), (5, 1));
+        assert_eq!(g.members(&cells[1]), [2]);
+        assert_eq!(g.device_count(), 4);
+    }
+
+    #[test]
+    fn only_filtered_devices_are_binned() {
+        let xs = [0.1f32, 0.2, 0.3];
+        let ys = [0.1f32, 0.2, 0.3];
+        let g = Grid::build(&xs, &ys, &[0, 0, 0], &[0, 2], 0.05);
+        assert_eq!(g.device_count(), 2);
+        let all: Vec<u32> = g
+            .cells()
+            .iter()
+            .flat_map(|c| g.members(c).to_vec())
+            .collect();
+        assert_eq!(all, [0, 2]);
+    }
+
+    #[test]
+    fn visible_returns_exactly_the_cells_in_view() {
+        // A 20 x 20 lattice, one device per cell of 0.05.
+        let mut pts = Vec::new();
+        for i in 0..20 {
+            for j in 0..20 {
+                pts.push((i as f32 * 0.05 + 0.01, j as f32 * 0.05 + 0.01, 0));
+            }
+        }
+        let g = grid(&pts, 0.05);
+        assert_eq!(g.cells().len(), 400);
+        let seen: Vec<(u32, u32)> = g
+            .visible([0.26, 0.51], [0.39, 0.6])
+            .map(|c| (c.cx, c.cy))
+            .collect();
+        let mut expected = Vec::new();
+        for cx in 5..=7 {
+            for cy in 10..=12 {
+                expected.push((cx, cy));
+            }
+        }
+        assert_eq!(seen, expected);
+        assert_eq!(g.visible([2.0, 2.0], [3.0, 3.0]).count(), 0);
+    }
+
+    #[test]
+    fn cell_size_halves_per_zoom_level() {
+        assert_eq!(cell_size_for(0, 64.0), 0.25);
+        assert_eq!(cell_size_for(3, 64.0), 0.25 / 8.0);
+    }
+}

@@ -1,0 +1,808 @@
+//! The console application: state, the once-per-frame logic, and the shell (top bar, navigation,
+//! status bar, toasts, shortcuts) around the views.
+//!
+//! Data flows one way. Background work reports [`BackendEvent`]s; [`ConsoleApp::logic`] drains
+//! them into the [`FleetModel`], applies the [`UiCommand`]s the views queued in the previous
+//! frame, and refreshes derived data (classes, filter, sort) only when the data or the query
+//! changed. [`ConsoleApp::ui`] only draws and queues commands. UI preferences persist through
+//! eframe's storage; fleet data lives in the cache.
+
+use convoy_core::time::Timestamp;
+use egui::{Align2, Color32, Key, KeyboardShortcut, Modifiers, RichText};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use crate::gui::aggregate::CLASSES;
+use crate::gui::backend::{Backend, BackendEvent, BrokerKind, LinkStatus};
+use crate::gui::map::MapState;
+use crate::gui::model::{ColorMode, FleetModel, class_counts};
+use crate::gui::query::{Column, Filter, filter_indices, sort_indices};
+use crate::gui::tokens;
+
+/// The key under which UI state is persisted.
+pub const STATE_KEY: &str = "convoy-console-v1";
+/// Events drained per frame at most, so that a burst never stalls a frame.
+const EVENTS_PER_FRAME: usize = 20_000;
+/// While data streams in, derived data is refreshed at most this often.
+const REFRESH_EVERY: Duration = Duration::from_millis(500);
+
+/// Where the console's time comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Clock {
+    System,
+    /// Tests and benchmarks: a fixed instant.
+    Fixed(Timestamp),
+}
+
+impl Clock {
+    pub fn now(self) -> Timestamp {
+        match self {
+            Clock::System => crate::now(),
+            Clock::Fixed(t) => t,
+        }
+    }
+}
+
+/// The views of the left navigation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub enum View {
+    #[default]
+    Map,
+    Table,
+    Device,
+    Cohorts,
+    WarRoom,
+}
+
+impl View {
+    pub const ALL: [View; 5] = [
+        View::Map,
+        View::Table,
+        View::Device,
+        View::Cohorts,
+        View::WarRoom,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            View::Map => "Map",
+            View::Table => "Fleet table",
+            View::Device => "Device",
+            View::Cohorts => "Cohorts",
+            View::WarRoom => "War room",
+        }
+    }
+}
+
+/// Theme choice, persisted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub enum Theme {
+    #[default]
+    Dark,
+    Light,
+}
+
+/// Everything about the UI that persists between runs. New fields need `#[serde(default)]`
+/// (the struct has it), so that an older save still loads.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct UiState {
+    pub view: View,
+    /// Where the war room returns to.
+    pub previous_view: View,
+    pub theme: Theme,
+    pub ui_scale: f32,
+    pub color_mode: ColorMode,
+    pub filter: Filter,
+    pub sort: Column,
+    pub sort_descending: bool,
+    /// Map centre (lat, lon) and zoom.
+    pub map_center: Option<(f64, f64)>,
+    pub map_zoom: f64,
+    /// The cache the console last showed.
+    pub last_cache: Option<String>,
+    pub show_nav: bool,
+}
+
+impl Default for UiState {
+    fn default() -> Self {
+        Self {
+            view: View::Map,
+            previous_view: View::Map,
+            theme: Theme::Dark,
+            ui_scale: 1.0,
+            color_mode: ColorMode::UpdateState,
+            filter: Filter::default(),
+            sort: Column::Id,
+            sort_descending: false,
+            map_center: None,
+            map_zoom: 3.0,
+            last_cache: None,
+            show_nav: true,
+        }
+    }
+}
+
+/// What the views ask the app to do; applied once per frame in [`ConsoleApp::logic`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum UiCommand {
+    Show(View),
+    /// Select a device (index) and show its detail.
+    OpenDevice(usize),
+    /// Make a named cohort of these devices (indices, ascending).
+    CreateCohort {
+        name: String,
+        devices: Vec<u32>,
+    },
+    DeleteCohort(usize),
+    ToggleWarRoom,
+    SetTheme(Theme),
+    /// Multiply the UI scale.
+    ScaleUi(f32),
+    ResetUiScale,
+    /// Centre the map on (lat, lon) at zoom.
+    FocusMap {
+        lat: f64,
+        lon: f64,
+        zoom: f64,
+    },
+    ClearFilter,
+}
+
+/// A named set of devices, made on the map or from a filter. Lives for the session.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cohort {
+    pub name: String,
+    /// Device indices, ascending.
+    pub devices: Vec<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ToastKind {
+    Info,
+    Warning,
+    Error,
+}
+
+#[derive(Debug, Clone)]
+struct Toast {
+    text: String,
+    kind: ToastKind,
+    until: Instant,
+}
+
+/// Data computed from the model and the query, kept until either changes.
+#[derive(Debug, Default)]
+pub struct Derived {
+    /// Colour class per device in the current mode.
+    pub classes: Vec<u8>,
+    /// Devices passing the filter, ascending.
+    pub filtered: Vec<u32>,
+    /// `filtered` in table order.
+    pub order: Vec<u32>,
+    /// Counts per class over the whole fleet and over the filtered devices.
+    pub counts_all: [u32; CLASSES],
+    pub counts_filtered: [u32; CLASSES],
+    /// Bumped whenever `filtered` or `classes` change: the map grid compares against it.
+    pub generation: u64,
+    stamp: Option<(u64, ColorMode, Filter, Column, bool, i64)>,
+    refreshed_at: Option<Instant>,
+}
+
+impl Derived {
+    /// Recomputes if the data or the query changed. Data changes alone are throttled to
+    /// [`REFRESH_EVERY`]; a changed query applies at once.
+    pub fn refresh(&mut self, model: &FleetModel, state: &UiState, now: Timestamp) {
+        // Health classes age with the clock: a minute's resolution is enough.
+        let minute = now.secs() / 60;
+        let stamp = (
+            model.revision,
+            state.color_mode,
+            state.filter.clone(),
+            state.sort,
+            state.sort_descending,
+            minute,
+        );
+        let Some(old) = &self.stamp else {
+            self.recompute(model, state, now, stamp);
+            return;
+        };
+        if *old == stamp {
+            return;
+        }
+        let only_data =
+            old.1 == stamp.1 && old.2 == stamp.2 && old.3 == stamp.3 && old.4 == stamp.4;
+        if only_data
+            && self
+                .refreshed_at
+                .is_some_and(|t| t.elapsed() < REFRESH_EVERY)
+        {
+            return;
+        }
+        self.recompute(model, state, now, stamp);
+    }
+
+    fn recompute(
+        &mut self,
+        model: &FleetModel,
+        state: &UiState,
+        now: Timestamp,
+        stamp: (u64, ColorMode, Filter, Column, bool, i64),
+    ) {
+        self.classes = model.classes(state.color_mode, now);
+        self.filtered = if state.filter.is_empty() {
+            (0..model.len() as u32).collect()
+        } else {
+            filter_indices(model, &state.filter, &self.classes)
+        };
+        self.order.clone_from(&self.filtered);
+        sort_indices(model, &mut self.order, state.sort, state.sort_descending);
+        self.counts_all = class_counts(&self.classes, 0..model.len());
+        self.counts_filtered =
+            class_counts(&self.classes, self.filtered.iter().map(|&i| i as usize));
+        self.generation += 1;
+        self.stamp = Some(stamp);
+        self.refreshed_at = Some(Instant::now());
+    }
+}
+
+/// The console.
+pub struct ConsoleApp {
+    pub state: UiState,
+    backend: Backend,
+    clock: Clock,
+    pub model: Option<FleetModel>,
+    pub derived: Derived,
+    stage: String,
+    cache: Option<PathBuf>,
+    link: LinkStatus,
+    outbox_depth: Option<u64>,
+    failures: Vec<String>,
+    commands: Vec<UiCommand>,
+    pub selected: Option<usize>,
+    pub cohorts: Vec<Cohort>,
+    toasts: Vec<Toast>,
+    pub map: MapState,
+    pub cohort_cache: crate::gui::cohorts::CohortCache,
+    applied_style: Option<(Theme, bool)>,
+}
+
+impl std::fmt::Debug for ConsoleApp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsoleApp")
+            .field("view", &self.state.view)
+            .field("devices", &self.model.as_ref().map(FleetModel::len))
+            .finish_non_exhaustive()
+    }
+}
+
+impl ConsoleApp {
+    /// Builds the app around `backend`. `storage` restores the UI state of the last run.
+    pub fn new(
+        ctx: &egui::Context,
+        storage: Option<&dyn eframe::Storage>,
+        backend: Backend,
+        clock: Clock,
+    ) -> Self {
+        let state: UiState = storage
+            .and_then(|s| eframe::get_value(s, STATE_KEY))
+            .unwrap_or_default();
+        backend.set_repaint(ctx);
+        let mut app = Self {
+            state,
+            backend,
+            clock,
+            model: None,
+            derived: Derived::default(),
+            stage: "starting".into(),
+            cache: None,
+            link: LinkStatus::Offline,
+            outbox_depth: None,
+            failures: Vec::new(),
+            commands: Vec::new(),
+            selected: None,
+            cohorts: Vec::new(),
+            toasts: Vec::new(),
+            map: MapState::default(),
+            cohort_cache: crate::gui::cohorts::CohortCache::default(),
+            applied_style: None,
+        };
+        if app.state.view == View::WarRoom {
+            app.state.view = app.state.previous_view;
+        }
+        app.map.restore(app.state.map_center, app.state.map_zoom);
+        if (0.5..=3.0).contains(&app.state.ui_scale) {
+            ctx.set_zoom_factor(app.state.ui_scale);
+        }
+        app
+    }
+
+    /// Queues a command for the next [`Self::logic`].
+    pub fn send(&mut self, command: UiCommand) {
+        self.commands.push(command);
+    }
+
+    pub fn now(&self) -> Timestamp {
+        self.clock.now()
+    }
+
+    pub fn link(&self) -> &LinkStatus {
+        &self.link
+    }
+
+    fn toast(&mut self, kind: ToastKind, text: impl Into<String>) {
+        self.toasts.push(Toast {
+            text: text.into(),
+            kind,
+            until: Instant::now() + Duration::from_secs(5),
+        });
+        if self.toasts.len() > 5 {
+            self.toasts.remove(0);
+        }
+    }
+
+    /// Drains background events, applies queued commands, refreshes derived data.
+    pub fn logic(&mut self, ctx: &egui::Context) {
+        for _ in 0..EVENTS_PER_FRAME {
+            let Some(event) = self.backend.try_next() else {
+                break;
+            };
+            self.handle_event(event);
+        }
+        for command in std::mem::take(&mut self.commands) {
+            self.apply(ctx, command);
+        }
+        if let Some(model) = &self.model {
+            self.derived.refresh(model, &self.state, self.clock.now());
+        }
+        self.state.ui_scale = ctx.zoom_factor();
+        self.toasts.retain(|t| t.until > Instant::now());
+        if !self.toasts.is_empty() {
+            ctx.request_repaint_after(Duration::from_millis(250));
+        }
+        // Ages in the status bar tick; derived data waits for its throttle.
+        ctx.request_repaint_after(Duration::from_secs(1));
+    }
+
+    fn handle_event(&mut self, event: BackendEvent) {
+        match event {
+            BackendEvent::Stage(s) => self.stage = s,
+            BackendEvent::FleetLoaded { fleet, cache } => {
+                let n = fleet.devices.len();
+                self.model = Some(FleetModel::new(fleet));
+                self.state.last_cache = Some(cache.display().to_string());
+                self.cache = Some(cache);
+                self.derived = Derived::default();
+                self.toast(
+                    ToastKind::Info,
+                    format!("Loaded {n} devices from the cache"),
+                );
+            }
+            BackendEvent::Link(status) => {
+                match &status {
+                    LinkStatus::Connected if self.link != LinkStatus::Connected => {
+                        self.toast(ToastKind::Info, "Link connected to the broker");
+                    }
+                    LinkStatus::Reconnecting(why) if self.link == LinkStatus::Connected => {
+                        self.toast(ToastKind::Warning, format!("Link lost: {why}"));
+                    }
+                    _ => {}
+                }
+                self.link = status;
+            }
+            BackendEvent::Inbound(inbound) => {
+                if let Some(m) = &mut self.model {
+                    m.apply(&inbound);
+                }
+            }
+            BackendEvent::Rejected(r) => {
+                if let Some(m) = &mut self.model {
+                    m.rejected += 1;
+                    let device = r.device_id.clone().unwrap_or_default();
+                    m.log(
+                        self.clock.now(),
+                        &device,
+                        format!("rejected message: {}", r.reason),
+                        crate::gui::model::Severity::Warning,
+                    );
+                }
+            }
+            BackendEvent::OutboxDepth(n) => self.outbox_depth = Some(n),
+            BackendEvent::Failed(text) => {
+                self.toast(ToastKind::Error, text.clone());
+                self.failures.push(text);
+            }
+        }
+    }
+
+    fn apply(&mut self, ctx: &egui::Context, command: UiCommand) {
+        match command {
+            UiCommand::Show(View::WarRoom) | UiCommand::ToggleWarRoom
+                if self.state.view != View::WarRoom =>
+            {
+                self.state.previous_view = self.state.view;
+                self.state.view = View::WarRoom;
+            }
+            UiCommand::ToggleWarRoom => self.state.view = self.state.previous_view,
+            UiCommand::Show(v) => self.state.view = v,
+            UiCommand::OpenDevice(i) => {
+                self.selected = Some(i);
+                self.state.view = View::Device;
+            }
+            UiCommand::CreateCohort { name, devices } => {
+                let n = devices.len();
+                self.cohorts.push(Cohort {
+                    name: name.clone(),
+                    devices,
+                });
+                self.toast(ToastKind::Info, format!("Cohort \"{name}\": {n} devices"));
+            }
+            UiCommand::DeleteCohort(i) => {
+                if i < self.cohorts.len() {
+                    self.cohorts.remove(i);
+                }
+            }
+            UiCommand::SetTheme(t) => self.state.theme = t,
+            UiCommand::ScaleUi(f) => ctx.set_zoom_factor((ctx.zoom_factor() * f).clamp(0.5, 3.0)),
+            UiCommand::ResetUiScale => ctx.set_zoom_factor(1.0),
+            UiCommand::FocusMap { lat, lon, zoom } => {
+                self.map.focus(lat, lon, zoom);
+                self.state.view = View::Map;
+            }
+            UiCommand::ClearFilter => self.state.filter = Filter::default(),
+        }
+    }
+
+    fn apply_style(&mut self, ctx: &egui::Context) {
+        let wall = self.state.view == View::WarRoom;
+        if self.applied_style == Some((self.state.theme, wall)) {
+            return;
+        }
+        let mut visuals = match self.state.theme {
+            Theme::Dark => egui::Visuals::dark(),
+            Theme::Light => egui::Visuals::light(),
+        };
+        if wall {
+            // High contrast for a wall display: pure background, full-strength text.
+            if self.state.theme == Theme::Dark {
+                visuals.panel_fill = Color32::BLACK;
+                visuals.override_text_color = Some(Color32::WHITE);
+            } else {
+                visuals.panel_fill = Color32::WHITE;
+                visuals.override_text_color = Some(Color32::BLACK);
+            }
+        }
+        ctx.set_visuals(visuals);
+        self.applied_style = Some((self.state.theme, wall));
+    }
+
+    fn shortcuts(&mut self, ctx: &egui::Context) {
+        let typing = ctx.egui_wants_keyboard_input();
+        let (f11, w, esc, plus, minus, zero) = ctx.input_mut(|i| {
+            (
+                i.consume_key(Modifiers::NONE, Key::F11),
+                !typing && i.consume_key(Modifiers::NONE, Key::W),
+                i.consume_key(Modifiers::NONE, Key::Escape),
+                i.consume_shortcut(&KeyboardShortcut::new(Modifiers::COMMAND, Key::Equals))
+                    || i.consume_shortcut(&KeyboardShortcut::new(Modifiers::COMMAND, Key::Plus)),
+                i.consume_shortcut(&KeyboardShortcut::new(Modifiers::COMMAND, Key::Minus)),
+                i.consume_shortcut(&KeyboardShortcut::new(Modifiers::COMMAND, Key::Num0)),
+            )
+        });
+        if f11 || w {
+            self.send(UiCommand::ToggleWarRoom);
+        }
+        if esc && self.state.view == View::WarRoom {
+            self.send(UiCommand::ToggleWarRoom);
+        }
+        if plus {
+            self.send(UiCommand::ScaleUi(1.1));
+        }
+        if minus {
+            self.send(UiCommand::ScaleUi(1.0 / 1.1));
+        }
+        if zero {
+            self.send(UiCommand::ResetUiScale);
+        }
+        let views = [Key::Num1, Key::Num2, Key::Num3, Key::Num4, Key::Num5];
+        for (key, view) in views.into_iter().zip(View::ALL) {
+            if ctx.input_mut(|i| i.consume_key(Modifiers::COMMAND, key)) {
+                self.send(UiCommand::Show(view));
+            }
+        }
+        if ctx.input_mut(|i| i.consume_key(Modifiers::COMMAND, Key::F)) {
+            ctx.memory_mut(|m| m.request_focus(egui::Id::unique(SEARCH_ID)));
+            if self.state.view == View::WarRoom
+                || self.state.view == View::Device
+                || self.state.view == View::Cohorts
+            {
+                self.send(UiCommand::Show(View::Table));
+            }
+        }
+    }
+
+    /// Draws the whole console.
+    pub fn ui(&mut self, ui: &mut egui::Ui) {
+        let ctx = ui.ctx().clone();
+        self.apply_style(&ctx);
+        self.shortcuts(&ctx);
+        if self.state.view == View::WarRoom {
+            egui::CentralPanel::default().show(ui, |ui| crate::gui::warroom::warroom_ui(self, ui));
+            self.toasts_ui(&ctx);
+            return;
+        }
+        egui::Panel::top("top_bar").show(ui, |ui| self.top_bar_ui(ui));
+        egui::Panel::bottom("status_bar").show(ui, |ui| self.status_bar_ui(ui));
+        if self.state.show_nav {
+            egui::Panel::left("nav")
+                .resizable(true)
+                .default_size(150.0)
+                .show(ui, |ui| self.nav_ui(ui));
+        }
+        egui::CentralPanel::default().show(ui, |ui| {
+            if self.model.is_none() {
+                self.loading_ui(ui);
+                return;
+            }
+            match self.state.view {
+                View::Map => crate::gui::map::map_ui(self, ui),
+                View::Table => crate::gui::table::table_ui(self, ui),
+                View::Device => crate::gui::device::device_ui(self, ui),
+                View::Cohorts => crate::gui::cohorts::cohorts_ui(self, ui),
+                View::WarRoom => {}
+            }
+        });
+        self.toasts_ui(&ctx);
+    }
+
+    fn loading_ui(&self, ui: &mut egui::Ui) {
+        ui.vertical_centered(|ui| {
+            ui.add_space(80.0);
+            if let Some(err) = self.failures.last() {
+                ui.colored_label(tokens::BAD, format!("Could not load the fleet: {err}"));
+            } else {
+                ui.add(egui::Spinner::new().size(32.0));
+                ui.label(format!("Starting: {}", self.stage));
+            }
+        });
+    }
+
+    fn top_bar_ui(&mut self, ui: &mut egui::Ui) {
+        ui.horizontal(|ui| {
+            ui.heading(RichText::new("Convoy").strong());
+            if self.backend.demo {
+                ui.label(RichText::new("DEMO").color(tokens::WARN).strong())
+                    .on_hover_text(
+                        "A synthetic fleet on the embedded broker, simulated in this process",
+                    );
+            }
+            ui.separator();
+            let search = egui::TextEdit::singleline(&mut self.state.filter.text)
+                .id(egui::Id::unique(SEARCH_ID))
+                .hint_text("Search devices (id, model, region, depot, firmware, state)")
+                .desired_width(340.0);
+            ui.add(search)
+                .on_hover_text("Ctrl+F. Every word must match; shared by the map and the table.");
+            if let Some(class) = self.state.filter.class {
+                let name = self
+                    .state
+                    .color_mode
+                    .class_names()
+                    .get(usize::from(class))
+                    .copied()
+                    .unwrap_or("?");
+                if ui
+                    .button(format!("Only: {name} (clear)"))
+                    .on_hover_text("Clear the class filter")
+                    .clicked()
+                {
+                    self.state.filter.class = None;
+                }
+            }
+            if !self.state.filter.is_empty() && ui.button("Clear filter").clicked() {
+                self.send(UiCommand::ClearFilter);
+            }
+            ui.separator();
+            let before = self.state.color_mode;
+            egui::ComboBox::from_label("Colour by")
+                .selected_text(self.state.color_mode.label())
+                .show_ui(ui, |ui| {
+                    for mode in ColorMode::ALL {
+                        ui.selectable_value(&mut self.state.color_mode, mode, mode.label());
+                    }
+                });
+            if before != self.state.color_mode {
+                // Class numbers mean different things in the other mode.
+                self.state.filter.class = None;
+            }
+            ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
+                if ui.button("War room (F11)").clicked() {
+                    self.send(UiCommand::ToggleWarRoom);
+                }
+                let (label, next) = match self.state.theme {
+                    Theme::Dark => ("Light theme", Theme::Light),
+                    Theme::Light => ("Dark theme", Theme::Dark),
+                };
+                if ui.button(label).clicked() {
+                    self.send(UiCommand::SetTheme(next));
+                }
+                ui.label(format!("{:.0} %", ui.ctx().zoom_factor() * 100.0))
+                    .on_hover_text("UI scale: Ctrl + and Ctrl - to change, Ctrl 0 to reset");
+            });
+        });
+    }
+
+    fn nav_ui(&mut self, ui: &mut egui::Ui) {
+        ui.add_space(6.0);
+        for (n, view) in View::ALL.into_iter().enumerate() {
+            let selected = self.state.view == view;
+            let r = ui
+                .add_sized(
+                    [ui.available_width(), 28.0],
+                    egui::Button::selectable(selected, view.label()),
+                )
+                .on_hover_text(format!("Ctrl+{}", n + 1));
+            if r.clicked() {
+                self.send(UiCommand::Show(view));
+            }
+        }
+        ui.separator();
+        if let Some(model) = &self.model {
+            ui.label(RichText::new("Fleet").strong());
+            ui.label(format!("{} devices", model.len()));
+            ui.label(format!("{} shown", self.derived.filtered.len()));
+            ui.label(format!("{} cohorts", self.cohorts.len()));
+        }
+        ui.separator();
+        ui.label(RichText::new("Rollouts").strong());
+        ui.label(RichText::new("Engine not attached in this build: the console shows the fleet; it does not run rollouts yet.").small().color(tokens::MUTED));
+    }
+
+    fn status_bar_ui(&mut self, ui: &mut egui::Ui) {
+        let now = self.clock.now();
+        ui.horizontal(|ui| {
+            let (text, color) = match &self.link {
+                LinkStatus::Offline => ("Link: offline (no broker)".to_owned(), tokens::MUTED),
+                LinkStatus::Connecting => ("Link: connecting".to_owned(), tokens::WARN),
+                LinkStatus::Connected => ("Link: connected".to_owned(), tokens::OK),
+                LinkStatus::Reconnecting(why) => {
+                    (format!("Link: reconnecting ({why})"), tokens::BAD)
+                }
+            };
+            crate::gui::tokens::swatch(ui, color);
+            ui.label(text);
+            ui.separator();
+            let broker = match &self.backend.broker {
+                BrokerKind::None => "Broker: none".to_owned(),
+                BrokerKind::Embedded(url) => format!("Broker: embedded {url}"),
+                BrokerKind::External(url) => format!("Broker: external {url}"),
+            };
+            ui.label(broker);
+            ui.separator();
+            match self.outbox_depth {
+                Some(n) => ui.label(format!("Outbox: {n}")),
+                None => ui.label("Outbox: -"),
+            }
+            .on_hover_text("Commands in the cache's outbox not yet acknowledged by their device");
+            ui.separator();
+            if let Some(model) = &self.model {
+                let fresh = model
+                    .newest_last_seen()
+                    .map_or("never".to_owned(), |t| age(now.secs_since(t)));
+                let last = model
+                    .last_message
+                    .map_or("none yet".to_owned(), |t| age(now.secs_since(t)));
+                ui.label(format!(
+                    "Cache: newest report {fresh} · last message {last}"
+                ))
+                .on_hover_text(
+                    self.cache
+                        .as_ref()
+                        .map_or(String::new(), |p| p.display().to_string()),
+                );
+                ui.separator();
+                ui.label(format!(
+                    "{} messages · {} rejected",
+                    model.messages, model.rejected
+                ));
+            }
+            if !self.stage.is_empty() && self.model.is_some() {
+                ui.separator();
+                ui.add(egui::Spinner::new());
+                ui.label(&self.stage);
+            }
+        });
+    }
+
+    fn toasts_ui(&self, ctx: &egui::Context) {
+        if self.toasts.is_empty() {
+            return;
+        }
+        egui::Area::new(egui::Id::unique("toasts"))
+            .anchor(Align2::RIGHT_BOTTOM, [-12.0, -36.0])
+            .interactable(false)
+            .show(ctx, |ui| {
+                for t in &self.toasts {
+                    let color = match t.kind {
+                        ToastKind::Info => tokens::OK,
+                        ToastKind::Warning => tokens::WARN,
+                        ToastKind::Error => tokens::BAD,
+                    };
+                    egui::Frame::popup(ui.style())
+                        .stroke(egui::Stroke::new(1.5, color))
+                        .show(ui, |ui| {
+                            ui.set_max_width(420.0);
+                            ui.label(&t.text);
+                        });
+                }
+            });
+    }
+
+    /// The text of the latest failures (shown by the war room and tests).
+    pub fn failures(&self) -> &[String] {
+        &self.failures
+    }
+
+    pub fn broker(&self) -> &BrokerKind {
+        &self.backend.broker
+    }
+
+    pub fn outbox_depth(&self) -> Option<u64> {
+        self.outbox_depth
+    }
+}
+
+/// The id of the search field (Ctrl+F focuses it).
+pub const SEARCH_ID: &str = "fleet-search";
+
+/// "12 s ago", "3 min ago", "2 h ago", "5 d ago".
+pub fn age(secs: i64) -> String {
+    let s = secs.max(0);
+    if s < 120 {
+        format!("{s} s ago")
+    } else if s < 7200 {
+        format!("{} min ago", s / 60)
+    } else if s < 172_800 {
+        format!("{} h ago", s / 3600)
+    } else {
+        format!("{} d ago", s / 86_400)
+    }
+}
+
+impl eframe::App for ConsoleApp {
+    fn logic(&mut self, ctx: &egui::Context, _frame: &mut eframe::Frame) {
+        ConsoleApp::logic(self, ctx);
+    }
+
+    fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
+        ConsoleApp::ui(self, ui);
+    }
+
+    fn save(&mut self, storage: &mut dyn eframe::Storage) {
+        (self.state.map_center, self.state.map_zoom) = self.map.view();
+        eframe::set_value(storage, STATE_KEY, &self.state);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages_read_naturally() {
+        assert_eq!(age(5), "5 s ago");
+        assert_eq!(age(-3), "0 s ago");
+        assert_eq!(age(600), "10 min ago");
+        assert_eq!(age(3 * 3600), "3 h ago");
+        assert_eq!(age(9 * 86_400), "9 d ago");
+    }
+
+    #[test]
+    fn old_saves_still_load() {
+        let state: UiState =
+            serde_json::from_str(r#"{"theme":"Light","unknown_field":1}"#).expect("loads");
+        assert_eq!(state.theme, Theme::Light);
+        assert_eq!(state.view, View::Map);
+        assert_eq!(state.ui_scale, 1.0);
+    }
+}

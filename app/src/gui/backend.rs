@@ -1,0 +1,395 @@
+//! The console's background work: loading the cache, the MQTT link, the demo's embedded broker
+//! and simulated fleet, and polling the outbox. Everything reports to the UI through one
+//! bounded channel of [`BackendEvent`]s and asks egui for a repaint; the UI drains the channel
+//! once per frame and never blocks on it.
+//!
+//! Three ways to start: [`Backend::demo`] (embedded broker, synthetic fleet written to a demo
+//! cache, simulated devices in-process), [`Backend::attach`] (an existing cache and, if given, a
+//! broker), and [`Backend::fixture`] (a fleet in memory, no thread, no network: for tests and
+//! benchmarks).
+//!
+//! Deliberately not here: deciding anything, or writing device state to the cache. When the
+//! rollout engine is attached, it will run beside these tasks and report through the same
+//! channel; the UI sends it commands, it never reaches into the UI.
+
+use anyhow::{Context, Result};
+use convoy_core::devsim::{Faults, SimConfig};
+use convoy_core::fleet::Fleet;
+use convoy_core::manifest::TrustedKeys;
+use convoy_core::synth::{SynthOptions, generate};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+use crate::link::broker::EmbeddedBroker;
+use crate::link::mqtt::{self, LinkConfig, LinkEvent, Role};
+use crate::link::protocol::{Inbound, Rejection, Topics};
+use crate::store::Store;
+
+/// How many events may wait for the UI; when full, the link stops reading (back-pressure).
+pub const CHANNEL_CAPACITY: usize = 20_000;
+/// How often the outbox depth is read from the cache.
+const OUTBOX_POLL: Duration = Duration::from_secs(2);
+
+/// What background work reports.
+#[derive(Debug)]
+pub enum BackendEvent {
+    /// A step of starting up, for the progress line.
+    Stage(String),
+    /// The fleet from the cache (once, at start).
+    FleetLoaded {
+        fleet: Fleet,
+        cache: PathBuf,
+    },
+    Link(LinkStatus),
+    Inbound(Inbound),
+    Rejected(Rejection),
+    OutboxDepth(u64),
+    /// Something failed for good; the text says what and where.
+    Failed(String),
+}
+
+/// The link as the status bar shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkStatus {
+    /// No broker configured: the console shows the cache only.
+    Offline,
+    Connecting,
+    Connected,
+    /// Lost or refused; retrying. The text says why.
+    Reconnecting(String),
+}
+
+/// Which broker the console talks to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BrokerKind {
+    None,
+    /// Started by this process for the demo.
+    Embedded(String),
+    External(String),
+}
+
+/// How to start the demo.
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    pub devices: usize,
+    pub seed: u64,
+    /// Simulated seconds per wall second.
+    pub time_scale: f64,
+    /// The demo cache file (replaced on every start).
+    pub cache: PathBuf,
+}
+
+/// The demo cache: `$XDG_CACHE_HOME/convoy/demo/demo.db`, else `~/.cache/convoy/demo/demo.db`,
+/// else under the system's temporary directory.
+pub fn default_demo_cache() -> PathBuf {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .filter(|v| !v.is_empty())
+                .map(|h| PathBuf::from(h).join(".cache"))
+        })
+        .unwrap_or_else(std::env::temp_dir);
+    base.join("convoy").join("demo").join("demo.db")
+}
+
+/// The UI's end of the background work.
+pub struct Backend {
+    rx: mpsc::Receiver<BackendEvent>,
+    pub broker: BrokerKind,
+    /// Whether this is the built-in demo.
+    pub demo: bool,
+    repaint: Arc<OnceLock<egui::Context>>,
+    _runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl std::fmt::Debug for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Backend")
+            .field("broker", &self.broker)
+            .field("demo", &self.demo)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The sending side, shared by the background threads and tasks.
+#[derive(Clone)]
+struct Reporter {
+    tx: mpsc::Sender<BackendEvent>,
+    repaint: Arc<OnceLock<egui::Context>>,
+}
+
+impl Reporter {
+    /// From a plain thread. False when the UI has gone.
+    fn blocking(&self, event: BackendEvent) -> bool {
+        let ok = self.tx.blocking_send(event).is_ok();
+        self.wake();
+        ok
+    }
+
+    /// From a task.
+    async fn send(&self, event: BackendEvent) -> bool {
+        let ok = self.tx.send(event).await.is_ok();
+        self.wake();
+        ok
+    }
+
+    fn wake(&self) {
+        if let Some(ctx) = self.repaint.get() {
+            ctx.request_repaint();
+        }
+    }
+}
+
+impl Backend {
+    fn parts(broker: BrokerKind, demo: bool) -> Result<(Self, Reporter, tokio::runtime::Handle)> {
+        let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+        let repaint = Arc::new(OnceLock::new());
+        // Two workers: the link and the simulated fleet; the UI thread is not one of them.
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("convoy-console-io")
+            .enable_all()
+            .build()
+            .context("starting the async runtime")?;
+        let handle = runtime.handle().clone();
+        let reporter = Reporter {
+            tx,
+            repaint: Arc::clone(&repaint),
+        };
+        Ok((
+            Self {
+                rx,
+                broker,
+                demo,
+                repaint,
+                _runtime: Some(runtime),
+            },
+            reporter,
+            handle,
+        ))
+    }
+
+    /// The live demo: a synthetic fleet in the demo cache, the embedded broker, the simulated
+    /// devices and the console's link, all started on background threads.
+    pub fn demo(options: DemoOptions) -> Result<Self> {
+        let (mut backend, reporter, handle) = Self::parts(BrokerKind::None, true)?;
+        let ip = std::net::IpAddr::from([127, 0, 0, 1]);
+        let port = crate::link::broker::pick_free_port(ip)?;
+        let addr = std::net::SocketAddr::new(ip, port);
+        backend.broker = BrokerKind::Embedded(format!("mqtt://{addr}"));
+        std::thread::Builder::new()
+            .name("convoy-demo".into())
+            .spawn(move || {
+                if let Err(err) = run_demo(&options, addr, &reporter, &handle) {
+                    reporter.blocking(BackendEvent::Failed(format!("{err:#}")));
+                }
+            })
+            .context("starting the demo thread")?;
+        Ok(backend)
+    }
+
+    /// An existing cache, and a broker if `broker_url` is given.
+    pub fn attach(cache: PathBuf, broker_url: Option<String>, prefix: &str) -> Result<Self> {
+        let topics =
+            Topics::new(prefix).map_err(|e| anyhow::anyhow!("invalid topic prefix {:?}", e.0))?;
+        let kind = broker_url
+            .clone()
+            .map_or(BrokerKind::None, BrokerKind::External);
+        let (backend, reporter, handle) = Self::parts(kind, false)?;
+        std::thread::Builder::new()
+            .name("convoy-cache".into())
+            .spawn(move || {
+                if let Err(err) =
+                    run_attach(&cache, broker_url.as_deref(), topics, &reporter, &handle)
+                {
+                    reporter.blocking(BackendEvent::Failed(format!("{err:#}")));
+                }
+            })
+            .context("starting the cache thread")?;
+        Ok(backend)
+    }
+
+    /// A fleet in memory, no broker, no threads: tests and benchmarks. The returned sender
+    /// feeds further events, as the link would.
+    pub fn fixture(fleet: Fleet, cache: PathBuf) -> (Self, FixtureFeed) {
+        let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+        let _ = tx.try_send(BackendEvent::FleetLoaded { fleet, cache });
+        let _ = tx.try_send(BackendEvent::Link(LinkStatus::Offline));
+        (
+            Self {
+                rx,
+                broker: BrokerKind::None,
+                demo: false,
+                repaint: Arc::new(OnceLock::new()),
+                _runtime: None,
+            },
+            FixtureFeed { tx },
+        )
+    }
+
+    /// Lets the background work wake the UI.
+    pub fn set_repaint(&self, ctx: &egui::Context) {
+        let _ = self.repaint.set(ctx.clone());
+    }
+
+    /// The next waiting event, if any (never blocks).
+    pub fn try_next(&mut self) -> Option<BackendEvent> {
+        self.rx.try_recv().ok()
+    }
+}
+
+/// Feeds events into a fixture backend.
+#[derive(Debug, Clone)]
+pub struct FixtureFeed {
+    tx: mpsc::Sender<BackendEvent>,
+}
+
+impl FixtureFeed {
+    /// Queues `event`; false when the channel is full or the app has gone.
+    pub fn send(&self, event: BackendEvent) -> bool {
+        self.tx.try_send(event).is_ok()
+    }
+}
+
+fn run_demo(
+    options: &DemoOptions,
+    addr: std::net::SocketAddr,
+    reporter: &Reporter,
+    handle: &tokio::runtime::Handle,
+) -> Result<()> {
+    let now = crate::now();
+    reporter.blocking(BackendEvent::Stage(format!(
+        "generating a demo fleet of {} devices",
+        options.devices
+    )));
+    let fleet = generate(&SynthOptions {
+        devices: options.devices,
+        seed: options.seed,
+        now,
+    });
+    reporter.blocking(BackendEvent::Stage(format!(
+        "writing the demo cache {}",
+        options.cache.display()
+    )));
+    let mut store = Store::open(&options.cache)?;
+    store
+        .replace_fleet(&fleet, None)
+        .with_context(|| format!("writing the demo fleet to {}", options.cache.display()))?;
+    reporter.blocking(BackendEvent::FleetLoaded {
+        fleet: fleet.clone(),
+        cache: options.cache.clone(),
+    });
+    reporter.blocking(BackendEvent::Stage(format!(
+        "starting the embedded broker on {addr}"
+    )));
+    let broker = EmbeddedBroker::start(addr)?;
+    let url = broker.url();
+    let topics = Topics::default_prefix();
+    reporter.blocking(BackendEvent::Link(LinkStatus::Connecting));
+    spawn_console_link(handle, &url, topics.clone(), reporter.clone())?;
+    let sim_options = crate::sim::SimOptions {
+        broker_url: url,
+        client_id: format!("convoy-demo-sim-{}", std::process::id()),
+        topics,
+        fleet,
+        faults: Faults::default(),
+        trust: TrustedKeys::from_keys([]),
+        seed: options.seed,
+        time_scale: options.time_scale,
+        tick: Duration::from_millis(200),
+        config: SimConfig::default(),
+        start: now,
+    };
+    let sim_reporter = reporter.clone();
+    handle.spawn(async move {
+        if let Err(err) = crate::sim::run(sim_options, None).await {
+            sim_reporter
+                .send(BackendEvent::Failed(format!(
+                    "the simulated fleet stopped: {err:#}"
+                )))
+                .await;
+        }
+    });
+    reporter.blocking(BackendEvent::Stage(String::new()));
+    poll_outbox(&store, reporter);
+    Ok(())
+}
+
+fn run_attach(
+    cache: &Path,
+    broker_url: Option<&str>,
+    topics: Topics,
+    reporter: &Reporter,
+    handle: &tokio::runtime::Handle,
+) -> Result<()> {
+    reporter.blocking(BackendEvent::Stage(format!(
+        "loading the cache {}",
+        cache.display()
+    )));
+    let store = Store::open_existing(cache)?;
+    let fleet = store
+        .load_fleet()
+        .with_context(|| format!("loading the fleet from {}", cache.display()))?;
+    reporter.blocking(BackendEvent::FleetLoaded {
+        fleet,
+        cache: cache.to_owned(),
+    });
+    match broker_url {
+        Some(url) => {
+            reporter.blocking(BackendEvent::Link(LinkStatus::Connecting));
+            spawn_console_link(handle, url, topics, reporter.clone())?;
+        }
+        None => {
+            reporter.blocking(BackendEvent::Link(LinkStatus::Offline));
+        }
+    }
+    reporter.blocking(BackendEvent::Stage(String::new()));
+    poll_outbox(&store, reporter);
+    Ok(())
+}
+
+/// Reads the outbox depth every few seconds until the UI goes away.
+fn poll_outbox(store: &Store, reporter: &Reporter) {
+    loop {
+        let event = match store.outbox_depth() {
+            Ok(n) => BackendEvent::OutboxDepth(n),
+            Err(err) => BackendEvent::Failed(format!("{err:#}")),
+        };
+        if !reporter.blocking(event) {
+            return;
+        }
+        std::thread::sleep(OUTBOX_POLL);
+    }
+}
+
+fn spawn_console_link(
+    handle: &tokio::runtime::Handle,
+    url: &str,
+    topics: Topics,
+    reporter: Reporter,
+) -> Result<()> {
+    let config = LinkConfig::new(url, &format!("convoy-console-{}", std::process::id()));
+    let _guard = handle.enter();
+    let (link, mut rx) = mqtt::spawn(&config, topics, &Role::Console)?;
+    handle.spawn(async move {
+        // Holding the handle keeps the connection task alive.
+        let _link = link;
+        while let Some(event) = rx.recv().await {
+            let out = match event {
+                LinkEvent::Inbound(i) => BackendEvent::Inbound(i),
+                LinkEvent::Rejected(r) => BackendEvent::Rejected(r),
+                LinkEvent::Connected => BackendEvent::Link(LinkStatus::Connected),
+                LinkEvent::Disconnected(why) => BackendEvent::Link(LinkStatus::Reconnecting(why)),
+                LinkEvent::Raw { .. } => continue,
+            };
+            if !reporter.send(out).await {
+                return;
+            }
+        }
+    });
+    Ok(())
+}

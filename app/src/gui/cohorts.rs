@@ -1,0 +1,121 @@
+//! Cohorts: the fleet (or the filtered part of it) summarised by model, hardware revision,
+//! region, depot, connectivity and customer tier, each group with its colour-class make-up,
+//! and the cohorts made on the map. Summaries are computed when the data changes, not per
+//! frame.
+
+use egui::RichText;
+
+use crate::gui::app::{Cohort, ConsoleApp, UiCommand};
+use crate::gui::model::class_counts;
+use crate::gui::query::{SUMMARY_ATTRIBUTES, SummaryRow, summarise};
+use crate::gui::tokens;
+
+/// Summaries cached against the data generation they were computed from.
+#[derive(Debug, Default)]
+pub struct CohortCache {
+    generation: Option<u64>,
+    pub tables: Vec<(&'static str, Vec<SummaryRow>)>,
+}
+
+/// Draws the cohorts view.
+pub fn cohorts_ui(app: &mut ConsoleApp, ui: &mut egui::Ui) {
+    let Some(model) = app.model.as_ref() else {
+        return;
+    };
+    if app.cohort_cache.generation != Some(app.derived.generation) {
+        app.cohort_cache.tables = SUMMARY_ATTRIBUTES
+            .iter()
+            .map(|(attr, title)| {
+                (
+                    *title,
+                    summarise(model, attr, &app.derived.classes, &app.derived.filtered),
+                )
+            })
+            .collect();
+        app.cohort_cache.generation = Some(app.derived.generation);
+    }
+    let mode = app.state.color_mode;
+    let mut commands = Vec::new();
+    egui::ScrollArea::vertical().show(ui, |ui| {
+        ui.heading("Cohorts");
+        ui.label(
+            RichText::new(format!(
+                "{} devices pass the filter; bars show {} classes.",
+                app.derived.filtered.len(),
+                mode.label().to_lowercase()
+            ))
+            .color(tokens::MUTED),
+        );
+        ui.add_space(6.0);
+        ui.label(RichText::new("Selected cohorts").strong());
+        if app.cohorts.is_empty() {
+            ui.label(
+                RichText::new("None yet: Shift+drag a box on the map to make one.")
+                    .color(tokens::MUTED),
+            );
+        }
+        for (n, Cohort { name, devices }) in app.cohorts.iter().enumerate() {
+            ui.horizontal(|ui| {
+                let counts =
+                    class_counts(&app.derived.classes, devices.iter().map(|&i| i as usize));
+                ui.label(RichText::new(name).strong());
+                ui.label(format!("{} devices", devices.len()));
+                class_bar(ui, &counts, devices.len() as u32, mode);
+                if ui.button(format!("Delete {name}")).clicked() {
+                    commands.push(UiCommand::DeleteCohort(n));
+                }
+            });
+        }
+        ui.add_space(10.0);
+        for (title, rows) in &app.cohort_cache.tables {
+            egui::CollapsingHeader::new(RichText::new(*title).strong())
+                .default_open(true)
+                .show(ui, |ui| {
+                    egui::Grid::new(*title)
+                        .num_columns(3)
+                        .striped(true)
+                        .show(ui, |ui| {
+                            for r in rows.iter().take(40) {
+                                ui.label(&r.value);
+                                ui.label(r.count.to_string());
+                                class_bar(ui, &r.by_class, r.count, mode);
+                                ui.end_row();
+                            }
+                        });
+                    if rows.len() > 40 {
+                        ui.label(format!("and {} more", rows.len() - 40));
+                    }
+                });
+        }
+    });
+    for c in commands {
+        app.send(c);
+    }
+}
+
+/// A horizontal bar split by class share.
+fn class_bar(ui: &mut egui::Ui, counts: &[u32], total: u32, mode: crate::gui::model::ColorMode) {
+    let (rect, response) = ui.allocate_exact_size(egui::vec2(220.0, 12.0), egui::Sense::hover());
+    let painter = ui.painter();
+    painter.rect_filled(rect, 2.0, ui.visuals().extreme_bg_color);
+    let mut x = rect.left();
+    let total = total.max(1) as f32;
+    for (k, &n) in counts.iter().enumerate() {
+        if n == 0 {
+            continue;
+        }
+        let w = rect.width() * n as f32 / total;
+        painter.rect_filled(
+            egui::Rect::from_min_size(egui::pos2(x, rect.top()), egui::vec2(w, rect.height())),
+            0.0,
+            tokens::class_color(mode, k),
+        );
+        x += w;
+    }
+    response.on_hover_ui(|ui| {
+        for (k, &n) in counts.iter().enumerate().filter(|(_, n)| **n > 0) {
+            let name = mode.class_names().get(k).copied().unwrap_or("-");
+            ui.label(format!("{name}: {n}"));
+        }
+    });
+}

@@ -1,0 +1,435 @@
+//! The fleet map: the offline basemap from [`crate::gui::basemap`], vehicles coloured by update
+//! state or health, clusters where vehicles do not fit, a legend that filters, hover and click
+//! to a device, and Shift+drag box selection into a cohort.
+//!
+//! Per frame the map asks the [`Grid`] for the cells in view and draws those: one marker per
+//! vehicle where a cell holds few, one cluster otherwise. The grid is rebuilt only when the
+//! filtered set, the colours or the zoom level change. walkers only draws; the aggregation is
+//! plain code in [`crate::gui::aggregate`].
+
+// Screen geometry reads best in single letters (corners a, b; points p, q).
+#![allow(clippy::many_single_char_names)]
+
+use egui::{Color32, Pos2, Rect, RichText, Shape, Stroke, Vec2};
+use std::sync::Arc;
+use walkers::{MapMemory, Projector, lon_lat};
+
+use crate::gui::aggregate::{Grid, cell_size_for};
+use crate::gui::app::{ConsoleApp, Theme, UiCommand};
+use crate::gui::basemap::{BasemapTiles, Outlines, inverse_mercator, mercator};
+use crate::gui::tokens;
+
+/// The map's own state: walkers' memory, the tile sources and the grid.
+#[derive(Default)]
+pub struct MapState {
+    pub memory: MapMemory,
+    outlines: Option<Arc<Outlines>>,
+    tiles_dark: Option<BasemapTiles>,
+    tiles_light: Option<BasemapTiles>,
+    basemap_error: Option<String>,
+    pub grid: Grid,
+    grid_stamp: Option<(u64, u8)>,
+    selection_start: Option<Pos2>,
+    selections: usize,
+}
+
+impl std::fmt::Debug for MapState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MapState")
+            .field("zoom", &self.memory.zoom())
+            .field("cells", &self.grid.cells().len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where the map opens when nothing is saved: over Europe and the Atlantic.
+const HOME: (f64, f64, f64) = (45.0, -20.0, 3.0);
+
+impl MapState {
+    /// Restores a saved view.
+    pub fn restore(&mut self, center: Option<(f64, f64)>, zoom: f64) {
+        let (lat, lon) = center.unwrap_or((HOME.0, HOME.1));
+        let zoom = if center.is_some() { zoom } else { HOME.2 };
+        self.focus(lat, lon, zoom);
+    }
+
+    /// Centres the map on (lat, lon) at `zoom`.
+    pub fn focus(&mut self, lat: f64, lon: f64, zoom: f64) {
+        self.memory.center_at(lon_lat(lon, lat));
+        let _ = self.memory.set_zoom(zoom.clamp(1.0, 18.0));
+    }
+
+    /// The current centre (lat, lon) and zoom, to save.
+    pub fn view(&self) -> (Option<(f64, f64)>, f64) {
+        (
+            self.memory.detached().map(|p| (p.y(), p.x())),
+            self.memory.zoom(),
+        )
+    }
+
+    /// Rebuilds the grid if the filtered set, the classes or the zoom level changed.
+    pub fn update_grid(
+        &mut self,
+        app_xs: &[f32],
+        app_ys: &[f32],
+        classes: &[u8],
+        filtered: &[u32],
+        generation: u64,
+    ) {
+        let level = self.memory.zoom().floor().clamp(0.0, 24.0) as u8;
+        if self.grid_stamp == Some((generation, level)) {
+            return;
+        }
+        self.grid = Grid::build(
+            app_xs,
+            app_ys,
+            classes,
+            filtered,
+            cell_size_for(level, tokens::CLUSTER_CELL_PX),
+        );
+        self.grid_stamp = Some((generation, level));
+    }
+
+    fn tiles(&mut self, ctx: &egui::Context, dark: bool) -> Option<&mut BasemapTiles> {
+        if self.outlines.is_none() && self.basemap_error.is_none() {
+            match Outlines::built_in() {
+                Ok(o) => self.outlines = Some(Arc::new(o)),
+                Err(e) => self.basemap_error = Some(e.to_string()),
+            }
+        }
+        let outlines = Arc::clone(self.outlines.as_ref()?);
+        let slot = if dark {
+            &mut self.tiles_dark
+        } else {
+            &mut self.tiles_light
+        };
+        if slot.is_none() {
+            match BasemapTiles::new(ctx, outlines, tokens::basemap_palette(dark)) {
+                Ok(t) => *slot = Some(t),
+                Err(e) => {
+                    self.basemap_error = Some(format!("starting the tile thread: {e}"));
+                    return None;
+                }
+            }
+        }
+        slot.as_mut()
+    }
+}
+
+/// Compact counts: 950, 12.3k, 1.2M.
+fn short_count(n: u32) -> String {
+    match n {
+        0..1000 => n.to_string(),
+        1000..10_000 => format!("{:.1}k", f64::from(n) / 1000.0),
+        10_000..1_000_000 => format!("{}k", n / 1000),
+        _ => format!("{:.1}M", f64::from(n) / 1e6),
+    }
+}
+
+fn to_screen(projector: &Projector, lat: f64, lon: f64) -> Pos2 {
+    projector.project(lon_lat(lon, lat)).to_pos2()
+}
+
+/// The legend: one button per class with its count; clicking filters to that class.
+fn legend_ui(app: &mut ConsoleApp, ui: &mut egui::Ui) {
+    let mode = app.state.color_mode;
+    ui.horizontal_wrapped(|ui| {
+        ui.label(RichText::new(format!("{}:", mode.label())).strong());
+        for (k, name) in mode.class_names().iter().enumerate() {
+            let count = app.derived.counts_filtered[k];
+            let selected = app.state.filter.class == Some(k as u8);
+            tokens::swatch(ui, tokens::class_color(mode, k));
+            let text = RichText::new(format!("{name} {count}")).color(tokens::class_color(mode, k));
+            let r = ui
+                .add(egui::Button::selectable(selected, text))
+                .on_hover_text("Show only this class on the map and in the table");
+            if r.clicked() {
+                app.state.filter.class = if selected { None } else { Some(k as u8) };
+            }
+        }
+    });
+}
+
+/// Draws the map view.
+pub fn map_ui(app: &mut ConsoleApp, ui: &mut egui::Ui) {
+    legend_ui(app, ui);
+    ui.horizontal(|ui| {
+        if ui.button("Zoom in").clicked() {
+            let _ = app.map.memory.zoom_in();
+        }
+        if ui.button("Zoom out").clicked() {
+            let _ = app.map.memory.zoom_out();
+        }
+        if ui.button("Fit fleet").on_hover_text("Fit the devices that pass the filter").clicked() {
+            fit(app, ui.available_width().max(400.0));
+        }
+        ui.label(
+            RichText::new("Shift+drag: select a box into a cohort · click a vehicle to open it · click a cluster to zoom")
+                .small()
+                .color(tokens::MUTED),
+        );
+    });
+    let Some(model) = app.model.as_ref() else {
+        return;
+    };
+    let dark = app.state.theme == Theme::Dark;
+    let generation = app.derived.generation;
+    app.map.update_grid(
+        &model.map_x,
+        &model.map_y,
+        &app.derived.classes,
+        &app.derived.filtered,
+        generation,
+    );
+    let shift = ui.input(|i| i.modifiers.shift);
+    let ctx = ui.ctx().clone();
+    // The tile source is created lazily; the map still draws vehicles without it.
+    let _ = app.map.tiles(&ctx, dark);
+    let MapState {
+        memory,
+        tiles_dark,
+        tiles_light,
+        grid,
+        selection_start,
+        selections,
+        basemap_error,
+        ..
+    } = &mut app.map;
+    let tiles: Option<&mut dyn walkers::Tiles> = if dark {
+        tiles_dark.as_mut().map(|t| t as &mut dyn walkers::Tiles)
+    } else {
+        tiles_light.as_mut().map(|t| t as &mut dyn walkers::Tiles)
+    };
+    let classes = &app.derived.classes;
+    let filtered = &app.derived.filtered;
+    let mode = app.state.color_mode;
+    let mut commands = Vec::new();
+    let pans = if shift {
+        egui::DragPanButtons::MIDDLE
+    } else {
+        egui::DragPanButtons::PRIMARY | egui::DragPanButtons::MIDDLE
+    };
+    let map = walkers::Map::new(tiles, memory, lon_lat(HOME.1, HOME.0))
+        .drag_pan_buttons(pans)
+        .zoom_with_ctrl(false);
+    let panel_fill = ui.visuals().panel_fill;
+    let text_color = ui.visuals().strong_text_color();
+    let out = map.show(ui, |ui, response, projector, _memory| {
+        let rect = response.rect;
+        let painter = ui.painter().with_clip_rect(rect);
+        let corner = |p: Pos2| {
+            let g = projector.unproject(p.to_vec2());
+            mercator(g.x(), g.y())
+        };
+        let (a, b) = (corner(rect.min), corner(rect.max));
+        let pointer = response.hover_pos();
+        let mut hovered_device: Option<(usize, f32)> = None;
+        let mut hovered_cluster: Option<(f64, f64, [u32; crate::gui::aggregate::CLASSES], u32)> = None;
+        for cell in grid.visible([a[0].min(b[0]), a[1].min(b[1])], [a[0].max(b[0]), a[1].max(b[1])]) {
+            if cell.count <= tokens::MARKERS_PER_CELL {
+                for &i in grid.members(cell) {
+                    let d = &model.fleet.devices[i as usize];
+                    let p = to_screen(projector, d.position.lat, d.position.lon);
+                    let color = tokens::class_color(mode, usize::from(classes[i as usize]));
+                    painter.circle(p, tokens::MARKER_RADIUS, color, Stroke::new(1.0, Color32::from_black_alpha(160)));
+                    if let Some(ptr) = pointer {
+                        let dist = ptr.distance(p);
+                        if dist <= tokens::MARKER_RADIUS + 3.0 && hovered_device.is_none_or(|(_, best)| dist < best) {
+                            hovered_device = Some((i as usize, dist));
+                        }
+                    }
+                }
+            } else {
+                let (lon, lat) = inverse_mercator(cell.centroid[0], cell.centroid[1]);
+                let p = to_screen(projector, lat, lon);
+                let radius = 11.0 + 3.0 * (cell.count as f32).ln();
+                cluster_shape(&painter, p, radius, &cell.by_class, cell.count, mode, panel_fill, text_color);
+                if pointer.is_some_and(|ptr| ptr.distance(p) <= radius) {
+                    hovered_cluster = Some((lat, lon, cell.by_class, cell.count));
+                }
+            }
+        }
+        // Box selection.
+        if shift && response.drag_started() {
+            *selection_start = response.interact_pointer_pos();
+        }
+        if let (Some(start), Some(now)) = (*selection_start, response.interact_pointer_pos().or(pointer)) {
+            let sel = Rect::from_two_pos(start, now);
+            painter.rect(sel, 0.0, Color32::from_rgba_unmultiplied(86, 180, 233, 40), Stroke::new(1.5, Color32::from_rgb(86, 180, 233)), egui::StrokeKind::Inside);
+            if response.drag_stopped() || !ui.input(|i| i.pointer.primary_down()) {
+                *selection_start = None;
+                let (p, q) = (corner(sel.min), corner(sel.max));
+                let (x0, x1) = (p[0].min(q[0]), p[0].max(q[0]));
+                let (y0, y1) = (p[1].min(q[1]), p[1].max(q[1]));
+                let inside: Vec<u32> = filtered
+                    .iter()
+                    .copied()
+                    .filter(|&i| {
+                        let (x, y) = (f64::from(model.map_x[i as usize]), f64::from(model.map_y[i as usize]));
+                        x >= x0 && x <= x1 && y >= y0 && y <= y1
+                    })
+                    .collect();
+                if !inside.is_empty() {
+                    *selections += 1;
+                    commands.push(UiCommand::CreateCohort {
+                        name: format!("Map selection {selections}"),
+                        devices: inside,
+                    });
+                }
+            }
+        }
+        // Hover and click.
+        if let Some((i, _)) = hovered_device {
+            let d = &model.fleet.devices[i];
+            let live = &model.live[i];
+            let class = usize::from(classes[i]);
+            let p = to_screen(projector, d.position.lat, d.position.lon);
+            painter.circle_stroke(p, tokens::MARKER_RADIUS + 3.0, Stroke::new(2.0, text_color));
+            response.clone().on_hover_ui_at_pointer(|ui| {
+                ui.label(RichText::new(&d.id).strong());
+                ui.label(format!("{} rev {} · {}", d.model, d.hw_rev, d.depot));
+                ui.label(format!(
+                    "firmware {}",
+                    d.firmware().map_or("-".to_owned(), |v| v.to_string())
+                ));
+                ui.label(mode.class_names().get(class).copied().unwrap_or("-"));
+                if let Some(s) = live.update_state {
+                    ui.label(format!("update: {}", crate::gui::model::state_name(s)));
+                }
+            });
+            if response.clicked() {
+                commands.push(UiCommand::OpenDevice(i));
+            }
+        } else if let Some((lat, lon, by_class, count)) = hovered_cluster {
+            response.clone().on_hover_ui_at_pointer(|ui| {
+                ui.label(RichText::new(format!("{count} vehicles")).strong());
+                for (k, n) in by_class.iter().enumerate().filter(|(_, n)| **n > 0) {
+                    let name = mode.class_names().get(k).copied().unwrap_or("-");
+                    ui.horizontal(|ui| {
+                        tokens::swatch(ui, tokens::class_color(mode, k));
+                        ui.label(format!("{name}: {n}"));
+                    });
+                }
+                ui.label(RichText::new("Click to zoom in").small());
+            });
+            if response.clicked() {
+                commands.push(UiCommand::FocusMap {
+                    lat,
+                    lon,
+                    zoom: projector.zoom() + 2.0,
+                });
+            }
+        }
+        // Attribution, always shown.
+        let attribution = match basemap_error {
+            Some(e) => format!("Basemap unavailable: {e}"),
+            None => "Basemap: Natural Earth (public domain), offline · MBTiles and online tiles: not built yet".to_owned(),
+        };
+        let galley = painter.layout_no_wrap(attribution, egui::FontId::proportional(11.0), text_color);
+        let at = rect.right_bottom() - galley.size() - Vec2::splat(4.0);
+        painter.rect_filled(Rect::from_min_size(at, galley.size()).expand(3.0), 2.0, panel_fill.gamma_multiply(0.85));
+        painter.galley(at, galley, text_color);
+        let count_text = format!(
+            "{} vehicles in {} cells · zoom {:.1}",
+            grid.device_count(),
+            grid.cells().len(),
+            projector.zoom()
+        );
+        painter.text(rect.left_bottom() + Vec2::new(6.0, -6.0), egui::Align2::LEFT_BOTTOM, count_text, egui::FontId::proportional(11.0), text_color);
+    });
+    out.response
+        .widget_info(|| egui::WidgetInfo::labeled(egui::Role::Canvas, true, "Fleet map"));
+    for c in commands {
+        app.send(c);
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn cluster_shape(
+    painter: &egui::Painter,
+    center: Pos2,
+    radius: f32,
+    by_class: &[u32],
+    count: u32,
+    mode: crate::gui::model::ColorMode,
+    fill: Color32,
+    text: Color32,
+) {
+    painter.circle_filled(center, radius, fill.gamma_multiply(0.9));
+    // A ring split by class share: the cluster's make-up at a glance.
+    let total = count.max(1) as f32;
+    let mut angle = -std::f32::consts::FRAC_PI_2;
+    for (k, &n) in by_class.iter().enumerate() {
+        if n == 0 {
+            continue;
+        }
+        let sweep = std::f32::consts::TAU * n as f32 / total;
+        let steps = ((sweep / 0.15).ceil() as usize).max(2);
+        let points: Vec<Pos2> = (0..=steps)
+            .map(|s| {
+                let t = angle + sweep * s as f32 / steps as f32;
+                center + Vec2::new(t.cos(), t.sin()) * (radius - 2.5)
+            })
+            .collect();
+        painter.add(Shape::line(
+            points,
+            Stroke::new(5.0, tokens::class_color(mode, k)),
+        ));
+        angle += sweep;
+    }
+    painter.text(
+        center,
+        egui::Align2::CENTER_CENTER,
+        short_count(count),
+        egui::FontId::proportional(12.0),
+        text,
+    );
+}
+
+/// Centres and zooms the map on the devices that pass the filter.
+fn fit(app: &mut ConsoleApp, width_px: f32) {
+    let Some(model) = &app.model else {
+        return;
+    };
+    let mut b = [f64::MAX, f64::MAX, f64::MIN, f64::MIN];
+    for &i in &app.derived.filtered {
+        let (x, y) = (
+            f64::from(model.map_x[i as usize]),
+            f64::from(model.map_y[i as usize]),
+        );
+        b = [b[0].min(x), b[1].min(y), b[2].max(x), b[3].max(y)];
+    }
+    if b[0] > b[2] {
+        return;
+    }
+    let span = (b[2] - b[0]).max(b[3] - b[1]).max(1e-6);
+    // The whole world is 256 * 2^zoom points wide.
+    let zoom = (f64::from(width_px) / (256.0 * span)).log2() - 0.3;
+    let (lon, lat) = inverse_mercator(f64::midpoint(b[0], b[2]), f64::midpoint(b[1], b[3]));
+    app.map.focus(lat, lon, zoom);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_are_short() {
+        assert_eq!(short_count(950), "950");
+        assert_eq!(short_count(12_345), "12k");
+        assert_eq!(short_count(4_500), "4.5k");
+        assert_eq!(short_count(1_200_000), "1.2M");
+    }
+
+    #[test]
+    fn saved_views_restore() {
+        let mut m = MapState::default();
+        m.restore(Some((52.5, 13.4)), 7.0);
+        let (center, zoom) = m.view();
+        let (lat, lon) = center.expect("detached at the saved centre");
+        assert!((lat - 52.5).abs() < 1e-9 && (lon - 13.4).abs() < 1e-9);
+        assert_eq!(zoom, 7.0);
+        m.restore(None, 12.0);
+        assert_eq!(m.view().1, HOME.2);
+    }
+}

@@ -1,0 +1,60 @@
+//! The desktop console (egui, eframe with glow): a fleet map, a virtualised fleet table, device
+//! detail, cohort summaries and a read-only war-room wall.
+//!
+//! Layout: [`app`] holds the state and the shell and applies commands once per frame;
+//! [`backend`] does everything slow or networked on other threads and reports through a bounded
+//! channel; [`model`] is the fleet as the console knows it; [`query`] and [`aggregate`] compute
+//! filters, sort orders, summaries and map grids in plain, tested code; [`basemap`] draws the
+//! offline basemap tiles; the view modules only draw.
+//!
+//! Not built yet: running rollouts from the console (the engine is not attached), MBTiles and
+//! online tile servers, a command palette, telemetry plots. `docs/CONSOLE.md` lists what is.
+
+pub mod aggregate;
+pub mod app;
+pub mod backend;
+pub mod basemap;
+pub mod cohorts;
+pub mod device;
+pub mod map;
+pub mod model;
+pub mod query;
+pub mod table;
+pub mod tokens;
+pub mod warroom;
+
+pub use app::{Clock, ConsoleApp, UiCommand, UiState, View};
+pub use backend::{Backend, BackendEvent, DemoOptions, LinkStatus};
+
+/// Whether a display server is reachable by name: `DISPLAY` (X11) or `WAYLAND_DISPLAY`.
+pub fn display_available() -> bool {
+    ["DISPLAY", "WAYLAND_DISPLAY"]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some_and(|s| !s.is_empty()))
+}
+
+/// Opens the console window on `backend` and runs until it is closed.
+pub fn run_native(backend: Backend) -> anyhow::Result<()> {
+    let options = eframe::NativeOptions {
+        viewport: egui::ViewportBuilder::default()
+            .with_title("Convoy")
+            .with_app_id("convoy")
+            .with_inner_size([1440.0, 900.0])
+            .with_min_inner_size([800.0, 500.0]),
+        renderer: eframe::Renderer::Glow,
+        ..eframe::NativeOptions::default()
+    };
+    eframe::run_native(
+        "convoy",
+        options,
+        Box::new(move |cc| {
+            Ok(Box::new(ConsoleApp::new(
+                &cc.egui_ctx,
+                cc.storage,
+                backend,
+                Clock::System,
+            )))
+        }),
+    )
+    .map_err(|e| anyhow::anyhow!("could not open the console window: {e}"))
+}

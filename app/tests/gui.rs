@@ -1,0 +1,180 @@
+//! UI tests of the console: the real [`ConsoleApp`] on a fixture fleet, a fixed clock and no
+//! network, driven through egui_kittest by accessible labels, as a user would.
+#![allow(clippy::unwrap_used)]
+
+use convoy::gui::backend::FixtureFeed;
+use convoy::gui::{Backend, BackendEvent, Clock, ConsoleApp};
+use convoy::link::protocol::{DeviceStatus, Inbound, UpdateState, UpdateStatus};
+use convoy_core::fleet::Fleet;
+use convoy_core::synth::{SynthOptions, generate};
+use convoy_core::time::Timestamp;
+use egui::Key;
+use egui_kittest::Harness;
+use egui_kittest::kittest::Queryable;
+
+/// The fixed "now" of every test.
+const NOW: Timestamp = Timestamp::from_secs(1_800_000_000);
+const DEVICES: usize = 500;
+
+fn fixture() -> Fleet {
+    generate(&SynthOptions {
+        devices: DEVICES,
+        seed: 5,
+        now: NOW,
+    })
+}
+
+/// The shared harness: the real app on the fixture, offline, with a fixed clock.
+fn harness() -> (Harness<'static, ConsoleApp>, FixtureFeed, Fleet) {
+    let fleet = fixture();
+    let (backend, feed) = Backend::fixture(fleet.clone(), "fixture.db".into());
+    let mut h = Harness::builder()
+        .with_size([1400.0, 900.0])
+        .build_eframe(move |cc| ConsoleApp::new(&cc.egui_ctx, None, backend, Clock::Fixed(NOW)));
+    settle(&mut h);
+    (h, feed, fleet)
+}
+
+/// A few frames: events drained, commands applied, derived data refreshed and drawn.
+fn settle(h: &mut Harness<'static, ConsoleApp>) {
+    h.run_steps(4);
+}
+
+fn search(h: &mut Harness<'static, ConsoleApp>, text: &str) {
+    h.get_by_role(egui::Role::TextInput).focus();
+    h.run_steps(1);
+    h.get_by_role(egui::Role::TextInput).type_text(text);
+    settle(h);
+}
+
+#[test]
+fn the_fleet_loads_offline_and_the_status_bar_says_so() {
+    let (h, _feed, _) = harness();
+    assert_eq!(
+        h.state()
+            .model
+            .as_ref()
+            .map(convoy::gui::model::FleetModel::len),
+        Some(DEVICES)
+    );
+    h.get_by_label("Link: offline (no broker)");
+    h.get_by_label("Broker: none");
+    h.get_by_label(&format!("{DEVICES} devices"));
+    // The map is there with its legend counting every device as not yet reported.
+    h.get_by_label("Fleet map");
+    h.get_by_label_contains(&format!("no report yet {DEVICES}"));
+}
+
+#[test]
+fn search_finds_a_device_in_the_virtualised_table_and_opens_it() {
+    let (mut h, _feed, fleet) = harness();
+    h.get_by_label("Fleet table").click();
+    settle(&mut h);
+    // Rows are virtualised: the first device is laid out, one far down the list is not.
+    h.get_by_label(&fleet.devices[0].id);
+    let target = &fleet.devices[DEVICES - 77];
+    assert!(
+        h.query_by_label(&target.id).is_none(),
+        "row {} should not be laid out",
+        target.id
+    );
+    search(&mut h, &target.id);
+    h.get_by_label("1 of 500 devices");
+    h.get_by_label(&target.id).click();
+    settle(&mut h);
+    // The device view: its components with their versions, and its A/B slot.
+    h.get_by_label("Components");
+    let firmware = target.firmware().unwrap().to_string();
+    h.get_by_label(&firmware);
+    h.get_by_label_contains(&format!(
+        "{} (updates go to {})",
+        target.active_slot,
+        target.active_slot.other()
+    ));
+}
+
+#[test]
+fn a_status_from_the_link_reaches_the_table_and_the_event_log() {
+    let (mut h, feed, fleet) = harness();
+    let d = &fleet.devices[42];
+    let status = |state, ts| {
+        BackendEvent::Inbound(Inbound::Status(DeviceStatus {
+            v: 1,
+            device_id: d.id.clone(),
+            ts: Timestamp::from_secs(ts),
+            active_slot: d.active_slot,
+            components: d.components.clone(),
+            update: UpdateStatus {
+                state,
+                release_id: Some("t300-fw-2.5.0".into()),
+                command_id: None,
+                progress_pct: None,
+                reason: Some("crash loop in health window".into()),
+            },
+            battery_pct: d.battery_pct,
+            power: d.power,
+            connectivity: d.connectivity,
+            metered: d.metered,
+            free_storage_bytes: d.free_storage_bytes,
+            position: Some(d.position),
+        }))
+    };
+    assert!(feed.send(status(UpdateState::Installing, NOW.secs() - 30)));
+    assert!(feed.send(status(UpdateState::Reverted, NOW.secs() - 10)));
+    settle(&mut h);
+    h.get_by_label_contains("reverted 1");
+    h.get_by_label("Fleet table").click();
+    settle(&mut h);
+    search(&mut h, "reverted");
+    h.get_by_label("1 of 500 devices");
+    h.get_by_label(&d.id);
+    h.get_by_label("reverted");
+    // The war room shows it among the latest events.
+    h.key_press(Key::F11);
+    settle(&mut h);
+    h.get_by_label_contains("reverted (t300-fw-2.5.0): crash loop in health window");
+}
+
+#[test]
+fn the_war_room_is_read_only_and_leaves_with_escape() {
+    let (mut h, _feed, _) = harness();
+    h.get_by_label("War room").click();
+    settle(&mut h);
+    h.get_by_label("CONVOY · WAR ROOM");
+    h.get_by_label_contains("engine not attached");
+    // Nothing to edit or press on the wall.
+    assert!(h.query_by_role(egui::Role::TextInput).is_none());
+    assert!(h.query_by_role(egui::Role::Button).is_none());
+    h.key_press(Key::Escape);
+    settle(&mut h);
+    h.get_by_label("Fleet map");
+    h.get_by_role(egui::Role::TextInput);
+}
+
+#[test]
+fn cohorts_summarise_the_fleet_by_model() {
+    let (mut h, _feed, fleet) = harness();
+    h.get_by_label("Cohorts").click();
+    settle(&mut h);
+    h.get_by_label("Model");
+    h.get_by_label("Hardware revision");
+    let (model, count) = fleet
+        .count_by("model")
+        .into_iter()
+        .max_by_key(|(m, n)| (*n, std::cmp::Reverse(m.clone())))
+        .unwrap();
+    h.get_by_label(&model);
+    h.get_by_label(&count.to_string());
+}
+
+#[test]
+fn the_theme_toggles_and_persists_in_the_ui_state() {
+    let (mut h, _feed, _) = harness();
+    h.get_by_label("Light theme").click();
+    settle(&mut h);
+    assert_eq!(h.state().state.theme, convoy::gui::app::Theme::Light);
+    h.get_by_label("Dark theme");
+    let saved = serde_json::to_string(&h.state().state).unwrap();
+    let back: convoy::gui::UiState = serde_json::from_str(&saved).unwrap();
+    assert_eq!(back.theme, convoy::gui::app::Theme::Light);
+}
