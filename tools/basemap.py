@@ -15,7 +15,8 @@ The file holds two layers of polylines in WGS 84, quantised to 16 bits per coord
     u32     number of border lines        (open; arcs shared by two countries)
     per ring or line: u32 point count, then count * (i16 lon, i16 lat), little-endian
 
-Land rings come from the `land` object (polygons with holes); borders are the arcs of the
+Rings and lines that cross the antimeridian are made continuous and clipped on each side (see
+unwrap()). Land rings come from the `land` object (polygons with holes); borders are the arcs of the
 `countries` object that two different countries share, so coastlines are not drawn twice.
 """
 import json
@@ -59,6 +60,31 @@ def polygons(geometry):
     return []
 
 
+def unwrap(points):
+    """Rings that cross the antimeridian jump from +180 to -180 in one edge, which would paint a
+    band across the whole world. Make their longitudes continuous instead and return a copy on
+    each side of the world that the ring overhangs; quantise() clamps each copy to +-180, which
+    clips it to the world. Rings that reach a pole (Antarctica) close along it and are kept."""
+    if any(abs(lat) >= 89 for _, lat in points):
+        return [points]
+    out = [points[0]]
+    for lon, lat in points[1:]:
+        prev = out[-1][0]
+        while lon - prev > 180:
+            lon -= 360
+        while lon - prev < -180:
+            lon += 360
+        out.append((lon, lat))
+    lo = min(p[0] for p in out)
+    hi = max(p[0] for p in out)
+    copies = [out]
+    if hi > 180:
+        copies.append([(lon - 360, lat) for lon, lat in out])
+    if lo < -180:
+        copies.append([(lon + 360, lat) for lon, lat in out])
+    return copies
+
+
 def quantise(points):
     out = []
     for lon, lat in points:
@@ -76,9 +102,10 @@ def main(src, dst):
     for g in topo["objects"]["land"]["geometries"]:
         for poly in polygons(g):
             for r in poly:
-                q = quantise(ring(arcs, r))
-                if len(q) >= 3:
-                    rings.append(q)
+                for piece in unwrap(ring(arcs, r)):
+                    q = quantise(piece)
+                    if len(q) >= 3:
+                        rings.append(q)
     owners = {}
     for n, g in enumerate(topo["objects"]["countries"]["geometries"]):
         for poly in polygons(g):
@@ -88,9 +115,10 @@ def main(src, dst):
     borders = []
     for i in sorted(owners):
         if len(owners[i]) >= 2:
-            q = quantise(arcs[i])
-            if len(q) >= 2:
-                borders.append(q)
+            for piece in unwrap(arcs[i]):
+                q = quantise(piece)
+                if len(q) >= 2:
+                    borders.append(q)
     with open(dst, "wb") as f:
         f.write(b"CVYMAP01")
         f.write(struct.pack("<II", len(rings), len(borders)))

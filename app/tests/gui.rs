@@ -178,3 +178,105 @@ fn the_theme_toggles_and_persists_in_the_ui_state() {
     let back: convoy::gui::UiState = serde_json::from_str(&saved).unwrap();
     assert_eq!(back.theme, convoy::gui::app::Theme::Light);
 }
+
+#[test]
+fn shift_drag_on_the_map_makes_a_cohort_of_the_devices_in_the_box() {
+    use egui::{Event, Modifiers, PointerButton};
+    let (mut h, _feed, fleet) = harness();
+    let zoom = 5.0;
+    h.state_mut().send(convoy::gui::UiCommand::FocusMap {
+        lat: 50.0,
+        lon: 8.0,
+        zoom,
+    });
+    settle(&mut h);
+    let rect = h.get_by_label("Fleet map").rect();
+    let (p0, p1) = (
+        rect.center() - egui::vec2(180.0, 120.0),
+        rect.center() + egui::vec2(150.0, 110.0),
+    );
+    h.event(Event::ModifiersChanged(Modifiers::SHIFT));
+    h.hover_at(p0);
+    h.run_steps(1);
+    h.event(Event::PointerButton {
+        pos: p0,
+        button: PointerButton::Primary,
+        pressed: true,
+        modifiers: Modifiers::SHIFT,
+    });
+    h.run_steps(1);
+    for k in 1..=6 {
+        h.hover_at(p0 + (p1 - p0) * (k as f32 / 6.0));
+        h.run_steps(1);
+    }
+    h.event(Event::PointerButton {
+        pos: p1,
+        button: PointerButton::Primary,
+        pressed: false,
+        modifiers: Modifiers::SHIFT,
+    });
+    h.run_steps(1);
+    h.event(Event::ModifiersChanged(Modifiers::NONE));
+    settle(&mut h);
+
+    let cohorts = &h.state().cohorts;
+    assert_eq!(cohorts.len(), 1, "one cohort made");
+    assert_eq!(cohorts[0].name, "Map selection 1");
+    // Where each device lands on screen, by Web Mercator from the map's centre and zoom.
+    let world_px = 256.0 * 2f64.powf(zoom);
+    let [cx, cy] = convoy::gui::basemap::mercator(8.0, 50.0);
+    let screen = |d: &convoy_core::fleet::Device| {
+        let [x, y] = convoy::gui::basemap::mercator(d.position.lon, d.position.lat);
+        egui::pos2(
+            rect.center().x + ((x - cx) * world_px) as f32,
+            rect.center().y + ((y - cy) * world_px) as f32,
+        )
+    };
+    let sel = egui::Rect::from_two_pos(p0, p1);
+    let members: std::collections::HashSet<u32> = cohorts[0].devices.iter().copied().collect();
+    for (i, d) in fleet.devices.iter().enumerate() {
+        let p = screen(d);
+        if sel.shrink(1.0).contains(p) {
+            assert!(
+                members.contains(&(i as u32)),
+                "{} inside the box but not selected",
+                d.id
+            );
+        }
+        if !sel.expand(1.0).contains(p) {
+            assert!(
+                !members.contains(&(i as u32)),
+                "{} outside the box but selected",
+                d.id
+            );
+        }
+    }
+    assert!(
+        members.len() > 20 && members.len() < DEVICES,
+        "{} selected",
+        members.len()
+    );
+    h.get_by_label("Cohorts").click();
+    settle(&mut h);
+    h.get_by_label("Map selection 1");
+    h.get_by_label(&format!("{} devices", members.len()));
+}
+
+#[test]
+fn the_command_palette_runs_a_command_by_name() {
+    let (mut h, _feed, _) = harness();
+    h.key_press_modifiers(egui::Modifiers::COMMAND, Key::K);
+    settle(&mut h);
+    h.get_by_label("Command palette");
+    h.get_by_label("Colour by health").click();
+    settle(&mut h);
+    assert_eq!(
+        h.state().state.color_mode,
+        convoy::gui::model::ColorMode::Health
+    );
+    assert!(
+        h.query_by_label("Command palette").is_none(),
+        "the palette closes after a command"
+    );
+    h.get_by_label_contains("healthy");
+}

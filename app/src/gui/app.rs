@@ -137,6 +137,7 @@ pub enum UiCommand {
     DeleteCohort(usize),
     ToggleWarRoom,
     SetTheme(Theme),
+    SetColorMode(ColorMode),
     /// Multiply the UI scale.
     ScaleUi(f32),
     ResetUiScale,
@@ -183,6 +184,8 @@ pub struct Derived {
     /// Counts per class over the whole fleet and over the filtered devices.
     pub counts_all: [u32; CLASSES],
     pub counts_filtered: [u32; CLASSES],
+    /// The newest `last_seen` in the fleet: how fresh the cache is.
+    pub newest_last_seen: Option<Timestamp>,
     /// Bumped whenever `filtered` or `classes` change: the map grid compares against it.
     pub generation: u64,
     stamp: Option<(u64, ColorMode, Filter, Column, bool, i64)>,
@@ -240,6 +243,7 @@ impl Derived {
         self.counts_all = class_counts(&self.classes, 0..model.len());
         self.counts_filtered =
             class_counts(&self.classes, self.filtered.iter().map(|&i| i as usize));
+        self.newest_last_seen = model.newest_last_seen();
         self.generation += 1;
         self.stamp = Some(stamp);
         self.refreshed_at = Some(Instant::now());
@@ -265,6 +269,7 @@ pub struct ConsoleApp {
     pub map: MapState,
     pub cohort_cache: crate::gui::cohorts::CohortCache,
     applied_style: Option<(Theme, bool)>,
+    pub palette: crate::gui::palette::PaletteState,
 }
 
 impl std::fmt::Debug for ConsoleApp {
@@ -306,6 +311,7 @@ impl ConsoleApp {
             map: MapState::default(),
             cohort_cache: crate::gui::cohorts::CohortCache::default(),
             applied_style: None,
+            palette: crate::gui::palette::PaletteState::default(),
         };
         if app.state.view == View::WarRoom {
             app.state.view = app.state.previous_view;
@@ -443,6 +449,13 @@ impl ConsoleApp {
                 }
             }
             UiCommand::SetTheme(t) => self.state.theme = t,
+            UiCommand::SetColorMode(m) => {
+                if m != self.state.color_mode {
+                    // Class numbers mean different things in the other mode.
+                    self.state.filter.class = None;
+                    self.state.color_mode = m;
+                }
+            }
             UiCommand::ScaleUi(f) => ctx.set_zoom_factor((ctx.zoom_factor() * f).clamp(0.5, 3.0)),
             UiCommand::ResetUiScale => ctx.set_zoom_factor(1.0),
             UiCommand::FocusMap { lat, lon, zoom } => {
@@ -482,7 +495,7 @@ impl ConsoleApp {
             (
                 i.consume_key(Modifiers::NONE, Key::F11),
                 !typing && i.consume_key(Modifiers::NONE, Key::W),
-                i.consume_key(Modifiers::NONE, Key::Escape),
+                !self.palette.open && i.consume_key(Modifiers::NONE, Key::Escape),
                 i.consume_shortcut(&KeyboardShortcut::new(Modifiers::COMMAND, Key::Equals))
                     || i.consume_shortcut(&KeyboardShortcut::new(Modifiers::COMMAND, Key::Plus)),
                 i.consume_shortcut(&KeyboardShortcut::new(Modifiers::COMMAND, Key::Minus)),
@@ -509,6 +522,12 @@ impl ConsoleApp {
             if ctx.input_mut(|i| i.consume_key(Modifiers::COMMAND, key)) {
                 self.send(UiCommand::Show(view));
             }
+        }
+        if ctx.input_mut(|i| i.consume_key(Modifiers::COMMAND, Key::K)) {
+            self.palette.open = !self.palette.open;
+        }
+        if self.palette.open && ctx.input_mut(|i| i.consume_key(Modifiers::NONE, Key::Escape)) {
+            self.palette = crate::gui::palette::PaletteState::default();
         }
         if ctx.input_mut(|i| i.consume_key(Modifiers::COMMAND, Key::F)) {
             ctx.memory_mut(|m| m.request_focus(egui::Id::unique(SEARCH_ID)));
@@ -539,6 +558,7 @@ impl ConsoleApp {
                 .default_size(150.0)
                 .show(ui, |ui| self.nav_ui(ui));
         }
+        crate::gui::palette::palette_ui(self, &ctx);
         egui::CentralPanel::default().show(ui, |ui| {
             if self.model.is_none() {
                 self.loading_ui(ui);
@@ -619,6 +639,9 @@ impl ConsoleApp {
                 if ui.button("War room (F11)").clicked() {
                     self.send(UiCommand::ToggleWarRoom);
                 }
+                if ui.button("Commands (Ctrl+K)").clicked() {
+                    self.palette.open = true;
+                }
                 let (label, next) = match self.state.theme {
                     Theme::Dark => ("Light theme", Theme::Light),
                     Theme::Light => ("Dark theme", Theme::Dark),
@@ -686,8 +709,9 @@ impl ConsoleApp {
             .on_hover_text("Commands in the cache's outbox not yet acknowledged by their device");
             ui.separator();
             if let Some(model) = &self.model {
-                let fresh = model
-                    .newest_last_seen()
+                let fresh = self
+                    .derived
+                    .newest_last_seen
                     .map_or("never".to_owned(), |t| age(now.secs_since(t)));
                 let last = model
                     .last_message

@@ -538,6 +538,11 @@ mod tests {
         }
         assert_eq!(pixel_at(&o, 3, -30.0, 30.0), PALETTE.water, "mid-Atlantic");
         assert_eq!(pixel_at(&o, 3, -140.0, 0.0), PALETTE.water, "Pacific");
+        // Chukotka crosses the antimeridian: it is land on its side, and the seas at its
+        // latitude elsewhere stay water (once, a ring jumping +180 to -180 painted a band).
+        assert_eq!(pixel_at(&o, 4, 175.0, 67.0), PALETTE.land, "Chukotka");
+        assert_eq!(pixel_at(&o, 3, -5.0, 70.0), PALETTE.water, "Greenland Sea");
+        assert_eq!(pixel_at(&o, 3, -60.0, 68.0), PALETTE.water, "Baffin Bay");
         // The Caspian Sea is a hole in Eurasia: even-odd fill leaves it water.
         assert_eq!(pixel_at(&o, 5, 51.0, 42.0), PALETTE.water, "Caspian");
     }

@@ -242,7 +242,8 @@ pub fn map_ui(app: &mut ConsoleApp, ui: &mut egui::Ui) {
             } else {
                 let (lon, lat) = inverse_mercator(cell.centroid[0], cell.centroid[1]);
                 let p = to_screen(projector, lat, lon);
-                let radius = 11.0 + 3.0 * (cell.count as f32).ln();
+                // Grows with the count but stays inside its 64-point square, so neighbours never overlap.
+                let radius = (9.0 + 2.2 * (cell.count as f32).ln()).min(30.0);
                 cluster_shape(&painter, p, radius, &cell.by_class, cell.count, mode, panel_fill, text_color);
                 if pointer.is_some_and(|ptr| ptr.distance(p) <= radius) {
                     hovered_cluster = Some((lat, lon, cell.by_class, cell.count));
@@ -251,7 +252,8 @@ pub fn map_ui(app: &mut ConsoleApp, ui: &mut egui::Ui) {
         }
         // Box selection.
         if shift && response.drag_started() {
-            *selection_start = response.interact_pointer_pos();
+            // Where the button went down, not where the drag was recognised a few points later.
+            *selection_start = ui.input(|i| i.pointer.press_origin()).or(response.interact_pointer_pos());
         }
         if let (Some(start), Some(now)) = (*selection_start, response.interact_pointer_pos().or(pointer)) {
             let sel = Rect::from_two_pos(start, now);

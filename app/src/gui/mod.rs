@@ -18,6 +18,7 @@ pub mod cohorts;
 pub mod device;
 pub mod map;
 pub mod model;
+pub mod palette;
 pub mod query;
 pub mod table;
 pub mod tokens;

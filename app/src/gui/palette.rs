@@ -1,0 +1,118 @@
+//! The command palette (Ctrl+K): every console command by name, filtered as you type; Enter
+//! runs the first match. It only queues [`UiCommand`]s, like every view.
+
+use egui::{Key, RichText};
+
+use crate::gui::app::{ConsoleApp, Theme, UiCommand, View};
+use crate::gui::model::ColorMode;
+
+/// Whether the palette is open and what has been typed.
+#[derive(Debug, Default)]
+pub struct PaletteState {
+    pub open: bool,
+    pub query: String,
+}
+
+/// Every command the palette offers, with its name.
+pub fn entries() -> Vec<(&'static str, UiCommand)> {
+    vec![
+        ("Go to map", UiCommand::Show(View::Map)),
+        ("Go to fleet table", UiCommand::Show(View::Table)),
+        ("Go to device", UiCommand::Show(View::Device)),
+        ("Go to cohorts", UiCommand::Show(View::Cohorts)),
+        ("War room (read-only wall)", UiCommand::ToggleWarRoom),
+        (
+            "Colour by update state",
+            UiCommand::SetColorMode(ColorMode::UpdateState),
+        ),
+        (
+            "Colour by health",
+            UiCommand::SetColorMode(ColorMode::Health),
+        ),
+        ("Dark theme", UiCommand::SetTheme(Theme::Dark)),
+        ("Light theme", UiCommand::SetTheme(Theme::Light)),
+        ("Clear filter", UiCommand::ClearFilter),
+        ("UI scale up", UiCommand::ScaleUi(1.1)),
+        ("UI scale down", UiCommand::ScaleUi(1.0 / 1.1)),
+        ("UI scale reset", UiCommand::ResetUiScale),
+    ]
+}
+
+/// The entries whose name contains every word of `query` (case-insensitive), in list order.
+pub fn matching(query: &str) -> Vec<(&'static str, UiCommand)> {
+    let words: Vec<String> = query.split_whitespace().map(str::to_lowercase).collect();
+    entries()
+        .into_iter()
+        .filter(|(name, _)| {
+            let name = name.to_lowercase();
+            words.iter().all(|w| name.contains(w.as_str()))
+        })
+        .collect()
+}
+
+/// Draws the palette if it is open.
+pub fn palette_ui(app: &mut ConsoleApp, ctx: &egui::Context) {
+    if !app.palette.open {
+        return;
+    }
+    let mut run = None;
+    let mut open = true;
+    egui::Window::new("Command palette")
+        .collapsible(false)
+        .resizable(false)
+        .anchor(egui::Align2::CENTER_TOP, [0.0, 80.0])
+        .open(&mut open)
+        .show(ctx, |ui| {
+            let edit = ui.add(
+                egui::TextEdit::singleline(&mut app.palette.query)
+                    .hint_text("Type a command")
+                    .desired_width(360.0),
+            );
+            edit.request_focus();
+            let found = matching(&app.palette.query);
+            if edit.lost_focus() && ui.input(|i| i.key_pressed(Key::Enter)) {
+                run = found.first().map(|(_, c)| c.clone());
+            }
+            for (name, command) in &found {
+                if ui.button(*name).clicked() {
+                    run = Some(command.clone());
+                }
+            }
+            if found.is_empty() {
+                ui.label(RichText::new("No command matches").weak());
+            }
+        });
+    if let Some(command) = run {
+        app.send(command);
+        open = false;
+    }
+    if !open {
+        app.palette = PaletteState::default();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_word_must_match() {
+        let names: Vec<&str> = matching("colour HEALTH")
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        assert_eq!(names, ["Colour by health"]);
+        assert_eq!(matching("").len(), entries().len());
+        assert!(matching("no such command").is_empty());
+        let names: Vec<&str> = matching("go").into_iter().map(|(n, _)| n).collect();
+        assert_eq!(
+            names,
+            [
+                "Go to map",
+                "Go to fleet table",
+                "Go to device",
+                "Go to cohorts"
+            ]
+        );
+    }
+}
