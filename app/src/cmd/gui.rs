@@ -10,7 +10,7 @@ use clap::CommandFactory;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
-use crate::gui::{Backend, DemoOptions};
+use crate::gui::{Backend, DemoOptions, View};
 
 #[derive(clap::Args, Debug, Default)]
 pub struct Args {
@@ -23,6 +23,9 @@ pub struct Args {
     /// Topic prefix.
     #[arg(long, default_value = "convoy/v1")]
     pub prefix: String,
+    /// Start in this view instead of the last one (e.g. war-room for a wall display).
+    #[arg(long, value_enum)]
+    pub view: Option<StartView>,
     /// Demo only: how many simulated devices.
     #[arg(long, default_value_t = 3000)]
     pub demo_devices: usize,
@@ -32,6 +35,26 @@ pub struct Args {
     /// Demo only: simulated seconds per wall second.
     #[arg(long, default_value_t = 1.0)]
     pub demo_time_scale: f64,
+}
+
+/// The views the console can start in.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StartView {
+    Map,
+    Table,
+    Cohorts,
+    WarRoom,
+}
+
+impl From<StartView> for View {
+    fn from(v: StartView) -> Self {
+        match v {
+            StartView::Map => View::Map,
+            StartView::Table => View::Table,
+            StartView::Cohorts => View::Cohorts,
+            StartView::WarRoom => View::WarRoom,
+        }
+    }
 }
 
 /// The plain-text notice for a machine without a display.
@@ -78,7 +101,7 @@ pub fn run(args: &Args) -> Result<()> {
         );
     }
     let backend = backend(args)?;
-    if let Err(err) = crate::gui::run_native(backend) {
+    if let Err(err) = crate::gui::run_native(backend, args.view.map(View::from)) {
         eprint!("{}", no_display_notice(&format!("{err:#}")));
         return Err(err);
     }

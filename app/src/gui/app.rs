@@ -148,6 +148,8 @@ pub enum UiCommand {
         zoom: f64,
     },
     ClearFilter,
+    /// Show or hide the left navigation.
+    ToggleNav,
 }
 
 /// A named set of devices, made on the map or from a filter. Lives for the session.
@@ -223,6 +225,11 @@ impl Derived {
             return;
         }
         self.recompute(model, state, now, stamp);
+    }
+
+    /// Forces a recompute on the next refresh.
+    pub fn invalidate(&mut self) {
+        self.stamp = None;
     }
 
     fn recompute(
@@ -378,7 +385,11 @@ impl ConsoleApp {
                 self.model = Some(FleetModel::new(fleet));
                 self.state.last_cache = Some(cache.display().to_string());
                 self.cache = Some(cache);
-                self.derived = Derived::default();
+                // Indices into the old fleet mean nothing now. The generation keeps counting, so
+                // the map grid cannot mistake the new fleet's data for the old.
+                self.derived.invalidate();
+                self.selected = None;
+                self.cohorts.clear();
                 self.toast(
                     ToastKind::Info,
                     format!("Loaded {n} devices from the cache"),
@@ -463,6 +474,7 @@ impl ConsoleApp {
                 self.state.view = View::Map;
             }
             UiCommand::ClearFilter => self.state.filter = Filter::default(),
+            UiCommand::ToggleNav => self.state.show_nav = !self.state.show_nav,
         }
     }
 
@@ -522,6 +534,9 @@ impl ConsoleApp {
             if ctx.input_mut(|i| i.consume_key(Modifiers::COMMAND, key)) {
                 self.send(UiCommand::Show(view));
             }
+        }
+        if ctx.input_mut(|i| i.consume_key(Modifiers::COMMAND, Key::B)) {
+            self.send(UiCommand::ToggleNav);
         }
         if ctx.input_mut(|i| i.consume_key(Modifiers::COMMAND, Key::K)) {
             self.palette.open = !self.palette.open;

@@ -8,7 +8,7 @@
 //! offline basemap tiles; the view modules only draw.
 //!
 //! Not built yet: running rollouts from the console (the engine is not attached), MBTiles and
-//! online tile servers, a command palette, telemetry plots. `docs/CONSOLE.md` lists what is.
+//! online tile servers, telemetry plots. `docs/CONSOLE.md` lists what is.
 
 pub mod aggregate;
 pub mod app;
@@ -35,7 +35,8 @@ pub fn display_available() -> bool {
 }
 
 /// Opens the console window on `backend` and runs until it is closed.
-pub fn run_native(backend: Backend) -> anyhow::Result<()> {
+/// `start` overrides the view the last run saved (a wall display starts in the war room).
+pub fn run_native(backend: Backend, start: Option<View>) -> anyhow::Result<()> {
     let options = eframe::NativeOptions {
         viewport: egui::ViewportBuilder::default()
             .with_title("Convoy")
@@ -49,12 +50,11 @@ pub fn run_native(backend: Backend) -> anyhow::Result<()> {
         "convoy",
         options,
         Box::new(move |cc| {
-            Ok(Box::new(ConsoleApp::new(
-                &cc.egui_ctx,
-                cc.storage,
-                backend,
-                Clock::System,
-            )))
+            let mut app = ConsoleApp::new(&cc.egui_ctx, cc.storage, backend, Clock::System);
+            if let Some(view) = start {
+                app.send(UiCommand::Show(view));
+            }
+            Ok(Box::new(app))
         }),
     )
     .map_err(|e| anyhow::anyhow!("could not open the console window: {e}"))

@@ -32,6 +32,7 @@ pub fn entries() -> Vec<(&'static str, UiCommand)> {
         ("Dark theme", UiCommand::SetTheme(Theme::Dark)),
         ("Light theme", UiCommand::SetTheme(Theme::Light)),
         ("Clear filter", UiCommand::ClearFilter),
+        ("Show or hide the navigation", UiCommand::ToggleNav),
         ("UI scale up", UiCommand::ScaleUi(1.1)),
         ("UI scale down", UiCommand::ScaleUi(1.0 / 1.1)),
         ("UI scale reset", UiCommand::ResetUiScale),

@@ -29,8 +29,15 @@ impl Filter {
     }
 }
 
+/// Whether `hay` contains `needle_lower` (already lower case), ignoring ASCII case, without
+/// allocating: the search runs over every device.
+fn contains_ignore_case(hay: &str, needle_lower: &str) -> bool {
+    let (h, n) = (hay.as_bytes(), needle_lower.as_bytes());
+    n.is_empty() || h.windows(n.len()).any(|w| w.eq_ignore_ascii_case(n))
+}
+
 fn haystack_matches(d: &Device, live: &Live, word: &str) -> bool {
-    let contains = |s: &str| s.to_ascii_lowercase().contains(word);
+    let contains = |s: &str| contains_ignore_case(s, word);
     contains(&d.id)
         || contains(&d.model)
         || contains(&d.hw_rev)
@@ -249,6 +256,14 @@ mod tests {
             )
             .is_empty()
         );
+    }
+
+    #[test]
+    fn case_is_ignored_without_allocating() {
+        assert!(contains_ignore_case("EU-Central-BER", "central-b"));
+        assert!(contains_ignore_case("abc", ""));
+        assert!(!contains_ignore_case("ab", "abc"));
+        assert!(!contains_ignore_case("T300", "t301"));
     }
 
     #[test]
