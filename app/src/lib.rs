@@ -7,6 +7,7 @@
 
 pub mod cli;
 pub mod cmd;
+pub mod engine;
 pub mod fleet_io;
 pub mod keys;
 pub mod link;

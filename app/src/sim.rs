@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
-use crate::link::mqtt::{self, LinkConfig, LinkEvent, LinkHandle, Role};
+use crate::link::mqtt::{self, LinkConfig, LinkEvent, LinkHandle, LinkState, Role};
 use crate::link::protocol::{
     AckResult, Command, CommandAck, CommandAction, DeviceStatus, PROTOCOL_VERSION, Telemetry,
     TelemetryEvent, TopicKind, Topics, UpdateState, UpdateStatus,
@@ -56,6 +56,8 @@ pub struct SimSummary {
     /// Commands that were not valid (bad JSON, unknown device, topic mismatch).
     pub bad_commands: u64,
     pub published: u64,
+    /// Messages dropped while the broker was unreachable.
+    pub dropped_offline: u64,
     pub ticks: u64,
 }
 
@@ -148,6 +150,27 @@ impl SimFleet {
                 true
             }
             None => false,
+        }
+    }
+
+    /// The current status of every online device, as a device publishes it after (re)connecting:
+    /// a broker that restarted without persistence has lost the retained copies, and the console
+    /// catches up from these.
+    pub fn statuses(
+        &self,
+        now: Timestamp,
+        topics: &Topics,
+        out: &mut Vec<(String, Vec<u8>, bool)>,
+    ) {
+        for d in self.devices.iter().filter(|d| d.is_online()) {
+            out.push(encode(
+                topics,
+                d.id(),
+                SimMessage::Status {
+                    ts: now,
+                    status: d.status(),
+                },
+            ));
         }
     }
 
@@ -318,7 +341,11 @@ pub fn decode_command(
 async fn publish_all(link: &LinkHandle, out: &mut Vec<(String, Vec<u8>, bool)>) -> Result<u64> {
     let n = out.len() as u64;
     for (topic, payload, retain) in out.drain(..) {
-        link.publish(topic, payload, retain).await?;
+        if topic.ends_with("/telemetry") {
+            link.publish_telemetry(topic, payload).await?;
+        } else {
+            link.publish(topic, payload, retain).await?;
+        }
     }
     Ok(n)
 }
@@ -358,6 +385,8 @@ pub async fn run(
     let mut out = Vec::new();
     fleet.drain(&topics, &mut out);
     summary.published += publish_all(&link, &mut out).await?;
+    // `wait_connected` consumed nothing from `rx`: the first `Connected` event is still queued.
+    let mut connects = 0u32;
     let mut interval = tokio::time::interval(options.tick);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -380,6 +409,12 @@ pub async fn run(
                 let Some(event) = event else {
                     bail!("the MQTT link task stopped");
                 };
+                if event == LinkEvent::Connected {
+                    connects += 1;
+                    if connects > 1 {
+                        fleet.statuses(fleet.now(), &topics, &mut out);
+                    }
+                }
                 if let LinkEvent::Raw { topic, payload } = event {
                     let now = fleet.now();
                     match decode_command(&topics, &topic, &payload) {
@@ -400,7 +435,14 @@ pub async fn run(
             }
         }
         fleet.drain(&topics, &mut out);
-        summary.published += publish_all(&link, &mut out).await?;
+        if link.state() == LinkState::Connected {
+            summary.published += publish_all(&link, &mut out).await?;
+        } else {
+            // Like a device with a small buffer: while the broker is away, messages are dropped
+            // rather than queued without bound; each device republishes its status on reconnect.
+            summary.dropped_offline += out.len() as u64;
+            out.clear();
+        }
     }
     Ok(summary)
 }

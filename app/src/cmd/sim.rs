@@ -103,8 +103,13 @@ pub fn run(args: &Args) -> Result<()> {
         sim::run(options, stop).await
     })?;
     println!(
-        "simulated {} devices: {} commands ({} invalid), {} messages published, {} ticks",
-        summary.devices, summary.commands, summary.bad_commands, summary.published, summary.ticks
+        "simulated {} devices: {} commands ({} invalid), {} messages published ({} dropped while the broker was away), {} ticks",
+        summary.devices,
+        summary.commands,
+        summary.bad_commands,
+        summary.published,
+        summary.dropped_offline,
+        summary.ticks
     );
     Ok(())
 }
