@@ -146,7 +146,10 @@ async fn throughput_and_dispatch(devices: usize, seconds: u64) {
         ]),
     )
     .expect("plain subscriber");
-    let commands = Arc::new(std::sync::Mutex::new(Vec::<Instant>::new()));
+    let commands = Arc::new(std::sync::Mutex::new((
+        std::collections::HashSet::<String>::new(),
+        Vec::<Instant>::new(),
+    )));
     {
         let plain = plain.clone();
         let commands = commands.clone();
@@ -154,8 +157,11 @@ async fn throughput_and_dispatch(devices: usize, seconds: u64) {
             while let Some(e) = plain_rx.recv().await {
                 if let LinkEvent::Raw { topic, .. } = e {
                     if topic.ends_with("/commands") {
-                        if let Ok(mut c) = commands.lock() {
-                            c.push(Instant::now());
+                        // First offer per device only: resends are not dispatch.
+                        if let Ok(mut c) = commands.lock()
+                            && c.0.insert(topic)
+                        {
+                            c.1.push(Instant::now());
                         }
                     } else {
                         plain.fetch_add(1, Ordering::Relaxed);
@@ -253,7 +259,7 @@ async fn throughput_and_dispatch(devices: usize, seconds: u64) {
         plain_count as f64 / flood_secs,
         engine_count as f64 / flood_secs,
     );
-    let times = commands.lock().map(|c| c.clone()).unwrap_or_default();
+    let times = commands.lock().map(|c| c.1.clone()).unwrap_or_default();
     if let (Some(first), Some(last)) = (times.first(), times.last()) {
         let secs = last.duration_since(*first).as_secs_f64().max(0.001);
         let from_start = first.duration_since(engine_started).as_secs_f64();
@@ -364,17 +370,28 @@ async fn time_to_stop() {
             |r| r.get(0),
         )
         .expect("query");
+    let wave_started: Option<i64> = store
+        .conn()
+        .query_row(
+            "SELECT min(time) FROM rollout_events WHERE rollout_id = 'bench' AND kind = 'wave.started'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("query");
+    let took_it = report.waves.first().map_or(0, |w| w.reverted + w.confirmed);
     println!();
     println!(
-        "| scenario | final state | first hw C device on the bad version → gate decision (simulated min) | wall for the whole run (s) |"
+        "| scenario | final state | canary start → gate decision (simulated min) | first hw C device on the bad version → gate decision (simulated min) | canary devices that took it | wall for the whole run (s) |"
     );
-    println!("| --- | --- | ---: | ---: |");
-    let latency = match (first_bad, decision) {
+    println!("| --- | --- | ---: | ---: | ---: | ---: |");
+    let minutes = |a: Option<i64>, b: Option<i64>| match (a, b) {
         (Some(a), Some(b)) => format!("{:.1}", (b - a) as f64 / 60.0),
         _ => "no decision".into(),
     };
     println!(
-        "| 400 devices, hw_rev C crash-loops, time scale 3600 | {:?} | {latency} | {wall:.1} |",
-        report.final_state
+        "| 400 devices, hw_rev C crash-loops, time scale 3600 | {:?} | {} | {} | {took_it} | {wall:.1} |",
+        report.final_state,
+        minutes(wave_started, decision),
+        minutes(first_bad, decision),
     );
 }

@@ -523,11 +523,68 @@ impl Setup {
         )
         .map_or(0, |n| n as usize)
     }
+
+    /// The history of every device the report left unsettled, for a failure message.
+    fn unsettled_histories(&self, report: &Value) -> String {
+        let Ok(conn) = rusqlite::Connection::open(self.path("cache.db")) else {
+            return "(cache unreadable)".into();
+        };
+        let mut out = String::new();
+        for u in report["unsettled"].as_array().into_iter().flatten() {
+            let id = u["device_id"].as_str().unwrap_or_default();
+            let row = conn
+                .query_row(
+                    "SELECT last_seen, battery_pct, power, active_slot FROM devices WHERE id = ?1",
+                    [id],
+                    |r| {
+                        Ok(format!(
+                            "last_seen {} battery {:?} power {} slot {}",
+                            r.get::<_, i64>(0)?,
+                            r.get::<_, Option<i64>>(1)?,
+                            r.get::<_, String>(2)?,
+                            r.get::<_, String>(3)?
+                        ))
+                    },
+                )
+                .unwrap_or_default();
+            out.push_str(&format!("{id}: {row}\n"));
+            let Ok(mut stmt) = conn.prepare(
+                "SELECT time, kind, payload FROM device_events WHERE device_id = ?1 ORDER BY seq",
+            ) else {
+                continue;
+            };
+            let rows = stmt.query_map([id], |r| {
+                Ok(format!(
+                    "  {} {} {}",
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2).unwrap_or_default()
+                ))
+            });
+            for row in rows.into_iter().flatten().flatten() {
+                out.push_str(&row);
+                out.push('\n');
+            }
+        }
+        let log = std::fs::read_to_string(self.path("sim.log")).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(30).collect();
+        out.push_str("sim.log (last lines):\n");
+        for line in tail.into_iter().rev() {
+            out.push_str(line);
+            out.push('\n');
+        }
+        out
+    }
 }
 
 /// What a rollout that lived through a broker restart must show.
-fn check_survived_restart(code: i32, report: &Value) {
-    assert_eq!(report["final_state"], "completed", "{report:#}");
+fn check_survived_restart(setup: &Setup, code: i32, report: &Value) {
+    assert_eq!(
+        report["final_state"],
+        "completed",
+        "{report:#}\nunsettled devices' histories:\n{}",
+        setup.unsettled_histories(report)
+    );
     assert_eq!(code, 0);
     assert!(
         n(&report["link"], "disconnects") >= 1,
@@ -563,7 +620,7 @@ fn a_rollout_survives_a_restart_of_the_embedded_broker() {
     std::thread::sleep(Duration::from_millis(1500));
     broker.restart();
     let (code, report) = Setup::finish(run);
-    check_survived_restart(code, &report);
+    check_survived_restart(&setup, code, &report);
 }
 
 #[test]
@@ -584,7 +641,7 @@ fn a_rollout_survives_a_restart_of_mosquitto() {
     std::thread::sleep(Duration::from_millis(1500));
     let _broker = Mosquitto::start(Some(port));
     let (code, report) = Setup::finish(run);
-    check_survived_restart(code, &report);
+    check_survived_restart(&setup, code, &report);
 }
 
 /// Publishes `count` malformed messages of every kind on device topics.

@@ -31,16 +31,18 @@ use convoy_core::time::Timestamp;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::link::mqtt::{self, LinkConfig, LinkEvent, LinkHandle, Role};
 use crate::link::protocol::{
-    AckResult, Command, CommandAck, CommandAction, DeviceStatus, Inbound, PROTOCOL_VERSION,
-    RejectionStats, Telemetry, Topics, UpdateState,
+    AckResult, CommandAck, CommandAction, DeviceStatus, Inbound, PROTOCOL_VERSION, RejectionStats,
+    Telemetry, Topics, UpdateState,
 };
 use crate::store::Store;
 use crate::store::audit::AuditEntry;
+use crate::store::events::NewDeviceEvent;
 use crate::store::outbox::OutboxCommand;
 use health::HealthWindow;
 
@@ -222,13 +224,48 @@ impl CmdKind {
     }
 }
 
+/// A command ready for the wire: its id, topic and JSON bytes, built once and shared by every
+/// resend (an offer carries the whole signed manifest; cloning it per resend would dominate).
+#[derive(Clone, Debug)]
+struct Wire {
+    command_id: String,
+    topic: String,
+    payload: Arc<[u8]>,
+}
+
 /// A command of this run not yet acknowledged.
 #[derive(Debug)]
 struct Awaiting {
-    command: Command,
+    wire: Wire,
+    device_id: String,
     device: usize,
     kind: CmdKind,
     last_sent: Option<Instant>,
+    /// Wall time to wait before the next resend: doubles after each send, up to a cap, so a
+    /// device that is offline for days is not sent its offer every few seconds.
+    backoff: Duration,
+}
+
+/// The longest wait between two sends of an unacknowledged command.
+const MAX_RESEND_BACKOFF: Duration = Duration::from_mins(5);
+
+/// The JSON of `Command { v, command_id, device_id, issued_at, action }` with the action's JSON
+/// already encoded once for the whole decision.
+fn command_bytes(
+    command_id: &str,
+    device_id: &str,
+    issued_at: Timestamp,
+    action_json: &str,
+) -> Arc<[u8]> {
+    let quote = |s: &str| serde_json::to_string(s).unwrap_or_else(|_| "\"\"".to_owned());
+    format!(
+        "{{\"v\":{PROTOCOL_VERSION},\"command_id\":{},\"device_id\":{},\"issued_at\":{},\"action\":{action_json}}}",
+        quote(command_id),
+        quote(device_id),
+        issued_at.secs()
+    )
+    .into_bytes()
+    .into()
 }
 
 struct Engine {
@@ -254,9 +291,12 @@ struct Engine {
     /// The devices of `rollback_wanted`, in the order they were asked.
     rollback_list: Vec<u32>,
     persisted_events: usize,
+    /// Device events and acknowledgements not yet written: written together once per step.
+    device_events: Vec<NewDeviceEvent>,
+    acked: Vec<String>,
     awaiting: HashMap<String, Awaiting>,
     connected: bool,
-    send_tx: mpsc::Sender<Vec<Command>>,
+    send_tx: mpsc::Sender<Vec<Wire>>,
     counts: LinkCounts,
     rejections: RejectionStats,
     gate_decisions: Vec<GateDecision>,
@@ -347,7 +387,7 @@ pub async fn run(opts: EngineOptions, stop: Option<oneshot::Receiver<()>>) -> Re
     // The link, and a sender task so that publishing (which waits when the client's queue is
     // full) never stops the loop from draining inbound messages.
     let (handle, mut inbound) = mqtt::spawn(&opts.link, opts.topics.clone(), &Role::Console)?;
-    let (send_tx, send_rx) = mpsc::channel::<Vec<Command>>(64);
+    let (send_tx, send_rx) = mpsc::channel::<Vec<Wire>>(1024);
     let (sent_tx, mut sent_rx) = mpsc::channel::<Vec<String>>(64);
     tokio::spawn(sender(handle.clone(), send_rx, sent_tx));
     publish_manifest(&handle, &opts).await?;
@@ -368,6 +408,8 @@ pub async fn run(opts: EngineOptions, stop: Option<oneshot::Receiver<()>>) -> Re
         rollback_in_flight: vec![false; n],
         rollback_list: Vec::new(),
         persisted_events: 0,
+        device_events: Vec::new(),
+        acked: Vec::new(),
         awaiting: HashMap::new(),
         connected: false,
         send_tx,
@@ -424,6 +466,7 @@ pub async fn run(opts: EngineOptions, stop: Option<oneshot::Receiver<()>>) -> Re
     };
     let now = engine.clock.now();
     engine.persist_events()?;
+    engine.flush_writes(now)?;
     engine.flush_cache()?;
     engine.store.append_audit(&AuditEntry {
         time: now,
@@ -456,14 +499,18 @@ async fn wait_stop(stop: &mut Option<oneshot::Receiver<()>>) {
 
 async fn sender(
     handle: LinkHandle,
-    mut rx: mpsc::Receiver<Vec<Command>>,
+    mut rx: mpsc::Receiver<Vec<Wire>>,
     done: mpsc::Sender<Vec<String>>,
 ) {
     while let Some(batch) = rx.recv().await {
         let mut ids = Vec::with_capacity(batch.len());
-        for command in batch {
-            if handle.send_command(&command).await.is_ok() {
-                ids.push(command.command_id);
+        for w in batch {
+            if handle
+                .publish(w.topic, w.payload.to_vec(), false)
+                .await
+                .is_ok()
+            {
+                ids.push(w.command_id);
             }
         }
         if done.send(ids).await.is_err() {
@@ -542,6 +589,7 @@ impl Engine {
             self.act(now, action)?;
         }
         self.persist_events()?;
+        self.flush_writes(now)?;
         if self.connected && self.last_resend_check.elapsed() >= Duration::from_millis(500) {
             self.last_resend_check = Instant::now();
             self.resend_overdue();
@@ -586,7 +634,7 @@ impl Engine {
         match event {
             LinkEvent::Inbound(Inbound::Status(s)) => self.on_status(now, &s)?,
             LinkEvent::Inbound(Inbound::Telemetry(t)) => self.on_telemetry(now, &t),
-            LinkEvent::Inbound(Inbound::Ack(a)) => self.on_ack(now, &a)?,
+            LinkEvent::Inbound(Inbound::Ack(a)) => self.on_ack(now, &a),
             LinkEvent::Rejected(r) => {
                 self.rejections.record(&r);
                 let reason = serde_json::to_value(r.reason)
@@ -655,13 +703,12 @@ impl Engine {
                 && matches!(state, DeviceState::Failed | DeviceState::Reverted)
                 && self.rollout.device_state(&s.device_id) != Some(state)
             {
-                self.store.append_device_event(
+                self.device_event(
                     &s.device_id,
-                    Some(&self.opts.rollout_id),
                     now,
                     "update.reason",
-                    &serde_json::json!({ "state": state_name(state), "reason": reason }),
-                )?;
+                    serde_json::json!({ "state": state_name(state), "reason": reason }),
+                );
             }
             self.report(now, i, state);
             if self.rollback_wanted[i]
@@ -701,50 +748,47 @@ impl Engine {
         }
     }
 
-    fn on_ack(&mut self, now: Timestamp, a: &CommandAck) -> Result<()> {
+    fn on_ack(&mut self, now: Timestamp, a: &CommandAck) {
         self.counts.acks += 1;
         let Some(entry) = self.awaiting.remove(&a.command_id) else {
             // An ack for a command of another run, or a second ack: nothing to do.
-            return Ok(());
+            return;
         };
-        if entry.command.device_id != a.device_id {
+        if entry.device_id != a.device_id {
             // Not from the device the command went to: keep waiting for the right one.
             self.awaiting.insert(a.command_id.clone(), entry);
-            return Ok(());
+            return;
         }
-        self.store.mark_acked(&a.command_id, now)?;
+        self.acked.push(a.command_id.clone());
         self.counts.commands_acked += 1;
         if entry.kind != CmdKind::Offer {
             self.rollback_in_flight[entry.device] = false;
         }
         if entry.kind == CmdKind::Cancel && a.result != AckResult::Rejected {
             // The device dropped the offer before installing: it runs its previous version.
-            self.store.append_device_event(
+            self.device_event(
                 &a.device_id,
-                Some(&self.opts.rollout_id),
                 now,
                 "cancelled",
-                &serde_json::json!({"command_id": a.command_id}),
-            )?;
+                serde_json::json!({"command_id": a.command_id}),
+            );
             self.report(now, entry.device, DeviceState::Reverted);
         }
         if a.result == AckResult::Rejected {
             self.counts.commands_rejected_by_devices += 1;
             let reason = a.reason.clone().unwrap_or_else(|| "no reason given".into());
-            self.store.append_device_event(
+            self.device_event(
                 &a.device_id,
-                Some(&self.opts.rollout_id),
                 now,
                 "command.rejected",
-                &serde_json::json!({"command_id": a.command_id, "reason": reason}),
-            )?;
+                serde_json::json!({"command_id": a.command_id, "reason": reason}),
+            );
             if entry.kind == CmdKind::Offer {
                 // The device refused the offer (failed verification, busy, ...): it will not
                 // install, and the reason is in its history.
                 self.report(now, entry.device, DeviceState::Failed);
             }
         }
-        Ok(())
     }
 
     fn on_sent(&mut self, ids: &[String]) -> Result<()> {
@@ -762,9 +806,9 @@ impl Engine {
                 // Acknowledged before the sender reported it sent: it was sent.
                 None => self.counts.commands_sent += 1,
             }
-            // Records the attempt; an acknowledged command stays acknowledged.
-            self.store.mark_sent(id, now)?;
         }
+        // Records the attempts; an acknowledged command stays acknowledged.
+        self.store.mark_sent_many(ids, now)?;
         Ok(())
     }
 
@@ -1029,36 +1073,36 @@ impl Engine {
             },
             &commands,
         )?;
+        let action_json = serde_json::to_string(action).context("encoding a command")?;
         let mut batch = Vec::with_capacity(device_ids.len());
         for (device_id, command_id) in device_ids.iter().zip(decision.command_ids) {
             let Some(device) = self.index(device_id) else {
                 continue;
             };
-            let command = Command {
-                v: PROTOCOL_VERSION,
+            let wire = Wire {
+                topic: self.opts.topics.commands(device_id),
+                payload: command_bytes(&command_id, device_id, now, &action_json),
                 command_id: command_id.clone(),
-                device_id: device_id.clone(),
-                issued_at: now,
-                action: action.clone(),
             };
-            self.store.append_device_event(
+            self.device_event(
                 device_id,
-                Some(&self.opts.rollout_id),
                 now,
                 kind.as_str(),
-                &serde_json::json!({"command_id": command_id}),
-            )?;
+                serde_json::json!({"command_id": command_id}),
+            );
             if kind != CmdKind::Offer {
                 self.rollback_in_flight[device] = true;
             }
-            batch.push(command.clone());
+            batch.push(wire.clone());
             self.awaiting.insert(
                 command_id,
                 Awaiting {
-                    command,
+                    wire,
+                    device_id: device_id.clone(),
                     device,
                     kind,
                     last_sent: None,
+                    backoff: self.opts.resend_after,
                 },
             );
         }
@@ -1068,7 +1112,7 @@ impl Engine {
         Ok(())
     }
 
-    fn send(&mut self, batch: &[Command]) {
+    fn send(&mut self, batch: &[Wire]) {
         for chunk in batch.chunks(256) {
             if self.send_tx.try_send(chunk.to_vec()).is_err() {
                 // The sender is behind; these go with the next resend pass.
@@ -1077,19 +1121,30 @@ impl Engine {
         }
     }
 
+    /// After a reconnect: everything unacknowledged goes again, and the backoffs start over.
     fn resend_all(&mut self) {
-        let batch: Vec<Command> = self.awaiting.values().map(|a| a.command.clone()).collect();
+        let first = self.opts.resend_after;
+        let mut batch: Vec<Wire> = self
+            .awaiting
+            .values_mut()
+            .map(|a| {
+                a.backoff = first;
+                a.wire.clone()
+            })
+            .collect();
+        batch.sort_by(|a, b| a.command_id.cmp(&b.command_id));
         self.send(&batch);
     }
 
+    /// Commands unacknowledged for longer than their backoff go again; the backoff doubles.
     fn resend_overdue(&mut self) {
-        let after = self.opts.resend_after;
-        let mut batch: Vec<Command> = self
-            .awaiting
-            .values()
-            .filter(|a| a.last_sent.is_none_or(|t| t.elapsed() >= after))
-            .map(|a| a.command.clone())
-            .collect();
+        let mut batch: Vec<Wire> = Vec::new();
+        for a in self.awaiting.values_mut() {
+            if a.last_sent.is_none_or(|t| t.elapsed() >= a.backoff) {
+                a.backoff = (a.backoff * 2).min(MAX_RESEND_BACKOFF);
+                batch.push(a.wire.clone());
+            }
+        }
         batch.sort_by(|a, b| a.command_id.cmp(&b.command_id));
         self.send(&batch);
     }
@@ -1119,13 +1174,7 @@ impl Engine {
                 EventKind::Device { device, state } => {
                     if let Some(id) = self.rollout.state().device_ids.get(*device as usize) {
                         let id = id.clone();
-                        self.store.append_device_event(
-                            &id,
-                            Some(&self.opts.rollout_id),
-                            e.at,
-                            state_name(*state),
-                            &serde_json::json!({}),
-                        )?;
+                        self.device_event(&id, e.at, state_name(*state), serde_json::json!({}));
                     }
                 }
                 EventKind::GateChecked {
@@ -1178,6 +1227,33 @@ impl Engine {
                         .append_event(&self.opts.rollout_id, e.at, name, &cause, &payload)?;
                 }
             }
+        }
+        Ok(())
+    }
+
+    fn device_event(
+        &mut self,
+        device_id: &str,
+        time: Timestamp,
+        kind: &str,
+        payload: serde_json::Value,
+    ) {
+        self.device_events.push(NewDeviceEvent {
+            device_id: device_id.to_owned(),
+            rollout_id: Some(self.opts.rollout_id.clone()),
+            time,
+            kind: kind.to_owned(),
+            payload,
+        });
+    }
+
+    /// Writes buffered device events and acknowledgements, each batch in one transaction.
+    fn flush_writes(&mut self, now: Timestamp) -> Result<()> {
+        let events = std::mem::take(&mut self.device_events);
+        self.store.append_device_events(&events)?;
+        let acked = std::mem::take(&mut self.acked);
+        if !acked.is_empty() {
+            self.store.mark_acked_many(&acked, now)?;
         }
         Ok(())
     }
@@ -1303,5 +1379,32 @@ fn event_name(kind: &EventKind) -> &'static str {
         EventKind::RollbackFinished { .. } => "rollback.finished",
         EventKind::Completed => "rollout.completed",
         EventKind::Aborted { .. } => "rollout.aborted",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::link::protocol::Command;
+
+    #[test]
+    fn hand_built_command_bytes_decode_to_the_same_command() {
+        let action = CommandAction::RollBack {
+            release_id: "t300-2.5.0".into(),
+            reason: "gate: \"crash\" T300/C".into(),
+        };
+        let json = serde_json::to_string(&action).expect("encode");
+        let bytes = command_bytes("c-1", "CV0000042", Timestamp(1_795_392_000), &json);
+        let decoded: Command = serde_json::from_slice(&bytes).expect("valid command JSON");
+        assert_eq!(
+            decoded,
+            Command {
+                v: PROTOCOL_VERSION,
+                command_id: "c-1".into(),
+                device_id: "CV0000042".into(),
+                issued_at: Timestamp(1_795_392_000),
+                action,
+            }
+        );
     }
 }
