@@ -526,6 +526,7 @@ impl Setup {
 
     /// The history of every device the report left unsettled, for a failure message.
     fn unsettled_histories(&self, report: &Value) -> String {
+        use std::fmt::Write as _;
         let Ok(conn) = rusqlite::Connection::open(self.path("cache.db")) else {
             return "(cache unreadable)".into();
         };
@@ -547,7 +548,7 @@ impl Setup {
                     },
                 )
                 .unwrap_or_default();
-            out.push_str(&format!("{id}: {row}\n"));
+            let _ = writeln!(out, "{id}: {row}");
             let Ok(mut stmt) = conn.prepare(
                 "SELECT time, kind, payload FROM device_events WHERE device_id = ?1 ORDER BY seq",
             ) else {
