@@ -2,6 +2,7 @@
 
 mod crash;
 mod fleet;
+mod http;
 mod mqtt;
 mod plan;
 mod release;
