@@ -26,7 +26,7 @@ use tokio::sync::mpsc;
 use crate::link::mqtt::{self, LinkConfig, LinkEvent, LinkHandle, Role};
 use crate::link::protocol::{
     AckResult, Command, CommandAck, CommandAction, DeviceStatus, PROTOCOL_VERSION, Telemetry,
-    TelemetryEvent, TopicKind, Topics, UpdateState, UpdateStatus,
+    TelemetryEvent, TopicKind, Topics, UpdateState, UpdateStatus, is_valid_id,
 };
 
 /// How to run a simulated fleet.
@@ -298,6 +298,26 @@ pub fn decode_command(
             command.device_id
         );
     }
+    // Ids travel back in acks and statuses, where the console rejects invalid ones: a command
+    // with one could never be acknowledged, so it is refused here (found by fuzzing).
+    if !is_valid_id(&command.command_id) {
+        bail!(
+            "command on {topic} has an invalid command_id {:?}",
+            command.command_id.chars().take(64).collect::<String>()
+        );
+    }
+    let release_id = match &command.action {
+        CommandAction::Offer { release_id, .. }
+        | CommandAction::RollBack { release_id, .. }
+        | CommandAction::Cancel { release_id } => release_id,
+    };
+    if !is_valid_id(release_id) {
+        bail!(
+            "command {} has an invalid release_id {:?}",
+            command.command_id,
+            release_id.chars().take(64).collect::<String>()
+        );
+    }
     let sim = match command.action {
         CommandAction::Offer {
             release_id,
@@ -403,4 +423,33 @@ pub async fn run(
         summary.published += publish_all(&link, &mut out).await?;
     }
     Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by fuzzing (`fuzz/corpus/sim_command/regression-invalid-command-id`): a command
+    /// whose id the console would reject in the ack was accepted, and its ack then failed the
+    /// console's validation.
+    #[test]
+    fn fuzz_regression_commands_with_invalid_ids_are_refused() {
+        let topics = Topics::default_prefix();
+        let topic = topics.commands("CV1");
+        let command = |command_id: &str, release_id: &str| {
+            serde_json::json!({
+                "v": 1, "command_id": command_id, "device_id": "CV1", "issued_at": 1_795_392_000,
+                "action": {"kind": "cancel", "release_id": release_id}
+            })
+            .to_string()
+        };
+        let ok = decode_command(&topics, &topic, command("c-3", "fw-9.0.0").as_bytes());
+        assert!(ok.is_ok(), "{ok:?}");
+        let err = decode_command(&topics, &topic, command("bytes=c-3", "fw-9.0.0").as_bytes())
+            .expect_err("invalid command id");
+        assert!(err.to_string().contains("invalid command_id"), "{err}");
+        let err = decode_command(&topics, &topic, command("c-3", "fw/9").as_bytes())
+            .expect_err("invalid release id");
+        assert!(err.to_string().contains("invalid release_id"), "{err}");
+    }
 }
