@@ -1,9 +1,9 @@
 //! The bodies of Convoy's fuzz targets: one function per parser, each taking arbitrary bytes.
 //!
 //! The cargo-fuzz project in `fuzz/` calls these from its `fuzz_targets/*.rs` (libFuzzer), and
-//! the unit tests below run every one over its seeds, the files in `fuzz/corpus/<target>/`
-//! (seeds and crash reproducers) and thousands of inputs mutated from the seeds by a seeded
-//! generator, so `cargo test` exercises them on stable Rust without libFuzzer. `docs/FUZZING.md`
+//! the unit tests below run every one over its seeds, the committed crash reproducers in
+//! `fuzz/regressions/<target>/`, the local corpus in `fuzz/corpus/<target>/` if there is one,
+//! and thousands of inputs mutated from the seeds by a seeded generator, so `cargo test` exercises them on stable Rust without libFuzzer. `docs/FUZZING.md`
 //! says how to run them.
 //!
 //! A body passes when the parser returns (an error is fine) and, for what it accepts, the
@@ -790,19 +790,26 @@ mod tests {
         v
     }
 
+    /// The committed reproducers (`fuzz/regressions/<target>/`) and, when present, the local
+    /// corpus cargo fuzz grows (`fuzz/corpus/<target>/`, not committed).
     fn corpus_files(name: &str) -> Vec<(PathBuf, Vec<u8>)> {
-        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../fuzz/corpus")
-            .join(name);
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            return Vec::new();
-        };
-        let mut files: Vec<(PathBuf, Vec<u8>)> = entries
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .filter(|p| p.is_file())
-            .filter_map(|p| std::fs::read(&p).ok().map(|bytes| (p, bytes)))
-            .collect();
+        let fuzz = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz");
+        let mut files = Vec::new();
+        for dir in [
+            fuzz.join("regressions").join(name),
+            fuzz.join("corpus").join(name),
+        ] {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            files.extend(
+                entries
+                    .filter_map(Result::ok)
+                    .map(|e| e.path())
+                    .filter(|p| p.is_file())
+                    .filter_map(|p| std::fs::read(&p).ok().map(|bytes| (p, bytes))),
+            );
+        }
         files.sort();
         files
     }
@@ -848,6 +855,21 @@ mod tests {
             let (_, rest) = split_selector(seed);
             let id = &fx.fleet.devices[0].id;
             assert!(crate::sim::decode_command(&topics, &topics.commands(id), rest).is_ok());
+        }
+    }
+
+    /// Writes every target's seeds into `fuzz/corpus/<target>/seed-N`, the corpus cargo fuzz
+    /// starts from. Run on purpose only (docs/FUZZING.md): it writes into the source tree.
+    #[test]
+    #[ignore = "writes the seed corpus into fuzz/corpus; run it before cargo fuzz"]
+    fn write_seed_corpus() {
+        let corpus = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus");
+        for target in TARGETS {
+            let dir = corpus.join(target.name);
+            std::fs::create_dir_all(&dir).expect("create the corpus directory");
+            for (i, seed) in (target.seeds)().iter().enumerate() {
+                std::fs::write(dir.join(format!("seed-{i}")), seed).expect("write a seed");
+            }
         }
     }
 

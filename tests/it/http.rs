@@ -17,7 +17,8 @@ use tokio::runtime::Runtime;
 
 const LEN: usize = 1_000_003;
 
-/// Deterministic, incompressible-looking bytes (xorshift), different per `seed`.
+/// Deterministic, incompressible-looking bytes (xorshift), different per odd `seed` (an even
+/// seed gives the bytes of the odd one above it).
 fn artifact_bytes(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed | 1;
     (0..len)
@@ -678,4 +679,239 @@ fn convoy_artifacts_serve_and_fetch() {
         "{stderr}"
     );
     assert!(!d.out.join("bad.bin").exists());
+}
+
+fn sim_device(id: &str, now: convoy_core::time::Timestamp) -> convoy_core::fleet::Device {
+    use convoy_core::fleet::{
+        Connectivity, CustomerTier, Device, DeviceClass, GeoPoint, PowerState, Redundancy, Slot,
+        SmallMap,
+    };
+    use convoy_core::version::Version;
+    Device {
+        id: id.to_owned(),
+        model: "T300".to_owned(),
+        hw_rev: "B".to_owned(),
+        components: [("firmware", Version::new(2, 4, 0))].into_iter().collect(),
+        active_slot: Slot::A,
+        region: "eu-central".to_owned(),
+        depot: "ber".to_owned(),
+        position: GeoPoint {
+            lat: 52.5,
+            lon: 13.4,
+        },
+        connectivity: Connectivity::Ethernet,
+        metered: false,
+        battery_pct: None,
+        power: PowerState::Mains,
+        free_storage_bytes: 1_000_000_000,
+        customer_tier: CustomerTier::Standard,
+        device_class: DeviceClass::Kiosk,
+        redundancy: Redundancy::None,
+        last_seen: now,
+        failed_update_attempts: 0,
+        tags: SmallMap::new(),
+    }
+}
+
+/// A signed offer of release `id` (firmware `version`, `counter`) whose one artifact `name` has
+/// the given signed bytes and a relative URL.
+fn sim_offer(
+    key: &ed25519_dalek::SigningKey,
+    now: convoy_core::time::Timestamp,
+    (id, version, counter): (&str, convoy_core::version::Version, u64),
+    (name, bytes): (&str, &[u8]),
+    command_id: &str,
+) -> convoy::link::protocol::Command {
+    use convoy::link::protocol::{Command, CommandAction};
+    use convoy_core::manifest::SignedManifest;
+    use convoy_core::release::{Artifact, ReleaseSpec};
+    let spec = ReleaseSpec {
+        id: id.to_owned(),
+        version,
+        counter,
+        hardware: vec!["T300".to_owned()],
+        provides: [("firmware", version)].into_iter().collect(),
+        requires: Vec::new(),
+        artifacts: vec![Artifact {
+            name: name.to_owned(),
+            url: name.to_owned(),
+            length_bytes: bytes.len() as u64,
+            sha256: sha256_hex(bytes),
+        }],
+        expires: now.plus_secs(30 * 86_400),
+    };
+    let manifest = SignedManifest::sign(spec, None, key)
+        .expect("sign")
+        .to_json_bytes();
+    Command {
+        v: 1,
+        command_id: command_id.to_owned(),
+        device_id: "SIM-1".to_owned(),
+        issued_at: now,
+        action: CommandAction::Offer {
+            release_id: id.to_owned(),
+            manifest: serde_json::from_slice(&manifest).expect("manifest JSON"),
+        },
+    }
+}
+
+/// `convoy sim --fetch-artifacts`: the simulator fetches a release's artifact over HTTP once
+/// (resuming after a cut), and only then hands the offer to the device; a release whose served
+/// artifact does not match its signed hash is rejected with the hash mismatch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_simulator_fetches_artifacts_before_devices_install() {
+    use convoy::link::broker::EmbeddedBroker;
+    use convoy::link::mqtt::{self, LinkConfig, LinkEvent, Role};
+    use convoy::link::protocol::{AckResult, Inbound, Topics, UpdateState};
+    use convoy::sim::{ArtifactFetch, SimOptions};
+    use convoy_core::devsim::{Faults, SimConfig};
+    use convoy_core::fleet::Fleet;
+    use convoy_core::manifest::TrustedKeys;
+    use convoy_core::version::Version;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let good = artifact_bytes(300_000, 3);
+    let signed_bad = artifact_bytes(1_000, 4);
+    let served_bad = artifact_bytes(1_000, 8);
+    std::fs::write(dir.path().join("fw.img"), &good).expect("write");
+    std::fs::write(dir.path().join("fw2.img"), &served_bad).expect("write");
+    let mut config = ServerConfig::new(loopback());
+    config.truncate = Some(Truncate {
+        after_bytes: 100_000,
+        connections: 1,
+    });
+    let server = ArtifactServer::start(Content::Dir(dir.path().to_owned()), config)
+        .await
+        .expect("artifact server");
+    let base = format!("http://{}/", server.addr());
+
+    let broker = EmbeddedBroker::start(loopback()).expect("embedded broker");
+    let now = convoy::now();
+    let key = ed25519_dalek::SigningKey::from_bytes(&[3; 32]);
+    let options = SimOptions {
+        broker_url: broker.url(),
+        client_id: "sim-fetch-fleet".to_owned(),
+        topics: Topics::default_prefix(),
+        fleet: Fleet::new(Vec::new(), vec![sim_device("SIM-1", now)]),
+        faults: Faults::default(),
+        trust: TrustedKeys::from_keys([&key.verifying_key()]),
+        seed: 1,
+        time_scale: 300.0,
+        tick: Duration::from_millis(20),
+        config: SimConfig {
+            crash_per_hour: 0.0,
+            reboot_per_hour: 0.0,
+            outage_factor: 0.0,
+            ..SimConfig::default()
+        },
+        start: now,
+    };
+    let cache = dir.path().join("cache");
+    let fetch = ArtifactFetch {
+        dir: cache.clone(),
+        base_url: Some(base),
+        retry: RetryPolicy {
+            attempts: 5,
+            backoff: Duration::from_millis(10),
+        },
+    };
+    let (mut console, mut rx) = mqtt::spawn(
+        &LinkConfig::new(&broker.url(), "sim-fetch-console"),
+        Topics::default_prefix(),
+        &Role::Console,
+    )
+    .expect("console link");
+    console
+        .wait_connected(Duration::from_secs(30))
+        .await
+        .expect("connected");
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
+    let sim = tokio::spawn(convoy::sim::run_with_fetch(
+        options,
+        Some(fetch),
+        Some(stop_rx),
+    ));
+
+    let mut acks = Vec::new();
+    let mut states = Vec::new();
+    let mut sent_first = false;
+    let mut sent_second = false;
+    let done = tokio::time::timeout(Duration::from_secs(45), async {
+        loop {
+            let Some(LinkEvent::Inbound(inbound)) = rx.recv().await else {
+                continue;
+            };
+            match inbound {
+                Inbound::Status(s) => {
+                    if states.last() != Some(&s.update.state) {
+                        states.push(s.update.state);
+                    }
+                }
+                Inbound::Ack(a) => acks.push((a.command_id, a.result, a.reason)),
+                Inbound::Telemetry(_) => {}
+            }
+            if !sent_first && !states.is_empty() {
+                sent_first = true;
+                let offer = sim_offer(
+                    &key,
+                    now,
+                    ("t300-fw-2.4.1", Version::new(2, 4, 1), 7),
+                    ("fw.img", &good),
+                    "c-1",
+                );
+                console.send_command(&offer).await.expect("send");
+            }
+            if !sent_second && states.last() == Some(&UpdateState::Confirmed) {
+                sent_second = true;
+                let offer = sim_offer(
+                    &key,
+                    now,
+                    ("t300-fw-2.4.2", Version::new(2, 4, 2), 8),
+                    ("fw2.img", &signed_bad),
+                    "c-2",
+                );
+                console.send_command(&offer).await.expect("send");
+            }
+            if acks.len() >= 2 {
+                break;
+            }
+        }
+    })
+    .await;
+    let _ = stop_tx.send(());
+    let (_, fetched) = sim.await.expect("sim task").expect("sim run");
+    assert!(
+        done.is_ok(),
+        "timed out; states {states:?}, acks {acks:?}, server {:?}",
+        server.stats()
+    );
+    assert_eq!(acks[0].0, "c-1");
+    assert_eq!(acks[0].1, AckResult::Accepted);
+    assert!(states.contains(&UpdateState::Confirmed), "{states:?}");
+    assert_eq!(
+        std::fs::read(cache.join("t300-fw-2.4.1/fw.img")).expect("fetched artifact"),
+        good
+    );
+    assert_eq!(acks[1].0, "c-2");
+    assert_eq!(
+        acks[1].1,
+        AckResult::Rejected,
+        "{acks:?} {fetched:?} {:?}",
+        server.stats()
+    );
+    let reason = acks[1].2.as_deref().expect("reason");
+    assert!(
+        reason.contains("hash mismatch") && reason.contains(&sha256_hex(&signed_bad)),
+        "{reason}"
+    );
+    assert!(!cache.join("t300-fw-2.4.2/fw2.img").exists());
+    assert_eq!(fetched.releases_fetched, 1);
+    assert_eq!(fetched.releases_failed, 1);
+    assert_eq!(fetched.bytes_fetched, good.len() as u64);
+    assert_eq!(fetched.offers_held, 2);
+    assert_eq!(fetched.offers_refused, 1);
+    let stats = server.stats();
+    assert_eq!(stats.truncated, 1, "the first fetch was cut");
+    assert_eq!(stats.partial, 1, "and resumed with a range");
+    server.shutdown().await;
 }

@@ -256,7 +256,7 @@ pub async fn download_resumable(
     dest: &Path,
     expected_len: u64,
     expected_sha256: &str,
-    progress: &mut dyn FnMut(Progress),
+    progress: &mut (dyn FnMut(Progress) + Send),
 ) -> Result<DownloadReport, FetchError> {
     if !is_sha256_hex(expected_sha256) {
         return Err(FetchError::BadExpectedHash(expected_sha256.to_owned()));
@@ -589,8 +589,8 @@ pub async fn download_with_retries(
     expected_len: u64,
     expected_sha256: &str,
     policy: RetryPolicy,
-    progress: &mut dyn FnMut(Progress),
-    on_retry: &mut dyn FnMut(&FetchError),
+    progress: &mut (dyn FnMut(Progress) + Send),
+    on_retry: &mut (dyn FnMut(&FetchError) + Send),
 ) -> Result<(DownloadReport, u32), FetchError> {
     let attempts = policy.attempts.max(1);
     let mut wait = policy.backoff;
