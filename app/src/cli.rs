@@ -35,6 +35,8 @@ pub enum Command {
     Rollout(cmd::rollout::Args),
     /// Run every device of a fleet as a simulated device over MQTT.
     Sim(cmd::sim::Args),
+    /// Serve release artifacts over HTTP with range requests; fetch one with resume.
+    Artifacts(cmd::artifacts::Args),
 }
 
 /// Runs the command line and returns the process exit code. Errors are printed once, here,
@@ -59,6 +61,7 @@ pub fn main() -> ExitCode {
         Some(Command::Telemetry(args)) => cmd::telemetry::run(&args),
         Some(Command::Rollout(args)) => cmd::rollout::run(&args),
         Some(Command::Sim(args)) => cmd::sim::run(&args),
+        Some(Command::Artifacts(args)) => cmd::artifacts::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -9,6 +9,8 @@ pub mod cli;
 pub mod cmd;
 pub mod engine;
 pub mod fleet_io;
+#[doc(hidden)]
+pub mod fuzz_targets;
 pub mod keys;
 pub mod link;
 pub mod sim;

@@ -3,6 +3,7 @@
 mod crash;
 mod engine;
 mod fleet;
+mod http;
 mod mqtt;
 mod plan;
 mod release;
