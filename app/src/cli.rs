@@ -37,6 +37,8 @@ pub enum Command {
     Sim(cmd::sim::Args),
     /// Open the desktop console (the default with no arguments: a live demo).
     Gui(cmd::gui::Args),
+    /// Serve release artifacts over HTTP with range requests; fetch one with resume.
+    Artifacts(cmd::artifacts::Args),
 }
 
 /// Runs the command line and returns the process exit code. Errors are printed once, here,
@@ -56,6 +58,7 @@ pub fn main() -> ExitCode {
         Some(Command::Rollout(args)) => cmd::rollout::run(&args),
         Some(Command::Sim(args)) => cmd::sim::run(&args),
         Some(Command::Gui(args)) => cmd::gui::run(&args),
+        Some(Command::Artifacts(args)) => cmd::artifacts::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,7 +1,9 @@
 //! End-to-end tests: the real `convoy` binary on real files.
 
 mod crash;
+mod engine;
 mod fleet;
+mod http;
 mod mqtt;
 mod plan;
 mod release;

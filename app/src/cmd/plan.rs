@@ -3,7 +3,8 @@
 //! Reads the fleet, the release (a JSON `ReleaseSpec` for now), an optional catalog of other
 //! releases for prerequisite chains, and the `"planning"` section of an optional policy file;
 //! reads the clock only when `--now` is not given; then hands everything to
-//! `convoy_core::plan::plan`. Gates are not printed yet: they are wired in at integration.
+//! `convoy_core::plan::plan`. The JSON carries the gates and the waves by device id
+//! (`rollout_waves`), which `convoy rollout run --plan` takes.
 
 use anyhow::{Context, Result, bail};
 use convoy_core::gates::GatePolicy;
@@ -91,6 +92,11 @@ pub fn run(args: &Args) -> Result<()> {
                 serde_json::to_value(&gates).context("serialising the gates")?,
             );
             obj.insert(
+                "rollout_waves".into(),
+                serde_json::to_value(plan.rollout_waves(&fleet))
+                    .context("serialising the waves")?,
+            );
+            obj.insert(
                 "gate_warnings".into(),
                 serde_json::to_value(&gate_notes).context("serialising warnings")?,
             );
@@ -151,7 +157,10 @@ fn render_gates(gates: &GatePolicy, notes: &[String]) -> Result<String> {
 
 /// Reads one section of a shared policy file (`"planning"`, `"gates"`, ...); a missing section
 /// means that section's defaults.
-fn read_section<T: serde::de::DeserializeOwned + Default>(path: &Path, key: &str) -> Result<T> {
+pub(crate) fn read_section<T: serde::de::DeserializeOwned + Default>(
+    path: &Path,
+    key: &str,
+) -> Result<T> {
     let value: serde_json::Value = read_json(path)?;
     let Some(obj) = value.as_object() else {
         bail!("the policy file must be a JSON object with \"version\" and \"planning\"");

@@ -275,7 +275,7 @@ fn create(args: &CreateArgs) -> Result<()> {
     Ok(())
 }
 
-fn read_manifest(path: &Path) -> Result<Vec<u8>> {
+pub(crate) fn read_manifest(path: &Path) -> Result<Vec<u8>> {
     let len = std::fs::metadata(path)
         .with_context(|| format!("reading {}", path.display()))?
         .len();
@@ -289,7 +289,11 @@ fn read_manifest(path: &Path) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
-fn verify_file(path: &Path, trust: &TrustedKeys, now: Timestamp) -> Result<VerifiedManifest> {
+pub(crate) fn verify_file(
+    path: &Path,
+    trust: &TrustedKeys,
+    now: Timestamp,
+) -> Result<VerifiedManifest> {
     let bytes = read_manifest(path)?;
     manifest::verify(&bytes, trust, now).map_err(|rejection| {
         anyhow!(

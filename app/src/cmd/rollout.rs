@@ -1,8 +1,20 @@
-//! `convoy rollout`: rollout records in the cache. Today: export a rollout's timeline.
+//! `convoy rollout`: run a rollout headless (`run`), and export a rollout's timeline
+//! (`timeline`).
 //!
-//! Planning and driving rollouts are not here; the engine appends the events this exports.
+//! `run` reads the files, verifies the release, plans (or reads a plan) and hands everything to
+//! [`crate::engine`], which drives the rollout over MQTT and writes the cache.
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
+use convoy_core::gates::GatePolicy;
+use convoy_core::plan::{self, PlanInput, PlanningPolicy};
+use convoy_core::rollout::{ChangePath, WaveSpec};
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::Duration;
+
+use crate::engine::{self, EngineOptions, EngineReport};
+use crate::link::mqtt::LinkConfig;
+use crate::link::protocol::Topics;
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -19,6 +31,82 @@ pub struct Args {
 pub enum RolloutCommand {
     /// Export a rollout's timeline (every event with its cause) as CSV, JSON or Markdown.
     Timeline(TimelineArgs),
+    /// Run a rollout headless: plan, dispatch wave by wave over MQTT, gate on live telemetry,
+    /// pause or roll back by itself, and print a final report. Exit code 0: completed; 3: stopped
+    /// by a gate (paused or rolled back) or aborted; 4: timed out or interrupted.
+    Run(Box<RunArgs>),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    /// The cache file (default: $CONVOY_DB, else $XDG_DATA_HOME/convoy/convoy.db).
+    #[arg(long)]
+    pub db: Option<PathBuf>,
+    /// The MQTT broker, e.g. mqtt://127.0.0.1:1883 or mqtts://broker:8883.
+    #[arg(long)]
+    pub broker: String,
+    /// The signed release manifest.
+    #[arg(long)]
+    pub release: PathBuf,
+    /// The release's artifact: checked against the manifest (length and SHA-256) before anything
+    /// is sent.
+    #[arg(long)]
+    pub artifact: Vec<PathBuf>,
+    /// The trusted keys (a trust directory or a key directory); default: $CONVOY_TRUST, else
+    /// `trust/` beside the cache file.
+    #[arg(long)]
+    pub trust: Option<PathBuf>,
+    /// A plan: the JSON of `convoy plan --json` (its `rollout_waves` and `gates`), or
+    /// `{"waves": [{"name", "device_ids", "soak_secs"}], "gates": {...}}`. Without it the
+    /// engine plans from the cache's fleet.
+    #[arg(long)]
+    pub plan: Option<PathBuf>,
+    /// Policy file (`"planning"` and `"gates"` sections) used when planning here.
+    #[arg(long)]
+    pub policy: Option<PathBuf>,
+    /// Seed of the canary and wave order when planning here.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Simulated seconds per wall second (match `convoy sim --time-scale`).
+    #[arg(long, default_value_t = 1.0)]
+    pub time_scale: f64,
+    /// Print the final report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// The rollout id (default: RELEASE-YYYYMMDDTHHMMSSZ).
+    #[arg(long)]
+    pub rollout_id: Option<String>,
+    /// The operator requesting the rollout (default: $CONVOY_OPERATOR, else $USER).
+    #[arg(long)]
+    pub operator: Option<String>,
+    /// An approver (repeat for each). With none, the rollout runs on the single-operator path:
+    /// the requester approves alone, and every record says so.
+    #[arg(long = "approve")]
+    pub approvers: Vec<String>,
+    /// Emergency path: the named authoriser (must be among the approvers) ...
+    #[arg(long, requires = "evidence")]
+    pub emergency_authoriser: Option<String>,
+    /// ... and why it cannot wait (incident id, CVE, measurements).
+    #[arg(long)]
+    pub evidence: Option<String>,
+    /// Topic prefix.
+    #[arg(long, default_value = "convoy/v1")]
+    pub prefix: String,
+    /// Give up after this many wall seconds.
+    #[arg(long)]
+    pub max_wall_secs: Option<f64>,
+    /// Simulated seconds per health sample (default: the gates' evaluation interval).
+    #[arg(long)]
+    pub sample_secs: Option<i64>,
+    /// TLS: CA certificate of the broker (PEM), for mqtts://.
+    #[arg(long)]
+    pub ca_file: Option<PathBuf>,
+    /// TLS client certificate (PEM).
+    #[arg(long, requires = "client_key")]
+    pub client_cert: Option<PathBuf>,
+    /// TLS client key (PEM).
+    #[arg(long, requires = "client_cert")]
+    pub client_key: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -36,6 +124,7 @@ pub struct TimelineArgs {
 pub fn run(args: &Args) -> Result<()> {
     match &args.command {
         RolloutCommand::Timeline(a) => timeline(a),
+        RolloutCommand::Run(a) => run_rollout(a),
     }
 }
 
@@ -50,4 +139,313 @@ fn timeline(args: &TimelineArgs) -> Result<()> {
     let mut out = std::io::BufWriter::new(stdout.lock());
     write_timeline(&mut out, &events, args.format)?;
     out.flush().context("writing to standard output")
+}
+
+/// The trust directory: `--trust`, else `$CONVOY_TRUST`, else `trust/` beside the cache.
+fn trust_dir(arg: Option<&Path>, db: &Path) -> PathBuf {
+    if let Some(p) = arg {
+        return p.to_owned();
+    }
+    if let Some(p) = std::env::var_os("CONVOY_TRUST").filter(|p| !p.is_empty()) {
+        return PathBuf::from(p);
+    }
+    db.parent().unwrap_or(Path::new(".")).join("trust")
+}
+
+fn operator_name(arg: Option<&str>) -> String {
+    arg.map(str::to_owned)
+        .or_else(|| std::env::var("CONVOY_OPERATOR").ok())
+        .or_else(|| std::env::var("USER").ok())
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "operator".to_owned())
+}
+
+/// Waves and gates from a plan file (see [`RunArgs::plan`]).
+fn read_plan(path: &Path) -> Result<(Vec<WaveSpec>, Option<GatePolicy>)> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut value: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let obj = value
+        .as_object_mut()
+        .ok_or_else(|| anyhow!("{}: a plan is a JSON object", path.display()))?;
+    let waves = obj
+        .remove("rollout_waves")
+        .or_else(|| obj.remove("waves"))
+        .ok_or_else(|| {
+            anyhow!(
+                "{}: no \"rollout_waves\" or \"waves\" in the plan",
+                path.display()
+            )
+        })?;
+    let waves: Vec<WaveSpec> = serde_json::from_value(waves).with_context(|| {
+        format!(
+            "{}: the waves must be [{{\"name\", \"device_ids\", \"soak_secs\"}}]",
+            path.display()
+        )
+    })?;
+    let gates = match obj.remove("gates") {
+        Some(g) => Some(
+            serde_json::from_value::<GatePolicy>(g)
+                .with_context(|| format!("{}: the \"gates\" section", path.display()))?,
+        ),
+        None => None,
+    };
+    Ok((waves, gates))
+}
+
+fn run_rollout(args: &RunArgs) -> Result<()> {
+    let db = store::resolve_path(args.db.as_deref())?;
+    if !db.exists() {
+        bail!(
+            "no cache at {}: import a fleet first (convoy fleet import FILE --db {})",
+            db.display(),
+            db.display()
+        );
+    }
+    let start = crate::now();
+    let trust_path = trust_dir(args.trust.as_deref(), &db);
+    let trust = crate::keys::load_trust(&trust_path).with_context(|| {
+        format!(
+            "loading the trusted keys from {} (pass --trust DIR)",
+            trust_path.display()
+        )
+    })?;
+    let manifest = super::release::verify_file(&args.release, &trust, start)?;
+    for path in &args.artifact {
+        let mut digest = super::release::hash_file(path)?;
+        if let [only] = manifest.spec().artifacts.as_slice() {
+            digest.name.clone_from(&only.name);
+        }
+        manifest
+            .check_artifact(&digest)
+            .map_err(|r| anyhow!("artifact {} rejected ({}): {r}", path.display(), r.attack()))?;
+    }
+    let (planning, mut gates): (PlanningPolicy, GatePolicy) = match &args.policy {
+        Some(p) => (
+            super::plan::read_section(p, "planning")?,
+            super::plan::read_section(p, "gates")?,
+        ),
+        None => (PlanningPolicy::default(), GatePolicy::default()),
+    };
+    let waves = if let Some(path) = &args.plan {
+        let (waves, plan_gates) = read_plan(path)?;
+        if let Some(g) = plan_gates {
+            gates = g;
+        }
+        waves
+    } else {
+        let store = Store::open_existing(&db)?;
+        let fleet = store.load_fleet()?;
+        let plan = plan::plan(&PlanInput {
+            fleet: &fleet,
+            release: manifest.spec(),
+            catalog: &[],
+            now: start,
+            seed: args.seed,
+            policy: &planning,
+        })
+        .with_context(|| format!("planning release {}", manifest.release_id()))?;
+        plan.rollout_waves(&fleet)
+    };
+    if waves.is_empty() {
+        bail!(
+            "no device of the cache is eligible for release {} now: nothing to roll out (see convoy plan for the reasons)",
+            manifest.release_id()
+        );
+    }
+    let requested_by = operator_name(args.operator.as_deref());
+    let mut approvers = args.approvers.clone();
+    let path = match (&args.emergency_authoriser, &args.evidence) {
+        (Some(authoriser), Some(evidence)) => ChangePath::Emergency {
+            authoriser: authoriser.clone(),
+            evidence: evidence.clone(),
+            rollback_window_secs: gates.rollback_window_secs,
+        },
+        _ if approvers.is_empty() => {
+            approvers.push(requested_by.clone());
+            ChangePath::SingleOperator
+        }
+        _ => ChangePath::Standard,
+    };
+    let rollout_id = args.rollout_id.clone().unwrap_or_else(|| {
+        let t = start.to_rfc3339().replace(['-', ':'], "");
+        format!("{}-{t}", manifest.release_id())
+    });
+    let topics =
+        Topics::new(&args.prefix).map_err(|e| anyhow!("invalid topic prefix {:?}", e.0))?;
+    let mut link = LinkConfig::new(
+        &args.broker,
+        &format!("convoy-engine-{}", std::process::id()),
+    );
+    link.ca_file.clone_from(&args.ca_file);
+    link.client_cert_file.clone_from(&args.client_cert);
+    link.client_key_file.clone_from(&args.client_key);
+    link.time_scale = args.time_scale;
+    let sample_period_secs = args.sample_secs.unwrap_or(gates.evaluate_every_secs).max(1);
+    let options = EngineOptions {
+        db,
+        link,
+        topics,
+        manifest,
+        rollout_id,
+        waves,
+        gates,
+        path,
+        requested_by,
+        approvers,
+        time_scale: args.time_scale,
+        start,
+        sample_period_secs,
+        max_wall: args
+            .max_wall_secs
+            .filter(|s| s.is_finite() && *s > 0.0)
+            .map(Duration::from_secs_f64),
+        resend_after: Duration::from_secs(5),
+    };
+    eprintln!(
+        "rollout {}: release {} to {} device(s) in {} wave(s) over {} (time scale {})",
+        options.rollout_id,
+        options.manifest.release_id(),
+        options
+            .waves
+            .iter()
+            .map(|w| w.device_ids.len())
+            .sum::<usize>(),
+        options.waves.len(),
+        options.link.url,
+        options.time_scale
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let report = runtime.block_on(async move {
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                let _ = stop_tx.send(());
+            }
+        });
+        engine::run(options, Some(stop_rx)).await
+    })?;
+    let out = if args.json {
+        let mut s = serde_json::to_string_pretty(&report).context("encoding the report")?;
+        s.push('\n');
+        s
+    } else {
+        render_report(&report)
+    };
+    let stdout = std::io::stdout();
+    let mut lock = stdout.lock();
+    lock.write_all(out.as_bytes())
+        .and_then(|()| lock.flush())
+        .context("writing the report")?;
+    drop(lock);
+    let code = report.final_state.exit_code();
+    if code != 0 {
+        std::process::exit(i32::from(code));
+    }
+    Ok(())
+}
+
+fn render_report(r: &EngineReport) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "rollout {} of release {}: {:?}",
+        r.rollout_id, r.release_id, r.final_state
+    );
+    let _ = writeln!(s, "  phase: {:?}", r.phase);
+    let path = match &r.change_path {
+        ChangePath::Standard => "standard".to_owned(),
+        ChangePath::Emergency {
+            authoriser,
+            evidence,
+            ..
+        } => {
+            format!("emergency (authoriser {authoriser}: {evidence})")
+        }
+        ChangePath::SingleOperator => "single operator (no separate approval)".to_owned(),
+    };
+    let _ = writeln!(
+        s,
+        "  requested by {} on the {path} path; approved by {}",
+        r.requested_by,
+        r.approvals.join(", ")
+    );
+    let _ = writeln!(
+        s,
+        "  simulated {} to {} ({:.1} s wall)",
+        r.started_at, r.ended_at, r.wall_secs
+    );
+    let _ = writeln!(
+        s,
+        "  {:<12} {:>7} {:>7} {:>9} {:>6} {:>8} {:>9} {:>6}",
+        "wave", "devices", "offered", "confirmed", "failed", "reverted", "in flight", "silent"
+    );
+    for w in &r.waves {
+        let _ = writeln!(
+            s,
+            "  {:<12} {:>7} {:>7} {:>9} {:>6} {:>8} {:>9} {:>6}",
+            w.name, w.devices, w.offered, w.confirmed, w.failed, w.reverted, w.in_flight, w.silent
+        );
+    }
+    let _ = writeln!(
+        s,
+        "  gate looks passed: {}; decisions: {}",
+        r.gate_looks_passed,
+        r.gate_decisions.len()
+    );
+    for d in &r.gate_decisions {
+        let _ = writeln!(s, "    {} {}: {:?}", d.at, d.wave, d.outcome);
+        if let Some(findings) = d.evidence.get("findings").and_then(|f| f.as_array()) {
+            for f in findings.iter().take(8) {
+                let _ = writeln!(s, "      {f}");
+            }
+        }
+    }
+    if !r.unsettled.is_empty() {
+        let _ = writeln!(
+            s,
+            "  {} device(s) not settled (offered, not confirmed, failed nor reverted):",
+            r.unsettled.len()
+        );
+        for u in r.unsettled.iter().take(20) {
+            let _ = writeln!(
+                s,
+                "    {} ({}): {:?}{}",
+                u.device_id,
+                u.wave,
+                u.last_state,
+                if u.silent { ", silent" } else { "" }
+            );
+        }
+    }
+    let l = &r.link;
+    let _ = writeln!(
+        s,
+        "  link: {} status, {} telemetry, {} acks; commands {} sent, {} resent, {} acked, {} refused by devices; {} disconnect(s); {} message(s) rejected",
+        l.status_messages,
+        l.telemetry_messages,
+        l.acks,
+        l.commands_sent,
+        l.commands_resent,
+        l.commands_acked,
+        l.commands_rejected_by_devices,
+        l.disconnects,
+        l.rejected.values().sum::<u64>()
+    );
+    if r.stale_outbox_commands > 0 {
+        let _ = writeln!(
+            s,
+            "  {} unacknowledged command(s) from earlier runs are in the outbox (not sent)",
+            r.stale_outbox_commands
+        );
+    }
+    for n in &r.notes {
+        let _ = writeln!(s, "  note: {n}");
+    }
+    s
 }

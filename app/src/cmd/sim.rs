@@ -2,7 +2,8 @@
 //! [--seed S]`: run every device of a fleet as a simulated device over MQTT.
 //!
 //! The behaviour lives in `convoy_core::devsim`; the wire side in [`crate::sim`]. This module
-//! only reads the files and starts the runtime.
+//! only reads the files and starts the runtime. `--fetch-artifacts DIR` also fetches each offered
+//! release's artifacts over HTTP once (see [`crate::sim::ArtifactFetch`]).
 
 use anyhow::{Context, Result};
 use convoy_core::devsim::{Faults, SimConfig};
@@ -43,6 +44,14 @@ pub struct Args {
     /// Wall milliseconds between clock ticks.
     #[arg(long, default_value_t = 100)]
     pub tick_ms: u64,
+    /// Really fetch each offered release's artifacts over HTTP (once per run, with resume, hash
+    /// checked against the verified manifest) into this directory before its offers reach the
+    /// devices; a failed fetch rejects the offers.
+    #[arg(long, value_name = "DIR")]
+    pub fetch_artifacts: Option<PathBuf>,
+    /// Base URL for artifact URLs in manifests that are relative, e.g. http://127.0.0.1:8080/.
+    #[arg(long, value_name = "URL", requires = "fetch_artifacts")]
+    pub artifact_base: Option<String>,
 }
 
 pub fn run(args: &Args) -> Result<()> {
@@ -82,7 +91,15 @@ pub fn run(args: &Args) -> Result<()> {
         .build()
         .context("starting the async runtime")?;
     let duration = args.duration_secs;
-    let summary = runtime.block_on(async move {
+    let fetch = args.fetch_artifacts.as_ref().map(|dir| sim::ArtifactFetch {
+        dir: dir.clone(),
+        base_url: args.artifact_base.clone(),
+        retry: crate::link::http::RetryPolicy {
+            attempts: 8,
+            backoff: Duration::from_millis(500),
+        },
+    });
+    let (summary, fetched) = runtime.block_on(async move {
         eprintln!(
             "sim: {} devices on {} (time scale {})",
             options.fleet.len(),
@@ -100,11 +117,26 @@ pub fn run(args: &Args) -> Result<()> {
             }
             _ => None,
         };
-        sim::run(options, stop).await
+        sim::run_with_fetch(options, fetch, stop).await
     })?;
     println!(
-        "simulated {} devices: {} commands ({} invalid), {} messages published, {} ticks",
-        summary.devices, summary.commands, summary.bad_commands, summary.published, summary.ticks
+        "simulated {} devices: {} commands ({} invalid), {} messages published ({} dropped while the broker was away), {} ticks",
+        summary.devices,
+        summary.commands,
+        summary.bad_commands,
+        summary.published,
+        summary.dropped_offline,
+        summary.ticks
     );
+    if args.fetch_artifacts.is_some() {
+        println!(
+            "artifacts: {} releases fetched ({} bytes), {} failed; {} offers held, {} refused",
+            fetched.releases_fetched,
+            fetched.bytes_fetched,
+            fetched.releases_failed,
+            fetched.offers_held,
+            fetched.offers_refused
+        );
+    }
     Ok(())
 }

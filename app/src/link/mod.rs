@@ -1,11 +1,12 @@
 //! The link between the console and the devices: the wire protocol (MQTT topics and JSON
-//! payloads), with strict validation of everything that comes in.
+//! payloads), with strict validation of everything that comes in, and artifacts over HTTP.
 //!
 //! Only this module knows topic layouts and payload shapes; it converts them into
-//! `convoy_core` types at the edge. `broker` embeds rumqttd; `mqtt` is the client connection.
-//! The HTTP artifact server, the simulated fleet and the headless engine that drive them are not
-//! built yet (issue #6).
+//! `convoy_core` types at the edge. `broker` embeds rumqttd; `mqtt` is the client connection;
+//! `http` serves and fetches artifacts with range requests. The headless engine that drives them
+//! is not built yet (issue #6).
 
 pub mod broker;
+pub mod http;
 pub mod mqtt;
 pub mod protocol;

@@ -30,6 +30,11 @@ pub struct LinkConfig {
     pub client_key_file: Option<PathBuf>,
     /// Size of the inbound channel; when full, the connection stops reading (back-pressure).
     pub inbound_capacity: usize,
+    /// Simulated seconds per wall second of the devices on the other end (`convoy sim
+    /// --time-scale`): incoming timestamps are checked against the link's clock running at this
+    /// rate from the moment it was spawned, so simulated devices far ahead of wall time are not
+    /// rejected as clock skew. 1.0 for real devices.
+    pub time_scale: f64,
 }
 
 impl LinkConfig {
@@ -42,6 +47,7 @@ impl LinkConfig {
             client_cert_file: None,
             client_key_file: None,
             inbound_capacity: 10_000,
+            time_scale: 1.0,
         }
     }
 }
@@ -184,6 +190,16 @@ impl LinkHandle {
             .with_context(|| format!("queueing a publish on {topic}"))
     }
 
+    /// Publishes telemetry with QoS 0, as devices should: a heartbeat is worth nothing late, and
+    /// QoS 1 telemetry fills brokers' per-client queues (Mosquitto's `max_queued_messages`), where
+    /// it would crowd out the status and acks that matter.
+    pub async fn publish_telemetry(&self, topic: String, payload: Vec<u8>) -> Result<()> {
+        self.client
+            .publish(topic.clone(), QoS::AtMostOnce, false, payload)
+            .await
+            .with_context(|| format!("queueing a publish on {topic}"))
+    }
+
     pub fn topics(&self) -> &Topics {
         &self.topics
     }
@@ -248,6 +264,15 @@ pub fn spawn(
         Role::Filters(f) => f.clone(),
     };
     let decode = matches!(role, Role::Console);
+    let clock = LinkClock {
+        start: crate::now(),
+        began: std::time::Instant::now(),
+        scale: if config.time_scale.is_finite() && config.time_scale > 0.0 {
+            config.time_scale
+        } else {
+            1.0
+        },
+    };
     tokio::spawn(drive(
         eventloop,
         client.clone(),
@@ -256,6 +281,7 @@ pub fn spawn(
         decode,
         tx,
         state_tx,
+        clock,
     ));
     Ok((
         LinkHandle {
@@ -267,8 +293,28 @@ pub fn spawn(
     ))
 }
 
+/// The time incoming messages are checked against (see [`LinkConfig::time_scale`]).
+#[derive(Clone, Copy, Debug)]
+struct LinkClock {
+    start: convoy_core::time::Timestamp,
+    began: std::time::Instant,
+    scale: f64,
+}
+
+impl LinkClock {
+    fn now(&self) -> convoy_core::time::Timestamp {
+        let secs = self.began.elapsed().as_secs_f64() * self.scale;
+        convoy_core::time::Timestamp(self.start.0.saturating_add(secs as i64))
+    }
+}
+
 /// Polls the event loop forever: rumqttc reconnects on the next poll after an error, so we only
 /// wait out a backoff, and resubscribe on every ConnAck without a stored session.
+///
+/// Subscriptions go through the client's request queue, which a busy publisher may have filled
+/// while the broker was away: a subscription that does not fit is retried on every later turn,
+/// and `Connected` is announced only once every subscription is queued.
+#[allow(clippy::too_many_arguments)]
 async fn drive(
     mut eventloop: EventLoop,
     client: AsyncClient,
@@ -277,27 +323,37 @@ async fn drive(
     decode: bool,
     tx: mpsc::Sender<LinkEvent>,
     state: watch::Sender<LinkState>,
+    clock: LinkClock,
 ) {
     let mut backoff = Duration::from_millis(100);
+    let mut unsubscribed: Vec<String> = Vec::new();
+    let mut announce = false;
     loop {
+        if !unsubscribed.is_empty() {
+            unsubscribed.retain(|f| client.try_subscribe(f.clone(), QoS::AtLeastOnce).is_err());
+            if unsubscribed.is_empty() && announce {
+                announce = false;
+                state.send_replace(LinkState::Connected);
+                if tx.send(LinkEvent::Connected).await.is_err() {
+                    return;
+                }
+            }
+        }
         match eventloop.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 backoff = Duration::from_millis(100);
                 if !ack.session_present {
-                    for f in &filters {
-                        // The request channel is drained by this very loop: never await here.
-                        if let Err(err) = client.try_subscribe(f.clone(), QoS::AtLeastOnce) {
-                            let _ = tx
-                                .send(LinkEvent::Disconnected(format!(
-                                    "subscribing to {f}: {err}"
-                                )))
-                                .await;
-                        }
-                    }
+                    unsubscribed.clone_from(&filters);
                 }
-                state.send_replace(LinkState::Connected);
-                if tx.send(LinkEvent::Connected).await.is_err() {
-                    return;
+                // The request channel is drained by this very loop: never await here.
+                unsubscribed.retain(|f| client.try_subscribe(f.clone(), QoS::AtLeastOnce).is_err());
+                if unsubscribed.is_empty() {
+                    state.send_replace(LinkState::Connected);
+                    if tx.send(LinkEvent::Connected).await.is_err() {
+                        return;
+                    }
+                } else {
+                    announce = true;
                 }
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => {
@@ -306,7 +362,7 @@ async fn drive(
                         &topics,
                         &publish.topic,
                         &publish.payload,
-                        crate::now(),
+                        clock.now(),
                     ) {
                         Ok(inbound) => LinkEvent::Inbound(inbound),
                         Err(rejection) => LinkEvent::Rejected(rejection),

@@ -186,4 +186,6 @@ pub(crate) fn to_i64(value: u64, field: &str) -> Result<i64> {
 }
 
 #[cfg(test)]
+mod batch_tests;
+#[cfg(test)]
 mod tests;

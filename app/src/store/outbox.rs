@@ -211,6 +211,45 @@ impl Store {
         Ok(())
     }
 
+    /// [`Store::mark_sent`] for many commands in one transaction; unknown ids are skipped.
+    pub fn mark_sent_many(&mut self, ids: &[String], now: Timestamp) -> Result<usize> {
+        let tx = self.conn.transaction()?;
+        let mut n = 0;
+        {
+            let mut stmt = tx.prepare_cached(
+                "UPDATE outbox SET state = CASE state WHEN 'acked' THEN 'acked' ELSE 'sent' END,
+                     attempts = attempts + 1, last_sent = ?2
+                 WHERE id = ?1",
+            )?;
+            for id in ids {
+                n += stmt
+                    .execute(params![id, now.secs()])
+                    .with_context(|| format!("marking command {id} sent"))?;
+            }
+        }
+        tx.commit().context("committing sent commands")?;
+        Ok(n)
+    }
+
+    /// [`Store::mark_acked`] for many commands in one transaction; returns how many were newly
+    /// acknowledged (duplicates and unknown ids count for nothing).
+    pub fn mark_acked_many(&mut self, ids: &[String], now: Timestamp) -> Result<usize> {
+        let tx = self.conn.transaction()?;
+        let mut n = 0;
+        {
+            let mut stmt = tx.prepare_cached(
+                "UPDATE outbox SET state = 'acked', acked = ?2 WHERE id = ?1 AND state != 'acked'",
+            )?;
+            for id in ids {
+                n += stmt
+                    .execute(params![id, now.secs()])
+                    .with_context(|| format!("marking command {id} acknowledged"))?;
+            }
+        }
+        tx.commit().context("committing acknowledgements")?;
+        Ok(n)
+    }
+
     /// Records that the device acknowledged command `id`. Idempotent: returns `false` if it
     /// was already acknowledged (a duplicate ack).
     pub fn mark_acked(&mut self, id: &str, now: Timestamp) -> Result<bool> {

@@ -698,6 +698,9 @@ impl SimDevice {
             offline_secs,
             ok: true,
         });
+        // As a real device does on every new session: its whole state again, so a console
+        // that lost messages while the device (or the broker) was away catches up.
+        self.push_status();
         while let Some((id, command)) = self.pending_commands.pop_front() {
             self.apply_command(&id, command);
         }

@@ -399,6 +399,38 @@ fn command_sent_while_offline_is_applied_on_reconnect() {
     assert_eq!(acks(&messages), [("c-1".to_owned(), AckOutcome::Accepted)]);
 }
 
+/// A console that lost the device's messages (the broker restarted while the device was out of
+/// reach) learns its whole state again from the status it publishes on every reconnect.
+#[test]
+fn reconnect_publishes_the_whole_status_again() {
+    let mut s = sim(
+        device("CV1", "B", Connectivity::Wifi),
+        Faults::default(),
+        quiet(),
+        1,
+    );
+    s.handle_command(NOW, "c-1", offer("r1", manifest_bytes("r1", v241(), 3)));
+    s.handle_tick(NOW.plus_secs(6 * 3600));
+    // Everything up to now went to a broker that lost it.
+    drain(&mut s);
+    s.go_offline(NOW.plus_secs(6 * 3600), NOW.plus_secs(6 * 3600 + 100));
+    s.handle_tick(NOW.plus_secs(6 * 3600 + 200));
+    let statuses: Vec<(UpdatePhase, Option<String>)> = drain(&mut s)
+        .into_iter()
+        .filter_map(|m| match m {
+            SimMessage::Status { status, .. } => {
+                Some((status.update.phase, status.update.release_id))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        statuses,
+        [(UpdatePhase::Confirmed, Some("r1".to_owned()))],
+        "the finished update is reported again after the reconnect"
+    );
+}
+
 fn fault_file(effect: &str, extra: &str) -> Faults {
     let fleet = Fleet::new(Vec::new(), vec![device("CV1", "B", Connectivity::Wifi)]);
     Faults::parse(

@@ -475,6 +475,7 @@ impl Rollout {
             ChangePath::Emergency { authoriser, .. } => {
                 s.approvals.iter().any(|a| a == authoriser) && others >= 1
             }
+            ChangePath::SingleOperator => s.approvals.iter().any(|a| a == requester),
         }
     }
 
@@ -639,7 +640,9 @@ impl Rollout {
                 rollback_window_secs,
                 ..
             } => *rollback_window_secs,
-            ChangePath::Standard => self.state.spec.gates.rollback_window_secs,
+            ChangePath::Standard | ChangePath::SingleOperator => {
+                self.state.spec.gates.rollback_window_secs
+            }
         }
     }
 

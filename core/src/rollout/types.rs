@@ -31,6 +31,10 @@ pub enum ChangePath {
         /// How long after completion the whole rollout can still be rolled back.
         rollback_window_secs: i64,
     },
+    /// One named operator requests and approves alone: what `convoy rollout run` does when no
+    /// separate approvers are given. Recorded as such in the event log and every report, so a
+    /// reviewer sees that no second person approved. Gates still apply.
+    SingleOperator,
 }
 
 /// What a rollout is: fixed before it starts and signed with the plan.

@@ -334,6 +334,30 @@ fn standard_change_needs_two_distinct_approvers_other_than_the_requester() {
 }
 
 #[test]
+fn a_single_operator_rollout_starts_only_on_the_requesters_own_recorded_approval() {
+    let fleet = fleet(1500, 3);
+    let mut r =
+        Rollout::new(START, spec(&fleet, ChangePath::SingleOperator), &fleet).expect("valid");
+    r.approve(START, "bob").expect("someone else may approve");
+    assert_eq!(
+        r.phase(),
+        &Phase::Draft,
+        "the requester's own approval is the rule"
+    );
+    r.approve(START, "alice").expect("the requester approves");
+    assert_eq!(r.phase(), &Phase::Approved);
+    let approvals: Vec<&str> = r
+        .events()
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::Approval { operator } => Some(operator.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(approvals, ["bob", "alice"], "every approval is in the log");
+}
+
+#[test]
 fn an_emergency_cannot_be_approved_by_its_requester_alone() {
     let fleet = fleet(1500, 3);
     let path = ChangePath::Emergency {

@@ -1,0 +1,740 @@
+//! The headless engine end to end: `convoy rollout run` against `convoy sim` over a real broker
+//! on 127.0.0.1 (the embedded broker as its own `convoy broker` process, and Mosquitto), on a
+//! real cache, with a really signed release.
+//!
+//! Simulated time runs `SCALE` times faster than wall time in both the engine and the simulated
+//! fleet, so a rollout of several waves with hour-long soaks takes seconds. The tests run one at
+//! a time (a rollout and a fleet of simulated devices keep two cores busy).
+
+use convoy_e2e::{Mosquitto, convoy_bin, convoy_ok, free_port};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Simulated seconds per wall second.
+const SCALE: &str = "2400";
+/// One rollout at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// A fleet in a cache, a key, a trust directory and a signed release for the T300.
+struct Setup {
+    dir: tempfile::TempDir,
+}
+
+impl Setup {
+    fn new(devices: usize) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = Self { dir };
+        let p = |name: &str| s.path(name);
+        std::fs::write(p("pass"), "engine test passphrase\n").expect("passphrase");
+        convoy_ok(&[
+            "fleet",
+            "generate",
+            "--devices",
+            &devices.to_string(),
+            "--seed",
+            "7",
+            "--out",
+            &p("fleet.json"),
+        ]);
+        convoy_ok(&["fleet", "import", &p("fleet.json"), "--db", &p("cache.db")]);
+        convoy_ok(&[
+            "key",
+            "generate",
+            "--out",
+            &p("key"),
+            "--passphrase-file",
+            &p("pass"),
+        ]);
+        convoy_ok(&[
+            "key",
+            "trust",
+            "--key",
+            &p("key"),
+            "--out",
+            &p("trust"),
+            "--passphrase-file",
+            &p("pass"),
+        ]);
+        let image: Vec<u8> = (0..2_000_000u32).map(|i| (i * 31 % 251) as u8).collect();
+        std::fs::write(p("fw.img"), image).expect("artifact");
+        convoy_ok(&[
+            "release",
+            "create",
+            "--artifact",
+            &p("fw.img"),
+            "--version",
+            "2.5.0",
+            "--counter",
+            "50",
+            "--hardware",
+            "T300",
+            "--requires",
+            "bootloader>=1.6",
+            "--expires",
+            "30d",
+            "--key",
+            &p("key"),
+            "--passphrase-file",
+            &p("pass"),
+            "--out",
+            &p("release.json"),
+        ]);
+        // Soaks of one simulated hour, short holds: the gates' logic, on a test's time budget.
+        std::fs::write(
+            p("policy.json"),
+            r#"{"version": 1,
+                "planning": {"operating_cycle_secs": {}, "default_operating_cycle_secs": 3600},
+                "gates": {"hold_extension_secs": 1800}}"#,
+        )
+        .expect("policy");
+        std::fs::write(
+            p("faults.json"),
+            r#"{"faults": [{"release_version": "2.5.0", "match": {"hw_rev": "C"}, "effect": "crash_loop", "probability": 1.0}]}"#,
+        )
+        .expect("faults");
+        s
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
+    }
+
+    /// Starts the simulated fleet (killed on drop).
+    fn sim(&self, url: &str, faults: bool) -> Proc {
+        let mut args = vec![
+            "sim".to_owned(),
+            "--broker".into(),
+            url.into(),
+            "--fleet".into(),
+            self.path("fleet.json"),
+            "--trust".into(),
+            self.path("trust"),
+            "--time-scale".into(),
+            SCALE.into(),
+            "--duration-secs".into(),
+            "300".into(),
+        ];
+        if faults {
+            args.extend(["--faults".into(), self.path("faults.json")]);
+        }
+        Proc::spawn(&args, &self.path("sim.log"))
+    }
+
+    /// Runs `convoy rollout run` to its end: (exit code, JSON report).
+    fn run(&self, url: &str, extra: &[&str]) -> (i32, Value) {
+        let mut cmd = Command::new(convoy_bin());
+        cmd.args([
+            "rollout",
+            "run",
+            "--db",
+            &self.path("cache.db"),
+            "--broker",
+            url,
+            "--release",
+            &self.path("release.json"),
+            "--artifact",
+            &self.path("fw.img"),
+            "--trust",
+            &self.path("trust"),
+            "--policy",
+            &self.path("policy.json"),
+            "--time-scale",
+            SCALE,
+            "--rollout-id",
+            "r1",
+            "--operator",
+            "alice",
+            "--max-wall-secs",
+            "150",
+            "--json",
+        ])
+        .args(extra);
+        let out = cmd.output().expect("running convoy rollout run");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "no JSON report ({e}); status {}; stderr:\n{stderr}\nsim log:\n{}",
+                out.status,
+                std::fs::read_to_string(self.path("sim.log")).unwrap_or_default()
+            )
+        });
+        (out.status.code().unwrap_or(-1), report)
+    }
+
+    /// The fleet as first generated: id -> firmware.
+    fn original_firmware(&self) -> BTreeMap<String, String> {
+        firmware_by_id(&std::fs::read_to_string(self.path("fleet.json")).expect("fleet"))
+    }
+
+    /// The cache's fleet now, exported: id -> firmware.
+    fn cached_firmware(&self) -> BTreeMap<String, String> {
+        let out = self.path("export.json");
+        convoy_ok(&[
+            "fleet",
+            "export",
+            "--format",
+            "json",
+            "--db",
+            &self.path("cache.db"),
+            "--out",
+            &out,
+        ]);
+        firmware_by_id(&std::fs::read_to_string(out).expect("export"))
+    }
+
+    /// Devices the rollout offered the release to (from the cache's device histories).
+    fn offered(&self) -> Vec<String> {
+        let conn = rusqlite::Connection::open(self.path("cache.db")).expect("open cache");
+        let mut stmt = conn
+            .prepare(
+                "SELECT DISTINCT device_id FROM device_events
+                 WHERE rollout_id = 'r1' AND kind = 'offer' ORDER BY device_id",
+            )
+            .expect("query");
+        stmt.query_map([], |r| r.get(0))
+            .expect("rows")
+            .collect::<Result<Vec<String>, _>>()
+            .expect("ids")
+    }
+}
+
+fn firmware_by_id(json: &str) -> BTreeMap<String, String> {
+    let v: Value = serde_json::from_str(json).expect("fleet JSON");
+    let devices = v
+        .get("devices")
+        .and_then(Value::as_array)
+        .or_else(|| v.as_array())
+        .expect("devices array");
+    devices
+        .iter()
+        .map(|d| {
+            (
+                d["id"].as_str().expect("id").to_owned(),
+                d["components"]["firmware"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// A child process killed on drop.
+struct Proc(Child);
+
+impl Proc {
+    fn spawn(args: &[String], log: &str) -> Self {
+        let log = std::fs::File::create(log).expect("log file");
+        let child = Command::new(convoy_bin())
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawning convoy");
+        Self(child)
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The embedded broker as its own process (`convoy broker`), so a test can stop and restart it.
+struct EmbeddedBroker {
+    proc: Option<Proc>,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl EmbeddedBroker {
+    fn start(dir: &Path, port: Option<u16>) -> Self {
+        let port = port.unwrap_or_else(free_port);
+        let proc = Proc::spawn(
+            &[
+                "broker".into(),
+                "--listen".into(),
+                format!("127.0.0.1:{port}"),
+            ],
+            &dir.join("broker.log").display().to_string(),
+        );
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "the embedded broker did not start on port {port}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self {
+            proc: Some(proc),
+            port,
+            dir: dir.to_owned(),
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+}
+
+fn waves(report: &Value) -> Vec<&Value> {
+    report["waves"]
+        .as_array()
+        .expect("waves")
+        .iter()
+        .collect::<Vec<_>>()
+}
+
+fn n(v: &Value, key: &str) -> u64 {
+    v[key].as_u64().unwrap_or_else(|| panic!("{key} in {v}"))
+}
+
+/// A good release reaches every device it is offered to, wave by wave, and the cache shows the
+/// version each device now runs.
+fn good_release_completes(url: &str, setup: &Setup) {
+    let _sim = setup.sim(url, false);
+    let (code, report) = setup.run(url, &[]);
+    assert_eq!(report["final_state"], "completed", "{report:#}");
+    assert_eq!(code, 0);
+    let ws = waves(&report);
+    assert!(ws.len() >= 3, "canary, then wider waves: {report:#}");
+    assert_eq!(ws[0]["name"], "canary");
+    let mut confirmed = 0;
+    for w in &ws {
+        assert_eq!(
+            n(w, "offered"),
+            n(w, "devices"),
+            "every device offered: {w}"
+        );
+        assert_eq!(
+            n(w, "confirmed") + n(w, "failed") + n(w, "reverted"),
+            n(w, "offered"),
+            "every offered device settled: {w}"
+        );
+        confirmed += n(w, "confirmed");
+    }
+    let total: u64 = ws.iter().map(|w| n(w, "devices")).sum();
+    assert!(
+        confirmed * 100 >= total * 95,
+        "a good release is confirmed on nearly every device: {confirmed} of {total}"
+    );
+    assert_eq!(report["unsettled"].as_array().map(Vec::len), Some(0));
+    assert_eq!(report["change_path"], "single_operator");
+    assert_eq!(report["approvals"], serde_json::json!(["alice"]));
+
+    // The cache reflects what the devices report.
+    let now = setup.cached_firmware();
+    let on_new = now.values().filter(|v| *v == "2.5.0").count() as u64;
+    assert_eq!(on_new, confirmed, "devices on 2.5.0 in the cache");
+    // The audit trail holds the decisions, and its chain verifies.
+    let audit = convoy_ok(&["audit", "log", "--db", &setup.path("cache.db"), "--json"]);
+    assert!(audit.contains("rollout.offer") && audit.contains("rollout.created"));
+    convoy_ok(&["audit", "verify", "--db", &setup.path("cache.db")]);
+    let timeline = convoy_ok(&[
+        "rollout",
+        "timeline",
+        "--rollout",
+        "r1",
+        "--format",
+        "csv",
+        "--db",
+        &setup.path("cache.db"),
+    ]);
+    assert!(timeline.contains("rollout.completed"), "{timeline}");
+}
+
+/// A release that crash-loops the rare hardware revision C is stopped inside the canary, the
+/// canary is rolled back, and no later wave is offered anything.
+fn crash_loop_is_stopped_in_the_canary(url: &str, setup: &Setup) {
+    let _sim = setup.sim(url, true);
+    let (code, report) = setup.run(url, &[]);
+    assert_eq!(report["final_state"], "paused", "{report:#}");
+    assert_eq!(code, 3, "stopped by a gate");
+    assert_eq!(report["phase"]["paused"]["rolled_back"], true, "{report:#}");
+    let ws = waves(&report);
+    assert_eq!(ws[0]["name"], "canary");
+    for w in &ws[1..] {
+        assert_eq!(n(w, "offered"), 0, "no later wave started: {w}");
+    }
+    let decisions = report["gate_decisions"].as_array().expect("decisions");
+    let first = &decisions[0];
+    assert_eq!(first["wave"], "canary");
+    assert_eq!(first["outcome"], "roll_back_wave");
+    let failing: Vec<&Value> = first["evidence"]["findings"]
+        .as_array()
+        .expect("findings")
+        .iter()
+        .filter(|f| f["status"] == "fail")
+        .collect();
+    assert!(
+        failing.iter().any(|f| f["stratum"] == "T300/C"),
+        "the rare revision's stratum is named in the evidence: {first:#}"
+    );
+    assert_eq!(n(ws[0], "confirmed"), 0, "nobody kept the bad release");
+
+    // Every device that was offered it is back on the version it had.
+    let offered = setup.offered();
+    assert!(!offered.is_empty());
+    let before = setup.original_firmware();
+    let after = setup.cached_firmware();
+    for id in &offered {
+        assert_eq!(
+            after.get(id),
+            before.get(id),
+            "{id} is back on its previous version"
+        );
+    }
+    assert_eq!(
+        report["unsettled"].as_array().map(Vec::len),
+        Some(0),
+        "{report:#}"
+    );
+}
+
+#[test]
+fn a_good_release_completes_over_the_embedded_broker() {
+    let _one = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let setup = Setup::new(400);
+    let broker = EmbeddedBroker::start(setup.dir.path(), None);
+    good_release_completes(&broker.url(), &setup);
+}
+
+#[test]
+fn a_good_release_completes_over_mosquitto() {
+    if !Mosquitto::available() {
+        return;
+    }
+    let _one = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let setup = Setup::new(400);
+    let broker = Mosquitto::start(None);
+    good_release_completes(&broker.url(), &setup);
+}
+
+#[test]
+fn a_crash_looping_rare_revision_is_rolled_back_in_the_canary_over_the_embedded_broker() {
+    let _one = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let setup = Setup::new(400);
+    let broker = EmbeddedBroker::start(setup.dir.path(), None);
+    crash_loop_is_stopped_in_the_canary(&broker.url(), &setup);
+}
+
+#[test]
+fn a_crash_looping_rare_revision_is_rolled_back_in_the_canary_over_mosquitto() {
+    if !Mosquitto::available() {
+        return;
+    }
+    let _one = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let setup = Setup::new(400);
+    let broker = Mosquitto::start(None);
+    crash_loop_is_stopped_in_the_canary(&broker.url(), &setup);
+}
+
+impl EmbeddedBroker {
+    fn stop(&mut self) {
+        self.proc = None;
+    }
+
+    fn restart(&mut self) {
+        let again = Self::start(&self.dir, Some(self.port));
+        self.proc = again.proc;
+    }
+}
+
+impl Setup {
+    /// Starts `convoy rollout run` in the background; `finish` waits for its report.
+    fn spawn_run(&self, url: &str) -> Child {
+        Command::new(convoy_bin())
+            .args([
+                "rollout",
+                "run",
+                "--db",
+                &self.path("cache.db"),
+                "--broker",
+                url,
+                "--release",
+                &self.path("release.json"),
+                "--trust",
+                &self.path("trust"),
+                "--policy",
+                &self.path("policy.json"),
+                "--time-scale",
+                SCALE,
+                "--rollout-id",
+                "r1",
+                "--operator",
+                "alice",
+                "--max-wall-secs",
+                "150",
+                "--json",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawning convoy rollout run")
+    }
+
+    fn finish(child: Child) -> (i32, Value) {
+        let out = child.wait_with_output().expect("waiting for the rollout");
+        let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "no JSON report ({e}); status {}; stderr:\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        (out.status.code().unwrap_or(-1), report)
+    }
+
+    /// Waits until the rollout has offered the release to some devices.
+    fn wait_for_offers(&self) {
+        let started = Instant::now();
+        while self.offered_count() == 0 {
+            assert!(
+                started.elapsed() < Duration::from_mins(1),
+                "the rollout never offered anything"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn offered_count(&self) -> usize {
+        let Ok(conn) = rusqlite::Connection::open(self.path("cache.db")) else {
+            return 0;
+        };
+        conn.query_row(
+            "SELECT count(*) FROM device_events WHERE rollout_id = 'r1' AND kind = 'offer'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .map_or(0, |n| n as usize)
+    }
+
+    /// The history of every device the report left unsettled, for a failure message.
+    fn unsettled_histories(&self, report: &Value) -> String {
+        use std::fmt::Write as _;
+        let Ok(conn) = rusqlite::Connection::open(self.path("cache.db")) else {
+            return "(cache unreadable)".into();
+        };
+        let mut out = String::new();
+        for u in report["unsettled"].as_array().into_iter().flatten() {
+            let id = u["device_id"].as_str().unwrap_or_default();
+            let row = conn
+                .query_row(
+                    "SELECT last_seen, battery_pct, power, active_slot FROM devices WHERE id = ?1",
+                    [id],
+                    |r| {
+                        Ok(format!(
+                            "last_seen {} battery {:?} power {} slot {}",
+                            r.get::<_, i64>(0)?,
+                            r.get::<_, Option<i64>>(1)?,
+                            r.get::<_, String>(2)?,
+                            r.get::<_, String>(3)?
+                        ))
+                    },
+                )
+                .unwrap_or_default();
+            let _ = writeln!(out, "{id}: {row}");
+            let Ok(mut stmt) = conn.prepare(
+                "SELECT time, kind, payload FROM device_events WHERE device_id = ?1 ORDER BY seq",
+            ) else {
+                continue;
+            };
+            let rows = stmt.query_map([id], |r| {
+                Ok(format!(
+                    "  {} {} {}",
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2).unwrap_or_default()
+                ))
+            });
+            for row in rows.into_iter().flatten().flatten() {
+                out.push_str(&row);
+                out.push('\n');
+            }
+        }
+        let log = std::fs::read_to_string(self.path("sim.log")).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(30).collect();
+        out.push_str("sim.log (last lines):\n");
+        for line in tail.into_iter().rev() {
+            out.push_str(line);
+            out.push('\n');
+        }
+        out
+    }
+}
+
+/// What a rollout that lived through a broker restart must show.
+fn check_survived_restart(setup: &Setup, code: i32, report: &Value) {
+    assert_eq!(
+        report["final_state"],
+        "completed",
+        "{report:#}\nunsettled devices' histories:\n{}",
+        setup.unsettled_histories(report)
+    );
+    assert_eq!(code, 0);
+    assert!(
+        n(&report["link"], "disconnects") >= 1,
+        "the engine saw the broker go: {report:#}"
+    );
+    let notes = report["notes"].to_string();
+    assert!(notes.contains("reconnected"), "{notes}");
+    assert_eq!(
+        report["unsettled"].as_array().map(Vec::len),
+        Some(0),
+        "{report:#}"
+    );
+    for w in waves(report) {
+        assert_eq!(
+            n(w, "confirmed") + n(w, "failed") + n(w, "reverted"),
+            n(w, "devices"),
+            "every device accounted for: {w}"
+        );
+    }
+}
+
+#[test]
+fn a_rollout_survives_a_restart_of_the_embedded_broker() {
+    let _one = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let setup = Setup::new(300);
+    let mut broker = EmbeddedBroker::start(setup.dir.path(), None);
+    let _sim = setup.sim(&broker.url(), false);
+    let run = setup.spawn_run(&broker.url());
+    setup.wait_for_offers();
+    broker.stop();
+    std::thread::sleep(Duration::from_millis(1500));
+    broker.restart();
+    let (code, report) = Setup::finish(run);
+    check_survived_restart(&setup, code, &report);
+}
+
+#[test]
+fn a_rollout_survives_a_restart_of_mosquitto() {
+    if !Mosquitto::available() {
+        return;
+    }
+    let _one = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let setup = Setup::new(300);
+    let broker = Mosquitto::start(None);
+    let url = broker.url();
+    let _sim = setup.sim(&url, false);
+    let run = setup.spawn_run(&url);
+    setup.wait_for_offers();
+    let port = broker.kill();
+    std::thread::sleep(Duration::from_millis(1500));
+    let _broker = Mosquitto::start(Some(port));
+    let (code, report) = Setup::finish(run);
+    check_survived_restart(&setup, code, &report);
+}
+
+/// Publishes `count` malformed messages of every kind on device topics.
+async fn flood(url: &str, count: usize) {
+    use convoy::link::mqtt::{self, LinkConfig, Role};
+    use convoy::link::protocol::Topics;
+    let (mut link, _rx) = mqtt::spawn(
+        &LinkConfig::new(url, "flooder"),
+        Topics::default_prefix(),
+        &Role::Filters(Vec::new()),
+    )
+    .expect("flood link");
+    link.wait_connected(Duration::from_secs(20))
+        .await
+        .expect("flooder connects");
+    let big = vec![b'x'; 70 * 1024];
+    for i in 0..count {
+        let device = format!("CV{:07}", i % 300);
+        let (topic, payload): (String, Vec<u8>) = match i % 7 {
+            0 => (format!("convoy/v1/devices/{device}/status"), b"{not json".to_vec()),
+            1 => (format!("convoy/v1/devices/{device}/telemetry"), big.clone()),
+            2 => (
+                format!("convoy/v1/devices/{device}/telemetry"),
+                br#"{"v": 9, "device_id": "X", "ts": 1, "seq": 1, "event": {"kind": "heartbeat", "uptime_secs": 1}}"#.to_vec(),
+            ),
+            // Missing fields.
+            3 => (
+                format!("convoy/v1/devices/{device}/status"),
+                br#"{"v": 1, "device_id": "CV9999999", "ts": 1}"#.to_vec(),
+            ),
+            4 => (format!("convoy/v1/devices/{device}/acks"), vec![0xff, 0xfe, 0x00]),
+            5 => (
+                format!("convoy/v1/devices/{device}/telemetry"),
+                format!(r#"{{"v": 1, "device_id": "{device}", "ts": 1, "seq": 1, "event": {{"kind": "battery", "pct": 250}}}}"#).into_bytes(),
+            ),
+            _ => (format!("convoy/v1/devices/{device}/nonsense"), b"{}".to_vec()),
+        };
+        link.publish(topic, payload, false).await.expect("publish");
+    }
+    // Let the client's queue drain before the link is dropped.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+}
+
+#[test]
+fn a_flood_of_malformed_messages_leaves_the_engine_running_and_the_cache_intact() {
+    let _one = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let setup = Setup::new(300);
+    let broker = EmbeddedBroker::start(setup.dir.path(), None);
+    let url = broker.url();
+    let _sim = setup.sim(&url, false);
+    let run = setup.spawn_run(&url);
+    setup.wait_for_offers();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(flood(&url, 7_000));
+    let (code, report) = Setup::finish(run);
+    assert_eq!(report["final_state"], "completed", "{report:#}");
+    assert_eq!(code, 0);
+    let rejected = &report["link"]["rejected"];
+    let total: u64 = rejected
+        .as_object()
+        .expect("rejections by reason")
+        .values()
+        .filter_map(Value::as_u64)
+        .sum();
+    assert!(
+        total >= 5_000,
+        "the malformed messages were counted: {rejected}"
+    );
+    for reason in [
+        "malformed_json",
+        "oversize",
+        "unknown_version",
+        "invalid_shape",
+        "invalid_value",
+        "not_utf8",
+    ] {
+        assert!(n(rejected, reason) > 0, "{reason} counted: {rejected}");
+    }
+    // The cache is intact: integrity, the audit chain, and every device still there.
+    let conn = rusqlite::Connection::open(setup.path("cache.db")).expect("open cache");
+    let check: String = conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .expect("integrity_check");
+    assert_eq!(check, "ok");
+    let devices: i64 = conn
+        .query_row("SELECT count(*) FROM devices", [], |r| r.get(0))
+        .expect("count");
+    assert_eq!(devices, 300);
+    convoy_ok(&["audit", "verify", "--db", &setup.path("cache.db")]);
+}
