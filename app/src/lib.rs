@@ -9,9 +9,9 @@ pub mod cli;
 pub mod cmd;
 pub mod engine;
 pub mod fleet_io;
-pub mod gui;
 #[doc(hidden)]
 pub mod fuzz_targets;
+pub mod gui;
 pub mod keys;
 pub mod link;
 pub mod sim;

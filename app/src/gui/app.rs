@@ -191,6 +191,9 @@ pub struct Derived {
     /// Bumped whenever `filtered` or `classes` change: the map grid compares against it.
     pub generation: u64,
     stamp: Option<(u64, ColorMode, Filter, Column, bool, i64)>,
+    /// How long data-only changes wait: [`REFRESH_EVERY`] on the system clock, nothing on a
+    /// fixed clock (tests and benchmarks replay frames without waiting for wall time).
+    throttle: Duration,
     refreshed_at: Option<Instant>,
 }
 
@@ -220,7 +223,7 @@ impl Derived {
         if only_data
             && self
                 .refreshed_at
-                .is_some_and(|t| t.elapsed() < REFRESH_EVERY)
+                .is_some_and(|t| t.elapsed() < self.throttle)
         {
             return;
         }
@@ -305,7 +308,13 @@ impl ConsoleApp {
             backend,
             clock,
             model: None,
-            derived: Derived::default(),
+            derived: Derived {
+                throttle: match clock {
+                    Clock::System => REFRESH_EVERY,
+                    Clock::Fixed(_) => Duration::ZERO,
+                },
+                ..Derived::default()
+            },
             stage: "starting".into(),
             cache: None,
             link: LinkStatus::Offline,
