@@ -280,3 +280,128 @@ fn the_command_palette_runs_a_command_by_name() {
     );
     h.get_by_label_contains("healthy");
 }
+
+/// Runs frames until `label` is on screen (the history worker answers on its own thread), or
+/// fails after a few seconds.
+fn wait_for_label(h: &mut Harness<'static, ConsoleApp>, label: &str) {
+    for _ in 0..300 {
+        if h.query_by_label(label).is_some() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        h.run_steps(1);
+    }
+    panic!("{label:?} never appeared");
+}
+
+#[test]
+fn the_device_view_shows_the_update_history_from_the_cache_newest_first() {
+    let fleet = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("history.db");
+    let d = &fleet.devices[7];
+    let other = &fleet.devices[8];
+    {
+        let mut store = convoy::store::Store::open(&cache).unwrap();
+        let event = |device: &str, rollout: Option<&str>, secs: i64, kind: &str, payload| {
+            convoy::store::events::NewDeviceEvent {
+                device_id: device.to_owned(),
+                rollout_id: rollout.map(str::to_owned),
+                time: Timestamp::from_secs(NOW.secs() - secs),
+                kind: kind.to_owned(),
+                payload,
+            }
+        };
+        store
+            .append_device_events(&[
+                event(
+                    &d.id,
+                    Some("ro-canary-1"),
+                    3600,
+                    "offered",
+                    serde_json::json!({"release": "t300-fw-2.5.0"}),
+                ),
+                event(
+                    &d.id,
+                    Some("ro-canary-1"),
+                    1800,
+                    "installed",
+                    serde_json::json!({"slot": "B", "took_secs": 95}),
+                ),
+                event(
+                    &d.id,
+                    None,
+                    60,
+                    "report.rejected",
+                    serde_json::json!({"reason": "bad signature"}),
+                ),
+                // Another device's event must not show.
+                event(
+                    &other.id,
+                    Some("ro-other-9"),
+                    30,
+                    "reverted",
+                    serde_json::json!({}),
+                ),
+            ])
+            .unwrap();
+    }
+    let (backend, _feed) = Backend::fixture(fleet.clone(), cache);
+    let mut h = Harness::builder()
+        .with_size([1400.0, 1400.0])
+        .build_eframe(move |cc| ConsoleApp::new(&cc.egui_ctx, None, backend, Clock::Fixed(NOW)));
+    settle(&mut h);
+    h.state_mut().send(convoy::gui::UiCommand::OpenDevice(7));
+    h.run_steps(1);
+    wait_for_label(&mut h, "report.rejected");
+    // Each row: time, kind, rollout and a short payload summary.
+    let times: Vec<String> = [60, 1800, 3600]
+        .iter()
+        .map(|s| Timestamp::from_secs(NOW.secs() - s).to_rfc3339())
+        .collect();
+    let rows = [
+        (&times[0], "report.rejected", "-", "reason=bad signature"),
+        (
+            &times[1],
+            "installed",
+            "ro-canary-1",
+            "slot=B, took_secs=95",
+        ),
+        (&times[2], "offered", "ro-canary-1", "release=t300-fw-2.5.0"),
+    ];
+    let mut last_y = f32::MIN;
+    for (time, kind, _, summary) in rows {
+        let y = h.get_by_label(time).rect().center().y;
+        assert!(y > last_y, "{kind} should be below the newer rows");
+        last_y = y;
+        assert_eq!(h.get_by_label(kind).rect().center().y, y, "{kind}'s row");
+        assert_eq!(h.get_by_label(summary).rect().center().y, y, "{kind}'s row");
+    }
+    assert_eq!(h.get_all_by_label("ro-canary-1").count(), 2);
+    assert!(h.query_by_label("reverted").is_none());
+    assert!(h.query_by_label("ro-other-9").is_none());
+    assert!(h.query_by_label("loading…").is_none());
+
+    // A device with no events in the cache says so.
+    h.state_mut().send(convoy::gui::UiCommand::OpenDevice(9));
+    h.run_steps(1);
+    wait_for_label(&mut h, "no history in the cache");
+    assert!(h.query_by_label("report.rejected").is_none());
+}
+
+#[test]
+fn a_missing_cache_shows_why_the_history_is_missing() {
+    let (mut h, _feed, _) = harness();
+    h.state_mut().send(convoy::gui::UiCommand::OpenDevice(3));
+    h.run_steps(1);
+    for _ in 0..300 {
+        if h.query_by_label_contains("Could not read the history")
+            .is_some()
+        {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        h.run_steps(1);
+    }
+    h.get_by_label_contains("no fleet cache at fixture.db");
+}

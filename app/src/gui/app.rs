@@ -102,6 +102,9 @@ pub struct UiState {
     /// The cache the console last showed.
     pub last_cache: Option<String>,
     pub show_nav: bool,
+    /// Fleet table columns the user hid (never [`Column::Id`]). Absent in older saves.
+    #[serde(default)]
+    pub hidden_columns: Vec<Column>,
 }
 
 impl Default for UiState {
@@ -119,6 +122,7 @@ impl Default for UiState {
             map_zoom: 3.0,
             last_cache: None,
             show_nav: true,
+            hidden_columns: Vec::new(),
         }
     }
 }
@@ -150,6 +154,28 @@ pub enum UiCommand {
     ClearFilter,
     /// Show or hide the left navigation.
     ToggleNav,
+    /// Ask the backend again for the selected device's update history.
+    ReloadHistory,
+    /// Show or hide a fleet table column (the device column always shows).
+    SetColumnVisible(Column, bool),
+}
+
+/// The selected device's update history from the cache, as far as the backend has answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HistoryState {
+    /// Asked for; the history worker has not answered yet.
+    Loading,
+    /// Newest first.
+    Loaded(Vec<crate::store::events::DeviceEvent>),
+    /// Could not be read; the text says why.
+    Failed(String),
+}
+
+/// The update history of one device, as the device view shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceHistory {
+    pub device_id: String,
+    pub state: HistoryState,
 }
 
 /// A named set of devices, made on the map or from a filter. Lives for the session.
@@ -275,6 +301,8 @@ pub struct ConsoleApp {
     commands: Vec<UiCommand>,
     pub selected: Option<usize>,
     pub cohorts: Vec<Cohort>,
+    /// The selected device's update history (requested when the device is opened).
+    pub history: Option<DeviceHistory>,
     toasts: Vec<Toast>,
     pub map: MapState,
     pub cohort_cache: crate::gui::cohorts::CohortCache,
@@ -323,6 +351,7 @@ impl ConsoleApp {
             commands: Vec::new(),
             selected: None,
             cohorts: Vec::new(),
+            history: None,
             toasts: Vec::new(),
             map: MapState::default(),
             cohort_cache: crate::gui::cohorts::CohortCache::default(),
@@ -398,6 +427,7 @@ impl ConsoleApp {
                 // the map grid cannot mistake the new fleet's data for the old.
                 self.derived.invalidate();
                 self.selected = None;
+                self.history = None;
                 self.cohorts.clear();
                 self.toast(
                     ToastKind::Info,
@@ -434,6 +464,16 @@ impl ConsoleApp {
                 }
             }
             BackendEvent::OutboxDepth(n) => self.outbox_depth = Some(n),
+            BackendEvent::DeviceHistory { device_id, events } => {
+                // An answer for a device no longer shown is dropped: the newer request's
+                // answer follows.
+                if let Some(h) = self.history.as_mut().filter(|h| h.device_id == device_id) {
+                    h.state = match events {
+                        Ok(rows) => HistoryState::Loaded(rows),
+                        Err(why) => HistoryState::Failed(why),
+                    };
+                }
+            }
             BackendEvent::Failed(text) => {
                 self.toast(ToastKind::Error, text.clone());
                 self.failures.push(text);
@@ -454,6 +494,14 @@ impl ConsoleApp {
             UiCommand::OpenDevice(i) => {
                 self.selected = Some(i);
                 self.state.view = View::Device;
+                self.request_history();
+            }
+            UiCommand::ReloadHistory => self.request_history(),
+            UiCommand::SetColumnVisible(column, visible) => {
+                self.state.hidden_columns.retain(|&c| c != column);
+                if !visible && column != Column::Id {
+                    self.state.hidden_columns.push(column);
+                }
             }
             UiCommand::CreateCohort { name, devices } => {
                 let n = devices.len();
@@ -485,6 +533,28 @@ impl ConsoleApp {
             UiCommand::ClearFilter => self.state.filter = Filter::default(),
             UiCommand::ToggleNav => self.state.show_nav = !self.state.show_nav,
         }
+    }
+
+    /// Asks the backend for the selected device's history; the UI shows "loading" until the
+    /// answer arrives through the channel. No SQL runs here.
+    fn request_history(&mut self) {
+        let Some(id) = self
+            .selected
+            .and_then(|i| self.model.as_ref()?.fleet.devices.get(i))
+            .map(|d| d.id.clone())
+        else {
+            self.history = None;
+            return;
+        };
+        let state = if self.backend.request_history(&id) {
+            HistoryState::Loading
+        } else {
+            HistoryState::Failed("the history worker is not running".into())
+        };
+        self.history = Some(DeviceHistory {
+            device_id: id,
+            state,
+        });
     }
 
     fn apply_style(&mut self, ctx: &egui::Context) {
@@ -852,5 +922,17 @@ mod tests {
         assert_eq!(state.theme, Theme::Light);
         assert_eq!(state.view, View::Map);
         assert_eq!(state.ui_scale, 1.0);
+        assert!(state.hidden_columns.is_empty());
+    }
+
+    #[test]
+    fn hidden_columns_round_trip() {
+        let state = UiState {
+            hidden_columns: vec![Column::Battery, Column::Depot],
+            ..UiState::default()
+        };
+        let back: UiState =
+            serde_json::from_str(&serde_json::to_string(&state).expect("saves")).expect("loads");
+        assert_eq!(back.hidden_columns, [Column::Battery, Column::Depot]);
     }
 }

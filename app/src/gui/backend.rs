@@ -5,8 +5,13 @@
 //!
 //! Three ways to start: [`Backend::demo`] (embedded broker, synthetic fleet written to a demo
 //! cache, simulated devices in-process), [`Backend::attach`] (an existing cache and, if given, a
-//! broker), and [`Backend::fixture`] (a fleet in memory, no thread, no network: for tests and
-//! benchmarks).
+//! broker), and [`Backend::fixture`] (a fleet in memory, no network: for tests and benchmarks).
+//!
+//! Each also starts the history worker, a thread that answers [`Backend::request_history`]
+//! with a device's `device_events` rows from the cache ([`BackendEvent::DeviceHistory`]), so
+//! that the UI thread never runs SQL. Requests never block the UI: they go into an unbounded
+//! queue of device ids, and the worker answers only the newest one waiting (a user clicking
+//! through devices needs the last one, not every one).
 //!
 //! Deliberately not here: deciding anything, or writing device state to the cache. When the
 //! rollout engine is attached, it will run beside these tasks and report through the same
@@ -26,11 +31,14 @@ use crate::link::broker::EmbeddedBroker;
 use crate::link::mqtt::{self, LinkConfig, LinkEvent, Role};
 use crate::link::protocol::{Inbound, Rejection, Topics};
 use crate::store::Store;
+use crate::store::events::DeviceEvent;
 
 /// How many events may wait for the UI; when full, the link stops reading (back-pressure).
 pub const CHANNEL_CAPACITY: usize = 20_000;
 /// How often the outbox depth is read from the cache.
 const OUTBOX_POLL: Duration = Duration::from_secs(2);
+/// The most history rows the device view asks for: the newest ones.
+pub const HISTORY_LIMIT: usize = 200;
 
 /// What background work reports.
 #[derive(Debug)]
@@ -46,6 +54,12 @@ pub enum BackendEvent {
     Inbound(Inbound),
     Rejected(Rejection),
     OutboxDepth(u64),
+    /// A device's update history from the cache, newest first, answering
+    /// [`Backend::request_history`]; `Err` says why it could not be read.
+    DeviceHistory {
+        device_id: String,
+        events: Result<Vec<DeviceEvent>, String>,
+    },
     /// Something failed for good; the text says what and where.
     Failed(String),
 }
@@ -103,6 +117,8 @@ pub struct Backend {
     /// Whether this is the built-in demo.
     pub demo: bool,
     repaint: Arc<OnceLock<egui::Context>>,
+    /// Device ids for the history worker; `None` if its thread could not start.
+    history: Option<std::sync::mpsc::Sender<String>>,
     _runtime: Option<tokio::runtime::Runtime>,
 }
 
@@ -145,7 +161,11 @@ impl Reporter {
 }
 
 impl Backend {
-    fn parts(broker: BrokerKind, demo: bool) -> Result<(Self, Reporter, tokio::runtime::Handle)> {
+    fn parts(
+        broker: BrokerKind,
+        demo: bool,
+        cache: &Path,
+    ) -> Result<(Self, Reporter, tokio::runtime::Handle)> {
         let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
         let repaint = Arc::new(OnceLock::new());
         // Two workers: the link and the simulated fleet; the UI thread is not one of them.
@@ -160,12 +180,14 @@ impl Backend {
             tx,
             repaint: Arc::clone(&repaint),
         };
+        let history = Some(spawn_history_worker(cache.to_owned(), reporter.clone())?);
         Ok((
             Self {
                 rx,
                 broker,
                 demo,
                 repaint,
+                history,
                 _runtime: Some(runtime),
             },
             reporter,
@@ -176,7 +198,7 @@ impl Backend {
     /// The live demo: a synthetic fleet in the demo cache, the embedded broker, the simulated
     /// devices and the console's link, all started on background threads.
     pub fn demo(options: DemoOptions) -> Result<Self> {
-        let (mut backend, reporter, handle) = Self::parts(BrokerKind::None, true)?;
+        let (mut backend, reporter, handle) = Self::parts(BrokerKind::None, true, &options.cache)?;
         let ip = std::net::IpAddr::from([127, 0, 0, 1]);
         let port = crate::link::broker::pick_free_port(ip)?;
         let addr = std::net::SocketAddr::new(ip, port);
@@ -199,7 +221,7 @@ impl Backend {
         let kind = broker_url
             .clone()
             .map_or(BrokerKind::None, BrokerKind::External);
-        let (backend, reporter, handle) = Self::parts(kind, false)?;
+        let (backend, reporter, handle) = Self::parts(kind, false, &cache)?;
         std::thread::Builder::new()
             .name("convoy-cache".into())
             .spawn(move || {
@@ -213,10 +235,19 @@ impl Backend {
         Ok(backend)
     }
 
-    /// A fleet in memory, no broker, no threads: tests and benchmarks. The returned sender
-    /// feeds further events, as the link would.
+    /// A fleet in memory, no broker, no runtime: tests and benchmarks. The returned sender
+    /// feeds further events, as the link would. The history worker reads `cache` when asked
+    /// (a path with no file answers with an error naming it).
     pub fn fixture(fleet: Fleet, cache: PathBuf) -> (Self, FixtureFeed) {
         let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+        let repaint = Arc::new(OnceLock::new());
+        let reporter = Reporter {
+            tx: tx.clone(),
+            repaint: Arc::clone(&repaint),
+        };
+        // Without the thread, history requests are answered with an error (see
+        // `request_history`); the fixture still works for everything else.
+        let history = spawn_history_worker(cache.clone(), reporter).ok();
         let _ = tx.try_send(BackendEvent::FleetLoaded { fleet, cache });
         let _ = tx.try_send(BackendEvent::Link(LinkStatus::Offline));
         (
@@ -224,7 +255,8 @@ impl Backend {
                 rx,
                 broker: BrokerKind::None,
                 demo: false,
-                repaint: Arc::new(OnceLock::new()),
+                repaint,
+                history,
                 _runtime: None,
             },
             FixtureFeed { tx },
@@ -234,6 +266,15 @@ impl Backend {
     /// Lets the background work wake the UI.
     pub fn set_repaint(&self, ctx: &egui::Context) {
         let _ = self.repaint.set(ctx.clone());
+    }
+
+    /// Asks the history worker for `device_id`'s update history; the answer arrives as
+    /// [`BackendEvent::DeviceHistory`]. Never blocks. False if the worker is not running (its
+    /// thread could not start or has stopped): no answer will come.
+    pub fn request_history(&self, device_id: &str) -> bool {
+        self.history
+            .as_ref()
+            .is_some_and(|tx| tx.send(device_id.to_owned()).is_ok())
     }
 
     /// The next waiting event, if any (never blocks).
@@ -350,6 +391,49 @@ fn run_attach(
     reporter.blocking(BackendEvent::Stage(String::new()));
     poll_outbox(&store, reporter);
     Ok(())
+}
+
+/// Starts the thread that reads device histories from `cache` on request.
+fn spawn_history_worker(
+    cache: PathBuf,
+    reporter: Reporter,
+) -> Result<std::sync::mpsc::Sender<String>> {
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::Builder::new()
+        .name("convoy-history".into())
+        .spawn(move || run_history(&cache, &rx, &reporter))
+        .context("starting the device history thread")?;
+    Ok(tx)
+}
+
+/// Answers history requests until the UI (the sender) goes away. The cache is opened on the
+/// first request, not before: the demo writes it after start, and a console that never opens a
+/// device never needs it.
+fn run_history(cache: &Path, rx: &std::sync::mpsc::Receiver<String>, reporter: &Reporter) {
+    let mut store: Option<Store> = None;
+    while let Ok(mut device_id) = rx.recv() {
+        // Only the newest request matters; the UI shows one device.
+        while let Ok(newer) = rx.try_recv() {
+            device_id = newer;
+        }
+        let opened = match store.take() {
+            Some(s) => Ok(s),
+            None => Store::open_existing(cache),
+        };
+        let events = match opened {
+            Ok(s) => {
+                let events = s
+                    .device_history_newest_first(&device_id, HISTORY_LIMIT)
+                    .map_err(|err| format!("{err:#}"));
+                store = Some(s);
+                events
+            }
+            Err(err) => Err(format!("{err:#}")),
+        };
+        if !reporter.blocking(BackendEvent::DeviceHistory { device_id, events }) {
+            return;
+        }
+    }
 }
 
 /// Reads the outbox depth every few seconds until the UI goes away.

@@ -1,12 +1,14 @@
 //! Device detail: identity, component versions, A/B slot, link and power, update state and
-//! progress, failures, the latest telemetry and this device's recent events.
+//! progress, failures, the latest telemetry, this device's recent events in this session, and
+//! its update history from the cache (`device_events`, newest first).
 //!
-//! Not built yet: the device's update history and timeline from the cache (`device_events`)
-//! and telemetry plots; the view says so.
+//! The history is read by the backend's history worker, never here: the view shows "loading…"
+//! until the answer arrives. Not built yet: telemetry plots; the view says so.
 
 use egui::RichText;
 
-use crate::gui::app::{ConsoleApp, UiCommand, age};
+use crate::gui::app::{ConsoleApp, HistoryState, UiCommand, age};
+use crate::gui::backend::HISTORY_LIMIT;
 use crate::gui::model::state_name;
 use crate::gui::tokens;
 
@@ -168,13 +170,128 @@ pub fn device_ui(app: &mut ConsoleApp, ui: &mut egui::Ui) {
         if !any {
             ui.label(RichText::new("None in this session.").color(tokens::MUTED));
         }
+        ui.add_space(10.0);
+        ui.horizontal(|ui| {
+            ui.label(RichText::new("Update history (cache)").strong());
+            if ui
+                .small_button("Reload history")
+                .on_hover_text("Read this device's events from the cache again")
+                .clicked()
+            {
+                commands.push(UiCommand::ReloadHistory);
+            }
+        });
+        match app.history.as_ref().filter(|h| h.device_id == d.id) {
+            None => {
+                // Not asked for this device yet (e.g. the view was restored): ask now.
+                commands.push(UiCommand::ReloadHistory);
+                ui.label(RichText::new("loading…").color(tokens::MUTED));
+            }
+            Some(h) => match &h.state {
+                HistoryState::Loading => {
+                    ui.label(RichText::new("loading…").color(tokens::MUTED));
+                }
+                HistoryState::Failed(why) => {
+                    ui.colored_label(tokens::BAD, format!("Could not read the history: {why}"));
+                }
+                HistoryState::Loaded(rows) if rows.is_empty() => {
+                    ui.label(RichText::new("no history in the cache").color(tokens::MUTED));
+                }
+                HistoryState::Loaded(rows) => {
+                    if rows.len() >= HISTORY_LIMIT {
+                        ui.label(
+                            RichText::new(format!("The newest {HISTORY_LIMIT} events:"))
+                                .small()
+                                .color(tokens::MUTED),
+                        );
+                    }
+                    egui::Grid::new("device-history")
+                        .num_columns(4)
+                        .striped(true)
+                        .show(ui, |ui| {
+                            for title in ["Time", "Event", "Rollout", "Details"] {
+                                ui.label(RichText::new(title).strong());
+                            }
+                            ui.end_row();
+                            for e in rows {
+                                ui.label(e.time.to_rfc3339())
+                                    .on_hover_text(age(now.secs_since(e.time)));
+                                ui.label(&e.kind);
+                                ui.label(e.rollout_id.as_deref().unwrap_or("-"));
+                                ui.label(payload_summary(&e.payload))
+                                    .on_hover_text(&e.payload);
+                                ui.end_row();
+                            }
+                        });
+                }
+            },
+        }
+        ui.add_space(6.0);
         ui.label(
-            RichText::new("Update history from the cache and telemetry plots: not built yet.")
+            RichText::new("Telemetry plots: not built yet.")
                 .small()
                 .color(tokens::MUTED),
         );
     });
     for c in commands {
         app.send(c);
+    }
+}
+
+/// The longest payload summary shown in a history row; the full JSON is on hover.
+const SUMMARY_CHARS: usize = 80;
+
+/// A short, readable form of an event's JSON payload: an object's fields as `key=value`
+/// (strings unquoted, nested values compact), anything else as its compact JSON, at most
+/// [`SUMMARY_CHARS`] characters with an ellipsis. Text that is not JSON is shown as it is.
+pub fn payload_summary(payload: &str) -> String {
+    let text = match serde_json::from_str::<serde_json::Value>(payload) {
+        Ok(serde_json::Value::Object(fields)) if fields.is_empty() => "-".to_owned(),
+        Ok(serde_json::Value::Object(fields)) => fields
+            .iter()
+            .map(|(k, v)| match v {
+                serde_json::Value::String(s) => format!("{k}={s}"),
+                other => format!("{k}={other}"),
+            })
+            .collect::<Vec<_>>()
+            .join(", "),
+        Ok(serde_json::Value::Null) => "-".to_owned(),
+        Ok(serde_json::Value::String(s)) => s,
+        Ok(other) => other.to_string(),
+        Err(_) => payload.to_owned(),
+    };
+    if text.chars().count() <= SUMMARY_CHARS {
+        return text;
+    }
+    let mut short: String = text.chars().take(SUMMARY_CHARS - 1).collect();
+    short.push('…');
+    short
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads_summarise_as_fields() {
+        assert_eq!(
+            payload_summary(r#"{"release":"t300-fw-2.5.0","progress_pct":40}"#),
+            // serde_json keeps keys sorted.
+            "progress_pct=40, release=t300-fw-2.5.0"
+        );
+        assert_eq!(payload_summary("{}"), "-");
+        assert_eq!(payload_summary("null"), "-");
+        assert_eq!(payload_summary(r#"{"a":{"b":[1,2]}}"#), r#"a={"b":[1,2]}"#);
+        assert_eq!(payload_summary("[1,2]"), "[1,2]");
+        assert_eq!(payload_summary("not json"), "not json");
+    }
+
+    #[test]
+    fn long_payloads_are_cut_with_an_ellipsis() {
+        let long = format!(r#"{{"reason":"{}"}}"#, "é".repeat(200));
+        let s = payload_summary(&long);
+        assert_eq!(s.chars().count(), SUMMARY_CHARS);
+        assert!(s.starts_with("reason=éé"));
+        assert!(s.ends_with('…'));
     }
 }

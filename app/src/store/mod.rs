@@ -14,6 +14,7 @@
 
 pub mod audit;
 pub mod console;
+pub mod console_history;
 pub mod devices;
 pub mod events;
 pub mod outbox;
