@@ -405,3 +405,58 @@ fn a_missing_cache_shows_why_the_history_is_missing() {
     }
     h.get_by_label_contains("no fleet cache at fixture.db");
 }
+
+#[test]
+fn a_hidden_table_column_disappears_and_the_others_stay() {
+    use convoy::gui::query::Column;
+    use egui_kittest::kittest::NodeT;
+    let (mut h, _feed, fleet) = harness();
+    h.get_by_label("Fleet table").click();
+    settle(&mut h);
+    let header = |h: &Harness<'static, ConsoleApp>, c: Column| {
+        h.query_by_role_and_label(egui::Role::Button, c.title())
+            .is_some()
+    };
+    for c in Column::ALL {
+        assert!(header(&h, c), "{} header before", c.title());
+    }
+    let percent_labels = |h: &Harness<'static, ConsoleApp>| {
+        h.query_all_by_label_contains(" %")
+            .filter(|n| n.accesskit_node().role() == egui::accesskit::Role::Label)
+            .count()
+    };
+    assert!(percent_labels(&h) > 10, "battery levels are shown");
+    h.get_by_label("Columns").click();
+    settle(&mut h);
+    // The device column cannot be hidden.
+    assert!(
+        h.get_by_role_and_label(egui::Role::CheckBox, Column::Id.title())
+            .accesskit_node()
+            .is_disabled()
+    );
+    h.get_by_role_and_label(egui::Role::CheckBox, Column::Battery.title())
+        .click();
+    settle(&mut h);
+    h.key_press(Key::Escape);
+    settle(&mut h);
+    assert!(
+        h.query_by_role(egui::Role::CheckBox).is_none(),
+        "the menu closed"
+    );
+    assert!(!header(&h, Column::Battery), "the battery header is gone");
+    for c in Column::ALL.into_iter().filter(|&c| c != Column::Battery) {
+        assert!(header(&h, c), "{} header after", c.title());
+    }
+    // No cell shows a battery level any more (the one "N %" left is the UI scale in the top
+    // bar); the rows are still there.
+    assert_eq!(
+        percent_labels(&h),
+        1,
+        "only the UI scale is a percentage now"
+    );
+    h.get_by_label(&fleet.devices[0].id);
+    assert_eq!(h.state().state.hidden_columns, [Column::Battery]);
+    let saved = serde_json::to_string(&h.state().state).unwrap();
+    let back: convoy::gui::UiState = serde_json::from_str(&saved).unwrap();
+    assert_eq!(back.hidden_columns, [Column::Battery]);
+}

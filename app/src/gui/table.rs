@@ -1,6 +1,7 @@
 //! The fleet table: every device that passes the shared filter, virtualised (only the rows in
 //! view are laid out, so a million rows cost what forty do), sortable by any column. Clicking a
-//! device opens its detail.
+//! device opens its detail. The "Columns" menu hides and shows columns (the device column
+//! always shows); the choice persists in [`crate::gui::UiState`].
 
 use egui::RichText;
 use egui_extras::{Column as TableColumn, TableBuilder};
@@ -32,23 +33,46 @@ pub fn table_ui(app: &mut ConsoleApp, ui: &mut egui::Ui) {
         );
     });
     let mut commands = Vec::new();
+    ui.horizontal(|ui| {
+        ui.menu_button("Columns", |ui| {
+            for c in Column::ALL {
+                let mut shown = c == Column::Id || !app.state.hidden_columns.contains(&c);
+                let r = ui
+                    .add_enabled(c != Column::Id, egui::Checkbox::new(&mut shown, c.title()))
+                    .on_disabled_hover_text("The device column is always shown");
+                if r.changed() {
+                    commands.push(UiCommand::SetColumnVisible(c, shown));
+                }
+            }
+        })
+        .response
+        .on_hover_text("Choose the columns to show");
+    });
+    let visible = visible_columns(&app.state.hidden_columns);
+    // One bit per shown column: resized widths are kept per column set, because egui_extras
+    // keeps widths by position.
+    let shown_mask: u32 = visible.iter().map(|&c| 1 << (c as u32)).sum();
     let mut sort = (app.state.sort, app.state.sort_descending);
     let mode = app.state.color_mode;
     let order = &app.derived.order;
     let classes = &app.derived.classes;
     let selected = app.selected;
-    TableBuilder::new(ui)
-        .id_salt("fleet-table")
+    let mut builder = TableBuilder::new(ui)
+        .id_salt(("fleet-table", shown_mask))
         .striped(true)
-        .resizable(true)
-        .column(TableColumn::initial(150.0).at_least(90.0))
-        .columns(
-            TableColumn::initial(90.0).at_least(50.0),
-            Column::ALL.len() - 2,
-        )
-        .column(TableColumn::remainder().at_least(80.0))
+        .resizable(true);
+    for k in 0..visible.len() {
+        builder = builder.column(if k + 1 == visible.len() {
+            TableColumn::remainder().at_least(80.0)
+        } else if k == 0 {
+            TableColumn::initial(150.0).at_least(90.0)
+        } else {
+            TableColumn::initial(90.0).at_least(50.0)
+        });
+    }
+    builder
         .header(tokens::ROW_HEIGHT + 4.0, |mut header| {
-            for c in Column::ALL {
+            for &c in &visible {
                 header.col(|ui| {
                     let arrow = match sort {
                         (s, false) if s == c => " (up)",
@@ -75,51 +99,57 @@ pub fn table_ui(app: &mut ConsoleApp, ui: &mut egui::Ui) {
                 let d = &model.fleet.devices[i];
                 let live = &model.live[i];
                 row.set_selected(selected == Some(i));
-                row.col(|ui| {
-                    if ui
-                        .add(egui::Button::selectable(selected == Some(i), d.id.as_str()))
-                        .clicked()
-                    {
-                        commands.push(UiCommand::OpenDevice(i));
-                    }
-                });
-                row.col(|ui| {
-                    ui.label(d.model.as_str());
-                });
-                row.col(|ui| {
-                    ui.label(d.hw_rev.as_str());
-                });
-                row.col(|ui| {
-                    ui.label(d.firmware().map_or("-".to_owned(), |v| v.to_string()));
-                });
-                row.col(|ui| {
-                    ui.label(d.region.as_str());
-                });
-                row.col(|ui| {
-                    ui.label(d.depot.as_str());
-                });
-                row.col(|ui| {
-                    ui.label(d.connectivity.as_str());
-                });
-                row.col(|ui| {
-                    ui.label(d.customer_tier.as_str());
-                });
-                row.col(|ui| {
-                    let class = usize::from(classes.get(i).copied().unwrap_or(0));
-                    let text = match (live.update_state, live.progress_pct) {
-                        (Some(s), Some(p)) if p < 100 => format!("{} {p} %", state_name(s)),
-                        (Some(s), _) => state_name(s).to_owned(),
-                        (None, _) => "no report".to_owned(),
-                    };
-                    tokens::swatch(ui, tokens::class_color(mode, class));
-                    ui.label(text);
-                });
-                row.col(|ui| {
-                    ui.label(d.battery_pct.map_or("-".to_owned(), |b| format!("{b} %")));
-                });
-                row.col(|ui| {
-                    ui.label(age(now.secs_since(d.last_seen)));
-                });
+                for &c in &visible {
+                    row.col(|ui| match c {
+                        Column::Id => {
+                            if ui
+                                .add(egui::Button::selectable(selected == Some(i), d.id.as_str()))
+                                .clicked()
+                            {
+                                commands.push(UiCommand::OpenDevice(i));
+                            }
+                        }
+                        Column::Model => {
+                            ui.label(d.model.as_str());
+                        }
+                        Column::HwRev => {
+                            ui.label(d.hw_rev.as_str());
+                        }
+                        Column::Firmware => {
+                            ui.label(d.firmware().map_or("-".to_owned(), |v| v.to_string()));
+                        }
+                        Column::Region => {
+                            ui.label(d.region.as_str());
+                        }
+                        Column::Depot => {
+                            ui.label(d.depot.as_str());
+                        }
+                        Column::Connectivity => {
+                            ui.label(d.connectivity.as_str());
+                        }
+                        Column::Tier => {
+                            ui.label(d.customer_tier.as_str());
+                        }
+                        Column::UpdateState => {
+                            let class = usize::from(classes.get(i).copied().unwrap_or(0));
+                            let text = match (live.update_state, live.progress_pct) {
+                                (Some(s), Some(p)) if p < 100 => {
+                                    format!("{} {p} %", state_name(s))
+                                }
+                                (Some(s), _) => state_name(s).to_owned(),
+                                (None, _) => "no report".to_owned(),
+                            };
+                            tokens::swatch(ui, tokens::class_color(mode, class));
+                            ui.label(text);
+                        }
+                        Column::Battery => {
+                            ui.label(d.battery_pct.map_or("-".to_owned(), |b| format!("{b} %")));
+                        }
+                        Column::LastSeen => {
+                            ui.label(age(now.secs_since(d.last_seen)));
+                        }
+                    });
+                }
             });
         });
     if sort != (app.state.sort, app.state.sort_descending) {
@@ -127,5 +157,30 @@ pub fn table_ui(app: &mut ConsoleApp, ui: &mut egui::Ui) {
     }
     for c in commands {
         app.send(c);
+    }
+}
+
+/// The columns to draw, in [`Column::ALL`] order: all but the hidden ones, and always the
+/// device column (an old or hand-edited save cannot hide it).
+pub fn visible_columns(hidden: &[Column]) -> Vec<Column> {
+    Column::ALL
+        .into_iter()
+        .filter(|c| *c == Column::Id || !hidden.contains(c))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hidden_columns_drop_out_but_the_device_column_stays() {
+        assert_eq!(visible_columns(&[]), Column::ALL);
+        let shown = visible_columns(&[Column::Battery, Column::Id, Column::Model]);
+        assert_eq!(shown.len(), Column::ALL.len() - 2);
+        assert_eq!(shown[0], Column::Id);
+        assert!(!shown.contains(&Column::Battery));
+        assert!(!shown.contains(&Column::Model));
+        assert!(shown.contains(&Column::LastSeen));
     }
 }
