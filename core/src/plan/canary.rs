@@ -100,7 +100,7 @@ pub struct CanaryInput<'a> {
 }
 
 /// One part of a stratum attribute, parsed once so the per-device loop compares no names.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 enum Field {
     Model,
     HwRev,
@@ -197,6 +197,141 @@ fn push_u32(out: &mut String, mut n: u32) {
     }
 }
 
+/// A field's value as a hash key, without building its text: borrowed text, an enum's or
+/// flag's index, or a version by its parts as written (`2.0` and `2.0.0` are written apart).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum FieldKey<'a> {
+    Text(&'a str),
+    Index(u8),
+    Version([u32; 4], u8),
+    Missing,
+}
+
+impl Field {
+    fn key<'a>(&self, d: &'a Device) -> FieldKey<'a> {
+        match self {
+            Field::Model => FieldKey::Text(&d.model),
+            Field::HwRev => FieldKey::Text(&d.hw_rev),
+            Field::Region => FieldKey::Text(&d.region),
+            Field::Depot => FieldKey::Text(&d.depot),
+            Field::Connectivity => FieldKey::Index(d.connectivity as u8),
+            Field::Power => FieldKey::Index(d.power as u8),
+            Field::Tier => FieldKey::Index(d.customer_tier as u8),
+            Field::Class => FieldKey::Index(d.device_class as u8),
+            Field::Redundancy => FieldKey::Index(d.redundancy as u8),
+            Field::Slot => FieldKey::Index(d.active_slot as u8),
+            Field::Metered => FieldKey::Index(u8::from(d.metered)),
+            Field::Other(name) => {
+                if let Some(v) = super::component(d, name) {
+                    let mut parts = [0u32; 4];
+                    let written = v.parts();
+                    parts[..written.len()].copy_from_slice(written);
+                    FieldKey::Version(parts, written.len() as u8)
+                } else if let Some(t) = d.tags.get(name) {
+                    FieldKey::Text(t)
+                } else {
+                    FieldKey::Missing
+                }
+            }
+        }
+    }
+}
+
+/// Gives every (attribute, value) of the targeted devices a stratum id, in order of first
+/// appearance (device order, then attribute order), exactly as interning each value's text
+/// would, but without writing and hashing the text per device.
+///
+/// Each distinct field is keyed once per device ([`FieldKey`], ids dense per field); an
+/// attribute's combination of field ids is then a small integer key. Only a combination seen
+/// for the first time writes its text, which is interned as before: two combinations that
+/// read the same (`a/b`+`c` and `a`+`b/c`) share one stratum.
+struct StrataInterner<'p, 'a> {
+    attrs: &'p [Attribute],
+    /// Distinct fields across all attributes.
+    fields: Vec<&'p Field>,
+    /// Per attribute, indices into `fields`.
+    attr_fields: Vec<Vec<usize>>,
+    field_ids: Vec<super::FastMap<FieldKey<'a>, u32>>,
+    /// Per attribute: (combination so far, next field id) → combination id, for attributes
+    /// of several fields.
+    combos: Vec<super::FastMap<(u32, u32), u32>>,
+    /// Per attribute, by combination id (or field id for one-field attributes): the stratum.
+    stratum_of: Vec<Vec<u32>>,
+    texts: Vec<super::FastMap<String, u32>>,
+    /// (attribute index, value text) per stratum id.
+    names: Vec<(usize, String)>,
+    row: Vec<u32>,
+    buf: String,
+}
+
+impl<'p, 'a> StrataInterner<'p, 'a> {
+    fn new(attrs: &'p [Attribute]) -> Self {
+        let mut fields: Vec<&'p Field> = Vec::new();
+        let attr_fields = attrs
+            .iter()
+            .map(|a| {
+                a.0.iter()
+                    .map(|f| {
+                        fields.iter().position(|g| *g == f).unwrap_or_else(|| {
+                            fields.push(f);
+                            fields.len() - 1
+                        })
+                    })
+                    .collect()
+            })
+            .collect();
+        let n_fields = fields.len();
+        Self {
+            attrs,
+            fields,
+            attr_fields,
+            field_ids: vec![super::FastMap::default(); n_fields],
+            combos: vec![super::FastMap::default(); attrs.len()],
+            stratum_of: vec![Vec::new(); attrs.len()],
+            texts: vec![super::FastMap::default(); attrs.len()],
+            names: Vec::new(),
+            row: vec![0; n_fields],
+            buf: String::new(),
+        }
+    }
+
+    /// Appends the device's stratum id for every attribute to `out`.
+    fn push_device(&mut self, d: &'a Device, out: &mut Vec<u32>) {
+        for (f, field) in self.fields.iter().enumerate() {
+            let ids = &mut self.field_ids[f];
+            let next = ids.len() as u32;
+            self.row[f] = *ids.entry(field.key(d)).or_insert(next);
+        }
+        for a in 0..self.attrs.len() {
+            let fields = &self.attr_fields[a];
+            let mut combo = self.row[fields[0]];
+            for &f in &fields[1..] {
+                let map = &mut self.combos[a];
+                let next = map.len() as u32;
+                combo = *map.entry((combo, self.row[f])).or_insert(next);
+            }
+            let slots = &mut self.stratum_of[a];
+            if slots.len() <= combo as usize {
+                slots.resize(combo as usize + 1, u32::MAX);
+            }
+            if slots[combo as usize] == u32::MAX {
+                self.buf.clear();
+                self.attrs[a].write(d, &mut self.buf);
+                let id = if let Some(&id) = self.texts[a].get(self.buf.as_str()) {
+                    id
+                } else {
+                    let id = self.names.len() as u32;
+                    self.names.push((a, self.buf.clone()));
+                    self.texts[a].insert(self.buf.clone(), id);
+                    id
+                };
+                self.stratum_of[a][combo as usize] = id;
+            }
+            out.push(self.stratum_of[a][combo as usize]);
+        }
+    }
+}
+
 /// Whether the policy treats the device as critical.
 pub fn is_critical(d: &Device, policy: &PlanningPolicy) -> bool {
     let c = &policy.criticality;
@@ -228,31 +363,12 @@ pub fn select(input: &CanaryInput<'_>) -> CanaryReport {
     let n = input.targeted.len();
 
     // 1. Strata: intern each (attribute, value) to an id; `strata_of[pos * n_attr + a]`.
-    let mut names: Vec<(usize, String)> = Vec::new();
-    let mut ids: Vec<super::FastMap<String, u32>> = vec![super::FastMap::default(); n_attr];
-    let mut strata_of: Vec<u32> = Vec::with_capacity(n * n_attr);
-    let parsed: Vec<Attribute> = attrs.iter().map(|a| Attribute::parse(a)).collect();
-    let mut buf = String::new();
-    for &fi in input.targeted {
-        let d = &fleet.devices[fi as usize];
-        for (a, attr) in parsed.iter().enumerate() {
-            buf.clear();
-            attr.write(d, &mut buf);
-            let id = if let Some(id) = ids[a].get(buf.as_str()) {
-                *id
-            } else {
-                let id = names.len() as u32;
-                names.push((a, buf.clone()));
-                ids[a].insert(buf.clone(), id);
-                id
-            };
-            strata_of.push(id);
-        }
-    }
-    let n_strata = names.len();
-    let mut counts = vec![Counts::default(); n_strata];
-
     // 2. Candidates and their rank key: (offline, far, seeded random).
+    // Both in one pass, so that each device is read from memory once.
+    let parsed: Vec<Attribute> = attrs.iter().map(|a| Attribute::parse(a)).collect();
+    let mut interner = StrataInterner::new(&parsed);
+    let mut strata_of: Vec<u32> = Vec::with_capacity(n * n_attr);
+    let mut counts: Vec<Counts> = Vec::new();
     // Calendar groups are depot indices (the last one: unknown depot).
     let depot_pos = |fi: u32| {
         fleet
@@ -265,6 +381,8 @@ pub fn select(input: &CanaryInput<'_>) -> CanaryReport {
     let mut excluded_depot = 0;
     for (pos, &fi) in input.targeted.iter().enumerate() {
         let d = &fleet.devices[fi as usize];
+        interner.push_device(d, &mut strata_of);
+        counts.resize(interner.names.len(), Counts::default());
         let v = input.eligibility[fi as usize];
         let row = &strata_of[pos * n_attr..(pos + 1) * n_attr];
         for &s in row {
@@ -316,6 +434,8 @@ pub fn select(input: &CanaryInput<'_>) -> CanaryReport {
         ranked.push((tier, random, pos as u32));
     }
     ranked.sort_unstable();
+    let names = interner.names;
+    let n_strata = names.len();
 
     // Per-stratum candidate lists in rank order (counting sort into one flat array).
     let mut start = vec![0usize; n_strata + 1];
@@ -508,5 +628,136 @@ pub fn select(input: &CanaryInput<'_>) -> CanaryReport {
         far_from_depot,
         strata: strata.into_iter().map(|(_, _, s)| s).collect(),
         flags,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::synth::{SynthOptions, generate};
+    use crate::version::Version;
+
+    /// The plain method the interner replaces: write every (attribute, value) as text and
+    /// intern the text, in device order then attribute order.
+    fn strata_by_text(attrs: &[Attribute], devices: &[Device]) -> (Vec<u32>, Vec<(usize, String)>) {
+        let mut ids: Vec<std::collections::HashMap<String, u32>> =
+            vec![std::collections::HashMap::new(); attrs.len()];
+        let mut names = Vec::new();
+        let mut out = Vec::new();
+        for d in devices {
+            for (a, attr) in attrs.iter().enumerate() {
+                let mut text = String::new();
+                attr.write(d, &mut text);
+                let id = *ids[a].entry(text.clone()).or_insert_with(|| {
+                    names.push((a, text));
+                    (names.len() - 1) as u32
+                });
+                out.push(id);
+            }
+        }
+        (out, names)
+    }
+
+    #[test]
+    fn interner_gives_the_strata_of_interning_the_text() {
+        let mut fleet = generate(&SynthOptions {
+            devices: 600,
+            seed: 11,
+            now: Timestamp::from_secs(1_800_000_000),
+        });
+        let short: Version = "2.0".parse().expect("a valid version");
+        let long: Version = "2.0.0".parse().expect("a valid version");
+        assert_eq!(short, long, "equal as versions, but written apart");
+        for (i, d) in fleet.devices.iter_mut().enumerate() {
+            match i % 7 {
+                0 => {
+                    d.components.insert("firmware", short);
+                }
+                1 => {
+                    d.components.insert("firmware", long);
+                }
+                2 => {
+                    // No bootloader component: the tag of that name stands in.
+                    d.components.remove("bootloader");
+                    d.tags.insert("bootloader", "rom".to_owned());
+                    d.tags.insert("carrier", "a/b".to_owned());
+                    d.hw_rev = "c".to_owned();
+                }
+                3 => {
+                    // Reads `a/b/c` too, through other field values.
+                    d.tags.insert("carrier", "a".to_owned());
+                    d.hw_rev = "b/c".to_owned();
+                }
+                4 => {
+                    // Neither component nor tag: `(none)`.
+                    d.components.remove("bootloader");
+                    d.tags.remove("bootloader");
+                    d.tags.remove("carrier");
+                }
+                _ => {
+                    d.tags.remove("carrier");
+                }
+            }
+        }
+        let attrs: Vec<Attribute> = [
+            "model",
+            "model+hw_rev",
+            "model+firmware",
+            " firmware ",
+            "bootloader",
+            "carrier+hw_rev",
+            "carrier",
+            "model+model",
+            "connectivity+metered+active_slot+power",
+            "region+depot",
+            "customer_tier",
+            "device_class+redundancy",
+        ]
+        .iter()
+        .map(|a| Attribute::parse(a))
+        .collect();
+
+        let mut interner = StrataInterner::new(&attrs);
+        let mut got = Vec::new();
+        for d in &fleet.devices {
+            interner.push_device(d, &mut got);
+        }
+        let (want, want_names) = strata_by_text(&attrs, &fleet.devices);
+        assert!(
+            got == want,
+            "strata differ: {} ids against {}, first difference at {:?}",
+            got.len(),
+            want.len(),
+            got.iter().zip(&want).position(|(g, w)| g != w)
+        );
+        assert_eq!(interner.names, want_names);
+
+        // The cases above really occurred, as distinct or shared strata as their text says.
+        let has = |a: usize, v: &str| interner.names.iter().any(|(x, t)| *x == a && t == v);
+        assert!(has(3, "2.0") && has(3, "2.0.0"));
+        assert!(has(4, "rom") && has(4, "(none)"));
+        assert!(has(6, "(none)") && has(6, "a/b") && has(6, "a"));
+        let abc = interner
+            .names
+            .iter()
+            .filter(|(x, t)| *x == 5 && t == "a/b/c")
+            .count();
+        assert_eq!(abc, 1, "`a/b`+`c` and `a`+`b/c` are one stratum");
+        let abc_devices = fleet
+            .devices
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % 7 == 2 || i % 7 == 3)
+            .count();
+        let abc_id = interner
+            .names
+            .iter()
+            .position(|(x, t)| *x == 5 && t == "a/b/c")
+            .expect("the shared stratum") as u32;
+        let n_attr = attrs.len();
+        assert_eq!(
+            got.chunks(n_attr).filter(|row| row[5] == abc_id).count(),
+            abc_devices
+        );
     }
 }
