@@ -222,6 +222,8 @@ pub struct ConsoleApp {
     pub derive_mode: DeriveMode,
     /// The query the worker was last sent.
     sent_query: Option<Query>,
+    /// The map level the worker was last sent.
+    sent_level: Option<u8>,
     /// Requests sent up to and including the latest fleet load: older results are dropped.
     load_seq: u64,
     /// Requests the result shown now reflects.
@@ -275,6 +277,7 @@ impl ConsoleApp {
             derive: None,
             derive_mode: DeriveMode::Wait,
             sent_query: None,
+            sent_level: None,
             load_seq: 0,
             derived_seen: 0,
             derive_compute: Duration::ZERO,
@@ -369,6 +372,11 @@ impl ConsoleApp {
             return;
         };
         if self.model.is_some() {
+            let level = (self.state.view == View::Map).then(|| self.map.level());
+            if level != self.sent_level {
+                w.send(DeriveRequest::MapLevel(level));
+                self.sent_level = level;
+            }
             let query = Query {
                 color_mode: self.state.color_mode,
                 filter: self.state.filter.clone(),

@@ -12,15 +12,18 @@
 //! Data-only changes are throttled (at most one result per throttle period while data streams
 //! in); a changed query is derived at once.
 //!
-//! Deliberately not here: drawing, the map grid (the map builds it from the result), writing to
-//! the cache.
+//! When the map is showing, the worker also bins the result into the map grid at the map's
+//! zoom level, so that the frame which swaps the answer in does not rebuild the grid either; a
+//! zoom change alone is still binned by the map on the UI thread.
+//!
+//! Deliberately not here: drawing, writing to the cache.
 
 use convoy_core::fleet::Fleet;
 use convoy_core::time::Timestamp;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender, TryRecvError};
 use std::time::{Duration, Instant};
 
-use crate::gui::aggregate::CLASSES;
+use crate::gui::aggregate::{CLASSES, Grid, cell_size_for};
 use crate::gui::model::{ColorMode, FleetModel, class_counts};
 use crate::gui::query::{Column, Filter, filter_indices, sort_indices};
 use crate::link::protocol::Inbound;
@@ -65,6 +68,9 @@ pub struct Derived {
     /// Differs between any two results: the map grid and the cohort summaries compare against
     /// it to know when to rebuild.
     pub generation: u64,
+    /// The map grid of `filtered` at a zoom level, binned by the worker when the map shows;
+    /// the map takes it if its level still matches.
+    pub grid: Option<(u8, Grid)>,
 }
 
 impl Derived {
@@ -89,6 +95,7 @@ impl Derived {
             filtered,
             order,
             generation,
+            grid: None,
         }
     }
 }
@@ -101,6 +108,16 @@ pub enum DeriveRequest {
     /// A validated message the UI applied to its model.
     Inbound(Box<Inbound>),
     Query(Query),
+    /// The map's zoom level while it shows, `None` otherwise. Not numbered and derives
+    /// nothing by itself: the next result carries a grid for it.
+    MapLevel(Option<u8>),
+}
+
+impl DeriveRequest {
+    /// Whether the request is numbered (see [`DeriveResult::seen`]).
+    fn numbered(&self) -> bool {
+        !matches!(self, DeriveRequest::MapLevel(_))
+    }
 }
 
 /// A result and how many requests it reflects (the UI numbers what it sends the same way).
@@ -140,7 +157,9 @@ impl DeriveWorker {
 
     /// Queues a request; O(size of the request). False if the worker is gone.
     pub fn send(&mut self, request: DeriveRequest) -> bool {
-        self.sent += 1;
+        if request.numbered() {
+            self.sent += 1;
+        }
         self.requests.send(request).is_ok()
     }
 
@@ -169,6 +188,7 @@ impl DeriveWorker {
 struct Replica {
     model: Option<FleetModel>,
     query: Option<Query>,
+    map_level: Option<u8>,
     seen: u64,
     generation: u64,
     /// Something changed since the last result; `query_changed` if the query did.
@@ -178,6 +198,10 @@ struct Replica {
 
 impl Replica {
     fn apply(&mut self, request: DeriveRequest) {
+        if let DeriveRequest::MapLevel(level) = request {
+            self.map_level = level;
+            return;
+        }
         self.seen += 1;
         self.dirty = true;
         match request {
@@ -194,6 +218,7 @@ impl Replica {
                 self.query = Some(q);
                 self.query_changed = true;
             }
+            DeriveRequest::MapLevel(_) => {}
         }
     }
 }
@@ -207,6 +232,7 @@ fn run(
     let mut r = Replica {
         model: None,
         query: None,
+        map_level: None,
         seen: 0,
         generation: 0,
         dirty: false,
@@ -248,7 +274,18 @@ fn run(
         };
         let start = Instant::now();
         r.generation += 1;
-        let derived = Derived::compute(model, query, r.generation);
+        let mut derived = Derived::compute(model, query, r.generation);
+        derived.grid = r.map_level.map(|level| {
+            let cell = cell_size_for(level, crate::gui::tokens::CLUSTER_CELL_PX);
+            let grid = Grid::build(
+                &model.map_x,
+                &model.map_y,
+                &derived.classes,
+                &derived.filtered,
+                cell,
+            );
+            (level, grid)
+        });
         let result = DeriveResult {
             derived,
             seen: r.seen,
@@ -313,6 +350,23 @@ mod tests {
         let r2 = w.wait_result().expect("an answer");
         assert!(r2.derived.generation > r.derived.generation);
         assert_eq!(r2.derived.filtered.len(), 300);
+        assert!(r2.derived.grid.is_none(), "no map level, no grid");
+        // With the map showing, the answer carries the grid the map would build itself.
+        assert!(w.send(DeriveRequest::MapLevel(Some(6))));
+        assert!(w.send(DeriveRequest::Query(query("eu"))));
+        let r3 = w.wait_result().expect("an answer");
+        let (level, grid) = r3.derived.grid.expect("a grid for the map");
+        let m = FleetModel::new(fleet());
+        let own = Grid::build(
+            &m.map_x,
+            &m.map_y,
+            &reference.classes,
+            &reference.filtered,
+            cell_size_for(6, crate::gui::tokens::CLUSTER_CELL_PX),
+        );
+        assert_eq!(level, 6);
+        assert_eq!(grid.cells(), own.cells());
+        assert_eq!(grid.device_count(), reference.filtered.len());
     }
 
     #[test]
