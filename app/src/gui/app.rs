@@ -2,10 +2,11 @@
 //! status bar, toasts, shortcuts) around the views.
 //!
 //! Data flows one way. Background work reports [`BackendEvent`]s; [`ConsoleApp::logic`] drains
-//! them into the [`FleetModel`], applies the [`UiCommand`]s the views queued in the previous
-//! frame, and refreshes derived data (classes, filter, sort) only when the data or the query
-//! changed. [`ConsoleApp::ui`] only draws and queues commands. UI preferences persist through
-//! eframe's storage; fleet data lives in the cache.
+//! them into the [`FleetModel`] (forwarding each to the derive worker), applies the
+//! [`UiCommand`]s the views queued in the previous frame, sends the worker a changed query, and
+//! swaps in the worker's newest [`Derived`] (classes, filter, sort). No fleet-sized work happens
+//! here on a data or query change. [`ConsoleApp::ui`] only draws and queues commands. UI
+//! preferences persist through eframe's storage; fleet data lives in the cache.
 
 use convoy_core::time::Timestamp;
 use egui::{Align2, Color32, Key, KeyboardShortcut, Modifiers, RichText};
@@ -24,7 +25,7 @@ use crate::gui::tokens;
 pub const STATE_KEY: &str = "convoy-console-v1";
 /// Events drained per frame at most, so that a burst never stalls a frame.
 const EVENTS_PER_FRAME: usize = 20_000;
-/// While data streams in, derived data is refreshed at most this often.
+/// While data streams in, the derive worker answers at most this often.
 const REFRESH_EVERY: Duration = Duration::from_millis(500);
 
 /// Where the console's time comes from.
@@ -224,6 +225,8 @@ pub struct ConsoleApp {
     sent_query: Option<Query>,
     /// The map level the worker was last sent.
     sent_level: Option<u8>,
+    /// Whether the worker was last told the cohort view shows.
+    sent_summaries: bool,
     /// Requests sent up to and including the latest fleet load: older results are dropped.
     load_seq: u64,
     /// Requests the result shown now reflects.
@@ -278,6 +281,7 @@ impl ConsoleApp {
             derive_mode: DeriveMode::Wait,
             sent_query: None,
             sent_level: None,
+            sent_summaries: false,
             load_seq: 0,
             derived_seen: 0,
             derive_compute: Duration::ZERO,
@@ -344,7 +348,7 @@ impl ConsoleApp {
         }
     }
 
-    /// Drains background events, applies queued commands, refreshes derived data.
+    /// Drains background events, applies queued commands, syncs with the derive worker.
     pub fn logic(&mut self, ctx: &egui::Context) {
         for _ in 0..EVENTS_PER_FRAME {
             let Some(event) = self.backend.try_next() else {
@@ -376,6 +380,11 @@ impl ConsoleApp {
             if level != self.sent_level {
                 w.send(DeriveRequest::MapLevel(level));
                 self.sent_level = level;
+            }
+            let summaries = self.state.view == View::Cohorts;
+            if summaries != self.sent_summaries {
+                w.send(DeriveRequest::Summaries(summaries));
+                self.sent_summaries = summaries;
             }
             let query = Query {
                 color_mode: self.state.color_mode,

@@ -14,7 +14,9 @@
 //!
 //! When the map is showing, the worker also bins the result into the map grid at the map's
 //! zoom level, so that the frame which swaps the answer in does not rebuild the grid either; a
-//! zoom change alone is still binned by the map on the UI thread.
+//! zoom change alone is still binned by the map on the UI thread. Likewise, when the cohort
+//! view shows, the worker summarises the answer by attribute; opening the view alone summarises
+//! on the UI thread, once.
 //!
 //! Deliberately not here: drawing, writing to the cache.
 
@@ -25,7 +27,9 @@ use std::time::{Duration, Instant};
 
 use crate::gui::aggregate::{CLASSES, Grid, cell_size_for};
 use crate::gui::model::{ColorMode, FleetModel, class_counts};
-use crate::gui::query::{Column, Filter, filter_indices, sort_indices};
+use crate::gui::query::{
+    Column, Filter, SUMMARY_ATTRIBUTES, SummaryRow, filter_indices, sort_indices, summarise,
+};
 use crate::link::protocol::Inbound;
 
 /// What the derivation depends on besides the data.
@@ -71,6 +75,8 @@ pub struct Derived {
     /// The map grid of `filtered` at a zoom level, binned by the worker when the map shows;
     /// the map takes it if its level still matches.
     pub grid: Option<(u8, Grid)>,
+    /// The cohort view's summaries of `filtered` (by [`SUMMARY_ATTRIBUTES`]), when it shows.
+    pub summaries: Option<Vec<(&'static str, Vec<SummaryRow>)>>,
 }
 
 impl Derived {
@@ -96,6 +102,7 @@ impl Derived {
             order,
             generation,
             grid: None,
+            summaries: None,
         }
     }
 }
@@ -111,12 +118,17 @@ pub enum DeriveRequest {
     /// The map's zoom level while it shows, `None` otherwise. Not numbered and derives
     /// nothing by itself: the next result carries a grid for it.
     MapLevel(Option<u8>),
+    /// Whether the cohort view shows. Not numbered either: the next result carries summaries.
+    Summaries(bool),
 }
 
 impl DeriveRequest {
     /// Whether the request is numbered (see [`DeriveResult::seen`]).
     fn numbered(&self) -> bool {
-        !matches!(self, DeriveRequest::MapLevel(_))
+        !matches!(
+            self,
+            DeriveRequest::MapLevel(_) | DeriveRequest::Summaries(_)
+        )
     }
 }
 
@@ -189,6 +201,7 @@ struct Replica {
     model: Option<FleetModel>,
     query: Option<Query>,
     map_level: Option<u8>,
+    summaries: bool,
     seen: u64,
     generation: u64,
     /// Something changed since the last result; `query_changed` if the query did.
@@ -198,9 +211,16 @@ struct Replica {
 
 impl Replica {
     fn apply(&mut self, request: DeriveRequest) {
-        if let DeriveRequest::MapLevel(level) = request {
-            self.map_level = level;
-            return;
+        match request {
+            DeriveRequest::MapLevel(level) => {
+                self.map_level = level;
+                return;
+            }
+            DeriveRequest::Summaries(on) => {
+                self.summaries = on;
+                return;
+            }
+            _ => {}
         }
         self.seen += 1;
         self.dirty = true;
@@ -218,7 +238,7 @@ impl Replica {
                 self.query = Some(q);
                 self.query_changed = true;
             }
-            DeriveRequest::MapLevel(_) => {}
+            DeriveRequest::MapLevel(_) | DeriveRequest::Summaries(_) => {}
         }
     }
 }
@@ -233,6 +253,7 @@ fn run(
         model: None,
         query: None,
         map_level: None,
+        summaries: false,
         seen: 0,
         generation: 0,
         dirty: false,
@@ -285,6 +306,15 @@ fn run(
                 cell,
             );
             (level, grid)
+        });
+        derived.summaries = r.summaries.then(|| {
+            SUMMARY_ATTRIBUTES
+                .iter()
+                .map(|(attr, title)| {
+                    let rows = summarise(model, attr, &derived.classes, &derived.filtered);
+                    (*title, rows)
+                })
+                .collect()
         });
         let result = DeriveResult {
             derived,
@@ -367,6 +397,21 @@ mod tests {
         assert_eq!(level, 6);
         assert_eq!(grid.cells(), own.cells());
         assert_eq!(grid.device_count(), reference.filtered.len());
+        assert!(
+            r3.derived.summaries.is_none(),
+            "no cohort view, no summaries"
+        );
+        // With the cohort view showing, the answer carries its summaries.
+        assert!(w.send(DeriveRequest::Summaries(true)));
+        assert!(w.send(DeriveRequest::Query(query("eu"))));
+        let r4 = w.wait_result().expect("an answer");
+        let summaries = r4.derived.summaries.expect("summaries for the cohort view");
+        assert_eq!(summaries.len(), SUMMARY_ATTRIBUTES.len());
+        assert_eq!(summaries[0].0, "Model");
+        assert_eq!(
+            summaries[0].1,
+            summarise(&m, "model", &reference.classes, &reference.filtered)
+        );
     }
 
     #[test]
