@@ -125,8 +125,9 @@ fn main() {
                 let status = status_of(app, k);
                 assert!(feed.send(status), "the fixture feed takes the status");
             });
-            let query = change(&ctx, &mut app, center, |app, k| {
-                app.state.filter.text = if k % 2 == 0 {
+            let query = change(&ctx, &mut app, center, |app, _| {
+                // Always a different query from the one shown.
+                app.state.filter.text = if app.state.filter.text.is_empty() {
                     "eu".into()
                 } else {
                     String::new()
@@ -186,7 +187,7 @@ struct Change {
     latency_ms: f64,
 }
 
-const CHANGES: usize = 15;
+const CHANGES: usize = 9;
 
 /// Frames until the worker has nothing left to answer.
 fn settle(ctx: &egui::Context, app: &mut ConsoleApp, pointer: Option<egui::Pos2>) {

@@ -275,6 +275,10 @@ fn run(
                 Err(TryRecvError::Disconnected) => return,
             }
         }
+        if !r.dirty {
+            // Only unnumbered requests (map level, cohort view): they wait for the next change.
+            continue;
+        }
         let wait = last_result
             .filter(|_| !r.query_changed)
             .map_or(Duration::ZERO, |t| throttle.saturating_sub(t.elapsed()));
