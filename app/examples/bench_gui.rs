@@ -4,12 +4,15 @@
 //!
 //! Run with `cargo run --release -p convoy --example bench_gui`. Prints a Markdown table:
 //! steady frames (nothing changed: what a dispatcher's console does all day) for the map at
-//! world zoom and zoomed in on a city, and for the table; then the one-off cost of a data
-//! change (classes, filter, sort) and of a zoom-level change (map grid rebuild).
+//! world zoom and zoomed in on a city, and for the table; then what a data change and a query
+//! change cost: the UI thread's frame in which it arrives, the frame in which the derive
+//! worker's answer is swapped in, and the worker's time to that answer; and the one-off cost of
+//! a zoom-level change (map grid rebuild).
 
 use convoy::gui::aggregate::{Grid, cell_size_for};
-use convoy::gui::app::{Derived, View};
-use convoy::gui::{Backend, Clock, ConsoleApp};
+use convoy::gui::app::{DeriveMode, View};
+use convoy::gui::{Backend, BackendEvent, Clock, ConsoleApp};
+use convoy::link::protocol::{DeviceStatus, Inbound, UpdateState, UpdateStatus};
 use convoy_core::synth::{SynthOptions, generate};
 use convoy_core::time::Timestamp;
 use std::time::Instant;
@@ -67,7 +70,7 @@ fn main() {
             seed: 7,
             now: NOW,
         });
-        let (backend, _feed) = Backend::fixture(fleet, "bench.db".into());
+        let (backend, feed) = Backend::fixture(fleet, "bench.db".into());
         let ctx = egui::Context::default();
         let mut app = ConsoleApp::new(&ctx, None, backend, Clock::Fixed(NOW));
         let center = Some(egui::pos2(800.0, 520.0));
@@ -101,42 +104,180 @@ fn main() {
             app.derived.order.len()
         );
 
-        // One-off costs: a data change (classes, filter with a search, sort by last seen) and a
-        // zoom-level change (grid rebuild).
+        // A data change and a query change, with the worker in the background as on the system
+        // clock. Both on the map at world zoom, where the answer also rebuilds the grid, and on
+        // the table, where it does not.
+        app.derive_mode = DeriveMode::Background;
+        let mut rows = Vec::new();
+        for (view, label) in [(View::Map, "map, world"), (View::Table, "table")] {
+            if view == View::Map {
+                app.send(convoy::gui::UiCommand::FocusMap {
+                    lat: 45.0,
+                    lon: -30.0,
+                    zoom: 3.0,
+                });
+            } else {
+                app.send(convoy::gui::UiCommand::Show(view));
+            }
+            frame(&ctx, &mut app, center);
+            settle(&ctx, &mut app, center);
+            let data = change(&ctx, &mut app, center, |app, k| {
+                let status = status_of(app, k);
+                assert!(feed.send(status), "the fixture feed takes the status");
+            });
+            let query = change(&ctx, &mut app, center, |app, _| {
+                // Always a different query from the one shown.
+                app.state.filter.text = if app.state.filter.text.is_empty() {
+                    "eu".into()
+                } else {
+                    String::new()
+                };
+                app.state.sort = convoy::gui::query::Column::LastSeen;
+            });
+            rows.push((label, data, query));
+        }
         let Some(model) = app.model.as_ref() else {
             continue;
         };
-        let mut state = app.state.clone();
-        state.filter.text = "eu".into();
-        state.sort = convoy::gui::query::Column::LastSeen;
-        let mut derived = Derived::default();
-        let t = Instant::now();
-        derived.refresh(model, &state, NOW);
-        let refresh_ms = t.elapsed().as_secs_f64() * 1000.0;
         let all: Vec<u32> = (0..model.len() as u32).collect();
         let t = Instant::now();
         let grid = Grid::build(
             &model.map_x,
             &model.map_y,
-            &derived.classes,
+            &app.derived.classes,
             &all,
             cell_size_for(8, 64.0),
         );
         let grid_ms = t.elapsed().as_secs_f64() * 1000.0;
-        oneoff.push((
-            n,
-            refresh_ms,
-            derived.filtered.len(),
-            grid_ms,
-            grid.cells().len(),
-        ));
+        oneoff.push((n, rows, grid_ms, grid.cells().len()));
     }
     println!();
     println!(
-        "| devices | data change: classes + search + sort | matching | zoom change: grid rebuild | cells |"
+        "| devices | view | change | UI frame it arrives in, ms | UI frame the answer lands in, ms | worker compute, ms | to the answer on screen, ms |"
     );
-    println!("| ---: | ---: | ---: | ---: | ---: |");
-    for (n, refresh_ms, matching, grid_ms, cells) in oneoff {
-        println!("| {n} | {refresh_ms:.1} ms | {matching} | {grid_ms:.1} ms | {cells} |");
+    println!("| ---: | --- | --- | ---: | ---: | ---: | ---: |");
+    for (n, rows, _, _) in &oneoff {
+        for (label, data, query) in rows {
+            for (what, c) in [("status message", data), ("search + sort", query)] {
+                println!(
+                    "| {n} | {label} | {what} | {:.2} | {:.2} | {:.1} | {:.1} |",
+                    c.arrive_ms, c.land_ms, c.compute_ms, c.latency_ms
+                );
+            }
+        }
     }
+    println!();
+    println!("| devices | zoom change: grid rebuild | cells |");
+    println!("| ---: | ---: | ---: |");
+    for (n, _, grid_ms, cells) in oneoff {
+        println!("| {n} | {grid_ms:.1} ms | {cells} |");
+    }
+}
+
+/// Medians over `CHANGES` changes, in milliseconds.
+#[allow(clippy::struct_field_names)]
+struct Change {
+    /// The UI frame in which the change arrives (and is sent to the worker).
+    arrive_ms: f64,
+    /// The UI frame in which the worker's answer is swapped in.
+    land_ms: f64,
+    /// The worker's derivation.
+    compute_ms: f64,
+    /// From the start of the arrival frame to the end of the frame that shows the answer.
+    latency_ms: f64,
+}
+
+const CHANGES: usize = 9;
+
+/// Frames until the worker has nothing left to answer.
+fn settle(ctx: &egui::Context, app: &mut ConsoleApp, pointer: Option<egui::Pos2>) {
+    let mut last = app.derived.generation;
+    let mut quiet = 0;
+    while quiet < 20 {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        frame(ctx, app, pointer);
+        if app.derived.generation == last {
+            quiet += 1;
+        } else {
+            last = app.derived.generation;
+            quiet = 0;
+        }
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Makes `CHANGES` changes with `make`, each followed by frames (as a 60 Hz UI polls, but
+/// without waiting out the frame) until the answer is on screen.
+fn change(
+    ctx: &egui::Context,
+    app: &mut ConsoleApp,
+    pointer: Option<egui::Pos2>,
+    make: impl Fn(&mut ConsoleApp, usize),
+) -> Change {
+    let (mut arrive, mut land, mut compute, mut latency) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for k in 0..CHANGES {
+        let generation = app.derived.generation;
+        make(app, k);
+        let start = Instant::now();
+        arrive.push(frame(ctx, app, pointer));
+        loop {
+            if app.derived.generation != generation {
+                // Answered within the arrival frame's own `logic` (a tiny fleet): count that
+                // frame as the one it landed in.
+                land.push(arrive[arrive.len() - 1]);
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_micros(200));
+            let ms = frame(ctx, app, pointer);
+            if app.derived.generation != generation {
+                land.push(ms);
+                break;
+            }
+        }
+        latency.push(start.elapsed().as_secs_f64() * 1000.0);
+        compute.push(app.derive_compute.as_secs_f64() * 1000.0);
+        settle(ctx, app, pointer);
+    }
+    Change {
+        arrive_ms: median(arrive),
+        land_ms: median(land),
+        compute_ms: median(compute),
+        latency_ms: median(latency),
+    }
+}
+
+/// A status report that moves device `k`'s update state on, as the link would deliver it.
+fn status_of(app: &ConsoleApp, k: usize) -> BackendEvent {
+    let model = app.model.as_ref().expect("the fleet is loaded");
+    let d = &model.fleet.devices[(k * 7919) % model.len()];
+    let state = [
+        UpdateState::Downloading,
+        UpdateState::Installing,
+        UpdateState::Confirmed,
+    ][k % 3];
+    BackendEvent::Inbound(Inbound::Status(DeviceStatus {
+        v: 1,
+        device_id: d.id.clone(),
+        ts: NOW,
+        active_slot: d.active_slot,
+        components: d.components.clone(),
+        update: UpdateStatus {
+            state,
+            release_id: Some("fw-2.5.0".into()),
+            command_id: None,
+            progress_pct: None,
+            reason: None,
+        },
+        battery_pct: d.battery_pct,
+        power: d.power,
+        connectivity: d.connectivity,
+        metered: d.metered,
+        free_storage_bytes: d.free_storage_bytes,
+        position: Some(d.position),
+    }))
 }

@@ -2,28 +2,30 @@
 //! status bar, toasts, shortcuts) around the views.
 //!
 //! Data flows one way. Background work reports [`BackendEvent`]s; [`ConsoleApp::logic`] drains
-//! them into the [`FleetModel`], applies the [`UiCommand`]s the views queued in the previous
-//! frame, and refreshes derived data (classes, filter, sort) only when the data or the query
-//! changed. [`ConsoleApp::ui`] only draws and queues commands. UI preferences persist through
-//! eframe's storage; fleet data lives in the cache.
+//! them into the [`FleetModel`] (forwarding each to the derive worker), applies the
+//! [`UiCommand`]s the views queued in the previous frame, sends the worker a changed query, and
+//! swaps in the worker's newest [`Derived`] (classes, filter, sort). No fleet-sized work happens
+//! here on a data or query change. [`ConsoleApp::ui`] only draws and queues commands. UI
+//! preferences persist through eframe's storage; fleet data lives in the cache.
 
 use convoy_core::time::Timestamp;
 use egui::{Align2, Color32, Key, KeyboardShortcut, Modifiers, RichText};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use crate::gui::aggregate::CLASSES;
 use crate::gui::backend::{Backend, BackendEvent, BrokerKind, LinkStatus};
+pub use crate::gui::derive::Derived;
+use crate::gui::derive::{DeriveRequest, DeriveWorker, Query};
 use crate::gui::map::MapState;
-use crate::gui::model::{ColorMode, FleetModel, class_counts};
-use crate::gui::query::{Column, Filter, filter_indices, sort_indices};
+use crate::gui::model::{ColorMode, FleetModel};
+use crate::gui::query::{Column, Filter};
 use crate::gui::tokens;
 
 /// The key under which UI state is persisted.
 pub const STATE_KEY: &str = "convoy-console-v1";
 /// Events drained per frame at most, so that a burst never stalls a frame.
 const EVENTS_PER_FRAME: usize = 20_000;
-/// While data streams in, derived data is refreshed at most this often.
+/// While data streams in, the derive worker answers at most this often.
 const REFRESH_EVERY: Duration = Duration::from_millis(500);
 
 /// Where the console's time comes from.
@@ -200,90 +202,14 @@ struct Toast {
     until: Instant,
 }
 
-/// Data computed from the model and the query, kept until either changes.
-#[derive(Debug, Default)]
-pub struct Derived {
-    /// Colour class per device in the current mode.
-    pub classes: Vec<u8>,
-    /// Devices passing the filter, ascending.
-    pub filtered: Vec<u32>,
-    /// `filtered` in table order.
-    pub order: Vec<u32>,
-    /// Counts per class over the whole fleet and over the filtered devices.
-    pub counts_all: [u32; CLASSES],
-    pub counts_filtered: [u32; CLASSES],
-    /// The newest `last_seen` in the fleet: how fresh the cache is.
-    pub newest_last_seen: Option<Timestamp>,
-    /// Bumped whenever `filtered` or `classes` change: the map grid compares against it.
-    pub generation: u64,
-    stamp: Option<(u64, ColorMode, Filter, Column, bool, i64)>,
-    /// How long data-only changes wait: [`REFRESH_EVERY`] on the system clock, nothing on a
-    /// fixed clock (tests and benchmarks replay frames without waiting for wall time).
-    throttle: Duration,
-    refreshed_at: Option<Instant>,
-}
-
-impl Derived {
-    /// Recomputes if the data or the query changed. Data changes alone are throttled to
-    /// [`REFRESH_EVERY`]; a changed query applies at once.
-    pub fn refresh(&mut self, model: &FleetModel, state: &UiState, now: Timestamp) {
-        // Health classes age with the clock: a minute's resolution is enough.
-        let minute = now.secs() / 60;
-        let stamp = (
-            model.revision,
-            state.color_mode,
-            state.filter.clone(),
-            state.sort,
-            state.sort_descending,
-            minute,
-        );
-        let Some(old) = &self.stamp else {
-            self.recompute(model, state, now, stamp);
-            return;
-        };
-        if *old == stamp {
-            return;
-        }
-        let only_data =
-            old.1 == stamp.1 && old.2 == stamp.2 && old.3 == stamp.3 && old.4 == stamp.4;
-        if only_data
-            && self
-                .refreshed_at
-                .is_some_and(|t| t.elapsed() < self.throttle)
-        {
-            return;
-        }
-        self.recompute(model, state, now, stamp);
-    }
-
-    /// Forces a recompute on the next refresh.
-    pub fn invalidate(&mut self) {
-        self.stamp = None;
-    }
-
-    fn recompute(
-        &mut self,
-        model: &FleetModel,
-        state: &UiState,
-        now: Timestamp,
-        stamp: (u64, ColorMode, Filter, Column, bool, i64),
-    ) {
-        self.classes = model.classes(state.color_mode, now);
-        self.filtered = if state.filter.is_empty() {
-            (0..model.len() as u32).collect()
-        } else {
-            filter_indices(model, &state.filter, &self.classes)
-        };
-        self.order.clone_from(&self.filtered);
-        sort_indices(model, &mut self.order, state.sort, state.sort_descending);
-        self.counts_all = class_counts(&self.classes, 0..model.len());
-        self.counts_filtered =
-            class_counts(&self.classes, self.filtered.iter().map(|&i| i as usize));
-        self.newest_last_seen = model.newest_last_seen();
-        self.generation += 1;
-        self.stamp = Some(stamp);
-        self.refreshed_at = Some(Instant::now());
-    }
+/// How the console waits for the derive worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeriveMode {
+    /// The UI keeps the previous result and swaps in the worker's answer on a later frame.
+    Background,
+    /// Every frame that sent the worker something waits for its answer: deterministic frames
+    /// for a fixed clock (tests).
+    Wait,
 }
 
 /// The console.
@@ -293,6 +219,20 @@ pub struct ConsoleApp {
     clock: Clock,
     pub model: Option<FleetModel>,
     pub derived: Derived,
+    derive: Option<DeriveWorker>,
+    pub derive_mode: DeriveMode,
+    /// The query the worker was last sent.
+    sent_query: Option<Query>,
+    /// The map level the worker was last sent.
+    sent_level: Option<u8>,
+    /// Whether the worker was last told the cohort view shows.
+    sent_summaries: bool,
+    /// Requests sent up to and including the latest fleet load: older results are dropped.
+    load_seq: u64,
+    /// Requests the result shown now reflects.
+    derived_seen: u64,
+    /// How long the worker took for the result shown now.
+    pub derive_compute: Duration,
     stage: String,
     cache: Option<PathBuf>,
     link: LinkStatus,
@@ -336,13 +276,15 @@ impl ConsoleApp {
             backend,
             clock,
             model: None,
-            derived: Derived {
-                throttle: match clock {
-                    Clock::System => REFRESH_EVERY,
-                    Clock::Fixed(_) => Duration::ZERO,
-                },
-                ..Derived::default()
-            },
+            derived: Derived::default(),
+            derive: None,
+            derive_mode: DeriveMode::Wait,
+            sent_query: None,
+            sent_level: None,
+            sent_summaries: false,
+            load_seq: 0,
+            derived_seen: 0,
+            derive_compute: Duration::ZERO,
             stage: "starting".into(),
             cache: None,
             link: LinkStatus::Offline,
@@ -358,6 +300,20 @@ impl ConsoleApp {
             applied_style: None,
             palette: crate::gui::palette::PaletteState::default(),
         };
+        let throttle = match clock {
+            Clock::System => REFRESH_EVERY,
+            Clock::Fixed(_) => Duration::ZERO,
+        };
+        app.derive_mode = match clock {
+            Clock::System => DeriveMode::Background,
+            Clock::Fixed(_) => DeriveMode::Wait,
+        };
+        match DeriveWorker::spawn(Some(ctx.clone()), throttle) {
+            Ok(w) => app.derive = Some(w),
+            Err(e) => app
+                .failures
+                .push(format!("could not start the derive worker thread: {e}")),
+        }
         if app.state.view == View::WarRoom {
             app.state.view = app.state.previous_view;
         }
@@ -392,7 +348,7 @@ impl ConsoleApp {
         }
     }
 
-    /// Drains background events, applies queued commands, refreshes derived data.
+    /// Drains background events, applies queued commands, syncs with the derive worker.
     pub fn logic(&mut self, ctx: &egui::Context) {
         for _ in 0..EVENTS_PER_FRAME {
             let Some(event) = self.backend.try_next() else {
@@ -403,9 +359,7 @@ impl ConsoleApp {
         for command in std::mem::take(&mut self.commands) {
             self.apply(ctx, command);
         }
-        if let Some(model) = &self.model {
-            self.derived.refresh(model, &self.state, self.clock.now());
-        }
+        self.sync_derived();
         self.state.ui_scale = ctx.zoom_factor();
         self.toasts.retain(|t| t.until > Instant::now());
         if !self.toasts.is_empty() {
@@ -415,17 +369,71 @@ impl ConsoleApp {
         ctx.request_repaint_after(Duration::from_secs(1));
     }
 
+    /// Sends the worker a changed query and swaps in its newest answer. Never fleet-sized: the
+    /// derivation runs on the worker; in [`DeriveMode::Wait`] this frame waits for it.
+    fn sync_derived(&mut self) {
+        let Some(w) = &mut self.derive else {
+            return;
+        };
+        if self.model.is_some() {
+            let level = (self.state.view == View::Map).then(|| self.map.level());
+            if level != self.sent_level {
+                w.send(DeriveRequest::MapLevel(level));
+                self.sent_level = level;
+            }
+            let summaries = self.state.view == View::Cohorts;
+            if summaries != self.sent_summaries {
+                w.send(DeriveRequest::Summaries(summaries));
+                self.sent_summaries = summaries;
+            }
+            let query = Query {
+                color_mode: self.state.color_mode,
+                filter: self.state.filter.clone(),
+                sort: self.state.sort,
+                sort_descending: self.state.sort_descending,
+                now: self.clock.now(),
+            };
+            if self.sent_query.as_ref().is_none_or(|q| !q.same_as(&query)) {
+                w.send(DeriveRequest::Query(query.clone()));
+                self.sent_query = Some(query);
+            }
+        }
+        let result = match self.derive_mode {
+            DeriveMode::Wait if self.model.is_some() && self.derived_seen < w.sent => {
+                w.wait_result()
+            }
+            _ => w.try_result(),
+        };
+        if let Some(r) = result.filter(|r| r.seen >= self.load_seq) {
+            self.derived_seen = r.seen;
+            self.derive_compute = r.compute;
+            // The old result is dropped here: freeing, not computing.
+            self.derived = r.derived;
+        }
+    }
+
     fn handle_event(&mut self, event: BackendEvent) {
         match event {
             BackendEvent::Stage(s) => self.stage = s,
             BackendEvent::FleetLoaded { fleet, cache } => {
                 let n = fleet.devices.len();
+                // The worker's replica starts from its own copy. A load is a one-off, not a
+                // data change: the copy is the one fleet-sized step left on the UI thread.
+                if let Some(w) = &mut self.derive {
+                    w.send(DeriveRequest::Load(Box::new(fleet.clone())));
+                    self.load_seq = w.sent;
+                }
+                self.sent_query = None;
                 self.model = Some(FleetModel::new(fleet));
                 self.state.last_cache = Some(cache.display().to_string());
                 self.cache = Some(cache);
-                // Indices into the old fleet mean nothing now. The generation keeps counting, so
-                // the map grid cannot mistake the new fleet's data for the old.
-                self.derived.invalidate();
+                // Indices into the old fleet mean nothing now: nothing shows until the worker
+                // answers for the new one. Its generation keeps counting, so the map grid cannot
+                // mistake the new fleet's data for the old.
+                self.derived = Derived {
+                    generation: self.derived.generation,
+                    ..Derived::default()
+                };
                 self.selected = None;
                 self.history = None;
                 self.cohorts.clear();
@@ -449,6 +457,10 @@ impl ConsoleApp {
             BackendEvent::Inbound(inbound) => {
                 if let Some(m) = &mut self.model {
                     m.apply(&inbound);
+                    // The replica follows: one message's worth of work here.
+                    if let Some(w) = &mut self.derive {
+                        w.send(DeriveRequest::Inbound(Box::new(inbound)));
+                    }
                 }
             }
             BackendEvent::Rejected(r) => {

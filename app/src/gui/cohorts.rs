@@ -1,7 +1,7 @@
 //! Cohorts: the fleet (or the filtered part of it) summarised by model, hardware revision,
 //! region, depot, connectivity and customer tier, each group with its colour-class make-up,
-//! and the cohorts made on the map. Summaries are computed when the data changes, not per
-//! frame.
+//! and the cohorts made on the map. Summaries are computed by the derive worker when the data
+//! changes (here only when the view opens), never per frame.
 
 use egui::RichText;
 
@@ -23,15 +23,21 @@ pub fn cohorts_ui(app: &mut ConsoleApp, ui: &mut egui::Ui) {
         return;
     };
     if app.cohort_cache.generation != Some(app.derived.generation) {
-        app.cohort_cache.tables = SUMMARY_ATTRIBUTES
-            .iter()
-            .map(|(attr, title)| {
-                (
-                    *title,
-                    summarise(model, attr, &app.derived.classes, &app.derived.filtered),
-                )
-            })
-            .collect();
+        // The derive worker summarises while this view shows; only the first frame after
+        // opening the view summarises here.
+        app.cohort_cache.tables = if let Some(tables) = app.derived.summaries.take() {
+            tables
+        } else {
+            SUMMARY_ATTRIBUTES
+                .iter()
+                .map(|(attr, title)| {
+                    (
+                        *title,
+                        summarise(model, attr, &app.derived.classes, &app.derived.filtered),
+                    )
+                })
+                .collect()
+        };
         app.cohort_cache.generation = Some(app.derived.generation);
     }
     let mode = app.state.color_mode;

@@ -67,7 +67,15 @@ impl MapState {
         )
     }
 
-    /// Rebuilds the grid if the filtered set, the classes or the zoom level changed.
+    /// The zoom level the grid is binned at.
+    pub fn level(&self) -> u8 {
+        self.memory.zoom().floor().clamp(0.0, 24.0) as u8
+    }
+
+    /// Rebuilds the grid if the filtered set, the classes or the zoom level changed. Takes
+    /// `prebuilt` (the derive worker's grid of this generation) instead when it is at the
+    /// current level, so that new data costs the UI thread no binning; a zoom change alone is
+    /// binned here.
     pub fn update_grid(
         &mut self,
         app_xs: &[f32],
@@ -75,9 +83,15 @@ impl MapState {
         classes: &[u8],
         filtered: &[u32],
         generation: u64,
+        prebuilt: &mut Option<(u8, Grid)>,
     ) {
-        let level = self.memory.zoom().floor().clamp(0.0, 24.0) as u8;
+        let level = self.level();
         if self.grid_stamp == Some((generation, level)) {
+            return;
+        }
+        if let Some((_, grid)) = prebuilt.take_if(|(l, _)| *l == level) {
+            self.grid = grid;
+            self.grid_stamp = Some((generation, level));
             return;
         }
         self.grid = Grid::build(
@@ -180,6 +194,7 @@ pub fn map_ui(app: &mut ConsoleApp, ui: &mut egui::Ui) {
         &app.derived.classes,
         &app.derived.filtered,
         generation,
+        &mut app.derived.grid,
     );
     let shift = ui.input(|i| i.modifiers.shift);
     let ctx = ui.ctx().clone();

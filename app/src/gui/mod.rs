@@ -15,6 +15,7 @@ pub mod app;
 pub mod backend;
 pub mod basemap;
 pub mod cohorts;
+pub mod derive;
 pub mod device;
 pub mod map;
 pub mod model;

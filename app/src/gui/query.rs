@@ -1,6 +1,6 @@
 //! Filters, sort orders and cohort summaries over the [`FleetModel`], shared by the map, the
-//! table and the cohort view. Plain code with no egui, recomputed by the app only when the data
-//! or the query changes.
+//! table and the cohort view. Plain code with no egui, run by the derive worker only when the
+//! data or the query changes.
 //!
 //! Results are device indices (into `fleet.devices`, which is sorted by id): a filter returns
 //! them ascending, so by id; a sort is stable, so ties stay in id order.

@@ -1,0 +1,430 @@
+//! The derive worker: a thread that owns a replica of the fleet model and computes [`Derived`]
+//! (colour classes, filter, sort, counts) off the UI thread.
+//!
+//! The UI thread forwards what changes the data (the loaded fleet, each inbound message) and the
+//! query (colour mode, filter, sort, the clock's minute) as [`DeriveRequest`]s, in order, through
+//! an unbounded channel; each costs the UI the size of one message, never the size of the fleet.
+//! The worker applies them to its replica, which therefore holds the same devices at the same
+//! indices as the UI's model, and answers with a whole new [`Derived`] through a channel bounded
+//! to one result. It drains every request waiting before it computes, so only the newest state
+//! is derived and stale ones are dropped unseen.
+//!
+//! Data-only changes are throttled (at most one result per throttle period while data streams
+//! in); a changed query is derived at once.
+//!
+//! When the map is showing, the worker also bins the result into the map grid at the map's
+//! zoom level, so that the frame which swaps the answer in does not rebuild the grid either; a
+//! zoom change alone is still binned by the map on the UI thread. Likewise, when the cohort
+//! view shows, the worker summarises the answer by attribute; opening the view alone summarises
+//! on the UI thread, once.
+//!
+//! Deliberately not here: drawing, writing to the cache.
+
+use convoy_core::fleet::Fleet;
+use convoy_core::time::Timestamp;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender, TryRecvError};
+use std::time::{Duration, Instant};
+
+use crate::gui::aggregate::{CLASSES, Grid, cell_size_for};
+use crate::gui::model::{ColorMode, FleetModel, class_counts};
+use crate::gui::query::{
+    Column, Filter, SUMMARY_ATTRIBUTES, SummaryRow, filter_indices, sort_indices, summarise,
+};
+use crate::link::protocol::Inbound;
+
+/// What the derivation depends on besides the data.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Query {
+    pub color_mode: ColorMode,
+    pub filter: Filter,
+    pub sort: Column,
+    pub sort_descending: bool,
+    /// Health classes age with the clock.
+    pub now: Timestamp,
+}
+
+impl Query {
+    /// Whether `self` and `other` derive the same result: health classes change with the
+    /// minute, not the second.
+    pub fn same_as(&self, other: &Query) -> bool {
+        self.color_mode == other.color_mode
+            && self.filter == other.filter
+            && self.sort == other.sort
+            && self.sort_descending == other.sort_descending
+            && self.now.secs().div_euclid(60) == other.now.secs().div_euclid(60)
+    }
+}
+
+/// Data computed from the model and the query, replaced as a whole when either changes.
+#[derive(Debug, Default)]
+pub struct Derived {
+    /// Colour class per device in the current mode.
+    pub classes: Vec<u8>,
+    /// Devices passing the filter, ascending.
+    pub filtered: Vec<u32>,
+    /// `filtered` in table order.
+    pub order: Vec<u32>,
+    /// Counts per class over the whole fleet and over the filtered devices.
+    pub counts_all: [u32; CLASSES],
+    pub counts_filtered: [u32; CLASSES],
+    /// The newest `last_seen` in the fleet: how fresh the cache is.
+    pub newest_last_seen: Option<Timestamp>,
+    /// Differs between any two results: the map grid and the cohort summaries compare against
+    /// it to know when to rebuild.
+    pub generation: u64,
+    /// The map grid of `filtered` at a zoom level, binned by the worker when the map shows;
+    /// the map takes it if its level still matches.
+    pub grid: Option<(u8, Grid)>,
+    /// The cohort view's summaries of `filtered` (by [`SUMMARY_ATTRIBUTES`]), when it shows.
+    pub summaries: Option<Vec<(&'static str, Vec<SummaryRow>)>>,
+}
+
+impl Derived {
+    /// Derives everything from `model` and `query`. Time proportional to the fleet: only the
+    /// worker (and benchmarks) call it.
+    pub fn compute(model: &FleetModel, query: &Query, generation: u64) -> Self {
+        let classes = model.classes(query.color_mode, query.now);
+        let filtered: Vec<u32> = if query.filter.is_empty() {
+            (0..model.len() as u32).collect()
+        } else {
+            filter_indices(model, &query.filter, &classes)
+        };
+        let mut order = filtered.clone();
+        sort_indices(model, &mut order, query.sort, query.sort_descending);
+        let counts_all = class_counts(&classes, 0..model.len());
+        let counts_filtered = class_counts(&classes, filtered.iter().map(|&i| i as usize));
+        Self {
+            counts_all,
+            counts_filtered,
+            newest_last_seen: model.newest_last_seen(),
+            classes,
+            filtered,
+            order,
+            generation,
+            grid: None,
+            summaries: None,
+        }
+    }
+}
+
+/// One thing the worker must know, in the order the UI saw it.
+#[derive(Debug)]
+pub enum DeriveRequest {
+    /// A new fleet replaces the old; indices into the old one mean nothing now.
+    Load(Box<Fleet>),
+    /// A validated message the UI applied to its model.
+    Inbound(Box<Inbound>),
+    Query(Query),
+    /// The map's zoom level while it shows, `None` otherwise. Not numbered and derives
+    /// nothing by itself: the next result carries a grid for it.
+    MapLevel(Option<u8>),
+    /// Whether the cohort view shows. Not numbered either: the next result carries summaries.
+    Summaries(bool),
+}
+
+impl DeriveRequest {
+    /// Whether the request is numbered (see [`DeriveResult::seen`]).
+    fn numbered(&self) -> bool {
+        !matches!(
+            self,
+            DeriveRequest::MapLevel(_) | DeriveRequest::Summaries(_)
+        )
+    }
+}
+
+/// A result and how many requests it reflects (the UI numbers what it sends the same way).
+#[derive(Debug)]
+pub struct DeriveResult {
+    pub derived: Derived,
+    /// Requests applied before this was computed, counted from 1.
+    pub seen: u64,
+    /// How long the derivation itself took on the worker.
+    pub compute: Duration,
+}
+
+/// The UI's end of the worker.
+#[derive(Debug)]
+pub struct DeriveWorker {
+    requests: Sender<DeriveRequest>,
+    results: Receiver<DeriveResult>,
+    /// Requests sent so far.
+    pub sent: u64,
+}
+
+impl DeriveWorker {
+    /// Starts the worker thread. `repaint` wakes the UI when a result is ready; data-only
+    /// changes are derived at most once per `throttle`.
+    pub fn spawn(repaint: Option<egui::Context>, throttle: Duration) -> std::io::Result<Self> {
+        let (requests, rx) = std::sync::mpsc::channel();
+        let (tx, results) = std::sync::mpsc::sync_channel(1);
+        std::thread::Builder::new()
+            .name("convoy-derive".into())
+            .spawn(move || run(&rx, &tx, repaint.as_ref(), throttle))?;
+        Ok(Self {
+            requests,
+            results,
+            sent: 0,
+        })
+    }
+
+    /// Queues a request; O(size of the request). False if the worker is gone.
+    pub fn send(&mut self, request: DeriveRequest) -> bool {
+        if request.numbered() {
+            self.sent += 1;
+        }
+        self.requests.send(request).is_ok()
+    }
+
+    /// The newest result waiting, if any (older ones waiting are dropped).
+    pub fn try_result(&self) -> Option<DeriveResult> {
+        let mut newest = None;
+        while let Ok(r) = self.results.try_recv() {
+            newest = Some(r);
+        }
+        newest
+    }
+
+    /// Blocks until a result reflecting every request sent so far arrives; `None` if the worker
+    /// is gone. For a fixed clock (tests, benchmarks), where frames must be deterministic.
+    pub fn wait_result(&self) -> Option<DeriveResult> {
+        loop {
+            let r = self.results.recv().ok()?;
+            if r.seen >= self.sent {
+                return Some(r);
+            }
+        }
+    }
+}
+
+/// The worker's state: the replica, the query, what is pending.
+struct Replica {
+    model: Option<FleetModel>,
+    query: Option<Query>,
+    map_level: Option<u8>,
+    summaries: bool,
+    seen: u64,
+    generation: u64,
+    /// Something changed since the last result; `query_changed` if the query did.
+    dirty: bool,
+    query_changed: bool,
+}
+
+impl Replica {
+    fn apply(&mut self, request: DeriveRequest) {
+        match request {
+            DeriveRequest::MapLevel(level) => {
+                self.map_level = level;
+                return;
+            }
+            DeriveRequest::Summaries(on) => {
+                self.summaries = on;
+                return;
+            }
+            _ => {}
+        }
+        self.seen += 1;
+        self.dirty = true;
+        match request {
+            DeriveRequest::Load(fleet) => {
+                self.model = Some(FleetModel::new(*fleet));
+                self.query_changed = true;
+            }
+            DeriveRequest::Inbound(inbound) => {
+                if let Some(m) = &mut self.model {
+                    m.apply(&inbound);
+                }
+            }
+            DeriveRequest::Query(q) => {
+                self.query = Some(q);
+                self.query_changed = true;
+            }
+            DeriveRequest::MapLevel(_) | DeriveRequest::Summaries(_) => {}
+        }
+    }
+}
+
+fn run(
+    rx: &Receiver<DeriveRequest>,
+    tx: &SyncSender<DeriveResult>,
+    repaint: Option<&egui::Context>,
+    throttle: Duration,
+) {
+    let mut r = Replica {
+        model: None,
+        query: None,
+        map_level: None,
+        summaries: false,
+        seen: 0,
+        generation: 0,
+        dirty: false,
+        query_changed: false,
+    };
+    let mut last_result: Option<Instant> = None;
+    loop {
+        if !r.dirty {
+            match rx.recv() {
+                Ok(req) => r.apply(req),
+                Err(_) => return,
+            }
+        }
+        // Only the newest state matters: take everything waiting before deriving.
+        loop {
+            match rx.try_recv() {
+                Ok(req) => r.apply(req),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => return,
+            }
+        }
+        if !r.dirty {
+            // Only unnumbered requests (map level, cohort view): they wait for the next change.
+            continue;
+        }
+        let wait = last_result
+            .filter(|_| !r.query_changed)
+            .map_or(Duration::ZERO, |t| throttle.saturating_sub(t.elapsed()));
+        if !wait.is_zero() {
+            // Data streams in: keep applying it until the throttle period is over (or the query
+            // changes, which derives at once).
+            match rx.recv_timeout(wait) {
+                Ok(req) => r.apply(req),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+            continue;
+        }
+        let (Some(model), Some(query)) = (&r.model, &r.query) else {
+            // Nothing to derive from yet; the next request makes the state complete.
+            r.dirty = false;
+            continue;
+        };
+        let start = Instant::now();
+        r.generation += 1;
+        let mut derived = Derived::compute(model, query, r.generation);
+        derived.grid = r.map_level.map(|level| {
+            let cell = cell_size_for(level, crate::gui::tokens::CLUSTER_CELL_PX);
+            let grid = Grid::build(
+                &model.map_x,
+                &model.map_y,
+                &derived.classes,
+                &derived.filtered,
+                cell,
+            );
+            (level, grid)
+        });
+        derived.summaries = r.summaries.then(|| {
+            SUMMARY_ATTRIBUTES
+                .iter()
+                .map(|(attr, title)| {
+                    let rows = summarise(model, attr, &derived.classes, &derived.filtered);
+                    (*title, rows)
+                })
+                .collect()
+        });
+        let result = DeriveResult {
+            derived,
+            seen: r.seen,
+            compute: start.elapsed(),
+        };
+        r.dirty = false;
+        r.query_changed = false;
+        last_result = Some(Instant::now());
+        if tx.send(result).is_err() {
+            return;
+        }
+        if let Some(ctx) = repaint {
+            ctx.request_repaint();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use convoy_core::synth::{SynthOptions, generate};
+
+    const NOW: Timestamp = Timestamp::from_secs(1_800_000_000);
+
+    fn fleet() -> Fleet {
+        generate(&SynthOptions {
+            devices: 300,
+            seed: 5,
+            now: NOW,
+        })
+    }
+
+    fn query(text: &str) -> Query {
+        Query {
+            color_mode: ColorMode::Health,
+            filter: Filter {
+                text: text.into(),
+                class: None,
+            },
+            sort: Column::LastSeen,
+            sort_descending: true,
+            now: NOW,
+        }
+    }
+
+    #[test]
+    fn the_worker_answers_with_what_the_ui_thread_would_compute() {
+        let mut w = DeriveWorker::spawn(None, Duration::ZERO).expect("thread starts");
+        assert!(w.send(DeriveRequest::Load(Box::new(fleet()))));
+        assert!(w.send(DeriveRequest::Query(query("eu"))));
+        let r = w.wait_result().expect("an answer");
+        assert_eq!(r.seen, 2);
+        let reference = Derived::compute(&FleetModel::new(fleet()), &query("eu"), 0);
+        assert!(!reference.filtered.is_empty());
+        assert!(reference.filtered.len() < 300);
+        assert_eq!(r.derived.classes, reference.classes);
+        assert_eq!(r.derived.filtered, reference.filtered);
+        assert_eq!(r.derived.order, reference.order);
+        assert_eq!(r.derived.counts_filtered, reference.counts_filtered);
+        // A newer query gives a newer generation and the newer result.
+        assert!(w.send(DeriveRequest::Query(query(""))));
+        let r2 = w.wait_result().expect("an answer");
+        assert!(r2.derived.generation > r.derived.generation);
+        assert_eq!(r2.derived.filtered.len(), 300);
+        assert!(r2.derived.grid.is_none(), "no map level, no grid");
+        // With the map showing, the answer carries the grid the map would build itself.
+        assert!(w.send(DeriveRequest::MapLevel(Some(6))));
+        assert!(w.send(DeriveRequest::Query(query("eu"))));
+        let r3 = w.wait_result().expect("an answer");
+        let (level, grid) = r3.derived.grid.expect("a grid for the map");
+        let m = FleetModel::new(fleet());
+        let own = Grid::build(
+            &m.map_x,
+            &m.map_y,
+            &reference.classes,
+            &reference.filtered,
+            cell_size_for(6, crate::gui::tokens::CLUSTER_CELL_PX),
+        );
+        assert_eq!(level, 6);
+        assert_eq!(grid.cells(), own.cells());
+        assert_eq!(grid.device_count(), reference.filtered.len());
+        assert!(
+            r3.derived.summaries.is_none(),
+            "no cohort view, no summaries"
+        );
+        // With the cohort view showing, the answer carries its summaries.
+        assert!(w.send(DeriveRequest::Summaries(true)));
+        assert!(w.send(DeriveRequest::Query(query("eu"))));
+        let r4 = w.wait_result().expect("an answer");
+        let summaries = r4.derived.summaries.expect("summaries for the cohort view");
+        assert_eq!(summaries.len(), SUMMARY_ATTRIBUTES.len());
+        assert_eq!(summaries[0].0, "Model");
+        assert_eq!(
+            summaries[0].1,
+            summarise(&m, "model", &reference.classes, &reference.filtered)
+        );
+    }
+
+    #[test]
+    fn nothing_is_derived_before_both_a_fleet_and_a_query_arrived() {
+        let mut w = DeriveWorker::spawn(None, Duration::ZERO).expect("thread starts");
+        assert!(w.send(DeriveRequest::Query(query(""))));
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(w.try_result().is_none());
+        assert!(w.send(DeriveRequest::Load(Box::new(fleet()))));
+        assert_eq!(w.wait_result().expect("an answer").derived.order.len(), 300);
+    }
+}
