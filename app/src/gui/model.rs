@@ -3,9 +3,10 @@
 //! state, progress, recent crashes, the latest events).
 //!
 //! [`FleetModel`] is plain data with no egui: the app applies backend events to it once per
-//! frame, and views read it. Every change bumps [`FleetModel::revision`], which is what derived
-//! data (filter results, sort orders, map grids, cohort summaries) compare against to know when
-//! to recompute; nothing is recomputed per frame.
+//! frame, and views read it. Every change bumps [`FleetModel::revision`]. Derived data (filter
+//! results, sort orders, map grids, cohort summaries) is computed by the derive worker
+//! (`gui::derive`) from its own replica, which the app keeps in step by forwarding each change;
+//! nothing fleet-sized is recomputed on the UI thread per frame.
 //!
 //! Deliberately not here: writing to the cache (the console reads it; recording status is the
 //! engine's job) and any decision (that is `convoy_core`'s).
