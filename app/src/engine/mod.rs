@@ -674,16 +674,7 @@ impl Engine {
         };
         {
             let d = &mut self.fleet.devices[i];
-            d.components = s.components.clone();
-            d.active_slot = s.active_slot;
-            d.battery_pct = s.battery_pct;
-            d.power = s.power;
-            d.connectivity = s.connectivity;
-            d.metered = s.metered;
-            d.free_storage_bytes = s.free_storage_bytes;
-            if let Some(p) = s.position {
-                d.position = p;
-            }
+            s.apply_to(d);
             d.last_seen = now;
         }
         self.mark_dirty(i);

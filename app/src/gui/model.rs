@@ -237,16 +237,8 @@ impl FleetModel {
         self.seen(i, s.ts);
         let before = self.live[i].update_state;
         {
-            let device = &mut self.fleet.devices[i];
-            device.components = s.components.clone();
-            device.active_slot = s.active_slot;
-            device.battery_pct = s.battery_pct;
-            device.power = s.power;
-            device.connectivity = s.connectivity;
-            device.metered = s.metered;
-            device.free_storage_bytes = s.free_storage_bytes;
+            s.apply_to(&mut self.fleet.devices[i]);
             if let Some(p) = s.position {
-                device.position = p;
                 let [x, y] = mercator(p.lon, p.lat);
                 self.map_x[i] = x as f32;
                 self.map_y[i] = y as f32;

@@ -182,6 +182,24 @@ pub struct DeviceStatus {
     pub position: Option<GeoPoint>,
 }
 
+impl DeviceStatus {
+    /// Copies what the device reports about itself onto the fleet's record of it: components,
+    /// slot, power, link, storage, and the position when it sent one. Update state and
+    /// `last_seen` are the caller's: the engine and the console keep them differently.
+    pub fn apply_to(&self, device: &mut convoy_core::fleet::Device) {
+        device.components.clone_from(&self.components);
+        device.active_slot = self.active_slot;
+        device.battery_pct = self.battery_pct;
+        device.power = self.power;
+        device.connectivity = self.connectivity;
+        device.metered = self.metered;
+        device.free_storage_bytes = self.free_storage_bytes;
+        if let Some(p) = self.position {
+            device.position = p;
+        }
+    }
+}
+
 /// One telemetry event.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]

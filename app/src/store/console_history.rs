@@ -8,7 +8,6 @@
 use super::Store;
 use super::events::DeviceEvent;
 use anyhow::{Context, Result};
-use convoy_core::time::Timestamp;
 
 impl Store {
     /// The newest `limit` events of `device_id`, newest first (by append order, which is the
@@ -26,16 +25,10 @@ impl Store {
                  WHERE device_id = ?1 ORDER BY seq DESC LIMIT ?2",
             )
             .context("preparing the device history query")?;
-        let rows = stmt.query_map(rusqlite::params![device_id, limit], |r| {
-            Ok(DeviceEvent {
-                seq: r.get(0)?,
-                device_id: r.get(1)?,
-                rollout_id: r.get(2)?,
-                time: Timestamp::from_secs(r.get(3)?),
-                kind: r.get(4)?,
-                payload: r.get(5)?,
-            })
-        })?;
+        let rows = stmt.query_map(
+            rusqlite::params![device_id, limit],
+            super::events::device_event_row,
+        )?;
         rows.collect::<rusqlite::Result<_>>()
             .with_context(|| format!("reading the history of device {device_id}"))
     }
@@ -44,6 +37,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use convoy_core::time::Timestamp;
 
     #[test]
     fn newest_first_limited_and_only_that_device() {

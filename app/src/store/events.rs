@@ -150,16 +150,7 @@ impl Store {
             "SELECT seq, device_id, rollout_id, time, kind, payload FROM device_events
              WHERE device_id = ?1 ORDER BY seq",
         )?;
-        let rows = stmt.query_map([device_id], |r| {
-            Ok(DeviceEvent {
-                seq: r.get(0)?,
-                device_id: r.get(1)?,
-                rollout_id: r.get(2)?,
-                time: Timestamp::from_secs(r.get(3)?),
-                kind: r.get(4)?,
-                payload: r.get(5)?,
-            })
-        })?;
+        let rows = stmt.query_map([device_id], device_event_row)?;
         rows.collect::<rusqlite::Result<_>>()
             .with_context(|| format!("reading the events of device {device_id}"))
     }
@@ -245,4 +236,16 @@ fn md_cell(text: &str) -> String {
     text.replace('\\', "\\\\")
         .replace('|', "\\|")
         .replace(['\n', '\r'], " ")
+}
+
+/// One `device_events` row selected as `seq, device_id, rollout_id, time, kind, payload`.
+pub(crate) fn device_event_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeviceEvent> {
+    Ok(DeviceEvent {
+        seq: r.get(0)?,
+        device_id: r.get(1)?,
+        rollout_id: r.get(2)?,
+        time: Timestamp::from_secs(r.get(3)?),
+        kind: r.get(4)?,
+        payload: r.get(5)?,
+    })
 }
