@@ -1192,6 +1192,22 @@ impl Engine {
                         )?;
                     }
                 }
+                EventKind::SoakExtended { wave, report, .. } => {
+                    // A hold is a decision too: the report says what trended or lacked a sample.
+                    self.gate_decisions.push(GateDecision {
+                        at: e.at,
+                        wave: self.wave_name(*wave),
+                        outcome: GateOutcome::Hold,
+                        evidence: serde_json::to_value(report).unwrap_or_default(),
+                    });
+                    self.store.append_event(
+                        &self.opts.rollout_id,
+                        e.at,
+                        event_name(&e.kind),
+                        &cause,
+                        &serde_json::to_value(&e.kind).unwrap_or_default(),
+                    )?;
+                }
                 EventKind::Created { spec, strata, .. } => {
                     // The spec's device lists are in the cache already; the timeline gets the shape.
                     let payload = serde_json::json!({

@@ -212,6 +212,20 @@ impl GateReport {
 /// is not yet significant at the corrected level counts as trending and extends the soak.
 pub const TREND_LEVEL: f64 = 0.05;
 
+/// The level a trend must clear to pause a wave after its last hold: [`TREND_LEVEL`] split
+/// (Bonferroni) over the enabled whole-wave metric tests, so that chance alone pauses a good
+/// wave with probability at most `TREND_LEVEL` however small the wave. Holding needs only the
+/// nominal level: a hold costs time, a pause needs a human.
+pub fn trend_pause_level(policy: &GatePolicy) -> f64 {
+    let metrics = policy
+        .metric_gates()
+        .iter()
+        .filter(|(_, _, g)| g.enabled)
+        .count()
+        .max(1);
+    TREND_LEVEL / metrics as f64
+}
+
 /// The per-test significance level: the wave's false-stop budget split (Bonferroni) over the
 /// planned looks and every metric in every scope (whole wave plus each stratum).
 pub fn per_test_level(policy: &GatePolicy, strata: usize) -> f64 {

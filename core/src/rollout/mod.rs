@@ -893,14 +893,29 @@ impl Rollout {
         let unsure = held || report.whole_wave_short_of_sample;
         if unsure && self.state.holds < policy.max_holds {
             let until = now.plus_secs(policy.hold_extension_secs);
-            self.gate(now, EventKind::SoakExtended { wave, until });
+            self.gate(
+                now,
+                EventKind::SoakExtended {
+                    wave,
+                    until,
+                    report: Some(Box::new(report)),
+                },
+            );
             return;
         }
-        if held {
+        // After the last hold, a trend pauses only when it clears the stricter pause level (the
+        // trend level split over the whole-wave tests), so that a handful of chance events in a
+        // small wave does not stop a good release; a failing `hold` gate always pauses.
+        let pause_level = gates::trend_pause_level(policy);
+        let confirmed = |f: &&gates::Finding| {
+            f.status == FindingStatus::Fail
+                || (f.status == FindingStatus::Trending && f.p_value < pause_level)
+        };
+        if held && report.findings.iter().any(|f| confirmed(&f)) {
             let what: Vec<String> = report
                 .findings
                 .iter()
-                .filter(|f| matches!(f.status, FindingStatus::Trending | FindingStatus::Fail))
+                .filter(confirmed)
                 .map(describe_finding)
                 .collect();
             self.gate(
@@ -937,6 +952,12 @@ impl Rollout {
             .iter()
             .filter(|f| f.status == FindingStatus::NotEnoughData)
             .map(|f| f.metric.clone())
+            .collect();
+        summary.unconfirmed_trends = report
+            .findings
+            .iter()
+            .filter(|f| f.status == FindingStatus::Trending)
+            .map(describe_finding)
             .collect();
         self.gate(
             now,
@@ -1231,7 +1252,7 @@ impl RolloutState {
             EventKind::SilenceChecked => {
                 self.next_look_at = Some(at.plus_secs(every));
             }
-            EventKind::SoakExtended { wave, until } => {
+            EventKind::SoakExtended { wave, until, .. } => {
                 let w = self.wave_index(*wave)?;
                 self.holds += 1;
                 self.phase = Phase::Soaking {

@@ -202,6 +202,10 @@ pub struct WaveSummary {
     pub silent_device_ids: Vec<String>,
     /// Whole-wave gates that never reached their minimum sample.
     pub not_judged: Vec<String>,
+    /// Whole-wave gates still trending worse after the last hold but short of the pause level:
+    /// the wave completed, and these are on the record for whoever reads the timeline.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unconfirmed_trends: Vec<String>,
 }
 
 /// Everything that happened to a rollout; the state is a fold over these.
@@ -245,9 +249,13 @@ pub enum EventKind {
     },
     /// A periodic check for silent devices while rolling back.
     SilenceChecked,
+    /// The soak of `wave` was extended: a whole-wave gate was trending worse or short of its
+    /// minimum sample. The report says which (absent in records written before it was kept).
     SoakExtended {
         wave: usize,
         until: Timestamp,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        report: Option<Box<GateReport>>,
     },
     WaveCompleted {
         wave: usize,

@@ -775,3 +775,135 @@ fn a_planned_rollout_of_a_good_release_completes() {
         .collect();
     assert_eq!(offered_waves.len(), wave_count);
 }
+
+/// A small wave, a baseline of 10 crashes per 1,000 device-hours, and `crashes` crashes in the
+/// updated wave's 40 device-hours; runs the first wave's soak and holds to their end.
+fn small_wave_with_crashes(crashes: u32) -> Rollout {
+    use convoy_core::rollout::{HealthSample, TelemetryReport};
+    let fleet = fleet(1500, 3);
+    let ids: Vec<String> = fleet.devices.iter().map(|d| d.id.clone()).collect();
+    let spec = RolloutSpec {
+        id: "r-trend".into(),
+        release_id: "x".into(),
+        requested_by: "alice".into(),
+        waves: vec![
+            WaveSpec {
+                name: "small".into(),
+                device_ids: ids[..20].to_vec(),
+                soak_secs: 3600,
+            },
+            WaveSpec {
+                name: "rest".into(),
+                device_ids: ids[20..220].to_vec(),
+                soak_secs: 3600,
+            },
+        ],
+        gates: GatePolicy::default(),
+        path: ChangePath::Standard,
+    };
+    let mut r = Rollout::new(START, spec, &fleet).expect("valid");
+    r.approve(START, "bob").expect("bob");
+    r.approve(START, "carol").expect("carol");
+    r.handle_timeout(START);
+    let at = START.plus_secs(100);
+    for id in &ids[..20] {
+        r.handle_report(
+            at,
+            DeviceReport {
+                device_id: id.clone(),
+                state: DeviceState::Healthy,
+            },
+        )
+        .expect("healthy");
+    }
+    let sample = |period_secs: u32, crashes: u32| HealthSample {
+        period_secs,
+        crashes,
+        reconnect_failures: 0,
+        support_contacts: 0,
+        reconnect_secs: None,
+        battery_drain_pct_per_hour: None,
+        custom: Vec::new(),
+    };
+    let at = START.plus_secs(200);
+    // Baseline: 200 devices × 10 h with 20 crashes. Updated: 20 devices × 2 h.
+    for (k, id) in ids[20..220].iter().enumerate() {
+        let report = TelemetryReport {
+            device_id: id.clone(),
+            sample: sample(36_000, u32::from(k < 20)),
+        };
+        r.handle_telemetry(at, report).expect("baseline telemetry");
+    }
+    for (k, id) in ids[..20].iter().enumerate() {
+        let report = TelemetryReport {
+            device_id: id.clone(),
+            sample: sample(7_200, u32::from((k as u32) < crashes)),
+        };
+        r.handle_telemetry(at, report).expect("updated telemetry");
+    }
+    while matches!(
+        r.phase(),
+        Phase::Running { wave: 0 } | Phase::Soaking { wave: 0, .. }
+    ) {
+        let t = r.poll_timeout().expect("a soak has an end");
+        r.handle_timeout(t);
+    }
+    r
+}
+
+#[test]
+fn a_chance_trend_in_a_small_wave_is_recorded_but_does_not_pause() {
+    // 3 crashes in 40 device-hours against 10 per 1,000: p = 0.028 against a 1.5× tolerance,
+    // below the hold level (0.05) but not the pause level (0.05 / 8 metrics).
+    let r = small_wave_with_crashes(3);
+    let holds = r
+        .events()
+        .iter()
+        .filter(|e| matches!(&e.kind, EventKind::SoakExtended { wave: 0, report: Some(rep), .. } if rep.trending))
+        .count();
+    assert_eq!(holds, 2, "held twice for the trend: {:?}", r.phase());
+    let summary = r
+        .events()
+        .iter()
+        .find_map(|e| match &e.kind {
+            EventKind::WaveCompleted { wave: 0, summary } => Some(summary.clone()),
+            _ => None,
+        })
+        .expect("the small wave completed");
+    assert_eq!(summary.unconfirmed_trends.len(), 1, "{summary:?}");
+    assert!(
+        summary.unconfirmed_trends[0].starts_with("crash all 75.0000 vs baseline 10.0000"),
+        "{summary:?}"
+    );
+}
+
+#[test]
+fn a_trend_that_clears_the_pause_level_pauses_after_the_holds() {
+    // 5 crashes: p = 6.8e-4, below the pause level, above the per-look level.
+    let r = small_wave_with_crashes(5);
+    match r.phase() {
+        Phase::Paused {
+            wave: 0,
+            by_gate: true,
+            reason,
+            ..
+        } => assert!(
+            reason.starts_with("still trending worse after 2 holds: crash all 125.0000"),
+            "{reason}"
+        ),
+        other => panic!("expected a pause after the holds, got {other:?}"),
+    }
+    assert!(
+        !r.events()
+            .iter()
+            .any(|e| matches!(e.kind, EventKind::GateChecked { outcome, .. } if outcome > convoy_core::gates::GateOutcome::Hold)),
+        "no regular look stopped it"
+    );
+}
+
+#[test]
+fn the_trend_pause_level_splits_the_trend_level_over_the_metrics() {
+    let policy = GatePolicy::default();
+    let level = convoy_core::gates::trend_pause_level(&policy);
+    assert!((level - 0.05 / 8.0).abs() < 1e-15, "{level}");
+}
