@@ -181,6 +181,19 @@ pub struct Finding {
     pub level: f64,
     /// Devices behind `observed`.
     pub sample: u64,
+    /// For rate metrics, the raw counts behind the two rates: (updated events, updated
+    /// device-hours, baseline events, baseline device-hours), so a reader can redo the test.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counts: Option<RateCounts>,
+}
+
+/// The events and exposure behind a rate finding.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RateCounts {
+    pub updated_events: u64,
+    pub updated_device_hours: f64,
+    pub baseline_events: u64,
+    pub baseline_device_hours: f64,
 }
 
 /// The result of one gate evaluation.
@@ -270,11 +283,18 @@ pub fn evaluate(input: &GateInput<'_>) -> GateReport {
             if !gate.enabled {
                 continue;
             }
+            let mut counts = None;
             let (observed, baseline, p, sample, enough) = match kind {
                 MetricKind::Rate => {
                     let slot = input.layout.rate_slot(name).unwrap_or(0);
                     let (x1, x0) = (upd.counts[slot], base.counts[slot]);
                     let (e1, e0) = (upd.exposure_secs / 3600.0, base.exposure_secs / 3600.0);
+                    counts = Some(RateCounts {
+                        updated_events: x1,
+                        updated_device_hours: e1,
+                        baseline_events: x0,
+                        baseline_device_hours: e0,
+                    });
                     let enough = upd.devices >= min_devices
                         && base.devices >= min_devices
                         && upd.exposure_secs >= min_secs
@@ -360,6 +380,7 @@ pub fn evaluate(input: &GateInput<'_>) -> GateReport {
                 p_value: p,
                 level,
                 sample,
+                counts,
             });
         }
     };

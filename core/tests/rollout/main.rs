@@ -862,6 +862,34 @@ fn a_chance_trend_in_a_small_wave_is_recorded_but_does_not_pause() {
         .filter(|e| matches!(&e.kind, EventKind::SoakExtended { wave: 0, report: Some(rep), .. } if rep.trending))
         .count();
     assert_eq!(holds, 2, "held twice for the trend: {:?}", r.phase());
+    // The hold's evidence carries the raw counts behind the rates.
+    let counts = r
+        .events()
+        .iter()
+        .find_map(|e| match &e.kind {
+            EventKind::SoakExtended {
+                report: Some(rep), ..
+            } => rep
+                .findings
+                .iter()
+                .find(|f| f.metric == "crash" && f.stratum.is_none())
+                .and_then(|f| f.counts),
+            _ => None,
+        })
+        .expect("the crash finding has its counts");
+    assert_eq!(
+        (counts.updated_events, counts.baseline_events),
+        (3, 20),
+        "{counts:?}"
+    );
+    assert!(
+        (counts.updated_device_hours - 40.0).abs() < 1e-9,
+        "{counts:?}"
+    );
+    assert!(
+        (counts.baseline_device_hours - 2000.0).abs() < 1e-9,
+        "{counts:?}"
+    );
     let summary = r
         .events()
         .iter()
