@@ -124,8 +124,8 @@ impl Setup {
         Proc::spawn(&args, &self.path("sim.log"))
     }
 
-    /// Runs `convoy rollout run` to its end: (exit code, JSON report).
-    fn run(&self, url: &str, extra: &[&str]) -> (i32, Value) {
+    /// `convoy rollout run` on this setup's files against `url`, plus `extra` arguments.
+    fn rollout_command(&self, url: &str, extra: &[&str]) -> Command {
         let mut cmd = Command::new(convoy_bin());
         cmd.args([
             "rollout",
@@ -136,8 +136,6 @@ impl Setup {
             url,
             "--release",
             &self.path("release.json"),
-            "--artifact",
-            &self.path("fw.img"),
             "--trust",
             &self.path("trust"),
             "--policy",
@@ -153,7 +151,18 @@ impl Setup {
             "--json",
         ])
         .args(extra);
-        let out = cmd.output().expect("running convoy rollout run");
+        cmd
+    }
+
+    /// Runs `convoy rollout run` to its end: (exit code, JSON report).
+    fn run(&self, url: &str, extra: &[&str]) -> (i32, Value) {
+        let artifact = self.path("fw.img");
+        let mut args = vec!["--artifact", artifact.as_str()];
+        args.extend_from_slice(extra);
+        let out = self
+            .rollout_command(url, &args)
+            .output()
+            .expect("running convoy rollout run");
         let stderr = String::from_utf8_lossy(&out.stderr);
         let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
             panic!(
@@ -472,30 +481,7 @@ impl EmbeddedBroker {
 impl Setup {
     /// Starts `convoy rollout run` in the background; `finish` waits for its report.
     fn spawn_run(&self, url: &str) -> Child {
-        Command::new(convoy_bin())
-            .args([
-                "rollout",
-                "run",
-                "--db",
-                &self.path("cache.db"),
-                "--broker",
-                url,
-                "--release",
-                &self.path("release.json"),
-                "--trust",
-                &self.path("trust"),
-                "--policy",
-                &self.path("policy.json"),
-                "--time-scale",
-                SCALE,
-                "--rollout-id",
-                "r1",
-                "--operator",
-                "alice",
-                "--max-wall-secs",
-                "150",
-                "--json",
-            ])
+        self.rollout_command(url, &[])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
