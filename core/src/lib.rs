@@ -10,6 +10,7 @@
 
 pub mod canonical_json;
 pub mod cluster;
+pub mod comms;
 pub mod cvss;
 pub mod devsim;
 pub mod fleet;

@@ -419,6 +419,39 @@ fn crash_loop_is_stopped_in_the_canary(url: &str, setup: &Setup) {
         "{}",
         brief(&report)
     );
+
+    // The communication drafts are written from this record.
+    let db = setup.path("cache.db");
+    let comms = |audience: &str| {
+        convoy_ok(&[
+            "rollout",
+            "comms",
+            "--db",
+            &db,
+            "--rollout",
+            "r1",
+            "--audience",
+            audience,
+        ])
+    };
+    let internal = comms("internal");
+    assert!(
+        internal.contains("(stopped by a health gate)") && internal.contains("(stratum T300/C)"),
+        "{internal}"
+    );
+    let regulator = comms("regulator");
+    assert!(
+        regulator.contains("automatic health gate in stage canary decided: roll back wave"),
+        "{regulator}"
+    );
+    assert!(
+        regulator.contains("devices of wave canary instructed to return to their previous version"),
+        "{regulator}"
+    );
+    let customer = comms("customer");
+    assert!(customer.contains("reversed it"), "{customer}");
+    let support = comms("support");
+    assert!(support.contains("Is it restarting by itself"), "{support}");
 }
 
 #[test]

@@ -1,5 +1,5 @@
-//! `convoy rollout`: run a rollout headless (`run`), and export a rollout's timeline
-//! (`timeline`).
+//! `convoy rollout`: run a rollout headless (`run`), export a rollout's timeline
+//! (`timeline`), and draft its communication from the record (`comms`).
 //!
 //! `run` reads the files, verifies the release, plans (or reads a plan) and hands everything to
 //! [`crate::engine`], which drives the rollout over MQTT and writes the cache.
@@ -35,6 +35,35 @@ pub enum RolloutCommand {
     /// pause or roll back by itself, and print a final report. Exit code 0: completed; 3: stopped
     /// by a gate (paused or rolled back) or aborted; 4: timed out or interrupted.
     Run(Box<RunArgs>),
+    /// Draft the communication about a rollout from its record, as Markdown: internal (gate
+    /// evidence, rollback triggers, chronology), customer (impact, action, resolution),
+    /// regulator (chronology, affected population, corrective evidence), or a support decision
+    /// tree. Facts only: what the record cannot know is left as a marked `[to fill: ...]` gap.
+    Comms(CommsArgs),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum CommsAudience {
+    Internal,
+    Customer,
+    Regulator,
+    /// A support decision tree for the symptoms the record shows.
+    Support,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct CommsArgs {
+    /// The rollout id.
+    #[arg(long)]
+    pub rollout: String,
+    #[arg(long, value_enum)]
+    pub audience: CommsAudience,
+    /// The cache file (default: $CONVOY_DB, else $XDG_DATA_HOME/convoy/convoy.db).
+    #[arg(long)]
+    pub db: Option<PathBuf>,
+    /// Write the draft to this file instead of standard output.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -125,7 +154,54 @@ pub fn run(args: &Args) -> Result<()> {
     match &args.command {
         RolloutCommand::Timeline(a) => timeline(a),
         RolloutCommand::Run(a) => run_rollout(a),
+        RolloutCommand::Comms(a) => comms(a),
     }
+}
+
+fn comms(args: &CommsArgs) -> Result<()> {
+    use convoy_core::comms::{self, Audience, RecordEntry};
+    let db = store::resolve_path(args.db.as_deref())?;
+    let store = Store::open_existing(&db)?;
+    let events = store.timeline(&args.rollout)?;
+    let entries = events
+        .iter()
+        .map(|e| {
+            let payload = serde_json::from_str(&e.payload).with_context(|| {
+                format!(
+                    "rollout {} event {} ({}) in {}: its payload is not JSON",
+                    e.rollout_id,
+                    e.seq,
+                    e.kind,
+                    db.display()
+                )
+            })?;
+            Ok(RecordEntry {
+                at: e.time,
+                kind: e.kind.clone(),
+                cause: e.cause.clone(),
+                payload,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let story = comms::story(&args.rollout, &entries)
+        .with_context(|| format!("reading the record in {}", db.display()))?;
+    let text = match args.audience {
+        CommsAudience::Internal => comms::draft(&story, Audience::Internal),
+        CommsAudience::Customer => comms::draft(&story, Audience::Customer),
+        CommsAudience::Regulator => comms::draft(&story, Audience::Regulator),
+        CommsAudience::Support => comms::support_tree(&story),
+    };
+    if let Some(path) = &args.out {
+        return crate::fleet_io::write_atomically(path, |w| {
+            w.write_all(text.as_bytes())
+                .with_context(|| format!("writing {}", path.display()))
+        });
+    }
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .context("writing to standard output")
 }
 
 fn timeline(args: &TimelineArgs) -> Result<()> {
