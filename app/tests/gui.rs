@@ -460,3 +460,91 @@ fn a_hidden_table_column_disappears_and_the_others_stay() {
     let back: convoy::gui::UiState = serde_json::from_str(&saved).unwrap();
     assert_eq!(back.hidden_columns, [Column::Battery]);
 }
+
+/// A raster MBTiles file of zooms 0 to 4 in one colour (rows in TMS order), with the tiles of
+/// zoom 3 row 2 corrupt.
+fn fixture_mbtiles(path: &std::path::Path) {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.execute_batch(
+        "CREATE TABLE metadata (name TEXT, value TEXT);
+         CREATE TABLE tiles (zoom_level INTEGER, tile_column INTEGER, tile_row INTEGER, tile_data BLOB);
+         INSERT INTO metadata VALUES ('format', 'png'), ('attribution', 'Fixture Maps');",
+    )
+    .unwrap();
+    let mut png = std::io::Cursor::new(Vec::new());
+    image::RgbaImage::from_pixel(8, 8, image::Rgba([200, 120, 40, 255]))
+        .write_to(&mut png, image::ImageFormat::Png)
+        .unwrap();
+    let png = png.into_inner();
+    for zoom in 0..=4u32 {
+        let n = 1u32 << zoom;
+        for x in 0..n {
+            for y in 0..n {
+                let blob = if zoom == 3 && y == 2 {
+                    b"garbage".to_vec()
+                } else {
+                    png.clone()
+                };
+                conn.execute(
+                    "INSERT INTO tiles VALUES (?1, ?2, ?3, ?4)",
+                    rusqlite::params![zoom, x, n - 1 - y, blob],
+                )
+                .unwrap();
+            }
+        }
+    }
+}
+
+#[test]
+fn an_mbtiles_file_draws_over_the_basemap_and_its_attribution_shows() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("fixture.mbtiles");
+    fixture_mbtiles(&file);
+    let (mut h, _feed, _) = harness();
+    h.state_mut()
+        .map
+        .set_tile_source(convoy::gui::tiles::TileSpec::MbTiles(file));
+    h.state_mut().send(convoy::gui::UiCommand::FocusMap {
+        lat: 50.0,
+        lon: 8.0,
+        zoom: 3.0,
+    });
+    settle(&mut h);
+    // The workers read and decode off the UI thread; frames go on meanwhile.
+    for _ in 0..300 {
+        let failures = h.state().map.source.as_ref().map_or(0, |s| s.failures);
+        if failures > 0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        h.run_steps(1);
+    }
+    let map = &h.state().map;
+    let source = map.source.as_ref().expect("the source started");
+    assert!(source.cached() > 2, "{} tiles", source.cached());
+    assert!(source.failures > 0, "the corrupt row was read");
+    let attribution = map.attribution();
+    assert!(
+        attribution.starts_with("Tiles: Fixture Maps · Basemap: Natural Earth"),
+        "{attribution}"
+    );
+    assert!(attribution.contains("unreadable"), "{attribution}");
+    h.get_by_label("Fleet map");
+}
+
+#[test]
+fn a_tile_source_that_cannot_open_leaves_the_basemap_and_says_why() {
+    let (mut h, _feed, _) = harness();
+    h.state_mut()
+        .map
+        .set_tile_source(convoy::gui::tiles::TileSpec::MbTiles(
+            "/nonexistent/x.mbtiles".into(),
+        ));
+    settle(&mut h);
+    let attribution = h.state().map.attribution();
+    assert!(
+        attribution.starts_with("Tiles unavailable: no MBTiles file at /nonexistent/x.mbtiles"),
+        "{attribution}"
+    );
+    h.get_by_label("Fleet map");
+}

@@ -1,4 +1,5 @@
-//! The fleet map: the offline basemap from [`crate::gui::basemap`], vehicles coloured by update
+//! The fleet map: the offline basemap from [`crate::gui::basemap`] (under an MBTiles file or an
+//! online tile server from [`crate::gui::tiles`] when one is given), vehicles coloured by update
 //! state or health, clusters where vehicles do not fit, a legend that filters, hover and click
 //! to a device, and Shift+drag box selection into a cohort.
 //!
@@ -17,6 +18,7 @@ use walkers::{MapMemory, Projector, lon_lat};
 use crate::gui::aggregate::{Grid, cell_size_for};
 use crate::gui::app::{ConsoleApp, Theme, UiCommand};
 use crate::gui::basemap::{BasemapTiles, Outlines, inverse_mercator, mercator};
+use crate::gui::tiles::{LayeredTiles, SourceTiles, TileSpec};
 use crate::gui::tokens;
 
 /// The map's own state: walkers' memory, the tile sources and the grid.
@@ -27,6 +29,10 @@ pub struct MapState {
     tiles_dark: Option<BasemapTiles>,
     tiles_light: Option<BasemapTiles>,
     basemap_error: Option<String>,
+    /// Tiles drawn over the basemap, if the user gave a source; started on first draw.
+    source_spec: Option<TileSpec>,
+    pub source: Option<SourceTiles>,
+    source_error: Option<String>,
     pub grid: Grid,
     grid_stamp: Option<(u64, u8)>,
     selection_start: Option<Pos2>,
@@ -102,6 +108,46 @@ impl MapState {
             cell_size_for(level, tokens::CLUSTER_CELL_PX),
         );
         self.grid_stamp = Some((generation, level));
+    }
+
+    /// Draws `spec`'s tiles over the basemap from the next frame on.
+    pub fn set_tile_source(&mut self, spec: TileSpec) {
+        self.source_spec = Some(spec);
+        self.source = None;
+        self.source_error = None;
+    }
+
+    /// Starts the tile source's workers once; a source that cannot start is reported on the
+    /// map and the basemap shows alone.
+    fn start_source(&mut self, ctx: &egui::Context) {
+        if self.source.is_some() || self.source_error.is_some() {
+            return;
+        }
+        if let Some(spec) = &self.source_spec {
+            match SourceTiles::start(ctx, spec) {
+                Ok(s) => self.source = Some(s),
+                Err(e) => self.source_error = Some(format!("{e:#}")),
+            }
+        }
+    }
+
+    /// The attribution line: every source that draws, and what failed.
+    pub fn attribution(&self) -> String {
+        let base = match &self.basemap_error {
+            Some(e) => format!("Basemap unavailable: {e}"),
+            None => "Basemap: Natural Earth (public domain), offline".to_owned(),
+        };
+        match (&self.source, &self.source_error) {
+            (Some(s), _) if s.failures > 0 => format!(
+                "{} · {base} where tiles are missing · {} tiles unreadable, latest: {}",
+                s.attribution_text(),
+                s.failures,
+                s.last_failure.as_deref().unwrap_or("-")
+            ),
+            (Some(s), _) => format!("{} · {base} where tiles are missing", s.attribution_text()),
+            (None, Some(e)) => format!("Tiles unavailable: {e} · {base}"),
+            (None, None) => base,
+        }
     }
 
     fn tiles(&mut self, ctx: &egui::Context, dark: bool) -> Option<&mut BasemapTiles> {
@@ -200,20 +246,32 @@ pub fn map_ui(app: &mut ConsoleApp, ui: &mut egui::Ui) {
     let ctx = ui.ctx().clone();
     // The tile source is created lazily; the map still draws vehicles without it.
     let _ = app.map.tiles(&ctx, dark);
+    app.map.start_source(&ctx);
+    let attribution = app.map.attribution();
     let MapState {
         memory,
         tiles_dark,
         tiles_light,
+        source,
         grid,
         selection_start,
         selections,
-        basemap_error,
         ..
     } = &mut app.map;
-    let tiles: Option<&mut dyn walkers::Tiles> = if dark {
-        tiles_dark.as_mut().map(|t| t as &mut dyn walkers::Tiles)
+    let base = if dark {
+        tiles_dark.as_mut()
     } else {
-        tiles_light.as_mut().map(|t| t as &mut dyn walkers::Tiles)
+        tiles_light.as_mut()
+    };
+    let mut layered = source
+        .as_mut()
+        .map(|source| LayeredTiles { source, base: None });
+    let tiles: Option<&mut dyn walkers::Tiles> = match &mut layered {
+        Some(l) => {
+            l.base = base;
+            Some(l as &mut dyn walkers::Tiles)
+        }
+        None => base.map(|t| t as &mut dyn walkers::Tiles),
     };
     let classes = &app.derived.classes;
     let filtered = &app.derived.filtered;
@@ -239,17 +297,28 @@ pub fn map_ui(app: &mut ConsoleApp, ui: &mut egui::Ui) {
         let (a, b) = (corner(rect.min), corner(rect.max));
         let pointer = response.hover_pos();
         let mut hovered_device: Option<(usize, f32)> = None;
-        let mut hovered_cluster: Option<(f64, f64, [u32; crate::gui::aggregate::CLASSES], u32)> = None;
-        for cell in grid.visible([a[0].min(b[0]), a[1].min(b[1])], [a[0].max(b[0]), a[1].max(b[1])]) {
+        let mut hovered_cluster: Option<(f64, f64, [u32; crate::gui::aggregate::CLASSES], u32)> =
+            None;
+        for cell in grid.visible(
+            [a[0].min(b[0]), a[1].min(b[1])],
+            [a[0].max(b[0]), a[1].max(b[1])],
+        ) {
             if cell.count <= tokens::MARKERS_PER_CELL {
                 for &i in grid.members(cell) {
                     let d = &model.fleet.devices[i as usize];
                     let p = to_screen(projector, d.position.lat, d.position.lon);
                     let color = tokens::class_color(mode, usize::from(classes[i as usize]));
-                    painter.circle(p, tokens::MARKER_RADIUS, color, Stroke::new(1.0, Color32::from_black_alpha(160)));
+                    painter.circle(
+                        p,
+                        tokens::MARKER_RADIUS,
+                        color,
+                        Stroke::new(1.0, Color32::from_black_alpha(160)),
+                    );
                     if let Some(ptr) = pointer {
                         let dist = ptr.distance(p);
-                        if dist <= tokens::MARKER_RADIUS + 3.0 && hovered_device.is_none_or(|(_, best)| dist < best) {
+                        if dist <= tokens::MARKER_RADIUS + 3.0
+                            && hovered_device.is_none_or(|(_, best)| dist < best)
+                        {
                             hovered_device = Some((i as usize, dist));
                         }
                     }
@@ -259,7 +328,16 @@ pub fn map_ui(app: &mut ConsoleApp, ui: &mut egui::Ui) {
                 let p = to_screen(projector, lat, lon);
                 // Grows with the count but stays inside its 64-point square, so neighbours never overlap.
                 let radius = (9.0 + 2.2 * (cell.count as f32).ln()).min(30.0);
-                cluster_shape(&painter, p, radius, &cell.by_class, cell.count, mode, panel_fill, text_color);
+                cluster_shape(
+                    &painter,
+                    p,
+                    radius,
+                    &cell.by_class,
+                    cell.count,
+                    mode,
+                    panel_fill,
+                    text_color,
+                );
                 if pointer.is_some_and(|ptr| ptr.distance(p) <= radius) {
                     hovered_cluster = Some((lat, lon, cell.by_class, cell.count));
                 }
@@ -268,11 +346,22 @@ pub fn map_ui(app: &mut ConsoleApp, ui: &mut egui::Ui) {
         // Box selection.
         if shift && response.drag_started() {
             // Where the button went down, not where the drag was recognised a few points later.
-            *selection_start = ui.input(|i| i.pointer.press_origin()).or(response.interact_pointer_pos());
+            *selection_start = ui
+                .input(|i| i.pointer.press_origin())
+                .or(response.interact_pointer_pos());
         }
-        if let (Some(start), Some(now)) = (*selection_start, response.interact_pointer_pos().or(pointer)) {
+        if let (Some(start), Some(now)) = (
+            *selection_start,
+            response.interact_pointer_pos().or(pointer),
+        ) {
             let sel = Rect::from_two_pos(start, now);
-            painter.rect(sel, 0.0, Color32::from_rgba_unmultiplied(86, 180, 233, 40), Stroke::new(1.5, Color32::from_rgb(86, 180, 233)), egui::StrokeKind::Inside);
+            painter.rect(
+                sel,
+                0.0,
+                Color32::from_rgba_unmultiplied(86, 180, 233, 40),
+                Stroke::new(1.5, Color32::from_rgb(86, 180, 233)),
+                egui::StrokeKind::Inside,
+            );
             if response.drag_stopped() || !ui.input(|i| i.pointer.primary_down()) {
                 *selection_start = None;
                 let (p, q) = (corner(sel.min), corner(sel.max));
@@ -282,7 +371,10 @@ pub fn map_ui(app: &mut ConsoleApp, ui: &mut egui::Ui) {
                     .iter()
                     .copied()
                     .filter(|&i| {
-                        let (x, y) = (f64::from(model.map_x[i as usize]), f64::from(model.map_y[i as usize]));
+                        let (x, y) = (
+                            f64::from(model.map_x[i as usize]),
+                            f64::from(model.map_y[i as usize]),
+                        );
                         x >= x0 && x <= x1 && y >= y0 && y <= y1
                     })
                     .collect();
@@ -338,13 +430,14 @@ pub fn map_ui(app: &mut ConsoleApp, ui: &mut egui::Ui) {
             }
         }
         // Attribution, always shown.
-        let attribution = match basemap_error {
-            Some(e) => format!("Basemap unavailable: {e}"),
-            None => "Basemap: Natural Earth (public domain), offline · MBTiles and online tiles: not built yet".to_owned(),
-        };
-        let galley = painter.layout_no_wrap(attribution, egui::FontId::proportional(11.0), text_color);
+        let galley =
+            painter.layout_no_wrap(attribution, egui::FontId::proportional(11.0), text_color);
         let at = rect.right_bottom() - galley.size() - Vec2::splat(4.0);
-        painter.rect_filled(Rect::from_min_size(at, galley.size()).expand(3.0), 2.0, panel_fill.gamma_multiply(0.85));
+        painter.rect_filled(
+            Rect::from_min_size(at, galley.size()).expand(3.0),
+            2.0,
+            panel_fill.gamma_multiply(0.85),
+        );
         painter.galley(at, galley, text_color);
         let count_text = format!(
             "{} vehicles in {} cells · zoom {:.1}",
@@ -352,7 +445,13 @@ pub fn map_ui(app: &mut ConsoleApp, ui: &mut egui::Ui) {
             grid.cells().len(),
             projector.zoom()
         );
-        painter.text(rect.left_bottom() + Vec2::new(6.0, -6.0), egui::Align2::LEFT_BOTTOM, count_text, egui::FontId::proportional(11.0), text_color);
+        painter.text(
+            rect.left_bottom() + Vec2::new(6.0, -6.0),
+            egui::Align2::LEFT_BOTTOM,
+            count_text,
+            egui::FontId::proportional(11.0),
+            text_color,
+        );
     });
     out.response
         .widget_info(|| egui::WidgetInfo::labeled(egui::Role::Canvas, true, "Fleet map"));
