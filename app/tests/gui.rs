@@ -548,3 +548,115 @@ fn a_tile_source_that_cannot_open_leaves_the_basemap_and_says_why() {
     );
     h.get_by_label("Fleet map");
 }
+
+/// Shift+drag through `path` on the map: pressed at the first point, moved along each leg in
+/// a few steps, released at the last.
+fn shift_drag(h: &mut Harness<'static, ConsoleApp>, path: &[egui::Pos2]) {
+    use egui::{Event, Modifiers, PointerButton};
+    h.event(Event::ModifiersChanged(Modifiers::SHIFT));
+    h.hover_at(path[0]);
+    h.run_steps(1);
+    h.event(Event::PointerButton {
+        pos: path[0],
+        button: PointerButton::Primary,
+        pressed: true,
+        modifiers: Modifiers::SHIFT,
+    });
+    h.run_steps(1);
+    for leg in path.windows(2) {
+        for k in 1..=6 {
+            h.hover_at(leg[0] + (leg[1] - leg[0]) * (k as f32 / 6.0));
+            h.run_steps(1);
+        }
+    }
+    let last = *path.last().unwrap();
+    h.event(Event::PointerButton {
+        pos: last,
+        button: PointerButton::Primary,
+        pressed: false,
+        modifiers: Modifiers::SHIFT,
+    });
+    h.run_steps(1);
+    h.event(Event::ModifiersChanged(Modifiers::NONE));
+    settle(h);
+}
+
+/// Distance from `p` to the segment `a`–`b`.
+fn segment_distance(p: egui::Pos2, a: egui::Pos2, b: egui::Pos2) -> f32 {
+    let ab = b - a;
+    let t = ((p - a).dot(ab) / ab.length_sq()).clamp(0.0, 1.0);
+    p.distance(a + ab * t)
+}
+
+#[test]
+fn a_lasso_on_the_map_makes_a_cohort_of_the_devices_inside_it() {
+    use convoy::gui::aggregate::point_in_polygon;
+    let (mut h, _feed, fleet) = harness();
+    let zoom = 5.0;
+    h.state_mut().send(convoy::gui::UiCommand::FocusMap {
+        lat: 50.0,
+        lon: 8.0,
+        zoom,
+    });
+    settle(&mut h);
+    h.get_by_label("Lasso select").click();
+    settle(&mut h);
+    let rect = h.get_by_label("Fleet map").rect();
+    let mid = rect.center();
+    // A triangle, closed by the lasso itself (the last leg is not drawn).
+    let corners = [
+        mid + egui::vec2(-200.0, 130.0),
+        mid + egui::vec2(0.0, -150.0),
+        mid + egui::vec2(190.0, 120.0),
+    ];
+    shift_drag(&mut h, &corners);
+
+    let cohorts = &h.state().cohorts;
+    assert_eq!(cohorts.len(), 1, "one cohort made");
+    let world_px = 256.0 * 2f64.powf(zoom);
+    let [cx, cy] = convoy::gui::basemap::mercator(8.0, 50.0);
+    let poly: Vec<[f64; 2]> = corners
+        .iter()
+        .map(|p| [f64::from(p.x), f64::from(p.y)])
+        .collect();
+    let members: std::collections::HashSet<u32> = cohorts[0].devices.iter().copied().collect();
+    let mut inside = 0;
+    for (i, d) in fleet.devices.iter().enumerate() {
+        let [x, y] = convoy::gui::basemap::mercator(d.position.lon, d.position.lat);
+        let p = egui::pos2(
+            mid.x + ((x - cx) * world_px) as f32,
+            mid.y + ((y - cy) * world_px) as f32,
+        );
+        let near_edge = (0..3).any(|k| segment_distance(p, corners[k], corners[(k + 1) % 3]) < 1.5);
+        if near_edge {
+            continue;
+        }
+        let expected = point_in_polygon([f64::from(p.x), f64::from(p.y)], &poly);
+        inside += usize::from(expected);
+        assert_eq!(
+            members.contains(&(i as u32)),
+            expected,
+            "{} at {p:?}: inside the lasso {expected}",
+            d.id
+        );
+    }
+    assert!(inside > 10 && inside < DEVICES, "{inside} inside");
+    // A box over the same ground would have taken more: the lasso is not its bounding box.
+    let bbox = egui::Rect::from_points(&corners);
+    let in_box = fleet
+        .devices
+        .iter()
+        .filter(|d| {
+            let [x, y] = convoy::gui::basemap::mercator(d.position.lon, d.position.lat);
+            bbox.contains(egui::pos2(
+                mid.x + ((x - cx) * world_px) as f32,
+                mid.y + ((y - cy) * world_px) as f32,
+            ))
+        })
+        .count();
+    assert!(
+        in_box > members.len(),
+        "{in_box} in the box, {} in the lasso",
+        members.len()
+    );
+}

@@ -56,7 +56,7 @@ pub fn cohorts_ui(app: &mut ConsoleApp, ui: &mut egui::Ui) {
         ui.label(RichText::new("Selected cohorts").strong());
         if app.cohorts.is_empty() {
             ui.label(
-                RichText::new("None yet: Shift+drag a box on the map to make one.")
+                RichText::new("None yet: Shift+drag a box or a lasso on the map to make one.")
                     .color(tokens::MUTED),
             );
         }

@@ -1,7 +1,8 @@
 //! The fleet map: the offline basemap from [`crate::gui::basemap`] (under an MBTiles file or an
 //! online tile server from [`crate::gui::tiles`] when one is given), vehicles coloured by update
 //! state or health, clusters where vehicles do not fit, a legend that filters, hover and click
-//! to a device, and Shift+drag box selection into a cohort.
+//! to a device, and Shift+drag box or lasso selection into a cohort (the lasso's
+//! point-in-polygon test is plain code in [`crate::gui::aggregate`]).
 //!
 //! Per frame the map asks the [`Grid`] for the cells in view and draws those: one marker per
 //! vehicle where a cell holds few, one cluster otherwise. The grid is rebuilt only when the
@@ -15,7 +16,7 @@ use egui::{Color32, Pos2, Rect, RichText, Shape, Stroke, Vec2};
 use std::sync::Arc;
 use walkers::{MapMemory, Projector, lon_lat};
 
-use crate::gui::aggregate::{Grid, cell_size_for};
+use crate::gui::aggregate::{Grid, cell_size_for, select_in_polygon};
 use crate::gui::app::{ConsoleApp, Theme, UiCommand};
 use crate::gui::basemap::{BasemapTiles, Outlines, inverse_mercator, mercator};
 use crate::gui::tiles::{LayeredTiles, SourceTiles, TileSpec};
@@ -36,8 +37,22 @@ pub struct MapState {
     pub grid: Grid,
     grid_stamp: Option<(u64, u8)>,
     selection_start: Option<Pos2>,
+    /// The lasso's outline so far, in screen points.
+    lasso: Vec<Pos2>,
+    pub tool: SelectTool,
     selections: usize,
 }
+
+/// What Shift+drag on the map draws.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SelectTool {
+    #[default]
+    Box,
+    Lasso,
+}
+
+/// A lasso point is recorded once the pointer has moved this far from the last one.
+const LASSO_STEP_PX: f32 = 3.0;
 
 impl std::fmt::Debug for MapState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -223,8 +238,17 @@ pub fn map_ui(app: &mut ConsoleApp, ui: &mut egui::Ui) {
         if ui.button("Fit fleet").on_hover_text("Fit the devices that pass the filter").clicked() {
             fit(app, ui.available_width().max(400.0));
         }
+        ui.separator();
+        for (tool, label, hint) in [
+            (SelectTool::Box, "Box select", "Shift+drag selects the devices in a box"),
+            (SelectTool::Lasso, "Lasso select", "Shift+drag draws a lasso around the devices to select"),
+        ] {
+            if ui.add(egui::Button::selectable(app.map.tool == tool, label)).on_hover_text(hint).clicked() {
+                app.map.tool = tool;
+            }
+        }
         ui.label(
-            RichText::new("Shift+drag: select a box into a cohort · click a vehicle to open it · click a cluster to zoom")
+            RichText::new("Shift+drag: select into a cohort · click a vehicle to open it · click a cluster to zoom")
                 .small()
                 .color(tokens::MUTED),
         );
@@ -255,9 +279,12 @@ pub fn map_ui(app: &mut ConsoleApp, ui: &mut egui::Ui) {
         source,
         grid,
         selection_start,
+        lasso,
+        tool,
         selections,
         ..
     } = &mut app.map;
+    let tool = *tool;
     let base = if dark {
         tiles_dark.as_mut()
     } else {
@@ -343,41 +370,60 @@ pub fn map_ui(app: &mut ConsoleApp, ui: &mut egui::Ui) {
                 }
             }
         }
-        // Box selection.
+        // Box or lasso selection.
         if shift && response.drag_started() {
             // Where the button went down, not where the drag was recognised a few points later.
             *selection_start = ui
                 .input(|i| i.pointer.press_origin())
                 .or(response.interact_pointer_pos());
+            lasso.clear();
+            lasso.extend(*selection_start);
         }
         if let (Some(start), Some(now)) = (
             *selection_start,
             response.interact_pointer_pos().or(pointer),
         ) {
-            let sel = Rect::from_two_pos(start, now);
-            painter.rect(
-                sel,
-                0.0,
-                Color32::from_rgba_unmultiplied(86, 180, 233, 40),
-                Stroke::new(1.5, Color32::from_rgb(86, 180, 233)),
-                egui::StrokeKind::Inside,
-            );
-            if response.drag_stopped() || !ui.input(|i| i.pointer.primary_down()) {
-                *selection_start = None;
-                let (p, q) = (corner(sel.min), corner(sel.max));
-                let (x0, x1) = (p[0].min(q[0]), p[0].max(q[0]));
-                let (y0, y1) = (p[1].min(q[1]), p[1].max(q[1]));
-                let inside: Vec<u32> = filtered
-                    .iter()
-                    .copied()
-                    .filter(|&i| {
-                        let (x, y) = (
-                            f64::from(model.map_x[i as usize]),
-                            f64::from(model.map_y[i as usize]),
-                        );
-                        x >= x0 && x <= x1 && y >= y0 && y <= y1
+            let fill = Color32::from_rgba_unmultiplied(86, 180, 233, 40);
+            let stroke = Stroke::new(1.5, Color32::from_rgb(86, 180, 233));
+            let done = response.drag_stopped() || !ui.input(|i| i.pointer.primary_down());
+            let inside = match tool {
+                SelectTool::Box => {
+                    let sel = Rect::from_two_pos(start, now);
+                    painter.rect(sel, 0.0, fill, stroke, egui::StrokeKind::Inside);
+                    done.then(|| {
+                        let (p, q) = (corner(sel.min), corner(sel.max));
+                        let (x0, x1) = (p[0].min(q[0]), p[0].max(q[0]));
+                        let (y0, y1) = (p[1].min(q[1]), p[1].max(q[1]));
+                        filtered
+                            .iter()
+                            .copied()
+                            .filter(|&i| {
+                                let (x, y) = (
+                                    f64::from(model.map_x[i as usize]),
+                                    f64::from(model.map_y[i as usize]),
+                                );
+                                x >= x0 && x <= x1 && y >= y0 && y <= y1
+                            })
+                            .collect::<Vec<u32>>()
                     })
-                    .collect();
+                }
+                SelectTool::Lasso => {
+                    if lasso
+                        .last()
+                        .is_none_or(|last| last.distance(now) >= LASSO_STEP_PX)
+                    {
+                        lasso.push(now);
+                    }
+                    painter.add(Shape::closed_line(lasso.clone(), stroke));
+                    done.then(|| {
+                        let outline: Vec<[f64; 2]> = lasso.iter().map(|&p| corner(p)).collect();
+                        select_in_polygon(&model.map_x, &model.map_y, filtered, &outline)
+                    })
+                }
+            };
+            if let Some(inside) = inside {
+                *selection_start = None;
+                lasso.clear();
                 if !inside.is_empty() {
                     *selections += 1;
                     commands.push(UiCommand::CreateCohort {
