@@ -403,7 +403,8 @@ fn a_missing_cache_shows_why_the_history_is_missing() {
         std::thread::sleep(std::time::Duration::from_millis(10));
         h.run_steps(1);
     }
-    h.get_by_label_contains("no fleet cache at fixture.db");
+    h.get_by_label_contains("Could not read the history: no fleet cache at fixture.db");
+    h.get_by_label_contains("Could not read the telemetry: no fleet cache at fixture.db");
 }
 
 #[test]
@@ -659,4 +660,90 @@ fn a_lasso_on_the_map_makes_a_cohort_of_the_devices_inside_it() {
         "{in_box} in the box, {} in the lasso",
         members.len()
     );
+}
+
+#[test]
+fn the_device_view_plots_telemetry_rollups_from_the_cache() {
+    use convoy::gui::app::TelemetryState;
+    use convoy::store::telemetry::Sample;
+    let fleet = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("telemetry.db");
+    let d = &fleet.devices[11];
+    // Battery falls 2 points every 10 minutes over 6 hours; 1 crash at -3 h and 2 at -1 h;
+    // no reconnects. Hours are aligned to NOW, which is a whole hour.
+    assert_eq!(NOW.secs() % 3600, 0);
+    let mut samples = Vec::new();
+    for k in 0..36 {
+        samples.push(Sample {
+            device: d.id.clone(),
+            time: Timestamp::from_secs(NOW.secs() - 6 * 3600 + k * 600),
+            metric: "battery_pct".into(),
+            value: 90.0 - 2.0 * k as f64,
+        });
+    }
+    for (secs_ago, n) in [(3 * 3600 - 60, 1.0), (3000, 1.0), (2000, 1.0)] {
+        samples.push(Sample {
+            device: d.id.clone(),
+            time: Timestamp::from_secs(NOW.secs() - secs_ago),
+            metric: "crash_count".into(),
+            value: n,
+        });
+    }
+    // Another device's samples must not show, nor samples older than the week.
+    samples.push(Sample {
+        device: fleet.devices[12].id.clone(),
+        time: Timestamp::from_secs(NOW.secs() - 100),
+        metric: "crash_count".into(),
+        value: 50.0,
+    });
+    samples.push(Sample {
+        device: d.id.clone(),
+        time: Timestamp::from_secs(NOW.secs() - 8 * 86_400),
+        metric: "crash_count".into(),
+        value: 50.0,
+    });
+    {
+        let mut store = convoy::store::Store::open(&cache).unwrap();
+        store.replace_fleet(&fleet, None).unwrap();
+        let report = store.ingest(&samples).unwrap();
+        assert_eq!(report.stored, samples.len(), "{report:?}");
+    }
+    let (backend, _feed) = Backend::fixture(fleet.clone(), cache);
+    let mut h = Harness::builder()
+        .with_size([1400.0, 2400.0])
+        .build_eframe(move |cc| ConsoleApp::new(&cc.egui_ctx, None, backend, Clock::Fixed(NOW)));
+    settle(&mut h);
+    h.state_mut().send(convoy::gui::UiCommand::OpenDevice(11));
+    h.run_steps(1);
+    wait_for_label(&mut h, "Battery (%), hourly mean plot");
+    h.get_by_label("Crashes per hour plot");
+    h.get_by_label("No reconnect_count samples in the cache in the last 7 days.");
+    assert!(h.query_by_label("Reconnects per hour plot").is_none());
+    let Some(TelemetryState::Loaded(series)) =
+        h.state().telemetry.as_ref().map(|t| t.state.clone())
+    else {
+        panic!("telemetry loaded");
+    };
+    // Battery: six hourly buckets of six samples each, from -6 h; the mean of hour h is the
+    // mean of its six values.
+    let battery = convoy::gui::device::plot_points(
+        &series[0].points,
+        NOW,
+        convoy::gui::device::PlotKind::Mean,
+    );
+    let expected: Vec<[f64; 2]> = (0..6)
+        .map(|h| {
+            let values: Vec<f64> = (0..6).map(|k| 90.0 - 2.0 * (h * 6 + k) as f64).collect();
+            [(h - 6) as f64, values.iter().sum::<f64>() / 6.0]
+        })
+        .collect();
+    assert_eq!(battery, expected);
+    let crashes = convoy::gui::device::plot_points(
+        &series[1].points,
+        NOW,
+        convoy::gui::device::PlotKind::PerHour,
+    );
+    assert_eq!(crashes, [[-3.0, 1.0], [-1.0, 2.0]]);
+    assert!(series[2].points.is_empty());
 }

@@ -180,6 +180,22 @@ pub struct DeviceHistory {
     pub state: HistoryState,
 }
 
+/// The selected device's telemetry rollups from the cache, as far as the backend has answered.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TelemetryState {
+    Loading,
+    /// One series per [`crate::gui::backend::TELEMETRY_METRICS`] entry, in that order.
+    Loaded(Vec<crate::gui::backend::TelemetrySeries>),
+    Failed(String),
+}
+
+/// The telemetry of one device, as the device view plots it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeviceTelemetry {
+    pub device_id: String,
+    pub state: TelemetryState,
+}
+
 /// A named set of devices, made on the map or from a filter. Lives for the session.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Cohort {
@@ -243,6 +259,8 @@ pub struct ConsoleApp {
     pub cohorts: Vec<Cohort>,
     /// The selected device's update history (requested when the device is opened).
     pub history: Option<DeviceHistory>,
+    /// The selected device's telemetry rollups (requested with the history).
+    pub telemetry: Option<DeviceTelemetry>,
     toasts: Vec<Toast>,
     pub map: MapState,
     pub cohort_cache: crate::gui::cohorts::CohortCache,
@@ -294,6 +312,7 @@ impl ConsoleApp {
             selected: None,
             cohorts: Vec::new(),
             history: None,
+            telemetry: None,
             toasts: Vec::new(),
             map: MapState::default(),
             cohort_cache: crate::gui::cohorts::CohortCache::default(),
@@ -436,6 +455,7 @@ impl ConsoleApp {
                 };
                 self.selected = None;
                 self.history = None;
+                self.telemetry = None;
                 self.cohorts.clear();
                 self.toast(
                     ToastKind::Info,
@@ -483,6 +503,14 @@ impl ConsoleApp {
                     h.state = match events {
                         Ok(rows) => HistoryState::Loaded(rows),
                         Err(why) => HistoryState::Failed(why),
+                    };
+                }
+            }
+            BackendEvent::DeviceTelemetry { device_id, series } => {
+                if let Some(t) = self.telemetry.as_mut().filter(|t| t.device_id == device_id) {
+                    t.state = match series {
+                        Ok(s) => TelemetryState::Loaded(s),
+                        Err(why) => TelemetryState::Failed(why),
                     };
                 }
             }
@@ -556,13 +584,22 @@ impl ConsoleApp {
             .map(|d| d.id.clone())
         else {
             self.history = None;
+            self.telemetry = None;
             return;
         };
-        let state = if self.backend.request_history(&id) {
-            HistoryState::Loading
+        let (state, telemetry) = if self.backend.request_history(&id, self.clock.now()) {
+            (HistoryState::Loading, TelemetryState::Loading)
         } else {
-            HistoryState::Failed("the history worker is not running".into())
+            let why = "the history worker is not running";
+            (
+                HistoryState::Failed(why.into()),
+                TelemetryState::Failed(why.into()),
+            )
         };
+        self.telemetry = Some(DeviceTelemetry {
+            device_id: id.clone(),
+            state: telemetry,
+        });
         self.history = Some(DeviceHistory {
             device_id: id,
             state,
