@@ -747,3 +747,44 @@ fn the_device_view_plots_telemetry_rollups_from_the_cache() {
     assert_eq!(crashes, [[-3.0, 1.0], [-1.0, 2.0]]);
     assert!(series[2].points.is_empty());
 }
+
+#[test]
+fn a_zoom_level_change_is_binned_by_the_derive_worker() {
+    use convoy::gui::aggregate::{Grid, cell_size_for};
+    let (mut h, _feed, _) = harness();
+    for zoom in [3.0, 7.0, 4.5] {
+        h.state_mut().send(convoy::gui::UiCommand::FocusMap {
+            lat: 50.0,
+            lon: 8.0,
+            zoom,
+        });
+        settle(&mut h);
+        let app = h.state();
+        let level = app.map.level();
+        assert_eq!(f64::from(level), f64::floor(zoom));
+        assert!(app.map.grid_current(app.derived.generation));
+        let model = app.model.as_ref().unwrap();
+        let own = Grid::build(
+            &model.map_x,
+            &model.map_y,
+            &app.derived.classes,
+            &app.derived.filtered,
+            cell_size_for(level, convoy::gui::tokens::CLUSTER_CELL_PX),
+        );
+        assert_eq!(app.map.grid.cell_size, own.cell_size, "zoom {zoom}");
+        assert_eq!(app.map.grid.cells(), own.cells(), "zoom {zoom}");
+    }
+}
+
+#[test]
+fn without_the_derive_worker_the_console_says_why() {
+    let (mut h, _feed, _) = harness();
+    h.state_mut().without_derive_worker("out of threads");
+    settle(&mut h);
+    h.get_by_label_contains("could not start the derive worker thread: out of threads");
+    // The rest of the console still runs.
+    h.get_by_label("Fleet table").click();
+    settle(&mut h);
+    h.get_by_label_contains("could not start the derive worker thread");
+    h.get_by_label("Link: offline (no broker)");
+}

@@ -236,6 +236,8 @@ pub struct ConsoleApp {
     pub model: Option<FleetModel>,
     pub derived: Derived,
     derive: Option<DeriveWorker>,
+    /// Why there is no derive worker, if its thread could not start.
+    derive_error: Option<String>,
     pub derive_mode: DeriveMode,
     /// The query the worker was last sent.
     sent_query: Option<Query>,
@@ -296,6 +298,7 @@ impl ConsoleApp {
             model: None,
             derived: Derived::default(),
             derive: None,
+            derive_error: None,
             derive_mode: DeriveMode::Wait,
             sent_query: None,
             sent_level: None,
@@ -329,9 +332,7 @@ impl ConsoleApp {
         };
         match DeriveWorker::spawn(Some(ctx.clone()), throttle) {
             Ok(w) => app.derive = Some(w),
-            Err(e) => app
-                .failures
-                .push(format!("could not start the derive worker thread: {e}")),
+            Err(e) => app.without_derive_worker(&e.to_string()),
         }
         if app.state.view == View::WarRoom {
             app.state.view = app.state.previous_view;
@@ -341,6 +342,16 @@ impl ConsoleApp {
             ctx.set_zoom_factor(app.state.ui_scale);
         }
         app
+    }
+
+    /// Runs without the derive worker, as when its thread cannot start (`why`): nothing is
+    /// derived, and the views say so instead of showing an empty fleet. Tests use it to see
+    /// that fallback.
+    pub fn without_derive_worker(&mut self, why: &str) {
+        self.derive = None;
+        let text = format!("could not start the derive worker thread: {why}");
+        self.failures.push(text.clone());
+        self.derive_error = Some(text);
     }
 
     /// Queues a command for the next [`Self::logic`].
@@ -456,6 +467,8 @@ impl ConsoleApp {
                 self.selected = None;
                 self.history = None;
                 self.telemetry = None;
+                self.map.clear_grid();
+                self.cohort_cache = crate::gui::cohorts::CohortCache::default();
                 self.cohorts.clear();
                 self.toast(
                     ToastKind::Info,
@@ -706,6 +719,15 @@ impl ConsoleApp {
             if self.model.is_none() {
                 self.loading_ui(ui);
                 return;
+            }
+            if let Some(why) = &self.derive_error {
+                ui.colored_label(tokens::BAD, format!("The console {why}."));
+                ui.label(
+                    "The map, the table, the counts and the cohorts are computed on that thread, \
+                     so they stay empty; the device view and the status bar still work. \
+                     Restart the console; if this persists, the machine is out of threads or memory.",
+                );
+                ui.separator();
             }
             match self.state.view {
                 View::Map => crate::gui::map::map_ui(self, ui),

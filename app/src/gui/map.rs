@@ -5,8 +5,9 @@
 //! point-in-polygon test is plain code in [`crate::gui::aggregate`]).
 //!
 //! Per frame the map asks the [`Grid`] for the cells in view and draws those: one marker per
-//! vehicle where a cell holds few, one cluster otherwise. The grid is rebuilt only when the
-//! filtered set, the colours or the zoom level change. walkers only draws; the aggregation is
+//! vehicle where a cell holds few, one cluster otherwise. The grid is built by the derive worker
+//! when the filtered set, the colours or the zoom level change; the map keeps the previous one
+//! until the new one arrives. walkers only draws; the aggregation is
 //! plain code in [`crate::gui::aggregate`].
 
 // Screen geometry reads best in single letters (corners a, b; points p, q).
@@ -16,7 +17,7 @@ use egui::{Color32, Pos2, Rect, RichText, Shape, Stroke, Vec2};
 use std::sync::Arc;
 use walkers::{MapMemory, Projector, lon_lat};
 
-use crate::gui::aggregate::{Grid, cell_size_for, select_in_polygon};
+use crate::gui::aggregate::{Grid, select_in_polygon};
 use crate::gui::app::{ConsoleApp, Theme, UiCommand};
 use crate::gui::basemap::{BasemapTiles, Outlines, inverse_mercator, mercator};
 use crate::gui::tiles::{LayeredTiles, SourceTiles, TileSpec};
@@ -93,19 +94,10 @@ impl MapState {
         self.memory.zoom().floor().clamp(0.0, 24.0) as u8
     }
 
-    /// Rebuilds the grid if the filtered set, the classes or the zoom level changed. Takes
-    /// `prebuilt` (the derive worker's grid of this generation) instead when it is at the
-    /// current level, so that new data costs the UI thread no binning; a zoom change alone is
-    /// binned here.
-    pub fn update_grid(
-        &mut self,
-        app_xs: &[f32],
-        app_ys: &[f32],
-        classes: &[u8],
-        filtered: &[u32],
-        generation: u64,
-        prebuilt: &mut Option<(u8, Grid)>,
-    ) {
+    /// Takes the derive worker's grid (`prebuilt`) when it is for this generation and the
+    /// current zoom level. Until the worker has answered for a new level or new data, the
+    /// previous grid stays on screen: the UI thread never bins the fleet.
+    pub fn update_grid(&mut self, generation: u64, prebuilt: &mut Option<(u8, Grid)>) {
         let level = self.level();
         if self.grid_stamp == Some((generation, level)) {
             return;
@@ -113,16 +105,18 @@ impl MapState {
         if let Some((_, grid)) = prebuilt.take_if(|(l, _)| *l == level) {
             self.grid = grid;
             self.grid_stamp = Some((generation, level));
-            return;
         }
-        self.grid = Grid::build(
-            app_xs,
-            app_ys,
-            classes,
-            filtered,
-            cell_size_for(level, tokens::CLUSTER_CELL_PX),
-        );
-        self.grid_stamp = Some((generation, level));
+    }
+
+    /// Whether the grid on screen is the one for the current data and zoom level.
+    pub fn grid_current(&self, generation: u64) -> bool {
+        self.grid_stamp == Some((generation, self.level()))
+    }
+
+    /// Forgets the grid: its device indices belong to a fleet that has been replaced.
+    pub fn clear_grid(&mut self) {
+        self.grid = Grid::default();
+        self.grid_stamp = None;
     }
 
     /// Draws `spec`'s tiles over the basemap from the next frame on.
@@ -258,14 +252,8 @@ pub fn map_ui(app: &mut ConsoleApp, ui: &mut egui::Ui) {
     };
     let dark = app.state.theme == Theme::Dark;
     let generation = app.derived.generation;
-    app.map.update_grid(
-        &model.map_x,
-        &model.map_y,
-        &app.derived.classes,
-        &app.derived.filtered,
-        generation,
-        &mut app.derived.grid,
-    );
+    app.map.update_grid(generation, &mut app.derived.grid);
+    let grid_current = app.map.grid_current(generation);
     let shift = ui.input(|i| i.modifiers.shift);
     let ctx = ui.ctx().clone();
     // The tile source is created lazily; the map still draws vehicles without it.
@@ -486,10 +474,15 @@ pub fn map_ui(app: &mut ConsoleApp, ui: &mut egui::Ui) {
         );
         painter.galley(at, galley, text_color);
         let count_text = format!(
-            "{} vehicles in {} cells · zoom {:.1}",
+            "{} vehicles in {} cells · zoom {:.1}{}",
             grid.device_count(),
             grid.cells().len(),
-            projector.zoom()
+            projector.zoom(),
+            if grid_current {
+                ""
+            } else {
+                " · regrouping…"
+            }
         );
         painter.text(
             rect.left_bottom() + Vec2::new(6.0, -6.0),
