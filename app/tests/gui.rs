@@ -665,50 +665,10 @@ fn a_lasso_on_the_map_makes_a_cohort_of_the_devices_inside_it() {
 #[test]
 fn the_device_view_plots_telemetry_rollups_from_the_cache() {
     use convoy::gui::app::TelemetryState;
-    use convoy::store::telemetry::Sample;
     let fleet = fixture();
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("telemetry.db");
-    let d = &fleet.devices[11];
-    // Battery falls 2 points every 10 minutes over 6 hours; 1 crash at -3 h and 2 at -1 h;
-    // no reconnects. Hours are aligned to NOW, which is a whole hour.
-    assert_eq!(NOW.secs() % 3600, 0);
-    let mut samples = Vec::new();
-    for k in 0..36 {
-        samples.push(Sample {
-            device: d.id.clone(),
-            time: Timestamp::from_secs(NOW.secs() - 6 * 3600 + k * 600),
-            metric: "battery_pct".into(),
-            value: 90.0 - 2.0 * k as f64,
-        });
-    }
-    for (secs_ago, n) in [(3 * 3600 - 60, 1.0), (3000, 1.0), (2000, 1.0)] {
-        samples.push(Sample {
-            device: d.id.clone(),
-            time: Timestamp::from_secs(NOW.secs() - secs_ago),
-            metric: "crash_count".into(),
-            value: n,
-        });
-    }
-    // Another device's samples must not show, nor samples older than the week.
-    samples.push(Sample {
-        device: fleet.devices[12].id.clone(),
-        time: Timestamp::from_secs(NOW.secs() - 100),
-        metric: "crash_count".into(),
-        value: 50.0,
-    });
-    samples.push(Sample {
-        device: d.id.clone(),
-        time: Timestamp::from_secs(NOW.secs() - 8 * 86_400),
-        metric: "crash_count".into(),
-        value: 50.0,
-    });
-    {
-        let mut store = convoy::store::Store::open(&cache).unwrap();
-        store.replace_fleet(&fleet, None).unwrap();
-        let report = store.ingest(&samples).unwrap();
-        assert_eq!(report.stored, samples.len(), "{report:?}");
-    }
+    write_telemetry(&cache, &fleet, 11);
     let (backend, _feed) = Backend::fixture(fleet.clone(), cache);
     let mut h = Harness::builder()
         .with_size([1400.0, 2400.0])
@@ -787,4 +747,119 @@ fn without_the_derive_worker_the_console_says_why() {
     settle(&mut h);
     h.get_by_label_contains("could not start the derive worker thread");
     h.get_by_label("Link: offline (no broker)");
+}
+
+/// Runs frames until the map's basemap tiles stop arriving (the tile thread draws them).
+fn wait_for_tiles(h: &mut Harness<'static, ConsoleApp>) {
+    let (mut last, mut quiet) = (usize::MAX, 0);
+    for _ in 0..600 {
+        let now = h.state().map.basemap_tiles();
+        if now == last && now > 0 {
+            quiet += 1;
+            if quiet >= 30 {
+                return;
+            }
+        } else {
+            quiet = 0;
+            last = now;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        h.run_steps(1);
+    }
+    panic!("the basemap tiles never settled");
+}
+
+/// Snapshot images of the main screens, rendered through wgpu (Mesa's lavapipe or llvmpipe
+/// on a machine with no GPU) and compared with `app/tests/snapshots/*.png`; run with
+/// `UPDATE_SNAPSHOTS=1` to rewrite them after a deliberate change.
+#[test]
+fn snapshots_of_the_main_screens() {
+    let fleet = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("snapshot.db");
+    write_telemetry(&cache, &fleet, 42);
+    let (backend, _feed) = Backend::fixture(fleet, cache);
+    let mut h = Harness::builder()
+        .with_size([1280.0, 800.0])
+        .build_eframe(move |cc| ConsoleApp::new(&cc.egui_ctx, None, backend, Clock::Fixed(NOW)));
+    settle(&mut h);
+    h.state_mut().send(convoy::gui::UiCommand::FocusMap {
+        lat: 50.0,
+        lon: 8.0,
+        zoom: 4.0,
+    });
+    settle(&mut h);
+    wait_for_tiles(&mut h);
+    let shots: [(&str, Option<convoy::gui::View>); 5] = [
+        ("map", None),
+        ("table", Some(convoy::gui::View::Table)),
+        ("device", None),
+        ("cohorts", Some(convoy::gui::View::Cohorts)),
+        ("war_room", Some(convoy::gui::View::WarRoom)),
+    ];
+    for (name, view) in shots {
+        if let Some(v) = view {
+            h.state_mut().send(convoy::gui::UiCommand::Show(v));
+            settle(&mut h);
+        }
+        // The device view is long: its plots are at the bottom.
+        h.set_size(egui::vec2(
+            1280.0,
+            if name == "device" { 1350.0 } else { 800.0 },
+        ));
+        if name == "device" {
+            h.state_mut().send(convoy::gui::UiCommand::OpenDevice(42));
+            h.run_steps(1);
+            wait_for_label(&mut h, "Battery (%), hourly mean plot");
+        }
+        h.state_mut().dismiss_toasts();
+        settle(&mut h);
+        h.snapshot(name);
+    }
+}
+
+/// A cache holding `fleet` and telemetry for device `i`: battery falling 2 points every 10
+/// minutes over the 6 hours before NOW, 1 crash at -3 h and 2 at -1 h, no reconnects; and a
+/// sample of another device and one older than a week, which must not show.
+fn write_telemetry(cache: &std::path::Path, fleet: &Fleet, i: usize) {
+    use convoy::store::telemetry::Sample;
+    let d = &fleet.devices[i];
+    // Hours are aligned to NOW, which is a whole hour.
+    assert_eq!(NOW.secs() % 3600, 0);
+    let mut samples = Vec::new();
+    for k in 0..36 {
+        samples.push(Sample {
+            device: d.id.clone(),
+            time: Timestamp::from_secs(NOW.secs() - 6 * 3600 + k * 600),
+            metric: "battery_pct".into(),
+            value: 90.0 - 2.0 * k as f64,
+        });
+    }
+    for (secs_ago, n) in [(3 * 3600 - 60, 1.0), (3000, 1.0), (2000, 1.0)] {
+        samples.push(Sample {
+            device: d.id.clone(),
+            time: Timestamp::from_secs(NOW.secs() - secs_ago),
+            metric: "crash_count".into(),
+            value: n,
+        });
+    }
+    // Another device's samples must not show, nor samples older than the week.
+    samples.push(Sample {
+        device: fleet.devices[i + 1].id.clone(),
+        time: Timestamp::from_secs(NOW.secs() - 100),
+        metric: "crash_count".into(),
+        value: 50.0,
+    });
+    samples.push(Sample {
+        device: d.id.clone(),
+        time: Timestamp::from_secs(NOW.secs() - 8 * 86_400),
+        metric: "crash_count".into(),
+        value: 50.0,
+    });
+    {
+        let mut store = convoy::store::Store::open(cache).unwrap();
+        store.replace_fleet(fleet, None).unwrap();
+        let report = store.ingest(&samples).unwrap();
+        assert_eq!(report.stored, samples.len(), "{report:?}");
+    }
 }

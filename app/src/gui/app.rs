@@ -354,6 +354,12 @@ impl ConsoleApp {
         self.derive_error = Some(text);
     }
 
+    /// Dismisses every toast now (snapshot tests, whose frames must not depend on how long a
+    /// toast has been up).
+    pub fn dismiss_toasts(&mut self) {
+        self.toasts.clear();
+    }
+
     /// Queues a command for the next [`Self::logic`].
     pub fn send(&mut self, command: UiCommand) {
         self.commands.push(command);

@@ -279,6 +279,8 @@ impl Backend {
         let history = spawn_history_worker(cache.clone(), reporter).ok();
         let _ = tx.try_send(BackendEvent::FleetLoaded { fleet, cache });
         let _ = tx.try_send(BackendEvent::Link(LinkStatus::Offline));
+        // Started: no progress line (and no spinner) once the fleet is in.
+        let _ = tx.try_send(BackendEvent::Stage(String::new()));
         (
             Self {
                 rx,

@@ -119,6 +119,12 @@ impl MapState {
         self.grid_stamp = None;
     }
 
+    /// Basemap tiles drawn so far in the current theme's palette (tests wait for them).
+    pub fn basemap_tiles(&self) -> usize {
+        self.tiles_dark.as_ref().map_or(0, BasemapTiles::cached)
+            + self.tiles_light.as_ref().map_or(0, BasemapTiles::cached)
+    }
+
     /// Draws `spec`'s tiles over the basemap from the next frame on.
     pub fn set_tile_source(&mut self, spec: TileSpec) {
         self.source_spec = Some(spec);
