@@ -749,19 +749,20 @@ fn without_the_derive_worker_the_console_says_why() {
     h.get_by_label("Link: offline (no broker)");
 }
 
-/// Runs frames until the map's basemap tiles stop arriving (the tile thread draws them).
+/// Runs frames until the map's basemap tiles are all drawn: none waiting for the tile thread
+/// and none new for 30 frames in a row.
 fn wait_for_tiles(h: &mut Harness<'static, ConsoleApp>) {
     let (mut last, mut quiet) = (usize::MAX, 0);
-    for _ in 0..600 {
-        let now = h.state().map.basemap_tiles();
-        if now == last && now > 0 {
+    for _ in 0..3000 {
+        let (drawn, waiting) = h.state().map.basemap_tiles();
+        if drawn == last && drawn > 0 && waiting == 0 {
             quiet += 1;
             if quiet >= 30 {
                 return;
             }
         } else {
             quiet = 0;
-            last = now;
+            last = drawn;
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
         h.run_steps(1);

@@ -403,6 +403,11 @@ impl BasemapTiles {
     pub fn cached(&self) -> usize {
         self.cache.len()
     }
+
+    /// Tiles asked of the worker and not yet received.
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
 }
 
 /// A lower-zoom tile and the part of it that covers `id`.

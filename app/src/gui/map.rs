@@ -119,10 +119,13 @@ impl MapState {
         self.grid_stamp = None;
     }
 
-    /// Basemap tiles drawn so far in the current theme's palette (tests wait for them).
-    pub fn basemap_tiles(&self) -> usize {
-        self.tiles_dark.as_ref().map_or(0, BasemapTiles::cached)
-            + self.tiles_light.as_ref().map_or(0, BasemapTiles::cached)
+    /// Basemap tiles drawn so far, and those asked for and not drawn yet, in both palettes
+    /// (tests wait for them).
+    pub fn basemap_tiles(&self) -> (usize, usize) {
+        let count = |f: fn(&BasemapTiles) -> usize| {
+            self.tiles_dark.as_ref().map_or(0, f) + self.tiles_light.as_ref().map_or(0, f)
+        };
+        (count(BasemapTiles::cached), count(BasemapTiles::pending))
     }
 
     /// Draws `spec`'s tiles over the basemap from the next frame on.
