@@ -6,10 +6,10 @@
 //! steady frames (nothing changed: what a dispatcher's console does all day) for the map at
 //! world zoom and zoomed in on a city, and for the table; then what a data change and a query
 //! change cost: the UI thread's frame in which it arrives, the frame in which the derive
-//! worker's answer is swapped in, and the worker's time to that answer; and the one-off cost of
-//! a zoom-level change (map grid rebuild).
+//! worker's answer is swapped in, and the worker's time to that answer; and the same for a
+//! zoom-level change on the map and for opening the cohort view, which the worker answers by
+//! binning or summarising its last result.
 
-use convoy::gui::aggregate::{Grid, cell_size_for};
 use convoy::gui::app::{DeriveMode, View};
 use convoy::gui::{Backend, BackendEvent, Clock, ConsoleApp};
 use convoy::link::protocol::{DeviceStatus, Inbound, UpdateState, UpdateStatus};
@@ -136,20 +136,35 @@ fn main() {
             });
             rows.push((label, data, query));
         }
-        let Some(model) = app.model.as_ref() else {
-            continue;
-        };
-        let all: Vec<u32> = (0..model.len() as u32).collect();
-        let t = Instant::now();
-        let grid = Grid::build(
-            &model.map_x,
-            &model.map_y,
-            &app.derived.classes,
-            &all,
-            cell_size_for(8, 64.0),
+        // A zoom-level change (world zoom 3 and 5 in turn) and opening the cohort view (from
+        // the table each time): the worker bins or summarises its last result.
+        app.state.filter.text.clear();
+        app.send(convoy::gui::UiCommand::FocusMap {
+            lat: 45.0,
+            lon: -30.0,
+            zoom: 3.0,
+        });
+        frame(&ctx, &mut app, center);
+        settle(&ctx, &mut app, center);
+        let zoom = change(&ctx, &mut app, center, |app, k| {
+            app.send(convoy::gui::UiCommand::FocusMap {
+                lat: 45.0,
+                lon: -30.0,
+                zoom: if k % 2 == 0 { 5.0 } else { 3.0 },
+            });
+        });
+        let cohorts = change_with(
+            &ctx,
+            &mut app,
+            center,
+            |ctx, app| {
+                app.send(convoy::gui::UiCommand::Show(View::Table));
+                frame(ctx, app, center);
+                settle(ctx, app, center);
+            },
+            |app, _| app.send(convoy::gui::UiCommand::Show(View::Cohorts)),
         );
-        let grid_ms = t.elapsed().as_secs_f64() * 1000.0;
-        oneoff.push((n, rows, grid_ms, grid.cells().len()));
+        oneoff.push((n, rows, zoom, cohorts));
     }
     println!();
     println!(
@@ -167,10 +182,20 @@ fn main() {
         }
     }
     println!();
-    println!("| devices | zoom change: grid rebuild | cells |");
-    println!("| ---: | ---: | ---: |");
-    for (n, _, grid_ms, cells) in oneoff {
-        println!("| {n} | {grid_ms:.1} ms | {cells} |");
+    println!(
+        "| devices | change | UI frame it arrives in, ms | UI frame the answer lands in, ms | worker compute, ms | to the answer on screen, ms |"
+    );
+    println!("| ---: | --- | ---: | ---: | ---: | ---: |");
+    for (n, _, zoom, cohorts) in &oneoff {
+        for (what, c) in [
+            ("map zoom level (3 and 5 in turn)", zoom),
+            ("open the cohort view", cohorts),
+        ] {
+            println!(
+                "| {n} | {what} | {:.2} | {:.2} | {:.1} | {:.1} |",
+                c.arrive_ms, c.land_ms, c.compute_ms, c.latency_ms
+            );
+        }
     }
 }
 
@@ -218,9 +243,21 @@ fn change(
     pointer: Option<egui::Pos2>,
     make: impl Fn(&mut ConsoleApp, usize),
 ) -> Change {
+    change_with(ctx, app, pointer, |_, _| {}, make)
+}
+
+/// [`change`], with `prepare` run (unmeasured) before each change.
+fn change_with(
+    ctx: &egui::Context,
+    app: &mut ConsoleApp,
+    pointer: Option<egui::Pos2>,
+    prepare: impl Fn(&egui::Context, &mut ConsoleApp),
+    make: impl Fn(&mut ConsoleApp, usize),
+) -> Change {
     let (mut arrive, mut land, mut compute, mut latency) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for k in 0..CHANGES {
+        prepare(ctx, app);
         let generation = app.derived.generation;
         make(app, k);
         let start = Instant::now();

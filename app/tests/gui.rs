@@ -403,7 +403,8 @@ fn a_missing_cache_shows_why_the_history_is_missing() {
         std::thread::sleep(std::time::Duration::from_millis(10));
         h.run_steps(1);
     }
-    h.get_by_label_contains("no fleet cache at fixture.db");
+    h.get_by_label_contains("Could not read the history: no fleet cache at fixture.db");
+    h.get_by_label_contains("Could not read the telemetry: no fleet cache at fixture.db");
 }
 
 #[test]
@@ -459,4 +460,407 @@ fn a_hidden_table_column_disappears_and_the_others_stay() {
     let saved = serde_json::to_string(&h.state().state).unwrap();
     let back: convoy::gui::UiState = serde_json::from_str(&saved).unwrap();
     assert_eq!(back.hidden_columns, [Column::Battery]);
+}
+
+/// A raster MBTiles file of zooms 0 to 4 in one colour (rows in TMS order), with the tiles of
+/// zoom 3 row 2 corrupt.
+fn fixture_mbtiles(path: &std::path::Path) {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.execute_batch(
+        "CREATE TABLE metadata (name TEXT, value TEXT);
+         CREATE TABLE tiles (zoom_level INTEGER, tile_column INTEGER, tile_row INTEGER, tile_data BLOB);
+         INSERT INTO metadata VALUES ('format', 'png'), ('attribution', 'Fixture Maps');",
+    )
+    .unwrap();
+    let mut png = std::io::Cursor::new(Vec::new());
+    image::RgbaImage::from_pixel(8, 8, image::Rgba([200, 120, 40, 255]))
+        .write_to(&mut png, image::ImageFormat::Png)
+        .unwrap();
+    let png = png.into_inner();
+    for zoom in 0..=4u32 {
+        let n = 1u32 << zoom;
+        for x in 0..n {
+            for y in 0..n {
+                let blob = if zoom == 3 && y == 2 {
+                    b"garbage".to_vec()
+                } else {
+                    png.clone()
+                };
+                conn.execute(
+                    "INSERT INTO tiles VALUES (?1, ?2, ?3, ?4)",
+                    rusqlite::params![zoom, x, n - 1 - y, blob],
+                )
+                .unwrap();
+            }
+        }
+    }
+}
+
+#[test]
+fn an_mbtiles_file_draws_over_the_basemap_and_its_attribution_shows() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("fixture.mbtiles");
+    fixture_mbtiles(&file);
+    let (mut h, _feed, _) = harness();
+    h.state_mut()
+        .map
+        .set_tile_source(convoy::gui::tiles::TileSpec::MbTiles(file));
+    h.state_mut().send(convoy::gui::UiCommand::FocusMap {
+        lat: 50.0,
+        lon: 8.0,
+        zoom: 3.0,
+    });
+    settle(&mut h);
+    // The workers read and decode off the UI thread; frames go on meanwhile.
+    for _ in 0..300 {
+        let failures = h.state().map.source.as_ref().map_or(0, |s| s.failures);
+        if failures > 0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        h.run_steps(1);
+    }
+    let map = &h.state().map;
+    let source = map.source.as_ref().expect("the source started");
+    assert!(source.cached() > 2, "{} tiles", source.cached());
+    assert!(source.failures > 0, "the corrupt row was read");
+    let attribution = map.attribution();
+    assert!(
+        attribution.starts_with("Tiles: Fixture Maps · Basemap: Natural Earth"),
+        "{attribution}"
+    );
+    assert!(attribution.contains("unreadable"), "{attribution}");
+    h.get_by_label("Fleet map");
+}
+
+#[test]
+fn a_tile_source_that_cannot_open_leaves_the_basemap_and_says_why() {
+    let (mut h, _feed, _) = harness();
+    h.state_mut()
+        .map
+        .set_tile_source(convoy::gui::tiles::TileSpec::MbTiles(
+            "/nonexistent/x.mbtiles".into(),
+        ));
+    settle(&mut h);
+    let attribution = h.state().map.attribution();
+    assert!(
+        attribution.starts_with("Tiles unavailable: no MBTiles file at /nonexistent/x.mbtiles"),
+        "{attribution}"
+    );
+    h.get_by_label("Fleet map");
+}
+
+/// Shift+drag through `path` on the map: pressed at the first point, moved along each leg in
+/// a few steps, released at the last.
+fn shift_drag(h: &mut Harness<'static, ConsoleApp>, path: &[egui::Pos2]) {
+    use egui::{Event, Modifiers, PointerButton};
+    h.event(Event::ModifiersChanged(Modifiers::SHIFT));
+    h.hover_at(path[0]);
+    h.run_steps(1);
+    h.event(Event::PointerButton {
+        pos: path[0],
+        button: PointerButton::Primary,
+        pressed: true,
+        modifiers: Modifiers::SHIFT,
+    });
+    h.run_steps(1);
+    for leg in path.windows(2) {
+        for k in 1..=6 {
+            h.hover_at(leg[0] + (leg[1] - leg[0]) * (k as f32 / 6.0));
+            h.run_steps(1);
+        }
+    }
+    let last = *path.last().unwrap();
+    h.event(Event::PointerButton {
+        pos: last,
+        button: PointerButton::Primary,
+        pressed: false,
+        modifiers: Modifiers::SHIFT,
+    });
+    h.run_steps(1);
+    h.event(Event::ModifiersChanged(Modifiers::NONE));
+    settle(h);
+}
+
+/// Distance from `p` to the segment `a`–`b`.
+fn segment_distance(p: egui::Pos2, a: egui::Pos2, b: egui::Pos2) -> f32 {
+    let ab = b - a;
+    let t = ((p - a).dot(ab) / ab.length_sq()).clamp(0.0, 1.0);
+    p.distance(a + ab * t)
+}
+
+#[test]
+fn a_lasso_on_the_map_makes_a_cohort_of_the_devices_inside_it() {
+    use convoy::gui::aggregate::point_in_polygon;
+    let (mut h, _feed, fleet) = harness();
+    let zoom = 5.0;
+    h.state_mut().send(convoy::gui::UiCommand::FocusMap {
+        lat: 50.0,
+        lon: 8.0,
+        zoom,
+    });
+    settle(&mut h);
+    h.get_by_label("Lasso select").click();
+    settle(&mut h);
+    let rect = h.get_by_label("Fleet map").rect();
+    let mid = rect.center();
+    // A triangle, closed by the lasso itself (the last leg is not drawn).
+    let corners = [
+        mid + egui::vec2(-200.0, 130.0),
+        mid + egui::vec2(0.0, -150.0),
+        mid + egui::vec2(190.0, 120.0),
+    ];
+    shift_drag(&mut h, &corners);
+
+    let cohorts = &h.state().cohorts;
+    assert_eq!(cohorts.len(), 1, "one cohort made");
+    let world_px = 256.0 * 2f64.powf(zoom);
+    let [cx, cy] = convoy::gui::basemap::mercator(8.0, 50.0);
+    let poly: Vec<[f64; 2]> = corners
+        .iter()
+        .map(|p| [f64::from(p.x), f64::from(p.y)])
+        .collect();
+    let members: std::collections::HashSet<u32> = cohorts[0].devices.iter().copied().collect();
+    let mut inside = 0;
+    for (i, d) in fleet.devices.iter().enumerate() {
+        let [x, y] = convoy::gui::basemap::mercator(d.position.lon, d.position.lat);
+        let p = egui::pos2(
+            mid.x + ((x - cx) * world_px) as f32,
+            mid.y + ((y - cy) * world_px) as f32,
+        );
+        let near_edge = (0..3).any(|k| segment_distance(p, corners[k], corners[(k + 1) % 3]) < 1.5);
+        if near_edge {
+            continue;
+        }
+        let expected = point_in_polygon([f64::from(p.x), f64::from(p.y)], &poly);
+        inside += usize::from(expected);
+        assert_eq!(
+            members.contains(&(i as u32)),
+            expected,
+            "{} at {p:?}: inside the lasso {expected}",
+            d.id
+        );
+    }
+    assert!(inside > 10 && inside < DEVICES, "{inside} inside");
+    // A box over the same ground would have taken more: the lasso is not its bounding box.
+    let bbox = egui::Rect::from_points(&corners);
+    let in_box = fleet
+        .devices
+        .iter()
+        .filter(|d| {
+            let [x, y] = convoy::gui::basemap::mercator(d.position.lon, d.position.lat);
+            bbox.contains(egui::pos2(
+                mid.x + ((x - cx) * world_px) as f32,
+                mid.y + ((y - cy) * world_px) as f32,
+            ))
+        })
+        .count();
+    assert!(
+        in_box > members.len(),
+        "{in_box} in the box, {} in the lasso",
+        members.len()
+    );
+}
+
+#[test]
+fn the_device_view_plots_telemetry_rollups_from_the_cache() {
+    use convoy::gui::app::TelemetryState;
+    let fleet = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("telemetry.db");
+    write_telemetry(&cache, &fleet, 11);
+    let (backend, _feed) = Backend::fixture(fleet.clone(), cache);
+    let mut h = Harness::builder()
+        .with_size([1400.0, 2400.0])
+        .build_eframe(move |cc| ConsoleApp::new(&cc.egui_ctx, None, backend, Clock::Fixed(NOW)));
+    settle(&mut h);
+    h.state_mut().send(convoy::gui::UiCommand::OpenDevice(11));
+    h.run_steps(1);
+    wait_for_label(&mut h, "Battery (%), hourly mean plot");
+    h.get_by_label("Crashes per hour plot");
+    h.get_by_label("No reconnect_count samples in the cache in the last 7 days.");
+    assert!(h.query_by_label("Reconnects per hour plot").is_none());
+    let Some(TelemetryState::Loaded(series)) =
+        h.state().telemetry.as_ref().map(|t| t.state.clone())
+    else {
+        panic!("telemetry loaded");
+    };
+    // Battery: six hourly buckets of six samples each, from -6 h; the mean of hour h is the
+    // mean of its six values.
+    let battery = convoy::gui::device::plot_points(
+        &series[0].points,
+        NOW,
+        convoy::gui::device::PlotKind::Mean,
+    );
+    let expected: Vec<[f64; 2]> = (0..6)
+        .map(|h| {
+            let values: Vec<f64> = (0..6).map(|k| 90.0 - 2.0 * (h * 6 + k) as f64).collect();
+            [(h - 6) as f64, values.iter().sum::<f64>() / 6.0]
+        })
+        .collect();
+    assert_eq!(battery, expected);
+    let crashes = convoy::gui::device::plot_points(
+        &series[1].points,
+        NOW,
+        convoy::gui::device::PlotKind::PerHour,
+    );
+    assert_eq!(crashes, [[-3.0, 1.0], [-1.0, 2.0]]);
+    assert!(series[2].points.is_empty());
+}
+
+#[test]
+fn a_zoom_level_change_is_binned_by_the_derive_worker() {
+    use convoy::gui::aggregate::{Grid, cell_size_for};
+    let (mut h, _feed, _) = harness();
+    for zoom in [3.0, 7.0, 4.5] {
+        h.state_mut().send(convoy::gui::UiCommand::FocusMap {
+            lat: 50.0,
+            lon: 8.0,
+            zoom,
+        });
+        settle(&mut h);
+        let app = h.state();
+        let level = app.map.level();
+        assert_eq!(f64::from(level), f64::floor(zoom));
+        assert!(app.map.grid_current(app.derived.generation));
+        let model = app.model.as_ref().unwrap();
+        let own = Grid::build(
+            &model.map_x,
+            &model.map_y,
+            &app.derived.classes,
+            &app.derived.filtered,
+            cell_size_for(level, convoy::gui::tokens::CLUSTER_CELL_PX),
+        );
+        assert_eq!(app.map.grid.cell_size, own.cell_size, "zoom {zoom}");
+        assert_eq!(app.map.grid.cells(), own.cells(), "zoom {zoom}");
+    }
+}
+
+#[test]
+fn without_the_derive_worker_the_console_says_why() {
+    let (mut h, _feed, _) = harness();
+    h.state_mut().without_derive_worker("out of threads");
+    settle(&mut h);
+    h.get_by_label_contains("could not start the derive worker thread: out of threads");
+    // The rest of the console still runs.
+    h.get_by_label("Fleet table").click();
+    settle(&mut h);
+    h.get_by_label_contains("could not start the derive worker thread");
+    h.get_by_label("Link: offline (no broker)");
+}
+
+/// Runs frames until the map's basemap tiles are all drawn: none waiting for the tile thread
+/// and none new for 30 frames in a row.
+fn wait_for_tiles(h: &mut Harness<'static, ConsoleApp>) {
+    let (mut last, mut quiet) = (usize::MAX, 0);
+    for _ in 0..3000 {
+        let (drawn, waiting) = h.state().map.basemap_tiles();
+        if drawn == last && drawn > 0 && waiting == 0 {
+            quiet += 1;
+            if quiet >= 30 {
+                return;
+            }
+        } else {
+            quiet = 0;
+            last = drawn;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        h.run_steps(1);
+    }
+    panic!("the basemap tiles never settled");
+}
+
+/// Snapshot images of the main screens, rendered through wgpu (Mesa's lavapipe or llvmpipe
+/// on a machine with no GPU) and compared with `app/tests/snapshots/*.png`; run with
+/// `UPDATE_SNAPSHOTS=1` to rewrite them after a deliberate change.
+#[test]
+fn snapshots_of_the_main_screens() {
+    let fleet = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("snapshot.db");
+    write_telemetry(&cache, &fleet, 42);
+    let (backend, _feed) = Backend::fixture(fleet, cache);
+    let mut h = Harness::builder()
+        .with_size([1280.0, 800.0])
+        .build_eframe(move |cc| ConsoleApp::new(&cc.egui_ctx, None, backend, Clock::Fixed(NOW)));
+    settle(&mut h);
+    h.state_mut().send(convoy::gui::UiCommand::FocusMap {
+        lat: 50.0,
+        lon: 8.0,
+        zoom: 4.0,
+    });
+    settle(&mut h);
+    wait_for_tiles(&mut h);
+    let shots: [(&str, Option<convoy::gui::View>); 5] = [
+        ("map", None),
+        ("table", Some(convoy::gui::View::Table)),
+        ("device", None),
+        ("cohorts", Some(convoy::gui::View::Cohorts)),
+        ("war_room", Some(convoy::gui::View::WarRoom)),
+    ];
+    for (name, view) in shots {
+        if let Some(v) = view {
+            h.state_mut().send(convoy::gui::UiCommand::Show(v));
+            settle(&mut h);
+        }
+        // The device view is long: its plots are at the bottom.
+        h.set_size(egui::vec2(
+            1280.0,
+            if name == "device" { 1350.0 } else { 800.0 },
+        ));
+        if name == "device" {
+            h.state_mut().send(convoy::gui::UiCommand::OpenDevice(42));
+            h.run_steps(1);
+            wait_for_label(&mut h, "Battery (%), hourly mean plot");
+        }
+        h.state_mut().dismiss_toasts();
+        settle(&mut h);
+        h.snapshot(name);
+    }
+}
+
+/// A cache holding `fleet` and telemetry for device `i`: battery falling 2 points every 10
+/// minutes over the 6 hours before NOW, 1 crash at -3 h and 2 at -1 h, no reconnects; and a
+/// sample of another device and one older than a week, which must not show.
+fn write_telemetry(cache: &std::path::Path, fleet: &Fleet, i: usize) {
+    use convoy::store::telemetry::Sample;
+    let d = &fleet.devices[i];
+    // Hours are aligned to NOW, which is a whole hour.
+    assert_eq!(NOW.secs() % 3600, 0);
+    let mut samples = Vec::new();
+    for k in 0..36 {
+        samples.push(Sample {
+            device: d.id.clone(),
+            time: Timestamp::from_secs(NOW.secs() - 6 * 3600 + k * 600),
+            metric: "battery_pct".into(),
+            value: 90.0 - 2.0 * k as f64,
+        });
+    }
+    for (secs_ago, n) in [(3 * 3600 - 60, 1.0), (3000, 1.0), (2000, 1.0)] {
+        samples.push(Sample {
+            device: d.id.clone(),
+            time: Timestamp::from_secs(NOW.secs() - secs_ago),
+            metric: "crash_count".into(),
+            value: n,
+        });
+    }
+    // Another device's samples must not show, nor samples older than the week.
+    samples.push(Sample {
+        device: fleet.devices[i + 1].id.clone(),
+        time: Timestamp::from_secs(NOW.secs() - 100),
+        metric: "crash_count".into(),
+        value: 50.0,
+    });
+    samples.push(Sample {
+        device: d.id.clone(),
+        time: Timestamp::from_secs(NOW.secs() - 8 * 86_400),
+        metric: "crash_count".into(),
+        value: 50.0,
+    });
+    {
+        let mut store = convoy::store::Store::open(cache).unwrap();
+        store.replace_fleet(fleet, None).unwrap();
+        let report = store.ingest(&samples).unwrap();
+        assert_eq!(report.stored, samples.len(), "{report:?}");
+    }
 }

@@ -1,4 +1,5 @@
-//! `convoy gui [--db PATH] [--broker URL]`, and `convoy` with no arguments: the desktop console.
+//! `convoy gui [--db PATH] [--broker URL] [--tiles FILE | --tile-url URL]`, and `convoy` with no
+//! arguments: the desktop console.
 //!
 //! With neither `--db` nor `--broker` the console opens on a live demo (embedded broker,
 //! synthetic fleet in a demo cache, simulated devices). With `--db` it shows that cache, and
@@ -10,6 +11,7 @@ use clap::CommandFactory;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
+use crate::gui::tiles::{MbTiles, TileSpec};
 use crate::gui::{Backend, DemoOptions, View};
 
 #[derive(clap::Args, Debug, Default)]
@@ -23,6 +25,16 @@ pub struct Args {
     /// Topic prefix.
     #[arg(long, default_value = "convoy/v1")]
     pub prefix: String,
+    /// Draw the tiles of this raster MBTiles file (PNG or JPEG) over the offline basemap.
+    #[arg(long, value_name = "FILE.mbtiles", conflicts_with = "tile_url")]
+    pub tiles: Option<PathBuf>,
+    /// Draw tiles from this XYZ tile server over the offline basemap, e.g.
+    /// https://tile.example.org/{z}/{x}/{y}.png (off unless given; kept in a disk cache).
+    #[arg(long, value_name = "URL")]
+    pub tile_url: Option<String>,
+    /// The attribution the tile server asks for (default: its host name).
+    #[arg(long, value_name = "TEXT", requires = "tile_url")]
+    pub tile_attribution: Option<String>,
     /// Start in this view instead of the last one (e.g. war-room for a wall display).
     #[arg(long, value_enum)]
     pub view: Option<StartView>,
@@ -85,6 +97,19 @@ fn backend(args: &Args) -> Result<Backend> {
     Backend::attach(db, args.broker.clone(), &args.prefix)
 }
 
+/// The tile source the flags ask for, checked before the window opens: a file that is not
+/// raster MBTiles or a URL with no `{z}`, `{x}`, `{y}` fails here, with the reason.
+fn tile_spec(args: &Args) -> Result<Option<TileSpec>> {
+    if let Some(path) = &args.tiles {
+        MbTiles::open(path)?;
+        return Ok(Some(TileSpec::MbTiles(path.clone())));
+    }
+    args.tile_url
+        .as_deref()
+        .map(|url| TileSpec::online(url, args.tile_attribution.as_deref()))
+        .transpose()
+}
+
 /// `convoy gui`: fails (non-zero exit) when there is no display.
 pub fn run(args: &Args) -> Result<()> {
     if !crate::gui::display_available() {
@@ -100,8 +125,9 @@ pub fn run(args: &Args) -> Result<()> {
             args.demo_time_scale
         );
     }
+    let tiles = tile_spec(args)?;
     let backend = backend(args)?;
-    if let Err(err) = crate::gui::run_native(backend, args.view.map(View::from)) {
+    if let Err(err) = crate::gui::run_native(backend, args.view.map(View::from), tiles) {
         eprint!("{}", no_display_notice(&format!("{err:#}")));
         return Err(err);
     }

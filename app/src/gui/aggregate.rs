@@ -11,6 +11,9 @@
 //! Building is O(n log n) and happens only when the data, the filter or the zoom level change
 //! (the map also throttles rebuilds while data streams in). This module is plain code with no
 //! egui: the map only draws what it computes.
+//!
+//! It also holds the map's selection geometry: [`point_in_polygon`] (even-odd rule) and
+//! [`select_in_polygon`], which the lasso uses.
 
 /// Number of colour classes a cell counts (see `gui::fleet::ColorMode`).
 pub const CLASSES: usize = 8;
@@ -144,9 +147,125 @@ impl Grid {
     }
 }
 
+/// Whether `p` lies inside the closed polygon `poly` (even-odd rule: a point in a loop the
+/// outline makes twice is outside). Fewer than three vertices enclose nothing. A point exactly
+/// on an edge may fall either way.
+pub fn point_in_polygon(point: [f64; 2], poly: &[[f64; 2]]) -> bool {
+    if poly.len() < 3 {
+        return false;
+    }
+    let mut inside = false;
+    let mut prev = poly[poly.len() - 1];
+    for &vertex in poly {
+        // The edge straddles the horizontal through the point, and crosses it to its right.
+        if (vertex[1] > point[1]) != (prev[1] > point[1]) {
+            let cross_x =
+                vertex[0] + (point[1] - vertex[1]) * (prev[0] - vertex[0]) / (prev[1] - vertex[1]);
+            if point[0] < cross_x {
+                inside = !inside;
+            }
+        }
+        prev = vertex;
+    }
+    inside
+}
+
+/// The devices among `devices` (indices into `xs`, `ys`) inside `poly`, in the order given.
+/// The polygon's bounding box is checked first, so a small lasso over a large fleet costs one
+/// comparison per device.
+pub fn select_in_polygon(xs: &[f32], ys: &[f32], devices: &[u32], poly: &[[f64; 2]]) -> Vec<u32> {
+    if poly.len() < 3 {
+        return Vec::new();
+    }
+    let mut b = [f64::MAX, f64::MAX, f64::MIN, f64::MIN];
+    for p in poly {
+        b = [
+            b[0].min(p[0]),
+            b[1].min(p[1]),
+            b[2].max(p[0]),
+            b[3].max(p[1]),
+        ];
+    }
+    devices
+        .iter()
+        .copied()
+        .filter(|&i| {
+            let p = [f64::from(xs[i as usize]), f64::from(ys[i as usize])];
+            p[0] >= b[0]
+                && p[0] <= b[2]
+                && p[1] >= b[1]
+                && p[1] <= b[3]
+                && point_in_polygon(p, poly)
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn check_inside(poly: &[[f64; 2]], inside: &[[f64; 2]], outside: &[[f64; 2]]) {
+        for &p in inside {
+            assert!(point_in_polygon(p, poly), "{p:?} should be inside");
+        }
+        for &p in outside {
+            assert!(!point_in_polygon(p, poly), "{p:?} should be outside");
+        }
+    }
+
+    #[test]
+    fn points_in_a_square_and_a_concave_u() {
+        let square = [[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]];
+        check_inside(
+            &square,
+            &[[0.5, 0.5], [0.01, 0.99], [0.99, 0.01]],
+            &[[1.5, 0.5], [-0.1, 0.5], [0.5, 1.01], [0.5, -3.0]],
+        );
+        // A U opening upwards: the notch between the arms is outside.
+        let u = [
+            [0.0, 0.0],
+            [3.0, 0.0],
+            [3.0, 3.0],
+            [2.0, 3.0],
+            [2.0, 1.0],
+            [1.0, 1.0],
+            [1.0, 3.0],
+            [0.0, 3.0],
+        ];
+        check_inside(
+            &u,
+            &[[0.5, 2.5], [2.5, 2.5], [1.5, 0.5], [0.5, 0.5]],
+            &[[1.5, 2.0], [1.5, 1.1], [3.5, 2.0], [1.5, 3.5]],
+        );
+        // Clockwise or anticlockwise makes no difference.
+        let mut reversed = u;
+        reversed.reverse();
+        check_inside(&reversed, &[[0.5, 2.5]], &[[1.5, 2.0]]);
+    }
+
+    #[test]
+    fn a_figure_eight_lasso_and_degenerate_ones() {
+        // A bow tie: two triangles meeting at (1, 1); both lobes are inside.
+        let bow = [[0.0, 0.0], [2.0, 2.0], [2.0, 0.0], [0.0, 2.0]];
+        check_inside(&bow, &[[0.2, 1.0], [1.8, 1.0]], &[[1.0, 0.2], [1.0, 1.8]]);
+        assert!(!point_in_polygon([0.5, 0.5], &[]));
+        assert!(!point_in_polygon([0.5, 0.5], &[[0.0, 0.0], [1.0, 1.0]]));
+        // All vertices on one line enclose nothing.
+        assert!(!point_in_polygon(
+            [0.5, 0.5],
+            &[[0.0, 0.0], [0.5, 0.5], [1.0, 1.0]]
+        ));
+    }
+
+    #[test]
+    fn the_lasso_selects_filtered_devices_inside_in_the_given_order() {
+        let xs = [0.1f32, 0.5, 0.52, 0.9, 0.5];
+        let ys = [0.1f32, 0.5, 0.48, 0.9, 0.9];
+        let tri = [[0.4, 0.4], [0.7, 0.4], [0.4, 0.7]];
+        assert_eq!(select_in_polygon(&xs, &ys, &[0, 1, 2, 3, 4], &tri), [1, 2]);
+        assert_eq!(select_in_polygon(&xs, &ys, &[2, 3], &tri), [2]);
+        assert!(select_in_polygon(&xs, &ys, &[0, 1, 2], &tri[..2]).is_empty());
+    }
 
     fn grid(points: &[(f32, f32, u8)], cell: f64) -> Grid {
         let xs: Vec<f32> = points.iter().map(|p| p.0).collect();

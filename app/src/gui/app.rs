@@ -180,6 +180,22 @@ pub struct DeviceHistory {
     pub state: HistoryState,
 }
 
+/// The selected device's telemetry rollups from the cache, as far as the backend has answered.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TelemetryState {
+    Loading,
+    /// One series per [`crate::gui::backend::TELEMETRY_METRICS`] entry, in that order.
+    Loaded(Vec<crate::gui::backend::TelemetrySeries>),
+    Failed(String),
+}
+
+/// The telemetry of one device, as the device view plots it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeviceTelemetry {
+    pub device_id: String,
+    pub state: TelemetryState,
+}
+
 /// A named set of devices, made on the map or from a filter. Lives for the session.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Cohort {
@@ -220,6 +236,8 @@ pub struct ConsoleApp {
     pub model: Option<FleetModel>,
     pub derived: Derived,
     derive: Option<DeriveWorker>,
+    /// Why there is no derive worker, if its thread could not start.
+    derive_error: Option<String>,
     pub derive_mode: DeriveMode,
     /// The query the worker was last sent.
     sent_query: Option<Query>,
@@ -243,6 +261,8 @@ pub struct ConsoleApp {
     pub cohorts: Vec<Cohort>,
     /// The selected device's update history (requested when the device is opened).
     pub history: Option<DeviceHistory>,
+    /// The selected device's telemetry rollups (requested with the history).
+    pub telemetry: Option<DeviceTelemetry>,
     toasts: Vec<Toast>,
     pub map: MapState,
     pub cohort_cache: crate::gui::cohorts::CohortCache,
@@ -278,6 +298,7 @@ impl ConsoleApp {
             model: None,
             derived: Derived::default(),
             derive: None,
+            derive_error: None,
             derive_mode: DeriveMode::Wait,
             sent_query: None,
             sent_level: None,
@@ -294,6 +315,7 @@ impl ConsoleApp {
             selected: None,
             cohorts: Vec::new(),
             history: None,
+            telemetry: None,
             toasts: Vec::new(),
             map: MapState::default(),
             cohort_cache: crate::gui::cohorts::CohortCache::default(),
@@ -310,9 +332,7 @@ impl ConsoleApp {
         };
         match DeriveWorker::spawn(Some(ctx.clone()), throttle) {
             Ok(w) => app.derive = Some(w),
-            Err(e) => app
-                .failures
-                .push(format!("could not start the derive worker thread: {e}")),
+            Err(e) => app.without_derive_worker(&e.to_string()),
         }
         if app.state.view == View::WarRoom {
             app.state.view = app.state.previous_view;
@@ -322,6 +342,22 @@ impl ConsoleApp {
             ctx.set_zoom_factor(app.state.ui_scale);
         }
         app
+    }
+
+    /// Runs without the derive worker, as when its thread cannot start (`why`): nothing is
+    /// derived, and the views say so instead of showing an empty fleet. Tests use it to see
+    /// that fallback.
+    pub fn without_derive_worker(&mut self, why: &str) {
+        self.derive = None;
+        let text = format!("could not start the derive worker thread: {why}");
+        self.failures.push(text.clone());
+        self.derive_error = Some(text);
+    }
+
+    /// Dismisses every toast now (snapshot tests, whose frames must not depend on how long a
+    /// toast has been up).
+    pub fn dismiss_toasts(&mut self) {
+        self.toasts.clear();
     }
 
     /// Queues a command for the next [`Self::logic`].
@@ -436,6 +472,9 @@ impl ConsoleApp {
                 };
                 self.selected = None;
                 self.history = None;
+                self.telemetry = None;
+                self.map.clear_grid();
+                self.cohort_cache = crate::gui::cohorts::CohortCache::default();
                 self.cohorts.clear();
                 self.toast(
                     ToastKind::Info,
@@ -483,6 +522,14 @@ impl ConsoleApp {
                     h.state = match events {
                         Ok(rows) => HistoryState::Loaded(rows),
                         Err(why) => HistoryState::Failed(why),
+                    };
+                }
+            }
+            BackendEvent::DeviceTelemetry { device_id, series } => {
+                if let Some(t) = self.telemetry.as_mut().filter(|t| t.device_id == device_id) {
+                    t.state = match series {
+                        Ok(s) => TelemetryState::Loaded(s),
+                        Err(why) => TelemetryState::Failed(why),
                     };
                 }
             }
@@ -556,13 +603,22 @@ impl ConsoleApp {
             .map(|d| d.id.clone())
         else {
             self.history = None;
+            self.telemetry = None;
             return;
         };
-        let state = if self.backend.request_history(&id) {
-            HistoryState::Loading
+        let (state, telemetry) = if self.backend.request_history(&id, self.clock.now()) {
+            (HistoryState::Loading, TelemetryState::Loading)
         } else {
-            HistoryState::Failed("the history worker is not running".into())
+            let why = "the history worker is not running";
+            (
+                HistoryState::Failed(why.into()),
+                TelemetryState::Failed(why.into()),
+            )
         };
+        self.telemetry = Some(DeviceTelemetry {
+            device_id: id.clone(),
+            state: telemetry,
+        });
         self.history = Some(DeviceHistory {
             device_id: id,
             state,
@@ -669,6 +725,15 @@ impl ConsoleApp {
             if self.model.is_none() {
                 self.loading_ui(ui);
                 return;
+            }
+            if let Some(why) = &self.derive_error {
+                ui.colored_label(tokens::BAD, format!("The console {why}."));
+                ui.label(
+                    "The map, the table, the counts and the cohorts are computed on that thread, \
+                     so they stay empty; the device view and the status bar still work. \
+                     Restart the console; if this persists, the machine is out of threads or memory.",
+                );
+                ui.separator();
             }
             match self.state.view {
                 View::Map => crate::gui::map::map_ui(self, ui),

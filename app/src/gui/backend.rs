@@ -8,8 +8,9 @@
 //! broker), and [`Backend::fixture`] (a fleet in memory, no network: for tests and benchmarks).
 //!
 //! Each also starts the history worker, a thread that answers [`Backend::request_history`]
-//! with a device's `device_events` rows from the cache ([`BackendEvent::DeviceHistory`]), so
-//! that the UI thread never runs SQL. Requests never block the UI: they go into an unbounded
+//! with a device's `device_events` rows from the cache ([`BackendEvent::DeviceHistory`]) and
+//! its hourly telemetry rollups for the device view's plots ([`BackendEvent::DeviceTelemetry`]),
+//! so that the UI thread never runs SQL. Requests never block the UI: they go into an unbounded
 //! queue of device ids, and the worker answers only the newest one waiting (a user clicking
 //! through devices needs the last one, not every one).
 //!
@@ -32,6 +33,8 @@ use crate::link::mqtt::{self, LinkConfig, LinkEvent, Role};
 use crate::link::protocol::{Inbound, Rejection, Topics};
 use crate::store::Store;
 use crate::store::events::DeviceEvent;
+use crate::store::telemetry::RollupPoint;
+use convoy_core::time::Timestamp;
 
 /// How many events may wait for the UI; when full, the link stops reading (back-pressure).
 pub const CHANNEL_CAPACITY: usize = 20_000;
@@ -39,6 +42,25 @@ pub const CHANNEL_CAPACITY: usize = 20_000;
 const OUTBOX_POLL: Duration = Duration::from_secs(2);
 /// The most history rows the device view asks for: the newest ones.
 pub const HISTORY_LIMIT: usize = 200;
+/// The telemetry metrics the device view plots, as the cache names them: battery level, and
+/// crashes and reconnects (each sample counts how many happened).
+pub const TELEMETRY_METRICS: [&str; 3] = ["battery_pct", "crash_count", "reconnect_count"];
+/// How far back the device view's plots go.
+pub const TELEMETRY_WINDOW_SECS: i64 = 7 * 24 * 3600;
+
+/// One metric's hourly rollup for one device, oldest first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TelemetrySeries {
+    pub metric: &'static str,
+    pub points: Vec<RollupPoint>,
+}
+
+/// What the history worker is asked: a device, and the time its plots end at.
+#[derive(Debug, Clone)]
+struct HistoryRequest {
+    device_id: String,
+    now: Timestamp,
+}
 
 /// What background work reports.
 #[derive(Debug)]
@@ -59,6 +81,13 @@ pub enum BackendEvent {
     DeviceHistory {
         device_id: String,
         events: Result<Vec<DeviceEvent>, String>,
+    },
+    /// A device's hourly telemetry rollups over the last [`TELEMETRY_WINDOW_SECS`], one series
+    /// per [`TELEMETRY_METRICS`] entry in that order, answering [`Backend::request_history`]
+    /// after its [`BackendEvent::DeviceHistory`].
+    DeviceTelemetry {
+        device_id: String,
+        series: Result<Vec<TelemetrySeries>, String>,
     },
     /// Something failed for good; the text says what and where.
     Failed(String),
@@ -118,7 +147,7 @@ pub struct Backend {
     pub demo: bool,
     repaint: Arc<OnceLock<egui::Context>>,
     /// Device ids for the history worker; `None` if its thread could not start.
-    history: Option<std::sync::mpsc::Sender<String>>,
+    history: Option<std::sync::mpsc::Sender<HistoryRequest>>,
     _runtime: Option<tokio::runtime::Runtime>,
 }
 
@@ -250,6 +279,8 @@ impl Backend {
         let history = spawn_history_worker(cache.clone(), reporter).ok();
         let _ = tx.try_send(BackendEvent::FleetLoaded { fleet, cache });
         let _ = tx.try_send(BackendEvent::Link(LinkStatus::Offline));
+        // Started: no progress line (and no spinner) once the fleet is in.
+        let _ = tx.try_send(BackendEvent::Stage(String::new()));
         (
             Self {
                 rx,
@@ -268,13 +299,18 @@ impl Backend {
         let _ = self.repaint.set(ctx.clone());
     }
 
-    /// Asks the history worker for `device_id`'s update history; the answer arrives as
-    /// [`BackendEvent::DeviceHistory`]. Never blocks. False if the worker is not running (its
+    /// Asks the history worker for `device_id`'s update history and its telemetry up to
+    /// `now`; the answers arrive as [`BackendEvent::DeviceHistory`] then
+    /// [`BackendEvent::DeviceTelemetry`]. Never blocks. False if the worker is not running (its
     /// thread could not start or has stopped): no answer will come.
-    pub fn request_history(&self, device_id: &str) -> bool {
-        self.history
-            .as_ref()
-            .is_some_and(|tx| tx.send(device_id.to_owned()).is_ok())
+    pub fn request_history(&self, device_id: &str, now: Timestamp) -> bool {
+        self.history.as_ref().is_some_and(|tx| {
+            tx.send(HistoryRequest {
+                device_id: device_id.to_owned(),
+                now,
+            })
+            .is_ok()
+        })
     }
 
     /// The next waiting event, if any (never blocks).
@@ -397,8 +433,8 @@ fn run_attach(
 fn spawn_history_worker(
     cache: PathBuf,
     reporter: Reporter,
-) -> Result<std::sync::mpsc::Sender<String>> {
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
+) -> Result<std::sync::mpsc::Sender<HistoryRequest>> {
+    let (tx, rx) = std::sync::mpsc::channel::<HistoryRequest>();
     std::thread::Builder::new()
         .name("convoy-history".into())
         .spawn(move || run_history(&cache, &rx, &reporter))
@@ -409,31 +445,59 @@ fn spawn_history_worker(
 /// Answers history requests until the UI (the sender) goes away. The cache is opened on the
 /// first request, not before: the demo writes it after start, and a console that never opens a
 /// device never needs it.
-fn run_history(cache: &Path, rx: &std::sync::mpsc::Receiver<String>, reporter: &Reporter) {
+fn run_history(cache: &Path, rx: &std::sync::mpsc::Receiver<HistoryRequest>, reporter: &Reporter) {
     let mut store: Option<Store> = None;
-    while let Ok(mut device_id) = rx.recv() {
+    while let Ok(mut request) = rx.recv() {
         // Only the newest request matters; the UI shows one device.
         while let Ok(newer) = rx.try_recv() {
-            device_id = newer;
+            request = newer;
         }
+        let HistoryRequest { device_id, now } = request;
         let opened = match store.take() {
             Some(s) => Ok(s),
             None => Store::open_existing(cache),
         };
-        let events = match opened {
+        let (events, series) = match opened {
             Ok(s) => {
                 let events = s
                     .device_history_newest_first(&device_id, HISTORY_LIMIT)
                     .map_err(|err| format!("{err:#}"));
+                let series = device_telemetry(&s, &device_id, now);
                 store = Some(s);
-                events
+                (events, series)
             }
-            Err(err) => Err(format!("{err:#}")),
+            Err(err) => (Err(format!("{err:#}")), Err(format!("{err:#}"))),
         };
-        if !reporter.blocking(BackendEvent::DeviceHistory { device_id, events }) {
+        if !reporter.blocking(BackendEvent::DeviceHistory {
+            device_id: device_id.clone(),
+            events,
+        }) {
+            return;
+        }
+        if !reporter.blocking(BackendEvent::DeviceTelemetry { device_id, series }) {
             return;
         }
     }
+}
+
+/// The hourly rollups of [`TELEMETRY_METRICS`] for `device_id`, buckets starting in the
+/// [`TELEMETRY_WINDOW_SECS`] before `now` (and the bucket holding `now`).
+fn device_telemetry(
+    store: &Store,
+    device_id: &str,
+    now: Timestamp,
+) -> Result<Vec<TelemetrySeries>, String> {
+    let from = Timestamp::from_secs(now.secs() - TELEMETRY_WINDOW_SECS);
+    let to = Timestamp::from_secs(now.secs() + 1);
+    TELEMETRY_METRICS
+        .iter()
+        .map(|&metric| {
+            store
+                .device_series(device_id, metric, from, to)
+                .map(|points| TelemetrySeries { metric, points })
+                .map_err(|err| format!("{err:#}"))
+        })
+        .collect()
 }
 
 /// Reads the outbox depth every few seconds until the UI goes away.

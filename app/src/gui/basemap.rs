@@ -7,8 +7,8 @@
 //! thread only uploads finished pixels, and shows a lower-zoom tile scaled up until the exact
 //! one is ready.
 //!
-//! Deliberately not here: MBTiles files and online tile servers (not built yet; the map says
-//! so), labels, roads and rivers. The data is 1:50m, so detail stops growing beyond zoom 8 or so.
+//! Deliberately not here: MBTiles files and online tile servers (`gui::tiles`, drawn over this
+//! basemap), labels, roads and rivers. The data is 1:50m, so detail stops growing beyond zoom 8 or so.
 
 // Geometry reads best in the usual single letters (points a, b; coordinates x, y; parameter t).
 #![allow(clippy::many_single_char_names)]
@@ -403,10 +403,15 @@ impl BasemapTiles {
     pub fn cached(&self) -> usize {
         self.cache.len()
     }
+
+    /// Tiles asked of the worker and not yet received.
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
 }
 
 /// A lower-zoom tile and the part of it that covers `id`.
-fn ancestor(id: TileId, levels: u8) -> (TileId, Rect) {
+pub(crate) fn ancestor(id: TileId, levels: u8) -> (TileId, Rect) {
     let d = 1u32 << levels;
     let parent = TileId {
         x: id.x / d,

@@ -1,13 +1,13 @@
 //! Cohorts: the fleet (or the filtered part of it) summarised by model, hardware revision,
 //! region, depot, connectivity and customer tier, each group with its colour-class make-up,
 //! and the cohorts made on the map. Summaries are computed by the derive worker when the data
-//! changes (here only when the view opens), never per frame.
+//! changes or the view opens, never here; until the first answer the view says "summarising…".
 
 use egui::RichText;
 
 use crate::gui::app::{Cohort, ConsoleApp, UiCommand};
 use crate::gui::model::class_counts;
-use crate::gui::query::{SUMMARY_ATTRIBUTES, SummaryRow, summarise};
+use crate::gui::query::SummaryRow;
 use crate::gui::tokens;
 
 /// Summaries cached against the data generation they were computed from.
@@ -19,27 +19,17 @@ pub struct CohortCache {
 
 /// Draws the cohorts view.
 pub fn cohorts_ui(app: &mut ConsoleApp, ui: &mut egui::Ui) {
-    let Some(model) = app.model.as_ref() else {
+    if app.model.is_none() {
         return;
-    };
-    if app.cohort_cache.generation != Some(app.derived.generation) {
-        // The derive worker summarises while this view shows; only the first frame after
-        // opening the view summarises here.
-        app.cohort_cache.tables = if let Some(tables) = app.derived.summaries.take() {
-            tables
-        } else {
-            SUMMARY_ATTRIBUTES
-                .iter()
-                .map(|(attr, title)| {
-                    (
-                        *title,
-                        summarise(model, attr, &app.derived.classes, &app.derived.filtered),
-                    )
-                })
-                .collect()
-        };
+    }
+    if app.cohort_cache.generation != Some(app.derived.generation)
+        && let Some(tables) = app.derived.summaries.take()
+    {
+        // The derive worker summarises while this view shows, and when it opens.
+        app.cohort_cache.tables = tables;
         app.cohort_cache.generation = Some(app.derived.generation);
     }
+    let current = app.cohort_cache.generation == Some(app.derived.generation);
     let mode = app.state.color_mode;
     let mut commands = Vec::new();
     egui::ScrollArea::vertical().show(ui, |ui| {
@@ -56,7 +46,7 @@ pub fn cohorts_ui(app: &mut ConsoleApp, ui: &mut egui::Ui) {
         ui.label(RichText::new("Selected cohorts").strong());
         if app.cohorts.is_empty() {
             ui.label(
-                RichText::new("None yet: Shift+drag a box on the map to make one.")
+                RichText::new("None yet: Shift+drag a box or a lasso on the map to make one.")
                     .color(tokens::MUTED),
             );
         }
@@ -73,6 +63,14 @@ pub fn cohorts_ui(app: &mut ConsoleApp, ui: &mut egui::Ui) {
             });
         }
         ui.add_space(10.0);
+        if !current {
+            let text = if app.cohort_cache.tables.is_empty() {
+                "summarising…"
+            } else {
+                "updating…"
+            };
+            ui.label(RichText::new(text).color(tokens::MUTED));
+        }
         for (title, rows) in &app.cohort_cache.tables {
             egui::CollapsingHeader::new(RichText::new(*title).strong())
                 .default_open(true)

@@ -13,10 +13,11 @@
 //! in); a changed query is derived at once.
 //!
 //! When the map is showing, the worker also bins the result into the map grid at the map's
-//! zoom level, so that the frame which swaps the answer in does not rebuild the grid either; a
-//! zoom change alone is still binned by the map on the UI thread. Likewise, when the cohort
-//! view shows, the worker summarises the answer by attribute; opening the view alone summarises
-//! on the UI thread, once.
+//! zoom level, so that the frame which swaps the answer in does not rebuild the grid either.
+//! Likewise, when the cohort view shows, the worker summarises the answer by attribute. A zoom
+//! level change or the cohort view opening, with no data or query change, is answered too: the
+//! worker keeps a copy of its last result's classes, filter and order, and bins or summarises
+//! that (no derivation), so neither ever costs the UI thread a fleet-sized step.
 //!
 //! Deliberately not here: drawing, writing to the cache.
 
@@ -80,6 +81,22 @@ pub struct Derived {
 }
 
 impl Derived {
+    /// A copy of the classes, filter, order and counts under `generation`, without the grid
+    /// and summaries: what the worker bins and summarises again when only the view changed.
+    fn base_copy(&self, generation: u64) -> Self {
+        Self {
+            classes: self.classes.clone(),
+            filtered: self.filtered.clone(),
+            order: self.order.clone(),
+            counts_all: self.counts_all,
+            counts_filtered: self.counts_filtered,
+            newest_last_seen: self.newest_last_seen,
+            generation,
+            grid: None,
+            summaries: None,
+        }
+    }
+
     /// Derives everything from `model` and `query`. Time proportional to the fleet: only the
     /// worker (and benchmarks) call it.
     pub fn compute(model: &FleetModel, query: &Query, generation: u64) -> Self {
@@ -115,19 +132,30 @@ pub enum DeriveRequest {
     /// A validated message the UI applied to its model.
     Inbound(Box<Inbound>),
     Query(Query),
-    /// The map's zoom level while it shows, `None` otherwise. Not numbered and derives
-    /// nothing by itself: the next result carries a grid for it.
+    /// The map's zoom level while it shows, `None` otherwise. A level is answered with a
+    /// result carrying the grid at that level; `None` is not numbered and answers nothing.
     MapLevel(Option<u8>),
-    /// Whether the cohort view shows. Not numbered either: the next result carries summaries.
+    /// Whether the cohort view shows. `true` is answered with a result carrying the summaries;
+    /// `false` is not numbered and answers nothing.
     Summaries(bool),
 }
 
 impl DeriveRequest {
-    /// Whether the request is numbered (see [`DeriveResult::seen`]).
+    /// Whether the request is numbered (see [`DeriveResult::seen`]): whether it asks for an
+    /// answer.
     fn numbered(&self) -> bool {
         !matches!(
             self,
-            DeriveRequest::MapLevel(_) | DeriveRequest::Summaries(_)
+            DeriveRequest::MapLevel(None) | DeriveRequest::Summaries(false)
+        )
+    }
+
+    /// Whether the request changes what is derived (rather than only what is binned or
+    /// summarised from it).
+    fn changes_data(&self) -> bool {
+        matches!(
+            self,
+            DeriveRequest::Load(_) | DeriveRequest::Inbound(_) | DeriveRequest::Query(_)
         )
     }
 }
@@ -204,26 +232,38 @@ struct Replica {
     summaries: bool,
     seen: u64,
     generation: u64,
-    /// Something changed since the last result; `query_changed` if the query did.
+    /// Something numbered arrived since the last result; `query_changed` if it must be
+    /// answered at once (a query or a view change), `data_changed` if it changes what is
+    /// derived.
     dirty: bool,
     query_changed: bool,
+    data_changed: bool,
+    /// The last result's derived data, kept to answer a view change without deriving again.
+    last: Option<Derived>,
 }
 
 impl Replica {
     fn apply(&mut self, request: DeriveRequest) {
+        if request.numbered() {
+            self.seen += 1;
+            self.dirty = true;
+        }
+        if request.changes_data() {
+            self.data_changed = true;
+        }
         match request {
             DeriveRequest::MapLevel(level) => {
                 self.map_level = level;
+                self.query_changed |= level.is_some();
                 return;
             }
             DeriveRequest::Summaries(on) => {
                 self.summaries = on;
+                self.query_changed |= on;
                 return;
             }
             _ => {}
         }
-        self.seen += 1;
-        self.dirty = true;
         match request {
             DeriveRequest::Load(fleet) => {
                 self.model = Some(FleetModel::new(*fleet));
@@ -258,6 +298,8 @@ fn run(
         generation: 0,
         dirty: false,
         query_changed: false,
+        data_changed: false,
+        last: None,
     };
     let mut last_result: Option<Instant> = None;
     loop {
@@ -276,7 +318,7 @@ fn run(
             }
         }
         if !r.dirty {
-            // Only unnumbered requests (map level, cohort view): they wait for the next change.
+            // Only unnumbered requests (map or cohort view hidden): nothing to answer.
             continue;
         }
         let wait = last_result
@@ -299,7 +341,11 @@ fn run(
         };
         let start = Instant::now();
         r.generation += 1;
-        let mut derived = Derived::compute(model, query, r.generation);
+        let mut derived = match r.last.as_ref().filter(|_| !r.data_changed) {
+            // Only the view changed: bin or summarise the last result again.
+            Some(last) => last.base_copy(r.generation),
+            None => Derived::compute(model, query, r.generation),
+        };
         derived.grid = r.map_level.map(|level| {
             let cell = cell_size_for(level, crate::gui::tokens::CLUSTER_CELL_PX);
             let grid = Grid::build(
@@ -320,13 +366,17 @@ fn run(
                 })
                 .collect()
         });
+        let compute = start.elapsed();
+        // Kept for the next view change; copied after timing, it is not part of the answer.
+        r.last = Some(derived.base_copy(derived.generation));
         let result = DeriveResult {
             derived,
             seen: r.seen,
-            compute: start.elapsed(),
+            compute,
         };
         r.dirty = false;
         r.query_changed = false;
+        r.data_changed = false;
         last_result = Some(Instant::now());
         if tx.send(result).is_err() {
             return;
@@ -416,6 +466,48 @@ mod tests {
             summaries[0].1,
             summarise(&m, "model", &reference.classes, &reference.filtered)
         );
+    }
+
+    #[test]
+    fn a_zoom_level_or_the_cohort_view_alone_is_answered_from_the_last_result() {
+        let mut w = DeriveWorker::spawn(None, Duration::ZERO).expect("thread starts");
+        assert!(w.send(DeriveRequest::Load(Box::new(fleet()))));
+        assert!(w.send(DeriveRequest::Query(query("eu"))));
+        let first = w.wait_result().expect("an answer");
+        assert!(first.derived.grid.is_none());
+        let m = FleetModel::new(fleet());
+        for level in [4u8, 9] {
+            // The map shows (or zooms to another level): answered with a grid, no new query.
+            assert!(w.send(DeriveRequest::MapLevel(Some(level))));
+            let r = w.wait_result().expect("an answer to the level alone");
+            assert_eq!(r.seen, w.sent);
+            assert!(r.derived.generation > first.derived.generation);
+            assert_eq!(r.derived.filtered, first.derived.filtered);
+            assert_eq!(r.derived.order, first.derived.order);
+            let (got_level, grid) = r.derived.grid.expect("a grid");
+            let own = Grid::build(
+                &m.map_x,
+                &m.map_y,
+                &first.derived.classes,
+                &first.derived.filtered,
+                cell_size_for(level, crate::gui::tokens::CLUSTER_CELL_PX),
+            );
+            assert_eq!(got_level, level);
+            assert_eq!(grid.cells(), own.cells());
+        }
+        // Leaving the map asks for nothing.
+        let sent = w.sent;
+        assert!(w.send(DeriveRequest::MapLevel(None)));
+        assert_eq!(w.sent, sent, "not numbered");
+        // Opening the cohort view alone: answered with the summaries.
+        assert!(w.send(DeriveRequest::Summaries(true)));
+        let r = w.wait_result().expect("an answer to the cohort view");
+        let summaries = r.derived.summaries.expect("summaries");
+        assert_eq!(
+            summaries[0].1,
+            summarise(&m, "model", &first.derived.classes, &first.derived.filtered)
+        );
+        assert!(r.derived.grid.is_none(), "the map is not showing");
     }
 
     #[test]

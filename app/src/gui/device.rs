@@ -2,15 +2,22 @@
 //! progress, failures, the latest telemetry, this device's recent events in this session, and
 //! its update history from the cache (`device_events`, newest first).
 //!
-//! The history is read by the backend's history worker, never here: the view shows "loading…"
-//! until the answer arrives. Not built yet: telemetry plots; the view says so.
+//! It also plots the device's hourly telemetry rollups from the cache over the last week
+//! (battery level, crashes and reconnects per hour) with egui_plot; [`plot_points`] turns
+//! rollup buckets into plot points in plain, tested code.
+//!
+//! The history and the rollups are read by the backend's history worker, never here: the view
+//! shows "loading…" until the answer arrives.
 
 use egui::RichText;
 
-use crate::gui::app::{ConsoleApp, HistoryState, UiCommand, age};
-use crate::gui::backend::HISTORY_LIMIT;
+use convoy_core::time::Timestamp;
+
+use crate::gui::app::{ConsoleApp, HistoryState, TelemetryState, UiCommand, age};
+use crate::gui::backend::{HISTORY_LIMIT, TELEMETRY_WINDOW_SECS, TelemetrySeries};
 use crate::gui::model::state_name;
 use crate::gui::tokens;
+use crate::store::telemetry::RollupPoint;
 
 /// Draws the device view.
 pub fn device_ui(app: &mut ConsoleApp, ui: &mut egui::Ui) {
@@ -226,16 +233,118 @@ pub fn device_ui(app: &mut ConsoleApp, ui: &mut egui::Ui) {
                 }
             },
         }
-        ui.add_space(6.0);
-        ui.label(
-            RichText::new("Telemetry plots: not built yet.")
-                .small()
-                .color(tokens::MUTED),
-        );
+        ui.add_space(10.0);
+        ui.label(RichText::new("Telemetry (cache, last 7 days)").strong());
+        match app.telemetry.as_ref().filter(|t| t.device_id == d.id) {
+            None => {
+                ui.label(RichText::new("loading…").color(tokens::MUTED));
+            }
+            Some(t) => match &t.state {
+                TelemetryState::Loading => {
+                    ui.label(RichText::new("loading…").color(tokens::MUTED));
+                }
+                TelemetryState::Failed(why) => {
+                    ui.colored_label(tokens::BAD, format!("Could not read the telemetry: {why}"));
+                }
+                TelemetryState::Loaded(series) => {
+                    for s in series {
+                        telemetry_plot_ui(ui, s, now);
+                    }
+                }
+            },
+        }
     });
     for c in commands {
         app.send(c);
     }
+}
+
+/// How a metric is plotted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlotKind {
+    /// The hourly mean, as a line (a level, such as battery).
+    Mean,
+    /// The hourly total, as bars (counts, such as crashes).
+    PerHour,
+}
+
+/// The title and kind of the plot of `metric`.
+pub fn plot_style(metric: &str) -> (&'static str, PlotKind) {
+    match metric {
+        "battery_pct" => ("Battery (%), hourly mean", PlotKind::Mean),
+        "crash_count" => ("Crashes per hour", PlotKind::PerHour),
+        "reconnect_count" => ("Reconnects per hour", PlotKind::PerHour),
+        _ => ("Telemetry", PlotKind::Mean),
+    }
+}
+
+/// Plot points of hourly rollup buckets: x is the bucket's start in hours before `now`
+/// (negative), y the bucket's mean, or its total (mean times count) for [`PlotKind::PerHour`].
+pub fn plot_points(points: &[RollupPoint], now: Timestamp, kind: PlotKind) -> Vec<[f64; 2]> {
+    points
+        .iter()
+        .map(|p| {
+            let x = (p.bucket - now.secs()) as f64 / 3600.0;
+            let y = match kind {
+                PlotKind::Mean => p.mean,
+                PlotKind::PerHour => (p.mean * p.count as f64 * 1e6).round() / 1e6,
+            };
+            [x, y]
+        })
+        .collect()
+}
+
+/// One metric's plot, or a line saying the cache has none.
+fn telemetry_plot_ui(ui: &mut egui::Ui, series: &TelemetrySeries, now: Timestamp) {
+    let (title, kind) = plot_style(series.metric);
+    ui.label(title);
+    if series.points.is_empty() {
+        ui.label(
+            RichText::new(format!(
+                "No {} samples in the cache in the last 7 days.",
+                series.metric
+            ))
+            .small()
+            .color(tokens::MUTED),
+        );
+        return;
+    }
+    let points = plot_points(&series.points, now, kind);
+    let window_hours = TELEMETRY_WINDOW_SECS as f64 / 3600.0;
+    let plot = egui_plot::Plot::new(("telemetry", series.metric))
+        .height(110.0)
+        .allow_zoom(false)
+        .allow_drag(false)
+        .allow_scroll(false)
+        .allow_boxed_zoom(false)
+        .allow_double_click_reset(false)
+        .include_x(-window_hours)
+        .include_x(0.0)
+        .include_y(0.0)
+        .x_axis_label("hours before now");
+    let plot = if kind == PlotKind::Mean && series.metric == "battery_pct" {
+        plot.include_y(100.0)
+    } else {
+        plot
+    };
+    let response = plot.show(ui, |plot_ui| match kind {
+        PlotKind::Mean => plot_ui.line(
+            egui_plot::Line::new(title, egui_plot::PlotPoints::from(points))
+                .color(tokens::OK)
+                .width(2.0),
+        ),
+        PlotKind::PerHour => {
+            let bars = points
+                .iter()
+                .map(|p| egui_plot::Bar::new(p[0] + 0.5, p[1]).width(0.9))
+                .collect();
+            plot_ui.bar_chart(egui_plot::BarChart::new(title, bars).color(tokens::WARN));
+        }
+    });
+    let label = format!("{title} plot");
+    response
+        .response
+        .widget_info(|| egui::WidgetInfo::labeled(egui::Role::Image, true, &label));
 }
 
 /// The longest payload summary shown in a history row; the full JSON is on hover.
@@ -284,6 +393,40 @@ mod tests {
         assert_eq!(payload_summary(r#"{"a":{"b":[1,2]}}"#), r#"a={"b":[1,2]}"#);
         assert_eq!(payload_summary("[1,2]"), "[1,2]");
         assert_eq!(payload_summary("not json"), "not json");
+    }
+
+    fn point(bucket: i64, count: u64, mean: f64) -> RollupPoint {
+        RollupPoint {
+            bucket,
+            count,
+            mean,
+            min: mean,
+            max: mean,
+        }
+    }
+
+    #[test]
+    fn rollups_plot_as_hours_before_now() {
+        let now = Timestamp::from_secs(1_800_000_000);
+        let hour = |h: i64| now.secs() - h * 3600;
+        let rollups = [point(hour(5), 4, 80.5), point(hour(1), 2, 1.5)];
+        assert_eq!(
+            plot_points(&rollups, now, PlotKind::Mean),
+            [[-5.0, 80.5], [-1.0, 1.5]]
+        );
+        // Per hour: the bucket's total, mean times count.
+        assert_eq!(
+            plot_points(&rollups, now, PlotKind::PerHour),
+            [[-5.0, 322.0], [-1.0, 3.0]]
+        );
+        // A bucket that started 90 minutes ago.
+        assert_eq!(
+            plot_points(&[point(now.secs() - 5400, 1, 2.0)], now, PlotKind::Mean),
+            [[-1.5, 2.0]]
+        );
+        assert!(plot_points(&[], now, PlotKind::Mean).is_empty());
+        assert_eq!(plot_style("crash_count").1, PlotKind::PerHour);
+        assert_eq!(plot_style("battery_pct").1, PlotKind::Mean);
     }
 
     #[test]

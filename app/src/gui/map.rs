@@ -1,10 +1,13 @@
-//! The fleet map: the offline basemap from [`crate::gui::basemap`], vehicles coloured by update
+//! The fleet map: the offline basemap from [`crate::gui::basemap`] (under an MBTiles file or an
+//! online tile server from [`crate::gui::tiles`] when one is given), vehicles coloured by update
 //! state or health, clusters where vehicles do not fit, a legend that filters, hover and click
-//! to a device, and Shift+drag box selection into a cohort.
+//! to a device, and Shift+drag box or lasso selection into a cohort (the lasso's
+//! point-in-polygon test is plain code in [`crate::gui::aggregate`]).
 //!
 //! Per frame the map asks the [`Grid`] for the cells in view and draws those: one marker per
-//! vehicle where a cell holds few, one cluster otherwise. The grid is rebuilt only when the
-//! filtered set, the colours or the zoom level change. walkers only draws; the aggregation is
+//! vehicle where a cell holds few, one cluster otherwise. The grid is built by the derive worker
+//! when the filtered set, the colours or the zoom level change; the map keeps the previous one
+//! until the new one arrives. walkers only draws; the aggregation is
 //! plain code in [`crate::gui::aggregate`].
 
 // Screen geometry reads best in single letters (corners a, b; points p, q).
@@ -14,9 +17,10 @@ use egui::{Color32, Pos2, Rect, RichText, Shape, Stroke, Vec2};
 use std::sync::Arc;
 use walkers::{MapMemory, Projector, lon_lat};
 
-use crate::gui::aggregate::{Grid, cell_size_for};
+use crate::gui::aggregate::{Grid, select_in_polygon};
 use crate::gui::app::{ConsoleApp, Theme, UiCommand};
 use crate::gui::basemap::{BasemapTiles, Outlines, inverse_mercator, mercator};
+use crate::gui::tiles::{LayeredTiles, SourceTiles, TileSpec};
 use crate::gui::tokens;
 
 /// The map's own state: walkers' memory, the tile sources and the grid.
@@ -27,11 +31,29 @@ pub struct MapState {
     tiles_dark: Option<BasemapTiles>,
     tiles_light: Option<BasemapTiles>,
     basemap_error: Option<String>,
+    /// Tiles drawn over the basemap, if the user gave a source; started on first draw.
+    source_spec: Option<TileSpec>,
+    pub source: Option<SourceTiles>,
+    source_error: Option<String>,
     pub grid: Grid,
     grid_stamp: Option<(u64, u8)>,
     selection_start: Option<Pos2>,
+    /// The lasso's outline so far, in screen points.
+    lasso: Vec<Pos2>,
+    pub tool: SelectTool,
     selections: usize,
 }
+
+/// What Shift+drag on the map draws.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SelectTool {
+    #[default]
+    Box,
+    Lasso,
+}
+
+/// A lasso point is recorded once the pointer has moved this far from the last one.
+const LASSO_STEP_PX: f32 = 3.0;
 
 impl std::fmt::Debug for MapState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -72,19 +94,10 @@ impl MapState {
         self.memory.zoom().floor().clamp(0.0, 24.0) as u8
     }
 
-    /// Rebuilds the grid if the filtered set, the classes or the zoom level changed. Takes
-    /// `prebuilt` (the derive worker's grid of this generation) instead when it is at the
-    /// current level, so that new data costs the UI thread no binning; a zoom change alone is
-    /// binned here.
-    pub fn update_grid(
-        &mut self,
-        app_xs: &[f32],
-        app_ys: &[f32],
-        classes: &[u8],
-        filtered: &[u32],
-        generation: u64,
-        prebuilt: &mut Option<(u8, Grid)>,
-    ) {
+    /// Takes the derive worker's grid (`prebuilt`) when it is for this generation and the
+    /// current zoom level. Until the worker has answered for a new level or new data, the
+    /// previous grid stays on screen: the UI thread never bins the fleet.
+    pub fn update_grid(&mut self, generation: u64, prebuilt: &mut Option<(u8, Grid)>) {
         let level = self.level();
         if self.grid_stamp == Some((generation, level)) {
             return;
@@ -92,16 +105,67 @@ impl MapState {
         if let Some((_, grid)) = prebuilt.take_if(|(l, _)| *l == level) {
             self.grid = grid;
             self.grid_stamp = Some((generation, level));
+        }
+    }
+
+    /// Whether the grid on screen is the one for the current data and zoom level.
+    pub fn grid_current(&self, generation: u64) -> bool {
+        self.grid_stamp == Some((generation, self.level()))
+    }
+
+    /// Forgets the grid: its device indices belong to a fleet that has been replaced.
+    pub fn clear_grid(&mut self) {
+        self.grid = Grid::default();
+        self.grid_stamp = None;
+    }
+
+    /// Basemap tiles drawn so far, and those asked for and not drawn yet, in both palettes
+    /// (tests wait for them).
+    pub fn basemap_tiles(&self) -> (usize, usize) {
+        let count = |f: fn(&BasemapTiles) -> usize| {
+            self.tiles_dark.as_ref().map_or(0, f) + self.tiles_light.as_ref().map_or(0, f)
+        };
+        (count(BasemapTiles::cached), count(BasemapTiles::pending))
+    }
+
+    /// Draws `spec`'s tiles over the basemap from the next frame on.
+    pub fn set_tile_source(&mut self, spec: TileSpec) {
+        self.source_spec = Some(spec);
+        self.source = None;
+        self.source_error = None;
+    }
+
+    /// Starts the tile source's workers once; a source that cannot start is reported on the
+    /// map and the basemap shows alone.
+    fn start_source(&mut self, ctx: &egui::Context) {
+        if self.source.is_some() || self.source_error.is_some() {
             return;
         }
-        self.grid = Grid::build(
-            app_xs,
-            app_ys,
-            classes,
-            filtered,
-            cell_size_for(level, tokens::CLUSTER_CELL_PX),
-        );
-        self.grid_stamp = Some((generation, level));
+        if let Some(spec) = &self.source_spec {
+            match SourceTiles::start(ctx, spec) {
+                Ok(s) => self.source = Some(s),
+                Err(e) => self.source_error = Some(format!("{e:#}")),
+            }
+        }
+    }
+
+    /// The attribution line: every source that draws, and what failed.
+    pub fn attribution(&self) -> String {
+        let base = match &self.basemap_error {
+            Some(e) => format!("Basemap unavailable: {e}"),
+            None => "Basemap: Natural Earth (public domain), offline".to_owned(),
+        };
+        match (&self.source, &self.source_error) {
+            (Some(s), _) if s.failures > 0 => format!(
+                "{} · {base} where tiles are missing · {} tiles unreadable, latest: {}",
+                s.attribution_text(),
+                s.failures,
+                s.last_failure.as_deref().unwrap_or("-")
+            ),
+            (Some(s), _) => format!("{} · {base} where tiles are missing", s.attribution_text()),
+            (None, Some(e)) => format!("Tiles unavailable: {e} · {base}"),
+            (None, None) => base,
+        }
     }
 
     fn tiles(&mut self, ctx: &egui::Context, dark: bool) -> Option<&mut BasemapTiles> {
@@ -177,8 +241,17 @@ pub fn map_ui(app: &mut ConsoleApp, ui: &mut egui::Ui) {
         if ui.button("Fit fleet").on_hover_text("Fit the devices that pass the filter").clicked() {
             fit(app, ui.available_width().max(400.0));
         }
+        ui.separator();
+        for (tool, label, hint) in [
+            (SelectTool::Box, "Box select", "Shift+drag selects the devices in a box"),
+            (SelectTool::Lasso, "Lasso select", "Shift+drag draws a lasso around the devices to select"),
+        ] {
+            if ui.add(egui::Button::selectable(app.map.tool == tool, label)).on_hover_text(hint).clicked() {
+                app.map.tool = tool;
+            }
+        }
         ui.label(
-            RichText::new("Shift+drag: select a box into a cohort · click a vehicle to open it · click a cluster to zoom")
+            RichText::new("Shift+drag: select into a cohort · click a vehicle to open it · click a cluster to zoom")
                 .small()
                 .color(tokens::MUTED),
         );
@@ -188,32 +261,41 @@ pub fn map_ui(app: &mut ConsoleApp, ui: &mut egui::Ui) {
     };
     let dark = app.state.theme == Theme::Dark;
     let generation = app.derived.generation;
-    app.map.update_grid(
-        &model.map_x,
-        &model.map_y,
-        &app.derived.classes,
-        &app.derived.filtered,
-        generation,
-        &mut app.derived.grid,
-    );
+    app.map.update_grid(generation, &mut app.derived.grid);
+    let grid_current = app.map.grid_current(generation);
     let shift = ui.input(|i| i.modifiers.shift);
     let ctx = ui.ctx().clone();
     // The tile source is created lazily; the map still draws vehicles without it.
     let _ = app.map.tiles(&ctx, dark);
+    app.map.start_source(&ctx);
+    let attribution = app.map.attribution();
     let MapState {
         memory,
         tiles_dark,
         tiles_light,
+        source,
         grid,
         selection_start,
+        lasso,
+        tool,
         selections,
-        basemap_error,
         ..
     } = &mut app.map;
-    let tiles: Option<&mut dyn walkers::Tiles> = if dark {
-        tiles_dark.as_mut().map(|t| t as &mut dyn walkers::Tiles)
+    let tool = *tool;
+    let base = if dark {
+        tiles_dark.as_mut()
     } else {
-        tiles_light.as_mut().map(|t| t as &mut dyn walkers::Tiles)
+        tiles_light.as_mut()
+    };
+    let mut layered = source
+        .as_mut()
+        .map(|source| LayeredTiles { source, base: None });
+    let tiles: Option<&mut dyn walkers::Tiles> = match &mut layered {
+        Some(l) => {
+            l.base = base;
+            Some(l as &mut dyn walkers::Tiles)
+        }
+        None => base.map(|t| t as &mut dyn walkers::Tiles),
     };
     let classes = &app.derived.classes;
     let filtered = &app.derived.filtered;
@@ -239,17 +321,28 @@ pub fn map_ui(app: &mut ConsoleApp, ui: &mut egui::Ui) {
         let (a, b) = (corner(rect.min), corner(rect.max));
         let pointer = response.hover_pos();
         let mut hovered_device: Option<(usize, f32)> = None;
-        let mut hovered_cluster: Option<(f64, f64, [u32; crate::gui::aggregate::CLASSES], u32)> = None;
-        for cell in grid.visible([a[0].min(b[0]), a[1].min(b[1])], [a[0].max(b[0]), a[1].max(b[1])]) {
+        let mut hovered_cluster: Option<(f64, f64, [u32; crate::gui::aggregate::CLASSES], u32)> =
+            None;
+        for cell in grid.visible(
+            [a[0].min(b[0]), a[1].min(b[1])],
+            [a[0].max(b[0]), a[1].max(b[1])],
+        ) {
             if cell.count <= tokens::MARKERS_PER_CELL {
                 for &i in grid.members(cell) {
                     let d = &model.fleet.devices[i as usize];
                     let p = to_screen(projector, d.position.lat, d.position.lon);
                     let color = tokens::class_color(mode, usize::from(classes[i as usize]));
-                    painter.circle(p, tokens::MARKER_RADIUS, color, Stroke::new(1.0, Color32::from_black_alpha(160)));
+                    painter.circle(
+                        p,
+                        tokens::MARKER_RADIUS,
+                        color,
+                        Stroke::new(1.0, Color32::from_black_alpha(160)),
+                    );
                     if let Some(ptr) = pointer {
                         let dist = ptr.distance(p);
-                        if dist <= tokens::MARKER_RADIUS + 3.0 && hovered_device.is_none_or(|(_, best)| dist < best) {
+                        if dist <= tokens::MARKER_RADIUS + 3.0
+                            && hovered_device.is_none_or(|(_, best)| dist < best)
+                        {
                             hovered_device = Some((i as usize, dist));
                         }
                     }
@@ -259,33 +352,75 @@ pub fn map_ui(app: &mut ConsoleApp, ui: &mut egui::Ui) {
                 let p = to_screen(projector, lat, lon);
                 // Grows with the count but stays inside its 64-point square, so neighbours never overlap.
                 let radius = (9.0 + 2.2 * (cell.count as f32).ln()).min(30.0);
-                cluster_shape(&painter, p, radius, &cell.by_class, cell.count, mode, panel_fill, text_color);
+                cluster_shape(
+                    &painter,
+                    p,
+                    radius,
+                    &cell.by_class,
+                    cell.count,
+                    mode,
+                    panel_fill,
+                    text_color,
+                );
                 if pointer.is_some_and(|ptr| ptr.distance(p) <= radius) {
                     hovered_cluster = Some((lat, lon, cell.by_class, cell.count));
                 }
             }
         }
-        // Box selection.
+        // Box or lasso selection.
         if shift && response.drag_started() {
             // Where the button went down, not where the drag was recognised a few points later.
-            *selection_start = ui.input(|i| i.pointer.press_origin()).or(response.interact_pointer_pos());
+            *selection_start = ui
+                .input(|i| i.pointer.press_origin())
+                .or(response.interact_pointer_pos());
+            lasso.clear();
+            lasso.extend(*selection_start);
         }
-        if let (Some(start), Some(now)) = (*selection_start, response.interact_pointer_pos().or(pointer)) {
-            let sel = Rect::from_two_pos(start, now);
-            painter.rect(sel, 0.0, Color32::from_rgba_unmultiplied(86, 180, 233, 40), Stroke::new(1.5, Color32::from_rgb(86, 180, 233)), egui::StrokeKind::Inside);
-            if response.drag_stopped() || !ui.input(|i| i.pointer.primary_down()) {
-                *selection_start = None;
-                let (p, q) = (corner(sel.min), corner(sel.max));
-                let (x0, x1) = (p[0].min(q[0]), p[0].max(q[0]));
-                let (y0, y1) = (p[1].min(q[1]), p[1].max(q[1]));
-                let inside: Vec<u32> = filtered
-                    .iter()
-                    .copied()
-                    .filter(|&i| {
-                        let (x, y) = (f64::from(model.map_x[i as usize]), f64::from(model.map_y[i as usize]));
-                        x >= x0 && x <= x1 && y >= y0 && y <= y1
+        if let (Some(start), Some(now)) = (
+            *selection_start,
+            response.interact_pointer_pos().or(pointer),
+        ) {
+            let fill = Color32::from_rgba_unmultiplied(86, 180, 233, 40);
+            let stroke = Stroke::new(1.5, Color32::from_rgb(86, 180, 233));
+            let done = response.drag_stopped() || !ui.input(|i| i.pointer.primary_down());
+            let inside = match tool {
+                SelectTool::Box => {
+                    let sel = Rect::from_two_pos(start, now);
+                    painter.rect(sel, 0.0, fill, stroke, egui::StrokeKind::Inside);
+                    done.then(|| {
+                        let (p, q) = (corner(sel.min), corner(sel.max));
+                        let (x0, x1) = (p[0].min(q[0]), p[0].max(q[0]));
+                        let (y0, y1) = (p[1].min(q[1]), p[1].max(q[1]));
+                        filtered
+                            .iter()
+                            .copied()
+                            .filter(|&i| {
+                                let (x, y) = (
+                                    f64::from(model.map_x[i as usize]),
+                                    f64::from(model.map_y[i as usize]),
+                                );
+                                x >= x0 && x <= x1 && y >= y0 && y <= y1
+                            })
+                            .collect::<Vec<u32>>()
                     })
-                    .collect();
+                }
+                SelectTool::Lasso => {
+                    if lasso
+                        .last()
+                        .is_none_or(|last| last.distance(now) >= LASSO_STEP_PX)
+                    {
+                        lasso.push(now);
+                    }
+                    painter.add(Shape::closed_line(lasso.clone(), stroke));
+                    done.then(|| {
+                        let outline: Vec<[f64; 2]> = lasso.iter().map(|&p| corner(p)).collect();
+                        select_in_polygon(&model.map_x, &model.map_y, filtered, &outline)
+                    })
+                }
+            };
+            if let Some(inside) = inside {
+                *selection_start = None;
+                lasso.clear();
                 if !inside.is_empty() {
                     *selections += 1;
                     commands.push(UiCommand::CreateCohort {
@@ -338,21 +473,33 @@ pub fn map_ui(app: &mut ConsoleApp, ui: &mut egui::Ui) {
             }
         }
         // Attribution, always shown.
-        let attribution = match basemap_error {
-            Some(e) => format!("Basemap unavailable: {e}"),
-            None => "Basemap: Natural Earth (public domain), offline · MBTiles and online tiles: not built yet".to_owned(),
-        };
-        let galley = painter.layout_no_wrap(attribution, egui::FontId::proportional(11.0), text_color);
+        let galley =
+            painter.layout_no_wrap(attribution, egui::FontId::proportional(11.0), text_color);
         let at = rect.right_bottom() - galley.size() - Vec2::splat(4.0);
-        painter.rect_filled(Rect::from_min_size(at, galley.size()).expand(3.0), 2.0, panel_fill.gamma_multiply(0.85));
+        painter.rect_filled(
+            Rect::from_min_size(at, galley.size()).expand(3.0),
+            2.0,
+            panel_fill.gamma_multiply(0.85),
+        );
         painter.galley(at, galley, text_color);
         let count_text = format!(
-            "{} vehicles in {} cells · zoom {:.1}",
+            "{} vehicles in {} cells · zoom {:.1}{}",
             grid.device_count(),
             grid.cells().len(),
-            projector.zoom()
+            projector.zoom(),
+            if grid_current {
+                ""
+            } else {
+                " · regrouping…"
+            }
         );
-        painter.text(rect.left_bottom() + Vec2::new(6.0, -6.0), egui::Align2::LEFT_BOTTOM, count_text, egui::FontId::proportional(11.0), text_color);
+        painter.text(
+            rect.left_bottom() + Vec2::new(6.0, -6.0),
+            egui::Align2::LEFT_BOTTOM,
+            count_text,
+            egui::FontId::proportional(11.0),
+            text_color,
+        );
     });
     out.response
         .widget_info(|| egui::WidgetInfo::labeled(egui::Role::Canvas, true, "Fleet map"));

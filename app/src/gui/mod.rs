@@ -5,10 +5,11 @@
 //! [`backend`] does everything slow or networked on other threads and reports through a bounded
 //! channel; [`model`] is the fleet as the console knows it; [`query`] and [`aggregate`] compute
 //! filters, sort orders, summaries and map grids in plain, tested code; [`basemap`] draws the
-//! offline basemap tiles; the view modules only draw.
+//! offline basemap tiles and [`tiles`] reads MBTiles files and online tile servers over it; the
+//! view modules only draw.
 //!
-//! Not built yet: running rollouts from the console (the engine is not attached), MBTiles and
-//! online tile servers, telemetry plots. `docs/CONSOLE.md` lists what is.
+//! Not built yet: running rollouts from the console (the engine is not attached).
+//! `docs/CONSOLE.md` lists what is.
 
 pub mod aggregate;
 pub mod app;
@@ -22,6 +23,7 @@ pub mod model;
 pub mod palette;
 pub mod query;
 pub mod table;
+pub mod tiles;
 pub mod tokens;
 pub mod warroom;
 
@@ -36,8 +38,13 @@ pub fn display_available() -> bool {
 }
 
 /// Opens the console window on `backend` and runs until it is closed.
-/// `start` overrides the view the last run saved (a wall display starts in the war room).
-pub fn run_native(backend: Backend, start: Option<View>) -> anyhow::Result<()> {
+/// `start` overrides the view the last run saved (a wall display starts in the war room);
+/// `tiles` draws an MBTiles file or a tile server over the offline basemap.
+pub fn run_native(
+    backend: Backend,
+    start: Option<View>,
+    tiles: Option<tiles::TileSpec>,
+) -> anyhow::Result<()> {
     let options = eframe::NativeOptions {
         viewport: egui::ViewportBuilder::default()
             .with_title("Convoy")
@@ -54,6 +61,9 @@ pub fn run_native(backend: Backend, start: Option<View>) -> anyhow::Result<()> {
             let mut app = ConsoleApp::new(&cc.egui_ctx, cc.storage, backend, Clock::System);
             if let Some(view) = start {
                 app.send(UiCommand::Show(view));
+            }
+            if let Some(spec) = tiles {
+                app.map.set_tile_source(spec);
             }
             Ok(Box::new(app))
         }),
