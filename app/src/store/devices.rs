@@ -19,6 +19,10 @@ use std::collections::HashSet;
 /// never worth holding up the load behind someone else's long write.
 const SNAPSHOT_WRITE_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
 
+/// Writes of at least this many devices suspend the snapshot's per-row staleness triggers
+/// (a schema change, which every connection notices, is worth it only for a bulk write).
+const BULK_DEVICES: usize = 1_000;
+
 /// Whether a row load arms the fleet snapshot's state (to store a snapshot afterwards).
 #[derive(Clone, Copy)]
 enum Arm {
@@ -57,10 +61,14 @@ impl Store {
     ) -> Result<UpsertCounts> {
         self.ingest_cache.clear_devices();
         let tx = self.conn.transaction()?;
+        let suspended = suspend_for(self.has_snapshot, &tx, devices.len())?;
         upsert_depots(&tx, depots)?;
         let counts = upsert_devices(&tx, devices)?;
         if let Some(entry) = audit {
             append_in(&tx, entry)?;
+        }
+        if let Some(suspended) = suspended {
+            snapshot::restore_triggers(&tx, suspended)?;
         }
         tx.commit().context("committing the devices")?;
         Ok(counts)
@@ -77,6 +85,7 @@ impl Store {
     ) -> Result<UpsertCounts> {
         self.ingest_cache.clear_devices();
         let tx = self.conn.transaction()?;
+        let suspended = suspend_for(self.has_snapshot, &tx, fleet.devices.len())?;
         upsert_depots(&tx, &fleet.depots)?;
         let counts = upsert_devices(&tx, &fleet.devices)?;
         let keep: HashSet<&str> = fleet.devices.iter().map(|d| d.id.as_str()).collect();
@@ -134,6 +143,9 @@ impl Store {
         }
         if let Some(entry) = audit {
             append_in(&tx, entry)?;
+        }
+        if let Some(suspended) = suspended {
+            snapshot::restore_triggers(&tx, suspended)?;
         }
         tx.commit().context("committing the fleet")?;
         Ok(counts)
@@ -358,6 +370,21 @@ impl Store {
             .conn
             .query_row("SELECT count(*) FROM devices", [], |r| r.get(0))?;
         Ok(n as usize)
+    }
+}
+
+/// For a write of at least [`BULK_DEVICES`] devices into a cache with the fleet snapshot, the
+/// snapshot's staleness triggers are suspended for the transaction (the snapshot is marked
+/// stale once instead of being checked once per row: `snapshot::suspend_triggers`).
+fn suspend_for(
+    has_snapshot: bool,
+    tx: &Transaction<'_>,
+    devices: usize,
+) -> Result<Option<snapshot::SuspendedTriggers>> {
+    if has_snapshot && devices >= BULK_DEVICES {
+        snapshot::suspend_triggers(tx).map(Some)
+    } else {
+        Ok(None)
     }
 }
 

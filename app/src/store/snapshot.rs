@@ -36,7 +36,6 @@ use rusqlite::{Connection, OptionalExtension, params};
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
-use std::hash::{BuildHasherDefault, Hasher};
 
 /// Devices per snapshot part: parts are decoded in parallel, and a part of about 4 MiB keeps
 /// each BLOB a modest run of overflow pages.
@@ -334,26 +333,6 @@ fn checksum(bytes: &[u8]) -> u64 {
     sum
 }
 
-/// A small multiply-rotate hasher for interning strings while encoding (SipHash costs more
-/// than the rest of the encoding).
-#[derive(Default)]
-struct WordHasher(u64);
-
-impl Hasher for WordHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for word in bytes.chunks(8) {
-            let mut w = [0u8; 8];
-            w[..word.len()].copy_from_slice(word);
-            self.0 =
-                (self.0.rotate_left(5) ^ u64::from_le_bytes(w)).wrapping_mul(0x517C_C1B7_2722_0A95);
-        }
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
 fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         out.push((v as u8) | 0x80);
@@ -379,8 +358,8 @@ fn enum_code<T: PartialEq>(all: &[T], value: &T) -> u8 {
 /// their parts so that each distinct version is printed once.
 #[derive(Default)]
 struct Interner<'a> {
-    strs: HashMap<&'a str, u32, BuildHasherDefault<WordHasher>>,
-    versions: HashMap<&'a [u32], u32, BuildHasherDefault<WordHasher>>,
+    strs: HashMap<&'a str, u32, super::FastHash>,
+    versions: HashMap<&'a [u32], u32, super::FastHash>,
     table: Vec<Cow<'a, str>>,
 }
 
@@ -721,4 +700,45 @@ pub(crate) fn seal_for_tests(mut content: Vec<u8>) -> Vec<u8> {
     let sum = checksum(&content);
     content.extend_from_slice(&sum.to_le_bytes());
     content
+}
+
+/// The staleness triggers, dropped for the length of one bulk write by [`suspend_triggers`].
+pub(crate) struct SuspendedTriggers(Vec<String>);
+
+/// For a bulk write of devices (an import of a million rows): marks the snapshot stale once,
+/// then drops the staleness triggers inside the caller's write transaction, so that they do
+/// not run once per row; [`restore_triggers`] creates them again before the commit. DDL is
+/// transactional and the caller holds the write lock, so no other connection ever sees the
+/// schema without them, and a crash before the commit rolls the drop back.
+pub(crate) fn suspend_triggers(tx: &Connection) -> Result<SuspendedTriggers> {
+    tx.execute(
+        "UPDATE fleet_state SET generation = generation + 1, armed = 0",
+        [],
+    )
+    .context("marking the fleet snapshot stale")?;
+    let triggers: Vec<(String, String)> = {
+        let mut stmt = tx.prepare(
+            "SELECT name, sql FROM sqlite_master
+             WHERE type = 'trigger' AND name LIKE '%\\_stales\\_snapshot' ESCAPE '\\'
+             ORDER BY name",
+        )?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        rows.collect::<rusqlite::Result<_>>()?
+    };
+    for (name, _) in &triggers {
+        tx.execute_batch(&format!("DROP TRIGGER \"{name}\""))
+            .with_context(|| format!("suspending trigger {name}"))?;
+    }
+    Ok(SuspendedTriggers(
+        triggers.into_iter().map(|(_, sql)| sql).collect(),
+    ))
+}
+
+/// Creates the triggers that [`suspend_triggers`] dropped, in the same transaction.
+pub(crate) fn restore_triggers(tx: &Connection, suspended: SuspendedTriggers) -> Result<()> {
+    for sql in suspended.0 {
+        tx.execute_batch(&sql)
+            .with_context(|| format!("restoring a fleet snapshot trigger: {sql}"))?;
+    }
+    Ok(())
 }

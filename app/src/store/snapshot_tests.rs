@@ -372,3 +372,49 @@ fn garbage_with_a_valid_checksum_never_panics_or_breaks_order() {
         }
     }
 }
+
+fn trigger_count(store: &Store) -> i64 {
+    store
+        .conn()
+        .query_row(
+            "SELECT count(*) FROM sqlite_master
+             WHERE type = 'trigger' AND name LIKE '%stales_snapshot'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("triggers")
+}
+
+#[test]
+fn bulk_writes_mark_the_snapshot_stale_and_keep_the_triggers() {
+    let (_dir, mut store) = temp_store();
+    let mut expected = fleet(1_500, 13);
+    store.replace_fleet(&expected, None).expect("save");
+    assert_eq!(trigger_count(&store), 6);
+    check_load(store.path(), &expected, Unusable::Missing);
+    // A bulk import (at least 1,000 devices) runs without the triggers and marks the snapshot
+    // stale once.
+    for d in &mut expected.devices[..1_200] {
+        d.failed_update_attempts += 1;
+    }
+    store
+        .upsert_fleet(&expected.depots, &expected.devices[..1_200], None)
+        .expect("bulk import");
+    assert_eq!(trigger_count(&store), 6);
+    check_load(store.path(), &expected, Unusable::Stale);
+    // A bulk write that fails (a repeated id) rolls back, triggers and all.
+    let mut twice = expected.devices[..1_100].to_vec();
+    twice.push(twice[0].clone());
+    let empty = tempfile::tempdir().expect("tempdir");
+    let mut fresh = Store::open(&empty.path().join("fresh.db")).expect("open");
+    assert!(fresh.upsert_fleet(&[], &twice, None).is_err());
+    assert_eq!(trigger_count(&fresh), 6);
+    assert_eq!(fresh.device_count().expect("count"), 0);
+    // The snapshot still goes stale on a small write afterwards.
+    store
+        .conn()
+        .execute("UPDATE devices SET hw_rev = 'Z' WHERE dev = 3", [])
+        .expect("write");
+    let from_rows = store.load_fleet_sequentially().expect("rows");
+    check_load(store.path(), &from_rows, Unusable::Stale);
+}
