@@ -267,7 +267,17 @@ impl Store {
             return Ok((self.load_fleet_sequentially()?, None));
         }
         let generation = match arm {
-            Arm::Yes => Some(snapshot::arm(&gate)?),
+            Arm::Yes => match snapshot::arm(&gate) {
+                Ok(generation) => Some(generation),
+                Err(e) => {
+                    // The rows still load; only the snapshot for the next load is lost.
+                    eprintln!(
+                        "warning: cannot store a fleet snapshot in {}: {e:#}",
+                        self.path.display()
+                    );
+                    None
+                }
+            },
             Arm::No => None,
         };
         let upper_reader = open_reader(&self.path)?;

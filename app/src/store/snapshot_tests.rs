@@ -418,3 +418,26 @@ fn bulk_writes_mark_the_snapshot_stale_and_keep_the_triggers() {
     let from_rows = store.load_fleet_sequentially().expect("rows");
     check_load(store.path(), &from_rows, Unusable::Stale);
 }
+
+#[test]
+fn a_cache_without_its_snapshot_state_still_loads_from_the_rows() {
+    let (_dir, mut store) = temp_store();
+    let original = fleet(800, 14);
+    store.replace_fleet(&original, None).expect("save");
+    check_load(store.path(), &original, Unusable::Missing);
+    store
+        .conn()
+        .execute("DELETE FROM fleet_state", [])
+        .expect("delete the state");
+    for _ in 0..2 {
+        let (loaded, source) = store.load_fleet_traced().expect("load");
+        assert_eq!(
+            source,
+            FleetSource::Rows {
+                unusable: Unusable::Missing,
+                snapshot_written: false
+            }
+        );
+        assert_eq!(loaded, original);
+    }
+}
