@@ -1,10 +1,12 @@
 //! Devices, their components and depots in the cache: bulk upsert and cold load.
 //!
-//! Writes go through cached prepared statements inside one transaction; the cold load reads
-//! each table with one query (devices and components both in `dev` order, merged in one pass),
-//! never one query per device. This module does not parse inventories: that is `fleet_io`.
+//! Writes go through cached prepared statements inside one transaction. The cold load reads the
+//! fleet snapshot when it is current (`snapshot.rs`), else each table with one query (devices
+//! and components both in `dev` order, merged in one pass), never one query per device, and
+//! then stores a fresh snapshot. This module does not parse inventories: that is `fleet_io`.
 
 use super::audit::{AuditEntry, append_in};
+use super::snapshot::{self, Unusable};
 use super::{Store, to_i64};
 use anyhow::{Context, Result, bail};
 use convoy_core::fleet::{Depot, Device, Fleet, GeoPoint, SmallMap};
@@ -12,6 +14,34 @@ use convoy_core::time::Timestamp;
 use convoy_core::version::Version;
 use rusqlite::{Connection, OpenFlags, Transaction, params};
 use std::collections::HashSet;
+
+/// How long a load waits for the write lock to store a fresh fleet snapshot: a snapshot is
+/// never worth holding up the load behind someone else's long write.
+const SNAPSHOT_WRITE_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Writes of at least this many devices suspend the snapshot's per-row staleness triggers
+/// (a schema change, which every connection notices, is worth it only for a bulk write).
+const BULK_DEVICES: usize = 1_000;
+
+/// Whether a row load arms the fleet snapshot's state (to store a snapshot afterwards).
+#[derive(Clone, Copy)]
+enum Arm {
+    Yes,
+    No,
+}
+
+/// Where [`Store::load_fleet_traced`] got the fleet from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FleetSource {
+    /// The fleet snapshot, current and intact.
+    Snapshot,
+    /// The device rows, because the snapshot could not be used.
+    Rows {
+        unusable: Unusable,
+        /// Whether a fresh snapshot was stored after the load.
+        snapshot_written: bool,
+    },
+}
 
 /// What an upsert of devices did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -31,10 +61,14 @@ impl Store {
     ) -> Result<UpsertCounts> {
         self.ingest_cache.clear_devices();
         let tx = self.conn.transaction()?;
+        let suspended = suspend_for(self.has_snapshot, &tx, devices.len())?;
         upsert_depots(&tx, depots)?;
         let counts = upsert_devices(&tx, devices)?;
         if let Some(entry) = audit {
             append_in(&tx, entry)?;
+        }
+        if let Some(suspended) = suspended {
+            snapshot::restore_triggers(&tx, suspended)?;
         }
         tx.commit().context("committing the devices")?;
         Ok(counts)
@@ -51,6 +85,7 @@ impl Store {
     ) -> Result<UpsertCounts> {
         self.ingest_cache.clear_devices();
         let tx = self.conn.transaction()?;
+        let suspended = suspend_for(self.has_snapshot, &tx, fleet.devices.len())?;
         upsert_depots(&tx, &fleet.depots)?;
         let counts = upsert_devices(&tx, &fleet.devices)?;
         let keep: HashSet<&str> = fleet.devices.iter().map(|d| d.id.as_str()).collect();
@@ -71,21 +106,26 @@ impl Store {
             let mut find = tx.prepare_cached("SELECT dev FROM devices WHERE id = ?1")?;
             let mut del = tx.prepare_cached("DELETE FROM devices WHERE dev = ?1")?;
             // Caches being built at schema version 1 (in tests) have no telemetry tables.
-            let mut telemetry = if super::schema::version(&tx)? >= 2 {
-                Some((
-                    tx.prepare_cached("DELETE FROM samples WHERE dev = ?1")?,
-                    tx.prepare_cached("DELETE FROM rollup_device WHERE dev = ?1")?,
-                ))
+            let telemetry = super::schema::version(&tx)? >= 2;
+            let mut rollups = if telemetry {
+                Some(tx.prepare_cached("DELETE FROM rollup_device WHERE dev = ?1")?)
             } else {
                 None
             };
             for id in &stale {
                 let dev: i64 = find.query_row([id], |r| r.get(0))?;
-                if let Some((samples, rollups)) = &mut telemetry {
-                    samples.execute([dev])?;
+                if let Some(rollups) = &mut rollups {
                     rollups.execute([dev])?;
                 }
                 del.execute([dev])?;
+            }
+            if telemetry {
+                // Samples are keyed time first (since schema version 4): one pass over them
+                // all, rather than one per removed device.
+                tx.execute(
+                    "DELETE FROM samples WHERE dev NOT IN (SELECT dev FROM devices)",
+                    [],
+                )?;
             }
         }
         let keep_depots: HashSet<&str> = fleet.depots.iter().map(|d| d.id.as_str()).collect();
@@ -104,26 +144,142 @@ impl Store {
         if let Some(entry) = audit {
             append_in(&tx, entry)?;
         }
+        if let Some(suspended) = suspended {
+            snapshot::restore_triggers(&tx, suspended)?;
+        }
         tx.commit().context("committing the fleet")?;
         Ok(counts)
     }
 
     /// Loads the whole fleet: devices sorted by id, depots sorted by id.
     ///
+    /// From the fleet snapshot when it is current and intact (one query, decoded on up to four
+    /// threads: `snapshot.rs`), else from the device rows, after which a fresh snapshot is
+    /// stored for the next load. Both give the same fleet. A damaged snapshot is reported on
+    /// stderr and the rows are used.
+    pub fn load_fleet(&self) -> Result<Fleet> {
+        let (fleet, source) = self.load_fleet_traced()?;
+        if let FleetSource::Rows {
+            unusable: Unusable::Damaged(why),
+            ..
+        } = &source
+        {
+            eprintln!(
+                "warning: the fleet snapshot in {} is damaged ({why}): loaded the device rows \
+                 instead",
+                self.path.display()
+            );
+        }
+        Ok(fleet)
+    }
+
+    /// [`Store::load_fleet`], also saying where the fleet came from.
+    pub fn load_fleet_traced(&self) -> Result<(Fleet, FleetSource)> {
+        if !self.has_snapshot {
+            let (fleet, _) = self.load_fleet_from_rows(Arm::No)?;
+            return Ok((
+                fleet,
+                FleetSource::Rows {
+                    unusable: Unusable::Missing,
+                    snapshot_written: false,
+                },
+            ));
+        }
+        let unusable = match self.load_fleet_from_snapshot()? {
+            Ok(fleet) => return Ok((fleet, FleetSource::Snapshot)),
+            Err(unusable) => unusable,
+        };
+        let (fleet, armed) = self.load_fleet_from_rows(Arm::Yes)?;
+        let snapshot_written = match armed {
+            Some(generation) => {
+                match snapshot::store(&self.conn, generation, &fleet.devices, SNAPSHOT_WRITE_WAIT) {
+                    Ok(written) => written,
+                    Err(e) => {
+                        // The fleet is loaded; only the shortcut for the next load is lost.
+                        eprintln!(
+                            "warning: could not store the fleet snapshot in {}: {e:#}",
+                            self.path.display()
+                        );
+                        false
+                    }
+                }
+            }
+            None => false,
+        };
+        Ok((
+            fleet,
+            FleetSource::Rows {
+                unusable,
+                snapshot_written,
+            },
+        ))
+    }
+
+    /// The fleet from the snapshot, or why the snapshot cannot be used.
+    fn load_fleet_from_snapshot(&self) -> Result<std::result::Result<Fleet, Unusable>> {
+        self.conn.execute_batch("BEGIN")?;
+        let read = (|| -> Result<_> {
+            let parts = snapshot::read_parts(&self.conn)?;
+            let depots = if parts.is_ok() {
+                self.load_depots()?
+            } else {
+                Vec::new()
+            };
+            Ok((parts, depots))
+        })();
+        let ended = self.conn.execute_batch("COMMIT");
+        let (parts, depots) = read.context("reading the fleet snapshot")?;
+        ended?;
+        let parts = match parts {
+            Ok(parts) => parts,
+            Err(unusable) => return Ok(Err(unusable)),
+        };
+        let threads = std::thread::available_parallelism()
+            .map_or(1, std::num::NonZeroUsize::get)
+            .min(4);
+        Ok(snapshot::decode(&parts, threads).map(|devices| {
+            // Devices come out checked in strictly increasing id order; depots are read
+            // `ORDER BY id`, which is byte order like `String`'s.
+            if depots.is_sorted_by(|a, b| a.id < b.id) {
+                Fleet { depots, devices }
+            } else {
+                Fleet::new(depots, devices)
+            }
+        }))
+    }
+
+    /// The fleet from the device rows; with [`Arm::Yes`], also the snapshot generation that
+    /// the rows were read at (`None` when the load could not pause writers).
+    ///
     /// Devices and components are read on two threads, each with its own connection, from
     /// the same snapshot: a third connection holds the write lock for the moment both
-    /// readers start their read transactions, so no commit can fall between them. Each table
-    /// is read with one query in `dev` order, and the two are merged in one pass.
+    /// readers start their read transactions, so no commit can fall between them (and arms
+    /// the fleet snapshot's state in that moment). Each table is read with one query in `dev`
+    /// order, and the two are merged in one pass.
     ///
     /// If another process is in the middle of a long write (an import), writers cannot be
     /// paused; the load then reads everything on one thread from one snapshot instead, since
     /// in WAL mode a reader never waits for a writer.
-    pub fn load_fleet(&self) -> Result<Fleet> {
+    fn load_fleet_from_rows(&self, arm: Arm) -> Result<(Fleet, Option<i64>)> {
         let gate = open_reader(&self.path)?;
         gate.busy_timeout(std::time::Duration::from_millis(250))?;
         if gate.execute_batch("BEGIN IMMEDIATE").is_err() {
-            return self.load_fleet_sequentially();
+            return Ok((self.load_fleet_sequentially()?, None));
         }
+        let generation = match arm {
+            Arm::Yes => match snapshot::arm(&gate) {
+                Ok(generation) => Some(generation),
+                Err(e) => {
+                    // The rows still load; only the snapshot for the next load is lost.
+                    eprintln!(
+                        "warning: cannot store a fleet snapshot in {}: {e:#}",
+                        self.path.display()
+                    );
+                    None
+                }
+            },
+            Arm::No => None,
+        };
         let upper_reader = open_reader(&self.path)?;
         let component_reader = open_reader(&self.path)?;
         let snapshot = [&self.conn, &upper_reader, &component_reader]
@@ -134,7 +290,11 @@ impl Store {
                 conn.query_row("SELECT count(*) FROM depots", [], |_| Ok(()))?;
                 Ok(())
             });
-        gate.execute_batch("ROLLBACK")?;
+        gate.execute_batch(if generation.is_some() {
+            "COMMIT"
+        } else {
+            "ROLLBACK"
+        })?;
         let loaded = snapshot.and_then(|()| {
             // Devices are split in two key ranges, each read on its own thread.
             let max_dev: i64 =
@@ -174,7 +334,7 @@ impl Store {
         let ended = self.conn.execute_batch("COMMIT");
         let (depots, keys, devices, components) = loaded?;
         ended?;
-        assemble(depots, &keys, devices, components)
+        Ok((assemble(depots, &keys, devices, components)?, generation))
     }
 
     /// [`Store::load_fleet`] on this connection alone, in one read transaction.
@@ -220,6 +380,21 @@ impl Store {
             .conn
             .query_row("SELECT count(*) FROM devices", [], |r| r.get(0))?;
         Ok(n as usize)
+    }
+}
+
+/// For a write of at least [`BULK_DEVICES`] devices into a cache with the fleet snapshot, the
+/// snapshot's staleness triggers are suspended for the transaction (the snapshot is marked
+/// stale once instead of being checked once per row: `snapshot::suspend_triggers`).
+fn suspend_for(
+    has_snapshot: bool,
+    tx: &Transaction<'_>,
+    devices: usize,
+) -> Result<Option<snapshot::SuspendedTriggers>> {
+    if has_snapshot && devices >= BULK_DEVICES {
+        snapshot::suspend_triggers(tx).map(Some)
+    } else {
+        Ok(None)
     }
 }
 

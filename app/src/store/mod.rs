@@ -2,7 +2,9 @@
 //!
 //! Devices, depots and components; telemetry samples and rollups; the hash-chained audit log;
 //! the outbox of commands to devices; rollout timelines; settings. The cache is the single
-//! source for the UI and the engine, and it keeps working offline.
+//! source for the UI and the engine, and it keeps working offline. A compact snapshot of the
+//! devices (`snapshot.rs`), derived from their rows and never used once stale, makes the cold
+//! load of a large fleet one query.
 //!
 //! The file runs in WAL mode with foreign keys on and `synchronous = FULL`: a committed
 //! transaction survives a killed process and a power cut. Every write that belongs together
@@ -19,6 +21,7 @@ pub mod devices;
 pub mod events;
 pub mod outbox;
 pub mod schema;
+pub mod snapshot;
 pub mod telemetry;
 
 use anyhow::{Context, Result, bail};
@@ -27,8 +30,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use audit::{AuditEntry, RecordedEntry, VerifyReport};
+pub use devices::FleetSource;
 pub use events::Event;
 pub use outbox::{CommandState, Decision, OutboxCommand, QueuedCommand};
+pub use snapshot::Unusable;
 pub use telemetry::Sample;
 
 /// An open cache file.
@@ -36,6 +41,9 @@ pub struct Store {
     conn: Connection,
     path: PathBuf,
     ingest_cache: telemetry::IngestCache,
+    /// Whether the schema has the fleet snapshot's tables (not when a test opens the cache at
+    /// an earlier version).
+    has_snapshot: bool,
 }
 
 impl std::fmt::Debug for Store {
@@ -113,10 +121,19 @@ impl Store {
         configure(&conn).with_context(|| format!("configuring the cache {}", path.display()))?;
         schema::migrate_to(&mut conn, version)
             .with_context(|| format!("upgrading the cache {}", path.display()))?;
+        let has_snapshot = conn
+            .query_row(
+                "SELECT count(*) = 2 FROM sqlite_master
+                 WHERE type = 'table' AND name IN ('fleet_state', 'fleet_snapshot')",
+                [],
+                |r| r.get(0),
+            )
+            .with_context(|| format!("reading the schema of {}", path.display()))?;
         Ok(Self {
             conn,
             path: path.to_owned(),
             ingest_cache: telemetry::IngestCache::default(),
+            has_snapshot,
         })
     }
 
@@ -164,22 +181,52 @@ impl Store {
     }
 }
 
+/// How long a write waits for another connection's write lock before giving up.
+pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
 fn configure(conn: &Connection) -> Result<()> {
-    conn.busy_timeout(Duration::from_secs(10))?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
     let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
         bail!("the cache could not switch to WAL mode (journal_mode is {mode})");
     }
     // A 64 MiB page cache and memory-mapped reads: a million-device fleet is a few hundred
     // MiB, and the default 2 MiB cache turns a full load or import into page-by-page reads.
+    // A checkpoint every 8,192 WAL pages (32 MiB) rather than SQLite's 1,000: telemetry
+    // batches rewrite the same rollup pages again and again, and each checkpoint copies every
+    // page it finds (and syncs the file) once, however often it was written since.
     conn.execute_batch(
         "PRAGMA foreign_keys = ON; PRAGMA synchronous = FULL;
          PRAGMA cache_size = -65536; PRAGMA mmap_size = 1073741824;
-         PRAGMA temp_store = MEMORY;",
+         PRAGMA temp_store = MEMORY; PRAGMA wal_autocheckpoint = 8192;",
     )?;
     conn.set_prepared_statement_cache_capacity(64);
     Ok(())
 }
+
+/// A small multiply-rotate hasher for maps keyed by strings that come from the cache itself
+/// (the snapshot's interned values), where SipHash costs more than the rest of the work. Not
+/// for keys from outside (telemetry's device ids), which could be chosen to collide.
+#[derive(Default)]
+pub(crate) struct WordHasher(u64);
+
+impl std::hash::Hasher for WordHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for word in bytes.chunks(8) {
+            let mut w = [0u8; 8];
+            w[..word.len()].copy_from_slice(word);
+            self.0 =
+                (self.0.rotate_left(5) ^ u64::from_le_bytes(w)).wrapping_mul(0x517C_C1B7_2722_0A95);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// `HashMap`s keyed by short strings, hashed with [`WordHasher`].
+pub(crate) type FastHash = std::hash::BuildHasherDefault<WordHasher>;
 
 /// An `i64` for SQLite from a `u64` count, or an error naming the field.
 pub(crate) fn to_i64(value: u64, field: &str) -> Result<i64> {
@@ -188,5 +235,7 @@ pub(crate) fn to_i64(value: u64, field: &str) -> Result<i64> {
 
 #[cfg(test)]
 mod batch_tests;
+#[cfg(test)]
+mod snapshot_tests;
 #[cfg(test)]
 mod tests;

@@ -213,6 +213,61 @@ pub const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (rollout_id, operator, time)
     ) WITHOUT ROWID;
     ",
+    // v4: the fleet snapshot, and raw samples keyed time first (below). The snapshot is a
+    // compact copy of every device that the cold load reads in one query (`snapshot.rs`); the
+    // rows stay the truth. `fleet_state` says whether the snapshot
+    // is current: the row load arms it at a new generation, and the first write to devices or
+    // components after that bumps the generation and disarms it. The `WHEN` test keeps the
+    // rest of a bulk write at one read of a one-row table per row.
+    r"
+    CREATE TABLE fleet_state (
+        one        INTEGER PRIMARY KEY CHECK (one = 1),
+        generation INTEGER NOT NULL,
+        armed      INTEGER NOT NULL CHECK (armed IN (0, 1))
+    );
+    INSERT INTO fleet_state(one, generation, armed) VALUES (1, 0, 0);
+
+    CREATE TABLE fleet_snapshot (
+        part       INTEGER PRIMARY KEY,
+        generation INTEGER NOT NULL,
+        body       BLOB NOT NULL
+    );
+
+    CREATE TRIGGER devices_insert_stales_snapshot AFTER INSERT ON devices
+        WHEN (SELECT armed FROM fleet_state)
+        BEGIN UPDATE fleet_state SET generation = generation + 1, armed = 0; END;
+    CREATE TRIGGER devices_update_stales_snapshot AFTER UPDATE ON devices
+        WHEN (SELECT armed FROM fleet_state)
+        BEGIN UPDATE fleet_state SET generation = generation + 1, armed = 0; END;
+    CREATE TRIGGER devices_delete_stales_snapshot AFTER DELETE ON devices
+        WHEN (SELECT armed FROM fleet_state)
+        BEGIN UPDATE fleet_state SET generation = generation + 1, armed = 0; END;
+    CREATE TRIGGER components_insert_stales_snapshot AFTER INSERT ON components
+        WHEN (SELECT armed FROM fleet_state)
+        BEGIN UPDATE fleet_state SET generation = generation + 1, armed = 0; END;
+    CREATE TRIGGER components_update_stales_snapshot AFTER UPDATE ON components
+        WHEN (SELECT armed FROM fleet_state)
+        BEGIN UPDATE fleet_state SET generation = generation + 1, armed = 0; END;
+    CREATE TRIGGER components_delete_stales_snapshot AFTER DELETE ON components
+        WHEN (SELECT armed FROM fleet_state)
+        BEGIN UPDATE fleet_state SET generation = generation + 1, armed = 0; END;
+
+    -- Raw samples keyed time first: telemetry arrives roughly in time order, so each batch
+    -- appends at the end of the tree instead of splitting pages all over it (fewer pages
+    -- written per batch, and pruning by age is a range delete). The key is the same three
+    -- columns, so ingest stays idempotent.
+    CREATE TABLE samples_by_time (
+        time   INTEGER NOT NULL,
+        dev    INTEGER NOT NULL,
+        metric INTEGER NOT NULL,
+        value  REAL NOT NULL,
+        PRIMARY KEY (time, dev, metric)
+    ) WITHOUT ROWID;
+    INSERT INTO samples_by_time(time, dev, metric, value)
+        SELECT time, dev, metric, value FROM samples ORDER BY time, dev, metric;
+    DROP TABLE samples;
+    ALTER TABLE samples_by_time RENAME TO samples;
+    ",
 ];
 
 /// The schema version a fresh or upgraded cache has.

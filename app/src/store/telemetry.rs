@@ -5,7 +5,7 @@
 //! it is one JSON object per line:
 //! `{"device":"CV0000001","time":"2026-11-23T06:00:00Z","metric":"battery_pct","value":81.5}`
 //! (`time` may also be Unix seconds). Ingest is idempotent: the raw table is keyed by
-//! (device, metric, time), a repeated sample is ignored and not counted again, so replaying a
+//! (time, device, metric), a repeated sample is ignored and not counted again, so replaying a
 //! file after a crash is safe. A cohort is the device's model and firmware at ingest time
 //! (`VAN-200/2.4.1`). Cohort rollups have one-minute buckets ([`COHORT_BUCKET_SECS`]), which
 //! health gates compare against a baseline; device rollups have hourly buckets
@@ -308,8 +308,10 @@ impl Store {
                 };
                 resolved.push((*dev, metric, s.time.secs(), s.value, Rc::clone(cohort)));
             }
-            // Stable: of two samples with the same key in one batch, the first one is kept.
-            resolved.sort_by_key(|r| (r.0, r.1, r.2));
+            // In the samples table's key order (time, device, metric): a batch then appends
+            // near the end of the tree. Stable: of two samples with the same key in one batch,
+            // the first one is kept.
+            resolved.sort_by_key(|r| (r.2, r.0, r.1));
             let mut cohorts: HashMap<i64, Rc<str>> = HashMap::new();
             for r in &resolved {
                 cohorts.entry(r.0).or_insert_with(|| Rc::clone(&r.4));

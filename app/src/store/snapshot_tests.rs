@@ -1,0 +1,443 @@
+//! Tests of the fleet snapshot: it gives exactly the fleet the rows give, it is never used once
+//! a write has touched devices or components, and a damaged part makes the load fall back to
+//! the rows instead of panicking or returning a wrong fleet.
+
+use super::devices::FleetSource;
+use super::snapshot::{self, Unusable};
+use super::{AuditEntry, Store};
+use convoy_core::fleet::{Fleet, SmallMap};
+use convoy_core::synth::{SynthOptions, generate};
+use convoy_core::time::Timestamp;
+use convoy_core::version::Version;
+
+const NOW: Timestamp = Timestamp::from_secs(1_795_392_000);
+
+fn fleet(devices: usize, seed: u64) -> Fleet {
+    generate(&SynthOptions {
+        devices,
+        seed,
+        now: NOW,
+    })
+}
+
+fn temp_store() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(&dir.path().join("cache.db")).expect("open");
+    (dir, store)
+}
+
+fn rows(unusable: Unusable) -> FleetSource {
+    FleetSource::Rows {
+        unusable,
+        snapshot_written: true,
+    }
+}
+
+/// Loads twice from a fresh `Store` each time: the first from the rows (for `why`), writing
+/// the snapshot, the second from the snapshot. Both must equal `expected` and the row-only
+/// sequential load.
+fn check_load(path: &std::path::Path, expected: &Fleet, why: Unusable) {
+    let store = Store::open(path).expect("reopen");
+    let (first, source) = store.load_fleet_traced().expect("load from rows");
+    assert_eq!(source, rows(why));
+    assert_eq!(&first, expected);
+    let (second, source) = Store::open(path)
+        .expect("reopen")
+        .load_fleet_traced()
+        .expect("load from the snapshot");
+    assert_eq!(source, FleetSource::Snapshot);
+    assert_eq!(&second, expected);
+    assert_eq!(
+        &store.load_fleet_sequentially().expect("row load"),
+        expected
+    );
+}
+
+#[test]
+fn snapshot_load_equals_row_load_on_generated_fleets() {
+    // Sizes around the test part size (700 devices): one part, exact parts, a short last part.
+    for (devices, seed) in [(0, 1), (1, 2), (700, 3), (1_400, 4), (3_001, 5)] {
+        let (_dir, mut store) = temp_store();
+        let original = fleet(devices, seed);
+        store.replace_fleet(&original, None).expect("save");
+        check_load(store.path(), &original, Unusable::Missing);
+        let parts: i64 = store
+            .conn()
+            .query_row("SELECT count(*) FROM fleet_snapshot", [], |r| r.get(0))
+            .expect("parts");
+        assert_eq!(
+            parts as usize,
+            devices.div_ceil(700).max(1),
+            "{devices} devices"
+        );
+    }
+}
+
+#[test]
+fn snapshot_keeps_odd_values_exactly() {
+    let (_dir, mut store) = temp_store();
+    let mut original = fleet(50, 6);
+    let d = &mut original.devices[3];
+    // Equal versions with different spellings, no battery, extreme numbers, unicode, tags.
+    d.components = SmallMap::new();
+    d.components
+        .insert("bootloader", "1.2".parse::<Version>().expect("v"));
+    d.components
+        .insert("firmware", "1.2.0".parse::<Version>().expect("v"));
+    d.components
+        .insert("modem", "7.0.0.12".parse::<Version>().expect("v"));
+    d.battery_pct = None;
+    d.free_storage_bytes = i64::MAX as u64;
+    d.failed_update_attempts = u32::MAX;
+    d.position.lat = -0.0;
+    d.position.lon = f64::MIN_POSITIVE;
+    d.last_seen = Timestamp::from_secs(-86_400);
+    d.model = "Fahrzeug-Ω".to_owned();
+    d.tags
+        .insert("note", "ünïcode \"quoted\" | pipe".to_owned());
+    d.tags.insert("empty", String::new());
+    original.devices[4].battery_pct = Some(0);
+    original.devices[5].battery_pct = Some(255);
+    store.replace_fleet(&original, None).expect("save");
+    check_load(store.path(), &original, Unusable::Missing);
+    let loaded = Store::open(store.path())
+        .expect("reopen")
+        .load_fleet()
+        .expect("load");
+    let fw = |i: usize| {
+        loaded.devices[3]
+            .components
+            .get(if i == 0 { "bootloader" } else { "firmware" })
+            .map(ToString::to_string)
+    };
+    assert_eq!(
+        (fw(0).as_deref(), fw(1).as_deref()),
+        (Some("1.2"), Some("1.2.0"))
+    );
+    // SQLite stores -0.0 as 0; the snapshot, written from the rows, must say the same.
+    let from_rows = store.load_fleet_sequentially().expect("rows");
+    assert_eq!(
+        loaded.devices[3].position.lat.to_bits(),
+        from_rows.devices[3].position.lat.to_bits()
+    );
+}
+
+#[test]
+fn writes_make_the_snapshot_stale_until_the_next_row_load() {
+    let (_dir, mut store) = temp_store();
+    let mut expected = fleet(2_000, 7);
+    store.replace_fleet(&expected, None).expect("save");
+    check_load(store.path(), &expected, Unusable::Missing);
+
+    // An import that updates some devices and adds one.
+    let mut changed = vec![
+        expected.devices[10].clone(),
+        expected.devices[1_500].clone(),
+    ];
+    changed[0].model = "RENAMED".to_owned();
+    changed[1]
+        .components
+        .insert("firmware", Version::new(9, 9, 9));
+    let mut added = expected.devices[0].clone();
+    added.id = "ZZ-NEW".to_owned();
+    changed.push(added.clone());
+    let audit = AuditEntry {
+        time: NOW,
+        actor: "test".to_owned(),
+        action: "fleet.import".to_owned(),
+        payload: serde_json::json!({}),
+    };
+    store
+        .upsert_fleet(&expected.depots, &changed, Some(&audit))
+        .expect("import");
+    expected.devices[10] = changed[0].clone();
+    expected.devices[1_500] = changed[1].clone();
+    expected.devices.push(added);
+    check_load(store.path(), &expected, Unusable::Stale);
+
+    // Replacing the fleet with a smaller one deletes devices (and their components).
+    let smaller = Fleet::new(expected.depots.clone(), expected.devices[..900].to_vec());
+    store.replace_fleet(&smaller, None).expect("replace");
+    check_load(store.path(), &smaller, Unusable::Stale);
+    expected = smaller;
+
+    // Writes through plain SQL by another connection, one table at a time.
+    for sql in [
+        "UPDATE components SET version = '0.0.1' WHERE dev = 5 AND name = 'firmware'",
+        "DELETE FROM components WHERE dev = 6 AND name = 'firmware'",
+        "INSERT INTO components(dev, name, version) VALUES (7, 'extra', '1.0')",
+        "UPDATE devices SET tags = '{\"k\":\"v\"}' WHERE dev = 8",
+        "DELETE FROM devices WHERE dev = 9",
+    ] {
+        let other = rusqlite::Connection::open(store.path()).expect("other connection");
+        other.execute_batch("PRAGMA foreign_keys = ON").expect("fk");
+        assert_eq!(other.execute(sql, []).expect(sql), 1, "{sql}");
+        drop(other);
+        let from_rows = Store::open(store.path())
+            .expect("reopen")
+            .load_fleet_sequentially()
+            .expect("rows");
+        assert_ne!(from_rows, expected, "{sql} changed nothing");
+        check_load(store.path(), &from_rows, Unusable::Stale);
+        expected = from_rows;
+    }
+}
+
+#[test]
+fn a_write_between_arming_and_storing_keeps_the_snapshot_out() {
+    let (_dir, mut store) = temp_store();
+    let original = fleet(300, 8);
+    store.replace_fleet(&original, None).expect("save");
+    let generation = snapshot::arm(store.conn()).expect("arm");
+    // A write after the rows were read at `generation`.
+    store
+        .conn()
+        .execute("UPDATE devices SET model = 'changed' WHERE dev = 1", [])
+        .expect("write");
+    let stored = snapshot::store(
+        store.conn(),
+        generation,
+        &original.devices,
+        std::time::Duration::from_millis(10),
+    )
+    .expect("store");
+    assert!(!stored, "a snapshot of rows that changed since was stored");
+    let (loaded, source) = store.load_fleet_traced().expect("load");
+    assert_eq!(source, rows(Unusable::Missing));
+    assert_eq!(loaded.devices[0].model, "changed");
+}
+
+type DamageFn = Box<dyn Fn(&mut Vec<u8>)>;
+
+/// Overwrites snapshot part `part` with `damage(body)`.
+fn damage_part(store: &Store, part: i64, damage: impl FnOnce(&mut Vec<u8>)) {
+    let mut body: Vec<u8> = store
+        .conn()
+        .query_row(
+            "SELECT body FROM fleet_snapshot WHERE part = ?1",
+            [part],
+            |r| r.get(0),
+        )
+        .expect("part");
+    damage(&mut body);
+    store
+        .conn()
+        .execute(
+            "UPDATE fleet_snapshot SET body = ?2 WHERE part = ?1",
+            rusqlite::params![part, body],
+        )
+        .expect("damage");
+}
+
+#[test]
+fn damaged_snapshots_fall_back_to_the_rows() {
+    let (_dir, mut store) = temp_store();
+    let original = fleet(2_000, 9);
+    store.replace_fleet(&original, None).expect("save");
+    check_load(store.path(), &original, Unusable::Missing);
+    let cases: Vec<(&str, i64, DamageFn)> = vec![
+        (
+            "truncated by 10 bytes",
+            1,
+            Box::new(|b| b.truncate(b.len() - 10)),
+        ),
+        ("cut to its header", 0, Box::new(|b| b.truncate(20))),
+        ("emptied", 2, Box::new(Vec::clear)),
+        (
+            "one bit flipped mid-part",
+            1,
+            Box::new(|b| {
+                let mid = b.len() / 2;
+                b[mid] ^= 0x10;
+            }),
+        ),
+        (
+            "checksum flipped",
+            0,
+            Box::new(|b| {
+                let last = b.len() - 1;
+                b[last] ^= 1;
+            }),
+        ),
+        (
+            "bytes appended",
+            2,
+            Box::new(|b| b.extend_from_slice(&[0; 3])),
+        ),
+    ];
+    for (what, part, damage) in cases {
+        damage_part(&store, part, damage);
+        let (loaded, source) = Store::open(store.path())
+            .expect("reopen")
+            .load_fleet_traced()
+            .expect(what);
+        match &source {
+            FleetSource::Rows {
+                unusable: Unusable::Damaged(why),
+                snapshot_written: true,
+            } => assert!(why.contains(&format!("part {part}")), "{what}: {why}"),
+            other => panic!("{what}: loaded from {other:?}"),
+        }
+        assert_eq!(loaded, original, "{what}");
+        // The fallback stored a fresh snapshot.
+        let (again, source) = Store::open(store.path())
+            .expect("reopen")
+            .load_fleet_traced()
+            .expect("reload");
+        assert_eq!(source, FleetSource::Snapshot, "{what}");
+        assert_eq!(again, original, "{what}");
+    }
+    // A missing part and a part that is not a BLOB.
+    store
+        .conn()
+        .execute("DELETE FROM fleet_snapshot WHERE part = 1", [])
+        .expect("delete");
+    let (loaded, source) = store.load_fleet_traced().expect("missing part");
+    assert!(matches!(
+        source,
+        FleetSource::Rows {
+            unusable: Unusable::Damaged(_),
+            ..
+        }
+    ));
+    assert_eq!(loaded, original);
+    store
+        .conn()
+        .execute("UPDATE fleet_snapshot SET body = 'text' WHERE part = 0", [])
+        .expect("text");
+    let (loaded, source) = store.load_fleet_traced().expect("text part");
+    assert!(matches!(
+        source,
+        FleetSource::Rows {
+            unusable: Unusable::Damaged(_),
+            ..
+        }
+    ));
+    assert_eq!(loaded, original);
+}
+
+#[test]
+fn every_truncation_and_bit_flip_of_a_part_is_caught() {
+    let original = fleet(12, 10);
+    let parts = snapshot::encode(&original.devices).expect("encode");
+    assert_eq!(parts.len(), 1);
+    assert_eq!(
+        snapshot::decode(&parts, 1).expect("intact part"),
+        original.devices
+    );
+    let part = &parts[0];
+    for len in 0..part.len() {
+        let cut = vec![part[..len].to_vec()];
+        assert!(
+            matches!(snapshot::decode(&cut, 1), Err(Unusable::Damaged(_))),
+            "truncated to {len} bytes"
+        );
+    }
+    for byte in 0..part.len() {
+        for bit in 0..8 {
+            let mut flipped = part.clone();
+            flipped[byte] ^= 1 << bit;
+            assert!(
+                matches!(snapshot::decode(&[flipped], 1), Err(Unusable::Damaged(_))),
+                "bit {bit} of byte {byte} flipped"
+            );
+        }
+    }
+}
+
+#[test]
+fn garbage_with_a_valid_checksum_never_panics_or_breaks_order() {
+    // The checksum stops real damage; this checks that the decoder itself is bounds-checked,
+    // by re-sealing parts whose contents were scrambled.
+    let original = fleet(40, 11);
+    let parts = snapshot::encode(&original.devices).expect("encode");
+    let part = &parts[0];
+    let mut rng = convoy_core::rng::SeededRng::new(12);
+    for round in 0..3_000 {
+        let mut body = part[..part.len() - 8].to_vec();
+        let flips = 1 + rng.below(4) as usize;
+        for _ in 0..flips {
+            let at = 29 + rng.below((body.len() - 29) as u64) as usize;
+            body[at] = rng.below(256) as u8;
+        }
+        if round % 5 == 0 {
+            let keep = 29 + rng.below((body.len() - 29) as u64) as usize;
+            body.truncate(keep);
+            let total = (body.len() + 8) as u64;
+            body[21..29].copy_from_slice(&total.to_le_bytes());
+        }
+        let sealed = snapshot::seal_for_tests(body);
+        if let Ok(devices) = snapshot::decode(&[sealed], 1) {
+            assert!(devices.windows(2).all(|w| w[0].id < w[1].id));
+        }
+    }
+}
+
+fn trigger_count(store: &Store) -> i64 {
+    store
+        .conn()
+        .query_row(
+            "SELECT count(*) FROM sqlite_master
+             WHERE type = 'trigger' AND name LIKE '%stales_snapshot'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("triggers")
+}
+
+#[test]
+fn bulk_writes_mark_the_snapshot_stale_and_keep_the_triggers() {
+    let (_dir, mut store) = temp_store();
+    let mut expected = fleet(1_500, 13);
+    store.replace_fleet(&expected, None).expect("save");
+    assert_eq!(trigger_count(&store), 6);
+    check_load(store.path(), &expected, Unusable::Missing);
+    // A bulk import (at least 1,000 devices) runs without the triggers and marks the snapshot
+    // stale once.
+    for d in &mut expected.devices[..1_200] {
+        d.failed_update_attempts += 1;
+    }
+    store
+        .upsert_fleet(&expected.depots, &expected.devices[..1_200], None)
+        .expect("bulk import");
+    assert_eq!(trigger_count(&store), 6);
+    check_load(store.path(), &expected, Unusable::Stale);
+    // A bulk write that fails (a repeated id) rolls back, triggers and all.
+    let mut twice = expected.devices[..1_100].to_vec();
+    twice.push(twice[0].clone());
+    let empty = tempfile::tempdir().expect("tempdir");
+    let mut fresh = Store::open(&empty.path().join("fresh.db")).expect("open");
+    assert!(fresh.upsert_fleet(&[], &twice, None).is_err());
+    assert_eq!(trigger_count(&fresh), 6);
+    assert_eq!(fresh.device_count().expect("count"), 0);
+    // The snapshot still goes stale on a small write afterwards.
+    store
+        .conn()
+        .execute("UPDATE devices SET hw_rev = 'Z' WHERE dev = 3", [])
+        .expect("write");
+    let from_rows = store.load_fleet_sequentially().expect("rows");
+    check_load(store.path(), &from_rows, Unusable::Stale);
+}
+
+#[test]
+fn a_cache_without_its_snapshot_state_still_loads_from_the_rows() {
+    let (_dir, mut store) = temp_store();
+    let original = fleet(800, 14);
+    store.replace_fleet(&original, None).expect("save");
+    check_load(store.path(), &original, Unusable::Missing);
+    store
+        .conn()
+        .execute("DELETE FROM fleet_state", [])
+        .expect("delete the state");
+    for _ in 0..2 {
+        let (loaded, source) = store.load_fleet_traced().expect("load");
+        assert_eq!(
+            source,
+            FleetSource::Rows {
+                unusable: Unusable::Missing,
+                snapshot_written: false
+            }
+        );
+        assert_eq!(loaded, original);
+    }
+}
