@@ -96,6 +96,7 @@ fn options(
         rollout_id: "bench".into(),
         waves,
         sample_period_secs: gates.evaluate_every_secs,
+        max_report_gap_secs: convoy::engine::health::DEFAULT_MAX_GAP_SECS,
         gates,
         path: ChangePath::SingleOperator,
         requested_by: "bench".into(),

@@ -84,16 +84,11 @@ impl Setup {
             &p("release.json"),
         ]);
         // Soaks of one simulated hour, short holds: the gates' logic, on a test's time budget.
-        // The crash gate tolerates 50 more crashes per 1,000 device-hours than the baseline (2
-        // by default): these tests check the engine, and a broker outage drops the simulated
-        // devices' telemetry while its time still counts as exposure, which lowers the baseline
-        // (docs/ENGINE.md, "Known limits"). A crash loop is thousands per 1,000 device-hours.
         std::fs::write(
             p("policy.json"),
             r#"{"version": 1,
                 "planning": {"operating_cycle_secs": {}, "default_operating_cycle_secs": 3600},
-                "gates": {"hold_extension_secs": 1800,
-                          "crash": {"max_ratio": 1.5, "min_abs_diff": 50.0, "on_fail": "roll_back_wave"}}}"#,
+                "gates": {"hold_extension_secs": 1800}}"#,
         )
         .expect("policy");
         std::fs::write(

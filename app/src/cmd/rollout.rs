@@ -127,6 +127,11 @@ pub struct RunArgs {
     /// Simulated seconds per health sample (default: the gates' evaluation interval).
     #[arg(long)]
     pub sample_secs: Option<i64>,
+    /// The longest gap between two of a device's messages (by its own clock) that still counts
+    /// as exposure for the health gates; a longer gap (an outage, lost messages) counts as
+    /// neither healthy nor sick. Set it above the devices' heartbeat interval.
+    #[arg(long, default_value_t = crate::engine::health::DEFAULT_MAX_GAP_SECS)]
+    pub max_report_gap_secs: i64,
     /// TLS: CA certificate of the broker (PEM), for mqtts://.
     #[arg(long)]
     pub ca_file: Option<PathBuf>,
@@ -374,6 +379,7 @@ fn run_rollout(args: &RunArgs) -> Result<()> {
         time_scale: args.time_scale,
         start,
         sample_period_secs,
+        max_report_gap_secs: args.max_report_gap_secs,
         max_wall: args
             .max_wall_secs
             .filter(|s| s.is_finite() && *s > 0.0)

@@ -7,6 +7,12 @@
 //! so that no event is counted for the wrong cohort. A window in which the device was never heard
 //! from yields no sample: silence is not health.
 //!
+//! Exposure is measured on the device's own clock, between consecutive messages: the time from
+//! one message's timestamp to the next counts only when the two are at most `max_gap_secs`
+//! apart. A longer gap is time the device may have been unable to report (a broker outage, a
+//! dead zone, a small buffer that dropped events), so it counts as neither healthy nor sick.
+//! Messages that arrive in a burst after a delay still cover the time they were stamped in.
+//!
 //! This is bookkeeping only; it decides nothing, reads no clock and sends nothing.
 
 use convoy_core::rollout::HealthSample;
@@ -14,11 +20,19 @@ use convoy_core::time::Timestamp;
 
 use crate::link::protocol::TelemetryEvent;
 
+/// The default longest gap between two of a device's messages that still counts as exposure.
+pub const DEFAULT_MAX_GAP_SECS: i64 = 1800;
+
 /// One device's open window.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct HealthWindow {
-    since: Option<Timestamp>,
+    max_gap_secs: i64,
     heard: bool,
+    /// The newest device timestamp heard, kept across windows.
+    last_device_ts: Option<Timestamp>,
+    exposure_secs: i64,
+    /// Time between messages too far apart to count, in this window.
+    lost_secs: i64,
     crashes: u32,
     reconnect_failures: u32,
     reconnects: u32,
@@ -31,17 +45,64 @@ pub struct HealthWindow {
     custom: Vec<(String, f64)>,
 }
 
+impl Default for HealthWindow {
+    fn default() -> Self {
+        Self::new(DEFAULT_MAX_GAP_SECS)
+    }
+}
+
 impl HealthWindow {
+    /// An empty window that counts gaps of up to `max_gap_secs` between messages as exposure.
+    pub fn new(max_gap_secs: i64) -> Self {
+        Self {
+            max_gap_secs: max_gap_secs.max(1),
+            heard: false,
+            last_device_ts: None,
+            exposure_secs: 0,
+            lost_secs: 0,
+            crashes: 0,
+            reconnect_failures: 0,
+            reconnects: 0,
+            reconnect_total_secs: 0.0,
+            battery_last: None,
+            drain_pct: 0.0,
+            drain_secs: 0,
+            custom: Vec::new(),
+        }
+    }
+
     /// Whether anything was heard since the window opened.
     pub fn heard(&self) -> bool {
         self.heard
     }
 
-    /// Adds one event heard at `now`, which the device stamped `device_ts` (battery drain is
-    /// timed by the device's own clock: messages arrive in bursts, the device's readings do not).
-    pub fn record(&mut self, now: Timestamp, device_ts: Timestamp, event: &TelemetryEvent) {
-        self.since.get_or_insert(now);
+    /// Seconds between messages too far apart to count, since the window opened.
+    pub fn lost_secs(&self) -> i64 {
+        self.lost_secs
+    }
+
+    /// Extends the exposure to a message the device stamped `device_ts`.
+    fn cover(&mut self, device_ts: Timestamp) {
         self.heard = true;
+        match self.last_device_ts {
+            Some(prev) if device_ts > prev => {
+                let gap = device_ts.secs_since(prev);
+                if gap <= self.max_gap_secs {
+                    self.exposure_secs += gap;
+                } else {
+                    self.lost_secs += gap;
+                }
+                self.last_device_ts = Some(device_ts);
+            }
+            // The same second, or older (a resent or reordered message): no time to add.
+            Some(_) => {}
+            None => self.last_device_ts = Some(device_ts),
+        }
+    }
+
+    /// Adds one event the device stamped `device_ts`.
+    pub fn record(&mut self, device_ts: Timestamp, event: &TelemetryEvent) {
+        self.cover(device_ts);
         match event {
             TelemetryEvent::Crash { .. } => self.crashes = self.crashes.saturating_add(1),
             TelemetryEvent::Reconnect { offline_secs, ok } => {
@@ -76,25 +137,23 @@ impl HealthWindow {
         }
     }
 
-    /// Marks the device heard (a status message) without an event to count.
-    pub fn touch(&mut self, now: Timestamp) {
-        self.since.get_or_insert(now);
-        self.heard = true;
+    /// Marks the device heard (a status message stamped `device_ts`) without an event to count.
+    pub fn touch(&mut self, device_ts: Timestamp) {
+        self.cover(device_ts);
     }
 
-    /// Closes the window at `now` and opens the next one. Returns the sample if the device was
-    /// heard and the window covered at least a second.
-    pub fn close(&mut self, now: Timestamp) -> Option<HealthSample> {
-        let since = self.since?;
-        let period_secs = now.secs_since(since);
-        if !self.heard || period_secs < 1 {
+    /// Closes the window and opens the next one. Returns the sample if the device was heard and
+    /// the window covered at least a second of exposure; otherwise what it holds stays for the
+    /// next close.
+    pub fn close(&mut self) -> Option<HealthSample> {
+        if !self.heard || self.exposure_secs < 1 {
             return None;
         }
         // No discharging interval ended in this window: no drain figure for it.
         let battery_drain_pct_per_hour =
             (self.drain_secs > 0).then(|| self.drain_pct / (self.drain_secs as f64 / 3600.0));
         let sample = HealthSample {
-            period_secs: u32::try_from(period_secs).unwrap_or(u32::MAX),
+            period_secs: u32::try_from(self.exposure_secs).unwrap_or(u32::MAX),
             crashes: self.crashes,
             reconnect_failures: self.reconnect_failures,
             support_contacts: 0,
@@ -104,9 +163,9 @@ impl HealthWindow {
             custom: std::mem::take(&mut self.custom),
         };
         *self = Self {
-            since: Some(now),
+            last_device_ts: self.last_device_ts,
             battery_last: self.battery_last,
-            ..Self::default()
+            ..Self::new(self.max_gap_secs)
         };
         Some(sample)
     }
@@ -121,16 +180,14 @@ mod tests {
     #[test]
     fn a_window_counts_crashes_reconnects_and_battery_drain_over_its_period() {
         let mut w = HealthWindow::default();
-        w.record(T0, T0, &TelemetryEvent::Battery { pct: 80 });
+        w.record(T0, &TelemetryEvent::Battery { pct: 80 });
         w.record(
-            T0.plus_secs(60),
             T0.plus_secs(60),
             &TelemetryEvent::Crash {
                 process: "nav".into(),
             },
         );
         w.record(
-            T0.plus_secs(120),
             T0.plus_secs(120),
             &TelemetryEvent::Reconnect {
                 offline_secs: 30,
@@ -139,7 +196,6 @@ mod tests {
         );
         w.record(
             T0.plus_secs(130),
-            T0.plus_secs(130),
             &TelemetryEvent::Reconnect {
                 offline_secs: 10,
                 ok: true,
@@ -147,18 +203,13 @@ mod tests {
         );
         w.record(
             T0.plus_secs(140),
-            T0.plus_secs(140),
             &TelemetryEvent::Reconnect {
                 offline_secs: 0,
                 ok: false,
             },
         );
-        w.record(
-            T0.plus_secs(1800),
-            T0.plus_secs(1800),
-            &TelemetryEvent::Battery { pct: 78 },
-        );
-        let s = w.close(T0.plus_secs(1800)).expect("heard");
+        w.record(T0.plus_secs(1800), &TelemetryEvent::Battery { pct: 78 });
+        let s = w.close().expect("heard");
         assert_eq!(s.period_secs, 1800);
         assert_eq!(s.crashes, 1);
         assert_eq!(s.reconnect_failures, 1);
@@ -167,35 +218,27 @@ mod tests {
         // The next window starts where this one ended and is empty.
         w.record(
             T0.plus_secs(2000),
-            T0.plus_secs(2000),
             &TelemetryEvent::Heartbeat { uptime_secs: 9 },
         );
-        let s = w.close(T0.plus_secs(2700)).expect("heard again");
-        assert_eq!((s.period_secs, s.crashes), (900, 0));
+        let s = w.close().expect("heard again");
+        // Exposure runs to the last message (2000), not to the close: the rest counts later.
+        assert_eq!((s.period_secs, s.crashes), (200, 0));
         assert_eq!(s.battery_drain_pct_per_hour, None);
         // A reading in a later window is measured against the last one before it.
-        w.record(
-            T0.plus_secs(3000),
-            T0.plus_secs(3600),
-            &TelemetryEvent::Battery { pct: 77 },
-        );
-        let s = w.close(T0.plus_secs(3600)).expect("heard");
+        w.record(T0.plus_secs(3600), &TelemetryEvent::Battery { pct: 77 });
+        let s = w.close().expect("heard");
         assert_eq!(s.battery_drain_pct_per_hour, Some(2.0));
     }
 
     #[test]
     fn a_silent_window_gives_no_sample_and_charging_gives_no_drain_figure() {
         let mut w = HealthWindow::default();
-        assert_eq!(w.close(T0), None, "never heard");
-        w.record(T0, T0, &TelemetryEvent::Battery { pct: 40 });
-        w.record(
-            T0.plus_secs(600),
-            T0.plus_secs(600),
-            &TelemetryEvent::Battery { pct: 50 },
-        );
-        let s = w.close(T0.plus_secs(900)).expect("heard");
+        assert_eq!(w.close(), None, "never heard");
+        w.record(T0, &TelemetryEvent::Battery { pct: 40 });
+        w.record(T0.plus_secs(600), &TelemetryEvent::Battery { pct: 50 });
+        let s = w.close().expect("heard");
         assert_eq!(s.battery_drain_pct_per_hour, None);
-        assert_eq!(w.close(T0.plus_secs(1800)), None, "nothing heard since");
+        assert_eq!(w.close(), None, "nothing heard since");
     }
 
     #[test]
@@ -208,14 +251,55 @@ mod tests {
         ] {
             w.record(
                 T0,
-                T0,
                 &TelemetryEvent::Metric {
                     name: name.into(),
                     value,
                 },
             );
         }
-        let s = w.close(T0.plus_secs(60)).expect("heard");
+        w.record(
+            T0.plus_secs(60),
+            &TelemetryEvent::Heartbeat { uptime_secs: 60 },
+        );
+        let s = w.close().expect("heard");
+        assert_eq!(s.period_secs, 60);
         assert_eq!(s.custom, vec![("brake_faults".to_owned(), 3.0)]);
+    }
+
+    #[test]
+    fn a_gap_longer_than_the_bound_is_neither_healthy_nor_sick() {
+        let mut w = HealthWindow::new(1800);
+        let beat = TelemetryEvent::Heartbeat { uptime_secs: 1 };
+        w.record(T0, &beat);
+        w.record(T0.plus_secs(300), &beat);
+        // The broker was away for two hours and the device's messages were lost.
+        w.record(
+            T0.plus_secs(300 + 7200),
+            &TelemetryEvent::Crash {
+                process: "x".into(),
+            },
+        );
+        w.record(T0.plus_secs(300 + 7200 + 300), &beat);
+        let s = w.close().expect("heard");
+        assert_eq!(s.period_secs, 600, "two five-minute intervals");
+        assert_eq!(s.crashes, 1);
+        assert_eq!(w.lost_secs(), 0, "a new window");
+    }
+
+    #[test]
+    fn a_late_burst_covers_the_time_it_was_stamped_in_and_old_messages_add_no_time() {
+        let mut w = HealthWindow::default();
+        let beat = TelemetryEvent::Heartbeat { uptime_secs: 1 };
+        w.record(T0, &beat);
+        assert_eq!(w.close(), None, "no exposure yet: nothing to sample");
+        // Arriving together much later, stamped five minutes apart.
+        for k in 1..=6 {
+            w.record(T0.plus_secs(300 * k), &beat);
+        }
+        // A resent old message and a same-second one add nothing.
+        w.record(T0.plus_secs(600), &beat);
+        w.touch(T0.plus_secs(1800));
+        let s = w.close().expect("heard");
+        assert_eq!(s.period_secs, 1800);
     }
 }

@@ -69,6 +69,9 @@ pub struct EngineOptions {
     pub start: Timestamp,
     /// Simulated seconds between health samples per device (the gates' exposure unit).
     pub sample_period_secs: i64,
+    /// The longest gap between two of a device's messages (by its own clock) that still counts
+    /// as exposure; a longer one is time it may not have been able to report.
+    pub max_report_gap_secs: i64,
     /// Give up after this much wall time (the report says so).
     pub max_wall: Option<Duration>,
     /// Wall time after which an unacknowledged command is sent again (same id).
@@ -398,7 +401,7 @@ pub async fn run(opts: EngineOptions, stop: Option<oneshot::Receiver<()>>) -> Re
         store,
         rollout,
         in_rollout,
-        windows: vec![HealthWindow::default(); n],
+        windows: vec![HealthWindow::new(opts.max_report_gap_secs); n],
         heard: Vec::new(),
         heard_flag: vec![false; n],
         next_flush,
@@ -633,7 +636,7 @@ impl Engine {
         let now = self.clock.now();
         match event {
             LinkEvent::Inbound(Inbound::Status(s)) => self.on_status(now, &s)?,
-            LinkEvent::Inbound(Inbound::Telemetry(t)) => self.on_telemetry(now, &t),
+            LinkEvent::Inbound(Inbound::Telemetry(t)) => self.on_telemetry(&t),
             LinkEvent::Inbound(Inbound::Ack(a)) => self.on_ack(now, &a),
             LinkEvent::Rejected(r) => {
                 self.rejections.record(&r);
@@ -681,7 +684,7 @@ impl Engine {
         if !self.in_rollout[i] {
             return Ok(());
         }
-        self.mark_heard(i, now, None);
+        self.mark_heard(i, s.ts, None);
         if s.update.release_id.as_deref() != Some(self.opts.manifest.release_id()) {
             return Ok(());
         }
@@ -729,13 +732,13 @@ impl Engine {
             .unwrap_or(usize::MAX)
     }
 
-    fn on_telemetry(&mut self, now: Timestamp, t: &Telemetry) {
+    fn on_telemetry(&mut self, t: &Telemetry) {
         self.counts.telemetry_messages += 1;
         let Some(i) = self.index(&t.device_id) else {
             return;
         };
         if self.in_rollout[i] {
-            self.mark_heard(i, now, Some((t.ts, &t.event)));
+            self.mark_heard(i, t.ts, Some(&t.event));
         }
     }
 
@@ -803,15 +806,16 @@ impl Engine {
         Ok(())
     }
 
+    /// Notes a message from fleet device `i`, stamped `device_ts` by the device.
     fn mark_heard(
         &mut self,
         i: usize,
-        now: Timestamp,
-        event: Option<(Timestamp, &crate::link::protocol::TelemetryEvent)>,
+        device_ts: Timestamp,
+        event: Option<&crate::link::protocol::TelemetryEvent>,
     ) {
         match event {
-            Some((ts, e)) => self.windows[i].record(now, ts, e),
-            None => self.windows[i].touch(now),
+            Some(e) => self.windows[i].record(device_ts, e),
+            None => self.windows[i].touch(device_ts),
         }
         if !self.heard_flag[i] {
             self.heard_flag[i] = true;
@@ -859,7 +863,7 @@ impl Engine {
     }
 
     fn close_window(&mut self, now: Timestamp, i: usize) {
-        if let Some(sample) = self.windows[i].close(now) {
+        if let Some(sample) = self.windows[i].close() {
             let report = TelemetryReport {
                 device_id: self.fleet.devices[i].id.clone(),
                 sample,
