@@ -819,3 +819,42 @@ fn token_commands_store_only_hashes_and_revoke() {
         ]
     );
 }
+
+#[test]
+fn a_revoked_token_is_refused_by_the_running_server() {
+    let f = fixture();
+    let rt = runtime();
+    rt.block_on(async {
+        let server = Server::start(config(&f.cache)).await.expect("start");
+        let c = client();
+        let url = format!("{}/api/v1/whoami", server.base_url());
+        assert_eq!(get(&c, &url, Some(&f.viewer)).await.0, StatusCode::OK);
+        tokio::task::spawn_blocking({
+            let cache = f.cache.clone();
+            move || {
+                let store = Store::open(&cache).expect("open");
+                auth::revoke_tokens(
+                    &store,
+                    &auth::Revoke::Operator("vera"),
+                    "operator:test",
+                    Timestamp::from_secs(1_795_000_300),
+                )
+                .expect("revoke")
+            }
+        })
+        .await
+        .expect("revoker");
+        let (status, body) = get(&c, &url, Some(&f.viewer)).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+        assert_eq!(get(&c, &url, Some(&f.dispatcher)).await.0, StatusCode::OK);
+        // A known path with the wrong method is 405, after authentication.
+        let resp = c
+            .delete(format!("{}/api/v1/devices", server.base_url()))
+            .bearer_auth(&f.dispatcher)
+            .send()
+            .await
+            .expect("delete");
+        assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED);
+        server.shutdown().await;
+    });
+}
