@@ -116,11 +116,13 @@ fn device_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeviceRow> {
 
 /// Devices matching `filter`, by id, at most `filter.limit`.
 pub fn devices(store: &Store, filter: &DeviceFilter) -> Result<DevicePage> {
+    // `d.id > ?5` stands alone (not `?5 IS NULL OR ...`) so SQLite seeks the id index to
+    // `after` instead of reading every id before it: a page costs the same wherever it is.
     let sql = format!(
         "SELECT {DEVICE_COLUMNS}, {FIRMWARE_SQL} AS firmware, {} AS state FROM devices d
          WHERE (?1 IS NULL OR d.model = ?1) AND (?2 IS NULL OR d.region = ?2)
            AND (?3 IS NULL OR firmware = ?3) AND (?4 IS NULL OR state = ?4)
-           AND (?5 IS NULL OR d.id > ?5)
+           AND d.id > ?5
          ORDER BY d.id LIMIT ?6",
         state_sql()
     );
@@ -136,7 +138,8 @@ pub fn devices(store: &Store, filter: &DeviceFilter) -> Result<DevicePage> {
             filter.region,
             filter.version,
             filter.state,
-            filter.after,
+            // Every id sorts after the empty string.
+            filter.after.as_deref().unwrap_or(""),
             fetch
         ],
         device_row,
