@@ -39,6 +39,8 @@ pub enum Command {
     Gui(cmd::gui::Args),
     /// Serve release artifacts over HTTP with range requests; fetch one with resume.
     Artifacts(cmd::artifacts::Args),
+    /// Serve the cache over an authenticated HTTP JSON API; manage its API tokens.
+    Serve(cmd::serve::Args),
 }
 
 /// Runs the command line and returns the process exit code. Errors are printed once, here,
@@ -59,6 +61,7 @@ pub fn main() -> ExitCode {
         Some(Command::Sim(args)) => cmd::sim::run(&args),
         Some(Command::Gui(args)) => cmd::gui::run(&args),
         Some(Command::Artifacts(args)) => cmd::artifacts::run(&args),
+        Some(Command::Serve(args)) => cmd::serve::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -8,6 +8,7 @@ mod mqtt;
 mod plan;
 mod release;
 mod score;
+mod serve;
 mod sim;
 mod store;
 mod tuf;

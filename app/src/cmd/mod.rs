@@ -10,5 +10,6 @@ pub mod plan;
 pub mod release;
 pub mod rollout;
 pub mod score;
+pub mod serve;
 pub mod sim;
 pub mod telemetry;

@@ -268,6 +268,29 @@ pub const MIGRATIONS: &[&str] = &[
     DROP TABLE samples;
     ALTER TABLE samples_by_time RENAME TO samples;
     ",
+    // v5: API tokens of `convoy serve` (issue 9). Only the SHA-256 of a token is kept; the
+    // token itself is printed once when it is made. A revoked token keeps its row (with the
+    // time) so the audit trail's references to it still resolve.
+    r"
+    CREATE TABLE api_tokens (
+        id       TEXT PRIMARY KEY NOT NULL,
+        operator TEXT NOT NULL REFERENCES operators(name),
+        sha256   TEXT NOT NULL UNIQUE,
+        created  INTEGER NOT NULL,
+        revoked  INTEGER
+    ) WITHOUT ROWID;
+
+    -- One global sequence over rollout events (their own key is per rollout), filled by a
+    -- trigger, so that the server's live stream finds new events with one indexed range read.
+    CREATE TABLE rollout_event_log (
+        seq        INTEGER PRIMARY KEY,
+        rollout_id TEXT NOT NULL,
+        event_seq  INTEGER NOT NULL
+    );
+    CREATE TRIGGER rollout_events_logged AFTER INSERT ON rollout_events BEGIN
+        INSERT INTO rollout_event_log(rollout_id, event_seq) VALUES (new.rollout_id, new.seq);
+    END;
+    ",
 ];
 
 /// The schema version a fresh or upgraded cache has.

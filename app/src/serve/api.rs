@@ -1,0 +1,707 @@
+//! The JSON API v1: authentication, rate limit, routing, role checks, body limits, JSON errors
+//! that name the field, and the handlers (docs/openapi.yaml is the contract).
+//!
+//! Every request is authenticated before anything else, so an unknown path without a token is
+//! 401 too, never 404: an unauthenticated caller learns nothing, not even which paths exist.
+//! Then the token's rate limit (429), then the route (404, 405), then the role (403), then the
+//! body (413, 400). Errors are `{"error": "...", "field": "..."}`, the field present when one
+//! field of the request was wrong.
+//!
+//! Every call that changes something appends to the hash-chained audit trail, in the same
+//! transaction as the change, with the actor `operator:NAME` of the token's operator.
+//!
+//! Not here: the SQL (see [`super::query`]), and any decision: scores come from
+//! `convoy_core::risk`.
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::Response;
+use convoy_core::risk::{self, Finding, RiskError, ScoringPolicy};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use hyper::body::{Bytes, Frame};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
+use std::time::Instant;
+use tokio::sync::{broadcast, mpsc};
+
+use super::auth::{self, Caller, Role};
+use super::query::{self, DEVICE_STATES, DeviceFilter, IDLE};
+use super::{AppState, Counters, stopped};
+
+/// The prefix of every API path.
+pub const PREFIX: &str = "/api/v1";
+/// Devices per page when `limit` is not given, and the most a page may hold.
+pub const DEFAULT_PAGE: usize = 100;
+pub const MAX_PAGE: usize = 1000;
+/// History rows of one device when `history` is not given, and the most.
+pub const DEFAULT_HISTORY: usize = 50;
+pub const MAX_HISTORY: usize = 10_000;
+
+/// An error answer: a status, a message, and the request field at fault if there is one.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+    pub field: Option<String>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+            field: None,
+        }
+    }
+
+    fn field(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            message: message.into(),
+            field: Some(field.into()),
+        }
+    }
+
+    fn internal(e: &anyhow::Error) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}"))
+    }
+
+    fn not_found(what: String) -> Self {
+        Self::new(StatusCode::NOT_FOUND, what)
+    }
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<&'a str>,
+}
+
+fn json_response<T: Serialize>(status: StatusCode, value: &T) -> Response {
+    match serde_json::to_vec(value) {
+        Ok(bytes) => {
+            let mut response = Response::new(Body::from(bytes));
+            *response.status_mut() = status;
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            response
+        }
+        Err(e) => error_response(&ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("encoding the answer: {e}"),
+        )),
+    }
+}
+
+fn error_response(e: &ApiError) -> Response {
+    let body = ErrorBody {
+        error: &e.message,
+        field: e.field.as_deref(),
+    };
+    let bytes = serde_json::to_vec(&body).unwrap_or_else(|_| b"{}".to_vec());
+    let mut response = Response::new(Body::from(bytes));
+    *response.status_mut() = e.status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if e.status == StatusCode::UNAUTHORIZED {
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"convoy\""),
+        );
+    }
+    response
+}
+
+/// The bearer token of a request, if it carries one.
+fn bearer(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.trim().split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then(|| token.to_owned())
+}
+
+/// The one entry point: authenticate, limit, route.
+pub(crate) async fn handle(State(app): State<Arc<AppState>>, request: Request) -> Response {
+    Counters::bump(&app.counters.requests);
+    let result = async {
+        let token = bearer(request.headers()).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "authentication required: send Authorization: Bearer TOKEN",
+            )
+        })?;
+        let caller = app
+            .pool
+            .run(move |store| auth::lookup(store, &token))
+            .await
+            .map_err(|e| ApiError::internal(&e))?
+            .ok_or_else(|| {
+                ApiError::new(StatusCode::UNAUTHORIZED, "the token is unknown or revoked")
+            })?;
+        if let Err(wait_secs) = app.limiter.take(&caller.token_id, Instant::now()) {
+            let mut e = error_response(&ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "rate limit of {} requests per second exceeded for operator {}",
+                    app.config.rate_per_sec, caller.operator
+                ),
+            ));
+            let retry = wait_secs.ceil().clamp(1.0, 3600.0) as u64;
+            if let Ok(v) = HeaderValue::from_str(&retry.to_string()) {
+                e.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+            return Ok(e);
+        }
+        route(&app, &caller, request).await
+    }
+    .await;
+    match result {
+        Ok(r) => r,
+        Err(e) => {
+            let c = &app.counters;
+            match e.status {
+                StatusCode::UNAUTHORIZED => Counters::bump(&c.unauthorized),
+                StatusCode::FORBIDDEN => Counters::bump(&c.forbidden),
+                StatusCode::PAYLOAD_TOO_LARGE => Counters::bump(&c.too_large),
+                StatusCode::BAD_REQUEST => Counters::bump(&c.bad_request),
+                _ => {}
+            }
+            error_response(&e)
+        }
+    }
+    .tap_rate_limited(&app)
+}
+
+trait TapRateLimited {
+    fn tap_rate_limited(self, app: &AppState) -> Self;
+}
+
+impl TapRateLimited for Response {
+    fn tap_rate_limited(self, app: &AppState) -> Self {
+        if self.status() == StatusCode::TOO_MANY_REQUESTS {
+            Counters::bump(&app.counters.rate_limited);
+        }
+        self
+    }
+}
+
+/// Decodes `%XX` escapes of one path segment; `None` if they do not make UTF-8.
+fn decode_segment(segment: &str) -> Option<String> {
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = segment.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+fn require(caller: &Caller, needed: Role, what: &str) -> Result<(), ApiError> {
+    if caller.role.allows(needed) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "operator {} ({}) may not {what}: it needs the {} role",
+                caller.operator,
+                caller.role.as_str(),
+                needed.as_str()
+            ),
+        ))
+    }
+}
+
+fn method_not_allowed(allowed: &'static str) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("method not allowed here; use {allowed}"),
+    )
+}
+
+async fn route(
+    app: &Arc<AppState>,
+    caller: &Caller,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let path = request.uri().path().to_owned();
+    let Some(rest) = path.strip_prefix(PREFIX) else {
+        return Err(ApiError::not_found(format!(
+            "no such path {path}: the API is under {PREFIX}/"
+        )));
+    };
+    let segments: Vec<String> = rest
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .map(decode_segment)
+        .collect::<Option<_>>()
+        .ok_or_else(|| {
+            ApiError::new(StatusCode::BAD_REQUEST, "bad percent-encoding in the path")
+        })?;
+    let query = request.uri().query().unwrap_or("").to_owned();
+    let method = request.method().clone();
+    let segs: Vec<&str> = segments.iter().map(String::as_str).collect();
+    let get = method == Method::GET;
+    match segs.as_slice() {
+        ["whoami"] if get => Ok(json_response(
+            StatusCode::OK,
+            &serde_json::json!({
+                "operator": caller.operator,
+                "role": caller.role,
+                "token_id": caller.token_id,
+            }),
+        )),
+        ["fleet"] if get => {
+            parse_query::<NoParams>(&query)?;
+            read(app, query::fleet_summary).await
+        }
+        ["devices"] if get => {
+            let filter = device_filter(&query)?;
+            read(app, move |s| query::devices(s, &filter)).await
+        }
+        ["devices", id] if get => {
+            let q: HistoryParams = parse_query(&query)?;
+            let limit = bounded(q.history, DEFAULT_HISTORY, MAX_HISTORY, "history")?;
+            let id = (*id).to_owned();
+            let found = app
+                .pool
+                .run({
+                    let id = id.clone();
+                    move |s| query::device(s, &id, limit)
+                })
+                .await
+                .map_err(|e| ApiError::internal(&e))?;
+            found
+                .map(|d| json_response(StatusCode::OK, &d))
+                .ok_or_else(|| ApiError::not_found(format!("no device {id} in the cache")))
+        }
+        ["rollouts"] if get => {
+            parse_query::<NoParams>(&query)?;
+            read(app, query::rollouts).await
+        }
+        ["rollouts", id, "timeline"] if get => {
+            parse_query::<NoParams>(&query)?;
+            let id = (*id).to_owned();
+            let events = app
+                .pool
+                .run({
+                    let id = id.clone();
+                    move |s| s.timeline(&id)
+                })
+                .await
+                .map_err(|e| ApiError::internal(&e))?;
+            if events.is_empty() {
+                return Err(ApiError::not_found(format!(
+                    "no rollout {id}: it has no timeline in the cache"
+                )));
+            }
+            Ok(json_response(
+                StatusCode::OK,
+                &serde_json::json!({ "rollout_id": id, "events": events }),
+            ))
+        }
+        ["audit"] if get => {
+            let q: AuditParams = parse_query(&query)?;
+            let limit = bounded(q.limit, 100, 100_000, "limit")?;
+            read(app, move |s| s.audit_entries(Some(limit))).await
+        }
+        ["audit", "verify"] if get => {
+            parse_query::<NoParams>(&query)?;
+            read(app, |s| {
+                let report = s.verify_audit()?;
+                Ok(serde_json::json!({
+                    "ok": report.problem.is_none(),
+                    "entries": report.entries,
+                    "problem": report.problem.as_ref().map(ToString::to_string),
+                    "problem_seq": report.problem.as_ref().map(crate::store::audit::ChainProblem::seq),
+                    "head": s.audit_head()?,
+                }))
+            })
+            .await
+        }
+        ["findings"] if get => {
+            parse_query::<NoParams>(&query)?;
+            read(app, query::findings).await
+        }
+        ["findings"] if method == Method::POST => {
+            require(caller, Role::Dispatcher, "score findings")?;
+            let body = read_body(app, request).await?;
+            score_finding(app, caller, &body).await
+        }
+        ["findings", id] if get => {
+            parse_query::<NoParams>(&query)?;
+            let id = (*id).to_owned();
+            let found = app
+                .pool
+                .run({
+                    let id = id.clone();
+                    move |s| query::finding(s, &id)
+                })
+                .await
+                .map_err(|e| ApiError::internal(&e))?;
+            found
+                .map(|f| json_response(StatusCode::OK, &f))
+                .ok_or_else(|| ApiError::not_found(format!("no finding {id}")))
+        }
+        ["events"] if get => {
+            parse_query::<NoParams>(&query)?;
+            Ok(event_stream(app))
+        }
+        ["whoami" | "fleet" | "devices" | "rollouts" | "audit" | "events"]
+        | ["devices" | "findings", _]
+        | ["rollouts", _, "timeline"]
+        | ["audit", "verify"] => Err(method_not_allowed("GET")),
+        ["findings"] => Err(method_not_allowed("GET or POST")),
+        _ => Err(ApiError::not_found(format!("no such path {path}"))),
+    }
+}
+
+/// Runs a read on the cache pool and answers 200 with its JSON.
+async fn read<T, F>(app: &Arc<AppState>, job: F) -> Result<Response, ApiError>
+where
+    T: Serialize + Send + 'static,
+    F: FnOnce(&crate::store::Store) -> anyhow::Result<T> + Send + 'static,
+{
+    let value = app
+        .pool
+        .run(job)
+        .await
+        .map_err(|e| ApiError::internal(&e))?;
+    Ok(json_response(StatusCode::OK, &value))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NoParams {}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HistoryParams {
+    history: Option<usize>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditParams {
+    limit: Option<usize>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeviceParams {
+    model: Option<String>,
+    region: Option<String>,
+    version: Option<String>,
+    state: Option<String>,
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+fn bounded(
+    value: Option<usize>,
+    default: usize,
+    max: usize,
+    field: &str,
+) -> Result<usize, ApiError> {
+    match value {
+        None => Ok(default),
+        Some(v) if (1..=max).contains(&v) => Ok(v),
+        Some(v) => Err(ApiError::field(
+            field,
+            format!("{field} must be between 1 and {max}, not {v}"),
+        )),
+    }
+}
+
+fn device_filter(query: &str) -> Result<DeviceFilter, ApiError> {
+    let q: DeviceParams = parse_query(query)?;
+    if let Some(state) = &q.state
+        && state != IDLE
+        && !DEVICE_STATES.contains(&state.as_str())
+    {
+        return Err(ApiError::field(
+            "state",
+            format!(
+                "unknown state {state:?}: use {IDLE} or one of {}",
+                DEVICE_STATES.join(", ")
+            ),
+        ));
+    }
+    Ok(DeviceFilter {
+        limit: bounded(q.limit, DEFAULT_PAGE, MAX_PAGE, "limit")?,
+        model: q.model,
+        region: q.region,
+        version: q.version,
+        state: q.state,
+        after: q.after,
+    })
+}
+
+/// The field a `missing field `x`` message is about: serde_path_to_error's path ends at the
+/// object that lacks it (for an unknown field the path already names the field).
+fn quoted_field(message: &str) -> Option<&str> {
+    message
+        .strip_prefix("missing field `")
+        .and_then(|rest| rest.split('`').next())
+}
+
+fn join_path(path: &str, field: Option<&str>) -> String {
+    match (path, field) {
+        ("" | ".", Some(f)) => f.to_owned(),
+        (p, Some(f)) => format!("{p}.{f}"),
+        ("" | ".", None) => "(body)".to_owned(),
+        (p, None) => p.to_owned(),
+    }
+}
+
+fn parse_query<T: DeserializeOwned>(query: &str) -> Result<T, ApiError> {
+    let de = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let message = e.inner().to_string();
+        let field = join_path(&e.path().to_string(), quoted_field(&message));
+        ApiError::field(
+            field.clone(),
+            format!("bad query parameter {field}: {message}"),
+        )
+    })
+}
+
+/// Parses a JSON body; an error names the field (its path, e.g. `affected.models[0]`) and,
+/// for syntax errors, the line and column.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let message = e.inner().to_string();
+        let field = join_path(&e.path().to_string(), quoted_field(&message));
+        ApiError::field(field.clone(), format!("bad JSON at {field}: {message}"))
+    })?;
+    de.end()
+        .map_err(|e| ApiError::field("(body)", format!("bad JSON: {e}")))?;
+    Ok(value)
+}
+
+/// Reads the whole body, refusing more than `max_body_bytes` with 413 (at once when the
+/// `Content-Length` says so).
+async fn read_body(app: &AppState, request: Request) -> Result<Bytes, ApiError> {
+    let max = app.config.max_body_bytes;
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the request body is larger than the limit of {max} bytes"),
+        )
+    };
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return Err(too_large());
+    }
+    match Limited::new(request.into_body(), max).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
+        Err(e) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("reading the request body: {e}"),
+        )),
+    }
+}
+
+fn risk_error(e: RiskError) -> ApiError {
+    match e {
+        RiskError::InvalidFinding { field, reason } => {
+            ApiError::field(field, format!("invalid finding field {field}: {reason}"))
+        }
+        other => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
+    }
+}
+
+/// `POST /findings`: scores the finding against the cache's fleet with the default policy,
+/// stores both and audits it.
+async fn score_finding(
+    app: &Arc<AppState>,
+    caller: &Caller,
+    body: &[u8],
+) -> Result<Response, ApiError> {
+    let finding: Finding = parse_json(body)?;
+    finding.validate().map_err(risk_error)?;
+    let actor = caller.actor();
+    let answer = app
+        .pool
+        .run(move |store| {
+            let now = crate::now();
+            let fleet = store.load_fleet()?;
+            let card = match risk::score(&finding, &fleet, &ScoringPolicy::default(), now) {
+                Ok(c) => c,
+                Err(e) => return Ok(Err(risk_error(e))),
+            };
+            let finding_json = serde_json::to_value(&finding)?;
+            let card_json = serde_json::to_value(&card)?;
+            let audit_seq =
+                query::record_finding(store, &finding_json, &finding.id, &card_json, &actor, now)?;
+            Ok(Ok(serde_json::json!({
+                "finding": finding.id,
+                "audit_seq": audit_seq,
+                "scorecard": card_json,
+            })))
+        })
+        .await
+        .map_err(|e| ApiError::internal(&e))??;
+    Ok(json_response(StatusCode::CREATED, &answer))
+}
+
+/// A response body fed from a channel of chunks; ends when the sender is dropped.
+struct ChannelBody {
+    rx: mpsc::Receiver<Bytes>,
+}
+
+impl hyper::body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.rx
+            .poll_recv(cx)
+            .map(|chunk| chunk.map(|b| Ok(Frame::data(b))))
+    }
+}
+
+/// `GET /events`: server-sent events from the shared poller, with keep-alive comments, until
+/// the client goes away or the server stops.
+fn event_stream(app: &Arc<AppState>) -> Response {
+    Counters::bump(&app.counters.streams);
+    let mut events = app.events.subscribe();
+    let (tx, rx) = mpsc::channel::<Bytes>(64);
+    let mut stop = app.stop.clone();
+    let keepalive = app.config.keepalive_interval;
+    tokio::spawn(async move {
+        // The first bytes tell the client it is subscribed: events written from now on reach it.
+        if tx
+            .send(Bytes::from_static(b": connected\n\n"))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        loop {
+            let chunk = tokio::select! {
+                () = stopped(&mut stop) => break,
+                event = events.recv() => match event {
+                    Ok(frame) => Bytes::copy_from_slice(frame.as_bytes()),
+                    Err(broadcast::error::RecvError::Lagged(n)) => Bytes::from(format!(
+                        "event: lagged\ndata: {{\"missed\":{n}}}\n\n"
+                    )),
+                    Err(broadcast::error::RecvError::Closed) => break,
+                },
+                () = tokio::time::sleep(keepalive) => Bytes::from_static(b": keep-alive\n\n"),
+            };
+            if tx.send(chunk).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut response = Response::new(Body::new(ChannelBody { rx }));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Inner {
+        n: u32,
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Outer {
+        name: String,
+        items: Vec<Inner>,
+    }
+
+    fn field_of(json: &str) -> Option<String> {
+        parse_json::<Outer>(json.as_bytes())
+            .err()
+            .and_then(|e| e.field)
+    }
+
+    #[test]
+    fn json_errors_name_the_field() {
+        assert_eq!(field_of(r#"{"items": []}"#).as_deref(), Some("name"));
+        assert_eq!(
+            field_of(r#"{"name": "a", "items": [{"n": 1}, {"n": "x"}]}"#).as_deref(),
+            Some("items[1].n")
+        );
+        assert_eq!(
+            field_of(r#"{"name": "a", "items": [{"n": 1, "m": 2}]}"#).as_deref(),
+            Some("items[0].m")
+        );
+        assert_eq!(
+            field_of(r#"{"name": "a", "items": []} x"#).as_deref(),
+            Some("(body)")
+        );
+        assert!(field_of(r#"{"name": "a", "items": [{"n": 3}]}"#).is_none());
+    }
+
+    #[test]
+    fn query_errors_name_the_parameter() {
+        let e = device_filter("limit=abc").expect_err("bad limit");
+        assert_eq!(e.field.as_deref(), Some("limit"));
+        let e = device_filter("colour=red").expect_err("unknown parameter");
+        assert_eq!(e.field.as_deref(), Some("colour"));
+        let e = device_filter("state=sleepy").expect_err("unknown state");
+        assert_eq!(e.field.as_deref(), Some("state"));
+        let e = device_filter("limit=0").expect_err("zero limit");
+        assert_eq!(e.field.as_deref(), Some("limit"));
+        let f = device_filter("model=T300&after=d-9&limit=5&version=2.0.1").expect("parses");
+        assert_eq!(f.model.as_deref(), Some("T300"));
+        assert_eq!(f.after.as_deref(), Some("d-9"));
+        assert_eq!(f.limit, 5);
+    }
+
+    #[test]
+    fn bearer_and_segments() {
+        let mut h = HeaderMap::new();
+        assert_eq!(bearer(&h), None);
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer abc"),
+        );
+        assert_eq!(bearer(&h).as_deref(), Some("abc"));
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
+        assert_eq!(bearer(&h), None);
+        assert_eq!(decode_segment("dev%2D1").as_deref(), Some("dev-1"));
+        assert_eq!(decode_segment("bad%zz"), None);
+    }
+}

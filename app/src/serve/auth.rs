@@ -1,0 +1,399 @@
+//! Who may call the server: operators, their roles, their API tokens (kept only as SHA-256
+//! hashes), and a per-token rate limit.
+//!
+//! A token is `cvy_` followed by 43 characters of unpadded URL-safe base64 (32 random bytes from
+//! the operating system). It is printed once by `convoy serve token add`; the cache keeps its
+//! SHA-256 in `api_tokens`, so a stolen cache file gives no usable token. A request's token is
+//! hashed and looked up by that hash, so comparing it leaks nothing about other tokens.
+//!
+//! The role belongs to the operator (`operators.role`), not to a token: giving an operator a new
+//! role with `token add --role` changes what all their tokens may do.
+//!
+//! Not here: token expiry (tokens live until revoked), scopes finer than the four roles, and
+//! keys or client certificates instead of bearer tokens.
+
+use anyhow::{Context, Result, bail};
+use base64::Engine as _;
+use convoy_core::time::Timestamp;
+use rusqlite::{OptionalExtension, params};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use crate::store::Store;
+use crate::store::audit::{AuditEntry, append_in};
+
+/// What an operator may do. Each role may do everything the roles before it may.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Reads everything; changes nothing.
+    Viewer,
+    /// Also records findings and scores, and controls rollouts.
+    Dispatcher,
+    /// Also approves rollouts.
+    Approver,
+    /// Also manages operators and tokens.
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Viewer => "viewer",
+            Self::Dispatcher => "dispatcher",
+            Self::Approver => "approver",
+            Self::Admin => "admin",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "viewer" => Some(Self::Viewer),
+            "dispatcher" => Some(Self::Dispatcher),
+            "approver" => Some(Self::Approver),
+            "admin" => Some(Self::Admin),
+            _ => None,
+        }
+    }
+
+    /// Whether this role may do what `needed` may.
+    pub fn allows(self, needed: Role) -> bool {
+        self >= needed
+    }
+}
+
+/// The operator a request was authenticated as.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Caller {
+    pub operator: String,
+    pub role: Role,
+    pub token_id: String,
+}
+
+impl Caller {
+    /// The actor this caller's actions carry in the audit trail.
+    pub fn actor(&self) -> String {
+        format!("operator:{}", self.operator)
+    }
+}
+
+/// A token as `token list` shows it (never the token itself).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct TokenInfo {
+    pub id: String,
+    pub operator: String,
+    pub role: String,
+    pub created: i64,
+    pub revoked: Option<i64>,
+}
+
+/// A freshly made token: the only time the secret exists outside the caller's hands.
+#[derive(Debug)]
+pub struct NewToken {
+    pub id: String,
+    pub token: String,
+}
+
+/// The hex SHA-256 of a token, as stored.
+pub fn token_hash(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// Checks an operator name: 1 to 64 characters of letters, digits, `.`, `_`, `-` and `@`, so
+/// it reads unambiguously in `operator:NAME` audit actors and in listings.
+pub fn check_operator_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@'));
+    if !ok {
+        bail!(
+            "operator name {name:?} is not allowed: use 1 to 64 letters, digits, '.', '_', '-' or '@'"
+        );
+    }
+    Ok(())
+}
+
+/// Makes a token for `operator` (created with `role`, or given `role` if it exists), stores its
+/// hash and audits it as `actor`, in one transaction.
+pub fn add_token(
+    store: &Store,
+    operator: &str,
+    role: Role,
+    actor: &str,
+    now: Timestamp,
+) -> Result<NewToken> {
+    check_operator_name(operator)?;
+    let mut secret = [0u8; 32];
+    getrandom::fill(&mut secret)
+        .map_err(|e| anyhow::anyhow!("reading random bytes for a token: {e}"))?;
+    let token = format!(
+        "cvy_{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret)
+    );
+    let hash = token_hash(&token);
+    // The id is a prefix of the hash: short enough to type, and says nothing about the token
+    // that the hash does not.
+    let id = hash[..12].to_owned();
+    let tx = store.conn().unchecked_transaction()?;
+    let previous: Option<String> = tx
+        .query_row(
+            "SELECT role FROM operators WHERE name = ?1",
+            [operator],
+            |r| r.get(0),
+        )
+        .optional()?;
+    tx.execute(
+        "INSERT INTO operators(name, role, created) VALUES (?1, ?2, ?3)
+         ON CONFLICT(name) DO UPDATE SET role = excluded.role",
+        params![operator, role.as_str(), now.secs()],
+    )
+    .with_context(|| format!("recording operator {operator}"))?;
+    tx.execute(
+        "INSERT INTO api_tokens(id, operator, sha256, created) VALUES (?1, ?2, ?3, ?4)",
+        params![id, operator, hash, now.secs()],
+    )
+    .with_context(|| format!("storing the token of operator {operator}"))?;
+    append_in(
+        &tx,
+        &AuditEntry {
+            time: now,
+            actor: actor.to_owned(),
+            action: "serve.token.add".into(),
+            payload: serde_json::json!({
+                "token_id": id,
+                "operator": operator,
+                "role": role.as_str(),
+                "previous_role": previous,
+            }),
+        },
+    )?;
+    tx.commit().context("committing the new token")?;
+    Ok(NewToken { id, token })
+}
+
+/// Every token, oldest first (then by id).
+pub fn list_tokens(store: &Store) -> Result<Vec<TokenInfo>> {
+    let mut stmt = store.conn().prepare(
+        "SELECT t.id, t.operator, o.role, t.created, t.revoked
+         FROM api_tokens t JOIN operators o ON o.name = t.operator
+         ORDER BY t.created, t.id",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok(TokenInfo {
+            id: r.get(0)?,
+            operator: r.get(1)?,
+            role: r.get(2)?,
+            created: r.get(3)?,
+            revoked: r.get(4)?,
+        })
+    })?;
+    rows.collect::<rusqlite::Result<_>>()
+        .context("listing the API tokens")
+}
+
+/// Which tokens to revoke.
+#[derive(Clone, Debug)]
+pub enum Revoke<'a> {
+    /// One token by its id.
+    Id(&'a str),
+    /// Every live token of an operator.
+    Operator(&'a str),
+}
+
+/// Revokes tokens and audits it; returns the ids revoked. Revoking nothing is an error naming
+/// what was asked for, so a typo does not look like success.
+pub fn revoke_tokens(
+    store: &Store,
+    which: &Revoke<'_>,
+    actor: &str,
+    now: Timestamp,
+) -> Result<Vec<String>> {
+    let tx = store.conn().unchecked_transaction()?;
+    let ids: Vec<String> = {
+        let (sql, key) = match which {
+            Revoke::Id(id) => (
+                "SELECT id FROM api_tokens WHERE id = ?1 AND revoked IS NULL ORDER BY id",
+                *id,
+            ),
+            Revoke::Operator(name) => (
+                "SELECT id FROM api_tokens WHERE operator = ?1 AND revoked IS NULL ORDER BY id",
+                *name,
+            ),
+        };
+        let mut stmt = tx.prepare(sql)?;
+        let rows = stmt.query_map([key], |r| r.get(0))?;
+        rows.collect::<rusqlite::Result<_>>()?
+    };
+    if ids.is_empty() {
+        match which {
+            Revoke::Id(id) => bail!("no live token with id {id}"),
+            Revoke::Operator(name) => bail!("operator {name} has no live token"),
+        }
+    }
+    for id in &ids {
+        tx.execute(
+            "UPDATE api_tokens SET revoked = ?2 WHERE id = ?1",
+            params![id, now.secs()],
+        )?;
+    }
+    append_in(
+        &tx,
+        &AuditEntry {
+            time: now,
+            actor: actor.to_owned(),
+            action: "serve.token.revoke".into(),
+            payload: serde_json::json!({ "token_ids": ids }),
+        },
+    )?;
+    tx.commit().context("committing the revocation")?;
+    Ok(ids)
+}
+
+/// The caller a bearer token belongs to, if it is a live token.
+pub fn lookup(store: &Store, token: &str) -> Result<Option<Caller>> {
+    let hash = token_hash(token);
+    let row: Option<(String, String, String)> = store
+        .conn()
+        .prepare_cached(
+            "SELECT t.id, t.operator, o.role FROM api_tokens t
+             JOIN operators o ON o.name = t.operator
+             WHERE t.sha256 = ?1 AND t.revoked IS NULL",
+        )?
+        .query_row([hash], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .optional()
+        .context("looking up an API token")?;
+    Ok(row.and_then(|(token_id, operator, role)| {
+        Role::parse(&role).map(|role| Caller {
+            operator,
+            role,
+            token_id,
+        })
+    }))
+}
+
+/// A token bucket per token id: `burst` requests at once, refilled at `per_sec`.
+#[derive(Debug)]
+pub struct RateLimiter {
+    per_sec: f64,
+    burst: f64,
+    buckets: Mutex<HashMap<String, (f64, Instant)>>,
+}
+
+impl RateLimiter {
+    pub fn new(per_sec: f64, burst: u32) -> Self {
+        Self {
+            per_sec,
+            burst: f64::from(burst.max(1)),
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Takes one request from `key`'s bucket; `Err(secs)` says how long until one is free.
+    pub fn take(&self, key: &str, now: Instant) -> Result<(), f64> {
+        let mut buckets = self
+            .buckets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (tokens, last) = buckets.entry(key.to_owned()).or_insert((self.burst, now));
+        let elapsed = now.saturating_duration_since(*last).as_secs_f64();
+        *tokens = (*tokens + elapsed * self.per_sec).min(self.burst);
+        *last = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            Ok(())
+        } else if self.per_sec > 0.0 {
+            Err((1.0 - *tokens) / self.per_sec)
+        } else {
+            Err(f64::INFINITY)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn roles_are_ordered() {
+        assert!(Role::Admin.allows(Role::Dispatcher));
+        assert!(Role::Dispatcher.allows(Role::Dispatcher));
+        assert!(!Role::Viewer.allows(Role::Dispatcher));
+        assert!(!Role::Approver.allows(Role::Admin));
+        for r in [Role::Viewer, Role::Dispatcher, Role::Approver, Role::Admin] {
+            assert_eq!(Role::parse(r.as_str()), Some(r));
+        }
+        assert_eq!(Role::parse("root"), None);
+    }
+
+    #[test]
+    fn bucket_allows_burst_then_refills() {
+        let limiter = RateLimiter::new(2.0, 3);
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            assert!(limiter.take("a", t0).is_ok());
+        }
+        let wait = limiter.take("a", t0).expect_err("empty bucket");
+        assert!((wait - 0.5).abs() < 1e-9, "wait {wait}");
+        // Another token has its own bucket.
+        assert!(limiter.take("b", t0).is_ok());
+        // Half a second refills one request at 2 per second.
+        assert!(limiter.take("a", t0 + Duration::from_millis(500)).is_ok());
+        assert!(limiter.take("a", t0 + Duration::from_millis(500)).is_err());
+    }
+
+    #[test]
+    fn tokens_are_stored_hashed_and_revocable() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Store::open(&dir.path().join("c.db")).expect("open");
+        let now = Timestamp::from_secs(1_000);
+        let t = add_token(&store, "ana", Role::Viewer, "operator:root", now).expect("add");
+        assert!(
+            t.token.starts_with("cvy_") && t.token.len() == 47,
+            "{}",
+            t.token
+        );
+        let stored: String = store
+            .conn()
+            .query_row("SELECT sha256 FROM api_tokens", [], |r| r.get(0))
+            .expect("row");
+        assert_eq!(stored, token_hash(&t.token));
+        assert_ne!(stored, t.token);
+        let caller = lookup(&store, &t.token).expect("lookup").expect("live");
+        assert_eq!(caller.operator, "ana");
+        assert_eq!(caller.role, Role::Viewer);
+        assert_eq!(lookup(&store, "cvy_wrong").expect("lookup"), None);
+        // A second token with a new role changes the operator's role for both.
+        let t2 = add_token(&store, "ana", Role::Admin, "operator:root", now).expect("add");
+        assert_eq!(
+            lookup(&store, &t.token).expect("lookup").map(|c| c.role),
+            Some(Role::Admin)
+        );
+        let revoked =
+            revoke_tokens(&store, &Revoke::Id(&t.id), "operator:root", now).expect("revoke");
+        assert_eq!(revoked, vec![t.id.clone()]);
+        assert_eq!(lookup(&store, &t.token).expect("lookup"), None);
+        assert!(lookup(&store, &t2.token).expect("lookup").is_some());
+        assert!(revoke_tokens(&store, &Revoke::Id(&t.id), "operator:root", now).is_err());
+        let list = list_tokens(&store).expect("list");
+        assert_eq!(list.len(), 2);
+        assert_eq!(list.iter().filter(|t| t.revoked.is_some()).count(), 1);
+        let actions: Vec<String> = store
+            .audit_entries(None)
+            .expect("audit")
+            .into_iter()
+            .map(|e| e.action)
+            .collect();
+        assert_eq!(
+            actions,
+            ["serve.token.add", "serve.token.add", "serve.token.revoke"]
+        );
+        assert!(check_operator_name("bad name").is_err());
+        assert!(add_token(&store, "", Role::Viewer, "x", now).is_err());
+    }
+}

@@ -1,0 +1,426 @@
+//! `convoy serve`: the cache behind an authenticated HTTP JSON API (issue 9, first slice), so
+//! that consoles, war-room walls and scripts read one fleet and its rollouts over the network.
+//!
+//! - [`auth`]: operators, roles, API tokens stored as SHA-256 hashes, the per-token rate limit.
+//! - [`query`]: the read queries on the cache (fleet, devices, rollouts, findings).
+//! - [`api`]: routing, authentication, role checks, body limits and JSON errors, the handlers.
+//! - [`stream`]: the live event stream (server-sent events), one poller shared by all clients.
+//! - [`tls`]: TLS from PEM files.
+//!
+//! It is built the way the artifact server (`link::http::server`) is: hyper 1 connections with
+//! an axum router, a semaphore bounding connections, a header read timeout, and a shutdown that
+//! lets responses in flight finish. Blocking SQLite work runs on tokio's blocking pool, on a
+//! small pool of connections to the cache (WAL mode lets readers run beside one writer).
+//!
+//! What it deliberately is not (yet): it does not run rollouts (the engine still runs one
+//! rollout per `convoy rollout run` process, and the server shows what it writes to the cache),
+//! so there is no rollout control, no approvals, no hawkBit DDI device endpoint and no remote
+//! console; docs/SERVE.md lists what of issue 9 is not built.
+
+pub mod api;
+pub mod auth;
+pub mod query;
+pub mod stream;
+pub mod tls;
+
+use anyhow::{Context, Result, bail};
+use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, broadcast, watch};
+use tokio::task::{JoinHandle, JoinSet};
+
+use crate::store::Store;
+
+/// How long shutdown waits for responses in flight (event streams end at once).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// How the server runs.
+#[derive(Clone, Debug)]
+pub struct ServeConfig {
+    pub cache: PathBuf,
+    /// `127.0.0.1:0` picks a free port; [`Server::addr`] tells which.
+    pub listen: SocketAddr,
+    /// PEM certificate chain and private key; both or neither.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// Request bodies larger than this get 413.
+    pub max_body_bytes: usize,
+    /// Requests per second per token, sustained.
+    pub rate_per_sec: f64,
+    /// Requests per token allowed at once before the rate applies.
+    pub rate_burst: u32,
+    /// Connections served at once; further clients wait to be accepted.
+    pub max_connections: usize,
+    /// Connections to the cache for request handlers.
+    pub db_connections: usize,
+    /// How often the event stream polls the cache.
+    pub poll_interval: Duration,
+    /// A connection that has not sent a whole request head within this time is closed.
+    pub header_read_timeout: Duration,
+    /// Time between keep-alive comments on an idle event stream.
+    pub keepalive_interval: Duration,
+}
+
+impl ServeConfig {
+    pub fn new(cache: PathBuf, listen: SocketAddr) -> Self {
+        Self {
+            cache,
+            listen,
+            tls: None,
+            max_body_bytes: 64 * 1024,
+            rate_per_sec: 50.0,
+            rate_burst: 100,
+            max_connections: 256,
+            db_connections: 4,
+            poll_interval: Duration::from_millis(200),
+            header_read_timeout: Duration::from_secs(30),
+            keepalive_interval: Duration::from_secs(15),
+        }
+    }
+}
+
+/// Counts of what the server answered.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServeStats {
+    pub requests: u64,
+    pub unauthorized: u64,
+    pub forbidden: u64,
+    pub rate_limited: u64,
+    pub too_large: u64,
+    pub bad_request: u64,
+    pub streams: u64,
+}
+
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub requests: AtomicU64,
+    pub unauthorized: AtomicU64,
+    pub forbidden: AtomicU64,
+    pub rate_limited: AtomicU64,
+    pub too_large: AtomicU64,
+    pub bad_request: AtomicU64,
+    pub streams: AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn bump(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn snapshot(&self) -> ServeStats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        ServeStats {
+            requests: get(&self.requests),
+            unauthorized: get(&self.unauthorized),
+            forbidden: get(&self.forbidden),
+            rate_limited: get(&self.rate_limited),
+            too_large: get(&self.too_large),
+            bad_request: get(&self.bad_request),
+            streams: get(&self.streams),
+        }
+    }
+}
+
+type Job = Box<dyn FnOnce(&Store) + Send>;
+
+/// A fixed set of worker threads, each with its own connection to the cache (a `Store` stays on
+/// the thread that opened it), taking jobs from one queue.
+pub(crate) struct Pool {
+    jobs: Mutex<Option<std::sync::mpsc::Sender<Job>>>,
+    workers: Mutex<Vec<std::thread::JoinHandle<()>>>,
+}
+
+impl Pool {
+    fn open(cache: &std::path::Path, n: usize) -> Result<Self> {
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        let rx = Arc::new(Mutex::new(rx));
+        let mut workers = Vec::new();
+        for i in 0..n.max(1) {
+            let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<()>>();
+            let rx = Arc::clone(&rx);
+            let cache = cache.to_owned();
+            let worker = std::thread::Builder::new()
+                .name(format!("serve-db-{i}"))
+                .spawn(move || {
+                    let store = match Store::open_existing(&cache) {
+                        Ok(s) => {
+                            let _ = ready_tx.send(Ok(()));
+                            s
+                        }
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                            return;
+                        }
+                    };
+                    loop {
+                        // The lock is held only while waiting for the next job.
+                        let job = rx.lock().unwrap_or_else(PoisonError::into_inner).recv();
+                        match job {
+                            Ok(job) => job(&store),
+                            Err(_) => break,
+                        }
+                    }
+                })
+                .context("starting a cache worker")?;
+            ready_rx
+                .recv()
+                .context("a cache worker stopped while opening the cache")??;
+            workers.push(worker);
+        }
+        Ok(Self {
+            jobs: Mutex::new(Some(tx)),
+            workers: Mutex::new(workers),
+        })
+    }
+
+    /// Runs `job` on a worker's connection and waits for its answer.
+    pub(crate) async fn run<T, F>(&self, job: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Store) -> Result<T> + Send + 'static,
+    {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move |store| {
+            let _ = tx.send(job(store));
+        });
+        self.jobs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .context("the server is stopping")?
+            .send(job)
+            .map_err(|_| anyhow::anyhow!("every cache worker has stopped"))?;
+        rx.await.context("a cache job panicked")?
+    }
+
+    /// Stops the workers once the queued jobs are done.
+    fn close(&self) {
+        self.jobs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        let workers =
+            std::mem::take(&mut *self.workers.lock().unwrap_or_else(PoisonError::into_inner));
+        for w in workers {
+            let _ = w.join();
+        }
+    }
+}
+
+/// What every request handler shares.
+pub(crate) struct AppState {
+    pub config: ServeConfig,
+    pub pool: Arc<Pool>,
+    pub limiter: auth::RateLimiter,
+    pub counters: Counters,
+    pub events: broadcast::Sender<stream::Frame>,
+    pub stop: watch::Receiver<bool>,
+}
+
+/// A running server. Dropping it stops accepting; [`Self::shutdown`] also waits.
+pub struct Server {
+    addr: SocketAddr,
+    tls: bool,
+    stop: watch::Sender<bool>,
+    task: Option<JoinHandle<()>>,
+    state: Arc<AppState>,
+    _poller: stream::Poller,
+}
+
+impl Server {
+    /// Opens the cache (upgrading its schema), binds, and starts serving on the current tokio
+    /// runtime.
+    pub async fn start(config: ServeConfig) -> Result<Self> {
+        if config.max_connections == 0 {
+            bail!("max_connections must be at least 1");
+        }
+        if !(config.rate_per_sec.is_finite() && config.rate_per_sec > 0.0) {
+            bail!(
+                "the rate limit must be a positive number of requests per second, not {}",
+                config.rate_per_sec
+            );
+        }
+        if !config.cache.is_file() {
+            bail!("no fleet cache at {}", config.cache.display());
+        }
+        let acceptor = match &config.tls {
+            Some((cert, key)) => Some(tls::acceptor(cert, key)?),
+            None => None,
+        };
+        let cache = config.cache.clone();
+        let db_connections = config.db_connections;
+        let pool = tokio::task::spawn_blocking(move || Pool::open(&cache, db_connections))
+            .await
+            .context("opening the cache")??;
+        let cache = config.cache.clone();
+        let poll_interval = config.poll_interval;
+        let (events, _) = broadcast::channel(4096);
+        let poller = {
+            let events = events.clone();
+            tokio::task::spawn_blocking(move || {
+                stream::Poller::start(&cache, poll_interval, events)
+            })
+            .await
+            .context("starting the event poller")??
+        };
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("listening on {}", config.listen))?;
+        let addr = listener.local_addr().context("reading the bound address")?;
+        let (stop, stop_rx) = watch::channel(false);
+        let state = Arc::new(AppState {
+            limiter: auth::RateLimiter::new(config.rate_per_sec, config.rate_burst),
+            config: config.clone(),
+            pool: Arc::new(pool),
+            counters: Counters::default(),
+            events,
+            stop: stop_rx.clone(),
+        });
+        let router = Router::new()
+            .fallback(api::handle)
+            .with_state(Arc::clone(&state));
+        let tls = acceptor.is_some();
+        let task = tokio::spawn(accept_loop(
+            listener,
+            acceptor,
+            router,
+            Arc::new(Semaphore::new(config.max_connections)),
+            stop_rx,
+            config.header_read_timeout,
+        ));
+        Ok(Self {
+            addr,
+            tls,
+            stop,
+            task: Some(task),
+            state,
+            _poller: poller,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://ADDR` or `https://ADDR`.
+    pub fn base_url(&self) -> String {
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    pub fn stats(&self) -> ServeStats {
+        self.state.counters.snapshot()
+    }
+
+    /// Stops accepting, ends event streams, lets other responses finish (a few seconds at
+    /// most), and returns once every connection is closed.
+    pub async fn shutdown(mut self) {
+        self.stop.send_replace(true);
+        if let Some(task) = self.task.take() {
+            // A panic in the accept loop has nothing left to clean up.
+            let _ = task.await;
+        }
+        let pool = Arc::clone(&self.state.pool);
+        let _ = tokio::task::spawn_blocking(move || pool.close()).await;
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.send_replace(true);
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    router: Router,
+    slots: Arc<Semaphore>,
+    mut stop: watch::Receiver<bool>,
+    header_read_timeout: Duration,
+) {
+    let mut connections = JoinSet::new();
+    loop {
+        let permit = tokio::select! {
+            () = stopped(&mut stop) => break,
+            permit = Arc::clone(&slots).acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let stream = tokio::select! {
+            () = stopped(&mut stop) => break,
+            accepted = listener.accept() => {
+                if let Ok((stream, _)) = accepted {
+                    stream
+                } else {
+                    // Out of descriptors or a reset before accept: transient; do not spin.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        while connections.try_join_next().is_some() {}
+        let service = TowerToHyperService::new(router.clone());
+        let stop = stop.clone();
+        let acceptor = acceptor.clone();
+        connections.spawn(async move {
+            let _permit = permit;
+            match acceptor {
+                None => serve_connection(stream, service, stop, header_read_timeout).await,
+                Some(acceptor) => {
+                    // A handshake that fails (wrong protocol, bad client) ends only this
+                    // connection; one that stalls is cut off like a slow request head.
+                    if let Ok(Ok(tls)) =
+                        tokio::time::timeout(header_read_timeout, acceptor.accept(stream)).await
+                    {
+                        serve_connection(tls, service, stop, header_read_timeout).await;
+                    }
+                }
+            }
+        });
+    }
+    drop(listener);
+    while connections.join_next().await.is_some() {}
+}
+
+async fn serve_connection<S>(
+    stream: S,
+    service: TowerToHyperService<Router>,
+    mut stop: watch::Receiver<bool>,
+    header_read_timeout: Duration,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout)
+        .keep_alive(true);
+    let conn = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    // Connection errors (a client that goes away) end only that connection; there is no one
+    // to report them to.
+    let stopping = tokio::select! {
+        _ = conn.as_mut() => false,
+        () = stopped(&mut stop) => true,
+    };
+    if stopping {
+        conn.as_mut().graceful_shutdown();
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, conn).await;
+    }
+}
+
+/// Resolves once shutdown is asked for (or the server handle is gone).
+pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
+    // The guard `wait_for` returns is not `Send`; drop it here, inside.
+    let _ = stop.wait_for(|s| *s).await.map(|_| ());
+}
