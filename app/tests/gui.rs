@@ -440,6 +440,7 @@ fn the_war_room_shows_the_paused_rollout_from_the_cache_with_its_gate_and_waves(
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("rollouts.db");
     write_rollouts(&cache);
+    let cache_again = cache.clone();
     let (backend, _feed) = Backend::fixture(fixture(), cache);
     let mut h = Harness::builder()
         .with_size([1400.0, 900.0])
@@ -472,6 +473,30 @@ fn the_war_room_shows_the_paused_rollout_from_the_cache_with_its_gate_and_waves(
     assert!(h.query_by_label("ro-tcu-fleet").is_none());
     // Still nothing to press.
     assert!(h.query_by_role(egui::Role::Button).is_none());
+
+    // The worker reads the cache again every few seconds: a resume the engine records shows.
+    convoy::store::Store::open(&cache_again)
+        .unwrap()
+        .append_event(
+            "ro-t300-canary",
+            Timestamp::from_secs(NOW.secs() - 60),
+            "rollout.resumed",
+            "bob: checked the boot logs",
+            &serde_json::json!("resumed"),
+        )
+        .unwrap();
+    for _ in 0..1000 {
+        if h.query_by_label("RUNNING").is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        h.run_steps(1);
+    }
+    h.get_by_label("RUNNING");
+    // Running with a gate decision on record, it still leads the newer clean one.
+    h.get_by_label("ro-t300-canary");
+    h.get_by_label_contains("resumed (bob: checked the boot logs)");
+    assert!(h.query_by_label("PAUSED").is_none());
 }
 
 #[test]

@@ -619,3 +619,56 @@ fn spawn_console_link(
     });
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rollouts_are_read_newest_first_and_a_bad_timeline_is_named() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let mut store = Store::open(&dir.path().join("c.db")).expect("a new cache");
+        let t = |s: i64| Timestamp::from_secs(1_800_000_000 + s);
+        let created =
+            serde_json::json!({"release": "r1", "waves": [{"name": "all", "devices": 3}]});
+        store
+            .append_event("old", t(0), "rollout.created", "a", &created)
+            .expect("append");
+        store
+            .append_event("new", t(50), "rollout.created", "a", &created)
+            .expect("append");
+        store
+            .append_event(
+                "old",
+                t(10),
+                "wave.started",
+                "timer",
+                &serde_json::json!({"wave_started": {"wave": 0}}),
+            )
+            .expect("append");
+        // A timeline whose creation is missing cannot be told.
+        store
+            .append_event(
+                "headless",
+                t(20),
+                "wave.started",
+                "timer",
+                &serde_json::json!({}),
+            )
+            .expect("append");
+        let board = read_rollouts(&store).expect("the cache reads");
+        let ids: Vec<&str> = board
+            .rollouts
+            .iter()
+            .map(|s| s.rollout_id.as_str())
+            .collect();
+        assert_eq!(ids, vec!["new", "old"]);
+        assert_eq!(board.rollouts[1].waves[0].started_at, Some(t(10)));
+        assert_eq!(
+            board.unreadable,
+            vec![
+                "rollout headless: the first recorded event is `wave.started`, not `rollout.created`"
+            ]
+        );
+    }
+}
