@@ -141,7 +141,11 @@ fn the_war_room_is_read_only_and_leaves_with_escape() {
     h.get_by_label("War room").click();
     settle(&mut h);
     h.get_by_label("CONVOY · WAR ROOM");
-    h.get_by_label_contains("engine not attached");
+    // The fixture's cache file does not exist: the wall says why it has no rollouts.
+    wait_for_label_contains(
+        &mut h,
+        "Could not read the rollouts: no fleet cache at fixture.db",
+    );
     // Nothing to edit or press on the wall.
     assert!(h.query_by_role(egui::Role::TextInput).is_none());
     assert!(h.query_by_role(egui::Role::Button).is_none());
@@ -292,6 +296,207 @@ fn wait_for_label(h: &mut Harness<'static, ConsoleApp>, label: &str) {
         h.run_steps(1);
     }
     panic!("{label:?} never appeared");
+}
+
+/// As [`wait_for_label`], for a label containing `text`.
+fn wait_for_label_contains(h: &mut Harness<'static, ConsoleApp>, text: &str) {
+    for _ in 0..300 {
+        if h.query_by_label_contains(text).is_some() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        h.run_steps(1);
+    }
+    panic!("no label containing {text:?} ever appeared");
+}
+
+/// Writes three rollout timelines into `cache` as the engine does: `ro-t300-canary`, paused by
+/// the boot-failure gate on stratum T300/C in its canary after one hold; `ro-tcu-fleet`,
+/// running and newer; `ro-old-done`, completed.
+fn write_rollouts(cache: &std::path::Path) {
+    use serde_json::json;
+    let mut store = convoy::store::Store::open(cache).unwrap();
+    let mut append = |id: &str, secs_ago: i64, kind: &str, cause: &str, payload| {
+        store
+            .append_event(
+                id,
+                Timestamp::from_secs(NOW.secs() - secs_ago),
+                kind,
+                cause,
+                &payload,
+            )
+            .unwrap();
+    };
+    let created = |release: &str, waves| json!({"release": release, "requested_by": "alice", "path": "standard", "waves": waves});
+    append(
+        "ro-t300-canary",
+        7200,
+        "rollout.created",
+        "alice: created",
+        created(
+            "t300-2.5.0",
+            json!([{"name": "canary", "devices": 50, "soak_secs": 3600},
+                   {"name": "fleet", "devices": 950, "soak_secs": 3600}]),
+        ),
+    );
+    append(
+        "ro-t300-canary",
+        7100,
+        "approval",
+        "bob: ok",
+        json!({"approval": {"operator": "bob"}}),
+    );
+    append(
+        "ro-t300-canary",
+        7100,
+        "rollout.approved",
+        "bob",
+        json!("approved"),
+    );
+    append(
+        "ro-t300-canary",
+        7000,
+        "wave.started",
+        "timer",
+        json!({"wave_started": {"wave": 0}}),
+    );
+    append(
+        "ro-t300-canary",
+        3000,
+        "soak.extended",
+        "gate",
+        json!({"soak_extended": {"wave": 0}}),
+    );
+    append(
+        "ro-t300-canary",
+        1200,
+        "gate.decision",
+        "gate",
+        json!({"wave": "canary", "outcome": "pause", "report": {"findings": [
+            {"metric": "boot_failure", "stratum": "T300/C", "status": "fail", "observed": 0.4,
+             "baseline": 0.005, "p_value": 1e-9, "sample": 10,
+             "counts": {"updated_events": 4, "updated_device_hours": 10.0,
+                        "baseline_events": 5, "baseline_device_hours": 1000.0}},
+            {"metric": "crash", "stratum": null, "status": "pass", "observed": 1.0,
+             "baseline": 1.0, "p_value": 0.5, "sample": 50}]}}),
+    );
+    append(
+        "ro-t300-canary",
+        1200,
+        "rollout.paused",
+        "gate",
+        json!({"paused": {"reason": "boot_failure failed its gate"}}),
+    );
+    append(
+        "ro-tcu-fleet",
+        900,
+        "rollout.created",
+        "carol: created",
+        created(
+            "tcu-1.4.0",
+            json!([{"name": "canary", "devices": 20}, {"name": "fleet", "devices": 400}]),
+        ),
+    );
+    append(
+        "ro-tcu-fleet",
+        800,
+        "wave.started",
+        "timer",
+        json!({"wave_started": {"wave": 0}}),
+    );
+    append(
+        "ro-tcu-fleet",
+        300,
+        "wave.completed",
+        "timer",
+        json!({"wave_completed": {"wave": 0, "summary": {"healthy": 20, "failed": 0,
+               "reverted": 0, "silent_device_ids": [], "not_judged": []}}}),
+    );
+    append(
+        "ro-tcu-fleet",
+        290,
+        "wave.started",
+        "timer",
+        json!({"wave_started": {"wave": 1}}),
+    );
+    append(
+        "ro-old-done",
+        90_000,
+        "rollout.created",
+        "alice: created",
+        created("hu-3.1.0", json!([{"name": "all", "devices": 30}])),
+    );
+    append(
+        "ro-old-done",
+        80_000,
+        "rollout.completed",
+        "timer",
+        json!("completed"),
+    );
+}
+
+#[test]
+fn the_war_room_shows_the_paused_rollout_from_the_cache_with_its_gate_and_waves() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("rollouts.db");
+    write_rollouts(&cache);
+    let cache_again = cache.clone();
+    let (backend, _feed) = Backend::fixture(fixture(), cache);
+    let mut h = Harness::builder()
+        .with_size([1400.0, 900.0])
+        .build_eframe(move |cc| ConsoleApp::new(&cc.egui_ctx, None, backend, Clock::Fixed(NOW)));
+    settle(&mut h);
+    h.key_press(Key::F11);
+    settle(&mut h);
+    // The paused one leads, though the running one is newer.
+    wait_for_label(&mut h, "ro-t300-canary");
+    h.get_by_label("PAUSED");
+    h.get_by_label("Rollout 1 of 3");
+    h.get_by_label_contains(
+        "release t300-2.5.0 · requested by alice · standard path · 50 of 1000 devices offered",
+    );
+    h.get_by_label_contains("paused 20 min ago: boot_failure failed its gate");
+    // Its waves, with their progress.
+    h.get_by_label("canary (50 devices)");
+    h.get_by_label("in progress, started 116 min ago");
+    h.get_by_label("fleet (950 devices)");
+    h.get_by_label("not started");
+    // The gate decision with its evidence: the failing finding, metric and stratum.
+    h.get_by_label("Gate decisions · holds: 1");
+    h.get_by_label("20 min ago · wave canary: pause");
+    h.get_by_label_contains("boot_failure (stratum T300/C): 0.40 against a baseline of 0.01");
+    h.get_by_label_contains("(4 events in 10.0 device-hours; baseline 5 in 1000.0)");
+    assert!(h.query_by_label_contains("crash (whole wave)").is_none());
+    // The latest timeline entries and the other rollouts.
+    h.get_by_label_contains("paused: boot_failure failed its gate  (gate)");
+    h.get_by_label_contains("Also: ro-tcu-fleet running · ro-old-done completed");
+    assert!(h.query_by_label("ro-tcu-fleet").is_none());
+    // Still nothing to press.
+    assert!(h.query_by_role(egui::Role::Button).is_none());
+
+    // The worker reads the cache again every few seconds: a resume the engine records shows.
+    convoy::store::Store::open(&cache_again)
+        .unwrap()
+        .append_event(
+            "ro-t300-canary",
+            Timestamp::from_secs(NOW.secs() - 60),
+            "rollout.resumed",
+            "bob: checked the boot logs",
+            &serde_json::json!("resumed"),
+        )
+        .unwrap();
+    for _ in 0..1000 {
+        if h.query_by_label("RUNNING").is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        h.run_steps(1);
+    }
+    h.get_by_label("RUNNING");
+    // Running with a gate decision on record, it still leads the newer clean one.
+    h.get_by_label("ro-t300-canary");
+    h.get_by_label_contains("resumed (bob: checked the boot logs)");
+    assert!(h.query_by_label("PAUSED").is_none());
 }
 
 #[test]
@@ -779,6 +984,7 @@ fn snapshots_of_the_main_screens() {
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("snapshot.db");
     write_telemetry(&cache, &fleet, 42);
+    write_rollouts(&cache);
     let (backend, _feed) = Backend::fixture(fleet, cache);
     let mut h = Harness::builder()
         .with_size([1280.0, 800.0])
@@ -812,6 +1018,9 @@ fn snapshots_of_the_main_screens() {
             h.state_mut().send(convoy::gui::UiCommand::OpenDevice(42));
             h.run_steps(1);
             wait_for_label(&mut h, "Battery (%), hourly mean plot");
+        }
+        if name == "war_room" {
+            wait_for_label(&mut h, "ro-t300-canary");
         }
         h.state_mut().dismiss_toasts();
         settle(&mut h);

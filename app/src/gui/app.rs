@@ -268,6 +268,11 @@ pub struct ConsoleApp {
     pub cohort_cache: crate::gui::cohorts::CohortCache,
     applied_style: Option<(Theme, bool)>,
     pub palette: crate::gui::palette::PaletteState,
+    /// The rollouts recorded in the cache, as the history worker last read them; `None` until
+    /// it first answers.
+    pub rollouts: Option<Result<crate::gui::backend::RolloutBoard, String>>,
+    /// When the war room was last entered: its rollout cycle counts from here.
+    pub warroom_since: Timestamp,
 }
 
 impl std::fmt::Debug for ConsoleApp {
@@ -321,6 +326,8 @@ impl ConsoleApp {
             cohort_cache: crate::gui::cohorts::CohortCache::default(),
             applied_style: None,
             palette: crate::gui::palette::PaletteState::default(),
+            rollouts: None,
+            warroom_since: clock.now(),
         };
         let throttle = match clock {
             Clock::System => REFRESH_EVERY,
@@ -367,6 +374,11 @@ impl ConsoleApp {
 
     pub fn now(&self) -> Timestamp {
         self.clock.now()
+    }
+
+    /// Whether time runs (the system clock): the war room cycles through rollouts only then.
+    pub fn clock_runs(&self) -> bool {
+        self.clock == Clock::System
     }
 
     pub fn link(&self) -> &LinkStatus {
@@ -533,6 +545,7 @@ impl ConsoleApp {
                     };
                 }
             }
+            BackendEvent::Rollouts(board) => self.rollouts = Some(board),
             BackendEvent::Failed(text) => {
                 self.toast(ToastKind::Error, text.clone());
                 self.failures.push(text);
@@ -547,6 +560,8 @@ impl ConsoleApp {
             {
                 self.state.previous_view = self.state.view;
                 self.state.view = View::WarRoom;
+                // The wall starts on the rollout in trouble, then cycles from there.
+                self.warroom_since = self.clock.now();
             }
             UiCommand::ToggleWarRoom => self.state.view = self.state.previous_view,
             UiCommand::Show(v) => self.state.view = v,

@@ -14,6 +14,11 @@
 //! queue of device ids, and the worker answers only the newest one waiting (a user clicking
 //! through devices needs the last one, not every one).
 //!
+//! The same worker reads the rollouts the engine (`convoy rollout run`) recorded in the cache
+//! every [`ROLLOUT_POLL`], when no history request is waiting: the newest [`ROLLOUT_LIMIT`]
+//! rollout ids, each timeline read into a [`convoy_core::comms::RolloutStory`], sent as
+//! [`BackendEvent::Rollouts`] for the war room.
+//!
 //! Deliberately not here: deciding anything, or writing device state to the cache. When the
 //! rollout engine is attached, it will run beside these tasks and report through the same
 //! channel; the UI sends it commands, it never reaches into the UI.
@@ -34,6 +39,7 @@ use crate::link::protocol::{Inbound, Rejection, Topics};
 use crate::store::Store;
 use crate::store::events::DeviceEvent;
 use crate::store::telemetry::RollupPoint;
+use convoy_core::comms::{RecordEntry, RolloutStory};
 use convoy_core::time::Timestamp;
 
 /// How many events may wait for the UI; when full, the link stops reading (back-pressure).
@@ -47,6 +53,19 @@ pub const HISTORY_LIMIT: usize = 200;
 pub const TELEMETRY_METRICS: [&str; 3] = ["battery_pct", "crash_count", "reconnect_count"];
 /// How far back the device view's plots go.
 pub const TELEMETRY_WINDOW_SECS: i64 = 7 * 24 * 3600;
+/// How often the history worker reads the rollouts recorded in the cache.
+pub const ROLLOUT_POLL: Duration = Duration::from_secs(3);
+/// The most rollouts read for the war room: those with the newest events.
+pub const ROLLOUT_LIMIT: usize = 20;
+
+/// The rollouts recorded in the cache, as the history worker last read them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RolloutBoard {
+    /// Newest activity first (the war room orders them by trouble).
+    pub rollouts: Vec<RolloutStory>,
+    /// Timelines that could not be read, one line each naming the rollout.
+    pub unreadable: Vec<String>,
+}
 
 /// One metric's hourly rollup for one device, oldest first.
 #[derive(Debug, Clone, PartialEq)]
@@ -89,6 +108,9 @@ pub enum BackendEvent {
         device_id: String,
         series: Result<Vec<TelemetrySeries>, String>,
     },
+    /// The rollouts recorded in the cache, read every [`ROLLOUT_POLL`]; `Err` says why the
+    /// cache could not be read.
+    Rollouts(Result<RolloutBoard, String>),
     /// Something failed for good; the text says what and where.
     Failed(String),
 }
@@ -442,31 +464,42 @@ fn spawn_history_worker(
     Ok(tx)
 }
 
-/// Answers history requests until the UI (the sender) goes away. The cache is opened on the
-/// first request, not before: the demo writes it after start, and a console that never opens a
-/// device never needs it.
+/// Answers history requests until the UI (the sender) goes away, and between them reads the
+/// recorded rollouts every [`ROLLOUT_POLL`]. The cache is opened when first needed and opened
+/// again after a failure: the demo writes it after start.
 fn run_history(cache: &Path, rx: &std::sync::mpsc::Receiver<HistoryRequest>, reporter: &Reporter) {
     let mut store: Option<Store> = None;
-    while let Ok(mut request) = rx.recv() {
+    let mut next_rollouts = std::time::Instant::now();
+    loop {
+        let wait = next_rollouts.saturating_duration_since(std::time::Instant::now());
+        let request = match rx.recv_timeout(wait) {
+            Ok(r) => Some(r),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => None,
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+        };
+        let Some(mut request) = request else {
+            next_rollouts = std::time::Instant::now() + ROLLOUT_POLL;
+            let board = match open_store(cache, &mut store) {
+                Ok(s) => read_rollouts(s).map_err(|err| format!("{err:#}")),
+                Err(err) => Err(err),
+            };
+            if !reporter.blocking(BackendEvent::Rollouts(board)) {
+                return;
+            }
+            continue;
+        };
         // Only the newest request matters; the UI shows one device.
         while let Ok(newer) = rx.try_recv() {
             request = newer;
         }
         let HistoryRequest { device_id, now } = request;
-        let opened = match store.take() {
-            Some(s) => Ok(s),
-            None => Store::open_existing(cache),
-        };
-        let (events, series) = match opened {
-            Ok(s) => {
-                let events = s
-                    .device_history_newest_first(&device_id, HISTORY_LIMIT)
-                    .map_err(|err| format!("{err:#}"));
-                let series = device_telemetry(&s, &device_id, now);
-                store = Some(s);
-                (events, series)
-            }
-            Err(err) => (Err(format!("{err:#}")), Err(format!("{err:#}"))),
+        let (events, series) = match open_store(cache, &mut store) {
+            Ok(s) => (
+                s.device_history_newest_first(&device_id, HISTORY_LIMIT)
+                    .map_err(|err| format!("{err:#}")),
+                device_telemetry(s, &device_id, now),
+            ),
+            Err(err) => (Err(err.clone()), Err(err)),
         };
         if !reporter.blocking(BackendEvent::DeviceHistory {
             device_id: device_id.clone(),
@@ -478,6 +511,51 @@ fn run_history(cache: &Path, rx: &std::sync::mpsc::Receiver<HistoryRequest>, rep
             return;
         }
     }
+}
+
+/// The worker's open cache, opening it if it is not open yet.
+fn open_store<'a>(cache: &Path, store: &'a mut Option<Store>) -> Result<&'a Store, String> {
+    if store.is_none() {
+        *store = Some(Store::open_existing(cache).map_err(|err| format!("{err:#}"))?);
+    }
+    store
+        .as_ref()
+        .ok_or_else(|| format!("the cache {} is not open", cache.display()))
+}
+
+/// The newest [`ROLLOUT_LIMIT`] rollouts of the cache's `rollout_events`, each read into its
+/// story; newest activity first, ties by id.
+pub fn read_rollouts(store: &Store) -> Result<RolloutBoard> {
+    let ids: Vec<String> = {
+        let mut stmt = store.conn().prepare_cached(
+            "SELECT rollout_id FROM rollout_events GROUP BY rollout_id
+             ORDER BY MAX(time) DESC, rollout_id LIMIT ?1",
+        )?;
+        let limit = i64::try_from(ROLLOUT_LIMIT).unwrap_or(i64::MAX);
+        stmt.query_map([limit], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()
+            .context("listing the rollouts in the cache")?
+    };
+    let mut board = RolloutBoard::default();
+    for id in ids {
+        let entries: Vec<RecordEntry> = store
+            .timeline(&id)?
+            .into_iter()
+            .map(|e| RecordEntry {
+                at: e.time,
+                // A payload that is not JSON is kept as its text.
+                payload: serde_json::from_str(&e.payload)
+                    .unwrap_or(serde_json::Value::String(e.payload)),
+                kind: e.kind,
+                cause: e.cause,
+            })
+            .collect();
+        match convoy_core::comms::story(&id, &entries) {
+            Ok(story) => board.rollouts.push(story),
+            Err(err) => board.unreadable.push(err.to_string()),
+        }
+    }
+    Ok(board)
 }
 
 /// The hourly rollups of [`TELEMETRY_METRICS`] for `device_id`, buckets starting in the
@@ -540,4 +618,57 @@ fn spawn_console_link(
         }
     });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rollouts_are_read_newest_first_and_a_bad_timeline_is_named() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let mut store = Store::open(&dir.path().join("c.db")).expect("a new cache");
+        let t = |s: i64| Timestamp::from_secs(1_800_000_000 + s);
+        let created =
+            serde_json::json!({"release": "r1", "waves": [{"name": "all", "devices": 3}]});
+        store
+            .append_event("old", t(0), "rollout.created", "a", &created)
+            .expect("append");
+        store
+            .append_event("new", t(50), "rollout.created", "a", &created)
+            .expect("append");
+        store
+            .append_event(
+                "old",
+                t(10),
+                "wave.started",
+                "timer",
+                &serde_json::json!({"wave_started": {"wave": 0}}),
+            )
+            .expect("append");
+        // A timeline whose creation is missing cannot be told.
+        store
+            .append_event(
+                "headless",
+                t(20),
+                "wave.started",
+                "timer",
+                &serde_json::json!({}),
+            )
+            .expect("append");
+        let board = read_rollouts(&store).expect("the cache reads");
+        let ids: Vec<&str> = board
+            .rollouts
+            .iter()
+            .map(|s| s.rollout_id.as_str())
+            .collect();
+        assert_eq!(ids, vec!["new", "old"]);
+        assert_eq!(board.rollouts[1].waves[0].started_at, Some(t(10)));
+        assert_eq!(
+            board.unreadable,
+            vec![
+                "rollout headless: the first recorded event is `wave.started`, not `rollout.created`"
+            ]
+        );
+    }
 }

@@ -1,5 +1,6 @@
 //! The desktop console (egui, eframe with glow): a fleet map, a virtualised fleet table, device
-//! detail, cohort summaries and a read-only war-room wall.
+//! detail, cohort summaries and a read-only war-room wall showing the rollouts the headless
+//! engine (`convoy rollout run`) recorded in the cache.
 //!
 //! Layout: [`app`] holds the state and the shell and applies commands once per frame;
 //! [`backend`] does everything slow or networked on other threads and reports through a bounded
@@ -8,7 +9,8 @@
 //! offline basemap tiles and [`tiles`] reads MBTiles files and online tile servers over it; the
 //! view modules only draw.
 //!
-//! Not built yet: running rollouts from the console (the engine is not attached).
+//! Not built yet: running or steering rollouts from the console (the engine runs headless; the
+//! war room only reads its record), and live cohort health plots against the baseline.
 //! `docs/CONSOLE.md` lists what is.
 
 pub mod aggregate;

@@ -1,21 +1,183 @@
-//! War-room mode: a read-only wall display. Large type and high contrast; fleet state counts,
-//! the link, and the latest events. It has no control that changes anything: F11, W or Esc
-//! leave it.
+//! War-room mode: a read-only wall display. Large type and high contrast: the rollouts the
+//! engine (`convoy rollout run`) recorded in the cache, the one in trouble first, with its
+//! state, its waves, its gate decisions with their evidence, its holds and its latest timeline
+//! entries; beside them the fleet state counts, the link and the latest device events. With
+//! several rollouts it shows each in turn for [`CYCLE_SECS`] (only while the clock runs: a
+//! fixed test clock stays on the first). It has no control that changes anything: F11, W or
+//! Esc leave it.
 //!
-//! Not built yet: the rollout in trouble, its gates and cohort health against baseline need the
-//! rollout engine, which is not attached in this build; the wall says so.
+//! It draws only: the history worker reads the cache and the story of each rollout comes from
+//! [`convoy_core::comms::story`]. Not built yet: cohort health plotted against the baseline as
+//! it happens (the wall shows the gate's recorded findings, not live telemetry).
 
-use egui::{RichText, Stroke};
+use std::fmt::Write as _;
+
+use convoy_core::comms::{Ending, RolloutStory};
+use convoy_core::time::Timestamp;
+use egui::{Color32, RichText, Stroke};
 
 use crate::gui::app::{ConsoleApp, age};
 use crate::gui::backend::LinkStatus;
 use crate::gui::model::Severity;
 use crate::gui::tokens;
 
+/// How long the wall shows each rollout before the next.
+pub const CYCLE_SECS: i64 = 15;
+/// Timeline entries shown for the rollout on the wall.
+const LATEST_ENTRIES: usize = 6;
+/// The longest timeline entry the wall shows whole.
+const CLIP_CHARS: usize = 60;
+
+/// Where a rollout stands, as its record tells it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RolloutState {
+    /// Stopped by a gate or an operator, waiting for a human.
+    Paused,
+    /// Devices were asked to go back and the rollback has not finished.
+    RollingBack,
+    RolledBack,
+    Aborted,
+    Running,
+    Completed,
+}
+
+impl RolloutState {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Paused => "PAUSED",
+            Self::RollingBack => "ROLLING BACK",
+            Self::RolledBack => "ROLLED BACK",
+            Self::Aborted => "ABORTED",
+            Self::Running => "RUNNING",
+            Self::Completed => "COMPLETED",
+        }
+    }
+
+    fn color(self) -> Color32 {
+        match self {
+            Self::Paused => tokens::WARN,
+            Self::RollingBack | Self::RolledBack | Self::Aborted => tokens::BAD,
+            Self::Running => tokens::OK,
+            Self::Completed => tokens::MUTED,
+        }
+    }
+}
+
+/// The state of the rollout `s` tells.
+pub fn state_of(s: &RolloutStory) -> RolloutState {
+    match &s.ending {
+        Some(Ending::Completed(_)) => return RolloutState::Completed,
+        Some(Ending::RolledBack(_)) => return RolloutState::RolledBack,
+        Some(Ending::Aborted(..)) => return RolloutState::Aborted,
+        None => {}
+    }
+    let last_line = |prefix: &str| {
+        s.chronology
+            .iter()
+            .filter(|(_, line, _)| line.starts_with(prefix))
+            .map(|(at, ..)| *at)
+            .max()
+    };
+    let last_rollback = s.rollbacks.iter().map(|(at, ..)| *at).max();
+    if last_rollback.is_some() && last_rollback > last_line("rollback finished") {
+        return RolloutState::RollingBack;
+    }
+    let last_pause = s.pauses.iter().map(|(at, _)| *at).max();
+    let last_resume = last_line("resumed").max(s.overrides.iter().map(|(at, _)| *at).max());
+    if last_pause.is_some() && last_pause > last_resume {
+        RolloutState::Paused
+    } else {
+        RolloutState::Running
+    }
+}
+
+/// When the record last said something about `s`.
+pub fn last_activity(s: &RolloutStory) -> Timestamp {
+    s.chronology.last().map_or(s.created_at, |(at, ..)| *at)
+}
+
+/// How urgently the wall shows a rollout: 0 in trouble (paused, rolling or rolled back,
+/// aborted), 1 running with a gate decision on record, 2 running, 3 completed.
+fn urgency(s: &RolloutStory) -> u8 {
+    match state_of(s) {
+        RolloutState::Paused
+        | RolloutState::RollingBack
+        | RolloutState::RolledBack
+        | RolloutState::Aborted => 0,
+        RolloutState::Running if !s.stops.is_empty() => 1,
+        RolloutState::Running => 2,
+        RolloutState::Completed => 3,
+    }
+}
+
+/// The wall's order: the rollout in trouble first, else the newest running one; within the
+/// same urgency, the newest activity first, ties by id.
+pub fn wall_order(rollouts: &[RolloutStory]) -> Vec<&RolloutStory> {
+    let mut order: Vec<&RolloutStory> = rollouts.iter().collect();
+    order.sort_by(|a, b| {
+        urgency(a)
+            .cmp(&urgency(b))
+            .then_with(|| last_activity(b).cmp(&last_activity(a)))
+            .then_with(|| a.rollout_id.cmp(&b.rollout_id))
+    });
+    order
+}
+
+/// Which of `n` rollouts the wall shows `elapsed_secs` after it was entered.
+pub fn cycle_index(n: usize, elapsed_secs: i64) -> usize {
+    if n == 0 {
+        return 0;
+    }
+    let turns = usize::try_from(elapsed_secs.max(0) / CYCLE_SECS).unwrap_or(0);
+    turns % n
+}
+
+/// `line` cut to `max_chars` characters with an ellipsis: the chronology repeats a gate's
+/// evidence, which the wall already shows in full under its decision.
+fn clip(line: &str, max_chars: usize) -> String {
+    match line.char_indices().nth(max_chars) {
+        Some((cut, _)) => format!("{}…", &line[..cut]),
+        None => line.to_owned(),
+    }
+}
+
+/// One wave's progress as a line.
+fn wave_line(w: &convoy_core::comms::WaveStory, now: Timestamp) -> (String, Color32) {
+    match (w.started_at, w.completed_at) {
+        (_, Some(done)) => {
+            let mut line = format!(
+                "completed {}: {} healthy, {} failed, {} reverted",
+                age(now.secs_since(done)),
+                w.healthy,
+                w.failed,
+                w.reverted
+            );
+            if w.silent > 0 {
+                let _ = write!(line, ", {} silent", w.silent);
+            }
+            let color = if w.failed + w.reverted > 0 {
+                tokens::BAD
+            } else {
+                tokens::OK
+            };
+            (line, color)
+        }
+        (Some(start), None) => (
+            format!("in progress, started {}", age(now.secs_since(start))),
+            tokens::WARN,
+        ),
+        (None, None) => ("not started".to_owned(), tokens::MUTED),
+    }
+}
+
 /// Draws the wall.
 pub fn warroom_ui(app: &ConsoleApp, ui: &mut egui::Ui) {
     let now = app.now();
-    let mode = app.state.color_mode;
+    if app.clock_runs() {
+        // The clock and the rollout cycle move without input.
+        ui.ctx()
+            .request_repaint_after(std::time::Duration::from_secs(1));
+    }
     ui.horizontal(|ui| {
         ui.label(
             RichText::new("CONVOY · WAR ROOM")
@@ -39,6 +201,150 @@ pub fn warroom_ui(app: &ConsoleApp, ui: &mut egui::Ui) {
         ui.label(RichText::new(now.to_string()).size(tokens::WALL_TEXT));
     });
     ui.add_space(16.0);
+    ui.columns(2, |cols| {
+        rollouts_ui(app, &mut cols[0], now);
+        fleet_ui(app, &mut cols[1], now);
+    });
+    ui.add_space(20.0);
+    ui.label(
+        RichText::new("Read-only display · F11, W or Esc to leave")
+            .size(14.0)
+            .color(tokens::MUTED),
+    );
+}
+
+fn small(text: impl Into<String>) -> RichText {
+    RichText::new(text).size(tokens::WALL_TEXT * 0.7)
+}
+
+/// The rollout on the wall now, from the cache.
+fn rollouts_ui(app: &ConsoleApp, ui: &mut egui::Ui, now: Timestamp) {
+    let board = match &app.rollouts {
+        None => {
+            ui.label(RichText::new("Reading the rollouts in the cache").size(tokens::WALL_TEXT));
+            return;
+        }
+        Some(Err(why)) => {
+            ui.label(
+                RichText::new(format!("Could not read the rollouts: {why}"))
+                    .size(tokens::WALL_TEXT * 0.8)
+                    .color(tokens::WARN),
+            );
+            return;
+        }
+        Some(Ok(board)) => board,
+    };
+    for line in &board.unreadable {
+        ui.label(small(format!("Unreadable timeline: {line}")).color(tokens::WARN));
+    }
+    let order = wall_order(&board.rollouts);
+    if order.is_empty() {
+        ui.label(
+            RichText::new("No rollouts recorded in the cache")
+                .size(tokens::WALL_TEXT)
+                .color(tokens::MUTED),
+        );
+        ui.label(small("`convoy rollout run` records them here.").color(tokens::MUTED));
+        return;
+    }
+    let index = if app.clock_runs() {
+        cycle_index(order.len(), now.secs_since(app.warroom_since))
+    } else {
+        0
+    };
+    let s = order[index];
+    let state = state_of(s);
+    ui.label(small(format!("Rollout {} of {}", index + 1, order.len())).color(tokens::MUTED));
+    ui.horizontal_wrapped(|ui| {
+        ui.label(
+            RichText::new(&s.rollout_id)
+                .size(tokens::WALL_TEXT * 1.3)
+                .strong(),
+        );
+        ui.label(
+            RichText::new(state.label())
+                .size(tokens::WALL_TEXT * 1.3)
+                .strong()
+                .color(state.color()),
+        );
+    });
+    ui.label(small(format!(
+        "release {} · requested by {} · {} path · {} of {} devices offered",
+        s.release_id,
+        s.requested_by,
+        s.path,
+        s.offered(),
+        s.planned()
+    )));
+    if let Some((at, why)) = s.pauses.last().filter(|_| state == RolloutState::Paused) {
+        ui.label(small(format!("paused {}: {why}", age(now.secs_since(*at)))).color(tokens::WARN));
+    }
+    ui.add_space(8.0);
+    ui.label(RichText::new("Waves").size(tokens::WALL_TEXT).strong());
+    for w in &s.waves {
+        let (line, color) = wave_line(w, now);
+        ui.horizontal(|ui| {
+            ui.label(small(format!("{} ({} devices)", w.name, w.devices)).strong());
+            ui.label(small(line).color(color));
+        });
+    }
+    ui.add_space(8.0);
+    ui.label(
+        RichText::new(format!("Gate decisions · holds: {}", s.holds))
+            .size(tokens::WALL_TEXT)
+            .strong(),
+    );
+    if s.stops.is_empty() {
+        ui.label(small("No gate has stopped this rollout.").color(tokens::MUTED));
+    }
+    for stop in s.stops.iter().rev() {
+        let color = if stop.outcome == "hold" {
+            tokens::WARN
+        } else {
+            tokens::BAD
+        };
+        ui.label(
+            small(format!(
+                "{} · wave {}: {}",
+                age(now.secs_since(stop.at)),
+                stop.wave,
+                stop.outcome
+            ))
+            .color(color)
+            .strong(),
+        );
+        for finding in &stop.findings {
+            ui.label(small(format!("  {finding}")));
+        }
+    }
+    ui.add_space(8.0);
+    ui.label(
+        RichText::new("Latest entries")
+            .size(tokens::WALL_TEXT)
+            .strong(),
+    );
+    for (at, line, cause) in s.chronology.iter().rev().take(LATEST_ENTRIES) {
+        ui.label(small(format!(
+            "{:>10}  {}  ({cause})",
+            age(now.secs_since(*at)),
+            clip(line, CLIP_CHARS)
+        )));
+    }
+    let others: Vec<String> = order
+        .iter()
+        .enumerate()
+        .filter(|&(i, _)| i != index)
+        .map(|(_, o)| format!("{} {}", o.rollout_id, state_of(o).label().to_lowercase()))
+        .collect();
+    if !others.is_empty() {
+        ui.add_space(8.0);
+        ui.label(small(format!("Also: {}", others.join(" · "))).color(tokens::MUTED));
+    }
+}
+
+/// The fleet's state counts and its latest device events.
+fn fleet_ui(app: &ConsoleApp, ui: &mut egui::Ui, now: Timestamp) {
+    let mode = app.state.color_mode;
     let Some(model) = &app.model else {
         ui.label(RichText::new("Loading the fleet").size(tokens::WALL_TEXT));
         return;
@@ -53,28 +359,22 @@ pub fn warroom_ui(app: &ConsoleApp, ui: &mut egui::Ui) {
             let color = tokens::class_color(mode, k);
             egui::Frame::new()
                 .stroke(Stroke::new(3.0, color))
-                .inner_margin(14.0)
+                .inner_margin(10.0)
                 .corner_radius(6.0)
                 .show(ui, |ui| {
-                    ui.set_min_width(200.0);
+                    ui.set_min_width(120.0);
                     ui.vertical(|ui| {
                         ui.label(
                             RichText::new(app.derived.counts_all[k].to_string())
-                                .size(tokens::WALL_NUMBER)
+                                .size(tokens::WALL_NUMBER * 0.7)
                                 .strong()
                                 .color(color),
                         );
-                        ui.label(RichText::new(*name).size(tokens::WALL_TEXT));
+                        ui.label(small(*name));
                     });
                 });
         }
     });
-    ui.add_space(20.0);
-    ui.label(
-        RichText::new("Rollouts: engine not attached in this build; no gates or baseline to show.")
-            .size(tokens::WALL_TEXT)
-            .color(tokens::WARN),
-    );
     ui.add_space(20.0);
     ui.label(
         RichText::new("Latest events")
@@ -82,7 +382,7 @@ pub fn warroom_ui(app: &ConsoleApp, ui: &mut egui::Ui) {
             .strong(),
     );
     let mut any = false;
-    for e in model.events.iter().rev().take(12) {
+    for e in model.events.iter().rev().take(10) {
         any = true;
         let color = match e.severity {
             Severity::Info => ui.visuals().text_color(),
@@ -90,24 +390,128 @@ pub fn warroom_ui(app: &ConsoleApp, ui: &mut egui::Ui) {
             Severity::Problem => tokens::BAD,
         };
         ui.label(
-            RichText::new(format!(
+            small(format!(
                 "{:>10}  {}  {}",
                 age(now.secs_since(e.at)),
                 e.device_id,
                 e.text
             ))
-            .size(tokens::WALL_TEXT * 0.8)
             .monospace()
             .color(color),
         );
     }
     if !any {
-        ui.label(RichText::new("No events yet.").size(tokens::WALL_TEXT * 0.8));
+        ui.label(small("No events yet."));
     }
-    ui.add_space(20.0);
-    ui.label(
-        RichText::new("Read-only display · F11, W or Esc to leave")
-            .size(14.0)
-            .color(tokens::MUTED),
-    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use convoy_core::comms::{RecordEntry, story};
+    use serde_json::json;
+
+    const T0: Timestamp = Timestamp::from_secs(1_800_000_000);
+
+    fn entry(secs: i64, kind: &str, payload: serde_json::Value) -> RecordEntry {
+        RecordEntry {
+            at: T0.plus_secs(secs),
+            kind: kind.into(),
+            cause: "timer".into(),
+            payload,
+        }
+    }
+
+    fn record(id: &str, start: i64, tail: &[(i64, &str, serde_json::Value)]) -> RolloutStory {
+        let mut e = vec![
+            entry(
+                start,
+                "rollout.created",
+                json!({"release": "r", "requested_by": "a", "path": "standard",
+                       "waves": [{"name": "canary", "devices": 10}]}),
+            ),
+            entry(
+                start + 1,
+                "wave.started",
+                json!({"wave_started": {"wave": 0}}),
+            ),
+        ];
+        e.extend(tail.iter().map(|(s, k, p)| entry(start + s, k, p.clone())));
+        story(id, &e).expect("a record that starts with its creation")
+    }
+
+    #[test]
+    fn the_state_follows_pauses_resumes_rollbacks_and_endings() {
+        let running = record("a", 0, &[]);
+        assert_eq!(state_of(&running), RolloutState::Running);
+        let paused = record(
+            "b",
+            0,
+            &[(5, "rollout.paused", json!({"paused": {"reason": "gate"}}))],
+        );
+        assert_eq!(state_of(&paused), RolloutState::Paused);
+        let resumed = record(
+            "c",
+            0,
+            &[
+                (5, "rollout.paused", json!({"paused": {"reason": "gate"}})),
+                (9, "rollout.resumed", json!("resumed")),
+            ],
+        );
+        assert_eq!(state_of(&resumed), RolloutState::Running);
+        let back = json!({"rollback_started": {"scope": {"wave": 0}, "devices": [1, 2]}});
+        let rolling = record("d", 0, &[(5, "rollback.started", back.clone())]);
+        assert_eq!(state_of(&rolling), RolloutState::RollingBack);
+        let rolled = record(
+            "e",
+            0,
+            &[
+                (5, "rollback.started", back),
+                (8, "rollback.finished", json!({})),
+            ],
+        );
+        assert_eq!(state_of(&rolled), RolloutState::Running);
+        let done = record("f", 0, &[(9, "rollout.completed", json!("completed"))]);
+        assert_eq!(state_of(&done), RolloutState::Completed);
+    }
+
+    #[test]
+    fn the_wall_shows_the_rollout_in_trouble_first_then_the_newest_running() {
+        let old_running = record("old", 0, &[]);
+        let new_running = record("new", 100, &[]);
+        let done = record("done", 200, &[(1, "rollout.completed", json!("completed"))]);
+        let paused = record(
+            "stuck",
+            0,
+            &[(5, "rollout.paused", json!({"paused": {"reason": "gate"}}))],
+        );
+        let all = vec![old_running, done, new_running, paused];
+        let ids: Vec<&str> = wall_order(&all)
+            .iter()
+            .map(|s| s.rollout_id.as_str())
+            .collect();
+        assert_eq!(ids, vec!["stuck", "new", "old", "done"]);
+        // Without trouble, the newest running one leads.
+        let ids: Vec<&str> = wall_order(&all[..3])
+            .iter()
+            .map(|s| s.rollout_id.as_str())
+            .collect();
+        assert_eq!(ids[0], "new");
+    }
+
+    #[test]
+    fn long_entries_are_clipped_on_a_character_boundary() {
+        assert_eq!(clip("short", 10), "short");
+        assert_eq!(clip("wave ünïcode started", 7), "wave ün…");
+    }
+
+    #[test]
+    fn the_cycle_turns_every_cycle_secs_and_wraps() {
+        assert_eq!(cycle_index(3, 0), 0);
+        assert_eq!(cycle_index(3, CYCLE_SECS - 1), 0);
+        assert_eq!(cycle_index(3, CYCLE_SECS), 1);
+        assert_eq!(cycle_index(3, 3 * CYCLE_SECS), 0);
+        assert_eq!(cycle_index(0, 99), 0);
+        assert_eq!(cycle_index(2, -5), 0);
+    }
 }
