@@ -25,22 +25,21 @@ pub mod tls;
 
 use anyhow::{Context, Result, bail};
 use axum::Router;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, broadcast, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::store::Store;
 
-/// How long shutdown waits for responses in flight (event streams end at once).
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+// The connection plumbing (slots, accept, HTTP/1.1 with graceful shutdown) is the artifact
+// server's; event streams end at once on shutdown.
+pub(crate) use crate::link::http::server::{next_connection, serve_connection, stopped};
 
 /// How the server runs.
 #[derive(Clone, Debug)]
@@ -347,27 +346,7 @@ async fn accept_loop(
     header_read_timeout: Duration,
 ) {
     let mut connections = JoinSet::new();
-    loop {
-        let permit = tokio::select! {
-            () = stopped(&mut stop) => break,
-            permit = Arc::clone(&slots).acquire_owned() => match permit {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-        };
-        let stream = tokio::select! {
-            () = stopped(&mut stop) => break,
-            accepted = listener.accept() => {
-                if let Ok((stream, _)) = accepted {
-                    stream
-                } else {
-                    // Out of descriptors or a reset before accept: transient; do not spin.
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = stream.set_nodelay(true);
+    while let Some((permit, stream)) = next_connection(&listener, &slots, &mut stop).await {
         while connections.try_join_next().is_some() {}
         let service = TowerToHyperService::new(router.clone());
         let stop = stop.clone();
@@ -390,37 +369,4 @@ async fn accept_loop(
     }
     drop(listener);
     while connections.join_next().await.is_some() {}
-}
-
-async fn serve_connection<S>(
-    stream: S,
-    service: TowerToHyperService<Router>,
-    mut stop: watch::Receiver<bool>,
-    header_read_timeout: Duration,
-) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(header_read_timeout)
-        .keep_alive(true);
-    let conn = builder.serve_connection(TokioIo::new(stream), service);
-    tokio::pin!(conn);
-    // Connection errors (a client that goes away) end only that connection; there is no one
-    // to report them to.
-    let stopping = tokio::select! {
-        _ = conn.as_mut() => false,
-        () = stopped(&mut stop) => true,
-    };
-    if stopping {
-        conn.as_mut().graceful_shutdown();
-        let _ = tokio::time::timeout(SHUTDOWN_GRACE, conn).await;
-    }
-}
-
-/// Resolves once shutdown is asked for (or the server handle is gone).
-pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
-    // The guard `wait_for` returns is not `Send`; drop it here, inside.
-    let _ = stop.wait_for(|s| *s).await.map(|_| ());
 }

@@ -40,8 +40,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, SystemTime};
-use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
 use super::range::{self, RangeAnswer};
@@ -317,34 +317,14 @@ async fn accept_loop(
     header_read_timeout: Duration,
 ) {
     let mut connections = JoinSet::new();
-    loop {
-        let permit = tokio::select! {
-            () = stopped(&mut stop) => break,
-            permit = Arc::clone(&slots).acquire_owned() => match permit {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-        };
-        let stream = tokio::select! {
-            () = stopped(&mut stop) => break,
-            accepted = listener.accept() => {
-                if let Ok((stream, _)) = accepted {
-                    stream
-                } else {
-                    // Out of descriptors or a connection reset before accept: transient; do
-                    // not spin on it.
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
+    while let Some((permit, stream)) = next_connection(&listener, &slots, &mut stop).await {
         while connections.try_join_next().is_some() {}
         let counters = &shared.counters;
         Counters::bump(&counters.connections);
         let active = counters.active.fetch_add(1, Ordering::Relaxed) + 1;
         counters.peak.fetch_max(active, Ordering::Relaxed);
         let service = TowerToHyperService::new(router.clone());
-        let mut stop = stop.clone();
+        let stop = stop.clone();
         let shared = Arc::clone(&shared);
         let cut_after = shared.truncate.and_then(|t| {
             let n = shared.truncations_started.fetch_add(1, Ordering::Relaxed);
@@ -357,23 +337,9 @@ async fn accept_loop(
         };
         connections.spawn(async move {
             let _permit = permit;
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(header_read_timeout)
-                .keep_alive(true);
-            let conn = builder.serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(conn);
             // Connection errors (a client that goes away, a body cut short on purpose) end
             // only that connection; there is no one to report them to.
-            let stopping = tokio::select! {
-                _ = conn.as_mut() => false,
-                () = stopped(&mut stop) => true,
-            };
-            if stopping {
-                conn.as_mut().graceful_shutdown();
-                let _ = tokio::time::timeout(SHUTDOWN_GRACE, conn).await;
-            }
+            serve_connection(stream, service, stop, header_read_timeout).await;
             shared.counters.active.fetch_sub(1, Ordering::Relaxed);
         });
     }
@@ -381,8 +347,63 @@ async fn accept_loop(
     while connections.join_next().await.is_some() {}
 }
 
+/// Waits for a free connection slot and the next accepted connection; `None` once shutdown is
+/// asked for. Shared by the artifact server and `convoy serve`.
+pub(crate) async fn next_connection(
+    listener: &TcpListener,
+    slots: &Arc<Semaphore>,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<(OwnedSemaphorePermit, TcpStream)> {
+    let permit = tokio::select! {
+        () = stopped(stop) => return None,
+        permit = Arc::clone(slots).acquire_owned() => permit.ok()?,
+    };
+    loop {
+        tokio::select! {
+            () = stopped(stop) => return None,
+            accepted = listener.accept() => {
+                if let Ok((stream, _)) = accepted {
+                    let _ = stream.set_nodelay(true);
+                    return Some((permit, stream));
+                }
+                // Out of descriptors or a connection reset before accept: transient; do not
+                // spin on it.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            },
+        }
+    }
+}
+
+/// Serves one HTTP/1.1 connection until it ends, or until shutdown, when it gets
+/// `SHUTDOWN_GRACE` to finish the responses in flight. Connection errors end only this
+/// connection.
+pub(crate) async fn serve_connection<S>(
+    stream: S,
+    service: TowerToHyperService<Router>,
+    mut stop: watch::Receiver<bool>,
+    header_read_timeout: Duration,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout)
+        .keep_alive(true);
+    let conn = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    let stopping = tokio::select! {
+        _ = conn.as_mut() => false,
+        () = stopped(&mut stop) => true,
+    };
+    if stopping {
+        conn.as_mut().graceful_shutdown();
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, conn).await;
+    }
+}
+
 /// Resolves once shutdown is asked for (or the server handle is gone).
-async fn stopped(stop: &mut watch::Receiver<bool>) {
+pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
     // The guard `wait_for` returns is not `Send`; drop it here, inside.
     let _ = stop.wait_for(|s| *s).await.map(|_| ());
 }
