@@ -1,6 +1,7 @@
 //! End-to-end tests: the real `convoy` binary on real files.
 
 mod crash;
+mod ddi;
 mod engine;
 mod fleet;
 mod http;

@@ -7,6 +7,7 @@
 //! is not built yet (issue #6).
 
 pub mod broker;
+pub mod ddi;
 pub mod http;
 pub mod mqtt;
 pub mod protocol;

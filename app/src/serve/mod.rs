@@ -337,7 +337,7 @@ impl Drop for Server {
     }
 }
 
-async fn accept_loop(
+pub(crate) async fn accept_loop(
     listener: TcpListener,
     acceptor: Option<tokio_rustls::TlsAcceptor>,
     router: Router,

@@ -1,0 +1,510 @@
+//! A device-facing endpoint compatible with Eclipse hawkBit's Direct Device Integration (DDI)
+//! API v1, so that devices that already run a DDI client (RAUC's rauc-hawkbit-updater,
+//! SWUpdate's suricatta, the crates.io `hawkbit` client) take updates from Convoy without new
+//! firmware.
+//!
+//! - [`wire`]: the DDI JSON shapes.
+//! - [`hub`]: controllers, actions, feedback, and the events a consumer (the rollout engine, or
+//!   `convoy ddi serve`) reads.
+//! - this module: the HTTP routes, authentication (`TargetToken` / `GatewayToken`), body limits
+//!   and error answers, and [`DdiServer`], which serves them with the same connection handling
+//!   (bounded connections, header timeout, TLS, graceful shutdown) as `convoy serve`.
+//!
+//! Routes, under `/{tenant}/controller/v1/{controllerId}`: `GET` (poll), `GET
+//! deploymentBase/{actionId}`, `POST deploymentBase/{actionId}/feedback`, `GET
+//! cancelAction/{id}`, `POST cancelAction/{id}/feedback`, `PUT configData`. Artifacts are
+//! downloaded from the URLs a deployment names (Convoy's artifact server serves them with byte
+//! ranges, so an interrupted download resumes).
+//!
+//! Not here (see docs/DDI.md): the confirmation flow (`confirmationBase`), `installedBase`,
+//! MD5 checksum downloads, and driving the gates from DDI feedback inside the rollout engine
+//! (the hub's events are the seam for it; the engine speaks MQTT only today).
+
+pub mod hub;
+pub mod wire;
+
+use anyhow::{Context, Result, bail};
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::response::Response;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use hyper::body::Bytes;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinHandle;
+
+pub use hub::{
+    ActionState, ActionView, ControllerView, DdiArtifact, DdiDeployment, DdiError, DdiEvent,
+    DdiHub, HubConfig, Outcome,
+};
+
+/// How the endpoint runs.
+#[derive(Clone, Debug)]
+pub struct DdiConfig {
+    /// `127.0.0.1:0` picks a free port; [`DdiServer::addr`] tells which.
+    pub listen: SocketAddr,
+    /// The tenant in every path (hawkBit's default is `DEFAULT`); compared case-insensitively,
+    /// as hawkBit does.
+    pub tenant: String,
+    /// PEM certificate chain and private key; both or neither.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// Bodies larger than this get 413.
+    pub max_body_bytes: usize,
+    pub max_connections: usize,
+    pub header_read_timeout: Duration,
+}
+
+impl DdiConfig {
+    pub fn new(listen: SocketAddr) -> Self {
+        Self {
+            listen,
+            tenant: "DEFAULT".into(),
+            tls: None,
+            max_body_bytes: 64 * 1024,
+            max_connections: 1024,
+            header_read_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Counts of what the endpoint answered.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DdiStats {
+    pub requests: u64,
+    pub polls: u64,
+    pub feedback: u64,
+    pub unauthorized: u64,
+    pub bad_request: u64,
+    pub busy: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    requests: AtomicU64,
+    polls: AtomicU64,
+    feedback: AtomicU64,
+    unauthorized: AtomicU64,
+    bad_request: AtomicU64,
+    busy: AtomicU64,
+}
+
+fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+struct Shared {
+    hub: Arc<DdiHub>,
+    tenant: String,
+    max_body_bytes: usize,
+    counters: Counters,
+}
+
+/// The DDI routes as a router, to serve alone ([`DdiServer`]) or beside other routes.
+pub fn router(hub: Arc<DdiHub>, tenant: &str, max_body_bytes: usize) -> (Router, DdiStatsHandle) {
+    let shared = Arc::new(Shared {
+        hub,
+        tenant: tenant.to_owned(),
+        max_body_bytes,
+        counters: Counters::default(),
+    });
+    let handle = DdiStatsHandle(Arc::clone(&shared));
+    (
+        Router::new().fallback(handle_request).with_state(shared),
+        handle,
+    )
+}
+
+/// Reads the counters of a router made by [`router`].
+#[derive(Clone)]
+pub struct DdiStatsHandle(Arc<Shared>);
+
+impl DdiStatsHandle {
+    pub fn stats(&self) -> DdiStats {
+        let c = &self.0.counters;
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        DdiStats {
+            requests: get(&c.requests),
+            polls: get(&c.polls),
+            feedback: get(&c.feedback),
+            unauthorized: get(&c.unauthorized),
+            bad_request: get(&c.bad_request),
+            busy: get(&c.busy),
+        }
+    }
+}
+
+/// A running endpoint. Dropping it stops accepting; [`Self::shutdown`] also waits.
+pub struct DdiServer {
+    addr: SocketAddr,
+    tls: bool,
+    stop: watch::Sender<bool>,
+    task: Option<JoinHandle<()>>,
+    stats: DdiStatsHandle,
+}
+
+impl DdiServer {
+    /// Binds and serves on the current tokio runtime.
+    pub async fn start(config: DdiConfig, hub: Arc<DdiHub>) -> Result<Self> {
+        if config.max_connections == 0 {
+            bail!("max_connections must be at least 1");
+        }
+        if config.tenant.is_empty() {
+            bail!("the tenant must not be empty");
+        }
+        let acceptor = match &config.tls {
+            Some((cert, key)) => Some(crate::serve::tls::acceptor(cert, key)?),
+            None => None,
+        };
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("listening on {}", config.listen))?;
+        let addr = listener.local_addr().context("reading the bound address")?;
+        let (stop, stop_rx) = watch::channel(false);
+        let (router, stats) = router(hub, &config.tenant, config.max_body_bytes);
+        let tls = acceptor.is_some();
+        let task = tokio::spawn(crate::serve::accept_loop(
+            listener,
+            acceptor,
+            router,
+            Arc::new(Semaphore::new(config.max_connections)),
+            stop_rx,
+            config.header_read_timeout,
+        ));
+        Ok(Self {
+            addr,
+            tls,
+            stop,
+            task: Some(task),
+            stats,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://ADDR` or `https://ADDR`: what a DDI client takes as its server URL.
+    pub fn base_url(&self) -> String {
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    pub fn stats(&self) -> DdiStats {
+        self.stats.stats()
+    }
+
+    /// Stops accepting, lets responses in flight finish, and returns once every connection is
+    /// closed.
+    pub async fn shutdown(mut self) {
+        self.stop.send_replace(true);
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for DdiServer {
+    fn drop(&mut self) {
+        self.stop.send_replace(true);
+    }
+}
+
+fn json<T: Serialize>(status: StatusCode, value: &T) -> Response {
+    let bytes = serde_json::to_vec(value).unwrap_or_else(|e| {
+        format!(r#"{{"errorCode":"convoy.ddi.internal","message":"encoding the answer: {e}"}}"#)
+            .into_bytes()
+    });
+    let mut response = Response::new(Body::from(bytes));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/hal+json;charset=UTF-8"),
+    );
+    response
+}
+
+fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    json(
+        status,
+        &wire::ErrorBody {
+            error_code: code.to_owned(),
+            message: message.into(),
+        },
+    )
+}
+
+fn ddi_error(shared: &Shared, e: &DdiError) -> Response {
+    let message = e.to_string();
+    match e {
+        DdiError::Unauthorized => {
+            bump(&shared.counters.unauthorized);
+            let mut r = error(
+                StatusCode::UNAUTHORIZED,
+                "hawkbit.server.error.unauthorized",
+                message,
+            );
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("TargetToken, GatewayToken"),
+            );
+            r
+        }
+        DdiError::NotFound(_) => error(
+            StatusCode::NOT_FOUND,
+            "hawkbit.server.error.repo.entitiyNotFound",
+            message,
+        ),
+        DdiError::Gone(_) => error(
+            StatusCode::GONE,
+            "hawkbit.server.error.action.closed",
+            message,
+        ),
+        DdiError::BadField { field, message } => {
+            bump(&shared.counters.bad_request);
+            error(
+                StatusCode::BAD_REQUEST,
+                "hawkbit.server.error.rest.body.notReadable",
+                format!("{field}: {message}"),
+            )
+        }
+        DdiError::Busy => {
+            bump(&shared.counters.busy);
+            let mut r = error(StatusCode::SERVICE_UNAVAILABLE, "convoy.ddi.busy", message);
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            r
+        }
+    }
+}
+
+fn method_not_allowed(allow: &'static str) -> Response {
+    let mut r = error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "hawkbit.server.error.rest.methodNotAllowed",
+        format!("use {allow}"),
+    );
+    r.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
+    r
+}
+
+/// The scheme and host a device reached us by, for the links in our answers.
+fn origin(request: &Request) -> String {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("localhost");
+    let scheme = request.uri().scheme_str().unwrap_or("http");
+    format!("{scheme}://{host}")
+}
+
+/// What a path names, once the tenant and controller are taken off.
+enum Route {
+    Poll,
+    Deployment(u64),
+    DeploymentFeedback(u64),
+    Cancel(u64),
+    CancelFeedback(u64),
+    ConfigData,
+}
+
+fn parse_id(text: &str) -> Option<u64> {
+    text.parse().ok()
+}
+
+fn route(rest: &[String]) -> Option<Route> {
+    let rest: Vec<&str> = rest.iter().map(String::as_str).collect();
+    Some(match rest.as_slice() {
+        [] => Route::Poll,
+        ["deploymentBase", id] => Route::Deployment(parse_id(id)?),
+        ["deploymentBase", id, "feedback"] => Route::DeploymentFeedback(parse_id(id)?),
+        ["cancelAction", id] => Route::Cancel(parse_id(id)?),
+        ["cancelAction", id, "feedback"] => Route::CancelFeedback(parse_id(id)?),
+        ["configData"] => Route::ConfigData,
+        _ => return None,
+    })
+}
+
+async fn handle_request(State(shared): State<Arc<Shared>>, request: Request) -> Response {
+    bump(&shared.counters.requests);
+    let segments = match crate::link::http::range::sanitize_path(request.uri().path()) {
+        Ok(s) => s,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "convoy.ddi.path", format!("{e}")),
+    };
+    let (tenant, controller, rest) = match segments.as_slice() {
+        [tenant, c, v, controller, rest @ ..] if c == "controller" && v == "v1" => {
+            (tenant, controller.clone(), rest.to_vec())
+        }
+        _ => {
+            return error(
+                StatusCode::NOT_FOUND,
+                "convoy.ddi.notFound",
+                "not a DDI path: expected /{tenant}/controller/v1/{controllerId}/...",
+            );
+        }
+    };
+    // Authentication comes first: a request without a valid token learns nothing, not even
+    // whether the tenant or the route exists.
+    let authorization = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok());
+    if let Err(e) = shared.hub.authorize(&controller, authorization) {
+        return ddi_error(&shared, &e);
+    }
+    if !tenant.eq_ignore_ascii_case(&shared.tenant) {
+        return error(
+            StatusCode::NOT_FOUND,
+            "hawkbit.server.error.repo.entitiyNotFound",
+            format!("no tenant {tenant:?}"),
+        );
+    }
+    let Some(route) = route(&rest) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "convoy.ddi.notFound",
+            format!("no such DDI resource: {}", rest.join("/")),
+        );
+    };
+    let base = format!(
+        "{}/{}/controller/v1/{}",
+        origin(&request),
+        tenant,
+        crate::link::http::range::encode_segment(&controller)
+    );
+    let method = request.method().clone();
+    let result = match route {
+        Route::Poll if method == Method::GET => {
+            bump(&shared.counters.polls);
+            shared.hub.poll(&controller).map(|w| {
+                let href = |path: String| Some(wire::Href { href: path });
+                json(
+                    StatusCode::OK,
+                    &wire::PollReply {
+                        config: wire::PollConfig {
+                            polling: wire::Polling {
+                                sleep: wire::format_sleep(shared.hub.config().sleep_secs),
+                            },
+                        },
+                        links: wire::PollLinks {
+                            deployment_base: w
+                                .deployment
+                                .and_then(|id| href(format!("{base}/deploymentBase/{id}"))),
+                            cancel_action: w
+                                .cancel
+                                .and_then(|id| href(format!("{base}/cancelAction/{id}"))),
+                            config_data: if w.config {
+                                href(format!("{base}/configData"))
+                            } else {
+                                None
+                            },
+                        },
+                    },
+                )
+            })
+        }
+        Route::Deployment(id) if method == Method::GET => shared
+            .hub
+            .deployment(&controller, id)
+            .map(|(d, last)| json(StatusCode::OK, &hub::deployment_body(id, &d, last.as_ref()))),
+        Route::Cancel(id) if method == Method::GET => {
+            shared.hub.cancel_target(&controller, id).map(|stop| {
+                json(
+                    StatusCode::OK,
+                    &wire::CancelReply {
+                        id: id.to_string(),
+                        cancel_action: wire::StopId {
+                            stop_id: stop.to_string(),
+                        },
+                    },
+                )
+            })
+        }
+        Route::Poll | Route::Deployment(_) | Route::Cancel(_) => {
+            return method_not_allowed("GET");
+        }
+        Route::DeploymentFeedback(id) if method == Method::POST => {
+            bump(&shared.counters.feedback);
+            match read_json::<wire::Feedback>(&shared, request).await {
+                Ok(fb) => shared
+                    .hub
+                    .feedback(&controller, id, fb)
+                    .map(|()| Response::new(Body::empty())),
+                Err(r) => return r,
+            }
+        }
+        Route::CancelFeedback(id) if method == Method::POST => {
+            bump(&shared.counters.feedback);
+            match read_json::<wire::Feedback>(&shared, request).await {
+                Ok(fb) => shared
+                    .hub
+                    .cancel_feedback(&controller, id, fb)
+                    .map(|()| Response::new(Body::empty())),
+                Err(r) => return r,
+            }
+        }
+        Route::DeploymentFeedback(_) | Route::CancelFeedback(_) => {
+            return method_not_allowed("POST");
+        }
+        Route::ConfigData if method == Method::PUT => {
+            match read_json::<wire::ConfigData>(&shared, request).await {
+                Ok(cd) => shared
+                    .hub
+                    .config_data(&controller, cd)
+                    .map(|()| Response::new(Body::empty())),
+                Err(r) => return r,
+            }
+        }
+        Route::ConfigData => return method_not_allowed("PUT"),
+    };
+    result.unwrap_or_else(|e| ddi_error(&shared, &e))
+}
+
+/// Reads and parses a JSON body; a 413 past the limit, a 400 naming the field otherwise.
+async fn read_json<T: DeserializeOwned>(shared: &Shared, request: Request) -> Result<T, Response> {
+    let max = shared.max_body_bytes;
+    let too_large = || {
+        error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "convoy.ddi.tooLarge",
+            format!("the body is larger than the limit of {max} bytes"),
+        )
+    };
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return Err(too_large());
+    }
+    let bytes: Bytes = match Limited::new(request.into_body(), max).collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => return Err(too_large()),
+        Err(e) => {
+            return Err(error(
+                StatusCode::BAD_REQUEST,
+                "convoy.ddi.body",
+                format!("reading the body: {e}"),
+            ));
+        }
+    };
+    crate::serve::api::parse_json(&bytes).map_err(|e| {
+        bump(&shared.counters.bad_request);
+        error(
+            StatusCode::BAD_REQUEST,
+            "hawkbit.server.error.rest.body.notReadable",
+            e.message,
+        )
+    })
+}
