@@ -41,6 +41,8 @@ pub enum Command {
     Artifacts(cmd::artifacts::Args),
     /// Serve the cache over an authenticated HTTP JSON API; manage its API tokens.
     Serve(cmd::serve::Args),
+    /// Serve a signed release to devices that speak hawkBit's DDI API (hawkBit-compatible).
+    Ddi(cmd::ddi::Args),
 }
 
 /// Runs the command line and returns the process exit code. Errors are printed once, here,
@@ -62,6 +64,7 @@ pub fn main() -> ExitCode {
         Some(Command::Gui(args)) => cmd::gui::run(&args),
         Some(Command::Artifacts(args)) => cmd::artifacts::run(&args),
         Some(Command::Serve(args)) => cmd::serve::run(&args),
+        Some(Command::Ddi(args)) => cmd::ddi::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

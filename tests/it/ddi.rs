@@ -409,3 +409,208 @@ fn ddi_refuses_strangers_contradictions_and_oversized_bodies() {
         assert!(st.unauthorized >= 4 && st.bad_request >= 2, "{st:?}");
     });
 }
+
+/// `convoy ddi serve` as an operator runs it: a fleet cache, a signed release, a gateway token
+/// and per-device tokens; a DDI client of an eligible device installs and reports, an
+/// ineligible one is offered nothing, and the cache records both.
+#[test]
+fn convoy_ddi_serve_offers_the_release_to_eligible_devices_and_records_feedback() {
+    use convoy_e2e::{convoy_bin, convoy_ok, free_port};
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = |name: &str| dir.path().join(name).display().to_string();
+    std::fs::write(p("pass"), "ddi test passphrase\n").expect("passphrase");
+    convoy_ok(&[
+        "fleet",
+        "generate",
+        "--devices",
+        "300",
+        "--seed",
+        "11",
+        "--out",
+        &p("fleet.json"),
+    ]);
+    convoy_ok(&["fleet", "import", &p("fleet.json"), "--db", &p("cache.db")]);
+    convoy_ok(&[
+        "key",
+        "generate",
+        "--out",
+        &p("key"),
+        "--passphrase-file",
+        &p("pass"),
+    ]);
+    convoy_ok(&[
+        "key",
+        "trust",
+        "--key",
+        &p("key"),
+        "--out",
+        &p("trust"),
+        "--passphrase-file",
+        &p("pass"),
+    ]);
+    std::fs::write(p("fw.img"), artifact_bytes(150_000)).expect("artifact");
+    convoy_ok(&[
+        "release",
+        "create",
+        "--artifact",
+        &p("fw.img"),
+        "--version",
+        "2.5.0",
+        "--counter",
+        "50",
+        "--hardware",
+        "T300",
+        "--expires",
+        "30d",
+        "--key",
+        &p("key"),
+        "--passphrase-file",
+        &p("pass"),
+        "--out",
+        &p("release.json"),
+    ]);
+    let fleet: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(p("fleet.json")).expect("fleet"))
+            .expect("fleet json");
+    let devices = fleet["devices"].as_array().expect("devices");
+    let id_where = |t300: bool| {
+        devices
+            .iter()
+            .find(|d| (d["model"] == "T300") == t300)
+            .and_then(|d| d["id"].as_str())
+            .expect("a device of that kind")
+            .to_owned()
+    };
+    let (eligible, other) = (id_where(true), id_where(false));
+    std::fs::write(p("gateway"), format!("{GATEWAY}\n")).expect("gateway token");
+    std::fs::write(
+        p("tokens.csv"),
+        format!("# controller,token\n{eligible},eligible-device-token\n"),
+    )
+    .expect("tokens");
+
+    let port = free_port();
+    let mut child = Command::new(convoy_bin())
+        .args([
+            "ddi",
+            "serve",
+            "--db",
+            &p("cache.db"),
+            "--release",
+            &p("release.json"),
+            "--artifact",
+            &p("fw.img"),
+            "--trust",
+            &p("trust"),
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--gateway-token-file",
+            &p("gateway"),
+            "--target-tokens",
+            &p("tokens.csv"),
+            "--sleep-secs",
+            "1",
+            "--max-wall-secs",
+            "120",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn convoy ddi serve");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let first = lines.next().expect("a first line").expect("utf-8");
+    assert!(first.contains("serving release"), "{first}");
+
+    let base = format!("http://127.0.0.1:{port}");
+    runtime().block_on(async {
+        let work = tempfile::tempdir().expect("download dir");
+        let ddi = client(
+            &base,
+            &eligible,
+            ClientAuthorization::TargetToken("eligible-device-token".into()),
+        );
+        let update = ddi
+            .poll()
+            .await
+            .expect("poll")
+            .update()
+            .expect("the eligible device is offered the release")
+            .fetch()
+            .await
+            .expect("deployment");
+        let chunk = update.chunks().next().expect("one chunk");
+        assert_eq!(chunk.version(), "2.5.0");
+        let manifest_url = chunk
+            .metadata()
+            .find(|(k, _)| *k == "convoy.manifest_url")
+            .map(|(_, v)| v.to_owned())
+            .expect("the signed manifest's URL");
+        let signed = reqwest::get(&manifest_url)
+            .await
+            .expect("get manifest")
+            .bytes()
+            .await
+            .expect("manifest bytes");
+        assert_eq!(
+            signed.as_ref(),
+            std::fs::read(p("release.json"))
+                .expect("release")
+                .as_slice()
+        );
+        let files = update.download(work.path()).await.expect("download");
+        files[0].check_sha256().await.expect("sha256");
+        update
+            .send_feedback(
+                Execution::Closed,
+                Finished::Success,
+                vec!["installed 2.5.0"],
+            )
+            .await
+            .expect("feedback");
+
+        let stranger = client(
+            &base,
+            &other,
+            ClientAuthorization::GatewayToken(GATEWAY.into()),
+        );
+        stranger.poll().await.expect("first poll");
+        // The offer (or not) is decided when the hub's event is handled; poll until it is.
+        let mut offered = false;
+        for _ in 0..20 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            offered |= stranger.poll().await.expect("poll").update().is_some();
+        }
+        assert!(!offered, "a device of another model is offered nothing");
+    });
+
+    let pid = child.id().to_string();
+    let status = Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .expect("kill -INT");
+    assert!(status.success());
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let exit = child.wait().expect("wait");
+    assert!(exit.success(), "exit {exit:?}, output {rest:?}");
+    let summary = rest.last().expect("a summary line");
+    assert!(
+        summary.contains("2 device(s) polled") && summary.contains("1 installed"),
+        "{summary}"
+    );
+
+    let db = rusqlite::Connection::open(p("cache.db")).expect("cache");
+    let kinds = |id: &str| -> Vec<String> {
+        db.prepare("SELECT kind FROM device_events WHERE device_id = ?1 ORDER BY seq")
+            .expect("prepare")
+            .query_map([id], |r| r.get(0))
+            .expect("query")
+            .collect::<Result<_, _>>()
+            .expect("rows")
+    };
+    assert_eq!(kinds(&eligible), ["offered", "installed"]);
+    assert_eq!(kinds(&other), ["ddi.not_offered"]);
+    convoy_ok(&["audit", "verify", "--db", &p("cache.db")]);
+}

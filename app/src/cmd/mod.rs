@@ -3,6 +3,7 @@
 pub mod artifacts;
 pub mod audit;
 pub mod broker;
+pub mod ddi;
 pub mod fleet;
 pub mod gui;
 pub mod key;

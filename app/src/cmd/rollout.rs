@@ -223,7 +223,7 @@ fn timeline(args: &TimelineArgs) -> Result<()> {
 }
 
 /// The trust directory: `--trust`, else `$CONVOY_TRUST`, else `trust/` beside the cache.
-fn trust_dir(arg: Option<&Path>, db: &Path) -> PathBuf {
+pub(crate) fn trust_dir(arg: Option<&Path>, db: &Path) -> PathBuf {
     if let Some(p) = arg {
         return p.to_owned();
     }

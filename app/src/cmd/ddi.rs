@@ -1,0 +1,488 @@
+//! `convoy ddi serve`: offer one signed release to devices that speak hawkBit's Direct Device
+//! Integration API (rauc-hawkbit-updater, SWUpdate's suricatta, the `hawkbit` crate), from a
+//! depot laptop or a server, with no hawkBit and no uplink.
+//!
+//! It verifies the manifest against the trust directory and the artifact against the manifest
+//! before serving anything, offers the release to the devices of the cache that are eligible for
+//! it now (the planner's eligibility rules), serves the artifact with byte ranges (interrupted
+//! downloads resume), and records what each device reports as device events in the cache.
+//!
+//! Not here: waves and gates. Every eligible device that polls is offered the release at once;
+//! gated rollouts to DDI devices need the rollout engine to drive the DDI hub (docs/DDI.md).
+
+use anyhow::{Context, Result, anyhow, bail};
+use convoy_core::plan::eligibility::{self, Status};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::link::ddi::wire::{Execution, Finished, HandlingType};
+use crate::link::ddi::{
+    DdiArtifact, DdiConfig, DdiDeployment, DdiEvent, DdiHub, DdiServer, HubConfig,
+};
+use crate::link::http::{ArtifactServer, Content, ServerConfig};
+use crate::store::audit::{AuditEntry, operator_actor};
+use crate::store::{self, Store};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(subcommand)]
+    pub command: DdiCommand,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum DdiCommand {
+    /// Serve a signed release to DDI devices until Ctrl-C (or --max-wall-secs), recording
+    /// their feedback in the cache.
+    Serve(Box<ServeArgs>),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ServeArgs {
+    /// The cache file (default: $CONVOY_DB, else $XDG_DATA_HOME/convoy/convoy.db).
+    #[arg(long)]
+    pub db: Option<PathBuf>,
+    /// The signed release manifest.
+    #[arg(long)]
+    pub release: PathBuf,
+    /// The release's artifact files, in the manifest's order; each is checked (length and
+    /// SHA-256) against the manifest before it is served.
+    #[arg(long, required = true)]
+    pub artifact: Vec<PathBuf>,
+    /// Trust directory (default: $CONVOY_TRUST, else `trust/` beside the cache).
+    #[arg(long)]
+    pub trust: Option<PathBuf>,
+    /// Address of the DDI endpoint.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Address of the artifact server (default: the endpoint's address, any free port).
+    #[arg(long)]
+    pub artifact_listen: Option<SocketAddr>,
+    /// The artifact server's URL as devices reach it, e.g. http://192.168.1.10:8081 (needed
+    /// when listening on 0.0.0.0).
+    #[arg(long)]
+    pub artifact_url: Option<String>,
+    /// The tenant in every DDI path.
+    #[arg(long, default_value = "DEFAULT")]
+    pub tenant: String,
+    /// A file holding the gateway token every device may use (`GatewayToken`).
+    #[arg(long)]
+    pub gateway_token_file: Option<PathBuf>,
+    /// A CSV file of `controller_id,token` lines: per-device tokens (`TargetToken`).
+    #[arg(long)]
+    pub target_tokens: Option<PathBuf>,
+    /// The polling interval devices are told, in seconds.
+    #[arg(long, default_value_t = 300)]
+    pub sleep_secs: u64,
+    /// The DDI chunk part (software module type) devices see.
+    #[arg(long, default_value = "firmware")]
+    pub part: String,
+    /// PEM certificate chain for TLS on the DDI endpoint (with --tls-key).
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Stop after this many seconds (for scripts and tests); default: run until Ctrl-C.
+    #[arg(long)]
+    pub max_wall_secs: Option<u64>,
+}
+
+pub fn run(args: &Args) -> Result<()> {
+    match &args.command {
+        DdiCommand::Serve(a) => serve(a),
+    }
+}
+
+/// Reads `controller_id,token` lines; `#` starts a comment. Errors name the line.
+pub fn read_target_tokens(path: &Path) -> Result<Vec<(String, String)>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut out = Vec::new();
+    let mut seen = BTreeSet::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let at = || format!("{} line {}", path.display(), i + 1);
+        let (id, token) = line
+            .split_once(',')
+            .ok_or_else(|| anyhow!("{}: expected `controller_id,token`", at()))?;
+        let (id, token) = (id.trim(), token.trim());
+        crate::link::ddi::hub::check_controller_id(id).map_err(|e| anyhow!("{}: {e}", at()))?;
+        if token.len() < 16 {
+            bail!("{}: the token of {id} is shorter than 16 characters", at());
+        }
+        if !seen.insert(id.to_owned()) {
+            bail!("{}: controller {id} is listed twice", at());
+        }
+        out.push((id.to_owned(), token.to_owned()));
+    }
+    Ok(out)
+}
+
+fn read_gateway_token(path: &Path) -> Result<String> {
+    let token = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the gateway token from {}", path.display()))?
+        .trim()
+        .to_owned();
+    if token.len() < 16 {
+        bail!(
+            "{}: the gateway token is shorter than 16 characters",
+            path.display()
+        );
+    }
+    Ok(token)
+}
+
+/// Device event kind for a DDI feedback.
+fn feedback_kind(execution: Execution, finished: Finished) -> &'static str {
+    match (execution, finished) {
+        (Execution::Closed, Finished::Success) => "installed",
+        (Execution::Closed, _) => "failed",
+        (Execution::Download, _) => "downloading",
+        (Execution::Downloaded, _) => "downloaded",
+        (Execution::Proceeding, _) => "ddi.proceeding",
+        (Execution::Scheduled, _) => "ddi.scheduled",
+        (Execution::Resumed, _) => "ddi.resumed",
+        (Execution::Canceled, _) => "canceled",
+        (Execution::Rejected, _) => "rejected",
+    }
+}
+
+#[derive(Default)]
+struct Tally {
+    controllers: BTreeSet<String>,
+    offered: usize,
+    outcomes: BTreeMap<&'static str, usize>,
+    not_in_cache: BTreeSet<String>,
+}
+
+#[allow(clippy::too_many_lines)] // One straight sequence: check, set up, serve, record.
+fn serve(a: &ServeArgs) -> Result<()> {
+    let db = store::resolve_path(a.db.as_deref())?;
+    if !db.exists() {
+        bail!(
+            "no cache at {}: import a fleet first (convoy fleet import FILE --db {})",
+            db.display(),
+            db.display()
+        );
+    }
+    let now = crate::now();
+    let trust_path = super::rollout::trust_dir(a.trust.as_deref(), &db);
+    let trust = crate::keys::load_trust(&trust_path).with_context(|| {
+        format!(
+            "loading the trusted keys from {} (pass --trust DIR)",
+            trust_path.display()
+        )
+    })?;
+    let manifest = super::release::verify_file(&a.release, &trust, now)?;
+    let spec = manifest.spec().clone();
+    if a.artifact.len() != spec.artifacts.len() {
+        bail!(
+            "release {} has {} artifact(s); pass each with --artifact, in order ({} given)",
+            spec.id,
+            spec.artifacts.len(),
+            a.artifact.len()
+        );
+    }
+    for (path, expected) in a.artifact.iter().zip(&spec.artifacts) {
+        let mut digest = super::release::hash_file(path)?;
+        digest.name.clone_from(&expected.name);
+        manifest
+            .check_artifact(&digest)
+            .map_err(|r| anyhow!("artifact {} rejected ({}): {r}", path.display(), r.attack()))?;
+    }
+    let gateway = a
+        .gateway_token_file
+        .as_deref()
+        .map(read_gateway_token)
+        .transpose()?;
+    let targets = match &a.target_tokens {
+        Some(p) => read_target_tokens(p)?,
+        None => Vec::new(),
+    };
+    if gateway.is_none() && targets.is_empty() {
+        bail!(
+            "devices could not authenticate: pass --gateway-token-file FILE or --target-tokens CSV"
+        );
+    }
+
+    let mut store = Store::open_existing(&db)?;
+    let fleet = store.load_fleet()?;
+    let elig = eligibility::evaluate(&fleet, &spec, Vec::new());
+    let mut eligible = BTreeSet::new();
+    let mut ineligible: BTreeMap<String, String> = BTreeMap::new();
+    for (device, e) in fleet.devices.iter().zip(&elig.devices) {
+        if e.status == Status::EligibleNow {
+            eligible.insert(device.id.clone());
+        } else {
+            let why = match e.status {
+                Status::Never => elig
+                    .reasons
+                    .get(e.detail as usize)
+                    .cloned()
+                    .unwrap_or_else(|| "never eligible".into()),
+                other => format!("{other:?}"),
+            };
+            ineligible.insert(device.id.clone(), why);
+        }
+    }
+    store.append_audit(&AuditEntry {
+        time: now,
+        actor: operator_actor(),
+        action: "ddi.serve".into(),
+        payload: serde_json::json!({
+            "release": spec.id,
+            "counter": spec.counter,
+            "eligible_now": eligible.len(),
+            "target_tokens": targets.len(),
+            "gateway_token": gateway.is_some(),
+        }),
+    })?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("ddi")
+        .build()
+        .context("starting the tokio runtime")?;
+    runtime.block_on(async move {
+        let mut files: BTreeMap<String, PathBuf> = a
+            .artifact
+            .iter()
+            .zip(&spec.artifacts)
+            .map(|(p, e)| (e.name.clone(), p.clone()))
+            .collect();
+        let manifest_name = format!("{}.manifest.json", spec.id);
+        files.insert(manifest_name.clone(), a.release.clone());
+        let artifact_listen = a
+            .artifact_listen
+            .unwrap_or_else(|| SocketAddr::new(a.listen.ip(), 0));
+        let artifacts =
+            ArtifactServer::start(Content::Files(files), ServerConfig::new(artifact_listen))
+                .await?;
+        let base = match &a.artifact_url {
+            Some(u) => u.trim_end_matches('/').to_owned(),
+            None if artifacts.addr().ip().is_unspecified() => bail!(
+                "the artifact server listens on {}: pass --artifact-url with the address devices reach it by",
+                artifacts.addr()
+            ),
+            None => format!("http://{}", artifacts.addr()),
+        };
+        let url_of = |name: &str| {
+            format!(
+                "{base}/{}",
+                crate::link::http::range::encode_segment(name)
+            )
+        };
+        let ddi_artifacts = a
+            .artifact
+            .iter()
+            .zip(&spec.artifacts)
+            .map(|(p, e)| DdiArtifact::from_file(p, &e.name, &url_of(&e.name)))
+            .collect::<Result<Vec<_>>>()?;
+        let deployment = Arc::new(DdiDeployment {
+            release_id: spec.id.clone(),
+            part: a.part.clone(),
+            name: spec.id.clone(),
+            version: spec.version.to_string(),
+            artifacts: ddi_artifacts,
+            metadata: vec![
+                ("convoy.release_id".into(), spec.id.clone()),
+                ("convoy.counter".into(), spec.counter.to_string()),
+                ("convoy.manifest_url".into(), url_of(&manifest_name)),
+            ],
+            download: HandlingType::Forced,
+            update: HandlingType::Forced,
+            maintenance_window: None,
+        });
+        let (hub, mut events) = DdiHub::new(HubConfig {
+            sleep_secs: a.sleep_secs,
+            gateway_token: gateway,
+            ..HubConfig::default()
+        });
+        let mut tally = Tally::default();
+        let offer = |store: &mut Store, tally: &mut Tally, controller: &str| -> Result<()> {
+            if !eligible.contains(controller) {
+                match ineligible.get(controller) {
+                    Some(why) => {
+                        store.append_device_event(
+                            controller,
+                            None,
+                            crate::now(),
+                            "ddi.not_offered",
+                            &serde_json::json!({"release": spec.id, "reason": why}),
+                        )?;
+                    }
+                    None => {
+                        if tally.not_in_cache.insert(controller.to_owned()) {
+                            eprintln!("note: {controller} polled but is not a device of the cache; nothing offered");
+                        }
+                    }
+                }
+                return Ok(());
+            }
+            let action = hub.assign(controller, Arc::clone(&deployment))?;
+            tally.offered += 1;
+            store.append_device_event(
+                controller,
+                None,
+                crate::now(),
+                "offered",
+                &serde_json::json!({"release": spec.id, "via": "ddi", "action": action}),
+            )?;
+            Ok(())
+        };
+        for (id, token) in &targets {
+            hub.register(id, Some(token))?;
+            offer(&mut store, &mut tally, id)?;
+        }
+        let mut config = DdiConfig::new(a.listen);
+        config.tenant.clone_from(&a.tenant);
+        config.tls = a.tls_cert.clone().zip(a.tls_key.clone());
+        let server = DdiServer::start(config, Arc::clone(&hub)).await?;
+        println!(
+            "serving release {} to DDI devices at {}/{}/controller/v1/{{controllerId}}; artifacts from {base}; {} device(s) eligible now, {} not; Ctrl-C stops",
+            spec.id,
+            server.base_url(),
+            a.tenant,
+            eligible.len(),
+            ineligible.len()
+        );
+        let deadline = a.max_wall_secs.map(Duration::from_secs);
+        let sleep = async {
+            match deadline {
+                Some(d) => tokio::time::sleep(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(sleep);
+        loop {
+            let event = tokio::select! {
+                r = tokio::signal::ctrl_c() => { r.context("waiting for Ctrl-C")?; break; }
+                () = &mut sleep => break,
+                e = events.recv() => match e { Some(e) => e, None => break },
+            };
+            // Small writes: recorded in place, each durable before the next is read.
+            tokio::task::block_in_place(|| -> Result<()> {
+                match event {
+                    DdiEvent::Registered { controller } => {
+                        tally.controllers.insert(controller.clone());
+                        offer(&mut store, &mut tally, &controller)?;
+                    }
+                    DdiEvent::Feedback {
+                        controller,
+                        action_id,
+                        release_id,
+                        status,
+                        closed,
+                    } => {
+                        let kind = feedback_kind(status.execution, status.result.finished);
+                        if closed.is_some() {
+                            *tally.outcomes.entry(kind).or_default() += 1;
+                        }
+                        store.append_device_event(
+                            &controller,
+                            None,
+                            crate::now(),
+                            kind,
+                            &serde_json::json!({
+                                "release": release_id, "via": "ddi", "action": action_id,
+                                "execution": status.execution, "finished": status.result.finished,
+                                "progress": status.result.progress, "details": status.details,
+                            }),
+                        )?;
+                    }
+                    DdiEvent::CancelFeedback {
+                        controller,
+                        action_id,
+                        stopped,
+                        status,
+                        ..
+                    } => {
+                        if stopped {
+                            *tally.outcomes.entry("canceled").or_default() += 1;
+                        }
+                        store.append_device_event(
+                            &controller,
+                            None,
+                            crate::now(),
+                            if stopped { "canceled" } else { "ddi.cancel_refused" },
+                            &serde_json::json!({"action": action_id, "details": status.details}),
+                        )?;
+                    }
+                    DdiEvent::ConfigData {
+                        controller, data, ..
+                    } => {
+                        store.append_device_event(
+                            &controller,
+                            None,
+                            crate::now(),
+                            "ddi.attributes",
+                            &serde_json::json!(data),
+                        )?;
+                    }
+                }
+                Ok(())
+            })?;
+        }
+        server.shutdown().await;
+        artifacts.shutdown().await;
+        let polled_targets = targets
+            .iter()
+            .filter(|(id, _)| hub.controller(id).is_some_and(|c| c.polls > 0))
+            .count();
+        let outcomes: Vec<String> = tally
+            .outcomes
+            .iter()
+            .map(|(k, n)| format!("{n} {k}"))
+            .collect();
+        println!(
+            "stopped: {} device(s) polled, {} offered, {}{}",
+            tally.controllers.len() + polled_targets,
+            tally.offered,
+            if outcomes.is_empty() {
+                "no outcome reported".to_owned()
+            } else {
+                outcomes.join(", ")
+            },
+            if tally.not_in_cache.is_empty() {
+                String::new()
+            } else {
+                format!("; {} unknown device(s) polled", tally.not_in_cache.len())
+            }
+        );
+        Ok(())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn target_token_errors_name_the_line() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("tokens.csv");
+        std::fs::write(
+            &p,
+            "# id,token\nvan-1,0123456789abcdef\nvan-2 0123456789abcdef\n",
+        )
+        .expect("write");
+        let err = read_target_tokens(&p).expect_err("no comma").to_string();
+        assert!(err.contains("line 3"), "{err}");
+        std::fs::write(&p, "van-1,short\n").expect("write");
+        let err = read_target_tokens(&p).expect_err("short").to_string();
+        assert!(err.contains("line 1") && err.contains("16"), "{err}");
+        std::fs::write(&p, "van-1,0123456789abcdef\nvan-1,0123456789abcdef\n").expect("write");
+        let err = read_target_tokens(&p).expect_err("twice").to_string();
+        assert!(err.contains("twice"), "{err}");
+        std::fs::write(&p, "van-1, 0123456789abcdef \n\n").expect("write");
+        assert_eq!(
+            read_target_tokens(&p).expect("good"),
+            [("van-1".to_owned(), "0123456789abcdef".to_owned())]
+        );
+    }
+}
