@@ -612,5 +612,37 @@ fn convoy_ddi_serve_offers_the_release_to_eligible_devices_and_records_feedback(
     };
     assert_eq!(kinds(&eligible), ["offered", "installed"]);
     assert_eq!(kinds(&other), ["ddi.not_offered"]);
+    drop(db);
+
+    // Serving again: the device that reported the release installed is not offered it again.
+    let again = convoy_ok(&[
+        "ddi",
+        "serve",
+        "--db",
+        &p("cache.db"),
+        "--release",
+        &p("release.json"),
+        "--artifact",
+        &p("fw.img"),
+        "--trust",
+        &p("trust"),
+        "--listen",
+        &format!("127.0.0.1:{}", free_port()),
+        "--target-tokens",
+        &p("tokens.csv"),
+        "--max-wall-secs",
+        "1",
+    ]);
+    assert!(again.contains("0 offered"), "{again}");
+    let db = rusqlite::Connection::open(p("cache.db")).expect("cache");
+    let reason: String = db
+        .query_row(
+            "SELECT json_extract(payload, '$.reason') FROM device_events
+             WHERE device_id = ?1 ORDER BY seq DESC LIMIT 1",
+            [&eligible],
+            |r| r.get(0),
+        )
+        .expect("the last event");
+    assert_eq!(reason, "already installed t300-2.5.0");
     convoy_ok(&["audit", "verify", "--db", &p("cache.db")]);
 }

@@ -215,8 +215,14 @@ fn serve(a: &ServeArgs) -> Result<()> {
     let elig = eligibility::evaluate(&fleet, &spec, Vec::new());
     let mut eligible = BTreeSet::new();
     let mut ineligible: BTreeMap<String, String> = BTreeMap::new();
+    // Devices that already reported this release installed (over DDI) are not offered it
+    // again when serving restarts; the cache's component versions are not updated by DDI
+    // feedback, so eligibility alone would offer it again.
+    let installed = store.devices_with_release_event("installed", &spec.id)?;
     for (device, e) in fleet.devices.iter().zip(&elig.devices) {
-        if e.status == Status::EligibleNow {
+        if installed.contains(&device.id) {
+            ineligible.insert(device.id.clone(), format!("already installed {}", spec.id));
+        } else if e.status == Status::EligibleNow {
             eligible.insert(device.id.clone());
         } else {
             let why = match e.status {

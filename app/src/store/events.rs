@@ -155,6 +155,22 @@ impl Store {
             .with_context(|| format!("reading the events of device {device_id}"))
     }
 
+    /// Devices with an event of `kind` whose payload names `release` (`"release": ID`), by id:
+    /// e.g. the devices that reported a release installed.
+    pub fn devices_with_release_event(
+        &self,
+        kind: &str,
+        release: &str,
+    ) -> Result<std::collections::BTreeSet<String>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT DISTINCT device_id FROM device_events
+             WHERE kind = ?1 AND json_extract(payload, '$.release') = ?2",
+        )?;
+        let rows = stmt.query_map(params![kind, release], |r| r.get(0))?;
+        rows.collect::<rusqlite::Result<_>>()
+            .with_context(|| format!("reading the devices with a {kind} event of {release}"))
+    }
+
     /// The timeline of `rollout_id`, in seq order.
     pub fn timeline(&self, rollout_id: &str) -> Result<Vec<Event>> {
         let mut stmt = self.conn.prepare_cached(
