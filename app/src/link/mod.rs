@@ -3,8 +3,8 @@
 //!
 //! Only this module knows topic layouts and payload shapes; it converts them into
 //! `convoy_core` types at the edge. `broker` embeds rumqttd; `mqtt` is the client connection;
-//! `http` serves and fetches artifacts with range requests. The headless engine that drives them
-//! is not built yet (issue #6).
+//! `http` serves and fetches artifacts with range requests; `ddi` is the hawkBit-compatible
+//! device endpoint over HTTP. The headless engine (`crate::engine`) drives the MQTT link.
 
 pub mod broker;
 pub mod ddi;
