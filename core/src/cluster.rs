@@ -21,7 +21,7 @@ use crate::version::Version;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::fmt;
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::BuildHasherDefault;
 
 /// The tag naming a device's battery chemistry.
 pub const BATTERY_CHEM_TAG: &str = "battery_chem";
@@ -133,61 +133,7 @@ pub struct ClusterHit {
     pub share_of_affected: f64,
 }
 
-/// A small, fast, deterministic hasher (the multiply-rotate scheme of rustc's FxHash). The core
-/// reads no random source, so std's randomly keyed SipHash is out, and SipHash with fixed keys
-/// costs a third of the pass over a million devices. Keys come from the fleet cache, not from an
-/// adversary, and results never depend on hash order (they are sorted).
-#[derive(Clone, Copy, Default)]
-struct FxHasher {
-    hash: u64,
-}
-
-impl FxHasher {
-    const SEED: u64 = 0x517c_c1b7_2722_0a95;
-
-    fn add(&mut self, word: u64) {
-        self.hash = (self.hash.rotate_left(5) ^ word).wrapping_mul(Self::SEED);
-    }
-}
-
-impl Hasher for FxHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        let mut chunks = bytes.chunks_exact(8);
-        for chunk in &mut chunks {
-            let mut word = [0u8; 8];
-            word.copy_from_slice(chunk);
-            self.add(u64::from_le_bytes(word));
-        }
-        let rest = chunks.remainder();
-        if !rest.is_empty() {
-            let mut word = [0u8; 8];
-            word[..rest.len()].copy_from_slice(rest);
-            self.add(u64::from_le_bytes(word));
-        }
-    }
-
-    fn write_u8(&mut self, i: u8) {
-        self.add(u64::from(i));
-    }
-
-    fn write_u32(&mut self, i: u32) {
-        self.add(u64::from(i));
-    }
-
-    fn write_u64(&mut self, i: u64) {
-        self.add(i);
-    }
-
-    fn write_usize(&mut self, i: usize) {
-        self.add(i as u64);
-    }
-
-    fn finish(&self) -> u64 {
-        self.hash
-    }
-}
-
-type FixedState = BuildHasherDefault<FxHasher>;
+type FixedState = BuildHasherDefault<crate::fasthash::FastHasher>;
 
 /// Counts cluster sizes and affected members in one pass over a fleet.
 #[derive(Default)]

@@ -13,6 +13,7 @@ pub mod cluster;
 pub mod comms;
 pub mod cvss;
 pub mod devsim;
+pub(crate) mod fasthash;
 pub mod fleet;
 pub mod gates;
 pub mod manifest;

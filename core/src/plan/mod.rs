@@ -23,74 +23,6 @@ use crate::requirement::RequirementKind;
 use crate::time::Timestamp;
 use serde::Serialize;
 
-/// A fast, deterministic hasher for the planner's internal maps (depot ids, stratum values,
-/// component states), which SipHash (or hashing byte by byte) would make the hot spot of a
-/// million-device plan. It mixes eight bytes at a time (FxHash's multiply-rotate step) and
-/// finishes with SplitMix64's avalanche, so that the top bits `hashbrown` uses are well
-/// spread. Keys are the fleet's own strings, not attacker-chosen, so flooding is not a
-/// concern; no map is ever iterated, so the hash values never show in a plan.
-#[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct FastHasher(u64);
-
-impl FastHasher {
-    #[inline]
-    fn add(&mut self, word: u64) {
-        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x517c_c1b7_2722_0a95);
-    }
-}
-
-impl std::hash::Hasher for FastHasher {
-    #[inline]
-    fn finish(&self) -> u64 {
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    #[inline]
-    fn write(&mut self, bytes: &[u8]) {
-        let mut chunks = bytes.chunks_exact(8);
-        for chunk in &mut chunks {
-            let mut word = [0u8; 8];
-            word.copy_from_slice(chunk);
-            self.add(u64::from_le_bytes(word));
-        }
-        let rest = chunks.remainder();
-        if !rest.is_empty() {
-            let mut word = [0u8; 8];
-            word[..rest.len()].copy_from_slice(rest);
-            // The length keeps `[1]` and `[1, 0]` apart.
-            self.add(u64::from_le_bytes(word) ^ ((rest.len() as u64) << 60));
-        }
-    }
-
-    #[inline]
-    fn write_u8(&mut self, n: u8) {
-        self.add(u64::from(n));
-    }
-
-    #[inline]
-    fn write_u16(&mut self, n: u16) {
-        self.add(u64::from(n));
-    }
-
-    #[inline]
-    fn write_u32(&mut self, n: u32) {
-        self.add(u64::from(n));
-    }
-
-    #[inline]
-    fn write_u64(&mut self, n: u64) {
-        self.add(n);
-    }
-
-    #[inline]
-    fn write_usize(&mut self, n: usize) {
-        self.add(n as u64);
-    }
-}
-
 /// A device's installed version of `name`, by a linear scan that compares lengths before
 /// bytes. Devices carry a handful of components whose names mostly differ in length, so this
 /// avoids most byte comparisons that `SmallMap::get`'s binary search makes; same result.
@@ -122,9 +54,7 @@ pub(crate) fn is_met(
     }
 }
 
-/// A `HashMap` with [`FastHasher`].
-pub(crate) type FastMap<K, V> =
-    std::collections::HashMap<K, V, std::hash::BuildHasherDefault<FastHasher>>;
+pub(crate) use crate::fasthash::FastMap;
 
 pub use canary::{CanaryReport, Coverage, StratumCoverage};
 pub use eligibility::{DeviceEligibility, Status};
