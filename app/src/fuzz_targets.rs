@@ -113,6 +113,11 @@ pub const TARGETS: &[Target] = &[
         run: broker_url,
         seeds: seeds_broker_url,
     },
+    Target {
+        name: "ddi_body",
+        run: ddi_body,
+        seeds: seeds_ddi_body,
+    },
 ];
 
 /// The target named `name`.
@@ -684,6 +689,73 @@ fn seeds_http_range() -> Vec<Vec<u8>> {
         with_len(10, "bytes */10"),
         with_len(10, "/t300/fw%202.5.0.bin"),
         with_len(10, "/%2e%2e/secret"),
+    ]
+}
+
+/// A DDI device's body, as the endpoint parses it: feedback (for a deployment and for a cancel)
+/// and configuration data. Oracles: what parses serializes and parses back to the same value,
+/// and feeding it to a hub with an open action either changes the action as the feedback says
+/// or is refused, never panics.
+pub fn ddi_body(data: &[u8]) {
+    use crate::link::ddi::wire::{ConfigData, Execution, Feedback, Finished, HandlingType};
+    use crate::link::ddi::{ActionState, DdiArtifact, DdiDeployment, DdiHub, HubConfig};
+    if let Ok(fb) = crate::serve::api::parse_json::<Feedback>(data) {
+        let again = serde_json::to_vec(&fb).expect("feedback serializes");
+        assert_eq!(
+            crate::serve::api::parse_json::<Feedback>(&again).ok(),
+            Some(fb.clone())
+        );
+        let (hub, _rx) = DdiHub::new(HubConfig::default());
+        hub.poll("fuzz-1").expect("a valid controller id polls");
+        let d = DdiDeployment {
+            release_id: "r".into(),
+            part: "firmware".into(),
+            name: "n".into(),
+            version: "1".into(),
+            artifacts: vec![DdiArtifact {
+                filename: "a".into(),
+                size_bytes: 1,
+                sha1_hex: String::new(),
+                md5_hex: String::new(),
+                sha256_hex: String::new(),
+                url: "http://127.0.0.1:1/a".into(),
+            }],
+            metadata: vec![],
+            download: HandlingType::Forced,
+            update: HandlingType::Forced,
+            maintenance_window: None,
+        };
+        let id = hub.assign("fuzz-1", Arc::new(d)).expect("assign");
+        let closes = matches!(
+            (fb.status.execution, fb.status.result.finished),
+            (Execution::Closed, Finished::Success | Finished::Failure)
+                | (Execution::Canceled | Execution::Rejected, _)
+        );
+        let accepted = hub.feedback("fuzz-1", id, fb).is_ok();
+        let state = hub.controller("fuzz-1").expect("known").actions[0].state;
+        assert_eq!(
+            matches!(state, ActionState::Closed(_)),
+            accepted && closes,
+            "{state:?}"
+        );
+    }
+    if let Ok(cd) = crate::serve::api::parse_json::<ConfigData>(data) {
+        let again = serde_json::to_vec(&cd).expect("config data serializes");
+        assert_eq!(
+            crate::serve::api::parse_json::<ConfigData>(&again).ok(),
+            Some(cd)
+        );
+    }
+}
+
+fn seeds_ddi_body() -> Vec<Vec<u8>> {
+    vec![
+        br#"{"id":"1","status":{"execution":"proceeding","result":{"finished":"none","progress":{"cnt":1,"of":3}},"details":["Downloading"]}}"#.to_vec(),
+        br#"{"status":{"execution":"closed","result":{"finished":"success"},"details":[]}}"#.to_vec(),
+        br#"{"status":{"execution":"closed","result":{"finished":"none"}}}"#.to_vec(),
+        br#"{"id":"9","time":"20261123T065100","status":{"execution":"rejected","result":{"finished":"failure"},"code":7}}"#.to_vec(),
+        br#"{"mode":"merge","data":{"HwRevision":"B2","serial":"SN-42"}}"#.to_vec(),
+        br#"{"status":{"execution":"closed","result":{"finished":"success"},"details":[]},"mode":null,"data":{}}"#.to_vec(),
     ]
 }
 
