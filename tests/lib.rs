@@ -134,3 +134,17 @@ impl Drop for Mosquitto {
 pub fn free_port() -> u16 {
     convoy::link::broker::pick_free_port([127, 0, 0, 1].into()).expect("free port")
 }
+
+/// Deterministic, incompressible-looking bytes (xorshift), different per odd `seed` (an even
+/// seed gives the bytes of the odd one above it): artifacts for download and signing tests.
+pub fn pseudo_random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}

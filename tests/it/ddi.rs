@@ -12,6 +12,7 @@ use convoy::link::ddi::{
     Outcome,
 };
 use convoy::link::http::{ArtifactServer, Content, ServerConfig};
+use convoy_e2e::pseudo_random_bytes;
 use hawkbit::ddi::{Client, ClientAuthorization, Execution, Finished};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -20,18 +21,6 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 const GATEWAY: &str = "depot-gateway-secret";
-
-fn artifact_bytes(len: usize) -> Vec<u8> {
-    let mut x = 0x9e37_79b9_7f4a_7c15_u64;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -55,7 +44,7 @@ struct Setup {
 }
 
 async fn setup(dir: &Path) -> Setup {
-    let bytes = artifact_bytes(300_001);
+    let bytes = pseudo_random_bytes(300_001, 0x9e37_79b9_7f4a_7c15);
     let file = dir.join("app-2.1.0.bin");
     std::fs::write(&file, &bytes).expect("write artifact");
     let artifacts = ArtifactServer::start(
@@ -451,7 +440,7 @@ fn convoy_ddi_serve_offers_the_release_to_eligible_devices_and_records_feedback(
         "--passphrase-file",
         &p("pass"),
     ]);
-    std::fs::write(p("fw.img"), artifact_bytes(150_000)).expect("artifact");
+    std::fs::write(p("fw.img"), pseudo_random_bytes(150_000, 5)).expect("artifact");
     convoy_ok(&[
         "release",
         "create",

@@ -6,7 +6,7 @@ use convoy::link::http::{
     ArtifactServer, Content, FetchError, RetryPolicy, ServerConfig, Truncate, download_resumable,
     download_with_retries,
 };
-use convoy_e2e::{convoy, convoy_bin};
+use convoy_e2e::{convoy, convoy_bin, pseudo_random_bytes};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -16,20 +16,6 @@ use std::time::Duration;
 use tokio::runtime::Runtime;
 
 const LEN: usize = 1_000_003;
-
-/// Deterministic, incompressible-looking bytes (xorshift), different per odd `seed` (an even
-/// seed gives the bytes of the odd one above it).
-fn artifact_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
 
 fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
@@ -60,7 +46,7 @@ fn depot() -> Depot {
     let dir = tempfile::tempdir().expect("tempdir");
     let root = dir.path().join("root");
     std::fs::create_dir_all(root.join("t300")).expect("mkdir");
-    let bytes = artifact_bytes(LEN, 7);
+    let bytes = pseudo_random_bytes(LEN, 7);
     std::fs::write(root.join("fw.bin"), &bytes).expect("write artifact");
     std::fs::write(root.join("t300/modem.bin"), b"modem image").expect("write artifact");
     std::fs::write(dir.path().join("secret.txt"), b"TOP SECRET").expect("write secret");
@@ -303,7 +289,7 @@ fn a_file_that_changed_on_the_server_restarts_from_zero() {
     .expect_err("cut short");
 
     // Version 2 replaces version 1 (same length), the way a release tool would: by rename.
-    let v2 = artifact_bytes(LEN, 99);
+    let v2 = pseudo_random_bytes(LEN, 99);
     let tmp = d.root.join("fw.bin.new");
     std::fs::write(&tmp, &v2).expect("write v2");
     std::fs::rename(&tmp, d.root.join("fw.bin")).expect("replace");
@@ -770,9 +756,9 @@ async fn the_simulator_fetches_artifacts_before_devices_install() {
     use convoy_core::version::Version;
 
     let dir = tempfile::tempdir().expect("tempdir");
-    let good = artifact_bytes(300_000, 3);
-    let signed_bad = artifact_bytes(1_000, 4);
-    let served_bad = artifact_bytes(1_000, 8);
+    let good = pseudo_random_bytes(300_000, 3);
+    let signed_bad = pseudo_random_bytes(1_000, 4);
+    let served_bad = pseudo_random_bytes(1_000, 8);
     std::fs::write(dir.path().join("fw.img"), &good).expect("write");
     std::fs::write(dir.path().join("fw2.img"), &served_bad).expect("write");
     let mut config = ServerConfig::new(loopback());

@@ -256,6 +256,28 @@ struct State {
     next_id: u64,
 }
 
+impl State {
+    fn action(&self, controller: &str, action_id: u64) -> Result<&Action, DdiError> {
+        self.controllers
+            .get(controller)
+            .and_then(|c| c.actions.get(&action_id))
+            .ok_or_else(|| no_action(controller, action_id))
+    }
+
+    fn action_mut(&mut self, controller: &str, action_id: u64) -> Result<&mut Action, DdiError> {
+        self.controllers
+            .get_mut(controller)
+            .and_then(|c| c.actions.get_mut(&action_id))
+            .ok_or_else(|| no_action(controller, action_id))
+    }
+}
+
+fn no_action(controller: &str, action_id: u64) -> DdiError {
+    DdiError::NotFound(format!(
+        "controller {controller:?} has no action {action_id}"
+    ))
+}
+
 fn sha256(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
@@ -344,13 +366,7 @@ impl DdiHub {
     pub fn cancel(&self, controller: &str, action_id: u64) -> Result<u64> {
         let mut st = self.lock();
         let id = st.next_id;
-        let Some(action) = st
-            .controllers
-            .get_mut(controller)
-            .and_then(|c| c.actions.get_mut(&action_id))
-        else {
-            bail!("controller {controller:?} has no action {action_id}");
-        };
+        let action = st.action_mut(controller, action_id)?;
         match action.state {
             ActionState::Open => {}
             ActionState::Canceling { cancel_id } => return Ok(cancel_id),
@@ -458,15 +474,7 @@ impl DdiHub {
         action_id: u64,
     ) -> Result<(Arc<DdiDeployment>, Option<FeedbackStatus>), DdiError> {
         let st = self.lock();
-        let a = st
-            .controllers
-            .get(controller)
-            .and_then(|c| c.actions.get(&action_id))
-            .ok_or_else(|| {
-                DdiError::NotFound(format!(
-                    "controller {controller:?} has no action {action_id}"
-                ))
-            })?;
+        let a = st.action(controller, action_id)?;
         Ok((Arc::clone(&a.deployment), a.last_status.clone()))
     }
 
@@ -494,15 +502,7 @@ impl DdiHub {
         };
         let permit = self.reserve()?;
         let mut st = self.lock();
-        let a = st
-            .controllers
-            .get_mut(controller)
-            .and_then(|c| c.actions.get_mut(&action_id))
-            .ok_or_else(|| {
-                DdiError::NotFound(format!(
-                    "controller {controller:?} has no action {action_id}"
-                ))
-            })?;
+        let a = st.action_mut(controller, action_id)?;
         if let ActionState::Closed(outcome) = a.state {
             return Err(DdiError::Gone(format!(
                 "action {action_id} is closed ({outcome:?}); feedback is no longer taken"
@@ -562,9 +562,8 @@ impl DdiHub {
         let permit = self.reserve()?;
         let mut st = self.lock();
         let a = st
-            .controllers
-            .get_mut(controller)
-            .and_then(|c| c.actions.get_mut(&action_id))
+            .action_mut(controller, action_id)
+            .ok()
             .filter(|a| a.state == ActionState::Canceling { cancel_id })
             .ok_or_else(|| {
                 DdiError::Gone(format!("cancel action {cancel_id} is no longer open"))
