@@ -148,3 +148,101 @@ pub fn pseudo_random_bytes(len: usize, seed: u64) -> Vec<u8> {
         })
         .collect()
 }
+
+/// A workspace an operator would have before a rollout: a generated fleet imported into a
+/// cache, a key (encrypted with a passphrase file), a trust directory, and a release for one
+/// model signed with the key. Files: `fleet.json`, `cache.db`, `pass`, `key/`, `trust/`,
+/// `fw.img`, `release.json`.
+pub struct SignedWorkspace {
+    pub dir: tempfile::TempDir,
+}
+
+/// What [`SignedWorkspace::new`] generates and signs.
+pub struct WorkspaceSpec<'a> {
+    pub devices: usize,
+    pub seed: u64,
+    pub artifact_bytes: usize,
+    pub version: &'a str,
+    pub counter: u64,
+    pub hardware: &'a str,
+    /// `--requires` constraints, e.g. `bootloader>=1.6`.
+    pub requires: &'a [&'a str],
+}
+
+impl SignedWorkspace {
+    pub fn new(spec: &WorkspaceSpec<'_>) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ws = Self { dir };
+        let p = |name: &str| ws.path(name);
+        std::fs::write(p("pass"), "e2e test passphrase\n").expect("passphrase");
+        let devices = spec.devices.to_string();
+        let seed = spec.seed.to_string();
+        convoy_ok(&[
+            "fleet",
+            "generate",
+            "--devices",
+            &devices,
+            "--seed",
+            &seed,
+            "--out",
+            &p("fleet.json"),
+        ]);
+        convoy_ok(&["fleet", "import", &p("fleet.json"), "--db", &p("cache.db")]);
+        convoy_ok(&[
+            "key",
+            "generate",
+            "--out",
+            &p("key"),
+            "--passphrase-file",
+            &p("pass"),
+        ]);
+        convoy_ok(&[
+            "key",
+            "trust",
+            "--key",
+            &p("key"),
+            "--out",
+            &p("trust"),
+            "--passphrase-file",
+            &p("pass"),
+        ]);
+        std::fs::write(
+            p("fw.img"),
+            pseudo_random_bytes(spec.artifact_bytes, spec.seed),
+        )
+        .expect("artifact");
+        let counter = spec.counter.to_string();
+        let mut args = vec![
+            "release".to_owned(),
+            "create".into(),
+            "--artifact".into(),
+            p("fw.img"),
+            "--version".into(),
+            spec.version.into(),
+            "--counter".into(),
+            counter,
+            "--hardware".into(),
+            spec.hardware.into(),
+            "--expires".into(),
+            "30d".into(),
+            "--key".into(),
+            p("key"),
+            "--passphrase-file".into(),
+            p("pass"),
+            "--out".into(),
+            p("release.json"),
+        ];
+        for r in spec.requires {
+            args.push("--requires".into());
+            args.push((*r).to_owned());
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        convoy_ok(&args);
+        ws
+    }
+
+    /// A file of the workspace, as a string for command lines.
+    pub fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
+    }
+}

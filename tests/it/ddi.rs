@@ -404,63 +404,20 @@ fn ddi_refuses_strangers_contradictions_and_oversized_bodies() {
 /// ineligible one is offered nothing, and the cache records both.
 #[test]
 fn convoy_ddi_serve_offers_the_release_to_eligible_devices_and_records_feedback() {
-    use convoy_e2e::{convoy_bin, convoy_ok, free_port};
+    use convoy_e2e::{SignedWorkspace, WorkspaceSpec, convoy_bin, convoy_ok, free_port};
     use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
 
-    let dir = tempfile::tempdir().expect("tempdir");
-    let p = |name: &str| dir.path().join(name).display().to_string();
-    std::fs::write(p("pass"), "ddi test passphrase\n").expect("passphrase");
-    convoy_ok(&[
-        "fleet",
-        "generate",
-        "--devices",
-        "300",
-        "--seed",
-        "11",
-        "--out",
-        &p("fleet.json"),
-    ]);
-    convoy_ok(&["fleet", "import", &p("fleet.json"), "--db", &p("cache.db")]);
-    convoy_ok(&[
-        "key",
-        "generate",
-        "--out",
-        &p("key"),
-        "--passphrase-file",
-        &p("pass"),
-    ]);
-    convoy_ok(&[
-        "key",
-        "trust",
-        "--key",
-        &p("key"),
-        "--out",
-        &p("trust"),
-        "--passphrase-file",
-        &p("pass"),
-    ]);
-    std::fs::write(p("fw.img"), pseudo_random_bytes(150_000, 5)).expect("artifact");
-    convoy_ok(&[
-        "release",
-        "create",
-        "--artifact",
-        &p("fw.img"),
-        "--version",
-        "2.5.0",
-        "--counter",
-        "50",
-        "--hardware",
-        "T300",
-        "--expires",
-        "30d",
-        "--key",
-        &p("key"),
-        "--passphrase-file",
-        &p("pass"),
-        "--out",
-        &p("release.json"),
-    ]);
+    let ws = SignedWorkspace::new(&WorkspaceSpec {
+        devices: 300,
+        seed: 11,
+        artifact_bytes: 150_000,
+        version: "2.5.0",
+        counter: 50,
+        hardware: "T300",
+        requires: &[],
+    });
+    let p = |name: &str| ws.path(name);
     let fleet: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(p("fleet.json")).expect("fleet"))
             .expect("fleet json");
