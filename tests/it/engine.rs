@@ -1048,7 +1048,14 @@ fn a_stopped_rollout_resumes_from_the_cache_and_completes() {
     std::thread::sleep(Duration::from_secs(1));
 
     let (code, report) = setup.run(&url, &["--resume"]);
-    assert_eq!(report["final_state"], "completed", "{}", brief(&report));
+    assert_eq!(
+        report["final_state"],
+        "completed",
+        "{}\ntimeline: {:?}\nunsettled devices' histories:\n{}",
+        brief(&report),
+        setup.timeline(),
+        setup.unsettled_histories(&report)
+    );
     assert_eq!(code, 0);
     for w in waves(&report) {
         assert_eq!(
@@ -1100,5 +1107,139 @@ fn a_stopped_rollout_resumes_from_the_cache_and_completes() {
         .filter(|v| *v == "2.5.0")
         .count() as u64;
     assert_eq!(on_new, confirmed);
+    convoy_ok(&["audit", "verify", "--db", &setup.path("cache.db")]);
+}
+
+async fn post_json(
+    c: &reqwest::Client,
+    url: &str,
+    token: &str,
+    body: &str,
+) -> (reqwest::StatusCode, Value) {
+    let resp = c
+        .post(url)
+        .bearer_auth(token)
+        .header("content-type", "application/json")
+        .body(body.to_owned())
+        .send()
+        .await
+        .expect("request");
+    let status = resp.status();
+    let text = resp.text().await.expect("body");
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+/// `convoy serve` hosting an engine run: a dispatcher pauses it over the API once the canary
+/// soaks, the run holds, a viewer is refused (403), an override without a reason gets 400 naming
+/// `reason`, an unknown rollout 404, the dispatcher resumes it and it completes; the timeline and
+/// the audit trail name `operator:dana`, and a command after the run ended gets 409.
+#[test]
+fn rollout_control_over_the_api_reaches_an_engine_hosted_by_the_server() {
+    use convoy::serve::auth::{self, Role};
+    use convoy::serve::{ServeConfig, Server};
+    use reqwest::StatusCode;
+    let _one = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let setup = Setup::new(400);
+    let broker = EmbeddedBroker::start(setup.dir.path(), None);
+    let url = broker.url();
+    let (viewer, dispatcher) = {
+        let store = convoy::store::Store::open(Path::new(&setup.path("cache.db"))).expect("cache");
+        let now = convoy::now();
+        (
+            auth::add_token(&store, "vera", Role::Viewer, "operator:test", now)
+                .expect("viewer")
+                .token,
+            auth::add_token(&store, "dana", Role::Dispatcher, "operator:test", now)
+                .expect("dispatcher")
+                .token,
+        )
+    };
+    let _sim = setup.sim(&url, false);
+    let args = convoy::cmd::rollout::parse_run_args(setup.run_args(&url)).expect("run args");
+    let run = convoy::serve::host::host_rollout(&args).expect("hosting the run");
+    let mut config = ServeConfig::new(
+        PathBuf::from(setup.path("cache.db")),
+        "127.0.0.1:0".parse().expect("addr"),
+    );
+    config.controls.push(run.control.clone());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let server = runtime.block_on(Server::start(config)).expect("server");
+    let api = format!("{}/api/v1/rollouts", server.base_url());
+    let c = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client");
+    let call = |path: &str, token: &str, body: &str| {
+        runtime.block_on(post_json(&c, &format!("{api}/{path}"), token, body))
+    };
+
+    setup.wait_for_event("soak.started");
+    let (status, body) = call("r1/pause", &viewer, r#"{"reason": "look"}"#);
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    let (status, body) = call("r1/override", &dispatcher, r#"{"reason": " "}"#);
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["field"], "reason", "{body}");
+    let (status, body) = call("r1/override", &dispatcher, "{}");
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["field"], "reason", "{body}");
+    let (status, body) = call("r2/pause", &dispatcher, r#"{"reason": "wrong id"}"#);
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+
+    let (status, body) = call("r1/pause", &dispatcher, r#"{"reason": "war room hold"}"#);
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["phase"]["paused"]["by_gate"], false, "{body}");
+    let offers_at_pause = setup.count("SELECT count(*) FROM outbox WHERE kind = 'offer'");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        setup.count("SELECT count(*) FROM outbox WHERE kind = 'offer'"),
+        offers_at_pause,
+        "no offer while paused"
+    );
+    assert!(!run.is_finished(), "the hosted run holds while paused");
+    // An operator's pause is resumed, not overridden.
+    let (status, body) = call("r1/override", &dispatcher, r#"{"reason": "fine"}"#);
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    let (status, body) = call("r1/resume", &dispatcher, r#"{"reason": "all clear"}"#);
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    let report = run.join().expect("the hosted run");
+    assert_eq!(
+        report.final_state,
+        convoy::engine::FinalState::Completed,
+        "{report:#?}"
+    );
+    let (status, body) = call("r1/pause", &dispatcher, r#"{"reason": "too late"}"#);
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    runtime.block_on(server.shutdown());
+
+    let timeline = setup.timeline();
+    assert!(
+        timeline
+            .iter()
+            .any(|(k, c)| k == "rollout.paused" && c == "operator:dana: war room hold"),
+        "{timeline:?}"
+    );
+    assert!(
+        timeline
+            .iter()
+            .any(|(k, c)| k == "rollout.resumed" && c == "operator:dana: all clear"),
+        "{timeline:?}"
+    );
+    assert_eq!(
+        setup.count(
+            "SELECT count(*) FROM audit WHERE actor = 'operator:dana'
+             AND action IN ('operator.pause', 'operator.resume')"
+        ),
+        2
+    );
     convoy_ok(&["audit", "verify", "--db", &setup.path("cache.db")]);
 }
