@@ -1045,6 +1045,38 @@ fn a_stopped_rollout_resumes_from_the_cache_and_completes() {
     assert_eq!(code, 4);
     let offered_first = setup.count("SELECT count(*) FROM outbox WHERE kind = 'offer'");
     assert!(offered_first > 0);
+    // The log the stopped run left replays to the state it reported: per wave, the devices
+    // offered and confirmed.
+    {
+        use convoy_core::rollout::{DeviceState, Rollout};
+        let store =
+            convoy::store::Store::open(Path::new(&setup.path("cache.db"))).expect("open cache");
+        let replayed = Rollout::replay(store.rollout_log("r1").expect("the log")).expect("replay");
+        let state = replayed.state();
+        for (w, members) in state.wave_members.iter().enumerate() {
+            let count = |f: &dyn Fn(DeviceState) -> bool| {
+                members
+                    .iter()
+                    .filter(|&&i| f(state.devices[i as usize].state))
+                    .count() as u64
+            };
+            let wave = waves(&report)[w];
+            assert_eq!(
+                count(&|s| s != DeviceState::Pending),
+                n(wave, "offered"),
+                "{wave}"
+            );
+            assert_eq!(
+                count(&|s| s == DeviceState::Healthy),
+                n(wave, "confirmed"),
+                "{wave}"
+            );
+        }
+        assert_eq!(
+            serde_json::to_value(replayed.phase()).expect("phase"),
+            report["phase"]
+        );
+    }
     std::thread::sleep(Duration::from_secs(1));
 
     let (code, report) = setup.run(&url, &["--resume"]);

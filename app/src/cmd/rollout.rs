@@ -580,7 +580,7 @@ fn render_report(r: &EngineReport) -> String {
     if r.stale_outbox_commands > 0 {
         let _ = writeln!(
             s,
-            "  {} unacknowledged command(s) from earlier runs are in the outbox (not sent)",
+            "  {} unacknowledged command(s) of other rollouts are in the outbox (not sent)",
             r.stale_outbox_commands
         );
     }

@@ -228,7 +228,8 @@ pub struct EngineReport {
     pub gate_looks_passed: u32,
     pub unsettled: Vec<Unsettled>,
     pub link: LinkCounts,
-    /// Unacknowledged commands left in the outbox by earlier runs (not sent by this one).
+    /// Unacknowledged commands in the outbox that are not this rollout's (never sent by this
+    /// run; a resumed run adopts and resends its own).
     pub stale_outbox_commands: usize,
     pub notes: Vec<String>,
 }
