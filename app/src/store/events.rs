@@ -360,3 +360,112 @@ pub(crate) fn device_event_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Device
         payload: r.get(5)?,
     })
 }
+
+#[cfg(test)]
+mod log_tests {
+    use super::*;
+    use crate::store::audit::AuditEntry;
+    use crate::store::outbox::{OutboxCommand, RolloutLogAppend};
+    use convoy_core::rollout::{Cause, EventKind};
+
+    fn event(at: i64, kind: EventKind) -> RolloutEvent {
+        RolloutEvent {
+            at: Timestamp::from_secs(at),
+            cause: Cause::Timer,
+            kind,
+        }
+    }
+
+    fn decision(rollout: &str) -> AuditEntry {
+        AuditEntry {
+            time: Timestamp::from_secs(100),
+            actor: "convoy-engine".into(),
+            action: "rollout.offer".into(),
+            payload: serde_json::json!({ "rollout": rollout }),
+        }
+    }
+
+    fn offer(device: &str) -> OutboxCommand {
+        OutboxCommand {
+            device_id: device.into(),
+            kind: "offer".into(),
+            payload: serde_json::json!({"issued_at": 100, "action": {}}),
+        }
+    }
+
+    #[test]
+    fn the_log_is_written_with_decisions_and_read_back_in_order_per_rollout() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = Store::open(&dir.path().join("c.db")).expect("open");
+        let first = [
+            event(1, EventKind::WaveStarted { wave: 0 }),
+            event(2, EventKind::Resumed),
+        ];
+        let d = store
+            .commit_decision_logged(
+                &decision("r1"),
+                &[offer("CV1"), offer("CV2")],
+                Some(RolloutLogAppend {
+                    rollout_id: "r1",
+                    first_seq: 0,
+                    events: &first,
+                }),
+            )
+            .expect("decision with its log");
+        store
+            .append_rollout_log("r1", 2, &[event(3, EventKind::Completed)])
+            .expect("rest of the log");
+        store
+            .commit_decision(&decision("r2"), &[offer("CV3")])
+            .expect("another rollout's decision");
+        let log = store.rollout_log("r1").expect("log");
+        assert_eq!(log.len(), 3);
+        assert_eq!(log[..2], first);
+        assert_eq!(log[2].kind, EventKind::Completed);
+        assert!(store.rollout_log("r2").expect("empty log").is_empty());
+        // Only r1's unacknowledged commands belong to r1.
+        let mine: Vec<String> = store
+            .pending_for_rollout("r1")
+            .expect("pending")
+            .into_iter()
+            .map(|c| c.id)
+            .collect();
+        assert_eq!(mine, d.command_ids);
+        store
+            .mark_acked_many(&d.command_ids[..1], Timestamp::from_secs(101))
+            .expect("ack");
+        assert_eq!(
+            store.pending_for_rollout("r1").expect("pending").len(),
+            1,
+            "acknowledged commands are not adopted"
+        );
+        // Writing an event twice at the same place is refused, not silently duplicated.
+        assert!(
+            store
+                .append_rollout_log("r1", 2, &[event(4, EventKind::Completed)])
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn the_run_clock_keeps_the_first_run() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = Store::open(&dir.path().join("c.db")).expect("open");
+        assert_eq!(store.run_clock("r1").expect("none"), None);
+        let first = RunClock {
+            rollout_id: "r1".into(),
+            release_id: "t300-2.5.0".into(),
+            clock_start: Timestamp::from_secs(1_795_000_000),
+            wall_began_ms: 1_795_000_000_123,
+            time_scale: 2400.0,
+        };
+        store.record_run_clock(&first).expect("record");
+        store
+            .record_run_clock(&RunClock {
+                wall_began_ms: 1,
+                ..first.clone()
+            })
+            .expect("a second record is ignored");
+        assert_eq!(store.run_clock("r1").expect("read"), Some(first));
+    }
+}
