@@ -792,3 +792,486 @@ fn a_flood_of_malformed_messages_leaves_the_engine_running_and_the_cache_intact(
     assert_eq!(devices, 300);
     convoy_ok(&["audit", "verify", "--db", &setup.path("cache.db")]);
 }
+
+impl Setup {
+    /// The arguments `convoy rollout run` gets in these tests, without the command words.
+    fn run_args(&self, url: &str) -> Vec<String> {
+        let cmd = self.rollout_command(url, &["--artifact", &self.path("fw.img")]);
+        cmd.get_args()
+            .skip(2)
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    /// One number from the cache.
+    fn count(&self, sql: &str) -> i64 {
+        let conn = rusqlite::Connection::open(self.path("cache.db")).expect("open cache");
+        conn.query_row(sql, [], |r| r.get(0)).expect(sql)
+    }
+
+    /// The rollout's timeline: (kind, cause) in order.
+    fn timeline(&self) -> Vec<(String, String)> {
+        let conn = rusqlite::Connection::open(self.path("cache.db")).expect("open cache");
+        let mut stmt = conn
+            .prepare("SELECT kind, cause FROM rollout_events WHERE rollout_id = 'r1' ORDER BY seq")
+            .expect("query");
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .expect("rows")
+            .collect::<Result<Vec<_>, _>>()
+            .expect("timeline")
+    }
+
+    /// Waits until the timeline holds an event of `kind`.
+    fn wait_for_event(&self, kind: &str) {
+        let started = Instant::now();
+        loop {
+            let seen = rusqlite::Connection::open(self.path("cache.db"))
+                .ok()
+                .and_then(|c| {
+                    c.query_row(
+                        "SELECT count(*) FROM rollout_events WHERE rollout_id = 'r1' AND kind = ?1",
+                        [kind],
+                        |r| r.get::<_, i64>(0),
+                    )
+                    .ok()
+                })
+                .unwrap_or(0);
+            if seen > 0 {
+                return;
+            }
+            assert!(
+                started.elapsed() < Duration::from_mins(1),
+                "no {kind} in the timeline: {:?}",
+                self.timeline()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Devices offered the release more than once under different command ids.
+    fn devices_with_two_offers(&self) -> i64 {
+        self.count(
+            "SELECT count(*) FROM (SELECT device_id FROM outbox WHERE kind = 'offer'
+             GROUP BY device_id HAVING count(DISTINCT id) > 1)",
+        )
+    }
+}
+
+/// An operator pauses a good release once the canary soaks; the engine holds (no wave is offered
+/// while it is paused, long past the canary's soak), refuses an override without a reason and a
+/// resume of a pause it did not make by gate, resumes on the operator's word, and completes. The
+/// timeline and the audit trail name the operator.
+#[test]
+fn an_operator_pauses_and_resumes_a_running_rollout_through_the_control_channel() {
+    use convoy::engine::control::{ControlError, OperatorCommand, control_channel};
+    use convoy::engine::{self, WhenPaused};
+    use convoy_core::rollout::Phase;
+    let _one = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let setup = Setup::new(400);
+    let broker = EmbeddedBroker::start(setup.dir.path(), None);
+    let url = broker.url();
+    let _sim = setup.sim(&url, false);
+    let args = convoy::cmd::rollout::parse_run_args(setup.run_args(&url)).expect("run args");
+    let (options, mut control) =
+        convoy::cmd::rollout::engine_options(&args).expect("engine options");
+    let total: usize = options.waves.iter().map(|w| w.device_ids.len()).sum();
+    let (handle, commands) = control_channel("r1", 8);
+    control.commands = Some(commands);
+    control.when_paused = WhenPaused::Hold;
+    // The engine's future holds the cache connection (not `Send`): it runs on its own thread,
+    // as a host such as `convoy serve` runs it; this thread only sends commands.
+    let run = std::thread::Builder::new()
+        .name("engine".into())
+        .spawn(move || {
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .expect("engine runtime")
+                .block_on(engine::run_with(options, control, None))
+        })
+        .expect("engine thread");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+
+    setup.wait_for_event("soak.started");
+    let phase = runtime
+        .block_on(handle.send(
+            "bob",
+            OperatorCommand::Pause {
+                reason: "change freeze for the depot visit".into(),
+            },
+        ))
+        .expect("the pause is applied");
+    let Phase::Paused {
+        by_gate: false,
+        wave,
+        ..
+    } = phase
+    else {
+        panic!("paused by the operator: {phase:?}");
+    };
+    let offers_at_pause = setup.count("SELECT count(*) FROM outbox WHERE kind = 'offer'");
+    assert!(
+        (offers_at_pause as usize) < total,
+        "paused before the last wave (wave {wave}, {offers_at_pause} of {total} offered)"
+    );
+    // Four wall seconds are almost three simulated hours: three times the soak.
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(
+        setup.count("SELECT count(*) FROM outbox WHERE kind = 'offer'"),
+        offers_at_pause,
+        "no offer while paused"
+    );
+    assert_eq!(
+        setup
+            .count("SELECT count(*) FROM device_events WHERE rollout_id = 'r1' AND kind = 'offer'"),
+        offers_at_pause,
+        "no device was offered the release while paused"
+    );
+    assert!(!run.is_finished(), "the engine holds while paused");
+
+    let err = runtime
+        .block_on(handle.send(
+            "bob",
+            OperatorCommand::Override {
+                reason: String::new(),
+            },
+        ))
+        .expect_err("an override needs a reason");
+    assert_eq!(
+        err,
+        ControlError::MissingField {
+            command: "override",
+            field: "reason"
+        }
+    );
+    assert_eq!(err.to_string(), "override needs a non-empty reason");
+    let err = runtime
+        .block_on(handle.send(
+            "bob",
+            OperatorCommand::Override {
+                reason: "looks fine".into(),
+            },
+        ))
+        .expect_err("no gate stopped it");
+    assert!(
+        matches!(err, ControlError::Refused { .. }) && err.to_string().contains("override_gate"),
+        "{err}"
+    );
+
+    let phase = runtime
+        .block_on(handle.send(
+            "bob",
+            OperatorCommand::Resume {
+                reason: "depot visit over".into(),
+            },
+        ))
+        .expect("the resume is applied");
+    assert!(
+        matches!(phase, Phase::Running { .. } | Phase::Soaking { .. }),
+        "{phase:?}"
+    );
+    let report = run
+        .join()
+        .expect("the engine thread finishes")
+        .expect("engine run");
+    let report = serde_json::to_value(&report).expect("report JSON");
+    assert_eq!(report["final_state"], "completed", "{}", brief(&report));
+    for w in waves(&report) {
+        assert_eq!(
+            n(w, "offered"),
+            n(w, "devices"),
+            "every device offered: {w}"
+        );
+    }
+    assert_eq!(setup.devices_with_two_offers(), 0);
+
+    let timeline = setup.timeline();
+    let paused = timeline
+        .iter()
+        .position(|(k, c)| k == "rollout.paused" && c == "bob: change freeze for the depot visit")
+        .unwrap_or_else(|| panic!("the pause names bob: {timeline:?}"));
+    let resumed = timeline
+        .iter()
+        .position(|(k, c)| k == "rollout.resumed" && c == "bob: depot visit over")
+        .unwrap_or_else(|| panic!("the resume names bob: {timeline:?}"));
+    assert!(paused < resumed);
+    assert_eq!(
+        timeline.last().map(|(k, _)| k.as_str()),
+        Some("rollout.completed")
+    );
+    let audit = convoy_ok(&["audit", "log", "--db", &setup.path("cache.db"), "--json"]);
+    let audit: Value = serde_json::from_str(&audit).expect("audit JSON");
+    let by_bob: Vec<&str> = audit
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter(|e| e["actor"] == "bob")
+        .filter_map(|e| e["action"].as_str())
+        .collect();
+    assert!(
+        by_bob.contains(&"operator.pause") && by_bob.contains(&"operator.resume"),
+        "{by_bob:?}"
+    );
+    convoy_ok(&["audit", "verify", "--db", &setup.path("cache.db")]);
+}
+
+/// The engine is stopped (Ctrl-C: its stop channel) after the canary started, and a second run
+/// with --resume rebuilds the rollout from the cache and completes it: no device is offered the
+/// release twice, and the timeline shows the stop and the resume.
+#[test]
+fn a_stopped_rollout_resumes_from_the_cache_and_completes() {
+    let _one = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let setup = Setup::new(300);
+    let broker = EmbeddedBroker::start(setup.dir.path(), None);
+    let url = broker.url();
+    let _sim = setup.sim(&url, false);
+    let first = setup.spawn_run(&url);
+    setup.wait_for_offers();
+    std::thread::sleep(Duration::from_millis(300));
+    let status = Command::new("kill")
+        .args(["-INT", &first.id().to_string()])
+        .status()
+        .expect("kill -INT");
+    assert!(status.success());
+    let (code, report) = Setup::finish(first);
+    assert_eq!(report["final_state"], "stopped", "{}", brief(&report));
+    assert_eq!(code, 4);
+    let offered_first = setup.count("SELECT count(*) FROM outbox WHERE kind = 'offer'");
+    assert!(offered_first > 0);
+    // The log the stopped run left replays to the state it reported: per wave, the devices
+    // offered and confirmed.
+    {
+        use convoy_core::rollout::{DeviceState, Rollout};
+        let store =
+            convoy::store::Store::open(Path::new(&setup.path("cache.db"))).expect("open cache");
+        let replayed = Rollout::replay(store.rollout_log("r1").expect("the log")).expect("replay");
+        let state = replayed.state();
+        for (w, members) in state.wave_members.iter().enumerate() {
+            let count = |f: &dyn Fn(DeviceState) -> bool| {
+                members
+                    .iter()
+                    .filter(|&&i| f(state.devices[i as usize].state))
+                    .count() as u64
+            };
+            let wave = waves(&report)[w];
+            assert_eq!(
+                count(&|s| s != DeviceState::Pending),
+                n(wave, "offered"),
+                "{wave}"
+            );
+            assert_eq!(
+                count(&|s| s == DeviceState::Healthy),
+                n(wave, "confirmed"),
+                "{wave}"
+            );
+        }
+        assert_eq!(
+            serde_json::to_value(replayed.phase()).expect("phase"),
+            report["phase"]
+        );
+    }
+    std::thread::sleep(Duration::from_secs(1));
+
+    let (code, report) = setup.run(&url, &["--resume"]);
+    assert_eq!(
+        report["final_state"],
+        "completed",
+        "{}\ntimeline: {:?}\nunsettled devices' histories:\n{}",
+        brief(&report),
+        setup.timeline(),
+        setup.unsettled_histories(&report)
+    );
+    assert_eq!(code, 0);
+    for w in waves(&report) {
+        assert_eq!(
+            n(w, "offered"),
+            n(w, "devices"),
+            "every device offered: {w}"
+        );
+        assert_eq!(
+            n(w, "confirmed") + n(w, "failed") + n(w, "reverted"),
+            n(w, "devices"),
+            "every device accounted for: {w}"
+        );
+    }
+    assert_eq!(
+        setup.devices_with_two_offers(),
+        0,
+        "no device got two different offers"
+    );
+    assert_eq!(
+        setup.count(
+            "SELECT count(*) FROM (SELECT device_id FROM device_events
+             WHERE rollout_id = 'r1' AND kind = 'offer' GROUP BY device_id HAVING count(*) > 1)"
+        ),
+        0,
+        "no device history shows two offers"
+    );
+    let notes = report["notes"].to_string();
+    assert!(notes.contains("resumed from the cache"), "{notes}");
+    let kinds: Vec<String> = setup.timeline().into_iter().map(|(k, _)| k).collect();
+    let at = |kind: &str| {
+        kinds
+            .iter()
+            .position(|k| k == kind)
+            .unwrap_or_else(|| panic!("{kind} in {kinds:?}"))
+    };
+    assert!(at("wave.started") < at("engine.stopped"));
+    assert!(at("engine.stopped") < at("engine.resumed"));
+    assert!(at("engine.resumed") < at("rollout.completed"));
+    assert_eq!(
+        kinds.iter().filter(|k| *k == "rollout.created").count(),
+        1,
+        "one rollout, not two: {kinds:?}"
+    );
+    // The cache agrees with the devices.
+    let confirmed: u64 = waves(&report).iter().map(|w| n(w, "confirmed")).sum();
+    let on_new = setup
+        .cached_firmware()
+        .values()
+        .filter(|v| *v == "2.5.0")
+        .count() as u64;
+    assert_eq!(on_new, confirmed);
+    convoy_ok(&["audit", "verify", "--db", &setup.path("cache.db")]);
+}
+
+async fn post_json(
+    c: &reqwest::Client,
+    url: &str,
+    token: &str,
+    body: &str,
+) -> (reqwest::StatusCode, Value) {
+    let resp = c
+        .post(url)
+        .bearer_auth(token)
+        .header("content-type", "application/json")
+        .body(body.to_owned())
+        .send()
+        .await
+        .expect("request");
+    let status = resp.status();
+    let text = resp.text().await.expect("body");
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+/// `convoy serve` hosting an engine run: a dispatcher pauses it over the API once the canary
+/// soaks, the run holds, a viewer is refused (403), an override without a reason gets 400 naming
+/// `reason`, an unknown rollout 404, the dispatcher resumes it and it completes; the timeline and
+/// the audit trail name `operator:dana`, and a command after the run ended gets 409.
+#[test]
+fn rollout_control_over_the_api_reaches_an_engine_hosted_by_the_server() {
+    use convoy::serve::auth::{self, Role};
+    use convoy::serve::{ServeConfig, Server};
+    use reqwest::StatusCode;
+    let _one = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let setup = Setup::new(400);
+    let broker = EmbeddedBroker::start(setup.dir.path(), None);
+    let url = broker.url();
+    let (viewer, dispatcher) = {
+        let store = convoy::store::Store::open(Path::new(&setup.path("cache.db"))).expect("cache");
+        let now = convoy::now();
+        (
+            auth::add_token(&store, "vera", Role::Viewer, "operator:test", now)
+                .expect("viewer")
+                .token,
+            auth::add_token(&store, "dana", Role::Dispatcher, "operator:test", now)
+                .expect("dispatcher")
+                .token,
+        )
+    };
+    let _sim = setup.sim(&url, false);
+    let args = convoy::cmd::rollout::parse_run_args(setup.run_args(&url)).expect("run args");
+    let run = convoy::serve::host::host_rollout(&args).expect("hosting the run");
+    let mut config = ServeConfig::new(
+        PathBuf::from(setup.path("cache.db")),
+        "127.0.0.1:0".parse().expect("addr"),
+    );
+    config.controls.push(run.control.clone());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let server = runtime.block_on(Server::start(config)).expect("server");
+    let api = format!("{}/api/v1/rollouts", server.base_url());
+    let c = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client");
+    let call = |path: &str, token: &str, body: &str| {
+        runtime.block_on(post_json(&c, &format!("{api}/{path}"), token, body))
+    };
+
+    setup.wait_for_event("soak.started");
+    let (status, body) = call("r1/pause", &viewer, r#"{"reason": "look"}"#);
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    let (status, body) = call("r1/override", &dispatcher, r#"{"reason": " "}"#);
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["field"], "reason", "{body}");
+    let (status, body) = call("r1/override", &dispatcher, "{}");
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["field"], "reason", "{body}");
+    let (status, body) = call("r2/pause", &dispatcher, r#"{"reason": "wrong id"}"#);
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+
+    let (status, body) = call("r1/pause", &dispatcher, r#"{"reason": "war room hold"}"#);
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["phase"]["paused"]["by_gate"], false, "{body}");
+    let offers_at_pause = setup.count("SELECT count(*) FROM outbox WHERE kind = 'offer'");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        setup.count("SELECT count(*) FROM outbox WHERE kind = 'offer'"),
+        offers_at_pause,
+        "no offer while paused"
+    );
+    assert!(!run.is_finished(), "the hosted run holds while paused");
+    // An operator's pause is resumed, not overridden.
+    let (status, body) = call("r1/override", &dispatcher, r#"{"reason": "fine"}"#);
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    let (status, body) = call("r1/resume", &dispatcher, r#"{"reason": "all clear"}"#);
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    let report = run.join().expect("the hosted run");
+    assert_eq!(
+        report.final_state,
+        convoy::engine::FinalState::Completed,
+        "{report:#?}"
+    );
+    let (status, body) = call("r1/pause", &dispatcher, r#"{"reason": "too late"}"#);
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    runtime.block_on(server.shutdown());
+
+    let timeline = setup.timeline();
+    assert!(
+        timeline
+            .iter()
+            .any(|(k, c)| k == "rollout.paused" && c == "operator:dana: war room hold"),
+        "{timeline:?}"
+    );
+    assert!(
+        timeline
+            .iter()
+            .any(|(k, c)| k == "rollout.resumed" && c == "operator:dana: all clear"),
+        "{timeline:?}"
+    );
+    assert_eq!(
+        setup.count(
+            "SELECT count(*) FROM audit WHERE actor = 'operator:dana'
+             AND action IN ('operator.pause', 'operator.resume')"
+        ),
+        2
+    );
+    convoy_ok(&["audit", "verify", "--db", &setup.path("cache.db")]);
+}

@@ -12,7 +12,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::engine::{self, EngineOptions, EngineReport};
+use crate::engine::{self, EngineControl, EngineOptions, EngineReport, StartMode};
 use crate::link::mqtt::LinkConfig;
 use crate::link::protocol::Topics;
 use std::io::Write;
@@ -33,7 +33,8 @@ pub enum RolloutCommand {
     Timeline(TimelineArgs),
     /// Run a rollout headless: plan, dispatch wave by wave over MQTT, gate on live telemetry,
     /// pause or roll back by itself, and print a final report. Exit code 0: completed; 3: stopped
-    /// by a gate (paused or rolled back) or aborted; 4: timed out or interrupted.
+    /// by a gate (paused or rolled back) or aborted; 4: timed out or interrupted. With
+    /// --resume, continue a rollout an earlier run left unfinished.
     Run(Box<RunArgs>),
     /// Draft the communication about a rollout from its record, as Markdown: internal (gate
     /// evidence, rollback triggers, chronology), customer (impact, action, resolution),
@@ -141,6 +142,34 @@ pub struct RunArgs {
     /// TLS client key (PEM).
     #[arg(long, requires = "client_cert")]
     pub client_key: Option<PathBuf>,
+    /// Continue the rollout `--rollout-id` that an earlier run of this cache started and that
+    /// did not end (stopped, timed out, crashed or left paused): rebuilt from the cache's log,
+    /// its unacknowledged commands resent with their ids, on the first run's clock. The waves,
+    /// gates, change path and approvals come from the log; --plan, --policy, --seed, --approve
+    /// and the emergency options are ignored.
+    #[arg(long, requires = "rollout_id")]
+    pub resume: bool,
+}
+
+/// `RunArgs` on its own, for [`parse_run_args`].
+#[derive(clap::Parser, Debug)]
+#[command(name = "convoy rollout run", no_binary_name = true)]
+struct RunOnly {
+    #[command(flatten)]
+    args: RunArgs,
+}
+
+/// Parses the arguments of `convoy rollout run` (without the command words), for a caller
+/// that hosts the engine itself (`convoy serve`, tests).
+pub fn parse_run_args<I, T>(args: I) -> Result<RunArgs>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    use clap::Parser as _;
+    RunOnly::try_parse_from(args)
+        .map(|r| r.args)
+        .map_err(|e| anyhow!("{e}"))
 }
 
 #[derive(clap::Args, Debug)]
@@ -277,6 +306,66 @@ fn read_plan(path: &Path) -> Result<(Vec<WaveSpec>, Option<GatePolicy>)> {
 }
 
 fn run_rollout(args: &RunArgs) -> Result<()> {
+    let (options, control) = engine_options(args)?;
+    if control.start == StartMode::Resume {
+        eprintln!(
+            "rollout {}: resuming release {} from the cache over {}",
+            options.rollout_id,
+            options.manifest.release_id(),
+            options.link.url,
+        );
+    } else {
+        eprintln!(
+            "rollout {}: release {} to {} device(s) in {} wave(s) over {} (time scale {})",
+            options.rollout_id,
+            options.manifest.release_id(),
+            options
+                .waves
+                .iter()
+                .map(|w| w.device_ids.len())
+                .sum::<usize>(),
+            options.waves.len(),
+            options.link.url,
+            options.time_scale
+        );
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let report = runtime.block_on(async move {
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                let _ = stop_tx.send(());
+            }
+        });
+        engine::run_with(options, control, Some(stop_rx)).await
+    })?;
+    let out = if args.json {
+        let mut s = serde_json::to_string_pretty(&report).context("encoding the report")?;
+        s.push('\n');
+        s
+    } else {
+        render_report(&report)
+    };
+    let stdout = std::io::stdout();
+    let mut lock = stdout.lock();
+    lock.write_all(out.as_bytes())
+        .and_then(|()| lock.flush())
+        .context("writing the report")?;
+    drop(lock);
+    let code = report.final_state.exit_code();
+    if code != 0 {
+        std::process::exit(i32::from(code));
+    }
+    Ok(())
+}
+
+/// Everything `convoy rollout run` hands the engine: reads and verifies the release and its
+/// artifacts, plans (unless resuming), and settles the change path. The control has no
+/// operator channel; a host that wants one sets [`EngineControl::commands`].
+pub fn engine_options(args: &RunArgs) -> Result<(EngineOptions, EngineControl)> {
     let db = store::resolve_path(args.db.as_deref())?;
     if !db.exists() {
         bail!(
@@ -310,7 +399,10 @@ fn run_rollout(args: &RunArgs) -> Result<()> {
         ),
         None => (PlanningPolicy::default(), GatePolicy::default()),
     };
-    let waves = if let Some(path) = &args.plan {
+    let waves = if args.resume {
+        // The log has the waves; planning again could pick other devices.
+        Vec::new()
+    } else if let Some(path) = &args.plan {
         let (waves, plan_gates) = read_plan(path)?;
         if let Some(g) = plan_gates {
             gates = g;
@@ -330,7 +422,7 @@ fn run_rollout(args: &RunArgs) -> Result<()> {
         .with_context(|| format!("planning release {}", manifest.release_id()))?;
         plan.rollout_waves(&fleet)
     };
-    if waves.is_empty() {
+    if waves.is_empty() && !args.resume {
         bail!(
             "no device of the cache is eligible for release {} now: nothing to roll out (see convoy plan for the reasons)",
             manifest.release_id()
@@ -386,50 +478,16 @@ fn run_rollout(args: &RunArgs) -> Result<()> {
             .map(Duration::from_secs_f64),
         resend_after: Duration::from_secs(5),
     };
-    eprintln!(
-        "rollout {}: release {} to {} device(s) in {} wave(s) over {} (time scale {})",
-        options.rollout_id,
-        options.manifest.release_id(),
-        options
-            .waves
-            .iter()
-            .map(|w| w.device_ids.len())
-            .sum::<usize>(),
-        options.waves.len(),
-        options.link.url,
-        options.time_scale
-    );
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    let report = runtime.block_on(async move {
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
-        tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                let _ = stop_tx.send(());
-            }
-        });
-        engine::run(options, Some(stop_rx)).await
-    })?;
-    let out = if args.json {
-        let mut s = serde_json::to_string_pretty(&report).context("encoding the report")?;
-        s.push('\n');
-        s
-    } else {
-        render_report(&report)
+    let control = EngineControl {
+        start: if args.resume {
+            StartMode::Resume
+        } else {
+            StartMode::New
+        },
+        started_by: Some(operator_name(args.operator.as_deref())),
+        ..EngineControl::default()
     };
-    let stdout = std::io::stdout();
-    let mut lock = stdout.lock();
-    lock.write_all(out.as_bytes())
-        .and_then(|()| lock.flush())
-        .context("writing the report")?;
-    drop(lock);
-    let code = report.final_state.exit_code();
-    if code != 0 {
-        std::process::exit(i32::from(code));
-    }
-    Ok(())
+    Ok((options, control))
 }
 
 fn render_report(r: &EngineReport) -> String {
@@ -522,7 +580,7 @@ fn render_report(r: &EngineReport) -> String {
     if r.stale_outbox_commands > 0 {
         let _ = writeln!(
             s,
-            "  {} unacknowledged command(s) from earlier runs are in the outbox (not sent)",
+            "  {} unacknowledged command(s) of other rollouts are in the outbox (not sent)",
             r.stale_outbox_commands
         );
     }

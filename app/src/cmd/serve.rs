@@ -50,6 +50,12 @@ pub struct RunArgs {
     /// Requests per token allowed in a burst before the rate applies.
     #[arg(long, default_value_t = 100)]
     pub rate_burst: u32,
+    /// Host the engine run described by this file (the arguments of `convoy rollout run`, one
+    /// per line; add `--resume` to continue an unfinished rollout), so that
+    /// `POST /api/v1/rollouts/{id}/pause|resume|rollback|override|abort` can steer it; a paused
+    /// run waits for the API. Repeat for several rollouts.
+    #[arg(long, value_name = "ARGS_FILE")]
+    pub host_rollout: Vec<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -124,6 +130,13 @@ fn serve(args: &RunArgs) -> Result<()> {
     config.max_body_bytes = args.max_body_bytes;
     config.rate_per_sec = args.rate_per_sec;
     config.rate_burst = args.rate_burst;
+    let mut hosted = Vec::new();
+    for path in &args.host_rollout {
+        let run = crate::serve::host::host_rollout_file(path)?;
+        eprintln!("hosting rollout {} ({})", run.rollout_id(), path.display());
+        config.controls.push(run.control.clone());
+        hosted.push(run);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("serve")
@@ -157,8 +170,17 @@ fn serve(args: &RunArgs) -> Result<()> {
             .context("waiting for Ctrl-C")?;
         println!("stopping");
         server.shutdown().await;
-        Ok(())
-    })
+        Ok::<(), anyhow::Error>(())
+    })?;
+    // Hosted runs stop as `convoy rollout run` does on Ctrl-C: resumable with --resume.
+    for run in hosted {
+        let id = run.rollout_id().to_owned();
+        match run.stop() {
+            Ok(report) => println!("rollout {id}: {:?}", report.final_state),
+            Err(e) => eprintln!("rollout {id}: the engine run failed: {e:#}"),
+        }
+    }
+    Ok(())
 }
 
 fn open(cache: Option<&std::path::Path>) -> Result<Store> {

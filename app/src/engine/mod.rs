@@ -12,11 +12,23 @@
 //! Time: simulated seconds are `start + wall elapsed × time_scale`, as in `convoy sim`, so a
 //! rollout with hour-long soaks finishes in seconds when both run with the same scale.
 //!
-//! What it deliberately is not: a server. It runs one rollout and exits (issue 9's `convoy serve`
-//! will run many and survive restarts). It does not resume a rollout from the cache after a
-//! crash; commands left unacknowledged by an earlier run stay in the outbox and are reported,
-//! never resent by a later run, so an old offer is never replayed into a new rollout.
+//! Operators steer a running engine through an optional bounded channel
+//! ([`control::ControlHandle`]): pause, resume, roll back, override a gate, abort, each with the
+//! operator's name and a reason, applied through the core's mutators and recorded like the
+//! automatic decisions. With [`WhenPaused::Hold`] a paused rollout keeps the engine running,
+//! waiting for a resume or a rollback, for as long as someone holds the channel.
+//!
+//! Every core event is also written to the rollout's replayable log (`rollout_log`; the log
+//! events that led to a decision are written in the decision's own transaction), so a later run
+//! with [`StartMode::Resume`] rebuilds the rollout with [`Rollout::replay`], adopts the
+//! rollout's unacknowledged commands from the outbox (resent with the same ids) and continues
+//! the same simulated clock.
+//!
+//! What it deliberately is not: a server. It runs one rollout and exits; `convoy serve` hosts
+//! runs. Commands left unacknowledged by other rollouts stay in the outbox and are reported,
+//! never sent by this run, so an old offer is never replayed into a new rollout.
 
+pub mod control;
 pub mod health;
 
 use anyhow::{Context, Result, bail};
@@ -24,8 +36,8 @@ use convoy_core::fleet::Fleet;
 use convoy_core::gates::{GateOutcome, GatePolicy};
 use convoy_core::manifest::VerifiedManifest;
 use convoy_core::rollout::{
-    Cause, ChangePath, DeviceReport, DeviceState, EventKind, Phase, Rollout, RolloutAction,
-    RolloutEvent, RolloutSpec, TelemetryReport, WaveSpec,
+    Cause, ChangePath, DeviceReport, DeviceState, EventKind, Phase, RollbackScope, Rollout,
+    RolloutAction, RolloutEvent, RolloutSpec, TelemetryReport, WaveSpec,
 };
 use convoy_core::time::Timestamp;
 use serde::Serialize;
@@ -43,7 +55,7 @@ use crate::link::protocol::{
 use crate::store::Store;
 use crate::store::audit::AuditEntry;
 use crate::store::events::NewDeviceEvent;
-use crate::store::outbox::OutboxCommand;
+use crate::store::outbox::{OutboxCommand, QueuedCommand};
 use health::HealthWindow;
 
 /// The actor name the engine's automatic decisions carry in the audit trail.
@@ -76,6 +88,39 @@ pub struct EngineOptions {
     pub max_wall: Option<Duration>,
     /// Wall time after which an unacknowledged command is sent again (same id).
     pub resend_after: Duration,
+}
+
+/// What a run does when the rollout is paused (by a gate or an operator).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WhenPaused {
+    /// Wait for devices already installing to settle, then end the run (`convoy rollout run`).
+    #[default]
+    EndRun,
+    /// Keep running, waiting for an operator's resume, override or rollback, for as long as
+    /// the control channel is open; with no channel, or once it closes, as `EndRun`.
+    Hold,
+}
+
+/// Whether the run starts a rollout or continues one an earlier run recorded.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum StartMode {
+    /// Create the rollout from the options (a rollout of that id must not exist yet).
+    #[default]
+    New,
+    /// Rebuild the rollout of `rollout_id` from the cache's log and outbox and continue it;
+    /// the waves, gates, change path and approvals come from the log, not the options.
+    Resume,
+}
+
+/// How a run is steered, beyond [`EngineOptions`].
+#[derive(Debug, Default)]
+pub struct EngineControl {
+    /// Operator commands (see [`control::control_channel`]).
+    pub commands: Option<mpsc::Receiver<control::ControlRequest>>,
+    pub when_paused: WhenPaused,
+    pub start: StartMode,
+    /// Who starts or resumes the run, for the audit trail (default: the requester).
+    pub started_by: Option<String>,
 }
 
 /// How the run ended.
@@ -183,7 +228,8 @@ pub struct EngineReport {
     pub gate_looks_passed: u32,
     pub unsettled: Vec<Unsettled>,
     pub link: LinkCounts,
-    /// Unacknowledged commands left in the outbox by earlier runs (not sent by this one).
+    /// Unacknowledged commands in the outbox that are not this rollout's (never sent by this
+    /// run; a resumed run adopts and resends its own).
     pub stale_outbox_commands: usize,
     pub notes: Vec<String>,
 }
@@ -299,6 +345,11 @@ struct Engine {
     acked: Vec<String>,
     awaiting: HashMap<String, Awaiting>,
     connected: bool,
+    /// Who the decisions being carried out are by: the engine, or the operator whose command
+    /// is being applied.
+    actor: String,
+    /// Core events already written to the replayable log.
+    logged_events: usize,
     send_tx: mpsc::Sender<Vec<Wire>>,
     counts: LinkCounts,
     rejections: RejectionStats,
@@ -310,8 +361,25 @@ struct Engine {
 }
 
 /// Runs one rollout to its end and returns the report. `stop` ends the run early (the report
-/// says `stopped`).
+/// says `stopped`). No operator control: see [`run_with`].
 pub async fn run(opts: EngineOptions, stop: Option<oneshot::Receiver<()>>) -> Result<EngineReport> {
+    run_with(opts, EngineControl::default(), stop).await
+}
+
+/// Wall time in Unix milliseconds (the run clock's anchor across restarts).
+fn wall_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// [`run`] with operator control, a pause policy, and resume.
+#[allow(clippy::too_many_lines)] // One linear setup; split, it would only pass its locals around.
+pub async fn run_with(
+    mut opts: EngineOptions,
+    control: EngineControl,
+    stop: Option<oneshot::Receiver<()>>,
+) -> Result<EngineReport> {
     if !(opts.time_scale.is_finite() && opts.time_scale > 0.0) {
         bail!(
             "the time scale must be a positive number, got {}",
@@ -328,57 +396,35 @@ pub async fn run(opts: EngineOptions, stop: Option<oneshot::Receiver<()>>) -> Re
             opts.db.display()
         );
     }
-    let stale_outbox_commands = store.pending(usize::MAX)?.len();
-    let clock = Clock {
-        start: opts.start,
-        began: Instant::now(),
-        scale: opts.time_scale,
+    let started_by = control
+        .started_by
+        .clone()
+        .unwrap_or_else(|| opts.requested_by.clone());
+    let (rollout, clock, resumed) = match control.start {
+        StartMode::New => {
+            let clock = Clock {
+                start: opts.start,
+                began: Instant::now(),
+                scale: opts.time_scale,
+            };
+            let rollout = create_rollout(&mut store, &opts, &fleet, clock.now())?;
+            store.record_run_clock(&crate::store::events::RunClock {
+                rollout_id: opts.rollout_id.clone(),
+                release_id: opts.manifest.release_id().to_owned(),
+                clock_start: opts.start,
+                wall_began_ms: wall_ms(),
+                time_scale: opts.time_scale,
+            })?;
+            (rollout, clock, None)
+        }
+        StartMode::Resume => {
+            let (rollout, clock, adopted) = resume_rollout(&store, &mut opts)?;
+            (rollout, clock, Some(adopted))
+        }
     };
+    let all_pending = store.pending(usize::MAX)?.len();
+    let stale_outbox_commands = all_pending - resumed.as_ref().map_or(0, Vec::len).min(all_pending);
     let now = clock.now();
-    let spec = RolloutSpec {
-        id: opts.rollout_id.clone(),
-        release_id: opts.manifest.release_id().to_owned(),
-        requested_by: opts.requested_by.clone(),
-        waves: opts.waves.clone(),
-        gates: opts.gates.clone(),
-        path: opts.path.clone(),
-    };
-    let mut rollout = Rollout::new(now, spec, &fleet)
-        .with_context(|| format!("creating rollout {}", opts.rollout_id))?;
-    for operator in &opts.approvers {
-        rollout
-            .approve(now, operator)
-            .with_context(|| format!("recording the approval of {operator}"))?;
-    }
-    if !rollout.approval_complete() {
-        bail!(
-            "rollout {} is not approved: {} needs {}",
-            opts.rollout_id,
-            path_name(&opts.path),
-            match &opts.path {
-                ChangePath::Standard =>
-                    "two approvers other than the requester (--approve NAME, twice)".to_owned(),
-                ChangePath::Emergency { authoriser, .. } =>
-                    format!("the authoriser {authoriser} and one other approver"),
-                ChangePath::SingleOperator => "the requester's own approval".to_owned(),
-            }
-        );
-    }
-    store.append_audit(&AuditEntry {
-        time: now,
-        actor: opts.requested_by.clone(),
-        action: "rollout.created".into(),
-        payload: serde_json::json!({
-            "rollout": opts.rollout_id,
-            "release": opts.manifest.release_id(),
-            "key": opts.manifest.key_id().as_str(),
-            "path": path_name(&opts.path),
-            "approvals": opts.approvers,
-            "waves": opts.waves.iter().map(|w| serde_json::json!({
-                "name": w.name, "devices": w.device_ids.len(), "soak_secs": w.soak_secs,
-            })).collect::<Vec<_>>(),
-        }),
-    })?;
 
     let in_rollout: Vec<bool> = fleet
         .devices
@@ -415,6 +461,8 @@ pub async fn run(opts: EngineOptions, stop: Option<oneshot::Receiver<()>>) -> Re
         acked: Vec::new(),
         awaiting: HashMap::new(),
         connected: false,
+        actor: ENGINE_ACTOR.to_owned(),
+        logged_events: 0,
         send_tx,
         counts: LinkCounts::default(),
         rejections: RejectionStats::new(64),
@@ -426,8 +474,13 @@ pub async fn run(opts: EngineOptions, stop: Option<oneshot::Receiver<()>>) -> Re
         fleet,
         opts,
     };
+    if let Some(adopted) = resumed {
+        engine.adopt(now, adopted, &started_by)?;
+    }
     let wall_started = Instant::now();
     let mut stop = stop;
+    let mut control_rx = control.commands;
+    let when_paused = control.when_paused;
     let mut last_cache_flush = Instant::now();
     let final_state = loop {
         let now = engine.clock.now();
@@ -436,7 +489,9 @@ pub async fn run(opts: EngineOptions, stop: Option<oneshot::Receiver<()>>) -> Re
             engine.flush_cache()?;
             last_cache_flush = Instant::now();
         }
-        if let Some(state) = engine.finished(now) {
+        let hold = when_paused == WhenPaused::Hold
+            && control_rx.as_ref().is_some_and(|rx| !rx.is_closed());
+        if let Some(state) = engine.finished(now, hold) {
             break state;
         }
         if engine
@@ -463,12 +518,39 @@ pub async fn run(opts: EngineOptions, stop: Option<oneshot::Receiver<()>>) -> Re
                     engine.on_sent(&ids)?;
                 }
             }
+            request = recv_control(&mut control_rx) => match request {
+                Some(request) => engine.on_control(request)?,
+                // Nobody can send a command any more.
+                None => control_rx = None,
+            },
             () = tokio::time::sleep(wait) => {}
             () = wait_stop(&mut stop) => break FinalState::Stopped,
         }
     };
+    // Commands that came too late are refused, not left hanging.
+    if let Some(rx) = control_rx.as_mut() {
+        rx.close();
+        while let Ok(request) = rx.try_recv() {
+            let _ = request.reply.send(Err(control::ControlError::NotRunning(
+                engine.opts.rollout_id.clone(),
+            )));
+        }
+    }
     let now = engine.clock.now();
     engine.persist_events()?;
+    if matches!(
+        final_state,
+        FinalState::Stopped | FinalState::TimedOut | FinalState::Paused
+    ) {
+        // The rollout is not over: the timeline says the engine let go of it, and how.
+        engine.store.append_event(
+            &engine.opts.rollout_id,
+            now,
+            "engine.stopped",
+            ENGINE_ACTOR,
+            &serde_json::json!({"final_state": final_state, "phase": engine.rollout.phase()}),
+        )?;
+    }
     engine.flush_writes(now)?;
     engine.flush_cache()?;
     engine.store.append_audit(&AuditEntry {
@@ -486,6 +568,144 @@ pub async fn run(opts: EngineOptions, stop: Option<oneshot::Receiver<()>>) -> Re
         wall_started.elapsed(),
         stale_outbox_commands,
     ))
+}
+
+/// Creates, approves and audits a new rollout from the options.
+fn create_rollout(
+    store: &mut Store,
+    opts: &EngineOptions,
+    fleet: &Fleet,
+    now: Timestamp,
+) -> Result<Rollout> {
+    if store.run_clock(&opts.rollout_id)?.is_some() {
+        bail!(
+            "rollout {} already exists in {}: continue it with --resume, or pick another --rollout-id",
+            opts.rollout_id,
+            opts.db.display()
+        );
+    }
+    let spec = RolloutSpec {
+        id: opts.rollout_id.clone(),
+        release_id: opts.manifest.release_id().to_owned(),
+        requested_by: opts.requested_by.clone(),
+        waves: opts.waves.clone(),
+        gates: opts.gates.clone(),
+        path: opts.path.clone(),
+    };
+    let mut rollout = Rollout::new(now, spec, fleet)
+        .with_context(|| format!("creating rollout {}", opts.rollout_id))?;
+    for operator in &opts.approvers {
+        rollout
+            .approve(now, operator)
+            .with_context(|| format!("recording the approval of {operator}"))?;
+    }
+    if !rollout.approval_complete() {
+        bail!(
+            "rollout {} is not approved: {} needs {}",
+            opts.rollout_id,
+            path_name(&opts.path),
+            match &opts.path {
+                ChangePath::Standard =>
+                    "two approvers other than the requester (--approve NAME, twice)".to_owned(),
+                ChangePath::Emergency { authoriser, .. } =>
+                    format!("the authoriser {authoriser} and one other approver"),
+                ChangePath::SingleOperator => "the requester's own approval".to_owned(),
+            }
+        );
+    }
+    store.append_audit(&AuditEntry {
+        time: now,
+        actor: opts.requested_by.clone(),
+        action: "rollout.created".into(),
+        payload: serde_json::json!({
+            "rollout": opts.rollout_id,
+            "release": opts.manifest.release_id(),
+            "key": opts.manifest.key_id().as_str(),
+            "path": path_name(&opts.path),
+            "approvals": opts.approvers,
+            "waves": opts.waves.iter().map(|w| serde_json::json!({
+                "name": w.name, "devices": w.device_ids.len(), "soak_secs": w.soak_secs,
+            })).collect::<Vec<_>>(),
+        }),
+    })?;
+    Ok(rollout)
+}
+
+/// Rebuilds the rollout of `opts.rollout_id` from the cache's log, takes its waves, gates, path
+/// and approvals into `opts`, continues its clock, and returns its unacknowledged commands.
+fn resume_rollout(
+    store: &Store,
+    opts: &mut EngineOptions,
+) -> Result<(Rollout, Clock, Vec<QueuedCommand>)> {
+    let id = opts.rollout_id.clone();
+    let events = store.rollout_log(&id)?;
+    if events.is_empty() {
+        bail!(
+            "no recorded log of rollout {id} in {}: nothing to resume (start it without --resume)",
+            opts.db.display()
+        );
+    }
+    let rollout =
+        Rollout::replay(events).with_context(|| format!("replaying the log of rollout {id}"))?;
+    let spec = rollout.spec().clone();
+    if spec.release_id != opts.manifest.release_id() {
+        bail!(
+            "rollout {id} rolls out release {}, not {}: pass its manifest with --release",
+            spec.release_id,
+            opts.manifest.release_id()
+        );
+    }
+    if matches!(
+        rollout.phase(),
+        Phase::Completed | Phase::RolledBack | Phase::Aborted { .. }
+    ) {
+        bail!(
+            "rollout {id} has ended ({:?}): nothing to resume",
+            rollout.phase()
+        );
+    }
+    opts.waves = spec.waves;
+    opts.gates = spec.gates;
+    opts.path = spec.path;
+    opts.requested_by = spec.requested_by;
+    opts.approvers.clone_from(&rollout.state().approvals);
+    let clock = match store.run_clock(&id)? {
+        Some(first) => {
+            // The same simulated clock as the first run, as if the engine had never stopped
+            // (with a time scale of 1, simply the wall clock).
+            let wall_secs = (wall_ms() - first.wall_began_ms).max(0) as f64 / 1000.0;
+            opts.time_scale = first.time_scale;
+            opts.link.time_scale = first.time_scale;
+            Clock {
+                start: first
+                    .clock_start
+                    .plus_secs((wall_secs * first.time_scale) as i64),
+                began: Instant::now(),
+                scale: first.time_scale,
+            }
+        }
+        None => Clock {
+            start: opts.start,
+            began: Instant::now(),
+            scale: opts.time_scale,
+        },
+    };
+    // Never before the last recorded event: the rollout's time does not run backwards.
+    let start = clock.start.max(rollout.state().last_at);
+    let clock = Clock { start, ..clock };
+    opts.start = start;
+    opts.link.clock_start = Some(start);
+    let adopted = store.pending_for_rollout(&id)?;
+    Ok((rollout, clock, adopted))
+}
+
+async fn recv_control(
+    rx: &mut Option<mpsc::Receiver<control::ControlRequest>>,
+) -> Option<control::ControlRequest> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn wait_stop(stop: &mut Option<oneshot::Receiver<()>>) {
@@ -578,6 +798,219 @@ impl Engine {
             .ok()
     }
 
+    /// After a resume: takes over the rollout's unacknowledged commands (sent again with their
+    /// ids once connected), the devices that still owe a rollback, and the gate tallies of the
+    /// log, and records the resume in the timeline and the audit trail.
+    fn adopt(&mut self, now: Timestamp, commands: Vec<QueuedCommand>, by: &str) -> Result<()> {
+        self.persisted_events = self.rollout.events().len();
+        self.logged_events = self.rollout.events().len();
+        for e in self.rollout.events() {
+            match &e.kind {
+                EventKind::GateChecked { outcome, .. } if *outcome == GateOutcome::Continue => {
+                    self.gate_looks_passed += 1;
+                }
+                EventKind::GateChecked {
+                    wave,
+                    outcome,
+                    report,
+                } => self.gate_decisions.push(GateDecision {
+                    at: e.at,
+                    wave: self.wave_name(*wave),
+                    outcome: *outcome,
+                    evidence: serde_json::to_value(report).unwrap_or_default(),
+                }),
+                EventKind::SoakExtended { wave, report, .. } => {
+                    self.gate_decisions.push(GateDecision {
+                        at: e.at,
+                        wave: self.wave_name(*wave),
+                        outcome: GateOutcome::Hold,
+                        evidence: serde_json::to_value(report).unwrap_or_default(),
+                    });
+                }
+                _ => {}
+            }
+        }
+        let mut adopted = 0usize;
+        let mut unreadable = 0usize;
+        for c in commands {
+            let Some(device) = self.index(&c.device_id) else {
+                unreadable += 1;
+                continue;
+            };
+            let kind = match c.kind.as_str() {
+                "offer" => CmdKind::Offer,
+                "rollback" => CmdKind::RollBack,
+                "cancel" => CmdKind::Cancel,
+                _ => {
+                    unreadable += 1;
+                    continue;
+                }
+            };
+            // The outbox holds `{"issued_at", "action"}`; the wire form adds the id and device.
+            let body: serde_json::Value = serde_json::from_str(&c.payload)
+                .with_context(|| format!("reading outbox command {}", c.id))?;
+            let (Some(issued_at), Some(action)) = (
+                body.get("issued_at").and_then(serde_json::Value::as_i64),
+                body.get("action"),
+            ) else {
+                unreadable += 1;
+                continue;
+            };
+            let action_json = serde_json::to_string(action).context("encoding a command")?;
+            let wire = Wire {
+                topic: self.opts.topics.commands(&c.device_id),
+                payload: command_bytes(
+                    &c.id,
+                    &c.device_id,
+                    Timestamp::from_secs(issued_at),
+                    &action_json,
+                ),
+                command_id: c.id.clone(),
+            };
+            if kind != CmdKind::Offer {
+                self.rollback_in_flight[device] = true;
+            }
+            self.awaiting.insert(
+                c.id,
+                Awaiting {
+                    wire,
+                    device_id: c.device_id,
+                    device,
+                    kind,
+                    // Sent by the earlier run: a resend, not a first send.
+                    last_sent: (c.state == crate::store::outbox::CommandState::Sent)
+                        .then(Instant::now),
+                    backoff: self.opts.resend_after,
+                },
+            );
+            adopted += 1;
+        }
+        for (i, d) in self.fleet.devices.iter().enumerate() {
+            if !self.in_rollout[i] {
+                continue;
+            }
+            let owes = self
+                .rollout
+                .state()
+                .device_ids
+                .binary_search(&d.id)
+                .ok()
+                .and_then(|r| self.rollout.state().devices.get(r))
+                .is_some_and(|slot| slot.rollback_pending);
+            if owes {
+                self.rollback_wanted[i] = true;
+                self.rollback_list.push(i as u32);
+            }
+        }
+        if unreadable > 0 {
+            self.notes.push(format!(
+                "{unreadable} unacknowledged command(s) of this rollout could not be read back from the outbox and were not resent"
+            ));
+        }
+        self.notes.push(format!(
+            "{now}: resumed from the cache: {} logged event(s) replayed, {adopted} unacknowledged command(s) to resend",
+            self.rollout.events().len()
+        ));
+        let payload = serde_json::json!({
+            "rollout": self.opts.rollout_id,
+            "phase": self.rollout.phase(),
+            "events_replayed": self.rollout.events().len(),
+            "commands_resent": adopted,
+        });
+        self.store
+            .append_event(&self.opts.rollout_id, now, "engine.resumed", by, &payload)?;
+        self.store.append_audit(&AuditEntry {
+            time: now,
+            actor: by.to_owned(),
+            action: "rollout.run_resumed".into(),
+            payload,
+        })?;
+        Ok(())
+    }
+
+    /// Applies an operator's command between two steps and answers it. A refusal is an answer,
+    /// not an error of the run; only a failure to write the cache ends the run.
+    fn on_control(&mut self, request: control::ControlRequest) -> Result<()> {
+        let now = self.clock.now();
+        let control::ControlRequest {
+            operator,
+            command,
+            reply,
+        } = request;
+        let answer = self.apply_operator(now, &operator, &command)?;
+        // The requester may have gone away; the command stands either way.
+        let _ = reply.send(answer);
+        Ok(())
+    }
+
+    fn apply_operator(
+        &mut self,
+        now: Timestamp,
+        operator: &str,
+        command: &control::OperatorCommand,
+    ) -> Result<Result<Phase, control::ControlError>> {
+        use control::{ControlError, OperatorCommand, RollBackScope};
+        if let Err(e) = control::check_fields(operator, command) {
+            return Ok(Err(e));
+        }
+        let reason = command.reason();
+        let applied = match command {
+            OperatorCommand::Pause { .. } => self.rollout.pause(now, operator, reason),
+            OperatorCommand::Resume { .. } => self.rollout.resume(now, operator, reason),
+            OperatorCommand::Override { .. } => self.rollout.override_gate(now, operator, reason),
+            OperatorCommand::Abort { .. } => self.rollout.abort(now, operator, reason),
+            OperatorCommand::RollBack { scope, .. } => {
+                let scope = match (scope, self.rollout.phase()) {
+                    (RollBackScope::All, _) => Some(RollbackScope::All),
+                    (
+                        RollBackScope::CurrentWave,
+                        Phase::Running { wave }
+                        | Phase::Soaking { wave, .. }
+                        | Phase::Paused { wave, .. },
+                    ) => Some(RollbackScope::Wave(*wave)),
+                    (RollBackScope::CurrentWave, _) => None,
+                };
+                match scope {
+                    Some(scope) => self.rollout.roll_back(now, operator, scope, reason),
+                    None => Err(convoy_core::rollout::RolloutError::NotAllowed {
+                        command: "roll back the current wave".into(),
+                        phase: format!("{:?} (no wave is running)", self.rollout.phase()),
+                    }),
+                }
+            }
+        };
+        if let Err(source) = applied {
+            return Ok(Err(ControlError::Refused {
+                rollout: self.opts.rollout_id.clone(),
+                source,
+            }));
+        }
+        self.store.append_audit(&AuditEntry {
+            time: now,
+            actor: operator.to_owned(),
+            action: format!("operator.{}", command.name()),
+            payload: serde_json::json!({
+                "rollout": self.opts.rollout_id,
+                "reason": reason,
+                "phase": self.rollout.phase(),
+            }),
+        })?;
+        // What the command implies (rollback commands) is the operator's decision.
+        operator.clone_into(&mut self.actor);
+        let mut acted = Ok(());
+        while let Some(action) = self.rollout.poll_action() {
+            acted = self.act(now, action);
+            if acted.is_err() {
+                break;
+            }
+        }
+        ENGINE_ACTOR.clone_into(&mut self.actor);
+        acted?;
+        self.persist_events()?;
+        self.flush_writes(now)?;
+        Ok(Ok(self.rollout.phase().clone()))
+    }
+
     /// Everything that is due at `now`: health samples, timeouts, actions, the timeline, resends.
     fn step(&mut self, now: Timestamp) -> Result<()> {
         if now >= self.next_flush {
@@ -611,11 +1044,13 @@ impl Engine {
     }
 
     /// Whether the run is over, and how.
-    fn finished(&mut self, now: Timestamp) -> Option<FinalState> {
+    fn finished(&mut self, now: Timestamp, hold: bool) -> Option<FinalState> {
         match self.rollout.phase() {
             Phase::Completed => Some(FinalState::Completed),
             Phase::RolledBack => Some(FinalState::RolledBack),
             Phase::Aborted { .. } => Some(FinalState::Aborted),
+            // Someone may still resume it: keep the link and the gates' view alive.
+            Phase::Paused { .. } if hold => None,
             Phase::Paused { .. } => {
                 // Wait for devices already installing to settle (or go silent) so the report
                 // says where each one ended; nobody is here to resume it.
@@ -946,7 +1381,7 @@ impl Engine {
             RolloutAction::Pause(reason) => {
                 self.store.append_audit(&AuditEntry {
                     time: now,
-                    actor: ENGINE_ACTOR.into(),
+                    actor: self.actor.clone(),
                     action: "rollout.paused".into(),
                     payload: serde_json::json!({"rollout": self.opts.rollout_id, "reason": reason}),
                 })?;
@@ -1059,15 +1494,22 @@ impl Engine {
                 payload: body.clone(),
             })
             .collect();
-        let decision = self.store.commit_decision(
+        let log = &self.rollout.events()[self.logged_events..];
+        let decision = self.store.commit_decision_logged(
             &AuditEntry {
                 time: now,
-                actor: ENGINE_ACTOR.into(),
+                actor: self.actor.clone(),
                 action: audit_action.into(),
                 payload: audit_payload,
             },
             &commands,
+            Some(crate::store::outbox::RolloutLogAppend {
+                rollout_id: &self.opts.rollout_id,
+                first_seq: self.logged_events,
+                events: log,
+            }),
         )?;
+        self.logged_events = self.rollout.events().len();
         let action_json = serde_json::to_string(action).context("encoding a command")?;
         let mut batch = Vec::with_capacity(device_ids.len());
         for (device_id, command_id) in device_ids.iter().zip(decision.command_ids) {
@@ -1147,6 +1589,10 @@ impl Engine {
     /// Appends the rollout's new events to the cache: state changes to the timeline, device
     /// state changes to each device's history. Raw telemetry stays out of the timeline.
     fn persist_events(&mut self) -> Result<()> {
+        let log = &self.rollout.events()[self.logged_events..];
+        self.store
+            .append_rollout_log(&self.opts.rollout_id, self.logged_events, log)?;
+        self.logged_events = self.rollout.events().len();
         let events: Vec<RolloutEvent> = self.rollout.events()[self.persisted_events..].to_vec();
         self.persisted_events += events.len();
         for e in events {

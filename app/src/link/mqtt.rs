@@ -35,6 +35,9 @@ pub struct LinkConfig {
     /// rate from the moment it was spawned, so simulated devices far ahead of wall time are not
     /// rejected as clock skew. 1.0 for real devices.
     pub time_scale: f64,
+    /// Where the link's clock starts (default: the wall clock at spawn). A resumed engine run
+    /// passes its own simulated time, which continues the first run's clock.
+    pub clock_start: Option<convoy_core::time::Timestamp>,
 }
 
 impl LinkConfig {
@@ -48,6 +51,7 @@ impl LinkConfig {
             client_key_file: None,
             inbound_capacity: 10_000,
             time_scale: 1.0,
+            clock_start: None,
         }
     }
 }
@@ -265,7 +269,7 @@ pub fn spawn(
     };
     let decode = matches!(role, Role::Console);
     let clock = LinkClock {
-        start: crate::now(),
+        start: config.clock_start.unwrap_or_else(crate::now),
         began: std::time::Instant::now(),
         scale: if config.time_scale.is_finite() && config.time_scale > 0.0 {
             config.time_scale

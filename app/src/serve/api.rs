@@ -32,6 +32,7 @@ use tokio::sync::{broadcast, mpsc};
 use super::auth::{self, Caller, Role};
 use super::query::{self, DEVICE_STATES, DeviceFilter, IDLE};
 use super::{AppState, Counters, stopped};
+use crate::engine::control::{ControlError, OperatorCommand, RollBackScope};
 
 /// The prefix of every API path.
 pub const PREFIX: &str = "/api/v1";
@@ -364,6 +365,21 @@ async fn route(
             parse_query::<NoParams>(&query)?;
             Ok(event_stream(app))
         }
+        [
+            "rollouts",
+            id,
+            command @ ("pause" | "resume" | "rollback" | "override" | "abort"),
+        ] if method == Method::POST => {
+            require(caller, Role::Dispatcher, "control rollouts")?;
+            let (id, command) = ((*id).to_owned(), (*command).to_owned());
+            let body = read_body(app, request).await?;
+            control_rollout(app, caller, &id, &command, &body).await
+        }
+        [
+            "rollouts",
+            _,
+            "pause" | "resume" | "rollback" | "override" | "abort",
+        ] => Err(method_not_allowed("POST")),
         ["whoami" | "fleet" | "devices" | "rollouts" | "audit" | "events"]
         | ["devices" | "findings", _]
         | ["rollouts", _, "timeline"]
@@ -566,6 +582,73 @@ async fn score_finding(
         .await
         .map_err(|e| ApiError::internal(&e))??;
     Ok(json_response(StatusCode::CREATED, &answer))
+}
+
+/// The body of `POST /rollouts/{id}/{command}`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ControlBody {
+    reason: String,
+    /// Only for `rollback`: `current_wave` (the default) or `all`.
+    #[serde(default)]
+    scope: Option<RollBackScope>,
+}
+
+/// `POST /rollouts/{id}/{command}`: an operator command to an engine run hosted by this
+/// process, applied by the engine (which audits it under `operator:NAME` and writes the
+/// timeline) before the answer: 200 with the phase after it, 400 naming a missing or empty
+/// field, 404 for a rollout this server does not run, 409 when the rollout's phase refuses it
+/// or the run has ended.
+async fn control_rollout(
+    app: &Arc<AppState>,
+    caller: &Caller,
+    id: &str,
+    command: &str,
+    body: &[u8],
+) -> Result<Response, ApiError> {
+    let b: ControlBody = parse_json(body)?;
+    if b.reason.trim().is_empty() {
+        return Err(ApiError::field(
+            "reason",
+            format!(
+                "{command} needs a non-empty reason: every rollout command is recorded with why"
+            ),
+        ));
+    }
+    if b.scope.is_some() && command != "rollback" {
+        return Err(ApiError::field(
+            "scope",
+            format!("scope applies only to rollback, not to {command}"),
+        ));
+    }
+    let reason = b.reason;
+    let command = match command {
+        "pause" => OperatorCommand::Pause { reason },
+        "resume" => OperatorCommand::Resume { reason },
+        "override" => OperatorCommand::Override { reason },
+        "abort" => OperatorCommand::Abort { reason },
+        _ => OperatorCommand::RollBack {
+            scope: b.scope.unwrap_or(RollBackScope::CurrentWave),
+            reason,
+        },
+    };
+    let Some(handle) = app.config.controls.iter().find(|h| h.rollout_id() == id) else {
+        return Err(ApiError::not_found(format!(
+            "rollout {id} is not run by this server: only rollouts it hosts can be controlled"
+        )));
+    };
+    let name = command.name();
+    match handle.send(&caller.actor(), command).await {
+        Ok(phase) => Ok(json_response(
+            StatusCode::OK,
+            &serde_json::json!({"rollout_id": id, "command": name, "phase": phase}),
+        )),
+        Err(ControlError::MissingField { field, .. }) => Err(ApiError::field(
+            field,
+            format!("{name} needs a non-empty {field}"),
+        )),
+        Err(e) => Err(ApiError::new(StatusCode::CONFLICT, e.to_string())),
+    }
 }
 
 /// A response body fed from a channel of chunks; ends when the sender is dropped.

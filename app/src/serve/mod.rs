@@ -12,13 +12,16 @@
 //! lets responses in flight finish. Blocking SQLite work runs on tokio's blocking pool, on a
 //! small pool of connections to the cache (WAL mode lets readers run beside one writer).
 //!
-//! What it deliberately is not (yet): it does not run rollouts (the engine still runs one
-//! rollout per `convoy rollout run` process, and the server shows what it writes to the cache),
-//! so there is no rollout control, no approvals, no hawkBit DDI device endpoint and no remote
-//! console; docs/SERVE.md lists what of issue 9 is not built.
+//! - [`host`]: engine runs hosted by the server process, which the rollout control endpoints
+//!   (pause, resume, roll back, override, abort) reach through their control channels.
+//!
+//! What it deliberately is not (yet): it does not start rollouts on request (it hosts the runs
+//! it was started with), and there are no approvals, no hawkBit DDI device endpoint and no
+//! remote console; docs/SERVE.md lists what of issue 9 is not built.
 
 pub mod api;
 pub mod auth;
+pub mod host;
 pub mod query;
 pub mod stream;
 pub mod tls;
@@ -65,6 +68,9 @@ pub struct ServeConfig {
     pub header_read_timeout: Duration,
     /// Time between keep-alive comments on an idle event stream.
     pub keepalive_interval: Duration,
+    /// Engine runs hosted by this process that `POST /rollouts/{id}/{command}` reaches (see
+    /// [`host::host_rollout`]).
+    pub controls: Vec<crate::engine::control::ControlHandle>,
 }
 
 impl ServeConfig {
@@ -81,6 +87,7 @@ impl ServeConfig {
             poll_interval: Duration::from_millis(200),
             header_read_timeout: Duration::from_secs(30),
             keepalive_interval: Duration::from_secs(15),
+            controls: Vec::new(),
         }
     }
 }

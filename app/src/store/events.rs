@@ -7,8 +7,9 @@
 
 use super::Store;
 use anyhow::{Context, Result};
+use convoy_core::rollout::RolloutEvent;
 use convoy_core::time::Timestamp;
-use rusqlite::params;
+use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
 use std::io::Write;
 
@@ -58,6 +59,39 @@ pub struct NewDeviceEvent {
     pub time: Timestamp,
     pub kind: String,
     pub payload: serde_json::Value,
+}
+
+/// When and how fast the simulated clock of a rollout's first engine run started, so a
+/// resumed run continues the same time (with a time scale of 1 it is simply the wall clock).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunClock {
+    pub rollout_id: String,
+    pub release_id: String,
+    /// The simulated time at the start of the first run.
+    pub clock_start: Timestamp,
+    /// The wall time (Unix milliseconds) at the start of the first run.
+    pub wall_began_ms: i64,
+    /// Simulated seconds per wall second.
+    pub time_scale: f64,
+}
+
+/// Appends rollout log events inside a caller's transaction (see
+/// [`Store::commit_decision_logged`](super::Store::commit_decision_logged)).
+pub(crate) fn append_log_in(
+    tx: &rusqlite::Transaction<'_>,
+    rollout_id: &str,
+    first_seq: usize,
+    events: &[RolloutEvent],
+) -> Result<()> {
+    let mut stmt =
+        tx.prepare_cached("INSERT INTO rollout_log(rollout_id, seq, event) VALUES (?1, ?2, ?3)")?;
+    for (i, e) in events.iter().enumerate() {
+        let seq = i64::try_from(first_seq + i).context("rollout log too long")?;
+        let text = serde_json::to_string(e).context("encoding a rollout event")?;
+        stmt.execute(params![rollout_id, seq, text])
+            .with_context(|| format!("appending event {seq} to the log of rollout {rollout_id}"))?;
+    }
+    Ok(())
 }
 
 /// Timeline export formats.
@@ -142,6 +176,83 @@ impl Store {
         }
         tx.commit().context("committing device events")?;
         Ok(events.len())
+    }
+
+    /// Appends `events` to `rollout_id`'s replayable log (the rollout's whole core event log,
+    /// telemetry included), numbered from `first_seq`, in one transaction.
+    pub fn append_rollout_log(
+        &mut self,
+        rollout_id: &str,
+        first_seq: usize,
+        events: &[RolloutEvent],
+    ) -> Result<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let tx = self.conn.transaction()?;
+        append_log_in(&tx, rollout_id, first_seq, events)?;
+        tx.commit().context("committing the rollout log")
+    }
+
+    /// The replayable log of `rollout_id`, in order (empty if none was recorded).
+    pub fn rollout_log(&self, rollout_id: &str) -> Result<Vec<RolloutEvent>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT seq, event FROM rollout_log WHERE rollout_id = ?1 ORDER BY seq",
+        )?;
+        let rows = stmt.query_map([rollout_id], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (seq, text) =
+                row.with_context(|| format!("reading the log of rollout {rollout_id}"))?;
+            if usize::try_from(seq).ok() != Some(out.len()) {
+                anyhow::bail!("the log of rollout {rollout_id} has a gap before event {seq}");
+            }
+            let event = serde_json::from_str(&text)
+                .with_context(|| format!("event {seq} of the log of rollout {rollout_id}"))?;
+            out.push(event);
+        }
+        Ok(out)
+    }
+
+    /// Records the clock of a rollout's first engine run (kept if one is there already).
+    pub fn record_run_clock(&mut self, clock: &RunClock) -> Result<()> {
+        self.conn
+            .execute(
+                "INSERT OR IGNORE INTO rollout_runs(rollout_id, release_id, clock_start,
+                     wall_began_ms, time_scale) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    clock.rollout_id,
+                    clock.release_id,
+                    clock.clock_start.secs(),
+                    clock.wall_began_ms,
+                    clock.time_scale
+                ],
+            )
+            .with_context(|| format!("recording the clock of rollout {}", clock.rollout_id))?;
+        Ok(())
+    }
+
+    /// The clock of `rollout_id`'s first engine run, if recorded.
+    pub fn run_clock(&self, rollout_id: &str) -> Result<Option<RunClock>> {
+        self.conn
+            .query_row(
+                "SELECT release_id, clock_start, wall_began_ms, time_scale FROM rollout_runs
+                 WHERE rollout_id = ?1",
+                [rollout_id],
+                |r| {
+                    Ok(RunClock {
+                        rollout_id: rollout_id.to_owned(),
+                        release_id: r.get(0)?,
+                        clock_start: Timestamp::from_secs(r.get(1)?),
+                        wall_began_ms: r.get(2)?,
+                        time_scale: r.get(3)?,
+                    })
+                },
+            )
+            .optional()
+            .with_context(|| format!("reading the clock of rollout {rollout_id}"))
     }
 
     /// The history of `device_id`, oldest first.
@@ -264,4 +375,113 @@ pub(crate) fn device_event_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Device
         kind: r.get(4)?,
         payload: r.get(5)?,
     })
+}
+
+#[cfg(test)]
+mod log_tests {
+    use super::*;
+    use crate::store::audit::AuditEntry;
+    use crate::store::outbox::{OutboxCommand, RolloutLogAppend};
+    use convoy_core::rollout::{Cause, EventKind};
+
+    fn event(at: i64, kind: EventKind) -> RolloutEvent {
+        RolloutEvent {
+            at: Timestamp::from_secs(at),
+            cause: Cause::Timer,
+            kind,
+        }
+    }
+
+    fn decision(rollout: &str) -> AuditEntry {
+        AuditEntry {
+            time: Timestamp::from_secs(100),
+            actor: "convoy-engine".into(),
+            action: "rollout.offer".into(),
+            payload: serde_json::json!({ "rollout": rollout }),
+        }
+    }
+
+    fn offer(device: &str) -> OutboxCommand {
+        OutboxCommand {
+            device_id: device.into(),
+            kind: "offer".into(),
+            payload: serde_json::json!({"issued_at": 100, "action": {}}),
+        }
+    }
+
+    #[test]
+    fn the_log_is_written_with_decisions_and_read_back_in_order_per_rollout() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = Store::open(&dir.path().join("c.db")).expect("open");
+        let first = [
+            event(1, EventKind::WaveStarted { wave: 0 }),
+            event(2, EventKind::Resumed),
+        ];
+        let d = store
+            .commit_decision_logged(
+                &decision("r1"),
+                &[offer("CV1"), offer("CV2")],
+                Some(RolloutLogAppend {
+                    rollout_id: "r1",
+                    first_seq: 0,
+                    events: &first,
+                }),
+            )
+            .expect("decision with its log");
+        store
+            .append_rollout_log("r1", 2, &[event(3, EventKind::Completed)])
+            .expect("rest of the log");
+        store
+            .commit_decision(&decision("r2"), &[offer("CV3")])
+            .expect("another rollout's decision");
+        let log = store.rollout_log("r1").expect("log");
+        assert_eq!(log.len(), 3);
+        assert_eq!(log[..2], first);
+        assert_eq!(log[2].kind, EventKind::Completed);
+        assert!(store.rollout_log("r2").expect("empty log").is_empty());
+        // Only r1's unacknowledged commands belong to r1.
+        let mine: Vec<String> = store
+            .pending_for_rollout("r1")
+            .expect("pending")
+            .into_iter()
+            .map(|c| c.id)
+            .collect();
+        assert_eq!(mine, d.command_ids);
+        store
+            .mark_acked_many(&d.command_ids[..1], Timestamp::from_secs(101))
+            .expect("ack");
+        assert_eq!(
+            store.pending_for_rollout("r1").expect("pending").len(),
+            1,
+            "acknowledged commands are not adopted"
+        );
+        // Writing an event twice at the same place is refused, not silently duplicated.
+        assert!(
+            store
+                .append_rollout_log("r1", 2, &[event(4, EventKind::Completed)])
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn the_run_clock_keeps_the_first_run() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = Store::open(&dir.path().join("c.db")).expect("open");
+        assert_eq!(store.run_clock("r1").expect("none"), None);
+        let first = RunClock {
+            rollout_id: "r1".into(),
+            release_id: "t300-2.5.0".into(),
+            clock_start: Timestamp::from_secs(1_795_000_000),
+            wall_began_ms: 1_795_000_000_123,
+            time_scale: 2400.0,
+        };
+        store.record_run_clock(&first).expect("record");
+        store
+            .record_run_clock(&RunClock {
+                wall_began_ms: 1,
+                ..first.clone()
+            })
+            .expect("a second record is ignored");
+        assert_eq!(store.run_clock("r1").expect("read"), Some(first));
+    }
 }

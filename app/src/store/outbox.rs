@@ -75,6 +75,15 @@ pub struct QueuedCommand {
     pub attempts: u32,
 }
 
+/// Rollout log events to append with a decision (see [`Store::commit_decision_logged`]).
+#[derive(Clone, Copy, Debug)]
+pub struct RolloutLogAppend<'a> {
+    pub rollout_id: &'a str,
+    /// The seq of the first of `events` in the rollout's log.
+    pub first_seq: usize,
+    pub events: &'a [convoy_core::rollout::RolloutEvent],
+}
+
 /// A committed decision: its audit entry and the ids of its commands, in the order given.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Decision {
@@ -108,7 +117,22 @@ impl Store {
         entry: &AuditEntry,
         commands: &[OutboxCommand],
     ) -> Result<Decision> {
+        self.commit_decision_logged(entry, commands, None)
+    }
+
+    /// [`Store::commit_decision`], also appending the rollout log events that led to the
+    /// decision in the same transaction: a resumed rollout then never sees a wave started
+    /// whose offers are not in the outbox, nor offers of a wave its log does not know.
+    pub fn commit_decision_logged(
+        &mut self,
+        entry: &AuditEntry,
+        commands: &[OutboxCommand],
+        log: Option<RolloutLogAppend<'_>>,
+    ) -> Result<Decision> {
         let tx = self.conn.transaction()?;
+        if let Some(log) = log {
+            super::events::append_log_in(&tx, log.rollout_id, log.first_seq, log.events)?;
+        }
         let audit = append_in(&tx, entry)?;
         let mut ids = Vec::with_capacity(commands.len());
         {
@@ -165,6 +189,40 @@ impl Store {
         let mut out = Vec::new();
         for row in rows {
             let (mut cmd, state) = row.context("reading the outbox")?;
+            cmd.state = CommandState::parse(&state)?;
+            out.push(cmd);
+        }
+        Ok(out)
+    }
+
+    /// The commands of `rollout_id`'s decisions not yet acknowledged, oldest first (a decision
+    /// belongs to the rollout its audit entry names in `payload.rollout`).
+    pub fn pending_for_rollout(&self, rollout_id: &str) -> Result<Vec<QueuedCommand>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT o.seq, o.id, o.audit_seq, o.device_id, o.kind, o.payload, o.state, o.attempts
+             FROM outbox o JOIN audit a ON a.seq = o.audit_seq
+             WHERE o.state != 'acked' AND json_extract(a.payload, '$.rollout') = ?1
+             ORDER BY o.seq",
+        )?;
+        let rows = stmt.query_map([rollout_id], |r| {
+            Ok((
+                QueuedCommand {
+                    seq: r.get(0)?,
+                    id: r.get(1)?,
+                    audit_seq: r.get(2)?,
+                    device_id: r.get(3)?,
+                    kind: r.get(4)?,
+                    payload: r.get(5)?,
+                    state: CommandState::Pending,
+                    attempts: r.get(7)?,
+                },
+                r.get::<_, String>(6)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (mut cmd, state) =
+                row.with_context(|| format!("reading the outbox of rollout {rollout_id}"))?;
             cmd.state = CommandState::parse(&state)?;
             out.push(cmd);
         }

@@ -291,6 +291,25 @@ pub const MIGRATIONS: &[&str] = &[
         INSERT INTO rollout_event_log(rollout_id, event_seq) VALUES (new.rollout_id, new.seq);
     END;
     ",
+    // v6: what the engine needs to resume a rollout after it stopped (issue 9): the rollout's
+    // whole core event log (the timeline in rollout_events keeps only the story, without
+    // telemetry, so it cannot be replayed), and the clock of the first run, so a resumed run
+    // continues the same simulated time.
+    r"
+    CREATE TABLE rollout_log (
+        rollout_id TEXT NOT NULL,
+        seq        INTEGER NOT NULL,
+        event      TEXT NOT NULL,
+        PRIMARY KEY (rollout_id, seq)
+    ) WITHOUT ROWID;
+    CREATE TABLE rollout_runs (
+        rollout_id      TEXT PRIMARY KEY NOT NULL,
+        release_id      TEXT NOT NULL,
+        clock_start     INTEGER NOT NULL,
+        wall_began_ms   INTEGER NOT NULL,
+        time_scale      REAL NOT NULL
+    ) WITHOUT ROWID;
+    ",
 ];
 
 /// The schema version a fresh or upgraded cache has.

@@ -1,0 +1,105 @@
+//! Engine runs hosted by the server process: each runs on a thread of its own (the engine's
+//! future holds a cache connection and is not `Send`) with its own Tokio runtime, holds when
+//! paused (an operator may resume it over the API), and is steered through its
+//! [`ControlHandle`], which the API's rollout endpoints use.
+//!
+//! What it deliberately is not: a scheduler. The server hosts the runs it was started with
+//! (`convoy serve --host-rollout FILE`); it does not start rollouts on request, and a run that
+//! ends stays ended (a later `--resume` continues an unfinished one).
+
+use anyhow::{Context, Result};
+use std::path::Path;
+use tokio::sync::oneshot;
+
+use crate::cmd::rollout::{RunArgs, engine_options, parse_run_args};
+use crate::engine::control::{ControlHandle, control_channel};
+use crate::engine::{self, EngineReport, WhenPaused};
+
+/// Operator commands waiting for the engine beyond this many wait for room.
+const CONTROL_CAPACITY: usize = 64;
+
+/// One engine run on its own thread.
+#[derive(Debug)]
+pub struct HostedRun {
+    pub control: ControlHandle,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<Result<EngineReport>>>,
+}
+
+impl HostedRun {
+    pub fn rollout_id(&self) -> &str {
+        self.control.rollout_id()
+    }
+
+    /// Whether the run has ended.
+    pub fn is_finished(&self) -> bool {
+        self.thread
+            .as_ref()
+            .is_none_or(std::thread::JoinHandle::is_finished)
+    }
+
+    /// Waits for the run to end by itself and returns its report.
+    pub fn join(mut self) -> Result<EngineReport> {
+        self.wait()
+    }
+
+    /// Stops the run (as Ctrl-C stops `convoy rollout run`: `engine.stopped` in the timeline,
+    /// resumable with `--resume`) and returns its report.
+    pub fn stop(mut self) -> Result<EngineReport> {
+        if let Some(stop) = self.stop.take() {
+            // A run that already ended has dropped its receiver: nothing to stop.
+            let _ = stop.send(());
+        }
+        self.wait()
+    }
+
+    fn wait(&mut self) -> Result<EngineReport> {
+        let thread = self.thread.take().context("the run was already joined")?;
+        thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("the engine thread of {} panicked", self.rollout_id()))?
+    }
+}
+
+/// Starts the engine run that `args` (the arguments of `convoy rollout run`) describe, holding
+/// when paused, with a control channel.
+pub fn host_rollout(args: &RunArgs) -> Result<HostedRun> {
+    let (options, mut control) = engine_options(args)?;
+    let id = options.rollout_id.clone();
+    let (handle, commands) = control_channel(&id, CONTROL_CAPACITY);
+    control.commands = Some(commands);
+    control.when_paused = WhenPaused::Hold;
+    let (stop_tx, stop_rx) = oneshot::channel();
+    let thread = std::thread::Builder::new()
+        .name(format!("engine-{id}"))
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .thread_name("engine")
+                .build()
+                .context("starting the engine's runtime")?;
+            runtime.block_on(engine::run_with(options, control, Some(stop_rx)))
+        })
+        .with_context(|| format!("starting the engine thread of rollout {id}"))?;
+    Ok(HostedRun {
+        control: handle,
+        stop: Some(stop_tx),
+        thread: Some(thread),
+    })
+}
+
+/// Reads the arguments of `convoy rollout run` from `path`, one per line (blank lines and lines
+/// starting with `#` are skipped), and hosts that run.
+pub fn host_rollout_file(path: &Path) -> Result<HostedRun> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let words: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    let args = parse_run_args(words)
+        .with_context(|| format!("{}: the arguments of convoy rollout run", path.display()))?;
+    host_rollout(&args).with_context(|| format!("hosting the rollout of {}", path.display()))
+}
