@@ -516,11 +516,16 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 /// Reads the whole body, refusing more than `max_body_bytes` with 413 (at once when the
 /// `Content-Length` says so).
 async fn read_body(app: &AppState, request: Request) -> Result<Bytes, ApiError> {
-    let max = app.config.max_body_bytes;
+    read_limited(request, app.config.max_body_bytes).await
+}
+
+/// Reads a whole request body, refusing more than `max_bytes` with 413 (at once when the
+/// `Content-Length` says so) and a broken body with 400. Shared with the DDI endpoint.
+pub(crate) async fn read_limited(request: Request, max_bytes: usize) -> Result<Bytes, ApiError> {
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            format!("the request body is larger than the limit of {max} bytes"),
+            format!("the request body is larger than the limit of {max_bytes} bytes"),
         )
     };
     let declared = request
@@ -528,10 +533,10 @@ async fn read_body(app: &AppState, request: Request) -> Result<Bytes, ApiError> 
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > max as u64) {
+    if declared.is_some_and(|n| n > max_bytes as u64) {
         return Err(too_large());
     }
-    match Limited::new(request.into_body(), max).collect().await {
+    match Limited::new(request.into_body(), max_bytes).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
         Err(e) => Err(ApiError::new(

@@ -29,8 +29,6 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::Response;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
-use hyper::body::Bytes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::net::SocketAddr;
@@ -472,33 +470,16 @@ async fn handle_request(State(shared): State<Arc<Shared>>, request: Request) -> 
 
 /// Reads and parses a JSON body; a 413 past the limit, a 400 naming the field otherwise.
 async fn read_json<T: DeserializeOwned>(shared: &Shared, request: Request) -> Result<T, Response> {
-    let max = shared.max_body_bytes;
-    let too_large = || {
-        error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "convoy.ddi.tooLarge",
-            format!("the body is larger than the limit of {max} bytes"),
-        )
-    };
-    let declared = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > max as u64) {
-        return Err(too_large());
-    }
-    let bytes: Bytes = match Limited::new(request.into_body(), max).collect().await {
-        Ok(c) => c.to_bytes(),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => return Err(too_large()),
-        Err(e) => {
-            return Err(error(
-                StatusCode::BAD_REQUEST,
-                "convoy.ddi.body",
-                format!("reading the body: {e}"),
-            ));
-        }
-    };
+    let bytes = crate::serve::api::read_limited(request, shared.max_body_bytes)
+        .await
+        .map_err(|e| {
+            let code = if e.status == StatusCode::PAYLOAD_TOO_LARGE {
+                "convoy.ddi.tooLarge"
+            } else {
+                "convoy.ddi.body"
+            };
+            error(e.status, code, e.message)
+        })?;
     crate::serve::api::parse_json(&bytes).map_err(|e| {
         bump(&shared.counters.bad_request);
         error(
