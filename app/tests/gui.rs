@@ -1031,6 +1031,7 @@ fn snapshots_of_the_main_screens() {
                 ..Default::default()
             };
             wait_for_label(&mut h, "None stored yet.");
+            wait_for_label_contains(&mut h, "Recommendation:");
         }
         if name == "releases" {
             h.state_mut().releases.form = convoy::gui::releases::ReleaseForm {
@@ -1171,6 +1172,8 @@ fn a_finding_is_scored_as_it_is_typed_saved_listed_and_shown_on_the_map() {
     .unwrap();
     let card = risk::score(&finding, &fleet, &ScoringPolicy::default(), NOW).unwrap();
     assert!(card.affected_devices > 0, "the fixture has T300s");
+    // Scored on the scoring worker: it answers within a few frames.
+    wait_for_label_contains(&mut h, &format!("Total {:.1} points", card.points));
     h.get_by_label(&format!("Tier {}", card.tier));
     h.get_by_label(&format!("Recommendation: {}", card.recommendation));
     h.get_by_label_contains(&format!("Total {:.1} points", card.points));
@@ -1185,11 +1188,11 @@ fn a_finding_is_scored_as_it_is_typed_saved_listed_and_shown_on_the_map() {
     h.get_by_label("CVSS vector").type_text("X");
     settle(&mut h);
     h.get_by_label_contains("Invalid CVSS vector: invalid value \"LX\" for metric \"A\"");
-    h.get_by_label_contains("Cannot score yet: CVSS vector:");
+    wait_for_label_contains(&mut h, "Cannot score yet: CVSS vector:");
     assert!(h.query_by_label("Save finding").is_none());
     h.key_press(Key::Backspace);
     settle(&mut h);
-    h.get_by_label(&format!("Tier {}", card.tier));
+    wait_for_label(&mut h, &format!("Tier {}", card.tier));
     h.get_by_label("Save finding").click();
     wait_for_label(&mut h, "Saved finding CVE-2026-4242 with its scorecard");
     // Listed from the cache, with the points and tier stored.
@@ -1228,6 +1231,9 @@ fn a_release_is_hashed_signed_and_listed_as_valid_and_a_tampered_copy_as_tampere
     h.get_by_label("Releases").click();
     settle(&mut h);
     wait_for_label(&mut h, "No manifests in the cache yet.");
+    // No desktop portal here: the file dialog gives no path at once and the form says so.
+    h.get_by_label("Browse…").click();
+    wait_for_label_contains(&mut h, "No file chosen");
     fill(&mut h, "Trust directory", &key_dir.display().to_string());
     fill(&mut h, "Artifact", &artifact.display().to_string());
     fill(&mut h, "Version", "2.5.0");

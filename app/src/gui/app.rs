@@ -507,6 +507,7 @@ impl ConsoleApp {
                 self.map.clear_grid();
                 self.cohort_cache = crate::gui::cohorts::CohortCache::default();
                 self.cohorts.clear();
+                self.findings.fleet_reloaded();
                 self.toast(
                     ToastKind::Info,
                     format!("Loaded {n} devices from the cache"),

@@ -9,9 +9,10 @@
 //! plain functions with their own tests; the view only draws.
 //!
 //! Deliberately not here: editing the scoring policy (the built-in one is used and its version
-//! shown), and loading a stored finding back into the form. Scoring runs on the UI thread
-//! when the form changes: it is one pass over the fleet with no allocation per device; the
-//! cache is read and written on a worker thread.
+//! shown), and loading a stored finding back into the form. Scoring runs on a scoring worker
+//! thread with its own copy of the fleet as loaded (made once per load, when the view first
+//! shows it; status from the link after that does not change the copy); the cache is read and
+//! written on another worker thread. Only parsing the CVSS vector runs on the UI thread.
 
 use anyhow::{Context, Result};
 use convoy_core::cvss::Cvss;
@@ -24,6 +25,7 @@ use convoy_core::risk::{
 use convoy_core::time::Timestamp;
 use egui::RichText;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError};
 
 use crate::gui::app::{ConsoleApp, UiCommand};
@@ -241,26 +243,81 @@ pub fn affected_devices(finding: &Finding, fleet: &Fleet) -> Vec<u32> {
         .collect()
 }
 
-/// The form scored: the CVSS preview, and the finding with its scorecard or why there is none.
-#[derive(Debug, Clone)]
-pub struct Evaluation {
-    pub cvss: CvssPreview,
-    pub scored: Result<(Finding, Scorecard), FieldError>,
-}
+/// The form scored against the fleet: the finding, its scorecard and the fleet indices of the
+/// devices it affects (ascending), or the first field that stops scoring.
+pub type Scored = Result<(Finding, Scorecard, Vec<u32>), FieldError>;
 
 /// Scores the form against `fleet` with the built-in policy at `now`.
-pub fn evaluate(form: &FindingForm, fleet: &Fleet, now: Timestamp) -> Evaluation {
-    let scored = build_finding(form).and_then(|finding| {
-        risk::score(&finding, fleet, &ScoringPolicy::default(), now)
-            .map(|card| (finding, card))
-            .map_err(|e| FieldError {
-                field: "Finding",
-                message: e.to_string(),
-            })
-    });
-    Evaluation {
-        cvss: cvss_preview(&form.cvss),
-        scored,
+pub fn evaluate(form: &FindingForm, fleet: &Fleet, now: Timestamp) -> Scored {
+    let finding = build_finding(form)?;
+    let card =
+        risk::score(&finding, fleet, &ScoringPolicy::default(), now).map_err(|e| FieldError {
+            field: "Finding",
+            message: e.to_string(),
+        })?;
+    let affected = affected_devices(&finding, fleet);
+    Ok((finding, card, affected))
+}
+
+/// What the scoring worker is asked.
+enum ScoreRequest {
+    /// The fleet to score against from now on.
+    Fleet(Arc<Fleet>),
+    Score {
+        seq: u64,
+        form: Box<FindingForm>,
+        now: Timestamp,
+    },
+}
+
+/// Scoring is one pass over the fleet (about 0.8 s at 1,000,000 devices in a release build,
+/// docs/BENCHMARKS.md), so it runs on this thread, never on the UI thread. It keeps its own
+/// copy of the fleet and scores only the newest form when several are queued.
+#[derive(Debug)]
+struct Scorer {
+    tx: SyncSender<ScoreRequest>,
+    rx: Receiver<(u64, Scored)>,
+}
+
+impl std::fmt::Debug for ScoreRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ScoreRequest::Fleet(fleet) => write!(f, "Fleet({} devices)", fleet.len()),
+            ScoreRequest::Score { seq, .. } => write!(f, "Score({seq})"),
+        }
+    }
+}
+
+impl Scorer {
+    fn spawn(ctx: &egui::Context) -> std::io::Result<Self> {
+        let (tx, requests) = std::sync::mpsc::sync_channel::<ScoreRequest>(8);
+        let (answers, rx) = std::sync::mpsc::sync_channel(2);
+        let ctx = ctx.clone();
+        std::thread::Builder::new()
+            .name("convoy-scoring".into())
+            .spawn(move || {
+                let mut fleet: Option<Arc<Fleet>> = None;
+                while let Ok(first) = requests.recv() {
+                    // Take everything queued: the newest fleet and the newest form win.
+                    let mut latest = None;
+                    for request in std::iter::once(first).chain(requests.try_iter()) {
+                        match request {
+                            ScoreRequest::Fleet(f) => fleet = Some(f),
+                            ScoreRequest::Score { seq, form, now } => {
+                                latest = Some((seq, form, now));
+                            }
+                        }
+                    }
+                    let (Some((seq, form, now)), Some(fleet)) = (latest, &fleet) else {
+                        continue;
+                    };
+                    if answers.send((seq, evaluate(&form, fleet, now))).is_err() {
+                        return;
+                    }
+                    ctx.request_repaint();
+                }
+            })?;
+        Ok(Self { tx, rx })
     }
 }
 
@@ -277,9 +334,18 @@ enum Reply {
 #[derive(Debug, Default)]
 pub struct FindingsState {
     pub form: FindingForm,
-    /// The form and fleet size the evaluation was computed for.
-    evaluated_for: Option<(FindingForm, usize)>,
-    pub evaluation: Option<Evaluation>,
+    /// The CVSS field as last previewed (parsing a vector is cheap: it runs as it is typed).
+    cvss_for: Option<String>,
+    pub cvss: Option<CvssPreview>,
+    scorer: Option<Scorer>,
+    /// Why the scoring worker is not running, if its thread could not start.
+    scorer_error: Option<String>,
+    /// Whether the scoring worker has the fleet as last loaded.
+    fleet_sent: bool,
+    /// The form last sent to the scoring worker, and its number.
+    sent: Option<(FindingForm, u64)>,
+    /// The scoring worker's newest answer and the number of the form it scored.
+    pub scored: Option<(u64, Scored)>,
     /// The findings in the cache, as last read; `None` until the first read answers.
     pub stored: Option<Result<Vec<FindingRow>, String>>,
     /// The last save's outcome, shown under the button.
@@ -290,6 +356,67 @@ pub struct FindingsState {
 }
 
 impl FindingsState {
+    /// A new fleet was loaded: the scoring worker needs a copy of it, and old scores are void.
+    pub fn fleet_reloaded(&mut self) {
+        self.fleet_sent = false;
+        self.sent = None;
+        self.scored = None;
+    }
+
+    /// Whether the scorecard shown is for the form as it is now.
+    pub fn score_is_current(&self) -> bool {
+        matches!((&self.sent, &self.scored), (Some((form, sent)), Some((seq, _))) if sent == seq && *form == self.form)
+    }
+
+    /// Sends the scoring worker the fleet (once per load: a copy, the one fleet-sized step of
+    /// this view on the UI thread) and the form when it changed; takes its answers.
+    fn sync_scoring(&mut self, ctx: &egui::Context, fleet: &Fleet, now: Timestamp) {
+        if self.cvss_for.as_deref() != Some(self.form.cvss.as_str()) {
+            self.cvss = Some(cvss_preview(&self.form.cvss));
+            self.cvss_for = Some(self.form.cvss.clone());
+        }
+        if self.scorer.is_none() && self.scorer_error.is_none() {
+            match Scorer::spawn(ctx) {
+                Ok(s) => self.scorer = Some(s),
+                Err(e) => {
+                    self.scorer_error = Some(format!("could not start the scoring thread: {e}"));
+                }
+            }
+        }
+        let Some(scorer) = &self.scorer else {
+            return;
+        };
+        for answer in scorer.rx.try_iter() {
+            self.scored = Some(answer);
+        }
+        if !self.fleet_sent {
+            if scorer
+                .tx
+                .try_send(ScoreRequest::Fleet(Arc::new(fleet.clone())))
+                .is_err()
+            {
+                return;
+            }
+            self.fleet_sent = true;
+        }
+        if self
+            .sent
+            .as_ref()
+            .is_none_or(|(form, _)| *form != self.form)
+        {
+            let seq = self.sent.as_ref().map_or(1, |(_, seq)| seq + 1);
+            let request = ScoreRequest::Score {
+                seq,
+                form: Box::new(self.form.clone()),
+                now,
+            };
+            // A full queue is tried again next frame.
+            if scorer.tx.try_send(request).is_ok() {
+                self.sent = Some((self.form.clone(), seq));
+            }
+        }
+    }
+
     /// Whether the cache worker is busy.
     pub fn busy(&self) -> bool {
         self.worker.is_some()
@@ -416,14 +543,8 @@ pub fn findings_ui(app: &mut ConsoleApp, ui: &mut egui::Ui) {
     if !app.findings.listed && !app.findings.busy() {
         app.findings.refresh(&ctx, cache.clone());
     }
-    let fleet_len = app.model.as_ref().map_or(0, |m| m.fleet.len());
-    let current = (app.findings.form.clone(), fleet_len);
-    if app.findings.evaluated_for.as_ref() != Some(&current) {
-        app.findings.evaluation = app
-            .model
-            .as_ref()
-            .map(|m| evaluate(&app.findings.form, &m.fleet, now));
-        app.findings.evaluated_for = Some(current);
+    if let Some(model) = &app.model {
+        app.findings.sync_scoring(&ctx, &model.fleet, now);
     }
     let mut commands = Vec::new();
     let mut save = None;
@@ -439,51 +560,66 @@ pub fn findings_ui(app: &mut ConsoleApp, ui: &mut egui::Ui) {
         form_ui(&mut app.findings.form, ui);
         ui.add_space(8.0);
         let busy = app.findings.busy();
-        if let Some(eval) = &app.findings.evaluation {
-            cvss_ui(&eval.cvss, ui);
+        let current = app.findings.score_is_current();
+        if let Some(cvss) = &app.findings.cvss {
+            cvss_ui(cvss, ui);
             ui.add_space(8.0);
-            match &eval.scored {
-                Ok((finding, card)) => {
-                    scorecard_ui(card, ui);
-                    ui.add_space(6.0);
+        }
+        if let Some(why) = &app.findings.scorer_error {
+            ui.colored_label(tokens::BAD, why);
+        }
+        match &app.findings.scored {
+            None => {
+                ui.horizontal(|ui| {
+                    ui.add(egui::Spinner::new());
+                    ui.label("Scoring against the fleet…");
+                });
+            }
+            Some((_, Ok((finding, card, affected)))) => {
+                if !current {
                     ui.horizontal(|ui| {
-                        if ui
-                            .add_enabled(!busy, egui::Button::new("Save finding"))
-                            .on_hover_text("Store the finding and this scorecard in the cache")
-                            .clicked()
-                        {
-                            save = Some((finding.clone(), card.clone()));
-                        }
-                        if busy {
-                            ui.add(egui::Spinner::new());
-                        }
-                        if ui
-                            .button("Show affected devices on map")
-                            .on_hover_text("Make the affected devices a cohort and show the map")
-                            .clicked()
-                            && let Some(model) = &app.model
-                        {
-                            let devices = affected_devices(finding, &model.fleet);
-                            if let Some((lat, lon)) = centre(&model.fleet, &devices) {
-                                commands.push(UiCommand::CreateCohort {
-                                    name: format!("Affected by {}", finding.id),
-                                    devices,
-                                });
-                                commands.push(UiCommand::FocusMap {
-                                    lat,
-                                    lon,
-                                    zoom: 4.0,
-                                });
-                            }
-                        }
+                        ui.add(egui::Spinner::new());
+                        ui.label("Scoring the changed form; the scorecard below is for the previous one.");
                     });
                 }
-                Err(e) => {
-                    ui.colored_label(tokens::BAD, format!("Cannot score yet: {e}"));
-                }
+                scorecard_ui(card, ui);
+                ui.add_space(6.0);
+                ui.horizontal(|ui| {
+                    if ui
+                        .add_enabled(!busy && current, egui::Button::new("Save finding"))
+                        .on_hover_text("Store the finding and this scorecard in the cache")
+                        .clicked()
+                    {
+                        save = Some((finding.clone(), card.clone()));
+                    }
+                    if busy {
+                        ui.add(egui::Spinner::new());
+                    }
+                    if ui
+                        .add_enabled(
+                            current && !affected.is_empty(),
+                            egui::Button::new("Show affected devices on map"),
+                        )
+                        .on_hover_text("Make the affected devices a cohort and show the map")
+                        .clicked()
+                        && let Some(model) = &app.model
+                        && let Some((lat, lon)) = centre(&model.fleet, affected)
+                    {
+                        commands.push(UiCommand::CreateCohort {
+                            name: format!("Affected by {}", finding.id),
+                            devices: affected.clone(),
+                        });
+                        commands.push(UiCommand::FocusMap {
+                            lat,
+                            lon,
+                            zoom: 4.0,
+                        });
+                    }
+                });
             }
-        } else {
-            ui.label("Waiting for the fleet to load: findings are scored against it.");
+            Some((_, Err(e))) => {
+                ui.colored_label(tokens::BAD, format!("Cannot score yet: {e}"));
+            }
         }
         match &app.findings.saved {
             Some(Ok(text)) => {
@@ -505,14 +641,14 @@ pub fn findings_ui(app: &mut ConsoleApp, ui: &mut egui::Ui) {
     }
 }
 
-/// The mean position of `devices`, or `None` if there are none.
+/// The mean position of `devices`, or `None` if there are none (or they are not in `fleet`).
 fn centre(fleet: &Fleet, devices: &[u32]) -> Option<(f64, f64)> {
     if devices.is_empty() {
         return None;
     }
     let (mut lat, mut lon) = (0.0, 0.0);
     for &i in devices {
-        let p = fleet.devices[i as usize].position;
+        let p = fleet.devices.get(i as usize)?.position;
         lat += p.lat;
         lon += p.lon;
     }
@@ -836,9 +972,8 @@ mod tests {
             seed: 3,
             now: NOW,
         });
-        let eval = evaluate(&form(), &fleet, NOW);
-        let (finding, card) = eval.scored.expect("scores");
-        let devices = affected_devices(&finding, &fleet);
+        let (finding, card, devices) = evaluate(&form(), &fleet, NOW).expect("scores");
+        assert_eq!(devices, affected_devices(&finding, &fleet));
         assert_eq!(devices.len(), card.affected_devices);
         assert!(devices.windows(2).all(|w| w[0] < w[1]));
         assert!(

@@ -1,7 +1,8 @@
 //! Releases: the signed manifests in the cache (and in a directory, if one is given), each with
 //! its signature state checked against a trust directory as a device would check it, and a
-//! form that hashes an artifact (with a progress bar), signs a manifest with a key unlocked by
-//! its passphrase, verifies it, writes the manifest file and stores it in the cache.
+//! form that hashes an artifact (picked with a file dialog or typed; hashed with a progress
+//! bar), signs a manifest with a key unlocked by its passphrase, verifies it, writes the
+//! manifest file and stores it in the cache.
 //!
 //! Every step is the code of `convoy release create` and `convoy release verify`
 //! (`cmd::release::{hash_file_with_progress, release_spec, sign_release, verify_file,
@@ -413,6 +414,17 @@ pub struct ReleasesState {
     pub list: Option<Result<Vec<ListedManifest>, String>>,
     list_rx: Option<Receiver<Result<Vec<ListedManifest>, String>>>,
     listed: bool,
+    /// An open file dialog (on its own thread: rfd's dialogs block) and the field it fills.
+    browse: Option<(Browse, Receiver<Option<PathBuf>>)>,
+    /// Why the last dialog gave no path, shown beside the buttons.
+    pub browse_note: Option<String>,
+}
+
+/// What a file dialog picks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Browse {
+    Artifact,
+    KeyDir,
 }
 
 impl ReleasesState {
@@ -441,6 +453,28 @@ impl ReleasesState {
                         break;
                     }
                 }
+            }
+        }
+        if let Some((target, rx)) = &self.browse {
+            let picked = match rx.try_recv() {
+                Ok(p) => Some(p),
+                Err(TryRecvError::Empty) => None,
+                Err(TryRecvError::Disconnected) => Some(None),
+            };
+            if let Some(picked) = picked {
+                match (picked, *target) {
+                    (Some(path), Browse::Artifact) => {
+                        self.form.artifact = path.display().to_string();
+                    }
+                    (Some(path), Browse::KeyDir) => self.form.key_dir = path.display().to_string(),
+                    (None, _) => {
+                        self.browse_note = Some(
+                            "No file chosen (cancelled, or no file dialog on this desktop: type the path)"
+                                .into(),
+                        );
+                    }
+                }
+                self.browse = None;
             }
         }
         if let Some(rx) = &self.list_rx {
@@ -483,6 +517,28 @@ impl ReleasesState {
         match started {
             Ok(_) => self.list_rx = Some(rx),
             Err(e) => self.list = Some(Err(format!("could not start the listing thread: {e}"))),
+        }
+    }
+
+    /// Opens a file dialog on its own thread; [`Self::poll`] fills the field when it answers.
+    pub fn browse(&mut self, ctx: &egui::Context, target: Browse) {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let ctx = ctx.clone();
+        self.browse_note = None;
+        let started = std::thread::Builder::new()
+            .name("convoy-file-dialog".into())
+            .spawn(move || {
+                let dialog = rfd::FileDialog::new();
+                let picked = match target {
+                    Browse::Artifact => dialog.set_title("Artifact to sign").pick_file(),
+                    Browse::KeyDir => dialog.set_title("Signing key directory").pick_folder(),
+                };
+                let _ = tx.send(picked);
+                ctx.request_repaint();
+            });
+        match started {
+            Ok(_) => self.browse = Some((target, rx)),
+            Err(e) => self.browse_note = Some(format!("could not open a file dialog: {e}")),
         }
     }
 
@@ -705,22 +761,31 @@ fn create_ui(
     now: Timestamp,
 ) {
     let busy = state.job.is_some();
+    let mut browse_key = false;
     ui.add_enabled_ui(!busy, |ui| {
         egui::Grid::new("release-form")
             .num_columns(2)
             .spacing([12.0, 6.0])
             .show(ui, |ui| {
-                let f = &mut state.form;
+                let browsing = state.browse.is_some();
                 let l = ui.label("Artifact");
                 ui.horizontal(|ui| {
                     ui.add(
-                        egui::TextEdit::singleline(&mut f.artifact)
+                        egui::TextEdit::singleline(&mut state.form.artifact)
                             .hint_text("path of the firmware image")
                             .desired_width(420.0),
                     )
                     .labelled_by(l.id);
+                    if ui
+                        .add_enabled(!browsing, egui::Button::new("Browse…"))
+                        .on_hover_text("Pick the artifact with a file dialog")
+                        .clicked()
+                    {
+                        state.browse(ctx, Browse::Artifact);
+                    }
                 });
                 ui.end_row();
+                let f = &mut state.form;
                 text_row(ui, "Version", &mut f.version, "e.g. 2.5.0", false);
                 text_row(ui, "Counter", &mut f.counter, "monotonic release counter, e.g. 25", false);
                 text_row(ui, "Hardware ids", &mut f.hardware, "T300, T500", false);
@@ -733,7 +798,23 @@ fn create_ui(
                 );
                 text_row(ui, "Expires", &mut f.expires, "30d, 12h or 2027-01-01T00:00:00Z", false);
                 text_row(ui, "Release id", &mut f.id, "default: hardware and version", false);
-                text_row(ui, "Key directory", &mut f.key_dir, "made by convoy key generate", false);
+                let l = ui.label("Key directory");
+                ui.horizontal(|ui| {
+                    ui.add(
+                        egui::TextEdit::singleline(&mut f.key_dir)
+                            .hint_text("made by convoy key generate")
+                            .desired_width(420.0),
+                    )
+                    .labelled_by(l.id);
+                    if ui
+                        .add_enabled(!browsing, egui::Button::new("Browse key…"))
+                        .on_hover_text("Pick the key directory with a file dialog")
+                        .clicked()
+                    {
+                        browse_key = true;
+                    }
+                });
+                ui.end_row();
                 text_row(ui, "Passphrase", &mut f.passphrase, "the key's passphrase", true);
                 text_row(
                     ui,
@@ -750,7 +831,13 @@ fn create_ui(
         {
             state.start(ctx, cache, now);
         }
+        if let Some(note) = &state.browse_note {
+            ui.colored_label(tokens::WARN, note);
+        }
     });
+    if browse_key {
+        state.browse(ctx, Browse::KeyDir);
+    }
     if let Some(job) = &state.job {
         let fraction = if job.total_bytes == 0 {
             1.0
