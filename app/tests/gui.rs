@@ -1203,6 +1203,15 @@ fn a_finding_is_scored_as_it_is_typed_saved_listed_and_shown_on_the_map() {
     assert_eq!(stored.len(), 1);
     assert_eq!(stored[0].id, "CVE-2026-4242");
     assert_eq!(stored[0].points, Some(card.points));
+    // A stored finding opens back into the form and scores the same.
+    h.state_mut().findings.form = convoy::gui::findings::FindingForm::default();
+    settle(&mut h);
+    wait_for_label_contains(&mut h, "Cannot score yet");
+    h.get_by_label("Open CVE-2026-4242").click();
+    wait_for_label(&mut h, "Opened finding CVE-2026-4242 from the cache");
+    assert_eq!(h.state().findings.form.cvss, vector);
+    assert_eq!(h.state().findings.form.models, "T300");
+    wait_for_label(&mut h, &format!("Tier {}", card.tier));
     // The affected devices become a cohort, and the map shows.
     h.get_by_label("Show affected devices on map").click();
     settle(&mut h);
@@ -1304,4 +1313,23 @@ fn a_release_is_hashed_signed_and_listed_as_valid_and_a_tampered_copy_as_tampere
         .map(|r| (r.counter.as_str(), r.state.label()))
         .collect();
     assert_eq!(states, [("25", "valid"), ("99", "tampered")]);
+}
+
+#[test]
+fn a_finding_that_cannot_be_saved_says_why_and_the_score_stays() {
+    // The fixture's cache file does not exist.
+    let (mut h, _feed, _) = harness();
+    h.get_by_label("Findings").click();
+    settle(&mut h);
+    wait_for_label_contains(
+        &mut h,
+        "Could not read the findings: opening the fleet cache fixture.db",
+    );
+    fill(&mut h, "Finding id", "BUG-7");
+    fill(&mut h, "Affected models", "K20");
+    wait_for_label_contains(&mut h, "Recommendation:");
+    h.get_by_label("Save finding").click();
+    wait_for_label_contains(&mut h, "Could not save: opening the fleet cache fixture.db");
+    h.get_by_label_contains("Recommendation:");
+    assert!(!std::path::Path::new("fixture.db").exists());
 }

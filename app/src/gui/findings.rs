@@ -87,6 +87,37 @@ impl Default for FindingForm {
     }
 }
 
+/// The form that describes `finding` (the inverse of [`build_finding`]).
+pub fn form_of(finding: &Finding) -> FindingForm {
+    let join = |items: &[String]| items.join(", ");
+    let rate = |v: Option<f64>| v.map(|x| x.to_string()).unwrap_or_default();
+    FindingForm {
+        id: finding.id.clone(),
+        title: finding.title.clone(),
+        classification: finding.classification,
+        cvss: finding.cvss.as_ref().map(Cvss::vector).unwrap_or_default(),
+        public_poc: finding.exploitation.public_poc,
+        exploited: finding.exploitation.active,
+        remote: finding.remote,
+        models: join(&finding.affected.models),
+        hw_revs: join(&finding.affected.hw_revs),
+        versions: finding
+            .affected
+            .requires
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; "),
+        device_ids: join(&finding.affected.device_ids),
+        regulatory: finding.regulatory_impact.clone().unwrap_or_default(),
+        contractual: finding.contractual_impact.clone().unwrap_or_default(),
+        ab_slot: finding.rollback.ab_slot,
+        layer: finding.rollback.layer,
+        anomaly_rate: rate(finding.anomaly.map(|a| a.rate_per_1000_device_days)),
+        anomaly_baseline: rate(finding.anomaly.map(|a| a.baseline_per_1000_device_days)),
+    }
+}
+
 /// A form field that cannot become part of a finding, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FieldError {
@@ -324,9 +355,15 @@ impl Scorer {
 /// What the cache worker reports.
 #[derive(Debug)]
 enum Reply {
-    Saved { id: String, rows: Vec<FindingRow> },
+    Saved {
+        id: String,
+        rows: Vec<FindingRow>,
+    },
     Listed(Vec<FindingRow>),
+    /// A stored finding, read back to fill the form.
+    Opened(Box<Finding>),
     SaveFailed(String),
+    OpenFailed(String),
     ListFailed(String),
 }
 
@@ -441,7 +478,12 @@ impl FindingsState {
                 self.stored = Some(Ok(rows));
             }
             Reply::Listed(rows) => self.stored = Some(Ok(rows)),
-            Reply::SaveFailed(why) => self.saved = Some(Err(why)),
+            Reply::Opened(finding) => {
+                self.form = form_of(&finding);
+                self.saved = Some(Ok(format!("Opened finding {} from the cache", finding.id)));
+            }
+            Reply::SaveFailed(why) => self.saved = Some(Err(format!("Could not save: {why}"))),
+            Reply::OpenFailed(why) => self.saved = Some(Err(format!("Could not open: {why}"))),
             Reply::ListFailed(why) => self.stored = Some(Err(why)),
         }
     }
@@ -467,7 +509,7 @@ impl FindingsState {
             Ok(_) => self.worker = Some(rx),
             Err(e) => {
                 self.saved = Some(Err(format!(
-                    "could not start the findings worker thread: {e}"
+                    "Could not start the findings worker thread: {e}"
                 )));
             }
         }
@@ -486,6 +528,21 @@ impl FindingsState {
         });
     }
 
+    /// Reads the stored finding `id` on the worker and fills the form with it.
+    pub fn open(&mut self, ctx: &egui::Context, cache: Option<PathBuf>, id: String) {
+        let Some(cache) = cache else {
+            return;
+        };
+        self.spawn(ctx, Reply::OpenFailed, move || {
+            let store = open_cache(&cache)?;
+            let record = crate::serve::query::finding(&store, &id)?
+                .with_context(|| format!("finding {id} is no longer in the cache"))?;
+            let finding: Finding = serde_json::from_value(record.finding)
+                .with_context(|| format!("reading stored finding {id}"))?;
+            Ok(Reply::Opened(Box::new(finding)))
+        });
+    }
+
     /// Stores `finding` with `card` on the worker, then reads the list back.
     fn save(
         &mut self,
@@ -496,7 +553,9 @@ impl FindingsState {
         now: Timestamp,
     ) {
         let Some(cache) = cache else {
-            self.saved = Some(Err("no fleet cache is open: nothing to save into".into()));
+            self.saved = Some(Err(
+                "Could not save: no fleet cache is open to save into".into()
+            ));
             return;
         };
         let id = finding.id.clone();
@@ -626,7 +685,7 @@ pub fn findings_ui(app: &mut ConsoleApp, ui: &mut egui::Ui) {
                 ui.colored_label(tokens::OK, text);
             }
             Some(Err(why)) => {
-                ui.colored_label(tokens::BAD, format!("Could not save: {why}"));
+                ui.colored_label(tokens::BAD, why);
             }
             None => {}
         }
@@ -821,13 +880,15 @@ fn scorecard_ui(card: &Scorecard, ui: &mut egui::Ui) {
 }
 
 fn stored_ui(app: &mut ConsoleApp, ui: &mut egui::Ui, ctx: &egui::Context, cache: Option<PathBuf>) {
+    let busy = app.findings.busy();
+    let mut open = None;
     ui.horizontal(|ui| {
         ui.label(RichText::new("Stored findings").strong());
         if ui
-            .add_enabled(!app.findings.busy(), egui::Button::new("Reload findings"))
+            .add_enabled(!busy, egui::Button::new("Reload findings"))
             .clicked()
         {
-            app.findings.refresh(ctx, cache);
+            app.findings.refresh(ctx, cache.clone());
         }
     });
     match &app.findings.stored {
@@ -842,11 +903,11 @@ fn stored_ui(app: &mut ConsoleApp, ui: &mut egui::Ui, ctx: &egui::Context, cache
         }
         Some(Ok(rows)) => {
             egui::Grid::new("stored-findings")
-                .num_columns(4)
+                .num_columns(5)
                 .striped(true)
                 .spacing([12.0, 3.0])
                 .show(ui, |ui| {
-                    for h in ["finding", "title", "points", "tier"] {
+                    for h in ["finding", "title", "points", "tier", ""] {
                         ui.label(RichText::new(h).strong());
                     }
                     ui.end_row();
@@ -862,10 +923,20 @@ fn stored_ui(app: &mut ConsoleApp, ui: &mut egui::Ui, ctx: &egui::Context, cache
                                     risk::Tier::from_number(t.min(3) as u8).to_string()
                                 }),
                         );
+                        if ui
+                            .add_enabled(!busy, egui::Button::new(format!("Open {}", row.id)))
+                            .on_hover_text("Load this finding into the form to rescore it")
+                            .clicked()
+                        {
+                            open = Some(row.id.clone());
+                        }
                         ui.end_row();
                     }
                 });
         }
+    }
+    if let Some(id) = open {
+        app.findings.open(ctx, cache, id);
     }
 }
 
@@ -935,6 +1006,23 @@ mod tests {
         let back: Finding =
             serde_json::from_str(&serde_json::to_string(&f).expect("json")).expect("reads");
         assert_eq!(back, f);
+    }
+
+    #[test]
+    fn a_finding_fills_the_form_that_builds_it_again() {
+        let f = build_finding(&FindingForm {
+            versions: "firmware>=2.3.0; hw_rev in B,C".into(),
+            hw_revs: "B, C".into(),
+            regulatory: "MDR".into(),
+            anomaly_rate: "4.5".into(),
+            anomaly_baseline: "1".into(),
+            public_poc: true,
+            ab_slot: false,
+            layer: Layer::Bootloader,
+            ..form()
+        })
+        .expect("valid form");
+        assert_eq!(build_finding(&form_of(&f)), Ok(f));
     }
 
     #[test]
