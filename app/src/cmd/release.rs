@@ -607,3 +607,97 @@ fn previous_version(metadata_dir: &Path) -> Result<u64> {
         .as_u64()
         .ok_or_else(|| anyhow!("{} has no signed.version", path.display()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: Timestamp = Timestamp::from_secs(1_800_000_000);
+
+    fn fields() -> ReleaseFields {
+        ReleaseFields {
+            id: None,
+            version: "2.5.0".parse().expect("version"),
+            counter: 25,
+            hardware: vec!["T300".into(), "T500".into()],
+            requires: Vec::new(),
+            provides: Vec::new(),
+            expires: NOW.plus_secs(86_400),
+        }
+    }
+
+    fn artifact(bytes: &[u8]) -> Artifact {
+        artifact_of(ArtifactDigest::of_bytes("fw.bin", bytes), None)
+    }
+
+    #[test]
+    fn release_spec_defaults_the_id_and_provides_and_refuses_a_past_expiry() {
+        let spec = release_spec(&fields(), vec![artifact(b"abc")], NOW).expect("spec");
+        assert_eq!(spec.id, "t300_t500-2.5.0");
+        assert_eq!(spec.artifacts[0].url, "fw.bin");
+        assert_eq!(
+            spec.provides
+                .iter()
+                .map(|(c, v)| (c.to_owned(), *v))
+                .collect::<Vec<_>>(),
+            [("firmware".to_owned(), fields().version)]
+        );
+        let past = ReleaseFields {
+            expires: NOW,
+            ..fields()
+        };
+        let err = release_spec(&past, vec![artifact(b"abc")], NOW).expect_err("past");
+        assert!(err.to_string().contains("is not after now"), "{err:#}");
+    }
+
+    #[test]
+    fn hashing_reports_progress_per_chunk_and_matches_the_whole_file_hash() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("fw.bin");
+        let bytes: Vec<u8> = (0..(2 << 20) + 17).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &bytes).expect("write");
+        let mut seen = Vec::new();
+        let digest = hash_file_with_progress(&path, &mut |done| seen.push(done)).expect("hash");
+        assert_eq!(seen, [1 << 20, 2 << 20, (2 << 20) + 17]);
+        assert_eq!(digest, ArtifactDigest::of_bytes("fw.bin", &bytes));
+    }
+
+    #[test]
+    fn a_recorded_release_is_listed_by_id_and_a_new_signature_replaces_the_old() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key_dir = dir.path().join("key");
+        keys::generate(&key_dir, "pw").expect("key");
+        let store = Store::open(&dir.path().join("cache.db")).expect("cache");
+        let sign = |id: &str, counter: u64| {
+            let spec = release_spec(
+                &ReleaseFields {
+                    id: Some(id.into()),
+                    counter,
+                    ..fields()
+                },
+                vec![artifact(b"abc")],
+                NOW,
+            )
+            .expect("spec");
+            sign_release(spec, None, &key_dir, "pw", NOW).expect("signed")
+        };
+        for (id, counter) in [("b-rel", 2), ("a-rel", 1), ("b-rel", 3)] {
+            record_release(&store, &sign(id, counter), "test", NOW).expect("recorded");
+        }
+        let stored = stored_manifests(&store).expect("listed");
+        let ids: Vec<&str> = stored.iter().map(|m| m.release_id.as_str()).collect();
+        assert_eq!(ids, ["a-rel", "b-rel"]);
+        let trust = keys::load_trust(&key_dir).expect("trust");
+        let b = manifest::verify(&stored[1].bytes, &trust, NOW).expect("verifies");
+        assert_eq!(b.spec().counter, 3);
+        let err = sign_release(
+            release_spec(&fields(), vec![artifact(b"abc")], NOW).expect("spec"),
+            None,
+            &key_dir,
+            "wrong",
+            NOW,
+        )
+        .expect_err("wrong passphrase");
+        assert!(format!("{err:#}").contains("wrong passphrase"), "{err:#}");
+    }
+}
