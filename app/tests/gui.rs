@@ -997,11 +997,13 @@ fn snapshots_of_the_main_screens() {
     });
     settle(&mut h);
     wait_for_tiles(&mut h);
-    let shots: [(&str, Option<convoy::gui::View>); 5] = [
+    let shots: [(&str, Option<convoy::gui::View>); 7] = [
         ("map", None),
         ("table", Some(convoy::gui::View::Table)),
         ("device", None),
         ("cohorts", Some(convoy::gui::View::Cohorts)),
+        ("findings", Some(convoy::gui::View::Findings)),
+        ("releases", Some(convoy::gui::View::Releases)),
         ("war_room", Some(convoy::gui::View::WarRoom)),
     ];
     for (name, view) in shots {
@@ -1009,11 +1011,41 @@ fn snapshots_of_the_main_screens() {
             h.state_mut().send(convoy::gui::UiCommand::Show(v));
             settle(&mut h);
         }
-        // The device view is long: its plots are at the bottom.
+        // The device, findings and releases views are long.
         h.set_size(egui::vec2(
             1280.0,
-            if name == "device" { 1350.0 } else { 800.0 },
+            match name {
+                "device" | "findings" => 1350.0,
+                "releases" => 1000.0,
+                _ => 800.0,
+            },
         ));
+        if name == "findings" {
+            h.state_mut().findings.form = convoy::gui::findings::FindingForm {
+                id: "CVE-2026-4242".into(),
+                title: "telematics unit auth bypass".into(),
+                cvss: "CVSS:3.1/AV:N/AC:L/PR:N/UI:N/S:U/C:H/I:H/A:L".into(),
+                public_poc: true,
+                models: "T300".into(),
+                versions: "firmware>=1.0".into(),
+                ..Default::default()
+            };
+            wait_for_label(&mut h, "None stored yet.");
+            wait_for_label_contains(&mut h, "Recommendation:");
+        }
+        if name == "releases" {
+            h.state_mut().releases.form = convoy::gui::releases::ReleaseForm {
+                artifact: "fw/t300-fw-2.5.0.bin".into(),
+                version: "2.5.0".into(),
+                counter: "25".into(),
+                hardware: "T300".into(),
+                requires: "bootloader>=1.0".into(),
+                expires: "30d".into(),
+                key_dir: "keys/release-2026".into(),
+                ..Default::default()
+            };
+            wait_for_label(&mut h, "No manifests in the cache yet.");
+        }
         if name == "device" {
             h.state_mut().send(convoy::gui::UiCommand::OpenDevice(42));
             h.run_steps(1);
@@ -1072,4 +1104,232 @@ fn write_telemetry(cache: &std::path::Path, fleet: &Fleet, i: usize) {
         let report = store.ingest(&samples).unwrap();
         assert_eq!(report.stored, samples.len(), "{report:?}");
     }
+}
+
+/// A harness on `fleet` stored in a fresh cache in `dir` (findings and releases are saved
+/// there), tall enough that the long forms are laid out whole.
+fn cache_harness(
+    dir: &std::path::Path,
+    fleet: &Fleet,
+) -> (Harness<'static, ConsoleApp>, std::path::PathBuf) {
+    let cache = dir.join("console.db");
+    convoy::store::Store::open(&cache)
+        .unwrap()
+        .replace_fleet(fleet, None)
+        .unwrap();
+    let (backend, _feed) = Backend::fixture(fleet.clone(), cache.clone());
+    let mut h = Harness::builder()
+        .with_size([1400.0, 1700.0])
+        .build_eframe(move |cc| ConsoleApp::new(&cc.egui_ctx, None, backend, Clock::Fixed(NOW)));
+    settle(&mut h);
+    (h, cache)
+}
+
+/// Types `text` into the text field named `label`, as a user would.
+fn fill(h: &mut Harness<'static, ConsoleApp>, label: &str, text: &str) {
+    h.get_by_label(label).focus();
+    h.run_steps(1);
+    h.get_by_label(label).type_text(text);
+    settle(h);
+}
+
+#[test]
+fn a_finding_is_scored_as_it_is_typed_saved_listed_and_shown_on_the_map() {
+    use convoy_core::risk::{self, Finding, ScoringPolicy};
+    let fleet = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let (mut h, cache) = cache_harness(dir.path(), &fleet);
+    h.get_by_label("Findings").click();
+    settle(&mut h);
+    wait_for_label(&mut h, "None stored yet.");
+    fill(&mut h, "Finding id", "CVE-2026-4242");
+    fill(&mut h, "Title", "telematics unit auth bypass");
+    fill(&mut h, "Affected models", "T300");
+    fill(&mut h, "Affected versions", "firmware>=1.0");
+    h.get_by_label("Public proof of concept").click();
+    settle(&mut h);
+    let vector = "CVSS:3.1/AV:N/AC:L/PR:N/UI:N/S:U/C:H/I:H/A:L";
+    fill(&mut h, "CVSS vector", vector);
+    // The live score is the core's, with the per-metric explanation under it.
+    let cvss = convoy_core::cvss::Cvss::parse(vector).unwrap();
+    h.get_by_label(&format!(
+        "CVSS 3.1 base score {:.1} ({})",
+        cvss.base_score(),
+        cvss.severity()
+    ));
+    for line in cvss.explain() {
+        h.get_by_label(&line);
+    }
+    // The scorecard is what `convoy score finding` computes for the same finding as JSON.
+    let finding: Finding = serde_json::from_value(serde_json::json!({
+        "id": "CVE-2026-4242",
+        "title": "telematics unit auth bypass",
+        "classification": "security",
+        "cvss": vector,
+        "exploitation": {"public_poc": true},
+        "affected": {"models": ["T300"], "requires": ["firmware>=1.0"]},
+    }))
+    .unwrap();
+    let card = risk::score(&finding, &fleet, &ScoringPolicy::default(), NOW).unwrap();
+    assert!(card.affected_devices > 0, "the fixture has T300s");
+    // Scored on the scoring worker: it answers within a few frames.
+    wait_for_label_contains(&mut h, &format!("Total {:.1} points", card.points));
+    h.get_by_label(&format!("Tier {}", card.tier));
+    h.get_by_label(&format!("Recommendation: {}", card.recommendation));
+    h.get_by_label_contains(&format!("Total {:.1} points", card.points));
+    for line in &card.lines {
+        assert!(
+            h.query_all_by_label(&line.detail).count() >= 1,
+            "{}",
+            line.detail
+        );
+    }
+    // One more character makes the last metric's value invalid; the error names it.
+    h.get_by_label("CVSS vector").type_text("X");
+    settle(&mut h);
+    h.get_by_label_contains("Invalid CVSS vector: invalid value \"LX\" for metric \"A\"");
+    wait_for_label_contains(&mut h, "Cannot score yet: CVSS vector:");
+    assert!(h.query_by_label("Save finding").is_none());
+    h.key_press(Key::Backspace);
+    settle(&mut h);
+    wait_for_label(&mut h, &format!("Tier {}", card.tier));
+    h.get_by_label("Save finding").click();
+    wait_for_label(&mut h, "Saved finding CVE-2026-4242 with its scorecard");
+    // Listed from the cache, with the points and tier stored.
+    h.get_by_label("telematics unit auth bypass");
+    h.get_by_label(&format!("{:.1}", card.points));
+    let stored =
+        convoy::serve::query::findings(&convoy::store::Store::open(&cache).unwrap()).unwrap();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].id, "CVE-2026-4242");
+    assert_eq!(stored[0].points, Some(card.points));
+    // A stored finding opens back into the form and scores the same.
+    h.state_mut().findings.form = convoy::gui::findings::FindingForm::default();
+    settle(&mut h);
+    wait_for_label_contains(&mut h, "Cannot score yet");
+    h.get_by_label("Open CVE-2026-4242").click();
+    wait_for_label(&mut h, "Opened finding CVE-2026-4242 from the cache");
+    assert_eq!(h.state().findings.form.cvss, vector);
+    assert_eq!(h.state().findings.form.models, "T300");
+    wait_for_label(&mut h, &format!("Tier {}", card.tier));
+    // The affected devices become a cohort, and the map shows.
+    h.get_by_label("Show affected devices on map").click();
+    settle(&mut h);
+    let app = h.state();
+    assert_eq!(app.state.view, convoy::gui::View::Map);
+    let cohort = app.cohorts.last().unwrap();
+    assert_eq!(cohort.name, "Affected by CVE-2026-4242");
+    let matcher = finding.matcher();
+    let expected: Vec<u32> = (0..fleet.devices.len() as u32)
+        .filter(|&i| matcher.matches(&fleet.devices[i as usize]))
+        .collect();
+    assert_eq!(cohort.devices, expected);
+    assert_eq!(cohort.devices.len(), card.affected_devices);
+}
+
+#[test]
+fn a_release_is_hashed_signed_and_listed_as_valid_and_a_tampered_copy_as_tampered() {
+    let fleet = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let key_dir = dir.path().join("key");
+    let key_id = convoy::keys::generate(&key_dir, "correct horse").unwrap();
+    let artifact = dir.path().join("t300-fw-2.5.0.bin");
+    let artifact_bytes = (3 << 20) + 4321;
+    std::fs::write(&artifact, vec![0x5a_u8; artifact_bytes]).unwrap();
+    let (mut h, cache) = cache_harness(dir.path(), &fleet);
+    h.get_by_label("Releases").click();
+    settle(&mut h);
+    wait_for_label(&mut h, "No manifests in the cache yet.");
+    // No desktop portal here: the file dialog gives no path at once and the form says so.
+    h.get_by_label("Browse…").click();
+    wait_for_label_contains(&mut h, "No file chosen");
+    fill(&mut h, "Trust directory", &key_dir.display().to_string());
+    fill(&mut h, "Artifact", &artifact.display().to_string());
+    fill(&mut h, "Version", "2.5.0");
+    fill(&mut h, "Counter", "25");
+    fill(&mut h, "Hardware ids", "T300");
+    fill(&mut h, "Requires", "bootloader>=1.0");
+    fill(&mut h, "Expires", "30d");
+    fill(&mut h, "Key directory", &key_dir.display().to_string());
+    fill(&mut h, "Passphrase", "correct horse");
+    h.get_by_label("Hash, sign and save").click();
+    settle(&mut h);
+    // The passphrase left the form when signing started.
+    assert!(h.state().releases.form.passphrase.is_empty());
+    wait_for_label_contains(&mut h, "Signed release t300-2.5.0 with key");
+    h.get_by_label("Hashed 3.0 MiB of 3.0 MiB");
+    assert_eq!(
+        h.state().releases.hashed_bytes,
+        Some((artifact_bytes as u64, artifact_bytes as u64))
+    );
+    h.get_by_label("Stored in the cache.");
+    let manifest = dir.path().join("t300-2.5.0.manifest.json");
+    // The file verifies as `convoy release verify` checks it, artifact included.
+    let trust = convoy::keys::load_trust(&key_dir).unwrap();
+    let bytes = std::fs::read(&manifest).unwrap();
+    let verified = convoy_core::manifest::verify(&bytes, &trust, NOW).unwrap();
+    assert_eq!(verified.key_id(), &key_id);
+    assert_eq!(
+        verified.spec().artifacts[0].length_bytes,
+        artifact_bytes as u64
+    );
+    verified
+        .check_artifact(&convoy::cmd::release::hash_file(&artifact).unwrap())
+        .unwrap();
+    // Listed from the cache as valid.
+    wait_for_label(&mut h, "valid");
+    h.get_by_label("cache");
+    assert_eq!(
+        convoy::cmd::release::stored_manifests(&convoy::store::Store::open(&cache).unwrap())
+            .unwrap()
+            .len(),
+        1
+    );
+    // A copy with its counter raised after signing shows as tampered and is never offered.
+    let manifests = dir.path().join("manifests");
+    std::fs::create_dir(&manifests).unwrap();
+    let mut doc: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    doc["signed"]["release"]["counter"] = 99.into();
+    std::fs::write(
+        manifests.join("raised.json"),
+        serde_json::to_vec(&doc).unwrap(),
+    )
+    .unwrap();
+    fill(
+        &mut h,
+        "Manifest directory",
+        &manifests.display().to_string(),
+    );
+    h.get_by_label("Check manifests").click();
+    wait_for_label(&mut h, "tampered");
+    h.get_by_label("valid");
+    h.get_by_label_contains("is tampered and is never offered: tampered: signature by key");
+    let rows = match &h.state().releases.list {
+        Some(Ok(rows)) => rows.clone(),
+        other => panic!("no list: {other:?}"),
+    };
+    let states: Vec<(&str, &str)> = rows
+        .iter()
+        .map(|r| (r.counter.as_str(), r.state.label()))
+        .collect();
+    assert_eq!(states, [("25", "valid"), ("99", "tampered")]);
+}
+
+#[test]
+fn a_finding_that_cannot_be_saved_says_why_and_the_score_stays() {
+    // The fixture's cache file does not exist.
+    let (mut h, _feed, _) = harness();
+    h.get_by_label("Findings").click();
+    settle(&mut h);
+    wait_for_label_contains(
+        &mut h,
+        "Could not read the findings: opening the fleet cache fixture.db",
+    );
+    fill(&mut h, "Finding id", "BUG-7");
+    fill(&mut h, "Affected models", "K20");
+    wait_for_label_contains(&mut h, "Recommendation:");
+    h.get_by_label("Save finding").click();
+    wait_for_label_contains(&mut h, "Could not save: opening the fleet cache fixture.db");
+    h.get_by_label_contains("Recommendation:");
+    assert!(!std::path::Path::new("fixture.db").exists());
 }

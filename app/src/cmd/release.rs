@@ -21,6 +21,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use crate::keys::{self, Confirm, FileMode};
+use crate::store::Store;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -176,6 +177,15 @@ pub fn parse_expires(text: &str, now: Timestamp) -> Result<Timestamp> {
 
 /// Hashes a file in 1 MiB chunks: its name, length and SHA-256, without holding it in memory.
 pub fn hash_file(path: &Path) -> Result<ArtifactDigest> {
+    hash_file_with_progress(path, &mut |_| {})
+}
+
+/// As [`hash_file`], calling `progress` with the bytes hashed so far after every chunk (the
+/// console's progress bar).
+pub fn hash_file_with_progress(
+    path: &Path,
+    progress: &mut dyn FnMut(u64),
+) -> Result<ArtifactDigest> {
     let name = path
         .file_name()
         .and_then(|n| n.to_str())
@@ -195,12 +205,98 @@ pub fn hash_file(path: &Path) -> Result<ArtifactDigest> {
         }
         hasher.update(&buf[..n]);
         length_bytes += n as u64;
+        progress(length_bytes);
     }
     Ok(ArtifactDigest {
         name,
         length_bytes,
         sha256: hex::encode(hasher.finalize()),
     })
+}
+
+/// The artifact a manifest lists for a hashed file, downloaded from `url` (default: its name).
+pub fn artifact_of(digest: ArtifactDigest, url: Option<String>) -> Artifact {
+    Artifact {
+        url: url.unwrap_or_else(|| digest.name.clone()),
+        name: digest.name,
+        length_bytes: digest.length_bytes,
+        sha256: digest.sha256,
+    }
+}
+
+/// What a release says besides its artifacts: the fields of `convoy release create` and of the
+/// console's release form.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ReleaseFields {
+    /// Default: the hardware ids and the version, e.g. `t300-2.5.0`.
+    pub id: Option<String>,
+    pub version: Version,
+    pub counter: u64,
+    pub hardware: Vec<String>,
+    pub requires: Vec<Requirement>,
+    /// Default: `firmware` at [`Self::version`].
+    pub provides: Vec<(String, Version)>,
+    pub expires: Timestamp,
+}
+
+/// The release spec for `fields` and the hashed `artifacts`; refuses an expiry that is not
+/// after `now`.
+pub fn release_spec(
+    fields: &ReleaseFields,
+    artifacts: Vec<Artifact>,
+    now: Timestamp,
+) -> Result<ReleaseSpec> {
+    if fields.expires <= now {
+        bail!(
+            "the expiry {} is not after now ({now}): a manifest must expire in the future",
+            fields.expires
+        );
+    }
+    let provides: SmallMap<Version> = if fields.provides.is_empty() {
+        [("firmware", fields.version)].into_iter().collect()
+    } else {
+        fields
+            .provides
+            .iter()
+            .map(|(c, v)| (c.clone(), *v))
+            .collect()
+    };
+    Ok(ReleaseSpec {
+        id: fields
+            .id
+            .clone()
+            .unwrap_or_else(|| default_id(&fields.hardware, fields.version)),
+        version: fields.version,
+        counter: fields.counter,
+        hardware: fields.hardware.clone(),
+        provides,
+        requires: fields.requires.clone(),
+        artifacts,
+        expires: fields.expires,
+    })
+}
+
+/// Unlocks the key in `key_dir` with `passphrase`, signs `spec`, and verifies the result
+/// against that key at `now` (as a device would) before anyone writes it.
+pub fn sign_release(
+    spec: ReleaseSpec,
+    rollback: Option<Rollback>,
+    key_dir: &Path,
+    passphrase: &str,
+    now: Timestamp,
+) -> Result<SignedManifest> {
+    let key = keys::load_signing_key(key_dir, passphrase)?;
+    let id = spec.id.clone();
+    let manifest = SignedManifest::sign(spec, rollback, &key)
+        .with_context(|| format!("signing release {id}"))?;
+    let trust = TrustedKeys::from_keys([&key.verifying_key()]);
+    manifest::verify(&manifest.to_json_bytes(), &trust, now).map_err(|rejection| {
+        anyhow!(
+            "the manifest just signed for release {id} does not verify ({}): {rejection}",
+            rejection.attack()
+        )
+    })?;
+    Ok(manifest)
 }
 
 fn default_id(hardware: &[String], version: Version) -> String {
@@ -211,9 +307,6 @@ fn default_id(hardware: &[String], version: Version) -> String {
 fn create(args: &CreateArgs) -> Result<()> {
     let now = crate::now();
     let expires = parse_expires(&args.expires, now)?;
-    if expires <= now {
-        bail!("--expires {} is in the past", args.expires);
-    }
     if !args.url.is_empty() && args.url.len() != args.artifact.len() {
         bail!(
             "{} --url values for {} --artifact files: give one per artifact, in the same order, or none",
@@ -221,49 +314,35 @@ fn create(args: &CreateArgs) -> Result<()> {
             args.artifact.len()
         );
     }
-    let mut artifacts = Vec::new();
-    for (i, path) in args.artifact.iter().enumerate() {
-        let d = hash_file(path)?;
-        artifacts.push(Artifact {
-            url: args.url.get(i).cloned().unwrap_or_else(|| d.name.clone()),
-            name: d.name,
-            length_bytes: d.length_bytes,
-            sha256: d.sha256,
-        });
-    }
-    let provides: SmallMap<Version> = if args.provides.is_empty() {
-        [("firmware", args.version)].into_iter().collect()
-    } else {
-        args.provides.iter().map(|(c, v)| (c.clone(), *v)).collect()
-    };
-    let spec = ReleaseSpec {
-        id: args
-            .id
-            .clone()
-            .unwrap_or_else(|| default_id(&args.hardware, args.version)),
+    let fields = ReleaseFields {
+        id: args.id.clone(),
         version: args.version,
         counter: args.counter,
         hardware: args.hardware.clone(),
-        provides,
         requires: args.requires.clone(),
-        artifacts,
+        provides: args.provides.clone(),
         expires,
     };
+    if expires <= now {
+        bail!("--expires {} is in the past", args.expires);
+    }
+    let mut artifacts = Vec::new();
+    for (i, path) in args.artifact.iter().enumerate() {
+        artifacts.push(artifact_of(hash_file(path)?, args.url.get(i).cloned()));
+    }
+    let spec = release_spec(&fields, artifacts, now)?;
     let passphrase = keys::read_passphrase(
         args.passphrase_file.as_deref(),
         &format!("the key in {}", args.key.display()),
         Confirm::Once,
     )?;
-    let key = keys::load_signing_key(&args.key, &passphrase)?;
     let rollback = args.rollback.clone().map(|reason| Rollback {
         reason,
         from_counter_max: args.rollback_from.unwrap_or(args.counter),
     });
     let id = spec.id.clone();
-    let manifest = SignedManifest::sign(spec, rollback, &key)
-        .with_context(|| format!("signing release {id}"))?;
-    keys::write_file(&args.out, &manifest.to_json_bytes(), FileMode::Public)
-        .with_context(|| format!("writing the manifest to {}", args.out.display()))?;
+    let manifest = sign_release(spec, rollback, &args.key, &passphrase, now)?;
+    write_manifest(&args.out, &manifest)?;
     eprintln!(
         "signed release {id} (version {}, counter {}, {} bytes of artifacts, expires {expires}) with key {}, written to {}",
         args.version,
@@ -273,6 +352,81 @@ fn create(args: &CreateArgs) -> Result<()> {
         args.out.display()
     );
     Ok(())
+}
+
+/// Writes a signed manifest file (replacing one already there).
+pub fn write_manifest(out: &Path, manifest: &SignedManifest) -> Result<()> {
+    keys::write_file(out, &manifest.to_json_bytes(), FileMode::Public)
+        .with_context(|| format!("writing the manifest to {}", out.display()))
+}
+
+/// Stores a signed release in the cache: its spec in `releases`, the manifest file's bytes in
+/// `manifests` (replacing an earlier manifest of the same id), and an audit entry, in one
+/// transaction. Returns the audit entry's seq.
+pub fn record_release(
+    store: &Store,
+    manifest: &SignedManifest,
+    actor: &str,
+    now: Timestamp,
+) -> Result<i64> {
+    let spec = &manifest.signed.release;
+    let tx = store.conn().unchecked_transaction()?;
+    tx.execute(
+        "INSERT INTO releases(id, created, body) VALUES (?1, ?2, ?3)
+         ON CONFLICT(id) DO UPDATE SET body = excluded.body",
+        rusqlite::params![spec.id, now.secs(), serde_json::to_string(spec)?],
+    )
+    .with_context(|| format!("storing release {}", spec.id))?;
+    let bytes = manifest.to_json_bytes();
+    let text = String::from_utf8(bytes).context("a manifest file is UTF-8 JSON")?;
+    tx.execute(
+        "INSERT OR REPLACE INTO manifests(release_id, body) VALUES (?1, ?2)",
+        rusqlite::params![spec.id, text],
+    )
+    .with_context(|| format!("storing the manifest of release {}", spec.id))?;
+    let entry = crate::store::audit::append_in(
+        &tx,
+        &crate::store::audit::AuditEntry {
+            time: now,
+            actor: actor.to_owned(),
+            action: "release.create".into(),
+            payload: serde_json::json!({
+                "release": spec.id,
+                "version": spec.version.to_string(),
+                "counter": spec.counter,
+                "key_id": manifest.signed.key_id.as_str(),
+            }),
+        },
+    )?;
+    tx.commit().context("committing the release")?;
+    Ok(entry.seq)
+}
+
+/// A manifest file as the cache keeps it: the bytes as signed, checked by whoever reads them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredManifest {
+    pub release_id: String,
+    /// Unix seconds.
+    pub created: i64,
+    pub bytes: Vec<u8>,
+}
+
+/// Every manifest in the cache, by release id. The bytes are not verified here: a row changed
+/// in the file since it was stored must show as tampered, not vanish.
+pub fn stored_manifests(store: &Store) -> Result<Vec<StoredManifest>> {
+    let mut stmt = store.conn().prepare_cached(
+        "SELECT m.release_id, r.created, m.body FROM manifests m
+         JOIN releases r ON r.id = m.release_id ORDER BY m.release_id",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok(StoredManifest {
+            release_id: r.get(0)?,
+            created: r.get(1)?,
+            bytes: r.get::<_, String>(2)?.into_bytes(),
+        })
+    })?;
+    rows.collect::<rusqlite::Result<_>>()
+        .context("reading the manifests in the cache")
 }
 
 pub(crate) fn read_manifest(path: &Path) -> Result<Vec<u8>> {
@@ -452,4 +606,98 @@ fn previous_version(metadata_dir: &Path) -> Result<u64> {
     doc["signed"]["version"]
         .as_u64()
         .ok_or_else(|| anyhow!("{} has no signed.version", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: Timestamp = Timestamp::from_secs(1_800_000_000);
+
+    fn fields() -> ReleaseFields {
+        ReleaseFields {
+            id: None,
+            version: "2.5.0".parse().expect("version"),
+            counter: 25,
+            hardware: vec!["T300".into(), "T500".into()],
+            requires: Vec::new(),
+            provides: Vec::new(),
+            expires: NOW.plus_secs(86_400),
+        }
+    }
+
+    fn artifact(bytes: &[u8]) -> Artifact {
+        artifact_of(ArtifactDigest::of_bytes("fw.bin", bytes), None)
+    }
+
+    #[test]
+    fn release_spec_defaults_the_id_and_provides_and_refuses_a_past_expiry() {
+        let spec = release_spec(&fields(), vec![artifact(b"abc")], NOW).expect("spec");
+        assert_eq!(spec.id, "t300_t500-2.5.0");
+        assert_eq!(spec.artifacts[0].url, "fw.bin");
+        assert_eq!(
+            spec.provides
+                .iter()
+                .map(|(c, v)| (c.to_owned(), *v))
+                .collect::<Vec<_>>(),
+            [("firmware".to_owned(), fields().version)]
+        );
+        let past = ReleaseFields {
+            expires: NOW,
+            ..fields()
+        };
+        let err = release_spec(&past, vec![artifact(b"abc")], NOW).expect_err("past");
+        assert!(err.to_string().contains("is not after now"), "{err:#}");
+    }
+
+    #[test]
+    fn hashing_reports_progress_per_chunk_and_matches_the_whole_file_hash() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("fw.bin");
+        let bytes: Vec<u8> = (0..(2 << 20) + 17).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &bytes).expect("write");
+        let mut seen = Vec::new();
+        let digest = hash_file_with_progress(&path, &mut |done| seen.push(done)).expect("hash");
+        assert_eq!(seen, [1 << 20, 2 << 20, (2 << 20) + 17]);
+        assert_eq!(digest, ArtifactDigest::of_bytes("fw.bin", &bytes));
+    }
+
+    #[test]
+    fn a_recorded_release_is_listed_by_id_and_a_new_signature_replaces_the_old() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key_dir = dir.path().join("key");
+        keys::generate(&key_dir, "pw").expect("key");
+        let store = Store::open(&dir.path().join("cache.db")).expect("cache");
+        let sign = |id: &str, counter: u64| {
+            let spec = release_spec(
+                &ReleaseFields {
+                    id: Some(id.into()),
+                    counter,
+                    ..fields()
+                },
+                vec![artifact(b"abc")],
+                NOW,
+            )
+            .expect("spec");
+            sign_release(spec, None, &key_dir, "pw", NOW).expect("signed")
+        };
+        for (id, counter) in [("b-rel", 2), ("a-rel", 1), ("b-rel", 3)] {
+            record_release(&store, &sign(id, counter), "test", NOW).expect("recorded");
+        }
+        let stored = stored_manifests(&store).expect("listed");
+        let ids: Vec<&str> = stored.iter().map(|m| m.release_id.as_str()).collect();
+        assert_eq!(ids, ["a-rel", "b-rel"]);
+        let trust = keys::load_trust(&key_dir).expect("trust");
+        let b = manifest::verify(&stored[1].bytes, &trust, NOW).expect("verifies");
+        assert_eq!(b.spec().counter, 3);
+        let err = sign_release(
+            release_spec(&fields(), vec![artifact(b"abc")], NOW).expect("spec"),
+            None,
+            &key_dir,
+            "wrong",
+            NOW,
+        )
+        .expect_err("wrong passphrase");
+        assert!(format!("{err:#}").contains("wrong passphrase"), "{err:#}");
+    }
 }

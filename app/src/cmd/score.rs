@@ -7,7 +7,7 @@
 use anyhow::{Context, Result, bail};
 use convoy_core::cluster::{self, ClusterOptions};
 use convoy_core::cvss::Cvss;
-use convoy_core::risk::{self, Finding, Scorecard, ScoringPolicy};
+use convoy_core::risk::{self, BlastRadius, Finding, Scorecard, ScoringPolicy};
 use convoy_core::time::Timestamp;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -112,19 +112,38 @@ fn cvss(args: &CvssArgs, out: &mut dyn Write) -> Result<()> {
     if args.json {
         writeln!(out, "{}", serde_json::to_string(&cvss.summary())?)?;
     } else {
-        writeln!(
-            out,
-            "CVSS {} base score {:.1} ({})",
-            cvss.version(),
-            cvss.base_score(),
-            cvss.severity()
-        )?;
+        writeln!(out, "{}", cvss_headline(&cvss))?;
         writeln!(out, "vector: {}", cvss.vector())?;
         for line in cvss.explain() {
             writeln!(out, "  {line}")?;
         }
     }
     Ok(())
+}
+
+/// `CVSS 3.1 base score 9.8 (Critical)`: the first line of `convoy score cvss` and of the
+/// console's live CVSS preview.
+pub fn cvss_headline(cvss: &Cvss) -> String {
+    format!(
+        "CVSS {} base score {:.1} ({})",
+        cvss.version(),
+        cvss.base_score(),
+        cvss.severity()
+    )
+}
+
+/// The blast radius in one line, as the scorecard of `convoy score finding` and the console
+/// show it.
+pub fn blast_radius_summary(br: &BlastRadius) -> String {
+    format!(
+        "blast radius: {} of {} devices ({:.2}%), criticality-weighted {:.2}%, {} fragile now, {} unreachable",
+        br.affected_devices,
+        br.fleet_devices,
+        br.affected_share * 100.0,
+        br.criticality_weighted_share * 100.0,
+        br.fragile_devices,
+        br.unreachable_devices
+    )
 }
 
 /// Reads the `scoring` section of a policy file (a JSON object whose other sections belong to
@@ -241,16 +260,7 @@ fn print_scorecard(
     writeln!(out, "recommendation: {}", card.recommendation)?;
     writeln!(out, "reason:         {}", card.reason)?;
     writeln!(out)?;
-    writeln!(
-        out,
-        "blast radius: {} of {} devices ({:.2}%), criticality-weighted {:.2}%, {} fragile now, {} unreachable",
-        br.affected_devices,
-        br.fleet_devices,
-        br.affected_share * 100.0,
-        br.criticality_weighted_share * 100.0,
-        br.fragile_devices,
-        br.unreachable_devices
-    )?;
+    writeln!(out, "{}", blast_radius_summary(br))?;
     if !br.by_class.is_empty() {
         let classes: Vec<String> = br
             .by_class

@@ -54,15 +54,19 @@ pub enum View {
     Device,
     Cohorts,
     WarRoom,
+    Findings,
+    Releases,
 }
 
 impl View {
-    pub const ALL: [View; 5] = [
+    pub const ALL: [View; 7] = [
         View::Map,
         View::Table,
         View::Device,
         View::Cohorts,
         View::WarRoom,
+        View::Findings,
+        View::Releases,
     ];
 
     pub fn label(self) -> &'static str {
@@ -72,6 +76,8 @@ impl View {
             View::Device => "Device",
             View::Cohorts => "Cohorts",
             View::WarRoom => "War room",
+            View::Findings => "Findings",
+            View::Releases => "Releases",
         }
     }
 }
@@ -273,6 +279,10 @@ pub struct ConsoleApp {
     pub rollouts: Option<Result<crate::gui::backend::RolloutBoard, String>>,
     /// When the war room was last entered: its rollout cycle counts from here.
     pub warroom_since: Timestamp,
+    /// The findings view: the form, its scorecard and the stored findings.
+    pub findings: crate::gui::findings::FindingsState,
+    /// The releases view: the manifests with their signature state, and the create form.
+    pub releases: crate::gui::releases::ReleasesState,
 }
 
 impl std::fmt::Debug for ConsoleApp {
@@ -328,6 +338,8 @@ impl ConsoleApp {
             palette: crate::gui::palette::PaletteState::default(),
             rollouts: None,
             warroom_since: clock.now(),
+            findings: crate::gui::findings::FindingsState::default(),
+            releases: crate::gui::releases::ReleasesState::default(),
         };
         let throttle = match clock {
             Clock::System => REFRESH_EVERY,
@@ -385,6 +397,11 @@ impl ConsoleApp {
         &self.link
     }
 
+    /// The fleet cache the console shows, once the fleet has loaded from it.
+    pub fn cache_path(&self) -> Option<&std::path::Path> {
+        self.cache.as_deref()
+    }
+
     fn toast(&mut self, kind: ToastKind, text: impl Into<String>) {
         self.toasts.push(Toast {
             text: text.into(),
@@ -407,6 +424,8 @@ impl ConsoleApp {
         for command in std::mem::take(&mut self.commands) {
             self.apply(ctx, command);
         }
+        self.findings.poll();
+        self.releases.poll();
         self.sync_derived();
         self.state.ui_scale = ctx.zoom_factor();
         self.toasts.retain(|t| t.until > Instant::now());
@@ -488,6 +507,7 @@ impl ConsoleApp {
                 self.map.clear_grid();
                 self.cohort_cache = crate::gui::cohorts::CohortCache::default();
                 self.cohorts.clear();
+                self.findings.fleet_reloaded();
                 self.toast(
                     ToastKind::Info,
                     format!("Loaded {n} devices from the cache"),
@@ -691,7 +711,15 @@ impl ConsoleApp {
         if zero {
             self.send(UiCommand::ResetUiScale);
         }
-        let views = [Key::Num1, Key::Num2, Key::Num3, Key::Num4, Key::Num5];
+        let views = [
+            Key::Num1,
+            Key::Num2,
+            Key::Num3,
+            Key::Num4,
+            Key::Num5,
+            Key::Num6,
+            Key::Num7,
+        ];
         for (key, view) in views.into_iter().zip(View::ALL) {
             if ctx.input_mut(|i| i.consume_key(Modifiers::COMMAND, key)) {
                 self.send(UiCommand::Show(view));
@@ -755,6 +783,8 @@ impl ConsoleApp {
                 View::Table => crate::gui::table::table_ui(self, ui),
                 View::Device => crate::gui::device::device_ui(self, ui),
                 View::Cohorts => crate::gui::cohorts::cohorts_ui(self, ui),
+                View::Findings => crate::gui::findings::findings_ui(self, ui),
+                View::Releases => crate::gui::releases::releases_ui(self, ui),
                 View::WarRoom => {}
             }
         });

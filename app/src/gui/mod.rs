@@ -1,6 +1,7 @@
 //! The desktop console (egui, eframe with glow): a fleet map, a virtualised fleet table, device
 //! detail, cohort summaries and a read-only war-room wall showing the rollouts the headless
-//! engine (`convoy rollout run`) recorded in the cache.
+//! engine (`convoy rollout run`) recorded in the cache; finding intake with its risk
+//! scorecard ([`findings`]), and signed releases with their signature state ([`releases`]).
 //!
 //! Layout: [`app`] holds the state and the shell and applies commands once per frame;
 //! [`backend`] does everything slow or networked on other threads and reports through a bounded
@@ -9,8 +10,9 @@
 //! offline basemap tiles and [`tiles`] reads MBTiles files and online tile servers over it; the
 //! view modules only draw.
 //!
-//! Not built yet: running or steering rollouts from the console (the engine runs headless; the
-//! war room only reads its record), and live cohort health plots against the baseline.
+//! Not built yet: the planner, approval and dispatch, running or steering rollouts from the
+//! console (the engine runs headless; the war room only reads its record), and live cohort
+//! health plots against the baseline.
 //! `docs/CONSOLE.md` lists what is.
 
 pub mod aggregate;
@@ -20,10 +22,12 @@ pub mod basemap;
 pub mod cohorts;
 pub mod derive;
 pub mod device;
+pub mod findings;
 pub mod map;
 pub mod model;
 pub mod palette;
 pub mod query;
+pub mod releases;
 pub mod table;
 pub mod tiles;
 pub mod tokens;

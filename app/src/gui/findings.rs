@@ -1,0 +1,1075 @@
+//! Finding intake and scoring: a form for one finding, its CVSS vector scored and explained as
+//! it is typed, the risk scorecard against the loaded fleet (every line with its source, the
+//! tier and the recommendation), saving the finding with its scorecard to the cache, the
+//! findings already stored, and the affected devices made into a cohort on the map.
+//!
+//! The scoring is `convoy_core::{cvss, risk}` with the built-in policy, as `convoy score
+//! finding` does without `--policy`; storing is `serve::query::record_finding`, the code behind
+//! `POST /findings`. Turning the form into a [`Finding`] and picking the affected devices are
+//! plain functions with their own tests; the view only draws.
+//!
+//! Deliberately not here: editing the scoring policy (the built-in one is used and its version
+//! shown), and loading a stored finding back into the form. Scoring runs on a scoring worker
+//! thread with its own copy of the fleet as loaded (made once per load, when the view first
+//! shows it; status from the link after that does not change the copy); the cache is read and
+//! written on another worker thread. Only parsing the CVSS vector runs on the UI thread.
+
+use anyhow::{Context, Result};
+use convoy_core::cvss::Cvss;
+use convoy_core::fleet::Fleet;
+use convoy_core::requirement::Requirement;
+use convoy_core::risk::{
+    self, Affected, Anomaly, Classification, Exploitation, Finding, Layer, Rollback, Scorecard,
+    ScoringPolicy,
+};
+use convoy_core::time::Timestamp;
+use egui::RichText;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError};
+
+use crate::gui::app::{ConsoleApp, UiCommand};
+use crate::gui::tokens;
+use crate::serve::query::FindingRow;
+use crate::store::Store;
+
+/// The actor the audit log records for findings saved from the console (which has no operator
+/// login yet).
+pub const CONSOLE_ACTOR: &str = "console";
+
+/// The form as typed. Lists are comma-separated; version requirements are separated by `;`
+/// (a requirement such as `hw_rev in B,C` holds commas itself).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FindingForm {
+    pub id: String,
+    pub title: String,
+    pub classification: Classification,
+    pub cvss: String,
+    pub public_poc: bool,
+    pub exploited: bool,
+    pub remote: bool,
+    pub models: String,
+    pub hw_revs: String,
+    /// Affected versions: component requirements such as `firmware>=2.3.0; firmware<2.4.0`.
+    pub versions: String,
+    pub device_ids: String,
+    pub regulatory: String,
+    pub contractual: String,
+    pub ab_slot: bool,
+    pub layer: Layer,
+    /// Anomaly rate and its baseline, events per 1,000 device-days; both empty for none.
+    pub anomaly_rate: String,
+    pub anomaly_baseline: String,
+}
+
+impl Default for FindingForm {
+    fn default() -> Self {
+        let rollback = Rollback::default();
+        Self {
+            id: String::new(),
+            title: String::new(),
+            classification: Classification::Security,
+            cvss: String::new(),
+            public_poc: false,
+            exploited: false,
+            remote: false,
+            models: String::new(),
+            hw_revs: String::new(),
+            versions: String::new(),
+            device_ids: String::new(),
+            regulatory: String::new(),
+            contractual: String::new(),
+            ab_slot: rollback.ab_slot,
+            layer: rollback.layer,
+            anomaly_rate: String::new(),
+            anomaly_baseline: String::new(),
+        }
+    }
+}
+
+/// The form that describes `finding` (the inverse of [`build_finding`]).
+pub fn form_of(finding: &Finding) -> FindingForm {
+    let join = |items: &[String]| items.join(", ");
+    let rate = |v: Option<f64>| v.map(|x| x.to_string()).unwrap_or_default();
+    FindingForm {
+        id: finding.id.clone(),
+        title: finding.title.clone(),
+        classification: finding.classification,
+        cvss: finding.cvss.as_ref().map(Cvss::vector).unwrap_or_default(),
+        public_poc: finding.exploitation.public_poc,
+        exploited: finding.exploitation.active,
+        remote: finding.remote,
+        models: join(&finding.affected.models),
+        hw_revs: join(&finding.affected.hw_revs),
+        versions: finding
+            .affected
+            .requires
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; "),
+        device_ids: join(&finding.affected.device_ids),
+        regulatory: finding.regulatory_impact.clone().unwrap_or_default(),
+        contractual: finding.contractual_impact.clone().unwrap_or_default(),
+        ab_slot: finding.rollback.ab_slot,
+        layer: finding.rollback.layer,
+        anomaly_rate: rate(finding.anomaly.map(|a| a.rate_per_1000_device_days)),
+        anomaly_baseline: rate(finding.anomaly.map(|a| a.baseline_per_1000_device_days)),
+    }
+}
+
+/// A form field that cannot become part of a finding, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    /// The field's label in the form.
+    pub field: &'static str,
+    pub message: String,
+}
+
+impl std::fmt::Display for FieldError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// The CVSS vector field as scored while it is typed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CvssPreview {
+    /// Nothing typed: the finding has no CVSS vector.
+    Absent,
+    /// `headline` is `CVSS 3.1 base score 9.8 (Critical)`; `explain` one line per metric.
+    Valid {
+        cvss: Cvss,
+        headline: String,
+        explain: Vec<String>,
+    },
+    /// Why the vector is invalid; the message names the bad part or metric.
+    Invalid(String),
+}
+
+/// Scores and explains a CVSS vector as typed.
+pub fn cvss_preview(text: &str) -> CvssPreview {
+    if text.trim().is_empty() {
+        return CvssPreview::Absent;
+    }
+    match Cvss::parse(text.trim()) {
+        Ok(cvss) => CvssPreview::Valid {
+            headline: crate::cmd::score::cvss_headline(&cvss),
+            explain: cvss.explain(),
+            cvss,
+        },
+        Err(e) => CvssPreview::Invalid(e.to_string()),
+    }
+}
+
+fn list(text: &str) -> Vec<String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+fn optional(text: &str) -> Option<String> {
+    let t = text.trim();
+    (!t.is_empty()).then(|| t.to_owned())
+}
+
+fn rate(field: &'static str, text: &str) -> Result<f64, FieldError> {
+    text.trim().parse::<f64>().map_err(|_| FieldError {
+        field,
+        message: format!(
+            "{:?} is not a number of events per 1,000 device-days",
+            text.trim()
+        ),
+    })
+}
+
+/// The finding the form describes, or the first field that cannot be used. The finding is
+/// also checked as the scorer checks it ([`Finding::validate`]).
+pub fn build_finding(form: &FindingForm) -> Result<Finding, FieldError> {
+    let cvss = match cvss_preview(&form.cvss) {
+        CvssPreview::Absent => None,
+        CvssPreview::Valid { cvss, .. } => Some(cvss),
+        CvssPreview::Invalid(message) => {
+            return Err(FieldError {
+                field: "CVSS vector",
+                message,
+            });
+        }
+    };
+    let requires = form
+        .versions
+        .split(';')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|r| {
+            r.parse::<Requirement>().map_err(|e| FieldError {
+                field: "Affected versions",
+                message: e.to_string(),
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let anomaly = match (form.anomaly_rate.trim(), form.anomaly_baseline.trim()) {
+        ("", "") => None,
+        (r, b) => Some(Anomaly {
+            rate_per_1000_device_days: rate("Anomaly rate", r)?,
+            baseline_per_1000_device_days: rate("Anomaly baseline", b)?,
+        }),
+    };
+    let finding = Finding {
+        id: form.id.trim().to_owned(),
+        title: form.title.trim().to_owned(),
+        classification: form.classification,
+        cvss,
+        exploitation: Exploitation {
+            public_poc: form.public_poc,
+            active: form.exploited,
+        },
+        remote: form.remote,
+        affected: Affected {
+            models: list(&form.models),
+            hw_revs: list(&form.hw_revs),
+            requires,
+            device_ids: list(&form.device_ids),
+        },
+        regulatory_impact: optional(&form.regulatory),
+        contractual_impact: optional(&form.contractual),
+        rollback: Rollback {
+            ab_slot: form.ab_slot,
+            layer: form.layer,
+        },
+        anomaly,
+    };
+    finding.validate().map_err(|e| FieldError {
+        field: match &e {
+            risk::RiskError::InvalidFinding { field, .. } => field_label(field),
+            _ => "Finding",
+        },
+        message: e.to_string(),
+    })?;
+    Ok(finding)
+}
+
+/// The form's label for a field the scorer names.
+fn field_label(field: &str) -> &'static str {
+    match field {
+        "id" => "Finding id",
+        "affected" => "Affected devices",
+        "affected.requires" => "Affected versions",
+        f if f.starts_with("anomaly") => "Anomaly rate",
+        _ => "Finding",
+    }
+}
+
+/// The fleet indices of the devices `finding` affects, ascending.
+pub fn affected_devices(finding: &Finding, fleet: &Fleet) -> Vec<u32> {
+    let matcher = finding.matcher();
+    fleet
+        .devices
+        .iter()
+        .enumerate()
+        .filter(|(_, d)| matcher.matches(d))
+        .map(|(i, _)| i as u32)
+        .collect()
+}
+
+/// The form scored against the fleet: the finding, its scorecard and the fleet indices of the
+/// devices it affects (ascending), or the first field that stops scoring.
+pub type Scored = Result<(Finding, Scorecard, Vec<u32>), FieldError>;
+
+/// Scores the form against `fleet` with the built-in policy at `now`.
+pub fn evaluate(form: &FindingForm, fleet: &Fleet, now: Timestamp) -> Scored {
+    let finding = build_finding(form)?;
+    let card =
+        risk::score(&finding, fleet, &ScoringPolicy::default(), now).map_err(|e| FieldError {
+            field: "Finding",
+            message: e.to_string(),
+        })?;
+    let affected = affected_devices(&finding, fleet);
+    Ok((finding, card, affected))
+}
+
+/// What the scoring worker is asked.
+enum ScoreRequest {
+    /// The fleet to score against from now on.
+    Fleet(Arc<Fleet>),
+    Score {
+        seq: u64,
+        form: Box<FindingForm>,
+        now: Timestamp,
+    },
+}
+
+/// Scoring is one pass over the fleet (about 0.8 s at 1,000,000 devices in a release build,
+/// docs/BENCHMARKS.md), so it runs on this thread, never on the UI thread. It keeps its own
+/// copy of the fleet and scores only the newest form when several are queued.
+#[derive(Debug)]
+struct Scorer {
+    tx: SyncSender<ScoreRequest>,
+    rx: Receiver<(u64, Scored)>,
+}
+
+impl std::fmt::Debug for ScoreRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ScoreRequest::Fleet(fleet) => write!(f, "Fleet({} devices)", fleet.len()),
+            ScoreRequest::Score { seq, .. } => write!(f, "Score({seq})"),
+        }
+    }
+}
+
+impl Scorer {
+    fn spawn(ctx: &egui::Context) -> std::io::Result<Self> {
+        let (tx, requests) = std::sync::mpsc::sync_channel::<ScoreRequest>(8);
+        let (answers, rx) = std::sync::mpsc::sync_channel(2);
+        let ctx = ctx.clone();
+        std::thread::Builder::new()
+            .name("convoy-scoring".into())
+            .spawn(move || {
+                let mut fleet: Option<Arc<Fleet>> = None;
+                while let Ok(first) = requests.recv() {
+                    // Take everything queued: the newest fleet and the newest form win.
+                    let mut latest = None;
+                    for request in std::iter::once(first).chain(requests.try_iter()) {
+                        match request {
+                            ScoreRequest::Fleet(f) => fleet = Some(f),
+                            ScoreRequest::Score { seq, form, now } => {
+                                latest = Some((seq, form, now));
+                            }
+                        }
+                    }
+                    let (Some((seq, form, now)), Some(fleet)) = (latest, &fleet) else {
+                        continue;
+                    };
+                    if answers.send((seq, evaluate(&form, fleet, now))).is_err() {
+                        return;
+                    }
+                    ctx.request_repaint();
+                }
+            })?;
+        Ok(Self { tx, rx })
+    }
+}
+
+/// What the cache worker reports.
+#[derive(Debug)]
+enum Reply {
+    Saved {
+        id: String,
+        rows: Vec<FindingRow>,
+    },
+    Listed(Vec<FindingRow>),
+    /// A stored finding, read back to fill the form.
+    Opened(Box<Finding>),
+    SaveFailed(String),
+    OpenFailed(String),
+    ListFailed(String),
+}
+
+/// The findings view's state, for the session.
+#[derive(Debug, Default)]
+pub struct FindingsState {
+    pub form: FindingForm,
+    /// The CVSS field as last previewed (parsing a vector is cheap: it runs as it is typed).
+    cvss_for: Option<String>,
+    pub cvss: Option<CvssPreview>,
+    scorer: Option<Scorer>,
+    /// Why the scoring worker is not running, if its thread could not start.
+    scorer_error: Option<String>,
+    /// Whether the scoring worker has the fleet as last loaded.
+    fleet_sent: bool,
+    /// The form last sent to the scoring worker, and its number.
+    sent: Option<(FindingForm, u64)>,
+    /// The scoring worker's newest answer and the number of the form it scored.
+    pub scored: Option<(u64, Scored)>,
+    /// The findings in the cache, as last read; `None` until the first read answers.
+    pub stored: Option<Result<Vec<FindingRow>, String>>,
+    /// The last save's outcome, shown under the button.
+    pub saved: Option<Result<String, String>>,
+    worker: Option<Receiver<Reply>>,
+    /// Whether the list was asked for since the view opened.
+    listed: bool,
+}
+
+impl FindingsState {
+    /// A new fleet was loaded: the scoring worker needs a copy of it, and old scores are void.
+    pub fn fleet_reloaded(&mut self) {
+        self.fleet_sent = false;
+        self.sent = None;
+        self.scored = None;
+    }
+
+    /// Whether the scorecard shown is for the form as it is now.
+    pub fn score_is_current(&self) -> bool {
+        matches!((&self.sent, &self.scored), (Some((form, sent)), Some((seq, _))) if sent == seq && *form == self.form)
+    }
+
+    /// Sends the scoring worker the fleet (once per load: a copy, the one fleet-sized step of
+    /// this view on the UI thread) and the form when it changed; takes its answers.
+    fn sync_scoring(&mut self, ctx: &egui::Context, fleet: &Fleet, now: Timestamp) {
+        if self.cvss_for.as_deref() != Some(self.form.cvss.as_str()) {
+            self.cvss = Some(cvss_preview(&self.form.cvss));
+            self.cvss_for = Some(self.form.cvss.clone());
+        }
+        if self.scorer.is_none() && self.scorer_error.is_none() {
+            match Scorer::spawn(ctx) {
+                Ok(s) => self.scorer = Some(s),
+                Err(e) => {
+                    self.scorer_error = Some(format!("could not start the scoring thread: {e}"));
+                }
+            }
+        }
+        let Some(scorer) = &self.scorer else {
+            return;
+        };
+        for answer in scorer.rx.try_iter() {
+            self.scored = Some(answer);
+        }
+        if !self.fleet_sent {
+            if scorer
+                .tx
+                .try_send(ScoreRequest::Fleet(Arc::new(fleet.clone())))
+                .is_err()
+            {
+                return;
+            }
+            self.fleet_sent = true;
+        }
+        if self
+            .sent
+            .as_ref()
+            .is_none_or(|(form, _)| *form != self.form)
+        {
+            let seq = self.sent.as_ref().map_or(1, |(_, seq)| seq + 1);
+            let request = ScoreRequest::Score {
+                seq,
+                form: Box::new(self.form.clone()),
+                now,
+            };
+            // A full queue is tried again next frame.
+            if scorer.tx.try_send(request).is_ok() {
+                self.sent = Some((self.form.clone(), seq));
+            }
+        }
+    }
+
+    /// Whether the cache worker is busy.
+    pub fn busy(&self) -> bool {
+        self.worker.is_some()
+    }
+
+    /// Takes the cache worker's answer, if it has one.
+    pub fn poll(&mut self) {
+        let Some(rx) = &self.worker else {
+            return;
+        };
+        let reply = match rx.try_recv() {
+            Ok(r) => r,
+            Err(TryRecvError::Empty) => return,
+            Err(TryRecvError::Disconnected) => {
+                Reply::ListFailed("the findings worker stopped without an answer".into())
+            }
+        };
+        self.worker = None;
+        match reply {
+            Reply::Saved { id, rows } => {
+                self.saved = Some(Ok(format!("Saved finding {id} with its scorecard")));
+                self.stored = Some(Ok(rows));
+            }
+            Reply::Listed(rows) => self.stored = Some(Ok(rows)),
+            Reply::Opened(finding) => {
+                self.form = form_of(&finding);
+                self.saved = Some(Ok(format!("Opened finding {} from the cache", finding.id)));
+            }
+            Reply::SaveFailed(why) => self.saved = Some(Err(format!("Could not save: {why}"))),
+            Reply::OpenFailed(why) => self.saved = Some(Err(format!("Could not open: {why}"))),
+            Reply::ListFailed(why) => self.stored = Some(Err(why)),
+        }
+    }
+
+    /// Runs `job` on a worker thread; an error becomes `failed(why)`.
+    fn spawn(
+        &mut self,
+        ctx: &egui::Context,
+        failed: fn(String) -> Reply,
+        job: impl FnOnce() -> Result<Reply> + Send + 'static,
+    ) {
+        let (tx, rx): (SyncSender<Reply>, _) = std::sync::mpsc::sync_channel(1);
+        let ctx = ctx.clone();
+        let started = std::thread::Builder::new()
+            .name("convoy-findings".into())
+            .spawn(move || {
+                let reply = job().unwrap_or_else(|e| failed(format!("{e:#}")));
+                // The view may be gone: then nobody waits for the answer.
+                let _ = tx.send(reply);
+                ctx.request_repaint();
+            });
+        match started {
+            Ok(_) => self.worker = Some(rx),
+            Err(e) => {
+                self.saved = Some(Err(format!(
+                    "Could not start the findings worker thread: {e}"
+                )));
+            }
+        }
+    }
+
+    /// Reads the stored findings on the worker.
+    pub fn refresh(&mut self, ctx: &egui::Context, cache: Option<PathBuf>) {
+        self.listed = true;
+        let Some(cache) = cache else {
+            self.stored = Some(Err("no fleet cache is open".into()));
+            return;
+        };
+        self.spawn(ctx, Reply::ListFailed, move || {
+            let store = open_cache(&cache)?;
+            Ok(Reply::Listed(crate::serve::query::findings(&store)?))
+        });
+    }
+
+    /// Reads the stored finding `id` on the worker and fills the form with it.
+    pub fn open(&mut self, ctx: &egui::Context, cache: Option<PathBuf>, id: String) {
+        let Some(cache) = cache else {
+            return;
+        };
+        self.spawn(ctx, Reply::OpenFailed, move || {
+            let store = open_cache(&cache)?;
+            let record = crate::serve::query::finding(&store, &id)?
+                .with_context(|| format!("finding {id} is no longer in the cache"))?;
+            let finding: Finding = serde_json::from_value(record.finding)
+                .with_context(|| format!("reading stored finding {id}"))?;
+            Ok(Reply::Opened(Box::new(finding)))
+        });
+    }
+
+    /// Stores `finding` with `card` on the worker, then reads the list back.
+    fn save(
+        &mut self,
+        ctx: &egui::Context,
+        cache: Option<PathBuf>,
+        finding: &Finding,
+        card: &Scorecard,
+        now: Timestamp,
+    ) {
+        let Some(cache) = cache else {
+            self.saved = Some(Err(
+                "Could not save: no fleet cache is open to save into".into()
+            ));
+            return;
+        };
+        let id = finding.id.clone();
+        let finding = serde_json::to_value(finding);
+        let card = serde_json::to_value(card);
+        self.saved = None;
+        self.spawn(ctx, Reply::SaveFailed, move || {
+            let (finding, card) = (finding?, card?);
+            let store = open_cache(&cache)?;
+            crate::serve::query::record_finding(&store, &finding, &id, &card, CONSOLE_ACTOR, now)
+                .with_context(|| format!("saving finding {id} to {}", cache.display()))?;
+            Ok(Reply::Saved {
+                id,
+                rows: crate::serve::query::findings(&store)?,
+            })
+        });
+    }
+}
+
+fn open_cache(cache: &std::path::Path) -> Result<Store> {
+    Store::open_existing(cache)
+        .with_context(|| format!("opening the fleet cache {}", cache.display()))
+}
+
+/// A label and a single-line text field named by it (kittest finds the field by the label).
+fn text_row(ui: &mut egui::Ui, label: &str, value: &mut String, hint: &str) -> egui::Response {
+    let l = ui.label(label);
+    let r = ui
+        .add(
+            egui::TextEdit::singleline(value)
+                .hint_text(hint)
+                .desired_width(420.0),
+        )
+        .labelled_by(l.id);
+    ui.end_row();
+    r
+}
+
+/// Draws the findings view.
+pub fn findings_ui(app: &mut ConsoleApp, ui: &mut egui::Ui) {
+    let ctx = ui.ctx().clone();
+    let now = app.now();
+    let cache = app.cache_path().map(std::path::Path::to_path_buf);
+    if !app.findings.listed && !app.findings.busy() {
+        app.findings.refresh(&ctx, cache.clone());
+    }
+    if let Some(model) = &app.model {
+        app.findings.sync_scoring(&ctx, &model.fleet, now);
+    }
+    let mut commands = Vec::new();
+    let mut save = None;
+    egui::ScrollArea::vertical().show(ui, |ui| {
+        ui.heading("Findings");
+        ui.label(
+            RichText::new(
+                "Describe a defect; it is scored against the loaded fleet as you type, with the built-in scoring policy.",
+            )
+            .color(tokens::MUTED),
+        );
+        ui.add_space(6.0);
+        form_ui(&mut app.findings.form, ui);
+        ui.add_space(8.0);
+        let busy = app.findings.busy();
+        let current = app.findings.score_is_current();
+        if let Some(cvss) = &app.findings.cvss {
+            cvss_ui(cvss, ui);
+            ui.add_space(8.0);
+        }
+        if let Some(why) = &app.findings.scorer_error {
+            ui.colored_label(tokens::BAD, why);
+        }
+        match &app.findings.scored {
+            None => {
+                ui.horizontal(|ui| {
+                    ui.add(egui::Spinner::new());
+                    ui.label("Scoring against the fleet…");
+                });
+            }
+            Some((_, Ok((finding, card, affected)))) => {
+                if !current {
+                    ui.horizontal(|ui| {
+                        ui.add(egui::Spinner::new());
+                        ui.label("Scoring the changed form; the scorecard below is for the previous one.");
+                    });
+                }
+                scorecard_ui(card, ui);
+                ui.add_space(6.0);
+                ui.horizontal(|ui| {
+                    if ui
+                        .add_enabled(!busy && current, egui::Button::new("Save finding"))
+                        .on_hover_text("Store the finding and this scorecard in the cache")
+                        .clicked()
+                    {
+                        save = Some((finding.clone(), card.clone()));
+                    }
+                    if busy {
+                        ui.add(egui::Spinner::new());
+                    }
+                    if ui
+                        .add_enabled(
+                            current && !affected.is_empty(),
+                            egui::Button::new("Show affected devices on map"),
+                        )
+                        .on_hover_text("Make the affected devices a cohort and show the map")
+                        .clicked()
+                        && let Some(model) = &app.model
+                        && let Some((lat, lon)) = centre(&model.fleet, affected)
+                    {
+                        commands.push(UiCommand::CreateCohort {
+                            name: format!("Affected by {}", finding.id),
+                            devices: affected.clone(),
+                        });
+                        commands.push(UiCommand::FocusMap {
+                            lat,
+                            lon,
+                            zoom: 4.0,
+                        });
+                    }
+                });
+            }
+            Some((_, Err(e))) => {
+                ui.colored_label(tokens::BAD, format!("Cannot score yet: {e}"));
+            }
+        }
+        match &app.findings.saved {
+            Some(Ok(text)) => {
+                ui.colored_label(tokens::OK, text);
+            }
+            Some(Err(why)) => {
+                ui.colored_label(tokens::BAD, why);
+            }
+            None => {}
+        }
+        ui.separator();
+        stored_ui(app, ui, &ctx, cache.clone());
+    });
+    if let Some((finding, card)) = save {
+        app.findings.save(&ctx, cache, &finding, &card, now);
+    }
+    for c in commands {
+        app.send(c);
+    }
+}
+
+/// The mean position of `devices`, or `None` if there are none (or they are not in `fleet`).
+fn centre(fleet: &Fleet, devices: &[u32]) -> Option<(f64, f64)> {
+    if devices.is_empty() {
+        return None;
+    }
+    let (mut lat, mut lon) = (0.0, 0.0);
+    for &i in devices {
+        let p = fleet.devices.get(i as usize)?.position;
+        lat += p.lat;
+        lon += p.lon;
+    }
+    let n = devices.len() as f64;
+    Some((lat / n, lon / n))
+}
+
+fn form_ui(form: &mut FindingForm, ui: &mut egui::Ui) {
+    egui::Grid::new("finding-form")
+        .num_columns(2)
+        .spacing([12.0, 6.0])
+        .show(ui, |ui| {
+            text_row(
+                ui,
+                "Finding id",
+                &mut form.id,
+                "e.g. CVE-2026-1234 or a ticket",
+            );
+            text_row(ui, "Title", &mut form.title, "what is wrong, in a line");
+            let l = ui.label("Classification");
+            egui::ComboBox::from_id_salt("finding-classification")
+                .selected_text(form.classification.as_str())
+                .show_ui(ui, |ui| {
+                    for c in [
+                        Classification::Security,
+                        Classification::Stability,
+                        Classification::Compliance,
+                        Classification::Performance,
+                        Classification::Cosmetic,
+                    ] {
+                        ui.selectable_value(&mut form.classification, c, c.as_str());
+                    }
+                })
+                .response
+                .labelled_by(l.id);
+            ui.end_row();
+            text_row(
+                ui,
+                "CVSS vector",
+                &mut form.cvss,
+                "CVSS:3.1/AV:N/AC:L/PR:N/UI:N/S:U/C:H/I:H/A:H (empty: none)",
+            );
+            ui.label("Exploitation");
+            ui.horizontal(|ui| {
+                ui.checkbox(&mut form.public_poc, "Public proof of concept");
+                ui.checkbox(&mut form.exploited, "Exploited in the wild");
+                ui.checkbox(&mut form.remote, "Reachable remotely");
+            });
+            ui.end_row();
+            text_row(
+                ui,
+                "Affected models",
+                &mut form.models,
+                "T300, T500 (empty: any)",
+            );
+            text_row(
+                ui,
+                "Affected hw revs",
+                &mut form.hw_revs,
+                "B, C (empty: any)",
+            );
+            text_row(
+                ui,
+                "Affected versions",
+                &mut form.versions,
+                "firmware>=2.3.0; firmware<2.4.0 (separated by ;)",
+            );
+            text_row(
+                ui,
+                "Affected device ids",
+                &mut form.device_ids,
+                "(empty: any)",
+            );
+            text_row(
+                ui,
+                "Regulatory impact",
+                &mut form.regulatory,
+                "the regulation breached, if any",
+            );
+            text_row(
+                ui,
+                "Contractual impact",
+                &mut form.contractual,
+                "the contract or SLA breached, if any",
+            );
+            ui.label("Rollback");
+            ui.horizontal(|ui| {
+                ui.checkbox(&mut form.ab_slot, "A/B slot (reverts on its own)");
+                egui::ComboBox::from_label("layer")
+                    .selected_text(form.layer.as_str())
+                    .show_ui(ui, |ui| {
+                        for l in [Layer::Application, Layer::Bootloader, Layer::Modem] {
+                            ui.selectable_value(&mut form.layer, l, l.as_str());
+                        }
+                    });
+            });
+            ui.end_row();
+            text_row(
+                ui,
+                "Anomaly rate",
+                &mut form.anomaly_rate,
+                "events per 1,000 device-days among affected (empty: none)",
+            );
+            text_row(
+                ui,
+                "Anomaly baseline",
+                &mut form.anomaly_baseline,
+                "the same signal on unaffected devices",
+            );
+        });
+}
+
+fn cvss_ui(preview: &CvssPreview, ui: &mut egui::Ui) {
+    match preview {
+        CvssPreview::Absent => {
+            ui.label(
+                RichText::new("No CVSS vector: the finding scores without one.")
+                    .color(tokens::MUTED),
+            );
+        }
+        CvssPreview::Valid {
+            headline, explain, ..
+        } => {
+            ui.label(RichText::new(headline).strong());
+            for line in explain {
+                ui.label(RichText::new(line).monospace());
+            }
+        }
+        CvssPreview::Invalid(why) => {
+            ui.colored_label(tokens::BAD, format!("Invalid CVSS vector: {why}"));
+        }
+    }
+}
+
+fn scorecard_ui(card: &Scorecard, ui: &mut egui::Ui) {
+    ui.label(RichText::new("Scorecard").strong());
+    egui::Grid::new("finding-scorecard")
+        .num_columns(3)
+        .striped(true)
+        .spacing([12.0, 3.0])
+        .show(ui, |ui| {
+            ui.label(RichText::new("points").strong());
+            ui.label(RichText::new("source").strong());
+            ui.label(RichText::new("detail").strong());
+            ui.end_row();
+            for line in &card.lines {
+                ui.label(RichText::new(format!("{:.1}", line.points)).monospace());
+                ui.label(line.source);
+                ui.label(&line.detail);
+                ui.end_row();
+            }
+        });
+    ui.label(format!(
+        "Total {:.1} points = severity {:.1} × exposure {:.3} (scoring policy version {}, built-in)",
+        card.points, card.severity_points, card.exposure_multiplier, card.policy_version
+    ));
+    let tier_color = match card.tier.number() {
+        0 => tokens::BAD,
+        1 => tokens::WARN,
+        _ => tokens::OK,
+    };
+    ui.label(
+        RichText::new(format!("Tier {}", card.tier))
+            .color(tier_color)
+            .strong(),
+    );
+    ui.label(RichText::new(format!("Recommendation: {}", card.recommendation)).strong());
+    ui.label(format!("Reason: {}", card.reason));
+    ui.label(crate::cmd::score::blast_radius_summary(&card.blast_radius));
+}
+
+fn stored_ui(app: &mut ConsoleApp, ui: &mut egui::Ui, ctx: &egui::Context, cache: Option<PathBuf>) {
+    let busy = app.findings.busy();
+    let mut open = None;
+    ui.horizontal(|ui| {
+        ui.label(RichText::new("Stored findings").strong());
+        if ui
+            .add_enabled(!busy, egui::Button::new("Reload findings"))
+            .clicked()
+        {
+            app.findings.refresh(ctx, cache.clone());
+        }
+    });
+    match &app.findings.stored {
+        None => {
+            ui.label("Reading the cache…");
+        }
+        Some(Err(why)) => {
+            ui.colored_label(tokens::BAD, format!("Could not read the findings: {why}"));
+        }
+        Some(Ok(rows)) if rows.is_empty() => {
+            ui.label(RichText::new("None stored yet.").color(tokens::MUTED));
+        }
+        Some(Ok(rows)) => {
+            egui::Grid::new("stored-findings")
+                .num_columns(5)
+                .striped(true)
+                .spacing([12.0, 3.0])
+                .show(ui, |ui| {
+                    for h in ["finding", "title", "points", "tier", ""] {
+                        ui.label(RichText::new(h).strong());
+                    }
+                    ui.end_row();
+                    for row in rows {
+                        ui.label(&row.id);
+                        ui.label(&row.title);
+                        ui.label(row.points.map_or("-".to_owned(), |p| format!("{p:.1}")));
+                        ui.label(
+                            row.tier
+                                .as_ref()
+                                .and_then(serde_json::Value::as_u64)
+                                .map_or("-".to_owned(), |t| {
+                                    risk::Tier::from_number(t.min(3) as u8).to_string()
+                                }),
+                        );
+                        if ui
+                            .add_enabled(!busy, egui::Button::new(format!("Open {}", row.id)))
+                            .on_hover_text("Load this finding into the form to rescore it")
+                            .clicked()
+                        {
+                            open = Some(row.id.clone());
+                        }
+                        ui.end_row();
+                    }
+                });
+        }
+    }
+    if let Some(id) = open {
+        app.findings.open(ctx, cache, id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use convoy_core::synth::{SynthOptions, generate};
+
+    const NOW: Timestamp = Timestamp::from_secs(1_800_000_000);
+
+    fn form() -> FindingForm {
+        FindingForm {
+            id: "CVE-2026-0001".into(),
+            title: "telematics auth bypass".into(),
+            cvss: "CVSS:3.1/AV:N/AC:L/PR:N/UI:N/S:U/C:H/I:H/A:H".into(),
+            models: "T300".into(),
+            ..FindingForm::default()
+        }
+    }
+
+    #[test]
+    fn a_valid_vector_is_scored_and_explained_metric_by_metric() {
+        let CvssPreview::Valid {
+            headline, explain, ..
+        } = cvss_preview(" CVSS:3.1/AV:N/AC:L/PR:N/UI:N/S:U/C:H/I:H/A:H ")
+        else {
+            panic!("valid vector");
+        };
+        assert_eq!(headline, "CVSS 3.1 base score 9.8 (Critical)");
+        assert!(explain.iter().any(|l| l.contains("AV:N")), "{explain:?}");
+    }
+
+    #[test]
+    fn a_bad_metric_value_is_named() {
+        let CvssPreview::Invalid(why) =
+            cvss_preview("CVSS:3.1/AV:Q/AC:L/PR:N/UI:N/S:U/C:H/I:H/A:H")
+        else {
+            panic!("invalid vector");
+        };
+        assert!(why.contains("\"AV\"") && why.contains("\"Q\""), "{why}");
+        let err = build_finding(&FindingForm {
+            cvss: "CVSS:3.1/AV:Q".into(),
+            ..form()
+        })
+        .expect_err("bad vector");
+        assert_eq!(err.field, "CVSS vector");
+    }
+
+    #[test]
+    fn the_form_becomes_the_finding_the_cli_reads() {
+        let f = build_finding(&FindingForm {
+            versions: "firmware>=2.3.0; hw_rev in B,C".into(),
+            device_ids: "a, b,,".into(),
+            anomaly_rate: "4".into(),
+            anomaly_baseline: "1".into(),
+            exploited: true,
+            ..form()
+        })
+        .expect("valid form");
+        assert_eq!(f.affected.models, ["T300"]);
+        assert_eq!(f.affected.device_ids, ["a", "b"]);
+        assert_eq!(f.affected.requires.len(), 2);
+        assert_eq!(f.affected.requires[1].to_string(), "hw_rev in B,C");
+        assert!(f.exploitation.active && !f.exploitation.public_poc);
+        assert_eq!(f.anomaly.map(|a| a.rate_per_1000_device_days), Some(4.0));
+        // The same finding as JSON, the way `convoy score finding` reads it, is equal.
+        let back: Finding =
+            serde_json::from_str(&serde_json::to_string(&f).expect("json")).expect("reads");
+        assert_eq!(back, f);
+    }
+
+    #[test]
+    fn a_finding_fills_the_form_that_builds_it_again() {
+        let f = build_finding(&FindingForm {
+            versions: "firmware>=2.3.0; hw_rev in B,C".into(),
+            hw_revs: "B, C".into(),
+            regulatory: "MDR".into(),
+            anomaly_rate: "4.5".into(),
+            anomaly_baseline: "1".into(),
+            public_poc: true,
+            ab_slot: false,
+            layer: Layer::Bootloader,
+            ..form()
+        })
+        .expect("valid form");
+        assert_eq!(build_finding(&form_of(&f)), Ok(f));
+    }
+
+    #[test]
+    fn form_errors_name_the_field() {
+        let none = FindingForm {
+            models: String::new(),
+            ..form()
+        };
+        assert_eq!(
+            build_finding(&none).expect_err("no affected").field,
+            "Affected devices"
+        );
+        let transient = FindingForm {
+            versions: "battery>=20".into(),
+            ..form()
+        };
+        assert_eq!(
+            build_finding(&transient).expect_err("condition").field,
+            "Affected versions"
+        );
+        let rate = FindingForm {
+            anomaly_rate: "lots".into(),
+            ..form()
+        };
+        assert_eq!(
+            build_finding(&rate).expect_err("rate").field,
+            "Anomaly rate"
+        );
+    }
+
+    #[test]
+    fn affected_devices_are_those_the_scorer_counts_in_fleet_order() {
+        let fleet = generate(&SynthOptions {
+            devices: 300,
+            seed: 3,
+            now: NOW,
+        });
+        let (finding, card, devices) = evaluate(&form(), &fleet, NOW).expect("scores");
+        assert_eq!(devices, affected_devices(&finding, &fleet));
+        assert_eq!(devices.len(), card.affected_devices);
+        assert!(devices.windows(2).all(|w| w[0] < w[1]));
+        assert!(
+            devices
+                .iter()
+                .all(|&i| fleet.devices[i as usize].model == "T300")
+        );
+        let t300 = fleet.devices.iter().filter(|d| d.model == "T300").count();
+        assert_eq!(devices.len(), t300);
+    }
+}
