@@ -6,7 +6,7 @@
 //! fleet, so a rollout of several waves with hour-long soaks takes seconds. The tests run one at
 //! a time (a rollout and a fleet of simulated devices keep two cores busy).
 
-use convoy_e2e::{Mosquitto, convoy_bin, convoy_ok, free_port};
+use convoy_e2e::{Mosquitto, SignedWorkspace, WorkspaceSpec, convoy_bin, convoy_ok, free_port};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -26,63 +26,17 @@ struct Setup {
 
 impl Setup {
     fn new(devices: usize) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let s = Self { dir };
+        let ws = SignedWorkspace::new(&WorkspaceSpec {
+            devices,
+            seed: 7,
+            artifact_bytes: 2_000_000,
+            version: "2.5.0",
+            counter: 50,
+            hardware: "T300",
+            requires: &["bootloader>=1.6"],
+        });
+        let s = Self { dir: ws.dir };
         let p = |name: &str| s.path(name);
-        std::fs::write(p("pass"), "engine test passphrase\n").expect("passphrase");
-        convoy_ok(&[
-            "fleet",
-            "generate",
-            "--devices",
-            &devices.to_string(),
-            "--seed",
-            "7",
-            "--out",
-            &p("fleet.json"),
-        ]);
-        convoy_ok(&["fleet", "import", &p("fleet.json"), "--db", &p("cache.db")]);
-        convoy_ok(&[
-            "key",
-            "generate",
-            "--out",
-            &p("key"),
-            "--passphrase-file",
-            &p("pass"),
-        ]);
-        convoy_ok(&[
-            "key",
-            "trust",
-            "--key",
-            &p("key"),
-            "--out",
-            &p("trust"),
-            "--passphrase-file",
-            &p("pass"),
-        ]);
-        let image: Vec<u8> = (0..2_000_000u32).map(|i| (i * 31 % 251) as u8).collect();
-        std::fs::write(p("fw.img"), image).expect("artifact");
-        convoy_ok(&[
-            "release",
-            "create",
-            "--artifact",
-            &p("fw.img"),
-            "--version",
-            "2.5.0",
-            "--counter",
-            "50",
-            "--hardware",
-            "T300",
-            "--requires",
-            "bootloader>=1.6",
-            "--expires",
-            "30d",
-            "--key",
-            &p("key"),
-            "--passphrase-file",
-            &p("pass"),
-            "--out",
-            &p("release.json"),
-        ]);
         // Soaks of one simulated hour, short holds: the gates' logic, on a test's time budget.
         std::fs::write(
             p("policy.json"),
