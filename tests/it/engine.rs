@@ -1230,3 +1230,167 @@ fn rollout_control_over_the_api_reaches_an_engine_hosted_by_the_server() {
     );
     convoy_ok(&["audit", "verify", "--db", &setup.path("cache.db")]);
 }
+
+/// Issue 9: a rollout requested over the API is not dispatched until two operators other than
+/// the requester approve it; then the server dispatches it itself (an engine run it hosts, with
+/// the plan frozen at request time), the control endpoints steer it, and it completes.
+#[test]
+fn a_request_approved_over_the_api_is_dispatched_by_the_server_and_completes() {
+    use convoy::serve::auth::{self, Role};
+    use convoy::serve::{ServeConfig, Server};
+    use reqwest::StatusCode;
+    let _one = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let setup = Setup::new(400);
+    let broker = EmbeddedBroker::start(setup.dir.path(), None);
+    let url = broker.url();
+    convoy_ok(&[
+        "release",
+        "store",
+        &setup.path("release.json"),
+        "--trust",
+        &setup.path("trust"),
+        "--db",
+        &setup.path("cache.db"),
+    ]);
+    let release_id = {
+        let m: Value =
+            serde_json::from_slice(&std::fs::read(setup.path("release.json")).expect("manifest"))
+                .expect("manifest JSON");
+        m["signed"]["release"]["id"]
+            .as_str()
+            .expect("release id")
+            .to_owned()
+    };
+    let tokens: BTreeMap<&str, String> = {
+        let store = convoy::store::Store::open(Path::new(&setup.path("cache.db"))).expect("cache");
+        let now = convoy::now();
+        [
+            ("dana", Role::Dispatcher),
+            ("alex", Role::Approver),
+            ("sam", Role::Approver),
+        ]
+        .into_iter()
+        .map(|(name, role)| {
+            let t = auth::add_token(&store, name, role, "operator:test", now).expect("token");
+            (name, t.token)
+        })
+        .collect()
+    };
+    let _sim = setup.sim(&url, false);
+    let settings = setup.path("dispatch.args");
+    std::fs::write(
+        &settings,
+        format!(
+            "# what every approved request runs with\n--broker\n{url}\n--policy\n{}\n--time-scale\n{SCALE}\n--artifact\n{}\n",
+            setup.path("policy.json"),
+            setup.path("fw.img")
+        ),
+    )
+    .expect("dispatch settings");
+    let mut config = ServeConfig::new(
+        PathBuf::from(setup.path("cache.db")),
+        "127.0.0.1:0".parse().expect("addr"),
+    );
+    config.trust = Some(PathBuf::from(setup.path("trust")));
+    config.dispatch =
+        Some(convoy::serve::host::read_dispatch_args(Path::new(&settings)).expect("settings"));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let server = runtime.block_on(Server::start(config)).expect("server");
+    let api = format!("{}/api/v1/rollouts", server.base_url());
+    let c = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client");
+    let call = |path: &str, who: &str, body: &str| {
+        let url = if path.is_empty() {
+            api.clone()
+        } else {
+            format!("{api}/{path}")
+        };
+        runtime.block_on(post_json(&c, &url, &tokens[who], body))
+    };
+
+    let (status, body) = call(
+        "",
+        "dana",
+        &format!(r#"{{"release_id": "{release_id}", "rollout_id": "r1"}}"#),
+    );
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let planned = body["devices"].as_i64().expect("devices");
+    let (status, body) = call(
+        "r1/approve",
+        "alex",
+        r#"{"comment": "canary covers T300/C"}"#,
+    );
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["status"], "awaiting_approval", "{body}");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        setup.count("SELECT count(*) FROM outbox"),
+        0,
+        "nothing is sent before the request is approved"
+    );
+    assert_eq!(
+        setup.count("SELECT count(*) FROM rollout_events WHERE rollout_id = 'r1'"),
+        0
+    );
+    let (status, body) = call("r1/approve", "sam", "{}");
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["status"], "approved", "{body}");
+    assert_eq!(body["hosted"], true, "{body}");
+    assert!(
+        body["dispatch"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("dispatched"),
+        "{body}"
+    );
+
+    setup.wait_for_event("soak.started");
+    let (status, body) = call("r1/pause", "dana", r#"{"reason": "look at the canary"}"#);
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = call("r1/resume", "dana", r#"{"reason": "canary fine"}"#);
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let runs = server.take_runs();
+    assert_eq!(runs.len(), 1);
+    let report = runs
+        .into_iter()
+        .next()
+        .expect("one run")
+        .join()
+        .expect("the dispatched run");
+    runtime.block_on(server.shutdown());
+    assert_eq!(
+        report.final_state,
+        convoy::engine::FinalState::Completed,
+        "{report:#?}"
+    );
+    let devices: i64 = report.waves.iter().map(|w| i64::from(w.devices)).sum();
+    assert_eq!(devices, planned, "the run has the frozen plan's devices");
+    assert_eq!(report.requested_by, "dana");
+    let mut approvals = report.approvals.clone();
+    approvals.sort();
+    assert_eq!(approvals, ["alex", "sam"]);
+    let timeline = setup.timeline();
+    for who in ["alex", "sam"] {
+        assert!(
+            timeline
+                .iter()
+                .any(|(k, c)| k.contains("approval") && c.contains(who)),
+            "{who}'s approval in the timeline: {timeline:?}"
+        );
+    }
+    assert_eq!(
+        setup.count(
+            "SELECT count(*) FROM audit WHERE action IN ('rollout.request', 'rollout.approve')"
+        ),
+        3
+    );
+    convoy_ok(&["audit", "verify", "--db", &setup.path("cache.db")]);
+}

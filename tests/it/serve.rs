@@ -858,3 +858,309 @@ fn a_revoked_token_is_refused_by_the_running_server() {
         server.shutdown().await;
     });
 }
+
+/// A signed release stored in a cache with a generated fleet, and tokens for a viewer, a
+/// dispatcher and three approvers.
+struct RequestFixture {
+    ws: convoy_e2e::SignedWorkspace,
+    release_id: String,
+    tokens: std::collections::HashMap<&'static str, String>,
+}
+
+fn request_fixture() -> RequestFixture {
+    let ws = convoy_e2e::SignedWorkspace::new(&convoy_e2e::WorkspaceSpec {
+        devices: 300,
+        seed: 5,
+        artifact_bytes: 10_000,
+        version: "2.5.0",
+        counter: 50,
+        hardware: "T300",
+        requires: &[],
+    });
+    let out = convoy_ok(&[
+        "release",
+        "store",
+        &ws.path("release.json"),
+        "--trust",
+        &ws.path("trust"),
+        "--db",
+        &ws.path("cache.db"),
+    ]);
+    assert!(out.contains("stored release"), "{out}");
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(ws.path("release.json")).expect("manifest"))
+            .expect("manifest JSON");
+    let release_id = manifest["signed"]["release"]["id"]
+        .as_str()
+        .expect("release id")
+        .to_owned();
+    let store = Store::open(Path::new(&ws.path("cache.db"))).expect("cache");
+    let now = convoy::now();
+    let mut tokens = std::collections::HashMap::new();
+    for (name, role) in [
+        ("vera", Role::Viewer),
+        ("dana", Role::Dispatcher),
+        ("alex", Role::Approver),
+        ("sam", Role::Approver),
+        ("erin", Role::Admin),
+    ] {
+        let t = auth::add_token(&store, name, role, "operator:test", now).expect("token");
+        tokens.insert(name, t.token);
+    }
+    RequestFixture {
+        ws,
+        release_id,
+        tokens,
+    }
+}
+
+#[test]
+fn rollout_requests_need_distinct_approvers_and_nobody_approves_their_own() {
+    let f = request_fixture();
+    let rt = runtime();
+    let mut c = config(Path::new(&f.ws.path("cache.db")));
+    c.trust = Some(PathBuf::from(f.ws.path("trust")));
+    let server = rt.block_on(Server::start(c)).expect("server");
+    let api = format!("{}/api/v1", server.base_url());
+    let http = client();
+    let t = |name: &str| f.tokens[name].clone();
+    let post_as = |name: &str, path: &str, body: Value| {
+        rt.block_on(post(
+            &http,
+            &format!("{api}/{path}"),
+            &t(name),
+            body.to_string().into_bytes(),
+        ))
+    };
+    let outbox_offers = || -> i64 {
+        let conn = rusqlite::Connection::open(f.ws.path("cache.db")).expect("cache");
+        conn.query_row("SELECT count(*) FROM outbox", [], |r| r.get(0))
+            .expect("outbox")
+    };
+
+    // Who may request, and what a bad request is told.
+    let (status, body) = post_as(
+        "vera",
+        "rollouts",
+        serde_json::json!({"release_id": f.release_id}),
+    );
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    let (status, body) = post_as(
+        "dana",
+        "rollouts",
+        serde_json::json!({"release_id": "no-such"}),
+    );
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["field"], "release_id", "{body}");
+    let (status, body) = post_as(
+        "dana",
+        "rollouts",
+        serde_json::json!({"release_id": f.release_id, "path": "emergency", "evidence": "CVE"}),
+    );
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["field"], "authoriser", "{body}");
+    let (status, body) = post_as(
+        "dana",
+        "rollouts",
+        serde_json::json!({"release_id": f.release_id, "path": "emergency", "authoriser": "dana", "evidence": "CVE"}),
+    );
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        body["error"].as_str().unwrap_or("").contains("own"),
+        "{body}"
+    );
+    let (status, body) = post_as(
+        "dana",
+        "rollouts",
+        serde_json::json!({"release_id": f.release_id, "rollout_id": "bad/id"}),
+    );
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["field"], "rollout_id", "{body}");
+
+    // A standard request, planned by the server on its fleet.
+    let (status, body) = post_as(
+        "dana",
+        "rollouts",
+        serde_json::json!({"release_id": f.release_id, "rollout_id": "std-1"}),
+    );
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["status"], "awaiting_approval", "{body}");
+    assert_eq!(body["requested_by"], "dana", "{body}");
+    let devices = body["devices"].as_u64().expect("devices");
+    assert!(devices > 0, "{body}");
+    let wave_sum: u64 = body["waves"]
+        .as_array()
+        .expect("waves")
+        .iter()
+        .map(|w| w["devices"].as_u64().expect("wave devices"))
+        .sum();
+    assert_eq!(wave_sum, devices, "{body}");
+    let (status, body) = post_as(
+        "dana",
+        "rollouts",
+        serde_json::json!({"release_id": f.release_id, "rollout_id": "std-1"}),
+    );
+    assert_eq!(
+        status,
+        StatusCode::CONFLICT,
+        "a second request with the same id: {body}"
+    );
+
+    // A dispatcher cannot approve; an approver approves once; two distinct approvers approve.
+    let (status, body) = post_as("dana", "rollouts/std-1/approve", serde_json::json!({}));
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    let (status, body) = post_as(
+        "alex",
+        "rollouts/std-1/approve",
+        serde_json::json!({"comment": "plan reviewed"}),
+    );
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body["status"], "awaiting_approval",
+        "one approval is not enough: {body}"
+    );
+    assert!(
+        body["needs"].as_str().unwrap_or("").contains("1 so far"),
+        "{body}"
+    );
+    let (status, body) = post_as("alex", "rollouts/std-1/approve", serde_json::json!({}));
+    assert_eq!(
+        status,
+        StatusCode::CONFLICT,
+        "the same approver twice: {body}"
+    );
+    let (status, body) = post_as(
+        "sam",
+        "rollouts/std-1/approve",
+        serde_json::json!({"reason": "x"}),
+    );
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["field"], "reason", "{body}");
+    let (status, body) = post_as("sam", "rollouts/std-1/approve", serde_json::json!({}));
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["status"], "approved", "{body}");
+    assert_eq!(body["hosted"], false, "{body}");
+    assert!(
+        body["dispatch"]
+            .as_str()
+            .unwrap_or("")
+            .contains("not dispatched"),
+        "a server without dispatch settings says so: {body}"
+    );
+    assert_eq!(outbox_offers(), 0, "nothing was sent");
+    let (status, body) = post_as("vera", "rollouts/std-1/dispatch", serde_json::json!({}));
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    let (status, body) = post_as("dana", "rollouts/std-1/dispatch", serde_json::json!({}));
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("dispatch settings"),
+        "{body}"
+    );
+    let (status, body) = post_as("erin", "rollouts/std-1/approve", serde_json::json!({}));
+    assert_eq!(status, StatusCode::CONFLICT, "already approved: {body}");
+
+    // Emergency: the requester (an approver) cannot approve their own request, the authoriser
+    // must approve, and one more operator.
+    let (status, body) = post_as(
+        "alex",
+        "rollouts",
+        serde_json::json!({"release_id": f.release_id, "rollout_id": "em-1", "path": "emergency",
+                           "authoriser": "erin", "evidence": "CVE-2026-0001 exploited in the wild"}),
+    );
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["path"], "emergency", "{body}");
+    let (status, body) = post_as("alex", "rollouts/em-1/approve", serde_json::json!({}));
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(
+        body["error"].as_str().unwrap_or("").contains("own request"),
+        "{body}"
+    );
+    let (status, body) = post_as("sam", "rollouts/em-1/approve", serde_json::json!({}));
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body["status"], "awaiting_approval",
+        "the authoriser has not approved: {body}"
+    );
+    assert!(
+        body["needs"].as_str().unwrap_or("").contains("erin"),
+        "{body}"
+    );
+    let (status, body) = post_as(
+        "erin",
+        "rollouts/em-1/approve",
+        serde_json::json!({"comment": "break glass"}),
+    );
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["status"], "approved", "{body}");
+
+    // A rejection needs a reason and ends the request.
+    let (status, body) = post_as(
+        "dana",
+        "rollouts",
+        serde_json::json!({"release_id": f.release_id, "rollout_id": "rej-1"}),
+    );
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body) = post_as("sam", "rollouts/rej-1/reject", serde_json::json!({}));
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["field"], "reason", "{body}");
+    let (status, body) = post_as(
+        "sam",
+        "rollouts/rej-1/reject",
+        serde_json::json!({"reason": "wrong week"}),
+    );
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["status"], "rejected", "{body}");
+    let (status, body) = post_as("alex", "rollouts/rej-1/approve", serde_json::json!({}));
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    let (status, body) = post_as("dana", "rollouts/rej-1/dispatch", serde_json::json!({}));
+    assert_eq!(
+        status,
+        StatusCode::CONFLICT,
+        "a rejected request is not dispatched: {body}"
+    );
+    let (status, body) = post_as("alex", "rollouts/nope/approve", serde_json::json!({}));
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+
+    // Anyone may read them; the audit trail has every step under the operator's name.
+    let (status, body) = rt.block_on(get(&http, &format!("{api}/requests"), Some(&t("vera"))));
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let ids: Vec<&str> = body
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|r| r["rollout_id"].as_str().expect("id"))
+        .collect();
+    assert_eq!(ids.len(), 3, "{body}");
+    for id in ["std-1", "em-1", "rej-1"] {
+        assert!(ids.contains(&id), "{id} in {ids:?}");
+    }
+    let (status, body) = rt.block_on(get(
+        &http,
+        &format!("{api}/rollouts/std-1/request"),
+        Some(&t("vera")),
+    ));
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let decisions = body["decisions"].as_array().expect("decisions");
+    assert_eq!(decisions.len(), 2, "{body}");
+    assert_eq!(decisions[0]["comment"], "plan reviewed", "{body}");
+    rt.block_on(server.shutdown());
+    let conn = rusqlite::Connection::open(f.ws.path("cache.db")).expect("cache");
+    let audited = |actor: &str, action: &str| -> i64 {
+        conn.query_row(
+            "SELECT count(*) FROM audit WHERE actor = ?1 AND action = ?2",
+            [actor, action],
+            |r| r.get(0),
+        )
+        .expect("audit")
+    };
+    assert_eq!(audited("operator:dana", "rollout.request"), 2);
+    assert_eq!(audited("operator:alex", "rollout.request"), 1);
+    assert_eq!(audited("operator:alex", "rollout.approve"), 1);
+    assert_eq!(audited("operator:sam", "rollout.approve"), 2);
+    assert_eq!(audited("operator:erin", "rollout.approve"), 1);
+    assert_eq!(audited("operator:sam", "rollout.reject"), 1);
+    convoy_ok(&["audit", "verify", "--db", &f.ws.path("cache.db")]);
+}

@@ -37,6 +37,21 @@ pub enum ReleaseCommand {
     Verify(VerifyArgs),
     /// Write a TUF 1.0 repository (metadata/ and targets/) for verified releases.
     ExportTuf(ExportTufArgs),
+    /// Verify a manifest against a trust directory and store it in the cache (audited), where
+    /// the console lists it and `convoy serve` takes rollout requests for it.
+    Store(StoreArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct StoreArgs {
+    /// The manifest file.
+    pub manifest: PathBuf,
+    /// A trust directory (keyset-N.json) or a key directory.
+    #[arg(long)]
+    pub trust: PathBuf,
+    /// The cache file (default: $CONVOY_DB, else $XDG_DATA_HOME/convoy/convoy.db).
+    #[arg(long)]
+    pub db: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -134,6 +149,7 @@ pub fn run(args: &Args) -> Result<()> {
         ReleaseCommand::Create(a) => create(a),
         ReleaseCommand::Verify(a) => verify(a),
         ReleaseCommand::ExportTuf(a) => export_tuf(a),
+        ReleaseCommand::Store(a) => store_release(a),
     }
 }
 
@@ -456,6 +472,28 @@ pub(crate) fn verify_file(
             rejection.attack()
         )
     })
+}
+
+fn store_release(args: &StoreArgs) -> Result<()> {
+    let now = crate::now();
+    let trust = keys::load_trust(&args.trust)?;
+    let m = verify_file(&args.manifest, &trust, now)?;
+    let db = crate::store::resolve_path(args.db.as_deref())?;
+    let store = Store::open_existing(&db)?;
+    let seq = record_release(
+        &store,
+        m.signed_manifest(),
+        &crate::store::audit::operator_actor(),
+        now,
+    )?;
+    println!(
+        "stored release {} (version {}, counter {}) in {} (audit entry {seq})",
+        m.release_id(),
+        m.spec().version,
+        m.spec().counter,
+        db.display()
+    );
+    Ok(())
 }
 
 fn verify(args: &VerifyArgs) -> Result<()> {

@@ -56,6 +56,16 @@ pub struct RunArgs {
     /// run waits for the API. Repeat for several rollouts.
     #[arg(long, value_name = "ARGS_FILE")]
     pub host_rollout: Vec<PathBuf>,
+    /// Trusted keys that releases requested over the API must verify against (default:
+    /// $CONVOY_TRUST, else `trust/` beside the cache).
+    #[arg(long)]
+    pub trust: Option<PathBuf>,
+    /// Dispatch approved rollout requests: this file holds the arguments of `convoy rollout
+    /// run` every approved request runs with (one per line: `--broker URL`, TLS files,
+    /// `--time-scale`, ...); the server adds the cache, the release, the frozen plan, the
+    /// rollout id, the requester and the approvers. Without it, approved requests wait.
+    #[arg(long, value_name = "ARGS_FILE")]
+    pub dispatch_args: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -130,6 +140,10 @@ fn serve(args: &RunArgs) -> Result<()> {
     config.max_body_bytes = args.max_body_bytes;
     config.rate_per_sec = args.rate_per_sec;
     config.rate_burst = args.rate_burst;
+    config.trust.clone_from(&args.trust);
+    if let Some(path) = &args.dispatch_args {
+        config.dispatch = Some(crate::serve::host::read_dispatch_args(path)?);
+    }
     let mut hosted = Vec::new();
     for path in &args.host_rollout {
         let run = crate::serve::host::host_rollout_file(path)?;
@@ -142,7 +156,7 @@ fn serve(args: &RunArgs) -> Result<()> {
         .thread_name("serve")
         .build()
         .context("starting the tokio runtime")?;
-    runtime.block_on(async move {
+    let dispatched = runtime.block_on(async move {
         let server = Server::start(config).await?;
         let shown = cache.display().to_string();
         let live = tokio::task::spawn_blocking(move || -> Result<usize> {
@@ -169,9 +183,11 @@ fn serve(args: &RunArgs) -> Result<()> {
             .await
             .context("waiting for Ctrl-C")?;
         println!("stopping");
+        let dispatched = server.take_runs();
         server.shutdown().await;
-        Ok::<(), anyhow::Error>(())
+        Ok::<_, anyhow::Error>(dispatched)
     })?;
+    hosted.extend(dispatched);
     // Hosted runs stop as `convoy rollout run` does on Ctrl-C: resumable with --resume.
     for run in hosted {
         let id = run.rollout_id().to_owned();

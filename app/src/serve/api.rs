@@ -31,8 +31,10 @@ use tokio::sync::{broadcast, mpsc};
 
 use super::auth::{self, Caller, Role};
 use super::query::{self, DEVICE_STATES, DeviceFilter, IDLE};
+use super::requests::{NewRequest, Refusal, Verdict};
 use super::{AppState, Counters, stopped};
 use crate::engine::control::{ControlError, OperatorCommand, RollBackScope};
+use anyhow::Context as _;
 
 /// The prefix of every API path.
 pub const PREFIX: &str = "/api/v1";
@@ -365,6 +367,50 @@ async fn route(
             parse_query::<NoParams>(&query)?;
             Ok(event_stream(app))
         }
+        ["rollouts"] if method == Method::POST => {
+            require(caller, Role::Dispatcher, "request rollouts")?;
+            let body = read_body(app, request).await?;
+            request_rollout(app, caller, &body).await
+        }
+        ["requests"] if get => {
+            parse_query::<NoParams>(&query)?;
+            read(app, |s| {
+                Ok(super::requests::list(s)?
+                    .iter()
+                    .map(super::requests::Request::view)
+                    .collect::<Vec<_>>())
+            })
+            .await
+        }
+        ["rollouts", id, "request"] if get => {
+            parse_query::<NoParams>(&query)?;
+            let id = (*id).to_owned();
+            let found = app
+                .pool
+                .run({
+                    let id = id.clone();
+                    move |s| super::requests::load(s, &id)
+                })
+                .await
+                .map_err(|e| ApiError::internal(&e))?;
+            let hosted = app.hosts(&id);
+            found
+                .map(|r| request_response(StatusCode::OK, &r, hosted, None))
+                .ok_or_else(|| ApiError::not_found(format!("no rollout request {id}")))
+        }
+        ["rollouts", id, "dispatch"] if method == Method::POST => {
+            require(caller, Role::Dispatcher, "dispatch rollouts")?;
+            let id = (*id).to_owned();
+            let body = read_body(app, request).await?;
+            parse_json::<NoParams>(&body)?;
+            redispatch(app, &id).await
+        }
+        ["rollouts", id, verdict @ ("approve" | "reject")] if method == Method::POST => {
+            require(caller, Role::Approver, "approve or reject rollouts")?;
+            let (id, verdict) = ((*id).to_owned(), (*verdict).to_owned());
+            let body = read_body(app, request).await?;
+            decide_rollout(app, caller, &id, &verdict, &body).await
+        }
         [
             "rollouts",
             id,
@@ -378,13 +424,14 @@ async fn route(
         [
             "rollouts",
             _,
-            "pause" | "resume" | "rollback" | "override" | "abort",
+            "pause" | "resume" | "rollback" | "override" | "abort" | "approve" | "reject"
+            | "dispatch",
         ] => Err(method_not_allowed("POST")),
-        ["whoami" | "fleet" | "devices" | "rollouts" | "audit" | "events"]
+        ["whoami" | "fleet" | "devices" | "audit" | "events" | "requests"]
         | ["devices" | "findings", _]
-        | ["rollouts", _, "timeline"]
+        | ["rollouts", _, "timeline" | "request"]
         | ["audit", "verify"] => Err(method_not_allowed("GET")),
-        ["findings"] => Err(method_not_allowed("GET or POST")),
+        ["findings" | "rollouts"] => Err(method_not_allowed("GET or POST")),
         _ => Err(ApiError::not_found(format!("no such path {path}"))),
     }
 }
@@ -637,7 +684,7 @@ async fn control_rollout(
             reason,
         },
     };
-    let Some(handle) = app.config.controls.iter().find(|h| h.rollout_id() == id) else {
+    let Some(handle) = app.control(id) else {
         return Err(ApiError::not_found(format!(
             "rollout {id} is not run by this server: only rollouts it hosts can be controlled"
         )));
@@ -654,6 +701,251 @@ async fn control_rollout(
         )),
         Err(e) => Err(ApiError::new(StatusCode::CONFLICT, e.to_string())),
     }
+}
+
+fn refusal(r: Refusal) -> ApiError {
+    match r {
+        Refusal::Field { field, message } => ApiError::field(field, message),
+        Refusal::Forbidden(m) => ApiError::new(StatusCode::FORBIDDEN, m),
+        Refusal::NotFound(m) => ApiError::not_found(m),
+        Refusal::Conflict(m) => ApiError::new(StatusCode::CONFLICT, m),
+    }
+}
+
+/// A request's view, whether this server runs it, and what dispatching it did.
+fn request_response(
+    status: StatusCode,
+    request: &super::requests::Request,
+    hosted: bool,
+    dispatch: Option<&str>,
+) -> Response {
+    let mut value = serde_json::to_value(request.view()).unwrap_or_default();
+    value["hosted"] = serde_json::Value::Bool(hosted);
+    if let Some(d) = dispatch {
+        value["dispatch"] = serde_json::Value::String(d.to_owned());
+    }
+    json_response(status, &value)
+}
+
+/// The trust directory requests verify against.
+fn trust_path(app: &AppState) -> std::path::PathBuf {
+    crate::cmd::rollout::trust_dir(app.config.trust.as_deref(), &app.config.cache)
+}
+
+/// `POST /rollouts`: a dispatcher requests a rollout of a release in the cache; the release
+/// must verify against the server's trusted keys now, and the plan is frozen (given, or planned
+/// here from the cache's fleet). 201 with the request, which then awaits approval.
+async fn request_rollout(
+    app: &Arc<AppState>,
+    caller: &Caller,
+    body: &[u8],
+) -> Result<Response, ApiError> {
+    let new: NewRequest = parse_json(body)?;
+    let trust_dir = trust_path(app);
+    let policy = app.config.dispatch.as_deref().and_then(policy_arg);
+    let operator = caller.operator.clone();
+    let actor = caller.actor();
+    let created = app
+        .pool
+        .run(move |store| {
+            let trust = crate::keys::load_trust(&trust_dir).with_context(|| {
+                format!(
+                    "loading the server's trusted keys from {} (convoy serve --trust DIR)",
+                    trust_dir.display()
+                )
+            })?;
+            let planning = match &policy {
+                Some(p) => crate::cmd::plan::read_section(p, "planning")?,
+                None => convoy_core::plan::PlanningPolicy::default(),
+            };
+            super::requests::create(
+                store,
+                &trust,
+                &planning,
+                new,
+                &operator,
+                &actor,
+                crate::now(),
+            )
+        })
+        .await
+        .map_err(|e| ApiError::internal(&e))?
+        .map_err(refusal)?;
+    Ok(request_response(StatusCode::CREATED, &created, false, None))
+}
+
+/// The `--policy` file of the dispatch settings: requests are planned with its `planning`
+/// section, as the dispatched engine gates with its `gates` section.
+fn policy_arg(words: &[String]) -> Option<std::path::PathBuf> {
+    words.iter().enumerate().find_map(|(i, w)| {
+        if w == "--policy" {
+            words.get(i + 1).map(std::path::PathBuf::from)
+        } else {
+            w.strip_prefix("--policy=").map(std::path::PathBuf::from)
+        }
+    })
+}
+
+/// The body of `POST /rollouts/{id}/approve` and `/reject`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DecisionBody {
+    #[serde(default)]
+    comment: Option<String>,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+/// `POST /rollouts/{id}/approve|reject`: an approver's decision. Nobody approves their own
+/// request (403). Once the change path's rule holds, a server with dispatch settings starts
+/// the rollout at once (an engine run it hosts, which the control endpoints then steer).
+async fn decide_rollout(
+    app: &Arc<AppState>,
+    caller: &Caller,
+    id: &str,
+    verdict: &str,
+    body: &[u8],
+) -> Result<Response, ApiError> {
+    let b: DecisionBody = parse_json(body)?;
+    let verdict = if verdict == "approve" {
+        if b.reason.is_some() {
+            return Err(ApiError::field(
+                "reason",
+                "an approval takes an optional comment, not a reason",
+            ));
+        }
+        Verdict::Approve {
+            comment: b.comment.unwrap_or_default(),
+        }
+    } else {
+        if b.comment.is_some() {
+            return Err(ApiError::field(
+                "comment",
+                "a rejection takes a reason, not a comment",
+            ));
+        }
+        Verdict::Reject {
+            reason: b.reason.unwrap_or_default(),
+        }
+    };
+    let _one = app.decide.lock().await;
+    let (operator, actor, rid) = (caller.operator.clone(), caller.actor(), id.to_owned());
+    let decided = app
+        .pool
+        .run(move |store| {
+            super::requests::decide(store, &rid, &operator, &verdict, &actor, crate::now())
+        })
+        .await
+        .map_err(|e| ApiError::internal(&e))?
+        .map_err(refusal)?;
+    if !decided.approved() {
+        return Ok(request_response(StatusCode::OK, &decided, false, None));
+    }
+    let note = match dispatch(app, &decided).await {
+        Ok(note) => note,
+        Err(e) => format!("approved, but dispatching failed: {e:#}"),
+    };
+    Ok(request_response(
+        StatusCode::OK,
+        &decided,
+        app.hosts(id),
+        Some(&note),
+    ))
+}
+
+/// `POST /rollouts/{id}/dispatch`: dispatches an approved request that is not running: its
+/// dispatch failed, or it was approved while the server had no dispatch settings. A request
+/// whose rollout has already started (a timeline in the cache) is continued with `--resume`,
+/// never started again.
+async fn redispatch(app: &Arc<AppState>, id: &str) -> Result<Response, ApiError> {
+    let _one = app.decide.lock().await;
+    let rid = id.to_owned();
+    let (request, started) = app
+        .pool
+        .run(move |store| {
+            let request = super::requests::load(store, &rid)?;
+            let started: bool = store.conn().query_row(
+                "SELECT EXISTS(SELECT 1 FROM rollout_events WHERE rollout_id = ?1)",
+                [&rid],
+                |r| r.get(0),
+            )?;
+            Ok((request, started))
+        })
+        .await
+        .map_err(|e| ApiError::internal(&e))?;
+    let Some(request) = request else {
+        return Err(ApiError::not_found(format!("no rollout request {id}")));
+    };
+    if !request.approved() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "rollout {id} is not approved ({}): it needs {}",
+                request.view().status,
+                request.needs()
+            ),
+        ));
+    }
+    if app.hosts(id) || started {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "rollout {id} has already started: it is continued with convoy rollout run --resume (or a --host-rollout file holding --resume), never started twice"
+            ),
+        ));
+    }
+    if app.config.dispatch.is_none() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "this server has no dispatch settings (convoy serve --dispatch-args FILE)",
+        ));
+    }
+    let note = dispatch(app, &request)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::CONFLICT, format!("dispatching failed: {e:#}")))?;
+    Ok(request_response(
+        StatusCode::OK,
+        &request,
+        app.hosts(id),
+        Some(&note),
+    ))
+}
+
+/// Starts an approved request as an engine run this server hosts, if it has dispatch
+/// settings; says what happened.
+async fn dispatch(
+    app: &Arc<AppState>,
+    request: &super::requests::Request,
+) -> anyhow::Result<String> {
+    let Some(base) = app.config.dispatch.clone() else {
+        return Ok(
+            "approved; not dispatched: this server has no dispatch settings (convoy serve --dispatch-args FILE)"
+                .to_owned(),
+        );
+    };
+    let cache = app.config.cache.clone();
+    let trust = trust_path(app);
+    let dir = cache
+        .parent()
+        .unwrap_or(std::path::Path::new("."))
+        .join("dispatched");
+    let request = request.clone();
+    let run = app
+        .pool
+        .run(move |store| {
+            let words =
+                super::requests::run_words(store, &request, &cache, Some(&trust), &dir, &base)?;
+            let args = crate::cmd::rollout::parse_run_args(words)
+                .context("the server's dispatch settings with the request's arguments")?;
+            super::host::host_rollout(&args)
+        })
+        .await?;
+    let id = run.rollout_id().to_owned();
+    app.runs
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .push(run);
+    Ok(format!("dispatched: this server runs rollout {id}"))
 }
 
 /// A response body fed from a channel of chunks; ends when the sender is dropped.

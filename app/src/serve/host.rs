@@ -3,9 +3,10 @@
 //! paused (an operator may resume it over the API), and is steered through its
 //! [`ControlHandle`], which the API's rollout endpoints use.
 //!
-//! What it deliberately is not: a scheduler. The server hosts the runs it was started with
-//! (`convoy serve --host-rollout FILE`); it does not start rollouts on request, and a run that
-//! ends stays ended (a later `--resume` continues an unfinished one).
+//! The server hosts the runs it was started with (`convoy serve --host-rollout FILE`) and the
+//! runs of requests approved over the API (`--dispatch-args FILE`, see [`super::requests`]).
+//! It is not a scheduler: a run that ends stays ended, and a restarted server does not pick up
+//! unfinished runs by itself (a `--host-rollout` file with `--resume` continues one).
 
 use anyhow::{Context, Result};
 use std::path::Path;
@@ -92,14 +93,51 @@ pub fn host_rollout(args: &RunArgs) -> Result<HostedRun> {
 /// Reads the arguments of `convoy rollout run` from `path`, one per line (blank lines and lines
 /// starting with `#` are skipped), and hosts that run.
 pub fn host_rollout_file(path: &Path) -> Result<HostedRun> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let words: Vec<&str> = text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .collect();
+    let words = read_args_file(path)?;
     let args = parse_run_args(words)
         .with_context(|| format!("{}: the arguments of convoy rollout run", path.display()))?;
     host_rollout(&args).with_context(|| format!("hosting the rollout of {}", path.display()))
+}
+
+/// The arguments in `path`, one per line; blank lines and lines starting with `#` are skipped.
+pub fn read_args_file(path: &Path) -> Result<Vec<String>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_owned)
+        .collect())
+}
+
+/// Reads the dispatch settings of `convoy serve --dispatch-args FILE` (arguments of `convoy
+/// rollout run` shared by every approved request) and checks that they parse with the
+/// arguments the server adds, so that a mistake shows when the server starts, not at 2 a.m.
+pub fn read_dispatch_args(path: &Path) -> Result<Vec<String>> {
+    let words = read_args_file(path)?;
+    for owned in [
+        "--db",
+        "--release",
+        "--plan",
+        "--rollout-id",
+        "--operator",
+        "--approve",
+        "--resume",
+    ] {
+        if words
+            .iter()
+            .any(|w| w == owned || w.starts_with(&format!("{owned}=")))
+        {
+            anyhow::bail!(
+                "{}: {owned} is set by the server for each approved request; remove it",
+                path.display()
+            );
+        }
+    }
+    let mut probe = words.clone();
+    probe.extend(["--release".to_owned(), "manifest.json".to_owned()]);
+    parse_run_args(probe)
+        .with_context(|| format!("{}: the arguments of convoy rollout run", path.display()))?;
+    Ok(words)
 }

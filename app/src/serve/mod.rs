@@ -15,14 +15,17 @@
 //! - [`host`]: engine runs hosted by the server process, which the rollout control endpoints
 //!   (pause, resume, roll back, override, abort) reach through their control channels.
 //!
-//! What it deliberately is not (yet): it does not start rollouts on request (it hosts the runs
-//! it was started with), and there are no approvals, no hawkBit DDI device endpoint and no
-//! remote console; docs/SERVE.md lists what of issue 9 is not built.
+//! - [`requests`]: rollout requests and their approvals; an approved request is dispatched by
+//!   the server (an engine run it hosts) when it was given dispatch settings.
+//!
+//! What it is not yet: there is no hawkBit DDI device endpoint inside it and no remote
+//! console; docs/SERVE.md lists what of issue 9 is not built.
 
 pub mod api;
 pub mod auth;
 pub mod host;
 pub mod query;
+pub mod requests;
 pub mod stream;
 pub mod tls;
 
@@ -71,6 +74,13 @@ pub struct ServeConfig {
     /// Engine runs hosted by this process that `POST /rollouts/{id}/{command}` reaches (see
     /// [`host::host_rollout`]).
     pub controls: Vec<crate::engine::control::ControlHandle>,
+    /// The trusted keys that requested releases must verify against (default: `trust/`
+    /// beside the cache, as for `convoy rollout run`).
+    pub trust: Option<PathBuf>,
+    /// The arguments of `convoy rollout run` that every approved request is dispatched with
+    /// (broker, TLS, time scale, ...); the server adds the cache, release, plan, rollout id,
+    /// requester and approvers. `None`: approved requests wait for a server that has them.
+    pub dispatch: Option<Vec<String>>,
 }
 
 impl ServeConfig {
@@ -88,6 +98,8 @@ impl ServeConfig {
             header_read_timeout: Duration::from_secs(30),
             keepalive_interval: Duration::from_secs(15),
             controls: Vec::new(),
+            trust: None,
+            dispatch: None,
         }
     }
 }
@@ -228,6 +240,39 @@ pub(crate) struct AppState {
     pub counters: Counters,
     pub events: broadcast::Sender<stream::Frame>,
     pub stop: watch::Receiver<bool>,
+    /// Engine runs this server started for approved requests.
+    pub runs: Mutex<Vec<host::HostedRun>>,
+    /// Decisions on one request at a time, so that two approvals arriving together cannot both
+    /// see the request unapproved and dispatch it twice.
+    pub decide: tokio::sync::Mutex<()>,
+}
+
+impl AppState {
+    /// The control handle of a run this process hosts: one it was started with or one it
+    /// dispatched.
+    pub(crate) fn control(
+        &self,
+        rollout_id: &str,
+    ) -> Option<crate::engine::control::ControlHandle> {
+        self.config
+            .controls
+            .iter()
+            .find(|h| h.rollout_id() == rollout_id)
+            .cloned()
+            .or_else(|| {
+                self.runs
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .iter()
+                    .find(|r| r.rollout_id() == rollout_id)
+                    .map(|r| r.control.clone())
+            })
+    }
+
+    /// Whether this process hosts a run of `rollout_id`.
+    pub(crate) fn hosts(&self, rollout_id: &str) -> bool {
+        self.control(rollout_id).is_some()
+    }
 }
 
 /// A running server. Dropping it stops accepting; [`Self::shutdown`] also waits.
@@ -288,6 +333,8 @@ impl Server {
             counters: Counters::default(),
             events,
             stop: stop_rx.clone(),
+            runs: Mutex::new(Vec::new()),
+            decide: tokio::sync::Mutex::new(()),
         });
         let router = Router::new()
             .fallback(api::handle)
@@ -323,6 +370,18 @@ impl Server {
 
     pub fn stats(&self) -> ServeStats {
         self.state.counters.snapshot()
+    }
+
+    /// Takes the engine runs this server dispatched for approved requests, so that the caller
+    /// can stop them (resumable, as Ctrl-C leaves `convoy rollout run`) or wait for them.
+    pub fn take_runs(&self) -> Vec<host::HostedRun> {
+        std::mem::take(
+            &mut *self
+                .state
+                .runs
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        )
     }
 
     /// Stops accepting, ends event streams, lets other responses finish (a few seconds at

@@ -464,19 +464,7 @@ impl Rollout {
     /// Whether the approvals so far satisfy the change path.
     pub fn approval_complete(&self) -> bool {
         let s = &self.state;
-        let requester = s.spec.requested_by.as_str();
-        let others = s
-            .approvals
-            .iter()
-            .filter(|a| a.as_str() != requester)
-            .count();
-        match &s.spec.path {
-            ChangePath::Standard => others >= STANDARD_APPROVALS,
-            ChangePath::Emergency { authoriser, .. } => {
-                s.approvals.iter().any(|a| a == authoriser) && others >= 1
-            }
-            ChangePath::SingleOperator => s.approvals.iter().any(|a| a == requester),
-        }
+        approvals_satisfy(&s.spec.path, &s.spec.requested_by, &s.approvals)
     }
 
     /// Stops offering; resumable with [`Rollout::resume`].
@@ -1366,5 +1354,60 @@ fn add_sample(agg: &mut CohortAgg, layout: &MetricLayout, s: &HealthSample) {
         } else if let Some(slot) = layout.mean_slot(name) {
             agg.means[slot].add(*v);
         }
+    }
+}
+
+/// Whether `approvals` (operator names) satisfy the change path of a rollout requested by
+/// `requested_by`: on the standard path [`STANDARD_APPROVALS`] distinct approvers other than the
+/// requester; on the emergency path the named authoriser and at least one approver other than
+/// the requester; on the single-operator path the requester. The one rule, shared by the
+/// rollout state machine and by whoever collects approvals before a rollout exists (the
+/// server's approval endpoints).
+pub fn approvals_satisfy(path: &ChangePath, requested_by: &str, approvals: &[String]) -> bool {
+    let mut others: Vec<&str> = approvals
+        .iter()
+        .map(String::as_str)
+        .filter(|a| *a != requested_by)
+        .collect();
+    others.sort_unstable();
+    others.dedup();
+    match path {
+        ChangePath::Standard => others.len() >= STANDARD_APPROVALS,
+        ChangePath::Emergency { authoriser, .. } => {
+            approvals.iter().any(|a| a == authoriser) && !others.is_empty()
+        }
+        ChangePath::SingleOperator => approvals.iter().any(|a| a == requested_by),
+    }
+}
+
+#[cfg(test)]
+mod approval_rule_tests {
+    use super::*;
+
+    fn names(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn the_requester_never_counts_and_approvers_must_be_distinct() {
+        let p = ChangePath::Standard;
+        assert!(!approvals_satisfy(&p, "dana", &names(&["dana", "alex"])));
+        assert!(!approvals_satisfy(&p, "dana", &names(&["alex", "alex"])));
+        assert!(approvals_satisfy(&p, "dana", &names(&["alex", "sam"])));
+        let e = ChangePath::Emergency {
+            authoriser: "erin".into(),
+            evidence: "CVE".into(),
+            rollback_window_secs: 0,
+        };
+        assert!(!approvals_satisfy(&e, "dana", &names(&["sam"])));
+        assert!(approvals_satisfy(&e, "dana", &names(&["erin"])));
+        // An authoriser who requested it still needs someone else.
+        assert!(!approvals_satisfy(&e, "erin", &names(&["erin"])));
+        assert!(approvals_satisfy(&e, "erin", &names(&["erin", "sam"])));
+        assert!(approvals_satisfy(
+            &ChangePath::SingleOperator,
+            "dana",
+            &names(&["dana"])
+        ));
     }
 }

@@ -1,0 +1,697 @@
+//! Rollout requests and their approvals, as the server keeps them (issue 9): a dispatcher asks
+//! for a rollout of a signed release with a plan frozen at request time, approvers approve or
+//! reject it, and once the change path's rule holds (`convoy_core::rollout::approvals_satisfy`,
+//! the same rule the rollout state machine applies) the server may dispatch it.
+//!
+//! Kept in the cache's `rollout_plans` (one row per request: the request and its frozen waves)
+//! and `approvals` (one row per decision) tables, each change with its audit entry in the same
+//! transaction. Nobody approves their own request, on any path; an emergency request names an
+//! authoriser other than the requester, with evidence. A request pins the SHA-256 of the
+//! manifest it was made for: if the cache's manifest of that release changes afterwards, the
+//! request can no longer be approved or dispatched.
+
+use anyhow::{Context, Result};
+use convoy_core::gates::GatePolicy;
+use convoy_core::manifest::{self, VerifiedManifest};
+use convoy_core::plan::{self, PlanInput, PlanningPolicy};
+use convoy_core::rollout::{ChangePath, STANDARD_APPROVALS, WaveSpec, approvals_satisfy};
+use convoy_core::time::Timestamp;
+use rusqlite::{OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use crate::store::Store;
+use crate::store::audit::{AuditEntry, append_in};
+
+/// The longest rollout id a request may name.
+const MAX_ID_LEN: usize = 128;
+
+/// Why a request or a decision was refused, for the API to answer with the right status.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// 400, naming the body field.
+    Field { field: String, message: String },
+    /// 403.
+    Forbidden(String),
+    /// 404.
+    NotFound(String),
+    /// 409.
+    Conflict(String),
+}
+
+fn field(name: &str, message: impl Into<String>) -> Refusal {
+    Refusal::Field {
+        field: name.to_owned(),
+        message: message.into(),
+    }
+}
+
+/// The body of `POST /rollouts`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewRequest {
+    pub release_id: String,
+    /// Default: `RELEASE-YYYYMMDDTHHMMSSZ`.
+    #[serde(default)]
+    pub rollout_id: Option<String>,
+    /// `standard` (default) or `emergency`.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// Emergency path: who authorises the break-glass (not the requester).
+    #[serde(default)]
+    pub authoriser: Option<String>,
+    /// Emergency path: why it cannot wait (incident, CVE, measurements).
+    #[serde(default)]
+    pub evidence: Option<String>,
+    /// The waves, if the requester planned them (e.g. in the console); default: planned here
+    /// from the cache's fleet with the default policy.
+    #[serde(default)]
+    pub waves: Option<Vec<WaveSpec>>,
+    /// Seed of the canary and wave order when planning here.
+    #[serde(default)]
+    pub seed: Option<u64>,
+}
+
+/// A request as stored in `rollout_plans.body`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RequestRecord {
+    pub kind: String,
+    pub rollout_id: String,
+    pub release_id: String,
+    pub manifest_sha256: String,
+    pub requested_by: String,
+    pub requested_at: i64,
+    pub path: ChangePath,
+    pub waves: Vec<WaveSpec>,
+    #[serde(default)]
+    pub gates: Option<GatePolicy>,
+}
+
+const KIND: &str = "rollout_request";
+
+/// One recorded decision.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct Decision {
+    pub operator: String,
+    pub time: String,
+    /// `approve` or `reject`.
+    pub decision: String,
+    pub comment: String,
+}
+
+/// What a request looks like to the API and the console.
+#[derive(Clone, Debug, Serialize)]
+pub struct RequestView {
+    pub rollout_id: String,
+    pub release_id: String,
+    pub requested_by: String,
+    pub requested_at: String,
+    /// `standard` or `emergency`.
+    pub path: &'static str,
+    pub authoriser: Option<String>,
+    pub evidence: Option<String>,
+    pub devices: usize,
+    pub waves: Vec<WaveSummary>,
+    pub decisions: Vec<Decision>,
+    /// `awaiting_approval`, `approved`, `rejected`.
+    pub status: &'static str,
+    /// What is still needed, in words.
+    pub needs: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct WaveSummary {
+    pub name: String,
+    pub devices: usize,
+    pub soak_secs: i64,
+}
+
+/// A stored request with its decisions.
+#[derive(Clone, Debug)]
+pub struct Request {
+    pub record: RequestRecord,
+    pub decisions: Vec<Decision>,
+}
+
+impl Request {
+    pub fn approvers(&self) -> Vec<String> {
+        self.decisions
+            .iter()
+            .filter(|d| d.decision == "approve")
+            .map(|d| d.operator.clone())
+            .collect()
+    }
+
+    pub fn rejected(&self) -> bool {
+        self.decisions.iter().any(|d| d.decision == "reject")
+    }
+
+    pub fn approved(&self) -> bool {
+        !self.rejected()
+            && approvals_satisfy(
+                &self.record.path,
+                &self.record.requested_by,
+                &self.approvers(),
+            )
+    }
+
+    /// What is still needed before the request is approved.
+    pub fn needs(&self) -> String {
+        let r = &self.record;
+        if self.rejected() {
+            return "nothing: rejected".to_owned();
+        }
+        if self.approved() {
+            return "nothing: approved".to_owned();
+        }
+        let approvers = self.approvers();
+        match &r.path {
+            ChangePath::Emergency { authoriser, .. } => {
+                if approvers.iter().any(|a| a == authoriser) {
+                    format!(
+                        "one approval by an operator other than {} (the authoriser {authoriser} has approved)",
+                        r.requested_by
+                    )
+                } else {
+                    format!("the approval of the authoriser {authoriser}")
+                }
+            }
+            _ => format!(
+                "{STANDARD_APPROVALS} approvals by distinct operators other than {} ({} so far)",
+                r.requested_by,
+                approvers.len()
+            ),
+        }
+    }
+
+    pub fn view(&self) -> RequestView {
+        let r = &self.record;
+        let (path, authoriser, evidence) = match &r.path {
+            ChangePath::Emergency {
+                authoriser,
+                evidence,
+                ..
+            } => (
+                "emergency",
+                Some(authoriser.clone()),
+                Some(evidence.clone()),
+            ),
+            ChangePath::SingleOperator => ("single_operator", None, None),
+            ChangePath::Standard => ("standard", None, None),
+        };
+        RequestView {
+            rollout_id: r.rollout_id.clone(),
+            release_id: r.release_id.clone(),
+            requested_by: r.requested_by.clone(),
+            requested_at: Timestamp::from_secs(r.requested_at).to_rfc3339(),
+            path,
+            authoriser,
+            evidence,
+            devices: r.waves.iter().map(|w| w.device_ids.len()).sum(),
+            waves: r
+                .waves
+                .iter()
+                .map(|w| WaveSummary {
+                    name: w.name.clone(),
+                    devices: w.device_ids.len(),
+                    soak_secs: w.soak_secs,
+                })
+                .collect(),
+            decisions: self.decisions.clone(),
+            status: if self.rejected() {
+                "rejected"
+            } else if self.approved() {
+                "approved"
+            } else {
+                "awaiting_approval"
+            },
+            needs: self.needs(),
+        }
+    }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// The cache's manifest of `release_id` (the bytes as signed), if any.
+fn stored_manifest(store: &Store, release_id: &str) -> Result<Option<Vec<u8>>> {
+    Ok(store
+        .conn()
+        .query_row(
+            "SELECT body FROM manifests WHERE release_id = ?1",
+            [release_id],
+            |r| r.get::<_, String>(0),
+        )
+        .optional()
+        .with_context(|| format!("reading the manifest of release {release_id}"))?
+        .map(String::into_bytes))
+}
+
+fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_ID_LEN
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && !id.starts_with('.')
+}
+
+/// Records a new request by `requested_by` (audited as `actor`), after checking the release
+/// verifies against `trust` now and planning it with `planning` if no waves were given.
+pub fn create(
+    store: &Store,
+    trust: &manifest::TrustedKeys,
+    planning: &PlanningPolicy,
+    new: NewRequest,
+    requested_by: &str,
+    actor: &str,
+    now: Timestamp,
+) -> Result<Result<Request, Refusal>> {
+    let Some(bytes) = stored_manifest(store, &new.release_id)? else {
+        return Ok(Err(field(
+            "release_id",
+            format!(
+                "no release {:?} in the server's cache (convoy release create stores one)",
+                new.release_id
+            ),
+        )));
+    };
+    let verified: VerifiedManifest = match manifest::verify(&bytes, trust, now) {
+        Ok(m) => m,
+        Err(rejection) => {
+            return Ok(Err(Refusal::Conflict(format!(
+                "release {} does not verify against the server's trusted keys ({}): {rejection}; nothing signed, nothing dispatched",
+                new.release_id,
+                rejection.attack()
+            ))));
+        }
+    };
+    let rollout_id = new.rollout_id.clone().unwrap_or_else(|| {
+        let t = now.to_rfc3339().replace(['-', ':'], "");
+        format!("{}-{t}", new.release_id)
+    });
+    if !valid_id(&rollout_id) {
+        return Ok(Err(field(
+            "rollout_id",
+            format!(
+                "rollout_id {rollout_id:?} must be 1 to {MAX_ID_LEN} of A-Z a-z 0-9 - _ . (not starting with .)"
+            ),
+        )));
+    }
+    let path = match new.path.as_deref().unwrap_or("standard") {
+        "standard" => {
+            if new.authoriser.is_some() || new.evidence.is_some() {
+                return Ok(Err(field(
+                    "authoriser",
+                    "authoriser and evidence belong to the emergency path (\"path\": \"emergency\")",
+                )));
+            }
+            ChangePath::Standard
+        }
+        "emergency" => {
+            let authoriser = new.authoriser.as_deref().map_or("", str::trim);
+            if authoriser.is_empty() {
+                return Ok(Err(field(
+                    "authoriser",
+                    "an emergency request names its authoriser",
+                )));
+            }
+            if authoriser == requested_by {
+                return Ok(Err(field(
+                    "authoriser",
+                    format!(
+                        "{requested_by} cannot authorise their own emergency request: name another operator"
+                    ),
+                )));
+            }
+            let evidence = new.evidence.as_deref().map_or("", str::trim);
+            if evidence.is_empty() {
+                return Ok(Err(field(
+                    "evidence",
+                    "an emergency request says why it cannot wait (incident, CVE, measurements)",
+                )));
+            }
+            ChangePath::Emergency {
+                authoriser: authoriser.to_owned(),
+                evidence: evidence.to_owned(),
+                rollback_window_secs: GatePolicy::default().rollback_window_secs,
+            }
+        }
+        other => {
+            return Ok(Err(field(
+                "path",
+                format!("unknown path {other:?}: use standard or emergency"),
+            )));
+        }
+    };
+    let taken: bool = store.conn().query_row(
+        "SELECT EXISTS(SELECT 1 FROM rollout_plans WHERE rollout_id = ?1)
+             OR EXISTS(SELECT 1 FROM rollout_events WHERE rollout_id = ?1)",
+        [&rollout_id],
+        |r| r.get(0),
+    )?;
+    if taken {
+        return Ok(Err(Refusal::Conflict(format!(
+            "rollout {rollout_id} already exists in the cache: choose another rollout_id"
+        ))));
+    }
+    let fleet = store.load_fleet()?;
+    let waves = if let Some(waves) = new.waves {
+        let known: HashSet<&str> = fleet.devices.iter().map(|d| d.id.as_str()).collect();
+        if waves.is_empty() {
+            return Ok(Err(field("waves", "a plan has at least one wave")));
+        }
+        let mut seen = HashSet::new();
+        for (i, w) in waves.iter().enumerate() {
+            if w.device_ids.is_empty() {
+                return Ok(Err(field(
+                    &format!("waves[{i}].device_ids"),
+                    format!("wave {} has no device", w.name),
+                )));
+            }
+            if w.soak_secs < 0 {
+                return Ok(Err(field(
+                    &format!("waves[{i}].soak_secs"),
+                    "soak_secs cannot be negative",
+                )));
+            }
+            for (j, d) in w.device_ids.iter().enumerate() {
+                if !known.contains(d.as_str()) {
+                    return Ok(Err(field(
+                        &format!("waves[{i}].device_ids[{j}]"),
+                        format!("no device {d} in the server's cache"),
+                    )));
+                }
+                if !seen.insert(d.as_str()) {
+                    return Ok(Err(field(
+                        &format!("waves[{i}].device_ids[{j}]"),
+                        format!("device {d} is in two waves"),
+                    )));
+                }
+            }
+        }
+        waves
+    } else {
+        let plan = plan::plan(&PlanInput {
+            fleet: &fleet,
+            release: verified.spec(),
+            catalog: &[],
+            now,
+            seed: new.seed.unwrap_or(1),
+            policy: planning,
+        })
+        .with_context(|| format!("planning release {}", new.release_id))?;
+        plan.rollout_waves(&fleet)
+    };
+    if waves.iter().all(|w| w.device_ids.is_empty()) {
+        return Ok(Err(Refusal::Conflict(format!(
+            "no device of the cache is eligible for release {} now: nothing to roll out (convoy plan gives the reasons)",
+            new.release_id
+        ))));
+    }
+    let record = RequestRecord {
+        kind: KIND.to_owned(),
+        rollout_id: rollout_id.clone(),
+        release_id: new.release_id.clone(),
+        manifest_sha256: sha256_hex(&bytes),
+        requested_by: requested_by.to_owned(),
+        requested_at: now.secs(),
+        path,
+        waves,
+        gates: None,
+    };
+    let tx = store.conn().unchecked_transaction()?;
+    tx.execute(
+        "INSERT INTO rollout_plans(rollout_id, release_id, created, body) VALUES (?1, ?2, ?3, ?4)",
+        params![
+            rollout_id,
+            record.release_id,
+            now.secs(),
+            serde_json::to_string(&record)?
+        ],
+    )
+    .with_context(|| format!("storing the request of rollout {rollout_id}"))?;
+    let request = Request {
+        record,
+        decisions: Vec::new(),
+    };
+    let view = request.view();
+    append_in(
+        &tx,
+        &AuditEntry {
+            time: now,
+            actor: actor.to_owned(),
+            action: "rollout.request".into(),
+            payload: serde_json::json!({
+                "rollout_id": rollout_id,
+                "release": view.release_id,
+                "manifest_sha256": request.record.manifest_sha256,
+                "path": view.path,
+                "authoriser": view.authoriser,
+                "evidence": view.evidence,
+                "devices": view.devices,
+                "waves": view.waves.iter().map(|w| serde_json::json!({"name": w.name, "devices": w.devices, "soak_secs": w.soak_secs})).collect::<Vec<_>>(),
+            }),
+        },
+    )?;
+    tx.commit().context("committing the rollout request")?;
+    Ok(Ok(request))
+}
+
+/// The request of `rollout_id`, if the cache holds one.
+pub fn load(store: &Store, rollout_id: &str) -> Result<Option<Request>> {
+    let body: Option<String> = store
+        .conn()
+        .query_row(
+            "SELECT body FROM rollout_plans WHERE rollout_id = ?1",
+            [rollout_id],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let Some(body) = body else { return Ok(None) };
+    let Some(record) = parse_record(&body) else {
+        return Ok(None);
+    };
+    let decisions = decisions(store, rollout_id)?;
+    Ok(Some(Request { record, decisions }))
+}
+
+/// A `rollout_plans` body that is a request; other plans (saved by a console) are not.
+fn parse_record(body: &str) -> Option<RequestRecord> {
+    serde_json::from_str::<RequestRecord>(body)
+        .ok()
+        .filter(|r| r.kind == KIND)
+}
+
+fn decisions(store: &Store, rollout_id: &str) -> Result<Vec<Decision>> {
+    let mut stmt = store.conn().prepare_cached(
+        "SELECT operator, time, decision, body FROM approvals WHERE rollout_id = ?1
+         ORDER BY time, operator",
+    )?;
+    let rows = stmt.query_map([rollout_id], |r| {
+        let body: String = r.get(3)?;
+        let comment = serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v.get("comment").and_then(|c| c.as_str()).map(str::to_owned))
+            .unwrap_or_default();
+        Ok(Decision {
+            operator: r.get(0)?,
+            time: Timestamp::from_secs(r.get(1)?).to_rfc3339(),
+            decision: r.get(2)?,
+            comment,
+        })
+    })?;
+    rows.collect::<rusqlite::Result<_>>()
+        .with_context(|| format!("reading the approvals of rollout {rollout_id}"))
+}
+
+/// Every request in the cache, newest first.
+pub fn list(store: &Store) -> Result<Vec<Request>> {
+    let mut stmt = store
+        .conn()
+        .prepare_cached("SELECT body FROM rollout_plans ORDER BY created DESC, rollout_id")?;
+    let bodies: Vec<String> = stmt
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut out = Vec::new();
+    for body in bodies {
+        if let Some(record) = parse_record(&body) {
+            let decisions = decisions(store, &record.rollout_id)?;
+            out.push(Request { record, decisions });
+        }
+    }
+    Ok(out)
+}
+
+/// An approver's decision.
+#[derive(Clone, Debug)]
+pub enum Verdict {
+    Approve { comment: String },
+    Reject { reason: String },
+}
+
+/// Records `operator`'s decision on the request (audited as `actor`).
+pub fn decide(
+    store: &Store,
+    rollout_id: &str,
+    operator: &str,
+    verdict: &Verdict,
+    actor: &str,
+    now: Timestamp,
+) -> Result<Result<Request, Refusal>> {
+    let Some(mut request) = load(store, rollout_id)? else {
+        return Ok(Err(Refusal::NotFound(format!(
+            "no rollout request {rollout_id} in the cache"
+        ))));
+    };
+    let r = &request.record;
+    if request.rejected() {
+        return Ok(Err(Refusal::Conflict(format!(
+            "rollout {rollout_id} was rejected: request it again"
+        ))));
+    }
+    if request.approved() {
+        return Ok(Err(Refusal::Conflict(format!(
+            "rollout {rollout_id} is already approved"
+        ))));
+    }
+    let (decision, comment) = match verdict {
+        Verdict::Approve { comment } => {
+            if operator == r.requested_by {
+                return Ok(Err(Refusal::Forbidden(format!(
+                    "{operator} requested rollout {rollout_id} and cannot approve it: nobody approves their own request"
+                ))));
+            }
+            if request.approvers().iter().any(|a| a == operator) {
+                return Ok(Err(Refusal::Conflict(format!(
+                    "{operator} has already approved rollout {rollout_id}: approvals must come from distinct operators"
+                ))));
+            }
+            ("approve", comment.trim().to_owned())
+        }
+        Verdict::Reject { reason } => ("reject", reason.trim().to_owned()),
+    };
+    if decision == "reject" && comment.is_empty() {
+        return Ok(Err(field("reason", "a rejection says why")));
+    }
+    let current = stored_manifest(store, &r.release_id)?;
+    if current.as_deref().map(sha256_hex).as_deref() != Some(r.manifest_sha256.as_str()) {
+        return Ok(Err(Refusal::Conflict(format!(
+            "the manifest of release {} changed (or was removed) since rollout {rollout_id} was requested: request it again",
+            r.release_id
+        ))));
+    }
+    let tx = store.conn().unchecked_transaction()?;
+    // The operator exists if their token does; one made by hand gets a row here.
+    tx.execute(
+        "INSERT INTO operators(name, role, created) VALUES (?1, 'approver', ?2)
+         ON CONFLICT(name) DO NOTHING",
+        params![operator, now.secs()],
+    )?;
+    tx.execute(
+        "INSERT INTO approvals(rollout_id, operator, time, decision, body) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![
+            rollout_id,
+            operator,
+            now.secs(),
+            decision,
+            serde_json::json!({ "comment": comment }).to_string()
+        ],
+    )
+    .with_context(|| format!("recording {operator}'s decision on rollout {rollout_id}"))?;
+    request.decisions.push(Decision {
+        operator: operator.to_owned(),
+        time: now.to_rfc3339(),
+        decision: decision.to_owned(),
+        comment: comment.clone(),
+    });
+    let view = request.view();
+    append_in(
+        &tx,
+        &AuditEntry {
+            time: now,
+            actor: actor.to_owned(),
+            action: format!("rollout.{decision}"),
+            payload: serde_json::json!({
+                "rollout_id": rollout_id,
+                "release": r.release_id,
+                "comment": comment,
+                "status": view.status,
+            }),
+        },
+    )?;
+    tx.commit().context("committing the decision")?;
+    Ok(Ok(request))
+}
+
+/// Writes what the engine needs to run an approved request into `dir` (the manifest as signed
+/// and the frozen plan) and returns the arguments of `convoy rollout run` that name them, after
+/// `base` (the server's dispatch settings: broker, time scale, ...).
+pub fn run_words(
+    store: &Store,
+    request: &Request,
+    cache: &Path,
+    trust: Option<&Path>,
+    dir: &Path,
+    base: &[String],
+) -> Result<Vec<String>> {
+    let r = &request.record;
+    let bytes = stored_manifest(store, &r.release_id)?
+        .with_context(|| format!("release {} is no longer in the cache", r.release_id))?;
+    if sha256_hex(&bytes) != r.manifest_sha256 {
+        anyhow::bail!(
+            "the manifest of release {} changed since rollout {} was requested",
+            r.release_id,
+            r.rollout_id
+        );
+    }
+    let dir: PathBuf = dir.join(&r.rollout_id);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let manifest_path = dir.join("manifest.json");
+    std::fs::write(&manifest_path, &bytes)
+        .with_context(|| format!("writing {}", manifest_path.display()))?;
+    let plan_path = dir.join("plan.json");
+    let mut plan = serde_json::json!({ "waves": r.waves });
+    if let Some(g) = &r.gates {
+        plan["gates"] = serde_json::to_value(g)?;
+    }
+    std::fs::write(&plan_path, serde_json::to_vec_pretty(&plan)?)
+        .with_context(|| format!("writing {}", plan_path.display()))?;
+    let mut words: Vec<String> = base.to_vec();
+    let path_word = |p: &Path| p.display().to_string();
+    words.extend([
+        "--db".to_owned(),
+        path_word(cache),
+        "--release".to_owned(),
+        path_word(&manifest_path),
+        "--plan".to_owned(),
+        path_word(&plan_path),
+        "--rollout-id".to_owned(),
+        r.rollout_id.clone(),
+        "--operator".to_owned(),
+        r.requested_by.clone(),
+    ]);
+    if let Some(t) = trust {
+        words.extend(["--trust".to_owned(), path_word(t)]);
+    }
+    for a in request.approvers() {
+        words.extend(["--approve".to_owned(), a]);
+    }
+    if let ChangePath::Emergency {
+        authoriser,
+        evidence,
+        ..
+    } = &r.path
+    {
+        words.extend([
+            "--emergency-authoriser".to_owned(),
+            authoriser.clone(),
+            "--evidence".to_owned(),
+            evidence.clone(),
+        ]);
+    }
+    Ok(words)
+}
