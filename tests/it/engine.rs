@@ -1231,95 +1231,140 @@ fn rollout_control_over_the_api_reaches_an_engine_hosted_by_the_server() {
     convoy_ok(&["audit", "verify", "--db", &setup.path("cache.db")]);
 }
 
+/// A setup with its release stored in the cache, tokens for a dispatcher (`dana`) and two
+/// approvers (`alex`, `sam`), a broker, a simulated fleet, and a server configuration that
+/// dispatches approved requests to them.
+struct ServedSetup {
+    setup: Setup,
+    _broker: EmbeddedBroker,
+    _sim: Proc,
+    release_id: String,
+    tokens: BTreeMap<&'static str, String>,
+    config: convoy::serve::ServeConfig,
+}
+
+impl ServedSetup {
+    fn new() -> Self {
+        use convoy::serve::auth::{self, Role};
+        let setup = Setup::new(400);
+        let broker = EmbeddedBroker::start(setup.dir.path(), None);
+        let url = broker.url();
+        convoy_ok(&[
+            "release",
+            "store",
+            &setup.path("release.json"),
+            "--trust",
+            &setup.path("trust"),
+            "--db",
+            &setup.path("cache.db"),
+        ]);
+        let release_id = {
+            let m: Value = serde_json::from_slice(
+                &std::fs::read(setup.path("release.json")).expect("manifest"),
+            )
+            .expect("manifest JSON");
+            m["signed"]["release"]["id"]
+                .as_str()
+                .expect("release id")
+                .to_owned()
+        };
+        let tokens: BTreeMap<&str, String> = {
+            let store =
+                convoy::store::Store::open(Path::new(&setup.path("cache.db"))).expect("cache");
+            let now = convoy::now();
+            [
+                ("dana", Role::Dispatcher),
+                ("alex", Role::Approver),
+                ("sam", Role::Approver),
+            ]
+            .into_iter()
+            .map(|(name, role)| {
+                let t = auth::add_token(&store, name, role, "operator:test", now).expect("token");
+                (name, t.token)
+            })
+            .collect()
+        };
+        let sim = setup.sim(&url, false);
+        let settings = setup.path("dispatch.args");
+        std::fs::write(
+            &settings,
+            format!(
+                "# what every approved request runs with\n--broker\n{url}\n--policy\n{}\n--time-scale\n{SCALE}\n--artifact\n{}\n",
+                setup.path("policy.json"),
+                setup.path("fw.img")
+            ),
+        )
+        .expect("dispatch settings");
+        let mut config = convoy::serve::ServeConfig::new(
+            PathBuf::from(setup.path("cache.db")),
+            "127.0.0.1:0".parse().expect("addr"),
+        );
+        config.trust = Some(PathBuf::from(setup.path("trust")));
+        config.dispatch =
+            Some(convoy::serve::host::read_dispatch_args(Path::new(&settings)).expect("settings"));
+        Self {
+            setup,
+            _broker: broker,
+            _sim: sim,
+            release_id,
+            tokens,
+            config,
+        }
+    }
+}
+
+/// POSTs `body` to `/api/v1/rollouts/PATH` (or `/api/v1/rollouts` for an empty path) as `who`.
+fn rollouts_call(
+    runtime: &tokio::runtime::Runtime,
+    server: &convoy::serve::Server,
+    s: &ServedSetup,
+    path: &str,
+    who: &str,
+    body: &str,
+) -> (reqwest::StatusCode, Value) {
+    let api = format!("{}/api/v1/rollouts", server.base_url());
+    let url = if path.is_empty() {
+        api
+    } else {
+        format!("{api}/{path}")
+    };
+    let c = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client");
+    runtime.block_on(post_json(&c, &url, &s.tokens[who], body))
+}
+
 /// Issue 9: a rollout requested over the API is not dispatched until two operators other than
 /// the requester approve it; then the server dispatches it itself (an engine run it hosts, with
 /// the plan frozen at request time), the control endpoints steer it, and it completes.
 #[test]
 fn a_request_approved_over_the_api_is_dispatched_by_the_server_and_completes() {
-    use convoy::serve::auth::{self, Role};
-    use convoy::serve::{ServeConfig, Server};
+    use convoy::serve::Server;
     use reqwest::StatusCode;
     let _one = SERIAL
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let setup = Setup::new(400);
-    let broker = EmbeddedBroker::start(setup.dir.path(), None);
-    let url = broker.url();
-    convoy_ok(&[
-        "release",
-        "store",
-        &setup.path("release.json"),
-        "--trust",
-        &setup.path("trust"),
-        "--db",
-        &setup.path("cache.db"),
-    ]);
-    let release_id = {
-        let m: Value =
-            serde_json::from_slice(&std::fs::read(setup.path("release.json")).expect("manifest"))
-                .expect("manifest JSON");
-        m["signed"]["release"]["id"]
-            .as_str()
-            .expect("release id")
-            .to_owned()
-    };
-    let tokens: BTreeMap<&str, String> = {
-        let store = convoy::store::Store::open(Path::new(&setup.path("cache.db"))).expect("cache");
-        let now = convoy::now();
-        [
-            ("dana", Role::Dispatcher),
-            ("alex", Role::Approver),
-            ("sam", Role::Approver),
-        ]
-        .into_iter()
-        .map(|(name, role)| {
-            let t = auth::add_token(&store, name, role, "operator:test", now).expect("token");
-            (name, t.token)
-        })
-        .collect()
-    };
-    let _sim = setup.sim(&url, false);
-    let settings = setup.path("dispatch.args");
-    std::fs::write(
-        &settings,
-        format!(
-            "# what every approved request runs with\n--broker\n{url}\n--policy\n{}\n--time-scale\n{SCALE}\n--artifact\n{}\n",
-            setup.path("policy.json"),
-            setup.path("fw.img")
-        ),
-    )
-    .expect("dispatch settings");
-    let mut config = ServeConfig::new(
-        PathBuf::from(setup.path("cache.db")),
-        "127.0.0.1:0".parse().expect("addr"),
-    );
-    config.trust = Some(PathBuf::from(setup.path("trust")));
-    config.dispatch =
-        Some(convoy::serve::host::read_dispatch_args(Path::new(&settings)).expect("settings"));
+    let s = ServedSetup::new();
+    let setup = &s.setup;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()
         .expect("runtime");
-    let server = runtime.block_on(Server::start(config)).expect("server");
-    let api = format!("{}/api/v1/rollouts", server.base_url());
-    let c = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .expect("client");
-    let call = |path: &str, who: &str, body: &str| {
-        let url = if path.is_empty() {
-            api.clone()
-        } else {
-            format!("{api}/{path}")
-        };
-        runtime.block_on(post_json(&c, &url, &tokens[who], body))
-    };
+    let server = runtime
+        .block_on(Server::start(s.config.clone()))
+        .expect("server");
+    let call =
+        |path: &str, who: &str, body: &str| rollouts_call(&runtime, &server, &s, path, who, body);
 
     let (status, body) = call(
         "",
         "dana",
-        &format!(r#"{{"release_id": "{release_id}", "rollout_id": "r1"}}"#),
+        &format!(
+            r#"{{"release_id": "{}", "rollout_id": "r1"}}"#,
+            s.release_id
+        ),
     );
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let planned = body["devices"].as_i64().expect("devices");
@@ -1351,6 +1396,8 @@ fn a_request_approved_over_the_api_is_dispatched_by_the_server_and_completes() {
             .starts_with("dispatched"),
         "{body}"
     );
+    let (status, body) = call("r1/dispatch", "dana", "{}");
+    assert_eq!(status, StatusCode::CONFLICT, "never started twice: {body}");
 
     setup.wait_for_event("soak.started");
     let (status, body) = call("r1/pause", "dana", r#"{"reason": "look at the canary"}"#);
@@ -1392,5 +1439,102 @@ fn a_request_approved_over_the_api_is_dispatched_by_the_server_and_completes() {
         ),
         3
     );
+    convoy_ok(&["audit", "verify", "--db", &setup.path("cache.db")]);
+}
+
+/// Issue 9: the server stops in the middle of a rollout it dispatched; a new server on the same
+/// cache continues it by itself (from the cache's log and outbox) and it completes, with no
+/// device offered twice.
+#[test]
+fn a_server_restarted_mid_rollout_continues_the_rollout_it_dispatched() {
+    use convoy::serve::Server;
+    use reqwest::StatusCode;
+    let _one = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let s = ServedSetup::new();
+    let setup = &s.setup;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let server = runtime
+        .block_on(Server::start(s.config.clone()))
+        .expect("server");
+    {
+        let call = |path: &str, who: &str, body: &str| {
+            rollouts_call(&runtime, &server, &s, path, who, body)
+        };
+        let (status, body) = call(
+            "",
+            "dana",
+            &format!(
+                r#"{{"release_id": "{}", "rollout_id": "r1"}}"#,
+                s.release_id
+            ),
+        );
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        for who in ["alex", "sam"] {
+            let (status, body) = call("r1/approve", who, "{}");
+            assert_eq!(status, StatusCode::OK, "{body}");
+        }
+    }
+    setup.wait_for_offers();
+    std::thread::sleep(Duration::from_millis(300));
+    // The server stops (as on Ctrl-C): its runs stop resumably.
+    let runs = server.take_runs();
+    runtime.block_on(server.shutdown());
+    for run in runs {
+        let report = run.stop().expect("the stopped run");
+        assert_eq!(
+            report.final_state,
+            convoy::engine::FinalState::Stopped,
+            "{report:#?}"
+        );
+    }
+    std::thread::sleep(Duration::from_secs(1));
+
+    let server = runtime
+        .block_on(Server::start(s.config.clone()))
+        .expect("the restarted server");
+    let runs = server.take_runs();
+    assert_eq!(runs.len(), 1, "the restarted server continues r1 by itself");
+    let report = runs
+        .into_iter()
+        .next()
+        .expect("one run")
+        .join()
+        .expect("the continued run");
+    runtime.block_on(server.shutdown());
+    assert_eq!(
+        report.final_state,
+        convoy::engine::FinalState::Completed,
+        "{report:#?}\ntimeline: {:?}",
+        setup.timeline()
+    );
+    assert_eq!(
+        setup.devices_with_two_offers(),
+        0,
+        "no device got two different offers"
+    );
+    let kinds: Vec<String> = setup.timeline().into_iter().map(|(k, _)| k).collect();
+    let at = |kind: &str| {
+        kinds
+            .iter()
+            .position(|k| k == kind)
+            .unwrap_or_else(|| panic!("{kind} in {kinds:?}"))
+    };
+    assert!(at("engine.stopped") < at("engine.resumed"));
+    assert!(at("engine.resumed") < at("rollout.completed"));
+    // A third server finds nothing to continue.
+    let server = runtime
+        .block_on(Server::start(s.config.clone()))
+        .expect("a third server");
+    assert!(
+        server.take_runs().is_empty(),
+        "a completed rollout is not resumed"
+    );
+    runtime.block_on(server.shutdown());
     convoy_ok(&["audit", "verify", "--db", &setup.path("cache.db")]);
 }

@@ -275,6 +275,44 @@ impl AppState {
     }
 }
 
+/// Continues every approved rollout of the cache that started and did not end (the server
+/// stopped or crashed under it), as `convoy rollout run --resume` would, with the dispatch
+/// settings `base`; skips the ones in `hosted`. A rollout that cannot be resumed is reported
+/// on standard error and left for an operator; it does not stop the server.
+fn resume_unfinished(
+    cache: &std::path::Path,
+    trust: &std::path::Path,
+    base: &[String],
+    hosted: &[String],
+) -> Result<Vec<host::HostedRun>> {
+    let store = Store::open_existing(cache)?;
+    let dir = cache
+        .parent()
+        .unwrap_or(std::path::Path::new("."))
+        .join("dispatched");
+    let mut runs = Vec::new();
+    for request in requests::unfinished(&store)? {
+        let id = request.record.rollout_id.clone();
+        if hosted.contains(&id) {
+            continue;
+        }
+        let started = requests::run_words(&store, &request, cache, Some(trust), &dir, base)
+            .and_then(|mut words| {
+                words.push("--resume".to_owned());
+                crate::cmd::rollout::parse_run_args(words)
+            })
+            .and_then(|args| host::host_rollout(&args));
+        match started {
+            Ok(run) => {
+                eprintln!("resuming rollout {id}: it had started and not ended");
+                runs.push(run);
+            }
+            Err(e) => eprintln!("rollout {id} is unfinished and could not be resumed: {e:#}"),
+        }
+    }
+    Ok(runs)
+}
+
 /// A running server. Dropping it stops accepting; [`Self::shutdown`] also waits.
 pub struct Server {
     addr: SocketAddr,
@@ -310,6 +348,26 @@ impl Server {
         let pool = tokio::task::spawn_blocking(move || Pool::open(&cache, db_connections))
             .await
             .context("opening the cache")??;
+        let resumed = match &config.dispatch {
+            Some(base) => {
+                let (cache, trust, base) = (
+                    config.cache.clone(),
+                    crate::cmd::rollout::trust_dir(config.trust.as_deref(), &config.cache),
+                    base.clone(),
+                );
+                let hosted: Vec<String> = config
+                    .controls
+                    .iter()
+                    .map(|c| c.rollout_id().to_owned())
+                    .collect();
+                tokio::task::spawn_blocking(move || {
+                    resume_unfinished(&cache, &trust, &base, &hosted)
+                })
+                .await
+                .context("resuming unfinished rollouts")??
+            }
+            None => Vec::new(),
+        };
         let cache = config.cache.clone();
         let poll_interval = config.poll_interval;
         let (events, _) = broadcast::channel(4096);
@@ -333,7 +391,7 @@ impl Server {
             counters: Counters::default(),
             events,
             stop: stop_rx.clone(),
-            runs: Mutex::new(Vec::new()),
+            runs: Mutex::new(resumed),
             decide: tokio::sync::Mutex::new(()),
         });
         let router = Router::new()

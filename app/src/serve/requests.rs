@@ -14,7 +14,9 @@ use anyhow::{Context, Result};
 use convoy_core::gates::GatePolicy;
 use convoy_core::manifest::{self, VerifiedManifest};
 use convoy_core::plan::{self, PlanInput, PlanningPolicy};
-use convoy_core::rollout::{ChangePath, STANDARD_APPROVALS, WaveSpec, approvals_satisfy};
+use convoy_core::rollout::{
+    ChangePath, Phase, Rollout, STANDARD_APPROVALS, WaveSpec, approvals_satisfy,
+};
 use convoy_core::time::Timestamp;
 use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
@@ -694,4 +696,30 @@ pub fn run_words(
         ]);
     }
     Ok(words)
+}
+
+/// Approved requests whose rollout started and has not ended (completed, rolled back or
+/// aborted), by the cache's replayable log: what a restarted server continues. A paused
+/// rollout is unfinished: it is held for an operator.
+pub fn unfinished(store: &Store) -> Result<Vec<Request>> {
+    let mut out = Vec::new();
+    for request in list(store)? {
+        if !request.approved() {
+            continue;
+        }
+        let log = store.rollout_log(&request.record.rollout_id)?;
+        if log.is_empty() {
+            continue;
+        }
+        let rollout = Rollout::replay(log).with_context(|| {
+            format!("replaying the log of rollout {}", request.record.rollout_id)
+        })?;
+        if !matches!(
+            rollout.phase(),
+            Phase::Completed | Phase::RolledBack | Phase::Aborted { .. }
+        ) {
+            out.push(request);
+        }
+    }
+    Ok(out)
 }
