@@ -10,6 +10,7 @@
 //! so a gate look costs O(strata × metrics), and silence is found with a deadline queue rather
 //! than a scan of the fleet. It does not pick waves (that is the planner's job).
 
+pub mod series;
 pub mod sim;
 mod types;
 

@@ -935,3 +935,69 @@ fn the_trend_pause_level_splits_the_trend_level_over_the_metrics() {
     let level = convoy_core::gates::trend_pause_level(&policy);
     assert!((level - 0.05 / 8.0).abs() < 1e-15, "{level}");
 }
+
+#[test]
+fn the_health_series_shows_the_regression_the_gate_stopped_and_marks_the_stop() {
+    use convoy_core::rollout::series::{MAX_POINTS, health_series};
+    let config = SimConfig {
+        faults: vec![Fault {
+            attribute: None,
+            kind: FaultKind::CrashRateTimes(20.0),
+        }],
+        ..SimConfig::default()
+    };
+    let (r, _, out) = simulate(1500, config);
+    assert_eq!(out.stopped_in_wave, Some(0), "{out:?}");
+    let s = health_series(r.events());
+    let crash = s
+        .metrics
+        .iter()
+        .find(|m| m.metric == "crash")
+        .expect("a crash series");
+    assert!(!crash.points.is_empty() && crash.points.len() <= MAX_POINTS + 1);
+    assert!(
+        crash.points.windows(2).all(|w| w[0].at < w[1].at),
+        "points in time order"
+    );
+    let last = crash.points.last().expect("a last point");
+    let (u, b) = (
+        last.updated.expect("updated devices reported"),
+        last.baseline.expect("baseline devices reported"),
+    );
+    assert!(u > crash.max_ratio * b, "updated {u} against baseline {b}");
+    // Cumulative exposure never shrinks.
+    assert!(
+        crash
+            .points
+            .windows(2)
+            .all(|w| w[1].updated_weight >= w[0].updated_weight
+                && w[1].baseline_weight >= w[0].baseline_weight)
+    );
+    assert!(s.markers.iter().any(|m| m.label == "wave 1 started"));
+    let stop = s.markers.iter().find(|m| m.stop).expect("the stop is marked");
+    assert!(stop.label.starts_with("gate: "), "{stop:?}");
+    assert!(stop.at <= out.ended_at);
+}
+
+#[test]
+fn the_health_series_of_a_good_release_stays_within_the_tolerated_ratio() {
+    use convoy_core::rollout::series::health_series;
+    let (r, _, out) = simulate(3000, SimConfig::default());
+    assert_eq!(r.phase(), &Phase::Completed, "{out:?}");
+    let s = health_series(r.events());
+    let crash = s
+        .metrics
+        .iter()
+        .find(|m| m.metric == "crash")
+        .expect("a crash series");
+    let last = crash.points.last().expect("a last point");
+    let (u, b) = (last.updated.expect("updated"), last.baseline.expect("baseline"));
+    assert!(u <= crash.max_ratio * b, "updated {u} against baseline {b}");
+    assert!(!s.markers.iter().any(|m| m.stop), "{:?}", s.markers);
+    assert_eq!(
+        s.markers.iter().filter(|m| m.label.ends_with("started")).count(),
+        3
+    );
+    // A log without its creation has nothing to plot.
+    assert!(health_series(&r.events()[1..]).metrics.is_empty());
+}
