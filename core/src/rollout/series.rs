@@ -97,28 +97,19 @@ pub fn health_series(events: &[RolloutEvent]) -> HealthSeries {
     let mut next_point = start.secs() + step;
     let mut dirty = false;
     let emit = |at: i64,
-                    updated: &crate::gates::CohortAgg,
-                    baseline: &crate::gates::CohortAgg,
-                    metrics: &mut Vec<MetricSeries>| {
+                updated: &crate::gates::CohortAgg,
+                baseline: &crate::gates::CohortAgg,
+                metrics: &mut Vec<MetricSeries>| {
         for (series, (name, kind, _)) in metrics.iter_mut().zip(&metric_gates) {
             let value = |c: &crate::gates::CohortAgg| -> (Option<f64>, f64) {
-                match kind {
-                    MetricKind::Rate => {
-                        let hours = c.exposure_secs / 3600.0;
-                        let count = layout.rate_slot(name).map_or(0, |s| c.counts[s]);
-                        (
-                            (hours > 0.0).then(|| count as f64 / hours * 1000.0),
-                            hours,
-                        )
-                    }
-                    _ => {
-                        let m = layout.mean_slot(name).map(|s| c.means[s]);
-                        let n = m.map_or(0, |m| m.n);
-                        (
-                            m.filter(|m| m.n > 0).map(|m| m.sum / m.n as f64),
-                            n as f64,
-                        )
-                    }
+                if *kind == MetricKind::Rate {
+                    let hours = c.exposure_secs / 3600.0;
+                    let count = layout.rate_slot(name).map_or(0, |s| c.counts[s]);
+                    ((hours > 0.0).then(|| count as f64 / hours * 1000.0), hours)
+                } else {
+                    let m = layout.mean_slot(name).map(|s| c.means[s]);
+                    let n = m.map_or(0, |m| m.n);
+                    (m.filter(|m| m.n > 0).map(|m| m.sum / m.n as f64), n as f64)
                 }
             };
             let (u, uw) = value(updated);

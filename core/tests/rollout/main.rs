@@ -974,7 +974,11 @@ fn the_health_series_shows_the_regression_the_gate_stopped_and_marks_the_stop() 
                 && w[1].baseline_weight >= w[0].baseline_weight)
     );
     assert!(s.markers.iter().any(|m| m.label == "wave 1 started"));
-    let stop = s.markers.iter().find(|m| m.stop).expect("the stop is marked");
+    let stop = s
+        .markers
+        .iter()
+        .find(|m| m.stop)
+        .expect("the stop is marked");
     assert!(stop.label.starts_with("gate: "), "{stop:?}");
     assert!(stop.at <= out.ended_at);
 }
@@ -991,11 +995,17 @@ fn the_health_series_of_a_good_release_stays_within_the_tolerated_ratio() {
         .find(|m| m.metric == "crash")
         .expect("a crash series");
     let last = crash.points.last().expect("a last point");
-    let (u, b) = (last.updated.expect("updated"), last.baseline.expect("baseline"));
+    let (u, b) = (
+        last.updated.expect("updated"),
+        last.baseline.expect("baseline"),
+    );
     assert!(u <= crash.max_ratio * b, "updated {u} against baseline {b}");
     assert!(!s.markers.iter().any(|m| m.stop), "{:?}", s.markers);
     assert_eq!(
-        s.markers.iter().filter(|m| m.label.ends_with("started")).count(),
+        s.markers
+            .iter()
+            .filter(|m| m.label.ends_with("started"))
+            .count(),
         3
     );
     // A log without its creation has nothing to plot.
