@@ -1384,6 +1384,14 @@ fn core_plan(
     .unwrap()
 }
 
+/// Moves the pointer onto the widget named `label`, then clicks it: as a user's pointer would,
+/// it leaves the tooltip of the button clicked before, which may cover the next one.
+fn click(h: &mut Harness<'static, ConsoleApp>, label: &str) {
+    h.get_by_label(label).hover();
+    h.run_steps(1);
+    h.get_by_label(label).click();
+}
+
 #[test]
 fn a_plan_is_walked_from_a_verified_release_to_an_edited_wave_saved_and_exported() {
     use convoy::gui::planner::status_label;
@@ -1405,7 +1413,7 @@ fn a_plan_is_walked_from_a_verified_release_to_an_edited_wave_saved_and_exported
     )
     .unwrap();
 
-    h.get_by_label("Planner").click();
+    click(&mut h, "Planner");
     settle(&mut h);
     h.get_by_label_contains("Approval and dispatch are not built in the console yet");
     wait_for_label(&mut h, &format!("Plan {}", release.id));
@@ -1414,7 +1422,7 @@ fn a_plan_is_walked_from_a_verified_release_to_an_edited_wave_saved_and_exported
         "Manifest directory",
         &manifests.display().to_string(),
     );
-    h.get_by_label("Check releases").click();
+    click(&mut h, "Check releases");
     wait_for_label(&mut h, "tampered");
     h.get_by_label_contains("cannot be planned: tampered: signature by key");
     assert_eq!(
@@ -1423,7 +1431,7 @@ fn a_plan_is_walked_from_a_verified_release_to_an_edited_wave_saved_and_exported
     );
 
     // Plan the valid one with the CLI's defaults: no catalog, the built-in policy.
-    h.get_by_label(&format!("Plan {}", release.id)).click();
+    click(&mut h, &format!("Plan {}", release.id));
     wait_for_label_contains(&mut h, "Canary: ");
     let expected = core_plan(&fleet, &release, &[], &PlanningPolicy::default());
     for c in &expected.eligibility.by_status {
@@ -1478,7 +1486,7 @@ fn a_plan_is_walked_from_a_verified_release_to_an_edited_wave_saved_and_exported
         "Catalog files",
         &fixture_catalog().display().to_string(),
     );
-    h.get_by_label("Load catalog and policy").click();
+    click(&mut h, "Load catalog and policy");
     wait_for_label_contains(&mut h, "5 catalog release(s) from");
     let catalog = convoy::cmd::plan::read_catalog(&fixture_catalog()).unwrap();
     let with_catalog = core_plan(&fleet, &release, &catalog, &PlanningPolicy::default());
@@ -1501,8 +1509,7 @@ fn a_plan_is_walked_from_a_verified_release_to_an_edited_wave_saved_and_exported
         .iter()
         .find(|r| r.status == Status::Never)
         .unwrap();
-    h.get_by_label(&format!("Show on map: {}", never.reason))
-        .click();
+    click(&mut h, &format!("Show on map: {}", never.reason));
     settle(&mut h);
     assert_eq!(h.state().state.view, convoy::gui::View::Map);
     let cohort = h.state().cohorts.last().unwrap();
@@ -1547,17 +1554,17 @@ fn a_plan_is_walked_from_a_verified_release_to_an_edited_wave_saved_and_exported
     assert!(h.query_by_label_contains("Not planned").is_none());
 
     // The canary on the map.
-    h.get_by_label("Show the canary on the map").click();
+    click(&mut h, "Show the canary on the map");
     settle(&mut h);
     assert_eq!(
         h.state().cohorts.last().unwrap().devices,
         edited.canary.devices
     );
-    h.get_by_label("Planner").click();
+    click(&mut h, "Planner");
     settle(&mut h);
 
     // Saved in the cache with an audit entry; nothing dispatched.
-    h.get_by_label("Save plan").click();
+    click(&mut h, "Save plan");
     let plan_id = convoy::gui::planner::plan_id(&release.id, NOW);
     wait_for_label_contains(&mut h, &format!("Saved plan {plan_id} in the cache"));
     let store = convoy::store::Store::open(&cache).unwrap();
@@ -1570,11 +1577,11 @@ fn a_plan_is_walked_from_a_verified_release_to_an_edited_wave_saved_and_exported
     assert_eq!(store.outbox_depth().unwrap(), 0);
 
     // Exported as the file `convoy rollout run --plan` reads. No portal here: Browse… says so.
-    h.get_by_label("Browse…").click();
+    click(&mut h, "Browse…");
     wait_for_label_contains(&mut h, "No file chosen");
     let file = dir.path().join("plan.json");
     fill(&mut h, "Plan file", &file.display().to_string());
-    h.get_by_label("Export plan file").click();
+    click(&mut h, "Export plan file");
     wait_for_label_contains(&mut h, &format!("Wrote {}", file.display()));
     let (waves, gates) = convoy::cmd::rollout::read_plan(&file).unwrap();
     assert_eq!(waves, edited.rollout_waves(&fleet));
@@ -1598,7 +1605,7 @@ fn snapshots_of_the_planner() {
     let (release, _) = signed_release(&cache, &dir.path().join("trust"));
     let (backend, _feed) = Backend::fixture(fleet, cache);
     let mut h = Harness::builder()
-        .with_size([1280.0, 2500.0])
+        .with_size([1280.0, 2950.0])
         .build_eframe(move |cc| ConsoleApp::new(&cc.egui_ctx, None, backend, Clock::Fixed(NOW)));
     settle(&mut h);
     h.state_mut()
@@ -1620,6 +1627,8 @@ fn snapshots_of_the_planner() {
     }
     // Temporary paths would change the image from run to run.
     h.state_mut().planner.trust_dir = "trust".into();
+    // The pointer rests on a plain label, so no button shows hovered.
+    h.get_by_label("Eligibility").hover();
     h.state_mut().dismiss_toasts();
     settle(&mut h);
     h.snapshot("planner");

@@ -1634,10 +1634,8 @@ fn waves_ui(
                 ui.label(time_text(w.timing.last_offer));
                 ui.label(cli::bytes_text(w.bytes));
                 ui.label(format!("{:.2}", w.data_cost));
+                // A prerequisite wave's cohort already names its chain.
                 let mut cohort = w.cohort.clone();
-                if !w.prerequisites.is_empty() {
-                    cohort = format!("{cohort}, after {}", w.prerequisites.join(" -> "));
-                }
                 if w.waiting_on_conditions > 0 {
                     cohort = format!("{cohort} ({} wait on conditions)", w.waiting_on_conditions);
                 }
@@ -1718,7 +1716,8 @@ fn timeline_ui(bars: &[TimelineBar], ui: &mut egui::Ui) {
     let painter = ui.painter_at(rect);
     let text_color = ui.visuals().text_color();
     let plot_left = rect.left() + label_w;
-    let plot_w = (rect.width() - label_w - 8.0).max(50.0);
+    // Room on the right for the last tick's label.
+    let plot_w = (rect.width() - label_w - 28.0).max(50.0);
     let x_of = |h: f64| plot_left + (h / end_hours) as f32 * plot_w;
     // Day ticks (or fewer for long plans).
     let days = (end_hours / 24.0).ceil().max(1.0);
