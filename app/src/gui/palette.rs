@@ -115,7 +115,10 @@ mod tests {
                 "Go to map",
                 "Go to fleet table",
                 "Go to device",
-                "Go to cohorts"
+                "Go to cohorts",
+                "Go to findings",
+                "Go to releases",
+                "Go to planner"
             ]
         );
     }

@@ -647,7 +647,9 @@ pub struct PlannerState {
     /// What was last sent to the planner (release id, form) and its number.
     sent: Option<(String, PolicyForm, u64)>,
     /// The form or release changed at this instant and has not been sent yet.
-    changed_at: Option<Instant>,
+    /// The form and release as last seen changed from what was sent, and since when they have
+    /// stayed so: a plan is asked for once they stayed unchanged for the debounce.
+    pending: Option<(PolicyForm, String, Instant)>,
     /// The newest plan and the number of the job it answers.
     pub planned: Option<(u64, Result<Planned, String>)>,
     pub plan_file: String,
@@ -717,7 +719,7 @@ impl PlannerState {
                     self.inputs_error = None;
                     // The same form may now mean another policy: plan again.
                     self.sent = None;
-                    self.changed_at = Some(Instant::now());
+                    self.pending = None;
                 }
                 Reply::Loaded(Err(why)) => self.inputs_error = Some(why),
                 Reply::Saved(result) => self.saved = Some(result),
@@ -798,7 +800,7 @@ impl PlannerState {
     pub fn choose(&mut self, candidate: &Candidate) {
         if let Some(release) = &candidate.release {
             self.chosen = Some((release.clone(), candidate.row.source.clone()));
-            self.changed_at = Some(Instant::now());
+            self.pending = None;
         }
     }
 
@@ -827,7 +829,7 @@ impl PlannerState {
             match PlanWorker::spawn(ctx) {
                 Ok(w) => self.worker = Some(w),
                 Err(e) => {
-                    self.worker_error = Some(format!("could not start the planner thread: {e}"))
+                    self.worker_error = Some(format!("could not start the planner thread: {e}"));
                 }
             }
         }
@@ -848,7 +850,7 @@ impl PlannerState {
             .as_ref()
             .is_some_and(|(id, form, _)| *id == release.id && *form == self.form);
         if unchanged {
-            self.changed_at = None;
+            self.pending = None;
             self.form_error = None;
             return;
         }
@@ -862,10 +864,18 @@ impl PlannerState {
                 return;
             }
         };
-        let since = *self.changed_at.get_or_insert_with(Instant::now);
+        // Every keystroke restarts the wait.
+        let since = match &self.pending {
+            Some((form, id, since)) if *form == self.form && *id == release.id => *since,
+            _ => {
+                let now = Instant::now();
+                self.pending = Some((self.form.clone(), release.id.clone(), now));
+                now
+            }
+        };
         let waited = since.elapsed();
         if waited < debounce {
-            ctx.request_repaint_after(debounce - waited);
+            ctx.request_repaint_after(debounce.saturating_sub(waited));
             return;
         }
         let seq = self.last_seq + 1;
@@ -881,7 +891,7 @@ impl PlannerState {
         if worker.tx.try_send(PlanRequest::Plan(Box::new(job))).is_ok() {
             self.sent = Some((release.id.clone(), self.form.clone(), seq));
             self.last_seq = seq;
-            self.changed_at = None;
+            self.pending = None;
         }
     }
 
@@ -2044,6 +2054,64 @@ mod tests {
             plan_id("t300-fw-2.5.0", NOW),
             "t300-fw-2.5.0-plan-20270115T080000Z"
         );
+    }
+
+    #[test]
+    fn an_edit_is_planned_only_once_the_typing_pauses_and_the_old_plan_stays_until_then() {
+        let ctx = egui::Context::default();
+        let fleet = Arc::new(generate(&SynthOptions {
+            devices: 200,
+            seed: 5,
+            now: NOW,
+        }));
+        let release: ReleaseSpec =
+            serde_json::from_slice(&std::fs::read(fixture("t300-fw-2.5.0.json")).expect("fixture"))
+                .expect("release");
+        let mut state = PlannerState::default();
+        let hour = Duration::from_secs(3600);
+        // No release chosen: nothing is planned, but the form holds the CLI's defaults.
+        state.sync(&ctx, Some(fleet.clone()), NOW, Duration::ZERO);
+        assert!(state.sent.is_none());
+        assert_eq!(state.form, form_of(&PlanningPolicy::default(), 1));
+        state.chosen = Some((Arc::new(release), "cache".into()));
+        state.sync(&ctx, Some(fleet), NOW, hour);
+        assert!(state.sent.is_none(), "waits for the typing to pause");
+        state.sync(&ctx, None, NOW, Duration::ZERO);
+        assert!(state.planning());
+        let answer = state
+            .worker
+            .as_ref()
+            .expect("worker")
+            .rx
+            .recv()
+            .expect("answer");
+        state.planned = Some(answer);
+        assert!(state.plan_is_current());
+        let Some((_, Ok(first))) = &state.planned else {
+            panic!("no plan");
+        };
+        assert_eq!(first.plan.canary.target_size, 50);
+        // An edit: the old plan stays, not current, until the pause.
+        state.form.canary_size = "20".into();
+        state.sync(&ctx, None, NOW, hour);
+        assert!(!state.plan_is_current());
+        assert!(!state.planning());
+        assert!(state.planned.is_some());
+        state.sync(&ctx, None, NOW, Duration::ZERO);
+        let answer = state
+            .worker
+            .as_ref()
+            .expect("worker")
+            .rx
+            .recv()
+            .expect("answer");
+        state.planned = Some(answer);
+        assert!(state.plan_is_current());
+        let Some((seq, Ok(second))) = &state.planned else {
+            panic!("no plan");
+        };
+        assert_eq!(*seq, 2);
+        assert_eq!(second.plan.canary.target_size, 20);
     }
 
     #[test]
