@@ -2068,7 +2068,7 @@ mod tests {
             serde_json::from_slice(&std::fs::read(fixture("t300-fw-2.5.0.json")).expect("fixture"))
                 .expect("release");
         let mut state = PlannerState::default();
-        let hour = Duration::from_secs(3600);
+        let hour = Duration::from_hours(1);
         // No release chosen: nothing is planned, but the form holds the CLI's defaults.
         state.sync(&ctx, Some(fleet.clone()), NOW, Duration::ZERO);
         assert!(state.sent.is_none());
