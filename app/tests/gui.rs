@@ -1605,7 +1605,7 @@ fn snapshots_of_the_planner() {
     let (release, _) = signed_release(&cache, &dir.path().join("trust"));
     let (backend, _feed) = Backend::fixture(fleet, cache);
     let mut h = Harness::builder()
-        .with_size([1280.0, 2950.0])
+        .with_size([1280.0, 3010.0])
         .build_eframe(move |cc| ConsoleApp::new(&cc.egui_ctx, None, backend, Clock::Fixed(NOW)));
     settle(&mut h);
     h.state_mut()

@@ -1075,7 +1075,14 @@ pub fn planner_ui(app: &mut ConsoleApp, ui: &mut egui::Ui) {
             RichText::new(format!("Plan for {} (manifest from {source})", release.id))
                 .strong()
                 .size(16.0),
-        );
+        )
+        .on_hover_text(match &state.planned {
+            Some((_, Ok(p))) => format!(
+                "Last planned in {:.0} ms on the planner thread",
+                p.compute.as_secs_f64() * 1000.0
+            ),
+            _ => "Not planned yet".to_owned(),
+        });
         form_ui(state, ui);
         if let Some(why) = &state.worker_error {
             ui.colored_label(tokens::BAD, why);
@@ -1414,6 +1421,12 @@ fn plan_ui(
     waves_ui(planned, fleet, ui, commands);
     ui.separator();
     ui.label(RichText::new("Timeline").strong());
+    ui.label(
+        RichText::new(
+            "Days from the plan's start. Solid: the wave's offers go out; light: its soak, after which the next wave may start if the gates agree.",
+        )
+        .color(tokens::MUTED),
+    );
     timeline_ui(&planned.timeline, ui);
     ui.separator();
     gates_ui(planned, ui);
