@@ -1812,10 +1812,12 @@ fn gates_ui(planned: &Planned, ui: &mut egui::Ui) {
         )
         .color(tokens::MUTED),
     );
-    let Ok(value) = serde_json::to_value(&planned.gates) else {
-        return;
-    };
-    let Some(obj) = value.as_object() else {
+    // The plan's JSON carries the gates already serialised (made on the planner thread).
+    let Some(obj) = planned
+        .json
+        .get("gates")
+        .and_then(serde_json::Value::as_object)
+    else {
         return;
     };
     let text = |v: &serde_json::Value| match v {
