@@ -1112,6 +1112,15 @@ fn cache_harness(
     dir: &std::path::Path,
     fleet: &Fleet,
 ) -> (Harness<'static, ConsoleApp>, std::path::PathBuf) {
+    cache_harness_sized(dir, fleet, 1700.0)
+}
+
+/// As [`cache_harness`], `height` points tall (the planner is longer than the forms).
+fn cache_harness_sized(
+    dir: &std::path::Path,
+    fleet: &Fleet,
+    height: f32,
+) -> (Harness<'static, ConsoleApp>, std::path::PathBuf) {
     let cache = dir.join("console.db");
     convoy::store::Store::open(&cache)
         .unwrap()
@@ -1119,7 +1128,7 @@ fn cache_harness(
         .unwrap();
     let (backend, _feed) = Backend::fixture(fleet.clone(), cache.clone());
     let mut h = Harness::builder()
-        .with_size([1400.0, 1700.0])
+        .with_size([1400.0, height])
         .build_eframe(move |cc| ConsoleApp::new(&cc.egui_ctx, None, backend, Clock::Fixed(NOW)));
     settle(&mut h);
     (h, cache)
@@ -1332,4 +1341,295 @@ fn a_finding_that_cannot_be_saved_says_why_and_the_score_stays() {
     wait_for_label_contains(&mut h, "Could not save: opening the fleet cache fixture.db");
     h.get_by_label_contains("Recommendation:");
     assert!(!std::path::Path::new("fixture.db").exists());
+}
+
+/// The fixture release `t300-fw-2.5.0`, signed with a key made in `trust` (a key directory is a
+/// trust directory) and stored in `cache` as the releases view stores it; returns the release
+/// and the manifest file's bytes.
+fn signed_release(
+    cache: &std::path::Path,
+    trust: &std::path::Path,
+) -> (convoy_core::release::ReleaseSpec, Vec<u8>) {
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../fixtures/releases/t300-fw-2.5.0.json");
+    let spec: convoy_core::release::ReleaseSpec =
+        serde_json::from_slice(&std::fs::read(fixture).unwrap()).unwrap();
+    convoy::keys::generate(trust, "pw").unwrap();
+    let manifest =
+        convoy::cmd::release::sign_release(spec.clone(), None, trust, "pw", NOW).unwrap();
+    let store = convoy::store::Store::open(cache).unwrap();
+    convoy::cmd::release::record_release(&store, &manifest, "test", NOW).unwrap();
+    (spec, manifest.to_json_bytes())
+}
+
+fn fixture_catalog() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/releases/catalog.json")
+}
+
+/// What `convoy plan` computes for the same inputs, to compare the view with.
+fn core_plan(
+    fleet: &Fleet,
+    release: &convoy_core::release::ReleaseSpec,
+    catalog: &[convoy_core::release::ReleaseSpec],
+    policy: &convoy_core::plan::PlanningPolicy,
+) -> convoy_core::plan::Plan {
+    convoy_core::plan::plan(&convoy_core::plan::PlanInput {
+        fleet,
+        release,
+        catalog,
+        now: NOW,
+        seed: 1,
+        policy,
+    })
+    .unwrap()
+}
+
+/// Moves the pointer onto the widget named `label`, then clicks it: as a user's pointer would,
+/// it leaves the tooltip of the button clicked before, which may cover the next one.
+fn click(h: &mut Harness<'static, ConsoleApp>, label: &str) {
+    h.get_by_label(label).hover();
+    h.run_steps(1);
+    h.get_by_label(label).click();
+}
+
+#[test]
+fn a_plan_is_walked_from_a_verified_release_to_an_edited_wave_saved_and_exported() {
+    use convoy::gui::planner::status_label;
+    use convoy_core::plan::{PlanningPolicy, Status};
+    let fleet = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    // Tall enough that the whole plan is laid out on screen and every button can be clicked.
+    let (mut h, cache) = cache_harness_sized(dir.path(), &fleet, 4000.0);
+    // The planner looks for trust/ beside the cache, as `convoy rollout run` does.
+    let (release, bytes) = signed_release(&cache, &dir.path().join("trust"));
+    // A copy with its counter raised after signing is listed but cannot be planned.
+    let manifests = dir.path().join("manifests");
+    std::fs::create_dir(&manifests).unwrap();
+    let mut doc: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    doc["signed"]["release"]["counter"] = 99.into();
+    std::fs::write(
+        manifests.join("raised.json"),
+        serde_json::to_vec(&doc).unwrap(),
+    )
+    .unwrap();
+
+    click(&mut h, "Planner");
+    settle(&mut h);
+    h.get_by_label_contains("Approval and dispatch are not built in the console yet");
+    wait_for_label(&mut h, &format!("Plan {}", release.id));
+    fill(
+        &mut h,
+        "Manifest directory",
+        &manifests.display().to_string(),
+    );
+    click(&mut h, "Check releases");
+    wait_for_label(&mut h, "tampered");
+    h.get_by_label_contains("cannot be planned: tampered: signature by key");
+    assert_eq!(
+        h.query_all_by_label_contains("Plan t300-fw-2.5.0").count(),
+        1
+    );
+
+    // Plan the valid one with the CLI's defaults: no catalog, the built-in policy.
+    click(&mut h, &format!("Plan {}", release.id));
+    wait_for_label_contains(&mut h, "Canary: ");
+    let expected = core_plan(&fleet, &release, &[], &PlanningPolicy::default());
+    for c in &expected.eligibility.by_status {
+        assert!(
+            h.query_all_by_label(status_label(c.status)).count() >= 1,
+            "{:?}",
+            c.status
+        );
+    }
+    let k = &expected.canary;
+    h.get_by_label_contains(&format!(
+        "Canary: {} of {} asked, from {} candidates",
+        k.devices.len(),
+        k.target_size,
+        k.candidates
+    ));
+    // The coverage table: every meaningful stratum with its verdict, and the flag.
+    let poor = k
+        .strata
+        .iter()
+        .filter(|s| {
+            matches!(
+                s.coverage,
+                convoy_core::plan::Coverage::Missing(_)
+                    | convoy_core::plan::Coverage::BelowFloor(_)
+            )
+        })
+        .count();
+    assert!(
+        poor > 0,
+        "the synthetic fleet's old bootloaders cannot be in the canary"
+    );
+    h.get_by_label_contains(&format!("Coverage is poor: {poor} of"));
+    for s in &k.strata {
+        if let convoy_core::plan::Coverage::Missing(why) = &s.coverage {
+            assert!(
+                h.query_all_by_label(&format!("missing: {why}")).count() >= 1,
+                "{why}"
+            );
+        }
+    }
+    for w in &expected.waves {
+        h.get_by_label(&format!("Show wave {} on the map", w.name));
+    }
+    h.get_by_label("Plan timeline");
+    h.get_by_label("Gates (read-only)");
+    h.get_by_label("crash");
+
+    // With the catalog, devices on old bootloaders get their prerequisite chain.
+    fill(
+        &mut h,
+        "Catalog files",
+        &fixture_catalog().display().to_string(),
+    );
+    click(&mut h, "Load catalog and policy");
+    wait_for_label_contains(&mut h, "5 catalog release(s) from");
+    let catalog = convoy::cmd::plan::read_catalog(&fixture_catalog()).unwrap();
+    let with_catalog = core_plan(&fleet, &release, &catalog, &PlanningPolicy::default());
+    assert!(!with_catalog.chains.is_empty());
+    let chain = &with_catalog.chains[0];
+    wait_for_label_contains(
+        &mut h,
+        &format!(
+            "{} devices: {} -> {}",
+            chain.devices,
+            chain.releases.join(" -> "),
+            release.id
+        ),
+    );
+
+    // A reason's devices become a cohort on the map.
+    let never = with_catalog
+        .eligibility
+        .by_reason
+        .iter()
+        .find(|r| r.status == Status::Never)
+        .unwrap();
+    click(&mut h, &format!("Show on map: {}", never.reason));
+    settle(&mut h);
+    assert_eq!(h.state().state.view, convoy::gui::View::Map);
+    let cohort = h.state().cohorts.last().unwrap();
+    assert_eq!(cohort.devices.len(), never.devices);
+    assert_eq!(cohort.name, format!("never: {}", never.reason));
+    // Ctrl+8 goes back to the planner, which kept its plan.
+    h.key_press_modifiers(egui::Modifiers::COMMAND, Key::Num8);
+    settle(&mut h);
+    assert_eq!(h.state().state.view, convoy::gui::View::Planner);
+
+    // Edit a wave: cap the 10% wave at 7 devices and soak it 72 hours; the plan follows.
+    fill(&mut h, "fleet-10pct max devices", "7");
+    fill(&mut h, "fleet-10pct soak hours", "72");
+    let mut policy = PlanningPolicy::default();
+    policy.waves[2].max_devices = Some(7);
+    policy.waves[2].soak_secs = Some(72 * 3600);
+    let edited = core_plan(&fleet, &release, &catalog, &policy);
+    assert_eq!(edited.waves[2].size, 7);
+    assert_eq!(edited.waves[2].soak_secs, 72 * 3600);
+    for _ in 0..300 {
+        if h.state().planner.plan_is_current() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        h.run_steps(1);
+    }
+    assert!(h.state().planner.plan_is_current());
+    assert!(h.query_all_by_label("3d").count() >= 1);
+    {
+        let app = h.state();
+        let Some((_, Ok(planned))) = &app.planner.planned else {
+            panic!("no plan");
+        };
+        assert_eq!(planned.plan.waves, edited.waves);
+        assert_eq!(planned.plan.eligibility, edited.eligibility);
+    }
+    // A bad edit names its field and keeps the last plan.
+    fill(&mut h, "Canary size", "x");
+    h.get_by_label_contains("Not planned: Canary size: must be a whole number");
+    h.key_press(Key::Backspace);
+    settle(&mut h);
+    assert!(h.query_by_label_contains("Not planned").is_none());
+
+    // The canary on the map.
+    click(&mut h, "Show the canary on the map");
+    settle(&mut h);
+    assert_eq!(
+        h.state().cohorts.last().unwrap().devices,
+        edited.canary.devices
+    );
+    click(&mut h, "Planner");
+    settle(&mut h);
+
+    // Saved in the cache with an audit entry; nothing dispatched.
+    click(&mut h, "Save plan");
+    let plan_id = convoy::gui::planner::plan_id(&release.id, NOW);
+    wait_for_label_contains(&mut h, &format!("Saved plan {plan_id} in the cache"));
+    let store = convoy::store::Store::open(&cache).unwrap();
+    let stored = convoy::cmd::plan::stored_plan(&store, &plan_id)
+        .unwrap()
+        .unwrap();
+    let audit = store.audit_entries(None).unwrap();
+    assert_eq!(audit.last().unwrap().action, "plan.save");
+    assert!(store.verify_audit().unwrap().problem.is_none());
+    assert_eq!(store.outbox_depth().unwrap(), 0);
+
+    // Exported as the file `convoy rollout run --plan` reads. No portal here: Browse… says so.
+    click(&mut h, "Browse…");
+    wait_for_label_contains(&mut h, "No file chosen");
+    let file = dir.path().join("plan.json");
+    fill(&mut h, "Plan file", &file.display().to_string());
+    click(&mut h, "Export plan file");
+    wait_for_label_contains(&mut h, &format!("Wrote {}", file.display()));
+    let (waves, gates) = convoy::cmd::rollout::read_plan(&file).unwrap();
+    assert_eq!(waves, edited.rollout_waves(&fleet));
+    assert_eq!(gates, Some(convoy_core::gates::GatePolicy::default()));
+    let exported: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    assert_eq!(exported, stored);
+}
+
+/// The planner's snapshot image: the fixture release planned with the fixture catalog, on the
+/// fixture fleet (its own test, so that the main screens' cache holds no release).
+#[test]
+fn snapshots_of_the_planner() {
+    let fleet = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("snapshot.db");
+    convoy::store::Store::open(&cache)
+        .unwrap()
+        .replace_fleet(&fleet, None)
+        .unwrap();
+    let (release, _) = signed_release(&cache, &dir.path().join("trust"));
+    let (backend, _feed) = Backend::fixture(fleet, cache);
+    let mut h = Harness::builder()
+        .with_size([1280.0, 3010.0])
+        .build_eframe(move |cc| ConsoleApp::new(&cc.egui_ctx, None, backend, Clock::Fixed(NOW)));
+    settle(&mut h);
+    h.state_mut()
+        .send(convoy::gui::UiCommand::Show(convoy::gui::View::Planner));
+    settle(&mut h);
+    wait_for_label(&mut h, &format!("Plan {}", release.id));
+    // Relative to the package directory, where cargo runs tests: the same text on every machine.
+    h.state_mut().planner.catalog = "../fixtures/releases/catalog.json".into();
+    h.get_by_label("Load catalog and policy").click();
+    wait_for_label_contains(&mut h, "catalog release(s) from");
+    h.get_by_label(&format!("Plan {}", release.id)).click();
+    wait_for_label_contains(&mut h, "Canary: ");
+    for _ in 0..300 {
+        if h.state().planner.plan_is_current() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        h.run_steps(1);
+    }
+    // Temporary paths would change the image from run to run.
+    h.state_mut().planner.trust_dir = "trust".into();
+    // The pointer rests on a plain label, so no button shows hovered.
+    h.get_by_label("Eligibility").hover();
+    h.state_mut().dismiss_toasts();
+    settle(&mut h);
+    h.snapshot("planner");
 }

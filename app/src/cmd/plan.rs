@@ -77,30 +77,9 @@ pub fn run(args: &Args) -> Result<()> {
         policy: &policy,
     })
     .with_context(|| format!("planning release {}", release.id))?;
-    let mut gate_notes = Vec::new();
-    if (policy.canary.floor_per_stratum as u64) < u64::from(gates.min_stratum_devices) {
-        gate_notes.push(format!(
-            "canary.floor_per_stratum is {} but the gates judge a stratum only from {} devices (gates.min_stratum_devices): a rare stratum in the canary cannot stop the rollout on its own",
-            policy.canary.floor_per_stratum, gates.min_stratum_devices
-        ));
-    }
+    let gate_notes = gate_notes(&policy, &gates);
     let out = if args.json {
-        let mut value = serde_json::to_value(&plan).context("serialising the plan")?;
-        if let Some(obj) = value.as_object_mut() {
-            obj.insert(
-                "gates".into(),
-                serde_json::to_value(&gates).context("serialising the gates")?,
-            );
-            obj.insert(
-                "rollout_waves".into(),
-                serde_json::to_value(plan.rollout_waves(&fleet))
-                    .context("serialising the waves")?,
-            );
-            obj.insert(
-                "gate_warnings".into(),
-                serde_json::to_value(&gate_notes).context("serialising warnings")?,
-            );
-        }
+        let value = plan_json(&plan, &fleet, &gates, &gate_notes)?;
         let mut s = serde_json::to_string_pretty(&value).context("serialising the plan")?;
         s.push('\n');
         s
@@ -113,6 +92,115 @@ pub fn run(args: &Args) -> Result<()> {
     Ok(())
 }
 
+/// Warnings about the gates the plan carries: a canary floor per stratum below the gates'
+/// `min_stratum_devices` means a rare stratum in the canary cannot stop the rollout on its own.
+pub fn gate_notes(policy: &PlanningPolicy, gates: &GatePolicy) -> Vec<String> {
+    let mut notes = Vec::new();
+    if (policy.canary.floor_per_stratum as u64) < u64::from(gates.min_stratum_devices) {
+        notes.push(format!(
+            "canary.floor_per_stratum is {} but the gates judge a stratum only from {} devices (gates.min_stratum_devices): a rare stratum in the canary cannot stop the rollout on its own",
+            policy.canary.floor_per_stratum, gates.min_stratum_devices
+        ));
+    }
+    notes
+}
+
+/// The plan as `convoy plan --json` prints it: the plan, its `gates`, its waves by device id
+/// (`rollout_waves`, what `convoy rollout run --plan FILE` reads) and `gate_warnings`.
+pub fn plan_json(
+    plan: &Plan,
+    fleet: &convoy_core::fleet::Fleet,
+    gates: &GatePolicy,
+    gate_notes: &[String],
+) -> Result<serde_json::Value> {
+    let mut value = serde_json::to_value(plan).context("serialising the plan")?;
+    if let Some(obj) = value.as_object_mut() {
+        obj.insert(
+            "gates".into(),
+            serde_json::to_value(gates).context("serialising the gates")?,
+        );
+        obj.insert(
+            "rollout_waves".into(),
+            serde_json::to_value(plan.rollout_waves(fleet)).context("serialising the waves")?,
+        );
+        obj.insert(
+            "gate_warnings".into(),
+            serde_json::to_value(gate_notes).context("serialising warnings")?,
+        );
+    }
+    Ok(value)
+}
+
+/// Stores a plan (the JSON of [`plan_json`]) in the cache's `rollout_plans` table under
+/// `plan_id`, replacing an earlier plan of that id, with an audit entry (`plan.save`), in one
+/// transaction. Returns the audit entry's seq. Storing a plan dispatches nothing.
+pub fn record_plan(
+    store: &crate::store::Store,
+    plan_id: &str,
+    release_id: &str,
+    plan: &serde_json::Value,
+    actor: &str,
+    now: Timestamp,
+) -> Result<i64> {
+    let tx = store.conn().unchecked_transaction()?;
+    tx.execute(
+        "INSERT OR REPLACE INTO rollout_plans(rollout_id, release_id, created, body)
+         VALUES (?1, ?2, ?3, ?4)",
+        rusqlite::params![
+            plan_id,
+            release_id,
+            now.secs(),
+            serde_json::to_string(plan)?
+        ],
+    )
+    .with_context(|| format!("storing plan {plan_id}"))?;
+    let waves = plan
+        .get("rollout_waves")
+        .and_then(serde_json::Value::as_array);
+    let entry = crate::store::audit::append_in(
+        &tx,
+        &crate::store::audit::AuditEntry {
+            time: now,
+            actor: actor.to_owned(),
+            action: "plan.save".into(),
+            payload: serde_json::json!({
+                "plan": plan_id,
+                "release": release_id,
+                "waves": waves.map_or(0, Vec::len),
+                "devices": waves.map_or(0, |w| w
+                    .iter()
+                    .filter_map(|w| w.get("device_ids").and_then(serde_json::Value::as_array))
+                    .map(Vec::len)
+                    .sum::<usize>()),
+            }),
+        },
+    )?;
+    tx.commit().context("committing the plan")?;
+    Ok(entry.seq)
+}
+
+/// A stored plan's JSON, if the cache has one under `plan_id`.
+pub fn stored_plan(
+    store: &crate::store::Store,
+    plan_id: &str,
+) -> Result<Option<serde_json::Value>> {
+    let body: Option<String> = store
+        .conn()
+        .query_row(
+            "SELECT body FROM rollout_plans WHERE rollout_id = ?1",
+            [plan_id],
+            |r| r.get(0),
+        )
+        .map(Some)
+        .or_else(|e| match e {
+            rusqlite::Error::QueryReturnedNoRows => Ok(None),
+            e => Err(e),
+        })
+        .with_context(|| format!("reading plan {plan_id}"))?;
+    body.map(|b| serde_json::from_str(&b).with_context(|| format!("parsing stored plan {plan_id}")))
+        .transpose()
+}
+
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("opening {}", path.display()))?;
@@ -120,7 +208,7 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
 }
 
 /// One `ReleaseSpec` or an array of them.
-fn read_catalog(path: &Path) -> Result<Vec<ReleaseSpec>> {
+pub fn read_catalog(path: &Path) -> Result<Vec<ReleaseSpec>> {
     let value: serde_json::Value = read_json(path)?;
     if value.is_array() {
         serde_json::from_value(value).context("parsing an array of releases")
@@ -181,7 +269,7 @@ pub(crate) fn read_section<T: serde::de::DeserializeOwned + Default>(
     }
 }
 
-fn bytes_text(bytes: u64) -> String {
+pub fn bytes_text(bytes: u64) -> String {
     let b = bytes as f64;
     if b >= 1e9 {
         format!("{:.1} GB", b / 1e9)
@@ -194,7 +282,7 @@ fn bytes_text(bytes: u64) -> String {
     }
 }
 
-fn duration_text(secs: u64) -> String {
+pub fn duration_text(secs: u64) -> String {
     if secs.is_multiple_of(86_400) {
         format!("{}d", secs / 86_400)
     } else if secs.is_multiple_of(3_600) {
@@ -392,7 +480,7 @@ pub fn render_text(plan: &Plan) -> String {
     s
 }
 
-fn rate_text(rate: &plan::policy::RateLimit) -> String {
+pub fn rate_text(rate: &plan::policy::RateLimit) -> String {
     match rate {
         plan::policy::RateLimit::Constant { per_minute } => format!("{per_minute} devices/min"),
         plan::policy::RateLimit::Exponential {
@@ -403,5 +491,73 @@ fn rate_text(rate: &plan::policy::RateLimit) -> String {
         } => format!(
             "{start_per_minute} devices/min, x{factor} every {every_devices} offered, up to {max_per_minute}/min"
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use convoy_core::synth::{SynthOptions, generate};
+
+    const NOW: Timestamp = Timestamp::from_secs(1_800_000_000);
+
+    fn fixture_release() -> ReleaseSpec {
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/releases/t300-fw-2.5.0.json");
+        read_json(&path).expect("fixture release")
+    }
+
+    #[test]
+    fn a_stored_plan_is_the_json_rollout_run_reads_with_an_audit_entry() {
+        let fleet = generate(&SynthOptions {
+            devices: 300,
+            seed: 3,
+            now: NOW,
+        });
+        let release = fixture_release();
+        let policy = PlanningPolicy::default();
+        let plan = plan::plan(&PlanInput {
+            fleet: &fleet,
+            release: &release,
+            catalog: &[],
+            now: NOW,
+            seed: 1,
+            policy: &policy,
+        })
+        .expect("plans");
+        let gates = GatePolicy {
+            min_stratum_devices: 9,
+            ..GatePolicy::default()
+        };
+        let notes = gate_notes(&policy, &gates);
+        assert_eq!(notes.len(), 1, "floor 5 is below 9: {notes:?}");
+        let value = plan_json(&plan, &fleet, &gates, &notes).expect("json");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = crate::store::Store::open(&dir.path().join("c.db")).expect("store");
+        let seq = record_plan(&store, "p-1", &release.id, &value, "console", NOW).expect("stored");
+        assert_eq!(
+            stored_plan(&store, "p-1").expect("read"),
+            Some(value.clone())
+        );
+        assert_eq!(stored_plan(&store, "p-2").expect("read"), None);
+        let entries = store.audit_entries(None).expect("audit");
+        let last = entries.last().expect("an entry");
+        assert_eq!(last.seq, seq);
+        assert_eq!(last.action, "plan.save");
+        let payload: serde_json::Value = serde_json::from_str(&last.payload).expect("payload");
+        let devices: usize = plan
+            .rollout_waves(&fleet)
+            .iter()
+            .map(|w| w.device_ids.len())
+            .sum();
+        assert!(devices > 0);
+        assert_eq!(payload["devices"], devices);
+        assert!(store.verify_audit().expect("verify").problem.is_none());
+        // `convoy rollout run --plan FILE` reads the same JSON back: waves and gates.
+        let file = dir.path().join("plan.json");
+        std::fs::write(&file, serde_json::to_vec(&value).expect("bytes")).expect("write");
+        let (waves, read_gates) = super::super::rollout::read_plan(&file).expect("reads");
+        assert_eq!(waves, plan.rollout_waves(&fleet));
+        assert_eq!(read_gates, Some(gates));
     }
 }

@@ -272,7 +272,7 @@ fn operator_name(arg: Option<&str>) -> String {
 }
 
 /// Waves and gates from a plan file (see [`RunArgs::plan`]).
-fn read_plan(path: &Path) -> Result<(Vec<WaveSpec>, Option<GatePolicy>)> {
+pub fn read_plan(path: &Path) -> Result<(Vec<WaveSpec>, Option<GatePolicy>)> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut value: serde_json::Value =

@@ -56,10 +56,11 @@ pub enum View {
     WarRoom,
     Findings,
     Releases,
+    Planner,
 }
 
 impl View {
-    pub const ALL: [View; 7] = [
+    pub const ALL: [View; 8] = [
         View::Map,
         View::Table,
         View::Device,
@@ -67,6 +68,7 @@ impl View {
         View::WarRoom,
         View::Findings,
         View::Releases,
+        View::Planner,
     ];
 
     pub fn label(self) -> &'static str {
@@ -78,6 +80,7 @@ impl View {
             View::WarRoom => "War room",
             View::Findings => "Findings",
             View::Releases => "Releases",
+            View::Planner => "Planner",
         }
     }
 }
@@ -283,6 +286,11 @@ pub struct ConsoleApp {
     pub findings: crate::gui::findings::FindingsState,
     /// The releases view: the manifests with their signature state, and the create form.
     pub releases: crate::gui::releases::ReleasesState,
+    /// The planner view: a verified release planned against the fleet, with editable waves.
+    pub planner: crate::gui::planner::PlannerState,
+    /// One copy of the fleet for the scoring and planning workers, made the first time either
+    /// needs it after a load (the model's own fleet changes in place with live status).
+    shared_fleet: Option<std::sync::Arc<convoy_core::fleet::Fleet>>,
 }
 
 impl std::fmt::Debug for ConsoleApp {
@@ -340,6 +348,8 @@ impl ConsoleApp {
             warroom_since: clock.now(),
             findings: crate::gui::findings::FindingsState::default(),
             releases: crate::gui::releases::ReleasesState::default(),
+            planner: crate::gui::planner::PlannerState::default(),
+            shared_fleet: None,
         };
         let throttle = match clock {
             Clock::System => REFRESH_EVERY,
@@ -397,6 +407,18 @@ impl ConsoleApp {
         &self.link
     }
 
+    /// The workers' copy of the fleet: made once per load (the one fleet-sized step of the
+    /// findings and planner views on the UI thread), then shared.
+    pub fn shared_fleet(&mut self) -> Option<std::sync::Arc<convoy_core::fleet::Fleet>> {
+        if self.shared_fleet.is_none() {
+            self.shared_fleet = self
+                .model
+                .as_ref()
+                .map(|m| std::sync::Arc::new(m.fleet.clone()));
+        }
+        self.shared_fleet.clone()
+    }
+
     /// The fleet cache the console shows, once the fleet has loaded from it.
     pub fn cache_path(&self) -> Option<&std::path::Path> {
         self.cache.as_deref()
@@ -426,6 +448,7 @@ impl ConsoleApp {
         }
         self.findings.poll();
         self.releases.poll();
+        self.planner.poll();
         self.sync_derived();
         self.state.ui_scale = ctx.zoom_factor();
         self.toasts.retain(|t| t.until > Instant::now());
@@ -508,6 +531,8 @@ impl ConsoleApp {
                 self.cohort_cache = crate::gui::cohorts::CohortCache::default();
                 self.cohorts.clear();
                 self.findings.fleet_reloaded();
+                self.planner.fleet_reloaded();
+                self.shared_fleet = None;
                 self.toast(
                     ToastKind::Info,
                     format!("Loaded {n} devices from the cache"),
@@ -719,6 +744,7 @@ impl ConsoleApp {
             Key::Num5,
             Key::Num6,
             Key::Num7,
+            Key::Num8,
         ];
         for (key, view) in views.into_iter().zip(View::ALL) {
             if ctx.input_mut(|i| i.consume_key(Modifiers::COMMAND, key)) {
@@ -785,6 +811,7 @@ impl ConsoleApp {
                 View::Cohorts => crate::gui::cohorts::cohorts_ui(self, ui),
                 View::Findings => crate::gui::findings::findings_ui(self, ui),
                 View::Releases => crate::gui::releases::releases_ui(self, ui),
+                View::Planner => crate::gui::planner::planner_ui(self, ui),
                 View::WarRoom => {}
             }
         });

@@ -407,7 +407,7 @@ impl FindingsState {
 
     /// Sends the scoring worker the fleet (once per load: a copy, the one fleet-sized step of
     /// this view on the UI thread) and the form when it changed; takes its answers.
-    fn sync_scoring(&mut self, ctx: &egui::Context, fleet: &Fleet, now: Timestamp) {
+    fn sync_scoring(&mut self, ctx: &egui::Context, fleet: Arc<Fleet>, now: Timestamp) {
         if self.cvss_for.as_deref() != Some(self.form.cvss.as_str()) {
             self.cvss = Some(cvss_preview(&self.form.cvss));
             self.cvss_for = Some(self.form.cvss.clone());
@@ -427,11 +427,7 @@ impl FindingsState {
             self.scored = Some(answer);
         }
         if !self.fleet_sent {
-            if scorer
-                .tx
-                .try_send(ScoreRequest::Fleet(Arc::new(fleet.clone())))
-                .is_err()
-            {
+            if scorer.tx.try_send(ScoreRequest::Fleet(fleet)).is_err() {
                 return;
             }
             self.fleet_sent = true;
@@ -602,8 +598,8 @@ pub fn findings_ui(app: &mut ConsoleApp, ui: &mut egui::Ui) {
     if !app.findings.listed && !app.findings.busy() {
         app.findings.refresh(&ctx, cache.clone());
     }
-    if let Some(model) = &app.model {
-        app.findings.sync_scoring(&ctx, &model.fleet, now);
+    if let Some(fleet) = app.shared_fleet() {
+        app.findings.sync_scoring(&ctx, fleet, now);
     }
     let mut commands = Vec::new();
     let mut save = None;
@@ -701,7 +697,7 @@ pub fn findings_ui(app: &mut ConsoleApp, ui: &mut egui::Ui) {
 }
 
 /// The mean position of `devices`, or `None` if there are none (or they are not in `fleet`).
-fn centre(fleet: &Fleet, devices: &[u32]) -> Option<(f64, f64)> {
+pub(crate) fn centre(fleet: &Fleet, devices: &[u32]) -> Option<(f64, f64)> {
     if devices.is_empty() {
         return None;
     }

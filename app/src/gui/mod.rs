@@ -1,7 +1,8 @@
 //! The desktop console (egui, eframe with glow): a fleet map, a virtualised fleet table, device
 //! detail, cohort summaries and a read-only war-room wall showing the rollouts the headless
 //! engine (`convoy rollout run`) recorded in the cache; finding intake with its risk
-//! scorecard ([`findings`]), and signed releases with their signature state ([`releases`]).
+//! scorecard ([`findings`]), signed releases with their signature state ([`releases`]), and
+//! rollout plans of a verified release ([`planner`]).
 //!
 //! Layout: [`app`] holds the state and the shell and applies commands once per frame;
 //! [`backend`] does everything slow or networked on other threads and reports through a bounded
@@ -10,7 +11,7 @@
 //! offline basemap tiles and [`tiles`] reads MBTiles files and online tile servers over it; the
 //! view modules only draw.
 //!
-//! Not built yet: the planner, approval and dispatch, running or steering rollouts from the
+//! Not built yet: approval and dispatch, running or steering rollouts from the
 //! console (the engine runs headless; the war room only reads its record), and live cohort
 //! health plots against the baseline.
 //! `docs/CONSOLE.md` lists what is.
@@ -26,6 +27,7 @@ pub mod findings;
 pub mod map;
 pub mod model;
 pub mod palette;
+pub mod planner;
 pub mod query;
 pub mod releases;
 pub mod table;

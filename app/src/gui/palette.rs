@@ -20,6 +20,9 @@ pub fn entries() -> Vec<(&'static str, UiCommand)> {
         ("Go to fleet table", UiCommand::Show(View::Table)),
         ("Go to device", UiCommand::Show(View::Device)),
         ("Go to cohorts", UiCommand::Show(View::Cohorts)),
+        ("Go to findings", UiCommand::Show(View::Findings)),
+        ("Go to releases", UiCommand::Show(View::Releases)),
+        ("Go to planner", UiCommand::Show(View::Planner)),
         ("War room (read-only wall)", UiCommand::ToggleWarRoom),
         (
             "Colour by update state",
@@ -112,7 +115,10 @@ mod tests {
                 "Go to map",
                 "Go to fleet table",
                 "Go to device",
-                "Go to cohorts"
+                "Go to cohorts",
+                "Go to findings",
+                "Go to releases",
+                "Go to planner"
             ]
         );
     }

@@ -10,12 +10,15 @@
 //! that report through bounded channels, and draws. The passphrase lives in the form only until
 //! signing starts, is never logged or persisted, and is wiped after use.
 //!
-//! Deliberately not here: choosing a release for a plan (the planner is not in the console
-//! yet; [`SignatureState::offerable`] is what it is to filter on), several artifacts per
-//! release, signed rollbacks, and TUF export (all on the command line).
+//! The planner view lists the same manifests through [`list_with_releases`], which hands it the
+//! release of each valid manifest and nothing for the others.
+//!
+//! Deliberately not here: several artifacts per release, signed rollbacks, and TUF export (all
+//! on the command line).
 
 use anyhow::{Context, Result, anyhow};
 use convoy_core::manifest::{self, Attack, TrustedKeys};
+use convoy_core::release::ReleaseSpec;
 use convoy_core::requirement::Requirement;
 use convoy_core::time::Timestamp;
 use convoy_core::version::Version;
@@ -271,20 +274,31 @@ pub fn check_manifest(
     trust: Result<&TrustedKeys, &str>,
     now: Timestamp,
 ) -> SignatureState {
+    check_and_read(bytes, trust, now).0
+}
+
+/// As [`check_manifest`], with the release a valid manifest signs: only a manifest that
+/// verifies gives one (the planner plans nothing else).
+fn check_and_read(
+    bytes: &[u8],
+    trust: Result<&TrustedKeys, &str>,
+    now: Timestamp,
+) -> (SignatureState, Option<ReleaseSpec>) {
     let trust = match trust {
         Ok(t) => t,
-        Err(why) => return SignatureState::NotChecked(why.to_owned()),
+        Err(why) => return (SignatureState::NotChecked(why.to_owned()), None),
     };
     match manifest::verify(bytes, trust, now) {
-        Ok(_) => SignatureState::Valid,
+        Ok(verified) => (SignatureState::Valid, Some(verified.spec().clone())),
         Err(r) => {
             let text = r.to_string();
-            match r.attack() {
+            let state = match r.attack() {
                 Attack::Tampered => SignatureState::Tampered(text),
                 Attack::Expired => SignatureState::Expired(text),
                 Attack::WrongKey => SignatureState::UntrustedKey(text),
                 _ => SignatureState::Rejected(text),
-            }
+            };
+            (state, None)
         }
     }
 }
@@ -358,6 +372,18 @@ pub struct ListSources {
 /// Reads and checks every manifest: the cache's by release id, then the directory's by file
 /// name. A source that cannot be read is an error; a manifest that does not verify is a row.
 pub fn list_manifests(sources: &ListSources, now: Timestamp) -> Result<Vec<ListedManifest>> {
+    Ok(list_with_releases(sources, now)?
+        .into_iter()
+        .map(|(row, _)| row)
+        .collect())
+}
+
+/// As [`list_manifests`], each row with the release its manifest signs when (and only when)
+/// the signature state is valid.
+pub fn list_with_releases(
+    sources: &ListSources,
+    now: Timestamp,
+) -> Result<Vec<(ListedManifest, Option<ReleaseSpec>)>> {
     let trust = match &sources.trust_dir {
         None => Err("no trust directory given".to_owned()),
         Some(dir) => keys::load_trust(dir).map_err(|e| format!("{e:#}")),
@@ -368,8 +394,11 @@ pub fn list_manifests(sources: &ListSources, now: Timestamp) -> Result<Vec<Liste
         let store = Store::open_existing(cache)
             .with_context(|| format!("opening the fleet cache {}", cache.display()))?;
         for m in cli::stored_manifests(&store)? {
-            let state = check_manifest(&m.bytes, trust_ref, now);
-            rows.push(describe("cache".into(), &m.release_id, &m.bytes, state));
+            let (state, spec) = check_and_read(&m.bytes, trust_ref, now);
+            rows.push((
+                describe("cache".into(), &m.release_id, &m.bytes, state),
+                spec,
+            ));
         }
     }
     if let Some(dir) = &sources.manifest_dir {
@@ -381,12 +410,15 @@ pub fn list_manifests(sources: &ListSources, now: Timestamp) -> Result<Vec<Liste
         files.sort();
         for path in files {
             let bytes = cli::read_manifest(&path)?;
-            let state = check_manifest(&bytes, trust_ref, now);
+            let (state, spec) = check_and_read(&bytes, trust_ref, now);
             let name = path
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            rows.push(describe(path.display().to_string(), &name, &bytes, state));
+            rows.push((
+                describe(path.display().to_string(), &name, &bytes, state),
+                spec,
+            ));
         }
     }
     Ok(rows)
