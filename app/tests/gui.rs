@@ -1633,3 +1633,144 @@ fn snapshots_of_the_planner() {
     settle(&mut h);
     h.snapshot("planner");
 }
+
+/// The war room plots the shown rollout's cohort health against its baseline from the
+/// engine's replayable log: a release that crashes twenty times as often, stopped by a gate.
+#[test]
+fn the_war_room_plots_cohort_health_against_baseline_from_the_engine_log() {
+    use convoy_core::gates::GateOutcome;
+    use convoy_core::rollout::EventKind as K;
+    use convoy_core::rollout::sim::{Fault, FaultKind, SimConfig, SimFleet};
+    use convoy_core::rollout::{ChangePath, Rollout, RolloutSpec, WaveSpec};
+    use egui_kittest::kittest::NodeT as _;
+    let fleet = fixture();
+    let start = Timestamp::from_secs(NOW.secs() - 20 * 86_400);
+    let mut ids: Vec<String> = fleet.devices.iter().map(|d| d.id.clone()).collect();
+    ids.sort();
+    let spec = RolloutSpec {
+        id: "ro-crashy".into(),
+        release_id: "t300-2.6.0".into(),
+        requested_by: "alice".into(),
+        waves: vec![
+            WaveSpec {
+                name: "canary".into(),
+                device_ids: ids[..100].to_vec(),
+                soak_secs: 86_400,
+            },
+            WaveSpec {
+                name: "fleet".into(),
+                device_ids: ids[100..].to_vec(),
+                soak_secs: 86_400,
+            },
+        ],
+        gates: convoy_core::gates::GatePolicy::default(),
+        path: ChangePath::Standard,
+    };
+    let mut rollout = Rollout::new(start, spec, &fleet).unwrap();
+    rollout.approve(start, "bob").unwrap();
+    rollout.approve(start, "carol").unwrap();
+    let config = SimConfig {
+        faults: vec![Fault {
+            attribute: None,
+            kind: FaultKind::CrashRateTimes(20.0),
+        }],
+        telemetry_every_secs: 900,
+        ..SimConfig::default()
+    };
+    let mut sim = SimFleet::new(&fleet, &rollout, config, start);
+    let out = sim.run(&mut rollout, start, start.plus_secs(15 * 86_400));
+    assert!(out.stopped_by_gate, "{out:?}");
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("health.db");
+    {
+        let mut store = convoy::store::Store::open(&cache).unwrap();
+        store
+            .append_rollout_log("ro-crashy", 0, rollout.events())
+            .unwrap();
+        store
+            .append_event(
+                "ro-crashy",
+                start,
+                "rollout.created",
+                "alice: created",
+                &serde_json::json!({"release": "t300-2.6.0", "requested_by": "alice", "path": "standard",
+                    "waves": [{"name": "canary", "devices": 100}, {"name": "fleet", "devices": 400}]}),
+            )
+            .unwrap();
+        // The story the engine writes beside its log: every event but device states,
+        // telemetry and routine checks; gate looks only when they decided something.
+        for e in rollout.events() {
+            let (kind, payload) = match &e.kind {
+                K::GateChecked {
+                    wave,
+                    outcome,
+                    report,
+                } if *outcome != GateOutcome::Continue => ("gate.decision", {
+                    let name = ["canary", "fleet"][*wave];
+                    serde_json::json!({"wave": name, "outcome": outcome, "report": report})
+                }),
+                K::Approval { .. } => ("approval", serde_json::to_value(&e.kind).unwrap()),
+                K::Approved => ("rollout.approved", serde_json::to_value(&e.kind).unwrap()),
+                K::WaveStarted { .. } => ("wave.started", serde_json::to_value(&e.kind).unwrap()),
+                K::SoakStarted { .. } => ("soak.started", serde_json::to_value(&e.kind).unwrap()),
+                K::Paused { .. } => ("rollout.paused", serde_json::to_value(&e.kind).unwrap()),
+                K::RollbackStarted { .. } => {
+                    ("rollback.started", serde_json::to_value(&e.kind).unwrap())
+                }
+                K::RollbackFinished { .. } => {
+                    ("rollback.finished", serde_json::to_value(&e.kind).unwrap())
+                }
+                _ => continue,
+            };
+            store
+                .append_event("ro-crashy", e.at, kind, "gate", &payload)
+                .unwrap();
+        }
+    }
+    let (backend, _feed) = Backend::fixture(fleet, cache);
+    let mut h = Harness::builder()
+        .with_size([1400.0, 900.0])
+        .build_eframe(move |cc| ConsoleApp::new(&cc.egui_ctx, None, backend, Clock::Fixed(NOW)));
+    settle(&mut h);
+    h.key_press(Key::F11);
+    settle(&mut h);
+    wait_for_label(&mut h, "ro-crashy");
+    h.get_by_label("Cohort health against baseline");
+    let node = h.get_by_label_contains("crash: updated ");
+    let node = node.accesskit_node();
+    let line = node.label().or_else(|| node.value()).unwrap_or_default();
+    assert!(
+        line.contains("per 1,000 device-hours · tolerated ×"),
+        "{line}"
+    );
+    // The updated cohort is far above what the gate tolerates, as the gate found.
+    let number = |after: &str| -> f64 {
+        line.split(after)
+            .nth(1)
+            .unwrap()
+            .split(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert!(number("updated ") > 1.5 * number("· baseline "), "{line}");
+    h.get_by_label("crash health plot");
+    h.get_by_label("reconnect_failure health plot");
+    let stop = h.get_by_label_contains("last stop: ");
+    let stop = stop.accesskit_node();
+    let stop = stop.label().or_else(|| stop.value()).unwrap_or_default();
+    let at: f64 = stop
+        .rsplit(" at ")
+        .next()
+        .unwrap()
+        .trim_end_matches(" h")
+        .parse()
+        .unwrap();
+    assert!(at > 0.0, "the stop came after the canary reported: {stop}");
+    h.snapshot("war_room_health");
+    assert!(
+        h.query_by_role(egui::Role::Button).is_none(),
+        "still read-only"
+    );
+}

@@ -40,6 +40,7 @@ use crate::store::Store;
 use crate::store::events::DeviceEvent;
 use crate::store::telemetry::RollupPoint;
 use convoy_core::comms::{RecordEntry, RolloutStory};
+use convoy_core::rollout::series::HealthSeries;
 use convoy_core::time::Timestamp;
 
 /// How many events may wait for the UI; when full, the link stops reading (back-pressure).
@@ -65,6 +66,63 @@ pub struct RolloutBoard {
     pub rollouts: Vec<RolloutStory>,
     /// Timelines that could not be read, one line each naming the rollout.
     pub unreadable: Vec<String>,
+    /// Cohort health over time by rollout id, from the engine's replayable log
+    /// ([`convoy_core::rollout::series`]); absent for a rollout with no log (recorded before
+    /// schema v6, or by hand) or one whose log is larger than [`MAX_HEALTH_LOG_ROWS`].
+    pub health: std::collections::BTreeMap<String, Arc<HealthSeries>>,
+}
+
+/// The longest rollout log the history worker replays into a health series (a row per health
+/// sample: a million-device rollout writes far more); larger ones are not plotted.
+pub const MAX_HEALTH_LOG_ROWS: i64 = 2_000_000;
+
+/// Health series already computed, by rollout id, with the log length they were computed at:
+/// a log that has not grown is not read again.
+#[derive(Default)]
+struct HealthCache {
+    by_id: std::collections::HashMap<String, (i64, Arc<HealthSeries>)>,
+}
+
+impl HealthCache {
+    /// The series of every rollout on `board` that has a log, recomputed only where the log
+    /// grew since the last read.
+    fn fill(&mut self, store: &Store, board: &mut RolloutBoard) {
+        for story in &board.rollouts {
+            let id = &story.rollout_id;
+            let rows: i64 = store
+                .conn()
+                .query_row(
+                    "SELECT count(*) FROM rollout_log WHERE rollout_id = ?1",
+                    [id],
+                    |r| r.get(0),
+                )
+                .unwrap_or(0);
+            if rows == 0 || rows > MAX_HEALTH_LOG_ROWS {
+                continue;
+            }
+            let fresh = match self.by_id.get(id) {
+                Some((n, series)) if *n == rows => Some(Arc::clone(series)),
+                _ => None,
+            };
+            let series = match fresh {
+                Some(s) => s,
+                None => match store.rollout_log(id) {
+                    Ok(log) => {
+                        let s = Arc::new(convoy_core::rollout::series::health_series(&log));
+                        self.by_id.insert(id.clone(), (rows, Arc::clone(&s)));
+                        s
+                    }
+                    Err(err) => {
+                        board
+                            .unreadable
+                            .push(format!("the health log of {id}: {err:#}"));
+                        continue;
+                    }
+                },
+            };
+            board.health.insert(id.clone(), series);
+        }
+    }
 }
 
 /// One metric's hourly rollup for one device, oldest first.
@@ -469,6 +527,7 @@ fn spawn_history_worker(
 /// again after a failure: the demo writes it after start.
 fn run_history(cache: &Path, rx: &std::sync::mpsc::Receiver<HistoryRequest>, reporter: &Reporter) {
     let mut store: Option<Store> = None;
+    let mut health = HealthCache::default();
     let mut next_rollouts = std::time::Instant::now();
     loop {
         let wait = next_rollouts.saturating_duration_since(std::time::Instant::now());
@@ -480,7 +539,12 @@ fn run_history(cache: &Path, rx: &std::sync::mpsc::Receiver<HistoryRequest>, rep
         let Some(mut request) = request else {
             next_rollouts = std::time::Instant::now() + ROLLOUT_POLL;
             let board = match open_store(cache, &mut store) {
-                Ok(s) => read_rollouts(s).map_err(|err| format!("{err:#}")),
+                Ok(s) => read_rollouts(s)
+                    .map(|mut board| {
+                        health.fill(s, &mut board);
+                        board
+                    })
+                    .map_err(|err| format!("{err:#}")),
                 Err(err) => Err(err),
             };
             if !reporter.blocking(BackendEvent::Rollouts(board)) {

@@ -7,8 +7,8 @@
 //! Esc leave it.
 //!
 //! It draws only: the history worker reads the cache and the story of each rollout comes from
-//! [`convoy_core::comms::story`]. Not built yet: cohort health plotted against the baseline as
-//! it happens (the wall shows the gate's recorded findings, not live telemetry).
+//! [`convoy_core::comms::story`]; beside it, the rollout's cohort health against its baseline
+//! ([`convoy_core::rollout::series`], from the engine's log), re-read as the log grows.
 
 use std::fmt::Write as _;
 
@@ -202,7 +202,11 @@ pub fn warroom_ui(app: &ConsoleApp, ui: &mut egui::Ui) {
     });
     ui.add_space(16.0);
     ui.columns(2, |cols| {
-        rollouts_ui(app, &mut cols[0], now);
+        let shown = rollouts_ui(app, &mut cols[0], now);
+        if let Some(id) = shown {
+            health_ui(app, &mut cols[1], &id);
+            cols[1].add_space(16.0);
+        }
         fleet_ui(app, &mut cols[1], now);
     });
     ui.add_space(20.0);
@@ -217,12 +221,12 @@ fn small(text: impl Into<String>) -> RichText {
     RichText::new(text).size(tokens::WALL_TEXT * 0.7)
 }
 
-/// The rollout on the wall now, from the cache.
-fn rollouts_ui(app: &ConsoleApp, ui: &mut egui::Ui, now: Timestamp) {
+/// The rollout on the wall now, from the cache; returns its id.
+fn rollouts_ui(app: &ConsoleApp, ui: &mut egui::Ui, now: Timestamp) -> Option<String> {
     let board = match &app.rollouts {
         None => {
             ui.label(RichText::new("Reading the rollouts in the cache").size(tokens::WALL_TEXT));
-            return;
+            return None;
         }
         Some(Err(why)) => {
             ui.label(
@@ -230,7 +234,7 @@ fn rollouts_ui(app: &ConsoleApp, ui: &mut egui::Ui, now: Timestamp) {
                     .size(tokens::WALL_TEXT * 0.8)
                     .color(tokens::WARN),
             );
-            return;
+            return None;
         }
         Some(Ok(board)) => board,
     };
@@ -245,7 +249,7 @@ fn rollouts_ui(app: &ConsoleApp, ui: &mut egui::Ui, now: Timestamp) {
                 .color(tokens::MUTED),
         );
         ui.label(small("`convoy rollout run` records them here.").color(tokens::MUTED));
-        return;
+        return None;
     }
     let index = if app.clock_runs() {
         cycle_index(order.len(), now.secs_since(app.warroom_since))
@@ -339,6 +343,132 @@ fn rollouts_ui(app: &ConsoleApp, ui: &mut egui::Ui, now: Timestamp) {
     if !others.is_empty() {
         ui.add_space(8.0);
         ui.label(small(format!("Also: {}", others.join(" · "))).color(tokens::MUTED));
+    }
+    Some(s.rollout_id.clone())
+}
+
+/// The metrics the wall plots, when the rollout's gates watch them.
+const WALL_METRICS: [&str; 2] = ["crash", "reconnect_failure"];
+
+/// Cohort health of the rollout on the wall against its baseline: for each plotted metric, the
+/// updated cohort and the baseline (cumulative since the rollout started), the level the gate
+/// tolerates (baseline × its ratio), and the gate decisions on the time axis.
+fn health_ui(app: &ConsoleApp, ui: &mut egui::Ui, rollout_id: &str) {
+    ui.label(
+        RichText::new("Cohort health against baseline")
+            .size(tokens::WALL_TEXT)
+            .strong(),
+    );
+    let series = app
+        .rollouts
+        .as_ref()
+        .and_then(|b| b.as_ref().ok())
+        .and_then(|b| b.health.get(rollout_id));
+    let Some(series) = series else {
+        ui.label(
+            small("No health log for this rollout (recorded before the engine kept one).")
+                .color(tokens::MUTED),
+        );
+        return;
+    };
+    let start = Some(series.started_at.secs());
+    let mut any = false;
+    for m in series
+        .metrics
+        .iter()
+        .filter(|m| WALL_METRICS.contains(&m.metric.as_str()))
+    {
+        let (Some(last), Some(start)) = (m.points.last(), start) else {
+            continue;
+        };
+        any = true;
+        let hours = |t: Timestamp| (t.secs() - start) as f64 / 3600.0;
+        let fmt = |v: Option<f64>| v.map_or_else(|| "no sample".to_owned(), |v| format!("{v:.2}"));
+        let over =
+            matches!((last.updated, last.baseline), (Some(u), Some(b)) if u > m.max_ratio * b);
+        ui.label(
+            small(format!(
+                "{}: updated {} · baseline {} {} · tolerated ×{}",
+                m.metric,
+                fmt(last.updated),
+                fmt(last.baseline),
+                m.unit,
+                m.max_ratio
+            ))
+            .color(if over { tokens::BAD } else { tokens::OK }),
+        );
+        let pick = |f: fn(&convoy_core::rollout::series::SeriesPoint) -> Option<f64>| {
+            m.points
+                .iter()
+                .filter_map(|p| f(p).map(|v| [hours(p.at), v]))
+                .collect::<Vec<_>>()
+        };
+        let updated = pick(|p| p.updated);
+        let baseline = pick(|p| p.baseline);
+        let tolerated: Vec<[f64; 2]> = baseline
+            .iter()
+            .map(|[x, y]| [*x, y * m.max_ratio])
+            .collect();
+        let response = egui_plot::Plot::new(("warroom-health", m.metric.as_str()))
+            .height(130.0)
+            .allow_zoom(false)
+            .allow_drag(false)
+            .allow_scroll(false)
+            .allow_boxed_zoom(false)
+            .allow_double_click_reset(false)
+            .include_y(0.0)
+            .x_axis_label("hours since the rollout started")
+            .include_x(0.0)
+            .include_x(hours(
+                series.markers.last().map_or(last.at, |m| m.at.max(last.at)),
+            ))
+            .legend(egui_plot::Legend::default().position(egui_plot::Corner::LeftTop))
+            .show(ui, |plot_ui| {
+                plot_ui.line(
+                    egui_plot::Line::new("baseline", egui_plot::PlotPoints::from(baseline))
+                        .color(tokens::MUTED)
+                        .width(2.0),
+                );
+                plot_ui.line(
+                    egui_plot::Line::new("tolerated", egui_plot::PlotPoints::from(tolerated))
+                        .color(tokens::WARN)
+                        .style(egui_plot::LineStyle::dashed_loose()),
+                );
+                plot_ui.line(
+                    egui_plot::Line::new("updated", egui_plot::PlotPoints::from(updated))
+                        .color(if over { tokens::BAD } else { tokens::OK })
+                        .width(3.0),
+                );
+                // Unnamed, so that they stay out of the legend: the line under the plots
+                // names the last stop.
+                for marker in &series.markers {
+                    plot_ui.vline(egui_plot::VLine::new("", hours(marker.at)).color(
+                        if marker.stop {
+                            tokens::BAD
+                        } else {
+                            tokens::MUTED
+                        },
+                    ));
+                }
+            });
+        let label = format!("{} health plot", m.metric);
+        response
+            .response
+            .widget_info(|| egui::WidgetInfo::labeled(egui::Role::Image, true, &label));
+    }
+    if !any {
+        ui.label(small("No health samples yet.").color(tokens::MUTED));
+        return;
+    }
+    if let Some(stop) = series.markers.iter().rev().find(|m| m.stop) {
+        ui.label(
+            small(format!(
+                "last stop: {} at {:.1} h",
+                stop.label,
+                start.map_or(0.0, |s| (stop.at.secs() - s) as f64 / 3600.0)
+            ))
+            .color(tokens::BAD),
+        );
     }
 }
 

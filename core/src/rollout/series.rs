@@ -56,6 +56,8 @@ pub struct HealthSeries {
     pub markers: Vec<SeriesMarker>,
     /// The time step between points, in seconds.
     pub step_secs: i64,
+    /// When the rollout was created: the origin of the time axis.
+    pub started_at: Timestamp,
 }
 
 /// Builds the series from a rollout's log (its `Created` event first). A log without one gives
@@ -200,6 +202,7 @@ pub fn health_series(events: &[RolloutEvent]) -> HealthSeries {
         metrics,
         markers,
         step_secs: step,
+        started_at: start,
     }
 }
 
