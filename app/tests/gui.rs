@@ -15,6 +15,16 @@ use egui_kittest::kittest::Queryable;
 /// The fixed "now" of every test.
 const NOW: Timestamp = Timestamp::from_secs(1_800_000_000);
 const DEVICES: usize = 500;
+/// The accessible name of the map toolbar's MBTiles path field.
+const MBTILES_FIELD: &str = "or its path:";
+
+/// The search field: the text input that is not the map's MBTiles path.
+fn search_field<'h>(h: &'h Harness<'static, ConsoleApp>) -> egui_kittest::Node<'h> {
+    use egui_kittest::kittest::NodeT as _;
+    h.query_all_by_role(egui::Role::TextInput)
+        .find(|n| n.accesskit_node().label().as_deref() != Some(MBTILES_FIELD))
+        .expect("the search field")
+}
 
 fn fixture() -> Fleet {
     generate(&SynthOptions {
@@ -41,9 +51,9 @@ fn settle(h: &mut Harness<'static, ConsoleApp>) {
 }
 
 fn search(h: &mut Harness<'static, ConsoleApp>, text: &str) {
-    h.get_by_role(egui::Role::TextInput).focus();
+    search_field(h).focus();
     h.run_steps(1);
-    h.get_by_role(egui::Role::TextInput).type_text(text);
+    search_field(h).type_text(text);
     settle(h);
 }
 
@@ -152,7 +162,7 @@ fn the_war_room_is_read_only_and_leaves_with_escape() {
     h.key_press(Key::Escape);
     settle(&mut h);
     h.get_by_label("Fleet map");
-    h.get_by_role(egui::Role::TextInput);
+    search_field(&h);
 }
 
 #[test]
@@ -1772,5 +1782,60 @@ fn the_war_room_plots_cohort_health_against_baseline_from_the_engine_log() {
     assert!(
         h.query_by_role(egui::Role::Button).is_none(),
         "still read-only"
+    );
+}
+
+/// Issue 7: an MBTiles file the user opens from the map's toolbar (typed here: the test
+/// machine has no file dialog) is drawn over the basemap; a file that is not MBTiles is refused
+/// in words and the current tiles stay.
+#[test]
+fn an_mbtiles_file_opened_from_the_map_toolbar_is_drawn_over_the_basemap() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("fixture.mbtiles");
+    fixture_mbtiles(&good);
+    let bad = dir.path().join("notes.mbtiles");
+    std::fs::write(&bad, "not a database").unwrap();
+    let (mut h, _feed, _) = harness();
+    h.state_mut().send(convoy::gui::UiCommand::FocusMap {
+        lat: 50.0,
+        lon: 8.0,
+        zoom: 3.0,
+    });
+    settle(&mut h);
+    let field = MBTILES_FIELD;
+    h.get_by_role_and_label(egui::Role::TextInput, field)
+        .focus();
+    h.run_steps(1);
+    h.get_by_role_and_label(egui::Role::TextInput, field)
+        .type_text(&bad.display().to_string());
+    settle(&mut h);
+    h.get_by_label("Use tiles").click();
+    settle(&mut h);
+    h.get_by_label_contains("Not used: ");
+    assert!(
+        h.state().map.source.is_none(),
+        "nothing drawn from a bad file"
+    );
+    h.state_mut().map.mbtiles_path = good.display().to_string();
+    settle(&mut h);
+    h.get_by_label("Use tiles").click();
+    settle(&mut h);
+    for _ in 0..300 {
+        if h.state()
+            .map
+            .source
+            .as_ref()
+            .is_some_and(|s| s.cached() > 2)
+        {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        h.run_steps(1);
+    }
+    assert!(h.query_by_label_contains("Not used: ").is_none());
+    let attribution = h.state().map.attribution();
+    assert!(
+        attribution.starts_with("Tiles: Fixture Maps"),
+        "{attribution}"
     );
 }

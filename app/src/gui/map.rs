@@ -42,6 +42,12 @@ pub struct MapState {
     lasso: Vec<Pos2>,
     pub tool: SelectTool,
     selections: usize,
+    /// The MBTiles path typed in the map's toolbar (or filled by the file dialog).
+    pub mbtiles_path: String,
+    /// The file dialog's answer, while it is open (on its own thread).
+    mbtiles_dialog: Option<std::sync::mpsc::Receiver<Option<std::path::PathBuf>>>,
+    /// Why the last MBTiles file was not used, in words.
+    pub mbtiles_note: Option<String>,
 }
 
 /// What Shift+drag on the map draws.
@@ -133,6 +139,62 @@ impl MapState {
         self.source_spec = Some(spec);
         self.source = None;
         self.source_error = None;
+    }
+
+    /// Uses the MBTiles file at `path` over the basemap, if it is an MBTiles file; else says
+    /// why in [`Self::mbtiles_note`] and keeps the current source. Opening checks the file's
+    /// tables and format (a few small reads); the tiles are read on the workers.
+    pub fn open_mbtiles(&mut self, path: &std::path::Path) {
+        match crate::gui::tiles::MbTiles::open(path) {
+            Ok(_) => {
+                self.mbtiles_note = None;
+                self.set_tile_source(TileSpec::MbTiles(path.to_owned()));
+            }
+            Err(e) => self.mbtiles_note = Some(format!("{e:#}")),
+        }
+    }
+
+    /// Opens a file dialog on its own thread; [`Self::poll_dialog`] uses what it picks.
+    fn browse_mbtiles(&mut self, ctx: &egui::Context) {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let ctx = ctx.clone();
+        let started = std::thread::Builder::new()
+            .name("convoy-file-dialog".into())
+            .spawn(move || {
+                let picked = rfd::FileDialog::new()
+                    .set_title("MBTiles file to draw over the basemap")
+                    .add_filter("MBTiles", &["mbtiles"])
+                    .pick_file();
+                let _ = tx.send(picked);
+                ctx.request_repaint();
+            });
+        match started {
+            Ok(_) => self.mbtiles_dialog = Some(rx),
+            Err(e) => self.mbtiles_note = Some(format!("could not open a file dialog: {e}")),
+        }
+    }
+
+    /// Takes the file dialog's answer, if it has come.
+    fn poll_dialog(&mut self) {
+        let Some(rx) = &self.mbtiles_dialog else {
+            return;
+        };
+        match rx.try_recv() {
+            Ok(Some(path)) => {
+                self.mbtiles_dialog = None;
+                self.mbtiles_path = path.display().to_string();
+                self.open_mbtiles(&path);
+            }
+            Ok(None) => {
+                self.mbtiles_dialog = None;
+                self.mbtiles_note = Some(
+                    "no file chosen (or no file dialog on this desktop): type the path instead"
+                        .to_owned(),
+                );
+            }
+            Err(std::sync::mpsc::TryRecvError::Empty) => {}
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => self.mbtiles_dialog = None,
+        }
     }
 
     /// Starts the tile source's workers once; a source that cannot start is reported on the
@@ -255,6 +317,37 @@ pub fn map_ui(app: &mut ConsoleApp, ui: &mut egui::Ui) {
                 .small()
                 .color(tokens::MUTED),
         );
+    });
+    app.map.poll_dialog();
+    ui.horizontal(|ui| {
+        let browsing = app.map.mbtiles_dialog.is_some();
+        if ui
+            .add_enabled(!browsing, egui::Button::new("Open MBTiles…"))
+            .on_hover_text("Draw a raster MBTiles file over the offline basemap")
+            .clicked()
+        {
+            app.map.browse_mbtiles(ui.ctx());
+        }
+        let label = ui.label("or its path:");
+        let field = ui
+            .add(
+                egui::TextEdit::singleline(&mut app.map.mbtiles_path)
+                    .hint_text("/path/to/tiles.mbtiles")
+                    .desired_width(260.0),
+            )
+            .labelled_by(label.id);
+        let enter = field.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter));
+        if (ui.button("Use tiles").clicked() || enter) && !app.map.mbtiles_path.trim().is_empty() {
+            let path = std::path::PathBuf::from(app.map.mbtiles_path.trim());
+            app.map.open_mbtiles(&path);
+        }
+        if let Some(note) = &app.map.mbtiles_note {
+            ui.label(
+                RichText::new(format!("Not used: {note}"))
+                    .small()
+                    .color(tokens::WARN),
+            );
+        }
     });
     let Some(model) = app.model.as_ref() else {
         return;
