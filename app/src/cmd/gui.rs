@@ -44,9 +44,13 @@ pub struct Args {
     /// Demo only: the fleet's seed.
     #[arg(long, default_value_t = 7)]
     pub demo_seed: u64,
-    /// Demo only: simulated seconds per wall second.
-    #[arg(long, default_value_t = 1.0)]
+    /// Demo only: simulated seconds per wall second (60: a simulated hour per minute, so that
+    /// the demo rollout's waves and gates play out in minutes).
+    #[arg(long, default_value_t = 60.0)]
     pub demo_time_scale: f64,
+    /// Demo only: no demo rollout, just the simulated fleet.
+    #[arg(long)]
+    pub demo_no_rollout: bool,
 }
 
 /// The views the console can start in.
@@ -91,6 +95,7 @@ fn backend(args: &Args) -> Result<Backend> {
             seed: args.demo_seed,
             time_scale: args.demo_time_scale,
             cache: crate::gui::backend::default_demo_cache(),
+            rollout: !args.demo_no_rollout,
         });
     }
     let db = crate::store::resolve_path(args.db.as_deref())?;
@@ -148,7 +153,8 @@ pub fn run_default() -> Result<()> {
         prefix: "convoy/v1".into(),
         demo_devices: 3000,
         demo_seed: 7,
-        demo_time_scale: 1.0,
+        demo_time_scale: 60.0,
+        demo_no_rollout: false,
         ..Args::default()
     })
 }

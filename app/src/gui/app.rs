@@ -280,6 +280,8 @@ pub struct ConsoleApp {
     /// The rollouts recorded in the cache, as the history worker last read them; `None` until
     /// it first answers.
     pub rollouts: Option<Result<crate::gui::backend::RolloutBoard, String>>,
+    /// What the engine attached to this console is doing (the demo's rollout), in words.
+    pub engine_note: Option<String>,
     /// When the war room was last entered: its rollout cycle counts from here.
     pub warroom_since: Timestamp,
     /// The findings view: the form, its scorecard and the stored findings.
@@ -345,6 +347,7 @@ impl ConsoleApp {
             applied_style: None,
             palette: crate::gui::palette::PaletteState::default(),
             rollouts: None,
+            engine_note: None,
             warroom_since: clock.now(),
             findings: crate::gui::findings::FindingsState::default(),
             releases: crate::gui::releases::ReleasesState::default(),
@@ -591,6 +594,7 @@ impl ConsoleApp {
                 }
             }
             BackendEvent::Rollouts(board) => self.rollouts = Some(board),
+            BackendEvent::Engine(note) => self.engine_note = Some(note),
             BackendEvent::Failed(text) => {
                 self.toast(ToastKind::Error, text.clone());
                 self.failures.push(text);
@@ -921,7 +925,10 @@ impl ConsoleApp {
         }
         ui.separator();
         ui.label(RichText::new("Rollouts").strong());
-        ui.label(RichText::new("Engine not attached in this build: the console shows the fleet; it does not run rollouts yet.").small().color(tokens::MUTED));
+        let note = self.engine_note.as_deref().unwrap_or(
+            "No engine in this console: it shows the rollouts the engine records in the cache (convoy rollout run, convoy serve).",
+        );
+        ui.label(RichText::new(note).small().color(tokens::MUTED));
     }
 
     fn status_bar_ui(&mut self, ui: &mut egui::Ui) {

@@ -169,6 +169,8 @@ pub enum BackendEvent {
     /// The rollouts recorded in the cache, read every [`ROLLOUT_POLL`]; `Err` says why the
     /// cache could not be read.
     Rollouts(Result<RolloutBoard, String>),
+    /// What the rollout engine attached to the console is doing, in words (the demo's).
+    Engine(String),
     /// Something failed for good; the text says what and where.
     Failed(String),
 }
@@ -202,6 +204,8 @@ pub struct DemoOptions {
     pub time_scale: f64,
     /// The demo cache file (replaced on every start).
     pub cache: PathBuf,
+    /// Roll the demo release out with the engine ([`super::demo`]).
+    pub rollout: bool,
 }
 
 /// The demo cache: `$XDG_CACHE_HOME/convoy/demo/demo.db`, else `~/.cache/convoy/demo/demo.db`,
@@ -448,13 +452,29 @@ fn run_demo(
     let topics = Topics::default_prefix();
     reporter.blocking(BackendEvent::Link(LinkStatus::Connecting));
     spawn_console_link(handle, &url, topics.clone(), reporter.clone())?;
+    let rollout = if options.rollout {
+        super::demo::prepare(
+            &fleet,
+            &options.cache,
+            &url,
+            now,
+            options.time_scale,
+            options.seed,
+        )?
+    } else {
+        None
+    };
+    let (faults, trust) = rollout.as_ref().map_or_else(
+        || (Faults::default(), TrustedKeys::from_keys([])),
+        |r| (r.faults.clone(), r.trust.clone()),
+    );
     let sim_options = crate::sim::SimOptions {
         broker_url: url,
         client_id: format!("convoy-demo-sim-{}", std::process::id()),
         topics,
         fleet,
-        faults: Faults::default(),
-        trust: TrustedKeys::from_keys([]),
+        faults,
+        trust,
         seed: options.seed,
         time_scale: options.time_scale,
         tick: Duration::from_millis(200),
@@ -472,6 +492,21 @@ fn run_demo(
         }
     });
     reporter.blocking(BackendEvent::Stage(String::new()));
+    if let Some(rollout) = rollout {
+        // The devices subscribe first: an offer sent before would wait for their next
+        // connection (retained status and resends cover it, a second is simply quicker).
+        std::thread::sleep(Duration::from_secs(1));
+        reporter.blocking(BackendEvent::Engine(format!(
+            "Demo rollout {} of release {} to {} devices: running (war room: F11)",
+            super::demo::ROLLOUT_ID,
+            super::demo::RELEASE_ID,
+            rollout.devices
+        )));
+        let done = reporter.clone();
+        rollout.start(move |outcome| {
+            done.blocking(BackendEvent::Engine(outcome));
+        })?;
+    }
     poll_outbox(&store, reporter);
     Ok(())
 }

@@ -21,6 +21,7 @@ pub mod app;
 pub mod backend;
 pub mod basemap;
 pub mod cohorts;
+pub mod demo;
 pub mod derive;
 pub mod device;
 pub mod findings;
