@@ -82,7 +82,9 @@ pub fn state_of(s: &RolloutStory) -> RolloutState {
     if last_rollback.is_some() && last_rollback > last_line("rollback finished") {
         return RolloutState::RollingBack;
     }
-    let last_pause = s.pauses.iter().map(|(at, _)| *at).max();
+    // A wave rolled back leaves the rollout paused for a human, as a pause does (the state
+    // machine records no separate pause for it).
+    let last_pause = s.pauses.iter().map(|(at, _)| *at).max().max(last_rollback);
     let last_resume = last_line("resumed").max(s.overrides.iter().map(|(at, _)| *at).max());
     if last_pause.is_some() && last_pause > last_resume {
         RolloutState::Paused
@@ -600,7 +602,19 @@ mod tests {
                 (8, "rollback.finished", json!({})),
             ],
         );
-        assert_eq!(state_of(&rolled), RolloutState::Running);
+        // A wave rolled back waits for a human, until someone resumes.
+        assert_eq!(state_of(&rolled), RolloutState::Paused);
+        let back = json!({"rollback_started": {"scope": {"wave": 0}, "devices": [1, 2]}});
+        let rolled_and_resumed = record(
+            "g",
+            0,
+            &[
+                (5, "rollback.started", back),
+                (8, "rollback.finished", json!({})),
+                (9, "rollout.resumed", json!("resumed")),
+            ],
+        );
+        assert_eq!(state_of(&rolled_and_resumed), RolloutState::Running);
         let done = record("f", 0, &[(9, "rollout.completed", json!("completed"))]);
         assert_eq!(state_of(&done), RolloutState::Completed);
     }
