@@ -69,6 +69,8 @@ pub struct SimSummary {
     /// Messages dropped while the broker was unreachable.
     pub dropped_offline: u64,
     pub ticks: u64,
+    /// Ticks that took a second of wall time or more (the process was short of CPU).
+    pub slow_ticks: u64,
 }
 
 /// The fleet of simulated devices and the simulated clock, without the network (so the benchmark
@@ -745,8 +747,19 @@ pub async fn run_with_fetch(
             }
             _ = interval.tick() => {
                 let now = fleet.now();
+                let began = Instant::now();
                 fleet.tick(now);
                 summary.ticks += 1;
+                // A starved process covers more simulated time per tick, which takes longer:
+                // said in the log, since it delays every device's messages by as much.
+                let took = began.elapsed();
+                if took >= Duration::from_secs(1) {
+                    summary.slow_ticks += 1;
+                    eprintln!(
+                        "sim: a tick up to {now} took {:.1} s of wall time (the process is short of CPU)",
+                        took.as_secs_f64()
+                    );
+                }
             }
             event = rx.recv() => {
                 let Some(event) = event else {
@@ -755,8 +768,16 @@ pub async fn run_with_fetch(
                 if event == LinkEvent::Connected {
                     connects += 1;
                     if connects > 1 {
+                        let before = out.len();
                         fleet.statuses(fleet.now(), &topics, &mut out);
+                        eprintln!(
+                            "sim: reconnected to the broker; republishing the status of {} online device(s)",
+                            out.len() - before
+                        );
                     }
+                }
+                if let LinkEvent::Disconnected(why) = &event {
+                    eprintln!("sim: lost the broker connection: {why}");
                 }
                 if let LinkEvent::Raw { topic, payload } = event {
                     let now = fleet.now();

@@ -978,7 +978,6 @@ fn an_operator_pauses_and_resumes_a_running_rollout_through_the_control_channel(
 /// with --resume rebuilds the rollout from the cache and completes it: no device is offered the
 /// release twice, and the timeline shows the stop and the resume.
 #[test]
-#[ignore = "known flake, cause not found (docs/ENGINE.md, \"Resume\"): run with -- --ignored"]
 fn a_stopped_rollout_resumes_from_the_cache_and_completes() {
     let _one = SERIAL
         .lock()

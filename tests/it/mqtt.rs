@@ -185,3 +185,78 @@ fn broker_command_serves_clients() {
     child.kill().expect("kill broker");
     let _ = child.wait();
 }
+
+/// Why a console cannot count on retained status alone (the resume stall of docs/ENGINE.md):
+/// the embedded broker (rumqttd 0.20) hands a new QoS 1 subscription at most as many retained
+/// messages as it has free in-flight slots (100 per connection) and drops the rest. A console that
+/// subscribes after 300 devices published their status hears of at most 100 of them from the
+/// broker; the others must publish again (docs/PROTOCOL.md, the status heartbeat).
+///
+/// If this fails because every device was heard, the broker no longer drops retained messages:
+/// say so in docs/ENGINE.md and docs/PROTOCOL.md.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_broker_hands_a_late_subscriber_only_part_of_the_retained_statuses() {
+    const DEVICES: usize = 300;
+    let broker =
+        EmbeddedBroker::start("127.0.0.1:0".parse().expect("addr")).expect("embedded broker");
+    let url = broker.url();
+    let topics = Topics::default_prefix();
+    let (_early, mut early_rx) = connect(&url, "console-early", &Role::Console).await;
+    let (devices, _devices_rx) = connect(&url, "devices-L", &Role::Filters(vec![])).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ids: Vec<String> = (0..DEVICES).map(|i| format!("CVL{i:04}")).collect();
+    for id in &ids {
+        devices
+            .publish(topics.status(id), status(id), true)
+            .await
+            .expect("publish status");
+    }
+    // The broker has every one of them: a console subscribed before heard them all.
+    let mut heard = std::collections::BTreeSet::new();
+    while heard.len() < DEVICES {
+        if let LinkEvent::Inbound(Inbound::Status(s)) =
+            next_matching(&mut early_rx, "the statuses, live", |e| {
+                matches!(e, LinkEvent::Inbound(Inbound::Status(_)))
+            })
+            .await
+        {
+            heard.insert(s.device_id);
+        }
+    }
+
+    let (_late, mut late_rx) = connect(&url, "console-late", &Role::Console).await;
+    // The retained copies come first on the new subscription; a status published after the
+    // subscription took effect comes after them, so the first marker ends the retained batch.
+    let marker = "CVL-MARKER";
+    let mut retained = std::collections::BTreeSet::new();
+    tokio::time::timeout(WAIT, async {
+        loop {
+            devices
+                .publish(topics.status(marker), status(marker), false)
+                .await
+                .expect("publish marker");
+            let pause = tokio::time::sleep(Duration::from_millis(200));
+            tokio::pin!(pause);
+            loop {
+                tokio::select! {
+                    () = &mut pause => break,
+                    event = late_rx.recv() => {
+                        if let Some(LinkEvent::Inbound(Inbound::Status(s))) = event {
+                            if s.device_id == marker {
+                                return;
+                            }
+                            retained.insert(s.device_id);
+                        }
+                    }
+                }
+            }
+        }
+    })
+    .await
+    .expect("the marker reached the late console");
+    assert!(
+        !retained.is_empty() && retained.len() < DEVICES,
+        "a late subscriber got {} of {DEVICES} retained statuses",
+        retained.len()
+    );
+}

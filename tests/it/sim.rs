@@ -258,3 +258,89 @@ async fn simulated_fleet_takes_an_offer_and_a_crash_loop_reverts() {
     assert_eq!(summary.commands, 4);
     assert_eq!(summary.bad_commands, 0);
 }
+
+/// Regression for the resume stall of docs/ENGINE.md: a console that connects after the fleet
+/// has published its statuses gets only part of them from the embedded broker (see
+/// `mqtt::the_embedded_broker_hands_a_late_subscriber_only_part_of_the_retained_statuses`), and a
+/// device with nothing new to say never published its status again, so the engine waited for
+/// ever on devices that had long finished. With the status heartbeat every device is heard
+/// again within `status_every_secs` of simulated time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_resume_stall_a_late_console_hears_every_device_of_a_large_fleet() {
+    const DEVICES: usize = 300;
+    let broker =
+        EmbeddedBroker::start("127.0.0.1:0".parse().expect("addr")).expect("embedded broker");
+    let url = broker.url();
+    let now = convoy::now();
+    let fleet = Fleet::new(
+        Vec::new(),
+        (0..DEVICES)
+            .map(|i| device(&format!("SIM-{i:04}"), "B", now))
+            .collect(),
+    );
+    let key = SigningKey::from_bytes(&[9; 32]);
+    let options = SimOptions {
+        broker_url: url.clone(),
+        client_id: "sim-test-late".to_owned(),
+        topics: Topics::default_prefix(),
+        fleet,
+        faults: Faults::default(),
+        trust: TrustedKeys::from_keys([&key.verifying_key()]),
+        seed: 5,
+        time_scale: 2400.0,
+        tick: Duration::from_millis(20),
+        // No outages: a reconnect would republish a device's status and hide what is tested.
+        config: SimConfig {
+            crash_per_hour: 0.0,
+            reboot_per_hour: 0.0,
+            outage_factor: 0.0,
+            ..SimConfig::default()
+        },
+        start: now,
+    };
+    // A console subscribed from the start sees every device publish its first status, so the
+    // broker holds all of them retained before the late console subscribes.
+    let (mut probe, mut probe_rx) = mqtt::spawn(
+        &LinkConfig::new(&url, "sim-test-probe"),
+        Topics::default_prefix(),
+        &Role::Console,
+    )
+    .expect("spawn probe link");
+    probe.wait_connected(WAIT).await.expect("probe connected");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
+    let sim = tokio::spawn(convoy::sim::run(options, Some(stop_rx)));
+    let mut first = std::collections::BTreeSet::new();
+    tokio::time::timeout(WAIT, async {
+        while first.len() < DEVICES {
+            if let Some(LinkEvent::Inbound(Inbound::Status(s))) = probe_rx.recv().await {
+                first.insert(s.device_id);
+            }
+        }
+    })
+    .await
+    .expect("every device published its status");
+
+    let (_console, mut rx) = connect_console(&url).await;
+    let mut heard = std::collections::BTreeSet::new();
+    let all = tokio::time::timeout(WAIT, async {
+        while heard.len() < DEVICES {
+            match rx.recv().await {
+                Some(LinkEvent::Inbound(Inbound::Status(s))) => {
+                    heard.insert(s.device_id);
+                }
+                Some(_) => {}
+                None => break,
+            }
+        }
+    })
+    .await;
+    let _ = stop_tx.send(());
+    let summary = sim.await.expect("sim task").expect("sim run");
+    assert!(
+        all.is_ok() && heard.len() == DEVICES,
+        "the late console heard {} of {DEVICES} devices",
+        heard.len()
+    );
+    assert_eq!(summary.devices, DEVICES);
+}

@@ -120,13 +120,14 @@ pub fn run(args: &Args) -> Result<()> {
         sim::run_with_fetch(options, fetch, stop).await
     })?;
     println!(
-        "simulated {} devices: {} commands ({} invalid), {} messages published ({} dropped while the broker was away), {} ticks",
+        "simulated {} devices: {} commands ({} invalid), {} messages published ({} dropped while the broker was away), {} ticks ({} of a second or more)",
         summary.devices,
         summary.commands,
         summary.bad_commands,
         summary.published,
         summary.dropped_offline,
-        summary.ticks
+        summary.ticks,
+        summary.slow_ticks
     );
     if args.fetch_artifacts.is_some() {
         println!(

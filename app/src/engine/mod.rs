@@ -175,6 +175,10 @@ pub struct Unsettled {
     /// The last state the device reported (or `offered` if it never answered).
     pub last_state: DeviceState,
     pub silent: bool,
+    /// When this run last heard the device's status (simulated time), `None` if it heard none:
+    /// a device that is not silent (its telemetry arrives) but whose status stopped long ago
+    /// lost a status on the way and did not repeat it.
+    pub last_status_at: Option<Timestamp>,
 }
 
 /// One gate decision that was not "continue".
@@ -326,6 +330,8 @@ struct Engine {
     /// Whether fleet device `i` is part of the rollout.
     in_rollout: Vec<bool>,
     windows: Vec<HealthWindow>,
+    /// When this run last heard each fleet device's status (for the report's unsettled devices).
+    last_status: Vec<Option<Timestamp>>,
     heard: Vec<u32>,
     heard_flag: Vec<bool>,
     next_flush: Timestamp,
@@ -448,6 +454,7 @@ pub async fn run_with(
         rollout,
         in_rollout,
         windows: vec![HealthWindow::new(opts.max_report_gap_secs); n],
+        last_status: vec![None; n],
         heard: Vec::new(),
         heard_flag: vec![false; n],
         next_flush,
@@ -1115,6 +1122,7 @@ impl Engine {
             s.apply_to(d);
             d.last_seen = now;
         }
+        self.last_status[i] = Some(now);
         self.mark_dirty(i);
         if !self.in_rollout[i] {
             return Ok(());
@@ -1124,7 +1132,11 @@ impl Engine {
             return Ok(());
         }
         if let Some(state) = device_state(s.update.state) {
-            if state == DeviceState::Failed {
+            // Devices repeat their status (on reconnect, and as a status heartbeat): count a
+            // failure once, when the rollout first hears of it.
+            if state == DeviceState::Failed
+                && self.rollout.device_state(&s.device_id) != Some(DeviceState::Failed)
+            {
                 let d = &mut self.fleet.devices[i];
                 d.failed_update_attempts = d.failed_update_attempts.saturating_add(1);
             }
@@ -1772,17 +1784,36 @@ impl Engine {
                     (slot.state.is_in_flight() || slot.silent || slot.rollback_pending)
                         && slot.state != DeviceState::Pending;
                 if unsettled_now {
+                    let device_id = s.device_ids[i as usize].clone();
+                    let last_status_at = self.index(&device_id).and_then(|f| self.last_status[f]);
                     unsettled.push(Unsettled {
-                        device_id: s.device_ids[i as usize].clone(),
+                        device_id,
                         wave: r.name.clone(),
                         last_state: slot.state,
                         silent: slot.silent,
+                        last_status_at,
                     });
                 }
             }
         }
         unsettled.sort_by(|a, b| a.device_id.cmp(&b.device_id));
         let mut notes = self.notes.clone();
+        // The stall of docs/ENGINE.md, named when it happens: devices the rollout waits for,
+        // heard from (so not silent), but with no status for longer than the silence limit.
+        let limit = self.opts.gates.silent_after_secs;
+        let quiet = unsettled
+            .iter()
+            .filter(|u| {
+                !u.silent
+                    && u.last_state.is_in_flight()
+                    && now.secs_since(u.last_status_at.unwrap_or(self.opts.start)) > limit
+            })
+            .count();
+        if quiet > 0 {
+            notes.push(format!(
+                "{quiet} device(s) in flight were heard from but sent no status for over {limit} s of simulated time: a status was lost on the way and not repeated (see docs/ENGINE.md, \"Lost status\")"
+            ));
+        }
         if !self.awaiting.is_empty() {
             notes.push(format!(
                 "{} command(s) were never acknowledged; they stay in the outbox",

@@ -148,6 +148,10 @@ pub enum SimCommand {
 #[derive(Clone, Debug, PartialEq)]
 pub struct SimConfig {
     pub heartbeat_secs: i64,
+    /// The longest a device goes without publishing its whole status while online (a status
+    /// heartbeat, 0 for none): a status lost on the way is repaired within this time, since
+    /// nothing else would ever send it again (see `docs/PROTOCOL.md`, `DeviceStatus`).
+    pub status_every_secs: i64,
     pub install_secs: i64,
     pub reboot_secs: i64,
     /// After booting a new slot, the device confirms it only if it stays healthy this long.
@@ -179,6 +183,7 @@ impl Default for SimConfig {
     fn default() -> Self {
         Self {
             heartbeat_secs: 300,
+            status_every_secs: 3600,
             install_secs: 90,
             reboot_secs: 45,
             health_window_secs: 600,
@@ -280,6 +285,9 @@ pub struct SimDevice {
     clock: Timestamp,
     booted_at: Timestamp,
     next_heartbeat: Timestamp,
+    /// When the status is published again if nothing changes before (see
+    /// [`SimConfig::status_every_secs`]).
+    next_status: Timestamp,
 }
 
 impl SimDevice {
@@ -324,9 +332,21 @@ impl SimDevice {
             clock: now,
             booted_at: now,
             next_heartbeat: now,
+            next_status: now,
         };
         sim.next_heartbeat = Timestamp(now.0 + sim.jitter(sim.config.heartbeat_secs));
         sim.push_status();
+        // Spread by index rather than by a random draw (the seeded streams stay as they were),
+        // so a fleet that started together does not republish in one burst.
+        if sim.config.status_every_secs > 0 {
+            let every = sim.config.status_every_secs.unsigned_abs();
+            let offset = index.wrapping_mul(7919) % every;
+            sim.next_status = Timestamp(
+                sim.next_status
+                    .0
+                    .saturating_sub(i64::try_from(offset).unwrap_or(0)),
+            );
+        }
         sim
     }
 
@@ -625,6 +645,16 @@ impl SimDevice {
             let uptime_secs = u64::try_from(now.0 - self.booted_at.0).unwrap_or(0);
             self.push_event(SimEvent::Heartbeat { uptime_secs });
             self.next_heartbeat = Timestamp(now.0 + self.jitter(self.config.heartbeat_secs));
+        }
+        // The status heartbeat: a status that never reached the console (dropped while the
+        // broker was away, or a retained copy a broker did not deliver to a late subscriber) is
+        // otherwise never sent again once the device has nothing new to say, and the console
+        // would wait for it for ever. Offline, the reconnect publishes the status anyway.
+        if self.config.status_every_secs > 0
+            && self.offline_until.is_none()
+            && now >= self.next_status
+        {
+            self.push_status();
         }
     }
 
@@ -1000,6 +1030,7 @@ impl SimDevice {
             ts: self.clock,
             status,
         });
+        self.next_status = Timestamp(self.clock.0.saturating_add(self.config.status_every_secs));
     }
 }
 

@@ -328,8 +328,11 @@ fn redelivered_command_is_a_duplicate_without_second_effect() {
     s.handle_tick(NOW.plus_secs(7200));
     let messages = drain(&mut s);
     assert_eq!(acks(&messages), [("c-1".to_owned(), AckOutcome::Duplicate)]);
+    // No status change: at most the status heartbeat repeating the finished update.
     assert!(
-        phases(&messages).is_empty(),
+        phases(&messages)
+            .iter()
+            .all(|p| *p == UpdatePhase::Confirmed),
         "no status change: {messages:?}"
     );
     assert_eq!(s.status().active_slot, Slot::B);
@@ -429,6 +432,61 @@ fn reconnect_publishes_the_whole_status_again() {
         [(UpdatePhase::Confirmed, Some("r1".to_owned()))],
         "the finished update is reported again after the reconnect"
     );
+}
+
+/// The statuses of a finished update, of a device that stays online.
+fn statuses_after_a_lost_confirmation(config: SimConfig) -> Vec<(UpdatePhase, Timestamp)> {
+    let every = config.status_every_secs;
+    let mut s = sim(
+        device("CV1", "B", Connectivity::Ethernet),
+        Faults::default(),
+        config,
+        1,
+    );
+    s.handle_command(NOW, "c-1", offer("r1", manifest_bytes("r1", v241(), 3)));
+    s.handle_tick(NOW.plus_secs(3600));
+    assert_eq!(s.phase(), UpdatePhase::Confirmed);
+    // Every status so far, `confirmed` included, was lost on the way (dropped while the broker
+    // was away, or a retained copy the broker did not hand to a console that subscribed late).
+    drain(&mut s);
+    // Long enough for two repeats, or three hours with the heartbeat off.
+    let horizon = if every > 0 { 2 * every + 60 } else { 3 * 3600 };
+    s.handle_tick(NOW.plus_secs(3600 + horizon));
+    drain(&mut s)
+        .into_iter()
+        .filter_map(|m| match m {
+            SimMessage::Status { ts, status } => Some((status.update.phase, ts)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The resume stall of docs/ENGINE.md: a device whose `confirmed` status was lost, and that has
+/// nothing new to say, repeats its whole status within `status_every_secs` (the status
+/// heartbeat); with the heartbeat off it never speaks of its update again, which is how the
+/// engine waited for 27 finished canary devices for 100 simulated hours.
+#[test]
+fn regression_resume_stall_a_lost_status_is_repeated_by_the_status_heartbeat() {
+    let config = quiet();
+    let every = config.status_every_secs;
+    assert!(every > 0, "the status heartbeat is on by default");
+    let repeated = statuses_after_a_lost_confirmation(config);
+    assert!(
+        repeated.len() >= 2
+            && repeated
+                .iter()
+                .all(|(phase, _)| *phase == UpdatePhase::Confirmed),
+        "{repeated:?}"
+    );
+    // At most `every` apart while nothing changes, and not more often than that.
+    for pair in repeated.windows(2) {
+        assert_eq!(pair[1].1.secs_since(pair[0].1), every, "{repeated:?}");
+    }
+    let off = SimConfig {
+        status_every_secs: 0,
+        ..quiet()
+    };
+    assert_eq!(statuses_after_a_lost_confirmation(off), []);
 }
 
 fn fault_file(effect: &str, extra: &str) -> Faults {
