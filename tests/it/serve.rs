@@ -977,6 +977,39 @@ fn rollout_requests_need_distinct_approvers_and_nobody_approves_their_own() {
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert_eq!(body["field"], "rollout_id", "{body}");
 
+    // Waves given by the requester: every device must exist and be of the release's hardware.
+    let other_model = {
+        let store = Store::open(Path::new(&f.ws.path("cache.db"))).expect("cache");
+        store
+            .load_fleet()
+            .expect("fleet")
+            .devices
+            .iter()
+            .find(|d| d.model != "T300")
+            .expect("a device of another model")
+            .id
+            .clone()
+    };
+    let (status, body) = post_as(
+        "dana",
+        "rollouts",
+        serde_json::json!({"release_id": f.release_id, "waves": [
+            {"name": "canary", "device_ids": [other_model], "soak_secs": 3600}]}),
+    );
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["field"], "waves[0].device_ids[0]", "{body}");
+    let (status, body) = post_as(
+        "dana",
+        "rollouts",
+        serde_json::json!({"release_id": f.release_id, "waves": [
+            {"name": "canary", "device_ids": ["no-such-device"], "soak_secs": 3600}]}),
+    );
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        body["error"].as_str().unwrap_or("").contains("no device"),
+        "{body}"
+    );
+
     // A standard request, planned by the server on its fleet.
     let (status, body) = post_as(
         "dana",

@@ -362,7 +362,8 @@ pub fn create(
     }
     let fleet = store.load_fleet()?;
     let waves = if let Some(waves) = new.waves {
-        let known: HashSet<&str> = fleet.devices.iter().map(|d| d.id.as_str()).collect();
+        let known: std::collections::HashMap<&str, &convoy_core::fleet::Device> =
+            fleet.devices.iter().map(|d| (d.id.as_str(), d)).collect();
         if waves.is_empty() {
             return Ok(Err(field("waves", "a plan has at least one wave")));
         }
@@ -381,10 +382,21 @@ pub fn create(
                 )));
             }
             for (j, d) in w.device_ids.iter().enumerate() {
-                if !known.contains(d.as_str()) {
+                let Some(device) = known.get(d.as_str()) else {
                     return Ok(Err(field(
                         &format!("waves[{i}].device_ids[{j}]"),
                         format!("no device {d} in the server's cache"),
+                    )));
+                };
+                if !verified.spec().supports_hardware(device) {
+                    return Ok(Err(field(
+                        &format!("waves[{i}].device_ids[{j}]"),
+                        format!(
+                            "device {d} is a {}: release {} is for {}",
+                            device.model,
+                            new.release_id,
+                            verified.spec().hardware.join(", ")
+                        ),
                     )));
                 }
                 if !seen.insert(d.as_str()) {
