@@ -1411,6 +1411,36 @@ fn a_request_approved_over_the_api_is_dispatched_by_the_server_and_completes() {
         .expect("one run")
         .join()
         .expect("the dispatched run");
+    // Cohort health over the API, from the run's log: what a war-room wall plots.
+    let (status, health) = runtime.block_on(async {
+        let resp = reqwest::Client::new()
+            .get(format!("{}/api/v1/rollouts/r1/health", server.base_url()))
+            .bearer_auth(&s.tokens["dana"])
+            .send()
+            .await
+            .expect("request");
+        let status = resp.status();
+        (status, resp.json::<Value>().await.expect("JSON"))
+    });
+    assert_eq!(status, StatusCode::OK, "{health}");
+    let crash = health["health"]["metrics"]
+        .as_array()
+        .expect("metrics")
+        .iter()
+        .find(|m| m["metric"] == "crash")
+        .expect("a crash series");
+    assert!(
+        !crash["points"].as_array().expect("points").is_empty(),
+        "{crash}"
+    );
+    assert!(
+        health["health"]["markers"]
+            .as_array()
+            .expect("markers")
+            .iter()
+            .any(|m| m["label"] == "wave 1 started"),
+        "{health}"
+    );
     runtime.block_on(server.shutdown());
     assert_eq!(
         report.final_state,

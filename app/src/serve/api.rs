@@ -382,6 +382,34 @@ async fn route(
             })
             .await
         }
+        ["rollouts", id, "health"] if get => {
+            parse_query::<NoParams>(&query)?;
+            let id = (*id).to_owned();
+            let found = app
+                .pool
+                .run({
+                    let id = id.clone();
+                    move |s| {
+                        let log = s.rollout_log(&id)?;
+                        Ok((!log.is_empty())
+                            .then(|| convoy_core::rollout::series::health_series(&log)))
+                    }
+                })
+                .await
+                .map_err(|e| ApiError::internal(&e))?;
+            found
+                .map(|series| {
+                    json_response(
+                        StatusCode::OK,
+                        &serde_json::json!({"rollout_id": id, "health": series}),
+                    )
+                })
+                .ok_or_else(|| {
+                    ApiError::not_found(format!(
+                        "no log of rollout {id} in the cache: its health cannot be computed"
+                    ))
+                })
+        }
         ["rollouts", id, "request"] if get => {
             parse_query::<NoParams>(&query)?;
             let id = (*id).to_owned();
@@ -429,7 +457,7 @@ async fn route(
         ] => Err(method_not_allowed("POST")),
         ["whoami" | "fleet" | "devices" | "audit" | "events" | "requests"]
         | ["devices" | "findings", _]
-        | ["rollouts", _, "timeline" | "request"]
+        | ["rollouts", _, "timeline" | "request" | "health"]
         | ["audit", "verify"] => Err(method_not_allowed("GET")),
         ["findings" | "rollouts"] => Err(method_not_allowed("GET or POST")),
         _ => Err(ApiError::not_found(format!("no such path {path}"))),
