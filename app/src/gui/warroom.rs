@@ -373,14 +373,14 @@ fn health_ui(app: &ConsoleApp, ui: &mut egui::Ui, rollout_id: &str) {
         );
         return;
     };
-    let start = Some(series.started_at.secs());
+    let start = series.started_at.secs();
     let mut any = false;
     for m in series
         .metrics
         .iter()
         .filter(|m| WALL_METRICS.contains(&m.metric.as_str()))
     {
-        let (Some(last), Some(start)) = (m.points.last(), start) else {
+        let Some(last) = m.points.last() else {
             continue;
         };
         any = true;
@@ -467,7 +467,7 @@ fn health_ui(app: &ConsoleApp, ui: &mut egui::Ui, rollout_id: &str) {
             small(format!(
                 "last stop: {} at {:.1} h",
                 stop.label,
-                start.map_or(0.0, |s| (stop.at.secs() - s) as f64 / 3600.0)
+                (stop.at.secs() - start) as f64 / 3600.0
             ))
             .color(tokens::BAD),
         );

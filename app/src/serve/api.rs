@@ -953,20 +953,10 @@ async fn dispatch(
     };
     let cache = app.config.cache.clone();
     let trust = trust_path(app);
-    let dir = cache
-        .parent()
-        .unwrap_or(std::path::Path::new("."))
-        .join("dispatched");
     let request = request.clone();
     let run = app
         .pool
-        .run(move |store| {
-            let words =
-                super::requests::run_words(store, &request, &cache, Some(&trust), &dir, &base)?;
-            let args = crate::cmd::rollout::parse_run_args(words)
-                .context("the server's dispatch settings with the request's arguments")?;
-            super::host::host_rollout(&args)
-        })
+        .run(move |store| super::requests::host(store, &request, &cache, &trust, &base, false))
         .await?;
     let id = run.rollout_id().to_owned();
     app.runs

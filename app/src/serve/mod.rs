@@ -286,23 +286,13 @@ fn resume_unfinished(
     hosted: &[String],
 ) -> Result<Vec<host::HostedRun>> {
     let store = Store::open_existing(cache)?;
-    let dir = cache
-        .parent()
-        .unwrap_or(std::path::Path::new("."))
-        .join("dispatched");
     let mut runs = Vec::new();
     for request in requests::unfinished(&store)? {
         let id = request.record.rollout_id.clone();
         if hosted.contains(&id) {
             continue;
         }
-        let started = requests::run_words(&store, &request, cache, Some(trust), &dir, base)
-            .and_then(|mut words| {
-                words.push("--resume".to_owned());
-                crate::cmd::rollout::parse_run_args(words)
-            })
-            .and_then(|args| host::host_rollout(&args));
-        match started {
+        match requests::host(&store, &request, cache, trust, base, true) {
             Ok(run) => {
                 eprintln!("resuming rollout {id}: it had started and not ended");
                 runs.push(run);

@@ -24,6 +24,8 @@ use sha2::{Digest, Sha256};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
+use super::host::HostedRun;
+
 use crate::store::Store;
 use crate::store::audit::{AuditEntry, append_in};
 
@@ -641,14 +643,37 @@ pub fn decide(
     Ok(Ok(request))
 }
 
-/// Writes what the engine needs to run an approved request into `dir` (the manifest as signed
-/// and the frozen plan) and returns the arguments of `convoy rollout run` that name them, after
-/// `base` (the server's dispatch settings: broker, time scale, ...).
-pub fn run_words(
+/// Starts the engine run of an approved request in this process (a [`HostedRun`] that holds
+/// when paused): writes the manifest as signed and the frozen plan under `dispatched/ID/`
+/// beside the cache, and runs `convoy rollout run` with `base` (the server's dispatch
+/// settings: broker, time scale, ...) and the request's arguments; with `resume`, continues the
+/// rollout from the cache's log instead of starting it.
+pub fn host(
     store: &Store,
     request: &Request,
     cache: &Path,
-    trust: Option<&Path>,
+    trust: &Path,
+    base: &[String],
+    resume: bool,
+) -> Result<HostedRun> {
+    let dir = cache.parent().unwrap_or(Path::new(".")).join("dispatched");
+    let mut words = run_words(store, request, cache, trust, &dir, base)?;
+    if resume {
+        words.push("--resume".to_owned());
+    }
+    let args = crate::cmd::rollout::parse_run_args(words)
+        .context("the server's dispatch settings with the request's arguments")?;
+    super::host::host_rollout(&args)
+}
+
+/// Writes what the engine needs to run an approved request into `dir` (the manifest as signed
+/// and the frozen plan) and returns the arguments of `convoy rollout run` that name them, after
+/// `base`.
+fn run_words(
+    store: &Store,
+    request: &Request,
+    cache: &Path,
+    trust: &Path,
     dir: &Path,
     base: &[String],
 ) -> Result<Vec<String>> {
@@ -687,10 +712,9 @@ pub fn run_words(
         r.rollout_id.clone(),
         "--operator".to_owned(),
         r.requested_by.clone(),
+        "--trust".to_owned(),
+        path_word(trust),
     ]);
-    if let Some(t) = trust {
-        words.extend(["--trust".to_owned(), path_word(t)]);
-    }
     for a in request.approvers() {
         words.extend(["--approve".to_owned(), a]);
     }
