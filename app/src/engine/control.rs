@@ -147,6 +147,27 @@ impl ControlHandle {
             .unwrap_or_else(|_| Err(ControlError::NotRunning(self.rollout_id.clone())))
     }
 
+    /// [`Self::send`] from a plain thread (not inside an async runtime): the console's
+    /// steering thread.
+    pub fn send_blocking(
+        &self,
+        operator: &str,
+        command: OperatorCommand,
+    ) -> Result<Phase, ControlError> {
+        let (reply, answer) = oneshot::channel();
+        let request = ControlRequest {
+            operator: operator.to_owned(),
+            command,
+            reply,
+        };
+        if self.tx.blocking_send(request).is_err() {
+            return Err(ControlError::NotRunning(self.rollout_id.clone()));
+        }
+        answer
+            .blocking_recv()
+            .unwrap_or_else(|_| Err(ControlError::NotRunning(self.rollout_id.clone())))
+    }
+
     /// Whether the engine run has ended (its receiver is gone).
     pub fn is_closed(&self) -> bool {
         self.tx.is_closed()

@@ -57,10 +57,13 @@ pub enum View {
     Findings,
     Releases,
     Planner,
+    Approvals,
+    Monitor,
+    Reports,
 }
 
 impl View {
-    pub const ALL: [View; 8] = [
+    pub const ALL: [View; 11] = [
         View::Map,
         View::Table,
         View::Device,
@@ -69,6 +72,9 @@ impl View {
         View::Findings,
         View::Releases,
         View::Planner,
+        View::Approvals,
+        View::Monitor,
+        View::Reports,
     ];
 
     pub fn label(self) -> &'static str {
@@ -81,8 +87,24 @@ impl View {
             View::Findings => "Findings",
             View::Releases => "Releases",
             View::Planner => "Planner",
+            View::Approvals => "Approvals",
+            View::Monitor => "Rollout monitor",
+            View::Reports => "Reports",
         }
     }
+}
+
+/// How many answers to operator commands the console keeps.
+pub const STEER_ANSWERS_KEPT: usize = 50;
+
+/// An operator command this console sent and what became of it.
+#[derive(Debug, Clone)]
+pub struct SteerAnswer {
+    pub rollout_id: String,
+    pub operator: String,
+    pub command: crate::engine::control::OperatorCommand,
+    /// The rollout's phase afterwards in words, or why it was refused.
+    pub result: Result<String, String>,
 }
 
 /// Theme choice, persisted.
@@ -282,6 +304,9 @@ pub struct ConsoleApp {
     pub rollouts: Option<Result<crate::gui::backend::RolloutBoard, String>>,
     /// What the engine attached to this console is doing (the demo's rollout), in words.
     pub engine_note: Option<String>,
+    /// The answers to the operator commands this console sent, oldest first (the newest
+    /// [`STEER_ANSWERS_KEPT`]).
+    pub steered: Vec<SteerAnswer>,
     /// When the war room was last entered: its rollout cycle counts from here.
     pub warroom_since: Timestamp,
     /// The findings view: the form, its scorecard and the stored findings.
@@ -290,6 +315,12 @@ pub struct ConsoleApp {
     pub releases: crate::gui::releases::ReleasesState,
     /// The planner view: a verified release planned against the fleet, with editable waves.
     pub planner: crate::gui::planner::PlannerState,
+    /// The approvals view: rollout requests, their approvals and dispatch.
+    pub approvals: crate::gui::approvals::ApprovalsState,
+    /// The rollout monitor: one rollout's waves, adoption, health and controls.
+    pub monitor: crate::gui::monitor::MonitorState,
+    /// The reports view: a rollout's timeline export, fleet metrics and communication drafts.
+    pub reports: crate::gui::report::ReportState,
     /// One copy of the fleet for the scoring and planning workers, made the first time either
     /// needs it after a load (the model's own fleet changes in place with live status).
     shared_fleet: Option<std::sync::Arc<convoy_core::fleet::Fleet>>,
@@ -348,10 +379,14 @@ impl ConsoleApp {
             palette: crate::gui::palette::PaletteState::default(),
             rollouts: None,
             engine_note: None,
+            steered: Vec::new(),
             warroom_since: clock.now(),
             findings: crate::gui::findings::FindingsState::default(),
             releases: crate::gui::releases::ReleasesState::default(),
             planner: crate::gui::planner::PlannerState::default(),
+            approvals: crate::gui::approvals::ApprovalsState::default(),
+            monitor: crate::gui::monitor::MonitorState::default(),
+            reports: crate::gui::report::ReportState::default(),
             shared_fleet: None,
         };
         let throttle = match clock {
@@ -595,6 +630,32 @@ impl ConsoleApp {
             }
             BackendEvent::Rollouts(board) => self.rollouts = Some(board),
             BackendEvent::Engine(note) => self.engine_note = Some(note),
+            BackendEvent::Steered {
+                rollout_id,
+                operator,
+                command,
+                result,
+            } => {
+                match &result {
+                    Ok(phase) => self.toast(
+                        ToastKind::Info,
+                        format!("{} by {operator}: {phase}", command.name()),
+                    ),
+                    Err(why) => self.toast(
+                        ToastKind::Error,
+                        format!("{} of {rollout_id} refused: {why}", command.name()),
+                    ),
+                }
+                self.steered.push(SteerAnswer {
+                    rollout_id,
+                    operator,
+                    command,
+                    result,
+                });
+                if self.steered.len() > STEER_ANSWERS_KEPT {
+                    self.steered.remove(0);
+                }
+            }
             BackendEvent::Failed(text) => {
                 self.toast(ToastKind::Error, text.clone());
                 self.failures.push(text);
@@ -749,6 +810,7 @@ impl ConsoleApp {
             Key::Num6,
             Key::Num7,
             Key::Num8,
+            Key::Num9,
         ];
         for (key, view) in views.into_iter().zip(View::ALL) {
             if ctx.input_mut(|i| i.consume_key(Modifiers::COMMAND, key)) {
@@ -816,6 +878,9 @@ impl ConsoleApp {
                 View::Findings => crate::gui::findings::findings_ui(self, ui),
                 View::Releases => crate::gui::releases::releases_ui(self, ui),
                 View::Planner => crate::gui::planner::planner_ui(self, ui),
+                View::Approvals => crate::gui::approvals::approvals_ui(self, ui),
+                View::Monitor => crate::gui::monitor::monitor_ui(self, ui),
+                View::Reports => crate::gui::report::report_ui(self, ui),
                 View::WarRoom => {}
             }
         });
@@ -911,7 +976,11 @@ impl ConsoleApp {
                     [ui.available_width(), 28.0],
                     egui::Button::selectable(selected, view.label()),
                 )
-                .on_hover_text(format!("Ctrl+{}", n + 1));
+                .on_hover_text(if n < 9 {
+                    format!("Ctrl+{}", n + 1)
+                } else {
+                    "Ctrl+K, then its name".to_owned()
+                });
             if r.clicked() {
                 self.send(UiCommand::Show(view));
             }

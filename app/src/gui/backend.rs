@@ -33,6 +33,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
+use super::steer::{LocalEngines, NoEngine, Steer, SteerRequest};
+use crate::engine::control::OperatorCommand;
 use crate::link::broker::EmbeddedBroker;
 use crate::link::mqtt::{self, LinkConfig, LinkEvent, Role};
 use crate::link::protocol::{Inbound, Rejection, Topics};
@@ -173,6 +175,14 @@ pub enum BackendEvent {
     Rollouts(Result<RolloutBoard, String>),
     /// What the rollout engine attached to the console is doing, in words (the demo's).
     Engine(String),
+    /// The answer to an operator command sent with [`Backend::steer`]: the rollout's phase
+    /// afterwards in words, or why it was refused.
+    Steered {
+        rollout_id: String,
+        operator: String,
+        command: OperatorCommand,
+        result: Result<String, String>,
+    },
     /// Something failed for good; the text says what and where.
     Failed(String),
 }
@@ -234,6 +244,10 @@ pub struct Backend {
     repaint: Arc<OnceLock<egui::Context>>,
     /// Device ids for the history worker; `None` if its thread could not start.
     history: Option<std::sync::mpsc::Sender<HistoryRequest>>,
+    /// Where operator commands go ([`super::steer`]), and the thread that sends them (`None`
+    /// if it could not start).
+    steer_target: Arc<dyn Steer>,
+    steer_tx: Option<std::sync::mpsc::Sender<SteerRequest>>,
     _runtime: Option<tokio::runtime::Runtime>,
 }
 
@@ -248,21 +262,21 @@ impl std::fmt::Debug for Backend {
 
 /// The sending side, shared by the background threads and tasks.
 #[derive(Clone)]
-struct Reporter {
+pub(crate) struct Reporter {
     tx: mpsc::Sender<BackendEvent>,
     repaint: Arc<OnceLock<egui::Context>>,
 }
 
 impl Reporter {
     /// From a plain thread. False when the UI has gone.
-    fn blocking(&self, event: BackendEvent) -> bool {
+    pub(crate) fn blocking(&self, event: BackendEvent) -> bool {
         let ok = self.tx.blocking_send(event).is_ok();
         self.wake();
         ok
     }
 
     /// From a task.
-    async fn send(&self, event: BackendEvent) -> bool {
+    pub(crate) async fn send(&self, event: BackendEvent) -> bool {
         let ok = self.tx.send(event).await.is_ok();
         self.wake();
         ok
@@ -275,11 +289,32 @@ impl Reporter {
     }
 }
 
+/// The steering thread for `target`, reporting to `reporter`.
+fn steer_worker(
+    target: &Arc<dyn Steer>,
+    reporter: &Reporter,
+) -> Option<std::sync::mpsc::Sender<SteerRequest>> {
+    let reporter = reporter.clone();
+    super::steer::spawn_worker(Arc::clone(target), move |request, result| {
+        reporter.blocking(BackendEvent::Steered {
+            rollout_id: request.rollout_id,
+            operator: request.operator,
+            command: request.command,
+            result,
+        })
+    })
+    .ok()
+}
+
 impl Backend {
-    fn parts(
+    /// The common parts: the channel to the UI, the async runtime, the history worker, and the
+    /// steering thread for `steer`. Each way to start (and `gui/remote.rs`) builds on this and
+    /// then starts its own source of events with the returned reporter and runtime handle.
+    pub(crate) fn parts(
         broker: BrokerKind,
         demo: bool,
         cache: &Path,
+        steer: Arc<dyn Steer>,
     ) -> Result<(Self, Reporter, tokio::runtime::Handle)> {
         let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
         let repaint = Arc::new(OnceLock::new());
@@ -296,6 +331,7 @@ impl Backend {
             repaint: Arc::clone(&repaint),
         };
         let history = Some(spawn_history_worker(cache.to_owned(), reporter.clone())?);
+        let steer_tx = steer_worker(&steer, &reporter);
         Ok((
             Self {
                 rx,
@@ -303,6 +339,8 @@ impl Backend {
                 demo,
                 repaint,
                 history,
+                steer_target: steer,
+                steer_tx,
                 _runtime: Some(runtime),
             },
             reporter,
@@ -313,7 +351,13 @@ impl Backend {
     /// The live demo: a synthetic fleet in the demo cache, the embedded broker, the simulated
     /// devices and the console's link, all started on background threads.
     pub fn demo(options: DemoOptions) -> Result<Self> {
-        let (mut backend, reporter, handle) = Self::parts(BrokerKind::None, true, &options.cache)?;
+        let engines = LocalEngines::default();
+        let (mut backend, reporter, handle) = Self::parts(
+            BrokerKind::None,
+            true,
+            &options.cache,
+            Arc::new(engines.clone()),
+        )?;
         let ip = std::net::IpAddr::from([127, 0, 0, 1]);
         let port = crate::link::broker::pick_free_port(ip)?;
         let addr = std::net::SocketAddr::new(ip, port);
@@ -321,7 +365,7 @@ impl Backend {
         std::thread::Builder::new()
             .name("convoy-demo".into())
             .spawn(move || {
-                if let Err(err) = run_demo(&options, addr, &reporter, &handle) {
+                if let Err(err) = run_demo(&options, addr, &reporter, &handle, &engines) {
                     reporter.blocking(BackendEvent::Failed(format!("{err:#}")));
                 }
             })
@@ -336,7 +380,7 @@ impl Backend {
         let kind = broker_url
             .clone()
             .map_or(BrokerKind::None, BrokerKind::External);
-        let (backend, reporter, handle) = Self::parts(kind, false, &cache)?;
+        let (backend, reporter, handle) = Self::parts(kind, false, &cache, Arc::new(NoEngine))?;
         std::thread::Builder::new()
             .name("convoy-cache".into())
             .spawn(move || {
@@ -352,8 +396,18 @@ impl Backend {
 
     /// A fleet in memory, no broker, no runtime: tests and benchmarks. The returned sender
     /// feeds further events, as the link would. The history worker reads `cache` when asked
-    /// (a path with no file answers with an error naming it).
+    /// (a path with no file answers with an error naming it). Rollouts are steerable once a
+    /// test registers an engine run's handle with [`Backend::fixture_with`]'s engines.
     pub fn fixture(fleet: Fleet, cache: PathBuf) -> (Self, FixtureFeed) {
+        Self::fixture_with(fleet, cache, Arc::new(LocalEngines::default()))
+    }
+
+    /// [`Backend::fixture`] steering through `steer` (a test's [`LocalEngines`], or a server).
+    pub fn fixture_with(
+        fleet: Fleet,
+        cache: PathBuf,
+        steer: Arc<dyn Steer>,
+    ) -> (Self, FixtureFeed) {
         let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
         let repaint = Arc::new(OnceLock::new());
         let reporter = Reporter {
@@ -362,7 +416,8 @@ impl Backend {
         };
         // Without the thread, history requests are answered with an error (see
         // `request_history`); the fixture still works for everything else.
-        let history = spawn_history_worker(cache.clone(), reporter).ok();
+        let history = spawn_history_worker(cache.clone(), reporter.clone()).ok();
+        let steer_tx = steer_worker(&steer, &reporter);
         let _ = tx.try_send(BackendEvent::FleetLoaded { fleet, cache });
         let _ = tx.try_send(BackendEvent::Link(LinkStatus::Offline));
         // Started: no progress line (and no spinner) once the fleet is in.
@@ -374,6 +429,8 @@ impl Backend {
                 demo: false,
                 repaint,
                 history,
+                steer_target: steer,
+                steer_tx,
                 _runtime: None,
             },
             FixtureFeed { tx },
@@ -394,6 +451,29 @@ impl Backend {
             tx.send(HistoryRequest {
                 device_id: device_id.to_owned(),
                 now,
+            })
+            .is_ok()
+        })
+    }
+
+    /// Whether `rollout_id` can be steered from this console; `Err` says why not (for the
+    /// monitor's disabled buttons). Cheap enough for every frame.
+    pub fn can_steer(&self, rollout_id: &str) -> Result<(), String> {
+        if self.steer_tx.is_none() {
+            return Err("the console's steering thread could not start".to_owned());
+        }
+        self.steer_target.can_steer(rollout_id)
+    }
+
+    /// Sends `command` for `rollout_id` as `operator` (see [`super::steer::operator_name`]);
+    /// the answer arrives as [`BackendEvent::Steered`]. Never blocks. False if the steering
+    /// thread is not running: no answer will come.
+    pub fn steer(&self, rollout_id: &str, operator: &str, command: OperatorCommand) -> bool {
+        self.steer_tx.as_ref().is_some_and(|tx| {
+            tx.send(SteerRequest {
+                rollout_id: rollout_id.to_owned(),
+                operator: operator.to_owned(),
+                command,
             })
             .is_ok()
         })
@@ -423,6 +503,7 @@ fn run_demo(
     addr: std::net::SocketAddr,
     reporter: &Reporter,
     handle: &tokio::runtime::Handle,
+    engines: &LocalEngines,
 ) -> Result<()> {
     let now = crate::now();
     reporter.blocking(BackendEvent::Stage(format!(
@@ -505,7 +586,7 @@ fn run_demo(
             rollout.devices
         )));
         let done = reporter.clone();
-        rollout.start(move |outcome| {
+        rollout.start(engines, move |outcome| {
             done.blocking(BackendEvent::Engine(outcome));
         })?;
     }

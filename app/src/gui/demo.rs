@@ -26,7 +26,9 @@ use sha2::{Digest, Sha256};
 use std::path::Path;
 use std::time::Duration;
 
-use crate::engine::{self, EngineOptions};
+use crate::engine::control::control_channel;
+use crate::engine::{self, EngineControl, EngineOptions, WhenPaused};
+use crate::gui::steer::LocalEngines;
 use crate::link::mqtt::LinkConfig;
 use crate::link::protocol::Topics;
 
@@ -156,9 +158,22 @@ pub fn prepare(
 
 impl DemoRollout {
     /// Runs the engine on a thread of its own (its future is not `Send`) until the rollout
-    /// ends; `done` gets the outcome in words.
-    pub fn start(self, done: impl FnOnce(String) + Send + 'static) -> Result<()> {
+    /// ends; `done` gets the outcome in words. The run is registered with `engines`, so the
+    /// console can pause, resume, roll back or override it; paused (by a gate or an
+    /// operator), it holds and waits for the operator rather than ending.
+    pub fn start(
+        self,
+        engines: &LocalEngines,
+        done: impl FnOnce(String) + Send + 'static,
+    ) -> Result<()> {
         let options = self.options;
+        let (handle, commands) = control_channel(ROLLOUT_ID, 16);
+        engines.register(handle);
+        let control = EngineControl {
+            commands: Some(commands),
+            when_paused: WhenPaused::Hold,
+            ..EngineControl::default()
+        };
         std::thread::Builder::new()
             .name("convoy-demo-engine".into())
             .spawn(move || {
@@ -166,7 +181,7 @@ impl DemoRollout {
                     .enable_all()
                     .build()
                     .context("starting the demo engine's runtime")
-                    .and_then(|rt| rt.block_on(engine::run(options, None)));
+                    .and_then(|rt| rt.block_on(engine::run_with(options, control, None)));
                 done(match outcome {
                     Ok(report) => {
                         format!("demo rollout {ROLLOUT_ID} ended: {:?}", report.final_state)

@@ -18,6 +18,7 @@
 
 pub mod aggregate;
 pub mod app;
+pub mod approvals;
 pub mod backend;
 pub mod basemap;
 pub mod cohorts;
@@ -27,10 +28,13 @@ pub mod device;
 pub mod findings;
 pub mod map;
 pub mod model;
+pub mod monitor;
 pub mod palette;
 pub mod planner;
 pub mod query;
 pub mod releases;
+pub mod report;
+pub mod steer;
 pub mod table;
 pub mod tiles;
 pub mod tokens;

@@ -23,6 +23,9 @@ pub fn entries() -> Vec<(&'static str, UiCommand)> {
         ("Go to findings", UiCommand::Show(View::Findings)),
         ("Go to releases", UiCommand::Show(View::Releases)),
         ("Go to planner", UiCommand::Show(View::Planner)),
+        ("Go to approvals", UiCommand::Show(View::Approvals)),
+        ("Go to rollout monitor", UiCommand::Show(View::Monitor)),
+        ("Go to reports", UiCommand::Show(View::Reports)),
         ("War room (read-only wall)", UiCommand::ToggleWarRoom),
         (
             "Colour by update state",
