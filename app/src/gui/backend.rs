@@ -248,6 +248,10 @@ pub struct Backend {
     /// if it could not start).
     steer_target: Arc<dyn Steer>,
     steer_tx: Option<std::sync::mpsc::Sender<SteerRequest>>,
+    /// Engine runs in this process that the console steers (the demo's rollout, rollouts the
+    /// console dispatches itself): register a run here to make it steerable. `None` when
+    /// commands go elsewhere (a cache only, a server).
+    pub engines: Option<LocalEngines>,
     _runtime: Option<tokio::runtime::Runtime>,
 }
 
@@ -341,6 +345,7 @@ impl Backend {
                 history,
                 steer_target: steer,
                 steer_tx,
+                engines: None,
                 _runtime: Some(runtime),
             },
             reporter,
@@ -358,6 +363,7 @@ impl Backend {
             &options.cache,
             Arc::new(engines.clone()),
         )?;
+        backend.engines = Some(engines.clone());
         let ip = std::net::IpAddr::from([127, 0, 0, 1]);
         let port = crate::link::broker::pick_free_port(ip)?;
         let addr = std::net::SocketAddr::new(ip, port);
@@ -397,9 +403,12 @@ impl Backend {
     /// A fleet in memory, no broker, no runtime: tests and benchmarks. The returned sender
     /// feeds further events, as the link would. The history worker reads `cache` when asked
     /// (a path with no file answers with an error naming it). Rollouts are steerable once a
-    /// test registers an engine run's handle with [`Backend::fixture_with`]'s engines.
+    /// test registers an engine run's handle with [`Backend::engines`].
     pub fn fixture(fleet: Fleet, cache: PathBuf) -> (Self, FixtureFeed) {
-        Self::fixture_with(fleet, cache, Arc::new(LocalEngines::default()))
+        let engines = LocalEngines::default();
+        let (mut backend, feed) = Self::fixture_with(fleet, cache, Arc::new(engines.clone()));
+        backend.engines = Some(engines);
+        (backend, feed)
     }
 
     /// [`Backend::fixture`] steering through `steer` (a test's [`LocalEngines`], or a server).
@@ -431,6 +440,7 @@ impl Backend {
                 history,
                 steer_target: steer,
                 steer_tx,
+                engines: None,
                 _runtime: None,
             },
             FixtureFeed { tx },
