@@ -2,19 +2,17 @@
 //! network, driven through egui_kittest by accessible labels, as a user would.
 #![allow(clippy::unwrap_used)]
 
-use convoy::gui::backend::FixtureFeed;
+mod common;
+
+use common::{DEVICES, NOW, fixture, harness, settle};
 use convoy::gui::{Backend, BackendEvent, Clock, ConsoleApp};
 use convoy::link::protocol::{DeviceStatus, Inbound, UpdateState, UpdateStatus};
 use convoy_core::fleet::Fleet;
-use convoy_core::synth::{SynthOptions, generate};
 use convoy_core::time::Timestamp;
 use egui::Key;
 use egui_kittest::Harness;
 use egui_kittest::kittest::Queryable;
 
-/// The fixed "now" of every test.
-const NOW: Timestamp = Timestamp::from_secs(1_800_000_000);
-const DEVICES: usize = 500;
 /// The accessible name of the map toolbar's MBTiles path field.
 const MBTILES_FIELD: &str = "or its path:";
 
@@ -24,30 +22,6 @@ fn search_field<'h>(h: &'h Harness<'static, ConsoleApp>) -> egui_kittest::Node<'
     h.query_all_by_role(egui::Role::TextInput)
         .find(|n| n.accesskit_node().label().as_deref() != Some(MBTILES_FIELD))
         .expect("the search field")
-}
-
-fn fixture() -> Fleet {
-    generate(&SynthOptions {
-        devices: DEVICES,
-        seed: 5,
-        now: NOW,
-    })
-}
-
-/// The shared harness: the real app on the fixture, offline, with a fixed clock.
-fn harness() -> (Harness<'static, ConsoleApp>, FixtureFeed, Fleet) {
-    let fleet = fixture();
-    let (backend, feed) = Backend::fixture(fleet.clone(), "fixture.db".into());
-    let mut h = Harness::builder()
-        .with_size([1400.0, 900.0])
-        .build_eframe(move |cc| ConsoleApp::new(&cc.egui_ctx, None, backend, Clock::Fixed(NOW)));
-    settle(&mut h);
-    (h, feed, fleet)
-}
-
-/// A few frames: events drained, commands applied, derived data refreshed and drawn.
-fn settle(h: &mut Harness<'static, ConsoleApp>) {
-    h.run_steps(4);
 }
 
 fn search(h: &mut Harness<'static, ConsoleApp>, text: &str) {
