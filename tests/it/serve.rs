@@ -859,6 +859,183 @@ fn a_revoked_token_is_refused_by_the_running_server() {
     });
 }
 
+#[test]
+fn an_admin_manages_tokens_over_the_api_and_metrics_come_from_the_rollout_logs() {
+    use convoy_core::rollout::sim::{SimConfig, SimFleet};
+    use convoy_core::rollout::{ChangePath, Rollout, RolloutSpec, WaveSpec};
+    let f = fixture();
+    // A rollout played out by the core's simulated fleet, its log in the cache as the engine
+    // writes it.
+    let start = Timestamp::from_secs(1_795_000_000);
+    let mut ids: Vec<String> = f.fleet.devices.iter().map(|d| d.id.clone()).collect();
+    ids.sort();
+    let spec = RolloutSpec {
+        id: "ro-metrics".into(),
+        release_id: "t300-2.6.0".into(),
+        requested_by: "dana".into(),
+        waves: vec![
+            WaveSpec {
+                name: "canary".into(),
+                device_ids: ids[..50].to_vec(),
+                soak_secs: 3_600,
+            },
+            WaveSpec {
+                name: "fleet".into(),
+                device_ids: ids[50..].to_vec(),
+                soak_secs: 3_600,
+            },
+        ],
+        gates: convoy_core::gates::GatePolicy::default(),
+        path: ChangePath::Standard,
+    };
+    let mut rollout = Rollout::new(start, spec, &f.fleet).expect("rollout");
+    rollout.approve(start, "bob").expect("approve");
+    rollout.approve(start, "carol").expect("approve");
+    let mut sim = SimFleet::new(&f.fleet, &rollout, SimConfig::default(), start);
+    sim.run(&mut rollout, start, start.plus_secs(10 * 86_400));
+    let expected = convoy_core::metrics::rollout_metrics(&rollout);
+    let admin = {
+        let mut store = Store::open(&f.cache).expect("open");
+        store
+            .append_rollout_log("ro-metrics", 0, rollout.events())
+            .expect("log");
+        auth::add_token(&store, "ada", Role::Admin, "operator:test", start)
+            .expect("admin token")
+            .token
+    };
+    let rt = runtime();
+    rt.block_on(async {
+        let server = Server::start(config(&f.cache)).await.expect("start");
+        let c = client();
+        let base = format!("{}/api/v1", server.base_url());
+        // Only an admin manages tokens.
+        let (status, body) = get(&c, &format!("{base}/tokens"), Some(&f.dispatcher)).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+        let (status, body) = post(
+            &c,
+            &format!("{base}/tokens"),
+            &f.dispatcher,
+            br#"{"operator": "mallory", "role": "admin"}"#.to_vec(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+        // Bad bodies name the field.
+        let (status, body) = post(
+            &c,
+            &format!("{base}/tokens"),
+            &admin,
+            br#"{"operator": "tom", "role": "overlord"}"#.to_vec(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(body["field"], "role", "{body}");
+        // A new token works at once, and its secret is in the answer only.
+        let (status, made) = post(
+            &c,
+            &format!("{base}/tokens"),
+            &admin,
+            br#"{"operator": "tom", "role": "approver"}"#.to_vec(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{made}");
+        let token = made["token"].as_str().expect("token").to_owned();
+        let id = made["id"].as_str().expect("id").to_owned();
+        let (status, me) = get(&c, &format!("{base}/whoami"), Some(&token)).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(me["operator"], "tom");
+        assert_eq!(me["role"], "approver");
+        let (status, list) = get(&c, &format!("{base}/tokens"), Some(&admin)).await;
+        assert_eq!(status, StatusCode::OK);
+        let listed = list.as_array().expect("a list");
+        assert!(
+            listed
+                .iter()
+                .any(|t| t["id"] == id.as_str() && t["operator"] == "tom")
+        );
+        assert!(
+            !list.to_string().contains(&token),
+            "the list never shows a token"
+        );
+        // Revoked: refused on its next request; revoking it again is a 404.
+        let (status, body) = post(
+            &c,
+            &format!("{base}/tokens/{id}/revoke"),
+            &admin,
+            Vec::new(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(
+            get(&c, &format!("{base}/whoami"), Some(&token)).await.0,
+            StatusCode::UNAUTHORIZED
+        );
+        let (status, body) = post(
+            &c,
+            &format!("{base}/tokens/{id}/revoke"),
+            &admin,
+            Vec::new(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+        // The audit trail names the admin.
+        let (_, audit) = get(&c, &format!("{base}/audit?limit=10"), Some(&f.viewer)).await;
+        let actions: Vec<(String, String)> = audit
+            .as_array()
+            .expect("entries")
+            .iter()
+            .map(|e| {
+                (
+                    e["actor"].as_str().unwrap_or("").to_owned(),
+                    e["action"].as_str().unwrap_or("").to_owned(),
+                )
+            })
+            .collect();
+        assert!(
+            actions.contains(&("operator:ada".into(), "serve.token.add".into())),
+            "{actions:?}"
+        );
+        assert!(
+            actions.contains(&("operator:ada".into(), "serve.token.revoke".into())),
+            "{actions:?}"
+        );
+        // Metrics: the replayed log's figures, for any viewer.
+        let (status, all) = get(&c, &format!("{base}/metrics"), Some(&f.viewer)).await;
+        assert_eq!(status, StatusCode::OK, "{all}");
+        assert_eq!(all["summary"]["rollouts"], 1);
+        assert_eq!(all["summary"]["completed"], u64::from(expected.completed));
+        assert_eq!(all["rollouts"][0]["rollout_id"], "ro-metrics");
+        assert_eq!(all["rollouts"][0]["healthy"], expected.healthy);
+        assert_eq!(all["rollouts"][0]["targeted"], DEVICES as u64);
+        let (status, one) = get(
+            &c,
+            &format!("{base}/rollouts/ro-metrics/metrics"),
+            Some(&f.viewer),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{one}");
+        assert_eq!(
+            one["metrics"]["time_to_remediate_secs"],
+            serde_json::json!(expected.time_to_remediate_secs)
+        );
+        let by_region: u64 = one["adoption"]
+            .as_array()
+            .expect("adoption")
+            .iter()
+            .filter(|a| a["attribute"] == "region")
+            .map(|a| a["targeted"].as_u64().unwrap_or(0))
+            .sum();
+        assert_eq!(by_region, DEVICES as u64);
+        let (status, _) = get(
+            &c,
+            &format!("{base}/rollouts/nope/metrics"),
+            Some(&f.viewer),
+        )
+        .await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        server.shutdown().await;
+    });
+}
+
 /// A signed release stored in a cache with a generated fleet, and tokens for a viewer, a
 /// dispatcher and three approvers.
 struct RequestFixture {

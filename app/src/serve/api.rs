@@ -54,7 +54,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+    pub(super) fn new(status: StatusCode, message: impl Into<String>) -> Self {
         Self {
             status,
             message: message.into(),
@@ -62,7 +62,7 @@ impl ApiError {
         }
     }
 
-    fn field(field: impl Into<String>, message: impl Into<String>) -> Self {
+    pub(super) fn field(field: impl Into<String>, message: impl Into<String>) -> Self {
         Self {
             status: StatusCode::BAD_REQUEST,
             message: message.into(),
@@ -70,11 +70,11 @@ impl ApiError {
         }
     }
 
-    fn internal(e: &anyhow::Error) -> Self {
+    pub(super) fn internal(e: &anyhow::Error) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}"))
     }
 
-    fn not_found(what: String) -> Self {
+    pub(super) fn not_found(what: String) -> Self {
         Self::new(StatusCode::NOT_FOUND, what)
     }
 }
@@ -86,7 +86,7 @@ struct ErrorBody<'a> {
     field: Option<&'a str>,
 }
 
-fn json_response<T: Serialize>(status: StatusCode, value: &T) -> Response {
+pub(super) fn json_response<T: Serialize>(status: StatusCode, value: &T) -> Response {
     match serde_json::to_vec(value) {
         Ok(bytes) => {
             let mut response = Response::new(Body::from(bytes));
@@ -216,7 +216,7 @@ fn decode_segment(segment: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-fn require(caller: &Caller, needed: Role, what: &str) -> Result<(), ApiError> {
+pub(super) fn require(caller: &Caller, needed: Role, what: &str) -> Result<(), ApiError> {
     if caller.role.allows(needed) {
         Ok(())
     } else {
@@ -382,6 +382,28 @@ async fn route(
             })
             .await
         }
+        ["metrics"] if get => {
+            parse_query::<NoParams>(&query)?;
+            super::admin::metrics(app).await
+        }
+        ["rollouts", id, "metrics"] if get => {
+            parse_query::<NoParams>(&query)?;
+            super::admin::rollout_metrics(app, id).await
+        }
+        ["tokens"] if get => {
+            require(caller, Role::Admin, "list API tokens")?;
+            parse_query::<NoParams>(&query)?;
+            super::admin::list_tokens(app).await
+        }
+        ["tokens"] if method == Method::POST => {
+            require(caller, Role::Admin, "make API tokens")?;
+            let body = read_body(app, request).await?;
+            super::admin::add_token(app, caller, &body).await
+        }
+        ["tokens", id, "revoke"] if method == Method::POST => {
+            require(caller, Role::Admin, "revoke API tokens")?;
+            super::admin::revoke_token(app, caller, id).await
+        }
         ["rollouts", id, "health"] if get => {
             parse_query::<NoParams>(&query)?;
             let id = (*id).to_owned();
@@ -457,15 +479,17 @@ async fn route(
         ] => Err(method_not_allowed("POST")),
         ["whoami" | "fleet" | "devices" | "audit" | "events" | "requests"]
         | ["devices" | "findings", _]
-        | ["rollouts", _, "timeline" | "request" | "health"]
+        | ["rollouts", _, "timeline" | "request" | "health" | "metrics"]
+        | ["metrics"]
         | ["audit", "verify"] => Err(method_not_allowed("GET")),
-        ["findings" | "rollouts"] => Err(method_not_allowed("GET or POST")),
+        ["findings" | "rollouts" | "tokens"] => Err(method_not_allowed("GET or POST")),
+        ["tokens", _, "revoke"] => Err(method_not_allowed("POST")),
         _ => Err(ApiError::not_found(format!("no such path {path}"))),
     }
 }
 
 /// Runs a read on the cache pool and answers 200 with its JSON.
-async fn read<T, F>(app: &Arc<AppState>, job: F) -> Result<Response, ApiError>
+pub(super) async fn read<T, F>(app: &Arc<AppState>, job: F) -> Result<Response, ApiError>
 where
     T: Serialize + Send + 'static,
     F: FnOnce(&crate::store::Store) -> anyhow::Result<T> + Send + 'static,
@@ -590,7 +614,7 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 
 /// Reads the whole body, refusing more than `max_body_bytes` with 413 (at once when the
 /// `Content-Length` says so).
-async fn read_body(app: &AppState, request: Request) -> Result<Bytes, ApiError> {
+pub(super) async fn read_body(app: &AppState, request: Request) -> Result<Bytes, ApiError> {
     read_limited(request, app.config.max_body_bytes).await
 }
 

@@ -21,6 +21,7 @@
 //! What it is not yet: there is no hawkBit DDI device endpoint inside it and no remote
 //! console; docs/SERVE.md lists what of issue 9 is not built.
 
+mod admin;
 pub mod api;
 pub mod auth;
 pub mod host;

@@ -1,0 +1,182 @@
+//! Rollout metrics from the cache: each rollout's replayable log (`rollout_log`) replayed into
+//! the core state machine and folded by [`convoy_core::metrics`] (time to remediate and to
+//! recover, patch lead time, success, rollbacks, adoption by cohort). Nothing is stored: the
+//! figures are recomputed from the record whenever they are asked for, so they always agree
+//! with the timeline.
+
+use anyhow::{Context, Result};
+use convoy_core::fleet::Fleet;
+use convoy_core::metrics::{self, Adoption, RolloutMetrics, SummaryMetrics};
+use convoy_core::rollout::Rollout;
+use serde::Serialize;
+
+use super::Store;
+
+/// The longest log replayed for metrics (a row per recorded event); a larger rollout is named
+/// in [`CacheMetrics::skipped`] rather than replayed.
+pub const MAX_METRICS_LOG_ROWS: i64 = 2_000_000;
+
+/// The metrics of every rollout in the cache that has a log.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct CacheMetrics {
+    /// Means over `rollouts`.
+    pub summary: SummaryMetrics,
+    /// By rollout id.
+    pub rollouts: Vec<RolloutMetrics>,
+    /// Rollouts left out, each with why (a log too large, unreadable, or that does not replay).
+    pub skipped: Vec<Skipped>,
+}
+
+/// A rollout the metrics leave out, and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Skipped {
+    pub rollout_id: String,
+    pub reason: String,
+}
+
+impl Store {
+    /// The ids of the rollouts with a replayable log, with the log's length, by id.
+    fn logged_rollouts(&self) -> Result<Vec<(String, i64)>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT rollout_id, max(seq) + 1 FROM rollout_log GROUP BY rollout_id ORDER BY rollout_id",
+        )?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        rows.collect::<rusqlite::Result<_>>()
+            .context("listing the rollouts with a log")
+    }
+
+    /// `rollout_id` replayed from its log; `None` if it has no log.
+    pub fn replay_rollout(&self, rollout_id: &str) -> Result<Option<Rollout>> {
+        let log = self.rollout_log(rollout_id)?;
+        if log.is_empty() {
+            return Ok(None);
+        }
+        Rollout::replay(log)
+            .map(Some)
+            .map_err(|e| anyhow::anyhow!("the log of rollout {rollout_id} does not replay: {e}"))
+    }
+
+    /// The metrics of one rollout and its adoption by cohort against `fleet`; `None` if it
+    /// has no log.
+    pub fn rollout_metrics(
+        &self,
+        rollout_id: &str,
+        fleet: &Fleet,
+    ) -> Result<Option<(RolloutMetrics, Vec<Adoption>)>> {
+        Ok(self.replay_rollout(rollout_id)?.map(|r| {
+            (
+                metrics::rollout_metrics(&r),
+                metrics::adoption_by_cohort(&r, fleet),
+            )
+        }))
+    }
+
+    /// The metrics of every logged rollout and their means. A rollout whose log cannot be
+    /// read or replayed is skipped with its reason, never fatal to the others.
+    pub fn cache_metrics(&self) -> Result<CacheMetrics> {
+        let mut out = CacheMetrics::default();
+        for (id, rows) in self.logged_rollouts()? {
+            if rows > MAX_METRICS_LOG_ROWS {
+                out.skipped.push(Skipped {
+                    rollout_id: id,
+                    reason: format!(
+                        "its log has {rows} events, more than the {MAX_METRICS_LOG_ROWS} replayed for metrics"
+                    ),
+                });
+                continue;
+            }
+            match self.replay_rollout(&id) {
+                Ok(Some(r)) => out.rollouts.push(metrics::rollout_metrics(&r)),
+                Ok(None) => {}
+                Err(e) => out.skipped.push(Skipped {
+                    rollout_id: id,
+                    reason: format!("{e:#}"),
+                }),
+            }
+        }
+        out.summary = metrics::summarize(&out.rollouts);
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use convoy_core::rollout::sim::{SimConfig, SimFleet};
+    use convoy_core::rollout::{ChangePath, RolloutSpec, WaveSpec};
+    use convoy_core::synth::{SynthOptions, generate};
+    use convoy_core::time::Timestamp;
+
+    #[test]
+    fn metrics_come_from_the_replayed_log_and_a_broken_log_is_skipped_with_its_reason() {
+        let start = Timestamp::from_secs(1_800_000_000);
+        let fleet = generate(&SynthOptions {
+            devices: 200,
+            seed: 3,
+            now: start,
+        });
+        let mut ids: Vec<String> = fleet.devices.iter().map(|d| d.id.clone()).collect();
+        ids.sort();
+        let spec = RolloutSpec {
+            id: "ro-good".into(),
+            release_id: "t300-2.6.0".into(),
+            requested_by: "alice".into(),
+            waves: vec![
+                WaveSpec {
+                    name: "canary".into(),
+                    device_ids: ids[..40].to_vec(),
+                    soak_secs: 3_600,
+                },
+                WaveSpec {
+                    name: "fleet".into(),
+                    device_ids: ids[40..].to_vec(),
+                    soak_secs: 3_600,
+                },
+            ],
+            gates: convoy_core::gates::GatePolicy::default(),
+            path: ChangePath::Standard,
+        };
+        let mut rollout = Rollout::new(start, spec, &fleet).unwrap();
+        rollout.approve(start, "bob").unwrap();
+        rollout.approve(start, "carol").unwrap();
+        let mut sim = SimFleet::new(&fleet, &rollout, SimConfig::default(), start);
+        sim.run(&mut rollout, start, start.plus_secs(10 * 86_400));
+        let expected = metrics::rollout_metrics(&rollout);
+        assert!(expected.completed, "{expected:?}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("m.db")).unwrap();
+        store
+            .append_rollout_log("ro-good", 0, rollout.events())
+            .unwrap();
+        // A second rollout whose log does not replay (its first event is not a creation).
+        store
+            .append_rollout_log("ro-broken", 0, &rollout.events()[1..2])
+            .unwrap();
+
+        let all = store.cache_metrics().unwrap();
+        assert_eq!(all.rollouts, vec![expected.clone()]);
+        assert_eq!(all.summary, metrics::summarize(&[expected.clone()]));
+        assert_eq!(all.summary.completed, 1);
+        assert_eq!(all.skipped.len(), 1);
+        assert_eq!(all.skipped[0].rollout_id, "ro-broken");
+        assert!(
+            all.skipped[0].reason.contains("does not replay"),
+            "{:?}",
+            all.skipped
+        );
+
+        let (one, adoption) = store.rollout_metrics("ro-good", &fleet).unwrap().unwrap();
+        assert_eq!(one, expected);
+        let by_model: u64 = adoption
+            .iter()
+            .filter(|a| a.attribute == "model")
+            .map(|a| a.targeted)
+            .sum();
+        assert_eq!(
+            by_model, 200,
+            "every targeted device counted once per attribute"
+        );
+        assert!(store.rollout_metrics("ro-none", &fleet).unwrap().is_none());
+    }
+}
