@@ -476,14 +476,13 @@ async fn route(
             _,
             "pause" | "resume" | "rollback" | "override" | "abort" | "approve" | "reject"
             | "dispatch",
-        ] => Err(method_not_allowed("POST")),
-        ["whoami" | "fleet" | "devices" | "audit" | "events" | "requests"]
+        ]
+        | ["tokens", _, "revoke"] => Err(method_not_allowed("POST")),
+        ["whoami" | "fleet" | "devices" | "audit" | "events" | "requests" | "metrics"]
         | ["devices" | "findings", _]
         | ["rollouts", _, "timeline" | "request" | "health" | "metrics"]
-        | ["metrics"]
         | ["audit", "verify"] => Err(method_not_allowed("GET")),
         ["findings" | "rollouts" | "tokens"] => Err(method_not_allowed("GET or POST")),
-        ["tokens", _, "revoke"] => Err(method_not_allowed("POST")),
         _ => Err(ApiError::not_found(format!("no such path {path}"))),
     }
 }
