@@ -30,6 +30,7 @@ use std::sync::mpsc::{Receiver, SyncSender, TryRecvError};
 
 use crate::gui::app::{ConsoleApp, UiCommand};
 use crate::gui::tokens;
+use crate::gui::worker::FleetWorker;
 use crate::serve::query::FindingRow;
 use crate::store::Store;
 
@@ -290,66 +291,17 @@ pub fn evaluate(form: &FindingForm, fleet: &Fleet, now: Timestamp) -> Scored {
     Ok((finding, card, affected))
 }
 
-/// What the scoring worker is asked.
-enum ScoreRequest {
-    /// The fleet to score against from now on.
-    Fleet(Arc<Fleet>),
-    Score {
-        seq: u64,
-        form: Box<FindingForm>,
-        now: Timestamp,
-    },
-}
-
 /// Scoring is one pass over the fleet (about 0.8 s at 1,000,000 devices in a release build,
-/// docs/BENCHMARKS.md), so it runs on this thread, never on the UI thread. It keeps its own
-/// copy of the fleet and scores only the newest form when several are queued.
-#[derive(Debug)]
-struct Scorer {
-    tx: SyncSender<ScoreRequest>,
-    rx: Receiver<(u64, Scored)>,
-}
+/// docs/BENCHMARKS.md), so it runs on the `convoy-scoring` thread, never on the UI thread. It
+/// keeps its own copy of the fleet and scores only the newest form when several are queued.
+type Scorer = FleetWorker<(Box<FindingForm>, Timestamp), Scored>;
 
-impl std::fmt::Debug for ScoreRequest {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ScoreRequest::Fleet(fleet) => write!(f, "Fleet({} devices)", fleet.len()),
-            ScoreRequest::Score { seq, .. } => write!(f, "Score({seq})"),
-        }
-    }
-}
-
-impl Scorer {
-    fn spawn(ctx: &egui::Context) -> std::io::Result<Self> {
-        let (tx, requests) = std::sync::mpsc::sync_channel::<ScoreRequest>(8);
-        let (answers, rx) = std::sync::mpsc::sync_channel(2);
-        let ctx = ctx.clone();
-        std::thread::Builder::new()
-            .name("convoy-scoring".into())
-            .spawn(move || {
-                let mut fleet: Option<Arc<Fleet>> = None;
-                while let Ok(first) = requests.recv() {
-                    // Take everything queued: the newest fleet and the newest form win.
-                    let mut latest = None;
-                    for request in std::iter::once(first).chain(requests.try_iter()) {
-                        match request {
-                            ScoreRequest::Fleet(f) => fleet = Some(f),
-                            ScoreRequest::Score { seq, form, now } => {
-                                latest = Some((seq, form, now));
-                            }
-                        }
-                    }
-                    let (Some((seq, form, now)), Some(fleet)) = (latest, &fleet) else {
-                        continue;
-                    };
-                    if answers.send((seq, evaluate(&form, fleet, now))).is_err() {
-                        return;
-                    }
-                    ctx.request_repaint();
-                }
-            })?;
-        Ok(Self { tx, rx })
-    }
+fn spawn_scorer(ctx: &egui::Context) -> std::io::Result<Scorer> {
+    FleetWorker::spawn(
+        "convoy-scoring",
+        ctx,
+        |(form, now): (Box<FindingForm>, Timestamp), fleet| evaluate(&form, fleet, now),
+    )
 }
 
 /// What the cache worker reports.
@@ -413,7 +365,7 @@ impl FindingsState {
             self.cvss_for = Some(self.form.cvss.clone());
         }
         if self.scorer.is_none() && self.scorer_error.is_none() {
-            match Scorer::spawn(ctx) {
+            match spawn_scorer(ctx) {
                 Ok(s) => self.scorer = Some(s),
                 Err(e) => {
                     self.scorer_error = Some(format!("could not start the scoring thread: {e}"));
@@ -423,11 +375,11 @@ impl FindingsState {
         let Some(scorer) = &self.scorer else {
             return;
         };
-        for answer in scorer.rx.try_iter() {
+        for answer in scorer.answers() {
             self.scored = Some(answer);
         }
         if !self.fleet_sent {
-            if scorer.tx.try_send(ScoreRequest::Fleet(fleet)).is_err() {
+            if !scorer.send_fleet(fleet) {
                 return;
             }
             self.fleet_sent = true;
@@ -438,13 +390,8 @@ impl FindingsState {
             .is_none_or(|(form, _)| *form != self.form)
         {
             let seq = self.sent.as_ref().map_or(1, |(_, seq)| seq + 1);
-            let request = ScoreRequest::Score {
-                seq,
-                form: Box::new(self.form.clone()),
-                now,
-            };
             // A full queue is tried again next frame.
-            if scorer.tx.try_send(request).is_ok() {
+            if scorer.send(seq, (Box::new(self.form.clone()), now)) {
                 self.sent = Some((self.form.clone(), seq));
             }
         }

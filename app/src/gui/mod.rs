@@ -39,6 +39,7 @@ pub mod table;
 pub mod tiles;
 pub mod tokens;
 pub mod warroom;
+pub mod worker;
 
 pub use app::{Clock, ConsoleApp, UiCommand, UiState, View};
 pub use backend::{Backend, BackendEvent, DemoOptions, LinkStatus};

@@ -121,7 +121,10 @@ mod tests {
                 "Go to cohorts",
                 "Go to findings",
                 "Go to releases",
-                "Go to planner"
+                "Go to planner",
+                "Go to approvals",
+                "Go to rollout monitor",
+                "Go to reports"
             ]
         );
     }

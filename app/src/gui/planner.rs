@@ -30,7 +30,7 @@ use egui::RichText;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, SyncSender, TryRecvError};
+use std::sync::mpsc::{Receiver, TryRecvError};
 use std::time::{Duration, Instant};
 
 use crate::cmd::plan as cli;
@@ -38,6 +38,7 @@ use crate::gui::app::{ConsoleApp, UiCommand};
 use crate::gui::findings::CONSOLE_ACTOR;
 use crate::gui::releases::{ListSources, ListedManifest, SignatureState};
 use crate::gui::tokens;
+use crate::gui::worker::FleetWorker;
 use crate::store::Store;
 
 /// How long the form must stay unchanged before an edit is planned (on the system clock; a
@@ -518,7 +519,6 @@ pub struct Planned {
 
 /// Everything one plan is computed from.
 struct PlanJob {
-    seq: u64,
     release: Arc<ReleaseSpec>,
     inputs: Arc<Inputs>,
     policy: PlanningPolicy,
@@ -552,53 +552,14 @@ fn run_plan(job: &PlanJob, fleet: &Fleet) -> Result<Planned> {
     })
 }
 
-enum PlanRequest {
-    Fleet(Arc<Fleet>),
-    Plan(Box<PlanJob>),
-}
-
 /// The `convoy-planner` thread: keeps the fleet it was sent and plans only the newest job when
 /// several are queued (about as long as `convoy plan` on the same fleet).
-struct PlanWorker {
-    tx: SyncSender<PlanRequest>,
-    rx: Receiver<(u64, Result<Planned, String>)>,
-}
+type PlanWorker = FleetWorker<Box<PlanJob>, Result<Planned, String>>;
 
-impl std::fmt::Debug for PlanWorker {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("PlanWorker")
-    }
-}
-
-impl PlanWorker {
-    fn spawn(ctx: &egui::Context) -> std::io::Result<Self> {
-        let (tx, requests) = std::sync::mpsc::sync_channel::<PlanRequest>(8);
-        let (answers, rx) = std::sync::mpsc::sync_channel(2);
-        let ctx = ctx.clone();
-        std::thread::Builder::new()
-            .name("convoy-planner".into())
-            .spawn(move || {
-                let mut fleet: Option<Arc<Fleet>> = None;
-                while let Ok(first) = requests.recv() {
-                    let mut latest = None;
-                    for request in std::iter::once(first).chain(requests.try_iter()) {
-                        match request {
-                            PlanRequest::Fleet(f) => fleet = Some(f),
-                            PlanRequest::Plan(job) => latest = Some(job),
-                        }
-                    }
-                    let (Some(job), Some(fleet)) = (latest, &fleet) else {
-                        continue;
-                    };
-                    let result = run_plan(&job, fleet).map_err(|e| format!("{e:#}"));
-                    if answers.send((job.seq, result)).is_err() {
-                        return;
-                    }
-                    ctx.request_repaint();
-                }
-            })?;
-        Ok(Self { tx, rx })
-    }
+fn spawn_plan_worker(ctx: &egui::Context) -> std::io::Result<PlanWorker> {
+    FleetWorker::spawn("convoy-planner", ctx, |job: Box<PlanJob>, fleet| {
+        run_plan(&job, fleet).map_err(|e| format!("{e:#}"))
+    })
 }
 
 /// A release the list offers: its row, and the release when its manifest is valid.
@@ -689,7 +650,7 @@ impl PlannerState {
     /// Takes the threads' answers.
     pub fn poll(&mut self) {
         if let Some(worker) = &self.worker {
-            for answer in worker.rx.try_iter() {
+            for answer in worker.answers() {
                 self.planned = Some(answer);
             }
         }
@@ -826,7 +787,7 @@ impl PlannerState {
             return;
         };
         if self.worker.is_none() && self.worker_error.is_none() {
-            match PlanWorker::spawn(ctx) {
+            match spawn_plan_worker(ctx) {
                 Ok(w) => self.worker = Some(w),
                 Err(e) => {
                     self.worker_error = Some(format!("could not start the planner thread: {e}"));
@@ -840,7 +801,7 @@ impl PlannerState {
             let Some(fleet) = fleet else {
                 return;
             };
-            if worker.tx.try_send(PlanRequest::Fleet(fleet)).is_err() {
+            if !worker.send_fleet(fleet) {
                 return;
             }
             self.fleet_sent = true;
@@ -880,7 +841,6 @@ impl PlannerState {
         }
         let seq = self.last_seq + 1;
         let job = PlanJob {
-            seq,
             release: release.clone(),
             inputs: self.inputs.clone(),
             policy,
@@ -888,7 +848,7 @@ impl PlannerState {
             now,
         };
         // A full queue is tried again next frame.
-        if worker.tx.try_send(PlanRequest::Plan(Box::new(job))).is_ok() {
+        if worker.send(seq, Box::new(job)) {
             self.sent = Some((release.id.clone(), self.form.clone(), seq));
             self.last_seq = seq;
             self.pending = None;
@@ -2035,7 +1995,6 @@ mod tests {
             serde_json::from_slice(&std::fs::read(fixture("t300-fw-2.5.0.json")).expect("fixture"))
                 .expect("release");
         let job = PlanJob {
-            seq: 1,
             release: Arc::new(release),
             inputs: Arc::new(inputs),
             policy: PlanningPolicy::default(),
@@ -2097,8 +2056,7 @@ mod tests {
             .worker
             .as_ref()
             .expect("worker")
-            .rx
-            .recv()
+            .wait(Duration::from_mins(2))
             .expect("answer");
         state.planned = Some(answer);
         assert!(state.plan_is_current());
@@ -2117,8 +2075,7 @@ mod tests {
             .worker
             .as_ref()
             .expect("worker")
-            .rx
-            .recv()
+            .wait(Duration::from_mins(2))
             .expect("answer");
         state.planned = Some(answer);
         assert!(state.plan_is_current());

@@ -101,6 +101,7 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
     use convoy_core::rollout::sim::{SimConfig, SimFleet};
     use convoy_core::rollout::{ChangePath, RolloutSpec, WaveSpec};
@@ -156,7 +157,10 @@ mod tests {
 
         let all = store.cache_metrics().unwrap();
         assert_eq!(all.rollouts, vec![expected.clone()]);
-        assert_eq!(all.summary, metrics::summarize(&[expected.clone()]));
+        assert_eq!(
+            all.summary,
+            metrics::summarize(std::slice::from_ref(&expected))
+        );
         assert_eq!(all.summary.completed, 1);
         assert_eq!(all.skipped.len(), 1);
         assert_eq!(all.skipped[0].rollout_id, "ro-broken");
