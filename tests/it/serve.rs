@@ -1092,6 +1092,85 @@ fn request_fixture() -> RequestFixture {
 }
 
 #[test]
+fn a_release_posted_over_the_api_is_verified_before_it_is_stored() {
+    let ws = convoy_e2e::SignedWorkspace::new(&convoy_e2e::WorkspaceSpec {
+        devices: 50,
+        seed: 3,
+        artifact_bytes: 2_000,
+        version: "2.5.0",
+        counter: 50,
+        hardware: "T300",
+        requires: &[],
+    });
+    let cache = PathBuf::from(ws.path("cache.db"));
+    let (viewer, dispatcher) = {
+        let store = Store::open(&cache).expect("cache");
+        let now = convoy::now();
+        (
+            auth::add_token(&store, "vera", Role::Viewer, "operator:test", now)
+                .expect("token")
+                .token,
+            auth::add_token(&store, "dana", Role::Dispatcher, "operator:test", now)
+                .expect("token")
+                .token,
+        )
+    };
+    let manifest = std::fs::read(ws.path("release.json")).expect("manifest");
+    // The same manifest with its version changed after signing.
+    let tampered = String::from_utf8(manifest.clone())
+        .expect("utf-8")
+        .replacen("2.5.0", "2.5.1", 1)
+        .into_bytes();
+    assert_ne!(tampered, manifest);
+    let rt = runtime();
+    rt.block_on(async {
+        let mut c = config(&cache);
+        c.trust = Some(PathBuf::from(ws.path("trust")));
+        let server = Server::start(c).await.expect("start");
+        let http = client();
+        let url = format!("{}/api/v1/releases", server.base_url());
+        let (status, body) = post(&http, &url, &viewer, manifest.clone()).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+        let (status, body) = post(&http, &url, &dispatcher, tampered).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        assert!(
+            body["error"].as_str().unwrap_or("").contains("tampered"),
+            "{body}"
+        );
+        let (status, list) = get(&http, &url, Some(&viewer)).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(list, serde_json::json!([]), "nothing stored from a refusal");
+        let (status, stored) = post(&http, &url, &dispatcher, manifest).await;
+        assert_eq!(status, StatusCode::CREATED, "{stored}");
+        assert_eq!(stored["version"], "2.5.0");
+        assert_eq!(stored["counter"], 50);
+        let release_id = stored["release_id"].as_str().expect("id").to_owned();
+        let (_, list) = get(&http, &url, Some(&viewer)).await;
+        assert_eq!(list[0]["release_id"], release_id.as_str(), "{list}");
+        assert_eq!(list[0]["signature"], "valid", "{list}");
+        assert_eq!(list[0]["hardware"], serde_json::json!(["T300"]));
+        let (_, audit) = get(
+            &http,
+            &format!("{}/api/v1/audit?limit=5", server.base_url()),
+            Some(&viewer),
+        )
+        .await;
+        assert!(
+            audit.as_array().expect("entries").iter().any(|e| {
+                // The payload is the entry's JSON as text (what the hash covers).
+                let payload: Value = serde_json::from_str(e["payload"].as_str().unwrap_or("null"))
+                    .unwrap_or_default();
+                e["actor"] == "operator:dana"
+                    && e["action"] == "release.create"
+                    && payload["release"] == release_id.as_str()
+            }),
+            "{audit}"
+        );
+        server.shutdown().await;
+    });
+}
+
+#[test]
 fn rollout_requests_need_distinct_approvers_and_nobody_approves_their_own() {
     let f = request_fixture();
     let rt = runtime();

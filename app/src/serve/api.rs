@@ -382,6 +382,15 @@ async fn route(
             })
             .await
         }
+        ["releases"] if get => {
+            parse_query::<NoParams>(&query)?;
+            super::releases::list(app).await
+        }
+        ["releases"] if method == Method::POST => {
+            require(caller, Role::Dispatcher, "store releases")?;
+            let body = read_body(app, request).await?;
+            super::releases::store(app, caller, &body).await
+        }
         ["metrics"] if get => {
             parse_query::<NoParams>(&query)?;
             super::admin::metrics(app).await
@@ -482,7 +491,7 @@ async fn route(
         | ["devices" | "findings", _]
         | ["rollouts", _, "timeline" | "request" | "health" | "metrics"]
         | ["audit", "verify"] => Err(method_not_allowed("GET")),
-        ["findings" | "rollouts" | "tokens"] => Err(method_not_allowed("GET or POST")),
+        ["findings" | "rollouts" | "tokens" | "releases"] => Err(method_not_allowed("GET or POST")),
         _ => Err(ApiError::not_found(format!("no such path {path}"))),
     }
 }
@@ -779,7 +788,7 @@ fn request_response(
 }
 
 /// The trust directory requests verify against.
-fn trust_path(app: &AppState) -> std::path::PathBuf {
+pub(super) fn trust_path(app: &AppState) -> std::path::PathBuf {
     crate::cmd::rollout::trust_dir(app.config.trust.as_deref(), &app.config.cache)
 }
 

@@ -26,6 +26,7 @@ pub mod api;
 pub mod auth;
 pub mod host;
 pub mod query;
+mod releases;
 pub mod requests;
 pub mod stream;
 pub mod tls;
