@@ -231,9 +231,10 @@ fn print_scorecard(
     writeln!(out, "finding {}: {}", card.finding, finding.title)?;
     writeln!(
         out,
-        "fleet {} ({} devices) at {now}, scoring policy version {} ({})",
+        "fleet {} ({} devices) at {now}, scoring policy {} format {} ({})",
         fleet.display(),
         br.fleet_devices,
+        card.policy_digest,
         card.policy_version,
         policy.map_or_else(
             || "built-in default".to_owned(),

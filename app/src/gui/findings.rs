@@ -3,14 +3,14 @@
 //! tier and the recommendation), saving the finding with its scorecard to the cache, the
 //! findings already stored, and the affected devices made into a cohort on the map.
 //!
-//! The scoring is `convoy_core::{cvss, risk}` with the built-in policy, as `convoy score
-//! finding` does without `--policy`; storing is `serve::query::record_finding`, the code behind
+//! The scoring is `convoy_core::{cvss, risk}` with the policy of the view's editor (the
+//! built-in one until a policy is applied or loaded), as `convoy score finding [--policy]`
+//! does; storing is `serve::query::record_finding`, the code behind
 //! `POST /findings`. Turning the form into a [`Finding`] and picking the affected devices are
 //! plain functions with their own tests; the view only draws.
 //!
-//! Deliberately not here: editing the scoring policy (the built-in one is used and its version
-//! shown), and loading a stored finding back into the form. Scoring runs on a scoring worker
-//! thread with its own copy of the fleet as loaded (made once per load, when the view first
+//! A stored finding can be opened back into the form. Scoring runs on a scoring worker thread
+//! with its own copy of the fleet as loaded (made once per load, when the view first
 //! shows it; status from the link after that does not change the copy); the cache is read and
 //! written on another worker thread. Only parsing the CVSS vector runs on the UI thread.
 
@@ -279,14 +279,18 @@ pub fn affected_devices(finding: &Finding, fleet: &Fleet) -> Vec<u32> {
 /// devices it affects (ascending), or the first field that stops scoring.
 pub type Scored = Result<(Finding, Scorecard, Vec<u32>), FieldError>;
 
-/// Scores the form against `fleet` with the built-in policy at `now`.
-pub fn evaluate(form: &FindingForm, fleet: &Fleet, now: Timestamp) -> Scored {
+/// Scores the form against `fleet` with `policy` at `now`.
+pub fn evaluate(
+    form: &FindingForm,
+    fleet: &Fleet,
+    policy: &ScoringPolicy,
+    now: Timestamp,
+) -> Scored {
     let finding = build_finding(form)?;
-    let card =
-        risk::score(&finding, fleet, &ScoringPolicy::default(), now).map_err(|e| FieldError {
-            field: "Finding",
-            message: e.to_string(),
-        })?;
+    let card = risk::score(&finding, fleet, policy, now).map_err(|e| FieldError {
+        field: "Finding",
+        message: e.to_string(),
+    })?;
     let affected = affected_devices(&finding, fleet);
     Ok((finding, card, affected))
 }
@@ -294,14 +298,156 @@ pub fn evaluate(form: &FindingForm, fleet: &Fleet, now: Timestamp) -> Scored {
 /// Scoring is one pass over the fleet (about 0.8 s at 1,000,000 devices in a release build,
 /// docs/BENCHMARKS.md), so it runs on the `convoy-scoring` thread, never on the UI thread. It
 /// keeps its own copy of the fleet and scores only the newest form when several are queued.
-type Scorer = FleetWorker<(Box<FindingForm>, Timestamp), Scored>;
+type Scorer = FleetWorker<ScoreJob, Scored>;
+
+/// What the scoring worker is asked: the form, the policy, and the time to score at.
+type ScoreJob = (Box<FindingForm>, Arc<ScoringPolicy>, Timestamp);
 
 fn spawn_scorer(ctx: &egui::Context) -> std::io::Result<Scorer> {
     FleetWorker::spawn(
         "convoy-scoring",
         ctx,
-        |(form, now): (Box<FindingForm>, Timestamp), fleet| evaluate(&form, fleet, now),
+        |(form, policy, now): ScoreJob, fleet| evaluate(&form, fleet, &policy, now),
     )
+}
+
+/// The scoring policy the view scores with, and its editor: the policy's `scoring` section as
+/// JSON, applied only when it parses and validates (a mistake names the field and the policy in
+/// use stays), loaded from or saved to a policy file. Every scorecard records the digest of the
+/// policy that made it ([`ScoringPolicy::digest`]).
+#[derive(Debug)]
+pub struct PolicyEditor {
+    pub policy: Arc<ScoringPolicy>,
+    /// Where the policy in use came from, in words.
+    pub source: String,
+    /// The JSON being edited.
+    pub text: String,
+    /// The policy file path typed for loading and saving.
+    pub path: String,
+    /// The last action's outcome.
+    pub message: Option<Result<String, String>>,
+}
+
+impl Default for PolicyEditor {
+    fn default() -> Self {
+        let policy = ScoringPolicy::default();
+        Self {
+            text: policy_json(&policy),
+            policy: Arc::new(policy),
+            source: "built-in".to_owned(),
+            path: String::new(),
+            message: None,
+        }
+    }
+}
+
+/// The policy as the editor shows it: pretty JSON.
+fn policy_json(policy: &ScoringPolicy) -> String {
+    serde_json::to_string_pretty(policy).unwrap_or_default()
+}
+
+/// Parses and checks the editor's JSON: the error names the field (`tiers.tier0_min_points`)
+/// or the line and column of a syntax error.
+pub fn parse_policy_text(text: &str) -> Result<ScoringPolicy, String> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    let policy: ScoringPolicy = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        if path == "." {
+            format!("{}", e.inner())
+        } else {
+            format!("{path}: {}", e.inner())
+        }
+    })?;
+    policy.validate().map_err(|e| e.to_string())?;
+    Ok(policy)
+}
+
+/// Writes `policy` as the `scoring` section of the policy file at `path`, keeping its other
+/// sections (planning, gates) if the file exists; written beside it and renamed into place, so
+/// a failure leaves the old file whole.
+pub fn save_policy_file(path: &std::path::Path, policy: &ScoringPolicy) -> Result<()> {
+    let mut object = match std::fs::read_to_string(path) {
+        Ok(text) => match serde_json::from_str::<serde_json::Value>(&text)
+            .with_context(|| format!("{} is not JSON; not overwritten", path.display()))?
+        {
+            serde_json::Value::Object(o) => o,
+            _ => anyhow::bail!(
+                "{} is not a JSON object of policy sections; not overwritten",
+                path.display()
+            ),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => serde_json::Map::new(),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    object.insert("scoring".to_owned(), serde_json::to_value(policy)?);
+    let text = serde_json::to_string_pretty(&serde_json::Value::Object(object))? + "\n";
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming into {}", path.display()))?;
+    Ok(())
+}
+
+impl PolicyEditor {
+    /// Applies the editor's JSON; the policy in use changes only if it is valid.
+    pub fn apply(&mut self) {
+        match parse_policy_text(&self.text) {
+            Ok(p) => {
+                let digest = p.digest();
+                self.source = if digest == ScoringPolicy::default().digest() {
+                    "built-in".to_owned()
+                } else {
+                    "edited in the console".to_owned()
+                };
+                self.policy = Arc::new(p);
+                self.message = Some(Ok(format!("Applied: policy {digest}")));
+            }
+            Err(e) => self.message = Some(Err(format!("Not applied: {e}"))),
+        }
+    }
+
+    /// Loads the `scoring` section of the policy file at `path` (as `convoy score finding
+    /// --policy` reads it).
+    pub fn load(&mut self) {
+        let path = std::path::PathBuf::from(self.path.trim());
+        match crate::cmd::score::load_policy(&path) {
+            Ok(p) => {
+                self.text = policy_json(&p);
+                self.message = Some(Ok(format!(
+                    "Loaded {} (policy {})",
+                    path.display(),
+                    p.digest()
+                )));
+                self.source = path.display().to_string();
+                self.policy = Arc::new(p);
+            }
+            Err(e) => self.message = Some(Err(format!("Not loaded: {e:#}"))),
+        }
+    }
+
+    /// Saves the policy in use to the file at `path`.
+    pub fn save(&mut self) {
+        let path = std::path::PathBuf::from(self.path.trim());
+        self.message = Some(
+            save_policy_file(&path, &self.policy)
+                .map(|()| {
+                    format!(
+                        "Saved policy {} to {}",
+                        self.policy.digest(),
+                        path.display()
+                    )
+                })
+                .map_err(|e| format!("Not saved: {e:#}")),
+        );
+    }
+
+    /// Back to the built-in policy.
+    pub fn reset(&mut self) {
+        *self = Self {
+            path: std::mem::take(&mut self.path),
+            message: Some(Ok("Back to the built-in policy".to_owned())),
+            ..Self::default()
+        };
+    }
 }
 
 /// What the cache worker reports.
@@ -331,8 +477,10 @@ pub struct FindingsState {
     scorer_error: Option<String>,
     /// Whether the scoring worker has the fleet as last loaded.
     fleet_sent: bool,
-    /// The form last sent to the scoring worker, and its number.
-    sent: Option<(FindingForm, u64)>,
+    /// The form and policy (by digest) last sent to the scoring worker, and their number.
+    sent: Option<(FindingForm, String, u64)>,
+    /// The scoring policy and its editor.
+    pub policy: PolicyEditor,
     /// The scoring worker's newest answer and the number of the form it scored.
     pub scored: Option<(u64, Scored)>,
     /// The findings in the cache, as last read; `None` until the first read answers.
@@ -354,7 +502,8 @@ impl FindingsState {
 
     /// Whether the scorecard shown is for the form as it is now.
     pub fn score_is_current(&self) -> bool {
-        matches!((&self.sent, &self.scored), (Some((form, sent)), Some((seq, _))) if sent == seq && *form == self.form)
+        matches!((&self.sent, &self.scored), (Some((form, digest, sent)), Some((seq, _)))
+            if sent == seq && *form == self.form && *digest == self.policy.policy.digest())
     }
 
     /// Sends the scoring worker the fleet (once per load: a copy, the one fleet-sized step of
@@ -384,15 +533,21 @@ impl FindingsState {
             }
             self.fleet_sent = true;
         }
+        let digest = self.policy.policy.digest();
         if self
             .sent
             .as_ref()
-            .is_none_or(|(form, _)| *form != self.form)
+            .is_none_or(|(form, d, _)| *form != self.form || *d != digest)
         {
-            let seq = self.sent.as_ref().map_or(1, |(_, seq)| seq + 1);
+            let seq = self.sent.as_ref().map_or(1, |(_, _, seq)| seq + 1);
+            let job = (
+                Box::new(self.form.clone()),
+                Arc::clone(&self.policy.policy),
+                now,
+            );
             // A full queue is tried again next frame.
-            if scorer.send(seq, (Box::new(self.form.clone()), now)) {
-                self.sent = Some((self.form.clone(), seq));
+            if scorer.send(seq, job) {
+                self.sent = Some((self.form.clone(), digest, seq));
             }
         }
     }
@@ -537,6 +692,72 @@ fn text_row(ui: &mut egui::Ui, label: &str, value: &mut String, hint: &str) -> e
     r
 }
 
+/// The scoring policy's editor, folded by default.
+fn policy_ui(editor: &mut PolicyEditor, ui: &mut egui::Ui) {
+    egui::CollapsingHeader::new(format!(
+        "Scoring policy: {} ({})",
+        editor.source,
+        editor.policy.digest()
+    ))
+    .id_salt("scoring-policy")
+    .show(ui, |ui| {
+        ui.label(
+            RichText::new(
+                "The weights and tier thresholds every finding is scored with (docs/RISK.md). Edit the JSON and apply it: a mistake names the field and the policy in use stays. Each scorecard records the policy's digest.",
+            )
+            .color(tokens::MUTED),
+        );
+        let l = ui.label("Policy JSON");
+        ui.add(
+            egui::TextEdit::multiline(&mut editor.text)
+                .code_editor()
+                .desired_rows(12)
+                .desired_width(f32::INFINITY),
+        )
+        .labelled_by(l.id);
+        ui.horizontal(|ui| {
+            if ui.button("Apply policy").clicked() {
+                editor.apply();
+            }
+            if ui.button("Reset to built-in").clicked() {
+                editor.reset();
+            }
+        });
+        ui.horizontal(|ui| {
+            let l = ui.label("Policy file:");
+            ui.add(
+                egui::TextEdit::singleline(&mut editor.path)
+                    .hint_text("policy.json (its \"scoring\" section)")
+                    .desired_width(320.0),
+            )
+            .labelled_by(l.id);
+            let has_path = !editor.path.trim().is_empty();
+            if ui
+                .add_enabled(has_path, egui::Button::new("Load policy"))
+                .clicked()
+            {
+                editor.load();
+            }
+            if ui
+                .add_enabled(has_path, egui::Button::new("Save policy"))
+                .on_hover_text("Writes the policy in use as the file's \"scoring\" section, keeping its other sections")
+                .clicked()
+            {
+                editor.save();
+            }
+        });
+        match &editor.message {
+            Some(Ok(m)) => {
+                ui.colored_label(tokens::OK, m);
+            }
+            Some(Err(m)) => {
+                ui.colored_label(tokens::BAD, m);
+            }
+            None => {}
+        }
+    });
+}
+
 /// Draws the findings view.
 pub fn findings_ui(app: &mut ConsoleApp, ui: &mut egui::Ui) {
     let ctx = ui.ctx().clone();
@@ -553,11 +774,15 @@ pub fn findings_ui(app: &mut ConsoleApp, ui: &mut egui::Ui) {
     egui::ScrollArea::vertical().show(ui, |ui| {
         ui.heading("Findings");
         ui.label(
-            RichText::new(
-                "Describe a defect; it is scored against the loaded fleet as you type, with the built-in scoring policy.",
-            )
+            RichText::new(format!(
+                "Describe a defect; it is scored against the loaded fleet as you type, with the {} scoring policy ({}).",
+                app.findings.policy.source,
+                app.findings.policy.policy.digest()
+            ))
             .color(tokens::MUTED),
         );
+        ui.add_space(6.0);
+        policy_ui(&mut app.findings.policy, ui);
         ui.add_space(6.0);
         form_ui(&mut app.findings.form, ui);
         ui.add_space(8.0);
@@ -584,7 +809,7 @@ pub fn findings_ui(app: &mut ConsoleApp, ui: &mut egui::Ui) {
                         ui.label("Scoring the changed form; the scorecard below is for the previous one.");
                     });
                 }
-                scorecard_ui(card, ui);
+                scorecard_ui(card, &app.findings.policy, ui);
                 ui.add_space(6.0);
                 ui.horizontal(|ui| {
                     if ui
@@ -785,7 +1010,7 @@ fn cvss_ui(preview: &CvssPreview, ui: &mut egui::Ui) {
     }
 }
 
-fn scorecard_ui(card: &Scorecard, ui: &mut egui::Ui) {
+fn scorecard_ui(card: &Scorecard, policy: &PolicyEditor, ui: &mut egui::Ui) {
     ui.label(RichText::new("Scorecard").strong());
     egui::Grid::new("finding-scorecard")
         .num_columns(3)
@@ -803,9 +1028,19 @@ fn scorecard_ui(card: &Scorecard, ui: &mut egui::Ui) {
                 ui.end_row();
             }
         });
+    // The policy's source is known only while it is the one in use.
+    let source = if card.policy_digest == policy.policy.digest() {
+        format!(", {}", policy.source)
+    } else {
+        String::new()
+    };
     ui.label(format!(
-        "Total {:.1} points = severity {:.1} × exposure {:.3} (scoring policy version {}, built-in)",
-        card.points, card.severity_points, card.exposure_multiplier, card.policy_version
+        "Total {:.1} points = severity {:.1} × exposure {:.3} (scoring policy {}, format {}{source})",
+        card.points,
+        card.severity_points,
+        card.exposure_multiplier,
+        card.policy_digest,
+        card.policy_version
     ));
     let tier_color = match card.tier.number() {
         0 => tokens::BAD,
@@ -1003,7 +1238,8 @@ mod tests {
             seed: 3,
             now: NOW,
         });
-        let (finding, card, devices) = evaluate(&form(), &fleet, NOW).expect("scores");
+        let (finding, card, devices) =
+            evaluate(&form(), &fleet, &ScoringPolicy::default(), NOW).expect("scores");
         assert_eq!(devices, affected_devices(&finding, &fleet));
         assert_eq!(devices.len(), card.affected_devices);
         assert!(devices.windows(2).all(|w| w[0] < w[1]));
@@ -1014,5 +1250,43 @@ mod tests {
         );
         let t300 = fleet.devices.iter().filter(|d| d.model == "T300").count();
         assert_eq!(devices.len(), t300);
+    }
+
+    #[test]
+    fn a_policy_edit_names_its_field_and_a_policy_file_keeps_its_other_sections() {
+        let built_in = ScoringPolicy::default();
+        let text = policy_json(&built_in);
+        assert_eq!(
+            parse_policy_text(&text).expect("valid").digest(),
+            built_in.digest()
+        );
+        let err = parse_policy_text(&text.replacen("\"version\": 1", "\"version\": 7", 1))
+            .expect_err("unsupported version");
+        assert!(err.contains('7'), "{err}");
+        let err = parse_policy_text("{ not json").expect_err("syntax");
+        assert!(err.contains("line 1"), "{err}");
+        let mut negative = serde_json::to_value(&built_in).expect("json");
+        negative["remote_points"] = serde_json::json!(-3.0);
+        let err = parse_policy_text(&negative.to_string()).expect_err("negative weight");
+        assert!(err.contains("remote_points"), "{err}");
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("policy.json");
+        std::fs::write(&file, r#"{"gates": {"x": 1}}"#).expect("write");
+        save_policy_file(&file, &built_in).expect("saved");
+        let back: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&file).expect("read")).expect("json");
+        assert_eq!(back["gates"]["x"], 1);
+        assert_eq!(
+            crate::cmd::score::load_policy(&file)
+                .expect("loads")
+                .digest(),
+            built_in.digest()
+        );
+        // A file that is not an object of sections is never overwritten.
+        std::fs::write(&file, "[1, 2]").expect("write");
+        let err = save_policy_file(&file, &built_in).expect_err("refused");
+        assert!(format!("{err:#}").contains("not overwritten"), "{err:#}");
+        assert_eq!(std::fs::read_to_string(&file).expect("read"), "[1, 2]");
     }
 }

@@ -178,6 +178,8 @@ pub struct BlastRadius {
 pub struct Scorecard {
     pub finding: String,
     pub policy_version: u32,
+    /// The content version of the policy that scored it ([`ScoringPolicy::digest`]).
+    pub policy_digest: String,
     /// Total points: the sum of every line's points.
     pub points: f64,
     /// The finding's own points, before exposure.
@@ -499,6 +501,7 @@ pub fn score(
     Ok(Scorecard {
         finding: finding.id.clone(),
         policy_version: policy.version,
+        policy_digest: policy.digest(),
         points,
         severity_points: severity,
         exposure_multiplier: multiplier,

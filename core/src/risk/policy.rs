@@ -263,6 +263,24 @@ impl Default for ScoringPolicy {
 }
 
 impl ScoringPolicy {
+    /// The policy's content version: the SHA-256 (hex) of its JSON, the first 16 characters.
+    /// Two policies with the same weights have the same digest whatever file they came from,
+    /// and a scorecard records the digest of the policy that made it.
+    pub fn digest(&self) -> String {
+        use sha2::{Digest, Sha256};
+        // Field order is the struct's and floats are printed shortest-round-trip, so the JSON
+        // of equal policies is equal.
+        let json = serde_json::to_vec(self).unwrap_or_default();
+        let hash = Sha256::digest(&json);
+        hash.iter()
+            .take(8)
+            .fold(String::with_capacity(16), |mut out, b| {
+                use std::fmt::Write as _;
+                let _ = write!(out, "{b:02x}");
+                out
+            })
+    }
+
     /// Checks the version and that every weight is finite and in range, so that scoring can
     /// rely on the monotonicity docs/RISK.md promises.
     pub fn validate(&self) -> Result<(), RiskError> {

@@ -631,3 +631,17 @@ mod props {
         }
     }
 }
+
+#[test]
+fn the_policy_digest_follows_its_content_and_is_on_the_scorecard() {
+    let built_in = ScoringPolicy::default();
+    assert_eq!(built_in.digest().len(), 16);
+    assert_eq!(built_in.digest(), ScoringPolicy::default().digest());
+    let mut edited = ScoringPolicy::default();
+    edited.remote_points += 1.0;
+    assert_ne!(edited.digest(), built_in.digest());
+    // Through its JSON and back: the same content, the same digest.
+    let again: ScoringPolicy =
+        serde_json::from_str(&serde_json::to_string(&edited).expect("json")).expect("parse");
+    assert_eq!(again.digest(), edited.digest());
+}
