@@ -127,24 +127,38 @@ impl ControlHandle {
         &self.rollout_id
     }
 
-    /// Sends `command` as `operator` and waits for the engine to apply or refuse it.
-    pub async fn send(
-        &self,
+    /// A request for `command` as `operator`, and where its answer will come.
+    fn request(
         operator: &str,
         command: OperatorCommand,
-    ) -> Result<Phase, ControlError> {
+    ) -> (
+        ControlRequest,
+        oneshot::Receiver<Result<Phase, ControlError>>,
+    ) {
         let (reply, answer) = oneshot::channel();
         let request = ControlRequest {
             operator: operator.to_owned(),
             command,
             reply,
         };
+        (request, answer)
+    }
+
+    fn not_running(&self) -> ControlError {
+        ControlError::NotRunning(self.rollout_id.clone())
+    }
+
+    /// Sends `command` as `operator` and waits for the engine to apply or refuse it.
+    pub async fn send(
+        &self,
+        operator: &str,
+        command: OperatorCommand,
+    ) -> Result<Phase, ControlError> {
+        let (request, answer) = Self::request(operator, command);
         if self.tx.send(request).await.is_err() {
-            return Err(ControlError::NotRunning(self.rollout_id.clone()));
+            return Err(self.not_running());
         }
-        answer
-            .await
-            .unwrap_or_else(|_| Err(ControlError::NotRunning(self.rollout_id.clone())))
+        answer.await.unwrap_or_else(|_| Err(self.not_running()))
     }
 
     /// [`Self::send`] from a plain thread (not inside an async runtime): the console's
@@ -154,18 +168,13 @@ impl ControlHandle {
         operator: &str,
         command: OperatorCommand,
     ) -> Result<Phase, ControlError> {
-        let (reply, answer) = oneshot::channel();
-        let request = ControlRequest {
-            operator: operator.to_owned(),
-            command,
-            reply,
-        };
+        let (request, answer) = Self::request(operator, command);
         if self.tx.blocking_send(request).is_err() {
-            return Err(ControlError::NotRunning(self.rollout_id.clone()));
+            return Err(self.not_running());
         }
         answer
             .blocking_recv()
-            .unwrap_or_else(|_| Err(ControlError::NotRunning(self.rollout_id.clone())))
+            .unwrap_or_else(|_| Err(self.not_running()))
     }
 
     /// Whether the engine run has ended (its receiver is gone).
