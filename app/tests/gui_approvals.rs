@@ -51,7 +51,7 @@ fn disabled(h: &Harness<'static, ConsoleApp>, label: &str) -> bool {
 /// planner saves it. Returns the cache, the release id and the plan id.
 fn cache_with_saved_plan(dir: &Path, fleet: &Fleet) -> (PathBuf, String, String) {
     let cache = dir.join("console.db");
-    let store = convoy::store::Store::open(&cache).unwrap();
+    let mut store = convoy::store::Store::open(&cache).unwrap();
     store.replace_fleet(fleet, None).unwrap();
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/releases/t300-fw-2.5.0.json");
     let spec: convoy_core::release::ReleaseSpec =
@@ -171,7 +171,7 @@ fn a_saved_plan_is_requested_approved_by_two_others_and_the_emergency_path_needs
         .audit_entries(None)
         .unwrap()
         .into_iter()
-        .map(|e| (e.entry.actor.clone(), e.entry.action.clone()))
+        .map(|e| (e.actor.clone(), e.action.clone()))
         .filter(|(_, a)| a.starts_with("rollout."))
         .collect();
     for expected in [

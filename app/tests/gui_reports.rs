@@ -47,11 +47,21 @@ fn fill(h: &mut Harness<'static, ConsoleApp>, label: &str, text: &str) {
     settle(h);
 }
 
-/// The whole text of the label containing `text`.
+/// The whole texts of the labels containing `text`.
+fn label_texts(h: &Harness<'static, ConsoleApp>, text: &str) -> Vec<String> {
+    h.query_all_by_label_contains(text)
+        .map(|node| {
+            let node = node.accesskit_node();
+            node.label().or_else(|| node.value()).unwrap_or_default()
+        })
+        .collect()
+}
+
+/// The whole text of the one label containing `text`.
 fn label_text(h: &Harness<'static, ConsoleApp>, text: &str) -> String {
-    let node = h.get_by_label_contains(text);
-    let node = node.accesskit_node();
-    node.label().or_else(|| node.value()).unwrap_or_default()
+    let all = label_texts(h, text);
+    assert_eq!(all.len(), 1, "labels containing {text:?}: {all:#?}");
+    all.into_iter().next().unwrap_or_default()
 }
 
 /// A release that crashes twenty times as often, rolled out by the core to the fixture fleet
@@ -173,7 +183,7 @@ fn a_rollouts_report_shows_its_metrics_and_drafts_and_exports_the_clis_timeline(
     wait_for(&mut h, &format!("Report of {ROLLOUT}"));
 
     // The record's facts: release, requester, path, state.
-    let head = label_text(&h, &format!("Release {RELEASE}"));
+    let head = label_text(&h, &format!("Release {RELEASE} · requested by"));
     assert!(head.contains("requested by alice"), "{head}");
     assert!(head.contains("standard path"), "{head}");
     assert!(head.contains("stopped by a gate"), "{head}");
@@ -210,12 +220,17 @@ fn a_rollouts_report_shows_its_metrics_and_drafts_and_exports_the_clis_timeline(
             &["rollout", "comms", "--rollout", ROLLOUT, "--audience", audience],
         );
         let first_line = from_cli.lines().next().unwrap();
-        let shown = label_text(&h, first_line);
-        assert_eq!(shown, from_cli, "the {tab} draft");
+        let shown = label_texts(&h, first_line);
+        assert!(
+            shown.iter().any(|t| *t == from_cli),
+            "the {tab} draft: {shown:#?}\nthe CLI's: {from_cli}"
+        );
     }
     click(&mut h, "Internal");
-    let internal = label_text(&h, RELEASE);
-    assert!(internal.contains(ROLLOUT), "{internal}");
+    let internal = label_texts(&h, "crash")
+        .into_iter()
+        .find(|t| t.contains(ROLLOUT) && t.contains(RELEASE))
+        .unwrap();
     assert!(internal.contains("crash"), "the failing metric is named: {internal}");
 
     // The timeline through the typed path, in each format, equal to the CLI's export.
@@ -227,7 +242,7 @@ fn a_rollouts_report_shows_its_metrics_and_drafts_and_exports_the_clis_timeline(
         let path = dir.path().join(file);
         click(&mut h, kind);
         fill(&mut h, "Export path", &path.display().to_string());
-        click(&mut h, "Export");
+        click(&mut h, "Write the export");
         wait_for(&mut h, &format!("to {}", path.display()));
         h.get_by_label_contains(&format!("Wrote the timeline of {ROLLOUT}"));
         let written = std::fs::read_to_string(&path).unwrap();
@@ -244,7 +259,7 @@ fn a_rollouts_report_shows_its_metrics_and_drafts_and_exports_the_clis_timeline(
     click(&mut h, "Draft shown, as Markdown");
     let path = dir.path().join("regulator.md");
     fill(&mut h, "Export path", &path.display().to_string());
-    click(&mut h, "Export");
+    click(&mut h, "Write the export");
     wait_for(&mut h, "Wrote the regulator draft");
     assert_eq!(
         std::fs::read_to_string(&path).unwrap(),
@@ -258,7 +273,7 @@ fn a_rollouts_report_shows_its_metrics_and_drafts_and_exports_the_clis_timeline(
     click(&mut h, "Timeline as CSV");
     let bad = dir.path().join("no-such-dir").join("t.csv");
     fill(&mut h, "Export path", &bad.display().to_string());
-    click(&mut h, "Export");
+    click(&mut h, "Write the export");
     wait_for(&mut h, "Could not export the timeline");
     h.get_by_label_contains(&bad.display().to_string());
 }

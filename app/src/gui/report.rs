@@ -739,7 +739,7 @@ fn report_body_ui(app: &mut ConsoleApp, ui: &mut egui::Ui, ctx: &egui::Context, 
             }
         });
         if ui
-            .add_enabled(state.export_rx.is_none(), egui::Button::new("Export"))
+            .add_enabled(state.export_rx.is_none(), egui::Button::new("Write the export"))
             .clicked()
         {
             export = true;
