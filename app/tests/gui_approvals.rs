@@ -4,10 +4,13 @@
 //! named authoriser. With an engine of its own (an embedded broker on 127.0.0.1), the console
 //! dispatches the approved request in-process and its run is steerable.
 
+#![allow(clippy::unwrap_used)] // Tests: a failure is the answer.
+
 mod common;
 
 use common::{NOW, fixture, settle};
 use convoy::gui::approvals::LocalDispatch;
+use convoy::gui::steer::Steer as _;
 use convoy::gui::{Backend, Clock, ConsoleApp};
 use convoy_core::fleet::Fleet;
 use egui_kittest::Harness;
@@ -53,7 +56,8 @@ fn cache_with_saved_plan(dir: &Path, fleet: &Fleet) -> (PathBuf, String, String)
     let cache = dir.join("console.db");
     let mut store = convoy::store::Store::open(&cache).unwrap();
     store.replace_fleet(fleet, None).unwrap();
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/releases/t300-fw-2.5.0.json");
+    let fixture =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/releases/t300-fw-2.5.0.json");
     let spec: convoy_core::release::ReleaseSpec =
         serde_json::from_slice(&std::fs::read(fixture).unwrap()).unwrap();
     let trust = dir.join("trust");
@@ -83,7 +87,10 @@ fn cache_with_saved_plan(dir: &Path, fleet: &Fleet) -> (PathBuf, String, String)
 fn harness(
     fleet: Fleet,
     cache: PathBuf,
-) -> (Harness<'static, ConsoleApp>, convoy::gui::steer::LocalEngines) {
+) -> (
+    Harness<'static, ConsoleApp>,
+    convoy::gui::steer::LocalEngines,
+) {
     let (backend, _feed) = Backend::fixture(fleet, cache);
     let engines = backend.engines.clone().unwrap();
     let mut h = Harness::builder()
@@ -94,8 +101,7 @@ fn harness(
 }
 
 #[test]
-fn a_saved_plan_is_requested_approved_by_two_others_and_the_emergency_path_needs_its_authoriser()
-{
+fn a_saved_plan_is_requested_approved_by_two_others_and_the_emergency_path_needs_its_authoriser() {
     let fleet = fixture();
     let dir = tempfile::tempdir().unwrap();
     let (cache, release, plan_id) = cache_with_saved_plan(dir.path(), &fleet);
@@ -112,11 +118,18 @@ fn a_saved_plan_is_requested_approved_by_two_others_and_the_emergency_path_needs
     click(&mut h, "Request rollout");
     wait_for(&mut h, "alice requested rollout ro-std");
     wait_for(&mut h, "ro-std: awaiting approval");
-    h.get_by_label_contains(&format!("release {release} · standard path · requested by alice"));
+    h.get_by_label_contains(&format!(
+        "release {release} · standard path · requested by alice"
+    ));
     // She cannot approve her own request, and the view says why.
-    h.get_by_label("alice requested ro-std and cannot approve it: nobody approves their own request");
+    h.get_by_label(
+        "alice requested ro-std and cannot approve it: nobody approves their own request",
+    );
     assert!(disabled(&h, "Approve ro-std"));
-    assert!(h.query_by_label("Dispatch ro-std").is_none(), "not approved: nothing to dispatch");
+    assert!(
+        h.query_by_label("Dispatch ro-std").is_none(),
+        "not approved: nothing to dispatch"
+    );
 
     // bob approves: the standard path needs one more.
     fill(&mut h, "Operator", "bob");
@@ -125,10 +138,10 @@ fn a_saved_plan_is_requested_approved_by_two_others_and_the_emergency_path_needs
     click(&mut h, "Approve ro-std");
     wait_for(&mut h, "bob approved rollout ro-std");
     wait_for(&mut h, "bob approved at");
-    h.get_by_label(
-        "ro-std needs 2 approvals by distinct operators other than alice (1 so far)",
-    );
-    h.get_by_label_contains("canary looks right");
+    h.get_by_label("ro-std needs 2 approvals by distinct operators other than alice (1 so far)");
+    h.get_by_label("bob approved at 2027-01-15T08:00:00Z: canary looks right");
+    // The comment went with bob's approval; the field is empty for the next.
+    assert!(h.state().approvals.comment.is_empty());
     // bob cannot count twice.
     h.get_by_label("bob has approved ro-std already: approvals must come from distinct operators");
     assert!(disabled(&h, "Approve ro-std"));
@@ -165,6 +178,12 @@ fn a_saved_plan_is_requested_approved_by_two_others_and_the_emergency_path_needs
     click(&mut h, "Approve ro-em");
     wait_for(&mut h, "ro-em: approved");
 
+    // The trust directory's path is the test's temporary one: a fixed text for the image.
+    h.state_mut().approvals.trust_dir = "trust".into();
+    h.state_mut().dismiss_toasts();
+    settle(&mut h);
+    h.snapshot("approvals");
+
     // Every step is in the audit trail under the name typed, marked as a local console's.
     let store = convoy::store::Store::open_existing(&cache).unwrap();
     let actions: Vec<(String, String)> = store
@@ -181,17 +200,26 @@ fn a_saved_plan_is_requested_approved_by_two_others_and_the_emergency_path_needs
         ("console-operator:dave", "rollout.approve"),
     ] {
         assert!(
-            actions.iter().any(|(actor, action)| actor == expected.0 && action == expected.1),
+            actions
+                .iter()
+                .any(|(actor, action)| actor == expected.0 && action == expected.1),
             "{expected:?} in {actions:?}"
         );
     }
     // The request froze the saved plan's waves.
-    let request = convoy::serve::requests::load(&store, "ro-std").unwrap().unwrap();
-    let saved = convoy::cmd::plan::stored_plan(&store, &plan_id).unwrap().unwrap();
+    let request = convoy::serve::requests::load(&store, "ro-std")
+        .unwrap()
+        .unwrap();
+    let saved = convoy::cmd::plan::stored_plan(&store, &plan_id)
+        .unwrap()
+        .unwrap();
     let waves: Vec<convoy_core::rollout::WaveSpec> =
         serde_json::from_value(saved["rollout_waves"].clone()).unwrap();
     assert_eq!(request.record.waves, waves);
-    assert!(request.record.gates.is_some(), "the plan's gates are frozen too");
+    assert!(
+        request.record.gates.is_some(),
+        "the plan's gates are frozen too"
+    );
 }
 
 #[test]
@@ -199,9 +227,10 @@ fn an_approved_request_is_dispatched_to_the_consoles_own_engine_and_is_steerable
     let fleet = fixture();
     let dir = tempfile::tempdir().unwrap();
     let (cache, _release, plan_id) = cache_with_saved_plan(dir.path(), &fleet);
-    let broker = convoy::link::broker::EmbeddedBroker::start(
-        std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
-    )
+    let broker = convoy::link::broker::EmbeddedBroker::start(std::net::SocketAddr::from((
+        [127, 0, 0, 1],
+        0,
+    )))
     .unwrap();
     let (mut h, engines) = harness(fleet, cache.clone());
     h.state_mut().approvals.local = Some(LocalDispatch {
@@ -229,15 +258,28 @@ fn an_approved_request_is_dispatched_to_the_consoles_own_engine_and_is_steerable
     click(&mut h, "Dispatch ro-go");
     wait_for(&mut h, "Dispatched rollout ro-go");
     assert_eq!(h.state().approvals.runs(), 1);
-    use convoy::gui::steer::Steer as _;
-    assert!(engines.can_steer("ro-go").is_ok(), "registered for the monitor");
-    // The engine records the rollout with its approvers; the view then shows it dispatched.
+    assert!(
+        engines.can_steer("ro-go").is_ok(),
+        "registered for the monitor"
+    );
     wait_for(&mut h, "ro-go is dispatched");
     assert!(disabled(&h, "Dispatch ro-go"), "dispatched once");
+    // The engine records the rollout with its requester once it has started.
     let store = convoy::store::Store::open_existing(&cache).unwrap();
-    let timeline = store.timeline("ro-go").unwrap();
+    let mut timeline = Vec::new();
+    for _ in 0..1000 {
+        timeline = store.timeline("ro-go").unwrap();
+        if !timeline.is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
     assert_eq!(timeline[0].kind, "rollout.created");
-    assert!(timeline[0].payload.contains("alice"), "{}", timeline[0].payload);
+    assert!(
+        timeline[0].payload.contains("alice"),
+        "{}",
+        timeline[0].payload
+    );
     let stopped = h.state_mut().approvals.stop_runs();
     assert_eq!(stopped.len(), 1);
     assert_eq!(stopped[0].0, "ro-go");

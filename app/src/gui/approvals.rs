@@ -73,6 +73,8 @@ pub struct Listing {
 enum Reply {
     Listed(Result<Listing, String>),
     Done(Result<String, String>),
+    /// A decision was recorded (or refused): a recorded one's comment is cleared.
+    Decided(Result<String, String>),
     Dispatched(Result<(String, HostedRun), String>),
 }
 
@@ -111,6 +113,7 @@ impl std::fmt::Debug for Reply {
         f.write_str(match self {
             Reply::Listed(_) => "Listed",
             Reply::Done(_) => "Done",
+            Reply::Decided(_) => "Decided",
             Reply::Dispatched(_) => "Dispatched",
         })
     }
@@ -194,7 +197,14 @@ pub fn request_plan(
     let new = NewRequest {
         release_id: String::new(),
         rollout_id: Some(form.rollout_id.trim().to_owned()).filter(|s| !s.is_empty()),
-        path: Some(if form.emergency { "emergency" } else { "standard" }.to_owned()),
+        path: Some(
+            if form.emergency {
+                "emergency"
+            } else {
+                "standard"
+            }
+            .to_owned(),
+        ),
         authoriser: form.emergency.then(|| form.authoriser.trim().to_owned()),
         evidence: form.emergency.then(|| form.evidence.trim().to_owned()),
         waves: None,
@@ -298,7 +308,8 @@ impl ApprovalsState {
                     self.list_rx = None;
                 }
                 Ok(_) | Err(TryRecvError::Disconnected) => {
-                    self.listing = Some(Err("the approvals thread stopped without answering".into()));
+                    self.listing =
+                        Some(Err("the approvals thread stopped without answering".into()));
                     self.list_rx = None;
                 }
                 Err(TryRecvError::Empty) => {}
@@ -318,6 +329,12 @@ impl ApprovalsState {
             self.action_rx = None;
             match answer {
                 Reply::Done(note) => self.note = Some(note),
+                Reply::Decided(note) => {
+                    if note.is_ok() {
+                        self.comment.clear();
+                    }
+                    self.note = Some(note);
+                }
                 Reply::Dispatched(Ok((note, run))) => {
                     self.note = Some(Ok(note));
                     self.runs.push(run);
@@ -374,7 +391,10 @@ impl ApprovalsState {
             let plan_id = self.plan.clone().ok_or("Choose a saved plan first")?;
             let trust = self.trust_dir.trim();
             if trust.is_empty() {
-                return Err("Trust directory: required (the keys the release is checked against)".to_owned());
+                return Err(
+                    "Trust directory: required (the keys the release is checked against)"
+                        .to_owned(),
+                );
             }
             Ok((operator, cache, plan_id, PathBuf::from(trust)))
         })();
@@ -428,7 +448,7 @@ impl ApprovalsState {
         };
         let id = rollout_id.to_owned();
         self.act(ctx, move || {
-            Reply::Done(
+            Reply::Decided(
                 decide(&cache, &id, &operator, &verdict, now)
                     .unwrap_or_else(|e| Err(format!("Could not record the decision: {e:#}"))),
             )
@@ -470,6 +490,12 @@ impl ApprovalsState {
             .collect()
     }
 
+    /// Whether this console dispatched `rollout_id` in this session (its engine may not have
+    /// written its timeline yet).
+    pub fn dispatched_here(&self, rollout_id: &str) -> bool {
+        self.runs.iter().any(|r| r.rollout_id() == rollout_id)
+    }
+
     /// How many runs this console dispatched and holds.
     pub fn runs(&self) -> usize {
         self.runs.len()
@@ -482,7 +508,11 @@ pub const NO_ENGINE: &str = "This console has no engine of its own: approved req
 /// Why `operator` cannot approve `request` now, if they cannot.
 pub fn cannot_approve(request: &RequestView, operator: &str) -> Option<String> {
     if request.status != "awaiting_approval" {
-        return Some(format!("{} is {}", request.rollout_id, request.status.replace('_', " ")));
+        return Some(format!(
+            "{} is {}",
+            request.rollout_id,
+            request.status.replace('_', " ")
+        ));
     }
     if operator == request.requested_by {
         return Some(format!(
@@ -546,24 +576,26 @@ pub fn approvals_ui(app: &mut ConsoleApp, ui: &mut egui::Ui) {
          (`convoy serve`) are by token.",
     );
     ui.add_space(8.0);
-    egui::Grid::new("approvals-who").num_columns(2).show(ui, |ui| {
-        let l = ui.label("Operator");
-        ui.add(
-            egui::TextEdit::singleline(&mut state.operator)
-                .hint_text("who requests or approves")
-                .desired_width(220.0),
-        )
-        .labelled_by(l.id);
-        ui.end_row();
-        let l = ui.label("Trust directory");
-        ui.add(
-            egui::TextEdit::singleline(&mut state.trust_dir)
-                .hint_text("keyset-N.json or a key directory")
-                .desired_width(420.0),
-        )
-        .labelled_by(l.id);
-        ui.end_row();
-    });
+    egui::Grid::new("approvals-who")
+        .num_columns(2)
+        .show(ui, |ui| {
+            let l = ui.label("Operator");
+            ui.add(
+                egui::TextEdit::singleline(&mut state.operator)
+                    .hint_text("who requests or approves")
+                    .desired_width(220.0),
+            )
+            .labelled_by(l.id);
+            ui.end_row();
+            let l = ui.label("Trust directory");
+            ui.add(
+                egui::TextEdit::singleline(&mut state.trust_dir)
+                    .hint_text("keyset-N.json or a key directory")
+                    .desired_width(420.0),
+            )
+            .labelled_by(l.id);
+            ui.end_row();
+        });
     ui.horizontal(|ui| {
         if ui.button("Reload requests").clicked() {
             state.refresh(&ctx, cache.as_deref());
@@ -640,35 +672,37 @@ fn request_form_ui(
                 "A named authoriser (not the requester) approves, plus one more operator",
             );
     });
-    egui::Grid::new("approvals-form").num_columns(2).show(ui, |ui| {
-        let l = ui.label("Rollout id");
-        ui.add(
-            egui::TextEdit::singleline(&mut state.rollout_id)
-                .hint_text("default: RELEASE-YYYYMMDDTHHMMSSZ")
-                .desired_width(320.0),
-        )
-        .labelled_by(l.id);
-        ui.end_row();
-        if state.emergency {
-            let l = ui.label("Authoriser");
+    egui::Grid::new("approvals-form")
+        .num_columns(2)
+        .show(ui, |ui| {
+            let l = ui.label("Rollout id");
             ui.add(
-                egui::TextEdit::singleline(&mut state.authoriser)
-                    .hint_text("who authorises the break-glass (not you)")
+                egui::TextEdit::singleline(&mut state.rollout_id)
+                    .hint_text("default: RELEASE-YYYYMMDDTHHMMSSZ")
                     .desired_width(320.0),
             )
             .labelled_by(l.id);
             ui.end_row();
-            let l = ui.label("Evidence");
-            ui.add(
-                egui::TextEdit::multiline(&mut state.evidence)
-                    .hint_text("why it cannot wait: incident id, CVE, measurements")
-                    .desired_rows(2)
-                    .desired_width(420.0),
-            )
-            .labelled_by(l.id);
-            ui.end_row();
-        }
-    });
+            if state.emergency {
+                let l = ui.label("Authoriser");
+                ui.add(
+                    egui::TextEdit::singleline(&mut state.authoriser)
+                        .hint_text("who authorises the break-glass (not you)")
+                        .desired_width(320.0),
+                )
+                .labelled_by(l.id);
+                ui.end_row();
+                let l = ui.label("Evidence");
+                ui.add(
+                    egui::TextEdit::multiline(&mut state.evidence)
+                        .hint_text("why it cannot wait: incident id, CVE, measurements")
+                        .desired_rows(2)
+                        .desired_width(420.0),
+                )
+                .labelled_by(l.id);
+                ui.end_row();
+            }
+        });
     let can = state.plan.is_some() && !state.busy();
     if ui
         .add_enabled(can, egui::Button::new("Request rollout"))
@@ -743,10 +777,8 @@ fn requests_ui(
             ui.colored_label(color, format!("{}: {status}", r.rollout_id));
             ui.label(format!("{} needs {}", r.rollout_id, r.needs));
             let why_not = cannot_approve(r, &operator);
-            if r.status == "awaiting_approval" {
-                if let Some(why) = &why_not {
-                    ui.colored_label(tokens::WARN, why);
-                }
+            if let Some(why) = why_not.as_ref().filter(|_| r.status == "awaiting_approval") {
+                ui.colored_label(tokens::WARN, why);
             }
             ui.horizontal(|ui| {
                 let awaiting = r.status == "awaiting_approval" && !state.busy();
@@ -767,13 +799,11 @@ fn requests_ui(
                     state.decide(ctx, cache.cloned(), &r.rollout_id, false, now);
                 }
                 if r.status == "approved" {
-                    let dispatched = listed.timeline_events > 0;
+                    let dispatched =
+                        listed.timeline_events > 0 || state.dispatched_here(&r.rollout_id);
                     let enabled = state.local.is_some() && !dispatched && !state.busy();
                     let why = if dispatched {
-                        format!(
-                            "{} was dispatched: its timeline has {} events",
-                            r.rollout_id, listed.timeline_events
-                        )
+                        format!("{} was dispatched", r.rollout_id)
                     } else {
                         NO_ENGINE.to_owned()
                     };
@@ -791,6 +821,11 @@ fn requests_ui(
                     ui.label(format!(
                         "{} is dispatched: {} events in its timeline (Reports, War room)",
                         r.rollout_id, listed.timeline_events
+                    ));
+                } else if state.dispatched_here(&r.rollout_id) {
+                    ui.label(format!(
+                        "{} is dispatched: its engine runs in this console (Reload requests to see its timeline)",
+                        r.rollout_id
                     ));
                 } else if let Some(local) = &state.local {
                     ui.label(format!(

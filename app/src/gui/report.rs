@@ -480,7 +480,11 @@ fn optional_mean(secs: Option<f64>) -> String {
 
 /// Where a rollout stands, in the words of the list.
 pub fn state_words(story: &RolloutStory) -> &'static str {
-    match (&story.ending, story.stops.is_empty(), story.pauses.is_empty()) {
+    match (
+        &story.ending,
+        story.stops.is_empty(),
+        story.pauses.is_empty(),
+    ) {
         (Some(Ending::Completed(_)), ..) => "completed",
         (Some(Ending::RolledBack(_)), ..) => "rolled back",
         (Some(Ending::Aborted(..)), ..) => "aborted",
@@ -635,7 +639,12 @@ pub fn report_ui(app: &mut ConsoleApp, ui: &mut egui::Ui) {
     }
 }
 
-fn report_body_ui(app: &mut ConsoleApp, ui: &mut egui::Ui, ctx: &egui::Context, cache: Option<PathBuf>) {
+fn report_body_ui(
+    app: &mut ConsoleApp,
+    ui: &mut egui::Ui,
+    ctx: &egui::Context,
+    cache: Option<PathBuf>,
+) {
     let state = &mut app.reports;
     let Some(Ok(report)) = &state.report else {
         return;
@@ -671,23 +680,25 @@ fn report_body_ui(app: &mut ConsoleApp, ui: &mut egui::Ui, ctx: &egui::Context, 
                     egui::CollapsingHeader::new("Adoption by cohort")
                         .default_open(false)
                         .show(ui, |ui| {
-                            egui::Grid::new("report-adoption").striped(true).show(ui, |ui| {
-                                ui.strong("attribute");
-                                ui.strong("value");
-                                ui.strong("healthy / targeted");
-                                ui.end_row();
-                                for a in adoption {
-                                    ui.label(&a.attribute);
-                                    ui.label(&a.value);
-                                    ui.label(format!(
-                                        "{} / {} ({:.0} %)",
-                                        a.healthy,
-                                        a.targeted,
-                                        a.adoption_ratio * 100.0
-                                    ));
+                            egui::Grid::new("report-adoption")
+                                .striped(true)
+                                .show(ui, |ui| {
+                                    ui.strong("attribute");
+                                    ui.strong("value");
+                                    ui.strong("healthy / targeted");
                                     ui.end_row();
-                                }
-                            });
+                                    for a in adoption {
+                                        ui.label(&a.attribute);
+                                        ui.label(&a.value);
+                                        ui.label(format!(
+                                            "{} / {} ({:.0} %)",
+                                            a.healthy,
+                                            a.targeted,
+                                            a.adoption_ratio * 100.0
+                                        ));
+                                        ui.end_row();
+                                    }
+                                });
                         });
                 }
             }
@@ -703,11 +714,7 @@ fn report_body_ui(app: &mut ConsoleApp, ui: &mut egui::Ui, ctx: &egui::Context, 
         }
         if !report.summary_skipped.is_empty() {
             ui.label(
-                RichText::new(format!(
-                    "Left out: {}",
-                    report.summary_skipped.join("; ")
-                ))
-                .small(),
+                RichText::new(format!("Left out: {}", report.summary_skipped.join("; "))).small(),
             );
         }
 
@@ -739,7 +746,10 @@ fn report_body_ui(app: &mut ConsoleApp, ui: &mut egui::Ui, ctx: &egui::Context, 
             }
         });
         if ui
-            .add_enabled(state.export_rx.is_none(), egui::Button::new("Write the export"))
+            .add_enabled(
+                state.export_rx.is_none(),
+                egui::Button::new("Write the export"),
+            )
             .clicked()
         {
             export = true;
@@ -844,7 +854,10 @@ mod tests {
             .expect("append");
         drop(store);
         let err = read_report(&cache, "ro-none", None, &[]).expect_err("no such rollout");
-        assert!(format!("{err:#}").contains("ro-none has no recorded events"), "{err:#}");
+        assert!(
+            format!("{err:#}").contains("ro-none has no recorded events"),
+            "{err:#}"
+        );
         let report = read_report(&cache, "ro-1", None, &["ro-1".into()]).expect("report");
         assert_eq!(report.entries, 2);
         assert_eq!(report.story.release_id, "r-1");
@@ -859,7 +872,10 @@ mod tests {
         let n = export_timeline(&cache, "ro-1", TimelineFormat::Csv, &out).expect("export");
         assert_eq!(n, 2);
         let text = std::fs::read_to_string(&out).expect("read");
-        assert!(text.starts_with("rollout_id,seq,time,kind,cause,payload\n"), "{text}");
+        assert!(
+            text.starts_with("rollout_id,seq,time,kind,cause,payload\n"),
+            "{text}"
+        );
         let missing = export_timeline(&cache, "ro-none", TimelineFormat::Csv, &out)
             .expect_err("nothing to export");
         assert!(format!("{missing:#}").contains("no events for rollout ro-none"));
