@@ -884,3 +884,122 @@ pub fn unfinished(store: &Store) -> Result<Vec<Request>> {
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn saved_plans_list_a_consoles_plans_not_requests_and_name_an_unreadable_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("c.db")).expect("open");
+        let wave =
+            serde_json::json!([{"name": "canary", "device_ids": ["d1", "d2"], "soak_secs": 60}]);
+        let plan = serde_json::json!({"rollout_waves": wave, "gates": GatePolicy::default()});
+        crate::cmd::plan::record_plan(&store, "p-new", "r-1", &plan, "t", Timestamp::from_secs(20))
+            .expect("plan");
+        crate::cmd::plan::record_plan(
+            &store,
+            "p-old",
+            "r-1",
+            &serde_json::json!({"rollout_waves": wave}),
+            "t",
+            Timestamp::from_secs(10),
+        )
+        .expect("plan");
+        crate::cmd::plan::record_plan(
+            &store,
+            "p-bad",
+            "r-1",
+            &serde_json::json!({"waves": 3}),
+            "t",
+            Timestamp::from_secs(5),
+        )
+        .expect("plan");
+        let request = RequestRecord {
+            kind: KIND.to_owned(),
+            rollout_id: "ro-1".into(),
+            release_id: "r-1".into(),
+            manifest_sha256: String::new(),
+            requested_by: "ana".into(),
+            requested_at: 30,
+            path: ChangePath::Standard,
+            waves: Vec::new(),
+            gates: None,
+        };
+        store
+            .conn()
+            .execute(
+                "INSERT INTO rollout_plans(rollout_id, release_id, created, body) VALUES ('ro-1', 'r-1', 30, ?1)",
+                [serde_json::to_string(&request).expect("json")],
+            )
+            .expect("request");
+        let (plans, unreadable) = saved_plans(&store).expect("listed");
+        let ids: Vec<&str> = plans.iter().map(|p| p.plan_id.as_str()).collect();
+        assert_eq!(
+            ids,
+            ["p-new", "p-old"],
+            "newest first, the request left out"
+        );
+        assert_eq!(plans[0].devices(), 2);
+        assert!(plans[0].gates.is_some());
+        assert!(plans[1].gates.is_none());
+        assert_eq!(unreadable, ["plan p-bad: it has no \"rollout_waves\""]);
+        let trust = manifest::TrustedKeys::from_keys([]);
+        let new = NewRequest {
+            release_id: String::new(),
+            rollout_id: None,
+            path: None,
+            authoriser: None,
+            evidence: None,
+            waves: None,
+            seed: None,
+        };
+        let missing = create_from_plan(
+            &store,
+            &trust,
+            "p-none",
+            new.clone(),
+            "ana",
+            "t",
+            Timestamp::from_secs(40),
+        )
+        .expect("answered")
+        .expect_err("no such plan");
+        assert_eq!(missing, field("plan", "no saved plan p-none in the cache"));
+        let bad = create_from_plan(
+            &store,
+            &trust,
+            "p-bad",
+            new.clone(),
+            "ana",
+            "t",
+            Timestamp::from_secs(40),
+        )
+        .expect("answered")
+        .expect_err("unreadable");
+        assert_eq!(
+            bad,
+            field("plan", "plan p-bad: it has no \"rollout_waves\"")
+        );
+        let other = NewRequest {
+            release_id: "r-2".into(),
+            ..new
+        };
+        let wrong = create_from_plan(
+            &store,
+            &trust,
+            "p-new",
+            other,
+            "ana",
+            "t",
+            Timestamp::from_secs(40),
+        )
+        .expect("answered")
+        .expect_err("another release");
+        assert_eq!(
+            wrong,
+            field("release_id", "plan p-new is for release r-1, not r-2")
+        );
+    }
+}
