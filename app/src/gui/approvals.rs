@@ -539,7 +539,8 @@ pub fn approvals_ui(app: &mut ConsoleApp, ui: &mut egui::Ui) {
     let now = app.now();
     let cache = app.cache_path().map(Path::to_path_buf);
     let link = app.link().clone();
-    if !app.approvals.prefilled {
+    // Filled in once the fleet cache is known (it loads on a background thread).
+    if !app.approvals.prefilled && cache.is_some() {
         app.approvals.prefilled = true;
         if app.approvals.operator.is_empty() {
             app.approvals.operator = crate::gui::steer::operator_name();
@@ -615,6 +616,10 @@ pub fn approvals_ui(app: &mut ConsoleApp, ui: &mut egui::Ui) {
     }
     ui.separator();
     let listing = match &state.listing {
+        None if cache.is_none() => {
+            ui.label("Waiting for the fleet cache to load…");
+            return;
+        }
         None => {
             ui.label("reading the cache…");
             return;
