@@ -30,7 +30,7 @@ use convoy_core::time::Timestamp;
 use egui::RichText;
 
 use crate::gui::app::ConsoleApp;
-use crate::gui::backend::LinkStatus;
+use crate::gui::backend::{BrokerKind, LinkStatus};
 use crate::gui::steer::LocalEngines;
 use crate::gui::tokens;
 use crate::serve::host::HostedRun;
@@ -50,6 +50,27 @@ pub struct LocalDispatch {
     pub broker_url: String,
     /// Simulated seconds per wall second: the devices' (the demo's time scale).
     pub time_scale: f64,
+}
+
+impl LocalDispatch {
+    /// The dispatch target of a backend: its in-process engines and its embedded broker (the
+    /// demo's), at the devices' `time_scale`; `None` for a console with no engine of its own or
+    /// whose broker another process runs (a cache only, an external broker, a server). What
+    /// `ConsoleApp::new` sets [`ApprovalsState::local`] from.
+    pub fn for_backend(
+        engines: Option<&LocalEngines>,
+        broker: &BrokerKind,
+        time_scale: f64,
+    ) -> Option<Self> {
+        match (engines, broker) {
+            (Some(engines), BrokerKind::Embedded(url)) => Some(Self {
+                engines: engines.clone(),
+                broker_url: url.clone(),
+                time_scale,
+            }),
+            _ => None,
+        }
+    }
 }
 
 /// A request as the list shows it.
@@ -900,6 +921,23 @@ mod tests {
             cannot_approve(&done, "dan").as_deref(),
             Some("ro-1 is approved")
         );
+    }
+
+    #[test]
+    fn only_in_process_engines_with_an_embedded_broker_dispatch_here() {
+        let engines = LocalEngines::default();
+        let embedded = BrokerKind::Embedded("mqtt://127.0.0.1:1883".into());
+        let local = LocalDispatch::for_backend(Some(&engines), &embedded, 60.0)
+            .expect("the demo dispatches here");
+        assert_eq!(local.broker_url, "mqtt://127.0.0.1:1883");
+        assert_eq!(local.time_scale, 60.0);
+        assert!(LocalDispatch::for_backend(None, &embedded, 60.0).is_none());
+        for broker in [
+            BrokerKind::None,
+            BrokerKind::External("mqtt://fleet:1883".into()),
+        ] {
+            assert!(LocalDispatch::for_backend(Some(&engines), &broker, 1.0).is_none());
+        }
     }
 
     #[test]
