@@ -1,15 +1,954 @@
-//! The approvals view: Rollout requests, their approvals by distinct named operators (standard and emergency paths) and dispatch.
+//! The approvals view: the console's local path from a saved plan to a dispatched rollout.
+//! A plan the planner saved is requested as a rollout on the standard path (two approvals by
+//! distinct operators other than the requester) or the emergency path (break-glass: a named
+//! authoriser, not the requester, with evidence, plus one more approval); requests are listed
+//! with what each still needs; a named operator approves or rejects; an approved request is
+//! dispatched.
 //!
-//! Not built yet: this view says so.
+//! The rules are the server's: every step goes through [`crate::serve::requests`] (`create`,
+//! `list`, `decide`, `host`), which checks the release's signature against the trust
+//! directory, freezes the plan with the manifest's hash, refuses self-approval and repeated
+//! approvers with [`convoy_core::rollout::approvals_satisfy`], and audits each step. All SQL,
+//! signature checks and engine starts run on `convoy-approvals` threads, never on the UI
+//! thread.
+//!
+//! Local approvals are by name, not authenticated: on one workstation the operator field says
+//! who acts (prefilled from `$CONVOY_OPERATOR`, else `$USER`), and anyone at the keyboard can
+//! type another name. The server's approvals (`convoy serve`) are by token; the view says so.
+//!
+//! Dispatch: with an in-process engine target ([`LocalDispatch`], the demo's embedded broker and
+//! engines) the approved request runs here with [`crate::serve::requests::host`] and its
+//! control handle is registered so that the rollout monitor can steer it. Without one the view
+//! says plainly that `convoy serve --dispatch-args` dispatches approved requests, and the
+//! request stays recorded as approved.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, TryRecvError};
+
+use anyhow::{Context, Result};
+use convoy_core::time::Timestamp;
+use egui::RichText;
 
 use crate::gui::app::ConsoleApp;
+use crate::gui::backend::{BrokerKind, LinkStatus};
+use crate::gui::steer::LocalEngines;
+use crate::gui::tokens;
+use crate::serve::host::HostedRun;
+use crate::serve::requests::{self, NewRequest, Refusal, RequestView, SavedPlan, Verdict};
+use crate::store::Store;
+
+/// How the console acts in the audit trail when it records a local request or decision: the
+/// operator's name follows.
+const ACTOR_PREFIX: &str = "console-operator:";
+
+/// Where this console can run an approved request itself: its in-process engines (registered
+/// runs are steerable from the rollout monitor) and the broker they talk to.
+#[derive(Clone, Debug)]
+pub struct LocalDispatch {
+    pub engines: LocalEngines,
+    /// The broker the engine dispatches over (the demo's embedded one).
+    pub broker_url: String,
+    /// Simulated seconds per wall second: the devices' (the demo's time scale).
+    pub time_scale: f64,
+}
+
+impl LocalDispatch {
+    /// The dispatch target of a backend: its in-process engines and its embedded broker (the
+    /// demo's), at the devices' `time_scale`; `None` for a console with no engine of its own or
+    /// whose broker another process runs (a cache only, an external broker, a server). What
+    /// `ConsoleApp::new` sets [`ApprovalsState::local`] from.
+    pub fn for_backend(
+        engines: Option<&LocalEngines>,
+        broker: &BrokerKind,
+        time_scale: f64,
+    ) -> Option<Self> {
+        match (engines, broker) {
+            (Some(engines), BrokerKind::Embedded(url)) => Some(Self {
+                engines: engines.clone(),
+                broker_url: url.clone(),
+                time_scale,
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// A request as the list shows it.
+#[derive(Clone, Debug)]
+pub struct Listed {
+    pub view: RequestView,
+    /// Events its rollout has in the timeline: more than none means it was dispatched.
+    pub timeline_events: i64,
+}
+
+/// What the cache holds for this view.
+#[derive(Clone, Debug, Default)]
+pub struct Listing {
+    pub plans: Vec<SavedPlan>,
+    /// Saved plans that could not be read, one line each naming the plan.
+    pub unreadable: Vec<String>,
+    pub requests: Vec<Listed>,
+}
+
+/// An answer from a worker thread.
+enum Reply {
+    Listed(Result<Listing, String>),
+    Done(Result<String, String>),
+    /// A decision was recorded (or refused): a recorded one's comment is cleared.
+    Decided(Result<String, String>),
+    Dispatched(Result<(String, HostedRun), String>),
+}
 
 /// What the approvals view keeps between frames.
 #[derive(Debug, Default)]
-pub struct ApprovalsState {}
+pub struct ApprovalsState {
+    /// Set when this console has engines of its own and a broker (the demo); `None`: approved
+    /// requests are dispatched by a server.
+    pub local: Option<LocalDispatch>,
+    /// Who acts: requests and decisions are recorded under this name.
+    pub operator: String,
+    /// The trust directory the release is checked against (keyset-N.json or a key directory).
+    pub trust_dir: String,
+    prefilled: bool,
+    /// The saved plans and requests, as last read.
+    pub listing: Option<Result<Listing, String>>,
+    list_rx: Option<Receiver<Reply>>,
+    /// The plan chosen for a new request.
+    pub plan: Option<String>,
+    pub emergency: bool,
+    pub authoriser: String,
+    pub evidence: String,
+    /// The new request's rollout id (empty: `RELEASE-YYYYMMDDTHHMMSSZ`).
+    pub rollout_id: String,
+    /// An approval's comment or a rejection's reason.
+    pub comment: String,
+    action_rx: Option<Receiver<Reply>>,
+    /// What the last action did, or why it was refused.
+    pub note: Option<Result<String, String>>,
+    /// Runs this console dispatched, kept so that they are not stopped.
+    runs: Vec<HostedRun>,
+}
+
+impl std::fmt::Debug for Reply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Reply::Listed(_) => "Listed",
+            Reply::Done(_) => "Done",
+            Reply::Decided(_) => "Decided",
+            Reply::Dispatched(_) => "Dispatched",
+        })
+    }
+}
+
+/// Runs `job` on a `convoy-approvals` thread; its answer arrives on the returned channel.
+fn spawn(
+    ctx: &egui::Context,
+    job: impl FnOnce() -> Reply + Send + 'static,
+) -> Result<Receiver<Reply>, String> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    let ctx = ctx.clone();
+    std::thread::Builder::new()
+        .name("convoy-approvals".into())
+        .spawn(move || {
+            // The view may be gone: then nobody waits for the answer.
+            let _ = tx.send(job());
+            ctx.request_repaint();
+        })
+        .map(|_| rx)
+        .map_err(|e| format!("could not start the approvals thread: {e}"))
+}
+
+/// A refusal in words.
+pub fn refusal_words(r: &Refusal) -> String {
+    match r {
+        Refusal::Field { field, message } => format!("{field}: {message}"),
+        Refusal::Forbidden(m) | Refusal::NotFound(m) | Refusal::Conflict(m) => m.clone(),
+    }
+}
+
+fn open_store(cache: &Path) -> Result<Store> {
+    Store::open_existing(cache)
+        .with_context(|| format!("opening the fleet cache {}", cache.display()))
+}
+
+/// Reads the saved plans and the requests with how far each got.
+pub fn read_listing(cache: &Path) -> Result<Listing> {
+    let store = open_store(cache)?;
+    let (plans, unreadable) = requests::saved_plans(&store)?;
+    let mut listed = Vec::new();
+    for request in requests::list(&store)? {
+        let timeline_events: i64 = store.conn().query_row(
+            "SELECT count(*) FROM rollout_events WHERE rollout_id = ?1",
+            [&request.record.rollout_id],
+            |r| r.get(0),
+        )?;
+        listed.push(Listed {
+            view: request.view(),
+            timeline_events,
+        });
+    }
+    Ok(Listing {
+        plans,
+        unreadable,
+        requests: listed,
+    })
+}
+
+/// What the form asks for a new request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestForm {
+    pub plan_id: String,
+    pub rollout_id: String,
+    pub emergency: bool,
+    pub authoriser: String,
+    pub evidence: String,
+}
+
+/// Records a request for a saved plan as `operator`, the release checked against `trust_dir`.
+pub fn request_plan(
+    cache: &Path,
+    trust_dir: &Path,
+    form: &RequestForm,
+    operator: &str,
+    now: Timestamp,
+) -> Result<Result<String, String>> {
+    let trust = crate::keys::load_trust(trust_dir)
+        .with_context(|| format!("reading the trust directory {}", trust_dir.display()))?;
+    let store = open_store(cache)?;
+    let new = NewRequest {
+        release_id: String::new(),
+        rollout_id: Some(form.rollout_id.trim().to_owned()).filter(|s| !s.is_empty()),
+        path: Some(
+            if form.emergency {
+                "emergency"
+            } else {
+                "standard"
+            }
+            .to_owned(),
+        ),
+        authoriser: form.emergency.then(|| form.authoriser.trim().to_owned()),
+        evidence: form.emergency.then(|| form.evidence.trim().to_owned()),
+        waves: None,
+        seed: None,
+    };
+    let actor = format!("{ACTOR_PREFIX}{operator}");
+    Ok(
+        match requests::create_from_plan(&store, &trust, &form.plan_id, new, operator, &actor, now)?
+        {
+            Ok(r) => Ok(format!(
+                "{operator} requested rollout {} of release {} from plan {}: it needs {}",
+                r.record.rollout_id,
+                r.record.release_id,
+                form.plan_id,
+                r.needs()
+            )),
+            Err(refusal) => Err(format!("Not requested: {}", refusal_words(&refusal))),
+        },
+    )
+}
+
+/// Records `operator`'s decision on `rollout_id`.
+pub fn decide(
+    cache: &Path,
+    rollout_id: &str,
+    operator: &str,
+    verdict: &Verdict,
+    now: Timestamp,
+) -> Result<Result<String, String>> {
+    let store = open_store(cache)?;
+    let actor = format!("{ACTOR_PREFIX}{operator}");
+    Ok(
+        match requests::decide(&store, rollout_id, operator, verdict, &actor, now)? {
+            Ok(r) => {
+                let word = match verdict {
+                    Verdict::Approve { .. } => "approved",
+                    Verdict::Reject { .. } => "rejected",
+                };
+                Ok(format!(
+                    "{operator} {word} rollout {rollout_id}: it needs {}",
+                    r.needs()
+                ))
+            }
+            Err(refusal) => Err(format!("Refused: {}", refusal_words(&refusal))),
+        },
+    )
+}
+
+/// Starts the engine run of the approved request `rollout_id` in this process over `local`'s
+/// broker and registers its control handle with `local`'s engines.
+pub fn dispatch(
+    cache: &Path,
+    trust_dir: &Path,
+    rollout_id: &str,
+    local: &LocalDispatch,
+) -> Result<(String, HostedRun)> {
+    let store = open_store(cache)?;
+    let request = requests::load(&store, rollout_id)?
+        .with_context(|| format!("no rollout request {rollout_id} in the cache"))?;
+    if !request.approved() {
+        anyhow::bail!(
+            "rollout {rollout_id} is not approved: it needs {}; nothing dispatched",
+            request.needs()
+        );
+    }
+    let started: bool = store.conn().query_row(
+        "SELECT EXISTS(SELECT 1 FROM rollout_events WHERE rollout_id = ?1)",
+        [rollout_id],
+        |r| r.get(0),
+    )?;
+    if started {
+        anyhow::bail!(
+            "rollout {rollout_id} was dispatched already (its timeline has events); continue an unfinished one with `convoy rollout run --resume`"
+        );
+    }
+    let base = vec![
+        "--broker".to_owned(),
+        local.broker_url.clone(),
+        "--time-scale".to_owned(),
+        local.time_scale.to_string(),
+    ];
+    let run = requests::host(&store, &request, cache, trust_dir, &base, false)
+        .with_context(|| format!("dispatching rollout {rollout_id}"))?;
+    local.engines.register(run.control.clone());
+    Ok((
+        format!(
+            "Dispatched rollout {rollout_id} to the engine in this console over {}: every offer is written to the outbox first and sent from there; while the link is down offers wait in the outbox (the status bar counts them) and go out when it is back. Steer it from the rollout monitor.",
+            local.broker_url
+        ),
+        run,
+    ))
+}
+
+impl ApprovalsState {
+    /// Takes in what the worker threads answered. Called every frame the view shows.
+    pub fn poll(&mut self, ctx: &egui::Context, cache: Option<&Path>) {
+        if let Some(rx) = &self.list_rx {
+            match rx.try_recv() {
+                Ok(Reply::Listed(l)) => {
+                    self.listing = Some(l);
+                    self.list_rx = None;
+                }
+                Ok(_) | Err(TryRecvError::Disconnected) => {
+                    self.listing =
+                        Some(Err("the approvals thread stopped without answering".into()));
+                    self.list_rx = None;
+                }
+                Err(TryRecvError::Empty) => {}
+            }
+        }
+        let answer = match &self.action_rx {
+            Some(rx) => match rx.try_recv() {
+                Ok(a) => Some(a),
+                Err(TryRecvError::Disconnected) => Some(Reply::Done(Err(
+                    "the approvals thread stopped without answering".into(),
+                ))),
+                Err(TryRecvError::Empty) => None,
+            },
+            None => None,
+        };
+        if let Some(answer) = answer {
+            self.action_rx = None;
+            match answer {
+                Reply::Done(note) => self.note = Some(note),
+                Reply::Decided(note) => {
+                    if note.is_ok() {
+                        self.comment.clear();
+                    }
+                    self.note = Some(note);
+                }
+                Reply::Dispatched(Ok((note, run))) => {
+                    self.note = Some(Ok(note));
+                    self.runs.push(run);
+                }
+                Reply::Dispatched(Err(why)) => self.note = Some(Err(why)),
+                Reply::Listed(l) => self.listing = Some(l),
+            }
+            // Whatever happened, the list shows the cache as it is now.
+            self.refresh(ctx, cache);
+        }
+    }
+
+    /// Reads the saved plans and requests again, on a thread.
+    pub fn refresh(&mut self, ctx: &egui::Context, cache: Option<&Path>) {
+        let Some(cache) = cache.map(Path::to_path_buf) else {
+            self.listing = Some(Err("No fleet cache is open: no plans or requests".into()));
+            return;
+        };
+        match spawn(ctx, move || {
+            Reply::Listed(read_listing(&cache).map_err(|e| format!("{e:#}")))
+        }) {
+            Ok(rx) => self.list_rx = Some(rx),
+            Err(why) => self.listing = Some(Err(why)),
+        }
+    }
+
+    /// Whether an action is on its way.
+    pub fn busy(&self) -> bool {
+        self.action_rx.is_some()
+    }
+
+    fn act(&mut self, ctx: &egui::Context, job: impl FnOnce() -> Reply + Send + 'static) {
+        self.note = None;
+        match spawn(ctx, job) {
+            Ok(rx) => self.action_rx = Some(rx),
+            Err(why) => self.note = Some(Err(why)),
+        }
+    }
+
+    fn operator(&self) -> Result<String, String> {
+        let name = self.operator.trim();
+        if name.is_empty() {
+            Err("Operator: required (who requests or approves)".into())
+        } else {
+            Ok(name.to_owned())
+        }
+    }
+
+    /// Requests the chosen plan, on a thread.
+    pub fn request(&mut self, ctx: &egui::Context, cache: Option<PathBuf>, now: Timestamp) {
+        let checked = (|| {
+            let operator = self.operator()?;
+            let cache = cache.ok_or("No fleet cache is open")?;
+            let plan_id = self.plan.clone().ok_or("Choose a saved plan first")?;
+            let trust = self.trust_dir.trim();
+            if trust.is_empty() {
+                return Err(
+                    "Trust directory: required (the keys the release is checked against)"
+                        .to_owned(),
+                );
+            }
+            Ok((operator, cache, plan_id, PathBuf::from(trust)))
+        })();
+        let (operator, cache, plan_id, trust) = match checked {
+            Ok(c) => c,
+            Err(why) => {
+                self.note = Some(Err(why));
+                return;
+            }
+        };
+        let form = RequestForm {
+            plan_id,
+            rollout_id: self.rollout_id.clone(),
+            emergency: self.emergency,
+            authoriser: self.authoriser.clone(),
+            evidence: self.evidence.clone(),
+        };
+        self.act(ctx, move || {
+            Reply::Done(
+                request_plan(&cache, &trust, &form, &operator, now)
+                    .unwrap_or_else(|e| Err(format!("Could not request: {e:#}"))),
+            )
+        });
+    }
+
+    /// Records the operator's decision on `rollout_id`, on a thread.
+    pub fn decide(
+        &mut self,
+        ctx: &egui::Context,
+        cache: Option<PathBuf>,
+        rollout_id: &str,
+        approve: bool,
+        now: Timestamp,
+    ) {
+        let operator = match self.operator() {
+            Ok(o) => o,
+            Err(why) => {
+                self.note = Some(Err(why));
+                return;
+            }
+        };
+        let Some(cache) = cache else {
+            self.note = Some(Err("No fleet cache is open".into()));
+            return;
+        };
+        let comment = self.comment.trim().to_owned();
+        let verdict = if approve {
+            Verdict::Approve { comment }
+        } else {
+            Verdict::Reject { reason: comment }
+        };
+        let id = rollout_id.to_owned();
+        self.act(ctx, move || {
+            Reply::Decided(
+                decide(&cache, &id, &operator, &verdict, now)
+                    .unwrap_or_else(|e| Err(format!("Could not record the decision: {e:#}"))),
+            )
+        });
+    }
+
+    /// Dispatches the approved `rollout_id` to this console's engines, on a thread.
+    pub fn dispatch(&mut self, ctx: &egui::Context, cache: Option<PathBuf>, rollout_id: &str) {
+        let Some(local) = self.local.clone() else {
+            self.note = Some(Err(NO_ENGINE.to_owned()));
+            return;
+        };
+        let Some(cache) = cache else {
+            self.note = Some(Err("No fleet cache is open".into()));
+            return;
+        };
+        let trust = PathBuf::from(self.trust_dir.trim());
+        let id = rollout_id.to_owned();
+        self.act(ctx, move || {
+            Reply::Dispatched(
+                dispatch(&cache, &trust, &id, &local).map_err(|e| format!("Not dispatched: {e:#}")),
+            )
+        });
+    }
+
+    /// Stops the runs this console dispatched (as Ctrl-C stops `convoy rollout run`:
+    /// resumable with `--resume`) and returns each one's id and outcome in words.
+    pub fn stop_runs(&mut self) -> Vec<(String, Result<String, String>)> {
+        std::mem::take(&mut self.runs)
+            .into_iter()
+            .map(|run| {
+                let id = run.rollout_id().to_owned();
+                let outcome = run
+                    .stop()
+                    .map(|report| format!("{:?}", report.final_state))
+                    .map_err(|e| format!("{e:#}"));
+                (id, outcome)
+            })
+            .collect()
+    }
+
+    /// Whether this console dispatched `rollout_id` in this session (its engine may not have
+    /// written its timeline yet).
+    pub fn dispatched_here(&self, rollout_id: &str) -> bool {
+        self.runs.iter().any(|r| r.rollout_id() == rollout_id)
+    }
+
+    /// How many runs this console dispatched and holds.
+    pub fn runs(&self) -> usize {
+        self.runs.len()
+    }
+}
+
+/// Why this console does not dispatch: it has no engine of its own.
+pub const NO_ENGINE: &str = "This console has no engine of its own: approved requests are dispatched by `convoy serve --dispatch-args FILE` on this cache (the server starts every approved request it holds), or with `convoy rollout run --plan`. The request stays recorded as approved.";
+
+/// Why `operator` cannot approve `request` now, if they cannot.
+pub fn cannot_approve(request: &RequestView, operator: &str) -> Option<String> {
+    if request.status != "awaiting_approval" {
+        return Some(format!(
+            "{} is {}",
+            request.rollout_id,
+            request.status.replace('_', " ")
+        ));
+    }
+    if operator == request.requested_by {
+        return Some(format!(
+            "{operator} requested {} and cannot approve it: nobody approves their own request",
+            request.rollout_id
+        ));
+    }
+    if request
+        .decisions
+        .iter()
+        .any(|d| d.decision == "approve" && d.operator == operator)
+    {
+        return Some(format!(
+            "{operator} has approved {} already: approvals must come from distinct operators",
+            request.rollout_id
+        ));
+    }
+    None
+}
 
 /// Draws the view.
-pub fn approvals_ui(_app: &mut ConsoleApp, ui: &mut egui::Ui) {
+pub fn approvals_ui(app: &mut ConsoleApp, ui: &mut egui::Ui) {
+    let ctx = ui.ctx().clone();
+    let now = app.now();
+    let cache = app.cache_path().map(Path::to_path_buf);
+    let link = app.link().clone();
+    // Filled in once the fleet cache is known (it loads on a background thread).
+    if !app.approvals.prefilled && cache.is_some() {
+        app.approvals.prefilled = true;
+        if app.approvals.operator.is_empty() {
+            app.approvals.operator = crate::gui::steer::operator_name();
+        }
+        if app.approvals.trust_dir.is_empty() {
+            app.approvals.trust_dir = if !app.planner.trust_dir.trim().is_empty() {
+                app.planner.trust_dir.clone()
+            } else if !app.releases.trust_dir.trim().is_empty() {
+                app.releases.trust_dir.clone()
+            } else {
+                // Where `convoy rollout run` looks by default.
+                cache
+                    .as_ref()
+                    .and_then(|c| c.parent())
+                    .map(|d| d.join("trust").display().to_string())
+                    .unwrap_or_default()
+            };
+        }
+        app.approvals.refresh(&ctx, cache.as_deref());
+    }
+    let state = &mut app.approvals;
+    state.poll(&ctx, cache.as_deref());
+
     ui.heading("Approvals");
-    ui.label("Not built yet: Rollout requests, their approvals by distinct named operators (standard and emergency paths) and dispatch.");
+    ui.label(
+        "A saved plan of a verified release becomes a rollout request; distinct named operators \
+         approve it; an approved request is dispatched. Nothing is dispatched without an \
+         approved request for a signed release.",
+    );
+    ui.colored_label(
+        tokens::WARN,
+        "Local approvals are by name, not authenticated: whoever types a name here acts as \
+         that operator (the audit trail records it as typed). A server's approvals \
+         (`convoy serve`) are by token.",
+    );
+    ui.add_space(8.0);
+    egui::Grid::new("approvals-who")
+        .num_columns(2)
+        .show(ui, |ui| {
+            let l = ui.label("Operator");
+            ui.add(
+                egui::TextEdit::singleline(&mut state.operator)
+                    .hint_text("who requests or approves")
+                    .desired_width(220.0),
+            )
+            .labelled_by(l.id);
+            ui.end_row();
+            let l = ui.label("Trust directory");
+            ui.add(
+                egui::TextEdit::singleline(&mut state.trust_dir)
+                    .hint_text("keyset-N.json or a key directory")
+                    .desired_width(420.0),
+            )
+            .labelled_by(l.id);
+            ui.end_row();
+        });
+    ui.horizontal(|ui| {
+        if ui.button("Reload requests").clicked() {
+            state.refresh(&ctx, cache.as_deref());
+        }
+        if state.busy() || state.list_rx.is_some() {
+            ui.spinner();
+        }
+    });
+    match &state.note {
+        Some(Ok(note)) => {
+            ui.colored_label(tokens::OK, note);
+        }
+        Some(Err(why)) => {
+            ui.colored_label(tokens::BAD, why);
+        }
+        None => {}
+    }
+    ui.separator();
+    let listing = match &state.listing {
+        None if cache.is_none() => {
+            ui.label("Waiting for the fleet cache to load…");
+            return;
+        }
+        None => {
+            ui.label("reading the cache…");
+            return;
+        }
+        Some(Err(why)) => {
+            ui.colored_label(tokens::BAD, why.clone());
+            return;
+        }
+        Some(Ok(l)) => l.clone(),
+    };
+    egui::ScrollArea::vertical()
+        .id_salt("approvals-scroll")
+        .auto_shrink([false, false])
+        .show(ui, |ui| {
+            request_form_ui(state, ui, &listing, &ctx, cache.clone(), now);
+            ui.separator();
+            requests_ui(state, ui, &listing, &ctx, cache.as_ref(), now, &link);
+        });
+}
+
+fn request_form_ui(
+    state: &mut ApprovalsState,
+    ui: &mut egui::Ui,
+    listing: &Listing,
+    ctx: &egui::Context,
+    cache: Option<PathBuf>,
+    now: Timestamp,
+) {
+    ui.strong("Request a rollout from a saved plan");
+    if listing.plans.is_empty() {
+        ui.label("No saved plan in the cache: plan a verified release in the Planner and save it.");
+    }
+    for p in &listing.plans {
+        let text = format!(
+            "{} · release {} · {} devices in {} waves · saved {}",
+            p.plan_id,
+            p.release_id,
+            p.devices(),
+            p.waves.len(),
+            p.created.to_rfc3339()
+        );
+        let selected = state.plan.as_deref() == Some(p.plan_id.as_str());
+        if ui.selectable_label(selected, text).clicked() {
+            state.plan = Some(p.plan_id.clone());
+        }
+    }
+    for u in &listing.unreadable {
+        ui.colored_label(tokens::WARN, u);
+    }
+    ui.horizontal(|ui| {
+        ui.radio_value(&mut state.emergency, false, "Standard path")
+            .on_hover_text("Two approvals by distinct operators other than the requester");
+        ui.radio_value(&mut state.emergency, true, "Emergency path (break-glass)")
+            .on_hover_text(
+                "A named authoriser (not the requester) approves, plus one more operator",
+            );
+    });
+    egui::Grid::new("approvals-form")
+        .num_columns(2)
+        .show(ui, |ui| {
+            let l = ui.label("Rollout id");
+            ui.add(
+                egui::TextEdit::singleline(&mut state.rollout_id)
+                    .hint_text("default: RELEASE-YYYYMMDDTHHMMSSZ")
+                    .desired_width(320.0),
+            )
+            .labelled_by(l.id);
+            ui.end_row();
+            if state.emergency {
+                let l = ui.label("Authoriser");
+                ui.add(
+                    egui::TextEdit::singleline(&mut state.authoriser)
+                        .hint_text("who authorises the break-glass (not you)")
+                        .desired_width(320.0),
+                )
+                .labelled_by(l.id);
+                ui.end_row();
+                let l = ui.label("Evidence");
+                ui.add(
+                    egui::TextEdit::multiline(&mut state.evidence)
+                        .hint_text("why it cannot wait: incident id, CVE, measurements")
+                        .desired_rows(2)
+                        .desired_width(420.0),
+                )
+                .labelled_by(l.id);
+                ui.end_row();
+            }
+        });
+    let can = state.plan.is_some() && !state.busy();
+    if ui
+        .add_enabled(can, egui::Button::new("Request rollout"))
+        .on_disabled_hover_text("Choose a saved plan first")
+        .clicked()
+    {
+        state.request(ctx, cache, now);
+    }
+}
+
+#[allow(clippy::too_many_arguments)] // The view's inputs, each read once.
+fn requests_ui(
+    state: &mut ApprovalsState,
+    ui: &mut egui::Ui,
+    listing: &Listing,
+    ctx: &egui::Context,
+    cache: Option<&PathBuf>,
+    now: Timestamp,
+    link: &LinkStatus,
+) {
+    ui.strong("Rollout requests");
+    if listing.requests.is_empty() {
+        ui.label("No rollout request in the cache.");
+        return;
+    }
+    ui.horizontal(|ui| {
+        let l = ui.label("Comment or reason");
+        ui.add(
+            egui::TextEdit::singleline(&mut state.comment)
+                .hint_text("an approval's comment; a rejection's reason (required)")
+                .desired_width(420.0),
+        )
+        .labelled_by(l.id);
+    });
+    let operator = state.operator.trim().to_owned();
+    for listed in &listing.requests {
+        let r = &listed.view;
+        ui.add_space(6.0);
+        egui::Frame::group(ui.style()).show(ui, |ui| {
+            ui.set_width(ui.available_width());
+            ui.label(RichText::new(&r.rollout_id).strong());
+            ui.label(format!(
+                "release {} · {} path · requested by {} at {} · {} devices in {} waves",
+                r.release_id,
+                r.path,
+                r.requested_by,
+                r.requested_at,
+                r.devices,
+                r.waves.len()
+            ));
+            if let (Some(a), Some(e)) = (&r.authoriser, &r.evidence) {
+                ui.label(format!("Break-glass authoriser: {a} · evidence: {e}"));
+            }
+            for d in &r.decisions {
+                let word = if d.decision == "approve" {
+                    "approved"
+                } else {
+                    "rejected"
+                };
+                let comment = if d.comment.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", d.comment)
+                };
+                ui.label(format!("{} {word} at {}{comment}", d.operator, d.time));
+            }
+            let (color, status) = match r.status {
+                "approved" => (tokens::OK, "approved"),
+                "rejected" => (tokens::BAD, "rejected"),
+                _ => (tokens::WARN, "awaiting approval"),
+            };
+            ui.colored_label(color, format!("{}: {status}", r.rollout_id));
+            ui.label(format!("{} needs {}", r.rollout_id, r.needs));
+            let why_not = cannot_approve(r, &operator);
+            if let Some(why) = why_not.as_ref().filter(|_| r.status == "awaiting_approval") {
+                ui.colored_label(tokens::WARN, why);
+            }
+            ui.horizontal(|ui| {
+                let awaiting = r.status == "awaiting_approval" && !state.busy();
+                if ui
+                    .add_enabled(
+                        awaiting && why_not.is_none(),
+                        egui::Button::new(format!("Approve {}", r.rollout_id)),
+                    )
+                    .on_disabled_hover_text(why_not.clone().unwrap_or_default())
+                    .clicked()
+                {
+                    state.decide(ctx, cache.cloned(), &r.rollout_id, true, now);
+                }
+                if ui
+                    .add_enabled(awaiting, egui::Button::new(format!("Reject {}", r.rollout_id)))
+                    .clicked()
+                {
+                    state.decide(ctx, cache.cloned(), &r.rollout_id, false, now);
+                }
+                if r.status == "approved" {
+                    let dispatched =
+                        listed.timeline_events > 0 || state.dispatched_here(&r.rollout_id);
+                    let enabled = state.local.is_some() && !dispatched && !state.busy();
+                    let why = if dispatched {
+                        format!("{} was dispatched", r.rollout_id)
+                    } else {
+                        NO_ENGINE.to_owned()
+                    };
+                    if ui
+                        .add_enabled(enabled, egui::Button::new(format!("Dispatch {}", r.rollout_id)))
+                        .on_disabled_hover_text(why)
+                        .clicked()
+                    {
+                        state.dispatch(ctx, cache.cloned(), &r.rollout_id);
+                    }
+                }
+            });
+            if r.status == "approved" {
+                if listed.timeline_events > 0 {
+                    ui.label(format!(
+                        "{} is dispatched: {} events in its timeline (Reports, War room)",
+                        r.rollout_id, listed.timeline_events
+                    ));
+                } else if state.dispatched_here(&r.rollout_id) {
+                    ui.label(format!(
+                        "{} is dispatched: its engine runs in this console (Reload requests to see its timeline)",
+                        r.rollout_id
+                    ));
+                } else if let Some(local) = &state.local {
+                    ui.label(format!(
+                        "Ready to dispatch to the engine in this console over {}",
+                        local.broker_url
+                    ));
+                    if *link != LinkStatus::Connected {
+                        ui.colored_label(
+                            tokens::WARN,
+                            "The console's link is not connected: a dispatched rollout's offers wait in the outbox until the broker is reachable.",
+                        );
+                    }
+                } else {
+                    ui.colored_label(tokens::WARN, NO_ENGINE);
+                }
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::serve::requests::Decision;
+
+    fn view(requested_by: &str, status: &'static str, approvers: &[&str]) -> RequestView {
+        RequestView {
+            rollout_id: "ro-1".into(),
+            release_id: "r-1".into(),
+            requested_by: requested_by.into(),
+            requested_at: "2027-01-15T08:00:00Z".into(),
+            path: "standard",
+            authoriser: None,
+            evidence: None,
+            devices: 3,
+            waves: Vec::new(),
+            decisions: approvers
+                .iter()
+                .map(|a| Decision {
+                    operator: (*a).into(),
+                    time: "2027-01-15T09:00:00Z".into(),
+                    decision: "approve".into(),
+                    comment: String::new(),
+                })
+                .collect(),
+            status,
+            needs: String::new(),
+        }
+    }
+
+    #[test]
+    fn the_view_says_why_an_operator_cannot_approve() {
+        let open = view("ana", "awaiting_approval", &["ben"]);
+        assert!(
+            cannot_approve(&open, "ana")
+                .expect("own request")
+                .contains("nobody approves their own request")
+        );
+        assert!(
+            cannot_approve(&open, "ben")
+                .expect("twice")
+                .contains("distinct operators")
+        );
+        assert_eq!(cannot_approve(&open, "cleo"), None);
+        let done = view("ana", "approved", &["ben", "cleo"]);
+        assert_eq!(
+            cannot_approve(&done, "dan").as_deref(),
+            Some("ro-1 is approved")
+        );
+    }
+
+    #[test]
+    fn only_in_process_engines_with_an_embedded_broker_dispatch_here() {
+        let engines = LocalEngines::default();
+        let embedded = BrokerKind::Embedded("mqtt://127.0.0.1:1883".into());
+        let local = LocalDispatch::for_backend(Some(&engines), &embedded, 60.0)
+            .expect("the demo dispatches here");
+        assert_eq!(local.broker_url, "mqtt://127.0.0.1:1883");
+        assert_eq!(local.time_scale, 60.0);
+        assert!(LocalDispatch::for_backend(None, &embedded, 60.0).is_none());
+        for broker in [
+            BrokerKind::None,
+            BrokerKind::External("mqtt://fleet:1883".into()),
+        ] {
+            assert!(LocalDispatch::for_backend(Some(&engines), &broker, 1.0).is_none());
+        }
+    }
+
+    #[test]
+    fn refusals_name_the_field() {
+        assert_eq!(
+            refusal_words(&Refusal::Field {
+                field: "authoriser".into(),
+                message: "an emergency request names its authoriser".into()
+            }),
+            "authoriser: an emergency request names its authoriser"
+        );
+        assert_eq!(refusal_words(&Refusal::Forbidden("no".into())), "no");
+    }
 }

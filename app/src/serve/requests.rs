@@ -274,6 +274,131 @@ pub fn create(
     actor: &str,
     now: Timestamp,
 ) -> Result<Result<Request, Refusal>> {
+    create_with_gates(store, trust, planning, new, None, requested_by, actor, now)
+}
+
+/// A plan a console saved in the cache (`plan.save`), which a request can be made from.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SavedPlan {
+    pub plan_id: String,
+    pub release_id: String,
+    pub created: Timestamp,
+    pub waves: Vec<WaveSpec>,
+    pub gates: Option<GatePolicy>,
+}
+
+impl SavedPlan {
+    pub fn devices(&self) -> usize {
+        self.waves.iter().map(|w| w.device_ids.len()).sum()
+    }
+}
+
+/// Every plan saved in the cache that is not a request (the planner's, `convoy plan --save`),
+/// newest first; a row whose body has no readable `rollout_waves` is listed in the second
+/// vector, one line each naming it.
+pub fn saved_plans(store: &Store) -> Result<(Vec<SavedPlan>, Vec<String>)> {
+    let mut stmt = store.conn().prepare_cached(
+        "SELECT rollout_id, release_id, created, body FROM rollout_plans
+         ORDER BY created DESC, rollout_id",
+    )?;
+    let rows: Vec<(String, String, i64, String)> = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+        .collect::<rusqlite::Result<_>>()
+        .context("reading the saved plans")?;
+    let mut plans = Vec::new();
+    let mut unreadable = Vec::new();
+    for (plan_id, release_id, created, body) in rows {
+        if parse_record(&body).is_some() {
+            continue;
+        }
+        match plan_of(&body) {
+            Ok((waves, gates)) => plans.push(SavedPlan {
+                plan_id,
+                release_id,
+                created: Timestamp::from_secs(created),
+                waves,
+                gates,
+            }),
+            Err(why) => unreadable.push(format!("plan {plan_id}: {why}")),
+        }
+    }
+    Ok((plans, unreadable))
+}
+
+/// The waves (`rollout_waves`) and gates of a saved plan's JSON.
+fn plan_of(body: &str) -> Result<(Vec<WaveSpec>, Option<GatePolicy>), String> {
+    let value: serde_json::Value =
+        serde_json::from_str(body).map_err(|e| format!("its body is not JSON: {e}"))?;
+    let waves = value
+        .get("rollout_waves")
+        .ok_or("it has no \"rollout_waves\"")?;
+    let waves: Vec<WaveSpec> = serde_json::from_value(waves.clone())
+        .map_err(|e| format!("its \"rollout_waves\" are not waves: {e}"))?;
+    let gates = match value.get("gates") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(g) => Some(
+            serde_json::from_value(g.clone())
+                .map_err(|e| format!("its \"gates\" are not a gate policy: {e}"))?,
+        ),
+    };
+    Ok((waves, gates))
+}
+
+/// Records a request for `plan_id`, a plan saved in the cache: its waves and gates are frozen
+/// into the request, and the release is checked as [`create`] checks it. `new.waves` is
+/// replaced by the plan's; `new.release_id` must be the plan's release (empty: the plan's).
+pub fn create_from_plan(
+    store: &Store,
+    trust: &manifest::TrustedKeys,
+    plan_id: &str,
+    mut new: NewRequest,
+    requested_by: &str,
+    actor: &str,
+    now: Timestamp,
+) -> Result<Result<Request, Refusal>> {
+    let (plans, unreadable) = saved_plans(store)?;
+    let Some(plan) = plans.into_iter().find(|p| p.plan_id == plan_id) else {
+        let why = unreadable
+            .into_iter()
+            .find(|u| u.starts_with(&format!("plan {plan_id}:")))
+            .unwrap_or_else(|| format!("no saved plan {plan_id} in the cache"));
+        return Ok(Err(field("plan", why)));
+    };
+    if new.release_id.is_empty() {
+        new.release_id.clone_from(&plan.release_id);
+    } else if new.release_id != plan.release_id {
+        return Ok(Err(field(
+            "release_id",
+            format!(
+                "plan {plan_id} is for release {}, not {}",
+                plan.release_id, new.release_id
+            ),
+        )));
+    }
+    new.waves = Some(plan.waves);
+    create_with_gates(
+        store,
+        trust,
+        &PlanningPolicy::default(),
+        new,
+        plan.gates,
+        requested_by,
+        actor,
+        now,
+    )
+}
+
+#[allow(clippy::too_many_arguments)] // `create`'s inputs and the gates of a saved plan.
+fn create_with_gates(
+    store: &Store,
+    trust: &manifest::TrustedKeys,
+    planning: &PlanningPolicy,
+    new: NewRequest,
+    gates: Option<GatePolicy>,
+    requested_by: &str,
+    actor: &str,
+    now: Timestamp,
+) -> Result<Result<Request, Refusal>> {
     let Some(bytes) = stored_manifest(store, &new.release_id)? else {
         return Ok(Err(field(
             "release_id",
@@ -437,7 +562,7 @@ pub fn create(
         requested_at: now.secs(),
         path,
         waves,
-        gates: None,
+        gates,
     };
     let tx = store.conn().unchecked_transaction()?;
     tx.execute(
@@ -758,4 +883,123 @@ pub fn unfinished(store: &Store) -> Result<Vec<Request>> {
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn saved_plans_list_a_consoles_plans_not_requests_and_name_an_unreadable_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("c.db")).expect("open");
+        let wave =
+            serde_json::json!([{"name": "canary", "device_ids": ["d1", "d2"], "soak_secs": 60}]);
+        let plan = serde_json::json!({"rollout_waves": wave, "gates": GatePolicy::default()});
+        crate::cmd::plan::record_plan(&store, "p-new", "r-1", &plan, "t", Timestamp::from_secs(20))
+            .expect("plan");
+        crate::cmd::plan::record_plan(
+            &store,
+            "p-old",
+            "r-1",
+            &serde_json::json!({"rollout_waves": wave}),
+            "t",
+            Timestamp::from_secs(10),
+        )
+        .expect("plan");
+        crate::cmd::plan::record_plan(
+            &store,
+            "p-bad",
+            "r-1",
+            &serde_json::json!({"waves": 3}),
+            "t",
+            Timestamp::from_secs(5),
+        )
+        .expect("plan");
+        let request = RequestRecord {
+            kind: KIND.to_owned(),
+            rollout_id: "ro-1".into(),
+            release_id: "r-1".into(),
+            manifest_sha256: String::new(),
+            requested_by: "ana".into(),
+            requested_at: 30,
+            path: ChangePath::Standard,
+            waves: Vec::new(),
+            gates: None,
+        };
+        store
+            .conn()
+            .execute(
+                "INSERT INTO rollout_plans(rollout_id, release_id, created, body) VALUES ('ro-1', 'r-1', 30, ?1)",
+                [serde_json::to_string(&request).expect("json")],
+            )
+            .expect("request");
+        let (plans, unreadable) = saved_plans(&store).expect("listed");
+        let ids: Vec<&str> = plans.iter().map(|p| p.plan_id.as_str()).collect();
+        assert_eq!(
+            ids,
+            ["p-new", "p-old"],
+            "newest first, the request left out"
+        );
+        assert_eq!(plans[0].devices(), 2);
+        assert!(plans[0].gates.is_some());
+        assert!(plans[1].gates.is_none());
+        assert_eq!(unreadable, ["plan p-bad: it has no \"rollout_waves\""]);
+        let trust = manifest::TrustedKeys::from_keys([]);
+        let new = NewRequest {
+            release_id: String::new(),
+            rollout_id: None,
+            path: None,
+            authoriser: None,
+            evidence: None,
+            waves: None,
+            seed: None,
+        };
+        let missing = create_from_plan(
+            &store,
+            &trust,
+            "p-none",
+            new.clone(),
+            "ana",
+            "t",
+            Timestamp::from_secs(40),
+        )
+        .expect("answered")
+        .expect_err("no such plan");
+        assert_eq!(missing, field("plan", "no saved plan p-none in the cache"));
+        let bad = create_from_plan(
+            &store,
+            &trust,
+            "p-bad",
+            new.clone(),
+            "ana",
+            "t",
+            Timestamp::from_secs(40),
+        )
+        .expect("answered")
+        .expect_err("unreadable");
+        assert_eq!(
+            bad,
+            field("plan", "plan p-bad: it has no \"rollout_waves\"")
+        );
+        let other = NewRequest {
+            release_id: "r-2".into(),
+            ..new
+        };
+        let wrong = create_from_plan(
+            &store,
+            &trust,
+            "p-new",
+            other,
+            "ana",
+            "t",
+            Timestamp::from_secs(40),
+        )
+        .expect("answered")
+        .expect_err("another release");
+        assert_eq!(
+            wrong,
+            field("release_id", "plan p-new is for release r-1, not r-2")
+        );
+    }
 }

@@ -1,0 +1,332 @@
+//! The reports view (issue 8): a rollout simulated by the core, written to a real cache as the
+//! engine writes it (its replayable log and its timeline), is picked from the cache's rollouts;
+//! its metrics and its three drafts show facts of the record, and its timeline is exported as
+//! Markdown, CSV and JSON through the typed path, byte for byte what `convoy rollout timeline`
+//! prints for the same cache.
+
+#![allow(clippy::unwrap_used)] // Tests: a failure is the answer.
+
+mod common;
+
+use common::{NOW, fixture, settle};
+use convoy::gui::{Backend, Clock, ConsoleApp};
+use convoy_core::gates::GateOutcome;
+use convoy_core::rollout::EventKind as K;
+use convoy_core::rollout::sim::{Fault, FaultKind, SimConfig, SimFleet};
+use convoy_core::rollout::{ChangePath, Rollout, RolloutSpec, WaveSpec};
+use convoy_core::time::Timestamp;
+use egui_kittest::Harness;
+use egui_kittest::kittest::{NodeT as _, Queryable as _};
+use std::path::Path;
+
+const ROLLOUT: &str = "ro-crashy";
+const RELEASE: &str = "t300-2.6.0";
+
+/// Runs frames until a label containing `text` shows (workers answer on their own threads).
+fn wait_for(h: &mut Harness<'static, ConsoleApp>, text: &str) {
+    for _ in 0..1000 {
+        if h.query_by_label_contains(text).is_some() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        h.run_steps(1);
+    }
+    panic!("no label containing {text:?} ever appeared");
+}
+
+fn click(h: &mut Harness<'static, ConsoleApp>, label: &str) {
+    h.get_by_label(label).hover();
+    h.run_steps(1);
+    h.get_by_label(label).click();
+    settle(h);
+}
+
+fn fill(h: &mut Harness<'static, ConsoleApp>, label: &str, text: &str) {
+    h.get_by_label(label).focus();
+    h.run_steps(1);
+    h.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::A);
+    h.get_by_label(label).type_text(text);
+    settle(h);
+}
+
+/// The whole texts of the labels containing `text`.
+fn label_texts(h: &Harness<'static, ConsoleApp>, text: &str) -> Vec<String> {
+    h.query_all_by_label_contains(text)
+        .map(|node| {
+            let node = node.accesskit_node();
+            node.label().or_else(|| node.value()).unwrap_or_default()
+        })
+        .collect()
+}
+
+/// The whole text of the one label containing `text`.
+fn label_text(h: &Harness<'static, ConsoleApp>, text: &str) -> String {
+    let all = label_texts(h, text);
+    assert_eq!(all.len(), 1, "labels containing {text:?}: {all:#?}");
+    all.into_iter().next().unwrap_or_default()
+}
+
+/// A release that crashes twenty times as often, rolled out by the core to the fixture fleet
+/// and stopped by its gate; written to `cache` as the engine writes it.
+fn write_crashy_rollout(cache: &Path, fleet: &convoy_core::fleet::Fleet) -> Rollout {
+    let start = Timestamp::from_secs(NOW.secs() - 20 * 86_400);
+    let mut ids: Vec<String> = fleet.devices.iter().map(|d| d.id.clone()).collect();
+    ids.sort();
+    let spec = RolloutSpec {
+        id: ROLLOUT.into(),
+        release_id: RELEASE.into(),
+        requested_by: "alice".into(),
+        waves: vec![
+            WaveSpec {
+                name: "canary".into(),
+                device_ids: ids[..100].to_vec(),
+                soak_secs: 86_400,
+            },
+            WaveSpec {
+                name: "fleet".into(),
+                device_ids: ids[100..].to_vec(),
+                soak_secs: 86_400,
+            },
+        ],
+        gates: convoy_core::gates::GatePolicy::default(),
+        path: ChangePath::Standard,
+    };
+    let mut rollout = Rollout::new(start, spec, fleet).unwrap();
+    rollout.approve(start, "bob").unwrap();
+    rollout.approve(start, "carol").unwrap();
+    let config = SimConfig {
+        faults: vec![Fault {
+            attribute: None,
+            kind: FaultKind::CrashRateTimes(20.0),
+        }],
+        telemetry_every_secs: 1800,
+        ..SimConfig::default()
+    };
+    let mut sim = SimFleet::new(fleet, &rollout, config, start);
+    let out = sim.run(&mut rollout, start, start.plus_secs(15 * 86_400));
+    assert!(out.stopped_by_gate, "{out:?}");
+    let mut store = convoy::store::Store::open(cache).unwrap();
+    store.replace_fleet(fleet, None).unwrap();
+    store
+        .append_rollout_log(ROLLOUT, 0, rollout.events())
+        .unwrap();
+    store
+        .append_event(
+            ROLLOUT,
+            start,
+            "rollout.created",
+            "alice: created",
+            &serde_json::json!({"release": RELEASE, "requested_by": "alice", "path": "standard",
+                "waves": [{"name": "canary", "devices": 100}, {"name": "fleet", "devices": ids.len() - 100}]}),
+        )
+        .unwrap();
+    // The story the engine writes beside its log: every event but device states, telemetry
+    // and routine checks; gate looks only when they decided something.
+    for e in rollout.events() {
+        let (kind, payload) = match &e.kind {
+            K::GateChecked {
+                wave,
+                outcome,
+                report,
+            } if *outcome != GateOutcome::Continue => ("gate.decision", {
+                let name = ["canary", "fleet"][*wave];
+                serde_json::json!({"wave": name, "outcome": outcome, "report": report})
+            }),
+            K::Approval { .. } => ("approval", serde_json::to_value(&e.kind).unwrap()),
+            K::Approved => ("rollout.approved", serde_json::to_value(&e.kind).unwrap()),
+            K::WaveStarted { .. } => ("wave.started", serde_json::to_value(&e.kind).unwrap()),
+            K::SoakStarted { .. } => ("soak.started", serde_json::to_value(&e.kind).unwrap()),
+            K::Paused { .. } => ("rollout.paused", serde_json::to_value(&e.kind).unwrap()),
+            K::RollbackStarted { .. } => {
+                ("rollback.started", serde_json::to_value(&e.kind).unwrap())
+            }
+            K::RollbackFinished { .. } => {
+                ("rollback.finished", serde_json::to_value(&e.kind).unwrap())
+            }
+            _ => continue,
+        };
+        store
+            .append_event(ROLLOUT, e.at, kind, "gate", &payload)
+            .unwrap();
+    }
+    rollout
+}
+
+/// What the CLI prints for `args` on `cache`.
+fn cli(cache: &Path, args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_convoy"))
+        .args(args)
+        .arg("--db")
+        .arg(cache)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "convoy {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn a_rollouts_report_shows_its_metrics_and_drafts_and_exports_the_clis_timeline() {
+    let fleet = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("reports.db");
+    let rollout = write_crashy_rollout(&cache, &fleet);
+    let expected = convoy_core::metrics::rollout_metrics(&rollout);
+    assert!(!expected.completed, "stopped by its gate");
+
+    let (backend, _feed) = Backend::fixture(fleet, cache.clone());
+    let mut h = Harness::builder()
+        .with_size([1400.0, 1200.0])
+        .build_eframe(move |cc| ConsoleApp::new(&cc.egui_ctx, None, backend, Clock::Fixed(NOW)));
+    settle(&mut h);
+    click(&mut h, "Reports");
+    // The history worker lists the cache's rollouts; pick ours.
+    wait_for(&mut h, ROLLOUT);
+    click(&mut h, ROLLOUT);
+    wait_for(&mut h, &format!("Report of {ROLLOUT}"));
+
+    // The record's facts: release, requester, path, state.
+    let head = label_text(&h, &format!("Release {RELEASE} · requested by"));
+    assert!(head.contains("requested by alice"), "{head}");
+    assert!(head.contains("standard path"), "{head}");
+    assert!(head.contains("stopped by a gate"), "{head}");
+    // The metrics, folded from the engine's log as the core folds them.
+    h.get_by_label(&format!(
+        "Devices: {} targeted, {} healthy ({:.1} %), {} failed, {} reverted, {} silent",
+        expected.targeted,
+        expected.healthy,
+        expected.success_ratio * 100.0,
+        expected.failed,
+        expected.reverted,
+        expected.silent
+    ));
+    assert_eq!(expected.targeted, 500);
+    h.get_by_label(&format!("Rollbacks: {}", expected.rollback_count));
+    h.get_by_label("Time to remediate: not completed");
+    h.get_by_label_contains("Patch lead time (95 % healthy): ");
+    h.get_by_label(&format!(
+        "Over 1 rollout(s) with an engine log: 0 completed, {} rollback(s)",
+        expected.rollback_count
+    ));
+    h.get_by_label("Adoption by cohort");
+    h.state_mut().dismiss_toasts();
+    settle(&mut h);
+    h.snapshot("reports");
+
+    // The three drafts and the support tree: what `convoy rollout comms` writes, shown whole.
+    for (tab, audience) in [
+        ("Internal", "internal"),
+        ("Customer", "customer"),
+        ("Regulator", "regulator"),
+        ("Support tree", "support"),
+    ] {
+        click(&mut h, tab);
+        let from_cli = cli(
+            &cache,
+            &[
+                "rollout",
+                "comms",
+                "--rollout",
+                ROLLOUT,
+                "--audience",
+                audience,
+            ],
+        );
+        let first_line = from_cli.lines().next().unwrap();
+        let shown = label_texts(&h, first_line);
+        assert!(
+            shown.contains(&from_cli),
+            "the {tab} draft: {shown:#?}\nthe CLI's: {from_cli}"
+        );
+    }
+    click(&mut h, "Internal");
+    let internal = label_texts(&h, "crash")
+        .into_iter()
+        .find(|t| t.contains(ROLLOUT) && t.contains(RELEASE))
+        .unwrap();
+    assert!(
+        internal.contains("crash"),
+        "the failing metric is named: {internal}"
+    );
+
+    // The timeline through the typed path, in each format, equal to the CLI's export.
+    for (kind, format, file) in [
+        ("Timeline as Markdown", "md", "t.md"),
+        ("Timeline as CSV", "csv", "t.csv"),
+        ("Timeline as JSON", "json", "t.json"),
+    ] {
+        let path = dir.path().join(file);
+        click(&mut h, kind);
+        fill(&mut h, "Export path", &path.display().to_string());
+        click(&mut h, "Write the export");
+        wait_for(&mut h, &format!("to {}", path.display()));
+        h.get_by_label_contains(&format!("Wrote the timeline of {ROLLOUT}"));
+        let written = std::fs::read_to_string(&path).unwrap();
+        let from_cli = cli(
+            &cache,
+            &[
+                "rollout",
+                "timeline",
+                "--rollout",
+                ROLLOUT,
+                "--format",
+                format,
+            ],
+        );
+        assert_eq!(written, from_cli, "{format}");
+        assert!(written.contains("gate.decision"), "{format}");
+    }
+
+    // The draft shown, saved as Markdown.
+    click(&mut h, "Regulator");
+    click(&mut h, "Draft shown, as Markdown");
+    let path = dir.path().join("regulator.md");
+    fill(&mut h, "Export path", &path.display().to_string());
+    click(&mut h, "Write the export");
+    wait_for(&mut h, "Wrote the regulator draft");
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        cli(
+            &cache,
+            &[
+                "rollout",
+                "comms",
+                "--rollout",
+                ROLLOUT,
+                "--audience",
+                "regulator"
+            ]
+        )
+    );
+
+    // A path that cannot be written says why, naming it.
+    click(&mut h, "Timeline as CSV");
+    let bad = dir.path().join("no-such-dir").join("t.csv");
+    fill(&mut h, "Export path", &bad.display().to_string());
+    click(&mut h, "Write the export");
+    wait_for(&mut h, "Could not export the timeline");
+    h.get_by_label_contains(&bad.display().to_string());
+}
+
+#[test]
+fn a_rollout_id_that_is_not_in_the_cache_is_named_in_the_answer() {
+    let fleet = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("empty.db");
+    convoy::store::Store::open(&cache)
+        .unwrap()
+        .replace_fleet(&fleet, None)
+        .unwrap();
+    let (backend, _feed) = Backend::fixture(fleet, cache);
+    let mut h = Harness::builder()
+        .with_size([1400.0, 900.0])
+        .build_eframe(move |cc| ConsoleApp::new(&cc.egui_ctx, None, backend, Clock::Fixed(NOW)));
+    settle(&mut h);
+    click(&mut h, "Reports");
+    fill(&mut h, "Rollout id", "ro-nowhere");
+    click(&mut h, "Open report");
+    wait_for(&mut h, "rollout ro-nowhere has no recorded events");
+}
