@@ -347,6 +347,13 @@ impl ConsoleApp {
             .and_then(|s| eframe::get_value(s, STATE_KEY))
             .unwrap_or_default();
         backend.set_repaint(ctx);
+        // Requests approved here are dispatched to an engine in this process when the console
+        // has its own (the demo's embedded broker); otherwise a server dispatches them.
+        let local_dispatch = crate::gui::approvals::LocalDispatch::for_backend(
+            backend.engines.as_ref(),
+            &backend.broker,
+            backend.time_scale,
+        );
         let mut app = Self {
             state,
             backend,
@@ -405,6 +412,7 @@ impl ConsoleApp {
             app.state.view = app.state.previous_view;
         }
         app.map.restore(app.state.map_center, app.state.map_zoom);
+        app.approvals.local = local_dispatch;
         if (0.5..=3.0).contains(&app.state.ui_scale) {
             ctx.set_zoom_factor(app.state.ui_scale);
         }
@@ -1119,6 +1127,17 @@ impl eframe::App for ConsoleApp {
 
     fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
         ConsoleApp::ui(self, ui);
+    }
+
+    fn on_exit(&mut self, _gl: Option<&eframe::glow::Context>) {
+        // Rollouts dispatched from this console end as Ctrl-C ends `convoy rollout run`
+        // (`engine.stopped` in the timeline, continued with `--resume`), not as a crash.
+        for (id, outcome) in self.approvals.stop_runs() {
+            match outcome {
+                Ok(state) => eprintln!("convoy: stopped the engine run of {id}: {state}"),
+                Err(e) => eprintln!("convoy: the engine run of {id} ended with an error: {e}"),
+            }
+        }
     }
 
     fn save(&mut self, storage: &mut dyn eframe::Storage) {

@@ -252,6 +252,9 @@ pub struct Backend {
     /// console dispatches itself): register a run here to make it steerable. `None` when
     /// commands go elsewhere (a cache only, a server).
     pub engines: Option<LocalEngines>,
+    /// Simulated seconds per wall second of the fleet this console drives (the demo's
+    /// `--demo-time-scale`); 1 for a real fleet. Engine runs the console starts use it.
+    pub time_scale: f64,
     _runtime: Option<tokio::runtime::Runtime>,
 }
 
@@ -346,6 +349,7 @@ impl Backend {
                 steer_target: steer,
                 steer_tx,
                 engines: None,
+                time_scale: 1.0,
                 _runtime: Some(runtime),
             },
             reporter,
@@ -364,6 +368,7 @@ impl Backend {
             Arc::new(engines.clone()),
         )?;
         backend.engines = Some(engines.clone());
+        backend.time_scale = options.time_scale;
         let ip = std::net::IpAddr::from([127, 0, 0, 1]);
         let port = crate::link::broker::pick_free_port(ip)?;
         let addr = std::net::SocketAddr::new(ip, port);
@@ -441,6 +446,7 @@ impl Backend {
                 steer_target: steer,
                 steer_tx,
                 engines: None,
+                time_scale: 1.0,
                 _runtime: None,
             },
             FixtureFeed { tx },

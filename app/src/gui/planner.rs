@@ -1020,7 +1020,7 @@ pub fn planner_ui(app: &mut ConsoleApp, ui: &mut egui::Ui) {
         );
         ui.colored_label(
             tokens::WARN,
-            "Approval and dispatch are not built in the console yet: export the plan and run `convoy rollout run --plan FILE`.",
+            "Nothing is dispatched from here: save the plan and request it in Approvals (Ctrl+9), or export it for `convoy rollout run --plan FILE`.",
         );
         ui.add_space(6.0);
         release_ui(state, ui, &ctx, cache.clone(), now);

@@ -22,17 +22,12 @@ use anyhow::{Context, Result};
 use convoy_core::comms::{self, Audience, Ending, RecordEntry, RolloutStory};
 use convoy_core::fleet::Fleet;
 use convoy_core::metrics::{self, Adoption, RolloutMetrics, SummaryMetrics};
-use convoy_core::rollout::Rollout;
 use egui::RichText;
 
 use crate::gui::app::ConsoleApp;
 use crate::gui::tokens;
 use crate::store::Store;
 use crate::store::events::{TimelineFormat, write_timeline};
-
-/// The longest replayable log read for metrics (a row per event, telemetry included); a larger
-/// one is left out of the metrics and the view says so.
-pub const MAX_METRICS_LOG_ROWS: i64 = 2_000_000;
 
 /// Which draft the view shows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -221,14 +216,13 @@ impl ReportState {
         }
     }
 
-    /// Reads `rollout_id`'s report on a thread; `others` are the ids the means are over.
+    /// Reads `rollout_id`'s report on a thread.
     pub fn open(
         &mut self,
         ctx: &egui::Context,
         cache: Option<PathBuf>,
         rollout_id: &str,
         fleet: Option<Arc<Fleet>>,
-        others: Vec<String>,
     ) {
         let Some(cache) = cache else {
             self.report = Some(Err("No fleet cache is open: nothing to report on".into()));
@@ -242,7 +236,7 @@ impl ReportState {
         self.export_note = None;
         let wanted = id.clone();
         match spawn(ctx, "convoy-report", move || {
-            read_report(&cache, &wanted, fleet.as_deref(), &others).map_err(|e| format!("{e:#}"))
+            read_report(&cache, &wanted, fleet.as_deref()).map_err(|e| format!("{e:#}"))
         }) {
             Ok(rx) => {
                 self.loading = Some(id);
@@ -381,36 +375,10 @@ fn read_story(store: &Store, cache: &Path, rollout_id: &str) -> Result<(RolloutS
     Ok((story, entries.len()))
 }
 
-/// The rollout of `rollout_id` replayed from the engine's log, or why not.
-fn replay(store: &Store, rollout_id: &str) -> Result<Result<Rollout, String>> {
-    let rows: i64 = store.conn().query_row(
-        "SELECT coalesce(max(seq) + 1, 0) FROM rollout_log WHERE rollout_id = ?1",
-        [rollout_id],
-        |r| r.get(0),
-    )?;
-    if rows == 0 {
-        return Ok(Err(format!(
-            "{rollout_id} has no engine log in the cache (recorded before schema v6, or not by the engine): its metrics cannot be computed"
-        )));
-    }
-    if rows > MAX_METRICS_LOG_ROWS {
-        return Ok(Err(format!(
-            "the engine log of {rollout_id} has {rows} rows, more than the {MAX_METRICS_LOG_ROWS} the console replays"
-        )));
-    }
-    let log = store.rollout_log(rollout_id)?;
-    Ok(Rollout::replay(log)
-        .map_err(|e| format!("the engine log of {rollout_id} does not replay: {e}")))
-}
-
 /// Reads the whole report of `rollout_id` from `cache`: story, drafts, metrics (adoption by
-/// cohort against `fleet` when given) and the means over `others` and itself.
-pub fn read_report(
-    cache: &Path,
-    rollout_id: &str,
-    fleet: Option<&Fleet>,
-    others: &[String],
-) -> Result<Report> {
+/// cohort against `fleet` when given) and the means over every rollout of the cache with an
+/// engine log (`store::metrics`).
+pub fn read_report(cache: &Path, rollout_id: &str, fleet: Option<&Fleet>) -> Result<Report> {
     let store = Store::open_existing(cache)
         .with_context(|| format!("opening the fleet cache {}", cache.display()))?;
     let (story, entries) = read_story(&store, cache, rollout_id)?;
@@ -420,39 +388,30 @@ pub fn read_report(
         comms::draft(&story, Audience::Regulator),
         comms::support_tree(&story),
     ];
-    let mut all = Vec::new();
-    let mut skipped = Vec::new();
-    let metrics = match replay(&store, rollout_id)? {
-        Ok(rollout) => {
-            let m = metrics::rollout_metrics(&rollout);
-            all.push(m.clone());
-            LogMetrics::Computed {
-                adoption: fleet.map_or_else(Vec::new, |f| metrics::adoption_by_cohort(&rollout, f)),
-                metrics: m,
-            }
-        }
-        Err(why) => {
-            skipped.push(why.clone());
-            LogMetrics::Missing(why)
-        }
+    let metrics = match store.replay_rollout(rollout_id) {
+        Ok(Some(rollout)) => LogMetrics::Computed {
+            adoption: fleet.map_or_else(Vec::new, |f| metrics::adoption_by_cohort(&rollout, f)),
+            metrics: metrics::rollout_metrics(&rollout),
+        },
+        Ok(None) => LogMetrics::Missing(format!(
+            "{rollout_id} has no engine log in the cache (recorded before schema v6, or not by the engine): its metrics cannot be computed"
+        )),
+        Err(e) => LogMetrics::Missing(format!("{e:#}")),
     };
-    let mut ids: Vec<&String> = others.iter().filter(|id| *id != rollout_id).collect();
-    ids.sort();
-    ids.dedup();
-    for id in ids {
-        match replay(&store, id)? {
-            Ok(rollout) => all.push(metrics::rollout_metrics(&rollout)),
-            Err(why) => skipped.push(why),
-        }
-    }
+    // Every rollout of the cache with an engine log, as `GET /api/v1/metrics` answers.
+    let all = store.cache_metrics()?;
     Ok(Report {
         rollout_id: rollout_id.to_owned(),
         story,
         entries,
         drafts,
         metrics,
-        summary: metrics::summarize(&all),
-        summary_skipped: skipped,
+        summary: all.summary,
+        summary_skipped: all
+            .skipped
+            .iter()
+            .map(|s| format!("{}: {}", s.rollout_id, s.reason))
+            .collect(),
     })
 }
 
@@ -617,9 +576,8 @@ pub fn report_ui(app: &mut ConsoleApp, ui: &mut egui::Ui) {
         }
     });
     if let Some(id) = open {
-        let others: Vec<String> = board.iter().map(|(id, ..)| id.clone()).collect();
         let fleet = app.shared_fleet();
-        app.reports.open(&ctx, cache.clone(), &id, fleet, others);
+        app.reports.open(&ctx, cache.clone(), &id, fleet);
     }
     if let Some(id) = &app.reports.loading {
         ui.horizontal(|ui| {
@@ -853,12 +811,12 @@ mod tests {
             )
             .expect("append");
         drop(store);
-        let err = read_report(&cache, "ro-none", None, &[]).expect_err("no such rollout");
+        let err = read_report(&cache, "ro-none", None).expect_err("no such rollout");
         assert!(
             format!("{err:#}").contains("ro-none has no recorded events"),
             "{err:#}"
         );
-        let report = read_report(&cache, "ro-1", None, &["ro-1".into()]).expect("report");
+        let report = read_report(&cache, "ro-1", None).expect("report");
         assert_eq!(report.entries, 2);
         assert_eq!(report.story.release_id, "r-1");
         assert!(report.drafts[0].contains("r-1"), "{}", report.drafts[0]);
@@ -867,7 +825,11 @@ mod tests {
             LogMetrics::Computed { .. } => panic!("no log was written"),
         }
         assert_eq!(report.summary.rollouts, 0);
-        assert_eq!(report.summary_skipped.len(), 1, "counted once");
+        assert!(
+            report.summary_skipped.is_empty(),
+            "a rollout without a log is not in the means: {:?}",
+            report.summary_skipped
+        );
         let out = dir.path().join("t.csv");
         let n = export_timeline(&cache, "ro-1", TimelineFormat::Csv, &out).expect("export");
         assert_eq!(n, 2);

@@ -35,22 +35,34 @@ pub struct Skipped {
 }
 
 impl Store {
-    /// The ids of the rollouts with a replayable log, with the log's length, by id.
-    fn logged_rollouts(&self) -> Result<Vec<(String, i64)>> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT rollout_id, max(seq) + 1 FROM rollout_log GROUP BY rollout_id ORDER BY rollout_id",
-        )?;
-        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    /// The ids of the rollouts with a replayable log, by id.
+    fn logged_rollouts(&self) -> Result<Vec<String>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT DISTINCT rollout_id FROM rollout_log ORDER BY rollout_id")?;
+        let rows = stmt.query_map([], |r| r.get(0))?;
         rows.collect::<rusqlite::Result<_>>()
             .context("listing the rollouts with a log")
     }
 
-    /// `rollout_id` replayed from its log; `None` if it has no log.
+    /// `rollout_id` replayed from its log; `None` if it has no log. A log longer than
+    /// [`MAX_METRICS_LOG_ROWS`] is refused rather than read.
     pub fn replay_rollout(&self, rollout_id: &str) -> Result<Option<Rollout>> {
-        let log = self.rollout_log(rollout_id)?;
-        if log.is_empty() {
+        // The log's length from its last key (its seqs run from 0 without gaps).
+        let rows: i64 = self.conn.query_row(
+            "SELECT coalesce(max(seq) + 1, 0) FROM rollout_log WHERE rollout_id = ?1",
+            [rollout_id],
+            |r| r.get(0),
+        )?;
+        if rows == 0 {
             return Ok(None);
         }
+        if rows > MAX_METRICS_LOG_ROWS {
+            anyhow::bail!(
+                "the log of rollout {rollout_id} has {rows} events, more than the {MAX_METRICS_LOG_ROWS} replayed for metrics"
+            );
+        }
+        let log = self.rollout_log(rollout_id)?;
         Rollout::replay(log)
             .map(Some)
             .map_err(|e| anyhow::anyhow!("the log of rollout {rollout_id} does not replay: {e}"))
@@ -75,16 +87,7 @@ impl Store {
     /// read or replayed is skipped with its reason, never fatal to the others.
     pub fn cache_metrics(&self) -> Result<CacheMetrics> {
         let mut out = CacheMetrics::default();
-        for (id, rows) in self.logged_rollouts()? {
-            if rows > MAX_METRICS_LOG_ROWS {
-                out.skipped.push(Skipped {
-                    rollout_id: id,
-                    reason: format!(
-                        "its log has {rows} events, more than the {MAX_METRICS_LOG_ROWS} replayed for metrics"
-                    ),
-                });
-                continue;
-            }
+        for id in self.logged_rollouts()? {
             match self.replay_rollout(&id) {
                 Ok(Some(r)) => out.rollouts.push(metrics::rollout_metrics(&r)),
                 Ok(None) => {}
