@@ -212,6 +212,20 @@ pub fn generate(dir: &Path, passphrase: &str) -> Result<KeyId> {
     };
     // Never replaces a private key, even one created since the check above.
     write_new_file(&private_path, &json_bytes(&private)?, FileMode::OwnerOnly)?;
+    write_public_file(dir, public)?;
+    Ok(key_id)
+}
+
+/// Writes `key` as the public key of the key directory `dir` (created if needed), which then
+/// serves as a `--trust` directory for that one key; returns its id. What a verifier needs of a
+/// key it did not generate (the demo's seed-derived key, a key handed over out of band).
+pub fn write_public(dir: &Path, key: &VerifyingKey) -> Result<KeyId> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    write_public_file(dir, PublicKey::ed25519(key))
+}
+
+fn write_public_file(dir: &Path, public: PublicKey) -> Result<KeyId> {
+    let key_id = public.key_id();
     write_file(
         &dir.join(PUBLIC_FILE),
         &json_bytes(&PublicKeyFile {

@@ -1495,7 +1495,9 @@ fn a_plan_is_walked_from_a_verified_release_to_an_edited_wave_saved_and_exported
 
     click(&mut h, "Planner");
     settle(&mut h);
-    h.get_by_label_contains("Nothing is dispatched from here: save the plan and request it in Approvals");
+    h.get_by_label_contains(
+        "Nothing is dispatched from here: save the plan and request it in Approvals",
+    );
     wait_for_label(&mut h, &format!("Plan {}", release.id));
     fill(
         &mut h,

@@ -58,6 +58,12 @@ fn most_common_model(fleet: &Fleet) -> Option<String> {
         .map(|(m, _)| m.to_owned())
 }
 
+/// The demo's trust directory: `trust/` beside the demo cache, holding the demo key's public
+/// half.
+pub fn trust_dir(db: &Path) -> std::path::PathBuf {
+    db.parent().unwrap_or(Path::new(".")).join("trust")
+}
+
 /// Signs the demo release, plans it on `fleet` and prepares the engine's options; `None` when
 /// no device of the fleet is eligible (then the demo runs without a rollout).
 pub fn prepare(
@@ -102,6 +108,15 @@ pub fn prepare(
     let trust = TrustedKeys::from_keys([&key.verifying_key()]);
     let manifest = manifest::verify(&bytes, &trust, now)
         .map_err(|r| anyhow::anyhow!("the demo release does not verify: {r}"))?;
+    // The release in the demo cache, and its key as the trust directory beside it (where the
+    // Releases, Planner and Approvals views look first), so that a newcomer can plan, request,
+    // approve and dispatch it again from the console.
+    let store = crate::store::Store::open(db)?;
+    crate::cmd::release::record_release(&store, manifest.signed_manifest(), "demo", now)
+        .context("storing the demo release in the demo cache")?;
+    drop(store);
+    crate::keys::write_public(&trust_dir(db), &key.verifying_key())
+        .context("writing the demo's trust directory")?;
     let mut planning = PlanningPolicy::default();
     planning.operating_cycle_secs.clear();
     planning.default_operating_cycle_secs = 3600;
@@ -254,5 +269,14 @@ mod tests {
         .expect("prepared again")
         .expect("eligible again");
         assert_eq!(again.trust, demo.trust);
+        // The release is in the demo cache, and verifies against the trust directory beside
+        // it, as the console's Releases, Planner and Approvals views check it.
+        let db = dir.path().join("demo.db");
+        let store = crate::store::Store::open(&db).expect("cache");
+        let stored = crate::cmd::release::stored_manifests(&store).expect("manifests");
+        assert_eq!(stored.len(), 1, "stored once, however often prepared");
+        assert_eq!(stored[0].release_id, RELEASE_ID);
+        let trust = crate::keys::load_trust(&trust_dir(&db)).expect("trust directory");
+        manifest::verify(&stored[0].bytes, &trust, now).expect("the stored release verifies");
     }
 }
