@@ -11,7 +11,7 @@ use convoy_core::fleet::Fleet;
 use convoy_core::rollout::Phase;
 use convoy_core::time::Timestamp;
 use egui_kittest::Harness;
-use egui_kittest::kittest::Queryable;
+use egui_kittest::kittest::{NodeT as _, Queryable};
 
 const ROLLOUT: &str = "ro-install";
 
@@ -30,7 +30,6 @@ fn wait_for(h: &mut Harness<'static, ConsoleApp>, text: &str) {
 
 /// The text of the label containing `text`.
 fn label_text(h: &Harness<'static, ConsoleApp>, text: &str) -> String {
-    use egui_kittest::kittest::NodeT as _;
     let node = h.get_by_label_contains(text);
     let node = node.accesskit_node();
     node.label().or_else(|| node.value()).unwrap_or_default()
@@ -125,7 +124,9 @@ fn write_gate_paused_rollout(cache: &std::path::Path, fleet: &Fleet) -> Timestam
             K::Paused { .. } => ("rollout.paused", serde_json::to_value(&e.kind).unwrap()),
             _ => continue,
         };
-        store.append_event(ROLLOUT, e.at, kind, "gate", &payload).unwrap();
+        store
+            .append_event(ROLLOUT, e.at, kind, "gate", &payload)
+            .unwrap();
     }
     out.ended_at
 }
@@ -176,7 +177,7 @@ fn the_monitor_walks_a_gate_paused_rollout_to_an_override_with_a_reason() {
     // The canary's row: 100 devices, all offered; the second wave untouched.
     h.get_by_label("1 canary");
     h.get_by_label("2 fleet");
-    h.get_by_label("← current");
+    h.get_by_label("current");
     for metric in [
         "crash",
         "reconnect_failure",
@@ -187,17 +188,28 @@ fn the_monitor_walks_a_gate_paused_rollout_to_an_override_with_a_reason() {
         h.get_by_label(&format!("{metric} health plot"));
     }
     let line = label_text(&h, "install_failure: updated ");
-    assert!(line.contains("% of the devices judged · tolerated ×2"), "{line}");
+    assert!(
+        line.contains("% of the devices judged · tolerated ×2"),
+        "{line}"
+    );
     h.get_by_label("adoption by model plot");
     // No reason, no command.
-    assert!(h.get_by_label("Override the gate").accesskit_node().is_disabled());
+    assert!(
+        h.get_by_label("Override the gate")
+            .accesskit_node()
+            .is_disabled()
+    );
     h.get_by_label_contains("Type a reason to enable the commands.");
     h.get_by_label("Reason:").focus();
     h.run_steps(1);
     h.get_by_label("Reason:")
         .type_text("install failures are the depot's proxy, not the release");
     settle(&mut h);
-    assert!(!h.get_by_label("Override the gate").accesskit_node().is_disabled());
+    assert!(
+        !h.get_by_label("Override the gate")
+            .accesskit_node()
+            .is_disabled()
+    );
     // The stand-in engine: checks what arrives and answers as the engine would.
     let engine = std::thread::spawn(move || {
         let request = commands.blocking_recv().expect("a command");
@@ -215,15 +227,142 @@ fn the_monitor_walks_a_gate_paused_rollout_to_an_override_with_a_reason() {
             reason: "install failures are the depot's proxy, not the release".into()
         }
     );
-    wait_for(&mut h, "override by ");
-    let answer = label_text(&h, "override by ");
+    wait_for(&mut h, "Answer to override by ");
+    let answer = label_text(&h, "Answer to override by ");
     assert!(
         answer.ends_with(&format!("{ROLLOUT} is now running wave 1")),
         "{answer}"
     );
-    assert!(answer.contains("install failures are the depot"), "{answer}");
+    assert!(
+        answer.contains("install failures are the depot"),
+        "{answer}"
+    );
     // The field is cleared for the next command.
-    assert!(h.get_by_label("Override the gate").accesskit_node().is_disabled());
+    assert!(
+        h.get_by_label("Override the gate")
+            .accesskit_node()
+            .is_disabled()
+    );
+}
+
+/// A release manifest for `release_id`, signed with a test key and verified: what the engine
+/// takes.
+fn verified_manifest(release_id: &str) -> convoy_core::manifest::VerifiedManifest {
+    use convoy_core::manifest::{ArtifactDigest, SignedManifest, TrustedKeys};
+    use convoy_core::release::{Artifact, ReleaseSpec};
+    use convoy_core::version::Version;
+    let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+    let version = Version::new(2, 6, 0);
+    let digest = ArtifactDigest::of_bytes("fw.img", b"firmware 2.6.0");
+    let spec = ReleaseSpec {
+        id: release_id.to_owned(),
+        version,
+        counter: 60,
+        hardware: vec!["T300".to_owned()],
+        provides: [("firmware", version)].into_iter().collect(),
+        requires: Vec::new(),
+        artifacts: vec![Artifact {
+            name: "fw.img".to_owned(),
+            url: "fw.img".to_owned(),
+            length_bytes: 14,
+            sha256: digest.sha256,
+        }],
+        expires: NOW.plus_secs(30 * 86_400),
+    };
+    let bytes = SignedManifest::sign(spec, None, &key)
+        .unwrap()
+        .to_json_bytes();
+    let trust = TrustedKeys::from_keys([&key.verifying_key()]);
+    convoy_core::manifest::verify(&bytes, &trust, NOW).unwrap()
+}
+
+/// The walk with the real engine: the gate-paused rollout resumed by an engine run in this
+/// process over the embedded broker, held paused (`WhenPaused::Hold`) and registered with the
+/// console as the demo's run is. The override typed in the monitor reaches the engine, which
+/// applies it (the canary runs again); its answer shows, and the monitor's next reading of the
+/// log the engine extended says so.
+#[test]
+fn an_override_from_the_monitor_resumes_a_real_engine_run_held_by_a_gate() {
+    use convoy::engine::{self, EngineControl, EngineOptions, StartMode, WhenPaused};
+    let fleet = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("monitor.db");
+    write_gate_paused_rollout(&cache, &fleet);
+    let ip = std::net::IpAddr::from([127, 0, 0, 1]);
+    let addr = std::net::SocketAddr::new(ip, convoy::link::broker::pick_free_port(ip).unwrap());
+    let broker = convoy::link::broker::EmbeddedBroker::start(addr).unwrap();
+    let (backend, _feed) = Backend::fixture(fleet, cache.clone());
+    let (handle, commands) = control_channel(ROLLOUT, 4);
+    backend.engines.as_ref().unwrap().register(handle);
+    let options = EngineOptions {
+        db: cache,
+        link: convoy::link::mqtt::LinkConfig::new(&broker.url(), "monitor-test-engine"),
+        topics: convoy::link::protocol::Topics::default_prefix(),
+        manifest: verified_manifest("t300-2.6.0"),
+        rollout_id: ROLLOUT.into(),
+        // Resuming takes the waves, gates and path from the log.
+        waves: Vec::new(),
+        gates: convoy_core::gates::GatePolicy::default(),
+        path: convoy_core::rollout::ChangePath::Standard,
+        requested_by: "alice".into(),
+        approvers: Vec::new(),
+        time_scale: 1.0,
+        start: NOW,
+        sample_period_secs: 900,
+        max_report_gap_secs: engine::health::DEFAULT_MAX_GAP_SECS,
+        max_wall: None,
+        resend_after: std::time::Duration::from_secs(5),
+    };
+    let control = EngineControl {
+        commands: Some(commands),
+        when_paused: WhenPaused::Hold,
+        start: StartMode::Resume,
+        started_by: Some("monitor-test".into()),
+    };
+    let (stop, stop_rx) = tokio::sync::oneshot::channel();
+    // The engine's future holds the cache connection (not `Send`): its own thread, as the
+    // demo runs it.
+    let run = std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(engine::run_with(options, control, Some(stop_rx)))
+    });
+    let mut h = Harness::builder()
+        .with_size([1400.0, 1700.0])
+        .build_eframe(move |cc| ConsoleApp::new(&cc.egui_ctx, None, backend, Clock::Fixed(NOW)));
+    settle(&mut h);
+    h.state_mut().send(UiCommand::Show(View::Monitor));
+    wait_for(&mut h, "Verdict: paused at wave 1 by a gate");
+    h.get_by_label("Reason:").focus();
+    h.run_steps(1);
+    h.get_by_label("Reason:")
+        .type_text("the depot's proxy fails installs, not the release");
+    settle(&mut h);
+    h.get_by_label("Override the gate").click();
+    settle(&mut h);
+    wait_for(&mut h, "Answer to override by ");
+    let answer = label_text(&h, "Answer to override by ");
+    assert!(
+        answer.ends_with(&format!("{ROLLOUT} is now running wave 1")),
+        "the engine applied it: {answer}"
+    );
+    // The engine recorded it; the monitor's next reading of the log shows the rollout running.
+    wait_for(&mut h, "Verdict: running wave 1");
+    assert!(!run.is_finished(), "the engine still runs the rollout");
+    let _ = stop.send(());
+    let report = run.join().unwrap().unwrap();
+    assert_eq!(serde_json::to_value(report.final_state).unwrap(), "stopped");
+    let store =
+        convoy::store::Store::open_existing(dir.path().join("monitor.db").as_path()).unwrap();
+    let timeline = store.timeline(ROLLOUT).unwrap();
+    assert!(
+        timeline
+            .iter()
+            .any(|e| e.cause.contains("the depot's proxy fails installs")),
+        "the override is on the timeline with its reason"
+    );
 }
 
 /// A rollout no engine of this console runs: the buttons stay disabled and say why.
@@ -274,7 +413,11 @@ fn the_map_colours_devices_by_their_state_in_the_monitored_rollout() {
     let counts = &h.state().derived.counts_all;
     assert_eq!(counts[0], 0, "every fixture device is in the rollout");
     assert_eq!(counts[1], 400);
-    assert_eq!(counts[2..].iter().sum::<u32>(), 100, "the canary: {counts:?}");
+    assert_eq!(
+        counts[2..].iter().sum::<u32>(),
+        100,
+        "the canary: {counts:?}"
+    );
     assert!(counts[5] > 0, "install failures show as failed: {counts:?}");
 }
 

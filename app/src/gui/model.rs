@@ -535,7 +535,11 @@ mod tests {
             "{}",
             e.text
         );
-        let classes = m.classes(ColorMode::UpdateState, Timestamp::from_secs(1_800_000_300), None);
+        let classes = m.classes(
+            ColorMode::UpdateState,
+            Timestamp::from_secs(1_800_000_300),
+            None,
+        );
         assert_eq!(classes[7], 6);
         assert_eq!(classes[8], 0);
     }
@@ -600,7 +604,12 @@ mod tests {
         // Devices 1, 3 and 4 are in the rollout, and one the fleet does not hold.
         let map = RolloutMap {
             rollout_id: "r".into(),
-            device_ids: vec![ids[1].clone(), ids[3].clone(), ids[4].clone(), "zz-gone".into()],
+            device_ids: vec![
+                ids[1].clone(),
+                ids[3].clone(),
+                ids[4].clone(),
+                "zz-gone".into(),
+            ],
             classes: vec![
                 rollout_class(S::Healthy, false),
                 rollout_class(S::Downloading, true),

@@ -260,7 +260,13 @@ pub fn proportion_series(rollout: &Rollout, step_secs: i64) -> Vec<MetricSeries>
         .metric_gates()
         .into_iter()
         .filter(|(_, kind, g)| g.enabled && *kind == MetricKind::Proportion)
-        .map(|(name, _, g)| (name.to_owned(), g.baseline_ratio.unwrap_or(0.0), g.max_ratio))
+        .map(|(name, _, g)| {
+            (
+                name.to_owned(),
+                g.baseline_ratio.unwrap_or(0.0),
+                g.max_ratio,
+            )
+        })
         .collect();
     let mut series: Vec<MetricSeries> = gates
         .iter()
@@ -480,7 +486,10 @@ enum Answer {
     Read(Arc<MonitorData>),
     /// The log has not grown since the last reading of this rollout on this fleet.
     Unchanged,
-    Failed { rollout_id: String, why: String },
+    Failed {
+        rollout_id: String,
+        why: String,
+    },
 }
 
 /// The view's end of the `convoy-monitor` thread.
@@ -741,7 +750,7 @@ fn body_ui(app: &mut ConsoleApp, ui: &mut egui::Ui) {
         .map(|s| (s.rollout_id.clone(), warroom::state_of(s)))
         .collect();
     ui.horizontal(|ui| {
-        ui.label("Rollout:");
+        let l = ui.label("Rollout:");
         egui::ComboBox::from_id_salt("monitor-rollout")
             .selected_text(id.as_str())
             .show_ui(ui, |ui| {
@@ -751,7 +760,9 @@ fn body_ui(app: &mut ConsoleApp, ui: &mut egui::Ui) {
                         app.monitor.selected = Some(rid.clone());
                     }
                 }
-            });
+            })
+            .response
+            .labelled_by(l.id);
         if let Some(s) = &story {
             let state = warroom::state_of(s);
             ui.label(RichText::new(state.label()).strong().color(state.color()));
@@ -792,7 +803,11 @@ fn body_ui(app: &mut ConsoleApp, ui: &mut egui::Ui) {
 }
 
 /// The verdict (the rollout's phase in words) and the evidence behind the last gate decision.
-fn verdict_ui(ui: &mut egui::Ui, data: &MonitorData, story: Option<&convoy_core::comms::RolloutStory>) {
+fn verdict_ui(
+    ui: &mut egui::Ui,
+    data: &MonitorData,
+    story: Option<&convoy_core::comms::RolloutStory>,
+) {
     let color = match &data.phase {
         Phase::Paused { .. } => tokens::WARN,
         Phase::RollingBack { .. } | Phase::RolledBack | Phase::Aborted { .. } => tokens::BAD,
@@ -862,13 +877,17 @@ fn controls_ui(app: &mut ConsoleApp, ui: &mut egui::Ui, data: &MonitorData) {
     ui.label(RichText::new("Steer").strong());
     ui.horizontal(|ui| {
         let label = ui.label("Reason:");
+        // The operator's name comes from the environment: on hover only, so that the view
+        // looks the same for everyone (and in the snapshot test).
         ui.add(
             egui::TextEdit::singleline(&mut app.monitor.reason)
                 .hint_text("required: it goes to the timeline and the audit trail")
                 .desired_width(520.0),
         )
-        .labelled_by(label.id);
-        ui.label(RichText::new(format!("as {operator}")).color(tokens::MUTED));
+        .labelled_by(label.id)
+        .on_hover_text(format!(
+            "Commands are sent as {operator} ($CONVOY_OPERATOR, else $USER)"
+        ));
     });
     let reason = app.monitor.reason.trim().to_owned();
     let enabled = steerable.is_ok() && !reason.is_empty();
@@ -880,7 +899,11 @@ fn controls_ui(app: &mut ConsoleApp, ui: &mut egui::Ui, data: &MonitorData) {
                 .on_disabled_hover_text(hint)
                 .clicked()
         };
-        if button(ui, "Pause", "Stop offering; devices already installing finish") {
+        if button(
+            ui,
+            "Pause",
+            "Stop offering; devices already installing finish",
+        ) {
             command = Some(OperatorCommand::Pause {
                 reason: reason.clone(),
             });
@@ -899,20 +922,31 @@ fn controls_ui(app: &mut ConsoleApp, ui: &mut egui::Ui, data: &MonitorData) {
                 reason: reason.clone(),
             });
         }
-        if button(ui, "Roll back", "Send the devices back to their previous version") {
+        if button(
+            ui,
+            "Roll back",
+            "Send the devices back to their previous version",
+        ) {
             command = Some(OperatorCommand::RollBack {
                 scope: app.monitor.scope,
                 reason: reason.clone(),
             });
         }
+        let l = ui.label("of");
         egui::ComboBox::from_id_salt("monitor-rollback-scope")
             .selected_text(scope_words(app.monitor.scope))
             .show_ui(ui, |ui| {
                 for s in [RollBackScope::CurrentWave, RollBackScope::All] {
                     ui.selectable_value(&mut app.monitor.scope, s, scope_words(s));
                 }
-            });
-        if button(ui, "Abort", "Stop the rollout for good, leaving devices where they are") {
+            })
+            .response
+            .labelled_by(l.id);
+        if button(
+            ui,
+            "Abort",
+            "Stop the rollout for good, leaving devices where they are",
+        ) {
             command = Some(OperatorCommand::Abort {
                 reason: reason.clone(),
             });
@@ -923,9 +957,7 @@ fn controls_ui(app: &mut ConsoleApp, ui: &mut egui::Ui, data: &MonitorData) {
             ui.colored_label(tokens::WARN, format!("Cannot steer from here: {why}"));
         }
         Ok(()) if reason.is_empty() => {
-            ui.label(
-                RichText::new("Type a reason to enable the commands.").color(tokens::MUTED),
-            );
+            ui.label(RichText::new("Type a reason to enable the commands.").color(tokens::MUTED));
         }
         Ok(()) => {}
     }
@@ -952,7 +984,10 @@ fn controls_ui(app: &mut ConsoleApp, ui: &mut egui::Ui, data: &MonitorData) {
         if answered {
             app.monitor.awaiting = None;
         } else if *rid == id {
-            ui.label(format!("{} sent; waiting for the engine's answer…", cmd.name()));
+            ui.label(format!(
+                "{} sent; waiting for the engine's answer…",
+                cmd.name()
+            ));
         }
     }
     for a in answers.iter().take(5) {
@@ -962,7 +997,7 @@ fn controls_ui(app: &mut ConsoleApp, ui: &mut egui::Ui, data: &MonitorData) {
         };
         ui.label(
             RichText::new(format!(
-                "{} by {} (\"{}\"): {text}",
+                "Answer to {} by {} (\"{}\"): {text}",
                 a.command.name(),
                 a.operator,
                 a.command.reason()
@@ -1027,7 +1062,7 @@ fn waves_ui(ui: &mut egui::Ui, data: &MonitorData) {
                     });
                 }
                 ui.label(if current == Some(k) {
-                    RichText::new("← current").strong()
+                    RichText::new("current").strong()
                 } else {
                     RichText::new("")
                 });
@@ -1261,12 +1296,19 @@ mod tests {
             let core = convoy_core::metrics::adoption_by(&rollout, &fleet, attribute);
             assert_eq!(curves.len(), core.len(), "{attribute}");
             for (c, a) in curves.iter().zip(&core) {
-                assert_eq!((&c.value, c.targeted, c.healthy), (&a.value, a.targeted, a.healthy));
+                assert_eq!(
+                    (&c.value, c.targeted, c.healthy),
+                    (&a.value, a.targeted, a.healthy)
+                );
                 let last = c.points.last().expect("points");
                 assert!((last[1] - a.adoption_ratio * 100.0).abs() < 1e-9, "{c:?}");
                 assert_eq!(c.points[0], [0.0, 0.0], "nobody has it at the start");
                 // Adoption never falls in a rollout with no rollback.
-                assert!(c.points.windows(2).all(|p| p[1][1] >= p[0][1] && p[1][0] > p[0][0]));
+                assert!(
+                    c.points
+                        .windows(2)
+                        .all(|p| p[1][1] >= p[0][1] && p[1][0] > p[0][0])
+                );
             }
         }
     }
@@ -1322,7 +1364,12 @@ mod tests {
         let log = rollout.events().to_vec();
         let rows = log.len() as i64;
         let data = read_rollout("ro", log, rows, Some(&fleet)).expect("replays");
-        let metrics: Vec<&str> = data.health.metrics.iter().map(|m| m.metric.as_str()).collect();
+        let metrics: Vec<&str> = data
+            .health
+            .metrics
+            .iter()
+            .map(|m| m.metric.as_str())
+            .collect();
         for m in [
             "crash",
             "reconnect_failure",
@@ -1337,12 +1384,13 @@ mod tests {
         }
         assert_eq!(data.adoption.len(), COHORT_ATTRIBUTES.len());
         assert_eq!(data.map.device_ids.len(), 200);
-        assert!(data.map.classes.contains(&5), "failed devices are coloured as failed");
+        assert!(
+            data.map.classes.contains(&5),
+            "failed devices are coloured as failed"
+        );
         let report = data.last_report.expect("the gate's evidence");
         assert!(
-            report
-                .failures()
-                .any(|f| f.metric == "install_failure"),
+            report.failures().any(|f| f.metric == "install_failure"),
             "{report:?}"
         );
         let bad = read_rollout("ro", Vec::new(), 0, None).expect_err("an empty log");

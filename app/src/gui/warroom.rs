@@ -480,13 +480,13 @@ pub fn metric_plot_ui(
             // Unnamed, so that they stay out of the legend: the line under the plots names
             // the last stop.
             for marker in &series.markers {
-                plot_ui.vline(egui_plot::VLine::new("", hours(marker.at)).color(
-                    if marker.stop {
+                plot_ui.vline(
+                    egui_plot::VLine::new("", hours(marker.at)).color(if marker.stop {
                         tokens::BAD
                     } else {
                         tokens::MUTED
-                    },
-                ));
+                    }),
+                );
             }
         });
     let label = format!("{} health plot", m.metric);
