@@ -591,4 +591,44 @@ mod tests {
         assert!(w.send(DeriveRequest::Load(Box::new(fleet()))));
         assert_eq!(w.wait_result().expect("an answer").derived.order.len(), 300);
     }
+
+    #[test]
+    fn a_published_rollout_map_recolours_without_another_request() {
+        let ctx = egui::Context::default();
+        let mut w = DeriveWorker::spawn(Some(ctx.clone()), Duration::ZERO).expect("thread starts");
+        let fleet = fleet();
+        let ids: Vec<String> = fleet.devices.iter().map(|d| d.id.clone()).collect();
+        assert!(w.send(DeriveRequest::Load(Box::new(fleet))));
+        let rollout_query = Query {
+            color_mode: ColorMode::RolloutState,
+            ..query("")
+        };
+        assert!(w.send(DeriveRequest::Query(rollout_query)));
+        let r = w.wait_result().expect("an answer");
+        assert_eq!(r.derived.counts_all[0], 300, "no rollout yet: none in one");
+        // The monitor publishes a reading: ten devices confirmed.
+        publish_rollout_map(
+            &ctx,
+            std::sync::Arc::new(RolloutMap {
+                rollout_id: "r".into(),
+                device_ids: ids[..10].to_vec(),
+                classes: vec![4; 10],
+            }),
+        );
+        // No request: the idle worker finds the map by itself (within a few polls).
+        let started = Instant::now();
+        let r2 = loop {
+            if let Some(r) = w.try_result() {
+                break r;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "the worker never recoloured"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert_eq!(r2.seen, r.seen, "an answer to no new request");
+        assert_eq!(r2.derived.counts_all[4], 10);
+        assert_eq!(r2.derived.counts_all[0], 290);
+    }
 }

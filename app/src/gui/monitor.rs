@@ -481,15 +481,11 @@ struct Request {
     fleet: Option<Arc<Fleet>>,
 }
 
-/// What the worker answers.
+/// What the worker answers: a reading (the last one again, the same `Arc`, when the log has
+/// not grown), or why there is none.
 enum Answer {
     Read(Arc<MonitorData>),
-    /// The log has not grown since the last reading of this rollout on this fleet.
-    Unchanged,
-    Failed {
-        rollout_id: String,
-        why: String,
-    },
+    Failed { rollout_id: String, why: String },
 }
 
 /// The view's end of the `convoy-monitor` thread.
@@ -507,8 +503,8 @@ impl Worker {
             .name("convoy-monitor".into())
             .spawn(move || {
                 let mut store: Option<(PathBuf, Store)> = None;
-                // (rollout, log rows, fleet) of the last reading.
-                let mut last: Option<(String, i64, usize)> = None;
+                // The last reading, under its (rollout, log rows, fleet).
+                let mut last: Option<(ReadingKey, Arc<MonitorData>)> = None;
                 while let Ok(first) = requests.recv() {
                     // Only the newest request matters: the view shows one rollout.
                     let request = requests.try_iter().last().unwrap_or(first);
@@ -523,11 +519,14 @@ impl Worker {
     }
 }
 
+/// What a reading depends on: the rollout, its log's length, and the fleet (by address).
+type ReadingKey = (String, i64, usize);
+
 /// Answers one request on the worker.
 fn serve(
     request: &Request,
     store: &mut Option<(PathBuf, Store)>,
-    last: &mut Option<(String, i64, usize)>,
+    last: &mut Option<(ReadingKey, Arc<MonitorData>)>,
 ) -> Answer {
     let id = &request.rollout_id;
     let failed = |why: String| Answer::Failed {
@@ -572,8 +571,10 @@ fn serve(
         .as_ref()
         .map_or(0, |f| Arc::as_ptr(f) as usize);
     let key = (id.clone(), rows, fleet_key);
-    if last.as_ref() == Some(&key) {
-        return Answer::Unchanged;
+    if let Some((k, data)) = last.as_ref()
+        && *k == key
+    {
+        return Answer::Read(Arc::clone(data));
     }
     let log = match s.rollout_log(id) {
         Ok(log) => log,
@@ -581,8 +582,9 @@ fn serve(
     };
     match read_rollout(id, log, rows, request.fleet.as_deref()) {
         Ok(data) => {
-            *last = Some(key);
-            Answer::Read(Arc::new(data))
+            let data = Arc::new(data);
+            *last = Some((key, Arc::clone(&data)));
+            Answer::Read(data)
         }
         Err(why) => failed(why),
     }
@@ -672,11 +674,14 @@ pub fn sync(app: &mut ConsoleApp, ctx: &egui::Context) {
     for answer in worker.rx.try_iter() {
         match answer {
             Answer::Read(data) if data.rollout_id == id => {
-                crate::gui::derive::publish_rollout_map(ctx, Arc::clone(&data.map));
-                m.data = Some(Ok(data));
+                let same = matches!(&m.data, Some(Ok(d)) if Arc::ptr_eq(d, &data));
+                if !same {
+                    crate::gui::derive::publish_rollout_map(ctx, Arc::clone(&data.map));
+                    m.data = Some(Ok(data));
+                }
             }
             Answer::Failed { rollout_id, why } if rollout_id == id => m.data = Some(Err(why)),
-            // Unchanged, or an answer for a rollout no longer shown.
+            // An answer for a rollout no longer shown.
             _ => {}
         }
     }

@@ -8,7 +8,9 @@
 //!
 //! It draws only: the history worker reads the cache and the story of each rollout comes from
 //! [`convoy_core::comms::story`]; beside it, the rollout's cohort health against its baseline
-//! ([`convoy_core::rollout::series`], from the engine's log), re-read as the log grows.
+//! ([`convoy_core::rollout::series`], from the engine's log), re-read as the log grows. The
+//! plot of one metric ([`metric_plot_ui`]) is shared with the rollout monitor, which plots
+//! every gated metric with it.
 
 use std::fmt::Write as _;
 
