@@ -16,9 +16,11 @@ use egui_kittest::kittest::{NodeT as _, Queryable};
 const ROLLOUT: &str = "ro-install";
 
 /// Runs frames until a label containing `text` is on screen (workers answer on their own
-/// threads), or fails after a few seconds.
+/// threads, and the monitor reads its rollout every few seconds), or fails after half a
+/// minute: a bound on waiting for an answer, not a measurement.
 fn wait_for(h: &mut Harness<'static, ConsoleApp>, text: &str) {
-    for _ in 0..600 {
+    let started = std::time::Instant::now();
+    while started.elapsed() < std::time::Duration::from_secs(30) {
         if h.query_by_label_contains(text).is_some() {
             return;
         }
