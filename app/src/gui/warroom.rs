@@ -437,11 +437,20 @@ pub fn metric_plot_ui(
         .size(style.text_size)
         .color(if over { tokens::BAD } else { tokens::OK }),
     );
+    // A later value at the same moment replaces the earlier one (a series' last point can
+    // fall on its last step): two points at one x would draw as a spike.
     let pick = |f: fn(&SeriesPoint) -> Option<f64>| {
-        m.points
-            .iter()
-            .filter_map(|p| f(p).map(|v| [hours(p.at), v]))
-            .collect::<Vec<_>>()
+        let mut out: Vec<[f64; 2]> = Vec::new();
+        for p in &m.points {
+            if let Some(v) = f(p) {
+                let x = hours(p.at);
+                if out.last().is_some_and(|last| last[0] == x) {
+                    out.pop();
+                }
+                out.push([x, v]);
+            }
+        }
+        out
     };
     let updated = pick(|p| p.updated);
     let baseline = pick(|p| p.baseline);
