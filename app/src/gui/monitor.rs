@@ -836,7 +836,16 @@ fn verdict_ui(
         return;
     };
     ui.label(RichText::new("Evidence (the last gate look's findings):").strong());
-    for f in &report.findings {
+    // What stopped the rollout first, then what was overridden, trending, or not judged.
+    let rank = |f: &&convoy_core::gates::Finding| match f.status {
+        FindingStatus::Fail => 0,
+        FindingStatus::Overridden => 1,
+        FindingStatus::Trending => 2,
+        FindingStatus::NotEnoughData => 3,
+    };
+    let mut findings: Vec<&convoy_core::gates::Finding> = report.findings.iter().collect();
+    findings.sort_by_key(rank);
+    for f in findings {
         let scope = f
             .stratum
             .as_deref()
