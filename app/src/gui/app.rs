@@ -262,7 +262,8 @@ pub enum DeriveMode {
 /// The console.
 pub struct ConsoleApp {
     pub state: UiState,
-    backend: Backend,
+    /// The background work; views steer rollouts through it (`can_steer`, `steer`).
+    pub(crate) backend: Backend,
     clock: Clock,
     pub model: Option<FleetModel>,
     pub derived: Derived,

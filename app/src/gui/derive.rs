@@ -19,6 +19,12 @@
 //! worker keeps a copy of its last result's classes, filter and order, and bins or summarises
 //! that (no derivation), so neither ever costs the UI thread a fleet-sized step.
 //!
+//! In [`ColorMode::RolloutState`] the classes come from the rollout the monitor last read
+//! ([`RolloutMap`]), which the monitor publishes in the egui context's data
+//! ([`publish_rollout_map`]); the worker takes it from there before each derivation and, while
+//! that mode is on, looks for a newer one every [`ROLLOUT_MAP_POLL`] when idle, so a rollout that
+//! moves on recolours the map without any other request.
+//!
 //! Deliberately not here: drawing, writing to the cache.
 
 use convoy_core::fleet::Fleet;
@@ -27,11 +33,30 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender, TryRecvErr
 use std::time::{Duration, Instant};
 
 use crate::gui::aggregate::{CLASSES, Grid, cell_size_for};
-use crate::gui::model::{ColorMode, FleetModel, class_counts};
+use crate::gui::model::{ColorMode, FleetModel, RolloutMap, class_counts};
 use crate::gui::query::{
     Column, Filter, SUMMARY_ATTRIBUTES, SummaryRow, filter_indices, sort_indices, summarise,
 };
 use crate::link::protocol::Inbound;
+
+/// How often an idle worker in [`ColorMode::RolloutState`] looks for a newer [`RolloutMap`].
+pub const ROLLOUT_MAP_POLL: Duration = Duration::from_millis(500);
+
+/// The key of the rollout map in the egui context's data.
+fn rollout_map_id() -> egui::Id {
+    egui::Id::unique("convoy-rollout-map")
+}
+
+/// Makes `map` the rollout the map colours by in [`ColorMode::RolloutState`] (the monitor
+/// calls this with each new reading of its rollout).
+pub fn publish_rollout_map(ctx: &egui::Context, map: std::sync::Arc<RolloutMap>) {
+    ctx.data_mut(|d| d.insert_temp(rollout_map_id(), map));
+}
+
+/// The rollout the map colours by, if the monitor has published one.
+pub fn rollout_map(ctx: &egui::Context) -> Option<std::sync::Arc<RolloutMap>> {
+    ctx.data(|d| d.get_temp(rollout_map_id()))
+}
 
 /// What the derivation depends on besides the data.
 #[derive(Debug, Clone, PartialEq)]
@@ -97,10 +122,16 @@ impl Derived {
         }
     }
 
-    /// Derives everything from `model` and `query`. Time proportional to the fleet: only the
-    /// worker (and benchmarks) call it.
-    pub fn compute(model: &FleetModel, query: &Query, generation: u64) -> Self {
-        let classes = model.classes(query.color_mode, query.now);
+    /// Derives everything from `model` and `query` (and `rollout` for
+    /// [`ColorMode::RolloutState`]). Time proportional to the fleet: only the worker (and
+    /// benchmarks) call it.
+    pub fn compute(
+        model: &FleetModel,
+        query: &Query,
+        rollout: Option<&RolloutMap>,
+        generation: u64,
+    ) -> Self {
+        let classes = model.classes(query.color_mode, query.now, rollout);
         let filtered: Vec<u32> = if query.filter.is_empty() {
             (0..model.len() as u32).collect()
         } else {
@@ -240,6 +271,29 @@ struct Replica {
     data_changed: bool,
     /// The last result's derived data, kept to answer a view change without deriving again.
     last: Option<Derived>,
+    /// The rollout map the last derivation used.
+    rollout: Option<std::sync::Arc<RolloutMap>>,
+}
+
+impl Replica {
+    /// Whether the classes come from the rollout map.
+    fn colours_by_rollout(&self) -> bool {
+        self.query
+            .as_ref()
+            .is_some_and(|q| q.color_mode == ColorMode::RolloutState)
+    }
+
+    /// Takes the newest published rollout map; true if it differs from the one used last.
+    fn refresh_rollout(&mut self, ctx: Option<&egui::Context>) -> bool {
+        let newest = ctx.and_then(rollout_map);
+        let same = match (&newest, &self.rollout) {
+            (Some(a), Some(b)) => std::sync::Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+        self.rollout = newest;
+        !same
+    }
 }
 
 impl Replica {
@@ -300,10 +354,25 @@ fn run(
         query_changed: false,
         data_changed: false,
         last: None,
+        rollout: None,
     };
     let mut last_result: Option<Instant> = None;
     loop {
-        if !r.dirty {
+        if !r.dirty && r.colours_by_rollout() && repaint.is_some() {
+            match rx.recv_timeout(ROLLOUT_MAP_POLL) {
+                Ok(req) => r.apply(req),
+                Err(RecvTimeoutError::Timeout) => {
+                    if r.refresh_rollout(repaint) {
+                        // A newer reading of the rollout: derive again, answering at once.
+                        r.dirty = true;
+                        r.data_changed = true;
+                        r.query_changed = true;
+                    }
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+        } else if !r.dirty {
             match rx.recv() {
                 Ok(req) => r.apply(req),
                 Err(_) => return,
@@ -334,6 +403,9 @@ fn run(
             }
             continue;
         }
+        if r.colours_by_rollout() && r.refresh_rollout(repaint) {
+            r.data_changed = true;
+        }
         let (Some(model), Some(query)) = (&r.model, &r.query) else {
             // Nothing to derive from yet; the next request makes the state complete.
             r.dirty = false;
@@ -344,7 +416,7 @@ fn run(
         let mut derived = match r.last.as_ref().filter(|_| !r.data_changed) {
             // Only the view changed: bin or summarise the last result again.
             Some(last) => last.base_copy(r.generation),
-            None => Derived::compute(model, query, r.generation),
+            None => Derived::compute(model, query, r.rollout.as_deref(), r.generation),
         };
         derived.grid = r.map_level.map(|level| {
             let cell = cell_size_for(level, crate::gui::tokens::CLUSTER_CELL_PX);
@@ -422,7 +494,7 @@ mod tests {
         assert!(w.send(DeriveRequest::Query(query("eu"))));
         let r = w.wait_result().expect("an answer");
         assert_eq!(r.seen, 2);
-        let reference = Derived::compute(&FleetModel::new(fleet()), &query("eu"), 0);
+        let reference = Derived::compute(&FleetModel::new(fleet()), &query("eu"), None, 0);
         assert!(!reference.filtered.is_empty());
         assert!(reference.filtered.len() < 300);
         assert_eq!(r.derived.classes, reference.classes);
@@ -518,5 +590,45 @@ mod tests {
         assert!(w.try_result().is_none());
         assert!(w.send(DeriveRequest::Load(Box::new(fleet()))));
         assert_eq!(w.wait_result().expect("an answer").derived.order.len(), 300);
+    }
+
+    #[test]
+    fn a_published_rollout_map_recolours_without_another_request() {
+        let ctx = egui::Context::default();
+        let mut w = DeriveWorker::spawn(Some(ctx.clone()), Duration::ZERO).expect("thread starts");
+        let fleet = fleet();
+        let ids: Vec<String> = fleet.devices.iter().map(|d| d.id.clone()).collect();
+        assert!(w.send(DeriveRequest::Load(Box::new(fleet))));
+        let rollout_query = Query {
+            color_mode: ColorMode::RolloutState,
+            ..query("")
+        };
+        assert!(w.send(DeriveRequest::Query(rollout_query)));
+        let r = w.wait_result().expect("an answer");
+        assert_eq!(r.derived.counts_all[0], 300, "no rollout yet: none in one");
+        // The monitor publishes a reading: ten devices confirmed.
+        publish_rollout_map(
+            &ctx,
+            std::sync::Arc::new(RolloutMap {
+                rollout_id: "r".into(),
+                device_ids: ids[..10].to_vec(),
+                classes: vec![4; 10],
+            }),
+        );
+        // No request: the idle worker finds the map by itself (within a few polls).
+        let started = Instant::now();
+        let r2 = loop {
+            if let Some(r) = w.try_result() {
+                break r;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "the worker never recoloured"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert_eq!(r2.seen, r.seen, "an answer to no new request");
+        assert_eq!(r2.derived.counts_all[4], 10);
+        assert_eq!(r2.derived.counts_all[0], 290);
     }
 }

@@ -1,6 +1,7 @@
 //! The fleet map: the offline basemap from [`crate::gui::basemap`] (under an MBTiles file or an
 //! online tile server from [`crate::gui::tiles`] when one is given), vehicles coloured by update
-//! state or health, clusters where vehicles do not fit, a legend that filters, hover and click
+//! state, health or their state in a rollout (the one the rollout monitor shows, kept fresh by
+//! [`crate::gui::monitor::sync`] while the map colours by it), clusters where vehicles do not fit, a legend that filters, hover and click
 //! to a device, and Shift+drag box or lasso selection into a cohort (the lasso's
 //! point-in-polygon test is plain code in [`crate::gui::aggregate`]).
 //!
@@ -273,8 +274,15 @@ fn to_screen(projector: &Projector, lat: f64, lon: f64) -> Pos2 {
 /// The legend: one button per class with its count; clicking filters to that class.
 fn legend_ui(app: &mut ConsoleApp, ui: &mut egui::Ui) {
     let mode = app.state.color_mode;
+    if mode == crate::gui::model::ColorMode::RolloutState {
+        crate::gui::monitor::sync(app, ui.ctx());
+    }
     ui.horizontal_wrapped(|ui| {
-        ui.label(RichText::new(format!("{}:", mode.label())).strong());
+        if mode == crate::gui::model::ColorMode::RolloutState {
+            rollout_legend_title_ui(app, ui);
+        } else {
+            ui.label(RichText::new(format!("{}:", mode.label())).strong());
+        }
         for (k, name) in mode.class_names().iter().enumerate() {
             let count = app.derived.counts_filtered[k];
             let selected = app.state.filter.class == Some(k as u8);
@@ -288,6 +296,18 @@ fn legend_ui(app: &mut ConsoleApp, ui: &mut egui::Ui) {
             }
         }
     });
+}
+
+/// Which rollout the map colours by, and where to choose another.
+fn rollout_legend_title_ui(app: &ConsoleApp, ui: &mut egui::Ui) {
+    let shown = crate::gui::derive::rollout_map(ui.ctx());
+    let text = match (&shown, crate::gui::monitor::target(app)) {
+        (Some(map), _) => format!("Rollout state of {}:", map.rollout_id),
+        (None, Some(id)) => format!("Rollout state of {id} (reading its log):"),
+        (None, None) => "Rollout state (no rollout recorded in the cache):".to_owned(),
+    };
+    ui.label(RichText::new(text).strong())
+        .on_hover_text("Choose the rollout in the Rollout monitor");
 }
 
 /// Draws the map view.

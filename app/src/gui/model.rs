@@ -70,15 +70,23 @@ pub enum ColorMode {
     #[default]
     UpdateState,
     Health,
+    /// Each device's state in one rollout, as the engine's log records it (the rollout the
+    /// monitor shows; see [`RolloutMap`]).
+    RolloutState,
 }
 
 impl ColorMode {
-    pub const ALL: [ColorMode; 2] = [ColorMode::UpdateState, ColorMode::Health];
+    pub const ALL: [ColorMode; 3] = [
+        ColorMode::UpdateState,
+        ColorMode::Health,
+        ColorMode::RolloutState,
+    ];
 
     pub fn label(self) -> &'static str {
         match self {
             ColorMode::UpdateState => "Update state",
             ColorMode::Health => "Health",
+            ColorMode::RolloutState => "Rollout state",
         }
     }
 
@@ -101,8 +109,63 @@ impl ColorMode {
                 "low battery",
                 "crashing / failed updates",
             ],
+            ColorMode::RolloutState => &[
+                "not in the rollout",
+                "planned, not offered",
+                "offered / downloading",
+                "installing / rebooting",
+                "confirmed",
+                "failed",
+                "reverted",
+                "silent",
+            ],
         }
     }
+}
+
+/// Every device of one rollout with its [`ColorMode::RolloutState`] class, from the rollout's
+/// replayed log (the monitor's worker builds it; the derive worker joins it with the fleet).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RolloutMap {
+    pub rollout_id: String,
+    /// The rollout's devices, sorted by id.
+    pub device_ids: Vec<String>,
+    /// The class of each of `device_ids`, from 1 ([`rollout_class`]).
+    pub classes: Vec<u8>,
+}
+
+/// The rollout-state class of a device in a rollout (index into
+/// [`ColorMode::class_names`]): silence shows over a state the rollout still waits on.
+pub fn rollout_class(state: convoy_core::rollout::DeviceState, silent: bool) -> u8 {
+    use convoy_core::rollout::DeviceState as S;
+    match state {
+        _ if silent && !state.is_terminal() => 7,
+        S::Pending => 1,
+        S::Offered | S::Downloading | S::Verified => 2,
+        S::Installing | S::Rebooting => 3,
+        S::Healthy => 4,
+        S::Failed => 5,
+        S::Reverted => 6,
+    }
+}
+
+/// The rollout-state class of every device of `fleet` (sorted by id): its class in `map`, or
+/// 0 when it is not in the rollout (or no rollout is known). One merge of two sorted lists.
+pub fn rollout_classes(fleet: &Fleet, map: Option<&RolloutMap>) -> Vec<u8> {
+    let mut classes = vec![0; fleet.devices.len()];
+    let Some(map) = map else {
+        return classes;
+    };
+    let mut j = 0;
+    for (i, d) in fleet.devices.iter().enumerate() {
+        while j < map.device_ids.len() && map.device_ids[j].as_str() < d.id.as_str() {
+            j += 1;
+        }
+        if map.device_ids.get(j).is_some_and(|id| *id == d.id) {
+            classes[i] = map.classes.get(j).copied().unwrap_or(0);
+        }
+    }
+    classes
 }
 
 /// The update-state class of a device (index into [`ColorMode::class_names`]).
@@ -351,9 +414,16 @@ impl FleetModel {
         self.revision += 1;
     }
 
-    /// The colour class of every device in `mode` at `now`.
-    pub fn classes(&self, mode: ColorMode, now: Timestamp) -> Vec<u8> {
+    /// The colour class of every device in `mode` at `now`; `rollout` gives the classes of
+    /// [`ColorMode::RolloutState`] (without it, every device is "not in the rollout").
+    pub fn classes(
+        &self,
+        mode: ColorMode,
+        now: Timestamp,
+        rollout: Option<&RolloutMap>,
+    ) -> Vec<u8> {
         match mode {
+            ColorMode::RolloutState => rollout_classes(&self.fleet, rollout),
             ColorMode::UpdateState => self
                 .live
                 .iter()
@@ -465,7 +535,11 @@ mod tests {
             "{}",
             e.text
         );
-        let classes = m.classes(ColorMode::UpdateState, Timestamp::from_secs(1_800_000_300));
+        let classes = m.classes(
+            ColorMode::UpdateState,
+            Timestamp::from_secs(1_800_000_300),
+            None,
+        );
         assert_eq!(classes[7], 6);
         assert_eq!(classes[8], 0);
     }
@@ -520,5 +594,40 @@ mod tests {
         }
         assert_eq!(m.events.len(), EVENT_LOG_LEN);
         assert_eq!(m.events.front().map(|e| e.text.as_str()), Some("e10"));
+    }
+
+    #[test]
+    fn rollout_classes_join_the_rollout_with_the_fleet_by_id() {
+        use convoy_core::rollout::DeviceState as S;
+        let m = model();
+        let ids: Vec<String> = m.fleet.devices.iter().map(|d| d.id.clone()).collect();
+        // Devices 1, 3 and 4 are in the rollout, and one the fleet does not hold.
+        let map = RolloutMap {
+            rollout_id: "r".into(),
+            device_ids: vec![
+                ids[1].clone(),
+                ids[3].clone(),
+                ids[4].clone(),
+                "zz-gone".into(),
+            ],
+            classes: vec![
+                rollout_class(S::Healthy, false),
+                rollout_class(S::Downloading, true),
+                rollout_class(S::Reverted, true),
+                rollout_class(S::Pending, false),
+            ],
+        };
+        let classes = m.classes(ColorMode::RolloutState, Timestamp::from_secs(0), Some(&map));
+        assert_eq!(&classes[..6], &[0, 4, 0, 7, 6, 0]);
+        assert_eq!(classes.len(), m.len());
+        assert!(
+            m.classes(ColorMode::RolloutState, Timestamp::from_secs(0), None)
+                .iter()
+                .all(|&k| k == 0)
+        );
+        assert_eq!(
+            ColorMode::RolloutState.class_names().len(),
+            crate::gui::aggregate::CLASSES
+        );
     }
 }

@@ -1,15 +1,1413 @@
-//! The rollout monitor view: One rollout: per-wave device counts, adoption by cohort, cohort health against baseline with the gate decisions, and pause, resume, roll back and override.
+//! The rollout monitor: one rollout at a time, as the engine's replayable log tells it. Per
+//! wave, its devices by state (offered, downloading, installed, confirmed, failed, reverted,
+//! silent); adoption over time by cohort (model, tier, region, network, power state); cohort
+//! health against the baseline for every gate metric, with the tolerated levels and the gate
+//! decisions on the time axis (the war room's plots, [`crate::gui::warroom::metric_plot_ui`]);
+//! the current verdict with its evidence; and pause, resume, override, roll back and abort,
+//! each with a required reason, sent through [`crate::gui::backend::Backend::steer`].
 //!
-//! Not built yet: this view says so.
+//! The log is read and replayed on the `convoy-monitor` worker thread, never on the UI thread:
+//! the view asks for its rollout every [`MONITOR_POLL`] (newest request wins), and the worker
+//! replays the log again only when it has grown. The figures are plain functions of the
+//! replayed [`Rollout`] with their own tests: [`wave_counts`], [`adoption_curves`] and
+//! [`proportion_series`] (the update-outcome gates, which the health series of
+//! [`convoy_core::rollout::series`] leaves out). Each reading also gives the map its
+//! [`RolloutMap`] for [`crate::gui::model::ColorMode::RolloutState`].
+//!
+//! Deliberately not here: deciding anything (the engine applies a command or refuses it, and
+//! its answer is shown), or writing to the cache.
 
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, Sender};
+use std::time::{Duration, Instant};
+
+use convoy_core::fleet::Fleet;
+use convoy_core::gates::{FindingStatus, GateReport, MetricKind};
+use convoy_core::metrics::COHORT_ATTRIBUTES;
+use convoy_core::rollout::series::{HealthSeries, MAX_POINTS, MetricSeries, SeriesPoint};
+use convoy_core::rollout::{DeviceState, EventKind, Phase, Rollout, RolloutState};
+use convoy_core::time::Timestamp;
+use egui::RichText;
+
+use crate::engine::control::{OperatorCommand, RollBackScope};
 use crate::gui::app::ConsoleApp;
+use crate::gui::model::{RolloutMap, rollout_class};
+use crate::gui::steer::{operator_name, phase_words};
+use crate::gui::tokens;
+use crate::gui::warroom::{self, PlotStyle};
+use crate::store::Store;
 
-/// What the rollout monitor view keeps between frames.
-#[derive(Debug, Default)]
-pub struct MonitorState {}
+/// How often the monitor asks for its rollout again while it shows (or the map colours by it).
+pub const MONITOR_POLL: Duration = Duration::from_secs(3);
+/// The most cohorts the adoption plot draws (the largest); the list under it names every one.
+pub const ADOPTION_LINES: usize = 8;
+/// The names the adoption selector gives [`COHORT_ATTRIBUTES`], in that order.
+pub const COHORT_NAMES: [&str; 5] = ["model", "tier", "region", "network", "power state"];
+
+/// One wave's devices by where they are in the update.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WaveCounts {
+    pub name: String,
+    pub devices: u32,
+    /// Offered the release so far (every device not pending).
+    pub offered: u32,
+    /// Offered, downloading or verified: the rollout waits for them to install.
+    pub downloading: u32,
+    /// Installed, installing or rebooting into the new version, not confirmed yet.
+    pub installed: u32,
+    /// Confirmed healthy on the new version.
+    pub confirmed: u32,
+    pub failed: u32,
+    /// Back on the previous version (an automatic revert or a rollback).
+    pub reverted: u32,
+    /// Not heard from for the gates' silence period while the rollout waits on them.
+    pub silent: u32,
+}
+
+/// Every wave's [`WaveCounts`] from a replayed rollout, in wave order.
+pub fn wave_counts(state: &RolloutState) -> Vec<WaveCounts> {
+    state
+        .spec
+        .waves
+        .iter()
+        .zip(&state.wave_members)
+        .map(|(wave, members)| {
+            let mut c = WaveCounts {
+                name: wave.name.clone(),
+                ..WaveCounts::default()
+            };
+            for &i in members {
+                let Some(d) = state.devices.get(i as usize) else {
+                    continue;
+                };
+                c.devices += 1;
+                if d.state != DeviceState::Pending {
+                    c.offered += 1;
+                }
+                match d.state {
+                    DeviceState::Pending => {}
+                    DeviceState::Offered | DeviceState::Downloading | DeviceState::Verified => {
+                        c.downloading += 1;
+                    }
+                    DeviceState::Installing | DeviceState::Rebooting => c.installed += 1,
+                    DeviceState::Healthy => c.confirmed += 1,
+                    DeviceState::Failed => c.failed += 1,
+                    DeviceState::Reverted => c.reverted += 1,
+                }
+                if d.silent && !d.state.is_terminal() {
+                    c.silent += 1;
+                }
+            }
+            c
+        })
+        .collect()
+}
+
+/// The time step of the monitor's curves for a rollout spanning `start..end`: at most
+/// [`MAX_POINTS`] points, never finer than `min_step_secs`.
+fn step_for(start: Timestamp, end: Timestamp, min_step_secs: i64) -> i64 {
+    let span = (end.secs() - start.secs()).max(1);
+    (span / MAX_POINTS as i64 + 1).max(min_step_secs.max(60))
+}
+
+/// Adoption over time in one cohort.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AdoptionCurve {
+    /// The cohort's value of the attribute (`-` for devices the fleet does not hold).
+    pub value: String,
+    pub targeted: u64,
+    /// Confirmed healthy now.
+    pub healthy: u64,
+    /// (hours since the rollout was created, percent of `targeted` confirmed healthy).
+    pub points: Vec<[f64; 2]>,
+}
+
+/// Adoption over time by the values of `attribute` (see `Device::attribute`), sorted by
+/// value: each cohort's share of its devices confirmed healthy, sampled every `step_secs` from
+/// the rollout's creation to its last event. Its last point is
+/// [`convoy_core::metrics::adoption_by`]'s ratio.
+pub fn adoption_curves(
+    rollout: &Rollout,
+    fleet: &Fleet,
+    attribute: &str,
+    step_secs: i64,
+) -> Vec<AdoptionCurve> {
+    let state = rollout.state();
+    let values: Vec<String> = state
+        .device_ids
+        .iter()
+        .map(|id| {
+            fleet
+                .device(id)
+                .and_then(|d| d.attribute(attribute))
+                .unwrap_or_else(|| "-".to_owned())
+        })
+        .collect();
+    let mut names: Vec<&str> = values.iter().map(String::as_str).collect();
+    names.sort_unstable();
+    names.dedup();
+    let group: Vec<usize> = values
+        .iter()
+        .map(|v| names.binary_search(&v.as_str()).unwrap_or(0))
+        .collect();
+    let mut curves: Vec<AdoptionCurve> = names
+        .iter()
+        .map(|v| AdoptionCurve {
+            value: (*v).to_owned(),
+            targeted: 0,
+            healthy: 0,
+            points: Vec::new(),
+        })
+        .collect();
+    for &g in &group {
+        curves[g].targeted += 1;
+    }
+    let start = state.created_at.secs();
+    let hours = |t: i64| (t - start) as f64 / 3600.0;
+    let emit = |curves: &mut Vec<AdoptionCurve>, at: i64| {
+        for c in curves.iter_mut() {
+            let pct = if c.targeted == 0 {
+                0.0
+            } else {
+                c.healthy as f64 * 100.0 / c.targeted as f64
+            };
+            c.points.push([hours(at), pct]);
+        }
+    };
+    emit(&mut curves, start);
+    let step = step_secs.max(1);
+    let mut healthy = vec![false; group.len()];
+    let mut next_point = start + step;
+    let mut dirty = false;
+    for e in rollout.events() {
+        if e.at.secs() >= next_point {
+            if dirty {
+                emit(&mut curves, next_point);
+                dirty = false;
+            }
+            next_point += step * ((e.at.secs() - next_point) / step + 1);
+        }
+        if let EventKind::Device { device, state: to } = &e.kind {
+            let i = *device as usize;
+            let (Some(was), Some(&g)) = (healthy.get_mut(i), group.get(i)) else {
+                continue;
+            };
+            let now = *to == DeviceState::Healthy;
+            if now != *was {
+                *was = now;
+                if now {
+                    curves[g].healthy += 1;
+                } else {
+                    curves[g].healthy = curves[g].healthy.saturating_sub(1);
+                }
+                dirty = true;
+            }
+        }
+    }
+    let end = rollout.events().last().map_or(start, |e| e.at.secs());
+    if end > start {
+        emit(&mut curves, end);
+    }
+    curves
+}
+
+/// One device as the outcome gates count it.
+#[derive(Clone, Copy)]
+struct Outcome {
+    state: DeviceState,
+    silent: bool,
+    rollback_pending: bool,
+}
+
+/// The whole rollout's update outcomes so far (all waves and strata), counted as the state
+/// machine counts them for the proportion gates.
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+struct Outcomes {
+    installed: u64,
+    healthy: u64,
+    install_failed: u64,
+    boot_failed: u64,
+    silent: u64,
+}
+
+impl Outcomes {
+    /// (failures, devices judged) for a proportion metric, as `gates::OutcomeAgg` has it.
+    fn proportion(&self, metric: &str) -> (u64, u64) {
+        match metric {
+            "install_failure" => (self.install_failed, self.installed + self.install_failed),
+            "boot_failure" => (self.boot_failed, self.healthy + self.boot_failed),
+            _ => (
+                self.silent,
+                self.healthy + self.install_failed + self.boot_failed + self.silent,
+            ),
+        }
+    }
+}
+
+/// The update-outcome gates (install failure, boot failure, silent) over time, as percentages
+/// of the devices each judges, for the whole rollout: the "updated" line is the observed
+/// share, the "baseline" the historical share the gate compares against (its
+/// `baseline_ratio`), so that the plots' tolerated line is the gate's `baseline_ratio ×
+/// max_ratio`. Sampled every `step_secs`. The counting follows the state machine's fold
+/// (`RolloutState::apply`); a test checks it ends where the replayed state's outcomes do.
+pub fn proportion_series(rollout: &Rollout, step_secs: i64) -> Vec<MetricSeries> {
+    let state = rollout.state();
+    let gates: Vec<(String, f64, f64)> = state
+        .spec
+        .gates
+        .metric_gates()
+        .into_iter()
+        .filter(|(_, kind, g)| g.enabled && *kind == MetricKind::Proportion)
+        .map(|(name, _, g)| {
+            (
+                name.to_owned(),
+                g.baseline_ratio.unwrap_or(0.0),
+                g.max_ratio,
+            )
+        })
+        .collect();
+    let mut series: Vec<MetricSeries> = gates
+        .iter()
+        .map(|(name, _, max_ratio)| MetricSeries {
+            metric: name.clone(),
+            unit: "% of the devices judged",
+            max_ratio: *max_ratio,
+            points: Vec::new(),
+        })
+        .collect();
+    let emit = |series: &mut Vec<MetricSeries>, out: &Outcomes, at: i64| {
+        for (s, (name, baseline, _)) in series.iter_mut().zip(&gates) {
+            let (failures, judged) = out.proportion(name);
+            s.points.push(SeriesPoint {
+                at: Timestamp::from_secs(at),
+                updated: (judged > 0).then(|| failures as f64 * 100.0 / judged as f64),
+                baseline: Some(baseline * 100.0),
+                updated_weight: judged as f64,
+                baseline_weight: 0.0,
+            });
+        }
+    };
+    let mut devices = vec![
+        Outcome {
+            state: DeviceState::Pending,
+            silent: false,
+            rollback_pending: false,
+        };
+        state.devices.len()
+    ];
+    let mut out = Outcomes::default();
+    let start = state.created_at.secs();
+    let step = step_secs.max(1);
+    let mut next_point = start + step;
+    let mut dirty = false;
+    let heard = |d: &mut Outcome, out: &mut Outcomes| {
+        if d.silent {
+            d.silent = false;
+            out.silent = out.silent.saturating_sub(1);
+        }
+    };
+    for e in rollout.events() {
+        if e.at.secs() >= next_point {
+            if dirty {
+                emit(&mut series, &out, next_point);
+                dirty = false;
+            }
+            next_point += step * ((e.at.secs() - next_point) / step + 1);
+        }
+        match &e.kind {
+            EventKind::WaveStarted { wave } => {
+                for &i in state.wave_members.get(*wave).into_iter().flatten() {
+                    if let Some(d) = devices.get_mut(i as usize)
+                        && d.state == DeviceState::Pending
+                    {
+                        d.state = DeviceState::Offered;
+                    }
+                }
+            }
+            EventKind::Device { device, state: to } => {
+                let Some(d) = devices.get_mut(*device as usize) else {
+                    continue;
+                };
+                let (from, to) = (d.state, *to);
+                if from != to {
+                    if from < DeviceState::Rebooting
+                        && matches!(to, DeviceState::Rebooting | DeviceState::Healthy)
+                    {
+                        out.installed += 1;
+                    }
+                    match to {
+                        DeviceState::Healthy => out.healthy += 1,
+                        DeviceState::Failed if from == DeviceState::Rebooting => {
+                            out.boot_failed += 1;
+                        }
+                        DeviceState::Failed if from.is_in_flight() => out.install_failed += 1,
+                        DeviceState::Reverted
+                            if from == DeviceState::Rebooting && !d.rollback_pending =>
+                        {
+                            out.boot_failed += 1;
+                        }
+                        _ => {}
+                    }
+                    if d.rollback_pending
+                        && matches!(to, DeviceState::Reverted | DeviceState::Failed)
+                    {
+                        d.rollback_pending = false;
+                    }
+                    d.state = to;
+                    dirty = true;
+                }
+                heard(d, &mut out);
+            }
+            EventKind::Telemetry { device, .. } => {
+                if let Some(d) = devices.get_mut(*device as usize)
+                    && (d.state.is_in_flight() || d.rollback_pending || d.silent)
+                {
+                    dirty |= d.silent;
+                    heard(d, &mut out);
+                }
+            }
+            EventKind::DeviceSilent { device } => {
+                if let Some(d) = devices.get_mut(*device as usize)
+                    && !d.silent
+                {
+                    d.silent = true;
+                    d.rollback_pending = false;
+                    out.silent += 1;
+                    dirty = true;
+                }
+            }
+            EventKind::RollbackStarted { devices: asked, .. } => {
+                for &i in asked {
+                    if let Some(d) = devices.get_mut(i as usize)
+                        && !d.rollback_pending
+                        && !d.silent
+                    {
+                        d.rollback_pending = true;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    let end = rollout.events().last().map_or(start, |e| e.at.secs());
+    if dirty || series.iter().all(|s| s.points.is_empty()) {
+        emit(&mut series, &out, end);
+    }
+    series
+}
+
+/// One reading of a rollout, computed on the worker from its log.
+#[derive(Debug)]
+pub struct MonitorData {
+    pub rollout_id: String,
+    /// The log's length when it was read.
+    pub log_rows: i64,
+    pub phase: Phase,
+    pub release_id: String,
+    pub requested_by: String,
+    pub created_at: Timestamp,
+    /// When the log last recorded anything.
+    pub last_at: Timestamp,
+    pub waves: Vec<WaveCounts>,
+    /// The most recent gate look's findings (`None` before any look with findings).
+    pub last_report: Option<GateReport>,
+    /// Findings an operator overrode in the current wave.
+    pub overridden: Vec<(String, Option<String>)>,
+    /// Every gated metric: the health series' rates and means, then [`proportion_series`].
+    pub health: HealthSeries,
+    /// Adoption curves by each of [`COHORT_ATTRIBUTES`], in that order.
+    pub adoption: Vec<Vec<AdoptionCurve>>,
+    /// Each device's class, for the map.
+    pub map: Arc<RolloutMap>,
+}
+
+/// Replays `log` (a rollout's whole event log, `Created` first) into everything the monitor
+/// shows; `fleet` gives the cohorts of the adoption curves.
+pub fn read_rollout(
+    rollout_id: &str,
+    log: Vec<convoy_core::rollout::RolloutEvent>,
+    log_rows: i64,
+    fleet: Option<&Fleet>,
+) -> Result<MonitorData, String> {
+    let mut health = convoy_core::rollout::series::health_series(&log);
+    let rollout = Rollout::replay(log)
+        .map_err(|e| format!("the log of rollout {rollout_id} does not replay: {e}"))?;
+    let state = rollout.state();
+    let last_at = rollout.events().last().map_or(state.created_at, |e| e.at);
+    let step = step_for(
+        state.created_at,
+        last_at,
+        state.spec.gates.evaluate_every_secs,
+    );
+    health.metrics.extend(proportion_series(&rollout, step));
+    let empty = Fleet::default();
+    let fleet = fleet.unwrap_or(&empty);
+    let adoption = COHORT_ATTRIBUTES
+        .iter()
+        .map(|a| adoption_curves(&rollout, fleet, a, step))
+        .collect();
+    let map = RolloutMap {
+        rollout_id: rollout_id.to_owned(),
+        device_ids: state.device_ids.clone(),
+        classes: state
+            .devices
+            .iter()
+            .map(|d| rollout_class(d.state, d.silent))
+            .collect(),
+    };
+    Ok(MonitorData {
+        rollout_id: rollout_id.to_owned(),
+        log_rows,
+        phase: state.phase.clone(),
+        release_id: state.spec.release_id.clone(),
+        requested_by: state.spec.requested_by.clone(),
+        created_at: state.created_at,
+        last_at,
+        waves: wave_counts(state),
+        last_report: state.last_report.clone(),
+        overridden: state.overridden.clone(),
+        health,
+        adoption,
+        map: Arc::new(map),
+    })
+}
+
+/// What the view asks the worker.
+struct Request {
+    rollout_id: String,
+    cache: PathBuf,
+    fleet: Option<Arc<Fleet>>,
+}
+
+/// What the worker answers: a reading (the last one again, the same `Arc`, when the log has
+/// not grown), or why there is none.
+enum Answer {
+    Read(Arc<MonitorData>),
+    Failed { rollout_id: String, why: String },
+}
+
+/// The view's end of the `convoy-monitor` thread.
+struct Worker {
+    tx: Sender<Request>,
+    rx: Receiver<Answer>,
+}
+
+impl Worker {
+    fn spawn(ctx: &egui::Context) -> std::io::Result<Self> {
+        let (tx, requests) = std::sync::mpsc::channel::<Request>();
+        let (answers, rx) = std::sync::mpsc::sync_channel(4);
+        let ctx = ctx.clone();
+        std::thread::Builder::new()
+            .name("convoy-monitor".into())
+            .spawn(move || {
+                let mut store: Option<(PathBuf, Store)> = None;
+                // The last reading, under its (rollout, log rows, fleet).
+                let mut last: Option<(ReadingKey, Arc<MonitorData>)> = None;
+                while let Ok(first) = requests.recv() {
+                    // Only the newest request matters: the view shows one rollout.
+                    let request = requests.try_iter().last().unwrap_or(first);
+                    let answer = serve(&request, &mut store, &mut last);
+                    if answers.send(answer).is_err() {
+                        return;
+                    }
+                    ctx.request_repaint();
+                }
+            })?;
+        Ok(Self { tx, rx })
+    }
+}
+
+/// What a reading depends on: the rollout, its log's length, and the fleet (by address).
+type ReadingKey = (String, i64, usize);
+
+/// Answers one request on the worker.
+fn serve(
+    request: &Request,
+    store: &mut Option<(PathBuf, Store)>,
+    last: &mut Option<(ReadingKey, Arc<MonitorData>)>,
+) -> Answer {
+    let id = &request.rollout_id;
+    let failed = |why: String| Answer::Failed {
+        rollout_id: id.clone(),
+        why,
+    };
+    if store.as_ref().is_none_or(|(p, _)| *p != request.cache) {
+        match Store::open_existing(&request.cache) {
+            Ok(s) => *store = Some((request.cache.clone(), s)),
+            Err(e) => {
+                *store = None;
+                return failed(format!("{e:#}"));
+            }
+        }
+    }
+    let Some((_, s)) = store.as_ref() else {
+        return failed(format!("the cache {} is not open", request.cache.display()));
+    };
+    // The log's length from its last key, as the history worker reads it.
+    let rows: i64 = match s.conn().query_row(
+        "SELECT coalesce(max(seq) + 1, 0) FROM rollout_log WHERE rollout_id = ?1",
+        [id],
+        |r| r.get(0),
+    ) {
+        Ok(n) => n,
+        Err(e) => return failed(format!("reading the log of rollout {id}: {e}")),
+    };
+    if rows == 0 {
+        return failed(format!(
+            "the cache holds no engine log for rollout {id} (recorded before schema v6, or by \
+             hand): its timeline is in the war room"
+        ));
+    }
+    if rows > crate::gui::backend::MAX_HEALTH_LOG_ROWS {
+        return failed(format!(
+            "the log of rollout {id} has {rows} rows, more than the monitor replays ({})",
+            crate::gui::backend::MAX_HEALTH_LOG_ROWS
+        ));
+    }
+    let fleet_key = request
+        .fleet
+        .as_ref()
+        .map_or(0, |f| Arc::as_ptr(f) as usize);
+    let key = (id.clone(), rows, fleet_key);
+    if let Some((k, data)) = last.as_ref()
+        && *k == key
+    {
+        return Answer::Read(Arc::clone(data));
+    }
+    let log = match s.rollout_log(id) {
+        Ok(log) => log,
+        Err(e) => return failed(format!("{e:#}")),
+    };
+    match read_rollout(id, log, rows, request.fleet.as_deref()) {
+        Ok(data) => {
+            let data = Arc::new(data);
+            *last = Some((key, Arc::clone(&data)));
+            Answer::Read(data)
+        }
+        Err(why) => failed(why),
+    }
+}
+
+/// What the rollout monitor keeps between frames.
+pub struct MonitorState {
+    /// The rollout chosen; `None` follows the one the war room would show first.
+    pub selected: Option<String>,
+    /// The reason typed for the next command.
+    pub reason: String,
+    /// What "Roll back" covers.
+    pub scope: RollBackScope,
+    /// Index into [`COHORT_ATTRIBUTES`] of the adoption plot.
+    pub attribute: usize,
+    worker: Option<Worker>,
+    worker_error: Option<String>,
+    /// The reading of the rollout shown, or why it could not be read; `None` while loading.
+    pub data: Option<Result<Arc<MonitorData>, String>>,
+    /// The rollout last asked for, and when.
+    asked: Option<(String, Instant)>,
+    /// The fleet the last request carried (a reload gives a new one).
+    fleet: Option<Arc<Fleet>>,
+    /// The command sent last from here and not answered yet.
+    pub awaiting: Option<(String, OperatorCommand)>,
+}
+
+impl std::fmt::Debug for MonitorState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MonitorState")
+            .field("selected", &self.selected)
+            .field("reason", &self.reason)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for MonitorState {
+    fn default() -> Self {
+        Self {
+            selected: None,
+            reason: String::new(),
+            scope: RollBackScope::CurrentWave,
+            attribute: 0,
+            worker: None,
+            worker_error: None,
+            data: None,
+            asked: None,
+            fleet: None,
+            awaiting: None,
+        }
+    }
+}
+
+/// The rollout the monitor shows: the one chosen, else the one the war room shows first.
+pub fn target(app: &ConsoleApp) -> Option<String> {
+    if let Some(id) = &app.monitor.selected {
+        return Some(id.clone());
+    }
+    let board = app.rollouts.as_ref()?.as_ref().ok()?;
+    warroom::wall_order(&board.rollouts)
+        .first()
+        .map(|s| s.rollout_id.clone())
+}
+
+/// Keeps the monitor's reading of its rollout fresh: takes the worker's answers (publishing
+/// each new reading's map for [`crate::gui::model::ColorMode::RolloutState`]) and asks again
+/// every [`MONITOR_POLL`]. Called by the monitor and by the map while it colours by rollout.
+/// Never blocks: the worker reads the cache.
+pub fn sync(app: &mut ConsoleApp, ctx: &egui::Context) {
+    let Some(id) = target(app) else {
+        return;
+    };
+    let Some(cache) = app.cache_path().map(Path::to_owned) else {
+        return;
+    };
+    let fleet = app.shared_fleet();
+    let m = &mut app.monitor;
+    if m.worker.is_none() && m.worker_error.is_none() {
+        match Worker::spawn(ctx) {
+            Ok(w) => m.worker = Some(w),
+            Err(e) => m.worker_error = Some(format!("could not start the monitor thread: {e}")),
+        }
+    }
+    let Some(worker) = &m.worker else {
+        return;
+    };
+    for answer in worker.rx.try_iter() {
+        match answer {
+            Answer::Read(data) if data.rollout_id == id => {
+                let same = matches!(&m.data, Some(Ok(d)) if Arc::ptr_eq(d, &data));
+                if !same {
+                    crate::gui::derive::publish_rollout_map(ctx, Arc::clone(&data.map));
+                    m.data = Some(Ok(data));
+                }
+            }
+            Answer::Failed { rollout_id, why } if rollout_id == id => m.data = Some(Err(why)),
+            // An answer for a rollout no longer shown.
+            _ => {}
+        }
+    }
+    let fleet_changed = match (&fleet, &m.fleet) {
+        (Some(a), Some(b)) => !Arc::ptr_eq(a, b),
+        (a, b) => a.is_some() != b.is_some(),
+    };
+    let due = match &m.asked {
+        Some((asked, at)) => *asked != id || at.elapsed() >= MONITOR_POLL || fleet_changed,
+        None => true,
+    };
+    if !due {
+        return;
+    }
+    if m.asked.as_ref().is_some_and(|(asked, _)| *asked != id) {
+        // Another rollout: nothing of the old one shows.
+        m.data = None;
+    }
+    let request = Request {
+        rollout_id: id.clone(),
+        cache,
+        fleet: fleet.clone(),
+    };
+    if worker.tx.send(request).is_ok() {
+        m.asked = Some((id, Instant::now()));
+        m.fleet = fleet;
+    } else {
+        m.worker = None;
+        m.worker_error = Some("the monitor thread stopped".into());
+    }
+}
 
 /// Draws the view.
-pub fn monitor_ui(_app: &mut ConsoleApp, ui: &mut egui::Ui) {
+pub fn monitor_ui(app: &mut ConsoleApp, ui: &mut egui::Ui) {
+    sync(app, ui.ctx());
     ui.heading("Rollout monitor");
-    ui.label("Not built yet: One rollout: per-wave device counts, adoption by cohort, cohort health against baseline with the gate decisions, and pause, resume, roll back and override.");
+    egui::ScrollArea::vertical()
+        .auto_shrink([false, false])
+        .show(ui, |ui| body_ui(app, ui));
+}
+
+fn body_ui(app: &mut ConsoleApp, ui: &mut egui::Ui) {
+    let board = match &app.rollouts {
+        None => {
+            ui.label("Reading the rollouts in the cache…");
+            return;
+        }
+        Some(Err(why)) => {
+            ui.colored_label(tokens::WARN, format!("Could not read the rollouts: {why}"));
+            return;
+        }
+        Some(Ok(board)) => board,
+    };
+    let order = warroom::wall_order(&board.rollouts);
+    if order.is_empty() {
+        ui.label(
+            RichText::new(
+                "No rollouts recorded in the cache: `convoy rollout run` and the demo record \
+                 them here.",
+            )
+            .color(tokens::MUTED),
+        );
+        return;
+    }
+    let Some(id) = target(app) else {
+        return;
+    };
+    let story = board.rollouts.iter().find(|s| s.rollout_id == id).cloned();
+    let choices: Vec<(String, warroom::RolloutState)> = order
+        .iter()
+        .map(|s| (s.rollout_id.clone(), warroom::state_of(s)))
+        .collect();
+    ui.horizontal(|ui| {
+        let l = ui.label("Rollout:");
+        egui::ComboBox::from_id_salt("monitor-rollout")
+            .selected_text(id.as_str())
+            .show_ui(ui, |ui| {
+                for (rid, state) in &choices {
+                    let text = format!("{rid} · {}", state.label().to_lowercase());
+                    if ui.selectable_label(*rid == id, text).clicked() {
+                        app.monitor.selected = Some(rid.clone());
+                    }
+                }
+            })
+            .response
+            .labelled_by(l.id);
+        if let Some(s) = &story {
+            let state = warroom::state_of(s);
+            ui.label(RichText::new(state.label()).strong().color(state.color()));
+        }
+    });
+    if let Some(why) = &app.monitor.worker_error {
+        ui.colored_label(tokens::BAD, why);
+        return;
+    }
+    let data = match &app.monitor.data {
+        None => {
+            ui.label("Reading the rollout's log…");
+            return;
+        }
+        Some(Err(why)) => {
+            ui.colored_label(tokens::WARN, format!("Could not read the rollout: {why}"));
+            return;
+        }
+        Some(Ok(d)) => Arc::clone(d),
+    };
+    ui.label(
+        RichText::new(format!(
+            "release {} · requested by {} · created {} · last event {}",
+            data.release_id, data.requested_by, data.created_at, data.last_at
+        ))
+        .color(tokens::MUTED),
+    );
+    ui.add_space(6.0);
+    verdict_ui(ui, &data, story.as_ref());
+    ui.add_space(6.0);
+    controls_ui(app, ui, &data);
+    ui.separator();
+    waves_ui(ui, &data);
+    ui.separator();
+    adoption_ui(app, ui, &data);
+    ui.separator();
+    health_ui(ui, &data);
+}
+
+/// The verdict (the rollout's phase in words) and the evidence behind the last gate decision.
+fn verdict_ui(
+    ui: &mut egui::Ui,
+    data: &MonitorData,
+    story: Option<&convoy_core::comms::RolloutStory>,
+) {
+    let color = match &data.phase {
+        Phase::Paused { .. } => tokens::WARN,
+        Phase::RollingBack { .. } | Phase::RolledBack | Phase::Aborted { .. } => tokens::BAD,
+        Phase::Completed => tokens::MUTED,
+        _ => tokens::OK,
+    };
+    ui.label(
+        RichText::new(format!("Verdict: {}", phase_words(&data.phase)))
+            .strong()
+            .size(16.0)
+            .color(color),
+    );
+    if let Some(stop) = story.and_then(|s| s.stops.last()) {
+        ui.label(format!(
+            "Last gate decision: {} in wave {} at {}",
+            stop.outcome, stop.wave, stop.at
+        ));
+    }
+    let Some(report) = &data.last_report else {
+        ui.label(RichText::new("No gate finding on record.").color(tokens::MUTED));
+        return;
+    };
+    ui.label(RichText::new("Evidence (the last gate look's findings):").strong());
+    // What stopped the rollout first, then what was overridden, trending, or not judged.
+    let rank = |f: &&convoy_core::gates::Finding| match f.status {
+        FindingStatus::Fail => 0,
+        FindingStatus::Overridden => 1,
+        FindingStatus::Trending => 2,
+        FindingStatus::NotEnoughData => 3,
+    };
+    let mut findings: Vec<&convoy_core::gates::Finding> = report.findings.iter().collect();
+    findings.sort_by_key(rank);
+    for f in findings {
+        let scope = f
+            .stratum
+            .as_deref()
+            .map_or_else(|| "whole wave".to_owned(), |s| format!("stratum {s}"));
+        let (status, color) = match f.status {
+            FindingStatus::Fail => ("FAIL", tokens::BAD),
+            FindingStatus::Trending => ("trending", tokens::WARN),
+            FindingStatus::Overridden => ("overridden", tokens::MUTED),
+            FindingStatus::NotEnoughData => ("not enough data", tokens::MUTED),
+        };
+        let mut line = format!(
+            "{status} · {} · {scope}: observed {:.4} against baseline {:.4} (p = {:.2e}, level \
+             {:.2e}, {} devices)",
+            f.metric, f.observed, f.baseline, f.p_value, f.level, f.sample
+        );
+        if let Some(c) = &f.counts {
+            let _ = write!(
+                line,
+                " · {} events in {:.1} device-hours against {} in {:.1}",
+                c.updated_events,
+                c.updated_device_hours,
+                c.baseline_events,
+                c.baseline_device_hours
+            );
+        }
+        ui.label(RichText::new(line).color(color));
+    }
+    if !data.overridden.is_empty() {
+        let names: Vec<String> = data
+            .overridden
+            .iter()
+            .map(|(m, s)| format!("{m} ({})", s.as_deref().unwrap_or("every stratum")))
+            .collect();
+        ui.label(format!("Overridden in this wave: {}", names.join(", ")));
+    }
+}
+
+/// The reason field, the command buttons, and the answers to the commands sent.
+fn controls_ui(app: &mut ConsoleApp, ui: &mut egui::Ui, data: &MonitorData) {
+    let id = data.rollout_id.clone();
+    let operator = operator_name();
+    let steerable = app.backend.can_steer(&id);
+    ui.label(RichText::new("Steer").strong());
+    ui.horizontal(|ui| {
+        let label = ui.label("Reason:");
+        // The operator's name comes from the environment: on hover only, so that the view
+        // looks the same for everyone (and in the snapshot test).
+        ui.add(
+            egui::TextEdit::singleline(&mut app.monitor.reason)
+                .hint_text("required: it goes to the timeline and the audit trail")
+                .desired_width(520.0),
+        )
+        .labelled_by(label.id)
+        .on_hover_text(format!(
+            "Commands are sent as {operator} ($CONVOY_OPERATOR, else $USER)"
+        ));
+    });
+    let reason = app.monitor.reason.trim().to_owned();
+    let enabled = steerable.is_ok() && !reason.is_empty();
+    let mut command = None;
+    ui.horizontal_wrapped(|ui| {
+        let button = |ui: &mut egui::Ui, text: &str, hint: &str| {
+            ui.add_enabled(enabled, egui::Button::new(text))
+                .on_hover_text(hint)
+                .on_disabled_hover_text(hint)
+                .clicked()
+        };
+        if button(
+            ui,
+            "Pause",
+            "Stop offering; devices already installing finish",
+        ) {
+            command = Some(OperatorCommand::Pause {
+                reason: reason.clone(),
+            });
+        }
+        if button(ui, "Resume", "Continue a rollout an operator paused") {
+            command = Some(OperatorCommand::Resume {
+                reason: reason.clone(),
+            });
+        }
+        if button(
+            ui,
+            "Override the gate",
+            "Override the findings that stopped the rollout and continue the wave",
+        ) {
+            command = Some(OperatorCommand::Override {
+                reason: reason.clone(),
+            });
+        }
+        if button(
+            ui,
+            "Roll back",
+            "Send the devices back to their previous version",
+        ) {
+            command = Some(OperatorCommand::RollBack {
+                scope: app.monitor.scope,
+                reason: reason.clone(),
+            });
+        }
+        let l = ui.label("of");
+        egui::ComboBox::from_id_salt("monitor-rollback-scope")
+            .selected_text(scope_words(app.monitor.scope))
+            .show_ui(ui, |ui| {
+                for s in [RollBackScope::CurrentWave, RollBackScope::All] {
+                    ui.selectable_value(&mut app.monitor.scope, s, scope_words(s));
+                }
+            })
+            .response
+            .labelled_by(l.id);
+        if button(
+            ui,
+            "Abort",
+            "Stop the rollout for good, leaving devices where they are",
+        ) {
+            command = Some(OperatorCommand::Abort {
+                reason: reason.clone(),
+            });
+        }
+    });
+    match &steerable {
+        Err(why) => {
+            ui.colored_label(tokens::WARN, format!("Cannot steer from here: {why}"));
+        }
+        Ok(()) if reason.is_empty() => {
+            ui.label(RichText::new("Type a reason to enable the commands.").color(tokens::MUTED));
+        }
+        Ok(()) => {}
+    }
+    if let Some(command) = command {
+        if app.backend.steer(&id, &operator, command.clone()) {
+            app.monitor.awaiting = Some((id.clone(), command));
+            app.monitor.reason.clear();
+        } else {
+            ui.colored_label(tokens::BAD, "The console's steering thread is not running.");
+        }
+    }
+    // The answers to this rollout's commands, newest first.
+    let answers: Vec<&crate::gui::app::SteerAnswer> = app
+        .steered
+        .iter()
+        .rev()
+        .filter(|a| a.rollout_id == id)
+        .collect();
+    if let Some((rid, cmd)) = &app.monitor.awaiting {
+        let answered = app
+            .steered
+            .last()
+            .is_some_and(|a| a.rollout_id == *rid && a.command == *cmd);
+        if answered {
+            app.monitor.awaiting = None;
+        } else if *rid == id {
+            ui.label(format!(
+                "{} sent; waiting for the engine's answer…",
+                cmd.name()
+            ));
+        }
+    }
+    for a in answers.iter().take(5) {
+        let (text, color) = match &a.result {
+            Ok(phase) => (phase.clone(), tokens::OK),
+            Err(why) => (format!("refused: {why}"), tokens::BAD),
+        };
+        ui.label(
+            RichText::new(format!(
+                "Answer to {} by {} (\"{}\"): {text}",
+                a.command.name(),
+                a.operator,
+                a.command.reason()
+            ))
+            .color(color),
+        );
+    }
+}
+
+fn scope_words(scope: RollBackScope) -> &'static str {
+    match scope {
+        RollBackScope::CurrentWave => "the current wave",
+        RollBackScope::All => "every device offered",
+    }
+}
+
+/// The per-wave table.
+fn waves_ui(ui: &mut egui::Ui, data: &MonitorData) {
+    ui.label(RichText::new("Waves").strong());
+    let current = match &data.phase {
+        Phase::Running { wave } | Phase::Soaking { wave, .. } | Phase::Paused { wave, .. } => {
+            Some(*wave)
+        }
+        _ => None,
+    };
+    egui::Grid::new("monitor-waves")
+        .striped(true)
+        .num_columns(10)
+        .show(ui, |ui| {
+            for h in [
+                "wave",
+                "devices",
+                "offered",
+                "downloading",
+                "installed",
+                "confirmed",
+                "failed",
+                "reverted",
+                "silent",
+                "",
+            ] {
+                ui.label(RichText::new(h).strong());
+            }
+            ui.end_row();
+            for (k, w) in data.waves.iter().enumerate() {
+                ui.label(format!("{} {}", k + 1, w.name));
+                let cells = [
+                    (w.devices, None),
+                    (w.offered, None),
+                    (w.downloading, None),
+                    (w.installed, None),
+                    (w.confirmed, Some(tokens::OK)),
+                    (w.failed, Some(tokens::BAD)),
+                    (w.reverted, Some(tokens::BAD)),
+                    (w.silent, Some(tokens::WARN)),
+                ];
+                for (n, color) in cells {
+                    let text = RichText::new(n.to_string());
+                    ui.label(match color {
+                        Some(c) if n > 0 => text.color(c),
+                        _ => text,
+                    });
+                }
+                ui.label(if current == Some(k) {
+                    RichText::new("current").strong()
+                } else {
+                    RichText::new("")
+                });
+                ui.end_row();
+            }
+        });
+}
+
+/// Adoption curves by the chosen cohort attribute.
+fn adoption_ui(app: &mut ConsoleApp, ui: &mut egui::Ui, data: &MonitorData) {
+    ui.horizontal(|ui| {
+        ui.label(RichText::new("Adoption by").strong());
+        for (k, name) in COHORT_NAMES.iter().enumerate() {
+            if ui
+                .add(egui::Button::selectable(app.monitor.attribute == k, *name))
+                .clicked()
+            {
+                app.monitor.attribute = k;
+            }
+        }
+    });
+    let Some(curves) = data.adoption.get(app.monitor.attribute) else {
+        return;
+    };
+    let mut largest: Vec<&AdoptionCurve> = curves.iter().collect();
+    largest.sort_by(|a, b| b.targeted.cmp(&a.targeted).then(a.value.cmp(&b.value)));
+    largest.truncate(ADOPTION_LINES);
+    let response = egui_plot::Plot::new("monitor-adoption")
+        .height(170.0)
+        .allow_zoom(false)
+        .allow_drag(false)
+        .allow_scroll(false)
+        .allow_boxed_zoom(false)
+        .include_y(0.0)
+        .include_y(100.0)
+        .include_x(0.0)
+        .x_axis_label("hours since the rollout started")
+        .y_axis_label("% confirmed")
+        .legend(egui_plot::Legend::default().position(egui_plot::Corner::LeftTop))
+        .show(ui, |plot_ui| {
+            for c in &largest {
+                plot_ui.line(
+                    egui_plot::Line::new(
+                        c.value.clone(),
+                        egui_plot::PlotPoints::from(c.points.clone()),
+                    )
+                    .width(2.0),
+                );
+            }
+        });
+    let label = format!("adoption by {} plot", COHORT_NAMES[app.monitor.attribute]);
+    response
+        .response
+        .widget_info(|| egui::WidgetInfo::labeled(egui::Role::Image, true, &label));
+    let line: Vec<String> = curves
+        .iter()
+        .map(|c| {
+            let pct = if c.targeted == 0 {
+                0.0
+            } else {
+                c.healthy as f64 * 100.0 / c.targeted as f64
+            };
+            format!("{} {}/{} ({pct:.0}%)", c.value, c.healthy, c.targeted)
+        })
+        .collect();
+    ui.label(RichText::new(line.join(" · ")).small());
+}
+
+/// Cohort health against baseline for every gated metric, two plots a row.
+fn health_ui(ui: &mut egui::Ui, data: &MonitorData) {
+    ui.label(RichText::new("Cohort health against baseline").strong());
+    let series = &data.health;
+    let drawn: Vec<&MetricSeries> = series
+        .metrics
+        .iter()
+        .filter(|m| !m.points.is_empty())
+        .collect();
+    if drawn.is_empty() {
+        ui.label(RichText::new("No health samples yet.").color(tokens::MUTED));
+        return;
+    }
+    let style = PlotStyle {
+        text_size: 13.0,
+        height: 120.0,
+        id_salt: "monitor-health",
+    };
+    for pair in drawn.chunks(2) {
+        ui.columns(2, |cols| {
+            for (col, m) in cols.iter_mut().zip(pair) {
+                warroom::metric_plot_ui(col, series, m, &style);
+            }
+        });
+    }
+    let missing: Vec<&str> = series
+        .metrics
+        .iter()
+        .filter(|m| m.points.is_empty())
+        .map(|m| m.metric.as_str())
+        .collect();
+    if !missing.is_empty() {
+        ui.label(
+            RichText::new(format!("No samples yet: {}", missing.join(", "))).color(tokens::MUTED),
+        );
+    }
+    warroom::last_stop_ui(ui, series, 13.0);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use convoy_core::rollout::sim::{Fault, FaultKind, SimConfig, SimFleet};
+    use convoy_core::rollout::{ChangePath, RolloutSpec, WaveSpec};
+    use convoy_core::synth::{SynthOptions, generate};
+
+    const T0: Timestamp = Timestamp::from_secs(1_800_000_000);
+
+    /// A two-wave rollout of `fleet` (canary of 60, the rest after) run by the core's
+    /// simulated fleet with `faults` until it ends or stops.
+    fn simulated(fleet: &Fleet, faults: Vec<Fault>) -> Rollout {
+        let ids: Vec<String> = fleet.devices.iter().map(|d| d.id.clone()).collect();
+        let spec = RolloutSpec {
+            id: "ro".into(),
+            release_id: "rel".into(),
+            requested_by: "alice".into(),
+            waves: vec![
+                WaveSpec {
+                    name: "canary".into(),
+                    device_ids: ids[..60].to_vec(),
+                    soak_secs: 86_400,
+                },
+                WaveSpec {
+                    name: "fleet".into(),
+                    device_ids: ids[60..].to_vec(),
+                    soak_secs: 86_400,
+                },
+            ],
+            gates: convoy_core::gates::GatePolicy::default(),
+            path: ChangePath::Standard,
+        };
+        let mut rollout = Rollout::new(T0, spec, fleet).expect("a valid spec");
+        rollout.approve(T0, "bob").expect("approve");
+        rollout.approve(T0, "carol").expect("approve");
+        let config = SimConfig {
+            faults,
+            telemetry_every_secs: 900,
+            ..SimConfig::default()
+        };
+        let mut sim = SimFleet::new(fleet, &rollout, config, T0);
+        let _ = sim.run(&mut rollout, T0, T0.plus_secs(10 * 86_400));
+        rollout
+    }
+
+    fn fleet() -> Fleet {
+        generate(&SynthOptions {
+            devices: 200,
+            seed: 11,
+            now: T0,
+        })
+    }
+
+    #[test]
+    fn wave_counts_count_each_device_once_by_its_state() {
+        let fleet = fleet();
+        let rollout = simulated(
+            &fleet,
+            vec![Fault {
+                attribute: None,
+                kind: FaultKind::InstallFailure(0.4),
+            }],
+        );
+        let state = rollout.state();
+        assert!(
+            matches!(state.phase, Phase::Paused { by_gate: true, .. }),
+            "{:?}",
+            state.phase
+        );
+        let waves = wave_counts(state);
+        assert_eq!(waves.len(), 2);
+        assert_eq!((waves[0].name.as_str(), waves[0].devices), ("canary", 60));
+        assert_eq!(waves[1].devices, 140);
+        for w in &waves {
+            let by_state = w.downloading + w.installed + w.confirmed + w.failed + w.reverted;
+            assert_eq!(by_state, w.offered, "{w:?}");
+        }
+        // The canary was offered whole and its install failures counted; the second wave
+        // was never offered, the gate having paused the rollout.
+        assert_eq!(waves[0].offered, 60);
+        assert!(waves[0].failed > 0, "{:?}", waves[0]);
+        assert_eq!(waves[1].offered, 0);
+        // The same numbers as the state machine's own lists.
+        let total = |s: DeviceState| rollout.devices_in(s).len() as u32;
+        assert_eq!(
+            waves.iter().map(|w| w.confirmed).sum::<u32>(),
+            total(DeviceState::Healthy)
+        );
+        assert_eq!(
+            waves.iter().map(|w| w.failed).sum::<u32>(),
+            total(DeviceState::Failed)
+        );
+    }
+
+    #[test]
+    fn a_silent_device_is_counted_as_silent_until_it_finishes() {
+        let fleet = fleet();
+        let rollout = simulated(
+            &fleet,
+            vec![Fault {
+                attribute: None,
+                kind: FaultKind::SilentAfterReboot(0.5),
+            }],
+        );
+        let waves = wave_counts(rollout.state());
+        let silent: u32 = waves.iter().map(|w| w.silent).sum();
+        let expected = rollout
+            .state()
+            .devices
+            .iter()
+            .filter(|d| d.silent && !d.state.is_terminal())
+            .count() as u32;
+        assert_eq!(silent, expected);
+        assert!(silent > 0, "{waves:?}");
+    }
+
+    #[test]
+    fn adoption_curves_end_at_the_adoption_the_core_reports() {
+        let fleet = fleet();
+        let rollout = simulated(&fleet, Vec::new());
+        assert_eq!(rollout.phase(), &Phase::Completed);
+        for attribute in COHORT_ATTRIBUTES {
+            let curves = adoption_curves(&rollout, &fleet, attribute, 3600);
+            let core = convoy_core::metrics::adoption_by(&rollout, &fleet, attribute);
+            assert_eq!(curves.len(), core.len(), "{attribute}");
+            for (c, a) in curves.iter().zip(&core) {
+                assert_eq!(
+                    (&c.value, c.targeted, c.healthy),
+                    (&a.value, a.targeted, a.healthy)
+                );
+                let last = c.points.last().expect("points");
+                assert!((last[1] - a.adoption_ratio * 100.0).abs() < 1e-9, "{c:?}");
+                assert_eq!(c.points[0], [0.0, 0.0], "nobody has it at the start");
+                // Adoption never falls in a rollout with no rollback.
+                assert!(
+                    c.points
+                        .windows(2)
+                        .all(|p| p[1][1] >= p[0][1] && p[1][0] > p[0][0])
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn proportions_end_where_the_state_machines_outcomes_do() {
+        let fleet = fleet();
+        for kind in [
+            FaultKind::InstallFailure(0.4),
+            FaultKind::CrashLoop,
+            FaultKind::SilentAfterReboot(0.5),
+        ] {
+            let rollout = simulated(
+                &fleet,
+                vec![Fault {
+                    attribute: None,
+                    kind: kind.clone(),
+                }],
+            );
+            let state = rollout.state();
+            let mut total = Outcomes::default();
+            for o in state.outcomes.iter().flatten() {
+                total.installed += u64::from(o.installed);
+                total.healthy += u64::from(o.healthy);
+                total.install_failed += u64::from(o.install_failed);
+                total.boot_failed += u64::from(o.boot_failed);
+                total.silent += u64::from(o.silent);
+            }
+            let series = proportion_series(&rollout, 900);
+            let names: Vec<&str> = series.iter().map(|s| s.metric.as_str()).collect();
+            assert_eq!(names, ["boot_failure", "install_failure", "silent"]);
+            for s in &series {
+                let (failures, judged) = total.proportion(&s.metric);
+                let last = s.points.last().expect("a point");
+                assert_eq!(last.updated_weight, judged as f64, "{kind:?} {}", s.metric);
+                let expected = (judged > 0).then(|| failures as f64 * 100.0 / judged as f64);
+                assert_eq!(last.updated, expected, "{kind:?} {}", s.metric);
+                assert!(last.baseline.is_some_and(|b| b > 0.0));
+            }
+        }
+    }
+
+    #[test]
+    fn a_reading_has_every_gated_metric_and_the_map() {
+        let fleet = fleet();
+        let rollout = simulated(
+            &fleet,
+            vec![Fault {
+                attribute: None,
+                kind: FaultKind::InstallFailure(0.4),
+            }],
+        );
+        let log = rollout.events().to_vec();
+        let rows = log.len() as i64;
+        let data = read_rollout("ro", log, rows, Some(&fleet)).expect("replays");
+        let metrics: Vec<&str> = data
+            .health
+            .metrics
+            .iter()
+            .map(|m| m.metric.as_str())
+            .collect();
+        for m in [
+            "crash",
+            "reconnect_failure",
+            "support_contacts",
+            "reconnect_time",
+            "battery_drain",
+            "boot_failure",
+            "install_failure",
+            "silent",
+        ] {
+            assert!(metrics.contains(&m), "{m} in {metrics:?}");
+        }
+        assert_eq!(data.adoption.len(), COHORT_ATTRIBUTES.len());
+        assert_eq!(data.map.device_ids.len(), 200);
+        assert!(
+            data.map.classes.contains(&5),
+            "failed devices are coloured as failed"
+        );
+        let report = data.last_report.expect("the gate's evidence");
+        assert!(
+            report.failures().any(|f| f.metric == "install_failure"),
+            "{report:?}"
+        );
+        let bad = read_rollout("ro", Vec::new(), 0, None).expect_err("an empty log");
+        assert!(bad.contains("rollout ro"), "{bad}");
+    }
 }

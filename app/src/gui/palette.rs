@@ -35,6 +35,10 @@ pub fn entries() -> Vec<(&'static str, UiCommand)> {
             "Colour by health",
             UiCommand::SetColorMode(ColorMode::Health),
         ),
+        (
+            "Colour by rollout state",
+            UiCommand::SetColorMode(ColorMode::RolloutState),
+        ),
         ("Dark theme", UiCommand::SetTheme(Theme::Dark)),
         ("Light theme", UiCommand::SetTheme(Theme::Light)),
         ("Clear filter", UiCommand::ClearFilter),
@@ -111,6 +115,11 @@ mod tests {
         assert_eq!(names, ["Colour by health"]);
         assert_eq!(matching("").len(), entries().len());
         assert!(matching("no such command").is_empty());
+        let names: Vec<&str> = matching("rollout colour")
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        assert_eq!(names, ["Colour by rollout state"]);
         let names: Vec<&str> = matching("go").into_iter().map(|(n, _)| n).collect();
         assert_eq!(
             names,

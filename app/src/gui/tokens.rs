@@ -18,12 +18,26 @@ const GREEN: Color32 = Color32::from_rgb(0x00, 0x9E, 0x73);
 const VERMILION: Color32 = Color32::from_rgb(0xD5, 0x5E, 0x00);
 const PURPLE: Color32 = Color32::from_rgb(0xCC, 0x79, 0xA7);
 const YELLOW: Color32 = Color32::from_rgb(0xF0, 0xE4, 0x42);
+/// Devices outside the rollout on the rollout-state map: darker than the "no report" grey.
+const NOT_IN_ROLLOUT: Color32 = Color32::from_rgb(0x5a, 0x5a, 0x5a);
 
 /// The colour of class `k` in `mode` (see `ColorMode::class_names`).
 pub fn class_color(mode: ColorMode, k: usize) -> Color32 {
     let table: &[Color32] = match mode {
         ColorMode::UpdateState => &[GREY, BLUE, SKY, ORANGE, GREEN, VERMILION, PURPLE],
         ColorMode::Health => &[GREEN, YELLOW, GREY, ORANGE, VERMILION],
+        // Outside the rollout recedes; planned is the update state's "idle" blue; silent is
+        // the one colour the other modes do not use for a state.
+        ColorMode::RolloutState => &[
+            NOT_IN_ROLLOUT,
+            BLUE,
+            SKY,
+            ORANGE,
+            GREEN,
+            VERMILION,
+            PURPLE,
+            YELLOW,
+        ],
     };
     table.get(k).copied().unwrap_or(GREY)
 }

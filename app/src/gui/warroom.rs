@@ -8,11 +8,14 @@
 //!
 //! It draws only: the history worker reads the cache and the story of each rollout comes from
 //! [`convoy_core::comms::story`]; beside it, the rollout's cohort health against its baseline
-//! ([`convoy_core::rollout::series`], from the engine's log), re-read as the log grows.
+//! ([`convoy_core::rollout::series`], from the engine's log), re-read as the log grows. The
+//! plot of one metric ([`metric_plot_ui`]) is shared with the rollout monitor, which plots
+//! every gated metric with it.
 
 use std::fmt::Write as _;
 
 use convoy_core::comms::{Ending, RolloutStory};
+use convoy_core::rollout::series::{HealthSeries, MetricSeries, SeriesPoint};
 use convoy_core::time::Timestamp;
 use egui::{Color32, RichText, Stroke};
 
@@ -53,7 +56,7 @@ impl RolloutState {
         }
     }
 
-    fn color(self) -> Color32 {
+    pub fn color(self) -> Color32 {
         match self {
             Self::Paused => tokens::WARN,
             Self::RollingBack | Self::RolledBack | Self::Aborted => tokens::BAD,
@@ -373,102 +376,147 @@ fn health_ui(app: &ConsoleApp, ui: &mut egui::Ui, rollout_id: &str) {
         );
         return;
     };
-    let start = series.started_at.secs();
+    let style = PlotStyle {
+        text_size: tokens::WALL_TEXT * 0.7,
+        height: 130.0,
+        id_salt: "warroom-health",
+    };
     let mut any = false;
     for m in series
         .metrics
         .iter()
         .filter(|m| WALL_METRICS.contains(&m.metric.as_str()))
     {
-        let Some(last) = m.points.last() else {
-            continue;
-        };
-        any = true;
-        let hours = |t: Timestamp| (t.secs() - start) as f64 / 3600.0;
-        let fmt = |v: Option<f64>| v.map_or_else(|| "no sample".to_owned(), |v| format!("{v:.2}"));
-        let over =
-            matches!((last.updated, last.baseline), (Some(u), Some(b)) if u > m.max_ratio * b);
-        ui.label(
-            small(format!(
-                "{}: updated {} · baseline {} {} · tolerated ×{}",
-                m.metric,
-                fmt(last.updated),
-                fmt(last.baseline),
-                m.unit,
-                m.max_ratio
-            ))
-            .color(if over { tokens::BAD } else { tokens::OK }),
-        );
-        let pick = |f: fn(&convoy_core::rollout::series::SeriesPoint) -> Option<f64>| {
-            m.points
-                .iter()
-                .filter_map(|p| f(p).map(|v| [hours(p.at), v]))
-                .collect::<Vec<_>>()
-        };
-        let updated = pick(|p| p.updated);
-        let baseline = pick(|p| p.baseline);
-        let tolerated: Vec<[f64; 2]> = baseline
-            .iter()
-            .map(|[x, y]| [*x, y * m.max_ratio])
-            .collect();
-        let response = egui_plot::Plot::new(("warroom-health", m.metric.as_str()))
-            .height(130.0)
-            .allow_zoom(false)
-            .allow_drag(false)
-            .allow_scroll(false)
-            .allow_boxed_zoom(false)
-            .allow_double_click_reset(false)
-            .include_y(0.0)
-            .x_axis_label("hours since the rollout started")
-            .include_x(0.0)
-            .include_x(hours(
-                series.markers.last().map_or(last.at, |m| m.at.max(last.at)),
-            ))
-            .legend(egui_plot::Legend::default().position(egui_plot::Corner::LeftTop))
-            .show(ui, |plot_ui| {
-                plot_ui.line(
-                    egui_plot::Line::new("baseline", egui_plot::PlotPoints::from(baseline))
-                        .color(tokens::MUTED)
-                        .width(2.0),
-                );
-                plot_ui.line(
-                    egui_plot::Line::new("tolerated", egui_plot::PlotPoints::from(tolerated))
-                        .color(tokens::WARN)
-                        .style(egui_plot::LineStyle::dashed_loose()),
-                );
-                plot_ui.line(
-                    egui_plot::Line::new("updated", egui_plot::PlotPoints::from(updated))
-                        .color(if over { tokens::BAD } else { tokens::OK })
-                        .width(3.0),
-                );
-                // Unnamed, so that they stay out of the legend: the line under the plots
-                // names the last stop.
-                for marker in &series.markers {
-                    plot_ui.vline(egui_plot::VLine::new("", hours(marker.at)).color(
-                        if marker.stop {
-                            tokens::BAD
-                        } else {
-                            tokens::MUTED
-                        },
-                    ));
-                }
-            });
-        let label = format!("{} health plot", m.metric);
-        response
-            .response
-            .widget_info(|| egui::WidgetInfo::labeled(egui::Role::Image, true, &label));
+        any |= metric_plot_ui(ui, series, m, &style);
     }
     if !any {
         ui.label(small("No health samples yet.").color(tokens::MUTED));
         return;
     }
+    last_stop_ui(ui, series, style.text_size);
+}
+
+/// How [`metric_plot_ui`] draws: the wall's large type, or the monitor's.
+#[derive(Debug, Clone, Copy)]
+pub struct PlotStyle {
+    /// The size of the line above each plot.
+    pub text_size: f32,
+    /// The height of each plot.
+    pub height: f32,
+    /// Keeps the plots of different views apart in egui's memory.
+    pub id_salt: &'static str,
+}
+
+/// One metric of `series`: a line with its latest values (red when the updated cohort is past
+/// what the gate tolerates), then the plot of the updated cohort, the baseline, the tolerated
+/// level (baseline × the gate's ratio, dashed) and `series`' decisions as vertical lines (red
+/// for a stop), hours since the rollout started on the x axis. The plot's accessible name is
+/// "{metric} health plot". False, drawing nothing, when the metric has no point yet.
+pub fn metric_plot_ui(
+    ui: &mut egui::Ui,
+    series: &HealthSeries,
+    m: &MetricSeries,
+    style: &PlotStyle,
+) -> bool {
+    let Some(last) = m.points.last() else {
+        return false;
+    };
+    let start = series.started_at.secs();
+    let hours = |t: Timestamp| (t.secs() - start) as f64 / 3600.0;
+    let fmt = |v: Option<f64>| v.map_or_else(|| "no sample".to_owned(), |v| format!("{v:.2}"));
+    let over = matches!((last.updated, last.baseline), (Some(u), Some(b)) if u > m.max_ratio * b);
+    ui.label(
+        RichText::new(format!(
+            "{}: updated {} · baseline {} {} · tolerated ×{}",
+            m.metric,
+            fmt(last.updated),
+            fmt(last.baseline),
+            m.unit,
+            m.max_ratio
+        ))
+        .size(style.text_size)
+        .color(if over { tokens::BAD } else { tokens::OK }),
+    );
+    // A later value at the same moment replaces the earlier one (a series' last point can
+    // fall on its last step): two points at one x would draw as a spike.
+    let pick = |f: fn(&SeriesPoint) -> Option<f64>| {
+        let mut out: Vec<[f64; 2]> = Vec::new();
+        for p in &m.points {
+            if let Some(v) = f(p) {
+                let x = hours(p.at);
+                if out.last().is_some_and(|last| last[0] == x) {
+                    out.pop();
+                }
+                out.push([x, v]);
+            }
+        }
+        out
+    };
+    let updated = pick(|p| p.updated);
+    let baseline = pick(|p| p.baseline);
+    let tolerated: Vec<[f64; 2]> = baseline
+        .iter()
+        .map(|[x, y]| [*x, y * m.max_ratio])
+        .collect();
+    let response = egui_plot::Plot::new((style.id_salt, m.metric.as_str()))
+        .height(style.height)
+        .allow_zoom(false)
+        .allow_drag(false)
+        .allow_scroll(false)
+        .allow_boxed_zoom(false)
+        .allow_double_click_reset(false)
+        .include_y(0.0)
+        .x_axis_label("hours since the rollout started")
+        .include_x(0.0)
+        .include_x(hours(
+            series.markers.last().map_or(last.at, |m| m.at.max(last.at)),
+        ))
+        .legend(egui_plot::Legend::default().position(egui_plot::Corner::LeftTop))
+        .show(ui, |plot_ui| {
+            plot_ui.line(
+                egui_plot::Line::new("baseline", egui_plot::PlotPoints::from(baseline))
+                    .color(tokens::MUTED)
+                    .width(2.0),
+            );
+            plot_ui.line(
+                egui_plot::Line::new("tolerated", egui_plot::PlotPoints::from(tolerated))
+                    .color(tokens::WARN)
+                    .style(egui_plot::LineStyle::dashed_loose()),
+            );
+            plot_ui.line(
+                egui_plot::Line::new("updated", egui_plot::PlotPoints::from(updated))
+                    .color(if over { tokens::BAD } else { tokens::OK })
+                    .width(3.0),
+            );
+            // Unnamed, so that they stay out of the legend: the line under the plots names
+            // the last stop.
+            for marker in &series.markers {
+                plot_ui.vline(
+                    egui_plot::VLine::new("", hours(marker.at)).color(if marker.stop {
+                        tokens::BAD
+                    } else {
+                        tokens::MUTED
+                    }),
+                );
+            }
+        });
+    let label = format!("{} health plot", m.metric);
+    response
+        .response
+        .widget_info(|| egui::WidgetInfo::labeled(egui::Role::Image, true, &label));
+    true
+}
+
+/// The line naming `series`' last stop (a pause, rollback or abort) and when, if any.
+pub fn last_stop_ui(ui: &mut egui::Ui, series: &HealthSeries, text_size: f32) {
     if let Some(stop) = series.markers.iter().rev().find(|m| m.stop) {
         ui.label(
-            small(format!(
+            RichText::new(format!(
                 "last stop: {} at {:.1} h",
                 stop.label,
-                (stop.at.secs() - start) as f64 / 3600.0
+                (stop.at.secs() - series.started_at.secs()) as f64 / 3600.0
             ))
+            .size(text_size)
             .color(tokens::BAD),
         );
     }

@@ -1,0 +1,439 @@
+//! UI tests of the rollout monitor: the real [`ConsoleApp`] on a cache holding a real rollout
+//! log in which a gate stopped the rollout, driven through egui_kittest by accessible labels.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::{NOW, fixture, settle};
+use convoy::engine::control::{OperatorCommand, control_channel};
+use convoy::gui::{Backend, Clock, ConsoleApp, UiCommand, View};
+use convoy_core::fleet::Fleet;
+use convoy_core::rollout::Phase;
+use convoy_core::time::Timestamp;
+use egui_kittest::Harness;
+use egui_kittest::kittest::{NodeT as _, Queryable};
+
+const ROLLOUT: &str = "ro-install";
+
+/// Runs frames until a label containing `text` is on screen (workers answer on their own
+/// threads, and the monitor reads its rollout every few seconds), or fails after half a
+/// minute: a bound on waiting for an answer, not a measurement.
+fn wait_for(h: &mut Harness<'static, ConsoleApp>, text: &str) {
+    let started = std::time::Instant::now();
+    while started.elapsed() < std::time::Duration::from_secs(30) {
+        if h.query_by_label_contains(text).is_some() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        h.run_steps(1);
+    }
+    panic!("no label containing {text:?} ever appeared");
+}
+
+/// The text of the label containing `text`.
+fn label_text(h: &Harness<'static, ConsoleApp>, text: &str) -> String {
+    let node = h.get_by_label_contains(text);
+    let node = node.accesskit_node();
+    node.label().or_else(|| node.value()).unwrap_or_default()
+}
+
+/// A rollout of `fleet` in two waves (a canary of 100, then the rest) whose release fails to
+/// install on 40% of the devices, run by the core's simulated fleet until the install-failure
+/// gate pauses it in the canary; its log and timeline written to `cache` as the engine writes
+/// them. Returns when the gate stopped it.
+fn write_gate_paused_rollout(cache: &std::path::Path, fleet: &Fleet) -> Timestamp {
+    use convoy_core::gates::GateOutcome;
+    use convoy_core::rollout::EventKind as K;
+    use convoy_core::rollout::sim::{Fault, FaultKind, SimConfig, SimFleet};
+    use convoy_core::rollout::{ChangePath, Rollout, RolloutSpec, WaveSpec};
+    let start = Timestamp::from_secs(NOW.secs() - 2 * 86_400);
+    let ids: Vec<String> = fleet.devices.iter().map(|d| d.id.clone()).collect();
+    let spec = RolloutSpec {
+        id: ROLLOUT.into(),
+        release_id: "t300-2.6.0".into(),
+        requested_by: "alice".into(),
+        waves: vec![
+            WaveSpec {
+                name: "canary".into(),
+                device_ids: ids[..100].to_vec(),
+                soak_secs: 86_400,
+            },
+            WaveSpec {
+                name: "fleet".into(),
+                device_ids: ids[100..].to_vec(),
+                soak_secs: 86_400,
+            },
+        ],
+        gates: convoy_core::gates::GatePolicy::default(),
+        path: ChangePath::Standard,
+    };
+    let mut rollout = Rollout::new(start, spec, fleet).unwrap();
+    rollout.approve(start, "bob").unwrap();
+    rollout.approve(start, "carol").unwrap();
+    let config = SimConfig {
+        faults: vec![Fault {
+            attribute: None,
+            kind: FaultKind::InstallFailure(0.4),
+        }],
+        telemetry_every_secs: 900,
+        ..SimConfig::default()
+    };
+    let mut sim = SimFleet::new(fleet, &rollout, config, start);
+    let out = sim.run(&mut rollout, start, start.plus_secs(86_400));
+    assert!(out.stopped_by_gate, "{out:?}");
+    assert!(
+        matches!(
+            rollout.phase(),
+            Phase::Paused {
+                by_gate: true,
+                rolled_back: false,
+                ..
+            }
+        ),
+        "a gate pause: {:?}",
+        rollout.phase()
+    );
+    let mut store = convoy::store::Store::open(cache).unwrap();
+    store.replace_fleet(fleet, None).unwrap();
+    store
+        .append_rollout_log(ROLLOUT, 0, rollout.events())
+        .unwrap();
+    store
+        .append_event(
+            ROLLOUT,
+            start,
+            "rollout.created",
+            "alice: created",
+            &serde_json::json!({"release": "t300-2.6.0", "requested_by": "alice", "path": "standard",
+                "waves": [{"name": "canary", "devices": 100}, {"name": "fleet", "devices": 400}]}),
+        )
+        .unwrap();
+    // The story the engine writes beside its log (as the war room's test does).
+    for e in rollout.events() {
+        let (kind, payload) = match &e.kind {
+            K::GateChecked {
+                wave,
+                outcome,
+                report,
+            } if *outcome != GateOutcome::Continue => ("gate.decision", {
+                let name = ["canary", "fleet"][*wave];
+                serde_json::json!({"wave": name, "outcome": outcome, "report": report})
+            }),
+            K::Approval { .. } => ("approval", serde_json::to_value(&e.kind).unwrap()),
+            K::Approved => ("rollout.approved", serde_json::to_value(&e.kind).unwrap()),
+            K::WaveStarted { .. } => ("wave.started", serde_json::to_value(&e.kind).unwrap()),
+            K::SoakStarted { .. } => ("soak.started", serde_json::to_value(&e.kind).unwrap()),
+            K::Paused { .. } => ("rollout.paused", serde_json::to_value(&e.kind).unwrap()),
+            _ => continue,
+        };
+        store
+            .append_event(ROLLOUT, e.at, kind, "gate", &payload)
+            .unwrap();
+    }
+    out.ended_at
+}
+
+/// The console on `fleet` and `cache`, with the rollout steerable through a control channel
+/// whose other end is returned (a stand-in for the engine's loop).
+fn monitor_harness(
+    fleet: Fleet,
+    cache: std::path::PathBuf,
+    height: f32,
+) -> (
+    Harness<'static, ConsoleApp>,
+    tokio::sync::mpsc::Receiver<convoy::engine::control::ControlRequest>,
+) {
+    let (backend, _feed) = Backend::fixture(fleet, cache);
+    let (handle, commands) = control_channel(ROLLOUT, 4);
+    backend.engines.as_ref().unwrap().register(handle);
+    let mut h = Harness::builder()
+        .with_size([1400.0, height])
+        .build_eframe(move |cc| ConsoleApp::new(&cc.egui_ctx, None, backend, Clock::Fixed(NOW)));
+    settle(&mut h);
+    h.state_mut().send(UiCommand::Show(View::Monitor));
+    settle(&mut h);
+    (h, commands)
+}
+
+/// Done-when of issue 8: a rollout walked through a gate pause. The monitor shows the gate's
+/// pause with its evidence, the canary's devices by state and every gate metric's plot; the
+/// commands stay disabled until a reason is typed; Override reaches the engine's handle as the
+/// console's operator with the reason, and the engine's answer shows.
+#[test]
+fn the_monitor_walks_a_gate_paused_rollout_to_an_override_with_a_reason() {
+    let fleet = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("monitor.db");
+    write_gate_paused_rollout(&cache, &fleet);
+    let (mut h, mut commands) = monitor_harness(fleet, cache, 1700.0);
+    wait_for(&mut h, "Verdict: ");
+    let verdict = label_text(&h, "Verdict: ");
+    assert!(
+        verdict.starts_with("Verdict: paused at wave 1 by a gate"),
+        "{verdict}"
+    );
+    // The evidence: the failing install-failure finding with its numbers.
+    let evidence = label_text(&h, "FAIL · install_failure");
+    assert!(evidence.contains("observed 0."), "{evidence}");
+    assert!(evidence.contains("against baseline 0.02"), "{evidence}");
+    // The canary's row: 100 devices, all offered; the second wave untouched.
+    h.get_by_label("1 canary");
+    h.get_by_label("2 fleet");
+    h.get_by_label("current");
+    for metric in [
+        "crash",
+        "reconnect_failure",
+        "install_failure",
+        "boot_failure",
+        "silent",
+    ] {
+        h.get_by_label(&format!("{metric} health plot"));
+    }
+    let line = label_text(&h, "install_failure: updated ");
+    assert!(
+        line.contains("% of the devices judged · tolerated ×2"),
+        "{line}"
+    );
+    h.get_by_label("adoption by model plot");
+    // No reason, no command.
+    assert!(
+        h.get_by_label("Override the gate")
+            .accesskit_node()
+            .is_disabled()
+    );
+    h.get_by_label_contains("Type a reason to enable the commands.");
+    h.get_by_label("Reason:").focus();
+    h.run_steps(1);
+    h.get_by_label("Reason:")
+        .type_text("install failures are the depot's proxy, not the release");
+    settle(&mut h);
+    assert!(
+        !h.get_by_label("Override the gate")
+            .accesskit_node()
+            .is_disabled()
+    );
+    // The stand-in engine: checks what arrives and answers as the engine would.
+    let engine = std::thread::spawn(move || {
+        let request = commands.blocking_recv().expect("a command");
+        let answer = (request.operator.clone(), request.command.clone());
+        let _ = request.reply.send(Ok(Phase::Running { wave: 0 }));
+        answer
+    });
+    h.get_by_label("Override the gate").click();
+    settle(&mut h);
+    let (operator, command) = engine.join().unwrap();
+    assert_eq!(operator, convoy::gui::steer::operator_name());
+    assert_eq!(
+        command,
+        OperatorCommand::Override {
+            reason: "install failures are the depot's proxy, not the release".into()
+        }
+    );
+    wait_for(&mut h, "Answer to override by ");
+    let answer = label_text(&h, "Answer to override by ");
+    assert!(
+        answer.ends_with(&format!("{ROLLOUT} is now running wave 1")),
+        "{answer}"
+    );
+    assert!(
+        answer.contains("install failures are the depot"),
+        "{answer}"
+    );
+    // The field is cleared for the next command.
+    assert!(
+        h.get_by_label("Override the gate")
+            .accesskit_node()
+            .is_disabled()
+    );
+}
+
+/// A release manifest for `release_id`, signed with a test key and verified: what the engine
+/// takes.
+fn verified_manifest(release_id: &str) -> convoy_core::manifest::VerifiedManifest {
+    use convoy_core::manifest::{ArtifactDigest, SignedManifest, TrustedKeys};
+    use convoy_core::release::{Artifact, ReleaseSpec};
+    use convoy_core::version::Version;
+    let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+    let version = Version::new(2, 6, 0);
+    let digest = ArtifactDigest::of_bytes("fw.img", b"firmware 2.6.0");
+    let spec = ReleaseSpec {
+        id: release_id.to_owned(),
+        version,
+        counter: 60,
+        hardware: vec!["T300".to_owned()],
+        provides: [("firmware", version)].into_iter().collect(),
+        requires: Vec::new(),
+        artifacts: vec![Artifact {
+            name: "fw.img".to_owned(),
+            url: "fw.img".to_owned(),
+            length_bytes: 14,
+            sha256: digest.sha256,
+        }],
+        expires: NOW.plus_secs(30 * 86_400),
+    };
+    let bytes = SignedManifest::sign(spec, None, &key)
+        .unwrap()
+        .to_json_bytes();
+    let trust = TrustedKeys::from_keys([&key.verifying_key()]);
+    convoy_core::manifest::verify(&bytes, &trust, NOW).unwrap()
+}
+
+/// The walk with the real engine: the gate-paused rollout resumed by an engine run in this
+/// process over the embedded broker, held paused (`WhenPaused::Hold`) and registered with the
+/// console as the demo's run is. The override typed in the monitor reaches the engine, which
+/// applies it (the canary runs again); its answer shows, and the monitor's next reading of the
+/// log the engine extended says so.
+#[test]
+fn an_override_from_the_monitor_resumes_a_real_engine_run_held_by_a_gate() {
+    use convoy::engine::{self, EngineControl, EngineOptions, StartMode, WhenPaused};
+    let fleet = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("monitor.db");
+    write_gate_paused_rollout(&cache, &fleet);
+    let ip = std::net::IpAddr::from([127, 0, 0, 1]);
+    let addr = std::net::SocketAddr::new(ip, convoy::link::broker::pick_free_port(ip).unwrap());
+    let broker = convoy::link::broker::EmbeddedBroker::start(addr).unwrap();
+    let (backend, _feed) = Backend::fixture(fleet, cache.clone());
+    let (handle, commands) = control_channel(ROLLOUT, 4);
+    backend.engines.as_ref().unwrap().register(handle);
+    let options = EngineOptions {
+        db: cache,
+        link: convoy::link::mqtt::LinkConfig::new(&broker.url(), "monitor-test-engine"),
+        topics: convoy::link::protocol::Topics::default_prefix(),
+        manifest: verified_manifest("t300-2.6.0"),
+        rollout_id: ROLLOUT.into(),
+        // Resuming takes the waves, gates and path from the log.
+        waves: Vec::new(),
+        gates: convoy_core::gates::GatePolicy::default(),
+        path: convoy_core::rollout::ChangePath::Standard,
+        requested_by: "alice".into(),
+        approvers: Vec::new(),
+        time_scale: 1.0,
+        start: NOW,
+        sample_period_secs: 900,
+        max_report_gap_secs: engine::health::DEFAULT_MAX_GAP_SECS,
+        max_wall: None,
+        resend_after: std::time::Duration::from_secs(5),
+    };
+    let control = EngineControl {
+        commands: Some(commands),
+        when_paused: WhenPaused::Hold,
+        start: StartMode::Resume,
+        started_by: Some("monitor-test".into()),
+    };
+    let (stop, stop_rx) = tokio::sync::oneshot::channel();
+    // The engine's future holds the cache connection (not `Send`): its own thread, as the
+    // demo runs it.
+    let run = std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(engine::run_with(options, control, Some(stop_rx)))
+    });
+    let mut h = Harness::builder()
+        .with_size([1400.0, 1700.0])
+        .build_eframe(move |cc| ConsoleApp::new(&cc.egui_ctx, None, backend, Clock::Fixed(NOW)));
+    settle(&mut h);
+    h.state_mut().send(UiCommand::Show(View::Monitor));
+    wait_for(&mut h, "Verdict: paused at wave 1 by a gate");
+    h.get_by_label("Reason:").focus();
+    h.run_steps(1);
+    h.get_by_label("Reason:")
+        .type_text("the depot's proxy fails installs, not the release");
+    settle(&mut h);
+    h.get_by_label("Override the gate").click();
+    settle(&mut h);
+    wait_for(&mut h, "Answer to override by ");
+    let answer = label_text(&h, "Answer to override by ");
+    assert!(
+        answer.ends_with(&format!("{ROLLOUT} is now running wave 1")),
+        "the engine applied it: {answer}"
+    );
+    // The engine recorded it; the monitor's next reading of the log shows the rollout running.
+    wait_for(&mut h, "Verdict: running wave 1");
+    assert!(!run.is_finished(), "the engine still runs the rollout");
+    let _ = stop.send(());
+    let report = run.join().unwrap().unwrap();
+    assert_eq!(serde_json::to_value(report.final_state).unwrap(), "stopped");
+    let store =
+        convoy::store::Store::open_existing(dir.path().join("monitor.db").as_path()).unwrap();
+    let timeline = store.timeline(ROLLOUT).unwrap();
+    assert!(
+        timeline
+            .iter()
+            .any(|e| e.cause.contains("the depot's proxy fails installs")),
+        "the override is on the timeline with its reason"
+    );
+}
+
+/// A rollout no engine of this console runs: the buttons stay disabled and say why.
+#[test]
+fn a_rollout_this_console_does_not_run_cannot_be_steered_and_says_why() {
+    let fleet = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("monitor.db");
+    write_gate_paused_rollout(&cache, &fleet);
+    let (backend, _feed) = Backend::fixture(fleet, cache);
+    let mut h = Harness::builder()
+        .with_size([1400.0, 1200.0])
+        .build_eframe(move |cc| ConsoleApp::new(&cc.egui_ctx, None, backend, Clock::Fixed(NOW)));
+    settle(&mut h);
+    h.state_mut().send(UiCommand::Show(View::Monitor));
+    wait_for(&mut h, "Verdict: ");
+    h.get_by_label("Reason:").focus();
+    h.run_steps(1);
+    h.get_by_label("Reason:").type_text("a reason");
+    settle(&mut h);
+    let why = label_text(&h, "Cannot steer from here: ");
+    assert!(why.contains("not run by this console"), "{why}");
+    for button in ["Pause", "Resume", "Override the gate", "Roll back", "Abort"] {
+        assert!(
+            h.get_by_label(button).accesskit_node().is_disabled(),
+            "{button}"
+        );
+    }
+}
+
+/// The map coloured by rollout state: the legend names the monitor's rollout and counts its
+/// devices by state, the devices outside it apart.
+#[test]
+fn the_map_colours_devices_by_their_state_in_the_monitored_rollout() {
+    let fleet = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("monitor.db");
+    write_gate_paused_rollout(&cache, &fleet);
+    let (mut h, _commands) = monitor_harness(fleet, cache, 900.0);
+    h.state_mut().send(UiCommand::SetColorMode(
+        convoy::gui::model::ColorMode::RolloutState,
+    ));
+    h.state_mut().send(UiCommand::Show(View::Map));
+    settle(&mut h);
+    wait_for(&mut h, &format!("Rollout state of {ROLLOUT}:"));
+    // Every device of the second wave is planned and not offered: 400 of them.
+    wait_for(&mut h, "planned, not offered 400");
+    let counts = &h.state().derived.counts_all;
+    assert_eq!(counts[0], 0, "every fixture device is in the rollout");
+    assert_eq!(counts[1], 400);
+    assert_eq!(
+        counts[2..].iter().sum::<u32>(),
+        100,
+        "the canary: {counts:?}"
+    );
+    assert!(counts[5] > 0, "install failures show as failed: {counts:?}");
+}
+
+/// The monitor's snapshot image: the gate-paused rollout, its evidence, waves, adoption and
+/// health plots. `UPDATE_SNAPSHOTS=1` rewrites it.
+#[test]
+fn snapshot_of_the_monitor() {
+    let fleet = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("monitor.db");
+    write_gate_paused_rollout(&cache, &fleet);
+    let (mut h, _commands) = monitor_harness(fleet, cache, 1500.0);
+    wait_for(&mut h, "Verdict: ");
+    h.state_mut().dismiss_toasts();
+    settle(&mut h);
+    h.snapshot("monitor");
+}
