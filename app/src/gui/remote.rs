@@ -1166,13 +1166,51 @@ async fn follow_events(endpoint: Endpoint, shared: Weak<Shared>) {
     }
 }
 
+/// The remote console's steering for a caller other than its UI (a test or a script driving a
+/// console): the same [`RemoteSteer`] as [`Backend::steer`] uses, and the answer is reported to
+/// the console as [`BackendEvent::Steered`] as that one's is.
+#[derive(Clone)]
+pub struct RemoteCommands {
+    steer: Arc<RemoteSteer>,
+}
+
+impl RemoteCommands {
+    /// Applies `command` (or queues it, or refuses it: see the module's documentation) and
+    /// waits for the answer, which the console also gets.
+    pub fn steer(
+        &self,
+        rollout_id: &str,
+        operator: &str,
+        command: OperatorCommand,
+    ) -> Result<String, String> {
+        let result = self.steer.steer(rollout_id, operator, &command);
+        self.steer.shared.report(BackendEvent::Steered {
+            rollout_id: rollout_id.to_owned(),
+            operator: operator.to_owned(),
+            command,
+            result: result.clone(),
+        });
+        result
+    }
+}
+
 impl Backend {
+    /// [`Backend::remote`], with a second way into its steering ([`RemoteCommands`]).
+    pub fn remote_with_commands(options: RemoteOptions) -> Result<(Self, RemoteCommands)> {
+        let (backend, steer) = Self::remote_parts(options)?;
+        Ok((backend, RemoteCommands { steer }))
+    }
+
     /// The console attached to the server of `options`: its views read the local copy, which a
     /// mirror thread keeps in step with the server; commands go to the server's API (see the
     /// module's documentation for what happens offline). Fails only on local problems: a copy
     /// that cannot be opened or belongs to another server, an unreadable `--ca-cert`. An
     /// unreachable server is not an error: the console opens on the copy and says so.
     pub fn remote(options: RemoteOptions) -> Result<Self> {
+        Self::remote_parts(options).map(|(backend, _)| backend)
+    }
+
+    fn remote_parts(options: RemoteOptions) -> Result<(Self, Arc<RemoteSteer>)> {
         let server = normalise_server(&options.server)?;
         let ca_pem = match &options.ca_cert {
             Some(p) => Some(
@@ -1212,8 +1250,12 @@ impl Backend {
             api: Mutex::new(None),
         });
         let owner = Arc::downgrade(&steer);
-        let (backend, reporter, handle) =
-            Self::parts(BrokerKind::None, false, &options.copy, steer)?;
+        let (backend, reporter, handle) = Self::parts(
+            BrokerKind::None,
+            false,
+            &options.copy,
+            Arc::clone(&steer) as Arc<dyn Steer>,
+        )?;
         let _ = shared.reporter.set(reporter.clone());
         reporter.blocking(BackendEvent::Link(LinkStatus::Connecting));
         reporter.blocking(BackendEvent::Engine(shared.engine_note()));
@@ -1230,7 +1272,7 @@ impl Backend {
                 }
             })
             .context("starting the mirror thread")?;
-        Ok(backend)
+        Ok((backend, steer))
     }
 }
 
