@@ -41,7 +41,7 @@ fn console(server: &str, token: &str, copy: &Path) -> (Console, RemoteCommands) 
     let mut options =
         RemoteOptions::new(server, token.to_owned(), copy.to_owned()).expect("options");
     options.poll = Duration::from_secs(1);
-    let (backend, commands) = Backend::remote_with_commands(options).expect("a remote backend");
+    let (backend, commands) = Backend::remote_with_commands(&options).expect("a remote backend");
     let harness = Harness::builder()
         .with_size([1400.0, 900.0])
         .build_eframe(move |cc| ConsoleApp::new(&cc.egui_ctx, None, backend, Clock::System));
@@ -260,6 +260,14 @@ fn two_consoles_on_one_server_see_a_pause_and_one_queues_a_pause_while_it_is_dow
         "B's wall says PAUSED"
     );
 
+    // The health plots read the engine's log, mirrored page by page.
+    wait_all(&mut [&mut a, &mut b], "r1's health series on both", |app| {
+        app.rollouts
+            .as_ref()
+            .and_then(|b| b.as_ref().ok())
+            .is_some_and(|b| b.health.contains_key("r1"))
+    });
+
     // A resumes it, while the server is up.
     let answer = steer_a.steer(
         "r1",
@@ -285,6 +293,19 @@ fn two_consoles_on_one_server_see_a_pause_and_one_queues_a_pause_while_it_is_dow
     assert!(
         b.query_all_by_label_contains("r1").next().is_some(),
         "B's wall still shows r1"
+    );
+
+    // A console started while the server is down opens on its copy: A's, restarted.
+    drop((a, steer_a));
+    let (mut a, _) = console(&base, &dana, &copy_a);
+    wait_all(
+        &mut [&mut a],
+        "console A, restarted offline, on its copy",
+        |app| {
+            matches!(app.link(), LinkStatus::Reconnecting(why) if why.contains("showing the copy of"))
+                && app.model.as_ref().is_some_and(|m| m.len() == 120)
+                && r1(app).is_some()
+        },
     );
 
     // Offline: a resume is refused (it is never queued), a pause is queued and kept on disk.
@@ -366,5 +387,4 @@ fn two_consoles_on_one_server_see_a_pause_and_one_queues_a_pause_while_it_is_dow
         "the run was held by the pause"
     );
     runtime.block_on(server.shutdown());
-    drop(broker);
 }

@@ -145,7 +145,7 @@ fn remote_backend(args: &Args, server: &str) -> Result<Backend> {
             );
         }
     }
-    Backend::remote(options)
+    Backend::remote(&options)
 }
 
 fn backend(args: &Args) -> Result<Backend> {

@@ -44,6 +44,7 @@ use convoy_core::time::Timestamp;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
@@ -64,10 +65,10 @@ pub const RETRY: Duration = Duration::from_secs(2);
 pub const MIN_PASS: Duration = Duration::from_millis(400);
 /// How often the fleet is fetched again while connected (and at every reconnection): the
 /// whole fleet is one request, so not on every event.
-pub const FLEET_REFRESH: Duration = Duration::from_secs(60);
+pub const FLEET_REFRESH: Duration = Duration::from_mins(1);
 /// The longest wait for an ordinary answer, and for the whole fleet.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
-const FLEET_TIMEOUT: Duration = Duration::from_secs(300);
+const FLEET_TIMEOUT: Duration = Duration::from_mins(5);
 /// Log events asked for per page.
 const LOG_PAGE: usize = 5_000;
 
@@ -172,7 +173,7 @@ fn segment(text: &str) -> String {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
             out.push(char::from(b));
         } else {
-            out.push_str(&format!("%{b:02X}"));
+            let _ = write!(out, "%{b:02X}");
         }
     }
     out
@@ -297,6 +298,11 @@ impl Api {
     }
 
     fn call(&self, endpoint: &str, request: reqwest::RequestBuilder) -> Result<Vec<u8>, CallError> {
+        #[derive(Deserialize)]
+        struct ErrorBody {
+            error: String,
+            field: Option<String>,
+        }
         self.runtime.block_on(async {
             let response = request
                 .send()
@@ -309,11 +315,6 @@ impl Api {
                 .map_err(|e| unreachable(endpoint, &e))?;
             if status.is_success() {
                 return Ok(bytes.to_vec());
-            }
-            #[derive(Deserialize)]
-            struct ErrorBody {
-                error: String,
-                field: Option<String>,
             }
             let message = match serde_json::from_slice::<ErrorBody>(&bytes) {
                 Ok(ErrorBody {
@@ -342,7 +343,7 @@ fn unreachable(endpoint: &str, e: &reqwest::Error) -> CallError {
     let mut why = format!("{endpoint}: {e}");
     let mut source = e.source();
     while let Some(s) = source {
-        why.push_str(&format!(": {s}"));
+        let _ = write!(why, ": {s}");
         source = s.source();
     }
     CallError::Unreachable {
@@ -518,17 +519,14 @@ impl Shared {
         let changed = {
             let mut s = self.lock();
             let before = s.up;
-            match result {
-                Err(CallError::Unreachable { why, .. }) => {
-                    s.up = Some(false);
-                    let changed = s.why_down != *why || before != Some(false);
-                    s.why_down.clone_from(why);
-                    changed
-                }
-                _ => {
-                    s.up = Some(true);
-                    before != Some(true)
-                }
+            if let Err(CallError::Unreachable { why, .. }) = result {
+                s.up = Some(false);
+                let changed = s.why_down != *why || before != Some(false);
+                s.why_down.clone_from(why);
+                changed
+            } else {
+                s.up = Some(true);
+                before != Some(true)
             }
         };
         if changed {
@@ -1196,7 +1194,7 @@ impl RemoteCommands {
 
 impl Backend {
     /// [`Backend::remote`], with a second way into its steering ([`RemoteCommands`]).
-    pub fn remote_with_commands(options: RemoteOptions) -> Result<(Self, RemoteCommands)> {
+    pub fn remote_with_commands(options: &RemoteOptions) -> Result<(Self, RemoteCommands)> {
         let (backend, steer) = Self::remote_parts(options)?;
         Ok((backend, RemoteCommands { steer }))
     }
@@ -1206,11 +1204,11 @@ impl Backend {
     /// module's documentation for what happens offline). Fails only on local problems: a copy
     /// that cannot be opened or belongs to another server, an unreadable `--ca-cert`. An
     /// unreachable server is not an error: the console opens on the copy and says so.
-    pub fn remote(options: RemoteOptions) -> Result<Self> {
+    pub fn remote(options: &RemoteOptions) -> Result<Self> {
         Self::remote_parts(options).map(|(backend, _)| backend)
     }
 
-    fn remote_parts(options: RemoteOptions) -> Result<(Self, Arc<RemoteSteer>)> {
+    fn remote_parts(options: &RemoteOptions) -> Result<(Self, Arc<RemoteSteer>)> {
         let server = normalise_server(&options.server)?;
         let ca_pem = match &options.ca_cert {
             Some(p) => Some(

@@ -514,3 +514,55 @@ pub fn rollout_log_page(
         more,
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_rollout_log_comes_by_pages_after_a_seq() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let mut store = Store::open(&dir.path().join("c.db")).expect("a new cache");
+        assert_eq!(
+            rollout_log_page(&store, "r1", None, 10).expect("read"),
+            None
+        );
+        store
+            .append_event(
+                "r1",
+                Timestamp::from_secs(1_800_000_000),
+                "rollout.created",
+                "a",
+                &serde_json::json!({}),
+            )
+            .expect("append");
+        let empty = rollout_log_page(&store, "r1", None, 10)
+            .expect("read")
+            .expect("a known rollout");
+        assert!(empty.events.is_empty() && !empty.more);
+        for seq in 0..5 {
+            store
+                .conn()
+                .execute(
+                    "INSERT INTO rollout_log(rollout_id, seq, event) VALUES ('r1', ?1, ?2)",
+                    params![seq, format!("{{\"n\": {seq}}}")],
+                )
+                .expect("insert");
+        }
+        let first = rollout_log_page(&store, "r1", None, 2)
+            .expect("read")
+            .expect("a page");
+        assert_eq!(
+            (first.first_seq, first.events.len(), first.more),
+            (0, 2, true)
+        );
+        let last = rollout_log_page(&store, "r1", Some(2), 10)
+            .expect("read")
+            .expect("a page");
+        assert_eq!(
+            (last.first_seq, last.events.len(), last.more),
+            (3, 2, false)
+        );
+        assert_eq!(last.events[0]["n"], 3);
+    }
+}
