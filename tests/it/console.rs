@@ -388,3 +388,73 @@ fn two_consoles_on_one_server_see_a_pause_and_one_queues_a_pause_while_it_is_dow
     );
     runtime.block_on(server.shutdown());
 }
+
+/// `--ca-cert`: a console trusts a server with a self-signed certificate when given it, and
+/// without it says the server is unreachable and why; a console with an unknown token says so.
+#[test]
+fn a_console_trusts_a_self_signed_server_with_its_certificate_and_names_a_bad_token() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let cache = dir.path().join("cache.db");
+    let token = {
+        let mut store = convoy::store::Store::open(&cache).expect("cache");
+        let now = convoy::now();
+        let fleet = convoy_core::synth::generate(&convoy_core::synth::SynthOptions {
+            devices: 50,
+            seed: 3,
+            now,
+        });
+        store.replace_fleet(&fleet, None).expect("fleet");
+        auth::add_token(&store, "vera", Role::Viewer, "operator:test", now)
+            .expect("token")
+            .token
+    };
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])
+        .expect("self-signed certificate");
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_path, cert.cert.pem()).expect("write cert");
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).expect("write key");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut config = ServeConfig::new(cache, "127.0.0.1:0".parse().expect("addr"));
+    config.tls = Some((cert_path.clone(), key_path));
+    let server = runtime.block_on(Server::start(config)).expect("server");
+    let url = format!("https://localhost:{}", server.addr().port());
+
+    let start = |token: &str, copy: &str, ca: Option<&Path>| {
+        let mut options =
+            RemoteOptions::new(&url, token.to_owned(), dir.path().join(copy)).expect("options");
+        options.ca_cert = ca.map(Path::to_owned);
+        options.poll = Duration::from_secs(1);
+        let backend = Backend::remote(&options).expect("a remote backend");
+        Harness::builder()
+            .with_size([1200.0, 800.0])
+            .build_eframe(move |cc| ConsoleApp::new(&cc.egui_ctx, None, backend, Clock::System))
+    };
+    let mut trusting = start(&token, "trusting.db", Some(&cert_path));
+    let mut untrusting = start(&token, "untrusting.db", None);
+    let mut bad_token = start("not-a-token", "bad.db", Some(&cert_path));
+    wait_all(&mut [&mut trusting], "the fleet over TLS", |app| {
+        *app.link() == LinkStatus::Connected && app.model.as_ref().is_some_and(|m| m.len() == 50)
+    });
+    wait_all(
+        &mut [&mut untrusting],
+        "an untrusted certificate reported",
+        |app| {
+            matches!(app.link(), LinkStatus::Reconnecting(why)
+                if why.contains("unreachable") && why.to_lowercase().contains("certificate"))
+        },
+    );
+    assert!(
+        untrusting.state().model.is_none(),
+        "nothing shown from an untrusted server"
+    );
+    wait_all(&mut [&mut bad_token], "an unknown token reported", |app| {
+        app.failures()
+            .iter()
+            .any(|f| f.contains("unknown or revoked") && f.contains("HTTP 401"))
+    });
+    runtime.block_on(server.shutdown());
+}
