@@ -221,3 +221,30 @@ pub fn run_default() -> Result<()> {
         ..Args::default()
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_token_comes_from_the_first_line_of_its_file_and_an_empty_one_is_refused() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let path = dir.path().join("token");
+        std::fs::write(&path, "  cvy_abc123  \n# a note\n").expect("token file");
+        let mut args = Args {
+            server: Some("https://127.0.0.1:8443".into()),
+            token_file: Some(path.clone()),
+            ..Args::default()
+        };
+        assert_eq!(token(&args).expect("a token"), "cvy_abc123");
+        std::fs::write(&path, "\n").expect("empty token file");
+        let err = token(&args).expect_err("no token").to_string();
+        assert!(
+            err.contains("--token-file") && err.contains(&path.display().to_string()),
+            "{err}"
+        );
+        args.token_file = Some(dir.path().join("missing"));
+        let err = format!("{:#}", token(&args).expect_err("no file"));
+        assert!(err.contains("missing"), "{err}");
+    }
+}
