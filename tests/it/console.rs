@@ -232,6 +232,17 @@ fn two_consoles_on_one_server_see_a_pause_and_one_queues_a_pause_while_it_is_dow
         },
     );
 
+    // The nav says whose server it is and as whom the console acts.
+    wait_all(
+        &mut [&mut a],
+        "A's note on the server and operator",
+        |app| {
+            app.engine_note
+                .as_deref()
+                .is_some_and(|n| n.contains(&base) && n.contains("as dana (dispatcher)"))
+        },
+    );
+
     // A pauses it; B shows it paused: on its board and on its war-room wall.
     let answer = steer_a.steer(
         "r1",

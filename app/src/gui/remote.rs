@@ -911,7 +911,8 @@ fn sync_pass(
     let list = api.get("/rollouts", CALL_TIMEOUT);
     shared.saw(&list);
     let list: Vec<RolloutRowIn> = parse_answer("GET /api/v1/rollouts", &list?)?;
-    if shared.lock().who.is_none()
+    let unknown_who = shared.lock().who.is_none();
+    if unknown_who
         && let Ok(bytes) = api.get("/whoami", CALL_TIMEOUT)
         && let Ok(w) = parse_answer::<WhoAmI>("GET /api/v1/whoami", &bytes)
     {
