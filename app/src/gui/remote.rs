@@ -64,8 +64,9 @@ pub const RETRY: Duration = Duration::from_secs(2);
 /// often than the views need.
 pub const MIN_PASS: Duration = Duration::from_millis(400);
 /// How often the fleet is fetched again while connected (and at every reconnection): the
-/// whole fleet is one request, so not on every event.
-pub const FLEET_REFRESH: Duration = Duration::from_mins(1);
+/// whole fleet is one request, so not on every event, and a fleet that changed reloads the
+/// views (which forgets the selected device), so not often.
+pub const FLEET_REFRESH: Duration = Duration::from_mins(5);
 /// The longest wait for an ordinary answer, and for the whole fleet.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 const FLEET_TIMEOUT: Duration = Duration::from_mins(5);
