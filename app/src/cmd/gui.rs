@@ -1,12 +1,13 @@
-//! `convoy gui [--db PATH] [--broker URL] [--tiles FILE | --tile-url URL]`, and `convoy` with no
+//! `convoy gui [--db PATH] [--broker URL | --server URL] [--tiles FILE | --tile-url URL]`, and `convoy` with no
 //! arguments: the desktop console.
 //!
 //! With neither `--db` nor `--broker` the console opens on a live demo (embedded broker,
 //! synthetic fleet in a demo cache, simulated devices). With `--db` it shows that cache, and
-//! with `--broker` it also listens to the fleet on that broker. Without a display it says so
+//! with `--broker` it also listens to the fleet on that broker. With `--server URL` it is
+//! attached to a `convoy serve` (`gui/remote.rs`), `--db` naming its local copy. Without a display it says so
 //! and lists the headless commands instead of failing obscurely.
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use clap::CommandFactory;
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -20,8 +21,21 @@ pub struct Args {
     #[arg(long)]
     pub db: Option<PathBuf>,
     /// The MQTT broker the fleet reports to, e.g. mqtt://127.0.0.1:1883.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "server")]
     pub broker: Option<String>,
+    /// Attach to a `convoy serve` at this URL (e.g. https://fleet.example.org:8443) instead of
+    /// a local cache: the views show a local copy of the server's fleet and rollouts (at --db,
+    /// default $XDG_DATA_HOME/convoy/servers/HOST_PORT.db), and steering goes through its API.
+    #[arg(long, value_name = "URL")]
+    pub server: Option<String>,
+    /// With --server: a file holding the API token (`convoy serve token add` prints one);
+    /// default: $CONVOY_TOKEN. Never on the command line, where `ps` would show it.
+    #[arg(long, value_name = "FILE", requires = "server")]
+    pub token_file: Option<PathBuf>,
+    /// With --server: a PEM certificate to trust besides the system's roots (a server with a
+    /// self-signed certificate).
+    #[arg(long, value_name = "PEM", requires = "server")]
+    pub ca_cert: Option<PathBuf>,
     /// Topic prefix.
     #[arg(long, default_value = "convoy/v1")]
     pub prefix: String,
@@ -88,7 +102,56 @@ pub fn no_display_notice(reason: &str) -> String {
     text
 }
 
+/// The API token for `--server`: the `--token-file` (its first line), else `$CONVOY_TOKEN`.
+fn token(args: &Args) -> Result<String> {
+    let (token, from) = match &args.token_file {
+        Some(path) => (
+            std::fs::read_to_string(path)
+                .with_context(|| format!("reading the token file {}", path.display()))?,
+            format!("the token file {}", path.display()),
+        ),
+        None => (
+            std::env::var("CONVOY_TOKEN").unwrap_or_default(),
+            "$CONVOY_TOKEN".to_owned(),
+        ),
+    };
+    let token = token.lines().next().unwrap_or("").trim().to_owned();
+    if token.is_empty() {
+        bail!(
+            "convoy gui --server needs an API token: put it in a file for --token-file FILE or \
+             in $CONVOY_TOKEN (`convoy serve token add --operator NAME --role dispatcher` on \
+             the server makes one); {from} holds none"
+        );
+    }
+    Ok(token)
+}
+
+/// The console attached to `--server`.
+fn remote_backend(args: &Args, server: &str) -> Result<Backend> {
+    let server = crate::gui::remote::normalise_server(server)?;
+    let copy = args
+        .db
+        .clone()
+        .unwrap_or_else(|| crate::gui::remote::default_copy_path(&server));
+    let mut options = crate::gui::remote::RemoteOptions::new(&server, token(args)?, copy)?;
+    options.ca_cert.clone_from(&args.ca_cert);
+    if server.starts_with("http://") {
+        let host = server.trim_start_matches("http://");
+        if !(host.starts_with("127.") || host.starts_with("localhost") || host.starts_with("[::1]"))
+        {
+            eprintln!(
+                "warning: {server} is plain HTTP: the API token crosses the network in the clear \
+                 (serve with --tls-cert/--tls-key, or through a TLS proxy)"
+            );
+        }
+    }
+    Backend::remote(&options)
+}
+
 fn backend(args: &Args) -> Result<Backend> {
+    if let Some(server) = &args.server {
+        return remote_backend(args, server);
+    }
     if args.db.is_none() && args.broker.is_none() {
         return Backend::demo(DemoOptions {
             devices: args.demo_devices,
@@ -157,4 +220,31 @@ pub fn run_default() -> Result<()> {
         demo_no_rollout: false,
         ..Args::default()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_token_comes_from_the_first_line_of_its_file_and_an_empty_one_is_refused() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let path = dir.path().join("token");
+        std::fs::write(&path, "  cvy_abc123  \n# a note\n").expect("token file");
+        let mut args = Args {
+            server: Some("https://127.0.0.1:8443".into()),
+            token_file: Some(path.clone()),
+            ..Args::default()
+        };
+        assert_eq!(token(&args).expect("a token"), "cvy_abc123");
+        std::fs::write(&path, "\n").expect("empty token file");
+        let err = token(&args).expect_err("no token").to_string();
+        assert!(
+            err.contains("--token-file") && err.contains(&path.display().to_string()),
+            "{err}"
+        );
+        args.token_file = Some(dir.path().join("missing"));
+        let err = format!("{:#}", token(&args).expect_err("no file"));
+        assert!(err.contains("missing"), "{err}");
+    }
 }

@@ -33,6 +33,7 @@ pub mod palette;
 pub mod planner;
 pub mod query;
 pub mod releases;
+pub mod remote;
 pub mod report;
 pub mod steer;
 pub mod table;

@@ -44,6 +44,9 @@ pub const MAX_PAGE: usize = 1000;
 /// History rows of one device when `history` is not given, and the most.
 pub const DEFAULT_HISTORY: usize = 50;
 pub const MAX_HISTORY: usize = 10_000;
+/// Rollout log events per page when `limit` is not given, and the most a page may hold.
+pub const DEFAULT_LOG_PAGE: usize = 5_000;
+pub const MAX_LOG_PAGE: usize = 50_000;
 
 /// An error answer: a status, a message, and the request field at fault if there is one.
 #[derive(Debug)]
@@ -299,8 +302,12 @@ async fn route(
             parse_query::<NoParams>(&query)?;
             read(app, query::rollouts).await
         }
-        ["rollouts", id, "timeline"] if get => {
+        ["fleet", "export"] if get => {
             parse_query::<NoParams>(&query)?;
+            fleet_export(app).await
+        }
+        ["rollouts", id, "timeline"] if get => {
+            let q: AfterParams = parse_query(&query)?;
             let id = (*id).to_owned();
             let events = app
                 .pool
@@ -315,10 +322,35 @@ async fn route(
                     "no rollout {id}: it has no timeline in the cache"
                 )));
             }
+            // `after`: only the events after that seq (a mirror fetches what it lacks).
+            let events: Vec<_> = events
+                .into_iter()
+                .filter(|e| q.after.is_none_or(|after| e.seq > after))
+                .collect();
             Ok(json_response(
                 StatusCode::OK,
                 &serde_json::json!({ "rollout_id": id, "events": events }),
             ))
+        }
+        ["rollouts", id, "log"] if get => {
+            let q: LogParams = parse_query(&query)?;
+            let limit = bounded(q.limit, DEFAULT_LOG_PAGE, MAX_LOG_PAGE, "limit")?;
+            let id = (*id).to_owned();
+            let after = q.after;
+            let page = app
+                .pool
+                .run({
+                    let id = id.clone();
+                    move |s| query::rollout_log_page(s, &id, after, limit)
+                })
+                .await
+                .map_err(|e| ApiError::internal(&e))?;
+            page.map(|p| json_response(StatusCode::OK, &p))
+                .ok_or_else(|| {
+                    ApiError::not_found(format!(
+                        "no rollout {id}: it has neither a timeline nor a log in the cache"
+                    ))
+                })
         }
         ["audit"] if get => {
             let q: AuditParams = parse_query(&query)?;
@@ -489,8 +521,13 @@ async fn route(
         | ["tokens", _, "revoke"] => Err(method_not_allowed("POST")),
         ["whoami" | "fleet" | "devices" | "audit" | "events" | "requests" | "metrics"]
         | ["devices" | "findings", _]
-        | ["rollouts", _, "timeline" | "request" | "health" | "metrics"]
-        | ["audit", "verify"] => Err(method_not_allowed("GET")),
+        | [
+            "rollouts",
+            _,
+            "timeline" | "request" | "health" | "metrics" | "log",
+        ]
+        | ["audit", "verify"]
+        | ["fleet", "export"] => Err(method_not_allowed("GET")),
         ["findings" | "rollouts" | "tokens" | "releases"] => Err(method_not_allowed("GET or POST")),
         _ => Err(ApiError::not_found(format!("no such path {path}"))),
     }
@@ -518,6 +555,21 @@ struct NoParams {}
 #[serde(deny_unknown_fields)]
 struct HistoryParams {
     history: Option<usize>,
+}
+
+/// `?after=SEQ` of the timeline.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AfterParams {
+    after: Option<i64>,
+}
+
+/// `?after=SEQ&limit=N` of the rollout log.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogParams {
+    after: Option<i64>,
+    limit: Option<usize>,
 }
 
 #[derive(serde::Deserialize)]
@@ -694,6 +746,28 @@ async fn score_finding(
         .await
         .map_err(|e| ApiError::internal(&e))??;
     Ok(json_response(StatusCode::CREATED, &answer))
+}
+
+/// `GET /fleet/export`: the whole fleet (depots and devices with their components and tags)
+/// in the JSON of `convoy fleet export --format json`, which `convoy fleet import` and the
+/// remote console's copy read back.
+async fn fleet_export(app: &Arc<AppState>) -> Result<Response, ApiError> {
+    let bytes = app
+        .pool
+        .run(|store| {
+            let fleet = store.load_fleet()?;
+            let mut out = Vec::new();
+            crate::fleet_io::write_json(&mut out, &fleet)?;
+            Ok(out)
+        })
+        .await
+        .map_err(|e| ApiError::internal(&e))?;
+    let mut response = Response::new(Body::from(bytes));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Ok(response)
 }
 
 /// The body of `POST /rollouts/{id}/{command}`.

@@ -18,8 +18,12 @@
 //! - [`requests`]: rollout requests and their approvals; an approved request is dispatched by
 //!   the server (an engine run it hosts) when it was given dispatch settings.
 //!
-//! What it is not yet: there is no hawkBit DDI device endpoint inside it and no remote
-//! console; docs/SERVE.md lists what of issue 9 is not built.
+//! The remote console (`convoy gui --server URL`, `gui/remote.rs`) is a client of [`api`]: it
+//! copies the fleet (`GET /fleet/export`), the timelines and the engine logs
+//! (`GET /rollouts/{id}/log`) and steers through the control endpoints.
+//!
+//! What it is not yet: there is no hawkBit DDI device endpoint inside it; docs/SERVE.md lists
+//! what of issue 9 is not built.
 
 mod admin;
 pub mod api;

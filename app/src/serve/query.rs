@@ -448,3 +448,121 @@ pub fn record_finding(
     tx.commit().context("committing the finding")?;
     Ok(entry.seq)
 }
+
+/// One page of a rollout's replayable log (`rollout_log`): the events after a seq, in order.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct LogPage {
+    pub rollout_id: String,
+    /// The seq of the first event of the page (the log's seqs run from 0 without gaps).
+    pub first_seq: i64,
+    /// The engine's core events (`convoy_core::rollout::RolloutEvent`) as it logged them.
+    pub events: Vec<serde_json::Value>,
+    /// Whether events follow this page: ask again with `after` = the page's last seq.
+    pub more: bool,
+}
+
+/// The events of `rollout_id`'s log after seq `after` (all when `None`), at most `limit`;
+/// `None` when the rollout has neither a log nor a timeline.
+pub fn rollout_log_page(
+    store: &Store,
+    rollout_id: &str,
+    after: Option<i64>,
+    limit: usize,
+) -> Result<Option<LogPage>> {
+    let from = after.map_or(0, |a| a.saturating_add(1).max(0));
+    let take = i64::try_from(limit).unwrap_or(i64::MAX).saturating_add(1);
+    let mut stmt = store.conn().prepare_cached(
+        "SELECT seq, event FROM rollout_log WHERE rollout_id = ?1 AND seq >= ?2
+         ORDER BY seq LIMIT ?3",
+    )?;
+    let rows = stmt.query_map(params![rollout_id, from, take], |r| {
+        Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+    })?;
+    let mut events = Vec::new();
+    let mut more = false;
+    for row in rows {
+        let (seq, text) =
+            row.with_context(|| format!("reading the log of rollout {rollout_id}"))?;
+        if events.len() == limit {
+            more = true;
+            break;
+        }
+        let expected = from + i64::try_from(events.len()).unwrap_or(i64::MAX);
+        if seq != expected {
+            anyhow::bail!("the log of rollout {rollout_id} has a gap before event {seq}");
+        }
+        events.push(
+            serde_json::from_str(&text)
+                .with_context(|| format!("event {seq} of the log of rollout {rollout_id}"))?,
+        );
+    }
+    if events.is_empty() {
+        let known: bool = store.conn().query_row(
+            "SELECT EXISTS(SELECT 1 FROM rollout_events WHERE rollout_id = ?1)
+                 OR EXISTS(SELECT 1 FROM rollout_log WHERE rollout_id = ?1)",
+            [rollout_id],
+            |r| r.get(0),
+        )?;
+        if !known {
+            return Ok(None);
+        }
+    }
+    Ok(Some(LogPage {
+        rollout_id: rollout_id.to_owned(),
+        first_seq: from,
+        events,
+        more,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_rollout_log_comes_by_pages_after_a_seq() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let mut store = Store::open(&dir.path().join("c.db")).expect("a new cache");
+        assert_eq!(
+            rollout_log_page(&store, "r1", None, 10).expect("read"),
+            None
+        );
+        store
+            .append_event(
+                "r1",
+                Timestamp::from_secs(1_800_000_000),
+                "rollout.created",
+                "a",
+                &serde_json::json!({}),
+            )
+            .expect("append");
+        let empty = rollout_log_page(&store, "r1", None, 10)
+            .expect("read")
+            .expect("a known rollout");
+        assert!(empty.events.is_empty() && !empty.more);
+        for seq in 0..5 {
+            store
+                .conn()
+                .execute(
+                    "INSERT INTO rollout_log(rollout_id, seq, event) VALUES ('r1', ?1, ?2)",
+                    params![seq, format!("{{\"n\": {seq}}}")],
+                )
+                .expect("insert");
+        }
+        let first = rollout_log_page(&store, "r1", None, 2)
+            .expect("read")
+            .expect("a page");
+        assert_eq!(
+            (first.first_seq, first.events.len(), first.more),
+            (0, 2, true)
+        );
+        let last = rollout_log_page(&store, "r1", Some(2), 10)
+            .expect("read")
+            .expect("a page");
+        assert_eq!(
+            (last.first_seq, last.events.len(), last.more),
+            (3, 2, false)
+        );
+        assert_eq!(last.events[0]["n"], 3);
+    }
+}
