@@ -243,14 +243,24 @@ fn two_consoles_on_one_server_see_a_pause_and_one_queues_a_pause_while_it_is_dow
         },
     );
 
-    // A pauses it; B shows it paused: on its board and on its war-room wall.
-    let answer = steer_a.steer(
-        "r1",
-        "dana",
-        OperatorCommand::Pause {
-            reason: "war room hold".into(),
-        },
-    );
+    // A pauses it from its rollout monitor, as an operator does: a reason, then Pause. B shows
+    // it paused: on its board and on its war-room wall.
+    a.state_mut().monitor.selected = Some("r1".into());
+    a.state_mut().send(UiCommand::Show(View::Monitor));
+    wait_all(&mut [&mut a], "A's monitor on r1", |app| {
+        app.backend().can_steer("r1").is_ok()
+    });
+    a.run_steps(2);
+    a.get_by_label(&format!("Server: {base}"));
+    a.get_by_label("Reason:").focus();
+    a.run_steps(1);
+    a.get_by_label("Reason:").type_text("war room hold");
+    a.run_steps(2);
+    a.get_by_label("Pause").click();
+    wait_all(&mut [&mut a], "the server's answer to A's pause", |app| {
+        app.steered.iter().any(|s| s.rollout_id == "r1")
+    });
+    let answer = &a.state().steered.last().expect("an answer").result;
     assert!(
         answer.as_deref().is_ok_and(|a| a.contains("paused")),
         "{answer:?}"

@@ -454,6 +454,12 @@ impl ConsoleApp {
         &self.link
     }
 
+    /// The background work this console runs on (tests and harnesses ask it what can be
+    /// steered; views use the field).
+    pub fn backend(&self) -> &Backend {
+        &self.backend
+    }
+
     /// The workers' copy of the fleet: made once per load (the one fleet-sized step of the
     /// findings and planner views on the UI thread), then shared.
     pub fn shared_fleet(&mut self) -> Option<std::sync::Arc<convoy_core::fleet::Fleet>> {
@@ -588,7 +594,8 @@ impl ConsoleApp {
             BackendEvent::Link(status) => {
                 match &status {
                     LinkStatus::Connected if self.link != LinkStatus::Connected => {
-                        self.toast(ToastKind::Info, "Link connected to the broker");
+                        let peer = self.backend.broker.peer();
+                        self.toast(ToastKind::Info, format!("Link connected to {peer}"));
                     }
                     LinkStatus::Reconnecting(why) if self.link == LinkStatus::Connected => {
                         self.toast(ToastKind::Warning, format!("Link lost: {why}"));
@@ -1027,6 +1034,7 @@ impl ConsoleApp {
                 BrokerKind::None => "Broker: none".to_owned(),
                 BrokerKind::Embedded(url) => format!("Broker: embedded {url}"),
                 BrokerKind::External(url) => format!("Broker: external {url}"),
+                BrokerKind::Server(url) => format!("Server: {url}"),
             };
             ui.label(broker);
             ui.separator();

@@ -198,13 +198,25 @@ pub enum LinkStatus {
     Reconnecting(String),
 }
 
-/// Which broker the console talks to.
+/// What the console's link talks to: an MQTT broker, or a `convoy serve` (`--server`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BrokerKind {
     None,
     /// Started by this process for the demo.
     Embedded(String),
     External(String),
+    /// A server's API, by its URL: the console listens to no broker.
+    Server(String),
+}
+
+impl BrokerKind {
+    /// What the link connects to, for the toasts: "the broker" or "the server".
+    pub fn peer(&self) -> &'static str {
+        match self {
+            BrokerKind::Server(_) => "the server",
+            _ => "the broker",
+        }
+    }
 }
 
 /// How to start the demo.

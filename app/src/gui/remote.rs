@@ -1251,7 +1251,7 @@ impl Backend {
         });
         let owner = Arc::downgrade(&steer);
         let (backend, reporter, handle) = Self::parts(
-            BrokerKind::None,
+            BrokerKind::Server(options.server.clone()),
             false,
             &options.copy,
             Arc::clone(&steer) as Arc<dyn Steer>,
