@@ -4,7 +4,10 @@
 
 mod common;
 
-use common::{DEVICES, NOW, fixture, harness, settle};
+use common::{
+    DEVICES, GateStop, NOW, fill, fixture, harness, settle, wait_for, wait_for_label,
+    write_gate_stop,
+};
 use convoy::gui::{Backend, BackendEvent, Clock, ConsoleApp};
 use convoy::link::protocol::{DeviceStatus, Inbound, UpdateState, UpdateStatus};
 use convoy_core::fleet::Fleet;
@@ -126,7 +129,7 @@ fn the_war_room_is_read_only_and_leaves_with_escape() {
     settle(&mut h);
     h.get_by_label("CONVOY · WAR ROOM");
     // The fixture's cache file does not exist: the wall says why it has no rollouts.
-    wait_for_label_contains(
+    wait_for(
         &mut h,
         "Could not read the rollouts: no fleet cache at fixture.db",
     );
@@ -267,31 +270,6 @@ fn the_command_palette_runs_a_command_by_name() {
         "the palette closes after a command"
     );
     h.get_by_label_contains("healthy");
-}
-
-/// Runs frames until `label` is on screen (the history worker answers on its own thread), or
-/// fails after a few seconds.
-fn wait_for_label(h: &mut Harness<'static, ConsoleApp>, label: &str) {
-    for _ in 0..300 {
-        if h.query_by_label(label).is_some() {
-            return;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-        h.run_steps(1);
-    }
-    panic!("{label:?} never appeared");
-}
-
-/// As [`wait_for_label`], for a label containing `text`.
-fn wait_for_label_contains(h: &mut Harness<'static, ConsoleApp>, text: &str) {
-    for _ in 0..300 {
-        if h.query_by_label_contains(text).is_some() {
-            return;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-        h.run_steps(1);
-    }
-    panic!("no label containing {text:?} ever appeared");
 }
 
 /// Writes three rollout timelines into `cache` as the engine does: `ro-t300-canary`, paused by
@@ -1015,7 +993,7 @@ fn snapshots_of_the_main_screens() {
                 ..Default::default()
             };
             wait_for_label(&mut h, "None stored yet.");
-            wait_for_label_contains(&mut h, "Recommendation:");
+            wait_for(&mut h, "Recommendation:");
         }
         if name == "releases" {
             h.state_mut().releases.form = convoy::gui::releases::ReleaseForm {
@@ -1118,14 +1096,6 @@ fn cache_harness_sized(
     (h, cache)
 }
 
-/// Types `text` into the text field named `label`, as a user would.
-fn fill(h: &mut Harness<'static, ConsoleApp>, label: &str, text: &str) {
-    h.get_by_label(label).focus();
-    h.run_steps(1);
-    h.get_by_label(label).type_text(text);
-    settle(h);
-}
-
 #[test]
 fn a_finding_is_scored_as_it_is_typed_saved_listed_and_shown_on_the_map() {
     use convoy_core::risk::{self, Finding, ScoringPolicy};
@@ -1166,7 +1136,7 @@ fn a_finding_is_scored_as_it_is_typed_saved_listed_and_shown_on_the_map() {
     let card = risk::score(&finding, &fleet, &ScoringPolicy::default(), NOW).unwrap();
     assert!(card.affected_devices > 0, "the fixture has T300s");
     // Scored on the scoring worker: it answers within a few frames.
-    wait_for_label_contains(&mut h, &format!("Total {:.1} points", card.points));
+    wait_for(&mut h, &format!("Total {:.1} points", card.points));
     h.get_by_label(&format!("Tier {}", card.tier));
     h.get_by_label(&format!("Recommendation: {}", card.recommendation));
     h.get_by_label_contains(&format!("Total {:.1} points", card.points));
@@ -1181,7 +1151,7 @@ fn a_finding_is_scored_as_it_is_typed_saved_listed_and_shown_on_the_map() {
     h.get_by_label("CVSS vector").type_text("X");
     settle(&mut h);
     h.get_by_label_contains("Invalid CVSS vector: invalid value \"LX\" for metric \"A\"");
-    wait_for_label_contains(&mut h, "Cannot score yet: CVSS vector:");
+    wait_for(&mut h, "Cannot score yet: CVSS vector:");
     assert!(h.query_by_label("Save finding").is_none());
     h.key_press(Key::Backspace);
     settle(&mut h);
@@ -1199,7 +1169,7 @@ fn a_finding_is_scored_as_it_is_typed_saved_listed_and_shown_on_the_map() {
     // A stored finding opens back into the form and scores the same.
     h.state_mut().findings.form = convoy::gui::findings::FindingForm::default();
     settle(&mut h);
-    wait_for_label_contains(&mut h, "Cannot score yet");
+    wait_for(&mut h, "Cannot score yet");
     h.get_by_label("Open CVE-2026-4242").click();
     wait_for_label(&mut h, "Opened finding CVE-2026-4242 from the cache");
     assert_eq!(h.state().findings.form.cvss, vector);
@@ -1243,7 +1213,7 @@ fn the_scoring_policy_is_edited_in_the_findings_view_and_each_scorecard_records_
     .unwrap();
     let built_in = ScoringPolicy::default();
     let card = risk::score(&finding, &fleet, &built_in, NOW).unwrap();
-    wait_for_label_contains(
+    wait_for(
         &mut h,
         &format!("scoring policy {}, format 1, built-in", built_in.digest()),
     );
@@ -1277,7 +1247,7 @@ fn the_scoring_policy_is_edited_in_the_findings_view_and_each_scorecard_records_
         heavier.points,
         card.points
     );
-    wait_for_label_contains(&mut h, &format!("Total {:.1} points", heavier.points));
+    wait_for(&mut h, &format!("Total {:.1} points", heavier.points));
     h.get_by_label_contains(&format!(
         "scoring policy {}, format 1, edited in the console",
         edited.digest()
@@ -1313,7 +1283,7 @@ fn the_scoring_policy_is_edited_in_the_findings_view_and_each_scorecard_records_
     settle(&mut h);
     assert_eq!(h.state().findings.policy.policy.digest(), edited.digest());
     h.get_by_label_contains(&format!("Loaded {}", file.display()));
-    wait_for_label_contains(&mut h, &format!("Total {:.1} points", heavier.points));
+    wait_for(&mut h, &format!("Total {:.1} points", heavier.points));
 }
 
 #[test]
@@ -1331,7 +1301,7 @@ fn a_release_is_hashed_signed_and_listed_as_valid_and_a_tampered_copy_as_tampere
     wait_for_label(&mut h, "No manifests in the cache yet.");
     // No desktop portal here: the file dialog gives no path at once and the form says so.
     h.get_by_label("Browse…").click();
-    wait_for_label_contains(&mut h, "No file chosen");
+    wait_for(&mut h, "No file chosen");
     fill(&mut h, "Trust directory", &key_dir.display().to_string());
     fill(&mut h, "Artifact", &artifact.display().to_string());
     fill(&mut h, "Version", "2.5.0");
@@ -1345,7 +1315,7 @@ fn a_release_is_hashed_signed_and_listed_as_valid_and_a_tampered_copy_as_tampere
     settle(&mut h);
     // The passphrase left the form when signing started.
     assert!(h.state().releases.form.passphrase.is_empty());
-    wait_for_label_contains(&mut h, "Signed release t300-2.5.0 with key");
+    wait_for(&mut h, "Signed release t300-2.5.0 with key");
     h.get_by_label("Hashed 3.0 MiB of 3.0 MiB");
     assert_eq!(
         h.state().releases.hashed_bytes,
@@ -1410,15 +1380,15 @@ fn a_finding_that_cannot_be_saved_says_why_and_the_score_stays() {
     let (mut h, _feed, _) = harness();
     h.get_by_label("Findings").click();
     settle(&mut h);
-    wait_for_label_contains(
+    wait_for(
         &mut h,
         "Could not read the findings: opening the fleet cache fixture.db",
     );
     fill(&mut h, "Finding id", "BUG-7");
     fill(&mut h, "Affected models", "K20");
-    wait_for_label_contains(&mut h, "Recommendation:");
+    wait_for(&mut h, "Recommendation:");
     h.get_by_label("Save finding").click();
-    wait_for_label_contains(&mut h, "Could not save: opening the fleet cache fixture.db");
+    wait_for(&mut h, "Could not save: opening the fleet cache fixture.db");
     h.get_by_label_contains("Recommendation:");
     assert!(!std::path::Path::new("fixture.db").exists());
 }
@@ -1514,7 +1484,7 @@ fn a_plan_is_walked_from_a_verified_release_to_an_edited_wave_saved_and_exported
 
     // Plan the valid one with the CLI's defaults: no catalog, the built-in policy.
     click(&mut h, &format!("Plan {}", release.id));
-    wait_for_label_contains(&mut h, "Canary: ");
+    wait_for(&mut h, "Canary: ");
     let expected = core_plan(&fleet, &release, &[], &PlanningPolicy::default());
     for c in &expected.eligibility.by_status {
         assert!(
@@ -1569,12 +1539,12 @@ fn a_plan_is_walked_from_a_verified_release_to_an_edited_wave_saved_and_exported
         &fixture_catalog().display().to_string(),
     );
     click(&mut h, "Load catalog and policy");
-    wait_for_label_contains(&mut h, "5 catalog release(s) from");
+    wait_for(&mut h, "5 catalog release(s) from");
     let catalog = convoy::cmd::plan::read_catalog(&fixture_catalog()).unwrap();
     let with_catalog = core_plan(&fleet, &release, &catalog, &PlanningPolicy::default());
     assert!(!with_catalog.chains.is_empty());
     let chain = &with_catalog.chains[0];
-    wait_for_label_contains(
+    wait_for(
         &mut h,
         &format!(
             "{} devices: {} -> {}",
@@ -1629,7 +1599,7 @@ fn a_plan_is_walked_from_a_verified_release_to_an_edited_wave_saved_and_exported
         assert_eq!(planned.plan.eligibility, edited.eligibility);
     }
     // A bad edit names its field and keeps the last plan.
-    fill(&mut h, "Canary size", "x");
+    fill(&mut h, "Canary size", "50x");
     h.get_by_label_contains("Not planned: Canary size: must be a whole number");
     h.key_press(Key::Backspace);
     settle(&mut h);
@@ -1648,7 +1618,7 @@ fn a_plan_is_walked_from_a_verified_release_to_an_edited_wave_saved_and_exported
     // Saved in the cache with an audit entry; nothing dispatched.
     click(&mut h, "Save plan");
     let plan_id = convoy::gui::planner::plan_id(&release.id, NOW);
-    wait_for_label_contains(&mut h, &format!("Saved plan {plan_id} in the cache"));
+    wait_for(&mut h, &format!("Saved plan {plan_id} in the cache"));
     let store = convoy::store::Store::open(&cache).unwrap();
     let stored = convoy::cmd::plan::stored_plan(&store, &plan_id)
         .unwrap()
@@ -1660,11 +1630,11 @@ fn a_plan_is_walked_from_a_verified_release_to_an_edited_wave_saved_and_exported
 
     // Exported as the file `convoy rollout run --plan` reads. No portal here: Browse… says so.
     click(&mut h, "Browse…");
-    wait_for_label_contains(&mut h, "No file chosen");
+    wait_for(&mut h, "No file chosen");
     let file = dir.path().join("plan.json");
     fill(&mut h, "Plan file", &file.display().to_string());
     click(&mut h, "Export plan file");
-    wait_for_label_contains(&mut h, &format!("Wrote {}", file.display()));
+    wait_for(&mut h, &format!("Wrote {}", file.display()));
     let (waves, gates) = convoy::cmd::rollout::read_plan(&file).unwrap();
     assert_eq!(waves, edited.rollout_waves(&fleet));
     assert_eq!(gates, Some(convoy_core::gates::GatePolicy::default()));
@@ -1697,9 +1667,9 @@ fn snapshots_of_the_planner() {
     // Relative to the package directory, where cargo runs tests: the same text on every machine.
     h.state_mut().planner.catalog = "../fixtures/releases/catalog.json".into();
     h.get_by_label("Load catalog and policy").click();
-    wait_for_label_contains(&mut h, "catalog release(s) from");
+    wait_for(&mut h, "catalog release(s) from");
     h.get_by_label(&format!("Plan {}", release.id)).click();
-    wait_for_label_contains(&mut h, "Canary: ");
+    wait_for(&mut h, "Canary: ");
     for _ in 0..300 {
         if h.state().planner.plan_is_current() {
             break;
@@ -1720,95 +1690,23 @@ fn snapshots_of_the_planner() {
 /// engine's replayable log: a release that crashes twenty times as often, stopped by a gate.
 #[test]
 fn the_war_room_plots_cohort_health_against_baseline_from_the_engine_log() {
-    use convoy_core::gates::GateOutcome;
-    use convoy_core::rollout::EventKind as K;
-    use convoy_core::rollout::sim::{Fault, FaultKind, SimConfig, SimFleet};
-    use convoy_core::rollout::{ChangePath, Rollout, RolloutSpec, WaveSpec};
+    use convoy_core::rollout::sim::FaultKind;
     use egui_kittest::kittest::NodeT as _;
     let fleet = fixture();
-    let start = Timestamp::from_secs(NOW.secs() - 20 * 86_400);
     let mut ids: Vec<String> = fleet.devices.iter().map(|d| d.id.clone()).collect();
     ids.sort();
-    let spec = RolloutSpec {
-        id: "ro-crashy".into(),
-        release_id: "t300-2.6.0".into(),
-        requested_by: "alice".into(),
-        waves: vec![
-            WaveSpec {
-                name: "canary".into(),
-                device_ids: ids[..100].to_vec(),
-                soak_secs: 86_400,
-            },
-            WaveSpec {
-                name: "fleet".into(),
-                device_ids: ids[100..].to_vec(),
-                soak_secs: 86_400,
-            },
-        ],
-        gates: convoy_core::gates::GatePolicy::default(),
-        path: ChangePath::Standard,
-    };
-    let mut rollout = Rollout::new(start, spec, &fleet).unwrap();
-    rollout.approve(start, "bob").unwrap();
-    rollout.approve(start, "carol").unwrap();
-    let config = SimConfig {
-        faults: vec![Fault {
-            attribute: None,
-            kind: FaultKind::CrashRateTimes(20.0),
-        }],
-        telemetry_every_secs: 900,
-        ..SimConfig::default()
-    };
-    let mut sim = SimFleet::new(&fleet, &rollout, config, start);
-    let out = sim.run(&mut rollout, start, start.plus_secs(15 * 86_400));
-    assert!(out.stopped_by_gate, "{out:?}");
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("health.db");
-    {
-        let mut store = convoy::store::Store::open(&cache).unwrap();
-        store
-            .append_rollout_log("ro-crashy", 0, rollout.events())
-            .unwrap();
-        store
-            .append_event(
-                "ro-crashy",
-                start,
-                "rollout.created",
-                "alice: created",
-                &serde_json::json!({"release": "t300-2.6.0", "requested_by": "alice", "path": "standard",
-                    "waves": [{"name": "canary", "devices": 100}, {"name": "fleet", "devices": 400}]}),
-            )
-            .unwrap();
-        // The story the engine writes beside its log: every event but device states,
-        // telemetry and routine checks; gate looks only when they decided something.
-        for e in rollout.events() {
-            let (kind, payload) = match &e.kind {
-                K::GateChecked {
-                    wave,
-                    outcome,
-                    report,
-                } if *outcome != GateOutcome::Continue => ("gate.decision", {
-                    let name = ["canary", "fleet"][*wave];
-                    serde_json::json!({"wave": name, "outcome": outcome, "report": report})
-                }),
-                K::Approval { .. } => ("approval", serde_json::to_value(&e.kind).unwrap()),
-                K::Approved => ("rollout.approved", serde_json::to_value(&e.kind).unwrap()),
-                K::WaveStarted { .. } => ("wave.started", serde_json::to_value(&e.kind).unwrap()),
-                K::SoakStarted { .. } => ("soak.started", serde_json::to_value(&e.kind).unwrap()),
-                K::Paused { .. } => ("rollout.paused", serde_json::to_value(&e.kind).unwrap()),
-                K::RollbackStarted { .. } => {
-                    ("rollback.started", serde_json::to_value(&e.kind).unwrap())
-                }
-                K::RollbackFinished { .. } => {
-                    ("rollback.finished", serde_json::to_value(&e.kind).unwrap())
-                }
-                _ => continue,
-            };
-            store
-                .append_event("ro-crashy", e.at, kind, "gate", &payload)
-                .unwrap();
-        }
-    }
+    let scenario = GateStop {
+        rollout_id: "ro-crashy",
+        release_id: "t300-2.6.0",
+        device_ids: ids,
+        start: Timestamp::from_secs(NOW.secs() - 20 * 86_400),
+        fault: FaultKind::CrashRateTimes(20.0),
+        telemetry_every_secs: 900,
+        run_secs: 15 * 86_400,
+    };
+    write_gate_stop(&cache, &fleet, scenario);
     let (backend, _feed) = Backend::fixture(fleet, cache);
     let mut h = Harness::builder()
         .with_size([1400.0, 900.0])

@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{NOW, fixture, settle};
+use common::{NOW, click, fill, fixture, settle, wait_for};
 use convoy::gui::approvals::LocalDispatch;
 use convoy::gui::steer::Steer as _;
 use convoy::gui::{Backend, Clock, ConsoleApp};
@@ -16,34 +16,6 @@ use convoy_core::fleet::Fleet;
 use egui_kittest::Harness;
 use egui_kittest::kittest::{NodeT as _, Queryable as _};
 use std::path::{Path, PathBuf};
-
-/// Runs frames until a label containing `text` shows (workers answer on their own threads).
-fn wait_for(h: &mut Harness<'static, ConsoleApp>, text: &str) {
-    for _ in 0..1000 {
-        if h.query_by_label_contains(text).is_some() {
-            return;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-        h.run_steps(1);
-    }
-    panic!("no label containing {text:?} ever appeared");
-}
-
-fn click(h: &mut Harness<'static, ConsoleApp>, label: &str) {
-    h.get_by_label(label).hover();
-    h.run_steps(1);
-    h.get_by_label(label).click();
-    settle(h);
-}
-
-/// Replaces the text of the field named `label` with `text`, as a user would.
-fn fill(h: &mut Harness<'static, ConsoleApp>, label: &str, text: &str) {
-    h.get_by_label(label).focus();
-    h.run_steps(1);
-    h.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::A);
-    h.get_by_label(label).type_text(text);
-    settle(h);
-}
 
 fn disabled(h: &Harness<'static, ConsoleApp>, label: &str) -> bool {
     h.get_by_label(label).accesskit_node().is_disabled()

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{NOW, fixture, settle};
+use common::{GateStop, NOW, fixture, label_text, settle, wait_for, write_gate_stop};
 use convoy::engine::control::{OperatorCommand, control_channel};
 use convoy::gui::{Backend, Clock, ConsoleApp, UiCommand, View};
 use convoy_core::fleet::Fleet;
@@ -15,72 +15,21 @@ use egui_kittest::kittest::{NodeT as _, Queryable};
 
 const ROLLOUT: &str = "ro-install";
 
-/// Runs frames until a label containing `text` is on screen (workers answer on their own
-/// threads, and the monitor reads its rollout every few seconds), or fails after half a
-/// minute: a bound on waiting for an answer, not a measurement.
-fn wait_for(h: &mut Harness<'static, ConsoleApp>, text: &str) {
-    let started = std::time::Instant::now();
-    while started.elapsed() < std::time::Duration::from_secs(30) {
-        if h.query_by_label_contains(text).is_some() {
-            return;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-        h.run_steps(1);
-    }
-    panic!("no label containing {text:?} ever appeared");
-}
-
-/// The text of the label containing `text`.
-fn label_text(h: &Harness<'static, ConsoleApp>, text: &str) -> String {
-    let node = h.get_by_label_contains(text);
-    let node = node.accesskit_node();
-    node.label().or_else(|| node.value()).unwrap_or_default()
-}
-
 /// A rollout of `fleet` in two waves (a canary of 100, then the rest) whose release fails to
 /// install on 40% of the devices, run by the core's simulated fleet until the install-failure
 /// gate pauses it in the canary; its log and timeline written to `cache` as the engine writes
 /// them. Returns when the gate stopped it.
 fn write_gate_paused_rollout(cache: &std::path::Path, fleet: &Fleet) -> Timestamp {
-    use convoy_core::gates::GateOutcome;
-    use convoy_core::rollout::EventKind as K;
-    use convoy_core::rollout::sim::{Fault, FaultKind, SimConfig, SimFleet};
-    use convoy_core::rollout::{ChangePath, Rollout, RolloutSpec, WaveSpec};
-    let start = Timestamp::from_secs(NOW.secs() - 2 * 86_400);
-    let ids: Vec<String> = fleet.devices.iter().map(|d| d.id.clone()).collect();
-    let spec = RolloutSpec {
-        id: ROLLOUT.into(),
-        release_id: "t300-2.6.0".into(),
-        requested_by: "alice".into(),
-        waves: vec![
-            WaveSpec {
-                name: "canary".into(),
-                device_ids: ids[..100].to_vec(),
-                soak_secs: 86_400,
-            },
-            WaveSpec {
-                name: "fleet".into(),
-                device_ids: ids[100..].to_vec(),
-                soak_secs: 86_400,
-            },
-        ],
-        gates: convoy_core::gates::GatePolicy::default(),
-        path: ChangePath::Standard,
-    };
-    let mut rollout = Rollout::new(start, spec, fleet).unwrap();
-    rollout.approve(start, "bob").unwrap();
-    rollout.approve(start, "carol").unwrap();
-    let config = SimConfig {
-        faults: vec![Fault {
-            attribute: None,
-            kind: FaultKind::InstallFailure(0.4),
-        }],
+    let scenario = GateStop {
+        rollout_id: ROLLOUT,
+        release_id: "t300-2.6.0",
+        device_ids: fleet.devices.iter().map(|d| d.id.clone()).collect(),
+        start: Timestamp::from_secs(NOW.secs() - 2 * 86_400),
+        fault: convoy_core::rollout::sim::FaultKind::InstallFailure(0.4),
         telemetry_every_secs: 900,
-        ..SimConfig::default()
+        run_secs: 86_400,
     };
-    let mut sim = SimFleet::new(fleet, &rollout, config, start);
-    let out = sim.run(&mut rollout, start, start.plus_secs(86_400));
-    assert!(out.stopped_by_gate, "{out:?}");
+    let (rollout, out) = write_gate_stop(cache, fleet, scenario);
     assert!(
         matches!(
             rollout.phase(),
@@ -93,43 +42,6 @@ fn write_gate_paused_rollout(cache: &std::path::Path, fleet: &Fleet) -> Timestam
         "a gate pause: {:?}",
         rollout.phase()
     );
-    let mut store = convoy::store::Store::open(cache).unwrap();
-    store.replace_fleet(fleet, None).unwrap();
-    store
-        .append_rollout_log(ROLLOUT, 0, rollout.events())
-        .unwrap();
-    store
-        .append_event(
-            ROLLOUT,
-            start,
-            "rollout.created",
-            "alice: created",
-            &serde_json::json!({"release": "t300-2.6.0", "requested_by": "alice", "path": "standard",
-                "waves": [{"name": "canary", "devices": 100}, {"name": "fleet", "devices": 400}]}),
-        )
-        .unwrap();
-    // The story the engine writes beside its log (as the war room's test does).
-    for e in rollout.events() {
-        let (kind, payload) = match &e.kind {
-            K::GateChecked {
-                wave,
-                outcome,
-                report,
-            } if *outcome != GateOutcome::Continue => ("gate.decision", {
-                let name = ["canary", "fleet"][*wave];
-                serde_json::json!({"wave": name, "outcome": outcome, "report": report})
-            }),
-            K::Approval { .. } => ("approval", serde_json::to_value(&e.kind).unwrap()),
-            K::Approved => ("rollout.approved", serde_json::to_value(&e.kind).unwrap()),
-            K::WaveStarted { .. } => ("wave.started", serde_json::to_value(&e.kind).unwrap()),
-            K::SoakStarted { .. } => ("soak.started", serde_json::to_value(&e.kind).unwrap()),
-            K::Paused { .. } => ("rollout.paused", serde_json::to_value(&e.kind).unwrap()),
-            _ => continue,
-        };
-        store
-            .append_event(ROLLOUT, e.at, kind, "gate", &payload)
-            .unwrap();
-    }
     out.ended_at
 }
 

@@ -8,148 +8,35 @@
 
 mod common;
 
-use common::{NOW, fixture, settle};
+use common::{
+    GateStop, NOW, click, fill, fixture, label_text, label_texts, settle, wait_for, write_gate_stop,
+};
 use convoy::gui::{Backend, Clock, ConsoleApp};
-use convoy_core::gates::GateOutcome;
-use convoy_core::rollout::EventKind as K;
-use convoy_core::rollout::sim::{Fault, FaultKind, SimConfig, SimFleet};
-use convoy_core::rollout::{ChangePath, Rollout, RolloutSpec, WaveSpec};
+use convoy_core::rollout::Rollout;
+use convoy_core::rollout::sim::FaultKind;
 use convoy_core::time::Timestamp;
 use egui_kittest::Harness;
-use egui_kittest::kittest::{NodeT as _, Queryable as _};
+use egui_kittest::kittest::Queryable as _;
 use std::path::Path;
 
 const ROLLOUT: &str = "ro-crashy";
 const RELEASE: &str = "t300-2.6.0";
 
-/// Runs frames until a label containing `text` shows (workers answer on their own threads).
-fn wait_for(h: &mut Harness<'static, ConsoleApp>, text: &str) {
-    for _ in 0..1000 {
-        if h.query_by_label_contains(text).is_some() {
-            return;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-        h.run_steps(1);
-    }
-    panic!("no label containing {text:?} ever appeared");
-}
-
-fn click(h: &mut Harness<'static, ConsoleApp>, label: &str) {
-    h.get_by_label(label).hover();
-    h.run_steps(1);
-    h.get_by_label(label).click();
-    settle(h);
-}
-
-fn fill(h: &mut Harness<'static, ConsoleApp>, label: &str, text: &str) {
-    h.get_by_label(label).focus();
-    h.run_steps(1);
-    h.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::A);
-    h.get_by_label(label).type_text(text);
-    settle(h);
-}
-
-/// The whole texts of the labels containing `text`.
-fn label_texts(h: &Harness<'static, ConsoleApp>, text: &str) -> Vec<String> {
-    h.query_all_by_label_contains(text)
-        .map(|node| {
-            let node = node.accesskit_node();
-            node.label().or_else(|| node.value()).unwrap_or_default()
-        })
-        .collect()
-}
-
-/// The whole text of the one label containing `text`.
-fn label_text(h: &Harness<'static, ConsoleApp>, text: &str) -> String {
-    let all = label_texts(h, text);
-    assert_eq!(all.len(), 1, "labels containing {text:?}: {all:#?}");
-    all.into_iter().next().unwrap_or_default()
-}
-
 /// A release that crashes twenty times as often, rolled out by the core to the fixture fleet
 /// and stopped by its gate; written to `cache` as the engine writes it.
 fn write_crashy_rollout(cache: &Path, fleet: &convoy_core::fleet::Fleet) -> Rollout {
-    let start = Timestamp::from_secs(NOW.secs() - 20 * 86_400);
     let mut ids: Vec<String> = fleet.devices.iter().map(|d| d.id.clone()).collect();
     ids.sort();
-    let spec = RolloutSpec {
-        id: ROLLOUT.into(),
-        release_id: RELEASE.into(),
-        requested_by: "alice".into(),
-        waves: vec![
-            WaveSpec {
-                name: "canary".into(),
-                device_ids: ids[..100].to_vec(),
-                soak_secs: 86_400,
-            },
-            WaveSpec {
-                name: "fleet".into(),
-                device_ids: ids[100..].to_vec(),
-                soak_secs: 86_400,
-            },
-        ],
-        gates: convoy_core::gates::GatePolicy::default(),
-        path: ChangePath::Standard,
-    };
-    let mut rollout = Rollout::new(start, spec, fleet).unwrap();
-    rollout.approve(start, "bob").unwrap();
-    rollout.approve(start, "carol").unwrap();
-    let config = SimConfig {
-        faults: vec![Fault {
-            attribute: None,
-            kind: FaultKind::CrashRateTimes(20.0),
-        }],
+    let scenario = GateStop {
+        rollout_id: ROLLOUT,
+        release_id: RELEASE,
+        device_ids: ids,
+        start: Timestamp::from_secs(NOW.secs() - 20 * 86_400),
+        fault: FaultKind::CrashRateTimes(20.0),
         telemetry_every_secs: 1800,
-        ..SimConfig::default()
+        run_secs: 15 * 86_400,
     };
-    let mut sim = SimFleet::new(fleet, &rollout, config, start);
-    let out = sim.run(&mut rollout, start, start.plus_secs(15 * 86_400));
-    assert!(out.stopped_by_gate, "{out:?}");
-    let mut store = convoy::store::Store::open(cache).unwrap();
-    store.replace_fleet(fleet, None).unwrap();
-    store
-        .append_rollout_log(ROLLOUT, 0, rollout.events())
-        .unwrap();
-    store
-        .append_event(
-            ROLLOUT,
-            start,
-            "rollout.created",
-            "alice: created",
-            &serde_json::json!({"release": RELEASE, "requested_by": "alice", "path": "standard",
-                "waves": [{"name": "canary", "devices": 100}, {"name": "fleet", "devices": ids.len() - 100}]}),
-        )
-        .unwrap();
-    // The story the engine writes beside its log: every event but device states, telemetry
-    // and routine checks; gate looks only when they decided something.
-    for e in rollout.events() {
-        let (kind, payload) = match &e.kind {
-            K::GateChecked {
-                wave,
-                outcome,
-                report,
-            } if *outcome != GateOutcome::Continue => ("gate.decision", {
-                let name = ["canary", "fleet"][*wave];
-                serde_json::json!({"wave": name, "outcome": outcome, "report": report})
-            }),
-            K::Approval { .. } => ("approval", serde_json::to_value(&e.kind).unwrap()),
-            K::Approved => ("rollout.approved", serde_json::to_value(&e.kind).unwrap()),
-            K::WaveStarted { .. } => ("wave.started", serde_json::to_value(&e.kind).unwrap()),
-            K::SoakStarted { .. } => ("soak.started", serde_json::to_value(&e.kind).unwrap()),
-            K::Paused { .. } => ("rollout.paused", serde_json::to_value(&e.kind).unwrap()),
-            K::RollbackStarted { .. } => {
-                ("rollback.started", serde_json::to_value(&e.kind).unwrap())
-            }
-            K::RollbackFinished { .. } => {
-                ("rollback.finished", serde_json::to_value(&e.kind).unwrap())
-            }
-            _ => continue,
-        };
-        store
-            .append_event(ROLLOUT, e.at, kind, "gate", &payload)
-            .unwrap();
-    }
-    rollout
+    write_gate_stop(cache, fleet, scenario).0
 }
 
 /// What the CLI prints for `args` on `cache`.
