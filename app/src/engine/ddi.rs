@@ -122,6 +122,9 @@ pub struct DdiReport {
     pub bad_requests: u64,
     /// Requests refused with 503 because the engine was behind.
     pub busy: u64,
+    /// Artifact server answers: whole files (200) and resumed ranges (206).
+    pub downloads_full: u64,
+    pub downloads_resumed: u64,
 }
 
 /// The action slot of a device whose deployment was withdrawn before it fetched it (the hub's
@@ -232,6 +235,7 @@ impl DdiLink {
     /// The report so far, with the endpoint's counters.
     pub(super) fn report(&self, in_rollout: &[bool]) -> DdiReport {
         let stats = self.server.stats();
+        let files = self.artifacts.stats();
         let devices = self
             .is_ddi
             .iter()
@@ -244,6 +248,8 @@ impl DdiLink {
             unauthorized: stats.unauthorized,
             bad_requests: stats.bad_request,
             busy: stats.busy,
+            downloads_full: files.full,
+            downloads_resumed: files.partial,
             ..self.report.clone()
         }
     }
