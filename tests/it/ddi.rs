@@ -732,9 +732,10 @@ mod in_the_engine {
 
         /// The simulated fleet: every device of the cache but the DDI devices.
         fn sim(&self, ddi: &[String]) -> Proc {
-            let mut fleet: Value =
-                serde_json::from_str(&std::fs::read_to_string(self.p("fleet.json")).expect("fleet"))
-                    .expect("fleet JSON");
+            let mut fleet: Value = serde_json::from_str(
+                &std::fs::read_to_string(self.p("fleet.json")).expect("fleet"),
+            )
+            .expect("fleet JSON");
             fleet["devices"]
                 .as_array_mut()
                 .expect("devices")
@@ -828,7 +829,7 @@ mod in_the_engine {
         let started = Instant::now();
         while ddi.poll().await.is_err() {
             assert!(
-                started.elapsed() < Duration::from_secs(60),
+                started.elapsed() < Duration::from_mins(1),
                 "the engine's DDI endpoint never answered"
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -891,8 +892,8 @@ mod in_the_engine {
             let started = Instant::now();
             while updates.iter().any(Option::is_none) {
                 assert!(
-                    started.elapsed() < Duration::from_secs(120),
-                    "not offered within 120 s; timeline {:?}",
+                    started.elapsed() < Duration::from_mins(2),
+                    "not offered within two minutes; timeline {:?}",
                     m.timeline_kinds()
                 );
                 for (k, ddi) in devices.iter().enumerate() {
@@ -959,7 +960,11 @@ mod in_the_engine {
                     .await
                     .expect("downloaded");
                 update
-                    .send_feedback(Execution::Closed, Finished::Success, vec!["installed 2.5.0"])
+                    .send_feedback(
+                        Execution::Closed,
+                        Finished::Success,
+                        vec!["installed 2.5.0"],
+                    )
                     .await
                     .expect("closed");
             }
@@ -991,7 +996,14 @@ mod in_the_engine {
         assert_eq!(n(ddi, "downloads_full"), 1, "{ddi}");
         for device in [&a, &b] {
             let h = m.history(device);
-            for kind in ["offer", "ddi.assigned", "ddi.feedback", "downloading", "verified", "confirmed"] {
+            for kind in [
+                "offer",
+                "ddi.assigned",
+                "ddi.feedback",
+                "downloading",
+                "verified",
+                "confirmed",
+            ] {
                 assert!(h.iter().any(|k| k == kind), "{device} has no {kind}: {h:?}");
             }
             let offer = h.iter().position(|k| k == "offer");
@@ -1000,18 +1012,23 @@ mod in_the_engine {
             assert_eq!(m.mqtt_commands(device), 0, "{device} got no MQTT command");
         }
         let kinds = m.timeline_kinds();
-        assert_eq!(kinds.last().map(String::as_str), Some("rollout.completed"), "{kinds:?}");
+        assert_eq!(
+            kinds.last().map(String::as_str),
+            Some("rollout.completed"),
+            "{kinds:?}"
+        );
         convoy_ok(&["audit", "verify", "--db", &m.p("cache.db")]);
     }
 
     /// DDI devices of the canary report failed installs (one refuses the deployment); the
     /// install-failure gate counts them as it counts MQTT devices' failures and pauses the
     /// rollout. Their next polls get nothing new, and a DDI device of the next wave is never
-    /// offered anything.
+    /// offered anything. An operator then rolls the canary back: a DDI device still installing
+    /// gets the cancel action at its next poll, confirms it, and counts as reverted.
     #[test]
     fn failed_ddi_installs_stop_the_rollout_at_the_failure_gate() {
         use convoy::engine::WhenPaused;
-        use convoy::engine::control::control_channel;
+        use convoy::engine::control::{OperatorCommand, RollBackScope, control_channel};
         let _one = SERIAL
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -1022,21 +1039,30 @@ mod in_the_engine {
         // Twelve failures in a canary of about 50 against the 2 % the policy expects: far past
         // the gate's level at its first look (six only trend, p = 0.014, and the wave goes on).
         let failing: Vec<String> = canary[..12].to_vec();
+        // Still installing when the rollout stops.
+        let slow = canary[12].clone();
         let later = options.waves[1].device_ids[0].clone();
         let ddi = control.ddi.as_mut().expect("the DDI link is on");
-        for id in &failing {
-            ddi.target_tokens.push((id.clone(), format!("{id}-own-ddi-token")));
+        for id in failing.iter().chain([&slow]) {
+            ddi.target_tokens
+                .push((id.clone(), format!("{id}-own-ddi-token")));
         }
         // Hold when paused, so the devices can poll the paused rollout.
         let (handle, commands) = control_channel("r1", 4);
         control.commands = Some(commands);
         control.when_paused = WhenPaused::Hold;
         let mut ddi_ids = failing.clone();
-        ddi_ids.push(later.clone());
+        ddi_ids.extend([slow.clone(), later.clone()]);
         let _sim = m.sim(&ddi_ids);
         let run = spawn_engine(options, control);
 
         runtime().block_on(async {
+            let slow_client = client(
+                &m.ddi_base(),
+                &slow,
+                ClientAuthorization::TargetToken(format!("{slow}-own-ddi-token")),
+            );
+            let mut slow_update = None;
             let failing_clients: Vec<_> = failing
                 .iter()
                 .map(|id| {
@@ -1055,10 +1081,13 @@ mod in_the_engine {
             until_serving(&later_client).await;
             let mut reported = vec![false; failing.len()];
             let started = Instant::now();
-            while reported.contains(&false) || m.timeline("rollout.paused").is_empty() {
+            while reported.contains(&false)
+                || slow_update.is_none()
+                || m.timeline("rollout.paused").is_empty()
+            {
                 assert!(
-                    started.elapsed() < Duration::from_secs(120),
-                    "no gate pause within 120 s; timeline {:?}",
+                    started.elapsed() < Duration::from_mins(2),
+                    "no gate pause within two minutes; timeline {:?}",
                     m.timeline_kinds()
                 );
                 for (k, ddi) in failing_clients.iter().enumerate() {
@@ -1076,7 +1105,11 @@ mod in_the_engine {
                             .expect("rejected");
                     } else {
                         update
-                            .send_feedback(Execution::Proceeding, Finished::None, vec!["installing"])
+                            .send_feedback(
+                                Execution::Proceeding,
+                                Finished::None,
+                                vec!["installing"],
+                            )
                             .await
                             .expect("proceeding");
                         update
@@ -1089,6 +1122,18 @@ mod in_the_engine {
                             .expect("failure");
                     }
                     reported[k] = true;
+                }
+                match &slow_update {
+                    None => {
+                        if let Some(u) = slow_client.poll().await.expect("poll").update() {
+                            slow_update = Some(u.fetch().await.expect("deployment"));
+                        }
+                    }
+                    // Keeps saying it is at work, so it never goes silent.
+                    Some(u) => u
+                        .send_feedback(Execution::Proceeding, Finished::None, vec!["installing"])
+                        .await
+                        .expect("proceeding"),
                 }
                 let reply = later_client.poll().await.expect("poll");
                 assert!(
@@ -1103,7 +1148,43 @@ mod in_the_engine {
             for ddi in failing_clients.iter().chain([&later_client]) {
                 let reply = ddi.poll().await.expect("poll");
                 assert!(reply.update().is_none(), "nothing offered while paused");
-                assert!(reply.cancel_action().is_none(), "nothing to cancel: no install ran");
+                assert!(
+                    reply.cancel_action().is_none(),
+                    "nothing to cancel: no install ran"
+                );
+            }
+            handle
+                .send(
+                    "bob",
+                    OperatorCommand::RollBack {
+                        scope: RollBackScope::CurrentWave,
+                        reason: "DDI installs failing".into(),
+                    },
+                )
+                .await
+                .expect("the rollback is applied");
+            let started = Instant::now();
+            let cancel = loop {
+                assert!(
+                    started.elapsed() < Duration::from_secs(30),
+                    "the installing DDI device was never asked to cancel"
+                );
+                if let Some(c) = slow_client.poll().await.expect("poll").cancel_action() {
+                    break c;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            };
+            cancel
+                .send_feedback(Execution::Closed, Finished::Success, vec!["stopped"])
+                .await
+                .expect("cancel confirmed");
+            for ddi in failing_clients.iter().chain([&later_client, &slow_client]) {
+                let reply = ddi.poll().await.expect("poll");
+                assert!(
+                    reply.update().is_none(),
+                    "nothing offered after the rollback"
+                );
+                assert!(reply.cancel_action().is_none(), "nothing more to cancel");
             }
         });
         drop(handle);
@@ -1120,12 +1201,33 @@ mod in_the_engine {
             "the timeline names the failure metric: {in_timeline:?}"
         );
         assert_eq!(m.waves_started(), 1, "the next wave never opened");
-        assert!(m.history(&later).iter().all(|k| k != "offer" && k != "ddi.assigned"));
+        assert!(
+            m.history(&later)
+                .iter()
+                .all(|k| k != "offer" && k != "ddi.assigned")
+        );
         let h = m.history(&failing[1]);
-        for kind in ["offer", "ddi.assigned", "downloading", "failed", "update.reason"] {
+        for kind in [
+            "offer",
+            "ddi.assigned",
+            "downloading",
+            "failed",
+            "update.reason",
+        ] {
             assert!(h.iter().any(|k| k == kind), "no {kind}: {h:?}");
         }
         assert!(m.history(&failing[0]).iter().any(|k| k == "failed"));
+        let h = m.history(&slow);
+        for kind in [
+            "ddi.assigned",
+            "downloading",
+            "cancel",
+            "cancelled",
+            "reverted",
+        ] {
+            assert!(h.iter().any(|k| k == kind), "no {kind}: {h:?}");
+        }
+        assert!(n(canary, "reverted") >= 1, "{canary}");
         assert_eq!(m.mqtt_commands(&failing[1]), 0);
         convoy_ok(&["audit", "verify", "--db", &m.p("cache.db")]);
     }

@@ -40,9 +40,7 @@ use tokio::sync::mpsc;
 use super::{CmdKind, Engine};
 use crate::link::ddi::release::{ReleaseFiles, ServedRelease, serve_release};
 use crate::link::ddi::wire::{Execution, Finished};
-use crate::link::ddi::{
-    DdiConfig, DdiDeployment, DdiEvent, DdiHub, DdiServer, HubConfig,
-};
+use crate::link::ddi::{DdiConfig, DdiDeployment, DdiEvent, DdiHub, DdiServer, HubConfig};
 use crate::link::http::ArtifactServer;
 
 /// The fleet tag that marks a device as a DDI device before it ever polls: `link=ddi`.
@@ -84,7 +82,10 @@ impl std::fmt::Debug for DdiLinkOptions {
             .field("tls", &self.tls)
             .field("artifact_listen", &self.artifact_listen)
             .field("artifact_url", &self.artifact_url)
-            .field("gateway_token", &self.gateway_token.as_ref().map(|_| "<redacted>"))
+            .field(
+                "gateway_token",
+                &self.gateway_token.as_ref().map(|_| "<redacted>"),
+            )
             .field("target_tokens", &self.target_tokens.len())
             .field("sleep_secs", &self.sleep_secs)
             .field("part", &self.part)
@@ -363,9 +364,9 @@ impl Engine {
                     serde_json::json!({"action": action, "release": release}),
                 );
             }
-            Err(e) => self
-                .notes
-                .push(format!("{now}: could not assign the release to {id}: {e:#}")),
+            Err(e) => self.notes.push(format!(
+                "{now}: could not assign the release to {id}: {e:#}"
+            )),
         }
     }
 
@@ -389,34 +390,31 @@ impl Engine {
         let Some(link) = self.ddi.as_mut() else {
             return;
         };
-        match link.action[i] {
-            Some(action) => match link.hub.cancel(&id, action) {
-                Ok(cancel) => {
-                    self.rollback_in_flight[i] = true;
-                    self.device_event(
-                        &id,
-                        now,
-                        "cancel",
-                        serde_json::json!({"via": "ddi", "action": action, "cancel": cancel}),
-                    );
-                }
-                // Closed already: the device's last feedback says where it is.
-                Err(_) => {}
-            },
-            None => {
-                // Nothing reached the device: it never left its previous version. The action
-                // slot is taken so that the release is not assigned later in this run.
-                link.action[i] = Some(WITHDRAWN);
-                link.report.withdrawn += 1;
+        if let Some(action) = link.action[i] {
+            // An action that is closed already fails to cancel: the device's last feedback
+            // says where it is.
+            if let Ok(cancel) = link.hub.cancel(&id, action) {
+                self.rollback_in_flight[i] = true;
                 self.device_event(
                     &id,
                     now,
-                    "cancelled",
-                    serde_json::json!({"via": "ddi", "reason": "withdrawn before the device fetched it"}),
+                    "cancel",
+                    serde_json::json!({"via": "ddi", "action": action, "cancel": cancel}),
                 );
-                self.report(now, i, DeviceState::Reverted);
             }
+            return;
         }
+        // Nothing reached the device: it never left its previous version. The action slot is
+        // taken so that the release is not assigned later in this run.
+        link.action[i] = Some(WITHDRAWN);
+        link.report.withdrawn += 1;
+        self.device_event(
+            &id,
+            now,
+            "cancelled",
+            serde_json::json!({"via": "ddi", "reason": "withdrawn before the device fetched it"}),
+        );
+        self.report(now, i, DeviceState::Reverted);
     }
 
     /// One event of the hub.
@@ -617,7 +615,11 @@ mod tests {
             Finished::Failure,
             Some(DeviceState::Failed),
         );
-        check(Execution::Rejected, Finished::None, Some(DeviceState::Failed));
+        check(
+            Execution::Rejected,
+            Finished::None,
+            Some(DeviceState::Failed),
+        );
         check(
             Execution::Canceled,
             Finished::None,

@@ -59,9 +59,11 @@ pub async fn serve_release(files: &ReleaseFiles<'_>) -> Result<ServedRelease> {
         .collect();
     let manifest_name = format!("{}.manifest.json", spec.id);
     served.insert(manifest_name.clone(), files.manifest.to_owned());
-    let artifacts =
-        ArtifactServer::start(Content::Files(served), ServerConfig::new(files.artifact_listen))
-            .await?;
+    let artifacts = ArtifactServer::start(
+        Content::Files(served),
+        ServerConfig::new(files.artifact_listen),
+    )
+    .await?;
     let base_url = match files.artifact_url {
         Some(u) => u.trim_end_matches('/').to_owned(),
         None if artifacts.addr().ip().is_unspecified() => {
