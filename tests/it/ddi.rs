@@ -955,6 +955,27 @@ mod in_the_engine {
                 let got = std::fs::read(dir.path().join(chunk.name()).join(&filename))
                     .expect("downloaded file");
                 downloads.push(got == artifact);
+                if k == 0 {
+                    // Bad input gets the endpoint's clear 400 inside the engine too, and
+                    // changes nothing.
+                    let r = reqwest::Client::new()
+                        .post(format!(
+                            "{}/DEFAULT/controller/v1/{a}/deploymentBase/{}/feedback",
+                            m.ddi_base(),
+                            update.action_id()
+                        ))
+                        .header("Authorization", format!("TargetToken {a}-own-ddi-token"))
+                        .header("Content-Type", "application/json")
+                        .body(
+                            r#"{"status":{"execution":"installing","result":{"finished":"none"}}}"#,
+                        )
+                        .send()
+                        .await
+                        .expect("send");
+                    assert_eq!(r.status().as_u16(), 400);
+                    let body = r.text().await.expect("body");
+                    assert!(body.contains("status.execution"), "names the field: {body}");
+                }
                 update
                     .send_feedback(Execution::Downloaded, Finished::None, vec!["verified"])
                     .await
@@ -994,6 +1015,7 @@ mod in_the_engine {
         assert_eq!(n(ddi, "assigned"), 2, "{ddi}");
         assert_eq!(n(ddi, "downloads_resumed"), 1, "{ddi}");
         assert_eq!(n(ddi, "downloads_full"), 1, "{ddi}");
+        assert_eq!(n(ddi, "bad_requests"), 1, "{ddi}");
         for device in [&a, &b] {
             let h = m.history(device);
             for kind in [
@@ -1126,7 +1148,11 @@ mod in_the_engine {
                 match &slow_update {
                     None => {
                         if let Some(u) = slow_client.poll().await.expect("poll").update() {
-                            slow_update = Some(u.fetch().await.expect("deployment"));
+                            let u = u.fetch().await.expect("deployment");
+                            u.send_feedback(Execution::Download, Finished::None, vec!["started"])
+                                .await
+                                .expect("download");
+                            slow_update = Some(u);
                         }
                     }
                     // Keeps saying it is at work, so it never goes silent.

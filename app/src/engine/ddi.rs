@@ -384,6 +384,26 @@ impl Engine {
         }
     }
 
+    /// DDI devices in flight (and not silent) that have no deployment: offered by the rollout,
+    /// held back by a pause, so they will not move until it resumes.
+    pub(super) fn ddi_waiting_in_flight(&self) -> u32 {
+        let Some(link) = self.ddi.as_ref() else {
+            return 0;
+        };
+        let s = self.rollout.state();
+        let waiting = (0..link.is_ddi.len())
+            .filter(|&i| link.is_ddi[i] && link.action[i].is_none() && self.in_rollout[i])
+            .filter(|&i| {
+                s.device_ids
+                    .binary_search(&self.fleet.devices[i].id)
+                    .ok()
+                    .and_then(|r| s.devices.get(r))
+                    .is_some_and(|slot| slot.state.is_in_flight() && !slot.silent)
+            })
+            .count();
+        u32::try_from(waiting).unwrap_or(u32::MAX)
+    }
+
     /// Asks DDI device `i` to stop its deployment; one that never fetched it has it withdrawn.
     fn ddi_cancel(&mut self, now: Timestamp, i: usize) {
         let id = self.fleet.devices[i].id.clone();

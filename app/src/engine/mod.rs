@@ -1111,7 +1111,14 @@ impl Engine {
                 // Wait for devices already installing to settle (or go silent) so the report
                 // says where each one ended; nobody is here to resume it.
                 let since = *self.paused_at.get_or_insert(now);
-                let in_flight: u32 = self.rollout.state().in_flight.iter().sum();
+                // DDI devices that never got their deployment will not move while paused.
+                let in_flight: u32 = self
+                    .rollout
+                    .state()
+                    .in_flight
+                    .iter()
+                    .sum::<u32>()
+                    .saturating_sub(self.ddi_waiting_in_flight());
                 let settled = in_flight == 0 && self.rollout.state().rollback_pending == 0;
                 let waited = now.secs_since(since) >= self.opts.gates.silent_after_secs;
                 (settled || waited).then_some(FinalState::Paused)
@@ -1874,6 +1881,12 @@ impl Engine {
             ));
         }
         let ddi = self.ddi.as_ref().map(|l| l.report(&self.in_rollout));
+        let held_back = self.ddi_waiting_in_flight();
+        if held_back > 0 {
+            notes.push(format!(
+                "{held_back} DDI device(s) were offered the release by their wave but had not been given the deployment when the rollout stopped (they are listed as unsettled, last state offered)"
+            ));
+        }
         if let Some(d) = &ddi {
             if d.rollbacks_unsupported > 0 {
                 notes.push(format!(

@@ -475,12 +475,17 @@ async fn read_json<T: DeserializeOwned>(shared: &Shared, request: Request) -> Re
     let bytes = crate::serve::api::read_limited(request, shared.max_body_bytes)
         .await
         .map_err(|e| {
-            let code = if e.status == StatusCode::PAYLOAD_TOO_LARGE {
-                "convoy.ddi.tooLarge"
+            if e.status == StatusCode::PAYLOAD_TOO_LARGE {
+                // Refused before the body was read: the rest of it is still on the connection,
+                // so it cannot carry another request. Saying so keeps a client from reusing it
+                // (seen as a broken next request under load, 2026-12-04).
+                let mut r = error(e.status, "convoy.ddi.tooLarge", e.message);
+                r.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                r
             } else {
-                "convoy.ddi.body"
-            };
-            error(e.status, code, e.message)
+                error(e.status, "convoy.ddi.body", e.message)
+            }
         })?;
     crate::serve::api::parse_json(&bytes).map_err(|e| {
         bump(&shared.counters.bad_request);
