@@ -692,6 +692,27 @@ mod in_the_engine {
             self.ws.path(name)
         }
 
+        /// Tags `device` `link=ddi` in the cache (a fleet import of the same fleet with the tag).
+        fn tag_ddi(&self, device: &str) {
+            let mut fleet: Value = serde_json::from_str(
+                &std::fs::read_to_string(self.p("fleet.json")).expect("fleet"),
+            )
+            .expect("fleet JSON");
+            for d in fleet["devices"].as_array_mut().expect("devices") {
+                if d["id"] == device {
+                    d["tags"]["link"] = "ddi".into();
+                }
+            }
+            std::fs::write(self.p("tagged-fleet.json"), fleet.to_string()).expect("fleet");
+            convoy_ok(&[
+                "fleet",
+                "import",
+                &self.p("tagged-fleet.json"),
+                "--db",
+                &self.p("cache.db"),
+            ]);
+        }
+
         fn ddi_base(&self) -> String {
             format!("http://127.0.0.1:{}", self.ddi_port)
         }
@@ -852,7 +873,9 @@ mod in_the_engine {
     /// with the gateway token) poll while the canary runs and are offered nothing; once their
     /// wave opens they are offered the release, download it (one resuming a `.part` file with a
     /// range request), report success, and the engine counts them like the MQTT devices: wave
-    /// counts, device histories, and a completed rollout.
+    /// counts, device histories, and a completed rollout. A third, tagged `link=ddi` in the
+    /// fleet, first polls after its wave opened and is offered the release then, with no MQTT
+    /// offer ever queued for it.
     #[test]
     fn ddi_devices_of_a_later_wave_are_offered_the_release_when_it_opens_and_counted() {
         let _one = SERIAL
@@ -866,6 +889,8 @@ mod in_the_engine {
             options.waves[1].device_ids[0].clone(),
             options.waves[1].device_ids[1].clone(),
         );
+        let tagged = options.waves[1].device_ids[2].clone();
+        m.tag_ddi(&tagged);
         let token_a = format!("{a}-own-ddi-token");
         control
             .ddi
@@ -873,11 +898,16 @@ mod in_the_engine {
             .expect("the DDI link is on")
             .target_tokens
             .push((a.clone(), token_a.clone()));
-        let _sim = m.sim(&[a.clone(), b.clone()]);
+        let _sim = m.sim(&[a.clone(), b.clone(), tagged.clone()]);
         let run = spawn_engine(options, control);
         let artifact = std::fs::read(m.p("fw.img")).expect("artifact");
 
         let (polls_in_canary, downloads) = runtime().block_on(async {
+            let late = client(
+                &m.ddi_base(),
+                &tagged,
+                ClientAuthorization::GatewayToken(GATEWAY.into()),
+            );
             let devices = [
                 client(&m.ddi_base(), &a, ClientAuthorization::TargetToken(token_a)),
                 client(
@@ -888,7 +918,7 @@ mod in_the_engine {
             ];
             until_serving(&devices[0]).await;
             let mut polls_in_canary = [0u32; 2];
-            let mut updates = [None, None];
+            let mut updates = vec![None, None];
             let started = Instant::now();
             while updates.iter().any(Option::is_none) {
                 assert!(
@@ -925,6 +955,19 @@ mod in_the_engine {
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
+            // The tagged device polls for the first time now that its wave is open.
+            let started = Instant::now();
+            let late_update = loop {
+                assert!(
+                    started.elapsed() < Duration::from_mins(1),
+                    "the tagged device was never offered the release"
+                );
+                if let Some(u) = late.poll().await.expect("poll").update() {
+                    break u.fetch().await.expect("deployment");
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            };
+            updates.push(Some(late_update));
             let mut downloads = Vec::new();
             for (k, update) in updates.into_iter().enumerate() {
                 let update = update.expect("fetched");
@@ -991,7 +1034,11 @@ mod in_the_engine {
             }
             (polls_in_canary, downloads)
         });
-        assert_eq!(downloads, [true, true], "both files equal the artifact");
+        assert_eq!(
+            downloads,
+            [true, true, true],
+            "every file equals the artifact"
+        );
         assert!(
             polls_in_canary.iter().all(|&p| p > 0),
             "both polled while the canary ran, and were offered nothing: {polls_in_canary:?}"
@@ -1011,12 +1058,13 @@ mod in_the_engine {
             "every device of the wave settled, the DDI ones included: {w2}"
         );
         let ddi = &report["ddi"];
-        assert_eq!(n(ddi, "devices"), 2, "{ddi}");
-        assert_eq!(n(ddi, "assigned"), 2, "{ddi}");
+        assert_eq!(n(ddi, "devices"), 3, "{ddi}");
+        assert_eq!(n(ddi, "assigned"), 3, "{ddi}");
+        assert_eq!(n(ddi, "mqtt_offers_withdrawn"), 0, "{ddi}");
         assert_eq!(n(ddi, "downloads_resumed"), 1, "{ddi}");
-        assert_eq!(n(ddi, "downloads_full"), 1, "{ddi}");
+        assert_eq!(n(ddi, "downloads_full"), 2, "{ddi}");
         assert_eq!(n(ddi, "bad_requests"), 1, "{ddi}");
-        for device in [&a, &b] {
+        for device in [&a, &b, &tagged] {
             let h = m.history(device);
             for kind in [
                 "offer",
