@@ -411,6 +411,17 @@ pub async fn run_with(
             opts.db.display()
         );
     }
+    // Before anything is recorded: a DDI endpoint that cannot start (its address taken, no
+    // token, an artifact missing) leaves no rollout behind.
+    let (ddi_link, mut ddi_rx) = match &control.ddi {
+        Some(o) => {
+            let (link, rx) = ddi::DdiLink::start(o, &fleet, &opts.manifest)
+                .await
+                .context("starting the DDI endpoint")?;
+            (Some(link), Some(rx))
+        }
+        None => (None, None),
+    };
     let started_by = control
         .started_by
         .clone()
@@ -455,15 +466,6 @@ pub async fn run_with(
     let (sent_tx, mut sent_rx) = mpsc::channel::<Vec<String>>(64);
     tokio::spawn(sender(handle.clone(), send_rx, sent_tx));
     publish_manifest(&handle, &opts).await?;
-    let (ddi_link, mut ddi_rx) = match &control.ddi {
-        Some(o) => {
-            let (link, rx) = ddi::DdiLink::start(o, &fleet, &opts.manifest)
-                .await
-                .context("starting the DDI endpoint")?;
-            (Some(link), Some(rx))
-        }
-        None => (None, None),
-    };
 
     let next_flush = now.plus_secs(opts.sample_period_secs.max(1));
     let mut engine = Engine {
