@@ -869,6 +869,63 @@ mod in_the_engine {
         v[key].as_u64().unwrap_or_else(|| panic!("{key} in {v}"))
     }
 
+    /// `convoy rollout run --ddi-listen` as a process refuses what cannot work before anything
+    /// is recorded: no way for devices to authenticate, a DDI option without the endpoint, a
+    /// DDI address already taken.
+    #[test]
+    fn convoy_rollout_run_refuses_ddi_options_that_cannot_work() {
+        let m = Mixed::new();
+        let run = |extra: &[&str]| {
+            let mut args = vec![
+                "rollout".to_owned(),
+                "run".into(),
+                "--db".into(),
+                m.p("cache.db"),
+                "--broker".into(),
+                format!("mqtt://127.0.0.1:{}", m.broker_port),
+                "--release".into(),
+                m.p("release.json"),
+                "--artifact".into(),
+                m.p("fw.img"),
+                "--trust".into(),
+                m.p("trust"),
+                "--rollout-id".into(),
+                "r1".into(),
+                "--max-wall-secs".into(),
+                "20".into(),
+            ];
+            args.extend(extra.iter().map(|a| (*a).to_owned()));
+            let out = Command::new(convoy_bin())
+                .args(&args)
+                .output()
+                .expect("convoy rollout run");
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        };
+        let listen = format!("127.0.0.1:{}", m.ddi_port);
+        let (code, err) = run(&["--ddi-listen", &listen]);
+        assert_eq!(code, Some(1), "{err}");
+        assert!(err.contains("--ddi-gateway-token-file"), "{err}");
+        let (code, err) = run(&["--ddi-sleep-secs", "5"]);
+        assert_eq!(code, Some(2), "{err}");
+        assert!(err.contains("--ddi-listen"), "{err}");
+        // The address is taken: the run fails before the rollout is recorded.
+        let taken = std::net::TcpListener::bind(("127.0.0.1", 0)).expect("bind");
+        let taken_addr = taken.local_addr().expect("addr").to_string();
+        let (code, err) = run(&[
+            "--ddi-listen",
+            &taken_addr,
+            "--ddi-gateway-token-file",
+            &m.p("gateway"),
+        ]);
+        assert_eq!(code, Some(1), "{err}");
+        assert!(err.contains("DDI endpoint"), "{err}");
+        assert!(m.timeline_kinds().is_empty(), "no rollout was recorded");
+        drop(taken);
+    }
+
     /// Two DDI devices of the second wave (one with its own token, one found out by its poll
     /// with the gateway token) poll while the canary runs and are offered nothing; once their
     /// wave opens they are offered the release, download it (one resuming a `.part` file with a
