@@ -1151,7 +1151,8 @@ mod in_the_engine {
     /// install-failure gate counts them as it counts MQTT devices' failures and pauses the
     /// rollout. Their next polls get nothing new, and a DDI device of the next wave is never
     /// offered anything. An operator then rolls the canary back: a DDI device still installing
-    /// gets the cancel action at its next poll, confirms it, and counts as reverted.
+    /// gets the cancel action at its next poll, confirms it, and counts as reverted; a tagged
+    /// DDI device that never polled has its deployment withdrawn and counts as reverted too.
     #[test]
     fn failed_ddi_installs_stop_the_rollout_at_the_failure_gate() {
         use convoy::engine::WhenPaused;
@@ -1168,6 +1169,9 @@ mod in_the_engine {
         let failing: Vec<String> = canary[..12].to_vec();
         // Still installing when the rollout stops.
         let slow = canary[12].clone();
+        // Tagged `link=ddi`, never polls.
+        let absent = canary[13].clone();
+        m.tag_ddi(&absent);
         let later = options.waves[1].device_ids[0].clone();
         let ddi = control.ddi.as_mut().expect("the DDI link is on");
         for id in failing.iter().chain([&slow]) {
@@ -1179,7 +1183,7 @@ mod in_the_engine {
         control.commands = Some(commands);
         control.when_paused = WhenPaused::Hold;
         let mut ddi_ids = failing.clone();
-        ddi_ids.extend([slow.clone(), later.clone()]);
+        ddi_ids.extend([slow.clone(), absent.clone(), later.clone()]);
         let _sim = m.sim(&ddi_ids);
         let run = spawn_engine(options, control);
 
@@ -1358,7 +1362,14 @@ mod in_the_engine {
         ] {
             assert!(h.iter().any(|k| k == kind), "no {kind}: {h:?}");
         }
-        assert!(n(canary, "reverted") >= 1, "{canary}");
+        assert!(n(canary, "reverted") >= 2, "{canary}");
+        let h = m.history(&absent);
+        assert!(
+            h.iter().any(|k| k == "cancelled") && h.iter().all(|k| k != "ddi.assigned"),
+            "withdrawn before it ever polled: {h:?}"
+        );
+        assert_eq!(m.mqtt_commands(&absent), 0);
+        assert_eq!(n(&report["ddi"], "withdrawn"), 1, "{}", report["ddi"]);
         assert_eq!(m.mqtt_commands(&failing[1]), 0);
         convoy_ok(&["audit", "verify", "--db", &m.p("cache.db")]);
     }
