@@ -8,7 +8,8 @@
 //! downloads resume), and records what each device reports as device events in the cache.
 //!
 //! Not here: waves and gates. Every eligible device that polls is offered the release at once;
-//! gated rollouts to DDI devices need the rollout engine to drive the DDI hub (docs/DDI.md).
+//! for waves and gates, run the rollout engine with its DDI link (`convoy rollout run
+//! --ddi-listen`, docs/DDI.md).
 
 use anyhow::{Context, Result, anyhow, bail};
 use convoy_core::plan::eligibility::{self, Status};
@@ -18,11 +19,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::link::ddi::wire::{Execution, Finished, HandlingType};
-use crate::link::ddi::{
-    DdiArtifact, DdiConfig, DdiDeployment, DdiEvent, DdiHub, DdiServer, HubConfig,
-};
-use crate::link::http::{ArtifactServer, Content, ServerConfig};
+use crate::link::ddi::release::{ReleaseFiles, ServedRelease, serve_release};
+use crate::link::ddi::wire::{Execution, Finished};
+use crate::link::ddi::{DdiConfig, DdiEvent, DdiHub, DdiServer, HubConfig};
 use crate::store::audit::{AuditEntry, operator_actor};
 use crate::store::{self, Store};
 
@@ -123,7 +122,8 @@ pub fn read_target_tokens(path: &Path) -> Result<Vec<(String, String)>> {
     Ok(out)
 }
 
-fn read_gateway_token(path: &Path) -> Result<String> {
+/// Reads the gateway token file (one token of at least 16 characters).
+pub(crate) fn read_gateway_token(path: &Path) -> Result<String> {
     let token = std::fs::read_to_string(path)
         .with_context(|| format!("reading the gateway token from {}", path.display()))?
         .trim()
@@ -255,55 +255,22 @@ fn serve(a: &ServeArgs) -> Result<()> {
         .build()
         .context("starting the tokio runtime")?;
     runtime.block_on(async move {
-        let mut files: BTreeMap<String, PathBuf> = a
-            .artifact
-            .iter()
-            .zip(&spec.artifacts)
-            .map(|(p, e)| (e.name.clone(), p.clone()))
-            .collect();
-        let manifest_name = format!("{}.manifest.json", spec.id);
-        files.insert(manifest_name.clone(), a.release.clone());
         let artifact_listen = a
             .artifact_listen
             .unwrap_or_else(|| SocketAddr::new(a.listen.ip(), 0));
-        let artifacts =
-            ArtifactServer::start(Content::Files(files), ServerConfig::new(artifact_listen))
-                .await?;
-        let base = match &a.artifact_url {
-            Some(u) => u.trim_end_matches('/').to_owned(),
-            None if artifacts.addr().ip().is_unspecified() => bail!(
-                "the artifact server listens on {}: pass --artifact-url with the address devices reach it by",
-                artifacts.addr()
-            ),
-            None => format!("http://{}", artifacts.addr()),
-        };
-        let url_of = |name: &str| {
-            format!(
-                "{base}/{}",
-                crate::link::http::range::encode_segment(name)
-            )
-        };
-        let ddi_artifacts = a
-            .artifact
-            .iter()
-            .zip(&spec.artifacts)
-            .map(|(p, e)| DdiArtifact::from_file(p, &e.name, &url_of(&e.name)))
-            .collect::<Result<Vec<_>>>()?;
-        let deployment = Arc::new(DdiDeployment {
-            release_id: spec.id.clone(),
-            part: a.part.clone(),
-            name: spec.id.clone(),
-            version: spec.version.to_string(),
-            artifacts: ddi_artifacts,
-            metadata: vec![
-                ("convoy.release_id".into(), spec.id.clone()),
-                ("convoy.counter".into(), spec.counter.to_string()),
-                ("convoy.manifest_url".into(), url_of(&manifest_name)),
-            ],
-            download: HandlingType::Forced,
-            update: HandlingType::Forced,
-            maintenance_window: None,
-        });
+        let ServedRelease {
+            artifacts,
+            base_url: base,
+            deployment,
+        } = serve_release(&ReleaseFiles {
+            spec: &spec,
+            manifest: &a.release,
+            artifacts: &a.artifact,
+            artifact_listen,
+            artifact_url: a.artifact_url.as_deref(),
+            part: &a.part,
+        })
+        .await?;
         let (hub, mut events) = DdiHub::new(HubConfig {
             sleep_secs: a.sleep_secs,
             gateway_token: gateway,

@@ -2,7 +2,8 @@
 //! (`timeline`), and draft its communication from the record (`comms`).
 //!
 //! `run` reads the files, verifies the release, plans (or reads a plan) and hands everything to
-//! [`crate::engine`], which drives the rollout over MQTT and writes the cache.
+//! [`crate::engine`], which drives the rollout over MQTT (and DDI, with `--ddi-listen`) and
+//! writes the cache.
 
 use anyhow::{Context, Result, anyhow, bail};
 use convoy_core::gates::GatePolicy;
@@ -149,6 +150,38 @@ pub struct RunArgs {
     /// and the emergency options are ignored.
     #[arg(long, requires = "rollout_id")]
     pub resume: bool,
+    /// Serve devices that speak hawkBit's Direct Device Integration API at this address too
+    /// (docs/DDI.md): a device tagged `link=ddi`, given a target token, or that polls, is
+    /// offered the release over DDI when its wave opens, and its feedback counts in the gates.
+    /// Every --artifact of the release is needed, in the manifest's order.
+    #[arg(long)]
+    pub ddi_listen: Option<std::net::SocketAddr>,
+    /// Address of the DDI artifact server (default: the DDI address, any free port).
+    #[arg(long, requires = "ddi_listen")]
+    pub ddi_artifact_listen: Option<std::net::SocketAddr>,
+    /// The DDI artifact server's URL as devices reach it (needed when listening on 0.0.0.0).
+    #[arg(long, requires = "ddi_listen")]
+    pub ddi_artifact_url: Option<String>,
+    /// The tenant in every DDI path.
+    #[arg(long, default_value = "DEFAULT", requires = "ddi_listen")]
+    pub ddi_tenant: String,
+    /// A file holding the token every DDI device may use (`GatewayToken`).
+    #[arg(long, requires = "ddi_listen")]
+    pub ddi_gateway_token_file: Option<PathBuf>,
+    /// A CSV file of `controller_id,token` lines: per-device DDI tokens (`TargetToken`).
+    #[arg(long, requires = "ddi_listen")]
+    pub ddi_target_tokens: Option<PathBuf>,
+    /// The polling interval DDI devices are told, in seconds (wall time).
+    #[arg(long, default_value_t = 300, requires = "ddi_listen")]
+    pub ddi_sleep_secs: u64,
+    /// The DDI chunk part (software module type) devices see.
+    #[arg(long, default_value = "firmware", requires = "ddi_listen")]
+    pub ddi_part: String,
+    /// PEM certificate chain for TLS on the DDI endpoint (with --ddi-tls-key).
+    #[arg(long, requires_all = ["ddi_listen", "ddi_tls_key"])]
+    pub ddi_tls_cert: Option<PathBuf>,
+    #[arg(long, requires_all = ["ddi_listen", "ddi_tls_cert"])]
+    pub ddi_tls_key: Option<PathBuf>,
 }
 
 /// `RunArgs` on its own, for [`parse_run_args`].
@@ -478,7 +511,12 @@ pub fn engine_options(args: &RunArgs) -> Result<(EngineOptions, EngineControl)> 
             .map(Duration::from_secs_f64),
         resend_after: Duration::from_secs(5),
     };
+    let ddi = match args.ddi_listen {
+        Some(listen) => Some(ddi_options(args, listen, &options)?),
+        None => None,
+    };
     let control = EngineControl {
+        ddi,
         start: if args.resume {
             StartMode::Resume
         } else {
@@ -488,6 +526,49 @@ pub fn engine_options(args: &RunArgs) -> Result<(EngineOptions, EngineControl)> 
         ..EngineControl::default()
     };
     Ok((options, control))
+}
+
+/// The DDI link's options from `--ddi-*`; the files are read (and the tokens checked) here.
+fn ddi_options(
+    args: &RunArgs,
+    listen: std::net::SocketAddr,
+    options: &EngineOptions,
+) -> Result<engine::ddi::DdiLinkOptions> {
+    let wanted = options.manifest.spec().artifacts.len();
+    if args.artifact.len() != wanted {
+        bail!(
+            "DDI devices download the release's files: release {} has {wanted} artifact(s); pass each with --artifact, in the manifest's order ({} given)",
+            options.manifest.release_id(),
+            args.artifact.len()
+        );
+    }
+    let gateway_token = args
+        .ddi_gateway_token_file
+        .as_deref()
+        .map(super::ddi::read_gateway_token)
+        .transpose()?;
+    let target_tokens = match &args.ddi_target_tokens {
+        Some(p) => super::ddi::read_target_tokens(p)?,
+        None => Vec::new(),
+    };
+    if gateway_token.is_none() && target_tokens.is_empty() {
+        bail!(
+            "DDI devices could not authenticate: pass --ddi-gateway-token-file FILE or --ddi-target-tokens CSV"
+        );
+    }
+    Ok(engine::ddi::DdiLinkOptions {
+        listen,
+        tenant: args.ddi_tenant.clone(),
+        tls: args.ddi_tls_cert.clone().zip(args.ddi_tls_key.clone()),
+        artifact_listen: args.ddi_artifact_listen,
+        artifact_url: args.ddi_artifact_url.clone(),
+        gateway_token,
+        target_tokens,
+        sleep_secs: args.ddi_sleep_secs,
+        part: args.ddi_part.clone(),
+        manifest_file: args.release.clone(),
+        artifact_files: args.artifact.clone(),
+    })
 }
 
 fn render_report(r: &EngineReport) -> String {
@@ -577,6 +658,22 @@ fn render_report(r: &EngineReport) -> String {
         l.disconnects,
         l.rejected.values().sum::<u64>()
     );
+    if let Some(d) = &r.ddi {
+        let _ = writeln!(
+            s,
+            "  ddi ({}): {} device(s), {} polls, {} assigned, {} feedback, {} canceled, {} withdrawn; {} unauthorized, {} bad request(s), {} busy",
+            d.url,
+            d.devices,
+            d.polls,
+            d.assigned,
+            d.feedback,
+            d.canceled,
+            d.withdrawn,
+            d.unauthorized,
+            d.bad_requests,
+            d.busy
+        );
+    }
     if r.stale_outbox_commands > 0 {
         let _ = writeln!(
             s,

@@ -29,6 +29,7 @@
 //! never sent by this run, so an old offer is never replayed into a new rollout.
 
 pub mod control;
+pub mod ddi;
 pub mod health;
 
 use anyhow::{Context, Result, bail};
@@ -121,6 +122,9 @@ pub struct EngineControl {
     pub start: StartMode,
     /// Who starts or resumes the run, for the audit trail (default: the requester).
     pub started_by: Option<String>,
+    /// Serve DDI devices too (the hawkBit-compatible endpoint, docs/DDI.md): they are offered
+    /// the release as their wave opens and their feedback counts in the gates.
+    pub ddi: Option<ddi::DdiLinkOptions>,
 }
 
 /// How the run ended.
@@ -235,6 +239,9 @@ pub struct EngineReport {
     /// Unacknowledged commands in the outbox that are not this rollout's (never sent by this
     /// run; a resumed run adopts and resends its own).
     pub stale_outbox_commands: usize,
+    /// What the DDI link did, when the run served DDI devices.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ddi: Option<ddi::DdiReport>,
     pub notes: Vec<String>,
 }
 
@@ -364,6 +371,8 @@ struct Engine {
     notes: Vec<String>,
     paused_at: Option<Timestamp>,
     last_resend_check: Instant,
+    /// The DDI endpoint and its devices, when the run serves DDI devices.
+    ddi: Option<ddi::DdiLink>,
 }
 
 /// Runs one rollout to its end and returns the report. `stop` ends the run early (the report
@@ -402,6 +411,17 @@ pub async fn run_with(
             opts.db.display()
         );
     }
+    // Before anything is recorded: a DDI endpoint that cannot start (its address taken, no
+    // token, an artifact missing) leaves no rollout behind.
+    let (ddi_link, mut ddi_rx) = match &control.ddi {
+        Some(o) => {
+            let (link, rx) = ddi::DdiLink::start(o, &fleet, &opts.manifest)
+                .await
+                .context("starting the DDI endpoint")?;
+            (Some(link), Some(rx))
+        }
+        None => (None, None),
+    };
     let started_by = control
         .started_by
         .clone()
@@ -478,6 +498,7 @@ pub async fn run_with(
         notes: Vec::new(),
         paused_at: None,
         last_resend_check: Instant::now(),
+        ddi: ddi_link,
         fleet,
         opts,
     };
@@ -525,6 +546,20 @@ pub async fn run_with(
                     engine.on_sent(&ids)?;
                 }
             }
+            event = recv_ddi(&mut ddi_rx) => match event {
+                Some(event) => {
+                    engine.on_ddi_event(event);
+                    // Drain what is already queued (bounded, so a busy endpoint cannot starve
+                    // the steps).
+                    for _ in 0..1024 {
+                        match ddi_rx.as_mut().map(mpsc::Receiver::try_recv) {
+                            Some(Ok(event)) => engine.on_ddi_event(event),
+                            _ => break,
+                        }
+                    }
+                }
+                None => ddi_rx = None,
+            },
             request = recv_control(&mut control_rx) => match request {
                 Some(request) => engine.on_control(request)?,
                 // Nobody can send a command any more.
@@ -569,12 +604,16 @@ pub async fn run_with(
             "final_state": final_state,
         }),
     })?;
-    Ok(engine.final_report(
+    let report = engine.final_report(
         final_state,
         now,
         wall_started.elapsed(),
         stale_outbox_commands,
-    ))
+    );
+    if let Some(link) = engine.ddi.take() {
+        link.shutdown().await;
+    }
+    Ok(report)
 }
 
 /// Creates, approves and audits a new rollout from the options.
@@ -709,6 +748,15 @@ fn resume_rollout(
 async fn recv_control(
     rx: &mut Option<mpsc::Receiver<control::ControlRequest>>,
 ) -> Option<control::ControlRequest> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn recv_ddi(
+    rx: &mut Option<mpsc::Receiver<crate::link::ddi::DdiEvent>>,
+) -> Option<crate::link::ddi::DdiEvent> {
     match rx {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
@@ -1013,6 +1061,8 @@ impl Engine {
         }
         ENGINE_ACTOR.clone_into(&mut self.actor);
         acted?;
+        // A resume lets DDI devices that wait for their deployment have it.
+        self.ddi_assign_waiting(now);
         self.persist_events()?;
         self.flush_writes(now)?;
         Ok(Ok(self.rollout.phase().clone()))
@@ -1023,6 +1073,7 @@ impl Engine {
         if now >= self.next_flush {
             self.flush_health(now);
             self.retry_rollbacks(now)?;
+            self.ddi_assign_waiting(now);
             self.next_flush = now.plus_secs(self.opts.sample_period_secs.max(1));
         }
         if self.rollout.poll_timeout().is_some_and(|t| t <= now) {
@@ -1062,7 +1113,14 @@ impl Engine {
                 // Wait for devices already installing to settle (or go silent) so the report
                 // says where each one ended; nobody is here to resume it.
                 let since = *self.paused_at.get_or_insert(now);
-                let in_flight: u32 = self.rollout.state().in_flight.iter().sum();
+                // DDI devices that never got their deployment will not move while paused.
+                let in_flight: u32 = self
+                    .rollout
+                    .state()
+                    .in_flight
+                    .iter()
+                    .sum::<u32>()
+                    .saturating_sub(self.ddi_waiting_in_flight());
                 let settled = in_flight == 0 && self.rollout.state().rollback_pending == 0;
                 let waited = now.secs_since(since) >= self.opts.gates.silent_after_secs;
                 (settled || waited).then_some(FinalState::Paused)
@@ -1497,6 +1555,15 @@ impl Engine {
         action: &CommandAction,
         kind: CmdKind,
     ) -> Result<()> {
+        // DDI devices get no MQTT command: the decision is carried out through the DDI hub.
+        let (mqtt_ids, ddi_devices) = self.split_ddi(device_ids);
+        let device_ids = mqtt_ids.as_slice();
+        let mut audit_payload = audit_payload;
+        if !ddi_devices.is_empty()
+            && let Some(p) = audit_payload.as_object_mut()
+        {
+            p.insert("ddi_devices".into(), ddi_devices.len().into());
+        }
         let body = serde_json::json!({"issued_at": now, "action": action});
         let commands: Vec<OutboxCommand> = device_ids
             .iter()
@@ -1558,6 +1625,7 @@ impl Engine {
         if self.connected {
             self.send(&batch);
         }
+        self.ddi_dispatch(now, &ddi_devices, kind);
         Ok(())
     }
 
@@ -1814,6 +1882,28 @@ impl Engine {
                 "{quiet} device(s) in flight were heard from but sent no status for over {limit} s of simulated time: a status was lost on the way and not repeated (see docs/ENGINE.md, \"Lost status\")"
             ));
         }
+        let ddi = self.ddi.as_ref().map(|l| l.report(&self.in_rollout));
+        let held_back = self.ddi_waiting_in_flight();
+        if held_back > 0 {
+            notes.push(format!(
+                "{held_back} DDI device(s) were offered the release by their wave but had not been given the deployment when the rollout stopped (they are listed as unsettled, last state offered)"
+            ));
+        }
+        if let Some(d) = &ddi {
+            if d.rollbacks_unsupported > 0 {
+                notes.push(format!(
+                    "{} DDI device(s) that installed the release were to roll back, which DDI cannot do here (docs/DDI.md); they run the new release",
+                    d.rollbacks_unsupported
+                ));
+            }
+            if !d.unknown_controllers.is_empty() {
+                notes.push(format!(
+                    "{} DDI controller(s) polled that are not devices of the cache and were offered nothing: {}",
+                    d.unknown_controllers.len(),
+                    d.unknown_controllers.join(", ")
+                ));
+            }
+        }
         if !self.awaiting.is_empty() {
             notes.push(format!(
                 "{} command(s) were never acknowledged; they stay in the outbox",
@@ -1841,6 +1931,7 @@ impl Engine {
                 ..self.counts.clone()
             },
             stale_outbox_commands: stale,
+            ddi,
             notes,
         }
     }

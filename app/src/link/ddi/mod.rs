@@ -6,6 +6,7 @@
 //! - [`wire`]: the DDI JSON shapes.
 //! - [`hub`]: controllers, actions, feedback, and the events a consumer (the rollout engine, or
 //!   `convoy ddi serve`) reads.
+//! - [`release`]: the artifact server and the deployment for one signed release.
 //! - this module: the HTTP routes, authentication (`TargetToken` / `GatewayToken`), body limits
 //!   and error answers, and [`DdiServer`], which serves them with the same connection handling
 //!   (bounded connections, header timeout, TLS, graceful shutdown) as `convoy serve`.
@@ -17,10 +18,11 @@
 //! ranges, so an interrupted download resumes).
 //!
 //! Not here (see docs/DDI.md): the confirmation flow (`confirmationBase`), `installedBase`,
-//! MD5 checksum downloads, and driving the gates from DDI feedback inside the rollout engine
-//! (the hub's events are the seam for it; the engine speaks MQTT only today).
+//! MD5 checksum downloads. Waves and gates are the rollout engine's (`engine/ddi.rs` consumes
+//! the hub's events and assigns deployments as waves open).
 
 pub mod hub;
+pub mod release;
 pub mod wire;
 
 use anyhow::{Context, Result, bail};
@@ -473,12 +475,17 @@ async fn read_json<T: DeserializeOwned>(shared: &Shared, request: Request) -> Re
     let bytes = crate::serve::api::read_limited(request, shared.max_body_bytes)
         .await
         .map_err(|e| {
-            let code = if e.status == StatusCode::PAYLOAD_TOO_LARGE {
-                "convoy.ddi.tooLarge"
+            if e.status == StatusCode::PAYLOAD_TOO_LARGE {
+                // Refused before the body was read: the rest of it is still on the connection,
+                // so it cannot carry another request. Saying so keeps a client from reusing it
+                // (seen as a broken next request under load, 2026-12-04).
+                let mut r = error(e.status, "convoy.ddi.tooLarge", e.message);
+                r.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                r
             } else {
-                "convoy.ddi.body"
-            };
-            error(e.status, code, e.message)
+                error(e.status, "convoy.ddi.body", e.message)
+            }
         })?;
     crate::serve::api::parse_json(&bytes).map_err(|e| {
         bump(&shared.counters.bad_request);
