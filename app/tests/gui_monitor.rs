@@ -232,6 +232,7 @@ fn an_override_from_the_monitor_resumes_a_real_engine_run_held_by_a_gate() {
         when_paused: WhenPaused::Hold,
         start: StartMode::Resume,
         started_by: Some("monitor-test".into()),
+        ..EngineControl::default()
     };
     let (stop, stop_rx) = tokio::sync::oneshot::channel();
     // The engine's future holds the cache connection (not `Send`): its own thread, as the
