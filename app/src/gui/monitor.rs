@@ -24,10 +24,10 @@ use std::sync::mpsc::{Receiver, Sender};
 use std::time::{Duration, Instant};
 
 use convoy_core::fleet::Fleet;
-use convoy_core::gates::{FindingStatus, GateReport, MetricKind};
+use convoy_core::gates::{FindingStatus, GateReport, MetricKind, OutcomeAgg};
 use convoy_core::metrics::COHORT_ATTRIBUTES;
 use convoy_core::rollout::series::{HealthSeries, MAX_POINTS, MetricSeries, SeriesPoint};
-use convoy_core::rollout::{DeviceState, EventKind, Phase, Rollout, RolloutState};
+use convoy_core::rollout::{DeviceState, EventKind, Phase, Rollout, RolloutState, count_outcome};
 use convoy_core::time::Timestamp;
 use egui::RichText;
 
@@ -221,37 +221,13 @@ struct Outcome {
     rollback_pending: bool,
 }
 
-/// The whole rollout's update outcomes so far (all waves and strata), counted as the state
-/// machine counts them for the proportion gates.
-#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
-struct Outcomes {
-    installed: u64,
-    healthy: u64,
-    install_failed: u64,
-    boot_failed: u64,
-    silent: u64,
-}
-
-impl Outcomes {
-    /// (failures, devices judged) for a proportion metric, as `gates::OutcomeAgg` has it.
-    fn proportion(&self, metric: &str) -> (u64, u64) {
-        match metric {
-            "install_failure" => (self.install_failed, self.installed + self.install_failed),
-            "boot_failure" => (self.boot_failed, self.healthy + self.boot_failed),
-            _ => (
-                self.silent,
-                self.healthy + self.install_failed + self.boot_failed + self.silent,
-            ),
-        }
-    }
-}
-
 /// The update-outcome gates (install failure, boot failure, silent) over time, as percentages
 /// of the devices each judges, for the whole rollout: the "updated" line is the observed
 /// share, the "baseline" the historical share the gate compares against (its
 /// `baseline_ratio`), so that the plots' tolerated line is the gate's `baseline_ratio ×
-/// max_ratio`. Sampled every `step_secs`. The counting follows the state machine's fold
-/// (`RolloutState::apply`); a test checks it ends where the replayed state's outcomes do.
+/// max_ratio`. Sampled every `step_secs`. Each device's move is counted by the state machine's
+/// own rule (`convoy_core::rollout::count_outcome`) into the gates' `OutcomeAgg`; a test checks
+/// that the series ends where the replayed state's outcomes do.
 pub fn proportion_series(rollout: &Rollout, step_secs: i64) -> Vec<MetricSeries> {
     let state = rollout.state();
     let gates: Vec<(String, f64, f64)> = state
@@ -277,7 +253,7 @@ pub fn proportion_series(rollout: &Rollout, step_secs: i64) -> Vec<MetricSeries>
             points: Vec::new(),
         })
         .collect();
-    let emit = |series: &mut Vec<MetricSeries>, out: &Outcomes, at: i64| {
+    let emit = |series: &mut Vec<MetricSeries>, out: &OutcomeAgg, at: i64| {
         for (s, (name, baseline, _)) in series.iter_mut().zip(&gates) {
             let (failures, judged) = out.proportion(name);
             s.points.push(SeriesPoint {
@@ -297,12 +273,12 @@ pub fn proportion_series(rollout: &Rollout, step_secs: i64) -> Vec<MetricSeries>
         };
         state.devices.len()
     ];
-    let mut out = Outcomes::default();
+    let mut out = OutcomeAgg::default();
     let start = state.created_at.secs();
     let step = step_secs.max(1);
     let mut next_point = start + step;
     let mut dirty = false;
-    let heard = |d: &mut Outcome, out: &mut Outcomes| {
+    let heard = |d: &mut Outcome, out: &mut OutcomeAgg| {
         if d.silent {
             d.silent = false;
             out.silent = out.silent.saturating_sub(1);
@@ -332,24 +308,7 @@ pub fn proportion_series(rollout: &Rollout, step_secs: i64) -> Vec<MetricSeries>
                 };
                 let (from, to) = (d.state, *to);
                 if from != to {
-                    if from < DeviceState::Rebooting
-                        && matches!(to, DeviceState::Rebooting | DeviceState::Healthy)
-                    {
-                        out.installed += 1;
-                    }
-                    match to {
-                        DeviceState::Healthy => out.healthy += 1,
-                        DeviceState::Failed if from == DeviceState::Rebooting => {
-                            out.boot_failed += 1;
-                        }
-                        DeviceState::Failed if from.is_in_flight() => out.install_failed += 1,
-                        DeviceState::Reverted
-                            if from == DeviceState::Rebooting && !d.rollback_pending =>
-                        {
-                            out.boot_failed += 1;
-                        }
-                        _ => {}
-                    }
+                    count_outcome(&mut out, from, to, d.rollback_pending);
                     if d.rollback_pending
                         && matches!(to, DeviceState::Reverted | DeviceState::Failed)
                     {
@@ -1343,13 +1302,13 @@ mod tests {
                 }],
             );
             let state = rollout.state();
-            let mut total = Outcomes::default();
+            let mut total = OutcomeAgg::default();
             for o in state.outcomes.iter().flatten() {
-                total.installed += u64::from(o.installed);
-                total.healthy += u64::from(o.healthy);
-                total.install_failed += u64::from(o.install_failed);
-                total.boot_failed += u64::from(o.boot_failed);
-                total.silent += u64::from(o.silent);
+                total.installed += o.installed;
+                total.healthy += o.healthy;
+                total.install_failed += o.install_failed;
+                total.boot_failed += o.boot_failed;
+                total.silent += o.silent;
             }
             let series = proportion_series(&rollout, 900);
             let names: Vec<&str> = series.iter().map(|s| s.metric.as_str()).collect();

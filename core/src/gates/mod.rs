@@ -120,7 +120,7 @@ impl OutcomeAgg {
     }
 
     /// (failures, devices judged) for a proportion metric.
-    fn proportion(&self, metric: &str) -> (u64, u64) {
+    pub fn proportion(&self, metric: &str) -> (u64, u64) {
         let installed = u64::from(self.installed);
         let healthy = u64::from(self.healthy);
         let install_failed = u64::from(self.install_failed);

@@ -1143,25 +1143,7 @@ impl RolloutState {
                 let from = d.state;
                 let to = *state;
                 if from != to {
-                    let out = &mut self.outcomes[w][s];
-                    if from < DeviceState::Rebooting
-                        && matches!(to, DeviceState::Rebooting | DeviceState::Healthy)
-                    {
-                        out.installed += 1;
-                    }
-                    match to {
-                        DeviceState::Healthy => out.healthy += 1,
-                        DeviceState::Failed if from == DeviceState::Rebooting => {
-                            out.boot_failed += 1;
-                        }
-                        DeviceState::Failed if from.is_in_flight() => out.install_failed += 1,
-                        DeviceState::Reverted
-                            if from == DeviceState::Rebooting && !d.rollback_pending =>
-                        {
-                            out.boot_failed += 1;
-                        }
-                        _ => {}
-                    }
+                    count_outcome(&mut self.outcomes[w][s], from, to, d.rollback_pending);
                     if from.is_in_flight() && !to.is_in_flight() && !d.silent {
                         self.in_flight[w] = self.in_flight[w].saturating_sub(1);
                     }
@@ -1378,6 +1360,33 @@ pub fn approvals_satisfy(path: &ChangePath, requested_by: &str, approvals: &[Str
             approvals.iter().any(|a| a == authoriser) && !others.is_empty()
         }
         ChangePath::SingleOperator => approvals.iter().any(|a| a == requested_by),
+    }
+}
+
+/// Counts a device's move from `from` to `to` in `out` as the proportion gates count it: an
+/// install that reached the new version (installed), a confirmed boot (healthy), a failure
+/// before or after the reboot (install or boot failure), and a revert after the reboot that no
+/// rollback asked for (a boot failure: the device went back by itself). `rollback_pending` is
+/// whether a rollback had asked the device back before this move. The state machine's fold and
+/// the console's outcome plots both count with this.
+pub fn count_outcome(
+    out: &mut OutcomeAgg,
+    from: DeviceState,
+    to: DeviceState,
+    rollback_pending: bool,
+) {
+    if from < DeviceState::Rebooting && matches!(to, DeviceState::Rebooting | DeviceState::Healthy)
+    {
+        out.installed += 1;
+    }
+    match to {
+        DeviceState::Healthy => out.healthy += 1,
+        DeviceState::Failed if from == DeviceState::Rebooting => out.boot_failed += 1,
+        DeviceState::Failed if from.is_in_flight() => out.install_failed += 1,
+        DeviceState::Reverted if from == DeviceState::Rebooting && !rollback_pending => {
+            out.boot_failed += 1;
+        }
+        _ => {}
     }
 }
 
