@@ -547,6 +547,9 @@ fn run_demo(
         "writing the demo cache {}",
         options.cache.display()
     )));
+    // The demo starts from a fresh cache every time: a rollout of the last run's would stop
+    // the demo rollout from starting under the same id.
+    remove_cache_files(&options.cache)?;
     let mut store = Store::open(&options.cache)?;
     store
         .replace_fleet(&fleet, None)
@@ -619,6 +622,27 @@ fn run_demo(
         })?;
     }
     poll_outbox(&store, reporter);
+    Ok(())
+}
+
+/// Removes a cache file and its write-ahead log and shared-memory files, if present.
+fn remove_cache_files(cache: &Path) -> Result<()> {
+    for suffix in ["", "-wal", "-shm"] {
+        let mut name = cache.as_os_str().to_owned();
+        name.push(suffix);
+        match std::fs::remove_file(&name) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!(
+                        "removing the last demo cache {}",
+                        Path::new(&name).display()
+                    )
+                });
+            }
+        }
+    }
     Ok(())
 }
 
@@ -833,6 +857,36 @@ fn spawn_console_link(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_last_demo_cache_is_removed_with_its_wal_and_nothing_else() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cache = dir.path().join("demo.db");
+        // Nothing there yet: not an error.
+        remove_cache_files(&cache).expect("nothing to remove");
+        let mut store = Store::open(&cache).expect("cache");
+        store
+            .append_event(
+                "demo-r",
+                Timestamp::from_secs(1),
+                "rollout.created",
+                "demo",
+                &serde_json::json!({}),
+            )
+            .expect("an event");
+        drop(store);
+        std::fs::write(dir.path().join("demo.db-wal"), b"x").expect("wal");
+        std::fs::write(dir.path().join("keep.txt"), b"x").expect("other");
+        remove_cache_files(&cache).expect("removed");
+        assert!(!cache.exists());
+        assert!(!dir.path().join("demo.db-wal").exists());
+        assert!(
+            dir.path().join("keep.txt").exists(),
+            "only the cache's files go"
+        );
+        let store = Store::open(&cache).expect("a fresh cache");
+        assert!(store.timeline("demo-r").expect("timeline").is_empty());
+    }
 
     #[test]
     fn rollouts_are_read_newest_first_and_a_bad_timeline_is_named() {

@@ -1285,7 +1285,10 @@ impl RolloutState {
                 self.phase = match scope {
                     RollbackScope::Wave(w) => Phase::Paused {
                         wave: *w,
-                        reason: format!("wave {w} rolled back"),
+                        reason: format!(
+                            "wave {} rolled back",
+                            self.spec.waves.get(*w).map_or("?", |x| x.name.as_str())
+                        ),
                         by_gate: true,
                         rolled_back: true,
                         soak_until: None,
