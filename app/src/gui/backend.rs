@@ -611,7 +611,7 @@ fn run_demo(
         // connection (retained status and resends cover it, a second is simply quicker).
         std::thread::sleep(Duration::from_secs(1));
         reporter.blocking(BackendEvent::Engine(format!(
-            "Demo rollout {} of release {} to {} devices: running (war room: F11)",
+            "Demo rollout {} of release {} to {} devices, run by this console's engine: its state is in the rollout monitor and the war room (F11)",
             super::demo::ROLLOUT_ID,
             super::demo::RELEASE_ID,
             rollout.devices
