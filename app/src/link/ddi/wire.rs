@@ -187,9 +187,13 @@ pub enum Finished {
     None,
 }
 
+/// Progress of an action: `cnt` of `of` steps. Either may be left out, and hawkBit's own
+/// documented feedback sends `"progress": {}`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Progress {
+    #[serde(default)]
     pub cnt: u32,
+    #[serde(default)]
     pub of: u32,
 }
 
@@ -214,12 +218,31 @@ pub struct FeedbackStatus {
 /// A feedback body, for a deployment or a cancel action.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Feedback {
-    /// The action id; newer clients leave it out (the path names the action).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The action id; newer clients leave it out (the path names the action), older ones
+    /// send it as a string or, as hawkBit's own documentation does, as a number.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "string_or_number"
+    )]
     pub id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub time: Option<String>,
     pub status: FeedbackStatus,
+}
+
+/// An optional id given as a JSON string or a whole number.
+fn string_or_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Id {
+        Text(String),
+        Number(u64),
+    }
+    Ok(Option::<Id>::deserialize(d)?.map(|id| match id {
+        Id::Text(t) => t,
+        Id::Number(n) => n.to_string(),
+    }))
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -296,5 +319,229 @@ mod tests {
         let cd: ConfigData = serde_json::from_str(body).expect("parses");
         assert_eq!(cd.mode, None);
         assert_eq!(cd.data["HwRevision"], "1.0");
+    }
+
+    /// The DDI model of `fixtures/ddi/ddi-model.json`: hawkBit's documented objects.
+    fn model() -> serde_json::Value {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../fixtures/ddi/ddi-model.json"
+        );
+        serde_json::from_str(&std::fs::read_to_string(path).expect("the DDI model fixture"))
+            .expect("the DDI model is JSON")
+    }
+
+    /// Every way `value` at `path` departs from the model's type `ty`.
+    fn check(
+        model: &serde_json::Value,
+        ty: &str,
+        value: &serde_json::Value,
+        path: &str,
+    ) -> Vec<String> {
+        use serde_json::Value;
+        if ty.contains('|') {
+            let tries: Vec<Vec<String>> = ty
+                .split('|')
+                .map(|t| check(model, t, value, path))
+                .collect();
+            return if tries.iter().any(Vec::is_empty) {
+                Vec::new()
+            } else {
+                tries.into_iter().flatten().collect()
+            };
+        }
+        let wrong = || vec![format!("{path}: expected {ty}, got {value}")];
+        if let Some(inner) = ty.strip_prefix('[').and_then(|t| t.strip_suffix(']')) {
+            return match value {
+                Value::Array(items) => items
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(i, v)| check(model, inner, v, &format!("{path}[{i}]")))
+                    .collect(),
+                _ => wrong(),
+            };
+        }
+        if let Some(inner) = ty.strip_prefix('{').and_then(|t| t.strip_suffix('}')) {
+            return match value {
+                Value::Object(map) => map
+                    .iter()
+                    .flat_map(|(k, v)| check(model, inner, v, &format!("{path}.{k}")))
+                    .collect(),
+                _ => wrong(),
+            };
+        }
+        if let Some(allowed) = model["enum"][ty].as_array() {
+            return if allowed.iter().any(|a| a == value) {
+                Vec::new()
+            } else {
+                wrong()
+            };
+        }
+        let ok = match ty {
+            "string" => value.is_string(),
+            "integer" => value.is_u64() || value.is_i64(),
+            "boolean" => value.is_boolean(),
+            "null" => value.is_null(),
+            "sleep" => value.as_str().is_some_and(|t| {
+                let parts: Vec<&str> = t.split(':').collect();
+                parts.len() == 3
+                    && parts
+                        .iter()
+                        .all(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_digit()))
+            }),
+            _ => {
+                let object = &model["objects"][ty];
+                assert!(object.is_object(), "the model has no object {ty}");
+                let Value::Object(map) = value else {
+                    return wrong();
+                };
+                let mut problems = Vec::new();
+                for (field, t) in object["required"].as_object().into_iter().flatten() {
+                    match map.get(field) {
+                        Some(v) => problems.extend(check(
+                            model,
+                            t.as_str().unwrap_or(""),
+                            v,
+                            &format!("{path}.{field}"),
+                        )),
+                        None => {
+                            problems.push(format!("{path}: the required field {field} is missing"))
+                        }
+                    }
+                }
+                for (field, v) in map {
+                    if object["required"].get(field).is_some() {
+                        continue;
+                    }
+                    match object["optional"]
+                        .get(field)
+                        .and_then(serde_json::Value::as_str)
+                    {
+                        Some(t) => problems.extend(check(model, t, v, &format!("{path}.{field}"))),
+                        None => problems.push(format!("{path}: {field} is not a field of {ty}")),
+                    }
+                }
+                return problems;
+            }
+        };
+        if ok { Vec::new() } else { wrong() }
+    }
+
+    fn href(path: &str) -> Option<Href> {
+        Some(Href {
+            href: format!("https://depot.example:8443/DEFAULT/controller/v1/CV1/{path}"),
+        })
+    }
+
+    #[test]
+    fn what_convoy_serves_has_the_shape_of_hawkbits_ddi_objects() {
+        let model = model();
+        let poll = PollReply {
+            config: PollConfig {
+                polling: Polling {
+                    sleep: format_sleep(300),
+                },
+            },
+            links: PollLinks {
+                deployment_base: href("deploymentBase/7?c=1"),
+                cancel_action: href("cancelAction/8"),
+                config_data: href("configData"),
+            },
+        };
+        let deployment = DeploymentBase {
+            id: "7".into(),
+            deployment: Deployment {
+                download: HandlingType::Forced,
+                update: HandlingType::Attempt,
+                maintenance_window: Some(MaintenanceWindow::Available),
+                chunks: vec![Chunk {
+                    part: "firmware".into(),
+                    name: "t300-fw".into(),
+                    version: "2.5.0".into(),
+                    metadata: vec![Metadata {
+                        key: "release".into(),
+                        value: "t300-fw-2.5.0".into(),
+                    }],
+                    artifacts: vec![Artifact {
+                        filename: "t300-fw-2.5.0.img".into(),
+                        hashes: Hashes {
+                            sha1: "a".repeat(40),
+                            md5: "b".repeat(32),
+                            sha256: "c".repeat(64),
+                        },
+                        size: 4_000_000,
+                        links: ArtifactLinks {
+                            download_http: href("softwaremodules/1/artifacts/t300-fw-2.5.0.img"),
+                            download_https: href("softwaremodules/1/artifacts/t300-fw-2.5.0.img"),
+                        },
+                    }],
+                }],
+            },
+            action_history: Some(ActionHistory {
+                status: "RUNNING".into(),
+                messages: vec!["offered in wave canary".into()],
+            }),
+        };
+        let cancel = CancelReply {
+            id: "8".into(),
+            cancel_action: StopId {
+                stop_id: "7".into(),
+            },
+        };
+        for (ty, value) in [
+            ("ControllerBase", serde_json::to_value(&poll).expect("json")),
+            (
+                "DeploymentBase",
+                serde_json::to_value(&deployment).expect("json"),
+            ),
+            ("Cancel", serde_json::to_value(&cancel).expect("json")),
+        ] {
+            let problems = check(&model, ty, &value, ty);
+            assert!(problems.is_empty(), "{ty}: {problems:#?}\n{value:#}");
+        }
+        // The checker itself refuses what does not fit.
+        let mut bad = serde_json::to_value(&deployment).expect("json");
+        bad["deployment"]["download"] = "later".into();
+        bad["deployment"]["chunks"][0]["artifacts"][0]["sizeBytes"] = 1.into();
+        bad["deployment"]["chunks"][0]
+            .as_object_mut()
+            .expect("chunk")
+            .remove("part");
+        let problems = check(&model, "DeploymentBase", &bad, "DeploymentBase");
+        assert_eq!(problems.len(), 3, "{problems:#?}");
+        let bad_sleep = serde_json::json!({"config": {"polling": {"sleep": "5m"}}});
+        assert_eq!(check(&model, "ControllerBase", &bad_sleep, "poll").len(), 1);
+    }
+
+    #[test]
+    fn hawkbits_documented_feedback_and_config_data_bodies_parse() {
+        let model = model();
+        for example in model["examples"]["ActionFeedback"]
+            .as_array()
+            .expect("examples")
+        {
+            let problems = check(&model, "ActionFeedback", example, "feedback");
+            assert!(problems.is_empty(), "the fixture's example: {problems:#?}");
+            let fb: Feedback = serde_json::from_value(example.clone())
+                .unwrap_or_else(|e| panic!("{example} does not parse: {e}"));
+            assert_eq!(
+                serde_json::to_value(fb.status.execution).expect("json"),
+                example["status"]["execution"]
+            );
+        }
+        // The documented example's numeric id and empty progress.
+        let fb: Feedback =
+            serde_json::from_value(model["examples"]["ActionFeedback"][0].clone()).expect("parses");
+        assert_eq!(fb.id.as_deref(), Some("1"));
+        assert_eq!(fb.status.result.progress, Some(Progress { cnt: 0, of: 0 }));
+        for example in model["examples"]["ConfigData"]
+            .as_array()
+            .expect("examples")
+        {
+            assert!(check(&model, "ConfigData", example, "config").is_empty());
+            let cd: ConfigData = serde_json::from_value(example.clone())
+                .unwrap_or_else(|e| panic!("{example} does not parse: {e}"));
+            assert!(!cd.data.is_empty());
+        }
     }
 }
