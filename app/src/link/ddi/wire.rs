@@ -427,10 +427,10 @@ mod tests {
         if ok { Vec::new() } else { wrong() }
     }
 
-    fn href(path: &str) -> Option<Href> {
-        Some(Href {
+    fn href(path: &str) -> Href {
+        Href {
             href: format!("https://depot.example:8443/DEFAULT/controller/v1/CV1/{path}"),
-        })
+        }
     }
 
     #[test]
@@ -443,9 +443,9 @@ mod tests {
                 },
             },
             links: PollLinks {
-                deployment_base: href("deploymentBase/7?c=1"),
-                cancel_action: href("cancelAction/8"),
-                config_data: href("configData"),
+                deployment_base: Some(href("deploymentBase/7?c=1")),
+                cancel_action: Some(href("cancelAction/8")),
+                config_data: Some(href("configData")),
             },
         };
         let deployment = DeploymentBase {
@@ -471,8 +471,12 @@ mod tests {
                         },
                         size: 4_000_000,
                         links: ArtifactLinks {
-                            download_http: href("softwaremodules/1/artifacts/t300-fw-2.5.0.img"),
-                            download_https: href("softwaremodules/1/artifacts/t300-fw-2.5.0.img"),
+                            download_http: Some(href(
+                                "softwaremodules/1/artifacts/t300-fw-2.5.0.img",
+                            )),
+                            download_https: Some(href(
+                                "softwaremodules/1/artifacts/t300-fw-2.5.0.img",
+                            )),
                         },
                     }],
                 }],
