@@ -405,7 +405,7 @@ mod tests {
                             &format!("{path}.{field}"),
                         )),
                         None => {
-                            problems.push(format!("{path}: the required field {field} is missing"))
+                            problems.push(format!("{path}: the required field {field} is missing"));
                         }
                     }
                 }
