@@ -675,6 +675,113 @@ fn event_stream_pushes_events_written_after_connecting() {
     });
 }
 
+/// The ids in an SSE text, in order.
+fn sse_ids(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("id: "))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn a_stream_resumed_with_last_event_id_gets_what_it_missed_once() {
+    let f = fixture();
+    let rt = runtime();
+    rt.block_on(async {
+        let server = Server::start(config(&f.cache)).await.expect("start");
+        let c = client();
+        let url = format!("{}/api/v1/events", server.base_url());
+        let write = |kind: &'static str, device: &'static str| {
+            let cache = f.cache.clone();
+            tokio::task::spawn_blocking(move || {
+                let mut store = Store::open(&cache).expect("open");
+                store
+                    .append_event(
+                        "r-resume",
+                        Timestamp::from_secs(1_795_000_300),
+                        kind,
+                        "gate",
+                        &serde_json::json!({}),
+                    )
+                    .expect("rollout event");
+                store
+                    .append_device_event(
+                        device,
+                        Some("r-resume"),
+                        Timestamp::from_secs(1_795_000_301),
+                        "offered",
+                        &serde_json::json!({}),
+                    )
+                    .expect("device event");
+            })
+        };
+        // A first connection sees two events; its last id is where it stopped.
+        let mut first = c
+            .get(&url)
+            .bearer_auth(&f.viewer)
+            .send()
+            .await
+            .expect("subscribe");
+        read_stream_until(&mut first, Instant::now() + Duration::from_secs(5), |t| {
+            t.contains(": connected")
+        })
+        .await;
+        write("wave.started", "VAN-A").await.expect("writer");
+        let text = read_stream_until(&mut first, Instant::now() + Duration::from_secs(5), |t| {
+            t.contains("VAN-A")
+        })
+        .await;
+        drop(first);
+        let last = sse_ids(&text).pop().expect("an id");
+        // Missed while disconnected.
+        write("rollout.paused", "VAN-B").await.expect("writer");
+        // Reconnected from its last id: the missed events first, then live ones, none twice.
+        let mut again = c
+            .get(&url)
+            .bearer_auth(&f.viewer)
+            .header("Last-Event-ID", &last)
+            .send()
+            .await
+            .expect("resubscribe");
+        assert_eq!(again.status(), StatusCode::OK);
+        let replayed =
+            read_stream_until(&mut again, Instant::now() + Duration::from_secs(5), |t| {
+                t.contains("VAN-B")
+            })
+            .await;
+        assert!(replayed.contains("rollout.paused"), "{replayed}");
+        assert!(
+            !replayed.contains("VAN-A") && !replayed.contains("wave.started"),
+            "{replayed}"
+        );
+        write("rollout.resumed", "VAN-C").await.expect("writer");
+        let live = read_stream_until(&mut again, Instant::now() + Duration::from_secs(5), |t| {
+            t.contains("VAN-C")
+        })
+        .await;
+        let text = replayed + &live;
+        assert_eq!(text.matches("VAN-B").count(), 1, "{text}");
+        assert_eq!(text.matches("rollout.paused").count(), 1, "{text}");
+        let ids = sse_ids(&text);
+        let mut sorted = ids.clone();
+        sorted.dedup();
+        assert_eq!(ids.len(), 4, "two replayed, two live: {ids:?}");
+        assert_eq!(sorted, ids, "no id twice");
+        // An id this stream never sent is refused, naming the header.
+        let resp = c
+            .get(&url)
+            .bearer_auth(&f.viewer)
+            .header("Last-Event-ID", "yesterday")
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+        let body: Value = resp.json().await.expect("json");
+        assert_eq!(body["field"], "Last-Event-ID", "{body}");
+        server.shutdown().await;
+    });
+}
+
 #[test]
 fn tls_with_a_self_signed_certificate() {
     let f = fixture();

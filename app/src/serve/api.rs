@@ -397,7 +397,21 @@ async fn route(
         }
         ["events"] if get => {
             parse_query::<NoParams>(&query)?;
-            Ok(event_stream(app))
+            let last = match request.headers().get("last-event-id") {
+                None => None,
+                Some(v) => Some(
+                    v.to_str()
+                        .ok()
+                        .and_then(super::stream::Cursor::parse)
+                        .ok_or_else(|| {
+                            ApiError::field(
+                                "Last-Event-ID",
+                                "not an id this stream sent (r<seq>.d<seq>)",
+                            )
+                        })?,
+                ),
+            };
+            event_stream(app, last).await
         }
         ["rollouts"] if method == Method::POST => {
             require(caller, Role::Dispatcher, "request rollouts")?;
@@ -1093,9 +1107,27 @@ impl hyper::body::Body for ChannelBody {
 
 /// `GET /events`: server-sent events from the shared poller, with keep-alive comments, until
 /// the client goes away or the server stops.
-fn event_stream(app: &Arc<AppState>) -> Response {
+async fn event_stream(
+    app: &Arc<AppState>,
+    last_event_id: Option<super::stream::Cursor>,
+) -> Result<Response, ApiError> {
     Counters::bump(&app.counters.streams);
+    // Subscribed before the cache is read, so that nothing written in between is missed: what
+    // the replay holds is skipped from the live feed, the rest comes live.
     let mut events = app.events.subscribe();
+    let replayed = match last_event_id {
+        Some(from) => Some(
+            app.pool
+                .run(move |store| {
+                    let until = super::stream::cursor_now(store)?;
+                    let (frames, more) = super::stream::replay(store, from, until)?;
+                    Ok((until, frames, more))
+                })
+                .await
+                .map_err(|e| ApiError::internal(&e))?,
+        ),
+        None => None,
+    };
     let (tx, rx) = mpsc::channel::<Bytes>(64);
     let mut stop = app.stop.clone();
     let keepalive = app.config.keepalive_interval;
@@ -1108,11 +1140,37 @@ fn event_stream(app: &Arc<AppState>) -> Response {
         {
             return;
         }
+        let floor = replayed.as_ref().map(|(until, ..)| *until);
+        if let Some((_, frames, more)) = replayed {
+            for f in frames {
+                if tx
+                    .send(Bytes::copy_from_slice(f.text.as_bytes()))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            if more {
+                let note = format!(
+                    "event: lagged\ndata: {{\"replay_limit\":{}}}\n\n",
+                    super::stream::MAX_REPLAY
+                );
+                if tx.send(Bytes::from(note)).await.is_err() {
+                    return;
+                }
+            }
+        }
         loop {
             let chunk = tokio::select! {
                 () = stopped(&mut stop) => break,
                 event = events.recv() => match event {
-                    Ok(frame) => Bytes::copy_from_slice(frame.as_bytes()),
+                    Ok(frame) => match floor {
+                        // Replayed already, or seen before the reconnect.
+                        Some(floor) if frame.row.seen_by(floor) => continue,
+                        Some(floor) => Bytes::copy_from_slice(frame.text_above(floor).as_bytes()),
+                        None => Bytes::copy_from_slice(frame.text.as_bytes()),
+                    },
                     Err(broadcast::error::RecvError::Lagged(n)) => Bytes::from(format!(
                         "event: lagged\ndata: {{\"missed\":{n}}}\n\n"
                     )),
@@ -1132,7 +1190,7 @@ fn event_stream(app: &Arc<AppState>) -> Response {
         HeaderValue::from_static("text/event-stream"),
     );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    response
+    Ok(response)
 }
 
 #[cfg(test)]

@@ -8,11 +8,15 @@
 //! insert (schema v5). One poll is two indexed range reads, so polling every 200 ms costs little
 //! whatever the number of clients: clients share the one poller through a broadcast channel.
 //!
-//! The stream starts at the newest rows when the server starts: it is a live feed, not a
-//! replay (read the timeline and history endpoints for the past). A client that falls more than
-//! the channel's capacity behind gets a `lagged` event naming how many events it missed.
+//! A new client gets the events written from the moment it connects: a live feed (read the
+//! timeline and history endpoints for the past). Every event's `id:` is the stream's position
+//! after it in both sequences, `r{rollout log seq}.d{device event seq}`, so a client that
+//! reconnects with `Last-Event-ID` (as a browser's `EventSource` does by itself) is first sent
+//! what it missed, read from the cache (at most [`MAX_REPLAY`] events, then a `lagged` event),
+//! then the live feed, with no event twice. A client that falls more than the channel's capacity
+//! behind gets a `lagged` event naming how many events it missed.
 //!
-//! Not here: resuming with `Last-Event-ID`, filtering by rollout or device on the server.
+//! Not here: filtering by rollout or device on the server.
 
 use anyhow::{Context, Result};
 use rusqlite::params;
@@ -28,8 +32,55 @@ use crate::store::Store;
 /// Rows read per table per poll; more wait for the next poll.
 const BATCH_ROWS: i64 = 2_000;
 
-/// One event as sent on the stream: an SSE frame, formatted once for every client.
-pub type Frame = Arc<str>;
+/// The most events replayed to a client that reconnects with `Last-Event-ID`; past it, the
+/// client gets a `lagged` event and reads the timeline and history endpoints instead.
+pub const MAX_REPLAY: usize = 10_000;
+
+/// One event as sent on the stream: an SSE frame formatted once for every client, the row it
+/// carries, and the stream's position after it (its id).
+#[derive(Clone, Debug)]
+pub struct Frame {
+    pub text: Arc<str>,
+    pub row: Row,
+    pub after: Cursor,
+}
+
+/// The row an event carries, by its own sequence number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Row {
+    /// A `rollout_event_log` seq.
+    Rollout(i64),
+    /// A `device_events` seq.
+    Device(i64),
+}
+
+impl Row {
+    /// Whether a client that has seen up to `seen` has this row.
+    pub fn seen_by(self, seen: Cursor) -> bool {
+        match self {
+            Row::Rollout(s) => s <= seen.rollout_log_seq,
+            Row::Device(s) => s <= seen.device_seq,
+        }
+    }
+}
+
+impl Frame {
+    /// The frame as sent to a client that had already seen up to `floor` when the live feed
+    /// began for it: its id raised to `floor` where the stream's position is behind it, so that
+    /// a reconnect with that id does not replay what was already sent.
+    pub fn text_above(&self, floor: Cursor) -> std::borrow::Cow<'_, str> {
+        let id = Cursor {
+            device_seq: self.after.device_seq.max(floor.device_seq),
+            rollout_log_seq: self.after.rollout_log_seq.max(floor.rollout_log_seq),
+        };
+        if id == self.after {
+            std::borrow::Cow::Borrowed(&self.text)
+        } else {
+            let old = format!("\nid: {}\n", self.after.id());
+            std::borrow::Cow::Owned(self.text.replacen(&old, &format!("\nid: {}\n", id.id()), 1))
+        }
+    }
+}
 
 #[derive(Serialize)]
 struct DeviceFrame<'a> {
@@ -51,10 +102,17 @@ struct RolloutFrame<'a> {
     payload: serde_json::Value,
 }
 
-/// Formats one SSE event: `event:`, `id:` and one `data:` line of compact JSON (which holds no
-/// newline, so it needs no splitting).
-pub fn sse_frame(event: &str, id: &str, data: &str) -> Frame {
-    Arc::from(format!("event: {event}\nid: {id}\ndata: {data}\n\n"))
+/// Formats one SSE event: `event:`, `id:` (the position `after` it) and one `data:` line of
+/// compact JSON (which holds no newline, so it needs no splitting).
+pub fn sse_frame(event: &str, row: Row, after: Cursor, data: &str) -> Frame {
+    Frame {
+        text: Arc::from(format!(
+            "event: {event}\nid: {}\ndata: {data}\n\n",
+            after.id()
+        )),
+        row,
+        after,
+    }
 }
 
 /// Where the poller has read up to.
@@ -62,6 +120,24 @@ pub fn sse_frame(event: &str, id: &str, data: &str) -> Frame {
 pub struct Cursor {
     pub device_seq: i64,
     pub rollout_log_seq: i64,
+}
+
+impl Cursor {
+    /// The SSE id of this position: `r{rollout_log_seq}.d{device_seq}`.
+    pub fn id(self) -> String {
+        format!("r{}.d{}", self.rollout_log_seq, self.device_seq)
+    }
+
+    /// Parses an id this stream sent (`Last-Event-ID`); `None` for anything else.
+    pub fn parse(id: &str) -> Option<Self> {
+        let (r, d) = id.trim().split_once('.')?;
+        let rollout_log_seq: i64 = r.strip_prefix('r')?.parse().ok()?;
+        let device_seq: i64 = d.strip_prefix('d')?.parse().ok()?;
+        (rollout_log_seq >= 0 && device_seq >= 0).then_some(Self {
+            device_seq,
+            rollout_log_seq,
+        })
+    }
 }
 
 /// The newest rows now: the stream starts after them.
@@ -86,15 +162,48 @@ pub fn cursor_now(store: &Store) -> Result<Cursor> {
 /// Reads the rows after `cursor`, formats them as frames in sequence order (rollout events
 /// first, then device events), and moves the cursor past them.
 pub fn poll_once(store: &Store, cursor: &mut Cursor) -> Result<Vec<Frame>> {
+    read_after(store, cursor, None)
+}
+
+/// What a client that reconnects having seen up to `from` missed, up to `until` (where the
+/// cache stood when its live feed began): at most [`MAX_REPLAY`] frames in stream order, and
+/// whether more were left out.
+pub fn replay(store: &Store, from: Cursor, until: Cursor) -> Result<(Vec<Frame>, bool)> {
+    let mut cursor = from;
+    let mut out = Vec::new();
+    loop {
+        let frames = read_after(store, &mut cursor, Some(until))?;
+        if frames.is_empty() {
+            return Ok((out, false));
+        }
+        for f in frames {
+            if out.len() == MAX_REPLAY {
+                return Ok((out, true));
+            }
+            out.push(f);
+        }
+    }
+}
+
+/// [`poll_once`], reading no row past `until` when given.
+fn read_after(store: &Store, cursor: &mut Cursor, until: Option<Cursor>) -> Result<Vec<Frame>> {
+    let until = until.unwrap_or(Cursor {
+        device_seq: i64::MAX,
+        rollout_log_seq: i64::MAX,
+    });
     let mut frames = Vec::new();
     let conn = store.conn();
     let mut stmt = conn.prepare_cached(
         "SELECT l.seq, r.rollout_id, r.seq, r.time, r.kind, r.cause, r.payload
          FROM rollout_event_log l
          JOIN rollout_events r ON r.rollout_id = l.rollout_id AND r.seq = l.event_seq
-         WHERE l.seq > ?1 ORDER BY l.seq LIMIT ?2",
+         WHERE l.seq > ?1 AND l.seq <= ?3 ORDER BY l.seq LIMIT ?2",
     )?;
-    let mut rows = stmt.query(params![cursor.rollout_log_seq, BATCH_ROWS])?;
+    let mut rows = stmt.query(params![
+        cursor.rollout_log_seq,
+        BATCH_ROWS,
+        until.rollout_log_seq
+    ])?;
     while let Some(r) = rows.next()? {
         let log_seq: i64 = r.get(0)?;
         let rollout_id: String = r.get(1)?;
@@ -108,19 +217,20 @@ pub fn poll_once(store: &Store, cursor: &mut Cursor) -> Result<Vec<Frame>> {
             cause: &r.get::<_, String>(5)?,
             payload: serde_json::from_str(&payload).unwrap_or(serde_json::Value::String(payload)),
         };
+        cursor.rollout_log_seq = log_seq;
         frames.push(sse_frame(
             "rollout",
-            &format!("r{log_seq}"),
+            Row::Rollout(log_seq),
+            *cursor,
             &serde_json::to_string(&frame)?,
         ));
-        cursor.rollout_log_seq = log_seq;
     }
     drop(rows);
     let mut stmt = conn.prepare_cached(
         "SELECT seq, device_id, rollout_id, time, kind, payload FROM device_events
-         WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+         WHERE seq > ?1 AND seq <= ?3 ORDER BY seq LIMIT ?2",
     )?;
-    let mut rows = stmt.query(params![cursor.device_seq, BATCH_ROWS])?;
+    let mut rows = stmt.query(params![cursor.device_seq, BATCH_ROWS, until.device_seq])?;
     while let Some(r) = rows.next()? {
         let seq: i64 = r.get(0)?;
         let device_id: String = r.get(1)?;
@@ -134,12 +244,13 @@ pub fn poll_once(store: &Store, cursor: &mut Cursor) -> Result<Vec<Frame>> {
             kind: &r.get::<_, String>(4)?,
             payload: serde_json::from_str(&payload).unwrap_or(serde_json::Value::String(payload)),
         };
+        cursor.device_seq = seq;
         frames.push(sse_frame(
             "device",
-            &format!("d{seq}"),
+            Row::Device(seq),
+            *cursor,
             &serde_json::to_string(&frame)?,
         ));
-        cursor.device_seq = seq;
     }
     Ok(frames)
 }
@@ -240,26 +351,83 @@ mod tests {
         let frames = poll_once(&store, &mut cursor).expect("poll");
         assert_eq!(frames.len(), 3);
         assert!(
-            frames[0].starts_with("event: rollout\nid: r2\n"),
+            frames[0].text.starts_with("event: rollout\nid: r2.d0\n"),
             "{}",
-            frames[0]
+            frames[0].text
         );
         assert!(
-            frames[0].contains(r#""rollout_id":"r1","seq":1"#),
+            frames[0].text.contains(r#""rollout_id":"r1","seq":1"#),
             "{}",
-            frames[0]
+            frames[0].text
         );
         assert!(
-            frames[1].contains(r#""rollout_id":"r0","seq":2"#),
+            frames[1].text.contains(r#""rollout_id":"r0","seq":2"#),
             "{}",
-            frames[1]
+            frames[1].text
         );
         assert!(
-            frames[2].starts_with("event: device\nid: d1\n"),
+            frames[2].text.starts_with("event: device\nid: r3.d1\n"),
             "{}",
-            frames[2]
+            frames[2].text
         );
-        assert!(frames[2].contains(r#""kind":"offered""#));
+        assert!(frames[2].text.contains(r#""kind":"offered""#));
         assert!(poll_once(&store, &mut cursor).expect("poll").is_empty());
+    }
+
+    #[test]
+    fn a_reconnect_is_replayed_what_it_missed_up_to_where_the_live_feed_began() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut store = Store::open(&dir.path().join("c.db")).expect("open");
+        let t = Timestamp::from_secs(100);
+        let rollout = |store: &mut Store, kind: &str| {
+            store
+                .append_event("r1", t, kind, "gate", &serde_json::json!({}))
+                .expect("event");
+        };
+        let device = |store: &mut Store, id: &str| {
+            store
+                .append_device_event(id, Some("r1"), t, "offered", &serde_json::json!({}))
+                .expect("event");
+        };
+        rollout(&mut store, "rollout.created");
+        device(&mut store, "d1");
+        // The client saw up to here.
+        let seen = cursor_now(&store).expect("cursor");
+        assert_eq!(Cursor::parse(&seen.id()), Some(seen));
+        rollout(&mut store, "wave.started");
+        device(&mut store, "d2");
+        device(&mut store, "d3");
+        // The live feed begins here for the reconnecting client.
+        let until = cursor_now(&store).expect("cursor");
+        rollout(&mut store, "rollout.paused");
+        let (frames, more) = replay(&store, seen, until).expect("replay");
+        assert!(!more);
+        let rows: Vec<Row> = frames.iter().map(|f| f.row).collect();
+        assert_eq!(
+            rows,
+            [Row::Rollout(2), Row::Device(2), Row::Device(3)],
+            "what was missed, nothing after the live feed began"
+        );
+        assert!(frames.iter().all(|f| f.after.device_seq <= until.device_seq
+            && f.after.rollout_log_seq <= until.rollout_log_seq));
+        assert_eq!(frames.last().expect("a frame").after, until);
+        // A live frame behind the floor in one sequence is sent with its id raised to it.
+        let mut live = until;
+        live.device_seq = 0;
+        let mut at = live;
+        let late = poll_once(&store, &mut at).expect("poll");
+        let paused = late
+            .iter()
+            .find(|f| f.row == Row::Rollout(3))
+            .expect("the pause");
+        assert!(!paused.row.seen_by(until));
+        let sent = paused.text_above(until);
+        assert!(
+            sent.contains(&format!("\nid: r3.d{}\n", until.device_seq)),
+            "{sent}"
+        );
+        for bad in ["", "r1", "d1.r1", "r-1.d0", "rx.d1", "r1.d1.x"] {
+            assert_eq!(Cursor::parse(bad), None, "{bad:?}");
+        }
     }
 }
