@@ -226,30 +226,12 @@ pub fn run(args: &Args) -> Result<()> {
 }
 
 fn comms(args: &CommsArgs) -> Result<()> {
-    use convoy_core::comms::{self, Audience, RecordEntry};
+    use convoy_core::comms::{self, Audience};
     let db = store::resolve_path(args.db.as_deref())?;
     let store = Store::open_existing(&db)?;
-    let events = store.timeline(&args.rollout)?;
-    let entries = events
-        .iter()
-        .map(|e| {
-            let payload = serde_json::from_str(&e.payload).with_context(|| {
-                format!(
-                    "rollout {} event {} ({}) in {}: its payload is not JSON",
-                    e.rollout_id,
-                    e.seq,
-                    e.kind,
-                    db.display()
-                )
-            })?;
-            Ok(RecordEntry {
-                at: e.time,
-                kind: e.kind.clone(),
-                cause: e.cause.clone(),
-                payload,
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let entries = store
+        .rollout_record(&args.rollout)
+        .with_context(|| format!("in {}", db.display()))?;
     let story = comms::story(&args.rollout, &entries)
         .with_context(|| format!("reading the record in {}", db.display()))?;
     let text = match args.audience {

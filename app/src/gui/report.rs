@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::sync::mpsc::{Receiver, TryRecvError};
 
 use anyhow::{Context, Result};
-use convoy_core::comms::{self, Audience, Ending, RecordEntry, RolloutStory};
+use convoy_core::comms::{self, Audience, Ending, RolloutStory};
 use convoy_core::fleet::Fleet;
 use convoy_core::metrics::{self, Adoption, RolloutMetrics, SummaryMetrics};
 use egui::RichText;
@@ -349,27 +349,9 @@ pub fn export_timeline(
 
 /// The story of `rollout_id` from `store`'s timeline (as `convoy rollout comms` reads it).
 fn read_story(store: &Store, cache: &Path, rollout_id: &str) -> Result<(RolloutStory, usize)> {
-    let events = store.timeline(rollout_id)?;
-    let entries = events
-        .iter()
-        .map(|e| {
-            let payload = serde_json::from_str(&e.payload).with_context(|| {
-                format!(
-                    "rollout {} event {} ({}) in {}: its payload is not JSON",
-                    e.rollout_id,
-                    e.seq,
-                    e.kind,
-                    cache.display()
-                )
-            })?;
-            Ok(RecordEntry {
-                at: e.time,
-                kind: e.kind.clone(),
-                cause: e.cause.clone(),
-                payload,
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let entries = store
+        .rollout_record(rollout_id)
+        .with_context(|| format!("in {}", cache.display()))?;
     let story = comms::story(rollout_id, &entries)
         .with_context(|| format!("reading the record in {}", cache.display()))?;
     Ok((story, entries.len()))

@@ -282,6 +282,29 @@ impl Store {
             .with_context(|| format!("reading the devices with a {kind} event of {release}"))
     }
 
+    /// The timeline of `rollout_id` as the communication drafts read it (`convoy_core::comms`):
+    /// each event with its payload parsed; a payload that is not JSON is an error naming the
+    /// event (`convoy rollout comms` and the console's reports refuse such a record).
+    pub fn rollout_record(&self, rollout_id: &str) -> Result<Vec<convoy_core::comms::RecordEntry>> {
+        self.timeline(rollout_id)?
+            .into_iter()
+            .map(|e| {
+                let payload = serde_json::from_str(&e.payload).with_context(|| {
+                    format!(
+                        "rollout {} event {} ({}): its payload is not JSON",
+                        e.rollout_id, e.seq, e.kind
+                    )
+                })?;
+                Ok(convoy_core::comms::RecordEntry {
+                    at: e.time,
+                    kind: e.kind,
+                    cause: e.cause,
+                    payload,
+                })
+            })
+            .collect()
+    }
+
     /// The timeline of `rollout_id`, in seq order.
     pub fn timeline(&self, rollout_id: &str) -> Result<Vec<Event>> {
         let mut stmt = self.conn.prepare_cached(
