@@ -126,6 +126,22 @@ fn token(args: &Args) -> Result<String> {
     Ok(token)
 }
 
+/// Whether `url`'s host is this machine (`localhost`, or a loopback address), where a plain
+/// HTTP token stays on the machine.
+fn is_loopback(url: &str) -> bool {
+    reqwest::Url::parse(url)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_owned))
+        .is_some_and(|host| {
+            host.eq_ignore_ascii_case("localhost")
+                || host
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        })
+}
+
 /// The console attached to `--server`.
 fn remote_backend(args: &Args, server: &str) -> Result<Backend> {
     let server = crate::gui::remote::normalise_server(server)?;
@@ -135,15 +151,11 @@ fn remote_backend(args: &Args, server: &str) -> Result<Backend> {
         .unwrap_or_else(|| crate::gui::remote::default_copy_path(&server));
     let mut options = crate::gui::remote::RemoteOptions::new(&server, token(args)?, copy)?;
     options.ca_cert.clone_from(&args.ca_cert);
-    if server.starts_with("http://") {
-        let host = server.trim_start_matches("http://");
-        if !(host.starts_with("127.") || host.starts_with("localhost") || host.starts_with("[::1]"))
-        {
-            eprintln!(
-                "warning: {server} is plain HTTP: the API token crosses the network in the clear \
+    if server.starts_with("http://") && !is_loopback(&server) {
+        eprintln!(
+            "warning: {server} is plain HTTP: the API token crosses the network in the clear \
                  (serve with --tls-cert/--tls-key, or through a TLS proxy)"
-            );
-        }
+        );
     }
     Backend::remote(&options)
 }
@@ -225,6 +237,28 @@ pub fn run_default() -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_this_machine_counts_as_loopback_for_the_plain_http_warning() {
+        for url in [
+            "http://localhost:8443",
+            "http://127.0.0.1:8443",
+            "http://127.3.2.1",
+            "http://[::1]:8443",
+            "http://LOCALHOST",
+        ] {
+            assert!(is_loopback(url), "{url}");
+        }
+        for url in [
+            "http://localhost.evil.net:8443",
+            "http://127.example.com",
+            "http://10.0.0.5:8443",
+            "http://[::2]",
+            "not a url",
+        ] {
+            assert!(!is_loopback(url), "{url}");
+        }
+    }
 
     #[test]
     fn the_token_comes_from_the_first_line_of_its_file_and_an_empty_one_is_refused() {

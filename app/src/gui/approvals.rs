@@ -556,6 +556,17 @@ pub fn cannot_approve(request: &RequestView, operator: &str) -> Option<String> {
 
 /// Draws the view.
 pub fn approvals_ui(app: &mut ConsoleApp, ui: &mut egui::Ui) {
+    // A console on a server works on a copy the server never reads: a request or an approval
+    // made here would mean nothing there.
+    if let crate::gui::backend::BrokerKind::Server(server) = app.broker() {
+        ui.heading("Approvals");
+        ui.label(format!(
+            "This console is attached to {server}: rollout requests and approvals are made on the server, \
+             by token (`POST {server}/api/v1/rollouts`, `/rollouts/ID/approve`; docs/SERVE.md). \
+             Approving from a console attached to a server is not built yet."
+        ));
+        return;
+    }
     let ctx = ui.ctx().clone();
     let now = app.now();
     let cache = app.cache_path().map(Path::to_path_buf);

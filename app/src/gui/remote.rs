@@ -317,6 +317,16 @@ impl Api {
             if status.is_success() {
                 return Ok(bytes.to_vec());
             }
+            // `convoy serve` answers none of these itself: they come from a proxy in front of
+            // it whose server is down or not answering, which is the server being unreachable.
+            if matches!(status.as_u16(), 502..=504) {
+                return Err(CallError::Unreachable {
+                    why: format!(
+                        "{endpoint} answered {status} from a proxy: the server behind it is not answering"
+                    ),
+                    maybe_sent: true,
+                });
+            }
             let message = match serde_json::from_slice::<ErrorBody>(&bytes) {
                 Ok(ErrorBody {
                     error,
@@ -425,6 +435,9 @@ struct Shared {
     reporter: OnceLock<Reporter>,
     /// Wakes the mirror (a queued pause, an event on the stream).
     wake: Mutex<std::sync::mpsc::Sender<()>>,
+    /// Held while the copy's state file is written: the steering and mirror threads both save
+    /// it, and a save must write the newest state, whole.
+    saving: Mutex<()>,
 }
 
 struct LinkState {
@@ -537,6 +550,9 @@ impl Shared {
     }
 
     fn save_copy_state(&self) -> Result<()> {
+        // The state is read under the save lock, so the last save to finish writes the newest
+        // state, and two saves never share the temporary file.
+        let _saving = self.saving.lock().unwrap_or_else(PoisonError::into_inner);
         let state = self.lock().copy.clone();
         state.save(&self.copy)
     }
@@ -574,14 +590,22 @@ impl RemoteSteer {
             let now = crate::now();
             {
                 let mut s = self.shared.lock();
-                if !s.copy.queued.iter().any(|q| q.rollout_id == rollout_id) {
-                    s.copy.queued.push(QueuedPause {
-                        rollout_id: rollout_id.to_owned(),
-                        operator: operator.to_owned(),
-                        reason: reason.clone(),
-                        queued_at: now.secs(),
-                    });
+                // One pause per rollout is enough: the first one queued is sent, and this one
+                // is answered with it rather than dropped without a word.
+                if let Some(q) = s.copy.queued.iter().find(|q| q.rollout_id == rollout_id) {
+                    return Ok(format!(
+                        "already queued: a pause of {rollout_id} by {} at {} ({}) is sent as soon as the server {server} answers",
+                        q.operator,
+                        clock_words(Timestamp::from_secs(q.queued_at)),
+                        q.reason
+                    ));
                 }
+                s.copy.queued.push(QueuedPause {
+                    rollout_id: rollout_id.to_owned(),
+                    operator: operator.to_owned(),
+                    reason: reason.clone(),
+                    queued_at: now.secs(),
+                });
             }
             self.shared.save_copy_state().map_err(|e| {
                 format!(
@@ -854,6 +878,8 @@ struct Mirror {
     health: HashMap<String, (i64, Arc<HealthSeries>)>,
     /// The last failure reported, so that a failure repeated every pass is reported once.
     last_failure: Option<String>,
+    /// The rollouts the last pass could not copy, as reported.
+    skipped: Option<String>,
 }
 
 fn hash_bytes(bytes: &[u8]) -> u64 {
@@ -955,15 +981,26 @@ fn sync_pass(
             .then(a.rollout_id.cmp(&b.rollout_id))
     });
     newest.truncate(ROLLOUT_LIMIT);
+    // A rollout that cannot be copied is skipped with its reason; the others are copied, and
+    // only an unreachable server ends the pass.
+    let mut skipped: Vec<String> = Vec::new();
     for row in &newest {
         let id = &row.rollout_id;
-        let have = copy_timeline_seq(store, id).map_err(CallError::Malformed)?;
-        if row.events > have {
+        let copied = (|| -> Result<bool, CallError> {
+            let have = copy_timeline_seq(store, id).map_err(CallError::Malformed)?;
+            if row.events <= have {
+                return Ok(false);
+            }
             let path = format!("/rollouts/{}/timeline?after={have}", segment(id));
             let bytes = api.get(&path, CALL_TIMEOUT);
             shared.saw(&bytes);
             let added = apply_timeline(store, id, &Api::endpoint_name("GET", &path), &bytes?)?;
-            changed |= added > 0;
+            Ok(added > 0)
+        })();
+        match copied {
+            Ok(added) => changed |= added,
+            Err(e @ CallError::Unreachable { .. }) => return Err(e),
+            Err(e) => skipped.push(format!("the timeline of {id}: {e}")),
         }
     }
     // Logs: of every rollout still running, and once per session of one that ended (its last
@@ -982,31 +1019,56 @@ fn sync_pass(
         if mirror.logs_read.get(id) == Some(&true) {
             continue;
         }
-        loop {
-            let len = copy_log_len(store, id).map_err(CallError::Malformed)?;
-            let path = if len == 0 {
-                format!("/rollouts/{}/log?limit={LOG_PAGE}", segment(id))
-            } else {
-                format!(
-                    "/rollouts/{}/log?after={}&limit={LOG_PAGE}",
-                    segment(id),
-                    len - 1
-                )
-            };
-            let bytes = api.get(&path, CALL_TIMEOUT);
-            shared.saw(&bytes);
-            let (added, more) = match bytes {
-                Ok(bytes) => apply_log(store, id, &Api::endpoint_name("GET", &path), &bytes)?,
-                // A rollout with no log on the server (recorded by hand, or before schema v6).
-                Err(CallError::Refused { status: 404, .. }) => (0, false),
-                Err(e) => return Err(e),
-            };
-            changed |= added > 0;
-            if !more {
-                break;
+        let copied = (|| -> Result<bool, CallError> {
+            let mut changed = false;
+            loop {
+                let len = copy_log_len(store, id).map_err(CallError::Malformed)?;
+                let path = if len == 0 {
+                    format!("/rollouts/{}/log?limit={LOG_PAGE}", segment(id))
+                } else {
+                    format!(
+                        "/rollouts/{}/log?after={}&limit={LOG_PAGE}",
+                        segment(id),
+                        len - 1
+                    )
+                };
+                let bytes = api.get(&path, CALL_TIMEOUT);
+                shared.saw(&bytes);
+                let (added, more) = match bytes {
+                    Ok(bytes) => apply_log(store, id, &Api::endpoint_name("GET", &path), &bytes)?,
+                    // A rollout with no log on the server (recorded by hand, or before schema v6).
+                    Err(CallError::Refused { status: 404, .. }) => (0, false),
+                    Err(e) => return Err(e),
+                };
+                changed |= added > 0;
+                if !more {
+                    break;
+                }
             }
+            Ok(changed)
+        })();
+        match copied {
+            Ok(added) => {
+                changed |= added;
+                mirror.logs_read.insert(id.clone(), is_ended);
+            }
+            Err(e @ CallError::Unreachable { .. }) => return Err(e),
+            Err(e) => skipped.push(format!("the engine log of {id}: {e}")),
         }
-        mirror.logs_read.insert(id.clone(), is_ended);
+    }
+    if skipped.is_empty() {
+        mirror.skipped = None;
+    } else {
+        let words = format!(
+            "the copy of {} is not complete: {}",
+            shared.endpoint.server,
+            skipped.join("; ")
+        );
+        // Reported once, not at every pass.
+        if mirror.skipped.as_deref() != Some(words.as_str()) {
+            reporter.blocking(BackendEvent::Failed(words.clone()));
+            mirror.skipped = Some(words);
+        }
     }
     Ok(changed)
 }
@@ -1244,6 +1306,7 @@ impl Backend {
             }),
             reporter: OnceLock::new(),
             wake: Mutex::new(wake_tx),
+            saving: Mutex::new(()),
         });
         let steer = Arc::new(RemoteSteer {
             shared: Arc::clone(&shared),
