@@ -1247,7 +1247,7 @@ fn a_release_posted_over_the_api_is_verified_before_it_is_stored() {
         let (status, list) = get(&http, &url, Some(&viewer)).await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(list, serde_json::json!([]), "nothing stored from a refusal");
-        let (status, stored) = post(&http, &url, &dispatcher, manifest).await;
+        let (status, stored) = post(&http, &url, &dispatcher, manifest.clone()).await;
         assert_eq!(status, StatusCode::CREATED, "{stored}");
         assert_eq!(stored["version"], "2.5.0");
         assert_eq!(stored["counter"], 50);
@@ -1256,6 +1256,41 @@ fn a_release_posted_over_the_api_is_verified_before_it_is_stored() {
         assert_eq!(list[0]["release_id"], release_id.as_str(), "{list}");
         assert_eq!(list[0]["signature"], "valid", "{list}");
         assert_eq!(list[0]["hardware"], serde_json::json!(["T300"]));
+        // The same manifest again changes nothing; another one under the same id is refused
+        // (requests pin the manifest they were approved for).
+        let (status, again) = post(&http, &url, &dispatcher, manifest.clone()).await;
+        assert_eq!(status, StatusCode::OK, "{again}");
+        assert_eq!(again["already_stored"], true);
+        convoy_ok(&[
+            "release",
+            "create",
+            "--artifact",
+            &ws.path("fw.img"),
+            "--version",
+            "2.5.0",
+            "--counter",
+            "50",
+            "--hardware",
+            "T300",
+            "--expires",
+            "20d",
+            "--key",
+            &ws.path("key"),
+            "--passphrase-file",
+            &ws.path("pass"),
+            "--out",
+            &ws.path("other.json"),
+        ]);
+        let other = std::fs::read(ws.path("other.json")).expect("the other manifest");
+        let (status, body) = post(&http, &url, &dispatcher, other).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{body}");
+        assert!(
+            body["error"]
+                .as_str()
+                .unwrap_or("")
+                .contains("already stored"),
+            "{body}"
+        );
         let (_, audit) = get(
             &http,
             &format!("{}/api/v1/audit?limit=5", server.base_url()),

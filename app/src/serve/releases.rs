@@ -4,7 +4,9 @@
 //!   (`--trust`) as a device would and stores it in the cache, audited with the operator's name
 //!   in the same transaction (what `convoy release store` does on the server's machine). A
 //!   manifest that does not verify is refused with 422 naming the attack it would be
-//!   (tampered, untrusted key, expired, oversize, ...), and nothing is stored.
+//!   (tampered, untrusted key, expired, oversize, ...), and nothing is stored. The same manifest
+//!   again is a 200 with `already_stored`; another manifest under a stored release's id is a
+//!   409 (requests pin the manifest they were approved for).
 //! - `GET /releases` (viewer): every stored release with its signature checked against the
 //!   server's keys now: `valid`, or why not.
 //!
@@ -21,6 +23,16 @@ use super::AppState;
 use super::api::{ApiError, json_response, read, trust_path};
 use super::auth::Caller;
 use crate::cmd::release::{record_release, stored_manifests};
+
+/// What storing a manifest found.
+enum Stored {
+    /// Stored now, with the audit entry's seq.
+    New(i64),
+    /// The same manifest was stored already: nothing to do.
+    Same,
+    /// Another manifest is stored under the release's id.
+    Other,
+}
 
 /// A stored release as `GET /releases` lists it.
 #[derive(Debug, Serialize)]
@@ -97,12 +109,49 @@ pub(super) async fn store(
     })?;
     let actor = caller.actor();
     let manifest = verified.signed_manifest().clone();
-    let seq = app
+    let id = verified.release_id().to_owned();
+    // A release id names one signed manifest: storing another under it would pull it from under
+    // the requests that pinned the first (they would no longer dispatch).
+    let stored = app
         .pool
-        .run(move |store| record_release(store, &manifest, &actor, now))
+        .run(move |store| {
+            let existing = stored_manifests(store)?
+                .into_iter()
+                .find(|m| m.release_id == id)
+                .map(|m| m.bytes);
+            match existing {
+                Some(bytes) if bytes == manifest.to_json_bytes() => Ok(Stored::Same),
+                Some(_) => Ok(Stored::Other),
+                None => record_release(store, &manifest, &actor, now).map(Stored::New),
+            }
+        })
         .await
         .map_err(|e| ApiError::internal(&e))?;
     let spec = verified.spec();
+    let seq = match stored {
+        Stored::New(seq) => seq,
+        Stored::Same => {
+            return Ok(json_response(
+                StatusCode::OK,
+                &serde_json::json!({
+                    "release_id": verified.release_id(),
+                    "version": spec.version.to_string(),
+                    "counter": spec.counter,
+                    "hardware": spec.hardware,
+                    "already_stored": true,
+                }),
+            ));
+        }
+        Stored::Other => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                format!(
+                    "release {} is already stored with another manifest: a release id names one signed manifest (give the new one another id)",
+                    verified.release_id()
+                ),
+            ));
+        }
+    };
     Ok(json_response(
         StatusCode::CREATED,
         &serde_json::json!({
