@@ -308,6 +308,8 @@ pub struct ConsoleApp {
     /// The answers to the operator commands this console sent, oldest first (the newest
     /// [`STEER_ANSWERS_KEPT`]).
     pub steered: Vec<SteerAnswer>,
+    /// How many answers to operator commands have arrived in all (`steered` keeps the newest).
+    pub steered_total: u64,
     /// When the war room was last entered: its rollout cycle counts from here.
     pub warroom_since: Timestamp,
     /// The findings view: the form, its scorecard and the stored findings.
@@ -388,6 +390,7 @@ impl ConsoleApp {
             rollouts: None,
             engine_note: None,
             steered: Vec::new(),
+            steered_total: 0,
             warroom_since: clock.now(),
             findings: crate::gui::findings::FindingsState::default(),
             releases: crate::gui::releases::ReleasesState::default(),
@@ -662,6 +665,7 @@ impl ConsoleApp {
                         format!("{} of {rollout_id} refused: {why}", command.name()),
                     ),
                 }
+                self.steered_total += 1;
                 self.steered.push(SteerAnswer {
                     rollout_id,
                     operator,

@@ -567,8 +567,9 @@ pub struct MonitorState {
     asked: Option<(String, Instant)>,
     /// The fleet the last request carried (a reload gives a new one).
     fleet: Option<Arc<Fleet>>,
-    /// The command sent last from here and not answered yet.
-    pub awaiting: Option<(String, OperatorCommand)>,
+    /// The command sent last from here and not answered yet, with how many answers had
+    /// arrived when it was sent (`ConsoleApp::steered_total`).
+    pub awaiting: Option<(String, OperatorCommand, u64)>,
 }
 
 impl std::fmt::Debug for MonitorState {
@@ -936,7 +937,7 @@ fn controls_ui(app: &mut ConsoleApp, ui: &mut egui::Ui, data: &MonitorData) {
     }
     if let Some(command) = command {
         if app.backend.steer(&id, &operator, command.clone()) {
-            app.monitor.awaiting = Some((id.clone(), command));
+            app.monitor.awaiting = Some((id.clone(), command, app.steered_total));
             app.monitor.reason.clear();
         } else {
             ui.colored_label(tokens::BAD, "The console's steering thread is not running.");
@@ -949,11 +950,17 @@ fn controls_ui(app: &mut ConsoleApp, ui: &mut egui::Ui, data: &MonitorData) {
         .rev()
         .filter(|a| a.rollout_id == id)
         .collect();
-    if let Some((rid, cmd)) = &app.monitor.awaiting {
+    if let Some((rid, cmd, before)) = &app.monitor.awaiting {
+        // Any answer that arrived since it was sent, not only the newest (a queued pause sent by
+        // the mirror, or another view's command, may land in between).
+        let since =
+            usize::try_from(app.steered_total.saturating_sub(*before)).unwrap_or(usize::MAX);
         let answered = app
             .steered
-            .last()
-            .is_some_and(|a| a.rollout_id == *rid && a.command == *cmd);
+            .iter()
+            .rev()
+            .take(since)
+            .any(|a| a.rollout_id == *rid && a.command == *cmd);
         if answered {
             app.monitor.awaiting = None;
         } else if *rid == id {
