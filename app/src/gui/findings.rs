@@ -26,7 +26,7 @@ use convoy_core::time::Timestamp;
 use egui::RichText;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, SyncSender, TryRecvError};
+use std::sync::mpsc::{Receiver, TryRecvError};
 
 use crate::gui::app::{ConsoleApp, UiCommand};
 use crate::gui::tokens;
@@ -317,7 +317,11 @@ fn spawn_scorer(ctx: &egui::Context) -> std::io::Result<Scorer> {
 /// policy that made it ([`ScoringPolicy::digest`]).
 #[derive(Debug)]
 pub struct PolicyEditor {
+    /// The policy in use; changed only through [`PolicyEditor::apply`], `load` and `reset`,
+    /// which keep its digest.
     pub policy: Arc<ScoringPolicy>,
+    /// `policy`'s digest, computed once per change rather than every frame.
+    digest: String,
     /// Where the policy in use came from, in words.
     pub source: String,
     /// The JSON being edited.
@@ -333,6 +337,7 @@ impl Default for PolicyEditor {
         let policy = ScoringPolicy::default();
         Self {
             text: policy_json(&policy),
+            digest: policy.digest(),
             policy: Arc::new(policy),
             source: "built-in".to_owned(),
             path: String::new(),
@@ -388,17 +393,27 @@ pub fn save_policy_file(path: &std::path::Path, policy: &ScoringPolicy) -> Resul
 }
 
 impl PolicyEditor {
+    /// The digest of the policy in use ([`ScoringPolicy::digest`]).
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    fn use_policy(&mut self, policy: ScoringPolicy) {
+        self.digest = policy.digest();
+        self.policy = Arc::new(policy);
+    }
+
     /// Applies the editor's JSON; the policy in use changes only if it is valid.
     pub fn apply(&mut self) {
         match parse_policy_text(&self.text) {
             Ok(p) => {
-                let digest = p.digest();
+                self.use_policy(p);
+                let digest = self.digest.clone();
                 self.source = if digest == ScoringPolicy::default().digest() {
                     "built-in".to_owned()
                 } else {
                     "edited in the console".to_owned()
                 };
-                self.policy = Arc::new(p);
                 self.message = Some(Ok(format!("Applied: policy {digest}")));
             }
             Err(e) => self.message = Some(Err(format!("Not applied: {e}"))),
@@ -412,13 +427,13 @@ impl PolicyEditor {
         match crate::cmd::score::load_policy(&path) {
             Ok(p) => {
                 self.text = policy_json(&p);
+                self.use_policy(p);
                 self.message = Some(Ok(format!(
                     "Loaded {} (policy {})",
                     path.display(),
-                    p.digest()
+                    self.digest
                 )));
                 self.source = path.display().to_string();
-                self.policy = Arc::new(p);
             }
             Err(e) => self.message = Some(Err(format!("Not loaded: {e:#}"))),
         }
@@ -429,13 +444,7 @@ impl PolicyEditor {
         let path = std::path::PathBuf::from(self.path.trim());
         self.message = Some(
             save_policy_file(&path, &self.policy)
-                .map(|()| {
-                    format!(
-                        "Saved policy {} to {}",
-                        self.policy.digest(),
-                        path.display()
-                    )
-                })
+                .map(|()| format!("Saved policy {} to {}", self.digest, path.display()))
                 .map_err(|e| format!("Not saved: {e:#}")),
         );
     }
@@ -503,7 +512,7 @@ impl FindingsState {
     /// Whether the scorecard shown is for the form as it is now.
     pub fn score_is_current(&self) -> bool {
         matches!((&self.sent, &self.scored), (Some((form, digest, sent)), Some((seq, _)))
-            if sent == seq && *form == self.form && *digest == self.policy.policy.digest())
+            if sent == seq && *form == self.form && *digest == self.policy.digest())
     }
 
     /// Sends the scoring worker the fleet (once per load: a copy, the one fleet-sized step of
@@ -533,11 +542,11 @@ impl FindingsState {
             }
             self.fleet_sent = true;
         }
-        let digest = self.policy.policy.digest();
+        let digest = self.policy.digest();
         if self
             .sent
             .as_ref()
-            .is_none_or(|(form, d, _)| *form != self.form || *d != digest)
+            .is_none_or(|(form, d, _)| *form != self.form || d != digest)
         {
             let seq = self.sent.as_ref().map_or(1, |(_, _, seq)| seq + 1);
             let job = (
@@ -547,7 +556,7 @@ impl FindingsState {
             );
             // A full queue is tried again next frame.
             if scorer.send(seq, job) {
-                self.sent = Some((self.form.clone(), digest, seq));
+                self.sent = Some((self.form.clone(), digest.to_owned(), seq));
             }
         }
     }
@@ -593,18 +602,11 @@ impl FindingsState {
         failed: fn(String) -> Reply,
         job: impl FnOnce() -> Result<Reply> + Send + 'static,
     ) {
-        let (tx, rx): (SyncSender<Reply>, _) = std::sync::mpsc::sync_channel(1);
-        let ctx = ctx.clone();
-        let started = std::thread::Builder::new()
-            .name("convoy-findings".into())
-            .spawn(move || {
-                let reply = job().unwrap_or_else(|e| failed(format!("{e:#}")));
-                // The view may be gone: then nobody waits for the answer.
-                let _ = tx.send(reply);
-                ctx.request_repaint();
-            });
+        let started = crate::gui::worker::spawn_job(ctx, "convoy-findings", move || {
+            job().unwrap_or_else(|e| failed(format!("{e:#}")))
+        });
         match started {
-            Ok(_) => self.worker = Some(rx),
+            Ok(rx) => self.worker = Some(rx),
             Err(e) => {
                 self.saved = Some(Err(format!(
                     "Could not start the findings worker thread: {e}"
@@ -697,7 +699,7 @@ fn policy_ui(editor: &mut PolicyEditor, ui: &mut egui::Ui) {
     egui::CollapsingHeader::new(format!(
         "Scoring policy: {} ({})",
         editor.source,
-        editor.policy.digest()
+        editor.digest()
     ))
     .id_salt("scoring-policy")
     .show(ui, |ui| {
@@ -777,7 +779,7 @@ pub fn findings_ui(app: &mut ConsoleApp, ui: &mut egui::Ui) {
             RichText::new(format!(
                 "Describe a defect; it is scored against the loaded fleet as you type, with the {} scoring policy ({}).",
                 app.findings.policy.source,
-                app.findings.policy.policy.digest()
+                app.findings.policy.digest()
             ))
             .color(tokens::MUTED),
         );
@@ -1029,7 +1031,7 @@ fn scorecard_ui(card: &Scorecard, policy: &PolicyEditor, ui: &mut egui::Ui) {
             }
         });
     // The policy's source is known only while it is the one in use.
-    let source = if card.policy_digest == policy.policy.digest() {
+    let source = if card.policy_digest == policy.digest() {
         format!(", {}", policy.source)
     } else {
         String::new()

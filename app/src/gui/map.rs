@@ -157,20 +157,14 @@ impl MapState {
 
     /// Opens a file dialog on its own thread; [`Self::poll_dialog`] uses what it picks.
     fn browse_mbtiles(&mut self, ctx: &egui::Context) {
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        let ctx = ctx.clone();
-        let started = std::thread::Builder::new()
-            .name("convoy-file-dialog".into())
-            .spawn(move || {
-                let picked = rfd::FileDialog::new()
-                    .set_title("MBTiles file to draw over the basemap")
-                    .add_filter("MBTiles", &["mbtiles"])
-                    .pick_file();
-                let _ = tx.send(picked);
-                ctx.request_repaint();
-            });
+        let started = crate::gui::worker::spawn_job(ctx, "convoy-file-dialog", || {
+            rfd::FileDialog::new()
+                .set_title("MBTiles file to draw over the basemap")
+                .add_filter("MBTiles", &["mbtiles"])
+                .pick_file()
+        });
         match started {
-            Ok(_) => self.mbtiles_dialog = Some(rx),
+            Ok(rx) => self.mbtiles_dialog = Some(rx),
             Err(e) => self.mbtiles_note = Some(format!("could not open a file dialog: {e}")),
         }
     }

@@ -700,16 +700,7 @@ impl PlannerState {
         name: &str,
         job: impl FnOnce() -> Reply + Send + 'static,
     ) -> Result<Receiver<Reply>, String> {
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        let ctx = ctx.clone();
-        std::thread::Builder::new()
-            .name(name.into())
-            .spawn(move || {
-                // The view may be gone: then nobody waits for the answer.
-                let _ = tx.send(job());
-                ctx.request_repaint();
-            })
-            .map(|_| rx)
+        crate::gui::worker::spawn_job(ctx, name, job)
             .map_err(|e| format!("could not start the {name} thread: {e}"))
     }
 

@@ -537,39 +537,27 @@ impl ReleasesState {
     pub fn refresh(&mut self, ctx: &egui::Context, cache: Option<PathBuf>, now: Timestamp) {
         self.listed = true;
         let sources = self.sources(cache);
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        let ctx = ctx.clone();
-        let started = std::thread::Builder::new()
-            .name("convoy-releases".into())
-            .spawn(move || {
-                let list = list_manifests(&sources, now).map_err(|e| format!("{e:#}"));
-                let _ = tx.send(list);
-                ctx.request_repaint();
-            });
+        let started = crate::gui::worker::spawn_job(ctx, "convoy-releases", move || {
+            list_manifests(&sources, now).map_err(|e| format!("{e:#}"))
+        });
         match started {
-            Ok(_) => self.list_rx = Some(rx),
+            Ok(rx) => self.list_rx = Some(rx),
             Err(e) => self.list = Some(Err(format!("could not start the listing thread: {e}"))),
         }
     }
 
     /// Opens a file dialog on its own thread; [`Self::poll`] fills the field when it answers.
     pub fn browse(&mut self, ctx: &egui::Context, target: Browse) {
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        let ctx = ctx.clone();
         self.browse_note = None;
-        let started = std::thread::Builder::new()
-            .name("convoy-file-dialog".into())
-            .spawn(move || {
-                let dialog = rfd::FileDialog::new();
-                let picked = match target {
-                    Browse::Artifact => dialog.set_title("Artifact to sign").pick_file(),
-                    Browse::KeyDir => dialog.set_title("Signing key directory").pick_folder(),
-                };
-                let _ = tx.send(picked);
-                ctx.request_repaint();
-            });
+        let started = crate::gui::worker::spawn_job(ctx, "convoy-file-dialog", move || {
+            let dialog = rfd::FileDialog::new();
+            match target {
+                Browse::Artifact => dialog.set_title("Artifact to sign").pick_file(),
+                Browse::KeyDir => dialog.set_title("Signing key directory").pick_folder(),
+            }
+        });
         match started {
-            Ok(_) => self.browse = Some((target, rx)),
+            Ok(rx) => self.browse = Some((target, rx)),
             Err(e) => self.browse_note = Some(format!("could not open a file dialog: {e}")),
         }
     }

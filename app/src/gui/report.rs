@@ -315,16 +315,7 @@ fn spawn<T: Send + 'static>(
     name: &str,
     job: impl FnOnce() -> T + Send + 'static,
 ) -> Result<Receiver<T>, String> {
-    let (tx, rx) = std::sync::mpsc::sync_channel(1);
-    let ctx = ctx.clone();
-    std::thread::Builder::new()
-        .name(name.into())
-        .spawn(move || {
-            // The view may be gone: then nobody waits for the answer.
-            let _ = tx.send(job());
-            ctx.request_repaint();
-        })
-        .map(|_| rx)
+    crate::gui::worker::spawn_job(ctx, name, job)
         .map_err(|e| format!("could not start the {name} thread: {e}"))
 }
 

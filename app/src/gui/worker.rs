@@ -9,6 +9,26 @@ use convoy_core::fleet::Fleet;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender};
 
+/// Runs `job` once on a thread named `name`: its answer arrives on the returned channel, and
+/// egui is asked to repaint when it does (the view polls the channel once per frame). `Err`
+/// when the thread could not start. The view may be gone when the answer comes: then nobody
+/// waits for it.
+pub fn spawn_job<T: Send + 'static>(
+    ctx: &egui::Context,
+    name: &str,
+    job: impl FnOnce() -> T + Send + 'static,
+) -> std::io::Result<Receiver<T>> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    let ctx = ctx.clone();
+    std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(move || {
+            let _ = tx.send(job());
+            ctx.request_repaint();
+        })
+        .map(|_| rx)
+}
+
 /// Jobs that may wait before `send` reports the queue full (then the caller tries again next
 /// frame).
 const QUEUE: usize = 8;
