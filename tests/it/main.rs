@@ -13,4 +13,5 @@ mod score;
 mod serve;
 mod sim;
 mod store;
+mod tidy;
 mod tuf;

@@ -505,13 +505,9 @@ fn serve(
         return failed(format!("the cache {} is not open", request.cache.display()));
     };
     // The log's length from its last key, as the history worker reads it.
-    let rows: i64 = match s.conn().query_row(
-        "SELECT coalesce(max(seq) + 1, 0) FROM rollout_log WHERE rollout_id = ?1",
-        [id],
-        |r| r.get(0),
-    ) {
+    let rows = match s.rollout_log_len(id) {
         Ok(n) => n,
-        Err(e) => return failed(format!("reading the log of rollout {id}: {e}")),
+        Err(e) => return failed(format!("{e:#}")),
     };
     if rows == 0 {
         return failed(format!(

@@ -743,25 +743,15 @@ struct WhoAmI {
 /// The newest seq of `rollout_id`'s timeline in the copy (0 when none).
 fn copy_timeline_seq(store: &Store, rollout_id: &str) -> Result<i64, String> {
     store
-        .conn()
-        .query_row(
-            "SELECT coalesce(max(seq), 0) FROM rollout_events WHERE rollout_id = ?1",
-            [rollout_id],
-            |r| r.get(0),
-        )
-        .map_err(|e| format!("reading the copy's timeline of {rollout_id}: {e}"))
+        .newest_timeline_seq(rollout_id)
+        .map_err(|e| format!("the copy: {e:#}"))
 }
 
 /// The length of `rollout_id`'s log in the copy (its seqs run from 0 without gaps).
 fn copy_log_len(store: &Store, rollout_id: &str) -> Result<i64, String> {
     store
-        .conn()
-        .query_row(
-            "SELECT coalesce(max(seq) + 1, 0) FROM rollout_log WHERE rollout_id = ?1",
-            [rollout_id],
-            |r| r.get(0),
-        )
-        .map_err(|e| format!("reading the copy's log of {rollout_id}: {e}"))
+        .rollout_log_len(rollout_id)
+        .map_err(|e| format!("the copy: {e:#}"))
 }
 
 /// Adds the events of a timeline answer (`GET /rollouts/{rollout_id}/timeline?after=SEQ`) to
@@ -769,7 +759,7 @@ fn copy_log_len(store: &Store, rollout_id: &str) -> Result<i64, String> {
 /// the copy's newest seq without a gap, and have readable times. Returns how many were added.
 /// A bad answer changes nothing and the error names the endpoint and the field.
 pub fn apply_timeline(
-    store: &Store,
+    store: &mut Store,
     rollout_id: &str,
     endpoint: &str,
     bytes: &[u8],
@@ -802,32 +792,25 @@ pub fn apply_timeline(
     if rows.is_empty() {
         return Ok(0);
     }
-    let write = || -> rusqlite::Result<()> {
-        let tx = store.conn().unchecked_transaction()?;
-        {
-            let mut stmt = tx.prepare_cached(
-                "INSERT INTO rollout_events(rollout_id, seq, time, kind, cause, payload)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )?;
-            for (e, time) in &rows {
-                stmt.execute(rusqlite::params![
-                    rollout_id,
-                    e.seq,
-                    time.secs(),
-                    e.kind,
-                    e.cause,
-                    e.payload
-                ])?;
-            }
-        }
-        tx.commit()
-    };
-    write().map_err(|e| {
-        CallError::Malformed(format!(
-            "writing the timeline of {rollout_id} to the copy {}: {e}",
-            store.path().display()
-        ))
-    })?;
+    let events: Vec<crate::store::Event> = rows
+        .iter()
+        .map(|(e, time)| crate::store::Event {
+            rollout_id: rollout_id.to_owned(),
+            seq: e.seq,
+            time: *time,
+            kind: e.kind.clone(),
+            cause: e.cause.clone(),
+            payload: e.payload.clone(),
+        })
+        .collect();
+    store
+        .copy_timeline_events(rollout_id, &events)
+        .map_err(|e| {
+            CallError::Malformed(format!(
+                "writing the timeline of {rollout_id} to the copy {}: {e:#}",
+                store.path().display()
+            ))
+        })?;
     Ok(rows.len())
 }
 
@@ -1350,14 +1333,12 @@ mod tests {
     }
 
     fn timeline_rows(store: &Store) -> Vec<(i64, String)> {
-        let mut stmt = store
-            .conn()
-            .prepare("SELECT seq, kind FROM rollout_events WHERE rollout_id = 'r1' ORDER BY seq")
-            .expect("query");
-        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .expect("rows")
-            .collect::<rusqlite::Result<_>>()
+        store
+            .timeline("r1")
             .expect("timeline")
+            .into_iter()
+            .map(|e| (e.seq, e.kind))
+            .collect()
     }
 
     const EP: &str = "GET /api/v1/rollouts/r1/timeline?after=0";
@@ -1369,18 +1350,18 @@ mod tests {
 
     #[test]
     fn a_timeline_is_added_in_order_and_a_repeated_answer_adds_nothing() {
-        let (_dir, store) = copy();
+        let (_dir, mut store) = copy();
         let body = serde_json::json!({"rollout_id": "r1", "events": [
             event(1, "2027-01-15T08:00:00Z", "rollout.created"),
             event(2, "2027-01-15T08:01:00Z", "wave.started"),
         ]})
         .to_string();
         assert_eq!(
-            apply_timeline(&store, "r1", EP, body.as_bytes()).expect("applied"),
+            apply_timeline(&mut store, "r1", EP, body.as_bytes()).expect("applied"),
             2
         );
         assert_eq!(
-            apply_timeline(&store, "r1", EP, body.as_bytes()).expect("again"),
+            apply_timeline(&mut store, "r1", EP, body.as_bytes()).expect("again"),
             0
         );
         assert_eq!(
@@ -1401,9 +1382,9 @@ mod tests {
             event(1, "2027-01-15T08:00:00Z", "rollout.created"),
         ]})
         .to_string();
-        apply_timeline(&store, "r1", EP, good.as_bytes()).expect("applied");
+        apply_timeline(&mut store, "r1", EP, good.as_bytes()).expect("applied");
         let before = timeline_rows(&store);
-        let check = |store: &Store, body: &str, words: &[&str]| {
+        let check = |store: &mut Store, body: &str, words: &[&str]| {
             let err = apply_timeline(store, "r1", EP, body.as_bytes()).expect_err(body);
             let text = err.to_string();
             assert!(matches!(err, CallError::Malformed(_)), "{err:?}");
@@ -1417,15 +1398,15 @@ mod tests {
             event(3, "yesterday", "wave.done"),
         ]})
         .to_string();
-        check(&store, &bad_time, &[EP, "events[1].time"]);
+        check(&mut store, &bad_time, &[EP, "events[1].time"]);
         // A field of the wrong type, a missing field, a gap, another rollout, not JSON.
         check(
-            &store,
+            &mut store,
             r#"{"rollout_id": "r1", "events": [{"seq": "two"}]}"#,
             &[EP, "events[0].seq"],
         );
         check(
-            &store,
+            &mut store,
             r#"{"rollout_id": "r1", "events": [{"seq": 2, "time": "2027-01-15T08:01:00Z", "kind": "k", "cause": "c"}]}"#,
             &[EP, "events[0]", "payload"],
         );
@@ -1433,10 +1414,14 @@ mod tests {
             event(4, "2027-01-15T08:01:00Z", "wave.started"),
         ]})
         .to_string();
-        check(&store, &gap, &[EP, "events[0].seq", "gap"]);
+        check(&mut store, &gap, &[EP, "events[0].seq", "gap"]);
         let other = serde_json::json!({"rollout_id": "r2", "events": []}).to_string();
-        check(&store, &other, &[EP, "rollout_id"]);
-        check(&store, "<html>502 Bad Gateway</html>", &[EP, "the answer"]);
+        check(&mut store, &other, &[EP, "rollout_id"]);
+        check(
+            &mut store,
+            "<html>502 Bad Gateway</html>",
+            &[EP, "the answer"],
+        );
         assert_eq!(timeline_rows(&store), before);
 
         // The log: a page that does not start where the copy's log ends, an event that is not

@@ -3,7 +3,7 @@
 //! offline basemap.
 //!
 //! [`MbTiles`] reads one tile's bytes from an MBTiles file (rows are stored in TMS order, so
-//! the row is flipped, [`tms_row`]); [`XyzClient`] fetches one from a tile server through a
+//! the row is flipped, `store::mbtiles::tms_row`); [`XyzClient`] fetches one from a tile server through a
 //! small disk cache; [`decode`] turns PNG or JPEG bytes into pixels. [`SourceTiles`] runs these
 //! on named worker threads: the UI thread only queues tile ids and uploads finished pixels,
 //! and finished tiles are kept in a bounded cache. [`LayeredTiles`] is what the map draws: the
@@ -17,7 +17,6 @@
 
 use anyhow::{Context as _, Result, bail};
 use egui::{ColorImage, Rect, TextureHandle, TextureOptions, pos2};
-use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
@@ -27,6 +26,7 @@ use walkers::sources::Attribution;
 use walkers::{Tile, TileId, TilePiece, Tiles};
 
 use crate::gui::basemap::{BasemapTiles, TILE_PX, ancestor};
+use crate::store::mbtiles;
 
 /// How many decoded tiles the cache keeps (textures of up to 256 × 256 × 4 bytes: 64 MB).
 pub const CACHE_TILES: usize = 256;
@@ -71,109 +71,37 @@ impl TileSpec {
     }
 }
 
-/// The row of tile (zoom, y) in an MBTiles file, which counts rows from the south (TMS).
-pub fn tms_row(zoom: u8, y: u32) -> u32 {
-    let rows = 1u64 << zoom.min(31);
-    (rows - 1).saturating_sub(u64::from(y)) as u32
-}
-
-/// A raster MBTiles file, opened read-only.
+/// A raster MBTiles file as the map reads it: the store's reader ([`crate::store::mbtiles`],
+/// where its SQL lives) with the attribution the map shows.
 #[derive(Debug)]
-pub struct MbTiles {
-    conn: Connection,
-    path: PathBuf,
-}
+pub struct MbTiles(mbtiles::MbTiles);
 
 impl MbTiles {
     /// Opens `path` and checks that it is a raster MBTiles file.
     pub fn open(path: &Path) -> Result<Self> {
-        if !path.is_file() {
-            bail!("no MBTiles file at {}", path.display());
-        }
-        let conn = Connection::open_with_flags(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .with_context(|| format!("opening the MBTiles file {}", path.display()))?;
-        let tables: i64 = conn
-            .query_row(
-                "SELECT count(*) FROM sqlite_master WHERE name = 'tiles'",
-                [],
-                |r| r.get(0),
-            )
-            .with_context(|| format!("{} is not an SQLite file", path.display()))?;
-        if tables == 0 {
-            bail!(
-                "{} has no `tiles` table: not an MBTiles file",
-                path.display()
-            );
-        }
-        let this = Self {
-            conn,
-            path: path.to_owned(),
-        };
-        if let Some(format) = this.metadata("format")?
-            && !matches!(format.as_str(), "png" | "jpg" | "jpeg")
-        {
-            bail!(
-                "{} holds {format} tiles; only raster tiles (png, jpg) are supported",
-                path.display()
-            );
-        }
-        Ok(this)
-    }
-
-    /// A `metadata` value, if the file has that row (or no metadata table at all).
-    pub fn metadata(&self, name: &str) -> Result<Option<String>> {
-        let has_table: i64 = self.conn.query_row(
-            "SELECT count(*) FROM sqlite_master WHERE name = 'metadata'",
-            [],
-            |r| r.get(0),
-        )?;
-        if has_table == 0 {
-            return Ok(None);
-        }
-        self.conn
-            .query_row("SELECT value FROM metadata WHERE name = ?1", [name], |r| {
-                r.get::<_, String>(0)
-            })
-            .optional()
-            .with_context(|| format!("reading metadata {name} of {}", self.path.display()))
+        mbtiles::MbTiles::open(path).map(Self)
     }
 
     /// The attribution to show: the file's own, else its name.
     pub fn attribution(&self) -> String {
-        match self.metadata("attribution") {
+        match self.0.metadata("attribution") {
             Ok(Some(a)) if !a.trim().is_empty() => format!("Tiles: {}", strip_html(&a)),
-            _ => format!(
-                "Tiles: {}",
-                self.path.file_name().map_or_else(
-                    || self.path.display().to_string(),
-                    |n| n.to_string_lossy().into_owned()
+            _ => {
+                let path = self.0.path();
+                format!(
+                    "Tiles: {}",
+                    path.file_name().map_or_else(
+                        || path.display().to_string(),
+                        |n| n.to_string_lossy().into_owned()
+                    )
                 )
-            ),
+            }
         }
     }
 
     /// The stored bytes of tile `id` (XYZ numbering), `None` if the file has no such tile.
     pub fn tile_bytes(&self, id: TileId) -> Result<Option<Vec<u8>>> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT tile_data FROM tiles WHERE zoom_level = ?1 AND tile_column = ?2 AND tile_row = ?3",
-        )?;
-        stmt.query_row(
-            rusqlite::params![id.zoom, id.x, tms_row(id.zoom, id.y)],
-            |r| r.get::<_, Vec<u8>>(0),
-        )
-        .optional()
-        .with_context(|| {
-            format!(
-                "reading tile {}/{}/{} from {}",
-                id.zoom,
-                id.x,
-                id.y,
-                self.path.display()
-            )
-        })
+        self.0.tile_bytes(id.zoom, id.x, id.y)
     }
 }
 
@@ -647,14 +575,7 @@ mod tests {
     /// at 2/3/0, and 2/0/3 left out.
     fn mbtiles(dir: &Path) -> PathBuf {
         let path = dir.join("fixture.mbtiles");
-        let conn = Connection::open(&path).expect("create");
-        conn.execute_batch(
-            "CREATE TABLE metadata (name TEXT, value TEXT);
-             CREATE TABLE tiles (zoom_level INTEGER, tile_column INTEGER, tile_row INTEGER, tile_data BLOB);
-             INSERT INTO metadata VALUES ('format', 'png'), ('name', 'fixture'),
-               ('attribution', '<a href=\"https://example.invalid\">&copy; Fixture Maps</a>');",
-        )
-        .expect("schema");
+        let mut tiles = Vec::new();
         for zoom in 0..=2u8 {
             let n = 1u32 << zoom;
             for x in 0..n {
@@ -667,14 +588,23 @@ mod tests {
                     } else {
                         png(color_of(zoom, x, y))
                     };
-                    conn.execute(
-                        "INSERT INTO tiles VALUES (?1, ?2, ?3, ?4)",
-                        rusqlite::params![zoom, x, (n - 1) - y, blob],
-                    )
-                    .expect("insert");
+                    tiles.push((zoom, x, y, blob));
                 }
             }
         }
+        mbtiles::write(
+            &path,
+            &[
+                ("format", "png"),
+                ("name", "fixture"),
+                (
+                    "attribution",
+                    "<a href=\"https://example.invalid\">&copy; Fixture Maps</a>",
+                ),
+            ],
+            tiles,
+        )
+        .expect("write the fixture");
         path
     }
 
@@ -686,15 +616,6 @@ mod tests {
             }
             other => panic!("expected an image, got {other:?}"),
         }
-    }
-
-    #[test]
-    fn tms_rows_count_from_the_south() {
-        assert_eq!(tms_row(0, 0), 0);
-        assert_eq!(tms_row(1, 0), 1);
-        assert_eq!(tms_row(1, 1), 0);
-        assert_eq!(tms_row(3, 2), 5);
-        assert_eq!(tms_row(20, 0), (1 << 20) - 1);
     }
 
     #[test]
@@ -731,34 +652,6 @@ mod tests {
             TileOutcome::Failed(why) => assert!(why.contains("tile 2/3/0"), "{why}"),
             other => panic!("expected a failure, got {other:?}"),
         }
-    }
-
-    #[test]
-    fn files_that_are_not_raster_mbtiles_are_refused() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let missing = dir.path().join("nope.mbtiles");
-        let err = MbTiles::open(&missing).expect_err("no file");
-        assert!(format!("{err:#}").contains("no MBTiles file at"), "{err:#}");
-        let text = dir.path().join("text.mbtiles");
-        std::fs::write(&text, "just text, no database").expect("write");
-        assert!(MbTiles::open(&text).is_err());
-        let empty = dir.path().join("empty.mbtiles");
-        Connection::open(&empty)
-            .expect("create")
-            .execute_batch("CREATE TABLE other (a);")
-            .expect("schema");
-        let err = MbTiles::open(&empty).expect_err("no tiles table");
-        assert!(format!("{err:#}").contains("no `tiles` table"), "{err:#}");
-        let vector = dir.path().join("vector.mbtiles");
-        Connection::open(&vector)
-            .expect("create")
-            .execute_batch(
-                "CREATE TABLE tiles (zoom_level, tile_column, tile_row, tile_data);
-                 CREATE TABLE metadata (name, value); INSERT INTO metadata VALUES ('format', 'pbf');",
-            )
-            .expect("schema");
-        let err = MbTiles::open(&vector).expect_err("vector tiles");
-        assert!(format!("{err:#}").contains("pbf"), "{err:#}");
     }
 
     #[test]

@@ -129,6 +129,41 @@ impl Store {
         Ok(seq)
     }
 
+    /// The seq of `rollout_id`'s newest timeline event (0 when it has none).
+    pub fn newest_timeline_seq(&self, rollout_id: &str) -> Result<i64> {
+        self.conn
+            .prepare_cached(
+                "SELECT coalesce(max(seq), 0) FROM rollout_events WHERE rollout_id = ?1",
+            )?
+            .query_row([rollout_id], |r| r.get(0))
+            .with_context(|| format!("reading the timeline of rollout {rollout_id}"))
+    }
+
+    /// Adds timeline events with the seqs another cache gave them (a copy kept in step with a
+    /// server), in one transaction: all of them or none.
+    pub fn copy_timeline_events(&mut self, rollout_id: &str, events: &[Event]) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO rollout_events(rollout_id, seq, time, kind, cause, payload)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?;
+            for e in events {
+                stmt.execute(params![
+                    rollout_id,
+                    e.seq,
+                    e.time.secs(),
+                    e.kind,
+                    e.cause,
+                    e.payload
+                ])
+                .with_context(|| format!("copying event {} of rollout {rollout_id}", e.seq))?;
+            }
+        }
+        tx.commit()
+            .with_context(|| format!("committing the timeline of rollout {rollout_id}"))
+    }
+
     /// Appends an event to a device's history and returns its seq.
     pub fn append_device_event(
         &mut self,
@@ -192,6 +227,17 @@ impl Store {
         let tx = self.conn.transaction()?;
         append_log_in(&tx, rollout_id, first_seq, events)?;
         tx.commit().context("committing the rollout log")
+    }
+
+    /// The length of `rollout_id`'s replayable log: its seqs run from 0 without gaps, so this
+    /// is the next seq, and 0 means the engine has logged nothing of it (it has not started).
+    pub fn rollout_log_len(&self, rollout_id: &str) -> Result<i64> {
+        self.conn
+            .prepare_cached(
+                "SELECT coalesce(max(seq) + 1, 0) FROM rollout_log WHERE rollout_id = ?1",
+            )?
+            .query_row([rollout_id], |r| r.get(0))
+            .with_context(|| format!("reading the log of rollout {rollout_id}"))
     }
 
     /// The replayable log of `rollout_id`, in order (empty if none was recorded).
