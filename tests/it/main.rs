@@ -6,6 +6,7 @@ mod ddi;
 mod engine;
 mod fleet;
 mod http;
+mod inventory;
 mod mqtt;
 mod plan;
 mod release;
