@@ -255,7 +255,14 @@ impl ServeCache {
         let dir = tempfile::tempdir().expect("tempdir");
         let cache = dir.path().join("cache.db").display().to_string();
         convoy_ok(&[
-            "fleet", "generate", "--devices", "20", "--seed", "3", "--out", &cache,
+            "fleet",
+            "generate",
+            "--devices",
+            "20",
+            "--seed",
+            "3",
+            "--out",
+            &cache,
         ]);
         let token = |operator: &str, role: &str| {
             convoy_ok(&[
@@ -379,7 +386,11 @@ fn a_slowloris_of_tls_handshakes_leaves_convoy_serve_to_everyone_else() {
             .expect("the normal client is answered over TLS")
             .status();
         assert_eq!(status, 200);
-        assert!(began.elapsed() < Duration::from_secs(5), "{:?}", began.elapsed());
+        assert!(
+            began.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            began.elapsed()
+        );
         let f = fates(sockets, Duration::from_secs(3)).await;
         assert_flood("convoy serve (TLS)", &f, 64, true);
     });
@@ -411,7 +422,10 @@ fn half_sent_requests_that_hold_every_slot_are_cut_off_by_the_header_timeout() {
         eprintln!("with every slot held, the normal client was served after {took:?}");
         // It waited in the backlog for the header timeout (2 s), not longer than a few seconds
         // past it.
-        assert!(took >= Duration::from_millis(1000), "served after {took:?}: no slot was held?");
+        assert!(
+            took >= Duration::from_secs(1),
+            "served after {took:?}: no slot was held?"
+        );
         assert!(took < Duration::from_secs(8), "served after {took:?}");
         // The server closed every half-sent request.
         let f = fates(held, Duration::from_secs(5)).await;
@@ -431,8 +445,10 @@ fn event_streams_are_bounded_per_token_and_in_all_and_the_admin_is_served() {
     let events_from = |from: IpAddr, token: String| async move {
         let mut s = connect_from(from, addr).await.expect("connect");
         s.write_all(
-            format!("GET /api/v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n")
-                .as_bytes(),
+            format!(
+                "GET /api/v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n"
+            )
+            .as_bytes(),
         )
         .await
         .expect("send");
@@ -456,7 +472,11 @@ fn event_streams_are_bounded_per_token_and_in_all_and_the_admin_is_served() {
         if status != 200 {
             let len: usize = head
                 .lines()
-                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned()))
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().to_owned())
+                })
                 .and_then(|v| v.parse().ok())
                 .expect("content-length");
             let mut b = vec![0u8; len];
@@ -483,7 +503,10 @@ fn event_streams_are_bounded_per_token_and_in_all_and_the_admin_is_served() {
                 other => panic!("stream {i}: {other} {body}"),
             }
         }
-        eprintln!("260 streams on one token: {} open, {refused} refused ({refusal})", open.len());
+        eprintln!(
+            "260 streams on one token: {} open, {refused} refused ({refusal})",
+            open.len()
+        );
         assert_eq!(open.len(), 4);
         assert_eq!(refused, 256);
         assert!(refusal.contains("--max-streams-per-token 4"), "{refusal}");
@@ -491,7 +514,10 @@ fn event_streams_are_bounded_per_token_and_in_all_and_the_admin_is_served() {
         // The admin is served meanwhile.
         let (status, _, body) = request(
             addr,
-            &format!("GET /api/v1/tokens HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}", c.admin),
+            &format!(
+                "GET /api/v1/tokens HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}",
+                c.admin
+            ),
         )
         .await;
         assert_eq!(status, 200, "{body}");
@@ -509,7 +535,10 @@ fn event_streams_are_bounded_per_token_and_in_all_and_the_admin_is_served() {
             if status == 200 {
                 break s;
             }
-            assert!(Instant::now() < deadline, "the slots of closed streams never came back");
+            assert!(
+                Instant::now() < deadline,
+                "the slots of closed streams never came back"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         };
         drop(again);
@@ -540,10 +569,16 @@ fn event_streams_are_bounded_per_token_and_in_all_and_the_admin_is_served() {
         assert!(body.contains("--max-streams 64"), "{body}");
         let (status, _, _) = request(
             addr,
-            &format!("GET /api/v1/whoami HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}", c.admin),
+            &format!(
+                "GET /api/v1/whoami HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}",
+                c.admin
+            ),
         )
         .await;
-        assert_eq!(status, 200, "the admin is served with every stream slot taken");
+        assert_eq!(
+            status, 200,
+            "the admin is served with every stream slot taken"
+        );
     });
 }
 
@@ -596,7 +631,11 @@ fn artifacts_serve_refuses_a_fifo_540_times_at_once_and_survives_a_slowloris() {
                 tokio::spawn(async move {
                     let mut refused = 0;
                     for _ in 0..60 {
-                        let r = client.get(&url).send().await.expect("an answer, not a hang");
+                        let r = client
+                            .get(&url)
+                            .send()
+                            .await
+                            .expect("an answer, not a hang");
                         if r.status() == 404 {
                             refused += 1;
                         }
@@ -609,23 +648,46 @@ fn artifacts_serve_refuses_a_fifo_540_times_at_once_and_survives_a_slowloris() {
         for t in tasks {
             refused += t.await.expect("task");
         }
-        eprintln!("540 requests for a FIFO: {refused} refused in {:?}", began.elapsed());
+        eprintln!(
+            "540 requests for a FIFO: {refused} refused in {:?}",
+            began.elapsed()
+        );
         assert_eq!(refused, 540);
-        assert!(began.elapsed() < Duration::from_secs(60), "{:?}", began.elapsed());
+        assert!(
+            began.elapsed() < Duration::from_mins(1),
+            "{:?}",
+            began.elapsed()
+        );
         for other in ["zero.bin", "dir", "sock.bin"] {
-            let r = client.get(format!("{base}/{other}")).send().await.expect("answer");
+            let r = client
+                .get(format!("{base}/{other}"))
+                .send()
+                .await
+                .expect("answer");
             assert_eq!(r.status(), 404, "{other}");
         }
-        let r = client.get(format!("{base}/fw.bin")).send().await.expect("answer");
+        let r = client
+            .get(format!("{base}/fw.bin"))
+            .send()
+            .await
+            .expect("answer");
         assert_eq!(r.status(), 200);
         assert_eq!(r.bytes().await.expect("body").as_ref(), b"firmware bytes");
 
         // A slowloris from one address holds its share (a quarter of 64), no more.
         let sockets = half_sent(attacker(2), addr, FLOOD, HALF_HTTP).await;
         let began = Instant::now();
-        let r = client.get(format!("{base}/fw.bin")).send().await.expect("answer");
+        let r = client
+            .get(format!("{base}/fw.bin"))
+            .send()
+            .await
+            .expect("answer");
         assert_eq!(r.status(), 200);
-        assert!(began.elapsed() < Duration::from_secs(5), "{:?}", began.elapsed());
+        assert!(
+            began.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            began.elapsed()
+        );
         let f = fates(sockets, Duration::from_secs(3)).await;
         assert_flood("convoy artifacts serve", &f, 16, false);
     });
@@ -637,7 +699,10 @@ fn artifacts_serve_refuses_a_fifo_540_times_at_once_and_survives_a_slowloris() {
     );
     let log = server.log();
     for kind in ["a FIFO", "a directory", "a socket"] {
-        assert!(log.contains(&format!("{kind}, not a regular file")), "{kind}: {log}");
+        assert!(
+            log.contains(&format!("{kind}, not a regular file")),
+            "{kind}: {log}"
+        );
     }
 }
 
@@ -729,7 +794,12 @@ fn the_ddi_endpoint_answers_401_first_and_never_echoes_the_host_header() {
     let port = free_port();
     let ddi = start_ddi(&ws, port, &["--header-timeout-secs", "120"]);
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-    assert!(ddi.first_line.contains(&format!("http://127.0.0.1:{port}/DEFAULT")), "{}", ddi.first_line);
+    assert!(
+        ddi.first_line
+            .contains(&format!("http://127.0.0.1:{port}/DEFAULT")),
+        "{}",
+        ddi.first_line
+    );
     runtime().block_on(async {
         // 20 probes without valid authentication: every one 401, whatever it names.
         let c = format!("/DEFAULT/controller/v1/{device}");
@@ -751,9 +821,18 @@ fn the_ddi_endpoint_answers_401_first_and_never_echoes_the_host_header() {
             (format!("PUT {c}/configData"), ""),
             (format!("GET {c}/installedBase/1"), ""),
             (format!("DELETE {c}"), ""),
-            (format!("GET {c}"), "Authorization: GatewayToken wrong-gateway-token\r\n"),
-            (format!("GET {c}"), "Authorization: TargetToken wrong-device-token\r\n"),
-            ("GET /nothing-here".into(), "Authorization: TargetToken eligible-device-token\r\n"),
+            (
+                format!("GET {c}"),
+                "Authorization: GatewayToken wrong-gateway-token\r\n",
+            ),
+            (
+                format!("GET {c}"),
+                "Authorization: TargetToken wrong-device-token\r\n",
+            ),
+            (
+                "GET /nothing-here".into(),
+                "Authorization: TargetToken eligible-device-token\r\n",
+            ),
         ];
         assert_eq!(probes.len(), 20);
         let mut unauthorized = 0;
@@ -766,11 +845,16 @@ fn the_ddi_endpoint_answers_401_first_and_never_echoes_the_host_header() {
             assert_eq!(status, 401, "{line} {auth}: {head}\n{body}");
             unauthorized += 1;
         }
-        eprintln!("DDI: {} unauthenticated probes, {unauthorized} answered 401", probes.len());
+        eprintln!(
+            "DDI: {} unauthenticated probes, {unauthorized} answered 401",
+            probes.len()
+        );
         // With the gateway token, the same stray path is what it is: not found.
         let (status, _, _) = request(
             addr,
-            &format!("GET /nothing-here HTTP/1.1\r\nHost: x\r\nAuthorization: GatewayToken {GATEWAY}"),
+            &format!(
+                "GET /nothing-here HTTP/1.1\r\nHost: x\r\nAuthorization: GatewayToken {GATEWAY}"
+            ),
         )
         .await;
         assert_eq!(status, 404);
@@ -778,7 +862,9 @@ fn the_ddi_endpoint_answers_401_first_and_never_echoes_the_host_header() {
         // Without --public-url, the links name the listen address, never the Host header.
         let link = poll_links(addr, &device).await;
         assert!(
-            link.starts_with(&format!("http://127.0.0.1:{port}/DEFAULT/controller/v1/{device}/deploymentBase/")),
+            link.starts_with(&format!(
+                "http://127.0.0.1:{port}/DEFAULT/controller/v1/{device}/deploymentBase/"
+            )),
             "{link}"
         );
 
@@ -787,7 +873,11 @@ fn the_ddi_endpoint_answers_401_first_and_never_echoes_the_host_header() {
         let began = Instant::now();
         let link = poll_links(addr, &device).await;
         assert!(!link.contains("evil"), "{link}");
-        assert!(began.elapsed() < Duration::from_secs(5), "{:?}", began.elapsed());
+        assert!(
+            began.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            began.elapsed()
+        );
         let f = fates(sockets, Duration::from_secs(3)).await;
         assert_flood("convoy ddi serve", &f, 256, false);
     });
@@ -795,8 +885,17 @@ fn the_ddi_endpoint_answers_401_first_and_never_echoes_the_host_header() {
 
     // With --public-url, the links start with it.
     let port = free_port();
-    let ddi = start_ddi(&ws, port, &["--public-url", "https://ddi.example.test/hawkbit/"]);
-    assert!(ddi.first_line.contains("https://ddi.example.test/hawkbit/DEFAULT"), "{}", ddi.first_line);
+    let ddi = start_ddi(
+        &ws,
+        port,
+        &["--public-url", "https://ddi.example.test/hawkbit/"],
+    );
+    assert!(
+        ddi.first_line
+            .contains("https://ddi.example.test/hawkbit/DEFAULT"),
+        "{}",
+        ddi.first_line
+    );
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
     let link = runtime().block_on(poll_links(addr, &device));
     assert!(
@@ -809,14 +908,23 @@ fn the_ddi_endpoint_answers_401_first_and_never_echoes_the_host_header() {
 
     // A public URL that cannot be one, or none on a wildcard address, is refused.
     for (extra, listen) in [
-        (vec!["--public-url", "ftp://ddi.example.test"], "127.0.0.1:0"),
-        (vec!["--public-url", "https://ddi.example.test/?x=1"], "127.0.0.1:0"),
+        (
+            vec!["--public-url", "ftp://ddi.example.test"],
+            "127.0.0.1:0",
+        ),
+        (
+            vec!["--public-url", "https://ddi.example.test/?x=1"],
+            "127.0.0.1:0",
+        ),
         (vec!["--artifact-url", "http://127.0.0.1:9"], "0.0.0.0:0"),
     ] {
         let mut args = ddi_args(&ws, 0, &extra);
         let at = args.iter().position(|a| a == "--listen").expect("--listen") + 1;
         args[at] = listen.to_owned();
-        let out = Command::new(convoy_bin()).args(&args).output().expect("run");
+        let out = Command::new(convoy_bin())
+            .args(&args)
+            .output()
+            .expect("run");
         assert!(!out.status.success(), "{extra:?} {listen}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("--public-url"), "{extra:?} {listen}: {err}");

@@ -195,7 +195,12 @@ pub struct RunArgs {
     #[arg(long, value_name = "N", requires = "ddi_listen")]
     pub ddi_max_connections_per_client: Option<usize>,
     /// Seconds a DDI client has to send a whole request head (and to finish a TLS handshake).
-    #[arg(long, value_name = "SECS", default_value_t = 10, requires = "ddi_listen")]
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = 10,
+        requires = "ddi_listen"
+    )]
     pub ddi_header_timeout_secs: u64,
 }
 

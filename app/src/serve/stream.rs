@@ -29,8 +29,8 @@ use rusqlite::params;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex, PoisonError};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::sync::broadcast;
 
@@ -427,15 +427,25 @@ mod tests {
         let slots = Arc::new(StreamSlots::new(2, 3));
         let a1 = slots.open("a").expect("first of a");
         let a2 = slots.open("a").expect("second of a");
-        assert_eq!(slots.open("a").expect_err("third of a"), StreamRefusal::PerToken(2));
+        assert_eq!(
+            slots.open("a").expect_err("third of a"),
+            StreamRefusal::PerToken(2)
+        );
         let b1 = slots.open("b").expect("b has its own share");
-        assert_eq!(slots.open("b").expect_err("server full"), StreamRefusal::Total(3));
+        assert_eq!(
+            slots.open("b").expect_err("server full"),
+            StreamRefusal::Total(3)
+        );
         assert!(
             StreamRefusal::PerToken(2)
                 .to_string()
                 .contains("--max-streams-per-token 2")
         );
-        assert!(StreamRefusal::Total(3).to_string().contains("--max-streams 3"));
+        assert!(
+            StreamRefusal::Total(3)
+                .to_string()
+                .contains("--max-streams 3")
+        );
         drop(a1);
         assert_eq!(slots.count("a"), (2, 1));
         let b2 = slots.open("b").expect("a slot given back is free again");

@@ -113,8 +113,8 @@ impl DdiConfig {
 /// Checks a public URL (`--public-url`) and returns it without a trailing `/`: `http` or
 /// `https`, a host, no user name, query or fragment.
 pub fn check_public_url(url: &str) -> Result<String> {
-    let parsed = reqwest::Url::parse(url)
-        .with_context(|| format!("--public-url {url:?} is not a URL"))?;
+    let parsed =
+        reqwest::Url::parse(url).with_context(|| format!("--public-url {url:?} is not a URL"))?;
     if !matches!(parsed.scheme(), "http" | "https") {
         bail!("--public-url {url:?} must start with http:// or https://");
     }

@@ -38,7 +38,7 @@ pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The longest timeout accepted: past an hour a half-sent request is a held slot, not a slow
 /// client.
-pub const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
+pub const MAX_TIMEOUT: Duration = Duration::from_hours(1);
 /// How long shutdown waits for responses in flight.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Refused connections answered at once; past this, a refused connection is closed unanswered
@@ -160,7 +160,11 @@ impl ClientTable {
 
 impl Drop for ClientSlot {
     fn drop(&mut self) {
-        let mut open = self.table.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut open = self
+            .table
+            .open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if let Some(n) = open.get_mut(&self.key) {
             *n -= 1;
             if *n == 0 {
@@ -450,12 +454,15 @@ mod tests {
         .expect_err("no time");
         assert!(e.to_string().contains("--header-timeout-secs"), "{e}");
         let e = Limits {
-            tls_handshake_timeout: Duration::from_secs(7200),
+            tls_handshake_timeout: Duration::from_hours(2),
             ..limits()
         }
         .check()
         .expect_err("too long");
-        assert!(e.to_string().contains("--tls-handshake-timeout-secs"), "{e}");
+        assert!(
+            e.to_string().contains("--tls-handshake-timeout-secs"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -478,7 +485,9 @@ mod tests {
         let a = table.take(one).expect("first");
         let b = table.take(one).expect("second");
         assert!(table.take(one).is_none(), "a third from the same address");
-        let c = table.take(other).expect("another address has its own slots");
+        let c = table
+            .take(other)
+            .expect("another address has its own slots");
         assert_eq!(table.open(one), 2);
         drop(a);
         let d = table.take(one).expect("a slot given back is free again");

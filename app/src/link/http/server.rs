@@ -524,7 +524,10 @@ fn open_regular(path: &Path, counters: &Counters) -> io::Result<Option<(File, st
     let mut options = std::fs::OpenOptions::new();
     options.read(true);
     #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NONBLOCK | libc::O_NOCTTY);
+    std::os::unix::fs::OpenOptionsExt::custom_flags(
+        &mut options,
+        libc::O_NONBLOCK | libc::O_NOCTTY,
+    );
     let refuse = |what: &str| {
         Counters::bump(&counters.not_regular);
         eprintln!(
