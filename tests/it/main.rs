@@ -5,6 +5,7 @@ mod crash;
 mod ddi;
 mod engine;
 mod fleet;
+mod flood;
 mod http;
 mod inventory;
 mod mqtt;

@@ -182,6 +182,26 @@ pub struct RunArgs {
     pub ddi_tls_cert: Option<PathBuf>,
     #[arg(long, requires_all = ["ddi_listen", "ddi_tls_cert"])]
     pub ddi_tls_key: Option<PathBuf>,
+    /// The DDI endpoint's URL as devices reach it, e.g. https://ddi.example.com: the links in
+    /// answers start with it, never with the request's Host header. Default:
+    /// http(s)://DDI_LISTEN (needed when listening on 0.0.0.0).
+    #[arg(long, value_name = "URL", requires = "ddi_listen")]
+    pub ddi_public_url: Option<String>,
+    /// Connections served at once by the DDI endpoint.
+    #[arg(long, default_value_t = 1024, requires = "ddi_listen")]
+    pub ddi_max_connections: usize,
+    /// Connections at once from one client address on the DDI endpoint; more are refused.
+    /// Default: a quarter of --ddi-max-connections.
+    #[arg(long, value_name = "N", requires = "ddi_listen")]
+    pub ddi_max_connections_per_client: Option<usize>,
+    /// Seconds a DDI client has to send a whole request head (and to finish a TLS handshake).
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = 10,
+        requires = "ddi_listen"
+    )]
+    pub ddi_header_timeout_secs: u64,
 }
 
 /// `RunArgs` on its own, for [`parse_run_args`].
@@ -550,6 +570,10 @@ fn ddi_options(
         part: args.ddi_part.clone(),
         manifest_file: args.release.clone(),
         artifact_files: args.artifact.clone(),
+        public_url: args.ddi_public_url.clone(),
+        max_connections: args.ddi_max_connections,
+        max_connections_per_client: args.ddi_max_connections_per_client,
+        header_timeout: std::time::Duration::from_secs(args.ddi_header_timeout_secs),
     })
 }
 

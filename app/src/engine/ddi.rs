@@ -71,6 +71,14 @@ pub struct DdiLinkOptions {
     pub manifest_file: PathBuf,
     /// The release's artifact files, in the manifest's order (checked against it already).
     pub artifact_files: Vec<PathBuf>,
+    /// The endpoint's URL as devices reach it, which links in answers start with (`None`: the
+    /// listen address; see `DdiConfig::public_url`).
+    pub public_url: Option<String>,
+    /// Connections at once, in all and from one client address (`None`: a quarter of all).
+    pub max_connections: usize,
+    pub max_connections_per_client: Option<usize>,
+    /// Time to send a request head, and to finish a TLS handshake.
+    pub header_timeout: std::time::Duration,
 }
 
 impl std::fmt::Debug for DdiLinkOptions {
@@ -89,6 +97,13 @@ impl std::fmt::Debug for DdiLinkOptions {
             .field("target_tokens", &self.target_tokens.len())
             .field("sleep_secs", &self.sleep_secs)
             .field("part", &self.part)
+            .field("public_url", &self.public_url)
+            .field("max_connections", &self.max_connections)
+            .field(
+                "max_connections_per_client",
+                &self.max_connections_per_client,
+            )
+            .field("header_timeout", &self.header_timeout)
             .field("manifest_file", &self.manifest_file)
             .field("artifact_files", &self.artifact_files)
             .finish()
@@ -208,6 +223,11 @@ impl DdiLink {
         let mut config = DdiConfig::new(opts.listen);
         config.tenant.clone_from(&opts.tenant);
         config.tls.clone_from(&opts.tls);
+        config.public_url.clone_from(&opts.public_url);
+        config.max_connections = opts.max_connections;
+        config.max_connections_per_client = opts.max_connections_per_client;
+        config.header_read_timeout = opts.header_timeout;
+        config.tls_handshake_timeout = opts.header_timeout;
         let server = match DdiServer::start(config, Arc::clone(&hub)).await {
             Ok(s) => s,
             Err(e) => {
