@@ -319,7 +319,10 @@ pub fn strict_json(data: &[u8]) {
             panic!("strict refused valid JSON with no duplicate: {message}");
         }
         (Err(StrictJsonError::DuplicateKey { path, .. }), _) => {
-            assert!(path.starts_with('$'), "the path {path:?} is not a JSON path");
+            assert!(
+                path.starts_with('$'),
+                "the path {path:?} is not a JSON path"
+            );
             // Without duplicates serde_json's reading would keep every key.
             if let Ok(lax) = &lax {
                 assert!(
@@ -335,7 +338,9 @@ pub fn strict_json(data: &[u8]) {
 fn count_entries(value: &serde_json::Value) -> usize {
     match value {
         serde_json::Value::Array(items) => items.iter().map(count_entries).sum(),
-        serde_json::Value::Object(map) => map.len() + map.values().map(count_entries).sum::<usize>(),
+        serde_json::Value::Object(map) => {
+            map.len() + map.values().map(count_entries).sum::<usize>()
+        }
         _ => 0,
     }
 }

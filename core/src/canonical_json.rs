@@ -239,9 +239,16 @@ mod tests {
             String::from_utf8(text.clone()).expect("utf-8"),
             r#"{"a":[1,"é/"],"b":"line\nbreak\u0001\t\"q\"\\"}"#
         );
-        assert!(serde_json::from_slice::<Value>(&signed).is_err(), "raw controls are not JSON");
+        assert!(
+            serde_json::from_slice::<Value>(&signed).is_err(),
+            "raw controls are not JSON"
+        );
         let back: Value = serde_json::from_slice(&text).expect("served text is JSON");
-        assert_eq!(encode(&back).expect("again"), signed, "it reads back to the signed value");
+        assert_eq!(
+            encode(&back).expect("again"),
+            signed,
+            "it reads back to the signed value"
+        );
         let plain = json!({"z": {"y": "no controls"}, "a": -1});
         assert_eq!(encode_text(&plain), encode(&plain));
     }

@@ -21,8 +21,8 @@
 //! artifacts (streaming them) and passes a [`SigningKey`] it generated or decrypted.
 
 use crate::canonical_json::{self, CanonicalJsonError};
-use crate::strict_json::{self, StrictJsonError};
 use crate::release::ReleaseSpec;
+use crate::strict_json::{self, StrictJsonError};
 use crate::time::Timestamp;
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
@@ -1226,10 +1226,17 @@ mod tests {
             real["signed"], real["signatures"]
         );
         let lax: Value = serde_json::from_str(&twice).expect("serde_json reads it");
-        assert_eq!(lax["signed"], real["signed"], "the reading that used to verify");
+        assert_eq!(
+            lax["signed"], real["signed"],
+            "the reading that used to verify"
+        );
         let err = verify(twice.as_bytes(), &trust_one(&k), NOW).expect_err("two readings");
         assert_eq!(err.attack(), Attack::Tampered, "{err}");
-        assert!(err.to_string().contains(r#"duplicate key "signed" at $.signed"#), "{err}");
+        assert!(
+            err.to_string()
+                .contains(r#"duplicate key "signed" at $.signed"#),
+            "{err}"
+        );
 
         // Nested: the counter twice inside the signed body, the real value last.
         let body = real["signed"]["release"].to_string();
@@ -1243,7 +1250,8 @@ mod tests {
         assert_eq!(lax["signed"], real["signed"], "{nested}");
         let err = verify(nested.as_bytes(), &trust_one(&k), NOW).expect_err("two readings");
         assert!(
-            err.to_string().contains(r#"duplicate key "counter" at $.signed.release.counter"#),
+            err.to_string()
+                .contains(r#"duplicate key "counter" at $.signed.release.counter"#),
             "{err}"
         );
     }
@@ -1256,7 +1264,10 @@ mod tests {
         let served = v.served_bytes();
         assert_ne!(served, file, "not the (indented) file");
         let value: Value = serde_json::from_slice(&file).expect("json");
-        assert_eq!(served, canonical_json::encode_text(&value).expect("canonical"));
+        assert_eq!(
+            served,
+            canonical_json::encode_text(&value).expect("canonical")
+        );
         assert!(!served.contains(&b' ') && !served.contains(&b'\n'));
         assert_eq!(verify(&served, &trust_one(&k), NOW).expect("again"), v);
     }
@@ -1271,7 +1282,8 @@ mod tests {
         assert_ne!(twice, text);
         let err = SignedKeySet::parse(twice.as_bytes()).expect_err("two readings");
         assert!(
-            err.to_string().contains(r#"duplicate key "version" at $.signed.version"#),
+            err.to_string()
+                .contains(r#"duplicate key "version" at $.signed.version"#),
             "{err}"
         );
     }

@@ -231,7 +231,10 @@ struct KeySeed;
 impl<'de> DeserializeSeed<'de> for KeySeed {
     type Value = Cow<'de, str>;
 
-    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+    fn deserialize<D: de::Deserializer<'de>>(
+        self,
+        deserializer: D,
+    ) -> Result<Self::Value, D::Error> {
         deserializer.deserialize_str(self)
     }
 }
@@ -298,7 +301,10 @@ mod tests {
         let (_, path, ..) = duplicate(r#"[[1, {"x": {"y": 1, "y": 2}}]]"#);
         assert_eq!(path, "$[0][1].x.y");
         let (_, path, ..) = duplicate(r#"{"a b": {"k": 1, "k": 1}}"#);
-        assert_eq!(path, "$[\"a b\"].k", "the same value twice is still a duplicate");
+        assert_eq!(
+            path, "$[\"a b\"].k",
+            "the same value twice is still a duplicate"
+        );
     }
 
     #[test]
@@ -338,13 +344,23 @@ mod tests {
 
     #[test]
     fn syntax_errors_keep_serde_json_messages() {
-        for bad in ["", "{", r#"{"a": 1,}"#, r#"{"a": 1} x"#, "[1, 2", "{\"a\": \"\u{1}\"}"] {
+        for bad in [
+            "",
+            "{",
+            r#"{"a": 1,}"#,
+            r#"{"a": 1} x"#,
+            "[1, 2",
+            "{\"a\": \"\u{1}\"}",
+        ] {
             let strict = check(bad.as_bytes()).expect_err(bad);
             let lax = serde_json::from_str::<Value>(bad).expect_err(bad);
             assert_eq!(strict, StrictJsonError::Json(lax.to_string()), "{bad:?}");
         }
         let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
-        assert!(check(deep.as_bytes()).is_err(), "serde_json's depth limit applies");
+        assert!(
+            check(deep.as_bytes()).is_err(),
+            "serde_json's depth limit applies"
+        );
     }
 
     #[test]

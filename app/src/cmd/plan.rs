@@ -201,7 +201,7 @@ pub fn stored_plan(
         convoy_core::strict_json::from_str(&b)
             .with_context(|| format!("parsing stored plan {plan_id}"))
     })
-        .transpose()
+    .transpose()
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {

@@ -685,7 +685,10 @@ fn issue_16_an_offer_whose_manifest_names_a_key_twice_is_rejected() {
     };
     assert_eq!(id, "c-1");
     assert_eq!(*attack, Some(Attack::Tampered));
-    assert!(reason.contains("duplicate key \"signed\" at $.signed"), "{reason}");
+    assert!(
+        reason.contains("duplicate key \"signed\" at $.signed"),
+        "{reason}"
+    );
     assert_eq!(s.installed_counter(), 0, "nothing installed");
 }
 
