@@ -45,15 +45,16 @@ fn entries(v: &Value) -> Vec<(String, String)> {
         .collect()
 }
 
-fn replaced(mut pairs: Vec<(String, String)>, key: &str, value: String) -> Vec<(String, String)> {
+fn replaced(mut pairs: Vec<(String, String)>, key: &str, value: &str) -> Vec<(String, String)> {
     for p in &mut pairs {
         if p.0 == key {
-            p.1.clone_from(&value);
+            value.clone_into(&mut p.1);
         }
     }
     pairs
 }
 
+#[allow(clippy::needless_pass_by_value)] // Called with numbers, values and strings alike.
 fn pair(k: &str, v: impl ToString) -> (String, String) {
     (k.to_owned(), v.to_string())
 }
@@ -84,7 +85,7 @@ fn forgeries(real: &Value) -> Vec<Forgery> {
     ]
     .concat());
     let signed_with =
-        |release_text: String| obj(&replaced(entries(signed), "release", release_text));
+        |release_text: String| obj(&replaced(entries(signed), "release", &release_text));
     let top = |signed_text: String| obj(&[pair("signed", signed_text), pair("signatures", &sigs)]);
     vec![
         Forgery {
@@ -118,7 +119,7 @@ fn forgeries(real: &Value) -> Vec<Forgery> {
             text: top(signed_with(obj(&replaced(
                 entries(release),
                 "artifacts",
-                format!("[{sha_twice}]"),
+                &format!("[{sha_twice}]"),
             )))),
             key: "sha256",
             path: "$.signed.release.artifacts[0].sha256",
@@ -304,7 +305,7 @@ fn trust_material_policy_fleet_and_fault_files_with_a_key_twice_are_refused() {
     // A key directory's public.json with a field twice.
     std::fs::create_dir(p("twice-key")).expect("dir");
     let public = std::fs::read_to_string(p("key/public.json")).expect("public.json");
-    let first = public.find("\"").expect("a key");
+    let first = public.find('"').expect("a key");
     let end = public[first + 1..].find('"').expect("key end") + first + 1;
     let field = public[first + 1..end].to_owned();
     let twice = format!("{{\"{field}\": null, {}", &public.trim_start()[1..]);
@@ -639,6 +640,25 @@ fn the_simulated_device_rejects_an_offer_with_a_key_twice_with_an_ack() {
     });
 }
 
+/// Keys reversed at every level, with extra whitespace: the same signed value, another file.
+fn reversed(v: &Value) -> String {
+    match v {
+        Value::Object(m) => {
+            let parts: Vec<String> = m
+                .iter()
+                .rev()
+                .map(|(k, v)| format!("\n  {} :  {}", Value::String(k.clone()), reversed(v)))
+                .collect();
+            format!("{{ {} }}", parts.join(" ,"))
+        }
+        Value::Array(a) => format!(
+            "[ {} ]",
+            a.iter().map(reversed).collect::<Vec<_>>().join(" , ")
+        ),
+        other => other.to_string(),
+    }
+}
+
 /// What the engine publishes is the canonical form of the verified manifest: a manifest file
 /// with other whitespace and key order (still validly signed) goes out canonical, as the
 /// retained release manifest and inside every offer.
@@ -653,24 +673,6 @@ fn the_engine_serves_the_canonical_manifest_not_the_file() {
     let p = |name: &str| ws.path(name);
     let real = read_json(&p("release.json"));
     let canonical = convoy_core::canonical_json::encode_text(&real).expect("canonical");
-    // Keys reversed at every level, with extra whitespace: the same signed value, another file.
-    fn reversed(v: &Value) -> String {
-        match v {
-            Value::Object(m) => {
-                let parts: Vec<String> = m
-                    .iter()
-                    .rev()
-                    .map(|(k, v)| format!("\n  {} :  {}", Value::String(k.clone()), reversed(v)))
-                    .collect();
-                format!("{{ {} }}", parts.join(" ,"))
-            }
-            Value::Array(a) => format!(
-                "[ {} ]",
-                a.iter().map(reversed).collect::<Vec<_>>().join(" , ")
-            ),
-            other => other.to_string(),
-        }
-    }
     let file = reversed(&real);
     assert_ne!(file.as_bytes(), canonical.as_slice());
     std::fs::write(p("reordered.json"), &file).expect("write");
