@@ -723,6 +723,8 @@ pub fn write_json(out: &mut dyn Write, fleet: &Fleet) -> Result<()> {
 /// Reads a JSON inventory. A well-formed fleet document takes the fast path; anything else is
 /// read device by device so that one bad device is reported and skipped.
 pub fn read_json(text: &str) -> Result<Inventory> {
+    // A key twice in one object (a device's `hw_rev`, say) has two readings: refused, named.
+    convoy_core::strict_json::check(text.as_bytes()).context("invalid JSON inventory")?;
     if let Ok(fleet) = serde_json::from_str::<Fleet>(text) {
         check_depots(&fleet.depots)?;
         let mut inv = Inventory {

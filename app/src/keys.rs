@@ -314,8 +314,9 @@ fn read_limited(path: &Path, limit_bytes: u64) -> Result<Vec<u8>> {
 /// The public key of a key directory, checked against its recorded id.
 pub fn load_public(dir: &Path) -> Result<VerifyingKey> {
     let path = dir.join(PUBLIC_FILE);
-    let file: PublicKeyFile = serde_json::from_slice(&read_limited(&path, 64 * 1024)?)
-        .with_context(|| format!("parsing {}", path.display()))?;
+    let file: PublicKeyFile =
+        convoy_core::strict_json::from_slice(&read_limited(&path, 64 * 1024)?)
+            .with_context(|| format!("parsing {}", path.display()))?;
     let key = file
         .key
         .verifying_key()
@@ -335,8 +336,9 @@ pub fn load_public(dir: &Path) -> Result<VerifyingKey> {
 /// directory, never a panic.
 pub fn load_signing_key(dir: &Path, passphrase: &str) -> Result<SigningKey> {
     let path = dir.join(PRIVATE_FILE);
-    let file: PrivateKeyFile = serde_json::from_slice(&read_limited(&path, 64 * 1024)?)
-        .with_context(|| format!("parsing {}", path.display()))?;
+    let file: PrivateKeyFile =
+        convoy_core::strict_json::from_slice(&read_limited(&path, 64 * 1024)?)
+            .with_context(|| format!("parsing {}", path.display()))?;
     if file.format != PRIVATE_FORMAT || file.cipher.algorithm != "xchacha20poly1305" {
         bail!(
             "{} has format {:?} / cipher {:?}: expected {PRIVATE_FORMAT:?} / \"xchacha20poly1305\"",

@@ -361,13 +361,10 @@ pub fn decode_command(
         );
     }
     let sim = match command.action {
-        CommandAction::Offer {
+        CommandAction::Offer { release_id, .. } => SimCommand::Offer {
             release_id,
-            manifest,
-        } => SimCommand::Offer {
-            release_id,
-            manifest_bytes: serde_json::to_vec(&manifest)
-                .context("re-encoding the offered manifest")?,
+            manifest_bytes: offered_manifest_bytes(payload)
+                .with_context(|| format!("decoding the offered manifest on {topic}"))?,
         },
         CommandAction::RollBack { release_id, reason } => {
             SimCommand::RollBack { release_id, reason }
@@ -375,6 +372,24 @@ pub fn decode_command(
         CommandAction::Cancel { release_id } => SimCommand::Cancel { release_id },
     };
     Ok((device_id, command.command_id, sim))
+}
+
+/// The offered manifest exactly as it stands in the command's bytes. The device verifies what
+/// it received: a manifest with a key twice is refused by the device's own rules (and acked as
+/// rejected), where re-encoding the parsed value would have kept one reading and hidden the other.
+fn offered_manifest_bytes(payload: &[u8]) -> Result<Vec<u8>> {
+    #[derive(serde::Deserialize)]
+    struct RawCommand<'a> {
+        #[serde(borrow)]
+        action: RawAction<'a>,
+    }
+    #[derive(serde::Deserialize)]
+    struct RawAction<'a> {
+        #[serde(borrow)]
+        manifest: &'a serde_json::value::RawValue,
+    }
+    let raw: RawCommand<'_> = serde_json::from_slice(payload)?;
+    Ok(raw.action.manifest.get().as_bytes().to_vec())
 }
 
 async fn publish_all(link: &LinkHandle, out: &mut Vec<(String, Vec<u8>, bool)>) -> Result<u64> {

@@ -3,6 +3,7 @@
 mod console;
 mod crash;
 mod ddi;
+mod dupkeys;
 mod engine;
 mod fleet;
 mod flood;

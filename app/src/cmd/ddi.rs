@@ -282,9 +282,10 @@ fn serve(a: &ServeArgs) -> Result<()> {
             artifacts,
             base_url: base,
             deployment,
+            manifest_dir: _served_manifest,
         } = serve_release(&ReleaseFiles {
             spec: &spec,
-            manifest: &a.release,
+            manifest: &manifest,
             artifacts: &a.artifact,
             artifact_listen,
             artifact_url: a.artifact_url.as_deref(),

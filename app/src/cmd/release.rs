@@ -637,7 +637,7 @@ fn previous_version(metadata_dir: &Path) -> Result<u64> {
     if !path.exists() {
         return Ok(0);
     }
-    let doc: serde_json::Value = serde_json::from_slice(
+    let doc: serde_json::Value = convoy_core::strict_json::value_from_slice(
         &std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?,
     )
     .with_context(|| format!("parsing {}", path.display()))?;

@@ -310,8 +310,8 @@ fn operator_name(arg: Option<&str>) -> String {
 pub fn read_plan(path: &Path) -> Result<(Vec<WaveSpec>, Option<GatePolicy>)> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let mut value: serde_json::Value =
-        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let mut value: serde_json::Value = convoy_core::strict_json::from_str(&text)
+        .with_context(|| format!("parsing {}", path.display()))?;
     let obj = value
         .as_object_mut()
         .ok_or_else(|| anyhow!("{}: a plan is a JSON object", path.display()))?;

@@ -67,7 +67,8 @@ pub struct DdiLinkOptions {
     pub sleep_secs: u64,
     /// The DDI chunk part (software module type) devices see.
     pub part: String,
-    /// The signed manifest file, served beside the artifacts.
+    /// The signed manifest file the release was read from (for the record: devices are served the
+    /// canonical form of the verified manifest, never this file).
     pub manifest_file: PathBuf,
     /// The release's artifact files, in the manifest's order (checked against it already).
     pub artifact_files: Vec<PathBuf>,
@@ -153,6 +154,8 @@ pub(super) struct DdiLink {
     server: DdiServer,
     artifacts: ArtifactServer,
     deployment: Arc<DdiDeployment>,
+    /// Holds the canonical manifest the artifact server serves.
+    _manifest_dir: tempfile::TempDir,
     /// Whether fleet device `i` is a DDI device.
     is_ddi: Vec<bool>,
     /// The hub action of fleet device `i` in this run (kept after it closes, so a device is
@@ -191,10 +194,11 @@ impl DdiLink {
         let ServedRelease {
             artifacts,
             deployment,
+            manifest_dir,
             ..
         } = serve_release(&ReleaseFiles {
             spec: manifest.spec(),
-            manifest: &opts.manifest_file,
+            manifest,
             artifacts: &opts.artifact_files,
             artifact_listen: opts
                 .artifact_listen
@@ -245,6 +249,7 @@ impl DdiLink {
                 server,
                 artifacts,
                 deployment,
+                _manifest_dir: manifest_dir,
                 is_ddi,
                 action: vec![None; n],
                 report,

@@ -798,7 +798,7 @@ async fn sender(
 }
 
 async fn publish_manifest(handle: &LinkHandle, opts: &EngineOptions) -> Result<()> {
-    let bytes = opts.manifest.signed_manifest().to_json_bytes();
+    let bytes = opts.manifest.served_bytes();
     handle
         .publish(
             opts.topics.manifest(opts.manifest.release_id()),
@@ -1396,10 +1396,11 @@ impl Engine {
         let release_id = self.opts.manifest.release_id().to_owned();
         match action {
             RolloutAction::Offer { wave, device_ids } => {
-                let manifest = serde_json::from_slice::<serde_json::Value>(
-                    &self.opts.manifest.signed_manifest().to_json_bytes(),
-                )
-                .context("encoding the manifest for the offer")?;
+                // The canonical form of what was verified, never the file as it came in;
+                // serde_json writes this value back byte for byte (sorted keys, no whitespace).
+                let manifest =
+                    serde_json::from_slice::<serde_json::Value>(&self.opts.manifest.served_bytes())
+                        .context("encoding the manifest for the offer")?;
                 let action = CommandAction::Offer {
                     release_id: release_id.clone(),
                     manifest,

@@ -324,7 +324,8 @@ fn describe(
     bytes: &[u8],
     state: SignatureState,
 ) -> ListedManifest {
-    let doc: serde_json::Value = serde_json::from_slice(bytes).unwrap_or_default();
+    // For display only (the state comes from `verify`); a document with two readings shows none.
+    let doc: serde_json::Value = convoy_core::strict_json::from_slice(bytes).unwrap_or_default();
     let signed = &doc["signed"];
     let release = &signed["release"];
     let text = |v: &serde_json::Value| match v {

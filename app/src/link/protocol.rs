@@ -399,7 +399,7 @@ pub fn decode_inbound(
             format!("invalid UTF-8 at byte {}", e.valid_up_to()),
         )
     })?;
-    let value: serde_json::Value = serde_json::from_str(text)
+    let value: serde_json::Value = convoy_core::strict_json::from_str(text)
         .map_err(|e| reject(RejectReason::MalformedJson, e.to_string()))?;
     match value.get("v").and_then(serde_json::Value::as_u64) {
         Some(v) if v == u64::from(PROTOCOL_VERSION) => {}
