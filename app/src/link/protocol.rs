@@ -198,6 +198,47 @@ impl DeviceStatus {
             device.position = p;
         }
     }
+
+    /// What this report would change in the fleet's record of the device's software: each
+    /// component whose version differs (added, changed or gone) and the active slot, each with
+    /// its old and new value; `None` when it changes neither. The engine records it as a
+    /// `status.changed` device event, so the history shows which report rewrote what.
+    pub fn software_change(&self, device: &convoy_core::fleet::Device) -> Option<serde_json::Value> {
+        let mut components = serde_json::Map::new();
+        for (name, old) in device.components.iter() {
+            let new = self.components.get(name);
+            if new != Some(old) {
+                components.insert(
+                    name.to_owned(),
+                    serde_json::json!({ "old": old, "new": new }),
+                );
+            }
+        }
+        for (name, new) in self.components.iter() {
+            if device.components.get(name).is_none() {
+                components.insert(
+                    name.to_owned(),
+                    serde_json::json!({ "old": null, "new": new }),
+                );
+            }
+        }
+        let slot_changed = device.active_slot != self.active_slot;
+        if components.is_empty() && !slot_changed {
+            return None;
+        }
+        let mut change = serde_json::Map::new();
+        if !components.is_empty() {
+            change.insert("components".into(), components.into());
+        }
+        if slot_changed {
+            change.insert(
+                "active_slot".into(),
+                serde_json::json!({ "old": device.active_slot, "new": self.active_slot }),
+            );
+        }
+        change.insert("reported_at".into(), serde_json::json!(self.ts));
+        Some(change.into())
+    }
 }
 
 /// One telemetry event.
