@@ -693,11 +693,8 @@ pub async fn run_as(
     let filter = format!("{}/devices/+/commands", topics.prefix());
     let mut config = LinkConfig::new(&options.broker_url, &options.client_id);
     config.auth = auth;
-    let (mut link, mut rx): (LinkHandle, mpsc::Receiver<LinkEvent>) = mqtt::spawn(
-        &config,
-        topics.clone(),
-        &Role::Filters(vec![filter]),
-    )?;
+    let (mut link, mut rx): (LinkHandle, mpsc::Receiver<LinkEvent>) =
+        mqtt::spawn(&config, topics.clone(), &Role::Filters(vec![filter]))?;
     link.wait_connected(Duration::from_secs(30)).await?;
     // Kept open for the whole run, so the receiver below never reports a closed channel.
     let (done_tx, mut done_rx) = mpsc::channel(16);

@@ -119,7 +119,10 @@ impl Setup {
         {
             use std::os::unix::fs::PermissionsExt as _;
             for f in ["password_file", "credentials/devices.csv"] {
-                let mode = std::fs::metadata(dir.join(f)).expect("meta").permissions().mode();
+                let mode = std::fs::metadata(dir.join(f))
+                    .expect("meta")
+                    .permissions()
+                    .mode();
                 assert_eq!(mode & 0o077, 0, "{f} is readable by others: {mode:o}");
             }
         }
@@ -496,7 +499,8 @@ fn spoofing_is_refused(setup: &Setup, url: &str, creds: &Creds) {
         .enable_all()
         .build()
         .expect("runtime");
-    let release_id = setup.sql_strings("SELECT release_id FROM rollout_runs WHERE rollout_id = 'r1'");
+    let release_id =
+        setup.sql_strings("SELECT release_id FROM rollout_runs WHERE rollout_id = 'r1'");
     let outcome = runtime.block_on(attack(url, creds, &attacker, &victims, &release_id[0]));
     eprintln!(
         "attack by {attacker}: {} forged messages, {} delivered; {} commands of others read",
@@ -504,8 +508,14 @@ fn spoofing_is_refused(setup: &Setup, url: &str, creds: &Creds) {
     );
     assert!(outcome.attempts >= 10);
     assert!(outcome.own_delivered, "the device's own status is accepted");
-    assert_eq!(outcome.delivered_spoofs, 0, "no forgery reaches a subscriber");
-    assert_eq!(outcome.commands_read, 0, "no device reads another's commands");
+    assert_eq!(
+        outcome.delivered_spoofs, 0,
+        "no forgery reaches a subscriber"
+    );
+    assert_eq!(
+        outcome.commands_read, 0,
+        "no device reads another's commands"
+    );
     let (code, report) = finish(run);
     assert_eq!(report["final_state"], "completed", "{report:#}");
     assert_eq!(code, 0);
@@ -525,8 +535,14 @@ fn spoofing_is_refused(setup: &Setup, url: &str, creds: &Creds) {
     assert!(!changes.is_empty(), "no status.changed event recorded");
     let change: Value = serde_json::from_str(&changes[0]).expect("json");
     assert_eq!(change["components"]["firmware"]["new"], "2.5.0", "{change}");
-    assert!(change["components"]["firmware"]["old"].is_string(), "{change}");
-    assert!(change["active_slot"]["old"] != change["active_slot"]["new"], "{change}");
+    assert!(
+        change["components"]["firmware"]["old"].is_string(),
+        "{change}"
+    );
+    assert!(
+        change["active_slot"]["old"] != change["active_slot"]["new"],
+        "{change}"
+    );
 }
 
 #[test]
@@ -554,7 +570,14 @@ fn a_device_cannot_speak_for_another_over_mosquitto_with_the_generated_config() 
         (Some(a.as_str()), Some(creds.devices[&b].as_str())),
     ] {
         let mut cmd = Command::new("mosquitto_pub");
-        cmd.args(["-p", &port.to_string(), "-t", "convoy/v1/devices/x/status", "-m", "x"]);
+        cmd.args([
+            "-p",
+            &port.to_string(),
+            "-t",
+            "convoy/v1/devices/x/status",
+            "-m",
+            "x",
+        ]);
         if let (Some(u), Some(p)) = (user, password) {
             cmd.args(["-u", u, "-P", p]);
         }
@@ -564,7 +587,10 @@ fn a_device_cannot_speak_for_another_over_mosquitto_with_the_generated_config() 
     spoofing_is_refused(&setup, &url, &creds);
     // The finished rollout's engine left no session behind (the simulator is still connected).
     let sessions = sys_settles(port, &creds, "$SYS/broker/clients/disconnected", 0);
-    assert_eq!(sessions, 0, "a finished rollout leaves no session at the broker");
+    assert_eq!(
+        sessions, 0,
+        "a finished rollout leaves no session at the broker"
+    );
 }
 
 #[test]
@@ -656,7 +682,12 @@ fn poison(setup: &Setup, url: &str, creds: Option<&Creds>, sizes: &[usize]) -> V
         for &size in sizes {
             publish_once(url, auth.clone(), topic.clone(), vec![b'{'; size]).await;
         }
-        for bad in [&b"{not json"[..], b"\xff\xfe", br#"{"v": 1}"#, br#"{"v": 7}"#] {
+        for bad in [
+            &b"{not json"[..],
+            b"\xff\xfe",
+            br#"{"v": 1}"#,
+            br#"{"v": 7}"#,
+        ] {
             publish_once(url, auth.clone(), topic.clone(), bad.to_vec()).await;
         }
     });
@@ -797,9 +828,8 @@ fn ten_engine_runs_leave_at_most_one_session_at_the_broker() {
             .rollout(&url, Some(&creds), &extra)
             .output()
             .expect("rollout run");
-        let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-            panic!("run {run}: {e}: {}", String::from_utf8_lossy(&out.stderr))
-        });
+        let report: Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("run {run}: {e}: {}", String::from_utf8_lossy(&out.stderr)));
         assert_eq!(report["final_state"], "timed_out", "run {run}: {report:#}");
         // The devices keep reporting while no engine runs: the session collects them.
         std::thread::sleep(Duration::from_millis(300));

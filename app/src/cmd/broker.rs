@@ -115,33 +115,29 @@ pub fn run(args: &Args) -> Result<()> {
     if let Some(BrokerCommand::MosquittoConfig(config)) = &args.command {
         return mosquitto_config(config);
     }
-    let broker = match &args.acl_from {
-        Some(dir) => {
-            let rules = load_rules(dir)?;
-            let users = rules.passwords.len();
-            let (broker, _stats) = EmbeddedBroker::start_with_acl(args.listen, rules)
-                .context("starting the embedded MQTT broker")?;
-            eprintln!(
-                "embedded MQTT broker listening on {} with the ACL of {} ({users} identities): clients log in, devices speak only for themselves",
-                broker.addr(),
-                dir.display()
-            );
-            broker
-        }
-        None => {
-            let broker = EmbeddedBroker::start(args.listen)
-                .context("starting the embedded MQTT broker")?;
-            eprintln!(
-                "embedded MQTT broker listening on {} (connect with --broker {}); OPEN: no login, any client may publish as any device (demo only; --acl-from DIR enforces a generated ACL)",
-                broker.addr(),
-                broker.url()
-            );
-            broker
-        }
+    // The broker runs on its own threads until the process is stopped; keep its handle.
+    let _running: EmbeddedBroker = if let Some(dir) = &args.acl_from {
+        let rules = load_rules(dir)?;
+        let users = rules.passwords.len();
+        let (broker, _stats) = EmbeddedBroker::start_with_acl(args.listen, rules)
+            .context("starting the embedded MQTT broker")?;
+        eprintln!(
+            "embedded MQTT broker listening on {} with the ACL of {} ({users} identities): clients log in, devices speak only for themselves",
+            broker.addr(),
+            dir.display()
+        );
+        broker
+    } else {
+        let broker =
+            EmbeddedBroker::start(args.listen).context("starting the embedded MQTT broker")?;
+        eprintln!(
+            "embedded MQTT broker listening on {} (connect with --broker {}); OPEN: no login, any client may publish as any device (demo only; --acl-from DIR enforces a generated ACL)",
+            broker.addr(),
+            broker.url()
+        );
+        broker
     };
     eprintln!("stop with Ctrl-C");
-    let _broker = broker;
-    // The broker runs on its own threads until the process is stopped.
     loop {
         std::thread::park();
     }
@@ -171,8 +167,8 @@ pub fn load_rules(dir: &Path) -> Result<ProxyRules> {
 }
 
 fn mosquitto_config(args: &MosquittoConfigArgs) -> Result<()> {
-    let topics = Topics::new(&args.prefix)
-        .map_err(|e| anyhow::anyhow!("invalid topic prefix {:?}", e.0))?;
+    let topics =
+        Topics::new(&args.prefix).map_err(|e| anyhow::anyhow!("invalid topic prefix {:?}", e.0))?;
     let fleet = crate::fleet_io::load_fleet(&args.fleet)?;
     for d in &fleet.devices {
         acl::usable_device_user(&d.id)
@@ -338,7 +334,10 @@ fn mosquitto_config(args: &MosquittoConfigArgs) -> Result<()> {
                 .map_or_else(String::new, |p| p.display().to_string())
         );
     }
-    println!("run it with: mosquitto -c {}", out.join("mosquitto.conf").display());
+    println!(
+        "run it with: mosquitto -c {}",
+        out.join("mosquitto.conf").display()
+    );
     Ok(())
 }
 

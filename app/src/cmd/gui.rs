@@ -176,7 +176,12 @@ fn backend(args: &Args) -> Result<Backend> {
         });
     }
     let db = crate::store::resolve_path(args.db.as_deref())?;
-    Backend::attach(db, args.broker.clone(), &args.prefix, args.mqtt_auth.auth()?)
+    Backend::attach(
+        db,
+        args.broker.clone(),
+        &args.prefix,
+        args.mqtt_auth.auth()?,
+    )
 }
 
 /// The tile source the flags ask for, checked before the window opens: a file that is not

@@ -412,9 +412,14 @@ impl Backend {
         std::thread::Builder::new()
             .name("convoy-cache".into())
             .spawn(move || {
-                if let Err(err) =
-                    run_attach(&cache, broker_url.as_deref(), auth, topics, &reporter, &handle)
-                {
+                if let Err(err) = run_attach(
+                    &cache,
+                    broker_url.as_deref(),
+                    auth,
+                    topics,
+                    &reporter,
+                    &handle,
+                ) {
                     reporter.blocking(BackendEvent::Failed(format!("{err:#}")));
                 }
             })

@@ -144,6 +144,9 @@ impl Acl {
                         Some(("deny", _)) => {
                             return Err(err("`deny` rules are not supported here".into()));
                         }
+                        None if matches!(rest, "read" | "write" | "readwrite" | "deny") => {
+                            ("readwrite", "")
+                        }
                         _ => ("readwrite", rest),
                     };
                     if topic.is_empty() {
@@ -250,8 +253,7 @@ fn filter_covers(pattern: &str, filter: &str) -> bool {
     let mut f = filter.split('/');
     loop {
         match (p.next(), f.next()) {
-            (Some("#"), _) => return true,
-            (None, None) => return true,
+            (Some("#"), _) | (None, None) => return true,
             (Some("+"), Some(fl)) if fl != "#" => {}
             (Some(pl), Some(fl)) if pl == fl && pl != "+" && pl != "#" => {}
             _ => return false,
@@ -506,8 +508,18 @@ mod tests {
         assert!(!acl.allows(dev, "c", "convoy/v1/devices/+/status", Access::Write));
         assert!(!acl.allows(None, "c", "convoy/v1/devices/dev-1/status", Access::Write));
         // A username with a wildcard or a slash matches no pattern.
-        assert!(!acl.allows(Some("+"), "c", "convoy/v1/devices/dev-2/status", Access::Write));
-        assert!(!acl.allows(Some("a/b"), "c", "convoy/v1/devices/a/b/status", Access::Write));
+        assert!(!acl.allows(
+            Some("+"),
+            "c",
+            "convoy/v1/devices/dev-2/status",
+            Access::Write
+        ));
+        assert!(!acl.allows(
+            Some("a/b"),
+            "c",
+            "convoy/v1/devices/a/b/status",
+            Access::Write
+        ));
     }
 
     #[test]

@@ -386,7 +386,9 @@ async fn client_packet(
             while !c.done() {
                 let filter = c.string()?;
                 let qos = c.u8()?;
-                let ok = rules.acl.allows_subscribe(user.as_deref(), client_id, filter);
+                let ok = rules
+                    .acl
+                    .allows_subscribe(user.as_deref(), client_id, filter);
                 refused.push(!ok);
                 if ok {
                     kept.push((filter.to_owned(), qos));

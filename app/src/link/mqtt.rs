@@ -69,7 +69,10 @@ impl std::fmt::Debug for MqttAuth {
 impl MqttAuth {
     /// The identity from `--mqtt-username` and `--mqtt-password-file` (the file's first line;
     /// without a file, `$CONVOY_MQTT_PASSWORD`).
-    pub fn from_flags(username: Option<&str>, password_file: Option<&std::path::Path>) -> Result<Self> {
+    pub fn from_flags(
+        username: Option<&str>,
+        password_file: Option<&std::path::Path>,
+    ) -> Result<Self> {
         let password = match password_file {
             Some(path) => Some(read_password_file(path)?),
             None => None,
