@@ -472,7 +472,8 @@ async fn attack(
         .lock()
         .expect("lock")
         .iter()
-        .filter(|(t, _)| *t != topics.commands(attacker))
+        // Release manifests are every device's to read (Mosquitto delivers them through `#`).
+        .filter(|(t, _)| t.ends_with("/commands") && *t != topics.commands(attacker))
         .count();
     AttackOutcome {
         attempts,
