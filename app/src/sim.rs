@@ -685,6 +685,17 @@ fn refusal(
 pub async fn run_with_fetch(
     options: SimOptions,
     fetch: Option<ArtifactFetch>,
+    stop: Option<tokio::sync::oneshot::Receiver<()>>,
+) -> Result<(SimSummary, FetchSummary)> {
+    run_as(options, mqtt::MqttAuth::default(), fetch, stop).await
+}
+
+/// [`run_with_fetch`], connecting to the broker as `auth` (the fleet simulator's identity, which
+/// a broker with per-device ACLs must allow to speak for every device: test and demo only).
+pub async fn run_as(
+    options: SimOptions,
+    auth: mqtt::MqttAuth,
+    fetch: Option<ArtifactFetch>,
     mut stop: Option<tokio::sync::oneshot::Receiver<()>>,
 ) -> Result<(SimSummary, FetchSummary)> {
     if !(options.time_scale.is_finite() && options.time_scale > 0.0) {
@@ -695,11 +706,10 @@ pub async fn run_with_fetch(
     }
     let topics = options.topics.clone();
     let filter = format!("{}/devices/+/commands", topics.prefix());
-    let (mut link, mut rx): (LinkHandle, mpsc::Receiver<LinkEvent>) = mqtt::spawn(
-        &LinkConfig::new(&options.broker_url, &options.client_id),
-        topics.clone(),
-        &Role::Filters(vec![filter]),
-    )?;
+    let mut config = LinkConfig::new(&options.broker_url, &options.client_id);
+    config.auth = auth;
+    let (mut link, mut rx): (LinkHandle, mpsc::Receiver<LinkEvent>) =
+        mqtt::spawn(&config, topics.clone(), &Role::Filters(vec![filter]))?;
     link.wait_connected(Duration::from_secs(30)).await?;
     // Kept open for the whole run, so the receiver below never reports a closed channel.
     let (done_tx, mut done_rx) = mpsc::channel(16);

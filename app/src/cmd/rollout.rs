@@ -143,6 +143,8 @@ pub struct RunArgs {
     /// TLS client key (PEM).
     #[arg(long, requires = "client_cert")]
     pub client_key: Option<PathBuf>,
+    #[command(flatten)]
+    pub mqtt_auth: crate::cmd::broker::MqttAuthArgs,
     /// Continue the rollout `--rollout-id` that an earlier run of this cache started and that
     /// did not end (stopped, timed out, crashed or left paused): rebuilt from the cache's log,
     /// its unacknowledged commands resent with their ids, on the first run's clock. The waves,
@@ -483,10 +485,10 @@ pub fn engine_options(args: &RunArgs) -> Result<(EngineOptions, EngineControl)> 
     });
     let topics =
         Topics::new(&args.prefix).map_err(|e| anyhow!("invalid topic prefix {:?}", e.0))?;
-    let mut link = LinkConfig::new(
-        &args.broker,
-        &format!("convoy-engine-{}", std::process::id()),
-    );
+    // One client id per rollout, not per run: a resumed run takes the session (and the acks
+    // queued in it) back, and dead runs do not pile up sessions at the broker (docs/ENGINE.md).
+    let mut link = LinkConfig::new(&args.broker, &engine_client_id(&rollout_id));
+    link.auth = args.mqtt_auth.auth()?;
     link.ca_file.clone_from(&args.ca_file);
     link.client_cert_file.clone_from(&args.client_cert);
     link.client_key_file.clone_from(&args.client_key);
@@ -528,6 +530,11 @@ pub fn engine_options(args: &RunArgs) -> Result<(EngineOptions, EngineControl)> 
         ..EngineControl::default()
     };
     Ok((options, control))
+}
+
+/// The engine's MQTT client id for a rollout: the same for every run of it.
+pub fn engine_client_id(rollout_id: &str) -> String {
+    format!("convoy-engine-{rollout_id}")
 }
 
 /// The DDI link's options from `--ddi-*`; the files are read (and the tokens checked) here.

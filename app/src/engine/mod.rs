@@ -613,6 +613,20 @@ pub async fn run_with(
     if let Some(link) = engine.ddi.take() {
         link.shutdown().await;
     }
+    // The broker session (client id stable per rollout, docs/ENGINE.md): kept when the rollout
+    // can be resumed, so `--resume` takes it back with the acks queued meanwhile; discarded when
+    // the rollout is over, so finished runs leave no session and no queued messages behind.
+    drop(inbound);
+    let discard = matches!(
+        final_state,
+        FinalState::Completed | FinalState::RolledBack | FinalState::Aborted
+    );
+    let mut report = report;
+    if let Err(err) = handle.close(discard).await {
+        report
+            .notes
+            .push(format!("could not discard the broker session: {err:#}"));
+    }
     Ok(report)
 }
 
@@ -1175,10 +1189,16 @@ impl Engine {
         let Some(i) = self.index(&s.device_id) else {
             return Ok(());
         };
-        {
+        let change = {
             let d = &mut self.fleet.devices[i];
+            let change = s.software_change(d);
             s.apply_to(d);
             d.last_seen = now;
+            change
+        };
+        if let Some(change) = change {
+            // Who said what: the report's own claim, on the device's status topic, old and new.
+            self.device_event(&s.device_id, now, "status.changed", change);
         }
         self.last_status[i] = Some(now);
         self.mark_dirty(i);
