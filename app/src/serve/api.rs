@@ -891,7 +891,10 @@ async fn request_rollout(
     let new: NewRequest = parse_json(body)?;
     let trust_dir = trust_path(app);
     let policy = app.config.dispatch.as_deref().and_then(policy_arg);
-    let operator = caller.operator.clone();
+    let who = super::requests::Who {
+        operator: caller.operator.clone(),
+        token_id: Some(caller.token_id.clone()),
+    };
     let actor = caller.actor();
     let created = app
         .pool
@@ -911,7 +914,7 @@ async fn request_rollout(
                 &trust,
                 &planning,
                 new,
-                &operator,
+                &who,
                 &actor,
                 crate::now(),
             )
@@ -977,12 +980,14 @@ async fn decide_rollout(
         }
     };
     let _one = app.decide.lock().await;
-    let (operator, actor, rid) = (caller.operator.clone(), caller.actor(), id.to_owned());
+    let who = super::requests::Who {
+        operator: caller.operator.clone(),
+        token_id: Some(caller.token_id.clone()),
+    };
+    let (actor, rid) = (caller.actor(), id.to_owned());
     let decided = app
         .pool
-        .run(move |store| {
-            super::requests::decide(store, &rid, &operator, &verdict, &actor, crate::now())
-        })
+        .run(move |store| super::requests::decide(store, &rid, &who, &verdict, &actor, crate::now()))
         .await
         .map_err(|e| ApiError::internal(&e))?
         .map_err(refusal)?;
