@@ -14,3 +14,4 @@ mod serve;
 mod sim;
 mod store;
 mod tuf;
+mod two_person;

@@ -757,13 +757,6 @@ pub fn why_not_counted(
     person: &TokenPerson,
 ) -> Option<String> {
     let id = &record.rollout_id;
-    if let (Some(request_seq), Some(token_seq)) = (record.request_seq, person.created_seq)
-        && token_seq > request_seq
-    {
-        return Some(format!(
-            "{approver}'s token was made after rollout {id} was requested: only tokens that existed when a rollout was requested may approve it"
-        ));
-    }
     let how = |a: &TokenPerson, b: &TokenPerson| {
         let parts: Vec<String> = [a.describe(), b.describe()]
             .into_iter()
@@ -797,6 +790,13 @@ pub fn why_not_counted(
             "{approver} counts as the same person as {}, who has already approved rollout {id} ({}): approvals must come from distinct people",
             other.operator,
             how(person, &other.person)
+        ));
+    }
+    if let (Some(request_seq), Some(token_seq)) = (record.request_seq, person.created_seq)
+        && token_seq > request_seq
+    {
+        return Some(format!(
+            "{approver}'s token was made after rollout {id} was requested: only tokens that existed when a rollout was requested may approve it"
         ));
     }
     None
