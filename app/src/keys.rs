@@ -130,18 +130,62 @@ pub fn read_passphrase(
 /// The rule a new key's passphrase must meet, as the refusal states it.
 pub const PASSPHRASE_RULE: &str = "a new key's passphrase has at least 12 characters, is not made of digits only, a few distinct characters or a keyboard or alphabet run, is not a common password (with digits or symbols around it), and does not contain the key's name";
 
+/// The keys of a keyboard, row by row: a passphrase inside this (or its reverse) is a run.
+const KEYBOARD: &str = "1234567890qwertyuiopasdfghjklzxcvbnm";
+
 /// The shortest passphrase a new key accepts.
 pub const MIN_PASSPHRASE_CHARS: usize = 12;
 
 /// Common passwords and their obvious stems, refused for new keys (a short built-in list, not a
 /// breach corpus: it catches what people type first).
 const COMMON_PASSWORDS: &[&str] = &[
-    "password", "passphrase", "passwort", "motdepasse", "letmein", "welcome", "changeme",
-    "iloveyou", "trustno", "trustnoone", "admin", "administrator", "root", "toor", "secret",
-    "qwerty", "azerty", "abc", "abcd", "abcdef", "monkey", "dragon", "sunshine", "princess",
-    "football", "baseball", "master", "shadow", "superman", "batman", "starwars", "whatever",
-    "default", "convoy", "signing", "signingkey", "privatekey", "test", "testing", "example",
-    "correcthorsebatterystaple", "opensesame", "hunter", "passw0rd", "p@ssw0rd", "p@ssword", "psswrd",
+    "password",
+    "passphrase",
+    "passwort",
+    "motdepasse",
+    "letmein",
+    "welcome",
+    "changeme",
+    "iloveyou",
+    "trustno",
+    "trustnoone",
+    "admin",
+    "administrator",
+    "root",
+    "toor",
+    "secret",
+    "qwerty",
+    "azerty",
+    "abc",
+    "abcd",
+    "abcdef",
+    "monkey",
+    "dragon",
+    "sunshine",
+    "princess",
+    "football",
+    "baseball",
+    "master",
+    "shadow",
+    "superman",
+    "batman",
+    "starwars",
+    "whatever",
+    "default",
+    "convoy",
+    "signing",
+    "signingkey",
+    "privatekey",
+    "test",
+    "testing",
+    "example",
+    "correcthorsebatterystaple",
+    "opensesame",
+    "hunter",
+    "passw0rd",
+    "p@ssw0rd",
+    "p@ssword",
+    "psswrd",
 ];
 
 /// Why `passphrase` is too weak for a new key named `key_name` (the key directory's name), or
@@ -173,7 +217,6 @@ pub fn weak_passphrase(passphrase: &str, key_name: &str) -> Option<String> {
             .windows(2)
             .all(|w| i64::from(u32::from(w[1])) - i64::from(u32::from(w[0])) == step)
     };
-    const KEYBOARD: &str = "1234567890qwertyuiopasdfghjklzxcvbnm";
     let reversed: String = KEYBOARD.chars().rev().collect();
     if run(1) || run(-1) || KEYBOARD.contains(&lower) || reversed.contains(&lower) {
         return Some("it is a keyboard or alphabet run".to_owned());
@@ -182,13 +225,17 @@ pub fn weak_passphrase(passphrase: &str, key_name: &str) -> Option<String> {
     // The letters alone: `Password1234!` and `letmein!letmein!` are a common word dressed up.
     let stem: String = compact.chars().filter(|c| c.is_alphabetic()).collect();
     let stem_repeated = |word: &str| {
-        !stem.is_empty() && stem.len() % word.len() == 0 && stem == word.repeat(stem.len() / word.len())
+        !stem.is_empty()
+            && stem.len().is_multiple_of(word.len())
+            && stem == word.repeat(stem.len() / word.len())
     };
     if let Some(word) = COMMON_PASSWORDS
         .iter()
         .find(|w| compact == **w || stem_repeated(w))
     {
-        return Some(format!("it is the common password {word:?} (with digits or symbols around it)"));
+        return Some(format!(
+            "it is the common password {word:?} (with digits or symbols around it)"
+        ));
     }
     let name = key_name.trim().to_lowercase();
     if name.chars().count() >= 3 && lower.contains(&name) {
@@ -664,7 +711,11 @@ mod tests {
         check("qwertyuiopasdf", "k", Some("run"));
         check("Password1234!", "k", Some("common password \"password\""));
         check("letmein!letmein!", "k", Some("common password \"letmein\""));
-        check("my fleet-signing key 7", "fleet-signing", Some("key's name"));
+        check(
+            "my fleet-signing key 7",
+            "fleet-signing",
+            Some("key's name"),
+        );
         check("tempest over MUNICH 42", "munich", Some("key's name"));
         // Passphrases that meet the rule.
         check("correct horse battery", "k", None);
@@ -673,8 +724,14 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let err = generate(&dir.path().join("k"), "pw").expect_err("weak");
         let text = format!("{err:#}");
-        assert!(text.contains("too weak") && text.contains(PASSPHRASE_RULE), "{text}");
-        assert!(!dir.path().join("k").exists(), "nothing written for a refused key");
+        assert!(
+            text.contains("too weak") && text.contains(PASSPHRASE_RULE),
+            "{text}"
+        );
+        assert!(
+            !dir.path().join("k").exists(),
+            "nothing written for a refused key"
+        );
     }
 
     #[test]
@@ -688,21 +745,36 @@ mod tests {
     #[test]
     fn secret_file_modes_are_warned_about_or_refused() {
         let p = Path::new("/k/pass");
-        assert_eq!(secret_file_verdict(p, 0o100600, SecretFile::Passphrase), Ok(None));
-        assert_eq!(secret_file_verdict(p, 0o400, SecretFile::PrivateKey), Ok(None));
+        assert_eq!(
+            secret_file_verdict(p, 0o100_600, SecretFile::Passphrase),
+            Ok(None)
+        );
+        assert_eq!(
+            secret_file_verdict(p, 0o400, SecretFile::PrivateKey),
+            Ok(None)
+        );
         let warn = secret_file_verdict(p, 0o644, SecretFile::Passphrase)
             .expect("not refused")
             .expect("a warning");
         assert!(
-            warn.contains("/k/pass") && warn.contains("0644") && warn.contains("readable") && warn.contains("chmod 600 /k/pass"),
+            warn.contains("/k/pass")
+                && warn.contains("0644")
+                && warn.contains("readable")
+                && warn.contains("chmod 600 /k/pass"),
             "{warn}"
         );
         let warn = secret_file_verdict(p, 0o620, SecretFile::PrivateKey)
             .expect("not refused")
             .expect("a warning");
-        assert!(warn.contains("writable") && warn.contains("private key"), "{warn}");
+        assert!(
+            warn.contains("writable") && warn.contains("private key"),
+            "{warn}"
+        );
         let refused = secret_file_verdict(p, 0o666, SecretFile::Passphrase).expect_err("refused");
-        assert!(refused.contains("0666") && refused.contains("chmod 600"), "{refused}");
+        assert!(
+            refused.contains("0666") && refused.contains("chmod 600"),
+            "{refused}"
+        );
         // A world-writable key file is warned about (it is authenticated when it is read).
         assert!(secret_file_verdict(p, 0o666, SecretFile::PrivateKey).is_ok());
     }

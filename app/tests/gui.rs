@@ -1406,7 +1406,8 @@ fn signed_release(
         serde_json::from_slice(&std::fs::read(fixture).unwrap()).unwrap();
     convoy::keys::generate(trust, "gui test passphrase").unwrap();
     let manifest =
-        convoy::cmd::release::sign_release(spec.clone(), None, trust, "gui test passphrase", NOW).unwrap();
+        convoy::cmd::release::sign_release(spec.clone(), None, trust, "gui test passphrase", NOW)
+            .unwrap();
     let store = convoy::store::Store::open(cache).unwrap();
     convoy::cmd::release::record_release(&store, &manifest, "test", NOW).unwrap();
     (spec, manifest.to_json_bytes())

@@ -35,7 +35,8 @@ fn cache_with_saved_plan(dir: &Path, fleet: &Fleet) -> (PathBuf, String, String)
     let trust = dir.join("trust");
     convoy::keys::generate(&trust, "gui test passphrase").unwrap();
     let manifest =
-        convoy::cmd::release::sign_release(spec.clone(), None, &trust, "gui test passphrase", NOW).unwrap();
+        convoy::cmd::release::sign_release(spec.clone(), None, &trust, "gui test passphrase", NOW)
+            .unwrap();
     convoy::cmd::release::record_release(&store, &manifest, "test", NOW).unwrap();
     let policy = convoy_core::plan::PlanningPolicy::default();
     let plan = convoy_core::plan::plan(&convoy_core::plan::PlanInput {

@@ -58,10 +58,7 @@ fn key_generate_refuses_weak_passphrases_with_the_rule() {
         assert!(!key.join("private.key.json").exists(), "{passphrase:?}");
         refused += 1;
     }
-    eprintln!(
-        "weak passphrases: {} tried, {refused} refused",
-        weak.len()
-    );
+    eprintln!("weak passphrases: {} tried, {refused} refused", weak.len());
     assert_eq!(refused, weak.len());
     // A strong one is accepted.
     write_secret(&pass, "e2e test passphrase\n");

@@ -207,7 +207,11 @@ fn an_admin_alone_cannot_approve_with_tokens_minted_over_the_api() {
     assert_eq!(status, StatusCode::CREATED, "{body}");
     b.api_token("ada", "bob", "approver");
     b.api_token("ada", "carol", "approver");
-    b.attack("bob", "r-minted", &["bob", "ada", "over the API", "own request"]);
+    b.attack(
+        "bob",
+        "r-minted",
+        &["bob", "ada", "over the API", "own request"],
+    );
     b.attack("carol", "r-minted", &["carol", "ada"]);
     assert_eq!(b.status("r-minted"), "awaiting_approval");
 
@@ -269,7 +273,11 @@ fn names_that_differ_only_by_case_are_one_person() {
     ]);
     // A new name that differs only by case is refused, over the API (409) and on the host.
     b.attempts += 1;
-    let (status, body) = b.post("ada", "tokens", &json!({"operator": "Alice", "role": "approver"}));
+    let (status, body) = b.post(
+        "ada",
+        "tokens",
+        &json!({"operator": "Alice", "role": "approver"}),
+    );
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
     assert!(
         body["error"].as_str().unwrap_or("").contains("\"alice\""),
@@ -316,7 +324,11 @@ fn names_that_differ_only_by_case_are_one_person() {
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let (status, body) = b.approve("alice", "r-case");
     assert_eq!(status, StatusCode::OK, "{body}");
-    b.attack("Alice", "r-case", &["Alice", "alice", "without regard to case"]);
+    b.attack(
+        "Alice",
+        "r-case",
+        &["Alice", "alice", "without regard to case"],
+    );
     assert_eq!(b.status("r-case"), "awaiting_approval");
     // The requester under another case.
     let (status, body) = b.request("alice", "r-case-own", None);
@@ -331,7 +343,11 @@ fn names_that_differ_only_by_case_are_one_person() {
 
 #[test]
 fn a_token_made_after_the_request_or_the_requesters_own_does_not_approve() {
-    let mut b = Bench::new(&[("dana", "dispatcher"), ("alex", "approver"), ("sam", "approver")]);
+    let mut b = Bench::new(&[
+        ("dana", "dispatcher"),
+        ("alex", "approver"),
+        ("sam", "approver"),
+    ]);
     let (status, body) = b.request("dana", "r-late", None);
     assert_eq!(status, StatusCode::CREATED, "{body}");
     // Made on the host after the request, even within the same second.
@@ -354,7 +370,11 @@ fn a_token_made_after_the_request_or_the_requesters_own_does_not_approve() {
 
 #[test]
 fn the_emergency_path_is_not_one_persons_either() {
-    let mut b = Bench::new(&[("ada", "admin"), ("erin", "approver"), ("dana", "dispatcher")]);
+    let mut b = Bench::new(&[
+        ("ada", "admin"),
+        ("erin", "approver"),
+        ("dana", "dispatcher"),
+    ]);
     // The authoriser is ada under another case, or ada's own API-made identity.
     b.api_token("ada", "bob", "approver");
     b.attempts += 1;
@@ -383,7 +403,10 @@ fn the_emergency_path_is_not_one_persons_either() {
     // The legitimate emergency path: another person, with a host-made token, authorises.
     let (status, body) = b.request("dana", "em-real", Some("Erin"));
     assert_eq!(status, StatusCode::CREATED, "{body}");
-    assert_eq!(body["authoriser"], "erin", "spelt as the cache does: {body}");
+    assert_eq!(
+        body["authoriser"], "erin",
+        "spelt as the cache does: {body}"
+    );
     let (status, body) = b.approve("erin", "em-real");
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["status"], "approved", "{body}");

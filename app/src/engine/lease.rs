@@ -113,7 +113,9 @@ impl EngineLease {
             .name(format!("lease-{rollout_id}"))
             .spawn(move || match Store::open(&db) {
                 Ok(store) => renew(&store, &rollout, &run_id, ttl, &stop_rx),
-                Err(e) => eprintln!("rollout {rollout}: opening the cache to renew the engine lease: {e:#}"),
+                Err(e) => eprintln!(
+                    "rollout {rollout}: opening the cache to renew the engine lease: {e:#}"
+                ),
             })
             .context("starting the engine lease's renewal thread")?;
         Ok(Self {
@@ -127,12 +129,8 @@ impl EngineLease {
 /// releases it.
 fn renew(store: &Store, rollout: &str, run_id: &str, ttl: Duration, stop: &mpsc::Receiver<()>) {
     let every = ttl / 3;
-    loop {
-        match stop.recv_timeout(every) {
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-            // Stopped, or the run's side was dropped: either way the run is over.
-            Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
-        }
+    // Until stopped, or until the run's side is dropped: either way the run is over.
+    while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(every) {
         match store.renew_lease(rollout, run_id, wall_ms(), ms(ttl)) {
             Ok(true) => {}
             Ok(false) => {

@@ -224,8 +224,15 @@ pub fn request_plan(
     };
     let actor = format!("{ACTOR_PREFIX}{operator}");
     Ok(
-        match requests::create_from_plan(&store, &trust, &form.plan_id, new, &requests::Who::named(operator), &actor, now)?
-        {
+        match requests::create_from_plan(
+            &store,
+            &trust,
+            &form.plan_id,
+            new,
+            &requests::Who::named(operator),
+            &actor,
+            now,
+        )? {
             Ok(r) => Ok(format!(
                 "{operator} requested rollout {} of release {} from plan {}: it needs {}",
                 r.record.rollout_id,
@@ -249,7 +256,14 @@ pub fn decide(
     let store = open_store(cache)?;
     let actor = format!("{ACTOR_PREFIX}{operator}");
     Ok(
-        match requests::decide(&store, rollout_id, &requests::Who::named(operator), verdict, &actor, now)? {
+        match requests::decide(
+            &store,
+            rollout_id,
+            &requests::Who::named(operator),
+            verdict,
+            &actor,
+            now,
+        )? {
             Ok(r) => {
                 let word = match verdict {
                     Verdict::Approve { .. } => "approved",

@@ -60,7 +60,9 @@ pub(super) async fn add_token(
     };
     let made = app
         .pool
-        .run(move |store| auth::add_token_by(store, &operator, role, &creator, &actor, crate::now()))
+        .run(move |store| {
+            auth::add_token_by(store, &operator, role, &creator, &actor, crate::now())
+        })
         .await
         .map_err(|e| match e.downcast_ref::<auth::NameClash>() {
             Some(clash) => ApiError::new(StatusCode::CONFLICT, clash.to_string()),

@@ -909,15 +909,7 @@ async fn request_rollout(
                 Some(p) => crate::cmd::plan::read_section(p, "planning")?,
                 None => convoy_core::plan::PlanningPolicy::default(),
             };
-            super::requests::create(
-                store,
-                &trust,
-                &planning,
-                new,
-                &who,
-                &actor,
-                crate::now(),
-            )
+            super::requests::create(store, &trust, &planning, new, &who, &actor, crate::now())
         })
         .await
         .map_err(|e| ApiError::internal(&e))?
@@ -987,7 +979,9 @@ async fn decide_rollout(
     let (actor, rid) = (caller.actor(), id.to_owned());
     let decided = app
         .pool
-        .run(move |store| super::requests::decide(store, &rid, &who, &verdict, &actor, crate::now()))
+        .run(move |store| {
+            super::requests::decide(store, &rid, &who, &verdict, &actor, crate::now())
+        })
         .await
         .map_err(|e| ApiError::internal(&e))?
         .map_err(refusal)?;

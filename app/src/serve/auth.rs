@@ -19,6 +19,7 @@ use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -290,13 +291,16 @@ impl TokenPerson {
             [first, rest @ ..] => {
                 let mut text = format!("{first}'s token was made over the API by {}", rest[0]);
                 for next in &rest[1..] {
-                    text.push_str(&format!(", whose token was made over the API by {next}"));
+                    let _ = write!(text, ", whose token was made over the API by {next}");
                 }
                 text
             }
         }
     }
 }
+
+/// A token's operator, maker (name and token) and creation's audit sequence number.
+type TokenRow = (String, Option<String>, Option<String>, Option<i64>);
 
 /// The person behind token `token_id` (whose operator is `operator`): follows `created_by_token`
 /// to the first token made on the host. A missing token row counts as its operator's own.
@@ -309,7 +313,7 @@ pub fn token_person(store: &Store, token_id: &str, operator: &str) -> Result<Tok
     let mut created_seq = None;
     // Each step goes to an older token, so the walk ends; the bound guards a hand-edited cache.
     for step in 0..64 {
-        let row: Option<(String, Option<String>, Option<String>, Option<i64>)> = stmt
+        let row: Option<TokenRow> = stmt
             .query_row([&id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
             .optional()
             .with_context(|| format!("reading API token {id}"))?;
@@ -319,17 +323,14 @@ pub fn token_person(store: &Store, token_id: &str, operator: &str) -> Result<Tok
         if step == 0 {
             created_seq = seq;
         }
-        match (created_by, by_token) {
-            (Some(maker), Some(next)) => {
-                chain.push(maker);
-                id = next;
+        if let (Some(maker), Some(next)) = (created_by, by_token) {
+            chain.push(maker);
+            id = next;
+        } else {
+            if let Some(last) = chain.last_mut() {
+                last.clone_from(&holder);
             }
-            _ => {
-                if let Some(last) = chain.last_mut() {
-                    last.clone_from(&holder);
-                }
-                break;
-            }
+            break;
         }
     }
     let person = person_key(chain.last().map_or(operator, String::as_str));

@@ -175,7 +175,11 @@ impl Request {
     /// `approvals_satisfy`, applied to the persons behind the requester and the approvals that
     /// count (docs/SERVE.md, "The two-person rule").
     pub fn approved(&self) -> bool {
-        let persons: Vec<String> = self.counted.iter().map(|c| c.person.person.clone()).collect();
+        let persons: Vec<String> = self
+            .counted
+            .iter()
+            .map(|c| c.person.person.clone())
+            .collect();
         let path = match &self.record.path {
             ChangePath::Emergency {
                 authoriser,
@@ -909,11 +913,7 @@ pub fn decide(
     }
     let (decision, comment) = match verdict {
         Verdict::Approve { comment } => {
-            if request
-                .counted
-                .iter()
-                .any(|c| c.operator == operator)
-            {
+            if request.counted.iter().any(|c| c.operator == operator) {
                 return Ok(Err(Refusal::Conflict(format!(
                     "{operator} has already approved rollout {rollout_id}: approvals must come from distinct operators"
                 ))));

@@ -171,21 +171,34 @@ mod tests {
                 assert_eq!(l.since_ms, 2_000);
                 assert_eq!(l.expires_ms, 32_000);
             }
-            other => panic!("expected a refusal, got {other:?}"),
+            other @ Taken::Ours { .. } => panic!("expected a refusal, got {other:?}"),
         }
         // Renewed, it stays live past its first expiry.
-        assert!(store.renew_lease("ro", "run-a", 30_000, 30_000).expect("renew"));
+        assert!(
+            store
+                .renew_lease("ro", "run-a", 30_000, 30_000)
+                .expect("renew")
+        );
         assert!(matches!(
             store.take_lease("ro", &b, 40_000, 30_000).expect("refused"),
             Taken::HeldBy(_)
         ));
         // Not renewed (the engine died), it expires and is taken over.
-        match store.take_lease("ro", &b, 60_000, 30_000).expect("taken over") {
-            Taken::Ours { replaced: Some(old) } => assert_eq!(old.holder, a),
+        match store
+            .take_lease("ro", &b, 60_000, 30_000)
+            .expect("taken over")
+        {
+            Taken::Ours {
+                replaced: Some(old),
+            } => assert_eq!(old.holder, a),
             other => panic!("expected a takeover, got {other:?}"),
         }
         // The old run can neither renew nor release what is no longer its own.
-        assert!(!store.renew_lease("ro", "run-a", 61_000, 30_000).expect("renew"));
+        assert!(
+            !store
+                .renew_lease("ro", "run-a", 61_000, 30_000)
+                .expect("renew")
+        );
         store.release_lease("ro", "run-a").expect("release");
         assert_eq!(store.lease("ro").expect("read").map(|l| l.holder), Some(b));
         store.release_lease("ro", "run-b").expect("release");
