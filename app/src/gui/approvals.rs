@@ -711,7 +711,7 @@ fn request_form_ui(
     }
     ui.horizontal(|ui| {
         ui.radio_value(&mut state.emergency, false, "Standard path")
-            .on_hover_text("Two approvals by distinct operators other than the requester");
+            .on_hover_text("Two approvals by distinct people other than the requester");
         ui.radio_value(&mut state.emergency, true, "Emergency path (break-glass)")
             .on_hover_text(
                 "A named authoriser (not the requester) approves, plus one more operator",
