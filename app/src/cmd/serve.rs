@@ -98,6 +98,8 @@ pub struct TokenArgs {
 #[derive(clap::Subcommand, Debug)]
 pub enum TokenCommand {
     /// Make a token for an operator (created with the role, or given it) and print it once.
+    /// A token made here, on the server's host, is its operator's own for the two-person rule;
+    /// one made over the API belongs to the admin who made it (docs/SERVE.md).
     Add(TokenAddArgs),
     /// List tokens (ids, operators, roles; never the tokens).
     List(TokenListArgs),
@@ -258,16 +260,17 @@ fn token_list(args: &TokenListArgs) -> Result<()> {
         return Ok(());
     }
     println!(
-        "{:<12}  {:<20}  {:<10}  {:<20}  revoked",
-        "id", "operator", "role", "created"
+        "{:<12}  {:<20}  {:<10}  {:<20}  {:<20}  revoked",
+        "id", "operator", "role", "created", "created by"
     );
     for t in &tokens {
         println!(
-            "{:<12}  {:<20}  {:<10}  {:<20}  {}",
+            "{:<12}  {:<20}  {:<10}  {:<20}  {:<20}  {}",
             t.id,
             t.operator,
             t.role,
             Timestamp::from_secs(t.created).to_rfc3339(),
+            t.created_by.as_deref().unwrap_or("unknown"),
             t.revoked
                 .map_or_else(|| "-".to_owned(), |s| Timestamp::from_secs(s).to_rfc3339())
         );

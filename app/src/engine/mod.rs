@@ -31,6 +31,7 @@
 pub mod control;
 pub mod ddi;
 pub mod health;
+pub mod lease;
 
 use anyhow::{Context, Result, bail};
 use convoy_core::fleet::Fleet;
@@ -401,6 +402,9 @@ pub async fn run_with(
             opts.time_scale
         );
     }
+    // One engine per rollout: refused here, naming the running one, if another holds it;
+    // renewed while this run lasts and released when it ends (dropped).
+    let _lease = lease::EngineLease::take(&opts.db, &opts.rollout_id)?;
     let mut store = Store::open(&opts.db)?;
     let fleet = store
         .load_fleet()

@@ -891,7 +891,10 @@ async fn request_rollout(
     let new: NewRequest = parse_json(body)?;
     let trust_dir = trust_path(app);
     let policy = app.config.dispatch.as_deref().and_then(policy_arg);
-    let operator = caller.operator.clone();
+    let who = super::requests::Who {
+        operator: caller.operator.clone(),
+        token_id: Some(caller.token_id.clone()),
+    };
     let actor = caller.actor();
     let created = app
         .pool
@@ -906,15 +909,7 @@ async fn request_rollout(
                 Some(p) => crate::cmd::plan::read_section(p, "planning")?,
                 None => convoy_core::plan::PlanningPolicy::default(),
             };
-            super::requests::create(
-                store,
-                &trust,
-                &planning,
-                new,
-                &operator,
-                &actor,
-                crate::now(),
-            )
+            super::requests::create(store, &trust, &planning, new, &who, &actor, crate::now())
         })
         .await
         .map_err(|e| ApiError::internal(&e))?
@@ -977,11 +972,15 @@ async fn decide_rollout(
         }
     };
     let _one = app.decide.lock().await;
-    let (operator, actor, rid) = (caller.operator.clone(), caller.actor(), id.to_owned());
+    let who = super::requests::Who {
+        operator: caller.operator.clone(),
+        token_id: Some(caller.token_id.clone()),
+    };
+    let (actor, rid) = (caller.actor(), id.to_owned());
     let decided = app
         .pool
         .run(move |store| {
-            super::requests::decide(store, &rid, &operator, &verdict, &actor, crate::now())
+            super::requests::decide(store, &rid, &who, &verdict, &actor, crate::now())
         })
         .await
         .map_err(|e| ApiError::internal(&e))?
