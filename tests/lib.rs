@@ -50,6 +50,17 @@ pub fn convoy_ok(args: &[&str]) -> String {
     String::from_utf8(out.stdout).expect("utf-8 stdout")
 }
 
+/// Writes a secret (a passphrase file) readable by its owner only, as `convoy` asks of them:
+/// it warns about a passphrase file others can read and refuses one others can write.
+pub fn write_secret(path: &std::path::Path, text: &str) {
+    std::fs::write(path, text).expect("writing a secret file");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod 600");
+    }
+}
+
 /// A Mosquitto broker started for one test on 127.0.0.1, stopped (killed) on drop.
 pub struct Mosquitto {
     child: std::process::Child,
@@ -174,7 +185,7 @@ impl SignedWorkspace {
         let dir = tempfile::tempdir().expect("tempdir");
         let ws = Self { dir };
         let p = |name: &str| ws.path(name);
-        std::fs::write(p("pass"), "e2e test passphrase\n").expect("passphrase");
+        write_secret(std::path::Path::new(&p("pass")), "e2e test passphrase\n");
         let devices = spec.devices.to_string();
         let seed = spec.seed.to_string();
         convoy_ok(&[

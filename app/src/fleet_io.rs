@@ -10,6 +10,16 @@
 //! array; each device is either the fleet model's nested shape or a flat object with the CSV
 //! columns. Bad rows are reported with their line and reason and do not stop good rows.
 //!
+//! An inventory is untrusted input. A device id must be one MQTT topic level as the protocol
+//! defines it ([`convoy_core::release::is_valid_id`]); no field may hold a control character
+//! (a newline or NUL would break every line-based tool downstream); and a file is bounded:
+//! at most [`MAX_COLUMNS`] columns, [`MAX_FIELD_BYTES`] bytes a field, [`MAX_TAGS`] tags and
+//! [`MAX_COMPONENTS`] components a device, [`MAX_LINE_BYTES`] a physical line. A row past a
+//! per-row limit is rejected with its line and reason; a header or line past a file limit
+//! refuses the whole file. CSV written here is safe to open in a spreadsheet
+//! ([`crate::csv_safe`]), and reading undoes that marking, so export then import is the
+//! identity.
+//!
 //! This module does not merge or deduplicate against a cache: the store upserts by id.
 
 use anyhow::{Context, Result, bail};
@@ -24,6 +34,7 @@ use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::Path;
 
+use crate::csv_safe;
 use crate::store::Store;
 
 /// The CSV columns Convoy reads and writes, in the order `fleet export` writes them.
@@ -92,6 +103,19 @@ pub const CSV_REQUIRED: &[&str] = &[
     "device_class",
     "last_seen",
 ];
+
+/// The most columns a CSV inventory may have: the known columns, `component:` and tag
+/// columns together.
+pub const MAX_COLUMNS: usize = 256;
+/// The most bytes one field (a cell, a header, a tag key or value) may hold.
+pub const MAX_FIELD_BYTES: usize = 1024;
+/// The most tags one device may carry.
+pub const MAX_TAGS: usize = 64;
+/// The most components one device may carry (firmware, bootloader and modem included).
+pub const MAX_COMPONENTS: usize = 64;
+/// The longest physical line a CSV inventory may have; past it the file is refused whole
+/// rather than read into memory.
+pub const MAX_LINE_BYTES: usize = 1 << 20;
 
 /// A row that was not imported, and why.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -254,12 +278,30 @@ fn classify(header: &str) -> Column {
 
 /// Reads a CSV inventory.
 pub fn read_csv(reader: impl Read) -> Result<Inventory> {
-    let mut rdr = csv::ReaderBuilder::new().flexible(true).from_reader(reader);
-    let headers = rdr.headers().context("reading the header line")?.clone();
-    let columns: Vec<Column> = headers.iter().map(classify).collect();
+    let mut rdr = csv::ReaderBuilder::new()
+        .flexible(true)
+        .from_reader(LineGuard::new(reader));
+    let headers = match rdr.headers() {
+        Ok(h) => h.clone(),
+        Err(e) => return Err(csv_error(e)).context("reading the header line"),
+    };
+    if headers.len() > MAX_COLUMNS {
+        bail!(
+            "the header has {} columns; an inventory may have at most {MAX_COLUMNS} (known, \
+             component: and tag columns together)",
+            headers.len()
+        );
+    }
+    let mut names = Vec::with_capacity(headers.len());
+    for (i, raw) in headers.iter().enumerate() {
+        let name = csv_safe::restore(raw.trim());
+        check_text(name).map_err(|why| anyhow::anyhow!("header column {}: {why}", i + 1))?;
+        names.push(name);
+    }
+    let columns: Vec<Column> = names.iter().map(|h| classify(h)).collect();
     let missing: Vec<&str> = CSV_REQUIRED
         .iter()
-        .filter(|r| !headers.iter().any(|h| h.trim() == **r))
+        .filter(|r| !names.iter().any(|h| h == *r))
         .copied()
         .collect();
     if !missing.is_empty() {
@@ -273,6 +315,9 @@ pub fn read_csv(reader: impl Read) -> Result<Inventory> {
         match rdr.read_record(&mut record) {
             Ok(false) => break,
             Ok(true) => {}
+            Err(e) if e.is_io_error() => {
+                return Err(csv_error(e)).with_context(|| format!("reading line {line}"));
+            }
             Err(e) => {
                 let line = e.position().map_or(line, csv::Position::line);
                 inv.rejected.push(RejectedRow {
@@ -297,8 +342,20 @@ pub fn read_csv(reader: impl Read) -> Result<Inventory> {
             });
             continue;
         }
-        let fields = columns.iter().zip(record.iter());
-        match device_from_fields(fields) {
+        if let Some(reason) = names.iter().zip(record.iter()).find_map(|(name, raw)| {
+            // Surrounding whitespace (a quoted trailing newline included) is trimmed
+            // as it always was; what is left must be clean.
+            check_text(raw.trim())
+                .err()
+                .map(|why| format!("{name}: {why}"))
+        }) {
+            inv.rejected.push(RejectedRow { line, reason });
+            continue;
+        }
+        let fields = columns
+            .iter()
+            .zip(record.iter().map(|raw| csv_safe::restore(raw.trim())));
+        match device_from_fields(fields).and_then(checked) {
             Ok(d) => {
                 if let Some(first) = first_line.get(&d.id) {
                     inv.rejected.push(RejectedRow {
@@ -418,6 +475,154 @@ fn device_from_fields<'a>(
     })
 }
 
+/// A device that passed [`check_device`], or the reason it did not.
+fn checked(d: Device) -> Result<Device, String> {
+    check_device(&d).map(|()| d)
+}
+
+/// The rules every imported device keeps beyond its fields' own syntax: an id that is one
+/// protocol topic level, bounded text without control characters, bounded tags and
+/// components. The error names the field.
+pub fn check_device(d: &Device) -> Result<(), String> {
+    if !convoy_core::release::is_valid_id(&d.id) {
+        return Err(format!(
+            "id {} is not a valid device id: an id is 1 to {} characters of letters, digits, \
+             '-', '_', '.' and ':' (it travels as one MQTT topic level)",
+            shown(&d.id),
+            convoy_core::release::MAX_ID_LEN
+        ));
+    }
+    for (name, text) in [
+        ("model", &d.model),
+        ("hw_rev", &d.hw_rev),
+        ("region", &d.region),
+        ("depot", &d.depot),
+    ] {
+        check_text(text).map_err(|why| format!("{name}: {why}"))?;
+    }
+    if d.tags.len() > MAX_TAGS {
+        return Err(format!(
+            "{} tags; a device may carry at most {MAX_TAGS}",
+            d.tags.len()
+        ));
+    }
+    if d.components.len() > MAX_COMPONENTS {
+        return Err(format!(
+            "{} components; a device may carry at most {MAX_COMPONENTS}",
+            d.components.len()
+        ));
+    }
+    for (key, value) in d.tags.iter() {
+        check_text(key).map_err(|why| format!("tag key {}: {why}", shown(key)))?;
+        check_text(value).map_err(|why| format!("tag {}: {why}", shown(key)))?;
+    }
+    for (name, _) in d.components.iter() {
+        check_text(name).map_err(|why| format!("component name {}: {why}", shown(name)))?;
+    }
+    Ok(())
+}
+
+/// Depots of a JSON inventory: the same text rules as devices; a bad one refuses the file,
+/// since devices refer to depots by id.
+fn check_depots(depots: &[Depot]) -> Result<()> {
+    for (i, depot) in depots.iter().enumerate() {
+        let fields = serde_json::to_value(depot).unwrap_or_default();
+        let serde_json::Value::Object(map) = fields else {
+            continue;
+        };
+        for (name, value) in &map {
+            if let serde_json::Value::String(text) = value {
+                check_text(text)
+                    .map_err(|why| anyhow::anyhow!("depot {} ({name}): {why}", i + 1))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A field's text: at most [`MAX_FIELD_BYTES`] bytes and no control characters.
+fn check_text(text: &str) -> Result<(), String> {
+    if text.len() > MAX_FIELD_BYTES {
+        return Err(format!(
+            "{} bytes; a field may hold at most {MAX_FIELD_BYTES}",
+            text.len()
+        ));
+    }
+    if let Some((at, c)) = text.char_indices().find(|(_, c)| c.is_control()) {
+        return Err(format!(
+            "control character U+{:04X} at byte {at} (newlines, NUL and other control \
+             characters are not allowed in a field)",
+            u32::from(c)
+        ));
+    }
+    Ok(())
+}
+
+/// `text` for an error message: quoted and escaped, and cut short when long.
+fn shown(text: &str) -> String {
+    const MAX_CHARS: usize = 40;
+    if text.chars().count() <= MAX_CHARS {
+        format!("{text:?}")
+    } else {
+        let head: String = text.chars().take(MAX_CHARS).collect();
+        format!("{head:?}… ({} bytes)", text.len())
+    }
+}
+
+/// A `csv` error as an `anyhow` error, keeping an I/O error's message (the line guard's).
+fn csv_error(e: csv::Error) -> anyhow::Error {
+    if !e.is_io_error() {
+        return anyhow::Error::new(e);
+    }
+    match e.into_kind() {
+        csv::ErrorKind::Io(io) => anyhow::Error::new(io),
+        other => anyhow::anyhow!("unreadable CSV: {other:?}"),
+    }
+}
+
+/// A reader that fails once a physical line grows past [`MAX_LINE_BYTES`], so that a file of
+/// one enormous line (a million columns, a 10 GB field) is refused instead of read into
+/// memory by the CSV parser.
+struct LineGuard<R> {
+    inner: R,
+    line: u64,
+    line_bytes: usize,
+}
+
+impl<R> LineGuard<R> {
+    fn new(inner: R) -> Self {
+        Self {
+            inner,
+            line: 1,
+            line_bytes: 0,
+        }
+    }
+}
+
+impl<R: Read> Read for LineGuard<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        for &b in &buf[..n] {
+            if b == b'\n' {
+                self.line += 1;
+                self.line_bytes = 0;
+            } else {
+                self.line_bytes += 1;
+                if self.line_bytes > MAX_LINE_BYTES {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!(
+                            "line {} is longer than {MAX_LINE_BYTES} bytes: not an inventory",
+                            self.line
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(n)
+    }
+}
+
 fn parse<T: std::str::FromStr>(name: &str, text: &str) -> Result<T, String>
 where
     T::Err: std::fmt::Display,
@@ -472,7 +677,7 @@ pub fn write_csv(out: &mut dyn Write, devices: &[Device]) -> Result<()> {
     let mut header: Vec<String> = CSV_COLUMNS.iter().map(|c| (*c).to_owned()).collect();
     header.extend(extra_components.iter().map(|c| format!("component:{c}")));
     header.extend(tag_keys.iter().map(|k| tag_column(k)));
-    w.write_record(&header)?;
+    w.write_record(header.iter().map(|c| csv_safe::neutralise(c).into_owned()))?;
     let mut row: Vec<String> = Vec::with_capacity(header.len());
     for d in devices {
         row.clear();
@@ -502,7 +707,7 @@ pub fn write_csv(out: &mut dyn Write, devices: &[Device]) -> Result<()> {
         ]);
         row.extend(extra_components.iter().map(|c| comp(c)));
         row.extend(tag_keys.iter().map(|k| d.tag(k).unwrap_or("").to_owned()));
-        w.write_record(&row)?;
+        w.write_record(row.iter().map(|c| csv_safe::neutralise(c).into_owned()))?;
     }
     w.flush()?;
     Ok(())
@@ -518,7 +723,10 @@ pub fn write_json(out: &mut dyn Write, fleet: &Fleet) -> Result<()> {
 /// Reads a JSON inventory. A well-formed fleet document takes the fast path; anything else is
 /// read device by device so that one bad device is reported and skipped.
 pub fn read_json(text: &str) -> Result<Inventory> {
+    // A key twice in one object (a device's `hw_rev`, say) has two readings: refused, named.
+    convoy_core::strict_json::check(text.as_bytes()).context("invalid JSON inventory")?;
     if let Ok(fleet) = serde_json::from_str::<Fleet>(text) {
+        check_depots(&fleet.depots)?;
         let mut inv = Inventory {
             depots: fleet.depots,
             devices: Vec::new(),
@@ -527,7 +735,12 @@ pub fn read_json(text: &str) -> Result<Inventory> {
         let mut seen: HashMap<String, usize> = HashMap::new();
         let lines = element_lines(text);
         for (i, d) in fleet.devices.into_iter().enumerate() {
-            if let Some(first) = seen.get(&d.id) {
+            if let Err(reason) = check_device(&d) {
+                inv.rejected.push(RejectedRow {
+                    line: lines.get(i).copied().unwrap_or(0),
+                    reason: format!("device {}: {reason}", i + 1),
+                });
+            } else if let Some(first) = seen.get(&d.id) {
                 inv.rejected.push(RejectedRow {
                     line: lines.get(i).copied().unwrap_or(0),
                     reason: format!(
@@ -551,6 +764,7 @@ pub fn read_json(text: &str) -> Result<Inventory> {
                 None | Some(serde_json::Value::Null) => Vec::new(),
                 Some(v) => serde_json::from_value::<Vec<Depot>>(v).context("invalid depots")?,
             };
+            check_depots(&depots)?;
             match map.remove("devices") {
                 Some(serde_json::Value::Array(items)) => (depots, items),
                 _ => bail!("expected a \"devices\" array"),
@@ -566,7 +780,7 @@ pub fn read_json(text: &str) -> Result<Inventory> {
     let mut first_line: HashMap<String, u64> = HashMap::new();
     for (i, item) in devices.into_iter().enumerate() {
         let line = lines.get(i).copied().unwrap_or(0);
-        match device_from_json(item) {
+        match device_from_json(item).and_then(checked) {
             Ok(d) => {
                 if let Some(first) = first_line.get(&d.id) {
                     inv.rejected.push(RejectedRow {
@@ -747,6 +961,165 @@ mod tests {
         assert_eq!(a2.power, PowerState::Mains);
         assert_eq!(a2.battery_pct, None);
         assert_eq!((a2.active_slot, a2.redundancy), (Slot::A, Redundancy::None));
+    }
+
+    const HEADER: &str = "id,model,hw_rev,firmware,region,depot,lat,lon,connectivity,customer_tier,device_class,last_seen";
+
+    fn row(id: &str) -> String {
+        format!("{id},T300,B,2.4.1,eu-central,eu-central-muc,48.1,-11.5,wifi,basic,truck,0")
+    }
+
+    #[test]
+    fn ids_that_are_not_one_topic_level_are_refused_with_line_and_reason_issue_16() {
+        let long = "E".repeat(5_000);
+        let bad = [
+            "EV/evil/x",
+            "#",
+            "EV+",
+            long.as_str(),
+            "\"EV\nX\"",
+            "\"EV\u{0}X\"",
+        ];
+        let mut text = format!("{HEADER}\n{}\n", row("GOOD-1"));
+        for id in bad {
+            text.push_str(&row(id));
+            text.push('\n');
+        }
+        let inv = read_csv(text.as_bytes()).expect("read");
+        assert_eq!(inv.devices.len(), 1, "{:?}", inv.rejected);
+        assert_eq!(inv.rejected.len(), bad.len(), "{:?}", inv.rejected);
+        for r in &inv.rejected[..3] {
+            assert!(r.reason.contains("not a valid device id"), "{r}");
+        }
+        assert!(
+            inv.rejected[3].reason.starts_with("id: 5000 bytes"),
+            "{}",
+            inv.rejected[3]
+        );
+        // The embedded newline and NUL are control characters in the id field.
+        for r in &inv.rejected[4..] {
+            assert!(r.reason.starts_with("id: control character"), "{r}");
+        }
+        assert_eq!(inv.rejected[0].line, 3);
+    }
+
+    #[test]
+    fn json_inventories_keep_the_same_id_and_text_rules_issue_16() {
+        let mut fleet = synth(20);
+        fleet.devices[2].id = "EV/evil/x".to_owned();
+        fleet.devices[5].region = "eu\ncentral".to_owned();
+        let mut out = Vec::new();
+        write_json(&mut out, &fleet).expect("write");
+        let inv = read_json(std::str::from_utf8(&out).expect("utf-8")).expect("read");
+        assert_eq!(inv.devices.len(), 18);
+        assert!(
+            inv.rejected[0].reason.contains("not a valid device id"),
+            "{:?}",
+            inv.rejected
+        );
+        assert!(
+            inv.rejected[1]
+                .reason
+                .contains("region: control character U+000A"),
+            "{:?}",
+            inv.rejected
+        );
+    }
+
+    #[test]
+    fn formula_cells_are_neutralised_on_export_and_restored_on_import_issue_16() {
+        let mut fleet = synth(50);
+        let d = &mut fleet.devices[7];
+        d.tags.insert(
+            "note",
+            "=HYPERLINK(\"http://evil.example\",\"click\")".to_owned(),
+        );
+        d.tags.insert("owner", "+1+1".to_owned());
+        d.tags.insert("@team", "@SUM(A1)".to_owned());
+        d.tags.insert("quote", "'already".to_owned());
+        d.model = "-2+3+cmd|' /C calc'!A0".to_owned();
+        let mut out = Vec::new();
+        write_csv(&mut out, &fleet.devices).expect("write");
+        let text = String::from_utf8(out).expect("utf-8");
+        for line in text.lines() {
+            for cell in line.split(',') {
+                let cell = cell.trim_start_matches('"');
+                let risky = cell.starts_with(['=', '+', '@'])
+                    || (cell.starts_with('-') && cell.parse::<f64>().is_err());
+                assert!(!risky, "a spreadsheet would evaluate {cell:?} in {line}");
+            }
+        }
+        assert!(text.contains("'=HYPERLINK("), "{text}");
+        assert!(
+            text.contains(",'@team") || text.contains(",\"'@team"),
+            "the header is marked too"
+        );
+        let inv = read_csv(text.as_bytes()).expect("read");
+        assert_eq!(inv.rejected, []);
+        assert_eq!(
+            inv.devices, fleet.devices,
+            "export then import is the identity"
+        );
+    }
+
+    #[test]
+    fn a_million_columns_a_huge_field_and_too_many_tags_are_refused_issue_16() {
+        // A header past MAX_COLUMNS (short enough to pass the line guard) refuses the file.
+        let wide: String = (12..312).fold(HEADER.to_owned(), |h, i| format!("{h},t{i}"));
+        let err = read_csv(format!("{wide}\n").as_bytes()).expect_err("too many columns");
+        assert!(
+            format!("{err:#}").contains("312 columns; an inventory may have at most 256"),
+            "{err:#}"
+        );
+        // A million columns is one line past the line guard.
+        let huge_header = format!("{HEADER}{}", ",c".repeat(1_000_000));
+        let err = read_csv(huge_header.as_bytes()).expect_err("a million columns");
+        assert!(
+            format!("{err:#}").contains("line 1 is longer than"),
+            "{err:#}"
+        );
+        // A 10 MB field: the line guard refuses the file before the parser holds it.
+        let text = format!("{HEADER},note\n{},{}\n", row("A1"), "x".repeat(10 << 20));
+        let err = read_csv(text.as_bytes()).expect_err("10 MB field");
+        assert!(
+            format!("{err:#}").contains("line 2 is longer than 1048576 bytes"),
+            "{err:#}"
+        );
+        // A field past MAX_FIELD_BYTES but within a line: that row is rejected, naming the column.
+        let text = format!(
+            "{HEADER},note\n{},{}\n{},ok\n",
+            row("A1"),
+            "x".repeat(2_000),
+            row("A2")
+        );
+        let inv = read_csv(text.as_bytes()).expect("read");
+        assert_eq!(inv.devices.len(), 1);
+        assert_eq!(inv.rejected.len(), 1);
+        assert!(
+            inv.rejected[0]
+                .reason
+                .starts_with("note: 2000 bytes; a field may hold at most 1024"),
+            "{}",
+            inv.rejected[0]
+        );
+        // Too many tags on one device (JSON, where tags are not columns).
+        let mut fleet = synth(3);
+        for i in 0..=MAX_TAGS {
+            fleet.devices[1]
+                .tags
+                .insert(format!("k{i}"), "v".to_owned());
+        }
+        let mut out = Vec::new();
+        write_json(&mut out, &fleet).expect("write");
+        let inv = read_json(std::str::from_utf8(&out).expect("utf-8")).expect("read");
+        assert_eq!(inv.devices.len(), 2);
+        assert!(
+            inv.rejected[0]
+                .reason
+                .contains("tags; a device may carry at most 64"),
+            "{:?}",
+            inv.rejected
+        );
     }
 
     #[test]

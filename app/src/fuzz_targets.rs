@@ -64,6 +64,11 @@ pub const TARGETS: &[Target] = &[
         seeds: seeds_canonical_json,
     },
     Target {
+        name: "strict_json",
+        run: strict_json,
+        seeds: seeds_strict_json,
+    },
+    Target {
         name: "faults",
         run: faults,
         seeds: seeds_faults,
@@ -287,6 +292,109 @@ pub fn canonical_json(data: &[u8]) {
             Err(e) => panic!("canonical JSON does not parse: {e}"),
         }
     }
+}
+
+/// The strict reader (one reading per document): it agrees with serde_json on everything but
+/// duplicate keys, and the canonical text of what it accepts reads back, strictly, to the same
+/// value.
+pub fn strict_json(data: &[u8]) {
+    use convoy_core::strict_json::{StrictJsonError, value_from_slice};
+    let lax = serde_json::from_slice::<serde_json::Value>(data);
+    match (value_from_slice(data), &lax) {
+        (Ok(strict), Ok(lax)) => {
+            assert_eq!(&strict, lax, "the strict reading differs from serde_json's");
+            if let Ok(text) = convoy_core::canonical_json::encode_text(&strict) {
+                assert_eq!(
+                    value_from_slice(&text).ok().as_ref(),
+                    Some(&strict),
+                    "the canonical text does not read back"
+                );
+            }
+        }
+        (Ok(_), Err(e)) => panic!("strict accepted what serde_json refuses: {e}"),
+        (Err(StrictJsonError::Json(message)), Err(e)) => {
+            assert_eq!(message, e.to_string(), "the syntax error changed");
+        }
+        (Err(StrictJsonError::Json(message)), Ok(_)) => {
+            panic!("strict refused valid JSON with no duplicate: {message}");
+        }
+        (Err(StrictJsonError::DuplicateKey { path, .. }), _) => {
+            assert!(
+                path.starts_with('$'),
+                "the path {path:?} is not a JSON path"
+            );
+            // Without duplicates serde_json's reading would keep every key.
+            if let Ok(lax) = &lax {
+                assert!(
+                    count_keys_lax(data) > count_entries(lax),
+                    "a duplicate was reported where serde_json kept every key"
+                );
+            }
+        }
+    }
+}
+
+/// Object entries of a value (each object's keys, all levels).
+fn count_entries(value: &serde_json::Value) -> usize {
+    match value {
+        serde_json::Value::Array(items) => items.iter().map(count_entries).sum(),
+        serde_json::Value::Object(map) => {
+            map.len() + map.values().map(count_entries).sum::<usize>()
+        }
+        _ => 0,
+    }
+}
+
+/// Object keys as written (duplicates included), counted through serde's map access.
+fn count_keys_lax(data: &[u8]) -> usize {
+    struct Count;
+    impl<'de> serde::de::Visitor<'de> for Count {
+        type Value = usize;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("JSON")
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<usize, E> {
+            Ok(0)
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<usize, E> {
+            Ok(0)
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<usize, E> {
+            Ok(0)
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<usize, E> {
+            Ok(0)
+        }
+        fn visit_str<E>(self, _: &str) -> Result<usize, E> {
+            Ok(0)
+        }
+        fn visit_unit<E>(self) -> Result<usize, E> {
+            Ok(0)
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<usize, A::Error> {
+            let mut n = 0;
+            while let Some(k) = seq.next_element_seed(CountSeed)? {
+                n += k;
+            }
+            Ok(n)
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<usize, A::Error> {
+            let mut n = 0;
+            while map.next_key::<serde::de::IgnoredAny>()?.is_some() {
+                n += 1 + map.next_value_seed(CountSeed)?;
+            }
+            Ok(n)
+        }
+    }
+    struct CountSeed;
+    impl<'de> serde::de::DeserializeSeed<'de> for CountSeed {
+        type Value = usize;
+        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<usize, D::Error> {
+            d.deserialize_any(Count)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_slice(data);
+    serde::de::DeserializeSeed::deserialize(CountSeed, &mut de).unwrap_or(0)
 }
 
 fn has_control_chars(value: &serde_json::Value) -> bool {
@@ -591,6 +699,20 @@ fn seeds_canonical_json() -> Vec<Vec<u8>> {
         "18446744073709551615",
         "-9223372036854775808",
         "1.5",
+    ]
+    .iter()
+    .map(|s| s.as_bytes().to_vec())
+    .collect()
+}
+
+fn seeds_strict_json() -> Vec<Vec<u8>> {
+    [
+        r#"{"signed": {"release": {"counter": 1}}, "signed": {"release": {"counter": 2}}, "signatures": []}"#,
+        r#"{"signed": {"release": {"artifacts": [{"sha256": "aa", "sha256": "bb"}]}}}"#,
+        r#"{"a": 1, "\u0061": 2}"#,
+        r#"{"a": {"b": [1, {"c": null}]}, "d": "e\nf", "g": 18446744073709551615}"#,
+        r#"[{"k": 1}, {"k": 2}, {"k": 3, "j": {"k": 4}}]"#,
+        "{\"a\": 1,",
     ]
     .iter()
     .map(|s| s.as_bytes().to_vec())

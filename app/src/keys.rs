@@ -91,6 +91,7 @@ pub fn read_passphrase(
     confirm: Confirm,
 ) -> Result<Zeroizing<String>> {
     let passphrase = if let Some(file) = file {
+        check_secret_file(file, SecretFile::Passphrase)?;
         let text = Zeroizing::new(
             std::fs::read_to_string(file)
                 .with_context(|| format!("reading the passphrase file {}", file.display()))?,
@@ -124,6 +125,209 @@ pub fn read_passphrase(
         bail!("the passphrase for {purpose} is empty");
     }
     Ok(passphrase)
+}
+
+/// The rule a new key's passphrase must meet, as the refusal states it.
+pub const PASSPHRASE_RULE: &str = "a new key's passphrase has at least 12 characters, is not made of digits only, a few distinct characters or a keyboard or alphabet run, is not a common password (with digits or symbols around it), and does not contain the key's name";
+
+/// The keys of a keyboard, row by row: a passphrase inside this (or its reverse) is a run.
+const KEYBOARD: &str = "1234567890qwertyuiopasdfghjklzxcvbnm";
+
+/// The shortest passphrase a new key accepts.
+pub const MIN_PASSPHRASE_CHARS: usize = 12;
+
+/// Common passwords and their obvious stems, refused for new keys (a short built-in list, not a
+/// breach corpus: it catches what people type first).
+const COMMON_PASSWORDS: &[&str] = &[
+    "password",
+    "passphrase",
+    "passwort",
+    "motdepasse",
+    "letmein",
+    "welcome",
+    "changeme",
+    "iloveyou",
+    "trustno",
+    "trustnoone",
+    "admin",
+    "administrator",
+    "root",
+    "toor",
+    "secret",
+    "qwerty",
+    "azerty",
+    "abc",
+    "abcd",
+    "abcdef",
+    "monkey",
+    "dragon",
+    "sunshine",
+    "princess",
+    "football",
+    "baseball",
+    "master",
+    "shadow",
+    "superman",
+    "batman",
+    "starwars",
+    "whatever",
+    "default",
+    "convoy",
+    "signing",
+    "signingkey",
+    "privatekey",
+    "test",
+    "testing",
+    "example",
+    "correcthorsebatterystaple",
+    "opensesame",
+    "hunter",
+    "passw0rd",
+    "p@ssw0rd",
+    "p@ssword",
+    "psswrd",
+];
+
+/// Why `passphrase` is too weak for a new key named `key_name` (the key directory's name), or
+/// `None` if it meets [`PASSPHRASE_RULE`]. Unlocking an existing key never applies this.
+pub fn weak_passphrase(passphrase: &str, key_name: &str) -> Option<String> {
+    let chars: Vec<char> = passphrase.chars().collect();
+    if chars.len() < MIN_PASSPHRASE_CHARS {
+        return Some(format!(
+            "it has {} character{}, fewer than {MIN_PASSPHRASE_CHARS}",
+            chars.len(),
+            if chars.len() == 1 { "" } else { "s" }
+        ));
+    }
+    let lower = passphrase.to_lowercase();
+    if chars.iter().all(char::is_ascii_digit) {
+        return Some("it is made of digits only".to_owned());
+    }
+    let mut distinct = chars.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    if distinct.len() < 5 {
+        return Some(format!(
+            "it is made of only {} distinct characters",
+            distinct.len()
+        ));
+    }
+    let run = |step: i64| {
+        chars
+            .windows(2)
+            .all(|w| i64::from(u32::from(w[1])) - i64::from(u32::from(w[0])) == step)
+    };
+    let reversed: String = KEYBOARD.chars().rev().collect();
+    if run(1) || run(-1) || KEYBOARD.contains(&lower) || reversed.contains(&lower) {
+        return Some("it is a keyboard or alphabet run".to_owned());
+    }
+    let compact: String = lower.chars().filter(|c| !c.is_whitespace()).collect();
+    // The letters alone: `Password1234!` and `letmein!letmein!` are a common word dressed up.
+    let stem: String = compact.chars().filter(|c| c.is_alphabetic()).collect();
+    let stem_repeated = |word: &str| {
+        !stem.is_empty()
+            && stem.len().is_multiple_of(word.len())
+            && stem == word.repeat(stem.len() / word.len())
+    };
+    if let Some(word) = COMMON_PASSWORDS
+        .iter()
+        .find(|w| compact == **w || stem_repeated(w))
+    {
+        return Some(format!(
+            "it is the common password {word:?} (with digits or symbols around it)"
+        ));
+    }
+    let name = key_name.trim().to_lowercase();
+    if name.chars().count() >= 3 && lower.contains(&name) {
+        return Some(format!("it contains the key's name {key_name:?}"));
+    }
+    None
+}
+
+/// Refuses a weak passphrase for the new key in `dir`, with the reason and the rule.
+pub fn check_new_passphrase(dir: &Path, passphrase: &str) -> Result<()> {
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if let Some(why) = weak_passphrase(passphrase, &name) {
+        bail!(
+            "the passphrase for the new key in {} is too weak: {why}; {PASSPHRASE_RULE}",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// Which secret file is being read, for the permission check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SecretFile {
+    /// A `--passphrase-file`: refused if anyone may write it, warned about if others may read it.
+    Passphrase,
+    /// A key directory's `private.key.json`: warned about if others may read or write it.
+    PrivateKey,
+}
+
+/// What the permission bits of a secret file mean: `Err` to refuse, `Ok(Some)` to warn.
+pub fn secret_file_verdict(
+    path: &Path,
+    mode: u32,
+    kind: SecretFile,
+) -> std::result::Result<Option<String>, String> {
+    let mode = mode & 0o777;
+    let what = match kind {
+        SecretFile::Passphrase => "passphrase file",
+        SecretFile::PrivateKey => "private key file",
+    };
+    let fix = format!("chmod 600 {}", path.display());
+    if kind == SecretFile::Passphrase && mode & 0o002 != 0 {
+        return Err(format!(
+            "refusing to read the {what} {}: its mode {mode:04o} lets any user of this machine write it (and so choose the passphrase); {fix}",
+            path.display()
+        ));
+    }
+    if mode & 0o077 != 0 {
+        return Ok(Some(format!(
+            "warning: the {what} {} has mode {mode:04o}: it is {} by its group or others; {fix}",
+            path.display(),
+            match (mode & 0o044 != 0, mode & 0o022 != 0) {
+                (true, true) => "readable and writable",
+                (true, false) => "readable",
+                _ => "writable",
+            }
+        )));
+    }
+    Ok(None)
+}
+
+/// Checks a secret file's permissions: refuses (see [`secret_file_verdict`]) or warns on
+/// stderr, once per file and process.
+pub fn check_secret_file(path: &Path, kind: SecretFile) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        static WARNED: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+        let mode = std::fs::metadata(path)
+            .with_context(|| format!("reading {}", path.display()))?
+            .permissions()
+            .mode();
+        match secret_file_verdict(path, mode, kind) {
+            Err(refusal) => bail!("{refusal}"),
+            Ok(Some(warning)) => {
+                let mut warned = WARNED
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if !warned.iter().any(|p| p == path) {
+                    warned.push(path.to_owned());
+                    eprintln!("{warning}");
+                }
+            }
+            Ok(None) => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (path, kind);
+    Ok(())
 }
 
 fn random_bytes<const N: usize>() -> Result<Zeroizing<[u8; N]>> {
@@ -164,8 +368,15 @@ fn aad(key_id: &KeyId) -> Vec<u8> {
 }
 
 /// Generates a key pair into `dir` (created if needed; an existing key there is never
-/// overwritten) and returns its id.
+/// overwritten) and returns its id. A passphrase that does not meet [`PASSPHRASE_RULE`] is
+/// refused before anything is written.
 pub fn generate(dir: &Path, passphrase: &str) -> Result<KeyId> {
+    check_new_passphrase(dir, passphrase)?;
+    write_new_key(dir, passphrase)
+}
+
+/// [`generate`] without the passphrase rule (keys made before it, in tests).
+fn write_new_key(dir: &Path, passphrase: &str) -> Result<KeyId> {
     let private_path = dir.join(PRIVATE_FILE);
     if private_path.exists() || dir.join(PUBLIC_FILE).exists() {
         bail!(
@@ -314,8 +525,9 @@ fn read_limited(path: &Path, limit_bytes: u64) -> Result<Vec<u8>> {
 /// The public key of a key directory, checked against its recorded id.
 pub fn load_public(dir: &Path) -> Result<VerifyingKey> {
     let path = dir.join(PUBLIC_FILE);
-    let file: PublicKeyFile = serde_json::from_slice(&read_limited(&path, 64 * 1024)?)
-        .with_context(|| format!("parsing {}", path.display()))?;
+    let file: PublicKeyFile =
+        convoy_core::strict_json::from_slice(&read_limited(&path, 64 * 1024)?)
+            .with_context(|| format!("parsing {}", path.display()))?;
     let key = file
         .key
         .verifying_key()
@@ -335,8 +547,10 @@ pub fn load_public(dir: &Path) -> Result<VerifyingKey> {
 /// directory, never a panic.
 pub fn load_signing_key(dir: &Path, passphrase: &str) -> Result<SigningKey> {
     let path = dir.join(PRIVATE_FILE);
-    let file: PrivateKeyFile = serde_json::from_slice(&read_limited(&path, 64 * 1024)?)
-        .with_context(|| format!("parsing {}", path.display()))?;
+    check_secret_file(&path, SecretFile::PrivateKey)?;
+    let file: PrivateKeyFile =
+        convoy_core::strict_json::from_slice(&read_limited(&path, 64 * 1024)?)
+            .with_context(|| format!("parsing {}", path.display()))?;
     if file.format != PRIVATE_FORMAT || file.cipher.algorithm != "xchacha20poly1305" {
         bail!(
             "{} has format {:?} / cipher {:?}: expected {PRIVATE_FORMAT:?} / \"xchacha20poly1305\"",
@@ -476,14 +690,101 @@ mod tests {
             assert_eq!(mode & 0o777, 0o600);
         }
         // Never overwrites an existing key.
-        assert!(generate(&key_dir, "x").is_err());
+        assert!(generate(&key_dir, "another strong passphrase").is_err());
         assert_eq!(load_public(&key_dir).expect("public"), key.verifying_key());
+    }
+
+    #[test]
+    fn weak_passphrases_are_refused_for_new_keys_with_the_reason() {
+        let check = |p: &str, name: &str, why: Option<&str>| {
+            let got = weak_passphrase(p, name);
+            match (why, &got) {
+                (None, None) => {}
+                (Some(w), Some(g)) if g.contains(w) => {}
+                _ => panic!("{p:?} (key {name:?}): expected {why:?}, got {got:?}"),
+            }
+        };
+        check("x", "k", Some("1 character, fewer than 12"));
+        check("short pass", "k", Some("10 characters"));
+        check("123456789012345", "k", Some("digits only"));
+        check("aaaaaaaaaaaaaaaa", "k", Some("only 1 distinct"));
+        check("abababababababab", "k", Some("only 2 distinct"));
+        check("abcdefghijklmnop", "k", Some("run"));
+        check("qwertyuiopasdf", "k", Some("run"));
+        check("Password1234!", "k", Some("common password \"password\""));
+        check("letmein!letmein!", "k", Some("common password \"letmein\""));
+        check(
+            "my fleet-signing key 7",
+            "fleet-signing",
+            Some("key's name"),
+        );
+        check("tempest over MUNICH 42", "munich", Some("key's name"));
+        // Passphrases that meet the rule.
+        check("correct horse battery", "k", None);
+        check("e2e test passphrase", "release-key", None);
+        check("Tr0ub4dor&3-convoy!x", "ab", None);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let err = generate(&dir.path().join("k"), "pw").expect_err("weak");
+        let text = format!("{err:#}");
+        assert!(
+            text.contains("too weak") && text.contains(PASSPHRASE_RULE),
+            "{text}"
+        );
+        assert!(
+            !dir.path().join("k").exists(),
+            "nothing written for a refused key"
+        );
+    }
+
+    #[test]
+    fn an_existing_key_with_a_weak_passphrase_still_unlocks() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let id = write_new_key(dir.path(), "pw").expect("an old key");
+        let key = load_signing_key(dir.path(), "pw").expect("unlocks");
+        assert_eq!(KeyId::of(&key.verifying_key()), id);
+    }
+
+    #[test]
+    fn secret_file_modes_are_warned_about_or_refused() {
+        let p = Path::new("/k/pass");
+        assert_eq!(
+            secret_file_verdict(p, 0o100_600, SecretFile::Passphrase),
+            Ok(None)
+        );
+        assert_eq!(
+            secret_file_verdict(p, 0o400, SecretFile::PrivateKey),
+            Ok(None)
+        );
+        let warn = secret_file_verdict(p, 0o644, SecretFile::Passphrase)
+            .expect("not refused")
+            .expect("a warning");
+        assert!(
+            warn.contains("/k/pass")
+                && warn.contains("0644")
+                && warn.contains("readable")
+                && warn.contains("chmod 600 /k/pass"),
+            "{warn}"
+        );
+        let warn = secret_file_verdict(p, 0o620, SecretFile::PrivateKey)
+            .expect("not refused")
+            .expect("a warning");
+        assert!(
+            warn.contains("writable") && warn.contains("private key"),
+            "{warn}"
+        );
+        let refused = secret_file_verdict(p, 0o666, SecretFile::Passphrase).expect_err("refused");
+        assert!(
+            refused.contains("0666") && refused.contains("chmod 600"),
+            "{refused}"
+        );
+        // A world-writable key file is warned about (it is authenticated when it is read).
+        assert!(secret_file_verdict(p, 0o666, SecretFile::PrivateKey).is_ok());
     }
 
     #[test]
     fn altered_key_file_is_an_error() {
         let dir = tempfile::tempdir().expect("tempdir");
-        generate(dir.path(), "pw").expect("generate");
+        generate(dir.path(), "pw altered test").expect("generate");
         let path = dir.path().join(PRIVATE_FILE);
         let mut file: serde_json::Value =
             serde_json::from_slice(&std::fs::read(&path).expect("read")).expect("json");
@@ -491,6 +792,6 @@ mod tests {
         let flipped = if ct.starts_with('0') { "1" } else { "0" };
         file["ciphertext"] = format!("{flipped}{}", &ct[1..]).into();
         std::fs::write(&path, serde_json::to_vec(&file).expect("json")).expect("write");
-        assert!(load_signing_key(dir.path(), "pw").is_err());
+        assert!(load_signing_key(dir.path(), "pw altered test").is_err());
     }
 }

@@ -7,6 +7,7 @@
 
 pub mod cli;
 pub mod cmd;
+pub mod csv_safe;
 pub mod engine;
 pub mod fleet_io;
 #[doc(hidden)]

@@ -361,13 +361,10 @@ pub fn decode_command(
         );
     }
     let sim = match command.action {
-        CommandAction::Offer {
+        CommandAction::Offer { release_id, .. } => SimCommand::Offer {
             release_id,
-            manifest,
-        } => SimCommand::Offer {
-            release_id,
-            manifest_bytes: serde_json::to_vec(&manifest)
-                .context("re-encoding the offered manifest")?,
+            manifest_bytes: offered_manifest_bytes(payload)
+                .with_context(|| format!("decoding the offered manifest on {topic}"))?,
         },
         CommandAction::RollBack { release_id, reason } => {
             SimCommand::RollBack { release_id, reason }
@@ -375,6 +372,24 @@ pub fn decode_command(
         CommandAction::Cancel { release_id } => SimCommand::Cancel { release_id },
     };
     Ok((device_id, command.command_id, sim))
+}
+
+/// The offered manifest exactly as it stands in the command's bytes. The device verifies what
+/// it received: a manifest with a key twice is refused by the device's own rules (and acked as
+/// rejected), where re-encoding the parsed value would have kept one reading and hidden the other.
+fn offered_manifest_bytes(payload: &[u8]) -> Result<Vec<u8>> {
+    #[derive(serde::Deserialize)]
+    struct RawCommand<'a> {
+        #[serde(borrow)]
+        action: RawAction<'a>,
+    }
+    #[derive(serde::Deserialize)]
+    struct RawAction<'a> {
+        #[serde(borrow)]
+        manifest: &'a serde_json::value::RawValue,
+    }
+    let raw: RawCommand<'_> = serde_json::from_slice(payload)?;
+    Ok(raw.action.manifest.get().as_bytes().to_vec())
 }
 
 async fn publish_all(link: &LinkHandle, out: &mut Vec<(String, Vec<u8>, bool)>) -> Result<u64> {
@@ -670,6 +685,17 @@ fn refusal(
 pub async fn run_with_fetch(
     options: SimOptions,
     fetch: Option<ArtifactFetch>,
+    stop: Option<tokio::sync::oneshot::Receiver<()>>,
+) -> Result<(SimSummary, FetchSummary)> {
+    run_as(options, mqtt::MqttAuth::default(), fetch, stop).await
+}
+
+/// [`run_with_fetch`], connecting to the broker as `auth` (the fleet simulator's identity, which
+/// a broker with per-device ACLs must allow to speak for every device: test and demo only).
+pub async fn run_as(
+    options: SimOptions,
+    auth: mqtt::MqttAuth,
+    fetch: Option<ArtifactFetch>,
     mut stop: Option<tokio::sync::oneshot::Receiver<()>>,
 ) -> Result<(SimSummary, FetchSummary)> {
     if !(options.time_scale.is_finite() && options.time_scale > 0.0) {
@@ -680,11 +706,10 @@ pub async fn run_with_fetch(
     }
     let topics = options.topics.clone();
     let filter = format!("{}/devices/+/commands", topics.prefix());
-    let (mut link, mut rx): (LinkHandle, mpsc::Receiver<LinkEvent>) = mqtt::spawn(
-        &LinkConfig::new(&options.broker_url, &options.client_id),
-        topics.clone(),
-        &Role::Filters(vec![filter]),
-    )?;
+    let mut config = LinkConfig::new(&options.broker_url, &options.client_id);
+    config.auth = auth;
+    let (mut link, mut rx): (LinkHandle, mpsc::Receiver<LinkEvent>) =
+        mqtt::spawn(&config, topics.clone(), &Role::Filters(vec![filter]))?;
     link.wait_connected(Duration::from_secs(30)).await?;
     // Kept open for the whole run, so the receiver below never reports a closed channel.
     let (done_tx, mut done_rx) = mpsc::channel(16);

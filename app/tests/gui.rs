@@ -1404,9 +1404,10 @@ fn signed_release(
         .join("../fixtures/releases/t300-fw-2.5.0.json");
     let spec: convoy_core::release::ReleaseSpec =
         serde_json::from_slice(&std::fs::read(fixture).unwrap()).unwrap();
-    convoy::keys::generate(trust, "pw").unwrap();
+    convoy::keys::generate(trust, "gui test passphrase").unwrap();
     let manifest =
-        convoy::cmd::release::sign_release(spec.clone(), None, trust, "pw", NOW).unwrap();
+        convoy::cmd::release::sign_release(spec.clone(), None, trust, "gui test passphrase", NOW)
+            .unwrap();
     let store = convoy::store::Store::open(cache).unwrap();
     convoy::cmd::release::record_release(&store, &manifest, "test", NOW).unwrap();
     (spec, manifest.to_json_bytes())

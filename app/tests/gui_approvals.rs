@@ -33,9 +33,10 @@ fn cache_with_saved_plan(dir: &Path, fleet: &Fleet) -> (PathBuf, String, String)
     let spec: convoy_core::release::ReleaseSpec =
         serde_json::from_slice(&std::fs::read(fixture).unwrap()).unwrap();
     let trust = dir.join("trust");
-    convoy::keys::generate(&trust, "pw").unwrap();
+    convoy::keys::generate(&trust, "gui test passphrase").unwrap();
     let manifest =
-        convoy::cmd::release::sign_release(spec.clone(), None, &trust, "pw", NOW).unwrap();
+        convoy::cmd::release::sign_release(spec.clone(), None, &trust, "gui test passphrase", NOW)
+            .unwrap();
     convoy::cmd::release::record_release(&store, &manifest, "test", NOW).unwrap();
     let policy = convoy_core::plan::PlanningPolicy::default();
     let plan = convoy_core::plan::plan(&convoy_core::plan::PlanInput {
@@ -79,7 +80,7 @@ fn a_saved_plan_is_requested_approved_by_two_others_and_the_emergency_path_needs
     let (cache, release, plan_id) = cache_with_saved_plan(dir.path(), &fleet);
     let (mut h, _) = harness(fleet, cache.clone());
     click(&mut h, "Approvals");
-    h.get_by_label_contains("Local approvals are by name, not authenticated");
+    h.get_by_label_contains("Local approvals prove nothing about who approved");
     wait_for(&mut h, &plan_id);
 
     // alice requests the saved plan on the standard path.
@@ -110,7 +111,7 @@ fn a_saved_plan_is_requested_approved_by_two_others_and_the_emergency_path_needs
     click(&mut h, "Approve ro-std");
     wait_for(&mut h, "bob approved rollout ro-std");
     wait_for(&mut h, "bob approved at");
-    h.get_by_label("ro-std needs 2 approvals by distinct operators other than alice (1 so far)");
+    h.get_by_label("ro-std needs 2 approvals by distinct people other than alice (1 so far)");
     h.get_by_label("bob approved at 2027-01-15T08:00:00Z: canary looks right");
     // The comment went with bob's approval; the field is empty for the next.
     assert!(h.state().approvals.comment.is_empty());

@@ -33,14 +33,34 @@ pub fn to_canonical_bytes<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, C
 /// The canonical JSON bytes of a JSON value.
 pub fn encode(value: &Value) -> Result<Vec<u8>, CanonicalJsonError> {
     let mut out = Vec::with_capacity(256);
-    write_value(value, &mut out, &mut String::from("$"))?;
+    write_value(value, &mut out, &mut String::from("$"), Form::Signed)?;
     Ok(out)
+}
+
+/// The canonical form as JSON text, for serving: the same bytes as [`encode`] except that
+/// control characters in strings are escaped as RFC 8259 requires (`\n`, `\u001f`, exactly as
+/// serde_json escapes them), since raw ones are not JSON and strict parsers refuse them. A value
+/// with no control character in any string has the same bytes in both forms; reading either back
+/// gives the same value, so the signature over [`encode`] of it still verifies.
+pub fn encode_text(value: &Value) -> Result<Vec<u8>, CanonicalJsonError> {
+    let mut out = Vec::with_capacity(256);
+    write_value(value, &mut out, &mut String::from("$"), Form::Text)?;
+    Ok(out)
+}
+
+/// How strings are written: the signed form carries control characters raw, the served text
+/// escapes them.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Form {
+    Signed,
+    Text,
 }
 
 fn write_value(
     value: &Value,
     out: &mut Vec<u8>,
     path: &mut String,
+    form: Form,
 ) -> Result<(), CanonicalJsonError> {
     match value {
         Value::Null => out.extend_from_slice(b"null"),
@@ -58,7 +78,7 @@ fn write_value(
                 });
             }
         }
-        Value::String(s) => write_string(s, out),
+        Value::String(s) => write_string(s, out, form),
         Value::Array(items) => {
             out.push(b'[');
             for (i, item) in items.iter().enumerate() {
@@ -69,7 +89,7 @@ fn write_value(
                 path.push('[');
                 path.push_str(&i.to_string());
                 path.push(']');
-                write_value(item, out, path)?;
+                write_value(item, out, path, form)?;
                 path.truncate(len);
             }
             out.push(b']');
@@ -84,12 +104,12 @@ fn write_value(
                 if i > 0 {
                     out.push(b',');
                 }
-                write_string(key, out);
+                write_string(key, out, form);
                 out.push(b':');
                 let len = path.len();
                 path.push('.');
                 path.push_str(key);
-                write_value(item, out, path)?;
+                write_value(item, out, path, form)?;
                 path.truncate(len);
             }
             out.push(b'}');
@@ -98,13 +118,29 @@ fn write_value(
     Ok(())
 }
 
-fn write_string(s: &str, out: &mut Vec<u8>) {
+fn write_string(s: &str, out: &mut Vec<u8>, form: Form) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     out.push(b'"');
     for b in s.bytes() {
-        if b == b'"' || b == b'\\' {
-            out.push(b'\\');
+        match b {
+            b'"' | b'\\' => out.extend_from_slice(&[b'\\', b]),
+            0..0x20 if form == Form::Text => match b {
+                0x08 => out.extend_from_slice(b"\\b"),
+                0x0c => out.extend_from_slice(b"\\f"),
+                b'\n' => out.extend_from_slice(b"\\n"),
+                b'\r' => out.extend_from_slice(b"\\r"),
+                b'\t' => out.extend_from_slice(b"\\t"),
+                _ => out.extend_from_slice(&[
+                    b'\\',
+                    b'u',
+                    b'0',
+                    b'0',
+                    HEX[usize::from(b >> 4)],
+                    HEX[usize::from(b & 0xf)],
+                ]),
+            },
+            _ => out.push(b),
         }
-        out.push(b);
     }
     out.push(b'"');
 }
@@ -192,5 +228,50 @@ mod tests {
         let a: Value = serde_json::from_str(r#"{"x":1,"y":{"p":2,"q":3}}"#).expect("json");
         let b: Value = serde_json::from_str(r#"{ "y": {"q": 3, "p": 2}, "x": 1 }"#).expect("json");
         assert_eq!(encode(&a).expect("a"), encode(&b).expect("b"));
+    }
+
+    #[test]
+    fn the_served_text_escapes_control_characters_and_nothing_else() {
+        let v = json!({"b": "line\nbreak\u{1}\t\"q\"\\", "a": [1, "é/"]});
+        let signed = encode(&v).expect("signed");
+        let text = encode_text(&v).expect("text");
+        assert_eq!(
+            String::from_utf8(text.clone()).expect("utf-8"),
+            r#"{"a":[1,"é/"],"b":"line\nbreak\u0001\t\"q\"\\"}"#
+        );
+        assert!(
+            serde_json::from_slice::<Value>(&signed).is_err(),
+            "raw controls are not JSON"
+        );
+        let back: Value = serde_json::from_slice(&text).expect("served text is JSON");
+        assert_eq!(
+            encode(&back).expect("again"),
+            signed,
+            "it reads back to the signed value"
+        );
+        let plain = json!({"z": {"y": "no controls"}, "a": -1});
+        assert_eq!(encode_text(&plain), encode(&plain));
+    }
+
+    proptest::proptest! {
+        /// The served text is JSON that reads back to the same value, byte for byte what
+        /// serde_json writes for a value with sorted keys (so a JSON value built from it and
+        /// written again inside another document, as the MQTT offer does, keeps these bytes).
+        #[test]
+        fn served_text_round_trips(
+            kv in proptest::collection::vec(("[a-z\\x00-\\x1f\"\\\\é]{0,6}", "[a-z\\x00-\\x1f\"\\\\é/]{0,8}"), 0..6),
+            n in proptest::prelude::any::<i64>(),
+        ) {
+            let mut map = serde_json::Map::new();
+            for (k, s) in kv {
+                map.insert(k, Value::String(s));
+            }
+            map.insert("n".into(), n.into());
+            let v = Value::Object(map);
+            let text = encode_text(&v).expect("integers only");
+            let back: Value = serde_json::from_slice(&text).expect("JSON");
+            proptest::prop_assert_eq!(&back, &v);
+            proptest::prop_assert_eq!(serde_json::to_vec(&v).expect("serde"), text);
+        }
     }
 }

@@ -22,6 +22,7 @@
 
 use crate::canonical_json::{self, CanonicalJsonError};
 use crate::release::ReleaseSpec;
+use crate::strict_json::{self, StrictJsonError};
 use crate::time::Timestamp;
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
@@ -509,9 +510,21 @@ impl VerifiedManifest {
         self.manifest.signed.rollback.as_ref()
     }
 
-    /// The signed manifest, to forward to devices unchanged.
+    /// The signed manifest as verified (its typed value, not the file it was read from).
     pub fn signed_manifest(&self) -> &SignedManifest {
         &self.manifest
+    }
+
+    /// The bytes to serve to devices: the verified manifest re-serialised in canonical form
+    /// (keys sorted, no whitespace, integers only; [`canonical_json::encode_text`]), never the
+    /// file as it came in. Whitespace, key order and escapes of the original do not survive, and
+    /// every device reads the one value that was verified.
+    pub fn served_bytes(&self) -> Vec<u8> {
+        // A verified manifest re-encodes canonically (`verify` checked it), so this cannot fail.
+        serde_json::to_value(&self.manifest)
+            .ok()
+            .and_then(|v| canonical_json::encode_text(&v).ok())
+            .unwrap_or_default()
     }
 
     /// Checks artifacts (hashed by the caller, streaming) against the signed list: every listed
@@ -591,8 +604,12 @@ pub fn verify(
         });
     }
     let malformed = |reason: String| Rejection::Malformed { reason };
-    let value: Value =
-        serde_json::from_slice(bytes).map_err(|e| malformed(format!("not JSON: {e}")))?;
+    // One reading only: a key twice anywhere (`{"signed": EVIL, "signed": REAL}`) is refused
+    // before anything else looks at the document, since parsers disagree on which one counts.
+    let value: Value = strict_json::value_from_slice(bytes).map_err(|e| match e {
+        StrictJsonError::DuplicateKey { .. } => malformed(e.to_string()),
+        StrictJsonError::Json(_) => malformed(format!("not JSON: {e}")),
+    })?;
     let Value::Object(mut top) = value else {
         return Err(malformed("not a JSON object".to_owned()));
     };
@@ -908,7 +925,7 @@ impl SignedKeySet {
         if bytes.len() > MAX_KEYSET_BYTES {
             return Err(KeySetError::TooLarge(bytes.len()));
         }
-        serde_json::from_slice(bytes).map_err(|e| KeySetError::Malformed(e.to_string()))
+        strict_json::from_slice(bytes).map_err(|e| KeySetError::Malformed(e.to_string()))
     }
 
     pub fn to_json_bytes(&self) -> Vec<u8> {
@@ -1194,6 +1211,81 @@ mod tests {
         assert_eq!(v.spec(), &spec("r1", 5, b"payload"));
         assert_eq!(v.key_id(), &KeyId::of(&k.verifying_key()));
         assert_eq!(v.signed_manifest().to_json_bytes(), bytes);
+    }
+
+    /// `{"signed": EVIL, "signed": REAL, "signatures": [..]}`: serde_json alone keeps REAL (it
+    /// verified before issue 16), a parser that keeps the first reads EVIL.
+    #[test]
+    fn issue_16_a_manifest_with_a_key_twice_is_refused_naming_the_key_and_path() {
+        let k = key(1);
+        let real: Value = serde_json::from_slice(&signed("r1", 5, &k)).expect("json");
+        let mut evil = real["signed"].clone();
+        evil["release"]["counter"] = 999.into();
+        let twice = format!(
+            r#"{{"signed": {evil}, "signed": {}, "signatures": {}}}"#,
+            real["signed"], real["signatures"]
+        );
+        let lax: Value = serde_json::from_str(&twice).expect("serde_json reads it");
+        assert_eq!(
+            lax["signed"], real["signed"],
+            "the reading that used to verify"
+        );
+        let err = verify(twice.as_bytes(), &trust_one(&k), NOW).expect_err("two readings");
+        assert_eq!(err.attack(), Attack::Tampered, "{err}");
+        assert!(
+            err.to_string()
+                .contains(r#"duplicate key "signed" at $.signed"#),
+            "{err}"
+        );
+
+        // Nested: the counter twice inside the signed body, the real value last.
+        let body = real["signed"]["release"].to_string();
+        let nested = format!(
+            r#"{{"signed": {{"_type": "convoy-release", "format_version": 1, "key_id": {}, "release": {{"counter": 999, {}}}, "signatures": {}}}"#,
+            real["signed"]["key_id"],
+            &body[1..],
+            real["signatures"]
+        );
+        let lax: Value = serde_json::from_str(&nested).expect("serde_json reads it");
+        assert_eq!(lax["signed"], real["signed"], "{nested}");
+        let err = verify(nested.as_bytes(), &trust_one(&k), NOW).expect_err("two readings");
+        assert!(
+            err.to_string()
+                .contains(r#"duplicate key "counter" at $.signed.release.counter"#),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn served_bytes_are_the_canonical_text_and_verify_again() {
+        let k = key(1);
+        let file = signed("r1", 5, &k);
+        let v = verify(&file, &trust_one(&k), NOW).expect("verifies");
+        let served = v.served_bytes();
+        assert_ne!(served, file, "not the (indented) file");
+        let value: Value = serde_json::from_slice(&file).expect("json");
+        assert_eq!(
+            served,
+            canonical_json::encode_text(&value).expect("canonical")
+        );
+        assert!(!served.contains(&b' ') && !served.contains(&b'\n'));
+        assert_eq!(verify(&served, &trust_one(&k), NOW).expect("again"), v);
+    }
+
+    #[test]
+    fn a_key_set_with_a_key_twice_is_refused() {
+        let k = key(1);
+        let set = SignedKeySet::sign(KeySetBody::initial([&k.verifying_key()]), &k).expect("sign");
+        let text = String::from_utf8(set.to_json_bytes()).expect("utf-8");
+        SignedKeySet::parse(text.as_bytes()).expect("the file as written parses");
+        let twice = text.replacen(r#""version": 1"#, r#""version": 9, "version": 1"#, 1);
+        assert_ne!(twice, text);
+        let err = SignedKeySet::parse(twice.as_bytes()).expect_err("two readings");
+        assert!(
+            err.to_string()
+                .contains(r#"duplicate key "version" at $.signed.version"#),
+            "{err}"
+        );
     }
 
     #[test]

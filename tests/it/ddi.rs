@@ -500,12 +500,12 @@ fn convoy_ddi_serve_offers_the_release_to_eligible_devices_and_records_feedback(
             .bytes()
             .await
             .expect("manifest bytes");
-        assert_eq!(
-            signed.as_ref(),
-            std::fs::read(p("release.json"))
-                .expect("release")
-                .as_slice()
-        );
+        // The canonical form of the verified manifest, not the (indented) file it was read from.
+        let file = std::fs::read(p("release.json")).expect("release");
+        let value: serde_json::Value = serde_json::from_slice(&file).expect("release json");
+        let canonical = convoy_core::canonical_json::encode_text(&value).expect("canonical");
+        assert_ne!(file, canonical, "the file is indented");
+        assert_eq!(signed.as_ref(), canonical.as_slice());
         let files = update.download(work.path()).await.expect("download");
         files[0].check_sha256().await.expect("sha256");
         update

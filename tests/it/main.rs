@@ -1,11 +1,17 @@
 //! End-to-end tests: the real `convoy` binary on real files.
 
+mod broker_acl;
 mod console;
 mod crash;
 mod ddi;
+mod dupkeys;
 mod engine;
+mod engine_lease;
 mod fleet;
+mod flood;
 mod http;
+mod inventory;
+mod keys;
 mod mqtt;
 mod plan;
 mod release;
@@ -15,3 +21,4 @@ mod sim;
 mod store;
 mod tidy;
 mod tuf;
+mod two_person;

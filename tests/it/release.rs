@@ -14,7 +14,7 @@ impl Work {
         let work = Self {
             dir: tempfile::tempdir().expect("tempdir"),
         };
-        std::fs::write(work.path("pw"), "correct horse battery\n").expect("passphrase file");
+        convoy_e2e::write_secret(&work.path("pw"), "correct horse battery\n");
         work
     }
 

@@ -180,7 +180,7 @@ fn tuf_export_is_fetched_by_python_tuf() {
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let p = |n: &str| dir.path().join(n).to_str().expect("utf-8").to_owned();
-    std::fs::write(dir.path().join("pw"), "tuf export pass\n").expect("pw");
+    convoy_e2e::write_secret(&dir.path().join("pw"), "tuf export pass\n");
     convoy_ok(&[
         "key",
         "generate",

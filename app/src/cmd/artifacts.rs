@@ -43,6 +43,15 @@ pub struct ServeArgs {
     /// Connections served at once; more clients wait to be accepted.
     #[arg(long, default_value_t = 64)]
     pub max_connections: usize,
+    /// Connections served at once from one client address (an IPv4 address or an IPv6 /64);
+    /// more get 503. Default: a quarter of --max-connections. Raise it when devices share an
+    /// address (a depot's NAT).
+    #[arg(long, value_name = "N")]
+    pub max_connections_per_client: Option<usize>,
+    /// Seconds a client has to send a whole request head; also the longest a keep-alive
+    /// connection may stay idle.
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    pub header_timeout_secs: u64,
 }
 
 #[derive(clap::Args, Debug)]
@@ -95,6 +104,8 @@ async fn serve(args: &ServeArgs) -> Result<()> {
     };
     let mut config = ServerConfig::new(args.listen);
     config.max_connections = args.max_connections;
+    config.max_connections_per_client = args.max_connections_per_client;
+    config.header_read_timeout = Duration::from_secs(args.header_timeout_secs);
     let server = ArtifactServer::start(content, config)
         .await
         .context("starting the artifact server")?;

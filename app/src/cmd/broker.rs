@@ -1,26 +1,369 @@
-//! `convoy broker --listen ADDR`: run the embedded MQTT broker in the foreground.
+//! `convoy broker --listen ADDR [--acl-from DIR]`: run the embedded MQTT broker in the
+//! foreground, open (demo) or behind the ACL of a generated configuration; and `convoy broker
+//! mosquitto-config`: write a Mosquitto configuration for a fleet (per-device identities, the
+//! topic ACL, size and session limits). docs/PROTOCOL.md, "Identities and the broker ACL".
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
+use std::fmt::Write as _;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 
+use crate::link::acl::{self, AclSpec};
+use crate::link::acl_proxy::ProxyRules;
 use crate::link::broker::EmbeddedBroker;
+use crate::link::mqtt::MqttAuth;
+use crate::link::protocol::Topics;
+
+/// The largest payload the generated configuration lets through (`message_size_limit`), and the
+/// embedded broker's: above the protocol's 64 KiB limit (a device on a newer protocol may send
+/// more, and the engine counts it as `oversize`), below the link's 1 MiB packet limit (over
+/// which a client would drop its connection).
+pub const BROKER_MESSAGE_SIZE_LIMIT: usize = 128 * 1024;
 
 #[derive(clap::Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct Args {
+    #[command(subcommand)]
+    pub command: Option<BrokerCommand>,
     /// Address to listen on, e.g. 127.0.0.1:1883 (port 0 picks a free one).
     #[arg(long, default_value = "127.0.0.1:1883")]
     pub listen: SocketAddr,
+    /// Enforce the identities and ACL of a directory written by `convoy broker
+    /// mosquitto-config --auth passwords` (its `password_file` and `acl_file`): clients must log
+    /// in, and a device publishes only under its own topics. Without it the broker is open to
+    /// anyone who can reach it (demos only).
+    #[arg(long, value_name = "DIR")]
+    pub acl_from: Option<PathBuf>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum BrokerCommand {
+    /// Write a Mosquitto configuration for a fleet: `mosquitto.conf`, `acl_file` (a device
+    /// publishes only under its own topic level and reads only its own commands; the engine and
+    /// console identities alone publish commands), and with `--auth passwords` a
+    /// `password_file` with the devices' credentials beside it.
+    MosquittoConfig(MosquittoConfigArgs),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum AuthMode {
+    /// Each device logs in with its id as username and a generated password.
+    Passwords,
+    /// Each device presents a client certificate whose Common Name is its id (TLS).
+    Certs,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct MosquittoConfigArgs {
+    /// The fleet (a cache `.db`, or a JSON or CSV inventory): every device gets an identity.
+    #[arg(long)]
+    pub fleet: PathBuf,
+    /// The directory to write into (created; existing files are not overwritten).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Topic prefix.
+    #[arg(long, default_value = "convoy/v1")]
+    pub prefix: String,
+    #[arg(long, value_enum, default_value = "passwords")]
+    pub auth: AuthMode,
+    /// Mosquitto's listener (`listener PORT ADDR`).
+    #[arg(long, default_value = "0.0.0.0:1883")]
+    pub listen: SocketAddr,
+    /// TLS: the CA that signs client (and broker) certificates; required with --auth certs.
+    #[arg(long, value_name = "PEM")]
+    pub cafile: Option<PathBuf>,
+    /// TLS: the broker's certificate; required with --auth certs.
+    #[arg(long, value_name = "PEM")]
+    pub certfile: Option<PathBuf>,
+    /// TLS: the broker's private key; required with --auth certs.
+    #[arg(long, value_name = "PEM")]
+    pub keyfile: Option<PathBuf>,
+    /// Also create the fleet simulator's identity (`convoy-fleet-sim`), which may speak for every
+    /// device: for tests and demos with `convoy sim`, never in production.
+    #[arg(long)]
+    pub sim_identity: bool,
+    /// How long Mosquitto keeps the session of a client that has gone away (Mosquitto's
+    /// `persistent_client_expiration`, e.g. 7d, 12h).
+    #[arg(long, default_value = "7d")]
+    pub persistent_client_expiration: String,
+}
+
+/// `--mqtt-username` and `--mqtt-password-file`, shared by the engine, the simulator and the
+/// console.
+#[derive(clap::Args, Debug, Default, Clone)]
+pub struct MqttAuthArgs {
+    /// The broker username (with `convoy broker mosquitto-config`: convoy-engine for the engine,
+    /// convoy-console for the console, convoy-fleet-sim for the simulator).
+    #[arg(long, value_name = "NAME")]
+    pub mqtt_username: Option<String>,
+    /// A file whose first line is the broker password (default: $CONVOY_MQTT_PASSWORD). Never on
+    /// the command line, where `ps` would show it.
+    #[arg(long, value_name = "FILE", requires = "mqtt_username")]
+    pub mqtt_password_file: Option<PathBuf>,
+}
+
+impl MqttAuthArgs {
+    pub fn auth(&self) -> Result<MqttAuth> {
+        MqttAuth::from_flags(
+            self.mqtt_username.as_deref(),
+            self.mqtt_password_file.as_deref(),
+        )
+    }
 }
 
 pub fn run(args: &Args) -> Result<()> {
-    let broker = EmbeddedBroker::start(args.listen).context("starting the embedded MQTT broker")?;
-    eprintln!(
-        "embedded MQTT broker listening on {} (connect with --broker {}); stop with Ctrl-C",
-        broker.addr(),
-        broker.url()
-    );
-    // The broker runs on its own threads until the process is stopped.
+    if let Some(BrokerCommand::MosquittoConfig(config)) = &args.command {
+        return mosquitto_config(config);
+    }
+    // The broker runs on its own threads until the process is stopped; keep its handle.
+    let _running: EmbeddedBroker = if let Some(dir) = &args.acl_from {
+        let rules = load_rules(dir)?;
+        let users = rules.passwords.len();
+        let (broker, _stats) = EmbeddedBroker::start_with_acl(args.listen, rules)
+            .context("starting the embedded MQTT broker")?;
+        eprintln!(
+            "embedded MQTT broker listening on {} with the ACL of {} ({users} identities): clients log in, devices speak only for themselves",
+            broker.addr(),
+            dir.display()
+        );
+        broker
+    } else {
+        let broker =
+            EmbeddedBroker::start(args.listen).context("starting the embedded MQTT broker")?;
+        eprintln!(
+            "embedded MQTT broker listening on {} (connect with --broker {}); OPEN: no login, any client may publish as any device (demo only; --acl-from DIR enforces a generated ACL)",
+            broker.addr(),
+            broker.url()
+        );
+        broker
+    };
+    eprintln!("stop with Ctrl-C");
     loop {
         std::thread::park();
     }
+}
+
+/// Reads `DIR/password_file` and `DIR/acl_file`.
+pub fn load_rules(dir: &Path) -> Result<ProxyRules> {
+    let read = |name: &str| {
+        let path = dir.join(name);
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))
+    };
+    let passwords = acl::PasswordFile::parse(&read("password_file")?)
+        .with_context(|| format!("in {}", dir.join("password_file").display()))?;
+    if passwords.is_empty() {
+        bail!(
+            "{} holds no identity: nobody could log in",
+            dir.join("password_file").display()
+        );
+    }
+    let acl = acl::Acl::parse(&read("acl_file")?)
+        .with_context(|| format!("in {}", dir.join("acl_file").display()))?;
+    Ok(ProxyRules {
+        acl,
+        passwords,
+        max_packet_bytes: BROKER_MESSAGE_SIZE_LIMIT + 1024,
+    })
+}
+
+fn mosquitto_config(args: &MosquittoConfigArgs) -> Result<()> {
+    let topics =
+        Topics::new(&args.prefix).map_err(|e| anyhow::anyhow!("invalid topic prefix {:?}", e.0))?;
+    let fleet = crate::fleet_io::load_fleet(&args.fleet)?;
+    for d in &fleet.devices {
+        acl::usable_device_user(&d.id)
+            .map_err(|e| anyhow::anyhow!("{e}: rename it before generating the broker ACL"))?;
+    }
+    let expiration = &args.persistent_client_expiration;
+    let valid_expiry = expiration.len() > 1
+        && expiration[..expiration.len() - 1]
+            .bytes()
+            .all(|b| b.is_ascii_digit())
+        && expiration.ends_with(['h', 'd', 'w', 'm', 'y']);
+    if !valid_expiry {
+        bail!(
+            "--persistent-client-expiration {expiration:?}: use a number and one of h, d, w, m, y (e.g. 7d)"
+        );
+    }
+    let tls = match args.auth {
+        AuthMode::Certs => {
+            let (Some(ca), Some(cert), Some(key)) = (&args.cafile, &args.certfile, &args.keyfile)
+            else {
+                bail!(
+                    "--auth certs needs --cafile, --certfile and --keyfile (the CA that signs the devices' certificates, and the broker's certificate and key)"
+                );
+            };
+            Some((absolute(ca)?, absolute(cert)?, absolute(key)?))
+        }
+        AuthMode::Passwords => None,
+    };
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    let out = absolute(&args.out)?;
+    let spec = AclSpec {
+        topics,
+        sim_identity: args.sim_identity,
+    };
+    let mut conf = String::new();
+    let _ = writeln!(
+        conf,
+        "# Mosquitto 2 configuration for a Convoy fleet of {} devices, topic prefix {}.\n\
+         # Written by `convoy broker mosquitto-config`; docs/PROTOCOL.md explains every line.\n\
+         per_listener_settings false\n\
+         allow_anonymous false\n\
+         listener {} {}",
+        fleet.devices.len(),
+        args.prefix,
+        args.listen.port(),
+        args.listen.ip()
+    );
+    match &tls {
+        Some((ca, cert, key)) => {
+            let _ = writeln!(
+                conf,
+                "cafile {}\ncertfile {}\nkeyfile {}\n\
+                 # Every client presents a certificate; its Common Name is its username (a device's\n\
+                 # id, or convoy-engine / convoy-console).\n\
+                 require_certificate true\nuse_identity_as_username true",
+                ca.display(),
+                cert.display(),
+                key.display()
+            );
+        }
+        None => {
+            let _ = writeln!(
+                conf,
+                "password_file {}",
+                out.join("password_file").display()
+            );
+        }
+    }
+    let _ = writeln!(
+        conf,
+        "acl_file {}\n\
+         # Payloads over this are not accepted (Convoy's own limit is 64 KiB; its clients read up to\n\
+         # 1 MiB, so one oversized message is one rejection, never a dropped connection).\n\
+         message_size_limit {BROKER_MESSAGE_SIZE_LIMIT}\n\
+         # Sessions of clients that went away (dead engine runs, retired devices) and their\n\
+         # queued messages are dropped after this.\n\
+         persistent_client_expiration {expiration}\n\
+         max_queued_messages 1000",
+        out.join("acl_file").display()
+    );
+    let mut files: Vec<(PathBuf, String, bool)> = vec![
+        (out.join("mosquitto.conf"), conf, false),
+        (out.join("acl_file"), spec.render(), false),
+    ];
+    let mut identities = 0usize;
+    if args.auth == AuthMode::Passwords {
+        let mut password_file = String::new();
+        let mut devices_csv = String::from("device_id,username,password\n");
+        let mut service = vec![acl::ENGINE_USER, acl::CONSOLE_USER];
+        if args.sim_identity {
+            service.push(acl::SIM_USER);
+        }
+        for user in &service {
+            let password = acl::random_password().context("drawing a password")?;
+            let salt = acl::random_salt().context("drawing a salt")?;
+            let _ = writeln!(
+                password_file,
+                "{}",
+                acl::password_line(user, password.as_bytes(), &salt)
+            );
+            files.push((
+                out.join("credentials").join(format!("{user}.password")),
+                format!("{password}\n"),
+                true,
+            ));
+        }
+        for d in &fleet.devices {
+            let password = acl::random_password().context("drawing a password")?;
+            let salt = acl::random_salt().context("drawing a salt")?;
+            let _ = writeln!(
+                password_file,
+                "{}",
+                acl::password_line(&d.id, password.as_bytes(), &salt)
+            );
+            let _ = writeln!(devices_csv, "{},{},{password}", d.id, d.id);
+        }
+        identities = service.len() + fleet.devices.len();
+        files.push((out.join("password_file"), password_file, true));
+        files.push((
+            out.join("credentials").join("devices.csv"),
+            devices_csv,
+            true,
+        ));
+    }
+    for (path, _, _) in &files {
+        if path.exists() {
+            bail!(
+                "{} exists: write a new configuration into an empty directory (credentials are never overwritten)",
+                path.display()
+            );
+        }
+    }
+    for (path, text, secret) in &files {
+        write_file(path, text, *secret)?;
+    }
+    println!(
+        "wrote {} for {} devices{}:",
+        out.display(),
+        fleet.devices.len(),
+        if args.sim_identity {
+            " (with the fleet simulator identity: test and demo only)"
+        } else {
+            ""
+        }
+    );
+    for (path, _, secret) in &files {
+        println!(
+            "  {}{}",
+            path.display(),
+            if *secret { " (0600)" } else { "" }
+        );
+    }
+    if args.auth == AuthMode::Passwords {
+        println!(
+            "{identities} identities; hand each device its line of credentials/devices.csv, and pass credentials/convoy-engine.password to `convoy rollout run --mqtt-username convoy-engine --mqtt-password-file`"
+        );
+    } else {
+        println!(
+            "issue each device a client certificate signed by {} whose Common Name is its device id (docs/PROTOCOL.md)",
+            args.cafile
+                .as_deref()
+                .map_or_else(String::new, |p| p.display().to_string())
+        );
+    }
+    println!(
+        "run it with: mosquitto -c {}",
+        out.join("mosquitto.conf").display()
+    );
+    Ok(())
+}
+
+fn absolute(path: &Path) -> Result<PathBuf> {
+    std::path::absolute(path).with_context(|| format!("resolving {}", path.display()))
+}
+
+/// Writes a new file; secrets are created 0600 (never readable by others, not even briefly).
+fn write_file(path: &Path, text: &str, secret: bool) -> Result<()> {
+    use std::io::Write as _;
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    if secret {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600);
+    }
+    #[cfg(not(unix))]
+    let _ = secret;
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    file.write_all(text.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))
 }

@@ -83,6 +83,26 @@ pub struct ServeArgs {
     pub tls_cert: Option<PathBuf>,
     #[arg(long, requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// The endpoint's URL as devices reach it, e.g. https://ddi.example.com: the links in
+    /// answers (deploymentBase, cancelAction, configData) start with it, never with the
+    /// request's Host header. Default: http(s)://LISTEN (needed when listening on 0.0.0.0).
+    #[arg(long, value_name = "URL")]
+    pub public_url: Option<String>,
+    /// Connections served at once by the DDI endpoint; more devices wait to be accepted.
+    #[arg(long, default_value_t = 1024)]
+    pub max_connections: usize,
+    /// Connections at once from one client address (an IPv4 address or an IPv6 /64); more get
+    /// 503 (plain HTTP) or a closed socket (TLS). Default: a quarter of --max-connections.
+    /// Raise it when devices share an address (a carrier's NAT).
+    #[arg(long, value_name = "N")]
+    pub max_connections_per_client: Option<usize>,
+    /// Seconds a client has to send a whole request head; also the longest a keep-alive
+    /// connection may stay idle.
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    pub header_timeout_secs: u64,
+    /// Seconds a client has to finish the TLS handshake.
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    pub tls_handshake_timeout_secs: u64,
     /// Stop after this many seconds (for scripts and tests); default: run until Ctrl-C.
     #[arg(long)]
     pub max_wall_secs: Option<u64>,
@@ -262,9 +282,10 @@ fn serve(a: &ServeArgs) -> Result<()> {
             artifacts,
             base_url: base,
             deployment,
+            manifest_dir: _served_manifest,
         } = serve_release(&ReleaseFiles {
             spec: &spec,
-            manifest: &a.release,
+            manifest: &manifest,
             artifacts: &a.artifact,
             artifact_listen,
             artifact_url: a.artifact_url.as_deref(),
@@ -315,11 +336,16 @@ fn serve(a: &ServeArgs) -> Result<()> {
         let mut config = DdiConfig::new(a.listen);
         config.tenant.clone_from(&a.tenant);
         config.tls = a.tls_cert.clone().zip(a.tls_key.clone());
+        config.public_url.clone_from(&a.public_url);
+        config.max_connections = a.max_connections;
+        config.max_connections_per_client = a.max_connections_per_client;
+        config.header_read_timeout = Duration::from_secs(a.header_timeout_secs);
+        config.tls_handshake_timeout = Duration::from_secs(a.tls_handshake_timeout_secs);
         let server = DdiServer::start(config, Arc::clone(&hub)).await?;
         println!(
             "serving release {} to DDI devices at {}/{}/controller/v1/{{controllerId}}; artifacts from {base}; {} device(s) eligible now, {} not; Ctrl-C stops",
             spec.id,
-            server.base_url(),
+            server.public_url(),
             a.tenant,
             eligible.len(),
             ineligible.len()

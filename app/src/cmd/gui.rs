@@ -39,6 +39,8 @@ pub struct Args {
     /// Topic prefix.
     #[arg(long, default_value = "convoy/v1")]
     pub prefix: String,
+    #[command(flatten)]
+    pub mqtt_auth: crate::cmd::broker::MqttAuthArgs,
     /// Draw the tiles of this raster MBTiles file (PNG or JPEG) over the offline basemap.
     #[arg(long, value_name = "FILE.mbtiles", conflicts_with = "tile_url")]
     pub tiles: Option<PathBuf>,
@@ -174,7 +176,12 @@ fn backend(args: &Args) -> Result<Backend> {
         });
     }
     let db = crate::store::resolve_path(args.db.as_deref())?;
-    Backend::attach(db, args.broker.clone(), &args.prefix)
+    Backend::attach(
+        db,
+        args.broker.clone(),
+        &args.prefix,
+        args.mqtt_auth.auth()?,
+    )
 }
 
 /// The tile source the flags ask for, checked before the window opens: a file that is not

@@ -197,14 +197,18 @@ pub fn stored_plan(
             e => Err(e),
         })
         .with_context(|| format!("reading plan {plan_id}"))?;
-    body.map(|b| serde_json::from_str(&b).with_context(|| format!("parsing stored plan {plan_id}")))
-        .transpose()
+    body.map(|b| {
+        convoy_core::strict_json::from_str(&b)
+            .with_context(|| format!("parsing stored plan {plan_id}"))
+    })
+    .transpose()
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("opening {}", path.display()))?;
-    serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+    // Policy, catalog and plan files change what is rolled out where: one reading only.
+    convoy_core::strict_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
 }
 
 /// One `ReleaseSpec` or an array of them.

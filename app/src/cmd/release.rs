@@ -637,7 +637,7 @@ fn previous_version(metadata_dir: &Path) -> Result<u64> {
     if !path.exists() {
         return Ok(0);
     }
-    let doc: serde_json::Value = serde_json::from_slice(
+    let doc: serde_json::Value = convoy_core::strict_json::value_from_slice(
         &std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?,
     )
     .with_context(|| format!("parsing {}", path.display()))?;
@@ -704,7 +704,7 @@ mod tests {
     fn a_recorded_release_is_listed_by_id_and_a_new_signature_replaces_the_old() {
         let dir = tempfile::tempdir().expect("tempdir");
         let key_dir = dir.path().join("key");
-        keys::generate(&key_dir, "pw").expect("key");
+        keys::generate(&key_dir, "release test passphrase").expect("key");
         let store = Store::open(&dir.path().join("cache.db")).expect("cache");
         let sign = |id: &str, counter: u64| {
             let spec = release_spec(
@@ -717,7 +717,7 @@ mod tests {
                 NOW,
             )
             .expect("spec");
-            sign_release(spec, None, &key_dir, "pw", NOW).expect("signed")
+            sign_release(spec, None, &key_dir, "release test passphrase", NOW).expect("signed")
         };
         for (id, counter) in [("b-rel", 2), ("a-rel", 1), ("b-rel", 3)] {
             record_release(&store, &sign(id, counter), "test", NOW).expect("recorded");

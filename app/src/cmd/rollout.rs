@@ -143,6 +143,8 @@ pub struct RunArgs {
     /// TLS client key (PEM).
     #[arg(long, requires = "client_cert")]
     pub client_key: Option<PathBuf>,
+    #[command(flatten)]
+    pub mqtt_auth: crate::cmd::broker::MqttAuthArgs,
     /// Continue the rollout `--rollout-id` that an earlier run of this cache started and that
     /// did not end (stopped, timed out, crashed or left paused): rebuilt from the cache's log,
     /// its unacknowledged commands resent with their ids, on the first run's clock. The waves,
@@ -182,6 +184,26 @@ pub struct RunArgs {
     pub ddi_tls_cert: Option<PathBuf>,
     #[arg(long, requires_all = ["ddi_listen", "ddi_tls_cert"])]
     pub ddi_tls_key: Option<PathBuf>,
+    /// The DDI endpoint's URL as devices reach it, e.g. https://ddi.example.com: the links in
+    /// answers start with it, never with the request's Host header. Default:
+    /// http(s)://DDI_LISTEN (needed when listening on 0.0.0.0).
+    #[arg(long, value_name = "URL", requires = "ddi_listen")]
+    pub ddi_public_url: Option<String>,
+    /// Connections served at once by the DDI endpoint.
+    #[arg(long, default_value_t = 1024, requires = "ddi_listen")]
+    pub ddi_max_connections: usize,
+    /// Connections at once from one client address on the DDI endpoint; more are refused.
+    /// Default: a quarter of --ddi-max-connections.
+    #[arg(long, value_name = "N", requires = "ddi_listen")]
+    pub ddi_max_connections_per_client: Option<usize>,
+    /// Seconds a DDI client has to send a whole request head (and to finish a TLS handshake).
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = 10,
+        requires = "ddi_listen"
+    )]
+    pub ddi_header_timeout_secs: u64,
 }
 
 /// `RunArgs` on its own, for [`parse_run_args`].
@@ -290,8 +312,8 @@ fn operator_name(arg: Option<&str>) -> String {
 pub fn read_plan(path: &Path) -> Result<(Vec<WaveSpec>, Option<GatePolicy>)> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let mut value: serde_json::Value =
-        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let mut value: serde_json::Value = convoy_core::strict_json::from_str(&text)
+        .with_context(|| format!("parsing {}", path.display()))?;
     let obj = value
         .as_object_mut()
         .ok_or_else(|| anyhow!("{}: a plan is a JSON object", path.display()))?;
@@ -463,10 +485,10 @@ pub fn engine_options(args: &RunArgs) -> Result<(EngineOptions, EngineControl)> 
     });
     let topics =
         Topics::new(&args.prefix).map_err(|e| anyhow!("invalid topic prefix {:?}", e.0))?;
-    let mut link = LinkConfig::new(
-        &args.broker,
-        &format!("convoy-engine-{}", std::process::id()),
-    );
+    // One client id per rollout, not per run: a resumed run takes the session (and the acks
+    // queued in it) back, and dead runs do not pile up sessions at the broker (docs/ENGINE.md).
+    let mut link = LinkConfig::new(&args.broker, &engine_client_id(&rollout_id));
+    link.auth = args.mqtt_auth.auth()?;
     link.ca_file.clone_from(&args.ca_file);
     link.client_cert_file.clone_from(&args.client_cert);
     link.client_key_file.clone_from(&args.client_key);
@@ -510,6 +532,11 @@ pub fn engine_options(args: &RunArgs) -> Result<(EngineOptions, EngineControl)> 
     Ok((options, control))
 }
 
+/// The engine's MQTT client id for a rollout: the same for every run of it.
+pub fn engine_client_id(rollout_id: &str) -> String {
+    format!("convoy-engine-{rollout_id}")
+}
+
 /// The DDI link's options from `--ddi-*`; the files are read (and the tokens checked) here.
 fn ddi_options(
     args: &RunArgs,
@@ -550,6 +577,10 @@ fn ddi_options(
         part: args.ddi_part.clone(),
         manifest_file: args.release.clone(),
         artifact_files: args.artifact.clone(),
+        public_url: args.ddi_public_url.clone(),
+        max_connections: args.ddi_max_connections,
+        max_connections_per_client: args.ddi_max_connections_per_client,
+        header_timeout: std::time::Duration::from_secs(args.ddi_header_timeout_secs),
     })
 }
 

@@ -151,7 +151,7 @@ pub fn blast_radius_summary(br: &BlastRadius) -> String {
 pub fn load_policy(path: &Path) -> Result<ScoringPolicy> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let value: serde_json::Value = serde_json::from_str(&text)
+    let value: serde_json::Value = convoy_core::strict_json::from_str(&text)
         .with_context(|| format!("parsing policy JSON {}", path.display()))?;
     let Some(object) = value.as_object() else {
         bail!(
@@ -188,7 +188,7 @@ pub fn load_policy(path: &Path) -> Result<ScoringPolicy> {
 fn load_finding(path: &Path) -> Result<Finding> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let finding: Finding = serde_json::from_str(&text)
+    let finding: Finding = convoy_core::strict_json::from_str(&text)
         .with_context(|| format!("parsing finding JSON {}", path.display()))?;
     Ok(finding)
 }

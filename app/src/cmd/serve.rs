@@ -50,6 +50,27 @@ pub struct RunArgs {
     /// Requests per token allowed in a burst before the rate applies.
     #[arg(long, default_value_t = 100)]
     pub rate_burst: u32,
+    /// Connections served at once; more clients wait to be accepted.
+    #[arg(long, default_value_t = 256)]
+    pub max_connections: usize,
+    /// Connections served at once from one client address (an IPv4 address or an IPv6 /64);
+    /// more get 503 (plain HTTP) or a closed socket (TLS). Default: a quarter of
+    /// --max-connections. Raise it when clients share an address (a NAT or a reverse proxy).
+    #[arg(long, value_name = "N")]
+    pub max_connections_per_client: Option<usize>,
+    /// Seconds a client has to send a whole request head; also the longest a keep-alive
+    /// connection may stay idle.
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    pub header_timeout_secs: u64,
+    /// Seconds a client has to finish the TLS handshake.
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    pub tls_handshake_timeout_secs: u64,
+    /// Event streams (GET /api/v1/events) open at once on one token; more get 429.
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    pub max_streams_per_token: usize,
+    /// Event streams open at once in all; more get 503. Must be below --max-connections.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    pub max_streams: usize,
     /// Host the engine run described by this file (the arguments of `convoy rollout run`, one
     /// per line; add `--resume` to continue an unfinished rollout), so that
     /// `POST /api/v1/rollouts/{id}/pause|resume|rollback|override|abort` can steer it; a paused
@@ -77,6 +98,8 @@ pub struct TokenArgs {
 #[derive(clap::Subcommand, Debug)]
 pub enum TokenCommand {
     /// Make a token for an operator (created with the role, or given it) and print it once.
+    /// A token made here, on the server's host, is its operator's own for the two-person rule;
+    /// one made over the API belongs to the admin who made it (docs/SERVE.md).
     Add(TokenAddArgs),
     /// List tokens (ids, operators, roles; never the tokens).
     List(TokenListArgs),
@@ -140,6 +163,12 @@ fn serve(args: &RunArgs) -> Result<()> {
     config.max_body_bytes = args.max_body_bytes;
     config.rate_per_sec = args.rate_per_sec;
     config.rate_burst = args.rate_burst;
+    config.max_connections = args.max_connections;
+    config.max_connections_per_client = args.max_connections_per_client;
+    config.header_read_timeout = std::time::Duration::from_secs(args.header_timeout_secs);
+    config.tls_handshake_timeout = std::time::Duration::from_secs(args.tls_handshake_timeout_secs);
+    config.max_streams_per_token = args.max_streams_per_token;
+    config.max_streams = args.max_streams;
     config.trust.clone_from(&args.trust);
     if let Some(path) = &args.dispatch_args {
         config.dispatch = Some(crate::serve::host::read_dispatch_args(path)?);
@@ -231,16 +260,17 @@ fn token_list(args: &TokenListArgs) -> Result<()> {
         return Ok(());
     }
     println!(
-        "{:<12}  {:<20}  {:<10}  {:<20}  revoked",
-        "id", "operator", "role", "created"
+        "{:<12}  {:<20}  {:<10}  {:<20}  {:<20}  revoked",
+        "id", "operator", "role", "created", "created by"
     );
     for t in &tokens {
         println!(
-            "{:<12}  {:<20}  {:<10}  {:<20}  {}",
+            "{:<12}  {:<20}  {:<10}  {:<20}  {:<20}  {}",
             t.id,
             t.operator,
             t.role,
             Timestamp::from_secs(t.created).to_rfc3339(),
+            t.created_by.as_deref().unwrap_or("unknown"),
             t.revoked
                 .map_or_else(|| "-".to_owned(), |s| Timestamp::from_secs(s).to_rfc3339())
         );

@@ -52,6 +52,11 @@ pub struct Args {
     /// Base URL for artifact URLs in manifests that are relative, e.g. http://127.0.0.1:8080/.
     #[arg(long, value_name = "URL", requires = "fetch_artifacts")]
     pub artifact_base: Option<String>,
+    /// The simulator's broker identity. One connection speaks for every simulated device, so a
+    /// broker with per-device ACLs must know it as the fleet simulator (`convoy broker
+    /// mosquitto-config --sim-identity`, test and demo only).
+    #[command(flatten)]
+    pub mqtt_auth: crate::cmd::broker::MqttAuthArgs,
 }
 
 pub fn run(args: &Args) -> Result<()> {
@@ -91,6 +96,7 @@ pub fn run(args: &Args) -> Result<()> {
         .build()
         .context("starting the async runtime")?;
     let duration = args.duration_secs;
+    let auth = args.mqtt_auth.auth()?;
     let fetch = args.fetch_artifacts.as_ref().map(|dir| sim::ArtifactFetch {
         dir: dir.clone(),
         base_url: args.artifact_base.clone(),
@@ -117,7 +123,7 @@ pub fn run(args: &Args) -> Result<()> {
             }
             _ => None,
         };
-        sim::run_with_fetch(options, fetch, stop).await
+        sim::run_as(options, auth, fetch, stop).await
     })?;
     println!(
         "simulated {} devices: {} commands ({} invalid), {} messages published ({} dropped while the broker was away), {} ticks ({} of a second or more)",

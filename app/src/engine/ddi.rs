@@ -67,10 +67,19 @@ pub struct DdiLinkOptions {
     pub sleep_secs: u64,
     /// The DDI chunk part (software module type) devices see.
     pub part: String,
-    /// The signed manifest file, served beside the artifacts.
+    /// The signed manifest file the release was read from (for the record: devices are served the
+    /// canonical form of the verified manifest, never this file).
     pub manifest_file: PathBuf,
     /// The release's artifact files, in the manifest's order (checked against it already).
     pub artifact_files: Vec<PathBuf>,
+    /// The endpoint's URL as devices reach it, which links in answers start with (`None`: the
+    /// listen address; see `DdiConfig::public_url`).
+    pub public_url: Option<String>,
+    /// Connections at once, in all and from one client address (`None`: a quarter of all).
+    pub max_connections: usize,
+    pub max_connections_per_client: Option<usize>,
+    /// Time to send a request head, and to finish a TLS handshake.
+    pub header_timeout: std::time::Duration,
 }
 
 impl std::fmt::Debug for DdiLinkOptions {
@@ -89,6 +98,13 @@ impl std::fmt::Debug for DdiLinkOptions {
             .field("target_tokens", &self.target_tokens.len())
             .field("sleep_secs", &self.sleep_secs)
             .field("part", &self.part)
+            .field("public_url", &self.public_url)
+            .field("max_connections", &self.max_connections)
+            .field(
+                "max_connections_per_client",
+                &self.max_connections_per_client,
+            )
+            .field("header_timeout", &self.header_timeout)
             .field("manifest_file", &self.manifest_file)
             .field("artifact_files", &self.artifact_files)
             .finish()
@@ -138,6 +154,8 @@ pub(super) struct DdiLink {
     server: DdiServer,
     artifacts: ArtifactServer,
     deployment: Arc<DdiDeployment>,
+    /// Holds the canonical manifest the artifact server serves.
+    _manifest_dir: tempfile::TempDir,
     /// Whether fleet device `i` is a DDI device.
     is_ddi: Vec<bool>,
     /// The hub action of fleet device `i` in this run (kept after it closes, so a device is
@@ -176,10 +194,11 @@ impl DdiLink {
         let ServedRelease {
             artifacts,
             deployment,
+            manifest_dir,
             ..
         } = serve_release(&ReleaseFiles {
             spec: manifest.spec(),
-            manifest: &opts.manifest_file,
+            manifest,
             artifacts: &opts.artifact_files,
             artifact_listen: opts
                 .artifact_listen
@@ -208,6 +227,11 @@ impl DdiLink {
         let mut config = DdiConfig::new(opts.listen);
         config.tenant.clone_from(&opts.tenant);
         config.tls.clone_from(&opts.tls);
+        config.public_url.clone_from(&opts.public_url);
+        config.max_connections = opts.max_connections;
+        config.max_connections_per_client = opts.max_connections_per_client;
+        config.header_read_timeout = opts.header_timeout;
+        config.tls_handshake_timeout = opts.header_timeout;
         let server = match DdiServer::start(config, Arc::clone(&hub)).await {
             Ok(s) => s,
             Err(e) => {
@@ -225,6 +249,7 @@ impl DdiLink {
                 server,
                 artifacts,
                 deployment,
+                _manifest_dir: manifest_dir,
                 is_ddi,
                 action: vec![None; n],
                 report,

@@ -31,6 +31,7 @@
 pub mod control;
 pub mod ddi;
 pub mod health;
+pub mod lease;
 
 use anyhow::{Context, Result, bail};
 use convoy_core::fleet::Fleet;
@@ -401,6 +402,9 @@ pub async fn run_with(
             opts.time_scale
         );
     }
+    // One engine per rollout: refused here, naming the running one, if another holds it;
+    // renewed while this run lasts and released when it ends (dropped).
+    let _lease = lease::EngineLease::take(&opts.db, &opts.rollout_id)?;
     let mut store = Store::open(&opts.db)?;
     let fleet = store
         .load_fleet()
@@ -613,6 +617,20 @@ pub async fn run_with(
     if let Some(link) = engine.ddi.take() {
         link.shutdown().await;
     }
+    // The broker session (client id stable per rollout, docs/ENGINE.md): kept when the rollout
+    // can be resumed, so `--resume` takes it back with the acks queued meanwhile; discarded when
+    // the rollout is over, so finished runs leave no session and no queued messages behind.
+    drop(inbound);
+    let discard = matches!(
+        final_state,
+        FinalState::Completed | FinalState::RolledBack | FinalState::Aborted
+    );
+    let mut report = report;
+    if let Err(err) = handle.close(discard).await {
+        report
+            .notes
+            .push(format!("could not discard the broker session: {err:#}"));
+    }
     Ok(report)
 }
 
@@ -798,7 +816,7 @@ async fn sender(
 }
 
 async fn publish_manifest(handle: &LinkHandle, opts: &EngineOptions) -> Result<()> {
-    let bytes = opts.manifest.signed_manifest().to_json_bytes();
+    let bytes = opts.manifest.served_bytes();
     handle
         .publish(
             opts.topics.manifest(opts.manifest.release_id()),
@@ -1175,10 +1193,16 @@ impl Engine {
         let Some(i) = self.index(&s.device_id) else {
             return Ok(());
         };
-        {
+        let change = {
             let d = &mut self.fleet.devices[i];
+            let change = s.software_change(d);
             s.apply_to(d);
             d.last_seen = now;
+            change
+        };
+        if let Some(change) = change {
+            // Who said what: the report's own claim, on the device's status topic, old and new.
+            self.device_event(&s.device_id, now, "status.changed", change);
         }
         self.last_status[i] = Some(now);
         self.mark_dirty(i);
@@ -1396,10 +1420,11 @@ impl Engine {
         let release_id = self.opts.manifest.release_id().to_owned();
         match action {
             RolloutAction::Offer { wave, device_ids } => {
-                let manifest = serde_json::from_slice::<serde_json::Value>(
-                    &self.opts.manifest.signed_manifest().to_json_bytes(),
-                )
-                .context("encoding the manifest for the offer")?;
+                // The canonical form of what was verified, never the file as it came in;
+                // serde_json writes this value back byte for byte (sorted keys, no whitespace).
+                let manifest =
+                    serde_json::from_slice::<serde_json::Value>(&self.opts.manifest.served_bytes())
+                        .context("encoding the manifest for the offer")?;
                 let action = CommandAction::Offer {
                     release_id: release_id.clone(),
                     manifest,

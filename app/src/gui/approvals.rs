@@ -224,8 +224,15 @@ pub fn request_plan(
     };
     let actor = format!("{ACTOR_PREFIX}{operator}");
     Ok(
-        match requests::create_from_plan(&store, &trust, &form.plan_id, new, operator, &actor, now)?
-        {
+        match requests::create_from_plan(
+            &store,
+            &trust,
+            &form.plan_id,
+            new,
+            &requests::Who::named(operator),
+            &actor,
+            now,
+        )? {
             Ok(r) => Ok(format!(
                 "{operator} requested rollout {} of release {} from plan {}: it needs {}",
                 r.record.rollout_id,
@@ -249,7 +256,14 @@ pub fn decide(
     let store = open_store(cache)?;
     let actor = format!("{ACTOR_PREFIX}{operator}");
     Ok(
-        match requests::decide(&store, rollout_id, operator, verdict, &actor, now)? {
+        match requests::decide(
+            &store,
+            rollout_id,
+            &requests::Who::named(operator),
+            verdict,
+            &actor,
+            now,
+        )? {
             Ok(r) => {
                 let word = match verdict {
                     Verdict::Approve { .. } => "approved",
@@ -526,7 +540,8 @@ pub fn cannot_approve(request: &RequestView, operator: &str) -> Option<String> {
             request.status.replace('_', " ")
         ));
     }
-    if operator == request.requested_by {
+    let person = crate::serve::auth::person_key(operator);
+    if person == crate::serve::auth::person_key(&request.requested_by) {
         return Some(format!(
             "{operator} requested {} and cannot approve it: nobody approves their own request",
             request.rollout_id
@@ -535,7 +550,7 @@ pub fn cannot_approve(request: &RequestView, operator: &str) -> Option<String> {
     if request
         .decisions
         .iter()
-        .any(|d| d.decision == "approve" && d.operator == operator)
+        .any(|d| d.decision == "approve" && crate::serve::auth::person_key(&d.operator) == person)
     {
         return Some(format!(
             "{operator} has approved {} already: approvals must come from distinct operators",
@@ -595,9 +610,11 @@ pub fn approvals_ui(app: &mut ConsoleApp, ui: &mut egui::Ui) {
     );
     ui.colored_label(
         tokens::WARN,
-        "Local approvals are by name, not authenticated: whoever types a name here acts as \
-         that operator (the audit trail records it as typed). A server's approvals \
-         (`convoy serve`) are by token.",
+        "Local approvals prove nothing about who approved: a name typed here is not an \
+         identity, so one person can type two names (the audit trail records them as typed; \
+         names differing only by case count as one). They record intent, not a two-person \
+         rule. That needs `convoy serve`, with one token per person made on its host \
+         (`convoy serve token add`; docs/SERVE.md).",
     );
     ui.add_space(8.0);
     egui::Grid::new("approvals-who")
@@ -694,7 +711,7 @@ fn request_form_ui(
     }
     ui.horizontal(|ui| {
         ui.radio_value(&mut state.emergency, false, "Standard path")
-            .on_hover_text("Two approvals by distinct operators other than the requester");
+            .on_hover_text("Two approvals by distinct people other than the requester");
         ui.radio_value(&mut state.emergency, true, "Emergency path (break-glass)")
             .on_hover_text(
                 "A named authoriser (not the requester) approves, plus one more operator",

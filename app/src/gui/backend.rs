@@ -397,7 +397,12 @@ impl Backend {
     }
 
     /// An existing cache, and a broker if `broker_url` is given.
-    pub fn attach(cache: PathBuf, broker_url: Option<String>, prefix: &str) -> Result<Self> {
+    pub fn attach(
+        cache: PathBuf,
+        broker_url: Option<String>,
+        prefix: &str,
+        auth: mqtt::MqttAuth,
+    ) -> Result<Self> {
         let topics =
             Topics::new(prefix).map_err(|e| anyhow::anyhow!("invalid topic prefix {:?}", e.0))?;
         let kind = broker_url
@@ -407,9 +412,14 @@ impl Backend {
         std::thread::Builder::new()
             .name("convoy-cache".into())
             .spawn(move || {
-                if let Err(err) =
-                    run_attach(&cache, broker_url.as_deref(), topics, &reporter, &handle)
-                {
+                if let Err(err) = run_attach(
+                    &cache,
+                    broker_url.as_deref(),
+                    auth,
+                    topics,
+                    &reporter,
+                    &handle,
+                ) {
                     reporter.blocking(BackendEvent::Failed(format!("{err:#}")));
                 }
             })
@@ -565,7 +575,13 @@ fn run_demo(
     let url = broker.url();
     let topics = Topics::default_prefix();
     reporter.blocking(BackendEvent::Link(LinkStatus::Connecting));
-    spawn_console_link(handle, &url, topics.clone(), reporter.clone())?;
+    spawn_console_link(
+        handle,
+        &url,
+        mqtt::MqttAuth::default(),
+        topics.clone(),
+        reporter.clone(),
+    )?;
     let rollout = if options.rollout {
         super::demo::prepare(
             &fleet,
@@ -649,6 +665,7 @@ fn remove_cache_files(cache: &Path) -> Result<()> {
 fn run_attach(
     cache: &Path,
     broker_url: Option<&str>,
+    auth: mqtt::MqttAuth,
     topics: Topics,
     reporter: &Reporter,
     handle: &tokio::runtime::Handle,
@@ -668,7 +685,7 @@ fn run_attach(
     match broker_url {
         Some(url) => {
             reporter.blocking(BackendEvent::Link(LinkStatus::Connecting));
-            spawn_console_link(handle, url, topics, reporter.clone())?;
+            spawn_console_link(handle, url, auth, topics, reporter.clone())?;
         }
         None => {
             reporter.blocking(BackendEvent::Link(LinkStatus::Offline));
@@ -829,10 +846,14 @@ fn poll_outbox(store: &Store, reporter: &Reporter) {
 fn spawn_console_link(
     handle: &tokio::runtime::Handle,
     url: &str,
+    auth: mqtt::MqttAuth,
     topics: Topics,
     reporter: Reporter,
 ) -> Result<()> {
-    let config = LinkConfig::new(url, &format!("convoy-console-{}", std::process::id()));
+    let mut config = LinkConfig::new(url, &format!("convoy-console-{}", std::process::id()));
+    config.auth = auth;
+    // The console only watches: nothing queued for it is worth keeping while it is closed.
+    config.persistent_session = false;
     let _guard = handle.enter();
     let (link, mut rx) = mqtt::spawn(&config, topics, &Role::Console)?;
     handle.spawn(async move {

@@ -354,6 +354,7 @@ fn policy_json(policy: &ScoringPolicy) -> String {
 /// Parses and checks the editor's JSON: the error names the field (`tiers.tier0_min_points`)
 /// or the line and column of a syntax error.
 pub fn parse_policy_text(text: &str) -> Result<ScoringPolicy, String> {
+    convoy_core::strict_json::check(text.as_bytes()).map_err(|e| e.to_string())?;
     let mut de = serde_json::Deserializer::from_str(text);
     let policy: ScoringPolicy = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
@@ -372,7 +373,7 @@ pub fn parse_policy_text(text: &str) -> Result<ScoringPolicy, String> {
 /// a failure leaves the old file whole.
 pub fn save_policy_file(path: &std::path::Path, policy: &ScoringPolicy) -> Result<()> {
     let mut object = match std::fs::read_to_string(path) {
-        Ok(text) => match serde_json::from_str::<serde_json::Value>(&text)
+        Ok(text) => match convoy_core::strict_json::from_str::<serde_json::Value>(&text)
             .with_context(|| format!("{} is not JSON; not overwritten", path.display()))?
         {
             serde_json::Value::Object(o) => o,

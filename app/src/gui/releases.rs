@@ -324,7 +324,8 @@ fn describe(
     bytes: &[u8],
     state: SignatureState,
 ) -> ListedManifest {
-    let doc: serde_json::Value = serde_json::from_slice(bytes).unwrap_or_default();
+    // For display only (the state comes from `verify`); a document with two readings shows none.
+    let doc: serde_json::Value = convoy_core::strict_json::from_slice(bytes).unwrap_or_default();
     let signed = &doc["signed"];
     let release = &signed["release"];
     let text = |v: &serde_json::Value| match v {
@@ -989,9 +990,9 @@ mod tests {
     fn states_follow_the_attack_and_only_valid_is_offerable() {
         let dir = tempfile::tempdir().expect("tempdir");
         let key_dir = dir.path().join("key");
-        keys::generate(&key_dir, "pw").expect("key");
+        keys::generate(&key_dir, "gui test passphrase").expect("key");
         let other_dir = dir.path().join("other");
-        keys::generate(&other_dir, "pw").expect("key");
+        keys::generate(&other_dir, "gui test passphrase").expect("key");
         let request = parse_form(
             &ReleaseForm {
                 artifact: dir.path().join("fw.bin").display().to_string(),
@@ -1003,7 +1004,7 @@ mod tests {
         .expect("valid");
         std::fs::write(&request.artifact, vec![7u8; 3 << 20]).expect("artifact");
         let mut progress = Vec::new();
-        let created = create_release(&request, "pw", None, NOW, &mut |e| {
+        let created = create_release(&request, "gui test passphrase", None, NOW, &mut |e| {
             if let SignEvent::Hashed { done_bytes } = e {
                 progress.push(done_bytes);
             }

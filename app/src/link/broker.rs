@@ -49,6 +49,46 @@ impl EmbeddedBroker {
         Ok(Self { addr })
     }
 
+    /// Starts the broker behind the ACL proxy ([`super::acl_proxy`]): rumqttd on a free loopback
+    /// port, and the proxy on `addr` (port 0 picks a free port, reported by [`Self::addr`]),
+    /// which lets through only what `rules` allow. The proxy runs on its own thread and runtime.
+    pub fn start_with_acl(
+        addr: SocketAddr,
+        rules: super::acl_proxy::ProxyRules,
+    ) -> Result<(Self, std::sync::Arc<super::acl_proxy::ProxyStats>)> {
+        let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+        let inner = Self::start(loopback)?;
+        let listener = TcpListener::bind(addr)
+            .with_context(|| format!("listening on {addr} for the broker's ACL proxy"))?;
+        listener
+            .set_nonblocking(true)
+            .context("configuring the proxy's socket")?;
+        let public = listener.local_addr().context("the proxy's address")?;
+        let stats = std::sync::Arc::new(super::acl_proxy::ProxyStats::default());
+        let rules = std::sync::Arc::new(rules);
+        let upstream = inner.addr;
+        let thread_stats = stats.clone();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .context("starting the proxy's runtime")?;
+        std::thread::Builder::new()
+            .name("mqtt-acl-proxy".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    match tokio::net::TcpListener::from_std(listener) {
+                        Ok(listener) => {
+                            super::acl_proxy::serve(listener, upstream, rules, thread_stats).await;
+                        }
+                        Err(err) => eprintln!("broker ACL proxy stopped: {err}"),
+                    }
+                });
+            })
+            .context("starting the proxy thread")?;
+        Ok((Self { addr: public }, stats))
+    }
+
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }

@@ -6,6 +6,8 @@
 //! `http` serves and fetches artifacts with range requests; `ddi` is the hawkBit-compatible
 //! device endpoint over HTTP. The headless engine (`crate::engine`) drives the MQTT link.
 
+pub mod acl;
+pub mod acl_proxy;
 pub mod broker;
 pub mod ddi;
 pub mod http;

@@ -11,6 +11,8 @@
 use anyhow::{Context, Result, bail};
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS, Transport};
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
@@ -38,7 +40,71 @@ pub struct LinkConfig {
     /// Where the link's clock starts (default: the wall clock at spawn). A resumed engine run
     /// passes its own simulated time, which continues the first run's clock.
     pub clock_start: Option<convoy_core::time::Timestamp>,
+    /// The identity the broker's ACL knows this client by (`--mqtt-username`,
+    /// `--mqtt-password-file`); a `user:password@` in the URL is used when this is empty.
+    pub auth: MqttAuth,
+    /// Whether the broker keeps this client's session (subscriptions and queued QoS 1 messages)
+    /// while it is away. The engine keeps one under a client id stable per rollout and discards
+    /// it when the rollout is over ([`LinkHandle::close`]).
+    pub persistent_session: bool,
 }
+
+/// A username and password for the broker. The password never comes from the command line:
+/// it is read from a file ([`MqttAuth::from_flags`]) or `$CONVOY_MQTT_PASSWORD`.
+#[derive(Clone, Default)]
+pub struct MqttAuth {
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for MqttAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MqttAuth")
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+impl MqttAuth {
+    /// The identity from `--mqtt-username` and `--mqtt-password-file` (the file's first line;
+    /// without a file, `$CONVOY_MQTT_PASSWORD`).
+    pub fn from_flags(
+        username: Option<&str>,
+        password_file: Option<&std::path::Path>,
+    ) -> Result<Self> {
+        let password = match password_file {
+            Some(path) => Some(read_password_file(path)?),
+            None => None,
+        };
+        if password.is_some() && username.is_none() {
+            bail!("--mqtt-password-file needs --mqtt-username: a password alone names nobody");
+        }
+        Ok(Self {
+            username: username.map(str::to_owned),
+            password,
+        })
+    }
+}
+
+/// Reads a password from the first line of a file (a trailing newline is not part of it).
+pub fn read_password_file(path: &std::path::Path) -> Result<String> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the MQTT password file {}", path.display()))?;
+    let line = text.lines().next().unwrap_or_default();
+    if line.is_empty() {
+        bail!("the MQTT password file {} is empty", path.display());
+    }
+    Ok(line.to_owned())
+}
+
+/// The largest packet the link accepts from the broker. It is far above the protocol's payload
+/// limit on purpose: a packet over this limit makes rumqttc drop the connection, and a QoS 1
+/// message the broker keeps for a persistent session would then be redelivered on every
+/// reconnect. Anything between the protocol's limit and this one is read and rejected as
+/// `oversize`, one rejection, and the link stays up. Brokers must bound payloads below it
+/// (Mosquitto's `message_size_limit`, which `convoy broker mosquitto-config` writes).
+pub const MAX_INCOMING_PACKET_BYTES: usize = 1024 * 1024;
 
 impl LinkConfig {
     pub fn new(url: &str, client_id: &str) -> Self {
@@ -52,6 +118,8 @@ impl LinkConfig {
             inbound_capacity: 10_000,
             time_scale: 1.0,
             clock_start: None,
+            auth: MqttAuth::default(),
+            persistent_session: true,
         }
     }
 }
@@ -128,6 +196,8 @@ pub enum LinkState {
     Connected,
     /// Lost or refused; retrying after a backoff. The text says why.
     Reconnecting(String),
+    /// Closed by [`LinkHandle::close`]; the task has ended.
+    Closed,
 }
 
 /// What the connection task reports.
@@ -151,6 +221,8 @@ pub struct LinkHandle {
     client: AsyncClient,
     topics: Topics,
     state: watch::Receiver<LinkState>,
+    options: MqttOptions,
+    closing: Arc<AtomicBool>,
 }
 
 impl LinkHandle {
@@ -207,6 +279,59 @@ impl LinkHandle {
     pub fn topics(&self) -> &Topics {
         &self.topics
     }
+
+    /// Disconnects for good and ends the connection task (within a few seconds). With
+    /// `discard_session`, the broker is then told to forget the client's persistent session
+    /// (a clean-session connection under the same client id): nothing stays queued for a client
+    /// that will not come back. Without it, a later link with the same client id takes the session
+    /// back with whatever was queued meanwhile.
+    pub async fn close(&self, discard_session: bool) -> Result<()> {
+        self.closing.store(true, Ordering::SeqCst);
+        let mut state = self.state.clone();
+        if *state.borrow() != LinkState::Closed {
+            // The request queue may be full or the task gone; either way the wait below bounds it.
+            let _ = self.client.try_disconnect();
+            let _ = tokio::time::timeout(
+                Duration::from_secs(5),
+                state.wait_for(|s| *s == LinkState::Closed),
+            )
+            .await;
+        }
+        if discard_session {
+            discard_session_of(&self.options).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Connects once with a clean session under `options`' client id and disconnects: MQTT 3.1.1's
+/// way of deleting a persistent session and the messages queued for it.
+async fn discard_session_of(options: &MqttOptions) -> Result<()> {
+    let mut options = options.clone();
+    options.set_clean_session(true);
+    let id = options.client_id();
+    let (client, mut eventloop) = AsyncClient::new(options, 10);
+    let work = async {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => break,
+                Ok(_) => {}
+                Err(err) => bail!("{err}"),
+            }
+        }
+        client.try_disconnect().context("queueing the disconnect")?;
+        // Until the broker closes the socket (it does after DISCONNECT) or the packet is out.
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_) => return Ok(()),
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), work)
+        .await
+        .with_context(|| format!("timed out discarding the MQTT session of {id}"))?
+        .with_context(|| format!("discarding the MQTT session of {id}"))
 }
 
 /// Whom the link subscribes as.
@@ -229,18 +354,18 @@ pub fn spawn(
     let url = parse_broker_url(&config.url)?;
     let mut options = MqttOptions::new(config.client_id.clone(), url.host.clone(), url.port);
     options.set_keep_alive(Duration::from_secs(config.keep_alive_secs.max(5)));
-    options.set_max_packet_size(
-        protocol::MAX_PAYLOAD_BYTES * 2,
-        protocol::MAX_PAYLOAD_BYTES * 2,
-    );
+    // Incoming: see MAX_INCOMING_PACKET_BYTES. Outgoing: what we publish stays within the
+    // protocol's limit with room for framing.
+    options.set_max_packet_size(MAX_INCOMING_PACKET_BYTES, protocol::MAX_PAYLOAD_BYTES * 2);
     // A persistent session lets the broker keep QoS 1 messages for us across short outages.
-    options.set_clean_session(false);
-    let password = url
-        .password
-        .clone()
-        .or_else(|| std::env::var("CONVOY_MQTT_PASSWORD").ok());
-    if let Some(user) = &url.username {
-        options.set_credentials(user.clone(), password.unwrap_or_default());
+    options.set_clean_session(!config.persistent_session);
+    let (username, password) = match &config.auth.username {
+        Some(user) => (Some(user.clone()), config.auth.password.clone()),
+        None => (url.username.clone(), url.password.clone()),
+    };
+    let password = password.or_else(|| std::env::var("CONVOY_MQTT_PASSWORD").ok());
+    if let Some(user) = username {
+        options.set_credentials(user, password.unwrap_or_default());
     }
     if url.tls {
         let ca_path = config
@@ -260,7 +385,9 @@ pub fn spawn(
         };
         options.set_transport(Transport::tls(ca, client_auth, None));
     }
+    let saved_options = options.clone();
     let (client, eventloop) = AsyncClient::new(options, 1_000);
+    let closing = Arc::new(AtomicBool::new(false));
     let (state_tx, state_rx) = watch::channel(LinkState::Connecting);
     let (tx, rx) = mpsc::channel(config.inbound_capacity.max(1));
     let filters = match role {
@@ -286,12 +413,15 @@ pub fn spawn(
         tx,
         state_tx,
         clock,
+        closing.clone(),
     ));
     Ok((
         LinkHandle {
             client,
             topics,
             state: state_rx,
+            options: saved_options,
+            closing,
         },
         rx,
     ))
@@ -328,6 +458,7 @@ async fn drive(
     tx: mpsc::Sender<LinkEvent>,
     state: watch::Sender<LinkState>,
     clock: LinkClock,
+    closing: Arc<AtomicBool>,
 ) {
     let mut backoff = Duration::from_millis(100);
     let mut unsubscribed: Vec<String> = Vec::new();
@@ -381,7 +512,22 @@ async fn drive(
                     return;
                 }
             }
+            Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect))
+                if closing.load(Ordering::SeqCst) =>
+            {
+                // Give the DISCONNECT a moment to leave: poll until the broker hangs up.
+                let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                    while eventloop.poll().await.is_ok() {}
+                })
+                .await;
+                state.send_replace(LinkState::Closed);
+                return;
+            }
             Ok(_) => {}
+            Err(_) if closing.load(Ordering::SeqCst) => {
+                state.send_replace(LinkState::Closed);
+                return;
+            }
             Err(err) => {
                 let reason = err.to_string();
                 state.send_replace(LinkState::Reconnecting(reason.clone()));

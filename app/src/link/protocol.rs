@@ -198,6 +198,50 @@ impl DeviceStatus {
             device.position = p;
         }
     }
+
+    /// What this report would change in the fleet's record of the device's software: each
+    /// component whose version differs (added, changed or gone) and the active slot, each with
+    /// its old and new value; `None` when it changes neither. The engine records it as a
+    /// `status.changed` device event, so the history shows which report rewrote what.
+    pub fn software_change(
+        &self,
+        device: &convoy_core::fleet::Device,
+    ) -> Option<serde_json::Value> {
+        let mut components = serde_json::Map::new();
+        for (name, old) in device.components.iter() {
+            let new = self.components.get(name);
+            if new != Some(old) {
+                components.insert(
+                    name.to_owned(),
+                    serde_json::json!({ "old": old, "new": new }),
+                );
+            }
+        }
+        for (name, new) in self.components.iter() {
+            if device.components.get(name).is_none() {
+                components.insert(
+                    name.to_owned(),
+                    serde_json::json!({ "old": null, "new": new }),
+                );
+            }
+        }
+        let slot_changed = device.active_slot != self.active_slot;
+        if components.is_empty() && !slot_changed {
+            return None;
+        }
+        let mut change = serde_json::Map::new();
+        if !components.is_empty() {
+            change.insert("components".into(), components.into());
+        }
+        if slot_changed {
+            change.insert(
+                "active_slot".into(),
+                serde_json::json!({ "old": device.active_slot, "new": self.active_slot }),
+            );
+        }
+        change.insert("reported_at".into(), serde_json::json!(self.ts));
+        Some(change.into())
+    }
 }
 
 /// One telemetry event.
@@ -399,7 +443,7 @@ pub fn decode_inbound(
             format!("invalid UTF-8 at byte {}", e.valid_up_to()),
         )
     })?;
-    let value: serde_json::Value = serde_json::from_str(text)
+    let value: serde_json::Value = convoy_core::strict_json::from_str(text)
         .map_err(|e| reject(RejectReason::MalformedJson, e.to_string()))?;
     match value.get("v").and_then(serde_json::Value::as_u64) {
         Some(v) if v == u64::from(PROTOCOL_VERSION) => {}
@@ -755,6 +799,44 @@ mod tests {
             assert_eq!(err.reason, reason, "{err}");
             assert!(err.to_string().contains(needle), "{needle:?} not in {err}");
         }
+    }
+
+    #[test]
+    fn a_status_names_what_it_changes_in_the_record() {
+        let t = topics();
+        let Inbound::Status(s) = decode(&t.status("CV1"), &status_json("CV1")).expect("status")
+        else {
+            panic!("not a status");
+        };
+        let fleet = convoy_core::synth::generate(&convoy_core::synth::SynthOptions {
+            devices: 1,
+            seed: 3,
+            now: NOW,
+        });
+        let mut device = fleet.devices[0].clone();
+        device.components = SmallMap::default();
+        s.apply_to(&mut device);
+        assert_eq!(s.software_change(&device), None, "nothing changes");
+        let mut newer = status_json("CV1");
+        newer["components"] = serde_json::json!({"firmware": "2.5.0", "modem": "1.0.0"});
+        newer["active_slot"] = "b".into();
+        let Inbound::Status(n) = decode(&t.status("CV1"), &newer).expect("status") else {
+            panic!("not a status");
+        };
+        let change = n.software_change(&device).expect("a change");
+        assert_eq!(
+            change["components"],
+            serde_json::json!({
+                "firmware": {"old": "2.4.0", "new": "2.5.0"},
+                "bootloader": {"old": "2.0.1", "new": null},
+                "modem": {"old": null, "new": "1.0.0"}
+            })
+        );
+        assert_eq!(
+            change["active_slot"],
+            serde_json::json!({"old": "a", "new": "b"})
+        );
+        assert_eq!(change["reported_at"], NOW.secs() - 5);
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! The API's token management (admin) and metrics (viewer) endpoints:
 //! - `GET /tokens`: every token's id, operator, role, creation and revocation, never a token;
-//! - `POST /tokens` `{"operator": NAME, "role": ROLE}`: a new token, answered once (201);
+//! - `POST /tokens` `{"operator": NAME, "role": ROLE}`: a new token, answered once (201),
+//!   recorded as made by the calling admin (for the two-person rule, it is the admin's); a name
+//!   that differs only by case from an existing operator's is a 409 naming it;
 //! - `POST /tokens/{id}/revoke`: revokes one token;
 //! - `GET /metrics`: the metrics of every rollout in the cache and their means;
 //! - `GET /rollouts/{id}/metrics`: one rollout's metrics and its adoption by cohort.
@@ -16,7 +18,7 @@ use std::sync::Arc;
 
 use super::AppState;
 use super::api::{ApiError, json_response, parse_json, read};
-use super::auth::{self, Caller, Revoke, Role};
+use super::auth::{self, Caller, Creator, Revoke, Role};
 
 /// The body of `POST /tokens`.
 #[derive(Deserialize)]
@@ -51,11 +53,21 @@ pub(super) async fn add_token(
         .map_err(|e| ApiError::field("operator", format!("{e:#}")))?;
     let actor = caller.actor();
     let operator = new.operator.clone();
+    // The admin saw this token's secret: for the two-person rule it is theirs (docs/SERVE.md).
+    let creator = Creator::Api {
+        operator: caller.operator.clone(),
+        token_id: caller.token_id.clone(),
+    };
     let made = app
         .pool
-        .run(move |store| auth::add_token(store, &operator, role, &actor, crate::now()))
+        .run(move |store| {
+            auth::add_token_by(store, &operator, role, &creator, &actor, crate::now())
+        })
         .await
-        .map_err(|e| ApiError::internal(&e))?;
+        .map_err(|e| match e.downcast_ref::<auth::NameClash>() {
+            Some(clash) => ApiError::new(StatusCode::CONFLICT, clash.to_string()),
+            None => ApiError::internal(&e),
+        })?;
     Ok(json_response(
         StatusCode::CREATED,
         &serde_json::json!({

@@ -411,7 +411,7 @@ async fn route(
                         })?,
                 ),
             };
-            event_stream(app, last).await
+            event_stream(app, caller, last).await
         }
         ["rollouts"] if method == Method::POST => {
             require(caller, Role::Dispatcher, "request rollouts")?;
@@ -891,7 +891,10 @@ async fn request_rollout(
     let new: NewRequest = parse_json(body)?;
     let trust_dir = trust_path(app);
     let policy = app.config.dispatch.as_deref().and_then(policy_arg);
-    let operator = caller.operator.clone();
+    let who = super::requests::Who {
+        operator: caller.operator.clone(),
+        token_id: Some(caller.token_id.clone()),
+    };
     let actor = caller.actor();
     let created = app
         .pool
@@ -906,15 +909,7 @@ async fn request_rollout(
                 Some(p) => crate::cmd::plan::read_section(p, "planning")?,
                 None => convoy_core::plan::PlanningPolicy::default(),
             };
-            super::requests::create(
-                store,
-                &trust,
-                &planning,
-                new,
-                &operator,
-                &actor,
-                crate::now(),
-            )
+            super::requests::create(store, &trust, &planning, new, &who, &actor, crate::now())
         })
         .await
         .map_err(|e| ApiError::internal(&e))?
@@ -977,11 +972,15 @@ async fn decide_rollout(
         }
     };
     let _one = app.decide.lock().await;
-    let (operator, actor, rid) = (caller.operator.clone(), caller.actor(), id.to_owned());
+    let who = super::requests::Who {
+        operator: caller.operator.clone(),
+        token_id: Some(caller.token_id.clone()),
+    };
+    let (actor, rid) = (caller.actor(), id.to_owned());
     let decided = app
         .pool
         .run(move |store| {
-            super::requests::decide(store, &rid, &operator, &verdict, &actor, crate::now())
+            super::requests::decide(store, &rid, &who, &verdict, &actor, crate::now())
         })
         .await
         .map_err(|e| ApiError::internal(&e))?
@@ -1086,9 +1085,11 @@ async fn dispatch(
     Ok(format!("dispatched: this server runs rollout {id}"))
 }
 
-/// A response body fed from a channel of chunks; ends when the sender is dropped.
+/// A response body fed from a channel of chunks; ends when the sender is dropped. It holds the
+/// stream's slot, given back when hyper drops the body (the stream ended or the client left).
 struct ChannelBody {
     rx: mpsc::Receiver<Bytes>,
+    _slot: super::stream::StreamSlot,
 }
 
 impl hyper::body::Body for ChannelBody {
@@ -1109,8 +1110,18 @@ impl hyper::body::Body for ChannelBody {
 /// the client goes away or the server stops.
 async fn event_stream(
     app: &Arc<AppState>,
+    caller: &Caller,
     last_event_id: Option<super::stream::Cursor>,
 ) -> Result<Response, ApiError> {
+    // Bounded per token and in all, so that streams never hold every connection.
+    let slot = app.streams.open(&caller.token_id).map_err(|refusal| {
+        Counters::bump(&app.counters.streams_refused);
+        let status = match refusal {
+            super::stream::StreamRefusal::PerToken(_) => StatusCode::TOO_MANY_REQUESTS,
+            super::stream::StreamRefusal::Total(_) => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        ApiError::new(status, refusal.to_string())
+    })?;
     Counters::bump(&app.counters.streams);
     // Subscribed before the cache is read, so that nothing written in between is missed: what
     // the replay holds is skipped from the live feed, the rest comes live.
@@ -1177,13 +1188,15 @@ async fn event_stream(
                     Err(broadcast::error::RecvError::Closed) => break,
                 },
                 () = tokio::time::sleep(keepalive) => Bytes::from_static(b": keep-alive\n\n"),
+                // The client is gone (its response body dropped): stop at once.
+                () = tx.closed() => break,
             };
             if tx.send(chunk).await.is_err() {
                 break;
             }
         }
     });
-    let mut response = Response::new(Body::new(ChannelBody { rx }));
+    let mut response = Response::new(Body::new(ChannelBody { rx, _slot: slot }));
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,

@@ -19,6 +19,7 @@ use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -88,6 +89,9 @@ pub struct TokenInfo {
     pub role: String,
     pub created: i64,
     pub revoked: Option<i64>,
+    /// Who made it: `cli` (on the host), an admin's operator name (over the API), or `None`
+    /// for tokens made before this was recorded.
+    pub created_by: Option<String>,
 }
 
 /// A freshly made token: the only time the secret exists outside the caller's hands.
@@ -118,12 +122,63 @@ pub fn check_operator_name(name: &str) -> Result<()> {
     Ok(())
 }
 
-/// Makes a token for `operator` (created with `role`, or given `role` if it exists), stores its
-/// hash and audits it as `actor`, in one transaction.
+/// Who made a token: the host's shell (`convoy serve token add`, the root of trust) or an
+/// admin over the API, who saw the new token's secret when it was answered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Creator {
+    /// `convoy serve token add` on the server's host.
+    Cli,
+    /// `POST /tokens` with this admin's token.
+    Api { operator: String, token_id: String },
+}
+
+/// A new operator name that differs only by case (or Unicode case folding) from an existing
+/// operator's: refused, since both would be one person (answered 409 by the API).
+#[derive(Debug, PartialEq, Eq)]
+pub struct NameClash {
+    pub wanted: String,
+    pub existing: String,
+}
+
+impl std::fmt::Display for NameClash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "operator name {:?} differs only by case from the existing operator {:?}: operator names are unique without regard to case (use {:?} to give that operator a token)",
+            self.wanted, self.existing, self.existing
+        )
+    }
+}
+
+impl std::error::Error for NameClash {}
+
+/// The key under which an operator name counts as one person: trimmed and case-folded, so
+/// `Alice`, `alice` and ` ALICE ` are one.
+pub fn person_key(name: &str) -> String {
+    name.trim().to_lowercase()
+}
+
+/// Makes a token for `operator` (created with `role`, or given `role` if it exists) on the
+/// server's host (`convoy serve token add`), stores its hash and audits it as `actor`, in one
+/// transaction.
 pub fn add_token(
     store: &Store,
     operator: &str,
     role: Role,
+    actor: &str,
+    now: Timestamp,
+) -> Result<NewToken> {
+    add_token_by(store, operator, role, &Creator::Cli, actor, now)
+}
+
+/// [`add_token`] made by `creator`, recorded with the token (`created_by`, `created_by_token`)
+/// for the two-person rule. A name that differs only by case from an existing operator's is
+/// refused with a [`NameClash`].
+pub fn add_token_by(
+    store: &Store,
+    operator: &str,
+    role: Role,
+    creator: &Creator,
     actor: &str,
     now: Timestamp,
 ) -> Result<NewToken> {
@@ -140,6 +195,13 @@ pub fn add_token(
     // that the hash does not.
     let id = hash[..12].to_owned();
     let tx = store.conn().unchecked_transaction()?;
+    if let Some(existing) = case_twin(&tx, operator)? {
+        return Err(NameClash {
+            wanted: operator.to_owned(),
+            existing,
+        }
+        .into());
+    }
     let previous: Option<String> = tx
         .query_row(
             "SELECT role FROM operators WHERE name = ?1",
@@ -153,12 +215,11 @@ pub fn add_token(
         params![operator, role.as_str(), now.secs()],
     )
     .with_context(|| format!("recording operator {operator}"))?;
-    tx.execute(
-        "INSERT INTO api_tokens(id, operator, sha256, created) VALUES (?1, ?2, ?3, ?4)",
-        params![id, operator, hash, now.secs()],
-    )
-    .with_context(|| format!("storing the token of operator {operator}"))?;
-    append_in(
+    let (created_by, created_by_token) = match creator {
+        Creator::Cli => ("cli".to_owned(), None),
+        Creator::Api { operator, token_id } => (operator.clone(), Some(token_id.clone())),
+    };
+    let entry = append_in(
         &tx,
         &AuditEntry {
             time: now,
@@ -169,17 +230,124 @@ pub fn add_token(
                 "operator": operator,
                 "role": role.as_str(),
                 "previous_role": previous,
+                "created_by": created_by,
+                "created_by_token": created_by_token,
             }),
         },
     )?;
+    tx.execute(
+        "INSERT INTO api_tokens(id, operator, sha256, created, created_by, created_by_token, created_seq)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![
+            id,
+            operator,
+            hash,
+            now.secs(),
+            created_by,
+            created_by_token,
+            entry.seq
+        ],
+    )
+    .with_context(|| format!("storing the token of operator {operator}"))?;
     tx.commit().context("committing the new token")?;
     Ok(NewToken { id, token })
+}
+
+/// The existing operator whose name differs from `name` only by case, if any.
+fn case_twin(conn: &rusqlite::Connection, name: &str) -> Result<Option<String>> {
+    let key = person_key(name);
+    let mut stmt = conn.prepare_cached("SELECT name FROM operators ORDER BY name")?;
+    let names = stmt.query_map([], |r| r.get::<_, String>(0))?;
+    for existing in names {
+        let existing = existing?;
+        if existing != name && person_key(&existing) == key {
+            return Ok(Some(existing));
+        }
+    }
+    Ok(None)
+}
+
+/// The person behind a token, for the two-person rule.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenPerson {
+    /// The [`person_key`] of the operator who holds the token's secret: the token's operator
+    /// if it was made on the host (or before tokens recorded their maker), else the person
+    /// behind the admin token that made it over the API.
+    pub person: String,
+    /// The operators from the token's own to the person's, when they differ (`["bob",
+    /// "alice"]`: bob's token was made by alice over the API).
+    pub chain: Vec<String>,
+    /// The audit sequence number of the token's creation (`None` for tokens made before
+    /// tokens recorded it).
+    pub created_seq: Option<i64>,
+}
+
+impl TokenPerson {
+    /// Who the token's secret was shown to, in words: `bob's token was made by alice over the
+    /// API`, or empty when it is the operator's own.
+    pub fn describe(&self) -> String {
+        match self.chain.as_slice() {
+            [] | [_] => String::new(),
+            [first, rest @ ..] => {
+                let mut text = format!("{first}'s token was made over the API by {}", rest[0]);
+                for next in &rest[1..] {
+                    let _ = write!(text, ", whose token was made over the API by {next}");
+                }
+                text
+            }
+        }
+    }
+}
+
+/// A token's operator, maker (name and token) and creation's audit sequence number.
+type TokenRow = (String, Option<String>, Option<String>, Option<i64>);
+
+/// The person behind token `token_id` (whose operator is `operator`): follows `created_by_token`
+/// to the first token made on the host. A missing token row counts as its operator's own.
+pub fn token_person(store: &Store, token_id: &str, operator: &str) -> Result<TokenPerson> {
+    let mut stmt = store.conn().prepare_cached(
+        "SELECT operator, created_by, created_by_token, created_seq FROM api_tokens WHERE id = ?1",
+    )?;
+    let mut chain = vec![operator.to_owned()];
+    let mut id = token_id.to_owned();
+    let mut created_seq = None;
+    // Each step goes to an older token, so the walk ends; the bound guards a hand-edited cache.
+    for step in 0..64 {
+        let row: Option<TokenRow> = stmt
+            .query_row([&id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .optional()
+            .with_context(|| format!("reading API token {id}"))?;
+        let Some((holder, created_by, by_token, seq)) = row else {
+            break;
+        };
+        if step == 0 {
+            created_seq = seq;
+        }
+        if let (Some(maker), Some(next)) = (created_by, by_token) {
+            chain.push(maker);
+            id = next;
+        } else {
+            if let Some(last) = chain.last_mut() {
+                last.clone_from(&holder);
+            }
+            break;
+        }
+    }
+    let person = person_key(chain.last().map_or(operator, String::as_str));
+    if chain.len() == 1 || chain.iter().all(|c| person_key(c) == person) {
+        chain.clear();
+    }
+    Ok(TokenPerson {
+        person,
+        chain,
+        created_seq,
+    })
 }
 
 /// Every token, oldest first (then by id).
 pub fn list_tokens(store: &Store) -> Result<Vec<TokenInfo>> {
     let mut stmt = store.conn().prepare(
-        "SELECT t.id, t.operator, o.role, t.created, t.revoked
+        "SELECT t.id, t.operator, o.role, t.created, t.revoked, t.created_by
          FROM api_tokens t JOIN operators o ON o.name = t.operator
          ORDER BY t.created, t.id",
     )?;
@@ -190,6 +358,7 @@ pub fn list_tokens(store: &Store) -> Result<Vec<TokenInfo>> {
             role: r.get(2)?,
             created: r.get(3)?,
             revoked: r.get(4)?,
+            created_by: r.get(5)?,
         })
     })?;
     rows.collect::<rusqlite::Result<_>>()

@@ -8,8 +8,9 @@
 //! - [`tls`]: TLS from PEM files.
 //!
 //! It is built the way the artifact server (`link::http::server`) is: hyper 1 connections with
-//! an axum router, a semaphore bounding connections, a header read timeout, and a shutdown that
-//! lets responses in flight finish. Blocking SQLite work runs on tokio's blocking pool, on a
+//! an axum router, accepted by `link::http::accept` (connections bounded in all and per client
+//! address, TLS handshake and request head timeouts), and a shutdown that lets responses in
+//! flight finish. Event streams are bounded per token and in all ([`stream::StreamSlots`]). Blocking SQLite work runs on tokio's blocking pool, on a
 //! small pool of connections to the cache (WAL mode lets readers run beside one writer).
 //!
 //! - [`host`]: engine runs hosted by the server process, which the rollout control endpoints
@@ -37,21 +38,21 @@ pub mod tls;
 
 use anyhow::{Context, Result, bail};
 use axum::Router;
-use hyper_util::service::TowerToHyperService;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, broadcast, watch};
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::sync::{broadcast, watch};
+use tokio::task::JoinHandle;
 
 use crate::store::Store;
 
-// The connection plumbing (slots, accept, HTTP/1.1 with graceful shutdown) is the artifact
-// server's; event streams end at once on shutdown.
-pub(crate) use crate::link::http::server::{next_connection, serve_connection, stopped};
+// The connection plumbing (slots, accept, HTTP/1.1 with graceful shutdown) is shared by every
+// server; event streams end at once on shutdown.
+pub(crate) use crate::link::http::accept::stopped;
+use crate::link::http::accept::{self, Accept, AcceptCounters, Limits};
 
 /// How the server runs.
 #[derive(Clone, Debug)]
@@ -69,12 +70,22 @@ pub struct ServeConfig {
     pub rate_burst: u32,
     /// Connections served at once; further clients wait to be accepted.
     pub max_connections: usize,
+    /// Connections served at once from one client address; more are refused (`None`:
+    /// [`Limits::default_per_client`], a quarter of `max_connections`).
+    pub max_connections_per_client: Option<usize>,
     /// Connections to the cache for request handlers.
     pub db_connections: usize,
     /// How often the event stream polls the cache.
     pub poll_interval: Duration,
     /// A connection that has not sent a whole request head within this time is closed.
     pub header_read_timeout: Duration,
+    /// A TLS handshake that has not ended within this time is cut off.
+    pub tls_handshake_timeout: Duration,
+    /// Event streams open at once on one token; more get 429.
+    pub max_streams_per_token: usize,
+    /// Event streams open at once in all; more get 503. Below `max_connections`, so that
+    /// streams never hold every connection.
+    pub max_streams: usize,
     /// Time between keep-alive comments on an idle event stream.
     pub keepalive_interval: Duration,
     /// Engine runs hosted by this process that `POST /rollouts/{id}/{command}` reaches (see
@@ -99,13 +110,29 @@ impl ServeConfig {
             rate_per_sec: 50.0,
             rate_burst: 100,
             max_connections: 256,
+            max_connections_per_client: None,
             db_connections: 4,
             poll_interval: Duration::from_millis(200),
-            header_read_timeout: Duration::from_secs(30),
+            header_read_timeout: accept::DEFAULT_HEADER_TIMEOUT,
+            tls_handshake_timeout: accept::DEFAULT_TLS_HANDSHAKE_TIMEOUT,
+            max_streams_per_token: 4,
+            max_streams: 64,
             keepalive_interval: Duration::from_secs(15),
             controls: Vec::new(),
             trust: None,
             dispatch: None,
+        }
+    }
+
+    /// The connection limits this configuration asks for.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_connections: self.max_connections,
+            max_per_client: self
+                .max_connections_per_client
+                .unwrap_or_else(|| Limits::default_per_client(self.max_connections)),
+            header_timeout: self.header_read_timeout,
+            tls_handshake_timeout: self.tls_handshake_timeout,
         }
     }
 }
@@ -120,6 +147,10 @@ pub struct ServeStats {
     pub too_large: u64,
     pub bad_request: u64,
     pub streams: u64,
+    /// Event streams refused by `max_streams_per_token` or `max_streams`.
+    pub streams_refused: u64,
+    /// Connections refused because their client address had its share open already.
+    pub refused_connections: u64,
 }
 
 #[derive(Default)]
@@ -131,6 +162,8 @@ pub(crate) struct Counters {
     pub too_large: AtomicU64,
     pub bad_request: AtomicU64,
     pub streams: AtomicU64,
+    pub streams_refused: AtomicU64,
+    pub accept: Arc<AcceptCounters>,
 }
 
 impl Counters {
@@ -148,6 +181,8 @@ impl Counters {
             too_large: get(&self.too_large),
             bad_request: get(&self.bad_request),
             streams: get(&self.streams),
+            streams_refused: get(&self.streams_refused),
+            refused_connections: self.accept.refused_per_client(),
         }
     }
 }
@@ -245,6 +280,8 @@ pub(crate) struct AppState {
     pub limiter: auth::RateLimiter,
     pub counters: Counters,
     pub events: broadcast::Sender<stream::Frame>,
+    /// The event streams open, per token and in all.
+    pub streams: Arc<stream::StreamSlots>,
     pub stop: watch::Receiver<bool>,
     /// Engine runs this server started for approved requests.
     pub runs: Mutex<Vec<host::HostedRun>>,
@@ -323,8 +360,24 @@ impl Server {
     /// Opens the cache (upgrading its schema), binds, and starts serving on the current tokio
     /// runtime.
     pub async fn start(config: ServeConfig) -> Result<Self> {
-        if config.max_connections == 0 {
-            bail!("max_connections must be at least 1");
+        let limits = config.limits();
+        limits.check()?;
+        if config.max_streams_per_token == 0 || config.max_streams == 0 {
+            bail!("--max-streams-per-token and --max-streams must be at least 1");
+        }
+        if config.max_streams_per_token > config.max_streams {
+            bail!(
+                "--max-streams-per-token ({}) must not exceed --max-streams ({})",
+                config.max_streams_per_token,
+                config.max_streams
+            );
+        }
+        if config.max_streams >= config.max_connections {
+            bail!(
+                "--max-streams ({}) must be below --max-connections ({}), so that event streams never hold every connection",
+                config.max_streams,
+                config.max_connections
+            );
         }
         if !(config.rate_per_sec.is_finite() && config.rate_per_sec > 0.0) {
             bail!(
@@ -386,6 +439,10 @@ impl Server {
             pool: Arc::new(pool),
             counters: Counters::default(),
             events,
+            streams: Arc::new(stream::StreamSlots::new(
+                config.max_streams_per_token,
+                config.max_streams,
+            )),
             stop: stop_rx.clone(),
             runs: Mutex::new(resumed),
             decide: tokio::sync::Mutex::new(()),
@@ -394,13 +451,18 @@ impl Server {
             .fallback(api::handle)
             .with_state(Arc::clone(&state));
         let tls = acceptor.is_some();
-        let task = tokio::spawn(accept_loop(
+        let accept = Accept {
+            tls: acceptor,
+            limits,
+            counters: Arc::clone(&state.counters.accept),
+            server: "convoy serve",
+        };
+        let task = tokio::spawn(accept::serve(
             listener,
-            acceptor,
             router,
-            Arc::new(Semaphore::new(config.max_connections)),
+            accept,
             stop_rx,
-            config.header_read_timeout,
+            std::convert::identity,
         ));
         Ok(Self {
             addr,
@@ -455,38 +517,4 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.stop.send_replace(true);
     }
-}
-
-pub(crate) async fn accept_loop(
-    listener: TcpListener,
-    acceptor: Option<tokio_rustls::TlsAcceptor>,
-    router: Router,
-    slots: Arc<Semaphore>,
-    mut stop: watch::Receiver<bool>,
-    header_read_timeout: Duration,
-) {
-    let mut connections = JoinSet::new();
-    while let Some((permit, stream)) = next_connection(&listener, &slots, &mut stop).await {
-        while connections.try_join_next().is_some() {}
-        let service = TowerToHyperService::new(router.clone());
-        let stop = stop.clone();
-        let acceptor = acceptor.clone();
-        connections.spawn(async move {
-            let _permit = permit;
-            match acceptor {
-                None => serve_connection(stream, service, stop, header_read_timeout).await,
-                Some(acceptor) => {
-                    // A handshake that fails (wrong protocol, bad client) ends only this
-                    // connection; one that stalls is cut off like a slow request head.
-                    if let Ok(Ok(tls)) =
-                        tokio::time::timeout(header_read_timeout, acceptor.accept(stream)).await
-                    {
-                        serve_connection(tls, service, stop, header_read_timeout).await;
-                    }
-                }
-            }
-        });
-    }
-    drop(listener);
-    while connections.join_next().await.is_some() {}
 }

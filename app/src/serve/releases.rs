@@ -73,7 +73,7 @@ pub(super) async fn list(app: &Arc<AppState>) -> Result<Response, ApiError> {
                 let checked = convoy_core::manifest::verify(&m.bytes, &trust, now);
                 // The spec as stored, for the figures of a manifest that no longer verifies.
                 let parsed: Option<convoy_core::manifest::SignedManifest> =
-                    serde_json::from_slice(&m.bytes).ok();
+                    convoy_core::strict_json::from_slice(&m.bytes).ok();
                 let spec = parsed.as_ref().map(|p| &p.signed.release);
                 ReleaseRow {
                     release_id: m.release_id,

@@ -24,6 +24,7 @@ use sha2::{Digest, Sha256};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
+use super::auth::{TokenPerson, person_key, token_person};
 use super::host::HostedRun;
 
 use crate::store::Store;
@@ -91,6 +92,14 @@ pub struct RequestRecord {
     pub waves: Vec<WaveSpec>,
     #[serde(default)]
     pub gates: Option<GatePolicy>,
+    /// The API token the request was made with: the requester is the person behind it
+    /// (`None`: made in a console by name, or before requests recorded it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_token: Option<String>,
+    /// The audit sequence number of the request: a token made after it cannot approve it
+    /// (`None` before requests recorded it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_seq: Option<i64>,
 }
 
 const KIND: &str = "rollout_request";
@@ -137,28 +146,65 @@ pub struct WaveSummary {
 pub struct Request {
     pub record: RequestRecord,
     pub decisions: Vec<Decision>,
+    /// The person behind the request (its token's, or the requester's name folded).
+    pub requester: TokenPerson,
+    /// The approvals that count under the two-person rule, in the order they were made.
+    pub counted: Vec<Counted>,
+    /// The approvals that do not count, each with why (recorded before the rule, or by hand).
+    pub not_counted: Vec<(String, String)>,
+}
+
+/// An approval that counts: the operator who made it and the person behind their token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Counted {
+    pub operator: String,
+    pub person: TokenPerson,
 }
 
 impl Request {
+    /// The operators whose approvals count, in order.
     pub fn approvers(&self) -> Vec<String> {
-        self.decisions
-            .iter()
-            .filter(|d| d.decision == "approve")
-            .map(|d| d.operator.clone())
-            .collect()
+        self.counted.iter().map(|c| c.operator.clone()).collect()
     }
 
     pub fn rejected(&self) -> bool {
         self.decisions.iter().any(|d| d.decision == "reject")
     }
 
+    /// Whether the change path's rule holds over people: the state machine's own
+    /// `approvals_satisfy`, applied to the persons behind the requester and the approvals that
+    /// count (docs/SERVE.md, "The two-person rule").
     pub fn approved(&self) -> bool {
-        !self.rejected()
-            && approvals_satisfy(
-                &self.record.path,
-                &self.record.requested_by,
-                &self.approvers(),
-            )
+        let persons: Vec<String> = self
+            .counted
+            .iter()
+            .map(|c| c.person.person.clone())
+            .collect();
+        let path = match &self.record.path {
+            ChangePath::Emergency {
+                authoriser,
+                evidence,
+                rollback_window_secs,
+            } => ChangePath::Emergency {
+                authoriser: person_key(authoriser),
+                evidence: evidence.clone(),
+                rollback_window_secs: *rollback_window_secs,
+            },
+            other => other.clone(),
+        };
+        !self.rejected() && approvals_satisfy(&path, &self.requester.person, &persons)
+    }
+
+    /// The operator whose approval stands for the emergency path's authoriser, if it counts.
+    fn authoriser_approval(&self) -> Option<&Counted> {
+        let ChangePath::Emergency { authoriser, .. } = &self.record.path else {
+            return None;
+        };
+        let key = person_key(authoriser);
+        self.counted
+            .iter()
+            .filter(|c| c.person.person == key)
+            .min_by_key(|c| person_key(&c.operator) != key)
     }
 
     /// What is still needed before the request is approved.
@@ -170,12 +216,11 @@ impl Request {
         if self.approved() {
             return "nothing: approved".to_owned();
         }
-        let approvers = self.approvers();
         match &r.path {
             ChangePath::Emergency { authoriser, .. } => {
-                if approvers.iter().any(|a| a == authoriser) {
+                if self.authoriser_approval().is_some() {
                     format!(
-                        "one approval by an operator other than {} (the authoriser {authoriser} has approved)",
+                        "one approval by a person other than {} and the authoriser (the authoriser {authoriser} has approved)",
                         r.requested_by
                     )
                 } else {
@@ -183,9 +228,9 @@ impl Request {
                 }
             }
             _ => format!(
-                "{STANDARD_APPROVALS} approvals by distinct operators other than {} ({} so far)",
+                "{STANDARD_APPROVALS} approvals by distinct people other than {} ({} so far)",
                 r.requested_by,
-                approvers.len()
+                self.counted.len()
             ),
         }
     }
@@ -270,11 +315,41 @@ pub fn create(
     trust: &manifest::TrustedKeys,
     planning: &PlanningPolicy,
     new: NewRequest,
-    requested_by: &str,
+    requested_by: &Who,
     actor: &str,
     now: Timestamp,
 ) -> Result<Result<Request, Refusal>> {
     create_with_gates(store, trust, planning, new, None, requested_by, actor, now)
+}
+
+/// Who makes a request or a decision: an operator name, and the API token they used (`None`
+/// in a console, where a typed name is all there is).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Who {
+    pub operator: String,
+    pub token_id: Option<String>,
+}
+
+impl Who {
+    /// An operator known only by name (a console's local approvals).
+    pub fn named(operator: &str) -> Self {
+        Self {
+            operator: operator.to_owned(),
+            token_id: None,
+        }
+    }
+
+    /// The person behind this operator: their token's (docs/SERVE.md), or the name folded.
+    fn person(&self, store: &Store) -> Result<TokenPerson> {
+        match &self.token_id {
+            Some(id) => token_person(store, id, &self.operator),
+            None => Ok(TokenPerson {
+                person: person_key(&self.operator),
+                chain: Vec::new(),
+                created_seq: None,
+            }),
+        }
+    }
 }
 
 /// A plan a console saved in the cache (`plan.save`), which a request can be made from.
@@ -352,7 +427,7 @@ pub fn create_from_plan(
     trust: &manifest::TrustedKeys,
     plan_id: &str,
     mut new: NewRequest,
-    requested_by: &str,
+    requested_by: &Who,
     actor: &str,
     now: Timestamp,
 ) -> Result<Result<Request, Refusal>> {
@@ -395,10 +470,12 @@ fn create_with_gates(
     planning: &PlanningPolicy,
     new: NewRequest,
     gates: Option<GatePolicy>,
-    requested_by: &str,
+    who: &Who,
     actor: &str,
     now: Timestamp,
 ) -> Result<Result<Request, Refusal>> {
+    let requested_by = who.operator.as_str();
+    let requester = who.person(store)?;
     let Some(bytes) = stored_manifest(store, &new.release_id)? else {
         return Ok(Err(field(
             "release_id",
@@ -448,14 +525,23 @@ fn create_with_gates(
                     "an emergency request names its authoriser",
                 )));
             }
-            if authoriser == requested_by {
+            if person_key(authoriser) == requester.person {
+                let how = if person_key(authoriser) == person_key(requested_by) {
+                    String::new()
+                } else {
+                    format!(" ({})", requester.describe())
+                };
                 return Ok(Err(field(
                     "authoriser",
                     format!(
-                        "{requested_by} cannot authorise their own emergency request: name another operator"
+                        "{requested_by} cannot authorise their own emergency request{how}: name another person"
                     ),
                 )));
             }
+            // The authoriser as the cache spells the operator, so that the engine, which
+            // matches names, finds their approval.
+            let authoriser = operator_spelling(store, authoriser)?;
+            let authoriser = authoriser.as_str();
             let evidence = new.evidence.as_deref().map_or("", str::trim);
             if evidence.is_empty() {
                 return Ok(Err(field(
@@ -563,24 +649,19 @@ fn create_with_gates(
         path,
         waves,
         gates,
+        requested_token: who.token_id.clone(),
+        request_seq: None,
     };
     let tx = store.conn().unchecked_transaction()?;
-    tx.execute(
-        "INSERT INTO rollout_plans(rollout_id, release_id, created, body) VALUES (?1, ?2, ?3, ?4)",
-        params![
-            rollout_id,
-            record.release_id,
-            now.secs(),
-            serde_json::to_string(&record)?
-        ],
-    )
-    .with_context(|| format!("storing the request of rollout {rollout_id}"))?;
-    let request = Request {
+    let mut request = Request {
         record,
         decisions: Vec::new(),
+        requester,
+        counted: Vec::new(),
+        not_counted: Vec::new(),
     };
     let view = request.view();
-    append_in(
+    let entry = append_in(
         &tx,
         &AuditEntry {
             time: now,
@@ -598,6 +679,18 @@ fn create_with_gates(
             }),
         },
     )?;
+    // Tokens made after this entry cannot approve the request.
+    request.record.request_seq = Some(entry.seq);
+    tx.execute(
+        "INSERT INTO rollout_plans(rollout_id, release_id, created, body) VALUES (?1, ?2, ?3, ?4)",
+        params![
+            rollout_id,
+            request.record.release_id,
+            now.secs(),
+            serde_json::to_string(&request.record)?
+        ],
+    )
+    .with_context(|| format!("storing the request of rollout {rollout_id}"))?;
     tx.commit().context("committing the rollout request")?;
     Ok(Ok(request))
 }
@@ -616,8 +709,121 @@ pub fn load(store: &Store, rollout_id: &str) -> Result<Option<Request>> {
     let Some(record) = parse_record(&body) else {
         return Ok(None);
     };
-    let decisions = decisions(store, rollout_id)?;
-    Ok(Some(Request { record, decisions }))
+    Ok(Some(assemble(store, record)?))
+}
+
+/// A request with its decisions, and which approvals count under the two-person rule.
+fn assemble(store: &Store, record: RequestRecord) -> Result<Request> {
+    let rows = decisions(store, &record.rollout_id)?;
+    let requester = Who {
+        operator: record.requested_by.clone(),
+        token_id: record.requested_token.clone(),
+    }
+    .person(store)?;
+    let mut counted: Vec<Counted> = Vec::new();
+    let mut not_counted = Vec::new();
+    for (d, token_id) in &rows {
+        if d.decision != "approve" {
+            continue;
+        }
+        let who = Who {
+            operator: d.operator.clone(),
+            token_id: token_id.clone(),
+        };
+        let person = who.person(store)?;
+        match why_not_counted(&record, &requester, &counted, &d.operator, &person) {
+            None => counted.push(Counted {
+                operator: d.operator.clone(),
+                person,
+            }),
+            Some(why) => not_counted.push((d.operator.clone(), why)),
+        }
+    }
+    Ok(Request {
+        record,
+        decisions: rows.into_iter().map(|(d, _)| d).collect(),
+        requester,
+        counted,
+        not_counted,
+    })
+}
+
+/// Why an approval by `approver` (behind whose token is `person`) does not count towards
+/// `record`, given the requester's person and the approvals counted before it; `None` if it
+/// counts. The two-person rule (docs/SERVE.md): the approver's person is neither the
+/// requester's nor that of an approval already counted, and their token existed when the
+/// request was made.
+pub fn why_not_counted(
+    record: &RequestRecord,
+    requester: &TokenPerson,
+    counted: &[Counted],
+    approver: &str,
+    person: &TokenPerson,
+) -> Option<String> {
+    let id = &record.rollout_id;
+    let how = |a: &TokenPerson, b: &TokenPerson| {
+        let parts: Vec<String> = [a.describe(), b.describe()]
+            .into_iter()
+            .filter(|p| !p.is_empty())
+            .collect();
+        if parts.is_empty() {
+            "operator names are compared without regard to case".to_owned()
+        } else {
+            parts.join("; ")
+        }
+    };
+    if person.person == requester.person {
+        if approver == record.requested_by {
+            return Some(format!(
+                "{approver} requested rollout {id} and cannot approve it: nobody approves their own request"
+            ));
+        }
+        return Some(format!(
+            "{approver} counts as the same person as {}, who requested rollout {id} ({}): nobody approves their own request",
+            record.requested_by,
+            how(person, requester)
+        ));
+    }
+    if let Some(other) = counted.iter().find(|c| c.person.person == person.person) {
+        if other.operator == approver {
+            return Some(format!(
+                "{approver} has already approved rollout {id}: approvals must come from distinct people"
+            ));
+        }
+        return Some(format!(
+            "{approver} counts as the same person as {}, who has already approved rollout {id} ({}): approvals must come from distinct people",
+            other.operator,
+            how(person, &other.person)
+        ));
+    }
+    if let (Some(request_seq), Some(token_seq)) = (record.request_seq, person.created_seq)
+        && token_seq > request_seq
+    {
+        return Some(format!(
+            "{approver}'s token was made after rollout {id} was requested: only tokens that existed when a rollout was requested may approve it"
+        ));
+    }
+    None
+}
+
+/// The name the cache spells operator `name` with (its case may differ), or `name` if no
+/// operator has it.
+fn operator_spelling(store: &Store, name: &str) -> Result<String> {
+    let key = person_key(name);
+    let mut stmt = store
+        .conn()
+        .prepare_cached("SELECT name FROM operators ORDER BY name")?;
+    let names = stmt.query_map([], |r| r.get::<_, String>(0))?;
+    for existing in names {
+        let existing = existing?;
+        if existing == name {
+            return Ok(existing);
+        }
+        if person_key(&existing) == key {
+            return Ok(existing);
+        }
+    }
+    Ok(name.to_owned())
 }
 
 /// A `rollout_plans` body that is a request; other plans (saved by a console) are not.
@@ -627,23 +833,28 @@ fn parse_record(body: &str) -> Option<RequestRecord> {
         .filter(|r| r.kind == KIND)
 }
 
-fn decisions(store: &Store, rollout_id: &str) -> Result<Vec<Decision>> {
+/// The decisions on a request, each with the API token it was made with (if any).
+fn decisions(store: &Store, rollout_id: &str) -> Result<Vec<(Decision, Option<String>)>> {
     let mut stmt = store.conn().prepare_cached(
         "SELECT operator, time, decision, body FROM approvals WHERE rollout_id = ?1
          ORDER BY time, operator",
     )?;
     let rows = stmt.query_map([rollout_id], |r| {
         let body: String = r.get(3)?;
-        let comment = serde_json::from_str::<serde_json::Value>(&body)
-            .ok()
-            .and_then(|v| v.get("comment").and_then(|c| c.as_str()).map(str::to_owned))
-            .unwrap_or_default();
-        Ok(Decision {
-            operator: r.get(0)?,
-            time: Timestamp::from_secs(r.get(1)?).to_rfc3339(),
-            decision: r.get(2)?,
-            comment,
-        })
+        let body = serde_json::from_str::<serde_json::Value>(&body).ok();
+        let text = |key: &str| {
+            body.as_ref()
+                .and_then(|v| v.get(key).and_then(|c| c.as_str()).map(str::to_owned))
+        };
+        Ok((
+            Decision {
+                operator: r.get(0)?,
+                time: Timestamp::from_secs(r.get(1)?).to_rfc3339(),
+                decision: r.get(2)?,
+                comment: text("comment").unwrap_or_default(),
+            },
+            text("token_id"),
+        ))
     })?;
     rows.collect::<rusqlite::Result<_>>()
         .with_context(|| format!("reading the approvals of rollout {rollout_id}"))
@@ -660,8 +871,7 @@ pub fn list(store: &Store) -> Result<Vec<Request>> {
     let mut out = Vec::new();
     for body in bodies {
         if let Some(record) = parse_record(&body) {
-            let decisions = decisions(store, &record.rollout_id)?;
-            out.push(Request { record, decisions });
+            out.push(assemble(store, record)?);
         }
     }
     Ok(out)
@@ -674,16 +884,18 @@ pub enum Verdict {
     Reject { reason: String },
 }
 
-/// Records `operator`'s decision on the request (audited as `actor`).
+/// Records `who`'s decision on the request (audited as `actor`). An approval that would not
+/// count under the two-person rule is refused (403) with the reason, and not recorded.
 pub fn decide(
     store: &Store,
     rollout_id: &str,
-    operator: &str,
+    who: &Who,
     verdict: &Verdict,
     actor: &str,
     now: Timestamp,
 ) -> Result<Result<Request, Refusal>> {
-    let Some(mut request) = load(store, rollout_id)? else {
+    let operator = who.operator.as_str();
+    let Some(request) = load(store, rollout_id)? else {
         return Ok(Err(Refusal::NotFound(format!(
             "no rollout request {rollout_id} in the cache"
         ))));
@@ -701,15 +913,16 @@ pub fn decide(
     }
     let (decision, comment) = match verdict {
         Verdict::Approve { comment } => {
-            if operator == r.requested_by {
-                return Ok(Err(Refusal::Forbidden(format!(
-                    "{operator} requested rollout {rollout_id} and cannot approve it: nobody approves their own request"
-                ))));
-            }
-            if request.approvers().iter().any(|a| a == operator) {
+            if request.counted.iter().any(|c| c.operator == operator) {
                 return Ok(Err(Refusal::Conflict(format!(
                     "{operator} has already approved rollout {rollout_id}: approvals must come from distinct operators"
                 ))));
+            }
+            let person = who.person(store)?;
+            if let Some(why) =
+                why_not_counted(r, &request.requester, &request.counted, operator, &person)
+            {
+                return Ok(Err(Refusal::Forbidden(why)));
             }
             ("approve", comment.trim().to_owned())
         }
@@ -732,23 +945,17 @@ pub fn decide(
          ON CONFLICT(name) DO NOTHING",
         params![operator, now.secs()],
     )?;
+    let mut body = serde_json::json!({ "comment": comment });
+    if let Some(token_id) = &who.token_id {
+        body["token_id"] = token_id.clone().into();
+    }
     tx.execute(
         "INSERT INTO approvals(rollout_id, operator, time, decision, body) VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![
-            rollout_id,
-            operator,
-            now.secs(),
-            decision,
-            serde_json::json!({ "comment": comment }).to_string()
-        ],
+        params![rollout_id, operator, now.secs(), decision, body.to_string()],
     )
     .with_context(|| format!("recording {operator}'s decision on rollout {rollout_id}"))?;
-    request.decisions.push(Decision {
-        operator: operator.to_owned(),
-        time: now.to_rfc3339(),
-        decision: decision.to_owned(),
-        comment: comment.clone(),
-    });
+    let release_id = r.release_id.clone();
+    let request = assemble(store, request.record)?;
     let view = request.view();
     append_in(
         &tx,
@@ -758,9 +965,10 @@ pub fn decide(
             action: format!("rollout.{decision}"),
             payload: serde_json::json!({
                 "rollout_id": rollout_id,
-                "release": r.release_id,
+                "release": release_id,
                 "comment": comment,
                 "status": view.status,
+                "token_id": who.token_id,
             }),
         },
     )?;
@@ -849,9 +1057,14 @@ fn run_words(
         ..
     } = &r.path
     {
+        // The engine matches names: the authoriser is the operator whose approval stood for
+        // them under the two-person rule.
+        let authoriser = request
+            .authoriser_approval()
+            .map_or_else(|| authoriser.clone(), |c| c.operator.clone());
         words.extend([
             "--emergency-authoriser".to_owned(),
-            authoriser.clone(),
+            authoriser,
             "--evidence".to_owned(),
             evidence.clone(),
         ]);
@@ -926,6 +1139,8 @@ mod tests {
             path: ChangePath::Standard,
             waves: Vec::new(),
             gates: None,
+            requested_token: None,
+            request_seq: None,
         };
         store
             .conn()
@@ -960,7 +1175,7 @@ mod tests {
             &trust,
             "p-none",
             new.clone(),
-            "ana",
+            &Who::named("ana"),
             "t",
             Timestamp::from_secs(40),
         )
@@ -972,7 +1187,7 @@ mod tests {
             &trust,
             "p-bad",
             new.clone(),
-            "ana",
+            &Who::named("ana"),
             "t",
             Timestamp::from_secs(40),
         )
@@ -991,7 +1206,7 @@ mod tests {
             &trust,
             "p-new",
             other,
-            "ana",
+            &Who::named("ana"),
             "t",
             Timestamp::from_secs(40),
         )

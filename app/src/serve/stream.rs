@@ -16,14 +16,21 @@
 //! then the live feed, with no event twice. A client that falls more than the channel's capacity
 //! behind gets a `lagged` event naming how many events it missed.
 //!
+//! Streams are bounded ([`StreamSlots`]): at most `max_streams_per_token` open at once on one
+//! token (more get 429) and `max_streams` in all (more get 503), the second below the
+//! connection limit, so that one token's streams (260 once took every connection and locked the
+//! admin out) can never hold the server. A stream's slot is given back when its response body is
+//! dropped, which hyper does as soon as the connection closes.
+//!
 //! Not here: filtering by rollout or device on the server.
 
 use anyhow::{Context, Result};
 use rusqlite::params;
 use serde::Serialize;
+use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::sync::broadcast;
 
@@ -318,10 +325,142 @@ impl Drop for Poller {
     }
 }
 
+/// The event streams open, per token and in all.
+#[derive(Debug)]
+pub struct StreamSlots {
+    per_token: usize,
+    total: usize,
+    open: Mutex<(usize, HashMap<String, usize>)>,
+}
+
+/// Why a stream was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StreamRefusal {
+    /// The token has `max_streams_per_token` streams open.
+    PerToken(usize),
+    /// The server has `max_streams` streams open.
+    Total(usize),
+}
+
+impl std::fmt::Display for StreamRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::PerToken(n) => write!(
+                f,
+                "this token has {n} event streams open, the most allowed (--max-streams-per-token {n}); close one first"
+            ),
+            Self::Total(n) => write!(
+                f,
+                "the server has {n} event streams open, the most allowed (--max-streams {n}); retry later"
+            ),
+        }
+    }
+}
+
+/// One open stream; dropping it gives its slot back.
+#[derive(Debug)]
+pub struct StreamSlot {
+    slots: Arc<StreamSlots>,
+    token: String,
+}
+
+impl StreamSlots {
+    pub fn new(per_token: usize, total: usize) -> Self {
+        Self {
+            per_token,
+            total,
+            open: Mutex::new((0, HashMap::new())),
+        }
+    }
+
+    /// A slot for one more stream on `token_id`, or why not.
+    pub fn open(self: &Arc<Self>, token_id: &str) -> Result<StreamSlot, StreamRefusal> {
+        let mut guard = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let (total, per_token) = &mut *guard;
+        let mine = per_token.get(token_id).copied().unwrap_or(0);
+        if mine >= self.per_token {
+            return Err(StreamRefusal::PerToken(self.per_token));
+        }
+        if *total >= self.total {
+            return Err(StreamRefusal::Total(self.total));
+        }
+        *total += 1;
+        per_token.insert(token_id.to_owned(), mine + 1);
+        Ok(StreamSlot {
+            slots: Arc::clone(self),
+            token: token_id.to_owned(),
+        })
+    }
+
+    /// Streams open now: in all, and on `token_id`.
+    pub fn count(&self, token_id: &str) -> (usize, usize) {
+        let guard = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        (guard.0, guard.1.get(token_id).copied().unwrap_or(0))
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut guard = self
+            .slots
+            .open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let (total, per_token) = &mut *guard;
+        *total = total.saturating_sub(1);
+        if let Some(n) = per_token.get_mut(&self.token) {
+            *n -= 1;
+            if *n == 0 {
+                per_token.remove(&self.token);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use convoy_core::time::Timestamp;
+
+    #[test]
+    fn streams_are_bounded_per_token_and_in_all() {
+        let slots = Arc::new(StreamSlots::new(2, 3));
+        let a1 = slots.open("a").expect("first of a");
+        let a2 = slots.open("a").expect("second of a");
+        assert_eq!(
+            slots.open("a").expect_err("third of a"),
+            StreamRefusal::PerToken(2)
+        );
+        let b1 = slots.open("b").expect("b has its own share");
+        assert_eq!(
+            slots.open("b").expect_err("server full"),
+            StreamRefusal::Total(3)
+        );
+        assert!(
+            StreamRefusal::PerToken(2)
+                .to_string()
+                .contains("--max-streams-per-token 2")
+        );
+        assert!(
+            StreamRefusal::Total(3)
+                .to_string()
+                .contains("--max-streams 3")
+        );
+        drop(a1);
+        assert_eq!(slots.count("a"), (2, 1));
+        let b2 = slots.open("b").expect("a slot given back is free again");
+        drop((a2, b1, b2));
+        assert_eq!(slots.count("a"), (0, 0));
+        assert!(
+            slots
+                .open
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .1
+                .is_empty(),
+            "tokens with nothing open are forgotten"
+        );
+    }
 
     #[test]
     fn poll_returns_only_new_rows_in_order() {

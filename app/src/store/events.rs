@@ -378,15 +378,19 @@ pub fn write_timeline(out: &mut dyn Write, events: &[Event], format: TimelineFor
         TimelineFormat::Csv => {
             let mut w = csv::Writer::from_writer(out);
             w.write_record(["rollout_id", "seq", "time", "kind", "cause", "payload"])?;
+            // Causes and payloads carry operators' reasons: safe to open in a spreadsheet.
             for e in events {
-                w.write_record([
-                    e.rollout_id.as_str(),
-                    &e.seq.to_string(),
-                    &e.time.to_rfc3339(),
-                    &e.kind,
-                    &e.cause,
-                    &e.payload,
-                ])?;
+                w.write_record(
+                    [
+                        e.rollout_id.as_str(),
+                        &e.seq.to_string(),
+                        &e.time.to_rfc3339(),
+                        &e.kind,
+                        &e.cause,
+                        &e.payload,
+                    ]
+                    .map(|cell| crate::csv_safe::neutralise(cell).into_owned()),
+                )?;
             }
             w.flush()?;
         }

@@ -310,6 +310,29 @@ pub const MIGRATIONS: &[&str] = &[
         time_scale      REAL NOT NULL
     ) WITHOUT ROWID;
     ",
+    // v7 (issue 16): who made each API token, for the two-person rule, and the lease that
+    // keeps a rollout to one engine. `created_by` is the operator whose admin token made it
+    // over the API (`created_by_token` is that token's id) or `cli` for `convoy serve token
+    // add` on the host (`created_by_token` NULL); both NULL on tokens made before v7.
+    // `created_seq` is the audit sequence number of the token's `serve.token.add` entry: the
+    // order of tokens and requests, finer than a second (NULL before v7).
+    r"
+    ALTER TABLE api_tokens ADD COLUMN created_by TEXT;
+    ALTER TABLE api_tokens ADD COLUMN created_by_token TEXT;
+    ALTER TABLE api_tokens ADD COLUMN created_seq INTEGER;
+
+    -- One row per rollout that an engine runs now: who holds it (host, process, run) and until
+    -- when (wall clock, Unix milliseconds). Renewed while the engine runs, deleted when it ends;
+    -- another engine takes it over only once it has expired.
+    CREATE TABLE engine_leases (
+        rollout_id    TEXT PRIMARY KEY NOT NULL,
+        host          TEXT NOT NULL,
+        pid           INTEGER NOT NULL,
+        run_id        TEXT NOT NULL,
+        since_ms      INTEGER NOT NULL,
+        expires_ms    INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    ",
 ];
 
 /// The schema version a fresh or upgraded cache has.

@@ -142,7 +142,7 @@ impl Faults {
     /// fault that silently never fires. `probability` defaults to 1.
     pub fn parse(json: &str, fleet: &Fleet) -> Result<Self, FaultError> {
         let raw: RawFile =
-            serde_json::from_str(json).map_err(|e| FaultError::Shape(e.to_string()))?;
+            crate::strict_json::from_str(json).map_err(|e| FaultError::Shape(e.to_string()))?;
         let mut faults = Vec::with_capacity(raw.faults.len());
         for (i, f) in raw.faults.into_iter().enumerate() {
             // Counted from 1, as a person reading the file counts.

@@ -657,3 +657,52 @@ fn fault_files_are_strict() {
         .is_ok()
     );
 }
+
+/// Issue 16: a manifest whose JSON names a key twice has two readings; the device refuses it
+/// with a rejection ack that names the key, whichever reading is the genuine one.
+#[test]
+fn issue_16_an_offer_whose_manifest_names_a_key_twice_is_rejected() {
+    let real: serde_json::Value =
+        serde_json::from_slice(&manifest_bytes("r1", v241(), 3)).expect("json");
+    let mut evil = real["signed"].clone();
+    evil["release"]["hardware"] = serde_json::json!(["X9"]);
+    let twice = format!(
+        r#"{{"signed": {evil}, "signed": {}, "signatures": {}}}"#,
+        real["signed"], real["signatures"]
+    );
+    let mut s = sim(
+        device("CV1", "B", Connectivity::Wifi),
+        Faults::default(),
+        quiet(),
+        1,
+    );
+    s.handle_command(NOW, "c-1", offer("r1", twice.into_bytes()));
+    s.handle_tick(NOW.plus_secs(3600));
+    let messages = drain(&mut s);
+    let acks = acks(&messages);
+    let [(id, AckOutcome::Rejected { reason, attack })] = acks.as_slice() else {
+        panic!("expected one rejection, got {acks:?}");
+    };
+    assert_eq!(id, "c-1");
+    assert_eq!(*attack, Some(Attack::Tampered));
+    assert!(
+        reason.contains("duplicate key \"signed\" at $.signed"),
+        "{reason}"
+    );
+    assert_eq!(s.installed_counter(), 0, "nothing installed");
+}
+
+#[test]
+fn issue_16_a_fault_file_with_a_key_twice_is_refused() {
+    let fleet = Fleet::new(Vec::new(), vec![device("CV1", "C", Connectivity::Cellular)]);
+    let err = Faults::parse(
+        r#"{"faults": [{"release_version": "2.4.1", "match": {"hw_rev": "C", "hw_rev": "A"}, "effect": "crash_loop"}]}"#,
+        &fleet,
+    )
+    .expect_err("two readings");
+    assert!(
+        err.to_string()
+            .contains("duplicate key \"hw_rev\" at $.faults[0].match.hw_rev"),
+        "{err}"
+    );
+}

@@ -1346,23 +1346,30 @@ fn add_sample(agg: &mut CohortAgg, layout: &MetricLayout, s: &HealthSample) {
 /// Whether `approvals` (operator names) satisfy the change path of a rollout requested by
 /// `requested_by`: on the standard path [`STANDARD_APPROVALS`] distinct approvers other than the
 /// requester; on the emergency path the named authoriser and at least one approver other than
-/// the requester; on the single-operator path the requester. The one rule, shared by the
+/// the requester; on the single-operator path the requester. Names are compared trimmed and
+/// without regard to case: `Alice` and `alice` are one person. The one rule, shared by the
 /// rollout state machine and by whoever collects approvals before a rollout exists (the
 /// server's approval endpoints).
 pub fn approvals_satisfy(path: &ChangePath, requested_by: &str, approvals: &[String]) -> bool {
+    // Names that differ only by case (or surrounding spaces) are one person: `Alice` does not
+    // approve what `alice` requested, nor count twice beside her (issue 16).
+    let person = |name: &str| name.trim().to_lowercase();
+    let requester = person(requested_by);
+    let approvals: Vec<String> = approvals.iter().map(|a| person(a)).collect();
     let mut others: Vec<&str> = approvals
         .iter()
         .map(String::as_str)
-        .filter(|a| *a != requested_by)
+        .filter(|a| *a != requester)
         .collect();
     others.sort_unstable();
     others.dedup();
     match path {
         ChangePath::Standard => others.len() >= STANDARD_APPROVALS,
         ChangePath::Emergency { authoriser, .. } => {
-            approvals.iter().any(|a| a == authoriser) && !others.is_empty()
+            let authoriser = person(authoriser);
+            approvals.contains(&authoriser) && !others.is_empty()
         }
-        ChangePath::SingleOperator => approvals.iter().any(|a| a == requested_by),
+        ChangePath::SingleOperator => approvals.contains(&requester),
     }
 }
 
@@ -1407,6 +1414,9 @@ mod approval_rule_tests {
         assert!(!approvals_satisfy(&p, "dana", &names(&["dana", "alex"])));
         assert!(!approvals_satisfy(&p, "dana", &names(&["alex", "alex"])));
         assert!(approvals_satisfy(&p, "dana", &names(&["alex", "sam"])));
+        // Issue 16: names that differ only by case are one person.
+        assert!(!approvals_satisfy(&p, "dana", &names(&["Dana", "alex"])));
+        assert!(!approvals_satisfy(&p, "dana", &names(&["Alex", "alex "])));
         let e = ChangePath::Emergency {
             authoriser: "erin".into(),
             evidence: "CVE".into(),

@@ -427,6 +427,19 @@ impl DdiHub {
         }
     }
 
+    /// Checks the `Authorization` header for a request that names no controller: only the
+    /// gateway token, which speaks for every controller, passes.
+    pub fn authorize_gateway(&self, authorization: Option<&str>) -> Result<(), DdiError> {
+        let (scheme, token) = authorization
+            .and_then(|h| h.split_once(' '))
+            .ok_or(DdiError::Unauthorized)?;
+        if scheme == "GatewayToken" && self.gateway_sha256 == Some(sha256(token.trim())) {
+            Ok(())
+        } else {
+            Err(DdiError::Unauthorized)
+        }
+    }
+
     /// Reserves room for one event; `None` when nobody listens (then no event is sent).
     fn reserve(&self) -> Result<Option<mpsc::Permit<'_, DdiEvent>>, DdiError> {
         match self.events.try_reserve() {

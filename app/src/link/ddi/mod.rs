@@ -8,8 +8,15 @@
 //!   `convoy ddi serve`) reads.
 //! - [`release`]: the artifact server and the deployment for one signed release.
 //! - this module: the HTTP routes, authentication (`TargetToken` / `GatewayToken`), body limits
-//!   and error answers, and [`DdiServer`], which serves them with the same connection handling
-//!   (bounded connections, header timeout, TLS, graceful shutdown) as `convoy serve`.
+//!   and error answers, and [`DdiServer`], which serves them with the same accept loop
+//!   (`link::http::accept`: connections bounded in all and per client address, TLS handshake
+//!   and request head timeouts, graceful shutdown) as `convoy serve`.
+//!
+//! Every request is authenticated before anything about it is answered: without a valid token a
+//! request gets 401 whatever its path, tenant or method, so a stranger learns nothing about which
+//! routes, tenants or controllers exist. The links in the answers (`deploymentBase`,
+//! `cancelAction`, `configData`) start with the configured public URL ([`DdiConfig::public_url`],
+//! by default the address the endpoint listens on), never with the request's `Host` header.
 //!
 //! Routes, under `/{tenant}/controller/v1/{controllerId}`: `GET` (poll), `GET
 //! deploymentBase/{actionId}`, `POST deploymentBase/{actionId}/feedback`, `GET
@@ -39,8 +46,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
+
+use crate::link::http::accept::{
+    self, Accept, AcceptCounters, DEFAULT_HEADER_TIMEOUT, DEFAULT_TLS_HANDSHAKE_TIMEOUT, Limits,
+};
 
 pub use hub::{
     ActionState, ActionView, ControllerView, DdiArtifact, DdiDeployment, DdiError, DdiEvent,
@@ -60,7 +71,15 @@ pub struct DdiConfig {
     /// Bodies larger than this get 413.
     pub max_body_bytes: usize,
     pub max_connections: usize,
+    /// Connections at once from one client address (`None`: a quarter of `max_connections`).
+    /// Devices behind one NAT share an address: raise it for such fleets.
+    pub max_connections_per_client: Option<usize>,
     pub header_read_timeout: Duration,
+    pub tls_handshake_timeout: Duration,
+    /// The endpoint's URL as devices reach it (`https://ddi.example.com`, maybe with a path
+    /// prefix), which the links in answers start with. `None`: `http(s)://` and the address the
+    /// endpoint listens on, which must then not be `0.0.0.0` or `::`.
+    pub public_url: Option<String>,
 }
 
 impl DdiConfig {
@@ -71,9 +90,44 @@ impl DdiConfig {
             tls: None,
             max_body_bytes: 64 * 1024,
             max_connections: 1024,
-            header_read_timeout: Duration::from_secs(30),
+            max_connections_per_client: None,
+            header_read_timeout: DEFAULT_HEADER_TIMEOUT,
+            tls_handshake_timeout: DEFAULT_TLS_HANDSHAKE_TIMEOUT,
+            public_url: None,
         }
     }
+
+    /// The connection limits this configuration asks for.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_connections: self.max_connections,
+            max_per_client: self
+                .max_connections_per_client
+                .unwrap_or_else(|| Limits::default_per_client(self.max_connections)),
+            header_timeout: self.header_read_timeout,
+            tls_handshake_timeout: self.tls_handshake_timeout,
+        }
+    }
+}
+
+/// Checks a public URL (`--public-url`) and returns it without a trailing `/`: `http` or
+/// `https`, a host, no user name, query or fragment.
+pub fn check_public_url(url: &str) -> Result<String> {
+    let parsed =
+        reqwest::Url::parse(url).with_context(|| format!("--public-url {url:?} is not a URL"))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        bail!("--public-url {url:?} must start with http:// or https://");
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        bail!("--public-url {url:?} has no host");
+    }
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        bail!("--public-url {url:?} must not hold a user name or password");
+    }
+    if parsed.query().is_some() || parsed.fragment().is_some() {
+        bail!("--public-url {url:?} must not have a query or fragment");
+    }
+    Ok(parsed.as_str().trim_end_matches('/').to_owned())
 }
 
 /// Counts of what the endpoint answered.
@@ -85,6 +139,8 @@ pub struct DdiStats {
     pub unauthorized: u64,
     pub bad_request: u64,
     pub busy: u64,
+    /// Connections refused because their client address had its share open already.
+    pub refused_connections: u64,
 }
 
 #[derive(Default)]
@@ -95,6 +151,7 @@ struct Counters {
     unauthorized: AtomicU64,
     bad_request: AtomicU64,
     busy: AtomicU64,
+    accept: Arc<AcceptCounters>,
 }
 
 fn bump(c: &AtomicU64) {
@@ -104,15 +161,24 @@ fn bump(c: &AtomicU64) {
 struct Shared {
     hub: Arc<DdiHub>,
     tenant: String,
+    /// What every link in an answer starts with, without a trailing `/`.
+    public_url: String,
     max_body_bytes: usize,
     counters: Counters,
 }
 
-/// The DDI routes as a router, to serve alone ([`DdiServer`]) or beside other routes.
-pub fn router(hub: Arc<DdiHub>, tenant: &str, max_body_bytes: usize) -> (Router, DdiStatsHandle) {
+/// The DDI routes as a router, to serve alone ([`DdiServer`]) or beside other routes; links in
+/// answers start with `public_url`.
+pub fn router(
+    hub: Arc<DdiHub>,
+    tenant: &str,
+    max_body_bytes: usize,
+    public_url: &str,
+) -> (Router, DdiStatsHandle) {
     let shared = Arc::new(Shared {
         hub,
         tenant: tenant.to_owned(),
+        public_url: public_url.trim_end_matches('/').to_owned(),
         max_body_bytes,
         counters: Counters::default(),
     });
@@ -138,6 +204,7 @@ impl DdiStatsHandle {
             unauthorized: get(&c.unauthorized),
             bad_request: get(&c.bad_request),
             busy: get(&c.busy),
+            refused_connections: c.accept.refused_per_client(),
         }
     }
 }
@@ -146,6 +213,7 @@ impl DdiStatsHandle {
 pub struct DdiServer {
     addr: SocketAddr,
     tls: bool,
+    public_url: String,
     stop: watch::Sender<bool>,
     task: Option<JoinHandle<()>>,
     stats: DdiStatsHandle,
@@ -154,12 +222,16 @@ pub struct DdiServer {
 impl DdiServer {
     /// Binds and serves on the current tokio runtime.
     pub async fn start(config: DdiConfig, hub: Arc<DdiHub>) -> Result<Self> {
-        if config.max_connections == 0 {
-            bail!("max_connections must be at least 1");
-        }
+        let limits = config.limits();
+        limits.check()?;
         if config.tenant.is_empty() {
             bail!("the tenant must not be empty");
         }
+        let public_url = config
+            .public_url
+            .as_deref()
+            .map(check_public_url)
+            .transpose()?;
         let acceptor = match &config.tls {
             Some((cert, key)) => Some(crate::serve::tls::acceptor(cert, key)?),
             None => None,
@@ -168,20 +240,33 @@ impl DdiServer {
             .await
             .with_context(|| format!("listening on {}", config.listen))?;
         let addr = listener.local_addr().context("reading the bound address")?;
-        let (stop, stop_rx) = watch::channel(false);
-        let (router, stats) = router(hub, &config.tenant, config.max_body_bytes);
         let tls = acceptor.is_some();
-        let task = tokio::spawn(crate::serve::accept_loop(
+        let public_url = match public_url {
+            Some(url) => url,
+            None if addr.ip().is_unspecified() => bail!(
+                "the DDI endpoint listens on {addr}, which devices cannot reach by that name: pass the URL devices reach it by (--public-url)"
+            ),
+            None => format!("{}://{addr}", if tls { "https" } else { "http" }),
+        };
+        let (stop, stop_rx) = watch::channel(false);
+        let (router, stats) = router(hub, &config.tenant, config.max_body_bytes, &public_url);
+        let accept = Accept {
+            tls: acceptor,
+            limits,
+            counters: Arc::clone(&stats.0.counters.accept),
+            server: "DDI endpoint",
+        };
+        let task = tokio::spawn(accept::serve(
             listener,
-            acceptor,
             router,
-            Arc::new(Semaphore::new(config.max_connections)),
+            accept,
             stop_rx,
-            config.header_read_timeout,
+            std::convert::identity,
         ));
         Ok(Self {
             addr,
             tls,
+            public_url,
             stop,
             task: Some(task),
             stats,
@@ -196,6 +281,11 @@ impl DdiServer {
     pub fn base_url(&self) -> String {
         let scheme = if self.tls { "https" } else { "http" };
         format!("{scheme}://{}", self.addr)
+    }
+
+    /// The URL the links in answers start with (`--public-url`, or [`Self::base_url`]).
+    pub fn public_url(&self) -> &str {
+        &self.public_url
     }
 
     pub fn stats(&self) -> DdiStats {
@@ -297,17 +387,6 @@ fn method_not_allowed(allow: &'static str) -> Response {
     r
 }
 
-/// The scheme and host a device reached us by, for the links in our answers.
-fn origin(request: &Request) -> String {
-    let host = request
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("localhost");
-    let scheme = request.uri().scheme_str().unwrap_or("http");
-    format!("{scheme}://{host}")
-}
-
 /// What a path names, once the tenant and controller are taken off.
 enum Route {
     Poll,
@@ -337,28 +416,33 @@ fn route(rest: &[String]) -> Option<Route> {
 
 async fn handle_request(State(shared): State<Arc<Shared>>, request: Request) -> Response {
     bump(&shared.counters.requests);
-    let segments = match crate::link::http::range::sanitize_path(request.uri().path()) {
-        Ok(s) => s,
-        Err(e) => return error(StatusCode::BAD_REQUEST, "convoy.ddi.path", format!("{e}")),
-    };
-    let (tenant, controller, rest) = match segments.as_slice() {
-        [tenant, c, v, controller, rest @ ..] if c == "controller" && v == "v1" => {
-            (tenant, controller.clone(), rest.to_vec())
-        }
-        _ => {
-            return error(
-                StatusCode::NOT_FOUND,
-                "convoy.ddi.notFound",
-                "not a DDI path: expected /{tenant}/controller/v1/{controllerId}/...",
-            );
-        }
-    };
     // Authentication comes first: a request without a valid token learns nothing, not even
-    // whether the tenant or the route exists.
+    // whether its path is well formed, or the tenant, the route or the controller exists.
     let authorization = request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|h| h.to_str().ok());
+    let segments = crate::link::http::range::sanitize_path(request.uri().path());
+    let (tenant, controller, rest) = match segments.as_deref() {
+        Ok([tenant, c, v, controller, rest @ ..]) if c == "controller" && v == "v1" => {
+            (tenant.clone(), controller.clone(), rest.to_vec())
+        }
+        other => {
+            // No controller to check a target token against: only the gateway token, which
+            // speaks for every controller, is told what is wrong with the path.
+            if let Err(e) = shared.hub.authorize_gateway(authorization) {
+                return ddi_error(&shared, &e);
+            }
+            return match other {
+                Err(e) => error(StatusCode::BAD_REQUEST, "convoy.ddi.path", format!("{e}")),
+                Ok(_) => error(
+                    StatusCode::NOT_FOUND,
+                    "convoy.ddi.notFound",
+                    "not a DDI path: expected /{tenant}/controller/v1/{controllerId}/...",
+                ),
+            };
+        }
+    };
     if let Err(e) = shared.hub.authorize(&controller, authorization) {
         return ddi_error(&shared, &e);
     }
@@ -376,10 +460,12 @@ async fn handle_request(State(shared): State<Arc<Shared>>, request: Request) -> 
             format!("no such DDI resource: {}", rest.join("/")),
         );
     };
+    // Links start with the configured public URL and the configured tenant: nothing of the
+    // request's Host header or spelling is echoed.
     let base = format!(
         "{}/{}/controller/v1/{}",
-        origin(&request),
-        tenant,
+        shared.public_url,
+        crate::link::http::range::encode_segment(&shared.tenant),
         crate::link::http::range::encode_segment(&controller)
     );
     let method = request.method().clone();

@@ -2,14 +2,20 @@
 //! manifest, and the deployment (one chunk with the digests DDI clients check) a controller is
 //! given. Shared by `convoy ddi serve` and the rollout engine's DDI link.
 //!
+//! The manifest devices download is the canonical form of the verified manifest
+//! ([`VerifiedManifest::served_bytes`]), written to a private file for the artifact server,
+//! never the file the operator passed: whitespace, key order or a second reading in that file
+//! cannot reach a device.
+//!
 //! Not here: checking the files against the manifest (the callers do it before serving
 //! anything), and deciding who gets the deployment.
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
+use convoy_core::manifest::VerifiedManifest;
 use convoy_core::release::ReleaseSpec;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::hub::{DdiArtifact, DdiDeployment};
@@ -20,8 +26,9 @@ use crate::link::http::{ArtifactServer, Content, ServerConfig};
 #[derive(Clone, Copy, Debug)]
 pub struct ReleaseFiles<'a> {
     pub spec: &'a ReleaseSpec,
-    /// The signed manifest file, served beside the artifacts as `{release}.manifest.json`.
-    pub manifest: &'a Path,
+    /// The verified manifest, served in canonical form beside the artifacts as
+    /// `{release}.manifest.json`.
+    pub manifest: &'a VerifiedManifest,
     /// The artifact files, in the manifest's order (already checked against it).
     pub artifacts: &'a [PathBuf],
     /// Where the artifact server listens (port 0: any free port).
@@ -38,6 +45,9 @@ pub struct ServedRelease {
     /// The artifact server's URL as devices see it, without a trailing `/`.
     pub base_url: String,
     pub deployment: Arc<DdiDeployment>,
+    /// The directory holding the served canonical manifest: keep it as long as the server runs
+    /// (dropping it deletes the file).
+    pub manifest_dir: tempfile::TempDir,
 }
 
 /// Starts the artifact server for `files` and builds the deployment devices are given.
@@ -58,7 +68,14 @@ pub async fn serve_release(files: &ReleaseFiles<'_>) -> Result<ServedRelease> {
         .map(|(p, e)| (e.name.clone(), p.clone()))
         .collect();
     let manifest_name = format!("{}.manifest.json", spec.id);
-    served.insert(manifest_name.clone(), files.manifest.to_owned());
+    let manifest_dir = tempfile::Builder::new()
+        .prefix("convoy-manifest-")
+        .tempdir()
+        .context("creating a directory for the served manifest")?;
+    let manifest_path = manifest_dir.path().join(&manifest_name);
+    std::fs::write(&manifest_path, files.manifest.served_bytes())
+        .with_context(|| format!("writing {}", manifest_path.display()))?;
+    served.insert(manifest_name.clone(), manifest_path);
     let artifacts = ArtifactServer::start(
         Content::Files(served),
         ServerConfig::new(files.artifact_listen),
@@ -110,5 +127,6 @@ pub async fn serve_release(files: &ReleaseFiles<'_>) -> Result<ServedRelease> {
         artifacts,
         base_url,
         deployment,
+        manifest_dir,
     })
 }

@@ -7,6 +7,9 @@
 //! - [`server`]: [`ArtifactServer`], hyper 1 with an axum router (the stack rumqttd already
 //!   builds), `GET`/`HEAD`, `Range`, `ETag` (the SHA-256), `If-Range`, bounded connections and a
 //!   clean shutdown.
+//! - [`accept`]: the one accept loop of every Convoy HTTP server (`convoy serve`, the DDI
+//!   endpoint, the artifact server): connection bounds in all and per client address, the
+//!   TLS handshake and request head timeouts.
 //! - [`client`]: [`download_resumable`], which writes to `DEST.part`, resumes with `Range` and
 //!   `If-Range`, and checks length and SHA-256 before renaming into place.
 //!
@@ -14,6 +17,7 @@
 //! 127.0.0.1; artifacts are authenticated by the signed manifest's hashes, not by the channel),
 //! multi-range responses (`multipart/byteranges`), compression, and directory listings.
 
+pub mod accept;
 pub mod client;
 pub mod range;
 pub mod server;

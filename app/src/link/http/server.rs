@@ -8,10 +8,11 @@
 //! [`super::range::sanitize_path`] and, for a directory, resolved with symbolic links followed
 //! and required to stay under the root.
 //!
-//! Connections are bounded by a semaphore: past `max_connections` the server stops accepting and
-//! further clients wait in the kernel's backlog. Headers must arrive within
-//! `header_read_timeout`, so idle connections cannot hold the slots for ever.
-//! [`ArtifactServer::shutdown`] stops accepting, lets responses in flight finish (for a few
+//! Connections are accepted by [`super::accept`], the accept loop every Convoy HTTP server shares:
+//! past `max_connections` the server stops accepting and further clients wait in the kernel's
+//! backlog, one client address holds at most `max_connections_per_client` of them (more get a
+//! 503), and a request head must arrive within `header_read_timeout`, so half-sent requests
+//! cannot hold the slots. [`ArtifactServer::shutdown`] stops accepting, lets responses in flight finish (for a few
 //! seconds at most) and returns when every connection is closed.
 //!
 //! File reads run on tokio's blocking pool and stream through a small channel, so a slow client
@@ -27,8 +28,6 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::Response;
 use hyper::body::{Bytes, Frame, SizeHint};
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -40,18 +39,19 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, SystemTime};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
 
+use super::accept::{
+    self, Accept, AcceptCounters, DEFAULT_HEADER_TIMEOUT, DEFAULT_TLS_HANDSHAKE_TIMEOUT, Limits,
+};
 use super::range::{self, RangeAnswer};
 
 /// Bytes per read and per body frame.
 const CHUNK_BYTES: usize = 64 * 1024;
 /// Frames buffered between the file reader and the socket.
 const CHANNEL_FRAMES: usize = 4;
-/// How long shutdown waits for responses in flight.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// What the server serves.
 #[derive(Clone, Debug)]
@@ -79,6 +79,9 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Connections served at once; further clients wait to be accepted.
     pub max_connections: usize,
+    /// Connections served at once from one client address; more are refused with a 503
+    /// (`None`: [`Limits::default_per_client`], a quarter of `max_connections`).
+    pub max_connections_per_client: Option<usize>,
     /// A connection that has not sent a whole request head within this time is closed.
     pub header_read_timeout: Duration,
     /// Test knob: abort some responses part-way.
@@ -90,8 +93,22 @@ impl ServerConfig {
         Self {
             listen,
             max_connections: 64,
-            header_read_timeout: Duration::from_secs(30),
+            max_connections_per_client: None,
+            header_read_timeout: DEFAULT_HEADER_TIMEOUT,
             truncate: None,
+        }
+    }
+
+    /// The connection limits this configuration asks for.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_connections: self.max_connections,
+            max_per_client: self
+                .max_connections_per_client
+                .unwrap_or_else(|| Limits::default_per_client(self.max_connections)),
+            header_timeout: self.header_read_timeout,
+            // No TLS here; the field is unused.
+            tls_handshake_timeout: DEFAULT_TLS_HANDSHAKE_TIMEOUT,
         }
     }
 }
@@ -110,12 +127,17 @@ pub struct ServerStats {
     pub refused: u64,
     /// 404 responses.
     pub not_found: u64,
+    /// Requests for something that is not a regular file (a FIFO, a device, a socket, a
+    /// directory): answered 404 without reading it.
+    pub not_regular: u64,
     /// Body bytes handed to the connections.
     pub body_bytes: u64,
     /// Connections cut by [`Truncate`].
     pub truncated: u64,
     pub connections: u64,
     pub peak_connections: u64,
+    /// Connections refused because their client address had its share open already.
+    pub refused_connections: u64,
 }
 
 #[derive(Default)]
@@ -126,11 +148,13 @@ struct Counters {
     unsatisfiable: AtomicU64,
     refused: AtomicU64,
     not_found: AtomicU64,
+    not_regular: AtomicU64,
     body_bytes: AtomicU64,
     truncated: AtomicU64,
     connections: AtomicU64,
     active: AtomicU64,
     peak: AtomicU64,
+    accept: Arc<AcceptCounters>,
 }
 
 impl Counters {
@@ -147,10 +171,12 @@ impl Counters {
             unsatisfiable: get(&self.unsatisfiable),
             refused: get(&self.refused),
             not_found: get(&self.not_found),
+            not_regular: get(&self.not_regular),
             body_bytes: get(&self.body_bytes),
             truncated: get(&self.truncated),
             connections: get(&self.connections),
             peak_connections: get(&self.peak),
+            refused_connections: self.accept.refused_per_client(),
         }
     }
 }
@@ -211,9 +237,8 @@ pub struct ArtifactServer {
 impl ArtifactServer {
     /// Binds and starts serving on the current tokio runtime.
     pub async fn start(content: Content, config: ServerConfig) -> Result<Self> {
-        if config.max_connections == 0 {
-            bail!("max_connections must be at least 1");
-        }
+        let limits = config.limits();
+        limits.check()?;
         let content = match content {
             Content::Dir(dir) => {
                 let root = std::fs::canonicalize(&dir)
@@ -252,14 +277,31 @@ impl ArtifactServer {
             .fallback(handle)
             .with_state(Arc::clone(&shared));
         let (stop, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(accept_loop(
-            listener,
-            router,
-            Arc::new(Semaphore::new(config.max_connections)),
-            stop_rx,
-            Arc::clone(&shared),
-            config.header_read_timeout,
-        ));
+        let accept = Accept {
+            tls: None,
+            limits,
+            counters: Arc::clone(&shared.counters.accept),
+            server: "convoy artifacts serve",
+        };
+        let wrap = {
+            let shared = Arc::clone(&shared);
+            move |stream| {
+                let counters = &shared.counters;
+                Counters::bump(&counters.connections);
+                let active = counters.active.fetch_add(1, Ordering::Relaxed) + 1;
+                counters.peak.fetch_max(active, Ordering::Relaxed);
+                let cut_after = shared.truncate.and_then(|t| {
+                    let n = shared.truncations_started.fetch_add(1, Ordering::Relaxed);
+                    (n < t.connections).then_some(t.after_bytes)
+                });
+                CutIo {
+                    inner: stream,
+                    left_bytes: cut_after,
+                    shared: Arc::clone(&shared),
+                }
+            }
+        };
+        let task = tokio::spawn(accept::serve(listener, router, accept, stop_rx, wrap));
         Ok(Self {
             addr,
             stop,
@@ -306,106 +348,6 @@ impl Drop for ArtifactServer {
     fn drop(&mut self) {
         self.stop.send_replace(true);
     }
-}
-
-async fn accept_loop(
-    listener: TcpListener,
-    router: Router,
-    slots: Arc<Semaphore>,
-    mut stop: watch::Receiver<bool>,
-    shared: Arc<Shared>,
-    header_read_timeout: Duration,
-) {
-    let mut connections = JoinSet::new();
-    while let Some((permit, stream)) = next_connection(&listener, &slots, &mut stop).await {
-        while connections.try_join_next().is_some() {}
-        let counters = &shared.counters;
-        Counters::bump(&counters.connections);
-        let active = counters.active.fetch_add(1, Ordering::Relaxed) + 1;
-        counters.peak.fetch_max(active, Ordering::Relaxed);
-        let service = TowerToHyperService::new(router.clone());
-        let stop = stop.clone();
-        let shared = Arc::clone(&shared);
-        let cut_after = shared.truncate.and_then(|t| {
-            let n = shared.truncations_started.fetch_add(1, Ordering::Relaxed);
-            (n < t.connections).then_some(t.after_bytes)
-        });
-        let stream = CutIo {
-            inner: stream,
-            left_bytes: cut_after,
-            shared: Arc::clone(&shared),
-        };
-        connections.spawn(async move {
-            let _permit = permit;
-            // Connection errors (a client that goes away, a body cut short on purpose) end
-            // only that connection; there is no one to report them to.
-            serve_connection(stream, service, stop, header_read_timeout).await;
-            shared.counters.active.fetch_sub(1, Ordering::Relaxed);
-        });
-    }
-    drop(listener);
-    while connections.join_next().await.is_some() {}
-}
-
-/// Waits for a free connection slot and the next accepted connection; `None` once shutdown is
-/// asked for. Shared by the artifact server and `convoy serve`.
-pub(crate) async fn next_connection(
-    listener: &TcpListener,
-    slots: &Arc<Semaphore>,
-    stop: &mut watch::Receiver<bool>,
-) -> Option<(OwnedSemaphorePermit, TcpStream)> {
-    let permit = tokio::select! {
-        () = stopped(stop) => return None,
-        permit = Arc::clone(slots).acquire_owned() => permit.ok()?,
-    };
-    loop {
-        tokio::select! {
-            () = stopped(stop) => return None,
-            accepted = listener.accept() => {
-                if let Ok((stream, _)) = accepted {
-                    let _ = stream.set_nodelay(true);
-                    return Some((permit, stream));
-                }
-                // Out of descriptors or a connection reset before accept: transient; do not
-                // spin on it.
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            },
-        }
-    }
-}
-
-/// Serves one HTTP/1.1 connection until it ends, or until shutdown, when it gets
-/// `SHUTDOWN_GRACE` to finish the responses in flight. Connection errors end only this
-/// connection.
-pub(crate) async fn serve_connection<S>(
-    stream: S,
-    service: TowerToHyperService<Router>,
-    mut stop: watch::Receiver<bool>,
-    header_read_timeout: Duration,
-) where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(header_read_timeout)
-        .keep_alive(true);
-    let conn = builder.serve_connection(TokioIo::new(stream), service);
-    tokio::pin!(conn);
-    let stopping = tokio::select! {
-        _ = conn.as_mut() => false,
-        () = stopped(&mut stop) => true,
-    };
-    if stopping {
-        conn.as_mut().graceful_shutdown();
-        let _ = tokio::time::timeout(SHUTDOWN_GRACE, conn).await;
-    }
-}
-
-/// Resolves once shutdown is asked for (or the server handle is gone).
-pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
-    // The guard `wait_for` returns is not `Send`; drop it here, inside.
-    let _ = stop.wait_for(|s| *s).await.map(|_| ());
 }
 
 fn text_response(status: StatusCode, text: String) -> Response {
@@ -544,15 +486,9 @@ fn open_file(shared: &Shared, segments: &[String]) -> io::Result<Option<(File, u
             _ => return Ok(None),
         },
     };
-    let mut file = match File::open(&path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e),
-    };
-    let meta = file.metadata()?;
-    if !meta.is_file() {
+    let Some((mut file, meta)) = open_regular(&path, &shared.counters)? else {
         return Ok(None);
-    }
+    };
     let key = FileKey::of(&meta);
     let cached = shared
         .hashes
@@ -574,6 +510,62 @@ fn open_file(shared: &Shared, segments: &[String]) -> io::Result<Option<(File, u
         sha
     };
     Ok(Some((file, meta.len(), sha256)))
+}
+
+/// Opens `path` for reading only if it is a regular file, and returns it with its metadata;
+/// `None` (logged and counted) for anything else.
+///
+/// The open never blocks: `O_NONBLOCK` makes opening a FIFO return at once instead of waiting
+/// for a writer (540 requests for a FIFO once held 515 threads for ever), and `O_NOCTTY` keeps
+/// a terminal from becoming the process's. The type is then read from the opened handle
+/// (`fstat`), not the path, so a file swapped for something else between a check and the open
+/// is still refused. On a regular file `O_NONBLOCK` changes nothing.
+fn open_regular(path: &Path, counters: &Counters) -> io::Result<Option<(File, std::fs::Metadata)>> {
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::custom_flags(
+        &mut options,
+        libc::O_NONBLOCK | libc::O_NOCTTY,
+    );
+    let refuse = |what: &str| {
+        Counters::bump(&counters.not_regular);
+        eprintln!(
+            "artifact server: refused {}: {what}, not a regular file",
+            path.display()
+        );
+        Ok(None)
+    };
+    let file = match options.open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        // Opening a Unix socket fails with ENXIO: it is not a file either.
+        #[cfg(unix)]
+        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => return refuse("a socket"),
+        Err(e) => return Err(e),
+    };
+    let meta = file.metadata()?;
+    if meta.is_file() {
+        return Ok(Some((file, meta)));
+    }
+    let kind = meta.file_type();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if kind.is_fifo() {
+            return refuse("a FIFO");
+        }
+        if kind.is_char_device() || kind.is_block_device() {
+            return refuse("a device");
+        }
+        if kind.is_socket() {
+            return refuse("a socket");
+        }
+    }
+    if kind.is_dir() {
+        return refuse("a directory");
+    }
+    refuse("something else")
 }
 
 /// The lowercase hex SHA-256 of everything `reader` yields.
@@ -685,11 +677,17 @@ fn read_into(
 }
 
 /// A connection that fails its writes once `left_bytes` are used up ([`Truncate`]); without a
-/// limit it passes everything through.
+/// limit it passes everything through. It counts as an active connection until dropped.
 struct CutIo {
     inner: tokio::net::TcpStream,
     left_bytes: Option<u64>,
     shared: Arc<Shared>,
+}
+
+impl Drop for CutIo {
+    fn drop(&mut self) {
+        self.shared.counters.active.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl tokio::io::AsyncRead for CutIo {

@@ -1,0 +1,539 @@
+//! The embedded broker's ACL: an MQTT 3.1.1 proxy in front of rumqttd.
+//!
+//! rumqttd 0.20 authenticates a CONNECT (a static user list or an `external_auth` callback) but
+//! has no hook for publish or subscribe authorisation. So `convoy broker --acl-from DIR` binds
+//! rumqttd on a loopback port only this process knows and listens on the public address itself:
+//! for each client it reads the CONNECT (protocol level 4 only, username and password checked
+//! against Mosquitto's `password_file`, the will topic against the ACL), then every PUBLISH
+//! topic and SUBSCRIBE filter the client sends, and every PUBLISH the broker delivers, and
+//! forwards only what the [`Acl`] allows.
+//!
+//! What is refused is refused the way Mosquitto refuses it, so clients behave the same on both
+//! brokers: a refused QoS 0 publish is dropped, a refused QoS 1 publish is acknowledged (PUBACK)
+//! and dropped, a refused subscription filter gets the failure return code 0x80 in the SUBACK
+//! while the rest of the SUBSCRIBE goes through. A refused QoS 2 publish, a packet larger than
+//! the limit, or anything that is not MQTT 3.1.1 closes that client's connection, and only that
+//! one.
+
+use anyhow::{Context, Result};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+use super::acl::{Access, Acl, PasswordFile};
+
+/// What the proxy refused, counted since it started.
+#[derive(Debug, Default)]
+pub struct ProxyStats {
+    pub connections: AtomicU64,
+    pub refused_connects: AtomicU64,
+    pub refused_publishes: AtomicU64,
+    pub refused_subscriptions: AtomicU64,
+    pub refused_deliveries: AtomicU64,
+    pub closed_for_size_or_protocol: AtomicU64,
+}
+
+/// The rules the proxy applies.
+#[derive(Debug)]
+pub struct ProxyRules {
+    pub acl: Acl,
+    pub passwords: PasswordFile,
+    /// The largest packet a client may send (the broker's own limit applies on top).
+    pub max_packet_bytes: usize,
+}
+
+/// Accepts clients on `listener` for ever, each proxied to the broker at `upstream`.
+pub async fn serve(
+    listener: TcpListener,
+    upstream: SocketAddr,
+    rules: Arc<ProxyRules>,
+    stats: Arc<ProxyStats>,
+) {
+    loop {
+        let Ok((client, peer)) = listener.accept().await else {
+            continue;
+        };
+        stats.connections.fetch_add(1, Ordering::Relaxed);
+        let rules = rules.clone();
+        let stats = stats.clone();
+        tokio::spawn(async move {
+            if let Err(err) = proxy_one(client, upstream, &rules, &stats).await {
+                // One client's problem; the broker and every other client go on.
+                eprintln!("broker ACL: connection from {peer} closed: {err:#}");
+            }
+        });
+    }
+}
+
+/// One MQTT control packet, whole: the first byte and the bytes after the remaining length.
+struct Packet {
+    first: u8,
+    body: Vec<u8>,
+}
+
+impl Packet {
+    fn kind(&self) -> u8 {
+        self.first >> 4
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.body.len() + 5);
+        out.push(self.first);
+        let mut len = self.body.len();
+        loop {
+            let mut byte = (len % 128) as u8;
+            len /= 128;
+            if len > 0 {
+                byte |= 0x80;
+            }
+            out.push(byte);
+            if len == 0 {
+                break;
+            }
+        }
+        out.extend_from_slice(&self.body);
+        out
+    }
+}
+
+/// Reads one packet; `Ok(None)` at a clean end of stream.
+async fn read_packet<R: AsyncRead + Unpin>(r: &mut R, max: usize) -> Result<Option<Packet>> {
+    let mut first = [0u8; 1];
+    if r.read(&mut first).await? == 0 {
+        return Ok(None);
+    }
+    let mut len: usize = 0;
+    let mut shift = 0;
+    loop {
+        let byte = r.read_u8().await.context("reading a packet length")?;
+        len |= usize::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            break;
+        }
+        shift += 7;
+        anyhow::ensure!(shift < 28, "malformed remaining length");
+    }
+    anyhow::ensure!(
+        len <= max,
+        "a packet of {len} bytes, over the limit of {max} bytes"
+    );
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body).await.context("reading a packet")?;
+    Ok(Some(Packet {
+        first: first[0],
+        body,
+    }))
+}
+
+/// A reader over a packet body.
+struct Cursor<'a> {
+    buf: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn new(buf: &'a [u8]) -> Self {
+        Self { buf, at: 0 }
+    }
+
+    fn u8(&mut self) -> Result<u8> {
+        let b = *self.buf.get(self.at).context("packet too short")?;
+        self.at += 1;
+        Ok(b)
+    }
+
+    fn u16(&mut self) -> Result<u16> {
+        Ok(u16::from_be_bytes([self.u8()?, self.u8()?]))
+    }
+
+    fn bytes(&mut self) -> Result<&'a [u8]> {
+        let len = usize::from(self.u16()?);
+        let end = self.at + len;
+        let b = self.buf.get(self.at..end).context("packet too short")?;
+        self.at = end;
+        Ok(b)
+    }
+
+    fn string(&mut self) -> Result<&'a str> {
+        std::str::from_utf8(self.bytes()?).context("a string that is not UTF-8")
+    }
+
+    fn done(&self) -> bool {
+        self.at >= self.buf.len()
+    }
+}
+
+/// What the client's CONNECT says.
+struct Connect {
+    client_id: String,
+    username: Option<String>,
+    password: Option<Vec<u8>>,
+    will_topic: Option<String>,
+    level: u8,
+}
+
+fn parse_connect(p: &Packet) -> Result<Connect> {
+    anyhow::ensure!(p.kind() == 1, "the first packet is not a CONNECT");
+    let mut c = Cursor::new(&p.body);
+    let name = c.string()?;
+    let level = c.u8()?;
+    anyhow::ensure!(name == "MQTT" || name == "MQIsdp", "not MQTT ({name:?})");
+    let flags = c.u8()?;
+    let _keep_alive = c.u16()?;
+    let client_id = c.string()?.to_owned();
+    let will_topic = if flags & 0x04 != 0 {
+        let topic = c.string()?.to_owned();
+        let _message = c.bytes()?;
+        Some(topic)
+    } else {
+        None
+    };
+    let username = if flags & 0x80 != 0 {
+        Some(c.string()?.to_owned())
+    } else {
+        None
+    };
+    let password = if flags & 0x40 != 0 {
+        Some(c.bytes()?.to_vec())
+    } else {
+        None
+    };
+    Ok(Connect {
+        client_id,
+        username,
+        password,
+        will_topic,
+        level,
+    })
+}
+
+fn connack(code: u8) -> Vec<u8> {
+    vec![0x20, 0x02, 0x00, code]
+}
+
+fn puback(packet_id: u16) -> Vec<u8> {
+    let [a, b] = packet_id.to_be_bytes();
+    vec![0x40, 0x02, a, b]
+}
+
+/// The topic, QoS and packet id of a PUBLISH.
+fn parse_publish(p: &Packet) -> Result<(String, u8, Option<u16>)> {
+    let qos = (p.first >> 1) & 0x03;
+    let mut c = Cursor::new(&p.body);
+    let topic = c.string()?.to_owned();
+    let id = if qos > 0 { Some(c.u16()?) } else { None };
+    Ok((topic, qos, id))
+}
+
+async fn proxy_one(
+    client: TcpStream,
+    upstream: SocketAddr,
+    rules: &ProxyRules,
+    stats: &ProxyStats,
+) -> Result<()> {
+    client.set_nodelay(true).ok();
+    let (mut client_r, mut client_w) = client.into_split();
+    let Some(first) = read_packet(&mut client_r, rules.max_packet_bytes).await? else {
+        return Ok(());
+    };
+    let connect = parse_connect(&first)?;
+    if connect.level != 4 {
+        stats.refused_connects.fetch_add(1, Ordering::Relaxed);
+        client_w.write_all(&connack(0x01)).await.ok();
+        anyhow::bail!(
+            "protocol level {}: only MQTT 3.1.1 is served",
+            connect.level
+        );
+    }
+    let user = connect.username.clone();
+    let authenticated = match (&user, &connect.password) {
+        (Some(u), Some(pw)) => rules.passwords.verify(u, pw),
+        _ => false,
+    };
+    if !authenticated {
+        stats.refused_connects.fetch_add(1, Ordering::Relaxed);
+        client_w.write_all(&connack(0x04)).await.ok();
+        anyhow::bail!("bad username or password for {user:?}");
+    }
+    if let Some(topic) = &connect.will_topic
+        && !rules
+            .acl
+            .allows(user.as_deref(), &connect.client_id, topic, Access::Write)
+    {
+        stats.refused_connects.fetch_add(1, Ordering::Relaxed);
+        client_w.write_all(&connack(0x05)).await.ok();
+        anyhow::bail!("{user:?} may not leave a will on {topic:?}");
+    }
+    let broker = TcpStream::connect(upstream)
+        .await
+        .context("connecting to the embedded broker")?;
+    broker.set_nodelay(true).ok();
+    let (mut broker_r, mut broker_w) = broker.into_split();
+    broker_w.write_all(&first.encode()).await?;
+
+    // Both writers are fed by channels, so either side can answer on the other's behalf
+    // (a PUBACK for a refused publish, a SUBACK with refusals) between whole packets.
+    let (to_client, mut client_out) = mpsc::channel::<Vec<u8>>(256);
+    let (to_broker, mut broker_out) = mpsc::channel::<Vec<u8>>(256);
+    // SUBSCRIBE packet id → which of its filters were refused (in order), for the SUBACK.
+    let pending: Arc<Mutex<HashMap<u16, Vec<bool>>>> = Arc::default();
+
+    let client_writer = tokio::spawn(async move {
+        while let Some(bytes) = client_out.recv().await {
+            if client_w.write_all(&bytes).await.is_err() {
+                break;
+            }
+        }
+    });
+    let broker_writer = tokio::spawn(async move {
+        while let Some(bytes) = broker_out.recv().await {
+            if broker_w.write_all(&bytes).await.is_err() {
+                break;
+            }
+        }
+    });
+
+    let ident = (user.clone(), connect.client_id.clone());
+    let from_client = {
+        let to_client = to_client.clone();
+        let to_broker = to_broker.clone();
+        let pending = pending.clone();
+        async move {
+            loop {
+                let Some(p) = read_packet(&mut client_r, rules.max_packet_bytes).await? else {
+                    return Ok::<(), anyhow::Error>(());
+                };
+                let out = client_packet(&p, &ident, rules, stats, &pending, &to_client).await?;
+                if let Some(bytes) = out
+                    && to_broker.send(bytes).await.is_err()
+                {
+                    return Ok(());
+                }
+            }
+        }
+    };
+    let ident = (user.clone(), connect.client_id.clone());
+    let from_broker = {
+        let pending = pending.clone();
+        async move {
+            loop {
+                // The broker's packets are trusted for size: it enforces its own limit.
+                let Some(p) = read_packet(&mut broker_r, usize::MAX >> 1).await? else {
+                    return Ok::<(), anyhow::Error>(());
+                };
+                let out = broker_packet(p, &ident, rules, stats, &pending, &to_broker).await?;
+                if let Some(bytes) = out
+                    && to_client.send(bytes).await.is_err()
+                {
+                    return Ok(());
+                }
+            }
+        }
+    };
+    let result = tokio::select! {
+        r = from_client => r,
+        r = from_broker => r,
+    };
+    if result.is_err() {
+        stats
+            .closed_for_size_or_protocol
+            .fetch_add(1, Ordering::Relaxed);
+    }
+    client_writer.abort();
+    broker_writer.abort();
+    result
+}
+
+/// Decides on one packet from the client: `Some(bytes)` to forward to the broker.
+async fn client_packet(
+    p: &Packet,
+    (user, client_id): &(Option<String>, String),
+    rules: &ProxyRules,
+    stats: &ProxyStats,
+    pending: &Mutex<HashMap<u16, Vec<bool>>>,
+    to_client: &mpsc::Sender<Vec<u8>>,
+) -> Result<Option<Vec<u8>>> {
+    match p.kind() {
+        1 => anyhow::bail!("a second CONNECT"),
+        3 => {
+            let (topic, qos, id) = parse_publish(p)?;
+            if rules
+                .acl
+                .allows(user.as_deref(), client_id, &topic, Access::Write)
+            {
+                return Ok(Some(p.encode()));
+            }
+            stats.refused_publishes.fetch_add(1, Ordering::Relaxed);
+            match (qos, id) {
+                (0, _) => Ok(None),
+                (1, Some(id)) => {
+                    // Acknowledged and dropped, as Mosquitto does for MQTT 3.1.1 clients.
+                    to_client.send(puback(id)).await.ok();
+                    Ok(None)
+                }
+                _ => anyhow::bail!("{user:?} published QoS {qos} on {topic:?}, which it may not"),
+            }
+        }
+        8 => {
+            let mut c = Cursor::new(&p.body);
+            let id = c.u16()?;
+            let mut kept = Vec::new();
+            let mut refused = Vec::new();
+            while !c.done() {
+                let filter = c.string()?;
+                let qos = c.u8()?;
+                let ok = rules
+                    .acl
+                    .allows_subscribe(user.as_deref(), client_id, filter);
+                refused.push(!ok);
+                if ok {
+                    kept.push((filter.to_owned(), qos));
+                }
+            }
+            anyhow::ensure!(!refused.is_empty(), "a SUBSCRIBE with no filter");
+            let n_refused = refused.iter().filter(|r| **r).count();
+            stats
+                .refused_subscriptions
+                .fetch_add(n_refused as u64, Ordering::Relaxed);
+            if n_refused == 0 {
+                return Ok(Some(p.encode()));
+            }
+            if kept.is_empty() {
+                let mut body = id.to_be_bytes().to_vec();
+                body.extend(std::iter::repeat_n(0x80, refused.len()));
+                let suback = Packet { first: 0x90, body };
+                to_client.send(suback.encode()).await.ok();
+                return Ok(None);
+            }
+            pending
+                .lock()
+                .map_err(|_| anyhow::anyhow!("subscription table poisoned"))?
+                .insert(id, refused);
+            let mut body = id.to_be_bytes().to_vec();
+            for (filter, qos) in kept {
+                let len = u16::try_from(filter.len()).context("filter too long")?;
+                body.extend_from_slice(&len.to_be_bytes());
+                body.extend_from_slice(filter.as_bytes());
+                body.push(qos);
+            }
+            Ok(Some(Packet { first: 0x82, body }.encode()))
+        }
+        _ => Ok(Some(p.encode())),
+    }
+}
+
+/// Decides on one packet from the broker: `Some(bytes)` to forward to the client.
+async fn broker_packet(
+    p: Packet,
+    (user, client_id): &(Option<String>, String),
+    rules: &ProxyRules,
+    stats: &ProxyStats,
+    pending: &Mutex<HashMap<u16, Vec<bool>>>,
+    to_broker: &mpsc::Sender<Vec<u8>>,
+) -> Result<Option<Vec<u8>>> {
+    match p.kind() {
+        3 => {
+            let (topic, _qos, id) = parse_publish(&p)?;
+            if rules
+                .acl
+                .allows(user.as_deref(), client_id, &topic, Access::Read)
+            {
+                return Ok(Some(p.encode()));
+            }
+            // Subscriptions are checked, so this is a second line: never deliver what the
+            // client may not read; settle it with the broker in the client's place.
+            stats.refused_deliveries.fetch_add(1, Ordering::Relaxed);
+            if let Some(id) = id {
+                to_broker.send(puback(id)).await.ok();
+            }
+            Ok(None)
+        }
+        9 => {
+            let mut c = Cursor::new(&p.body);
+            let id = c.u16()?;
+            let refused = pending
+                .lock()
+                .map_err(|_| anyhow::anyhow!("subscription table poisoned"))?
+                .remove(&id);
+            let Some(refused) = refused else {
+                return Ok(Some(p.encode()));
+            };
+            let mut granted = p.body[2..].iter().copied();
+            let mut body = id.to_be_bytes().to_vec();
+            for r in refused {
+                body.push(if r {
+                    0x80
+                } else {
+                    granted.next().unwrap_or(0x80)
+                });
+            }
+            Ok(Some(Packet { first: 0x90, body }.encode()))
+        }
+        _ => Ok(Some(p.encode())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packets_round_trip_their_length() {
+        for len in [0usize, 1, 127, 128, 16_383, 16_384, 200_000] {
+            let p = Packet {
+                first: 0x30,
+                body: vec![7; len],
+            };
+            let bytes = p.encode();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .expect("runtime");
+            let back = rt
+                .block_on(read_packet(&mut bytes.as_slice(), usize::MAX))
+                .expect("read")
+                .expect("a packet");
+            assert_eq!((back.first, back.body.len()), (0x30, len));
+            let too_big = rt.block_on(read_packet(&mut bytes.as_slice(), len.saturating_sub(1)));
+            assert_eq!(too_big.is_err(), len > 0, "{len}");
+        }
+    }
+
+    #[test]
+    fn a_connect_is_read_with_its_will() {
+        // MQTT 3.1.1 CONNECT: will (QoS 0), username and password.
+        let mut body = Vec::new();
+        let s = |b: &mut Vec<u8>, x: &[u8]| {
+            b.extend_from_slice(&u16::try_from(x.len()).expect("short").to_be_bytes());
+            b.extend_from_slice(x);
+        };
+        s(&mut body, b"MQTT");
+        body.push(4);
+        body.push(0x80 | 0x40 | 0x04 | 0x02);
+        body.extend_from_slice(&30u16.to_be_bytes());
+        s(&mut body, b"client-1");
+        s(&mut body, b"convoy/v1/devices/dev-2/status");
+        s(&mut body, b"{}");
+        s(&mut body, b"dev-1");
+        s(&mut body, b"pw");
+        let c = parse_connect(&Packet { first: 0x10, body }).expect("parse");
+        assert_eq!(c.level, 4);
+        assert_eq!(c.client_id, "client-1");
+        assert_eq!(c.username.as_deref(), Some("dev-1"));
+        assert_eq!(c.password.as_deref(), Some(&b"pw"[..]));
+        assert_eq!(
+            c.will_topic.as_deref(),
+            Some("convoy/v1/devices/dev-2/status")
+        );
+        assert!(
+            parse_connect(&Packet {
+                first: 0x10,
+                body: vec![0, 4, b'M']
+            })
+            .is_err()
+        );
+    }
+}
