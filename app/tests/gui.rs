@@ -1162,7 +1162,7 @@ fn a_finding_is_scored_as_it_is_typed_saved_listed_and_shown_on_the_map() {
     h.get_by_label("telematics unit auth bypass");
     h.get_by_label(&format!("{:.1}", card.points));
     let stored =
-        convoy::serve::query::findings(&convoy::store::Store::open(&cache).unwrap()).unwrap();
+        convoy::store::query::findings(&convoy::store::Store::open(&cache).unwrap()).unwrap();
     assert_eq!(stored.len(), 1);
     assert_eq!(stored[0].id, "CVE-2026-4242");
     assert_eq!(stored[0].points, Some(card.points));

@@ -168,11 +168,7 @@ pub fn read_listing(cache: &Path) -> Result<Listing> {
     let (plans, unreadable) = requests::saved_plans(&store)?;
     let mut listed = Vec::new();
     for request in requests::list(&store)? {
-        let timeline_events: i64 = store.conn().query_row(
-            "SELECT count(*) FROM rollout_events WHERE rollout_id = ?1",
-            [&request.record.rollout_id],
-            |r| r.get(0),
-        )?;
+        let timeline_events = store.timeline_len(&request.record.rollout_id)?;
         listed.push(Listed {
             view: request.view(),
             timeline_events,
@@ -296,11 +292,7 @@ pub fn dispatch(
             request.needs()
         );
     }
-    let started: bool = store.conn().query_row(
-        "SELECT EXISTS(SELECT 1 FROM rollout_events WHERE rollout_id = ?1)",
-        [rollout_id],
-        |r| r.get(0),
-    )?;
+    let started = store.rollout_started(rollout_id)?;
     if started {
         anyhow::bail!(
             "rollout {rollout_id} was dispatched already (its timeline has events); continue an unfinished one with `convoy rollout run --resume`"

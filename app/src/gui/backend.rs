@@ -93,14 +93,7 @@ impl HealthCache {
             let id = &story.rollout_id;
             // The log's length from its last key (its seqs run from 0 without gaps): one
             // B-tree seek every poll, not a count of every row.
-            let rows: i64 = store
-                .conn()
-                .query_row(
-                    "SELECT coalesce(max(seq) + 1, 0) FROM rollout_log WHERE rollout_id = ?1",
-                    [id],
-                    |r| r.get(0),
-                )
-                .unwrap_or(0);
+            let rows = store.rollout_log_len(id).unwrap_or(0);
             if rows == 0 || rows > MAX_HEALTH_LOG_ROWS {
                 continue;
             }
@@ -777,16 +770,7 @@ fn open_store<'a>(cache: &Path, store: &'a mut Option<Store>) -> Result<&'a Stor
 /// The newest [`ROLLOUT_LIMIT`] rollouts of the cache's `rollout_events`, each read into its
 /// story; newest activity first, ties by id.
 pub fn read_rollouts(store: &Store) -> Result<RolloutBoard> {
-    let ids: Vec<String> = {
-        let mut stmt = store.conn().prepare_cached(
-            "SELECT rollout_id FROM rollout_events GROUP BY rollout_id
-             ORDER BY MAX(time) DESC, rollout_id LIMIT ?1",
-        )?;
-        let limit = i64::try_from(ROLLOUT_LIMIT).unwrap_or(i64::MAX);
-        stmt.query_map([limit], |r| r.get(0))?
-            .collect::<rusqlite::Result<_>>()
-            .context("listing the rollouts in the cache")?
-    };
+    let ids = store.recent_rollouts(ROLLOUT_LIMIT)?;
     let mut board = RolloutBoard::default();
     for id in ids {
         let entries: Vec<RecordEntry> = store

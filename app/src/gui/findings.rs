@@ -5,7 +5,7 @@
 //!
 //! The scoring is `convoy_core::{cvss, risk}` with the policy of the view's editor (the
 //! built-in one until a policy is applied or loaded), as `convoy score finding [--policy]`
-//! does; storing is `serve::query::record_finding`, the code behind
+//! does; storing is `store::query::record_finding`, the code behind
 //! `POST /findings`. Turning the form into a [`Finding`] and picking the affected devices are
 //! plain functions with their own tests; the view only draws.
 //!
@@ -31,8 +31,8 @@ use std::sync::mpsc::{Receiver, TryRecvError};
 use crate::gui::app::{ConsoleApp, UiCommand};
 use crate::gui::tokens;
 use crate::gui::worker::FleetWorker;
-use crate::serve::query::FindingRow;
 use crate::store::Store;
+use crate::store::query::FindingRow;
 
 /// The actor the audit log records for findings saved from the console (which has no operator
 /// login yet).
@@ -625,7 +625,7 @@ impl FindingsState {
         };
         self.spawn(ctx, Reply::ListFailed, move || {
             let store = open_cache(&cache)?;
-            Ok(Reply::Listed(crate::serve::query::findings(&store)?))
+            Ok(Reply::Listed(crate::store::query::findings(&store)?))
         });
     }
 
@@ -636,7 +636,7 @@ impl FindingsState {
         };
         self.spawn(ctx, Reply::OpenFailed, move || {
             let store = open_cache(&cache)?;
-            let record = crate::serve::query::finding(&store, &id)?
+            let record = crate::store::query::finding(&store, &id)?
                 .with_context(|| format!("finding {id} is no longer in the cache"))?;
             let finding: Finding = serde_json::from_value(record.finding)
                 .with_context(|| format!("reading stored finding {id}"))?;
@@ -666,11 +666,11 @@ impl FindingsState {
         self.spawn(ctx, Reply::SaveFailed, move || {
             let (finding, card) = (finding?, card?);
             let store = open_cache(&cache)?;
-            crate::serve::query::record_finding(&store, &finding, &id, &card, CONSOLE_ACTOR, now)
+            crate::store::query::record_finding(&store, &finding, &id, &card, CONSOLE_ACTOR, now)
                 .with_context(|| format!("saving finding {id} to {}", cache.display()))?;
             Ok(Reply::Saved {
                 id,
-                rows: crate::serve::query::findings(&store)?,
+                rows: crate::store::query::findings(&store)?,
             })
         });
     }

@@ -30,10 +30,10 @@ use std::time::Instant;
 use tokio::sync::{broadcast, mpsc};
 
 use super::auth::{self, Caller, Role};
-use super::query::{self, DEVICE_STATES, DeviceFilter, IDLE};
 use super::requests::{NewRequest, Refusal, Verdict};
 use super::{AppState, Counters, stopped};
 use crate::engine::control::{ControlError, OperatorCommand, RollBackScope};
+use crate::store::query::{self, DEVICE_STATES, DeviceFilter, IDLE};
 use anyhow::Context as _;
 
 /// The prefix of every API path.
@@ -1011,11 +1011,7 @@ async fn redispatch(app: &Arc<AppState>, id: &str) -> Result<Response, ApiError>
         .pool
         .run(move |store| {
             let request = super::requests::load(store, &rid)?;
-            let started: bool = store.conn().query_row(
-                "SELECT EXISTS(SELECT 1 FROM rollout_events WHERE rollout_id = ?1)",
-                [&rid],
-                |r| r.get(0),
-            )?;
+            let started = store.rollout_started(&rid)?;
             Ok((request, started))
         })
         .await

@@ -30,7 +30,6 @@ mod admin;
 pub mod api;
 pub mod auth;
 pub mod host;
-pub mod query;
 mod releases;
 pub mod requests;
 pub mod stream;

@@ -229,6 +229,37 @@ impl Store {
         tx.commit().context("committing the rollout log")
     }
 
+    /// Whether `rollout_id` has started: its timeline has an event (an engine wrote one when
+    /// it created the rollout). A request whose rollout has started is continued with
+    /// `--resume`, never dispatched again.
+    pub fn rollout_started(&self, rollout_id: &str) -> Result<bool> {
+        self.conn
+            .prepare_cached("SELECT EXISTS(SELECT 1 FROM rollout_events WHERE rollout_id = ?1)")?
+            .query_row([rollout_id], |r| r.get(0))
+            .with_context(|| format!("reading the timeline of rollout {rollout_id}"))
+    }
+
+    /// How many events `rollout_id`'s timeline holds.
+    pub fn timeline_len(&self, rollout_id: &str) -> Result<i64> {
+        self.conn
+            .prepare_cached("SELECT count(*) FROM rollout_events WHERE rollout_id = ?1")?
+            .query_row([rollout_id], |r| r.get(0))
+            .with_context(|| format!("reading the timeline of rollout {rollout_id}"))
+    }
+
+    /// The ids of the `limit` rollouts with the newest timeline activity, newest first, ties
+    /// by id.
+    pub fn recent_rollouts(&self, limit: usize) -> Result<Vec<String>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT rollout_id FROM rollout_events GROUP BY rollout_id
+             ORDER BY MAX(time) DESC, rollout_id LIMIT ?1",
+        )?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        stmt.query_map([limit], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()
+            .context("listing the rollouts in the cache")
+    }
+
     /// The length of `rollout_id`'s replayable log: its seqs run from 0 without gaps, so this
     /// is the next seq, and 0 means the engine has logged nothing of it (it has not started).
     pub fn rollout_log_len(&self, rollout_id: &str) -> Result<i64> {
