@@ -580,13 +580,17 @@ fn csv_error(e: csv::Error) -> anyhow::Error {
     }
 }
 
-/// A reader that fails once a physical line grows past [`MAX_LINE_BYTES`], so that a file of
-/// one enormous line (a million columns, a 10 GB field) is refused instead of read into
-/// memory by the CSV parser.
+/// A reader that fails once a record grows past [`MAX_LINE_BYTES`], so that a file of one
+/// enormous record (a million columns, a 10 GB field, quoted line breaks included) is refused
+/// instead of read into memory by the CSV parser.
 struct LineGuard<R> {
     inner: R,
     line: u64,
+    /// Bytes since the last newline outside quotes: the size of the record being read.
     line_bytes: usize,
+    /// Inside a quoted field, where a newline is part of the field, not the end of the record
+    /// (a doubled `""` toggles twice, which is right).
+    in_quotes: bool,
 }
 
 impl<R> LineGuard<R> {
@@ -595,6 +599,7 @@ impl<R> LineGuard<R> {
             inner,
             line: 1,
             line_bytes: 0,
+            in_quotes: false,
         }
     }
 }
@@ -603,8 +608,13 @@ impl<R: Read> Read for LineGuard<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
         for &b in &buf[..n] {
+            if b == b'"' {
+                self.in_quotes = !self.in_quotes;
+            }
             if b == b'\n' {
                 self.line += 1;
+            }
+            if b == b'\n' && !self.in_quotes {
                 self.line_bytes = 0;
             } else {
                 self.line_bytes += 1;
@@ -612,7 +622,8 @@ impl<R: Read> Read for LineGuard<R> {
                     return Err(std::io::Error::new(
                         std::io::ErrorKind::InvalidData,
                         format!(
-                            "line {} is longer than {MAX_LINE_BYTES} bytes: not an inventory",
+                            "line {} is longer than {MAX_LINE_BYTES} bytes (quoted line breaks \
+                             included): not an inventory",
                             self.line
                         ),
                     ));
@@ -1083,6 +1094,15 @@ mod tests {
         let err = read_csv(text.as_bytes()).expect_err("10 MB field");
         assert!(
             format!("{err:#}").contains("line 2 is longer than 1048576 bytes"),
+            "{err:#}"
+        );
+        // Quoted line breaks do not end a record: 2 MiB of 1 KiB lines in one quoted field
+        // are refused like one long line (review of issue 16, F6).
+        let lines = format!("{}\n", "z".repeat(1023)).repeat(2048);
+        let text = format!("{HEADER},note\n{},\"{lines}\"\n", row("A9"));
+        let err = read_csv(text.as_bytes()).expect_err("a quoted 2 MiB field");
+        assert!(
+            format!("{err:#}").contains("is longer than 1048576 bytes"),
             "{err:#}"
         );
         // A field past MAX_FIELD_BYTES but within a line: that row is rejected, naming the column.

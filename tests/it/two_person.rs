@@ -334,6 +334,34 @@ fn names_that_differ_only_by_case_are_one_person() {
     let (status, body) = b.request("alice", "r-case-own", None);
     assert_eq!(status, StatusCode::CREATED, "{body}");
     b.attack("Alice", "r-case-own", &["Alice", "alice", "own request"]);
+    // A token from before the rule whose maker is unknown (an admin may have minted it over
+    // the API, the issue's attack) does not count, even for a name nobody else holds: the
+    // rule fails closed (review of issue 16, F4).
+    let ghost = "cvy_legacy-ghost-token-made-before-the-rule-0000000";
+    {
+        let conn = rusqlite::Connection::open(b.ws.path("cache.db")).expect("cache");
+        conn.execute(
+            "INSERT INTO operators(name, role, created) VALUES ('ghost', 'approver', 0)",
+            [],
+        )
+        .expect("legacy operator");
+        conn.execute(
+            "INSERT INTO api_tokens(id, operator, sha256, created) VALUES ('legacyghost', 'ghost', ?1, 0)",
+            [token_hash(ghost)],
+        )
+        .expect("legacy token");
+    }
+    b.tokens.insert("ghost".into(), ghost.to_owned());
+    b.attack(
+        "ghost",
+        "r-case",
+        &[
+            "ghost",
+            "predates the two-person rule",
+            "convoy serve token add",
+        ],
+    );
+    assert_eq!(b.status("r-case"), "awaiting_approval");
     // And a real second person still completes the first.
     let (status, body) = b.approve("sam", "r-case");
     assert_eq!(status, StatusCode::OK, "{body}");

@@ -280,6 +280,10 @@ pub struct TokenPerson {
     /// The audit sequence number of the token's creation (`None` for tokens made before
     /// tokens recorded it).
     pub created_seq: Option<i64>,
+    /// A token in the chain was made before tokens recorded their maker (schema v7): who saw
+    /// its secret is unknown, so its approval does not count (the two-person rule fails
+    /// closed; docs/SERVE.md).
+    pub unknown_maker: Option<String>,
 }
 
 impl TokenPerson {
@@ -311,6 +315,7 @@ pub fn token_person(store: &Store, token_id: &str, operator: &str) -> Result<Tok
     let mut chain = vec![operator.to_owned()];
     let mut id = token_id.to_owned();
     let mut created_seq = None;
+    let mut unknown_maker = None;
     // Each step goes to an older token, so the walk ends; the bound guards a hand-edited cache.
     for step in 0..64 {
         let row: Option<TokenRow> = stmt
@@ -322,6 +327,9 @@ pub fn token_person(store: &Store, token_id: &str, operator: &str) -> Result<Tok
         };
         if step == 0 {
             created_seq = seq;
+        }
+        if created_by.is_none() {
+            unknown_maker = Some(id.clone());
         }
         if let (Some(maker), Some(next)) = (created_by, by_token) {
             chain.push(maker);
@@ -341,6 +349,7 @@ pub fn token_person(store: &Store, token_id: &str, operator: &str) -> Result<Tok
         person,
         chain,
         created_seq,
+        unknown_maker,
     })
 }
 

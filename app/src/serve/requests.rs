@@ -347,6 +347,7 @@ impl Who {
                 person: person_key(&self.operator),
                 chain: Vec::new(),
                 created_seq: None,
+                unknown_maker: None,
             }),
         }
     }
@@ -402,8 +403,8 @@ pub fn saved_plans(store: &Store) -> Result<(Vec<SavedPlan>, Vec<String>)> {
 
 /// The waves (`rollout_waves`) and gates of a saved plan's JSON.
 fn plan_of(body: &str) -> Result<(Vec<WaveSpec>, Option<GatePolicy>), String> {
-    let value: serde_json::Value =
-        serde_json::from_str(body).map_err(|e| format!("its body is not JSON: {e}"))?;
+    let value: serde_json::Value = convoy_core::strict_json::from_str(body)
+        .map_err(|e| format!("its body is not one reading of JSON: {e}"))?;
     let waves = value
         .get("rollout_waves")
         .ok_or("it has no \"rollout_waves\"")?;
@@ -796,6 +797,11 @@ pub fn why_not_counted(
             how(person, &other.person)
         ));
     }
+    if let Some(token) = &person.unknown_maker {
+        return Some(format!(
+            "{approver}'s token (or the token that made it, {token}) predates the two-person rule: it was made before tokens recorded who made them, so whoever saw its secret is unknown; remake it with `convoy serve token add` on the server's host and revoke the old one"
+        ));
+    }
     if let (Some(request_seq), Some(token_seq)) = (record.request_seq, person.created_seq)
         && token_seq > request_seq
     {
@@ -828,7 +834,7 @@ fn operator_spelling(store: &Store, name: &str) -> Result<String> {
 
 /// A `rollout_plans` body that is a request; other plans (saved by a console) are not.
 fn parse_record(body: &str) -> Option<RequestRecord> {
-    serde_json::from_str::<RequestRecord>(body)
+    convoy_core::strict_json::from_str::<RequestRecord>(body)
         .ok()
         .filter(|r| r.kind == KIND)
 }
