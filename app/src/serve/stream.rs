@@ -25,7 +25,6 @@
 //! Not here: filtering by rollout or device on the server.
 
 use anyhow::{Context, Result};
-use rusqlite::params;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::path::Path;
@@ -149,20 +148,10 @@ impl Cursor {
 
 /// The newest rows now: the stream starts after them.
 pub fn cursor_now(store: &Store) -> Result<Cursor> {
-    let conn = store.conn();
+    let (device_seq, rollout_log_seq) = store.feed_heads()?;
     Ok(Cursor {
-        device_seq: conn
-            .query_row("SELECT coalesce(max(seq), 0) FROM device_events", [], |r| {
-                r.get(0)
-            })
-            .context("reading the newest device event")?,
-        rollout_log_seq: conn
-            .query_row(
-                "SELECT coalesce(max(seq), 0) FROM rollout_event_log",
-                [],
-                |r| r.get(0),
-            )
-            .context("reading the newest rollout event")?,
+        device_seq,
+        rollout_log_seq,
     })
 }
 
@@ -199,62 +188,38 @@ fn read_after(store: &Store, cursor: &mut Cursor, until: Option<Cursor>) -> Resu
         rollout_log_seq: i64::MAX,
     });
     let mut frames = Vec::new();
-    let conn = store.conn();
-    let mut stmt = conn.prepare_cached(
-        "SELECT l.seq, r.rollout_id, r.seq, r.time, r.kind, r.cause, r.payload
-         FROM rollout_event_log l
-         JOIN rollout_events r ON r.rollout_id = l.rollout_id AND r.seq = l.event_seq
-         WHERE l.seq > ?1 AND l.seq <= ?3 ORDER BY l.seq LIMIT ?2",
-    )?;
-    let mut rows = stmt.query(params![
-        cursor.rollout_log_seq,
-        BATCH_ROWS,
-        until.rollout_log_seq
-    ])?;
-    while let Some(r) = rows.next()? {
-        let log_seq: i64 = r.get(0)?;
-        let rollout_id: String = r.get(1)?;
-        let seq: i64 = r.get(2)?;
-        let payload: String = r.get(6)?;
+    for e in store.feed_rollout_events(cursor.rollout_log_seq, until.rollout_log_seq, BATCH_ROWS)? {
         let frame = RolloutFrame {
-            rollout_id: &rollout_id,
-            seq,
-            time: r.get(3)?,
-            kind: &r.get::<_, String>(4)?,
-            cause: &r.get::<_, String>(5)?,
-            payload: serde_json::from_str(&payload).unwrap_or(serde_json::Value::String(payload)),
+            rollout_id: &e.rollout_id,
+            seq: e.seq,
+            time: e.time,
+            kind: &e.kind,
+            cause: &e.cause,
+            payload: serde_json::from_str(&e.payload)
+                .unwrap_or_else(|_| serde_json::Value::String(e.payload.clone())),
         };
-        cursor.rollout_log_seq = log_seq;
+        cursor.rollout_log_seq = e.log_seq;
         frames.push(sse_frame(
             "rollout",
-            Row::Rollout(log_seq),
+            Row::Rollout(e.log_seq),
             *cursor,
             &serde_json::to_string(&frame)?,
         ));
     }
-    drop(rows);
-    let mut stmt = conn.prepare_cached(
-        "SELECT seq, device_id, rollout_id, time, kind, payload FROM device_events
-         WHERE seq > ?1 AND seq <= ?3 ORDER BY seq LIMIT ?2",
-    )?;
-    let mut rows = stmt.query(params![cursor.device_seq, BATCH_ROWS, until.device_seq])?;
-    while let Some(r) = rows.next()? {
-        let seq: i64 = r.get(0)?;
-        let device_id: String = r.get(1)?;
-        let rollout_id: Option<String> = r.get(2)?;
-        let payload: String = r.get(5)?;
+    for e in store.feed_device_events(cursor.device_seq, until.device_seq, BATCH_ROWS)? {
         let frame = DeviceFrame {
-            seq,
-            device_id: &device_id,
-            rollout_id: rollout_id.as_deref(),
-            time: r.get(3)?,
-            kind: &r.get::<_, String>(4)?,
-            payload: serde_json::from_str(&payload).unwrap_or(serde_json::Value::String(payload)),
+            seq: e.seq,
+            device_id: &e.device_id,
+            rollout_id: e.rollout_id.as_deref(),
+            time: e.time,
+            kind: &e.kind,
+            payload: serde_json::from_str(&e.payload)
+                .unwrap_or_else(|_| serde_json::Value::String(e.payload.clone())),
         };
-        cursor.device_seq = seq;
+        cursor.device_seq = e.seq;
         frames.push(sse_frame(
             "device",
-            Row::Device(seq),
+            Row::Device(e.seq),
             *cursor,
             &serde_json::to_string(&frame)?,
         ));

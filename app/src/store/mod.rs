@@ -19,6 +19,7 @@ pub mod console;
 pub mod console_history;
 pub mod devices;
 pub mod events;
+pub mod feed;
 pub mod lease;
 pub mod mbtiles;
 pub mod metrics;
