@@ -99,7 +99,60 @@ const RULES: &[Rule] = &[
 
 /// Files that still break a rule, with the number of offending lines, until issue 17 moves
 /// them. Keep sorted by rule, then path.
-const KNOWN: &[(&str, &str, usize)] = &[];
+const KNOWN: &[(&str, &str, usize)] = &[
+    // Issue 17: the DDI endpoint borrows the server's TLS acceptor and body reader.
+    (
+        "link/ sits below the front ends and the engine",
+        "link/ddi/mod.rs",
+        3,
+    ),
+    // Issue 17: the console's and the server's use cases still live in cmd/ (ops/ to come).
+    (
+        "only cli.rs and cmd/ use the command line's modules (crate::cmd)",
+        "gui/demo.rs",
+        2,
+    ),
+    (
+        "only cli.rs and cmd/ use the command line's modules (crate::cmd)",
+        "gui/findings.rs",
+        4,
+    ),
+    (
+        "only cli.rs and cmd/ use the command line's modules (crate::cmd)",
+        "gui/planner.rs",
+        1,
+    ),
+    (
+        "only cli.rs and cmd/ use the command line's modules (crate::cmd)",
+        "gui/releases.rs",
+        1,
+    ),
+    (
+        "only cli.rs and cmd/ use the command line's modules (crate::cmd)",
+        "serve/api.rs",
+        2,
+    ),
+    (
+        "only cli.rs and cmd/ use the command line's modules (crate::cmd)",
+        "serve/host.rs",
+        1,
+    ),
+    (
+        "only cli.rs and cmd/ use the command line's modules (crate::cmd)",
+        "serve/mod.rs",
+        1,
+    ),
+    (
+        "only cli.rs and cmd/ use the command line's modules (crate::cmd)",
+        "serve/releases.rs",
+        1,
+    ),
+    (
+        "only cli.rs and cmd/ use the command line's modules (crate::cmd)",
+        "serve/requests.rs",
+        4,
+    ),
+];
 
 #[test]
 fn layering_rules_of_architecture_md_hold_issue_17() {

@@ -12,10 +12,9 @@
 //! Not here: token expiry (tokens live until revoked), scopes finer than the four roles, and
 //! keys or client certificates instead of bearer tokens.
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use base64::Engine as _;
 use convoy_core::time::Timestamp;
-use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -24,7 +23,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use crate::store::Store;
-use crate::store::audit::{AuditEntry, append_in};
+use crate::store::tokens::{NewTokenRow, TokenMaker};
 
 /// What an operator may do. Each role may do everything the roles before it may.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, clap::ValueEnum)]
@@ -194,77 +193,26 @@ pub fn add_token_by(
     // The id is a prefix of the hash: short enough to type, and says nothing about the token
     // that the hash does not.
     let id = hash[..12].to_owned();
-    let tx = store.conn().unchecked_transaction()?;
-    if let Some(existing) = case_twin(&tx, operator)? {
+    let (created_by, created_by_token) = match creator {
+        Creator::Cli => ("cli", None),
+        Creator::Api { operator, token_id } => (operator.as_str(), Some(token_id.as_str())),
+    };
+    let row = NewTokenRow {
+        id: &id,
+        operator,
+        sha256: &hash,
+        role: role.as_str(),
+        created_by,
+        created_by_token,
+    };
+    if let Err(existing) = store.add_token(&row, &person_key, actor, now)? {
         return Err(NameClash {
             wanted: operator.to_owned(),
             existing,
         }
         .into());
     }
-    let previous: Option<String> = tx
-        .query_row(
-            "SELECT role FROM operators WHERE name = ?1",
-            [operator],
-            |r| r.get(0),
-        )
-        .optional()?;
-    tx.execute(
-        "INSERT INTO operators(name, role, created) VALUES (?1, ?2, ?3)
-         ON CONFLICT(name) DO UPDATE SET role = excluded.role",
-        params![operator, role.as_str(), now.secs()],
-    )
-    .with_context(|| format!("recording operator {operator}"))?;
-    let (created_by, created_by_token) = match creator {
-        Creator::Cli => ("cli".to_owned(), None),
-        Creator::Api { operator, token_id } => (operator.clone(), Some(token_id.clone())),
-    };
-    let entry = append_in(
-        &tx,
-        &AuditEntry {
-            time: now,
-            actor: actor.to_owned(),
-            action: "serve.token.add".into(),
-            payload: serde_json::json!({
-                "token_id": id,
-                "operator": operator,
-                "role": role.as_str(),
-                "previous_role": previous,
-                "created_by": created_by,
-                "created_by_token": created_by_token,
-            }),
-        },
-    )?;
-    tx.execute(
-        "INSERT INTO api_tokens(id, operator, sha256, created, created_by, created_by_token, created_seq)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        params![
-            id,
-            operator,
-            hash,
-            now.secs(),
-            created_by,
-            created_by_token,
-            entry.seq
-        ],
-    )
-    .with_context(|| format!("storing the token of operator {operator}"))?;
-    tx.commit().context("committing the new token")?;
     Ok(NewToken { id, token })
-}
-
-/// The existing operator whose name differs from `name` only by case, if any.
-fn case_twin(conn: &rusqlite::Connection, name: &str) -> Result<Option<String>> {
-    let key = person_key(name);
-    let mut stmt = conn.prepare_cached("SELECT name FROM operators ORDER BY name")?;
-    let names = stmt.query_map([], |r| r.get::<_, String>(0))?;
-    for existing in names {
-        let existing = existing?;
-        if existing != name && person_key(&existing) == key {
-            return Ok(Some(existing));
-        }
-    }
-    Ok(None)
 }
 
 /// The person behind a token, for the two-person rule.
@@ -303,26 +251,22 @@ impl TokenPerson {
     }
 }
 
-/// A token's operator, maker (name and token) and creation's audit sequence number.
-type TokenRow = (String, Option<String>, Option<String>, Option<i64>);
-
 /// The person behind token `token_id` (whose operator is `operator`): follows `created_by_token`
 /// to the first token made on the host. A missing token row counts as its operator's own.
 pub fn token_person(store: &Store, token_id: &str, operator: &str) -> Result<TokenPerson> {
-    let mut stmt = store.conn().prepare_cached(
-        "SELECT operator, created_by, created_by_token, created_seq FROM api_tokens WHERE id = ?1",
-    )?;
     let mut chain = vec![operator.to_owned()];
     let mut id = token_id.to_owned();
     let mut created_seq = None;
     let mut unknown_maker = None;
     // Each step goes to an older token, so the walk ends; the bound guards a hand-edited cache.
     for step in 0..64 {
-        let row: Option<TokenRow> = stmt
-            .query_row([&id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
-            .optional()
-            .with_context(|| format!("reading API token {id}"))?;
-        let Some((holder, created_by, by_token, seq)) = row else {
+        let Some(TokenMaker {
+            operator: holder,
+            created_by,
+            created_by_token: by_token,
+            created_seq: seq,
+        }) = store.token_maker(&id)?
+        else {
             break;
         };
         if step == 0 {
@@ -355,23 +299,18 @@ pub fn token_person(store: &Store, token_id: &str, operator: &str) -> Result<Tok
 
 /// Every token, oldest first (then by id).
 pub fn list_tokens(store: &Store) -> Result<Vec<TokenInfo>> {
-    let mut stmt = store.conn().prepare(
-        "SELECT t.id, t.operator, o.role, t.created, t.revoked, t.created_by
-         FROM api_tokens t JOIN operators o ON o.name = t.operator
-         ORDER BY t.created, t.id",
-    )?;
-    let rows = stmt.query_map([], |r| {
-        Ok(TokenInfo {
-            id: r.get(0)?,
-            operator: r.get(1)?,
-            role: r.get(2)?,
-            created: r.get(3)?,
-            revoked: r.get(4)?,
-            created_by: r.get(5)?,
+    Ok(store
+        .tokens()?
+        .into_iter()
+        .map(|t| TokenInfo {
+            id: t.id,
+            operator: t.operator,
+            role: t.role,
+            created: t.created,
+            revoked: t.revoked,
+            created_by: t.created_by,
         })
-    })?;
-    rows.collect::<rusqlite::Result<_>>()
-        .context("listing the API tokens")
+        .collect())
 }
 
 /// Which tokens to revoke.
@@ -391,21 +330,9 @@ pub fn revoke_tokens(
     actor: &str,
     now: Timestamp,
 ) -> Result<Vec<String>> {
-    let tx = store.conn().unchecked_transaction()?;
-    let ids: Vec<String> = {
-        let (sql, key) = match which {
-            Revoke::Id(id) => (
-                "SELECT id FROM api_tokens WHERE id = ?1 AND revoked IS NULL ORDER BY id",
-                *id,
-            ),
-            Revoke::Operator(name) => (
-                "SELECT id FROM api_tokens WHERE operator = ?1 AND revoked IS NULL ORDER BY id",
-                *name,
-            ),
-        };
-        let mut stmt = tx.prepare(sql)?;
-        let rows = stmt.query_map([key], |r| r.get(0))?;
-        rows.collect::<rusqlite::Result<_>>()?
+    let ids = match which {
+        Revoke::Id(id) => store.revoke_tokens(id, false, actor, now)?,
+        Revoke::Operator(name) => store.revoke_tokens(name, true, actor, now)?,
     };
     if ids.is_empty() {
         match which {
@@ -413,38 +340,13 @@ pub fn revoke_tokens(
             Revoke::Operator(name) => bail!("operator {name} has no live token"),
         }
     }
-    for id in &ids {
-        tx.execute(
-            "UPDATE api_tokens SET revoked = ?2 WHERE id = ?1",
-            params![id, now.secs()],
-        )?;
-    }
-    append_in(
-        &tx,
-        &AuditEntry {
-            time: now,
-            actor: actor.to_owned(),
-            action: "serve.token.revoke".into(),
-            payload: serde_json::json!({ "token_ids": ids }),
-        },
-    )?;
-    tx.commit().context("committing the revocation")?;
     Ok(ids)
 }
 
 /// The caller a bearer token belongs to, if it is a live token.
 pub fn lookup(store: &Store, token: &str) -> Result<Option<Caller>> {
     let hash = token_hash(token);
-    let row: Option<(String, String, String)> = store
-        .conn()
-        .prepare_cached(
-            "SELECT t.id, t.operator, o.role FROM api_tokens t
-             JOIN operators o ON o.name = t.operator
-             WHERE t.sha256 = ?1 AND t.revoked IS NULL",
-        )?
-        .query_row([hash], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-        .optional()
-        .context("looking up an API token")?;
+    let row = store.live_token(&hash)?;
     Ok(row.and_then(|(token_id, operator, role)| {
         Role::parse(&role).map(|role| Caller {
             operator,
@@ -536,12 +438,14 @@ mod tests {
             "{}",
             t.token
         );
-        let stored: String = store
-            .conn()
-            .query_row("SELECT sha256 FROM api_tokens", [], |r| r.get(0))
-            .expect("row");
-        assert_eq!(stored, token_hash(&t.token));
-        assert_ne!(stored, t.token);
+        let stored = store
+            .live_token(&token_hash(&t.token))
+            .expect("lookup")
+            .map(|(id, _, _)| id)
+            .expect("stored by its hash");
+        assert_eq!(stored, t.id);
+        // The token itself is not what is stored.
+        assert_eq!(store.live_token(&t.token).expect("lookup"), None);
         let caller = lookup(&store, &t.token).expect("lookup").expect("live");
         assert_eq!(caller.operator, "ana");
         assert_eq!(caller.role, Role::Viewer);

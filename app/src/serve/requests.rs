@@ -18,7 +18,6 @@ use convoy_core::rollout::{
     ChangePath, Phase, Rollout, STANDARD_APPROVALS, WaveSpec, approvals_satisfy,
 };
 use convoy_core::time::Timestamp;
-use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::HashSet;
@@ -28,7 +27,8 @@ use super::auth::{TokenPerson, person_key, token_person};
 use super::host::HostedRun;
 
 use crate::store::Store;
-use crate::store::audit::{AuditEntry, append_in};
+use crate::store::audit::AuditEntry;
+use crate::store::requests::PlanRow;
 
 /// The longest rollout id a request may name.
 const MAX_ID_LEN: usize = 128;
@@ -287,16 +287,7 @@ fn sha256_hex(bytes: &[u8]) -> String {
 
 /// The cache's manifest of `release_id` (the bytes as signed), if any.
 fn stored_manifest(store: &Store, release_id: &str) -> Result<Option<Vec<u8>>> {
-    Ok(store
-        .conn()
-        .query_row(
-            "SELECT body FROM manifests WHERE release_id = ?1",
-            [release_id],
-            |r| r.get::<_, String>(0),
-        )
-        .optional()
-        .with_context(|| format!("reading the manifest of release {release_id}"))?
-        .map(String::into_bytes))
+    crate::store::releases::stored_manifest(store, release_id)
 }
 
 fn valid_id(id: &str) -> bool {
@@ -373,17 +364,15 @@ impl SavedPlan {
 /// newest first; a row whose body has no readable `rollout_waves` is listed in the second
 /// vector, one line each naming it.
 pub fn saved_plans(store: &Store) -> Result<(Vec<SavedPlan>, Vec<String>)> {
-    let mut stmt = store.conn().prepare_cached(
-        "SELECT rollout_id, release_id, created, body FROM rollout_plans
-         ORDER BY created DESC, rollout_id",
-    )?;
-    let rows: Vec<(String, String, i64, String)> = stmt
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
-        .collect::<rusqlite::Result<_>>()
-        .context("reading the saved plans")?;
     let mut plans = Vec::new();
     let mut unreadable = Vec::new();
-    for (plan_id, release_id, created, body) in rows {
+    for PlanRow {
+        rollout_id: plan_id,
+        release_id,
+        created,
+        body,
+    } in store.plan_rows()?
+    {
         if parse_record(&body).is_some() {
             continue;
         }
@@ -563,12 +552,7 @@ fn create_with_gates(
             )));
         }
     };
-    let taken: bool = store.conn().query_row(
-        "SELECT EXISTS(SELECT 1 FROM rollout_plans WHERE rollout_id = ?1)
-             OR EXISTS(SELECT 1 FROM rollout_events WHERE rollout_id = ?1)",
-        [&rollout_id],
-        |r| r.get(0),
-    )?;
+    let taken = store.rollout_id_taken(&rollout_id)?;
     if taken {
         return Ok(Err(Refusal::Conflict(format!(
             "rollout {rollout_id} already exists in the cache: choose another rollout_id"
@@ -653,7 +637,6 @@ fn create_with_gates(
         requested_token: who.token_id.clone(),
         request_seq: None,
     };
-    let tx = store.conn().unchecked_transaction()?;
     let mut request = Request {
         record,
         decisions: Vec::new(),
@@ -662,8 +645,8 @@ fn create_with_gates(
         not_counted: Vec::new(),
     };
     let view = request.view();
-    let entry = append_in(
-        &tx,
+    store.atomically(|tx| {
+    let entry = tx.append_audit(
         &AuditEntry {
             time: now,
             actor: actor.to_owned(),
@@ -682,30 +665,20 @@ fn create_with_gates(
     )?;
     // Tokens made after this entry cannot approve the request.
     request.record.request_seq = Some(entry.seq);
-    tx.execute(
-        "INSERT INTO rollout_plans(rollout_id, release_id, created, body) VALUES (?1, ?2, ?3, ?4)",
-        params![
-            rollout_id,
-            request.record.release_id,
-            now.secs(),
-            serde_json::to_string(&request.record)?
-        ],
+    tx.insert_request(
+        &rollout_id,
+        &request.record.release_id,
+        now,
+        &serde_json::to_string(&request.record)?,
     )
-    .with_context(|| format!("storing the request of rollout {rollout_id}"))?;
-    tx.commit().context("committing the rollout request")?;
+    })
+    .context("committing the rollout request")?;
     Ok(Ok(request))
 }
 
 /// The request of `rollout_id`, if the cache holds one.
 pub fn load(store: &Store, rollout_id: &str) -> Result<Option<Request>> {
-    let body: Option<String> = store
-        .conn()
-        .query_row(
-            "SELECT body FROM rollout_plans WHERE rollout_id = ?1",
-            [rollout_id],
-            |r| r.get(0),
-        )
-        .optional()?;
+    let body = store.plan_body(rollout_id)?;
     let Some(body) = body else { return Ok(None) };
     let Some(record) = parse_record(&body) else {
         return Ok(None);
@@ -816,12 +789,7 @@ pub fn why_not_counted(
 /// operator has it.
 fn operator_spelling(store: &Store, name: &str) -> Result<String> {
     let key = person_key(name);
-    let mut stmt = store
-        .conn()
-        .prepare_cached("SELECT name FROM operators ORDER BY name")?;
-    let names = stmt.query_map([], |r| r.get::<_, String>(0))?;
-    for existing in names {
-        let existing = existing?;
+    for existing in store.operator_names()? {
         if existing == name {
             return Ok(existing);
         }
@@ -841,42 +809,33 @@ fn parse_record(body: &str) -> Option<RequestRecord> {
 
 /// The decisions on a request, each with the API token it was made with (if any).
 fn decisions(store: &Store, rollout_id: &str) -> Result<Vec<(Decision, Option<String>)>> {
-    let mut stmt = store.conn().prepare_cached(
-        "SELECT operator, time, decision, body FROM approvals WHERE rollout_id = ?1
-         ORDER BY time, operator",
-    )?;
-    let rows = stmt.query_map([rollout_id], |r| {
-        let body: String = r.get(3)?;
-        let body = serde_json::from_str::<serde_json::Value>(&body).ok();
-        let text = |key: &str| {
-            body.as_ref()
-                .and_then(|v| v.get(key).and_then(|c| c.as_str()).map(str::to_owned))
-        };
-        Ok((
-            Decision {
-                operator: r.get(0)?,
-                time: Timestamp::from_secs(r.get(1)?).to_rfc3339(),
-                decision: r.get(2)?,
-                comment: text("comment").unwrap_or_default(),
-            },
-            text("token_id"),
-        ))
-    })?;
-    rows.collect::<rusqlite::Result<_>>()
-        .with_context(|| format!("reading the approvals of rollout {rollout_id}"))
+    Ok(store
+        .approvals(rollout_id)?
+        .into_iter()
+        .map(|row| {
+            let body = serde_json::from_str::<serde_json::Value>(&row.body).ok();
+            let text = |key: &str| {
+                body.as_ref()
+                    .and_then(|v| v.get(key).and_then(|c| c.as_str()).map(str::to_owned))
+            };
+            (
+                Decision {
+                    operator: row.operator,
+                    time: Timestamp::from_secs(row.time).to_rfc3339(),
+                    decision: row.decision,
+                    comment: text("comment").unwrap_or_default(),
+                },
+                text("token_id"),
+            )
+        })
+        .collect())
 }
 
 /// Every request in the cache, newest first.
 pub fn list(store: &Store) -> Result<Vec<Request>> {
-    let mut stmt = store
-        .conn()
-        .prepare_cached("SELECT body FROM rollout_plans ORDER BY created DESC, rollout_id")?;
-    let bodies: Vec<String> = stmt
-        .query_map([], |r| r.get(0))?
-        .collect::<rusqlite::Result<_>>()?;
     let mut out = Vec::new();
-    for body in bodies {
-        if let Some(record) = parse_record(&body) {
+    for row in store.plan_rows()? {
+        if let Some(record) = parse_record(&row.body) {
             out.push(assemble(store, record)?);
         }
     }
@@ -944,41 +903,33 @@ pub fn decide(
             r.release_id
         ))));
     }
-    let tx = store.conn().unchecked_transaction()?;
-    // The operator exists if their token does; one made by hand gets a row here.
-    tx.execute(
-        "INSERT INTO operators(name, role, created) VALUES (?1, 'approver', ?2)
-         ON CONFLICT(name) DO NOTHING",
-        params![operator, now.secs()],
-    )?;
     let mut body = serde_json::json!({ "comment": comment });
     if let Some(token_id) = &who.token_id {
         body["token_id"] = token_id.clone().into();
     }
-    tx.execute(
-        "INSERT INTO approvals(rollout_id, operator, time, decision, body) VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![rollout_id, operator, now.secs(), decision, body.to_string()],
-    )
-    .with_context(|| format!("recording {operator}'s decision on rollout {rollout_id}"))?;
     let release_id = r.release_id.clone();
-    let request = assemble(store, request.record)?;
-    let view = request.view();
-    append_in(
-        &tx,
-        &AuditEntry {
-            time: now,
-            actor: actor.to_owned(),
-            action: format!("rollout.{decision}"),
-            payload: serde_json::json!({
-                "rollout_id": rollout_id,
-                "release": release_id,
-                "comment": comment,
-                "status": view.status,
-                "token_id": who.token_id,
-            }),
-        },
-    )?;
-    tx.commit().context("committing the decision")?;
+    let request = store
+        .atomically(|tx| {
+            // The operator exists if their token does; one made by hand gets a row here.
+            tx.ensure_operator(&operator, "approver", now)?;
+            tx.insert_approval(rollout_id, &operator, now, decision, &body.to_string())?;
+            let request = assemble(store, request.record)?;
+            let view = request.view();
+            tx.append_audit(&AuditEntry {
+                time: now,
+                actor: actor.to_owned(),
+                action: format!("rollout.{decision}"),
+                payload: serde_json::json!({
+                    "rollout_id": rollout_id,
+                    "release": release_id,
+                    "comment": comment,
+                    "status": view.status,
+                    "token_id": who.token_id,
+                }),
+            })?;
+            Ok(request)
+        })
+        .context("committing the decision")?;
     Ok(Ok(request))
 }
 
@@ -1149,11 +1100,14 @@ mod tests {
             request_seq: None,
         };
         store
-            .conn()
-            .execute(
-                "INSERT INTO rollout_plans(rollout_id, release_id, created, body) VALUES ('ro-1', 'r-1', 30, ?1)",
-                [serde_json::to_string(&request).expect("json")],
-            )
+            .atomically(|tx| {
+                tx.insert_request(
+                    "ro-1",
+                    "r-1",
+                    Timestamp::from_secs(30),
+                    &serde_json::to_string(&request)?,
+                )
+            })
             .expect("request");
         let (plans, unreadable) = saved_plans(&store).expect("listed");
         let ids: Vec<&str> = plans.iter().map(|p| p.plan_id.as_str()).collect();

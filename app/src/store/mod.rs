@@ -27,9 +27,11 @@ pub mod outbox;
 pub mod plans;
 pub mod query;
 pub mod releases;
+pub mod requests;
 pub mod schema;
 pub mod snapshot;
 pub mod telemetry;
+pub mod tokens;
 
 use anyhow::{Context, Result, bail};
 use rusqlite::{Connection, OptionalExtension};
