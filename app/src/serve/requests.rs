@@ -911,8 +911,8 @@ pub fn decide(
     let request = store
         .atomically(|tx| {
             // The operator exists if their token does; one made by hand gets a row here.
-            tx.ensure_operator(&operator, "approver", now)?;
-            tx.insert_approval(rollout_id, &operator, now, decision, &body.to_string())?;
+            tx.ensure_operator(operator, "approver", now)?;
+            tx.insert_approval(rollout_id, operator, now, decision, &body.to_string())?;
             let request = assemble(store, request.record)?;
             let view = request.view();
             tx.append_audit(&AuditEntry {
