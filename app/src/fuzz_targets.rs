@@ -821,10 +821,10 @@ fn seeds_http_range() -> Vec<Vec<u8>> {
 pub fn ddi_body(data: &[u8]) {
     use crate::link::ddi::wire::{ConfigData, Execution, Feedback, Finished, HandlingType};
     use crate::link::ddi::{ActionState, DdiArtifact, DdiDeployment, DdiHub, HubConfig};
-    if let Ok(fb) = crate::serve::api::parse_json::<Feedback>(data) {
+    if let Ok(fb) = crate::link::http::json::parse_json::<Feedback>(data) {
         let again = serde_json::to_vec(&fb).expect("feedback serializes");
         assert_eq!(
-            crate::serve::api::parse_json::<Feedback>(&again).ok(),
+            crate::link::http::json::parse_json::<Feedback>(&again).ok(),
             Some(fb.clone())
         );
         let (hub, _rx) = DdiHub::new(HubConfig::default());
@@ -861,10 +861,10 @@ pub fn ddi_body(data: &[u8]) {
             "{state:?}"
         );
     }
-    if let Ok(cd) = crate::serve::api::parse_json::<ConfigData>(data) {
+    if let Ok(cd) = crate::link::http::json::parse_json::<ConfigData>(data) {
         let again = serde_json::to_vec(&cd).expect("config data serializes");
         assert_eq!(
-            crate::serve::api::parse_json::<ConfigData>(&again).ok(),
+            crate::link::http::json::parse_json::<ConfigData>(&again).ok(),
             Some(cd)
         );
     }

@@ -33,7 +33,6 @@ pub mod host;
 mod releases;
 pub mod requests;
 pub mod stream;
-pub mod tls;
 
 use anyhow::{Context, Result, bail};
 use axum::Router;
@@ -388,7 +387,7 @@ impl Server {
             bail!("no fleet cache at {}", config.cache.display());
         }
         let acceptor = match &config.tls {
-            Some((cert, key)) => Some(tls::acceptor(cert, key)?),
+            Some((cert, key)) => Some(crate::link::http::tls::acceptor(cert, key)?),
             None => None,
         };
         let cache = config.cache.clone();

@@ -233,7 +233,7 @@ impl DdiServer {
             .map(check_public_url)
             .transpose()?;
         let acceptor = match &config.tls {
-            Some((cert, key)) => Some(crate::serve::tls::acceptor(cert, key)?),
+            Some((cert, key)) => Some(crate::link::http::tls::acceptor(cert, key)?),
             None => None,
         };
         let listener = TcpListener::bind(config.listen)
@@ -558,7 +558,7 @@ async fn handle_request(State(shared): State<Arc<Shared>>, request: Request) -> 
 
 /// Reads and parses a JSON body; a 413 past the limit, a 400 naming the field otherwise.
 async fn read_json<T: DeserializeOwned>(shared: &Shared, request: Request) -> Result<T, Response> {
-    let bytes = crate::serve::api::read_limited(request, shared.max_body_bytes)
+    let bytes = crate::link::http::json::read_limited(request, shared.max_body_bytes)
         .await
         .map_err(|e| {
             if e.status == StatusCode::PAYLOAD_TOO_LARGE {
@@ -573,7 +573,7 @@ async fn read_json<T: DeserializeOwned>(shared: &Shared, request: Request) -> Re
                 error(e.status, "convoy.ddi.body", e.message)
             }
         })?;
-    crate::serve::api::parse_json(&bytes).map_err(|e| {
+    crate::link::http::json::parse_json(&bytes).map_err(|e| {
         bump(&shared.counters.bad_request);
         error(
             StatusCode::BAD_REQUEST,

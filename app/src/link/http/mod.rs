@@ -19,8 +19,10 @@
 
 pub mod accept;
 pub mod client;
+pub mod json;
 pub mod range;
 pub mod server;
+pub mod tls;
 
 pub use client::{
     DownloadReport, FetchError, Progress, RetryPolicy, download_resumable, download_with_retries,
