@@ -1,10 +1,12 @@
 //! The engine's DDI link: devices that speak hawkBit's Direct Device Integration API take part in
 //! the rollout's waves and gates beside the MQTT devices.
 //!
-//! The engine runs a [`DdiHub`], its HTTP endpoint and an artifact server for the release. Which
-//! devices are DDI devices: those tagged `link=ddi` in the fleet, those given a target token
-//! (`--ddi-target-tokens`), and any device of the cache that polls the endpoint (with the
-//! gateway token), from its first poll on. A DDI device is sent no MQTT command; a DDI device
+//! The engine's shell runs a [`DdiHub`], its HTTP endpoint and an artifact server for the
+//! release (`DdiLink`); the engine's state keeps the DDI bookkeeping ([`DdiState`]) and reaches
+//! the hub's table of deployments only through a [`DdiPort`]. Which devices are DDI devices:
+//! those tagged `link=ddi` in the fleet, those given a target token (`--ddi-target-tokens`),
+//! and any device of the cache that polls the endpoint (with the gateway token), from its first
+//! poll on. A DDI device is sent no MQTT command; a DDI device
 //! that is only found out by its poll after its wave opened had an MQTT offer queued, which is
 //! withdrawn (no longer resent).
 //!

@@ -505,3 +505,23 @@ fn a_lost_ack_is_resent_with_the_same_id_after_its_deadline() {
         .final_report(FinalState::Completed, h.now, h.wall(), 0, None);
     assert!(report.link.commands_resent >= 1);
 }
+
+/// The driver state's promise, checked on its source: no clock, no cache, no broker, no tokio.
+#[test]
+fn the_driver_state_reads_no_clock_and_does_no_io() {
+    let source = include_str!("state.rs");
+    for banned in [
+        "Instant",
+        "SystemTime",
+        "tokio::",
+        "crate::store::Store",
+        "rusqlite",
+        "LinkHandle",
+        "mpsc",
+    ] {
+        assert!(
+            !source.contains(banned),
+            "engine/state.rs names {banned}: the shell's business"
+        );
+    }
+}
