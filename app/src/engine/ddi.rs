@@ -1,10 +1,12 @@
 //! The engine's DDI link: devices that speak hawkBit's Direct Device Integration API take part in
 //! the rollout's waves and gates beside the MQTT devices.
 //!
-//! The engine runs a [`DdiHub`], its HTTP endpoint and an artifact server for the release. Which
-//! devices are DDI devices: those tagged `link=ddi` in the fleet, those given a target token
-//! (`--ddi-target-tokens`), and any device of the cache that polls the endpoint (with the
-//! gateway token), from its first poll on. A DDI device is sent no MQTT command; a DDI device
+//! The engine's shell runs a [`DdiHub`], its HTTP endpoint and an artifact server for the
+//! release (`DdiLink`); the engine's state keeps the DDI bookkeeping ([`DdiState`]) and reaches
+//! the hub's table of deployments only through a [`DdiPort`]. Which devices are DDI devices:
+//! those tagged `link=ddi` in the fleet, those given a target token (`--ddi-target-tokens`),
+//! and any device of the cache that polls the endpoint (with the gateway token), from its first
+//! poll on. A DDI device is sent no MQTT command; a DDI device
 //! that is only found out by its poll after its wave opened had an MQTT offer queued, which is
 //! withdrawn (no longer resent).
 //!
@@ -37,7 +39,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
-use super::{CmdKind, Engine};
+use super::state::{CmdKind, EngineState};
 use crate::link::ddi::release::{ReleaseFiles, ServedRelease, serve_release};
 use crate::link::ddi::wire::{Execution, Finished};
 use crate::link::ddi::{DdiConfig, DdiDeployment, DdiEvent, DdiHub, DdiServer, HubConfig};
@@ -148,20 +150,97 @@ pub struct DdiReport {
 /// action ids start at 1).
 const WITHDRAWN: u64 = 0;
 
-/// The running DDI side of an engine.
-pub(super) struct DdiLink {
+/// What the engine's state asks of the DDI hub: an in-memory table of controllers and their
+/// deployments, which the endpoint serves on the devices' polls. A trait so that the state
+/// stays free of the hub's locks and the endpoint, and its tests need no HTTP.
+pub trait DdiPort {
+    /// Whether the hub knows the controller (it polled, or was given a token).
+    fn knows(&self, device_id: &str) -> bool;
+    /// Assigns the release's deployment to the controller; the hub's action id.
+    fn assign(&self, device_id: &str) -> Result<u64>;
+    /// Asks the controller to stop `action`; the cancel action's id.
+    fn cancel(&self, device_id: &str, action: u64) -> Result<u64>;
+    /// The release the deployment carries.
+    fn release_id(&self) -> &str;
+}
+
+/// The hub of a running endpoint, with the deployment of this run's release.
+struct HubPort {
     hub: Arc<DdiHub>,
+    deployment: Arc<DdiDeployment>,
+}
+
+impl DdiPort for HubPort {
+    fn knows(&self, device_id: &str) -> bool {
+        self.hub.controller(device_id).is_some()
+    }
+
+    fn assign(&self, device_id: &str) -> Result<u64> {
+        self.hub.assign(device_id, Arc::clone(&self.deployment))
+    }
+
+    fn cancel(&self, device_id: &str, action: u64) -> Result<u64> {
+        self.hub.cancel(device_id, action)
+    }
+
+    fn release_id(&self) -> &str {
+        &self.deployment.release_id
+    }
+}
+
+/// The running DDI side of an engine: the endpoint and the artifact server (the shell's).
+pub(super) struct DdiLink {
     server: DdiServer,
     artifacts: ArtifactServer,
-    deployment: Arc<DdiDeployment>,
     /// Holds the canonical manifest the artifact server serves.
     _manifest_dir: tempfile::TempDir,
+}
+
+/// The DDI side's bookkeeping in the engine's state.
+pub struct DdiState {
+    port: Box<dyn DdiPort>,
     /// Whether fleet device `i` is a DDI device.
     is_ddi: Vec<bool>,
     /// The hub action of fleet device `i` in this run (kept after it closes, so a device is
     /// assigned the release once per run).
     action: Vec<Option<u64>>,
+    /// The counters of the report (the endpoint's own are added by [`DdiLink::report`]).
     report: DdiReport,
+}
+
+impl DdiState {
+    /// The bookkeeping of `devices` fleet devices, those of `is_ddi` known as DDI devices up
+    /// front, over `port`.
+    pub fn new(port: Box<dyn DdiPort>, is_ddi: Vec<bool>, url: String) -> Self {
+        let n = is_ddi.len();
+        Self {
+            port,
+            is_ddi,
+            action: vec![None; n],
+            report: DdiReport {
+                url,
+                ..DdiReport::default()
+            },
+        }
+    }
+
+    pub(super) fn is_ddi(&self, i: usize) -> bool {
+        self.is_ddi.get(i).copied().unwrap_or(false)
+    }
+
+    /// The report's counters so far, with the rollout's devices known as DDI devices.
+    pub(super) fn counters(&self, in_rollout: &[bool]) -> DdiReport {
+        let devices = self
+            .is_ddi
+            .iter()
+            .zip(in_rollout)
+            .filter(|(d, r)| **d && **r)
+            .count();
+        DdiReport {
+            devices: u32::try_from(devices).unwrap_or(u32::MAX),
+            ..self.report.clone()
+        }
+    }
 }
 
 /// The device state a DDI feedback stands for, `None` when it says nothing of the update.
@@ -185,7 +264,7 @@ impl DdiLink {
         opts: &DdiLinkOptions,
         fleet: &Fleet,
         manifest: &convoy_core::manifest::VerifiedManifest,
-    ) -> Result<(Self, mpsc::Receiver<DdiEvent>)> {
+    ) -> Result<(Self, DdiState, mpsc::Receiver<DdiEvent>)> {
         if opts.gateway_token.is_none() && opts.target_tokens.is_empty() {
             bail!(
                 "DDI devices could not authenticate: pass --ddi-gateway-token-file FILE or --ddi-target-tokens CSV"
@@ -212,7 +291,6 @@ impl DdiLink {
             gateway_token: opts.gateway_token.clone(),
             ..HubConfig::default()
         });
-        let n = fleet.devices.len();
         let mut is_ddi: Vec<bool> = fleet
             .devices
             .iter()
@@ -239,49 +317,31 @@ impl DdiLink {
                 return Err(e);
             }
         };
-        let report = DdiReport {
-            url: server.base_url(),
-            ..DdiReport::default()
-        };
+        let url = server.base_url();
         Ok((
             Self {
-                hub,
                 server,
                 artifacts,
-                deployment,
                 _manifest_dir: manifest_dir,
-                is_ddi,
-                action: vec![None; n],
-                report,
             },
+            DdiState::new(Box::new(HubPort { hub, deployment }), is_ddi, url),
             events,
         ))
     }
 
-    /// The report so far, with the endpoint's counters.
-    pub(super) fn report(&self, in_rollout: &[bool]) -> DdiReport {
+    /// The report: the state's counters with the endpoint's.
+    pub(super) fn report(&self, counters: DdiReport) -> DdiReport {
         let stats = self.server.stats();
         let files = self.artifacts.stats();
-        let devices = self
-            .is_ddi
-            .iter()
-            .zip(in_rollout)
-            .filter(|(d, r)| **d && **r)
-            .count();
         DdiReport {
-            devices: u32::try_from(devices).unwrap_or(u32::MAX),
             polls: stats.polls,
             unauthorized: stats.unauthorized,
             bad_requests: stats.bad_request,
             busy: stats.busy,
             downloads_full: files.full,
             downloads_resumed: files.partial,
-            ..self.report.clone()
+            ..counters
         }
-    }
-
-    pub(super) fn is_ddi(&self, i: usize) -> bool {
-        self.is_ddi.get(i).copied().unwrap_or(false)
     }
 
     pub(super) async fn shutdown(self) {
@@ -290,7 +350,12 @@ impl DdiLink {
     }
 }
 
-impl Engine {
+impl EngineState {
+    /// The DDI report's counters, when the run serves DDI devices.
+    pub fn ddi_counters(&self) -> Option<DdiReport> {
+        self.ddi.as_ref().map(|d| d.counters(&self.in_rollout))
+    }
+
     fn ddi_device(&self, i: usize) -> bool {
         self.ddi.as_ref().is_some_and(|l| l.is_ddi(i))
     }
@@ -374,14 +439,14 @@ impl Engine {
         let Some(link) = self.ddi.as_mut() else {
             return;
         };
-        if !link.is_ddi(i) || link.action[i].is_some() || link.hub.controller(&id).is_none() {
+        if !link.is_ddi(i) || link.action[i].is_some() || !link.port.knows(&id) {
             return;
         }
-        match link.hub.assign(&id, Arc::clone(&link.deployment)) {
+        match link.port.assign(&id) {
             Ok(action) => {
                 link.action[i] = Some(action);
                 link.report.assigned += 1;
-                let release = link.deployment.release_id.clone();
+                let release = link.port.release_id().to_owned();
                 self.device_event(
                     &id,
                     now,
@@ -438,7 +503,7 @@ impl Engine {
         if let Some(action) = link.action[i] {
             // An action that is closed already fails to cancel: the device's last feedback
             // says where it is.
-            if let Ok(cancel) = link.hub.cancel(&id, action) {
+            if let Ok(cancel) = link.port.cancel(&id, action) {
                 self.rollback_in_flight[i] = true;
                 self.device_event(
                     &id,
@@ -463,8 +528,7 @@ impl Engine {
     }
 
     /// One event of the hub.
-    pub(super) fn on_ddi_event(&mut self, event: DdiEvent) {
-        let now = self.clock.now();
+    pub fn handle_ddi_event(&mut self, now: Timestamp, event: DdiEvent) {
         match event {
             DdiEvent::Registered { controller } => self.on_ddi_registered(now, &controller),
             DdiEvent::Feedback {
@@ -497,7 +561,7 @@ impl Engine {
                 }
                 self.last_status[i] = Some(now);
                 self.mark_dirty(i);
-                if release_id != self.opts.manifest.release_id() || !self.in_rollout[i] {
+                if release_id != self.config.release_id.as_str() || !self.in_rollout[i] {
                     return;
                 }
                 let Some(state) = feedback_state(status.execution, status.result.finished) else {
@@ -517,7 +581,7 @@ impl Engine {
                         now,
                         "update.reason",
                         serde_json::json!({
-                            "state": super::state_name(state),
+                            "state": super::state::state_name(state),
                             "reason": status.details.join("; "),
                         }),
                     );
@@ -598,7 +662,7 @@ impl Engine {
                 controller,
                 now,
                 "ddi.not_offered",
-                serde_json::json!({"release": self.opts.manifest.release_id(), "reason": format!("not a device of rollout {}", self.opts.rollout_id)}),
+                serde_json::json!({"release": self.config.release_id.as_str(), "reason": format!("not a device of rollout {}", self.config.rollout_id)}),
             );
             return;
         }

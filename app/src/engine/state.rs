@@ -1,0 +1,1647 @@
+//! The engine's driver state: every decision and every piece of bookkeeping of one rollout run,
+//! driven by inputs and read through outputs, in the shape of the core's `Rollout` (and of
+//! quinn-proto's `Connection` under quinn's `ConnectionDriver`).
+//!
+//! [`EngineState`] holds the rollout state machine, the fleet's device index, the commands
+//! awaiting their acknowledgement with their resend backoffs, the per-device health windows,
+//! the dirty sets and the link counters. Inputs go in through `handle_*` (a device's status,
+//! telemetry and acknowledgements, the sender's report of what went out, an operator's command,
+//! a DDI event, the passing of time), each with the simulated `now` and, where resends are
+//! concerned, the wall time since the run began. What the shell must do comes out of `poll_*`:
+//! the cache writes in order ([`EngineState::poll_write`]), among them each decision with its
+//! outbox commands to commit in one transaction, the command batches to publish
+//! ([`EngineState::poll_transmit`]), the next simulated wake-up
+//! ([`EngineState::poll_timeout`]) and the end of the run ([`EngineState::poll_end`]).
+//!
+//! Nothing reaches a device that the cache does not hold: a decision's commands exist only as
+//! [`StoreWrite::Decision`] until the shell has committed it and handed back the command ids
+//! ([`EngineState::handle_committed`]); only then are they queued for the wire or given to
+//! DDI devices. Until then the state gives no further write, so what a step does after a
+//! decision (the next action, the timeline, the resend pass) happens after its commit, as it
+//! did when the engine wrote the cache itself.
+//!
+//! What it deliberately is not: I/O. It never reads a clock, never touches the cache, the MQTT
+//! link or tokio; the one outside thing it calls is the DDI hub, an in-memory table of
+//! deployments, through the [`super::ddi::DdiPort`] the shell gives it. The same inputs give the
+//! same outputs, which is what lets the engine's unit tests drive it on a virtual clock with a
+//! simulated fleet and no broker.
+
+use anyhow::{Context, Result};
+use convoy_core::fleet::{Device, Fleet};
+use convoy_core::gates::GateOutcome;
+use convoy_core::rollout::{
+    Cause, DeviceReport, DeviceState, EventKind, Phase, RollbackScope, Rollout, RolloutAction,
+    RolloutEvent, TelemetryReport,
+};
+use convoy_core::time::Timestamp;
+use std::collections::{HashMap, VecDeque};
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::control::{self, ControlError, OperatorCommand, RollBackScope};
+use super::ddi::DdiState;
+use super::health::HealthWindow;
+use super::{
+    ENGINE_ACTOR, EngineReport, FinalState, GateDecision, LinkCounts, Unsettled, WaveReport,
+};
+use crate::link::mqtt::LinkEvent;
+use crate::link::protocol::{
+    AckResult, CommandAck, CommandAction, DeviceStatus, Inbound, PROTOCOL_VERSION, RejectionStats,
+    Telemetry, Topics, UpdateState,
+};
+use crate::store::audit::AuditEntry;
+use crate::store::events::NewDeviceEvent;
+use crate::store::outbox::{OutboxCommand, QueuedCommand};
+
+/// What the state needs to know of the run besides the rollout and the fleet.
+#[derive(Clone, Debug)]
+pub struct StateConfig {
+    pub rollout_id: String,
+    pub release_id: String,
+    /// The canonical form of the verified manifest, as offers carry it.
+    pub manifest_served: Arc<[u8]>,
+    pub topics: Topics,
+    /// The simulated moment the run started.
+    pub start: Timestamp,
+    /// Simulated seconds between health samples per device.
+    pub sample_period_secs: i64,
+    /// The longest gap between two of a device's messages that still counts as exposure.
+    pub max_report_gap_secs: i64,
+    /// Wall time after which an unacknowledged command is first sent again (same id).
+    pub resend_after: Duration,
+}
+
+/// What a command asks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum CmdKind {
+    Offer,
+    RollBack,
+    Cancel,
+}
+
+impl CmdKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Offer => "offer",
+            Self::RollBack => "rollback",
+            Self::Cancel => "cancel",
+        }
+    }
+}
+
+/// A command ready for the wire: its id, topic and JSON bytes, built once and shared by every
+/// resend (an offer carries the whole signed manifest; cloning it per resend would dominate).
+#[derive(Clone, Debug)]
+pub struct Wire {
+    pub command_id: String,
+    pub topic: String,
+    pub payload: Arc<[u8]>,
+}
+
+/// A command of this run not yet acknowledged.
+#[derive(Debug)]
+pub(super) struct Awaiting {
+    wire: Wire,
+    device_id: String,
+    pub(super) device: usize,
+    pub(super) kind: CmdKind,
+    /// Wall time since the run began of the last send, `None` before the first.
+    last_sent: Option<Duration>,
+    /// Wall time to wait before the next resend: doubles after each send, up to a cap, so a
+    /// device that is offline for days is not sent its offer every few seconds.
+    backoff: Duration,
+}
+
+/// The longest wait between two sends of an unacknowledged command.
+const MAX_RESEND_BACKOFF: Duration = Duration::from_mins(5);
+
+/// How often, in wall time, unacknowledged commands are looked at for a resend.
+const RESEND_CHECK_EVERY: Duration = Duration::from_millis(500);
+
+/// One write the shell makes to the cache, in the order given.
+#[derive(Clone, Debug)]
+pub enum StoreWrite {
+    /// An audit entry (`Store::append_audit`).
+    Audit(AuditEntry),
+    /// A rollout timeline event (`Store::append_event`).
+    Timeline {
+        at: Timestamp,
+        kind: String,
+        actor: String,
+        payload: serde_json::Value,
+    },
+    /// The rollout's core events in `range` go to its replayable log
+    /// (`Store::append_rollout_log`, read them from [`EngineState::rollout`]).
+    Log { range: Range<usize> },
+    /// A decision: its audit entry, its outbox commands and the log events in `log` that led
+    /// to it, in one transaction (`Store::commit_decision_logged`). The shell hands the command
+    /// ids back with [`EngineState::handle_committed`] before polling again.
+    Decision {
+        audit: AuditEntry,
+        commands: Vec<OutboxCommand>,
+        log: Range<usize>,
+    },
+    /// Device history entries, in one transaction (`Store::append_device_events`).
+    DeviceEvents(Vec<NewDeviceEvent>),
+    /// Commands acknowledged by their devices (`Store::mark_acked_many`).
+    Acked { ids: Vec<String>, at: Timestamp },
+    /// Commands the sender published (`Store::mark_sent_many`).
+    Sent { ids: Vec<String>, at: Timestamp },
+    /// Devices whose status changed, written back (`Store::upsert_fleet`).
+    Devices(Vec<Device>),
+}
+
+/// A decision given to the shell and not yet committed: what to do once its ids are known.
+#[derive(Debug)]
+struct PendingDecision {
+    now: Timestamp,
+    kind: CmdKind,
+    /// The devices reached over MQTT, in the order of the decision's commands.
+    device_ids: Vec<String>,
+    action_json: String,
+    /// The DDI devices of the decision (fleet indices), carried out through the hub.
+    ddi_devices: Vec<usize>,
+}
+
+/// What is left of an input's work, done in order as the shell polls: whatever follows a
+/// decision waits for its commit.
+#[derive(Debug)]
+enum Task {
+    /// An output that must come after the tasks before it.
+    Emit(Output),
+    /// Closes the health windows, asks again for owed rollbacks, gives waiting DDI devices
+    /// their deployment, when a sample period has passed.
+    SamplePeriod(Timestamp),
+    /// Hands the rollout its due timeout.
+    RolloutTimeout(Timestamp),
+    /// Carries out the rollout's next action, and comes back for the one after.
+    Actions(Timestamp),
+    SetActor(String),
+    DdiAssignWaiting(Timestamp),
+    /// Writes the rollout's new events to the log, the timeline and device histories.
+    Persist,
+    /// Writes the buffered device events and acknowledgements.
+    FlushWrites(Timestamp),
+    /// Sends again what waited longer than its backoff.
+    Resend(Duration),
+    /// Writes back the devices whose status changed.
+    FlushDevices,
+}
+
+#[derive(Debug)]
+enum Output {
+    Write(StoreWrite),
+    Decision {
+        audit: AuditEntry,
+        commands: Vec<OutboxCommand>,
+        pending: PendingDecision,
+    },
+}
+
+/// The engine's decisions and bookkeeping for one run. See the module docs.
+pub struct EngineState {
+    pub(super) config: StateConfig,
+    pub(super) rollout: Rollout,
+    pub(super) fleet: Fleet,
+    /// Whether fleet device `i` is part of the rollout.
+    pub(super) in_rollout: Vec<bool>,
+    windows: Vec<HealthWindow>,
+    /// When this run last heard each fleet device's status (for the report's unsettled devices).
+    pub(super) last_status: Vec<Option<Timestamp>>,
+    heard: Vec<u32>,
+    heard_flag: Vec<bool>,
+    next_flush: Timestamp,
+    dirty: Vec<bool>,
+    dirty_list: Vec<u32>,
+    /// Devices the rollout wants back on their previous version; a device that could not act on
+    /// its rollback or cancel (still installing, offer not yet received) is asked again once it
+    /// runs the new version.
+    pub(super) rollback_wanted: Vec<bool>,
+    /// Devices with a rollback or cancel command awaiting its ack.
+    pub(super) rollback_in_flight: Vec<bool>,
+    /// The devices of `rollback_wanted`, in the order they were asked.
+    rollback_list: Vec<u32>,
+    persisted_events: usize,
+    /// Device events and acknowledgements not yet written: written together once per step.
+    device_events: Vec<NewDeviceEvent>,
+    acked: Vec<String>,
+    pub(super) awaiting: HashMap<String, Awaiting>,
+    connected: bool,
+    /// Who the decisions being carried out are by: the engine, or the operator whose command
+    /// is being applied.
+    actor: String,
+    /// Core events already written to the replayable log.
+    logged_events: usize,
+    counts: LinkCounts,
+    rejections: RejectionStats,
+    gate_decisions: Vec<GateDecision>,
+    gate_looks_passed: u32,
+    pub(super) notes: Vec<String>,
+    paused_at: Option<Timestamp>,
+    last_resend_check: Duration,
+    /// The DDI side's bookkeeping, when the run serves DDI devices.
+    pub(super) ddi: Option<DdiState>,
+    ready: VecDeque<Output>,
+    tasks: VecDeque<Task>,
+    committing: Option<PendingDecision>,
+    transmit: VecDeque<Vec<Wire>>,
+}
+
+impl EngineState {
+    /// The state of a run of `rollout` (new, or rebuilt from its log) over `fleet`, at `now`.
+    pub fn new(
+        config: StateConfig,
+        rollout: Rollout,
+        fleet: Fleet,
+        ddi: Option<DdiState>,
+        now: Timestamp,
+    ) -> Self {
+        let in_rollout: Vec<bool> = fleet
+            .devices
+            .iter()
+            .map(|d| rollout.device_state(&d.id).is_some())
+            .collect();
+        let n = fleet.devices.len();
+        Self {
+            windows: vec![HealthWindow::new(config.max_report_gap_secs); n],
+            last_status: vec![None; n],
+            heard: Vec::new(),
+            heard_flag: vec![false; n],
+            next_flush: now.plus_secs(config.sample_period_secs.max(1)),
+            dirty: vec![false; n],
+            dirty_list: Vec::new(),
+            rollback_wanted: vec![false; n],
+            rollback_in_flight: vec![false; n],
+            rollback_list: Vec::new(),
+            persisted_events: 0,
+            device_events: Vec::new(),
+            acked: Vec::new(),
+            awaiting: HashMap::new(),
+            connected: false,
+            actor: ENGINE_ACTOR.to_owned(),
+            logged_events: 0,
+            counts: LinkCounts::default(),
+            rejections: RejectionStats::new(64),
+            gate_decisions: Vec::new(),
+            gate_looks_passed: 0,
+            notes: Vec::new(),
+            paused_at: None,
+            last_resend_check: Duration::ZERO,
+            ddi,
+            ready: VecDeque::new(),
+            tasks: VecDeque::new(),
+            committing: None,
+            transmit: VecDeque::new(),
+            in_rollout,
+            rollout,
+            fleet,
+            config,
+        }
+    }
+
+    pub fn rollout(&self) -> &Rollout {
+        &self.rollout
+    }
+
+    pub fn fleet(&self) -> &Fleet {
+        &self.fleet
+    }
+
+    pub fn rollout_id(&self) -> &str {
+        &self.config.rollout_id
+    }
+
+    /// Whether fleet device `i` takes part in the rollout.
+    pub fn in_rollout(&self) -> &[bool] {
+        &self.in_rollout
+    }
+
+    pub(super) fn index(&self, device_id: &str) -> Option<usize> {
+        self.fleet
+            .devices
+            .binary_search_by(|d| d.id.as_str().cmp(device_id))
+            .ok()
+    }
+
+    // --- Outputs -------------------------------------------------------------------------------
+
+    /// The next cache write, in order; `None` when there is nothing left to write, or while a
+    /// decision waits for [`EngineState::handle_committed`]. An error is one of the engine's
+    /// own (a command that cannot be encoded) and ends the run.
+    pub fn poll_write(&mut self) -> Result<Option<StoreWrite>> {
+        loop {
+            if self.committing.is_some() {
+                return Ok(None);
+            }
+            if let Some(output) = self.ready.pop_front() {
+                return Ok(Some(match output {
+                    Output::Write(w) => w,
+                    Output::Decision {
+                        audit,
+                        commands,
+                        pending,
+                    } => {
+                        // The log events up to this decision travel in its transaction.
+                        let log = self.logged_events..self.rollout.events().len();
+                        self.logged_events = log.end;
+                        self.committing = Some(pending);
+                        StoreWrite::Decision {
+                            audit,
+                            commands,
+                            log,
+                        }
+                    }
+                }));
+            }
+            let Some(task) = self.tasks.pop_front() else {
+                return Ok(None);
+            };
+            self.run_task(task)?;
+        }
+    }
+
+    /// The next batch of commands to publish (QoS 1, not retained), ordered by command id on
+    /// resends. The shell reports what it published with [`EngineState::handle_sent`]; what it
+    /// could not hand to its sender goes with the next resend pass.
+    pub fn poll_transmit(&mut self) -> Option<Vec<Wire>> {
+        self.transmit.pop_front()
+    }
+
+    /// The next simulated moment something is due: a health sample or the rollout's timeout.
+    pub fn poll_timeout(&self) -> Timestamp {
+        let mut t = self.next_flush;
+        if let Some(timeout) = self.rollout.poll_timeout() {
+            t = t.min(timeout);
+        }
+        t
+    }
+
+    /// The devices whose status changed since the last call, to write back to the cache.
+    pub fn poll_dirty_devices(&mut self) -> Vec<Device> {
+        let list = std::mem::take(&mut self.dirty_list);
+        list.iter()
+            .map(|&i| {
+                self.dirty[i as usize] = false;
+                self.fleet.devices[i as usize].clone()
+            })
+            .collect()
+    }
+
+    /// Whether the run is over at `now`, and how; `hold` keeps a paused rollout's run going
+    /// (someone may still resume it).
+    pub fn poll_end(&mut self, now: Timestamp, hold: bool) -> Option<FinalState> {
+        match self.rollout.phase() {
+            Phase::Completed => Some(FinalState::Completed),
+            Phase::RolledBack => Some(FinalState::RolledBack),
+            Phase::Aborted { .. } => Some(FinalState::Aborted),
+            // Someone may still resume it: keep the link and the gates' view alive.
+            Phase::Paused { .. } if hold => None,
+            Phase::Paused { .. } => {
+                // Wait for devices already installing to settle (or go silent) so the report
+                // says where each one ended; nobody is here to resume it.
+                let since = *self.paused_at.get_or_insert(now);
+                // DDI devices that never got their deployment will not move while paused.
+                let in_flight: u32 = self
+                    .rollout
+                    .state()
+                    .in_flight
+                    .iter()
+                    .sum::<u32>()
+                    .saturating_sub(self.ddi_waiting_in_flight());
+                let settled = in_flight == 0 && self.rollout.state().rollback_pending == 0;
+                let waited = now.secs_since(since) >= self.rollout.spec().gates.silent_after_secs;
+                (settled || waited).then_some(FinalState::Paused)
+            }
+            _ => {
+                self.paused_at = None;
+                None
+            }
+        }
+    }
+
+    // --- Inputs --------------------------------------------------------------------------------
+
+    /// Everything that is due at `now` (`wall` since the run began): health samples, timeouts,
+    /// actions, the timeline, resends.
+    pub fn handle_timeout(&mut self, now: Timestamp, wall: Duration) {
+        self.tasks.extend([
+            Task::SamplePeriod(now),
+            Task::RolloutTimeout(now),
+            Task::Actions(now),
+            Task::Persist,
+            Task::FlushWrites(now),
+            Task::Resend(wall),
+        ]);
+    }
+
+    /// One event of the MQTT link.
+    pub fn handle_link_event(&mut self, now: Timestamp, event: LinkEvent) {
+        match event {
+            LinkEvent::Inbound(Inbound::Status(s)) => self.handle_status(now, &s),
+            LinkEvent::Inbound(Inbound::Telemetry(t)) => self.handle_telemetry(&t),
+            LinkEvent::Inbound(Inbound::Ack(a)) => self.handle_ack(now, &a),
+            LinkEvent::Rejected(r) => {
+                self.rejections.record(&r);
+                let reason = serde_json::to_value(r.reason)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_else(|| format!("{:?}", r.reason));
+                *self.counts.rejected.entry(reason).or_default() += 1;
+            }
+            LinkEvent::Raw { .. } => {}
+            LinkEvent::Connected => self.handle_connected(now),
+            LinkEvent::Disconnected(why) => self.handle_disconnected(now, &why),
+        }
+    }
+
+    /// (Re)connected to the broker: everything unacknowledged goes again.
+    pub fn handle_connected(&mut self, now: Timestamp) {
+        let reconnect = !self.connected && self.counts.disconnects > 0;
+        self.connected = true;
+        if reconnect {
+            self.notes.push(format!(
+                "{now}: reconnected to the broker; resubscribed and resending unacknowledged commands"
+            ));
+        }
+        // Anything not acknowledged goes again (same ids: devices apply it once).
+        self.resend_all();
+    }
+
+    pub fn handle_disconnected(&mut self, now: Timestamp, why: &str) {
+        if self.connected {
+            self.counts.disconnects += 1;
+            self.notes
+                .push(format!("{now}: lost the broker connection: {why}"));
+        }
+        self.connected = false;
+    }
+
+    /// A device's status message.
+    pub fn handle_status(&mut self, now: Timestamp, s: &DeviceStatus) {
+        self.counts.status_messages += 1;
+        let Some(i) = self.index(&s.device_id) else {
+            return;
+        };
+        let change = {
+            let d = &mut self.fleet.devices[i];
+            let change = s.software_change(d);
+            s.apply_to(d);
+            d.last_seen = now;
+            change
+        };
+        if let Some(change) = change {
+            // Who said what: the report's own claim, on the device's status topic, old and new.
+            self.device_event(&s.device_id, now, "status.changed", change);
+        }
+        self.last_status[i] = Some(now);
+        self.mark_dirty(i);
+        if !self.in_rollout[i] {
+            return;
+        }
+        self.mark_heard(i, s.ts, None);
+        if s.update.release_id.as_deref() != Some(self.config.release_id.as_str()) {
+            return;
+        }
+        if let Some(state) = device_state(s.update.state) {
+            // Devices repeat their status (on reconnect, and as a status heartbeat): count a
+            // failure once, when the rollout first hears of it.
+            if state == DeviceState::Failed
+                && self.rollout.device_state(&s.device_id) != Some(DeviceState::Failed)
+            {
+                let d = &mut self.fleet.devices[i];
+                d.failed_update_attempts = d.failed_update_attempts.saturating_add(1);
+            }
+            if let Some(reason) = &s.update.reason
+                && matches!(state, DeviceState::Failed | DeviceState::Reverted)
+                && self.rollout.device_state(&s.device_id) != Some(state)
+            {
+                self.device_event(
+                    &s.device_id,
+                    now,
+                    "update.reason",
+                    serde_json::json!({ "state": state_name(state), "reason": reason }),
+                );
+            }
+            self.report(now, i, state);
+            if self.rollback_wanted[i]
+                && !self.rollback_in_flight[i]
+                && state.runs_new_version()
+                && self
+                    .rollout
+                    .state()
+                    .devices
+                    .get(self.rollout_index(i))
+                    .is_some_and(|slot| slot.rollback_pending)
+            {
+                let id = self.fleet.devices[i].id.clone();
+                self.send_rollback(now, &[id], "rollout.rollback_retry");
+            }
+        }
+    }
+
+    /// A device's telemetry message.
+    pub fn handle_telemetry(&mut self, t: &Telemetry) {
+        self.counts.telemetry_messages += 1;
+        let Some(i) = self.index(&t.device_id) else {
+            return;
+        };
+        if self.in_rollout[i] {
+            self.mark_heard(i, t.ts, Some(&t.event));
+        }
+    }
+
+    /// A device's acknowledgement of a command.
+    pub fn handle_ack(&mut self, now: Timestamp, a: &CommandAck) {
+        self.counts.acks += 1;
+        let Some(entry) = self.awaiting.remove(&a.command_id) else {
+            // An ack for a command of another run, or a second ack: nothing to do.
+            return;
+        };
+        if entry.device_id != a.device_id {
+            // Not from the device the command went to: keep waiting for the right one.
+            self.awaiting.insert(a.command_id.clone(), entry);
+            return;
+        }
+        self.acked.push(a.command_id.clone());
+        self.counts.commands_acked += 1;
+        if entry.kind != CmdKind::Offer {
+            self.rollback_in_flight[entry.device] = false;
+        }
+        if entry.kind == CmdKind::Cancel && a.result != AckResult::Rejected {
+            // The device dropped the offer before installing: it runs its previous version.
+            self.device_event(
+                &a.device_id,
+                now,
+                "cancelled",
+                serde_json::json!({"command_id": a.command_id}),
+            );
+            self.report(now, entry.device, DeviceState::Reverted);
+        }
+        if a.result == AckResult::Rejected {
+            self.counts.commands_rejected_by_devices += 1;
+            let reason = a.reason.clone().unwrap_or_else(|| "no reason given".into());
+            self.device_event(
+                &a.device_id,
+                now,
+                "command.rejected",
+                serde_json::json!({"command_id": a.command_id, "reason": reason}),
+            );
+            if entry.kind == CmdKind::Offer {
+                // The device refused the offer (failed verification, busy, ...): it will not
+                // install, and the reason is in its history.
+                self.report(now, entry.device, DeviceState::Failed);
+            }
+        }
+    }
+
+    /// The sender published the commands `ids` (at `wall` since the run began).
+    pub fn handle_sent(&mut self, now: Timestamp, wall: Duration, ids: Vec<String>) {
+        for id in &ids {
+            match self.awaiting.get_mut(id) {
+                Some(a) if a.last_sent.is_some() => {
+                    self.counts.commands_resent += 1;
+                    a.last_sent = Some(wall);
+                }
+                Some(a) => {
+                    self.counts.commands_sent += 1;
+                    a.last_sent = Some(wall);
+                }
+                // Acknowledged before the sender reported it sent: it was sent.
+                None => self.counts.commands_sent += 1,
+            }
+        }
+        // Records the attempts; an acknowledged command stays acknowledged.
+        self.ready
+            .push_back(Output::Write(StoreWrite::Sent { ids, at: now }));
+    }
+
+    /// The decision last given by [`EngineState::poll_write`] is committed, its commands
+    /// numbered `command_ids` in order: they may now go to their devices.
+    pub fn handle_committed(&mut self, command_ids: Vec<String>) {
+        let Some(PendingDecision {
+            now,
+            kind,
+            device_ids,
+            action_json,
+            ddi_devices,
+        }) = self.committing.take()
+        else {
+            return;
+        };
+        let mut batch = Vec::with_capacity(device_ids.len());
+        for (device_id, command_id) in device_ids.iter().zip(command_ids) {
+            let Some(device) = self.index(device_id) else {
+                continue;
+            };
+            let wire = Wire {
+                topic: self.config.topics.commands(device_id),
+                payload: command_bytes(&command_id, device_id, now, &action_json),
+                command_id: command_id.clone(),
+            };
+            self.device_event(
+                device_id,
+                now,
+                kind.as_str(),
+                serde_json::json!({"command_id": command_id}),
+            );
+            if kind != CmdKind::Offer {
+                self.rollback_in_flight[device] = true;
+            }
+            batch.push(wire.clone());
+            self.awaiting.insert(
+                command_id,
+                Awaiting {
+                    wire,
+                    device_id: device_id.clone(),
+                    device,
+                    kind,
+                    last_sent: None,
+                    backoff: self.config.resend_after,
+                },
+            );
+        }
+        if self.connected {
+            self.send(batch);
+        }
+        self.ddi_dispatch(now, &ddi_devices, kind);
+    }
+
+    /// Applies an operator's command between two steps. A refusal is the answer at once; an
+    /// accepted command is answered, once the shell has drained the writes it implies, with
+    /// the rollout's phase then.
+    pub fn handle_operator(
+        &mut self,
+        now: Timestamp,
+        operator: &str,
+        command: &OperatorCommand,
+    ) -> Result<(), ControlError> {
+        control::check_fields(operator, command)?;
+        let reason = command.reason();
+        let applied = match command {
+            OperatorCommand::Pause { .. } => self.rollout.pause(now, operator, reason),
+            OperatorCommand::Resume { .. } => self.rollout.resume(now, operator, reason),
+            OperatorCommand::Override { .. } => self.rollout.override_gate(now, operator, reason),
+            OperatorCommand::Abort { .. } => self.rollout.abort(now, operator, reason),
+            OperatorCommand::RollBack { scope, .. } => {
+                let scope = match (scope, self.rollout.phase()) {
+                    (RollBackScope::All, _) => Some(RollbackScope::All),
+                    (
+                        RollBackScope::CurrentWave,
+                        Phase::Running { wave }
+                        | Phase::Soaking { wave, .. }
+                        | Phase::Paused { wave, .. },
+                    ) => Some(RollbackScope::Wave(*wave)),
+                    (RollBackScope::CurrentWave, _) => None,
+                };
+                match scope {
+                    Some(scope) => self.rollout.roll_back(now, operator, scope, reason),
+                    None => Err(convoy_core::rollout::RolloutError::NotAllowed {
+                        command: "roll back the current wave".into(),
+                        phase: format!("{:?} (no wave is running)", self.rollout.phase()),
+                    }),
+                }
+            }
+        };
+        if let Err(source) = applied {
+            return Err(ControlError::Refused {
+                rollout: self.config.rollout_id.clone(),
+                source,
+            });
+        }
+        self.ready
+            .push_back(Output::Write(StoreWrite::Audit(AuditEntry {
+                time: now,
+                actor: operator.to_owned(),
+                action: format!("operator.{}", command.name()),
+                payload: serde_json::json!({
+                    "rollout": self.config.rollout_id,
+                    "reason": reason,
+                    "phase": self.rollout.phase(),
+                }),
+            })));
+        // What the command implies (rollback commands) is the operator's decision.
+        self.tasks.extend([
+            Task::SetActor(operator.to_owned()),
+            Task::Actions(now),
+            Task::SetActor(ENGINE_ACTOR.to_owned()),
+            // A resume lets DDI devices that wait for their deployment have it.
+            Task::DdiAssignWaiting(now),
+            Task::Persist,
+            Task::FlushWrites(now),
+        ]);
+        Ok(())
+    }
+
+    /// After a resume: takes over the rollout's unacknowledged commands (sent again with their
+    /// ids once connected), the devices that still owe a rollback, and the gate tallies of the
+    /// log, and records the resume in the timeline and the audit trail.
+    pub fn handle_adopted(
+        &mut self,
+        now: Timestamp,
+        wall: Duration,
+        commands: Vec<QueuedCommand>,
+        by: &str,
+    ) -> Result<()> {
+        self.persisted_events = self.rollout.events().len();
+        self.logged_events = self.rollout.events().len();
+        for e in self.rollout.events() {
+            match &e.kind {
+                EventKind::GateChecked { outcome, .. } if *outcome == GateOutcome::Continue => {
+                    self.gate_looks_passed += 1;
+                }
+                EventKind::GateChecked {
+                    wave,
+                    outcome,
+                    report,
+                } => self.gate_decisions.push(GateDecision {
+                    at: e.at,
+                    wave: self.wave_name(*wave),
+                    outcome: *outcome,
+                    evidence: serde_json::to_value(report).unwrap_or_default(),
+                }),
+                EventKind::SoakExtended { wave, report, .. } => {
+                    self.gate_decisions.push(GateDecision {
+                        at: e.at,
+                        wave: self.wave_name(*wave),
+                        outcome: GateOutcome::Hold,
+                        evidence: serde_json::to_value(report).unwrap_or_default(),
+                    });
+                }
+                _ => {}
+            }
+        }
+        let mut adopted = 0usize;
+        let mut unreadable = 0usize;
+        for c in commands {
+            let Some(device) = self.index(&c.device_id) else {
+                unreadable += 1;
+                continue;
+            };
+            let kind = match c.kind.as_str() {
+                "offer" => CmdKind::Offer,
+                "rollback" => CmdKind::RollBack,
+                "cancel" => CmdKind::Cancel,
+                _ => {
+                    unreadable += 1;
+                    continue;
+                }
+            };
+            // The outbox holds `{"issued_at", "action"}`; the wire form adds the id and device.
+            let body: serde_json::Value = serde_json::from_str(&c.payload)
+                .with_context(|| format!("reading outbox command {}", c.id))?;
+            let (Some(issued_at), Some(action)) = (
+                body.get("issued_at").and_then(serde_json::Value::as_i64),
+                body.get("action"),
+            ) else {
+                unreadable += 1;
+                continue;
+            };
+            let action_json = serde_json::to_string(action).context("encoding a command")?;
+            let wire = Wire {
+                topic: self.config.topics.commands(&c.device_id),
+                payload: command_bytes(
+                    &c.id,
+                    &c.device_id,
+                    Timestamp::from_secs(issued_at),
+                    &action_json,
+                ),
+                command_id: c.id.clone(),
+            };
+            if kind != CmdKind::Offer {
+                self.rollback_in_flight[device] = true;
+            }
+            self.awaiting.insert(
+                c.id,
+                Awaiting {
+                    wire,
+                    device_id: c.device_id,
+                    device,
+                    kind,
+                    // Sent by the earlier run: a resend, not a first send.
+                    last_sent: (c.state == crate::store::outbox::CommandState::Sent)
+                        .then_some(wall),
+                    backoff: self.config.resend_after,
+                },
+            );
+            adopted += 1;
+        }
+        for (i, d) in self.fleet.devices.iter().enumerate() {
+            if !self.in_rollout[i] {
+                continue;
+            }
+            let owes = self
+                .rollout
+                .state()
+                .device_ids
+                .binary_search(&d.id)
+                .ok()
+                .and_then(|r| self.rollout.state().devices.get(r))
+                .is_some_and(|slot| slot.rollback_pending);
+            if owes {
+                self.rollback_wanted[i] = true;
+                self.rollback_list.push(i as u32);
+            }
+        }
+        if unreadable > 0 {
+            self.notes.push(format!(
+                "{unreadable} unacknowledged command(s) of this rollout could not be read back from the outbox and were not resent"
+            ));
+        }
+        self.notes.push(format!(
+            "{now}: resumed from the cache: {} logged event(s) replayed, {adopted} unacknowledged command(s) to resend",
+            self.rollout.events().len()
+        ));
+        let payload = serde_json::json!({
+            "rollout": self.config.rollout_id,
+            "phase": self.rollout.phase(),
+            "events_replayed": self.rollout.events().len(),
+            "commands_resent": adopted,
+        });
+        self.ready.push_back(Output::Write(StoreWrite::Timeline {
+            at: now,
+            kind: "engine.resumed".into(),
+            actor: by.to_owned(),
+            payload: payload.clone(),
+        }));
+        self.ready
+            .push_back(Output::Write(StoreWrite::Audit(AuditEntry {
+                time: now,
+                actor: by.to_owned(),
+                action: "rollout.run_resumed".into(),
+                payload,
+            })));
+        Ok(())
+    }
+
+    /// The run ends at `now` as `final_state`: the rest of the rollout's events, the
+    /// timeline's `engine.stopped` when the rollout is not over, the buffered writes and the
+    /// audit entry of the run's end follow as writes.
+    pub fn handle_end(&mut self, now: Timestamp, final_state: FinalState) {
+        self.tasks.push_back(Task::Persist);
+        if matches!(
+            final_state,
+            FinalState::Stopped | FinalState::TimedOut | FinalState::Paused
+        ) {
+            // The rollout is not over: the timeline says the engine let go of it, and how.
+            self.tasks
+                .push_back(Task::Emit(Output::Write(StoreWrite::Timeline {
+                    at: now,
+                    kind: "engine.stopped".into(),
+                    actor: ENGINE_ACTOR.into(),
+                    payload: serde_json::json!({"final_state": final_state, "phase": self.rollout.phase()}),
+                })));
+        }
+        self.tasks.push_back(Task::FlushWrites(now));
+        self.tasks.push_back(Task::FlushDevices);
+        self.tasks
+            .push_back(Task::Emit(Output::Write(StoreWrite::Audit(AuditEntry {
+                time: now,
+                actor: ENGINE_ACTOR.into(),
+                action: "rollout.run_ended".into(),
+                payload: serde_json::json!({
+                    "rollout": self.config.rollout_id,
+                    "final_state": final_state,
+                }),
+            }))));
+    }
+
+    // --- The work behind the inputs ------------------------------------------------------------
+
+    fn run_task(&mut self, task: Task) -> Result<()> {
+        match task {
+            Task::Emit(output) => self.ready.push_back(output),
+            Task::SamplePeriod(now) => {
+                if now >= self.next_flush {
+                    self.flush_health(now);
+                    self.retry_rollbacks(now);
+                    // After the retries' decisions are committed, as their DDI side is done.
+                    self.tasks.push_front(Task::DdiAssignWaiting(now));
+                    self.next_flush = now.plus_secs(self.config.sample_period_secs.max(1));
+                }
+            }
+            Task::RolloutTimeout(now) => {
+                if self.rollout.poll_timeout().is_some_and(|t| t <= now) {
+                    self.rollout.handle_timeout(now);
+                }
+            }
+            Task::Actions(now) => {
+                if let Some(action) = self.rollout.poll_action() {
+                    // The next action only after this one's decisions are committed.
+                    self.tasks.push_front(Task::Actions(now));
+                    self.act(now, action)?;
+                }
+            }
+            Task::SetActor(actor) => self.actor = actor,
+            Task::DdiAssignWaiting(now) => self.ddi_assign_waiting(now),
+            Task::Persist => self.persist_events(),
+            Task::FlushWrites(now) => self.flush_writes(now),
+            Task::FlushDevices => {
+                let devices = self.poll_dirty_devices();
+                if !devices.is_empty() {
+                    self.ready
+                        .push_back(Output::Write(StoreWrite::Devices(devices)));
+                }
+            }
+            Task::Resend(wall) => {
+                if self.connected
+                    && wall.saturating_sub(self.last_resend_check) >= RESEND_CHECK_EVERY
+                {
+                    self.last_resend_check = wall;
+                    self.resend_overdue(wall);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The rollout's device number of fleet device `i` (it must be in the rollout).
+    fn rollout_index(&self, i: usize) -> usize {
+        let id = self.fleet.devices[i].id.as_str();
+        self.rollout
+            .state()
+            .device_ids
+            .binary_search_by(|d| d.as_str().cmp(id))
+            .unwrap_or(usize::MAX)
+    }
+
+    /// Notes a message from fleet device `i`, stamped `device_ts` by the device.
+    fn mark_heard(
+        &mut self,
+        i: usize,
+        device_ts: Timestamp,
+        event: Option<&crate::link::protocol::TelemetryEvent>,
+    ) {
+        match event {
+            Some(e) => self.windows[i].record(device_ts, e),
+            None => self.windows[i].touch(device_ts),
+        }
+        if !self.heard_flag[i] {
+            self.heard_flag[i] = true;
+            self.heard.push(i as u32);
+        }
+    }
+
+    pub(super) fn mark_dirty(&mut self, i: usize) {
+        if !self.dirty[i] {
+            self.dirty[i] = true;
+            self.dirty_list.push(i as u32);
+        }
+    }
+
+    /// Feeds a device's state to the rollout, closing its health window first when it moves
+    /// between the old and the new version so each event counts for the right cohort.
+    pub(super) fn report(&mut self, now: Timestamp, i: usize, state: DeviceState) {
+        let id = self.fleet.devices[i].id.clone();
+        let Some(current) = self.rollout.device_state(&id) else {
+            return;
+        };
+        if current == state {
+            return;
+        }
+        if current.runs_new_version() != state.runs_new_version() {
+            self.close_window(now, i);
+        }
+        match self.rollout.handle_report(
+            now,
+            DeviceReport {
+                device_id: id.clone(),
+                state,
+            },
+        ) {
+            Ok(()) => {}
+            Err(e) => {
+                let kind = match e {
+                    convoy_core::rollout::RolloutError::BadTransition { .. } => "bad_transition",
+                    convoy_core::rollout::RolloutError::UnknownDevice(_) => "unknown_device",
+                    _ => "other",
+                };
+                *self.counts.reports_refused.entry(kind.into()).or_default() += 1;
+            }
+        }
+    }
+
+    fn close_window(&mut self, now: Timestamp, i: usize) {
+        if let Some(sample) = self.windows[i].close() {
+            let report = TelemetryReport {
+                device_id: self.fleet.devices[i].id.clone(),
+                sample,
+            };
+            if self.rollout.handle_telemetry(now, report).is_err() {
+                *self
+                    .counts
+                    .reports_refused
+                    .entry("bad_telemetry".into())
+                    .or_default() += 1;
+            }
+        }
+    }
+
+    /// Closes the window of every device heard since the last flush.
+    fn flush_health(&mut self, now: Timestamp) {
+        let heard = std::mem::take(&mut self.heard);
+        for &i in &heard {
+            self.heard_flag[i as usize] = false;
+            self.close_window(now, i as usize);
+        }
+    }
+
+    fn act(&mut self, now: Timestamp, action: RolloutAction) -> Result<()> {
+        let release_id = self.config.release_id.clone();
+        match action {
+            RolloutAction::Offer { wave, device_ids } => {
+                // The canonical form of what was verified, never the file as it came in;
+                // serde_json writes this value back byte for byte (sorted keys, no whitespace).
+                let manifest =
+                    serde_json::from_slice::<serde_json::Value>(&self.config.manifest_served)
+                        .context("encoding the manifest for the offer")?;
+                let action = CommandAction::Offer {
+                    release_id: release_id.clone(),
+                    manifest,
+                };
+                let name = self.wave_name(wave);
+                self.dispatch(
+                    now,
+                    "rollout.offer",
+                    serde_json::json!({"rollout": self.config.rollout_id, "release": release_id, "wave": name, "devices": device_ids.len()}),
+                    &device_ids,
+                    &action,
+                    CmdKind::Offer,
+                );
+            }
+            RolloutAction::RollBack { scope, device_ids } => {
+                // Devices running the new version roll back; devices still before their reboot
+                // have their offer cancelled (they never left the previous version).
+                let mut back = Vec::new();
+                let mut cancel = Vec::new();
+                for id in device_ids {
+                    if let Some(i) = self.index(&id)
+                        && !self.rollback_wanted[i]
+                    {
+                        self.rollback_wanted[i] = true;
+                        self.rollback_list.push(i as u32);
+                    }
+                    match self.rollout.device_state(&id) {
+                        Some(s) if s.runs_new_version() => back.push(id),
+                        Some(s) if s.is_in_flight() => cancel.push(id),
+                        _ => back.push(id),
+                    }
+                }
+                let _ = scope;
+                self.send_rollback(now, &back, "rollout.rollback");
+                if !cancel.is_empty() {
+                    let action = CommandAction::Cancel {
+                        release_id: release_id.clone(),
+                    };
+                    self.dispatch(
+                        now,
+                        "rollout.cancel",
+                        serde_json::json!({"rollout": self.config.rollout_id, "release": release_id, "devices": cancel.len()}),
+                        &cancel,
+                        &action,
+                        CmdKind::Cancel,
+                    );
+                }
+            }
+            RolloutAction::Pause(reason) => {
+                self.ready.push_back(Output::Write(StoreWrite::Audit(AuditEntry {
+                    time: now,
+                    actor: self.actor.clone(),
+                    action: "rollout.paused".into(),
+                    payload: serde_json::json!({"rollout": self.config.rollout_id, "reason": reason}),
+                })));
+            }
+            RolloutAction::Notify(text) => {
+                self.ready.push_back(Output::Write(StoreWrite::Timeline {
+                    at: now,
+                    kind: "notify".into(),
+                    actor: ENGINE_ACTOR.into(),
+                    payload: serde_json::json!({ "text": text }),
+                }));
+            }
+        }
+        Ok(())
+    }
+
+    /// Asks again every device that still owes its rollback and has no command outstanding: one
+    /// that refused (still installing, offer not yet received, low battery) may act on it now.
+    fn retry_rollbacks(&mut self, now: Timestamp) {
+        let mut back = Vec::new();
+        let mut cancel = Vec::new();
+        for &i in &self.rollback_list {
+            let i = i as usize;
+            if self.rollback_in_flight[i] {
+                continue;
+            }
+            let Some(slot) = self.rollout.state().devices.get(self.rollout_index(i)) else {
+                continue;
+            };
+            if !slot.rollback_pending {
+                continue;
+            }
+            let id = self.fleet.devices[i].id.clone();
+            if slot.state.runs_new_version() {
+                back.push(id);
+            } else if slot.state.is_in_flight() {
+                cancel.push(id);
+            }
+        }
+        self.send_rollback(now, &back, "rollout.rollback_retry");
+        if !cancel.is_empty() {
+            let action = CommandAction::Cancel {
+                release_id: self.config.release_id.clone(),
+            };
+            self.dispatch(
+                now,
+                "rollout.cancel_retry",
+                serde_json::json!({"rollout": self.config.rollout_id, "devices": cancel.len()}),
+                &cancel,
+                &action,
+                CmdKind::Cancel,
+            );
+        }
+    }
+
+    /// Asks `device_ids` to go back to their previous slot.
+    fn send_rollback(&mut self, now: Timestamp, device_ids: &[String], audit: &str) {
+        if device_ids.is_empty() {
+            return;
+        }
+        let release_id = self.config.release_id.clone();
+        let reason = match self.rollout.phase() {
+            Phase::Paused { reason, .. } => reason.clone(),
+            _ => self
+                .rollout
+                .state()
+                .last_report
+                .as_ref()
+                .map_or_else(|| "rollback".to_owned(), |r| format!("{:?}", r.outcome)),
+        };
+        let action = CommandAction::RollBack {
+            release_id: release_id.clone(),
+            reason: format!("rollout {}: {reason}", self.config.rollout_id),
+        };
+        self.dispatch(
+            now,
+            audit,
+            serde_json::json!({"rollout": self.config.rollout_id, "release": release_id, "devices": device_ids.len()}),
+            device_ids,
+            &action,
+            CmdKind::RollBack,
+        );
+    }
+
+    pub(super) fn wave_name(&self, wave: usize) -> String {
+        self.rollout
+            .spec()
+            .waves
+            .get(wave)
+            .map_or_else(|| format!("wave {wave}"), |w| w.name.clone())
+    }
+
+    /// Gives the decision and its commands to the shell to commit in one transaction; they are
+    /// sent once it has ([`EngineState::handle_committed`]).
+    fn dispatch(
+        &mut self,
+        now: Timestamp,
+        audit_action: &str,
+        audit_payload: serde_json::Value,
+        device_ids: &[String],
+        action: &CommandAction,
+        kind: CmdKind,
+    ) {
+        // DDI devices get no MQTT command: the decision is carried out through the DDI hub.
+        let (mqtt_ids, ddi_devices) = self.split_ddi(device_ids);
+        let mut audit_payload = audit_payload;
+        if !ddi_devices.is_empty()
+            && let Some(p) = audit_payload.as_object_mut()
+        {
+            p.insert("ddi_devices".into(), ddi_devices.len().into());
+        }
+        let body = serde_json::json!({"issued_at": now, "action": action});
+        let commands: Vec<OutboxCommand> = mqtt_ids
+            .iter()
+            .map(|d| OutboxCommand {
+                device_id: d.clone(),
+                kind: kind.as_str().into(),
+                payload: body.clone(),
+            })
+            .collect();
+        // A `CommandAction` is plain strings and JSON values: encoding it cannot fail.
+        let action_json = serde_json::to_string(action).unwrap_or_default();
+        self.ready.push_back(Output::Decision {
+            audit: AuditEntry {
+                time: now,
+                actor: self.actor.clone(),
+                action: audit_action.into(),
+                payload: audit_payload,
+            },
+            commands,
+            pending: PendingDecision {
+                now,
+                kind,
+                device_ids: mqtt_ids,
+                action_json,
+                ddi_devices,
+            },
+        });
+    }
+
+    /// Queues a batch of commands for the wire.
+    fn send(&mut self, batch: Vec<Wire>) {
+        if !batch.is_empty() {
+            self.transmit.push_back(batch);
+        }
+    }
+
+    /// After a reconnect: everything unacknowledged goes again, and the backoffs start over.
+    fn resend_all(&mut self) {
+        let first = self.config.resend_after;
+        let mut batch: Vec<Wire> = self
+            .awaiting
+            .values_mut()
+            .map(|a| {
+                a.backoff = first;
+                a.wire.clone()
+            })
+            .collect();
+        batch.sort_by(|a, b| a.command_id.cmp(&b.command_id));
+        self.send(batch);
+    }
+
+    /// Commands unacknowledged for longer than their backoff go again; the backoff doubles.
+    fn resend_overdue(&mut self, wall: Duration) {
+        let mut batch: Vec<Wire> = Vec::new();
+        for a in self.awaiting.values_mut() {
+            if a.last_sent
+                .is_none_or(|t| wall.saturating_sub(t) >= a.backoff)
+            {
+                a.backoff = (a.backoff * 2).min(MAX_RESEND_BACKOFF);
+                batch.push(a.wire.clone());
+            }
+        }
+        batch.sort_by(|a, b| a.command_id.cmp(&b.command_id));
+        self.send(batch);
+    }
+
+    /// Writes the rollout's new events: all to the replayable log, state changes to the
+    /// timeline, device state changes to each device's history. Raw telemetry stays out of the
+    /// timeline.
+    fn persist_events(&mut self) {
+        let log = self.logged_events..self.rollout.events().len();
+        self.logged_events = log.end;
+        self.ready
+            .push_back(Output::Write(StoreWrite::Log { range: log }));
+        let events: Vec<RolloutEvent> = self.rollout.events()[self.persisted_events..].to_vec();
+        self.persisted_events += events.len();
+        for e in events {
+            let cause = match &e.cause {
+                Cause::Operator { name, reason } if reason.is_empty() => name.clone(),
+                Cause::Operator { name, reason } => format!("{name}: {reason}"),
+                Cause::Device(i) => self
+                    .rollout
+                    .state()
+                    .device_ids
+                    .get(*i as usize)
+                    .cloned()
+                    .unwrap_or_default(),
+                Cause::Gate => "gate".into(),
+                Cause::Timer => "timer".into(),
+            };
+            let timeline = |kind: &str, payload: serde_json::Value| {
+                Output::Write(StoreWrite::Timeline {
+                    at: e.at,
+                    kind: kind.to_owned(),
+                    actor: cause.clone(),
+                    payload,
+                })
+            };
+            match &e.kind {
+                // Raw telemetry and routine silence checks would drown the story.
+                EventKind::Telemetry { .. } | EventKind::SilenceChecked => {}
+                EventKind::Device { device, state } => {
+                    if let Some(id) = self.rollout.state().device_ids.get(*device as usize) {
+                        let id = id.clone();
+                        self.device_event(&id, e.at, state_name(*state), serde_json::json!({}));
+                    }
+                }
+                EventKind::GateChecked {
+                    wave,
+                    outcome,
+                    report,
+                } => {
+                    if *outcome == GateOutcome::Continue {
+                        self.gate_looks_passed += 1;
+                    } else {
+                        let evidence = serde_json::to_value(report).unwrap_or_default();
+                        self.gate_decisions.push(GateDecision {
+                            at: e.at,
+                            wave: self.wave_name(*wave),
+                            outcome: *outcome,
+                            evidence: evidence.clone(),
+                        });
+                        self.ready.push_back(timeline(
+                            "gate.decision",
+                            serde_json::json!({"wave": self.wave_name(*wave), "outcome": outcome, "report": evidence}),
+                        ));
+                    }
+                }
+                EventKind::SoakExtended { wave, report, .. } => {
+                    // A hold is a decision too: the report says what trended or lacked a sample.
+                    self.gate_decisions.push(GateDecision {
+                        at: e.at,
+                        wave: self.wave_name(*wave),
+                        outcome: GateOutcome::Hold,
+                        evidence: serde_json::to_value(report).unwrap_or_default(),
+                    });
+                    self.ready.push_back(timeline(
+                        event_name(&e.kind),
+                        serde_json::to_value(&e.kind).unwrap_or_default(),
+                    ));
+                }
+                EventKind::Created { spec, strata, .. } => {
+                    // The spec's device lists are in the cache already; the timeline gets the shape.
+                    let payload = serde_json::json!({
+                        "release": spec.release_id,
+                        "requested_by": spec.requested_by,
+                        "path": path_name(&spec.path),
+                        "waves": spec.waves.iter().map(|w| serde_json::json!({
+                            "name": w.name, "devices": w.device_ids.len(), "soak_secs": w.soak_secs,
+                        })).collect::<Vec<_>>(),
+                        "strata": strata,
+                    });
+                    self.ready.push_back(timeline("rollout.created", payload));
+                }
+                kind => {
+                    let payload = serde_json::to_value(kind).unwrap_or_default();
+                    self.ready.push_back(timeline(event_name(kind), payload));
+                }
+            }
+        }
+    }
+
+    pub(super) fn device_event(
+        &mut self,
+        device_id: &str,
+        time: Timestamp,
+        kind: &str,
+        payload: serde_json::Value,
+    ) {
+        self.device_events.push(NewDeviceEvent {
+            device_id: device_id.to_owned(),
+            rollout_id: Some(self.config.rollout_id.clone()),
+            time,
+            kind: kind.to_owned(),
+            payload,
+        });
+    }
+
+    /// Writes buffered device events and acknowledgements, each batch in one transaction.
+    fn flush_writes(&mut self, now: Timestamp) {
+        let events = std::mem::take(&mut self.device_events);
+        self.ready
+            .push_back(Output::Write(StoreWrite::DeviceEvents(events)));
+        let acked = std::mem::take(&mut self.acked);
+        if !acked.is_empty() {
+            self.ready.push_back(Output::Write(StoreWrite::Acked {
+                ids: acked,
+                at: now,
+            }));
+        }
+    }
+
+    /// The report of the run, ended at `now` as `final_state` after `wall` of wall time;
+    /// `stale` unacknowledged commands of other rollouts were left in the outbox, and `ddi` is
+    /// what the DDI link did, when there is one.
+    pub fn final_report(
+        &self,
+        final_state: FinalState,
+        now: Timestamp,
+        wall: Duration,
+        stale: usize,
+        ddi: Option<super::ddi::DdiReport>,
+    ) -> EngineReport {
+        let s = self.rollout.state();
+        let spec = self.rollout.spec();
+        let mut waves: Vec<WaveReport> = spec
+            .waves
+            .iter()
+            .map(|w| WaveReport {
+                name: w.name.clone(),
+                ..WaveReport::default()
+            })
+            .collect();
+        let mut unsettled = Vec::new();
+        for (w, members) in s.wave_members.iter().enumerate() {
+            let Some(r) = waves.get_mut(w) else { continue };
+            for &i in members {
+                let slot = &s.devices[i as usize];
+                r.devices += 1;
+                if slot.state != DeviceState::Pending {
+                    r.offered += 1;
+                }
+                match slot.state {
+                    DeviceState::Healthy => r.confirmed += 1,
+                    DeviceState::Failed => r.failed += 1,
+                    DeviceState::Reverted => r.reverted += 1,
+                    DeviceState::Pending => {}
+                    _ => r.in_flight += 1,
+                }
+                if slot.silent {
+                    r.silent += 1;
+                }
+                let unsettled_now =
+                    (slot.state.is_in_flight() || slot.silent || slot.rollback_pending)
+                        && slot.state != DeviceState::Pending;
+                if unsettled_now {
+                    let device_id = s.device_ids[i as usize].clone();
+                    let last_status_at = self.index(&device_id).and_then(|f| self.last_status[f]);
+                    unsettled.push(Unsettled {
+                        device_id,
+                        wave: r.name.clone(),
+                        last_state: slot.state,
+                        silent: slot.silent,
+                        last_status_at,
+                    });
+                }
+            }
+        }
+        unsettled.sort_by(|a, b| a.device_id.cmp(&b.device_id));
+        let mut notes = self.notes.clone();
+        // The stall of docs/ENGINE.md, named when it happens: devices the rollout waits for,
+        // heard from (so not silent), but with no status for longer than the silence limit.
+        let limit = spec.gates.silent_after_secs;
+        let quiet = unsettled
+            .iter()
+            .filter(|u| {
+                !u.silent
+                    && u.last_state.is_in_flight()
+                    && now.secs_since(u.last_status_at.unwrap_or(self.config.start)) > limit
+            })
+            .count();
+        if quiet > 0 {
+            notes.push(format!(
+                "{quiet} device(s) in flight were heard from but sent no status for over {limit} s of simulated time: a status was lost on the way and not repeated (see docs/ENGINE.md, \"Lost status\")"
+            ));
+        }
+        let held_back = self.ddi_waiting_in_flight();
+        if held_back > 0 {
+            notes.push(format!(
+                "{held_back} DDI device(s) were offered the release by their wave but had not been given the deployment when the rollout stopped (they are listed as unsettled, last state offered)"
+            ));
+        }
+        if let Some(d) = &ddi {
+            if d.rollbacks_unsupported > 0 {
+                notes.push(format!(
+                    "{} DDI device(s) that installed the release were to roll back, which DDI cannot do here (docs/DDI.md); they run the new release",
+                    d.rollbacks_unsupported
+                ));
+            }
+            if !d.unknown_controllers.is_empty() {
+                notes.push(format!(
+                    "{} DDI controller(s) polled that are not devices of the cache and were offered nothing: {}",
+                    d.unknown_controllers.len(),
+                    d.unknown_controllers.join(", ")
+                ));
+            }
+        }
+        if !self.awaiting.is_empty() {
+            notes.push(format!(
+                "{} command(s) were never acknowledged; they stay in the outbox",
+                self.awaiting.len()
+            ));
+        }
+        EngineReport {
+            rollout_id: self.config.rollout_id.clone(),
+            release_id: self.config.release_id.clone(),
+            final_state,
+            phase: s.phase.clone(),
+            change_path: spec.path.clone(),
+            requested_by: spec.requested_by.clone(),
+            approvals: s.approvals.clone(),
+            started_at: self.config.start,
+            ended_at: now,
+            wall_secs: wall.as_secs_f64(),
+            waves,
+            gate_decisions: self.gate_decisions.clone(),
+            gate_looks_passed: self.gate_looks_passed,
+            unsettled,
+            link: LinkCounts {
+                last_rejection: self.rejections.last.clone(),
+                rejected_by_device: self.rejections.by_device.clone(),
+                ..self.counts.clone()
+            },
+            stale_outbox_commands: stale,
+            ddi,
+            notes,
+        }
+    }
+}
+
+/// The JSON of `Command { v, command_id, device_id, issued_at, action }` with the action's JSON
+/// already encoded once for the whole decision.
+fn command_bytes(
+    command_id: &str,
+    device_id: &str,
+    issued_at: Timestamp,
+    action_json: &str,
+) -> Arc<[u8]> {
+    let quote = |s: &str| serde_json::to_string(s).unwrap_or_else(|_| "\"\"".to_owned());
+    format!(
+        "{{\"v\":{PROTOCOL_VERSION},\"command_id\":{},\"device_id\":{},\"issued_at\":{},\"action\":{action_json}}}",
+        quote(command_id),
+        quote(device_id),
+        issued_at.secs()
+    )
+    .into_bytes()
+    .into()
+}
+
+pub(super) fn path_name(path: &convoy_core::rollout::ChangePath) -> &'static str {
+    use convoy_core::rollout::ChangePath;
+    match path {
+        ChangePath::Standard => "standard",
+        ChangePath::Emergency { .. } => "emergency",
+        ChangePath::SingleOperator => "single operator",
+    }
+}
+
+fn device_state(state: UpdateState) -> Option<DeviceState> {
+    Some(match state {
+        UpdateState::Idle => return None,
+        UpdateState::Offered => DeviceState::Offered,
+        UpdateState::Downloading => DeviceState::Downloading,
+        UpdateState::Verified => DeviceState::Verified,
+        UpdateState::Installing => DeviceState::Installing,
+        UpdateState::Rebooting => DeviceState::Rebooting,
+        UpdateState::Confirmed => DeviceState::Healthy,
+        UpdateState::Failed => DeviceState::Failed,
+        UpdateState::Reverted => DeviceState::Reverted,
+    })
+}
+
+/// The name a device state has in a device's history.
+pub(super) fn state_name(state: DeviceState) -> &'static str {
+    match state {
+        DeviceState::Pending => "pending",
+        DeviceState::Offered => "offered",
+        DeviceState::Downloading => "downloading",
+        DeviceState::Verified => "verified",
+        DeviceState::Installing => "installing",
+        DeviceState::Rebooting => "rebooting",
+        DeviceState::Healthy => "confirmed",
+        DeviceState::Failed => "failed",
+        DeviceState::Reverted => "reverted",
+    }
+}
+
+fn event_name(kind: &EventKind) -> &'static str {
+    match kind {
+        EventKind::Created { .. } => "rollout.created",
+        EventKind::Approval { .. } => "approval",
+        EventKind::Approved => "rollout.approved",
+        EventKind::WaveStarted { .. } => "wave.started",
+        EventKind::Device { .. } => "device",
+        EventKind::Telemetry { .. } => "telemetry",
+        EventKind::DeviceSilent { .. } => "device.silent",
+        EventKind::SoakStarted { .. } => "soak.started",
+        EventKind::GateChecked { .. } => "gate.checked",
+        EventKind::SilenceChecked => "silence.checked",
+        EventKind::SoakExtended { .. } => "soak.extended",
+        EventKind::WaveCompleted { .. } => "wave.completed",
+        EventKind::Paused { .. } => "rollout.paused",
+        EventKind::Resumed => "rollout.resumed",
+        EventKind::GateOverridden { .. } => "gate.overridden",
+        EventKind::RollbackStarted { .. } => "rollback.started",
+        EventKind::RollbackFinished { .. } => "rollback.finished",
+        EventKind::Completed => "rollout.completed",
+        EventKind::Aborted { .. } => "rollout.aborted",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::link::protocol::Command;
+
+    #[test]
+    fn hand_built_command_bytes_decode_to_the_same_command() {
+        let action = CommandAction::RollBack {
+            release_id: "t300-2.5.0".into(),
+            reason: "gate: \"crash\" T300/C".into(),
+        };
+        let json = serde_json::to_string(&action).expect("encode");
+        let bytes = command_bytes("c-1", "CV0000042", Timestamp(1_795_392_000), &json);
+        let decoded: Command = serde_json::from_slice(&bytes).expect("valid command JSON");
+        assert_eq!(
+            decoded,
+            Command {
+                v: PROTOCOL_VERSION,
+                command_id: "c-1".into(),
+                device_id: "CV0000042".into(),
+                issued_at: Timestamp(1_795_392_000),
+                action,
+            }
+        );
+    }
+}

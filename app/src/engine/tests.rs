@@ -1,0 +1,527 @@
+//! The engine's driver state on a virtual clock: whole rollouts over a simulated fleet, with
+//! no broker, no cache file and no sleeps.
+//!
+//! A [`Harness`] plays the shell's part. It advances simulated time in fixed steps (wall time
+//! follows at the run's time scale), ticks the simulated devices of `crate::sim::SimFleet`,
+//! hands what they publish to the state through the real protocol decoder, and carries out
+//! what the state asks: decisions are "committed" by numbering their commands, and commands
+//! reach the devices through the real command decoder, as `convoy sim` reads them from the
+//! broker. It checks on every write that no command goes out that was not committed first.
+//!
+//! What these tests deliberately leave to `tests/it/engine.rs`: the broker, the cache's
+//! transactions and the tokio loop, which the end-to-end tests run for real.
+
+use convoy_core::devsim::{Faults, SimConfig};
+use convoy_core::fleet::Fleet;
+use convoy_core::gates::GatePolicy;
+use convoy_core::manifest::{self, ArtifactDigest, SignedManifest, TrustedKeys};
+use convoy_core::release::{Artifact, ReleaseSpec};
+use convoy_core::rollout::{ChangePath, DeviceState, Phase, Rollout, RolloutSpec, WaveSpec};
+use convoy_core::synth::{SynthOptions, generate};
+use convoy_core::time::Timestamp;
+use convoy_core::version::Version;
+use ed25519_dalek::SigningKey;
+use std::collections::HashMap;
+use std::time::Duration;
+
+use super::FinalState;
+use super::control::{ControlError, OperatorCommand};
+use super::state::{EngineState, StateConfig, StoreWrite};
+use crate::link::mqtt::LinkEvent;
+use crate::link::protocol::{Inbound, Topics, decode_inbound};
+use crate::sim::{SimFleet, decode_command};
+
+const START: Timestamp = Timestamp::from_secs(1_795_392_000);
+/// Simulated seconds per wall second, as the demo runs.
+const SCALE: f64 = 60.0;
+/// The virtual clock's step, in simulated seconds.
+const STEP_SECS: i64 = 60;
+const RELEASE: &str = "t300-fw-2.5.0";
+
+/// A hundred T300 devices of a synthetic fleet (the release is for that model only), the
+/// rare revision C among them: small enough that a whole rollout takes a fraction of a second.
+fn t300_fleet() -> Fleet {
+    let mut fleet = generate(&SynthOptions {
+        devices: 600,
+        seed: 7,
+        now: START,
+    });
+    fleet.devices.retain(|d| d.model == "T300");
+    let rare = fleet.devices.iter().filter(|d| d.hw_rev == "C").count();
+    let mut others = 0;
+    fleet.devices.retain(|d| {
+        others += usize::from(d.hw_rev != "C");
+        d.hw_rev == "C" || others <= 100 - rare
+    });
+    fleet
+}
+
+/// A canary of 30 with every rare revision C device in it (at least five, so the stratum is
+/// judged on its own), an early wave of 30, then everyone else; one simulated hour of soak each.
+fn waves(fleet: &Fleet) -> Vec<WaveSpec> {
+    let (rare, others): (Vec<_>, Vec<_>) = fleet.devices.iter().partition(|d| d.hw_rev == "C");
+    assert!(rare.len() >= 5, "the canary has the rare revision C");
+    let mut canary: Vec<String> = rare.iter().map(|d| d.id.clone()).collect();
+    let split = 30 - canary.len();
+    canary.extend(others[..split].iter().map(|d| d.id.clone()));
+    canary.sort();
+    let ids = |range: &[&convoy_core::fleet::Device]| range.iter().map(|d| d.id.clone()).collect();
+    vec![
+        WaveSpec {
+            name: "canary".into(),
+            device_ids: canary,
+            soak_secs: 3600,
+        },
+        WaveSpec {
+            name: "early".into(),
+            device_ids: ids(&others[split..split + 30]),
+            soak_secs: 3600,
+        },
+        WaveSpec {
+            name: "everyone".into(),
+            device_ids: ids(&others[split + 30..]),
+            soak_secs: 3600,
+        },
+    ]
+}
+
+/// The release, signed with a test key, and the key set the devices trust.
+fn release() -> (manifest::VerifiedManifest, TrustedKeys) {
+    let key = SigningKey::from_bytes(&[7; 32]);
+    let version = Version::new(2, 5, 0);
+    let digest = ArtifactDigest::of_bytes("fw.img", b"convoy test firmware 2.5.0");
+    let spec = ReleaseSpec {
+        id: RELEASE.to_owned(),
+        version,
+        counter: 50,
+        hardware: vec!["T300".into()],
+        provides: [("firmware", version)].into_iter().collect(),
+        requires: Vec::new(),
+        artifacts: vec![Artifact {
+            name: "fw.img".into(),
+            url: "fw.img".into(),
+            length_bytes: 4_000_000,
+            sha256: digest.sha256,
+        }],
+        expires: START.plus_secs(30 * 86_400),
+    };
+    let bytes = SignedManifest::sign(spec, None, &key)
+        .expect("sign")
+        .to_json_bytes();
+    let trust = TrustedKeys::from_keys([&key.verifying_key()]);
+    let verified = manifest::verify(&bytes, &trust, START).expect("the test release verifies");
+    (verified, trust)
+}
+
+/// The shell's part, on a virtual clock. See the module docs.
+struct Harness {
+    state: EngineState,
+    devices: SimFleet,
+    topics: Topics,
+    now: Timestamp,
+    /// Committed command ids, in order, and the device each goes to.
+    committed: HashMap<String, String>,
+    /// Every decision's audit action and its number of commands.
+    decisions: Vec<(String, usize)>,
+    audits: Vec<(String, String)>,
+    /// Timeline events: (kind, actor).
+    timeline: Vec<(String, String)>,
+    /// Every command id put on the wire, with the wall time it went.
+    transmitted: Vec<(String, Duration)>,
+    /// The device whose acknowledgements are lost, from the first for two wall seconds.
+    lose_acks_of: Option<String>,
+    lose_until: Option<Duration>,
+    lost: Vec<String>,
+    /// Held by an operator: a paused rollout keeps running (`WhenPaused::Hold`).
+    hold: bool,
+}
+
+impl Harness {
+    fn new(faults: &str) -> Self {
+        let fleet = t300_fleet();
+        let (verified, trust) = release();
+        let faults = Faults::parse(faults, &fleet).expect("faults");
+        let spec = RolloutSpec {
+            id: "r1".into(),
+            release_id: RELEASE.into(),
+            requested_by: "alice".into(),
+            waves: waves(&fleet),
+            gates: GatePolicy {
+                hold_extension_secs: 1800,
+                ..GatePolicy::default()
+            },
+            path: ChangePath::SingleOperator,
+        };
+        let mut rollout = Rollout::new(START, spec, &fleet).expect("a valid rollout");
+        rollout.approve(START, "alice").expect("alice approves");
+        let topics = Topics::default_prefix();
+        let config = StateConfig {
+            rollout_id: "r1".into(),
+            release_id: RELEASE.into(),
+            manifest_served: verified.served_bytes().into(),
+            topics: topics.clone(),
+            start: START,
+            sample_period_secs: 900,
+            max_report_gap_secs: super::health::DEFAULT_MAX_GAP_SECS,
+            resend_after: Duration::from_secs(5),
+        };
+        let devices = SimFleet::new(
+            &fleet,
+            faults,
+            trust,
+            11,
+            &SimConfig::default(),
+            START,
+            SCALE,
+        );
+        let mut state = EngineState::new(config, rollout, fleet, None, START);
+        state.handle_link_event(START, LinkEvent::Connected);
+        let mut h = Self {
+            state,
+            devices,
+            topics,
+            now: START,
+            committed: HashMap::new(),
+            decisions: Vec::new(),
+            audits: Vec::new(),
+            timeline: Vec::new(),
+            transmitted: Vec::new(),
+            lose_acks_of: None,
+            lose_until: None,
+            lost: Vec::new(),
+            hold: false,
+        };
+        h.drain();
+        h
+    }
+
+    /// Wall time since the run began, at the run's time scale.
+    fn wall(&self) -> Duration {
+        Duration::from_secs_f64(self.now.secs_since(START) as f64 / SCALE)
+    }
+
+    /// Does what the state asks: writes (decisions numbered as the cache would), then sends.
+    fn drain(&mut self) {
+        while let Some(write) = self.state.poll_write().expect("the state's own encoding") {
+            match write {
+                StoreWrite::Decision {
+                    audit, commands, ..
+                } => {
+                    let ids: Vec<String> = (0..commands.len())
+                        .map(|i| format!("cmd-{}-{i}", self.decisions.len()))
+                        .collect();
+                    for (id, c) in ids.iter().zip(&commands) {
+                        self.committed.insert(id.clone(), c.device_id.clone());
+                    }
+                    self.decisions.push((audit.action, commands.len()));
+                    self.state.handle_committed(ids);
+                }
+                StoreWrite::Audit(e) => self.audits.push((e.action, e.actor)),
+                StoreWrite::Timeline { kind, actor, .. } => self.timeline.push((kind, actor)),
+                StoreWrite::Log { .. }
+                | StoreWrite::DeviceEvents(_)
+                | StoreWrite::Acked { .. }
+                | StoreWrite::Sent { .. }
+                | StoreWrite::Devices(_) => {}
+            }
+        }
+        let wall = self.wall();
+        while let Some(batch) = self.state.poll_transmit() {
+            let mut sent = Vec::new();
+            for wire in batch {
+                assert!(
+                    self.committed.contains_key(&wire.command_id),
+                    "command {} went out before its decision was committed",
+                    wire.command_id
+                );
+                let (device_id, command_id, command) =
+                    decode_command(&self.topics, &wire.topic, &wire.payload)
+                        .expect("the engine's commands decode");
+                assert!(
+                    self.devices
+                        .command(self.now, &device_id, &command_id, command)
+                );
+                self.transmitted.push((command_id.clone(), wall));
+                sent.push(command_id);
+            }
+            self.state.handle_sent(self.now, wall, sent);
+            self.drain_writes_only();
+        }
+    }
+
+    /// The `Sent` writes that reporting a batch gives.
+    fn drain_writes_only(&mut self) {
+        while let Some(write) = self.state.poll_write().expect("writes") {
+            assert!(matches!(write, StoreWrite::Sent { .. }), "{write:?}");
+        }
+    }
+
+    /// One step of the virtual clock: the devices act, the state hears them, time passes.
+    fn step(&mut self) {
+        self.now = self.now.plus_secs(STEP_SECS);
+        self.devices.tick(self.now);
+        let mut out = Vec::new();
+        self.devices.drain(&self.topics, &mut out);
+        for (topic, payload, _) in out {
+            let event = match decode_inbound(&self.topics, &topic, &payload, self.now) {
+                Ok(Inbound::Ack(a)) if self.lose(&a.device_id) => {
+                    self.lost.push(a.command_id);
+                    continue;
+                }
+                Ok(inbound) => LinkEvent::Inbound(inbound),
+                Err(rejection) => LinkEvent::Rejected(rejection),
+            };
+            self.state.handle_link_event(self.now, event);
+            self.drain();
+        }
+        let wall = self.wall();
+        self.state.handle_timeout(self.now, wall);
+        self.drain();
+    }
+
+    fn lose(&mut self, device_id: &str) -> bool {
+        if self.lose_acks_of.as_deref() != Some(device_id) {
+            return false;
+        }
+        let wall = self.wall();
+        wall < *self.lose_until.get_or_insert(wall + Duration::from_secs(2))
+    }
+
+    /// Steps until the run ends (as `poll_end` says) or `limit_secs` of simulated time pass.
+    fn run(&mut self, limit_secs: i64) -> Option<FinalState> {
+        let until = self.now.plus_secs(limit_secs);
+        while self.now < until {
+            self.step();
+            if let Some(end) = self.state.poll_end(self.now, self.hold) {
+                return Some(end);
+            }
+        }
+        None
+    }
+
+    /// Steps until `done` holds, at most `limit_secs` of simulated time.
+    fn run_until(&mut self, limit_secs: i64, done: impl Fn(&Self) -> bool) {
+        let until = self.now.plus_secs(limit_secs);
+        while !done(self) {
+            assert!(self.now < until, "not reached within {limit_secs} s");
+            self.step();
+        }
+    }
+
+    fn offers(&self) -> usize {
+        self.decisions
+            .iter()
+            .filter(|(a, _)| a == "rollout.offer")
+            .count()
+    }
+
+    fn devices_in(&self, state: DeviceState) -> usize {
+        self.state.rollout().devices_in(state).len()
+    }
+}
+
+const CRASH_LOOP_ON_C: &str = r#"{"faults": [{"release_version": "2.5.0", "match": {"hw_rev": "C"}, "effect": "crash_loop", "probability": 1.0}]}"#;
+
+#[test]
+fn a_good_release_completes_over_a_simulated_fleet() {
+    let mut h = Harness::new(r#"{"faults": []}"#);
+    let end = h.run(2 * 86_400);
+    assert_eq!(
+        end,
+        Some(FinalState::Completed),
+        "{:?}",
+        h.state.rollout().phase()
+    );
+    assert_eq!(
+        h.offers(),
+        3,
+        "one offer decision per wave: {:?}",
+        h.decisions
+    );
+    let total = h.state.rollout().state().device_ids.len();
+    let confirmed = h.devices_in(DeviceState::Healthy);
+    assert!(
+        confirmed * 100 >= total * 95,
+        "a good release is confirmed on nearly every device: {confirmed} of {total}"
+    );
+    let report = h
+        .state
+        .final_report(FinalState::Completed, h.now, h.wall(), 0, None);
+    for w in &report.waves {
+        assert_eq!(w.offered, w.devices, "every device offered: {w:?}");
+        assert_eq!(w.confirmed + w.failed + w.reverted, w.offered, "{w:?}");
+    }
+    assert!(report.unsettled.is_empty(), "{:?}", report.unsettled);
+    assert_eq!(report.link.commands_sent, report.link.commands_acked);
+    assert!(h.timeline.iter().any(|(k, _)| k == "rollout.completed"));
+}
+
+#[test]
+fn a_crash_looping_canary_is_rolled_back_and_no_later_wave_is_offered() {
+    let mut h = Harness::new(CRASH_LOOP_ON_C);
+    let end = h.run(2 * 86_400);
+    assert_eq!(
+        end,
+        Some(FinalState::Paused),
+        "{:?}",
+        h.state.rollout().phase()
+    );
+    assert!(
+        matches!(
+            h.state.rollout().phase(),
+            Phase::Paused {
+                wave: 0,
+                rolled_back: true,
+                ..
+            }
+        ),
+        "{:?}",
+        h.state.rollout().phase()
+    );
+    assert_eq!(
+        h.offers(),
+        1,
+        "only the canary was offered: {:?}",
+        h.decisions
+    );
+    assert!(
+        h.decisions
+            .iter()
+            .any(|(a, n)| a == "rollout.rollback" && *n > 0),
+        "the canary's devices were told to roll back: {:?}",
+        h.decisions
+    );
+    let report = h
+        .state
+        .final_report(FinalState::Paused, h.now, h.wall(), 0, None);
+    let stop = report
+        .gate_decisions
+        .iter()
+        .find(|d| d.outcome != convoy_core::gates::GateOutcome::Hold)
+        .expect("a gate stopped the rollout");
+    assert_eq!(stop.wave, "canary");
+    assert_eq!(stop.outcome, convoy_core::gates::GateOutcome::RollBackWave);
+    assert!(report.waves[1..].iter().all(|w| w.offered == 0));
+    assert!(h.timeline.iter().any(|(k, _)| k == "gate.decision"));
+}
+
+#[test]
+fn an_operator_pauses_and_resumes_and_nothing_is_offered_in_between() {
+    let mut h = Harness::new(r#"{"faults": []}"#);
+    h.hold = true;
+    h.run_until(86_400, |h| {
+        matches!(h.state.rollout().phase(), Phase::Soaking { wave: 0, .. })
+    });
+    let command = OperatorCommand::Pause {
+        reason: "change freeze".into(),
+    };
+    h.state
+        .handle_operator(h.now, "bob", &command)
+        .expect("a soaking rollout can be paused");
+    h.drain();
+    assert!(matches!(h.state.rollout().phase(), Phase::Paused { .. }));
+    // An override needs a reason, and an operator's pause needs a resume, not an override.
+    let empty = OperatorCommand::Override {
+        reason: String::new(),
+    };
+    assert!(matches!(
+        h.state.handle_operator(h.now, "bob", &empty),
+        Err(ControlError::MissingField { .. })
+    ));
+    let override_pause = OperatorCommand::Override {
+        reason: "go on".into(),
+    };
+    assert!(matches!(
+        h.state.handle_operator(h.now, "bob", &override_pause),
+        Err(ControlError::Refused { .. })
+    ));
+    // Three canary soaks pass: held, the run goes on and the next wave is not offered.
+    assert_eq!(h.run(3 * 3600), None, "a held pause does not end the run");
+    assert_eq!(h.offers(), 1);
+    let resume = OperatorCommand::Resume {
+        reason: "freeze over".into(),
+    };
+    h.state
+        .handle_operator(h.now, "bob", &resume)
+        .expect("a paused rollout resumes");
+    h.drain();
+    assert_eq!(h.run(2 * 86_400), Some(FinalState::Completed));
+    assert_eq!(h.offers(), 3);
+    assert!(
+        h.timeline
+            .iter()
+            .any(|(k, a)| k == "rollout.paused" && a == "bob: change freeze"),
+        "{:?}",
+        h.timeline
+    );
+    for action in ["operator.pause", "operator.resume"] {
+        assert!(
+            h.audits.iter().any(|(a, who)| a == action && who == "bob"),
+            "{action} by bob: {:?}",
+            h.audits
+        );
+    }
+}
+
+#[test]
+fn a_lost_ack_is_resent_with_the_same_id_after_its_deadline() {
+    let mut h = Harness::new(r#"{"faults": []}"#);
+    let device = h.state.rollout().spec().waves[0].device_ids[0].clone();
+    h.lose_acks_of = Some(device.clone());
+    h.run_until(3600, |h| !h.lost.is_empty());
+    let lost = h.lost[0].clone();
+    assert_eq!(h.committed.get(&lost), Some(&device));
+    let sends = |h: &Harness| -> Vec<Duration> {
+        h.transmitted
+            .iter()
+            .filter(|(id, _)| *id == lost)
+            .map(|(_, wall)| *wall)
+            .collect()
+    };
+    // The resend pass may catch a command in the step that commits it, before the sender has
+    // reported it sent (as in the tokio shell); what counts is the send after the acks were lost.
+    let before = sends(&h);
+    h.run_until(3600, |h| sends(h).len() > before.len());
+    let after = sends(&h);
+    let gap = after[before.len()].saturating_sub(before[before.len() - 1]);
+    assert!(
+        gap >= Duration::from_secs(5),
+        "resent after the first backoff, not before: {after:?}"
+    );
+    assert!(h.lost.iter().all(|id| *id == lost), "{:?}", h.lost);
+    // The device acknowledges the repeat (it applies the command once) and takes the release.
+    assert_eq!(h.run(2 * 86_400), Some(FinalState::Completed));
+    assert_eq!(
+        h.state.rollout().device_state(&device),
+        Some(DeviceState::Healthy)
+    );
+    assert_eq!(
+        h.committed.values().filter(|d| **d == device).count(),
+        1,
+        "one offer for the device, resent, never a second decision"
+    );
+    let report = h
+        .state
+        .final_report(FinalState::Completed, h.now, h.wall(), 0, None);
+    assert!(report.link.commands_resent >= 1);
+}
+
+/// The driver state's promise, checked on its source: no clock, no cache, no broker, no tokio.
+#[test]
+fn the_driver_state_reads_no_clock_and_does_no_io() {
+    let source = include_str!("state.rs");
+    for banned in [
+        "Instant",
+        "SystemTime",
+        "tokio::",
+        "crate::store::Store",
+        "rusqlite",
+        "LinkHandle",
+        "mpsc",
+    ] {
+        assert!(
+            !source.contains(banned),
+            "engine/state.rs names {banned}: the shell's business"
+        );
+    }
+}
