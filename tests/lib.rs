@@ -1,7 +1,82 @@
-//! Helpers for Convoy's end-to-end tests: locate and run the real `convoy` binary.
+//! Helpers for Convoy's end-to-end tests: locate and run the real `convoy` binary, start
+//! brokers, build signed workspaces, and wait for conditions. Not a test framework: no test
+//! lives here, and nothing here sleeps for a fixed time hoping something has happened.
 
 use std::path::PathBuf;
 use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+/// How often [`wait_for`] looks again: often enough that a test does not wait much past the
+/// moment its condition holds, rarely enough not to steal the CPU the condition needs.
+const POLL: Duration = Duration::from_millis(20);
+
+/// Waits until `condition` holds, looking every few tens of milliseconds; panics naming `what`
+/// did not happen if it still does not hold after `deadline`. The way a test waits for
+/// something to happen (a process started, a row written), instead of sleeping and hoping.
+pub fn wait_for(what: &str, deadline: Duration, condition: impl FnMut() -> bool) {
+    wait_for_explained(what, deadline, condition, String::new);
+}
+
+/// As [`wait_for`], adding `explain()` (what the test can see instead) to the failure message.
+pub fn wait_for_explained(
+    what: &str,
+    deadline: Duration,
+    mut condition: impl FnMut() -> bool,
+    explain: impl FnOnce() -> String,
+) {
+    let started = Instant::now();
+    while !condition() {
+        assert!(
+            started.elapsed() < deadline,
+            "waited {deadline:?} for {what}, in vain. {}",
+            explain()
+        );
+        // A poll interval, not synchronisation: the condition above is what is waited for.
+        std::thread::sleep(POLL);
+    }
+}
+
+/// Waits until something accepts TCP connections on 127.0.0.1:`port` (a broker or server the
+/// test started, named `what`).
+pub fn wait_listening(port: u16, what: &str, deadline: Duration) {
+    wait_for(
+        &format!("{what} to listen on 127.0.0.1:{port}"),
+        deadline,
+        || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+    );
+}
+
+/// Publishes a probe on `topic`, which `link` subscribes to, and waits until the broker sends
+/// it back: the broker has then handled everything `link` sent before it (a broker handles one
+/// connection's packets in order), its subscriptions and publishes included. Events on `rx`
+/// before the probe are dropped. Panics naming `what` after 20 s.
+pub async fn hear_own_probe(
+    link: &convoy::link::mqtt::LinkHandle,
+    rx: &mut tokio::sync::mpsc::Receiver<convoy::link::mqtt::LinkEvent>,
+    topic: &str,
+    what: &str,
+) {
+    use convoy::link::mqtt::LinkEvent;
+    link.publish(topic.to_owned(), b"probe".to_vec(), false)
+        .await
+        .expect("publishing a probe");
+    // A console decodes the probe and rejects it (not JSON); a raw subscription passes it on.
+    let heard = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match rx.recv().await {
+                Some(LinkEvent::Raw { topic: t, .. }) if t == topic => return true,
+                Some(LinkEvent::Rejected(r)) if r.topic == topic => return true,
+                Some(_) => {}
+                None => return false,
+            }
+        }
+    })
+    .await;
+    assert!(
+        matches!(heard, Ok(true)),
+        "{what}: the link never heard its own probe on {topic} back from the broker"
+    );
+}
 
 /// The `convoy` binary of this workspace's current profile, (re)built once per test process.
 ///
@@ -107,14 +182,7 @@ impl Mosquitto {
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("starting mosquitto");
-        let started = std::time::Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                started.elapsed().as_secs() < 10,
-                "mosquitto did not start on port {port}"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
+        wait_listening(port, "mosquitto", Duration::from_secs(10));
         Self {
             child,
             port,

@@ -1678,6 +1678,10 @@ fn snapshots_of_the_planner() {
         std::thread::sleep(std::time::Duration::from_millis(10));
         h.run_steps(1);
     }
+    assert!(
+        h.state().planner.plan_is_current(),
+        "the plan never caught up with the form"
+    );
     // Temporary paths would change the image from run to run.
     h.state_mut().planner.trust_dir = "trust".into();
     // The pointer rests on a plain label, so no button shows hovered.
@@ -1803,6 +1807,14 @@ fn an_mbtiles_file_opened_from_the_map_toolbar_is_drawn_over_the_basemap() {
         std::thread::sleep(std::time::Duration::from_millis(10));
         h.run_steps(1);
     }
+    assert!(
+        h.state()
+            .map
+            .source
+            .as_ref()
+            .is_some_and(|s| s.cached() > 2),
+        "the tiles were never read"
+    );
     assert!(h.query_by_label_contains("Not used: ").is_none());
     let attribution = h.state().map.attribution();
     assert!(

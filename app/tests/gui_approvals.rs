@@ -247,6 +247,10 @@ fn an_approved_request_is_dispatched_to_the_consoles_own_engine_and_is_steerable
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
+    assert!(
+        !timeline.is_empty(),
+        "the engine never recorded the rollout"
+    );
     assert_eq!(timeline[0].kind, "rollout.created");
     assert!(
         timeline[0].payload.contains("alice"),

@@ -832,7 +832,8 @@ fn ten_engine_runs_leave_at_most_one_session_at_the_broker() {
         let report: Value = serde_json::from_slice(&out.stdout)
             .unwrap_or_else(|e| panic!("run {run}: {e}: {}", String::from_utf8_lossy(&out.stderr)));
         assert_eq!(report["final_state"], "timed_out", "run {run}: {report:#}");
-        // The devices keep reporting while no engine runs: the session collects them.
+        // The devices keep reporting while no engine runs: the session collects them. Time
+        // passes on purpose (the gap between runs is the scenario), not synchronisation.
         std::thread::sleep(Duration::from_millis(300));
     }
     // Ten dead runs: one session (the rollout's, which --resume takes back), not ten.

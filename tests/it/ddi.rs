@@ -523,12 +523,25 @@ fn convoy_ddi_serve_offers_the_release_to_eligible_devices_and_records_feedback(
             ClientAuthorization::GatewayToken(GATEWAY.into()),
         );
         stranger.poll().await.expect("first poll");
-        // The offer (or not) is decided when the hub's event is handled; poll until it is.
-        let mut offered = false;
-        for _ in 0..20 {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            offered |= stranger.poll().await.expect("poll").update().is_some();
-        }
+        // The offer (or not) is decided when the hub's event is handled, and the decision is
+        // recorded in the cache: wait for it, then poll again.
+        convoy_e2e::wait_for(
+            "the server to decide about the device of another model",
+            Duration::from_secs(20),
+            || {
+                rusqlite::Connection::open(p("cache.db"))
+                    .and_then(|db| {
+                        db.query_row(
+                            "SELECT count(*) FROM device_events
+                             WHERE device_id = ?1 AND kind = 'ddi.not_offered'",
+                            [&other],
+                            |r| r.get::<_, i64>(0),
+                        )
+                    })
+                    .is_ok_and(|n| n > 0)
+            },
+        );
+        let offered = stranger.poll().await.expect("poll").update().is_some();
         assert!(!offered, "a device of another model is offered nothing");
     });
 

@@ -6,13 +6,16 @@
 //! fleet, so a rollout of several waves with hour-long soaks takes seconds. The tests run one at
 //! a time (a rollout and a fleet of simulated devices keep two cores busy).
 
-use convoy_e2e::{Mosquitto, SignedWorkspace, WorkspaceSpec, convoy_bin, convoy_ok, free_port};
+use convoy_e2e::{
+    Mosquitto, SignedWorkspace, WorkspaceSpec, convoy_bin, convoy_ok, free_port, wait_for,
+    wait_for_explained, wait_listening,
+};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Simulated seconds per wall second.
 const SCALE: &str = "2400";
@@ -227,14 +230,7 @@ impl EmbeddedBroker {
             ],
             &dir.join("broker.log").display().to_string(),
         );
-        let started = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                started.elapsed() < Duration::from_secs(20),
-                "the embedded broker did not start on port {port}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_listening(port, "the embedded broker", Duration::from_secs(20));
         Self {
             proc: Some(proc),
             port,
@@ -489,14 +485,24 @@ impl Setup {
 
     /// Waits until the rollout has offered the release to some devices.
     fn wait_for_offers(&self) {
-        let started = Instant::now();
-        while self.offered_count() == 0 {
-            assert!(
-                started.elapsed() < Duration::from_mins(1),
-                "the rollout never offered anything"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait_for(
+            "the rollout to offer the release to a device",
+            Duration::from_mins(1),
+            || self.offered_count() > 0,
+        );
+    }
+
+    /// Waits until a device has acknowledged its offer: the canary is in flight, with commands
+    /// answered and others not yet, when the test stops the engine.
+    fn wait_for_an_acknowledged_offer(&self) {
+        wait_for(
+            "a device to acknowledge its offer",
+            Duration::from_mins(1),
+            || {
+                self.count("SELECT count(*) FROM outbox WHERE kind = 'offer' AND state = 'acked'")
+                    > 0
+            },
+        );
     }
 
     fn offered_count(&self) -> usize {
@@ -583,6 +589,12 @@ fn brief(report: &Value) -> String {
     )
 }
 
+/// How long the broker stays down in the restart tests: one simulated hour at `SCALE`, in which
+/// devices miss heartbeats and the engine's reconnect backoff runs. The outage is the scenario
+/// under test, not synchronisation: nothing is waited for (the engine sees the broker go at
+/// once, its socket closed).
+const OUTAGE: Duration = Duration::from_millis(1500);
+
 /// What a rollout that lived through a broker restart must show.
 fn check_survived_restart(setup: &Setup, code: i32, report: &Value) {
     assert_eq!(
@@ -626,7 +638,7 @@ fn a_rollout_survives_a_restart_of_the_embedded_broker() {
     let run = setup.spawn_run(&broker.url());
     setup.wait_for_offers();
     broker.stop();
-    std::thread::sleep(Duration::from_millis(1500));
+    std::thread::sleep(OUTAGE);
     broker.restart();
     let (code, report) = Setup::finish(run);
     check_survived_restart(&setup, code, &report);
@@ -647,7 +659,7 @@ fn a_rollout_survives_a_restart_of_mosquitto() {
     let run = setup.spawn_run(&url);
     setup.wait_for_offers();
     let port = broker.kill();
-    std::thread::sleep(Duration::from_millis(1500));
+    std::thread::sleep(OUTAGE);
     let _broker = Mosquitto::start(Some(port));
     let (code, report) = Setup::finish(run);
     check_survived_restart(&setup, code, &report);
@@ -657,10 +669,12 @@ fn a_rollout_survives_a_restart_of_mosquitto() {
 async fn flood(url: &str, count: usize) {
     use convoy::link::mqtt::{self, LinkConfig, Role};
     use convoy::link::protocol::Topics;
-    let (mut link, _rx) = mqtt::spawn(
+    // The flooder hears only its own end-of-flood probe, outside the engine's topics.
+    let done = "e2e/flood/done";
+    let (mut link, mut rx) = mqtt::spawn(
         &LinkConfig::new(url, "flooder"),
         Topics::default_prefix(),
-        &Role::Filters(Vec::new()),
+        &Role::Filters(vec![done.to_owned()]),
     )
     .expect("flood link");
     link.wait_connected(Duration::from_secs(20))
@@ -690,8 +704,9 @@ async fn flood(url: &str, count: usize) {
         };
         link.publish(topic, payload, false).await.expect("publish");
     }
-    // Let the client's queue drain before the link is dropped.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Every message has left the client's queue and reached the broker before the link is
+    // dropped: the broker hands back the probe published after them.
+    convoy_e2e::hear_own_probe(&link, &mut rx, done, "the end of the flood").await;
 }
 
 #[test]
@@ -777,9 +792,8 @@ impl Setup {
 
     /// Waits until the timeline holds an event of `kind`.
     fn wait_for_event(&self, kind: &str) {
-        let started = Instant::now();
-        loop {
-            let seen = rusqlite::Connection::open(self.path("cache.db"))
+        let seen = || {
+            rusqlite::Connection::open(self.path("cache.db"))
                 .ok()
                 .and_then(|c| {
                     c.query_row(
@@ -789,17 +803,15 @@ impl Setup {
                     )
                     .ok()
                 })
-                .unwrap_or(0);
-            if seen > 0 {
-                return;
-            }
-            assert!(
-                started.elapsed() < Duration::from_mins(1),
-                "no {kind} in the timeline: {:?}",
-                self.timeline()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+                .unwrap_or(0)
+                > 0
+        };
+        wait_for_explained(
+            &format!("{kind} in the timeline"),
+            Duration::from_mins(1),
+            seen,
+            || format!("The timeline: {:?}", self.timeline()),
+        );
     }
 
     /// Devices offered the release more than once under different command ids.
@@ -873,7 +885,8 @@ fn an_operator_pauses_and_resumes_a_running_rollout_through_the_control_channel(
         (offers_at_pause as usize) < total,
         "paused before the last wave (wave {wave}, {offers_at_pause} of {total} offered)"
     );
-    // Four wall seconds are almost three simulated hours: three times the soak.
+    // Four wall seconds are almost three simulated hours: three times the soak. Time passes on
+    // purpose (nothing happening can only be seen over a while), not synchronisation.
     std::thread::sleep(Duration::from_secs(4));
     assert_eq!(
         setup.count("SELECT count(*) FROM outbox WHERE kind = 'offer'"),
@@ -974,6 +987,12 @@ fn an_operator_pauses_and_resumes_a_running_rollout_through_the_control_channel(
     convoy_ok(&["audit", "verify", "--db", &setup.path("cache.db")]);
 }
 
+/// How long no engine runs between a stopped run and its resume: forty simulated minutes at
+/// `SCALE`, in which the devices go on installing and reporting into the rollout's broker
+/// session, so the resumed run must take back what it missed. Part of the scenario, not
+/// synchronisation: the stopped run has ended (and released its lease) before this starts.
+const ENGINE_DOWN: Duration = Duration::from_secs(1);
+
 /// The engine is stopped (Ctrl-C: its stop channel) after the canary started, and a second run
 /// with --resume rebuilds the rollout from the cache and completes it: no device is offered the
 /// release twice, and the timeline shows the stop and the resume.
@@ -987,8 +1006,7 @@ fn a_stopped_rollout_resumes_from_the_cache_and_completes() {
     let url = broker.url();
     let _sim = setup.sim(&url, false);
     let first = setup.spawn_run(&url);
-    setup.wait_for_offers();
-    std::thread::sleep(Duration::from_millis(300));
+    setup.wait_for_an_acknowledged_offer();
     let status = Command::new("kill")
         .args(["-INT", &first.id().to_string()])
         .status()
@@ -1031,7 +1049,7 @@ fn a_stopped_rollout_resumes_from_the_cache_and_completes() {
             report["phase"]
         );
     }
-    std::thread::sleep(Duration::from_secs(1));
+    std::thread::sleep(ENGINE_DOWN);
 
     let (code, report) = setup.run(&url, &["--resume"]);
     assert_eq!(
@@ -1184,6 +1202,8 @@ fn rollout_control_over_the_api_reaches_an_engine_hosted_by_the_server() {
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["phase"]["paused"]["by_gate"], false, "{body}");
     let offers_at_pause = setup.count("SELECT count(*) FROM outbox WHERE kind = 'offer'");
+    // Three wall seconds are two simulated hours, twice the soak. Time passes on purpose
+    // (nothing happening can only be seen over a while), not synchronisation.
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(
         setup.count("SELECT count(*) FROM outbox WHERE kind = 'offer'"),
@@ -1374,7 +1394,12 @@ fn a_request_approved_over_the_api_is_dispatched_by_the_server_and_completes() {
     );
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["status"], "awaiting_approval", "{body}");
-    std::thread::sleep(Duration::from_secs(2));
+    // An approval dispatches (or not) before it is answered: had this one started a run, the
+    // server would hold it now.
+    assert!(
+        server.take_runs().is_empty(),
+        "one approval of two dispatches nothing"
+    );
     assert_eq!(
         setup.count("SELECT count(*) FROM outbox"),
         0,
@@ -1509,8 +1534,7 @@ fn a_server_restarted_mid_rollout_continues_the_rollout_it_dispatched() {
             assert_eq!(status, StatusCode::OK, "{body}");
         }
     }
-    setup.wait_for_offers();
-    std::thread::sleep(Duration::from_millis(300));
+    setup.wait_for_an_acknowledged_offer();
     // The server stops (as on Ctrl-C): its runs stop resumably.
     let runs = server.take_runs();
     runtime.block_on(server.shutdown());
@@ -1522,7 +1546,7 @@ fn a_server_restarted_mid_rollout_continues_the_rollout_it_dispatched() {
             "{report:#?}"
         );
     }
-    std::thread::sleep(Duration::from_secs(1));
+    std::thread::sleep(ENGINE_DOWN);
 
     let server = runtime
         .block_on(Server::start(s.config.clone()))

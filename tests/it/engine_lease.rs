@@ -161,7 +161,7 @@ fn a_second_engine_for_a_live_rollout_is_refused_and_a_killed_ones_lease_is_take
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let (_, host, _) = lease(&db).expect("the lease");
+    let (_, host, first_expiry_ms) = lease(&db).expect("the lease");
 
     // Second engines while the first runs: each refused, naming the running one. Three resumes
     // and a fresh start, the last one more than a lease lifetime after the first took it (so
@@ -174,14 +174,20 @@ fn a_second_engine_for_a_live_rollout_is_refused_and_a_killed_ones_lease_is_take
     for extra in [&["--resume"][..], &[], &["--resume"]] {
         outputs.push(try_second(extra));
     }
-    let waited_from = Instant::now();
-    while waited_from.elapsed() < Duration::from_secs(7) {
-        assert!(
-            first.0.try_wait().expect("wait").is_none(),
-            "the first engine ended"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    // Until the lease as first taken would have expired, and the first engine renewed it.
+    convoy_e2e::wait_for(
+        "the first engine's lease to outlive its first lifetime, renewed",
+        Duration::from_secs(30),
+        || {
+            assert!(
+                first.0.try_wait().expect("wait").is_none(),
+                "the first engine ended"
+            );
+            wall_ms() > first_expiry_ms
+                && lease(&db)
+                    .is_some_and(|(pid, _, expires)| pid == first_pid && expires > wall_ms())
+        },
+    );
     outputs.push(try_second(&["--resume"]));
     for out in &outputs {
         attempts += 1;

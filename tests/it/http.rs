@@ -537,7 +537,11 @@ fn connections_are_bounded_and_shutdown_is_clean() {
     first
         .write_all(b"GET /t300/modem.bin HTTP/1.1\r\n")
         .expect("send");
-    std::thread::sleep(Duration::from_millis(200));
+    convoy_e2e::wait_for(
+        "the server to accept the first client into its only slot",
+        Duration::from_secs(10),
+        || server.stats().connections == 1,
+    );
 
     let mut second = TcpStream::connect(addr).expect("the kernel accepts into the backlog");
     second

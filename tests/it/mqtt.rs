@@ -4,7 +4,7 @@ use convoy::link::broker::EmbeddedBroker;
 use convoy::link::mqtt::{self, LinkConfig, LinkEvent, LinkHandle, LinkState, Role};
 use convoy::link::protocol::{Command, CommandAction, Inbound, RejectReason, Topics};
 use convoy_core::time::Timestamp;
-use convoy_e2e::Mosquitto;
+use convoy_e2e::{Mosquitto, hear_own_probe};
 use std::time::Duration;
 use tokio::sync::mpsc::Receiver;
 
@@ -57,8 +57,22 @@ async fn exchange(url: &str, tag: &str) {
         &Role::Filters(device_filters),
     )
     .await;
-    // Subscriptions are acknowledged asynchronously; give them a moment before publishing.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Subscriptions are acknowledged asynchronously: each link hears its own probe back once
+    // the broker has its subscriptions.
+    hear_own_probe(
+        &console,
+        &mut console_rx,
+        &topics.telemetry(&format!("{device_id}P")),
+        "the console's subscriptions",
+    )
+    .await;
+    hear_own_probe(
+        &device,
+        &mut device_rx,
+        &topics.commands(&device_id),
+        "the device's subscriptions",
+    )
+    .await;
 
     device
         .publish(topics.status(&device_id), status(&device_id), true)
@@ -151,7 +165,13 @@ async fn link_reconnects_and_resubscribes_after_a_broker_restart() {
         matches!(e, LinkEvent::Connected)
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    hear_own_probe(
+        &console,
+        &mut rx,
+        &topics.telemetry("CVRP"),
+        "the console's subscriptions after the restart",
+    )
+    .await;
     let (device, _device_rx) = connect(&url, "device-R", &Role::Filters(vec![])).await;
     device
         .publish(topics.status("CVR"), status("CVR"), true)
@@ -172,14 +192,7 @@ fn broker_command_serves_clients() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("spawn convoy broker");
-    let started = std::time::Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            started.elapsed() < WAIT,
-            "convoy broker did not listen on {port}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    convoy_e2e::wait_listening(port, "convoy broker", WAIT);
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(exchange(&format!("mqtt://127.0.0.1:{port}"), "B1"));
     child.kill().expect("kill broker");
@@ -201,9 +214,15 @@ async fn the_embedded_broker_hands_a_late_subscriber_only_part_of_the_retained_s
         EmbeddedBroker::start("127.0.0.1:0".parse().expect("addr")).expect("embedded broker");
     let url = broker.url();
     let topics = Topics::default_prefix();
-    let (_early, mut early_rx) = connect(&url, "console-early", &Role::Console).await;
+    let (early, mut early_rx) = connect(&url, "console-early", &Role::Console).await;
     let (devices, _devices_rx) = connect(&url, "devices-L", &Role::Filters(vec![])).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    hear_own_probe(
+        &early,
+        &mut early_rx,
+        &topics.telemetry("CVL-PROBE"),
+        "the early console's subscriptions",
+    )
+    .await;
     let ids: Vec<String> = (0..DEVICES).map(|i| format!("CVL{i:04}")).collect();
     for id in &ids {
         devices
@@ -235,6 +254,7 @@ async fn the_embedded_broker_hands_a_late_subscriber_only_part_of_the_retained_s
                 .publish(topics.status(marker), status(marker), false)
                 .await
                 .expect("publish marker");
+            // A retry interval, not synchronisation: the marker's arrival is what is waited for.
             let pause = tokio::time::sleep(Duration::from_millis(200));
             tokio::pin!(pause);
             loop {

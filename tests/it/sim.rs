@@ -307,7 +307,13 @@ async fn regression_resume_stall_a_late_console_hears_every_device_of_a_large_fl
     )
     .expect("spawn probe link");
     probe.wait_connected(WAIT).await.expect("probe connected");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    convoy_e2e::hear_own_probe(
+        &probe,
+        &mut probe_rx,
+        &Topics::default_prefix().telemetry("SIM-PROBE"),
+        "the probe console's subscriptions",
+    )
+    .await;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
     let sim = tokio::spawn(convoy::sim::run(options, Some(stop_rx)));
     let mut first = std::collections::BTreeSet::new();

@@ -586,6 +586,8 @@ mod tests {
     fn nothing_is_derived_before_both_a_fleet_and_a_query_arrived() {
         let mut w = DeriveWorker::spawn(None, Duration::ZERO).expect("thread starts");
         assert!(w.send(DeriveRequest::Query(query(""))));
+        // Time passes on purpose, not synchronisation: that nothing is derived can only be seen
+        // over a while (the worker says nothing when it has nothing to say).
         std::thread::sleep(Duration::from_millis(50));
         assert!(w.try_result().is_none());
         assert!(w.send(DeriveRequest::Load(Box::new(fleet()))));

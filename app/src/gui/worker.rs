@@ -124,9 +124,13 @@ mod tests {
         let ctx = egui::Context::default();
         let (gate_tx, gate_rx) = std::sync::mpsc::channel::<()>();
         let gate = std::sync::Mutex::new(gate_rx);
+        let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
+        let started = std::sync::Mutex::new(started_tx);
         let worker = FleetWorker::spawn("test-worker", &ctx, move |job: u64, fleet| {
-            // The first job blocks until the test has queued more behind it.
+            // The first job says it started, then blocks until the test has queued more behind
+            // it.
             if job == 1 {
+                let _ = started.lock().map(|s| s.send(()));
                 let _ = gate.lock().map(|g| g.recv());
             }
             (job, fleet.len())
@@ -139,8 +143,10 @@ mod tests {
             now: Timestamp::from_secs(1_800_000_000),
         }));
         assert!(worker.send_fleet(Arc::clone(&fleet)));
-        // Give the thread time to start job 1, then queue three behind it.
-        std::thread::sleep(Duration::from_millis(100));
+        // Once the thread runs job 1, queue three behind it.
+        started_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("job 1 never started");
         assert!(worker.send(2, 2));
         assert!(worker.send(3, 3));
         assert!(worker.send(4, 4));
@@ -149,6 +155,7 @@ mod tests {
         let deadline = Instant::now() + Duration::from_secs(10);
         while got.len() < 2 && Instant::now() < deadline {
             got.extend(worker.answers());
+            // A poll interval, not synchronisation: the answers are what is waited for.
             std::thread::sleep(Duration::from_millis(10));
         }
         assert_eq!(
