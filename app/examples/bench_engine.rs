@@ -354,8 +354,8 @@ async fn time_to_stop() {
     let _ = stop_tx.send(());
     let _ = sim.await;
     let store = Store::open(&db).expect("cache");
-    let first_bad: Option<i64> = store
-        .conn()
+    let first_bad: Option<i64> = rusqlite::Connection::open(store.path())
+        .expect("a second connection to the cache")
         .query_row(
             "SELECT min(e.time) FROM device_events e JOIN devices d ON d.id = e.device_id
              WHERE e.rollout_id = 'bench' AND e.kind = 'rebooting' AND d.hw_rev = 'C'",
@@ -363,16 +363,14 @@ async fn time_to_stop() {
             |r| r.get(0),
         )
         .expect("query");
-    let decision: Option<i64> = store
-        .conn()
+    let decision: Option<i64> = rusqlite::Connection::open(store.path()).expect("a second connection to the cache")
         .query_row(
             "SELECT min(time) FROM rollout_events WHERE rollout_id = 'bench' AND kind = 'gate.decision'",
             [],
             |r| r.get(0),
         )
         .expect("query");
-    let wave_started: Option<i64> = store
-        .conn()
+    let wave_started: Option<i64> = rusqlite::Connection::open(store.path()).expect("a second connection to the cache")
         .query_row(
             "SELECT min(time) FROM rollout_events WHERE rollout_id = 'bench' AND kind = 'wave.started'",
             [],

@@ -107,9 +107,11 @@ fn run() -> Result<()> {
         cpu_secs() - cpu,
         devices as f64 / secs
     );
-    store
-        .conn()
-        .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+    rusqlite::Connection::open(store.path())?.query_row(
+        "PRAGMA wal_checkpoint(TRUNCATE)",
+        [],
+        |_| Ok(()),
+    )?;
     drop(store);
     let db_bytes = file_bytes(&db);
 
@@ -161,9 +163,11 @@ fn run() -> Result<()> {
     );
     {
         let store = Store::open(&db)?;
-        store
-            .conn()
-            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        rusqlite::Connection::open(store.path())?.query_row(
+            "PRAGMA wal_checkpoint(TRUNCATE)",
+            [],
+            |_| Ok(()),
+        )?;
     }
     let with_snapshot = file_bytes(&db);
 
@@ -211,9 +215,11 @@ fn run() -> Result<()> {
         stored_total += stored;
     }
     let stored = stored_total;
-    store
-        .conn()
-        .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+    rusqlite::Connection::open(store.path())?.query_row(
+        "PRAGMA wal_checkpoint(TRUNCATE)",
+        [],
+        |_| Ok(()),
+    )?;
     let with_telemetry = file_bytes(&db);
     println!(
         "| cache size, fleet only | {devices} | | | {:.0} bytes/device | {:.1} MiB file |",

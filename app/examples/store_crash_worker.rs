@@ -49,7 +49,7 @@ fn run() -> Result<()> {
         .with_context(|| format!("opening {inbox}"))?;
     let stdout = std::io::stdout();
     // Resume after the last committed decision.
-    let done: i64 = store.conn().query_row(
+    let done: i64 = rusqlite::Connection::open(store.path())?.query_row(
         "SELECT count(*) FROM audit WHERE action = 'dispatch.offer'",
         [],
         |r| r.get(0),

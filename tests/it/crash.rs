@@ -231,7 +231,7 @@ fn killed_telemetry_ingest_loses_nothing_reported_and_counts_nothing_twice() {
 /// Every rollup row equals the aggregate of the raw samples it covers, so a batch replayed
 /// after a crash was not counted twice.
 fn check_rollups(store: &Store) {
-    let conn = store.conn();
+    let conn = rusqlite::Connection::open(store.path()).expect("a second connection to the cache");
     let bad: i64 = conn
         .query_row(
             "SELECT count(*) FROM rollup_device r LEFT JOIN
@@ -328,8 +328,8 @@ fn killed_dispatch_never_loses_an_ack_or_duplicates_a_command() {
     let store = assert_sound(&db);
     // A decision committed just before a kill is in the cache but was never reported; the
     // restarted worker resumes after it rather than taking it again.
-    let logged: i64 = store
-        .conn()
+    let logged: i64 = rusqlite::Connection::open(store.path())
+        .expect("a second connection to the cache")
         .query_row(
             "SELECT count(*) FROM audit WHERE action = 'dispatch.offer'",
             [],
@@ -339,8 +339,8 @@ fn killed_dispatch_never_loses_an_ack_or_duplicates_a_command() {
     assert_eq!(logged as usize, DECISIONS);
     assert!(decided.len() <= DECISIONS && decided.len() >= DECISIONS / 2);
     assert!(store.pending(10).expect("pending").is_empty());
-    let commands: i64 = store
-        .conn()
+    let commands: i64 = rusqlite::Connection::open(store.path())
+        .expect("a second connection to the cache")
         .query_row("SELECT count(*) FROM outbox", [], |r| r.get(0))
         .expect("count");
     assert_eq!(commands as usize, DECISIONS * 3);
@@ -352,7 +352,7 @@ fn check_dispatch(
     decided: &HashMap<usize, Vec<String>>,
     acked: &BTreeSet<String>,
 ) {
-    let conn = store.conn();
+    let conn = rusqlite::Connection::open(store.path()).expect("a second connection to the cache");
     // Each reported decision is in the log once, with all its commands.
     for (n, ids) in decided {
         let entries: i64 = conn

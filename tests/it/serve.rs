@@ -188,8 +188,8 @@ fn viewer_cannot_write_and_writes_are_audited_with_the_operator() {
             store.audit_entries(None).expect("audit").len(),
             audit_before
         );
-        let n: i64 = store
-            .conn()
+        let n: i64 = rusqlite::Connection::open(store.path())
+            .expect("a second connection to the cache")
             .query_row("SELECT count(*) FROM findings", [], |r| r.get(0))
             .expect("count");
         assert_eq!(n, 0);
@@ -865,8 +865,8 @@ fn token_commands_store_only_hashes_and_revoke() {
         .to_owned();
     assert!(token.starts_with("cvy_"), "{token}");
     let store = Store::open(&f.cache).expect("open");
-    let hashes: Vec<String> = store
-        .conn()
+    let hashes: Vec<String> = rusqlite::Connection::open(store.path())
+        .expect("a second connection to the cache")
         .prepare("SELECT sha256 FROM api_tokens ORDER BY id")
         .expect("prepare")
         .query_map([], |r| r.get(0))

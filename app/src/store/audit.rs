@@ -217,7 +217,7 @@ impl Store {
 
     /// Appends one entry in its own transaction.
     pub fn append_audit(&mut self, entry: &AuditEntry) -> Result<RecordedEntry> {
-        let tx = self.conn.transaction()?;
+        let tx = super::write_tx(&self.conn)?;
         let recorded = append_in(&tx, entry)?;
         tx.commit().context("committing the audit entry")?;
         Ok(recorded)

@@ -8,7 +8,7 @@ impl Store {
     /// Commands in the outbox not yet acknowledged by their device (pending or sent).
     pub fn outbox_depth(&self) -> Result<u64> {
         let n: i64 = self
-            .conn()
+            .conn
             .query_row(
                 "SELECT COUNT(*) FROM outbox WHERE state != 'acked'",
                 [],

@@ -19,7 +19,7 @@ impl Store {
     ) -> Result<Vec<DeviceEvent>> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let mut stmt = self
-            .conn()
+            .conn
             .prepare_cached(
                 "SELECT seq, device_id, rollout_id, time, kind, payload FROM device_events
                  WHERE device_id = ?1 ORDER BY seq DESC LIMIT ?2",

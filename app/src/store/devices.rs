@@ -60,7 +60,7 @@ impl Store {
         audit: Option<&AuditEntry>,
     ) -> Result<UpsertCounts> {
         self.ingest_cache.clear_devices();
-        let tx = self.conn.transaction()?;
+        let tx = super::write_tx(&self.conn)?;
         let suspended = suspend_for(self.has_snapshot, &tx, devices.len())?;
         upsert_depots(&tx, depots)?;
         let counts = upsert_devices(&tx, devices)?;
@@ -84,7 +84,7 @@ impl Store {
         audit: Option<&AuditEntry>,
     ) -> Result<UpsertCounts> {
         self.ingest_cache.clear_devices();
-        let tx = self.conn.transaction()?;
+        let tx = super::write_tx(&self.conn)?;
         let suspended = suspend_for(self.has_snapshot, &tx, fleet.devices.len())?;
         upsert_depots(&tx, &fleet.depots)?;
         let counts = upsert_devices(&tx, &fleet.devices)?;

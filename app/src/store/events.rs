@@ -113,7 +113,7 @@ impl Store {
         payload: &serde_json::Value,
     ) -> Result<i64> {
         let payload = serde_json::to_string(payload).context("encoding the event payload")?;
-        let tx = self.conn.transaction()?;
+        let tx = super::write_tx(&self.conn)?;
         let seq: i64 = tx.query_row(
             "SELECT coalesce(max(seq), 0) + 1 FROM rollout_events WHERE rollout_id = ?1",
             [rollout_id],
@@ -142,7 +142,7 @@ impl Store {
     /// Adds timeline events with the seqs another cache gave them (a copy kept in step with a
     /// server), in one transaction: all of them or none.
     pub fn copy_timeline_events(&mut self, rollout_id: &str, events: &[Event]) -> Result<()> {
-        let tx = self.conn.transaction()?;
+        let tx = super::write_tx(&self.conn)?;
         {
             let mut stmt = tx.prepare_cached(
                 "INSERT INTO rollout_events(rollout_id, seq, time, kind, cause, payload)
@@ -190,7 +190,7 @@ impl Store {
         if events.is_empty() {
             return Ok(0);
         }
-        let tx = self.conn.transaction()?;
+        let tx = super::write_tx(&self.conn)?;
         {
             let mut stmt = tx.prepare_cached(
                 "INSERT INTO device_events(device_id, rollout_id, time, kind, payload)
@@ -224,7 +224,7 @@ impl Store {
         if events.is_empty() {
             return Ok(());
         }
-        let tx = self.conn.transaction()?;
+        let tx = super::write_tx(&self.conn)?;
         append_log_in(&tx, rollout_id, first_seq, events)?;
         tx.commit().context("committing the rollout log")
     }

@@ -150,11 +150,6 @@ impl Store {
         &self.path
     }
 
-    /// The underlying connection, for queries this module does not offer (read-only use).
-    pub fn conn(&self) -> &Connection {
-        &self.conn
-    }
-
     /// The schema version of the open cache.
     pub fn schema_version(&self) -> Result<u32> {
         schema::version(&self.conn)
@@ -188,6 +183,15 @@ impl Store {
             .with_context(|| format!("writing setting {key}"))?;
         Ok(())
     }
+}
+
+/// A write transaction that takes the cache's write lock when it begins (`BEGIN IMMEDIATE`).
+/// A deferred transaction that reads first and writes later cannot wait for a writer in
+/// another process: SQLite fails its upgrade at once with `SQLITE_BUSY_SNAPSHOT` (error 517)
+/// rather than invoke the busy handler. Taking the lock first makes every writer wait its turn
+/// (up to [`BUSY_TIMEOUT`]) instead: an engine, a server and a console on one cache.
+fn write_tx(conn: &Connection) -> rusqlite::Result<rusqlite::Transaction<'_>> {
+    rusqlite::Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Immediate)
 }
 
 /// How long a write waits for another connection's write lock before giving up.

@@ -129,7 +129,7 @@ impl Store {
         commands: &[OutboxCommand],
         log: Option<RolloutLogAppend<'_>>,
     ) -> Result<Decision> {
-        let tx = self.conn.transaction()?;
+        let tx = super::write_tx(&self.conn)?;
         if let Some(log) = log {
             super::events::append_log_in(&tx, log.rollout_id, log.first_seq, log.events)?;
         }
@@ -271,7 +271,7 @@ impl Store {
 
     /// [`Store::mark_sent`] for many commands in one transaction; unknown ids are skipped.
     pub fn mark_sent_many(&mut self, ids: &[String], now: Timestamp) -> Result<usize> {
-        let tx = self.conn.transaction()?;
+        let tx = super::write_tx(&self.conn)?;
         let mut n = 0;
         {
             let mut stmt = tx.prepare_cached(
@@ -292,7 +292,7 @@ impl Store {
     /// [`Store::mark_acked`] for many commands in one transaction; returns how many were newly
     /// acknowledged (duplicates and unknown ids count for nothing).
     pub fn mark_acked_many(&mut self, ids: &[String], now: Timestamp) -> Result<usize> {
-        let tx = self.conn.transaction()?;
+        let tx = super::write_tx(&self.conn)?;
         let mut n = 0;
         {
             let mut stmt = tx.prepare_cached(

@@ -20,7 +20,7 @@ pub fn record_plan(
     actor: &str,
     now: Timestamp,
 ) -> Result<i64> {
-    let tx = store.conn.unchecked_transaction()?;
+    let tx = super::write_tx(&store.conn)?;
     tx.execute(
         "INSERT OR REPLACE INTO rollout_plans(rollout_id, release_id, created, body)
          VALUES (?1, ?2, ?3, ?4)",

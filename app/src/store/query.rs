@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use crate::store::Store;
 use crate::store::events::DeviceEvent;
 
-/// The device states the engine writes to a device's history (`engine::state_name`, plus
+/// The device states the engine writes to a device's history (`engine::state::state_name`, plus
 /// `cancelled`); a device's state is the newest of these, or `idle` when it has none.
 pub const DEVICE_STATES: &[&str] = &[
     "pending",
@@ -131,7 +131,7 @@ pub fn devices(store: &Store, filter: &DeviceFilter) -> Result<DevicePage> {
     // One more than asked tells whether there is a next page.
     let fetch = i64::try_from(filter.limit.saturating_add(1)).unwrap_or(i64::MAX);
     let mut stmt = store
-        .conn()
+        .conn
         .prepare_cached(&sql)
         .context("preparing the device query")?;
     let rows = stmt.query_map(
@@ -179,7 +179,7 @@ pub fn device(store: &Store, id: &str, history_limit: usize) -> Result<Option<De
         state_sql()
     );
     let found = store
-        .conn()
+        .conn
         .prepare_cached(&sql)?
         .query_row([id], |r| {
             Ok((
@@ -194,7 +194,7 @@ pub fn device(store: &Store, id: &str, history_limit: usize) -> Result<Option<De
         return Ok(None);
     };
     let mut stmt = store
-        .conn()
+        .conn
         .prepare_cached("SELECT name, version FROM components WHERE dev = ?1 ORDER BY name")?;
     let components = stmt
         .query_map([dev], |r| Ok((r.get(0)?, r.get(1)?)))?
@@ -228,7 +228,7 @@ pub struct FleetSummary {
 }
 
 fn counts(store: &Store, sql: &str) -> Result<BTreeMap<String, u64>> {
-    let mut stmt = store.conn().prepare_cached(sql)?;
+    let mut stmt = store.conn.prepare_cached(sql)?;
     let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
     let mut out = BTreeMap::new();
     for row in rows {
@@ -240,7 +240,7 @@ fn counts(store: &Store, sql: &str) -> Result<BTreeMap<String, u64>> {
 
 pub fn fleet_summary(store: &Store) -> Result<FleetSummary> {
     let count = |sql: &str| -> Result<u64> {
-        let n: i64 = store.conn().query_row(sql, [], |r| r.get(0))?;
+        let n: i64 = store.conn.query_row(sql, [], |r| r.get(0))?;
         Ok(n.max(0) as u64)
     };
     Ok(FleetSummary {
@@ -288,7 +288,7 @@ pub struct RolloutRow {
 
 /// Every rollout with a timeline, by id.
 pub fn rollouts(store: &Store) -> Result<Vec<RolloutRow>> {
-    let mut stmt = store.conn().prepare_cached(
+    let mut stmt = store.conn.prepare_cached(
         "SELECT r.rollout_id, count(*), min(r.time), max(r.time),
            (SELECT k.kind FROM rollout_events k WHERE k.rollout_id = r.rollout_id
             ORDER BY k.seq DESC LIMIT 1),
@@ -339,7 +339,7 @@ pub struct FindingRow {
 
 /// Every finding, by id, with its newest score.
 pub fn findings(store: &Store) -> Result<Vec<FindingRow>> {
-    let mut stmt = store.conn().prepare_cached(
+    let mut stmt = store.conn.prepare_cached(
         "SELECT f.id, f.created, f.body,
            (SELECT s.body FROM scores s WHERE s.finding_id = f.id ORDER BY s.scored_at DESC LIMIT 1)
          FROM findings f ORDER BY f.id",
@@ -378,7 +378,7 @@ pub fn findings(store: &Store) -> Result<Vec<FindingRow>> {
 /// The finding `id` with every score, newest first.
 pub fn finding(store: &Store, id: &str) -> Result<Option<FindingRecord>> {
     let found: Option<(i64, String)> = store
-        .conn()
+        .conn
         .query_row(
             "SELECT created, body FROM findings WHERE id = ?1",
             [id],
@@ -389,7 +389,7 @@ pub fn finding(store: &Store, id: &str) -> Result<Option<FindingRecord>> {
     let Some((created, body)) = found else {
         return Ok(None);
     };
-    let mut stmt = store.conn().prepare_cached(
+    let mut stmt = store.conn.prepare_cached(
         "SELECT scored_at, body FROM scores WHERE finding_id = ?1 ORDER BY scored_at DESC",
     )?;
     let scores = stmt
@@ -420,7 +420,7 @@ pub fn record_finding(
     actor: &str,
     now: Timestamp,
 ) -> Result<i64> {
-    let tx = store.conn().unchecked_transaction()?;
+    let tx = super::write_tx(&store.conn)?;
     let body = serde_json::to_string(finding)?;
     tx.execute(
         "INSERT INTO findings(id, created, body) VALUES (?1, ?2, ?3)
@@ -473,7 +473,7 @@ pub fn rollout_log_page(
 ) -> Result<Option<LogPage>> {
     let from = after.map_or(0, |a| a.saturating_add(1).max(0));
     let take = i64::try_from(limit).unwrap_or(i64::MAX).saturating_add(1);
-    let mut stmt = store.conn().prepare_cached(
+    let mut stmt = store.conn.prepare_cached(
         "SELECT seq, event FROM rollout_log WHERE rollout_id = ?1 AND seq >= ?2
          ORDER BY seq LIMIT ?3",
     )?;
@@ -499,7 +499,7 @@ pub fn rollout_log_page(
         );
     }
     if events.is_empty() {
-        let known: bool = store.conn().query_row(
+        let known: bool = store.conn.query_row(
             "SELECT EXISTS(SELECT 1 FROM rollout_events WHERE rollout_id = ?1)
                  OR EXISTS(SELECT 1 FROM rollout_log WHERE rollout_id = ?1)",
             [rollout_id],
@@ -544,7 +544,7 @@ mod tests {
         assert!(empty.events.is_empty() && !empty.more);
         for seq in 0..5 {
             store
-                .conn()
+                .conn
                 .execute(
                     "INSERT INTO rollout_log(rollout_id, seq, event) VALUES ('r1', ?1, ?2)",
                     params![seq, format!("{{\"n\": {seq}}}")],

@@ -21,7 +21,7 @@ pub fn record_release(
     now: Timestamp,
 ) -> Result<i64> {
     let spec = &manifest.signed.release;
-    let tx = store.conn.unchecked_transaction()?;
+    let tx = super::write_tx(&store.conn)?;
     tx.execute(
         "INSERT INTO releases(id, created, body) VALUES (?1, ?2, ?3)
          ON CONFLICT(id) DO UPDATE SET body = excluded.body",

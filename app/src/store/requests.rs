@@ -45,7 +45,7 @@ impl Store {
     /// Runs `f` in one transaction: committed if `f` returns `Ok`, rolled back otherwise.
     pub fn atomically<T>(&self, f: impl FnOnce(&Txn<'_>) -> Result<T>) -> Result<T> {
         let txn = Txn {
-            tx: self.conn.unchecked_transaction()?,
+            tx: super::write_tx(&self.conn)?,
         };
         let out = f(&txn)?;
         txn.tx.commit().context("committing")?;

@@ -62,7 +62,7 @@ fn snapshot_load_equals_row_load_on_generated_fleets() {
         store.replace_fleet(&original, None).expect("save");
         check_load(store.path(), &original, Unusable::Missing);
         let parts: i64 = store
-            .conn()
+            .conn
             .query_row("SELECT count(*) FROM fleet_snapshot", [], |r| r.get(0))
             .expect("parts");
         assert_eq!(
@@ -188,14 +188,14 @@ fn a_write_between_arming_and_storing_keeps_the_snapshot_out() {
     let (_dir, mut store) = temp_store();
     let original = fleet(300, 8);
     store.replace_fleet(&original, None).expect("save");
-    let generation = snapshot::arm(store.conn()).expect("arm");
+    let generation = snapshot::arm(&store.conn).expect("arm");
     // A write after the rows were read at `generation`.
     store
-        .conn()
+        .conn
         .execute("UPDATE devices SET model = 'changed' WHERE dev = 1", [])
         .expect("write");
     let stored = snapshot::store(
-        store.conn(),
+        &store.conn,
         generation,
         &original.devices,
         std::time::Duration::from_millis(10),
@@ -212,7 +212,7 @@ type DamageFn = Box<dyn Fn(&mut Vec<u8>)>;
 /// Overwrites snapshot part `part` with `damage(body)`.
 fn damage_part(store: &Store, part: i64, damage: impl FnOnce(&mut Vec<u8>)) {
     let mut body: Vec<u8> = store
-        .conn()
+        .conn
         .query_row(
             "SELECT body FROM fleet_snapshot WHERE part = ?1",
             [part],
@@ -221,7 +221,7 @@ fn damage_part(store: &Store, part: i64, damage: impl FnOnce(&mut Vec<u8>)) {
         .expect("part");
     damage(&mut body);
     store
-        .conn()
+        .conn
         .execute(
             "UPDATE fleet_snapshot SET body = ?2 WHERE part = ?1",
             rusqlite::params![part, body],
@@ -289,7 +289,7 @@ fn damaged_snapshots_fall_back_to_the_rows() {
     }
     // A missing part and a part that is not a BLOB.
     store
-        .conn()
+        .conn
         .execute("DELETE FROM fleet_snapshot WHERE part = 1", [])
         .expect("delete");
     let (loaded, source) = store.load_fleet_traced().expect("missing part");
@@ -302,7 +302,7 @@ fn damaged_snapshots_fall_back_to_the_rows() {
     ));
     assert_eq!(loaded, original);
     store
-        .conn()
+        .conn
         .execute("UPDATE fleet_snapshot SET body = 'text' WHERE part = 0", [])
         .expect("text");
     let (loaded, source) = store.load_fleet_traced().expect("text part");
@@ -375,7 +375,7 @@ fn garbage_with_a_valid_checksum_never_panics_or_breaks_order() {
 
 fn trigger_count(store: &Store) -> i64 {
     store
-        .conn()
+        .conn
         .query_row(
             "SELECT count(*) FROM sqlite_master
              WHERE type = 'trigger' AND name LIKE '%stales_snapshot'",
@@ -412,7 +412,7 @@ fn bulk_writes_mark_the_snapshot_stale_and_keep_the_triggers() {
     assert_eq!(fresh.device_count().expect("count"), 0);
     // The snapshot still goes stale on a small write afterwards.
     store
-        .conn()
+        .conn
         .execute("UPDATE devices SET hw_rev = 'Z' WHERE dev = 3", [])
         .expect("write");
     let from_rows = store.load_fleet_sequentially().expect("rows");
@@ -426,7 +426,7 @@ fn a_cache_without_its_snapshot_state_still_loads_from_the_rows() {
     store.replace_fleet(&original, None).expect("save");
     check_load(store.path(), &original, Unusable::Missing);
     store
-        .conn()
+        .conn
         .execute("DELETE FROM fleet_state", [])
         .expect("delete the state");
     for _ in 0..2 {

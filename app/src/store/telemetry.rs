@@ -250,7 +250,7 @@ impl Store {
             cache.devices.clear();
             cache.data_version = Some(data_version);
         }
-        let tx = self.conn.transaction()?;
+        let tx = super::write_tx(&self.conn)?;
         // Ordered maps, so that rollup upserts also go in key order.
         let mut by_device: BTreeMap<(i64, i64, i64), Agg> = BTreeMap::new();
         let mut by_cohort: BTreeMap<(Rc<str>, i64, i64), Agg> = BTreeMap::new();

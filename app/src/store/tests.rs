@@ -71,7 +71,7 @@ fn replace_fleet_removes_devices_not_in_the_new_fleet() {
     store.replace_fleet(&smaller, None).expect("save 200");
     assert_eq!(store.load_fleet().expect("load"), smaller);
     let components: i64 = store
-        .conn()
+        .conn
         .query_row("SELECT count(*) FROM components", [], |r| r.get(0))
         .expect("count");
     let expected: usize = smaller.devices.iter().map(|d| d.components.len()).sum();
@@ -100,7 +100,7 @@ fn replacing_the_fleet_deletes_telemetry_of_removed_devices() {
     store.replace_fleet(&fleet(5, 2), None).expect("shrink");
     assert_eq!(store.sample_count().expect("count"), 5);
     let rollups: i64 = store
-        .conn()
+        .conn
         .query_row("SELECT count(*) FROM rollup_device", [], |r| r.get(0))
         .expect("rollups");
     assert_eq!(rollups, 5);
@@ -272,7 +272,7 @@ fn audit_chain_verifies_when_untouched() {
 fn audit_detects_an_edited_entry() {
     let (_dir, store) = audit_store(5);
     store
-        .conn()
+        .conn
         .execute("UPDATE audit SET payload = '{\"n\":99}' WHERE seq = 3", [])
         .expect("tamper");
     assert_eq!(
@@ -295,7 +295,7 @@ fn audit_detects_an_edit_that_was_rehashed() {
         &e.prev_hash,
     );
     store
-        .conn()
+        .conn
         .execute(
             "UPDATE audit SET actor = 'operator:mallory', hash = ?1 WHERE seq = 2",
             [&forged],
@@ -311,7 +311,7 @@ fn audit_detects_an_edit_that_was_rehashed() {
 fn audit_detects_deleted_entries() {
     let (_dir, store) = audit_store(6);
     store
-        .conn()
+        .conn
         .execute("DELETE FROM audit WHERE seq IN (3, 4)", [])
         .expect("tamper");
     let problem = store.verify_audit().expect("verify").problem;
@@ -332,7 +332,7 @@ fn audit_detects_deleted_entries() {
 fn audit_detects_entries_deleted_from_the_end() {
     let (_dir, store) = audit_store(6);
     store
-        .conn()
+        .conn
         .execute("DELETE FROM audit WHERE seq >= 5", [])
         .expect("tamper");
     assert_eq!(
@@ -349,7 +349,7 @@ fn audit_detects_reordered_entries() {
     let (_dir, store) = audit_store(5);
     // Swap entries 2 and 4 by renumbering them.
     store
-        .conn()
+        .conn
         .execute_batch(
             "UPDATE audit SET seq = -2 WHERE seq = 2;
              UPDATE audit SET seq = 2 WHERE seq = 4;
@@ -414,7 +414,7 @@ fn a_failed_decision_leaves_neither_entry_nor_commands() {
         .expect("first");
     // Make the second command's insert fail inside the transaction.
     store
-        .conn()
+        .conn
         .execute_batch(
             "CREATE TRIGGER refuse BEFORE INSERT ON outbox WHEN NEW.device_id = 'BAD'
              BEGIN SELECT RAISE(ABORT, 'refused'); END;",

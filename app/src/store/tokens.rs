@@ -60,7 +60,7 @@ impl Store {
         actor: &str,
         now: Timestamp,
     ) -> Result<Result<Option<String>, String>> {
-        let tx = self.conn.unchecked_transaction()?;
+        let tx = super::write_tx(&self.conn)?;
         let key = fold(row.operator);
         {
             let mut stmt = tx.prepare_cached("SELECT name FROM operators ORDER BY name")?;
@@ -168,7 +168,7 @@ impl Store {
         actor: &str,
         now: Timestamp,
     ) -> Result<Vec<String>> {
-        let tx = self.conn.unchecked_transaction()?;
+        let tx = super::write_tx(&self.conn)?;
         let ids: Vec<String> = {
             let sql = if by_operator {
                 "SELECT id FROM api_tokens WHERE operator = ?1 AND revoked IS NULL ORDER BY id"
