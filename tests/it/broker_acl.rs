@@ -485,7 +485,7 @@ async fn attack(
 
 /// A rollout over `url` with a device attacking it mid-way: every forgery refused, the rollout
 /// completes with no device-rejected command, and the cache never shows the forged firmware.
-fn spoofing_is_refused(setup: &Setup, url: &str, creds: &Creds) {
+fn spoofing_is_refused(setup: &Setup, url: &str, creds: &Creds, proxy: bool) {
     let _sim = setup.sim(url, Some(creds), SCALE);
     let run = setup.spawn_run(url, Some(creds));
     let offers = setup.wait_for_offers();
@@ -503,6 +503,8 @@ fn spoofing_is_refused(setup: &Setup, url: &str, creds: &Creds) {
     let release_id =
         setup.sql_strings("SELECT release_id FROM rollout_runs WHERE rollout_id = 'r1'");
     let outcome = runtime.block_on(attack(url, creds, &attacker, &victims, &release_id[0]));
+    let (tries, refused) = take_over(setup, url, creds, &attacker, &victims[0].0, proxy);
+    eprintln!("client-id takeover by {attacker}: {tries} tries, {refused} refused at CONNECT");
     eprintln!(
         "attack by {attacker}: {} forged messages, {} delivered; {} commands of others read",
         outcome.attempts, outcome.delivered_spoofs, outcome.commands_read
@@ -585,7 +587,7 @@ fn a_device_cannot_speak_for_another_over_mosquitto_with_the_generated_config() 
         let out = cmd.output().expect("mosquitto_pub");
         assert!(!out.status.success(), "{user:?} logged in");
     }
-    spoofing_is_refused(&setup, &url, &creds);
+    spoofing_is_refused(&setup, &url, &creds, false);
     // The finished rollout's engine left no session behind (the simulator is still connected).
     let sessions = sys_settles(port, &creds, "$SYS/broker/clients/disconnected", 0);
     assert_eq!(
@@ -620,12 +622,70 @@ fn a_device_cannot_speak_for_another_over_the_embedded_broker_with_the_acl() {
     if let Ok(out) = out {
         assert!(!out.status.success(), "a wrong password logged in");
     }
-    spoofing_is_refused(&setup, &url, &creds);
+    spoofing_is_refused(&setup, &url, &creds, true);
+}
+
+/// Device `attacker`, with its own password, connects with the client ids of others to knock
+/// them off the broker (a broker closes the older of two connections with one id): the id the
+/// engine used before it was random (`convoy-engine-{rollout}`), and through the ACL proxy also
+/// the engine's real id (read from the cache, as if leaked) and another device's id. Returns
+/// (tries, refused at CONNECT). The caller's report shows the engine never lost its connection.
+fn take_over(
+    setup: &Setup,
+    url: &str,
+    creds: &Creds,
+    attacker: &str,
+    victim: &str,
+    proxy: bool,
+) -> (usize, usize) {
+    let engine_id =
+        setup.sql_strings("SELECT value FROM settings WHERE key = 'engine.client_id.r1'");
+    let [engine_id] = engine_id.as_slice() else {
+        panic!("the engine's client id is not in the cache: {engine_id:?}")
+    };
+    let hex = engine_id
+        .strip_prefix("convoy-engine-r1-")
+        .expect("the engine's client id names its rollout");
+    assert_eq!(hex.len(), 32, "128 random bits: {engine_id}");
+    let mut ids = vec!["convoy-engine-r1".to_owned()];
+    if proxy {
+        ids.extend([engine_id.clone(), victim.to_owned(), format!("{victim}-x")]);
+    }
+    let mut refused = 0;
+    for id in &ids {
+        let out = Command::new("mosquitto_pub")
+            .args(mosquitto_args(url, &creds.device(attacker)))
+            .args([
+                "-i",
+                id,
+                "-q",
+                "1",
+                "-t",
+                &Topics::default_prefix().status(attacker),
+            ])
+            .args(["-m", "{}"])
+            .output()
+            .expect("mosquitto_pub");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if proxy {
+            assert!(!out.status.success(), "{attacker} connected as {id}");
+            assert!(stderr.contains("identifier rejected"), "{id}: {stderr}");
+        }
+        if !out.status.success() {
+            refused += 1;
+        }
+    }
+    if proxy {
+        assert_eq!(refused, ids.len());
+    }
+    (ids.len(), refused)
 }
 
 /// Publishes `payload` on `topic` with QoS 1 as `auth` (anonymous when empty).
 async fn publish_once(url: &str, auth: MqttAuth, topic: String, payload: Vec<u8>) {
-    let mut config = LinkConfig::new(url, &format!("poisoner-{}", payload.len()));
+    // A device's client id starts with its username (the ACL proxy refuses others).
+    let owner = auth.username.clone().unwrap_or_else(|| "anonymous".into());
+    let mut config = LinkConfig::new(url, &format!("{owner}-poisoner-{}", payload.len()));
     config.auth = auth;
     config.persistent_session = false;
     let (mut link, _rx) = mqtt::spawn(
@@ -641,7 +701,7 @@ async fn publish_once(url: &str, auth: MqttAuth, topic: String, payload: Vec<u8>
     if payload.len() > 100 * 1024 {
         let status = Command::new("mosquitto_pub")
             .args(mosquitto_args(url, &config.auth))
-            .args(["-q", "1", "-t", &topic, "-s"])
+            .args(["-i", &format!("{owner}-big"), "-q", "1", "-t", &topic, "-s"])
             .stdin(Stdio::piped())
             .spawn()
             .and_then(|mut c| {

@@ -331,6 +331,11 @@ impl PasswordFile {
         self.users.is_empty()
     }
 
+    /// Whether `user` has a line.
+    pub fn contains(&self, user: &str) -> bool {
+        self.users.contains_key(user)
+    }
+
     /// Whether `password` is `user`'s (in constant time over the hash).
     pub fn verify(&self, user: &str, password: &[u8]) -> bool {
         let Some(h) = self.users.get(user) else {
@@ -385,6 +390,67 @@ pub fn usable_device_user(id: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// Client-id prefixes reserved to Convoy's own identities: only that user may connect with an
+/// id that starts with one of them (the engine's and the console's ids also carry 128 random bits).
+pub const RESERVED_CLIENT_IDS: [(&str, &str); 4] = [
+    ("convoy-engine", ENGINE_USER),
+    ("convoy-console", CONSOLE_USER),
+    ("convoy-fleet-sim", SIM_USER),
+    ("convoy-sim", SIM_USER),
+];
+
+/// 128 random bits as 32 hex digits: the unguessable part of the engine's and the console's
+/// MQTT client ids (a client that knows another's id can disconnect it from the broker).
+pub fn random_client_suffix() -> anyhow::Result<String> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes)
+        .map_err(|e| anyhow::anyhow!("the system's random source failed: {e}"))?;
+    Ok(hex::encode(bytes))
+}
+
+/// The user a client id belongs to: the Convoy identity whose prefix it starts with, else the
+/// longest known user `u` (per `is_user`) with `client_id == u` or `client_id` starting `u-`.
+fn client_id_owner(client_id: &str, is_user: impl Fn(&str) -> bool) -> Option<String> {
+    if let Some((_, user)) = RESERVED_CLIENT_IDS
+        .iter()
+        .find(|(prefix, _)| client_id.starts_with(prefix))
+    {
+        return Some((*user).to_owned());
+    }
+    if is_user(client_id) {
+        return Some(client_id.to_owned());
+    }
+    client_id
+        .rmatch_indices('-')
+        .map(|(i, _)| &client_id[..i])
+        .find(|u| is_user(u))
+        .map(str::to_owned)
+}
+
+/// Whether `username` may connect with `client_id` (a broker disconnects the older of two clients
+/// with one id, so an id is its owner's alone). A device (any user but Convoy's own) must use its
+/// username, or its username, `-` and anything, and never an id that belongs to another user
+/// (device `dev` cannot take `dev-1`'s id when `dev-1` is a user); ids starting with
+/// `convoy-engine`, `convoy-console`, `convoy-sim` or `convoy-fleet-sim` are reserved to those
+/// identities, which may otherwise use any id that belongs to nobody.
+pub fn check_client_id(
+    username: &str,
+    client_id: &str,
+    is_user: impl Fn(&str) -> bool,
+) -> Result<(), String> {
+    let service = [ENGINE_USER, CONSOLE_USER, SIM_USER].contains(&username);
+    match client_id_owner(client_id, is_user) {
+        Some(owner) if owner == username => Ok(()),
+        Some(owner) => Err(format!(
+            "client id {client_id:?} belongs to {owner:?}, not to {username:?}"
+        )),
+        None if service => Ok(()),
+        None => Err(format!(
+            "client id {client_id:?}: a device must connect with its username ({username:?}) or `{username}-...` as client id"
+        )),
+    }
 }
 
 fn hmac_sha512(key: &[u8], parts: &[&[u8]]) -> [u8; 64] {
@@ -560,6 +626,57 @@ mod tests {
             let err = Acl::parse(text).expect_err(text);
             assert_eq!(err.line, line, "{text}: {err}");
         }
+    }
+
+    #[test]
+    fn a_client_id_belongs_to_one_user() {
+        let users = [
+            "dev",
+            "dev-1",
+            "dev-1-a",
+            ENGINE_USER,
+            CONSOLE_USER,
+            SIM_USER,
+        ];
+        let is_user = |u: &str| users.contains(&u);
+        for (user, id) in [
+            ("dev-1", "dev-1"),
+            ("dev-1", "dev-1-thief"),
+            ("dev", "dev"),
+            ("dev", "dev-x"),
+            ("dev-1-a", "dev-1-a-7"),
+            (ENGINE_USER, "convoy-engine-r1-00ff"),
+            (CONSOLE_USER, "convoy-console-00ff"),
+            (CONSOLE_USER, "watcher"),
+            (SIM_USER, "convoy-sim-42"),
+        ] {
+            assert_eq!(check_client_id(user, id, is_user), Ok(()), "{user} as {id}");
+        }
+        for (user, id) in [
+            // Another device's id, or one that looks like it.
+            ("dev", "dev-1"),
+            ("dev-1", "dev-1-a"),
+            ("dev-1", "dev"),
+            ("dev-1", "dev-10"),
+            ("dev-1", "watcher"),
+            ("dev-1", ""),
+            // Convoy's own identities' ids.
+            ("dev-1", "convoy-engine-r1-00ff"),
+            ("dev-1", "convoy-engine"),
+            ("dev-1", "convoy-console-1"),
+            ("dev-1", "convoy-sim-1"),
+            (CONSOLE_USER, "convoy-engine-r1"),
+            (SIM_USER, "convoy-console-1"),
+            // A service identity cannot take a device's id either.
+            (SIM_USER, "dev-1"),
+            (ENGINE_USER, "dev-1-x"),
+        ] {
+            let err = check_client_id(user, id, is_user).expect_err(id);
+            assert!(err.contains(&format!("{id:?}")), "{err}");
+        }
+        let a = random_client_suffix().expect("random");
+        assert_eq!(a.len(), 32);
+        assert_ne!(a, random_client_suffix().expect("random"));
     }
 
     #[test]

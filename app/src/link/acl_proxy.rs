@@ -24,7 +24,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
-use super::acl::{Access, Acl, PasswordFile};
+use super::acl::{self, Access, Acl, PasswordFile};
 
 /// What the proxy refused, counted since it started.
 #[derive(Debug, Default)]
@@ -258,6 +258,16 @@ async fn proxy_one(
         stats.refused_connects.fetch_add(1, Ordering::Relaxed);
         client_w.write_all(&connack(0x04)).await.ok();
         anyhow::bail!("bad username or password for {user:?}");
+    }
+    // Authenticated, so `user` is set. A broker drops the older of two clients with one id:
+    // an id that is not this user's would let it knock that client off (and wipe its session).
+    let name = user.as_deref().unwrap_or_default();
+    if let Err(why) =
+        acl::check_client_id(name, &connect.client_id, |u| rules.passwords.contains(u))
+    {
+        stats.refused_connects.fetch_add(1, Ordering::Relaxed);
+        client_w.write_all(&connack(0x02)).await.ok();
+        anyhow::bail!("identifier rejected: {why}");
     }
     if let Some(topic) = &connect.will_topic
         && !rules
