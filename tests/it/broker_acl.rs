@@ -622,7 +622,46 @@ fn a_device_cannot_speak_for_another_over_the_embedded_broker_with_the_acl() {
     if let Ok(out) = out {
         assert!(!out.status.success(), "a wrong password logged in");
     }
+    // Straight to rumqttd behind the proxy: anonymous, or with a device's own login, refused.
+    let inner = inner_broker_port(&creds.dir.join("broker.log"));
+    assert_ne!(inner, port);
+    for login in [None, Some(a.as_str())] {
+        let mut cmd = Command::new("mosquitto_pub");
+        cmd.args(["-p", &inner.to_string(), "-i", "bypass"]).args([
+            "-t",
+            "convoy/v1/devices/x/status",
+            "-m",
+            "x",
+        ]);
+        if let Some(id) = login {
+            cmd.args(["-u", id, "-P", &creds.devices[id]]);
+        }
+        let out = cmd.output().expect("mosquitto_pub");
+        assert!(
+            !out.status.success(),
+            "{login:?} published on the inner broker at {inner} without the proxy"
+        );
+    }
     spoofing_is_refused(&setup, &url, &creds, true);
+}
+
+/// The inner broker's port, from `convoy broker --acl-from`'s start line.
+fn inner_broker_port(log: &Path) -> u16 {
+    let started = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if let Some(rest) = text.split("the broker itself is on ").nth(1) {
+            let addr = rest.split(',').next().expect("an address");
+            let addr: std::net::SocketAddr = addr.parse().expect("a socket address");
+            assert!(addr.ip().is_loopback(), "{addr}");
+            return addr.port();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no inner broker address in the log:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Device `attacker`, with its own password, connects with the client ids of others to knock

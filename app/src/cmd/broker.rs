@@ -122,9 +122,12 @@ pub fn run(args: &Args) -> Result<()> {
         let (broker, _stats) = EmbeddedBroker::start_with_acl(args.listen, rules)
             .context("starting the embedded MQTT broker")?;
         eprintln!(
-            "embedded MQTT broker listening on {} with the ACL of {} ({users} identities): clients log in, devices speak only for themselves",
+            "embedded MQTT broker listening on {} with the ACL of {} ({users} identities): clients log in, devices speak only for themselves (the broker itself is on {}, for the proxy's login only)",
             broker.addr(),
-            dir.display()
+            dir.display(),
+            broker
+                .inner_addr()
+                .map_or_else(|| "?".to_owned(), |a| a.to_string())
         );
         broker
     } else {

@@ -50,6 +50,7 @@ pub struct ProxyRules {
 pub async fn serve(
     listener: TcpListener,
     upstream: SocketAddr,
+    login: UpstreamLogin,
     rules: Arc<ProxyRules>,
     stats: Arc<ProxyStats>,
 ) {
@@ -60,8 +61,9 @@ pub async fn serve(
         stats.connections.fetch_add(1, Ordering::Relaxed);
         let rules = rules.clone();
         let stats = stats.clone();
+        let login = login.clone();
         tokio::spawn(async move {
-            if let Err(err) = proxy_one(client, upstream, &rules, &stats).await {
+            if let Err(err) = proxy_one(client, upstream, &login, &rules, &stats).await {
                 // One client's problem; the broker and every other client go on.
                 eprintln!("broker ACL: connection from {peer} closed: {err:#}");
             }
@@ -172,8 +174,18 @@ struct Connect {
     client_id: String,
     username: Option<String>,
     password: Option<Vec<u8>>,
-    will_topic: Option<String>,
+    /// The will's topic and message; its QoS and retain flag are in `flags`.
+    will: Option<(String, Vec<u8>)>,
     level: u8,
+    /// The connect flags byte (clean session, will QoS and retain; the login bits are rewritten).
+    flags: u8,
+    keep_alive: u16,
+}
+
+impl Connect {
+    fn will_topic(&self) -> Option<&str> {
+        self.will.as_ref().map(|(t, _)| t.as_str())
+    }
 }
 
 fn parse_connect(p: &Packet) -> Result<Connect> {
@@ -183,12 +195,13 @@ fn parse_connect(p: &Packet) -> Result<Connect> {
     let level = c.u8()?;
     anyhow::ensure!(name == "MQTT" || name == "MQIsdp", "not MQTT ({name:?})");
     let flags = c.u8()?;
-    let _keep_alive = c.u16()?;
+    anyhow::ensure!(flags & 0x01 == 0, "the CONNECT's reserved flag is set");
+    let keep_alive = c.u16()?;
     let client_id = c.string()?.to_owned();
-    let will_topic = if flags & 0x04 != 0 {
+    let will = if flags & 0x04 != 0 {
         let topic = c.string()?.to_owned();
-        let _message = c.bytes()?;
-        Some(topic)
+        let message = c.bytes()?.to_vec();
+        Some((topic, message))
     } else {
         None
     };
@@ -206,9 +219,64 @@ fn parse_connect(p: &Packet) -> Result<Connect> {
         client_id,
         username,
         password,
-        will_topic,
+        will,
         level,
+        flags,
+        keep_alive,
     })
+}
+
+/// The CONNECT the proxy sends the broker for an authenticated client: the client's id, clean
+/// session flag, will and keep-alive, with the proxy's own login in place of the client's (the
+/// client's password never leaves the proxy).
+fn upstream_connect(c: &Connect, login: &UpstreamLogin) -> Result<Packet> {
+    fn put(body: &mut Vec<u8>, bytes: &[u8]) -> Result<()> {
+        let len = u16::try_from(bytes.len()).context("a CONNECT field over 64 KiB")?;
+        body.extend_from_slice(&len.to_be_bytes());
+        body.extend_from_slice(bytes);
+        Ok(())
+    }
+    let mut body = Vec::with_capacity(64 + c.client_id.len());
+    put(&mut body, b"MQTT")?;
+    body.push(4);
+    body.push((c.flags & 0x3e) | 0x80 | 0x40);
+    body.extend_from_slice(&c.keep_alive.to_be_bytes());
+    put(&mut body, c.client_id.as_bytes())?;
+    if let Some((topic, message)) = &c.will {
+        put(&mut body, topic.as_bytes())?;
+        put(&mut body, message)?;
+    }
+    put(&mut body, login.username.as_bytes())?;
+    put(&mut body, login.password.as_bytes())?;
+    Ok(Packet { first: 0x10, body })
+}
+
+/// The login the proxy uses at the embedded broker, which takes no other.
+#[derive(Clone)]
+pub struct UpstreamLogin {
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for UpstreamLogin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamLogin")
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}
+
+impl UpstreamLogin {
+    /// `convoy-proxy` with 32 random bytes (64 hex digits) as password, drawn per process.
+    pub fn random() -> Result<Self> {
+        let mut bytes = [0u8; 32];
+        getrandom::fill(&mut bytes)
+            .map_err(|e| anyhow::anyhow!("the system's random source failed: {e}"))?;
+        Ok(Self {
+            username: "convoy-proxy".to_owned(),
+            password: hex::encode(bytes),
+        })
+    }
 }
 
 fn connack(code: u8) -> Vec<u8> {
@@ -232,6 +300,7 @@ fn parse_publish(p: &Packet) -> Result<(String, u8, Option<u16>)> {
 async fn proxy_one(
     client: TcpStream,
     upstream: SocketAddr,
+    login: &UpstreamLogin,
     rules: &ProxyRules,
     stats: &ProxyStats,
 ) -> Result<()> {
@@ -269,7 +338,7 @@ async fn proxy_one(
         client_w.write_all(&connack(0x02)).await.ok();
         anyhow::bail!("identifier rejected: {why}");
     }
-    if let Some(topic) = &connect.will_topic
+    if let Some(topic) = connect.will_topic()
         && !rules
             .acl
             .allows(user.as_deref(), &connect.client_id, topic, Access::Write)
@@ -283,7 +352,9 @@ async fn proxy_one(
         .context("connecting to the embedded broker")?;
     broker.set_nodelay(true).ok();
     let (mut broker_r, mut broker_w) = broker.into_split();
-    broker_w.write_all(&first.encode()).await?;
+    broker_w
+        .write_all(&upstream_connect(&connect, login)?.encode())
+        .await?;
 
     // Both writers are fed by channels, so either side can answer on the other's behalf
     // (a PUBACK for a refused publish, a SUBACK with refusals) between whole packets.
@@ -534,10 +605,24 @@ mod tests {
         assert_eq!(c.client_id, "client-1");
         assert_eq!(c.username.as_deref(), Some("dev-1"));
         assert_eq!(c.password.as_deref(), Some(&b"pw"[..]));
-        assert_eq!(
-            c.will_topic.as_deref(),
-            Some("convoy/v1/devices/dev-2/status")
-        );
+        assert_eq!(c.will_topic(), Some("convoy/v1/devices/dev-2/status"));
+        assert_eq!((c.flags, c.keep_alive), (0xc6, 30));
+        // Upstream, the same CONNECT with the proxy's login in place of the client's.
+        let login = UpstreamLogin::random().expect("random");
+        let up = parse_connect(&upstream_connect(&c, &login).expect("encode")).expect("parse");
+        assert_eq!(up.client_id, "client-1");
+        assert_eq!((up.level, up.flags, up.keep_alive), (4, 0xc6, 30));
+        assert_eq!(up.will, c.will);
+        assert_eq!(up.username.as_deref(), Some("convoy-proxy"));
+        assert_eq!(up.password.as_deref(), Some(login.password.as_bytes()));
+        assert_eq!(login.password.len(), 64);
+        assert!(!format!("{login:?}").contains(&login.password));
+        // No will, no clean session: still none upstream.
+        let mut plain = c;
+        plain.will = None;
+        plain.flags = 0xc0;
+        let up = parse_connect(&upstream_connect(&plain, &login).expect("encode")).expect("parse");
+        assert_eq!((up.flags, up.will), (0xc0, None));
         assert!(
             parse_connect(&Packet {
                 first: 0x10,
