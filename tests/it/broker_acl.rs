@@ -949,3 +949,122 @@ fn ten_engine_runs_leave_at_most_one_session_at_the_broker() {
         "{stored} stored, {retained} retained"
     );
 }
+
+/// Issue-16 review F3: 300 connections from 127.0.0.2 that start a CONNECT and never finish it
+/// (half declare a 64 KiB CONNECT and send no byte of it, half stop inside the length) neither
+/// lock a device on 127.0.0.1 out nor stay open: the proxy closes those over its per-address
+/// bound (256) at once and the rest at its 10 s CONNECT deadline, while a device connects and
+/// publishes.
+#[test]
+fn half_sent_connects_from_one_address_lock_no_device_out_of_the_embedded_broker() {
+    let _one = serial();
+    let setup = Setup::new(20);
+    let port = free_port();
+    let creds = setup.generate(port);
+    let _broker = Proc::spawn(
+        &[
+            "broker".into(),
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+            "--acl-from".into(),
+            creds.dir.display().to_string(),
+        ],
+        &creds.dir.join("broker.log"),
+    );
+    wait_listening(port, "the embedded broker");
+    let url = format!("mqtt://127.0.0.1:{port}");
+    let device = creds.devices.keys().next().expect("a device").clone();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let mut flood = Vec::new();
+        for i in 0..300 {
+            let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+            socket
+                .bind("127.0.0.2:0".parse().expect("addr"))
+                .expect("bind 127.0.0.2");
+            let mut stream = socket
+                .connect(([127, 0, 0, 1], port).into())
+                .await
+                .expect("connect");
+            let start: &[u8] = if i % 2 == 0 {
+                &[0x10, 0xff, 0xff, 0x03]
+            } else {
+                &[0x10, 0xff]
+            };
+            tokio::io::AsyncWriteExt::write_all(&mut stream, start)
+                .await
+                .expect("write");
+            flood.push(stream);
+        }
+        let closed = |flood: &[tokio::net::TcpStream]| {
+            flood
+                .iter()
+                .filter(|s| {
+                    let mut b = [0u8; 8];
+                    !matches!(s.try_read(&mut b), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+                })
+                .count()
+        };
+        let started = Instant::now();
+        let (_watch, seen) = listen(
+            &url,
+            "watcher",
+            creds.service("convoy-console"),
+            vec![Topics::default_prefix().status(&device)],
+        )
+        .await;
+        let (link, _) = listen(
+            &url,
+            &device,
+            creds.device(&device),
+            Vec::new(),
+        )
+        .await;
+        link.publish(
+            Topics::default_prefix().status(&device),
+            b"{\"during\":\"flood\"}".to_vec(),
+            false,
+        )
+        .await
+        .expect("publish");
+        assert!(
+            eventually(Duration::from_secs(10), || {
+                seen.lock()
+                    .expect("lock")
+                    .iter()
+                    .any(|(_, p)| p.as_slice() == b"{\"during\":\"flood\"}")
+            })
+            .await,
+            "the device's status never arrived during the flood"
+        );
+        let device_took = started.elapsed();
+        // Over the per-address bound: closed at once, before the deadline.
+        let mut at_once = 0;
+        assert!(
+            eventually(Duration::from_secs(5), || {
+                at_once = closed(&flood);
+                at_once >= 300 - 256
+            })
+            .await,
+            "only {at_once} of 300 closed by the per-address bound"
+        );
+        // The rest at the CONNECT deadline.
+        let mut all = 0;
+        assert!(
+            eventually(Duration::from_secs(25), || {
+                all = closed(&flood);
+                all == 300
+            })
+            .await,
+            "{all} of 300 half-sent CONNECTs closed after {:?}",
+            started.elapsed()
+        );
+        eprintln!(
+            "300 half-sent CONNECTs from 127.0.0.2: {at_once} closed at once, all 300 after {:?}; the device connected and published in {device_took:?}",
+            started.elapsed()
+        );
+    });
+}

@@ -34,6 +34,13 @@ pub struct Args {
     /// anyone who can reach it (demos only).
     #[arg(long, value_name = "DIR")]
     pub acl_from: Option<PathBuf>,
+    /// With --acl-from: connections open at once, in all (more wait to be accepted).
+    #[arg(long, default_value_t = crate::link::acl_proxy::DEFAULT_MAX_CONNECTIONS, requires = "acl_from")]
+    pub max_connections: usize,
+    /// With --acl-from: connections open at once from one address (IPv6: one /64); more are
+    /// closed at once.
+    #[arg(long, default_value_t = crate::link::acl_proxy::DEFAULT_MAX_PER_CLIENT, requires = "acl_from")]
+    pub max_per_client: usize,
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -117,7 +124,12 @@ pub fn run(args: &Args) -> Result<()> {
     }
     // The broker runs on its own threads until the process is stopped; keep its handle.
     let _running: EmbeddedBroker = if let Some(dir) = &args.acl_from {
-        let rules = load_rules(dir)?;
+        if args.max_connections == 0 || args.max_per_client == 0 {
+            bail!("--max-connections and --max-per-client must be at least 1");
+        }
+        let mut rules = load_rules(dir)?;
+        rules.max_connections = args.max_connections;
+        rules.max_per_client = args.max_per_client;
         let users = rules.passwords.len();
         let (broker, _stats) = EmbeddedBroker::start_with_acl(args.listen, rules)
             .context("starting the embedded MQTT broker")?;
@@ -166,6 +178,9 @@ pub fn load_rules(dir: &Path) -> Result<ProxyRules> {
         acl,
         passwords,
         max_packet_bytes: BROKER_MESSAGE_SIZE_LIMIT + 1024,
+        max_connections: crate::link::acl_proxy::DEFAULT_MAX_CONNECTIONS,
+        max_per_client: crate::link::acl_proxy::DEFAULT_MAX_PER_CLIENT,
+        connect_timeout: crate::link::acl_proxy::DEFAULT_CONNECT_TIMEOUT,
     })
 }
 

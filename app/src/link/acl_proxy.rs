@@ -20,9 +20,12 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
+
+use super::http::accept::ClientTable;
 
 use super::acl::{self, Access, Acl, PasswordFile};
 
@@ -35,6 +38,10 @@ pub struct ProxyStats {
     pub refused_subscriptions: AtomicU64,
     pub refused_deliveries: AtomicU64,
     pub closed_for_size_or_protocol: AtomicU64,
+    /// Connections closed at once because their address had `max_per_client` open.
+    pub refused_per_client: AtomicU64,
+    /// Connections closed for sending no whole CONNECT within the deadline.
+    pub connect_timeouts: AtomicU64,
 }
 
 /// The rules the proxy applies.
@@ -44,9 +51,25 @@ pub struct ProxyRules {
     pub passwords: PasswordFile,
     /// The largest packet a client may send (the broker's own limit applies on top).
     pub max_packet_bytes: usize,
+    /// Connections open at once, in all (more wait in the listen backlog).
+    pub max_connections: usize,
+    /// Connections open at once from one address (IPv6: one /64); more are closed at once.
+    pub max_per_client: usize,
+    /// How long a new connection has to send its whole CONNECT.
+    pub connect_timeout: Duration,
 }
 
-/// Accepts clients on `listener` for ever, each proxied to the broker at `upstream`.
+/// The largest first packet (a CONNECT: client id, will, username and password).
+pub const MAX_CONNECT_BYTES: usize = 64 * 1024;
+/// The default time a client has to send its CONNECT.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The default bound on connections in all.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// The default bound on connections from one address.
+pub const DEFAULT_MAX_PER_CLIENT: usize = 256;
+
+/// Accepts clients on `listener` for ever, each proxied to the broker at `upstream`, at most
+/// `rules.max_connections` at once and `rules.max_per_client` from one address.
 pub async fn serve(
     listener: TcpListener,
     upstream: SocketAddr,
@@ -54,15 +77,33 @@ pub async fn serve(
     rules: Arc<ProxyRules>,
     stats: Arc<ProxyStats>,
 ) {
+    let slots = Arc::new(Semaphore::new(rules.max_connections.max(1)));
+    let clients = Arc::new(ClientTable::new(rules.max_per_client.max(1)));
     loop {
-        let Ok((client, peer)) = listener.accept().await else {
-            continue;
+        let Ok(permit) = Arc::clone(&slots).acquire_owned().await else {
+            return;
+        };
+        let (client, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(_) => {
+                // Out of descriptors, or a connection reset before accept: transient; do not
+                // spin on it.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
         };
         stats.connections.fetch_add(1, Ordering::Relaxed);
+        let Some(slot) = clients.take(peer.ip()) else {
+            // Closed before reading a byte: one address cannot hold every connection.
+            stats.refused_per_client.fetch_add(1, Ordering::Relaxed);
+            drop(client);
+            continue;
+        };
         let rules = rules.clone();
         let stats = stats.clone();
         let login = login.clone();
         tokio::spawn(async move {
+            let _held = (permit, slot);
             if let Err(err) = proxy_one(client, upstream, &login, &rules, &stats).await {
                 // One client's problem; the broker and every other client go on.
                 eprintln!("broker ACL: connection from {peer} closed: {err:#}");
@@ -123,8 +164,19 @@ async fn read_packet<R: AsyncRead + Unpin>(r: &mut R, max: usize) -> Result<Opti
         len <= max,
         "a packet of {len} bytes, over the limit of {max} bytes"
     );
-    let mut body = vec![0u8; len];
-    r.read_exact(&mut body).await.context("reading a packet")?;
+    // Grown as bytes arrive, never to the declared length up front: a client that declares a
+    // large packet and sends nothing holds no more memory than it sent.
+    let mut body = Vec::new();
+    let want = u64::try_from(len).context("a packet length")?;
+    r.take(want)
+        .read_to_end(&mut body)
+        .await
+        .context("reading a packet")?;
+    anyhow::ensure!(
+        body.len() == len,
+        "the connection ended inside a packet ({} of {len} bytes)",
+        body.len()
+    );
     Ok(Some(Packet {
         first: first[0],
         body,
@@ -306,7 +358,17 @@ async fn proxy_one(
 ) -> Result<()> {
     client.set_nodelay(true).ok();
     let (mut client_r, mut client_w) = client.into_split();
-    let Some(first) = read_packet(&mut client_r, rules.max_packet_bytes).await? else {
+    let max_first = rules.max_packet_bytes.min(MAX_CONNECT_BYTES);
+    let first =
+        tokio::time::timeout(rules.connect_timeout, read_packet(&mut client_r, max_first)).await;
+    let Ok(first) = first else {
+        stats.connect_timeouts.fetch_add(1, Ordering::Relaxed);
+        anyhow::bail!(
+            "no whole CONNECT within {} s",
+            rules.connect_timeout.as_secs_f64()
+        );
+    };
+    let Some(first) = first? else {
         return Ok(());
     };
     let connect = parse_connect(&first)?;
@@ -581,6 +643,26 @@ mod tests {
             let too_big = rt.block_on(read_packet(&mut bytes.as_slice(), len.saturating_sub(1)));
             assert_eq!(too_big.is_err(), len > 0, "{len}");
         }
+    }
+
+    #[test]
+    fn a_packet_cut_short_is_an_error_not_a_wait_for_memory() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        // Declares 65,535 bytes, sends 3.
+        let bytes = [0x10u8, 0xff, 0xff, 0x03, 1, 2, 3];
+        let err = rt
+            .block_on(read_packet(&mut &bytes[..], MAX_CONNECT_BYTES))
+            .err()
+            .expect("cut short");
+        assert!(format!("{err:#}").contains("3 of 65535 bytes"), "{err:#}");
+        // Over the CONNECT cap: refused before any byte of the body.
+        let big = [0x10u8, 0xff, 0xff, 0x07];
+        assert!(
+            rt.block_on(read_packet(&mut &big[..], MAX_CONNECT_BYTES))
+                .is_err()
+        );
     }
 
     #[test]
