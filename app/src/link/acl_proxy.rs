@@ -10,13 +10,14 @@
 //!
 //! What is refused is refused the way Mosquitto refuses it, so clients behave the same on both
 //! brokers: a refused QoS 0 publish is dropped, a refused QoS 1 publish is acknowledged (PUBACK)
-//! and dropped, a refused subscription filter gets the failure return code 0x80 in the SUBACK
+//! and dropped (a delivery the client may not read is settled with the broker in its place:
+//! PUBACK at QoS 1, PUBREC and PUBCOMP at QoS 2), a refused subscription filter gets the failure return code 0x80 in the SUBACK
 //! while the rest of the SUBSCRIBE goes through. A refused QoS 2 publish, a packet larger than
 //! the limit, or anything that is not MQTT 3.1.1 closes that client's connection, and only that
 //! one.
 
 use anyhow::{Context, Result};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -336,8 +337,13 @@ fn connack(code: u8) -> Vec<u8> {
 }
 
 fn puback(packet_id: u16) -> Vec<u8> {
+    ack(0x40, packet_id)
+}
+
+/// A two-byte acknowledgement: PUBACK 0x40, PUBREC 0x50, PUBCOMP 0x70.
+fn ack(first: u8, packet_id: u16) -> Vec<u8> {
     let [a, b] = packet_id.to_be_bytes();
-    vec![0x40, 0x02, a, b]
+    vec![first, 0x02, a, b]
 }
 
 /// The topic, QoS and packet id of a PUBLISH.
@@ -463,12 +469,16 @@ async fn proxy_one(
     let from_broker = {
         let pending = pending.clone();
         async move {
+            // QoS 2 deliveries refused and PUBREC'd, whose PUBREL the proxy answers.
+            let mut released = HashSet::new();
             loop {
                 // The broker's packets are trusted for size: it enforces its own limit.
                 let Some(p) = read_packet(&mut broker_r, usize::MAX >> 1).await? else {
                     return Ok::<(), anyhow::Error>(());
                 };
-                let out = broker_packet(p, &ident, rules, stats, &pending, &to_broker).await?;
+                let out =
+                    broker_packet(p, &ident, rules, stats, &pending, &to_broker, &mut released)
+                        .await?;
                 if let Some(bytes) = out
                     && to_client.send(bytes).await.is_err()
                 {
@@ -577,10 +587,11 @@ async fn broker_packet(
     stats: &ProxyStats,
     pending: &Mutex<HashMap<u16, Vec<bool>>>,
     to_broker: &mpsc::Sender<Vec<u8>>,
+    released: &mut HashSet<u16>,
 ) -> Result<Option<Vec<u8>>> {
     match p.kind() {
         3 => {
-            let (topic, _qos, id) = parse_publish(&p)?;
+            let (topic, qos, id) = parse_publish(&p)?;
             if rules
                 .acl
                 .allows(user.as_deref(), client_id, &topic, Access::Read)
@@ -590,10 +601,27 @@ async fn broker_packet(
             // Subscriptions are checked, so this is a second line: never deliver what the
             // client may not read; settle it with the broker in the client's place.
             stats.refused_deliveries.fetch_add(1, Ordering::Relaxed);
-            if let Some(id) = id {
-                to_broker.send(puback(id)).await.ok();
+            match (qos, id) {
+                (1, Some(id)) => {
+                    to_broker.send(puback(id)).await.ok();
+                }
+                (2, Some(id)) => {
+                    // QoS 2: PUBREC now, and PUBCOMP for the broker's PUBREL (kept from the
+                    // client, which never saw the message).
+                    to_broker.send(ack(0x50, id)).await.ok();
+                    released.insert(id);
+                }
+                _ => {}
             }
             Ok(None)
+        }
+        6 => {
+            let id = Cursor::new(&p.body).u16()?;
+            if released.remove(&id) {
+                to_broker.send(ack(0x70, id)).await.ok();
+                return Ok(None);
+            }
+            Ok(Some(p.encode()))
         }
         9 => {
             let mut c = Cursor::new(&p.body);
