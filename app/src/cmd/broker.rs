@@ -359,6 +359,7 @@ fn mosquitto_config(args: &MosquittoConfigArgs) -> Result<()> {
 }
 
 /// The listener's TLS files, as absolute paths.
+#[derive(Debug)]
 struct ListenerTls {
     ca: Option<PathBuf>,
     cert: PathBuf,
@@ -503,7 +504,7 @@ mod tests {
     #[test]
     fn passwords_in_clear_off_loopback_need_plaintext() {
         // The default listener is 0.0.0.0: refused without TLS, naming the way out.
-        let err = listener_tls(&args(&[])).err().expect("refused");
+        let err = listener_tls(&args(&[])).expect_err("refused");
         let msg = format!("{err:#}");
         assert!(
             msg.contains("0.0.0.0:1883") && msg.contains("--certfile"),
@@ -550,9 +551,7 @@ mod tests {
     #[test]
     fn device_ids_with_a_colon_cannot_have_passwords() {
         let ids = ["dev-1", "urn:dev:1", "a:b"];
-        let err = check_device_users(ids.into_iter(), AuthMode::Passwords)
-            .err()
-            .expect("refused");
+        let err = check_device_users(ids.into_iter(), AuthMode::Passwords).expect_err("refused");
         let msg = format!("{err:#}");
         assert!(
             msg.contains("\"urn:dev:1\"")

@@ -84,14 +84,11 @@ pub async fn serve(
         let Ok(permit) = Arc::clone(&slots).acquire_owned().await else {
             return;
         };
-        let (client, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(_) => {
-                // Out of descriptors, or a connection reset before accept: transient; do not
-                // spin on it.
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
+        let Ok((client, peer)) = listener.accept().await else {
+            // Out of descriptors, or a connection reset before accept: transient; do not spin
+            // on it.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
         };
         stats.connections.fetch_add(1, Ordering::Relaxed);
         let Some(slot) = clients.take(peer.ip()) else {
@@ -680,10 +677,9 @@ mod tests {
             .expect("runtime");
         // Declares 65,535 bytes, sends 3.
         let bytes = [0x10u8, 0xff, 0xff, 0x03, 1, 2, 3];
-        let err = rt
-            .block_on(read_packet(&mut &bytes[..], MAX_CONNECT_BYTES))
-            .err()
-            .expect("cut short");
+        let Err(err) = rt.block_on(read_packet(&mut &bytes[..], MAX_CONNECT_BYTES)) else {
+            panic!("a packet cut short was read")
+        };
         assert!(format!("{err:#}").contains("3 of 65535 bytes"), "{err:#}");
         // Over the CONNECT cap: refused before any byte of the body.
         let big = [0x10u8, 0xff, 0xff, 0x07];
