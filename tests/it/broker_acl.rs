@@ -485,7 +485,7 @@ async fn attack(
 
 /// A rollout over `url` with a device attacking it mid-way: every forgery refused, the rollout
 /// completes with no device-rejected command, and the cache never shows the forged firmware.
-fn spoofing_is_refused(setup: &Setup, url: &str, creds: &Creds) {
+fn spoofing_is_refused(setup: &Setup, url: &str, creds: &Creds, proxy: bool) {
     let _sim = setup.sim(url, Some(creds), SCALE);
     let run = setup.spawn_run(url, Some(creds));
     let offers = setup.wait_for_offers();
@@ -503,6 +503,8 @@ fn spoofing_is_refused(setup: &Setup, url: &str, creds: &Creds) {
     let release_id =
         setup.sql_strings("SELECT release_id FROM rollout_runs WHERE rollout_id = 'r1'");
     let outcome = runtime.block_on(attack(url, creds, &attacker, &victims, &release_id[0]));
+    let (tries, refused) = take_over(setup, url, creds, &attacker, &victims[0].0, proxy);
+    eprintln!("client-id takeover by {attacker}: {tries} tries, {refused} refused at CONNECT");
     eprintln!(
         "attack by {attacker}: {} forged messages, {} delivered; {} commands of others read",
         outcome.attempts, outcome.delivered_spoofs, outcome.commands_read
@@ -585,7 +587,7 @@ fn a_device_cannot_speak_for_another_over_mosquitto_with_the_generated_config() 
         let out = cmd.output().expect("mosquitto_pub");
         assert!(!out.status.success(), "{user:?} logged in");
     }
-    spoofing_is_refused(&setup, &url, &creds);
+    spoofing_is_refused(&setup, &url, &creds, false);
     // The finished rollout's engine left no session behind (the simulator is still connected).
     let sessions = sys_settles(port, &creds, "$SYS/broker/clients/disconnected", 0);
     assert_eq!(
@@ -620,12 +622,109 @@ fn a_device_cannot_speak_for_another_over_the_embedded_broker_with_the_acl() {
     if let Ok(out) = out {
         assert!(!out.status.success(), "a wrong password logged in");
     }
-    spoofing_is_refused(&setup, &url, &creds);
+    // Straight to rumqttd behind the proxy: anonymous, or with a device's own login, refused.
+    let inner = inner_broker_port(&creds.dir.join("broker.log"));
+    assert_ne!(inner, port);
+    for login in [None, Some(a.as_str())] {
+        let mut cmd = Command::new("mosquitto_pub");
+        cmd.args(["-p", &inner.to_string(), "-i", "bypass"]).args([
+            "-t",
+            "convoy/v1/devices/x/status",
+            "-m",
+            "x",
+        ]);
+        if let Some(id) = login {
+            cmd.args(["-u", id, "-P", &creds.devices[id]]);
+        }
+        let out = cmd.output().expect("mosquitto_pub");
+        assert!(
+            !out.status.success(),
+            "{login:?} published on the inner broker at {inner} without the proxy"
+        );
+    }
+    spoofing_is_refused(&setup, &url, &creds, true);
+}
+
+/// The inner broker's port, from `convoy broker --acl-from`'s start line.
+fn inner_broker_port(log: &Path) -> u16 {
+    let started = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if let Some(rest) = text.split("the broker itself is on ").nth(1) {
+            let addr = rest.split(',').next().expect("an address");
+            let addr: std::net::SocketAddr = addr.parse().expect("a socket address");
+            assert!(addr.ip().is_loopback(), "{addr}");
+            return addr.port();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no inner broker address in the log:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Device `attacker`, with its own password, connects with the client ids of others to knock
+/// them off the broker (a broker closes the older of two connections with one id): the id the
+/// engine used before it was random (`convoy-engine-{rollout}`), and through the ACL proxy also
+/// the engine's real id (read from the cache, as if leaked) and another device's id. Returns
+/// (tries, refused at CONNECT). The caller's report shows the engine never lost its connection.
+fn take_over(
+    setup: &Setup,
+    url: &str,
+    creds: &Creds,
+    attacker: &str,
+    victim: &str,
+    proxy: bool,
+) -> (usize, usize) {
+    let engine_id =
+        setup.sql_strings("SELECT value FROM settings WHERE key = 'engine.client_id.r1'");
+    let [engine_id] = engine_id.as_slice() else {
+        panic!("the engine's client id is not in the cache: {engine_id:?}")
+    };
+    let hex = engine_id
+        .strip_prefix("convoy-engine-r1-")
+        .expect("the engine's client id names its rollout");
+    assert_eq!(hex.len(), 32, "128 random bits: {engine_id}");
+    let mut ids = vec!["convoy-engine-r1".to_owned()];
+    if proxy {
+        ids.extend([engine_id.clone(), victim.to_owned(), format!("{victim}-x")]);
+    }
+    let mut refused = 0;
+    for id in &ids {
+        let out = Command::new("mosquitto_pub")
+            .args(mosquitto_args(url, &creds.device(attacker)))
+            .args([
+                "-i",
+                id,
+                "-q",
+                "1",
+                "-t",
+                &Topics::default_prefix().status(attacker),
+            ])
+            .args(["-m", "{}"])
+            .output()
+            .expect("mosquitto_pub");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if proxy {
+            assert!(!out.status.success(), "{attacker} connected as {id}");
+            assert!(stderr.contains("identifier rejected"), "{id}: {stderr}");
+        }
+        if !out.status.success() {
+            refused += 1;
+        }
+    }
+    if proxy {
+        assert_eq!(refused, ids.len());
+    }
+    (ids.len(), refused)
 }
 
 /// Publishes `payload` on `topic` with QoS 1 as `auth` (anonymous when empty).
 async fn publish_once(url: &str, auth: MqttAuth, topic: String, payload: Vec<u8>) {
-    let mut config = LinkConfig::new(url, &format!("poisoner-{}", payload.len()));
+    // A device's client id starts with its username (the ACL proxy refuses others).
+    let owner = auth.username.clone().unwrap_or_else(|| "anonymous".into());
+    let mut config = LinkConfig::new(url, &format!("{owner}-poisoner-{}", payload.len()));
     config.auth = auth;
     config.persistent_session = false;
     let (mut link, _rx) = mqtt::spawn(
@@ -641,7 +740,7 @@ async fn publish_once(url: &str, auth: MqttAuth, topic: String, payload: Vec<u8>
     if payload.len() > 100 * 1024 {
         let status = Command::new("mosquitto_pub")
             .args(mosquitto_args(url, &config.auth))
-            .args(["-q", "1", "-t", &topic, "-s"])
+            .args(["-i", &format!("{owner}-big"), "-q", "1", "-t", &topic, "-s"])
             .stdin(Stdio::piped())
             .spawn()
             .and_then(|mut c| {
@@ -850,4 +949,123 @@ fn ten_engine_runs_leave_at_most_one_session_at_the_broker() {
         stored.saturating_sub(retained) <= 1000,
         "{stored} stored, {retained} retained"
     );
+}
+
+/// Issue-16 review F3: 300 connections from 127.0.0.2 that start a CONNECT and never finish it
+/// (half declare a 64 KiB CONNECT and send no byte of it, half stop inside the length) neither
+/// lock a device on 127.0.0.1 out nor stay open: the proxy closes those over its per-address
+/// bound (256) at once and the rest at its 10 s CONNECT deadline, while a device connects and
+/// publishes.
+#[test]
+fn half_sent_connects_from_one_address_lock_no_device_out_of_the_embedded_broker() {
+    let _one = serial();
+    let setup = Setup::new(20);
+    let port = free_port();
+    let creds = setup.generate(port);
+    let _broker = Proc::spawn(
+        &[
+            "broker".into(),
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+            "--acl-from".into(),
+            creds.dir.display().to_string(),
+        ],
+        &creds.dir.join("broker.log"),
+    );
+    wait_listening(port, "the embedded broker");
+    let url = format!("mqtt://127.0.0.1:{port}");
+    let device = creds.devices.keys().next().expect("a device").clone();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let mut flood = Vec::new();
+        for i in 0..300 {
+            let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+            socket
+                .bind("127.0.0.2:0".parse().expect("addr"))
+                .expect("bind 127.0.0.2");
+            let mut stream = socket
+                .connect(([127, 0, 0, 1], port).into())
+                .await
+                .expect("connect");
+            let start: &[u8] = if i % 2 == 0 {
+                &[0x10, 0xff, 0xff, 0x03]
+            } else {
+                &[0x10, 0xff]
+            };
+            tokio::io::AsyncWriteExt::write_all(&mut stream, start)
+                .await
+                .expect("write");
+            flood.push(stream);
+        }
+        let closed = |flood: &[tokio::net::TcpStream]| {
+            flood
+                .iter()
+                .filter(|s| {
+                    let mut b = [0u8; 8];
+                    !matches!(s.try_read(&mut b), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+                })
+                .count()
+        };
+        let started = Instant::now();
+        let (_watch, seen) = listen(
+            &url,
+            "watcher",
+            creds.service("convoy-console"),
+            vec![Topics::default_prefix().status(&device)],
+        )
+        .await;
+        let (link, _) = listen(
+            &url,
+            &device,
+            creds.device(&device),
+            Vec::new(),
+        )
+        .await;
+        link.publish(
+            Topics::default_prefix().status(&device),
+            b"{\"during\":\"flood\"}".to_vec(),
+            false,
+        )
+        .await
+        .expect("publish");
+        assert!(
+            eventually(Duration::from_secs(10), || {
+                seen.lock()
+                    .expect("lock")
+                    .iter()
+                    .any(|(_, p)| p.as_slice() == b"{\"during\":\"flood\"}")
+            })
+            .await,
+            "the device's status never arrived during the flood"
+        );
+        let device_took = started.elapsed();
+        // Over the per-address bound: closed at once, before the deadline.
+        let mut at_once = 0;
+        assert!(
+            eventually(Duration::from_secs(5), || {
+                at_once = closed(&flood);
+                at_once >= 300 - 256
+            })
+            .await,
+            "only {at_once} of 300 closed by the per-address bound"
+        );
+        // The rest at the CONNECT deadline.
+        let mut all = 0;
+        assert!(
+            eventually(Duration::from_secs(25), || {
+                all = closed(&flood);
+                all == 300
+            })
+            .await,
+            "{all} of 300 half-sent CONNECTs closed after {:?}",
+            started.elapsed()
+        );
+        eprintln!(
+            "300 half-sent CONNECTs from 127.0.0.2: {at_once} closed at once, all 300 after {:?}; the device connected and published in {device_took:?}",
+            started.elapsed()
+        );
+    });
 }

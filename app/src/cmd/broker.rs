@@ -34,6 +34,13 @@ pub struct Args {
     /// anyone who can reach it (demos only).
     #[arg(long, value_name = "DIR")]
     pub acl_from: Option<PathBuf>,
+    /// With --acl-from: connections open at once, in all (more wait to be accepted).
+    #[arg(long, default_value_t = crate::link::acl_proxy::DEFAULT_MAX_CONNECTIONS, requires = "acl_from")]
+    pub max_connections: usize,
+    /// With --acl-from: connections open at once from one address (IPv6: one /64); more are
+    /// closed at once.
+    #[arg(long, default_value_t = crate::link::acl_proxy::DEFAULT_MAX_PER_CLIENT, requires = "acl_from")]
+    pub max_per_client: usize,
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -86,6 +93,11 @@ pub struct MosquittoConfigArgs {
     /// `persistent_client_expiration`, e.g. 7d, 12h).
     #[arg(long, default_value = "7d")]
     pub persistent_client_expiration: String,
+    /// With --auth passwords and no --certfile/--keyfile: accept a listener on a non-loopback
+    /// address without TLS, where every password crosses the network in clear (a trusted
+    /// network only).
+    #[arg(long, conflicts_with_all = ["certfile", "keyfile", "cafile"])]
+    pub plaintext: bool,
 }
 
 /// `--mqtt-username` and `--mqtt-password-file`, shared by the engine, the simulator and the
@@ -117,14 +129,22 @@ pub fn run(args: &Args) -> Result<()> {
     }
     // The broker runs on its own threads until the process is stopped; keep its handle.
     let _running: EmbeddedBroker = if let Some(dir) = &args.acl_from {
-        let rules = load_rules(dir)?;
+        if args.max_connections == 0 || args.max_per_client == 0 {
+            bail!("--max-connections and --max-per-client must be at least 1");
+        }
+        let mut rules = load_rules(dir)?;
+        rules.max_connections = args.max_connections;
+        rules.max_per_client = args.max_per_client;
         let users = rules.passwords.len();
         let (broker, _stats) = EmbeddedBroker::start_with_acl(args.listen, rules)
             .context("starting the embedded MQTT broker")?;
         eprintln!(
-            "embedded MQTT broker listening on {} with the ACL of {} ({users} identities): clients log in, devices speak only for themselves",
+            "embedded MQTT broker listening on {} with the ACL of {} ({users} identities): clients log in, devices speak only for themselves (the broker itself is on {}, for the proxy's login only)",
             broker.addr(),
-            dir.display()
+            dir.display(),
+            broker
+                .inner_addr()
+                .map_or_else(|| "?".to_owned(), |a| a.to_string())
         );
         broker
     } else {
@@ -149,8 +169,14 @@ pub fn load_rules(dir: &Path) -> Result<ProxyRules> {
         let path = dir.join(name);
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))
     };
-    let passwords = acl::PasswordFile::parse(&read("password_file")?)
-        .with_context(|| format!("in {}", dir.join("password_file").display()))?;
+    let (passwords, skipped) = acl::PasswordFile::parse(&read("password_file")?);
+    for bad in &skipped {
+        // One bad line costs its identity, not the whole broker.
+        eprintln!(
+            "warning: {} {bad}: skipped (that identity cannot log in)",
+            dir.join("password_file").display()
+        );
+    }
     if passwords.is_empty() {
         bail!(
             "{} holds no identity: nobody could log in",
@@ -163,6 +189,9 @@ pub fn load_rules(dir: &Path) -> Result<ProxyRules> {
         acl,
         passwords,
         max_packet_bytes: BROKER_MESSAGE_SIZE_LIMIT + 1024,
+        max_connections: crate::link::acl_proxy::DEFAULT_MAX_CONNECTIONS,
+        max_per_client: crate::link::acl_proxy::DEFAULT_MAX_PER_CLIENT,
+        connect_timeout: crate::link::acl_proxy::DEFAULT_CONNECT_TIMEOUT,
     })
 }
 
@@ -170,33 +199,14 @@ fn mosquitto_config(args: &MosquittoConfigArgs) -> Result<()> {
     let topics =
         Topics::new(&args.prefix).map_err(|e| anyhow::anyhow!("invalid topic prefix {:?}", e.0))?;
     let fleet = crate::fleet_io::load_fleet(&args.fleet)?;
-    for d in &fleet.devices {
-        acl::usable_device_user(&d.id)
-            .map_err(|e| anyhow::anyhow!("{e}: rename it before generating the broker ACL"))?;
-    }
+    check_device_users(fleet.devices.iter().map(|d| d.id.as_str()), args.auth)?;
     let expiration = &args.persistent_client_expiration;
-    let valid_expiry = expiration.len() > 1
-        && expiration[..expiration.len() - 1]
-            .bytes()
-            .all(|b| b.is_ascii_digit())
-        && expiration.ends_with(['h', 'd', 'w', 'm', 'y']);
-    if !valid_expiry {
+    if !valid_expiration(expiration) {
         bail!(
             "--persistent-client-expiration {expiration:?}: use a number and one of h, d, w, m, y (e.g. 7d)"
         );
     }
-    let tls = match args.auth {
-        AuthMode::Certs => {
-            let (Some(ca), Some(cert), Some(key)) = (&args.cafile, &args.certfile, &args.keyfile)
-            else {
-                bail!(
-                    "--auth certs needs --cafile, --certfile and --keyfile (the CA that signs the devices' certificates, and the broker's certificate and key)"
-                );
-            };
-            Some((absolute(ca)?, absolute(cert)?, absolute(key)?))
-        }
-        AuthMode::Passwords => None,
-    };
+    let tls = listener_tls(args)?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     let out = absolute(&args.out)?;
@@ -217,20 +227,27 @@ fn mosquitto_config(args: &MosquittoConfigArgs) -> Result<()> {
         args.listen.port(),
         args.listen.ip()
     );
-    match &tls {
-        Some((ca, cert, key)) => {
+    if let Some(tls) = &tls {
+        if let Some(ca) = &tls.ca {
+            let _ = writeln!(conf, "cafile {}", ca.display());
+        }
+        let _ = writeln!(
+            conf,
+            "certfile {}\nkeyfile {}",
+            tls.cert.display(),
+            tls.key.display()
+        );
+    }
+    match args.auth {
+        AuthMode::Certs => {
             let _ = writeln!(
                 conf,
-                "cafile {}\ncertfile {}\nkeyfile {}\n\
-                 # Every client presents a certificate; its Common Name is its username (a device's\n\
+                "# Every client presents a certificate; its Common Name is its username (a device's\n\
                  # id, or convoy-engine / convoy-console).\n\
-                 require_certificate true\nuse_identity_as_username true",
-                ca.display(),
-                cert.display(),
-                key.display()
+                 require_certificate true\nuse_identity_as_username true"
             );
         }
-        None => {
+        AuthMode::Passwords => {
             let _ = writeln!(
                 conf,
                 "password_file {}",
@@ -341,6 +358,105 @@ fn mosquitto_config(args: &MosquittoConfigArgs) -> Result<()> {
     Ok(())
 }
 
+/// The listener's TLS files, as absolute paths.
+#[derive(Debug)]
+struct ListenerTls {
+    ca: Option<PathBuf>,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+/// The listener's TLS: `--auth certs` needs all three files; `--auth passwords` writes the
+/// certificate and key when given, and refuses to put passwords in clear on a non-loopback
+/// listener unless `--plaintext` says so (then warns).
+fn listener_tls(args: &MosquittoConfigArgs) -> Result<Option<ListenerTls>> {
+    match (args.auth, &args.cafile, &args.certfile, &args.keyfile) {
+        (AuthMode::Certs, Some(ca), Some(cert), Some(key)) => Ok(Some(ListenerTls {
+            ca: Some(absolute(ca)?),
+            cert: absolute(cert)?,
+            key: absolute(key)?,
+        })),
+        (AuthMode::Certs, ..) => bail!(
+            "--auth certs needs --cafile, --certfile and --keyfile (the CA that signs the devices' certificates, and the broker's certificate and key)"
+        ),
+        (AuthMode::Passwords, ca, Some(cert), Some(key)) => Ok(Some(ListenerTls {
+            ca: ca.as_deref().map(absolute).transpose()?,
+            cert: absolute(cert)?,
+            key: absolute(key)?,
+        })),
+        (AuthMode::Passwords, _, Some(_), None) | (AuthMode::Passwords, _, None, Some(_)) => {
+            bail!("--certfile and --keyfile go together (the broker's certificate and its key)")
+        }
+        (AuthMode::Passwords, Some(_), None, None) => {
+            bail!(
+                "--cafile without --certfile and --keyfile: the listener needs the broker's certificate and key for TLS"
+            )
+        }
+        (AuthMode::Passwords, None, None, None) => {
+            if args.listen.ip().is_loopback() {
+                Ok(None)
+            } else if args.plaintext {
+                eprintln!(
+                    "warning: --plaintext: the listener on {} has no TLS; every device's and the engine's password crosses the network in clear",
+                    args.listen
+                );
+                Ok(None)
+            } else {
+                bail!(
+                    "--listen {}: passwords would cross the network in clear; pass --certfile and --keyfile (the broker's TLS certificate and key), listen on a loopback address, or --plaintext on a trusted network",
+                    args.listen
+                )
+            }
+        }
+    }
+}
+
+/// Whether a `persistent_client_expiration` is a number and one of h, d, w, m, y.
+fn valid_expiration(expiration: &str) -> bool {
+    expiration
+        .strip_suffix(['h', 'd', 'w', 'm', 'y'])
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Every device id can be a broker username (with passwords: no `:`), or an error naming the
+/// ones that cannot.
+fn check_device_users<'a>(ids: impl Iterator<Item = &'a str>, auth: AuthMode) -> Result<()> {
+    let mut bad = Vec::new();
+    let mut colon = Vec::new();
+    for id in ids {
+        if let Err(e) = acl::usable_device_user(id) {
+            bad.push(e);
+        } else if auth == AuthMode::Passwords && acl::usable_password_user(id).is_err() {
+            colon.push(format!("{id:?}"));
+        }
+    }
+    if let Some(first) = bad.first() {
+        bail!(
+            "{first}: rename it before generating the broker ACL ({} device id(s) cannot be broker usernames)",
+            bad.len()
+        );
+    }
+    if !colon.is_empty() {
+        let shown = colon
+            .iter()
+            .take(10)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ");
+        let more = colon.len().saturating_sub(10);
+        bail!(
+            "{} device id(s) contain ':', which a broker username in a password file cannot ({shown}{}): rename them, or use --auth certs (the certificate's Common Name carries the id)",
+            colon.len(),
+            if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            }
+        );
+    }
+    Ok(())
+}
+
 fn absolute(path: &Path) -> Result<PathBuf> {
     std::path::absolute(path).with_context(|| format!("resolving {}", path.display()))
 }
@@ -366,4 +482,85 @@ fn write_file(path: &Path, text: &str, secret: bool) -> Result<()> {
         .with_context(|| format!("creating {}", path.display()))?;
     file.write_all(text.as_bytes())
         .with_context(|| format!("writing {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser as _;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: MosquittoConfigArgs,
+    }
+
+    fn args(extra: &[&str]) -> MosquittoConfigArgs {
+        let mut argv = vec!["x", "--fleet", "f.json", "--out", "o"];
+        argv.extend_from_slice(extra);
+        Cli::try_parse_from(argv).expect("flags").args
+    }
+
+    #[test]
+    fn passwords_in_clear_off_loopback_need_plaintext() {
+        // The default listener is 0.0.0.0: refused without TLS, naming the way out.
+        let err = listener_tls(&args(&[])).expect_err("refused");
+        let msg = format!("{err:#}");
+        assert!(
+            msg.contains("0.0.0.0:1883") && msg.contains("--certfile"),
+            "{msg}"
+        );
+        assert!(listener_tls(&args(&["--plaintext"])).expect("ok").is_none());
+        let local = listener_tls(&args(&["--listen", "127.0.0.1:1883"])).expect("ok");
+        assert!(local.is_none());
+        // Given files are written, with or without a CA.
+        let tls = listener_tls(&args(&["--certfile", "c.pem", "--keyfile", "k.pem"]))
+            .expect("ok")
+            .expect("tls");
+        assert!(tls.cert.ends_with("c.pem") && tls.key.ends_with("k.pem") && tls.ca.is_none());
+        let tls = listener_tls(&args(&[
+            "--certfile",
+            "c.pem",
+            "--keyfile",
+            "k.pem",
+            "--cafile",
+            "ca.pem",
+        ]))
+        .expect("ok")
+        .expect("tls");
+        assert!(tls.ca.is_some_and(|c| c.ends_with("ca.pem")));
+        assert!(listener_tls(&args(&["--certfile", "c.pem"])).is_err());
+        assert!(listener_tls(&args(&["--cafile", "ca.pem"])).is_err());
+        assert!(listener_tls(&args(&["--auth", "certs", "--certfile", "c.pem"])).is_err());
+        // --plaintext with TLS files makes no sense.
+        let mut argv = vec!["x", "--fleet", "f", "--out", "o", "--plaintext"];
+        argv.extend(["--certfile", "c", "--keyfile", "k"]);
+        assert!(Cli::try_parse_from(argv).is_err());
+    }
+
+    #[test]
+    fn expirations_are_checked_without_slicing() {
+        for ok in ["7d", "12h", "1w", "30m", "2y", "0d"] {
+            assert!(valid_expiration(ok), "{ok}");
+        }
+        for bad in ["7é", "é", "d", "", "7", "7dd", "x7d", "-1d", "7 d", "７d"] {
+            assert!(!valid_expiration(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn device_ids_with_a_colon_cannot_have_passwords() {
+        let ids = ["dev-1", "urn:dev:1", "a:b"];
+        let err = check_device_users(ids.into_iter(), AuthMode::Passwords).expect_err("refused");
+        let msg = format!("{err:#}");
+        assert!(
+            msg.contains("\"urn:dev:1\"")
+                && msg.contains("\"a:b\"")
+                && msg.contains("--auth certs"),
+            "{msg}"
+        );
+        assert!(!msg.contains("dev-1\""), "{msg}");
+        assert!(check_device_users(ids.into_iter(), AuthMode::Certs).is_ok());
+        assert!(check_device_users(["convoy-engine"].into_iter(), AuthMode::Certs).is_err());
+    }
 }

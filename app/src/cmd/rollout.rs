@@ -487,7 +487,8 @@ pub fn engine_options(args: &RunArgs) -> Result<(EngineOptions, EngineControl)> 
         Topics::new(&args.prefix).map_err(|e| anyhow!("invalid topic prefix {:?}", e.0))?;
     // One client id per rollout, not per run: a resumed run takes the session (and the acks
     // queued in it) back, and dead runs do not pile up sessions at the broker (docs/ENGINE.md).
-    let mut link = LinkConfig::new(&args.broker, &engine_client_id(&rollout_id));
+    let client_id = engine_client_id(&Store::open_existing(&db)?, &rollout_id)?;
+    let mut link = LinkConfig::new(&args.broker, &client_id);
     link.auth = args.mqtt_auth.auth()?;
     link.ca_file.clone_from(&args.ca_file);
     link.client_cert_file.clone_from(&args.client_cert);
@@ -532,9 +533,22 @@ pub fn engine_options(args: &RunArgs) -> Result<(EngineOptions, EngineControl)> 
     Ok((options, control))
 }
 
-/// The engine's MQTT client id for a rollout: the same for every run of it.
-pub fn engine_client_id(rollout_id: &str) -> String {
-    format!("convoy-engine-{rollout_id}")
+/// The engine's MQTT client id for a rollout: the same for every run of it, and unguessable
+/// (`convoy-engine-{rollout}-{128 random bits}`), since a client that knows it could knock the
+/// engine off a broker that does not bind client ids to users (stock Mosquitto). Drawn by the
+/// first run and kept in the cache's settings (`engine.client_id.{rollout}`), so `--resume`
+/// takes the same session back.
+pub fn engine_client_id(store: &Store, rollout_id: &str) -> Result<String> {
+    let key = format!("engine.client_id.{rollout_id}");
+    if let Some(id) = store.setting(&key)? {
+        return Ok(id);
+    }
+    let id = format!(
+        "convoy-engine-{rollout_id}-{}",
+        crate::link::acl::random_client_suffix()?
+    );
+    store.set_setting(&key, &id)?;
+    Ok(id)
 }
 
 /// The DDI link's options from `--ddi-*`; the files are read (and the tokens checked) here.
@@ -698,4 +712,34 @@ fn render_report(r: &EngineReport) -> String {
         let _ = writeln!(s, "  note: {n}");
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_engine_client_id_is_random_and_kept_for_resume() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = dir.path().join("cache.db");
+        let first = engine_client_id(&Store::open(&db).expect("store"), "r1").expect("id");
+        let hex = first
+            .strip_prefix("convoy-engine-r1-")
+            .expect("the rollout in the id");
+        assert_eq!(hex.len(), 32, "{first}");
+        assert!(hex.bytes().all(|b| b.is_ascii_hexdigit()), "{first}");
+        // A resumed run (a new process, a new connection to the cache) gets the same id.
+        let again = engine_client_id(&Store::open_existing(&db).expect("store"), "r1").expect("id");
+        assert_eq!(first, again);
+        // Another rollout draws its own.
+        let other = engine_client_id(&Store::open_existing(&db).expect("store"), "r2").expect("id");
+        assert!(other.starts_with("convoy-engine-r2-"), "{other}");
+        let fresh_dir = tempfile::tempdir().expect("tempdir");
+        let fresh = engine_client_id(
+            &Store::open(&fresh_dir.path().join("cache.db")).expect("store"),
+            "r1",
+        )
+        .expect("id");
+        assert_ne!(first, fresh, "the same rollout id in another cache");
+    }
 }

@@ -834,7 +834,12 @@ fn spawn_console_link(
     topics: Topics,
     reporter: Reporter,
 ) -> Result<()> {
-    let mut config = LinkConfig::new(url, &format!("convoy-console-{}", std::process::id()));
+    // Unguessable: a client that knows it could knock the console off the broker.
+    let client_id = format!(
+        "convoy-console-{}",
+        crate::link::acl::random_client_suffix()?
+    );
+    let mut config = LinkConfig::new(url, &client_id);
     config.auth = auth;
     // The console only watches: nothing queued for it is worth keeping while it is closed.
     config.persistent_session = false;

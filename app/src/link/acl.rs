@@ -275,52 +275,36 @@ struct PasswordHash {
 }
 
 impl PasswordFile {
-    pub fn parse(text: &str) -> Result<Self, FileError> {
-        let b64 = base64::engine::general_purpose::STANDARD;
+    /// Reads every usable line; a line that cannot be used is skipped and returned (with its
+    /// number and why), so one bad line costs that identity only, never the whole broker.
+    pub fn parse(text: &str) -> (Self, Vec<FileError>) {
         let mut users = BTreeMap::new();
+        let mut skipped = Vec::new();
         for (n, raw) in text.lines().enumerate() {
             let line = raw.trim_end();
-            let err = |reason: &str| FileError {
-                line: n + 1,
-                reason: reason.to_owned(),
-            };
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let (user, hash) = line
-                .split_once(':')
-                .ok_or_else(|| err("expected `user:$7$...`"))?;
-            let parts: Vec<&str> = hash.split('$').collect();
-            let ["", "7", iterations, salt, hash] = parts.as_slice() else {
-                return Err(err(
-                    "only Mosquitto 2's PBKDF2-SHA512 hashes ($7$) are supported",
-                ));
-            };
-            let iterations: u32 = iterations
-                .parse()
-                .ok()
-                .filter(|&i| i > 0)
-                .ok_or_else(|| err("bad iteration count"))?;
-            let salt = b64.decode(salt).map_err(|_| err("bad base64 salt"))?;
-            let hash = b64.decode(hash).map_err(|_| err("bad base64 hash"))?;
-            if hash.len() != 64 {
-                return Err(err("a $7$ hash is 64 bytes"));
-            }
-            if users
-                .insert(
-                    user.to_owned(),
-                    PasswordHash {
-                        iterations,
-                        salt,
-                        hash,
-                    },
-                )
-                .is_some()
-            {
-                return Err(err(&format!("user {user:?} appears twice")));
+            let parsed = parse_password_line(line).and_then(|(user, hash)| {
+                if users.contains_key(user) {
+                    Err(format!(
+                        "user {user:?} appears twice (the first line is kept)"
+                    ))
+                } else {
+                    Ok((user, hash))
+                }
+            });
+            match parsed {
+                Ok((user, hash)) => {
+                    users.insert(user.to_owned(), hash);
+                }
+                Err(reason) => skipped.push(FileError {
+                    line: n + 1,
+                    reason,
+                }),
             }
         }
-        Ok(Self { users })
+        (Self { users }, skipped)
     }
 
     pub fn len(&self) -> usize {
@@ -329,6 +313,11 @@ impl PasswordFile {
 
     pub fn is_empty(&self) -> bool {
         self.users.is_empty()
+    }
+
+    /// Whether `user` has a line.
+    pub fn contains(&self, user: &str) -> bool {
+        self.users.contains_key(user)
     }
 
     /// Whether `password` is `user`'s (in constant time over the hash).
@@ -342,6 +331,52 @@ impl PasswordFile {
             .fold(0u8, |acc, (a, b)| acc | (a ^ b))
             == 0
     }
+}
+
+/// One `user:$7$ITERATIONS$SALT$HASH` line.
+fn parse_password_line(line: &str) -> Result<(&str, PasswordHash), String> {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let (user, hash) = line
+        .split_once(':')
+        .ok_or_else(|| "expected `user:$7$...`".to_owned())?;
+    if hash.contains(':') {
+        return Err(format!(
+            "a username cannot contain ':' (Mosquitto reads this line as user {user:?})"
+        ));
+    }
+    let parts: Vec<&str> = hash.split('$').collect();
+    let ["", "7", iterations, salt, hash] = parts.as_slice() else {
+        return Err("only Mosquitto 2's PBKDF2-SHA512 hashes ($7$) are supported".to_owned());
+    };
+    let iterations: u32 = iterations
+        .parse()
+        .ok()
+        .filter(|&i| i > 0)
+        .ok_or_else(|| "bad iteration count".to_owned())?;
+    let salt = b64.decode(salt).map_err(|_| "bad base64 salt".to_owned())?;
+    let hash = b64.decode(hash).map_err(|_| "bad base64 hash".to_owned())?;
+    if hash.len() != 64 {
+        return Err("a $7$ hash is 64 bytes".to_owned());
+    }
+    Ok((
+        user,
+        PasswordHash {
+            iterations,
+            salt,
+            hash,
+        },
+    ))
+}
+
+/// Whether a device id can log in with a password: Mosquitto's `password_file` is
+/// `user:hash`, so a username cannot contain `:` (`mosquitto_passwd` refuses it too).
+pub fn usable_password_user(id: &str) -> Result<(), String> {
+    if id.contains(':') {
+        return Err(format!(
+            "device id {id:?} contains ':', which a broker username cannot"
+        ));
+    }
+    Ok(())
 }
 
 /// One `password_file` line for `user`, as `mosquitto_passwd` writes it: `$7$`, 101 iterations,
@@ -385,6 +420,67 @@ pub fn usable_device_user(id: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// Client-id prefixes reserved to Convoy's own identities: only that user may connect with an
+/// id that starts with one of them (the engine's and the console's ids also carry 128 random bits).
+pub const RESERVED_CLIENT_IDS: [(&str, &str); 4] = [
+    ("convoy-engine", ENGINE_USER),
+    ("convoy-console", CONSOLE_USER),
+    ("convoy-fleet-sim", SIM_USER),
+    ("convoy-sim", SIM_USER),
+];
+
+/// 128 random bits as 32 hex digits: the unguessable part of the engine's and the console's
+/// MQTT client ids (a client that knows another's id can disconnect it from the broker).
+pub fn random_client_suffix() -> anyhow::Result<String> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes)
+        .map_err(|e| anyhow::anyhow!("the system's random source failed: {e}"))?;
+    Ok(hex::encode(bytes))
+}
+
+/// The user a client id belongs to: the Convoy identity whose prefix it starts with, else the
+/// longest known user `u` (per `is_user`) with `client_id == u` or `client_id` starting `u-`.
+fn client_id_owner(client_id: &str, is_user: impl Fn(&str) -> bool) -> Option<String> {
+    if let Some((_, user)) = RESERVED_CLIENT_IDS
+        .iter()
+        .find(|(prefix, _)| client_id.starts_with(prefix))
+    {
+        return Some((*user).to_owned());
+    }
+    if is_user(client_id) {
+        return Some(client_id.to_owned());
+    }
+    client_id
+        .rmatch_indices('-')
+        .map(|(i, _)| &client_id[..i])
+        .find(|u| is_user(u))
+        .map(str::to_owned)
+}
+
+/// Whether `username` may connect with `client_id` (a broker disconnects the older of two clients
+/// with one id, so an id is its owner's alone). A device (any user but Convoy's own) must use its
+/// username, or its username, `-` and anything, and never an id that belongs to another user
+/// (device `dev` cannot take `dev-1`'s id when `dev-1` is a user); ids starting with
+/// `convoy-engine`, `convoy-console`, `convoy-sim` or `convoy-fleet-sim` are reserved to those
+/// identities, which may otherwise use any id that belongs to nobody.
+pub fn check_client_id(
+    username: &str,
+    client_id: &str,
+    is_user: impl Fn(&str) -> bool,
+) -> Result<(), String> {
+    let service = [ENGINE_USER, CONSOLE_USER, SIM_USER].contains(&username);
+    match client_id_owner(client_id, is_user) {
+        Some(owner) if owner == username => Ok(()),
+        Some(owner) => Err(format!(
+            "client id {client_id:?} belongs to {owner:?}, not to {username:?}"
+        )),
+        None if service => Ok(()),
+        None => Err(format!(
+            "client id {client_id:?}: a device must connect with its username ({username:?}) or `{username}-...` as client id"
+        )),
+    }
 }
 
 fn hmac_sha512(key: &[u8], parts: &[&[u8]]) -> [u8; 64] {
@@ -438,10 +534,10 @@ mod tests {
     #[test]
     fn a_line_written_by_mosquitto_passwd_verifies() {
         // `mosquitto_passwd -c -b pw dev-1 hunter2-secret` (Mosquitto 2.0.11).
-        let file = PasswordFile::parse(
+        let (file, skipped) = PasswordFile::parse(
             "dev-1:$7$101$J8c8L67L5hXBdV5C$r8NOhDzszSpD/ihHbP81TOEsC8iQeh3iWaQkc9IZxTurqygqe/9PoxbY33DeiNjC2BydHXa/2Haw4XX8dXdkbw==\n",
-        )
-        .expect("parse");
+        );
+        assert!(skipped.is_empty(), "{skipped:?}");
         assert!(file.verify("dev-1", b"hunter2-secret"));
         assert!(!file.verify("dev-1", b"hunter2-secreT"));
         assert!(!file.verify("dev-2", b"hunter2-secret"));
@@ -458,16 +554,29 @@ mod tests {
     }
 
     #[test]
-    fn bad_password_files_name_the_line() {
-        for (text, line) in [
-            ("a:$6$abc$def\n", 1),
-            ("# c\nb\n", 2),
-            ("a:$7$0$AAAA$AAAA\n", 1),
-            ("a:$7$101$!!$AAAA\n", 1),
+    fn bad_password_lines_are_skipped_and_named() {
+        let good = "dev-1:$7$101$J8c8L67L5hXBdV5C$r8NOhDzszSpD/ihHbP81TOEsC8iQeh3iWaQkc9IZxTurqygqe/9PoxbY33DeiNjC2BydHXa/2Haw4XX8dXdkbw==";
+        for (bad, why) in [
+            ("a:$6$abc$def", "$7$"),
+            ("b", "user:"),
+            ("a:$7$0$AAAA$AAAA", "iteration"),
+            ("a:$7$101$!!$AAAA", "salt"),
+            ("urn:dev:1:$7$101$AAAA$AAAA", "cannot contain ':'"),
+            (good, "appears twice"),
         ] {
-            let err = PasswordFile::parse(text).expect_err(text);
-            assert_eq!(err.line, line, "{text}: {err}");
+            let text = format!("# c\n{good}\n{bad}\n");
+            let (file, skipped) = PasswordFile::parse(&text);
+            assert_eq!(file.len(), 1, "{bad}");
+            assert!(file.verify("dev-1", b"hunter2-secret"), "{bad}");
+            let [err] = skipped.as_slice() else {
+                panic!("{bad}: {skipped:?}")
+            };
+            assert_eq!(err.line, 3, "{bad}: {err}");
+            assert!(err.reason.contains(why), "{bad}: {err}");
         }
+        assert!(usable_password_user("dev-1").is_ok());
+        let err = usable_password_user("urn:dev:1").expect_err("colon");
+        assert!(err.contains("urn:dev:1") && err.contains("':'"), "{err}");
     }
 
     fn acl() -> Acl {
@@ -560,6 +669,57 @@ mod tests {
             let err = Acl::parse(text).expect_err(text);
             assert_eq!(err.line, line, "{text}: {err}");
         }
+    }
+
+    #[test]
+    fn a_client_id_belongs_to_one_user() {
+        let users = [
+            "dev",
+            "dev-1",
+            "dev-1-a",
+            ENGINE_USER,
+            CONSOLE_USER,
+            SIM_USER,
+        ];
+        let is_user = |u: &str| users.contains(&u);
+        for (user, id) in [
+            ("dev-1", "dev-1"),
+            ("dev-1", "dev-1-thief"),
+            ("dev", "dev"),
+            ("dev", "dev-x"),
+            ("dev-1-a", "dev-1-a-7"),
+            (ENGINE_USER, "convoy-engine-r1-00ff"),
+            (CONSOLE_USER, "convoy-console-00ff"),
+            (CONSOLE_USER, "watcher"),
+            (SIM_USER, "convoy-sim-42"),
+        ] {
+            assert_eq!(check_client_id(user, id, is_user), Ok(()), "{user} as {id}");
+        }
+        for (user, id) in [
+            // Another device's id, or one that looks like it.
+            ("dev", "dev-1"),
+            ("dev-1", "dev-1-a"),
+            ("dev-1", "dev"),
+            ("dev-1", "dev-10"),
+            ("dev-1", "watcher"),
+            ("dev-1", ""),
+            // Convoy's own identities' ids.
+            ("dev-1", "convoy-engine-r1-00ff"),
+            ("dev-1", "convoy-engine"),
+            ("dev-1", "convoy-console-1"),
+            ("dev-1", "convoy-sim-1"),
+            (CONSOLE_USER, "convoy-engine-r1"),
+            (SIM_USER, "convoy-console-1"),
+            // A service identity cannot take a device's id either.
+            (SIM_USER, "dev-1"),
+            (ENGINE_USER, "dev-1-x"),
+        ] {
+            let err = check_client_id(user, id, is_user).expect_err(id);
+            assert!(err.contains(&format!("{id:?}")), "{err}");
+        }
+        let a = random_client_suffix().expect("random");
+        assert_eq!(a.len(), 32);
+        assert_ne!(a, random_client_suffix().expect("random"));
     }
 
     #[test]

@@ -14,12 +14,22 @@ use std::time::{Duration, Instant};
 #[derive(Debug)]
 pub struct EmbeddedBroker {
     addr: SocketAddr,
+    /// Behind the ACL proxy: the loopback address of rumqttd itself (login required).
+    inner: Option<SocketAddr>,
 }
 
 impl EmbeddedBroker {
     /// Starts a broker listening on `addr`; port 0 picks a free port. Returns once the broker
     /// accepts TCP connections (or fails after 10 s).
     pub fn start(addr: SocketAddr) -> Result<Self> {
+        Self::start_inner(addr, None)
+    }
+
+    /// [`Self::start`], taking only `login` when it is given.
+    fn start_inner(
+        addr: SocketAddr,
+        login: Option<&super::acl_proxy::UpstreamLogin>,
+    ) -> Result<Self> {
         let addr = if addr.port() == 0 {
             SocketAddr::new(addr.ip(), pick_free_port(addr.ip())?)
         } else {
@@ -28,7 +38,7 @@ impl EmbeddedBroker {
         if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
             bail!("{addr} is already in use: another broker may be running there");
         }
-        let config = broker_config(addr);
+        let config = broker_config(addr, login);
         std::thread::Builder::new()
             .name("mqtt-broker".into())
             .spawn(move || {
@@ -46,18 +56,21 @@ impl EmbeddedBroker {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        Ok(Self { addr })
+        Ok(Self { addr, inner: None })
     }
 
     /// Starts the broker behind the ACL proxy ([`super::acl_proxy`]): rumqttd on a free loopback
     /// port, and the proxy on `addr` (port 0 picks a free port, reported by [`Self::addr`]),
     /// which lets through only what `rules` allow. The proxy runs on its own thread and runtime.
+    /// rumqttd takes one login only, the proxy's (`convoy-proxy` and 32 random bytes drawn here),
+    /// so a local process that finds its port cannot go around the ACL.
     pub fn start_with_acl(
         addr: SocketAddr,
         rules: super::acl_proxy::ProxyRules,
     ) -> Result<(Self, std::sync::Arc<super::acl_proxy::ProxyStats>)> {
         let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
-        let inner = Self::start(loopback)?;
+        let login = super::acl_proxy::UpstreamLogin::random()?;
+        let inner = Self::start_inner(loopback, Some(&login))?;
         let listener = TcpListener::bind(addr)
             .with_context(|| format!("listening on {addr} for the broker's ACL proxy"))?;
         listener
@@ -79,18 +92,30 @@ impl EmbeddedBroker {
                 runtime.block_on(async move {
                     match tokio::net::TcpListener::from_std(listener) {
                         Ok(listener) => {
-                            super::acl_proxy::serve(listener, upstream, rules, thread_stats).await;
+                            super::acl_proxy::serve(listener, upstream, login, rules, thread_stats)
+                                .await;
                         }
                         Err(err) => eprintln!("broker ACL proxy stopped: {err}"),
                     }
                 });
             })
             .context("starting the proxy thread")?;
-        Ok((Self { addr: public }, stats))
+        Ok((
+            Self {
+                addr: public,
+                inner: Some(upstream),
+            },
+            stats,
+        ))
     }
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Behind the ACL proxy, rumqttd's own loopback address (it takes only the proxy's login).
+    pub fn inner_addr(&self) -> Option<SocketAddr> {
+        self.inner
     }
 
     /// The URL clients connect with, e.g. `mqtt://127.0.0.1:18830`.
@@ -121,13 +146,16 @@ pub fn pick_free_port(ip: std::net::IpAddr) -> Result<u16> {
     bail!("no free port found on {ip} between 20000 and 32000")
 }
 
-fn broker_config(addr: SocketAddr) -> rumqttd::Config {
+fn broker_config(
+    addr: SocketAddr,
+    login: Option<&super::acl_proxy::UpstreamLogin>,
+) -> rumqttd::Config {
     let connections = rumqttd::ConnectionSettings {
         connection_timeout_ms: 60_000,
         // Matches the protocol's own limit with room for MQTT framing.
         max_payload_size: 128 * 1024,
         max_inflight_count: 500,
-        auth: None,
+        auth: login.map(|l| HashMap::from([(l.username.clone(), l.password.clone())])),
         external_auth: None,
         dynamic_filters: true,
     };

@@ -113,19 +113,19 @@ pub fn client_key(ip: IpAddr) -> IpAddr {
 }
 
 /// Open connections per client address.
-struct ClientTable {
+pub(crate) struct ClientTable {
     max: usize,
     open: Mutex<HashMap<IpAddr, usize>>,
 }
 
 /// One connection of a client; dropping it gives the slot back.
-struct ClientSlot {
+pub(crate) struct ClientSlot {
     table: Arc<ClientTable>,
     key: IpAddr,
 }
 
 impl ClientTable {
-    fn new(max: usize) -> Self {
+    pub(crate) fn new(max: usize) -> Self {
         Self {
             max,
             open: Mutex::new(HashMap::new()),
@@ -133,7 +133,7 @@ impl ClientTable {
     }
 
     /// A slot for one more connection from `ip`, or `None` when it has `max` already.
-    fn take(self: &Arc<Self>, ip: IpAddr) -> Option<ClientSlot> {
+    pub(crate) fn take(self: &Arc<Self>, ip: IpAddr) -> Option<ClientSlot> {
         let key = client_key(ip);
         let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
         let n = open.entry(key).or_insert(0);
