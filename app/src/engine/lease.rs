@@ -12,7 +12,8 @@
 use anyhow::{Context, Result, bail};
 use convoy_core::time::Timestamp;
 use std::path::Path;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
 use crate::store::Store;
@@ -26,6 +27,9 @@ pub const DEFAULT_LEASE_SECS: u64 = 30;
 pub struct EngineLease {
     stop: Option<mpsc::Sender<()>>,
     renewer: Option<std::thread::JoinHandle<()>>,
+    /// Set by the renewals when another engine has taken the lease over: this run must stop
+    /// at once, writing nothing more (review of issue 16, F10).
+    lost: Arc<AtomicBool>,
 }
 
 /// The lease's lifetime: `CONVOY_ENGINE_LEASE_SECS` (a positive number of seconds) or
@@ -83,7 +87,11 @@ pub fn held_message(lease: &Lease, ttl: Duration) -> String {
 impl EngineLease {
     /// Takes the lease of `rollout_id` in the cache at `db`, or refuses with [`held_message`].
     pub fn take(db: &Path, rollout_id: &str) -> Result<Self> {
-        let ttl = lease_ttl()?;
+        Self::take_for(db, rollout_id, lease_ttl()?)
+    }
+
+    /// [`EngineLease::take`] with a lifetime of `ttl`.
+    pub fn take_for(db: &Path, rollout_id: &str, ttl: Duration) -> Result<Self> {
         let mut run = [0u8; 8];
         getrandom::fill(&mut run)
             .map_err(|e| anyhow::anyhow!("reading random bytes for the run id: {e}"))?;
@@ -109,10 +117,12 @@ impl EngineLease {
         let rollout = rollout_id.to_owned();
         let run_id = holder.run_id;
         let db = db.to_owned();
+        let lost = Arc::new(AtomicBool::new(false));
+        let lost_flag = Arc::clone(&lost);
         let renewer = std::thread::Builder::new()
             .name(format!("lease-{rollout_id}"))
             .spawn(move || match Store::open(&db) {
-                Ok(store) => renew(&store, &rollout, &run_id, ttl, &stop_rx),
+                Ok(store) => renew(&store, &rollout, &run_id, ttl, &stop_rx, &lost_flag),
                 Err(e) => eprintln!(
                     "rollout {rollout}: opening the cache to renew the engine lease: {e:#}"
                 ),
@@ -121,13 +131,27 @@ impl EngineLease {
         Ok(Self {
             stop: Some(stop_tx),
             renewer: Some(renewer),
+            lost,
         })
+    }
+
+    /// Whether another engine has taken this lease over (this one stalled past its lifetime):
+    /// the run must stop.
+    pub fn lost(&self) -> bool {
+        self.lost.load(Ordering::SeqCst)
     }
 }
 
 /// Renews the lease every third of `ttl` until told to stop (or the lease is gone), then
 /// releases it.
-fn renew(store: &Store, rollout: &str, run_id: &str, ttl: Duration, stop: &mpsc::Receiver<()>) {
+fn renew(
+    store: &Store,
+    rollout: &str,
+    run_id: &str,
+    ttl: Duration,
+    stop: &mpsc::Receiver<()>,
+    lost: &AtomicBool,
+) {
     let every = ttl / 3;
     // Until stopped, or until the run's side is dropped: either way the run is over.
     while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(every) {
@@ -135,9 +159,10 @@ fn renew(store: &Store, rollout: &str, run_id: &str, ttl: Duration, stop: &mpsc:
             Ok(true) => {}
             Ok(false) => {
                 eprintln!(
-                    "rollout {rollout}: this engine's lease expired and was taken over by another engine (this one stalled for longer than {} s)",
+                    "rollout {rollout}: this engine's lease expired and was taken over by another engine (this one stalled for longer than {} s); stopping",
                     ttl.as_secs_f64()
                 );
+                lost.store(true, Ordering::SeqCst);
                 return;
             }
             // A busy cache: the next renewal tries again, well before the lease expires.
@@ -157,5 +182,47 @@ impl Drop for EngineLease {
         if let Some(renewer) = self.renewer.take() {
             let _ = renewer.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An engine that stalls past its lease's lifetime and is taken over learns it at its
+    /// next renewal, so its run stops (review of issue 16, F10).
+    #[test]
+    fn a_lease_taken_over_by_another_engine_is_reported_lost() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = dir.path().join("cache.db");
+        drop(Store::open(&db).expect("cache"));
+        let ttl = Duration::from_millis(300);
+        let lease = EngineLease::take_for(&db, "r1", ttl).expect("first engine");
+        assert!(!lease.lost());
+        // A second engine, as if the first had stalled for an hour: the lease has expired by
+        // its clock, so it takes it over.
+        let other = Holder {
+            host: "other".into(),
+            pid: 1,
+            run_id: "other-run".into(),
+        };
+        let store = Store::open(&db).expect("cache");
+        let taken = store
+            .take_lease("r1", &other, wall_ms() + 3_600_000, ms(ttl))
+            .expect("take over");
+        assert!(matches!(taken, Taken::Ours { .. }), "{taken:?}");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !lease.lost() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the first engine never learnt that its lease was taken over"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // The first engine's end must not release the lease it lost: a third engine is still
+        // refused while the second holds it.
+        drop(lease);
+        let err = EngineLease::take_for(&db, "r1", ttl).expect_err("the second engine holds it");
+        assert!(format!("{err:#}").contains("host other"), "{err:#}");
     }
 }

@@ -419,7 +419,7 @@ pub async fn run_with(
     }
     // One engine per rollout: refused here, naming the running one, if another holds it;
     // renewed while this run lasts and released when it ends (dropped).
-    let _lease = lease::EngineLease::take(&opts.db, &opts.rollout_id)?;
+    let lease = lease::EngineLease::take(&opts.db, &opts.rollout_id)?;
     let mut store = Store::open(&opts.db)?;
     let fleet = store
         .load_fleet()
@@ -524,6 +524,14 @@ pub async fn run_with(
         }
         if opts.max_wall.is_some_and(|m| wall_started.elapsed() >= m) {
             break FinalState::TimedOut;
+        }
+        // Another engine took the rollout over (this one stalled past the lease's lifetime):
+        // stop at once and write nothing more, so that one engine drives the rollout.
+        if lease.lost() {
+            bail!(
+                "rollout {}: another engine took over this engine's lease; this run stops without writing more",
+                opts.rollout_id
+            );
         }
         let wait = shell
             .clock
