@@ -1,20 +1,19 @@
 //! The desktop console (egui, eframe with glow): a fleet map, a virtualised fleet table, device
-//! detail, cohort summaries and a read-only war-room wall showing the rollouts the headless
-//! engine (`convoy rollout run`) recorded in the cache; finding intake with its risk
-//! scorecard ([`findings`]), signed releases with their signature state ([`releases`]), and
-//! rollout plans of a verified release ([`planner`]).
+//! detail, cohort summaries, the war-room wall; finding intake with its risk scorecard
+//! ([`findings`]), signed releases ([`releases`]), rollout plans ([`planner`]), requests and
+//! approvals to dispatch ([`approvals`]), the rollout monitor that steers a running rollout
+//! ([`monitor`], through [`steer`]), reports ([`report`]), and the console attached to a
+//! `convoy serve` ([`remote`]).
 //!
 //! Layout: [`app`] holds the state and the shell and applies commands once per frame;
 //! [`backend`] does everything slow or networked on other threads and reports through a bounded
 //! channel; [`model`] is the fleet as the console knows it; [`query`] and [`aggregate`] compute
 //! filters, sort orders, summaries and map grids in plain, tested code; [`basemap`] draws the
-//! offline basemap tiles and [`tiles`] reads MBTiles files and online tile servers over it; the
-//! view modules only draw.
+//! offline basemap tiles and [`tiles`] reads MBTiles files and online tile servers over it.
 //!
-//! Not built yet: approval and dispatch, running or steering rollouts from the
-//! console (the engine runs headless; the war room only reads its record), and live cohort
-//! health plots against the baseline.
-//! `docs/CONSOLE.md` lists what is.
+//! Not yet as ARCHITECTURE.md wants it (issue 17): views still take the whole `ConsoleApp`
+//! rather than a narrow context, and some start their own worker threads.
+//! `docs/CONSOLE.md` lists what the console does and what is not built.
 
 pub mod aggregate;
 pub mod app;
