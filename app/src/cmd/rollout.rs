@@ -68,7 +68,10 @@ pub struct CommsArgs {
     pub out: Option<PathBuf>,
 }
 
-#[derive(clap::Args, Debug)]
+/// The typed run spec of one engine run: what `convoy rollout run` parses its arguments into,
+/// and what `convoy serve` and the console fill in for an approved request (never by writing
+/// arguments and parsing them back).
+#[derive(clap::Args, Debug, Clone)]
 pub struct RunArgs {
     /// The cache file (default: $CONVOY_DB, else $XDG_DATA_HOME/convoy/convoy.db).
     #[arg(long)]
@@ -204,6 +207,16 @@ pub struct RunArgs {
         requires = "ddi_listen"
     )]
     pub ddi_header_timeout_secs: u64,
+}
+
+impl RunArgs {
+    /// A spec with every default of `convoy rollout run`, the broker `broker` and the release
+    /// manifest `release` (the defaults have one source: the argument definitions above).
+    pub fn with_defaults(broker: &str, release: &Path) -> Result<Self> {
+        let mut spec = parse_run_args(["--broker", broker, "--release", "-"])?;
+        release.clone_into(&mut spec.release);
+        Ok(spec)
+    }
 }
 
 /// `RunArgs` on its own, for [`parse_run_args`].

@@ -298,12 +298,8 @@ pub fn dispatch(
             "rollout {rollout_id} was dispatched already (its timeline has events); continue an unfinished one with `convoy rollout run --resume`"
         );
     }
-    let base = vec![
-        "--broker".to_owned(),
-        local.broker_url.clone(),
-        "--time-scale".to_owned(),
-        local.time_scale.to_string(),
-    ];
+    let mut base = crate::cmd::rollout::RunArgs::with_defaults(&local.broker_url, Path::new("-"))?;
+    base.time_scale = local.time_scale;
     let run = requests::host(&store, &request, cache, trust_dir, &base, false)
         .with_context(|| format!("dispatching rollout {rollout_id}"))?;
     local.engines.register(run.control.clone());

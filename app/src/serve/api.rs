@@ -743,7 +743,7 @@ async fn request_rollout(
 ) -> Result<Response, ApiError> {
     let new: NewRequest = parse_json(body)?;
     let trust_dir = trust_path(app);
-    let policy = app.config.dispatch.as_deref().and_then(policy_arg);
+    let policy = app.config.dispatch.as_ref().and_then(|d| d.policy.clone());
     let who = super::requests::Who {
         operator: caller.operator.clone(),
         token_id: Some(caller.token_id.clone()),
@@ -768,18 +768,6 @@ async fn request_rollout(
         .map_err(|e| ApiError::internal(&e))?
         .map_err(refusal)?;
     Ok(request_response(StatusCode::CREATED, &created, false, None))
-}
-
-/// The `--policy` file of the dispatch settings: requests are planned with its `planning`
-/// section, as the dispatched engine gates with its `gates` section.
-fn policy_arg(words: &[String]) -> Option<std::path::PathBuf> {
-    words.iter().enumerate().find_map(|(i, w)| {
-        if w == "--policy" {
-            words.get(i + 1).map(std::path::PathBuf::from)
-        } else {
-            w.strip_prefix("--policy=").map(std::path::PathBuf::from)
-        }
-    })
 }
 
 /// The body of `POST /rollouts/{id}/approve` and `/reject`.

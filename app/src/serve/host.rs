@@ -112,9 +112,11 @@ pub fn read_args_file(path: &Path) -> Result<Vec<String>> {
 }
 
 /// Reads the dispatch settings of `convoy serve --dispatch-args FILE` (arguments of `convoy
-/// rollout run` shared by every approved request) and checks that they parse with the
-/// arguments the server adds, so that a mistake shows when the server starts, not at 2 a.m.
-pub fn read_dispatch_args(path: &Path) -> Result<Vec<String>> {
+/// rollout run` shared by every approved request) once, when the server starts, into the
+/// typed spec every approved request's run is made from (the server fills in the cache,
+/// release, plan, rollout id, requester and approvers), so that a mistake shows when the
+/// server starts, not at 2 a.m.
+pub fn read_dispatch_args(path: &Path) -> Result<RunArgs> {
     let words = read_args_file(path)?;
     for owned in [
         "--db",
@@ -135,9 +137,9 @@ pub fn read_dispatch_args(path: &Path) -> Result<Vec<String>> {
             );
         }
     }
-    let mut probe = words.clone();
-    probe.extend(["--release".to_owned(), "manifest.json".to_owned()]);
-    parse_run_args(probe)
-        .with_context(|| format!("{}: the arguments of convoy rollout run", path.display()))?;
-    Ok(words)
+    let mut words = words;
+    // The release is the request's; a placeholder until then.
+    words.extend(["--release".to_owned(), "-".to_owned()]);
+    parse_run_args(words)
+        .with_context(|| format!("{}: the arguments of convoy rollout run", path.display()))
 }

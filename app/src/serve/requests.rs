@@ -26,6 +26,7 @@ use std::path::{Path, PathBuf};
 use super::auth::{TokenPerson, person_key, token_person};
 use super::host::HostedRun;
 
+use crate::cmd::rollout::RunArgs;
 use crate::store::Store;
 use crate::store::audit::AuditEntry;
 use crate::store::requests::PlanRow;
@@ -935,38 +936,34 @@ pub fn decide(
 
 /// Starts the engine run of an approved request in this process (a [`HostedRun`] that holds
 /// when paused): writes the manifest as signed and the frozen plan under `dispatched/ID/`
-/// beside the cache, and runs `convoy rollout run` with `base` (the server's dispatch
-/// settings: broker, time scale, ...) and the request's arguments; with `resume`, continues the
-/// rollout from the cache's log instead of starting it.
+/// beside the cache, and runs the engine with the spec `base` (the server's dispatch settings:
+/// broker, time scale, ...) filled in with the request's; with `resume`, continues the rollout
+/// from the cache's log instead of starting it.
 pub fn host(
     store: &Store,
     request: &Request,
     cache: &Path,
     trust: &Path,
-    base: &[String],
+    base: &RunArgs,
     resume: bool,
 ) -> Result<HostedRun> {
     let dir = cache.parent().unwrap_or(Path::new(".")).join("dispatched");
-    let mut words = run_words(store, request, cache, trust, &dir, base)?;
-    if resume {
-        words.push("--resume".to_owned());
-    }
-    let args = crate::cmd::rollout::parse_run_args(words)
-        .context("the server's dispatch settings with the request's arguments")?;
-    super::host::host_rollout(&args)
+    let mut spec = run_spec(store, request, cache, trust, &dir, base)?;
+    spec.resume = resume;
+    super::host::host_rollout(&spec)
 }
 
 /// Writes what the engine needs to run an approved request into `dir` (the manifest as signed
-/// and the frozen plan) and returns the arguments of `convoy rollout run` that name them, after
-/// `base`.
-fn run_words(
+/// and the frozen plan) and returns the run spec that names them: `base` with the request's
+/// cache, release, plan, rollout id, requester, trust, approvers and change path.
+fn run_spec(
     store: &Store,
     request: &Request,
     cache: &Path,
     trust: &Path,
     dir: &Path,
-    base: &[String],
-) -> Result<Vec<String>> {
+    base: &RunArgs,
+) -> Result<RunArgs> {
     let r = &request.record;
     let bytes = stored_manifest(store, &r.release_id)?
         .with_context(|| format!("release {} is no longer in the cache", r.release_id))?;
@@ -989,25 +986,16 @@ fn run_words(
     }
     std::fs::write(&plan_path, serde_json::to_vec_pretty(&plan)?)
         .with_context(|| format!("writing {}", plan_path.display()))?;
-    let mut words: Vec<String> = base.to_vec();
-    let path_word = |p: &Path| p.display().to_string();
-    words.extend([
-        "--db".to_owned(),
-        path_word(cache),
-        "--release".to_owned(),
-        path_word(&manifest_path),
-        "--plan".to_owned(),
-        path_word(&plan_path),
-        "--rollout-id".to_owned(),
-        r.rollout_id.clone(),
-        "--operator".to_owned(),
-        r.requested_by.clone(),
-        "--trust".to_owned(),
-        path_word(trust),
-    ]);
-    for a in request.approvers() {
-        words.extend(["--approve".to_owned(), a]);
-    }
+    let mut spec = base.clone();
+    spec.db = Some(cache.to_owned());
+    spec.release = manifest_path;
+    spec.plan = Some(plan_path);
+    spec.rollout_id = Some(r.rollout_id.clone());
+    spec.operator = Some(r.requested_by.clone());
+    spec.trust = Some(trust.to_owned());
+    spec.approvers = request.approvers();
+    spec.emergency_authoriser = None;
+    spec.evidence = None;
     if let ChangePath::Emergency {
         authoriser,
         evidence,
@@ -1019,14 +1007,10 @@ fn run_words(
         let authoriser = request
             .authoriser_approval()
             .map_or_else(|| authoriser.clone(), |c| c.operator.clone());
-        words.extend([
-            "--emergency-authoriser".to_owned(),
-            authoriser,
-            "--evidence".to_owned(),
-            evidence.clone(),
-        ]);
+        spec.emergency_authoriser = Some(authoriser);
+        spec.evidence = Some(evidence.clone());
     }
-    Ok(words)
+    Ok(spec)
 }
 
 /// Approved requests whose rollout started and has not ended (completed, rolled back or
