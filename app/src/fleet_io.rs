@@ -31,7 +31,7 @@ use convoy_core::time::Timestamp;
 use convoy_core::version::Version;
 use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::path::Path;
 
 use crate::csv_safe;
@@ -213,22 +213,12 @@ fn extension(path: &Path) -> String {
         .to_ascii_lowercase()
 }
 
-/// Writes through `write` into `path.tmp`, syncs, and renames over `path`.
+/// Writes through `write` into `path` atomically ([`crate::files`]).
 pub fn write_atomically(
     path: &Path,
     write: impl FnOnce(&mut dyn Write) -> Result<()>,
 ) -> Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = std::path::PathBuf::from(tmp);
-    let file = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    let mut out = BufWriter::new(file);
-    write(&mut out)?;
-    let file = out.into_inner().context("flushing")?;
-    file.sync_all().context("syncing")?;
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
-    Ok(())
+    crate::files::write_with(path, crate::files::FileMode::Public, write)
 }
 
 /// Reads a CSV or JSON inventory, keeping good rows and reporting bad ones.

@@ -18,7 +18,7 @@ use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use convoy_core::manifest::{KeyId, PublicKey, SignedKeySet, TrustedKeys};
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use zeroize::Zeroizing;
 
@@ -454,60 +454,7 @@ fn json_bytes<T: Serialize>(value: &T) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// Who may read a file Convoy writes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FileMode {
-    /// 0600: private keys.
-    OwnerOnly,
-    /// The umask's default.
-    Public,
-}
-
-/// Writes `bytes` to `path` atomically (temporary file, sync, rename), creating the temporary
-/// file with `mode` so a private key is never readable by others, not even for a moment.
-pub fn write_file(path: &Path, bytes: &[u8], mode: FileMode) -> Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    let _ = std::fs::remove_file(&tmp);
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    if mode == FileMode::OwnerOnly {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    #[cfg(not(unix))]
-    let _ = mode;
-    let mut file = options
-        .open(&tmp)
-        .with_context(|| format!("creating {}", tmp.display()))?;
-    file.write_all(bytes)
-        .and_then(|()| file.sync_all())
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
-    Ok(())
-}
-
-/// Like [`write_file`], but fails if `path` already exists, even when another process creates
-/// it between our check and our write: the finished temporary file is hard-linked into place,
-/// which, unlike a rename, never replaces an existing file.
-pub fn write_new_file(path: &Path, bytes: &[u8], mode: FileMode) -> Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".new");
-    let tmp = PathBuf::from(tmp);
-    write_file(&tmp, bytes, mode)?;
-    let linked = std::fs::hard_link(&tmp, path);
-    let _ = std::fs::remove_file(&tmp);
-    match linked {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            bail!("{} exists already; it was not replaced", path.display())
-        }
-        Err(e) => Err(e).with_context(|| format!("creating {}", path.display())),
-    }
-}
+pub use crate::files::{FileMode, write_file, write_new_file};
 
 fn read_limited(path: &Path, limit_bytes: u64) -> Result<Vec<u8>> {
     let len = std::fs::metadata(path)

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod cmd;
 pub mod csv_safe;
 pub mod engine;
+pub mod files;
 pub mod fleet_io;
 #[doc(hidden)]
 pub mod fuzz_targets;

@@ -463,25 +463,16 @@ fn absolute(path: &Path) -> Result<PathBuf> {
 
 /// Writes a new file; secrets are created 0600 (never readable by others, not even briefly).
 fn write_file(path: &Path, text: &str, secret: bool) -> Result<()> {
-    use std::io::Write as _;
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)
             .with_context(|| format!("creating {}", parent.display()))?;
     }
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    if secret {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        options.mode(0o600);
-    }
-    #[cfg(not(unix))]
-    let _ = secret;
-    let mut file = options
-        .open(path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    file.write_all(text.as_bytes())
-        .with_context(|| format!("writing {}", path.display()))
+    let mode = if secret {
+        crate::files::FileMode::OwnerOnly
+    } else {
+        crate::files::FileMode::Public
+    };
+    crate::files::write_new_file(path, text.as_bytes(), mode)
 }
 
 #[cfg(test)]

@@ -541,11 +541,13 @@ fn export_tuf(args: &ExportTufArgs) -> Result<()> {
     for (sha256, name, file) in &sources {
         let dest = targets_dir.join(format!("{sha256}.{name}"));
         if !dest.exists() {
-            let mut tmp = dest.as_os_str().to_owned();
-            tmp.push(".tmp");
-            std::fs::copy(file, &tmp)
-                .and_then(|_| std::fs::rename(&tmp, &dest))
-                .with_context(|| format!("copying {} to {}", file.display(), dest.display()))?;
+            crate::files::write_with(&dest, FileMode::Public, |w| {
+                let mut source = std::fs::File::open(file)
+                    .with_context(|| format!("opening {}", file.display()))?;
+                std::io::copy(&mut source, w)
+                    .with_context(|| format!("copying {} to {}", file.display(), dest.display()))?;
+                Ok(())
+            })?;
         }
     }
     let metadata = tuf::build_repository(&targets, version, TufExpiry::from_now(now), &key)?;

@@ -387,10 +387,7 @@ pub fn save_policy_file(path: &std::path::Path, policy: &ScoringPolicy) -> Resul
     };
     object.insert("scoring".to_owned(), serde_json::to_value(policy)?);
     let text = serde_json::to_string_pretty(&serde_json::Value::Object(object))? + "\n";
-    let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming into {}", path.display()))?;
-    Ok(())
+    crate::files::write_file(path, text.as_bytes(), crate::files::FileMode::Public)
 }
 
 impl PolicyEditor {

@@ -266,10 +266,7 @@ fn write_atomically(path: &Path, bytes: &[u8]) {
     if std::fs::create_dir_all(dir).is_err() {
         return;
     }
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    if std::fs::write(&tmp, bytes).is_ok() && std::fs::rename(&tmp, path).is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
+    let _ = crate::files::write_file(path, bytes, crate::files::FileMode::Public);
 }
 
 /// Decodes a PNG or JPEG tile into pixels.

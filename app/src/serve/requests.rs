@@ -977,15 +977,17 @@ fn run_spec(
     let dir: PathBuf = dir.join(&r.rollout_id);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let manifest_path = dir.join("manifest.json");
-    std::fs::write(&manifest_path, &bytes)
-        .with_context(|| format!("writing {}", manifest_path.display()))?;
+    crate::files::write_file(&manifest_path, &bytes, crate::files::FileMode::Public)?;
     let plan_path = dir.join("plan.json");
     let mut plan = serde_json::json!({ "waves": r.waves });
     if let Some(g) = &r.gates {
         plan["gates"] = serde_json::to_value(g)?;
     }
-    std::fs::write(&plan_path, serde_json::to_vec_pretty(&plan)?)
-        .with_context(|| format!("writing {}", plan_path.display()))?;
+    crate::files::write_file(
+        &plan_path,
+        &serde_json::to_vec_pretty(&plan)?,
+        crate::files::FileMode::Public,
+    )?;
     let mut spec = base.clone();
     spec.db = Some(cache.to_owned());
     spec.release = manifest_path;
