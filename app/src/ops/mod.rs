@@ -3,8 +3,10 @@
 //! rule (how a release is signed, how a policy file is read, where the trust directory is) is
 //! written once.
 //!
-//! This is not a front end: nothing here parses arguments, prints, prompts or draws, and
-//! nothing here imports `cmd/`, `gui/` or `serve/` (the tidy test checks it). It is not the
+//! This is not a front end: nothing here parses arguments, prompts or draws, and nothing here
+//! imports `cmd/`, `gui/` or `serve/` (the tidy test checks it). Results and errors go back to
+//! the caller to show; the one exception is `findings::load_policy`, which still warns on
+//! standard error about a policy section it does not know, as `convoy score` always did. It is not the
 //! store either: SQL stays in `store/`, and callers that only store or list call `store::`
 //! directly. Decisions stay in `convoy_core`; a use case reads files, calls the core and hands
 //! back values.
