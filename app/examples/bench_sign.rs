@@ -7,7 +7,7 @@
 //! at a time) and sign an artifact of ARTIFACT_MB megabytes (default 500), with the process's
 //! peak resident memory to show the file is never held in memory.
 
-use convoy::cmd::release::hash_file;
+use convoy::ops::releases::hash_file;
 use convoy_core::manifest::{SignedManifest, TrustedKeys, verify, verify_ed25519};
 use convoy_core::release::{Artifact, ReleaseSpec};
 use convoy_core::time::Timestamp;

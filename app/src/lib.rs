@@ -16,6 +16,7 @@ pub mod fuzz_targets;
 pub mod gui;
 pub mod keys;
 pub mod link;
+pub mod ops;
 pub mod serve;
 pub mod sim;
 pub mod store;

@@ -1333,13 +1333,13 @@ fn a_release_is_hashed_signed_and_listed_as_valid_and_a_tampered_copy_as_tampere
         artifact_bytes as u64
     );
     verified
-        .check_artifact(&convoy::cmd::release::hash_file(&artifact).unwrap())
+        .check_artifact(&convoy::ops::releases::hash_file(&artifact).unwrap())
         .unwrap();
     // Listed from the cache as valid.
     wait_for_label(&mut h, "valid");
     h.get_by_label("cache");
     assert_eq!(
-        convoy::cmd::release::stored_manifests(&convoy::store::Store::open(&cache).unwrap())
+        convoy::store::releases::stored_manifests(&convoy::store::Store::open(&cache).unwrap())
             .unwrap()
             .len(),
         1
@@ -1406,10 +1406,10 @@ fn signed_release(
         serde_json::from_slice(&std::fs::read(fixture).unwrap()).unwrap();
     convoy::keys::generate(trust, "gui test passphrase").unwrap();
     let manifest =
-        convoy::cmd::release::sign_release(spec.clone(), None, trust, "gui test passphrase", NOW)
+        convoy::ops::releases::sign_release(spec.clone(), None, trust, "gui test passphrase", NOW)
             .unwrap();
     let store = convoy::store::Store::open(cache).unwrap();
-    convoy::cmd::release::record_release(&store, &manifest, "test", NOW).unwrap();
+    convoy::store::releases::record_release(&store, &manifest, "test", NOW).unwrap();
     (spec, manifest.to_json_bytes())
 }
 
@@ -1541,7 +1541,7 @@ fn a_plan_is_walked_from_a_verified_release_to_an_edited_wave_saved_and_exported
     );
     click(&mut h, "Load catalog and policy");
     wait_for(&mut h, "5 catalog release(s) from");
-    let catalog = convoy::cmd::plan::read_catalog(&fixture_catalog()).unwrap();
+    let catalog = convoy::ops::plans::read_catalog(&fixture_catalog()).unwrap();
     let with_catalog = core_plan(&fleet, &release, &catalog, &PlanningPolicy::default());
     assert!(!with_catalog.chains.is_empty());
     let chain = &with_catalog.chains[0];
@@ -1621,7 +1621,7 @@ fn a_plan_is_walked_from_a_verified_release_to_an_edited_wave_saved_and_exported
     let plan_id = convoy::gui::planner::plan_id(&release.id, NOW);
     wait_for(&mut h, &format!("Saved plan {plan_id} in the cache"));
     let store = convoy::store::Store::open(&cache).unwrap();
-    let stored = convoy::cmd::plan::stored_plan(&store, &plan_id)
+    let stored = convoy::store::plans::stored_plan(&store, &plan_id)
         .unwrap()
         .unwrap();
     let audit = store.audit_entries(None).unwrap();

@@ -35,9 +35,9 @@ fn cache_with_saved_plan(dir: &Path, fleet: &Fleet) -> (PathBuf, String, String)
     let trust = dir.join("trust");
     convoy::keys::generate(&trust, "gui test passphrase").unwrap();
     let manifest =
-        convoy::cmd::release::sign_release(spec.clone(), None, &trust, "gui test passphrase", NOW)
+        convoy::ops::releases::sign_release(spec.clone(), None, &trust, "gui test passphrase", NOW)
             .unwrap();
-    convoy::cmd::release::record_release(&store, &manifest, "test", NOW).unwrap();
+    convoy::store::releases::record_release(&store, &manifest, "test", NOW).unwrap();
     let policy = convoy_core::plan::PlanningPolicy::default();
     let plan = convoy_core::plan::plan(&convoy_core::plan::PlanInput {
         fleet,
@@ -49,9 +49,9 @@ fn cache_with_saved_plan(dir: &Path, fleet: &Fleet) -> (PathBuf, String, String)
     })
     .unwrap();
     let gates = convoy_core::gates::GatePolicy::default();
-    let json = convoy::cmd::plan::plan_json(&plan, fleet, &gates, &[]).unwrap();
+    let json = convoy::ops::plans::plan_json(&plan, fleet, &gates, &[]).unwrap();
     let plan_id = convoy::gui::planner::plan_id(&spec.id, NOW);
-    convoy::cmd::plan::record_plan(&store, &plan_id, &spec.id, &json, "console", NOW).unwrap();
+    convoy::store::plans::record_plan(&store, &plan_id, &spec.id, &json, "console", NOW).unwrap();
     (cache, spec.id, plan_id)
 }
 
@@ -183,7 +183,7 @@ fn a_saved_plan_is_requested_approved_by_two_others_and_the_emergency_path_needs
     let request = convoy::serve::requests::load(&store, "ro-std")
         .unwrap()
         .unwrap();
-    let saved = convoy::cmd::plan::stored_plan(&store, &plan_id)
+    let saved = convoy::store::plans::stored_plan(&store, &plan_id)
         .unwrap()
         .unwrap();
     let waves: Vec<convoy_core::rollout::WaveSpec> =

@@ -748,7 +748,7 @@ fn policy_example_in_docs_parses_and_plans() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("policy.json");
     std::fs::write(&path, &doc[start..end]).expect("write");
-    let policy = convoy::cmd::plan::read_policy(&path).expect("the documented example parses");
+    let policy = convoy::ops::plans::read_policy(&path).expect("the documented example parses");
     assert_eq!(policy.canary.size, 40);
     assert_eq!(policy.waves.len(), 4);
     let fleet = fleet(3_000, 1);

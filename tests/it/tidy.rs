@@ -2,7 +2,7 @@
 //! broken (rust-analyzer's `xtask/src/tidy.rs` does the same; cheaper than a review).
 //!
 //! `app/` has floors, from top to bottom: front ends (`cli.rs`, `cmd/`, `gui/`, `serve/`) →
-//! engine → link and store → `convoy_core`. Imports only go down, only `store/` speaks SQL,
+//! use cases (`ops/`) → engine → link and store → `convoy_core`. Imports only go down, only `store/` speaks SQL,
 //! and only `cli.rs` and `cmd/` see the command line's modules.
 //!
 //! Some files still break a rule (issue 17 moves them); they are listed in [`KNOWN`] with the
@@ -90,6 +90,17 @@ const RULES: &[Rule] = &[
         ],
     },
     Rule {
+        name: "ops/ sits below the front ends",
+        scope: &["ops/"],
+        allowed: &[],
+        forbidden: &[
+            Needle::Module("serve"),
+            Needle::Module("gui"),
+            Needle::Module("cmd"),
+            Needle::Module("cli"),
+        ],
+    },
+    Rule {
         name: "only gui/ and cmd/gui.rs use the console (crate::gui)",
         scope: &[],
         allowed: &["gui/", "cmd/gui.rs"],
@@ -100,32 +111,8 @@ const RULES: &[Rule] = &[
 /// Files that still break a rule, with the number of offending lines, until issue 17 moves
 /// them. Keep sorted by rule, then path.
 const KNOWN: &[(&str, &str, usize)] = &[
-    // Issue 17: the console's and the server's use cases still live in cmd/ (ops/ to come).
-    (
-        "only cli.rs and cmd/ use the command line's modules (crate::cmd)",
-        "gui/demo.rs",
-        2,
-    ),
-    (
-        "only cli.rs and cmd/ use the command line's modules (crate::cmd)",
-        "gui/findings.rs",
-        4,
-    ),
-    (
-        "only cli.rs and cmd/ use the command line's modules (crate::cmd)",
-        "gui/planner.rs",
-        1,
-    ),
-    (
-        "only cli.rs and cmd/ use the command line's modules (crate::cmd)",
-        "gui/releases.rs",
-        1,
-    ),
-    (
-        "only cli.rs and cmd/ use the command line's modules (crate::cmd)",
-        "serve/api.rs",
-        2,
-    ),
+    // Issue 17: the server's hosted runs and its dispatch of an approved request still parse
+    // `convoy rollout run` arguments (a typed run spec in ops/ is to come).
     (
         "only cli.rs and cmd/ use the command line's modules (crate::cmd)",
         "serve/host.rs",
@@ -133,18 +120,8 @@ const KNOWN: &[(&str, &str, usize)] = &[
     ),
     (
         "only cli.rs and cmd/ use the command line's modules (crate::cmd)",
-        "serve/mod.rs",
-        1,
-    ),
-    (
-        "only cli.rs and cmd/ use the command line's modules (crate::cmd)",
-        "serve/releases.rs",
-        1,
-    ),
-    (
-        "only cli.rs and cmd/ use the command line's modules (crate::cmd)",
         "serve/requests.rs",
-        4,
+        1,
     ),
 ];
 
@@ -283,13 +260,14 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-/// The number of code lines (comments skipped; a `use crate::{...}` group read as one
-/// statement) that refer to one of `needles`.
+/// The number of code lines (comments and the insides of string literals skipped; a
+/// `use crate::{...}` group read as one statement) that refer to one of `needles`.
 fn offending_lines(text: &str, needles: &[Needle]) -> usize {
     let mut hits = 0;
     let mut group: Option<String> = None;
     for line in text.lines() {
-        let code = line.split("//").next().unwrap_or("").trim();
+        let code = without_strings(line.split("//").next().unwrap_or(""));
+        let code = code.trim();
         if code.is_empty() {
             continue;
         }
@@ -319,6 +297,32 @@ fn offending_lines(text: &str, needles: &[Needle]) -> usize {
         }
     }
     hits
+}
+
+/// `line` with the contents of its string literals removed: a test that names a crate in a
+/// string (to check another file's source, say) does not use it.
+fn without_strings(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut in_string = false;
+    let mut escaped = false;
+    for c in line.chars() {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_string = false;
+                out.push(c);
+            }
+        } else {
+            if c == '"' {
+                in_string = true;
+            }
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Whether a `use crate::{...}` group names one of `needles` at its top level.

@@ -191,14 +191,14 @@ fn serve(a: &ServeArgs) -> Result<()> {
         );
     }
     let now = crate::now();
-    let trust_path = super::rollout::trust_dir(a.trust.as_deref(), &db);
+    let trust_path = crate::ops::settings::trust_dir(a.trust.as_deref(), &db);
     let trust = crate::keys::load_trust(&trust_path).with_context(|| {
         format!(
             "loading the trusted keys from {} (pass --trust DIR)",
             trust_path.display()
         )
     })?;
-    let manifest = super::release::verify_file(&a.release, &trust, now)?;
+    let manifest = crate::ops::releases::verify_file(&a.release, &trust, now)?;
     let spec = manifest.spec().clone();
     if a.artifact.len() != spec.artifacts.len() {
         bail!(
@@ -209,7 +209,7 @@ fn serve(a: &ServeArgs) -> Result<()> {
         );
     }
     for (path, expected) in a.artifact.iter().zip(&spec.artifacts) {
-        let mut digest = super::release::hash_file(path)?;
+        let mut digest = crate::ops::releases::hash_file(path)?;
         digest.name.clone_from(&expected.name);
         manifest
             .check_artifact(&digest)

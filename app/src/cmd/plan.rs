@@ -4,20 +4,25 @@
 //! releases for prerequisite chains, and the `"planning"` section of an optional policy file;
 //! reads the clock only when `--now` is not given; then hands everything to
 //! `convoy_core::plan::plan`. The JSON carries the gates and the waves by device id
-//! (`rollout_waves`), which `convoy rollout run --plan` takes.
+//! (`rollout_waves`), which `convoy rollout run --plan` takes. Reading the files and the plan's
+//! JSON are use cases the console shares (`ops::plans`); this module is clap and printing.
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use convoy_core::gates::GatePolicy;
 use convoy_core::plan::{self, Coverage, Plan, PlanInput, PlanningPolicy, Status};
 use convoy_core::release::ReleaseSpec;
 use convoy_core::time::Timestamp;
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use crate::fleet_io;
+use crate::ops::plans::{
+    bytes_text, duration_text, gate_notes, plan_json, rate_text, read_catalog, read_json,
+};
 
-/// The policy file versions this build reads.
-const POLICY_VERSION: u64 = 1;
+// `convoy rollout run` still reaches this through here (`super::plan::`): cmd/rollout.rs is
+// being changed elsewhere for issue 17 and will call `crate::ops::plans` directly.
+pub(crate) use crate::ops::plans::read_section;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -92,71 +97,6 @@ pub fn run(args: &Args) -> Result<()> {
     Ok(())
 }
 
-/// Warnings about the gates the plan carries: a canary floor per stratum below the gates'
-/// `min_stratum_devices` means a rare stratum in the canary cannot stop the rollout on its own.
-pub fn gate_notes(policy: &PlanningPolicy, gates: &GatePolicy) -> Vec<String> {
-    let mut notes = Vec::new();
-    if (policy.canary.floor_per_stratum as u64) < u64::from(gates.min_stratum_devices) {
-        notes.push(format!(
-            "canary.floor_per_stratum is {} but the gates judge a stratum only from {} devices (gates.min_stratum_devices): a rare stratum in the canary cannot stop the rollout on its own",
-            policy.canary.floor_per_stratum, gates.min_stratum_devices
-        ));
-    }
-    notes
-}
-
-/// The plan as `convoy plan --json` prints it: the plan, its `gates`, its waves by device id
-/// (`rollout_waves`, what `convoy rollout run --plan FILE` reads) and `gate_warnings`.
-pub fn plan_json(
-    plan: &Plan,
-    fleet: &convoy_core::fleet::Fleet,
-    gates: &GatePolicy,
-    gate_notes: &[String],
-) -> Result<serde_json::Value> {
-    let mut value = serde_json::to_value(plan).context("serialising the plan")?;
-    if let Some(obj) = value.as_object_mut() {
-        obj.insert(
-            "gates".into(),
-            serde_json::to_value(gates).context("serialising the gates")?,
-        );
-        obj.insert(
-            "rollout_waves".into(),
-            serde_json::to_value(plan.rollout_waves(fleet)).context("serialising the waves")?,
-        );
-        obj.insert(
-            "gate_warnings".into(),
-            serde_json::to_value(gate_notes).context("serialising warnings")?,
-        );
-    }
-    Ok(value)
-}
-
-pub use crate::store::plans::{record_plan, stored_plan};
-
-fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("opening {}", path.display()))?;
-    // Policy, catalog and plan files change what is rolled out where: one reading only.
-    convoy_core::strict_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
-}
-
-/// One `ReleaseSpec` or an array of them.
-pub fn read_catalog(path: &Path) -> Result<Vec<ReleaseSpec>> {
-    let value: serde_json::Value = read_json(path)?;
-    if value.is_array() {
-        serde_json::from_value(value).context("parsing an array of releases")
-    } else {
-        Ok(vec![
-            serde_json::from_value(value).context("parsing a release")?,
-        ])
-    }
-}
-
-/// Reads the `"planning"` section of a shared policy file; a missing section means defaults.
-pub fn read_policy(path: &Path) -> Result<PlanningPolicy> {
-    read_section(path, "planning")
-}
-
 /// The gates the plan carries, as text: every threshold, judged against the baseline of devices
 /// not yet updated (docs/GATES.md).
 fn render_gates(gates: &GatePolicy, notes: &[String]) -> Result<String> {
@@ -174,55 +114,6 @@ fn render_gates(gates: &GatePolicy, notes: &[String]) -> Result<String> {
         let _ = writeln!(out, "  warning: {note}");
     }
     Ok(out)
-}
-
-/// Reads one section of a shared policy file (`"planning"`, `"gates"`, ...); a missing section
-/// means that section's defaults.
-pub(crate) fn read_section<T: serde::de::DeserializeOwned + Default>(
-    path: &Path,
-    key: &str,
-) -> Result<T> {
-    let value: serde_json::Value = read_json(path)?;
-    let Some(obj) = value.as_object() else {
-        bail!("the policy file must be a JSON object with \"version\" and \"planning\"");
-    };
-    match obj.get("version").and_then(serde_json::Value::as_u64) {
-        Some(POLICY_VERSION) => {}
-        Some(v) => {
-            bail!("unsupported policy version {v}: this build reads version {POLICY_VERSION}")
-        }
-        None => {
-            bail!("the policy file needs a numeric \"version\" (this build reads {POLICY_VERSION})")
-        }
-    }
-    match obj.get(key) {
-        Some(section) => serde_json::from_value(section.clone())
-            .with_context(|| format!("parsing the \"{key}\" section")),
-        None => Ok(T::default()),
-    }
-}
-
-pub fn bytes_text(bytes: u64) -> String {
-    let b = bytes as f64;
-    if b >= 1e9 {
-        format!("{:.1} GB", b / 1e9)
-    } else if b >= 1e6 {
-        format!("{:.1} MB", b / 1e6)
-    } else if b >= 1e3 {
-        format!("{:.1} kB", b / 1e3)
-    } else {
-        format!("{bytes} B")
-    }
-}
-
-pub fn duration_text(secs: u64) -> String {
-    if secs.is_multiple_of(86_400) {
-        format!("{}d", secs / 86_400)
-    } else if secs.is_multiple_of(3_600) {
-        format!("{}h", secs / 3_600)
-    } else {
-        format!("{}m", secs.div_ceil(60))
-    }
 }
 
 fn time_text(t: Option<Timestamp>) -> String {
@@ -413,24 +304,12 @@ pub fn render_text(plan: &Plan) -> String {
     s
 }
 
-pub fn rate_text(rate: &plan::policy::RateLimit) -> String {
-    match rate {
-        plan::policy::RateLimit::Constant { per_minute } => format!("{per_minute} devices/min"),
-        plan::policy::RateLimit::Exponential {
-            start_per_minute,
-            factor,
-            every_devices,
-            max_per_minute,
-        } => format!(
-            "{start_per_minute} devices/min, x{factor} every {every_devices} offered, up to {max_per_minute}/min"
-        ),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::plans::{record_plan, stored_plan};
     use convoy_core::synth::{SynthOptions, generate};
+    use std::path::Path;
 
     const NOW: Timestamp = Timestamp::from_secs(1_800_000_000);
 

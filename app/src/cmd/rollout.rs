@@ -301,17 +301,6 @@ fn timeline(args: &TimelineArgs) -> Result<()> {
     out.flush().context("writing to standard output")
 }
 
-/// The trust directory: `--trust`, else `$CONVOY_TRUST`, else `trust/` beside the cache.
-pub(crate) fn trust_dir(arg: Option<&Path>, db: &Path) -> PathBuf {
-    if let Some(p) = arg {
-        return p.to_owned();
-    }
-    if let Some(p) = std::env::var_os("CONVOY_TRUST").filter(|p| !p.is_empty()) {
-        return PathBuf::from(p);
-    }
-    db.parent().unwrap_or(Path::new(".")).join("trust")
-}
-
 fn operator_name(arg: Option<&str>) -> String {
     arg.map(str::to_owned)
         .or_else(|| std::env::var("CONVOY_OPERATOR").ok())
@@ -425,7 +414,7 @@ pub fn engine_options(args: &RunArgs) -> Result<(EngineOptions, EngineControl)> 
         );
     }
     let start = crate::now();
-    let trust_path = trust_dir(args.trust.as_deref(), &db);
+    let trust_path = crate::ops::settings::trust_dir(args.trust.as_deref(), &db);
     let trust = crate::keys::load_trust(&trust_path).with_context(|| {
         format!(
             "loading the trusted keys from {} (pass --trust DIR)",

@@ -58,12 +58,6 @@ fn most_common_model(fleet: &Fleet) -> Option<String> {
         .map(|(m, _)| m.to_owned())
 }
 
-/// The demo's trust directory: `trust/` beside the demo cache, holding the demo key's public
-/// half.
-pub fn trust_dir(db: &Path) -> std::path::PathBuf {
-    db.parent().unwrap_or(Path::new(".")).join("trust")
-}
-
 /// Signs the demo release, plans it on `fleet` and prepares the engine's options; `None` when
 /// no device of the fleet is eligible (then the demo runs without a rollout).
 pub fn prepare(
@@ -112,11 +106,14 @@ pub fn prepare(
     // Releases, Planner and Approvals views look first), so that a newcomer can plan, request,
     // approve and dispatch it again from the console.
     let store = crate::store::Store::open(db)?;
-    crate::cmd::release::record_release(&store, manifest.signed_manifest(), "demo", now)
+    crate::store::releases::record_release(&store, manifest.signed_manifest(), "demo", now)
         .context("storing the demo release in the demo cache")?;
     drop(store);
-    crate::keys::write_public(&trust_dir(db), &key.verifying_key())
-        .context("writing the demo's trust directory")?;
+    crate::keys::write_public(
+        &crate::ops::settings::default_trust_dir(db),
+        &key.verifying_key(),
+    )
+    .context("writing the demo's trust directory")?;
     let mut planning = PlanningPolicy::default();
     planning.operating_cycle_secs.clear();
     planning.default_operating_cycle_secs = 3600;
@@ -273,10 +270,11 @@ mod tests {
         // it, as the console's Releases, Planner and Approvals views check it.
         let db = dir.path().join("demo.db");
         let store = crate::store::Store::open(&db).expect("cache");
-        let stored = crate::cmd::release::stored_manifests(&store).expect("manifests");
+        let stored = crate::store::releases::stored_manifests(&store).expect("manifests");
         assert_eq!(stored.len(), 1, "stored once, however often prepared");
         assert_eq!(stored[0].release_id, RELEASE_ID);
-        let trust = crate::keys::load_trust(&trust_dir(&db)).expect("trust directory");
+        let trust = crate::keys::load_trust(&crate::ops::settings::default_trust_dir(&db))
+            .expect("trust directory");
         manifest::verify(&stored[0].bytes, &trust, now).expect("the stored release verifies");
     }
 }

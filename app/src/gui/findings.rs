@@ -155,7 +155,7 @@ pub fn cvss_preview(text: &str) -> CvssPreview {
     }
     match Cvss::parse(text.trim()) {
         Ok(cvss) => CvssPreview::Valid {
-            headline: crate::cmd::score::cvss_headline(&cvss),
+            headline: crate::ops::findings::cvss_headline(&cvss),
             explain: cvss.explain(),
             cvss,
         },
@@ -422,7 +422,7 @@ impl PolicyEditor {
     /// --policy` reads it).
     pub fn load(&mut self) {
         let path = std::path::PathBuf::from(self.path.trim());
-        match crate::cmd::score::load_policy(&path) {
+        match crate::ops::findings::load_policy(&path) {
             Ok(p) => {
                 self.text = policy_json(&p);
                 self.use_policy(p);
@@ -1054,7 +1054,9 @@ fn scorecard_ui(card: &Scorecard, policy: &PolicyEditor, ui: &mut egui::Ui) {
     );
     ui.label(RichText::new(format!("Recommendation: {}", card.recommendation)).strong());
     ui.label(format!("Reason: {}", card.reason));
-    ui.label(crate::cmd::score::blast_radius_summary(&card.blast_radius));
+    ui.label(crate::ops::findings::blast_radius_summary(
+        &card.blast_radius,
+    ));
 }
 
 fn stored_ui(app: &mut ConsoleApp, ui: &mut egui::Ui, ctx: &egui::Context, cache: Option<PathBuf>) {
@@ -1278,7 +1280,7 @@ mod tests {
             serde_json::from_str(&std::fs::read_to_string(&file).expect("read")).expect("json");
         assert_eq!(back["gates"]["x"], 1);
         assert_eq!(
-            crate::cmd::score::load_policy(&file)
+            crate::ops::findings::load_policy(&file)
                 .expect("loads")
                 .digest(),
             built_in.digest()

@@ -6,8 +6,8 @@
 //! cohort on the map. The plan is stored in the cache (audited) or exported as the JSON that
 //! `convoy rollout run --plan FILE` reads.
 //!
-//! Planning is `convoy_core::plan::plan`, as `convoy plan` runs it (`cmd::plan` holds the JSON
-//! and the store's `record_plan`); only a manifest that verifies against the trust directory
+//! Planning is `convoy_core::plan::plan`, as `convoy plan` runs it (`ops::plans` holds the JSON
+//! and the policy's sections, `store::plans` the saved plans); only a manifest that verifies against the trust directory
 //! gives a release to plan ([`crate::gui::releases::list_with_releases`]). Planning runs on the
 //! `convoy-planner` thread with the console's shared copy of the fleet; an edit re-plans after
 //! a short pause in typing, and the previous plan stays on screen until the new one lands.
@@ -33,12 +33,12 @@ use std::sync::Arc;
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::time::{Duration, Instant};
 
-use crate::cmd::plan as cli;
 use crate::gui::app::{ConsoleApp, UiCommand};
 use crate::gui::findings::CONSOLE_ACTOR;
 use crate::gui::releases::{ListSources, ListedManifest, SignatureState};
 use crate::gui::tokens;
 use crate::gui::worker::FleetWorker;
+use crate::ops::plans as ops;
 use crate::store::Store;
 
 /// How long the form must stay unchanged before an edit is planned (on the system clock; a
@@ -82,7 +82,7 @@ pub fn load_inputs(catalog: &str, policy: &str) -> Result<Inputs> {
     let catalog_paths = paths(catalog);
     for path in &catalog_paths {
         releases.extend(
-            cli::read_catalog(path)
+            ops::read_catalog(path)
                 .with_context(|| format!("reading the catalog {}", path.display()))?,
         );
     }
@@ -97,8 +97,8 @@ pub fn load_inputs(catalog: &str, policy: &str) -> Result<Inputs> {
         let path = Path::new(policy_path);
         let read = |section| format!("reading the \"{section}\" section of {}", path.display());
         (
-            cli::read_section(path, "planning").with_context(|| read("planning"))?,
-            cli::read_section(path, "gates").with_context(|| read("gates"))?,
+            ops::read_section(path, "planning").with_context(|| read("planning"))?,
+            ops::read_section(path, "gates").with_context(|| read("gates"))?,
             format!("the policy file {}", path.display()),
         )
     };
@@ -538,8 +538,8 @@ fn run_plan(job: &PlanJob, fleet: &Fleet) -> Result<Planned> {
         policy: &job.policy,
     })
     .with_context(|| format!("planning release {}", job.release.id))?;
-    let gate_notes = cli::gate_notes(&job.policy, &job.inputs.gates);
-    let json = cli::plan_json(&plan, fleet, &job.inputs.gates, &gate_notes)?;
+    let gate_notes = ops::gate_notes(&job.policy, &job.inputs.gates);
+    let json = ops::plan_json(&plan, fleet, &job.inputs.gates, &gate_notes)?;
     Ok(Planned {
         release_id: job.release.id.clone(),
         reason_devices: reason_devices(&plan, &job.release),
@@ -863,7 +863,14 @@ impl PlannerState {
             let result = Store::open_existing(&cache)
                 .with_context(|| format!("opening the fleet cache {}", cache.display()))
                 .and_then(|store| {
-                    cli::record_plan(&store, &plan_id, &release_id, &json, CONSOLE_ACTOR, now)
+                    crate::store::plans::record_plan(
+                        &store,
+                        &plan_id,
+                        &release_id,
+                        &json,
+                        CONSOLE_ACTOR,
+                        now,
+                    )
                 })
                 .map(|seq| format!("Saved plan {plan_id} in the cache (audit entry {seq})"))
                 .map_err(|e| format!("Could not save the plan: {e:#}"));
@@ -977,9 +984,12 @@ pub fn planner_ui(app: &mut ConsoleApp, ui: &mut egui::Ui) {
             app.planner.trust_dir = if app.releases.trust_dir.trim().is_empty() {
                 // Where `convoy rollout run` looks by default.
                 cache
-                    .as_ref()
-                    .and_then(|c| c.parent())
-                    .map(|d| d.join("trust").display().to_string())
+                    .as_deref()
+                    .map(|c| {
+                        crate::ops::settings::default_trust_dir(c)
+                            .display()
+                            .to_string()
+                    })
                     .unwrap_or_default()
             } else {
                 app.releases.trust_dir.clone()
@@ -1459,7 +1469,7 @@ fn eligibility_ui(
             c.devices,
             c.releases.join(" -> "),
             plan.release,
-            cli::bytes_text(c.bytes_per_device)
+            ops::bytes_text(c.bytes_per_device)
         ));
     }
 }
@@ -1597,16 +1607,16 @@ fn waves_ui(
             for w in &plan.waves {
                 ui.label(&w.name);
                 ui.label(w.size.to_string());
-                let soak = ui.label(cli::duration_text(w.soak_secs));
+                let soak = ui.label(ops::duration_text(w.soak_secs));
                 if let Some(asked) = w.soak_raised_from_secs {
                     soak.on_hover_text(format!(
                         "raised from {} to one operating cycle",
-                        cli::duration_text(asked)
+                        ops::duration_text(asked)
                     ));
                 }
                 ui.label(time_text(w.timing.first_offer));
                 ui.label(time_text(w.timing.last_offer));
-                ui.label(cli::bytes_text(w.bytes));
+                ui.label(ops::bytes_text(w.bytes));
                 ui.label(format!("{:.2}", w.data_cost));
                 // A prerequisite wave's cohort already names its chain.
                 let mut cohort = w.cohort.clone();
@@ -1634,7 +1644,7 @@ fn waves_ui(
     let s = &plan.schedule;
     ui.add_space(4.0);
     ui.label(RichText::new("Schedule and bandwidth").strong());
-    ui.label(format!("Rate: {}", cli::rate_text(&s.rate)));
+    ui.label(format!("Rate: {}", ops::rate_text(&s.rate)));
     if s.windows.is_empty() {
         ui.label("Windows: any time");
     } else {
@@ -1666,13 +1676,13 @@ fn waves_ui(
     ));
     ui.label(format!(
         "Bandwidth: total {}, on metered links {} (data cost {:.2} at {:.2} per GB); peak {} per hour (cap {})",
-        cli::bytes_text(s.total_bytes),
-        cli::bytes_text(s.metered_bytes),
+        ops::bytes_text(s.total_bytes),
+        ops::bytes_text(s.metered_bytes),
         s.data_cost,
         s.data_price_per_gb,
-        cli::bytes_text(s.peak_bytes_per_hour),
+        ops::bytes_text(s.peak_bytes_per_hour),
         s.bandwidth_cap_bytes_per_hour
-            .map_or_else(|| "none".to_owned(), cli::bytes_text)
+            .map_or_else(|| "none".to_owned(), ops::bytes_text)
     ));
 }
 

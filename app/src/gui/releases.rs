@@ -4,9 +4,9 @@
 //! bar), signs a manifest with a key unlocked by its passphrase, verifies it, writes the
 //! manifest file and stores it in the cache.
 //!
-//! Every step is the code of `convoy release create` and `convoy release verify`
-//! (`cmd::release::{hash_file_with_progress, release_spec, sign_release, verify_file,
-//! record_release}`); this module turns the form into their inputs, runs them on worker threads
+//! Every step is the code `convoy release create` and `convoy release verify` run
+//! (`ops::releases::{hash_file_with_progress, release_spec, sign_release, verify_file}` and
+//! `store::releases::record_release`); this module turns the form into their inputs, runs them on worker threads
 //! that report through bounded channels, and draws. The passphrase lives in the form only until
 //! signing starts, is never logged or persisted, and is wiped after use.
 //!
@@ -27,12 +27,13 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError};
 use zeroize::Zeroizing;
 
-use crate::cmd::release::{self as cli, ReleaseFields};
 use crate::gui::app::ConsoleApp;
 use crate::gui::findings::{CONSOLE_ACTOR, FieldError};
 use crate::gui::tokens;
 use crate::keys;
+use crate::ops::releases::{self as ops, ReleaseFields};
 use crate::store::Store;
+use crate::store::releases::{record_release, stored_manifests};
 
 /// Progress messages the hashing worker may queue before the UI takes them; when the queue is
 /// full the worker drops the message rather than wait (each carries the running total).
@@ -114,7 +115,7 @@ pub fn parse_form(form: &ReleaseForm, now: Timestamp) -> Result<CreateRequest, F
                 .map_err(|e| field("Requires", e.to_string()))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let expires = cli::parse_expires(required("Expires", &form.expires)?, now)
+    let expires = ops::parse_expires(required("Expires", &form.expires)?, now)
         .map_err(|e| field("Expires", format!("{e:#}")))?;
     if expires <= now {
         return Err(field(
@@ -177,27 +178,27 @@ fn create_release(
     now: Timestamp,
     report: &mut dyn FnMut(SignEvent),
 ) -> Result<Created> {
-    let digest = cli::hash_file_with_progress(&request.artifact, &mut |done_bytes| {
+    let digest = ops::hash_file_with_progress(&request.artifact, &mut |done_bytes| {
         report(SignEvent::Hashed { done_bytes });
     })?;
     report(SignEvent::Signing);
     let (length_bytes, sha256) = (digest.length_bytes, digest.sha256.clone());
-    let spec = cli::release_spec(
+    let spec = ops::release_spec(
         &request.fields,
-        vec![cli::artifact_of(digest.clone(), None)],
+        vec![ops::artifact_of(digest.clone(), None)],
         now,
     )?;
-    let manifest = cli::sign_release(spec, None, &request.key_dir, passphrase, now)?;
+    let manifest = ops::sign_release(spec, None, &request.key_dir, passphrase, now)?;
     let release_id = manifest.signed.release.id.clone();
     let out = request.out.clone().unwrap_or_else(|| {
         request
             .artifact
             .with_file_name(format!("{release_id}.manifest.json"))
     });
-    cli::write_manifest(&out, &manifest)?;
+    ops::write_manifest(&out, &manifest)?;
     // Verify what is on disk, with the artifact, as `convoy release verify` would.
     let trust = TrustedKeys::from_keys([&keys::load_public(&request.key_dir)?]);
-    let verified = cli::verify_file(&out, &trust, now)?;
+    let verified = ops::verify_file(&out, &trust, now)?;
     verified.check_artifact(&digest).map_err(|r| {
         anyhow!(
             "artifact {} rejected ({}): {r}",
@@ -208,7 +209,7 @@ fn create_release(
     let stored = match cache {
         None => Err("no fleet cache is open".to_owned()),
         Some(cache) => Store::open_existing(cache)
-            .and_then(|store| cli::record_release(&store, &manifest, CONSOLE_ACTOR, now))
+            .and_then(|store| record_release(&store, &manifest, CONSOLE_ACTOR, now))
             .map(|_| ())
             .map_err(|e| format!("{e:#}")),
     };
@@ -394,7 +395,7 @@ pub fn list_with_releases(
     if let Some(cache) = &sources.cache {
         let store = Store::open_existing(cache)
             .with_context(|| format!("opening the fleet cache {}", cache.display()))?;
-        for m in cli::stored_manifests(&store)? {
+        for m in stored_manifests(&store)? {
             let (state, spec) = check_and_read(&m.bytes, trust_ref, now);
             rows.push((
                 describe("cache".into(), &m.release_id, &m.bytes, state),
@@ -410,7 +411,7 @@ pub fn list_with_releases(
             .collect();
         files.sort();
         for path in files {
-            let bytes = cli::read_manifest(&path)?;
+            let bytes = ops::read_manifest(&path)?;
             let (state, spec) = check_and_read(&bytes, trust_ref, now);
             let name = path
                 .file_name()

@@ -730,7 +730,7 @@ fn request_response(
 
 /// The trust directory requests verify against.
 pub(super) fn trust_path(app: &AppState) -> std::path::PathBuf {
-    crate::cmd::rollout::trust_dir(app.config.trust.as_deref(), &app.config.cache)
+    crate::ops::settings::trust_dir(app.config.trust.as_deref(), &app.config.cache)
 }
 
 /// `POST /rollouts`: a dispatcher requests a rollout of a release in the cache; the release
@@ -759,7 +759,7 @@ async fn request_rollout(
                 )
             })?;
             let planning = match &policy {
-                Some(p) => crate::cmd::plan::read_section(p, "planning")?,
+                Some(p) => crate::ops::plans::read_section(p, "planning")?,
                 None => convoy_core::plan::PlanningPolicy::default(),
             };
             super::requests::create(store, &trust, &planning, new, &who, &actor, crate::now())

@@ -399,7 +399,7 @@ impl Server {
             Some(base) => {
                 let (cache, trust, base) = (
                     config.cache.clone(),
-                    crate::cmd::rollout::trust_dir(config.trust.as_deref(), &config.cache),
+                    crate::ops::settings::trust_dir(config.trust.as_deref(), &config.cache),
                     base.clone(),
                 );
                 let hosted: Vec<String> = config

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use super::AppState;
 use super::api::{ApiError, json_response, read, trust_path};
 use super::auth::Caller;
-use crate::cmd::release::{record_release, stored_manifests};
+use crate::store::releases::{record_release, stored_manifests};
 
 /// What storing a manifest found.
 enum Stored {

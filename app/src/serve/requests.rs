@@ -1052,9 +1052,16 @@ mod tests {
         let wave =
             serde_json::json!([{"name": "canary", "device_ids": ["d1", "d2"], "soak_secs": 60}]);
         let plan = serde_json::json!({"rollout_waves": wave, "gates": GatePolicy::default()});
-        crate::cmd::plan::record_plan(&store, "p-new", "r-1", &plan, "t", Timestamp::from_secs(20))
-            .expect("plan");
-        crate::cmd::plan::record_plan(
+        crate::store::plans::record_plan(
+            &store,
+            "p-new",
+            "r-1",
+            &plan,
+            "t",
+            Timestamp::from_secs(20),
+        )
+        .expect("plan");
+        crate::store::plans::record_plan(
             &store,
             "p-old",
             "r-1",
@@ -1063,7 +1070,7 @@ mod tests {
             Timestamp::from_secs(10),
         )
         .expect("plan");
-        crate::cmd::plan::record_plan(
+        crate::store::plans::record_plan(
             &store,
             "p-bad",
             "r-1",

@@ -1,0 +1,20 @@
+//! The use cases: the floor every front end calls. `convoy`'s subcommands (`cmd/`), the
+//! console (`gui/`) and the server (`serve/`) do the same things through these functions, so a
+//! rule (how a release is signed, how a policy file is read, where the trust directory is) is
+//! written once.
+//!
+//! This is not a front end: nothing here parses arguments, prompts or draws, and nothing here
+//! imports `cmd/`, `gui/` or `serve/` (the tidy test checks it). Results and errors go back to
+//! the caller to show; the one exception is `findings::load_policy`, which still warns on
+//! standard error about a policy section it does not know, as `convoy score` always did. It is not the
+//! store either: SQL stays in `store/`, and callers that only store or list call `store::`
+//! directly. Decisions stay in `convoy_core`; a use case reads files, calls the core and hands
+//! back values.
+//!
+//! Rooms so far (issue 17): `releases`, `plans`, `findings`, `settings`. Requests and runs
+//! (create, decide, dispatch, host, steer) are still in `serve/` and `gui/approvals.rs`.
+
+pub mod findings;
+pub mod plans;
+pub mod releases;
+pub mod settings;
