@@ -68,7 +68,7 @@ pub fn write_new_file(path: &Path, bytes: &[u8], mode: FileMode) -> Result<()> {
         w.write_all(bytes)?;
         Ok(())
     });
-    let linked = written.and_then(|()| Ok(std::fs::hard_link(&tmp, path)));
+    let linked = written.map(|()| std::fs::hard_link(&tmp, path));
     let _ = std::fs::remove_file(&tmp);
     match linked? {
         Ok(()) => {

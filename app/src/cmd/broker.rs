@@ -11,7 +11,6 @@ use std::path::{Path, PathBuf};
 use crate::link::acl::{self, AclSpec};
 use crate::link::acl_proxy::ProxyRules;
 use crate::link::broker::EmbeddedBroker;
-use crate::link::mqtt::MqttAuth;
 use crate::link::protocol::Topics;
 
 /// The largest payload the generated configuration lets through (`message_size_limit`), and the
@@ -100,28 +99,7 @@ pub struct MosquittoConfigArgs {
     pub plaintext: bool,
 }
 
-/// `--mqtt-username` and `--mqtt-password-file`, shared by the engine, the simulator and the
-/// console.
-#[derive(clap::Args, Debug, Default, Clone)]
-pub struct MqttAuthArgs {
-    /// The broker username (with `convoy broker mosquitto-config`: convoy-engine for the engine,
-    /// convoy-console for the console, convoy-fleet-sim for the simulator).
-    #[arg(long, value_name = "NAME")]
-    pub mqtt_username: Option<String>,
-    /// A file whose first line is the broker password (default: $CONVOY_MQTT_PASSWORD). Never on
-    /// the command line, where `ps` would show it.
-    #[arg(long, value_name = "FILE", requires = "mqtt_username")]
-    pub mqtt_password_file: Option<PathBuf>,
-}
-
-impl MqttAuthArgs {
-    pub fn auth(&self) -> Result<MqttAuth> {
-        MqttAuth::from_flags(
-            self.mqtt_username.as_deref(),
-            self.mqtt_password_file.as_deref(),
-        )
-    }
-}
+pub use crate::ops::runs::MqttAuthArgs;
 
 pub fn run(args: &Args) -> Result<()> {
     if let Some(BrokerCommand::MosquittoConfig(config)) = &args.command {

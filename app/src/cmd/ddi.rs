@@ -11,11 +11,12 @@
 //! for waves and gates, run the rollout engine with its DDI link (`convoy rollout run
 //! --ddi-listen`, docs/DDI.md).
 
+use crate::ops::settings::{read_gateway_token, read_target_tokens};
 use anyhow::{Context, Result, anyhow, bail};
 use convoy_core::plan::eligibility::{self, Status};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -112,49 +113,6 @@ pub fn run(args: &Args) -> Result<()> {
     match &args.command {
         DdiCommand::Serve(a) => serve(a),
     }
-}
-
-/// Reads `controller_id,token` lines; `#` starts a comment. Errors name the line.
-pub fn read_target_tokens(path: &Path) -> Result<Vec<(String, String)>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let mut out = Vec::new();
-    let mut seen = BTreeSet::new();
-    for (i, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let at = || format!("{} line {}", path.display(), i + 1);
-        let (id, token) = line
-            .split_once(',')
-            .ok_or_else(|| anyhow!("{}: expected `controller_id,token`", at()))?;
-        let (id, token) = (id.trim(), token.trim());
-        crate::link::ddi::hub::check_controller_id(id).map_err(|e| anyhow!("{}: {e}", at()))?;
-        if token.len() < 16 {
-            bail!("{}: the token of {id} is shorter than 16 characters", at());
-        }
-        if !seen.insert(id.to_owned()) {
-            bail!("{}: controller {id} is listed twice", at());
-        }
-        out.push((id.to_owned(), token.to_owned()));
-    }
-    Ok(out)
-}
-
-/// Reads the gateway token file (one token of at least 16 characters).
-pub(crate) fn read_gateway_token(path: &Path) -> Result<String> {
-    let token = std::fs::read_to_string(path)
-        .with_context(|| format!("reading the gateway token from {}", path.display()))?
-        .trim()
-        .to_owned();
-    if token.len() < 16 {
-        bail!(
-            "{}: the gateway token is shorter than 16 characters",
-            path.display()
-        );
-    }
-    Ok(token)
 }
 
 /// Device event kind for a DDI feedback.

@@ -40,7 +40,7 @@ pub struct Args {
     #[arg(long, default_value = "convoy/v1")]
     pub prefix: String,
     #[command(flatten)]
-    pub mqtt_auth: crate::cmd::broker::MqttAuthArgs,
+    pub mqtt_auth: crate::ops::runs::MqttAuthArgs,
     /// Draw the tiles of this raster MBTiles file (PNG or JPEG) over the offline basemap.
     #[arg(long, value_name = "FILE.mbtiles", conflicts_with = "tile_url")]
     pub tiles: Option<PathBuf>,

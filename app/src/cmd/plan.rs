@@ -20,9 +20,7 @@ use crate::ops::plans::{
     bytes_text, duration_text, gate_notes, plan_json, rate_text, read_catalog, read_json,
 };
 
-// `convoy rollout run` still reaches this through here (`super::plan::`): cmd/rollout.rs is
-// being changed elsewhere for issue 17 and will call `crate::ops::plans` directly.
-pub(crate) use crate::ops::plans::read_section;
+use crate::ops::plans::read_section;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {

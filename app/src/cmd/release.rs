@@ -23,9 +23,7 @@ use crate::ops::releases::{
 use crate::store::Store;
 use crate::store::releases::record_release;
 
-// `convoy rollout run` still reaches these through here (`super::release::`): cmd/rollout.rs
-// is being changed elsewhere for issue 17 and will call `crate::ops::releases` directly.
-pub(crate) use crate::ops::releases::{hash_file, verify_file};
+use crate::ops::releases::{hash_file, verify_file};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {

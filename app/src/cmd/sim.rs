@@ -56,7 +56,7 @@ pub struct Args {
     /// broker with per-device ACLs must know it as the fleet simulator (`convoy broker
     /// mosquitto-config --sim-identity`, test and demo only).
     #[command(flatten)]
-    pub mqtt_auth: crate::cmd::broker::MqttAuthArgs,
+    pub mqtt_auth: crate::ops::runs::MqttAuthArgs,
 }
 
 pub fn run(args: &Args) -> Result<()> {

@@ -298,7 +298,7 @@ pub fn dispatch(
             "rollout {rollout_id} was dispatched already (its timeline has events); continue an unfinished one with `convoy rollout run --resume`"
         );
     }
-    let mut base = crate::cmd::rollout::RunArgs::with_defaults(&local.broker_url, Path::new("-"))?;
+    let mut base = crate::ops::runs::RunArgs::with_defaults(&local.broker_url, Path::new("-"))?;
     base.time_scale = local.time_scale;
     let run = requests::host(&store, &request, cache, trust_dir, &base, false)
         .with_context(|| format!("dispatching rollout {rollout_id}"))?;

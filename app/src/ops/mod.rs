@@ -3,7 +3,8 @@
 //! rule (how a release is signed, how a policy file is read, where the trust directory is) is
 //! written once.
 //!
-//! This is not a front end: nothing here parses arguments, prompts or draws, and nothing here
+//! This is not a front end: nothing here prompts or draws, and only `runs` parses arguments
+//! (the run spec's one definition, shared by the command line and `convoy serve --dispatch-args`), and nothing here
 //! imports `cmd/`, `gui/` or `serve/` (the tidy test checks it). Results and errors go back to
 //! the caller to show; the one exception is `findings::load_policy`, which still warns on
 //! standard error about a policy section it does not know, as `convoy score` always did. It is not the
@@ -11,10 +12,12 @@
 //! directly. Decisions stay in `convoy_core`; a use case reads files, calls the core and hands
 //! back values.
 //!
-//! Rooms so far (issue 17): `releases`, `plans`, `findings`, `settings`. Requests and runs
-//! (create, decide, dispatch, host, steer) are still in `serve/` and `gui/approvals.rs`.
+//! Rooms so far (issue 17): `releases`, `plans`, `findings`, `settings`, `runs` (the typed run
+//! spec and the engine's options). Requests (create, decide, dispatch) and hosting and steering
+//! runs are still in `serve/` and `gui/approvals.rs`.
 
 pub mod findings;
 pub mod plans;
 pub mod releases;
+pub mod runs;
 pub mod settings;

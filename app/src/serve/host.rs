@@ -12,9 +12,9 @@ use anyhow::{Context, Result};
 use std::path::Path;
 use tokio::sync::oneshot;
 
-use crate::cmd::rollout::{RunArgs, engine_options, parse_run_args};
 use crate::engine::control::{ControlHandle, control_channel};
 use crate::engine::{self, EngineReport, WhenPaused};
+use crate::ops::runs::{RunArgs, engine_options, parse_run_args};
 
 /// Operator commands waiting for the engine beyond this many wait for room.
 const CONTROL_CAPACITY: usize = 64;

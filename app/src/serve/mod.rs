@@ -95,7 +95,7 @@ pub struct ServeConfig {
     /// The arguments of `convoy rollout run` that every approved request is dispatched with
     /// (broker, TLS, time scale, ...); the server adds the cache, release, plan, rollout id,
     /// requester and approvers. `None`: approved requests wait for a server that has them.
-    pub dispatch: Option<crate::cmd::rollout::RunArgs>,
+    pub dispatch: Option<crate::ops::runs::RunArgs>,
 }
 
 impl ServeConfig {
@@ -323,7 +323,7 @@ impl AppState {
 fn resume_unfinished(
     cache: &std::path::Path,
     trust: &std::path::Path,
-    base: &crate::cmd::rollout::RunArgs,
+    base: &crate::ops::runs::RunArgs,
     hosted: &[String],
 ) -> Result<Vec<host::HostedRun>> {
     let store = Store::open_existing(cache)?;

@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use super::auth::{TokenPerson, person_key, token_person};
 use super::host::HostedRun;
 
-use crate::cmd::rollout::RunArgs;
+use crate::ops::runs::RunArgs;
 use crate::store::Store;
 use crate::store::audit::AuditEntry;
 use crate::store::requests::PlanRow;
