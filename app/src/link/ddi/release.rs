@@ -73,8 +73,11 @@ pub async fn serve_release(files: &ReleaseFiles<'_>) -> Result<ServedRelease> {
         .tempdir()
         .context("creating a directory for the served manifest")?;
     let manifest_path = manifest_dir.path().join(&manifest_name);
-    std::fs::write(&manifest_path, files.manifest.served_bytes())
-        .with_context(|| format!("writing {}", manifest_path.display()))?;
+    crate::files::write_file(
+        &manifest_path,
+        &files.manifest.served_bytes(),
+        crate::files::FileMode::Public,
+    )?;
     served.insert(manifest_name.clone(), manifest_path);
     let artifacts = ArtifactServer::start(
         Content::Files(served),
