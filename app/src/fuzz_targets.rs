@@ -16,7 +16,7 @@ use convoy_core::cvss::Cvss;
 use convoy_core::devsim::{Faults, SimConfig, SimDevice};
 use convoy_core::fleet::Fleet;
 use convoy_core::manifest::{
-    self, DeviceState, KeySetBody, SignedKeySet, SignedManifest, TrustedKeys,
+    self, DeviceMemory, KeySetBody, SignedKeySet, SignedManifest, TrustedKeys,
 };
 use convoy_core::release::{Artifact, ReleaseSpec};
 use convoy_core::requirement::Requirement;
@@ -263,7 +263,7 @@ pub fn manifest(data: &[u8]) {
             Ok(again) => assert_eq!(again.release_id(), id),
             Err(e) => panic!("a verified manifest, written back, no longer verifies: {e}"),
         }
-        let state = DeviceState::new("T300", 0);
+        let state = DeviceMemory::new("T300", 0);
         let _ = state.check_offer(&id, data, &fx.trust, NOW);
     }
     if let Ok(set) = SignedKeySet::parse(data) {

@@ -13,7 +13,7 @@
 //! anchor an operator provisions) and every later version is signed by a key the version before
 //! trusted: that is how keys rotate (the new set signed by the old key) and how they are revoked.
 //!
-//! [`DeviceState`] holds what a device remembers (hardware id, installed release counter, the
+//! [`DeviceMemory`] holds what a device remembers (hardware id, installed release counter, the
 //! rollbacks it accepted) and applies the Uptane/TUF checks; each failure is a [`Rejection`]
 //! naming the attack it stopped ([`Attack`]).
 //!
@@ -733,7 +733,7 @@ pub struct RollbackRecord {
 
 /// What a device remembers between updates, and the checks it applies to an offer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DeviceState {
+pub struct DeviceMemory {
     /// The device's model / SKU.
     pub hardware_id: String,
     /// The release counter of what is installed (0 before the first signed install).
@@ -743,7 +743,7 @@ pub struct DeviceState {
     pub rollbacks: Vec<RollbackRecord>,
 }
 
-impl DeviceState {
+impl DeviceMemory {
     pub fn new(hardware_id: impl Into<String>, installed_counter: u64) -> Self {
         Self {
             hardware_id: hardware_id.into(),
@@ -1394,7 +1394,7 @@ mod tests {
     // (name, device, offered id, manifest bytes, delivered artifacts, now, expected)
     type Case<'a> = (
         &'a str,
-        DeviceState,
+        DeviceMemory,
         &'a str,
         Vec<u8>,
         Vec<ArtifactDigest>,
@@ -1420,7 +1420,7 @@ mod tests {
         let cases: Vec<Case> = vec![
             (
                 "genuine",
-                DeviceState::new("T300", 5),
+                DeviceMemory::new("T300", 5),
                 "r6",
                 genuine.clone(),
                 vec![good.clone()],
@@ -1429,7 +1429,7 @@ mod tests {
             ),
             (
                 "tampered body",
-                DeviceState::new("T300", 5),
+                DeviceMemory::new("T300", 5),
                 "r6",
                 tampered_body,
                 vec![good.clone()],
@@ -1438,7 +1438,7 @@ mod tests {
             ),
             (
                 "tampered artifact",
-                DeviceState::new("T300", 5),
+                DeviceMemory::new("T300", 5),
                 "r6",
                 genuine.clone(),
                 vec![ArtifactDigest::of_bytes("fw.img", b"pAyload")],
@@ -1447,7 +1447,7 @@ mod tests {
             ),
             (
                 "wrong key",
-                DeviceState::new("T300", 5),
+                DeviceMemory::new("T300", 5),
                 "r6",
                 signed("r6", 6, &key(9)),
                 vec![good.clone()],
@@ -1456,7 +1456,7 @@ mod tests {
             ),
             (
                 "expired",
-                DeviceState::new("T300", 5),
+                DeviceMemory::new("T300", 5),
                 "r6",
                 genuine.clone(),
                 vec![good.clone()],
@@ -1465,7 +1465,7 @@ mod tests {
             ),
             (
                 "downgrade",
-                DeviceState::new("T300", 7),
+                DeviceMemory::new("T300", 7),
                 "r6",
                 genuine.clone(),
                 vec![good.clone()],
@@ -1474,7 +1474,7 @@ mod tests {
             ),
             (
                 "wrong hardware",
-                DeviceState::new("T900", 5),
+                DeviceMemory::new("T900", 5),
                 "r6",
                 genuine.clone(),
                 vec![good.clone()],
@@ -1483,7 +1483,7 @@ mod tests {
             ),
             (
                 "mix-and-match offer",
-                DeviceState::new("T300", 5),
+                DeviceMemory::new("T300", 5),
                 "r7",
                 genuine.clone(),
                 vec![good.clone()],
@@ -1492,7 +1492,7 @@ mod tests {
             ),
             (
                 "mix-and-match artifact",
-                DeviceState::new("T300", 5),
+                DeviceMemory::new("T300", 5),
                 "r6",
                 genuine.clone(),
                 vec![ArtifactDigest::of_bytes("r7.img", b"payload")],
@@ -1501,7 +1501,7 @@ mod tests {
             ),
             (
                 "oversize manifest",
-                DeviceState::new("T300", 5),
+                DeviceMemory::new("T300", 5),
                 "r6",
                 oversize,
                 vec![good.clone()],
@@ -1510,7 +1510,7 @@ mod tests {
             ),
             (
                 "oversize artifact",
-                DeviceState::new("T300", 5),
+                DeviceMemory::new("T300", 5),
                 "r6",
                 genuine,
                 vec![ArtifactDigest::of_bytes("fw.img", b"payload+more")],
@@ -1544,7 +1544,7 @@ mod tests {
     fn device_rules_name_each_attack() {
         let k = key(1);
         let trust = trust_one(&k);
-        let device = DeviceState::new("T300", 5);
+        let device = DeviceMemory::new("T300", 5);
         let ok = signed("r6", 6, &k);
         device
             .check_offer("r6", &ok, &trust, NOW)
@@ -1558,7 +1558,7 @@ mod tests {
             .check_offer("r4", &old, &trust, NOW)
             .expect_err("downgrade");
         assert_eq!(err.attack(), Attack::Downgrade);
-        let other_hw = DeviceState::new("T500", 1);
+        let other_hw = DeviceMemory::new("T500", 1);
         let err = other_hw
             .check_offer("r6", &ok, &trust, NOW)
             .expect_err("hardware");
@@ -1573,7 +1573,7 @@ mod tests {
     fn artifacts_are_checked_before_the_slot_switch() {
         let k = key(1);
         let trust = trust_one(&k);
-        let mut device = DeviceState::new("T300", 5);
+        let mut device = DeviceMemory::new("T300", 5);
         let m = device
             .check_offer("r6", &signed("r6", 6, &k), &trust, NOW)
             .expect("offer");
@@ -1617,7 +1617,7 @@ mod tests {
     fn a_signed_rollback_may_downgrade_and_is_recorded() {
         let k = key(1);
         let trust = trust_one(&k);
-        let mut device = DeviceState::new("T300", 9);
+        let mut device = DeviceMemory::new("T300", 9);
         let bytes = SignedManifest::sign(
             spec("r4-rollback", 4, b"payload"),
             Some(Rollback {
@@ -1647,7 +1647,7 @@ mod tests {
             }]
         );
         // A device that has moved past the bad release refuses the old rollback.
-        let err = DeviceState::new("T300", 10)
+        let err = DeviceMemory::new("T300", 10)
             .check_offer("r4-rollback", &bytes, &trust, NOW)
             .expect_err("replayed rollback");
         assert_eq!(err.attack(), Attack::Downgrade);

@@ -8,7 +8,7 @@
 use convoy::engine::control::OperatorCommand;
 use convoy::gui::backend::LinkStatus;
 use convoy::gui::remote::{CopyState, RemoteCommands, RemoteOptions};
-use convoy::gui::warroom::{RolloutState, state_of};
+use convoy::gui::warroom::{WallState, state_of};
 use convoy::gui::{Backend, Clock, ConsoleApp, UiCommand, View};
 use convoy::serve::auth::{self, Role};
 use convoy::serve::{ServeConfig, Server};
@@ -101,7 +101,7 @@ fn r1(app: &ConsoleApp) -> Option<&RolloutStory> {
 
 fn paused_by(app: &ConsoleApp, words: &str) -> bool {
     r1(app).is_some_and(|s| {
-        state_of(s) == RolloutState::Paused && s.pauses.iter().any(|(_, why)| why.contains(words))
+        state_of(s) == WallState::Paused && s.pauses.iter().any(|(_, why)| why.contains(words))
     })
 }
 
@@ -299,7 +299,7 @@ fn two_consoles_on_one_server_see_a_pause_and_one_queues_a_pause_while_it_is_dow
     );
     assert!(answer.is_ok(), "{answer:?}");
     wait_all(&mut [&mut a, &mut b], "r1 running again on both", |app| {
-        r1(app).is_some_and(|s| state_of(s) == RolloutState::Running)
+        r1(app).is_some_and(|s| state_of(s) == WallState::Running)
     });
 
     // The server stops: B says so, and keeps showing r1 from its copy.

@@ -8,7 +8,7 @@
 //! clock, the prompts and the printing.
 
 use anyhow::{Context, Result, anyhow, bail};
-use convoy_core::manifest::{DeviceState, Rollback, TrustedKeys};
+use convoy_core::manifest::{DeviceMemory, Rollback, TrustedKeys};
 use convoy_core::release::Artifact;
 use convoy_core::requirement::Requirement;
 use convoy_core::time::Timestamp;
@@ -249,7 +249,7 @@ fn verify(args: &VerifyArgs) -> Result<()> {
     let m = verify_file(&args.manifest, &trust, now)?;
     let spec = m.spec();
     if let Some(hw) = &args.device_hardware {
-        DeviceState::new(hw.clone(), args.installed_counter)
+        DeviceMemory::new(hw.clone(), args.installed_counter)
             .check_manifest(&m, now)
             .map_err(|r| {
                 anyhow!(

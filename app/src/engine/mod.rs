@@ -248,13 +248,13 @@ pub struct EngineReport {
 
 /// Simulated time from wall time.
 #[derive(Clone, Copy, Debug)]
-struct Clock {
+struct ScaledClock {
     start: Timestamp,
     began: Instant,
     scale: f64,
 }
 
-impl Clock {
+impl ScaledClock {
     fn now(&self) -> Timestamp {
         let secs = self.began.elapsed().as_secs_f64() * self.scale;
         Timestamp(self.start.0.saturating_add(secs as i64))
@@ -271,7 +271,7 @@ impl Clock {
 struct Shell {
     store: Store,
     state: EngineState,
-    clock: Clock,
+    clock: ScaledClock,
     /// When the run began, in wall time (the state's resend backoffs count from here).
     began: Instant,
     send_tx: mpsc::Sender<Vec<Wire>>,
@@ -447,7 +447,7 @@ pub async fn run_with(
         .unwrap_or_else(|| opts.requested_by.clone());
     let (rollout, clock, resumed) = match control.start {
         StartMode::New => {
-            let clock = Clock {
+            let clock = ScaledClock {
                 start: opts.start,
                 began: Instant::now(),
                 scale: opts.time_scale,
@@ -687,7 +687,7 @@ fn create_rollout(
 fn resume_rollout(
     store: &Store,
     opts: &mut EngineOptions,
-) -> Result<(Rollout, Clock, Vec<QueuedCommand>)> {
+) -> Result<(Rollout, ScaledClock, Vec<QueuedCommand>)> {
     let id = opts.rollout_id.clone();
     let events = store.rollout_log(&id)?;
     if events.is_empty() {
@@ -727,7 +727,7 @@ fn resume_rollout(
             let wall_secs = (wall_ms() - first.wall_began_ms).max(0) as f64 / 1000.0;
             opts.time_scale = first.time_scale;
             opts.link.time_scale = first.time_scale;
-            Clock {
+            ScaledClock {
                 start: first
                     .clock_start
                     .plus_secs((wall_secs * first.time_scale) as i64),
@@ -735,7 +735,7 @@ fn resume_rollout(
                 scale: first.time_scale,
             }
         }
-        None => Clock {
+        None => ScaledClock {
             start: opts.start,
             began: Instant::now(),
             scale: opts.time_scale,
@@ -743,7 +743,7 @@ fn resume_rollout(
     };
     // Never before the last recorded event: the rollout's time does not run backwards.
     let start = clock.start.max(rollout.state().last_at);
-    let clock = Clock { start, ..clock };
+    let clock = ScaledClock { start, ..clock };
     opts.start = start;
     opts.link.clock_start = Some(start);
     let adopted = store.pending_for_rollout(&id)?;

@@ -37,7 +37,7 @@ use super::steer::{LocalEngines, NoEngine, Steer, SteerRequest};
 use crate::engine::control::OperatorCommand;
 use crate::link::broker::EmbeddedBroker;
 use crate::link::mqtt::{self, LinkConfig, LinkEvent, Role};
-use crate::link::protocol::{Inbound, Rejection, Topics};
+use crate::link::protocol::{Inbound, InboundRejection, Topics};
 use crate::store::Store;
 use crate::store::events::DeviceEvent;
 use crate::store::telemetry::RollupPoint;
@@ -148,7 +148,7 @@ pub enum BackendEvent {
     },
     Link(LinkStatus),
     Inbound(Inbound),
-    Rejected(Rejection),
+    Rejected(InboundRejection),
     OutboxDepth(u64),
     /// A device's update history from the cache, newest first, answering
     /// [`Backend::request_history`]; `Err` says why it could not be read.

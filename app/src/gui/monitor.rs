@@ -706,7 +706,7 @@ fn body_ui(app: &mut ConsoleApp, ui: &mut egui::Ui) {
         return;
     };
     let story = board.rollouts.iter().find(|s| s.rollout_id == id).cloned();
-    let choices: Vec<(String, warroom::RolloutState)> = order
+    let choices: Vec<(String, warroom::WallState)> = order
         .iter()
         .map(|s| (s.rollout_id.clone(), warroom::state_of(s)))
         .collect();

@@ -33,7 +33,7 @@ const CLIP_CHARS: usize = 60;
 
 /// Where a rollout stands, as its record tells it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RolloutState {
+pub enum WallState {
     /// Stopped by a gate or an operator, waiting for a human.
     Paused,
     /// Devices were asked to go back and the rollback has not finished.
@@ -44,7 +44,7 @@ pub enum RolloutState {
     Completed,
 }
 
-impl RolloutState {
+impl WallState {
     pub fn label(self) -> &'static str {
         match self {
             Self::Paused => "PAUSED",
@@ -67,11 +67,11 @@ impl RolloutState {
 }
 
 /// The state of the rollout `s` tells.
-pub fn state_of(s: &RolloutStory) -> RolloutState {
+pub fn state_of(s: &RolloutStory) -> WallState {
     match &s.ending {
-        Some(Ending::Completed(_)) => return RolloutState::Completed,
-        Some(Ending::RolledBack(_)) => return RolloutState::RolledBack,
-        Some(Ending::Aborted(..)) => return RolloutState::Aborted,
+        Some(Ending::Completed(_)) => return WallState::Completed,
+        Some(Ending::RolledBack(_)) => return WallState::RolledBack,
+        Some(Ending::Aborted(..)) => return WallState::Aborted,
         None => {}
     }
     let last_line = |prefix: &str| {
@@ -83,16 +83,16 @@ pub fn state_of(s: &RolloutStory) -> RolloutState {
     };
     let last_rollback = s.rollbacks.iter().map(|(at, ..)| *at).max();
     if last_rollback.is_some() && last_rollback > last_line("rollback finished") {
-        return RolloutState::RollingBack;
+        return WallState::RollingBack;
     }
     // A wave rolled back leaves the rollout paused for a human, as a pause does (the state
     // machine records no separate pause for it).
     let last_pause = s.pauses.iter().map(|(at, _)| *at).max().max(last_rollback);
     let last_resume = last_line("resumed").max(s.overrides.iter().map(|(at, _)| *at).max());
     if last_pause.is_some() && last_pause > last_resume {
-        RolloutState::Paused
+        WallState::Paused
     } else {
-        RolloutState::Running
+        WallState::Running
     }
 }
 
@@ -105,13 +105,12 @@ pub fn last_activity(s: &RolloutStory) -> Timestamp {
 /// aborted), 1 running with a gate decision on record, 2 running, 3 completed.
 fn urgency(s: &RolloutStory) -> u8 {
     match state_of(s) {
-        RolloutState::Paused
-        | RolloutState::RollingBack
-        | RolloutState::RolledBack
-        | RolloutState::Aborted => 0,
-        RolloutState::Running if !s.stops.is_empty() => 1,
-        RolloutState::Running => 2,
-        RolloutState::Completed => 3,
+        WallState::Paused | WallState::RollingBack | WallState::RolledBack | WallState::Aborted => {
+            0
+        }
+        WallState::Running if !s.stops.is_empty() => 1,
+        WallState::Running => 2,
+        WallState::Completed => 3,
     }
 }
 
@@ -285,7 +284,7 @@ fn rollouts_ui(app: &ConsoleApp, ui: &mut egui::Ui, now: Timestamp) -> Option<St
         s.offered(),
         s.planned()
     )));
-    if let Some((at, why)) = s.pauses.last().filter(|_| state == RolloutState::Paused) {
+    if let Some((at, why)) = s.pauses.last().filter(|_| state == WallState::Paused) {
         ui.label(small(format!("paused {}: {why}", age(now.secs_since(*at)))).color(tokens::WARN));
     }
     ui.add_space(8.0);
@@ -623,13 +622,13 @@ mod tests {
     #[test]
     fn the_state_follows_pauses_resumes_rollbacks_and_endings() {
         let running = record("a", 0, &[]);
-        assert_eq!(state_of(&running), RolloutState::Running);
+        assert_eq!(state_of(&running), WallState::Running);
         let paused = record(
             "b",
             0,
             &[(5, "rollout.paused", json!({"paused": {"reason": "gate"}}))],
         );
-        assert_eq!(state_of(&paused), RolloutState::Paused);
+        assert_eq!(state_of(&paused), WallState::Paused);
         let resumed = record(
             "c",
             0,
@@ -638,10 +637,10 @@ mod tests {
                 (9, "rollout.resumed", json!("resumed")),
             ],
         );
-        assert_eq!(state_of(&resumed), RolloutState::Running);
+        assert_eq!(state_of(&resumed), WallState::Running);
         let back = json!({"rollback_started": {"scope": {"wave": 0}, "devices": [1, 2]}});
         let rolling = record("d", 0, &[(5, "rollback.started", back.clone())]);
-        assert_eq!(state_of(&rolling), RolloutState::RollingBack);
+        assert_eq!(state_of(&rolling), WallState::RollingBack);
         let rolled = record(
             "e",
             0,
@@ -651,7 +650,7 @@ mod tests {
             ],
         );
         // A wave rolled back waits for a human, until someone resumes.
-        assert_eq!(state_of(&rolled), RolloutState::Paused);
+        assert_eq!(state_of(&rolled), WallState::Paused);
         let back = json!({"rollback_started": {"scope": {"wave": 0}, "devices": [1, 2]}});
         let rolled_and_resumed = record(
             "g",
@@ -662,9 +661,9 @@ mod tests {
                 (9, "rollout.resumed", json!("resumed")),
             ],
         );
-        assert_eq!(state_of(&rolled_and_resumed), RolloutState::Running);
+        assert_eq!(state_of(&rolled_and_resumed), WallState::Running);
         let done = record("f", 0, &[(9, "rollout.completed", json!("completed"))]);
-        assert_eq!(state_of(&done), RolloutState::Completed);
+        assert_eq!(state_of(&done), WallState::Completed);
     }
 
     #[test]

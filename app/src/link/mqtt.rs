@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
-use super::protocol::{self, Command, Inbound, Rejection, Topics};
+use super::protocol::{self, Command, Inbound, InboundRejection, Topics};
 
 /// Where and how to connect.
 #[derive(Clone, Debug)]
@@ -204,7 +204,7 @@ pub enum LinkState {
 #[derive(Clone, Debug, PartialEq)]
 pub enum LinkEvent {
     Inbound(Inbound),
-    Rejected(Rejection),
+    Rejected(InboundRejection),
     /// A message on a raw subscription ([`Role::Filters`]), not decoded.
     Raw {
         topic: String,

@@ -4,7 +4,7 @@
 //! Everything inbound goes through [`decode_inbound`], which never panics: a payload that is
 //! oversized, not UTF-8, not JSON, of an unknown protocol version, on an unknown topic, for a
 //! different device than its topic names, or with an out-of-range field is turned into a
-//! [`Rejection`] naming the reason and the device, which callers count in [`RejectionStats`].
+//! [`InboundRejection`] naming the reason and the device, which callers count in [`RejectionStats`].
 //! This module does no I/O and keeps no connection state.
 
 use convoy_core::fleet::{Connectivity, GeoPoint, PowerState, Slot, SmallMap};
@@ -392,7 +392,7 @@ impl fmt::Display for RejectReason {
 /// naming the field or part that was wrong.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("rejected message on {topic:?} ({reason}): {detail}")]
-pub struct Rejection {
+pub struct InboundRejection {
     pub reason: RejectReason,
     pub topic: String,
     pub device_id: Option<String>,
@@ -405,7 +405,7 @@ pub fn decode_inbound(
     topic: &str,
     payload: &[u8],
     now: Timestamp,
-) -> Result<Inbound, Rejection> {
+) -> Result<Inbound, InboundRejection> {
     let kind = topics.parse(topic);
     let device_id = match &kind {
         Some(
@@ -416,7 +416,7 @@ pub fn decode_inbound(
         ) => Some(device_id.clone()),
         _ => None,
     };
-    let reject = |reason: RejectReason, detail: String| Rejection {
+    let reject = |reason: RejectReason, detail: String| InboundRejection {
         reason,
         topic: truncate(topic, 200),
         device_id: device_id.clone(),
@@ -612,7 +612,7 @@ impl RejectionStats {
         }
     }
 
-    pub fn record(&mut self, rejection: &Rejection) {
+    pub fn record(&mut self, rejection: &InboundRejection) {
         self.total += 1;
         *self.by_reason.entry(rejection.reason).or_default() += 1;
         match &rejection.device_id {
@@ -647,7 +647,7 @@ mod tests {
         })
     }
 
-    fn decode(topic: &str, payload: &serde_json::Value) -> Result<Inbound, Rejection> {
+    fn decode(topic: &str, payload: &serde_json::Value) -> Result<Inbound, InboundRejection> {
         decode_inbound(&topics(), topic, payload.to_string().as_bytes(), NOW)
     }
 

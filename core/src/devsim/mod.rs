@@ -24,7 +24,7 @@ mod tests;
 pub use faults::{Fault, FaultEffect, FaultError, Faults};
 
 use crate::fleet::{Connectivity, Device, GeoPoint, PowerState, Slot, SmallMap};
-use crate::manifest::{ArtifactDigest, Attack, DeviceState, TrustedKeys, VerifiedManifest};
+use crate::manifest::{ArtifactDigest, Attack, DeviceMemory, TrustedKeys, VerifiedManifest};
 use crate::rng::SeededRng;
 use crate::time::Timestamp;
 use crate::version::Version;
@@ -263,7 +263,7 @@ struct SlotImage {
 #[derive(Debug)]
 pub struct SimDevice {
     device: Device,
-    state: DeviceState,
+    state: DeviceMemory,
     trust: Arc<TrustedKeys>,
     faults: Arc<Faults>,
     config: SimConfig,
@@ -303,7 +303,7 @@ impl SimDevice {
         config: SimConfig,
         now: Timestamp,
     ) -> Self {
-        let state = DeviceState::new(device.model.clone(), 0);
+        let state = DeviceMemory::new(device.model.clone(), 0);
         let battery_level_pct = device.battery_pct.map(f64::from);
         let mut sim = Self {
             device,
