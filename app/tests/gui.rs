@@ -8,7 +8,7 @@ use common::{
     DEVICES, GateStop, NOW, fill, fixture, harness, settle, wait_for, wait_for_label,
     write_gate_stop,
 };
-use convoy::gui::{Backend, BackendEvent, Clock, ConsoleApp};
+use convoy::gui::{Backend, BackendEvent, ConsoleApp};
 use convoy::link::protocol::{DeviceStatus, Inbound, UpdateState, UpdateStatus};
 use convoy_core::fleet::Fleet;
 use convoy_core::time::Timestamp;
@@ -404,9 +404,7 @@ fn the_war_room_shows_the_paused_rollout_from_the_cache_with_its_gate_and_waves(
     write_rollouts(&cache);
     let cache_again = cache.clone();
     let (backend, _feed) = Backend::fixture(fixture(), cache);
-    let mut h = Harness::builder()
-        .with_size([1400.0, 900.0])
-        .build_eframe(move |cc| ConsoleApp::new(&cc.egui_ctx, None, backend, Clock::Fixed(NOW)));
+    let mut h = common::console(backend, [1400.0, 900.0]);
     settle(&mut h);
     h.key_press(Key::F11);
     settle(&mut h);
@@ -514,9 +512,7 @@ fn the_device_view_shows_the_update_history_from_the_cache_newest_first() {
             .unwrap();
     }
     let (backend, _feed) = Backend::fixture(fleet.clone(), cache);
-    let mut h = Harness::builder()
-        .with_size([1400.0, 1400.0])
-        .build_eframe(move |cc| ConsoleApp::new(&cc.egui_ctx, None, backend, Clock::Fixed(NOW)));
+    let mut h = common::console(backend, [1400.0, 1400.0]);
     settle(&mut h);
     h.state_mut().send(convoy::gui::UiCommand::OpenDevice(7));
     h.run_steps(1);
@@ -837,9 +833,7 @@ fn the_device_view_plots_telemetry_rollups_from_the_cache() {
     let cache = dir.path().join("telemetry.db");
     write_telemetry(&cache, &fleet, 11);
     let (backend, _feed) = Backend::fixture(fleet.clone(), cache);
-    let mut h = Harness::builder()
-        .with_size([1400.0, 2400.0])
-        .build_eframe(move |cc| ConsoleApp::new(&cc.egui_ctx, None, backend, Clock::Fixed(NOW)));
+    let mut h = common::console(backend, [1400.0, 2400.0]);
     settle(&mut h);
     h.state_mut().send(convoy::gui::UiCommand::OpenDevice(11));
     h.run_steps(1);
@@ -948,9 +942,7 @@ fn snapshots_of_the_main_screens() {
     write_telemetry(&cache, &fleet, 42);
     write_rollouts(&cache);
     let (backend, _feed) = Backend::fixture(fleet, cache);
-    let mut h = Harness::builder()
-        .with_size([1280.0, 800.0])
-        .build_eframe(move |cc| ConsoleApp::new(&cc.egui_ctx, None, backend, Clock::Fixed(NOW)));
+    let mut h = common::console(backend, [1280.0, 800.0]);
     settle(&mut h);
     h.state_mut().send(convoy::gui::UiCommand::FocusMap {
         lat: 50.0,
@@ -1089,9 +1081,7 @@ fn cache_harness_sized(
         .replace_fleet(fleet, None)
         .unwrap();
     let (backend, _feed) = Backend::fixture(fleet.clone(), cache.clone());
-    let mut h = Harness::builder()
-        .with_size([1400.0, height])
-        .build_eframe(move |cc| ConsoleApp::new(&cc.egui_ctx, None, backend, Clock::Fixed(NOW)));
+    let mut h = common::console(backend, [1400.0, height]);
     settle(&mut h);
     (h, cache)
 }
@@ -1657,9 +1647,7 @@ fn snapshots_of_the_planner() {
         .unwrap();
     let (release, _) = signed_release(&cache, &dir.path().join("trust"));
     let (backend, _feed) = Backend::fixture(fleet, cache);
-    let mut h = Harness::builder()
-        .with_size([1280.0, 3010.0])
-        .build_eframe(move |cc| ConsoleApp::new(&cc.egui_ctx, None, backend, Clock::Fixed(NOW)));
+    let mut h = common::console(backend, [1280.0, 3010.0]);
     settle(&mut h);
     h.state_mut()
         .send(convoy::gui::UiCommand::Show(convoy::gui::View::Planner));
@@ -1713,9 +1701,7 @@ fn the_war_room_plots_cohort_health_against_baseline_from_the_engine_log() {
     };
     write_gate_stop(&cache, &fleet, scenario);
     let (backend, _feed) = Backend::fixture(fleet, cache);
-    let mut h = Harness::builder()
-        .with_size([1400.0, 900.0])
-        .build_eframe(move |cc| ConsoleApp::new(&cc.egui_ctx, None, backend, Clock::Fixed(NOW)));
+    let mut h = common::console(backend, [1400.0, 900.0]);
     settle(&mut h);
     h.key_press(Key::F11);
     settle(&mut h);

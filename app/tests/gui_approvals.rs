@@ -11,7 +11,7 @@ mod common;
 use common::{NOW, click, fill, fixture, settle, wait_for};
 use convoy::gui::approvals::LocalDispatch;
 use convoy::gui::steer::Steer as _;
-use convoy::gui::{Backend, Clock, ConsoleApp};
+use convoy::gui::{Backend, ConsoleApp};
 use convoy_core::fleet::Fleet;
 use egui_kittest::Harness;
 use egui_kittest::kittest::{NodeT as _, Queryable as _};
@@ -66,9 +66,7 @@ fn harness(
 ) {
     let (backend, _feed) = Backend::fixture(fleet, cache);
     let engines = backend.engines.clone().unwrap();
-    let mut h = Harness::builder()
-        .with_size([1400.0, 1800.0])
-        .build_eframe(move |cc| ConsoleApp::new(&cc.egui_ctx, None, backend, Clock::Fixed(NOW)));
+    let mut h = common::console(backend, [1400.0, 1800.0]);
     settle(&mut h);
     (h, engines)
 }

@@ -6,7 +6,7 @@ mod common;
 
 use common::{GateStop, NOW, fixture, label_text, settle, wait_for, write_gate_stop};
 use convoy::engine::control::{OperatorCommand, control_channel};
-use convoy::gui::{Backend, Clock, ConsoleApp, UiCommand, View};
+use convoy::gui::{Backend, ConsoleApp, UiCommand, View};
 use convoy_core::fleet::Fleet;
 use convoy_core::rollout::Phase;
 use convoy_core::time::Timestamp;
@@ -58,9 +58,7 @@ fn monitor_harness(
     let (backend, _feed) = Backend::fixture(fleet, cache);
     let (handle, commands) = control_channel(ROLLOUT, 4);
     backend.engines.as_ref().unwrap().register(handle);
-    let mut h = Harness::builder()
-        .with_size([1400.0, height])
-        .build_eframe(move |cc| ConsoleApp::new(&cc.egui_ctx, None, backend, Clock::Fixed(NOW)));
+    let mut h = common::console(backend, [1400.0, height]);
     settle(&mut h);
     h.state_mut().send(UiCommand::Show(View::Monitor));
     settle(&mut h);
@@ -244,9 +242,7 @@ fn an_override_from_the_monitor_resumes_a_real_engine_run_held_by_a_gate() {
             .unwrap()
             .block_on(engine::run_with(options, control, Some(stop_rx)))
     });
-    let mut h = Harness::builder()
-        .with_size([1400.0, 1700.0])
-        .build_eframe(move |cc| ConsoleApp::new(&cc.egui_ctx, None, backend, Clock::Fixed(NOW)));
+    let mut h = common::console(backend, [1400.0, 1700.0]);
     settle(&mut h);
     h.state_mut().send(UiCommand::Show(View::Monitor));
     wait_for(&mut h, "Verdict: paused at wave 1 by a gate");
@@ -288,9 +284,7 @@ fn a_rollout_this_console_does_not_run_cannot_be_steered_and_says_why() {
     let cache = dir.path().join("monitor.db");
     write_gate_paused_rollout(&cache, &fleet);
     let (backend, _feed) = Backend::fixture(fleet, cache);
-    let mut h = Harness::builder()
-        .with_size([1400.0, 1200.0])
-        .build_eframe(move |cc| ConsoleApp::new(&cc.egui_ctx, None, backend, Clock::Fixed(NOW)));
+    let mut h = common::console(backend, [1400.0, 1200.0]);
     settle(&mut h);
     h.state_mut().send(UiCommand::Show(View::Monitor));
     wait_for(&mut h, "Verdict: ");

@@ -11,11 +11,10 @@ mod common;
 use common::{
     GateStop, NOW, click, fill, fixture, label_text, label_texts, settle, wait_for, write_gate_stop,
 };
-use convoy::gui::{Backend, Clock, ConsoleApp};
+use convoy::gui::Backend;
 use convoy_core::rollout::Rollout;
 use convoy_core::rollout::sim::FaultKind;
 use convoy_core::time::Timestamp;
-use egui_kittest::Harness;
 use egui_kittest::kittest::Queryable as _;
 use std::path::Path;
 
@@ -65,9 +64,7 @@ fn a_rollouts_report_shows_its_metrics_and_drafts_and_exports_the_clis_timeline(
     assert!(!expected.completed, "stopped by its gate");
 
     let (backend, _feed) = Backend::fixture(fleet, cache.clone());
-    let mut h = Harness::builder()
-        .with_size([1400.0, 1200.0])
-        .build_eframe(move |cc| ConsoleApp::new(&cc.egui_ctx, None, backend, Clock::Fixed(NOW)));
+    let mut h = common::console(backend, [1400.0, 1200.0]);
     settle(&mut h);
     click(&mut h, "Reports");
     // The history worker lists the cache's rollouts; pick ours.
@@ -208,9 +205,7 @@ fn a_rollout_id_that_is_not_in_the_cache_is_named_in_the_answer() {
         .replace_fleet(&fleet, None)
         .unwrap();
     let (backend, _feed) = Backend::fixture(fleet, cache);
-    let mut h = Harness::builder()
-        .with_size([1400.0, 900.0])
-        .build_eframe(move |cc| ConsoleApp::new(&cc.egui_ctx, None, backend, Clock::Fixed(NOW)));
+    let mut h = common::console(backend, [1400.0, 900.0]);
     settle(&mut h);
     click(&mut h, "Reports");
     fill(&mut h, "Rollout id", "ro-nowhere");

@@ -32,11 +32,17 @@ pub fn fixture() -> Fleet {
 pub fn harness() -> (Harness<'static, ConsoleApp>, FixtureFeed, Fleet) {
     let fleet = fixture();
     let (backend, feed) = Backend::fixture(fleet.clone(), "fixture.db".into());
-    let mut h = Harness::builder()
-        .with_size([1400.0, 900.0])
-        .build_eframe(move |cc| ConsoleApp::new(&cc.egui_ctx, None, backend, Clock::Fixed(NOW)));
+    let mut h = console(backend, [1400.0, 900.0]);
     settle(&mut h);
     (h, feed, fleet)
+}
+
+/// The one way the UI tests build the console: the real [`ConsoleApp`] on `backend`, with no
+/// tile source and the fixed clock [`NOW`], in a window of `size` points.
+pub fn console(backend: Backend, size: [f32; 2]) -> Harness<'static, ConsoleApp> {
+    Harness::builder()
+        .with_size(size)
+        .build_eframe(move |cc| ConsoleApp::new(&cc.egui_ctx, None, backend, Clock::Fixed(NOW)))
 }
 
 /// A few frames: events drained, commands applied, derived data refreshed and drawn.
