@@ -19,6 +19,7 @@ use std::fmt::Write as _;
 
 use serde_json::Value;
 
+use crate::rollout::{DeviceState, RolloutState};
 use crate::time::Timestamp;
 
 /// One entry of a rollout's timeline, as the cache stores it.
@@ -61,6 +62,9 @@ pub struct WaveStory {
     pub failed: u64,
     pub reverted: u64,
     pub silent: u64,
+    /// Offered and not finished (downloading, installing, rebooting): known only from the
+    /// device states ([`RolloutStory::count_from_states`]); 0 from wave summaries.
+    pub in_flight: u64,
     /// Whole-wave gates that never had enough data.
     pub not_judged: Vec<String>,
     /// Trends recorded but below the pause level.
@@ -108,6 +112,20 @@ pub struct RolloutStory {
     pub ending: Option<Ending>,
     /// The entries worth a line in a chronology: (time, what, cause).
     pub chronology: Vec<(Timestamp, String, String)>,
+    /// Where the device counts come from.
+    pub counts: CountSource,
+}
+
+/// Where a story's device counts come from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CountSource {
+    /// The summaries the timeline records when a wave completes: a wave that was stopped,
+    /// rolled back or aborted before it completed has none, so its devices count as 0.
+    #[default]
+    WaveSummaries,
+    /// Every device's state, replayed from the engine's log: the same counts as the
+    /// rollout's metrics, whatever state the rollout ended in.
+    DeviceStates,
 }
 
 impl RolloutStory {
@@ -128,6 +146,53 @@ impl RolloutStory {
             .filter(|w| w.started_at.is_some())
             .map(|w| w.devices)
             .sum()
+    }
+
+    /// Devices offered the update that have not finished with it.
+    pub fn in_flight(&self) -> u64 {
+        self.waves.iter().map(|w| w.in_flight).sum()
+    }
+
+    /// Takes the device counts of every wave from the rollout's replayed `state` (its device
+    /// states), not from the timeline's wave summaries, which exist only for waves that
+    /// completed. A draft must never understate the affected population: a canary rolled
+    /// back mid-wave has reverted devices and no summary.
+    pub fn count_from_states(&mut self, state: &RolloutState) {
+        for w in &mut self.waves {
+            w.healthy = 0;
+            w.failed = 0;
+            w.reverted = 0;
+            w.silent = 0;
+            w.in_flight = 0;
+        }
+        for d in &state.devices {
+            let Some(w) = self.waves.get_mut(usize::from(d.wave)) else {
+                continue;
+            };
+            match d.state {
+                DeviceState::Healthy => w.healthy += 1,
+                DeviceState::Failed => w.failed += 1,
+                DeviceState::Reverted => w.reverted += 1,
+                s if s.is_in_flight() => w.in_flight += 1,
+                _ => {}
+            }
+            if d.silent {
+                w.silent += 1;
+            }
+        }
+        self.counts = CountSource::DeviceStates;
+    }
+
+    /// One sentence saying where the counts come from, for the drafts.
+    fn counts_note(&self) -> &'static str {
+        match self.counts {
+            CountSource::DeviceStates => {
+                "Device counts are every device's state replayed from the engine's log."
+            }
+            CountSource::WaveSummaries => {
+                "Device counts are the wave summaries recorded when a wave completed; the engine's log was not available, so devices of a wave that did not complete are not counted."
+            }
+        }
     }
 
     /// Devices planned in all waves.
@@ -442,11 +507,13 @@ fn internal(s: &RolloutStory) -> String {
     );
     let _ = writeln!(
         out,
-        "- Devices: {} planned, {} offered, {} updated and healthy, {} failed or reverted.",
+        "- Devices: {} planned, {} offered, {} updated and healthy, {} failed or reverted, {} still updating. {}",
         s.planned(),
         s.offered(),
         s.updated(),
-        s.reverted_or_failed()
+        s.reverted_or_failed(),
+        s.in_flight(),
+        s.counts_note()
     );
     let _ = writeln!(out, "- Soak holds: {}.", s.holds);
     out.push_str("\n## Rollback triggers\n\n");
@@ -477,12 +544,12 @@ fn internal(s: &RolloutStory) -> String {
         "\n## Root cause\n\n{}\n",
         fill("what in the release caused it; the gate evidence above says where it showed")
     );
-    out.push_str("## Waves\n\n| wave | devices | healthy | failed | reverted | silent |\n| --- | ---: | ---: | ---: | ---: | ---: |\n");
+    out.push_str("## Waves\n\n| wave | devices | healthy | failed | reverted | still updating | silent |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: |\n");
     for w in &s.waves {
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {} |",
-            w.name, w.devices, w.healthy, w.failed, w.reverted, w.silent
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            w.name, w.devices, w.healthy, w.failed, w.reverted, w.in_flight, w.silent
         );
     }
     out.push_str("\n## Chronology\n\n");
@@ -577,13 +644,15 @@ fn regulator(s: &RolloutStory) -> String {
     out.push_str("\n## Affected population\n\n");
     let _ = writeln!(
         out,
-        "- Planned: {} devices in {} stages; offered: {}; updated and healthy: {}; failed or reverted to the previous version: {}.",
+        "- Planned: {} devices in {} stages; offered: {}; updated and healthy: {}; failed or reverted to the previous version: {}; still updating: {}.",
         s.planned(),
         s.waves.len(),
         s.offered(),
         s.updated(),
-        s.reverted_or_failed()
+        s.reverted_or_failed(),
+        s.in_flight()
     );
+    let _ = writeln!(out, "- {}", s.counts_note());
     let silent: u64 = s.waves.iter().map(|w| w.silent).sum();
     let _ = writeln!(
         out,
@@ -887,5 +956,196 @@ mod tests {
                 kind: "approval".into()
             })
         );
+    }
+}
+
+/// Every terminal state's drafts against the rollout's metrics: the counts a draft states are
+/// the counts of the replayed devices, never the wave summaries alone (issue 19: a canary
+/// rolled back mid-wave has reverted devices and no summary, and the drafts said 0).
+#[cfg(test)]
+mod count_tests {
+    use super::*;
+    use crate::metrics::rollout_metrics;
+    use crate::rollout::sim::{Fault, FaultKind, SimConfig, SimFleet};
+    use crate::rollout::{
+        ChangePath, Phase, RollbackScope, Rollout, RolloutSpec, WaveSpec, timeline,
+    };
+    use crate::synth::{SynthOptions, generate};
+
+    const START: Timestamp = Timestamp(1_800_000_000);
+
+    fn simulate(faults: Vec<Fault>, stop: impl FnOnce(&mut Rollout, &mut SimFleet)) -> Rollout {
+        let fleet = generate(&SynthOptions {
+            devices: 300,
+            seed: 11,
+            now: START,
+        });
+        let mut ids: Vec<String> = fleet.devices.iter().map(|d| d.id.clone()).collect();
+        ids.sort();
+        let spec = RolloutSpec {
+            id: "ro-drafts".into(),
+            release_id: "t300-2.6.0".into(),
+            requested_by: "alice".into(),
+            waves: vec![
+                WaveSpec {
+                    name: "canary".into(),
+                    device_ids: ids[..60].to_vec(),
+                    soak_secs: 3_600,
+                },
+                WaveSpec {
+                    name: "fleet".into(),
+                    device_ids: ids[60..].to_vec(),
+                    soak_secs: 3_600,
+                },
+            ],
+            gates: crate::gates::GatePolicy::default(),
+            path: ChangePath::Standard,
+        };
+        let mut rollout = Rollout::new(START, spec, &fleet).expect("a valid spec");
+        rollout.approve(START, "bob").expect("approval");
+        rollout.approve(START, "carol").expect("approval");
+        let config = SimConfig {
+            faults,
+            ..SimConfig::default()
+        };
+        let mut sim = SimFleet::new(&fleet, &rollout, config, START);
+        sim.run(&mut rollout, START, START.plus_secs(10 * 86_400));
+        stop(&mut rollout, &mut sim);
+        rollout
+    }
+
+    fn crash_loop() -> Vec<Fault> {
+        vec![Fault {
+            attribute: None,
+            kind: FaultKind::CrashLoop,
+        }]
+    }
+
+    /// The story as the drafts read it: the timeline record, then the replayed device states.
+    fn stories(rollout: &Rollout) -> (RolloutStory, RolloutStory) {
+        let state = rollout.state();
+        let names: Vec<String> = state.spec.waves.iter().map(|w| w.name.clone()).collect();
+        let entries = timeline::record(rollout.events(), &names, &state.device_ids);
+        let summaries = story("ro-drafts", &entries).expect("a record that starts with creation");
+        let mut counted = summaries.clone();
+        counted.count_from_states(state);
+        (summaries, counted)
+    }
+
+    fn assert_drafts_match_metrics(rollout: &Rollout) -> RolloutStory {
+        let m = rollout_metrics(rollout);
+        let (_, s) = stories(rollout);
+        assert_eq!(s.counts, CountSource::DeviceStates);
+        assert_eq!(s.updated(), m.healthy, "healthy");
+        assert_eq!(
+            s.reverted_or_failed(),
+            m.failed + m.reverted,
+            "failed or reverted"
+        );
+        assert_eq!(
+            s.waves.iter().map(|w| w.silent).sum::<u64>(),
+            m.silent,
+            "silent"
+        );
+        let harm = format!("{} failed or reverted", m.failed + m.reverted);
+        assert!(
+            draft(&s, Audience::Internal).contains(&harm),
+            "internal draft"
+        );
+        let regulator = draft(&s, Audience::Regulator);
+        assert!(
+            regulator.contains(&format!(
+                "failed or reverted to the previous version: {}",
+                m.failed + m.reverted
+            )),
+            "{regulator}"
+        );
+        let reverted: u64 = s.waves.iter().map(|w| w.reverted).sum();
+        assert_eq!(reverted, m.reverted, "the wave table's reverted column");
+        s
+    }
+
+    #[test]
+    fn a_completed_rollout_s_drafts_state_the_metrics_counts() {
+        let rollout = simulate(Vec::new(), |_, _| {});
+        assert_eq!(rollout.phase(), &Phase::Completed);
+        let s = assert_drafts_match_metrics(&rollout);
+        assert_eq!(s.updated(), rollout_metrics(&rollout).healthy);
+        assert!(s.updated() > 250, "most devices confirm: {}", s.updated());
+    }
+
+    #[test]
+    fn a_canary_paused_by_a_gate_states_its_reverted_devices_which_the_summaries_miss() {
+        let rollout = simulate(crash_loop(), |_, _| {});
+        assert!(
+            matches!(rollout.phase(), Phase::Paused { wave: 0, .. }),
+            "{:?}",
+            rollout.phase()
+        );
+        let m = rollout_metrics(&rollout);
+        assert!(
+            m.failed + m.reverted > 0,
+            "crash-looping devices revert: {m:?}"
+        );
+        // The bug: the wave never completed, so the summaries say nobody was harmed.
+        let (summaries, _) = stories(&rollout);
+        assert_eq!(summaries.reverted_or_failed(), 0);
+        assert!(
+            summaries.counts_note().contains("not counted"),
+            "a summaries-only story says what it cannot count"
+        );
+        assert_drafts_match_metrics(&rollout);
+    }
+
+    fn rolled_back(scope: RollbackScope) -> Rollout {
+        simulate(crash_loop(), |rollout, sim| {
+            let at = rollout.state().last_at;
+            rollout
+                .roll_back(at, "dana", scope, "crash loop on the canary")
+                .expect("a paused canary can be rolled back");
+            sim.run(rollout, at, at.plus_secs(10 * 86_400));
+        })
+    }
+
+    #[test]
+    fn a_rolled_back_canary_wave_s_drafts_state_every_reverted_device() {
+        let rollout = rolled_back(RollbackScope::Wave(0));
+        assert!(
+            matches!(
+                rollout.phase(),
+                Phase::Paused {
+                    rolled_back: true,
+                    ..
+                }
+            ),
+            "{:?}",
+            rollout.phase()
+        );
+        let s = assert_drafts_match_metrics(&rollout);
+        assert!(s.reverted_or_failed() >= 55, "{s:?}");
+    }
+
+    #[test]
+    fn a_rollout_rolled_back_whole_states_every_reverted_device() {
+        let rollout = rolled_back(RollbackScope::All);
+        assert_eq!(rollout.phase(), &Phase::RolledBack);
+        let s = assert_drafts_match_metrics(&rollout);
+        assert!(s.reverted_or_failed() >= 55, "{s:?}");
+    }
+
+    #[test]
+    fn an_aborted_rollout_s_drafts_state_the_metrics_counts() {
+        let rollout = simulate(crash_loop(), |rollout, _| {
+            let at = rollout.state().last_at;
+            rollout
+                .abort(at, "dana", "release withdrawn")
+                .expect("a paused rollout can be aborted");
+        });
+        assert!(
+            matches!(rollout.phase(), Phase::Aborted { .. }),
+            "{:?}",
+            rollout.phase()
+        );
+        assert_drafts_match_metrics(&rollout);
     }
 }

@@ -1,6 +1,7 @@
 //! End-to-end tests: the real `convoy` binary on real files.
 
 mod broker_acl;
+mod comms;
 mod console;
 mod crash;
 mod ddi;

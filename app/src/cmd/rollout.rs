@@ -88,11 +88,8 @@ fn comms(args: &CommsArgs) -> Result<()> {
     use convoy_core::comms::{self, Audience};
     let db = store::resolve_path(args.db.as_deref())?;
     let store = Store::open_existing(&db)?;
-    let entries = store
-        .rollout_record(&args.rollout)
+    let (story, _) = crate::ops::reports::read_story(&store, &args.rollout)
         .with_context(|| format!("in {}", db.display()))?;
-    let story = comms::story(&args.rollout, &entries)
-        .with_context(|| format!("reading the record in {}", db.display()))?;
     let text = match args.audience {
         CommsAudience::Internal => comms::draft(&story, Audience::Internal),
         CommsAudience::Customer => comms::draft(&story, Audience::Customer),

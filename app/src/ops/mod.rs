@@ -12,12 +12,13 @@
 //! directly. Decisions stay in `convoy_core`; a use case reads files, calls the core and hands
 //! back values.
 //!
-//! Rooms so far (issue 17): `releases`, `plans`, `findings`, `settings`, `runs` (the typed run
+//! Rooms so far (issue 17): `releases`, `plans`, `findings`, `reports`, `settings`, `runs` (the typed run
 //! spec and the engine's options). Requests (create, decide, dispatch) and hosting and steering
 //! runs are still in `serve/` and `gui/approvals.rs`.
 
 pub mod findings;
 pub mod plans;
 pub mod releases;
+pub mod reports;
 pub mod runs;
 pub mod settings;

@@ -12,6 +12,7 @@
 
 pub mod series;
 pub mod sim;
+pub mod timeline;
 mod types;
 
 pub use types::*;
