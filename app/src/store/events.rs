@@ -174,13 +174,14 @@ impl Store {
         payload: &serde_json::Value,
     ) -> Result<i64> {
         let payload = serde_json::to_string(payload).context("encoding the event payload")?;
-        self.conn
-            .prepare_cached(
-                "INSERT INTO device_events(device_id, rollout_id, time, kind, payload)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-            )?
-            .execute(params![device_id, rollout_id, time.secs(), kind, payload])
-            .with_context(|| format!("appending an event of device {device_id}"))?;
+        let mut insert = self.conn.prepare_cached(
+            "INSERT INTO device_events(device_id, rollout_id, time, kind, payload)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?;
+        super::patiently(|| {
+            insert.execute(params![device_id, rollout_id, time.secs(), kind, payload])
+        })
+        .with_context(|| format!("appending an event of device {device_id}"))?;
         Ok(self.conn.last_insert_rowid())
     }
 
@@ -295,8 +296,8 @@ impl Store {
 
     /// Records the clock of a rollout's first engine run (kept if one is there already).
     pub fn record_run_clock(&mut self, clock: &RunClock) -> Result<()> {
-        self.conn
-            .execute(
+        super::patiently(|| {
+            self.conn.execute(
                 "INSERT OR IGNORE INTO rollout_runs(rollout_id, release_id, clock_start,
                      wall_began_ms, time_scale) VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![
@@ -307,7 +308,8 @@ impl Store {
                     clock.time_scale
                 ],
             )
-            .with_context(|| format!("recording the clock of rollout {}", clock.rollout_id))?;
+        })
+        .with_context(|| format!("recording the clock of rollout {}", clock.rollout_id))?;
         Ok(())
     }
 

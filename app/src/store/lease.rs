@@ -53,9 +53,8 @@ impl Store {
         let before = self.lease(rollout_id)?;
         // One statement: insert, or replace an expired lease (or our own); a live lease of
         // another run is left alone, and then no row changes.
-        let changed = self
-            .conn
-            .execute(
+        let changed = super::patiently(|| {
+            self.conn.execute(
                 "INSERT INTO engine_leases(rollout_id, host, pid, run_id, since_ms, expires_ms)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)
                  ON CONFLICT(rollout_id) DO UPDATE SET
@@ -71,7 +70,8 @@ impl Store {
                     now_ms.saturating_add(ttl_ms)
                 ],
             )
-            .with_context(|| format!("taking the engine lease of rollout {rollout_id}"))?;
+        })
+        .with_context(|| format!("taking the engine lease of rollout {rollout_id}"))?;
         if changed == 1 {
             return Ok(Taken::Ours {
                 replaced: before.filter(|l| l.holder.run_id != holder.run_id),
@@ -92,24 +92,25 @@ impl Store {
         now_ms: i64,
         ttl_ms: i64,
     ) -> Result<bool> {
-        let changed = self
-            .conn
-            .execute(
+        let changed = super::patiently(|| {
+            self.conn.execute(
                 "UPDATE engine_leases SET expires_ms = ?3 WHERE rollout_id = ?1 AND run_id = ?2",
                 params![rollout_id, run_id, now_ms.saturating_add(ttl_ms)],
             )
-            .with_context(|| format!("renewing the engine lease of rollout {rollout_id}"))?;
+        })
+        .with_context(|| format!("renewing the engine lease of rollout {rollout_id}"))?;
         Ok(changed == 1)
     }
 
     /// Releases our lease (nothing if it is no longer ours).
     pub fn release_lease(&self, rollout_id: &str, run_id: &str) -> Result<()> {
-        self.conn
-            .execute(
+        super::patiently(|| {
+            self.conn.execute(
                 "DELETE FROM engine_leases WHERE rollout_id = ?1 AND run_id = ?2",
                 params![rollout_id, run_id],
             )
-            .with_context(|| format!("releasing the engine lease of rollout {rollout_id}"))?;
+        })
+        .with_context(|| format!("releasing the engine lease of rollout {rollout_id}"))?;
         Ok(())
     }
 

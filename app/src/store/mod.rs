@@ -174,13 +174,14 @@ impl Store {
     }
 
     pub fn set_setting(&self, key: &str, value: &str) -> Result<()> {
-        self.conn
-            .execute(
+        patiently(|| {
+            self.conn.execute(
                 "INSERT INTO settings(key, value) VALUES (?1, ?2)
                  ON CONFLICT(key) DO UPDATE SET value = excluded.value",
                 [key, value],
             )
-            .with_context(|| format!("writing setting {key}"))?;
+        })
+        .with_context(|| format!("writing setting {key}"))?;
         Ok(())
     }
 }
@@ -189,13 +190,50 @@ impl Store {
 /// A deferred transaction that reads first and writes later cannot wait for a writer in
 /// another process: SQLite fails its upgrade at once with `SQLITE_BUSY_SNAPSHOT` (error 517)
 /// rather than invoke the busy handler. Taking the lock first makes every writer wait its turn
-/// (up to [`BUSY_TIMEOUT`]) instead: an engine, a server and a console on one cache.
+/// instead: an engine, a server and a console on one cache.
+///
+/// The busy handler waits up to [`BUSY_TIMEOUT`] per attempt; a writer that still finds the
+/// lock taken (a million-device import, a snapshot being written) tries again, for up to
+/// [`WRITE_PATIENCE`] in all, rather than fail: an engine must not die of another process's
+/// long write (issue 19). Nothing has been written when `BEGIN` fails, so trying again is safe.
 fn write_tx(conn: &Connection) -> rusqlite::Result<rusqlite::Transaction<'_>> {
-    rusqlite::Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Immediate)
+    patiently(|| {
+        rusqlite::Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Immediate)
+    })
 }
 
-/// How long a write waits for another connection's write lock before giving up.
+/// Runs `attempt` (a `BEGIN IMMEDIATE`, or one write statement outside a transaction) again
+/// while it fails because another connection holds the write lock, for up to
+/// [`WRITE_PATIENCE`]. Only for attempts that change nothing when they fail busy.
+pub(crate) fn patiently<T>(
+    mut attempt: impl FnMut() -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
+    let deadline = std::time::Instant::now() + WRITE_PATIENCE;
+    loop {
+        match attempt() {
+            Err(e) if is_busy(&e) && std::time::Instant::now() < deadline => {
+                // The busy handler already waited; a short pause keeps a connection with a
+                // short handler (a test's) from spinning.
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            result => return result,
+        }
+    }
+}
+
+/// Whether `e` says another connection holds the lock (`SQLITE_BUSY`, with its extended codes).
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e,
+        rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::DatabaseBusy
+    )
+}
+
+/// How long a write waits for another connection's write lock in one attempt.
 pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a write keeps trying for the write lock, in all, before it gives up.
+pub(crate) const WRITE_PATIENCE: Duration = Duration::from_mins(5);
 
 fn configure(conn: &Connection) -> Result<()> {
     conn.busy_timeout(BUSY_TIMEOUT)?;

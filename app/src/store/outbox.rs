@@ -254,14 +254,12 @@ impl Store {
 
     /// Records that command `id` was sent (once more). An acknowledged command stays acked.
     pub fn mark_sent(&mut self, id: &str, now: Timestamp) -> Result<()> {
-        let n = self
-            .conn
-            .prepare_cached(
-                "UPDATE outbox SET state = CASE state WHEN 'acked' THEN 'acked' ELSE 'sent' END,
-                     attempts = attempts + 1, last_sent = ?2
-                 WHERE id = ?1",
-            )?
-            .execute(params![id, now.secs()])
+        let mut update = self.conn.prepare_cached(
+            "UPDATE outbox SET state = CASE state WHEN 'acked' THEN 'acked' ELSE 'sent' END,
+                 attempts = attempts + 1, last_sent = ?2
+             WHERE id = ?1",
+        )?;
+        let n = super::patiently(|| update.execute(params![id, now.secs()]))
             .with_context(|| format!("marking command {id} sent"))?;
         if n == 0 {
             bail!("no command {id} in the outbox");
@@ -311,12 +309,10 @@ impl Store {
     /// Records that the device acknowledged command `id`. Idempotent: returns `false` if it
     /// was already acknowledged (a duplicate ack).
     pub fn mark_acked(&mut self, id: &str, now: Timestamp) -> Result<bool> {
-        let n = self
-            .conn
-            .prepare_cached(
-                "UPDATE outbox SET state = 'acked', acked = ?2 WHERE id = ?1 AND state != 'acked'",
-            )?
-            .execute(params![id, now.secs()])
+        let mut update = self.conn.prepare_cached(
+            "UPDATE outbox SET state = 'acked', acked = ?2 WHERE id = ?1 AND state != 'acked'",
+        )?;
+        let n = super::patiently(|| update.execute(params![id, now.secs()]))
             .with_context(|| format!("marking command {id} acknowledged"))?;
         if n == 1 {
             return Ok(true);

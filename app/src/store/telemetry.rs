@@ -468,8 +468,10 @@ impl Store {
 
     /// Deletes raw samples older than `before`; rollups are kept. Returns how many went.
     pub fn prune_samples(&mut self, before: Timestamp) -> Result<usize> {
-        self.conn
-            .execute("DELETE FROM samples WHERE time < ?1", [before.secs()])
-            .context("pruning old samples")
+        super::patiently(|| {
+            self.conn
+                .execute("DELETE FROM samples WHERE time < ?1", [before.secs()])
+        })
+        .context("pruning old samples")
     }
 }

@@ -743,3 +743,105 @@ fn device_events_are_kept_per_device_in_order() {
     assert!(events.windows(2).all(|w| w[0].seq < w[1].seq));
     assert_eq!(store.device_events("CV2").expect("events").len(), 1);
 }
+
+/// A writer that finds the write lock taken for longer than its busy handler waits tries again
+/// rather than fail (issue 19: the demo's engine died of "database is locked" while another
+/// writer held the cache).
+#[test]
+fn a_write_outlasts_another_connection_holding_the_lock_longer_than_the_busy_timeout() {
+    let (_dir, mut store) = temp_store();
+    store.replace_fleet(&fleet(50, 3), None).expect("save");
+    // Shorter than the other writer's hold, so the first attempts fail with SQLITE_BUSY.
+    store
+        .conn
+        .busy_timeout(Duration::from_millis(50))
+        .expect("busy timeout");
+    let path = store.path().to_path_buf();
+    let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+    let holder = std::thread::spawn(move || {
+        let other = rusqlite::Connection::open(&path).expect("second connection");
+        other
+            .execute_batch("BEGIN IMMEDIATE; UPDATE devices SET model = 'held' WHERE dev = 1;")
+            .expect("take the write lock");
+        locked_tx.send(()).expect("tell the test");
+        // The fault under test: a long write (an import) holding the lock for a while.
+        std::thread::sleep(Duration::from_millis(600));
+        other.execute_batch("COMMIT").expect("commit");
+    });
+    locked_rx.recv().expect("the lock is held");
+    let began = std::time::Instant::now();
+    store
+        .append_event(
+            "ro-1",
+            NOW,
+            "rollout.created",
+            "alice",
+            &serde_json::json!({}),
+        )
+        .expect("the write waits its turn instead of failing");
+    assert!(
+        began.elapsed() >= Duration::from_millis(100),
+        "the write had to wait for the other writer"
+    );
+    holder.join().expect("holder");
+    assert_eq!(store.timeline_len("ro-1").expect("timeline"), 1);
+    let held: i64 = store
+        .conn
+        .query_row(
+            "SELECT count(*) FROM devices WHERE model = 'held'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("count");
+    assert_eq!(held, 1, "the other writer's change is kept");
+}
+
+/// Three writers on one cache at once (two engines and a console, each with its own
+/// connection and a short busy handler) all finish every write.
+#[test]
+fn concurrent_writers_on_one_cache_all_finish() {
+    let (_dir, mut store) = temp_store();
+    let base = fleet(200, 4);
+    store.replace_fleet(&base, None).expect("save");
+    let path = store.path().to_path_buf();
+    let writers: Vec<_> = (0..3)
+        .map(|w| {
+            let path = path.clone();
+            let devices = base.devices.clone();
+            std::thread::spawn(move || {
+                let mut s = Store::open(&path).expect("open");
+                s.conn
+                    .busy_timeout(Duration::from_millis(5))
+                    .expect("busy timeout");
+                for i in 0..40 {
+                    let batch: Vec<_> = devices
+                        .iter()
+                        .skip(i * 5)
+                        .take(5)
+                        .cloned()
+                        .map(|mut d| {
+                            d.battery_pct = Some(u8::try_from(w * 10 + 1).expect("small"));
+                            d
+                        })
+                        .collect();
+                    s.upsert_fleet(&[], &batch, None).expect("devices written");
+                    s.append_event(
+                        &format!("ro-{w}"),
+                        NOW.plus_secs(i64::try_from(i).expect("small")),
+                        "device",
+                        "engine",
+                        &serde_json::json!({ "i": i }),
+                    )
+                    .expect("timeline written");
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().expect("a writer died");
+    }
+    for w in 0..3 {
+        assert_eq!(store.timeline_len(&format!("ro-{w}")).expect("len"), 40);
+    }
+    assert_eq!(store.integrity_check().expect("check"), ["ok"]);
+}
