@@ -24,6 +24,7 @@ pub mod requirement;
 pub mod risk;
 pub mod rng;
 pub mod rollout;
+pub mod search;
 pub mod strict_json;
 pub mod synth;
 pub mod time;
