@@ -325,3 +325,83 @@ impl SignedWorkspace {
         self.dir.path().join(name).display().to_string()
     }
 }
+
+/// A rollout of a crash-looping release, simulated by the core on its virtual clock: a 40-device
+/// canary and a 160-device second wave of a 200-device fleet, stopped by the gates in the
+/// canary and then (with `roll_back`) rolled back by operator dana. Its log and its timeline are
+/// written to `store` as the engine writes them (through the core's one timeline mapping), as
+/// rollout `rollout_id`.
+pub fn record_crash_looping_canary(
+    store: &mut convoy::store::Store,
+    rollout_id: &str,
+    roll_back: bool,
+) -> convoy_core::rollout::Rollout {
+    use convoy_core::rollout::sim::{Fault, FaultKind, SimConfig, SimFleet};
+    use convoy_core::rollout::{
+        ChangePath, RollbackScope, Rollout, RolloutSpec, WaveSpec, timeline,
+    };
+    use convoy_core::synth::{SynthOptions, generate};
+    use convoy_core::time::Timestamp;
+
+    let start = Timestamp::from_secs(1_800_000_000);
+    let fleet = generate(&SynthOptions {
+        devices: 200,
+        seed: 5,
+        now: start,
+    });
+    let mut ids: Vec<String> = fleet.devices.iter().map(|d| d.id.clone()).collect();
+    ids.sort();
+    let spec = RolloutSpec {
+        id: rollout_id.into(),
+        release_id: "t300-2.6.0".into(),
+        requested_by: "alice".into(),
+        waves: vec![
+            WaveSpec {
+                name: "canary".into(),
+                device_ids: ids[..40].to_vec(),
+                soak_secs: 3_600,
+            },
+            WaveSpec {
+                name: "fleet".into(),
+                device_ids: ids[40..].to_vec(),
+                soak_secs: 3_600,
+            },
+        ],
+        gates: convoy_core::gates::GatePolicy::default(),
+        path: ChangePath::Standard,
+    };
+    let mut rollout = Rollout::new(start, spec, &fleet).expect("a valid spec");
+    rollout.approve(start, "bob").expect("approval");
+    rollout.approve(start, "carol").expect("approval");
+    let config = SimConfig {
+        faults: vec![Fault {
+            attribute: None,
+            kind: FaultKind::CrashLoop,
+        }],
+        ..SimConfig::default()
+    };
+    let mut sim = SimFleet::new(&fleet, &rollout, config, start);
+    sim.run(&mut rollout, start, start.plus_secs(86_400));
+    if roll_back {
+        let at = rollout.state().last_at;
+        rollout
+            .roll_back(
+                at,
+                "dana",
+                RollbackScope::Wave(0),
+                "crash loop on the canary",
+            )
+            .expect("a paused canary can be rolled back");
+        sim.run(&mut rollout, at, at.plus_secs(86_400));
+    }
+    store
+        .append_rollout_log(rollout_id, 0, rollout.events())
+        .expect("the engine's log");
+    let names = ["canary".to_owned(), "fleet".to_owned()];
+    for e in timeline::record(rollout.events(), &names, &rollout.state().device_ids) {
+        store
+            .append_event(rollout_id, e.at, &e.kind, &e.cause, &e.payload)
+            .expect("the timeline");
+    }
+    rollout
+}

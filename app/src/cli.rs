@@ -29,6 +29,8 @@ pub enum Command {
     Plan(cmd::plan::Args),
     /// Verify and list the hash-chained audit log.
     Audit(cmd::audit::Args),
+    /// Alerts: check the channels file, send a test alert, deliver, show channel health.
+    Alerts(cmd::alerts::Args),
     /// Ingest telemetry samples into the cache.
     Telemetry(cmd::telemetry::Args),
     /// Rollout records: export timelines.
@@ -58,6 +60,7 @@ pub fn main() -> ExitCode {
         Some(Command::Release(args)) => cmd::release::run(&args),
         Some(Command::Plan(args)) => cmd::plan::run(&args),
         Some(Command::Audit(args)) => cmd::audit::run(&args),
+        Some(Command::Alerts(args)) => cmd::alerts::run(&args),
         Some(Command::Telemetry(args)) => cmd::telemetry::run(&args),
         Some(Command::Rollout(args)) => cmd::rollout::run(&args),
         Some(Command::Sim(args)) => cmd::sim::run(&args),

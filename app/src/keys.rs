@@ -266,6 +266,9 @@ pub enum SecretFile {
     Passphrase,
     /// A key directory's `private.key.json`: warned about if others may read or write it.
     PrivateKey,
+    /// A credential another service gave (an alert channel's webhook secret or SMTP
+    /// password): refused and warned about as a passphrase file is.
+    Credential,
 }
 
 /// What the permission bits of a secret file mean: `Err` to refuse, `Ok(Some)` to warn.
@@ -278,9 +281,10 @@ pub fn secret_file_verdict(
     let what = match kind {
         SecretFile::Passphrase => "passphrase file",
         SecretFile::PrivateKey => "private key file",
+        SecretFile::Credential => "secret file",
     };
     let fix = format!("chmod 600 {}", path.display());
-    if kind == SecretFile::Passphrase && mode & 0o002 != 0 {
+    if matches!(kind, SecretFile::Passphrase | SecretFile::Credential) && mode & 0o002 != 0 {
         return Err(format!(
             "refusing to read the {what} {}: its mode {mode:04o} lets any user of this machine write it (and so choose the passphrase); {fix}",
             path.display()

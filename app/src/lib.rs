@@ -5,6 +5,7 @@
 //! decisions are made by `convoy_core`; this crate converts files, wire messages and SQL rows
 //! into core types at the edge, feeds them in, and carries out what comes back.
 
+pub mod alerts;
 pub mod cli;
 pub mod cmd;
 pub mod csv_safe;

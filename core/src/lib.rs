@@ -8,6 +8,7 @@
 //! random source. Callers pass `now` (a [`time::Timestamp`]) and seeds in, and act on what comes
 //! out, so the same inputs always give the same decisions and every rollout can be replayed.
 
+pub mod alerts;
 pub mod canonical_json;
 pub mod cluster;
 pub mod comms;

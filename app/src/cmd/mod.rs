@@ -1,5 +1,6 @@
 //! One module per top-level subcommand. Each exposes `Args` (clap) and `run(&Args)`.
 
+pub mod alerts;
 pub mod artifacts;
 pub mod audit;
 pub mod broker;

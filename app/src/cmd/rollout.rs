@@ -124,6 +124,16 @@ fn timeline(args: &TimelineArgs) -> Result<()> {
 
 fn run_rollout(args: &RunArgs) -> Result<()> {
     let (options, control) = engine_options(args)?;
+    // The alerts run beside the engine on their own thread and connection; a configuration
+    // that does not read stops the run before it starts.
+    let alerts = match &args.alerts {
+        Some(path) => {
+            let config = crate::alerts::AlertsConfig::load(path)?;
+            let db = store::resolve_path(args.db.as_deref())?;
+            Some(crate::alerts::deliver::spawn(db, config, None)?)
+        }
+        None => None,
+    };
     if control.start == StartMode::Resume {
         eprintln!(
             "rollout {}: resuming release {} from the cache over {}",
@@ -158,7 +168,12 @@ fn run_rollout(args: &RunArgs) -> Result<()> {
             }
         });
         engine::run_with(options, control, Some(stop_rx)).await
-    })?;
+    });
+    // The run's last alerts (its stop, its end) leave before the process does.
+    if let Some(alerts) = alerts {
+        alerts.finish(std::time::Duration::from_secs(20));
+    }
+    let report = report?;
     let out = if args.json {
         let mut s = serde_json::to_string_pretty(&report).context("encoding the report")?;
         s.push('\n');

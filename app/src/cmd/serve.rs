@@ -87,6 +87,10 @@ pub struct RunArgs {
     /// rollout id, the requester and the approvers. Without it, approved requests wait.
     #[arg(long, value_name = "ARGS_FILE")]
     pub dispatch_args: Option<PathBuf>,
+    /// Send the cache's alerts (gate stops, rollbacks, aborts, completions, stopped engines,
+    /// requests waiting for approval) through the channels of this file (docs/ALERTS.md).
+    #[arg(long, value_name = "FILE")]
+    pub alerts: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -180,6 +184,18 @@ fn serve(args: &RunArgs) -> Result<()> {
         config.controls.push(run.control.clone());
         hosted.push(run);
     }
+    let alerts = match &args.alerts {
+        Some(path) => {
+            let alerts = crate::alerts::AlertsConfig::load(path)?;
+            eprintln!(
+                "alerts: {} channel(s) from {}",
+                alerts.channels.len(),
+                path.display()
+            );
+            Some(crate::alerts::deliver::spawn(cache.clone(), alerts, None)?)
+        }
+        None => None,
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("serve")
@@ -224,6 +240,10 @@ fn serve(args: &RunArgs) -> Result<()> {
             Ok(report) => println!("rollout {id}: {:?}", report.final_state),
             Err(e) => eprintln!("rollout {id}: the engine run failed: {e:#}"),
         }
+    }
+    // The stopped runs' last alerts leave before the process does.
+    if let Some(alerts) = alerts {
+        alerts.finish(std::time::Duration::from_secs(10));
     }
     Ok(())
 }

@@ -52,6 +52,10 @@ pub struct RunArgs {
     /// The cache file (default: $CONVOY_DB, else $XDG_DATA_HOME/convoy/convoy.db).
     #[arg(long)]
     pub db: Option<PathBuf>,
+    /// Send alerts (gate stops, rollbacks, the end of the run) through the channels of this
+    /// file while the rollout runs (docs/ALERTS.md).
+    #[arg(long)]
+    pub alerts: Option<PathBuf>,
     /// The MQTT broker, e.g. mqtt://127.0.0.1:1883 or mqtts://broker:8883.
     #[arg(long)]
     pub broker: String,

@@ -14,6 +14,7 @@
 //! This module deliberately makes no decisions: it stores and returns core types
 //! ([`convoy_core::fleet::Fleet`]) and plain records, and `convoy_core` decides.
 
+pub mod alerts;
 pub mod audit;
 pub mod console;
 pub mod console_history;

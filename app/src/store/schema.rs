@@ -333,6 +333,38 @@ pub const MIGRATIONS: &[&str] = &[
         expires_ms    INTEGER NOT NULL
     ) WITHOUT ROWID;
     ",
+    // v8 (issue 23): alerts. How far the alert feed has read each rollout's timeline (and the
+    // requests), and one row per alert per channel, waiting for delivery or delivered. Times
+    // are the wall clock in Unix milliseconds. `source` names what raised the row (a timeline
+    // entry `ROLLOUT#SEQ`, a request `ROLLOUT#request`), so reading a source twice after a
+    // crash enqueues nothing twice. `thread` groups a channel's alerts of one incident:
+    // `update_no` 0 opened it, later ones are updates threaded to it.
+    r"
+    CREATE TABLE alert_cursors (
+        source    TEXT PRIMARY KEY NOT NULL,
+        position  INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE alert_outbox (
+        id          INTEGER PRIMARY KEY,
+        channel     TEXT NOT NULL,
+        incident    TEXT NOT NULL,
+        thread      TEXT NOT NULL,
+        update_no   INTEGER NOT NULL,
+        kind        TEXT NOT NULL,
+        resolves    INTEGER NOT NULL,
+        source      TEXT NOT NULL,
+        alert       TEXT NOT NULL,
+        created_ms  INTEGER NOT NULL,
+        state       TEXT NOT NULL CHECK (state IN ('pending', 'sent')),
+        attempts    INTEGER NOT NULL DEFAULT 0,
+        next_ms     INTEGER NOT NULL,
+        last_error  TEXT,
+        sent_ms     INTEGER,
+        UNIQUE (channel, source)
+    );
+    CREATE INDEX alert_outbox_due ON alert_outbox(state, next_ms);
+    CREATE INDEX alert_outbox_thread ON alert_outbox(channel, incident, id);
+    ",
 ];
 
 /// The schema version a fresh or upgraded cache has.
