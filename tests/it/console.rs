@@ -7,7 +7,7 @@
 
 use convoy::engine::control::OperatorCommand;
 use convoy::gui::backend::LinkStatus;
-use convoy::gui::remote::{CopyState, RemoteCommands, RemoteOptions};
+use convoy::remote::{CopyState, RemoteCommands, RemoteOptions};
 use convoy::gui::warroom::{WallState, state_of};
 use convoy::gui::{Backend, Clock, ConsoleApp, UiCommand, View};
 use convoy::serve::auth::{self, Role};

@@ -146,12 +146,12 @@ fn is_loopback(url: &str) -> bool {
 
 /// The console attached to `--server`.
 fn remote_backend(args: &Args, server: &str) -> Result<Backend> {
-    let server = crate::gui::remote::normalise_server(server)?;
+    let server = crate::remote::normalise_server(server)?;
     let copy = args
         .db
         .clone()
-        .unwrap_or_else(|| crate::gui::remote::default_copy_path(&server));
-    let mut options = crate::gui::remote::RemoteOptions::new(&server, token(args)?, copy)?;
+        .unwrap_or_else(|| crate::remote::default_copy_path(&server));
+    let mut options = crate::remote::RemoteOptions::new(&server, token(args)?, copy)?;
     options.ca_cert.clone_from(&args.ca_cert);
     if server.starts_with("http://") && !is_loopback(&server) {
         eprintln!(
