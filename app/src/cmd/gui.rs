@@ -4,7 +4,7 @@
 //! With neither `--db` nor `--broker` the console opens on a live demo (embedded broker,
 //! synthetic fleet in a demo cache, simulated devices). With `--db` it shows that cache, and
 //! with `--broker` it also listens to the fleet on that broker. With `--server URL` it is
-//! attached to a `convoy serve` (`gui/remote.rs`), `--db` naming its local copy. Without a display it says so
+//! attached to a `convoy serve` (`crate::remote`), `--db` naming its local copy. Without a display it says so
 //! and lists the headless commands instead of failing obscurely.
 
 use anyhow::{Context, Result, bail};

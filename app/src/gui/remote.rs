@@ -10,12 +10,10 @@
 //! does, and does not import the console).
 
 use anyhow::Result;
-use convoy_core::rollout::series::HealthSeries;
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use super::backend::{
-    Backend, BackendEvent, BrokerKind, LinkStatus, MAX_HEALTH_LOG_ROWS, Reporter, RolloutBoard,
+    Backend, BackendEvent, BrokerKind, HealthCache, LinkStatus, Reporter, RolloutBoard,
     read_rollouts,
 };
 use super::steer::Steer;
@@ -25,9 +23,8 @@ use crate::store::Store;
 /// The console's side of the mirror's reports.
 struct ToBackend {
     reporter: Reporter,
-    /// Health series already computed, by rollout id, with the log length they were computed
-    /// at: a log that has not grown is not read again.
-    health: Mutex<HashMap<String, (i64, Arc<HealthSeries>)>>,
+    /// Health series already computed: a log that has not grown is not read again.
+    health: Mutex<HealthCache>,
 }
 
 impl Observer for ToBackend {
@@ -68,33 +65,10 @@ impl ToBackend {
     /// The board of the copy, with health series recomputed where a log grew.
     fn board(&self, store: &Store) -> Result<RolloutBoard, String> {
         let mut board = read_rollouts(store).map_err(|e| format!("{e:#}"))?;
-        let mut health = self.health.lock().unwrap_or_else(PoisonError::into_inner);
-        for story in &board.rollouts {
-            let id = &story.rollout_id;
-            let rows = store
-                .rollout_log_len(id)
-                .map_err(|e| format!("the copy: {e:#}"))?;
-            if rows == 0 || rows > MAX_HEALTH_LOG_ROWS {
-                continue;
-            }
-            let series = match health.get(id) {
-                Some((n, s)) if *n == rows => Arc::clone(s),
-                _ => match store.rollout_log(id) {
-                    Ok(log) => {
-                        let s = Arc::new(convoy_core::rollout::series::health_series(&log));
-                        health.insert(id.clone(), (rows, Arc::clone(&s)));
-                        s
-                    }
-                    Err(e) => {
-                        board
-                            .unreadable
-                            .push(format!("the health log of {id}: {e:#}"));
-                        continue;
-                    }
-                },
-            };
-            board.health.insert(id.clone(), series);
-        }
+        self.health
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .fill(store, &mut board);
         Ok(board)
     }
 }

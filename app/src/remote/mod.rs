@@ -1,6 +1,7 @@
-//! `remote`: the console's side of a `convoy serve` (`convoy gui --server URL`): its API client,
-//! a local copy of what the views read, so that every view works unchanged on the copy and, when the
-//! link drops, the console keeps showing the last known state and says how old it is.
+//! `remote`: the console's side of a `convoy serve` (`convoy gui --server URL`): its API
+//! client, and a local copy of what the views read, so that every view works unchanged on the
+//! copy and, when the link drops, the console keeps showing the last known state and says how
+//! old it is.
 //!
 //! Its rooms: `client` (the HTTP client and its errors), `mirror` (the copy and the wake-up),
 //! `queue` (the pauses kept while offline), `steer` (operator commands through the API).
@@ -9,10 +10,10 @@
 //!   (`GET /fleet/export`), the timelines of its newest rollouts (`GET /rollouts`, then
 //!   `GET /rollouts/{id}/timeline?after=SEQ`) and their engine logs
 //!   (`GET /rollouts/{id}/log?after=SEQ`, for the health plots) into the copy, a fleet cache
-//!   like any other. The console's history worker reads the copy as it reads a local
-//!   cache; the mirror also tells the console ([`Observer::copy_changed`]) after a pass that
-//!   changed something, so that it reads its rollout board then,
-//!   so a war-room wall follows the server within a second rather than the worker's poll.
+//!   like any other. The console's history worker reads the copy as it reads a local cache;
+//!   the mirror also tells the console after a pass that changed something
+//!   ([`Observer::copy_changed`]), so a war-room wall follows the server within a second
+//!   rather than at the worker's next poll.
 //! - the wake-up (a task reading `GET /events`, the server-sent events): every event wakes the
 //!   mirror; without the stream the mirror polls every [`RemoteOptions::poll`].
 //! - steering ([`RemoteSteer`]): the console's operator commands become

@@ -3,8 +3,8 @@
 //! token; the server's engine applies them and the timeline event comes back through the mirror.
 //!
 //! While the server is unreachable a command is judged by whether it is safe to apply late: a
-//! pause is queued (`queue.rs`), the others are refused with the reason (the module's
-//! documentation says why).
+//! pause is queued (`queue.rs`), the others are refused with the reason ([`crate::remote`]
+//! says why).
 //!
 //! The [`Steer`] trait, which every target of the console's commands implements (this one, and
 //! the console's engines in `gui/steer.rs`), is declared here rather than in `gui/`: this room
@@ -197,10 +197,8 @@ impl RemoteCommands {
     pub fn new(steer: Arc<RemoteSteer>) -> Self {
         Self { steer }
     }
-}
 
-impl RemoteCommands {
-    /// Applies `command` (or queues it, or refuses it: see the module's documentation) and
+    /// Applies `command` (or queues it, or refuses it: see [`crate::remote`]) and
     /// waits for the answer, which the console also gets.
     pub fn steer(
         &self,
