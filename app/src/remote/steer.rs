@@ -216,3 +216,49 @@ impl RemoteCommands {
         result
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::remote::{CopyState, Remote, RemoteOptions};
+
+    /// A server that refuses connections (nothing listens on port 1 of 127.0.0.1): only a
+    /// pause is queued, once per rollout, kept in the copy's state file; the others are refused
+    /// naming why.
+    #[test]
+    fn offline_only_a_pause_is_queued_once_and_kept_and_the_rest_is_refused() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let copy = dir.path().join("copy.db");
+        let server = "http://127.0.0.1:1";
+        let options = RemoteOptions::new(server, "t".into(), copy.clone()).expect("options");
+        let remote = Remote::open(&options).expect("opened");
+        let steer = remote.steer();
+        let pause = OperatorCommand::Pause {
+            reason: "depot flooded".into(),
+        };
+        let queued = steer.steer("r1", "ana", &pause).expect("queued");
+        assert!(queued.starts_with("queued:"), "{queued}");
+        let again = steer.steer("r1", "sam", &pause).expect("answered");
+        assert!(
+            again.starts_with("already queued") && again.contains("ana"),
+            "{again}"
+        );
+        let resume = OperatorCommand::Resume {
+            reason: "open again".into(),
+        };
+        let refused = steer.steer("r1", "ana", &resume).expect_err("refused");
+        assert!(
+            refused.contains("unreachable") && refused.contains("resume is not queued"),
+            "{refused}"
+        );
+        let state = CopyState::load(&copy, server).expect("the copy's state");
+        assert_eq!(state.queued.len(), 1);
+        assert_eq!(
+            (
+                state.queued[0].rollout_id.as_str(),
+                state.queued[0].operator.as_str()
+            ),
+            ("r1", "ana")
+        );
+    }
+}
