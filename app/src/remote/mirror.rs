@@ -40,6 +40,16 @@ fn copy_log_len(store: &Store, rollout_id: &str) -> Result<i64, String> {
         .map_err(|e| format!("the copy: {e:#}"))
 }
 
+/// An answer about another rollout than the one asked for is malformed (naming the field).
+fn the_rollout_asked_for(endpoint: &str, asked: &str, answered: &str) -> Result<(), CallError> {
+    if answered == asked {
+        return Ok(());
+    }
+    Err(CallError::Malformed(format!(
+        "{endpoint}: field rollout_id is {answered:?}, not the rollout asked for ({asked})"
+    )))
+}
+
 /// Adds the events of a timeline answer (`GET /rollouts/{rollout_id}/timeline?after=SEQ`) to
 /// the copy, in one transaction, after checking all of them: they must be this rollout's, follow
 /// the copy's newest seq without a gap, and have readable times. Returns how many were added.
@@ -52,12 +62,7 @@ pub fn apply_timeline(
 ) -> Result<usize, CallError> {
     let answer: wire::Timeline = parse_answer(endpoint, bytes)?;
     let bad = |text: String| CallError::Malformed(format!("{endpoint}: {text}"));
-    if answer.rollout_id != rollout_id {
-        return Err(bad(format!(
-            "field rollout_id is {:?}, not the rollout asked for ({rollout_id})",
-            answer.rollout_id
-        )));
-    }
+    the_rollout_asked_for(endpoint, rollout_id, &answer.rollout_id)?;
     let newest = copy_timeline_seq(store, rollout_id).map_err(CallError::Malformed)?;
     let mut rows = Vec::new();
     for (i, e) in answer.events.iter().enumerate() {
@@ -109,12 +114,7 @@ pub fn apply_log(
 ) -> Result<(usize, bool), CallError> {
     let answer: wire::LogPageIn = parse_answer(endpoint, bytes)?;
     let bad = |text: String| CallError::Malformed(format!("{endpoint}: {text}"));
-    if answer.rollout_id != rollout_id {
-        return Err(bad(format!(
-            "field rollout_id is {:?}, not the rollout asked for ({rollout_id})",
-            answer.rollout_id
-        )));
-    }
+    the_rollout_asked_for(endpoint, rollout_id, &answer.rollout_id)?;
     let len = copy_log_len(store, rollout_id).map_err(CallError::Malformed)?;
     if answer.first_seq != len {
         return Err(bad(format!(
