@@ -31,6 +31,23 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// The embedded broker as its own process on `port`, enforcing the ACL of `creds`
+/// (`convoy broker --acl-from`), once it listens.
+fn acl_broker(port: u16, creds: &Creds) -> Proc {
+    let broker = Proc::spawn(
+        &[
+            "broker".into(),
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+            "--acl-from".into(),
+            creds.dir.display().to_string(),
+        ],
+        creds.dir.join("broker.log"),
+    );
+    wait_listening(port, "the embedded broker", Duration::from_secs(20));
+    broker
+}
+
 /// A fleet in a cache, a signed release, and (with `generate`) the broker configuration for it.
 struct Setup {
     ws: SignedWorkspace,
@@ -571,17 +588,7 @@ fn a_device_cannot_speak_for_another_over_the_embedded_broker_with_the_acl() {
     let setup = Setup::new(300);
     let port = free_port();
     let creds = setup.generate(port);
-    let _broker = Proc::spawn(
-        &[
-            "broker".into(),
-            "--listen".into(),
-            format!("127.0.0.1:{port}"),
-            "--acl-from".into(),
-            creds.dir.display().to_string(),
-        ],
-        creds.dir.join("broker.log"),
-    );
-    wait_listening(port, "the embedded broker", Duration::from_secs(20));
+    let _broker = acl_broker(port, &creds);
     let url = format!("mqtt://127.0.0.1:{port}");
     let a = creds.devices.keys().next().expect("a").clone();
     let out = Command::new("mosquitto_pub")
@@ -921,17 +928,7 @@ fn half_sent_connects_from_one_address_lock_no_device_out_of_the_embedded_broker
     let setup = Setup::new(20);
     let port = free_port();
     let creds = setup.generate(port);
-    let _broker = Proc::spawn(
-        &[
-            "broker".into(),
-            "--listen".into(),
-            format!("127.0.0.1:{port}"),
-            "--acl-from".into(),
-            creds.dir.display().to_string(),
-        ],
-        creds.dir.join("broker.log"),
-    );
-    wait_listening(port, "the embedded broker", Duration::from_secs(20));
+    let _broker = acl_broker(port, &creds);
     let url = format!("mqtt://127.0.0.1:{port}");
     let device = creds.devices.keys().next().expect("a device").clone();
     let runtime = tokio::runtime::Builder::new_multi_thread()
