@@ -405,3 +405,117 @@ pub fn record_crash_looping_canary(
     }
     rollout
 }
+
+/// A child process a test started, killed and reaped when dropped, so that a test that fails
+/// halfway leaves nothing running.
+pub struct Proc(pub std::process::Child);
+
+impl Proc {
+    /// Starts `convoy ARGS`, its stdout discarded and its stderr written to the file `log`
+    /// (read it when a test fails).
+    pub fn spawn<S: AsRef<std::ffi::OsStr>>(args: &[S], log: impl AsRef<std::path::Path>) -> Self {
+        let log = std::fs::File::create(log).expect("log file");
+        Self(
+            Command::new(convoy_bin())
+                .args(args)
+                .stdout(std::process::Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("spawning convoy"),
+        )
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The embedded broker as its own process (`convoy broker`) on a free port of 127.0.0.1, its
+/// log in `dir/broker.log`, once it accepts connections: (the process, its port).
+pub fn start_broker_process(dir: &std::path::Path) -> (Proc, u16) {
+    let port = free_port();
+    let broker = Proc::spawn(
+        &["broker", "--listen", &format!("127.0.0.1:{port}")],
+        dir.join("broker.log"),
+    );
+    wait_listening(port, "the embedded broker", Duration::from_secs(20));
+    (broker, port)
+}
+
+/// Writes the policy file the rollout tests share: soaks of one simulated operating cycle of an
+/// hour, with `gates` (a JSON object's members, e.g. `"hold_extension_secs": 1800`) as its
+/// gates section when given.
+pub fn write_hour_cycle_policy(path: impl AsRef<std::path::Path>, gates: Option<&str>) {
+    let gates = gates.map_or_else(String::new, |g| format!(",\n    \"gates\": {{{g}}}"));
+    std::fs::write(
+        path,
+        format!(
+            "{{\"version\": 1,\n    \"planning\": {{\"operating_cycle_secs\": {{}}, \
+             \"default_operating_cycle_secs\": 3600}}{gates}}}"
+        ),
+    )
+    .expect("policy");
+}
+
+/// Requests to `convoy serve`'s JSON API as a test makes them: the status and the body read as
+/// JSON (a body that is not JSON comes back as a JSON string, so an assertion shows what the
+/// server said).
+pub mod api {
+    use reqwest::StatusCode;
+    use serde_json::Value;
+
+    /// `GET url` with the bearer `token` (none: unauthenticated).
+    pub async fn get(c: &reqwest::Client, url: &str, token: Option<&str>) -> (StatusCode, Value) {
+        let mut req = c.get(url);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        answer(req).await
+    }
+
+    /// `POST url` with the bearer `token` and a JSON `body`.
+    pub async fn post(
+        c: &reqwest::Client,
+        url: &str,
+        token: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> (StatusCode, Value) {
+        answer(
+            c.post(url)
+                .bearer_auth(token)
+                .header("content-type", "application/json")
+                .body(body),
+        )
+        .await
+    }
+
+    async fn answer(req: reqwest::RequestBuilder) -> (StatusCode, Value) {
+        let resp = req.send().await.expect("request");
+        let status = resp.status();
+        let text = resp.text().await.expect("body");
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+}
+
+impl SignedWorkspace {
+    /// Verifies the workspace's release against its trust directory and stores it in its cache
+    /// (`convoy release store`), as a server needs before it takes requests for it; returns
+    /// what the command printed.
+    pub fn store_release(&self) -> String {
+        convoy_ok(&[
+            "release",
+            "store",
+            &self.path("release.json"),
+            "--trust",
+            &self.path("trust"),
+            "--db",
+            &self.path("cache.db"),
+        ])
+    }
+}

@@ -9,7 +9,10 @@
 
 use convoy::link::mqtt::{self, LinkConfig, LinkEvent, MqttAuth, Role};
 use convoy::link::protocol::Topics;
-use convoy_e2e::{Mosquitto, SignedWorkspace, WorkspaceSpec, convoy_bin, convoy_ok, free_port};
+use convoy_e2e::{
+    Mosquitto, Proc, SignedWorkspace, WorkspaceSpec, convoy_bin, convoy_ok, free_port,
+    start_broker_process, wait_listening,
+};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -28,38 +31,21 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// A child process killed on drop.
-struct Proc(Child);
-
-impl Proc {
-    fn spawn(args: &[String], log: &Path) -> Self {
-        let log = std::fs::File::create(log).expect("log file");
-        let child = Command::new(convoy_bin())
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawning convoy");
-        Self(child)
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn wait_listening(port: u16, what: &str) {
-    let started = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "{what} did not start on port {port}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+/// The embedded broker as its own process on `port`, enforcing the ACL of `creds`
+/// (`convoy broker --acl-from`), once it listens.
+fn acl_broker(port: u16, creds: &Creds) -> Proc {
+    let broker = Proc::spawn(
+        &[
+            "broker".into(),
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+            "--acl-from".into(),
+            creds.dir.display().to_string(),
+        ],
+        creds.dir.join("broker.log"),
+    );
+    wait_listening(port, "the embedded broker", Duration::from_secs(20));
+    broker
 }
 
 /// A fleet in a cache, a signed release, and (with `generate`) the broker configuration for it.
@@ -149,7 +135,7 @@ impl Setup {
         if let Some(c) = creds {
             args.extend(c.flags("convoy-fleet-sim"));
         }
-        Proc::spawn(&args, Path::new(&self.path("sim.log")))
+        Proc::spawn(&args, self.path("sim.log"))
     }
 
     fn rollout(&self, url: &str, creds: Option<&Creds>, extra: &[&str]) -> Command {
@@ -295,7 +281,7 @@ impl ConfiguredMosquitto {
             .stderr(std::fs::File::create(creds.dir.join("mosquitto.log")).expect("log"))
             .spawn()
             .expect("starting mosquitto");
-        wait_listening(port, "mosquitto");
+        wait_listening(port, "mosquitto", Duration::from_secs(20));
         Self { child }
     }
 }
@@ -602,17 +588,7 @@ fn a_device_cannot_speak_for_another_over_the_embedded_broker_with_the_acl() {
     let setup = Setup::new(300);
     let port = free_port();
     let creds = setup.generate(port);
-    let _broker = Proc::spawn(
-        &[
-            "broker".into(),
-            "--listen".into(),
-            format!("127.0.0.1:{port}"),
-            "--acl-from".into(),
-            creds.dir.display().to_string(),
-        ],
-        &creds.dir.join("broker.log"),
-    );
-    wait_listening(port, "the embedded broker");
+    let _broker = acl_broker(port, &creds);
     let url = format!("mqtt://127.0.0.1:{port}");
     let a = creds.devices.keys().next().expect("a").clone();
     let out = Command::new("mosquitto_pub")
@@ -855,17 +831,7 @@ fn an_oversized_status_is_stopped_by_the_generated_mosquitto_config() {
 fn an_oversized_status_costs_one_rejection_over_the_embedded_broker() {
     let _one = serial();
     let setup = Setup::new(300);
-    let port = free_port();
-    let dir = PathBuf::from(setup.path(""));
-    let _broker = Proc::spawn(
-        &[
-            "broker".into(),
-            "--listen".into(),
-            format!("127.0.0.1:{port}"),
-        ],
-        &dir.join("broker.log"),
-    );
-    wait_listening(port, "the embedded broker");
+    let (_broker, port) = start_broker_process(&PathBuf::from(setup.path("")));
     let url = format!("mqtt://127.0.0.1:{port}");
     // rumqttd refuses the 140 KB publish (over its 128 KiB limit); the 100 KB one reaches the
     // engine and is rejected there.
@@ -962,17 +928,7 @@ fn half_sent_connects_from_one_address_lock_no_device_out_of_the_embedded_broker
     let setup = Setup::new(20);
     let port = free_port();
     let creds = setup.generate(port);
-    let _broker = Proc::spawn(
-        &[
-            "broker".into(),
-            "--listen".into(),
-            format!("127.0.0.1:{port}"),
-            "--acl-from".into(),
-            creds.dir.display().to_string(),
-        ],
-        &creds.dir.join("broker.log"),
-    );
-    wait_listening(port, "the embedded broker");
+    let _broker = acl_broker(port, &creds);
     let url = format!("mqtt://127.0.0.1:{port}");
     let device = creds.devices.keys().next().expect("a device").clone();
     let runtime = tokio::runtime::Builder::new_multi_thread()

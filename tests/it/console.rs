@@ -7,39 +7,30 @@
 
 use convoy::engine::control::OperatorCommand;
 use convoy::gui::backend::LinkStatus;
-use convoy::gui::remote::{CopyState, RemoteCommands, RemoteOptions};
 use convoy::gui::warroom::{WallState, state_of};
 use convoy::gui::{Backend, Clock, ConsoleApp, UiCommand, View};
+use convoy::remote::{CopyState, RemoteCommands, RemoteOptions};
 use convoy::serve::auth::{self, Role};
 use convoy::serve::{ServeConfig, Server};
 use convoy_core::comms::RolloutStory;
-use convoy_e2e::{SignedWorkspace, WorkspaceSpec, convoy_bin};
+use convoy_e2e::{Proc, SignedWorkspace, WorkspaceSpec, write_hour_cycle_policy};
 use egui_kittest::Harness;
 use egui_kittest::kittest::Queryable;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Simulated seconds per wall second: a canary soak of one simulated hour lasts a minute, so
 /// the rollout is still running through the whole test.
 const SCALE: &str = "60";
 
-/// A child process killed on drop.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 type Console = Harness<'static, ConsoleApp>;
 
-/// A console attached to `server` with its own copy at `copy`.
-fn console(server: &str, token: &str, copy: &Path) -> (Console, RemoteCommands) {
+/// A console attached to `server` with its own copy at `copy`, trusting the certificate `ca`
+/// besides the system's when given, syncing at least every second.
+fn console(server: &str, token: &str, copy: &Path, ca: Option<&Path>) -> (Console, RemoteCommands) {
     let mut options =
         RemoteOptions::new(server, token.to_owned(), copy.to_owned()).expect("options");
+    options.ca_cert = ca.map(Path::to_owned);
     options.poll = Duration::from_secs(1);
     let (backend, commands) = Backend::remote_with_commands(&options).expect("a remote backend");
     let harness = Harness::builder()
@@ -134,13 +125,7 @@ fn two_consoles_on_one_server_see_a_pause_and_one_queues_a_pause_while_it_is_dow
         requires: &["bootloader>=1.6"],
     });
     let p = |name: &str| ws.path(name);
-    std::fs::write(
-        p("policy.json"),
-        r#"{"version": 1,
-            "planning": {"operating_cycle_secs": {}, "default_operating_cycle_secs": 3600},
-            "gates": {"hold_extension_secs": 1800}}"#,
-    )
-    .expect("policy");
+    write_hour_cycle_policy(p("policy.json"), Some(r#""hold_extension_secs": 1800"#));
     let cache = PathBuf::from(p("cache.db"));
     let (dana, sam) = {
         let store = convoy::store::Store::open(&cache).expect("cache");
@@ -159,25 +144,21 @@ fn two_consoles_on_one_server_see_a_pause_and_one_queues_a_pause_while_it_is_dow
     let broker = convoy::link::broker::EmbeddedBroker::start(std::net::SocketAddr::new(ip, port))
         .expect("the embedded broker");
     let url = broker.url();
-    let _sim = Proc(
-        Command::new(convoy_bin())
-            .args([
-                "sim",
-                "--broker",
-                &url,
-                "--fleet",
-                &p("fleet.json"),
-                "--trust",
-                &p("trust"),
-                "--time-scale",
-                SCALE,
-                "--duration-secs",
-                "600",
-            ])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(p("sim.log")).expect("log"))
-            .spawn()
-            .expect("convoy sim"),
+    let _sim = Proc::spawn(
+        &[
+            "sim",
+            "--broker",
+            &url,
+            "--fleet",
+            &p("fleet.json"),
+            "--trust",
+            &p("trust"),
+            "--time-scale",
+            SCALE,
+            "--duration-secs",
+            "600",
+        ],
+        p("sim.log"),
     );
     let args = convoy::cmd::rollout::parse_run_args([
         "--db",
@@ -218,8 +199,8 @@ fn two_consoles_on_one_server_see_a_pause_and_one_queues_a_pause_while_it_is_dow
     // Two consoles, each with its own copy.
     let copies = tempfile::tempdir().expect("a directory for the copies");
     let (copy_a, copy_b) = (copies.path().join("a.db"), copies.path().join("b.db"));
-    let (mut a, steer_a) = console(&base, &dana, &copy_a);
-    let (mut b, steer_b) = console(&base, &sam, &copy_b);
+    let (mut a, steer_a) = console(&base, &dana, &copy_a, None);
+    let (mut b, steer_b) = console(&base, &sam, &copy_b, None);
 
     // Both see the server's fleet and the rollout, started.
     wait_all(
@@ -318,7 +299,7 @@ fn two_consoles_on_one_server_see_a_pause_and_one_queues_a_pause_while_it_is_dow
 
     // A console started while the server is down opens on its copy: A's, restarted.
     drop((a, steer_a));
-    let (mut a, _) = console(&base, &dana, &copy_a);
+    let (mut a, _) = console(&base, &dana, &copy_a, None);
     wait_all(
         &mut [&mut a],
         "console A, restarted offline, on its copy",
@@ -445,14 +426,7 @@ fn a_console_trusts_a_self_signed_server_with_its_certificate_and_names_a_bad_to
     let url = format!("https://localhost:{}", server.addr().port());
 
     let start = |token: &str, copy: &str, ca: Option<&Path>| {
-        let mut options =
-            RemoteOptions::new(&url, token.to_owned(), dir.path().join(copy)).expect("options");
-        options.ca_cert = ca.map(Path::to_owned);
-        options.poll = Duration::from_secs(1);
-        let backend = Backend::remote(&options).expect("a remote backend");
-        Harness::builder()
-            .with_size([1200.0, 800.0])
-            .build_eframe(move |cc| ConsoleApp::new(&cc.egui_ctx, None, backend, Clock::System))
+        console(&url, token, &dir.path().join(copy), ca).0
     };
     let mut trusting = start(&token, "trusting.db", Some(&cert_path));
     let mut untrusting = start(&token, "untrusting.db", None);

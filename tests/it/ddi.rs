@@ -614,10 +614,13 @@ mod in_the_engine {
     use super::{GATEWAY, client, runtime};
     use convoy::cmd::rollout::{engine_options, parse_run_args};
     use convoy::engine::{self, EngineControl, EngineOptions, EngineReport};
-    use convoy_e2e::{SignedWorkspace, WorkspaceSpec, convoy_bin, convoy_ok, free_port};
+    use convoy_e2e::{
+        Proc, SignedWorkspace, WorkspaceSpec, convoy_bin, convoy_ok, free_port,
+        start_broker_process, write_hour_cycle_policy,
+    };
     use hawkbit::ddi::{ClientAuthorization, Execution, Finished};
     use serde_json::Value;
-    use std::process::{Command, Stdio};
+    use std::process::Command;
     use std::sync::Mutex;
     use std::time::{Duration, Instant};
 
@@ -625,30 +628,6 @@ mod in_the_engine {
     const SCALE: &str = "2400";
     /// One rollout at a time (a rollout and a simulated fleet keep two cores busy).
     static SERIAL: Mutex<()> = Mutex::new(());
-
-    /// A child process killed on drop.
-    struct Proc(std::process::Child);
-
-    impl Proc {
-        fn spawn(args: &[&str], log: &str) -> Self {
-            let log = std::fs::File::create(log).expect("log file");
-            Self(
-                Command::new(convoy_bin())
-                    .args(args)
-                    .stdout(Stdio::null())
-                    .stderr(log)
-                    .spawn()
-                    .expect("spawning convoy"),
-            )
-        }
-    }
-
-    impl Drop for Proc {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
 
     /// A fleet in a cache, a signed release, the embedded broker, and a port for the DDI
     /// endpoint.
@@ -672,27 +651,9 @@ mod in_the_engine {
             });
             let p = |name: &str| ws.path(name);
             // Soaks of one simulated hour and short holds, as the engine's own tests use.
-            std::fs::write(
-                p("policy.json"),
-                r#"{"version": 1,
-                    "planning": {"operating_cycle_secs": {}, "default_operating_cycle_secs": 3600},
-                    "gates": {"hold_extension_secs": 1800}}"#,
-            )
-            .expect("policy");
+            write_hour_cycle_policy(p("policy.json"), Some(r#""hold_extension_secs": 1800"#));
             std::fs::write(p("gateway"), format!("{GATEWAY}\n")).expect("gateway token");
-            let broker_port = free_port();
-            let broker = Proc::spawn(
-                &["broker", "--listen", &format!("127.0.0.1:{broker_port}")],
-                &p("broker.log"),
-            );
-            let started = Instant::now();
-            while std::net::TcpStream::connect(("127.0.0.1", broker_port)).is_err() {
-                assert!(
-                    started.elapsed() < Duration::from_secs(20),
-                    "the embedded broker did not start"
-                );
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            let (broker, broker_port) = start_broker_process(ws.dir.path());
             Self {
                 ws,
                 _broker: broker,
@@ -789,7 +750,7 @@ mod in_the_engine {
                     "--duration-secs",
                     "300",
                 ],
-                &self.p("sim.log"),
+                self.p("sim.log"),
             )
         }
 

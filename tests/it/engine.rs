@@ -7,7 +7,7 @@
 //! a time (a rollout and a fleet of simulated devices keep two cores busy).
 
 use convoy_e2e::{
-    Mosquitto, SignedWorkspace, WorkspaceSpec, convoy_bin, convoy_ok, free_port, wait_for,
+    Mosquitto, Proc, SignedWorkspace, WorkspaceSpec, convoy_bin, convoy_ok, free_port, wait_for,
     wait_for_explained, wait_listening,
 };
 use serde_json::Value;
@@ -78,7 +78,7 @@ impl Setup {
         if faults {
             args.extend(["--faults".into(), self.path("faults.json")]);
         }
-        Proc::spawn(&args, &self.path("sim.log"))
+        Proc::spawn(&args, self.path("sim.log"))
     }
 
     /// `convoy rollout run` on this setup's files against `url`, plus `extra` arguments.
@@ -189,29 +189,6 @@ fn firmware_by_id(json: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// A child process killed on drop.
-struct Proc(Child);
-
-impl Proc {
-    fn spawn(args: &[String], log: &str) -> Self {
-        let log = std::fs::File::create(log).expect("log file");
-        let child = Command::new(convoy_bin())
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawning convoy");
-        Self(child)
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// The embedded broker as its own process (`convoy broker`), so a test can stop and restart it.
 struct EmbeddedBroker {
     proc: Option<Proc>,
@@ -228,7 +205,7 @@ impl EmbeddedBroker {
                 "--listen".into(),
                 format!("127.0.0.1:{port}"),
             ],
-            &dir.join("broker.log").display().to_string(),
+            dir.join("broker.log"),
         );
         wait_listening(port, "the embedded broker", Duration::from_secs(20));
         Self {
@@ -1114,28 +1091,6 @@ fn a_stopped_rollout_resumes_from_the_cache_and_completes() {
     convoy_ok(&["audit", "verify", "--db", &setup.path("cache.db")]);
 }
 
-async fn post_json(
-    c: &reqwest::Client,
-    url: &str,
-    token: &str,
-    body: &str,
-) -> (reqwest::StatusCode, Value) {
-    let resp = c
-        .post(url)
-        .bearer_auth(token)
-        .header("content-type", "application/json")
-        .body(body.to_owned())
-        .send()
-        .await
-        .expect("request");
-    let status = resp.status();
-    let text = resp.text().await.expect("body");
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
-}
-
 /// `convoy serve` hosting an engine run: a dispatcher pauses it over the API once the canary
 /// soaks, the run holds, a viewer is refused (403), an override without a reason gets 400 naming
 /// `reason`, an unknown rollout 404, the dispatcher resumes it and it completes; the timeline and
@@ -1183,7 +1138,12 @@ fn rollout_control_over_the_api_reaches_an_engine_hosted_by_the_server() {
         .build()
         .expect("client");
     let call = |path: &str, token: &str, body: &str| {
-        runtime.block_on(post_json(&c, &format!("{api}/{path}"), token, body))
+        runtime.block_on(convoy_e2e::api::post(
+            &c,
+            &format!("{api}/{path}"),
+            token,
+            body.to_owned(),
+        ))
     };
 
     setup.wait_for_event("soak.started");
@@ -1351,7 +1311,12 @@ fn rollouts_call(
         .timeout(Duration::from_secs(30))
         .build()
         .expect("client");
-    runtime.block_on(post_json(&c, &url, &s.tokens[who], body))
+    runtime.block_on(convoy_e2e::api::post(
+        &c,
+        &url,
+        &s.tokens[who],
+        body.to_owned(),
+    ))
 }
 
 /// Issue 9: a rollout requested over the API is not dispatched until two operators other than

@@ -4,9 +4,11 @@
 //! one; after the first is killed with SIGKILL, its lease expires and a resume takes over.
 //! The lease's lifetime is shortened with `CONVOY_ENGINE_LEASE_SECS`.
 
-use convoy_e2e::{SignedWorkspace, WorkspaceSpec, convoy_bin, free_port};
+use convoy_e2e::{
+    Proc, SignedWorkspace, WorkspaceSpec, convoy_bin, start_broker_process, write_hour_cycle_policy,
+};
 use serde_json::Value;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Simulated seconds per wall second: slow enough that the first run is still in its canary's
@@ -14,28 +16,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 const SCALE: &str = "60";
 /// The lease's lifetime in the test (renewed every third of it).
 const LEASE_SECS: &str = "6";
-
-/// A child process killed on drop.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn(args: &[&str], log: &std::path::Path) -> Proc {
-    let log = std::fs::File::create(log).expect("log file");
-    Proc(
-        Command::new(convoy_bin())
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawning convoy"),
-    )
-}
 
 fn wall_ms() -> i64 {
     i64::try_from(
@@ -70,28 +50,11 @@ fn a_second_engine_for_a_live_rollout_is_refused_and_a_killed_ones_lease_is_take
         requires: &[],
     });
     let p = |name: &str| ws.path(name);
-    std::fs::write(
-        p("policy.json"),
-        r#"{"version": 1,
-            "planning": {"operating_cycle_secs": {}, "default_operating_cycle_secs": 3600}}"#,
-    )
-    .expect("policy");
-    let port = free_port();
-    let _broker = spawn(
-        &["broker", "--listen", &format!("127.0.0.1:{port}")],
-        &ws.dir.path().join("broker.log"),
-    );
-    let started = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "the embedded broker did not start"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    write_hour_cycle_policy(p("policy.json"), None);
+    let (_broker, port) = start_broker_process(ws.dir.path());
     let url = format!("mqtt://127.0.0.1:{port}");
     let (fleet, trust) = (p("fleet.json"), p("trust"));
-    let _sim = spawn(
+    let _sim = Proc::spawn(
         &[
             "sim",
             "--broker",
@@ -105,7 +68,7 @@ fn a_second_engine_for_a_live_rollout_is_refused_and_a_killed_ones_lease_is_take
             "--duration-secs",
             "300",
         ],
-        &ws.dir.path().join("sim.log"),
+        ws.dir.path().join("sim.log"),
     );
     let db = p("cache.db");
     let (release, policy, artifact) = (p("release.json"), p("policy.json"), p("fw.img"));

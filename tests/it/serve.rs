@@ -9,6 +9,7 @@ use convoy::store::Store;
 use convoy_core::fleet::Fleet;
 use convoy_core::synth::{self, SynthOptions};
 use convoy_core::time::Timestamp;
+use convoy_e2e::api::{get, post};
 use convoy_e2e::{convoy, convoy_ok};
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -77,37 +78,6 @@ fn client() -> reqwest::Client {
         .timeout(Duration::from_secs(20))
         .build()
         .expect("client")
-}
-
-async fn get(c: &reqwest::Client, url: &str, token: Option<&str>) -> (StatusCode, Value) {
-    let mut req = c.get(url);
-    if let Some(t) = token {
-        req = req.bearer_auth(t);
-    }
-    let resp = req.send().await.expect("request");
-    let status = resp.status();
-    let text = resp.text().await.expect("body");
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
-}
-
-async fn post(c: &reqwest::Client, url: &str, token: &str, body: Vec<u8>) -> (StatusCode, Value) {
-    let resp = c
-        .post(url)
-        .bearer_auth(token)
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .expect("request");
-    let status = resp.status();
-    let text = resp.text().await.expect("body");
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
 }
 
 fn finding_json() -> Vec<u8> {
@@ -1161,15 +1131,7 @@ fn request_fixture() -> RequestFixture {
         hardware: "T300",
         requires: &[],
     });
-    let out = convoy_ok(&[
-        "release",
-        "store",
-        &ws.path("release.json"),
-        "--trust",
-        &ws.path("trust"),
-        "--db",
-        &ws.path("cache.db"),
-    ]);
+    let out = ws.store_release();
     assert!(out.contains("stored release"), "{out}");
     let manifest: Value =
         serde_json::from_slice(&std::fs::read(ws.path("release.json")).expect("manifest"))

@@ -110,6 +110,18 @@ const RULES: &[Rule] = &[
         tests_exempt: false,
     },
     Rule {
+        name: "remote/ sits below the console and beside the server (a client of its API)",
+        scope: &["remote/"],
+        allowed: &[],
+        forbidden: &[
+            Needle::Module("gui"),
+            Needle::Module("serve"),
+            Needle::Module("cmd"),
+            Needle::Module("cli"),
+        ],
+        tests_exempt: false,
+    },
+    Rule {
         name: "only gui/ and cmd/gui.rs use the console (crate::gui)",
         scope: &[],
         allowed: &["gui/", "cmd/gui.rs"],

@@ -6,7 +6,7 @@
 
 use convoy::serve::auth::token_hash;
 use convoy::serve::{ServeConfig, Server};
-use convoy_e2e::{convoy, convoy_ok};
+use convoy_e2e::{api, convoy, convoy_ok};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -41,15 +41,7 @@ impl Bench {
             hardware: "T300",
             requires: &[],
         });
-        convoy_ok(&[
-            "release",
-            "store",
-            &ws.path("release.json"),
-            "--trust",
-            &ws.path("trust"),
-            "--db",
-            &ws.path("cache.db"),
-        ]);
+        ws.store_release();
         let manifest: Value =
             serde_json::from_slice(&std::fs::read(ws.path("release.json")).expect("manifest"))
                 .expect("manifest JSON");
@@ -110,24 +102,8 @@ impl Bench {
     fn post(&self, as_: &str, path: &str, body: &Value) -> (StatusCode, Value) {
         let token = self.tokens[as_].clone();
         let url = format!("{}/{path}", self.api);
-        let body = body.to_string();
-        self.rt.block_on(async {
-            let resp = self
-                .http
-                .post(url)
-                .bearer_auth(token)
-                .header("content-type", "application/json")
-                .body(body)
-                .send()
-                .await
-                .expect("request");
-            let status = resp.status();
-            let text = resp.text().await.expect("body");
-            (
-                status,
-                serde_json::from_str(&text).unwrap_or(Value::String(text)),
-            )
-        })
+        self.rt
+            .block_on(api::post(&self.http, &url, &token, body.to_string()))
     }
 
     /// `POST /tokens` by admin `admin`: a token for `name`, kept under `name`.
@@ -169,17 +145,8 @@ impl Bench {
     fn status(&self, id: &str) -> String {
         let token = self.tokens.values().next().expect("a token").clone();
         let url = format!("{}/rollouts/{id}/request", self.api);
-        self.rt.block_on(async {
-            let resp = self
-                .http
-                .get(url)
-                .bearer_auth(token)
-                .send()
-                .await
-                .expect("request");
-            let body: Value = resp.json().await.expect("JSON");
-            body["status"].as_str().unwrap_or("").to_owned()
-        })
+        let (_, body) = self.rt.block_on(api::get(&self.http, &url, Some(&token)));
+        body["status"].as_str().unwrap_or("").to_owned()
     }
 
     fn report(&self, test: &str) {

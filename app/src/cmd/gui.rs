@@ -4,7 +4,7 @@
 //! With neither `--db` nor `--broker` the console opens on a live demo (embedded broker,
 //! synthetic fleet in a demo cache, simulated devices). With `--db` it shows that cache, and
 //! with `--broker` it also listens to the fleet on that broker. With `--server URL` it is
-//! attached to a `convoy serve` (`gui/remote.rs`), `--db` naming its local copy. Without a display it says so
+//! attached to a `convoy serve` (`crate::remote`), `--db` naming its local copy. Without a display it says so
 //! and lists the headless commands instead of failing obscurely.
 
 use anyhow::{Context, Result, bail};
@@ -146,12 +146,12 @@ fn is_loopback(url: &str) -> bool {
 
 /// The console attached to `--server`.
 fn remote_backend(args: &Args, server: &str) -> Result<Backend> {
-    let server = crate::gui::remote::normalise_server(server)?;
+    let server = crate::remote::normalise_server(server)?;
     let copy = args
         .db
         .clone()
-        .unwrap_or_else(|| crate::gui::remote::default_copy_path(&server));
-    let mut options = crate::gui::remote::RemoteOptions::new(&server, token(args)?, copy)?;
+        .unwrap_or_else(|| crate::remote::default_copy_path(&server));
+    let mut options = crate::remote::RemoteOptions::new(&server, token(args)?, copy)?;
     options.ca_cert.clone_from(&args.ca_cert);
     if server.starts_with("http://") && !is_loopback(&server) {
         eprintln!(

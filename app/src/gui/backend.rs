@@ -81,14 +81,14 @@ pub const MAX_HEALTH_LOG_ROWS: i64 = 2_000_000;
 /// Health series already computed, by rollout id, with the log length they were computed at:
 /// a log that has not grown is not read again.
 #[derive(Default)]
-struct HealthCache {
+pub(crate) struct HealthCache {
     by_id: std::collections::HashMap<String, (i64, Arc<HealthSeries>)>,
 }
 
 impl HealthCache {
     /// The series of every rollout on `board` that has a log, recomputed only where the log
     /// grew since the last read.
-    fn fill(&mut self, store: &Store, board: &mut RolloutBoard) {
+    pub(crate) fn fill(&mut self, store: &Store, board: &mut RolloutBoard) {
         for story in &board.rollouts {
             let id = &story.rollout_id;
             // The log's length from its last key (its seqs run from 0 without gaps): one

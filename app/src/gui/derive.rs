@@ -491,10 +491,10 @@ mod tests {
     fn the_worker_answers_with_what_the_ui_thread_would_compute() {
         let mut w = DeriveWorker::spawn(None, Duration::ZERO).expect("thread starts");
         assert!(w.send(DeriveRequest::Load(Box::new(fleet()))));
-        assert!(w.send(DeriveRequest::Query(query("eu"))));
+        assert!(w.send(DeriveRequest::Query(query("eu-"))));
         let r = w.wait_result().expect("an answer");
         assert_eq!(r.seen, 2);
-        let reference = Derived::compute(&FleetModel::new(fleet()), &query("eu"), None, 0);
+        let reference = Derived::compute(&FleetModel::new(fleet()), &query("eu-"), None, 0);
         assert!(!reference.filtered.is_empty());
         assert!(reference.filtered.len() < 300);
         assert_eq!(r.derived.classes, reference.classes);
@@ -509,7 +509,7 @@ mod tests {
         assert!(r2.derived.grid.is_none(), "no map level, no grid");
         // With the map showing, the answer carries the grid the map would build itself.
         assert!(w.send(DeriveRequest::MapLevel(Some(6))));
-        assert!(w.send(DeriveRequest::Query(query("eu"))));
+        assert!(w.send(DeriveRequest::Query(query("eu-"))));
         let r3 = w.wait_result().expect("an answer");
         let (level, grid) = r3.derived.grid.expect("a grid for the map");
         let m = FleetModel::new(fleet());
@@ -529,7 +529,7 @@ mod tests {
         );
         // With the cohort view showing, the answer carries its summaries.
         assert!(w.send(DeriveRequest::Summaries(true)));
-        assert!(w.send(DeriveRequest::Query(query("eu"))));
+        assert!(w.send(DeriveRequest::Query(query("eu-"))));
         let r4 = w.wait_result().expect("an answer");
         let summaries = r4.derived.summaries.expect("summaries for the cohort view");
         assert_eq!(summaries.len(), SUMMARY_ATTRIBUTES.len());
@@ -544,7 +544,7 @@ mod tests {
     fn a_zoom_level_or_the_cohort_view_alone_is_answered_from_the_last_result() {
         let mut w = DeriveWorker::spawn(None, Duration::ZERO).expect("thread starts");
         assert!(w.send(DeriveRequest::Load(Box::new(fleet()))));
-        assert!(w.send(DeriveRequest::Query(query("eu"))));
+        assert!(w.send(DeriveRequest::Query(query("eu-"))));
         let first = w.wait_result().expect("an answer");
         assert!(first.derived.grid.is_none());
         let m = FleetModel::new(fleet());

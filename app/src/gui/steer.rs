@@ -6,33 +6,17 @@
 //! reports the answer as [`super::BackendEvent::Steered`]. Three kinds of target:
 //! - [`LocalEngines`]: engine runs in this process (the demo's rollout), through their
 //!   [`ControlHandle`]s, exactly as `convoy serve` steers the runs it hosts;
-//! - a server (`convoy gui --server URL`), through its API (`gui/remote.rs`);
+//! - a server (`convoy gui --server URL`), through its API (`crate::remote`'s `RemoteSteer`);
 //! - [`NoEngine`]: a cache whose rollouts are run by another process (`convoy rollout run`),
 //!   which this console cannot reach: every command is refused with the way to do it instead.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use convoy_core::rollout::Phase;
-
 use crate::engine::control::{ControlHandle, OperatorCommand};
-
-/// Something that applies operator commands to rollouts.
-pub trait Steer: Send + Sync {
-    /// Whether `rollout_id` can be steered from here; `Err` says why not, in words for the
-    /// UI (shown beside disabled buttons). Cheap: called on the UI thread every frame.
-    fn can_steer(&self, rollout_id: &str) -> Result<(), String>;
-
-    /// Applies `command` to `rollout_id` as `operator` and waits for the answer: the rollout's
-    /// phase afterwards in words, or why it was refused. Runs on the steering thread, never on
-    /// the UI thread, so it may block (a network round trip, the engine's next step).
-    fn steer(
-        &self,
-        rollout_id: &str,
-        operator: &str,
-        command: &OperatorCommand,
-    ) -> Result<String, String>;
-}
+// The trait and the phase's words are declared in `remote/`, below the console, which
+// implements them without importing `gui/`; re-exported so the console's paths stay.
+pub use crate::remote::steer::{Steer, phase_words};
 
 /// Engine runs in this process, by rollout id; a run registers its handle when it starts.
 #[derive(Clone, Default, Debug)]
@@ -82,39 +66,6 @@ impl Steer for LocalEngines {
             .send_blocking(operator, command.clone())
             .map(|phase| format!("{rollout_id} is now {}", phase_words(&phase)))
             .map_err(|e| e.to_string())
-    }
-}
-
-/// A rollout's phase in the words the monitor and its answers use (waves counted from 1).
-pub fn phase_words(phase: &Phase) -> String {
-    match phase {
-        Phase::Draft => "awaiting approval".to_owned(),
-        Phase::Approved => "approved".to_owned(),
-        Phase::Running { wave } => format!("running wave {}", wave + 1),
-        Phase::Soaking { wave, .. } => format!("soaking wave {}", wave + 1),
-        Phase::Paused {
-            wave,
-            reason,
-            by_gate,
-            rolled_back,
-            ..
-        } => {
-            let by = if *by_gate {
-                "by a gate"
-            } else {
-                "by an operator"
-            };
-            let back = if *rolled_back {
-                ", wave rolled back"
-            } else {
-                ""
-            };
-            format!("paused at wave {} {by}{back}: {reason}", wave + 1)
-        }
-        Phase::RollingBack { .. } => "rolling back".to_owned(),
-        Phase::Completed => "completed".to_owned(),
-        Phase::RolledBack => "rolled back".to_owned(),
-        Phase::Aborted { reason } => format!("aborted: {reason}"),
     }
 }
 
@@ -174,6 +125,7 @@ pub fn operator_name() -> String {
 mod tests {
     use super::*;
     use crate::engine::control::control_channel;
+    use convoy_core::rollout::Phase;
 
     #[test]
     fn a_local_run_is_steered_through_its_handle_and_an_unknown_or_ended_one_is_refused() {

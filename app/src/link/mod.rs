@@ -8,6 +8,7 @@
 
 pub mod acl;
 pub mod acl_proxy;
+pub mod api_wire;
 pub mod broker;
 pub mod ddi;
 pub mod http;

@@ -33,6 +33,7 @@ use super::auth::{self, Caller, Role};
 use super::requests::{NewRequest, Refusal, Verdict};
 use super::{AppState, Counters, stopped};
 use crate::engine::control::{ControlError, OperatorCommand, RollBackScope};
+use crate::link::api_wire as wire;
 pub use crate::link::http::json::{
     ApiError, error_response, json_response, parse_json, parse_query, read_limited,
 };
@@ -40,7 +41,7 @@ use crate::store::query::{self, DEVICE_STATES, DeviceFilter, IDLE};
 use anyhow::Context as _;
 
 /// The prefix of every API path.
-pub const PREFIX: &str = "/api/v1";
+pub use crate::link::api_wire::PREFIX;
 /// Devices per page when `limit` is not given, and the most a page may hold.
 pub const DEFAULT_PAGE: usize = 100;
 pub const MAX_PAGE: usize = 1000;
@@ -191,11 +192,11 @@ async fn route(
     match segs.as_slice() {
         ["whoami"] if get => Ok(json_response(
             StatusCode::OK,
-            &serde_json::json!({
-                "operator": caller.operator,
-                "role": caller.role,
-                "token_id": caller.token_id,
-            }),
+            &wire::WhoAmI {
+                operator: caller.operator.clone(),
+                role: caller.role.as_str().to_owned(),
+                token_id: caller.token_id.clone(),
+            },
         )),
         ["fleet"] if get => {
             parse_query::<NoParams>(&query)?;
@@ -223,7 +224,13 @@ async fn route(
         }
         ["rollouts"] if get => {
             parse_query::<NoParams>(&query)?;
-            read(app, query::rollouts).await
+            read(app, |s| {
+                Ok(query::rollouts(s)?
+                    .into_iter()
+                    .map(wire::RolloutRow::from)
+                    .collect::<Vec<_>>())
+            })
+            .await
         }
         ["fleet", "export"] if get => {
             parse_query::<NoParams>(&query)?;
@@ -246,13 +253,17 @@ async fn route(
                 )));
             }
             // `after`: only the events after that seq (a mirror fetches what it lacks).
-            let events: Vec<_> = events
+            let events = events
                 .into_iter()
                 .filter(|e| q.after.is_none_or(|after| e.seq > after))
+                .map(wire::TimelineEvent::from)
                 .collect();
             Ok(json_response(
                 StatusCode::OK,
-                &serde_json::json!({ "rollout_id": id, "events": events }),
+                &wire::Timeline {
+                    events,
+                    rollout_id: id,
+                },
             ))
         }
         ["rollouts", id, "log"] if get => {
@@ -268,7 +279,7 @@ async fn route(
                 })
                 .await
                 .map_err(|e| ApiError::internal(&e))?;
-            page.map(|p| json_response(StatusCode::OK, &p))
+            page.map(|p| json_response(StatusCode::OK, &wire::LogPage::from(p)))
                 .ok_or_else(|| {
                     ApiError::not_found(format!(
                         "no rollout {id}: it has neither a timeline nor a log in the cache"
@@ -470,6 +481,45 @@ async fn route(
     }
 }
 
+// The store's rows become the API's shapes here: the store sits below the link and does not
+// know the wire (see `link::api_wire`).
+impl From<query::RolloutRow> for wire::RolloutRow {
+    fn from(r: query::RolloutRow) -> Self {
+        Self {
+            rollout_id: r.rollout_id,
+            events: r.events,
+            first_time: r.first_time,
+            last_time: r.last_time,
+            last_kind: r.last_kind,
+            release_id: r.release_id,
+        }
+    }
+}
+
+impl From<crate::store::Event> for wire::TimelineEvent {
+    fn from(e: crate::store::Event) -> Self {
+        Self {
+            cause: e.cause,
+            kind: e.kind,
+            payload: e.payload,
+            rollout_id: e.rollout_id,
+            seq: e.seq,
+            time: e.time,
+        }
+    }
+}
+
+impl From<query::LogPage> for wire::LogPage {
+    fn from(p: query::LogPage) -> Self {
+        Self {
+            rollout_id: p.rollout_id,
+            first_seq: p.first_seq,
+            events: p.events,
+            more: p.more,
+        }
+    }
+}
+
 /// Runs a read on the cache pool and answers 200 with its JSON.
 pub(super) async fn read<T, F>(app: &Arc<AppState>, job: F) -> Result<Response, ApiError>
 where
@@ -637,16 +687,6 @@ async fn fleet_export(app: &Arc<AppState>) -> Result<Response, ApiError> {
     Ok(response)
 }
 
-/// The body of `POST /rollouts/{id}/{command}`.
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ControlBody {
-    reason: String,
-    /// Only for `rollback`: `current_wave` (the default) or `all`.
-    #[serde(default)]
-    scope: Option<RollBackScope>,
-}
-
 /// `POST /rollouts/{id}/{command}`: an operator command to an engine run hosted by this
 /// process, applied by the engine (which audits it under `operator:NAME` and writes the
 /// timeline) before the answer: 200 with the phase after it, 400 naming a missing or empty
@@ -659,7 +699,7 @@ async fn control_rollout(
     command: &str,
     body: &[u8],
 ) -> Result<Response, ApiError> {
-    let b: ControlBody = parse_json(body)?;
+    let b: wire::ControlBody = parse_json(body)?;
     if b.reason.trim().is_empty() {
         return Err(ApiError::field(
             "reason",
@@ -681,7 +721,10 @@ async fn control_rollout(
         "override" => OperatorCommand::Override { reason },
         "abort" => OperatorCommand::Abort { reason },
         _ => OperatorCommand::RollBack {
-            scope: b.scope.unwrap_or(RollBackScope::CurrentWave),
+            scope: match b.scope {
+                None | Some(wire::RollBackScope::CurrentWave) => RollBackScope::CurrentWave,
+                Some(wire::RollBackScope::All) => RollBackScope::All,
+            },
             reason,
         },
     };
@@ -694,7 +737,11 @@ async fn control_rollout(
     match handle.send(&caller.actor(), command).await {
         Ok(phase) => Ok(json_response(
             StatusCode::OK,
-            &serde_json::json!({"rollout_id": id, "command": name, "phase": phase}),
+            &wire::ControlAnswer {
+                command: name.to_owned(),
+                phase,
+                rollout_id: id.to_owned(),
+            },
         )),
         Err(ControlError::MissingField { field, .. }) => Err(ApiError::field(
             field,

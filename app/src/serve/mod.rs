@@ -19,7 +19,7 @@
 //! - [`requests`]: rollout requests and their approvals; an approved request is dispatched by
 //!   the server (an engine run it hosts) when it was given dispatch settings.
 //!
-//! The remote console (`convoy gui --server URL`, `gui/remote.rs`) is a client of [`api`]: it
+//! The remote console (`convoy gui --server URL`, `crate::remote`) is a client of [`api`]: it
 //! copies the fleet (`GET /fleet/export`), the timelines and the engine logs
 //! (`GET /rollouts/{id}/log`) and steers through the control endpoints.
 //!

@@ -273,8 +273,8 @@ pub fn fleet_summary(store: &Store) -> Result<FleetSummary> {
     })
 }
 
-/// One rollout as the rollouts list shows it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+/// One rollout as the rollouts list shows it (the API writes it as `link::api_wire::RolloutRow`).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RolloutRow {
     pub rollout_id: String,
     pub events: u64,
@@ -451,8 +451,9 @@ pub fn record_finding(
     Ok(entry.seq)
 }
 
-/// One page of a rollout's replayable log (`rollout_log`): the events after a seq, in order.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+/// One page of a rollout's replayable log (`rollout_log`): the events after a seq, in order
+/// (the API writes it as `link::api_wire::LogPage`).
+#[derive(Clone, Debug, PartialEq)]
 pub struct LogPage {
     pub rollout_id: String,
     /// The seq of the first event of the page (the log's seqs run from 0 without gaps).
