@@ -18,6 +18,7 @@ pub mod gui;
 pub mod keys;
 pub mod link;
 pub mod ops;
+pub mod prom;
 pub mod remote;
 pub mod serve;
 pub mod sim;

@@ -14,6 +14,7 @@ mod flood;
 mod http;
 mod inventory;
 mod keys;
+mod metrics;
 mod mqtt;
 mod plan;
 mod release;

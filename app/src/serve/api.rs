@@ -63,6 +63,19 @@ fn bearer(headers: &HeaderMap) -> Option<String> {
 /// The one entry point: authenticate, limit, route.
 pub(crate) async fn handle(State(app): State<Arc<AppState>>, request: Request) -> Response {
     Counters::bump(&app.counters.requests);
+    let began = Instant::now();
+    let route_label = super::metrics::route_label(request.method(), request.uri().path());
+    let response = handle_inner(&app, request).await;
+    super::metrics::record(
+        &app,
+        &route_label,
+        response.status(),
+        began.elapsed().as_secs_f64(),
+    );
+    response
+}
+
+async fn handle_inner(app: &Arc<AppState>, request: Request) -> Response {
     let result = async {
         let token = bearer(request.headers()).ok_or_else(|| {
             ApiError::new(
@@ -92,7 +105,13 @@ pub(crate) async fn handle(State(app): State<Arc<AppState>>, request: Request) -
             }
             return Ok(e);
         }
-        route(&app, &caller, request).await
+        if request.uri().path() == "/metrics" {
+            if request.method() != Method::GET {
+                return Err(method_not_allowed("GET"));
+            }
+            return super::metrics::render(app).await;
+        }
+        route(app, &caller, request).await
     }
     .await;
     match result {
@@ -109,7 +128,7 @@ pub(crate) async fn handle(State(app): State<Arc<AppState>>, request: Request) -
             error_response(&e)
         }
     }
-    .tap_rate_limited(&app)
+    .tap_rate_limited(app)
 }
 
 trait TapRateLimited {

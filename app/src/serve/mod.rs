@@ -30,6 +30,7 @@ mod admin;
 pub mod api;
 pub mod auth;
 pub mod host;
+mod metrics;
 mod releases;
 pub mod requests;
 pub mod stream;
@@ -286,6 +287,8 @@ pub(crate) struct AppState {
     /// Decisions on one request at a time, so that two approvals arriving together cannot both
     /// see the request unapproved and dispatch it twice.
     pub decide: tokio::sync::Mutex<()>,
+    /// Request counts and latencies for `GET /metrics`.
+    pub metrics: crate::prom::Registry,
 }
 
 impl AppState {
@@ -444,6 +447,7 @@ impl Server {
             stop: stop_rx.clone(),
             runs: Mutex::new(resumed),
             decide: tokio::sync::Mutex::new(()),
+            metrics: crate::prom::Registry::default(),
         });
         let router = Router::new()
             .fallback(api::handle)

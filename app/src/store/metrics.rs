@@ -102,6 +102,57 @@ impl Store {
     }
 }
 
+/// What `GET /metrics` reads from the cache at each scrape (issue 23).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CacheGauges {
+    /// Outbox commands by state (`pending`, `sent`, `acked`).
+    pub commands: Vec<(String, u64)>,
+    /// The oldest unacknowledged command's creation, on its rollout's clock (Unix seconds).
+    pub oldest_unacked_created: Option<i64>,
+    /// Gate decisions recorded in timelines (pauses, rollbacks), by outcome.
+    pub gate_decisions: Vec<(String, u64)>,
+    /// Rollouts by the kind of their newest timeline entry (`rollout.completed`, ...).
+    pub rollouts_by_last_event: Vec<(String, u64)>,
+}
+
+impl Store {
+    /// The cache's gauges for `GET /metrics`.
+    pub fn cache_gauges(&self) -> Result<CacheGauges> {
+        let pairs = |sql: &str| -> Result<Vec<(String, u64)>> {
+            let mut stmt = self.conn.prepare_cached(sql)?;
+            let rows = stmt.query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    u64::try_from(r.get::<_, i64>(1)?).unwrap_or(0),
+                ))
+            })?;
+            rows.collect::<rusqlite::Result<_>>()
+                .context("reading the cache's gauges")
+        };
+        Ok(CacheGauges {
+            commands: pairs("SELECT state, count(*) FROM outbox GROUP BY state ORDER BY state")?,
+            oldest_unacked_created: self
+                .conn
+                .query_row(
+                    "SELECT min(created) FROM outbox WHERE state != 'acked'",
+                    [],
+                    |r| r.get(0),
+                )
+                .context("reading the outbox's oldest command")?,
+            gate_decisions: pairs(
+                "SELECT coalesce(json_extract(payload, '$.outcome'), 'unknown'), count(*)
+                 FROM rollout_events WHERE kind = 'gate.decision' AND json_valid(payload)
+                 GROUP BY 1 ORDER BY 1",
+            )?,
+            rollouts_by_last_event: pairs(
+                "SELECT kind, count(*) FROM rollout_events e
+                 WHERE seq = (SELECT max(seq) FROM rollout_events m WHERE m.rollout_id = e.rollout_id)
+                 GROUP BY kind ORDER BY kind",
+            )?,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
