@@ -122,6 +122,20 @@ const RULES: &[Rule] = &[
         tests_exempt: false,
     },
     Rule {
+        name: "alerts/ and prom.rs sit below the front ends and the engine (each of them uses them)",
+        scope: &["alerts/", "prom.rs"],
+        allowed: &[],
+        forbidden: &[
+            Needle::Module("serve"),
+            Needle::Module("gui"),
+            Needle::Module("cmd"),
+            Needle::Module("engine"),
+            Needle::Module("cli"),
+            Needle::Module("remote"),
+        ],
+        tests_exempt: false,
+    },
+    Rule {
         name: "only gui/ and cmd/gui.rs use the console (crate::gui)",
         scope: &[],
         allowed: &["gui/", "cmd/gui.rs"],
