@@ -11,5 +11,6 @@ pub mod acl_proxy;
 pub mod broker;
 pub mod ddi;
 pub mod http;
-pub mod mqtt;
-pub mod protocol;
+// The device-facing parts live in `convoy_devlink` (shared with the device agent); they keep
+// their paths here so the rest of `convoy` is unchanged.
+pub use convoy_devlink::{mqtt, protocol};
