@@ -660,7 +660,7 @@ fn agents_take_a_good_release_through_directory_and_command_installers_and_a_reb
         let agent = first.agent.as_mut().expect("agent");
         wait_for_explained(
             "the first agent to go down for its reboot",
-            Duration::from_secs(60),
+            Duration::from_mins(1),
             || agent.0.try_wait().ok().flatten().is_some(),
             || std::fs::read_to_string(&log).unwrap_or_default(),
         );
