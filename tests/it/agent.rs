@@ -125,6 +125,8 @@ impl Pki {
 enum Install {
     Directory,
     Command,
+    /// Real SWUpdate (`swupdate -i`), with stand-ins for the bootloader's confirm and revert.
+    Swupdate,
 }
 
 /// One device: its directory, its configuration, its supervised program and its agent.
@@ -145,12 +147,16 @@ impl Device {
     fn start_agent(&mut self) {
         self.starts += 1;
         let log = self.path(&format!("agent-{}.log", self.starts));
-        let config = self.path("agent.toml");
-        self.agent = Some(spawn(
-            &agent_bin(),
-            &["--config", config.to_str().expect("utf-8 path")],
-            &log,
-        ));
+        let child = Command::new(agent_bin())
+            .arg("--config")
+            .arg(self.path("agent.toml"))
+            // SWUpdate puts its control sockets in $TMPDIR: one directory per device.
+            .env("TMPDIR", &self.dir)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("starting convoy-agent");
+        self.agent = Some(Proc(child));
     }
 
     fn state(&self) -> Value {
@@ -164,6 +170,7 @@ impl Device {
         let root = match self.install {
             Install::Directory => self.path("slots"),
             Install::Command => self.path("cmdslots"),
+            Install::Swupdate => self.path("swroot"),
         };
         std::fs::read_link(root.join("current"))
             .map(|p| p.display().to_string())
@@ -348,17 +355,28 @@ impl Lab {
     /// Signs release `version` whose one artifact is `app.sh` with `app`'s text, served by the
     /// artifact server. Returns the manifest's path.
     fn release(&self, version: &str, counter: u64, app: &str) -> String {
+        self.release_file(
+            version,
+            counter,
+            "app.sh",
+            format!("# app {version}\n{app}").as_bytes(),
+        )
+    }
+
+    /// Signs release `version` whose one artifact is `name` with `bytes`, served by the artifact
+    /// server at `/VERSION/NAME`. Returns the manifest's path.
+    fn release_file(&self, version: &str, counter: u64, name: &str, bytes: &[u8]) -> String {
         let art = self.path(&format!("art/{version}"));
         std::fs::create_dir_all(&art).expect("art dir");
-        std::fs::write(art.join("app.sh"), format!("# app {version}\n{app}")).expect("app");
+        std::fs::write(art.join(name), bytes).expect("artifact");
         let manifest = self.p(&format!("release-{version}.json"));
         convoy_ok(&[
             "release",
             "create",
             "--artifact",
-            art.join("app.sh").to_str().expect("utf-8"),
+            art.join(name).to_str().expect("utf-8"),
             "--url",
-            &format!("http://127.0.0.1:{}/{version}/app.sh", self.artifact_port),
+            &format!("http://127.0.0.1:{}/{version}/{name}", self.artifact_port),
             "--version",
             version,
             "--counter",
@@ -378,7 +396,7 @@ impl Lab {
     }
 
     /// Starts `convoy rollout run` of `manifest` over the devices in one wave.
-    fn rollout(&self, rollout_id: &str, manifest: &str, version: &str) -> Child {
+    fn rollout(&self, rollout_id: &str, manifest: &str, artifact: &str) -> Child {
         let ids: Vec<&str> = self.devices.iter().map(|d| d.id.as_str()).collect();
         let plan = serde_json::json!({
             "waves": [{"name": "canary", "device_ids": ids, "soak_secs": 4}],
@@ -390,7 +408,7 @@ impl Lab {
         });
         let plan_path = self.path(&format!("plan-{rollout_id}.json"));
         std::fs::write(&plan_path, plan.to_string()).expect("plan");
-        let artifact = self.p(&format!("art/{version}/app.sh"));
+        let artifact = self.p(&format!("art/{artifact}"));
         Command::new(convoy_bin())
             .args([
                 "rollout",
@@ -497,6 +515,7 @@ fn device(
     let slots = match install {
         Install::Directory => dir.join("slots"),
         Install::Command => dir.join("cmdslots"),
+        Install::Swupdate => dir.join("swroot"),
     };
     std::fs::create_dir_all(slots.join("a")).expect("slot a");
     std::fs::create_dir_all(slots.join("b")).expect("slot b");
@@ -545,6 +564,14 @@ fn device(
             }
             format!("kind = \"command\"\nprogram = \"{}\"\n", wrapper.display())
         }
+        // The bootloader's `ustate` handshake has no bootloader here: the stand-ins log the call.
+        Install::Swupdate => format!(
+            "kind = \"swupdate\"\npublic_key = \"{cert}\"\nhardware = \"t300:1.0\"\n\
+             confirm_command = [\"sh\", \"-c\", \"echo confirm >> {log}\"]\n\
+             revert_command = [\"sh\", \"-c\", \"echo revert >> {log}\"]\n",
+            cert = root.join("pki/swu-cert.pem").display(),
+            log = dir.join("bootloader.log").display(),
+        ),
     };
     // A "reboot" that takes the agent down at once, as a real reboot would: the test starts it
     // again, as systemd would at boot.
@@ -650,7 +677,7 @@ fn agents_take_a_good_release_through_directory_and_command_installers_and_a_reb
         d.start_agent();
     }
     let manifest = lab.release("2.5.0", 51, GOOD_APP);
-    let engine = lab.rollout("r-good", &manifest, "2.5.0");
+    let engine = lab.rollout("r-good", &manifest, "2.5.0/app.sh");
 
     // The first device "reboots" after its install: its agent is gone mid-update, with the
     // state on disk saying so; it is started again, as at boot.
@@ -749,7 +776,7 @@ fn a_release_that_keeps_a_unit_restarting_is_reverted_and_stops_the_rollout_at_i
         d.start_agent();
     }
     let manifest = lab.release("2.5.1", 52, BAD_APP);
-    let engine = lab.rollout("r-bad", &manifest, "2.5.1");
+    let engine = lab.rollout("r-bad", &manifest, "2.5.1/app.sh");
     let (code, report) = lab.finish(engine, "r-bad");
     assert_eq!(
         report["final_state"],
@@ -818,4 +845,183 @@ fn release_id(manifest: &str) -> String {
         .as_str()
         .expect("id")
         .to_owned()
+}
+
+/// Whether SWUpdate and OpenSSL (which signs `sw-description`) are installed. CI installs them
+/// (`.ci/run`); elsewhere the SWUpdate test is skipped, and under `CI` a missing one fails.
+fn swupdate_available() -> bool {
+    let found = ["swupdate", "openssl"].iter().all(|p| {
+        Command::new(p)
+            .arg(if *p == "openssl" { "version" } else { "-h" })
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok()
+    });
+    assert!(
+        found || std::env::var_os("CI").is_none(),
+        "CI must install swupdate and openssl (see .ci/run)"
+    );
+    if !found {
+        eprintln!(
+            "skipping: swupdate or openssl is not installed (apt-get install -y swupdate openssl)"
+        );
+    }
+    found
+}
+
+/// A `.swu` whose `sw-description` (signed with CMS by `pki/swu-cert.pem`, as SWUpdate requires)
+/// has SWUpdate's `rawfile` handler write `payload` to `target`.
+fn swu(root: &Path, target: &Path, version: &str, payload: &[u8]) -> Vec<u8> {
+    let work = root.join(format!("swu-{version}"));
+    std::fs::create_dir_all(&work).expect("swu dir");
+    let cert = root.join("pki/swu-cert.pem");
+    let key = root.join("pki/swu-key.pem");
+    if !cert.exists() {
+        let out = Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=convoy-swu-test",
+            ])
+            .args(["-addext", "extendedKeyUsage=emailProtection", "-keyout"])
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .output()
+            .expect("openssl req");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(payload));
+    let description = format!(
+        "software =\n{{\n\tversion = \"{version}\";\n\thardware-compatibility: [ \"1.0\" ];\n\
+         \tfiles: (\n\t\t{{\n\t\t\tfilename = \"app.sh\";\n\t\t\tpath = \"{}\";\n\
+         \t\t\tsha256 = \"{sha}\";\n\t\t}}\n\t);\n}}\n",
+        target.display()
+    );
+    std::fs::write(work.join("sw-description"), &description).expect("sw-description");
+    let out = Command::new("openssl")
+        .args([
+            "cms",
+            "-sign",
+            "-outform",
+            "DER",
+            "-nosmimecap",
+            "-binary",
+            "-in",
+        ])
+        .arg(work.join("sw-description"))
+        .arg("-out")
+        .arg(work.join("sw-description.sig"))
+        .arg("-signer")
+        .arg(&cert)
+        .arg("-inkey")
+        .arg(&key)
+        .output()
+        .expect("openssl cms");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sig = std::fs::read(work.join("sw-description.sig")).expect("signature");
+    cpio_crc(&[
+        ("sw-description", description.as_bytes()),
+        ("sw-description.sig", &sig),
+        ("app.sh", payload),
+    ])
+}
+
+/// A cpio archive in the "new ASCII with CRC" format (`cpio -o -H crc`), which SWUpdate reads.
+fn cpio_crc(files: &[(&str, &[u8])]) -> Vec<u8> {
+    fn pad(out: &mut Vec<u8>) {
+        while !out.len().is_multiple_of(4) {
+            out.push(0);
+        }
+    }
+    let mut out = Vec::new();
+    let mut entry = |ino: usize, name: &str, data: &[u8], mode: u32| {
+        let check = data.iter().fold(0u32, |a, b| a.wrapping_add(u32::from(*b)));
+        let fields = [
+            ino as u32,
+            mode,
+            0,
+            0,
+            1,
+            0,
+            data.len() as u32,
+            0,
+            0,
+            0,
+            0,
+            name.len() as u32 + 1,
+            check,
+        ];
+        out.extend_from_slice(b"070702");
+        for f in fields {
+            out.extend_from_slice(format!("{f:08X}").as_bytes());
+        }
+        out.extend_from_slice(name.as_bytes());
+        out.push(0);
+        pad(&mut out);
+        out.extend_from_slice(data);
+        pad(&mut out);
+    };
+    for (i, (name, data)) in files.iter().enumerate() {
+        entry(i + 1, name, data, 0o100_644);
+    }
+    entry(0, "TRAILER!!!", &[], 0);
+    out
+}
+
+#[test]
+fn an_agent_installs_a_signed_swu_through_real_swupdate() {
+    if !mosquitto_available() || !swupdate_available() {
+        return;
+    }
+    let _one = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut lab = Lab::new(&[Install::Swupdate], &[false], 2);
+    lab.devices[0].start_agent();
+    let target = lab.devices[0].path("installed-by-swupdate.sh");
+    let payload = b"# app 2.6.0, written by SWUpdate's rawfile handler\n".to_vec();
+    let image = swu(lab.dir.path(), &target, "2.6.0", &payload);
+    let manifest = lab.release_file("2.6.0", 60, "update.swu", &image);
+    let engine = lab.rollout("r-swu", &manifest, "2.6.0/update.swu");
+    let (code, report) = lab.finish(engine, "r-swu");
+    assert_eq!(
+        report["final_state"],
+        "completed",
+        "{report:#}\n{}",
+        lab.all_logs()
+    );
+    assert_eq!(code, 0);
+    let d = &lab.devices[0];
+    let state = d.state();
+    assert_eq!(
+        state["last_update"]["state"],
+        "confirmed",
+        "{state}\n{}",
+        d.logs()
+    );
+    assert_eq!(
+        std::fs::read(&target).expect("the file SWUpdate wrote"),
+        payload
+    );
+    assert_eq!(
+        std::fs::read_to_string(d.path("bootloader.log")).expect("bootloader log"),
+        "confirm\n",
+        "confirmed once, never reverted"
+    );
 }
