@@ -205,7 +205,7 @@ struct Lab {
     devices: Vec<Device>,
     broker_port: u16,
     artifact_port: u16,
-    _broker: Proc,
+    broker: Option<Proc>,
     _artifacts: Proc,
 }
 
@@ -305,17 +305,7 @@ impl Lab {
         // lose the private key files.
         conf.push_str("user root\n");
         std::fs::write(root.join("broker/test.conf"), conf).expect("conf");
-        let mosquitto = if Path::new("/usr/sbin/mosquitto").exists() {
-            PathBuf::from("/usr/sbin/mosquitto")
-        } else {
-            PathBuf::from("mosquitto")
-        };
-        let broker = spawn(
-            &mosquitto,
-            &["-c", &p("broker/test.conf")],
-            &root.join("mosquitto.log"),
-        );
-        wait_listening(broker_port, "mosquitto", Duration::from_secs(20));
+        let broker = start_mosquitto(&root, broker_port);
 
         std::fs::create_dir_all(root.join("art")).expect("art");
         let artifact_port = free_port();
@@ -347,7 +337,7 @@ impl Lab {
             devices,
             broker_port,
             artifact_port,
-            _broker: broker,
+            broker: Some(broker),
             _artifacts: artifacts,
         }
     }
@@ -499,6 +489,23 @@ impl Lab {
             })
             .collect()
     }
+}
+
+/// Mosquitto on the configuration in `ROOT/broker/test.conf`, listening on `port`.
+fn start_mosquitto(root: &Path, port: u16) -> Proc {
+    let mosquitto = if Path::new("/usr/sbin/mosquitto").exists() {
+        PathBuf::from("/usr/sbin/mosquitto")
+    } else {
+        PathBuf::from("mosquitto")
+    };
+    let conf = root.join("broker/test.conf");
+    let broker = spawn(
+        &mosquitto,
+        &["-c", conf.to_str().expect("utf-8")],
+        &root.join("mosquitto.log"),
+    );
+    wait_listening(port, "mosquitto", Duration::from_secs(20));
+    broker
 }
 
 /// Sets up one device: slots holding the running release (2.4.0, a good program), the supervisor
@@ -1024,4 +1031,91 @@ fn an_agent_installs_a_signed_swu_through_real_swupdate() {
         "confirm\n",
         "confirmed once, never reverted"
     );
+}
+
+/// A device that "reboots" into the new release while the broker is away reverts when the link
+/// has not come back by its deadline, keeps what it has to say on disk, and says it once the
+/// broker is back: the engine sees the revert.
+#[test]
+fn a_device_whose_link_stays_away_after_its_reboot_reverts_and_reports_it_when_back() {
+    if !mosquitto_available() {
+        return;
+    }
+    let _one = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut lab = Lab::new(&[Install::Directory], &[true], 60);
+    let config = lab.devices[0].path("agent.toml");
+    let text = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(
+        &config,
+        text.replace("link_deadline_secs = 30", "link_deadline_secs = 3"),
+    )
+    .expect("config");
+    lab.devices[0].start_agent();
+    let manifest = lab.release("2.5.2", 53, GOOD_APP);
+    let engine = lab.rollout("r-offline", &manifest, "2.5.2/app.sh");
+    {
+        let d = &mut lab.devices[0];
+        let log = d.path("agent-1.log");
+        let agent = d.agent.as_mut().expect("agent");
+        wait_for_explained(
+            "the agent to go down for its reboot",
+            Duration::from_mins(1),
+            || agent.0.try_wait().ok().flatten().is_some(),
+            || std::fs::read_to_string(&log).unwrap_or_default(),
+        );
+    }
+    // The broker goes away during the reboot, and stays away past the link deadline.
+    lab.broker = None;
+    lab.devices[0].start_agent();
+    let d = &lab.devices[0];
+    wait_for_explained(
+        "the agent to revert for want of a link",
+        Duration::from_secs(30),
+        || d.state()["last_update"]["state"] == "reverted",
+        || d.logs(),
+    );
+    let reason = d.state()["last_update"]["reason"].clone();
+    assert_eq!(
+        reason,
+        "the link did not come back within 3 s of the boot",
+        "{}",
+        d.logs()
+    );
+    assert_eq!(d.current_slot(), "a", "back on the previous slot");
+    let kept: Value =
+        serde_json::from_slice(&std::fs::read(d.path("state/outbox.json")).expect("outbox"))
+            .expect("outbox JSON");
+    let kinds: Vec<&str> = kept
+        .as_array()
+        .expect("messages")
+        .iter()
+        .filter_map(|m| m["kind"].as_str())
+        .collect();
+    assert!(
+        kinds.contains(&"status") && kinds.contains(&"telemetry"),
+        "the revert's status and its boot event wait on disk: {kinds:?}"
+    );
+    lab.broker = Some(start_mosquitto(lab.dir.path(), lab.broker_port));
+    let (_, report) = lab.finish(engine, "r-offline");
+    assert_eq!(
+        report["waves"][0]["reverted"],
+        1,
+        "the engine heard of the revert once the link was back: {report:#}\n{}",
+        lab.all_logs()
+    );
+    let d = &lab.devices[0];
+    wait_for_explained(
+        "the outbox to be sent",
+        Duration::from_secs(30),
+        || {
+            std::fs::read(d.path("state/outbox.json"))
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+                .is_some_and(|v| v.as_array().is_some_and(Vec::is_empty))
+        },
+        || d.logs(),
+    );
+    assert_eq!(lab.cached_firmware(), ["2.4.0"]);
 }
