@@ -765,7 +765,7 @@ impl Agent {
     async fn boot(&mut self) -> Result<()> {
         self.rebooting_since = None;
         self.connected_since_boot = self.connected;
-        let (reading, _) = health::read(&self.config.health);
+        let (reading, _) = self.read_health().await;
         self.reading = reading;
         let slot = self.state.active_slot;
         let now = convoy_devlink::now();
@@ -940,9 +940,23 @@ impl Agent {
         self.judge_health().await
     }
 
+    /// Reads the health sources on the blocking pool: a unit's count command (`systemctl`) may
+    /// take a while, and the loop must keep serving the link meanwhile.
+    async fn read_health(&self) -> (Reading, Vec<String>) {
+        let config = self.config.health.clone();
+        tokio::task::spawn_blocking(move || health::read(&config))
+            .await
+            .unwrap_or_else(|e| {
+                (
+                    Reading::default(),
+                    vec![format!("the health task failed: {e}")],
+                )
+            })
+    }
+
     /// Reads the health sources and sends what changed as telemetry.
     async fn sample(&mut self) {
-        let (reading, problems) = health::read(&self.config.health);
+        let (reading, problems) = self.read_health().await;
         for p in problems {
             eprintln!("convoy-agent: health source: {p}");
         }
