@@ -1118,4 +1118,41 @@ fn a_device_whose_link_stays_away_after_its_reboot_reverts_and_reports_it_when_b
         || d.logs(),
     );
     assert_eq!(lab.cached_firmware(), ["2.4.0"]);
+    // The failed connection attempts after the reboot reached the engine's health samples.
+    let conn = rusqlite::Connection::open(lab.path("cache.db")).expect("cache");
+    let events: Vec<String> = conn
+        .prepare("SELECT event FROM rollout_log WHERE rollout_id = 'r-offline' ORDER BY seq")
+        .expect("query")
+        .query_map([], |r| r.get(0))
+        .expect("rows")
+        .collect::<Result<_, _>>()
+        .expect("events");
+    let failures: u64 = events
+        .iter()
+        .filter_map(|e| serde_json::from_str::<Value>(e).ok())
+        .map(|e| find_u64(&e, "reconnect_failures"))
+        .sum();
+    assert!(
+        failures > 0,
+        "no reconnect failures in the engine's log:\n{}",
+        events.join("\n")
+    );
+}
+
+/// The sum of every `key` number anywhere in `v`.
+fn find_u64(v: &Value, key: &str) -> u64 {
+    match v {
+        Value::Object(map) => map
+            .iter()
+            .map(|(k, x)| {
+                if k == key {
+                    x.as_u64().unwrap_or(0)
+                } else {
+                    find_u64(x, key)
+                }
+            })
+            .sum(),
+        Value::Array(items) => items.iter().map(|x| find_u64(x, key)).sum(),
+        _ => 0,
+    }
 }

@@ -64,6 +64,8 @@ pub struct Agent {
     link: LinkHandle,
     connected: bool,
     offline_since: Option<Instant>,
+    /// Seconds offline at each failed reconnect attempt of the current outage (the first ten).
+    failed_attempts: Vec<u64>,
     connected_since_boot: bool,
     reading: Reading,
     started: Instant,
@@ -149,6 +151,7 @@ pub async fn run(config: Config) -> Result<()> {
         link,
         connected: false,
         offline_since: None,
+        failed_attempts: Vec::new(),
         connected_since_boot: false,
         reading,
         started: now,
@@ -384,6 +387,14 @@ impl Agent {
             LinkEvent::Connected => {
                 self.connected = true;
                 self.connected_since_boot = true;
+                // Failed attempts first, as they happened: the reconnect-failure gate counts them.
+                for offline_secs in std::mem::take(&mut self.failed_attempts) {
+                    self.event(TelemetryEvent::Reconnect {
+                        offline_secs,
+                        ok: false,
+                    })
+                    .await;
+                }
                 if let Some(since) = self.offline_since.take() {
                     let offline_secs = since.elapsed().as_secs();
                     self.event(TelemetryEvent::Reconnect {
@@ -425,6 +436,13 @@ impl Agent {
                 if self.connected {
                     eprintln!("convoy-agent: lost the broker: {why}");
                     self.offline_since = Some(Instant::now());
+                } else {
+                    // A failed attempt: of a reconnect, or of the first connection after a start
+                    // (a reboot into a release whose network does not come up counts too).
+                    let since = *self.offline_since.get_or_insert(self.started);
+                    if self.failed_attempts.len() < 10 {
+                        self.failed_attempts.push(since.elapsed().as_secs());
+                    }
                 }
                 self.connected = false;
             }
