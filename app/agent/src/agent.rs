@@ -206,6 +206,8 @@ fn listen_metrics(path: &Path, tx: mpsc::Sender<(String, f64)>) -> Result<()> {
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
+                // Out of file descriptors, say: back off rather than spin.
+                tokio::time::sleep(Duration::from_millis(200)).await;
                 continue;
             };
             let tx = tx.clone();
@@ -519,6 +521,12 @@ impl Agent {
         if bytes_total > free {
             return Ok(Err(format!(
                 "no space: release {release_id} needs {bytes_total} bytes, {free} free"
+            )));
+        }
+        // Both name paths under the state directory: `..` is a valid id but no directory name.
+        if !is_plain_name(release_id) {
+            return Ok(Err(format!(
+                "release id {release_id:?} is not a directory name"
             )));
         }
         for a in &spec.artifacts {
@@ -1250,4 +1258,33 @@ fn system_uptime_secs() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/uptime").ok()?;
     let secs: f64 = text.split_whitespace().next()?.parse().ok()?;
     Some(secs as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_under_the_state_directory_are_plain() {
+        for ok in ["t300-fw-2.5.0", "app.sh", "fw_1.img"] {
+            assert!(is_plain_name(ok), "{ok}");
+        }
+        for bad in ["..", ".", "a/b", "", "../x"] {
+            assert!(!is_plain_name(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn artifact_urls_are_their_own_or_joined_to_the_base() {
+        assert_eq!(
+            artifact_url(None, "http://depot:8080/a.img").expect("own"),
+            "http://depot:8080/a.img"
+        );
+        assert_eq!(
+            artifact_url(Some("http://depot:8080/"), "fw 2/a.img").expect("joined"),
+            "http://depot:8080/fw%202/a.img"
+        );
+        let err = artifact_url(None, "a.img").expect_err("relative without a base");
+        assert!(err.contains("artifact_base_url"), "{err}");
+    }
 }
