@@ -389,7 +389,43 @@ impl Agent {
             LinkEvent::Connected => {
                 self.connected = true;
                 self.connected_since_boot = true;
-                // Failed attempts first, as they happened: the reconnect-failure gate counts them.
+                // What was kept while offline goes first, oldest first. A kept status is older
+                // than the fresh one sent below, and a status is retained: sent after the fresh
+                // one it would leave the broker (and the console) with a stale state, so it is
+                // dropped here.
+                if !self.outbox.is_empty() {
+                    eprintln!(
+                        "convoy-agent: connected; sending {} message(s) kept while offline",
+                        self.outbox.len()
+                    );
+                }
+                let pending: Vec<Pending> = self
+                    .outbox
+                    .take_all()?
+                    .into_iter()
+                    .filter(|m| m.kind != Kind::Status)
+                    .collect();
+                let mut left = Vec::new();
+                for (i, m) in pending.iter().enumerate() {
+                    let payload = m.payload.clone().into_bytes();
+                    let sent = match m.kind {
+                        Kind::Telemetry => {
+                            self.link.publish_telemetry(m.topic.clone(), payload).await
+                        }
+                        Kind::Status | Kind::Ack => {
+                            self.link.publish(m.topic.clone(), payload, false).await
+                        }
+                    };
+                    if sent.is_err() {
+                        left = pending[i..].to_vec();
+                        break;
+                    }
+                }
+                if !left.is_empty() {
+                    self.outbox.requeue_front(left)?;
+                }
+                // Then the outage itself: failed attempts as they happened (the reconnect-failure
+                // gate counts them), and the reconnect.
                 for offline_secs in std::mem::take(&mut self.failed_attempts) {
                     self.event(TelemetryEvent::Reconnect {
                         offline_secs,
@@ -405,34 +441,9 @@ impl Agent {
                     })
                     .await;
                 }
-                // The whole state again on every session (a broker without persistence lost the
-                // retained copy), then what was kept while offline.
+                // The whole state last, on every session: a broker without persistence lost the
+                // retained copy, and it supersedes any status kept while offline.
                 self.send_status().await;
-                if !self.outbox.is_empty() {
-                    eprintln!(
-                        "convoy-agent: connected; sending {} message(s) kept while offline",
-                        self.outbox.len()
-                    );
-                }
-                let pending = self.outbox.take_all()?;
-                let mut left = Vec::new();
-                for (i, m) in pending.iter().enumerate() {
-                    let payload = m.payload.clone().into_bytes();
-                    let sent = match m.kind {
-                        Kind::Telemetry => {
-                            self.link.publish_telemetry(m.topic.clone(), payload).await
-                        }
-                        Kind::Status => self.link.publish(m.topic.clone(), payload, true).await,
-                        Kind::Ack => self.link.publish(m.topic.clone(), payload, false).await,
-                    };
-                    if sent.is_err() {
-                        left = pending[i..].to_vec();
-                        break;
-                    }
-                }
-                if !left.is_empty() {
-                    self.outbox.requeue_front(left)?;
-                }
             }
             LinkEvent::Disconnected(why) => {
                 if self.connected {
@@ -1263,6 +1274,27 @@ fn system_uptime_secs() -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_metrics_socket_passes_good_lines_on_and_replaces_a_stale_socket() {
+        use tokio::io::AsyncWriteExt as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("metrics.sock");
+        // A socket file an earlier run left behind.
+        drop(std::os::unix::net::UnixListener::bind(&path).expect("stale socket"));
+        let (tx, mut rx) = mpsc::channel(8);
+        listen_metrics(&path, tx).expect("listen");
+        let mut stream = tokio::net::UnixStream::connect(&path)
+            .await
+            .expect("connect");
+        stream
+            .write_all(b"queue_depth 3\nnot a metric line\nlatency_ms 12.5\n")
+            .await
+            .expect("write");
+        drop(stream);
+        assert_eq!(rx.recv().await, Some(("queue_depth".to_owned(), 3.0)));
+        assert_eq!(rx.recv().await, Some(("latency_ms".to_owned(), 12.5)));
+    }
 
     #[test]
     fn names_under_the_state_directory_are_plain() {

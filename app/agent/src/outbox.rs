@@ -4,7 +4,8 @@
 //!
 //! Bounded: past `max_messages` the oldest message is dropped and counted. Only the newest
 //! status is kept (a status is the device's whole state, retained by the broker, so an older one
-//! is worth nothing once a newer exists). Every change rewrites the file atomically; with the
+//! is worth nothing once a newer exists); the agent sends a fresh status on every connection and
+//! drops the kept one then, so the outbox's status only matters if the agent stops before that. Every change rewrites the file atomically; with the
 //! default bound of 1,000 small messages that is at most a few hundred KB per change, and
 //! changes happen at the rate a device makes messages while offline.
 //!
