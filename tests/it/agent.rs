@@ -1156,3 +1156,70 @@ fn find_u64(v: &Value, key: &str) -> u64 {
         _ => 0,
     }
 }
+
+/// `--check` says what is wrong and where, and exits non-zero; a configuration error names the
+/// key. No broker is needed: the check never connects.
+#[test]
+fn check_names_what_is_wrong_without_connecting() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path();
+    std::fs::create_dir_all(root.join("state")).expect("state");
+    let config = |extra: &str| {
+        format!(
+            r#"[device]
+id = "CV1"
+hardware_id = "T300"
+[broker]
+url = "mqtt://127.0.0.1:1"
+[trust]
+dir = "{trust}"
+[state]
+dir = "{state}"
+[installer]
+kind = "command"
+program = "{missing}"
+[[health.units]]
+name = "app.service"
+count_command = ["sh", "-c", "echo lots"]
+[health.power_supply]
+root = "{power}"
+{extra}"#,
+            trust = root.join("no-trust").display(),
+            state = root.join("state").display(),
+            missing = root.join("no-installer").display(),
+            power = root.join("power").display(),
+        )
+    };
+    std::fs::create_dir_all(root.join("power/BAT0")).expect("power");
+    std::fs::write(root.join("power/BAT0/type"), "Battery\n").expect("type");
+    std::fs::write(root.join("power/BAT0/capacity"), "64\n").expect("capacity");
+    let path = root.join("agent.toml");
+    std::fs::write(&path, config("")).expect("config");
+    let out = Command::new(agent_bin())
+        .args(["--check", "--config", path.to_str().expect("utf-8")])
+        .output()
+        .expect("convoy-agent --check");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    for needle in [
+        "PROBLEM trust:",
+        "no-trust",
+        "PROBLEM installer: command program",
+        "PROBLEM health: unit app.service:",
+        "\"lots\" is not a restart count",
+        "battery 64%, power battery",
+    ] {
+        assert!(text.contains(needle), "{needle:?} not in:\n{text}");
+    }
+    std::fs::write(&path, config("[health.surprise]\n")).expect("config");
+    let out = Command::new(agent_bin())
+        .args(["--check", "--config", path.to_str().expect("utf-8")])
+        .output()
+        .expect("convoy-agent --check");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        err.contains("agent.toml") && err.contains("surprise"),
+        "the key and the file are named: {err}"
+    );
+}
