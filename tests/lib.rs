@@ -519,3 +519,33 @@ impl SignedWorkspace {
         ])
     }
 }
+
+/// The `convoy-agent` binary (package `convoy_agent`) of this workspace's current profile,
+/// (re)built once per test process, as [`convoy_bin`] does for `convoy`.
+pub fn agent_bin() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let exe = std::env::current_exe().expect("test binary path");
+            let profile_dir = exe
+                .parent()
+                .and_then(|p| p.parent())
+                .expect("target profile dir");
+            let mut build = Command::new(env!("CARGO"));
+            build.args([
+                "build",
+                "--locked",
+                "-p",
+                "convoy_agent",
+                "--bin",
+                "convoy-agent",
+            ]);
+            if profile_dir.file_name().is_some_and(|n| n == "release") {
+                build.arg("--release");
+            }
+            let status = build.status().expect("running cargo build");
+            assert!(status.success(), "cargo build -p convoy_agent failed");
+            profile_dir.join(format!("convoy-agent{}", std::env::consts::EXE_SUFFIX))
+        })
+        .clone()
+}

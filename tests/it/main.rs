@@ -1,5 +1,6 @@
 //! End-to-end tests: the real `convoy` binary on real files.
 
+mod agent;
 mod alerts;
 mod broker_acl;
 mod comms;

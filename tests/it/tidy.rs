@@ -400,3 +400,44 @@ fn matches(code: &str, needle: Needle) -> bool {
         Needle::Word(w) => code.contains(w),
     }
 }
+
+/// Issue 21: a device builds the agent, the device-facing link and the core, never the console,
+/// the server or the cache. The agent's and the link's manifests name none of their crates (the
+/// core's is checked above), so `cargo tree -p convoy_agent` holds no egui, rusqlite or axum.
+#[test]
+fn the_agent_builds_neither_the_console_nor_the_server() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    for package in ["app/agent", "app/devlink"] {
+        let manifest = std::fs::read_to_string(root.join(package).join("Cargo.toml"))
+            .unwrap_or_else(|e| panic!("{package}/Cargo.toml: {e}"));
+        let deps = manifest
+            .split("\n[dependencies]")
+            .nth(1)
+            .map_or("", |rest| rest.split("\n[").next().unwrap_or(""));
+        let names: Vec<&str> = deps
+            .lines()
+            .map(|l| l.split(['=', '.', ' ']).next().unwrap_or("").trim())
+            .filter(|n| !n.is_empty() && !n.starts_with('#'))
+            .collect();
+        assert!(names.contains(&"convoy_core"), "{package}: {names:?}");
+        for heavy in [
+            "convoy",
+            "egui",
+            "eframe",
+            "egui_extras",
+            "egui_plot",
+            "walkers",
+            "rfd",
+            "image",
+            "rusqlite",
+            "axum",
+            "rumqttd",
+            "reqwest",
+        ] {
+            assert!(
+                !names.contains(&heavy),
+                "{package} depends on {heavy}: a device must not build the console, the server or the cache"
+            );
+        }
+    }
+}

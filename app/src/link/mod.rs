@@ -12,5 +12,6 @@ pub mod api_wire;
 pub mod broker;
 pub mod ddi;
 pub mod http;
-pub mod mqtt;
-pub mod protocol;
+// The device-facing parts live in `convoy_devlink` (shared with the device agent); they keep
+// their paths here so the rest of `convoy` is unchanged.
+pub use convoy_devlink::{mqtt, protocol};

@@ -397,6 +397,21 @@ enum Route {
     ConfigData,
 }
 
+/// The poll reply's link to a deployment, in hawkBit's form `…/deploymentBase/{actionId}?c={hash}`.
+/// hawkBit adds `c` (a hash of the action, so a changed action gets a new URL past any cache),
+/// and clients match on it: RAUC's Python client (`rauc-hawkbit`) takes the action from
+/// `/deploymentBase/(.+)\?c=(.+)$` and never fetches a link without it (issue 21). Here the
+/// hash is FNV-1a over the controller and the action id, printed as hawkBit prints its signed
+/// 32-bit hashes; the query is ignored when the link is followed (routes read the path only).
+fn deployment_link(base: &str, controller: &str, action_id: u64) -> String {
+    let mut hash: u32 = 0x811c_9dc5;
+    for byte in format!("{controller}/{action_id}").bytes() {
+        hash ^= u32::from(byte);
+        hash = hash.wrapping_mul(0x0100_0193);
+    }
+    format!("{base}/deploymentBase/{action_id}?c={}", hash as i32)
+}
+
 fn parse_id(text: &str) -> Option<u64> {
     text.parse().ok()
 }
@@ -485,7 +500,7 @@ async fn handle_request(State(shared): State<Arc<Shared>>, request: Request) -> 
                         links: wire::PollLinks {
                             deployment_base: w
                                 .deployment
-                                .and_then(|id| href(format!("{base}/deploymentBase/{id}"))),
+                                .and_then(|id| href(deployment_link(&base, &controller, id))),
                             cancel_action: w
                                 .cancel
                                 .and_then(|id| href(format!("{base}/cancelAction/{id}"))),
@@ -581,4 +596,31 @@ async fn read_json<T: DeserializeOwned>(shared: &Shared, request: Request) -> Re
             e.message,
         )
     })
+}
+
+#[cfg(test)]
+mod link_tests {
+    use super::*;
+
+    /// Issue 21: RAUC's Python hawkBit client matches `/deploymentBase/(.+)\?c=(.+)$`.
+    #[test]
+    fn deployment_links_carry_hawkbits_cache_parameter_issue_21() {
+        let base = "http://127.0.0.1:8080/DEFAULT/controller/v1/van-1";
+        let link = deployment_link(base, "van-1", 7);
+        let (path, c) = link.split_once("?c=").expect("a ?c= parameter");
+        assert_eq!(path, format!("{base}/deploymentBase/7"));
+        assert!(c.parse::<i32>().is_ok(), "{link}");
+        assert_eq!(
+            link,
+            deployment_link(base, "van-1", 7),
+            "stable for one action"
+        );
+        assert_ne!(link, deployment_link(base, "van-1", 8));
+        // The link, followed, routes to the deployment: the query is not part of the path.
+        let segments = crate::link::http::range::sanitize_path(
+            "/DEFAULT/controller/v1/van-1/deploymentBase/7",
+        )
+        .expect("path");
+        assert!(matches!(route(&segments[4..]), Some(Route::Deployment(7))));
+    }
 }

@@ -18,11 +18,13 @@
 //! multi-range responses (`multipart/byteranges`), compression, and directory listings.
 
 pub mod accept;
-pub mod client;
 pub mod json;
-pub mod range;
 pub mod server;
 pub mod tls;
+
+// The client and the range rules live in `convoy_devlink` (shared with the device agent); they
+// keep their paths here.
+pub use convoy_devlink::http::{client, range};
 
 pub use client::{
     DownloadReport, FetchError, Progress, RetryPolicy, download_resumable, download_with_retries,
