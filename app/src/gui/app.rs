@@ -20,6 +20,7 @@ use crate::gui::map::MapState;
 use crate::gui::model::{ColorMode, FleetModel};
 use crate::gui::query::{Column, Filter};
 use crate::gui::tokens;
+use crate::gui::view::{Commands, ViewContext};
 
 /// The key under which UI state is persisted.
 pub const STATE_KEY: &str = "convoy-console-v1";
@@ -191,6 +192,15 @@ pub enum UiCommand {
     ReloadHistory,
     /// Show or hide a fleet table column (the device column always shows).
     SetColumnVisible(Column, bool),
+    /// Show only devices of this colour class (`None`: every class).
+    SetClassFilter(Option<u8>),
+    /// Sort the fleet table by `column`.
+    SetSort {
+        column: Column,
+        descending: bool,
+    },
+    /// Something the reports view asks for: reading a report, exporting it, a save dialog.
+    Report(crate::gui::report::ReportCommand),
 }
 
 /// The selected device's update history from the cache, as far as the backend has answered.
@@ -259,6 +269,30 @@ pub enum DeriveMode {
     Wait,
 }
 
+/// The [`ViewContext`] of `$app` (a `ConsoleApp`) for this frame: a macro rather than a method,
+/// so that it borrows only the fields it names and a view can hold its own state mutably beside
+/// it.
+macro_rules! view_context {
+    ($app:expr) => {
+        ViewContext {
+            state: &$app.state,
+            model: $app.model.as_ref(),
+            derived: &$app.derived,
+            cohorts: &$app.cohorts,
+            selected: $app.selected,
+            history: $app.history.as_ref(),
+            telemetry: $app.telemetry.as_ref(),
+            rollouts: $app.rollouts.as_ref(),
+            rollout_target: crate::gui::monitor::target_of(&$app.monitor, $app.rollouts.as_ref()),
+            now: $app.clock.now(),
+            clock_runs: $app.clock == Clock::System,
+            warroom_since: $app.warroom_since,
+            link: &$app.link,
+            cache: $app.cache.as_deref(),
+        }
+    };
+}
+
 /// The console.
 pub struct ConsoleApp {
     pub state: UiState,
@@ -288,7 +322,8 @@ pub struct ConsoleApp {
     link: LinkStatus,
     outbox_depth: Option<u64>,
     failures: Vec<String>,
-    commands: Vec<UiCommand>,
+    /// What the views asked for this frame; applied in the next [`Self::logic`].
+    commands: Commands,
     pub selected: Option<usize>,
     pub cohorts: Vec<Cohort>,
     /// The selected device's update history (requested when the device is opened).
@@ -377,7 +412,7 @@ impl ConsoleApp {
             link: LinkStatus::Offline,
             outbox_depth: None,
             failures: Vec::new(),
-            commands: Vec::new(),
+            commands: Commands::default(),
             selected: None,
             cohorts: Vec::new(),
             history: None,
@@ -441,7 +476,7 @@ impl ConsoleApp {
 
     /// Queues a command for the next [`Self::logic`].
     pub fn send(&mut self, command: UiCommand) {
-        self.commands.push(command);
+        self.commands.send(command);
     }
 
     pub fn now(&self) -> Timestamp {
@@ -499,13 +534,15 @@ impl ConsoleApp {
             };
             self.handle_event(event);
         }
-        for command in std::mem::take(&mut self.commands) {
+        for command in self.commands.take() {
             self.apply(ctx, command);
         }
         self.findings.poll();
         self.releases.poll();
         self.planner.poll();
+        self.reports.poll();
         self.sync_derived();
+        self.prepare_view(ctx);
         self.state.ui_scale = ctx.zoom_factor();
         self.toasts.retain(|t| t.until > Instant::now());
         if !self.toasts.is_empty() {
@@ -513,6 +550,44 @@ impl ConsoleApp {
         }
         // Ages in the status bar tick; derived data waits for its throttle.
         ctx.request_repaint_after(Duration::from_secs(1));
+    }
+
+    /// The work the view about to be drawn needs before it draws, done here so that views only
+    /// read: the map takes the derive worker's grid (and, coloured by rollout state, keeps the
+    /// monitor's reading fresh), the cohorts view takes its summaries, and a form is filled in
+    /// with the defaults the other views and the cache give the first time it shows.
+    fn prepare_view(&mut self, ctx: &egui::Context) {
+        if self.model.is_none() {
+            return;
+        }
+        match self.state.view {
+            View::Map => {
+                self.map
+                    .update_grid(self.derived.generation, &mut self.derived.grid);
+                if self.state.color_mode == ColorMode::RolloutState {
+                    crate::gui::monitor::sync(self, ctx);
+                }
+            }
+            View::Cohorts => self.cohort_cache.take(&mut self.derived),
+            View::Planner => self.planner.prefill(
+                self.cache.as_deref(),
+                &self.releases.trust_dir,
+                &self.releases.manifest_dir,
+            ),
+            // A console on a server makes no requests (the view says why).
+            View::Approvals if !matches!(self.backend.broker, BrokerKind::Server(_)) => {
+                if let Some(cache) = self.cache.as_deref()
+                    && self.approvals.prefill(
+                        cache,
+                        &self.planner.trust_dir,
+                        &self.releases.trust_dir,
+                    )
+                {
+                    self.approvals.refresh(ctx, Some(cache));
+                }
+            }
+            _ => {}
+        }
     }
 
     /// Sends the worker a changed query and swaps in its newest answer. Never fleet-sized: the
@@ -735,6 +810,17 @@ impl ConsoleApp {
                 self.state.view = View::Map;
             }
             UiCommand::ClearFilter => self.state.filter = Filter::default(),
+            UiCommand::SetClassFilter(class) => self.state.filter.class = class,
+            UiCommand::SetSort { column, descending } => {
+                (self.state.sort, self.state.sort_descending) = (column, descending);
+            }
+            UiCommand::Report(command) => {
+                let fleet = match &command {
+                    crate::gui::report::ReportCommand::Open(_) => self.shared_fleet(),
+                    _ => None,
+                };
+                self.reports.apply(ctx, command, self.cache.clone(), fleet);
+            }
             UiCommand::ToggleNav => self.state.show_nav = !self.state.show_nav,
         }
     }
@@ -863,7 +949,9 @@ impl ConsoleApp {
         self.apply_style(&ctx);
         self.shortcuts(&ctx);
         if self.state.view == View::WarRoom {
-            egui::CentralPanel::default().show(ui, |ui| crate::gui::warroom::warroom_ui(self, ui));
+            egui::CentralPanel::default().show(ui, |ui| {
+                crate::gui::warroom::warroom_ui(&view_context!(self), ui);
+            });
             self.toasts_ui(&ctx);
             return;
         }
@@ -875,7 +963,7 @@ impl ConsoleApp {
                 .default_size(150.0)
                 .show(ui, |ui| self.nav_ui(ui));
         }
-        crate::gui::palette::palette_ui(self, &ctx);
+        crate::gui::palette::palette_ui(&mut self.palette, &mut self.commands, &ctx);
         egui::CentralPanel::default().show(ui, |ui| {
             if self.model.is_none() {
                 self.loading_ui(ui);
@@ -891,16 +979,35 @@ impl ConsoleApp {
                 ui.separator();
             }
             match self.state.view {
-                View::Map => crate::gui::map::map_ui(self, ui),
-                View::Table => crate::gui::table::table_ui(self, ui),
-                View::Device => crate::gui::device::device_ui(self, ui),
-                View::Cohorts => crate::gui::cohorts::cohorts_ui(self, ui),
+                View::Map => crate::gui::map::map_ui(
+                    &mut self.map,
+                    &view_context!(self),
+                    &mut self.commands,
+                    ui,
+                ),
+                View::Table => {
+                    crate::gui::table::table_ui(&view_context!(self), &mut self.commands, ui);
+                }
+                View::Device => {
+                    crate::gui::device::device_ui(&view_context!(self), &mut self.commands, ui);
+                }
+                View::Cohorts => crate::gui::cohorts::cohorts_ui(
+                    &self.cohort_cache,
+                    &view_context!(self),
+                    &mut self.commands,
+                    ui,
+                ),
                 View::Findings => crate::gui::findings::findings_ui(self, ui),
                 View::Releases => crate::gui::releases::releases_ui(self, ui),
                 View::Planner => crate::gui::planner::planner_ui(self, ui),
                 View::Approvals => crate::gui::approvals::approvals_ui(self, ui),
                 View::Monitor => crate::gui::monitor::monitor_ui(self, ui),
-                View::Reports => crate::gui::report::report_ui(self, ui),
+                View::Reports => crate::gui::report::report_ui(
+                    &mut self.reports,
+                    &view_context!(self),
+                    &mut self.commands,
+                    ui,
+                ),
                 View::WarRoom => {}
             }
         });

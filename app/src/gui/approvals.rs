@@ -313,6 +313,34 @@ pub fn dispatch(
 }
 
 impl ApprovalsState {
+    /// Fills in the operator and the trust directory the first time the view shows with a
+    /// fleet `cache` known (it loads on a background thread): the planner's trust directory,
+    /// else the releases view's, else the default beside the cache
+    /// ([`crate::ops::settings::default_trust_dir`], where `convoy rollout run` looks). The
+    /// console calls it, so that the view never reads another view's state. Returns whether it
+    /// filled in (then the console lists the requests).
+    pub fn prefill(&mut self, cache: &Path, planner_trust: &str, releases_trust: &str) -> bool {
+        if self.prefilled {
+            return false;
+        }
+        self.prefilled = true;
+        if self.operator.is_empty() {
+            self.operator = crate::gui::steer::operator_name();
+        }
+        if self.trust_dir.is_empty() {
+            self.trust_dir = if !planner_trust.trim().is_empty() {
+                planner_trust.to_owned()
+            } else if !releases_trust.trim().is_empty() {
+                releases_trust.to_owned()
+            } else {
+                crate::ops::settings::default_trust_dir(cache)
+                    .display()
+                    .to_string()
+            };
+        }
+        true
+    }
+
     /// Takes in what the worker threads answered. Called every frame the view shows.
     pub fn poll(&mut self, ctx: &egui::Context, cache: Option<&Path>) {
         if let Some(rx) = &self.list_rx {
@@ -565,28 +593,6 @@ pub fn approvals_ui(app: &mut ConsoleApp, ui: &mut egui::Ui) {
     let now = app.now();
     let cache = app.cache_path().map(Path::to_path_buf);
     let link = app.link().clone();
-    // Filled in once the fleet cache is known (it loads on a background thread).
-    if !app.approvals.prefilled && cache.is_some() {
-        app.approvals.prefilled = true;
-        if app.approvals.operator.is_empty() {
-            app.approvals.operator = crate::gui::steer::operator_name();
-        }
-        if app.approvals.trust_dir.is_empty() {
-            app.approvals.trust_dir = if !app.planner.trust_dir.trim().is_empty() {
-                app.planner.trust_dir.clone()
-            } else if !app.releases.trust_dir.trim().is_empty() {
-                app.releases.trust_dir.clone()
-            } else {
-                // Where `convoy rollout run` looks by default.
-                cache
-                    .as_ref()
-                    .and_then(|c| c.parent())
-                    .map(|d| d.join("trust").display().to_string())
-                    .unwrap_or_default()
-            };
-        }
-        app.approvals.refresh(&ctx, cache.as_deref());
-    }
     let state = &mut app.approvals;
     state.poll(&ctx, cache.as_deref());
 

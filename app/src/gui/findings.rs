@@ -30,6 +30,7 @@ use std::sync::mpsc::{Receiver, TryRecvError};
 
 use crate::gui::app::{ConsoleApp, UiCommand};
 use crate::gui::tokens;
+use crate::gui::view::text_row;
 use crate::gui::worker::FleetWorker;
 use crate::store::Store;
 use crate::store::query::FindingRow;
@@ -676,20 +677,6 @@ impl FindingsState {
 fn open_cache(cache: &std::path::Path) -> Result<Store> {
     Store::open_existing(cache)
         .with_context(|| format!("opening the fleet cache {}", cache.display()))
-}
-
-/// A label and a single-line text field named by it (kittest finds the field by the label).
-fn text_row(ui: &mut egui::Ui, label: &str, value: &mut String, hint: &str) -> egui::Response {
-    let l = ui.label(label);
-    let r = ui
-        .add(
-            egui::TextEdit::singleline(value)
-                .hint_text(hint)
-                .desired_width(420.0),
-        )
-        .labelled_by(l.id);
-    ui.end_row();
-    r
 }
 
 /// The scoring policy's editor, folded by default.

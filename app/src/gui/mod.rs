@@ -38,6 +38,7 @@ pub mod steer;
 pub mod table;
 pub mod tiles;
 pub mod tokens;
+pub mod view;
 pub mod warroom;
 pub mod worker;
 

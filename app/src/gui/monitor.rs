@@ -596,10 +596,18 @@ impl Default for MonitorState {
 
 /// The rollout the monitor shows: the one chosen, else the one the war room shows first.
 pub fn target(app: &ConsoleApp) -> Option<String> {
-    if let Some(id) = &app.monitor.selected {
+    target_of(&app.monitor, app.rollouts.as_ref())
+}
+
+/// [`target`] from the monitor's state and the rollouts board alone.
+pub fn target_of(
+    monitor: &MonitorState,
+    rollouts: Option<&Result<crate::gui::backend::RolloutBoard, String>>,
+) -> Option<String> {
+    if let Some(id) = &monitor.selected {
         return Some(id.clone());
     }
-    let board = app.rollouts.as_ref()?.as_ref().ok()?;
+    let board = rollouts?.as_ref().ok()?;
     warroom::wall_order(&board.rollouts)
         .first()
         .map(|s| s.rollout_id.clone())

@@ -37,6 +37,7 @@ use crate::gui::app::{ConsoleApp, UiCommand};
 use crate::gui::findings::CONSOLE_ACTOR;
 use crate::gui::releases::{ListSources, ListedManifest, SignatureState};
 use crate::gui::tokens;
+use crate::gui::view::{text_row, text_row_sized};
 use crate::gui::worker::FleetWorker;
 use crate::ops::plans as ops;
 use crate::store::Store;
@@ -621,6 +622,37 @@ pub struct PlannerState {
 }
 
 impl PlannerState {
+    /// Fills in the directories the first time the view shows: the releases view's, else the
+    /// trust directory beside the `cache` (where `convoy rollout run` looks by default). The
+    /// console calls it, so that the view never reads another view's state.
+    pub fn prefill(
+        &mut self,
+        cache: Option<&Path>,
+        releases_trust: &str,
+        releases_manifests: &str,
+    ) {
+        if self.prefilled {
+            return;
+        }
+        self.prefilled = true;
+        if self.trust_dir.is_empty() {
+            self.trust_dir = if releases_trust.trim().is_empty() {
+                cache
+                    .map(|c| {
+                        crate::ops::settings::default_trust_dir(c)
+                            .display()
+                            .to_string()
+                    })
+                    .unwrap_or_default()
+            } else {
+                releases_trust.to_owned()
+            };
+        }
+        if self.manifest_dir.is_empty() {
+            releases_manifests.clone_into(&mut self.manifest_dir);
+        }
+    }
+
     /// A new fleet was loaded: the planner needs its copy, and old plans refer to old indices.
     pub fn fleet_reloaded(&mut self) {
         self.fleet_sent = false;
@@ -947,17 +979,6 @@ fn time_text(t: Option<Timestamp>) -> String {
     t.map_or_else(|| "-".to_owned(), Timestamp::to_rfc3339)
 }
 
-fn text_row(ui: &mut egui::Ui, label: &str, value: &mut String, hint: &str, width: f32) {
-    let l = ui.label(label);
-    ui.add(
-        egui::TextEdit::singleline(value)
-            .hint_text(hint)
-            .desired_width(width),
-    )
-    .labelled_by(l.id);
-    ui.end_row();
-}
-
 /// A small text field named `name` for assistive technology and tests.
 fn cell_edit(ui: &mut egui::Ui, value: &mut String, name: &str, hint: &str) {
     ui.add(
@@ -978,27 +999,6 @@ pub fn planner_ui(app: &mut ConsoleApp, ui: &mut egui::Ui) {
     } else {
         Duration::ZERO
     };
-    if !app.planner.prefilled {
-        app.planner.prefilled = true;
-        if app.planner.trust_dir.is_empty() {
-            app.planner.trust_dir = if app.releases.trust_dir.trim().is_empty() {
-                // Where `convoy rollout run` looks by default.
-                cache
-                    .as_deref()
-                    .map(|c| {
-                        crate::ops::settings::default_trust_dir(c)
-                            .display()
-                            .to_string()
-                    })
-                    .unwrap_or_default()
-            } else {
-                app.releases.trust_dir.clone()
-            };
-        }
-        if app.planner.manifest_dir.is_empty() {
-            app.planner.manifest_dir = app.releases.manifest_dir.clone();
-        }
-    }
     if !app.planner.listed && app.planner.listing.is_none() {
         app.planner.refresh(&ctx, cache.clone(), now);
     }
@@ -1096,14 +1096,12 @@ fn release_ui(
                 "Trust directory",
                 &mut state.trust_dir,
                 "keyset-N.json directory or a key directory",
-                420.0,
             );
             text_row(
                 ui,
                 "Manifest directory",
                 &mut state.manifest_dir,
                 "also list the *.json manifests here (optional)",
-                420.0,
             );
         });
     ui.horizontal(|ui| {
@@ -1199,14 +1197,12 @@ fn inputs_ui(state: &mut PlannerState, ui: &mut egui::Ui, ctx: &egui::Context) {
                 "Catalog files",
                 &mut state.catalog,
                 "prerequisite releases: JSON files, comma-separated (optional)",
-                420.0,
             );
             text_row(
                 ui,
                 "Policy file",
                 &mut state.policy_file,
                 "\"planning\" and \"gates\" sections (optional: the built-in policy)",
-                420.0,
             );
         });
     ui.horizontal(|ui| {
@@ -1285,8 +1281,8 @@ fn form_ui(state: &mut PlannerState, ui: &mut egui::Ui) {
         .num_columns(2)
         .spacing([12.0, 6.0])
         .show(ui, |ui| {
-            text_row(ui, "Canary size", &mut f.canary_size, "devices", 120.0);
-            text_row(ui, "Seed", &mut f.seed, "canary and wave order", 120.0);
+            text_row_sized(ui, "Canary size", &mut f.canary_size, "devices", 120.0);
+            text_row_sized(ui, "Seed", &mut f.seed, "canary and wave order", 120.0);
             ui.label("Rate limit");
             ui.horizontal(|ui| {
                 ui.radio_value(&mut f.rate.exponential, false, "Constant");
@@ -1298,17 +1294,17 @@ fn form_ui(state: &mut PlannerState, ui: &mut egui::Ui) {
             } else {
                 "Devices per minute"
             };
-            text_row(ui, per_minute, &mut f.rate.per_minute, "devices", 120.0);
+            text_row_sized(ui, per_minute, &mut f.rate.per_minute, "devices", 120.0);
             if f.rate.exponential {
-                text_row(ui, "Ramp factor", &mut f.rate.factor, "e.g. 2", 120.0);
-                text_row(
+                text_row_sized(ui, "Ramp factor", &mut f.rate.factor, "e.g. 2", 120.0);
+                text_row_sized(
                     ui,
                     "Ramp every devices",
                     &mut f.rate.every_devices,
                     "devices offered",
                     120.0,
                 );
-                text_row(
+                text_row_sized(
                     ui,
                     "Max per minute",
                     &mut f.rate.max_per_minute,
@@ -1321,16 +1317,15 @@ fn form_ui(state: &mut PlannerState, ui: &mut egui::Ui) {
                 "Maintenance windows",
                 &mut f.windows,
                 "any time; or 22:00-06:00, or eu-central 01:00-05:00; * 22:00-06:00",
-                420.0,
             );
-            text_row(
+            text_row_sized(
                 ui,
                 "Bandwidth cap (GB per hour)",
                 &mut f.cap_gb_per_hour,
                 "no cap",
                 120.0,
             );
-            text_row(
+            text_row_sized(
                 ui,
                 "Data price per GB",
                 &mut f.price_per_gb,

@@ -30,6 +30,7 @@ use zeroize::Zeroizing;
 use crate::gui::app::ConsoleApp;
 use crate::gui::findings::{CONSOLE_ACTOR, FieldError};
 use crate::gui::tokens;
+use crate::gui::view::{secret_row, text_row};
 use crate::keys;
 use crate::ops::releases::{self as ops, ReleaseFields};
 use crate::store::Store;
@@ -640,18 +641,6 @@ pub fn bytes_text(bytes: u64) -> String {
     }
 }
 
-fn text_row(ui: &mut egui::Ui, label: &str, value: &mut String, hint: &str, password: bool) {
-    let l = ui.label(label);
-    ui.add(
-        egui::TextEdit::singleline(value)
-            .hint_text(hint)
-            .password(password)
-            .desired_width(420.0),
-    )
-    .labelled_by(l.id);
-    ui.end_row();
-}
-
 /// Draws the releases view.
 pub fn releases_ui(app: &mut ConsoleApp, ui: &mut egui::Ui) {
     let ctx = ui.ctx().clone();
@@ -674,20 +663,8 @@ pub fn releases_ui(app: &mut ConsoleApp, ui: &mut egui::Ui) {
             .num_columns(2)
             .spacing([12.0, 6.0])
             .show(ui, |ui| {
-                text_row(
-                    ui,
-                    "Trust directory",
-                    &mut state.trust_dir,
-                    "keyset-N.json directory or a key directory",
-                    false,
-                );
-                text_row(
-                    ui,
-                    "Manifest directory",
-                    &mut state.manifest_dir,
-                    "also list the *.json manifests here (optional)",
-                    false,
-                );
+                text_row(ui, "Trust directory", &mut state.trust_dir, "keyset-N.json directory or a key directory");
+                text_row(ui, "Manifest directory", &mut state.manifest_dir, "also list the *.json manifests here (optional)");
             });
         ui.horizontal(|ui| {
             if ui
@@ -808,18 +785,12 @@ fn create_ui(
                 });
                 ui.end_row();
                 let f = &mut state.form;
-                text_row(ui, "Version", &mut f.version, "e.g. 2.5.0", false);
-                text_row(ui, "Counter", &mut f.counter, "monotonic release counter, e.g. 25", false);
-                text_row(ui, "Hardware ids", &mut f.hardware, "T300, T500", false);
-                text_row(
-                    ui,
-                    "Requires",
-                    &mut f.requires,
-                    "bootloader>=2.0; hw_rev in B,C (separated by ;)",
-                    false,
-                );
-                text_row(ui, "Expires", &mut f.expires, "30d, 12h or 2027-01-01T00:00:00Z", false);
-                text_row(ui, "Release id", &mut f.id, "default: hardware and version", false);
+                text_row(ui, "Version", &mut f.version, "e.g. 2.5.0");
+                text_row(ui, "Counter", &mut f.counter, "monotonic release counter, e.g. 25");
+                text_row(ui, "Hardware ids", &mut f.hardware, "T300, T500");
+                text_row(ui, "Requires", &mut f.requires, "bootloader>=2.0; hw_rev in B, C (separated by ;)");
+                text_row(ui, "Expires", &mut f.expires, "30d, 12h or 2027-01-01T00:00:00Z");
+                text_row(ui, "Release id", &mut f.id, "default: hardware and version");
                 let l = ui.label("Key directory");
                 ui.horizontal(|ui| {
                     ui.add(
@@ -837,14 +808,8 @@ fn create_ui(
                     }
                 });
                 ui.end_row();
-                text_row(ui, "Passphrase", &mut f.passphrase, "the key's passphrase", true);
-                text_row(
-                    ui,
-                    "Manifest file",
-                    &mut f.out,
-                    "default: <release id>.manifest.json beside the artifact",
-                    false,
-                );
+                secret_row(ui, "Passphrase", &mut f.passphrase, "the key's passphrase");
+                text_row(ui, "Manifest file", &mut f.out, "default: <release id>.manifest.json beside the artifact");
             });
         if ui
             .button("Hash, sign and save")
