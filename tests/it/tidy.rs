@@ -395,11 +395,6 @@ const VIEWS_ON_CONSOLE_APP: &[(&str, usize, &str)] = &[
         "steering reads and calls the backend (can_steer, steer) beside the view's own worker; not moved to commands yet",
     ),
     (
-        "gui/planner.rs",
-        1,
-        "planning, saving and exporting start on the view's workers; not moved to commands yet",
-    ),
-    (
         "gui/releases.rs",
         1,
         "hashing, signing and listing start on the view's workers; not moved to commands yet",

@@ -199,6 +199,8 @@ pub enum UiCommand {
         column: Column,
         descending: bool,
     },
+    /// Something the planner asks for: checking releases, loading files, saving, exporting.
+    Planner(crate::gui::planner::PlannerCommand),
     /// Something the reports view asks for: reading a report, exporting it, a save dialog.
     Report(crate::gui::report::ReportCommand),
 }
@@ -569,11 +571,21 @@ impl ConsoleApp {
                 }
             }
             View::Cohorts => self.cohort_cache.take(&mut self.derived),
-            View::Planner => self.planner.prefill(
-                self.cache.as_deref(),
-                &self.releases.trust_dir,
-                &self.releases.manifest_dir,
-            ),
+            View::Planner => {
+                self.planner.prefill(
+                    self.cache.as_deref(),
+                    &self.releases.trust_dir,
+                    &self.releases.manifest_dir,
+                );
+                let fleet = if self.planner.wants_fleet() {
+                    self.shared_fleet()
+                } else {
+                    None
+                };
+                let (now, runs) = (self.clock.now(), self.clock == Clock::System);
+                self.planner
+                    .prepare(ctx, self.cache.clone(), fleet, now, runs);
+            }
             // A console on a server makes no requests (the view says why).
             View::Approvals if !matches!(self.backend.broker, BrokerKind::Server(_)) => {
                 if let Some(cache) = self.cache.as_deref()
@@ -814,6 +826,10 @@ impl ConsoleApp {
             UiCommand::SetSort { column, descending } => {
                 (self.state.sort, self.state.sort_descending) = (column, descending);
             }
+            UiCommand::Planner(command) => {
+                let now = self.clock.now();
+                self.planner.apply(ctx, command, self.cache.clone(), now);
+            }
             UiCommand::Report(command) => {
                 let fleet = match &command {
                     crate::gui::report::ReportCommand::Open(_) => self.shared_fleet(),
@@ -999,7 +1015,12 @@ impl ConsoleApp {
                 ),
                 View::Findings => crate::gui::findings::findings_ui(self, ui),
                 View::Releases => crate::gui::releases::releases_ui(self, ui),
-                View::Planner => crate::gui::planner::planner_ui(self, ui),
+                View::Planner => crate::gui::planner::planner_ui(
+                    &mut self.planner,
+                    &view_context!(self),
+                    &mut self.commands,
+                    ui,
+                ),
                 View::Approvals => crate::gui::approvals::approvals_ui(self, ui),
                 View::Monitor => crate::gui::monitor::monitor_ui(self, ui),
                 View::Reports => crate::gui::report::report_ui(
