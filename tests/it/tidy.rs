@@ -385,19 +385,9 @@ const VIEWS_ON_CONSOLE_APP: &[(&str, usize, &str)] = &[
         "requests are created, decided and dispatched from the view's own worker; they move to commands with the requests room of ops/",
     ),
     (
-        "gui/findings.rs",
-        2,
-        "scoring, saving and listing findings start on the view's workers in the same frame; not moved to commands yet",
-    ),
-    (
         "gui/monitor.rs",
         4,
         "steering reads and calls the backend (can_steer, steer) beside the view's own worker; not moved to commands yet",
-    ),
-    (
-        "gui/releases.rs",
-        1,
-        "hashing, signing and listing start on the view's workers; not moved to commands yet",
     ),
 ];
 

@@ -199,6 +199,10 @@ pub enum UiCommand {
         column: Column,
         descending: bool,
     },
+    /// Something the findings view asks for: listing, opening or saving findings.
+    Findings(crate::gui::findings::FindingsCommand),
+    /// Something the releases view asks for: checking manifests, a file dialog, signing.
+    Releases(crate::gui::releases::ReleasesCommand),
     /// Something the planner asks for: checking releases, loading files, saving, exporting.
     Planner(crate::gui::planner::PlannerCommand),
     /// Something the reports view asks for: reading a report, exporting it, a save dialog.
@@ -571,6 +575,15 @@ impl ConsoleApp {
                 }
             }
             View::Cohorts => self.cohort_cache.take(&mut self.derived),
+            View::Findings => {
+                let fleet = self.shared_fleet();
+                let now = self.clock.now();
+                self.findings.prepare(ctx, self.cache.clone(), fleet, now);
+            }
+            View::Releases => {
+                let now = self.clock.now();
+                self.releases.prepare(ctx, self.cache.clone(), now);
+            }
             View::Planner => {
                 self.planner.prefill(
                     self.cache.as_deref(),
@@ -826,6 +839,14 @@ impl ConsoleApp {
             UiCommand::SetSort { column, descending } => {
                 (self.state.sort, self.state.sort_descending) = (column, descending);
             }
+            UiCommand::Findings(command) => {
+                let now = self.clock.now();
+                self.findings.apply(ctx, command, self.cache.clone(), now);
+            }
+            UiCommand::Releases(command) => {
+                let now = self.clock.now();
+                self.releases.apply(ctx, command, self.cache.clone(), now);
+            }
             UiCommand::Planner(command) => {
                 let now = self.clock.now();
                 self.planner.apply(ctx, command, self.cache.clone(), now);
@@ -1013,8 +1034,15 @@ impl ConsoleApp {
                     &mut self.commands,
                     ui,
                 ),
-                View::Findings => crate::gui::findings::findings_ui(self, ui),
-                View::Releases => crate::gui::releases::releases_ui(self, ui),
+                View::Findings => crate::gui::findings::findings_ui(
+                    &mut self.findings,
+                    &view_context!(self),
+                    &mut self.commands,
+                    ui,
+                ),
+                View::Releases => {
+                    crate::gui::releases::releases_ui(&mut self.releases, &mut self.commands, ui);
+                }
                 View::Planner => crate::gui::planner::planner_ui(
                     &mut self.planner,
                     &view_context!(self),
