@@ -199,6 +199,14 @@ pub enum UiCommand {
         column: Column,
         descending: bool,
     },
+    /// Send an operator command to the engine that runs `rollout_id`, as `operator`.
+    Steer {
+        rollout_id: String,
+        operator: String,
+        command: crate::engine::control::OperatorCommand,
+    },
+    /// Something the approvals view asks for: listing, requesting, deciding, dispatching.
+    Approvals(crate::gui::approvals::ApprovalsCommand),
     /// Something the findings view asks for: listing, opening or saving findings.
     Findings(crate::gui::findings::FindingsCommand),
     /// Something the releases view asks for: checking manifests, a file dialog, signing.
@@ -294,6 +302,10 @@ macro_rules! view_context {
             clock_runs: $app.clock == Clock::System,
             warroom_since: $app.warroom_since,
             link: &$app.link,
+            broker: &$app.backend.broker,
+            can_steer: &|id: &str| $app.backend.can_steer(id),
+            steered: &$app.steered,
+            steered_total: $app.steered_total,
             cache: $app.cache.as_deref(),
         }
     };
@@ -575,6 +587,7 @@ impl ConsoleApp {
                 }
             }
             View::Cohorts => self.cohort_cache.take(&mut self.derived),
+            View::Monitor => crate::gui::monitor::sync(self, ctx),
             View::Findings => {
                 let fleet = self.shared_fleet();
                 let now = self.clock.now();
@@ -610,6 +623,7 @@ impl ConsoleApp {
                 {
                     self.approvals.refresh(ctx, Some(cache));
                 }
+                self.approvals.poll(ctx, self.cache.as_deref());
             }
             _ => {}
         }
@@ -839,6 +853,24 @@ impl ConsoleApp {
             UiCommand::SetSort { column, descending } => {
                 (self.state.sort, self.state.sort_descending) = (column, descending);
             }
+            UiCommand::Steer {
+                rollout_id,
+                operator,
+                command,
+            } => {
+                if self.backend.steer(&rollout_id, &operator, command.clone()) {
+                    self.monitor.sent(rollout_id, command, self.steered_total);
+                } else {
+                    self.toast(
+                        ToastKind::Error,
+                        "The console's steering thread is not running.",
+                    );
+                }
+            }
+            UiCommand::Approvals(command) => {
+                let now = self.clock.now();
+                self.approvals.apply(ctx, command, self.cache.clone(), now);
+            }
             UiCommand::Findings(command) => {
                 let now = self.clock.now();
                 self.findings.apply(ctx, command, self.cache.clone(), now);
@@ -1049,8 +1081,17 @@ impl ConsoleApp {
                     &mut self.commands,
                     ui,
                 ),
-                View::Approvals => crate::gui::approvals::approvals_ui(self, ui),
-                View::Monitor => crate::gui::monitor::monitor_ui(self, ui),
+                View::Approvals => crate::gui::approvals::approvals_ui(
+                    &mut self.approvals,
+                    &view_context!(self),
+                    &mut self.commands,
+                    ui,
+                ),
+                View::Monitor => {
+                    // The context first: it reads which rollout the monitor shows.
+                    let cx = view_context!(self);
+                    crate::gui::monitor::monitor_ui(&mut self.monitor, &cx, &mut self.commands, ui);
+                }
                 View::Reports => crate::gui::report::report_ui(
                     &mut self.reports,
                     &view_context!(self),

@@ -15,8 +15,10 @@ use std::path::Path;
 
 use convoy_core::time::Timestamp;
 
-use crate::gui::app::{Cohort, Derived, DeviceHistory, DeviceTelemetry, UiCommand, UiState};
-use crate::gui::backend::{LinkStatus, RolloutBoard};
+use crate::gui::app::{
+    Cohort, Derived, DeviceHistory, DeviceTelemetry, SteerAnswer, UiCommand, UiState,
+};
+use crate::gui::backend::{BrokerKind, LinkStatus, RolloutBoard};
 use crate::gui::model::FleetModel;
 
 /// What the views read of the console, borrowed for one frame.
@@ -47,6 +49,15 @@ pub struct ViewContext<'a> {
     pub warroom_since: Timestamp,
     /// The state of the link to the broker or server.
     pub link: &'a LinkStatus,
+    /// The broker (or server) the console is attached to.
+    pub broker: &'a BrokerKind,
+    /// Whether this console can steer a rollout, or why not (a question to the backend; the
+    /// command itself is [`crate::gui::UiCommand::Steer`]).
+    pub can_steer: &'a dyn Fn(&str) -> Result<(), String>,
+    /// The answers to the operator commands this console sent, oldest first (the newest kept).
+    pub steered: &'a [SteerAnswer],
+    /// How many answers have arrived in all.
+    pub steered_total: u64,
     /// The fleet cache the console shows, once loaded.
     pub cache: Option<&'a Path>,
 }
