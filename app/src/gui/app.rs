@@ -342,17 +342,17 @@ pub struct ConsoleApp {
     failures: Vec<String>,
     /// What the views asked for this frame; applied in the next [`Self::logic`].
     commands: Commands,
-    pub selected: Option<usize>,
+    selected: Option<usize>,
     pub cohorts: Vec<Cohort>,
     /// The selected device's update history (requested when the device is opened).
-    pub history: Option<DeviceHistory>,
+    history: Option<DeviceHistory>,
     /// The selected device's telemetry rollups (requested with the history).
     pub telemetry: Option<DeviceTelemetry>,
     toasts: Vec<Toast>,
     pub map: MapState,
-    pub cohort_cache: crate::gui::cohorts::CohortCache,
+    cohort_cache: crate::gui::cohorts::CohortCache,
     applied_style: Option<(Theme, bool)>,
-    pub palette: crate::gui::palette::PaletteState,
+    palette: crate::gui::palette::PaletteState,
     /// The rollouts recorded in the cache, as the history worker last read them; `None` until
     /// it first answers.
     pub rollouts: Option<Result<crate::gui::backend::RolloutBoard, String>>,
@@ -362,9 +362,9 @@ pub struct ConsoleApp {
     /// [`STEER_ANSWERS_KEPT`]).
     pub steered: Vec<SteerAnswer>,
     /// How many answers to operator commands have arrived in all (`steered` keeps the newest).
-    pub steered_total: u64,
+    steered_total: u64,
     /// When the war room was last entered: its rollout cycle counts from here.
-    pub warroom_since: Timestamp,
+    warroom_since: Timestamp,
     /// The findings view: the form, its scorecard and the stored findings.
     pub findings: crate::gui::findings::FindingsState,
     /// The releases view: the manifests with their signature state, and the create form.
@@ -376,7 +376,7 @@ pub struct ConsoleApp {
     /// The rollout monitor: one rollout's waves, adoption, health and controls.
     pub monitor: crate::gui::monitor::MonitorState,
     /// The reports view: a rollout's timeline export, fleet metrics and communication drafts.
-    pub reports: crate::gui::report::ReportState,
+    reports: crate::gui::report::ReportState,
     /// One copy of the fleet for the scoring and planning workers, made the first time either
     /// needs it after a load (the model's own fleet changes in place with live status).
     shared_fleet: Option<std::sync::Arc<convoy_core::fleet::Fleet>>,
@@ -583,11 +583,11 @@ impl ConsoleApp {
                 self.map
                     .update_grid(self.derived.generation, &mut self.derived.grid);
                 if self.state.color_mode == ColorMode::RolloutState {
-                    crate::gui::monitor::sync(self, ctx);
+                    self.sync_monitor(ctx);
                 }
             }
             View::Cohorts => self.cohort_cache.take(&mut self.derived),
-            View::Monitor => crate::gui::monitor::sync(self, ctx),
+            View::Monitor => self.sync_monitor(ctx),
             View::Findings => {
                 let fleet = self.shared_fleet();
                 let now = self.clock.now();
@@ -627,6 +627,19 @@ impl ConsoleApp {
             }
             _ => {}
         }
+    }
+
+    /// Keeps the monitor's reading of the rollout it shows fresh ([`crate::gui::monitor::sync`]);
+    /// the fleet's shared copy is made only when there is a rollout and a cache to read.
+    fn sync_monitor(&mut self, ctx: &egui::Context) {
+        let Some(id) = crate::gui::monitor::target_of(&self.monitor, self.rollouts.as_ref()) else {
+            return;
+        };
+        let Some(cache) = self.cache.clone() else {
+            return;
+        };
+        let fleet = self.shared_fleet();
+        crate::gui::monitor::sync(&mut self.monitor, ctx, id, cache, fleet);
     }
 
     /// Sends the worker a changed query and swaps in its newest answer. Never fleet-sized: the

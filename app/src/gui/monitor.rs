@@ -18,7 +18,7 @@
 //! its answer is shown), or writing to the cache.
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, Sender};
 use std::time::{Duration, Instant};
@@ -32,7 +32,7 @@ use convoy_core::time::Timestamp;
 use egui::RichText;
 
 use crate::engine::control::{OperatorCommand, RollBackScope};
-use crate::gui::app::{ConsoleApp, UiCommand};
+use crate::gui::app::UiCommand;
 use crate::gui::model::{RolloutMap, rollout_class};
 use crate::gui::steer::{operator_name, phase_words};
 use crate::gui::tokens;
@@ -605,11 +605,6 @@ impl Default for MonitorState {
 }
 
 /// The rollout the monitor shows: the one chosen, else the one the war room shows first.
-pub fn target(app: &ConsoleApp) -> Option<String> {
-    target_of(&app.monitor, app.rollouts.as_ref())
-}
-
-/// [`target`] from the monitor's state and the rollouts board alone.
 pub fn target_of(
     monitor: &MonitorState,
     rollouts: Option<&Result<crate::gui::backend::RolloutBoard, String>>,
@@ -625,17 +620,16 @@ pub fn target_of(
 
 /// Keeps the monitor's reading of its rollout fresh: takes the worker's answers (publishing
 /// each new reading's map for [`crate::gui::model::ColorMode::RolloutState`]) and asks again
-/// every [`MONITOR_POLL`]. Called by the monitor and by the map while it colours by rollout.
-/// Never blocks: the worker reads the cache.
-pub fn sync(app: &mut ConsoleApp, ctx: &egui::Context) {
-    let Some(id) = target(app) else {
-        return;
-    };
-    let Some(cache) = app.cache_path().map(Path::to_owned) else {
-        return;
-    };
-    let fleet = app.shared_fleet();
-    let m = &mut app.monitor;
+/// every [`MONITOR_POLL`]. `id` is the rollout shown ([`target_of`]), `fleet` the console's
+/// shared copy. The console calls it before the monitor draws, and before the map draws while
+/// it colours by rollout. Never blocks: the worker reads the cache.
+pub fn sync(
+    m: &mut MonitorState,
+    ctx: &egui::Context,
+    id: String,
+    cache: PathBuf,
+    fleet: Option<Arc<Fleet>>,
+) {
     if m.worker.is_none() && m.worker_error.is_none() {
         match Worker::spawn(ctx) {
             Ok(w) => m.worker = Some(w),
