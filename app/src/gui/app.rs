@@ -211,6 +211,8 @@ pub enum UiCommand {
     Findings(crate::gui::findings::FindingsCommand),
     /// Something the releases view asks for: checking manifests, a file dialog, signing.
     Releases(crate::gui::releases::ReleasesCommand),
+    /// Something the map asks for: a file dialog, an MBTiles file.
+    Map(crate::gui::map::MapCommand),
     /// Something the planner asks for: checking releases, loading files, saving, exporting.
     Planner(crate::gui::planner::PlannerCommand),
     /// Something the reports view asks for: reading a report, exporting it, a save dialog.
@@ -582,6 +584,7 @@ impl ConsoleApp {
             View::Map => {
                 self.map
                     .update_grid(self.derived.generation, &mut self.derived.grid);
+                self.map.prepare(ctx, self.state.theme == Theme::Dark);
                 if self.state.color_mode == ColorMode::RolloutState {
                     self.sync_monitor(ctx);
                 }
@@ -866,6 +869,7 @@ impl ConsoleApp {
             UiCommand::SetSort { column, descending } => {
                 (self.state.sort, self.state.sort_descending) = (column, descending);
             }
+            UiCommand::Map(command) => self.map.apply(ctx, command),
             UiCommand::Steer {
                 rollout_id,
                 operator,

@@ -509,6 +509,10 @@ pub enum FindingsCommand {
     Open(String),
     /// Store the finding and the scorecard shown (the form's, scored) in the cache.
     Save,
+    /// Load the scoring policy from the policy file typed in the editor.
+    LoadPolicy,
+    /// Save the scoring policy in use to the policy file typed in the editor.
+    SavePolicy,
 }
 
 impl FindingsState {
@@ -523,6 +527,10 @@ impl FindingsState {
         match command {
             FindingsCommand::Reload => self.refresh(ctx, cache),
             FindingsCommand::Open(id) => self.open(ctx, cache, id),
+            // A small file, read or written on the UI thread as the view did before (not on a
+            // worker yet).
+            FindingsCommand::LoadPolicy => self.policy.load(),
+            FindingsCommand::SavePolicy => self.policy.save(),
             FindingsCommand::Save => {
                 // The scorecard the view showed: commands apply before the workers' answers
                 // are taken, so it is still the one on screen.
@@ -732,7 +740,7 @@ fn open_cache(cache: &std::path::Path) -> Result<Store> {
 }
 
 /// The scoring policy's editor, folded by default.
-fn policy_ui(editor: &mut PolicyEditor, ui: &mut egui::Ui) {
+fn policy_ui(editor: &mut PolicyEditor, ui: &mut egui::Ui, commands: &mut Vec<UiCommand>) {
     egui::CollapsingHeader::new(format!(
         "Scoring policy: {} ({})",
         editor.source,
@@ -775,14 +783,14 @@ fn policy_ui(editor: &mut PolicyEditor, ui: &mut egui::Ui) {
                 .add_enabled(has_path, egui::Button::new("Load policy"))
                 .clicked()
             {
-                editor.load();
+                commands.push(UiCommand::Findings(FindingsCommand::LoadPolicy));
             }
             if ui
                 .add_enabled(has_path, egui::Button::new("Save policy"))
                 .on_hover_text("Writes the policy in use as the file's \"scoring\" section, keeping its other sections")
                 .clicked()
             {
-                editor.save();
+                commands.push(UiCommand::Findings(FindingsCommand::SavePolicy));
             }
         });
         match &editor.message {
@@ -816,7 +824,7 @@ pub fn findings_ui(
             .color(tokens::MUTED),
         );
         ui.add_space(6.0);
-        policy_ui(&mut state.policy, ui);
+        policy_ui(&mut state.policy, ui, &mut commands);
         ui.add_space(6.0);
         form_ui(&mut state.form, ui);
         ui.add_space(8.0);

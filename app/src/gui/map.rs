@@ -52,6 +52,16 @@ pub struct MapState {
     pub mbtiles_note: Option<String>,
 }
 
+/// What the map view asks the console for: work on the map's own state that opens files or
+/// starts a thread, done before the next frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MapCommand {
+    /// Open a file dialog (on its own thread) for an MBTiles file.
+    BrowseMbtiles,
+    /// Draw the MBTiles file at this path over the basemap, if it is one.
+    OpenMbtiles(std::path::PathBuf),
+}
+
 /// What Shift+drag on the map draws.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SelectTool {
@@ -76,6 +86,23 @@ impl std::fmt::Debug for MapState {
 const HOME: (f64, f64, f64) = (45.0, -20.0, 3.0);
 
 impl MapState {
+    /// Does what the view asked for.
+    pub fn apply(&mut self, ctx: &egui::Context, command: MapCommand) {
+        match command {
+            MapCommand::BrowseMbtiles => self.browse_mbtiles(ctx),
+            MapCommand::OpenMbtiles(path) => self.open_mbtiles(&path),
+        }
+    }
+
+    /// What the console does before the map draws: takes the file dialog's answer, and starts
+    /// the basemap's tile thread for the theme (`dark`) and the tile source's workers, once.
+    pub fn prepare(&mut self, ctx: &egui::Context, dark: bool) {
+        self.poll_dialog();
+        // The tile source is created lazily; the map still draws vehicles without it.
+        let _ = self.tiles(ctx, dark);
+        self.start_source(ctx);
+    }
+
     /// Restores a saved view.
     pub fn restore(&mut self, center: Option<(f64, f64)>, zoom: f64) {
         let (lat, lon) = center.unwrap_or((HOME.0, HOME.1));
@@ -336,7 +363,6 @@ pub fn map_ui(map: &mut MapState, cx: &ViewContext<'_>, out: &mut Commands, ui: 
                 .color(tokens::MUTED),
         );
     });
-    map.poll_dialog();
     ui.horizontal(|ui| {
         let browsing = map.mbtiles_dialog.is_some();
         if ui
@@ -344,7 +370,7 @@ pub fn map_ui(map: &mut MapState, cx: &ViewContext<'_>, out: &mut Commands, ui: 
             .on_hover_text("Draw a raster MBTiles file over the offline basemap")
             .clicked()
         {
-            map.browse_mbtiles(ui.ctx());
+            out.send(UiCommand::Map(MapCommand::BrowseMbtiles));
         }
         let label = ui.label("or its path:");
         let field = ui
@@ -357,7 +383,7 @@ pub fn map_ui(map: &mut MapState, cx: &ViewContext<'_>, out: &mut Commands, ui: 
         let enter = field.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter));
         if (ui.button("Use tiles").clicked() || enter) && !map.mbtiles_path.trim().is_empty() {
             let path = std::path::PathBuf::from(map.mbtiles_path.trim());
-            map.open_mbtiles(&path);
+            out.send(UiCommand::Map(MapCommand::OpenMbtiles(path)));
         }
         if let Some(note) = &map.mbtiles_note {
             ui.label(
@@ -374,10 +400,6 @@ pub fn map_ui(map: &mut MapState, cx: &ViewContext<'_>, out: &mut Commands, ui: 
     // The console took the derive worker's grid before this frame ([`MapState::update_grid`]).
     let grid_current = map.grid_current(cx.derived.generation);
     let shift = ui.input(|i| i.modifiers.shift);
-    let ctx = ui.ctx().clone();
-    // The tile source is created lazily; the map still draws vehicles without it.
-    let _ = map.tiles(&ctx, dark);
-    map.start_source(&ctx);
     let attribution = map.attribution();
     let MapState {
         memory,
