@@ -436,6 +436,82 @@ fn views_take_a_view_context_not_the_whole_console_issue_17() {
     assert!(problems.is_empty(), "views:\n{}", problems.join("\n"));
 }
 
+/// Issue 17: views draw and queue commands; the console starts the threads and does the I/O
+/// they ask for (through the views' state, the backend or `ops/`). No `fn *_ui` in `gui/` names
+/// a thread, a spawn, the cache's store or the file system, or keeps an owned egui context (what
+/// a worker needs to wake the UI: at the start of issue 17 six views took one to start theirs).
+#[test]
+fn views_start_no_thread_and_touch_no_file_or_cache_issue_17() {
+    let gui = Path::new(env!("CARGO_MANIFEST_DIR")).join("../app/src/gui");
+    let mut files = Vec::new();
+    rust_files(&gui, &mut files);
+    let mut problems = Vec::new();
+    for file in &files {
+        let text = std::fs::read_to_string(file).expect("read source");
+        let code = text.split("#[cfg(test)]").next().unwrap_or("");
+        for (name, body) in view_function_bodies(code) {
+            for line in body.lines() {
+                let line = without_strings(line.split("//").next().unwrap_or(""));
+                for needle in [
+                    "spawn",
+                    "thread::",
+                    "Store::",
+                    "fs::",
+                    "File::",
+                    "ctx().clone()",
+                ] {
+                    if line.contains(needle) {
+                        problems.push(format!(
+                            "{}: {name} uses {needle}: send a command instead",
+                            file.display()
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    assert!(problems.is_empty(), "views:\n{}", problems.join("\n"));
+}
+
+/// The name and body of every function named `*_ui` in `code` (braces matched; the code of this
+/// project has no brace in a character literal).
+fn view_function_bodies(code: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut rest = code;
+    while let Some(at) = rest.find("fn ") {
+        let after = &rest[at + 3..];
+        let name_len = after
+            .find(|c: char| !(c.is_alphanumeric() || c == '_'))
+            .unwrap_or(after.len());
+        let name = after[..name_len].to_owned();
+        rest = &after[name_len..];
+        if !name.ends_with("_ui") {
+            continue;
+        }
+        let Some(open) = rest.find('{') else {
+            break;
+        };
+        let mut depth = 0usize;
+        let mut end = rest.len();
+        for (i, c) in rest[open..].char_indices() {
+            match c {
+                '{' => depth += 1,
+                '}' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        end = open + i + 1;
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+        out.push((name, rest[open..end].to_owned()));
+        rest = &rest[end..];
+    }
+    out
+}
+
 /// The functions named `*_ui` in `code` with a parameter of type `ConsoleApp` (by reference or
 /// not), their signatures read across lines.
 fn view_functions_on_console_app(code: &str) -> usize {
@@ -489,4 +565,10 @@ fn view_functions_are_found_across_lines_and_only_with_console_app() {
                 pub fn sync(app: &mut ConsoleApp, ctx: &egui::Context) {}\n\
                 fn other_ui(app: &ConsoleAppLike) {}";
     assert_eq!(view_functions_on_console_app(code), 2);
+    let bodies = view_function_bodies(
+        "fn a_ui(ui: &mut Ui) { if x { spawn(); } }\nfn helper() { fs::write(); }\nfn b_ui() {}",
+    );
+    let names: Vec<&str> = bodies.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["a_ui", "b_ui"]);
+    assert_eq!(bodies[0].1, "{ if x { spawn(); } }");
 }
