@@ -3,10 +3,13 @@
 //!
 //! Data flows one way. Background work reports [`BackendEvent`]s; [`ConsoleApp::logic`] drains
 //! them into the [`FleetModel`] (forwarding each to the derive worker), applies the
-//! [`UiCommand`]s the views queued in the previous frame, sends the worker a changed query, and
-//! swaps in the worker's newest [`Derived`] (classes, filter, sort). No fleet-sized work happens
-//! here on a data or query change. [`ConsoleApp::ui`] only draws and queues commands. UI
-//! preferences persist through eframe's storage; fleet data lives in the cache.
+//! [`UiCommand`]s the views queued in the previous frame (starting the work they ask for through
+//! the views' state or the backend), sends the worker a changed query, swaps in the worker's
+//! newest [`Derived`] (classes, filter, sort), and prepares the view about to draw (its first
+//! listing, its workers' answers, the derive worker's grid or summaries). No fleet-sized work
+//! happens here on a data or query change. [`ConsoleApp::ui`] only draws: each view gets its own
+//! state, a [`ViewContext`] and the [`Commands`] queue. UI preferences persist through eframe's
+//! storage; fleet data lives in the cache.
 
 use convoy_core::time::Timestamp;
 use egui::{Align2, Color32, Key, KeyboardShortcut, Modifiers, RichText};

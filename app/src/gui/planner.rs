@@ -19,8 +19,8 @@
 //! cohort instead).
 //!
 //! Three files: this one holds the view's state ([`PlannerState`]), its workers and what a plan
-//! is made from and gives; [`form`] the editable policy as typed and its validation; [`view`]
-//! the drawing.
+//! is made from and gives; `planner/form.rs` the editable policy as typed and its validation;
+//! `planner/view.rs` the drawing.
 
 use anyhow::{Context, Result};
 use convoy_core::fleet::Fleet;

@@ -4,9 +4,9 @@
 //! A view draws from its own state (one struct per view, owned by
 //! [`crate::gui::ConsoleApp`]), reads the rest of the console through a `ViewContext`, and asks
 //! for every change outside its own state with a command, which the console applies once per
-//! frame in [`crate::gui::ConsoleApp::logic`] (as rerun's `CommandSender` does). A view never
-//! starts a worker thread for work outside its own state and never writes to the cache: the
-//! console does that in response to a command.
+//! frame in [`crate::gui::ConsoleApp::logic`] (as rerun's `CommandSender` does). A view starts
+//! no thread and opens no file or cache: the console does that work, through the view's state
+//! or the backend, in response to a command (tests/it/tidy.rs checks both).
 //!
 //! This is not a message bus: commands are plain values applied in order on the UI thread, and
 //! nothing here reads the cache, the network or the clock.
