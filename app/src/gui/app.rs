@@ -3,10 +3,13 @@
 //!
 //! Data flows one way. Background work reports [`BackendEvent`]s; [`ConsoleApp::logic`] drains
 //! them into the [`FleetModel`] (forwarding each to the derive worker), applies the
-//! [`UiCommand`]s the views queued in the previous frame, sends the worker a changed query, and
-//! swaps in the worker's newest [`Derived`] (classes, filter, sort). No fleet-sized work happens
-//! here on a data or query change. [`ConsoleApp::ui`] only draws and queues commands. UI
-//! preferences persist through eframe's storage; fleet data lives in the cache.
+//! [`UiCommand`]s the views queued in the previous frame (starting the work they ask for through
+//! the views' state or the backend), sends the worker a changed query, swaps in the worker's
+//! newest [`Derived`] (classes, filter, sort), and prepares the view about to draw (its first
+//! listing, its workers' answers, the derive worker's grid or summaries). No fleet-sized work
+//! happens here on a data or query change. [`ConsoleApp::ui`] only draws: each view gets its own
+//! state, a [`ViewContext`] and the [`Commands`] queue. UI preferences persist through eframe's
+//! storage; fleet data lives in the cache.
 
 use convoy_core::time::Timestamp;
 use egui::{Align2, Color32, Key, KeyboardShortcut, Modifiers, RichText};
@@ -20,6 +23,7 @@ use crate::gui::map::MapState;
 use crate::gui::model::{ColorMode, FleetModel};
 use crate::gui::query::{Column, Filter};
 use crate::gui::tokens;
+use crate::gui::view::{Commands, ViewContext};
 
 /// The key under which UI state is persisted.
 pub const STATE_KEY: &str = "convoy-console-v1";
@@ -191,6 +195,31 @@ pub enum UiCommand {
     ReloadHistory,
     /// Show or hide a fleet table column (the device column always shows).
     SetColumnVisible(Column, bool),
+    /// Show only devices of this colour class (`None`: every class).
+    SetClassFilter(Option<u8>),
+    /// Sort the fleet table by `column`.
+    SetSort {
+        column: Column,
+        descending: bool,
+    },
+    /// Send an operator command to the engine that runs `rollout_id`, as `operator`.
+    Steer {
+        rollout_id: String,
+        operator: String,
+        command: crate::engine::control::OperatorCommand,
+    },
+    /// Something the approvals view asks for: listing, requesting, deciding, dispatching.
+    Approvals(crate::gui::approvals::ApprovalsCommand),
+    /// Something the findings view asks for: listing, opening or saving findings.
+    Findings(crate::gui::findings::FindingsCommand),
+    /// Something the releases view asks for: checking manifests, a file dialog, signing.
+    Releases(crate::gui::releases::ReleasesCommand),
+    /// Something the map asks for: a file dialog, an MBTiles file.
+    Map(crate::gui::map::MapCommand),
+    /// Something the planner asks for: checking releases, loading files, saving, exporting.
+    Planner(crate::gui::planner::PlannerCommand),
+    /// Something the reports view asks for: reading a report, exporting it, a save dialog.
+    Report(crate::gui::report::ReportCommand),
 }
 
 /// The selected device's update history from the cache, as far as the backend has answered.
@@ -259,6 +288,34 @@ pub enum DeriveMode {
     Wait,
 }
 
+/// The [`ViewContext`] of `$app` (a `ConsoleApp`) for this frame: a macro rather than a method,
+/// so that it borrows only the fields it names and a view can hold its own state mutably beside
+/// it.
+macro_rules! view_context {
+    ($app:expr) => {
+        ViewContext {
+            state: &$app.state,
+            model: $app.model.as_ref(),
+            derived: &$app.derived,
+            cohorts: &$app.cohorts,
+            selected: $app.selected,
+            history: $app.history.as_ref(),
+            telemetry: $app.telemetry.as_ref(),
+            rollouts: $app.rollouts.as_ref(),
+            rollout_target: crate::gui::monitor::target_of(&$app.monitor, $app.rollouts.as_ref()),
+            now: $app.clock.now(),
+            clock_runs: $app.clock == Clock::System,
+            warroom_since: $app.warroom_since,
+            link: &$app.link,
+            broker: &$app.backend.broker,
+            can_steer: &|id: &str| $app.backend.can_steer(id),
+            steered: &$app.steered,
+            steered_total: $app.steered_total,
+            cache: $app.cache.as_deref(),
+        }
+    };
+}
+
 /// The console.
 pub struct ConsoleApp {
     pub state: UiState,
@@ -288,18 +345,19 @@ pub struct ConsoleApp {
     link: LinkStatus,
     outbox_depth: Option<u64>,
     failures: Vec<String>,
-    commands: Vec<UiCommand>,
-    pub selected: Option<usize>,
+    /// What the views asked for this frame; applied in the next [`Self::logic`].
+    commands: Commands,
+    selected: Option<usize>,
     pub cohorts: Vec<Cohort>,
     /// The selected device's update history (requested when the device is opened).
-    pub history: Option<DeviceHistory>,
+    history: Option<DeviceHistory>,
     /// The selected device's telemetry rollups (requested with the history).
     pub telemetry: Option<DeviceTelemetry>,
     toasts: Vec<Toast>,
     pub map: MapState,
-    pub cohort_cache: crate::gui::cohorts::CohortCache,
+    cohort_cache: crate::gui::cohorts::CohortCache,
     applied_style: Option<(Theme, bool)>,
-    pub palette: crate::gui::palette::PaletteState,
+    palette: crate::gui::palette::PaletteState,
     /// The rollouts recorded in the cache, as the history worker last read them; `None` until
     /// it first answers.
     pub rollouts: Option<Result<crate::gui::backend::RolloutBoard, String>>,
@@ -309,9 +367,9 @@ pub struct ConsoleApp {
     /// [`STEER_ANSWERS_KEPT`]).
     pub steered: Vec<SteerAnswer>,
     /// How many answers to operator commands have arrived in all (`steered` keeps the newest).
-    pub steered_total: u64,
+    steered_total: u64,
     /// When the war room was last entered: its rollout cycle counts from here.
-    pub warroom_since: Timestamp,
+    warroom_since: Timestamp,
     /// The findings view: the form, its scorecard and the stored findings.
     pub findings: crate::gui::findings::FindingsState,
     /// The releases view: the manifests with their signature state, and the create form.
@@ -323,7 +381,7 @@ pub struct ConsoleApp {
     /// The rollout monitor: one rollout's waves, adoption, health and controls.
     pub monitor: crate::gui::monitor::MonitorState,
     /// The reports view: a rollout's timeline export, fleet metrics and communication drafts.
-    pub reports: crate::gui::report::ReportState,
+    reports: crate::gui::report::ReportState,
     /// One copy of the fleet for the scoring and planning workers, made the first time either
     /// needs it after a load (the model's own fleet changes in place with live status).
     shared_fleet: Option<std::sync::Arc<convoy_core::fleet::Fleet>>,
@@ -377,7 +435,7 @@ impl ConsoleApp {
             link: LinkStatus::Offline,
             outbox_depth: None,
             failures: Vec::new(),
-            commands: Vec::new(),
+            commands: Commands::default(),
             selected: None,
             cohorts: Vec::new(),
             history: None,
@@ -441,7 +499,7 @@ impl ConsoleApp {
 
     /// Queues a command for the next [`Self::logic`].
     pub fn send(&mut self, command: UiCommand) {
-        self.commands.push(command);
+        self.commands.send(command);
     }
 
     pub fn now(&self) -> Timestamp {
@@ -499,13 +557,15 @@ impl ConsoleApp {
             };
             self.handle_event(event);
         }
-        for command in std::mem::take(&mut self.commands) {
+        for command in self.commands.take() {
             self.apply(ctx, command);
         }
         self.findings.poll();
         self.releases.poll();
         self.planner.poll();
+        self.reports.poll();
         self.sync_derived();
+        self.prepare_view(ctx);
         self.state.ui_scale = ctx.zoom_factor();
         self.toasts.retain(|t| t.until > Instant::now());
         if !self.toasts.is_empty() {
@@ -513,6 +573,79 @@ impl ConsoleApp {
         }
         // Ages in the status bar tick; derived data waits for its throttle.
         ctx.request_repaint_after(Duration::from_secs(1));
+    }
+
+    /// The work the view about to be drawn needs before it draws, done here so that views only
+    /// read: the map takes the derive worker's grid (and, coloured by rollout state, keeps the
+    /// monitor's reading fresh), the cohorts view takes its summaries, and a form is filled in
+    /// with the defaults the other views and the cache give the first time it shows.
+    fn prepare_view(&mut self, ctx: &egui::Context) {
+        if self.model.is_none() {
+            return;
+        }
+        match self.state.view {
+            View::Map => {
+                self.map
+                    .update_grid(self.derived.generation, &mut self.derived.grid);
+                self.map.prepare(ctx, self.state.theme == Theme::Dark);
+                if self.state.color_mode == ColorMode::RolloutState {
+                    self.sync_monitor(ctx);
+                }
+            }
+            View::Cohorts => self.cohort_cache.take(&mut self.derived),
+            View::Monitor => self.sync_monitor(ctx),
+            View::Findings => {
+                let fleet = self.shared_fleet();
+                let now = self.clock.now();
+                self.findings.prepare(ctx, self.cache.clone(), fleet, now);
+            }
+            View::Releases => {
+                let now = self.clock.now();
+                self.releases.prepare(ctx, self.cache.clone(), now);
+            }
+            View::Planner => {
+                self.planner.prefill(
+                    self.cache.as_deref(),
+                    &self.releases.trust_dir,
+                    &self.releases.manifest_dir,
+                );
+                let fleet = if self.planner.wants_fleet() {
+                    self.shared_fleet()
+                } else {
+                    None
+                };
+                let (now, runs) = (self.clock.now(), self.clock == Clock::System);
+                self.planner
+                    .prepare(ctx, self.cache.clone(), fleet, now, runs);
+            }
+            // A console on a server makes no requests (the view says why).
+            View::Approvals if !matches!(self.backend.broker, BrokerKind::Server(_)) => {
+                if let Some(cache) = self.cache.as_deref()
+                    && self.approvals.prefill(
+                        cache,
+                        &self.planner.trust_dir,
+                        &self.releases.trust_dir,
+                    )
+                {
+                    self.approvals.refresh(ctx, Some(cache));
+                }
+                self.approvals.poll(ctx, self.cache.as_deref());
+            }
+            _ => {}
+        }
+    }
+
+    /// Keeps the monitor's reading of the rollout it shows fresh ([`crate::gui::monitor::sync`]);
+    /// the fleet's shared copy is made only when there is a rollout and a cache to read.
+    fn sync_monitor(&mut self, ctx: &egui::Context) {
+        let Some(id) = crate::gui::monitor::target_of(&self.monitor, self.rollouts.as_ref()) else {
+            return;
+        };
+        let Some(cache) = self.cache.clone() else {
+            return;
+        };
+        let fleet = self.shared_fleet();
+        crate::gui::monitor::sync(&mut self.monitor, ctx, id, cache, fleet);
     }
 
     /// Sends the worker a changed query and swaps in its newest answer. Never fleet-sized: the
@@ -735,6 +868,48 @@ impl ConsoleApp {
                 self.state.view = View::Map;
             }
             UiCommand::ClearFilter => self.state.filter = Filter::default(),
+            UiCommand::SetClassFilter(class) => self.state.filter.class = class,
+            UiCommand::SetSort { column, descending } => {
+                (self.state.sort, self.state.sort_descending) = (column, descending);
+            }
+            UiCommand::Map(command) => self.map.apply(ctx, command),
+            UiCommand::Steer {
+                rollout_id,
+                operator,
+                command,
+            } => {
+                if self.backend.steer(&rollout_id, &operator, command.clone()) {
+                    self.monitor.sent(rollout_id, command, self.steered_total);
+                } else {
+                    self.toast(
+                        ToastKind::Error,
+                        "The console's steering thread is not running.",
+                    );
+                }
+            }
+            UiCommand::Approvals(command) => {
+                let now = self.clock.now();
+                self.approvals.apply(ctx, command, self.cache.clone(), now);
+            }
+            UiCommand::Findings(command) => {
+                let now = self.clock.now();
+                self.findings.apply(ctx, command, self.cache.clone(), now);
+            }
+            UiCommand::Releases(command) => {
+                let now = self.clock.now();
+                self.releases.apply(ctx, command, self.cache.clone(), now);
+            }
+            UiCommand::Planner(command) => {
+                let now = self.clock.now();
+                self.planner.apply(ctx, command, self.cache.clone(), now);
+            }
+            UiCommand::Report(command) => {
+                let fleet = match &command {
+                    crate::gui::report::ReportCommand::Open(_) => self.shared_fleet(),
+                    _ => None,
+                };
+                self.reports.apply(ctx, command, self.cache.clone(), fleet);
+            }
             UiCommand::ToggleNav => self.state.show_nav = !self.state.show_nav,
         }
     }
@@ -863,7 +1038,9 @@ impl ConsoleApp {
         self.apply_style(&ctx);
         self.shortcuts(&ctx);
         if self.state.view == View::WarRoom {
-            egui::CentralPanel::default().show(ui, |ui| crate::gui::warroom::warroom_ui(self, ui));
+            egui::CentralPanel::default().show(ui, |ui| {
+                crate::gui::warroom::warroom_ui(&view_context!(self), ui);
+            });
             self.toasts_ui(&ctx);
             return;
         }
@@ -875,7 +1052,7 @@ impl ConsoleApp {
                 .default_size(150.0)
                 .show(ui, |ui| self.nav_ui(ui));
         }
-        crate::gui::palette::palette_ui(self, &ctx);
+        crate::gui::palette::palette_ui(&mut self.palette, &mut self.commands, &ctx);
         egui::CentralPanel::default().show(ui, |ui| {
             if self.model.is_none() {
                 self.loading_ui(ui);
@@ -891,16 +1068,56 @@ impl ConsoleApp {
                 ui.separator();
             }
             match self.state.view {
-                View::Map => crate::gui::map::map_ui(self, ui),
-                View::Table => crate::gui::table::table_ui(self, ui),
-                View::Device => crate::gui::device::device_ui(self, ui),
-                View::Cohorts => crate::gui::cohorts::cohorts_ui(self, ui),
-                View::Findings => crate::gui::findings::findings_ui(self, ui),
-                View::Releases => crate::gui::releases::releases_ui(self, ui),
-                View::Planner => crate::gui::planner::planner_ui(self, ui),
-                View::Approvals => crate::gui::approvals::approvals_ui(self, ui),
-                View::Monitor => crate::gui::monitor::monitor_ui(self, ui),
-                View::Reports => crate::gui::report::report_ui(self, ui),
+                View::Map => crate::gui::map::map_ui(
+                    &mut self.map,
+                    &view_context!(self),
+                    &mut self.commands,
+                    ui,
+                ),
+                View::Table => {
+                    crate::gui::table::table_ui(&view_context!(self), &mut self.commands, ui);
+                }
+                View::Device => {
+                    crate::gui::device::device_ui(&view_context!(self), &mut self.commands, ui);
+                }
+                View::Cohorts => crate::gui::cohorts::cohorts_ui(
+                    &self.cohort_cache,
+                    &view_context!(self),
+                    &mut self.commands,
+                    ui,
+                ),
+                View::Findings => crate::gui::findings::findings_ui(
+                    &mut self.findings,
+                    &view_context!(self),
+                    &mut self.commands,
+                    ui,
+                ),
+                View::Releases => {
+                    crate::gui::releases::releases_ui(&mut self.releases, &mut self.commands, ui);
+                }
+                View::Planner => crate::gui::planner::planner_ui(
+                    &mut self.planner,
+                    &view_context!(self),
+                    &mut self.commands,
+                    ui,
+                ),
+                View::Approvals => crate::gui::approvals::approvals_ui(
+                    &mut self.approvals,
+                    &view_context!(self),
+                    &mut self.commands,
+                    ui,
+                ),
+                View::Monitor => {
+                    // The context first: it reads which rollout the monitor shows.
+                    let cx = view_context!(self);
+                    crate::gui::monitor::monitor_ui(&mut self.monitor, &cx, &mut self.commands, ui);
+                }
+                View::Reports => crate::gui::report::report_ui(
+                    &mut self.reports,
+                    &view_context!(self),
+                    &mut self.commands,
+                    ui,
+                ),
                 View::WarRoom => {}
             }
         });

@@ -29,10 +29,11 @@ use anyhow::{Context, Result};
 use convoy_core::time::Timestamp;
 use egui::RichText;
 
-use crate::gui::app::ConsoleApp;
+use crate::gui::app::UiCommand;
 use crate::gui::backend::{BrokerKind, LinkStatus};
 use crate::gui::steer::LocalEngines;
 use crate::gui::tokens;
+use crate::gui::view::{Commands, ViewContext};
 use crate::serve::host::HostedRun;
 use crate::serve::requests::{self, NewRequest, Refusal, RequestView, SavedPlan, Verdict};
 use crate::store::Store;
@@ -97,6 +98,19 @@ enum Reply {
     /// A decision was recorded (or refused): a recorded one's comment is cleared.
     Decided(Result<String, String>),
     Dispatched(Result<(String, HostedRun), String>),
+}
+
+/// What the approvals view asks the console for; each starts a thread of the view's own state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApprovalsCommand {
+    /// Read the saved plans and requests again.
+    Reload,
+    /// Request the chosen plan as the operator, on the path chosen.
+    Request,
+    /// Record the operator's decision (with the comment typed) on this request.
+    Decide { rollout_id: String, approve: bool },
+    /// Dispatch this approved request to the console's own engine.
+    Dispatch(String),
 }
 
 /// What the approvals view keeps between frames.
@@ -313,7 +327,55 @@ pub fn dispatch(
 }
 
 impl ApprovalsState {
-    /// Takes in what the worker threads answered. Called every frame the view shows.
+    /// Fills in the operator and the trust directory the first time the view shows with a
+    /// fleet `cache` known (it loads on a background thread): the planner's trust directory,
+    /// else the releases view's, else the default beside the cache
+    /// ([`crate::ops::settings::default_trust_dir`], where `convoy rollout run` looks). The
+    /// console calls it, so that the view never reads another view's state. Returns whether it
+    /// filled in (then the console lists the requests).
+    pub fn prefill(&mut self, cache: &Path, planner_trust: &str, releases_trust: &str) -> bool {
+        if self.prefilled {
+            return false;
+        }
+        self.prefilled = true;
+        if self.operator.is_empty() {
+            self.operator = crate::gui::steer::operator_name();
+        }
+        if self.trust_dir.is_empty() {
+            self.trust_dir = if !planner_trust.trim().is_empty() {
+                planner_trust.to_owned()
+            } else if !releases_trust.trim().is_empty() {
+                releases_trust.to_owned()
+            } else {
+                crate::ops::settings::default_trust_dir(cache)
+                    .display()
+                    .to_string()
+            };
+        }
+        true
+    }
+
+    /// Does what the view asked for, on the state's threads: `cache` is the fleet cache.
+    pub fn apply(
+        &mut self,
+        ctx: &egui::Context,
+        command: ApprovalsCommand,
+        cache: Option<PathBuf>,
+        now: Timestamp,
+    ) {
+        match command {
+            ApprovalsCommand::Reload => self.refresh(ctx, cache.as_deref()),
+            ApprovalsCommand::Request => self.request(ctx, cache, now),
+            ApprovalsCommand::Decide {
+                rollout_id,
+                approve,
+            } => self.decide(ctx, cache, &rollout_id, approve, now),
+            ApprovalsCommand::Dispatch(rollout_id) => self.dispatch(ctx, cache, &rollout_id),
+        }
+    }
+
+    /// Takes in what the worker threads answered (then lists again). The console calls it
+    /// every frame the view shows.
     pub fn poll(&mut self, ctx: &egui::Context, cache: Option<&Path>) {
         if let Some(rx) = &self.list_rx {
             match rx.try_recv() {
@@ -398,7 +460,7 @@ impl ApprovalsState {
     }
 
     /// Requests the chosen plan, on a thread.
-    pub fn request(&mut self, ctx: &egui::Context, cache: Option<PathBuf>, now: Timestamp) {
+    fn request(&mut self, ctx: &egui::Context, cache: Option<PathBuf>, now: Timestamp) {
         let checked = (|| {
             let operator = self.operator()?;
             let cache = cache.ok_or("No fleet cache is open")?;
@@ -435,7 +497,7 @@ impl ApprovalsState {
     }
 
     /// Records the operator's decision on `rollout_id`, on a thread.
-    pub fn decide(
+    fn decide(
         &mut self,
         ctx: &egui::Context,
         cache: Option<PathBuf>,
@@ -470,7 +532,7 @@ impl ApprovalsState {
     }
 
     /// Dispatches the approved `rollout_id` to this console's engines, on a thread.
-    pub fn dispatch(&mut self, ctx: &egui::Context, cache: Option<PathBuf>, rollout_id: &str) {
+    fn dispatch(&mut self, ctx: &egui::Context, cache: Option<PathBuf>, rollout_id: &str) {
         let Some(local) = self.local.clone() else {
             self.note = Some(Err(NO_ENGINE.to_owned()));
             return;
@@ -549,10 +611,15 @@ pub fn cannot_approve(request: &RequestView, operator: &str) -> Option<String> {
 }
 
 /// Draws the view.
-pub fn approvals_ui(app: &mut ConsoleApp, ui: &mut egui::Ui) {
+pub fn approvals_ui(
+    state: &mut ApprovalsState,
+    cx: &ViewContext<'_>,
+    out: &mut Commands,
+    ui: &mut egui::Ui,
+) {
     // A console on a server works on a copy the server never reads: a request or an approval
     // made here would mean nothing there.
-    if let crate::gui::backend::BrokerKind::Server(server) = app.broker() {
+    if let crate::gui::backend::BrokerKind::Server(server) = cx.broker {
         ui.heading("Approvals");
         ui.label(format!(
             "This console is attached to {server}: rollout requests and approvals are made on the server, \
@@ -561,34 +628,7 @@ pub fn approvals_ui(app: &mut ConsoleApp, ui: &mut egui::Ui) {
         ));
         return;
     }
-    let ctx = ui.ctx().clone();
-    let now = app.now();
-    let cache = app.cache_path().map(Path::to_path_buf);
-    let link = app.link().clone();
-    // Filled in once the fleet cache is known (it loads on a background thread).
-    if !app.approvals.prefilled && cache.is_some() {
-        app.approvals.prefilled = true;
-        if app.approvals.operator.is_empty() {
-            app.approvals.operator = crate::gui::steer::operator_name();
-        }
-        if app.approvals.trust_dir.is_empty() {
-            app.approvals.trust_dir = if !app.planner.trust_dir.trim().is_empty() {
-                app.planner.trust_dir.clone()
-            } else if !app.releases.trust_dir.trim().is_empty() {
-                app.releases.trust_dir.clone()
-            } else {
-                // Where `convoy rollout run` looks by default.
-                cache
-                    .as_ref()
-                    .and_then(|c| c.parent())
-                    .map(|d| d.join("trust").display().to_string())
-                    .unwrap_or_default()
-            };
-        }
-        app.approvals.refresh(&ctx, cache.as_deref());
-    }
-    let state = &mut app.approvals;
-    state.poll(&ctx, cache.as_deref());
+    let mut commands = Vec::new();
 
     ui.heading("Approvals");
     ui.label(
@@ -627,7 +667,7 @@ pub fn approvals_ui(app: &mut ConsoleApp, ui: &mut egui::Ui) {
         });
     ui.horizontal(|ui| {
         if ui.button("Reload requests").clicked() {
-            state.refresh(&ctx, cache.as_deref());
+            commands.push(UiCommand::Approvals(ApprovalsCommand::Reload));
         }
         if state.busy() || state.list_rx.is_some() {
             ui.spinner();
@@ -644,37 +684,38 @@ pub fn approvals_ui(app: &mut ConsoleApp, ui: &mut egui::Ui) {
     }
     ui.separator();
     let listing = match &state.listing {
-        None if cache.is_none() => {
+        None if cx.cache.is_none() => {
             ui.label("Waiting for the fleet cache to load…");
-            return;
+            None
         }
         None => {
             ui.label("reading the cache…");
-            return;
+            None
         }
         Some(Err(why)) => {
             ui.colored_label(tokens::BAD, why.clone());
-            return;
+            None
         }
-        Some(Ok(l)) => l.clone(),
+        Some(Ok(l)) => Some(l.clone()),
     };
-    egui::ScrollArea::vertical()
-        .id_salt("approvals-scroll")
-        .auto_shrink([false, false])
-        .show(ui, |ui| {
-            request_form_ui(state, ui, &listing, &ctx, cache.clone(), now);
-            ui.separator();
-            requests_ui(state, ui, &listing, &ctx, cache.as_ref(), now, &link);
-        });
+    if let Some(listing) = listing {
+        egui::ScrollArea::vertical()
+            .id_salt("approvals-scroll")
+            .auto_shrink([false, false])
+            .show(ui, |ui| {
+                request_form_ui(state, ui, &listing, &mut commands);
+                ui.separator();
+                requests_ui(state, ui, &listing, cx.link, &mut commands);
+            });
+    }
+    out.extend(commands);
 }
 
 fn request_form_ui(
     state: &mut ApprovalsState,
     ui: &mut egui::Ui,
     listing: &Listing,
-    ctx: &egui::Context,
-    cache: Option<PathBuf>,
-    now: Timestamp,
+    commands: &mut Vec<UiCommand>,
 ) {
     ui.strong("Request a rollout from a saved plan");
     if listing.plans.is_empty() {
@@ -742,19 +783,16 @@ fn request_form_ui(
         .on_disabled_hover_text("Choose a saved plan first")
         .clicked()
     {
-        state.request(ctx, cache, now);
+        commands.push(UiCommand::Approvals(ApprovalsCommand::Request));
     }
 }
 
-#[allow(clippy::too_many_arguments)] // The view's inputs, each read once.
 fn requests_ui(
     state: &mut ApprovalsState,
     ui: &mut egui::Ui,
     listing: &Listing,
-    ctx: &egui::Context,
-    cache: Option<&PathBuf>,
-    now: Timestamp,
     link: &LinkStatus,
+    commands: &mut Vec<UiCommand>,
 ) {
     ui.strong("Rollout requests");
     if listing.requests.is_empty() {
@@ -823,13 +861,19 @@ fn requests_ui(
                     .on_disabled_hover_text(why_not.clone().unwrap_or_default())
                     .clicked()
                 {
-                    state.decide(ctx, cache.cloned(), &r.rollout_id, true, now);
+                    commands.push(UiCommand::Approvals(ApprovalsCommand::Decide {
+                        rollout_id: r.rollout_id.clone(),
+                        approve: true,
+                    }));
                 }
                 if ui
                     .add_enabled(awaiting, egui::Button::new(format!("Reject {}", r.rollout_id)))
                     .clicked()
                 {
-                    state.decide(ctx, cache.cloned(), &r.rollout_id, false, now);
+                    commands.push(UiCommand::Approvals(ApprovalsCommand::Decide {
+                        rollout_id: r.rollout_id.clone(),
+                        approve: false,
+                    }));
                 }
                 if r.status == "approved" {
                     let dispatched =
@@ -845,7 +889,9 @@ fn requests_ui(
                         .on_disabled_hover_text(why)
                         .clicked()
                     {
-                        state.dispatch(ctx, cache.cloned(), &r.rollout_id);
+                        commands.push(UiCommand::Approvals(ApprovalsCommand::Dispatch(
+                            r.rollout_id.clone(),
+                        )));
                     }
                 }
             });

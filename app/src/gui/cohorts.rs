@@ -5,10 +5,11 @@
 
 use egui::RichText;
 
-use crate::gui::app::{Cohort, ConsoleApp, UiCommand};
+use crate::gui::app::{Cohort, Derived, UiCommand};
 use crate::gui::model::class_counts;
 use crate::gui::query::SummaryRow;
 use crate::gui::tokens;
+use crate::gui::view::{Commands, ViewContext};
 
 /// Summaries cached against the data generation they were computed from.
 #[derive(Debug, Default)]
@@ -17,43 +18,54 @@ pub struct CohortCache {
     pub tables: Vec<(&'static str, Vec<SummaryRow>)>,
 }
 
+impl CohortCache {
+    /// Takes the derive worker's summaries when they are newer than the ones kept. The console
+    /// calls it before the view draws: the derive worker summarises while this view shows, and
+    /// when it opens.
+    pub fn take(&mut self, derived: &mut Derived) {
+        if self.generation != Some(derived.generation)
+            && let Some(tables) = derived.summaries.take()
+        {
+            self.tables = tables;
+            self.generation = Some(derived.generation);
+        }
+    }
+}
+
 /// Draws the cohorts view.
-pub fn cohorts_ui(app: &mut ConsoleApp, ui: &mut egui::Ui) {
-    if app.model.is_none() {
+pub fn cohorts_ui(
+    cache: &CohortCache,
+    cx: &ViewContext<'_>,
+    out: &mut Commands,
+    ui: &mut egui::Ui,
+) {
+    if cx.model.is_none() {
         return;
     }
-    if app.cohort_cache.generation != Some(app.derived.generation)
-        && let Some(tables) = app.derived.summaries.take()
-    {
-        // The derive worker summarises while this view shows, and when it opens.
-        app.cohort_cache.tables = tables;
-        app.cohort_cache.generation = Some(app.derived.generation);
-    }
-    let current = app.cohort_cache.generation == Some(app.derived.generation);
-    let mode = app.state.color_mode;
+    let current = cache.generation == Some(cx.derived.generation);
+    let mode = cx.state.color_mode;
     let mut commands = Vec::new();
     egui::ScrollArea::vertical().show(ui, |ui| {
         ui.heading("Cohorts");
         ui.label(
             RichText::new(format!(
                 "{} devices pass the filter; bars show {} classes.",
-                app.derived.filtered.len(),
+                cx.derived.filtered.len(),
                 mode.label().to_lowercase()
             ))
             .color(tokens::MUTED),
         );
         ui.add_space(6.0);
         ui.label(RichText::new("Selected cohorts").strong());
-        if app.cohorts.is_empty() {
+        if cx.cohorts.is_empty() {
             ui.label(
                 RichText::new("None yet: Shift+drag a box or a lasso on the map to make one.")
                     .color(tokens::MUTED),
             );
         }
-        for (n, Cohort { name, devices }) in app.cohorts.iter().enumerate() {
+        for (n, Cohort { name, devices }) in cx.cohorts.iter().enumerate() {
             ui.horizontal(|ui| {
-                let counts =
-                    class_counts(&app.derived.classes, devices.iter().map(|&i| i as usize));
+                let counts = class_counts(&cx.derived.classes, devices.iter().map(|&i| i as usize));
                 ui.label(RichText::new(name).strong());
                 ui.label(format!("{} devices", devices.len()));
                 class_bar(ui, &counts, devices.len() as u32, mode);
@@ -64,14 +76,14 @@ pub fn cohorts_ui(app: &mut ConsoleApp, ui: &mut egui::Ui) {
         }
         ui.add_space(10.0);
         if !current {
-            let text = if app.cohort_cache.tables.is_empty() {
+            let text = if cache.tables.is_empty() {
                 "summarising…"
             } else {
                 "updating…"
             };
             ui.label(RichText::new(text).color(tokens::MUTED));
         }
-        for (title, rows) in &app.cohort_cache.tables {
+        for (title, rows) in &cache.tables {
             egui::CollapsingHeader::new(RichText::new(*title).strong())
                 .default_open(true)
                 .show(ui, |ui| {
@@ -92,9 +104,7 @@ pub fn cohorts_ui(app: &mut ConsoleApp, ui: &mut egui::Ui) {
                 });
         }
     });
-    for c in commands {
-        app.send(c);
-    }
+    out.extend(commands);
 }
 
 /// A horizontal bar split by class share.

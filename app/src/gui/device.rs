@@ -13,23 +13,24 @@ use egui::RichText;
 
 use convoy_core::time::Timestamp;
 
-use crate::gui::app::{ConsoleApp, HistoryState, TelemetryState, UiCommand, age};
+use crate::gui::app::{HistoryState, TelemetryState, UiCommand, age};
 use crate::gui::backend::{HISTORY_LIMIT, TELEMETRY_WINDOW_SECS, TelemetrySeries};
 use crate::gui::model::state_name;
 use crate::gui::tokens;
+use crate::gui::view::{Commands, ViewContext};
 use crate::store::telemetry::RollupPoint;
 
 /// Draws the device view.
-pub fn device_ui(app: &mut ConsoleApp, ui: &mut egui::Ui) {
-    let Some(model) = app.model.as_ref() else {
+pub fn device_ui(cx: &ViewContext<'_>, out: &mut Commands, ui: &mut egui::Ui) {
+    let Some(model) = cx.model else {
         return;
     };
-    let Some(i) = app.selected.filter(|&i| i < model.len()) else {
+    let Some(i) = cx.selected.filter(|&i| i < model.len()) else {
         ui.add_space(20.0);
         ui.label("No device selected: click a vehicle on the map or a device in the table.");
         return;
     };
-    let now = app.now();
+    let now = cx.now;
     let d = &model.fleet.devices[i];
     let live = &model.live[i];
     let mut commands = Vec::new();
@@ -188,7 +189,7 @@ pub fn device_ui(app: &mut ConsoleApp, ui: &mut egui::Ui) {
                 commands.push(UiCommand::ReloadHistory);
             }
         });
-        match app.history.as_ref().filter(|h| h.device_id == d.id) {
+        match cx.history.filter(|h| h.device_id == d.id) {
             None => {
                 // Not asked for this device yet (e.g. the view was restored): ask now.
                 commands.push(UiCommand::ReloadHistory);
@@ -235,7 +236,7 @@ pub fn device_ui(app: &mut ConsoleApp, ui: &mut egui::Ui) {
         }
         ui.add_space(10.0);
         ui.label(RichText::new("Telemetry (cache, last 7 days)").strong());
-        match app.telemetry.as_ref().filter(|t| t.device_id == d.id) {
+        match cx.telemetry.filter(|t| t.device_id == d.id) {
             None => {
                 ui.label(RichText::new("loading…").color(tokens::MUTED));
             }
@@ -254,9 +255,7 @@ pub fn device_ui(app: &mut ConsoleApp, ui: &mut egui::Ui) {
             },
         }
     });
-    for c in commands {
-        app.send(c);
-    }
+    out.extend(commands);
 }
 
 /// How a metric is plotted.

@@ -28,8 +28,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, TryRecvError};
 
-use crate::gui::app::{ConsoleApp, UiCommand};
+use crate::gui::app::UiCommand;
 use crate::gui::tokens;
+use crate::gui::view::{Commands, ViewContext, text_row};
 use crate::gui::worker::FleetWorker;
 use crate::store::Store;
 use crate::store::query::FindingRow;
@@ -499,7 +500,67 @@ pub struct FindingsState {
     listed: bool,
 }
 
+/// What the findings view asks the console for; each starts the view's cache worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FindingsCommand {
+    /// Read the stored findings again.
+    Reload,
+    /// Read this stored finding into the form.
+    Open(String),
+    /// Store the finding and the scorecard shown (the form's, scored) in the cache.
+    Save,
+    /// Load the scoring policy from the policy file typed in the editor.
+    LoadPolicy,
+    /// Save the scoring policy in use to the policy file typed in the editor.
+    SavePolicy,
+}
+
 impl FindingsState {
+    /// Does what the view asked for, on the state's cache worker: `cache` is the fleet cache.
+    pub fn apply(
+        &mut self,
+        ctx: &egui::Context,
+        command: FindingsCommand,
+        cache: Option<PathBuf>,
+        now: Timestamp,
+    ) {
+        match command {
+            FindingsCommand::Reload => self.refresh(ctx, cache),
+            FindingsCommand::Open(id) => self.open(ctx, cache, id),
+            // A small file, read or written on the UI thread as the view did before (not on a
+            // worker yet).
+            FindingsCommand::LoadPolicy => self.policy.load(),
+            FindingsCommand::SavePolicy => self.policy.save(),
+            FindingsCommand::Save => {
+                // The scorecard the view showed: commands apply before the workers' answers
+                // are taken, so it is still the one on screen.
+                let Some((_, Ok((finding, card, _)))) = &self.scored else {
+                    return;
+                };
+                let (finding, card) = (finding.clone(), card.clone());
+                self.save(ctx, cache, &finding, &card, now);
+            }
+        }
+    }
+
+    /// What the console does before the view draws: lists the stored findings the first time,
+    /// and sends the scoring worker the fleet (`fleet`, the console's shared copy) and a changed
+    /// form.
+    pub fn prepare(
+        &mut self,
+        ctx: &egui::Context,
+        cache: Option<PathBuf>,
+        fleet: Option<Arc<Fleet>>,
+        now: Timestamp,
+    ) {
+        if !self.listed && !self.busy() {
+            self.refresh(ctx, cache);
+        }
+        if let Some(fleet) = fleet {
+            self.sync_scoring(ctx, fleet, now);
+        }
+    }
+
     /// A new fleet was loaded: the scoring worker needs a copy of it, and old scores are void.
     pub fn fleet_reloaded(&mut self) {
         self.fleet_sent = false;
@@ -614,7 +675,7 @@ impl FindingsState {
     }
 
     /// Reads the stored findings on the worker.
-    pub fn refresh(&mut self, ctx: &egui::Context, cache: Option<PathBuf>) {
+    fn refresh(&mut self, ctx: &egui::Context, cache: Option<PathBuf>) {
         self.listed = true;
         let Some(cache) = cache else {
             self.stored = Some(Err("no fleet cache is open".into()));
@@ -627,7 +688,7 @@ impl FindingsState {
     }
 
     /// Reads the stored finding `id` on the worker and fills the form with it.
-    pub fn open(&mut self, ctx: &egui::Context, cache: Option<PathBuf>, id: String) {
+    fn open(&mut self, ctx: &egui::Context, cache: Option<PathBuf>, id: String) {
         let Some(cache) = cache else {
             return;
         };
@@ -678,22 +739,8 @@ fn open_cache(cache: &std::path::Path) -> Result<Store> {
         .with_context(|| format!("opening the fleet cache {}", cache.display()))
 }
 
-/// A label and a single-line text field named by it (kittest finds the field by the label).
-fn text_row(ui: &mut egui::Ui, label: &str, value: &mut String, hint: &str) -> egui::Response {
-    let l = ui.label(label);
-    let r = ui
-        .add(
-            egui::TextEdit::singleline(value)
-                .hint_text(hint)
-                .desired_width(420.0),
-        )
-        .labelled_by(l.id);
-    ui.end_row();
-    r
-}
-
 /// The scoring policy's editor, folded by default.
-fn policy_ui(editor: &mut PolicyEditor, ui: &mut egui::Ui) {
+fn policy_ui(editor: &mut PolicyEditor, ui: &mut egui::Ui, commands: &mut Vec<UiCommand>) {
     egui::CollapsingHeader::new(format!(
         "Scoring policy: {} ({})",
         editor.source,
@@ -736,14 +783,14 @@ fn policy_ui(editor: &mut PolicyEditor, ui: &mut egui::Ui) {
                 .add_enabled(has_path, egui::Button::new("Load policy"))
                 .clicked()
             {
-                editor.load();
+                commands.push(UiCommand::Findings(FindingsCommand::LoadPolicy));
             }
             if ui
                 .add_enabled(has_path, egui::Button::new("Save policy"))
                 .on_hover_text("Writes the policy in use as the file's \"scoring\" section, keeping its other sections")
                 .clicked()
             {
-                editor.save();
+                commands.push(UiCommand::Findings(FindingsCommand::SavePolicy));
             }
         });
         match &editor.message {
@@ -759,43 +806,38 @@ fn policy_ui(editor: &mut PolicyEditor, ui: &mut egui::Ui) {
 }
 
 /// Draws the findings view.
-pub fn findings_ui(app: &mut ConsoleApp, ui: &mut egui::Ui) {
-    let ctx = ui.ctx().clone();
-    let now = app.now();
-    let cache = app.cache_path().map(std::path::Path::to_path_buf);
-    if !app.findings.listed && !app.findings.busy() {
-        app.findings.refresh(&ctx, cache.clone());
-    }
-    if let Some(fleet) = app.shared_fleet() {
-        app.findings.sync_scoring(&ctx, fleet, now);
-    }
+pub fn findings_ui(
+    state: &mut FindingsState,
+    cx: &ViewContext<'_>,
+    out: &mut Commands,
+    ui: &mut egui::Ui,
+) {
     let mut commands = Vec::new();
-    let mut save = None;
     egui::ScrollArea::vertical().show(ui, |ui| {
         ui.heading("Findings");
         ui.label(
             RichText::new(format!(
                 "Describe a defect; it is scored against the loaded fleet as you type, with the {} scoring policy ({}).",
-                app.findings.policy.source,
-                app.findings.policy.digest()
+                state.policy.source,
+                state.policy.digest()
             ))
             .color(tokens::MUTED),
         );
         ui.add_space(6.0);
-        policy_ui(&mut app.findings.policy, ui);
+        policy_ui(&mut state.policy, ui, &mut commands);
         ui.add_space(6.0);
-        form_ui(&mut app.findings.form, ui);
+        form_ui(&mut state.form, ui);
         ui.add_space(8.0);
-        let busy = app.findings.busy();
-        let current = app.findings.score_is_current();
-        if let Some(cvss) = &app.findings.cvss {
+        let busy = state.busy();
+        let current = state.score_is_current();
+        if let Some(cvss) = &state.cvss {
             cvss_ui(cvss, ui);
             ui.add_space(8.0);
         }
-        if let Some(why) = &app.findings.scorer_error {
+        if let Some(why) = &state.scorer_error {
             ui.colored_label(tokens::BAD, why);
         }
-        match &app.findings.scored {
+        match &state.scored {
             None => {
                 ui.horizontal(|ui| {
                     ui.add(egui::Spinner::new());
@@ -809,7 +851,7 @@ pub fn findings_ui(app: &mut ConsoleApp, ui: &mut egui::Ui) {
                         ui.label("Scoring the changed form; the scorecard below is for the previous one.");
                     });
                 }
-                scorecard_ui(card, &app.findings.policy, ui);
+                scorecard_ui(card, &state.policy, ui);
                 ui.add_space(6.0);
                 ui.horizontal(|ui| {
                     if ui
@@ -817,7 +859,7 @@ pub fn findings_ui(app: &mut ConsoleApp, ui: &mut egui::Ui) {
                         .on_hover_text("Store the finding and this scorecard in the cache")
                         .clicked()
                     {
-                        save = Some((finding.clone(), card.clone()));
+                        commands.push(UiCommand::Findings(FindingsCommand::Save));
                     }
                     if busy {
                         ui.add(egui::Spinner::new());
@@ -829,7 +871,7 @@ pub fn findings_ui(app: &mut ConsoleApp, ui: &mut egui::Ui) {
                         )
                         .on_hover_text("Make the affected devices a cohort and show the map")
                         .clicked()
-                        && let Some(model) = &app.model
+                        && let Some(model) = cx.model
                         && let Some((lat, lon)) = centre(&model.fleet, affected)
                     {
                         commands.push(UiCommand::CreateCohort {
@@ -848,7 +890,7 @@ pub fn findings_ui(app: &mut ConsoleApp, ui: &mut egui::Ui) {
                 ui.colored_label(tokens::BAD, format!("Cannot score yet: {e}"));
             }
         }
-        match &app.findings.saved {
+        match &state.saved {
             Some(Ok(text)) => {
                 ui.colored_label(tokens::OK, text);
             }
@@ -858,14 +900,9 @@ pub fn findings_ui(app: &mut ConsoleApp, ui: &mut egui::Ui) {
             None => {}
         }
         ui.separator();
-        stored_ui(app, ui, &ctx, cache.clone());
+        stored_ui(state, ui, &mut commands);
     });
-    if let Some((finding, card)) = save {
-        app.findings.save(&ctx, cache, &finding, &card, now);
-    }
-    for c in commands {
-        app.send(c);
-    }
+    out.extend(commands);
 }
 
 /// The mean position of `devices`, or `None` if there are none (or they are not in `fleet`).
@@ -1059,8 +1096,8 @@ fn scorecard_ui(card: &Scorecard, policy: &PolicyEditor, ui: &mut egui::Ui) {
     ));
 }
 
-fn stored_ui(app: &mut ConsoleApp, ui: &mut egui::Ui, ctx: &egui::Context, cache: Option<PathBuf>) {
-    let busy = app.findings.busy();
+fn stored_ui(state: &FindingsState, ui: &mut egui::Ui, commands: &mut Vec<UiCommand>) {
+    let busy = state.busy();
     let mut open = None;
     ui.horizontal(|ui| {
         ui.label(RichText::new("Stored findings").strong());
@@ -1068,10 +1105,10 @@ fn stored_ui(app: &mut ConsoleApp, ui: &mut egui::Ui, ctx: &egui::Context, cache
             .add_enabled(!busy, egui::Button::new("Reload findings"))
             .clicked()
         {
-            app.findings.refresh(ctx, cache.clone());
+            commands.push(UiCommand::Findings(FindingsCommand::Reload));
         }
     });
-    match &app.findings.stored {
+    match &state.stored {
         None => {
             ui.label("Reading the cache…");
         }
@@ -1116,7 +1153,7 @@ fn stored_ui(app: &mut ConsoleApp, ui: &mut egui::Ui, ctx: &egui::Context, cache
         }
     }
     if let Some(id) = open {
-        app.findings.open(ctx, cache, id);
+        commands.push(UiCommand::Findings(FindingsCommand::Open(id)));
     }
 }
 

@@ -19,10 +19,11 @@ use std::sync::Arc;
 use walkers::{MapMemory, Projector, lon_lat};
 
 use crate::gui::aggregate::{Grid, select_in_polygon};
-use crate::gui::app::{ConsoleApp, Theme, UiCommand};
+use crate::gui::app::{Theme, UiCommand};
 use crate::gui::basemap::{BasemapTiles, Outlines, inverse_mercator, mercator};
 use crate::gui::tiles::{LayeredTiles, SourceTiles, TileSpec};
 use crate::gui::tokens;
+use crate::gui::view::{Commands, ViewContext};
 
 /// The map's own state: walkers' memory, the tile sources and the grid.
 #[derive(Default)]
@@ -51,6 +52,16 @@ pub struct MapState {
     pub mbtiles_note: Option<String>,
 }
 
+/// What the map view asks the console for: work on the map's own state that opens files or
+/// starts a thread, done before the next frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MapCommand {
+    /// Open a file dialog (on its own thread) for an MBTiles file.
+    BrowseMbtiles,
+    /// Draw the MBTiles file at this path over the basemap, if it is one.
+    OpenMbtiles(std::path::PathBuf),
+}
+
 /// What Shift+drag on the map draws.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SelectTool {
@@ -75,6 +86,23 @@ impl std::fmt::Debug for MapState {
 const HOME: (f64, f64, f64) = (45.0, -20.0, 3.0);
 
 impl MapState {
+    /// Does what the view asked for.
+    pub fn apply(&mut self, ctx: &egui::Context, command: MapCommand) {
+        match command {
+            MapCommand::BrowseMbtiles => self.browse_mbtiles(ctx),
+            MapCommand::OpenMbtiles(path) => self.open_mbtiles(&path),
+        }
+    }
+
+    /// What the console does before the map draws: takes the file dialog's answer, and starts
+    /// the basemap's tile thread for the theme (`dark`) and the tile source's workers, once.
+    pub fn prepare(&mut self, ctx: &egui::Context, dark: bool) {
+        self.poll_dialog();
+        // The tile source is created lazily; the map still draws vehicles without it.
+        let _ = self.tiles(ctx, dark);
+        self.start_source(ctx);
+    }
+
     /// Restores a saved view.
     pub fn restore(&mut self, center: Option<(f64, f64)>, zoom: f64) {
         let (lat, lon) = center.unwrap_or((HOME.0, HOME.1));
@@ -266,36 +294,39 @@ fn to_screen(projector: &Projector, lat: f64, lon: f64) -> Pos2 {
 }
 
 /// The legend: one button per class with its count; clicking filters to that class.
-fn legend_ui(app: &mut ConsoleApp, ui: &mut egui::Ui) {
-    let mode = app.state.color_mode;
-    if mode == crate::gui::model::ColorMode::RolloutState {
-        crate::gui::monitor::sync(app, ui.ctx());
-    }
+/// While it colours by rollout state, the console keeps the monitor's reading fresh before the
+/// map draws ([`crate::gui::monitor::sync`]).
+fn legend_ui(cx: &ViewContext<'_>, out: &mut Commands, ui: &mut egui::Ui) {
+    let mode = cx.state.color_mode;
     ui.horizontal_wrapped(|ui| {
         if mode == crate::gui::model::ColorMode::RolloutState {
-            rollout_legend_title_ui(app, ui);
+            rollout_legend_title_ui(cx, ui);
         } else {
             ui.label(RichText::new(format!("{}:", mode.label())).strong());
         }
         for (k, name) in mode.class_names().iter().enumerate() {
-            let count = app.derived.counts_filtered[k];
-            let selected = app.state.filter.class == Some(k as u8);
+            let count = cx.derived.counts_filtered[k];
+            let selected = cx.state.filter.class == Some(k as u8);
             tokens::swatch(ui, tokens::class_color(mode, k));
             let text = RichText::new(format!("{name} {count}")).color(tokens::class_color(mode, k));
             let r = ui
                 .add(egui::Button::selectable(selected, text))
                 .on_hover_text("Show only this class on the map and in the table");
             if r.clicked() {
-                app.state.filter.class = if selected { None } else { Some(k as u8) };
+                out.send(UiCommand::SetClassFilter(if selected {
+                    None
+                } else {
+                    Some(k as u8)
+                }));
             }
         }
     });
 }
 
 /// Which rollout the map colours by, and where to choose another.
-fn rollout_legend_title_ui(app: &ConsoleApp, ui: &mut egui::Ui) {
+fn rollout_legend_title_ui(cx: &ViewContext<'_>, ui: &mut egui::Ui) {
     let shown = crate::gui::derive::rollout_map(ui.ctx());
-    let text = match (&shown, crate::gui::monitor::target(app)) {
+    let text = match (&shown, &cx.rollout_target) {
         (Some(map), _) => format!("Rollout state of {}:", map.rollout_id),
         (None, Some(id)) => format!("Rollout state of {id} (reading its log):"),
         (None, None) => "Rollout state (no rollout recorded in the cache):".to_owned(),
@@ -305,25 +336,25 @@ fn rollout_legend_title_ui(app: &ConsoleApp, ui: &mut egui::Ui) {
 }
 
 /// Draws the map view.
-pub fn map_ui(app: &mut ConsoleApp, ui: &mut egui::Ui) {
-    legend_ui(app, ui);
+pub fn map_ui(map: &mut MapState, cx: &ViewContext<'_>, out: &mut Commands, ui: &mut egui::Ui) {
+    legend_ui(cx, out, ui);
     ui.horizontal(|ui| {
         if ui.button("Zoom in").clicked() {
-            let _ = app.map.memory.zoom_in();
+            let _ = map.memory.zoom_in();
         }
         if ui.button("Zoom out").clicked() {
-            let _ = app.map.memory.zoom_out();
+            let _ = map.memory.zoom_out();
         }
         if ui.button("Fit fleet").on_hover_text("Fit the devices that pass the filter").clicked() {
-            fit(app, ui.available_width().max(400.0));
+            fit(map, cx, ui.available_width().max(400.0));
         }
         ui.separator();
         for (tool, label, hint) in [
             (SelectTool::Box, "Box select", "Shift+drag selects the devices in a box"),
             (SelectTool::Lasso, "Lasso select", "Shift+drag draws a lasso around the devices to select"),
         ] {
-            if ui.add(egui::Button::selectable(app.map.tool == tool, label)).on_hover_text(hint).clicked() {
-                app.map.tool = tool;
+            if ui.add(egui::Button::selectable(map.tool == tool, label)).on_hover_text(hint).clicked() {
+                map.tool = tool;
             }
         }
         ui.label(
@@ -332,30 +363,29 @@ pub fn map_ui(app: &mut ConsoleApp, ui: &mut egui::Ui) {
                 .color(tokens::MUTED),
         );
     });
-    app.map.poll_dialog();
     ui.horizontal(|ui| {
-        let browsing = app.map.mbtiles_dialog.is_some();
+        let browsing = map.mbtiles_dialog.is_some();
         if ui
             .add_enabled(!browsing, egui::Button::new("Open MBTiles…"))
             .on_hover_text("Draw a raster MBTiles file over the offline basemap")
             .clicked()
         {
-            app.map.browse_mbtiles(ui.ctx());
+            out.send(UiCommand::Map(MapCommand::BrowseMbtiles));
         }
         let label = ui.label("or its path:");
         let field = ui
             .add(
-                egui::TextEdit::singleline(&mut app.map.mbtiles_path)
+                egui::TextEdit::singleline(&mut map.mbtiles_path)
                     .hint_text("/path/to/tiles.mbtiles")
                     .desired_width(260.0),
             )
             .labelled_by(label.id);
         let enter = field.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter));
-        if (ui.button("Use tiles").clicked() || enter) && !app.map.mbtiles_path.trim().is_empty() {
-            let path = std::path::PathBuf::from(app.map.mbtiles_path.trim());
-            app.map.open_mbtiles(&path);
+        if (ui.button("Use tiles").clicked() || enter) && !map.mbtiles_path.trim().is_empty() {
+            let path = std::path::PathBuf::from(map.mbtiles_path.trim());
+            out.send(UiCommand::Map(MapCommand::OpenMbtiles(path)));
         }
-        if let Some(note) = &app.map.mbtiles_note {
+        if let Some(note) = &map.mbtiles_note {
             ui.label(
                 RichText::new(format!("Not used: {note}"))
                     .small()
@@ -363,19 +393,14 @@ pub fn map_ui(app: &mut ConsoleApp, ui: &mut egui::Ui) {
             );
         }
     });
-    let Some(model) = app.model.as_ref() else {
+    let Some(model) = cx.model else {
         return;
     };
-    let dark = app.state.theme == Theme::Dark;
-    let generation = app.derived.generation;
-    app.map.update_grid(generation, &mut app.derived.grid);
-    let grid_current = app.map.grid_current(generation);
+    let dark = cx.state.theme == Theme::Dark;
+    // The console took the derive worker's grid before this frame ([`MapState::update_grid`]).
+    let grid_current = map.grid_current(cx.derived.generation);
     let shift = ui.input(|i| i.modifiers.shift);
-    let ctx = ui.ctx().clone();
-    // The tile source is created lazily; the map still draws vehicles without it.
-    let _ = app.map.tiles(&ctx, dark);
-    app.map.start_source(&ctx);
-    let attribution = app.map.attribution();
+    let attribution = map.attribution();
     let MapState {
         memory,
         tiles_dark,
@@ -387,7 +412,7 @@ pub fn map_ui(app: &mut ConsoleApp, ui: &mut egui::Ui) {
         tool,
         selections,
         ..
-    } = &mut app.map;
+    } = map;
     let tool = *tool;
     let base = if dark {
         tiles_dark.as_mut()
@@ -404,21 +429,21 @@ pub fn map_ui(app: &mut ConsoleApp, ui: &mut egui::Ui) {
         }
         None => base.map(|t| t as &mut dyn walkers::Tiles),
     };
-    let classes = &app.derived.classes;
-    let filtered = &app.derived.filtered;
-    let mode = app.state.color_mode;
+    let classes = &cx.derived.classes;
+    let filtered = &cx.derived.filtered;
+    let mode = cx.state.color_mode;
     let mut commands = Vec::new();
     let pans = if shift {
         egui::DragPanButtons::MIDDLE
     } else {
         egui::DragPanButtons::PRIMARY | egui::DragPanButtons::MIDDLE
     };
-    let map = walkers::Map::new(tiles, memory, lon_lat(HOME.1, HOME.0))
+    let walkers_map = walkers::Map::new(tiles, memory, lon_lat(HOME.1, HOME.0))
         .drag_pan_buttons(pans)
         .zoom_with_ctrl(false);
     let panel_fill = ui.visuals().panel_fill;
     let text_color = ui.visuals().strong_text_color();
-    let out = map.show(ui, |ui, response, projector, _memory| {
+    let shown = walkers_map.show(ui, |ui, response, projector, _memory| {
         let rect = response.rect;
         let painter = ui.painter().with_clip_rect(rect);
         let corner = |p: Pos2| {
@@ -608,11 +633,10 @@ pub fn map_ui(app: &mut ConsoleApp, ui: &mut egui::Ui) {
             text_color,
         );
     });
-    out.response
+    shown
+        .response
         .widget_info(|| egui::WidgetInfo::labeled(egui::Role::Canvas, true, "Fleet map"));
-    for c in commands {
-        app.send(c);
-    }
+    out.extend(commands);
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -658,12 +682,12 @@ fn cluster_shape(
 }
 
 /// Centres and zooms the map on the devices that pass the filter.
-fn fit(app: &mut ConsoleApp, width_px: f32) {
-    let Some(model) = &app.model else {
+fn fit(map: &mut MapState, cx: &ViewContext<'_>, width_px: f32) {
+    let Some(model) = cx.model else {
         return;
     };
     let mut b = [f64::MAX, f64::MAX, f64::MIN, f64::MIN];
-    for &i in &app.derived.filtered {
+    for &i in &cx.derived.filtered {
         let (x, y) = (
             f64::from(model.map_x[i as usize]),
             f64::from(model.map_y[i as usize]),
@@ -677,7 +701,7 @@ fn fit(app: &mut ConsoleApp, width_px: f32) {
     // The whole world is 256 * 2^zoom points wide.
     let zoom = (f64::from(width_px) / (256.0 * span)).log2() - 0.3;
     let (lon, lat) = inverse_mercator(f64::midpoint(b[0], b[2]), f64::midpoint(b[1], b[3]));
-    app.map.focus(lat, lon, zoom);
+    map.focus(lat, lon, zoom);
 }
 
 #[cfg(test)]

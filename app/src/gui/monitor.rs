@@ -18,7 +18,7 @@
 //! its answer is shown), or writing to the cache.
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, Sender};
 use std::time::{Duration, Instant};
@@ -32,10 +32,11 @@ use convoy_core::time::Timestamp;
 use egui::RichText;
 
 use crate::engine::control::{OperatorCommand, RollBackScope};
-use crate::gui::app::ConsoleApp;
+use crate::gui::app::UiCommand;
 use crate::gui::model::{RolloutMap, rollout_class};
 use crate::gui::steer::{operator_name, phase_words};
 use crate::gui::tokens;
+use crate::gui::view::{Commands, ViewContext};
 use crate::gui::warroom::{self, PlotStyle};
 use crate::store::Store;
 
@@ -577,6 +578,15 @@ impl std::fmt::Debug for MonitorState {
     }
 }
 
+impl MonitorState {
+    /// The console sent `command` for `rollout_id` from this view, when `steered_total`
+    /// answers had arrived: the view waits for its answer, and the reason field empties.
+    pub fn sent(&mut self, rollout_id: String, command: OperatorCommand, steered_total: u64) {
+        self.awaiting = Some((rollout_id, command, steered_total));
+        self.reason.clear();
+    }
+}
+
 impl Default for MonitorState {
     fn default() -> Self {
         Self {
@@ -595,11 +605,14 @@ impl Default for MonitorState {
 }
 
 /// The rollout the monitor shows: the one chosen, else the one the war room shows first.
-pub fn target(app: &ConsoleApp) -> Option<String> {
-    if let Some(id) = &app.monitor.selected {
+pub fn target_of(
+    monitor: &MonitorState,
+    rollouts: Option<&Result<crate::gui::backend::RolloutBoard, String>>,
+) -> Option<String> {
+    if let Some(id) = &monitor.selected {
         return Some(id.clone());
     }
-    let board = app.rollouts.as_ref()?.as_ref().ok()?;
+    let board = rollouts?.as_ref().ok()?;
     warroom::wall_order(&board.rollouts)
         .first()
         .map(|s| s.rollout_id.clone())
@@ -607,17 +620,16 @@ pub fn target(app: &ConsoleApp) -> Option<String> {
 
 /// Keeps the monitor's reading of its rollout fresh: takes the worker's answers (publishing
 /// each new reading's map for [`crate::gui::model::ColorMode::RolloutState`]) and asks again
-/// every [`MONITOR_POLL`]. Called by the monitor and by the map while it colours by rollout.
-/// Never blocks: the worker reads the cache.
-pub fn sync(app: &mut ConsoleApp, ctx: &egui::Context) {
-    let Some(id) = target(app) else {
-        return;
-    };
-    let Some(cache) = app.cache_path().map(Path::to_owned) else {
-        return;
-    };
-    let fleet = app.shared_fleet();
-    let m = &mut app.monitor;
+/// every [`MONITOR_POLL`]. `id` is the rollout shown ([`target_of`]), `fleet` the console's
+/// shared copy. The console calls it before the monitor draws, and before the map draws while
+/// it colours by rollout. Never blocks: the worker reads the cache.
+pub fn sync(
+    m: &mut MonitorState,
+    ctx: &egui::Context,
+    id: String,
+    cache: PathBuf,
+    fleet: Option<Arc<Fleet>>,
+) {
     if m.worker.is_none() && m.worker_error.is_none() {
         match Worker::spawn(ctx) {
             Ok(w) => m.worker = Some(w),
@@ -671,16 +683,21 @@ pub fn sync(app: &mut ConsoleApp, ctx: &egui::Context) {
 }
 
 /// Draws the view.
-pub fn monitor_ui(app: &mut ConsoleApp, ui: &mut egui::Ui) {
-    sync(app, ui.ctx());
+/// The console keeps the reading of the rollout fresh before the view draws ([`sync`]).
+pub fn monitor_ui(
+    state: &mut MonitorState,
+    cx: &ViewContext<'_>,
+    out: &mut Commands,
+    ui: &mut egui::Ui,
+) {
     ui.heading("Rollout monitor");
     egui::ScrollArea::vertical()
         .auto_shrink([false, false])
-        .show(ui, |ui| body_ui(app, ui));
+        .show(ui, |ui| body_ui(state, cx, out, ui));
 }
 
-fn body_ui(app: &mut ConsoleApp, ui: &mut egui::Ui) {
-    let board = match &app.rollouts {
+fn body_ui(state: &mut MonitorState, cx: &ViewContext<'_>, out: &mut Commands, ui: &mut egui::Ui) {
+    let board = match cx.rollouts {
         None => {
             ui.label("Reading the rollouts in the cache…");
             return;
@@ -702,7 +719,7 @@ fn body_ui(app: &mut ConsoleApp, ui: &mut egui::Ui) {
         );
         return;
     }
-    let Some(id) = target(app) else {
+    let Some(id) = cx.rollout_target.clone() else {
         return;
     };
     let story = board.rollouts.iter().find(|s| s.rollout_id == id).cloned();
@@ -715,10 +732,10 @@ fn body_ui(app: &mut ConsoleApp, ui: &mut egui::Ui) {
         egui::ComboBox::from_id_salt("monitor-rollout")
             .selected_text(id.as_str())
             .show_ui(ui, |ui| {
-                for (rid, state) in &choices {
-                    let text = format!("{rid} · {}", state.label().to_lowercase());
+                for (rid, wall) in &choices {
+                    let text = format!("{rid} · {}", wall.label().to_lowercase());
                     if ui.selectable_label(*rid == id, text).clicked() {
-                        app.monitor.selected = Some(rid.clone());
+                        state.selected = Some(rid.clone());
                     }
                 }
             })
@@ -729,11 +746,11 @@ fn body_ui(app: &mut ConsoleApp, ui: &mut egui::Ui) {
             ui.label(RichText::new(state.label()).strong().color(state.color()));
         }
     });
-    if let Some(why) = &app.monitor.worker_error {
+    if let Some(why) = &state.worker_error {
         ui.colored_label(tokens::BAD, why);
         return;
     }
-    let data = match &app.monitor.data {
+    let data = match &state.data {
         None => {
             ui.label("Reading the rollout's log…");
             return;
@@ -754,11 +771,11 @@ fn body_ui(app: &mut ConsoleApp, ui: &mut egui::Ui) {
     ui.add_space(6.0);
     verdict_ui(ui, &data, story.as_ref());
     ui.add_space(6.0);
-    controls_ui(app, ui, &data);
+    controls_ui(state, cx, out, ui, &data);
     ui.separator();
     waves_ui(ui, &data);
     ui.separator();
-    adoption_ui(app, ui, &data);
+    adoption_ui(state, ui, &data);
     ui.separator();
     health_ui(ui, &data);
 }
@@ -840,17 +857,23 @@ fn verdict_ui(
 }
 
 /// The reason field, the command buttons, and the answers to the commands sent.
-fn controls_ui(app: &mut ConsoleApp, ui: &mut egui::Ui, data: &MonitorData) {
+fn controls_ui(
+    state: &mut MonitorState,
+    cx: &ViewContext<'_>,
+    out: &mut Commands,
+    ui: &mut egui::Ui,
+    data: &MonitorData,
+) {
     let id = data.rollout_id.clone();
     let operator = operator_name();
-    let steerable = app.backend.can_steer(&id);
+    let steerable = (cx.can_steer)(&id);
     ui.label(RichText::new("Steer").strong());
     ui.horizontal(|ui| {
         let label = ui.label("Reason:");
         // The operator's name comes from the environment: on hover only, so that the view
         // looks the same for everyone (and in the snapshot test).
         ui.add(
-            egui::TextEdit::singleline(&mut app.monitor.reason)
+            egui::TextEdit::singleline(&mut state.reason)
                 .hint_text("required: it goes to the timeline and the audit trail")
                 .desired_width(520.0),
         )
@@ -859,7 +882,7 @@ fn controls_ui(app: &mut ConsoleApp, ui: &mut egui::Ui, data: &MonitorData) {
             "Commands are sent as {operator} ($CONVOY_OPERATOR, else $USER)"
         ));
     });
-    let reason = app.monitor.reason.trim().to_owned();
+    let reason = state.reason.trim().to_owned();
     let enabled = steerable.is_ok() && !reason.is_empty();
     let mut command = None;
     ui.horizontal_wrapped(|ui| {
@@ -898,16 +921,16 @@ fn controls_ui(app: &mut ConsoleApp, ui: &mut egui::Ui, data: &MonitorData) {
             "Send the devices back to their previous version",
         ) {
             command = Some(OperatorCommand::RollBack {
-                scope: app.monitor.scope,
+                scope: state.scope,
                 reason: reason.clone(),
             });
         }
         let l = ui.label("of");
         egui::ComboBox::from_id_salt("monitor-rollback-scope")
-            .selected_text(scope_words(app.monitor.scope))
+            .selected_text(scope_words(state.scope))
             .show_ui(ui, |ui| {
                 for s in [RollBackScope::CurrentWave, RollBackScope::All] {
-                    ui.selectable_value(&mut app.monitor.scope, s, scope_words(s));
+                    ui.selectable_value(&mut state.scope, s, scope_words(s));
                 }
             })
             .response
@@ -932,33 +955,31 @@ fn controls_ui(app: &mut ConsoleApp, ui: &mut egui::Ui, data: &MonitorData) {
         Ok(()) => {}
     }
     if let Some(command) = command {
-        if app.backend.steer(&id, &operator, command.clone()) {
-            app.monitor.awaiting = Some((id.clone(), command, app.steered_total));
-            app.monitor.reason.clear();
-        } else {
-            ui.colored_label(tokens::BAD, "The console's steering thread is not running.");
-        }
+        out.send(UiCommand::Steer {
+            rollout_id: id.clone(),
+            operator,
+            command,
+        });
     }
     // The answers to this rollout's commands, newest first.
-    let answers: Vec<&crate::gui::app::SteerAnswer> = app
+    let answers: Vec<&crate::gui::app::SteerAnswer> = cx
         .steered
         .iter()
         .rev()
         .filter(|a| a.rollout_id == id)
         .collect();
-    if let Some((rid, cmd, before)) = &app.monitor.awaiting {
+    if let Some((rid, cmd, before)) = &state.awaiting {
         // Any answer that arrived since it was sent, not only the newest (a queued pause sent by
         // the mirror, or another view's command, may land in between).
-        let since =
-            usize::try_from(app.steered_total.saturating_sub(*before)).unwrap_or(usize::MAX);
-        let answered = app
+        let since = usize::try_from(cx.steered_total.saturating_sub(*before)).unwrap_or(usize::MAX);
+        let answered = cx
             .steered
             .iter()
             .rev()
             .take(since)
             .any(|a| a.rollout_id == *rid && a.command == *cmd);
         if answered {
-            app.monitor.awaiting = None;
+            state.awaiting = None;
         } else if *rid == id {
             ui.label(format!(
                 "{} sent; waiting for the engine's answer…",
@@ -1048,19 +1069,19 @@ fn waves_ui(ui: &mut egui::Ui, data: &MonitorData) {
 }
 
 /// Adoption curves by the chosen cohort attribute.
-fn adoption_ui(app: &mut ConsoleApp, ui: &mut egui::Ui, data: &MonitorData) {
+fn adoption_ui(state: &mut MonitorState, ui: &mut egui::Ui, data: &MonitorData) {
     ui.horizontal(|ui| {
         ui.label(RichText::new("Adoption by").strong());
         for (k, name) in COHORT_NAMES.iter().enumerate() {
             if ui
-                .add(egui::Button::selectable(app.monitor.attribute == k, *name))
+                .add(egui::Button::selectable(state.attribute == k, *name))
                 .clicked()
             {
-                app.monitor.attribute = k;
+                state.attribute = k;
             }
         }
     });
-    let Some(curves) = data.adoption.get(app.monitor.attribute) else {
+    let Some(curves) = data.adoption.get(state.attribute) else {
         return;
     };
     let mut largest: Vec<&AdoptionCurve> = curves.iter().collect();
@@ -1089,7 +1110,7 @@ fn adoption_ui(app: &mut ConsoleApp, ui: &mut egui::Ui, data: &MonitorData) {
                 );
             }
         });
-    let label = format!("adoption by {} plot", COHORT_NAMES[app.monitor.attribute]);
+    let label = format!("adoption by {} plot", COHORT_NAMES[state.attribute]);
     response
         .response
         .widget_info(|| egui::WidgetInfo::labeled(egui::Role::Image, true, &label));

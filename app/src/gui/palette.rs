@@ -3,8 +3,9 @@
 
 use egui::{Key, RichText};
 
-use crate::gui::app::{ConsoleApp, Theme, UiCommand, View};
+use crate::gui::app::{Theme, UiCommand, View};
 use crate::gui::model::ColorMode;
+use crate::gui::view::Commands;
 
 /// Whether the palette is open and what has been typed.
 #[derive(Debug, Default)]
@@ -62,8 +63,8 @@ pub fn matching(query: &str) -> Vec<(&'static str, UiCommand)> {
 }
 
 /// Draws the palette if it is open.
-pub fn palette_ui(app: &mut ConsoleApp, ctx: &egui::Context) {
-    if !app.palette.open {
+pub fn palette_ui(palette: &mut PaletteState, out: &mut Commands, ctx: &egui::Context) {
+    if !palette.open {
         return;
     }
     let mut run = None;
@@ -75,12 +76,12 @@ pub fn palette_ui(app: &mut ConsoleApp, ctx: &egui::Context) {
         .open(&mut open)
         .show(ctx, |ui| {
             let edit = ui.add(
-                egui::TextEdit::singleline(&mut app.palette.query)
+                egui::TextEdit::singleline(&mut palette.query)
                     .hint_text("Type a command")
                     .desired_width(360.0),
             );
             edit.request_focus();
-            let found = matching(&app.palette.query);
+            let found = matching(&palette.query);
             if edit.lost_focus() && ui.input(|i| i.key_pressed(Key::Enter)) {
                 run = found.first().map(|(_, c)| c.clone());
             }
@@ -94,11 +95,11 @@ pub fn palette_ui(app: &mut ConsoleApp, ctx: &egui::Context) {
             }
         });
     if let Some(command) = run {
-        app.send(command);
+        out.send(command);
         open = false;
     }
     if !open {
-        app.palette = PaletteState::default();
+        *palette = PaletteState::default();
     }
 }
 

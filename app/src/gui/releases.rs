@@ -27,9 +27,10 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError};
 use zeroize::Zeroizing;
 
-use crate::gui::app::ConsoleApp;
+use crate::gui::app::UiCommand;
 use crate::gui::findings::{CONSOLE_ACTOR, FieldError};
 use crate::gui::tokens;
+use crate::gui::view::{Commands, secret_row, text_row};
 use crate::keys;
 use crate::ops::releases::{self as ops, ReleaseFields};
 use crate::store::Store;
@@ -435,6 +436,17 @@ pub struct SignJob {
     pub signing: bool,
 }
 
+/// What the releases view asks the console for; each starts a thread of the view's own state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReleasesCommand {
+    /// List and check the manifests again.
+    CheckManifests,
+    /// Open a file dialog for this field.
+    Browse(Browse),
+    /// Hash, sign, verify, write and store the release the form describes.
+    Create,
+}
+
 /// The releases view's state, for the session.
 #[derive(Debug, Default)]
 pub struct ReleasesState {
@@ -526,6 +538,28 @@ impl ReleasesState {
         }
     }
 
+    /// Does what the view asked for, on the state's threads: `cache` is the fleet cache.
+    pub fn apply(
+        &mut self,
+        ctx: &egui::Context,
+        command: ReleasesCommand,
+        cache: Option<PathBuf>,
+        now: Timestamp,
+    ) {
+        match command {
+            ReleasesCommand::CheckManifests => self.refresh(ctx, cache, now),
+            ReleasesCommand::Browse(target) => self.browse(ctx, target),
+            ReleasesCommand::Create => self.start(ctx, cache, now),
+        }
+    }
+
+    /// What the console does before the view draws: lists the manifests the first time.
+    pub fn prepare(&mut self, ctx: &egui::Context, cache: Option<PathBuf>, now: Timestamp) {
+        if !self.listed && self.list_rx.is_none() {
+            self.refresh(ctx, cache, now);
+        }
+    }
+
     fn sources(&self, cache: Option<PathBuf>) -> ListSources {
         let dir = |s: &str| (!s.trim().is_empty()).then(|| PathBuf::from(s.trim()));
         ListSources {
@@ -536,7 +570,7 @@ impl ReleasesState {
     }
 
     /// Lists and checks the manifests on a worker thread.
-    pub fn refresh(&mut self, ctx: &egui::Context, cache: Option<PathBuf>, now: Timestamp) {
+    fn refresh(&mut self, ctx: &egui::Context, cache: Option<PathBuf>, now: Timestamp) {
         self.listed = true;
         let sources = self.sources(cache);
         let started = crate::gui::worker::spawn_job(ctx, "convoy-releases", move || {
@@ -549,7 +583,7 @@ impl ReleasesState {
     }
 
     /// Opens a file dialog on its own thread; [`Self::poll`] fills the field when it answers.
-    pub fn browse(&mut self, ctx: &egui::Context, target: Browse) {
+    fn browse(&mut self, ctx: &egui::Context, target: Browse) {
         self.browse_note = None;
         let started = crate::gui::worker::spawn_job(ctx, "convoy-file-dialog", move || {
             let dialog = rfd::FileDialog::new();
@@ -565,7 +599,7 @@ impl ReleasesState {
     }
 
     /// Starts hashing and signing on a worker thread; the passphrase leaves the form.
-    pub fn start(&mut self, ctx: &egui::Context, cache: Option<PathBuf>, now: Timestamp) {
+    fn start(&mut self, ctx: &egui::Context, cache: Option<PathBuf>, now: Timestamp) {
         let request = match parse_form(&self.form, now) {
             Ok(r) => r,
             Err(e) => {
@@ -640,27 +674,8 @@ pub fn bytes_text(bytes: u64) -> String {
     }
 }
 
-fn text_row(ui: &mut egui::Ui, label: &str, value: &mut String, hint: &str, password: bool) {
-    let l = ui.label(label);
-    ui.add(
-        egui::TextEdit::singleline(value)
-            .hint_text(hint)
-            .password(password)
-            .desired_width(420.0),
-    )
-    .labelled_by(l.id);
-    ui.end_row();
-}
-
 /// Draws the releases view.
-pub fn releases_ui(app: &mut ConsoleApp, ui: &mut egui::Ui) {
-    let ctx = ui.ctx().clone();
-    let now = app.now();
-    let cache = app.cache_path().map(Path::to_path_buf);
-    let state = &mut app.releases;
-    if !state.listed && state.list_rx.is_none() {
-        state.refresh(&ctx, cache.clone(), now);
-    }
+pub fn releases_ui(state: &mut ReleasesState, out: &mut Commands, ui: &mut egui::Ui) {
     egui::ScrollArea::vertical().show(ui, |ui| {
         ui.heading("Releases");
         ui.label(
@@ -674,27 +689,15 @@ pub fn releases_ui(app: &mut ConsoleApp, ui: &mut egui::Ui) {
             .num_columns(2)
             .spacing([12.0, 6.0])
             .show(ui, |ui| {
-                text_row(
-                    ui,
-                    "Trust directory",
-                    &mut state.trust_dir,
-                    "keyset-N.json directory or a key directory",
-                    false,
-                );
-                text_row(
-                    ui,
-                    "Manifest directory",
-                    &mut state.manifest_dir,
-                    "also list the *.json manifests here (optional)",
-                    false,
-                );
+                text_row(ui, "Trust directory", &mut state.trust_dir, "keyset-N.json directory or a key directory");
+                text_row(ui, "Manifest directory", &mut state.manifest_dir, "also list the *.json manifests here (optional)");
             });
         ui.horizontal(|ui| {
             if ui
                 .add_enabled(state.list_rx.is_none(), egui::Button::new("Check manifests"))
                 .clicked()
             {
-                state.refresh(&ctx, cache.clone(), now);
+                out.send(UiCommand::Releases(ReleasesCommand::CheckManifests));
             }
             if state.list_rx.is_some() {
                 ui.add(egui::Spinner::new());
@@ -703,7 +706,7 @@ pub fn releases_ui(app: &mut ConsoleApp, ui: &mut egui::Ui) {
         list_ui(state, ui);
         ui.separator();
         ui.label(RichText::new("Create a release").strong());
-        create_ui(state, ui, &ctx, cache.clone(), now);
+        create_ui(state, ui, out);
     });
 }
 
@@ -775,13 +778,7 @@ fn list_ui(state: &ReleasesState, ui: &mut egui::Ui) {
     }
 }
 
-fn create_ui(
-    state: &mut ReleasesState,
-    ui: &mut egui::Ui,
-    ctx: &egui::Context,
-    cache: Option<PathBuf>,
-    now: Timestamp,
-) {
+fn create_ui(state: &mut ReleasesState, ui: &mut egui::Ui, out: &mut Commands) {
     let busy = state.job.is_some();
     let mut browse_key = false;
     ui.add_enabled_ui(!busy, |ui| {
@@ -803,23 +800,17 @@ fn create_ui(
                         .on_hover_text("Pick the artifact with a file dialog")
                         .clicked()
                     {
-                        state.browse(ctx, Browse::Artifact);
+                        out.send(UiCommand::Releases(ReleasesCommand::Browse(Browse::Artifact)));
                     }
                 });
                 ui.end_row();
                 let f = &mut state.form;
-                text_row(ui, "Version", &mut f.version, "e.g. 2.5.0", false);
-                text_row(ui, "Counter", &mut f.counter, "monotonic release counter, e.g. 25", false);
-                text_row(ui, "Hardware ids", &mut f.hardware, "T300, T500", false);
-                text_row(
-                    ui,
-                    "Requires",
-                    &mut f.requires,
-                    "bootloader>=2.0; hw_rev in B,C (separated by ;)",
-                    false,
-                );
-                text_row(ui, "Expires", &mut f.expires, "30d, 12h or 2027-01-01T00:00:00Z", false);
-                text_row(ui, "Release id", &mut f.id, "default: hardware and version", false);
+                text_row(ui, "Version", &mut f.version, "e.g. 2.5.0");
+                text_row(ui, "Counter", &mut f.counter, "monotonic release counter, e.g. 25");
+                text_row(ui, "Hardware ids", &mut f.hardware, "T300, T500");
+                text_row(ui, "Requires", &mut f.requires, "bootloader>=2.0; hw_rev in B, C (separated by ;)");
+                text_row(ui, "Expires", &mut f.expires, "30d, 12h or 2027-01-01T00:00:00Z");
+                text_row(ui, "Release id", &mut f.id, "default: hardware and version");
                 let l = ui.label("Key directory");
                 ui.horizontal(|ui| {
                     ui.add(
@@ -837,28 +828,22 @@ fn create_ui(
                     }
                 });
                 ui.end_row();
-                text_row(ui, "Passphrase", &mut f.passphrase, "the key's passphrase", true);
-                text_row(
-                    ui,
-                    "Manifest file",
-                    &mut f.out,
-                    "default: <release id>.manifest.json beside the artifact",
-                    false,
-                );
+                secret_row(ui, "Passphrase", &mut f.passphrase, "the key's passphrase");
+                text_row(ui, "Manifest file", &mut f.out, "default: <release id>.manifest.json beside the artifact");
             });
         if ui
             .button("Hash, sign and save")
             .on_hover_text("Hash the artifact, sign with the key, verify, write the manifest and store it in the cache")
             .clicked()
         {
-            state.start(ctx, cache, now);
+            out.send(UiCommand::Releases(ReleasesCommand::Create));
         }
         if let Some(note) = &state.browse_note {
             ui.colored_label(tokens::WARN, note);
         }
     });
     if browse_key {
-        state.browse(ctx, Browse::KeyDir);
+        out.send(UiCommand::Releases(ReleasesCommand::Browse(Browse::KeyDir)));
     }
     if let Some(job) = &state.job {
         let fraction = if job.total_bytes == 0 {

@@ -4,7 +4,8 @@
 //! the cache holds, and the communication drafts (internal, customer, regulator, and a support
 //! decision tree) that `convoy rollout comms` writes.
 //!
-//! It draws only. The rollouts to pick from are the war room's board (`app.rollouts`, read by
+//! It draws only, and asks for the rest with a [`ReportCommand`] that the console applies
+//! ([`ReportState::apply`]). The rollouts to pick from are the war room's board (read by
 //! the history worker); a report is read on a `convoy-report` thread that opens the cache,
 //! reads the timeline into a [`convoy_core::comms::RolloutStory`], writes the drafts with
 //! [`convoy_core::comms`], and replays the engine's log into [`convoy_core::metrics`]. Exports
@@ -24,8 +25,9 @@ use convoy_core::fleet::Fleet;
 use convoy_core::metrics::{self, Adoption, RolloutMetrics, SummaryMetrics};
 use egui::RichText;
 
-use crate::gui::app::ConsoleApp;
+use crate::gui::app::UiCommand;
 use crate::gui::tokens;
+use crate::gui::view::{Commands, ViewContext};
 use crate::store::Store;
 use crate::store::events::{TimelineFormat, write_timeline};
 
@@ -150,6 +152,17 @@ impl Report {
     }
 }
 
+/// What the reports view asks the console for; each starts a thread of the view's own state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReportCommand {
+    /// Read this rollout's report.
+    Open(String),
+    /// Write the chosen export of the report shown to the export path.
+    Export,
+    /// Pick the export path with a save dialog proposing this file name.
+    Browse(String),
+}
+
 /// What the view keeps between frames.
 #[derive(Debug, Default)]
 pub struct ReportState {
@@ -171,7 +184,23 @@ pub struct ReportState {
 }
 
 impl ReportState {
-    /// Takes in what the worker threads answered. Called every frame the view shows.
+    /// Does what the view asked for: `cache` is the fleet cache, `fleet` the workers' copy of
+    /// the fleet (for adoption by cohort).
+    pub fn apply(
+        &mut self,
+        ctx: &egui::Context,
+        command: ReportCommand,
+        cache: Option<PathBuf>,
+        fleet: Option<Arc<Fleet>>,
+    ) {
+        match command {
+            ReportCommand::Open(id) => self.open(ctx, cache, &id, fleet),
+            ReportCommand::Export => self.export(ctx, cache),
+            ReportCommand::Browse(name) => self.browse(ctx, name),
+        }
+    }
+
+    /// Takes in what the worker threads answered. Called every frame.
     pub fn poll(&mut self) {
         if let Some(rx) = &self.load_rx {
             match rx.try_recv() {
@@ -340,12 +369,8 @@ pub fn export_timeline(
 
 /// The story of `rollout_id` from `store`'s timeline (as `convoy rollout comms` reads it).
 fn read_story(store: &Store, cache: &Path, rollout_id: &str) -> Result<(RolloutStory, usize)> {
-    let entries = store
-        .rollout_record(rollout_id)
-        .with_context(|| format!("in {}", cache.display()))?;
-    let story = comms::story(rollout_id, &entries)
-        .with_context(|| format!("reading the record in {}", cache.display()))?;
-    Ok((story, entries.len()))
+    crate::ops::reports::read_story(store, rollout_id)
+        .with_context(|| format!("in {}", cache.display()))
 }
 
 /// Reads the whole report of `rollout_id` from `cache`: story, drafts, metrics (adoption by
@@ -488,17 +513,19 @@ pub fn summary_lines(s: &SummaryMetrics) -> Vec<String> {
 }
 
 /// Draws the view.
-pub fn report_ui(app: &mut ConsoleApp, ui: &mut egui::Ui) {
-    let ctx = ui.ctx().clone();
-    app.reports.poll();
-    let cache = app.cache_path().map(Path::to_path_buf);
+pub fn report_ui(
+    state: &mut ReportState,
+    cx: &ViewContext<'_>,
+    out: &mut Commands,
+    ui: &mut egui::Ui,
+) {
     ui.heading("Reports");
     ui.label(
         "A rollout's record as a report: its timeline exported, its metrics, and drafts for \
          engineers, customers and regulators. Facts only: what the record cannot know is a \
          marked [to fill: ...] gap.",
     );
-    let board: Vec<(String, String, &'static str)> = match &app.rollouts {
+    let board: Vec<(String, String, &'static str)> = match cx.rollouts {
         Some(Ok(board)) => board
             .rollouts
             .iter()
@@ -510,7 +537,7 @@ pub fn report_ui(app: &mut ConsoleApp, ui: &mut egui::Ui) {
     ui.add_space(8.0);
     ui.horizontal_wrapped(|ui| {
         ui.strong("Rollouts in the cache:");
-        match &app.rollouts {
+        match cx.rollouts {
             None => {
                 ui.label("reading the cache…");
             }
@@ -522,7 +549,7 @@ pub fn report_ui(app: &mut ConsoleApp, ui: &mut egui::Ui) {
             }
             Some(Ok(_)) => {}
         }
-        let shown = app.reports.report.as_ref().and_then(|r| r.as_ref().ok());
+        let shown = state.report.as_ref().and_then(|r| r.as_ref().ok());
         for (id, release, state) in &board {
             let selected = shown.is_some_and(|r| &r.rollout_id == id);
             if ui
@@ -538,45 +565,38 @@ pub fn report_ui(app: &mut ConsoleApp, ui: &mut egui::Ui) {
         let l = ui.label("Rollout id");
         let r = ui
             .add(
-                egui::TextEdit::singleline(&mut app.reports.typed_id)
+                egui::TextEdit::singleline(&mut state.typed_id)
                     .hint_text("any rollout in the cache")
                     .desired_width(260.0),
             )
             .labelled_by(l.id);
         let enter = r.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter));
         if ui.button("Open report").clicked() || enter {
-            open = Some(app.reports.typed_id.clone());
+            open = Some(state.typed_id.clone());
         }
     });
     if let Some(id) = open {
-        let fleet = app.shared_fleet();
-        app.reports.open(&ctx, cache.clone(), &id, fleet);
+        out.send(UiCommand::Report(ReportCommand::Open(id)));
     }
-    if let Some(id) = &app.reports.loading {
+    if let Some(id) = &state.loading {
         ui.horizontal(|ui| {
             ui.spinner();
             ui.label(format!("reading the report of {id}…"));
         });
     }
     ui.separator();
-    match &app.reports.report {
+    match &state.report {
         None => {
             ui.label("Pick a rollout above to see its report.");
         }
         Some(Err(why)) => {
             ui.colored_label(tokens::BAD, why);
         }
-        Some(Ok(_)) => report_body_ui(app, ui, &ctx, cache),
+        Some(Ok(_)) => report_body_ui(state, out, ui),
     }
 }
 
-fn report_body_ui(
-    app: &mut ConsoleApp,
-    ui: &mut egui::Ui,
-    ctx: &egui::Context,
-    cache: Option<PathBuf>,
-) {
-    let state = &mut app.reports;
+fn report_body_ui(state: &mut ReportState, out: &mut Commands, ui: &mut egui::Ui) {
     let Some(Ok(report)) = &state.report else {
         return;
     };
@@ -696,10 +716,10 @@ fn report_body_ui(
         }
     });
     if let Some(name) = browse {
-        state.browse(ctx, name);
+        out.send(UiCommand::Report(ReportCommand::Browse(name)));
     }
     if export {
-        state.export(ctx, cache);
+        out.send(UiCommand::Report(ReportCommand::Export));
     }
     let Some(Ok(report)) = &state.report else {
         return;

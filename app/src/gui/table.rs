@@ -6,22 +6,23 @@
 use egui::RichText;
 use egui_extras::{Column as TableColumn, TableBuilder};
 
-use crate::gui::app::{ConsoleApp, UiCommand, age};
+use crate::gui::app::{UiCommand, age};
 use crate::gui::model::state_name;
 use crate::gui::query::Column;
 use crate::gui::tokens;
+use crate::gui::view::{Commands, ViewContext};
 
 /// Draws the table view.
-pub fn table_ui(app: &mut ConsoleApp, ui: &mut egui::Ui) {
-    let Some(model) = app.model.as_ref() else {
+pub fn table_ui(cx: &ViewContext<'_>, out: &mut Commands, ui: &mut egui::Ui) {
+    let Some(model) = cx.model else {
         return;
     };
-    let now = app.now();
+    let now = cx.now;
     ui.horizontal(|ui| {
         ui.label(
             RichText::new(format!(
                 "{} of {} devices",
-                app.derived.order.len(),
+                cx.derived.order.len(),
                 model.len()
             ))
             .strong(),
@@ -36,7 +37,7 @@ pub fn table_ui(app: &mut ConsoleApp, ui: &mut egui::Ui) {
     ui.horizontal(|ui| {
         ui.menu_button("Columns", |ui| {
             for c in Column::ALL {
-                let mut shown = c == Column::Id || !app.state.hidden_columns.contains(&c);
+                let mut shown = c == Column::Id || !cx.state.hidden_columns.contains(&c);
                 let r = ui
                     .add_enabled(c != Column::Id, egui::Checkbox::new(&mut shown, c.title()))
                     .on_disabled_hover_text("The device column is always shown");
@@ -48,15 +49,15 @@ pub fn table_ui(app: &mut ConsoleApp, ui: &mut egui::Ui) {
         .response
         .on_hover_text("Choose the columns to show");
     });
-    let visible = visible_columns(&app.state.hidden_columns);
+    let visible = visible_columns(&cx.state.hidden_columns);
     // One bit per shown column: resized widths are kept per column set, because egui_extras
     // keeps widths by position.
     let shown_mask: u32 = visible.iter().map(|&c| 1 << (c as u32)).sum();
-    let mut sort = (app.state.sort, app.state.sort_descending);
-    let mode = app.state.color_mode;
-    let order = &app.derived.order;
-    let classes = &app.derived.classes;
-    let selected = app.selected;
+    let mut sort = (cx.state.sort, cx.state.sort_descending);
+    let mode = cx.state.color_mode;
+    let order = &cx.derived.order;
+    let classes = &cx.derived.classes;
+    let selected = cx.selected;
     let mut builder = TableBuilder::new(ui)
         .id_salt(("fleet-table", shown_mask))
         .striped(true)
@@ -152,12 +153,13 @@ pub fn table_ui(app: &mut ConsoleApp, ui: &mut egui::Ui) {
                 }
             });
         });
-    if sort != (app.state.sort, app.state.sort_descending) {
-        (app.state.sort, app.state.sort_descending) = sort;
+    if sort != (cx.state.sort, cx.state.sort_descending) {
+        commands.push(UiCommand::SetSort {
+            column: sort.0,
+            descending: sort.1,
+        });
     }
-    for c in commands {
-        app.send(c);
-    }
+    out.extend(commands);
 }
 
 /// The columns to draw, in [`Column::ALL`] order: all but the hidden ones, and always the

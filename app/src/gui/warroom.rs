@@ -19,10 +19,11 @@ use convoy_core::rollout::series::{HealthSeries, MetricSeries, SeriesPoint};
 use convoy_core::time::Timestamp;
 use egui::{Color32, RichText, Stroke};
 
-use crate::gui::app::{ConsoleApp, age};
+use crate::gui::app::age;
 use crate::gui::backend::LinkStatus;
 use crate::gui::model::Severity;
 use crate::gui::tokens;
+use crate::gui::view::ViewContext;
 
 /// How long the wall shows each rollout before the next.
 pub const CYCLE_SECS: i64 = 15;
@@ -175,9 +176,9 @@ fn wave_line(w: &convoy_core::comms::WaveStory, now: Timestamp) -> (String, Colo
 }
 
 /// Draws the wall.
-pub fn warroom_ui(app: &ConsoleApp, ui: &mut egui::Ui) {
-    let now = app.now();
-    if app.clock_runs() {
+pub fn warroom_ui(cx: &ViewContext<'_>, ui: &mut egui::Ui) {
+    let now = cx.now;
+    if cx.clock_runs {
         // The clock and the rollout cycle move without input.
         ui.ctx()
             .request_repaint_after(std::time::Duration::from_secs(1));
@@ -189,7 +190,7 @@ pub fn warroom_ui(app: &ConsoleApp, ui: &mut egui::Ui) {
                 .strong(),
         );
         ui.add_space(30.0);
-        let (text, color) = match app.link() {
+        let (text, color) = match cx.link {
             LinkStatus::Offline => ("LINK OFFLINE".to_owned(), tokens::MUTED),
             LinkStatus::Connecting => ("LINK CONNECTING".to_owned(), tokens::WARN),
             LinkStatus::Connected => ("LINK CONNECTED".to_owned(), tokens::OK),
@@ -206,12 +207,12 @@ pub fn warroom_ui(app: &ConsoleApp, ui: &mut egui::Ui) {
     });
     ui.add_space(16.0);
     ui.columns(2, |cols| {
-        let shown = rollouts_ui(app, &mut cols[0], now);
+        let shown = rollouts_ui(cx, &mut cols[0], now);
         if let Some(id) = shown {
-            health_ui(app, &mut cols[1], &id);
+            health_ui(cx, &mut cols[1], &id);
             cols[1].add_space(16.0);
         }
-        fleet_ui(app, &mut cols[1], now);
+        fleet_ui(cx, &mut cols[1], now);
     });
     ui.add_space(20.0);
     ui.label(
@@ -226,8 +227,8 @@ fn small(text: impl Into<String>) -> RichText {
 }
 
 /// The rollout on the wall now, from the cache; returns its id.
-fn rollouts_ui(app: &ConsoleApp, ui: &mut egui::Ui, now: Timestamp) -> Option<String> {
-    let board = match &app.rollouts {
+fn rollouts_ui(cx: &ViewContext<'_>, ui: &mut egui::Ui, now: Timestamp) -> Option<String> {
+    let board = match cx.rollouts {
         None => {
             ui.label(RichText::new("Reading the rollouts in the cache").size(tokens::WALL_TEXT));
             return None;
@@ -255,8 +256,8 @@ fn rollouts_ui(app: &ConsoleApp, ui: &mut egui::Ui, now: Timestamp) -> Option<St
         ui.label(small("`convoy rollout run` records them here.").color(tokens::MUTED));
         return None;
     }
-    let index = if app.clock_runs() {
-        cycle_index(order.len(), now.secs_since(app.warroom_since))
+    let index = if cx.clock_runs {
+        cycle_index(order.len(), now.secs_since(cx.warroom_since))
     } else {
         0
     };
@@ -357,15 +358,14 @@ const WALL_METRICS: [&str; 2] = ["crash", "reconnect_failure"];
 /// Cohort health of the rollout on the wall against its baseline: for each plotted metric, the
 /// updated cohort and the baseline (cumulative since the rollout started), the level the gate
 /// tolerates (baseline × its ratio), and the gate decisions on the time axis.
-fn health_ui(app: &ConsoleApp, ui: &mut egui::Ui, rollout_id: &str) {
+fn health_ui(cx: &ViewContext<'_>, ui: &mut egui::Ui, rollout_id: &str) {
     ui.label(
         RichText::new("Cohort health against baseline")
             .size(tokens::WALL_TEXT)
             .strong(),
     );
-    let series = app
+    let series = cx
         .rollouts
-        .as_ref()
         .and_then(|b| b.as_ref().ok())
         .and_then(|b| b.health.get(rollout_id));
     let Some(series) = series else {
@@ -522,9 +522,9 @@ pub fn last_stop_ui(ui: &mut egui::Ui, series: &HealthSeries, text_size: f32) {
 }
 
 /// The fleet's state counts and its latest device events.
-fn fleet_ui(app: &ConsoleApp, ui: &mut egui::Ui, now: Timestamp) {
-    let mode = app.state.color_mode;
-    let Some(model) = &app.model else {
+fn fleet_ui(cx: &ViewContext<'_>, ui: &mut egui::Ui, now: Timestamp) {
+    let mode = cx.state.color_mode;
+    let Some(model) = cx.model else {
         ui.label(RichText::new("Loading the fleet").size(tokens::WALL_TEXT));
         return;
     };
@@ -544,7 +544,7 @@ fn fleet_ui(app: &ConsoleApp, ui: &mut egui::Ui, now: Timestamp) {
                     ui.set_min_width(120.0);
                     ui.vertical(|ui| {
                         ui.label(
-                            RichText::new(app.derived.counts_all[k].to_string())
+                            RichText::new(cx.derived.counts_all[k].to_string())
                                 .size(tokens::WALL_NUMBER * 0.7)
                                 .strong()
                                 .color(color),
