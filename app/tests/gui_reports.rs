@@ -131,6 +131,16 @@ fn a_rollouts_report_shows_its_metrics_and_drafts_and_exports_the_clis_timeline(
         .into_iter()
         .find(|t| t.contains(ROLLOUT) && t.contains(RELEASE))
         .unwrap();
+    // The draft states the metrics' harm (issue 19: it said 0 for a canary rolled back
+    // mid-wave, whose wave never completed).
+    assert!(
+        internal.contains(&format!(
+            "{} failed or reverted",
+            expected.failed + expected.reverted
+        )),
+        "{internal}"
+    );
+    assert!(expected.failed + expected.reverted > 0);
     assert!(
         internal.contains("crash"),
         "the failing metric is named: {internal}"
