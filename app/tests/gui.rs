@@ -1808,3 +1808,37 @@ fn an_mbtiles_file_opened_from_the_map_toolbar_is_drawn_over_the_basemap() {
         "{attribution}"
     );
 }
+
+/// Field queries (issue 19): "T300 C" once matched every "cellular" device; a field query
+/// names exactly what it means, and a query that does not read says why on screen.
+#[test]
+fn field_queries_narrow_the_table_and_a_bad_query_says_why() {
+    let (mut h, _feed, fleet) = harness();
+    h.get_by_label("Fleet table").click();
+    settle(&mut h);
+    let model = fleet.devices[0].model.clone();
+    let rev = fleet.devices[0].hw_rev.clone();
+    let want = fleet
+        .devices
+        .iter()
+        .filter(|d| d.model == model && d.hw_rev == rev)
+        .count();
+    assert!(want > 0 && want < DEVICES);
+    search(&mut h, &format!("model:{model} hw_rev:{rev}"));
+    h.get_by_label(&format!("{want} of {DEVICES} devices"));
+    // The same two values as bare words: a one-letter revision matches whole values only.
+    search_field(&h).focus();
+    h.run_steps(1);
+    h.key_press_modifiers(egui::Modifiers::COMMAND, Key::A);
+    search_field(&h).type_text(&format!("{model} {rev}"));
+    settle(&mut h);
+    assert_eq!(h.state().state.filter.text, format!("{model} {rev}"));
+    h.get_by_label(&format!("{want} of {DEVICES} devices"));
+    // A comparison that is not a version: nothing is shown, and the bar says which term.
+    h.key_press_modifiers(egui::Modifiers::COMMAND, Key::A);
+    search_field(&h).type_text("firmware:<two");
+    settle(&mut h);
+    assert_eq!(h.state().state.filter.text, "firmware:<two");
+    h.get_by_label_contains("Search: `firmware:<two`: `two` is not a version");
+    h.get_by_label(&format!("0 of {DEVICES} devices"));
+}

@@ -1148,10 +1148,20 @@ impl ConsoleApp {
             ui.separator();
             let search = egui::TextEdit::singleline(&mut self.state.filter.text)
                 .id(egui::Id::unique(SEARCH_ID))
-                .hint_text("Search devices (id, model, region, depot, firmware, state)")
+                .hint_text("Search: words, or model:T300 hw_rev:C firmware:<2.5 region:eu-*")
                 .desired_width(340.0);
-            ui.add(search)
-                .on_hover_text("Ctrl+F. Every word must match; shared by the map and the table.");
+            ui.add(search).on_hover_text(
+                "Ctrl+F. Every term must match; shared by the map and the table.\n\
+                 A word is found in the id, model, revision, region, depot, link, tier, class, \
+                 firmware or update state (under 3 characters: whole values only).\n\
+                 field:value matches a field exactly (model:T300, state:failed); * is any text \
+                 (region:eu-*); <, <=, >, >=, =, != compare versions and numbers \
+                 (firmware:<2.5, battery:<20); -term excludes (-depot:x); \"quotes\" hold spaces.",
+            );
+            if let Some(error) = self.state.filter.error() {
+                ui.label(RichText::new(format!("Search: {error}")).color(tokens::BAD))
+                    .on_hover_text("No device is shown until the search reads.");
+            }
             if let Some(class) = self.state.filter.class {
                 let name = self
                     .state
