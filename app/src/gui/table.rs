@@ -140,8 +140,12 @@ pub fn table_ui(cx: &ViewContext<'_>, out: &mut Commands, ui: &mut egui::Ui) {
                                 (Some(s), _) => state_name(s).to_owned(),
                                 (None, _) => "no report".to_owned(),
                             };
-                            tokens::swatch(ui, tokens::class_color(mode, class));
-                            ui.label(text);
+                            // The swatch and its words on one line: a wrapped cell doubles
+                            // the row's height and misaligns the table (issue 19).
+                            ui.horizontal(|ui| {
+                                tokens::swatch(ui, tokens::class_color(mode, class));
+                                ui.add(egui::Label::new(text).truncate());
+                            });
                         }
                         Column::Battery => {
                             ui.label(d.battery_pct.map_or("-".to_owned(), |b| format!("{b} %")));
