@@ -1842,3 +1842,49 @@ fn field_queries_narrow_the_table_and_a_bad_query_says_why() {
     h.get_by_label_contains("Search: `firmware:<two`: `two` is not a version");
     h.get_by_label(&format!("0 of {DEVICES} devices"));
 }
+
+/// The console delivers its desktop channel's alerts (issue 23): a gate stop written to its
+/// cache by an engine shows as a notification, and the status bar says the channel is well.
+#[test]
+fn a_gate_stop_in_the_cache_shows_as_a_desktop_alert_and_the_channel_s_health() {
+    use convoy::alerts::AlertsConfig;
+    use convoy::gui::alerts::ConsoleAlerts;
+    use convoy::store::Store;
+
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("cache.db");
+    let mut store = Store::open(&db).unwrap();
+    let config = AlertsConfig::parse(
+        "[[channel]]\nname = \"desk\"\nkind = \"desktop\"\n",
+        dir.path(),
+    )
+    .unwrap();
+    let (mut backend, _feed) = Backend::fixture(fixture(), db.clone());
+    backend.alerts = Some(ConsoleAlerts::start(db, config).unwrap());
+    let mut h = common::console(backend, [1400.0, 900.0]);
+    // The first pass starts at the cache's present.
+    wait_for(&mut h, "Alerts: ok, 0 waiting");
+    store
+        .append_event("r1", NOW, "rollout.created", "alice", &serde_json::json!({}))
+        .unwrap();
+    store
+        .append_event(
+            "r1",
+            NOW,
+            "gate.decision",
+            "gate",
+            &serde_json::json!({"wave": "canary", "outcome": "pause", "report": {"findings": [
+                {"metric": "crash", "stratum": "T300/C", "status": "fail", "observed": 650.0,
+                 "baseline": 0.9, "p_value": 4.9e-16, "sample": 5,
+                 "counts": {"updated_events": 13, "updated_device_hours": 20.0,
+                            "baseline_events": 3, "baseline_device_hours": 3300.0}}]}}),
+        )
+        .unwrap();
+    wait_for(
+        &mut h,
+        "Rollout r1 paused by a health gate in wave canary: 13 crashes on 5 T300/C devices",
+    );
+    wait_for(&mut h, "Alerts: ok, 0 waiting");
+    let sent = store.alert_health().unwrap();
+    assert_eq!((sent[0].channel.as_str(), sent[0].sent), ("desk", 1));
+}

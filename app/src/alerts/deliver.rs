@@ -294,14 +294,13 @@ fn run(
     status: &Mutex<AlertsStatus>,
     idle: &AtomicBool,
 ) {
-    let mut store: Option<Store> = None;
     while !stop.load(Ordering::Acquire) {
         let now = wall_ms();
         let result = (|| -> Result<(bool, Vec<ChannelHealth>)> {
-            if store.is_none() {
-                store = Some(Store::open_existing(cache)?);
-            }
-            let s = store.as_mut().context("the cache")?;
+            // Opened each pass (a few milliseconds): a cache replaced under the console (the
+            // demo's, at start) is read as it is now, never through a deleted file.
+            let mut store = Store::open_existing(cache)?;
+            let s = &mut store;
             feed::pass(s, deliverer.config(), now)?;
             let done = deliverer.pass(s, now)?;
             let names: Vec<String> = deliverer
@@ -327,8 +326,6 @@ fn run(
                 Err(e) => {
                     st.error = Some(format!("{e:#}"));
                     idle.store(true, Ordering::Release);
-                    // Reopen on the next pass (the cache may have been replaced).
-                    store = None;
                 }
             }
         }
@@ -338,8 +335,8 @@ fn run(
             std::thread::sleep(Duration::from_millis(50));
         }
     }
-    if let Some(s) = &store {
-        deliverer.release(s);
+    if let Ok(s) = Store::open_existing(cache) {
+        deliverer.release(&s);
     }
 }
 

@@ -67,6 +67,11 @@ pub struct Args {
     /// Demo only: no demo rollout, just the simulated fleet.
     #[arg(long)]
     pub demo_no_rollout: bool,
+    /// Deliver the cache's alerts through the channels of this file, show the desktop
+    /// channel's alerts as notifications and each channel's health in the status bar
+    /// (docs/ALERTS.md). Not with --server: the server delivers its own.
+    #[arg(long, value_name = "FILE", conflicts_with = "server")]
+    pub alerts: Option<PathBuf>,
 }
 
 /// The views the console can start in.
@@ -213,7 +218,20 @@ pub fn run(args: &Args) -> Result<()> {
         );
     }
     let tiles = tile_spec(args)?;
-    let backend = backend(args)?;
+    let alerts = args
+        .alerts
+        .as_deref()
+        .map(crate::alerts::AlertsConfig::load)
+        .transpose()?;
+    let mut backend = backend(args)?;
+    if let Some(config) = alerts {
+        let cache = if args.db.is_none() && args.broker.is_none() {
+            crate::gui::backend::default_demo_cache()
+        } else {
+            crate::store::resolve_path(args.db.as_deref())?
+        };
+        backend.alerts = Some(crate::gui::alerts::ConsoleAlerts::start(cache, config)?);
+    }
     if let Err(err) = crate::gui::run_native(backend, args.view.map(View::from), tiles) {
         eprint!("{}", no_display_notice(&format!("{err:#}")));
         return Err(err);

@@ -538,6 +538,22 @@ impl ConsoleApp {
         self.cache.as_deref()
     }
 
+    /// The desktop channel's alerts as toasts (the alerts thread also asks the desktop to
+    /// show them).
+    fn show_alerts(&mut self) {
+        let Some(alerts) = &self.backend.alerts else {
+            return;
+        };
+        for alert in alerts.take() {
+            let kind = match alert.severity {
+                convoy_core::alerts::Severity::Critical => ToastKind::Error,
+                convoy_core::alerts::Severity::Warning => ToastKind::Warning,
+                convoy_core::alerts::Severity::Info => ToastKind::Info,
+            };
+            self.toast(kind, format!("{}: {}", alert.title, alert.summary));
+        }
+    }
+
     fn toast(&mut self, kind: ToastKind, text: impl Into<String>) {
         self.toasts.push(Toast {
             text: text.into(),
@@ -560,6 +576,7 @@ impl ConsoleApp {
         for command in self.commands.take() {
             self.apply(ctx, command);
         }
+        self.show_alerts();
         self.findings.poll();
         self.releases.poll();
         self.planner.poll();
@@ -1296,6 +1313,33 @@ impl ConsoleApp {
                     "{} messages · {} rejected",
                     model.messages, model.rejected
                 ));
+            }
+            if let Some(alerts) = &self.backend.alerts {
+                let status = alerts.status();
+                let (words, bad) = crate::gui::alerts::status_words(&status);
+                ui.separator();
+                crate::gui::tokens::swatch(ui, if bad { tokens::BAD } else { tokens::OK });
+                let hover: Vec<String> = status
+                    .channels
+                    .iter()
+                    .map(|c| {
+                        format!(
+                            "{}: {} sent, {} waiting{}",
+                            c.channel,
+                            c.sent,
+                            c.pending,
+                            c.last_error
+                                .as_ref()
+                                .map(|e| format!("; last error: {e}"))
+                                .unwrap_or_default()
+                        )
+                    })
+                    .collect();
+                ui.label(words).on_hover_text(if hover.is_empty() {
+                    "No alert has been enqueued yet".to_owned()
+                } else {
+                    hover.join("\n")
+                });
             }
             if !self.stage.is_empty() && self.model.is_some() {
                 ui.separator();

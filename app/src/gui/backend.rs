@@ -260,6 +260,8 @@ pub struct Backend {
     /// Simulated seconds per wall second of the fleet this console drives (the demo's
     /// `--demo-time-scale`); 1 for a real fleet. Engine runs the console starts use it.
     pub time_scale: f64,
+    /// Alerts this console delivers and shows (`convoy gui --alerts FILE`).
+    pub alerts: Option<super::alerts::ConsoleAlerts>,
     _runtime: Option<tokio::runtime::Runtime>,
 }
 
@@ -355,6 +357,7 @@ impl Backend {
                 steer_tx,
                 engines: None,
                 time_scale: 1.0,
+                alerts: None,
                 _runtime: Some(runtime),
             },
             reporter,
@@ -462,6 +465,7 @@ impl Backend {
                 steer_tx,
                 engines: None,
                 time_scale: 1.0,
+                alerts: None,
                 _runtime: None,
             },
             FixtureFeed { tx },

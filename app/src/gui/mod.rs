@@ -20,6 +20,7 @@
 //! `docs/CONSOLE.md` lists what the console does and what is not built.
 
 pub mod aggregate;
+pub mod alerts;
 pub mod app;
 pub mod approvals;
 pub mod backend;
