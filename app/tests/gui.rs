@@ -1865,7 +1865,13 @@ fn a_gate_stop_in_the_cache_shows_as_a_desktop_alert_and_the_channel_s_health() 
     // The first pass starts at the cache's present.
     wait_for(&mut h, "Alerts: ok, 0 waiting");
     store
-        .append_event("r1", NOW, "rollout.created", "alice", &serde_json::json!({}))
+        .append_event(
+            "r1",
+            NOW,
+            "rollout.created",
+            "alice",
+            &serde_json::json!({}),
+        )
         .unwrap();
     store
         .append_event(

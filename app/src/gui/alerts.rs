@@ -68,7 +68,13 @@ fn notify_desktop(alert: &Alert) {
     };
     // Best effort: a desktop without a notification daemon still has the toast.
     let _ = std::process::Command::new("notify-send")
-        .args(["--app-name=Convoy", "--urgency", urgency, &alert.title, &alert.summary])
+        .args([
+            "--app-name=Convoy",
+            "--urgency",
+            urgency,
+            &alert.title,
+            &alert.summary,
+        ])
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())

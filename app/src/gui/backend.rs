@@ -710,7 +710,7 @@ fn spawn_history_worker(
 /// recorded rollouts every [`ROLLOUT_POLL`]. The cache is opened when first needed and opened
 /// again after a failure: the demo writes it after start.
 fn run_history(cache: &Path, rx: &std::sync::mpsc::Receiver<HistoryRequest>, reporter: &Reporter) {
-    let mut store: Option<Store> = None;
+    let mut store: Option<OpenCache> = None;
     let mut health = HealthCache::default();
     let mut next_rollouts = std::time::Instant::now();
     loop {
@@ -762,12 +762,43 @@ fn run_history(cache: &Path, rx: &std::sync::mpsc::Receiver<HistoryRequest>, rep
 }
 
 /// The worker's open cache, opening it if it is not open yet.
-fn open_store<'a>(cache: &Path, store: &'a mut Option<Store>) -> Result<&'a Store, String> {
+/// The cache as the history worker holds it open, with the identity of the file it opened.
+struct OpenCache {
+    store: Store,
+    file: Option<(u64, u64)>,
+}
+
+/// The (device, inode) of the file at `path` now, if there is one.
+fn file_identity(path: &Path) -> Option<(u64, u64)> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+    }
+    #[cfg(not(unix))]
+    {
+        std::fs::metadata(path).ok().map(|_| (0, 0))
+    }
+}
+
+/// The cache at `cache`, opened when first needed and opened again when the file at that path
+/// is no longer the one held open: the demo replaces its cache after the console starts, and
+/// a connection to the deleted file would show the previous run's rollouts (issue 19).
+fn open_store<'a>(cache: &Path, store: &'a mut Option<OpenCache>) -> Result<&'a Store, String> {
+    let now = file_identity(cache);
+    if store.as_ref().is_some_and(|open| open.file != now) {
+        *store = None;
+    }
     if store.is_none() {
-        *store = Some(Store::open_existing(cache).map_err(|err| format!("{err:#}"))?);
+        let opened = Store::open_existing(cache).map_err(|err| format!("{err:#}"))?;
+        *store = Some(OpenCache {
+            store: opened,
+            file: file_identity(cache),
+        });
     }
     store
         .as_ref()
+        .map(|open| &open.store)
         .ok_or_else(|| format!("the cache {} is not open", cache.display()))
 }
 
@@ -900,6 +931,47 @@ mod tests {
         );
         let store = Store::open(&cache).expect("a fresh cache");
         assert!(store.timeline("demo-r").expect("timeline").is_empty());
+    }
+
+    /// Issue 19: the history worker opened the demo cache before the demo replaced it and
+    /// showed the previous run's rollouts from the deleted file.
+    #[test]
+    fn a_replaced_cache_is_read_as_it_is_now_not_through_the_deleted_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cache = dir.path().join("demo.db");
+        let created =
+            serde_json::json!({"release": "r1", "waves": [{"name": "all", "devices": 3}]});
+        let mut old = Store::open(&cache).expect("the last run's cache");
+        old.append_event(
+            "last-run",
+            Timestamp::from_secs(1),
+            "rollout.created",
+            "demo",
+            &created,
+        )
+        .expect("an event");
+        drop(old);
+        let mut held = None;
+        let ids = |s: &Store| s.recent_rollouts(10).expect("rollouts");
+        assert_eq!(
+            ids(open_store(&cache, &mut held).expect("open")),
+            ["last-run"]
+        );
+        // The demo starts: a fresh cache at the same path.
+        remove_cache_files(&cache).expect("removed");
+        let mut new = Store::open(&cache).expect("this run's cache");
+        new.append_event(
+            "this-run",
+            Timestamp::from_secs(2),
+            "rollout.created",
+            "demo",
+            &created,
+        )
+        .expect("an event");
+        assert_eq!(
+            ids(open_store(&cache, &mut held).expect("reopened")),
+            ["this-run"]
+        );
     }
 
     #[test]
