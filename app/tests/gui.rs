@@ -272,6 +272,27 @@ fn the_command_palette_runs_a_command_by_name() {
     h.get_by_label_contains("healthy");
 }
 
+/// Issue 19: Enter in the palette did nothing; it runs the first command that matches.
+#[test]
+fn enter_in_the_command_palette_runs_the_first_match() {
+    let (mut h, _feed, _) = harness();
+    h.key_press_modifiers(egui::Modifiers::COMMAND, Key::K);
+    settle(&mut h);
+    h.get_by_label("Command palette");
+    // The palette holds the keyboard focus: typing goes to it.
+    h.event(egui::Event::Text("colour health".into()));
+    settle(&mut h);
+    // Typed: the list holds only the match.
+    h.get_by_label("Colour by health");
+    h.key_press(Key::Enter);
+    settle(&mut h);
+    assert_eq!(
+        h.state().state.color_mode,
+        convoy::gui::model::ColorMode::Health
+    );
+    assert!(h.query_by_label("Command palette").is_none());
+}
+
 /// Writes three rollout timelines into `cache` as the engine does: `ro-t300-canary`, paused by
 /// the boot-failure gate on stratum T300/C in its canary after one hold; `ro-tcu-fleet`,
 /// running and newer; `ro-old-done`, completed.

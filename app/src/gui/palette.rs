@@ -75,6 +75,9 @@ pub fn palette_ui(palette: &mut PaletteState, out: &mut Commands, ctx: &egui::Co
         .anchor(egui::Align2::CENTER_TOP, [0.0, 80.0])
         .open(&mut open)
         .show(ctx, |ui| {
+            // Enter is taken before the text field sees it: a single-line field would take it
+            // as "done editing" and the command would never run (issue 19).
+            let enter = ui.input_mut(|i| i.consume_key(egui::Modifiers::NONE, Key::Enter));
             let edit = ui.add(
                 egui::TextEdit::singleline(&mut palette.query)
                     .hint_text("Type a command")
@@ -82,7 +85,7 @@ pub fn palette_ui(palette: &mut PaletteState, out: &mut Commands, ctx: &egui::Co
             );
             edit.request_focus();
             let found = matching(&palette.query);
-            if edit.lost_focus() && ui.input(|i| i.key_pressed(Key::Enter)) {
+            if enter {
                 run = found.first().map(|(_, c)| c.clone());
             }
             for (name, command) in &found {
