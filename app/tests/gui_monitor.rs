@@ -344,3 +344,66 @@ fn snapshot_of_the_monitor() {
     settle(&mut h);
     h.snapshot("monitor");
 }
+
+/// Issue 19: a click two pixels below the reason field sent a rollback. Roll back and Abort
+/// now wait for the rollout's id typed again; a wrong id keeps Confirm disabled, Cancel drops
+/// the command, and only Confirm sends it.
+#[test]
+fn roll_back_and_abort_wait_for_the_rollout_id_typed_again() {
+    let fleet = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("monitor.db");
+    write_gate_paused_rollout(&cache, &fleet);
+    let (mut h, mut commands) = monitor_harness(fleet, cache, 1700.0);
+    wait_for(&mut h, "Verdict: ");
+    h.get_by_label("Reason:").focus();
+    h.run_steps(1);
+    h.get_by_label("Reason:")
+        .type_text("crash loop on T300 rev C");
+    settle(&mut h);
+    // Abort, then Cancel: nothing is sent.
+    h.get_by_label("Abort").click();
+    settle(&mut h);
+    h.get_by_label_contains(&format!(
+        "Abort of rollout {ROLLOUT}? This cannot be undone."
+    ));
+    h.get_by_label("Cancel").click();
+    settle(&mut h);
+    assert!(h.query_by_label_contains("This cannot be undone").is_none());
+    assert!(
+        commands.try_recv().is_err(),
+        "a cancelled abort is not sent"
+    );
+    // Roll back: a wrong id keeps Confirm disabled.
+    h.get_by_label("Roll back").click();
+    settle(&mut h);
+    let confirm = "Confirm: Roll back the current wave";
+    assert!(h.get_by_label(confirm).accesskit_node().is_disabled());
+    h.get_by_label("Rollout id:").focus();
+    h.run_steps(1);
+    h.get_by_label("Rollout id:").type_text("ro-other");
+    settle(&mut h);
+    assert!(h.get_by_label(confirm).accesskit_node().is_disabled());
+    assert!(
+        commands.try_recv().is_err(),
+        "nothing sent before the confirmation"
+    );
+    // The right id enables it, and Confirm sends the rollback.
+    h.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::A);
+    h.get_by_label("Rollout id:").type_text(ROLLOUT);
+    settle(&mut h);
+    assert!(!h.get_by_label(confirm).accesskit_node().is_disabled());
+    let engine = std::thread::spawn(move || {
+        let request = commands.blocking_recv().expect("a command");
+        let command = request.command.clone();
+        let _ = request.reply.send(Ok(Phase::RolledBack));
+        command
+    });
+    h.get_by_label(confirm).click();
+    settle(&mut h);
+    let command = engine.join().unwrap();
+    assert!(
+        matches!(command, OperatorCommand::RollBack { ref reason, .. } if reason == "crash loop on T300 rev C"),
+        "{command:?}"
+    );
+}

@@ -567,6 +567,9 @@ pub struct MonitorState {
     /// The command sent last from here and not answered yet, with how many answers had
     /// arrived when it was sent (`ConsoleApp::steered_total`).
     pub awaiting: Option<(String, OperatorCommand, u64)>,
+    /// A rollback or abort waiting for its confirmation (the rollout's id typed again), with
+    /// the rollout it is for and what has been typed.
+    pub confirming: Option<(String, OperatorCommand, String)>,
 }
 
 impl std::fmt::Debug for MonitorState {
@@ -600,6 +603,7 @@ impl Default for MonitorState {
             asked: None,
             fleet: None,
             awaiting: None,
+            confirming: None,
         }
     }
 }
@@ -856,6 +860,55 @@ fn verdict_ui(
     }
 }
 
+/// The confirmation of a rollback or an abort: the rollout's id typed again enables
+/// "Confirm"; "Cancel" (or another rollout) drops it. Returns the command once confirmed.
+fn confirm_ui(state: &mut MonitorState, id: &str, ui: &mut egui::Ui) -> Option<OperatorCommand> {
+    let (rid, command, typed) = state.confirming.as_mut()?;
+    if rid != id {
+        state.confirming = None;
+        return None;
+    }
+    let what = match &*command {
+        OperatorCommand::RollBack { scope, .. } => format!("Roll back {}", scope_words(*scope)),
+        OperatorCommand::Abort { .. } => "Abort".to_owned(),
+        other => other.name().to_owned(),
+    };
+    let mut decided = None;
+    egui::Frame::group(ui.style())
+        .stroke(egui::Stroke::new(1.5, tokens::BAD))
+        .show(ui, |ui| {
+            ui.label(
+                RichText::new(format!(
+                    "{what} of rollout {id}? This cannot be undone. Type the rollout id to confirm."
+                ))
+                .color(tokens::BAD),
+            );
+            ui.horizontal(|ui| {
+                let label = ui.label("Rollout id:");
+                ui.add(egui::TextEdit::singleline(typed).desired_width(220.0))
+                    .labelled_by(label.id);
+                let matches = typed.trim() == id;
+                if ui
+                    .add_enabled(matches, egui::Button::new(format!("Confirm: {what}")))
+                    .on_disabled_hover_text("Type the rollout id exactly to enable it")
+                    .clicked()
+                {
+                    decided = Some(Some(command.clone()));
+                }
+                if ui.button("Cancel").clicked() {
+                    decided = Some(None);
+                }
+            });
+        });
+    match decided {
+        Some(confirmed) => {
+            state.confirming = None;
+            confirmed
+        }
+        None => None,
+    }
+}
+
 /// The reason field, the command buttons, and the answers to the commands sent.
 fn controls_ui(
     state: &mut MonitorState,
@@ -918,12 +971,18 @@ fn controls_ui(
         if button(
             ui,
             "Roll back",
-            "Send the devices back to their previous version",
+            "Send the devices back to their previous version (asks you to confirm)",
         ) {
-            command = Some(OperatorCommand::RollBack {
-                scope: state.scope,
-                reason: reason.clone(),
-            });
+            // Not sent yet: a rollback cannot be taken back, so it waits for the rollout's
+            // id typed again (issue 19: a stray click sent one).
+            state.confirming = Some((
+                id.clone(),
+                OperatorCommand::RollBack {
+                    scope: state.scope,
+                    reason: reason.clone(),
+                },
+                String::new(),
+            ));
         }
         let l = ui.label("of");
         egui::ComboBox::from_id_salt("monitor-rollback-scope")
@@ -938,13 +997,20 @@ fn controls_ui(
         if button(
             ui,
             "Abort",
-            "Stop the rollout for good, leaving devices where they are",
+            "Stop the rollout for good, leaving devices where they are (asks you to confirm)",
         ) {
-            command = Some(OperatorCommand::Abort {
-                reason: reason.clone(),
-            });
+            state.confirming = Some((
+                id.clone(),
+                OperatorCommand::Abort {
+                    reason: reason.clone(),
+                },
+                String::new(),
+            ));
         }
     });
+    if let Some(confirmed) = confirm_ui(state, &id, ui) {
+        command = Some(confirmed);
+    }
     match &steerable {
         Err(why) => {
             ui.colored_label(tokens::WARN, format!("Cannot steer from here: {why}"));
