@@ -1020,6 +1020,14 @@ fn snapshots_of_the_main_screens() {
                 ..Default::default()
             };
             wait_for_label(&mut h, "No manifests in the cache yet.");
+            // The trust directory beside the cache is filled in (issue 19); the snapshot shows
+            // it under a fixed name, not the temporary directory's.
+            let trust = &h.state().releases.trust_dir;
+            assert_eq!(
+                std::path::Path::new(trust),
+                convoy::ops::settings::default_trust_dir(&dir.path().join("snapshot.db"))
+            );
+            h.state_mut().releases.trust_dir = "/var/lib/convoy/trust".into();
         }
         if name == "device" {
             h.state_mut().send(convoy::gui::UiCommand::OpenDevice(42));

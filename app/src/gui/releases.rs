@@ -556,6 +556,16 @@ impl ReleasesState {
     /// What the console does before the view draws: lists the manifests the first time.
     pub fn prepare(&mut self, ctx: &egui::Context, cache: Option<PathBuf>, now: Timestamp) {
         if !self.listed && self.list_rx.is_none() {
+            // The first listing checks against the trust directory beside the cache, the one
+            // `convoy rollout run` and the planner use: an empty field showed the demo's own
+            // release as "not checked" (issue 19).
+            if self.trust_dir.trim().is_empty()
+                && let Some(c) = &cache
+            {
+                self.trust_dir = crate::ops::settings::default_trust_dir(c)
+                    .display()
+                    .to_string();
+            }
             self.refresh(ctx, cache, now);
         }
     }
