@@ -1923,3 +1923,14 @@ fn a_gate_stop_in_the_cache_shows_as_a_desktop_alert_and_the_channel_s_health() 
     let sent = store.alert_health().unwrap();
     assert_eq!((sent[0].channel.as_str(), sent[0].sent), ("desk", 1));
 }
+
+/// Issue 19: the default map left part of the fleet off-screen; with no saved view it opens
+/// fitted to the fleet.
+#[test]
+fn the_map_opens_fitted_to_the_fleet() {
+    let (mut h, _feed, _fleet) = harness();
+    settle(&mut h);
+    let (center, zoom) = h.state().map.view();
+    assert!(center.is_some(), "the map was moved to the fleet");
+    assert!(zoom < 3.0, "the whole fleet spans continents: zoom {zoom}");
+}

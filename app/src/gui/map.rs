@@ -50,6 +50,9 @@ pub struct MapState {
     mbtiles_dialog: Option<std::sync::mpsc::Receiver<Option<std::path::PathBuf>>>,
     /// Why the last MBTiles file was not used, in words.
     pub mbtiles_note: Option<String>,
+    /// No saved view: the map fits the fleet once it is loaded (issue 19: the default view
+    /// left Tokyo, Singapore and Sydney off-screen).
+    fit_pending: bool,
 }
 
 /// What the map view asks the console for: work on the map's own state that opens files or
@@ -108,6 +111,7 @@ impl MapState {
         let (lat, lon) = center.unwrap_or((HOME.0, HOME.1));
         let zoom = if center.is_some() { zoom } else { HOME.2 };
         self.focus(lat, lon, zoom);
+        self.fit_pending = center.is_none();
     }
 
     /// Centres the map on (lat, lon) at `zoom`.
@@ -337,6 +341,10 @@ fn rollout_legend_title_ui(cx: &ViewContext<'_>, ui: &mut egui::Ui) {
 
 /// Draws the map view.
 pub fn map_ui(map: &mut MapState, cx: &ViewContext<'_>, out: &mut Commands, ui: &mut egui::Ui) {
+    if map.fit_pending && !cx.derived.filtered.is_empty() {
+        map.fit_pending = false;
+        fit(map, cx, ui.available_width().max(400.0));
+    }
     legend_ui(cx, out, ui);
     ui.horizontal(|ui| {
         if ui.button("Zoom in").clicked() {
@@ -724,7 +732,9 @@ mod tests {
         let (lat, lon) = center.expect("detached at the saved centre");
         assert!((lat - 52.5).abs() < 1e-9 && (lon - 13.4).abs() < 1e-9);
         assert_eq!(zoom, 7.0);
+        assert!(!m.fit_pending, "a saved view is kept");
         m.restore(None, 12.0);
         assert_eq!(m.view().1, HOME.2);
+        assert!(m.fit_pending, "no saved view: the fleet is fitted once loaded");
     }
 }
