@@ -8,7 +8,7 @@ use convoy_core::time::Timestamp;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use crate::serve::auth::{self, Revoke, Role};
+use crate::ops::tokens::{self as auth, Revoke, Role};
 use crate::serve::{ServeConfig, Server};
 use crate::store::{self, Store, audit::operator_actor};
 
@@ -175,11 +175,11 @@ fn serve(args: &RunArgs) -> Result<()> {
     config.max_streams = args.max_streams;
     config.trust.clone_from(&args.trust);
     if let Some(path) = &args.dispatch_args {
-        config.dispatch = Some(crate::serve::host::read_dispatch_args(path)?);
+        config.dispatch = Some(crate::ops::hosting::read_dispatch_args(path)?);
     }
     let mut hosted = Vec::new();
     for path in &args.host_rollout {
-        let run = crate::serve::host::host_rollout_file(path)?;
+        let run = crate::ops::hosting::host_rollout_file(path)?;
         eprintln!("hosting rollout {} ({})", run.rollout_id(), path.display());
         config.controls.push(run.control.clone());
         hosted.push(run);

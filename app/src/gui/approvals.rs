@@ -5,7 +5,7 @@
 //! with what each still needs; a named operator approves or rejects; an approved request is
 //! dispatched.
 //!
-//! The rules are the server's: every step goes through [`crate::serve::requests`] (`create`,
+//! The rules are the server's: every step goes through [`crate::ops::requests`] (`create`,
 //! `list`, `decide`, `host`), which checks the release's signature against the trust
 //! directory, freezes the plan with the manifest's hash, refuses self-approval and repeated
 //! approvers with [`convoy_core::rollout::approvals_satisfy`], and audits each step. All SQL,
@@ -17,7 +17,7 @@
 //! type another name. The server's approvals (`convoy serve`) are by token; the view says so.
 //!
 //! Dispatch: with an in-process engine target ([`LocalDispatch`], the demo's embedded broker and
-//! engines) the approved request runs here with [`crate::serve::requests::host`] and its
+//! engines) the approved request runs here with [`crate::ops::requests::host`] and its
 //! control handle is registered so that the rollout monitor can steer it. Without one the view
 //! says plainly that `convoy serve --dispatch-args` dispatches approved requests, and the
 //! request stays recorded as approved.
@@ -34,8 +34,8 @@ use crate::gui::backend::{BrokerKind, LinkStatus};
 use crate::gui::steer::LocalEngines;
 use crate::gui::tokens;
 use crate::gui::view::{Commands, ViewContext};
-use crate::serve::host::HostedRun;
-use crate::serve::requests::{self, NewRequest, Refusal, RequestView, SavedPlan, Verdict};
+use crate::ops::hosting::HostedRun;
+use crate::ops::requests::{self, NewRequest, Refusal, RequestView, SavedPlan, Verdict};
 use crate::store::Store;
 
 /// How the console acts in the audit trail when it records a local request or decision: the
@@ -590,8 +590,8 @@ pub fn cannot_approve(request: &RequestView, operator: &str) -> Option<String> {
             request.status.replace('_', " ")
         ));
     }
-    let person = crate::serve::auth::person_key(operator);
-    if person == crate::serve::auth::person_key(&request.requested_by) {
+    let person = crate::ops::tokens::person_key(operator);
+    if person == crate::ops::tokens::person_key(&request.requested_by) {
         return Some(format!(
             "{operator} requested {} and cannot approve it: nobody approves their own request",
             request.rollout_id
@@ -600,7 +600,7 @@ pub fn cannot_approve(request: &RequestView, operator: &str) -> Option<String> {
     if request
         .decisions
         .iter()
-        .any(|d| d.decision == "approve" && crate::serve::auth::person_key(&d.operator) == person)
+        .any(|d| d.decision == "approve" && crate::ops::tokens::person_key(&d.operator) == person)
     {
         return Some(format!(
             "{operator} has approved {} already: approvals must come from distinct operators",
@@ -928,7 +928,7 @@ fn requests_ui(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::serve::requests::Decision;
+    use crate::ops::requests::Decision;
 
     fn view(requested_by: &str, status: &'static str, approvers: &[&str]) -> RequestView {
         RequestView {

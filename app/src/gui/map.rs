@@ -735,6 +735,9 @@ mod tests {
         assert!(!m.fit_pending, "a saved view is kept");
         m.restore(None, 12.0);
         assert_eq!(m.view().1, HOME.2);
-        assert!(m.fit_pending, "no saved view: the fleet is fitted once loaded");
+        assert!(
+            m.fit_pending,
+            "no saved view: the fleet is fitted once loaded"
+        );
     }
 }

@@ -12,13 +12,19 @@
 //! directly. Decisions stay in `convoy_core`; a use case reads files, calls the core and hands
 //! back values.
 //!
-//! Rooms so far (issue 17): `releases`, `plans`, `findings`, `reports`, `settings`, `runs` (the typed run
-//! spec and the engine's options). Requests (create, decide, dispatch) and hosting and steering
-//! runs are still in `serve/` and `gui/approvals.rs`.
+//! Rooms (issue 17): `releases`, `plans`, `findings`, `reports`, `settings`, `runs` (the typed
+//! run spec and the engine's options), `tokens` (operators, roles, API tokens and the person
+//! behind one), `requests` (create, decide, dispatch: the two-person rule) and `hosting` (engine
+//! runs hosted in this process and steered through their control handles). The server and the
+//! console both call these; `serve::{auth, requests, host}` are their old names, kept as
+//! re-exports.
 
 pub mod findings;
+pub mod hosting;
 pub mod plans;
 pub mod releases;
 pub mod reports;
+pub mod requests;
 pub mod runs;
 pub mod settings;
+pub mod tokens;

@@ -1,7 +1,7 @@
 //! Saved rollout plans in the cache: the `rollout_plans` table.
 //!
 //! A plan is stored as the JSON `convoy plan --json` and the console's planner write; storing
-//! one dispatches nothing. Requests (`serve::requests`) freeze a plan under the rollout's id.
+//! one dispatches nothing. Requests (`ops::requests`) freeze a plan under the rollout's id.
 
 use anyhow::{Context, Result};
 use convoy_core::time::Timestamp;

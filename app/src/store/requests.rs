@@ -1,10 +1,10 @@
 //! Rollout requests and approvals in the cache: request records in `rollout_plans` (beside the
 //! plans consoles save), decisions in `approvals`, and [`Txn`], a transaction in which the
-//! request rules of `serve::requests` write a request or a decision together with its audit
+//! request rules of `ops::requests` write a request or a decision together with its audit
 //! entry.
 //!
-//! Deliberately not here: who may approve what (the two-person rule is `serve::requests`'s and
-//! `serve::auth`'s); this module stores and reads rows.
+//! Deliberately not here: who may approve what (the two-person rule is `ops::requests`'s and
+//! `ops::tokens`'s); this module stores and reads rows.
 
 use anyhow::{Context, Result};
 use convoy_core::time::Timestamp;

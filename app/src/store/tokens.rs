@@ -1,7 +1,7 @@
 //! API tokens and operators in the cache: the `api_tokens` and `operators` tables.
 //!
 //! Only a token's SHA-256 is kept. Who may call the server, with which role, and what counts
-//! as one person for the two-person rule are `serve::auth`'s rules; this module stores and
+//! as one person for the two-person rule are `ops::tokens`'s rules; this module stores and
 //! reads the rows, and writes each change with its audit entry in one transaction.
 
 use anyhow::{Context, Result};

@@ -1,4 +1,5 @@
-//! Engine runs hosted by the server process: each runs on a thread of its own (the engine's
+//! Engine runs hosted in this process (by the server, or the console for requests it
+//! dispatches; `serve::host` is this module): each runs on a thread of its own (the engine's
 //! future holds a cache connection and is not `Send`) with its own Tokio runtime, holds when
 //! paused (an operator may resume it over the API), and is steered through its
 //! [`ControlHandle`], which the API's rollout endpoints use.

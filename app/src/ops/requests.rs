@@ -1,4 +1,5 @@
-//! Rollout requests and their approvals, as the server keeps them (issue 9): a dispatcher asks
+//! Rollout requests and their approvals (issue 9), one set of rules for the server's API and
+//! the console's Approvals view (`serve::requests` is this module): a dispatcher asks
 //! for a rollout of a signed release with a plan frozen at request time, approvers approve or
 //! reject it, and once the change path's rule holds (`convoy_core::rollout::approvals_satisfy`,
 //! the same rule the rollout state machine applies) the server may dispatch it.
@@ -23,8 +24,8 @@ use sha2::{Digest, Sha256};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use super::auth::{TokenPerson, person_key, token_person};
-use super::host::HostedRun;
+use super::hosting::HostedRun;
+use super::tokens::{TokenPerson, person_key, token_person};
 
 use crate::ops::runs::RunArgs;
 use crate::store::Store;
@@ -950,7 +951,7 @@ pub fn host(
     let dir = cache.parent().unwrap_or(Path::new(".")).join("dispatched");
     let mut spec = run_spec(store, request, cache, trust, &dir, base)?;
     spec.resume = resume;
-    super::host::host_rollout(&spec)
+    super::hosting::host_rollout(&spec)
 }
 
 /// Writes what the engine needs to run an approved request into `dir` (the manifest as signed

@@ -1,5 +1,6 @@
 //! Who may call the server: operators, their roles, their API tokens (kept only as SHA-256
-//! hashes), and a per-token rate limit.
+//! hashes), and a per-token rate limit. A use case (`ops/`), used by the server's
+//! authentication (`serve::auth` is this module), `convoy serve token` and the request rules.
 //!
 //! A token is `cvy_` followed by 43 characters of unpadded URL-safe base64 (32 random bytes from
 //! the operating system). It is printed once by `convoy serve token add`; the cache keeps its
