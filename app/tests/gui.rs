@@ -578,15 +578,8 @@ fn a_missing_cache_shows_why_the_history_is_missing() {
     let (mut h, _feed, _) = harness();
     h.state_mut().send(convoy::gui::UiCommand::OpenDevice(3));
     h.run_steps(1);
-    for _ in 0..300 {
-        if h.query_by_label_contains("Could not read the history")
-            .is_some()
-        {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-        h.run_steps(1);
-    }
+    // The history worker answers on its own thread: wait for it (a bound, not a timing).
+    wait_for(&mut h, "Could not read the history");
     h.get_by_label_contains("Could not read the history: no fleet cache at fixture.db");
     h.get_by_label_contains("Could not read the telemetry: no fleet cache at fixture.db");
 }
