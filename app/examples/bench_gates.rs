@@ -319,13 +319,15 @@ fn main() {
             }],
             ..SimConfig::default()
         }),
-        rates(runs, "battery drain +4%/h on model T500", |seed| SimConfig {
-            seed,
-            faults: vec![Fault {
-                attribute: Some(("model".into(), "T500".into())),
-                kind: FaultKind::BatteryDrainPlus(4.0),
-            }],
-            ..SimConfig::default()
+        rates(runs, "battery drain +4%/h on model T500", |seed| {
+            SimConfig {
+                seed,
+                faults: vec![Fault {
+                    attribute: Some(("model".into(), "T500".into())),
+                    kind: FaultKind::BatteryDrainPlus(4.0),
+                }],
+                ..SimConfig::default()
+            }
         }),
     ];
     let mut why = Vec::new();

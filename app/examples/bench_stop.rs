@@ -117,7 +117,10 @@ fn release(now: Timestamp) -> (manifest::VerifiedManifest, TrustedKeys) {
         .expect("sign")
         .to_json_bytes();
     let trust = TrustedKeys::from_keys([&key.verifying_key()]);
-    (manifest::verify(&bytes, &trust, now).expect("verify"), trust)
+    (
+        manifest::verify(&bytes, &trust, now).expect("verify"),
+        trust,
+    )
 }
 
 #[allow(clippy::too_many_lines)] // One measured run, start to figures.
@@ -341,7 +344,10 @@ async fn run(broker: &str, url: &str, scale: f64, minutes: u64) {
     println!(
         "| {broker} | {scale} | {:?} | {latency_ms} | {} | {:.1} | {booted} / {reverted} | {hours:.2} | {} |",
         report.final_state,
-        first_bad.map_or_else(|| "none".into(), |t| format!("{:.1}", minutes_of(t, decision_at))),
+        first_bad.map_or_else(
+            || "none".into(),
+            |t| format!("{:.1}", minutes_of(t, decision_at))
+        ),
         minutes_of(state.created_at, decision_at),
         deciding.join("; "),
     );
@@ -386,7 +392,12 @@ fn cpu_secs() -> f64 {
         .unwrap_or("")
         .split_whitespace()
         .collect();
-    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
     // After the command name: state is field 0, utime 11, stime 12 (clock ticks, 100 a second).
     (ticks(11) + ticks(12)) / 100.0
 }
