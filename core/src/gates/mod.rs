@@ -106,6 +106,10 @@ impl CohortAgg {
 /// Update outcomes of one wave in one stratum, for the proportion gates.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OutcomeAgg {
+    /// Devices offered the update in this wave (the install-failure denominator; 0 in
+    /// aggregates built without it, which then count as before).
+    #[serde(default)]
+    pub offered: u32,
     /// Devices that finished installing and rebooted into the new version (whatever followed).
     /// The install-failure denominator: counting only finished devices would over-weight
     /// failures early in a wave, because a failed install reports sooner than a confirmed boot.
@@ -118,6 +122,7 @@ pub struct OutcomeAgg {
 
 impl OutcomeAgg {
     fn add(&mut self, o: &OutcomeAgg) {
+        self.offered += o.offered;
         self.installed += o.installed;
         self.healthy += o.healthy;
         self.install_failed += o.install_failed;
@@ -132,9 +137,20 @@ impl OutcomeAgg {
         let install_failed = u64::from(self.install_failed);
         let boot_failed = u64::from(self.boot_failed);
         let silent = u64::from(self.silent);
+        // Denominators count a device when it enters the question, not when it answers it, so
+        // that outcomes which report sooner (a failed install before a reboot, a crash loop's
+        // revert before a confirmation) cannot over-weight failures early in a wave, which the
+        // gates, looking after every report, would otherwise see (issue 18: two good rollouts
+        // in 2,000 paused on early install failures). Every device offered ends in a failed
+        // install or a reboot, every device rebooted in a boot failure or a confirmation: the
+        // failures so far are at most the failures at the end among the same devices, so the
+        // e-value stays valid.
         match metric {
-            "install_failure" => (install_failed, installed + install_failed),
-            "boot_failure" => (boot_failed, healthy + boot_failed),
+            "install_failure" => (
+                install_failed,
+                u64::from(self.offered).max(installed + install_failed),
+            ),
+            "boot_failure" => (boot_failed, installed.max(healthy + boot_failed)),
             // Devices with a final outcome; silence takes the longest to show, so early in a
             // wave this under-states it (the safe direction for a stop rule).
             _ => (silent, healthy + install_failed + boot_failed + silent),
@@ -603,16 +619,22 @@ mod tests {
     fn proportion_denominators_do_not_over_weight_early_failures() {
         // Early in a wave: 8 installs failed, 392 devices installed and rebooted, of which only
         // 12 have confirmed so far. The install-failure rate is 8 of 400, not 8 of 20.
+        // Of 500 offered. The install-failure rate is 8 of the 500 offered (the failures so far
+        // among devices that will all answer), and boot failures are over the 392 rebooted.
         let o = OutcomeAgg {
+            offered: 500,
             installed: 392,
             healthy: 12,
             install_failed: 8,
             boot_failed: 0,
             silent: 3,
         };
-        assert_eq!(o.proportion("install_failure"), (8, 400));
-        assert_eq!(o.proportion("boot_failure"), (0, 12));
+        assert_eq!(o.proportion("install_failure"), (8, 500));
+        assert_eq!(o.proportion("boot_failure"), (0, 392));
         assert_eq!(o.proportion("silent"), (3, 23));
+        // Without the offered count (an aggregate built elsewhere), as before.
+        let o = OutcomeAgg { offered: 0, ..o };
+        assert_eq!(o.proportion("install_failure"), (8, 400));
     }
 
     #[test]

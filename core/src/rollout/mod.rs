@@ -1338,6 +1338,8 @@ impl RolloutState {
                 for i in members {
                     if self.devices[i as usize].state == DeviceState::Pending {
                         self.devices[i as usize].state = DeviceState::Offered;
+                        let s = usize::from(self.devices[i as usize].stratum);
+                        self.outcomes[w][s].offered += 1;
                         self.in_flight[w] += 1;
                         self.heard(i, at);
                     }
