@@ -351,8 +351,14 @@ async fn run(broker: &str, url: &str, scale: f64, minutes: u64) {
         minutes_of(state.created_at, decision_at),
         deciding.join("; "),
     );
+    let secs_of = |a: Timestamp, b: Timestamp| b.secs_since(a) as f64 / scale;
     eprintln!(
-        "({broker}: engine run {:.1} s wall, {cpu:.1} s CPU of this process; decisive device {decisive_device:?})",
+        "({broker}: first bad boot → decision {} wall s, engine start → decision {:.1} wall s; engine run {:.1} s wall, {cpu:.1} s CPU of this process; decisive device {decisive_device:?})",
+        first_bad.map_or_else(
+            || "none".into(),
+            |t| format!("{:.1}", secs_of(t, decision_at))
+        ),
+        secs_of(state.created_at, decision_at),
         wall.as_secs_f64()
     );
 }
