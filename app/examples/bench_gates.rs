@@ -6,7 +6,9 @@
 //! feeds one telemetry sample from every device, and times one gate tick (every gate, whole
 //! wave and every stratum, from the running aggregates). Part 2 simulates RUNS whole rollouts
 //! (default 200) on a 3,000-device fleet and counts how often the gates stop a good release
-//! (the false-stop rate) and how often they stop a bad one in the canary (power).
+//! (the false-stop rate) and how often they stop a bad one, and in which wave (power). Looks
+//! are driven by evidence as the engine drives them: the simulated rollout's timeout includes
+//! the look that each report asks for (issue 18).
 
 use convoy_core::gates::GatePolicy;
 use convoy_core::rollout::sim::{Fault, FaultKind, SimConfig, SimFleet};
@@ -146,6 +148,8 @@ struct RateRow {
     runs: usize,
     stops: usize,
     canary_stops: usize,
+    /// Stops in the second and third waves.
+    later_stops: [usize; 2],
     mean_secs: f64,
     /// What stopped the runs that stopped, counted.
     reasons: String,
@@ -175,18 +179,8 @@ fn stop_reason(r: &Rollout) -> String {
                 by_gate: true,
                 reason,
             } => {
-                return if reason.starts_with("still trending") {
-                    format!(
-                        "trending after holds: {}",
-                        reason
-                            .split(": ")
-                            .nth(1)
-                            .unwrap_or("")
-                            .split(' ')
-                            .take(2)
-                            .collect::<Vec<_>>()
-                            .join(" ")
-                    )
+                return if reason.starts_with("still failing") {
+                    format!("hold gate failing after holds: {reason}")
                 } else {
                     format!("pause: {last_findings}")
                 };
@@ -231,7 +225,7 @@ fn rates(runs: usize, label: &'static str, config: impl Fn(u64) -> SimConfig) ->
         gates: GatePolicy::default(),
         path: ChangePath::Standard,
     };
-    let (mut stops, mut canary_stops) = (0, 0);
+    let (mut stops, mut canary_stops, mut later_stops) = (0, 0, [0, 0]);
     let mut reasons: Vec<String> = Vec::new();
     let started = Instant::now();
     for run in 0..runs {
@@ -241,8 +235,11 @@ fn rates(runs: usize, label: &'static str, config: impl Fn(u64) -> SimConfig) ->
         if out.stopped_by_gate {
             stops += 1;
             reasons.push(stop_reason(&r));
-            if out.stopped_in_wave == Some(0) {
-                canary_stops += 1;
+            match out.stopped_in_wave {
+                Some(0) => canary_stops += 1,
+                Some(1) => later_stops[0] += 1,
+                Some(_) => later_stops[1] += 1,
+                None => {}
             }
         } else if out.phase != Phase::Completed {
             eprintln!("run {run} of {label} neither stopped nor completed: {out:?}");
@@ -266,6 +263,7 @@ fn rates(runs: usize, label: &'static str, config: impl Fn(u64) -> SimConfig) ->
         runs,
         stops,
         canary_stops,
+        later_stops,
         mean_secs: started.elapsed().as_secs_f64() / runs as f64,
     }
 }
@@ -287,9 +285,9 @@ fn main() {
         "\nWhole simulated rollouts (3,000 devices; canary 50 with five T300/C, then 500, then 2,450):\n"
     );
     println!(
-        "| scenario | runs | stopped by a gate | stopped in the canary | stop rate | s per run |"
+        "| scenario | runs | stopped by a gate | in the canary | in wave 2 (500) | in wave 3 (2,450) | stop rate | s per run |"
     );
-    println!("| --- | ---: | ---: | ---: | ---: | ---: |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     let rows = [
         rates(runs, "good release, default noise", |seed| SimConfig {
             seed,
@@ -321,15 +319,27 @@ fn main() {
             }],
             ..SimConfig::default()
         }),
+        rates(runs, "battery drain +4%/h on model T500", |seed| {
+            SimConfig {
+                seed,
+                faults: vec![Fault {
+                    attribute: Some(("model".into(), "T500".into())),
+                    kind: FaultKind::BatteryDrainPlus(4.0),
+                }],
+                ..SimConfig::default()
+            }
+        }),
     ];
     let mut why = Vec::new();
     for row in rows {
         println!(
-            "| {} | {} | {} | {} | {:.3} | {:.3} |",
+            "| {} | {} | {} | {} | {} | {} | {:.3} | {:.3} |",
             row.label,
             row.runs,
             row.stops,
             row.canary_stops,
+            row.later_stops[0],
+            row.later_stops[1],
             row.stops as f64 / row.runs as f64,
             row.mean_secs
         );

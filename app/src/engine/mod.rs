@@ -327,7 +327,8 @@ impl Shell {
                             events: &self.state.rollout().events()[log],
                         }),
                     )?;
-                    self.state.handle_committed(decision.command_ids);
+                    let wall = self.wall();
+                    self.state.handle_committed(decision.command_ids, wall);
                 }
                 StoreWrite::DeviceEvents(events) => {
                     self.store.append_device_events(&events)?;

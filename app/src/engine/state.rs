@@ -108,6 +108,11 @@ pub(super) struct Awaiting {
     pub(super) kind: CmdKind,
     /// Wall time since the run began of the last send, `None` before the first.
     last_sent: Option<Duration>,
+    /// Wall time since the run began when the command was last queued for the sender. The
+    /// sender reports a send a little later; until then the resend pass counts the backoff
+    /// from here, so a command committed and queued is not queued a second time before the
+    /// sender has even published it.
+    queued_at: Option<Duration>,
     /// Wall time to wait before the next resend: doubles after each send, up to a cap, so a
     /// device that is offline for days is not sent its offer every few seconds.
     backoff: Duration,
@@ -240,6 +245,9 @@ pub struct EngineState {
     pub(super) notes: Vec<String>,
     paused_at: Option<Timestamp>,
     last_resend_check: Duration,
+    /// The latest wall time the shell has given (since the run began), for the queue times of
+    /// a reconnect's resends.
+    last_wall: Duration,
     /// The DDI side's bookkeeping, when the run serves DDI devices.
     pub(super) ddi: Option<DdiState>,
     ready: VecDeque<Output>,
@@ -288,6 +296,7 @@ impl EngineState {
             notes: Vec::new(),
             paused_at: None,
             last_resend_check: Duration::ZERO,
+            last_wall: Duration::ZERO,
             ddi,
             ready: VecDeque::new(),
             tasks: VecDeque::new(),
@@ -425,6 +434,7 @@ impl EngineState {
     /// Everything that is due at `now` (`wall` since the run began): health samples, timeouts,
     /// actions, the timeline, resends.
     pub fn handle_timeout(&mut self, now: Timestamp, wall: Duration) {
+        self.last_wall = self.last_wall.max(wall);
         self.tasks.extend([
             Task::SamplePeriod(now),
             Task::RolloutTimeout(now),
@@ -439,7 +449,7 @@ impl EngineState {
     pub fn handle_link_event(&mut self, now: Timestamp, event: LinkEvent) {
         match event {
             LinkEvent::Inbound(Inbound::Status(s)) => self.handle_status(now, &s),
-            LinkEvent::Inbound(Inbound::Telemetry(t)) => self.handle_telemetry(&t),
+            LinkEvent::Inbound(Inbound::Telemetry(t)) => self.handle_telemetry(now, &t),
             LinkEvent::Inbound(Inbound::Ack(a)) => self.handle_ack(now, &a),
             LinkEvent::Rejected(r) => {
                 self.rejections.record(&r);
@@ -512,9 +522,15 @@ impl EngineState {
                 let d = &mut self.fleet.devices[i];
                 d.failed_update_attempts = d.failed_update_attempts.saturating_add(1);
             }
+            let news = self.rollout.device_state(&s.device_id) != Some(state);
+            if news && matches!(state, DeviceState::Failed | DeviceState::Reverted) {
+                // A failed install or boot, or a revert, is an alarm: whatever the device's
+                // window holds goes to the gates now, with the outcome.
+                self.close_window(now, i);
+            }
             if let Some(reason) = &s.update.reason
                 && matches!(state, DeviceState::Failed | DeviceState::Reverted)
-                && self.rollout.device_state(&s.device_id) != Some(state)
+                && news
             {
                 self.device_event(
                     &s.device_id,
@@ -540,14 +556,19 @@ impl EngineState {
         }
     }
 
-    /// A device's telemetry message.
-    pub fn handle_telemetry(&mut self, t: &Telemetry) {
+    /// A device's telemetry message. An alarm (a crash, a failed boot) closes the device's
+    /// health window at once, so the gates see it now rather than at the next sample period,
+    /// and the rollout looks within its debounce.
+    pub fn handle_telemetry(&mut self, now: Timestamp, t: &Telemetry) {
         self.counts.telemetry_messages += 1;
         let Some(i) = self.index(&t.device_id) else {
             return;
         };
         if self.in_rollout[i] {
             self.mark_heard(i, t.ts, Some(&t.event));
+            if is_alarm(&t.event) {
+                self.close_window(now, i);
+            }
         }
     }
 
@@ -597,6 +618,7 @@ impl EngineState {
 
     /// The sender published the commands `ids` (at `wall` since the run began).
     pub fn handle_sent(&mut self, now: Timestamp, wall: Duration, ids: Vec<String>) {
+        self.last_wall = self.last_wall.max(wall);
         for id in &ids {
             match self.awaiting.get_mut(id) {
                 Some(a) if a.last_sent.is_some() => {
@@ -617,8 +639,10 @@ impl EngineState {
     }
 
     /// The decision last given by [`EngineState::poll_write`] is committed, its commands
-    /// numbered `command_ids` in order: they may now go to their devices.
-    pub fn handle_committed(&mut self, command_ids: Vec<String>) {
+    /// numbered `command_ids` in order: they may now go to their devices. `wall` is the time
+    /// since the run began, when they are queued for the sender.
+    pub fn handle_committed(&mut self, command_ids: Vec<String>, wall: Duration) {
+        self.last_wall = self.last_wall.max(wall);
         let Some(PendingDecision {
             now,
             kind,
@@ -657,6 +681,7 @@ impl EngineState {
                     device,
                     kind,
                     last_sent: None,
+                    queued_at: self.connected.then_some(wall),
                     backoff: self.config.resend_after,
                 },
             );
@@ -821,6 +846,8 @@ impl EngineState {
                     // Sent by the earlier run: a resend, not a first send.
                     last_sent: (c.state == crate::store::outbox::CommandState::Sent)
                         .then_some(wall),
+                    // Queued with everything else once connected.
+                    queued_at: None,
                     backoff: self.config.resend_after,
                 },
             );
@@ -1257,11 +1284,13 @@ impl EngineState {
     /// After a reconnect: everything unacknowledged goes again, and the backoffs start over.
     fn resend_all(&mut self) {
         let first = self.config.resend_after;
+        let wall = self.last_wall;
         let mut batch: Vec<Wire> = self
             .awaiting
             .values_mut()
             .map(|a| {
                 a.backoff = first;
+                a.queued_at = Some(wall);
                 a.wire.clone()
             })
             .collect();
@@ -1270,12 +1299,16 @@ impl EngineState {
     }
 
     /// Commands unacknowledged for longer than their backoff go again; the backoff doubles.
+    /// The backoff counts from the last send or, before the sender has reported one, from
+    /// when the command was queued.
     fn resend_overdue(&mut self, wall: Duration) {
         let mut batch: Vec<Wire> = Vec::new();
         for a in self.awaiting.values_mut() {
             if a.last_sent
+                .max(a.queued_at)
                 .is_none_or(|t| wall.saturating_sub(t) >= a.backoff)
             {
+                a.queued_at = Some(wall);
                 a.backoff = (a.backoff * 2).min(MAX_RESEND_BACKOFF);
                 batch.push(a.wire.clone());
             }
@@ -1555,6 +1588,15 @@ fn command_bytes(
     )
     .into_bytes()
     .into()
+}
+
+/// Whether a telemetry event is an alarm, which the gates should see at once.
+fn is_alarm(event: &crate::link::protocol::TelemetryEvent) -> bool {
+    use crate::link::protocol::TelemetryEvent;
+    matches!(
+        event,
+        TelemetryEvent::Crash { .. } | TelemetryEvent::Boot { ok: false, .. }
+    )
 }
 
 pub(super) fn path_name(path: &convoy_core::rollout::ChangePath) -> &'static str {

@@ -134,6 +134,13 @@ struct Harness {
     lost: Vec<String>,
     /// Held by an operator: a paused rollout keeps running (`WhenPaused::Hold`).
     hold: bool,
+    /// The step of the virtual clock, in simulated seconds.
+    step_secs: i64,
+    /// Report what was published only at the next step, as a sender task that lags behind.
+    defer_sent: bool,
+    deferred: Vec<String>,
+    /// When the gates' evidence first asked for a stop (checked after every inbound message).
+    decisive_at: Option<Timestamp>,
 }
 
 impl Harness {
@@ -190,6 +197,10 @@ impl Harness {
             lose_until: None,
             lost: Vec::new(),
             hold: false,
+            step_secs: STEP_SECS,
+            defer_sent: false,
+            deferred: Vec::new(),
+            decisive_at: None,
         };
         h.drain();
         h
@@ -214,7 +225,8 @@ impl Harness {
                         self.committed.insert(id.clone(), c.device_id.clone());
                     }
                     self.decisions.push((audit.action, commands.len()));
-                    self.state.handle_committed(ids);
+                    let wall = self.wall();
+                    self.state.handle_committed(ids, wall);
                 }
                 StoreWrite::Audit(e) => self.audits.push((e.action, e.actor)),
                 StoreWrite::Timeline { kind, actor, .. } => self.timeline.push((kind, actor)),
@@ -244,8 +256,12 @@ impl Harness {
                 self.transmitted.push((command_id.clone(), wall));
                 sent.push(command_id);
             }
-            self.state.handle_sent(self.now, wall, sent);
-            self.drain_writes_only();
+            if self.defer_sent {
+                self.deferred.extend(sent);
+            } else {
+                self.state.handle_sent(self.now, wall, sent);
+                self.drain_writes_only();
+            }
         }
     }
 
@@ -258,7 +274,13 @@ impl Harness {
 
     /// One step of the virtual clock: the devices act, the state hears them, time passes.
     fn step(&mut self) {
-        self.now = self.now.plus_secs(STEP_SECS);
+        self.now = self.now.plus_secs(self.step_secs);
+        if !self.deferred.is_empty() {
+            let sent = std::mem::take(&mut self.deferred);
+            let wall = self.wall();
+            self.state.handle_sent(self.now, wall, sent);
+            self.drain();
+        }
         self.devices.tick(self.now);
         let mut out = Vec::new();
         self.devices.drain(&self.topics, &mut out);
@@ -273,6 +295,15 @@ impl Harness {
             };
             self.state.handle_link_event(self.now, event);
             self.drain();
+            if self.decisive_at.is_none()
+                && self
+                    .state
+                    .rollout()
+                    .evaluate_gates()
+                    .is_some_and(|r| r.outcome() > convoy_core::gates::GateOutcome::Hold)
+            {
+                self.decisive_at = Some(self.now);
+            }
         }
         let wall = self.wall();
         self.state.handle_timeout(self.now, wall);
@@ -478,9 +509,9 @@ fn a_lost_ack_is_resent_with_the_same_id_after_its_deadline() {
             .map(|(_, wall)| *wall)
             .collect()
     };
-    // The resend pass may catch a command in the step that commits it, before the sender has
-    // reported it sent (as in the tokio shell); what counts is the send after the acks were lost.
+    // Sent once when committed; the resend pass counts its backoff from then.
     let before = sends(&h);
+    assert_eq!(before.len(), 1, "{before:?}");
     h.run_until(3600, |h| sends(h).len() > before.len());
     let after = sends(&h);
     let gap = after[before.len()].saturating_sub(before[before.len() - 1]);
@@ -504,6 +535,87 @@ fn a_lost_ack_is_resent_with_the_same_id_after_its_deadline() {
         .state
         .final_report(FinalState::Completed, h.now, h.wall(), 0, None);
     assert!(report.link.commands_resent >= 1);
+}
+
+#[test]
+fn a_command_is_not_queued_twice_while_the_sender_has_not_reported_it() {
+    // The sender reports what it published a step (a wall second) later, as the tokio shell's
+    // sender task does under load. The resend pass in between must not queue the command
+    // again: it counts the backoff from when the command was queued.
+    let mut h = Harness::new(r#"{"faults": []}"#);
+    h.defer_sent = true;
+    assert_eq!(h.run(2 * 86_400), Some(FinalState::Completed));
+    let mut first: HashMap<&str, Duration> = HashMap::new();
+    for (id, wall) in &h.transmitted {
+        match first.get(id.as_str()) {
+            Some(t0) => assert!(
+                wall.saturating_sub(*t0) >= Duration::from_secs(5),
+                "{id} queued again {:?} after its first send, within its backoff",
+                wall.saturating_sub(*t0)
+            ),
+            None => {
+                first.insert(id, *wall);
+            }
+        }
+    }
+    assert!(!first.is_empty());
+}
+
+#[test]
+fn a_crash_loop_is_rolled_back_within_a_second_of_the_evidence_that_decides_it() {
+    // Issue 18: an alarm (a crash, a failed boot) closes the device's health window at once and
+    // a look follows within the debounce, instead of waiting for the 15-minute sample period
+    // and the 15-minute look. On a one-second virtual clock from the first bad boot on, the
+    // rollback commands go out in the step of the first telemetry that makes the evidence
+    // decisive.
+    let mut h = Harness::new(CRASH_LOOP_ON_C);
+    h.run_until(86_400, |h| {
+        h.state
+            .rollout()
+            .state()
+            .devices
+            .iter()
+            .zip(&h.state.rollout().state().device_ids)
+            .any(|(d, id)| {
+                d.state.runs_new_version()
+                    && h.state
+                        .fleet()
+                        .device(id)
+                        .is_some_and(|dev| dev.hw_rev == "C")
+            })
+    });
+    let first_bad_boot = h.now;
+    h.step_secs = 1;
+    h.run_until(6 * 3600, |h| {
+        h.decisions
+            .iter()
+            .any(|(a, n)| a == "rollout.rollback" && *n > 0)
+    });
+    let decided = h.decisive_at.expect("the evidence became decisive");
+    let rollback_sent = h
+        .transmitted
+        .iter()
+        .find(|(id, _)| {
+            h.decisions
+                .iter()
+                .position(|(a, _)| a == "rollout.rollback")
+                .is_some_and(|k| id.starts_with(&format!("cmd-{k}-")))
+        })
+        .map(|(_, wall)| *wall)
+        .expect("the rollback went out");
+    let decided_wall = Duration::from_secs_f64(decided.secs_since(START) as f64 / SCALE);
+    assert!(
+        rollback_sent.saturating_sub(decided_wall) <= Duration::from_secs(1),
+        "decisive at {decided_wall:?} of wall time, rollback on the wire at {rollback_sent:?}"
+    );
+    // The crashes of the first revision C devices decide it (about a minute and a half of
+    // simulated time here), before a 900-second sample period would even have closed their
+    // windows.
+    assert!(
+        decided.secs_since(first_bad_boot) < 900,
+        "decided {} s after the first bad boot",
+        decided.secs_since(first_bad_boot)
+    );
 }
 
 /// The driver state's promise, checked on its source: no clock, no cache, no broker, no tokio.

@@ -6,10 +6,16 @@
 //! every stratum (model × hardware revision by default), so a rare revision that crash-loops
 //! is caught even when the wave as a whole looks fine.
 //!
+//! Every test is always valid: its evidence is an e-value (a mixture likelihood ratio, see
+//! [`stats`]) that may be looked at after every report without raising the false-stop rate, so
+//! the rollout looks whenever evidence moves instead of on a timer. The false-stop budget is
+//! split over the tests (metrics × scopes), never over looks.
+//!
 //! This module only judges aggregates handed to it; it keeps no state, reads no clock and never
-//! sees individual devices. The running aggregates live in [`crate::rollout`], which updates
-//! them incrementally as reports arrive, so a gate tick costs O(strata × metrics), not
-//! O(devices). See docs/GATES.md for the method and its measured false-stop rate.
+//! sees individual devices. The running aggregates, and the running evidence of the rate tests
+//! (which depends on the order of events), live in [`crate::rollout`], which updates them
+//! incrementally as reports arrive, so a gate tick costs O(strata × metrics), not O(devices).
+//! See docs/GATES.md for the method and its measured false-stop rate.
 
 pub mod policy;
 pub mod stats;
@@ -83,7 +89,7 @@ pub struct CohortAgg {
 }
 
 impl CohortAgg {
-    fn add(&mut self, other: &CohortAgg) {
+    pub fn add(&mut self, other: &CohortAgg) {
         self.devices += other.devices;
         self.exposure_secs += other.exposure_secs;
         for (a, b) in self.counts.iter_mut().zip(&other.counts) {
@@ -100,6 +106,10 @@ impl CohortAgg {
 /// Update outcomes of one wave in one stratum, for the proportion gates.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OutcomeAgg {
+    /// Devices offered the update in this wave (the install-failure denominator; 0 in
+    /// aggregates built without it, which then count as before).
+    #[serde(default)]
+    pub offered: u32,
     /// Devices that finished installing and rebooted into the new version (whatever followed).
     /// The install-failure denominator: counting only finished devices would over-weight
     /// failures early in a wave, because a failed install reports sooner than a confirmed boot.
@@ -112,6 +122,7 @@ pub struct OutcomeAgg {
 
 impl OutcomeAgg {
     fn add(&mut self, o: &OutcomeAgg) {
+        self.offered += o.offered;
         self.installed += o.installed;
         self.healthy += o.healthy;
         self.install_failed += o.install_failed;
@@ -126,13 +137,89 @@ impl OutcomeAgg {
         let install_failed = u64::from(self.install_failed);
         let boot_failed = u64::from(self.boot_failed);
         let silent = u64::from(self.silent);
+        // Denominators count a device when it enters the question, not when it answers it, so
+        // that outcomes which report sooner (a failed install before a reboot, a crash loop's
+        // revert before a confirmation) cannot over-weight failures early in a wave, which the
+        // gates, looking after every report, would otherwise see (issue 18: two good rollouts
+        // in 2,000 paused on early install failures). Every device offered ends in a failed
+        // install or a reboot, every device rebooted in a boot failure or a confirmation: the
+        // failures so far are at most the failures at the end among the same devices, so the
+        // e-value stays valid.
         match metric {
-            "install_failure" => (install_failed, installed + install_failed),
-            "boot_failure" => (boot_failed, healthy + boot_failed),
+            "install_failure" => (
+                install_failed,
+                u64::from(self.offered).max(installed + install_failed),
+            ),
+            "boot_failure" => (boot_failed, installed.max(healthy + boot_failed)),
             // Devices with a final outcome; silence takes the longest to show, so early in a
             // wave this under-states it (the safe direction for a stop rule).
             _ => (silent, healthy + install_failed + boot_failed + silent),
         }
+    }
+}
+
+/// The running evidence of the rate gates in one scope (a stratum or the whole wave): for
+/// every rate metric slot, the log likelihood ratio of each [`stats::RATIO_GRID`] alternative
+/// of two e-processes, the conditional one folded event by event by
+/// [`stats::rate_evidence_step`] and the plug-in one folded sample by sample by
+/// [`stats::rate_plugin_step`]. The gate's e-value is their mean (a mean of e-values is one).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RateEvidence {
+    /// `slot * RATIO_GRID.len() + j`.
+    pub log_lr: Vec<f64>,
+    /// The same layout, for the plug-in e-process.
+    #[serde(default)]
+    pub log_lr_plugin: Vec<f64>,
+}
+
+impl RateEvidence {
+    pub fn new(layout: &MetricLayout) -> Self {
+        let n = layout.rate_names.len() * stats::RATIO_GRID.len();
+        Self {
+            log_lr: vec![0.0; n],
+            log_lr_plugin: vec![0.0; n],
+        }
+    }
+
+    /// Folds `count` events of rate slot `slot` seen in the updated cohort (`updated`) or the
+    /// baseline, when the updated cohort accrues `updated_share` of the exposure.
+    pub fn record(
+        &mut self,
+        slot: usize,
+        updated: bool,
+        count: u64,
+        updated_share: f64,
+        max_ratio: f64,
+    ) {
+        let g = stats::RATIO_GRID.len();
+        if let Some(l) = self.log_lr.get_mut(slot * g..(slot + 1) * g) {
+            stats::rate_evidence_step(l, updated, count, updated_share, max_ratio);
+        }
+    }
+
+    /// Folds an updated sample of rate slot `slot` (`count` events over `exposure_hours`)
+    /// against the null rate `null_per_hour`.
+    pub fn record_plugin(
+        &mut self,
+        slot: usize,
+        count: u64,
+        exposure_hours: f64,
+        null_per_hour: f64,
+    ) {
+        let g = stats::RATIO_GRID.len();
+        if let Some(l) = self.log_lr_plugin.get_mut(slot * g..(slot + 1) * g) {
+            stats::rate_plugin_step(l, count, exposure_hours, null_per_hour);
+        }
+    }
+
+    /// The e-value of rate slot `slot` (1 when nothing was recorded).
+    pub fn e_value(&self, slot: usize) -> f64 {
+        let g = stats::RATIO_GRID.len();
+        let e = |v: &Vec<f64>| {
+            v.get(slot * g..(slot + 1) * g)
+                .map_or(1.0, stats::mixture_e)
+        };
+        f64::midpoint(e(&self.log_lr), e(&self.log_lr_plugin))
     }
 }
 
@@ -146,6 +233,10 @@ pub struct GateInput<'a> {
     pub baseline: &'a [CohortAgg],
     pub updated: &'a [CohortAgg],
     pub outcomes: &'a [OutcomeAgg],
+    /// The rate tests' running evidence over the whole wave.
+    pub evidence_whole: &'a RateEvidence,
+    /// The same per stratum, in the order of `strata`.
+    pub evidence: &'a [RateEvidence],
     /// Findings an operator has overridden for this wave, as (metric, stratum) pairs; a `None`
     /// stratum overrides the metric in every scope.
     pub overridden: &'a [(String, Option<String>)],
@@ -176,8 +267,10 @@ pub struct Finding {
     pub observed: f64,
     /// The baseline's value in the same unit.
     pub baseline: f64,
+    /// The anytime-valid p-value, `1/E` for the test's e-value `E` (at most 1): the chance
+    /// under the null that the evidence would ever have grown this strong, at any look.
     pub p_value: f64,
-    /// The significance level this look used (after the correction for repeated looks).
+    /// The significance level of the test (the budget split over the tests, not the looks).
     pub level: f64,
     /// Devices behind `observed`.
     pub sample: u64,
@@ -221,26 +314,20 @@ impl GateReport {
     }
 }
 
-/// The nominal (uncorrected) level below which a whole-wave regression beyond tolerance that
-/// is not yet significant at the corrected level counts as trending and extends the soak.
+/// The most outcomes a proportion gate waits for in a stratum before it is judged (fewer when
+/// `min_stratum_devices` is lower).
+pub const MIN_STRATUM_OUTCOMES: u32 = 3;
+
+/// The anytime-valid p-value (`1/E`) below which a whole-wave regression beyond tolerance that
+/// is not yet significant at the test's level counts as trending and extends the soak. A trend
+/// never stops a rollout by itself: the evidence keeps accumulating through the hold, and a
+/// real regression crosses the test's level during it.
 pub const TREND_LEVEL: f64 = 0.05;
 
-/// The level a trend must clear to pause a wave after its last hold: [`TREND_LEVEL`] split
-/// (Bonferroni) over the enabled whole-wave metric tests, so that chance alone pauses a good
-/// wave with probability at most `TREND_LEVEL` however small the wave. Holding needs only the
-/// nominal level: a hold costs time, a pause needs a human.
-pub fn trend_pause_level(policy: &GatePolicy) -> f64 {
-    let metrics = policy
-        .metric_gates()
-        .iter()
-        .filter(|(_, _, g)| g.enabled)
-        .count()
-        .max(1);
-    TREND_LEVEL / metrics as f64
-}
-
-/// The per-test significance level: the wave's false-stop budget split (Bonferroni) over the
-/// planned looks and every metric in every scope (whole wave plus each stratum).
+/// The per-test significance level: the wave's false-stop budget split (Bonferroni) over every
+/// metric in every scope (whole wave plus each stratum). Not over looks: every test is an
+/// e-process, whose chance of ever crossing `1/level` is at most `level` however often it is
+/// looked at, so looking after every report costs nothing.
 pub fn per_test_level(policy: &GatePolicy, strata: usize) -> f64 {
     let metrics = policy
         .metric_gates()
@@ -249,7 +336,7 @@ pub fn per_test_level(policy: &GatePolicy, strata: usize) -> f64 {
         .count()
         .max(1);
     let tests = metrics * (strata + 1);
-    policy.false_stop_budget_ratio / (f64::from(policy.max_looks_per_wave) * tests as f64)
+    policy.false_stop_budget_ratio / tests as f64
 }
 
 /// Judges every enabled gate over the whole wave and in every stratum.
@@ -279,6 +366,9 @@ pub fn evaluate(input: &GateInput<'_>) -> GateReport {
             policy.min_exposure_device_hours * 3600.0
         };
         let stratum = scope.map(|s| input.strata[s].clone());
+        let evidence = scope.map_or(input.evidence_whole, |s| {
+            input.evidence.get(s).unwrap_or(input.evidence_whole)
+        });
         for (name, kind, gate) in policy.metric_gates() {
             if !gate.enabled {
                 continue;
@@ -312,7 +402,7 @@ pub fn evaluate(input: &GateInput<'_>) -> GateReport {
                         0.0
                     };
                     let p = if enough {
-                        stats::rate_ratio_p(x1, e1, x0, e0, gate.max_ratio)
+                        stats::e_to_p(evidence.e_value(slot))
                     } else {
                         1.0
                     };
@@ -325,8 +415,11 @@ pub fn evaluate(input: &GateInput<'_>) -> GateReport {
                         && base.devices >= min_devices
                         && m1.n >= u64::from(min_devices.max(2))
                         && m0.n >= u64::from(min_devices.max(2));
+                    // The effect that matters: the tolerated excess over the baseline, or the
+                    // minimum excess when that is larger.
+                    let tau = ((gate.max_ratio - 1.0) * m0.mean()).max(gate.min_abs_diff);
                     let p = if enough {
-                        stats::mean_ratio_p(m1, m0, gate.max_ratio)
+                        stats::e_to_p(stats::mean_e(m1, m0, gate.max_ratio, tau))
                     } else {
                         1.0
                     };
@@ -335,10 +428,20 @@ pub fn evaluate(input: &GateInput<'_>) -> GateReport {
                 MetricKind::Proportion => {
                     let (x, n) = out.proportion(name);
                     let b = gate.baseline_ratio.unwrap_or(0.0);
-                    let enough = n >= u64::from(min_devices) && n > 0;
+                    // Each device is one independent outcome (no device weighs more than
+                    // another, unlike a device with a high own crash rate), so in a stratum the
+                    // e-value's level needs little help from a minimum sample: three outcomes
+                    // at most, so that a rare revision with one of five devices lost to an
+                    // install failure or silence is still judged on its own.
+                    let min_n = if scope.is_some() {
+                        min_devices.min(MIN_STRATUM_OUTCOMES)
+                    } else {
+                        min_devices
+                    };
+                    let enough = n >= u64::from(min_n) && n > 0;
                     let obs = if n > 0 { x as f64 / n as f64 } else { 0.0 };
                     let p = if enough {
-                        stats::proportion_p(x, n, b, gate.max_ratio)
+                        stats::e_to_p(stats::proportion_e(x, n, b, gate.max_ratio))
                     } else {
                         1.0
                     };
@@ -430,6 +533,8 @@ mod tests {
         let updated = vec![cohort(&layout, 45, 450.0, 1), cohort(&layout, 0, 0.0, 0)];
         // 5 of 5 rev C devices failed to boot; 0 of 45 others. Whole wave: 5/50 = 10%.
         let outcomes = vec![outcome(45, 0), outcome(0, 5)];
+        let whole = RateEvidence::new(&layout);
+        let evidence = vec![RateEvidence::new(&layout); 2];
         let input = GateInput {
             policy: &policy,
             layout: &layout,
@@ -437,6 +542,8 @@ mod tests {
             baseline: &baseline,
             updated: &updated,
             outcomes: &outcomes,
+            evidence_whole: &whole,
+            evidence: &evidence,
             overridden: &[],
         };
         let report = evaluate(&input);
@@ -444,14 +551,17 @@ mod tests {
         assert_eq!(failures.len(), 1, "{report:?}");
         assert_eq!(failures[0].metric, "boot_failure");
         assert_eq!(failures[0].stratum.as_deref(), Some("T300/C"));
-        // P(X >= 5 | n = 5, p = 2 × 0.005) = 0.01^5.
+        // The anytime p-value is 1/E for the mixture over alternatives: the best one (p = 0.99)
+        // alone gives (0.99/0.01)^5 ≈ 9.5e9, weighed by 1/11; the fixed-sample p was 0.01^5.
+        let e = stats::proportion_e(5, 5, 0.005, 2.0);
         assert!(
-            (failures[0].p_value - 1e-10).abs() < 1e-16,
-            "{}",
+            (failures[0].p_value - 1.0 / e).abs() < 1e-18 && e > 1e8,
+            "{} vs 1/{e}",
             failures[0].p_value
         );
         assert_eq!(report.outcome(), GateOutcome::RollBackWave);
-        // The whole wave alone would not have stopped: P(X >= 5 | 50, 0.01) is about 1.6e-4.
+        // The whole wave alone would not have stopped: 5 of 50 against 1% tolerated is
+        // evidence (p below 0.05) but not beyond the per-test level.
         let whole = report
             .findings
             .iter()
@@ -483,6 +593,7 @@ mod tests {
         let baseline = vec![cohort(&layout, 5000, 50_000.0, 100)];
         let updated = vec![cohort(&layout, 3, 30.0, 300)];
         let outcomes = vec![outcome(3, 0)];
+        let whole = RateEvidence::new(&layout);
         let report = evaluate(&GateInput {
             policy: &policy,
             layout: &layout,
@@ -490,6 +601,8 @@ mod tests {
             baseline: &baseline,
             updated: &updated,
             outcomes: &outcomes,
+            evidence_whole: &whole,
+            evidence: std::slice::from_ref(&whole),
             overridden: &[],
         });
         assert_eq!(report.outcome(), GateOutcome::Continue);
@@ -506,23 +619,65 @@ mod tests {
     fn proportion_denominators_do_not_over_weight_early_failures() {
         // Early in a wave: 8 installs failed, 392 devices installed and rebooted, of which only
         // 12 have confirmed so far. The install-failure rate is 8 of 400, not 8 of 20.
+        // Of 500 offered. The install-failure rate is 8 of the 500 offered (the failures so far
+        // among devices that will all answer), and boot failures are over the 392 rebooted.
         let o = OutcomeAgg {
+            offered: 500,
             installed: 392,
             healthy: 12,
             install_failed: 8,
             boot_failed: 0,
             silent: 3,
         };
-        assert_eq!(o.proportion("install_failure"), (8, 400));
-        assert_eq!(o.proportion("boot_failure"), (0, 12));
+        assert_eq!(o.proportion("install_failure"), (8, 500));
+        assert_eq!(o.proportion("boot_failure"), (0, 392));
         assert_eq!(o.proportion("silent"), (3, 23));
+        // Without the offered count (an aggregate built elsewhere), as before.
+        let o = OutcomeAgg { offered: 0, ..o };
+        assert_eq!(o.proportion("install_failure"), (8, 400));
     }
 
     #[test]
-    fn per_test_level_splits_the_budget_over_looks_and_tests() {
+    fn per_test_level_splits_the_budget_over_tests_not_looks() {
         let policy = GatePolicy::default();
-        // 8 built-in metrics × (whole wave + 3 strata) × 96 looks.
+        // 8 built-in metrics × (whole wave + 3 strata); looks are free for e-processes.
         let level = per_test_level(&policy, 3);
-        assert!((level - 0.05 / (96.0 * 32.0)).abs() < 1e-15, "{level}");
+        assert!((level - 0.05 / 32.0).abs() < 1e-15, "{level}");
+    }
+
+    #[test]
+    fn a_rate_gate_fails_on_its_running_evidence_and_reports_the_raw_counts() {
+        let policy = GatePolicy::default();
+        let layout = MetricLayout::new(&policy);
+        let strata = vec!["all".to_owned()];
+        let baseline = vec![cohort(&layout, 500, 5000.0, 10)];
+        let updated = vec![cohort(&layout, 50, 500.0, 30)];
+        let outcomes = vec![outcome(50, 0)];
+        let slot = layout.rate_slot("crash").expect("crash slot");
+        let mut whole = RateEvidence::new(&layout);
+        // The same counts, event by event, with the updated cohort a tenth of the exposure.
+        for _ in 0..10 {
+            whole.record(slot, false, 1, 1.0 / 11.0, 1.5);
+            whole.record(slot, true, 3, 1.0 / 11.0, 1.5);
+        }
+        let evidence = vec![RateEvidence::new(&layout)];
+        let report = evaluate(&GateInput {
+            policy: &policy,
+            layout: &layout,
+            strata: &strata,
+            baseline: &baseline,
+            updated: &updated,
+            outcomes: &outcomes,
+            evidence_whole: &whole,
+            evidence: &evidence,
+            overridden: &[],
+        });
+        let crash = report
+            .failures()
+            .find(|f| f.metric == "crash" && f.stratum.is_none())
+            .expect("a 30× crash rate fails the whole-wave crash gate");
+        assert!(crash.p_value < crash.level, "{crash:?}");
+        assert_eq!(crash.counts.map(|c| c.updated_events), Some(30));
+        assert_eq!(report.outcome(), GateOutcome::RollBackWave);
     }
 }

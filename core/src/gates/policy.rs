@@ -41,7 +41,8 @@ pub enum MetricKind {
 ///
 /// A gate fails only when all of these hold: enough sample (see [`GatePolicy`]), an observed
 /// ratio above `max_ratio`, an absolute excess of at least `min_abs_diff`, and a one-sided test
-/// of "the true ratio is at most `max_ratio`" rejected at the per-look significance level.
+/// of "the true ratio is at most `max_ratio`" rejected at the per-test significance level (an
+/// always-valid test: see [`crate::gates::stats`]).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MetricGate {
@@ -110,11 +111,14 @@ pub struct CustomGate {
 #[serde(default, deny_unknown_fields)]
 pub struct GatePolicy {
     /// Family-wise false-stop budget per wave: the chance that a good wave is stopped by any
-    /// gate at any look, bounded by Bonferroni over looks × tests.
+    /// gate at any look, bounded by Bonferroni over the tests (the tests are e-processes, so
+    /// the number of looks does not enter).
     pub false_stop_budget_ratio: f64,
-    /// Looks per wave the budget is split over; later looks reuse the last look's level.
+    /// No longer used (looks are free for always-valid tests since issue 18); still read, and
+    /// checked to be at least 1, so that existing policy files stay valid.
     pub max_looks_per_wave: u32,
-    /// Seconds between gate evaluations while a wave runs or soaks.
+    /// Seconds between timed gate evaluations while a wave runs or soaks (silence, soak ends);
+    /// evidence asks for looks in between.
     pub evaluate_every_secs: i64,
     /// Devices with telemetry in each cohort (updated and baseline) before any rate or mean
     /// gate is judged over a whole wave; devices with an outcome before a proportion is judged.

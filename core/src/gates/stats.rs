@@ -8,6 +8,15 @@
 //! - [`proportion_p`]: a count of failures among `n` devices against a historical proportion.
 //! - [`mean_ratio_p`]: two means with their variances (Welch z; the cohorts are large).
 //!
+//! The gates judge with the always-valid versions of these tests (e-values, see the second
+//! half of this file): [`rate_evidence_step`] folds one event of a rate metric into a mixture
+//! sequential probability ratio test of the same conditional binomial, [`proportion_e`] and
+//! [`mean_e`] are mixture likelihood ratios of the proportion and the mean tests. An e-value
+//! `E` of a nonnegative supermartingale under the null crosses `1/α` with probability at most
+//! `α` however often it is looked at (Ville's inequality), which is what lets the gates look
+//! whenever evidence moves. The fixed-sample p-values above stay for the reader's check and the
+//! unit tests.
+//!
 //! Not a general statistics library: only what gate evaluation needs, accurate to ~1e-10 in the
 //! tails that matter, in O(sqrt(n)) time at worst.
 
@@ -215,6 +224,149 @@ pub fn mean_ratio_p(updated: &MeanAgg, baseline: &MeanAgg, max_ratio: f64) -> f6
     normal_upper_tail(diff / se)
 }
 
+// ---- Always-valid evidence (e-values) ----------------------------------------------------------
+
+/// The alternatives of the rate and proportion mixtures, as multiples of the tolerated ratio:
+/// from a little beyond it to a crash loop. Each weighs the same; a mixture of e-processes is
+/// an e-process, and a grid this wide loses at most a factor of its length against the best
+/// single alternative.
+pub const RATIO_GRID: [f64; 8] = [1.25, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 100.0];
+
+/// Folds `count` events of one rate metric into the running log likelihood ratios `log_lr`
+/// (one per [`RATIO_GRID`] point) of the rate-ratio e-process.
+///
+/// Conditional on an event happening in either cohort, it is in the updated cohort with
+/// probability `q(ρ) = ρ·π / (ρ·π + 1 − π)`, where `ρ` is the true rate ratio and `π` the
+/// updated cohort's share of the exposure accruing at that moment (`updated_share`). Against
+/// the null boundary `ρ = max_ratio` each grid point `ρⱼ = max_ratio × RATIO_GRID[j]` gains
+/// `ln(q(ρⱼ)/q(max_ratio))` for an updated event and `ln((1−q(ρⱼ))/(1−q(max_ratio)))` for a
+/// baseline one. Because `ρⱼ` is above the null, each factor has expectation at most 1 under
+/// any ratio at most `max_ratio`, so `exp(log_lr)` is a supermartingale there.
+pub fn rate_evidence_step(
+    log_lr: &mut [f64],
+    updated: bool,
+    count: u64,
+    updated_share: f64,
+    max_ratio: f64,
+) {
+    if count == 0 || !(updated_share > 0.0 && updated_share < 1.0) {
+        // With one cohort empty an event says nothing about the ratio.
+        return;
+    }
+    let pi = updated_share;
+    let q = |rho: f64| rho * pi / (rho * pi + 1.0 - pi);
+    let q0 = q(max_ratio);
+    let k = count as f64;
+    for (l, m) in log_lr.iter_mut().zip(RATIO_GRID) {
+        let qj = q(max_ratio * m);
+        *l += if updated {
+            k * (qj / q0).ln()
+        } else {
+            k * ((1.0 - qj) / (1.0 - q0)).ln()
+        };
+    }
+}
+
+/// Folds one sample of the updated cohort (`count` events over `exposure` device-hours) into
+/// the running log likelihood ratios of the plug-in rate e-process: a Poisson test of the
+/// updated rate against `null_rate` (events per device-hour), the tolerated ratio times an
+/// upper confidence bound of the baseline rate known before the sample. Each grid point
+/// `m = RATIO_GRID[j]` gains `count·ln(m) − (m − 1)·null_rate·exposure`, whose exponential has
+/// expectation at most 1 while the updated rate is at most `null_rate`.
+///
+/// It complements [`rate_evidence_step`]: that one needs both cohorts reporting at once, this
+/// one keeps working when nobody is left on the old version (the last wave), from the
+/// baseline's history.
+pub fn rate_plugin_step(log_lr: &mut [f64], count: u64, exposure: f64, null_rate: f64) {
+    if !(exposure > 0.0 && null_rate > 0.0 && null_rate.is_finite()) {
+        return;
+    }
+    let k = count as f64;
+    for (l, m) in log_lr.iter_mut().zip(RATIO_GRID) {
+        *l += k * m.ln() - (m - 1.0) * null_rate * exposure;
+    }
+}
+
+/// A conservative upper bound of a Poisson rate from `events` over `exposure`: three standard
+/// deviations above the count plus one, so the plug-in null is rarely below the true baseline.
+pub fn rate_upper_bound(events: u64, exposure: f64) -> Option<f64> {
+    if exposure <= 0.0 {
+        return None;
+    }
+    let x = events as f64 + 1.0;
+    Some((x + 3.0 * x.sqrt()) / exposure)
+}
+
+/// The equally weighted mixture `mean(exp(log_lr))`, computed without overflow.
+pub fn mixture_e(log_lr: &[f64]) -> f64 {
+    let Some(max) = log_lr.iter().copied().reduce(f64::max) else {
+        return 1.0;
+    };
+    if !max.is_finite() {
+        return if max > 0.0 { f64::INFINITY } else { 0.0 };
+    }
+    let sum: f64 = log_lr.iter().map(|l| (l - max).exp()).sum();
+    (max + (sum / log_lr.len() as f64).ln()).exp()
+}
+
+/// The e-value of "failure proportion ≤ `max_ratio` × `baseline`" after `failures` of `n`
+/// devices: the mixture over [`RATIO_GRID`] alternatives above the null of the Bernoulli
+/// likelihood ratio, which depends on the outcomes only through `(failures, n)`.
+pub fn proportion_e(failures: u64, n: u64, baseline: f64, max_ratio: f64) -> f64 {
+    let p0 = (baseline * max_ratio).min(1.0);
+    if n == 0 || p0 >= 1.0 || p0 <= 0.0 {
+        return 1.0;
+    }
+    let (x, y) = (failures as f64, (n - failures.min(n)) as f64);
+    // Alternatives from just above the null to near certainty: the grid's multiples where they
+    // stay below 1, then points between the null and 1 so a crash loop (every device failing)
+    // is weighed too.
+    let mut alternatives: Vec<f64> = RATIO_GRID
+        .iter()
+        .map(|m| p0 * m)
+        .filter(|p| *p < 0.999)
+        .collect();
+    for u in [0.5, 0.9, 0.99] {
+        let p = p0 + (1.0 - p0) * u;
+        if alternatives.len() < RATIO_GRID.len() + 3 {
+            alternatives.push(p);
+        }
+    }
+    let log_lr: Vec<f64> = alternatives
+        .iter()
+        .map(|p| x * (p / p0).ln() + y * ((1.0 - p) / (1.0 - p0)).ln())
+        .collect();
+    mixture_e(&log_lr)
+}
+
+/// The e-value of "mean(updated) ≤ `max_ratio` × mean(baseline)": Robbins' normal mixture
+/// likelihood ratio (the mixture SPRT of Johari et al., "Always valid inference") of the
+/// estimated difference `D = mean₁ − r·mean₀` with variance `V` (Welch), mixed over effects
+/// `N(0, τ²)`: `sqrt(V / (V + τ²)) · exp(τ²·D² / (2·V·(V + τ²)))`, and 1 when `D ≤ 0` (the
+/// one-sided null holds on its face). Valid as the samples grow (the normal approximation), as
+/// the Welch test it replaces. `tau` is the effect size that matters, in the metric's unit.
+pub fn mean_e(updated: &MeanAgg, baseline: &MeanAgg, max_ratio: f64, tau: f64) -> f64 {
+    if updated.n < 2 || baseline.n < 2 || tau.is_nan() || tau <= 0.0 {
+        return 1.0;
+    }
+    let d = updated.mean() - max_ratio * baseline.mean();
+    if d <= 0.0 {
+        return 1.0;
+    }
+    let v = updated.variance() / updated.n as f64
+        + max_ratio * max_ratio * baseline.variance() / baseline.n as f64;
+    if v <= 0.0 {
+        return f64::INFINITY;
+    }
+    let t2 = tau * tau;
+    (v / (v + t2)).sqrt() * (t2 * d * d / (2.0 * v * (v + t2))).exp()
+}
+
+/// The anytime-valid p-value of an e-value: `min(1, 1/E)`.
+pub fn e_to_p(e: f64) -> f64 {
+    if e <= 1.0 { 1.0 } else { 1.0 / e }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -311,5 +463,71 @@ mod tests {
         }
         assert!(mean_ratio_p(&worse, &base, 1.5) < 1e-12);
         assert!(mean_ratio_p(&base, &base, 1.5) > 0.999);
+    }
+
+    #[test]
+    fn rate_evidence_grows_with_a_real_regression_and_shrinks_under_the_null() {
+        // Equal cohorts (share 0.5); a tenfold rate sends ten updated events per baseline one.
+        let mut bad = vec![0.0; RATIO_GRID.len()];
+        for _ in 0..5 {
+            rate_evidence_step(&mut bad, true, 10, 0.5, 1.5);
+            rate_evidence_step(&mut bad, false, 1, 0.5, 1.5);
+        }
+        assert!(mixture_e(&bad) > 1e4, "{}", mixture_e(&bad));
+        // Same rate in both: the evidence against the tolerated 1.5× falls below 1.
+        let mut good = vec![0.0; RATIO_GRID.len()];
+        for _ in 0..50 {
+            rate_evidence_step(&mut good, true, 1, 0.5, 1.5);
+            rate_evidence_step(&mut good, false, 1, 0.5, 1.5);
+        }
+        assert!(mixture_e(&good) < 0.1, "{}", mixture_e(&good));
+        // An empty cohort says nothing.
+        let mut none = vec![0.0; RATIO_GRID.len()];
+        rate_evidence_step(&mut none, true, 5, 1.0, 1.5);
+        rate_evidence_step(&mut none, false, 5, 0.0, 1.5);
+        assert_eq!(mixture_e(&none), 1.0);
+    }
+
+    #[test]
+    fn the_rate_e_process_keeps_its_level_under_continuous_monitoring() {
+        // Ville: under the null boundary, the chance that E ever reaches 1/α is at most α.
+        // 2,000 simulated sequences of 400 events each at ratio exactly 1.5 (share 0.3),
+        // looked at after every event.
+        let mut rng = crate::rng::SeededRng::new(5);
+        let q0 = 1.5 * 0.3 / (1.5 * 0.3 + 0.7);
+        let alpha = 0.05;
+        let mut crossed = 0;
+        for _ in 0..2000 {
+            let mut l = vec![0.0; RATIO_GRID.len()];
+            for _ in 0..400 {
+                let updated = rng.next_f64() < q0;
+                rate_evidence_step(&mut l, updated, 1, 0.3, 1.5);
+                if mixture_e(&l) >= 1.0 / alpha {
+                    crossed += 1;
+                    break;
+                }
+            }
+        }
+        assert!(crossed <= 100, "{crossed} of 2000 crossed 1/α = 20");
+    }
+
+    #[test]
+    fn proportion_and_mean_evidence() {
+        // Five of five devices fail against 1% tolerated: overwhelming.
+        assert!(proportion_e(5, 5, 0.005, 2.0) > 1e8);
+        // None of fifty: no evidence.
+        assert!(proportion_e(0, 50, 0.005, 2.0) < 1.0);
+        assert_eq!(proportion_e(0, 0, 0.005, 2.0), 1.0);
+        let mut base = MeanAgg::default();
+        let mut worse = MeanAgg::default();
+        for i in 0..200 {
+            let wobble = f64::from(i % 10) / 10.0;
+            base.add(1.0 + wobble);
+            worse.add(5.0 + wobble);
+        }
+        assert!(mean_e(&worse, &base, 1.3, 0.3) > 1e12);
+        assert_eq!(mean_e(&base, &base, 1.3, 0.3), 1.0);
+        assert_eq!(e_to_p(0.5), 1.0);
+        assert!((e_to_p(40.0) - 0.025).abs() < 1e-15);
     }
 }

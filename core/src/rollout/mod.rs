@@ -6,9 +6,17 @@
 //! [`Rollout::replay`] rebuilds an identical state from the log and a UI can draw the timeline.
 //!
 //! It deliberately does no I/O and knows no transport: it neither sends offers nor reads a
-//! clock. Gate arithmetic is incremental: each report updates running per-stratum aggregates,
-//! so a gate look costs O(strata × metrics), and silence is found with a deadline queue rather
-//! than a scan of the fleet. It does not pick waves (that is the planner's job).
+//! clock. Gate arithmetic is incremental: each report updates running per-stratum aggregates
+//! and the running evidence of the rate gates, so a gate look costs O(strata × metrics), and
+//! silence is found with a deadline queue rather than a scan of the fleet. It does not pick
+//! waves (that is the planner's job).
+//!
+//! Looks are driven by evidence: a report or a telemetry sample that moves the aggregates of a
+//! running wave makes a look due, at most one per [`LOOK_DEBOUNCE_SECS`] of the caller's clock,
+//! besides the timed look every `evaluate_every_secs` that finds silence and ends soaks. The
+//! gates' tests are e-processes (see [`crate::gates`]), so these extra looks do not raise the
+//! false-stop rate. A look that finds nothing to act on leaves no event; one that stops the
+//! rollout is recorded like a timed look.
 
 pub mod series;
 pub mod sim;
@@ -20,6 +28,7 @@ pub use types::*;
 use crate::fleet::Fleet;
 use crate::gates::{
     self, CohortAgg, FindingStatus, GateInput, GateOutcome, GateReport, MetricLayout, OutcomeAgg,
+    RateEvidence,
 };
 use crate::time::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -27,6 +36,11 @@ use std::collections::VecDeque;
 
 /// How many distinct approvers a standard change needs, none of them the requester.
 pub const STANDARD_APPROVALS: usize = 2;
+
+/// The shortest time between two looks that evidence asks for, in the caller's seconds: a burst
+/// of reports (a flush of health windows, a wave of boot failures) gives one look, not one per
+/// report.
+pub const LOOK_DEBOUNCE_SECS: i64 = 1;
 
 /// One device's place in the rollout (compact: a million of these stay small).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -80,6 +94,19 @@ pub struct RolloutState {
     /// Silence deadlines in time order, with lazy deletion (a later report supersedes).
     silence_queue: VecDeque<(Timestamp, u32)>,
     pub last_at: Timestamp,
+    /// Devices on the old version and not silent now, per stratum: the baseline's size, whose
+    /// share of the exposure the rate evidence needs at each event.
+    #[serde(default)]
+    pub old_now: Vec<u32>,
+    /// Devices on the new version and not silent now, per wave, per stratum.
+    #[serde(default)]
+    pub new_now: Vec<Vec<u32>>,
+    /// The rate gates' running evidence per wave over the whole wave.
+    #[serde(default)]
+    pub evidence_whole: Vec<RateEvidence>,
+    /// The same per wave, per stratum.
+    #[serde(default)]
+    pub evidence: Vec<Vec<RateEvidence>>,
 }
 
 /// A rollout: the state, its event log, and the actions waiting for the caller.
@@ -88,6 +115,11 @@ pub struct Rollout {
     state: RolloutState,
     events: Vec<RolloutEvent>,
     actions: VecDeque<RolloutAction>,
+    /// When the look that evidence asked for is due (not part of the fold: a look that finds
+    /// nothing leaves no event, and a replayed rollout looks again at its next input).
+    look_due: Option<Timestamp>,
+    /// When the last look ran, for the debounce.
+    last_look_at: Option<Timestamp>,
 }
 
 fn invalid(field: impl Into<String>, why: impl Into<String>) -> RolloutError {
@@ -233,6 +265,8 @@ impl Rollout {
             state,
             events,
             actions: VecDeque::new(),
+            look_due: None,
+            last_look_at: None,
         })
     }
 
@@ -312,15 +346,43 @@ impl Rollout {
         self.actions.pop_front()
     }
 
-    /// When `handle_timeout` should next be called.
+    /// When `handle_timeout` should next be called: the timed look, the end of a soak, or the
+    /// look that new evidence asked for, whichever comes first.
     pub fn poll_timeout(&self) -> Option<Timestamp> {
         let s = &self.state;
+        let earliest = |a: Option<Timestamp>, b: Option<Timestamp>| match (a, b) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         match &s.phase {
             Phase::Approved => s.approved_at,
-            Phase::Running { .. } | Phase::RollingBack { .. } => s.next_look_at,
-            Phase::Soaking { until, .. } => Some(s.next_look_at.map_or(*until, |t| t.min(*until))),
+            Phase::Running { .. } => earliest(s.next_look_at, self.look_due),
+            Phase::RollingBack { .. } => s.next_look_at,
+            Phase::Soaking { until, .. } => {
+                earliest(Some(*until), earliest(s.next_look_at, self.look_due))
+            }
             _ => None,
         }
+    }
+
+    /// When the look that new evidence asked for is due, if one is.
+    pub fn look_due(&self) -> Option<Timestamp> {
+        self.look_due
+    }
+
+    /// Evidence moved at `now`: a look is due, at once unless one ran within the debounce.
+    fn evidence_moved(&mut self, now: Timestamp) {
+        if !matches!(
+            self.state.phase,
+            Phase::Running { .. } | Phase::Soaking { .. }
+        ) || self.look_due.is_some()
+        {
+            return;
+        }
+        let earliest = self
+            .last_look_at
+            .map_or(now, |t| t.plus_secs(LOOK_DEBOUNCE_SECS));
+        self.look_due = Some(now.max(earliest));
     }
 
     // ---- inputs ----
@@ -360,6 +422,9 @@ impl Rollout {
                 state: to,
             },
         });
+        if from != to {
+            self.evidence_moved(now);
+        }
         self.after_progress(now);
         Ok(())
     }
@@ -398,6 +463,7 @@ impl Rollout {
                 sample: Box::new(report.sample),
             },
         });
+        self.evidence_moved(now);
         Ok(())
     }
 
@@ -414,6 +480,8 @@ impl Rollout {
                 self.after_progress(now);
                 if self.state.next_look_at.is_some_and(|t| now >= t) {
                     self.look(now, wave);
+                } else if self.look_due.is_some_and(|t| now >= t) {
+                    self.evidence_look(now, wave);
                 }
                 if let Phase::Soaking { wave, until } = self.state.phase.clone()
                     && now >= until
@@ -823,8 +891,27 @@ impl Rollout {
         }
     }
 
+    /// A look that evidence asked for: recorded and acted on only when it stops the rollout;
+    /// otherwise it leaves no trace (the timed look records the wave's findings).
+    fn evidence_look(&mut self, now: Timestamp, wave: usize) {
+        self.look_due = None;
+        self.last_look_at = Some(now);
+        // The phase may have moved since the evidence came (a soak ended, a rollback started).
+        if !matches!(
+            self.state.phase,
+            Phase::Running { .. } | Phase::Soaking { .. }
+        ) {
+            return;
+        }
+        if self.state.evaluate(wave).outcome() > GateOutcome::Hold {
+            self.look(now, wave);
+        }
+    }
+
     /// One gate look: evaluate, record, act on a stop.
     fn look(&mut self, now: Timestamp, wave: usize) {
+        self.look_due = None;
+        self.last_look_at = Some(now);
         let report = self.state.evaluate(wave);
         let outcome = report.outcome();
         let keep = !report.findings.is_empty();
@@ -893,26 +980,19 @@ impl Rollout {
             );
             return;
         }
-        // After the last hold, a trend pauses only when it clears the stricter pause level (the
-        // trend level split over the whole-wave tests), so that a handful of chance events in a
-        // small wave does not stop a good release; a failing `hold` gate always pauses.
-        let pause_level = gates::trend_pause_level(policy);
-        let confirmed = |f: &&gates::Finding| {
-            f.status == FindingStatus::Fail
-                || (f.status == FindingStatus::Trending && f.p_value < pause_level)
-        };
-        if held && report.findings.iter().any(|f| confirmed(&f)) {
-            let what: Vec<String> = report
-                .findings
-                .iter()
-                .filter(confirmed)
-                .map(describe_finding)
-                .collect();
+        // After the last hold only a failing gate configured to hold pauses, for a human. A
+        // trend does not: its evidence kept accumulating through the holds, looked at after
+        // every report, and a real regression would have crossed its level by now. (The old
+        // rule, a trend paused after two holds at a fixed-sample level, stopped good releases
+        // on a handful of chance crashes in a small wave.)
+        let failing_hold = report.outcome() == GateOutcome::Hold;
+        if failing_hold {
+            let what: Vec<String> = report.failures().map(describe_finding).collect();
             self.gate(
                 now,
                 EventKind::Paused {
                     reason: format!(
-                        "still trending worse after {} holds: {}",
+                        "still failing after {} holds: {}",
                         self.state.holds,
                         what.join("; ")
                     ),
@@ -1031,7 +1111,17 @@ fn initial_state(first: &RolloutEvent) -> Result<RolloutState, RolloutError> {
         .collect();
     let n_waves = spec.waves.len();
     let per_stratum = || vec![layout.empty_cohort(); strata.len()];
+    // Every device starts pending: on the old version, in its stratum's baseline.
+    let mut old_now = vec![0u32; strata.len()];
+    for s in device_strata {
+        old_now[usize::from(*s)] += 1;
+    }
+    let evidence = RateEvidence::new(&layout);
     Ok(RolloutState {
+        old_now,
+        new_now: vec![vec![0; strata.len()]; n_waves],
+        evidence_whole: vec![evidence.clone(); n_waves],
+        evidence: vec![vec![evidence; strata.len()]; n_waves],
         baseline: per_stratum(),
         updated: (0..n_waves).map(|_| per_stratum()).collect(),
         outcomes: vec![vec![OutcomeAgg::default(); strata.len()]; n_waves],
@@ -1069,8 +1159,124 @@ impl RolloutState {
             baseline: &self.baseline,
             updated: &self.updated[wave],
             outcomes: &self.outcomes[wave],
+            evidence_whole: &self.evidence_whole[wave],
+            evidence: &self.evidence[wave],
             overridden: &self.overridden,
         })
+    }
+
+    /// Moves device `i` between the cohort counts after its slot changed from cohort `before`.
+    fn recount(&mut self, i: u32, before: Option<bool>) {
+        let d = self.devices[i as usize];
+        let after = cohort_now(&d);
+        if before == after {
+            return;
+        }
+        let (w, s) = (usize::from(d.wave), usize::from(d.stratum));
+        match before {
+            Some(true) => self.new_now[w][s] = self.new_now[w][s].saturating_sub(1),
+            Some(false) => self.old_now[s] = self.old_now[s].saturating_sub(1),
+            None => {}
+        }
+        match after {
+            Some(true) => self.new_now[w][s] += 1,
+            Some(false) => self.old_now[s] += 1,
+            None => {}
+        }
+    }
+
+    /// Folds the rate events of device `i`'s sample into the running evidence of the wave
+    /// being judged: over the whole wave, in the device's stratum, and (for a baseline event)
+    /// in every stratum that is compared with the whole baseline.
+    ///
+    /// The updated cohort's share of the exposure accruing now is taken as its share of the
+    /// devices reporting now (not silent), as every device reports at the same pace; events of
+    /// a wave's updated devices count only while that wave is the one being judged.
+    fn record_evidence(&mut self, i: u32, sample: &HealthSample) {
+        let (Phase::Running { wave: current }
+        | Phase::Soaking { wave: current, .. }
+        | Phase::Paused { wave: current, .. }) = self.phase
+        else {
+            return;
+        };
+        let d = self.devices[i as usize];
+        let (w, st) = (usize::from(d.wave), usize::from(d.stratum));
+        let updated = if d.state.runs_new_version() {
+            if w != current {
+                return;
+            }
+            true
+        } else if d.state.runs_old_version() {
+            false
+        } else {
+            return;
+        };
+        let counts = rate_counts(&self.layout, sample);
+        // A sample with no events moves only the plug-in test (its exposure), and only for the
+        // updated cohort.
+        if !updated && counts.iter().all(|(_, k)| *k == 0) {
+            return;
+        }
+        let gates = self.spec.gates.metric_gates();
+        let max_ratio = |slot: usize| {
+            let name = &self.layout.rate_names[slot];
+            gates
+                .iter()
+                .find(|(n, _, _)| n == name)
+                .map_or(1.0, |(_, _, g)| g.max_ratio)
+        };
+        let ratios: Vec<f64> = (0..self.layout.rate_names.len()).map(max_ratio).collect();
+        let share = |n1: u32, n0: u32| {
+            let total = f64::from(n1) + f64::from(n0);
+            if total > 0.0 {
+                f64::from(n1) / total
+            } else {
+                0.0
+            }
+        };
+        let n1_all: u32 = self.new_now[current].iter().sum();
+        let n0_all: u32 = self.old_now.iter().sum();
+        let min_own = self.spec.gates.min_stratum_devices;
+        let whole_share = share(n1_all, n0_all);
+        for &(slot, k) in &counts {
+            self.evidence_whole[current].record(slot, updated, k, whole_share, ratios[slot]);
+        }
+        if updated {
+            // The plug-in test: this sample against the tolerated multiple of the baseline's
+            // rate as known before it (an upper bound), over the whole wave and the stratum.
+            let hours = f64::from(sample.period_secs) / 3600.0;
+            let mut all = self.layout.empty_cohort();
+            for b in &self.baseline {
+                all.add(b);
+            }
+            let own = &self.baseline[st];
+            let base_st = if own.devices >= min_own { own } else { &all };
+            for &(slot, k) in &counts {
+                let null = |b: &CohortAgg| {
+                    gates::stats::rate_upper_bound(b.counts[slot], b.exposure_secs / 3600.0)
+                        .map(|u| u * ratios[slot])
+                };
+                if let Some(n) = null(&all) {
+                    self.evidence_whole[current].record_plugin(slot, k, hours, n);
+                }
+                if let Some(n) = null(base_st) {
+                    self.evidence[current][st].record_plugin(slot, k, hours, n);
+                }
+            }
+        }
+        for s in 0..self.strata.len() {
+            let own = self.old_now[s] >= min_own;
+            let counts_here = if updated { s == st } else { s == st || !own };
+            let n1 = self.new_now[current][s];
+            if !counts_here || n1 == 0 {
+                continue;
+            }
+            let n0 = if own { self.old_now[s] } else { n0_all };
+            let stratum_share = share(n1, n0);
+            for &(slot, k) in &counts {
+                self.evidence[current][s].record(slot, updated, k, stratum_share, ratios[slot]);
+            }
+        }
     }
 
     fn device(&self, i: u32) -> Result<DeviceSlot, String> {
@@ -1133,6 +1339,8 @@ impl RolloutState {
                 for i in members {
                     if self.devices[i as usize].state == DeviceState::Pending {
                         self.devices[i as usize].state = DeviceState::Offered;
+                        let s = usize::from(self.devices[i as usize].stratum);
+                        self.outcomes[w][s].offered += 1;
                         self.in_flight[w] += 1;
                         self.heard(i, at);
                     }
@@ -1140,6 +1348,7 @@ impl RolloutState {
             }
             EventKind::Device { device, state } => {
                 let d = self.device(*device)?;
+                let before = cohort_now(&d);
                 let (w, s) = (usize::from(d.wave), usize::from(d.stratum));
                 let from = d.state;
                 let to = *state;
@@ -1158,9 +1367,11 @@ impl RolloutState {
                     }
                 }
                 self.heard(*device, at);
+                self.recount(*device, before);
             }
             EventKind::Telemetry { device, sample } => {
                 let d = self.device(*device)?;
+                let before = cohort_now(&d);
                 let (w, s) = (usize::from(d.wave), usize::from(d.stratum));
                 let slot = &mut self.devices[*device as usize];
                 let agg = if d.state.runs_old_version() {
@@ -1187,14 +1398,18 @@ impl RolloutState {
                 } else {
                     self.devices[*device as usize].last_heard = at;
                 }
+                self.recount(*device, before);
+                self.record_evidence(*device, sample);
             }
             EventKind::DeviceSilent { device } => {
                 let d = self.device(*device)?;
                 if d.silent {
                     return Err(format!("device number {device} is already silent"));
                 }
+                let before = cohort_now(&d);
                 let (w, s) = (usize::from(d.wave), usize::from(d.stratum));
                 self.devices[*device as usize].silent = true;
+                self.recount(*device, before);
                 self.outcomes[w][s].silent += 1;
                 if d.state.is_in_flight() {
                     self.in_flight[w] = self.in_flight[w].saturating_sub(1);
@@ -1312,6 +1527,40 @@ impl RolloutState {
         }
         Ok(())
     }
+}
+
+/// Which cohort a device is in now: `Some(true)` the updated one (new version), `Some(false)`
+/// the baseline (old version), `None` neither (failed, reverted, or silent).
+fn cohort_now(d: &DeviceSlot) -> Option<bool> {
+    if d.silent {
+        None
+    } else if d.state.runs_new_version() {
+        Some(true)
+    } else if d.state.runs_old_version() {
+        Some(false)
+    } else {
+        None
+    }
+}
+
+/// The sample's events per rate slot, as [`add_sample`] counts them.
+fn rate_counts(layout: &MetricLayout, s: &HealthSample) -> Vec<(usize, u64)> {
+    let mut out = Vec::new();
+    for (name, count) in [
+        ("crash", s.crashes),
+        ("reconnect_failure", s.reconnect_failures),
+        ("support_contacts", s.support_contacts),
+    ] {
+        if let Some(slot) = layout.rate_slot(name) {
+            out.push((slot, u64::from(count)));
+        }
+    }
+    for (name, v) in &s.custom {
+        if let Some(slot) = layout.rate_slot(name) {
+            out.push((slot, v.round() as u64));
+        }
+    }
+    out
 }
 
 fn add_sample(agg: &mut CohortAgg, layout: &MetricLayout, s: &HealthSample) {

@@ -202,8 +202,9 @@ pub struct WaveSummary {
     pub silent_device_ids: Vec<String>,
     /// Whole-wave gates that never reached their minimum sample.
     pub not_judged: Vec<String>,
-    /// Whole-wave gates still trending worse after the last hold but short of the pause level:
-    /// the wave completed, and these are on the record for whoever reads the timeline.
+    /// Whole-wave gates still trending worse after the last hold but short of their level: a
+    /// trend never pauses by itself, so the wave completed, and these are on the record for
+    /// whoever reads the timeline.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unconfirmed_trends: Vec<String>,
 }
