@@ -146,6 +146,18 @@ pub enum FinalState {
 }
 
 impl FinalState {
+    /// How the run ended, in words.
+    pub fn words(self) -> &'static str {
+        match self {
+            Self::Completed => "completed",
+            Self::Paused => "paused",
+            Self::RolledBack => "rolled back",
+            Self::Aborted => "aborted",
+            Self::TimedOut => "timed out",
+            Self::Stopped => "stopped",
+        }
+    }
+
     /// The process exit code `convoy rollout run` uses: 0 completed, 3 stopped by gates or an
     /// operator (paused, rolled back, aborted), 4 timed out or interrupted.
     pub fn exit_code(self) -> u8 {

@@ -1197,12 +1197,10 @@ impl EngineState {
         let release_id = self.config.release_id.clone();
         let reason = match self.rollout.phase() {
             Phase::Paused { reason, .. } => reason.clone(),
-            _ => self
-                .rollout
-                .state()
-                .last_report
-                .as_ref()
-                .map_or_else(|| "rollback".to_owned(), |r| format!("{:?}", r.outcome)),
+            _ => self.rollout.state().last_report.as_ref().map_or_else(
+                || "rollback".to_owned(),
+                |r| format!("gate: {}", r.outcome().words()),
+            ),
         };
         let action = CommandAction::RollBack {
             release_id: release_id.clone(),

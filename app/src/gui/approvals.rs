@@ -559,7 +559,7 @@ impl ApprovalsState {
                 let id = run.rollout_id().to_owned();
                 let outcome = run
                     .stop()
-                    .map(|report| format!("{:?}", report.final_state))
+                    .map(|report| report.final_state.words().to_owned())
                     .map_err(|e| format!("{e:#}"));
                 (id, outcome)
             })

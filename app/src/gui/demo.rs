@@ -196,7 +196,10 @@ impl DemoRollout {
                     .and_then(|rt| rt.block_on(engine::run_with(options, control, None)));
                 done(match outcome {
                     Ok(report) => {
-                        format!("demo rollout {ROLLOUT_ID} ended: {:?}", report.final_state)
+                        format!(
+                            "demo rollout {ROLLOUT_ID} ended: {}",
+                            report.final_state.words()
+                        )
                     }
                     Err(e) => format!("the demo rollout stopped: {e:#}"),
                 });

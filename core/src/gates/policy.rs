@@ -22,6 +22,19 @@ pub enum GateOutcome {
     RollBackAll,
 }
 
+impl GateOutcome {
+    /// The outcome in words, for reasons and screens (never Rust's debug text).
+    pub fn words(self) -> &'static str {
+        match self {
+            GateOutcome::Continue => "continue",
+            GateOutcome::Hold => "hold",
+            GateOutcome::Pause => "pause",
+            GateOutcome::RollBackWave => "roll back the wave",
+            GateOutcome::RollBackAll => "roll back every device",
+        }
+    }
+}
+
 /// How a metric is measured, which decides the statistical test used for it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -845,7 +845,8 @@ impl Rollout {
                     .map(describe_finding)
                     .collect();
                 self.actions.push_back(RolloutAction::Notify(format!(
-                    "gate stop ({outcome:?}): {}",
+                    "gate stop ({}): {}",
+                    outcome.words(),
                     what.join("; ")
                 )));
             }
