@@ -27,6 +27,7 @@ pub struct Received {
 
 /// A webhook receiver on 127.0.0.1: answers 503 to its first `fail_first` requests, then 200.
 pub struct Receiver {
+    port: u16,
     received: Arc<Mutex<Vec<Received>>>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -55,10 +56,15 @@ impl Receiver {
             }
         });
         Self {
+            port,
             received,
             stop,
             thread: Some(thread),
         }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     pub fn received(&self) -> Vec<Received> {
@@ -213,6 +219,53 @@ fn openssl_hmac(key: &str, message: &[u8]) -> String {
         .to_owned()
 }
 
+/// Writes `dir/alerts.toml`: a signed webhook to 127.0.0.1:`hook_port` (key `hook-key-1`)
+/// and e-mail through `smtp` as user `convoy` (password `s3cret`) trusting `ca`, with their
+/// secret files beside it; returns its path.
+pub fn write_config(dir: &Path, hook_port: u16, smtp: &Smtp, ca: &Path) -> PathBuf {
+    write_secret(&dir.join("hook.secret"), "hook-key-1\n");
+    write_secret(&dir.join("smtp.pass"), "s3cret\n");
+    let config = dir.join("alerts.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+public_url = "https://convoy.example"
+[[channel]]
+name = "hook"
+kind = "webhook"
+url = "http://127.0.0.1:{hook_port}/convoy"
+secret_file = "hook.secret"
+[[channel]]
+name = "mail"
+kind = "smtp"
+server = "127.0.0.1"
+port = {}
+ca_file = "{}"
+username = "convoy"
+password_file = "smtp.pass"
+from = "Convoy <convoy@example.com>"
+to = ["oncall@example.com"]
+"#,
+            smtp.port,
+            ca.display()
+        ),
+    )
+    .expect("config");
+    config
+}
+
+/// Checks a request's signature with an independent HMAC (`openssl`) under `key`.
+pub fn check_signature(r: &Received, key: &str) {
+    let ts = &r.headers["x-convoy-timestamp"];
+    let mut signed = format!("{ts}.").into_bytes();
+    signed.extend_from_slice(&r.body);
+    assert_eq!(
+        r.headers["x-convoy-signature"],
+        format!("sha256={}", openssl_hmac(key, &signed))
+    );
+}
+
 /// `convoy alerts run` as a process.
 struct Deliverer(Child);
 
@@ -249,40 +302,10 @@ impl Drop for Deliverer {
 fn a_gate_stop_reaches_a_signed_webhook_and_an_smtp_server_exactly_once_through_outage_and_crash() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = dir.path().join("cache.db");
-    let secret = dir.path().join("hook.secret");
-    write_secret(&secret, "hook-key-1\n");
-    let password = dir.path().join("smtp.pass");
-    write_secret(&password, "s3cret\n");
     let (smtp, ca) = Smtp::start(dir.path(), "convoy", "s3cret");
     // The webhook's port is chosen now and nothing listens on it yet: the receiver is down.
     let hook_port = free_port();
-    let config = dir.path().join("alerts.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-public_url = "https://convoy.example"
-[[channel]]
-name = "hook"
-kind = "webhook"
-url = "http://127.0.0.1:{hook_port}/convoy"
-secret_file = "hook.secret"
-[[channel]]
-name = "mail"
-kind = "smtp"
-server = "127.0.0.1"
-port = {}
-ca_file = "{}"
-username = "convoy"
-password_file = "smtp.pass"
-from = "Convoy <convoy@example.com>"
-to = ["oncall@example.com"]
-"#,
-            smtp.port,
-            ca.display()
-        ),
-    )
-    .expect("config");
+    let config = write_config(dir.path(), hook_port, &smtp, &ca);
     let checked = convoy_ok(&[
         "alerts",
         "check",
@@ -372,13 +395,7 @@ to = ["oncall@example.com"]
     let mut kinds = Vec::new();
     for r in &accepted {
         // The signature checks out with an independent HMAC.
-        let ts = &r.headers["x-convoy-timestamp"];
-        let mut signed = format!("{ts}.").into_bytes();
-        signed.extend_from_slice(&r.body);
-        assert_eq!(
-            r.headers["x-convoy-signature"],
-            format!("sha256={}", openssl_hmac("hook-key-1", &signed))
-        );
+        check_signature(r, "hook-key-1");
         let body: serde_json::Value = serde_json::from_slice(&r.body).expect("JSON body");
         assert_eq!(
             body["alert"]["rollout_id"], "ro-new",

@@ -292,9 +292,9 @@ fn good_release_completes(url: &str, setup: &Setup) {
 
 /// A release that crash-loops the rare hardware revision C is stopped inside the canary, the
 /// canary is rolled back, and no later wave is offered anything.
-fn crash_loop_is_stopped_in_the_canary(url: &str, setup: &Setup) {
+fn crash_loop_is_stopped_in_the_canary(url: &str, setup: &Setup, extra: &[&str]) {
     let _sim = setup.sim(url, true);
-    let (code, report) = setup.run(url, &[]);
+    let (code, report) = setup.run(url, extra);
     assert_eq!(report["final_state"], "paused", "{}", brief(&report));
     assert_eq!(code, 3, "stopped by a gate");
     assert_eq!(
@@ -411,7 +411,44 @@ fn a_crash_looping_rare_revision_is_rolled_back_in_the_canary_over_the_embedded_
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     let setup = Setup::new(400);
     let broker = EmbeddedBroker::start(setup.dir.path(), None);
-    crash_loop_is_stopped_in_the_canary(&broker.url(), &setup);
+    // Issue 23: the engine sends the gate's stop to the people on call, a signed webhook and an
+    // e-mail to real servers on 127.0.0.1, before it exits.
+    let receiver = crate::alerts::Receiver::start(convoy_e2e::free_port(), 0);
+    let (smtp, ca) = crate::alerts::Smtp::start(setup.dir.path(), "convoy", "s3cret");
+    let config = crate::alerts::write_config(setup.dir.path(), receiver.port(), &smtp, &ca);
+    crash_loop_is_stopped_in_the_canary(
+        &broker.url(),
+        &setup,
+        &["--alerts", config.to_str().expect("utf-8")],
+    );
+    let accepted = receiver.accepted();
+    let stops: Vec<serde_json::Value> = accepted
+        .iter()
+        .map(|r| {
+            crate::alerts::check_signature(r, "hook-key-1");
+            serde_json::from_slice::<serde_json::Value>(&r.body).expect("JSON body")
+        })
+        .filter(|b| b["alert"]["kind"] == "gate_rolled_back")
+        .collect();
+    assert_eq!(
+        stops.len(),
+        1,
+        "one alert for the gate's stop: {accepted:?}"
+    );
+    assert_eq!(stops[0]["alert"]["rollout_id"], "r1");
+    assert!(
+        stops[0]["alert"]["title"]
+            .as_str()
+            .is_some_and(|t| t.contains("rolled back by a health gate in wave canary")),
+        "{}",
+        stops[0]
+    );
+    assert!(
+        smtp.messages()
+            .iter()
+            .any(|m| m.contains("rolled back by a health gate in wave canary")),
+        "the e-mail went out"
+    );
 }
 
 #[test]
@@ -424,7 +461,7 @@ fn a_crash_looping_rare_revision_is_rolled_back_in_the_canary_over_mosquitto() {
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     let setup = Setup::new(400);
     let broker = Mosquitto::start(None);
-    crash_loop_is_stopped_in_the_canary(&broker.url(), &setup);
+    crash_loop_is_stopped_in_the_canary(&broker.url(), &setup, &[]);
 }
 
 impl EmbeddedBroker {
