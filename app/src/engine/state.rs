@@ -30,7 +30,7 @@ use anyhow::{Context, Result};
 use convoy_core::fleet::{Device, Fleet};
 use convoy_core::gates::GateOutcome;
 use convoy_core::rollout::{
-    Cause, DeviceReport, DeviceState, EventKind, Phase, RollbackScope, Rollout, RolloutAction,
+    DeviceReport, DeviceState, EventKind, Phase, RollbackScope, Rollout, RolloutAction,
     RolloutEvent, TelemetryReport,
 };
 use convoy_core::time::Timestamp;
@@ -1326,30 +1326,9 @@ impl EngineState {
         let events: Vec<RolloutEvent> = self.rollout.events()[self.persisted_events..].to_vec();
         self.persisted_events += events.len();
         for e in events {
-            let cause = match &e.cause {
-                Cause::Operator { name, reason } if reason.is_empty() => name.clone(),
-                Cause::Operator { name, reason } => format!("{name}: {reason}"),
-                Cause::Device(i) => self
-                    .rollout
-                    .state()
-                    .device_ids
-                    .get(*i as usize)
-                    .cloned()
-                    .unwrap_or_default(),
-                Cause::Gate => "gate".into(),
-                Cause::Timer => "timer".into(),
-            };
-            let timeline = |kind: &str, payload: serde_json::Value| {
-                Output::Write(StoreWrite::Timeline {
-                    at: e.at,
-                    kind: kind.to_owned(),
-                    actor: cause.clone(),
-                    payload,
-                })
-            };
+            // The engine's own bookkeeping: device histories and the gate decisions of its
+            // report.
             match &e.kind {
-                // Raw telemetry and routine silence checks would drown the story.
-                EventKind::Telemetry { .. } | EventKind::SilenceChecked => {}
                 EventKind::Device { device, state } => {
                     if let Some(id) = self.rollout.state().device_ids.get(*device as usize) {
                         let id = id.clone();
@@ -1364,17 +1343,12 @@ impl EngineState {
                     if *outcome == GateOutcome::Continue {
                         self.gate_looks_passed += 1;
                     } else {
-                        let evidence = serde_json::to_value(report).unwrap_or_default();
                         self.gate_decisions.push(GateDecision {
                             at: e.at,
                             wave: self.wave_name(*wave),
                             outcome: *outcome,
-                            evidence: evidence.clone(),
+                            evidence: serde_json::to_value(report).unwrap_or_default(),
                         });
-                        self.ready.push_back(timeline(
-                            "gate.decision",
-                            serde_json::json!({"wave": self.wave_name(*wave), "outcome": outcome, "report": evidence}),
-                        ));
                     }
                 }
                 EventKind::SoakExtended { wave, report, .. } => {
@@ -1385,28 +1359,22 @@ impl EngineState {
                         outcome: GateOutcome::Hold,
                         evidence: serde_json::to_value(report).unwrap_or_default(),
                     });
-                    self.ready.push_back(timeline(
-                        event_name(&e.kind),
-                        serde_json::to_value(&e.kind).unwrap_or_default(),
-                    ));
                 }
-                EventKind::Created { spec, strata, .. } => {
-                    // The spec's device lists are in the cache already; the timeline gets the shape.
-                    let payload = serde_json::json!({
-                        "release": spec.release_id,
-                        "requested_by": spec.requested_by,
-                        "path": path_name(&spec.path),
-                        "waves": spec.waves.iter().map(|w| serde_json::json!({
-                            "name": w.name, "devices": w.device_ids.len(), "soak_secs": w.soak_secs,
-                        })).collect::<Vec<_>>(),
-                        "strata": strata,
-                    });
-                    self.ready.push_back(timeline("rollout.created", payload));
-                }
-                kind => {
-                    let payload = serde_json::to_value(kind).unwrap_or_default();
-                    self.ready.push_back(timeline(event_name(kind), payload));
-                }
+                _ => {}
+            }
+            // The timeline entry, by the core's one mapping (what the drafts and alerts read).
+            let entry = convoy_core::rollout::timeline::entry(&e.kind, |w| self.wave_name(w));
+            if let Some((kind, payload)) = entry {
+                let actor = convoy_core::rollout::timeline::cause_text(
+                    &e.cause,
+                    &self.rollout.state().device_ids,
+                );
+                self.ready.push_back(Output::Write(StoreWrite::Timeline {
+                    at: e.at,
+                    kind: kind.to_owned(),
+                    actor,
+                    payload,
+                }));
             }
         }
     }
@@ -1597,14 +1565,7 @@ fn is_alarm(event: &crate::link::protocol::TelemetryEvent) -> bool {
     )
 }
 
-pub(super) fn path_name(path: &convoy_core::rollout::ChangePath) -> &'static str {
-    use convoy_core::rollout::ChangePath;
-    match path {
-        ChangePath::Standard => "standard",
-        ChangePath::Emergency { .. } => "emergency",
-        ChangePath::SingleOperator => "single operator",
-    }
-}
+pub(super) use convoy_core::rollout::timeline::path_name;
 
 fn device_state(state: UpdateState) -> Option<DeviceState> {
     Some(match state {
@@ -1632,30 +1593,6 @@ pub(super) fn state_name(state: DeviceState) -> &'static str {
         DeviceState::Healthy => "confirmed",
         DeviceState::Failed => "failed",
         DeviceState::Reverted => "reverted",
-    }
-}
-
-fn event_name(kind: &EventKind) -> &'static str {
-    match kind {
-        EventKind::Created { .. } => "rollout.created",
-        EventKind::Approval { .. } => "approval",
-        EventKind::Approved => "rollout.approved",
-        EventKind::WaveStarted { .. } => "wave.started",
-        EventKind::Device { .. } => "device",
-        EventKind::Telemetry { .. } => "telemetry",
-        EventKind::DeviceSilent { .. } => "device.silent",
-        EventKind::SoakStarted { .. } => "soak.started",
-        EventKind::GateChecked { .. } => "gate.checked",
-        EventKind::SilenceChecked => "silence.checked",
-        EventKind::SoakExtended { .. } => "soak.extended",
-        EventKind::WaveCompleted { .. } => "wave.completed",
-        EventKind::Paused { .. } => "rollout.paused",
-        EventKind::Resumed => "rollout.resumed",
-        EventKind::GateOverridden { .. } => "gate.overridden",
-        EventKind::RollbackStarted { .. } => "rollback.started",
-        EventKind::RollbackFinished { .. } => "rollback.finished",
-        EventKind::Completed => "rollout.completed",
-        EventKind::Aborted { .. } => "rollout.aborted",
     }
 }
 
