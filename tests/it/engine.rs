@@ -1593,3 +1593,69 @@ fn a_server_restarted_mid_rollout_continues_the_rollout_it_dispatched() {
     runtime.block_on(server.shutdown());
     convoy_ok(&["audit", "verify", "--db", &setup.path("cache.db")]);
 }
+
+/// `GET /metrics` on a running engine (`--metrics-listen`, issue 23): Prometheus's text format,
+/// passing `promtool check metrics`, with counters that move as the rollout runs.
+#[test]
+fn the_engine_s_metrics_pass_promtool_and_move_as_the_rollout_runs() {
+    let _one = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let setup = Setup::new(400);
+    let broker = EmbeddedBroker::start(setup.dir.path(), None);
+    let url = broker.url();
+    let _sim = setup.sim(&url, false);
+    let port = convoy_e2e::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let artifact = setup.path("fw.img");
+    let mut engine = Proc(
+        setup
+            .rollout_command(
+                &url,
+                &["--artifact", &artifact, "--metrics-listen", &listen],
+            )
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("convoy rollout run"),
+    );
+    let scrape = || -> Option<String> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .ok()?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).ok()?;
+        let (head, body) = text.split_once("\r\n\r\n")?;
+        head.starts_with("HTTP/1.1 200").then(|| body.to_owned())
+    };
+    let status = "convoy_engine_messages_total{rollout=\"r1\",kind=\"status\"}";
+    let mut first = String::new();
+    convoy_e2e::wait_for(
+        "the engine's first status messages in its metrics",
+        Duration::from_mins(1),
+        || {
+            first = scrape().unwrap_or_default();
+            crate::metrics::sample(&first, status).is_some_and(|n| n > 0.0)
+        },
+    );
+    let (ok, said) = crate::metrics::promtool(&first);
+    assert!(ok, "promtool check metrics: {said}\n{first}");
+    let before = crate::metrics::sample(&first, status).unwrap_or(0.0);
+    let mut later = String::new();
+    convoy_e2e::wait_for("the counters to move", Duration::from_mins(1), || {
+        later = scrape().unwrap_or_default();
+        crate::metrics::sample(&later, status).is_some_and(|n| n > before)
+    });
+    assert!(
+        later.contains("convoy_engine_devices{rollout=\"r1\",wave="),
+        "{later}"
+    );
+    assert!(
+        later.contains("convoy_engine_rollout_phase{rollout=\"r1\",phase="),
+        "{later}"
+    );
+    assert!(crate::metrics::promtool(&later).0);
+    let status = engine.0.wait().expect("the engine ends");
+    assert!(status.success(), "the good release completes: {status}");
+}

@@ -11,7 +11,7 @@ use convoy::store::Store;
 use convoy_e2e::{Proc, free_port, record_crash_looping_canary, wait_listening};
 
 /// Runs `promtool check metrics` on `text`: (passed, what it said).
-fn promtool(text: &str) -> (bool, String) {
+pub fn promtool(text: &str) -> (bool, String) {
     let mut child = Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(Stdio::piped())
@@ -36,7 +36,7 @@ fn promtool(text: &str) -> (bool, String) {
     )
 }
 
-fn sample(text: &str, series: &str) -> Option<f64> {
+pub fn sample(text: &str, series: &str) -> Option<f64> {
     text.lines().find_map(|l| {
         l.strip_prefix(series)
             .and_then(|rest| rest.trim().parse().ok())

@@ -123,7 +123,10 @@ fn timeline(args: &TimelineArgs) -> Result<()> {
 }
 
 fn run_rollout(args: &RunArgs) -> Result<()> {
-    let (options, control) = engine_options(args)?;
+    let (options, mut control) = engine_options(args)?;
+    let live: Option<engine::LiveReport> =
+        args.metrics_listen.map(|_| engine::LiveReport::default());
+    control.live.clone_from(&live);
     // The alerts run beside the engine on their own thread and connection; a configuration
     // that does not read stops the run before it starts.
     let alerts = match &args.alerts {
@@ -160,7 +163,13 @@ fn run_rollout(args: &RunArgs) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    let metrics_listen = args.metrics_listen;
     let report = runtime.block_on(async move {
+        // The metrics endpoint runs beside the engine and stops with it.
+        let (_metrics_stop, metrics_stop_rx) = tokio::sync::watch::channel(false);
+        if let (Some(addr), Some(live)) = (metrics_listen, live) {
+            serve_metrics(addr, live, metrics_stop_rx).await?;
+        }
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
         tokio::spawn(async move {
             if tokio::signal::ctrl_c().await.is_ok() {
@@ -191,6 +200,61 @@ fn run_rollout(args: &RunArgs) -> Result<()> {
     if code != 0 {
         std::process::exit(i32::from(code));
     }
+    Ok(())
+}
+
+/// Serves the live report as `GET /metrics` on `addr` (through the one accept loop, with small
+/// connection limits) until `stop` changes or is dropped.
+async fn serve_metrics(
+    addr: std::net::SocketAddr,
+    live: engine::LiveReport,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<()> {
+    use crate::link::http::accept::{self, Accept, AcceptCounters, Limits};
+    use axum::routing::get;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("--metrics-listen {addr}: cannot listen there"))?;
+    let router = axum::Router::new().route(
+        "/metrics",
+        get(move || {
+            let live = live.clone();
+            async move {
+                let text = live
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .as_ref()
+                    .map(engine::metrics::exposition)
+                    .unwrap_or_default();
+                (
+                    [(axum::http::header::CONTENT_TYPE, crate::prom::CONTENT_TYPE)],
+                    text,
+                )
+            }
+        }),
+    );
+    let accept = Accept {
+        tls: None,
+        limits: Limits {
+            max_connections: 16,
+            max_per_client: 4,
+            header_timeout: std::time::Duration::from_secs(10),
+            tls_handshake_timeout: std::time::Duration::from_secs(10),
+        },
+        counters: std::sync::Arc::new(AcceptCounters::default()),
+        server: "convoy rollout run --metrics-listen",
+    };
+    eprintln!(
+        "metrics: http://{}/metrics",
+        listener.local_addr().map_or(addr, |a| a)
+    );
+    tokio::spawn(accept::serve(
+        listener,
+        router,
+        accept,
+        stop,
+        std::convert::identity,
+    ));
     Ok(())
 }
 

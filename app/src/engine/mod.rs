@@ -37,6 +37,7 @@ pub mod control;
 pub mod ddi;
 pub mod health;
 pub mod lease;
+pub mod metrics;
 pub mod state;
 #[cfg(test)]
 mod tests;
@@ -126,7 +127,13 @@ pub struct EngineControl {
     /// Serve DDI devices too (the hawkBit-compatible endpoint, docs/DDI.md): they are offered
     /// the release as their wave opens and their feedback counts in the gates.
     pub ddi: Option<ddi::DdiLinkOptions>,
+    /// Where the run keeps a snapshot of its report, refreshed about once a second while it
+    /// runs (`convoy rollout run --metrics-listen` serves it as Prometheus metrics).
+    pub live: Option<LiveReport>,
 }
+
+/// The running engine's report, as of its last refresh (`None` before the first).
+pub type LiveReport = std::sync::Arc<std::sync::Mutex<Option<EngineReport>>>;
 
 /// How the run ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -520,7 +527,9 @@ pub async fn run_with(
     let mut stop = stop;
     let mut control_rx = control.commands;
     let when_paused = control.when_paused;
+    let live = control.live;
     let mut last_cache_flush = Instant::now();
+    let mut last_live: Option<Instant> = None;
     let final_state = loop {
         let now = shell.now();
         let wall = shell.wall();
@@ -529,6 +538,22 @@ pub async fn run_with(
         if last_cache_flush.elapsed() >= Duration::from_millis(500) {
             shell.flush_cache()?;
             last_cache_flush = Instant::now();
+        }
+        if let Some(live) = &live
+            && last_live.is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
+        {
+            // The report as it would read if the run stopped now; O(devices), once a second.
+            let snapshot = shell.state.final_report(
+                FinalState::Stopped,
+                now,
+                wall_started.elapsed(),
+                stale_outbox_commands,
+                None,
+            );
+            *live
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(snapshot);
+            last_live = Some(Instant::now());
         }
         let hold = when_paused == WhenPaused::Hold
             && control_rx.as_ref().is_some_and(|rx| !rx.is_closed());

@@ -56,6 +56,12 @@ pub struct RunArgs {
     /// file while the rollout runs (docs/ALERTS.md).
     #[arg(long)]
     pub alerts: Option<PathBuf>,
+    /// Answer `GET /metrics` (Prometheus text format) on this address while the rollout runs:
+    /// messages in and rejected by reason, commands, disconnects, gate looks and decisions,
+    /// devices by wave and state (docs/ALERTS.md). No authentication: bind it to the loopback
+    /// or a network only the scraper reaches.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// The MQTT broker, e.g. mqtt://127.0.0.1:1883 or mqtts://broker:8883.
     #[arg(long)]
     pub broker: String,
