@@ -43,6 +43,10 @@ pub enum AlertKind {
     EngineStopped,
     /// Devices of a wave went silent after they were offered the update.
     DevicesSilent,
+    /// The engine has been without its broker for longer than its limit (a minute).
+    LinkLost,
+    /// The engine has its broker again (closes the `link_lost` thread).
+    LinkRestored,
     /// A rollout request waits for approval.
     ApprovalWaiting,
     /// Sent by `convoy alerts test`.
@@ -50,7 +54,7 @@ pub enum AlertKind {
 }
 
 impl AlertKind {
-    pub const ALL: [AlertKind; 10] = [
+    pub const ALL: [AlertKind; 12] = [
         AlertKind::GatePaused,
         AlertKind::GateRolledBack,
         AlertKind::RollbackStarted,
@@ -59,6 +63,8 @@ impl AlertKind {
         AlertKind::Resumed,
         AlertKind::EngineStopped,
         AlertKind::DevicesSilent,
+        AlertKind::LinkLost,
+        AlertKind::LinkRestored,
         AlertKind::ApprovalWaiting,
         AlertKind::Test,
     ];
@@ -73,6 +79,8 @@ impl AlertKind {
             AlertKind::Resumed => "resumed",
             AlertKind::EngineStopped => "engine_stopped",
             AlertKind::DevicesSilent => "devices_silent",
+            AlertKind::LinkLost => "link_lost",
+            AlertKind::LinkRestored => "link_restored",
             AlertKind::ApprovalWaiting => "approval_waiting",
             AlertKind::Test => "test",
         }
@@ -311,6 +319,28 @@ pub fn alert_for(rollout_id: &str, entry: &RecordEntry) -> Option<Alert> {
             a.resolves = true;
             Some(a)
         }
+        "link.lost" => Some(base(
+            AlertKind::LinkLost,
+            Severity::Critical,
+            format!("{rollout_id}/link"),
+            format!("The engine of rollout {rollout_id} lost its broker"),
+            format!(
+                "No connection to the broker for {} s ({}): no command reaches the devices and no report of theirs reaches the gates until it returns.",
+                p.get("for_secs").and_then(Value::as_u64).unwrap_or(0),
+                text(p, "why")
+            ),
+        )),
+        "link.restored" => {
+            let mut a = base(
+                AlertKind::LinkRestored,
+                Severity::Info,
+                format!("{rollout_id}/link"),
+                format!("The engine of rollout {rollout_id} has its broker again"),
+                "The broker connection is back; unacknowledged commands are sent again.".to_owned(),
+            );
+            a.resolves = true;
+            Some(a)
+        }
         "engine.stopped" => {
             let state = text(p, "final_state");
             Some(base(
@@ -447,6 +477,31 @@ mod tests {
         assert!(a.iter().all(|x| x.incident == "ro-2/stop"));
         assert_eq!(a[0].kind, AlertKind::GateRolledBack);
         assert!(a[2].resolves);
+    }
+
+    #[test]
+    fn a_lost_broker_and_its_return_are_one_incident() {
+        let lost = alert_for(
+            "r9",
+            &entry(
+                "link.lost",
+                "engine",
+                json!({"for_secs": 61, "why": "connection refused"}),
+            ),
+        )
+        .expect("alerts");
+        assert_eq!(
+            (lost.kind, lost.severity),
+            (AlertKind::LinkLost, Severity::Critical)
+        );
+        assert!(
+            lost.summary.contains("61 s (connection refused)"),
+            "{}",
+            lost.summary
+        );
+        let back = alert_for("r9", &entry("link.restored", "engine", json!({}))).expect("alerts");
+        assert_eq!(back.incident, lost.incident);
+        assert!(back.resolves);
     }
 
     #[test]

@@ -233,6 +233,10 @@ pub struct EngineState {
     acked: Vec<String>,
     pub(super) awaiting: HashMap<String, Awaiting>,
     connected: bool,
+    /// Since when (wall time of the run) the broker connection has been lost, and whether the
+    /// timeline already says so (`link.lost`, an alert for the people on call).
+    lost_since: Option<Duration>,
+    lost_recorded: Option<String>,
     /// Who the decisions being carried out are by: the engine, or the operator whose command
     /// is being applied.
     actor: String,
@@ -287,6 +291,8 @@ impl EngineState {
             acked: Vec::new(),
             awaiting: HashMap::new(),
             connected: false,
+            lost_since: None,
+            lost_recorded: None,
             actor: ENGINE_ACTOR.to_owned(),
             logged_events: 0,
             counts: LinkCounts::default(),
@@ -435,6 +441,7 @@ impl EngineState {
     /// actions, the timeline, resends.
     pub fn handle_timeout(&mut self, now: Timestamp, wall: Duration) {
         self.last_wall = self.last_wall.max(wall);
+        self.watch_link(now, wall);
         self.tasks.extend([
             Task::SamplePeriod(now),
             Task::RolloutTimeout(now),
@@ -466,9 +473,49 @@ impl EngineState {
     }
 
     /// (Re)connected to the broker: everything unacknowledged goes again.
+    /// A broker connection lost for longer than [`LINK_LOST_ALERT`] of wall time goes on the
+    /// timeline as `link.lost` (an alert: nothing reaches the devices, and nothing of theirs
+    /// reaches the gates); its return as `link.restored`.
+    fn watch_link(&mut self, now: Timestamp, wall: Duration) {
+        if self.connected || self.counts.disconnects == 0 {
+            return;
+        }
+        let since = *self.lost_since.get_or_insert(wall);
+        if self.lost_recorded.is_none() && wall.saturating_sub(since) >= LINK_LOST_ALERT {
+            let why = self
+                .notes
+                .iter()
+                .rev()
+                .find_map(|n| {
+                    n.split_once("lost the broker connection: ")
+                        .map(|(_, w)| w.to_owned())
+                })
+                .unwrap_or_default();
+            self.ready.push_back(Output::Write(StoreWrite::Timeline {
+                at: now,
+                kind: "link.lost".into(),
+                actor: ENGINE_ACTOR.into(),
+                payload: serde_json::json!({
+                    "for_secs": wall.saturating_sub(since).as_secs(),
+                    "why": why,
+                }),
+            }));
+            self.lost_recorded = Some(why);
+        }
+    }
+
     pub fn handle_connected(&mut self, now: Timestamp) {
         let reconnect = !self.connected && self.counts.disconnects > 0;
         self.connected = true;
+        self.lost_since = None;
+        if self.lost_recorded.take().is_some() {
+            self.ready.push_back(Output::Write(StoreWrite::Timeline {
+                at: now,
+                kind: "link.restored".into(),
+                actor: ENGINE_ACTOR.into(),
+                payload: serde_json::json!({}),
+            }));
+        }
         if reconnect {
             self.notes.push(format!(
                 "{now}: reconnected to the broker; resubscribed and resending unacknowledged commands"
@@ -1564,6 +1611,10 @@ fn is_alarm(event: &crate::link::protocol::TelemetryEvent) -> bool {
         TelemetryEvent::Crash { .. } | TelemetryEvent::Boot { ok: false, .. }
     )
 }
+
+/// How long (wall time) the engine may be without its broker before the timeline records
+/// `link.lost` and the people on call are told.
+pub const LINK_LOST_ALERT: Duration = Duration::from_mins(1);
 
 pub(super) use convoy_core::rollout::timeline::path_name;
 

@@ -637,3 +637,37 @@ fn the_driver_state_reads_no_clock_and_does_no_io() {
         );
     }
 }
+
+/// Issue 23: a broker lost for over a minute of wall time is on the timeline (the alerts'
+/// `link_lost`), once, and its return too; a short blip is not.
+#[test]
+fn a_broker_lost_for_a_minute_is_on_the_timeline_once_and_its_return_too() {
+    let mut h = Harness::new(r#"{"faults": []}"#);
+    let lost = |h: &Harness, kind: &str| h.timeline.iter().filter(|(k, _)| k == kind).count();
+    let t0 = h.wall();
+    h.state
+        .handle_link_event(h.now, LinkEvent::Disconnected("broker restarted".into()));
+    for secs in [0, 30, 59] {
+        h.state
+            .handle_timeout(h.now, t0 + Duration::from_secs(secs));
+        h.drain();
+    }
+    assert_eq!(lost(&h, "link.lost"), 0, "under a minute is a blip");
+    for secs in [61, 90, 300] {
+        h.state
+            .handle_timeout(h.now, t0 + Duration::from_secs(secs));
+        h.drain();
+    }
+    assert_eq!(lost(&h, "link.lost"), 1, "recorded once");
+    h.state.handle_link_event(h.now, LinkEvent::Connected);
+    h.drain();
+    assert_eq!(lost(&h, "link.restored"), 1);
+    // A second blip after the return is not an alert.
+    h.state
+        .handle_link_event(h.now, LinkEvent::Disconnected("again".into()));
+    h.state.handle_timeout(h.now, t0 + Duration::from_secs(310));
+    h.state.handle_link_event(h.now, LinkEvent::Connected);
+    h.drain();
+    assert_eq!(lost(&h, "link.lost"), 1);
+    assert_eq!(lost(&h, "link.restored"), 1);
+}
