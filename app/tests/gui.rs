@@ -437,9 +437,9 @@ fn the_war_room_shows_the_paused_rollout_from_the_cache_with_its_gate_and_waves(
         "release t300-2.5.0 · requested by alice · standard path · 50 of 1000 devices offered",
     );
     h.get_by_label_contains("paused 20 min ago: boot_failure failed its gate");
-    // Its waves, with their progress.
+    // Its waves, with their progress: the canary the gate stopped is not "in progress".
     h.get_by_label("canary (50 devices)");
-    h.get_by_label("in progress, started 116 min ago");
+    h.get_by_label("stopped by a gate 20 min ago: pause");
     h.get_by_label("fleet (950 devices)");
     h.get_by_label("not started");
     // The gate decision with its evidence: the failing finding, metric and stratum.

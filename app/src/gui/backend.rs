@@ -72,6 +72,10 @@ pub struct RolloutBoard {
     /// ([`convoy_core::rollout::series`]); absent for a rollout with no log (recorded before
     /// schema v6, or by hand) or one whose log is larger than [`MAX_HEALTH_LOG_ROWS`].
     pub health: std::collections::BTreeMap<String, Arc<HealthSeries>>,
+    /// Each rollout's clock (its first engine run's simulated start, wall start and time
+    /// scale), so a screen can say how long ago something happened on the rollout's own clock
+    /// (issue 19: a 60x demo showed a 2.5-minute-old rollback as "0 s ago").
+    pub clocks: std::collections::BTreeMap<String, crate::store::events::RunClock>,
 }
 
 /// The longest rollout log the history worker replays into a health series (a row per health
@@ -823,6 +827,9 @@ pub fn read_rollouts(store: &Store) -> Result<RolloutBoard> {
         match convoy_core::comms::story(&id, &entries) {
             Ok(story) => board.rollouts.push(story),
             Err(err) => board.unreadable.push(err.to_string()),
+        }
+        if let Some(clock) = store.run_clock(&id)? {
+            board.clocks.insert(id, clock);
         }
     }
     Ok(board)

@@ -146,8 +146,35 @@ fn clip(line: &str, max_chars: usize) -> String {
     }
 }
 
+/// The rollout's own clock now: its simulated time when it runs faster than wall time (the
+/// demo's 60x), else the screen's; and the words that say which.
+pub fn rollout_now(
+    clock: Option<&crate::store::events::RunClock>,
+    now: Timestamp,
+    wall_ms: i64,
+) -> (Timestamp, Option<String>) {
+    match clock {
+        Some(c) if (c.time_scale - 1.0).abs() > f64::EPSILON => {
+            let elapsed = (wall_ms - c.wall_began_ms).max(0) as f64 / 1_000.0;
+            let sim = c.clock_start.secs() + (elapsed * c.time_scale) as i64;
+            (
+                Timestamp::from_secs(sim),
+                Some(format!(
+                    "times on the rollout's clock: simulated at {}x",
+                    c.time_scale
+                )),
+            )
+        }
+        _ => (now, None),
+    }
+}
+
 /// One wave's progress as a line.
-fn wave_line(w: &convoy_core::comms::WaveStory, now: Timestamp) -> (String, Color32) {
+fn wave_line(
+    w: &convoy_core::comms::WaveStory,
+    story: &RolloutStory,
+    now: Timestamp,
+) -> (String, Color32) {
     match (w.started_at, w.completed_at) {
         (_, Some(done)) => {
             let mut line = format!(
@@ -167,10 +194,24 @@ fn wave_line(w: &convoy_core::comms::WaveStory, now: Timestamp) -> (String, Colo
             };
             (line, color)
         }
-        (Some(start), None) => (
-            format!("in progress, started {}", age(now.secs_since(start))),
-            tokens::WARN,
-        ),
+        (Some(start), None) => match story.stops.iter().rev().find(|s| s.wave == w.name) {
+            // A wave a gate stopped is not "in progress" (issue 19).
+            Some(stop) => (
+                format!(
+                    "stopped by a gate {}: {}",
+                    age(now.secs_since(stop.at)),
+                    stop.outcome
+                ),
+                tokens::BAD,
+            ),
+            None if story.ending.is_some() => {
+                ("ended before it completed".to_owned(), tokens::MUTED)
+            }
+            None => (
+                format!("in progress, started {}", age(now.secs_since(start))),
+                tokens::WARN,
+            ),
+        },
         (None, None) => ("not started".to_owned(), tokens::MUTED),
     }
 }
@@ -263,6 +304,19 @@ fn rollouts_ui(cx: &ViewContext<'_>, ui: &mut egui::Ui, now: Timestamp) -> Optio
     };
     let s = order[index];
     let state = state_of(s);
+    // Ages on this rollout's own clock, said on the wall.
+    let (now, clock_words) = if cx.clock_runs {
+        rollout_now(
+            cx.rollouts
+                .as_ref()
+                .and_then(|b| b.as_ref().ok())
+                .and_then(|b| b.clocks.get(&s.rollout_id)),
+            now,
+            crate::alerts::deliver::wall_ms(),
+        )
+    } else {
+        (now, None)
+    };
     ui.label(small(format!("Rollout {} of {}", index + 1, order.len())).color(tokens::MUTED));
     ui.horizontal_wrapped(|ui| {
         ui.label(
@@ -285,13 +339,16 @@ fn rollouts_ui(cx: &ViewContext<'_>, ui: &mut egui::Ui, now: Timestamp) -> Optio
         s.offered(),
         s.planned()
     )));
+    if let Some(words) = &clock_words {
+        ui.label(small(words.clone()).color(tokens::MUTED));
+    }
     if let Some((at, why)) = s.pauses.last().filter(|_| state == WallState::Paused) {
         ui.label(small(format!("paused {}: {why}", age(now.secs_since(*at)))).color(tokens::WARN));
     }
     ui.add_space(8.0);
     ui.label(RichText::new("Waves").size(tokens::WALL_TEXT).strong());
     for w in &s.waves {
-        let (line, color) = wave_line(w, now);
+        let (line, color) = wave_line(w, s, now);
         ui.horizontal(|ui| {
             ui.label(small(format!("{} ({} devices)", w.name, w.devices)).strong());
             ui.label(small(line).color(color));
@@ -704,5 +761,41 @@ mod tests {
         assert_eq!(cycle_index(3, 3 * CYCLE_SECS), 0);
         assert_eq!(cycle_index(0, 99), 0);
         assert_eq!(cycle_index(2, -5), 0);
+    }
+}
+
+#[cfg(test)]
+mod clock_tests {
+    use super::*;
+
+    #[test]
+    fn a_sped_up_rollout_is_timed_on_its_own_clock_and_says_so() {
+        let clock = crate::store::events::RunClock {
+            rollout_id: "demo".into(),
+            release_id: "r".into(),
+            clock_start: Timestamp::from_secs(1_000),
+            wall_began_ms: 10_000,
+            time_scale: 60.0,
+        };
+        // 2.5 wall seconds later at 60x: 150 simulated seconds after the start.
+        let (now, words) = rollout_now(Some(&clock), Timestamp::from_secs(99), 12_500);
+        assert_eq!(now, Timestamp::from_secs(1_150));
+        assert_eq!(
+            words.as_deref(),
+            Some("times on the rollout's clock: simulated at 60x")
+        );
+        // At real time the screen's clock is the rollout's.
+        let real = crate::store::events::RunClock {
+            time_scale: 1.0,
+            ..clock
+        };
+        assert_eq!(
+            rollout_now(Some(&real), Timestamp::from_secs(99), 12_500),
+            (Timestamp::from_secs(99), None)
+        );
+        assert_eq!(
+            rollout_now(None, Timestamp::from_secs(7), 0).0,
+            Timestamp::from_secs(7)
+        );
     }
 }
