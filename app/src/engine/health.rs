@@ -12,6 +12,9 @@
 //! apart. A longer gap is time the device may have been unable to report (a broker outage, a
 //! dead zone, a small buffer that dropped events), so it counts as neither healthy nor sick.
 //! Messages that arrive in a burst after a delay still cover the time they were stamped in.
+//! A crash reported in a message after a lost gap is not counted either: its exposure was not,
+//! and counting the one without the other inflates the rate (a device back from an outage with
+//! buffered crashes, or a loaded machine at a high time scale, would stop a good release).
 //!
 //! This is bookkeeping only; it decides nothing, reads no clock and sends nothing.
 
@@ -30,6 +33,9 @@ pub struct HealthWindow {
     heard: bool,
     /// The newest device timestamp heard, kept across windows.
     last_device_ts: Option<Timestamp>,
+    /// Whether the message at `last_device_ts` came after a gap too long to count, kept
+    /// across windows: its crashes are not counted.
+    after_lost_gap: bool,
     exposure_secs: i64,
     /// Time between messages too far apart to count, in this window.
     lost_secs: i64,
@@ -58,6 +64,7 @@ impl HealthWindow {
             max_gap_secs: max_gap_secs.max(1),
             heard: false,
             last_device_ts: None,
+            after_lost_gap: false,
             exposure_secs: 0,
             lost_secs: 0,
             crashes: 0,
@@ -81,30 +88,41 @@ impl HealthWindow {
         self.lost_secs
     }
 
-    /// Extends the exposure to a message the device stamped `device_ts`.
-    fn cover(&mut self, device_ts: Timestamp) {
+    /// Extends the exposure to a message the device stamped `device_ts`; returns whether the
+    /// message's events come with counted exposure (not after a lost gap).
+    fn cover(&mut self, device_ts: Timestamp) -> bool {
         self.heard = true;
         match self.last_device_ts {
             Some(prev) if device_ts > prev => {
                 let gap = device_ts.secs_since(prev);
-                if gap <= self.max_gap_secs {
-                    self.exposure_secs += gap;
-                } else {
+                self.after_lost_gap = gap > self.max_gap_secs;
+                if self.after_lost_gap {
                     self.lost_secs += gap;
+                } else {
+                    self.exposure_secs += gap;
                 }
                 self.last_device_ts = Some(device_ts);
+                !self.after_lost_gap
             }
-            // The same second, or older (a resent or reordered message): no time to add.
-            Some(_) => {}
-            None => self.last_device_ts = Some(device_ts),
+            // The same second: the same message as the last, or one beside it.
+            Some(prev) if device_ts == prev => !self.after_lost_gap,
+            // Older (a resent or reordered message): within time already accounted for.
+            Some(_) => true,
+            None => {
+                self.last_device_ts = Some(device_ts);
+                self.after_lost_gap = false;
+                true
+            }
         }
     }
 
     /// Adds one event the device stamped `device_ts`.
     pub fn record(&mut self, device_ts: Timestamp, event: &TelemetryEvent) {
-        self.cover(device_ts);
+        let with_exposure = self.cover(device_ts);
         match event {
-            TelemetryEvent::Crash { .. } => self.crashes = self.crashes.saturating_add(1),
+            TelemetryEvent::Crash { .. } if with_exposure => {
+                self.crashes = self.crashes.saturating_add(1);
+            }
             TelemetryEvent::Reconnect { offline_secs, ok } => {
                 if *ok {
                     self.reconnects = self.reconnects.saturating_add(1);
@@ -130,7 +148,9 @@ impl HealthWindow {
                     None => self.custom.push((name.clone(), *value)),
                 }
             }
-            TelemetryEvent::Heartbeat { .. }
+            // A crash after a lost gap is not counted (see the module's doc).
+            TelemetryEvent::Crash { .. }
+            | TelemetryEvent::Heartbeat { .. }
             | TelemetryEvent::Boot { .. }
             | TelemetryEvent::UpdateProgress { .. }
             | TelemetryEvent::Metric { .. } => {}
@@ -139,7 +159,7 @@ impl HealthWindow {
 
     /// Marks the device heard (a status message stamped `device_ts`) without an event to count.
     pub fn touch(&mut self, device_ts: Timestamp) {
-        self.cover(device_ts);
+        let _ = self.cover(device_ts);
     }
 
     /// Closes the window and opens the next one. Returns the sample if the device was heard and
@@ -164,6 +184,7 @@ impl HealthWindow {
         };
         *self = Self {
             last_device_ts: self.last_device_ts,
+            after_lost_gap: self.after_lost_gap,
             battery_last: self.battery_last,
             ..Self::new(self.max_gap_secs)
         };
@@ -176,6 +197,25 @@ mod tests {
     use super::*;
 
     const T0: Timestamp = Timestamp(1_800_000_000);
+
+    /// The false stop seen in CI (issue 18): a device's crash reported after a gap too long to
+    /// count was counted while its exposure was not, inflating the updated cohort's rate.
+    #[test]
+    fn a_crash_after_a_lost_gap_is_not_counted_without_its_exposure() {
+        let mut w = HealthWindow::new(1800);
+        w.record(T0, &TelemetryEvent::Heartbeat { uptime_secs: 1 });
+        let crash = TelemetryEvent::Crash {
+            process: "nav".into(),
+        };
+        // 2 h later: the gap is lost, and the crashes in that message with it.
+        w.record(T0.plus_secs(7_200), &crash);
+        w.record(T0.plus_secs(7_200), &crash);
+        // The next message is 10 min later: its crash comes with its exposure.
+        w.record(T0.plus_secs(7_800), &crash);
+        let s = w.close().expect("heard");
+        assert_eq!((s.period_secs, s.crashes), (600, 1));
+        assert_eq!(w.lost_secs(), 0, "a new window");
+    }
 
     #[test]
     fn a_window_counts_crashes_reconnects_and_battery_drain_over_its_period() {
@@ -282,7 +322,9 @@ mod tests {
         w.record(T0.plus_secs(300 + 7200 + 300), &beat);
         let s = w.close().expect("heard");
         assert_eq!(s.period_secs, 600, "two five-minute intervals");
-        assert_eq!(s.crashes, 1);
+        // The crash stamped at the end of the lost gap belongs to the gap: not counted, as its
+        // exposure is not (counting one without the other inflated the rate, issue 18).
+        assert_eq!(s.crashes, 0);
         assert_eq!(w.lost_secs(), 0, "a new window");
     }
 
