@@ -794,10 +794,14 @@ fn open_store<'a>(cache: &Path, store: &'a mut Option<OpenCache>) -> Result<&'a 
         *store = None;
     }
     if store.is_none() {
+        // The identity is read before opening: if the file is replaced while it opens (the
+        // demo replaces its cache as the console starts), the next call sees the new file
+        // differ and opens it, rather than keep the old one under the new file's identity.
+        let file = now;
         let opened = Store::open_existing(cache).map_err(|err| format!("{err:#}"))?;
         *store = Some(OpenCache {
             store: opened,
-            file: file_identity(cache),
+            file,
         });
     }
     store
