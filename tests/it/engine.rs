@@ -1659,3 +1659,160 @@ fn the_engine_s_metrics_pass_promtool_and_move_as_the_rollout_runs() {
     let status = engine.0.wait().expect("the engine ends");
     assert!(status.success(), "the good release completes: {status}");
 }
+
+/// Issue 19: after the gates rolled the canary back, no command worked. Over the API of a
+/// server hosting the run: resume and override are refused with words that name the way
+/// forward; an exclusion with a bad selector gets 400 naming `selector`; excluding the failing
+/// revision (`hw_rev:C`) and continuing runs the rest of the fleet to completion; no excluded
+/// device is ever offered the release; the timeline and the audit trail name the operator.
+#[test]
+fn after_a_gate_rollback_an_operator_excludes_the_failing_revision_and_continues() {
+    use convoy::serve::auth::{self, Role};
+    use convoy::serve::{ServeConfig, Server};
+    use reqwest::StatusCode;
+    let _one = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let setup = Setup::new(400);
+    let broker = EmbeddedBroker::start(setup.dir.path(), None);
+    let url = broker.url();
+    let dispatcher = {
+        let store = convoy::store::Store::open(Path::new(&setup.path("cache.db"))).expect("cache");
+        auth::add_token(
+            &store,
+            "dana",
+            Role::Dispatcher,
+            "operator:test",
+            convoy::now(),
+        )
+        .expect("dispatcher")
+        .token
+    };
+    let _sim = setup.sim(&url, true);
+    let args = convoy::cmd::rollout::parse_run_args(setup.run_args(&url)).expect("run args");
+    let run = convoy::serve::host::host_rollout(&args).expect("hosting the run");
+    let mut config = ServeConfig::new(
+        PathBuf::from(setup.path("cache.db")),
+        "127.0.0.1:0".parse().expect("addr"),
+    );
+    config.controls.push(run.control.clone());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let server = runtime.block_on(Server::start(config)).expect("server");
+    let api = format!("{}/api/v1/rollouts", server.base_url());
+    let c = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client");
+    let call = |path: &str, body: &str| {
+        runtime.block_on(convoy_e2e::api::post(
+            &c,
+            &format!("{api}/{path}"),
+            &dispatcher,
+            body.to_owned(),
+        ))
+    };
+
+    setup.wait_for_event("rollback.finished");
+    let (status, body) = call("r1/resume", r#"{"reason": "try again"}"#);
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(
+        body.to_string()
+            .contains("exclude what failed and continue with the next wave"),
+        "the refusal names the way forward: {body}"
+    );
+    let (status, body) = call("r1/override", r#"{"reason": "fine"}"#);
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    // Hostile or careless input: refused, naming the field, changing nothing.
+    let (status, body) = call("r1/exclude", r#"{"reason": "rev C"}"#);
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["field"], "selector", "{body}");
+    let (status, body) = call(
+        "r1/exclude",
+        r#"{"reason": "rev C", "selector": "hw_rev:\"C"}"#,
+    );
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["field"], "selector", "{body}");
+    let (status, body) = call("r1/pause", r#"{"reason": "x", "selector": "hw_rev:C"}"#);
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let (status, body) = call("r1/continue", r#"{"reason": " "}"#);
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["field"], "reason", "{body}");
+
+    let (status, body) = call(
+        "r1/exclude",
+        r#"{"reason": "rev C crash-loops: held for a fix", "selector": "hw_rev:C"}"#,
+    );
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = call(
+        "r1/exclude",
+        r#"{"reason": "again", "selector": "hw_rev:C"}"#,
+    );
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(body.to_string().contains("nothing to exclude"), "{body}");
+    let (status, body) = call(
+        "r1/continue",
+        r#"{"reason": "the other revisions are not affected"}"#,
+    );
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    let report = run.join().expect("the hosted run");
+    runtime.block_on(server.shutdown());
+    assert_eq!(
+        report.final_state,
+        convoy::engine::FinalState::Completed,
+        "{report:#?}"
+    );
+    // No rev C device outside the canary was offered the release.
+    let fleet: Value =
+        serde_json::from_str(&std::fs::read_to_string(setup.path("fleet.json")).expect("fleet"))
+            .expect("fleet JSON");
+    let rev_c: Vec<String> = fleet["devices"]
+        .as_array()
+        .expect("devices")
+        .iter()
+        .filter(|d| d["hw_rev"] == "C")
+        .map(|d| d["id"].as_str().expect("id").to_owned())
+        .collect();
+    let offered = setup.offered();
+    let offered_rev_c = rev_c.iter().filter(|id| offered.contains(id)).count();
+    assert!(
+        rev_c.len() > offered_rev_c,
+        "some rev C devices were past the canary"
+    );
+    // Every offered rev C device was offered before the exclusion (in the canary).
+    let late_rev_c = rev_c
+        .iter()
+        .filter(|id| {
+            setup.count(&format!(
+                "SELECT count(*) FROM device_events WHERE rollout_id = 'r1' AND kind = 'offer'
+                 AND device_id = '{id}' AND time >= (SELECT min(time) FROM rollout_events
+                 WHERE rollout_id = 'r1' AND kind = 'devices.excluded')"
+            )) > 0
+        })
+        .count();
+    assert_eq!(late_rev_c, 0, "an excluded device was offered");
+    let timeline = setup.timeline();
+    assert!(
+        timeline.iter().any(|(k, c)| k == "devices.excluded"
+            && c == "operator:dana: rev C crash-loops: held for a fix"),
+        "{timeline:?}"
+    );
+    assert!(
+        timeline
+            .iter()
+            .any(|(k, c)| k == "rollout.continued" && c.starts_with("operator:dana")),
+        "{timeline:?}"
+    );
+    assert_eq!(
+        setup.count(
+            "SELECT count(*) FROM audit WHERE actor = 'operator:dana'
+             AND action IN ('operator.exclude', 'operator.continue')"
+        ),
+        2
+    );
+    convoy_ok(&["audit", "verify", "--db", &setup.path("cache.db")]);
+}

@@ -1,5 +1,5 @@
 //! Operator control of a running engine: the commands (pause, resume, roll back, override a
-//! gate, abort), the bounded channel that carries them to the engine's loop, and the answer
+//! gate, abort, exclude devices, continue after a rolled-back wave), the bounded channel that carries them to the engine's loop, and the answer
 //! that comes back.
 //!
 //! A command is applied through the core's operator mutators
@@ -44,6 +44,12 @@ pub enum OperatorCommand {
     Override { reason: String },
     /// Stop the rollout for good, leaving devices where they are.
     Abort { reason: String },
+    /// Take devices out of the rest of the rollout: those not offered yet never are. The
+    /// selector is a fleet search (`model:T300 hw_rev:C`, `region:eu-*`, `stratum:T300/C`, a
+    /// list of device ids separated by spaces or commas).
+    Exclude { selector: String, reason: String },
+    /// Go on with the next wave after the current one was rolled back.
+    Continue { reason: String },
 }
 
 impl OperatorCommand {
@@ -55,6 +61,8 @@ impl OperatorCommand {
             Self::RollBack { .. } => "rollback",
             Self::Override { .. } => "override",
             Self::Abort { .. } => "abort",
+            Self::Exclude { .. } => "exclude",
+            Self::Continue { .. } => "continue",
         }
     }
 
@@ -64,7 +72,9 @@ impl OperatorCommand {
             | Self::Resume { reason }
             | Self::RollBack { reason, .. }
             | Self::Override { reason }
-            | Self::Abort { reason } => reason,
+            | Self::Abort { reason }
+            | Self::Exclude { reason, .. }
+            | Self::Continue { reason } => reason,
         }
     }
 }
@@ -84,6 +94,9 @@ pub enum ControlError {
         rollout: String,
         source: RolloutError,
     },
+    /// An exclusion's selector that is not a valid fleet search.
+    #[error("the selector is not a valid fleet search: {0}")]
+    BadSelector(String),
     /// The engine run has ended, or its channel is full and it did not take the command.
     #[error("the engine is not running rollout {0} (its run has ended)")]
     NotRunning(String),
@@ -190,6 +203,14 @@ pub(super) fn check_fields(operator: &str, command: &OperatorCommand) -> Result<
         return Err(ControlError::MissingField {
             command: command.name(),
             field: "operator",
+        });
+    }
+    if let OperatorCommand::Exclude { selector, .. } = command
+        && selector.trim().is_empty()
+    {
+        return Err(ControlError::MissingField {
+            command: command.name(),
+            field: "selector",
         });
     }
     if command.reason().trim().is_empty() {

@@ -30,7 +30,7 @@ use anyhow::{Context, Result};
 use convoy_core::fleet::{Device, Fleet};
 use convoy_core::gates::GateOutcome;
 use convoy_core::rollout::{
-    DeviceReport, DeviceState, EventKind, Phase, RollbackScope, Rollout, RolloutAction,
+    Command, DeviceReport, DeviceState, EventKind, Phase, RollbackScope, Rollout, RolloutAction,
     RolloutEvent, TelemetryReport,
 };
 use convoy_core::time::Timestamp;
@@ -739,6 +739,53 @@ impl EngineState {
         self.ddi_dispatch(now, &ddi_devices, kind);
     }
 
+    /// The rollout's devices an exclusion's selector names, sorted: a list of the rollout's
+    /// device ids (separated by spaces or commas), or else a fleet search
+    /// ([`convoy_core::search`]) that also knows `stratum` (the gates' stratum, `T300/C`).
+    pub fn select(&self, selector: &str) -> Result<Vec<String>, ControlError> {
+        let state = self.rollout.state();
+        let tokens: Vec<&str> = selector
+            .split(|c: char| c == ',' || c.is_whitespace())
+            .filter(|t| !t.is_empty())
+            .collect();
+        let in_rollout = |id: &str| state.device_ids.binary_search_by(|d| d.as_str().cmp(id));
+        if !tokens.is_empty() && tokens.iter().all(|t| in_rollout(t).is_ok()) {
+            let mut ids: Vec<String> = tokens.iter().map(|t| (*t).to_owned()).collect();
+            ids.sort_unstable();
+            ids.dedup();
+            return Ok(ids);
+        }
+        let query = convoy_core::search::Query::parse(selector)
+            .map_err(|e| ControlError::BadSelector(e.to_string()))?;
+        if query.is_empty() {
+            return Err(ControlError::MissingField {
+                command: "exclude",
+                field: "selector",
+            });
+        }
+        let mut ids = Vec::new();
+        for (d, _) in self
+            .fleet
+            .devices
+            .iter()
+            .zip(&self.in_rollout)
+            .filter(|(_, inside)| **inside)
+        {
+            let stratum = |field: &str| {
+                (field == "stratum")
+                    .then(|| in_rollout(&d.id).ok())
+                    .flatten()
+                    .and_then(|i| state.devices.get(i))
+                    .and_then(|slot| state.strata.get(usize::from(slot.stratum)))
+                    .map(|s| std::borrow::Cow::Owned(s.clone()))
+            };
+            if query.matches(d, &stratum) {
+                ids.push(d.id.clone());
+            }
+        }
+        Ok(ids)
+    }
+
     /// Applies an operator's command between two steps. A refusal is the answer at once; an
     /// accepted command is answered, once the shell has drained the writes it implies, with
     /// the rollout's phase then.
@@ -755,6 +802,16 @@ impl EngineState {
             OperatorCommand::Resume { .. } => self.rollout.resume(now, operator, reason),
             OperatorCommand::Override { .. } => self.rollout.override_gate(now, operator, reason),
             OperatorCommand::Abort { .. } => self.rollout.abort(now, operator, reason),
+            OperatorCommand::Continue { .. } => {
+                self.rollout.continue_rollout(now, operator, reason)
+            }
+            OperatorCommand::Exclude { selector, .. } => {
+                let ids = self.select(selector)?;
+                let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+                self.rollout
+                    .exclude(now, operator, reason, selector.trim(), &ids)
+                    .map(|_| ())
+            }
             OperatorCommand::RollBack { scope, .. } => {
                 let scope = match (scope, self.rollout.phase()) {
                     (RollBackScope::All, _) => Some(RollbackScope::All),
@@ -768,10 +825,7 @@ impl EngineState {
                 };
                 match scope {
                     Some(scope) => self.rollout.roll_back(now, operator, scope, reason),
-                    None => Err(convoy_core::rollout::RolloutError::NotAllowed {
-                        command: "roll back the current wave".into(),
-                        phase: format!("{:?} (no wave is running)", self.rollout.phase()),
-                    }),
+                    None => self.rollout.permits(Command::RollBackWave, now),
                 }
             }
         };
@@ -789,6 +843,7 @@ impl EngineState {
                 payload: serde_json::json!({
                     "rollout": self.config.rollout_id,
                     "reason": reason,
+                    "command": command,
                     "phase": self.rollout.phase(),
                 }),
             })));

@@ -27,7 +27,9 @@ use convoy_core::fleet::Fleet;
 use convoy_core::gates::{FindingStatus, GateReport, MetricKind, OutcomeAgg};
 use convoy_core::metrics::COHORT_ATTRIBUTES;
 use convoy_core::rollout::series::{HealthSeries, MAX_POINTS, MetricSeries, SeriesPoint};
-use convoy_core::rollout::{DeviceState, EventKind, Phase, Rollout, RolloutState, count_outcome};
+use convoy_core::rollout::{
+    Command, DeviceState, EventKind, Phase, Rollout, RolloutState, count_outcome,
+};
 use convoy_core::time::Timestamp;
 use egui::RichText;
 
@@ -65,6 +67,8 @@ pub struct WaveCounts {
     pub reverted: u32,
     /// Not heard from for the gates' silence period while the rollout waits on them.
     pub silent: u32,
+    /// Taken out of the rest of the rollout by an operator before they were offered.
+    pub excluded: u32,
 }
 
 /// Every wave's [`WaveCounts`] from a replayed rollout, in wave order.
@@ -86,6 +90,9 @@ pub fn wave_counts(state: &RolloutState) -> Vec<WaveCounts> {
                 c.devices += 1;
                 if d.state != DeviceState::Pending {
                     c.offered += 1;
+                }
+                if d.excluded {
+                    c.excluded += 1;
                 }
                 match d.state {
                     DeviceState::Pending => {}
@@ -381,6 +388,21 @@ pub struct MonitorData {
     pub adoption: Vec<Vec<AdoptionCurve>>,
     /// Each device's class, for the map.
     pub map: Arc<RolloutMap>,
+    /// Whether each operator command would be accepted as of the log's last entry, and if not
+    /// why ([`Rollout::permits`]): the buttons are enabled by it and say why not.
+    pub permitted: Vec<(Command, Result<(), String>)>,
+    /// The strata the last gate look found failing (`T300/C`), offered as exclusions.
+    pub failing_strata: Vec<String>,
+}
+
+impl MonitorData {
+    /// Whether `command` would be accepted now, or why not.
+    pub fn permits(&self, command: Command) -> Result<(), String> {
+        self.permitted
+            .iter()
+            .find(|(c, _)| *c == command)
+            .map_or_else(|| Err("unknown command".to_owned()), |(_, r)| r.clone())
+    }
 }
 
 /// Replays `log` (a rollout's whole event log, `Created` first) into everything the monitor
@@ -431,6 +453,20 @@ pub fn read_rollout(
         health,
         adoption,
         map: Arc::new(map),
+        permitted: Command::ALL
+            .iter()
+            .map(|c| (*c, rollout.permits(*c, last_at).map_err(|e| e.to_string())))
+            .collect(),
+        failing_strata: {
+            let mut f: Vec<String> = state
+                .last_failures
+                .iter()
+                .filter_map(|(_, s)| s.clone())
+                .collect();
+            f.sort();
+            f.dedup();
+            f
+        },
     })
 }
 
@@ -567,6 +603,8 @@ pub struct MonitorState {
     /// The command sent last from here and not answered yet, with how many answers had
     /// arrived when it was sent (`ConsoleApp::steered_total`).
     pub awaiting: Option<(String, OperatorCommand, u64)>,
+    /// The exclusion's selector being typed (a fleet search or device ids).
+    pub selector: String,
     /// A rollback or abort waiting for its confirmation (the rollout's id typed again), with
     /// the rollout it is for and what has been typed.
     pub confirming: Option<(String, OperatorCommand, String)>,
@@ -604,6 +642,7 @@ impl Default for MonitorState {
             fleet: None,
             awaiting: None,
             confirming: None,
+            selector: String::new(),
         }
     }
 }
@@ -936,25 +975,42 @@ fn controls_ui(
         ));
     });
     let reason = state.reason.trim().to_owned();
-    let enabled = steerable.is_ok() && !reason.is_empty();
+    let ready = steerable.is_ok() && !reason.is_empty();
     let mut command = None;
+    // What the phase leaves open, in words: the way forward after a stop.
+    if let Some(line) = way_forward(data) {
+        ui.label(RichText::new(line).strong());
+    }
     ui.horizontal_wrapped(|ui| {
-        let button = |ui: &mut egui::Ui, text: &str, hint: &str| {
-            ui.add_enabled(enabled, egui::Button::new(text))
+        // Enabled only when the rollout would accept it now; a disabled button says why.
+        let button = |ui: &mut egui::Ui, text: &str, hint: &str, c: Command| {
+            let allowed = data.permits(c);
+            let why = match (&allowed, ready) {
+                (Err(why), _) => format!("Not now: {why}"),
+                (Ok(()), false) => "Type a reason first".to_owned(),
+                (Ok(()), true) => hint.to_owned(),
+            };
+            ui.add_enabled(ready && allowed.is_ok(), egui::Button::new(text))
                 .on_hover_text(hint)
-                .on_disabled_hover_text(hint)
+                .on_disabled_hover_text(why)
                 .clicked()
         };
         if button(
             ui,
             "Pause",
             "Stop offering; devices already installing finish",
+            Command::Pause,
         ) {
             command = Some(OperatorCommand::Pause {
                 reason: reason.clone(),
             });
         }
-        if button(ui, "Resume", "Continue a rollout an operator paused") {
+        if button(
+            ui,
+            "Resume",
+            "Continue a rollout an operator paused",
+            Command::Resume,
+        ) {
             command = Some(OperatorCommand::Resume {
                 reason: reason.clone(),
             });
@@ -963,6 +1019,7 @@ fn controls_ui(
             ui,
             "Override the gate",
             "Override the findings that stopped the rollout and continue the wave",
+            Command::OverrideGate,
         ) {
             command = Some(OperatorCommand::Override {
                 reason: reason.clone(),
@@ -970,8 +1027,23 @@ fn controls_ui(
         }
         if button(
             ui,
+            "Continue with the next wave",
+            "Go on with the next wave after this one was rolled back (exclude what failed first)",
+            Command::Continue,
+        ) {
+            command = Some(OperatorCommand::Continue {
+                reason: reason.clone(),
+            });
+        }
+        let rollback = match state.scope {
+            RollBackScope::CurrentWave => Command::RollBackWave,
+            RollBackScope::All => Command::RollBackAll,
+        };
+        if button(
+            ui,
             "Roll back",
             "Send the devices back to their previous version (asks you to confirm)",
+            rollback,
         ) {
             // Not sent yet: a rollback cannot be taken back, so it waits for the rollout's
             // id typed again (issue 19: a stray click sent one).
@@ -998,6 +1070,7 @@ fn controls_ui(
             ui,
             "Abort",
             "Stop the rollout for good, leaving devices where they are (asks you to confirm)",
+            Command::Abort,
         ) {
             state.confirming = Some((
                 id.clone(),
@@ -1006,6 +1079,48 @@ fn controls_ui(
                 },
                 String::new(),
             ));
+        }
+    });
+    ui.horizontal_wrapped(|ui| {
+        let label = ui.label("Exclude:");
+        ui.add(
+            egui::TextEdit::singleline(&mut state.selector)
+                .hint_text("model:T300 hw_rev:C, stratum:T300/C, region:eu-*, or device ids")
+                .desired_width(420.0),
+        )
+        .labelled_by(label.id);
+        for stratum in &data.failing_strata {
+            if ui
+                .small_button(format!("stratum {stratum}"))
+                .on_hover_text("The gates found this stratum failing: exclude it")
+                .clicked()
+            {
+                state.selector = format!("stratum:{}", quote_value(stratum));
+            }
+        }
+        let allowed = data.permits(Command::Exclude);
+        let selector = state.selector.trim().to_owned();
+        let why = match &allowed {
+            Err(why) => format!("Not now: {why}"),
+            Ok(()) if !ready => "Type a reason first".to_owned(),
+            Ok(()) if selector.is_empty() => "Say which devices to exclude".to_owned(),
+            Ok(()) => String::new(),
+        };
+        let hint = "Take these devices out of the rest of the rollout: those not offered yet \
+                    never are; those already updated stay (roll them back to move them)";
+        if ui
+            .add_enabled(
+                ready && allowed.is_ok() && !selector.is_empty(),
+                egui::Button::new("Exclude from the rest"),
+            )
+            .on_hover_text(hint)
+            .on_disabled_hover_text(why)
+            .clicked()
+        {
+            command = Some(OperatorCommand::Exclude {
+                selector,
+                reason: reason.clone(),
+            });
         }
     });
     if let Some(confirmed) = confirm_ui(state, &id, ui) {
@@ -1070,6 +1185,40 @@ fn controls_ui(
     }
 }
 
+/// A value for a search term: quoted when it has a space.
+fn quote_value(v: &str) -> String {
+    if v.contains(char::is_whitespace) {
+        format!("\"{v}\"")
+    } else {
+        v.to_owned()
+    }
+}
+
+/// After a stop, what the operator can do next, in words (`None` while nothing waits for a
+/// decision).
+pub fn way_forward(data: &MonitorData) -> Option<String> {
+    let Phase::Paused {
+        reason,
+        by_gate,
+        rolled_back,
+        ..
+    } = &data.phase
+    else {
+        return None;
+    };
+    let next = if *rolled_back {
+        "exclude what failed (a stratum, a region, a list of devices) and continue with the next \
+         wave, roll back every device, or abort"
+    } else if *by_gate {
+        "override the gate with a reason, exclude what failed from the next waves, roll back the \
+         wave, or abort"
+    } else {
+        "resume, exclude devices from the next waves, roll back, or abort"
+    };
+    let who = if *by_gate { "Stopped" } else { "Paused" };
+    Some(format!("{who}: {reason}. Next: {next}."))
+}
+
 fn scope_words(scope: RollBackScope) -> &'static str {
     match scope {
         RollBackScope::CurrentWave => "the current wave",
@@ -1088,7 +1237,7 @@ fn waves_ui(ui: &mut egui::Ui, data: &MonitorData) {
     };
     egui::Grid::new("monitor-waves")
         .striped(true)
-        .num_columns(10)
+        .num_columns(11)
         .show(ui, |ui| {
             for h in [
                 "wave",
@@ -1100,6 +1249,7 @@ fn waves_ui(ui: &mut egui::Ui, data: &MonitorData) {
                 "failed",
                 "reverted",
                 "silent",
+                "excluded",
                 "",
             ] {
                 ui.label(RichText::new(h).strong());
@@ -1116,6 +1266,7 @@ fn waves_ui(ui: &mut egui::Ui, data: &MonitorData) {
                     (w.failed, Some(tokens::BAD)),
                     (w.reverted, Some(tokens::BAD)),
                     (w.silent, Some(tokens::WARN)),
+                    (w.excluded, Some(tokens::WARN)),
                 ];
                 for (n, color) in cells {
                     let text = RichText::new(n.to_string());

@@ -102,7 +102,7 @@ pub enum RollBackScope {
     All,
 }
 
-/// The body of `POST /rollouts/{id}/{pause|resume|rollback|override|abort}`.
+/// The body of `POST /rollouts/{id}/{pause|resume|rollback|override|abort|exclude|continue}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ControlBody {
@@ -110,6 +110,11 @@ pub struct ControlBody {
     /// Only for `rollback`: `current_wave` (the default) or `all`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scope: Option<RollBackScope>,
+    /// Only for `exclude`, and required there: which devices to take out of the rest of the
+    /// rollout (a fleet search such as `model:T300 hw_rev:C` or `stratum:T300/C`, or device ids
+    /// separated by spaces or commas).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
 }
 
 /// The answer to a control command: the rollout's phase after the engine applied it.
@@ -243,6 +248,7 @@ mod tests {
             &ControlBody {
                 reason: "depot closed".into(),
                 scope: None,
+                selector: None,
             },
             r#"{"reason":"depot closed"}"#,
         );
@@ -250,8 +256,17 @@ mod tests {
             &ControlBody {
                 reason: "bad canary".into(),
                 scope: Some(RollBackScope::All),
+                selector: None,
             },
             r#"{"reason":"bad canary","scope":"all"}"#,
+        );
+        check(
+            &ControlBody {
+                reason: "rev C vans crash".into(),
+                scope: None,
+                selector: Some("model:T300 hw_rev:C".into()),
+            },
+            r#"{"reason":"rev C vans crash","selector":"model:T300 hw_rev:C"}"#,
         );
     }
 

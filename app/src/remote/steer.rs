@@ -135,6 +135,10 @@ fn control_body(command: &OperatorCommand) -> wire::ControlBody {
             }),
             _ => None,
         },
+        selector: match command {
+            OperatorCommand::Exclude { selector, .. } => Some(selector.clone()),
+            _ => None,
+        },
     }
 }
 

@@ -472,7 +472,8 @@ async fn route(
         [
             "rollouts",
             id,
-            command @ ("pause" | "resume" | "rollback" | "override" | "abort"),
+            command @ ("pause" | "resume" | "rollback" | "override" | "abort" | "exclude"
+            | "continue"),
         ] if method == Method::POST => {
             require(caller, Role::Dispatcher, "control rollouts")?;
             let (id, command) = ((*id).to_owned(), (*command).to_owned());
@@ -482,8 +483,8 @@ async fn route(
         [
             "rollouts",
             _,
-            "pause" | "resume" | "rollback" | "override" | "abort" | "approve" | "reject"
-            | "dispatch",
+            "pause" | "resume" | "rollback" | "override" | "abort" | "exclude" | "continue"
+            | "approve" | "reject" | "dispatch",
         ]
         | ["tokens", _, "revoke"] => Err(method_not_allowed("POST")),
         ["whoami" | "fleet" | "devices" | "audit" | "events" | "requests" | "metrics"]
@@ -733,12 +734,31 @@ async fn control_rollout(
             format!("scope applies only to rollback, not to {command}"),
         ));
     }
+    if b.selector.is_some() && command != "exclude" {
+        return Err(ApiError::field(
+            "selector",
+            format!("selector applies only to exclude, not to {command}"),
+        ));
+    }
     let reason = b.reason;
     let command = match command {
         "pause" => OperatorCommand::Pause { reason },
         "resume" => OperatorCommand::Resume { reason },
         "override" => OperatorCommand::Override { reason },
         "abort" => OperatorCommand::Abort { reason },
+        "continue" => OperatorCommand::Continue { reason },
+        "exclude" => match b.selector {
+            Some(selector) if !selector.trim().is_empty() => {
+                OperatorCommand::Exclude { selector, reason }
+            }
+            _ => {
+                return Err(ApiError::field(
+                    "selector",
+                    "exclude needs a non-empty selector: which devices to take out (a fleet \
+                     search such as model:T300 hw_rev:C, or device ids)",
+                ));
+            }
+        },
         _ => OperatorCommand::RollBack {
             scope: match b.scope {
                 None | Some(wire::RollBackScope::CurrentWave) => RollBackScope::CurrentWave,
@@ -766,6 +786,7 @@ async fn control_rollout(
             field,
             format!("{name} needs a non-empty {field}"),
         )),
+        Err(e @ ControlError::BadSelector(_)) => Err(ApiError::field("selector", e.to_string())),
         Err(e) => Err(ApiError::new(StatusCode::CONFLICT, e.to_string())),
     }
 }

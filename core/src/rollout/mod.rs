@@ -53,6 +53,9 @@ pub struct DeviceSlot {
     pub silent: bool,
     /// Waiting for this device to roll back.
     pub rollback_pending: bool,
+    /// Taken out of the rest of the rollout by an operator: never offered.
+    #[serde(default)]
+    pub excluded: bool,
     seen_baseline: bool,
     seen_updated: bool,
 }
@@ -91,6 +94,9 @@ pub struct RolloutState {
     pub last_report: Option<GateReport>,
     pub rollback_pending: u32,
     pub rollbacks: u32,
+    /// Devices an operator excluded from the rest of the rollout.
+    #[serde(default)]
+    pub excluded: u32,
     /// Silence deadlines in time order, with lazy deletion (a later report supersedes).
     silence_queue: VecDeque<(Timestamp, u32)>,
     pub last_at: Timestamp,
@@ -473,7 +479,7 @@ impl Rollout {
         let now = self.clamp(now);
         match self.state.phase.clone() {
             Phase::Approved if self.state.approved_at.is_some_and(|t| now >= t) => {
-                self.timer(now, EventKind::WaveStarted { wave: 0 });
+                self.start_wave_from(now, 0);
             }
             Phase::Running { wave } | Phase::Soaking { wave, .. } => {
                 self.mark_silent(now);
@@ -506,7 +512,11 @@ impl Rollout {
     /// (see [`ChangePath`]) and starts its first wave at the next timeout.
     pub fn approve(&mut self, now: Timestamp, operator: &str) -> Result<(), RolloutError> {
         let now = self.clamp(now);
-        self.require_phase("approve", matches!(self.state.phase, Phase::Draft))?;
+        self.require_phase(
+            "approve",
+            matches!(self.state.phase, Phase::Draft),
+            "it is no longer a draft",
+        )?;
         let operator = operator.trim();
         if operator.is_empty() {
             return Err(RolloutError::Missing {
@@ -546,13 +556,7 @@ impl Rollout {
     ) -> Result<(), RolloutError> {
         let now = self.clamp(now);
         Self::need(operator, reason, "pause")?;
-        self.require_phase(
-            "pause",
-            matches!(
-                self.state.phase,
-                Phase::Running { .. } | Phase::Soaking { .. }
-            ),
-        )?;
+        self.permits(Command::Pause, now)?;
         self.operator(
             now,
             operator,
@@ -574,15 +578,7 @@ impl Rollout {
     ) -> Result<(), RolloutError> {
         let now = self.clamp(now);
         Self::need(operator, reason, "resume")?;
-        let ok = matches!(
-            self.state.phase,
-            Phase::Paused {
-                by_gate: false,
-                rolled_back: false,
-                ..
-            }
-        );
-        self.require_phase("resume (a gate stop needs override_gate)", ok)?;
+        self.permits(Command::Resume, now)?;
         self.operator(now, operator, reason, EventKind::Resumed);
         Ok(())
     }
@@ -598,15 +594,7 @@ impl Rollout {
     ) -> Result<(), RolloutError> {
         let now = self.clamp(now);
         Self::need(operator, reason, "override_gate")?;
-        let ok = matches!(
-            self.state.phase,
-            Phase::Paused {
-                by_gate: true,
-                rolled_back: false,
-                ..
-            }
-        );
-        self.require_phase("override_gate", ok)?;
+        self.permits(Command::OverrideGate, now)?;
         // The override covers each failing metric in every scope for the rest of the wave:
         // one human decision about a metric, not one per stratum as each crosses the line.
         let mut findings: Vec<(String, Option<String>)> = self
@@ -638,23 +626,20 @@ impl Rollout {
     ) -> Result<(), RolloutError> {
         let now = self.clamp(now);
         Self::need(operator, reason, "roll_back")?;
-        let wave = self.current_wave();
-        let ok = match (&self.state.phase, scope) {
-            (
-                Phase::Running { .. } | Phase::Soaking { .. } | Phase::Paused { .. },
-                RollbackScope::All,
-            ) => true,
-            (
-                Phase::Running { .. } | Phase::Soaking { .. } | Phase::Paused { .. },
-                RollbackScope::Wave(w),
-            ) => w == wave,
-            (Phase::Completed, RollbackScope::All) => self
-                .state
-                .completed_at
-                .is_some_and(|t| now.secs_since(t) <= self.rollback_window_secs()),
-            _ => false,
-        };
-        self.require_phase(&format!("roll_back {scope:?}"), ok)?;
+        match scope {
+            RollbackScope::All => self.permits(Command::RollBackAll, now)?,
+            RollbackScope::Wave(w) => {
+                self.permits(Command::RollBackWave, now)?;
+                let wave = self.current_wave();
+                if w != wave {
+                    return Err(RolloutError::NotAllowed {
+                        command: format!("roll back wave {w}"),
+                        phase: phase_name(&self.state.phase),
+                        why: format!("only the current wave ({wave}) can be rolled back alone"),
+                    });
+                }
+            }
+        }
         let devices = self.rollback_devices(scope);
         self.operator(
             now,
@@ -675,11 +660,7 @@ impl Rollout {
     ) -> Result<(), RolloutError> {
         let now = self.clamp(now);
         Self::need(operator, reason, "abort")?;
-        let ok = !matches!(
-            self.state.phase,
-            Phase::Completed | Phase::RolledBack | Phase::Aborted { .. }
-        );
-        self.require_phase("abort", ok)?;
+        self.permits(Command::Abort, now)?;
         self.operator(
             now,
             operator,
@@ -689,6 +670,185 @@ impl Rollout {
             },
         );
         Ok(())
+    }
+
+    /// Takes `device_ids` out of the rest of the rollout: those not offered yet are never
+    /// offered; those already offered stay where they are (a rollback moves them). `what` is
+    /// the operator's selector, recorded with the reason. Returns how many devices were newly
+    /// excluded. Refused when none of them is still waiting for the release.
+    pub fn exclude(
+        &mut self,
+        now: Timestamp,
+        operator: &str,
+        reason: &str,
+        what: &str,
+        device_ids: &[&str],
+    ) -> Result<u32, RolloutError> {
+        let now = self.clamp(now);
+        Self::need(operator, reason, "exclude")?;
+        self.permits(Command::Exclude, now)?;
+        let mut devices = Vec::with_capacity(device_ids.len());
+        for id in device_ids {
+            let i = self
+                .index(id)
+                .ok_or_else(|| RolloutError::UnknownDevice((*id).to_owned()))?;
+            let d = &self.state.devices[i as usize];
+            if d.state == DeviceState::Pending && !d.excluded {
+                devices.push(i);
+            }
+        }
+        devices.sort_unstable();
+        devices.dedup();
+        if devices.is_empty() {
+            return Err(RolloutError::NothingToExclude(format!(
+                "none of the {} device(s) selected by {what:?} is still waiting for the release",
+                device_ids.len()
+            )));
+        }
+        let n = devices.len() as u32;
+        self.operator(
+            now,
+            operator,
+            reason,
+            EventKind::Excluded {
+                what: what.to_owned(),
+                devices,
+            },
+        );
+        Ok(n)
+    }
+
+    /// Continues past a wave that was rolled back: the next wave with devices left starts now
+    /// (waves whose devices were all excluded are skipped), or the rollout completes if none
+    /// is left. Exclude what failed first ([`Rollout::exclude`]) so the next waves leave it out.
+    pub fn continue_rollout(
+        &mut self,
+        now: Timestamp,
+        operator: &str,
+        reason: &str,
+    ) -> Result<(), RolloutError> {
+        let now = self.clamp(now);
+        Self::need(operator, reason, "continue")?;
+        self.permits(Command::Continue, now)?;
+        let wave = self.current_wave();
+        self.operator(now, operator, reason, EventKind::Continued { wave });
+        self.start_wave_from(now, wave + 1);
+        Ok(())
+    }
+
+    /// Whether `command` would be accepted now (given an operator and a reason); if not, why,
+    /// in words that name what would work instead. The console enables its buttons with it.
+    pub fn permits(&self, command: Command, now: Timestamp) -> Result<(), RolloutError> {
+        use Command as C;
+        let now = self.clamp(now);
+        let wave_name = |w: usize| {
+            self.state
+                .spec
+                .waves
+                .get(w)
+                .map_or_else(|| format!("wave {w}"), |x| format!("wave {}", x.name))
+        };
+        let refuse = |why: String| {
+            Err(RolloutError::NotAllowed {
+                command: command.words().to_owned(),
+                phase: phase_name(&self.state.phase),
+                why,
+            })
+        };
+        match (&self.state.phase, command) {
+            (Phase::Draft | Phase::Approved, C::Abort | C::Exclude) => Ok(()),
+            (Phase::Draft, _) => refuse("it has not been approved yet".into()),
+            (Phase::Approved, _) => refuse("no wave has started yet".into()),
+            (
+                Phase::Running { .. } | Phase::Soaking { .. },
+                C::Pause | C::RollBackWave | C::RollBackAll | C::Abort | C::Exclude,
+            ) => Ok(()),
+            (Phase::Running { .. } | Phase::Soaking { .. }, C::Resume | C::Continue) => {
+                refuse("it is running".into())
+            }
+            (Phase::Running { .. } | Phase::Soaking { .. }, C::OverrideGate) => {
+                refuse("no gate has stopped it".into())
+            }
+            (Phase::Paused { .. }, C::Pause) => refuse("it is paused already".into()),
+            (Phase::Paused { .. }, C::Abort | C::Exclude | C::RollBackAll) => Ok(()),
+            (
+                Phase::Paused {
+                    wave,
+                    rolled_back: true,
+                    ..
+                },
+                C::RollBackWave,
+            ) => {
+                // Again, for devices that did not confirm the first rollback (silent then).
+                if self.rollback_devices(RollbackScope::Wave(*wave)).is_empty() {
+                    refuse(format!(
+                        "every device of {} is back on its previous version or never updated",
+                        wave_name(*wave)
+                    ))
+                } else {
+                    Ok(())
+                }
+            }
+            (
+                Phase::Paused {
+                    wave,
+                    rolled_back: true,
+                    ..
+                },
+                C::Resume | C::OverrideGate,
+            ) => refuse(format!(
+                "{} was rolled back: exclude what failed and continue with the next wave, \
+                 roll back everything, or abort",
+                wave_name(*wave)
+            )),
+            (
+                Phase::Paused {
+                    rolled_back: true, ..
+                },
+                C::Continue,
+            ) => Ok(()),
+            (
+                Phase::Paused {
+                    by_gate: true,
+                    rolled_back: false,
+                    ..
+                },
+                C::Resume,
+            ) => refuse(
+                "a gate stopped it: override the gate with a reason, roll back, or abort".into(),
+            ),
+            (Phase::Paused { by_gate: true, .. }, C::OverrideGate | C::RollBackWave) => Ok(()),
+            (Phase::Paused { by_gate: true, .. }, C::Continue) => refuse(
+                "the wave was not rolled back: override the gate to go on with it, or roll it \
+                 back first"
+                    .into(),
+            ),
+            (Phase::Paused { by_gate: false, .. }, C::Resume | C::RollBackWave) => Ok(()),
+            (Phase::Paused { by_gate: false, .. }, C::OverrideGate) => {
+                refuse("an operator paused it, not a gate: resume it".into())
+            }
+            (Phase::Paused { by_gate: false, .. }, C::Continue) => {
+                refuse("an operator paused it: resume it".into())
+            }
+            (Phase::RollingBack { .. }, C::Abort) => Ok(()),
+            (Phase::RollingBack { .. }, _) => {
+                refuse("a rollback is in progress: wait for the devices to report, or abort".into())
+            }
+            (Phase::Completed, C::RollBackAll) => {
+                let closes = self
+                    .state
+                    .completed_at
+                    .map(|t| t.plus_secs(self.rollback_window_secs()));
+                match closes {
+                    Some(t) if now <= t => Ok(()),
+                    Some(t) => refuse(format!("its rollback window closed at {t}")),
+                    None => refuse("it has no completion time".into()),
+                }
+            }
+            (Phase::Completed, _) => refuse("it has completed".into()),
+            (Phase::RolledBack, _) => refuse("it was rolled back and has ended".into()),
+            (Phase::Aborted { .. }, _) => refuse("it was aborted and has ended".into()),
+        }
     }
 
     /// The rollback window after completion: the emergency path's own, else the policy's.
@@ -722,14 +882,31 @@ impl Rollout {
         Ok(())
     }
 
-    fn require_phase(&self, command: &str, ok: bool) -> Result<(), RolloutError> {
+    fn require_phase(&self, command: &str, ok: bool, why: &str) -> Result<(), RolloutError> {
         if ok {
             Ok(())
         } else {
             Err(RolloutError::NotAllowed {
                 command: command.into(),
                 phase: phase_name(&self.state.phase),
+                why: why.into(),
             })
+        }
+    }
+
+    /// Starts the first wave from `wave` on that has a device left to offer (waves whose
+    /// devices were all excluded are skipped), or completes the rollout if none has.
+    fn start_wave_from(&mut self, now: Timestamp, wave: usize) {
+        let s = &self.state;
+        let next = (wave..s.spec.waves.len()).find(|&w| {
+            s.wave_members[w].iter().any(|&i| {
+                let d = &s.devices[i as usize];
+                d.state == DeviceState::Pending && !d.excluded
+            })
+        });
+        match next {
+            Some(w) => self.timer(now, EventKind::WaveStarted { wave: w }),
+            None => self.timer(now, EventKind::Completed),
         }
     }
 
@@ -815,9 +992,16 @@ impl Rollout {
                 wave: *wave,
                 device_ids: self.state.wave_members[*wave]
                     .iter()
+                    .filter(|i| !self.state.devices[**i as usize].excluded)
                     .map(|i| ids[*i as usize].clone())
                     .collect(),
             }),
+            EventKind::Excluded { what, devices } => {
+                self.actions.push_back(RolloutAction::Notify(format!(
+                    "{} device(s) excluded from the rest of the rollout: {what}",
+                    devices.len()
+                )));
+            }
             EventKind::Paused { reason, .. } => {
                 self.actions.push_back(RolloutAction::Pause(reason.clone()));
             }
@@ -1037,11 +1221,7 @@ impl Rollout {
                 summary: Box::new(summary),
             },
         );
-        if wave + 1 < self.state.spec.waves.len() {
-            self.timer(now, EventKind::WaveStarted { wave: wave + 1 });
-        } else {
-            self.timer(now, EventKind::Completed);
-        }
+        self.start_wave_from(now, wave + 1);
     }
 }
 
@@ -1105,6 +1285,7 @@ fn initial_state(first: &RolloutEvent) -> Result<RolloutState, RolloutError> {
                 last_heard: first.at,
                 silent: false,
                 rollback_pending: false,
+                excluded: false,
                 seen_baseline: false,
                 seen_updated: false,
             }
@@ -1145,6 +1326,7 @@ fn initial_state(first: &RolloutEvent) -> Result<RolloutState, RolloutError> {
         last_report: None,
         rollback_pending: 0,
         rollbacks: 0,
+        excluded: 0,
         silence_queue: VecDeque::new(),
         last_at: first.at,
         spec: (**spec).clone(),
@@ -1338,7 +1520,8 @@ impl RolloutState {
                 self.next_look_at = Some(at.plus_secs(every));
                 let members = self.wave_members[w].clone();
                 for i in members {
-                    if self.devices[i as usize].state == DeviceState::Pending {
+                    let d = &self.devices[i as usize];
+                    if d.state == DeviceState::Pending && !d.excluded {
                         self.devices[i as usize].state = DeviceState::Offered;
                         let s = usize::from(self.devices[i as usize].stratum);
                         self.outcomes[w][s].offered += 1;
@@ -1518,12 +1701,39 @@ impl RolloutState {
                 self.phase = Phase::Completed;
                 self.completed_at = Some(at);
                 self.next_look_at = None;
+                // Nothing is waited on any more (a replay would keep deadlines a live run
+                // had already passed).
+                self.silence_queue.clear();
             }
             EventKind::Aborted { reason } => {
                 self.phase = Phase::Aborted {
                     reason: reason.clone(),
                 };
                 self.next_look_at = None;
+                self.silence_queue.clear();
+            }
+            EventKind::Excluded { devices, .. } => {
+                for &i in devices {
+                    let d = self.device(i)?;
+                    if d.state != DeviceState::Pending {
+                        return Err(format!("device number {i} was offered already"));
+                    }
+                    if !d.excluded {
+                        self.devices[i as usize].excluded = true;
+                        self.excluded += 1;
+                    }
+                }
+            }
+            EventKind::Continued { .. } => {
+                if !matches!(
+                    self.phase,
+                    Phase::Paused {
+                        rolled_back: true,
+                        ..
+                    }
+                ) {
+                    return Err("continue outside a rolled-back wave".into());
+                }
             }
         }
         Ok(())

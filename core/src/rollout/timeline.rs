@@ -32,6 +32,8 @@ pub fn kind_name(kind: &EventKind) -> &'static str {
         EventKind::RollbackFinished { .. } => "rollback.finished",
         EventKind::Completed => "rollout.completed",
         EventKind::Aborted { .. } => "rollout.aborted",
+        EventKind::Excluded { .. } => "devices.excluded",
+        EventKind::Continued { .. } => "rollout.continued",
     }
 }
 
@@ -79,6 +81,11 @@ pub fn entry(
             })).collect::<Vec<_>>(),
             "strata": strata,
         }),
+        // The device list can be long; the count and the selector tell the story.
+        EventKind::Excluded { what, devices } => json!({
+            "what": what, "devices": devices.len(),
+        }),
+        EventKind::Continued { wave } => json!({"after_rolled_back_wave": wave_name(*wave)}),
         kind => serde_json::to_value(kind).unwrap_or_default(),
     };
     Some((kind_name(kind), payload))

@@ -283,6 +283,19 @@ pub enum EventKind {
     Aborted {
         reason: String,
     },
+    /// An operator took devices out of the rest of the rollout: they are never offered. Only
+    /// devices not offered yet are excluded (those already updated stay where they are; a
+    /// rollback moves them). `what` is the selector as the operator wrote it.
+    Excluded {
+        what: String,
+        /// Device indices newly excluded, ascending.
+        devices: Vec<u32>,
+    },
+    /// An operator continued past `wave`, which was rolled back: the next wave with devices
+    /// left starts (or the rollout completes).
+    Continued {
+        wave: usize,
+    },
 }
 
 /// One event: when, why, what.
@@ -313,6 +326,48 @@ pub enum RolloutAction {
     Notify(String),
 }
 
+/// The operator commands, for asking which the rollout would accept now
+/// ([`super::Rollout::permits`]) before sending one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Command {
+    Pause,
+    Resume,
+    OverrideGate,
+    RollBackWave,
+    RollBackAll,
+    Abort,
+    Exclude,
+    Continue,
+}
+
+impl Command {
+    pub const ALL: [Command; 8] = [
+        Self::Pause,
+        Self::Resume,
+        Self::OverrideGate,
+        Self::RollBackWave,
+        Self::RollBackAll,
+        Self::Abort,
+        Self::Exclude,
+        Self::Continue,
+    ];
+
+    /// The command in words, as an error names it.
+    pub fn words(self) -> &'static str {
+        match self {
+            Self::Pause => "pause",
+            Self::Resume => "resume",
+            Self::OverrideGate => "override the gate",
+            Self::RollBackWave => "roll back the wave",
+            Self::RollBackAll => "roll back everything",
+            Self::Abort => "abort",
+            Self::Exclude => "exclude devices",
+            Self::Continue => "continue with the next wave",
+        }
+    }
+}
+
 /// What is wrong with a rollout input.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum RolloutError {
@@ -329,9 +384,17 @@ pub enum RolloutError {
         to: DeviceState,
         device: String,
     },
-    /// An operator command that does not apply in the current phase.
-    #[error("{command} is not allowed while the rollout is {phase}")]
-    NotAllowed { command: String, phase: String },
+    /// An operator command that does not apply in the current phase; `why` says so in words
+    /// and names what would work instead.
+    #[error("{command} is not allowed while the rollout is {phase}: {why}")]
+    NotAllowed {
+        command: String,
+        phase: String,
+        why: String,
+    },
+    /// An exclusion that matched no device still waiting for the release.
+    #[error("nothing to exclude: {0}")]
+    NothingToExclude(String),
     /// An operator command without the operator name or reason it needs.
     #[error("{command} needs {what}")]
     Missing { command: String, what: String },

@@ -1035,3 +1035,199 @@ fn the_health_series_of_a_good_release_stays_within_the_tolerated_ratio() {
     // A log without its creation has nothing to plot.
     assert!(health_series(&r.events()[1..]).metrics.is_empty());
 }
+
+#[test]
+fn after_a_gate_rolls_back_the_canary_excluding_the_failing_stratum_lets_the_rest_complete() {
+    // Issue 19: after the gates rolled the canary back, no command worked. Now: what the phase
+    // accepts is asked before sending, exclusion takes the failing stratum out of the next
+    // waves, and continuing completes the rollout for everyone else.
+    let config = SimConfig {
+        faults: vec![Fault {
+            attribute: Some(("hw_rev".into(), "C".into())),
+            kind: FaultKind::CrashLoop,
+        }],
+        ..SimConfig::default()
+    };
+    let fleet = fleet(3000, 7);
+    let mut r = approved(&fleet);
+    let mut sim = SimFleet::new(&fleet, &r, config, START);
+    let out = sim.run(&mut r, START, START.plus_secs(30 * DAY));
+    assert!(
+        matches!(
+            out.phase,
+            Phase::Paused {
+                rolled_back: true,
+                wave: 0,
+                ..
+            }
+        ),
+        "{out:?}"
+    );
+    let now = out.ended_at;
+    use convoy_core::rollout::Command;
+    // The phase's own answers, each refusal naming the way forward.
+    for c in [Command::Resume, Command::OverrideGate, Command::Pause] {
+        let why = r.permits(c, now).expect_err("refused after a rollback");
+        assert!(why.to_string().contains("is not allowed"), "{why}");
+    }
+    let why = r.permits(Command::Resume, now).expect_err("refused");
+    assert!(
+        why.to_string()
+            .contains("exclude what failed and continue with the next wave"),
+        "{why}"
+    );
+    for c in [
+        Command::Exclude,
+        Command::Continue,
+        Command::RollBackAll,
+        Command::Abort,
+    ] {
+        assert_eq!(r.permits(c, now), Ok(()), "{c:?}");
+    }
+    // The refusal of the mutator is the same as the answer of `permits`.
+    assert_eq!(
+        r.resume(now, "bob", "try again"),
+        r.permits(Command::Resume, now)
+    );
+
+    // Exclude every rev C device still waiting (the canary's five are done and stay reverted).
+    let rev_c: Vec<&str> = fleet
+        .devices
+        .iter()
+        .filter(|d| d.hw_rev == "C")
+        .map(|d| d.id.as_str())
+        .collect();
+    let pending_rev_c = rev_c
+        .iter()
+        .filter(|id| r.device_state(id) == Some(DeviceState::Pending))
+        .count() as u32;
+    assert!(
+        pending_rev_c > 0,
+        "the fleet has rev C devices past the canary"
+    );
+    assert!(matches!(
+        r.exclude(now, "bob", "", "hw_rev:C", &rev_c),
+        Err(RolloutError::Missing { .. })
+    ));
+    let n = r
+        .exclude(
+            now,
+            "bob",
+            "rev C crash-loops: held for a fix",
+            "hw_rev:C",
+            &rev_c,
+        )
+        .expect("exclude");
+    assert_eq!(n, pending_rev_c);
+    assert_eq!(r.state().excluded, pending_rev_c);
+    // The same again excludes nothing, and says so.
+    assert!(matches!(
+        r.exclude(now, "bob", "again", "hw_rev:C", &rev_c),
+        Err(RolloutError::NothingToExclude(_))
+    ));
+    assert!(matches!(
+        r.exclude(now, "bob", "typo", "x", &["no-such-device"]),
+        Err(RolloutError::UnknownDevice(_))
+    ));
+    r.continue_rollout(now, "bob", "the rest of the fleet is not affected")
+        .expect("continue after the rollback");
+    assert_eq!(r.phase(), &Phase::Running { wave: 1 });
+    let out = sim.run(&mut r, now, now.plus_secs(60 * DAY));
+    assert_eq!(out.phase, Phase::Completed, "{out:?}");
+    // No excluded device was ever offered; every one is still pending.
+    for id in &rev_c {
+        let slot = r
+            .state()
+            .device_ids
+            .binary_search_by(|d| d.as_str().cmp(id));
+        let slot = &r.state().devices[slot.expect("in the rollout")];
+        if slot.excluded {
+            assert_eq!(slot.state, DeviceState::Pending, "{id}");
+        }
+    }
+    let offered_excluded = sim.actions.iter().any(|(_, a)| match a {
+        RolloutAction::Offer { device_ids, .. } => device_ids.iter().any(|d| {
+            let i = r
+                .state()
+                .device_ids
+                .binary_search(d)
+                .expect("in the rollout");
+            r.state().devices[i].excluded
+        }),
+        _ => false,
+    });
+    assert!(!offered_excluded, "an excluded device was offered");
+    // The log replays to the same state, exclusions and the continue included.
+    let replayed = Rollout::replay(r.events().to_vec()).expect("replays");
+    assert_eq!(replayed.state(), r.state());
+    let kinds: Vec<&str> = r
+        .events()
+        .iter()
+        .map(|e| convoy_core::rollout::timeline::kind_name(&e.kind))
+        .collect();
+    assert!(kinds.contains(&"devices.excluded") && kinds.contains(&"rollout.continued"));
+}
+
+#[test]
+fn a_wave_whose_devices_are_all_excluded_is_skipped() {
+    let fleet = fleet(1500, 7);
+    let mut r = approved(&fleet);
+    let early: Vec<String> = r.spec().waves[1].device_ids.clone();
+    let ids: Vec<&str> = early.iter().map(String::as_str).collect();
+    r.exclude(
+        START,
+        "bob",
+        "depot closed for the month",
+        "wave early",
+        &ids,
+    )
+    .expect("exclude before the start");
+    let mut sim = SimFleet::new(&fleet, &r, SimConfig::default(), START);
+    let out = sim.run(&mut r, START, START.plus_secs(30 * DAY));
+    assert_eq!(out.phase, Phase::Completed, "{out:?}");
+    let offers: Vec<usize> = sim
+        .actions
+        .iter()
+        .filter_map(|(_, a)| match a {
+            RolloutAction::Offer { wave, .. } => Some(*wave),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(offers, vec![0, 2], "the emptied wave is skipped");
+    assert_eq!(
+        r.devices_in(DeviceState::Pending).len(),
+        early.len(),
+        "the excluded devices were never offered"
+    );
+}
+
+#[test]
+fn every_phase_answers_every_command_and_the_mutators_agree() {
+    use convoy_core::rollout::Command;
+    let fleet = fleet(600, 7);
+    let mut r = Rollout::new(START, spec(&fleet, ChangePath::Standard), &fleet).expect("spec");
+    // A draft accepts only abort and exclude.
+    for c in Command::ALL {
+        let ok = matches!(c, Command::Abort | Command::Exclude);
+        assert_eq!(r.permits(c, START).is_ok(), ok, "{c:?} in a draft");
+    }
+    r.approve(START, "bob").expect("approve");
+    r.approve(START, "carol").expect("approve");
+    r.handle_timeout(START);
+    assert_eq!(r.phase(), &Phase::Running { wave: 0 });
+    let t = START.plus_secs(60);
+    assert!(r.permits(Command::Continue, t).is_err());
+    assert!(r.permits(Command::OverrideGate, t).is_err());
+    r.pause(t, "bob", "depot closed").expect("pause");
+    let why = r.permits(Command::OverrideGate, t).expect_err("not a gate");
+    assert!(why.to_string().contains("resume it"), "{why}");
+    assert_eq!(r.permits(Command::Resume, t), Ok(()));
+    assert!(r.permits(Command::Pause, t).is_err());
+    r.abort(t, "bob", "wrong build").expect("abort");
+    for c in Command::ALL {
+        let why = r
+            .permits(c, t)
+            .expect_err("an aborted rollout takes nothing");
+        assert!(why.to_string().contains("aborted"), "{why}");
+    }
+}
