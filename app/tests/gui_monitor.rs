@@ -407,3 +407,74 @@ fn roll_back_and_abort_wait_for_the_rollout_id_typed_again() {
         "{command:?}"
     );
 }
+
+/// Issue 19: after a gate stop every button stayed enabled and most were refused. The monitor
+/// enables only what the rollout's state machine accepts now (here, paused by a gate: override,
+/// roll back, exclude, abort), says the way forward in words, and sends an exclusion with its
+/// selector and reason.
+#[test]
+fn after_a_gate_stop_the_monitor_enables_only_what_the_rollout_accepts_and_sends_an_exclusion() {
+    let fleet = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("monitor.db");
+    write_gate_paused_rollout(&cache, &fleet);
+    let (mut h, mut commands) = monitor_harness(fleet, cache, 1700.0);
+    wait_for(&mut h, "Verdict: ");
+    let way = label_text(&h, "Stopped: ");
+    assert!(
+        way.contains("Next: override the gate with a reason, exclude what failed"),
+        "{way}"
+    );
+    h.get_by_label("Reason:").focus();
+    h.run_steps(1);
+    h.get_by_label("Reason:")
+        .type_text("hold the depot's vans until the fix");
+    settle(&mut h);
+    let disabled = |h: &Harness<'static, ConsoleApp>, label: &str| {
+        h.get_by_label(label).accesskit_node().is_disabled()
+    };
+    // What a gate stop accepts, and what it does not.
+    assert!(!disabled(&h, "Override the gate"));
+    assert!(!disabled(&h, "Roll back"));
+    assert!(!disabled(&h, "Abort"));
+    assert!(disabled(&h, "Resume"), "a gate stop is not resumed");
+    assert!(disabled(&h, "Pause"), "it is paused already");
+    assert!(
+        disabled(&h, "Continue with the next wave"),
+        "the wave was not rolled back"
+    );
+    // An exclusion needs a selector.
+    assert!(disabled(&h, "Exclude from the rest"));
+    h.get_by_label("Exclude:").focus();
+    h.run_steps(1);
+    h.get_by_label("Exclude:").type_text("model:T300 hw_rev:C");
+    settle(&mut h);
+    assert!(!disabled(&h, "Exclude from the rest"));
+    let engine = std::thread::spawn(move || {
+        let request = commands.blocking_recv().expect("a command");
+        let command = request.command.clone();
+        let _ = request.reply.send(Ok(request_phase()));
+        command
+    });
+    h.get_by_label("Exclude from the rest").click();
+    settle(&mut h);
+    assert_eq!(
+        engine.join().unwrap(),
+        OperatorCommand::Exclude {
+            selector: "model:T300 hw_rev:C".into(),
+            reason: "hold the depot's vans until the fix".into()
+        }
+    );
+    wait_for(&mut h, "Answer to exclude by ");
+}
+
+/// The phase a stand-in engine answers an exclusion with: still paused by the gate.
+fn request_phase() -> Phase {
+    Phase::Paused {
+        wave: 0,
+        reason: "install_failure".into(),
+        by_gate: true,
+        rolled_back: false,
+        soak_until: None,
+    }
+}
