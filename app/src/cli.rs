@@ -31,6 +31,8 @@ pub enum Command {
     Audit(cmd::audit::Args),
     /// Alerts: check the channels file, send a test alert, deliver, show channel health.
     Alerts(cmd::alerts::Args),
+    /// Saved cohorts: named fleet searches that pick up new devices (`cohort:NAME`).
+    Cohort(cmd::cohort::Args),
     /// Ingest telemetry samples into the cache.
     Telemetry(cmd::telemetry::Args),
     /// Rollout records: export timelines.
@@ -61,6 +63,7 @@ pub fn main() -> ExitCode {
         Some(Command::Plan(args)) => cmd::plan::run(&args),
         Some(Command::Audit(args)) => cmd::audit::run(&args),
         Some(Command::Alerts(args)) => cmd::alerts::run(&args),
+        Some(Command::Cohort(args)) => cmd::cohort::run(&args),
         Some(Command::Telemetry(args)) => cmd::telemetry::run(&args),
         Some(Command::Rollout(args)) => cmd::rollout::run(&args),
         Some(Command::Sim(args)) => cmd::sim::run(&args),

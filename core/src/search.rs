@@ -11,6 +11,11 @@
 //! | `-model:T300`, `-eu` | not (any term) |
 //! | `depot:"north yard"` | a value with spaces, in double quotes |
 //! | `T300` (a bare word) | the id or a field equals it, or (3 characters or more) contains it |
+//! | `cohort:"rev C vans"`, `-cohort:pilots` | the saved cohort's own query (a dynamic group) |
+//!
+//! A saved cohort is a named query kept by the caller (the cache's `cohorts` table); it is read
+//! again at every use, so it picks up devices that match it later. [`Query::parse_with`] looks
+//! the names up; [`Query::parse`] knows none and refuses a `cohort:` term.
 //!
 //! Fields are the device's attributes ([`Device::attribute`]: `id`, `model`, `hw_rev`,
 //! `region`, `depot`, `connectivity`, `power`, `customer_tier`, `device_class`, `redundancy`,
@@ -51,7 +56,12 @@ enum TermKind {
         field: String,
         test: Test,
     },
+    /// A saved cohort's query: every term must match.
+    Group(Vec<Term>),
 }
+
+/// How deep saved cohorts may refer to one another (a cohort naming itself is refused by it).
+pub const MAX_COHORT_DEPTH: usize = 8;
 
 #[derive(Clone, Debug, PartialEq)]
 enum Test {
@@ -129,11 +139,18 @@ fn canonical_field(name: &str) -> String {
 impl Query {
     /// Reads `text`. An empty text is the query that matches every device.
     pub fn parse(text: &str) -> Result<Self, QueryError> {
-        let mut terms = Vec::new();
-        for raw in split_terms(text)? {
-            terms.push(parse_term(&raw)?);
-        }
-        Ok(Self { terms })
+        Self::parse_with(text, &|_| None)
+    }
+
+    /// Reads `text`, looking up the query of each saved cohort it names (`cohort:NAME`) with
+    /// `cohort`, which answers `None` for a name that is not saved.
+    pub fn parse_with(
+        text: &str,
+        cohort: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, QueryError> {
+        Ok(Self {
+            terms: parse_terms(text, cohort, 0)?,
+        })
     }
 
     pub fn is_empty(&self) -> bool {
@@ -151,6 +168,52 @@ impl Query {
             .iter()
             .all(|t| t.matches(device, extra) != t.negated)
     }
+}
+
+fn parse_terms(
+    text: &str,
+    cohort: &dyn Fn(&str) -> Option<String>,
+    depth: usize,
+) -> Result<Vec<Term>, QueryError> {
+    let mut terms = Vec::new();
+    for raw in split_terms(text)? {
+        let (negated, body) = match raw.strip_prefix('-') {
+            Some(rest) if !rest.is_empty() => (true, rest),
+            _ => (false, raw.as_str()),
+        };
+        let named = body
+            .split_once(':')
+            .filter(|(f, _)| f.eq_ignore_ascii_case("cohort"));
+        let Some((_, name)) = named else {
+            terms.push(parse_term(&raw)?);
+            continue;
+        };
+        let err = |why: String| QueryError {
+            term: raw.clone(),
+            why,
+        };
+        if name.is_empty() {
+            return Err(err("`cohort:` has no name".to_owned()));
+        }
+        if depth >= MAX_COHORT_DEPTH {
+            return Err(err(format!(
+                "saved cohorts refer to one another more than {MAX_COHORT_DEPTH} deep (does one \
+                 name itself?)"
+            )));
+        }
+        let Some(saved) = cohort(name) else {
+            return Err(err(format!("there is no saved cohort named \"{name}\"")));
+        };
+        let inner = parse_terms(&saved, cohort, depth + 1).map_err(|e| QueryError {
+            term: raw.clone(),
+            why: format!("the saved cohort's query does not read: {e}"),
+        })?;
+        terms.push(Term {
+            negated,
+            kind: TermKind::Group(inner),
+        });
+    }
+    Ok(terms)
 }
 
 /// Splits at spaces outside double quotes; quotes are removed.
@@ -309,6 +372,7 @@ impl Term {
     fn matches(&self, d: &Device, extra: &dyn Fn(&str) -> Option<Cow<'static, str>>) -> bool {
         match &self.kind {
             TermKind::Word(word) => word_matches(d, word, extra),
+            TermKind::Group(terms) => terms.iter().all(|t| t.matches(d, extra) != t.negated),
             TermKind::Field { field, test } => {
                 if let Test::Compare(op, Bound::Version(bound)) = test {
                     let Some(v) = d.component(field) else {
@@ -478,5 +542,60 @@ mod tests {
         assert!(glob_matches(&p("a*b*c"), "axxbyyc"));
         assert!(!glob_matches(&p("a*b*c"), "axxcyyb"));
         assert!(glob_matches(&p("*"), "anything"));
+    }
+
+    #[test]
+    fn saved_cohorts_are_dynamic_groups_that_can_be_negated_and_never_loop() {
+        let ds = devices();
+        let saved = |name: &str| match name {
+            "rev C vans" => Some("model:T300 hw_rev:C".to_owned()),
+            "eu rev C" => Some("cohort:\"rev C vans\" region:eu-*".to_owned()),
+            "loop" => Some("cohort:loop".to_owned()),
+            "broken" => Some("firmware:<".to_owned()),
+            _ => None,
+        };
+        let n = |q: &str| {
+            let q = Query::parse_with(q, &saved).expect("a valid query");
+            ds.iter().filter(|d| q.matches(d, &|_| None)).count()
+        };
+        let rev_c = count("model:T300 hw_rev:C", &ds);
+        assert_eq!(n("cohort:\"rev C vans\""), rev_c);
+        assert_eq!(
+            n("-cohort:\"rev C vans\""),
+            ds.len() - rev_c,
+            "negated as a whole"
+        );
+        assert_eq!(
+            n("cohort:\"eu rev C\""),
+            count("model:T300 hw_rev:C region:eu-*", &ds),
+            "a cohort may name another"
+        );
+        // Dynamic: the same saved query over a fleet with one more matching device.
+        let mut more = ds.clone();
+        let mut extra = more
+            .iter()
+            .find(|d| d.model == "T300" && d.hw_rev == "C")
+            .expect("a rev C van")
+            .clone();
+        extra.id = "CVNEW0001".into();
+        more.push(extra);
+        let q = Query::parse_with("cohort:\"rev C vans\"", &saved).expect("valid");
+        assert_eq!(
+            more.iter().filter(|d| q.matches(d, &|_| None)).count(),
+            rev_c + 1
+        );
+        // Refusals name the term and why.
+        let err = Query::parse_with("cohort:nobody", &saved).expect_err("unknown");
+        assert!(
+            err.to_string().contains("no saved cohort named \"nobody\""),
+            "{err}"
+        );
+        let err = Query::parse_with("cohort:loop", &saved).expect_err("a loop");
+        assert!(err.to_string().contains("more than 8 deep"), "{err}");
+        let err = Query::parse_with("cohort:broken", &saved).expect_err("bad saved query");
+        assert!(err.to_string().contains("does not read"), "{err}");
+        let err = Query::parse("cohort:x").expect_err("no cohorts known");
+        assert!(err.to_string().contains("no saved cohort"), "{err}");
+        assert!(Query::parse_with("cohort:", &saved).is_err());
     }
 }

@@ -1742,9 +1742,24 @@ fn after_a_gate_rollback_an_operator_excludes_the_failing_revision_and_continues
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert_eq!(body["field"], "reason", "{body}");
 
+    // A saved cohort (a dynamic group in the cache, saved with the CLI) names what to exclude.
+    convoy_ok(&[
+        "cohort",
+        "save",
+        "rev C vans",
+        "hw_rev:C",
+        "--db",
+        &setup.path("cache.db"),
+    ]);
     let (status, body) = call(
         "r1/exclude",
-        r#"{"reason": "rev C crash-loops: held for a fix", "selector": "hw_rev:C"}"#,
+        r#"{"reason": "rev C", "selector": "cohort:nobody"}"#,
+    );
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body.to_string().contains("no saved cohort"), "{body}");
+    let (status, body) = call(
+        "r1/exclude",
+        r#"{"reason": "rev C crash-loops: held for a fix", "selector": "cohort:\"rev C vans\""}"#,
     );
     assert_eq!(status, StatusCode::OK, "{body}");
     let (status, body) = call(

@@ -4,6 +4,7 @@ pub mod alerts;
 pub mod artifacts;
 pub mod audit;
 pub mod broker;
+pub mod cohort;
 pub mod ddi;
 pub mod fleet;
 pub mod gui;

@@ -398,6 +398,20 @@ impl Shell {
             command,
             reply,
         } = request;
+        if matches!(command, control::OperatorCommand::Exclude { .. }) {
+            // Saved cohorts are read at the moment of use: a dynamic group is what matches now.
+            match self.store.cohorts() {
+                Ok(saved) => self
+                    .state
+                    .set_saved_cohorts(saved.into_iter().map(|c| (c.name, c.query)).collect()),
+                Err(e) => {
+                    let _ = reply.send(Err(control::ControlError::BadSelector(format!(
+                        "the saved cohorts could not be read: {e:#}"
+                    ))));
+                    return Ok(());
+                }
+            }
+        }
         let answer = match self.state.handle_operator(now, &operator, &command) {
             Ok(()) => {
                 self.drain()?;

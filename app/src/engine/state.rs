@@ -258,6 +258,8 @@ pub struct EngineState {
     tasks: VecDeque<Task>,
     committing: Option<PendingDecision>,
     transmit: VecDeque<Vec<Wire>>,
+    /// The cache's saved cohorts (name → search), as the shell read them for an exclusion.
+    saved_cohorts: std::collections::BTreeMap<String, String>,
 }
 
 impl EngineState {
@@ -308,6 +310,7 @@ impl EngineState {
             tasks: VecDeque::new(),
             committing: None,
             transmit: VecDeque::new(),
+            saved_cohorts: std::collections::BTreeMap::new(),
             in_rollout,
             rollout,
             fleet,
@@ -739,6 +742,11 @@ impl EngineState {
         self.ddi_dispatch(now, &ddi_devices, kind);
     }
 
+    /// The cache's saved cohorts, which an exclusion's selector may name (`cohort:NAME`).
+    pub fn set_saved_cohorts(&mut self, saved: std::collections::BTreeMap<String, String>) {
+        self.saved_cohorts = saved;
+    }
+
     /// The rollout's devices an exclusion's selector names, sorted: a list of the rollout's
     /// device ids (separated by spaces or commas), or else a fleet search
     /// ([`convoy_core::search`]) that also knows `stratum` (the gates' stratum, `T300/C`).
@@ -755,7 +763,8 @@ impl EngineState {
             ids.dedup();
             return Ok(ids);
         }
-        let query = convoy_core::search::Query::parse(selector)
+        let saved = &self.saved_cohorts;
+        let query = convoy_core::search::Query::parse_with(selector, &|n| saved.get(n).cloned())
             .map_err(|e| ControlError::BadSelector(e.to_string()))?;
         if query.is_empty() {
             return Err(ControlError::MissingField {

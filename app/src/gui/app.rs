@@ -176,6 +176,10 @@ pub enum UiCommand {
         devices: Vec<u32>,
     },
     DeleteCohort(usize),
+    /// Something the saved cohorts ask for: save, delete, or search for one.
+    SavedCohorts(crate::gui::cohorts::SavedCohortsCommand),
+    /// The name typed for saving the current search as a cohort.
+    SavedCohortName(String),
     ToggleWarRoom,
     SetTheme(Theme),
     SetColorMode(ColorMode),
@@ -581,6 +585,7 @@ impl ConsoleApp {
         self.releases.poll();
         self.planner.poll();
         self.reports.poll();
+        self.sync_saved_cohorts(ctx);
         self.sync_derived();
         self.prepare_view(ctx);
         self.state.ui_scale = ctx.zoom_factor();
@@ -590,6 +595,20 @@ impl ConsoleApp {
         }
         // Ages in the status bar tick; derived data waits for its throttle.
         ctx.request_repaint_after(Duration::from_secs(1));
+    }
+
+    /// Lists the saved cohorts once the fleet is loaded, and gives each new listing to the
+    /// filter, so the search box reads `cohort:NAME` in every view.
+    fn sync_saved_cohorts(&mut self, ctx: &egui::Context) {
+        if self.model.is_some() {
+            let fleet = self.shared_fleet();
+            self.cohort_cache
+                .saved
+                .ensure_loaded(ctx, self.cache.clone(), fleet);
+        }
+        if let Some(table) = self.cohort_cache.saved.poll() {
+            self.state.filter.cohorts = table;
+        }
     }
 
     /// The work the view about to be drawn needs before it draws, done here so that views only
@@ -884,7 +903,28 @@ impl ConsoleApp {
                 self.map.focus(lat, lon, zoom);
                 self.state.view = View::Map;
             }
-            UiCommand::ClearFilter => self.state.filter = Filter::default(),
+            UiCommand::SavedCohortName(name) => self.cohort_cache.saved.name = name,
+            UiCommand::SavedCohorts(crate::gui::cohorts::SavedCohortsCommand::Apply(name)) => {
+                self.state.filter.text = format!("cohort:\"{name}\"");
+            }
+            UiCommand::SavedCohorts(op) => {
+                let fleet = self.shared_fleet();
+                match (self.cache.clone(), fleet) {
+                    (Some(cache), Some(fleet)) => {
+                        self.cohort_cache.saved.start(ctx, cache, fleet, Some(op));
+                    }
+                    _ => self.toast(
+                        ToastKind::Warning,
+                        "No cache is open yet: cohorts are saved in the cache".to_owned(),
+                    ),
+                }
+            }
+            UiCommand::ClearFilter => {
+                self.state.filter = Filter {
+                    cohorts: std::mem::take(&mut self.state.filter.cohorts),
+                    ..Filter::default()
+                };
+            }
             UiCommand::SetClassFilter(class) => self.state.filter.class = class,
             UiCommand::SetSort { column, descending } => {
                 (self.state.sort, self.state.sort_descending) = (column, descending);

@@ -480,6 +480,7 @@ mod tests {
             filter: Filter {
                 text: text.into(),
                 class: None,
+                ..Filter::default()
             },
             sort: Column::LastSeen,
             sort_descending: true,

@@ -23,16 +23,25 @@ pub struct Filter {
     pub text: String,
     /// Only devices of this colour class (in the current colour mode).
     pub class: Option<u8>,
+    /// The cache's saved cohorts (name → search), which the text may name (`cohort:NAME`);
+    /// read from the cache, never persisted with the UI state.
+    #[serde(skip)]
+    pub cohorts: std::sync::Arc<std::collections::BTreeMap<String, String>>,
 }
 
 impl Filter {
+    /// The search text as a query, with the saved cohorts it names.
+    pub fn query(&self) -> Result<Query, convoy_core::search::QueryError> {
+        Query::parse_with(&self.text, &|n| self.cohorts.get(n).cloned())
+    }
+
     pub fn is_empty(&self) -> bool {
         self.text.trim().is_empty() && self.class.is_none()
     }
 
     /// Why the search text is not a query, in words for the search box.
     pub fn error(&self) -> Option<String> {
-        Query::parse(&self.text).err().map(|e| e.to_string())
+        self.query().err().map(|e| e.to_string())
     }
 }
 
@@ -41,7 +50,7 @@ impl Filter {
 /// field terms such as `model:T300 firmware:<2.5`); a query that does not parse matches no
 /// device, and the search box says why ([`Filter::error`]).
 pub fn filter_indices(model: &FleetModel, filter: &Filter, classes: &[u8]) -> Vec<u32> {
-    let Ok(query) = Query::parse(&filter.text) else {
+    let Ok(query) = filter.query() else {
         return Vec::new();
     };
     model
@@ -215,6 +224,7 @@ mod tests {
             &Filter {
                 text: target.id.to_uppercase(),
                 class: None,
+                ..Filter::default()
             },
             &classes,
         );
@@ -225,6 +235,7 @@ mod tests {
             &Filter {
                 text: words,
                 class: None,
+                ..Filter::default()
             },
             &classes,
         );
@@ -244,7 +255,8 @@ mod tests {
                 &m,
                 &Filter {
                     text: "no-such-thing".into(),
-                    class: None
+                    class: None,
+                    ..Filter::default()
                 },
                 &classes
             )
@@ -261,6 +273,7 @@ mod tests {
             &Filter {
                 text: String::new(),
                 class: Some(2),
+                ..Filter::default()
             },
             &classes,
         );

@@ -19,6 +19,7 @@
 //! console both call these; `serve::{auth, requests, host}` are their old names, kept as
 //! re-exports.
 
+pub mod cohorts;
 pub mod findings;
 pub mod hosting;
 pub mod plans;

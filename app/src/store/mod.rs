@@ -16,6 +16,7 @@
 
 pub mod alerts;
 pub mod audit;
+pub mod cohorts;
 pub mod console;
 pub mod console_history;
 pub mod devices;

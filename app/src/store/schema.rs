@@ -365,6 +365,16 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE INDEX alert_outbox_due ON alert_outbox(state, next_ms);
     CREATE INDEX alert_outbox_thread ON alert_outbox(channel, incident, id);
     ",
+    // v9 (issue 19): saved cohorts, named fleet searches (`convoy_core::search`) read again at
+    // every use, so they pick up devices that match later (dynamic groups).
+    r"
+    CREATE TABLE cohorts (
+        name        TEXT PRIMARY KEY NOT NULL,
+        query       TEXT NOT NULL,
+        created_by  TEXT NOT NULL,
+        created     INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    ",
 ];
 
 /// The schema version a fresh or upgraded cache has.

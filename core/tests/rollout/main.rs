@@ -4,8 +4,8 @@ use convoy_core::fleet::Fleet;
 use convoy_core::gates::{FindingStatus, GatePolicy};
 use convoy_core::rollout::sim::{Fault, FaultKind, SimConfig, SimFleet, SimOutcome};
 use convoy_core::rollout::{
-    ChangePath, DeviceReport, DeviceState, EventKind, Phase, RollbackScope, Rollout, RolloutAction,
-    RolloutError, RolloutSpec, WaveSpec,
+    ChangePath, Command, DeviceReport, DeviceState, EventKind, Phase, RollbackScope, Rollout,
+    RolloutAction, RolloutError, RolloutSpec, WaveSpec,
 };
 use convoy_core::synth::{SynthOptions, generate};
 use convoy_core::time::Timestamp;
@@ -1064,7 +1064,6 @@ fn after_a_gate_rolls_back_the_canary_excluding_the_failing_stratum_lets_the_res
         "{out:?}"
     );
     let now = out.ended_at;
-    use convoy_core::rollout::Command;
     // The phase's own answers, each refusal naming the way forward.
     for c in [Command::Resume, Command::OverrideGate, Command::Pause] {
         let why = r.permits(c, now).expect_err("refused after a rollback");
@@ -1203,7 +1202,6 @@ fn a_wave_whose_devices_are_all_excluded_is_skipped() {
 
 #[test]
 fn every_phase_answers_every_command_and_the_mutators_agree() {
-    use convoy_core::rollout::Command;
     let fleet = fleet(600, 7);
     let mut r = Rollout::new(START, spec(&fleet, ChangePath::Standard), &fleet).expect("spec");
     // A draft accepts only abort and exclude.
