@@ -1831,3 +1831,56 @@ fn after_a_gate_rollback_an_operator_excludes_the_failing_revision_and_continues
     );
     convoy_ok(&["audit", "verify", "--db", &setup.path("cache.db")]);
 }
+
+/// Issue 20, the A/B rule over a real broker: a release after which the rare revision's modem
+/// never registers. Those devices go quiet after their reboot, revert by themselves when their
+/// health window ends, come back on the previous slot and say why; the cache ends with every
+/// offered rev C device on the firmware it had.
+#[test]
+fn devices_that_lose_their_link_after_the_update_revert_by_themselves() {
+    let _one = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let setup = Setup::new(400);
+    std::fs::write(
+        setup.path("faults.json"),
+        r#"{"faults": [{"release_version": "2.5.0", "match": {"hw_rev": "C"}, "effect": "link_loss", "probability": 1.0}]}"#,
+    )
+    .expect("faults");
+    let broker = EmbeddedBroker::start(setup.dir.path(), None);
+    let url = broker.url();
+    let _sim = setup.sim(&url, true);
+    let (_code, report) = setup.run(&url, &[]);
+    let fleet: Value =
+        serde_json::from_str(&std::fs::read_to_string(setup.path("fleet.json")).expect("fleet"))
+            .expect("fleet JSON");
+    let rev_c: Vec<String> = fleet["devices"]
+        .as_array()
+        .expect("devices")
+        .iter()
+        .filter(|d| d["hw_rev"] == "C")
+        .map(|d| d["id"].as_str().expect("id").to_owned())
+        .collect();
+    let offered = setup.offered();
+    let offered_rev_c: Vec<&String> = rev_c.iter().filter(|id| offered.contains(id)).collect();
+    assert!(!offered_rev_c.is_empty(), "the canary holds rev C devices");
+    let before = setup.original_firmware();
+    let after = setup.cached_firmware();
+    for id in &offered_rev_c {
+        assert_eq!(
+            after.get(*id),
+            before.get(*id),
+            "{id} is back: {}",
+            brief(&report)
+        );
+    }
+    let said_why = setup.count(
+        "SELECT count(DISTINCT device_id) FROM device_events
+         WHERE rollout_id = 'r1' AND payload LIKE '%link lost after the update%'",
+    );
+    assert!(
+        said_why > 0,
+        "the reverted devices say why: {}",
+        brief(&report)
+    );
+}

@@ -28,13 +28,14 @@ const FIXED_ATTRIBUTES: [&str; 13] = [
 ];
 
 /// Effect names, in the order the error message lists them.
-pub const EFFECT_NAMES: [&str; 6] = [
+pub const EFFECT_NAMES: [&str; 7] = [
     "crash_loop",
     "boot_failure",
     "battery_drain",
     "reconnect_failure",
     "install_failure",
     "download_stall",
+    "link_loss",
 ];
 
 /// What a fault does to a device running (or installing) its release.
@@ -54,6 +55,10 @@ pub enum FaultEffect {
     /// The download stalls for good; after the stall timeout the device checks what it holds,
     /// which is short of the signed length, and fails the update as a mismatch.
     DownloadStall,
+    /// The new slot boots but its modem never registers: the device has no link after the
+    /// update, so it cannot confirm, and reverts by itself when its health window ends (the
+    /// A/B rule); on the previous slot its link comes back.
+    LinkLoss,
 }
 
 impl FaultEffect {
@@ -65,6 +70,7 @@ impl FaultEffect {
             FaultEffect::ReconnectFailure => "reconnect_failure",
             FaultEffect::InstallFailure => "install_failure",
             FaultEffect::DownloadStall => "download_stall",
+            FaultEffect::LinkLoss => "link_loss",
         }
     }
 }
@@ -172,6 +178,7 @@ impl Faults {
                 "reconnect_failure" => FaultEffect::ReconnectFailure,
                 "install_failure" => FaultEffect::InstallFailure,
                 "download_stall" => FaultEffect::DownloadStall,
+                "link_loss" => FaultEffect::LinkLoss,
                 "battery_drain" => {
                     let Some(pct_per_hour) = f.pct_per_hour else {
                         return Err(FaultError::Invalid {

@@ -244,6 +244,10 @@ struct Job {
     crashes_in_window: u32,
     next_crash: Timestamp,
     last_reported_pct: u8,
+    /// Whether the device has had a link since the new slot booted: without one by the end of
+    /// the health window it reverts (the A/B rule: an update that cuts the device off from the
+    /// server is not confirmed).
+    link_since_boot: bool,
 }
 
 impl Job {
@@ -514,6 +518,7 @@ impl SimDevice {
             crashes_in_window: 0,
             next_crash: now,
             last_reported_pct: 0,
+            link_since_boot: false,
         });
         self.push_status();
         AckOutcome::Accepted
@@ -724,6 +729,11 @@ impl SimDevice {
             return;
         }
         self.offline_until = None;
+        if let Some(job) = self.job.as_mut()
+            && job.booted
+        {
+            job.link_since_boot = true;
+        }
         self.push_event(SimEvent::Reconnect {
             offline_secs,
             ok: true,
@@ -883,6 +893,15 @@ impl SimDevice {
             }
             job.booted = true;
             job.phase_until = Timestamp(now.0 + self.config.health_window_secs);
+            job.link_since_boot = self.offline_until.is_none();
+            if job.has("link_loss") {
+                // The modem of the new slot never registers: offline until the slot changes.
+                job.link_since_boot = false;
+                if self.offline_until.is_none() {
+                    self.offline_since = now;
+                }
+                self.offline_until = Some(Timestamp(i64::MAX / 2));
+            }
             job.next_crash = if job.has("crash_loop") {
                 Timestamp(now.0 + self.config.crash_loop_interval_secs)
             } else {
@@ -909,6 +928,22 @@ impl SimDevice {
                         "crash loop: firmware crashed {crashes} times within the {window} s health window"
                     ),
                 );
+            }
+            return;
+        }
+        if now >= job.phase_until && !job.link_since_boot {
+            let window = self.config.health_window_secs;
+            let link_lost = job.has("link_loss");
+            self.revert(
+                &command_id,
+                &release_id,
+                format!(
+                    "link lost after the update: no connection within the {window} s health window"
+                ),
+            );
+            if link_lost {
+                // Back on the previous slot, its modem registers again.
+                self.offline_until = Some(Timestamp(now.0 + 30));
             }
             return;
         }

@@ -706,3 +706,63 @@ fn issue_16_a_fault_file_with_a_key_twice_is_refused() {
         "{err}"
     );
 }
+
+/// Issue 20, the A/B rule: an update after which the device has no link cannot be confirmed.
+/// With `link_loss` the new slot's modem never registers: the device is offline from the boot,
+/// reverts by itself when its health window ends, and reconnects on the previous slot to say
+/// so, with the reason.
+#[test]
+fn a_device_that_loses_its_link_after_the_update_reverts_at_the_end_of_its_health_window() {
+    let fleet = Fleet::new(Vec::new(), vec![device("CV1", "C", Connectivity::Cellular)]);
+    let faults = Faults::parse(
+        r#"{"faults": [{"release_version": "2.4.1", "match": {"hw_rev": "C"}, "effect": "link_loss", "probability": 1.0}]}"#,
+        &fleet,
+    )
+    .expect("faults");
+    let mut s = sim(
+        device("CV1", "C", Connectivity::Cellular),
+        faults,
+        quiet(),
+        1,
+    );
+    s.handle_command(NOW, "c-1", offer("r1", manifest_bytes("r1", v241(), 3)));
+    // Installed and booted, within the health window: no link, nothing gets out.
+    let mut t = NOW;
+    while s.phase() != UpdatePhase::Rebooting || s.is_online() {
+        t = t.plus_secs(10);
+        s.handle_tick(t);
+        assert!(t < NOW.plus_secs(3600), "never booted the new slot offline");
+    }
+    drain(&mut s);
+    s.handle_tick(t.plus_secs(300));
+    assert!(!s.is_online(), "the new slot's modem does not register");
+    assert!(
+        drain(&mut s).is_empty(),
+        "an offline device publishes nothing"
+    );
+    // After the window: reverted, back online on the old slot, and the status says why.
+    s.handle_tick(t.plus_secs(3600));
+    assert!(s.is_online(), "the previous slot's modem registers");
+    assert_eq!(s.phase(), UpdatePhase::Reverted);
+    let status = s.status();
+    assert_eq!(status.active_slot, Slot::A);
+    assert_eq!(s.installed_counter(), 0);
+    let reason = status.update.reason.expect("reason");
+    assert!(
+        reason.starts_with("link lost after the update: no connection within the 600 s"),
+        "{reason}"
+    );
+    let p = phases(&drain(&mut s));
+    assert_eq!(p.last(), Some(&UpdatePhase::Reverted), "{p:?}");
+
+    // A device whose link stays up through the window confirms as before.
+    let mut other = sim(
+        device("CV1", "B", Connectivity::Cellular),
+        crash_loop_faults("C"),
+        quiet(),
+        1,
+    );
+    other.handle_command(NOW, "c-1", offer("r1", manifest_bytes("r1", v241(), 3)));
+    other.handle_tick(NOW.plus_secs(3600));
+    assert_eq!(other.phase(), UpdatePhase::Confirmed);
+}
