@@ -33,6 +33,8 @@ pub enum Command {
     Alerts(cmd::alerts::Args),
     /// Saved cohorts: named fleet searches that pick up new devices (`cohort:NAME`).
     Cohort(cmd::cohort::Args),
+    /// Import support tickets and customer reports per device (the support-contacts gate).
+    Signals(cmd::signals::Args),
     /// Ingest telemetry samples into the cache.
     Telemetry(cmd::telemetry::Args),
     /// Rollout records: export timelines.
@@ -64,6 +66,7 @@ pub fn main() -> ExitCode {
         Some(Command::Audit(args)) => cmd::audit::run(&args),
         Some(Command::Alerts(args)) => cmd::alerts::run(&args),
         Some(Command::Cohort(args)) => cmd::cohort::run(&args),
+        Some(Command::Signals(args)) => cmd::signals::run(&args),
         Some(Command::Telemetry(args)) => cmd::telemetry::run(&args),
         Some(Command::Rollout(args)) => cmd::rollout::run(&args),
         Some(Command::Sim(args)) => cmd::sim::run(&args),

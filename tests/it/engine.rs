@@ -1884,3 +1884,92 @@ fn devices_that_lose_their_link_after_the_update_revert_by_themselves() {
         brief(&report)
     );
 }
+
+/// Issue 20: the support-contacts gate was always fed zero. Support tickets about the canary's
+/// devices, imported from a CSV while the canary soaks (`convoy signals import`), are counted in
+/// their health windows and pause the rollout at the support-contacts gate; a file with a bad
+/// row or an unknown device is refused naming it, and stores nothing.
+#[test]
+fn support_tickets_imported_during_the_soak_stop_the_rollout_at_their_gate() {
+    let _one = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let setup = Setup::new(400);
+    // Ten-hour soaks (15 wall seconds): time to import while the canary soaks.
+    std::fs::write(
+        setup.path("policy.json"),
+        r#"{"version": 1,
+            "planning": {"operating_cycle_secs": {}, "default_operating_cycle_secs": 36000},
+            "gates": {"hold_extension_secs": 1800}}"#,
+    )
+    .expect("policy");
+    let broker = EmbeddedBroker::start(setup.dir.path(), None);
+    let url = broker.url();
+    let _sim = setup.sim(&url, false);
+    let artifact = setup.path("fw.img");
+    let run = setup
+        .rollout_command(&url, &["--artifact", &artifact])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("convoy rollout run");
+    setup.wait_for_event("soak.started");
+    let db = setup.path("cache.db");
+    // Hostile or careless files first: refused, naming the line, nothing stored.
+    let bad = setup.path("bad.csv");
+    std::fs::write(
+        &bad,
+        "device_id,kind,reference,time,note\nCV0000001,support_ticket,T-1,,\nCV0000002,complaint,T-2,,\n",
+    )
+    .expect("bad csv");
+    let out = convoy_e2e::convoy(&["signals", "import", &bad, "--db", &db]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("line 3") && err.contains("complaint"), "{err}");
+    let unknown = setup.path("unknown.csv");
+    std::fs::write(
+        &unknown,
+        "device_id,kind,reference,time,note\nNOPE0001,support_ticket,T-9,,\n",
+    )
+    .expect("csv");
+    let out = convoy_e2e::convoy(&["signals", "import", &unknown, "--db", &db]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("NOPE0001"));
+    assert_eq!(setup.count("SELECT count(*) FROM signals"), 0);
+
+    // Three tickets about every device of the canary, which runs the new release now.
+    let mut csv = String::from("device_id,kind,reference,time,note\n");
+    for (n, id) in setup.offered().iter().enumerate() {
+        for k in 0..3 {
+            csv.push_str(&format!(
+                "{id},support_ticket,T-{n}-{k},,\"screen freezes, \"\"nav\"\" resets\"\n"
+            ));
+        }
+    }
+    let tickets = setup.path("tickets.csv");
+    std::fs::write(&tickets, &csv).expect("tickets");
+    let out = convoy_ok(&["signals", "import", &tickets, "--db", &db]);
+    assert!(out.contains("signal(s) added, 0 already there"), "{out}");
+    // The same file again adds nothing.
+    let again = convoy_ok(&["signals", "import", &tickets, "--db", &db]);
+    assert!(again.starts_with("0 signal(s) added"), "{again}");
+
+    let out = run.wait_with_output().expect("the run ends");
+    let report: Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    assert_eq!(report["final_state"], "paused", "{}", brief(&report));
+    let decisions = report["gate_decisions"].as_array().expect("decisions");
+    let stop = decisions
+        .iter()
+        .find(|d| d["outcome"] != "hold")
+        .expect("a gate stopped the rollout");
+    let failing: Vec<&Value> = stop["evidence"]["findings"]
+        .as_array()
+        .expect("findings")
+        .iter()
+        .filter(|f| f["status"] == "fail")
+        .collect();
+    assert!(
+        failing.iter().any(|f| f["metric"] == "support_contacts"),
+        "the support-contacts gate fired: {stop:#}"
+    );
+}

@@ -1557,3 +1557,59 @@ fn rollout_requests_need_distinct_approvers_and_nobody_approves_their_own() {
     assert_eq!(audited("operator:sam", "rollout.reject"), 1);
     convoy_ok(&["audit", "verify", "--db", &f.ws.path("cache.db")]);
 }
+
+/// `POST /signals` (issue 20): support tickets stored once, audited, counted; a viewer is
+/// refused; a wrong kind, an unknown field, a duplicate key or an unknown device is refused with
+/// 400 naming it, and nothing of that request is stored.
+#[test]
+fn support_signals_are_stored_once_and_bad_ones_refused() {
+    let f = fixture();
+    let rt = runtime();
+    rt.block_on(async {
+        let server = Server::start(config(&f.cache)).await.expect("start");
+        let c = client();
+        let url = format!("{}/api/v1/signals", server.base_url());
+        let id = f.fleet.devices[0].id.clone();
+        let good = format!(
+            r#"{{"signals": [{{"device_id": "{id}", "kind": "support_ticket", "reference": "ZD-1", "note": "nav resets"}},
+                             {{"device_id": "{id}", "kind": "customer_report", "reference": "ZD-2", "time": "2026-12-01T10:00:00Z"}}]}}"#
+        );
+        let (status, body) = post(&c, &url, &f.viewer, good.clone().into_bytes()).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+        let (status, body) = post(&c, &url, &f.dispatcher, good.clone().into_bytes()).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        assert_eq!(body["added"], 2, "{body}");
+        let (status, body) = post(&c, &url, &f.dispatcher, good.into_bytes()).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        assert_eq!((body["added"].clone(), body["duplicates"].clone()), (0.into(), 2.into()));
+        for (bad, says) in [
+            (
+                format!(r#"{{"signals": [{{"device_id": "{id}", "kind": "complaint", "reference": "X"}}]}}"#),
+                "signals[0]",
+            ),
+            (
+                format!(r#"{{"signals": [{{"device_id": "{id}", "kind": "support_ticket", "reference": "X", "mood": 1}}]}}"#),
+                "mood",
+            ),
+            (
+                format!(r#"{{"signals": [{{"device_id": "{id}", "device_id": "{id}", "kind": "support_ticket", "reference": "X"}}]}}"#),
+                "device_id",
+            ),
+            (
+                r#"{"signals": [{"device_id": "NOPE0001", "kind": "support_ticket", "reference": "Y"}]}"#.to_owned(),
+                "NOPE0001",
+            ),
+            (
+                format!(r#"{{"signals": [{{"device_id": "{id}", "kind": "support_ticket", "reference": "Z", "time": "yesterday"}}]}}"#),
+                "yesterday",
+            ),
+        ] {
+            let (status, body) = post(&c, &url, &f.dispatcher, bad.into_bytes()).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+            assert!(body.to_string().contains(says), "{says}: {body}");
+        }
+        server.shutdown().await;
+    });
+    let store = Store::open(&f.cache).expect("cache");
+    assert_eq!(store.signals_after(0, 100).expect("signals").len(), 2);
+}

@@ -14,5 +14,6 @@ pub mod release;
 pub mod rollout;
 pub mod score;
 pub mod serve;
+pub mod signals;
 pub mod sim;
 pub mod telemetry;

@@ -49,6 +49,8 @@ pub struct HealthWindow {
     drain_pct: f64,
     drain_secs: i64,
     custom: Vec<(String, f64)>,
+    /// Support tickets and customer reports about the device in this window (`signals`).
+    support_contacts: u32,
 }
 
 impl Default for HealthWindow {
@@ -75,7 +77,14 @@ impl HealthWindow {
             drain_pct: 0.0,
             drain_secs: 0,
             custom: Vec::new(),
+            support_contacts: 0,
         }
+    }
+
+    /// Counts a support ticket or customer report about the device (not a message from it: it
+    /// extends no exposure, and is judged with the window's telemetry when the window closes).
+    pub fn support_contact(&mut self) {
+        self.support_contacts = self.support_contacts.saturating_add(1);
     }
 
     /// Whether anything was heard since the window opened.
@@ -176,7 +185,7 @@ impl HealthWindow {
             period_secs: u32::try_from(self.exposure_secs).unwrap_or(u32::MAX),
             crashes: self.crashes,
             reconnect_failures: self.reconnect_failures,
-            support_contacts: 0,
+            support_contacts: self.support_contacts,
             reconnect_secs: (self.reconnects > 0)
                 .then(|| self.reconnect_total_secs / f64::from(self.reconnects)),
             battery_drain_pct_per_hour,

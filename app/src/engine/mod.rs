@@ -544,6 +544,10 @@ pub async fn run_with(
     let live = control.live;
     let mut last_cache_flush = Instant::now();
     let mut last_live: Option<Instant> = None;
+    // Support tickets and customer reports (`signals`, issue 20) stored from now on are counted
+    // in the devices' health windows; earlier ones are before this run, as earlier telemetry is.
+    let mut signals_seen = shell.store.signals_head()?;
+    let mut last_signals = Instant::now();
     let final_state = loop {
         let now = shell.now();
         let wall = shell.wall();
@@ -552,6 +556,13 @@ pub async fn run_with(
         if last_cache_flush.elapsed() >= Duration::from_millis(500) {
             shell.flush_cache()?;
             last_cache_flush = Instant::now();
+        }
+        if last_signals.elapsed() >= Duration::from_secs(1) {
+            last_signals = Instant::now();
+            for (id, device_id, _kind) in shell.store.signals_after(signals_seen, 10_000)? {
+                signals_seen = id;
+                shell.state.handle_signal(&device_id);
+            }
         }
         if let Some(live) = &live
             && last_live.is_none_or(|t| t.elapsed() >= Duration::from_secs(1))

@@ -742,6 +742,18 @@ impl EngineState {
         self.ddi_dispatch(now, &ddi_devices, kind);
     }
 
+    /// A support ticket or customer report about `device_id` (`signals`): counted in its health
+    /// window for the support-contacts gate. Returns whether the device is in the rollout.
+    pub fn handle_signal(&mut self, device_id: &str) -> bool {
+        match self.index(device_id) {
+            Some(i) if self.in_rollout[i] => {
+                self.windows[i].support_contact();
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// The cache's saved cohorts, which an exclusion's selector may name (`cohort:NAME`).
     pub fn set_saved_cohorts(&mut self, saved: std::collections::BTreeMap<String, String>) {
         self.saved_cohorts = saved;

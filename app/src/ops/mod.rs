@@ -28,4 +28,5 @@ pub mod reports;
 pub mod requests;
 pub mod runs;
 pub mod settings;
+pub mod signals;
 pub mod tokens;

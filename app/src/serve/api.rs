@@ -328,6 +328,11 @@ async fn route(
             parse_query::<NoParams>(&query)?;
             read(app, query::findings).await
         }
+        ["signals"] if method == Method::POST => {
+            require(caller, Role::Dispatcher, "report support signals")?;
+            let body = read_body(app, request).await?;
+            post_signals(app, caller, &body).await
+        }
         ["findings"] if method == Method::POST => {
             require(caller, Role::Dispatcher, "score findings")?;
             let body = read_body(app, request).await?;
@@ -486,7 +491,8 @@ async fn route(
             "pause" | "resume" | "rollback" | "override" | "abort" | "exclude" | "continue"
             | "approve" | "reject" | "dispatch",
         ]
-        | ["tokens", _, "revoke"] => Err(method_not_allowed("POST")),
+        | ["tokens", _, "revoke"]
+        | ["signals"] => Err(method_not_allowed("POST")),
         ["whoami" | "fleet" | "devices" | "audit" | "events" | "requests" | "metrics"]
         | ["devices" | "findings", _]
         | [
@@ -679,6 +685,47 @@ async fn score_finding(
                 "audit_seq": audit_seq,
                 "scorecard": card_json,
             })))
+        })
+        .await
+        .map_err(|e| ApiError::internal(&e))??;
+    Ok(json_response(StatusCode::CREATED, &answer))
+}
+
+/// `POST /signals`: support tickets and customer reports per device (`ops::signals`), which
+/// engines count in the support-contacts gate. 201 with what was added and what was already
+/// there (same source and reference); 400 naming the signal that is wrong, or the devices the
+/// cache does not know (then nothing is stored). The source is the caller (`api:NAME`).
+async fn post_signals(
+    app: &Arc<AppState>,
+    caller: &Caller,
+    body: &[u8],
+) -> Result<Response, ApiError> {
+    let now = crate::now();
+    let actor = caller.actor();
+    let source = format!("api:{}", actor.strip_prefix("operator:").unwrap_or(&actor));
+    let signals = crate::ops::signals::from_json(body, &source, now)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("{e:#}")))?;
+    let answer = app
+        .pool
+        .run(move |store| {
+            let ids: Vec<&str> = signals.iter().map(|s| s.device_id.as_str()).collect();
+            let unknown = store.unknown_devices(&ids)?;
+            if !unknown.is_empty() {
+                return Ok(Err(ApiError::field(
+                    "device_id",
+                    format!(
+                        "{} device(s) are not in the cache: {}; nothing was stored",
+                        unknown.len(),
+                        unknown
+                            .iter()
+                            .take(10)
+                            .cloned()
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                )));
+            }
+            Ok(Ok(store.add_signals(&signals, &actor, now)?))
         })
         .await
         .map_err(|e| ApiError::internal(&e))??;

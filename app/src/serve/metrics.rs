@@ -18,11 +18,11 @@ use super::api::ApiError;
 use crate::prom::{CONTENT_TYPE, Exposition};
 
 /// Path segments that name a route (the rest are ids).
-const ROUTE_WORDS: [&str; 32] = [
+const ROUTE_WORDS: [&str; 33] = [
     "api", "v1", "whoami", "fleet", "export", "devices", "rollouts", "timeline", "log", "metrics",
     "health", "request", "dispatch", "approve", "reject", "pause", "resume", "rollback",
     "override", "abort", "events", "audit", "verify", "findings", "requests", "tokens", "releases",
-    "plans", "score", "summary", "exclude", "continue",
+    "plans", "score", "summary", "exclude", "continue", "signals",
 ];
 
 /// The route pattern of `path` for labels: known words kept, other segments `{id}`, at most

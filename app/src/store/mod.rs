@@ -31,6 +31,7 @@ pub mod query;
 pub mod releases;
 pub mod requests;
 pub mod schema;
+pub mod signals;
 pub mod snapshot;
 pub mod telemetry;
 pub mod tokens;

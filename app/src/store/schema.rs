@@ -375,6 +375,21 @@ pub const MIGRATIONS: &[&str] = &[
         created     INTEGER NOT NULL
     ) WITHOUT ROWID;
     ",
+    // v10 (issue 20): signals the gates count besides telemetry: support tickets and customer
+    // reports per device, from a support system over the API or imported from a file. `source`
+    // and `reference` (the ticket's own id) make an import idempotent.
+    r"
+    CREATE TABLE signals (
+        id          INTEGER PRIMARY KEY,
+        device_id   TEXT NOT NULL,
+        time        INTEGER NOT NULL,
+        kind        TEXT NOT NULL CHECK (kind IN ('support_ticket', 'customer_report')),
+        source      TEXT NOT NULL,
+        reference   TEXT NOT NULL,
+        note        TEXT NOT NULL DEFAULT '',
+        UNIQUE (source, reference)
+    );
+    ",
 ];
 
 /// The schema version a fresh or upgraded cache has.
