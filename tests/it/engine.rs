@@ -1891,6 +1891,7 @@ fn devices_that_lose_their_link_after_the_update_revert_by_themselves() {
 /// row or an unknown device is refused naming it, and stores nothing.
 #[test]
 fn support_tickets_imported_during_the_soak_stop_the_rollout_at_their_gate() {
+    use std::fmt::Write as _;
     let _one = SERIAL
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -1941,9 +1942,10 @@ fn support_tickets_imported_during_the_soak_stop_the_rollout_at_their_gate() {
     let mut csv = String::from("device_id,kind,reference,time,note\n");
     for (n, id) in setup.offered().iter().enumerate() {
         for k in 0..3 {
-            csv.push_str(&format!(
-                "{id},support_ticket,T-{n}-{k},,\"screen freezes, \"\"nav\"\" resets\"\n"
-            ));
+            let _ = writeln!(
+                csv,
+                "{id},support_ticket,T-{n}-{k},,\"screen freezes, \"\"nav\"\" resets\""
+            );
         }
     }
     let tickets = setup.path("tickets.csv");
