@@ -365,7 +365,14 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE INDEX alert_outbox_due ON alert_outbox(state, next_ms);
     CREATE INDEX alert_outbox_thread ON alert_outbox(channel, incident, id);
     ",
+    // A depot's tz database zone (issue 20): NULL keeps its fixed utc_offset_minutes.
+    "
+    ALTER TABLE depots ADD COLUMN time_zone TEXT;
+    ",
 ];
+
+/// The version that gave depots their `time_zone` column.
+pub const DEPOT_ZONES_VERSION: u32 = 9;
 
 /// The schema version a fresh or upgraded cache has.
 pub const LATEST_VERSION: u32 = MIGRATIONS.len() as u32;
