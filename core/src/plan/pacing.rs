@@ -85,12 +85,12 @@ impl OfferSchedule {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Wait {
-    /// The maintenance window is closed (or a blackout holds) for `depots` depots with devices
-    /// waiting; the first of them opens at `until` (its local time `until_local`, `HH:MM`),
-    /// or not within two weeks.
+    /// The maintenance window is closed, or a blackout holds (`blacked_out` of them), for
+    /// `depots` depots with devices waiting; the first of them opens at `until` (its local
+    /// time `until_local`, `HH:MM`), or not within two weeks.
     WindowClosed {
         depots: usize,
-        blackout: bool,
+        blacked_out: usize,
         until: Option<Timestamp>,
         until_local: Option<String>,
     },
@@ -106,14 +106,16 @@ impl Wait {
         match self {
             Self::WindowClosed {
                 depots,
-                blackout,
+                blacked_out,
                 until_local,
                 ..
             } => {
-                let what = if *blackout {
-                    "window closed or blackout"
-                } else {
+                let what = if *blacked_out == 0 {
                     "window closed"
+                } else if blacked_out == depots {
+                    "blackout"
+                } else {
+                    "window closed or blackout"
                 };
                 let plural = if *depots == 1 { "depot" } else { "depots" };
                 match until_local {
@@ -350,10 +352,13 @@ impl Pacer {
             pace.next_at = opens.map(|(t, _)| t);
         }
         if !cap_reached && !closed.is_empty() {
-            let blackout = closed.iter().any(|&g| self.calendar.window_open(g, minute));
+            let blacked_out = closed
+                .iter()
+                .filter(|&&g| self.calendar.window_open(g, minute))
+                .count();
             pace.wait = Some(Wait::WindowClosed {
                 depots: closed.len(),
-                blackout,
+                blacked_out,
                 until: opens.map(|(t, _)| t),
                 until_local: opens.map(|(t, g)| {
                     let m = self.calendar.local_minute(g, t);
@@ -509,6 +514,41 @@ mod tests {
             pace.wait.expect("waits").words(),
             "window closed for 1 depot until 22:00 local"
         );
+    }
+
+    #[test]
+    fn a_blackout_holds_offers_except_inside_its_logged_exception() {
+        use crate::plan::policy::{Blackout, CalendarException};
+        let policy = PlanningPolicy {
+            rate: RateLimit::Constant { per_minute: 5 },
+            blackouts: vec![Blackout {
+                region: "r-a".to_owned(),
+                from: at("2026-12-24T00:00:00Z"),
+                until: at("2026-12-27T00:00:00Z"),
+                reason: "holiday freeze".to_owned(),
+            }],
+            exceptions: vec![CalendarException {
+                region: "r-a".to_owned(),
+                from: at("2026-12-25T10:00:00Z"),
+                until: at("2026-12-25T10:02:00Z"),
+                reason: "CHG-1 approved".to_owned(),
+            }],
+            ..PlanningPolicy::default()
+        };
+        let mut p = pacer(vec![depot("a", None, 0), depot("b", None, 0)], &policy, 1);
+        // Depot a is blacked out, b is not: b's devices go, a's wait, and the reason says so.
+        let waiting = [0, 0, 0, 1];
+        let pace = p.poll(at("2026-12-24T12:00:00Z"), &waiting);
+        assert_eq!(pace.offer, [3]);
+        assert_eq!(
+            pace.wait.expect("a waits").words(),
+            "blackout for 1 depot until 10:00 local"
+        );
+        assert_eq!(pace.next_at, Some(at("2026-12-25T10:00:00Z")));
+        // Inside the exception: offered, and counted against it for the log.
+        let pace = p.poll(at("2026-12-25T10:00:00Z"), &waiting[..3]);
+        assert_eq!(pace.offer, [0, 1, 2]);
+        assert_eq!(pace.exceptions, [(0, 3)]);
     }
 
     #[test]
