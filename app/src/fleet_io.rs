@@ -526,6 +526,11 @@ fn check_depots(depots: &[Depot]) -> Result<()> {
                     .map_err(|why| anyhow::anyhow!("depot {} ({name}): {why}", i + 1))?;
             }
         }
+        // A zone the bundled tz database does not know would put its windows at the wrong
+        // hours: refused, naming the depot (files without the field keep their fixed offset).
+        depot
+            .local_clock()
+            .map_err(|e| anyhow::anyhow!("depot {} ({}, time_zone): {e}", i + 1, depot.id))?;
     }
     Ok(())
 }
@@ -1024,6 +1029,31 @@ mod tests {
                 .contains("region: control character U+000A"),
             "{:?}",
             inv.rejected
+        );
+    }
+
+    #[test]
+    fn depot_time_zones_round_trip_and_an_unknown_zone_is_refused_issue_20() {
+        let depot = |zone: &str| {
+            format!(
+                r#"{{"depots": [{{"id": "eu-ber", "name": "Berlin", "region": "eu", "position": {{"lat": 52.5, "lon": 13.4}}, "utc_offset_minutes": 60{zone}}}], "devices": []}}"#
+            )
+        };
+        // Written before zones: the fixed offset, no zone.
+        let inv = read_json(&depot("")).expect("an old file still reads");
+        assert_eq!(inv.depots[0].time_zone, None);
+        let inv = read_json(&depot(r#", "time_zone": "Europe/Berlin""#)).expect("a known zone");
+        assert_eq!(inv.depots[0].time_zone.as_deref(), Some("Europe/Berlin"));
+        let mut out = Vec::new();
+        write_json(&mut out, &Fleet::new(inv.depots.clone(), Vec::new())).expect("write");
+        let back = read_json(std::str::from_utf8(&out).expect("utf-8")).expect("read back");
+        assert_eq!(back.depots, inv.depots);
+        let err =
+            read_json(&depot(r#", "time_zone": "Europe/Atlantis""#)).expect_err("an unknown zone");
+        let text = format!("{err:#}");
+        assert!(
+            text.contains("eu-ber") && text.contains("Europe/Atlantis"),
+            "{text}"
         );
     }
 

@@ -260,8 +260,68 @@ pub struct Depot {
     pub name: String,
     pub region: String,
     pub position: GeoPoint,
-    /// Standard-time offset from UTC, in minutes; maintenance windows are local.
+    /// Standard-time offset from UTC, in minutes: the depot's local time when it names no
+    /// `time_zone` (files written before zones were kept).
     pub utc_offset_minutes: i32,
+    /// The depot's time zone, a tz database name such as `Europe/Berlin`: local time with its
+    /// daylight-saving changes, from the database bundled in the program (never the system's).
+    /// Maintenance windows are local; `None` keeps the fixed `utc_offset_minutes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_zone: Option<String>,
+}
+
+/// A time zone name the bundled tz database does not know.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown time zone {name:?} (expected a tz database name such as Europe/Berlin)")]
+pub struct UnknownZone {
+    pub name: String,
+}
+
+/// A depot's local clock: a tz database zone, or a fixed offset.
+#[derive(Clone, Debug)]
+pub enum LocalClock {
+    Zone(jiff::tz::TimeZone),
+    Fixed { offset_secs: i64 },
+}
+
+impl LocalClock {
+    /// The zone named `name` in the bundled tz database.
+    pub fn zone(name: &str) -> Result<Self, UnknownZone> {
+        jiff::tz::TimeZone::get(name)
+            .map(Self::Zone)
+            .map_err(|_| UnknownZone {
+                name: name.to_owned(),
+            })
+    }
+
+    /// The offset from UTC in force at `t`, in seconds (daylight-saving time included).
+    pub fn offset_secs_at(&self, t: crate::time::Timestamp) -> i64 {
+        match self {
+            Self::Fixed { offset_secs } => *offset_secs,
+            Self::Zone(tz) => match jiff::Timestamp::from_second(t.secs()) {
+                Ok(ts) => i64::from(tz.to_offset(ts).seconds()),
+                // Outside jiff's range (years beyond ±9999): the zone's offset now is moot.
+                Err(_) => 0,
+            },
+        }
+    }
+
+    /// Seconds after local midnight at `t` (0..86400).
+    pub fn local_second_of_day(&self, t: crate::time::Timestamp) -> i64 {
+        (t.secs() + self.offset_secs_at(t)).rem_euclid(86_400)
+    }
+}
+
+impl Depot {
+    /// The depot's local clock: its zone when it names one, else its fixed offset.
+    pub fn local_clock(&self) -> Result<LocalClock, UnknownZone> {
+        match &self.time_zone {
+            Some(name) => LocalClock::zone(name),
+            None => Ok(LocalClock::Fixed {
+                offset_secs: i64::from(self.utc_offset_minutes) * 60,
+            }),
+        }
+    }
 }
 
 /// One device of the fleet, with everything a rollout decision reads.

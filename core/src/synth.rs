@@ -35,9 +35,11 @@ struct CitySpec {
     lat: f64,
     lon: f64,
     utc_offset_minutes: i32,
+    time_zone: &'static str,
     weight: f64,
 }
 
+#[allow(clippy::too_many_arguments)] // One row of the table below.
 const fn city(
     id: &'static str,
     name: &'static str,
@@ -45,6 +47,7 @@ const fn city(
     lat: f64,
     lon: f64,
     utc_offset_minutes: i32,
+    time_zone: &'static str,
     weight: f64,
 ) -> CitySpec {
     CitySpec {
@@ -54,34 +57,36 @@ const fn city(
         lat,
         lon,
         utc_offset_minutes,
+        time_zone,
         weight,
     }
 }
 
 /// Depots at real cities' coordinates, with uneven sizes.
+#[rustfmt::skip] // One city per row.
 const CITIES: &[CitySpec] = &[
-    city("ber", "Berlin", "eu-central", 52.520, 13.405, 60, 9.0),
-    city("muc", "Munich", "eu-central", 48.137, 11.575, 60, 6.0),
-    city("ham", "Hamburg", "eu-central", 53.551, 9.994, 60, 5.0),
-    city("vie", "Vienna", "eu-central", 48.208, 16.373, 60, 4.0),
-    city("prg", "Prague", "eu-central", 50.076, 14.438, 60, 2.5),
-    city("par", "Paris", "eu-west", 48.857, 2.352, 60, 8.0),
-    city("lyo", "Lyon", "eu-west", 45.764, 4.836, 60, 3.0),
-    city("mad", "Madrid", "eu-west", 40.417, -3.704, 60, 5.0),
-    city("ams", "Amsterdam", "eu-west", 52.368, 4.904, 60, 4.0),
-    city("lon", "London", "uk-ie", 51.507, -0.128, 0, 8.0),
-    city("man", "Manchester", "uk-ie", 53.481, -2.243, 0, 3.0),
-    city("dub", "Dublin", "uk-ie", 53.350, -6.260, 0, 2.0),
-    city("nyc", "New York", "us-east", 40.713, -74.006, -300, 7.0),
-    city("bos", "Boston", "us-east", 42.360, -71.059, -300, 2.5),
-    city("atl", "Atlanta", "us-east", 33.749, -84.388, -300, 3.0),
-    city("chi", "Chicago", "us-central", 41.878, -87.630, -360, 4.5),
-    city("dal", "Dallas", "us-central", 32.777, -96.797, -360, 3.5),
-    city("lax", "Los Angeles", "us-west", 34.052, -118.244, -480, 5.0),
-    city("sea", "Seattle", "us-west", 47.606, -122.332, -480, 2.0),
-    city("tyo", "Tokyo", "apac", 35.676, 139.650, 540, 3.0),
-    city("sin", "Singapore", "apac", 1.352, 103.820, 480, 1.5),
-    city("syd", "Sydney", "apac", -33.869, 151.209, 600, 1.5),
+    city("ber", "Berlin", "eu-central", 52.520, 13.405, 60, "Europe/Berlin", 9.0),
+    city("muc", "Munich", "eu-central", 48.137, 11.575, 60, "Europe/Berlin", 6.0),
+    city("ham", "Hamburg", "eu-central", 53.551, 9.994, 60, "Europe/Berlin", 5.0),
+    city("vie", "Vienna", "eu-central", 48.208, 16.373, 60, "Europe/Vienna", 4.0),
+    city("prg", "Prague", "eu-central", 50.076, 14.438, 60, "Europe/Prague", 2.5),
+    city("par", "Paris", "eu-west", 48.857, 2.352, 60, "Europe/Paris", 8.0),
+    city("lyo", "Lyon", "eu-west", 45.764, 4.836, 60, "Europe/Paris", 3.0),
+    city("mad", "Madrid", "eu-west", 40.417, -3.704, 60, "Europe/Madrid", 5.0),
+    city("ams", "Amsterdam", "eu-west", 52.368, 4.904, 60, "Europe/Amsterdam", 4.0),
+    city("lon", "London", "uk-ie", 51.507, -0.128, 0, "Europe/London", 8.0),
+    city("man", "Manchester", "uk-ie", 53.481, -2.243, 0, "Europe/London", 3.0),
+    city("dub", "Dublin", "uk-ie", 53.350, -6.260, 0, "Europe/Dublin", 2.0),
+    city("nyc", "New York", "us-east", 40.713, -74.006, -300, "America/New_York", 7.0),
+    city("bos", "Boston", "us-east", 42.360, -71.059, -300, "America/New_York", 2.5),
+    city("atl", "Atlanta", "us-east", 33.749, -84.388, -300, "America/New_York", 3.0),
+    city("chi", "Chicago", "us-central", 41.878, -87.630, -360, "America/Chicago", 4.5),
+    city("dal", "Dallas", "us-central", 32.777, -96.797, -360, "America/Chicago", 3.5),
+    city("lax", "Los Angeles", "us-west", 34.052, -118.244, -480, "America/Los_Angeles", 5.0),
+    city("sea", "Seattle", "us-west", 47.606, -122.332, -480, "America/Los_Angeles", 2.0),
+    city("tyo", "Tokyo", "apac", 35.676, 139.650, 540, "Asia/Tokyo", 3.0),
+    city("sin", "Singapore", "apac", 1.352, 103.820, 480, "Asia/Singapore", 1.5),
+    city("syd", "Sydney", "apac", -33.869, 151.209, 600, "Australia/Sydney", 1.5),
 ];
 
 struct ModelSpec {
@@ -190,6 +195,7 @@ pub fn depots() -> Vec<Depot> {
                 lon: c.lon,
             },
             utc_offset_minutes: c.utc_offset_minutes,
+            time_zone: Some(c.time_zone.to_owned()),
         })
         .collect();
     depots.sort_by(|a, b| a.id.cmp(&b.id));

@@ -19,6 +19,7 @@ mod metrics;
 mod mqtt;
 mod plan;
 mod release;
+mod schedule;
 mod score;
 mod serve;
 mod sim;

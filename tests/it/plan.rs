@@ -528,8 +528,12 @@ fn windows_and_blackouts_are_respected() {
     let mut eu_central_before_end = 0;
     for slot in &plan.schedule.slots {
         let depot = &fleet.depots[slot.depot.expect("known depot") as usize];
-        let local_min =
-            (slot.at.secs() + i64::from(depot.utc_offset_minutes) * 60).rem_euclid(86_400) / 60;
+        // The depot's local time with its zone's daylight-saving time (issue 20).
+        let local_min = depot
+            .local_clock()
+            .expect("synthetic depots name known zones")
+            .local_second_of_day(slot.at)
+            / 60;
         let in_window = if depot.region == "us-east" {
             !(60..23 * 60).contains(&local_min)
         } else {
@@ -602,8 +606,8 @@ fn critical_devices_at_peak_stay_out_of_the_canary() {
     );
     let plan = make_plan(&fleet, &release, &[], &policy, 1);
     let at_peak = |d: &Device| {
-        let offset = fleet.depot(&d.depot).expect("depot").utc_offset_minutes;
-        let local_min = (now().secs() / 60 + i64::from(offset)).rem_euclid(1440);
+        let clock = fleet.depot(&d.depot).expect("depot").local_clock();
+        let local_min = clock.expect("a known zone").local_second_of_day(now()) / 60;
         (8 * 60..20 * 60).contains(&local_min)
     };
     let expected = fleet

@@ -38,6 +38,7 @@ pub mod ddi;
 pub mod health;
 pub mod lease;
 pub mod metrics;
+pub mod pacing;
 pub mod state;
 #[cfg(test)]
 mod tests;
@@ -130,6 +131,10 @@ pub struct EngineControl {
     /// Where the run keeps a snapshot of its report, refreshed about once a second while it
     /// runs (`convoy rollout run --metrics-listen` serves it as Prometheus metrics).
     pub live: Option<LiveReport>,
+    /// Pace a new rollout's offers by this schedule (the planning policy's rate, windows,
+    /// blackouts and cap), kept in its log so a resumed run follows it too. `None`: each wave
+    /// is offered at once (a resumed run follows whatever its log says).
+    pub schedule: Option<convoy_core::plan::pacing::OfferSchedule>,
 }
 
 /// The running engine's report, as of its last refresh (`None` before the first).
@@ -262,6 +267,10 @@ pub struct EngineReport {
     /// What the DDI link did, when the run served DDI devices.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ddi: Option<ddi::DdiReport>,
+    /// The offer schedule's state (devices waiting, the next offer time and why they wait),
+    /// when the rollout paces its offers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<pacing::ScheduleReport>,
     pub notes: Vec<String>,
 }
 
@@ -486,7 +495,13 @@ pub async fn run_with(
                 began: Instant::now(),
                 scale: opts.time_scale,
             };
-            let rollout = create_rollout(&mut store, &opts, &fleet, clock.now())?;
+            let rollout = create_rollout(
+                &mut store,
+                &opts,
+                &fleet,
+                control.schedule.clone(),
+                clock.now(),
+            )?;
             store.record_run_clock(&crate::store::events::RunClock {
                 rollout_id: opts.rollout_id.clone(),
                 release_id: opts.manifest.release_id().to_owned(),
@@ -530,6 +545,7 @@ pub async fn run_with(
         began: Instant::now(),
         send_tx,
     };
+    shell.state.start_pacing(now);
     if let Some(adopted) = resumed {
         let wall = shell.wall();
         shell
@@ -689,6 +705,7 @@ fn create_rollout(
     store: &mut Store,
     opts: &EngineOptions,
     fleet: &Fleet,
+    schedule: Option<convoy_core::plan::pacing::OfferSchedule>,
     now: Timestamp,
 ) -> Result<Rollout> {
     if store.run_clock(&opts.rollout_id)?.is_some() {
@@ -712,6 +729,11 @@ fn create_rollout(
         rollout
             .approve(now, operator)
             .with_context(|| format!("recording the approval of {operator}"))?;
+    }
+    if let Some(schedule) = schedule {
+        rollout
+            .pace_offers(now, schedule)
+            .with_context(|| format!("pacing the offers of rollout {}", opts.rollout_id))?;
     }
     if !rollout.approval_complete() {
         bail!(

@@ -182,6 +182,8 @@ enum Task {
     RolloutTimeout(Timestamp),
     /// Carries out the rollout's next action, and comes back for the one after.
     Actions(Timestamp),
+    /// Offers what the schedule allows now (paced offers).
+    Pace(Timestamp),
     SetActor(String),
     DdiAssignWaiting(Timestamp),
     /// Writes the rollout's new events to the log, the timeline and device histories.
@@ -254,6 +256,8 @@ pub struct EngineState {
     last_wall: Duration,
     /// The DDI side's bookkeeping, when the run serves DDI devices.
     pub(super) ddi: Option<DdiState>,
+    /// The offer schedule, when the rollout paces its offers (`engine/pacing.rs`).
+    pub(super) pacing: Option<super::pacing::Pacing>,
     ready: VecDeque<Output>,
     tasks: VecDeque<Task>,
     committing: Option<PendingDecision>,
@@ -306,6 +310,7 @@ impl EngineState {
             last_resend_check: Duration::ZERO,
             last_wall: Duration::ZERO,
             ddi,
+            pacing: None,
             ready: VecDeque::new(),
             tasks: VecDeque::new(),
             committing: None,
@@ -386,11 +391,17 @@ impl EngineState {
         self.transmit.pop_front()
     }
 
-    /// The next simulated moment something is due: a health sample or the rollout's timeout.
+    /// The next simulated moment something is due: a health sample, the rollout's timeout or
+    /// the next paced offer.
     pub fn poll_timeout(&self) -> Timestamp {
         let mut t = self.next_flush;
         if let Some(timeout) = self.rollout.poll_timeout() {
             t = t.min(timeout);
+        }
+        if matches!(self.rollout.phase(), Phase::Running { .. })
+            && let Some(offer) = self.next_offer_at()
+        {
+            t = t.min(offer);
         }
         t
     }
@@ -426,7 +437,9 @@ impl EngineState {
                     .in_flight
                     .iter()
                     .sum::<u32>()
-                    .saturating_sub(self.ddi_waiting_in_flight());
+                    .saturating_sub(self.ddi_waiting_in_flight())
+                    // Devices whose paced offer has not gone out will not move while paused.
+                    .saturating_sub(self.rollout.state().owed.iter().sum::<u32>());
                 let settled = in_flight == 0 && self.rollout.state().rollback_pending == 0;
                 let waited = now.secs_since(since) >= self.rollout.spec().gates.silent_after_secs;
                 (settled || waited).then_some(FinalState::Paused)
@@ -449,6 +462,7 @@ impl EngineState {
             Task::SamplePeriod(now),
             Task::RolloutTimeout(now),
             Task::Actions(now),
+            Task::Pace(now),
             Task::Persist,
             Task::FlushWrites(now),
             Task::Resend(wall),
@@ -856,6 +870,9 @@ impl EngineState {
                 source,
             });
         }
+        if matches!(command, OperatorCommand::Exclude { .. }) {
+            self.prune_waiting();
+        }
         self.ready
             .push_back(Output::Write(StoreWrite::Audit(AuditEntry {
                 time: now,
@@ -1082,6 +1099,7 @@ impl EngineState {
                     self.act(now, action)?;
                 }
             }
+            Task::Pace(now) => self.pace(now)?,
             Task::SetActor(actor) => self.actor = actor,
             Task::DdiAssignWaiting(now) => self.ddi_assign_waiting(now),
             Task::Persist => self.persist_events(),
@@ -1200,6 +1218,11 @@ impl EngineState {
         let release_id = self.config.release_id.clone();
         match action {
             RolloutAction::Offer { wave, device_ids } => {
+                // Paced: the devices wait for the schedule (`engine/pacing.rs`).
+                if self.pace_wave(wave, &device_ids) {
+                    self.tasks.push_front(Task::Pace(now));
+                    return Ok(());
+                }
                 // The canonical form of what was verified, never the file as it came in;
                 // serde_json writes this value back byte for byte (sorted keys, no whitespace).
                 let manifest =
@@ -1347,9 +1370,19 @@ impl EngineState {
             .map_or_else(|| format!("wave {wave}"), |w| w.name.clone())
     }
 
+    /// A rollout timeline entry by the engine.
+    pub(super) fn timeline(&mut self, now: Timestamp, kind: &str, payload: serde_json::Value) {
+        self.ready.push_back(Output::Write(StoreWrite::Timeline {
+            at: now,
+            kind: kind.into(),
+            actor: ENGINE_ACTOR.into(),
+            payload,
+        }));
+    }
+
     /// Gives the decision and its commands to the shell to commit in one transaction; they are
     /// sent once it has ([`EngineState::handle_committed`]).
-    fn dispatch(
+    pub(super) fn dispatch(
         &mut self,
         now: Timestamp,
         audit_action: &str,
@@ -1655,6 +1688,7 @@ impl EngineState {
             },
             stale_outbox_commands: stale,
             ddi,
+            schedule: self.schedule_report(),
             notes,
         }
     }

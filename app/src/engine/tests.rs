@@ -145,6 +145,14 @@ struct Harness {
 
 impl Harness {
     fn new(faults: &str) -> Self {
+        Self::with_schedule(faults, None)
+    }
+
+    /// A run whose offers follow `schedule` (paced, issue 20), when given.
+    fn with_schedule(
+        faults: &str,
+        schedule: Option<convoy_core::plan::pacing::OfferSchedule>,
+    ) -> Self {
         let fleet = t300_fleet();
         let (verified, trust) = release();
         let faults = Faults::parse(faults, &fleet).expect("faults");
@@ -161,6 +169,9 @@ impl Harness {
         };
         let mut rollout = Rollout::new(START, spec, &fleet).expect("a valid rollout");
         rollout.approve(START, "alice").expect("alice approves");
+        if let Some(schedule) = schedule {
+            rollout.pace_offers(START, schedule).expect("paced");
+        }
         let topics = Topics::default_prefix();
         let config = StateConfig {
             rollout_id: "r1".into(),
@@ -182,6 +193,7 @@ impl Harness {
             SCALE,
         );
         let mut state = EngineState::new(config, rollout, fleet, None, START);
+        state.start_pacing(START);
         state.handle_link_event(START, LinkEvent::Connected);
         let mut h = Self {
             state,
@@ -670,4 +682,124 @@ fn a_broker_lost_for_a_minute_is_on_the_timeline_once_and_its_return_too() {
     h.drain();
     assert_eq!(lost(&h, "link.lost"), 1);
     assert_eq!(lost(&h, "link.restored"), 1);
+}
+
+/// Issue 20: a paced run offers at most the rate each minute, stops offering while an operator
+/// holds it paused and goes on at the ramp's rate after the resume (no catch-up, no restart),
+/// records why offers wait, and its log replays.
+#[test]
+fn paced_offers_keep_the_rate_stop_while_paused_and_continue_the_ramp() {
+    use convoy_core::plan::pacing::OfferSchedule;
+    use convoy_core::plan::policy::{PlanningPolicy, RateLimit};
+    let policy = PlanningPolicy {
+        rate: RateLimit::Exponential {
+            start_per_minute: 2,
+            factor: 2.0,
+            every_devices: 20,
+            max_per_minute: 16,
+        },
+        ..PlanningPolicy::default()
+    };
+    let schedule = OfferSchedule::from_policy(&policy, 1_000_000);
+    let mut h = Harness::with_schedule(r#"{"faults": []}"#, Some(schedule));
+    h.hold = true;
+    // The canary's 30 go at 2 a minute, then 4 (after 20 offered).
+    h.run_until(3600, |h| {
+        h.devices_in(DeviceState::Pending) < h.state.rollout().state().device_ids.len() - 24
+    });
+    let before_pause = h.offers();
+    let paused_at = h.now;
+    h.state
+        .handle_operator(
+            h.now,
+            "bob",
+            &OperatorCommand::Pause {
+                reason: "shift change".into(),
+            },
+        )
+        .expect("pause");
+    h.drain();
+    h.run(3 * 3600);
+    assert_eq!(h.offers(), before_pause, "no offer while paused");
+    assert!(
+        h.state.schedule_report().is_some_and(
+            |r| r.waiting_because.as_deref() == Some("paused: the schedule's clock is stopped")
+        ),
+        "{:?}",
+        h.state.schedule_report()
+    );
+    h.state
+        .handle_operator(
+            h.now,
+            "bob",
+            &OperatorCommand::Resume {
+                reason: "back".into(),
+            },
+        )
+        .expect("resume");
+    h.drain();
+    let resumed_at = h.now;
+    let waiting_at_resume = h.state.rollout().awaiting_offer().len() as u64;
+    assert!(
+        waiting_at_resume > 0,
+        "the canary still had devices to offer"
+    );
+    let end = h.run(3 * 86_400);
+    assert_eq!(
+        end,
+        Some(FinalState::Completed),
+        "{:?}",
+        h.state.rollout().phase()
+    );
+    // Offer decisions by minute: none above the rate in force, none while paused, and the
+    // first minute after the resume offers at the ramp's rate, not back at 2.
+    let log = h.state.rollout().events();
+    let mut offered = 0u64;
+    let mut first_after_resume = None;
+    for e in log {
+        if let convoy_core::rollout::EventKind::Offered { devices } = &e.kind {
+            let rate = policy.rate.per_minute(offered);
+            assert!(
+                devices.len() as u64 <= rate,
+                "{} > {rate} at {}",
+                devices.len(),
+                e.at
+            );
+            assert!(
+                !(paused_at < e.at && e.at < resumed_at),
+                "offered while paused at {}",
+                e.at
+            );
+            if e.at >= resumed_at && first_after_resume.is_none() {
+                first_after_resume = Some((devices.len(), rate));
+            }
+            offered += devices.len() as u64;
+        }
+    }
+    let (n, rate) = first_after_resume.expect("offers after the resume");
+    assert!(
+        rate >= 4,
+        "the ramp went on from {rate}, it did not start over at 2"
+    );
+    assert_eq!(
+        n as u64,
+        rate.min(waiting_at_resume),
+        "the first minute after the resume"
+    );
+    assert_eq!(offered as usize, h.state.rollout().state().device_ids.len());
+    assert!(
+        h.timeline.iter().any(|(k, _)| k == "schedule.waiting"),
+        "{:?}",
+        h.timeline
+    );
+    let replayed = Rollout::replay(log.to_vec()).expect("replays");
+    let a = serde_json::to_value(replayed.state()).expect("json");
+    let b = serde_json::to_value(h.state.rollout().state()).expect("json");
+    // All but the silence deadlines, a queue with lazy deletion that a live rollout also
+    // pops on its timeouts (which leave no event), so it is not part of what replays equal.
+    for (k, v) in a.as_object().expect("object") {
+        if k != "silence_queue" {
+            assert_eq!(Some(v), b.get(k), "{k} differs after replay");
+        }
+    }
 }

@@ -286,6 +286,7 @@ pub fn proportion_series(rollout: &Rollout, step_secs: i64) -> Vec<MetricSeries>
     let step = step_secs.max(1);
     let mut next_point = start + step;
     let mut dirty = false;
+    let mut paced = false;
     let heard = |d: &mut Outcome, out: &mut OutcomeAgg| {
         if d.silent {
             d.silent = false;
@@ -301,6 +302,18 @@ pub fn proportion_series(rollout: &Rollout, step_secs: i64) -> Vec<MetricSeries>
             next_point += step * ((e.at.secs() - next_point) / step + 1);
         }
         match &e.kind {
+            // Paced offers (issue 20): a wave's devices are offered by `Offered` events.
+            EventKind::OffersPaced { .. } => paced = true,
+            EventKind::Offered { devices: offered } => {
+                for &i in offered {
+                    if let Some(d) = devices.get_mut(i as usize)
+                        && d.state == DeviceState::Pending
+                    {
+                        d.state = DeviceState::Offered;
+                    }
+                }
+            }
+            EventKind::WaveStarted { .. } if paced => {}
             EventKind::WaveStarted { wave } => {
                 for &i in state.wave_members.get(*wave).into_iter().flatten() {
                     if let Some(d) = devices.get_mut(i as usize)

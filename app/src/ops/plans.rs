@@ -105,6 +105,26 @@ pub(crate) fn read_section<T: serde::de::DeserializeOwned + Default>(
     }
 }
 
+/// The fields of the `"planning"` section that make an offer schedule.
+const SCHEDULE_FIELDS: [&str; 5] = [
+    "rate",
+    "windows",
+    "blackouts",
+    "exceptions",
+    "bandwidth_cap_bytes_per_hour",
+];
+
+/// Whether a policy file's `"planning"` section sets a schedule of its own (a rate, windows,
+/// blackouts, exceptions or a bandwidth cap): the engine then paces its offers by it. A policy
+/// without one leaves the engine offering each wave at once, as before schedules ran.
+pub fn names_a_schedule(path: &Path) -> Result<bool> {
+    let value: serde_json::Value = read_json(path)?;
+    Ok(value
+        .get("planning")
+        .and_then(serde_json::Value::as_object)
+        .is_some_and(|p| SCHEDULE_FIELDS.iter().any(|f| p.contains_key(*f))))
+}
+
 /// A byte count for people, in decimal units (`1.5 MB`).
 pub fn bytes_text(bytes: u64) -> String {
     let b = bytes as f64;

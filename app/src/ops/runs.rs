@@ -81,7 +81,9 @@ pub struct RunArgs {
     /// engine plans from the cache's fleet.
     #[arg(long)]
     pub plan: Option<PathBuf>,
-    /// Policy file (`"planning"` and `"gates"` sections) used when planning here.
+    /// Policy file (`"planning"` and `"gates"` sections) used when planning here; a schedule in
+    /// its planning section (rate, windows, blackouts, exceptions, bandwidth cap) also paces
+    /// the offers.
     #[arg(long)]
     pub policy: Option<PathBuf>,
     /// Seed of the canary and wave order when planning here.
@@ -364,6 +366,18 @@ pub fn engine_options(args: &RunArgs) -> Result<(EngineOptions, EngineControl)> 
     link.client_cert_file.clone_from(&args.client_cert);
     link.client_key_file.clone_from(&args.client_key);
     link.time_scale = args.time_scale;
+    // A policy that sets a schedule (rate, windows, blackouts, cap) paces the engine's offers
+    // as `convoy plan` simulated them (docs/ENGINE.md, "Offer schedule").
+    let paced = match &args.policy {
+        Some(p) if !args.resume => super::plans::names_a_schedule(p)?,
+        _ => false,
+    };
+    let schedule = paced.then(|| {
+        convoy_core::plan::pacing::OfferSchedule::from_policy(
+            &planning,
+            manifest.spec().download_bytes(),
+        )
+    });
     let sample_period_secs = args.sample_secs.unwrap_or(gates.evaluate_every_secs).max(1);
     let options = EngineOptions {
         db,
@@ -398,6 +412,7 @@ pub fn engine_options(args: &RunArgs) -> Result<(EngineOptions, EngineControl)> 
             StartMode::New
         },
         started_by: Some(operator_name(args.operator.as_deref())),
+        schedule,
         ..EngineControl::default()
     };
     Ok((options, control))

@@ -356,7 +356,7 @@ impl Store {
     /// Depots sorted by id.
     pub fn load_depots(&self) -> Result<Vec<Depot>> {
         let mut stmt = self.conn.prepare(
-            "SELECT id, name, region, lat, lon, utc_offset_minutes FROM depots ORDER BY id",
+            "SELECT id, name, region, lat, lon, utc_offset_minutes, time_zone FROM depots ORDER BY id",
         )?;
         let rows = stmt.query_map([], |r| {
             Ok(Depot {
@@ -368,6 +368,7 @@ impl Store {
                     lon: r.get(4)?,
                 },
                 utc_offset_minutes: r.get(5)?,
+                time_zone: r.get(6)?,
             })
         })?;
         rows.collect::<rusqlite::Result<_>>()
@@ -577,12 +578,38 @@ fn device_from_row(r: &rusqlite::Row<'_>, id: String) -> Result<Device> {
 }
 
 pub(crate) fn upsert_depots(tx: &Transaction<'_>, depots: &[Depot]) -> Result<()> {
+    // A cache held at a version before zones (only the schema tests open one) has no column
+    // for them: its depots are written as that version knew them.
+    if tx
+        .prepare_cached("SELECT time_zone FROM depots LIMIT 0")
+        .is_err()
+    {
+        let mut stmt = tx.prepare_cached(
+            "INSERT INTO depots(id, name, region, lat, lon, utc_offset_minutes)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT(id) DO UPDATE SET name = excluded.name, region = excluded.region,
+                 lat = excluded.lat, lon = excluded.lon,
+                 utc_offset_minutes = excluded.utc_offset_minutes",
+        )?;
+        for d in depots {
+            stmt.execute(params![
+                d.id,
+                d.name,
+                d.region,
+                d.position.lat,
+                d.position.lon,
+                d.utc_offset_minutes
+            ])
+            .with_context(|| format!("writing depot {}", d.id))?;
+        }
+        return Ok(());
+    }
     let mut stmt = tx.prepare_cached(
-        "INSERT INTO depots(id, name, region, lat, lon, utc_offset_minutes)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+        "INSERT INTO depots(id, name, region, lat, lon, utc_offset_minutes, time_zone)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
          ON CONFLICT(id) DO UPDATE SET name = excluded.name, region = excluded.region,
              lat = excluded.lat, lon = excluded.lon,
-             utc_offset_minutes = excluded.utc_offset_minutes",
+             utc_offset_minutes = excluded.utc_offset_minutes, time_zone = excluded.time_zone",
     )?;
     for d in depots {
         stmt.execute(params![
@@ -591,7 +618,8 @@ pub(crate) fn upsert_depots(tx: &Transaction<'_>, depots: &[Depot]) -> Result<()
             d.region,
             d.position.lat,
             d.position.lon,
-            d.utc_offset_minutes
+            d.utc_offset_minutes,
+            d.time_zone
         ])
         .with_context(|| format!("writing depot {}", d.id))?;
     }

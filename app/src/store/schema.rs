@@ -365,7 +365,11 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE INDEX alert_outbox_due ON alert_outbox(state, next_ms);
     CREATE INDEX alert_outbox_thread ON alert_outbox(channel, incident, id);
     ",
-    // v9 (issue 19): saved cohorts, named fleet searches (`convoy_core::search`) read again at
+    // A depot's tz database zone (issue 20): NULL keeps its fixed utc_offset_minutes.
+    "
+    ALTER TABLE depots ADD COLUMN time_zone TEXT;
+    ",
+    // v10 (issue 19): saved cohorts, named fleet searches (`convoy_core::search`) read again at
     // every use, so they pick up devices that match later (dynamic groups).
     r"
     CREATE TABLE cohorts (
@@ -375,7 +379,7 @@ pub const MIGRATIONS: &[&str] = &[
         created     INTEGER NOT NULL
     ) WITHOUT ROWID;
     ",
-    // v10 (issue 20): signals the gates count besides telemetry: support tickets and customer
+    // v11 (issue 20): signals the gates count besides telemetry: support tickets and customer
     // reports per device, from a support system over the API or imported from a file. `source`
     // and `reference` (the ticket's own id) make an import idempotent.
     r"
@@ -391,6 +395,9 @@ pub const MIGRATIONS: &[&str] = &[
     );
     ",
 ];
+
+/// The version that gave depots their `time_zone` column.
+pub const DEPOT_ZONES_VERSION: u32 = 9;
 
 /// The schema version a fresh or upgraded cache has.
 pub const LATEST_VERSION: u32 = MIGRATIONS.len() as u32;

@@ -157,8 +157,20 @@ fn default_path_follows_the_environment_rules() {
 
 #[test]
 fn upgrades_a_populated_cache_from_every_earlier_version() {
-    let original = fleet(300, 8);
+    let zoned = fleet(300, 8);
+    assert!(
+        schema::MIGRATIONS[(schema::DEPOT_ZONES_VERSION - 1) as usize]
+            .contains("depots ADD COLUMN time_zone"),
+        "DEPOT_ZONES_VERSION names the step that adds the column"
+    );
     for k in 0..schema::LATEST_VERSION {
+        // Depots name their time zone only from the version that added the column.
+        let mut original = zoned.clone();
+        if k < schema::DEPOT_ZONES_VERSION {
+            for d in &mut original.depots {
+                d.time_zone = None;
+            }
+        }
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("old.db");
         {

@@ -13,6 +13,7 @@
 pub mod canary;
 pub mod eligibility;
 pub mod graph;
+pub mod pacing;
 pub mod policy;
 pub mod schedule;
 pub mod waves;
@@ -668,10 +669,13 @@ mod tests {
                 }
                 let window = policy::LocalRange { start: policy.windows[0].start, end: policy.windows[0].end };
                 for slot in &plan.schedule.slots {
-                    let offset = slot
-                        .depot
-                        .map_or(0, |d| i64::from(fleet.depots[d as usize].utc_offset_minutes));
-                    let minute = ((slot.at.secs() / 60 + offset).rem_euclid(1440)) as u16;
+                    let offset_secs = slot.depot.map_or(0, |d| {
+                        fleet.depots[d as usize]
+                            .local_clock()
+                            .expect("synthetic zones are known")
+                            .offset_secs_at(slot.at)
+                    });
+                    let minute = ((slot.at.secs() + offset_secs).rem_euclid(86_400) / 60) as u16;
                     prop_assert!(window.contains(minute));
                 }
             }

@@ -3,13 +3,15 @@
 //! bandwidth cap.
 //!
 //! Devices are grouped by home depot, because a depot fixes both the region (whose windows and
-//! blackouts apply) and the UTC offset (which turns local windows into instants). The simulator
-//! steps one minute at a time: in each minute it offers up to the rate limit, never more than
-//! the bytes left in the current UTC clock hour allow, spread across the depots whose window is
-//! open. It counts devices, not which device goes when: the dispatcher picks devices within a
-//! wave. Daylight-saving changes are not modelled: depots carry a standard-time offset.
+//! blackouts apply) and the local clock (its tz database zone with daylight-saving time, or a
+//! fixed offset for depots that name no zone), which turns local windows into instants. The
+//! simulator steps one minute at a time: in each minute it offers up to the rate limit, never
+//! more than the bytes left in the current UTC clock hour allow, spread across the depots whose
+//! window is open. It counts devices, not which device goes when; the engine's pacing
+//! (`super::pacing`) applies the same minute rule ([`minute_allowance`], [`water_fill`]) to the
+//! devices themselves at run time.
 
-use crate::fleet::Fleet;
+use crate::fleet::{Fleet, LocalClock};
 use crate::time::Timestamp;
 use serde::Serialize;
 
@@ -19,7 +21,7 @@ use super::policy::{LocalRange, PlanningPolicy, RateLimit};
 #[derive(Clone, Debug)]
 struct Group {
     region: String,
-    offset_secs: i64,
+    clock: LocalClock,
     /// Union of windows; empty means always open.
     windows: Vec<LocalRange>,
 }
@@ -72,14 +74,18 @@ impl Calendar {
             .iter()
             .map(|d| Group {
                 region: d.region.clone(),
-                offset_secs: i64::from(d.utc_offset_minutes) * 60,
+                // An unknown zone name is refused where fleets are read (`fleet_io`); a fleet
+                // built in code that names one falls back to the depot's fixed offset.
+                clock: d.local_clock().unwrap_or(LocalClock::Fixed {
+                    offset_secs: i64::from(d.utc_offset_minutes) * 60,
+                }),
                 windows: windows_for(&d.region),
             })
             .collect();
         // Devices whose depot is unknown: UTC, and only the windows for every region.
         groups.push(Group {
             region: "*".to_owned(),
-            offset_secs: 0,
+            clock: LocalClock::Fixed { offset_secs: 0 },
             windows: windows_for("*"),
         });
         Self {
@@ -109,16 +115,32 @@ impl Calendar {
 
     /// Minutes after local midnight at `t` for a group.
     pub fn local_minute(&self, group: usize, t: Timestamp) -> u16 {
-        ((t.secs() + self.groups[group].offset_secs).rem_euclid(86_400) / 60) as u16
+        (self.groups[group].clock.local_second_of_day(t) / 60) as u16
+    }
+
+    /// The region of a group (`"*"` for devices whose depot is unknown).
+    pub fn region(&self, group: usize) -> &str {
+        &self.groups[group].region
+    }
+
+    /// Whether a group has maintenance windows (none: open at any hour).
+    pub fn has_windows(&self, group: usize) -> bool {
+        !self.groups[group].windows.is_empty()
+    }
+
+    /// Whether the group's maintenance window is open at `t` (blackouts aside).
+    pub fn window_open(&self, group: usize, t: Timestamp) -> bool {
+        let g = &self.groups[group];
+        g.windows.is_empty() || {
+            let minute = self.local_minute(group, t);
+            g.windows.iter().any(|w| w.contains(minute))
+        }
     }
 
     pub fn openness(&self, group: usize, t: Timestamp) -> Openness {
         let g = &self.groups[group];
-        if !g.windows.is_empty() {
-            let minute = self.local_minute(group, t);
-            if !g.windows.iter().any(|w| w.contains(minute)) {
-                return Openness::Closed;
-            }
+        if !self.window_open(group, t) {
+            return Openness::Closed;
         }
         let applies = |region: &str| region == "*" || region == g.region;
         let blacked = self
@@ -150,6 +172,52 @@ impl Calendar {
         }
         None
     }
+}
+
+/// How many devices one minute may offer: the rate after `offered` devices, no more than the
+/// bytes left in the UTC clock hour allow (`used_bytes` already offered in it), and no more
+/// than `open_devices` waiting in open depots. `None` when the hour's budget is spent.
+pub fn minute_allowance(
+    rate: &RateLimit,
+    offered: u64,
+    cap_bytes_per_hour: Option<u64>,
+    used_bytes: u64,
+    bytes_per_device: u64,
+    open_devices: u64,
+) -> Option<u64> {
+    let budget = match cap_bytes_per_hour {
+        Some(cap) if bytes_per_device > 0 => cap.saturating_sub(used_bytes) / bytes_per_device,
+        _ => u64::MAX,
+    };
+    if budget == 0 {
+        return None;
+    }
+    Some(rate.per_minute(offered).min(budget).min(open_devices))
+}
+
+/// Spreads `n` offers over the open groups (`remaining[g]` devices waiting in each): an even
+/// share per group, the remainder to the first ones, so that depots in different time zones
+/// progress together. Returns `(group, devices)` in the order taken, and takes them off
+/// `remaining`.
+pub fn water_fill(mut n: u64, open: &[usize], remaining: &mut [u64]) -> Vec<(usize, u64)> {
+    let mut taken = Vec::new();
+    let mut left: Vec<usize> = open.to_vec();
+    while n > 0 && !left.is_empty() {
+        let share = (n / left.len() as u64).max(1);
+        for &g in &left {
+            if n == 0 {
+                break;
+            }
+            let take = share.min(remaining[g]).min(n);
+            remaining[g] -= take;
+            n -= take;
+            if take > 0 {
+                taken.push((g, take));
+            }
+        }
+        left.retain(|&g| remaining[g] > 0);
+    }
+    taken
 }
 
 /// Devices and bytes offered in one UTC clock hour.
@@ -247,52 +315,38 @@ impl<'c> Simulator<'c> {
                 });
             }
             let used = self.hours.last().map_or(0, |h| h.bytes);
-            let budget = match self.cap_bytes_per_hour {
-                Some(cap) if bytes_per_device > 0 => cap.saturating_sub(used) / bytes_per_device,
-                _ => u64::MAX,
-            };
-            if budget == 0 {
+            let open_total: u64 = open.iter().map(|(g, _)| remaining[*g]).sum();
+            let Some(n) = minute_allowance(
+                &self.rate,
+                self.offered,
+                self.cap_bytes_per_hour,
+                used,
+                bytes_per_device,
+                open_total,
+            ) else {
                 t = hour_start.plus_secs(3600);
                 continue;
-            }
-            let open_total: u64 = open.iter().map(|(g, _)| remaining[*g]).sum();
-            let mut n = self
-                .rate
-                .per_minute(self.offered)
-                .min(budget)
-                .min(open_total);
+            };
             let offered_now = n;
-            // Water-fill: an even share per open group, the remainder to the first ones, so
-            // that depots in different time zones progress together.
-            let mut left: Vec<usize> = open.iter().map(|(g, _)| *g).collect();
-            while n > 0 && !left.is_empty() {
-                let share = (n / left.len() as u64).max(1);
-                for &g in &left {
-                    if n == 0 {
-                        break;
+            let groups: Vec<usize> = open.iter().map(|(g, _)| *g).collect();
+            for (g, take) in water_fill(n, &groups, &mut remaining) {
+                let exception = match open.iter().find(|(x, _)| *x == g) {
+                    Some((_, Openness::ByException(e))) => {
+                        self.exception_devices[*e] += take;
+                        Some(*e as u32)
                     }
-                    let take = share.min(remaining[g]).min(n);
-                    remaining[g] -= take;
-                    n -= take;
-                    let exception = match open.iter().find(|(x, _)| *x == g) {
-                        Some((_, Openness::ByException(e))) => {
-                            self.exception_devices[*e] += take;
-                            Some(*e as u32)
-                        }
-                        _ => None,
-                    };
-                    let depot = (g + 1 < self.calendar.groups.len()).then_some(g as u32);
-                    match self.slots.last_mut() {
-                        Some(s) if s.at == t && s.depot == depot => s.devices += take,
-                        _ => self.slots.push(OfferSlot {
-                            at: t,
-                            depot,
-                            devices: take,
-                            exception,
-                        }),
-                    }
+                    _ => None,
+                };
+                let depot = (g + 1 < self.calendar.groups.len()).then_some(g as u32);
+                match self.slots.last_mut() {
+                    Some(s) if s.at == t && s.depot == depot => s.devices += take,
+                    _ => self.slots.push(OfferSlot {
+                        at: t,
+                        depot,
+                        devices: take,
+                        exception,
+                    }),
                 }
-                left.retain(|&g| remaining[g] > 0);
             }
             total -= offered_now;
             self.offered += offered_now;

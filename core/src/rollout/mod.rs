@@ -78,8 +78,16 @@ pub struct RolloutState {
     pub updated: Vec<Vec<CohortAgg>>,
     /// Update outcomes per wave, per stratum.
     pub outcomes: Vec<Vec<OutcomeAgg>>,
-    /// Devices offered and not finished nor silent, per wave.
+    /// Devices offered and not finished nor silent, per wave; with paced offers it also counts
+    /// the wave's devices still waiting for their offer (`owed`), so the wave runs until they
+    /// are offered and finish.
     pub in_flight: Vec<u32>,
+    /// Whether started waves wait for the caller's offers ([`EventKind::OffersPaced`]).
+    #[serde(default)]
+    pub paced: bool,
+    /// Per wave: devices of a started paced wave not yet offered (still `Pending`).
+    #[serde(default)]
+    pub owed: Vec<u32>,
     pub approvals: Vec<String>,
     pub created_at: Timestamp,
     pub approved_at: Option<Timestamp>,
@@ -715,6 +723,8 @@ impl Rollout {
                 devices,
             },
         );
+        // A paced wave may have been waiting only for the devices just excluded.
+        self.after_progress(now);
         Ok(n)
     }
 
@@ -851,6 +861,102 @@ impl Rollout {
             (Phase::RolledBack, _) => refuse("it was rolled back and has ended".into()),
             (Phase::Aborted { .. }, _) => refuse("it was aborted and has ended".into()),
         }
+    }
+
+    /// Paces offers: from now on a started wave's devices stay `Pending` until
+    /// [`Rollout::offer`] offers them, and the `Offer` action of a wave start lists the devices
+    /// that wait (the caller offers them when its schedule allows). Only before the first wave.
+    pub fn pace_offers(
+        &mut self,
+        now: Timestamp,
+        schedule: crate::plan::pacing::OfferSchedule,
+    ) -> Result<(), RolloutError> {
+        let now = self.clamp(now);
+        self.require_phase(
+            "pace_offers",
+            matches!(self.state.phase, Phase::Draft | Phase::Approved) && !self.state.paced,
+            "offers are paced before the first wave, once",
+        )?;
+        self.record(RolloutEvent {
+            at: now,
+            cause: Cause::Timer,
+            kind: EventKind::OffersPaced {
+                schedule: Box::new(schedule),
+            },
+        });
+        Ok(())
+    }
+
+    /// Records that the caller offered `device_ids` of the running wave (paced offers): each
+    /// must be a member of that wave still waiting for its offer. Their silence clock starts
+    /// now.
+    pub fn offer(&mut self, now: Timestamp, device_ids: &[String]) -> Result<(), RolloutError> {
+        let now = self.clamp(now);
+        let Phase::Running { wave } = self.state.phase else {
+            return Err(RolloutError::NotAllowed {
+                command: "offer".into(),
+                phase: phase_name(&self.state.phase),
+                why: "devices are offered only while a wave runs".into(),
+            });
+        };
+        if !self.state.paced {
+            return Err(RolloutError::NotAllowed {
+                command: "offer".into(),
+                phase: phase_name(&self.state.phase),
+                why: "offers are not paced: a wave's devices are offered when it starts".into(),
+            });
+        }
+        let mut devices = Vec::with_capacity(device_ids.len());
+        for id in device_ids {
+            let i = self
+                .index(id)
+                .ok_or_else(|| RolloutError::UnknownDevice(id.clone()))?;
+            let d = self.state.devices[i as usize];
+            if usize::from(d.wave) != wave || d.state != DeviceState::Pending {
+                return Err(RolloutError::BadTransition {
+                    from: d.state,
+                    to: DeviceState::Offered,
+                    device: id.clone(),
+                });
+            }
+            devices.push(i);
+        }
+        devices.sort_unstable();
+        devices.dedup();
+        if devices.is_empty() {
+            return Ok(());
+        }
+        self.record(RolloutEvent {
+            at: now,
+            cause: Cause::Timer,
+            kind: EventKind::Offered { devices },
+        });
+        Ok(())
+    }
+
+    /// The schedule the rollout's offers follow, when they are paced.
+    pub fn offer_schedule(&self) -> Option<&crate::plan::pacing::OfferSchedule> {
+        self.events.iter().find_map(|e| match &e.kind {
+            EventKind::OffersPaced { schedule } => Some(schedule.as_ref()),
+            _ => None,
+        })
+    }
+
+    /// The devices of the running (or paused) wave still waiting for their paced offer, by id.
+    pub fn awaiting_offer(&self) -> Vec<&str> {
+        let s = &self.state;
+        let wave = match s.phase {
+            Phase::Running { wave } | Phase::Paused { wave, .. } if s.paced => wave,
+            _ => return Vec::new(),
+        };
+        s.wave_members[wave]
+            .iter()
+            .filter(|&&i| {
+                let d = &s.devices[i as usize];
+                d.state == DeviceState::Pending && !d.excluded
+            })
+            .map(|&i| s.device_ids[i as usize].as_str())
+            .collect()
     }
 
     /// The rollback window after completion: the emergency path's own, else the policy's.
@@ -1310,6 +1416,8 @@ fn initial_state(first: &RolloutEvent) -> Result<RolloutState, RolloutError> {
         updated: (0..n_waves).map(|_| per_stratum()).collect(),
         outcomes: vec![vec![OutcomeAgg::default(); strata.len()]; n_waves],
         in_flight: vec![0; n_waves],
+        paced: false,
+        owed: vec![0; n_waves],
         layout,
         phase: Phase::Draft,
         strata: strata.clone(),
@@ -1521,6 +1629,19 @@ impl RolloutState {
                 self.overridden.clear();
                 self.next_look_at = Some(at.plus_secs(every));
                 let members = self.wave_members[w].clone();
+                if self.paced {
+                    // Owed, not offered: they wait for `Offered`, and no silence clock runs.
+                    let owed = members
+                        .iter()
+                        .filter(|&&i| {
+                            let d = &self.devices[i as usize];
+                            d.state == DeviceState::Pending && !d.excluded
+                        })
+                        .count() as u32;
+                    self.owed[w] += owed;
+                    self.in_flight[w] += owed;
+                    return Ok(());
+                }
                 for i in members {
                     let d = &self.devices[i as usize];
                     if d.state == DeviceState::Pending && !d.excluded {
@@ -1530,6 +1651,37 @@ impl RolloutState {
                         self.in_flight[w] += 1;
                         self.heard(i, at);
                     }
+                }
+            }
+            EventKind::OffersPaced { .. } => {
+                if self.phase != Phase::Draft && self.phase != Phase::Approved {
+                    return Err("offers paced after a wave started".into());
+                }
+                self.paced = true;
+                if self.owed.len() != self.wave_members.len() {
+                    self.owed = vec![0; self.wave_members.len()];
+                }
+            }
+            EventKind::Offered { devices } => {
+                let Phase::Running { wave } = self.phase else {
+                    return Err("offers outside a running wave".into());
+                };
+                if !self.paced {
+                    return Err("offers of a rollout whose offers are not paced".into());
+                }
+                for &i in devices {
+                    let d = self.device(i)?;
+                    if usize::from(d.wave) != wave || d.state != DeviceState::Pending || d.excluded
+                    {
+                        return Err(format!(
+                            "device number {i} is not waiting for its offer in wave {wave}"
+                        ));
+                    }
+                    let s = usize::from(d.stratum);
+                    self.devices[i as usize].state = DeviceState::Offered;
+                    self.outcomes[wave][s].offered += 1;
+                    self.owed[wave] = self.owed[wave].saturating_sub(1);
+                    self.heard(i, at);
                 }
             }
             EventKind::Device { device, state } => {
@@ -1723,6 +1875,16 @@ impl RolloutState {
                     if !d.excluded {
                         self.devices[i as usize].excluded = true;
                         self.excluded += 1;
+                        // A paced wave that started owes this device an offer: not any more.
+                        let w = usize::from(d.wave);
+                        let started = matches!(
+                            self.phase,
+                            Phase::Running { wave } | Phase::Paused { wave, .. } if wave == w
+                        );
+                        if self.paced && started && self.owed[w] > 0 {
+                            self.owed[w] -= 1;
+                            self.in_flight[w] = self.in_flight[w].saturating_sub(1);
+                        }
                     }
                 }
             }

@@ -17,6 +17,8 @@ pub fn kind_name(kind: &EventKind) -> &'static str {
         EventKind::Approval { .. } => "approval",
         EventKind::Approved => "rollout.approved",
         EventKind::WaveStarted { .. } => "wave.started",
+        EventKind::OffersPaced { .. } => "offers.paced",
+        EventKind::Offered { .. } => "offers.sent",
         EventKind::Device { .. } => "device",
         EventKind::Telemetry { .. } => "telemetry",
         EventKind::DeviceSilent { .. } => "device.silent",
@@ -53,7 +55,12 @@ pub fn entry(
     wave_name: impl Fn(usize) -> String,
 ) -> Option<(&'static str, Value)> {
     let payload = match kind {
-        EventKind::Telemetry { .. } | EventKind::SilenceChecked | EventKind::Device { .. } => {
+        // Paced offers are on the timeline as the engine's `rollout.offer` decisions (with
+        // the wave's name) and its `schedule.waiting` entries; per-device lists stay in the log.
+        EventKind::Telemetry { .. }
+        | EventKind::SilenceChecked
+        | EventKind::Device { .. }
+        | EventKind::Offered { .. } => {
             return None;
         }
         EventKind::GateChecked {

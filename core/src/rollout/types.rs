@@ -227,6 +227,16 @@ pub enum EventKind {
     WaveStarted {
         wave: usize,
     },
+    /// From here on a started wave's devices stay `Pending` until the caller offers them
+    /// ([`super::Rollout::offer`]): the engine paces its offers by the plan's schedule. A wave
+    /// is still running until every one of its devices has been offered and has finished.
+    OffersPaced {
+        schedule: Box<crate::plan::pacing::OfferSchedule>,
+    },
+    /// The caller offered these devices (numbers, ascending) of the running wave.
+    Offered {
+        devices: Vec<u32>,
+    },
     Device {
         device: u32,
         state: DeviceState,

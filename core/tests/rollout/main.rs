@@ -10,6 +10,8 @@ use convoy_core::rollout::{
 use convoy_core::synth::{SynthOptions, generate};
 use convoy_core::time::Timestamp;
 
+mod paced;
+
 const START: Timestamp = Timestamp::from_secs(1_795_392_000);
 const DAY: i64 = 86_400;
 
