@@ -642,7 +642,12 @@ fn direct_keys(dir: &Path) -> Result<Vec<VerifyingKey>> {
         let entry = entry.with_context(|| format!("reading {}", dir.display()))?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        if name.starts_with("trusted-") && name.ends_with(".json") {
+        // The exact name (the key's own id, lower case) is checked once the key is read.
+        if name
+            .strip_prefix("trusted-")
+            .and_then(|rest| rest.strip_suffix(".json"))
+            .is_some()
+        {
             extra.push((name.to_owned(), entry.path()));
         }
     }
