@@ -2094,8 +2094,13 @@ fn an_untrusted_key_is_trusted_after_its_fingerprint_is_confirmed() {
     let own = dir.path().join("my-key");
     let (spec, _) = signed_release(&cache, &own);
     let own_id = convoy_core::manifest::KeyId::of(&convoy::keys::load_public(&own).unwrap());
-    h.get_by_label("Releases").click();
+    // The planner refuses it, and points to where the key is trusted.
+    h.get_by_label("Planner").click();
     settle(&mut h);
+    wait_for_label(&mut h, "Trust its key in Releases…");
+    click(&mut h, "Trust its key in Releases…");
+    settle(&mut h);
+    assert_eq!(h.state().state.view, convoy::gui::View::Releases);
     wait_for_label(&mut h, "untrusted key");
     assert_eq!(
         std::path::Path::new(&h.state().releases.trust_dir),
@@ -2136,5 +2141,13 @@ fn an_untrusted_key_is_trusted_after_its_fingerprint_is_confirmed() {
     )
     .unwrap();
     assert_eq!(rows.len(), 1);
-    assert_eq!(rows[0].1.as_ref().map(|r| r.id.clone()), Some(spec.id));
+    assert_eq!(
+        rows[0].1.as_ref().map(|r| r.id.clone()),
+        Some(spec.id.clone())
+    );
+    // The planner, checking again, may plan it now.
+    h.get_by_label("Planner").click();
+    settle(&mut h);
+    h.get_by_label("Check releases").click();
+    wait_for_label(&mut h, &format!("Plan {}", spec.id));
 }
