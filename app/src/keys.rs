@@ -6,6 +6,8 @@
 //! associated data, so a wrong passphrase or an altered file fails authentication instead of
 //! yielding a wrong key. A trust directory holds `keyset-1.json`, `keyset-2.json`, ...: the
 //! chain of signed key sets that `convoy_core::manifest::TrustedKeys::from_chain` verifies.
+//! A directory with no key sets trusts keys directly: its own `public.json`, and each
+//! `trusted-KEYID.json` beside it (a key an operator chose to trust, [`trust_key`]).
 //!
 //! Passphrases come from a file (`--passphrase-file`, for scripts and CI) or from a no-echo
 //! prompt when stdin is a terminal; never from a command-line argument, where other users and
@@ -601,20 +603,115 @@ pub fn load_keyset_chain(dir: &Path) -> Result<Vec<SignedKeySet>> {
 }
 
 /// What `--trust DIR` names: a trust directory (its key-set chain is verified) or, for a single
-/// operator, a key directory whose public key is trusted directly.
+/// operator, a key directory whose public key is trusted directly, with the keys trusted
+/// beside it ([`trust_key`]).
 pub fn load_trust(dir: &Path) -> Result<TrustedKeys> {
     let chain = load_keyset_chain(dir)?;
     if !chain.is_empty() {
         return TrustedKeys::from_chain(&chain)
             .with_context(|| format!("verifying the key sets in {}", dir.display()));
     }
-    if dir.join(PUBLIC_FILE).exists() {
-        return Ok(TrustedKeys::from_keys([&load_public(dir)?]));
+    let direct = direct_keys(dir)?;
+    if !direct.is_empty() {
+        return Ok(TrustedKeys::from_keys(direct.iter()));
     }
     bail!(
         "{} is neither a trust directory (keyset-1.json, ...) nor a key directory ({PUBLIC_FILE})",
         dir.display()
     )
+}
+
+/// The file of a key trusted directly beside a key directory's own.
+pub fn trusted_key_file_name(id: &KeyId) -> String {
+    format!("trusted-{id}.json")
+}
+
+/// The keys a directory with no key sets trusts directly: its `public.json`, then its
+/// `trusted-KEYID.json` files in name order, each checked against its recorded id (and its file
+/// name). A directory that does not exist trusts nothing.
+fn direct_keys(dir: &Path) -> Result<Vec<VerifyingKey>> {
+    let mut keys = Vec::new();
+    if !dir.exists() {
+        return Ok(keys);
+    }
+    if dir.join(PUBLIC_FILE).exists() {
+        keys.push(load_public(dir)?);
+    }
+    let mut extra: Vec<(String, PathBuf)> = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let entry = entry.with_context(|| format!("reading {}", dir.display()))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        // The exact name (the key's own id, lower case) is checked once the key is read.
+        if name
+            .strip_prefix("trusted-")
+            .and_then(|rest| rest.strip_suffix(".json"))
+            .is_some()
+        {
+            extra.push((name.to_owned(), entry.path()));
+        }
+    }
+    extra.sort();
+    for (name, path) in extra {
+        let file: PublicKeyFile =
+            convoy_core::strict_json::from_slice(&read_limited(&path, 64 * 1024)?)
+                .with_context(|| format!("parsing {}", path.display()))?;
+        let key = file
+            .key
+            .verifying_key()
+            .with_context(|| format!("in {}", path.display()))?;
+        let id = KeyId::of(&key);
+        if id != file.key_id || name != trusted_key_file_name(&id) {
+            bail!(
+                "{} says key id {} but its key has id {id}",
+                path.display(),
+                file.key_id
+            );
+        }
+        keys.push(key);
+    }
+    Ok(keys)
+}
+
+/// Trusts `key` in the trust directory `dir` from now on, and says what was written. A
+/// directory with no keys yet becomes a key directory for it (`public.json`); one that trusts
+/// keys directly gets `trusted-KEYID.json` beside them (written atomically). A key-set chain is
+/// refused: only a key set signed by a key it trusts may add one (`convoy key rotate
+/// --keep-old`). So is a key it already trusts.
+pub fn trust_key(dir: &Path, key: &VerifyingKey) -> Result<String> {
+    let id = KeyId::of(key);
+    if dir.exists() && !load_keyset_chain(dir)?.is_empty() {
+        bail!(
+            "{} is a chain of signed key sets: a key is added to it only by a key set signed by a key it trusts (`convoy key rotate --keep-old --old KEY_DIR --new NEW_KEY_DIR --out {}`)",
+            dir.display(),
+            dir.display()
+        );
+    }
+    let direct = direct_keys(dir)?;
+    if direct.iter().any(|k| KeyId::of(k) == id) {
+        bail!("{} already trusts key {id}", dir.display());
+    }
+    if direct.is_empty() && !dir.join(PUBLIC_FILE).exists() {
+        write_public(dir, key)?;
+        return Ok(format!(
+            "{} now trusts key {id} ({PUBLIC_FILE})",
+            dir.display()
+        ));
+    }
+    let path = dir.join(trusted_key_file_name(&id));
+    write_file(
+        &path,
+        &json_bytes(&PublicKeyFile {
+            key_id: id.clone(),
+            key: PublicKey::ed25519(key),
+        })?,
+        FileMode::Public,
+    )?;
+    Ok(format!(
+        "{} now also trusts key {id} ({})",
+        dir.display(),
+        trusted_key_file_name(&id)
+    ))
 }
 
 #[cfg(test)]
@@ -643,6 +740,59 @@ mod tests {
         // Never overwrites an existing key.
         assert!(generate(&key_dir, "another strong passphrase").is_err());
         assert_eq!(load_public(&key_dir).expect("public"), key.verifying_key());
+    }
+
+    #[test]
+    fn a_key_trusted_beside_a_key_directory_is_trusted_and_a_chain_refuses_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let trust = dir.path().join("trust");
+        let first = SigningKey::from_bytes(&[1; 32]).verifying_key();
+        let second = SigningKey::from_bytes(&[2; 32]).verifying_key();
+        // An empty trust directory becomes a key directory for the first key.
+        let said = trust_key(&trust, &first).expect("trusted");
+        assert!(said.contains(PUBLIC_FILE), "{said}");
+        assert!(
+            load_trust(&trust)
+                .expect("loads")
+                .key(&KeyId::of(&first))
+                .is_some()
+        );
+        // A second key goes beside it; both are trusted.
+        let said = trust_key(&trust, &second).expect("trusted");
+        assert!(said.contains("trusted-"), "{said}");
+        let t = load_trust(&trust).expect("loads");
+        assert!(t.key(&KeyId::of(&first)).is_some() && t.key(&KeyId::of(&second)).is_some());
+        // Twice is refused, naming the key.
+        let err = trust_key(&trust, &second).expect_err("already trusted");
+        assert!(format!("{err:#}").contains(KeyId::of(&second).as_str()));
+        // An edited file is refused on loading, naming it.
+        let file = trust.join(trusted_key_file_name(&KeyId::of(&second)));
+        let text = std::fs::read_to_string(&file).expect("read");
+        let other = KeyId::of(&SigningKey::from_bytes(&[3; 32]).verifying_key());
+        std::fs::write(
+            &file,
+            text.replace(KeyId::of(&second).as_str(), other.as_str()),
+        )
+        .expect("write");
+        let err = load_trust(&trust).expect_err("refused");
+        assert!(format!("{err:#}").contains("trusted-"), "{err:#}");
+        // A chain of key sets is never extended this way.
+        let chain = dir.path().join("chain");
+        let signer = SigningKey::from_bytes(&[4; 32]);
+        let set = SignedKeySet::sign(
+            convoy_core::manifest::KeySetBody::initial(&[signer.verifying_key()]),
+            &signer,
+        )
+        .expect("signs");
+        std::fs::create_dir_all(&chain).expect("dir");
+        std::fs::write(chain.join(keyset_file_name(1)), set.to_json_bytes()).expect("write");
+        let err = trust_key(&chain, &first).expect_err("a chain");
+        assert!(format!("{err:#}").contains("convoy key rotate"), "{err:#}");
+        assert!(
+            !chain
+                .join(trusted_key_file_name(&KeyId::of(&first)))
+                .exists()
+        );
     }
 
     #[test]

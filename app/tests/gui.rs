@@ -432,11 +432,13 @@ fn the_war_room_shows_the_paused_rollout_from_the_cache_with_its_gate_and_waves(
     // The paused one leads, though the running one is newer.
     wait_for_label(&mut h, "ro-t300-canary");
     h.get_by_label("PAUSED");
-    h.get_by_label("Rollout 1 of 3");
+    // The completed one ended long ago: it is not watched.
+    h.get_by_label("Rollout 1 of 2");
     h.get_by_label_contains(
         "release t300-2.5.0 · requested by alice · standard path · 50 of 1000 devices offered",
     );
-    h.get_by_label_contains("paused 20 min ago: boot_failure failed its gate");
+    // The verdict in words on the band.
+    h.get_by_label("Paused 20 min ago: boot_failure failed its gate; waiting for a decision");
     // Its waves, with their progress: the canary the gate stopped is not "in progress".
     h.get_by_label("canary (50 devices)");
     h.get_by_label("stopped by a gate 20 min ago: pause");
@@ -450,7 +452,8 @@ fn the_war_room_shows_the_paused_rollout_from_the_cache_with_its_gate_and_waves(
     assert!(h.query_by_label_contains("crash (whole wave)").is_none());
     // The latest timeline entries and the other rollouts.
     h.get_by_label_contains("paused: boot_failure failed its gate  (gate)");
-    h.get_by_label_contains("Also: ro-tcu-fleet running · ro-old-done completed");
+    h.get_by_label("Also: ro-tcu-fleet running");
+    h.get_by_label("Ended: ro-old-done completed");
     assert!(h.query_by_label("ro-tcu-fleet").is_none());
     // Still nothing to press.
     assert!(h.query_by_role(egui::Role::Button).is_none());
@@ -1200,6 +1203,19 @@ fn a_finding_is_scored_as_it_is_typed_saved_listed_and_shown_on_the_map() {
         .collect();
     assert_eq!(cohort.devices, expected);
     assert_eq!(cohort.devices.len(), card.affected_devices);
+    // Issue 19: centring was not enough. They are ringed on the map, named in a legend line,
+    // until cleared.
+    let highlight = app.map.highlight.as_ref().unwrap();
+    assert_eq!(highlight.devices, expected);
+    let legend = format!(
+        "{} devices affected by CVE-2026-4242 highlighted",
+        convoy::gui::map::grouped(expected.len())
+    );
+    h.get_by_label(&legend);
+    h.get_by_label("Clear highlight").click();
+    settle(&mut h);
+    assert!(h.state().map.highlight.is_none());
+    assert!(h.query_by_label(&legend).is_none());
 }
 
 #[test]
@@ -1926,4 +1942,212 @@ fn the_map_opens_fitted_to_the_fleet() {
     let (center, zoom) = h.state().map.view();
     assert!(center.is_some(), "the map was moved to the fleet");
     assert!(zoom < 3.0, "the whole fleet spans continents: zoom {zoom}");
+}
+
+/// Whether the console asked for full screen (`on`) in the frames it runs, up to `frames`.
+fn asks_fullscreen(h: &mut Harness<'static, ConsoleApp>, on: bool, frames: usize) -> bool {
+    for _ in 0..frames {
+        h.run_steps(1);
+        let asked = h.output().viewport_output.values().any(|v| {
+            v.commands
+                .iter()
+                .any(|c| *c == egui::ViewportCommand::Fullscreen(on))
+        });
+        if asked {
+            return true;
+        }
+    }
+    false
+}
+
+/// Issue 19: the war room is a wall. F11 makes the window full screen (and Esc leaves it);
+/// at 1920x1080 and 3840x2160 the state is on a colour band at several percent of the screen's
+/// height, every state tile (with "reverted") is on screen, and the gate's evidence is said in
+/// plain words before its statistics. Snapshots for the README.
+#[test]
+fn the_war_room_fills_1080p_and_4k_and_says_the_evidence_in_plain_words() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("wall.db");
+    write_rollouts(&cache);
+    let mut snapshots = egui_kittest::SnapshotResults::new();
+    for (name, size) in [
+        ("war_room_1080p", [1920.0, 1080.0]),
+        ("war_room_4k", [3840.0, 2160.0]),
+    ] {
+        let (backend, _feed) = Backend::fixture(fixture(), cache.clone());
+        let mut h = common::console(backend, size);
+        settle(&mut h);
+        h.key_press(Key::F11);
+        assert!(asks_fullscreen(&mut h, true, 4), "F11 asks for full screen");
+        wait_for_label(&mut h, "ro-t300-canary");
+        let height = size[1];
+        let headline = h.get_by_label("PAUSED").rect();
+        assert!(
+            headline.height() >= 0.05 * height,
+            "{name}: the state is {} points high on a {height}-point screen",
+            headline.height()
+        );
+        // Every tile is on screen, the one that matters included.
+        for tile in ["no report yet", "confirmed", "failed", "reverted"] {
+            let r = h.get_by_label(tile).rect();
+            assert!(
+                r.max.x <= size[0] && r.max.y <= size[1] && r.min.x >= 0.0,
+                "{name}: the {tile} tile at {r:?} is off screen"
+            );
+        }
+        // Plain words first, the statistics after.
+        let plain = h
+            .get_by_label_contains("4 boot failures on 10 T300 rev C devices")
+            .rect();
+        let stats = h
+            .get_by_label_contains("Statistics: boot_failure (stratum T300/C)")
+            .rect();
+        assert!(
+            plain.max.y <= stats.min.y,
+            "the words come before the statistics"
+        );
+        h.get_by_label(
+            "4 boot failures on 10 T300 rev C devices in 96.7 min since wave canary started; normal is about 0",
+        );
+        h.state_mut().dismiss_toasts();
+        settle(&mut h);
+        h.snapshot(name);
+        h.key_press(Key::Escape);
+        assert!(
+            asks_fullscreen(&mut h, false, 4),
+            "leaving leaves full screen"
+        );
+        h.get_by_label("Fleet map");
+        snapshots.extend_harness(&mut h);
+    }
+}
+
+/// In the console's default window (1440x900), "reverted" is on screen too.
+#[test]
+fn the_reverted_tile_is_on_screen_in_the_default_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("wall.db");
+    write_rollouts(&cache);
+    let (backend, _feed) = Backend::fixture(fixture(), cache);
+    let mut h = common::console(backend, [1440.0, 900.0]);
+    settle(&mut h);
+    h.key_press(Key::F11);
+    settle(&mut h);
+    wait_for_label(&mut h, "ro-t300-canary");
+    let r = h.get_by_label("reverted").rect();
+    assert!(r.max.x <= 1440.0 && r.max.y <= 900.0, "{r:?}");
+}
+
+/// With only rollouts that ended long ago, the wall says there is nothing to watch, and which
+/// was the last.
+#[test]
+fn the_war_room_says_when_there_is_nothing_to_watch() {
+    use serde_json::json;
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("quiet.db");
+    {
+        let mut store = convoy::store::Store::open(&cache).unwrap();
+        for (secs_ago, kind, payload) in [
+            (
+                90_000,
+                "rollout.created",
+                json!({"release": "hu-3.1.0", "requested_by": "alice", "path": "standard",
+                       "waves": [{"name": "all", "devices": 30}]}),
+            ),
+            (80_000, "rollout.completed", json!("completed")),
+        ] {
+            store
+                .append_event(
+                    "ro-old-done",
+                    Timestamp::from_secs(NOW.secs() - secs_ago),
+                    kind,
+                    "timer",
+                    &payload,
+                )
+                .unwrap();
+        }
+    }
+    let (backend, _feed) = Backend::fixture(fixture(), cache);
+    let mut h = common::console(backend, [1920.0, 1080.0]);
+    settle(&mut h);
+    h.key_press(Key::F11);
+    settle(&mut h);
+    wait_for_label(&mut h, "NOTHING TO WATCH");
+    h.get_by_label_contains(
+        "No rollout is running or waiting for a decision. Last: ro-old-done completed",
+    );
+    assert!(h.query_by_label("Waves").is_none());
+}
+
+/// Issue 19: a first-run user who signs a release with their own key sees "untrusted key",
+/// and can trust the key after confirming its id and fingerprint; the key is written into the
+/// trust directory and the release checked again, valid.
+#[test]
+fn an_untrusted_key_is_trusted_after_its_fingerprint_is_confirmed() {
+    let fleet = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let (mut h, cache) = cache_harness(dir.path(), &fleet);
+    // The trust directory beside the cache trusts another key (as the demo's does).
+    let trust = convoy::ops::settings::default_trust_dir(&cache);
+    let other = ed25519_dalek::SigningKey::from_bytes(&[7; 32]).verifying_key();
+    convoy::keys::write_public(&trust, &other).unwrap();
+    let own = dir.path().join("my-key");
+    let (spec, _) = signed_release(&cache, &own);
+    let own_id = convoy_core::manifest::KeyId::of(&convoy::keys::load_public(&own).unwrap());
+    // The planner refuses it, and points to where the key is trusted.
+    h.get_by_label("Planner").click();
+    settle(&mut h);
+    wait_for_label(&mut h, "Trust its key in Releases…");
+    click(&mut h, "Trust its key in Releases…");
+    settle(&mut h);
+    assert_eq!(h.state().state.view, convoy::gui::View::Releases);
+    wait_for_label(&mut h, "untrusted key");
+    assert_eq!(
+        std::path::Path::new(&h.state().releases.trust_dir),
+        trust.as_path()
+    );
+    h.get_by_label("Trust this key…").click();
+    settle(&mut h);
+    fill(&mut h, "Key directory to trust", &own.display().to_string());
+    h.get_by_label("Read key").click();
+    wait_for(&mut h, "Fingerprint (Ed25519 public key): ");
+    h.get_by_label(&format!("Key id: {own_id}"));
+    // Nothing is written before the confirmation.
+    assert!(
+        convoy::keys::load_trust(&trust)
+            .unwrap()
+            .key(&own_id)
+            .is_none()
+    );
+    h.get_by_label("Trust this key").click();
+    wait_for(&mut h, "now also trusts key");
+    wait_for_label(&mut h, "valid");
+    assert!(h.query_by_label("untrusted key").is_none());
+    // Written through ops into the trust directory: the planner and the engine see it too.
+    let trusted = convoy::keys::load_trust(&trust).unwrap();
+    assert!(
+        trusted.key(&own_id).is_some()
+            && trusted
+                .key(&convoy_core::manifest::KeyId::of(&other))
+                .is_some()
+    );
+    let rows = convoy::gui::releases::list_with_releases(
+        &convoy::gui::releases::ListSources {
+            cache: Some(cache.clone()),
+            trust_dir: Some(trust.clone()),
+            manifest_dir: None,
+        },
+        NOW,
+    )
+    .unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(
+        rows[0].1.as_ref().map(|r| r.id.clone()),
+        Some(spec.id.clone())
+    );
+    // The planner, checking again, may plan it now.
+    h.get_by_label("Planner").click();
+    settle(&mut h);
+    h.get_by_label("Check releases").click();
+    wait_for_label(&mut h, &format!("Plan {}", spec.id));
 }

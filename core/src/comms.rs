@@ -80,6 +80,45 @@ pub struct GateStop {
     pub findings: Vec<String>,
     /// The metrics that failed, for the support tree.
     pub metrics: Vec<String>,
+    /// The failing findings' figures, in the order of `findings` (the war room words them
+    /// plainly: "6 crashes on 5 T300 rev C devices ...; normal is about 0").
+    pub figures: Vec<FindingFigures>,
+}
+
+/// One failing finding's figures as the gate recorded them.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct FindingFigures {
+    pub metric: String,
+    /// `None` for the whole wave, else the stratum (`T300/C`).
+    pub stratum: Option<String>,
+    pub observed: f64,
+    pub baseline: f64,
+    pub p_value: f64,
+    /// Devices behind `observed`.
+    pub sample: u64,
+    /// For rate metrics: updated events, updated device-hours, baseline events, baseline
+    /// device-hours.
+    pub counts: Option<(u64, f64, u64, f64)>,
+}
+
+fn figures(f: &Value) -> FindingFigures {
+    let float = |v: &Value, key: &str| v.get(key).and_then(Value::as_f64).unwrap_or(0.0);
+    FindingFigures {
+        metric: text(f, "metric"),
+        stratum: f.get("stratum").and_then(Value::as_str).map(str::to_owned),
+        observed: float(f, "observed"),
+        baseline: float(f, "baseline"),
+        p_value: f.get("p_value").and_then(Value::as_f64).unwrap_or(1.0),
+        sample: num(f, "sample"),
+        counts: f.get("counts").map(|c| {
+            (
+                num(c, "updated_events"),
+                float(c, "updated_device_hours"),
+                num(c, "baseline_events"),
+                float(c, "baseline_device_hours"),
+            )
+        }),
+    }
 }
 
 /// How the rollout ended, if it has.
@@ -370,6 +409,7 @@ pub fn story(rollout_id: &str, entries: &[RecordEntry]) -> Result<RolloutStory, 
                     outcome: text(payload, "outcome").replace('_', " "),
                     findings: findings.iter().map(|f| finding_line(f)).collect(),
                     metrics: findings.iter().map(|f| text(f, "metric")).collect(),
+                    figures: findings.iter().map(|f| figures(f)).collect(),
                 };
                 let line = format!(
                     "health gate in wave {}: {} ({})",

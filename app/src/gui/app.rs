@@ -1007,6 +1007,10 @@ impl ConsoleApp {
         if self.applied_style == Some((self.state.theme, wall)) {
             return;
         }
+        // The wall is full screen, and leaving it leaves full screen (issue 19).
+        if self.applied_style.map_or(wall, |(_, was)| was != wall) {
+            ctx.send_viewport_cmd(egui::ViewportCommand::Fullscreen(wall));
+        }
         let mut visuals = match self.state.theme {
             Theme::Dark => egui::Visuals::dark(),
             Theme::Light => egui::Visuals::light(),

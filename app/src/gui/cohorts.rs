@@ -99,7 +99,8 @@ impl SavedCohorts {
         self.requested = true;
         let by = crate::store::audit::operator_actor();
         let job = move || {
-            let store = match crate::store::Store::open(&cache) {
+            // Never creates a cache: a console pointed at a missing one says so elsewhere.
+            let store = match crate::store::Store::open_existing(&cache) {
                 Ok(s) => s,
                 Err(e) => {
                     let why = format!("{e:#}");

@@ -30,7 +30,16 @@ pub fn device_ui(cx: &ViewContext<'_>, out: &mut Commands, ui: &mut egui::Ui) {
         ui.label("No device selected: click a vehicle on the map or a device in the table.");
         return;
     };
-    let now = cx.now;
+    // Ages on the clock the device's own times are on (a simulated fleet's runs ahead of the
+    // screen's), said under the heading; the telemetry plots stay on the screen's clock, as the
+    // rollups they plot are.
+    let (now, clock_words) = crate::gui::warroom::fleet_now(
+        cx.now,
+        cx.clock_runs,
+        model.last_message,
+        cx.rollouts.and_then(|b| b.as_ref().ok()),
+        crate::alerts::deliver::wall_ms(),
+    );
     let d = &model.fleet.devices[i];
     let live = &model.live[i];
     let mut commands = Vec::new();
@@ -49,6 +58,7 @@ pub fn device_ui(cx: &ViewContext<'_>, out: &mut Commands, ui: &mut egui::Ui) {
             "{} · hardware revision {} · {}",
             d.model, d.hw_rev, d.device_class
         ));
+        ui.label(RichText::new(format!("Times: {clock_words}")).color(tokens::MUTED));
         ui.add_space(8.0);
         egui::Grid::new("device-facts")
             .num_columns(2)
@@ -249,7 +259,7 @@ pub fn device_ui(cx: &ViewContext<'_>, out: &mut Commands, ui: &mut egui::Ui) {
                 }
                 TelemetryState::Loaded(series) => {
                     for s in series {
-                        telemetry_plot_ui(ui, s, now);
+                        telemetry_plot_ui(ui, s, cx.now);
                     }
                 }
             },

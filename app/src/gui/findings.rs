@@ -869,7 +869,9 @@ pub fn findings_ui(
                             current && !affected.is_empty(),
                             egui::Button::new("Show affected devices on map"),
                         )
-                        .on_hover_text("Make the affected devices a cohort and show the map")
+                        .on_hover_text(
+                            "Make the affected devices a cohort, ring them on the map and show it",
+                        )
                         .clicked()
                         && let Some(model) = cx.model
                         && let Some((lat, lon)) = centre(&model.fleet, affected)
@@ -878,6 +880,11 @@ pub fn findings_ui(
                             name: format!("Affected by {}", finding.id),
                             devices: affected.clone(),
                         });
+                        // Centring alone left the 1,171 devices to be found by eye (issue 19).
+                        commands.push(UiCommand::Map(crate::gui::map::MapCommand::Highlight {
+                            name: format!("devices affected by {}", finding.id),
+                            devices: affected.clone(),
+                        }));
                         commands.push(UiCommand::FocusMap {
                             lat,
                             lon,

@@ -53,7 +53,39 @@ pub struct MapState {
     /// No saved view: the map fits the fleet once it is loaded (issue 19: the default view
     /// left Tokyo, Singapore and Sydney off-screen).
     fit_pending: bool,
+    /// Devices the map rings (a finding's affected devices), until cleared.
+    pub highlight: Option<Highlight>,
+    /// Highlighted devices per grid cell, for the grid and highlight they were counted for.
+    highlight_cells: HighlightCells,
 }
+
+/// Devices the map rings in [`HIGHLIGHT`], with the legend line that names them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Highlight {
+    /// What they are ("affected by CVE-2026-4242").
+    pub name: String,
+    /// Device indices, ascending.
+    pub devices: Vec<u32>,
+    /// `mask[i]`: whether device `i` is highlighted.
+    mask: Vec<bool>,
+    /// Changes with every new highlight, so that the per-cell counts are redone.
+    generation: u64,
+}
+
+impl Highlight {
+    fn contains(&self, i: u32) -> bool {
+        self.mask.get(i as usize).copied().unwrap_or(false)
+    }
+}
+
+#[derive(Debug, Default)]
+struct HighlightCells {
+    stamp: Option<((u64, u8), u64)>,
+    by_cell: std::collections::HashMap<(u32, u32), u32>,
+}
+
+/// The ring of highlighted devices and clusters: a colour no state class uses.
+pub const HIGHLIGHT: Color32 = Color32::from_rgb(0xFF, 0x2E, 0xD1);
 
 /// What the map view asks the console for: work on the map's own state that opens files or
 /// starts a thread, done before the next frame.
@@ -63,6 +95,10 @@ pub enum MapCommand {
     BrowseMbtiles,
     /// Draw the MBTiles file at this path over the basemap, if it is one.
     OpenMbtiles(std::path::PathBuf),
+    /// Ring these devices (indices) on the map, named in the legend by `name`.
+    Highlight { name: String, devices: Vec<u32> },
+    /// Stop ringing them.
+    ClearHighlight,
 }
 
 /// What Shift+drag on the map draws.
@@ -94,7 +130,52 @@ impl MapState {
         match command {
             MapCommand::BrowseMbtiles => self.browse_mbtiles(ctx),
             MapCommand::OpenMbtiles(path) => self.open_mbtiles(&path),
+            MapCommand::Highlight { name, devices } => self.set_highlight(name, devices),
+            MapCommand::ClearHighlight => self.highlight = None,
         }
+    }
+
+    /// Rings `devices` (indices) on the map, named `name` in the legend.
+    pub fn set_highlight(&mut self, name: String, mut devices: Vec<u32>) {
+        devices.sort_unstable();
+        devices.dedup();
+        let len = devices.last().map_or(0, |&i| i as usize + 1);
+        let mut mask = vec![false; len];
+        for &i in &devices {
+            mask[i as usize] = true;
+        }
+        let generation = self.highlight.as_ref().map_or(1, |h| h.generation + 1);
+        self.highlight = Some(Highlight {
+            name,
+            devices,
+            mask,
+            generation,
+        });
+    }
+
+    /// Counts the highlighted devices of every grid cell, once per grid and highlight.
+    fn count_highlighted(&mut self) {
+        let Some(h) = &self.highlight else {
+            self.highlight_cells = HighlightCells::default();
+            return;
+        };
+        let stamp = self.grid_stamp.map(|g| (g, h.generation));
+        if stamp.is_some() && self.highlight_cells.stamp == stamp {
+            return;
+        }
+        let mut by_cell = std::collections::HashMap::new();
+        for cell in self.grid.cells() {
+            let n = self
+                .grid
+                .members(cell)
+                .iter()
+                .filter(|&&i| h.contains(i))
+                .count() as u32;
+            if n > 0 {
+                by_cell.insert((cell.cx, cell.cy), n);
+            }
+        }
+        self.highlight_cells = HighlightCells { stamp, by_cell };
     }
 
     /// What the console does before the map draws: takes the file dialog's answer, and starts
@@ -156,6 +237,9 @@ impl MapState {
     pub fn clear_grid(&mut self) {
         self.grid = Grid::default();
         self.grid_stamp = None;
+        // So do the highlighted devices' indices.
+        self.highlight = None;
+        self.highlight_cells = HighlightCells::default();
     }
 
     /// Basemap tiles drawn so far, and those asked for and not drawn yet, in both palettes
@@ -346,6 +430,27 @@ pub fn map_ui(map: &mut MapState, cx: &ViewContext<'_>, out: &mut Commands, ui: 
         fit(map, cx, ui.available_width().max(400.0));
     }
     legend_ui(cx, out, ui);
+    if let Some(h) = &map.highlight {
+        ui.horizontal(|ui| {
+            tokens::swatch(ui, HIGHLIGHT);
+            ui.label(
+                RichText::new(format!(
+                    "{} {} highlighted",
+                    grouped(h.devices.len()),
+                    h.name
+                ))
+                .color(HIGHLIGHT)
+                .strong(),
+            );
+            if ui
+                .button("Clear highlight")
+                .on_hover_text("Stop ringing these devices on the map")
+                .clicked()
+            {
+                out.send(UiCommand::Map(MapCommand::ClearHighlight));
+            }
+        });
+    }
     ui.horizontal(|ui| {
         if ui.button("Zoom in").clicked() {
             let _ = map.memory.zoom_in();
@@ -409,6 +514,7 @@ pub fn map_ui(map: &mut MapState, cx: &ViewContext<'_>, out: &mut Commands, ui: 
     let grid_current = map.grid_current(cx.derived.generation);
     let shift = ui.input(|i| i.modifiers.shift);
     let attribution = map.attribution();
+    map.count_highlighted();
     let MapState {
         memory,
         tiles_dark,
@@ -419,8 +525,12 @@ pub fn map_ui(map: &mut MapState, cx: &ViewContext<'_>, out: &mut Commands, ui: 
         lasso,
         tool,
         selections,
+        highlight,
+        highlight_cells,
         ..
     } = map;
+    let highlight = highlight.as_ref();
+    let highlight_cells = &highlight_cells.by_cell;
     let tool = *tool;
     let base = if dark {
         tiles_dark.as_mut()
@@ -463,10 +573,21 @@ pub fn map_ui(map: &mut MapState, cx: &ViewContext<'_>, out: &mut Commands, ui: 
         let mut hovered_device: Option<(usize, f32)> = None;
         let mut hovered_cluster: Option<(f64, f64, [u32; crate::gui::aggregate::CLASSES], u32)> =
             None;
-        for cell in grid.visible(
-            [a[0].min(b[0]), a[1].min(b[1])],
-            [a[0].max(b[0]), a[1].max(b[1])],
-        ) {
+        // Large clusters first, so that a small one beside a large one is drawn over it, never
+        // under it (issue 19: 3 devices sat under New York's 174); single vehicles last.
+        let mut visible: Vec<&crate::gui::aggregate::Cell> = grid
+            .visible(
+                [a[0].min(b[0]), a[1].min(b[1])],
+                [a[0].max(b[0]), a[1].max(b[1])],
+            )
+            .collect();
+        visible.sort_by_key(|cell| {
+            (
+                cell.count <= tokens::MARKERS_PER_CELL,
+                std::cmp::Reverse(cell.count),
+            )
+        });
+        for cell in visible {
             if cell.count <= tokens::MARKERS_PER_CELL {
                 for &i in grid.members(cell) {
                     let d = &model.fleet.devices[i as usize];
@@ -478,6 +599,13 @@ pub fn map_ui(map: &mut MapState, cx: &ViewContext<'_>, out: &mut Commands, ui: 
                         color,
                         Stroke::new(1.0, Color32::from_black_alpha(160)),
                     );
+                    if highlight.is_some_and(|h| h.contains(i)) {
+                        painter.circle_stroke(
+                            p,
+                            tokens::MARKER_RADIUS + 2.5,
+                            Stroke::new(2.0, HIGHLIGHT),
+                        );
+                    }
                     if let Some(ptr) = pointer {
                         let dist = ptr.distance(p);
                         if dist <= tokens::MARKER_RADIUS + 3.0
@@ -502,6 +630,9 @@ pub fn map_ui(map: &mut MapState, cx: &ViewContext<'_>, out: &mut Commands, ui: 
                     panel_fill,
                     text_color,
                 );
+                if let Some(&n) = highlight_cells.get(&(cell.cx, cell.cy)) {
+                    highlight_arc(&painter, p, radius + 3.0, n, cell.count);
+                }
                 if pointer.is_some_and(|ptr| ptr.distance(p) <= radius) {
                     hovered_cluster = Some((lat, lon, cell.by_class, cell.count));
                 }
@@ -647,6 +778,35 @@ pub fn map_ui(map: &mut MapState, cx: &ViewContext<'_>, out: &mut Commands, ui: 
     out.extend(commands);
 }
 
+/// An arc outside a cluster for its highlighted share (`n` of `count`), from the top,
+/// never shorter than a quarter turn so that a few highlighted devices still show.
+fn highlight_arc(painter: &egui::Painter, center: Pos2, radius: f32, n: u32, count: u32) {
+    let share = (n as f32 / count.max(1) as f32).clamp(0.25, 1.0);
+    let sweep = std::f32::consts::TAU * share;
+    let start = -std::f32::consts::FRAC_PI_2;
+    let steps = ((sweep / 0.12).ceil() as usize).max(2);
+    let points: Vec<Pos2> = (0..=steps)
+        .map(|s| {
+            let t = start + sweep * s as f32 / steps as f32;
+            center + Vec2::new(t.cos(), t.sin()) * radius
+        })
+        .collect();
+    painter.add(Shape::line(points, Stroke::new(3.0, HIGHLIGHT)));
+}
+
+/// A count with thousands separated: 1,171.
+pub fn grouped(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
 #[allow(clippy::too_many_arguments)]
 fn cluster_shape(
     painter: &egui::Painter,
@@ -722,6 +882,25 @@ mod tests {
         assert_eq!(short_count(12_345), "12k");
         assert_eq!(short_count(4_500), "4.5k");
         assert_eq!(short_count(1_200_000), "1.2M");
+    }
+
+    #[test]
+    fn counts_are_grouped_by_thousands() {
+        assert_eq!(grouped(7), "7");
+        assert_eq!(grouped(1_171), "1,171");
+        assert_eq!(grouped(1_000_000), "1,000,000");
+    }
+
+    #[test]
+    fn a_highlight_marks_exactly_its_devices_and_clears() {
+        let mut m = MapState::default();
+        m.set_highlight("affected".into(), vec![9, 3, 3]);
+        let h = m.highlight.as_ref().expect("set");
+        assert_eq!(h.devices, [3, 9]);
+        assert!(h.contains(3) && h.contains(9));
+        assert!(!h.contains(4) && !h.contains(1_000));
+        m.apply(&egui::Context::default(), MapCommand::ClearHighlight);
+        assert!(m.highlight.is_none());
     }
 
     #[test]

@@ -13,6 +13,11 @@
 //! The planner view lists the same manifests through [`list_with_releases`], which hands it the
 //! release of each valid manifest and nothing for the others.
 //!
+//! A release signed by a key the trust directory does not trust (a first-run user's own key)
+//! offers "Trust this key…": the key directory's public key is read, its id and fingerprint
+//! are shown for confirmation, and only then is it written into the trust directory
+//! (`ops::settings::trust_key`) and the list checked again.
+//!
 //! Deliberately not here: several artifacts per release, signed rollbacks, and TUF export (all
 //! on the command line).
 
@@ -445,6 +450,27 @@ pub enum ReleasesCommand {
     Browse(Browse),
     /// Hash, sign, verify, write and store the release the form describes.
     Create,
+    /// Read the public key of the key directory in [`ReleasesState::trust`], to confirm.
+    ReadKeyToTrust,
+    /// Write the confirmed key of [`ReleasesState::trust`] into the trust directory.
+    TrustKey,
+}
+
+/// Trusting the key that signed an untrusted release: asked, read, confirmed, written.
+#[derive(Debug, Default)]
+pub struct TrustFlow {
+    /// The key id the untrusted manifest names.
+    pub key_id: String,
+    /// The release it signed.
+    pub release_id: String,
+    /// The key directory holding its public key (the form's key directory when there is one).
+    pub key_dir: String,
+    /// The key as read from `key_dir`, or why it could not be.
+    pub read: Option<Result<crate::ops::settings::KeyToTrust, String>>,
+    read_rx: Option<Receiver<Result<crate::ops::settings::KeyToTrust, String>>>,
+    write_rx: Option<Receiver<Result<String, String>>>,
+    /// What trusting it wrote, or why nothing was.
+    pub outcome: Option<Result<String, String>>,
 }
 
 /// The releases view's state, for the session.
@@ -464,6 +490,8 @@ pub struct ReleasesState {
     browse: Option<(Browse, Receiver<Option<PathBuf>>)>,
     /// Why the last dialog gave no path, shown beside the buttons.
     pub browse_note: Option<String>,
+    /// Trusting an untrusted release's key, while it is asked.
+    pub trust: Option<TrustFlow>,
 }
 
 /// What a file dialog picks.
@@ -523,6 +551,38 @@ impl ReleasesState {
                 self.browse = None;
             }
         }
+        if let Some(flow) = &mut self.trust {
+            if let Some(rx) = &flow.read_rx {
+                match rx.try_recv() {
+                    Ok(read) => {
+                        flow.read = Some(read);
+                        flow.read_rx = None;
+                    }
+                    Err(TryRecvError::Empty) => {}
+                    Err(TryRecvError::Disconnected) => {
+                        flow.read = Some(Err("the key reader stopped without an answer".into()));
+                        flow.read_rx = None;
+                    }
+                }
+            }
+            if let Some(rx) = &flow.write_rx {
+                let outcome = match rx.try_recv() {
+                    Ok(outcome) => Some(outcome),
+                    Err(TryRecvError::Empty) => None,
+                    Err(TryRecvError::Disconnected) => {
+                        Some(Err("the key writer stopped without an answer".into()))
+                    }
+                };
+                if let Some(outcome) = outcome {
+                    if outcome.is_ok() {
+                        // Checked again against the trust directory that now holds the key.
+                        self.listed = false;
+                    }
+                    flow.outcome = Some(outcome);
+                    flow.write_rx = None;
+                }
+            }
+        }
         if let Some(rx) = &self.list_rx {
             match rx.try_recv() {
                 Ok(list) => {
@@ -550,6 +610,51 @@ impl ReleasesState {
             ReleasesCommand::CheckManifests => self.refresh(ctx, cache, now),
             ReleasesCommand::Browse(target) => self.browse(ctx, target),
             ReleasesCommand::Create => self.start(ctx, cache, now),
+            ReleasesCommand::ReadKeyToTrust => self.read_key_to_trust(ctx),
+            ReleasesCommand::TrustKey => self.trust_key(ctx),
+        }
+    }
+
+    /// Reads the public key of the trust flow's key directory on a worker thread.
+    fn read_key_to_trust(&mut self, ctx: &egui::Context) {
+        let Some(flow) = &mut self.trust else {
+            return;
+        };
+        flow.read = None;
+        flow.outcome = None;
+        let dir = PathBuf::from(flow.key_dir.trim());
+        let started = crate::gui::worker::spawn_job(ctx, "convoy-trust-key", move || {
+            crate::ops::settings::key_to_trust(&dir).map_err(|e| format!("{e:#}"))
+        });
+        match started {
+            Ok(rx) => flow.read_rx = Some(rx),
+            Err(e) => flow.read = Some(Err(format!("could not start the key reader: {e}"))),
+        }
+    }
+
+    /// Writes the confirmed key into the trust directory on a worker thread.
+    fn trust_key(&mut self, ctx: &egui::Context) {
+        let trust_dir = PathBuf::from(self.trust_dir.trim());
+        let Some(flow) = &mut self.trust else {
+            return;
+        };
+        let Some(Ok(key)) = &flow.read else {
+            flow.outcome = Some(Err("read the key first".into()));
+            return;
+        };
+        if self.trust_dir.trim().is_empty() {
+            flow.outcome = Some(Err(
+                "no trust directory: fill in Trust directory above".into()
+            ));
+            return;
+        }
+        let (key_dir, id) = (key.key_dir.clone(), key.id.clone());
+        let started = crate::gui::worker::spawn_job(ctx, "convoy-trust-key", move || {
+            crate::ops::settings::trust_key(&trust_dir, &key_dir, &id).map_err(|e| format!("{e:#}"))
+        });
+        match started {
+            Ok(rx) => flow.write_rx = Some(rx),
+            Err(e) => flow.outcome = Some(Err(format!("could not start the key writer: {e}"))),
         }
     }
 
@@ -713,14 +818,16 @@ pub fn releases_ui(state: &mut ReleasesState, out: &mut Commands, ui: &mut egui:
                 ui.add(egui::Spinner::new());
             }
         });
-        list_ui(state, ui);
+        list_ui(state, out, ui);
+        trust_ui(state, out, ui);
         ui.separator();
         ui.label(RichText::new("Create a release").strong());
         create_ui(state, ui, out);
     });
 }
 
-fn list_ui(state: &ReleasesState, ui: &mut egui::Ui) {
+fn list_ui(state: &mut ReleasesState, out: &mut Commands, ui: &mut egui::Ui) {
+    let mut ask: Option<(String, String)> = None;
     match &state.list {
         None => {
             ui.label("Reading the manifests…");
@@ -783,8 +890,130 @@ fn list_ui(state: &ReleasesState, ui: &mut egui::Ui) {
                         r.state.detail()
                     ),
                 );
+                let asked = state.trust.as_ref().is_some_and(|t| t.key_id == r.key_id);
+                if matches!(r.state, SignatureState::UntrustedKey(_))
+                    && !asked
+                    && ask.is_none()
+                    && ui
+                        .button("Trust this key…")
+                        .on_hover_text(format!(
+                            "Trust key {} in the trust directory, after confirming its fingerprint",
+                            r.key_id
+                        ))
+                        .clicked()
+                {
+                    ask = Some((r.key_id.clone(), r.release_id.clone()));
+                }
             }
         }
+    }
+    if let Some((key_id, release_id)) = ask {
+        let key_dir = state.form.key_dir.trim().to_owned();
+        let known = !key_dir.is_empty();
+        state.trust = Some(TrustFlow {
+            key_id,
+            release_id,
+            key_dir,
+            ..TrustFlow::default()
+        });
+        if known {
+            out.send(UiCommand::Releases(ReleasesCommand::ReadKeyToTrust));
+        }
+    }
+}
+
+/// The confirmation before a key is trusted: where its public key is, its id and
+/// fingerprint, where it will be written; then what was written.
+fn trust_ui(state: &mut ReleasesState, out: &mut Commands, ui: &mut egui::Ui) {
+    let trust_dir = state.trust_dir.trim().to_owned();
+    let Some(flow) = &mut state.trust else {
+        return;
+    };
+    let mut cancel = false;
+    egui::Frame::group(ui.style()).show(ui, |ui| {
+        ui.label(
+            RichText::new(format!(
+                "Trust the key that signed {}: {}",
+                flow.release_id, flow.key_id
+            ))
+            .strong(),
+        );
+        egui::Grid::new("trust-key-form")
+            .num_columns(2)
+            .spacing([12.0, 6.0])
+            .show(ui, |ui| {
+                text_row(
+                    ui,
+                    "Key directory to trust",
+                    &mut flow.key_dir,
+                    "the key directory holding its public.json",
+                );
+            });
+        let busy = flow.read_rx.is_some() || flow.write_rx.is_some();
+        ui.horizontal(|ui| {
+            if ui
+                .add_enabled(
+                    !busy && !flow.key_dir.trim().is_empty(),
+                    egui::Button::new("Read key"),
+                )
+                .clicked()
+            {
+                out.send(UiCommand::Releases(ReleasesCommand::ReadKeyToTrust));
+            }
+            if ui.button("Cancel").clicked() {
+                cancel = true;
+            }
+            if busy {
+                ui.add(egui::Spinner::new());
+            }
+        });
+        match &flow.read {
+            None => {}
+            Some(Err(why)) => {
+                ui.colored_label(tokens::BAD, format!("Could not read the key: {why}"));
+            }
+            Some(Ok(key)) if key.id != flow.key_id => {
+                ui.colored_label(
+                    tokens::BAD,
+                    format!(
+                        "The key in {} is {}, not {}, which signed {}: choose its key directory.",
+                        key.key_dir.display(),
+                        key.id,
+                        flow.key_id,
+                        flow.release_id
+                    ),
+                );
+            }
+            Some(Ok(key)) => {
+                ui.label(RichText::new(format!("Key id: {}", key.id)).monospace());
+                ui.label(
+                    RichText::new(format!("Fingerprint (Ed25519 public key): {}", key.fingerprint))
+                        .monospace(),
+                );
+                ui.label(format!(
+                    "Compare the fingerprint with the key's owner before trusting it. It will be written to the trust directory {trust_dir}: every release this key signs then verifies here, in the planner and in `convoy rollout run` with that trust directory."
+                ));
+                if flow.outcome.is_none()
+                    && ui
+                        .add_enabled(!busy, egui::Button::new("Trust this key"))
+                        .clicked()
+                {
+                    out.send(UiCommand::Releases(ReleasesCommand::TrustKey));
+                }
+            }
+        }
+        match &flow.outcome {
+            Some(Ok(text)) => {
+                ui.colored_label(tokens::OK, format!("{text}; the manifests are checked again."));
+            }
+            Some(Err(why)) => {
+                ui.colored_label(tokens::BAD, format!("Not trusted: {why}"));
+            }
+            None => {}
+        }
+    });
+    if cancel {
+        state.trust = None;
     }
 }
 

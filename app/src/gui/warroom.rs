@@ -1,10 +1,17 @@
-//! War-room mode: a read-only wall display. Large type and high contrast: the rollouts the
-//! engine (`convoy rollout run`) recorded in the cache, the one in trouble first, with its
-//! state, its waves, its gate decisions with their evidence, its holds and its latest timeline
-//! entries; beside them the fleet state counts, the link and the latest device events. With
-//! several rollouts it shows each in turn for [`CYCLE_SECS`] (only while the clock runs: a
-//! fixed test clock stays on the first). It has no control that changes anything: F11, W or
-//! Esc leave it.
+//! War-room mode: a read-only wall display, laid out for the screen it is on (1080p or 4K, the
+//! sizes follow the screen's height) and readable across a room. At the top a colour band
+//! with the state of the rollout on the wall and its verdict in words (an alarm is visible from
+//! the door); under it the evidence in plain words ("6 crashes on 5 T300 rev C devices in
+//! 4.6 min since wave canary started; normal is about 0"), the statistics after it; then its
+//! waves, gate decisions and latest timeline entries, and beside them the fleet's state counts,
+//! the rollout's cohort health against its baseline and the latest device events.
+//!
+//! The wall watches the active rollouts (not ended, or ended within [`RECENT_END_SECS`] on
+//! their own clock), the one in trouble first, each in turn for [`CYCLE_SECS`] (only while the
+//! clock runs: a fixed test clock stays on the first); with none, it says there is nothing to
+//! watch. One clock per screen: a rollout run faster than wall time (the demo's 60x) is timed
+//! on its own clock, and the wall's clock line says so. It has no control that changes
+//! anything: F11, W or Esc leave it (F11 also makes the window full screen, `app.rs`).
 //!
 //! It draws only: the history worker reads the cache and the story of each rollout comes from
 //! [`convoy_core::comms::story`]; beside it, the rollout's cohort health against its baseline
@@ -14,23 +21,33 @@
 
 use std::fmt::Write as _;
 
-use convoy_core::comms::{Ending, RolloutStory};
+use convoy_core::comms::{Ending, FindingFigures, GateStop, RolloutStory};
 use convoy_core::rollout::series::{HealthSeries, MetricSeries, SeriesPoint};
 use convoy_core::time::Timestamp;
 use egui::{Color32, RichText, Stroke};
 
 use crate::gui::app::age;
-use crate::gui::backend::LinkStatus;
+use crate::gui::backend::{LinkStatus, RolloutBoard};
 use crate::gui::model::Severity;
 use crate::gui::tokens;
 use crate::gui::view::ViewContext;
 
 /// How long the wall shows each rollout before the next.
 pub const CYCLE_SECS: i64 = 15;
+/// A rollout that ended this long ago (on its own clock) or less is still on the wall.
+pub const RECENT_END_SECS: i64 = 3600;
 /// Timeline entries shown for the rollout on the wall.
 const LATEST_ENTRIES: usize = 6;
+/// Device events shown on the wall.
+const LATEST_EVENTS: usize = 8;
 /// The longest timeline entry the wall shows whole.
 const CLIP_CHARS: usize = 60;
+/// A plot's y axis stops at this multiple of the highest baseline or tolerated level, so that
+/// an outlier does not flatten them; what goes past is marked "off scale".
+pub const OFF_SCALE_TIMES: f64 = 4.0;
+/// ... but only when the line goes past this multiple of that level: below it, the levels
+/// still read and cutting would hide more than it shows.
+pub const CUT_WHEN_TIMES: f64 = 10.0;
 
 /// Where a rollout stands, as its record tells it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,6 +81,14 @@ impl WallState {
             Self::Running => tokens::OK,
             Self::Completed => tokens::MUTED,
         }
+    }
+
+    /// Whether the state needs a human (the band is an alarm).
+    pub fn alarm(self) -> bool {
+        matches!(
+            self,
+            Self::Paused | Self::RollingBack | Self::RolledBack | Self::Aborted
+        )
     }
 }
 
@@ -102,6 +127,20 @@ pub fn last_activity(s: &RolloutStory) -> Timestamp {
     s.chronology.last().map_or(s.created_at, |(at, ..)| *at)
 }
 
+/// When `s` ended, if it has.
+fn ended_at(s: &RolloutStory) -> Option<Timestamp> {
+    match &s.ending {
+        Some(Ending::Completed(at) | Ending::RolledBack(at) | Ending::Aborted(at, _)) => Some(*at),
+        None => None,
+    }
+}
+
+/// Whether the wall watches `s` at `now` (its own clock): not ended, or ended within
+/// [`RECENT_END_SECS`].
+pub fn is_active(s: &RolloutStory, now: Timestamp) -> bool {
+    ended_at(s).is_none_or(|at| now.secs_since(at) <= RECENT_END_SECS)
+}
+
 /// How urgently the wall shows a rollout: 0 in trouble (paused, rolling or rolled back,
 /// aborted), 1 running with a gate decision on record, 2 running, 3 completed.
 fn urgency(s: &RolloutStory) -> u8 {
@@ -116,13 +155,15 @@ fn urgency(s: &RolloutStory) -> u8 {
 }
 
 /// The wall's order: the rollout in trouble first, else the newest running one; within the
-/// same urgency, the newest activity first, ties by id.
+/// same urgency the newest created first, ties by id. Creation, not the last activity: the
+/// board is read again every few seconds, and an order that moved with every new entry would
+/// make the cycle show one rollout twice and skip another.
 pub fn wall_order(rollouts: &[RolloutStory]) -> Vec<&RolloutStory> {
     let mut order: Vec<&RolloutStory> = rollouts.iter().collect();
     order.sort_by(|a, b| {
         urgency(a)
             .cmp(&urgency(b))
-            .then_with(|| last_activity(b).cmp(&last_activity(a)))
+            .then_with(|| b.created_at.cmp(&a.created_at))
             .then_with(|| a.rollout_id.cmp(&b.rollout_id))
     });
     order
@@ -166,6 +207,240 @@ pub fn rollout_now(
             )
         }
         _ => (now, None),
+    }
+}
+
+/// How far ahead of the screen's clock the newest device report may be before the console
+/// takes the fleet to run on another clock (a simulated one).
+const AHEAD_SECS: i64 = 60;
+
+/// The clock the fleet's own times are on, and the words that say which: the screen's, unless
+/// the newest report (`newest`) is more than a minute ahead of it, as a simulated fleet's is
+/// (the demo's 60x). Then the sped-up rollout clock (of `board`) nearest to that report, or
+/// failing one, the newest report itself. Device ages in the war room and the device view
+/// use it (issue 19: a last-seen time hours in the future read "0 s ago").
+pub fn fleet_now(
+    screen_now: Timestamp,
+    clock_runs: bool,
+    newest: Option<Timestamp>,
+    board: Option<&RolloutBoard>,
+    wall_ms: i64,
+) -> (Timestamp, String) {
+    let screen = (screen_now, "ages on this screen's clock (UTC)".to_owned());
+    let Some(newest) = newest.filter(|t| t.secs_since(screen_now) > AHEAD_SECS) else {
+        return screen;
+    };
+    if !clock_runs {
+        return (
+            newest,
+            "ages before the newest report (the devices' clock is ahead of this screen's)"
+                .to_owned(),
+        );
+    }
+    let nearest = board
+        .into_iter()
+        .flat_map(|b| b.clocks.values())
+        .filter(|c| (c.time_scale - 1.0).abs() > f64::EPSILON)
+        .map(|c| (rollout_now(Some(c), screen_now, wall_ms).0, c.time_scale))
+        .min_by_key(|(t, _)| t.secs_since(newest).abs());
+    match nearest {
+        Some((t, scale)) if t.secs_since(newest).abs() < 3600 => (
+            t,
+            format!("ages on the simulated clock ({scale}x), as the devices report"),
+        ),
+        _ => (
+            newest,
+            "ages before the newest report (the devices' clock is ahead of this screen's)"
+                .to_owned(),
+        ),
+    }
+}
+
+/// A duration in words: "45 s", "4.6 min", "3.2 h", "2.5 d".
+pub fn span_words(secs: i64) -> String {
+    let s = secs.max(0);
+    if s < 120 {
+        format!("{s} s")
+    } else if s < 7200 {
+        format!("{:.1} min", s as f64 / 60.0)
+    } else if s < 172_800 {
+        format!("{:.1} h", s as f64 / 3600.0)
+    } else {
+        format!("{:.1} d", s as f64 / 86_400.0)
+    }
+}
+
+/// The devices a finding is about: "T300 rev C devices" for the stratum `T300/C`, else
+/// "devices".
+fn devices_words(stratum: Option<&str>) -> String {
+    match stratum.map(|s| s.split_once('/')) {
+        Some(Some((model, rev))) => format!("{model} rev {rev} devices"),
+        _ => match stratum {
+            Some(s) => format!("{s} devices"),
+            None => "devices".to_owned(),
+        },
+    }
+}
+
+/// The events a rate metric counts, in words (`n` of them).
+fn events_words(metric: &str, n: u64) -> String {
+    let (one, many) = match metric {
+        "crash" => ("crash", "crashes"),
+        "reconnect_failure" => ("failed reconnect", "failed reconnects"),
+        "support_contacts" => ("support contact", "support contacts"),
+        "boot_failure" => ("boot failure", "boot failures"),
+        "install_failure" => ("failed install", "failed installs"),
+        _ => ("", ""),
+    };
+    if one.is_empty() {
+        format!("{n} {metric} events")
+    } else {
+        format!("{n} {}", if n == 1 { one } else { many })
+    }
+}
+
+/// An expected count in words: "about 0", "about 2.4", "about 31".
+fn about(x: f64) -> String {
+    if x < 0.5 {
+        "about 0".to_owned()
+    } else if x < 10.0 {
+        format!("about {x:.1}")
+    } else {
+        format!("about {x:.0}")
+    }
+}
+
+/// One failing finding in plain words, before any statistics: what happened, to how many of
+/// which devices, over how long (`span_secs`, since `wave` started, when known), and what
+/// would be normal at the baseline's rate.
+pub fn plain_evidence(f: &FindingFigures, span: Option<(i64, &str)>) -> String {
+    let who = devices_words(f.stratum.as_deref());
+    let when = span.map_or_else(String::new, |(secs, wave)| {
+        format!(" in {} since wave {wave} started", span_words(secs))
+    });
+    match (f.counts, f.metric.as_str()) {
+        (Some((events, hours, base_events, base_hours)), _) => {
+            let normal = if base_hours > 0.0 {
+                about(base_events as f64 / base_hours * hours)
+            } else {
+                "unknown (no baseline exposure yet)".to_owned()
+            };
+            format!(
+                "{} on {} {who}{when}; normal is {normal}",
+                events_words(&f.metric, events),
+                f.sample
+            )
+        }
+        (None, "boot_failure" | "install_failure" | "silent") => {
+            let what = match f.metric.as_str() {
+                "boot_failure" => "failed to boot",
+                "install_failure" => "failed to install",
+                _ => "went silent",
+            };
+            let k = (f.observed * f.sample as f64).round();
+            format!(
+                "{k} of {} {who} {what}{when} ({:.0}%); normal is about {}%",
+                f.sample,
+                f.observed * 100.0,
+                trim_pct(f.baseline * 100.0)
+            )
+        }
+        (None, metric) => format!(
+            "{} averaged {:.2} on {} {who}{when}; normal is about {:.2}",
+            metric.replace('_', " "),
+            f.observed,
+            f.sample,
+            f.baseline
+        ),
+    }
+}
+
+/// A percentage with as few digits as it needs: 0.5, 2, 12.
+fn trim_pct(p: f64) -> String {
+    let s = format!("{p:.1}");
+    s.strip_suffix(".0").map_or(s.clone(), str::to_owned)
+}
+
+/// How long after its wave started the stop came, on the record's own clock.
+fn stop_span(s: &RolloutStory, stop: &GateStop) -> Option<(i64, String)> {
+    let wave = s.waves.iter().find(|w| w.name == stop.wave)?;
+    let started = wave.started_at?;
+    Some((stop.at.secs_since(started), wave.name.clone()))
+}
+
+/// The verdict in words for the band, at `now` on the rollout's clock.
+pub fn verdict(s: &RolloutStory, state: WallState, now: Timestamp) -> String {
+    let ago = |t: Timestamp| age(now.secs_since(t));
+    let last_stop = s.stops.last();
+    match state {
+        WallState::Completed => match ended_at(s) {
+            Some(at) => format!("Completed {}: every wave done", ago(at)),
+            None => "Completed".to_owned(),
+        },
+        WallState::Aborted => match &s.ending {
+            Some(Ending::Aborted(at, why)) => format!("Aborted {}: {why}", ago(*at)),
+            _ => "Aborted".to_owned(),
+        },
+        WallState::RolledBack => {
+            let by = last_stop.map_or_else(String::new, |st| {
+                format!(" after the health gate stopped wave {}", st.wave)
+            });
+            match ended_at(s) {
+                Some(at) => format!("Rolled back {}{by}; the rollout is over", ago(at)),
+                None => format!("Rolled back{by}"),
+            }
+        }
+        WallState::RollingBack => match s.rollbacks.last() {
+            Some((at, scope, n)) => format!(
+                "Rolling back {scope}: {n} devices asked to go back {}",
+                ago(*at)
+            ),
+            None => "Rolling back".to_owned(),
+        },
+        WallState::Paused => {
+            let rollback = s.rollbacks.last();
+            let pause = s.pauses.last();
+            match (rollback, pause) {
+                (Some((at, scope, n)), p) if p.is_none_or(|(pat, _)| pat <= at) => format!(
+                    "{} rolled back {}{} ({n} devices asked to go back); waiting for a decision",
+                    capitalise(scope),
+                    ago(*at),
+                    if s.stops.iter().any(|st| st.at == *at) {
+                        " by the health gate"
+                    } else {
+                        ""
+                    }
+                ),
+                (_, Some((at, why))) => {
+                    format!("Paused {}: {why}; waiting for a decision", ago(*at))
+                }
+                _ => "Paused; waiting for a decision".to_owned(),
+            }
+        }
+        WallState::Running => {
+            let current = s
+                .waves
+                .iter()
+                .rev()
+                .find(|w| w.started_at.is_some() && w.completed_at.is_none());
+            match current {
+                Some(w) => format!(
+                    "Wave {} in progress ({} devices), started {}",
+                    w.name,
+                    w.devices,
+                    w.started_at.map_or_else(String::new, ago)
+                ),
+                None => "Running; no wave in progress".to_owned(),
+            }
+        }
+    }
+}
+
+fn capitalise(s: &str) -> String {
+    let mut c = s.chars();
+    match c.next() {
+        Some(first) => first.to_uppercase().chain(c).collect(),
+        None => String::new(),
     }
 }
 
@@ -216,121 +491,266 @@ fn wave_line(
     }
 }
 
+/// The wall's type sizes, as shares of the screen's height: the same wall reads the same from
+/// across a room on a 1080p and a 4K screen.
+#[derive(Debug, Clone, Copy)]
+pub struct WallScale {
+    /// One hundredth of the screen's height, in points.
+    pub unit: f32,
+}
+
+impl WallScale {
+    /// For a screen `height_pts` points high (never below a 600-point screen's sizes).
+    pub fn for_height(height_pts: f32) -> Self {
+        Self {
+            unit: (height_pts / 100.0).max(6.0),
+        }
+    }
+
+    /// The state on the band: 8% of the height.
+    pub fn headline(self) -> f32 {
+        8.0 * self.unit
+    }
+    /// The counts of the state tiles: 5%.
+    pub fn number(self) -> f32 {
+        5.0 * self.unit
+    }
+    pub fn title(self) -> f32 {
+        3.2 * self.unit
+    }
+    /// The verdict, the evidence and the section heads.
+    pub fn text(self) -> f32 {
+        2.6 * self.unit
+    }
+    /// Lines under a section head.
+    pub fn small(self) -> f32 {
+        1.9 * self.unit
+    }
+    pub fn tiny(self) -> f32 {
+        1.5 * self.unit
+    }
+}
+
+/// The rollouts the wall watches at `now` (each on its own clock when the clock runs), in the
+/// wall's order; and those of the board that ended longer ago.
+fn watched<'a>(
+    cx: &ViewContext<'_>,
+    board: &'a RolloutBoard,
+    wall_ms: i64,
+) -> (Vec<&'a RolloutStory>, Vec<&'a RolloutStory>) {
+    let own_now = |s: &RolloutStory| {
+        if cx.clock_runs {
+            rollout_now(board.clocks.get(&s.rollout_id), cx.now, wall_ms).0
+        } else {
+            cx.now
+        }
+    };
+    wall_order(&board.rollouts)
+        .into_iter()
+        .partition(|s| is_active(s, own_now(s)))
+}
+
 /// Draws the wall.
 pub fn warroom_ui(cx: &ViewContext<'_>, ui: &mut egui::Ui) {
-    let now = cx.now;
     if cx.clock_runs {
         // The clock and the rollout cycle move without input.
         ui.ctx()
             .request_repaint_after(std::time::Duration::from_secs(1));
     }
-    ui.horizontal(|ui| {
+    let scale = WallScale::for_height(ui.ctx().content_rect().height());
+    let wall_ms = crate::alerts::deliver::wall_ms();
+    let board = cx.rollouts.and_then(|b| b.as_ref().ok());
+    let (active, ended) = board.map_or((Vec::new(), Vec::new()), |b| watched(cx, b, wall_ms));
+    let index = if cx.clock_runs {
+        cycle_index(active.len(), cx.now.secs_since(cx.warroom_since))
+    } else {
+        0
+    };
+    let shown = active.get(index).copied();
+    // One clock for the screen: the shown rollout's own when it runs sped up, else the
+    // screen's.
+    let (now, clock_words) = match shown {
+        Some(s) if cx.clock_runs => rollout_now(
+            board.and_then(|b| b.clocks.get(&s.rollout_id)),
+            cx.now,
+            wall_ms,
+        ),
+        _ => (cx.now, None),
+    };
+    header_ui(cx, ui, scale, now, clock_words.is_some());
+    ui.add_space(scale.unit);
+    match (cx.rollouts, shown) {
+        (None, _) => band_ui(
+            ui,
+            scale,
+            tokens::MUTED,
+            "READING",
+            "",
+            "Reading the rollouts in the cache",
+        ),
+        (Some(Err(why)), _) => band_ui(
+            ui,
+            scale,
+            tokens::WARN,
+            "NO DATA",
+            "",
+            &format!("Could not read the rollouts: {why}"),
+        ),
+        (Some(Ok(_)), None) => {
+            let last = ended.first().map_or_else(
+                || {
+                    "No rollouts recorded in the cache: `convoy rollout run` records them here."
+                        .to_owned()
+                },
+                |s| {
+                    format!(
+                        "No rollout is running or waiting for a decision. Last: {} {} ({})",
+                        s.rollout_id,
+                        state_of(s).label().to_lowercase(),
+                        verdict(s, state_of(s), cx.now).to_lowercase()
+                    )
+                },
+            );
+            band_ui(ui, scale, tokens::MUTED, "NOTHING TO WATCH", "", &last);
+        }
+        (Some(Ok(_)), Some(s)) => {
+            let state = state_of(s);
+            band_ui(
+                ui,
+                scale,
+                state.color(),
+                state.label(),
+                &s.rollout_id,
+                &verdict(s, state, now),
+            );
+        }
+    }
+    ui.add_space(scale.unit);
+    egui::ScrollArea::vertical()
+        .auto_shrink([false, false])
+        .show(ui, |ui| {
+            ui.columns(2, |cols| {
+                if let Some(s) = shown {
+                    rollout_ui(
+                        &mut cols[0],
+                        scale,
+                        s,
+                        now,
+                        clock_words.as_deref(),
+                        (index, &active, &ended),
+                    );
+                } else if let Some(Ok(b)) = cx.rollouts {
+                    for line in &b.unreadable {
+                        cols[0].label(
+                            RichText::new(format!("Unreadable timeline: {line}"))
+                                .size(scale.small())
+                                .color(tokens::WARN),
+                        );
+                    }
+                }
+                fleet_counts_ui(cx, &mut cols[1], scale);
+                if let Some(s) = shown {
+                    cols[1].add_space(scale.unit);
+                    health_ui(cx, &mut cols[1], scale, &s.rollout_id);
+                }
+                cols[1].add_space(scale.unit);
+                fleet_events_ui(cx, &mut cols[1], scale, wall_ms);
+            });
+            ui.add_space(scale.unit);
+            ui.label(
+                RichText::new("Read-only display · F11, W or Esc to leave")
+                    .size(scale.tiny())
+                    .color(tokens::MUTED),
+            );
+        });
+}
+
+/// The title, the link and the screen's one clock.
+fn header_ui(
+    cx: &ViewContext<'_>,
+    ui: &mut egui::Ui,
+    scale: WallScale,
+    now: Timestamp,
+    simulated: bool,
+) {
+    ui.horizontal_wrapped(|ui| {
         ui.label(
             RichText::new("CONVOY · WAR ROOM")
-                .size(tokens::WALL_TITLE)
+                .size(scale.title())
                 .strong(),
         );
-        ui.add_space(30.0);
+        ui.add_space(3.0 * scale.unit);
         let (text, color) = match cx.link {
             LinkStatus::Offline => ("LINK OFFLINE".to_owned(), tokens::MUTED),
             LinkStatus::Connecting => ("LINK CONNECTING".to_owned(), tokens::WARN),
             LinkStatus::Connected => ("LINK CONNECTED".to_owned(), tokens::OK),
             LinkStatus::Reconnecting(_) => ("LINK LOST, RECONNECTING".to_owned(), tokens::BAD),
         };
-        ui.label(
-            RichText::new(text)
-                .size(tokens::WALL_TEXT)
-                .color(color)
-                .strong(),
-        );
-        ui.add_space(30.0);
-        ui.label(RichText::new(now.to_string()).size(tokens::WALL_TEXT));
+        ui.label(RichText::new(text).size(scale.text()).color(color).strong());
+        ui.add_space(3.0 * scale.unit);
+        let clock = if simulated {
+            format!("{now} (the rollout's simulated clock)")
+        } else {
+            now.to_string()
+        };
+        ui.label(RichText::new(clock).size(scale.text()));
     });
-    ui.add_space(16.0);
-    ui.columns(2, |cols| {
-        let shown = rollouts_ui(cx, &mut cols[0], now);
-        if let Some(id) = shown {
-            health_ui(cx, &mut cols[1], &id);
-            cols[1].add_space(16.0);
-        }
-        fleet_ui(cx, &mut cols[1], now);
-    });
-    ui.add_space(20.0);
-    ui.label(
-        RichText::new("Read-only display · F11, W or Esc to leave")
-            .size(14.0)
-            .color(tokens::MUTED),
-    );
 }
 
-fn small(text: impl Into<String>) -> RichText {
-    RichText::new(text).size(tokens::WALL_TEXT * 0.7)
+/// The full-width colour band: the state in large type, the rollout's id, and the verdict in
+/// words. Dark text on the state's colour (the colours are light enough for it).
+fn band_ui(
+    ui: &mut egui::Ui,
+    scale: WallScale,
+    color: Color32,
+    state: &str,
+    rollout_id: &str,
+    verdict: &str,
+) {
+    let ink = Color32::from_rgb(0x10, 0x10, 0x10);
+    egui::Frame::new()
+        .fill(color)
+        .corner_radius(scale.unit * 0.6)
+        .inner_margin(egui::Margin::symmetric(
+            (2.0 * scale.unit) as i8,
+            (1.0 * scale.unit) as i8,
+        ))
+        .show(ui, |ui| {
+            ui.set_min_width(ui.available_width());
+            ui.horizontal_wrapped(|ui| {
+                ui.label(
+                    RichText::new(state)
+                        .size(scale.headline())
+                        .strong()
+                        .color(ink),
+                );
+                if !rollout_id.is_empty() {
+                    ui.add_space(2.0 * scale.unit);
+                    ui.label(
+                        RichText::new(rollout_id)
+                            .size(scale.title())
+                            .strong()
+                            .color(ink),
+                    );
+                }
+            });
+            ui.label(RichText::new(verdict).size(scale.text()).color(ink));
+        });
 }
 
-/// The rollout on the wall now, from the cache; returns its id.
-fn rollouts_ui(cx: &ViewContext<'_>, ui: &mut egui::Ui, now: Timestamp) -> Option<String> {
-    let board = match cx.rollouts {
-        None => {
-            ui.label(RichText::new("Reading the rollouts in the cache").size(tokens::WALL_TEXT));
-            return None;
-        }
-        Some(Err(why)) => {
-            ui.label(
-                RichText::new(format!("Could not read the rollouts: {why}"))
-                    .size(tokens::WALL_TEXT * 0.8)
-                    .color(tokens::WARN),
-            );
-            return None;
-        }
-        Some(Ok(board)) => board,
-    };
-    for line in &board.unreadable {
-        ui.label(small(format!("Unreadable timeline: {line}")).color(tokens::WARN));
-    }
-    let order = wall_order(&board.rollouts);
-    if order.is_empty() {
-        ui.label(
-            RichText::new("No rollouts recorded in the cache")
-                .size(tokens::WALL_TEXT)
-                .color(tokens::MUTED),
-        );
-        ui.label(small("`convoy rollout run` records them here.").color(tokens::MUTED));
-        return None;
-    }
-    let index = if cx.clock_runs {
-        cycle_index(order.len(), now.secs_since(cx.warroom_since))
-    } else {
-        0
-    };
-    let s = order[index];
-    let state = state_of(s);
-    // Ages on this rollout's own clock, said on the wall.
-    let (now, clock_words) = if cx.clock_runs {
-        rollout_now(
-            cx.rollouts
-                .as_ref()
-                .and_then(|b| b.as_ref().ok())
-                .and_then(|b| b.clocks.get(&s.rollout_id)),
-            now,
-            crate::alerts::deliver::wall_ms(),
-        )
-    } else {
-        (now, None)
-    };
-    ui.label(small(format!("Rollout {} of {}", index + 1, order.len())).color(tokens::MUTED));
-    ui.horizontal_wrapped(|ui| {
-        ui.label(
-            RichText::new(&s.rollout_id)
-                .size(tokens::WALL_TEXT * 1.3)
-                .strong(),
-        );
-        ui.label(
-            RichText::new(state.label())
-                .size(tokens::WALL_TEXT * 1.3)
-                .strong()
-                .color(state.color()),
-        );
-    });
+/// The rollout on the wall: who and what, the evidence in plain words then its statistics,
+/// its waves, gate decisions and latest entries, and the other rollouts watched.
+fn rollout_ui(
+    ui: &mut egui::Ui,
+    scale: WallScale,
+    s: &RolloutStory,
+    now: Timestamp,
+    clock_words: Option<&str>,
+    (index, active, ended): (usize, &[&RolloutStory], &[&RolloutStory]),
+) {
+    let small = |t: String| RichText::new(t).size(scale.small());
+    let head = |t: &str| RichText::new(t).size(scale.text()).strong();
+    ui.label(small(format!("Rollout {} of {}", index + 1, active.len())).color(tokens::MUTED));
     ui.label(small(format!(
         "release {} · requested by {} · {} path · {} of {} devices offered",
         s.release_id,
@@ -339,29 +759,49 @@ fn rollouts_ui(cx: &ViewContext<'_>, ui: &mut egui::Ui, now: Timestamp) -> Optio
         s.offered(),
         s.planned()
     )));
-    if let Some(words) = &clock_words {
-        ui.label(small(words.clone()).color(tokens::MUTED));
+    if let Some(words) = clock_words {
+        ui.label(small(words.to_owned()).color(tokens::MUTED));
     }
-    if let Some((at, why)) = s.pauses.last().filter(|_| state == WallState::Paused) {
-        ui.label(small(format!("paused {}: {why}", age(now.secs_since(*at)))).color(tokens::WARN));
+    if let Some(stop) = s.stops.last() {
+        ui.add_space(scale.unit);
+        ui.label(head("What the gate saw"));
+        let span = stop_span(s, stop);
+        for f in &stop.figures {
+            let color = if stop.outcome == "hold" {
+                tokens::WARN
+            } else {
+                tokens::BAD
+            };
+            ui.label(
+                RichText::new(plain_evidence(
+                    f,
+                    span.as_ref().map(|(secs, w)| (*secs, w.as_str())),
+                ))
+                .size(scale.text())
+                .color(color),
+            );
+        }
+        for finding in &stop.findings {
+            ui.label(
+                RichText::new(format!("Statistics: {finding}"))
+                    .size(scale.tiny())
+                    .color(tokens::MUTED),
+            );
+        }
     }
-    ui.add_space(8.0);
-    ui.label(RichText::new("Waves").size(tokens::WALL_TEXT).strong());
+    ui.add_space(scale.unit);
+    ui.label(head("Waves"));
     for w in &s.waves {
         let (line, color) = wave_line(w, s, now);
-        ui.horizontal(|ui| {
+        ui.horizontal_wrapped(|ui| {
             ui.label(small(format!("{} ({} devices)", w.name, w.devices)).strong());
             ui.label(small(line).color(color));
         });
     }
-    ui.add_space(8.0);
-    ui.label(
-        RichText::new(format!("Gate decisions · holds: {}", s.holds))
-            .size(tokens::WALL_TEXT)
-            .strong(),
-    );
+    ui.add_space(scale.unit);
+    ui.label(head(&format!("Gate decisions · holds: {}", s.holds)));
     if s.stops.is_empty() {
-        ui.label(small("No gate has stopped this rollout.").color(tokens::MUTED));
+        ui.label(small("No gate has stopped this rollout.".to_owned()).color(tokens::MUTED));
     }
     for stop in s.stops.iter().rev() {
         let color = if stop.outcome == "hold" {
@@ -379,16 +819,9 @@ fn rollouts_ui(cx: &ViewContext<'_>, ui: &mut egui::Ui, now: Timestamp) -> Optio
             .color(color)
             .strong(),
         );
-        for finding in &stop.findings {
-            ui.label(small(format!("  {finding}")));
-        }
     }
-    ui.add_space(8.0);
-    ui.label(
-        RichText::new("Latest entries")
-            .size(tokens::WALL_TEXT)
-            .strong(),
-    );
+    ui.add_space(scale.unit);
+    ui.label(head("Latest entries"));
     for (at, line, cause) in s.chronology.iter().rev().take(LATEST_ENTRIES) {
         ui.label(small(format!(
             "{:>10}  {}  ({cause})",
@@ -396,17 +829,27 @@ fn rollouts_ui(cx: &ViewContext<'_>, ui: &mut egui::Ui, now: Timestamp) -> Optio
             clip(line, CLIP_CHARS)
         )));
     }
-    let others: Vec<String> = order
+    let others: Vec<String> = active
         .iter()
         .enumerate()
         .filter(|&(i, _)| i != index)
         .map(|(_, o)| format!("{} {}", o.rollout_id, state_of(o).label().to_lowercase()))
         .collect();
     if !others.is_empty() {
-        ui.add_space(8.0);
+        ui.add_space(scale.unit);
         ui.label(small(format!("Also: {}", others.join(" · "))).color(tokens::MUTED));
     }
-    Some(s.rollout_id.clone())
+    if !ended.is_empty() {
+        let names: Vec<String> = ended
+            .iter()
+            .map(|o| format!("{} {}", o.rollout_id, state_of(o).label().to_lowercase()))
+            .collect();
+        ui.label(
+            RichText::new(format!("Ended: {}", names.join(" · ")))
+                .size(scale.tiny())
+                .color(tokens::MUTED),
+        );
+    }
 }
 
 /// The metrics the wall plots, when the rollout's gates watch them.
@@ -415,10 +858,10 @@ const WALL_METRICS: [&str; 2] = ["crash", "reconnect_failure"];
 /// Cohort health of the rollout on the wall against its baseline: for each plotted metric, the
 /// updated cohort and the baseline (cumulative since the rollout started), the level the gate
 /// tolerates (baseline × its ratio), and the gate decisions on the time axis.
-fn health_ui(cx: &ViewContext<'_>, ui: &mut egui::Ui, rollout_id: &str) {
+fn health_ui(cx: &ViewContext<'_>, ui: &mut egui::Ui, scale: WallScale, rollout_id: &str) {
     ui.label(
         RichText::new("Cohort health against baseline")
-            .size(tokens::WALL_TEXT)
+            .size(scale.text())
             .strong(),
     );
     let series = cx
@@ -427,26 +870,39 @@ fn health_ui(cx: &ViewContext<'_>, ui: &mut egui::Ui, rollout_id: &str) {
         .and_then(|b| b.health.get(rollout_id));
     let Some(series) = series else {
         ui.label(
-            small("No health log for this rollout (recorded before the engine kept one).")
+            RichText::new("No health log for this rollout (recorded before the engine kept one).")
+                .size(scale.small())
                 .color(tokens::MUTED),
         );
         return;
     };
     let style = PlotStyle {
-        text_size: tokens::WALL_TEXT * 0.7,
-        height: 130.0,
+        text_size: scale.small(),
+        height: 13.0 * scale.unit,
         id_salt: "warroom-health",
     };
     let mut any = false;
-    for m in series
-        .metrics
-        .iter()
-        .filter(|m| WALL_METRICS.contains(&m.metric.as_str()))
-    {
-        any |= metric_plot_ui(ui, series, m, &style);
-    }
+    ui.scope(|ui| {
+        // The plots' axis numbers and legend follow the wall's scale too (egui_plot draws them
+        // in the style's text sizes, made for a desk at arm's length).
+        let factor = (scale.unit / 10.8).max(1.0);
+        for font in ui.style_mut().text_styles.values_mut() {
+            font.size *= factor;
+        }
+        for m in series
+            .metrics
+            .iter()
+            .filter(|m| WALL_METRICS.contains(&m.metric.as_str()))
+        {
+            any |= metric_plot_ui(ui, series, m, &style);
+        }
+    });
     if !any {
-        ui.label(small("No health samples yet.").color(tokens::MUTED));
+        ui.label(
+            RichText::new("No health samples yet.")
+                .size(scale.small())
+                .color(tokens::MUTED),
+        );
         return;
     }
     last_stop_ui(ui, series, style.text_size);
@@ -481,18 +937,6 @@ pub fn metric_plot_ui(
     let hours = |t: Timestamp| (t.secs() - start) as f64 / 3600.0;
     let fmt = |v: Option<f64>| v.map_or_else(|| "no sample".to_owned(), |v| format!("{v:.2}"));
     let over = matches!((last.updated, last.baseline), (Some(u), Some(b)) if u > m.max_ratio * b);
-    ui.label(
-        RichText::new(format!(
-            "{}: updated {} · baseline {} {} · tolerated ×{}",
-            m.metric,
-            fmt(last.updated),
-            fmt(last.baseline),
-            m.unit,
-            m.max_ratio
-        ))
-        .size(style.text_size)
-        .color(if over { tokens::BAD } else { tokens::OK }),
-    );
     // A later value at the same moment replaces the earlier one (a series' last point can
     // fall on its last step): two points at one x would draw as a spike.
     let pick = |f: fn(&SeriesPoint) -> Option<f64>| {
@@ -514,6 +958,43 @@ pub fn metric_plot_ui(
         .iter()
         .map(|[x, y]| [*x, y * m.max_ratio])
         .collect();
+    // The level the gate tolerates now: the baseline's early points rest on few device-hours
+    // and can be far above it, so the whole series' highest would keep an outlier on scale.
+    let reference = tolerated
+        .last()
+        .map_or(0.0, |p| p[1])
+        .max(baseline.last().map_or(0.0, |p| p[1]));
+    let clipped = clip_to_scale(&updated, reference);
+    // The baseline's and tolerated level's early points are cut at the same height.
+    let (baseline, tolerated) = match clipped.cap {
+        Some(cap) => (
+            baseline.iter().map(|[x, y]| [*x, y.min(cap)]).collect(),
+            tolerated.iter().map(|[x, y]| [*x, y.min(cap)]).collect(),
+        ),
+        None => (baseline, tolerated),
+    };
+    let mut line = format!(
+        "{}: updated {} · baseline {} {} · tolerated ×{}",
+        m.metric,
+        fmt(last.updated),
+        fmt(last.baseline),
+        m.unit,
+        m.max_ratio
+    );
+    if let Some(cap) = clipped.cap {
+        let _ = write!(
+            line,
+            " · axis cut at {cap:.2}, {OFF_SCALE_TIMES}× the level tolerated now: updated peaks off scale at {:.2}",
+            clipped.peak
+        );
+    }
+    ui.label(RichText::new(line).size(style.text_size).color(if over {
+        tokens::BAD
+    } else {
+        tokens::OK
+    }));
+    let updated = clipped.points;
+    let off_scale = clipped.off_scale;
     let response = egui_plot::Plot::new((style.id_salt, m.metric.as_str()))
         .height(style.height)
         .allow_zoom(false)
@@ -544,6 +1025,15 @@ pub fn metric_plot_ui(
                     .color(if over { tokens::BAD } else { tokens::OK })
                     .width(3.0),
             );
+            if !off_scale.is_empty() {
+                plot_ui.points(
+                    egui_plot::Points::new("off scale", egui_plot::PlotPoints::from(off_scale))
+                        .shape(egui_plot::MarkerShape::Up)
+                        .filled(true)
+                        .radius(style.text_size * 0.35)
+                        .color(tokens::BAD),
+                );
+            }
             // Unnamed, so that they stay out of the legend: the line under the plots names
             // the last stop.
             for marker in &series.markers {
@@ -578,47 +1068,128 @@ pub fn last_stop_ui(ui: &mut egui::Ui, series: &HealthSeries, text_size: f32) {
     }
 }
 
-/// The fleet's state counts and its latest device events.
-fn fleet_ui(cx: &ViewContext<'_>, ui: &mut egui::Ui, now: Timestamp) {
+/// The updated cohort's line with its y axis cut at [`OFF_SCALE_TIMES`] × `reference` (the
+/// highest baseline or tolerated level) when it goes past that, so that an outlier does not
+/// flatten the levels that matter.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Clipped {
+    /// The line, clamped to the cut.
+    pub points: Vec<[f64; 2]>,
+    /// Where the line is past the cut, at the cut (drawn as markers).
+    pub off_scale: Vec<[f64; 2]>,
+    /// The cut, when there is one.
+    pub cap: Option<f64>,
+    /// The highest value of the line.
+    pub peak: f64,
+}
+
+/// See [`Clipped`]. No cut when `reference` is 0 (nothing to keep readable) or the line stays
+/// under [`CUT_WHEN_TIMES`] × `reference`.
+pub fn clip_to_scale(line: &[[f64; 2]], reference: f64) -> Clipped {
+    let peak = line.iter().map(|p| p[1]).fold(0.0, f64::max);
+    let cap = OFF_SCALE_TIMES * reference;
+    if reference <= 0.0 || !cap.is_finite() || peak <= CUT_WHEN_TIMES * reference {
+        return Clipped {
+            points: line.to_vec(),
+            off_scale: Vec::new(),
+            cap: None,
+            peak,
+        };
+    }
+    Clipped {
+        points: line.iter().map(|[x, y]| [*x, y.min(cap)]).collect(),
+        off_scale: line
+            .iter()
+            .filter(|[_, y]| *y > cap)
+            .map(|[x, _]| [*x, cap])
+            .collect(),
+        cap: Some(cap),
+        peak,
+    }
+}
+
+/// How many state tiles fit a row `width` points wide, and each tile's width: every tile
+/// stays on screen, wrapping into more rows rather than running off the edge (issue 19:
+/// "reverted", the number that matters, was cut off in the default window).
+pub fn tile_layout(n: usize, width: f32, scale: WallScale) -> (usize, f32) {
+    let gap = scale.unit;
+    let min_width = 16.0 * scale.unit;
+    let fit = (((width + gap) / (min_width + gap)).floor() as usize).clamp(1, n.max(1));
+    // As many rows as needed, the tiles shared evenly between them (4 and 3, not 5 and 2).
+    let rows = n.max(1).div_ceil(fit);
+    let per_row = n.max(1).div_ceil(rows);
+    let tile = (width - gap * (per_row as f32 - 1.0)) / per_row as f32;
+    (per_row, tile.max(1.0))
+}
+
+/// The fleet's state counts as tiles, a large number over its name.
+fn fleet_counts_ui(cx: &ViewContext<'_>, ui: &mut egui::Ui, scale: WallScale) {
     let mode = cx.state.color_mode;
     let Some(model) = cx.model else {
-        ui.label(RichText::new("Loading the fleet").size(tokens::WALL_TEXT));
+        ui.label(RichText::new("Loading the fleet").size(scale.text()));
         return;
     };
     ui.label(
         RichText::new(format!("{} devices · {}", model.len(), mode.label()))
-            .size(tokens::WALL_TEXT),
-    );
-    ui.add_space(10.0);
-    ui.horizontal_wrapped(|ui| {
-        for (k, name) in mode.class_names().iter().enumerate() {
-            let color = tokens::class_color(mode, k);
-            egui::Frame::new()
-                .stroke(Stroke::new(3.0, color))
-                .inner_margin(10.0)
-                .corner_radius(6.0)
-                .show(ui, |ui| {
-                    ui.set_min_width(120.0);
-                    ui.vertical(|ui| {
-                        ui.label(
-                            RichText::new(cx.derived.counts_all[k].to_string())
-                                .size(tokens::WALL_NUMBER * 0.7)
-                                .strong()
-                                .color(color),
-                        );
-                        ui.label(small(*name));
-                    });
-                });
-        }
-    });
-    ui.add_space(20.0);
-    ui.label(
-        RichText::new("Latest events")
-            .size(tokens::WALL_TEXT)
+            .size(scale.text())
             .strong(),
     );
+    let names = mode.class_names();
+    let (per_row, tile_w) = tile_layout(names.len(), ui.available_width(), scale);
+    let tile_h = scale.number() * 1.2 + scale.small() * 2.4 + scale.unit * 0.8;
+    let gap = scale.unit;
+    for (r, row_names) in names.chunks(per_row).enumerate() {
+        let (rect, _) = ui.allocate_exact_size(
+            egui::vec2(ui.available_width(), tile_h),
+            egui::Sense::hover(),
+        );
+        for (c, name) in row_names.iter().enumerate() {
+            let k = r * per_row + c;
+            let color = tokens::class_color(mode, k);
+            let min = rect.min + egui::vec2(c as f32 * (tile_w + gap), 0.0);
+            let tile = egui::Rect::from_min_size(min, egui::vec2(tile_w, tile_h));
+            ui.painter().rect_stroke(
+                tile,
+                scale.unit * 0.5,
+                Stroke::new((scale.unit * 0.3).max(2.0), color),
+                egui::StrokeKind::Inside,
+            );
+            let inner = tile.shrink(scale.unit * 0.8);
+            // A child that takes no room in the row: the row's rect is the room.
+            let mut child = ui.new_child(
+                egui::UiBuilder::new()
+                    .max_rect(inner)
+                    .layout(egui::Layout::top_down(egui::Align::Min)),
+            );
+            child.spacing_mut().item_spacing.y = 0.0;
+            child.label(
+                RichText::new(cx.derived.counts_all[k].to_string())
+                    .size(scale.number())
+                    .strong()
+                    .color(color),
+            );
+            child.add(egui::Label::new(RichText::new(*name).size(scale.small())).wrap());
+        }
+        ui.add_space(gap);
+    }
+}
+
+/// The latest device events, aged on the fleet's own clock (said above them).
+fn fleet_events_ui(cx: &ViewContext<'_>, ui: &mut egui::Ui, scale: WallScale, wall_ms: i64) {
+    let Some(model) = cx.model else {
+        return;
+    };
+    let (now, words) = fleet_now(
+        cx.now,
+        cx.clock_runs,
+        model.last_message,
+        cx.rollouts.and_then(|b| b.as_ref().ok()),
+        wall_ms,
+    );
+    ui.label(RichText::new("Latest events").size(scale.text()).strong());
+    ui.label(RichText::new(words).size(scale.tiny()).color(tokens::MUTED));
     let mut any = false;
-    for e in model.events.iter().rev().take(10) {
+    for e in model.events.iter().rev().take(LATEST_EVENTS) {
         any = true;
         let color = match e.severity {
             Severity::Info => ui.visuals().text_color(),
@@ -626,18 +1197,19 @@ fn fleet_ui(cx: &ViewContext<'_>, ui: &mut egui::Ui, now: Timestamp) {
             Severity::Problem => tokens::BAD,
         };
         ui.label(
-            small(format!(
+            RichText::new(format!(
                 "{:>10}  {}  {}",
                 age(now.secs_since(e.at)),
                 e.device_id,
                 e.text
             ))
+            .size(scale.small())
             .monospace()
             .color(color),
         );
     }
     if !any {
-        ui.label(small("No events yet."));
+        ui.label(RichText::new("No events yet.").size(scale.small()));
     }
 }
 
@@ -797,5 +1369,177 @@ mod clock_tests {
             rollout_now(None, Timestamp::from_secs(7), 0).0,
             Timestamp::from_secs(7)
         );
+    }
+}
+
+#[cfg(test)]
+mod wall_tests {
+    use super::*;
+    use convoy_core::comms::{RecordEntry, story};
+    use serde_json::json;
+
+    const T0: Timestamp = Timestamp::from_secs(1_800_000_000);
+
+    /// A canary stopped by the crash gate on stratum T300/C 276 s after it started, as the
+    /// engine records it.
+    fn crash_stop() -> RolloutStory {
+        let entry = |secs: i64, kind: &str, payload: serde_json::Value| RecordEntry {
+            at: T0.plus_secs(secs),
+            kind: kind.into(),
+            cause: "gate".into(),
+            payload,
+        };
+        let entries = vec![
+            entry(
+                0,
+                "rollout.created",
+                json!({"release": "r", "requested_by": "demo", "path": "standard",
+                       "waves": [{"name": "canary", "devices": 50}, {"name": "fleet", "devices": 950}]}),
+            ),
+            entry(10, "wave.started", json!({"wave_started": {"wave": 0}})),
+            entry(
+                286,
+                "gate.decision",
+                json!({"wave": "canary", "outcome": "roll_back_wave", "report": {"findings": [
+                    {"metric": "crash", "stratum": "T300/C", "status": "fail", "observed": 36548.2,
+                     "baseline": 0.0, "p_value": 3.7e-4, "sample": 5,
+                     "counts": {"updated_events": 13, "updated_device_hours": 0.2,
+                                "baseline_events": 0, "baseline_device_hours": 0.2}},
+                    {"metric": "boot_failure", "stratum": null, "status": "fail", "observed": 0.4,
+                     "baseline": 0.005, "p_value": 1e-9, "sample": 10}]}}),
+            ),
+            entry(
+                286,
+                "rollback.started",
+                json!({"rollback_started": {"scope": {"wave": 0}, "devices": [1, 2, 3]}}),
+            ),
+            entry(300, "rollback.finished", json!({})),
+        ];
+        story("demo", &entries).expect("a story")
+    }
+
+    #[test]
+    fn the_evidence_is_said_in_plain_words_before_the_statistics() {
+        let s = crash_stop();
+        let stop = s.stops.last().expect("a stop");
+        let span = stop_span(&s, stop).expect("the canary started");
+        assert_eq!(span, (276, "canary".to_owned()));
+        let words: Vec<String> = stop
+            .figures
+            .iter()
+            .map(|f| plain_evidence(f, Some((span.0, &span.1))))
+            .collect();
+        assert_eq!(
+            words,
+            [
+                "13 crashes on 5 T300 rev C devices in 4.6 min since wave canary started; normal is about 0",
+                "4 of 10 devices failed to boot in 4.6 min since wave canary started (40%); normal is about 0.5%",
+            ]
+        );
+        // The statistics stay, second.
+        assert!(
+            stop.findings[0].contains("p = 3.70e-4"),
+            "{:?}",
+            stop.findings
+        );
+        let mean = FindingFigures {
+            metric: "reconnect_time".into(),
+            observed: 25.0,
+            baseline: 8.0,
+            sample: 12,
+            ..FindingFigures::default()
+        };
+        assert_eq!(
+            plain_evidence(&mean, None),
+            "reconnect time averaged 25.00 on 12 devices; normal is about 8.00"
+        );
+    }
+
+    #[test]
+    fn the_verdict_says_what_happened_and_what_it_waits_for() {
+        let s = crash_stop();
+        let state = state_of(&s);
+        assert_eq!(state, WallState::Paused);
+        assert!(state.alarm());
+        assert_eq!(
+            verdict(&s, state, T0.plus_secs(300 + 150)),
+            "Wave canary rolled back 2 min ago by the health gate (3 devices asked to go back); waiting for a decision"
+        );
+    }
+
+    #[test]
+    fn ended_rollouts_leave_the_wall_after_an_hour_on_their_clock() {
+        let s = crash_stop();
+        assert!(is_active(&s, T0.plus_secs(10 * 86_400)), "not ended: stays");
+        let mut done = s.clone();
+        done.ending = Some(Ending::Completed(T0.plus_secs(400)));
+        assert!(is_active(&done, T0.plus_secs(400 + RECENT_END_SECS)));
+        assert!(!is_active(&done, T0.plus_secs(401 + RECENT_END_SECS)));
+    }
+
+    #[test]
+    fn an_outlier_is_cut_at_a_multiple_of_the_tolerated_level_and_marked() {
+        let line = [[0.0, 0.0], [1.0, 30.0], [2.0, 4184.6], [3.0, 50.0]];
+        let c = clip_to_scale(&line, 25.0);
+        assert_eq!(c.cap, Some(100.0));
+        assert_eq!(c.peak, 4184.6);
+        assert_eq!(
+            c.points,
+            [[0.0, 0.0], [1.0, 30.0], [2.0, 100.0], [3.0, 50.0]]
+        );
+        assert_eq!(c.off_scale, [[2.0, 100.0]]);
+        // Under ten times the level, or with nothing to keep readable, the line is drawn as
+        // it is.
+        assert_eq!(clip_to_scale(&line[..2], 25.0).cap, None);
+        assert_eq!(clip_to_scale(&[[0.0, 249.0]], 25.0).cap, None);
+        assert_eq!(clip_to_scale(&line, 0.0).points, line);
+    }
+
+    #[test]
+    fn state_tiles_wrap_rather_than_run_off_the_screen() {
+        let scale = WallScale::for_height(800.0);
+        let (per_row, w) = tile_layout(7, 620.0, scale);
+        assert!(per_row < 7, "{per_row}");
+        assert!(per_row as f32 * w + (per_row as f32 - 1.0) * scale.unit <= 620.0 + 1e-3);
+        assert_eq!(tile_layout(7, 10.0, scale).0, 1);
+        // Sizes follow the screen's height: 4K doubles 1080p.
+        let (hd, uhd) = (WallScale::for_height(1080.0), WallScale::for_height(2160.0));
+        assert!((uhd.headline() - 2.0 * hd.headline()).abs() < 1e-3);
+        assert!(hd.headline() >= 0.05 * 1080.0);
+    }
+
+    #[test]
+    fn device_ages_use_the_fleet_s_clock_when_it_runs_ahead() {
+        let now = T0;
+        // Reports on the screen's clock: the screen's clock.
+        let (t, words) = fleet_now(now, true, Some(now.plus_secs(-5)), None, 0);
+        assert_eq!(t, now);
+        assert!(words.contains("screen's clock"), "{words}");
+        // A simulated fleet hours ahead, with its rollout clock known: that clock.
+        let mut board = RolloutBoard::default();
+        board.clocks.insert(
+            "demo".into(),
+            crate::store::events::RunClock {
+                rollout_id: "demo".into(),
+                release_id: "r".into(),
+                clock_start: now,
+                wall_began_ms: 0,
+                time_scale: 60.0,
+            },
+        );
+        // 150 wall seconds later the simulated clock is 2.5 h ahead.
+        let newest = now.plus_secs(150 * 60 - 3);
+        let (t, words) = fleet_now(
+            now.plus_secs(150),
+            true,
+            Some(newest),
+            Some(&board),
+            150_000,
+        );
+        assert_eq!(t, now.plus_secs(150 * 60));
+        assert!(words.contains("simulated clock (60x)"), "{words}");
+        // Without a known clock: the newest report.
+        let (t, _) = fleet_now(now.plus_secs(150), true, Some(newest), None, 150_000);
+        assert_eq!(t, newest);
     }
 }

@@ -26,6 +26,48 @@ pub fn default_trust_dir(db: &Path) -> PathBuf {
     db.parent().unwrap_or(Path::new(".")).join("trust")
 }
 
+/// A key someone is asked to trust, as the confirmation shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyToTrust {
+    /// The key id manifests name (64 hex digits).
+    pub id: String,
+    /// The Ed25519 public key itself in hex, in groups of four: what to compare with the key's
+    /// owner over another channel.
+    pub fingerprint: String,
+    /// The key directory it was read from.
+    pub key_dir: PathBuf,
+}
+
+/// Reads the public key of the key directory `key_dir` for a confirmation.
+pub fn key_to_trust(key_dir: &Path) -> Result<KeyToTrust> {
+    let key = crate::keys::load_public(key_dir)?;
+    let hex = hex::encode(key.as_bytes());
+    let groups: Vec<&str> = (0..hex.len())
+        .step_by(4)
+        .filter_map(|i| hex.get(i..(i + 4).min(hex.len())))
+        .collect();
+    Ok(KeyToTrust {
+        id: convoy_core::manifest::KeyId::of(&key).to_string(),
+        fingerprint: groups.join(" "),
+        key_dir: key_dir.to_owned(),
+    })
+}
+
+/// Trusts the key of `key_dir` in the trust directory `trust_dir` (see
+/// [`crate::keys::trust_key`]), after checking that it is still the key `expected_id` the
+/// operator confirmed; says what was written.
+pub fn trust_key(trust_dir: &Path, key_dir: &Path, expected_id: &str) -> Result<String> {
+    let key = crate::keys::load_public(key_dir)?;
+    let id = convoy_core::manifest::KeyId::of(&key);
+    if id.as_str() != expected_id {
+        bail!(
+            "the key in {} is now {id}, not the {expected_id} confirmed: nothing was trusted",
+            key_dir.display()
+        );
+    }
+    crate::keys::trust_key(trust_dir, &key)
+}
+
 /// Reads `controller_id,token` lines; `#` starts a comment. Errors name the line.
 pub fn read_target_tokens(path: &Path) -> Result<Vec<(String, String)>> {
     let text =

@@ -153,6 +153,7 @@ fn release_ui(state: &mut PlannerState, ui: &mut egui::Ui, commands: &mut Vec<Ui
             );
         }
         Some(Ok(rows)) => {
+            let mut untrusted = false;
             egui::Grid::new("planner-releases")
                 .num_columns(6)
                 .striped(true)
@@ -193,10 +194,21 @@ fn release_ui(state: &mut PlannerState, ui: &mut egui::Ui, commands: &mut Vec<Ui
                                 RichText::new(format!("cannot be planned: {}", row.state.detail()))
                                     .color(tokens::BAD),
                             );
+                            untrusted |= matches!(row.state, SignatureState::UntrustedKey(_));
                         }
                         ui.end_row();
                     }
                 });
+            // A first-run user's own key: trusted from the releases view, after its
+            // fingerprint is confirmed (issue 19).
+            if untrusted
+                && ui
+                    .button("Trust its key in Releases…")
+                    .on_hover_text("Then Check releases here again")
+                    .clicked()
+            {
+                commands.push(UiCommand::Show(crate::gui::app::View::Releases));
+            }
         }
     }
     let pick = chosen.and_then(|i| match &state.releases {
