@@ -592,7 +592,7 @@ async fn handle_request(State(shared): State<Arc<Shared>>, request: Request) -> 
 /// Reads and parses a JSON body; a 413 past the limit, a 400 naming the field otherwise.
 async fn read_json<T: DeserializeOwned>(shared: &Shared, request: Request) -> Result<T, Response> {
     let bytes = read_body(shared, request).await?;
-    parse_body(shared, &bytes)
+    crate::link::http::json::parse_json(&bytes).map_err(|e| unreadable(shared, e))
 }
 
 /// As [`read_json`], and a key named twice in any object is refused (400 naming it), as the
@@ -611,7 +611,7 @@ async fn read_strict_json<T: DeserializeOwned>(
             format!("bad JSON: {e}"),
         ));
     }
-    parse_body(shared, &bytes)
+    crate::link::http::json::parse_json(&bytes).map_err(|e| unreadable(shared, e))
 }
 
 async fn read_body(shared: &Shared, request: Request) -> Result<hyper::body::Bytes, Response> {
@@ -632,15 +632,14 @@ async fn read_body(shared: &Shared, request: Request) -> Result<hyper::body::Byt
         })
 }
 
-fn parse_body<T: DeserializeOwned>(shared: &Shared, bytes: &[u8]) -> Result<T, Response> {
-    crate::link::http::json::parse_json(bytes).map_err(|e| {
-        bump(&shared.counters.bad_request);
-        error(
-            StatusCode::BAD_REQUEST,
-            "hawkbit.server.error.rest.body.notReadable",
-            e.message,
-        )
-    })
+/// The 400 for a body that does not parse, naming the field.
+fn unreadable(shared: &Shared, e: crate::link::http::json::ApiError) -> Response {
+    bump(&shared.counters.bad_request);
+    error(
+        StatusCode::BAD_REQUEST,
+        "hawkbit.server.error.rest.body.notReadable",
+        e.message,
+    )
 }
 
 #[cfg(test)]
