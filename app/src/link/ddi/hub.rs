@@ -1047,6 +1047,102 @@ mod tests {
     }
 
     #[test]
+    fn telemetry_is_checked_numbered_per_controller_and_refused_whole() {
+        let (hub, mut rx) = DdiHub::new(HubConfig {
+            telemetry: true,
+            ..HubConfig::default()
+        });
+        let now = Timestamp(1_800_000_000);
+        hub.set_clock(now, 1.0);
+        let entry = |ts: i64, event: TelemetryEvent| TelemetryEntry {
+            ts: Timestamp(ts),
+            event,
+        };
+        let beat = TelemetryEvent::Heartbeat { uptime_secs: 5 };
+        let upload = |events: Vec<TelemetryEntry>| TelemetryUpload { events };
+        let err = hub
+            .telemetry("van-1", upload(vec![entry(now.0, beat.clone())]))
+            .expect_err("never polled");
+        assert!(matches!(err, DdiError::NotFound(_)), "{err:?}");
+        hub.poll("van-1").expect("poll");
+        rx.try_recv().expect("registered");
+        for _ in 0..2 {
+            assert_eq!(
+                hub.telemetry(
+                    "van-1",
+                    upload(vec![
+                        entry(now.0 - 60, beat.clone()),
+                        entry(now.0, beat.clone())
+                    ])
+                ),
+                Ok(2)
+            );
+        }
+        let seqs: Vec<u64> = std::iter::from_fn(|| rx.try_recv().ok())
+            .flat_map(|e| match e {
+                DdiEvent::Telemetry { messages, .. } => messages.into_iter().map(|t| t.seq),
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        assert_eq!(seqs, [0, 1, 2, 3]);
+        let bad = [
+            (entry(now.0 + 2 * 86_400, beat.clone()), "events[1].ts"),
+            (
+                entry(
+                    now.0,
+                    TelemetryEvent::Metric {
+                        name: "m".into(),
+                        value: -0.5,
+                    },
+                ),
+                "events[1].event.value",
+            ),
+            (
+                entry(
+                    now.0,
+                    TelemetryEvent::Metric {
+                        name: "m".into(),
+                        value: f64::INFINITY,
+                    },
+                ),
+                "events[1].event.value",
+            ),
+            (
+                entry(now.0, TelemetryEvent::Battery { pct: 101 }),
+                "events[1].event.pct",
+            ),
+            (
+                entry(
+                    now.0,
+                    TelemetryEvent::Crash {
+                        process: String::new(),
+                    },
+                ),
+                "events[1].event.process",
+            ),
+        ];
+        for (e, field) in bad {
+            let err = hub
+                .telemetry("van-1", upload(vec![entry(now.0, beat.clone()), e]))
+                .expect_err(field);
+            assert!(
+                matches!(&err, DdiError::BadField { field: f, .. } if f == field),
+                "{err:?}"
+            );
+        }
+        assert!(
+            rx.try_recv().is_err(),
+            "nothing of a refused upload is taken"
+        );
+        let (quiet, _rx) = DdiHub::new(HubConfig::default());
+        quiet.poll("van-1").expect("poll");
+        assert!(matches!(
+            quiet.telemetry("van-1", upload(vec![entry(now.0, beat)])),
+            Err(DdiError::NotFound(_))
+        ));
+    }
+
+    #[test]
     fn tokens_admit_only_their_controller() {
         let (hub, _rx) = DdiHub::new(HubConfig {
             gateway_token: Some("gw-secret".into()),
