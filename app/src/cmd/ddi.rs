@@ -381,6 +381,8 @@ fn serve(a: &ServeArgs) -> Result<()> {
                             &serde_json::json!(data),
                         )?;
                     }
+                    // Not taken here: this hub's telemetry is off (no gates to judge it).
+                    DdiEvent::Telemetry { .. } => {}
                 }
                 Ok(())
             })?;

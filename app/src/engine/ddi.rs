@@ -23,11 +23,15 @@
 //!   the device's confirmation is a revert, its refusal is asked again like an MQTT cancel. A
 //!   device that never fetched its deployment has it withdrawn and counts as reverted.
 //!
+//! - health telemetry a DDI device uploads (`POST …/telemetry`, Convoy's extension of DDI)
+//!   goes through [`EngineState::handle_telemetry`] as an MQTT device's telemetry message does:
+//!   its health window, the rate and mean gates, an alarm closing the window at once. The
+//!   endpoint checks the device's timestamps against the run's clock ([`DdiLink::set_clock`]).
+//!
 //! Deliberately not here: rolling a DDI device that installed the release back to its previous
 //! version (hawkBit does it by assigning the previous distribution set, which Convoy does not
-//! hold); health telemetry from DDI devices (they report their update only, so the rate gates
-//! judge the MQTT devices of a wave); and counting polls as being heard (a DDI device is heard
-//! through its feedback).
+//! hold); and counting polls as being heard (a DDI device is heard through its feedback and
+//! telemetry).
 
 use anyhow::{Result, bail};
 use convoy_core::fleet::Fleet;
@@ -141,6 +145,10 @@ pub struct DdiReport {
     pub bad_requests: u64,
     /// Requests refused with 503 because the engine was behind.
     pub busy: u64,
+    /// Telemetry uploads (`POST …/telemetry`), taken or refused, and the events taken from
+    /// devices of the rollout (fed to their health windows as MQTT telemetry is).
+    pub telemetry_uploads: u64,
+    pub telemetry_events: u64,
     /// Artifact server answers: whole files (200) and resumed ranges (206).
     pub downloads_full: u64,
     pub downloads_resumed: u64,
@@ -190,6 +198,7 @@ impl DdiPort for HubPort {
 
 /// The running DDI side of an engine: the endpoint and the artifact server (the shell's).
 pub(super) struct DdiLink {
+    hub: Arc<DdiHub>,
     server: DdiServer,
     artifacts: ArtifactServer,
     /// Holds the canonical manifest the artifact server serves.
@@ -289,6 +298,7 @@ impl DdiLink {
         let (hub, events) = DdiHub::new(HubConfig {
             sleep_secs: opts.sleep_secs,
             gateway_token: opts.gateway_token.clone(),
+            telemetry: true,
             ..HubConfig::default()
         });
         let mut is_ddi: Vec<bool> = fleet
@@ -320,6 +330,7 @@ impl DdiLink {
         let url = server.base_url();
         Ok((
             Self {
+                hub: Arc::clone(&hub),
                 server,
                 artifacts,
                 _manifest_dir: manifest_dir,
@@ -327,6 +338,12 @@ impl DdiLink {
             DdiState::new(Box::new(HubPort { hub, deployment }), is_ddi, url),
             events,
         ))
+    }
+
+    /// Runs the endpoint's clock, which device timestamps in telemetry are checked against, as
+    /// the run's clock runs: from `now` at `scale` simulated seconds per wall second.
+    pub(super) fn set_clock(&self, now: Timestamp, scale: f64) {
+        self.hub.set_clock(now, scale);
     }
 
     /// The report: the state's counters with the endpoint's.
@@ -338,6 +355,7 @@ impl DdiLink {
             unauthorized: stats.unauthorized,
             bad_requests: stats.bad_request,
             busy: stats.busy,
+            telemetry_uploads: stats.telemetry,
             downloads_full: files.full,
             downloads_resumed: files.partial,
             ..counters
@@ -629,6 +647,21 @@ impl EngineState {
             } => {
                 if self.index(&controller).is_some() {
                     self.device_event(&controller, now, "ddi.attributes", serde_json::json!(data));
+                }
+            }
+            DdiEvent::Telemetry {
+                controller,
+                messages,
+            } => {
+                // Exactly the path of an MQTT device's telemetry: its health window, and an
+                // alarm closes the window at once.
+                if self.index(&controller).is_some_and(|i| self.in_rollout[i])
+                    && let Some(l) = self.ddi.as_mut()
+                {
+                    l.report.telemetry_events += messages.len() as u64;
+                }
+                for t in &messages {
+                    self.handle_telemetry(now, t);
                 }
             }
         }

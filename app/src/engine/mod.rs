@@ -519,6 +519,10 @@ pub async fn run_with(
     let all_pending = store.pending(usize::MAX)?.len();
     let stale_outbox_commands = all_pending - resumed.as_ref().map_or(0, Vec::len).min(all_pending);
     let now = clock.now();
+    if let Some(link) = &ddi_link {
+        // DDI telemetry's timestamps are checked against the run's clock, as MQTT's are.
+        link.set_clock(now, clock.scale);
+    }
 
     // The link, and a sender task so that publishing (which waits when the client's queue is
     // full) never stops the loop from draining inbound messages.

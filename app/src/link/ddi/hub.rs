@@ -23,8 +23,13 @@ use tokio::sync::mpsc;
 
 use super::wire::{
     self, ConfigData, ConfigMode, Execution, Feedback, FeedbackStatus, Finished, HandlingType,
-    MaintenanceWindow,
+    MAX_TELEMETRY_EVENTS, MaintenanceWindow, TelemetryEntry, TelemetryUpload,
 };
+use crate::link::protocol::{
+    MAX_CLOCK_SKEW_SECS, MAX_ID_LEN, PROTOCOL_VERSION, Telemetry, TelemetryEvent, is_valid_id,
+};
+use convoy_core::time::Timestamp;
+use std::time::Instant;
 
 /// One file of a deployment, with the digests DDI clients check.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -112,7 +117,7 @@ pub enum ActionState {
 }
 
 /// What the hub tells its consumer.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum DdiEvent {
     /// A controller polled for the first time (created with the gateway token).
     Registered { controller: String },
@@ -138,6 +143,13 @@ pub enum DdiEvent {
         controller: String,
         mode: ConfigMode,
         data: BTreeMap<String, String>,
+    },
+    /// Health telemetry the device uploaded (`POST …/telemetry`), checked as the MQTT link
+    /// checks a telemetry message, as the protocol v1 messages an MQTT device would have sent:
+    /// `device_id` is the controller, `seq` counts the controller's events in this hub.
+    Telemetry {
+        controller: String,
+        messages: Vec<Telemetry>,
     },
 }
 
@@ -175,6 +187,9 @@ pub struct HubConfig {
     pub gateway_token: Option<String>,
     /// Ask each controller for its attributes until it has sent them once.
     pub request_config: bool,
+    /// Take health telemetry (`POST …/telemetry`): on when a consumer judges it (the rollout
+    /// engine's gates); off, the route answers 404 saying so.
+    pub telemetry: bool,
 }
 
 impl Default for HubConfig {
@@ -184,6 +199,7 @@ impl Default for HubConfig {
             events_capacity: 4096,
             gateway_token: None,
             request_config: true,
+            telemetry: false,
         }
     }
 }
@@ -202,6 +218,8 @@ struct Controller {
     attributes: BTreeMap<String, String>,
     config_received: bool,
     actions: BTreeMap<u64, Action>,
+    /// Telemetry events taken from this controller (the `seq` of the next one).
+    telemetry_seq: u64,
 }
 
 impl Controller {
@@ -248,6 +266,23 @@ pub struct DdiHub {
     gateway_sha256: Option<[u8; 32]>,
     state: Mutex<State>,
     events: mpsc::Sender<DdiEvent>,
+    clock: Mutex<HubClock>,
+}
+
+/// The time device timestamps are checked against: the wall clock, or the run clock of a
+/// sped-up rollout ([`DdiHub::set_clock`]), as the MQTT link's clock runs.
+#[derive(Clone, Copy, Debug)]
+struct HubClock {
+    start: Timestamp,
+    began: Instant,
+    scale: f64,
+}
+
+impl HubClock {
+    fn now(&self) -> Timestamp {
+        let secs = self.began.elapsed().as_secs_f64() * self.scale;
+        Timestamp(self.start.0.saturating_add(secs as i64))
+    }
 }
 
 #[derive(Debug, Default)]
@@ -311,12 +346,40 @@ impl DdiHub {
                 next_id: 1,
             }),
             events: tx,
+            clock: Mutex::new(HubClock {
+                start: crate::now(),
+                began: Instant::now(),
+                scale: 1.0,
+            }),
         };
         (Arc::new(hub), rx)
     }
 
     pub fn config(&self) -> &HubConfig {
         &self.config
+    }
+
+    /// Runs the hub's clock from `now` at `scale` simulated seconds per wall second (the
+    /// engine's run clock, so a sped-up rollout's devices are not refused as clock skew).
+    pub fn set_clock(&self, now: Timestamp, scale: f64) {
+        let scale = if scale.is_finite() && scale > 0.0 {
+            scale
+        } else {
+            1.0
+        };
+        *self.clock.lock().unwrap_or_else(PoisonError::into_inner) = HubClock {
+            start: now,
+            began: Instant::now(),
+            scale,
+        };
+    }
+
+    /// The hub's clock (see [`Self::set_clock`]).
+    pub fn now(&self) -> Timestamp {
+        self.clock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .now()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -637,6 +700,135 @@ impl DdiHub {
     }
 }
 
+impl DdiHub {
+    /// Health telemetry uploaded by the device: every event is checked first (a single bad one
+    /// refuses the upload, naming it), then all go to the consumer in one event. Returns how
+    /// many were taken.
+    pub fn telemetry(&self, controller: &str, upload: TelemetryUpload) -> Result<usize, DdiError> {
+        if !self.config.telemetry {
+            return Err(DdiError::NotFound(
+                "this endpoint takes no telemetry: health telemetry is judged by a rollout's gates (convoy rollout run --ddi-listen)".into(),
+            ));
+        }
+        let n = upload.events.len();
+        if n == 0 || n > MAX_TELEMETRY_EVENTS {
+            return Err(DdiError::BadField {
+                field: "events".into(),
+                message: format!("{n} events: send 1 to {MAX_TELEMETRY_EVENTS} per request"),
+            });
+        }
+        let now = self.now();
+        for (k, entry) in upload.events.iter().enumerate() {
+            check_telemetry(entry, now).map_err(|(field, message)| DdiError::BadField {
+                field: format!("events[{k}].{field}"),
+                message,
+            })?;
+        }
+        let permit = self.reserve()?;
+        let mut st = self.lock();
+        let c = st.controllers.get_mut(controller).ok_or_else(|| {
+            DdiError::NotFound(format!(
+                "controller {controller:?} has never polled: poll once before sending telemetry"
+            ))
+        })?;
+        let first = c.telemetry_seq;
+        c.telemetry_seq += n as u64;
+        drop(st);
+        let messages = upload
+            .events
+            .into_iter()
+            .zip(first..)
+            .map(|(TelemetryEntry { ts, event }, seq)| Telemetry {
+                v: PROTOCOL_VERSION,
+                device_id: controller.to_owned(),
+                ts,
+                seq,
+                event,
+            })
+            .collect();
+        if let Some(p) = permit {
+            p.send(DdiEvent::Telemetry {
+                controller: controller.to_owned(),
+                messages,
+            });
+        }
+        Ok(n)
+    }
+}
+
+/// The checks the MQTT link makes of a telemetry message's values (docs/PROTOCOL.md), plus one
+/// of its own: a metric's value must not be negative (a count or a level; the health windows
+/// would ignore it). `Err((field, message))`.
+fn check_telemetry(entry: &TelemetryEntry, now: Timestamp) -> Result<(), (String, String)> {
+    let bad = |field: &str, message: String| Err((field.to_owned(), message));
+    if entry.ts.secs() < 0 || entry.ts.secs_since(now) > MAX_CLOCK_SKEW_SECS {
+        return bad(
+            "ts",
+            format!(
+                "timestamp {} is out of range (before 1970, or more than {} h ahead of the server's clock, {})",
+                entry.ts.secs(),
+                MAX_CLOCK_SKEW_SECS / 3600,
+                now.secs()
+            ),
+        );
+    }
+    match &entry.event {
+        TelemetryEvent::Battery { pct } if *pct > 100 => {
+            bad("event.pct", format!("{pct} is over 100"))
+        }
+        TelemetryEvent::UpdateProgress {
+            release_id,
+            bytes_done,
+            bytes_total,
+            ..
+        } => {
+            if !is_valid_id(release_id) {
+                bad(
+                    "event.release_id",
+                    format!("invalid id {:?}", truncate(release_id)),
+                )
+            } else if bytes_done > bytes_total {
+                bad(
+                    "event.bytes_done",
+                    format!("{bytes_done} exceeds bytes_total {bytes_total}"),
+                )
+            } else {
+                Ok(())
+            }
+        }
+        TelemetryEvent::Metric { name, value } => {
+            if !is_valid_id(name) {
+                bad(
+                    "event.name",
+                    format!("invalid metric name {:?}", truncate(name)),
+                )
+            } else if !value.is_finite() || *value < 0.0 {
+                bad(
+                    "event.value",
+                    format!("{value} is not a finite number at least 0"),
+                )
+            } else {
+                Ok(())
+            }
+        }
+        TelemetryEvent::Crash { process } if process.is_empty() || process.len() > MAX_ID_LEN => {
+            bad(
+                "event.process",
+                format!("empty or longer than {MAX_ID_LEN} bytes"),
+            )
+        }
+        TelemetryEvent::Battery { .. }
+        | TelemetryEvent::Crash { .. }
+        | TelemetryEvent::Heartbeat { .. }
+        | TelemetryEvent::Boot { .. }
+        | TelemetryEvent::Reconnect { .. } => Ok(()),
+    }
+}
+
+fn truncate(s: &str) -> String {
+    s.chars().take(64).collect()
+}
+
 /// A body's `id`, when present, must name the action of the path.
 fn check_body_id(id: Option<&str>, allowed: &[u64]) -> Result<(), DdiError> {
     match id {
@@ -852,6 +1044,102 @@ mod tests {
             hub.controller("van-1").expect("known").actions[0].state,
             ActionState::Closed(Outcome::Canceled)
         );
+    }
+
+    #[test]
+    fn telemetry_is_checked_numbered_per_controller_and_refused_whole() {
+        let (hub, mut rx) = DdiHub::new(HubConfig {
+            telemetry: true,
+            ..HubConfig::default()
+        });
+        let now = Timestamp(1_800_000_000);
+        hub.set_clock(now, 1.0);
+        let entry = |ts: i64, event: TelemetryEvent| TelemetryEntry {
+            ts: Timestamp(ts),
+            event,
+        };
+        let beat = TelemetryEvent::Heartbeat { uptime_secs: 5 };
+        let upload = |events: Vec<TelemetryEntry>| TelemetryUpload { events };
+        let err = hub
+            .telemetry("van-1", upload(vec![entry(now.0, beat.clone())]))
+            .expect_err("never polled");
+        assert!(matches!(err, DdiError::NotFound(_)), "{err:?}");
+        hub.poll("van-1").expect("poll");
+        rx.try_recv().expect("registered");
+        for _ in 0..2 {
+            assert_eq!(
+                hub.telemetry(
+                    "van-1",
+                    upload(vec![
+                        entry(now.0 - 60, beat.clone()),
+                        entry(now.0, beat.clone())
+                    ])
+                ),
+                Ok(2)
+            );
+        }
+        let seqs: Vec<u64> = std::iter::from_fn(|| rx.try_recv().ok())
+            .flat_map(|e| match e {
+                DdiEvent::Telemetry { messages, .. } => messages.into_iter().map(|t| t.seq),
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        assert_eq!(seqs, [0, 1, 2, 3]);
+        let bad = [
+            (entry(now.0 + 2 * 86_400, beat.clone()), "events[1].ts"),
+            (
+                entry(
+                    now.0,
+                    TelemetryEvent::Metric {
+                        name: "m".into(),
+                        value: -0.5,
+                    },
+                ),
+                "events[1].event.value",
+            ),
+            (
+                entry(
+                    now.0,
+                    TelemetryEvent::Metric {
+                        name: "m".into(),
+                        value: f64::INFINITY,
+                    },
+                ),
+                "events[1].event.value",
+            ),
+            (
+                entry(now.0, TelemetryEvent::Battery { pct: 101 }),
+                "events[1].event.pct",
+            ),
+            (
+                entry(
+                    now.0,
+                    TelemetryEvent::Crash {
+                        process: String::new(),
+                    },
+                ),
+                "events[1].event.process",
+            ),
+        ];
+        for (e, field) in bad {
+            let err = hub
+                .telemetry("van-1", upload(vec![entry(now.0, beat.clone()), e]))
+                .expect_err(field);
+            assert!(
+                matches!(&err, DdiError::BadField { field: f, .. } if f == field),
+                "{err:?}"
+            );
+        }
+        assert!(
+            rx.try_recv().is_err(),
+            "nothing of a refused upload is taken"
+        );
+        let (quiet, _rx) = DdiHub::new(HubConfig::default());
+        quiet.poll("van-1").expect("poll");
+        assert!(matches!(
+            quiet.telemetry("van-1", upload(vec![entry(now.0, beat)])),
+            Err(DdiError::NotFound(_))
+        ));
     }
 
     #[test]

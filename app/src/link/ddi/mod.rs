@@ -20,7 +20,8 @@
 //!
 //! Routes, under `/{tenant}/controller/v1/{controllerId}`: `GET` (poll), `GET
 //! deploymentBase/{actionId}`, `POST deploymentBase/{actionId}/feedback`, `GET
-//! cancelAction/{id}`, `POST cancelAction/{id}/feedback`, `PUT configData`. Artifacts are
+//! cancelAction/{id}`, `POST cancelAction/{id}/feedback`, `PUT configData`, and Convoy's own
+//! `POST telemetry` (health events for the gates, when the hub takes them). Artifacts are
 //! downloaded from the URLs a deployment names (Convoy's artifact server serves them with byte
 //! ranges, so an interrupted download resumes).
 //!
@@ -139,6 +140,8 @@ pub struct DdiStats {
     pub unauthorized: u64,
     pub bad_request: u64,
     pub busy: u64,
+    /// Telemetry uploads (`POST …/telemetry`), taken or not.
+    pub telemetry: u64,
     /// Connections refused because their client address had its share open already.
     pub refused_connections: u64,
 }
@@ -151,6 +154,7 @@ struct Counters {
     unauthorized: AtomicU64,
     bad_request: AtomicU64,
     busy: AtomicU64,
+    telemetry: AtomicU64,
     accept: Arc<AcceptCounters>,
 }
 
@@ -204,6 +208,7 @@ impl DdiStatsHandle {
             unauthorized: get(&c.unauthorized),
             bad_request: get(&c.bad_request),
             busy: get(&c.busy),
+            telemetry: get(&c.telemetry),
             refused_connections: c.accept.refused_per_client(),
         }
     }
@@ -395,6 +400,7 @@ enum Route {
     Cancel(u64),
     CancelFeedback(u64),
     ConfigData,
+    Telemetry,
 }
 
 /// The poll reply's link to a deployment, in hawkBit's form `…/deploymentBase/{actionId}?c={hash}`.
@@ -425,6 +431,7 @@ fn route(rest: &[String]) -> Option<Route> {
         ["cancelAction", id] => Route::Cancel(parse_id(id)?),
         ["cancelAction", id, "feedback"] => Route::CancelFeedback(parse_id(id)?),
         ["configData"] => Route::ConfigData,
+        ["telemetry"] => Route::Telemetry,
         _ => return None,
     })
 }
@@ -567,13 +574,48 @@ async fn handle_request(State(shared): State<Arc<Shared>>, request: Request) -> 
             }
         }
         Route::ConfigData => return method_not_allowed("PUT"),
+        Route::Telemetry if method == Method::POST => {
+            bump(&shared.counters.telemetry);
+            match read_strict_json::<wire::TelemetryUpload>(&shared, request).await {
+                Ok(upload) => shared
+                    .hub
+                    .telemetry(&controller, upload)
+                    .map(|n| json(StatusCode::OK, &serde_json::json!({ "accepted": n }))),
+                Err(r) => return r,
+            }
+        }
+        Route::Telemetry => return method_not_allowed("POST"),
     };
     result.unwrap_or_else(|e| ddi_error(&shared, &e))
 }
 
 /// Reads and parses a JSON body; a 413 past the limit, a 400 naming the field otherwise.
 async fn read_json<T: DeserializeOwned>(shared: &Shared, request: Request) -> Result<T, Response> {
-    let bytes = crate::link::http::json::read_limited(request, shared.max_body_bytes)
+    let bytes = read_body(shared, request).await?;
+    crate::link::http::json::parse_json(&bytes).map_err(|e| unreadable(shared, e))
+}
+
+/// As [`read_json`], and a key named twice in any object is refused (400 naming it), as the
+/// MQTT link refuses it: for the telemetry the gates judge, where two readings of one body
+/// must not be possible.
+async fn read_strict_json<T: DeserializeOwned>(
+    shared: &Shared,
+    request: Request,
+) -> Result<T, Response> {
+    let bytes = read_body(shared, request).await?;
+    if let Err(e) = convoy_core::strict_json::check(&bytes) {
+        bump(&shared.counters.bad_request);
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            "hawkbit.server.error.rest.body.notReadable",
+            format!("bad JSON: {e}"),
+        ));
+    }
+    crate::link::http::json::parse_json(&bytes).map_err(|e| unreadable(shared, e))
+}
+
+async fn read_body(shared: &Shared, request: Request) -> Result<hyper::body::Bytes, Response> {
+    crate::link::http::json::read_limited(request, shared.max_body_bytes)
         .await
         .map_err(|e| {
             if e.status == StatusCode::PAYLOAD_TOO_LARGE {
@@ -587,15 +629,17 @@ async fn read_json<T: DeserializeOwned>(shared: &Shared, request: Request) -> Re
             } else {
                 error(e.status, "convoy.ddi.body", e.message)
             }
-        })?;
-    crate::link::http::json::parse_json(&bytes).map_err(|e| {
-        bump(&shared.counters.bad_request);
-        error(
-            StatusCode::BAD_REQUEST,
-            "hawkbit.server.error.rest.body.notReadable",
-            e.message,
-        )
-    })
+        })
+}
+
+/// The 400 for a body that does not parse, naming the field.
+fn unreadable(shared: &Shared, e: crate::link::http::json::ApiError) -> Response {
+    bump(&shared.counters.bad_request);
+    error(
+        StatusCode::BAD_REQUEST,
+        "hawkbit.server.error.rest.body.notReadable",
+        e.message,
+    )
 }
 
 #[cfg(test)]

@@ -263,6 +263,29 @@ pub struct ConfigData {
     pub status: Option<FeedbackStatus>,
 }
 
+/// Events in one telemetry upload, at most.
+pub const MAX_TELEMETRY_EVENTS: usize = 256;
+
+/// `POST …/telemetry`, Convoy's extension of DDI (hawkBit has no such route): health events
+/// of the device the path names, each the `event` object of protocol v1's telemetry message
+/// (docs/PROTOCOL.md) with the device's own timestamp. Strict, unlike the DDI bodies above:
+/// an unknown field (a `device_id` in particular: the path and the token name the device), a
+/// duplicate key or a value out of range refuses the whole upload.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryUpload {
+    pub events: Vec<TelemetryEntry>,
+}
+
+/// One event of a [`TelemetryUpload`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryEntry {
+    /// When the device saw it (Unix seconds, the device's clock).
+    pub ts: convoy_core::time::Timestamp,
+    pub event: crate::link::protocol::TelemetryEvent,
+}
+
 /// An error answer, shaped like hawkBit's (`errorCode`, `message`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
