@@ -406,6 +406,11 @@ pub struct MonitorData {
     pub permitted: Vec<(Command, Result<(), String>)>,
     /// The strata the last gate look found failing (`T300/C`), offered as exclusions.
     pub failing_strata: Vec<String>,
+    /// Devices of the running wave still waiting for their paced offer (issue 20).
+    pub awaiting_offer: usize,
+    /// Why they wait and when the next offer is due, from the engine's latest
+    /// `schedule.waiting` timeline entry.
+    pub offers_wait: Option<String>,
 }
 
 impl MonitorData {
@@ -470,6 +475,8 @@ pub fn read_rollout(
             .iter()
             .map(|c| (*c, rollout.permits(*c, last_at).map_err(|e| e.to_string())))
             .collect(),
+        awaiting_offer: rollout.awaiting_offer().len(),
+        offers_wait: None,
         failing_strata: {
             let mut f: Vec<String> = state
                 .last_failures
@@ -586,13 +593,38 @@ fn serve(
         Err(e) => return failed(format!("{e:#}")),
     };
     match read_rollout(id, log, rows, request.fleet.as_deref()) {
-        Ok(data) => {
+        Ok(mut data) => {
+            if data.awaiting_offer > 0 {
+                data.offers_wait = schedule_note(s, id);
+            }
             let data = Arc::new(data);
             *last = Some((key, Arc::clone(&data)));
             Answer::Read(data)
         }
         Err(why) => failed(why),
     }
+}
+
+/// The engine's latest word on why paced offers wait (`schedule.waiting`): the reason and the
+/// next offer time.
+fn schedule_note(store: &Store, rollout_id: &str) -> Option<String> {
+    let timeline = store.timeline(rollout_id).ok()?;
+    let entry = timeline
+        .iter()
+        .rev()
+        .find(|e| e.kind == "schedule.waiting")?;
+    let payload: serde_json::Value = serde_json::from_str(&entry.payload).ok()?;
+    let why = payload["why"].as_str().unwrap_or("the schedule");
+    let next = payload["next_offer_at"]
+        .as_i64()
+        .map(|t| format!("; next offer at {}", Timestamp::from_secs(t)))
+        .or_else(|| {
+            payload["next_offer_at"]
+                .as_str()
+                .map(|t| format!("; next offer at {t}"))
+        })
+        .unwrap_or_default();
+    Some(format!("{why} (since {}){next}", entry.time))
 }
 
 /// What the rollout monitor keeps between frames.
@@ -854,6 +886,19 @@ fn verdict_ui(
             .size(16.0)
             .color(color),
     );
+    if data.awaiting_offer > 0 {
+        let why = data
+            .offers_wait
+            .as_deref()
+            .unwrap_or("waiting for the schedule's next minute");
+        ui.label(
+            RichText::new(format!(
+                "Paced offers: {} devices of this wave wait for the schedule: {why}",
+                data.awaiting_offer
+            ))
+            .color(tokens::WARN),
+        );
+    }
     if let Some(stop) = story.and_then(|s| s.stops.last()) {
         ui.label(format!(
             "Last gate decision: {} in wave {} at {}",
@@ -1400,6 +1445,46 @@ fn health_ui(ui: &mut egui::Ui, data: &MonitorData) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn paced_offers_say_why_they_wait_and_when_the_next_is_due() {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut store = Store::open(&dir.path().join("c.db")).expect("cache");
+        assert_eq!(schedule_note(&store, "ro"), None, "no entry, no note");
+        let event = |seq: i64, t: i64, payload: &str| crate::store::events::Event {
+            rollout_id: "ro".into(),
+            seq,
+            time: Timestamp::from_secs(t),
+            kind: "schedule.waiting".into(),
+            cause: "schedule".into(),
+            payload: payload.into(),
+        };
+        store
+            .copy_timeline_events(
+                "ro",
+                &[
+                    event(1, 1_800_000_000, r#"{"why": "hourly bandwidth cap reached"}"#),
+                    event(
+                        2,
+                        1_800_000_600,
+                        r#"{"why": "window closed for 4 depots until 22:00 local", "next_offer_at": 1800036000}"#,
+                    ),
+                ],
+            )
+            .expect("timeline");
+        let note = schedule_note(&store, "ro").expect("a note");
+        assert!(
+            note.starts_with("window closed for 4 depots until 22:00 local (since "),
+            "{note}"
+        );
+        assert!(
+            note.ends_with(&format!(
+                "; next offer at {}",
+                Timestamp::from_secs(1_800_036_000)
+            )),
+            "{note}"
+        );
+    }
     use convoy_core::rollout::sim::{Fault, FaultKind, SimConfig, SimFleet};
     use convoy_core::rollout::{ChangePath, RolloutSpec, WaveSpec};
     use convoy_core::synth::{SynthOptions, generate};
