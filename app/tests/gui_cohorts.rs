@@ -40,6 +40,8 @@ fn a_search_saved_as_a_cohort_is_listed_searched_for_and_kept_across_a_restart()
     assert!(want > 0 && want < DEVICES);
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("cohorts.db");
+    // The console's cache (the fixture backend reads no fleet from it; cohorts live in it).
+    convoy::store::Store::open(&cache).unwrap();
     let mut h = open_cohorts(cache.clone());
     wait_for(&mut h, "None saved yet.");
     // No search, no save.
