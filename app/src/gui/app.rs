@@ -32,6 +32,16 @@ const EVENTS_PER_FRAME: usize = 20_000;
 /// While data streams in, the derive worker answers at most this often.
 const REFRESH_EVERY: Duration = Duration::from_millis(500);
 
+/// How long until the status bar's next tick: the next whole second of the repaint period
+/// clock, which is also the end of a data repaint period.
+fn status_tick() -> Duration {
+    const {
+        assert!(1000 % crate::gui::backend::DATA_REPAINT_EVERY.as_millis() == 0);
+    }
+    let (now, _) = crate::gui::backend::repaint_period_end();
+    Duration::from_millis(1000 - now % 1000)
+}
+
 /// Where the console's time comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Clock {
@@ -589,12 +599,15 @@ impl ConsoleApp {
         self.sync_derived();
         self.prepare_view(ctx);
         self.state.ui_scale = ctx.zoom_factor();
-        self.toasts.retain(|t| t.until > Instant::now());
-        if !self.toasts.is_empty() {
-            ctx.request_repaint_after(Duration::from_millis(250));
+        let now = Instant::now();
+        self.toasts.retain(|t| t.until > now);
+        // A toast goes when it expires: one repaint then, not four a second while it shows.
+        if let Some(until) = self.toasts.iter().map(|t| t.until).min() {
+            ctx.request_repaint_after(until.saturating_duration_since(now));
         }
-        // Ages in the status bar tick; derived data waits for its throttle.
-        ctx.request_repaint_after(Duration::from_secs(1));
+        // Ages in the status bar tick once a second, on the period clock the data repaints use
+        // (`backend::repaint_period_end`), so the tick and streaming data share their frames.
+        ctx.request_repaint_after(status_tick());
     }
 
     /// Lists the saved cohorts once the fleet is loaded, and gives each new listing to the

@@ -1,7 +1,8 @@
 //! The console's background work: loading the cache, the MQTT link, the demo's embedded broker
 //! and simulated fleet, and polling the outbox. Everything reports to the UI through one
-//! bounded channel of [`BackendEvent`]s and asks egui for a repaint; the UI drains the channel
-//! once per frame and never blocks on it.
+//! bounded channel of [`BackendEvent`]s and wakes egui through a [`Waker`]: at once for an
+//! answer the user waits for, at most every [`DATA_REPAINT_EVERY`] for data streaming in. The
+//! UI drains the channel once per frame and never blocks on it.
 //!
 //! Three ways to start: [`Backend::demo`] (embedded broker, synthetic fleet written to a demo
 //! cache, simulated devices in-process), [`Backend::attach`] (an existing cache and, if given, a
@@ -250,7 +251,7 @@ pub struct Backend {
     pub broker: BrokerKind,
     /// Whether this is the built-in demo.
     pub demo: bool,
-    repaint: Arc<OnceLock<egui::Context>>,
+    repaint: Arc<Waker>,
     /// Device ids for the history worker; `None` if its thread could not start.
     history: Option<std::sync::mpsc::Sender<HistoryRequest>>,
     /// Where operator commands go ([`super::steer`]), and the thread that sends them (`None`
@@ -278,32 +279,124 @@ impl std::fmt::Debug for Backend {
     }
 }
 
+/// Data-driven repaints (messages from the fleet, the outbox depth, the rollouts read from the
+/// cache) are coalesced to at most one per this period: the demo's fleet sends hundreds of
+/// messages a second, and a repaint for each kept a software-rendered console drawing as fast
+/// as it could (56% of a core with no input, issue 19).
+pub const DATA_REPAINT_EVERY: Duration = Duration::from_millis(250);
+
+/// Where the current repaint period ends: `(now, end)` in milliseconds on a clock shared by
+/// the whole process. Every data-driven wake (the backend's [`Waker`], the derive worker's
+/// results, the status bar's tick) asks for its repaint at a period's end on this one clock, so
+/// that wakes from different sources in the same period land on the same frame.
+pub fn repaint_period_end() -> (u64, u64) {
+    static EPOCH: OnceLock<std::time::Instant> = OnceLock::new();
+    let now = EPOCH
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64;
+    let period = DATA_REPAINT_EVERY.as_millis().max(1) as u64;
+    (now, (now / period + 1) * period)
+}
+
+/// Asks egui for one repaint at the end of the current repaint period
+/// ([`repaint_period_end`]): data has changed and may show, but need not show sooner.
+pub fn request_data_repaint(ctx: &egui::Context) {
+    let (now, end) = repaint_period_end();
+    ctx.request_repaint_after(Duration::from_millis(end - now));
+}
+
+/// Wakes the UI for background events: an answer the user waits for at once, data at most
+/// once per [`DATA_REPAINT_EVERY`].
+///
+/// Data wakes are grouped into the periods of [`repaint_period_end`]: the first event of a
+/// period asks egui for one repaint at the period's end, the others ask nothing (not even
+/// egui's lock). That frame drains every event that arrived before it, and an event after it
+/// falls in a later period, so none waits longer than one period to show. eframe keeps the
+/// earliest repaint asked for, so a frame drawn for another reason in between loses nothing.
+#[derive(Debug)]
+pub(crate) struct Waker {
+    ctx: OnceLock<egui::Context>,
+    /// The end of the latest period a data repaint was asked for ([`repaint_period_end`]).
+    asked_until: std::sync::atomic::AtomicU64,
+}
+
+impl Waker {
+    fn new() -> Self {
+        Self {
+            ctx: OnceLock::new(),
+            asked_until: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// A repaint now: an answer to something the user did.
+    fn now(&self) {
+        if let Some(ctx) = self.ctx.get() {
+            ctx.request_repaint();
+        }
+    }
+
+    /// A repaint at the end of the current period, unless one was already asked for.
+    fn data(&self) {
+        let Some(ctx) = self.ctx.get() else {
+            return;
+        };
+        let (now, end) = repaint_period_end();
+        let before = self
+            .asked_until
+            .fetch_max(end, std::sync::atomic::Ordering::AcqRel);
+        if before < end {
+            ctx.request_repaint_after(Duration::from_millis(end - now));
+        }
+    }
+}
+
 /// The sending side, shared by the background threads and tasks.
 #[derive(Clone)]
 pub(crate) struct Reporter {
     tx: mpsc::Sender<BackendEvent>,
-    repaint: Arc<OnceLock<egui::Context>>,
+    repaint: Arc<Waker>,
 }
 
 impl Reporter {
     /// From a plain thread. False when the UI has gone.
     pub(crate) fn blocking(&self, event: BackendEvent) -> bool {
+        let urgent = event.is_answer();
         let ok = self.tx.blocking_send(event).is_ok();
-        self.wake();
+        self.wake(urgent);
         ok
     }
 
     /// From a task.
     pub(crate) async fn send(&self, event: BackendEvent) -> bool {
+        let urgent = event.is_answer();
         let ok = self.tx.send(event).await.is_ok();
-        self.wake();
+        self.wake(urgent);
         ok
     }
 
-    fn wake(&self) {
-        if let Some(ctx) = self.repaint.get() {
-            ctx.request_repaint();
+    fn wake(&self, urgent: bool) {
+        if urgent {
+            self.repaint.now();
+        } else {
+            self.repaint.data();
         }
+    }
+}
+
+impl BackendEvent {
+    /// Whether the event answers something the user did or must see at once (a device they
+    /// opened, a command they sent, a failure, the start-up steps), rather than data that
+    /// streams in: answers repaint at once, data at most every [`DATA_REPAINT_EVERY`].
+    fn is_answer(&self) -> bool {
+        !matches!(
+            self,
+            BackendEvent::Inbound(_)
+                | BackendEvent::Rejected(_)
+                | BackendEvent::OutboxDepth(_)
+                | BackendEvent::Rollouts(_)
+                | BackendEvent::Link(_)
+        )
     }
 }
 
@@ -335,7 +428,7 @@ impl Backend {
         steer: Arc<dyn Steer>,
     ) -> Result<(Self, Reporter, tokio::runtime::Handle)> {
         let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
-        let repaint = Arc::new(OnceLock::new());
+        let repaint = Arc::new(Waker::new());
         // Two workers: the link and the simulated fleet; the UI thread is not one of them.
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -445,7 +538,7 @@ impl Backend {
         steer: Arc<dyn Steer>,
     ) -> (Self, FixtureFeed) {
         let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
-        let repaint = Arc::new(OnceLock::new());
+        let repaint = Arc::new(Waker::new());
         let reporter = Reporter {
             tx: tx.clone(),
             repaint: Arc::clone(&repaint),
@@ -478,7 +571,7 @@ impl Backend {
 
     /// Lets the background work wake the UI.
     pub fn set_repaint(&self, ctx: &egui::Context) {
-        let _ = self.repaint.set(ctx.clone());
+        let _ = self.repaint.ctx.set(ctx.clone());
     }
 
     /// Asks the history worker for `device_id`'s update history and its telemetry up to
@@ -913,6 +1006,74 @@ fn spawn_console_link(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 19: every message from the fleet asked egui for an immediate repaint, so with
+    /// the UI drawing a frame after each (as eframe does) the console drew as fast as it could
+    /// with no input. Data now wakes it at most once per period; answers still wake it at once.
+    #[test]
+    fn streaming_data_wakes_the_ui_once_per_period_and_answers_wake_it_at_once() {
+        let ctx = egui::Context::default();
+        let asked = Arc::new(std::sync::Mutex::new(Vec::<Duration>::new()));
+        let log = Arc::clone(&asked);
+        ctx.set_request_repaint_callback(move |info| {
+            if let Ok(mut l) = log.lock() {
+                l.push(info.delay);
+            }
+        });
+        let (tx, mut rx) = mpsc::channel(CHANNEL_CAPACITY);
+        let waker = Arc::new(Waker::new());
+        let _ = waker.ctx.set(ctx.clone());
+        let reporter = Reporter { tx, repaint: waker };
+        // A frame with nothing to draw; its font texture is not uploaded anywhere.
+        let frame = |ctx: &egui::Context| {
+            ctx.run_ui(egui::RawInput::default(), |_| {})
+                .textures_delta
+                .clear();
+        };
+        let taken = |asked: &std::sync::Mutex<Vec<Duration>>| {
+            asked
+                .lock()
+                .map(|mut l| std::mem::take(&mut *l))
+                .unwrap_or_default()
+        };
+        // egui's first frames ask for repaints of their own (layout settling): not counted.
+        for _ in 0..3 {
+            frame(&ctx);
+        }
+        let _ = taken(&asked);
+        let started = std::time::Instant::now();
+        let (_, first_end) = repaint_period_end();
+        let events = 2000;
+        for k in 0..events {
+            assert!(reporter.blocking(BackendEvent::OutboxDepth(k)));
+            // The UI drains the channel and draws a frame (which is when egui forgets the
+            // repaints asked for before it).
+            while rx.try_recv().is_ok() {}
+            frame(&ctx);
+        }
+        let (_, last_end) = repaint_period_end();
+        let elapsed = started.elapsed();
+        let data = taken(&asked);
+        // One request per period the burst spanned (the frames' own requests aside: they ask
+        // for nothing here), each for that period's end, none for an immediate repaint.
+        let periods = (last_end - first_end) / DATA_REPAINT_EVERY.as_millis() as u64 + 1;
+        assert!(
+            !data.is_empty() && data.len() as u64 <= periods,
+            "{} repaints asked for {events} events over {elapsed:?} ({periods} periods)",
+            data.len()
+        );
+        assert!(
+            data.iter()
+                .all(|d| !d.is_zero() && *d <= DATA_REPAINT_EVERY),
+            "{data:?}"
+        );
+        // An answer to the user (a device's history) repaints at once.
+        assert!(reporter.blocking(BackendEvent::DeviceHistory {
+            device_id: "d".into(),
+            events: Ok(Vec::new()),
+        }));
+        assert_eq!(taken(&asked), [Duration::ZERO]);
+    }
 
     #[test]
     fn the_last_demo_cache_is_removed_with_its_wal_and_nothing_else() {

@@ -446,6 +446,10 @@ fn run(
             seen: r.seen,
             compute,
         };
+        // A query or view change is the user's: its answer shows at once. A data-only result
+        // shows with the next coalesced data repaint (issue 19: a repaint per result kept the
+        // console drawing while the fleet streamed in).
+        let answers_user = r.query_changed;
         r.dirty = false;
         r.query_changed = false;
         r.data_changed = false;
@@ -454,7 +458,11 @@ fn run(
             return;
         }
         if let Some(ctx) = repaint {
-            ctx.request_repaint();
+            if answers_user {
+                ctx.request_repaint();
+            } else {
+                crate::gui::backend::request_data_repaint(ctx);
+            }
         }
     }
 }

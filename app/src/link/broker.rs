@@ -146,6 +146,16 @@ pub fn pick_free_port(ip: std::net::IpAddr) -> Result<u16> {
     bail!("no free port found on {ip} between 20000 and 32000")
 }
 
+/// rumqttd keeps every message published on a subscribed filter in that filter's in-memory
+/// log, up to [`SEGMENTS`] segments of [`SEGMENT_BYTES`] (payload and topic bytes; the heap
+/// holds about twice that), whether or not every subscriber has read it: the backlog a
+/// subscriber may fall behind by before it skips ahead. It was 10 segments of 100 MiB, a
+/// gigabyte per filter, which the demo's fleet filled at about 25 MB a minute (issue 19); 4 of
+/// 4 MiB is 16 MiB per filter, tens of thousands of messages of backlog.
+pub const SEGMENT_BYTES: usize = 4 * 1024 * 1024;
+/// See [`SEGMENT_BYTES`].
+pub const SEGMENTS: usize = 4;
+
 fn broker_config(
     addr: SocketAddr,
     login: Option<&super::acl_proxy::UpstreamLogin>,
@@ -169,8 +179,8 @@ fn broker_config(
     let router = rumqttd::RouterConfig {
         max_connections: 100_010,
         max_outgoing_packet_count: 1_000,
-        max_segment_size: 100 * 1024 * 1024,
-        max_segment_count: 10,
+        max_segment_size: SEGMENT_BYTES,
+        max_segment_count: SEGMENTS,
         custom_segment: None,
         initialized_filters: None,
         shared_subscriptions_strategy: rumqttd::Strategy::default(),
@@ -180,5 +190,26 @@ fn broker_config(
         router,
         v4: Some(HashMap::from([("1".to_owned(), server)])),
         ..rumqttd::Config::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 19: each subscribed filter's log could hold a gigabyte, and the demo's grew about
+    /// 25 MB a minute into it. The logs are bounded to a few MiB each.
+    #[test]
+    fn each_filter_log_of_the_embedded_broker_is_bounded_to_a_few_mib() {
+        let config = broker_config(SocketAddr::from(([127, 0, 0, 1], 1883)), None);
+        let per_filter = config.router.max_segment_size * config.router.max_segment_count;
+        assert!(
+            per_filter <= 16 * 1024 * 1024,
+            "{per_filter} bytes per filter"
+        );
+        assert!(
+            config.router.max_segment_count >= 2,
+            "a backlog survives a segment turning over"
+        );
     }
 }
