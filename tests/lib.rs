@@ -382,16 +382,21 @@ pub fn record_crash_looping_canary(
     };
     let mut sim = SimFleet::new(&fleet, &rollout, config, start);
     sim.run(&mut rollout, start, start.plus_secs(86_400));
+    // dana rolls the canary back; if the gate already did, she rolls back everything (the
+    // canary's devices are back, so that ends the rollout): an operator's rollback either way.
+    let at = rollout.state().last_at;
     if roll_back {
-        let at = rollout.state().last_at;
+        let scope = if rollout
+            .permits(convoy_core::rollout::Command::RollBackWave, at)
+            .is_ok()
+        {
+            RollbackScope::Wave(0)
+        } else {
+            RollbackScope::All
+        };
         rollout
-            .roll_back(
-                at,
-                "dana",
-                RollbackScope::Wave(0),
-                "crash loop on the canary",
-            )
-            .expect("a paused canary can be rolled back");
+            .roll_back(at, "dana", scope, "crash loop on the canary")
+            .expect("a stopped canary can be rolled back");
         sim.run(&mut rollout, at, at.plus_secs(86_400));
     }
     store

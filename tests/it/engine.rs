@@ -940,7 +940,9 @@ fn an_operator_pauses_and_resumes_a_running_rollout_through_the_control_channel(
         ))
         .expect_err("no gate stopped it");
     assert!(
-        matches!(err, ControlError::Refused { .. }) && err.to_string().contains("override_gate"),
+        matches!(err, ControlError::Refused { .. })
+            && err.to_string().contains("override the gate is not allowed")
+            && err.to_string().contains("not a gate: resume it"),
         "{err}"
     );
 
