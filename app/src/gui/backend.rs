@@ -665,7 +665,7 @@ fn run_demo(
     reporter.blocking(BackendEvent::Stage(format!(
         "starting the embedded broker on {addr}"
     )));
-    let broker = EmbeddedBroker::start(addr)?;
+    let broker = EmbeddedBroker::start_for_demo(addr)?;
     let url = broker.url();
     let topics = Topics::default_prefix();
     reporter.blocking(BackendEvent::Link(LinkStatus::Connecting));

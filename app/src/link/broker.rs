@@ -22,13 +22,20 @@ impl EmbeddedBroker {
     /// Starts a broker listening on `addr`; port 0 picks a free port. Returns once the broker
     /// accepts TCP connections (or fails after 10 s).
     pub fn start(addr: SocketAddr) -> Result<Self> {
-        Self::start_inner(addr, None)
+        Self::start_inner(addr, None, LogBound::SERVER)
+    }
+
+    /// [`Self::start`] for a broker inside the console's demo, whose subscribers live in the
+    /// same process and keep up: each filter's log is bounded to [`LogBound::DEMO`].
+    pub fn start_for_demo(addr: SocketAddr) -> Result<Self> {
+        Self::start_inner(addr, None, LogBound::DEMO)
     }
 
     /// [`Self::start`], taking only `login` when it is given.
     fn start_inner(
         addr: SocketAddr,
         login: Option<&super::acl_proxy::UpstreamLogin>,
+        log: LogBound,
     ) -> Result<Self> {
         let addr = if addr.port() == 0 {
             SocketAddr::new(addr.ip(), pick_free_port(addr.ip())?)
@@ -38,7 +45,7 @@ impl EmbeddedBroker {
         if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
             bail!("{addr} is already in use: another broker may be running there");
         }
-        let config = broker_config(addr, login);
+        let config = broker_config(addr, login, log);
         std::thread::Builder::new()
             .name("mqtt-broker".into())
             .spawn(move || {
@@ -70,7 +77,7 @@ impl EmbeddedBroker {
     ) -> Result<(Self, std::sync::Arc<super::acl_proxy::ProxyStats>)> {
         let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
         let login = super::acl_proxy::UpstreamLogin::random()?;
-        let inner = Self::start_inner(loopback, Some(&login))?;
+        let inner = Self::start_inner(loopback, Some(&login), LogBound::SERVER)?;
         let listener = TcpListener::bind(addr)
             .with_context(|| format!("listening on {addr} for the broker's ACL proxy"))?;
         listener
@@ -147,18 +154,37 @@ pub fn pick_free_port(ip: std::net::IpAddr) -> Result<u16> {
 }
 
 /// rumqttd keeps every message published on a subscribed filter in that filter's in-memory
-/// log, up to [`SEGMENTS`] segments of [`SEGMENT_BYTES`] (payload and topic bytes; the heap
-/// holds about twice that), whether or not every subscriber has read it: the backlog a
-/// subscriber may fall behind by before it skips ahead. It was 10 segments of 100 MiB, a
-/// gigabyte per filter, which the demo's fleet filled at about 25 MB a minute (issue 19); 4 of
-/// 4 MiB is 16 MiB per filter, tens of thousands of messages of backlog.
-pub const SEGMENT_BYTES: usize = 4 * 1024 * 1024;
-/// See [`SEGMENT_BYTES`].
-pub const SEGMENTS: usize = 4;
+/// log, up to `segments` segments of `segment_bytes` (payload and topic bytes; the heap holds
+/// about three times that), whether or not every subscriber has read it: the backlog a
+/// subscriber may fall behind by before it skips ahead and loses messages. It was 10 segments
+/// of 100 MiB, a gigabyte per filter, which the demo's fleet filled at about 20 MiB a minute
+/// (issue 19).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LogBound {
+    pub segment_bytes: usize,
+    pub segments: usize,
+}
+
+impl LogBound {
+    /// The console's demo: 4 of 4 MiB, 16 MiB per filter, tens of thousands of messages for
+    /// subscribers in the same process.
+    pub const DEMO: Self = Self {
+        segment_bytes: 4 * 1024 * 1024,
+        segments: 4,
+    };
+    /// `convoy broker` and the tests' brokers: 4 of 64 MiB, 256 MiB per filter, so an engine
+    /// busy with a flood of a device's malformed messages (70 KiB each) does not lose the
+    /// fleet's good ones; bounded all the same.
+    pub const SERVER: Self = Self {
+        segment_bytes: 64 * 1024 * 1024,
+        segments: 4,
+    };
+}
 
 fn broker_config(
     addr: SocketAddr,
     login: Option<&super::acl_proxy::UpstreamLogin>,
+    log: LogBound,
 ) -> rumqttd::Config {
     let connections = rumqttd::ConnectionSettings {
         connection_timeout_ms: 60_000,
@@ -179,8 +205,8 @@ fn broker_config(
     let router = rumqttd::RouterConfig {
         max_connections: 100_010,
         max_outgoing_packet_count: 1_000,
-        max_segment_size: SEGMENT_BYTES,
-        max_segment_count: SEGMENTS,
+        max_segment_size: log.segment_bytes,
+        max_segment_count: log.segments,
         custom_segment: None,
         initialized_filters: None,
         shared_subscriptions_strategy: rumqttd::Strategy::default(),
@@ -198,18 +224,22 @@ mod tests {
     use super::*;
 
     /// Issue 19: each subscribed filter's log could hold a gigabyte, and the demo's grew about
-    /// 25 MB a minute into it. The logs are bounded to a few MiB each.
+    /// 20 MiB a minute into it. The demo's logs are bounded to a few MiB each, a standalone
+    /// broker's to a few hundred.
     #[test]
     fn each_filter_log_of_the_embedded_broker_is_bounded_to_a_few_mib() {
-        let config = broker_config(SocketAddr::from(([127, 0, 0, 1], 1883)), None);
-        let per_filter = config.router.max_segment_size * config.router.max_segment_count;
-        assert!(
-            per_filter <= 16 * 1024 * 1024,
-            "{per_filter} bytes per filter"
-        );
-        assert!(
-            config.router.max_segment_count >= 2,
-            "a backlog survives a segment turning over"
-        );
+        let addr = SocketAddr::from(([127, 0, 0, 1], 1883));
+        for (log, most) in [
+            (LogBound::DEMO, 16 * 1024 * 1024),
+            (LogBound::SERVER, 256 * 1024 * 1024),
+        ] {
+            let config = broker_config(addr, None, log);
+            let per_filter = config.router.max_segment_size * config.router.max_segment_count;
+            assert!(per_filter <= most, "{per_filter} bytes per filter");
+            assert!(
+                config.router.max_segment_count >= 2,
+                "a backlog survives a segment turning over"
+            );
+        }
     }
 }
