@@ -868,6 +868,52 @@ pub fn ddi_body(data: &[u8]) {
             Some(cd)
         );
     }
+    ddi_telemetry_body(data);
+}
+
+/// The telemetry route's body: what parses serializes and parses back the same; a refused
+/// upload reaches the consumer not at all, an accepted one whole, as consecutive messages of
+/// the controller the path names.
+fn ddi_telemetry_body(data: &[u8]) {
+    use crate::link::ddi::wire::TelemetryUpload;
+    use crate::link::ddi::{DdiEvent, DdiHub, HubConfig};
+    let Ok(upload) = crate::link::http::json::parse_json::<TelemetryUpload>(data) else {
+        return;
+    };
+    let again = serde_json::to_vec(&upload).expect("a telemetry upload serializes");
+    assert_eq!(
+        crate::link::http::json::parse_json::<TelemetryUpload>(&again).ok(),
+        Some(upload.clone())
+    );
+    let (hub, mut rx) = DdiHub::new(HubConfig {
+        telemetry: true,
+        ..HubConfig::default()
+    });
+    hub.poll("fuzz-1").expect("a valid controller id polls");
+    while rx.try_recv().is_ok() {}
+    let n = upload.events.len();
+    match hub.telemetry("fuzz-1", upload) {
+        Ok(taken) => {
+            assert_eq!(taken, n);
+            let Ok(DdiEvent::Telemetry {
+                controller,
+                messages,
+            }) = rx.try_recv()
+            else {
+                panic!("an accepted upload reaches the consumer");
+            };
+            assert_eq!(controller, "fuzz-1");
+            assert_eq!(messages.len(), n);
+            for (k, m) in messages.iter().enumerate() {
+                assert_eq!(m.device_id, "fuzz-1");
+                assert_eq!(m.seq, k as u64);
+            }
+        }
+        Err(_) => assert!(
+            rx.try_recv().is_err(),
+            "a refused upload reached the consumer"
+        ),
+    }
 }
 
 fn seeds_ddi_body() -> Vec<Vec<u8>> {
@@ -878,6 +924,9 @@ fn seeds_ddi_body() -> Vec<Vec<u8>> {
         br#"{"id":"9","time":"20261123T065100","status":{"execution":"rejected","result":{"finished":"failure"},"code":7}}"#.to_vec(),
         br#"{"mode":"merge","data":{"HwRevision":"B2","serial":"SN-42"}}"#.to_vec(),
         br#"{"status":{"execution":"closed","result":{"finished":"success"},"details":[]},"mode":null,"data":{}}"#.to_vec(),
+        br#"{"events":[{"ts":1795392000,"event":{"kind":"crash","process":"navd"}}]}"#.to_vec(),
+        br#"{"events":[{"ts":1795392000,"event":{"kind":"battery","pct":140}}]}"#.to_vec(),
+        br#"{"events":[]}"#.to_vec(),
     ]
 }
 
