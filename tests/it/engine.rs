@@ -1137,7 +1137,6 @@ fn a_stopped_rollout_resumes_from_the_cache_and_completes() {
 #[test]
 fn rollout_control_over_the_api_reaches_an_engine_hosted_by_the_server() {
     use convoy::serve::auth::{self, Role};
-    use convoy::serve::{ServeConfig, Server};
     use reqwest::StatusCode;
     let _one = SERIAL
         .lock()
@@ -1158,32 +1157,8 @@ fn rollout_control_over_the_api_reaches_an_engine_hosted_by_the_server() {
         )
     };
     let _sim = setup.sim(&url, false);
-    let args = convoy::cmd::rollout::parse_run_args(setup.run_args(&url)).expect("run args");
-    let run = convoy::serve::host::host_rollout(&args).expect("hosting the run");
-    let mut config = ServeConfig::new(
-        PathBuf::from(setup.path("cache.db")),
-        "127.0.0.1:0".parse().expect("addr"),
-    );
-    config.controls.push(run.control.clone());
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let server = runtime.block_on(Server::start(config)).expect("server");
-    let api = format!("{}/api/v1/rollouts", server.base_url());
-    let c = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .expect("client");
-    let call = |path: &str, token: &str, body: &str| {
-        runtime.block_on(convoy_e2e::api::post(
-            &c,
-            &format!("{api}/{path}"),
-            token,
-            body.to_owned(),
-        ))
-    };
+    let (served, run) = HostedBehindApi::start(&setup, &url);
+    let call = |path: &str, token: &str, body: &str| served.post(path, token, body);
 
     setup.wait_for_event("soak.started");
     let (status, body) = call("r1/pause", &viewer, r#"{"reason": "look"}"#);
@@ -1224,7 +1199,7 @@ fn rollout_control_over_the_api_reaches_an_engine_hosted_by_the_server() {
     );
     let (status, body) = call("r1/pause", &dispatcher, r#"{"reason": "too late"}"#);
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
-    runtime.block_on(server.shutdown());
+    served.shutdown();
 
     let timeline = setup.timeline();
     assert!(
@@ -1328,6 +1303,63 @@ impl ServedSetup {
             tokens,
             config,
         }
+    }
+}
+
+/// A rollout of `setup` hosted in this process, as `convoy serve` hosts one, behind a real
+/// server's JSON API on 127.0.0.1.
+struct HostedBehindApi {
+    runtime: tokio::runtime::Runtime,
+    server: convoy::serve::Server,
+    client: reqwest::Client,
+    rollouts: String,
+}
+
+impl HostedBehindApi {
+    /// Starts the run against the broker at `url` and a server steering it; the run is the
+    /// caller's to join.
+    fn start(setup: &Setup, url: &str) -> (Self, convoy::serve::host::HostedRun) {
+        let args = convoy::cmd::rollout::parse_run_args(setup.run_args(url)).expect("run args");
+        let run = convoy::serve::host::host_rollout(&args).expect("hosting the run");
+        let mut config = convoy::serve::ServeConfig::new(
+            PathBuf::from(setup.path("cache.db")),
+            "127.0.0.1:0".parse().expect("addr"),
+        );
+        config.controls.push(run.control.clone());
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let server = runtime
+            .block_on(convoy::serve::Server::start(config))
+            .expect("server");
+        let rollouts = format!("{}/api/v1/rollouts", server.base_url());
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("client");
+        let served = Self {
+            runtime,
+            server,
+            client,
+            rollouts,
+        };
+        (served, run)
+    }
+
+    /// POSTs `body` to `/api/v1/rollouts/PATH` with `token`.
+    fn post(&self, path: &str, token: &str, body: &str) -> (reqwest::StatusCode, Value) {
+        self.runtime.block_on(convoy_e2e::api::post(
+            &self.client,
+            &format!("{}/{path}", self.rollouts),
+            token,
+            body.to_owned(),
+        ))
+    }
+
+    fn shutdown(self) {
+        self.runtime.block_on(self.server.shutdown());
     }
 }
 
@@ -1670,7 +1702,6 @@ fn the_engine_s_metrics_pass_promtool_and_move_as_the_rollout_runs() {
 #[test]
 fn after_a_gate_rollback_an_operator_excludes_the_failing_revision_and_continues() {
     use convoy::serve::auth::{self, Role};
-    use convoy::serve::{ServeConfig, Server};
     use reqwest::StatusCode;
     let _one = SERIAL
         .lock()
@@ -1691,32 +1722,8 @@ fn after_a_gate_rollback_an_operator_excludes_the_failing_revision_and_continues
         .token
     };
     let _sim = setup.sim(&url, true);
-    let args = convoy::cmd::rollout::parse_run_args(setup.run_args(&url)).expect("run args");
-    let run = convoy::serve::host::host_rollout(&args).expect("hosting the run");
-    let mut config = ServeConfig::new(
-        PathBuf::from(setup.path("cache.db")),
-        "127.0.0.1:0".parse().expect("addr"),
-    );
-    config.controls.push(run.control.clone());
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let server = runtime.block_on(Server::start(config)).expect("server");
-    let api = format!("{}/api/v1/rollouts", server.base_url());
-    let c = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .expect("client");
-    let call = |path: &str, body: &str| {
-        runtime.block_on(convoy_e2e::api::post(
-            &c,
-            &format!("{api}/{path}"),
-            &dispatcher,
-            body.to_owned(),
-        ))
-    };
+    let (served, run) = HostedBehindApi::start(&setup, &url);
+    let call = |path: &str, body: &str| served.post(path, &dispatcher, body);
 
     setup.wait_for_event("rollback.finished");
     let (status, body) = call("r1/resume", r#"{"reason": "try again"}"#);
@@ -1777,7 +1784,7 @@ fn after_a_gate_rollback_an_operator_excludes_the_failing_revision_and_continues
     assert_eq!(status, StatusCode::OK, "{body}");
 
     let report = run.join().expect("the hosted run");
-    runtime.block_on(server.shutdown());
+    served.shutdown();
     assert_eq!(
         report.final_state,
         convoy::engine::FinalState::Completed,
