@@ -164,6 +164,38 @@ pub fn exposition(report: &EngineReport) -> String {
             report.unsettled.len() as f64,
         )],
     );
+    if let Some(schedule) = &report.schedule {
+        let labels: &[(&str, &str)] = &[("rollout", report.rollout_id.as_str())];
+        out.gauge(
+            "convoy_engine_schedule_waiting_devices",
+            "Devices of the current wave waiting for their paced offer (window, rate or cap).",
+            &[(labels, schedule.waiting as f64)],
+        );
+        out.gauge(
+            "convoy_engine_schedule_rate_per_minute",
+            "The offer rate in force, devices a minute (the plan's constant rate or ramp).",
+            &[(labels, schedule.per_minute as f64)],
+        );
+        out.family(
+            "convoy_engine_schedule_offered_total",
+            "Devices offered under the schedule so far (what the rate ramp counts).",
+            "counter",
+        );
+        out.sample(
+            "convoy_engine_schedule_offered_total",
+            std::slice::from_ref(&rollout),
+            schedule.offered as f64,
+        );
+        // Absent when nothing waits: an alert on `time() > next offer` must not fire then.
+        if let Some(at) = schedule.next_offer_at {
+            out.gauge(
+                "convoy_engine_schedule_next_offer_timestamp_seconds",
+                "When the next paced offer is due, Unix seconds on the run's clock (scaled \
+                 when --time-scale is not 1).",
+                &[(labels, at.secs() as f64)],
+            );
+        }
+    }
     out.gauge(
         "convoy_engine_uptime_seconds",
         "Wall time since the engine run started.",

@@ -708,6 +708,26 @@ fn paced_offers_keep_the_rate_stop_while_paused_and_continue_the_ramp() {
         h.devices_in(DeviceState::Pending) < h.state.rollout().state().device_ids.len() - 24
     });
     let before_pause = h.offers();
+    let text = super::metrics::exposition(&h.state.final_report(
+        FinalState::TimedOut,
+        h.now,
+        h.wall(),
+        0,
+        None,
+    ));
+    let next = h.state.next_offer_at().map(|t| t.secs());
+    assert!(
+        next.is_some_and(|t| t >= h.now.secs()),
+        "{next:?} at {}",
+        h.now.secs()
+    );
+    assert!(
+        text.contains(&format!(
+            "convoy_engine_schedule_next_offer_timestamp_seconds{{rollout=\"r1\"}} {}\n",
+            next.unwrap_or_default()
+        )),
+        "the next offer time while running: {text}"
+    );
     let paused_at = h.now;
     h.state
         .handle_operator(
@@ -727,6 +747,31 @@ fn paced_offers_keep_the_rate_stop_while_paused_and_continue_the_ramp() {
         ),
         "{:?}",
         h.state.schedule_report()
+    );
+    // The schedule in the engine's Prometheus metrics: devices waiting, the rate, and no next
+    // offer time while the clock is stopped.
+    let text = super::metrics::exposition(&h.state.final_report(
+        FinalState::Paused,
+        h.now,
+        h.wall(),
+        0,
+        None,
+    ));
+    let waiting = h.state.schedule_report().map_or(0, |r| r.waiting);
+    assert!(waiting > 0);
+    assert!(
+        text.contains(&format!(
+            "convoy_engine_schedule_waiting_devices{{rollout=\"r1\"}} {waiting}\n"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains("convoy_engine_schedule_rate_per_minute{"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("convoy_engine_schedule_next_offer_timestamp_seconds{"),
+        "no next offer while paused: {text}"
     );
     h.state
         .handle_operator(
