@@ -715,7 +715,10 @@ fn paced_offers_keep_the_rate_stop_while_paused_and_continue_the_ramp() {
         0,
         None,
     ));
-    let next = h.state.next_offer_at().map(|t| t.secs());
+    let next = h
+        .state
+        .next_offer_at()
+        .map(convoy_core::time::Timestamp::secs);
     assert!(
         next.is_some_and(|t| t >= h.now.secs()),
         "{next:?} at {}",
