@@ -988,11 +988,15 @@ pub fn metric_plot_ui(
             clipped.peak
         );
     }
-    ui.label(RichText::new(line).size(style.text_size).color(if over {
-        tokens::BAD
-    } else {
-        tokens::OK
-    }));
+    // Wrapped, never cut: the cut and the peak are the line's point.
+    ui.add(
+        egui::Label::new(RichText::new(line).size(style.text_size).color(if over {
+            tokens::BAD
+        } else {
+            tokens::OK
+        }))
+        .wrap(),
+    );
     let updated = clipped.points;
     let off_scale = clipped.off_scale;
     let response = egui_plot::Plot::new((style.id_salt, m.metric.as_str()))
