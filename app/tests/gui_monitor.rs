@@ -82,7 +82,13 @@ fn the_monitor_walks_a_gate_paused_rollout_to_an_override_with_a_reason() {
         verdict.starts_with("Verdict: paused at wave 1 by a gate"),
         "{verdict}"
     );
-    // The evidence: the failing install-failure finding with its numbers.
+    // The evidence: in plain words first, then the failing install-failure finding with its
+    // numbers.
+    let plain = label_text(&h, "FAIL: ");
+    assert!(
+        plain.contains("failed to install") && plain.contains("normal is about"),
+        "{plain}"
+    );
     let evidence = label_text(&h, "FAIL · install_failure");
     assert!(evidence.contains("observed 0."), "{evidence}");
     assert!(evidence.contains("against baseline 0.02"), "{evidence}");

@@ -930,6 +930,15 @@ fn verdict_ui(
             FindingStatus::Overridden => ("overridden", tokens::MUTED),
             FindingStatus::NotEnoughData => ("not enough data", tokens::MUTED),
         };
+        // What stopped or worries the gate, in plain words first (as on the wall).
+        if matches!(f.status, FindingStatus::Fail | FindingStatus::Trending) {
+            let words = crate::gui::warroom::plain_evidence(&plain_figures(f), None);
+            ui.label(
+                RichText::new(format!("{status}: {words}"))
+                    .color(color)
+                    .strong(),
+            );
+        }
         let mut line = format!(
             "{status} · {} · {scope}: observed {:.4} against baseline {:.4} (p = {:.2e}, level \
              {:.2e}, {} devices)",
@@ -1440,6 +1449,26 @@ fn health_ui(ui: &mut egui::Ui, data: &MonitorData) {
         );
     }
     warroom::last_stop_ui(ui, series, 13.0);
+}
+
+/// A gate finding as the figures [`crate::gui::warroom::plain_evidence`] puts in words.
+fn plain_figures(f: &convoy_core::gates::Finding) -> convoy_core::comms::FindingFigures {
+    convoy_core::comms::FindingFigures {
+        metric: f.metric.clone(),
+        stratum: f.stratum.clone(),
+        observed: f.observed,
+        baseline: f.baseline,
+        p_value: f.p_value,
+        sample: f.sample,
+        counts: f.counts.map(|c| {
+            (
+                c.updated_events,
+                c.updated_device_hours,
+                c.baseline_events,
+                c.baseline_device_hours,
+            )
+        }),
+    }
 }
 
 #[cfg(test)]
