@@ -227,6 +227,8 @@ struct Outcome {
     state: DeviceState,
     silent: bool,
     rollback_pending: bool,
+    /// Excluded by an operator before its wave started: never offered.
+    excluded: bool,
 }
 
 /// The update-outcome gates (install failure, boot failure, silent) over time, as percentages
@@ -278,6 +280,7 @@ pub fn proportion_series(rollout: &Rollout, step_secs: i64) -> Vec<MetricSeries>
             state: DeviceState::Pending,
             silent: false,
             rollback_pending: false,
+            excluded: false,
         };
         state.devices.len()
     ];
@@ -304,12 +307,25 @@ pub fn proportion_series(rollout: &Rollout, step_secs: i64) -> Vec<MetricSeries>
         match &e.kind {
             // Paced offers (issue 20): a wave's devices are offered by `Offered` events.
             EventKind::OffersPaced { .. } => paced = true,
+            // An offered device enters the install-failure question (the gate's denominator,
+            // `OutcomeAgg::proportion`), as the state machine counts it.
             EventKind::Offered { devices: offered } => {
                 for &i in offered {
                     if let Some(d) = devices.get_mut(i as usize)
                         && d.state == DeviceState::Pending
                     {
                         d.state = DeviceState::Offered;
+                        out.offered += 1;
+                        dirty = true;
+                    }
+                }
+            }
+            EventKind::Excluded {
+                devices: excluded, ..
+            } => {
+                for &i in excluded {
+                    if let Some(d) = devices.get_mut(i as usize) {
+                        d.excluded = true;
                     }
                 }
             }
@@ -318,8 +334,11 @@ pub fn proportion_series(rollout: &Rollout, step_secs: i64) -> Vec<MetricSeries>
                 for &i in state.wave_members.get(*wave).into_iter().flatten() {
                     if let Some(d) = devices.get_mut(i as usize)
                         && d.state == DeviceState::Pending
+                        && !d.excluded
                     {
                         d.state = DeviceState::Offered;
+                        out.offered += 1;
+                        dirty = true;
                     }
                 }
             }
@@ -1654,6 +1673,55 @@ mod tests {
         }
     }
 
+    /// What the wall showed: "install_failure: updated 53.33 %" while the gate that stopped the
+    /// wave said 16 of 100 (16%): the plot left out the devices offered and still downloading,
+    /// which the gate counts. At every moment of a rollout, not only at its end, the plot's
+    /// last point is the gate's own proportion.
+    #[test]
+    fn proportions_agree_with_the_gate_at_every_moment_not_only_at_the_end() {
+        let fleet = fleet();
+        let rollout = simulated(
+            &fleet,
+            vec![Fault {
+                attribute: None,
+                kind: FaultKind::InstallFailure(0.4),
+            }],
+        );
+        let log = rollout.events().to_vec();
+        let mut compared_in_flight = 0;
+        for cut in (2..log.len()).step_by((log.len() / 40).max(1)) {
+            let partial = Rollout::replay(log[..cut].to_vec()).expect("a prefix replays");
+            let mut total = OutcomeAgg::default();
+            for o in partial.state().outcomes.iter().flatten() {
+                total.offered += o.offered;
+                total.installed += o.installed;
+                total.healthy += o.healthy;
+                total.install_failed += o.install_failed;
+                total.boot_failed += o.boot_failed;
+                total.silent += o.silent;
+            }
+            let (failures, judged) = total.proportion("install_failure");
+            if judged > u64::from(total.installed + total.install_failed) {
+                compared_in_flight += 1;
+            }
+            let series = proportion_series(&partial, 900);
+            let install = series
+                .iter()
+                .find(|s| s.metric == "install_failure")
+                .expect("the install-failure series");
+            let Some(last) = install.points.last() else {
+                continue;
+            };
+            assert_eq!(last.updated_weight, judged as f64, "at event {cut}");
+            let expected = (judged > 0).then(|| failures as f64 * 100.0 / judged as f64);
+            assert_eq!(last.updated, expected, "at event {cut}");
+        }
+        assert!(
+            compared_in_flight > 0,
+            "some moments had devices offered and not yet answered"
+        );
+    }
+
     #[test]
     fn proportions_end_where_the_state_machines_outcomes_do() {
         let fleet = fleet();
@@ -1672,6 +1740,7 @@ mod tests {
             let state = rollout.state();
             let mut total = OutcomeAgg::default();
             for o in state.outcomes.iter().flatten() {
+                total.offered += o.offered;
                 total.installed += o.installed;
                 total.healthy += o.healthy;
                 total.install_failed += o.install_failed;
