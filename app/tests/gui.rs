@@ -587,6 +587,56 @@ fn a_missing_cache_shows_why_the_history_is_missing() {
     h.get_by_label_contains("Could not read the telemetry: no fleet cache at fixture.db");
 }
 
+/// Issue 19, two clocks mixed: a simulated fleet's reports run hours ahead of the screen's
+/// clock, and the table's "Last seen" read "0 s ago" for every device. The ages are now taken
+/// on the devices' own clock, and the header says which clock that is.
+#[test]
+fn the_table_ages_devices_on_their_own_clock_when_it_runs_ahead_and_says_so() {
+    let (mut h, feed, fleet) = harness();
+    let ahead = NOW.secs() + 3 * 3600;
+    let d = &fleet.devices[42];
+    assert!(
+        feed.send(BackendEvent::Inbound(Inbound::Status(DeviceStatus {
+            v: 1,
+            device_id: d.id.clone(),
+            ts: Timestamp::from_secs(ahead),
+            active_slot: d.active_slot,
+            components: d.components.clone(),
+            update: UpdateStatus {
+                state: UpdateState::Idle,
+                release_id: None,
+                command_id: None,
+                progress_pct: None,
+                reason: None,
+            },
+            battery_pct: d.battery_pct,
+            power: d.power,
+            connectivity: d.connectivity,
+            metered: d.metered,
+            free_storage_bytes: d.free_storage_bytes,
+            position: Some(d.position),
+        })))
+    );
+    settle(&mut h);
+    h.get_by_label("Fleet table").click();
+    settle(&mut h);
+    h.get_by_label_contains(
+        "last seen: ages before the newest report (the devices' clock is ahead of this screen's)",
+    );
+    // The first device, last seen before the fleet's clock ran ahead: its age counts from the
+    // newest report, three hours more than on the screen's clock.
+    let first = &fleet.devices[0];
+    let on_fleet_clock =
+        convoy::gui::app::age(Timestamp::from_secs(ahead).secs_since(first.last_seen));
+    let on_screen_clock = convoy::gui::app::age(NOW.secs_since(first.last_seen));
+    assert_ne!(on_fleet_clock, on_screen_clock);
+    assert!(
+        h.query_all_by_label(&on_fleet_clock).count() > 0,
+        "{} last seen {on_fleet_clock}",
+        first.id
+    );
+}
+
 #[test]
 fn a_hidden_table_column_disappears_and_the_others_stay() {
     use convoy::gui::query::Column;

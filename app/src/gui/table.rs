@@ -17,7 +17,15 @@ pub fn table_ui(cx: &ViewContext<'_>, out: &mut Commands, ui: &mut egui::Ui) {
     let Some(model) = cx.model else {
         return;
     };
-    let now = cx.now;
+    // "Last seen" on the clock the devices' own times are on (a simulated fleet's runs ahead
+    // of the screen's: on the screen's clock every device read "0 s ago"), said in the header.
+    let (now, clock_words) = crate::gui::warroom::fleet_now(
+        cx.now,
+        cx.clock_runs,
+        model.last_message,
+        cx.rollouts.and_then(|b| b.as_ref().ok()),
+        crate::alerts::deliver::wall_ms(),
+    );
     ui.horizontal(|ui| {
         ui.label(
             RichText::new(format!(
@@ -28,9 +36,12 @@ pub fn table_ui(cx: &ViewContext<'_>, out: &mut Commands, ui: &mut egui::Ui) {
             .strong(),
         );
         ui.label(
-            RichText::new("Click a header to sort, again to reverse · click a device to open it")
-                .small()
-                .color(tokens::MUTED),
+            RichText::new(format!(
+                "Click a header to sort, again to reverse · click a device to open it · last \
+                 seen: {clock_words}"
+            ))
+            .small()
+            .color(tokens::MUTED),
         );
     });
     let mut commands = Vec::new();
