@@ -89,6 +89,10 @@ fn the_monitor_walks_a_gate_paused_rollout_to_an_override_with_a_reason() {
         plain.contains("failed to install") && plain.contains("normal is about"),
         "{plain}"
     );
+    // A metric too short of devices to judge shows no p-value (no test was run).
+    let unjudged = label_text(&h, "not enough data · crash");
+    assert!(unjudged.contains("too few to judge yet"), "{unjudged}");
+    assert!(!unjudged.contains("p = "), "{unjudged}");
     let evidence = label_text(&h, "FAIL · install_failure");
     assert!(evidence.contains("observed 0."), "{evidence}");
     assert!(evidence.contains("against baseline 0.02"), "{evidence}");

@@ -958,11 +958,20 @@ fn verdict_ui(
                     .strong(),
             );
         }
-        let mut line = format!(
-            "{status} · {} · {scope}: observed {:.4} against baseline {:.4} (p = {:.2e}, level \
-             {:.2e}, {} devices)",
-            f.metric, f.observed, f.baseline, f.p_value, f.level, f.sample
-        );
+        // Not judged: no test was run, so no p-value to show (the 1 recorded is a placeholder).
+        let mut line = if f.status == FindingStatus::NotEnoughData {
+            format!(
+                "{status} · {} · {scope}: observed {:.4} against baseline {:.4} ({} devices, too \
+                 few to judge yet)",
+                f.metric, f.observed, f.baseline, f.sample
+            )
+        } else {
+            format!(
+                "{status} · {} · {scope}: observed {:.4} against baseline {:.4} (p = {:.2e}, \
+                 level {:.2e}, {} devices)",
+                f.metric, f.observed, f.baseline, f.p_value, f.level, f.sample
+            )
+        };
         if let Some(c) = &f.counts {
             let _ = write!(
                 line,
