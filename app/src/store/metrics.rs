@@ -6,8 +6,11 @@
 
 use anyhow::{Context, Result};
 use convoy_core::fleet::Fleet;
-use convoy_core::metrics::{self, Adoption, RolloutMetrics, SummaryMetrics};
+use convoy_core::metrics::{
+    self, Adoption, RemediatedFinding, RemediationReport, RolloutMetrics, SummaryMetrics,
+};
 use convoy_core::rollout::Rollout;
+use convoy_core::time::Timestamp;
 use serde::Serialize;
 
 use super::Store;
@@ -25,6 +28,9 @@ pub struct CacheMetrics {
     pub rollouts: Vec<RolloutMetrics>,
     /// Rollouts left out, each with why (a log too large, unreadable, or that does not replay).
     pub skipped: Vec<Skipped>,
+    /// Time to remediate from each finding's detection, for the rollouts whose request names
+    /// the finding they remediate (issue 20), by classification, model and region.
+    pub remediation: RemediationReport,
 }
 
 /// A rollout the metrics leave out, and why.
@@ -98,7 +104,59 @@ impl Store {
             }
         }
         out.summary = metrics::summarize(&out.rollouts);
+        out.remediation = self.remediation_metrics(&mut out.skipped)?;
         Ok(out)
+    }
+
+    /// Time to remediate of the logged rollouts whose request names a finding, counted from the
+    /// finding's `detected_at` (else from when it entered the cache). A rollout whose finding
+    /// is no longer in the cache is added to `skipped` with why.
+    fn remediation_metrics(&self, skipped: &mut Vec<Skipped>) -> Result<RemediationReport> {
+        let pairs = self.remediating_requests()?;
+        if pairs.is_empty() {
+            return Ok(RemediationReport::default());
+        }
+        let mut found = Vec::new();
+        for (rollout_id, finding_id) in pairs {
+            let Ok(Some(rollout)) = self.replay_rollout(&rollout_id) else {
+                // Not started (no log), or already named in `skipped` by the metrics above.
+                continue;
+            };
+            let Some(record) = super::query::finding(self, &finding_id)? else {
+                skipped.push(Skipped {
+                    rollout_id,
+                    reason: format!(
+                        "its request names finding {finding_id}, which is no longer in the cache: no time to remediate"
+                    ),
+                });
+                continue;
+            };
+            let text = |key: &str| {
+                record
+                    .finding
+                    .get(key)
+                    .and_then(serde_json::Value::as_str)
+                    .map(str::to_owned)
+            };
+            let detected = text("detected_at").and_then(|t| Timestamp::parse_rfc3339(&t).ok());
+            found.push((
+                rollout,
+                RemediatedFinding {
+                    finding_id,
+                    classification: text("classification").unwrap_or_else(|| "-".to_owned()),
+                    detected_at: detected.unwrap_or(Timestamp::from_secs(record.created)),
+                    detected_from: if detected.is_some() {
+                        "detected_at"
+                    } else {
+                        "recorded"
+                    }
+                    .to_owned(),
+                },
+            ));
+        }
+        let fleet = self.load_fleet()?;
+        let refs: Vec<(&Rollout, &RemediatedFinding)> = found.iter().map(|(r, f)| (r, f)).collect();
+        Ok(metrics::remediation(&refs, &fleet))
     }
 }
 

@@ -308,23 +308,28 @@ impl GatePolicy {
             gate.max_ratio = gate.max_ratio.min(max_ratio);
             gate.min_abs_diff = gate.min_abs_diff.min(min_abs_diff);
             gate.on_fail = gate.on_fail.max(GateOutcome::RollBackWave);
-            if before
-                != (
-                    gate.enabled,
-                    gate.max_ratio,
-                    gate.min_abs_diff,
-                    gate.on_fail,
-                )
-            {
-                changes.push(format!(
-                    "{name}: max_ratio {} -> {}, min_abs_diff {} -> {}, on failure {} -> {}",
-                    before.1,
-                    gate.max_ratio,
-                    before.2,
-                    gate.min_abs_diff,
+            let mut parts = Vec::new();
+            if !before.0 {
+                parts.push("enabled".to_owned());
+            }
+            if before.1 != gate.max_ratio {
+                parts.push(format!("max_ratio {} -> {}", before.1, gate.max_ratio));
+            }
+            if before.2 != gate.min_abs_diff {
+                parts.push(format!(
+                    "min_abs_diff {} -> {}",
+                    before.2, gate.min_abs_diff
+                ));
+            }
+            if before.3 != gate.on_fail {
+                parts.push(format!(
+                    "on failure {} -> {}",
                     before.3.words(),
                     gate.on_fail.words()
                 ));
+            }
+            if !parts.is_empty() {
+                changes.push(format!("{name}: {}", parts.join(", ")));
             }
         }
         let mut out = self.clone();
