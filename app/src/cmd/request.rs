@@ -23,7 +23,7 @@ pub struct Args {
 #[derive(clap::Subcommand, Debug)]
 pub enum RequestCommand {
     /// Request a rollout of a release in the cache (planned here, or from a saved plan).
-    Create(CreateArgs),
+    Create(Box<CreateArgs>),
     /// List the requests in the cache, newest first.
     List {
         #[command(flatten)]
@@ -234,21 +234,18 @@ fn create(c: &CreateArgs) -> Result<()> {
     let who = Who::named(&name);
     let actor = format!("operator:{name}");
     let now = crate::now();
-    let made = match &c.plan {
-        Some(plan_id) => {
-            requests::create_from_plan(&store, &trust, plan_id, new, &who, &actor, now)?
+    let made = if let Some(plan_id) = &c.plan {
+        requests::create_from_plan(&store, &trust, plan_id, new, &who, &actor, now)?
+    } else {
+        if c.release.is_empty() {
+            bail!("--release: which release to roll out (or --plan, a saved plan)");
         }
-        None => {
-            if c.release.is_empty() {
-                bail!("--release: which release to roll out (or --plan, a saved plan)");
-            }
-            let planning = match &c.policy {
-                Some(p) => crate::ops::plans::read_section(p, "planning")
-                    .with_context(|| format!("reading the policy {}", p.display()))?,
-                None => convoy_core::plan::PlanningPolicy::default(),
-            };
-            requests::create(&store, &trust, &planning, new, &who, &actor, now)?
-        }
+        let planning = match &c.policy {
+            Some(p) => crate::ops::plans::read_section(p, "planning")
+                .with_context(|| format!("reading the policy {}", p.display()))?,
+            None => convoy_core::plan::PlanningPolicy::default(),
+        };
+        requests::create(&store, &trust, &planning, new, &who, &actor, now)?
     }
     .map_err(refused)?;
     let view = made.view();

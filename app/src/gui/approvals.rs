@@ -815,7 +815,7 @@ fn request_form_ui(
             )
             .labelled_by(l.id);
             ui.end_row();
-            ui.label("Shape");
+            let l = ui.label("Shape");
             egui::ComboBox::from_id_salt("approvals-shape")
                 .selected_text(if state.shape.is_empty() {
                     "as the finding's tier proposes"
@@ -832,7 +832,9 @@ fn request_form_ui(
                         ui.selectable_value(&mut state.shape, s.as_str().to_owned(), s.as_str())
                             .on_hover_text(s.words());
                     }
-                });
+                })
+                .response
+                .labelled_by(l.id);
             ui.end_row();
             if state.emergency {
                 let l = ui.label("Authoriser");

@@ -910,7 +910,6 @@ fn shaping(
     };
     let (path, path_from_finding) = match (new.path.as_deref(), chosen) {
         (None, Some(Shape::Emergency)) => ("emergency", new.shape.is_none()),
-        (None, _) => ("standard", false),
         (Some("emergency"), Some(s)) if s != Shape::Emergency => {
             return Ok(Err(field(
                 "shape",
@@ -926,7 +925,7 @@ fn shaping(
             )));
         }
         (Some("emergency"), _) => ("emergency", false),
-        (Some("standard"), _) => ("standard", false),
+        (None | Some("standard"), _) => ("standard", false),
         // Refused with the path's own words.
         (Some(other), _) => {
             return Ok(Err(field(
