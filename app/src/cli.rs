@@ -39,6 +39,10 @@ pub enum Command {
     Telemetry(cmd::telemetry::Args),
     /// Rollout records: export timelines.
     Rollout(cmd::rollout::Args),
+    /// Rollout requests: make one (naming the finding it remediates), list, show, change shape.
+    Request(cmd::request::Args),
+    /// Rollout metrics: time to remediate (from each finding's detection), recover, lead time.
+    Metrics(cmd::metrics::Args),
     /// Run every device of a fleet as a simulated device over MQTT.
     Sim(cmd::sim::Args),
     /// Open the desktop console (the default with no arguments: a live demo).
@@ -69,6 +73,8 @@ pub fn main() -> ExitCode {
         Some(Command::Signals(args)) => cmd::signals::run(&args),
         Some(Command::Telemetry(args)) => cmd::telemetry::run(&args),
         Some(Command::Rollout(args)) => cmd::rollout::run(&args),
+        Some(Command::Request(args)) => cmd::request::run(&args),
+        Some(Command::Metrics(args)) => cmd::metrics::run(&args),
         Some(Command::Sim(args)) => cmd::sim::run(&args),
         Some(Command::Gui(args)) => cmd::gui::run(&args),
         Some(Command::Artifacts(args)) => cmd::artifacts::run(&args),

@@ -135,8 +135,19 @@ fn a_saved_plan_is_requested_approved_by_two_others_and_the_emergency_path_needs
     click(&mut h, "Request rollout");
     wait_for(&mut h, "cannot authorise their own emergency request");
     fill(&mut h, "Authoriser", "dave");
+    // The pre-deployment checklist is required on the emergency path (issue 20).
+    click(&mut h, "Request rollout");
+    wait_for(
+        &mut h,
+        "checklist.owner: the pre-deployment checklist's owner is missing",
+    );
+    fill(&mut h, "Owner", "alice");
+    fill(&mut h, "Regression test", "CI 4411");
+    fill(&mut h, "Rollback readiness", "A/B revert");
+    fill(&mut h, "Support brief", "KB-77");
     click(&mut h, "Request rollout");
     wait_for(&mut h, "alice requested rollout ro-em");
+    wait_for(&mut h, "Checklist · regression test: CI 4411");
     wait_for(&mut h, "ro-em: awaiting approval");
     h.get_by_label("Break-glass authoriser: dave · evidence: CVE-2027-1234 exploited in the field");
     h.get_by_label("ro-em needs the approval of the authoriser dave");

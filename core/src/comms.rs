@@ -153,6 +153,21 @@ pub struct RolloutStory {
     pub chronology: Vec<(Timestamp, String, String)>,
     /// Where the device counts come from.
     pub counts: CountSource,
+    /// The finding the rollout remediates and the request's pre-deployment checklist, from
+    /// its request (issue 20); `None` for a rollout without a request.
+    pub remediation: Option<RemediationFacts>,
+}
+
+/// What a rollout's request says about the finding it remediates and its checklist.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RemediationFacts {
+    pub finding_id: Option<String>,
+    /// The shape the finding's tier proposed and the one chosen (`emergency`, ...), and who
+    /// changed it, if anyone did.
+    pub proposed_shape: Option<String>,
+    pub chosen_shape: Option<String>,
+    pub shape_changed_by: Option<String>,
+    pub checklist: Option<crate::risk::Checklist>,
 }
 
 /// Where a story's device counts come from.
@@ -728,12 +743,45 @@ fn regulator(s: &RolloutStory) -> String {
     for (at, why) in &s.overrides {
         let _ = writeln!(out, "- {at}: a gate was overridden by {why}.");
     }
+    if let Some(r) = &s.remediation {
+        regulator_remediation(&mut out, r);
+    }
     let _ = writeln!(
         out,
         "\n{}",
         fill("root cause analysis and the corrective release, with its own rollout record")
     );
     out
+}
+
+/// The regulator draft's lines on the finding remediated and the pre-deployment checklist.
+fn regulator_remediation(out: &mut String, r: &RemediationFacts) {
+    if let Some(f) = &r.finding_id {
+        let _ = write!(out, "- Remediates finding {f}");
+        if let (Some(p), Some(c)) = (&r.proposed_shape, &r.chosen_shape) {
+            if p == c {
+                let _ = write!(out, "; rollout shape {c}, as its tier proposed");
+            } else {
+                let by = r.shape_changed_by.as_deref().unwrap_or("the requester");
+                let _ = write!(out, "; its tier proposed {p}, {by} chose {c}");
+            }
+        }
+        out.push_str(".\n");
+    }
+    match &r.checklist {
+        Some(c) if !c.is_empty() => {
+            out.push_str("- Pre-deployment checklist:\n");
+            for (item, text) in c.items() {
+                let text = if text.trim().is_empty() {
+                    "(not given)".to_owned()
+                } else {
+                    text.replace('\n', " ")
+                };
+                let _ = writeln!(out, "  - {}: {text}", item.replace('_', " "));
+            }
+        }
+        _ => out.push_str("- Pre-deployment checklist: none recorded with the request.\n"),
+    }
 }
 
 fn chronology(out: &mut String, s: &RolloutStory) {
@@ -1194,5 +1242,48 @@ mod count_tests {
             rollout.phase()
         );
         assert_drafts_match_metrics(&rollout);
+    }
+}
+
+#[cfg(test)]
+mod remediation_tests {
+    use super::*;
+    use crate::risk::Checklist;
+
+    #[test]
+    fn the_regulator_draft_names_the_finding_the_shape_change_and_the_checklist() {
+        let mut s = RolloutStory {
+            rollout_id: "ro-1".into(),
+            release_id: "t300-2.5.1".into(),
+            path: "emergency".into(),
+            ..RolloutStory::default()
+        };
+        let text = draft(&s, Audience::Regulator);
+        assert!(!text.contains("Pre-deployment checklist"), "{text}");
+        s.remediation = Some(RemediationFacts {
+            finding_id: Some("SEC-2026-014".into()),
+            proposed_shape: Some("accelerated".into()),
+            chosen_shape: Some("emergency".into()),
+            shape_changed_by: Some("ana".into()),
+            checklist: Some(Checklist {
+                owner: "ana".into(),
+                regression_test: "CI 4411".into(),
+                rollback_readiness: "A/B revert".into(),
+                support_brief: "KB-77".into(),
+            }),
+        });
+        let text = draft(&s, Audience::Regulator);
+        assert!(
+            text.contains("- Remediates finding SEC-2026-014; its tier proposed accelerated, ana chose emergency."),
+            "{text}"
+        );
+        assert!(text.contains("  - regression test: CI 4411"), "{text}");
+        assert!(text.contains("  - support brief: KB-77"), "{text}");
+        s.remediation = Some(RemediationFacts::default());
+        let text = draft(&s, Audience::Regulator);
+        assert!(
+            text.contains("- Pre-deployment checklist: none recorded with the request."),
+            "{text}"
+        );
     }
 }

@@ -206,3 +206,259 @@ pub fn summarize(all: &[RolloutMetrics]) -> SummaryMetrics {
         mean_success_ratio: mean(all.iter().map(|m| m.success_ratio)),
     }
 }
+
+// Time to remediate from a finding's detection (issue 20).
+
+/// The finding a rollout remediates, as the remediation metrics need it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemediatedFinding {
+    pub finding_id: String,
+    /// The finding's classification (`security`, `stability`, ...).
+    pub classification: String,
+    /// When the defect was detected: time to remediate counts from here.
+    pub detected_at: crate::time::Timestamp,
+    /// `detected_at` (the finding's own field) or `recorded` (the finding has none: when it
+    /// entered the cache).
+    pub detected_from: String,
+}
+
+/// Time to remediate of one rollout that names its finding.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Remediation {
+    pub rollout_id: String,
+    pub finding_id: String,
+    pub classification: String,
+    /// RFC 3339.
+    pub detected_at: String,
+    pub detected_from: String,
+    /// The finding's detection → the rollout completed (`None` while it has not).
+    pub time_to_remediate_secs: Option<i64>,
+    /// Devices confirmed healthy on the fix.
+    pub devices_remediated: u64,
+}
+
+/// Time to remediate over the devices of one group (a classification, a model, a region):
+/// each device counts from its finding's detection to its last confirmation as healthy.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RemediationGroup {
+    /// `classification`, `model` or `region`.
+    pub attribute: String,
+    pub value: String,
+    pub devices: u64,
+    pub mean_secs: f64,
+    pub max_secs: i64,
+}
+
+/// Time to remediate of the rollouts that name a finding, and broken down by the finding's
+/// classification and the devices' model and region.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RemediationReport {
+    pub rollouts: Vec<Remediation>,
+    pub mean_time_to_remediate_secs: Option<f64>,
+    /// By `classification`, then `model`, then `region`, each sorted by value.
+    pub by: Vec<RemediationGroup>,
+}
+
+/// The attributes time to remediate is broken down by, beside the finding's classification.
+pub const REMEDIATION_ATTRIBUTES: [&str; 2] = ["model", "region"];
+
+/// Time to remediate from each finding's detection, for `rollouts` (each with the finding it
+/// remediates), over `fleet` for the devices' model and region (`-` for a device it lacks).
+pub fn remediation(
+    rollouts: &[(&Rollout, &RemediatedFinding)],
+    fleet: &Fleet,
+) -> RemediationReport {
+    use std::collections::BTreeMap;
+    // (attribute, value) -> (devices, sum, max)
+    let mut groups: BTreeMap<(usize, String), (u64, i64, i64)> = BTreeMap::new();
+    let mut out = RemediationReport::default();
+    for (rollout, finding) in rollouts {
+        let state = rollout.state();
+        let mut healthy_at: Vec<Option<crate::time::Timestamp>> = vec![None; state.devices.len()];
+        let mut completed_at = None;
+        for e in rollout.events() {
+            match &e.kind {
+                EventKind::Device { device, state: to } => {
+                    if let Some(slot) = healthy_at.get_mut(*device as usize) {
+                        *slot = (*to == DeviceState::Healthy).then_some(e.at);
+                    }
+                }
+                EventKind::Completed => completed_at = Some(e.at),
+                _ => {}
+            }
+        }
+        let mut remediated = 0;
+        for (i, at) in healthy_at.iter().enumerate() {
+            let Some(at) = at else { continue };
+            remediated += 1;
+            let secs = at.secs_since(finding.detected_at);
+            let device = state.device_ids.get(i).and_then(|id| fleet.device(id));
+            let mut keys = vec![(0, finding.classification.clone())];
+            for (n, a) in REMEDIATION_ATTRIBUTES.iter().enumerate() {
+                let value = device
+                    .and_then(|d| d.attribute(a))
+                    .unwrap_or_else(|| "-".to_owned());
+                keys.push((n + 1, value));
+            }
+            for key in keys {
+                let g = groups.entry(key).or_insert((0, 0, i64::MIN));
+                g.0 += 1;
+                g.1 = g.1.saturating_add(secs);
+                g.2 = g.2.max(secs);
+            }
+        }
+        out.rollouts.push(Remediation {
+            rollout_id: state.spec.id.clone(),
+            finding_id: finding.finding_id.clone(),
+            classification: finding.classification.clone(),
+            detected_at: finding.detected_at.to_rfc3339(),
+            detected_from: finding.detected_from.clone(),
+            time_to_remediate_secs: completed_at.map(|t| t.secs_since(finding.detected_at)),
+            devices_remediated: remediated,
+        });
+    }
+    let done: Vec<f64> = out
+        .rollouts
+        .iter()
+        .filter_map(|r| r.time_to_remediate_secs)
+        .map(|s| s as f64)
+        .collect();
+    out.mean_time_to_remediate_secs =
+        (!done.is_empty()).then(|| done.iter().sum::<f64>() / done.len() as f64);
+    out.by = groups
+        .into_iter()
+        .map(|((n, value), (devices, sum, max))| RemediationGroup {
+            attribute: if n == 0 {
+                "classification".to_owned()
+            } else {
+                REMEDIATION_ATTRIBUTES[n - 1].to_owned()
+            },
+            value,
+            devices,
+            mean_secs: sum as f64 / devices as f64,
+            max_secs: max,
+        })
+        .collect();
+    out
+}
+
+#[cfg(test)]
+mod remediation_tests {
+    use super::*;
+    use crate::rollout::sim::{SimConfig, SimFleet};
+    use crate::rollout::{ChangePath, RolloutSpec, WaveSpec};
+    use crate::synth::{SynthOptions, generate};
+    use crate::time::Timestamp;
+
+    fn completed(id: &str, fleet: &Fleet, ids: &[String], start: Timestamp) -> Rollout {
+        let spec = RolloutSpec {
+            id: id.into(),
+            release_id: "r".into(),
+            requested_by: "alice".into(),
+            waves: vec![WaveSpec {
+                name: "canary".into(),
+                device_ids: ids.to_vec(),
+                soak_secs: 3_600,
+            }],
+            gates: crate::gates::GatePolicy::default(),
+            path: ChangePath::Standard,
+        };
+        let mut rollout = Rollout::new(start, spec, fleet).expect("rollout");
+        rollout.approve(start, "bob").expect("approve");
+        rollout.approve(start, "carol").expect("approve");
+        let mut sim = SimFleet::new(fleet, &rollout, SimConfig::default(), start);
+        sim.run(&mut rollout, start, start.plus_secs(10 * 86_400));
+        rollout
+    }
+
+    #[test]
+    fn time_to_remediate_counts_from_detection_and_breaks_down_by_classification_model_region() {
+        let start = Timestamp::from_secs(1_800_000_000);
+        let fleet = generate(&SynthOptions {
+            devices: 60,
+            seed: 5,
+            now: start,
+        });
+        let mut ids: Vec<String> = fleet.devices.iter().map(|d| d.id.clone()).collect();
+        ids.sort();
+        let a = completed("ro-a", &fleet, &ids[..30], start);
+        let b = completed("ro-b", &fleet, &ids[30..], start.plus_secs(7_200));
+        let fa = RemediatedFinding {
+            finding_id: "SEC-1".into(),
+            classification: "security".into(),
+            detected_at: start.plus_secs(-86_400),
+            detected_from: "detected_at".into(),
+        };
+        let fb = RemediatedFinding {
+            finding_id: "STA-1".into(),
+            classification: "stability".into(),
+            detected_at: start.plus_secs(-3_600),
+            detected_from: "recorded".into(),
+        };
+        let report = remediation(&[(&a, &fa), (&b, &fb)], &fleet);
+        let ra = &report.rollouts[0];
+        let ma = rollout_metrics(&a);
+        assert!(ma.completed);
+        // From the detection, a day before the rollout was created: a day more than the
+        // rollout's own time to remediate.
+        assert_eq!(
+            ra.time_to_remediate_secs,
+            ma.time_to_remediate_secs.map(|s| s + 86_400)
+        );
+        let rb = &report.rollouts[1];
+        assert_eq!(
+            rb.time_to_remediate_secs,
+            // b was created two hours after `start`, its finding detected an hour before it.
+            rollout_metrics(&b)
+                .time_to_remediate_secs
+                .map(|s| s + 10_800)
+        );
+        assert_eq!(ra.devices_remediated, ma.healthy);
+        let class: Vec<(&str, u64)> = report
+            .by
+            .iter()
+            .filter(|g| g.attribute == "classification")
+            .map(|g| (g.value.as_str(), g.devices))
+            .collect();
+        assert_eq!(
+            class,
+            [
+                ("security", ma.healthy),
+                ("stability", rollout_metrics(&b).healthy)
+            ]
+        );
+        for attribute in ["model", "region"] {
+            let devices: u64 = report
+                .by
+                .iter()
+                .filter(|g| g.attribute == attribute)
+                .map(|g| g.devices)
+                .sum();
+            assert_eq!(
+                devices,
+                ma.healthy + rollout_metrics(&b).healthy,
+                "{attribute}"
+            );
+        }
+        let security = report
+            .by
+            .iter()
+            .find(|g| g.value == "security")
+            .expect("security");
+        assert!(
+            security.mean_secs >= 86_400.0 && security.max_secs >= 86_400,
+            "{security:?}"
+        );
+        let mean = (ra.time_to_remediate_secs.unwrap_or(0) + rb.time_to_remediate_secs.unwrap_or(0))
+            as f64
+            / 2.0;
+        assert_eq!(report.mean_time_to_remediate_secs, Some(mean));
+    }
+
+    #[test]
+    fn an_empty_report_has_no_mean() {
+        let r = remediation(&[], &Fleet::default());
+        assert_eq!(r.mean_time_to_remediate_secs, None);
+        assert!(r.by.is_empty());
+    }
+}

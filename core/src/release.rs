@@ -26,6 +26,10 @@ pub fn is_valid_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
 }
 
+/// Components whose update gets stricter defaults (see
+/// [`ReleaseSpec::boot_critical_components`]).
+pub const BOOT_CRITICAL_COMPONENTS: [&str; 2] = ["bootloader", "modem"];
+
 /// One file a release delivers.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Artifact {
@@ -69,6 +73,17 @@ impl ReleaseSpec {
     /// Whether this release is built for the device's hardware.
     pub fn supports_hardware(&self, device: &Device) -> bool {
         self.hardware.contains(&device.model)
+    }
+
+    /// The boot-critical components this release installs (`bootloader`, `modem`), in that
+    /// order: a bad bootloader can leave a device that boots neither bank, a bad modem image
+    /// cuts it off the network that would deliver the fix. Such releases get stricter plan
+    /// and gate defaults (`plan::boot_critical`).
+    pub fn boot_critical_components(&self) -> Vec<&'static str> {
+        BOOT_CRITICAL_COMPONENTS
+            .into_iter()
+            .filter(|c| self.provides.iter().any(|(name, _)| name == *c))
+            .collect()
     }
 
     /// Whether the device already runs everything this release provides.

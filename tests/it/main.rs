@@ -19,6 +19,7 @@ mod metrics;
 mod mqtt;
 mod plan;
 mod release;
+mod remediation;
 mod schedule;
 mod score;
 mod serve;

@@ -1461,7 +1461,8 @@ fn rollout_requests_need_distinct_approvers_and_nobody_approves_their_own() {
         "alex",
         "rollouts",
         serde_json::json!({"release_id": f.release_id, "rollout_id": "em-1", "path": "emergency",
-                           "authoriser": "erin", "evidence": "CVE-2026-0001 exploited in the wild"}),
+                           "authoriser": "erin", "evidence": "CVE-2026-0001 exploited in the wild",
+                           "checklist": {"owner": "alex", "regression_test": "CI 1", "rollback_readiness": "A/B revert", "support_brief": "KB-1"}}),
     );
     assert_eq!(status, StatusCode::CREATED, "{body}");
     assert_eq!(body["path"], "emergency", "{body}");

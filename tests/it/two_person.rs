@@ -121,6 +121,9 @@ impl Bench {
             body["path"] = "emergency".into();
             body["authoriser"] = a.into();
             body["evidence"] = "CVE-2026-1616 exploited in the wild".into();
+            // Required on the emergency path (issue 20).
+            body["checklist"] = json!({"owner": as_, "regression_test": "CI 1",
+                                       "rollback_readiness": "A/B revert", "support_brief": "KB-1"});
         }
         self.post(as_, "rollouts", &body)
     }

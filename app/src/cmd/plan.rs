@@ -17,7 +17,8 @@ use std::path::PathBuf;
 
 use crate::fleet_io;
 use crate::ops::plans::{
-    bytes_text, duration_text, gate_notes, plan_json, rate_text, read_catalog, read_json,
+    annotate_boot_critical, boot_critical_lines, bytes_text, duration_text, for_release,
+    gate_notes, plan_json, rate_text, read_catalog, read_json,
 };
 
 use crate::ops::plans::read_section;
@@ -70,6 +71,8 @@ pub fn run(args: &Args) -> Result<()> {
         ),
         None => (PlanningPolicy::default(), GatePolicy::default()),
     };
+    // A release that installs a bootloader or modem is planned with stricter defaults.
+    let (policy, gates, boot) = for_release(&release, policy, gates);
     let now = args.now.unwrap_or_else(crate::now);
     let plan = plan::plan(&PlanInput {
         fleet: &fleet,
@@ -82,12 +85,20 @@ pub fn run(args: &Args) -> Result<()> {
     .with_context(|| format!("planning release {}", release.id))?;
     let gate_notes = gate_notes(&policy, &gates);
     let out = if args.json {
-        let value = plan_json(&plan, &fleet, &gates, &gate_notes)?;
+        let mut value = plan_json(&plan, &fleet, &gates, &gate_notes)?;
+        annotate_boot_critical(&mut value, boot.as_ref())?;
         let mut s = serde_json::to_string_pretty(&value).context("serialising the plan")?;
         s.push('\n');
         s
     } else {
         let mut text = render_text(&plan);
+        if let Some(b) = &boot {
+            text.push('\n');
+            for line in boot_critical_lines(b) {
+                text.push_str(&line);
+                text.push('\n');
+            }
+        }
         text.push_str(&render_gates(&gates, &gate_notes)?);
         text
     };

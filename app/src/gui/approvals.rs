@@ -37,6 +37,7 @@ use crate::gui::view::{Commands, ViewContext};
 use crate::ops::hosting::HostedRun;
 use crate::ops::requests::{self, NewRequest, Refusal, RequestView, SavedPlan, Verdict};
 use crate::store::Store;
+use convoy_core::risk::{Checklist, Shape};
 
 /// How the console acts in the audit trail when it records a local request or decision: the
 /// operator's name follows.
@@ -132,6 +133,11 @@ pub struct ApprovalsState {
     pub emergency: bool,
     pub authoriser: String,
     pub evidence: String,
+    /// The finding the new request remediates (empty: none), the shape chosen (empty: what
+    /// the finding's tier proposes) and its pre-deployment checklist (issue 20).
+    pub finding_id: String,
+    pub shape: String,
+    pub checklist: Checklist,
     /// The new request's rollout id (empty: `RELEASE-YYYYMMDDTHHMMSSZ`).
     pub rollout_id: String,
     /// An approval's comment or a rejection's reason.
@@ -203,6 +209,9 @@ pub struct RequestForm {
     pub emergency: bool,
     pub authoriser: String,
     pub evidence: String,
+    pub finding_id: String,
+    pub shape: String,
+    pub checklist: Checklist,
 }
 
 /// Records a request for a saved plan as `operator`, the release checked against `trust_dir`.
@@ -231,6 +240,9 @@ pub fn request_plan(
         evidence: form.emergency.then(|| form.evidence.trim().to_owned()),
         waves: None,
         seed: None,
+        finding_id: Some(form.finding_id.trim().to_owned()).filter(|s| !s.is_empty()),
+        shape: Some(form.shape.trim().to_owned()).filter(|s| !s.is_empty()),
+        checklist: Some(form.checklist.clone()).filter(|c| !c.is_empty()),
     };
     let actor = format!("{ACTOR_PREFIX}{operator}");
     Ok(
@@ -487,6 +499,9 @@ impl ApprovalsState {
             emergency: self.emergency,
             authoriser: self.authoriser.clone(),
             evidence: self.evidence.clone(),
+            finding_id: self.finding_id.clone(),
+            shape: self.shape.clone(),
+            checklist: self.checklist.clone(),
         };
         self.act(ctx, move || {
             Reply::Done(
@@ -580,6 +595,41 @@ impl ApprovalsState {
 
 /// Why this console does not dispatch: it has no engine of its own.
 pub const NO_ENGINE: &str = "This console has no engine of its own: approved requests are dispatched by `convoy serve --dispatch-args FILE` on this cache (the server starts every approved request it holds), or with `convoy rollout run --plan`. The request stays recorded as approved.";
+
+/// The lines a request shows about its finding, shape, boot-critical defaults and checklist
+/// (issue 20).
+pub fn remediation_lines(r: &RequestView) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(f) = &r.finding_id {
+        let tier = r
+            .finding_tier
+            .map_or_else(String::new, |t| format!(" (tier {t})"));
+        let shape = match (r.proposed_shape, r.shape) {
+            (Some(p), Some(c)) if p == c => format!("shape {c}, as its tier proposes"),
+            (Some(p), Some(c)) => format!(
+                "its tier proposed {p}; {} chose {c}",
+                r.shape_changed_by.as_deref().unwrap_or("the requester")
+            ),
+            _ => String::new(),
+        };
+        out.push(format!("Remediates finding {f}{tier} · {shape}"));
+    } else if let Some(s) = r.shape {
+        out.push(format!("Shape {s}"));
+    }
+    if let Some(b) = &r.boot_critical {
+        out.push(format!("Stricter plan and gates ({b})"));
+    }
+    match &r.checklist {
+        Some(c) => {
+            for (item, text) in c.items() {
+                let text = if text.is_empty() { "(missing)" } else { text };
+                out.push(format!("Checklist · {}: {text}", item.replace('_', " ")));
+            }
+        }
+        None => out.push("Checklist: none".to_owned()),
+    }
+    out
+}
 
 /// Why `operator` cannot approve `request` now, if they cannot.
 pub fn cannot_approve(request: &RequestView, operator: &str) -> Option<String> {
@@ -757,6 +807,35 @@ fn request_form_ui(
             )
             .labelled_by(l.id);
             ui.end_row();
+            let l = ui.label("Remediates finding");
+            ui.add(
+                egui::TextEdit::singleline(&mut state.finding_id)
+                    .hint_text("a scored finding's id: its tier proposes the shape (optional)")
+                    .desired_width(320.0),
+            )
+            .labelled_by(l.id);
+            ui.end_row();
+            let l = ui.label("Shape");
+            egui::ComboBox::from_id_salt("approvals-shape")
+                .selected_text(if state.shape.is_empty() {
+                    "as the finding's tier proposes"
+                } else {
+                    state.shape.as_str()
+                })
+                .show_ui(ui, |ui| {
+                    ui.selectable_value(
+                        &mut state.shape,
+                        String::new(),
+                        "as the finding's tier proposes",
+                    );
+                    for s in Shape::ALL {
+                        ui.selectable_value(&mut state.shape, s.as_str().to_owned(), s.as_str())
+                            .on_hover_text(s.words());
+                    }
+                })
+                .response
+                .labelled_by(l.id);
+            ui.end_row();
             if state.emergency {
                 let l = ui.label("Authoriser");
                 ui.add(
@@ -771,6 +850,45 @@ fn request_form_ui(
                     egui::TextEdit::multiline(&mut state.evidence)
                         .hint_text("why it cannot wait: incident id, CVE, measurements")
                         .desired_rows(2)
+                        .desired_width(420.0),
+                )
+                .labelled_by(l.id);
+                ui.end_row();
+            }
+            let c = &mut state.checklist;
+            for (label, text, hint) in [
+                (
+                    "Owner",
+                    &mut c.owner,
+                    "who owns the rollout until it is closed",
+                ),
+                (
+                    "Regression test",
+                    &mut c.regression_test,
+                    "the test that shows the fix: id, CI run, ticket",
+                ),
+                (
+                    "Rollback readiness",
+                    &mut c.rollback_readiness,
+                    "how it is undone: A/B revert, rollback release, technicians",
+                ),
+                (
+                    "Support brief",
+                    &mut c.support_brief,
+                    "what support has been told",
+                ),
+            ] {
+                let l = ui.label(label);
+                ui.add(
+                    egui::TextEdit::singleline(text)
+                        .hint_text(format!(
+                            "{hint}{}",
+                            if state.emergency {
+                                " (required on the emergency path)"
+                            } else {
+                                ""
+                            }
+                        ))
                         .desired_width(420.0),
                 )
                 .labelled_by(l.id);
@@ -827,6 +945,12 @@ fn requests_ui(
             if let (Some(a), Some(e)) = (&r.authoriser, &r.evidence) {
                 ui.label(format!("Break-glass authoriser: {a} · evidence: {e}"));
             }
+            for line in remediation_lines(r) {
+                ui.label(line);
+            }
+            if let Some(why) = &r.deferred {
+                ui.colored_label(tokens::WARN, why);
+            }
             for d in &r.decisions {
                 let word = if d.decision == "approve" {
                     "approved"
@@ -878,9 +1002,14 @@ fn requests_ui(
                 if r.status == "approved" {
                     let dispatched =
                         listed.timeline_events > 0 || state.dispatched_here(&r.rollout_id);
-                    let enabled = state.local.is_some() && !dispatched && !state.busy();
+                    let enabled = state.local.is_some()
+                        && !dispatched
+                        && !state.busy()
+                        && r.deferred.is_none();
                     let why = if dispatched {
                         format!("{} was dispatched", r.rollout_id)
+                    } else if let Some(why) = &r.deferred {
+                        why.clone()
                     } else {
                         NO_ENGINE.to_owned()
                     };
@@ -952,7 +1081,44 @@ mod tests {
                 .collect(),
             status,
             needs: String::new(),
+            finding_id: None,
+            finding_tier: None,
+            proposed_shape: None,
+            shape: None,
+            shape_changed_by: None,
+            checklist: None,
+            checklist_missing: Vec::new(),
+            boot_critical: None,
+            deferred: None,
         }
+    }
+
+    #[test]
+    fn a_request_shows_its_finding_shape_change_and_checklist() {
+        let mut r = view("ana", "awaiting_approval", &[]);
+        assert_eq!(remediation_lines(&r), ["Checklist: none"]);
+        r.finding_id = Some("SEC-1".into());
+        r.finding_tier = Some(1);
+        r.proposed_shape = Some("accelerated");
+        r.shape = Some("standard");
+        r.shape_changed_by = Some("ana".into());
+        r.boot_critical = Some("boot-critical: bootloader".into());
+        r.checklist = Some(Checklist {
+            owner: "ana".into(),
+            regression_test: "CI 1".into(),
+            ..Checklist::default()
+        });
+        let lines = remediation_lines(&r);
+        assert_eq!(
+            lines[0],
+            "Remediates finding SEC-1 (tier 1) · its tier proposed accelerated; ana chose standard"
+        );
+        assert_eq!(
+            lines[1],
+            "Stricter plan and gates (boot-critical: bootloader)"
+        );
+        assert!(lines.contains(&"Checklist · regression test: CI 1".to_owned()));
+        assert!(lines.contains(&"Checklist · support brief: (missing)".to_owned()));
     }
 
     #[test]

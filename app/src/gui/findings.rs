@@ -242,6 +242,8 @@ pub fn build_finding(form: &FindingForm) -> Result<Finding, FieldError> {
             layer: form.layer,
         },
         anomaly,
+        // The console's form has no detection time yet (issue 20): the file's or the API's.
+        detected_at: None,
     };
     finding.validate().map_err(|e| FieldError {
         field: match &e {

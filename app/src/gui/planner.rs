@@ -272,23 +272,31 @@ struct PlanJob {
 /// Plans `job` on `fleet`: the planner, then what the view needs from it.
 fn run_plan(job: &PlanJob, fleet: &Fleet) -> Result<Planned> {
     let started = Instant::now();
+    // A bootloader or modem release is planned with stricter defaults (issue 20), shown first.
+    let (policy, gates, boot) =
+        ops::for_release(&job.release, job.policy.clone(), job.inputs.gates.clone());
     let plan = plan::plan(&PlanInput {
         fleet,
         release: &job.release,
         catalog: &job.inputs.catalog,
         now: job.now,
         seed: job.seed,
-        policy: &job.policy,
+        policy: &policy,
     })
     .with_context(|| format!("planning release {}", job.release.id))?;
-    let gate_notes = ops::gate_notes(&job.policy, &job.inputs.gates);
-    let json = ops::plan_json(&plan, fleet, &job.inputs.gates, &gate_notes)?;
+    let mut gate_notes = boot
+        .as_ref()
+        .map(ops::boot_critical_lines)
+        .unwrap_or_default();
+    gate_notes.extend(ops::gate_notes(&policy, &gates));
+    let mut json = ops::plan_json(&plan, fleet, &gates, &gate_notes)?;
+    ops::annotate_boot_critical(&mut json, boot.as_ref())?;
     Ok(Planned {
         release_id: job.release.id.clone(),
         reason_devices: reason_devices(&plan, &job.release),
         timeline: timeline(&plan),
         plan,
-        gates: job.inputs.gates.clone(),
+        gates,
         gate_notes,
         json: Arc::new(json),
         compute: started.elapsed(),

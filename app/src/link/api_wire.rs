@@ -283,3 +283,11 @@ mod tests {
         assert!(err.to_string().contains("some"), "{err}");
     }
 }
+
+/// The body of `POST /rollouts/{id}/shape` (issue 20): the request's new shape, `emergency`,
+/// `accelerated`, `standard` or `deferred`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShapeBody {
+    pub shape: String,
+}

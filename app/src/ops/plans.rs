@@ -8,6 +8,7 @@
 
 use anyhow::{Context, Result, bail};
 use convoy_core::gates::GatePolicy;
+use convoy_core::plan::policy::{BootCritical, boot_critical};
 use convoy_core::plan::{self, Plan, PlanningPolicy};
 use convoy_core::release::ReleaseSpec;
 use std::path::Path;
@@ -26,6 +27,45 @@ pub fn gate_notes(policy: &PlanningPolicy, gates: &GatePolicy) -> Vec<String> {
         ));
     }
     notes
+}
+
+/// The planning policy and gates `release` is planned with: `planning` and `gates` as given,
+/// or, for a release that installs a bootloader or modem, their stricter boot-critical
+/// versions (`convoy_core::plan::policy::boot_critical`), with the reason and the changes.
+pub fn for_release(
+    release: &ReleaseSpec,
+    planning: PlanningPolicy,
+    gates: GatePolicy,
+) -> (PlanningPolicy, GatePolicy, Option<BootCritical>) {
+    match boot_critical(release, &planning, &gates) {
+        Some(b) => (b.planning.clone(), b.gates.clone(), Some(b)),
+        None => (planning, gates, None),
+    }
+}
+
+/// The lines a plan shows for its boot-critical defaults: the reason first, then each default
+/// made stricter.
+pub fn boot_critical_lines(b: &BootCritical) -> Vec<String> {
+    let mut out = vec![format!(
+        "{}: stricter defaults for a release that installs a boot-critical component (docs/PLANNING.md)",
+        b.reason
+    )];
+    out.extend(b.changes.iter().map(|c| format!("  {c}")));
+    out
+}
+
+/// Adds `"boot_critical"` (the reason, the components and the changes) to a plan's JSON.
+pub fn annotate_boot_critical(
+    value: &mut serde_json::Value,
+    b: Option<&BootCritical>,
+) -> Result<()> {
+    if let Some(obj) = value.as_object_mut() {
+        obj.insert(
+            "boot_critical".into(),
+            serde_json::to_value(b).context("serialising the boot-critical defaults")?,
+        );
+    }
+    Ok(())
 }
 
 /// The plan as `convoy plan --json` prints it: the plan, its `gates`, its waves by device id

@@ -25,5 +25,16 @@ pub fn read_story(store: &Store, rollout_id: &str) -> Result<(RolloutStory, usiz
     if let Ok(Some(rollout)) = store.replay_rollout(rollout_id) {
         story.count_from_states(rollout.state());
     }
+    // The finding it remediates and the pre-deployment checklist, from its request (issue 20).
+    if let Some(request) = super::requests::load(store, rollout_id)? {
+        let r = request.record.remediation;
+        story.remediation = Some(comms::RemediationFacts {
+            finding_id: r.finding_id,
+            proposed_shape: r.proposed_shape.map(|s| s.as_str().to_owned()),
+            chosen_shape: r.shape.map(|s| s.as_str().to_owned()),
+            shape_changed_by: r.shape_changed_by,
+            checklist: r.checklist,
+        });
+    }
     Ok((story, entries.len()))
 }

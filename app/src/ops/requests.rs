@@ -15,6 +15,7 @@ use anyhow::{Context, Result};
 use convoy_core::gates::GatePolicy;
 use convoy_core::manifest::{self, VerifiedManifest};
 use convoy_core::plan::{self, PlanInput, PlanningPolicy};
+use convoy_core::risk::{Checklist, Shape, Tier, shape_waves};
 use convoy_core::rollout::{
     ChangePath, Phase, Rollout, STANDARD_APPROVALS, WaveSpec, approvals_satisfy,
 };
@@ -79,6 +80,16 @@ pub struct NewRequest {
     /// Seed of the canary and wave order when planning here.
     #[serde(default)]
     pub seed: Option<u64>,
+    /// The finding this rollout remediates (issue 20): its tier proposes the rollout's shape.
+    #[serde(default)]
+    pub finding_id: Option<String>,
+    /// The shape chosen (`emergency`, `accelerated`, `standard`, `deferred`); default: what
+    /// the finding's tier proposes (or the path's: `emergency` on the emergency path).
+    #[serde(default)]
+    pub shape: Option<String>,
+    /// The pre-deployment checklist; every item is required on the emergency path.
+    #[serde(default)]
+    pub checklist: Option<Checklist>,
 }
 
 /// A request as stored in `rollout_plans.body`.
@@ -102,6 +113,39 @@ pub struct RequestRecord {
     /// (`None` before requests recorded it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_seq: Option<i64>,
+    /// What the request says about the finding it remediates, its shape and its checklist
+    /// (issue 20; all absent on older requests).
+    #[serde(default, flatten)]
+    pub remediation: RemediationRecord,
+}
+
+/// The finding a request remediates, the shape its tier proposed and the one chosen (with who
+/// changed it), and the pre-deployment checklist.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemediationRecord {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finding_id: Option<String>,
+    /// The finding's tier when the request was made (its newest score).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finding_tier: Option<u8>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proposed_shape: Option<Shape>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shape: Option<Shape>,
+    /// Who chose a shape other than the proposed one, and when (Unix seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shape_changed_by: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shape_changed_at: Option<i64>,
+    /// The waves' soaks as planned, before the shape changed them (to apply another shape).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub planned_soaks: Option<Vec<i64>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checklist: Option<Checklist>,
+    /// `boot-critical: bootloader` when the release installs a bootloader or modem and the
+    /// request carries the stricter defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_critical: Option<String>,
 }
 
 const KIND: &str = "rollout_request";
@@ -134,6 +178,20 @@ pub struct RequestView {
     pub status: &'static str,
     /// What is still needed, in words.
     pub needs: String,
+    /// The finding the rollout remediates, its tier, the shape the tier proposed, the shape
+    /// chosen and who changed it (issue 20).
+    pub finding_id: Option<String>,
+    pub finding_tier: Option<u8>,
+    pub proposed_shape: Option<&'static str>,
+    pub shape: Option<&'static str>,
+    pub shape_changed_by: Option<String>,
+    /// The pre-deployment checklist, and its items still empty.
+    pub checklist: Option<Checklist>,
+    pub checklist_missing: Vec<&'static str>,
+    /// `boot-critical: bootloader`, when the stricter defaults apply.
+    pub boot_critical: Option<String>,
+    /// Why the approved rollout is not dispatched now (a deferred shape), if so.
+    pub deferred: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -279,7 +337,45 @@ impl Request {
                 "awaiting_approval"
             },
             needs: self.needs(),
+            finding_id: r.remediation.finding_id.clone(),
+            finding_tier: r.remediation.finding_tier,
+            proposed_shape: r.remediation.proposed_shape.map(Shape::as_str),
+            shape: r.remediation.shape.map(Shape::as_str),
+            shape_changed_by: r.remediation.shape_changed_by.clone(),
+            checklist: r.remediation.checklist.clone(),
+            checklist_missing: r
+                .remediation
+                .checklist
+                .as_ref()
+                .map_or_else(|| Checklist::default().missing(), Checklist::missing),
+            boot_critical: r.remediation.boot_critical.clone(),
+            deferred: self.deferral(),
         }
+    }
+
+    /// Why this request's rollout is not dispatched now: its shape is deferred to the next
+    /// scheduled release (issue 20); `None` if it may be.
+    pub fn deferral(&self) -> Option<String> {
+        let r = &self.record;
+        if r.remediation.shape.is_none_or(Shape::dispatchable) {
+            return None;
+        }
+        let finding = r
+            .remediation
+            .finding_id
+            .as_deref()
+            .map_or_else(String::new, |f| {
+                format!(
+                    " (finding {f}{})",
+                    r.remediation
+                        .finding_tier
+                        .map_or_else(String::new, |t| format!(", tier {t}"))
+                )
+            });
+        Some(format!(
+            "rollout {} is deferred to the next scheduled release{finding}: not dispatched now; change its shape to dispatch it now (convoy request shape {} --shape standard, or POST /api/v1/rollouts/{}/shape)",
+            r.rollout_id, r.rollout_id, r.rollout_id
+        ))
     }
 }
 
@@ -499,7 +595,20 @@ fn create_with_gates(
             ),
         )));
     }
-    let path = match new.path.as_deref().unwrap_or("standard") {
+    let shaping = match shaping(store, &new, requested_by)? {
+        Ok(s) => s,
+        Err(refusal) => return Ok(Err(refusal)),
+    };
+    // A tier-0 finding's emergency shape asks for the emergency path's authoriser and evidence.
+    let hint = if shaping.path_from_finding {
+        format!(
+            " (finding {} is tier 0: its rollout takes the emergency path; or choose another \"shape\")",
+            shaping.record.finding_id.as_deref().unwrap_or_default()
+        )
+    } else {
+        String::new()
+    };
+    let path = match shaping.path {
         "standard" => {
             if new.authoriser.is_some() || new.evidence.is_some() {
                 return Ok(Err(field(
@@ -514,7 +623,7 @@ fn create_with_gates(
             if authoriser.is_empty() {
                 return Ok(Err(field(
                     "authoriser",
-                    "an emergency request names its authoriser",
+                    format!("an emergency request names its authoriser{hint}"),
                 )));
             }
             if person_key(authoriser) == requester.person {
@@ -538,7 +647,20 @@ fn create_with_gates(
             if evidence.is_empty() {
                 return Ok(Err(field(
                     "evidence",
-                    "an emergency request says why it cannot wait (incident, CVE, measurements)",
+                    format!(
+                        "an emergency request says why it cannot wait (incident, CVE, measurements){hint}"
+                    ),
+                )));
+            }
+            // The pre-deployment checklist is required on the emergency path (issue 20).
+            let checklist = shaping.record.checklist.clone().unwrap_or_default();
+            if let Err(e) = checklist.require_complete() {
+                return Ok(Err(field(
+                    &format!("checklist.{}", e.item),
+                    format!(
+                        "the pre-deployment checklist's {} is missing: every item (owner, regression_test, rollback_readiness, support_brief) is required on the emergency path",
+                        e.item
+                    ),
                 )));
             }
             ChangePath::Emergency {
@@ -560,6 +682,19 @@ fn create_with_gates(
             "rollout {rollout_id} already exists in the cache: choose another rollout_id"
         ))));
     }
+    let mut remediation = shaping.record;
+    // A release that installs a bootloader or modem gets the stricter defaults (issue 20).
+    let boot = plan::policy::boot_critical(
+        verified.spec(),
+        planning,
+        gates.as_ref().unwrap_or(&GatePolicy::default()),
+    );
+    let planning = boot.as_ref().map_or(planning, |b| &b.planning);
+    let gates = match &boot {
+        Some(b) => Some(b.gates.clone()),
+        None => gates,
+    };
+    remediation.boot_critical = boot.as_ref().map(|b| b.reason.clone());
     let fleet = store.load_fleet()?;
     let waves = if let Some(waves) = new.waves {
         let known: std::collections::HashMap<&str, &convoy_core::fleet::Device> =
@@ -626,6 +761,14 @@ fn create_with_gates(
             new.release_id
         ))));
     }
+    let mut waves = waves;
+    if let Some(shape) = remediation.shape {
+        remediation.planned_soaks = Some(waves.iter().map(|w| w.soak_secs).collect());
+        shape_waves(shape, &mut waves);
+        if remediation.shape != remediation.proposed_shape && remediation.proposed_shape.is_some() {
+            remediation.shape_changed_at = Some(now.secs());
+        }
+    }
     let record = RequestRecord {
         kind: KIND.to_owned(),
         rollout_id: rollout_id.clone(),
@@ -638,6 +781,7 @@ fn create_with_gates(
         gates,
         requested_token: who.token_id.clone(),
         request_seq: None,
+        remediation,
     };
     let mut request = Request {
         record,
@@ -662,20 +806,239 @@ fn create_with_gates(
                 "evidence": view.evidence,
                 "devices": view.devices,
                 "waves": view.waves.iter().map(|w| serde_json::json!({"name": w.name, "devices": w.devices, "soak_secs": w.soak_secs})).collect::<Vec<_>>(),
+                "finding_id": view.finding_id,
+                "finding_tier": view.finding_tier,
+                "proposed_shape": view.proposed_shape,
+                "shape": view.shape,
+                "shape_changed_by": view.shape_changed_by,
+                "checklist": view.checklist,
+                "boot_critical": view.boot_critical,
             }),
         },
     )?;
     // Tokens made after this entry cannot approve the request.
     request.record.request_seq = Some(entry.seq);
-    tx.insert_request(
+    tx.insert_request_for(
         &rollout_id,
         &request.record.release_id,
+        request.record.remediation.finding_id.as_deref(),
         now,
         &serde_json::to_string(&request.record)?,
     )
     })
     .context("committing the rollout request")?;
     Ok(Ok(request))
+}
+
+/// What a new request's finding, shape and checklist come to (issue 20).
+struct Shaping {
+    record: RemediationRecord,
+    /// `standard` or `emergency` (or what the request named, refused later).
+    path: &'static str,
+    /// The emergency path comes from a tier-0 finding, not from the request.
+    path_from_finding: bool,
+}
+
+/// The longest finding id a request may name.
+const MAX_FINDING_ID_LEN: usize = 128;
+
+/// Reads a new request's `finding_id` (in the cache, scored), `shape` and `checklist`: the
+/// shape the finding's tier proposes, the one chosen (given, or the path's, or the proposed
+/// one), and the path it goes through. Refuses, naming the field, an unknown finding, an
+/// unknown shape, a shape the path contradicts and a checklist item too long or with control
+/// characters.
+fn shaping(
+    store: &Store,
+    new: &NewRequest,
+    requested_by: &str,
+) -> Result<Result<Shaping, Refusal>> {
+    let mut record = RemediationRecord::default();
+    if let Some(id) = &new.finding_id {
+        let id = id.trim();
+        if id.is_empty()
+            || id.chars().count() > MAX_FINDING_ID_LEN
+            || id.chars().any(char::is_control)
+        {
+            return Ok(Err(field(
+                "finding_id",
+                format!(
+                    "finding_id {id:?} must be 1 to {MAX_FINDING_ID_LEN} characters without control characters"
+                ),
+            )));
+        }
+        let Some(found) = crate::store::query::finding(store, id)? else {
+            return Ok(Err(field(
+                "finding_id",
+                format!(
+                    "no finding {id:?} in the cache: score it first (POST /api/v1/findings, or the console's Findings view)"
+                ),
+            )));
+        };
+        let tier = found
+            .scores
+            .first()
+            .and_then(|s| s.scorecard.get("tier"))
+            .and_then(serde_json::Value::as_u64)
+            .and_then(|t| u8::try_from(t).ok());
+        let Some(tier) = tier else {
+            return Ok(Err(field(
+                "finding_id",
+                format!("finding {id} has no score with a tier in the cache: score it first"),
+            )));
+        };
+        record.finding_id = Some(id.to_owned());
+        record.finding_tier = Some(tier);
+        record.proposed_shape = Some(Shape::for_tier(Tier::from_number(tier)));
+    }
+    let chosen = match new.shape.as_deref() {
+        Some(text) => match Shape::parse(text) {
+            Some(s) => Some(s),
+            None => {
+                return Ok(Err(field(
+                    "shape",
+                    format!(
+                        "unknown shape {text:?}: use emergency, accelerated, standard or deferred"
+                    ),
+                )));
+            }
+        },
+        None => match (new.path.as_deref(), record.proposed_shape) {
+            (Some("emergency"), Some(_)) => Some(Shape::Emergency),
+            (Some("standard"), Some(Shape::Emergency)) => Some(Shape::Standard),
+            (_, proposed) => proposed,
+        },
+    };
+    let (path, path_from_finding) = match (new.path.as_deref(), chosen) {
+        (None, Some(Shape::Emergency)) => ("emergency", new.shape.is_none()),
+        (Some("emergency"), Some(s)) if s != Shape::Emergency => {
+            return Ok(Err(field(
+                "shape",
+                format!(
+                    "the emergency path takes the emergency shape, not {s}: drop \"path\" or choose \"shape\": \"emergency\""
+                ),
+            )));
+        }
+        (Some("standard"), Some(Shape::Emergency)) => {
+            return Ok(Err(field(
+                "shape",
+                "the emergency shape goes through the emergency path: give \"path\": \"emergency\" with authoriser, evidence and checklist, or choose another shape",
+            )));
+        }
+        (Some("emergency"), _) => ("emergency", false),
+        (None | Some("standard"), _) => ("standard", false),
+        // Refused with the path's own words.
+        (Some(other), _) => {
+            return Ok(Err(field(
+                "path",
+                format!("unknown path {other:?}: use standard or emergency"),
+            )));
+        }
+    };
+    record.shape = chosen;
+    if record.proposed_shape.is_some() && chosen != record.proposed_shape {
+        record.shape_changed_by = Some(requested_by.to_owned());
+    }
+    if let Some(c) = &new.checklist {
+        let c = c.trimmed();
+        if let Err(e) = c.validate() {
+            return Ok(Err(field(&format!("checklist.{}", e.item), e.reason)));
+        }
+        if !c.is_empty() {
+            record.checklist = Some(c);
+        }
+    }
+    Ok(Ok(Shaping {
+        record,
+        path,
+        path_from_finding,
+    }))
+}
+
+/// Changes the shape of `rollout_id`'s request to `shape` (issue 20), by its requester, before
+/// any decision on it: a deferred rollout made dispatchable, or an accelerated one made
+/// standard. The change, who made it and when are recorded in the request and audited. The emergency shape and the
+/// emergency path go together: a request changes between them only by being made again.
+pub fn change_shape(
+    store: &Store,
+    rollout_id: &str,
+    who: &Who,
+    shape: &str,
+    actor: &str,
+    now: Timestamp,
+) -> Result<Result<Request, Refusal>> {
+    let Some(shape) = Shape::parse(shape) else {
+        return Ok(Err(field(
+            "shape",
+            format!("unknown shape {shape:?}: use emergency, accelerated, standard or deferred"),
+        )));
+    };
+    let Some(request) = load(store, rollout_id)? else {
+        return Ok(Err(Refusal::NotFound(format!(
+            "no rollout request {rollout_id} in the cache"
+        ))));
+    };
+    // The request is the requester's: others approve or reject it.
+    if who.person(store)?.person != request.requester.person {
+        return Ok(Err(Refusal::Forbidden(format!(
+            "only {}, who requested rollout {rollout_id}, may change its shape; others approve or reject it",
+            request.record.requested_by
+        ))));
+    }
+    if !request.decisions.is_empty() {
+        return Ok(Err(Refusal::Conflict(format!(
+            "rollout {rollout_id} already has decisions: its shape is what was approved; request it again with \"shape\" to change it"
+        ))));
+    }
+    let emergency = matches!(request.record.path, ChangePath::Emergency { .. });
+    if emergency != (shape == Shape::Emergency) {
+        return Ok(Err(field(
+            "shape",
+            "the emergency shape and the emergency path go together: request the rollout again to change between them",
+        )));
+    }
+    let mut record = request.record;
+    let from = record.remediation.shape;
+    if from == Some(shape) {
+        return Ok(Err(Refusal::Conflict(format!(
+            "rollout {rollout_id} already has the shape {shape}"
+        ))));
+    }
+    // The shape applies to the soaks as planned, not to those of the shape before.
+    let planned = record
+        .remediation
+        .planned_soaks
+        .clone()
+        .filter(|p| p.len() == record.waves.len())
+        .unwrap_or_else(|| record.waves.iter().map(|w| w.soak_secs).collect());
+    for (w, soak) in record.waves.iter_mut().zip(&planned) {
+        w.soak_secs = *soak;
+    }
+    record.remediation.planned_soaks = Some(planned);
+    shape_waves(shape, &mut record.waves);
+    record.remediation.shape = Some(shape);
+    record.remediation.shape_changed_by = Some(who.operator.clone());
+    record.remediation.shape_changed_at = Some(now.secs());
+    store
+        .atomically(|tx| {
+            tx.append_audit(&AuditEntry {
+                time: now,
+                actor: actor.to_owned(),
+                action: "rollout.shape".into(),
+                payload: serde_json::json!({
+                    "rollout_id": rollout_id,
+                    "finding_id": record.remediation.finding_id,
+                    "proposed_shape": record.remediation.proposed_shape.map(Shape::as_str),
+                    "from": from.map(Shape::as_str),
+                    "to": shape.as_str(),
+                    "by": who.operator,
+                    "token_id": who.token_id,
+                    "waves": record.waves.iter().map(|w| serde_json::json!({"name": w.name, "soak_secs": w.soak_secs})).collect::<Vec<_>>(),
+                }),
+            })?;
+            tx.update_request(rollout_id, &serde_json::to_string(&record)?)
+        })
+        .context("committing the shape change")?;
+    Ok(Ok(assemble(store, record)?))
 }
 
 /// The request of `rollout_id`, if the cache holds one.
@@ -948,6 +1311,9 @@ pub fn host(
     base: &RunArgs,
     resume: bool,
 ) -> Result<HostedRun> {
+    if let Some(why) = request.deferral() {
+        anyhow::bail!("{why}");
+    }
     let dir = cache.parent().unwrap_or(Path::new(".")).join("dispatched");
     let mut spec = run_spec(store, request, cache, trust, &dir, base)?;
     spec.resume = resume;
@@ -1092,6 +1458,7 @@ mod tests {
             gates: None,
             requested_token: None,
             request_seq: None,
+            remediation: RemediationRecord::default(),
         };
         store
             .atomically(|tx| {
@@ -1123,6 +1490,9 @@ mod tests {
             evidence: None,
             waves: None,
             seed: None,
+            finding_id: None,
+            shape: None,
+            checklist: None,
         };
         let missing = create_from_plan(
             &store,

@@ -468,6 +468,16 @@ async fn route(
             parse_json::<NoParams>(&body)?;
             redispatch(app, &id).await
         }
+        ["rollouts", id, "shape"] if method == Method::POST => {
+            require(
+                caller,
+                Role::Dispatcher,
+                "change the shape of rollout requests",
+            )?;
+            let id = (*id).to_owned();
+            let body = read_body(app, request).await?;
+            change_shape(app, caller, &id, &body).await
+        }
         ["rollouts", id, verdict @ ("approve" | "reject")] if method == Method::POST => {
             require(caller, Role::Approver, "approve or reject rollouts")?;
             let (id, verdict) = ((*id).to_owned(), (*verdict).to_owned());
@@ -489,7 +499,7 @@ async fn route(
             "rollouts",
             _,
             "pause" | "resume" | "rollback" | "override" | "abort" | "exclude" | "continue"
-            | "approve" | "reject" | "dispatch",
+            | "approve" | "reject" | "dispatch" | "shape",
         ]
         | ["tokens", _, "revoke"]
         | ["signals"] => Err(method_not_allowed("POST")),
@@ -904,6 +914,38 @@ async fn request_rollout(
     Ok(request_response(StatusCode::CREATED, &created, false, None))
 }
 
+/// `POST /rollouts/{id}/shape`: changes a request's shape before any decision on it (issue
+/// 20): `{"shape": "standard"}` makes a rollout deferred by its finding's tier dispatchable.
+/// The change and who made it are recorded in the request and the audit log.
+async fn change_shape(
+    app: &Arc<AppState>,
+    caller: &Caller,
+    id: &str,
+    body: &[u8],
+) -> Result<Response, ApiError> {
+    let b: crate::link::api_wire::ShapeBody = parse_json(body)?;
+    let _one = app.decide.lock().await;
+    let who = super::requests::Who {
+        operator: caller.operator.clone(),
+        token_id: Some(caller.token_id.clone()),
+    };
+    let (actor, rid) = (caller.actor(), id.to_owned());
+    let changed = app
+        .pool
+        .run(move |store| {
+            super::requests::change_shape(store, &rid, &who, &b.shape, &actor, crate::now())
+        })
+        .await
+        .map_err(|e| ApiError::internal(&e))?
+        .map_err(refusal)?;
+    Ok(request_response(
+        StatusCode::OK,
+        &changed,
+        app.hosts(id),
+        None,
+    ))
+}
+
 /// The body of `POST /rollouts/{id}/approve` and `/reject`.
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -1004,6 +1046,9 @@ async fn redispatch(app: &Arc<AppState>, id: &str) -> Result<Response, ApiError>
             ),
         ));
     }
+    if let Some(why) = request.deferral() {
+        return Err(ApiError::new(StatusCode::CONFLICT, why));
+    }
     if app.hosts(id) || started {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -1035,6 +1080,9 @@ async fn dispatch(
     app: &Arc<AppState>,
     request: &super::requests::Request,
 ) -> anyhow::Result<String> {
+    if let Some(why) = request.deferral() {
+        return Ok(format!("approved; not dispatched: {why}"));
+    }
     let Some(base) = app.config.dispatch.clone() else {
         return Ok(
             "approved; not dispatched: this server has no dispatch settings (convoy serve --dispatch-args FILE)"

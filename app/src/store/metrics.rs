@@ -6,8 +6,11 @@
 
 use anyhow::{Context, Result};
 use convoy_core::fleet::Fleet;
-use convoy_core::metrics::{self, Adoption, RolloutMetrics, SummaryMetrics};
+use convoy_core::metrics::{
+    self, Adoption, RemediatedFinding, RemediationReport, RolloutMetrics, SummaryMetrics,
+};
 use convoy_core::rollout::Rollout;
+use convoy_core::time::Timestamp;
 use serde::Serialize;
 
 use super::Store;
@@ -25,6 +28,9 @@ pub struct CacheMetrics {
     pub rollouts: Vec<RolloutMetrics>,
     /// Rollouts left out, each with why (a log too large, unreadable, or that does not replay).
     pub skipped: Vec<Skipped>,
+    /// Time to remediate from each finding's detection, for the rollouts whose request names
+    /// the finding they remediate (issue 20), by classification, model and region.
+    pub remediation: RemediationReport,
 }
 
 /// A rollout the metrics leave out, and why.
@@ -98,7 +104,59 @@ impl Store {
             }
         }
         out.summary = metrics::summarize(&out.rollouts);
+        out.remediation = self.remediation_metrics(&mut out.skipped)?;
         Ok(out)
+    }
+
+    /// Time to remediate of the logged rollouts whose request names a finding, counted from the
+    /// finding's `detected_at` (else from when it entered the cache). A rollout whose finding
+    /// is no longer in the cache is added to `skipped` with why.
+    fn remediation_metrics(&self, skipped: &mut Vec<Skipped>) -> Result<RemediationReport> {
+        let pairs = self.remediating_requests()?;
+        if pairs.is_empty() {
+            return Ok(RemediationReport::default());
+        }
+        let mut found = Vec::new();
+        for (rollout_id, finding_id) in pairs {
+            let Ok(Some(rollout)) = self.replay_rollout(&rollout_id) else {
+                // Not started (no log), or already named in `skipped` by the metrics above.
+                continue;
+            };
+            let Some(record) = super::query::finding(self, &finding_id)? else {
+                skipped.push(Skipped {
+                    rollout_id,
+                    reason: format!(
+                        "its request names finding {finding_id}, which is no longer in the cache: no time to remediate"
+                    ),
+                });
+                continue;
+            };
+            let text = |key: &str| {
+                record
+                    .finding
+                    .get(key)
+                    .and_then(serde_json::Value::as_str)
+                    .map(str::to_owned)
+            };
+            let detected = text("detected_at").and_then(|t| Timestamp::parse_rfc3339(&t).ok());
+            found.push((
+                rollout,
+                RemediatedFinding {
+                    finding_id,
+                    classification: text("classification").unwrap_or_else(|| "-".to_owned()),
+                    detected_at: detected.unwrap_or(Timestamp::from_secs(record.created)),
+                    detected_from: if detected.is_some() {
+                        "detected_at"
+                    } else {
+                        "recorded"
+                    }
+                    .to_owned(),
+                },
+            ));
+        }
+        let fleet = self.load_fleet()?;
+        let refs: Vec<(&Rollout, &RemediatedFinding)> = found.iter().map(|(r, f)| (r, f)).collect();
+        Ok(metrics::remediation(&refs, &fleet))
     }
 }
 
@@ -236,5 +294,98 @@ mod tests {
             "every targeted device counted once per attribute"
         );
         assert!(store.rollout_metrics("ro-none", &fleet).unwrap().is_none());
+    }
+
+    #[test]
+    fn time_to_remediate_counts_from_detection_or_recording_and_names_a_missing_finding() {
+        let start = Timestamp::from_secs(1_800_000_000);
+        let fleet = generate(&SynthOptions {
+            devices: 40,
+            seed: 4,
+            now: start,
+        });
+        let mut ids: Vec<String> = fleet.devices.iter().map(|d| d.id.clone()).collect();
+        ids.sort();
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("r.db")).unwrap();
+        store.replace_fleet(&fleet, None).unwrap();
+        for (i, rollout_id) in ["ro-a", "ro-b", "ro-c"].into_iter().enumerate() {
+            let spec = RolloutSpec {
+                id: rollout_id.into(),
+                release_id: "r".into(),
+                requested_by: "alice".into(),
+                waves: vec![WaveSpec {
+                    name: "canary".into(),
+                    device_ids: ids[i * 10..i * 10 + 10].to_vec(),
+                    soak_secs: 3_600,
+                }],
+                gates: convoy_core::gates::GatePolicy::default(),
+                path: ChangePath::Standard,
+            };
+            let mut rollout = Rollout::new(start, spec, &fleet).unwrap();
+            rollout.approve(start, "bob").unwrap();
+            rollout.approve(start, "carol").unwrap();
+            let mut sim = SimFleet::new(&fleet, &rollout, SimConfig::default(), start);
+            sim.run(&mut rollout, start, start.plus_secs(10 * 86_400));
+            store
+                .append_rollout_log(rollout_id, 0, rollout.events())
+                .unwrap();
+            let finding = ["F-DET", "F-REC", "F-GONE"][i];
+            store
+                .atomically(|tx| tx.insert_request_for(rollout_id, "r", Some(finding), start, "{}"))
+                .unwrap();
+        }
+        // F-DET was detected a day before it was recorded; F-REC says nothing; F-GONE is absent.
+        let detected = start.plus_secs(-86_400);
+        for (id, finding) in [
+            (
+                "F-DET",
+                serde_json::json!({"id": "F-DET", "classification": "security",
+                                   "detected_at": detected.to_rfc3339()}),
+            ),
+            (
+                "F-REC",
+                serde_json::json!({"id": "F-REC", "classification": "stability"}),
+            ),
+        ] {
+            super::super::query::record_finding(
+                &store,
+                &finding,
+                id,
+                &serde_json::json!({"tier": 2}),
+                "t",
+                start.plus_secs(-3_600),
+            )
+            .unwrap();
+        }
+        let all = store.cache_metrics().unwrap();
+        let r = &all.remediation;
+        assert_eq!(r.rollouts.len(), 2, "{r:?}");
+        let own = |id: &str| {
+            all.rollouts
+                .iter()
+                .find(|m| m.rollout_id == id)
+                .and_then(|m| m.time_to_remediate_secs)
+                .unwrap()
+        };
+        assert_eq!(r.rollouts[0].detected_from, "detected_at");
+        assert_eq!(
+            r.rollouts[0].time_to_remediate_secs,
+            Some(own("ro-a") + 86_400)
+        );
+        assert_eq!(r.rollouts[1].detected_from, "recorded");
+        assert_eq!(
+            r.rollouts[1].time_to_remediate_secs,
+            Some(own("ro-b") + 3_600)
+        );
+        assert_eq!(all.skipped.len(), 1, "{:?}", all.skipped);
+        assert_eq!(all.skipped[0].rollout_id, "ro-c");
+        assert!(
+            all.skipped[0]
+                .reason
+                .contains("finding F-GONE, which is no longer in the cache"),
+            "{:?}",
+            all.skipped
+        );
     }
 }

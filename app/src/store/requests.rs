@@ -79,6 +79,17 @@ impl Store {
             .with_context(|| format!("reading the plan of rollout {rollout_id}"))
     }
 
+    /// The rollouts whose request names a finding: (rollout id, finding id), by rollout id.
+    pub fn remediating_requests(&self) -> Result<Vec<(String, String)>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT rollout_id, finding_id FROM rollout_plans WHERE finding_id IS NOT NULL
+             ORDER BY rollout_id",
+        )?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        rows.collect::<rusqlite::Result<_>>()
+            .context("reading the requests that name a finding")
+    }
+
     /// Whether `rollout_id` is taken: a plan or request is saved under it, or a rollout of
     /// that id has a timeline.
     pub fn rollout_id_taken(&self, rollout_id: &str) -> Result<bool> {
@@ -124,12 +135,39 @@ impl Txn<'_> {
         now: Timestamp,
         body: &str,
     ) -> Result<()> {
+        self.insert_request_for(rollout_id, release_id, None, now, body)
+    }
+
+    /// Stores a request record under `rollout_id` that names the finding it remediates
+    /// (refused if the id is taken).
+    pub fn insert_request_for(
+        &self,
+        rollout_id: &str,
+        release_id: &str,
+        finding_id: Option<&str>,
+        now: Timestamp,
+        body: &str,
+    ) -> Result<()> {
         self.tx
             .execute(
-                "INSERT INTO rollout_plans(rollout_id, release_id, created, body) VALUES (?1, ?2, ?3, ?4)",
-                params![rollout_id, release_id, now.secs(), body],
+                "INSERT INTO rollout_plans(rollout_id, release_id, created, body, finding_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![rollout_id, release_id, now.secs(), body, finding_id],
             )
             .with_context(|| format!("storing the request of rollout {rollout_id}"))?;
+        Ok(())
+    }
+
+    /// Replaces the body of `rollout_id`'s request (a shape change before any decision).
+    pub fn update_request(&self, rollout_id: &str, body: &str) -> Result<()> {
+        let n = self
+            .tx
+            .execute(
+                "UPDATE rollout_plans SET body = ?2 WHERE rollout_id = ?1",
+                params![rollout_id, body],
+            )
+            .with_context(|| format!("updating the request of rollout {rollout_id}"))?;
+        anyhow::ensure!(n == 1, "no request of rollout {rollout_id} to update");
         Ok(())
     }
 

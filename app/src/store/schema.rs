@@ -394,6 +394,13 @@ pub const MIGRATIONS: &[&str] = &[
         UNIQUE (source, reference)
     );
     ",
+    // v12 (issue 20): the finding a rollout request remediates (its body holds the rest: the
+    // tier's proposed shape, the chosen one and the checklist), for the remediation metrics'
+    // join from a rollout to its finding.
+    r"
+    ALTER TABLE rollout_plans ADD COLUMN finding_id TEXT;
+    CREATE INDEX rollout_plans_finding ON rollout_plans(finding_id) WHERE finding_id IS NOT NULL;
+    ",
 ];
 
 /// The version that gave depots their `time_zone` column.

@@ -6,6 +6,9 @@
 
 use serde::{Deserialize, Serialize};
 
+/// How long a device offered a boot-critical release may stay unheard before it is silent.
+pub const BOOT_CRITICAL_SILENT_AFTER_SECS: i64 = 2 * 3600;
+
 /// What a failing gate asks the rollout to do, from mildest to most severe.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -280,6 +283,97 @@ impl GatePolicy {
         Ok(())
     }
 
+    /// The stricter gates for a release that installs the boot-critical `components`
+    /// (`bootloader`, `modem`; issue 20), and each change in words. Never looser than `self`:
+    /// every threshold is the tighter of the policy's and the boot-critical one, every failure
+    /// outcome the more severe. A bootloader tightens the boot-failure gate; a modem the
+    /// reconnect-failure and silence gates (a device that loses its link goes silent); both
+    /// mark devices silent sooner.
+    #[must_use]
+    pub fn stricter_for_boot_critical(&self, components: &[&str]) -> (Self, Vec<String>) {
+        fn tighten(
+            name: &str,
+            gate: &mut MetricGate,
+            max_ratio: f64,
+            min_abs_diff: f64,
+            changes: &mut Vec<String>,
+        ) {
+            let before = (
+                gate.enabled,
+                gate.max_ratio,
+                gate.min_abs_diff,
+                gate.on_fail,
+            );
+            gate.enabled = true;
+            gate.max_ratio = gate.max_ratio.min(max_ratio);
+            gate.min_abs_diff = gate.min_abs_diff.min(min_abs_diff);
+            gate.on_fail = gate.on_fail.max(GateOutcome::RollBackWave);
+            let mut parts = Vec::new();
+            if !before.0 {
+                parts.push("enabled".to_owned());
+            }
+            if before.1 != gate.max_ratio {
+                parts.push(format!("max_ratio {} -> {}", before.1, gate.max_ratio));
+            }
+            if before.2 != gate.min_abs_diff {
+                parts.push(format!(
+                    "min_abs_diff {} -> {}",
+                    before.2, gate.min_abs_diff
+                ));
+            }
+            if before.3 != gate.on_fail {
+                parts.push(format!(
+                    "on failure {} -> {}",
+                    before.3.words(),
+                    gate.on_fail.words()
+                ));
+            }
+            if !parts.is_empty() {
+                changes.push(format!("{name}: {}", parts.join(", ")));
+            }
+        }
+        let mut out = self.clone();
+        let mut changes = Vec::new();
+        if components.is_empty() {
+            return (out, changes);
+        }
+        if components.contains(&"bootloader") {
+            tighten(
+                "boot_failure",
+                &mut out.boot_failure,
+                1.2,
+                0.005,
+                &mut changes,
+            );
+            tighten(
+                "install_failure",
+                &mut out.install_failure,
+                1.5,
+                0.02,
+                &mut changes,
+            );
+        }
+        if components.contains(&"modem") {
+            tighten(
+                "reconnect_failure",
+                &mut out.reconnect_failure,
+                1.2,
+                1.0,
+                &mut changes,
+            );
+            tighten("silent", &mut out.silent, 1.5, 0.02, &mut changes);
+        }
+        let silent_after = out.silent_after_secs.min(BOOT_CRITICAL_SILENT_AFTER_SECS);
+        if silent_after != out.silent_after_secs {
+            changes.push(format!(
+                "silent_after_secs: {} -> {silent_after}",
+                out.silent_after_secs
+            ));
+            out.silent_after_secs = silent_after;
+        }
+        (out, changes)
+    }
+
     /// Every gate with its metric name and kind, built-in ones first, then custom in order.
     pub fn metric_gates(&self) -> Vec<(&str, MetricKind, &MetricGate)> {
         use MetricKind::{Mean, Proportion, Rate};
@@ -321,6 +415,42 @@ mod tests {
         assert_eq!(p.min_devices, GatePolicy::default().min_devices);
         let err = serde_json::from_str::<GatePolicy>(r#"{"crash_rate": {}}"#).expect_err("unknown");
         assert!(err.to_string().contains("crash_rate"), "{err}");
+    }
+
+    #[test]
+    fn boot_critical_gates_are_tighter_and_never_looser() {
+        let p = GatePolicy::default();
+        let (same, none) = p.stricter_for_boot_critical(&[]);
+        assert_eq!(same, p);
+        assert!(none.is_empty());
+        let (boot, changes) = p.stricter_for_boot_critical(&["bootloader"]);
+        boot.validate().expect("valid");
+        assert_eq!(boot.boot_failure.max_ratio, 1.2);
+        assert_eq!(boot.boot_failure.min_abs_diff, 0.005);
+        assert_eq!(boot.install_failure.on_fail, GateOutcome::RollBackWave);
+        assert_eq!(
+            boot.reconnect_failure, p.reconnect_failure,
+            "a modem gate untouched"
+        );
+        assert_eq!(boot.silent_after_secs, 2 * 3600);
+        assert!(
+            changes
+                .iter()
+                .any(|c| c.starts_with("boot_failure: max_ratio 2 -> 1.2")),
+            "{changes:?}"
+        );
+        let (modem, _) = p.stricter_for_boot_critical(&["modem"]);
+        assert_eq!(modem.reconnect_failure.max_ratio, 1.2);
+        assert_eq!(modem.silent.on_fail, GateOutcome::RollBackWave);
+        // A policy already stricter stays as it is.
+        let mut tight = GatePolicy::default();
+        tight.boot_failure.max_ratio = 1.05;
+        tight.boot_failure.on_fail = GateOutcome::RollBackAll;
+        tight.silent_after_secs = 600;
+        let (kept, _) = tight.stricter_for_boot_critical(&["bootloader"]);
+        assert_eq!(kept.boot_failure.max_ratio, 1.05);
+        assert_eq!(kept.boot_failure.on_fail, GateOutcome::RollBackAll);
+        assert_eq!(kept.silent_after_secs, 600);
     }
 
     #[test]

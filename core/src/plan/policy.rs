@@ -510,9 +510,128 @@ impl PlanningPolicy {
     }
 }
 
+/// The largest canary a boot-critical release starts with (fewer devices at risk of needing a
+/// technician if the image is bad).
+pub const BOOT_CRITICAL_CANARY_SIZE: usize = 25;
+
+/// How much longer a boot-critical release's waves soak than the policy says.
+pub const BOOT_CRITICAL_SOAK_FACTOR: u64 = 2;
+
+/// The stricter plan and gates for a release that installs a boot-critical component
+/// (bootloader or modem; issue 20), chosen from the release's components.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct BootCritical {
+    /// The boot-critical components the release installs, e.g. `["bootloader"]`.
+    pub components: Vec<&'static str>,
+    /// `boot-critical: bootloader` (what the plan prints beside the stricter defaults).
+    pub reason: String,
+    #[serde(skip)]
+    pub planning: PlanningPolicy,
+    #[serde(skip)]
+    pub gates: crate::gates::GatePolicy,
+    /// Each default made stricter, in words.
+    pub changes: Vec<String>,
+}
+
+/// The stricter defaults for `release` if it installs a bootloader or a modem image; `None`
+/// for any other release. A smaller canary (at most [`BOOT_CRITICAL_CANARY_SIZE`]), every
+/// wave's soak [`BOOT_CRITICAL_SOAK_FACTOR`] times as long (a wave without one soaks that many
+/// operating cycles), and the gates of
+/// [`GatePolicy::stricter_for_boot_critical`](crate::gates::GatePolicy::stricter_for_boot_critical).
+/// Never looser than `planning` and `gates`.
+pub fn boot_critical(
+    release: &crate::release::ReleaseSpec,
+    planning: &PlanningPolicy,
+    gates: &crate::gates::GatePolicy,
+) -> Option<BootCritical> {
+    let components = release.boot_critical_components();
+    if components.is_empty() {
+        return None;
+    }
+    let mut changes = Vec::new();
+    let mut p = planning.clone();
+    let size = p.canary.size.min(BOOT_CRITICAL_CANARY_SIZE);
+    if size != p.canary.size {
+        changes.push(format!("canary.size: {} -> {size}", p.canary.size));
+        p.canary.size = size;
+    }
+    for w in &mut p.waves {
+        let soak = w.soak_secs.map_or(
+            p.default_operating_cycle_secs
+                .saturating_mul(BOOT_CRITICAL_SOAK_FACTOR),
+            |s| s.saturating_mul(BOOT_CRITICAL_SOAK_FACTOR),
+        );
+        let soak = soak.min(MAX_SOAK_SECS);
+        changes.push(format!(
+            "waves.{}.soak_secs: {} -> {soak}",
+            w.name,
+            w.soak_secs
+                .map_or_else(|| "one operating cycle".to_owned(), |s| s.to_string())
+        ));
+        w.soak_secs = Some(soak);
+    }
+    let (gates, gate_changes) = gates.stricter_for_boot_critical(&components);
+    changes.extend(gate_changes.into_iter().map(|c| format!("gates.{c}")));
+    Some(BootCritical {
+        reason: format!("boot-critical: {}", components.join(", ")),
+        components,
+        planning: p,
+        gates,
+        changes,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bootloader_release_gets_a_smaller_canary_longer_soaks_and_tighter_gates() {
+        use crate::gates::GatePolicy;
+        use crate::release::ReleaseSpec;
+        let spec = |provides: serde_json::Value| -> ReleaseSpec {
+            serde_json::from_value(serde_json::json!({
+                "id": "r", "version": "1.0.0", "counter": 1, "hardware": ["T300"],
+                "provides": provides, "artifacts": [], "expires": 0
+            }))
+            .expect("spec")
+        };
+        let policy = PlanningPolicy::default();
+        let gates = GatePolicy::default();
+        assert!(
+            boot_critical(
+                &spec(serde_json::json!({"firmware": "2.5.0"})),
+                &policy,
+                &gates
+            )
+            .is_none()
+        );
+        let b = boot_critical(
+            &spec(serde_json::json!({"bootloader": "1.4.0", "firmware": "2.5.0"})),
+            &policy,
+            &gates,
+        )
+        .expect("boot-critical");
+        assert_eq!(b.reason, "boot-critical: bootloader");
+        assert_eq!(b.planning.canary.size, BOOT_CRITICAL_CANARY_SIZE);
+        assert!(
+            b.planning
+                .waves
+                .iter()
+                .all(|w| w.soak_secs == Some(2 * DAY))
+        );
+        b.planning.validate().expect("valid");
+        assert!(b.gates.boot_failure.max_ratio < gates.boot_failure.max_ratio);
+        assert!(
+            b.changes.iter().any(|c| c == "canary.size: 50 -> 25"),
+            "{:?}",
+            b.changes
+        );
+        let m = boot_critical(&spec(serde_json::json!({"modem": "7.1"})), &policy, &gates)
+            .expect("modem");
+        assert_eq!(m.components, ["modem"]);
+        assert!(m.gates.reconnect_failure.max_ratio < gates.reconnect_failure.max_ratio);
+    }
 
     #[test]
     fn defaults_round_trip_and_validate() {

@@ -4,6 +4,7 @@ use super::RiskError;
 use crate::cvss::Cvss;
 use crate::fleet::Device;
 use crate::requirement::{Requirement, RequirementKind};
+use crate::time::Timestamp;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -150,6 +151,37 @@ pub struct Finding {
     pub rollback: Rollback,
     #[serde(default)]
     pub anomaly: Option<Anomaly>,
+    /// When the defect was detected (RFC 3339, e.g. `2026-11-20T08:00:00Z`): time to remediate
+    /// counts from it. Optional; without it, from when the finding entered the cache.
+    #[serde(default, with = "rfc3339_opt", skip_serializing_if = "Option::is_none")]
+    pub detected_at: Option<Timestamp>,
+}
+
+/// An optional [`Timestamp`] written as RFC 3339 text (the finding file's `detected_at`).
+mod rfc3339_opt {
+    use crate::time::Timestamp;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    // serde's `with` hands the field by reference.
+    #[allow(clippy::ref_option)]
+    pub fn serialize<S: Serializer>(t: &Option<Timestamp>, s: S) -> Result<S::Ok, S::Error> {
+        match t {
+            Some(t) => s.serialize_str(&t.to_rfc3339()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Timestamp>, D::Error> {
+        let text: Option<String> = Option::deserialize(d)?;
+        text.map(|t| {
+            Timestamp::parse_rfc3339(&t).map_err(|_| {
+                serde::de::Error::custom(format!(
+                    "detected_at {t:?} is not an RFC 3339 time such as 2026-11-20T08:00:00Z"
+                ))
+            })
+        })
+        .transpose()
+    }
 }
 
 impl Finding {

@@ -21,6 +21,7 @@
 
 mod finding;
 mod policy;
+pub mod remediation;
 
 #[cfg(test)]
 mod tests;
@@ -32,6 +33,7 @@ pub use policy::{
     ClassWeights, ClassificationPoints, DynamicWeights, POLICY_VERSION, RedundancyWeights,
     ScoringPolicy, TierThresholds, TierWeights,
 };
+pub use remediation::{Checklist, ChecklistError, Shape, shape_waves};
 
 use crate::cluster::{ClusterHit, ClusterTally};
 use crate::cvss::CvssSummary;

@@ -543,6 +543,7 @@ mod props {
                             rate_per_1000_device_days: rate,
                             baseline_per_1000_device_days: base,
                         }),
+                        detected_at: None,
                     }
                 },
             )
