@@ -182,6 +182,7 @@ impl Harness {
             sample_period_secs: 900,
             max_report_gap_secs: super::health::DEFAULT_MAX_GAP_SECS,
             resend_after: Duration::from_secs(5),
+            prerequisites: std::collections::BTreeMap::new(),
         };
         let devices = SimFleet::new(
             &fleet,

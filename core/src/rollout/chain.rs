@@ -93,6 +93,37 @@ impl ChainState {
     }
 }
 
+/// The plan's waves as the rollout takes them, prerequisite waves included: the waves of
+/// [`crate::plan::Plan::rollout_waves`], then each `after-prerequisites-N` wave with devices
+/// (ids in id order), with the chain of each.
+pub fn waves_with_chains(
+    plan: &crate::plan::Plan,
+    fleet: &crate::fleet::Fleet,
+) -> (Vec<super::WaveSpec>, Vec<WaveChain>) {
+    let mut waves = plan.rollout_waves(fleet);
+    let mut chains = Vec::new();
+    for w in plan
+        .waves
+        .iter()
+        .filter(|w| !w.prerequisites.is_empty() && !w.devices.is_empty())
+    {
+        chains.push(WaveChain {
+            wave: waves.len(),
+            releases: w.prerequisites.clone(),
+        });
+        waves.push(super::WaveSpec {
+            name: w.name.clone(),
+            device_ids: w
+                .devices
+                .iter()
+                .map(|&i| fleet.devices[i as usize].id.clone())
+                .collect(),
+            soak_secs: i64::try_from(w.soak_secs).unwrap_or(i64::MAX),
+        });
+    }
+    (waves, chains)
+}
+
 fn not_allowed(command: &str, rollout: &Rollout, why: &str) -> RolloutError {
     RolloutError::NotAllowed {
         command: command.into(),
@@ -178,7 +209,12 @@ impl Rollout {
     pub fn prerequisite_in_progress(&self, device_id: &str) -> Option<&str> {
         let i = self.index(device_id)?;
         let c = self.state.chain.devices.get(&i).filter(|c| c.in_progress)?;
-        let wave = usize::from(self.state.devices[i as usize].wave);
+        let slot = &self.state.devices[i as usize];
+        if !slot.state.is_in_flight() {
+            // Cancelled by a rollback, or failed: nothing is being installed for the rollout.
+            return None;
+        }
+        let wave = usize::from(slot.wave);
         self.state
             .chain
             .chain(wave)
@@ -301,6 +337,22 @@ impl Rollout {
                     kind: EventKind::PrerequisiteConfirmed { device: i, release },
                 });
                 Ok(ChainReport::Confirmed)
+            }
+            DeviceState::Failed | DeviceState::Reverted
+                if self.state.devices[i as usize].rollback_pending =>
+            {
+                // A rollback cancelled it: the device is back where it was, not stopped by
+                // its prerequisite.
+                self.record(RolloutEvent {
+                    at: now,
+                    cause: Cause::Device(i),
+                    kind: EventKind::Device {
+                        device: i,
+                        state: DeviceState::Reverted,
+                    },
+                });
+                self.after_progress(now);
+                Ok(ChainReport::Progress)
             }
             DeviceState::Failed | DeviceState::Reverted => {
                 let why = reason.map_or_else(
