@@ -235,6 +235,14 @@ fn devices_behind_get_their_prerequisites_in_order_then_the_target() {
             && needed.values().any(|c| c.contains(&MODEM.to_owned())),
         "the fleet has devices behind on the bootloader and on the modem: {needed:?}"
     );
+    let mut per_chain: BTreeMap<String, usize> = BTreeMap::new();
+    for chain in needed.values() {
+        *per_chain.entry(chain.join(" -> ")).or_default() += 1;
+    }
+    eprintln!(
+        "devices per chain: {per_chain:?}; waves: {}",
+        report["waves"]
+    );
     let fleet = store.load_fleet().expect("fleet after the run");
     for (id, chain) in &needed {
         let mut expected = chain.clone();

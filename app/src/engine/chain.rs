@@ -288,3 +288,31 @@ impl EngineState {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chain_release_without_a_verified_manifest_refuses_naming_it() {
+        let p = Prerequisites {
+            manifests: Vec::new(),
+            chains: vec![WaveChain {
+                wave: 2,
+                releases: vec!["t300-bl-2.0.1".into(), "t300-modem-1.3.0".into()],
+            }],
+        };
+        assert_eq!(p.chain_releases(), ["t300-bl-2.0.1", "t300-modem-1.3.0"]);
+        let err = p
+            .check(p.chain_releases())
+            .expect_err("no manifests")
+            .to_string();
+        assert!(
+            err.contains("t300-bl-2.0.1") && err.contains("--prerequisite-manifest"),
+            "{err}"
+        );
+        Prerequisites::default()
+            .check(Vec::<&str>::new())
+            .expect("no chain, nothing needed");
+    }
+}

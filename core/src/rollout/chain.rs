@@ -864,6 +864,10 @@ mod tests {
         assert_eq!(failed, 3);
         let replayed = assert_replays(&r);
         assert_eq!(replayed.prerequisite_stops(), stops);
+        assert_eq!(
+            crate::metrics::rollout_metrics(&r).stopped_at_prerequisite,
+            vec![(BL.to_owned(), 3)]
+        );
     }
 
     #[test]
