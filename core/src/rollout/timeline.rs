@@ -65,6 +65,7 @@ pub fn entry(
         EventKind::Telemetry { .. }
         | EventKind::SilenceChecked
         | EventKind::Device { .. }
+        | EventKind::PrerequisiteConfirmed { .. }
         | EventKind::Offered { .. } => {
             return None;
         }
@@ -109,7 +110,6 @@ pub fn entry(
         EventKind::PrerequisiteOffered { devices, release } => json!({
             "release": release, "devices": devices.len(),
         }),
-        EventKind::PrerequisiteConfirmed { .. } => return None,
         EventKind::PrerequisiteFailed {
             device_id,
             release,
