@@ -444,7 +444,9 @@ impl EngineState {
                     .sum::<u32>()
                     .saturating_sub(self.ddi_waiting_in_flight())
                     // Devices whose paced offer has not gone out will not move while paused.
-                    .saturating_sub(self.rollout.state().owed.iter().sum::<u32>());
+                    .saturating_sub(self.rollout.state().owed.iter().sum::<u32>())
+                    // Nor chain devices waiting for their next step (`engine/chain.rs`).
+                    .saturating_sub(self.rollout.state().chain.due.len() as u32);
                 let settled = in_flight == 0 && self.rollout.state().rollback_pending == 0;
                 let waited = now.secs_since(since) >= self.rollout.spec().gates.silent_after_secs;
                 (settled || waited).then_some(FinalState::Paused)
