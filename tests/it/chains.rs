@@ -97,11 +97,16 @@ fn workspace() -> SignedWorkspace {
     ws
 }
 
-/// Runs the rollout against `convoy sim` (with `faults`, if any) on the embedded broker;
-/// returns the JSON report.
-fn run(ws: &SignedWorkspace, faults: Option<&str>) -> Value {
+/// The embedded broker and `convoy sim` (with `faults`, if any) for a workspace.
+struct Rig {
+    url: String,
+    _broker: Proc,
+    _sim: Proc,
+}
+
+fn rig(ws: &SignedWorkspace, faults: Option<&str>) -> Rig {
     let p = |name: &str| ws.path(name);
-    let (_broker, port) = start_broker_process(ws.dir.path());
+    let (broker, port) = start_broker_process(ws.dir.path());
     let url = format!("mqtt://127.0.0.1:{port}");
     let mut sim_args = vec![
         "sim".to_owned(),
@@ -120,14 +125,30 @@ fn run(ws: &SignedWorkspace, faults: Option<&str>) -> Value {
         std::fs::write(p("faults.json"), f).expect("faults");
         sim_args.extend(["--faults".into(), p("faults.json")]);
     }
-    let _sim = Proc::spawn(&sim_args, p("sim.log"));
-    let out = convoy(&[
+    let sim = Proc::spawn(&sim_args, p("sim.log"));
+    Rig {
+        url,
+        _broker: broker,
+        _sim: sim,
+    }
+}
+
+/// `convoy rollout run` of rollout r1 over `rig`, with the prerequisite manifests when
+/// `prerequisites`, plus `extra` arguments.
+fn rollout_run(
+    ws: &SignedWorkspace,
+    rig: &Rig,
+    prerequisites: bool,
+    extra: &[&str],
+) -> std::process::Output {
+    let p = |name: &str| ws.path(name);
+    let mut args: Vec<String> = [
         "rollout",
         "run",
         "--db",
         &p("cache.db"),
         "--broker",
-        &url,
+        &rig.url,
         "--release",
         &p("release.json"),
         "--artifact",
@@ -136,27 +157,42 @@ fn run(ws: &SignedWorkspace, faults: Option<&str>) -> Value {
         &p("trust"),
         "--policy",
         &p("policy.json"),
-        "--prerequisite-manifest",
-        &p("bl.json"),
-        "--prerequisite-manifest",
-        &p("modem.json"),
         "--time-scale",
         SCALE,
         "--rollout-id",
         "r1",
         "--operator",
         "alice",
-        "--max-wall-secs",
-        "240",
         "--json",
-    ]);
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    if prerequisites {
+        for m in ["bl.json", "modem.json"] {
+            args.extend(["--prerequisite-manifest".to_owned(), p(m)]);
+        }
+    }
+    args.extend(extra.iter().map(|a| (*a).to_owned()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    convoy(&args)
+}
+
+fn report_of(ws: &SignedWorkspace, out: &std::process::Output) -> Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!(
             "no JSON report ({e}); stderr:\n{}\nsim log:\n{}",
             String::from_utf8_lossy(&out.stderr),
-            std::fs::read_to_string(p("sim.log")).unwrap_or_default()
+            std::fs::read_to_string(ws.path("sim.log")).unwrap_or_default()
         )
     })
+}
+
+/// Runs the rollout against `convoy sim` (with `faults`, if any) on the embedded broker;
+/// returns the JSON report.
+fn run(ws: &SignedWorkspace, faults: Option<&str>) -> Value {
+    let rig = rig(ws, faults);
+    let out = rollout_run(ws, &rig, true, &["--max-wall-secs", "240"]);
+    report_of(ws, &out)
 }
 
 /// The releases each device was offered, in order, from its history and the outbox.
@@ -429,4 +465,59 @@ fn a_tampered_prerequisite_manifest_refuses_the_run() {
         store.rollout_log("r1").expect("log").is_empty(),
         "nothing recorded"
     );
+}
+
+/// A run that stops before the chains are done resumes them: without the prerequisite
+/// manifests the resume refuses, naming the release; with them it delivers every chain in
+/// order and completes.
+#[test]
+fn a_resumed_rollout_needs_its_prerequisite_manifests_and_finishes_the_chains() {
+    let _one = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let ws = workspace();
+    let rig = rig(&ws, None);
+    let first = report_of(
+        &ws,
+        &rollout_run(&ws, &rig, true, &["--max-wall-secs", "4"]),
+    );
+    assert_eq!(first["final_state"], "timed_out", "{first:#}");
+    let chain_waves = |r: &Value, key: &str| -> u64 {
+        r["waves"]
+            .as_array()
+            .expect("waves")
+            .iter()
+            .filter(|w| {
+                w["name"]
+                    .as_str()
+                    .is_some_and(|n| n.starts_with("after-prerequisites"))
+            })
+            .map(|w| w[key].as_u64().unwrap_or(0))
+            .sum()
+    };
+    assert!(
+        chain_waves(&first, "confirmed") < chain_waves(&first, "devices"),
+        "stopped before the chains were done: {first:#}"
+    );
+    let refused = rollout_run(&ws, &rig, false, &["--resume"]);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("prerequisite release t300-bl-2.0.1 has no verified manifest"),
+        "{stderr}"
+    );
+    let report = report_of(
+        &ws,
+        &rollout_run(&ws, &rig, true, &["--resume", "--max-wall-secs", "240"]),
+    );
+    assert_eq!(report["final_state"], "completed", "{report:#}");
+    let store = Store::open_existing(Path::new(&ws.path("cache.db"))).expect("cache");
+    let log = store.rollout_log("r1").expect("log");
+    let needed = chains_needed(&ws, &log);
+    assert!(!needed.is_empty());
+    for (id, chain) in &needed {
+        let mut expected = chain.clone();
+        expected.push(TARGET.to_owned());
+        assert_eq!(offers(&store, id), expected, "{id}: offers in chain order");
+    }
 }
