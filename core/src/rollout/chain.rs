@@ -46,6 +46,10 @@ pub struct ChainState {
     pub devices: BTreeMap<u32, DeviceChain>,
     /// Devices that confirmed a prerequisite and wait for their next offer.
     pub due: BTreeSet<u32>,
+    /// Devices that went silent while installing a prerequisite, not yet stopped for it
+    /// ([`Rollout::chain_silences`] looks at these only, not at every chain device).
+    #[serde(default)]
+    pub silent_installing: BTreeSet<u32>,
 }
 
 /// What the caller offers next: prerequisites by release (devices sorted by id), and the
@@ -85,6 +89,13 @@ impl ChainState {
     /// The chain of `wave` (empty when it has none).
     pub fn chain(&self, wave: usize) -> &[String] {
         wave_chain(&self.wave_chains, wave)
+    }
+
+    /// The fold's note that device `i` went silent.
+    pub(super) fn note_silent(&mut self, i: u32) {
+        if self.devices.get(&i).is_some_and(|c| c.in_progress) {
+            self.silent_installing.insert(i);
+        }
     }
 
     /// Whether any wave has a chain.
@@ -400,16 +411,16 @@ impl Rollout {
     /// returns how many. Call it after [`Rollout::handle_timeout`].
     pub fn chain_silences(&mut self, now: Timestamp) -> u32 {
         let now = self.clamp(now);
-        let silent: Vec<(u32, String)> = self
-            .state
-            .chain
-            .devices
+        let chain = &self.state.chain;
+        let silent: Vec<(u32, String)> = chain
+            .silent_installing
             .iter()
-            .filter(|(i, c)| c.in_progress && self.state.devices[**i as usize].silent)
-            .filter_map(|(i, c)| {
-                let wave = usize::from(self.state.devices[*i as usize].wave);
-                let release = self.state.chain.chain(wave).get(usize::from(c.confirmed))?;
-                Some((*i, release.clone()))
+            .filter(|&&i| self.state.devices[i as usize].silent)
+            .filter_map(|&i| {
+                let c = chain.devices.get(&i).filter(|c| c.in_progress)?;
+                let wave = usize::from(self.state.devices[i as usize].wave);
+                let release = chain.chain(wave).get(usize::from(c.confirmed))?;
+                Some((i, release.clone()))
             })
             .collect();
         let window = self.state.spec.gates.silent_after_secs;
@@ -555,6 +566,7 @@ impl super::RolloutState {
                 c.in_progress = false;
                 c.confirmed += 1;
                 self.chain.due.insert(*device);
+                self.chain.silent_installing.remove(device);
                 self.heard(*device, at);
             }
             EventKind::PrerequisiteFailed {
@@ -565,6 +577,7 @@ impl super::RolloutState {
                 c.in_progress = false;
                 c.stopped_at = Some(release.clone());
                 self.chain.due.remove(device);
+                self.chain.silent_installing.remove(device);
             }
             EventKind::ChainCompleted { devices } => {
                 for &i in devices {

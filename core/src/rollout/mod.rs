@@ -1757,6 +1757,7 @@ impl RolloutState {
                 let before = cohort_now(&d);
                 let (w, s) = (usize::from(d.wave), usize::from(d.stratum));
                 self.devices[*device as usize].silent = true;
+                self.chain.note_silent(*device);
                 self.recount(*device, before);
                 self.outcomes[w][s].silent += 1;
                 if d.state.is_in_flight() {
