@@ -156,6 +156,8 @@ pub struct RolloutStory {
     /// The finding the rollout remediates and the request's pre-deployment checklist, from
     /// its request (issue 20); `None` for a rollout without a request.
     pub remediation: Option<RemediationFacts>,
+    /// (release, device, reason) of every device stopped at a prerequisite (chains).
+    pub prerequisite_stops: Vec<(String, String, String)>,
 }
 
 /// What a rollout's request says about the finding it remediates and its checklist.
@@ -505,6 +507,22 @@ pub fn story(rollout_id: &str, entries: &[RecordEntry]) -> Result<RolloutStory, 
                 story.ending = Some(Ending::Aborted(e.at, reason.clone()));
                 Some(format!("rollout aborted: {reason}"))
             }
+            "prerequisite.failed" => {
+                let (release, device) = (text(payload, "release"), text(payload, "device"));
+                let reason = text(payload, "reason");
+                let line = format!("device {device} stopped at prerequisite {release}: {reason}");
+                story.prerequisite_stops.push((release, device, reason));
+                Some(line)
+            }
+            "prerequisite.offered" => Some(format!(
+                "prerequisite {} offered to {} device(s)",
+                text(payload, "release"),
+                num(payload, "devices")
+            )),
+            "prerequisites.done" => Some(format!(
+                "{} device(s) offered the release after their prerequisites",
+                num(payload, "devices")
+            )),
             "notify" => None,
             other => Some(other.to_owned()),
         };
@@ -587,6 +605,7 @@ fn internal(s: &RolloutStory) -> String {
     for (at, why) in &s.overrides {
         let _ = writeln!(out, "- {at}: gate overridden by {why}.");
     }
+    prerequisite_stops(&mut out, s);
     let trends: Vec<&String> = s.waves.iter().flat_map(|w| &w.unconfirmed_trends).collect();
     if !trends.is_empty() {
         out.push_str("\nTrends recorded below the pause level (not stops):\n");
@@ -610,6 +629,30 @@ fn internal(s: &RolloutStory) -> String {
     out.push_str("\n## Chronology\n\n");
     chronology(&mut out, s);
     out
+}
+
+/// "Stopped at prerequisite X: N devices (ids)", one line per release, in the order seen.
+fn prerequisite_stops(out: &mut String, s: &RolloutStory) {
+    let mut releases: Vec<&str> = Vec::new();
+    for (r, _, _) in &s.prerequisite_stops {
+        if !releases.contains(&r.as_str()) {
+            releases.push(r);
+        }
+    }
+    for r in releases {
+        let devices: Vec<&str> = s
+            .prerequisite_stops
+            .iter()
+            .filter(|(x, _, _)| x == r)
+            .map(|(_, d, _)| d.as_str())
+            .collect();
+        let _ = writeln!(
+            out,
+            "- Stopped at prerequisite {r}: {} device(s) ({}).",
+            devices.len(),
+            devices.join(", ")
+        );
+    }
 }
 
 fn customer(s: &RolloutStory) -> String {
@@ -939,6 +982,33 @@ mod tests {
         );
         assert_eq!(s.ending, None);
         assert_eq!(s.state_words(), "stopped by a health gate");
+    }
+
+    #[test]
+    fn devices_stopped_at_a_prerequisite_are_named_and_counted_in_the_internal_draft() {
+        let mut entries = stopped();
+        for (device, reason) in [
+            ("CV7", "install failed: writing slot b did not verify"),
+            ("CV9", "timed out"),
+        ] {
+            entries.push(entry(
+                1000,
+                "prerequisite.failed",
+                device,
+                json!({"device": device, "release": "t300-bl-2.0.1", "reason": reason}),
+            ));
+        }
+        let s = story("r1", &entries).expect("story");
+        assert_eq!(s.prerequisite_stops.len(), 2);
+        let text = draft(&s, Audience::Internal);
+        assert!(
+            text.contains("Stopped at prerequisite t300-bl-2.0.1: 2 device(s) (CV7, CV9)."),
+            "{text}"
+        );
+        assert!(
+            text.contains("device CV7 stopped at prerequisite t300-bl-2.0.1: install failed"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -40,6 +40,10 @@ pub struct RolloutMetrics {
     pub patch_lead_time_secs: Option<i64>,
     /// One entry per gate stop that was recovered from, in order.
     pub recoveries_secs: Vec<i64>,
+    /// Devices stopped at a prerequisite release (prerequisite chains), by release in chain
+    /// order: "stopped at prerequisite X: N devices".
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stopped_at_prerequisite: Vec<(String, u64)>,
 }
 
 /// Adoption of a rollout in one cohort.
@@ -129,6 +133,11 @@ pub fn rollout_metrics(rollout: &Rollout) -> RolloutMetrics {
         time_to_remediate_secs: completed_at.map(|t| t.secs_since(state.created_at)),
         patch_lead_time_secs: lead,
         recoveries_secs: recoveries,
+        stopped_at_prerequisite: rollout
+            .prerequisite_stops()
+            .into_iter()
+            .map(|s| (s.release, s.device_ids.len() as u64))
+            .collect(),
     }
 }
 

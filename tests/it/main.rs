@@ -3,6 +3,7 @@
 mod agent;
 mod alerts;
 mod broker_acl;
+mod chains;
 mod comms;
 mod console;
 mod crash;

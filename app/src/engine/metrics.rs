@@ -196,6 +196,28 @@ pub fn exposition(report: &EngineReport) -> String {
             );
         }
     }
+    if !report.prerequisite_stops.is_empty() {
+        let rows: Vec<([(&str, &str); 2], f64)> = report
+            .prerequisite_stops
+            .iter()
+            .map(|s| {
+                (
+                    [
+                        ("rollout", report.rollout_id.as_str()),
+                        ("release", s.release.as_str()),
+                    ],
+                    s.device_ids.len() as f64,
+                )
+            })
+            .collect();
+        let rows: Vec<(&[(&str, &str)], f64)> =
+            rows.iter().map(|(l, n)| (l.as_slice(), *n)).collect();
+        out.gauge(
+            "convoy_engine_prerequisite_stopped_devices",
+            "Devices stopped at a prerequisite release of their chain (failed, reverted, refused or silent).",
+            &rows,
+        );
+    }
     out.gauge(
         "convoy_engine_uptime_seconds",
         "Wall time since the engine run started.",

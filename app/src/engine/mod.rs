@@ -33,6 +33,7 @@
 //! runs. Commands left unacknowledged by other rollouts stay in the outbox and are reported,
 //! never sent by this run, so an old offer is never replayed into a new rollout.
 
+pub mod chain;
 pub mod control;
 pub mod ddi;
 pub mod health;
@@ -135,6 +136,10 @@ pub struct EngineControl {
     /// blackouts and cap), kept in its log so a resumed run follows it too. `None`: each wave
     /// is offered at once (a resumed run follows whatever its log says).
     pub schedule: Option<convoy_core::plan::pacing::OfferSchedule>,
+    /// Prerequisite chains (`chain.rs`): the verified manifests of the prerequisite releases,
+    /// and a new rollout's chains per wave. A chain naming a release without a manifest
+    /// refuses to start.
+    pub prerequisites: chain::Prerequisites,
 }
 
 /// The running engine's report, as of its last refresh (`None` before the first).
@@ -271,6 +276,9 @@ pub struct EngineReport {
     /// when the rollout paces its offers.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub schedule: Option<pacing::ScheduleReport>,
+    /// Devices stopped at a prerequisite release (chains), by release in chain order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub prerequisite_stops: Vec<convoy_core::rollout::chain::PrerequisiteStop>,
     pub notes: Vec<String>,
 }
 
@@ -488,6 +496,10 @@ pub async fn run_with(
         .started_by
         .clone()
         .unwrap_or_else(|| opts.requested_by.clone());
+    // Every release a chain names needs its verified manifest, before anything is recorded.
+    control
+        .prerequisites
+        .check(control.prerequisites.chain_releases())?;
     let (rollout, clock, resumed) = match control.start {
         StartMode::New => {
             let clock = ScaledClock {
@@ -499,7 +511,10 @@ pub async fn run_with(
                 &mut store,
                 &opts,
                 &fleet,
-                control.schedule.clone(),
+                (
+                    control.schedule.clone(),
+                    control.prerequisites.chains.clone(),
+                ),
                 clock.now(),
             )?;
             store.record_run_clock(&crate::store::events::RunClock {
@@ -516,6 +531,8 @@ pub async fn run_with(
             (rollout, clock, Some(adopted))
         }
     };
+    // A resumed rollout's chains are in its log.
+    control.prerequisites.check(rollout.chain_releases())?;
     let all_pending = store.pending(usize::MAX)?.len();
     let stale_outbox_commands = all_pending - resumed.as_ref().map_or(0, Vec::len).min(all_pending);
     let now = clock.now();
@@ -541,6 +558,7 @@ pub async fn run_with(
         sample_period_secs: opts.sample_period_secs,
         max_report_gap_secs: opts.max_report_gap_secs,
         resend_after: opts.resend_after,
+        prerequisites: control.prerequisites.served(),
     };
     let mut shell = Shell {
         store,
@@ -709,7 +727,10 @@ fn create_rollout(
     store: &mut Store,
     opts: &EngineOptions,
     fleet: &Fleet,
-    schedule: Option<convoy_core::plan::pacing::OfferSchedule>,
+    (schedule, chains): (
+        Option<convoy_core::plan::pacing::OfferSchedule>,
+        Vec<convoy_core::rollout::WaveChain>,
+    ),
     now: Timestamp,
 ) -> Result<Rollout> {
     if store.run_clock(&opts.rollout_id)?.is_some() {
@@ -739,6 +760,9 @@ fn create_rollout(
             .pace_offers(now, schedule)
             .with_context(|| format!("pacing the offers of rollout {}", opts.rollout_id))?;
     }
+    rollout
+        .set_chains(now, chains)
+        .with_context(|| format!("setting the prerequisite chains of {}", opts.rollout_id))?;
     if !rollout.approval_complete() {
         bail!(
             "rollout {} is not approved: {} needs {}",

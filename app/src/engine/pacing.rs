@@ -232,19 +232,8 @@ impl EngineState {
             .collect();
         if !ids.is_empty() {
             match self.rollout.offer(now, &ids) {
-                Ok(()) => {
-                    let action = self.offer_action()?;
-                    let name = self.wave_name(wave);
-                    let release_id = self.config.release_id.clone();
-                    self.dispatch(
-                        now,
-                        "rollout.offer",
-                        serde_json::json!({"rollout": self.config.rollout_id, "release": release_id, "wave": name, "devices": ids.len(), "paced": true}),
-                        &ids,
-                        &action,
-                        super::state::CmdKind::Offer,
-                    );
-                }
+                // The target, or a chain wave's first prerequisite (`engine/chain.rs`).
+                Ok(()) => self.offer_devices(now, wave, &ids, true)?,
                 // The rollout refused (a device no longer waits): say so rather than send.
                 Err(e) => self.notes.push(format!("a paced offer was refused: {e}")),
             }
@@ -266,7 +255,7 @@ impl EngineState {
     }
 
     /// The offer command every device of the rollout gets.
-    fn offer_action(&self) -> Result<CommandAction> {
+    pub(super) fn offer_action(&self) -> Result<CommandAction> {
         // The canonical form of what was verified, never the file as it came in; serde_json
         // writes this value back byte for byte (sorted keys, no whitespace).
         let manifest = serde_json::from_slice::<serde_json::Value>(&self.config.manifest_served)

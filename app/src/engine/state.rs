@@ -70,6 +70,9 @@ pub struct StateConfig {
     pub max_report_gap_secs: i64,
     /// Wall time after which an unacknowledged command is first sent again (same id).
     pub resend_after: Duration,
+    /// The canonical manifests of the prerequisite releases chains offer, by release id
+    /// (`engine/chain.rs`).
+    pub prerequisites: std::collections::BTreeMap<String, Arc<[u8]>>,
 }
 
 /// What a command asks.
@@ -184,6 +187,8 @@ enum Task {
     Actions(Timestamp),
     /// Offers what the schedule allows now (paced offers).
     Pace(Timestamp),
+    /// Prerequisite chains: stops the silent, offers the next steps due (`engine/chain.rs`).
+    Chain(Timestamp),
     SetActor(String),
     DdiAssignWaiting(Timestamp),
     /// Writes the rollout's new events to the log, the timeline and device histories.
@@ -439,7 +444,9 @@ impl EngineState {
                     .sum::<u32>()
                     .saturating_sub(self.ddi_waiting_in_flight())
                     // Devices whose paced offer has not gone out will not move while paused.
-                    .saturating_sub(self.rollout.state().owed.iter().sum::<u32>());
+                    .saturating_sub(self.rollout.state().owed.iter().sum::<u32>())
+                    // Nor chain devices waiting for their next step (`engine/chain.rs`).
+                    .saturating_sub(self.rollout.state().chain.due.len() as u32);
                 let settled = in_flight == 0 && self.rollout.state().rollback_pending == 0;
                 let waited = now.secs_since(since) >= self.rollout.spec().gates.silent_after_secs;
                 (settled || waited).then_some(FinalState::Paused)
@@ -463,6 +470,7 @@ impl EngineState {
             Task::RolloutTimeout(now),
             Task::Actions(now),
             Task::Pace(now),
+            Task::Chain(now),
             Task::Persist,
             Task::FlushWrites(now),
             Task::Resend(wall),
@@ -575,6 +583,8 @@ impl EngineState {
         }
         self.mark_heard(i, s.ts, None);
         if s.update.release_id.as_deref() != Some(self.config.release_id.as_str()) {
+            // A prerequisite's progress, when the device is installing one.
+            self.chain_status(now, s);
             return;
         }
         if let Some(state) = device_state(s.update.state) {
@@ -672,7 +682,7 @@ impl EngineState {
                 "command.rejected",
                 serde_json::json!({"command_id": a.command_id, "reason": reason}),
             );
-            if entry.kind == CmdKind::Offer {
+            if entry.kind == CmdKind::Offer && !self.chain_refused(now, &a.device_id, &reason) {
                 // The device refused the offer (failed verification, busy, ...): it will not
                 // install, and the reason is in its history.
                 self.report(now, entry.device, DeviceState::Failed);
@@ -1100,6 +1110,7 @@ impl EngineState {
                 }
             }
             Task::Pace(now) => self.pace(now)?,
+            Task::Chain(now) => self.chain_tick(now)?,
             Task::SetActor(actor) => self.actor = actor,
             Task::DdiAssignWaiting(now) => self.ddi_assign_waiting(now),
             Task::Persist => self.persist_events(),
@@ -1215,7 +1226,6 @@ impl EngineState {
     }
 
     fn act(&mut self, now: Timestamp, action: RolloutAction) -> Result<()> {
-        let release_id = self.config.release_id.clone();
         match action {
             RolloutAction::Offer { wave, device_ids } => {
                 // Paced: the devices wait for the schedule (`engine/pacing.rs`).
@@ -1223,24 +1233,8 @@ impl EngineState {
                     self.tasks.push_front(Task::Pace(now));
                     return Ok(());
                 }
-                // The canonical form of what was verified, never the file as it came in;
-                // serde_json writes this value back byte for byte (sorted keys, no whitespace).
-                let manifest =
-                    serde_json::from_slice::<serde_json::Value>(&self.config.manifest_served)
-                        .context("encoding the manifest for the offer")?;
-                let action = CommandAction::Offer {
-                    release_id: release_id.clone(),
-                    manifest,
-                };
-                let name = self.wave_name(wave);
-                self.dispatch(
-                    now,
-                    "rollout.offer",
-                    serde_json::json!({"rollout": self.config.rollout_id, "release": release_id, "wave": name, "devices": device_ids.len()}),
-                    &device_ids,
-                    &action,
-                    CmdKind::Offer,
-                );
+                // The target, or a chain wave's first prerequisite (`engine/chain.rs`).
+                self.offer_devices(now, wave, &device_ids, false)?;
             }
             RolloutAction::RollBack { scope, device_ids } => {
                 // Devices running the new version roll back; devices still before their reboot
@@ -1262,19 +1256,8 @@ impl EngineState {
                 }
                 let _ = scope;
                 self.send_rollback(now, &back, "rollout.rollback");
-                if !cancel.is_empty() {
-                    let action = CommandAction::Cancel {
-                        release_id: release_id.clone(),
-                    };
-                    self.dispatch(
-                        now,
-                        "rollout.cancel",
-                        serde_json::json!({"rollout": self.config.rollout_id, "release": release_id, "devices": cancel.len()}),
-                        &cancel,
-                        &action,
-                        CmdKind::Cancel,
-                    );
-                }
+                // By release: a chain device installing a prerequisite has that one cancelled.
+                self.cancel_offers(now, "rollout.cancel", &cancel);
             }
             RolloutAction::Pause(reason) => {
                 self.ready.push_back(Output::Write(StoreWrite::Audit(AuditEntry {
@@ -1320,19 +1303,7 @@ impl EngineState {
             }
         }
         self.send_rollback(now, &back, "rollout.rollback_retry");
-        if !cancel.is_empty() {
-            let action = CommandAction::Cancel {
-                release_id: self.config.release_id.clone(),
-            };
-            self.dispatch(
-                now,
-                "rollout.cancel_retry",
-                serde_json::json!({"rollout": self.config.rollout_id, "devices": cancel.len()}),
-                &cancel,
-                &action,
-                CmdKind::Cancel,
-            );
-        }
+        self.cancel_offers(now, "rollout.cancel_retry", &cancel);
     }
 
     /// Asks `device_ids` to go back to their previous slot.
@@ -1689,6 +1660,7 @@ impl EngineState {
             stale_outbox_commands: stale,
             ddi,
             schedule: self.schedule_report(),
+            prerequisite_stops: self.rollout.prerequisite_stops(),
             notes,
         }
     }

@@ -113,6 +113,35 @@ fn release() -> (manifest::VerifiedManifest, TrustedKeys) {
     (verified, trust)
 }
 
+const BL: &str = "t300-bl-2.0.1";
+
+/// The bootloader release of the fixture catalog, signed with the test key.
+fn bootloader() -> manifest::VerifiedManifest {
+    let key = SigningKey::from_bytes(&[7; 32]);
+    let version = Version::new(2, 0, 1);
+    let digest = ArtifactDigest::of_bytes("bl.bin", b"convoy test bootloader 2.0.1");
+    let spec = ReleaseSpec {
+        id: BL.to_owned(),
+        version,
+        counter: 40,
+        hardware: vec!["T300".into()],
+        provides: [("bootloader", version)].into_iter().collect(),
+        requires: Vec::new(),
+        artifacts: vec![Artifact {
+            name: "bl.bin".into(),
+            url: "bl.bin".into(),
+            length_bytes: 1_100_000,
+            sha256: digest.sha256,
+        }],
+        expires: START.plus_secs(30 * 86_400),
+    };
+    let bytes = SignedManifest::sign(spec, None, &key)
+        .expect("sign")
+        .to_json_bytes();
+    let trust = TrustedKeys::from_keys([&key.verifying_key()]);
+    manifest::verify(&bytes, &trust, START).expect("the bootloader verifies")
+}
+
 /// The shell's part, on a virtual clock. See the module docs.
 struct Harness {
     state: EngineState,
@@ -153,6 +182,16 @@ impl Harness {
         faults: &str,
         schedule: Option<convoy_core::plan::pacing::OfferSchedule>,
     ) -> Self {
+        Self::with_options(faults, schedule, false)
+    }
+
+    /// A run whose last wave ("everyone") installs the bootloader release [`BL`] first, when
+    /// `chain` (prerequisite chains, issue 20).
+    fn with_options(
+        faults: &str,
+        schedule: Option<convoy_core::plan::pacing::OfferSchedule>,
+        chain: bool,
+    ) -> Self {
         let fleet = t300_fleet();
         let (verified, trust) = release();
         let faults = Faults::parse(faults, &fleet).expect("faults");
@@ -172,6 +211,19 @@ impl Harness {
         if let Some(schedule) = schedule {
             rollout.pace_offers(START, schedule).expect("paced");
         }
+        let mut prerequisites = std::collections::BTreeMap::new();
+        if chain {
+            rollout
+                .set_chains(
+                    START,
+                    vec![convoy_core::rollout::WaveChain {
+                        wave: 2,
+                        releases: vec![BL.into()],
+                    }],
+                )
+                .expect("chains");
+            prerequisites.insert(BL.to_owned(), bootloader().served_bytes().into());
+        }
         let topics = Topics::default_prefix();
         let config = StateConfig {
             rollout_id: "r1".into(),
@@ -182,6 +234,7 @@ impl Harness {
             sample_period_secs: 900,
             max_report_gap_secs: super::health::DEFAULT_MAX_GAP_SECS,
             resend_after: Duration::from_secs(5),
+            prerequisites,
         };
         let devices = SimFleet::new(
             &fleet,
@@ -850,4 +903,131 @@ fn paced_offers_keep_the_rate_stop_while_paused_and_continue_the_ramp() {
             assert_eq!(Some(v), b.get(k), "{k} differs after replay");
         }
     }
+}
+
+/// Prerequisite chains on the virtual clock: the last wave's devices are offered the
+/// bootloader, each confirmed before its target offer; nothing moves on while an operator
+/// holds the rollout paused, and what became due goes out after the resume; every command was
+/// committed first (the harness checks), and the log replays to the same chains.
+#[test]
+fn a_chain_wave_gets_its_prerequisite_confirmed_before_the_target_even_across_a_pause() {
+    use convoy_core::rollout::EventKind;
+    let mut h = Harness::with_options(r#"{"faults": []}"#, None, true);
+    h.hold = true;
+    h.run_until(3 * 86_400, |h| {
+        h.decisions
+            .iter()
+            .any(|(a, _)| a == "rollout.offer_prerequisite")
+    });
+    // Pause as soon as a first confirmation comes in.
+    h.run_until(86_400, |h| {
+        h.state
+            .rollout()
+            .events()
+            .iter()
+            .any(|e| matches!(e.kind, EventKind::PrerequisiteConfirmed { .. }))
+    });
+    let offers_before = h.offers();
+    h.state
+        .handle_operator(
+            h.now,
+            "dana",
+            &OperatorCommand::Pause {
+                reason: "checking the bootloader".into(),
+            },
+        )
+        .expect("pause");
+    h.drain();
+    for _ in 0..60 {
+        h.step();
+    }
+    assert_eq!(h.offers(), offers_before, "no target offer while paused");
+    h.state
+        .handle_operator(
+            h.now,
+            "dana",
+            &OperatorCommand::Resume {
+                reason: "fine".into(),
+            },
+        )
+        .expect("resume");
+    h.drain();
+    h.hold = false;
+    let end = h.run(3 * 86_400);
+    assert_eq!(
+        end,
+        Some(FinalState::Completed),
+        "{:?}",
+        h.state.rollout().phase()
+    );
+    let r = h.state.rollout();
+    let wave = &r.spec().waves[2];
+    let mut confirmed: std::collections::BTreeSet<u32> = std::collections::BTreeSet::new();
+    for e in r.events() {
+        match &e.kind {
+            EventKind::PrerequisiteConfirmed { device, .. } => {
+                confirmed.insert(*device);
+            }
+            EventKind::ChainCompleted { devices } => {
+                for d in devices {
+                    assert!(
+                        confirmed.contains(d),
+                        "target before the bootloader's confirmation"
+                    );
+                }
+            }
+            _ => {}
+        }
+    }
+    for id in &wave.device_ids {
+        assert_eq!(r.device_state(id), Some(DeviceState::Healthy), "{id}");
+        let d = h.state.fleet().device(id).expect("device");
+        assert_eq!(
+            d.component("bootloader"),
+            Some(Version::new(2, 0, 1)),
+            "{id}"
+        );
+        assert_eq!(d.component("firmware"), Some(Version::new(2, 5, 0)), "{id}");
+    }
+    assert!(r.prerequisite_stops().is_empty());
+    let replayed = Rollout::replay(r.events().to_vec()).expect("replay");
+    assert_eq!(replayed.state().chain, r.state().chain);
+    assert_eq!(
+        h.decisions
+            .iter()
+            .filter(|(a, _)| a == "rollout.offer_prerequisite")
+            .map(|(_, n)| n)
+            .sum::<usize>(),
+        wave.device_ids.len()
+    );
+}
+
+/// A bootloader that fails to install on revision B stops those devices at it: failed in
+/// their wave, named in the report, never offered the target.
+#[test]
+fn a_failing_prerequisite_stops_its_devices_on_the_virtual_clock() {
+    let mut h = Harness::with_options(
+        r#"{"faults": [{"release_version": "2.0.1", "match": {"hw_rev": "B"}, "effect": "install_failure", "probability": 1.0}]}"#,
+        None,
+        true,
+    );
+    let end = h.run(4 * 86_400);
+    assert!(end.is_some(), "{:?}", h.state.rollout().phase());
+    let r = h.state.rollout();
+    let stops = r.prerequisite_stops();
+    assert_eq!(stops.len(), 1, "{stops:?}");
+    assert_eq!(stops[0].release, BL);
+    assert!(!stops[0].device_ids.is_empty());
+    for id in &stops[0].device_ids {
+        assert_eq!(r.device_state(id), Some(DeviceState::Failed), "{id}");
+        assert_eq!(
+            h.state.fleet().device(id).map(|d| d.hw_rev.as_str()),
+            Some("B")
+        );
+    }
+    let report = h
+        .state
+        .final_report(end.unwrap_or(FinalState::Stopped), h.now, h.wall(), 0, None);
+    assert_eq!(report.prerequisite_stops, stops);
+    assert!(h.timeline.iter().any(|(k, _)| k == "prerequisite.failed"));
 }

@@ -68,6 +68,13 @@ pub struct RunArgs {
     /// The signed release manifest.
     #[arg(long)]
     pub release: PathBuf,
+    /// A signed manifest of a prerequisite release (repeatable; docs/ENGINE.md, "Prerequisite
+    /// chains"): verified like --release. When the engine plans here, these are the catalog:
+    /// devices that need them first are planned in `after-prerequisites-N` waves and offered
+    /// each release of their chain, confirmed in order, before the target. A resumed run needs
+    /// them again for the chains in its log.
+    #[arg(long = "prerequisite-manifest", value_name = "FILE")]
+    pub prerequisite_manifests: Vec<PathBuf>,
     /// The release's artifact: checked against the manifest (length and SHA-256) before anything
     /// is sent.
     #[arg(long)]
@@ -301,6 +308,19 @@ pub fn engine_options(args: &RunArgs) -> Result<(EngineOptions, EngineControl)> 
             .check_artifact(&digest)
             .map_err(|r| anyhow!("artifact {} rejected ({}): {r}", path.display(), r.attack()))?;
     }
+    let mut prerequisites = engine::chain::Prerequisites::default();
+    for path in &args.prerequisite_manifests {
+        let m = super::releases::verify_file(path, &trust, start)
+            .with_context(|| format!("prerequisite manifest {}", path.display()))?;
+        if m.release_id() == manifest.release_id() {
+            bail!(
+                "prerequisite manifest {} is the target release {} itself",
+                path.display(),
+                m.release_id()
+            );
+        }
+        prerequisites.manifests.push(m);
+    }
     let (planning, mut gates): (PlanningPolicy, GatePolicy) = match &args.policy {
         Some(p) => (
             super::plans::read_section(p, "planning")?,
@@ -320,16 +340,24 @@ pub fn engine_options(args: &RunArgs) -> Result<(EngineOptions, EngineControl)> 
     } else {
         let store = Store::open_existing(&db)?;
         let fleet = store.load_fleet()?;
+        let catalog: Vec<convoy_core::release::ReleaseSpec> = prerequisites
+            .manifests
+            .iter()
+            .map(|m| m.spec().clone())
+            .collect();
         let plan = plan::plan(&PlanInput {
             fleet: &fleet,
             release: manifest.spec(),
-            catalog: &[],
+            catalog: &catalog,
             now: start,
             seed: args.seed,
             policy: &planning,
         })
         .with_context(|| format!("planning release {}", manifest.release_id()))?;
-        plan.rollout_waves(&fleet)
+        // Devices behind get their prerequisite chains (none without a catalog).
+        let (waves, chains) = convoy_core::rollout::chain::waves_with_chains(&plan, &fleet);
+        prerequisites.chains = chains;
+        waves
     };
     if waves.is_empty() && !args.resume {
         bail!(
@@ -413,6 +441,7 @@ pub fn engine_options(args: &RunArgs) -> Result<(EngineOptions, EngineControl)> 
         },
         started_by: Some(operator_name(args.operator.as_deref())),
         schedule,
+        prerequisites,
         ..EngineControl::default()
     };
     Ok((options, control))

@@ -18,6 +18,7 @@
 //! false-stop rate. A look that finds nothing to act on leaves no event; one that stops the
 //! rollout is recorded like a timed look.
 
+pub mod chain;
 pub mod series;
 pub mod sim;
 pub mod timeline;
@@ -121,6 +122,9 @@ pub struct RolloutState {
     /// The same per wave, per stratum.
     #[serde(default)]
     pub evidence: Vec<Vec<RateEvidence>>,
+    /// Prerequisite chains and each chain device's progress ([`chain`]).
+    #[serde(default)]
+    pub chain: chain::ChainState,
 }
 
 /// A rollout: the state, its event log, and the actions waiting for the caller.
@@ -1438,6 +1442,7 @@ fn initial_state(first: &RolloutEvent) -> Result<RolloutState, RolloutError> {
         rollbacks: 0,
         excluded: 0,
         silence_queue: VecDeque::new(),
+        chain: chain::ChainState::default(),
         last_at: first.at,
         spec: (**spec).clone(),
     })
@@ -1616,6 +1621,11 @@ impl RolloutState {
         let every = self.spec.gates.evaluate_every_secs;
         match &e.kind {
             EventKind::Created { .. } => return Err("a second `created` event".into()),
+            EventKind::ChainsSet { .. }
+            | EventKind::PrerequisiteOffered { .. }
+            | EventKind::PrerequisiteConfirmed { .. }
+            | EventKind::PrerequisiteFailed { .. }
+            | EventKind::ChainCompleted { .. } => self.apply_chain(at, &e.kind)?,
             EventKind::Approval { operator } => self.approvals.push(operator.clone()),
             EventKind::Approved => {
                 self.phase = Phase::Approved;
@@ -1747,6 +1757,7 @@ impl RolloutState {
                 let before = cohort_now(&d);
                 let (w, s) = (usize::from(d.wave), usize::from(d.stratum));
                 self.devices[*device as usize].silent = true;
+                self.chain.note_silent(*device);
                 self.recount(*device, before);
                 self.outcomes[w][s].silent += 1;
                 if d.state.is_in_flight() {

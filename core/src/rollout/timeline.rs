@@ -36,6 +36,11 @@ pub fn kind_name(kind: &EventKind) -> &'static str {
         EventKind::Aborted { .. } => "rollout.aborted",
         EventKind::Excluded { .. } => "devices.excluded",
         EventKind::Continued { .. } => "rollout.continued",
+        EventKind::ChainsSet { .. } => "prerequisites.set",
+        EventKind::PrerequisiteOffered { .. } => "prerequisite.offered",
+        EventKind::PrerequisiteConfirmed { .. } => "prerequisite.confirmed",
+        EventKind::PrerequisiteFailed { .. } => "prerequisite.failed",
+        EventKind::ChainCompleted { .. } => "prerequisites.done",
     }
 }
 
@@ -60,6 +65,7 @@ pub fn entry(
         EventKind::Telemetry { .. }
         | EventKind::SilenceChecked
         | EventKind::Device { .. }
+        | EventKind::PrerequisiteConfirmed { .. }
         | EventKind::Offered { .. } => {
             return None;
         }
@@ -93,6 +99,24 @@ pub fn entry(
             "what": what, "devices": devices.len(),
         }),
         EventKind::Continued { wave } => json!({"after_rolled_back_wave": wave_name(*wave)}),
+        // Chains by wave name; a stop names its device, release and reason. Per-device offers
+        // and confirmations go to each device's history (and the log), as device states do;
+        // the timeline keeps their counts.
+        EventKind::ChainsSet { chains } => json!({
+            "chains": chains.iter().map(|c| json!({
+                "wave": wave_name(c.wave), "releases": c.releases,
+            })).collect::<Vec<_>>(),
+        }),
+        EventKind::PrerequisiteOffered { devices, release } => json!({
+            "release": release, "devices": devices.len(),
+        }),
+        EventKind::PrerequisiteFailed {
+            device_id,
+            release,
+            reason,
+            ..
+        } => json!({"device": device_id, "release": release, "reason": reason}),
+        EventKind::ChainCompleted { devices } => json!({"devices": devices.len()}),
         kind => serde_json::to_value(kind).unwrap_or_default(),
     };
     Some((kind_name(kind), payload))

@@ -16,6 +16,15 @@ pub struct WaveSpec {
     pub soak_secs: i64,
 }
 
+/// The prerequisite chain of one wave: the releases each of its devices installs, in order,
+/// before the rollout's target (the planner's `after-prerequisites-N` waves).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WaveChain {
+    pub wave: usize,
+    pub releases: Vec<String>,
+}
+
 /// The change-control path a rollout was requested on.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -305,6 +314,38 @@ pub enum EventKind {
     /// left starts (or the rollout completes).
     Continued {
         wave: usize,
+    },
+    /// Prerequisite chains (`super::chain`): each device of these waves installs its wave's
+    /// releases in order, each confirmed before the next, then the target. Recorded once,
+    /// before the first wave.
+    ChainsSet {
+        chains: Vec<WaveChain>,
+    },
+    /// The caller offered these devices (numbers, ascending) the prerequisite `release`, the
+    /// next of their wave's chain.
+    PrerequisiteOffered {
+        devices: Vec<u32>,
+        release: String,
+    },
+    /// The device confirmed the prerequisite `release` (installed, booted, healthy): its next
+    /// step is due.
+    PrerequisiteConfirmed {
+        device: u32,
+        release: String,
+    },
+    /// The prerequisite `release` failed on the device (install failure, revert, refused
+    /// offer, silence): it stops there, and a `Device` event marks it failed for its wave's
+    /// gates. `device_id` names it on the timeline.
+    PrerequisiteFailed {
+        device: u32,
+        device_id: String,
+        release: String,
+        reason: String,
+    },
+    /// Every prerequisite of these devices (numbers, ascending) is confirmed: the caller
+    /// offered them the target.
+    ChainCompleted {
+        devices: Vec<u32>,
     },
 }
 

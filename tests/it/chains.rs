@@ -1,0 +1,523 @@
+//! Prerequisite chains delivered (issue 20): T300 devices whose bootloader or modem is behind
+//! the target's requirements are planned "after prerequisites" with the fixture catalog's
+//! bootloader and modem releases (`fixtures/releases/catalog.json`, signed here with the
+//! workspace's key), and `convoy rollout run --prerequisite-manifest` delivers them over the
+//! embedded broker to `convoy sim`: each device gets its chain's releases in order, each
+//! confirmed before the next, then the target, and ends on the versions they provide. A fault
+//! that fails the bootloader's install on some devices stops them there, counted and named;
+//! the log replays to the same stops. A tampered prerequisite manifest refuses the run.
+
+use convoy::store::Store;
+use convoy_core::fleet::Fleet;
+use convoy_core::rollout::{DeviceState, EventKind, Rollout};
+use convoy_e2e::{
+    Proc, SignedWorkspace, WorkspaceSpec, convoy, convoy_ok, pseudo_random_bytes,
+    start_broker_process, write_hour_cycle_policy,
+};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Mutex;
+
+const SCALE: &str = "2400";
+const BL: &str = "t300-bl-2.0.1";
+const MODEM: &str = "t300-modem-1.3.0";
+const TARGET: &str = "t300-2.5.0";
+/// One rollout at a time (a rollout and its simulated fleet keep two cores busy).
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// A workspace whose target needs `bootloader>=2.0` and a modem of 1.2.0 or 1.3.0 (as the
+/// fixture release t300-fw-2.5.0 does), with the catalog's bootloader and modem releases signed
+/// as `bl.json` and `modem.json`.
+fn workspace() -> SignedWorkspace {
+    let ws = SignedWorkspace::new(&WorkspaceSpec {
+        devices: 160,
+        seed: 11,
+        artifact_bytes: 600_000,
+        version: "2.5.0",
+        counter: 50,
+        hardware: "T300",
+        requires: &["bootloader>=2.0", "modem in 1.2.0,1.3.0"],
+    });
+    let catalog: Vec<Value> = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../fixtures/releases/catalog.json"
+        ))
+        .expect("the fixture catalog"),
+    )
+    .expect("catalog JSON");
+    for (id, out) in [(BL, "bl.json"), (MODEM, "modem.json")] {
+        let spec = catalog
+            .iter()
+            .find(|r| r["id"] == id)
+            .unwrap_or_else(|| panic!("{id} in the fixture catalog"));
+        let artifact = ws.path(&format!("{id}.bin"));
+        std::fs::write(&artifact, pseudo_random_bytes(200_000, 7)).expect("artifact");
+        let text = |v: &Value| v.as_str().map_or_else(|| v.to_string(), str::to_owned);
+        let mut args: Vec<String> = [
+            "release",
+            "create",
+            "--artifact",
+            &artifact,
+            "--id",
+            id,
+            "--version",
+            &text(&spec["version"]),
+            "--counter",
+            &spec["counter"].to_string(),
+            "--hardware",
+            "T300",
+            "--expires",
+            "30d",
+            "--key",
+            &ws.path("key"),
+            "--passphrase-file",
+            &ws.path("pass"),
+            "--out",
+            &ws.path(out),
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        for (component, version) in spec["provides"].as_object().expect("provides") {
+            args.push("--provides".into());
+            args.push(format!("{component}={}", text(version)));
+        }
+        for r in spec["requires"].as_array().expect("requires") {
+            args.push("--requires".into());
+            args.push(text(r));
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        convoy_ok(&args);
+    }
+    write_hour_cycle_policy(
+        ws.path("policy.json"),
+        Some("\"hold_extension_secs\": 1800"),
+    );
+    ws
+}
+
+/// The embedded broker and `convoy sim` (with `faults`, if any) for a workspace.
+struct Rig {
+    url: String,
+    _broker: Proc,
+    _sim: Proc,
+}
+
+fn rig(ws: &SignedWorkspace, faults: Option<&str>) -> Rig {
+    let p = |name: &str| ws.path(name);
+    let (broker, port) = start_broker_process(ws.dir.path());
+    let url = format!("mqtt://127.0.0.1:{port}");
+    let mut sim_args = vec![
+        "sim".to_owned(),
+        "--broker".into(),
+        url.clone(),
+        "--fleet".into(),
+        p("fleet.json"),
+        "--trust".into(),
+        p("trust"),
+        "--time-scale".into(),
+        SCALE.into(),
+        "--duration-secs".into(),
+        "400".into(),
+    ];
+    if let Some(f) = faults {
+        std::fs::write(p("faults.json"), f).expect("faults");
+        sim_args.extend(["--faults".into(), p("faults.json")]);
+    }
+    let sim = Proc::spawn(&sim_args, p("sim.log"));
+    Rig {
+        url,
+        _broker: broker,
+        _sim: sim,
+    }
+}
+
+/// `convoy rollout run` of rollout r1 over `rig`, with the prerequisite manifests when
+/// `prerequisites`, plus `extra` arguments.
+fn rollout_run(
+    ws: &SignedWorkspace,
+    rig: &Rig,
+    prerequisites: bool,
+    extra: &[&str],
+) -> std::process::Output {
+    let p = |name: &str| ws.path(name);
+    let mut args: Vec<String> = [
+        "rollout",
+        "run",
+        "--db",
+        &p("cache.db"),
+        "--broker",
+        &rig.url,
+        "--release",
+        &p("release.json"),
+        "--artifact",
+        &p("fw.img"),
+        "--trust",
+        &p("trust"),
+        "--policy",
+        &p("policy.json"),
+        "--time-scale",
+        SCALE,
+        "--rollout-id",
+        "r1",
+        "--operator",
+        "alice",
+        "--json",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    if prerequisites {
+        for m in ["bl.json", "modem.json"] {
+            args.extend(["--prerequisite-manifest".to_owned(), p(m)]);
+        }
+    }
+    args.extend(extra.iter().map(|a| (*a).to_owned()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    convoy(&args)
+}
+
+fn report_of(ws: &SignedWorkspace, out: &std::process::Output) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "no JSON report ({e}); stderr:\n{}\nsim log:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(ws.path("sim.log")).unwrap_or_default()
+        )
+    })
+}
+
+/// Runs the rollout against `convoy sim` (with `faults`, if any) on the embedded broker;
+/// returns the JSON report.
+fn run(ws: &SignedWorkspace, faults: Option<&str>) -> Value {
+    let rig = rig(ws, faults);
+    let out = rollout_run(ws, &rig, true, &["--max-wall-secs", "240"]);
+    report_of(ws, &out)
+}
+
+/// The releases each device was offered, in order, from its history and the outbox.
+fn offers(store: &Store, device_id: &str) -> Vec<String> {
+    store
+        .device_events(device_id)
+        .expect("device history")
+        .iter()
+        .filter(|e| e.kind == "offer")
+        .filter_map(|e| {
+            let payload: Value = serde_json::from_str(&e.payload).ok()?;
+            let command = store.command(payload["command_id"].as_str()?).ok()??;
+            let body: Value = serde_json::from_str(&command.payload).ok()?;
+            body["action"]["release_id"].as_str().map(str::to_owned)
+        })
+        .collect()
+}
+
+/// What each device of the prerequisite waves needs first, from the fleet before the run:
+/// the bootloader when it is below 2.0, the modem when it is 1.1.x.
+fn chains_needed(
+    ws: &SignedWorkspace,
+    log: &[convoy_core::rollout::RolloutEvent],
+) -> BTreeMap<String, Vec<String>> {
+    let fleet: Fleet =
+        convoy::fleet_io::load_fleet(Path::new(&ws.path("fleet.json"))).expect("fleet");
+    let rollout = Rollout::replay(log.to_vec()).expect("the log replays");
+    let spec = rollout.spec();
+    let mut needed = BTreeMap::new();
+    for (w, wave) in spec.waves.iter().enumerate() {
+        if rollout.wave_chain(w).is_empty() {
+            assert!(
+                !wave.name.starts_with("after-prerequisites"),
+                "{}",
+                wave.name
+            );
+            continue;
+        }
+        for id in &wave.device_ids {
+            let d = fleet.device(id).expect("a fleet device");
+            let mut chain = Vec::new();
+            if d.component("bootloader")
+                .is_some_and(|v| v < "2.0.0".parse().expect("version"))
+            {
+                chain.push(BL.to_owned());
+            }
+            if d.component("modem")
+                .is_some_and(|v| v < "1.2.0".parse().expect("version"))
+            {
+                chain.push(MODEM.to_owned());
+            }
+            assert_eq!(
+                chain,
+                rollout.wave_chain(w),
+                "{id}: the wave's chain is what it needs"
+            );
+            needed.insert(id.clone(), chain);
+        }
+    }
+    needed
+}
+
+#[test]
+fn devices_behind_get_their_prerequisites_in_order_then_the_target() {
+    let _one = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let ws = workspace();
+    let report = run(&ws, None);
+    assert_eq!(report["final_state"], "completed", "{report:#}");
+    let store = Store::open_existing(Path::new(&ws.path("cache.db"))).expect("cache");
+    let log = store.rollout_log("r1").expect("log");
+    let needed = chains_needed(&ws, &log);
+    assert!(
+        needed.values().any(|c| c == &[BL.to_owned()])
+            && needed.values().any(|c| c.contains(&MODEM.to_owned())),
+        "the fleet has devices behind on the bootloader and on the modem: {needed:?}"
+    );
+    let mut per_chain: BTreeMap<String, usize> = BTreeMap::new();
+    for chain in needed.values() {
+        *per_chain.entry(chain.join(" -> ")).or_default() += 1;
+    }
+    eprintln!(
+        "devices per chain: {per_chain:?}; waves: {}",
+        report["waves"]
+    );
+    let fleet = store.load_fleet().expect("fleet after the run");
+    for (id, chain) in &needed {
+        let mut expected = chain.clone();
+        expected.push(TARGET.to_owned());
+        assert_eq!(offers(&store, id), expected, "{id}: offers in chain order");
+        let d = fleet.device(id).expect("device");
+        if chain.contains(&BL.to_owned()) {
+            assert_eq!(
+                d.component("bootloader").map(|v| v.to_string()).as_deref(),
+                Some("2.0.1"),
+                "{id}"
+            );
+        }
+        if chain.contains(&MODEM.to_owned()) {
+            assert_eq!(
+                d.component("modem").map(|v| v.to_string()).as_deref(),
+                Some("1.3.0"),
+                "{id}"
+            );
+        }
+        assert_eq!(
+            d.component("firmware").map(|v| v.to_string()).as_deref(),
+            Some("2.5.0"),
+            "{id}"
+        );
+    }
+    // Devices of the other waves got the target alone.
+    let rollout = Rollout::replay(log.clone()).expect("the log replays");
+    for id in &rollout.state().device_ids {
+        if !needed.contains_key(id) {
+            assert_eq!(offers(&store, id), [TARGET.to_owned()], "{id}");
+        }
+        assert_eq!(rollout.device_state(id), Some(DeviceState::Healthy), "{id}");
+    }
+    // Each step was confirmed before the next was offered, in the log.
+    let mut confirmed_at: BTreeMap<(u32, String), convoy_core::time::Timestamp> = BTreeMap::new();
+    for e in &log {
+        match &e.kind {
+            EventKind::PrerequisiteConfirmed { device, release } => {
+                confirmed_at.insert((*device, release.clone()), e.at);
+            }
+            EventKind::PrerequisiteOffered { devices, release } if release == MODEM => {
+                for d in devices {
+                    let id = &rollout.state().device_ids[*d as usize];
+                    if needed[id].contains(&BL.to_owned()) {
+                        assert!(
+                            confirmed_at.contains_key(&(*d, BL.to_owned())),
+                            "{id}: modem before bootloader confirmed"
+                        );
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    assert!(report.get("prerequisite_stops").is_none(), "{report:#}");
+}
+
+#[test]
+fn a_failing_prerequisite_stops_its_devices_there_counted_and_named() {
+    let _one = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let ws = workspace();
+    // The bootloader's install fails on every T300 of revision B.
+    let report = run(
+        &ws,
+        Some(
+            r#"{"faults": [{"release_version": "2.0.1", "match": {"model": "T300", "hw_rev": "B"}, "effect": "install_failure", "probability": 1.0}]}"#,
+        ),
+    );
+    let store = Store::open_existing(Path::new(&ws.path("cache.db"))).expect("cache");
+    let log = store.rollout_log("r1").expect("log");
+    let needed = chains_needed(&ws, &log);
+    let fleet_before: Fleet =
+        convoy::fleet_io::load_fleet(Path::new(&ws.path("fleet.json"))).expect("fleet");
+    let rollout = Rollout::replay(log).expect("the log replays");
+    // Revision B devices with the bootloader in their chain, in waves that started.
+    let doomed: Vec<&String> = needed
+        .iter()
+        .filter(|(id, chain)| {
+            chain.contains(&BL.to_owned())
+                && fleet_before.device(id).is_some_and(|d| d.hw_rev == "B")
+                && rollout.device_state(id) != Some(DeviceState::Pending)
+        })
+        .map(|(id, _)| id)
+        .collect();
+    assert!(
+        !doomed.is_empty(),
+        "some bootloader-chain devices are revision B: {needed:?}"
+    );
+    let stops = report["prerequisite_stops"]
+        .as_array()
+        .unwrap_or_else(|| panic!("stops in the report: {report:#}"));
+    assert_eq!(stops.len(), 1, "{report:#}");
+    assert_eq!(stops[0]["release"], BL);
+    let named: Vec<&str> = stops[0]["device_ids"]
+        .as_array()
+        .expect("ids")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(named, doomed, "{report:#}");
+    assert_eq!(
+        serde_json::to_value(rollout.prerequisite_stops()).expect("json"),
+        report["prerequisite_stops"]
+    );
+    for id in &doomed {
+        // Stopped there: offered the bootloader only, failed, still on its old bootloader.
+        assert_eq!(offers(&store, id), [BL.to_owned()], "{id}");
+        assert_eq!(rollout.device_state(id), Some(DeviceState::Failed), "{id}");
+    }
+    // Counted as failed devices of their wave, for the gates and the report.
+    let failed: u64 = report["waves"]
+        .as_array()
+        .expect("waves")
+        .iter()
+        .filter(|w| {
+            w["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("after-prerequisites"))
+        })
+        .map(|w| w["failed"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(failed, doomed.len() as u64, "{report:#}");
+    // The wave's gates judged the failures like any others: the install-failure gate
+    // stopped the rollout in that wave, before the next chain wave started.
+    assert_eq!(report["final_state"], "paused", "{report:#}");
+    assert!(
+        report["phase"].to_string().contains("install_failure"),
+        "{}",
+        report["phase"]
+    );
+    // Named on the timeline, with the device's reason.
+    let timeline = store.timeline("r1").expect("timeline");
+    let entries: Vec<&str> = timeline
+        .iter()
+        .filter(|e| e.kind == "prerequisite.failed")
+        .map(|e| e.payload.as_str())
+        .collect();
+    assert_eq!(entries.len(), doomed.len(), "{entries:?}");
+    for id in &doomed {
+        assert!(
+            entries
+                .iter()
+                .any(|p| p.contains(id.as_str()) && p.contains("install failed")),
+            "{id}: {entries:?}"
+        );
+    }
+}
+
+#[test]
+fn a_tampered_prerequisite_manifest_refuses_the_run() {
+    let ws = workspace();
+    let mut manifest: Value =
+        serde_json::from_str(&std::fs::read_to_string(ws.path("bl.json")).expect("bl"))
+            .expect("json");
+    manifest["signed"]["release"]["counter"] = Value::from(99);
+    std::fs::write(ws.path("tampered.json"), manifest.to_string()).expect("write");
+    let out = convoy(&[
+        "rollout",
+        "run",
+        "--db",
+        &ws.path("cache.db"),
+        "--broker",
+        "mqtt://127.0.0.1:9",
+        "--release",
+        &ws.path("release.json"),
+        "--trust",
+        &ws.path("trust"),
+        "--prerequisite-manifest",
+        &ws.path("tampered.json"),
+        "--rollout-id",
+        "r1",
+    ]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("prerequisite manifest") && stderr.contains("tampered.json"),
+        "{stderr}"
+    );
+    let store = Store::open_existing(Path::new(&ws.path("cache.db"))).expect("cache");
+    assert!(
+        store.rollout_log("r1").expect("log").is_empty(),
+        "nothing recorded"
+    );
+}
+
+/// A run that stops before the chains are done resumes them: without the prerequisite
+/// manifests the resume refuses, naming the release; with them it delivers every chain in
+/// order and completes.
+#[test]
+fn a_resumed_rollout_needs_its_prerequisite_manifests_and_finishes_the_chains() {
+    let _one = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let ws = workspace();
+    let rig = rig(&ws, None);
+    let first = report_of(
+        &ws,
+        &rollout_run(&ws, &rig, true, &["--max-wall-secs", "4"]),
+    );
+    assert_eq!(first["final_state"], "timed_out", "{first:#}");
+    let chain_waves = |r: &Value, key: &str| -> u64 {
+        r["waves"]
+            .as_array()
+            .expect("waves")
+            .iter()
+            .filter(|w| {
+                w["name"]
+                    .as_str()
+                    .is_some_and(|n| n.starts_with("after-prerequisites"))
+            })
+            .map(|w| w[key].as_u64().unwrap_or(0))
+            .sum()
+    };
+    assert!(
+        chain_waves(&first, "confirmed") < chain_waves(&first, "devices"),
+        "stopped before the chains were done: {first:#}"
+    );
+    let refused = rollout_run(&ws, &rig, false, &["--resume"]);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("prerequisite release t300-bl-2.0.1 has no verified manifest"),
+        "{stderr}"
+    );
+    let report = report_of(
+        &ws,
+        &rollout_run(&ws, &rig, true, &["--resume", "--max-wall-secs", "240"]),
+    );
+    assert_eq!(report["final_state"], "completed", "{report:#}");
+    let store = Store::open_existing(Path::new(&ws.path("cache.db"))).expect("cache");
+    let log = store.rollout_log("r1").expect("log");
+    let needed = chains_needed(&ws, &log);
+    assert!(!needed.is_empty());
+    for (id, chain) in &needed {
+        let mut expected = chain.clone();
+        expected.push(TARGET.to_owned());
+        assert_eq!(offers(&store, id), expected, "{id}: offers in chain order");
+    }
+}
