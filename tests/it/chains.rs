@@ -262,10 +262,88 @@ fn devices_behind_get_their_prerequisites_in_order_then_the_target() {
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     let ws = workspace();
     let report = run(&ws, None);
+    check_chains_delivered(&ws, &report);
+}
+
+/// The same from a saved plan: `convoy plan --json` with the fixture catalog writes the
+/// prerequisite waves and their chains (`prerequisite_waves`), and `convoy rollout run --plan`
+/// delivers them (before, a saved plan left the devices behind out of the rollout).
+#[test]
+fn a_saved_plan_carries_its_prerequisite_chains_to_the_engine() {
+    let _one = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let ws = workspace();
+    // The catalog's releases whose manifests the run is given (as when the engine plans).
+    let fixture: Vec<Value> = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../fixtures/releases/catalog.json"
+        ))
+        .expect("the fixture catalog"),
+    )
+    .expect("catalog JSON");
+    let signed: Vec<&Value> = fixture
+        .iter()
+        .filter(|r| r["id"] == BL || r["id"] == MODEM)
+        .collect();
+    std::fs::write(
+        ws.path("catalog.json"),
+        serde_json::to_vec(&signed).expect("catalog"),
+    )
+    .expect("catalog file");
+    let catalog = ws.path("catalog.json");
+    // The planner takes the release's spec: the signed manifest's `signed.release`.
+    let manifest: Value = serde_json::from_str(
+        &std::fs::read_to_string(ws.path("release.json")).expect("the manifest"),
+    )
+    .expect("manifest JSON");
+    std::fs::write(
+        ws.path("spec.json"),
+        serde_json::to_vec(&manifest["signed"]["release"]).expect("spec"),
+    )
+    .expect("spec file");
+    let plan = convoy_ok(&[
+        "plan",
+        "--fleet",
+        &ws.path("fleet.json"),
+        "--release",
+        &ws.path("spec.json"),
+        "--catalog",
+        &catalog,
+        "--policy",
+        &ws.path("policy.json"),
+        "--json",
+    ]);
+    let value: Value = serde_json::from_str(&plan).expect("the plan's JSON");
+    let chained = value["prerequisite_waves"]
+        .as_array()
+        .expect("prerequisite_waves");
+    assert!(
+        chained
+            .iter()
+            .any(|w| w["prerequisites"].as_array().is_some_and(|p| !p.is_empty())),
+        "{chained:?}"
+    );
+    std::fs::write(ws.path("plan.json"), &plan).expect("plan file");
+    let rig = rig(&ws, None);
+    let plan_file = ws.path("plan.json");
+    let out = rollout_run(
+        &ws,
+        &rig,
+        true,
+        &["--plan", &plan_file, "--max-wall-secs", "240"],
+    );
+    check_chains_delivered(&ws, &report_of(&ws, &out));
+}
+
+/// Every device behind got its chain in order, each step confirmed before the next, then the
+/// target, and ends on the versions they provide; the others got the target alone.
+fn check_chains_delivered(ws: &SignedWorkspace, report: &Value) {
     assert_eq!(report["final_state"], "completed", "{report:#}");
     let store = Store::open_existing(Path::new(&ws.path("cache.db"))).expect("cache");
     let log = store.rollout_log("r1").expect("log");
-    let needed = chains_needed(&ws, &log);
+    let needed = chains_needed(ws, &log);
     assert!(
         needed.values().any(|c| c == &[BL.to_owned()])
             && needed.values().any(|c| c.contains(&MODEM.to_owned())),

@@ -87,11 +87,56 @@ pub fn plan_json(
             serde_json::to_value(plan.rollout_waves(fleet)).context("serialising the waves")?,
         );
         obj.insert(
+            "prerequisite_waves".into(),
+            serde_json::to_value(prerequisite_waves(plan, fleet))
+                .context("serialising the prerequisite waves")?,
+        );
+        obj.insert(
             "gate_warnings".into(),
             serde_json::to_value(gate_notes).context("serialising warnings")?,
         );
     }
     Ok(value)
+}
+
+/// One of a plan's waves of devices that need prerequisite releases first, as `convoy plan
+/// --json` writes it (`prerequisite_waves`) and `convoy rollout run --plan FILE` reads it: the
+/// wave, and the chain each of its devices installs, in order, before the target.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrerequisiteWave {
+    pub name: String,
+    pub device_ids: Vec<String>,
+    pub soak_secs: i64,
+    pub prerequisites: Vec<String>,
+}
+
+impl PrerequisiteWave {
+    /// The wave as the rollout state machine takes it.
+    pub fn wave(&self) -> convoy_core::rollout::WaveSpec {
+        convoy_core::rollout::WaveSpec {
+            name: self.name.clone(),
+            device_ids: self.device_ids.clone(),
+            soak_secs: self.soak_secs,
+        }
+    }
+}
+
+/// The plan's prerequisite waves (the planner's `after-prerequisites-N`), after its other
+/// waves, as the engine runs them.
+pub fn prerequisite_waves(plan: &Plan, fleet: &convoy_core::fleet::Fleet) -> Vec<PrerequisiteWave> {
+    let (waves, chains) = convoy_core::rollout::chain::waves_with_chains(plan, fleet);
+    chains
+        .into_iter()
+        .filter_map(|c| {
+            waves.get(c.wave).map(|w| PrerequisiteWave {
+                name: w.name.clone(),
+                device_ids: w.device_ids.clone(),
+                soak_secs: w.soak_secs,
+                prerequisites: c.releases,
+            })
+        })
+        .collect()
 }
 
 /// Reads a JSON file strictly (a key twice is refused).

@@ -246,6 +246,19 @@ fn operator_name(arg: Option<&str>) -> String {
 
 /// Waves and gates from a plan file (see [`RunArgs::plan`]).
 pub fn read_plan(path: &Path) -> Result<(Vec<WaveSpec>, Option<GatePolicy>)> {
+    let (waves, _, gates) = read_plan_with_chains(path)?;
+    Ok((waves, gates))
+}
+
+/// [`read_plan`], with the plan's prerequisite waves (`prerequisite_waves`, which `convoy plan
+/// --json` writes) appended after its other waves and their chains.
+pub fn read_plan_with_chains(
+    path: &Path,
+) -> Result<(
+    Vec<WaveSpec>,
+    Vec<convoy_core::rollout::WaveChain>,
+    Option<GatePolicy>,
+)> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut value: serde_json::Value = convoy_core::strict_json::from_str(&text)
@@ -262,12 +275,29 @@ pub fn read_plan(path: &Path) -> Result<(Vec<WaveSpec>, Option<GatePolicy>)> {
                 path.display()
             )
         })?;
-    let waves: Vec<WaveSpec> = serde_json::from_value(waves).with_context(|| {
+    let mut waves: Vec<WaveSpec> = serde_json::from_value(waves).with_context(|| {
         format!(
             "{}: the waves must be [{{\"name\", \"device_ids\", \"soak_secs\"}}]",
             path.display()
         )
     })?;
+    let mut chains = Vec::new();
+    if let Some(extra) = obj.remove("prerequisite_waves") {
+        let extra: Vec<super::plans::PrerequisiteWave> = serde_json::from_value(extra)
+            .with_context(|| {
+                format!(
+                    "{}: the prerequisite waves must be [{{\"name\", \"device_ids\", \"soak_secs\", \"prerequisites\"}}]",
+                    path.display()
+                )
+            })?;
+        for w in extra {
+            waves.push(w.wave());
+            chains.push(convoy_core::rollout::WaveChain {
+                wave: waves.len() - 1,
+                releases: w.prerequisites,
+            });
+        }
+    }
     let gates = match obj.remove("gates") {
         Some(g) => Some(
             serde_json::from_value::<GatePolicy>(g)
@@ -275,7 +305,7 @@ pub fn read_plan(path: &Path) -> Result<(Vec<WaveSpec>, Option<GatePolicy>)> {
         ),
         None => None,
     };
-    Ok((waves, gates))
+    Ok((waves, chains, gates))
 }
 
 /// Everything `convoy rollout run` hands the engine: reads and verifies the release and its
@@ -332,10 +362,12 @@ pub fn engine_options(args: &RunArgs) -> Result<(EngineOptions, EngineControl)> 
         // The log has the waves; planning again could pick other devices.
         Vec::new()
     } else if let Some(path) = &args.plan {
-        let (waves, plan_gates) = read_plan(path)?;
+        let (waves, chains, plan_gates) = read_plan_with_chains(path)?;
         if let Some(g) = plan_gates {
             gates = g;
         }
+        // A chain naming a release without a verified manifest refuses the run (set_chains).
+        prerequisites.chains = chains;
         waves
     } else {
         let store = Store::open_existing(&db)?;

@@ -201,7 +201,8 @@ pub struct Plan {
 impl Plan {
     /// The plan's waves of devices eligible for the release itself, as the rollout state machine
     /// takes them (ids in id order, soak in seconds), in plan order: the canary first.
-    /// Prerequisite waves are left out: each prerequisite release is a rollout of its own.
+    /// Prerequisite waves are left out: `rollout::chain::waves_with_chains` appends them with
+    /// their chains.
     pub fn rollout_waves(&self, fleet: &Fleet) -> Vec<crate::rollout::WaveSpec> {
         self.waves
             .iter()
