@@ -11,6 +11,7 @@ mod dupkeys;
 mod engine;
 mod engine_lease;
 mod fleet;
+mod guard;
 mod flood;
 mod http;
 mod inventory;
