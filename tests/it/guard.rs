@@ -120,10 +120,7 @@ fn check(devices: usize, seeds: &[u64]) {
         );
         for (key, digest) in &got {
             if want[key].as_str() != Some(digest.as_str()) {
-                failures.push(format!(
-                    "{case}: {key} is {digest}, recorded {}",
-                    want[key]
-                ));
+                failures.push(format!("{case}: {key} is {digest}, recorded {}", want[key]));
             }
         }
         assert_eq!(

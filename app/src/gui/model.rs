@@ -656,7 +656,10 @@ mod tests {
         let seen = Timestamp::from_secs(1_800_000_200);
         assert_eq!(ui.fleet.devices[7].last_seen, seen);
         assert_eq!(ui.fleet.devices.get(7).map(|d| d.last_seen), Some(seen));
-        assert_eq!(ui.fleet.devices.iter().nth(7).map(|d| d.last_seen), Some(seen));
+        assert_eq!(
+            ui.fleet.devices.iter().nth(7).map(|d| d.last_seen),
+            Some(seen)
+        );
         // ...and in the fleet handed to the planner, a copy with the change...
         let current = ui.fleet.devices.current();
         assert!(!Arc::ptr_eq(&current, &fleet));

@@ -202,7 +202,10 @@ mod tests {
         assert!(counts.is_some(), "{step}: the counts were not kept");
         let kept = fleet_summary(store).expect("summary");
         let scanned = fleet_summary_by_scans(store).expect("scans");
-        assert_eq!(kept, scanned, "{step}: the kept summary differs from a recount");
+        assert_eq!(
+            kept, scanned,
+            "{step}: the kept summary differs from a recount"
+        );
         assert!(kept.devices > 0, "{step}: an empty fleet proves nothing");
     }
 
@@ -223,14 +226,26 @@ mod tests {
         // A bulk write (2,000 devices) suspends the triggers; the first summary rebuilds.
         let mut f = fleet(2_000, 5);
         store.replace_fleet(&f, None).expect("replace");
-        assert!(read(&store.conn).expect("read").is_none(), "bulk write invalidates");
+        assert!(
+            read(&store.conn).expect("read").is_none(),
+            "bulk write invalidates"
+        );
         assert_rebuilt_equals_recount(&store, "after the bulk write");
-        assert!(read(&store.conn).expect("read").is_some(), "rebuilt and kept");
+        assert!(
+            read(&store.conn).expect("read").is_some(),
+            "rebuilt and kept"
+        );
 
         // Rollout progress: state events for known devices (some twice), other events, and
         // events for devices the cache does not hold.
         let ids: Vec<String> = f.devices.iter().map(|d| d.id.clone()).collect();
-        let kinds = ["offered", "downloading", "installing", "confirmed", "failed"];
+        let kinds = [
+            "offered",
+            "downloading",
+            "installing",
+            "confirmed",
+            "failed",
+        ];
         let mut events = Vec::new();
         for (k, id) in ids.iter().enumerate().step_by(7) {
             events.push(event(id, kinds[k % kinds.len()], k as i64));
@@ -282,10 +297,19 @@ mod tests {
         assert_kept_equals_recount(&store, "after devices were deleted");
 
         // Another bulk write, then more events: rebuilt, then kept again.
-        store.replace_fleet(&fleet(1_500, 6), None).expect("bulk again");
-        assert!(read(&store.conn).expect("read").is_none(), "bulk write invalidates");
+        store
+            .replace_fleet(&fleet(1_500, 6), None)
+            .expect("bulk again");
+        assert!(
+            read(&store.conn).expect("read").is_none(),
+            "bulk write invalidates"
+        );
         assert_rebuilt_equals_recount(&store, "after a second bulk write");
-        let ids: Vec<String> = fleet(1_500, 6).devices.iter().map(|d| d.id.clone()).collect();
+        let ids: Vec<String> = fleet(1_500, 6)
+            .devices
+            .iter()
+            .map(|d| d.id.clone())
+            .collect();
         let events: Vec<_> = ids
             .iter()
             .take(50)
