@@ -5,6 +5,8 @@
 #   tools/bench-fleet.sh            # 1,000,000 devices (the server's summary also at 100,000)
 #   DEVICES=200000 tools/bench-fleet.sh
 #   RUNS=5 tools/bench-fleet.sh     # whole-process runs per command (default 3, best and worst shown)
+#   PART=process tools/bench-fleet.sh     # only the whole processes (PART=inprocess: only bench_million)
+#   BUILD=0 tools/bench-fleet.sh    # use the release binaries already in target/
 #
 # Whole processes (`convoy plan`, `convoy score finding`, `convoy fleet import`) run under
 # `/usr/bin/time -v`: wall, user + system CPU and maximum resident memory. The in-process figures
@@ -17,18 +19,27 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DEVICES=${DEVICES:-1000000}
 RUNS=${RUNS:-3}
+PART=${PART:-all}
 NOW=2026-11-23T00:00:00Z
 
 loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
 
-echo "building (release)..." >&2
-nice -n 10 cargo build --release --locked -p convoy --bin convoy --example bench_million >&2
-BIN=$PWD/target/release/convoy
+if [ "${BUILD:-1}" = 0 ]; then
+  echo "not building (BUILD=0): using the release binaries in target/" >&2
+elif [ "$PART" = process ]; then
+  echo "building (release)..." >&2
+  nice -n 10 cargo build --release --locked -p convoy --bin convoy >&2
+else
+  echo "building (release)..." >&2
+  nice -n 10 cargo build --release --locked -p convoy --bin convoy --example bench_million >&2
+fi
+BIN=${CONVOY_BIN:-$PWD/target/release/convoy}
 BENCH=$PWD/target/release/examples/bench_million
 
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 
+if [ "$PART" != inprocess ]; then
 echo "generating $DEVICES devices..." >&2
 "$BIN" fleet generate --devices "$DEVICES" --seed 1 --now "$NOW" --out "$WORK/fleet.db" >&2
 "$BIN" fleet generate --devices "$DEVICES" --seed 1 --now "$NOW" --out "$WORK/fleet.csv" >&2
@@ -89,6 +100,8 @@ runs '`convoy fleet import` of a CSV into a new cache' bash -c import_once
 echo
 echo "Load average after the processes: $(loadavg)"
 echo
+fi
+[ "$PART" = process ] && exit 0
 
 echo "In-process (bench_million), wall and the process's CPU over the same interval:"
 echo
