@@ -15,9 +15,9 @@
 //!   derive worker answering inside the frame (`DeriveMode::Wait`): from the backend's
 //!   `FleetLoaded` (the fleet already in memory: the cache's load is in the store benchmark) to
 //!   the first frame that shows it; the process's resident memory then, and after the planner's
-//!   and findings' fleet (`ConsoleApp::shared_fleet`) was made; a search + sort, one status
-//!   message, and opening the cohort view, each the frame that carries the change and waits for
-//!   the worker's answer (median of several).
+//!   and findings' fleet (`ConsoleApp::shared_fleet`) was made; a search + sort and one status
+//!   message, each the frames from the change to the worker's answer on screen (median of
+//!   several). Opening the cohort view is measured by `bench_gui`.
 //! - `serve`: the store's fleet summary on a cache holding the fleet: the first after the bulk
 //!   write that stored it (which rebuilds the kept counts), by full scans (the code before),
 //!   and from the kept counts; then `GET /api/v1/fleet` on a real `convoy serve` (median of 5
@@ -314,23 +314,6 @@ fn console(devices: usize) {
         devices,
         median(status),
         "median of 9: the frames until the answer shows, table view",
-    );
-    let cohorts: Vec<(f64, f64)> = (0..5)
-        .map(|_| {
-            app.send(convoy::gui::UiCommand::Show(View::Table));
-            frame(&ctx, &mut app);
-            let ((), w, c) = timed(|| {
-                app.send(convoy::gui::UiCommand::Show(View::Cohorts));
-                until_answer(&ctx, &mut app);
-            });
-            (w, c)
-        })
-        .collect();
-    row(
-        "console: opening the cohort view",
-        devices,
-        median(cohorts),
-        "median of 5: the frames until the summaries show, from the table",
     );
 }
 
