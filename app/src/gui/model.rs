@@ -262,7 +262,7 @@ impl SharedDevices {
             })
     }
 
-    /// Binary search by a key that changes never changes (the id: devices stay sorted by it).
+    /// The index of device `id`: ids never change, so the shared fleet's order holds.
     pub fn binary_search_by_id(&self, id: &str) -> Option<usize> {
         self.base
             .devices
