@@ -13,6 +13,7 @@ mod engine;
 mod engine_lease;
 mod fleet;
 mod flood;
+mod guard;
 mod http;
 mod inventory;
 mod keys;

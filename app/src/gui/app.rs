@@ -535,14 +535,13 @@ impl ConsoleApp {
         &self.backend
     }
 
-    /// The workers' copy of the fleet: made once per load (the one fleet-sized step of the
+    /// The fleet the planner's and findings' workers read: the fleet as loaded, the very one the
+    /// model and the derive worker share (no copy), unless statuses changed devices since the
+    /// load; then a copy with the changes, made once per load (the one fleet-sized step of the
     /// findings and planner views on the UI thread), then shared.
     pub fn shared_fleet(&mut self) -> Option<std::sync::Arc<convoy_core::fleet::Fleet>> {
         if self.shared_fleet.is_none() {
-            self.shared_fleet = self
-                .model
-                .as_ref()
-                .map(|m| std::sync::Arc::new(m.fleet.clone()));
+            self.shared_fleet = self.model.as_ref().map(|m| m.fleet.devices.current());
         }
         self.shared_fleet.clone()
     }
@@ -745,14 +744,15 @@ impl ConsoleApp {
             BackendEvent::Stage(s) => self.stage = s,
             BackendEvent::FleetLoaded { fleet, cache } => {
                 let n = fleet.devices.len();
-                // The worker's replica starts from its own copy. A load is a one-off, not a
-                // data change: the copy is the one fleet-sized step left on the UI thread.
+                // One fleet, shared by the model and the worker's replica (issue 22): neither
+                // copies it; each keeps only the devices that change beside it.
+                let fleet = std::sync::Arc::new(fleet);
                 if let Some(w) = &mut self.derive {
-                    w.send(DeriveRequest::Load(Box::new(fleet.clone())));
+                    w.send(DeriveRequest::Load(std::sync::Arc::clone(&fleet)));
                     self.load_seq = w.sent;
                 }
                 self.sent_query = None;
-                self.model = Some(FleetModel::new(fleet));
+                self.model = Some(FleetModel::shared(fleet));
                 self.state.last_cache = Some(cache.display().to_string());
                 self.cache = Some(cache);
                 // Indices into the old fleet mean nothing now: nothing shows until the worker

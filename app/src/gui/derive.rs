@@ -29,6 +29,7 @@
 
 use convoy_core::fleet::Fleet;
 use convoy_core::time::Timestamp;
+use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender, TryRecvError};
 use std::time::{Duration, Instant};
 
@@ -158,8 +159,9 @@ impl Derived {
 /// One thing the worker must know, in the order the UI saw it.
 #[derive(Debug)]
 pub enum DeriveRequest {
-    /// A new fleet replaces the old; indices into the old one mean nothing now.
-    Load(Box<Fleet>),
+    /// A new fleet replaces the old; indices into the old one mean nothing now. The fleet is
+    /// the UI's own, shared: the worker's replica copies only the devices that change.
+    Load(Arc<Fleet>),
     /// A validated message the UI applied to its model.
     Inbound(Box<Inbound>),
     Query(Query),
@@ -320,7 +322,7 @@ impl Replica {
         }
         match request {
             DeriveRequest::Load(fleet) => {
-                self.model = Some(FleetModel::new(*fleet));
+                self.model = Some(FleetModel::shared(fleet));
                 self.query_changed = true;
             }
             DeriveRequest::Inbound(inbound) => {
@@ -499,7 +501,7 @@ mod tests {
     #[test]
     fn the_worker_answers_with_what_the_ui_thread_would_compute() {
         let mut w = DeriveWorker::spawn(None, Duration::ZERO).expect("thread starts");
-        assert!(w.send(DeriveRequest::Load(Box::new(fleet()))));
+        assert!(w.send(DeriveRequest::Load(Arc::new(fleet()))));
         assert!(w.send(DeriveRequest::Query(query("eu-"))));
         let r = w.wait_result().expect("an answer");
         assert_eq!(r.seen, 2);
@@ -552,7 +554,7 @@ mod tests {
     #[test]
     fn a_zoom_level_or_the_cohort_view_alone_is_answered_from_the_last_result() {
         let mut w = DeriveWorker::spawn(None, Duration::ZERO).expect("thread starts");
-        assert!(w.send(DeriveRequest::Load(Box::new(fleet()))));
+        assert!(w.send(DeriveRequest::Load(Arc::new(fleet()))));
         assert!(w.send(DeriveRequest::Query(query("eu-"))));
         let first = w.wait_result().expect("an answer");
         assert!(first.derived.grid.is_none());
@@ -599,7 +601,7 @@ mod tests {
         // over a while (the worker says nothing when it has nothing to say).
         std::thread::sleep(Duration::from_millis(50));
         assert!(w.try_result().is_none());
-        assert!(w.send(DeriveRequest::Load(Box::new(fleet()))));
+        assert!(w.send(DeriveRequest::Load(Arc::new(fleet()))));
         assert_eq!(w.wait_result().expect("an answer").derived.order.len(), 300);
     }
 
@@ -609,7 +611,7 @@ mod tests {
         let mut w = DeriveWorker::spawn(Some(ctx.clone()), Duration::ZERO).expect("thread starts");
         let fleet = fleet();
         let ids: Vec<String> = fleet.devices.iter().map(|d| d.id.clone()).collect();
-        assert!(w.send(DeriveRequest::Load(Box::new(fleet))));
+        assert!(w.send(DeriveRequest::Load(Arc::new(fleet))));
         let rollout_query = Query {
             color_mode: ColorMode::RolloutState,
             ..query("")

@@ -876,7 +876,7 @@ pub fn findings_ui(
                         )
                         .clicked()
                         && let Some(model) = cx.model
-                        && let Some((lat, lon)) = centre(&model.fleet, affected)
+                        && let Some((lat, lon)) = centre(model.fleet.devices.base(), affected)
                     {
                         commands.push(UiCommand::CreateCohort {
                             name: format!("Affected by {}", finding.id),

@@ -8,6 +8,10 @@
 //! (`gui::derive`) from its own replica, which the app keeps in step by forwarding each change;
 //! nothing fleet-sized is recomputed on the UI thread per frame.
 //!
+//! The fleet as loaded is one immutable `Arc<Fleet>` shared by the UI's model, the worker's
+//! replica, the planner and the scorer ([`SharedDevices`], issue 22); each model keeps only the
+//! devices changed since the load beside it.
+//!
 //! Deliberately not here: writing to the cache (the console reads it; recording status is the
 //! engine's job) and any decision (that is `convoy_core`'s).
 
@@ -15,6 +19,7 @@ use convoy_core::fleet::{Device, Fleet};
 use convoy_core::time::Timestamp;
 use std::collections::VecDeque;
 use std::fmt::Write as _;
+use std::sync::Arc;
 
 use crate::gui::basemap::mercator;
 use crate::link::protocol::{
@@ -207,10 +212,127 @@ pub fn health_class(device: &Device, live: &Live, now: Timestamp) -> u8 {
     }
 }
 
+/// The devices of a [`FleetModel`]: the fleet as loaded, shared (an `Arc`, never copied: the
+/// UI's model, the derive worker's replica, the planner and the scorer all hold the same one),
+/// and the devices this model changed since, each copied once on its first change. Reads see
+/// the changed copy when there is one. Indexed like the `Vec` it replaces, in the same order
+/// (sorted by id; ids never change).
+#[derive(Debug, Clone, Default)]
+pub struct SharedDevices {
+    base: Arc<Fleet>,
+    /// Empty until the first change, then one slot per device.
+    changed: Vec<Option<Box<Device>>>,
+    changed_count: usize,
+}
+
+impl SharedDevices {
+    pub fn new(base: Arc<Fleet>) -> Self {
+        Self {
+            base,
+            changed: Vec::new(),
+            changed_count: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.base.devices.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.base.devices.is_empty()
+    }
+
+    pub fn get(&self, i: usize) -> Option<&Device> {
+        match self.changed.get(i) {
+            Some(Some(d)) => Some(d),
+            _ => self.base.devices.get(i),
+        }
+    }
+
+    /// Every device in order, the changed copy where there is one.
+    pub fn iter(&self) -> impl Iterator<Item = &Device> + '_ {
+        let changed = &self.changed;
+        self.base
+            .devices
+            .iter()
+            .enumerate()
+            .map(move |(i, d)| match changed.get(i) {
+                Some(Some(c)) => c,
+                _ => d,
+            })
+    }
+
+    /// The index of device `id`: ids never change, so the shared fleet's order holds.
+    pub fn binary_search_by_id(&self, id: &str) -> Option<usize> {
+        self.base
+            .devices
+            .binary_search_by(|d| d.id.as_str().cmp(id))
+            .ok()
+    }
+
+    /// Device `i`, to change: copied from the shared fleet on its first change.
+    ///
+    /// # Panics
+    /// When `i` is out of range, as indexing a `Vec` does.
+    pub fn make_mut(&mut self, i: usize) -> &mut Device {
+        if self.changed.is_empty() {
+            self.changed.resize_with(self.base.devices.len(), || None);
+        }
+        let slot = &mut self.changed[i];
+        if slot.is_none() {
+            self.changed_count += 1;
+        }
+        slot.get_or_insert_with(|| Box::new(self.base.devices[i].clone()))
+    }
+
+    /// How many devices this model changed since the load (each one copy of a device).
+    pub fn changed_count(&self) -> usize {
+        self.changed_count
+    }
+
+    /// The fleet as loaded, shared.
+    pub fn base(&self) -> &Arc<Fleet> {
+        &self.base
+    }
+
+    /// The fleet as this model sees it now: the shared one itself while nothing changed (no
+    /// copy), else a copy with the changes applied (fleet-sized: made once, where asked).
+    pub fn current(&self) -> Arc<Fleet> {
+        if self.changed_count == 0 {
+            return Arc::clone(&self.base);
+        }
+        let mut fleet = Fleet::clone(&self.base);
+        for (d, c) in fleet.devices.iter_mut().zip(&self.changed) {
+            if let Some(c) = c {
+                d.clone_from(c);
+            }
+        }
+        Arc::new(fleet)
+    }
+}
+
+impl std::ops::Index<usize> for SharedDevices {
+    type Output = Device;
+
+    fn index(&self, i: usize) -> &Device {
+        match self.changed.get(i) {
+            Some(Some(d)) => d,
+            _ => &self.base.devices[i],
+        }
+    }
+}
+
+/// The fleet a [`FleetModel`] shows: `fleet.devices[i]` reads as it did when this was a
+/// [`Fleet`] of its own.
+#[derive(Debug, Clone, Default)]
+pub struct ModelFleet {
+    pub devices: SharedDevices,
+}
+
 /// The console's fleet: devices sorted by id, with live state and map coordinates alongside.
 #[derive(Debug, Default)]
 pub struct FleetModel {
-    pub fleet: Fleet,
+    pub fleet: ModelFleet,
     pub live: Vec<Live>,
     /// Normalised Web Mercator position of each device (for the map grid).
     pub map_x: Vec<f32>,
@@ -229,6 +351,12 @@ pub struct FleetModel {
 
 impl FleetModel {
     pub fn new(fleet: Fleet) -> Self {
+        Self::shared(Arc::new(fleet))
+    }
+
+    /// The model of a fleet shared with others (the derive worker, the planner): nothing of
+    /// the fleet is copied.
+    pub fn shared(fleet: Arc<Fleet>) -> Self {
         let n = fleet.devices.len();
         let (map_x, map_y) = fleet
             .devices
@@ -239,7 +367,9 @@ impl FleetModel {
             })
             .unzip();
         Self {
-            fleet,
+            fleet: ModelFleet {
+                devices: SharedDevices::new(fleet),
+            },
             live: vec![Live::default(); n],
             map_x,
             map_y,
@@ -258,10 +388,7 @@ impl FleetModel {
 
     /// The index of device `id` (devices are sorted by id).
     pub fn index_of(&self, id: &str) -> Option<usize> {
-        self.fleet
-            .devices
-            .binary_search_by(|d| d.id.as_str().cmp(id))
-            .ok()
+        self.fleet.devices.binary_search_by_id(id)
     }
 
     /// The newest `last_seen` in the fleet: how fresh the cache is.
@@ -286,9 +413,8 @@ impl FleetModel {
     }
 
     fn seen(&mut self, i: usize, ts: Timestamp) {
-        let d = &mut self.fleet.devices[i];
-        if ts > d.last_seen {
-            d.last_seen = ts;
+        if ts > self.fleet.devices[i].last_seen {
+            self.fleet.devices.make_mut(i).last_seen = ts;
         }
         if self.last_message.is_none_or(|t| ts > t) {
             self.last_message = Some(ts);
@@ -300,7 +426,7 @@ impl FleetModel {
         self.seen(i, s.ts);
         let before = self.live[i].update_state;
         {
-            s.apply_to(&mut self.fleet.devices[i]);
+            s.apply_to(self.fleet.devices.make_mut(i));
             if let Some(p) = s.position {
                 let [x, y] = mercator(p.lon, p.lat);
                 self.map_x[i] = x as f32;
@@ -347,7 +473,7 @@ impl FleetModel {
                 )
             }
             TelemetryEvent::Battery { pct } => {
-                self.fleet.devices[i].battery_pct = Some(*pct);
+                self.fleet.devices.make_mut(i).battery_pct = Some(*pct);
                 (format!("battery {pct} %"), None)
             }
             TelemetryEvent::Reconnect { offline_secs, ok } => {
@@ -423,7 +549,7 @@ impl FleetModel {
         rollout: Option<&RolloutMap>,
     ) -> Vec<u8> {
         match mode {
-            ColorMode::RolloutState => rollout_classes(&self.fleet, rollout),
+            ColorMode::RolloutState => rollout_classes(self.fleet.devices.base(), rollout),
             ColorMode::UpdateState => self
                 .live
                 .iter()
@@ -509,6 +635,43 @@ mod tests {
     }
 
     #[test]
+    fn the_fleet_is_shared_and_only_changed_devices_are_copied() {
+        let fleet = Arc::new(generate(&SynthOptions {
+            devices: 50,
+            seed: 3,
+            now: Timestamp::from_secs(1_800_000_000),
+        }));
+        let mut ui = FleetModel::shared(Arc::clone(&fleet));
+        let worker = FleetModel::shared(Arc::clone(&fleet));
+        // Nothing copied: both models and the planner's fleet are the loaded one.
+        assert!(Arc::ptr_eq(ui.fleet.devices.base(), &fleet));
+        assert!(Arc::ptr_eq(&ui.fleet.devices.current(), &fleet));
+        assert_eq!(ui.fleet.devices.changed_count(), 0);
+
+        let before = fleet.devices[7].clone();
+        ui.apply(&status(&before, UpdateState::Downloading, 1_800_000_100));
+        ui.apply(&status(&before, UpdateState::Installing, 1_800_000_200));
+        assert_eq!(ui.fleet.devices.changed_count(), 1);
+        // The change shows through every read of the model...
+        let seen = Timestamp::from_secs(1_800_000_200);
+        assert_eq!(ui.fleet.devices[7].last_seen, seen);
+        assert_eq!(ui.fleet.devices.get(7).map(|d| d.last_seen), Some(seen));
+        assert_eq!(
+            ui.fleet.devices.iter().nth(7).map(|d| d.last_seen),
+            Some(seen)
+        );
+        // ...and in the fleet handed to the planner, a copy with the change...
+        let current = ui.fleet.devices.current();
+        assert!(!Arc::ptr_eq(&current, &fleet));
+        assert_eq!(current.devices[7].last_seen, seen);
+        assert_eq!(current.devices[8], fleet.devices[8]);
+        // ...while the shared fleet and the other model's view of it are untouched.
+        assert_eq!(fleet.devices[7], before);
+        assert_eq!(worker.fleet.devices[7], before);
+        assert_eq!(ui.index_of(&before.id), Some(7));
+    }
+
+    #[test]
     fn status_updates_the_device_and_logs_state_changes() {
         let mut m = model();
         let dev = m.fleet.devices[7].clone();
@@ -552,8 +715,8 @@ mod tests {
             .expect("a device without failed attempts");
         let id = m.fleet.devices[i].id.clone();
         let t0 = 1_800_000_000;
-        m.fleet.devices[i].last_seen = Timestamp::from_secs(t0);
-        m.fleet.devices[i].power = convoy_core::fleet::PowerState::Mains;
+        m.fleet.devices.make_mut(i).last_seen = Timestamp::from_secs(t0);
+        m.fleet.devices.make_mut(i).power = convoy_core::fleet::PowerState::Mains;
         let now = Timestamp::from_secs(t0 + 10);
         assert_eq!(health_class(&m.fleet.devices[i], &m.live[i], now), 0);
         m.apply(&Inbound::Telemetry(Telemetry {

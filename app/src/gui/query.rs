@@ -310,8 +310,13 @@ mod tests {
         let rows = summarise(&m, "model", &classes, &all);
         assert_eq!(rows.iter().map(|r| r.count).sum::<u32>(), 400);
         assert!(rows.windows(2).all(|w| w[0].count >= w[1].count));
-        let expected: std::collections::BTreeMap<String, usize> =
-            m.fleet.count_by("model").into_iter().collect();
+        let expected: std::collections::BTreeMap<String, usize> = m
+            .fleet
+            .devices
+            .base()
+            .count_by("model")
+            .into_iter()
+            .collect();
         for r in &rows {
             assert_eq!(expected[&r.value], r.count as usize, "{}", r.value);
             assert_eq!(r.by_class.iter().sum::<u32>(), r.count);

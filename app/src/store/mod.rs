@@ -33,6 +33,7 @@ pub mod requests;
 pub mod schema;
 pub mod signals;
 pub mod snapshot;
+pub mod summary;
 pub mod telemetry;
 pub mod tokens;
 

@@ -238,7 +238,34 @@ fn counts(store: &Store, sql: &str) -> Result<BTreeMap<String, u64>> {
     Ok(out)
 }
 
+/// The fleet summary: its counts by model, region, firmware and state from the counts the
+/// cache keeps as devices change (`summary.rs`; a few hundred rows, whatever the fleet's size),
+/// or, when those cannot be had, by full scans ([`fleet_summary_by_scans`]).
 pub fn fleet_summary(store: &Store) -> Result<FleetSummary> {
+    let Some(counts) = store.fleet_counts()? else {
+        return fleet_summary_by_scans(store);
+    };
+    let count = |sql: &str| -> Result<u64> {
+        let n: i64 = store.conn.query_row(sql, [], |r| r.get(0))?;
+        Ok(n.max(0) as u64)
+    };
+    Ok(FleetSummary {
+        devices: counts.devices(),
+        depots: count("SELECT count(*) FROM depots")?,
+        by_model: counts.by_model,
+        by_region: counts.by_region,
+        by_firmware: counts.by_firmware,
+        by_state: counts.by_state,
+        rollouts: count("SELECT count(DISTINCT rollout_id) FROM rollout_events")?,
+        outbox_unacked: count("SELECT count(*) FROM outbox WHERE state != 'acked'")?,
+        audit_head: store.audit_head()?,
+    })
+}
+
+/// The fleet summary counted by full scans of the devices (with a subquery into each device's
+/// history for its state): the reference the kept counts are tested against, and the answer
+/// when they cannot be had.
+pub fn fleet_summary_by_scans(store: &Store) -> Result<FleetSummary> {
     let count = |sql: &str| -> Result<u64> {
         let n: i64 = store.conn.query_row(sql, [], |r| r.get(0))?;
         Ok(n.max(0) as u64)

@@ -401,6 +401,136 @@ pub const MIGRATIONS: &[&str] = &[
     ALTER TABLE rollout_plans ADD COLUMN finding_id TEXT;
     CREATE INDEX rollout_plans_finding ON rollout_plans(finding_id) WHERE finding_id IS NOT NULL;
     ",
+    // v13 (issue 22):
+    // the fleet summary of `GET /fleet` kept as devices change instead of counted by full
+    // scans (`summary.rs`). `device_facets` holds each device's model, region, firmware and
+    // state (the newest of `query::DEVICE_STATES` in its history, else `idle`), kept by
+    // triggers on devices, components and device events; `fleet_counts` holds the number of
+    // devices per value, kept by triggers on `device_facets`. While `fleet_counts_state.valid`
+    // is 0 (a fresh cache, an upgraded one, or after a bulk write that suspended the
+    // `_keeps_counts` triggers with the snapshot's) the next summary rebuilds both in one pass.
+    r"
+    CREATE TABLE device_facets (
+        dev      INTEGER PRIMARY KEY,
+        model    TEXT NOT NULL,
+        region   TEXT NOT NULL,
+        firmware TEXT NOT NULL,
+        state    TEXT NOT NULL
+    );
+    CREATE TABLE fleet_counts (
+        dim  TEXT NOT NULL,
+        key  TEXT NOT NULL,
+        n    INTEGER NOT NULL,
+        PRIMARY KEY (dim, key)
+    ) WITHOUT ROWID;
+    CREATE TABLE fleet_counts_state (
+        one   INTEGER PRIMARY KEY CHECK (one = 1),
+        valid INTEGER NOT NULL CHECK (valid IN (0, 1))
+    );
+    INSERT INTO fleet_counts_state(one, valid) VALUES (1, 0);
+
+    CREATE TRIGGER device_facets_insert_counts AFTER INSERT ON device_facets BEGIN
+        INSERT INTO fleet_counts(dim, key, n)
+            VALUES ('model', new.model, 1), ('region', new.region, 1),
+                   ('firmware', new.firmware, 1), ('state', new.state, 1)
+            ON CONFLICT (dim, key) DO UPDATE SET n = n + 1;
+    END;
+    CREATE TRIGGER device_facets_delete_counts AFTER DELETE ON device_facets BEGIN
+        UPDATE fleet_counts SET n = n - 1 WHERE dim = 'model' AND key = old.model;
+        UPDATE fleet_counts SET n = n - 1 WHERE dim = 'region' AND key = old.region;
+        UPDATE fleet_counts SET n = n - 1 WHERE dim = 'firmware' AND key = old.firmware;
+        UPDATE fleet_counts SET n = n - 1 WHERE dim = 'state' AND key = old.state;
+        DELETE FROM fleet_counts WHERE n <= 0;
+    END;
+    CREATE TRIGGER device_facets_update_counts AFTER UPDATE ON device_facets
+        WHEN old.model IS NOT new.model OR old.region IS NOT new.region
+          OR old.firmware IS NOT new.firmware OR old.state IS NOT new.state
+    BEGIN
+        UPDATE fleet_counts SET n = n - 1 WHERE dim = 'model' AND key = old.model;
+        UPDATE fleet_counts SET n = n - 1 WHERE dim = 'region' AND key = old.region;
+        UPDATE fleet_counts SET n = n - 1 WHERE dim = 'firmware' AND key = old.firmware;
+        UPDATE fleet_counts SET n = n - 1 WHERE dim = 'state' AND key = old.state;
+        INSERT INTO fleet_counts(dim, key, n)
+            VALUES ('model', new.model, 1), ('region', new.region, 1),
+                   ('firmware', new.firmware, 1), ('state', new.state, 1)
+            ON CONFLICT (dim, key) DO UPDATE SET n = n + 1;
+        DELETE FROM fleet_counts WHERE n <= 0;
+    END;
+
+    CREATE TRIGGER devices_insert_keeps_counts AFTER INSERT ON devices
+        WHEN (SELECT valid FROM fleet_counts_state)
+    BEGIN
+        INSERT INTO device_facets(dev, model, region, firmware, state) VALUES (
+            new.dev, new.model, new.region,
+            coalesce((SELECT c.version FROM components c
+                      WHERE c.dev = new.dev AND c.name = 'firmware'), 'none'),
+            coalesce((SELECT e.kind FROM device_events e
+                      WHERE e.device_id = new.id AND e.kind IN ('pending', 'offered',
+                        'downloading', 'verified', 'installing', 'rebooting', 'confirmed',
+                        'failed', 'reverted', 'cancelled')
+                      ORDER BY e.seq DESC LIMIT 1), 'idle'));
+    END;
+    CREATE TRIGGER devices_update_keeps_counts AFTER UPDATE ON devices
+        WHEN (SELECT valid FROM fleet_counts_state)
+          AND (old.id IS NOT new.id OR old.model IS NOT new.model
+               OR old.region IS NOT new.region)
+    BEGIN
+        UPDATE device_facets SET model = new.model, region = new.region,
+            state = coalesce((SELECT e.kind FROM device_events e
+                      WHERE e.device_id = new.id AND e.kind IN ('pending', 'offered',
+                        'downloading', 'verified', 'installing', 'rebooting', 'confirmed',
+                        'failed', 'reverted', 'cancelled')
+                      ORDER BY e.seq DESC LIMIT 1), 'idle')
+            WHERE dev = new.dev;
+    END;
+    CREATE TRIGGER devices_delete_keeps_counts AFTER DELETE ON devices
+        WHEN (SELECT valid FROM fleet_counts_state)
+    BEGIN
+        DELETE FROM device_facets WHERE dev = old.dev;
+    END;
+    CREATE TRIGGER components_insert_keeps_counts AFTER INSERT ON components
+        WHEN new.name = 'firmware' AND (SELECT valid FROM fleet_counts_state)
+    BEGIN
+        UPDATE device_facets SET firmware = new.version WHERE dev = new.dev;
+    END;
+    CREATE TRIGGER components_update_keeps_counts AFTER UPDATE ON components
+        WHEN (old.name = 'firmware' OR new.name = 'firmware')
+          AND (SELECT valid FROM fleet_counts_state)
+    BEGIN
+        UPDATE device_facets SET firmware = coalesce((SELECT c.version FROM components c
+                WHERE c.dev = device_facets.dev AND c.name = 'firmware'), 'none')
+            WHERE dev IN (old.dev, new.dev);
+    END;
+    CREATE TRIGGER components_delete_keeps_counts AFTER DELETE ON components
+        WHEN old.name = 'firmware' AND (SELECT valid FROM fleet_counts_state)
+    BEGIN
+        UPDATE device_facets SET firmware = coalesce((SELECT c.version FROM components c
+                WHERE c.dev = old.dev AND c.name = 'firmware'), 'none')
+            WHERE dev = old.dev;
+    END;
+    CREATE TRIGGER device_events_insert_keeps_counts AFTER INSERT ON device_events
+        WHEN new.kind IN ('pending', 'offered', 'downloading', 'verified', 'installing',
+                          'rebooting', 'confirmed', 'failed', 'reverted', 'cancelled')
+          AND (SELECT valid FROM fleet_counts_state)
+    BEGIN
+        UPDATE device_facets SET state = coalesce((SELECT e.kind FROM device_events e
+                WHERE e.device_id = new.device_id AND e.kind IN ('pending', 'offered',
+                  'downloading', 'verified', 'installing', 'rebooting', 'confirmed',
+                  'failed', 'reverted', 'cancelled')
+                ORDER BY e.seq DESC LIMIT 1), 'idle')
+            WHERE dev = (SELECT d.dev FROM devices d WHERE d.id = new.device_id);
+    END;
+    CREATE TRIGGER device_events_delete_keeps_counts AFTER DELETE ON device_events
+        WHEN (SELECT valid FROM fleet_counts_state)
+    BEGIN
+        UPDATE device_facets SET state = coalesce((SELECT e.kind FROM device_events e
+                WHERE e.device_id = old.device_id AND e.kind IN ('pending', 'offered',
+                  'downloading', 'verified', 'installing', 'rebooting', 'confirmed',
+                  'failed', 'reverted', 'cancelled')
+                ORDER BY e.seq DESC LIMIT 1), 'idle')
+            WHERE dev = (SELECT d.dev FROM devices d WHERE d.id = old.device_id);
+    END;
+    ",
 ];
 
 /// The version that gave depots their `time_zone` column.

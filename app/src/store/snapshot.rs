@@ -705,8 +705,9 @@ pub(crate) fn seal_for_tests(mut content: Vec<u8>) -> Vec<u8> {
 /// The staleness triggers, dropped for the length of one bulk write by [`suspend_triggers`].
 pub(crate) struct SuspendedTriggers(Vec<String>);
 
-/// For a bulk write of devices (an import of a million rows): marks the snapshot stale once,
-/// then drops the staleness triggers inside the caller's write transaction, so that they do
+/// For a bulk write of devices (an import of a million rows): marks the snapshot stale once
+/// (and the fleet summary's counts invalid), then drops the staleness triggers (and the
+/// counts' `_keeps_counts` triggers) inside the caller's write transaction, so that they do
 /// not run once per row; [`restore_triggers`] creates them again before the commit. DDL is
 /// transactional and the caller holds the write lock, so no other connection ever sees the
 /// schema without them, and a crash before the commit rolls the drop back.
@@ -716,10 +717,14 @@ pub(crate) fn suspend_triggers(tx: &Connection) -> Result<SuspendedTriggers> {
         [],
     )
     .context("marking the fleet snapshot stale")?;
+    // The fleet summary's counts (`summary.rs`) are kept by triggers too: they are suspended
+    // alike, and the counts rebuilt at the next summary.
+    super::summary::invalidate(tx)?;
     let triggers: Vec<(String, String)> = {
         let mut stmt = tx.prepare(
             "SELECT name, sql FROM sqlite_master
-             WHERE type = 'trigger' AND name LIKE '%\\_stales\\_snapshot' ESCAPE '\\'
+             WHERE type = 'trigger' AND (name LIKE '%\\_stales\\_snapshot' ESCAPE '\\'
+                                         OR name LIKE '%\\_keeps\\_counts' ESCAPE '\\')
              ORDER BY name",
         )?;
         let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;

@@ -40,7 +40,7 @@ pub fn planner_ui(
     ui: &mut egui::Ui,
 ) {
     let mut commands = Vec::new();
-    let fleet = cx.model.map(|m| &m.fleet);
+    let fleet = cx.model.map(|m| &**m.fleet.devices.base());
     egui::ScrollArea::vertical().show(ui, |ui| {
         ui.heading("Planner");
         ui.label(
