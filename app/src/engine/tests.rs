@@ -141,6 +141,9 @@ struct Harness {
     deferred: Vec<String>,
     /// When the gates' evidence first asked for a stop (checked after every inbound message).
     decisive_at: Option<Timestamp>,
+    /// The rollout's replayable log as the cache would hold it, from its `Log` and `Decision`
+    /// writes (the state keeps only what is not written yet).
+    log: Vec<convoy_core::rollout::RolloutEvent>,
 }
 
 impl Harness {
@@ -213,6 +216,7 @@ impl Harness {
             defer_sent: false,
             deferred: Vec::new(),
             decisive_at: None,
+            log: Vec::new(),
         };
         h.drain();
         h
@@ -228,8 +232,11 @@ impl Harness {
         while let Some(write) = self.state.poll_write().expect("the state's own encoding") {
             match write {
                 StoreWrite::Decision {
-                    audit, commands, ..
+                    audit,
+                    commands,
+                    log,
                 } => {
+                    self.write_log(log);
                     let ids: Vec<String> = (0..commands.len())
                         .map(|i| format!("cmd-{}-{i}", self.decisions.len()))
                         .collect();
@@ -242,8 +249,8 @@ impl Harness {
                 }
                 StoreWrite::Audit(e) => self.audits.push((e.action, e.actor)),
                 StoreWrite::Timeline { kind, actor, .. } => self.timeline.push((kind, actor)),
-                StoreWrite::Log { .. }
-                | StoreWrite::DeviceEvents(_)
+                StoreWrite::Log { range } => self.write_log(range),
+                StoreWrite::DeviceEvents(_)
                 | StoreWrite::Acked { .. }
                 | StoreWrite::Sent { .. }
                 | StoreWrite::Devices(_) => {}
@@ -275,6 +282,19 @@ impl Harness {
                 self.drain_writes_only();
             }
         }
+    }
+
+    /// Appends the log's events in `range` to the written log, in order, as the cache's
+    /// sequence numbers would have them, and tells the state.
+    fn write_log(&mut self, range: std::ops::Range<usize>) {
+        assert_eq!(range.start, self.log.len(), "the log is written in order");
+        let events = self
+            .state
+            .rollout()
+            .logged(range.clone())
+            .expect("the events to write are still in memory");
+        self.log.extend_from_slice(events);
+        self.state.log_written(range.end);
     }
 
     /// The `Sent` writes that reporting a batch gives.
@@ -753,7 +773,7 @@ fn paced_offers_keep_the_rate_stop_while_paused_and_continue_the_ramp() {
     );
     // Offer decisions by minute: none above the rate in force, none while paused, and the
     // first minute after the resume offers at the ramp's rate, not back at 2.
-    let log = h.state.rollout().events();
+    let log = &h.log;
     let mut offered = 0u64;
     let mut first_after_resume = None;
     for e in log {
@@ -802,4 +822,61 @@ fn paced_offers_keep_the_rate_stop_while_paused_and_continue_the_ramp() {
             assert_eq!(Some(v), b.get(k), "{k} differs after replay");
         }
     }
+}
+
+/// Issue 19: a rollout held after its gates stopped it (the demo's rolled-back canary) keeps
+/// folding its devices' telemetry, an event per closed health window; the engine writes each to
+/// the cache's log and keeps in memory only what is not written yet, and the written log still
+/// replays to the live state.
+#[test]
+fn a_held_rollout_keeps_only_its_unwritten_events_in_memory_and_its_written_log_replays() {
+    let mut h = Harness::new(CRASH_LOOP_ON_C);
+    h.hold = true;
+    let until = h.now.plus_secs(2 * 86_400);
+    let mut most_kept = 0;
+    while h.now < until {
+        h.step();
+        assert_eq!(h.state.poll_end(h.now, h.hold), None, "held, not ended");
+        most_kept = most_kept.max(h.state.rollout().events().len());
+    }
+    assert!(
+        matches!(
+            h.state.rollout().phase(),
+            Phase::Paused {
+                rolled_back: true,
+                ..
+            }
+        ),
+        "{:?}",
+        h.state.rollout().phase()
+    );
+    let rollout = h.state.rollout();
+    let windows = h
+        .log
+        .iter()
+        .filter(|e| matches!(e.kind, convoy_core::rollout::EventKind::Telemetry { .. }))
+        .count();
+    assert!(
+        windows > 5_000,
+        "thousands of health windows closed: {windows}"
+    );
+    assert_eq!(h.log.len(), rollout.event_count(), "every event written");
+    assert!(
+        most_kept <= 500,
+        "at most {most_kept} of {} events kept in memory at once",
+        rollout.event_count()
+    );
+    assert_eq!(
+        rollout.first_kept_event() + rollout.events().len(),
+        rollout.event_count()
+    );
+    let replayed = Rollout::replay(h.log.clone()).expect("the written log replays");
+    let a = serde_json::to_value(replayed.state()).expect("json");
+    let b = serde_json::to_value(rollout.state()).expect("json");
+    for (k, v) in a.as_object().expect("object") {
+        if k != "silence_queue" {
+            assert_eq!(Some(v), b.get(k), "{k} differs after replay");
+        }
+    }
+    assert_eq!(replayed.offer_schedule(), rollout.offer_schedule());
 }
