@@ -812,7 +812,7 @@ fn paced_offers_keep_the_rate_stop_while_paused_and_continue_the_ramp() {
         "{:?}",
         h.timeline
     );
-    let replayed = Rollout::replay(log.to_vec()).expect("replays");
+    let replayed = Rollout::replay(log.clone()).expect("replays");
     let a = serde_json::to_value(replayed.state()).expect("json");
     let b = serde_json::to_value(h.state.rollout().state()).expect("json");
     // All but the silence deadlines, a queue with lazy deletion that a live rollout also

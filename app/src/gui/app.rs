@@ -1496,7 +1496,9 @@ impl StatusAges {
             self.newest_report, self.last_message
         );
         if let Some(tag) = self.clock_tag {
-            text.push_str(&format!(" ({tag})"));
+            text.push_str(" (");
+            text.push_str(tag);
+            text.push(')');
         }
         text
     }
@@ -1581,7 +1583,10 @@ mod tests {
         assert_eq!(ages.newest_report, "2 min ago");
         assert_eq!(ages.last_message, "5 s ago");
         assert_eq!(ages.clock_tag, Some("on the simulated clock"));
-        assert!(ages.text().ends_with("(on the simulated clock)"), "{ages:?}");
+        assert!(
+            ages.text().ends_with("(on the simulated clock)"),
+            "{ages:?}"
+        );
         assert!(ages.clock_words.contains("60x"), "{ages:?}");
         // A fleet on the screen's clock: ages on it, nothing more said after them.
         let ages = StatusAges::new(

@@ -856,10 +856,7 @@ impl Placer {
     /// Where a disc at `p` of radius `r` is drawn: at `p` if that is clear, else on a ring
     /// around the largest disc in the way (further rings if the first is full).
     pub(crate) fn place(&mut self, p: Pos2, r: f32) -> Pos2 {
-        let Some((c, s)) = self
-            .in_the_way(p, r)
-            .max_by(|a, b| a.1.total_cmp(&b.1))
-        else {
+        let Some((c, s)) = self.in_the_way(p, r).max_by(|a, b| a.1.total_cmp(&b.1)) else {
             self.add(p, r);
             return p;
         };
