@@ -122,6 +122,49 @@ fn a_status_from_the_link_reaches_the_table_and_the_event_log() {
     h.get_by_label_contains("reverted (t300-fw-2.5.0): crash loop in health window");
 }
 
+/// Issue 19: reports from devices whose clock runs ahead of the screen's (the demo's 60x
+/// simulated fleet) are aged on the devices' clock in the status bar, and the bar says so; a
+/// report on the screen's clock is aged on it with nothing more said.
+#[test]
+fn the_status_bar_ages_reports_on_one_clock_and_says_which() {
+    let (mut h, feed, fleet) = harness();
+    let status = |i: usize, ts: i64| {
+        let d = &fleet.devices[i];
+        BackendEvent::Inbound(Inbound::Status(DeviceStatus {
+            v: 1,
+            device_id: d.id.clone(),
+            ts: Timestamp::from_secs(ts),
+            active_slot: d.active_slot,
+            components: d.components.clone(),
+            update: UpdateStatus {
+                state: UpdateState::Idle,
+                release_id: None,
+                command_id: None,
+                progress_pct: None,
+                reason: None,
+            },
+            battery_pct: d.battery_pct,
+            power: d.power,
+            connectivity: d.connectivity,
+            metered: d.metered,
+            free_storage_bytes: d.free_storage_bytes,
+            position: Some(d.position),
+        }))
+    };
+    assert!(feed.send(status(7, NOW.secs() - 30)));
+    settle(&mut h);
+    h.get_by_label_contains("last message 30 s ago");
+    assert!(
+        h.query_by_label_contains("clock)").is_none(),
+        "nothing said of the clock when it is the screen's"
+    );
+    // Three hours ahead of the screen: before, "0 s ago" on the screen's clock, unsaid.
+    assert!(feed.send(status(8, NOW.secs() + 3 * 3600 - 150)));
+    assert!(feed.send(status(9, NOW.secs() + 3 * 3600)));
+    settle(&mut h);
+    h.get_by_label_contains("last message 0 s ago (on the devices' clock)");
+}
+
 #[test]
 fn the_war_room_is_read_only_and_leaves_with_escape() {
     let (mut h, _feed, _) = harness();

@@ -303,6 +303,21 @@ impl ScaledClock {
     }
 }
 
+/// The rollout's events in `range`, which the state keeps until [`EngineState::log_written`].
+fn logged<'a>(
+    state: &'a EngineState,
+    range: &std::ops::Range<usize>,
+) -> Result<&'a [convoy_core::rollout::RolloutEvent]> {
+    state.rollout().logged(range.clone()).with_context(|| {
+        format!(
+            "the rollout's log events {}..{} are no longer in memory (kept from {})",
+            range.start,
+            range.end,
+            state.rollout().first_kept_event()
+        )
+    })
+}
+
 /// The I/O side of a run: the cache, the clock and the sender, around the driver state.
 struct Shell {
     store: Store,
@@ -342,12 +357,10 @@ impl Shell {
                         .append_event(&rollout_id, at, &kind, &actor, &payload)?;
                 }
                 StoreWrite::Log { range } => {
-                    let first_seq = range.start;
-                    self.store.append_rollout_log(
-                        &rollout_id,
-                        first_seq,
-                        &self.state.rollout().events()[range],
-                    )?;
+                    let events = logged(&self.state, &range)?;
+                    self.store
+                        .append_rollout_log(&rollout_id, range.start, events)?;
+                    self.state.log_written(range.end);
                 }
                 StoreWrite::Decision {
                     audit,
@@ -360,9 +373,10 @@ impl Shell {
                         Some(crate::store::outbox::RolloutLogAppend {
                             rollout_id: &rollout_id,
                             first_seq: log.start,
-                            events: &self.state.rollout().events()[log],
+                            events: logged(&self.state, &log)?,
                         }),
                     )?;
+                    self.state.log_written(log.end);
                     let wall = self.wall();
                     self.state.handle_committed(decision.command_ids, wall);
                 }

@@ -80,6 +80,8 @@ impl Pacing {
             .collect();
         // A resumed run: the ramp counts every device offered so far, the hour's budget the
         // offers already made in this clock hour.
+        // This runs as the run starts, before the engine lets any of the log go from memory
+        // (`EngineState::log_written`), so the log read here is the whole replayed one.
         let s = rollout.state();
         let offered = s
             .devices

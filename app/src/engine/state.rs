@@ -140,7 +140,8 @@ pub enum StoreWrite {
         payload: serde_json::Value,
     },
     /// The rollout's core events in `range` go to its replayable log
-    /// (`Store::append_rollout_log`, read them from [`EngineState::rollout`]).
+    /// (`Store::append_rollout_log`; read them with `rollout().logged(range)`, then tell
+    /// [`EngineState::log_written`]).
     Log { range: Range<usize> },
     /// A decision: its audit entry, its outbox commands and the log events in `log` that led
     /// to it, in one transaction (`Store::commit_decision_logged`). The shell hands the command
@@ -247,8 +248,10 @@ pub struct EngineState {
     /// Who the decisions being carried out are by: the engine, or the operator whose command
     /// is being applied.
     actor: String,
-    /// Core events already written to the replayable log.
+    /// Core events already handed to the shell for the replayable log.
     logged_events: usize,
+    /// Core events the shell has written to the replayable log ([`EngineState::log_written`]).
+    written_events: usize,
     counts: LinkCounts,
     rejections: RejectionStats,
     gate_decisions: Vec<GateDecision>,
@@ -306,6 +309,7 @@ impl EngineState {
             lost_recorded: None,
             actor: ENGINE_ACTOR.to_owned(),
             logged_events: 0,
+            written_events: 0,
             counts: LinkCounts::default(),
             rejections: RejectionStats::new(64),
             gate_decisions: Vec::new(),
@@ -371,7 +375,7 @@ impl EngineState {
                         pending,
                     } => {
                         // The log events up to this decision travel in its transaction.
-                        let log = self.logged_events..self.rollout.events().len();
+                        let log = self.logged_events..self.rollout.event_count();
                         self.logged_events = log.end;
                         self.committing = Some(pending);
                         StoreWrite::Decision {
@@ -715,6 +719,15 @@ impl EngineState {
     /// The decision last given by [`EngineState::poll_write`] is committed, its commands
     /// numbered `command_ids` in order: they may now go to their devices. `wall` is the time
     /// since the run began, when they are queued for the sender.
+    /// The shell has written the rollout's log up to index `end` (a [`StoreWrite::Log`] or a
+    /// [`StoreWrite::Decision`]): the events both written and processed here leave memory, so
+    /// the in-memory log stays as short as the writes behind it, however long the rollout runs.
+    pub fn log_written(&mut self, end: usize) {
+        self.written_events = self.written_events.max(end);
+        self.rollout
+            .forget_events_before(self.written_events.min(self.persisted_events));
+    }
+
     pub fn handle_committed(&mut self, command_ids: Vec<String>, wall: Duration) {
         self.last_wall = self.last_wall.max(wall);
         let Some(PendingDecision {
@@ -918,8 +931,9 @@ impl EngineState {
         commands: Vec<QueuedCommand>,
         by: &str,
     ) -> Result<()> {
-        self.persisted_events = self.rollout.events().len();
-        self.logged_events = self.rollout.events().len();
+        self.persisted_events = self.rollout.event_count();
+        self.logged_events = self.rollout.event_count();
+        self.written_events = self.rollout.event_count();
         for e in self.rollout.events() {
             match &e.kind {
                 EventKind::GateChecked { outcome, .. } if *outcome == GateOutcome::Continue => {
@@ -946,6 +960,8 @@ impl EngineState {
                 _ => {}
             }
         }
+        // The replayed log is the cache's already.
+        self.rollout.forget_events_before(self.written_events);
         let mut adopted = 0usize;
         let mut unreadable = 0usize;
         for c in commands {
@@ -1027,12 +1043,12 @@ impl EngineState {
         }
         self.notes.push(format!(
             "{now}: resumed from the cache: {} logged event(s) replayed, {adopted} unacknowledged command(s) to resend",
-            self.rollout.events().len()
+            self.rollout.event_count()
         ));
         let payload = serde_json::json!({
             "rollout": self.config.rollout_id,
             "phase": self.rollout.phase(),
-            "events_replayed": self.rollout.events().len(),
+            "events_replayed": self.rollout.event_count(),
             "commands_resent": adopted,
         });
         self.ready.push_back(Output::Write(StoreWrite::Timeline {
@@ -1446,11 +1462,15 @@ impl EngineState {
     /// timeline, device state changes to each device's history. Raw telemetry stays out of the
     /// timeline.
     fn persist_events(&mut self) {
-        let log = self.logged_events..self.rollout.events().len();
+        let log = self.logged_events..self.rollout.event_count();
         self.logged_events = log.end;
         self.ready
             .push_back(Output::Write(StoreWrite::Log { range: log }));
-        let events: Vec<RolloutEvent> = self.rollout.events()[self.persisted_events..].to_vec();
+        let events: Vec<RolloutEvent> = self
+            .rollout
+            .logged(self.persisted_events..self.rollout.event_count())
+            .map(<[RolloutEvent]>::to_vec)
+            .unwrap_or_default();
         self.persisted_events += events.len();
         for e in events {
             // The engine's own bookkeeping: device histories and the gate decisions of its

@@ -170,6 +170,9 @@ struct Harness {
     deferred: Vec<String>,
     /// When the gates' evidence first asked for a stop (checked after every inbound message).
     decisive_at: Option<Timestamp>,
+    /// The rollout's replayable log as the cache would hold it, from its `Log` and `Decision`
+    /// writes (the state keeps only what is not written yet).
+    log: Vec<convoy_core::rollout::RolloutEvent>,
 }
 
 impl Harness {
@@ -266,6 +269,7 @@ impl Harness {
             defer_sent: false,
             deferred: Vec::new(),
             decisive_at: None,
+            log: Vec::new(),
         };
         h.drain();
         h
@@ -281,8 +285,11 @@ impl Harness {
         while let Some(write) = self.state.poll_write().expect("the state's own encoding") {
             match write {
                 StoreWrite::Decision {
-                    audit, commands, ..
+                    audit,
+                    commands,
+                    log,
                 } => {
+                    self.write_log(log);
                     let ids: Vec<String> = (0..commands.len())
                         .map(|i| format!("cmd-{}-{i}", self.decisions.len()))
                         .collect();
@@ -295,8 +302,8 @@ impl Harness {
                 }
                 StoreWrite::Audit(e) => self.audits.push((e.action, e.actor)),
                 StoreWrite::Timeline { kind, actor, .. } => self.timeline.push((kind, actor)),
-                StoreWrite::Log { .. }
-                | StoreWrite::DeviceEvents(_)
+                StoreWrite::Log { range } => self.write_log(range),
+                StoreWrite::DeviceEvents(_)
                 | StoreWrite::Acked { .. }
                 | StoreWrite::Sent { .. }
                 | StoreWrite::Devices(_) => {}
@@ -328,6 +335,19 @@ impl Harness {
                 self.drain_writes_only();
             }
         }
+    }
+
+    /// Appends the log's events in `range` to the written log, in order, as the cache's
+    /// sequence numbers would have them, and tells the state.
+    fn write_log(&mut self, range: std::ops::Range<usize>) {
+        assert_eq!(range.start, self.log.len(), "the log is written in order");
+        let events = self
+            .state
+            .rollout()
+            .logged(range.clone())
+            .expect("the events to write are still in memory");
+        self.log.extend_from_slice(events);
+        self.state.log_written(range.end);
     }
 
     /// The `Sent` writes that reporting a batch gives.
@@ -854,7 +874,7 @@ fn paced_offers_keep_the_rate_stop_while_paused_and_continue_the_ramp() {
     );
     // Offer decisions by minute: none above the rate in force, none while paused, and the
     // first minute after the resume offers at the ramp's rate, not back at 2.
-    let log = h.state.rollout().events();
+    let log = &h.log;
     let mut offered = 0u64;
     let mut first_after_resume = None;
     for e in log {
@@ -893,7 +913,7 @@ fn paced_offers_keep_the_rate_stop_while_paused_and_continue_the_ramp() {
         "{:?}",
         h.timeline
     );
-    let replayed = Rollout::replay(log.to_vec()).expect("replays");
+    let replayed = Rollout::replay(log.clone()).expect("replays");
     let a = serde_json::to_value(replayed.state()).expect("json");
     let b = serde_json::to_value(h.state.rollout().state()).expect("json");
     // All but the silence deadlines, a queue with lazy deletion that a live rollout also
@@ -921,9 +941,7 @@ fn a_chain_wave_gets_its_prerequisite_confirmed_before_the_target_even_across_a_
     });
     // Pause as soon as a first confirmation comes in.
     h.run_until(86_400, |h| {
-        h.state
-            .rollout()
-            .events()
+        h.log
             .iter()
             .any(|e| matches!(e.kind, EventKind::PrerequisiteConfirmed { .. }))
     });
@@ -963,7 +981,7 @@ fn a_chain_wave_gets_its_prerequisite_confirmed_before_the_target_even_across_a_
     let r = h.state.rollout();
     let wave = &r.spec().waves[2];
     let mut confirmed: std::collections::BTreeSet<u32> = std::collections::BTreeSet::new();
-    for e in r.events() {
+    for e in &h.log {
         match &e.kind {
             EventKind::PrerequisiteConfirmed { device, .. } => {
                 confirmed.insert(*device);
@@ -990,7 +1008,7 @@ fn a_chain_wave_gets_its_prerequisite_confirmed_before_the_target_even_across_a_
         assert_eq!(d.component("firmware"), Some(Version::new(2, 5, 0)), "{id}");
     }
     assert!(r.prerequisite_stops().is_empty());
-    let replayed = Rollout::replay(r.events().to_vec()).expect("replay");
+    let replayed = Rollout::replay(h.log.clone()).expect("replay");
     assert_eq!(replayed.state().chain, r.state().chain);
     assert_eq!(
         h.decisions
@@ -1030,4 +1048,61 @@ fn a_failing_prerequisite_stops_its_devices_on_the_virtual_clock() {
         .final_report(end.unwrap_or(FinalState::Stopped), h.now, h.wall(), 0, None);
     assert_eq!(report.prerequisite_stops, stops);
     assert!(h.timeline.iter().any(|(k, _)| k == "prerequisite.failed"));
+}
+
+/// Issue 19: a rollout held after its gates stopped it (the demo's rolled-back canary) keeps
+/// folding its devices' telemetry, an event per closed health window; the engine writes each to
+/// the cache's log and keeps in memory only what is not written yet, and the written log still
+/// replays to the live state.
+#[test]
+fn a_held_rollout_keeps_only_its_unwritten_events_in_memory_and_its_written_log_replays() {
+    let mut h = Harness::new(CRASH_LOOP_ON_C);
+    h.hold = true;
+    let until = h.now.plus_secs(2 * 86_400);
+    let mut most_kept = 0;
+    while h.now < until {
+        h.step();
+        assert_eq!(h.state.poll_end(h.now, h.hold), None, "held, not ended");
+        most_kept = most_kept.max(h.state.rollout().events().len());
+    }
+    assert!(
+        matches!(
+            h.state.rollout().phase(),
+            Phase::Paused {
+                rolled_back: true,
+                ..
+            }
+        ),
+        "{:?}",
+        h.state.rollout().phase()
+    );
+    let rollout = h.state.rollout();
+    let windows = h
+        .log
+        .iter()
+        .filter(|e| matches!(e.kind, convoy_core::rollout::EventKind::Telemetry { .. }))
+        .count();
+    assert!(
+        windows > 5_000,
+        "thousands of health windows closed: {windows}"
+    );
+    assert_eq!(h.log.len(), rollout.event_count(), "every event written");
+    assert!(
+        most_kept <= 500,
+        "at most {most_kept} of {} events kept in memory at once",
+        rollout.event_count()
+    );
+    assert_eq!(
+        rollout.first_kept_event() + rollout.events().len(),
+        rollout.event_count()
+    );
+    let replayed = Rollout::replay(h.log.clone()).expect("the written log replays");
+    let a = serde_json::to_value(replayed.state()).expect("json");
+    let b = serde_json::to_value(rollout.state()).expect("json");
+    for (k, v) in a.as_object().expect("object") {
+        if k != "silence_queue" {
+            assert_eq!(Some(v), b.get(k), "{k} differs after replay");
+        }
+    }
+    assert_eq!(replayed.offer_schedule(), rollout.offer_schedule());
 }

@@ -1350,21 +1350,20 @@ impl ConsoleApp {
             .on_hover_text("Commands in the cache's outbox not yet acknowledged by their device");
             ui.separator();
             if let Some(model) = &self.model {
-                let fresh = self
-                    .derived
-                    .newest_last_seen
-                    .map_or("never".to_owned(), |t| age(now.secs_since(t)));
-                let last = model
-                    .last_message
-                    .map_or("none yet".to_owned(), |t| age(now.secs_since(t)));
-                ui.label(format!(
-                    "Cache: newest report {fresh} · last message {last}"
-                ))
-                .on_hover_text(
-                    self.cache
-                        .as_ref()
-                        .map_or(String::new(), |p| p.display().to_string()),
+                let ages = StatusAges::new(
+                    now,
+                    self.clock == Clock::System,
+                    self.derived.newest_last_seen,
+                    model.last_message,
+                    self.rollouts.as_ref().and_then(|b| b.as_ref().ok()),
+                    crate::alerts::deliver::wall_ms(),
                 );
+                let cache = self
+                    .cache
+                    .as_ref()
+                    .map_or(String::new(), |p| p.display().to_string());
+                ui.label(ages.text())
+                    .on_hover_text(format!("{}\n{cache}", ages.clock_words));
                 ui.separator();
                 ui.label(format!(
                     "{} messages · {} rejected",
@@ -1444,6 +1443,67 @@ impl ConsoleApp {
     }
 }
 
+/// The status bar's ages of the cache, on one clock: the devices' own when it runs ahead of the
+/// screen's (the demo's 60x simulated fleet), as the device view and the war room age them
+/// (issue 19: the status bar aged simulated reports on the screen's clock, "0 s ago").
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StatusAges {
+    /// The newest device report's age.
+    pub newest_report: String,
+    /// The last message's age.
+    pub last_message: String,
+    /// Which clock, in words (the status bar's hover).
+    pub clock_words: String,
+    /// Which clock, in a few words after the ages, when it is not the screen's.
+    pub clock_tag: Option<&'static str>,
+}
+
+impl StatusAges {
+    pub fn new(
+        screen_now: Timestamp,
+        clock_runs: bool,
+        newest_report: Option<Timestamp>,
+        last_message: Option<Timestamp>,
+        board: Option<&crate::gui::backend::RolloutBoard>,
+        wall_ms: i64,
+    ) -> Self {
+        let (now, clock_words) = crate::gui::warroom::fleet_now(
+            screen_now,
+            clock_runs,
+            last_message.max(newest_report),
+            board,
+            wall_ms,
+        );
+        let clock_tag = (now != screen_now).then(|| {
+            if clock_words.contains("simulated clock") {
+                "on the simulated clock"
+            } else {
+                "on the devices' clock"
+            }
+        });
+        Self {
+            newest_report: newest_report.map_or("never".to_owned(), |t| age(now.secs_since(t))),
+            last_message: last_message.map_or("none yet".to_owned(), |t| age(now.secs_since(t))),
+            clock_words,
+            clock_tag,
+        }
+    }
+
+    /// "Cache: newest report 2 min ago · last message 0 s ago (on the simulated clock)".
+    pub fn text(&self) -> String {
+        let mut text = format!(
+            "Cache: newest report {} · last message {}",
+            self.newest_report, self.last_message
+        );
+        if let Some(tag) = self.clock_tag {
+            text.push_str(" (");
+            text.push_str(tag);
+            text.push(')');
+        }
+        text
+    }
+}
+
 /// The id of the search field (Ctrl+F focuses it).
 pub const SEARCH_ID: &str = "fleet-search";
 
@@ -1490,6 +1550,59 @@ impl eframe::App for ConsoleApp {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 19: the demo's reports are on its 60x simulated clock, far ahead of the screen's;
+    /// the status bar ages them on that clock and says so, as the device view does.
+    #[test]
+    fn the_status_bar_ages_a_simulated_fleet_on_its_own_clock_and_says_so() {
+        let wall_ms = 1_800_000_000_000;
+        let screen = Timestamp::from_secs(wall_ms / 1000);
+        // The demo's simulated clock began at the wall time of its start, 10 minutes ago.
+        let start = screen.plus_secs(-600);
+        let mut board = crate::gui::backend::RolloutBoard::default();
+        board.clocks.insert(
+            "demo".into(),
+            crate::store::events::RunClock {
+                rollout_id: "demo".into(),
+                release_id: "t300-fw-2.5.0".into(),
+                clock_start: start,
+                // 10 wall minutes ago at 60x: the simulated clock reads start + 10 h.
+                wall_began_ms: wall_ms - 600_000,
+                time_scale: 60.0,
+            },
+        );
+        let sim_now = start.plus_secs(36_000);
+        let ages = StatusAges::new(
+            screen,
+            true,
+            Some(sim_now.plus_secs(-150)),
+            Some(sim_now.plus_secs(-5)),
+            Some(&board),
+            wall_ms,
+        );
+        assert_eq!(ages.newest_report, "2 min ago");
+        assert_eq!(ages.last_message, "5 s ago");
+        assert_eq!(ages.clock_tag, Some("on the simulated clock"));
+        assert!(
+            ages.text().ends_with("(on the simulated clock)"),
+            "{ages:?}"
+        );
+        assert!(ages.clock_words.contains("60x"), "{ages:?}");
+        // A fleet on the screen's clock: ages on it, nothing more said after them.
+        let ages = StatusAges::new(
+            screen,
+            true,
+            Some(screen.plus_secs(-600)),
+            Some(screen.plus_secs(-12)),
+            Some(&board),
+            wall_ms,
+        );
+        assert_eq!(
+            ages.text(),
+            "Cache: newest report 10 min ago · last message 12 s ago"
+        );
+        assert!(ages.clock_words.contains("this screen's clock"), "{ages:?}");
+    }
 
     #[test]
     fn ages_read_naturally() {

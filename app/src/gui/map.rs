@@ -587,12 +587,25 @@ pub fn map_ui(map: &mut MapState, cx: &ViewContext<'_>, out: &mut Commands, ui: 
                 std::cmp::Reverse(cell.count),
             )
         });
+        // Nothing drawn overlaps what was drawn before it: a cluster that would is moved onto a
+        // ring around the one in its way, and a few vehicles under a cluster become a small
+        // cluster of their own there, each with a leader line to where they are.
+        let mut placer = Placer::default();
+        let leader = Stroke::new(1.5, text_color.gamma_multiply(0.7));
         for cell in visible {
-            if cell.count <= tokens::MARKERS_PER_CELL {
+            let small = cell.count <= tokens::MARKERS_PER_CELL;
+            let under = small
+                && grid.members(cell).iter().any(|&i| {
+                    let d = &model.fleet.devices[i as usize];
+                    let p = to_screen(projector, d.position.lat, d.position.lon);
+                    placer.overlaps(p, tokens::MARKER_RADIUS)
+                });
+            if small && !under {
                 for &i in grid.members(cell) {
                     let d = &model.fleet.devices[i as usize];
                     let p = to_screen(projector, d.position.lat, d.position.lon);
                     let color = tokens::class_color(mode, usize::from(classes[i as usize]));
+                    placer.add(p, tokens::MARKER_RADIUS);
                     painter.circle(
                         p,
                         tokens::MARKER_RADIUS,
@@ -617,9 +630,14 @@ pub fn map_ui(map: &mut MapState, cx: &ViewContext<'_>, out: &mut Commands, ui: 
                 }
             } else {
                 let (lon, lat) = inverse_mercator(cell.centroid[0], cell.centroid[1]);
-                let p = to_screen(projector, lat, lon);
-                // Grows with the count but stays inside its 64-point square, so neighbours never overlap.
-                let radius = (9.0 + 2.2 * (cell.count as f32).ln()).min(30.0);
+                let at = to_screen(projector, lat, lon);
+                // Grows with the count but stays inside its 64-point square.
+                let radius = cluster_radius(cell.count);
+                let p = placer.place(at, radius);
+                if p != at {
+                    painter.line_segment([at, p + (at - p).normalized() * radius], leader);
+                    painter.circle_filled(at, 2.5, leader.color);
+                }
                 cluster_shape(
                     &painter,
                     p,
@@ -778,6 +796,99 @@ pub fn map_ui(map: &mut MapState, cx: &ViewContext<'_>, out: &mut Commands, ui: 
     out.extend(commands);
 }
 
+/// A cluster's radius in points: grows with the count, at most 30 (inside its 64-point cell),
+/// at least 11 so that the count of a few vehicles moved out from under a cluster fits inside
+/// its ring.
+fn cluster_radius(count: u32) -> f32 {
+    (9.0 + 2.2 * (count.max(1) as f32).ln()).clamp(11.0, 30.0)
+}
+
+/// The space between drawn discs that the map keeps clear, in points.
+const PLACE_GAP: f32 = 3.0;
+/// Discs are bucketed by squares of this size for the overlap test, in points.
+const PLACE_BUCKET: f32 = 64.0;
+
+/// Places the map's discs (clusters and vehicle markers) one after another so that none
+/// overlaps one placed before it: a disc in the way of an earlier one goes onto the nearest
+/// free spot of a ring around the largest disc it overlapped, as close as it can to the
+/// direction it lay in.
+#[derive(Default)]
+pub(crate) struct Placer {
+    discs: Vec<(Pos2, f32)>,
+    buckets: std::collections::HashMap<(i32, i32), Vec<u32>>,
+    largest: f32,
+}
+
+impl Placer {
+    fn bucket(p: Pos2) -> (i32, i32) {
+        (
+            (p.x / PLACE_BUCKET).floor() as i32,
+            (p.y / PLACE_BUCKET).floor() as i32,
+        )
+    }
+
+    /// The placed discs that a disc at `p` of radius `r` would come within [`PLACE_GAP`] of.
+    fn in_the_way(&self, p: Pos2, r: f32) -> impl Iterator<Item = (Pos2, f32)> + '_ {
+        let reach = ((r + self.largest + PLACE_GAP) / PLACE_BUCKET).ceil() as i32;
+        let (bx, by) = Self::bucket(p);
+        (bx - reach..=bx + reach)
+            .flat_map(move |x| (by - reach..=by + reach).map(move |y| (x, y)))
+            .filter_map(|b| self.buckets.get(&b))
+            .flatten()
+            .map(|&k| self.discs[k as usize])
+            .filter(move |&(q, s)| p.distance(q) < r + s + PLACE_GAP)
+    }
+
+    pub(crate) fn overlaps(&self, p: Pos2, r: f32) -> bool {
+        self.in_the_way(p, r).next().is_some()
+    }
+
+    /// Adds a disc where it is, whatever it overlaps (the vehicle markers of one cell).
+    pub(crate) fn add(&mut self, p: Pos2, r: f32) {
+        self.buckets
+            .entry(Self::bucket(p))
+            .or_default()
+            .push(self.discs.len() as u32);
+        self.discs.push((p, r));
+        self.largest = self.largest.max(r);
+    }
+
+    /// Where a disc at `p` of radius `r` is drawn: at `p` if that is clear, else on a ring
+    /// around the largest disc in the way (further rings if the first is full).
+    pub(crate) fn place(&mut self, p: Pos2, r: f32) -> Pos2 {
+        let Some((c, s)) = self.in_the_way(p, r).max_by(|a, b| a.1.total_cmp(&b.1)) else {
+            self.add(p, r);
+            return p;
+        };
+        let toward = p - c;
+        let start = if toward.length() > 0.01 {
+            toward.y.atan2(toward.x)
+        } else {
+            -std::f32::consts::FRAC_PI_2
+        };
+        let mut spot = None;
+        'rings: for ring in 0..6 {
+            let d = s + r + PLACE_GAP + ring as f32 * (2.0 * r + PLACE_GAP);
+            // Steps of about one disc along the ring, alternating either side of `start`.
+            let step = ((r + PLACE_GAP / 2.0) / d).min(1.0).asin() * 2.0;
+            let steps = (std::f32::consts::TAU / step).floor().max(1.0) as i32;
+            for k in 0..steps {
+                let turn = if k % 2 == 0 { k / 2 } else { -(k + 1) / 2 };
+                let a = start + turn as f32 * step;
+                let q = c + Vec2::new(a.cos(), a.sin()) * d;
+                if !self.overlaps(q, r) {
+                    spot = Some(q);
+                    break 'rings;
+                }
+            }
+        }
+        // Six full rings: the disc stays where it is (drawn over, as before).
+        let q = spot.unwrap_or(p);
+        self.add(q, r);
+        q
+    }
+}
+
 /// An arc outside a cluster for its highlighted share (`n` of `count`), from the top,
 /// never shorter than a quarter turn so that a few highlighted devices still show.
 fn highlight_arc(painter: &egui::Painter, center: Pos2, radius: f32, n: u32, count: u32) {
@@ -875,6 +986,50 @@ fn fit(map: &mut MapState, cx: &ViewContext<'_>, width_px: f32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 19: 3 devices sat under New York's cluster of 174. Whatever the layout, no two
+    /// placed discs overlap, and one that was in the way lands next to the one it was under.
+    #[test]
+    fn placed_clusters_never_overlap_and_a_small_one_lands_beside_the_large_one() {
+        let mut placer = Placer::default();
+        let big = Pos2::new(400.0, 300.0);
+        let r_big = cluster_radius(174);
+        assert_eq!(placer.place(big, r_big), big, "the first disc stays");
+        // A small cluster right under the big one, and many more piled on the same spot.
+        let r_small = cluster_radius(3);
+        let small = placer.place(big + Vec2::new(5.0, 2.0), r_small);
+        assert_ne!(small, big + Vec2::new(5.0, 2.0), "moved out from under");
+        let d = small.distance(big);
+        assert!(
+            d >= r_big + r_small + PLACE_GAP - 0.01 && d <= r_big + r_small + PLACE_GAP + 0.01,
+            "on the ring just outside the big one: {d}"
+        );
+        assert!(small.x > big.x, "on the side it lay: {small:?}");
+        // Another large cluster whose centroid is close to the first one's, then a crowd of
+        // small ones and markers at pseudo-random spots around them.
+        placer.place(big + Vec2::new(-40.0, 10.0), cluster_radius(90));
+        let mut seed = 17u32;
+        let mut next = || {
+            seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+            ((seed >> 8) % 200) as f32 - 100.0
+        };
+        for k in 0..120 {
+            let at = big + Vec2::new(next(), next());
+            if k % 3 == 0 {
+                placer.place(at, tokens::MARKER_RADIUS);
+            } else {
+                placer.place(at, cluster_radius(2 + k));
+            }
+        }
+        for (i, &(p, r)) in placer.discs.iter().enumerate() {
+            for &(q, s) in &placer.discs[..i] {
+                assert!(
+                    p.distance(q) >= r + s + PLACE_GAP - 0.01,
+                    "{p:?} r {r} overlaps {q:?} r {s}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn counts_are_short() {

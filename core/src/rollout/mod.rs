@@ -131,13 +131,39 @@ pub struct RolloutState {
 #[derive(Clone, Debug)]
 pub struct Rollout {
     state: RolloutState,
+    /// The log from index `forgotten` on: the whole log unless the owner, having written the
+    /// log elsewhere, let the start go ([`Rollout::forget_events_before`]).
     events: Vec<RolloutEvent>,
+    forgotten: usize,
+    /// What the rollout still needs of forgotten events.
+    from_log: FromLog,
     actions: VecDeque<RolloutAction>,
     /// When the look that evidence asked for is due (not part of the fold: a look that finds
     /// nothing leaves no event, and a replayed rollout looks again at its next input).
     look_due: Option<Timestamp>,
     /// When the last look ran, for the debounce.
     last_look_at: Option<Timestamp>,
+}
+
+/// What a rollout reads from its own log, kept beside it so that the log may be forgotten.
+#[derive(Clone, Debug, Default)]
+struct FromLog {
+    /// The schedule of the first [`EventKind::OffersPaced`].
+    offer_schedule: Option<Box<crate::plan::pacing::OfferSchedule>>,
+    /// The wave of the last [`EventKind::WaveStarted`].
+    last_wave_started: Option<usize>,
+}
+
+impl FromLog {
+    fn note(&mut self, e: &RolloutEvent) {
+        match &e.kind {
+            EventKind::OffersPaced { schedule } if self.offer_schedule.is_none() => {
+                self.offer_schedule = Some(schedule.clone());
+            }
+            EventKind::WaveStarted { wave } => self.last_wave_started = Some(*wave),
+            _ => {}
+        }
+    }
 }
 
 fn invalid(field: impl Into<String>, why: impl Into<String>) -> RolloutError {
@@ -274,14 +300,18 @@ impl Rollout {
             });
         };
         let mut state = initial_state(first)?;
+        let mut from_log = FromLog::default();
         for (index, e) in events.iter().enumerate().skip(1) {
             state
                 .apply(e)
                 .map_err(|why| RolloutError::BadLog { index, why })?;
+            from_log.note(e);
         }
         Ok(Self {
             state,
             events,
+            forgotten: 0,
+            from_log,
             actions: VecDeque::new(),
             look_due: None,
             last_look_at: None,
@@ -302,8 +332,46 @@ impl Rollout {
         &self.state.spec
     }
 
+    /// The events kept in memory: the whole log (what [`Rollout::replay`] takes), unless the
+    /// owner forgot its start with [`Rollout::forget_events_before`]; then the log from index
+    /// [`Rollout::first_kept_event`] on.
     pub fn events(&self) -> &[RolloutEvent] {
         &self.events
+    }
+
+    /// The log's length: every event recorded, forgotten ones included.
+    pub fn event_count(&self) -> usize {
+        self.forgotten + self.events.len()
+    }
+
+    /// The log index of the first event kept in memory.
+    pub fn first_kept_event(&self) -> usize {
+        self.forgotten
+    }
+
+    /// The log's events with indices in `range`, or `None` if some of them are forgotten or
+    /// not recorded yet.
+    pub fn logged(&self, range: std::ops::Range<usize>) -> Option<&[RolloutEvent]> {
+        let start = range.start.checked_sub(self.forgotten)?;
+        let end = range.end.checked_sub(self.forgotten)?;
+        self.events.get(start..end)
+    }
+
+    /// Lets the log's events before index `n` go from memory, for an owner that has written
+    /// them elsewhere (the engine, to the cache's replayable log): a long rollout records an
+    /// event per closed health window, thousands a minute. The state and what the rollout
+    /// reads from its log are kept; [`Rollout::replay`] of the whole written log gives the same
+    /// state.
+    pub fn forget_events_before(&mut self, n: usize) {
+        let k = n.saturating_sub(self.forgotten).min(self.events.len());
+        if k == 0 {
+            return;
+        }
+        self.events.drain(..k);
+        self.forgotten += k;
+        if self.events.capacity() > 1024 && self.events.capacity() > 4 * self.events.len() {
+            self.events.shrink_to(2 * self.events.len());
+        }
     }
 
     /// The state of a device, or `None` if it is not in this rollout.
@@ -940,10 +1008,7 @@ impl Rollout {
 
     /// The schedule the rollout's offers follow, when they are paced.
     pub fn offer_schedule(&self) -> Option<&crate::plan::pacing::OfferSchedule> {
-        self.events.iter().find_map(|e| match &e.kind {
-            EventKind::OffersPaced { schedule } => Some(schedule.as_ref()),
-            _ => None,
-        })
+        self.from_log.offer_schedule.as_deref()
     }
 
     /// The devices of the running (or paused) wave still waiting for their paced offer, by id.
@@ -1036,15 +1101,7 @@ impl Rollout {
             Phase::RollingBack {
                 scope: RollbackScope::Wave(w),
             } => *w,
-            _ => self
-                .events
-                .iter()
-                .rev()
-                .find_map(|e| match e.kind {
-                    EventKind::WaveStarted { wave } => Some(wave),
-                    _ => None,
-                })
-                .unwrap_or(0),
+            _ => self.from_log.last_wave_started.unwrap_or(0),
         }
     }
 
@@ -1154,6 +1211,7 @@ impl Rollout {
                 .push_back(RolloutAction::Notify(format!("rollout aborted: {reason}"))),
             _ => {}
         }
+        self.from_log.note(&event);
         self.events.push(event);
     }
 

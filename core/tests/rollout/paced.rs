@@ -147,3 +147,47 @@ fn excluding_the_devices_a_paced_wave_still_owes_lets_it_finish() {
     assert_eq!(replayed.state().in_flight, r.state().in_flight);
     assert_eq!(replayed.phase(), r.phase());
 }
+
+/// Issue 19: an owner that has written the log elsewhere (the engine, to the cache) lets it go
+/// from memory; what the rollout reads from its own log (the schedule) stays, `logged` finds
+/// only what is kept, and the written log replays to the same state.
+#[test]
+fn a_forgotten_log_keeps_the_schedule_and_the_written_log_replays() {
+    let fleet = fleet(600, 7);
+    let mut r = approved(&fleet);
+    r.pace_offers(START, schedule())
+        .expect("before the first wave");
+    let mut written = r.events().to_vec();
+    r.forget_events_before(r.event_count());
+    assert!(r.events().is_empty());
+    assert_eq!(r.first_kept_event(), written.len());
+    assert_eq!(r.event_count(), written.len());
+    assert_eq!(r.offer_schedule(), Some(&schedule()), "kept beside the log");
+
+    r.handle_timeout(START);
+    let Some(RolloutAction::Offer { device_ids, .. }) = r.poll_action() else {
+        panic!("the canary starts");
+    };
+    r.offer(START.plus_secs(60), &device_ids)
+        .expect("offer the canary");
+    for id in &device_ids {
+        report(&mut r, START.plus_secs(120), id, DeviceState::Healthy);
+    }
+    let n = r.event_count();
+    assert!(r.logged(0..n).is_none(), "the start is forgotten");
+    assert!(r.logged(written.len()..n + 1).is_none(), "not recorded yet");
+    written.extend_from_slice(r.logged(written.len()..n).expect("kept"));
+    r.forget_events_before(n - 1);
+    assert_eq!(r.events().len(), 1);
+    r.forget_events_before(3);
+    assert_eq!(r.events().len(), 1, "forgetting less is a no-op");
+
+    r.pause(START.plus_secs(180), "dana", "night shift")
+        .expect("pause");
+    let n2 = r.event_count();
+    written.extend_from_slice(r.logged(n..n2).expect("kept"));
+    assert_eq!(written.len(), n2);
+    let replayed = Rollout::replay(written).expect("the written log replays");
+    assert_eq!(replayed.state(), r.state());
+    assert_eq!(replayed.offer_schedule(), r.offer_schedule());
+}
