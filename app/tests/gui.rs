@@ -1870,6 +1870,9 @@ fn the_war_room_plots_cohort_health_against_baseline_from_the_engine_log() {
         .parse()
         .unwrap();
     assert!(at > 0.0, "the stop came after the canary reported: {stop}");
+    // The load's toast may or may not have gone by now: not part of the picture.
+    h.state_mut().dismiss_toasts();
+    settle(&mut h);
     h.snapshot("war_room_health");
     assert!(
         h.query_by_role(egui::Role::Button).is_none(),

@@ -244,9 +244,14 @@ fn operator_name(arg: Option<&str>) -> String {
         .unwrap_or_else(|| "operator".to_owned())
 }
 
-/// Waves and gates from a plan file (see [`RunArgs::plan`]).
+/// Waves and gates from a plan file (see [`RunArgs::plan`]): its `rollout_waves` only (the
+/// prerequisite waves need their chains: [`read_plan_with_chains`]).
 pub fn read_plan(path: &Path) -> Result<(Vec<WaveSpec>, Option<GatePolicy>)> {
-    let (waves, _, gates) = read_plan_with_chains(path)?;
+    let (mut waves, chains, gates) = read_plan_with_chains(path)?;
+    // Without their chains, the prerequisite waves would be offered the target directly.
+    if let Some(first) = chains.first() {
+        waves.truncate(first.wave);
+    }
     Ok((waves, gates))
 }
 
