@@ -34,6 +34,24 @@ fn search(h: &mut Harness<'static, ConsoleApp>, text: &str) {
     settle(h);
 }
 
+/// A status message from device `d` at `ts` (Unix seconds), as the link delivers it.
+fn status_message(d: &convoy_core::fleet::Device, update: UpdateStatus, ts: i64) -> BackendEvent {
+    BackendEvent::Inbound(Inbound::Status(DeviceStatus {
+        v: 1,
+        device_id: d.id.clone(),
+        ts: Timestamp::from_secs(ts),
+        active_slot: d.active_slot,
+        components: d.components.clone(),
+        update,
+        battery_pct: d.battery_pct,
+        power: d.power,
+        connectivity: d.connectivity,
+        metered: d.metered,
+        free_storage_bytes: d.free_storage_bytes,
+        position: Some(d.position),
+    }))
+}
+
 #[test]
 fn the_fleet_loads_offline_and_the_status_bar_says_so() {
     let (h, _feed, _) = harness();
@@ -85,26 +103,17 @@ fn a_status_from_the_link_reaches_the_table_and_the_event_log() {
     let (mut h, feed, fleet) = harness();
     let d = &fleet.devices[42];
     let status = |state, ts| {
-        BackendEvent::Inbound(Inbound::Status(DeviceStatus {
-            v: 1,
-            device_id: d.id.clone(),
-            ts: Timestamp::from_secs(ts),
-            active_slot: d.active_slot,
-            components: d.components.clone(),
-            update: UpdateStatus {
+        status_message(
+            d,
+            UpdateStatus {
                 state,
                 release_id: Some("t300-fw-2.5.0".into()),
                 command_id: None,
                 progress_pct: None,
                 reason: Some("crash loop in health window".into()),
             },
-            battery_pct: d.battery_pct,
-            power: d.power,
-            connectivity: d.connectivity,
-            metered: d.metered,
-            free_storage_bytes: d.free_storage_bytes,
-            position: Some(d.position),
-        }))
+            ts,
+        )
     };
     assert!(feed.send(status(UpdateState::Installing, NOW.secs() - 30)));
     assert!(feed.send(status(UpdateState::Reverted, NOW.secs() - 10)));
@@ -637,29 +646,14 @@ fn a_missing_cache_shows_why_the_history_is_missing() {
 fn the_table_ages_devices_on_their_own_clock_when_it_runs_ahead_and_says_so() {
     let (mut h, feed, fleet) = harness();
     let ahead = NOW.secs() + 3 * 3600;
-    let d = &fleet.devices[42];
-    assert!(
-        feed.send(BackendEvent::Inbound(Inbound::Status(DeviceStatus {
-            v: 1,
-            device_id: d.id.clone(),
-            ts: Timestamp::from_secs(ahead),
-            active_slot: d.active_slot,
-            components: d.components.clone(),
-            update: UpdateStatus {
-                state: UpdateState::Idle,
-                release_id: None,
-                command_id: None,
-                progress_pct: None,
-                reason: None,
-            },
-            battery_pct: d.battery_pct,
-            power: d.power,
-            connectivity: d.connectivity,
-            metered: d.metered,
-            free_storage_bytes: d.free_storage_bytes,
-            position: Some(d.position),
-        })))
-    );
+    let idle = UpdateStatus {
+        state: UpdateState::Idle,
+        release_id: None,
+        command_id: None,
+        progress_pct: None,
+        reason: None,
+    };
+    assert!(feed.send(status_message(&fleet.devices[42], idle, ahead)));
     settle(&mut h);
     h.get_by_label("Fleet table").click();
     settle(&mut h);

@@ -26,6 +26,18 @@ const TARGET: &str = "t300-2.5.0";
 /// One rollout at a time (a rollout and its simulated fleet keep two cores busy).
 static SERIAL: Mutex<()> = Mutex::new(());
 
+/// The release specs of `fixtures/releases/catalog.json`.
+fn fixture_catalog() -> Vec<Value> {
+    serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../fixtures/releases/catalog.json"
+        ))
+        .expect("the fixture catalog"),
+    )
+    .expect("catalog JSON")
+}
+
 /// A workspace whose target needs `bootloader>=2.0` and a modem of 1.2.0 or 1.3.0 (as the
 /// fixture release t300-fw-2.5.0 does), with the catalog's bootloader and modem releases signed
 /// as `bl.json` and `modem.json`.
@@ -39,14 +51,7 @@ fn workspace() -> SignedWorkspace {
         hardware: "T300",
         requires: &["bootloader>=2.0", "modem in 1.2.0,1.3.0"],
     });
-    let catalog: Vec<Value> = serde_json::from_str(
-        &std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../fixtures/releases/catalog.json"
-        ))
-        .expect("the fixture catalog"),
-    )
-    .expect("catalog JSON");
+    let catalog = fixture_catalog();
     for (id, out) in [(BL, "bl.json"), (MODEM, "modem.json")] {
         let spec = catalog
             .iter()
@@ -275,14 +280,7 @@ fn a_saved_plan_carries_its_prerequisite_chains_to_the_engine() {
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     let ws = workspace();
     // The catalog's releases whose manifests the run is given (as when the engine plans).
-    let fixture: Vec<Value> = serde_json::from_str(
-        &std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../fixtures/releases/catalog.json"
-        ))
-        .expect("the fixture catalog"),
-    )
-    .expect("catalog JSON");
+    let fixture = fixture_catalog();
     let signed: Vec<&Value> = fixture
         .iter()
         .filter(|r| r["id"] == BL || r["id"] == MODEM)
@@ -598,4 +596,67 @@ fn a_resumed_rollout_needs_its_prerequisite_manifests_and_finishes_the_chains() 
         expected.push(TARGET.to_owned());
         assert_eq!(offers(&store, id), expected, "{id}: offers in chain order");
     }
+}
+
+/// Issue 20, stricter defaults for boot-critical releases: when the engine plans (no
+/// `--plan`), a release that installs a bootloader runs with the stricter gates `convoy plan`
+/// shows for it, recorded in the rollout's log (before, only a plan file carried them).
+#[test]
+fn an_engine_planned_bootloader_release_runs_with_the_stricter_gates() {
+    let _one = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let ws = workspace();
+    let rig = rig(&ws, None);
+    let p = |name: &str| ws.path(name);
+    let out = convoy(&[
+        "rollout",
+        "run",
+        "--db",
+        &p("cache.db"),
+        "--broker",
+        &rig.url,
+        "--release",
+        &p("bl.json"),
+        "--artifact",
+        &p(&format!("{BL}.bin")),
+        "--trust",
+        &p("trust"),
+        "--policy",
+        &p("policy.json"),
+        "--time-scale",
+        SCALE,
+        "--rollout-id",
+        "rb",
+        "--operator",
+        "alice",
+        "--json",
+        "--max-wall-secs",
+        "20",
+    ]);
+    let store = Store::open_existing(Path::new(&p("cache.db"))).expect("cache");
+    let log = store.rollout_log("rb").expect("log");
+    let Some(EventKind::Created { spec, .. }) = log.first().map(|e| &e.kind) else {
+        panic!(
+            "no rollout recorded: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let gates: convoy_core::gates::GatePolicy =
+        convoy::ops::plans::read_section(Path::new(&p("policy.json")), "gates").expect("gates");
+    let planning: convoy_core::plan::PlanningPolicy =
+        convoy::ops::plans::read_section(Path::new(&p("policy.json")), "planning")
+            .expect("planning");
+    let manifest: Value =
+        serde_json::from_str(&std::fs::read_to_string(p("bl.json")).expect("manifest"))
+            .expect("manifest JSON");
+    let release: convoy_core::release::ReleaseSpec =
+        serde_json::from_value(manifest["signed"]["release"].clone()).expect("spec");
+    let (_, stricter, boot) = convoy::ops::plans::for_release(&release, planning, gates.clone());
+    assert!(boot.is_some(), "the bootloader release is boot-critical");
+    assert_ne!(stricter, gates, "the defaults are stricter");
+    assert_eq!(
+        spec.gates, stricter,
+        "the rollout runs with the stricter gates"
+    );
 }

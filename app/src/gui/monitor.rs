@@ -1682,6 +1682,20 @@ mod tests {
         }
     }
 
+    /// The outcomes of every wave and stratum of `rollout`, added up.
+    fn outcome_totals(rollout: &Rollout) -> OutcomeAgg {
+        let mut total = OutcomeAgg::default();
+        for o in rollout.state().outcomes.iter().flatten() {
+            total.offered += o.offered;
+            total.installed += o.installed;
+            total.healthy += o.healthy;
+            total.install_failed += o.install_failed;
+            total.boot_failed += o.boot_failed;
+            total.silent += o.silent;
+        }
+        total
+    }
+
     /// What the wall showed: "install_failure: updated 53.33 %" while the gate that stopped the
     /// wave said 16 of 100 (16%): the plot left out the devices offered and still downloading,
     /// which the gate counts. At every moment of a rollout, not only at its end, the plot's
@@ -1700,15 +1714,7 @@ mod tests {
         let mut compared_in_flight = 0;
         for cut in (2..log.len()).step_by((log.len() / 40).max(1)) {
             let partial = Rollout::replay(log[..cut].to_vec()).expect("a prefix replays");
-            let mut total = OutcomeAgg::default();
-            for o in partial.state().outcomes.iter().flatten() {
-                total.offered += o.offered;
-                total.installed += o.installed;
-                total.healthy += o.healthy;
-                total.install_failed += o.install_failed;
-                total.boot_failed += o.boot_failed;
-                total.silent += o.silent;
-            }
+            let total = outcome_totals(&partial);
             let (failures, judged) = total.proportion("install_failure");
             if judged > u64::from(total.installed + total.install_failed) {
                 compared_in_flight += 1;
@@ -1746,16 +1752,7 @@ mod tests {
                     kind: kind.clone(),
                 }],
             );
-            let state = rollout.state();
-            let mut total = OutcomeAgg::default();
-            for o in state.outcomes.iter().flatten() {
-                total.offered += o.offered;
-                total.installed += o.installed;
-                total.healthy += o.healthy;
-                total.install_failed += o.install_failed;
-                total.boot_failed += o.boot_failed;
-                total.silent += o.silent;
-            }
+            let total = outcome_totals(&rollout);
             let series = proportion_series(&rollout, 900);
             let names: Vec<&str> = series.iter().map(|s| s.metric.as_str()).collect();
             assert_eq!(names, ["boot_failure", "install_failure", "silent"]);

@@ -166,10 +166,7 @@ pub fn read_policy(path: &Path) -> Result<PlanningPolicy> {
 
 /// Reads one section of a shared policy file (`"planning"`, `"gates"`, ...); a missing section
 /// means that section's defaults.
-pub(crate) fn read_section<T: serde::de::DeserializeOwned + Default>(
-    path: &Path,
-    key: &str,
-) -> Result<T> {
+pub fn read_section<T: serde::de::DeserializeOwned + Default>(path: &Path, key: &str) -> Result<T> {
     let value: serde_json::Value = read_json(path)?;
     let Some(obj) = value.as_object() else {
         bail!("the policy file must be a JSON object with \"version\" and \"planning\"");

@@ -356,12 +356,21 @@ pub fn engine_options(args: &RunArgs) -> Result<(EngineOptions, EngineControl)> 
         }
         prerequisites.manifests.push(m);
     }
-    let (planning, mut gates): (PlanningPolicy, GatePolicy) = match &args.policy {
+    let (planning, gates): (PlanningPolicy, GatePolicy) = match &args.policy {
         Some(p) => (
             super::plans::read_section(p, "planning")?,
             super::plans::read_section(p, "gates")?,
         ),
         None => (PlanningPolicy::default(), GatePolicy::default()),
+    };
+    // When the engine plans here, a release that installs a boot-critical component (a
+    // bootloader, a modem) gets the stricter defaults `convoy plan` shows (docs/PLANNING.md);
+    // a plan file carries its own gates, and a resumed rollout its log's.
+    let (planning, mut gates) = if args.resume || args.plan.is_some() {
+        (planning, gates)
+    } else {
+        let (planning, gates, _) = super::plans::for_release(manifest.spec(), planning, gates);
+        (planning, gates)
     };
     let waves = if args.resume {
         // The log has the waves; planning again could pick other devices.
