@@ -629,6 +629,9 @@ pub fn warroom_ui(cx: &ViewContext<'_>, ui: &mut egui::Ui) {
     egui::ScrollArea::vertical()
         .auto_shrink([false, false])
         .show(ui, |ui| {
+            // The scroll bar floats over the content's right edge: keep the tiles clear of it.
+            let bar = ui.spacing().scroll.bar_width + ui.spacing().scroll.bar_outer_margin * 2.0;
+            ui.set_max_width((ui.available_width() - bar).max(1.0));
             ui.columns(2, |cols| {
                 if let Some(s) = shown {
                     rollout_ui(
