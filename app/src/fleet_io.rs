@@ -25,7 +25,7 @@
 use anyhow::{Context, Result, bail};
 use convoy_core::fleet::{
     Connectivity, CustomerTier, Depot, Device, DeviceClass, Fleet, GeoPoint, PowerState,
-    Redundancy, Slot, SmallMap, component,
+    Redundancy, Slot, SmallMap, Sym, component,
 };
 use convoy_core::time::Timestamp;
 use convoy_core::version::Version;
@@ -384,7 +384,7 @@ fn device_from_fields<'a>(
             }
             Column::Tag(key) => {
                 if !value.is_empty() {
-                    tags.insert(key.clone(), value.to_owned());
+                    tags.insert(key.clone(), Sym::from(value));
                 }
             }
         }
@@ -440,12 +440,12 @@ fn device_from_fields<'a>(
             .map_err(|e| format!("invalid last_seen: {e}"))?,
     };
     Ok(Device {
-        model: required(col!("model"))?.to_owned(),
-        hw_rev: required(col!("hw_rev"))?.to_owned(),
+        model: required(col!("model"))?.into(),
+        hw_rev: required(col!("hw_rev"))?.into(),
         components,
         active_slot: get(col!("active_slot")).map_or(Ok(Slot::A), parse_enum::<Slot>)?,
-        region: required(col!("region"))?.to_owned(),
-        depot: required(col!("depot"))?.to_owned(),
+        region: required(col!("region"))?.into(),
+        depot: required(col!("depot"))?.into(),
         position: GeoPoint { lat, lon },
         connectivity,
         metered,
@@ -671,7 +671,7 @@ pub fn write_csv(out: &mut dyn Write, devices: &[Device]) -> Result<()> {
     let mut tag_keys = BTreeSet::new();
     for d in devices {
         for (name, _) in d.components.iter() {
-            if !well_known.contains(&name) {
+            if !well_known.contains(&name.as_str()) {
                 extra_components.insert(name);
             }
         }
@@ -690,13 +690,13 @@ pub fn write_csv(out: &mut dyn Write, devices: &[Device]) -> Result<()> {
         let comp = |name: &str| d.component(name).map(|v| v.to_string()).unwrap_or_default();
         row.extend([
             d.id.clone(),
-            d.model.clone(),
-            d.hw_rev.clone(),
+            d.model.to_string(),
+            d.hw_rev.to_string(),
             comp(component::FIRMWARE),
             comp(component::BOOTLOADER),
             comp(component::MODEM),
-            d.region.clone(),
-            d.depot.clone(),
+            d.region.to_string(),
+            d.depot.to_string(),
             d.position.lat.to_string(),
             d.position.lon.to_string(),
             d.connectivity.to_string(),
@@ -931,9 +931,9 @@ mod tests {
         let d = &mut fleet.devices[3];
         d.components
             .insert("can_gateway", "7.0.1.2".parse().expect("version"));
-        d.tags.insert("model", "tag named like a column".to_owned());
-        d.tags.insert("tag:x", "a, \"quoted\" value".to_owned());
-        d.tags.insert("component:odd", "not a component".to_owned());
+        d.tags.insert("model", "tag named like a column".into());
+        d.tags.insert("tag:x", "a, \"quoted\" value".into());
+        d.tags.insert("component:odd", "not a component".into());
         d.battery_pct = None;
         d.failed_update_attempts = 4;
         d.free_storage_bytes = u64::from(u32::MAX) * 3;
@@ -1013,7 +1013,7 @@ mod tests {
     fn json_inventories_keep_the_same_id_and_text_rules_issue_16() {
         let mut fleet = synth(20);
         fleet.devices[2].id = "EV/evil/x".to_owned();
-        fleet.devices[5].region = "eu\ncentral".to_owned();
+        fleet.devices[5].region = "eu\ncentral".into();
         let mut out = Vec::new();
         write_json(&mut out, &fleet).expect("write");
         let inv = read_json(std::str::from_utf8(&out).expect("utf-8")).expect("read");
@@ -1063,12 +1063,12 @@ mod tests {
         let d = &mut fleet.devices[7];
         d.tags.insert(
             "note",
-            "=HYPERLINK(\"http://evil.example\",\"click\")".to_owned(),
+            "=HYPERLINK(\"http://evil.example\",\"click\")".into(),
         );
-        d.tags.insert("owner", "+1+1".to_owned());
-        d.tags.insert("@team", "@SUM(A1)".to_owned());
-        d.tags.insert("quote", "'already".to_owned());
-        d.model = "-2+3+cmd|' /C calc'!A0".to_owned();
+        d.tags.insert("owner", "+1+1".into());
+        d.tags.insert("@team", "@SUM(A1)".into());
+        d.tags.insert("quote", "'already".into());
+        d.model = "-2+3+cmd|' /C calc'!A0".into();
         let mut out = Vec::new();
         write_csv(&mut out, &fleet.devices).expect("write");
         let text = String::from_utf8(out).expect("utf-8");
@@ -1145,9 +1145,7 @@ mod tests {
         // Too many tags on one device (JSON, where tags are not columns).
         let mut fleet = synth(3);
         for i in 0..=MAX_TAGS {
-            fleet.devices[1]
-                .tags
-                .insert(format!("k{i}"), "v".to_owned());
+            fleet.devices[1].tags.insert(format!("k{i}"), "v".into());
         }
         let mut out = Vec::new();
         write_json(&mut out, &fleet).expect("write");

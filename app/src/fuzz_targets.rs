@@ -620,7 +620,7 @@ fn signed_manifest_bytes() -> Vec<u8> {
         .fleet
         .devices
         .first()
-        .map_or_else(|| "T300".to_owned(), |d| d.model.clone());
+        .map_or_else(|| "T300".to_owned(), |d| d.model.to_string());
     let artifact = b"firmware image";
     let spec = ReleaseSpec {
         id: "fw-9.0.0".to_owned(),

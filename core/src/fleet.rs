@@ -5,10 +5,12 @@
 //! here knows about those shapes. String enums ([`Connectivity`], [`DeviceClass`], ...) have one
 //! canonical spelling, used by every file format and the CLI.
 
+pub use crate::sym::{Interner, Sym};
 use crate::time::Timestamp;
 use crate::version::Version;
 use serde::{Deserialize, Serialize};
 use std::fmt;
+use std::sync::Arc;
 
 /// Well-known component names. Devices may carry others (e.g. `gnss`, `can_gateway`).
 pub mod component {
@@ -161,45 +163,34 @@ impl Slot {
 }
 
 /// A small map with string keys kept sorted, serialised as a JSON object. Devices carry a
-/// handful of components and tags each; a `Vec` costs far less memory than a `BTreeMap` node
-/// across a million devices.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct SmallMap<V>(Vec<(String, V)>);
+/// handful of components and tags each, and most devices share their whole map with many
+/// others: the entries live in one reference-counted slice, shared by every device an
+/// [`Interner`] gave it to, and a change copies the slice (copy on write).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SmallMap<V>(Arc<[(Sym, V)]>);
+
+impl<V> Default for SmallMap<V> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
 
 impl<V> SmallMap<V> {
-    pub const fn new() -> Self {
-        Self(Vec::new())
+    pub fn new() -> Self {
+        Self(Arc::from(Vec::new()))
+    }
+
+    fn position(&self, key: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|(k, _)| k.as_str().cmp(key))
     }
 
     pub fn get(&self, key: &str) -> Option<&V> {
-        self.0
-            .binary_search_by(|(k, _)| k.as_str().cmp(key))
-            .ok()
-            .map(|i| &self.0[i].1)
-    }
-
-    /// Inserts or replaces `key`, returning the previous value.
-    pub fn insert(&mut self, key: impl Into<String>, value: V) -> Option<V> {
-        let key = key.into();
-        match self.0.binary_search_by(|(k, _)| k.as_str().cmp(&key)) {
-            Ok(i) => Some(std::mem::replace(&mut self.0[i].1, value)),
-            Err(i) => {
-                self.0.insert(i, (key, value));
-                None
-            }
-        }
-    }
-
-    pub fn remove(&mut self, key: &str) -> Option<V> {
-        self.0
-            .binary_search_by(|(k, _)| k.as_str().cmp(key))
-            .ok()
-            .map(|i| self.0.remove(i).1)
+        self.position(key).ok().map(|i| &self.0[i].1)
     }
 
     /// Entries in key order.
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &V)> {
-        self.0.iter().map(|(k, v)| (k.as_str(), v))
+    pub fn iter(&self) -> impl Iterator<Item = (&Sym, &V)> {
+        self.0.iter().map(|(k, v)| (k, v))
     }
 
     pub fn len(&self) -> usize {
@@ -209,15 +200,55 @@ impl<V> SmallMap<V> {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+
+    /// Whether both share one slice (maps an interner handed out are shared).
+    pub fn ptr_eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
 }
 
-impl<K: Into<String>, V> FromIterator<(K, V)> for SmallMap<V> {
-    fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
-        let mut map = Self::new();
-        for (k, v) in iter {
-            map.insert(k, v);
+impl<V: Clone> SmallMap<V> {
+    /// Inserts or replaces `key`, returning the previous value.
+    pub fn insert(&mut self, key: impl Into<Sym>, value: V) -> Option<V> {
+        let key = key.into();
+        let mut entries = self.0.to_vec();
+        let old = insert_sorted(&mut entries, key, value);
+        self.0 = entries.into();
+        old
+    }
+
+    pub fn remove(&mut self, key: &str) -> Option<V> {
+        let i = self.position(key).ok()?;
+        let mut entries = self.0.to_vec();
+        let (_, old) = entries.remove(i);
+        self.0 = entries.into();
+        Some(old)
+    }
+}
+
+fn insert_sorted<V>(entries: &mut Vec<(Sym, V)>, key: Sym, value: V) -> Option<V> {
+    match entries.binary_search_by(|(k, _)| k.as_str().cmp(key.as_str())) {
+        Ok(i) => Some(std::mem::replace(&mut entries[i].1, value)),
+        Err(i) => {
+            entries.insert(i, (key, value));
+            None
         }
-        map
+    }
+}
+
+impl<K: Into<Sym>, V> FromIterator<(K, V)> for SmallMap<V> {
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
+        let mut entries = Vec::new();
+        for (k, v) in iter {
+            insert_sorted(&mut entries, k.into(), v);
+        }
+        Self(entries.into())
+    }
+}
+
+impl<V: std::hash::Hash> std::hash::Hash for SmallMap<V> {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.hash(state);
     }
 }
 
@@ -230,7 +261,7 @@ impl<V: Serialize> Serialize for SmallMap<V> {
 impl<'de, V: Deserialize<'de>> Deserialize<'de> for SmallMap<V> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let map = std::collections::BTreeMap::<String, V>::deserialize(d)?;
-        Ok(Self(map.into_iter().collect()))
+        Ok(map.into_iter().collect())
     }
 }
 
@@ -329,16 +360,16 @@ impl Depot {
 pub struct Device {
     pub id: String,
     /// Model / SKU; also the hardware id a release manifest names.
-    pub model: String,
+    pub model: Sym,
     /// Hardware revision within the model (board spin), e.g. `A`, `B`, `C`.
-    pub hw_rev: String,
+    pub hw_rev: Sym,
     /// Installed version of each component (firmware, bootloader, modem, ...).
     pub components: SmallMap<Version>,
     /// The bank the device booted from.
     pub active_slot: Slot,
-    pub region: String,
+    pub region: Sym,
     /// Home depot id.
-    pub depot: String,
+    pub depot: Sym,
     /// Last known position.
     pub position: GeoPoint,
     pub connectivity: Connectivity,
@@ -355,7 +386,7 @@ pub struct Device {
     /// Update attempts that failed since the last successful one.
     pub failed_update_attempts: u32,
     /// Free-form attributes (`battery_chem`, `carrier`, customer labels, ...).
-    pub tags: SmallMap<String>,
+    pub tags: SmallMap<Sym>,
 }
 
 impl Device {
@@ -370,7 +401,7 @@ impl Device {
     }
 
     pub fn tag(&self, key: &str) -> Option<&str> {
-        self.tags.get(key).map(String::as_str)
+        self.tags.get(key).map(Sym::as_str)
     }
 
     /// Seconds since the device was last heard from.
@@ -390,10 +421,10 @@ impl Device {
     pub fn attribute(&self, name: &str) -> Option<String> {
         Some(match name {
             "id" => self.id.clone(),
-            "model" => self.model.clone(),
-            "hw_rev" => self.hw_rev.clone(),
-            "region" => self.region.clone(),
-            "depot" => self.depot.clone(),
+            "model" => self.model.to_string(),
+            "hw_rev" => self.hw_rev.to_string(),
+            "region" => self.region.to_string(),
+            "depot" => self.depot.to_string(),
             "connectivity" => self.connectivity.to_string(),
             "power" | "power_state" => self.power.to_string(),
             "customer_tier" => self.customer_tier.to_string(),
@@ -405,7 +436,7 @@ impl Device {
                 if let Some(v) = self.components.get(other) {
                     v.to_string()
                 } else {
-                    return self.tags.get(other).cloned();
+                    return self.tags.get(other).map(ToString::to_string);
                 }
             }
         })
@@ -421,10 +452,14 @@ pub struct Fleet {
 
 impl Fleet {
     /// Builds a fleet, sorting devices and depots by id so that every derived list has a
-    /// defined order.
+    /// defined order, and sharing equal strings and maps between devices ([`Interner`]).
     pub fn new(mut depots: Vec<Depot>, mut devices: Vec<Device>) -> Self {
         depots.sort_by(|a, b| a.id.cmp(&b.id));
         devices.sort_by(|a, b| a.id.cmp(&b.id));
+        let mut interner = Interner::new();
+        for d in &mut devices {
+            interner.device(d);
+        }
         Self { depots, devices }
     }
 
@@ -490,7 +525,7 @@ mod tests {
         let mut m: SmallMap<u32> = [("modem", 1), ("bootloader", 2)].into_iter().collect();
         assert_eq!(m.insert("firmware", 3), None);
         assert_eq!(m.insert("modem", 4), Some(1));
-        let keys: Vec<&str> = m.iter().map(|(k, _)| k).collect();
+        let keys: Vec<&str> = m.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(keys, ["bootloader", "firmware", "modem"]);
         let json = serde_json::to_string(&m).expect("serialise");
         assert_eq!(json, r#"{"bootloader":2,"firmware":3,"modem":4}"#);

@@ -27,6 +27,7 @@ pub mod rng;
 pub mod rollout;
 pub mod search;
 pub mod strict_json;
+pub mod sym;
 pub mod synth;
 pub mod time;
 pub mod tuf;

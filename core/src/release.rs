@@ -72,7 +72,7 @@ impl ReleaseSpec {
 
     /// Whether this release is built for the device's hardware.
     pub fn supports_hardware(&self, device: &Device) -> bool {
-        self.hardware.contains(&device.model)
+        self.hardware.iter().any(|h| *h == device.model)
     }
 
     /// The boot-critical components this release installs (`bootloader`, `modem`), in that

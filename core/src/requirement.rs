@@ -157,7 +157,7 @@ impl Requirement {
             Requirement::Component { name, constraint } => {
                 device.component(name).is_some_and(|v| constraint.allows(v))
             }
-            Requirement::HwRev(revs) => revs.contains(&device.hw_rev),
+            Requirement::HwRev(revs) => revs.iter().any(|r| *r == device.hw_rev),
             Requirement::FreeStorage { min_bytes } => device.free_storage_bytes >= *min_bytes,
             Requirement::Battery { min_pct } => device.battery_pct.is_none_or(|b| b >= *min_pct),
             Requirement::Power(states) => states.contains(&device.power),

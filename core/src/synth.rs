@@ -13,7 +13,7 @@
 
 use crate::fleet::{
     Connectivity, CustomerTier, Depot, Device, DeviceClass, Fleet, GeoPoint, PowerState,
-    Redundancy, Slot, SmallMap, component,
+    Redundancy, Slot, SmallMap, Sym, component,
 };
 use crate::rng::SeededRng;
 use crate::time::Timestamp;
@@ -391,21 +391,21 @@ fn device(options: &SynthOptions, index: u64) -> Device {
         } else {
             *pick(&mut rng, &[("li-ion-nmc", 0.7), ("lfp", 0.3)])
         };
-        tags.insert("battery_chem", chem.to_owned());
+        tags.insert("battery_chem", Sym::new(chem));
     }
     if has_modem && let Some((_, carriers)) = CARRIERS.iter().find(|(r, _)| *r == city.region) {
         let carrier = carriers[rng.below(carriers.len() as u64) as usize];
-        tags.insert("carrier", carrier.to_owned());
+        tags.insert("carrier", Sym::new(carrier));
     }
 
     Device {
         id: format!("CV{index:07}"),
-        model: spec.model.to_owned(),
-        hw_rev: hw_rev.to_owned(),
+        model: spec.model.into(),
+        hw_rev: hw_rev.into(),
         components,
         active_slot,
-        region: city.region.to_owned(),
-        depot: format!("{}-{}", city.region, city.id),
+        region: city.region.into(),
+        depot: format!("{}-{}", city.region, city.id).into(),
         position,
         connectivity,
         metered,

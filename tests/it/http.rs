@@ -679,12 +679,12 @@ fn sim_device(id: &str, now: convoy_core::time::Timestamp) -> convoy_core::fleet
     use convoy_core::version::Version;
     Device {
         id: id.to_owned(),
-        model: "T300".to_owned(),
-        hw_rev: "B".to_owned(),
+        model: "T300".into(),
+        hw_rev: "B".into(),
         components: [("firmware", Version::new(2, 4, 0))].into_iter().collect(),
         active_slot: Slot::A,
-        region: "eu-central".to_owned(),
-        depot: "ber".to_owned(),
+        region: "eu-central".into(),
+        depot: "ber".into(),
         position: GeoPoint {
             lat: 52.5,
             lon: 13.4,

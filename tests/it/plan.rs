@@ -66,7 +66,7 @@ fn make_plan(
 fn chain_is_valid(device: &Device, chain: &[&ReleaseSpec], target: &ReleaseSpec) -> bool {
     let mut d = device.clone();
     for r in chain {
-        let ok = r.hardware.contains(&d.model)
+        let ok = r.hardware.iter().any(|h| *h == d.model)
             && r.requires
                 .iter()
                 .filter(|q| q.kind() != RequirementKind::Condition)
@@ -321,7 +321,7 @@ fn canary_covers_rare_strata_or_flags_them() {
     let mut moved = fleet.clone();
     for d in &mut moved.devices {
         if d.depot == only && d.model == "T300" && d.hw_rev == "C" {
-            d.depot.clone_from(&other);
+            d.depot = other.as_str().into();
         }
     }
     let mut policy = PlanningPolicy::default();

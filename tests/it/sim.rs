@@ -26,8 +26,8 @@ const WAIT: Duration = Duration::from_secs(45);
 fn device(id: &str, hw_rev: &str, now: Timestamp) -> Device {
     Device {
         id: id.to_owned(),
-        model: "T300".to_owned(),
-        hw_rev: hw_rev.to_owned(),
+        model: "T300".into(),
+        hw_rev: hw_rev.into(),
         components: [
             ("firmware", Version::new(2, 4, 0)),
             ("bootloader", Version::new(2, 0, 1)),
@@ -35,8 +35,8 @@ fn device(id: &str, hw_rev: &str, now: Timestamp) -> Device {
         .into_iter()
         .collect(),
         active_slot: Slot::A,
-        region: "eu-central".to_owned(),
-        depot: "ber".to_owned(),
+        region: "eu-central".into(),
+        depot: "ber".into(),
         position: GeoPoint {
             lat: 52.5,
             lon: 13.4,

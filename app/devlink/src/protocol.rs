@@ -212,7 +212,7 @@ impl DeviceStatus {
             let new = self.components.get(name);
             if new != Some(old) {
                 components.insert(
-                    name.to_owned(),
+                    name.to_owned().to_string(),
                     serde_json::json!({ "old": old, "new": new }),
                 );
             }
@@ -220,7 +220,7 @@ impl DeviceStatus {
         for (name, new) in self.components.iter() {
             if device.components.get(name).is_none() {
                 components.insert(
-                    name.to_owned(),
+                    name.to_owned().to_string(),
                     serde_json::json!({ "old": null, "new": new }),
                 );
             }

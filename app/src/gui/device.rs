@@ -128,7 +128,7 @@ pub fn device_ui(cx: &ViewContext<'_>, out: &mut Commands, ui: &mut egui::Ui) {
             .striped(true)
             .show(ui, |ui| {
                 for (name, version) in d.components.iter() {
-                    ui.label(name);
+                    ui.label(name.as_str());
                     ui.label(version.to_string());
                     ui.end_row();
                 }

@@ -245,7 +245,7 @@ mod tests {
                 d.model
                     .to_ascii_lowercase()
                     .contains(&target.model.to_ascii_lowercase())
-                    && d.region.contains(&target.region)
+                    && d.region.contains(target.region.as_str())
             })
             .collect();
         assert!(hits.contains(&123));

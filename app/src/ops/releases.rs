@@ -246,7 +246,7 @@ mod tests {
         assert_eq!(
             spec.provides
                 .iter()
-                .map(|(c, v)| (c.to_owned(), *v))
+                .map(|(c, v)| (c.to_string(), *v))
                 .collect::<Vec<_>>(),
             [("firmware".to_owned(), fields().version)]
         );

@@ -9,7 +9,7 @@ use super::audit::{AuditEntry, append_in};
 use super::snapshot::{self, Unusable};
 use super::{Store, to_i64};
 use anyhow::{Context, Result, bail};
-use convoy_core::fleet::{Depot, Device, Fleet, GeoPoint, SmallMap};
+use convoy_core::fleet::{Depot, Device, Fleet, GeoPoint, Interner, SmallMap, Sym};
 use convoy_core::time::Timestamp;
 use convoy_core::version::Version;
 use rusqlite::{Connection, OpenFlags, Transaction, params};
@@ -416,8 +416,13 @@ fn assemble(
         }
         devices[i].components = map;
     }
-    // Devices are usually stored in id order already; sorting is then skipped.
+    // Devices are usually stored in id order already; sorting is then skipped (and
+    // `Fleet::new`'s sharing of equal values done here).
     if devices.is_sorted_by(|a, b| a.id < b.id) && depots.is_sorted_by(|a, b| a.id < b.id) {
+        let mut interner = Interner::new();
+        for d in &mut devices {
+            interner.device(d);
+        }
         Ok(Fleet { depots, devices })
     } else {
         Ok(Fleet::new(depots, devices))
@@ -467,6 +472,7 @@ fn load_devices(conn: &Connection, lo: i64, hi: i64) -> Result<(Vec<i64>, Vec<De
 /// Every device's components, grouped by `dev` in `dev` order.
 fn load_components(conn: &Connection) -> Result<Vec<(i64, SmallMap<Version>)>> {
     let mut out: Vec<(i64, SmallMap<Version>)> = Vec::new();
+    let mut current: Option<(i64, Vec<(String, Version)>)> = None;
     let mut stmt = conn.prepare("SELECT dev, name, version FROM components ORDER BY dev, name")?;
     let mut rows = stmt.query([])?;
     while let Some(r) = rows.next()? {
@@ -476,23 +482,24 @@ fn load_components(conn: &Connection) -> Result<Vec<(i64, SmallMap<Version>)>> {
         let version: Version = text
             .parse()
             .with_context(|| format!("component {name} of device key {dev} in the cache"))?;
-        match out.last_mut() {
-            Some((d, map)) if *d == dev => {
-                map.insert(name, version);
-            }
+        match &mut current {
+            Some((d, entries)) if *d == dev => entries.push((name, version)),
             _ => {
-                let mut map = SmallMap::new();
-                map.insert(name, version);
-                out.push((dev, map));
+                if let Some((d, entries)) = current.replace((dev, vec![(name, version)])) {
+                    out.push((d, entries.into_iter().collect()));
+                }
             }
         }
+    }
+    if let Some((d, entries)) = current {
+        out.push((d, entries.into_iter().collect()));
     }
     Ok(out)
 }
 
 /// Parses a tags column straight into a `SmallMap` (going through serde's `BTreeMap` would
 /// allocate a tree node per device on the cold load).
-fn parse_tags(text: &str) -> Result<SmallMap<String>> {
+fn parse_tags(text: &str) -> Result<SmallMap<Sym>> {
     struct Pairs(Vec<(String, String)>);
     impl<'de> serde::Deserialize<'de> for Pairs {
         fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -520,7 +527,7 @@ fn parse_tags(text: &str) -> Result<SmallMap<String>> {
         return Ok(SmallMap::new());
     }
     let Pairs(pairs) = serde_json::from_str(text)?;
-    Ok(pairs.into_iter().collect())
+    Ok(pairs.into_iter().map(|(k, v)| (k, Sym::from(v))).collect())
 }
 
 fn device_from_row(r: &rusqlite::Row<'_>, id: String) -> Result<Device> {
@@ -550,12 +557,12 @@ fn device_from_row(r: &rusqlite::Row<'_>, id: String) -> Result<Device> {
     let tags =
         parse_tags(tags_json).with_context(|| format!("tags of device {id} in the cache"))?;
     Ok(Device {
-        model: text(2, "model")?,
-        hw_rev: text(3, "hw_rev")?,
+        model: (text(2, "model")?).into(),
+        hw_rev: (text(3, "hw_rev")?).into(),
         components: SmallMap::new(),
         active_slot: enum_col!(4, "active_slot"),
-        region: text(5, "region")?,
-        depot: text(6, "depot")?,
+        region: (text(5, "region")?).into(),
+        depot: (text(6, "depot")?).into(),
         position: GeoPoint {
             lat: r.get(7)?,
             lon: r.get(8)?,
@@ -666,11 +673,11 @@ pub(crate) fn upsert_devices(tx: &Transaction<'_>, devices: &[Device]) -> Result
             update
                 .execute(params![
                     dev,
-                    d.model,
-                    d.hw_rev,
+                    d.model.as_str(),
+                    d.hw_rev.as_str(),
                     d.active_slot.as_str(),
-                    d.region,
-                    d.depot,
+                    d.region.as_str(),
+                    d.depot.as_str(),
                     d.position.lat,
                     d.position.lon,
                     d.connectivity.as_str(),
@@ -693,11 +700,11 @@ pub(crate) fn upsert_devices(tx: &Transaction<'_>, devices: &[Device]) -> Result
             insert
                 .execute(params![
                     d.id,
-                    d.model,
-                    d.hw_rev,
+                    d.model.as_str(),
+                    d.hw_rev.as_str(),
                     d.active_slot.as_str(),
-                    d.region,
-                    d.depot,
+                    d.region.as_str(),
+                    d.depot.as_str(),
                     d.position.lat,
                     d.position.lon,
                     d.connectivity.as_str(),
@@ -721,7 +728,7 @@ pub(crate) fn upsert_devices(tx: &Transaction<'_>, devices: &[Device]) -> Result
             version_text.clear();
             let _ = write!(version_text, "{version}");
             insert_component
-                .execute(params![dev, name, version_text])
+                .execute(params![dev, name.as_str(), version_text])
                 .with_context(|| format!("writing component {name} of device {}", d.id))?;
         }
     }

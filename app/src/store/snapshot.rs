@@ -28,7 +28,7 @@
 use anyhow::{Context, Result};
 use convoy_core::fleet::{
     Connectivity, CustomerTier, Device, DeviceClass, GeoPoint, PowerState, Redundancy, Slot,
-    SmallMap,
+    SmallMap, Sym,
 };
 use convoy_core::time::Timestamp;
 use convoy_core::version::Version;
@@ -239,9 +239,13 @@ pub(crate) fn decode(
     let per_thread = parts.len().div_ceil(threads);
     let groups: Vec<&[Vec<u8>]> = parts.chunks(per_thread.max(1)).collect();
     let headers = &headers;
+    // One interner for every part: a value is one shared string (or map) across the fleet.
+    let shared = std::sync::Mutex::new(convoy_core::fleet::Interner::new());
+    let shared = &shared;
     let decode_group = |first: usize, group: &[Vec<u8>], out: &mut Vec<Device>| {
         for (k, bytes) in group.iter().enumerate() {
-            decode_part(bytes, &headers[first + k], out).map_err(|d| part_damage(first + k, &d))?;
+            decode_part(bytes, &headers[first + k], out, shared)
+                .map_err(|d| part_damage(first + k, &d))?;
         }
         Ok::<(), Unusable>(())
     };
@@ -560,12 +564,21 @@ fn check_part(bytes: &[u8]) -> std::result::Result<Header, Damage> {
 }
 
 /// Decodes one part, whose `header` came from [`check_part`], and appends its devices to
-/// `out`.
+/// `out`. Strings, component maps and tag maps come from `shared`, so that every device with
+/// the same value shares it: the part's string table is interned once, and a device's
+/// components or tags whose encoded bytes were seen before in this part take the map made then.
 fn decode_part(
     bytes: &[u8],
     header: &Header,
     out: &mut Vec<Device>,
+    shared: &std::sync::Mutex<convoy_core::fleet::Interner>,
 ) -> std::result::Result<(), Damage> {
+    let interner = || match shared.lock() {
+        Ok(guard) => guard,
+        // A decoder that panicked left nothing half-made in the interner that matters here:
+        // every entry is complete when inserted.
+        Err(poisoned) => poisoned.into_inner(),
+    };
     let content = &bytes[..bytes.len() - CHECKSUM_BYTES];
     let mut r = Reader {
         bytes: content,
@@ -582,17 +595,25 @@ fn decode_part(
         let s = std::str::from_utf8(r.take(n)?).map_err(|_| r.fail("string is not UTF-8"))?;
         strings.push(s);
     }
+    let syms: Vec<Sym> = {
+        let mut i = interner();
+        strings.iter().map(|s| i.sym(s)).collect()
+    };
     let mut versions: Vec<Option<Version>> = vec![None; string_count];
+    let mut seen_components: HashMap<&[u8], SmallMap<Version>, super::FastHash> =
+        HashMap::default();
+    let mut seen_tags: HashMap<&[u8], SmallMap<Sym>, super::FastHash> = HashMap::default();
+    let mut entries: Vec<(Sym, Version)> = Vec::new();
+    let mut tag_entries: Vec<(Sym, Sym)> = Vec::new();
     let device_count = header.devices as usize;
     if device_count > r.remaining() / MIN_DEVICE_BYTES + 1 {
         return Err(r.fail("more devices than bytes"));
     }
     out.reserve(device_count);
-    let string = |r: &mut Reader<'_>| -> std::result::Result<String, Damage> {
+    let string = |r: &mut Reader<'_>| -> std::result::Result<Sym, Damage> {
         let i = r.len()?;
-        strings
-            .get(i)
-            .map(|s| (*s).to_owned())
+        syms.get(i)
+            .cloned()
             .ok_or_else(|| r.fail("string index out of range"))
     };
     macro_rules! enum_field {
@@ -634,11 +655,12 @@ fn decode_part(
         let last_seen = Timestamp::from_secs(i64::from_le_bytes(r.array()?));
         let failed_update_attempts =
             u32::try_from(r.varint()?).map_err(|_| r.fail("failed_update_attempts too large"))?;
+        let components_start = r.pos;
         let component_count = r.len()?;
         if component_count > r.remaining() / 2 {
             return Err(r.fail("more components than bytes"));
         }
-        let mut components = SmallMap::new();
+        entries.clear();
         for _ in 0..component_count {
             let name = string(&mut r)?;
             let i = r.len()?;
@@ -653,18 +675,35 @@ fn decode_part(
                 }
                 None => return Err(r.fail("version index out of range")),
             };
-            components.insert(name, version);
+            entries.push((name, version));
         }
+        let encoded = &content[components_start..r.pos];
+        let components = if let Some(map) = seen_components.get(encoded) {
+            map.clone()
+        } else {
+            let map = interner().components(entries.drain(..).collect());
+            seen_components.insert(encoded, map.clone());
+            map
+        };
+        let tags_start = r.pos;
         let tag_count = r.len()?;
         if tag_count > r.remaining() / 2 {
             return Err(r.fail("more tags than bytes"));
         }
-        let mut tags = SmallMap::new();
+        tag_entries.clear();
         for _ in 0..tag_count {
             let key = string(&mut r)?;
             let value = string(&mut r)?;
-            tags.insert(key, value);
+            tag_entries.push((key, value));
         }
+        let encoded = &content[tags_start..r.pos];
+        let tags = if let Some(map) = seen_tags.get(encoded) {
+            map.clone()
+        } else {
+            let map = interner().tags(&tag_entries.drain(..).collect());
+            seen_tags.insert(encoded, map.clone());
+            map
+        };
         out.push(Device {
             id,
             model,

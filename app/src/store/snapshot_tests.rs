@@ -92,10 +92,9 @@ fn snapshot_keeps_odd_values_exactly() {
     d.position.lat = -0.0;
     d.position.lon = f64::MIN_POSITIVE;
     d.last_seen = Timestamp::from_secs(-86_400);
-    d.model = "Fahrzeug-Ω".to_owned();
-    d.tags
-        .insert("note", "ünïcode \"quoted\" | pipe".to_owned());
-    d.tags.insert("empty", String::new());
+    d.model = "Fahrzeug-Ω".into();
+    d.tags.insert("note", "ünïcode \"quoted\" | pipe".into());
+    d.tags.insert("empty", String::new().into());
     original.devices[4].battery_pct = Some(0);
     original.devices[5].battery_pct = Some(255);
     store.replace_fleet(&original, None).expect("save");
@@ -134,7 +133,7 @@ fn writes_make_the_snapshot_stale_until_the_next_row_load() {
         expected.devices[10].clone(),
         expected.devices[1_500].clone(),
     ];
-    changed[0].model = "RENAMED".to_owned();
+    changed[0].model = "RENAMED".into();
     changed[1]
         .components
         .insert("firmware", Version::new(9, 9, 9));

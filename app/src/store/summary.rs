@@ -264,7 +264,7 @@ mod tests {
         let mut changed = Vec::new();
         for (k, d) in f.devices.iter_mut().enumerate().step_by(11).take(300) {
             match k % 4 {
-                0 => d.model = format!("{}-x", d.model),
+                0 => d.model = format!("{}-x", d.model).into(),
                 1 => d.region = "moon-1".into(),
                 2 => {
                     d.components.insert("firmware", firmware);

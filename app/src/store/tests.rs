@@ -115,9 +115,9 @@ fn upsert_updates_known_devices_and_keeps_others() {
     let base = fleet(100, 5);
     store.replace_fleet(&base, None).expect("save");
     let mut changed = base.devices[10].clone();
-    changed.hw_rev = "Z".to_owned();
+    changed.hw_rev = "Z".into();
     changed.components.remove("modem");
-    changed.tags.insert("owner", "depot-7".to_owned());
+    changed.tags.insert("owner", "depot-7".into());
     let mut new = base.devices[0].clone();
     new.id = "NEW-1".to_owned();
     let counts = store

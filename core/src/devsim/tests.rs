@@ -16,8 +16,8 @@ fn key() -> SigningKey {
 fn device(id: &str, hw_rev: &str, connectivity: Connectivity) -> Device {
     Device {
         id: id.to_owned(),
-        model: "T300".to_owned(),
-        hw_rev: hw_rev.to_owned(),
+        model: "T300".into(),
+        hw_rev: hw_rev.into(),
         components: [
             ("firmware", Version::new(2, 4, 0)),
             ("bootloader", Version::new(2, 0, 1)),
@@ -25,8 +25,8 @@ fn device(id: &str, hw_rev: &str, connectivity: Connectivity) -> Device {
         .into_iter()
         .collect(),
         active_slot: Slot::A,
-        region: "eu-central".to_owned(),
-        depot: "ber".to_owned(),
+        region: "eu-central".into(),
+        depot: "ber".into(),
         position: GeoPoint {
             lat: 52.5,
             lon: 13.4,

@@ -679,14 +679,14 @@ mod tests {
                 2 => {
                     // No bootloader component: the tag of that name stands in.
                     d.components.remove("bootloader");
-                    d.tags.insert("bootloader", "rom".to_owned());
-                    d.tags.insert("carrier", "a/b".to_owned());
-                    d.hw_rev = "c".to_owned();
+                    d.tags.insert("bootloader", "rom".into());
+                    d.tags.insert("carrier", "a/b".into());
+                    d.hw_rev = "c".into();
                 }
                 3 => {
                     // Reads `a/b/c` too, through other field values.
-                    d.tags.insert("carrier", "a".to_owned());
-                    d.hw_rev = "b/c".to_owned();
+                    d.tags.insert("carrier", "a".into());
+                    d.hw_rev = "b/c".into();
                 }
                 4 => {
                     // Neither component nor tag: `(none)`.

@@ -108,7 +108,7 @@ pub fn evaluate(fleet: &Fleet, target: &ReleaseSpec, catalog: Vec<&ReleaseSpec>)
                 &mut reasons,
                 format!("installed {c} is newer than {v} (no downgrade)"),
             );
-            (c, *v, id)
+            (c.as_str(), *v, id)
         })
         .collect();
     let mut resolver = ChainResolver::new(target, catalog);

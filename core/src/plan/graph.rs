@@ -399,7 +399,7 @@ mod tests {
             now: Timestamp::from_secs(0),
         });
         let mut d = fleet.devices[0].clone();
-        d.model = "T300".to_owned();
+        d.model = "T300".into();
         d.components = components
             .iter()
             .map(|(c, v)| (*c, v.parse::<Version>().expect("version")))

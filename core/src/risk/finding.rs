@@ -267,8 +267,8 @@ pub struct AffectedMatcher<'a> {
 impl AffectedMatcher<'_> {
     pub fn matches(&self, d: &Device) -> bool {
         let a = self.affected;
-        (a.models.is_empty() || a.models.contains(&d.model))
-            && (a.hw_revs.is_empty() || a.hw_revs.contains(&d.hw_rev))
+        (a.models.is_empty() || a.models.iter().any(|m| *m == d.model))
+            && (a.hw_revs.is_empty() || a.hw_revs.iter().any(|r| *r == d.hw_rev))
             && a.requires.iter().all(|r| r.is_met(d, 0))
             && (self.ids.is_empty() || self.ids.binary_search(&d.id.as_str()).is_ok())
     }

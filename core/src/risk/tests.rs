@@ -178,8 +178,8 @@ fn affected_count_and_blast_radius_match_a_brute_force_count() {
             .devices
             .iter()
             .filter(|d| {
-                (a.models.is_empty() || a.models.contains(&d.model))
-                    && (a.hw_revs.is_empty() || a.hw_revs.contains(&d.hw_rev))
+                (a.models.is_empty() || a.models.iter().any(|m| *m == d.model))
+                    && (a.hw_revs.is_empty() || a.hw_revs.iter().any(|r| *r == d.hw_rev))
                     && a.requires.iter().all(|r| r.is_met(d, 0))
             })
             .collect();
