@@ -1,7 +1,10 @@
 //! The fleet model: what a rollout needs to know about every device.
 //!
-//! A [`Fleet`] is a list of [`Device`]s (sorted by id) and the [`Depot`]s they belong to. The
-//! model is plain data: loading it from SQLite, CSV, JSON or MQTT is the app's job, and nothing
+//! A [`Fleet`] is a list of [`Device`]s (sorted by id) and the [`Depot`]s they belong to.
+//! A device is a fixed-size row: its low-cardinality text (model, revision, region, depot,
+//! component names, tags) is [`Sym`]s and shared maps, one copy per distinct value across the
+//! fleet ([`Interner`]), so a million devices cost a few hundred bytes each. The model is plain
+//! data: loading it from SQLite, CSV, JSON or MQTT is the app's job, and nothing
 //! here knows about those shapes. String enums ([`Connectivity`], [`DeviceClass`], ...) have one
 //! canonical spelling, used by every file format and the CLI.
 

@@ -73,6 +73,67 @@ fn snapshot_load_equals_row_load_on_generated_fleets() {
     }
 }
 
+/// Every value of `fleet` that two devices share is one shared allocation: equal models,
+/// regions, component maps and tag maps point at the same bytes.
+fn assert_shared(fleet: &Fleet, how: &str) {
+    let first = &fleet.devices[0];
+    let mut same_model = 0;
+    for d in &fleet.devices {
+        if d.model == first.model {
+            assert!(
+                d.model.ptr_eq(&first.model),
+                "{how}: model of {} not shared",
+                d.id
+            );
+            same_model += 1;
+        }
+        if d.region == first.region {
+            assert!(d.region.ptr_eq(&first.region), "{how}: region of {}", d.id);
+        }
+        if d.components == first.components
+            && d.components
+                .iter()
+                .zip(first.components.iter())
+                .all(|(a, b)| a.1.parts() == b.1.parts())
+        {
+            assert!(
+                d.components.ptr_eq(&first.components),
+                "{how}: components of {}",
+                d.id
+            );
+        }
+        if d.tags == first.tags {
+            assert!(d.tags.ptr_eq(&first.tags), "{how}: tags of {}", d.id);
+        }
+    }
+    assert!(
+        same_model > 100,
+        "{how}: too few devices share a model to tell"
+    );
+}
+
+#[test]
+fn every_load_shares_equal_values_across_the_whole_fleet() {
+    // 3,001 devices span five snapshot parts of 700: values are shared across parts too.
+    let (_dir, mut store) = temp_store();
+    let original = fleet(3_001, 9);
+    assert_shared(&original, "generated");
+    store.replace_fleet(&original, None).expect("save");
+    let (from_rows, source) = Store::open(store.path())
+        .expect("reopen")
+        .load_fleet_traced()
+        .expect("load");
+    assert!(matches!(source, FleetSource::Rows { .. }), "{source:?}");
+    assert_shared(&from_rows, "rows");
+    let (from_snapshot, source) = Store::open(store.path())
+        .expect("reopen")
+        .load_fleet_traced()
+        .expect("load");
+    assert_eq!(source, FleetSource::Snapshot);
+    assert_shared(&from_snapshot, "snapshot");
+    assert_eq!(from_snapshot, original);
+}
+
 #[test]
 fn snapshot_keeps_odd_values_exactly() {
     let (_dir, mut store) = temp_store();
