@@ -188,6 +188,16 @@ impl<V> SmallMap<V> {
     }
 
     pub fn get(&self, key: &str) -> Option<&V> {
+        // A device's maps hold a handful of entries: a scan that compares lengths first reads
+        // the bytes of at most the one key that can match, where a binary search compares
+        // (and so reads) every key it visits.
+        if self.0.len() <= 8 {
+            return self
+                .0
+                .iter()
+                .find(|(k, _)| k.len() == key.len() && k.as_str() == key)
+                .map(|(_, v)| v);
+        }
         self.position(key).ok().map(|i| &self.0[i].1)
     }
 

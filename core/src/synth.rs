@@ -205,8 +205,15 @@ pub fn depots() -> Vec<Depot> {
 /// Generates a fleet. Runs in roughly a second per million devices in a release build.
 pub fn generate(options: &SynthOptions) -> Fleet {
     let depots = depots();
+    // Each device's values are shared as it is made, so that no million private copies are
+    // alive at once (their freed memory would stay in the process).
+    let mut interner = crate::fleet::Interner::new();
     let devices = (0..options.devices)
-        .map(|i| device(options, i as u64))
+        .map(|i| {
+            let mut d = device(options, i as u64);
+            interner.device(&mut d);
+            d
+        })
         .collect();
     Fleet::new(depots, devices)
 }

@@ -197,23 +197,27 @@ fn push_u32(out: &mut String, mut n: u32) {
     }
 }
 
-/// A field's value as a hash key, without building its text: borrowed text, an enum's or
-/// flag's index, or a version by its parts as written (`2.0` and `2.0.0` are written apart).
+/// A field's value as a hash key, without building its text: a shared string's address, an
+/// enum's or flag's index, or a version by its parts as written (`2.0` and `2.0.0` are written
+/// apart). Keys only group devices into combinations, whose stratum is then named by its text:
+/// two equal strings at two addresses (a fleet not built through one `Interner`) make two
+/// combinations with one stratum, so the canary is the same either way; the fleet is borrowed
+/// for the whole selection, so no address is reused meanwhile.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
-enum FieldKey<'a> {
-    Text(&'a str),
+enum FieldKey {
+    Shared(usize),
     Index(u8),
     Version([u32; 4], u8),
     Missing,
 }
 
 impl Field {
-    fn key<'a>(&self, d: &'a Device) -> FieldKey<'a> {
+    fn key(&self, d: &Device) -> FieldKey {
         match self {
-            Field::Model => FieldKey::Text(&d.model),
-            Field::HwRev => FieldKey::Text(&d.hw_rev),
-            Field::Region => FieldKey::Text(&d.region),
-            Field::Depot => FieldKey::Text(&d.depot),
+            Field::Model => FieldKey::Shared(d.model.addr()),
+            Field::HwRev => FieldKey::Shared(d.hw_rev.addr()),
+            Field::Region => FieldKey::Shared(d.region.addr()),
+            Field::Depot => FieldKey::Shared(d.depot.addr()),
             Field::Connectivity => FieldKey::Index(d.connectivity as u8),
             Field::Power => FieldKey::Index(d.power as u8),
             Field::Tier => FieldKey::Index(d.customer_tier as u8),
@@ -228,7 +232,7 @@ impl Field {
                     parts[..written.len()].copy_from_slice(written);
                     FieldKey::Version(parts, written.len() as u8)
                 } else if let Some(t) = d.tags.get(name) {
-                    FieldKey::Text(t)
+                    FieldKey::Shared(t.addr())
                 } else {
                     FieldKey::Missing
                 }
@@ -245,13 +249,13 @@ impl Field {
 /// attribute's combination of field ids is then a small integer key. Only a combination seen
 /// for the first time writes its text, which is interned as before: two combinations that
 /// read the same (`a/b`+`c` and `a`+`b/c`) share one stratum.
-struct StrataInterner<'p, 'a> {
+struct StrataInterner<'p> {
     attrs: &'p [Attribute],
     /// Distinct fields across all attributes.
     fields: Vec<&'p Field>,
     /// Per attribute, indices into `fields`.
     attr_fields: Vec<Vec<usize>>,
-    field_ids: Vec<super::FastMap<FieldKey<'a>, u32>>,
+    field_ids: Vec<super::FastMap<FieldKey, u32>>,
     /// Per attribute: (combination so far, next field id) → combination id, for attributes
     /// of several fields.
     combos: Vec<super::FastMap<(u32, u32), u32>>,
@@ -264,7 +268,7 @@ struct StrataInterner<'p, 'a> {
     buf: String,
 }
 
-impl<'p, 'a> StrataInterner<'p, 'a> {
+impl<'p> StrataInterner<'p> {
     fn new(attrs: &'p [Attribute]) -> Self {
         let mut fields: Vec<&'p Field> = Vec::new();
         let attr_fields = attrs
@@ -296,7 +300,7 @@ impl<'p, 'a> StrataInterner<'p, 'a> {
     }
 
     /// Appends the device's stratum id for every attribute to `out`.
-    fn push_device(&mut self, d: &'a Device, out: &mut Vec<u32>) {
+    fn push_device(&mut self, d: &Device, out: &mut Vec<u32>) {
         for (f, field) in self.fields.iter().enumerate() {
             let ids = &mut self.field_ids[f];
             let next = ids.len() as u32;

@@ -11,7 +11,7 @@
 //! It deliberately does not gate: whether a wave may start is the gates' decision at run time;
 //! the times here are the earliest the policy allows.
 
-use crate::fleet::Fleet;
+use crate::fleet::{DeviceClass, Fleet};
 use crate::rng::SeededRng;
 use crate::time::Timestamp;
 use serde::Serialize;
@@ -256,6 +256,11 @@ pub fn build(input: &WaveInput<'_>, sim: &mut Simulator<'_>) -> (Vec<WavePlan>, 
 
     let mut waves = Vec::with_capacity(members.len());
     let mut start = input.now;
+    // Each class's cycle once, not a map lookup per device.
+    let cycles: Vec<u64> = DeviceClass::ALL
+        .iter()
+        .map(|c| policy.operating_cycle_secs(*c))
+        .collect();
     for (name, cohort, mut devices, soak_override, prerequisites, bytes_per_device) in members {
         devices.sort_unstable();
         let mut per_group = vec![0u64; input.groups];
@@ -264,7 +269,7 @@ pub fn build(input: &WaveInput<'_>, sim: &mut Simulator<'_>) -> (Vec<WavePlan>, 
         for &i in &devices {
             let d = &fleet.devices[i as usize];
             per_group[input.group_of[i as usize] as usize] += 1;
-            cycle = cycle.max(policy.operating_cycle_secs(d.device_class));
+            cycle = cycle.max(cycles[d.device_class as usize]);
             waiting += usize::from(input.eligibility[i as usize].status == Status::AfterConditions);
             offline += usize::from(!d.is_online(input.now, policy.online_threshold_secs));
             metered += usize::from(d.metered);
