@@ -6,6 +6,12 @@
 //! confirmed before the next, then the target, and ends on the versions they provide. A fault
 //! that fails the bootloader's install on some devices stops them there, counted and named;
 //! the log replays to the same stops. A tampered prerequisite manifest refuses the run.
+//!
+//! On the request path: a rollout request made over a real `convoy serve` with the
+//! prerequisite releases stored in its cache freezes the prerequisite waves and their chains,
+//! shows them to approvers, and once two operators approve, the server's dispatch delivers each
+//! chain before the target; a chain wave naming a device not in the fleet, or a prerequisite
+//! release not in the cache, is refused naming it.
 
 use convoy::store::Store;
 use convoy_core::fleet::Fleet;
@@ -267,7 +273,7 @@ fn devices_behind_get_their_prerequisites_in_order_then_the_target() {
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     let ws = workspace();
     let report = run(&ws, None);
-    check_chains_delivered(&ws, &report);
+    check_chains_delivered(&ws, &report, "r1");
 }
 
 /// The same from a saved plan: `convoy plan --json` with the fixture catalog writes the
@@ -332,15 +338,15 @@ fn a_saved_plan_carries_its_prerequisite_chains_to_the_engine() {
         true,
         &["--plan", &plan_file, "--max-wall-secs", "240"],
     );
-    check_chains_delivered(&ws, &report_of(&ws, &out));
+    check_chains_delivered(&ws, &report_of(&ws, &out), "r1");
 }
 
 /// Every device behind got its chain in order, each step confirmed before the next, then the
 /// target, and ends on the versions they provide; the others got the target alone.
-fn check_chains_delivered(ws: &SignedWorkspace, report: &Value) {
+fn check_chains_delivered(ws: &SignedWorkspace, report: &Value, rollout_id: &str) {
     assert_eq!(report["final_state"], "completed", "{report:#}");
     let store = Store::open_existing(Path::new(&ws.path("cache.db"))).expect("cache");
-    let log = store.rollout_log("r1").expect("log");
+    let log = store.rollout_log(rollout_id).expect("log");
     let needed = chains_needed(ws, &log);
     assert!(
         needed.values().any(|c| c == &[BL.to_owned()])
@@ -658,5 +664,247 @@ fn an_engine_planned_bootloader_release_runs_with_the_stricter_gates() {
     assert_eq!(
         spec.gates, stricter,
         "the rollout runs with the stricter gates"
+    );
+}
+
+/// A `convoy serve` on the workspace's cache (HTTP on 127.0.0.1) that dispatches approved
+/// requests to the embedded broker at `broker`, with a dispatcher's and two approvers' tokens.
+struct Server {
+    rt: tokio::runtime::Runtime,
+    server: Option<convoy::serve::Server>,
+    api: String,
+    http: reqwest::Client,
+    tokens: BTreeMap<&'static str, String>,
+}
+
+impl Server {
+    fn start(ws: &SignedWorkspace, broker: &str) -> Self {
+        let mut tokens = BTreeMap::new();
+        for (name, role) in [
+            ("dana", "dispatcher"),
+            ("alex", "approver"),
+            ("sam", "approver"),
+        ] {
+            let token = convoy_ok(&[
+                "serve",
+                "token",
+                "add",
+                "--cache",
+                &ws.path("cache.db"),
+                "--operator",
+                name,
+                "--role",
+                role,
+            ]);
+            tokens.insert(name, token.trim().to_owned());
+        }
+        let args = ws.path("dispatch.args");
+        std::fs::write(
+            &args,
+            format!(
+                "--broker\n{broker}\n--policy\n{}\n--time-scale\n{SCALE}\n--artifact\n{}\n--max-wall-secs\n240\n",
+                ws.path("policy.json"),
+                ws.path("fw.img")
+            ),
+        )
+        .expect("dispatch settings");
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        let mut config = convoy::serve::ServeConfig::new(
+            ws.path("cache.db").into(),
+            "127.0.0.1:0".parse().expect("addr"),
+        );
+        config.trust = Some(ws.path("trust").into());
+        config.rate_per_sec = 10_000.0;
+        config.rate_burst = 10_000;
+        config.dispatch =
+            Some(convoy::serve::host::read_dispatch_args(Path::new(&args)).expect("dispatch"));
+        let server = rt
+            .block_on(convoy::serve::Server::start(config))
+            .expect("server");
+        let api = format!("{}/api/v1", server.base_url());
+        Self {
+            rt,
+            server: Some(server),
+            api,
+            http: reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(30))
+                .build()
+                .expect("client"),
+            tokens,
+        }
+    }
+
+    fn post(&self, as_: &str, path: &str, body: &Value) -> (reqwest::StatusCode, Value) {
+        let url = format!("{}/{path}", self.api);
+        self.rt.block_on(convoy_e2e::api::post(
+            &self.http,
+            &url,
+            &self.tokens[as_],
+            body.to_string(),
+        ))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(server) = self.server.take() {
+            self.rt.block_on(server.shutdown());
+        }
+    }
+}
+
+/// Stores the target and the two prerequisite releases in the cache (`convoy release store`).
+fn store_releases(ws: &SignedWorkspace) {
+    ws.store_release();
+    for m in ["bl.json", "modem.json"] {
+        convoy_ok(&[
+            "release",
+            "store",
+            &ws.path(m),
+            "--trust",
+            &ws.path("trust"),
+            "--db",
+            &ws.path("cache.db"),
+        ]);
+    }
+}
+
+/// Issue 20 on the request path: a request planned by the server with the prerequisite
+/// releases of its cache freezes the prerequisite waves and their chains (shown in the request
+/// and `convoy request show`); approved by two operators, the server dispatches it and every
+/// device behind gets its chain in order, then the target.
+#[test]
+fn an_approved_request_delivers_its_prerequisite_chains_when_dispatched() {
+    let _one = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let ws = workspace();
+    store_releases(&ws);
+    let rig = rig(&ws, None);
+    let server = Server::start(&ws, &rig.url);
+    let (status, body) = server.post(
+        "dana",
+        "rollouts",
+        &serde_json::json!({"release_id": TARGET, "rollout_id": "cr1", "prerequisites": [BL, MODEM]}),
+    );
+    assert_eq!(status, reqwest::StatusCode::CREATED, "{body}");
+    assert_eq!(
+        body["prerequisite_releases"],
+        serde_json::json!([BL, MODEM])
+    );
+    let chained: Vec<&Value> = body["waves"]
+        .as_array()
+        .expect("waves")
+        .iter()
+        .filter(|w| w.get("prerequisites").is_some())
+        .collect();
+    assert!(
+        chained
+            .iter()
+            .any(|w| w["prerequisites"] == serde_json::json!([BL]))
+            && chained.iter().all(|w| w["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("after-prerequisites"))),
+        "{body:#}"
+    );
+    // What approvers see from the command line too.
+    let shown = convoy_ok(&["request", "show", "cr1", "--db", &ws.path("cache.db")]);
+    assert!(
+        shown.contains(&format!("installs first: {BL}"))
+            && shown.contains(&format!("Prerequisite releases (manifests pinned, dispatched with the rollout): {BL}, {MODEM}")),
+        "{shown}"
+    );
+    for who in ["alex", "sam"] {
+        let (status, body) = server.post(who, "rollouts/cr1/approve", &serde_json::json!({}));
+        assert_eq!(status, reqwest::StatusCode::OK, "{body}");
+    }
+    let runs = server.server.as_ref().expect("server").take_runs();
+    assert_eq!(runs.len(), 1, "the server dispatched cr1");
+    let report = runs
+        .into_iter()
+        .next()
+        .expect("one run")
+        .join()
+        .expect("the dispatched run");
+    let report = serde_json::to_value(&report).expect("report JSON");
+    check_chains_delivered(&ws, &report, "cr1");
+}
+
+/// A request's chains are refused before anything is recorded: a prerequisite wave naming a
+/// device not in the fleet, a prerequisite release not stored in the cache (planned here or
+/// named by a wave), and prerequisite waves without the waves they follow.
+#[test]
+fn a_request_with_an_unknown_chain_device_or_a_prerequisite_not_in_the_cache_is_refused() {
+    let ws = workspace();
+    ws.store_release();
+    // Only the bootloader's manifest is stored: the modem's is not.
+    convoy_ok(&[
+        "release",
+        "store",
+        &ws.path("bl.json"),
+        "--trust",
+        &ws.path("trust"),
+        "--db",
+        &ws.path("cache.db"),
+    ]);
+    let server = Server::start(&ws, "mqtt://127.0.0.1:9");
+    let fleet: Fleet =
+        convoy::fleet_io::load_fleet(Path::new(&ws.path("fleet.json"))).expect("fleet");
+    let ids: Vec<&str> = fleet
+        .devices
+        .iter()
+        .filter(|d| d.model.as_str() == "T300")
+        .map(|d| d.id.as_str())
+        .collect();
+    let cases = [
+        (
+            serde_json::json!({"release_id": TARGET, "rollout_id": "x1",
+                "waves": [{"name": "canary", "device_ids": [ids[0]], "soak_secs": 60}],
+                "prerequisite_waves": [{"name": "after-prerequisites-1", "device_ids": [ids[1], "ghost-7"], "soak_secs": 60, "prerequisites": [BL]}]}),
+            "prerequisite_waves[0].device_ids[1]",
+            "no device ghost-7",
+        ),
+        (
+            serde_json::json!({"release_id": TARGET, "rollout_id": "x2",
+                "waves": [{"name": "canary", "device_ids": [ids[0]], "soak_secs": 60}],
+                "prerequisite_waves": [{"name": "after-prerequisites-1", "device_ids": [ids[1]], "soak_secs": 60, "prerequisites": [BL, MODEM]}]}),
+            "prerequisite_waves[0].prerequisites[1]",
+            "prerequisite release t300-modem-1.3.0 has no manifest in the server's cache",
+        ),
+        (
+            serde_json::json!({"release_id": TARGET, "rollout_id": "x3", "prerequisites": [BL, MODEM]}),
+            "prerequisites[1]",
+            "prerequisite release t300-modem-1.3.0 has no manifest in the server's cache",
+        ),
+        (
+            serde_json::json!({"release_id": TARGET, "rollout_id": "x4",
+                "prerequisite_waves": [{"name": "after-prerequisites-1", "device_ids": [ids[1]], "soak_secs": 60, "prerequisites": [BL]}]}),
+            "prerequisite_waves",
+            "give \"waves\" too",
+        ),
+    ];
+    for (body, field, words) in cases {
+        let (status, answer) = server.post("dana", "rollouts", &body);
+        assert_eq!(
+            status,
+            reqwest::StatusCode::BAD_REQUEST,
+            "{body} -> {answer}"
+        );
+        assert_eq!(answer["field"], field, "{answer}");
+        assert!(
+            answer["error"].as_str().unwrap_or("").contains(words),
+            "{answer}"
+        );
+    }
+    let store = Store::open_existing(Path::new(&ws.path("cache.db"))).expect("cache");
+    assert!(
+        convoy::ops::requests::list(&store)
+            .expect("requests")
+            .is_empty(),
+        "nothing recorded"
     );
 }

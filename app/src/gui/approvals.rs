@@ -239,6 +239,8 @@ pub fn request_plan(
         authoriser: form.emergency.then(|| form.authoriser.trim().to_owned()),
         evidence: form.emergency.then(|| form.evidence.trim().to_owned()),
         waves: None,
+        prerequisite_waves: None,
+        prerequisites: None,
         seed: None,
         finding_id: Some(form.finding_id.trim().to_owned()).filter(|s| !s.is_empty()),
         shape: Some(form.shape.trim().to_owned()).filter(|s| !s.is_empty()),
