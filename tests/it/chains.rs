@@ -908,3 +908,168 @@ fn a_request_with_an_unknown_chain_device_or_a_prerequisite_not_in_the_cache_is_
         "nothing recorded"
     );
 }
+
+/// Issue 20, DDI devices in chain waves: the DDI side serves one release per run, so a DDI
+/// device (tagged `link=ddi`) whose bootloader or modem is behind is excluded from its chain
+/// wave, with the reason on the timeline and in its history, and is never offered the target
+/// (nor assigned it over DDI, though it polls the engine's DDI endpoint throughout); the
+/// MQTT devices of the same waves get their chains, then the target, and the rollout completes.
+#[test]
+fn a_ddi_device_behind_is_excluded_from_its_chain_never_offered_the_target() {
+    let _one = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let ws = workspace();
+    let p = |name: &str| ws.path(name);
+    // Three T300s whose bootloader is behind, tagged `link=ddi` in the cache.
+    let mut fleet: Value =
+        serde_json::from_str(&std::fs::read_to_string(p("fleet.json")).expect("fleet"))
+            .expect("fleet JSON");
+    let before: Fleet = convoy::fleet_io::load_fleet(Path::new(&p("fleet.json"))).expect("fleet");
+    let behind: Vec<String> = before
+        .devices
+        .iter()
+        .filter(|d| {
+            d.model.as_str() == "T300"
+                && d.component("bootloader")
+                    .is_some_and(|v| v < "2.0.0".parse().expect("version"))
+        })
+        .map(|d| d.id.as_str().to_owned())
+        .take(3)
+        .collect();
+    assert_eq!(
+        behind.len(),
+        3,
+        "the fleet has T300s behind on the bootloader"
+    );
+    for d in fleet["devices"].as_array_mut().expect("devices") {
+        if behind.iter().any(|id| d["id"] == id.as_str()) {
+            d["tags"]["link"] = "ddi".into();
+        }
+    }
+    std::fs::write(p("tagged-fleet.json"), fleet.to_string()).expect("fleet");
+    convoy_ok(&[
+        "fleet",
+        "import",
+        &p("tagged-fleet.json"),
+        "--db",
+        &p("cache.db"),
+    ]);
+    std::fs::write(p("gateway"), "chain-gateway-secret\n").expect("gateway token");
+    let ddi_port = convoy_e2e::free_port();
+    let rig = rig(&ws, None);
+    // One DDI device polls the engine's endpoint for as long as the run lasts.
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let poller = {
+        let done = std::sync::Arc::clone(&done);
+        let controller = behind[0].clone();
+        std::thread::spawn(move || -> (u32, u32) {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async {
+                let client = hawkbit::ddi::Client::new(
+                    &format!("http://127.0.0.1:{ddi_port}"),
+                    "DEFAULT",
+                    &controller,
+                    hawkbit::ddi::ClientAuthorization::GatewayToken("chain-gateway-secret".into()),
+                    None,
+                    None,
+                    Some(std::time::Duration::from_secs(10)),
+                )
+                .expect("ddi client");
+                let (mut answered, mut offered) = (0, 0);
+                while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                    if let Ok(reply) = client.poll().await {
+                        answered += 1;
+                        if reply.update().is_some() {
+                            offered += 1;
+                        }
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
+                (answered, offered)
+            })
+        })
+    };
+    let listen = format!("127.0.0.1:{ddi_port}");
+    let gateway = p("gateway");
+    let out = rollout_run(
+        &ws,
+        &rig,
+        true,
+        &[
+            "--max-wall-secs",
+            "240",
+            "--ddi-listen",
+            &listen,
+            "--ddi-gateway-token-file",
+            &gateway,
+            "--ddi-sleep-secs",
+            "1",
+        ],
+    );
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (answered, offered) = poller.join().expect("the poller");
+    let report = report_of(&ws, &out);
+    assert_eq!(report["final_state"], "completed", "{report:#}");
+    assert!(answered > 0, "the DDI device reached the engine's endpoint");
+    assert_eq!(offered, 0, "no deployment for a DDI device behind");
+    let store = Store::open_existing(Path::new(&p("cache.db"))).expect("cache");
+    let log = store.rollout_log("r1").expect("log");
+    let rollout = Rollout::replay(log).expect("the log replays");
+    let in_chain_wave = |id: &str| {
+        rollout.spec().waves.iter().enumerate().any(|(w, wave)| {
+            !rollout.wave_chain(w).is_empty() && wave.device_ids.iter().any(|d| d == id)
+        })
+    };
+    let chained: Vec<&String> = behind.iter().filter(|id| in_chain_wave(id)).collect();
+    assert!(!chained.is_empty(), "a tagged device is in a chain wave");
+    for id in &chained {
+        assert!(offers(&store, id).is_empty(), "{id}: offered nothing");
+        let i = rollout
+            .state()
+            .device_ids
+            .binary_search(id)
+            .expect("in the rollout");
+        assert!(rollout.state().devices[i].excluded, "{id}: excluded");
+        let history: Vec<String> = store
+            .device_events(id)
+            .expect("history")
+            .iter()
+            .map(|e| e.kind.clone())
+            .collect();
+        assert!(
+            history.iter().any(|k| k == "ddi.not_offered")
+                && !history.iter().any(|k| k == "offer" || k == "ddi.assigned"),
+            "{id}: {history:?}"
+        );
+    }
+    let timeline = store.timeline("r1").expect("timeline");
+    assert!(
+        timeline.iter().any(|e| e.kind == "devices.excluded"
+            && e.cause.starts_with("engine: ")
+            && e.cause
+                .contains("DDI device is not offered prerequisite releases")
+            && e.payload.contains("DDI devices of prerequisite waves")),
+        "the reason on the timeline: {:?}",
+        timeline
+            .iter()
+            .filter(|e| e.kind == "devices.excluded")
+            .collect::<Vec<_>>()
+    );
+    // The MQTT devices of the chain waves got their chains, then the target.
+    let needed = chains_needed(&ws, &store.rollout_log("r1").expect("log"));
+    let mut delivered = 0;
+    for (id, chain) in &needed {
+        if behind.contains(id) {
+            continue;
+        }
+        let mut expected = chain.clone();
+        expected.push(TARGET.to_owned());
+        assert_eq!(offers(&store, id), expected, "{id}");
+        delivered += 1;
+    }
+    assert!(delivered > 0);
+}

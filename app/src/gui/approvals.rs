@@ -774,12 +774,17 @@ fn request_form_ui(
         ui.label("No saved plan in the cache: plan a verified release in the Planner and save it.");
     }
     for p in &listing.plans {
+        let chains = if p.prerequisite_waves.is_empty() {
+            String::new()
+        } else {
+            format!(" ({} with prerequisites)", p.prerequisite_waves.len())
+        };
         let text = format!(
-            "{} · release {} · {} devices in {} waves · saved {}",
+            "{} · release {} · {} devices in {} waves{chains} · saved {}",
             p.plan_id,
             p.release_id,
             p.devices(),
-            p.waves.len(),
+            p.waves.len() + p.prerequisite_waves.len(),
             p.created.to_rfc3339()
         );
         let selected = state.plan.as_deref() == Some(p.plan_id.as_str());
@@ -946,6 +951,15 @@ fn requests_ui(
             ));
             if let (Some(a), Some(e)) = (&r.authoriser, &r.evidence) {
                 ui.label(format!("Break-glass authoriser: {a} · evidence: {e}"));
+            }
+            // Prerequisite chains (issue 20): what devices behind install before the release.
+            for w in r.waves.iter().filter(|w| !w.prerequisites.is_empty()) {
+                ui.label(format!(
+                    "Wave {}: {} devices install {} first, then the release",
+                    w.name,
+                    w.devices,
+                    w.prerequisites.join(" -> ")
+                ));
             }
             for line in remediation_lines(r) {
                 ui.label(line);
