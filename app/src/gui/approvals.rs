@@ -1086,6 +1086,7 @@ mod tests {
             evidence: None,
             devices: 3,
             waves: Vec::new(),
+            prerequisite_releases: Vec::new(),
             decisions: approvers
                 .iter()
                 .map(|a| Decision {
