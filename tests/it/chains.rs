@@ -669,7 +669,7 @@ fn an_engine_planned_bootloader_release_runs_with_the_stricter_gates() {
 
 /// A `convoy serve` on the workspace's cache (HTTP on 127.0.0.1) that dispatches approved
 /// requests to the embedded broker at `broker`, with a dispatcher's and two approvers' tokens.
-struct Server {
+struct Serve {
     rt: tokio::runtime::Runtime,
     server: Option<convoy::serve::Server>,
     api: String,
@@ -677,7 +677,7 @@ struct Server {
     tokens: BTreeMap<&'static str, String>,
 }
 
-impl Server {
+impl Serve {
     fn start(ws: &SignedWorkspace, broker: &str) -> Self {
         let mut tokens = BTreeMap::new();
         for (name, role) in [
@@ -749,7 +749,7 @@ impl Server {
     }
 }
 
-impl Drop for Server {
+impl Drop for Serve {
     fn drop(&mut self) {
         if let Some(server) = self.server.take() {
             self.rt.block_on(server.shutdown());
@@ -785,7 +785,7 @@ fn an_approved_request_delivers_its_prerequisite_chains_when_dispatched() {
     let ws = workspace();
     store_releases(&ws);
     let rig = rig(&ws, None);
-    let server = Server::start(&ws, &rig.url);
+    let server = Serve::start(&ws, &rig.url);
     let (status, body) = server.post(
         "dana",
         "rollouts",
@@ -851,7 +851,7 @@ fn a_request_with_an_unknown_chain_device_or_a_prerequisite_not_in_the_cache_is_
         "--db",
         &ws.path("cache.db"),
     ]);
-    let server = Server::start(&ws, "mqtt://127.0.0.1:9");
+    let server = Serve::start(&ws, "mqtt://127.0.0.1:9");
     let fleet: Fleet =
         convoy::fleet_io::load_fleet(Path::new(&ws.path("fleet.json"))).expect("fleet");
     let ids: Vec<&str> = fleet

@@ -252,7 +252,7 @@ fn create(c: &CreateArgs) -> Result<()> {
                 .with_context(|| format!("reading the policy {}", p.display()))?,
             None => convoy_core::plan::PlanningPolicy::default(),
         };
-        requests::create(&store, &trust, &planning, new, &who, &actor, now)?
+        requests::create(&store, &trust, &planning, &new, &who, &actor, now)?
     }
     .map_err(refused)?;
     let view = made.view();

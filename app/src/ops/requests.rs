@@ -443,7 +443,7 @@ pub fn create(
     store: &Store,
     trust: &manifest::TrustedKeys,
     planning: &PlanningPolicy,
-    new: NewRequest,
+    new: &NewRequest,
     requested_by: &Who,
     actor: &str,
     now: Timestamp,
@@ -601,7 +601,7 @@ pub fn create_from_plan(
         store,
         trust,
         &PlanningPolicy::default(),
-        new,
+        &new,
         plan.gates,
         requested_by,
         actor,
@@ -614,7 +614,7 @@ fn create_with_gates(
     store: &Store,
     trust: &manifest::TrustedKeys,
     planning: &PlanningPolicy,
-    new: NewRequest,
+    new: &NewRequest,
     gates: Option<GatePolicy>,
     who: &Who,
     actor: &str,
@@ -653,7 +653,7 @@ fn create_with_gates(
             ),
         )));
     }
-    let shaping = match shaping(store, &new, requested_by)? {
+    let shaping = match shaping(store, new, requested_by)? {
         Ok(s) => s,
         Err(refusal) => return Ok(Err(refusal)),
     };
@@ -755,7 +755,7 @@ fn create_with_gates(
     remediation.boot_critical = boot.as_ref().map(|b| b.reason.clone());
     let fleet = store.load_fleet()?;
     let (waves, chains, prerequisite_manifests) =
-        match frozen_waves(store, trust, &verified, planning, &fleet, &new, now)? {
+        match frozen_waves(store, trust, &verified, planning, &fleet, new, now)? {
             Ok(w) => w,
             Err(refusal) => return Ok(Err(refusal)),
         };
