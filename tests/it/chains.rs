@@ -836,9 +836,11 @@ fn an_approved_request_delivers_its_prerequisite_chains_when_dispatched() {
 
 /// A request's chains are refused before anything is recorded: a prerequisite wave naming a
 /// device not in the fleet, a prerequisite release not stored in the cache (planned here or
-/// named by a wave), and prerequisite waves without the waves they follow.
+/// named by a wave), and prerequisite waves without the waves they follow. A shape applies to
+/// the prerequisite waves' soaks as to the others'.
 #[test]
-fn a_request_with_an_unknown_chain_device_or_a_prerequisite_not_in_the_cache_is_refused() {
+fn a_request_with_an_unknown_chain_device_or_a_prerequisite_not_in_the_cache_is_refused_and_shapes_apply_to_chains()
+ {
     let ws = workspace();
     ws.store_release();
     // Only the bootloader's manifest is stored: the modem's is not.
@@ -907,6 +909,37 @@ fn a_request_with_an_unknown_chain_device_or_a_prerequisite_not_in_the_cache_is_
             .is_empty(),
         "nothing recorded"
     );
+    // A shape applies to the prerequisite waves too: accelerated halves their soaks as it
+    // halves the others'.
+    let (status, plain) = server.post(
+        "dana",
+        "rollouts",
+        &serde_json::json!({"release_id": TARGET, "rollout_id": "plain", "prerequisites": [BL]}),
+    );
+    assert_eq!(status, reqwest::StatusCode::CREATED, "{plain}");
+    let (status, fast) = server.post(
+        "dana",
+        "rollouts",
+        &serde_json::json!({"release_id": TARGET, "rollout_id": "fast", "prerequisites": [BL], "shape": "accelerated"}),
+    );
+    assert_eq!(status, reqwest::StatusCode::CREATED, "{fast}");
+    let waves = |v: &Value| v["waves"].as_array().expect("waves").clone();
+    assert_eq!(waves(&plain).len(), waves(&fast).len());
+    let mut chain_waves = 0;
+    for (p, f) in waves(&plain).iter().zip(&waves(&fast)) {
+        assert_eq!(p["name"], f["name"]);
+        assert_eq!(p["prerequisites"], f["prerequisites"]);
+        let soak = p["soak_secs"].as_i64().expect("soak");
+        assert_eq!(
+            f["soak_secs"].as_i64(),
+            Some(convoy_core::risk::Shape::Accelerated.soak(soak)),
+            "{p} / {f}"
+        );
+        if p.get("prerequisites").is_some() {
+            chain_waves += 1;
+        }
+    }
+    assert!(chain_waves > 0, "{plain:#}");
 }
 
 /// Issue 20, DDI devices in chain waves: the DDI side serves one release per run, so a DDI
