@@ -883,6 +883,13 @@ fn a_request_with_an_unknown_chain_device_or_a_prerequisite_not_in_the_cache_is_
             "prerequisite release t300-modem-1.3.0 has no manifest in the server's cache",
         ),
         (
+            serde_json::json!({"release_id": TARGET, "rollout_id": "x5",
+                "waves": [{"name": "fleet", "device_ids": [ids[0]], "soak_secs": 60}],
+                "prerequisite_waves": [{"name": "canary", "device_ids": [ids[1]], "soak_secs": 60, "prerequisites": [BL]}]}),
+            "prerequisite_waves[0].name",
+            "a prerequisite wave is not the canary",
+        ),
+        (
             serde_json::json!({"release_id": TARGET, "rollout_id": "x4",
                 "prerequisite_waves": [{"name": "after-prerequisites-1", "device_ids": [ids[1]], "soak_secs": 60, "prerequisites": [BL]}]}),
             "prerequisite_waves",
@@ -908,6 +915,48 @@ fn a_request_with_an_unknown_chain_device_or_a_prerequisite_not_in_the_cache_is_
             .expect("requests")
             .is_empty(),
         "nothing recorded"
+    );
+    // The command line: a prerequisite not in the cache is refused naming it; one that is
+    // gives the request its chains.
+    let cli = |rollout_id: &str, prerequisite: &str| {
+        convoy(&[
+            "request",
+            "create",
+            "--release",
+            TARGET,
+            "--rollout-id",
+            rollout_id,
+            "--prerequisite",
+            prerequisite,
+            "--operator",
+            "dana",
+            "--db",
+            &ws.path("cache.db"),
+            "--trust",
+            &ws.path("trust"),
+            "--json",
+        ])
+    };
+    let refused = cli("cli-1", MODEM);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains(
+            "refused: prerequisites[0]: prerequisite release t300-modem-1.3.0 has no manifest"
+        ),
+        "{stderr}"
+    );
+    let made = cli("cli-2", BL);
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let made: Value = serde_json::from_slice(&made.stdout).expect("the request's JSON");
+    assert_eq!(
+        made["prerequisite_releases"],
+        serde_json::json!([BL]),
+        "{made:#}"
     );
     // A shape applies to the prerequisite waves too: accelerated halves their soaks as it
     // halves the others'.

@@ -962,6 +962,13 @@ fn frozen_waves(
         }
         let mut chain_specs = Vec::new();
         if let Some(w) = chained {
+            // The emergency shape moves the canary first; prerequisite waves run last.
+            if w.name == "canary" {
+                return Ok(Err(field(
+                    &format!("{at}.name"),
+                    "a prerequisite wave is not the canary: prerequisite waves run after the others; name it after-prerequisites-N",
+                )));
+            }
             if w.prerequisites.is_empty() {
                 return Ok(Err(field(
                     &format!("{at}.prerequisites"),
