@@ -492,7 +492,7 @@ fn request_phase() -> Phase {
 /// Issue 20: a rollout with a prerequisite chain (bootloader, then modem, then the target) in
 /// which some devices confirmed their steps, some are installing and five failed the
 /// bootloader's install. The monitor shows the chain wave's progress step by step and the
-/// devices stopped at the bootloader, counted and named.
+/// devices stopped at the bootloader, counted and named (snapshot `monitor_chains`).
 #[test]
 fn the_monitor_shows_chain_progress_and_the_devices_stopped_at_a_prerequisite() {
     use convoy_core::rollout::{
@@ -615,11 +615,14 @@ fn the_monitor_shows_chain_progress_and_the_devices_stopped_at_a_prerequisite() 
         )
     );
     wait_for(&mut h, "Stopped at a prerequisite: 5 devices");
-    let named = label_text(&h, &format!("at {BL}: 5: "));
+    let named = label_text(&h, &format!("at {BL}: 5 ("));
     for id in &chained[..5] {
         assert!(named.contains(id.as_str()), "{id} named: {named}");
     }
     for id in &chained[5..] {
         assert!(!named.contains(id.as_str()), "{id} not stopped: {named}");
     }
+    h.state_mut().dismiss_toasts();
+    settle(&mut h);
+    h.snapshot("monitor_chains");
 }

@@ -1498,7 +1498,7 @@ pub fn stop_lines(stops: &[PrerequisiteStop]) -> Vec<String> {
             let _ = write!(names, " and {} more", stop.device_ids.len() - STOP_NAMES);
         }
         out.push(format!(
-            "at {}: {}: {names}",
+            "at {}: {} ({names})",
             stop.release,
             stop.device_ids.len()
         ));
@@ -1660,11 +1660,12 @@ mod tests {
         ]);
         assert_eq!(lines[0], "Stopped at a prerequisite: 16 devices");
         assert!(
-            lines[1].starts_with("at bl: 15: a-00, a-01,") && lines[1].ends_with("a-11 and 3 more"),
+            lines[1].starts_with("at bl: 15 (a-00, a-01,")
+                && lines[1].ends_with("a-11 and 3 more)"),
             "{}",
             lines[1]
         );
-        assert_eq!(lines[2], "at modem: 1: b-00");
+        assert_eq!(lines[2], "at modem: 1 (b-00)");
         let line = chain_line(&ChainProgress {
             wave: "after-prerequisites-1".into(),
             releases: vec!["bl".into(), "modem".into()],
