@@ -488,3 +488,141 @@ fn request_phase() -> Phase {
         soak_until: None,
     }
 }
+
+/// Issue 20: a rollout with a prerequisite chain (bootloader, then modem, then the target) in
+/// which some devices confirmed their steps, some are installing and five failed the
+/// bootloader's install. The monitor shows the chain wave's progress step by step and the
+/// devices stopped at the bootloader, counted and named (snapshot `monitor_chains`).
+#[test]
+fn the_monitor_shows_chain_progress_and_the_devices_stopped_at_a_prerequisite() {
+    use convoy_core::rollout::{
+        ChangePath, DeviceReport, DeviceState, RolloutAction, RolloutSpec, WaveChain, WaveSpec,
+    };
+    const BL: &str = "t300-bl-2.0.1";
+    const MODEM: &str = "t300-modem-1.3.0";
+    const ID: &str = "ro-chains";
+    let fleet = fixture();
+    let mut ids: Vec<String> = fleet.devices.iter().map(|d| d.id.clone()).collect();
+    ids.sort();
+    let start = Timestamp::from_secs(NOW.secs() - 86_400);
+    let spec = RolloutSpec {
+        id: ID.into(),
+        release_id: "t300-2.5.0".into(),
+        requested_by: "alice".into(),
+        waves: vec![
+            WaveSpec {
+                name: "canary".into(),
+                device_ids: ids[..10].to_vec(),
+                soak_secs: 0,
+            },
+            WaveSpec {
+                name: "after-prerequisites-1".into(),
+                device_ids: ids[10..30].to_vec(),
+                soak_secs: 0,
+            },
+        ],
+        gates: convoy_core::gates::GatePolicy::default(),
+        path: ChangePath::SingleOperator,
+    };
+    let mut r = convoy_core::rollout::Rollout::new(start, spec, &fleet).unwrap();
+    r.approve(start, "alice").unwrap();
+    r.set_chains(
+        start,
+        vec![WaveChain {
+            wave: 1,
+            releases: vec![BL.into(), MODEM.into()],
+        }],
+    )
+    .unwrap();
+    // The canary installs the target and the chain wave opens.
+    r.handle_timeout(start);
+    let Some(RolloutAction::Offer { device_ids, .. }) = r.poll_action() else {
+        panic!("the canary starts");
+    };
+    let mut at = start.plus_secs(60);
+    for id in &device_ids {
+        for state in [
+            DeviceState::Downloading,
+            DeviceState::Verified,
+            DeviceState::Installing,
+            DeviceState::Rebooting,
+            DeviceState::Healthy,
+        ] {
+            r.handle_report(
+                at,
+                DeviceReport {
+                    device_id: id.clone(),
+                    state,
+                },
+            )
+            .unwrap();
+        }
+    }
+    for _ in 0..200 {
+        at = at.plus_secs(600);
+        r.handle_timeout(at);
+        if matches!(r.phase(), Phase::Running { wave: 1 }) {
+            break;
+        }
+    }
+    assert_eq!(r.phase(), &Phase::Running { wave: 1 });
+    let chained = ids[10..30].to_vec();
+    r.chain_offer(at, &chained).unwrap();
+    // Five fail the bootloader, ten confirm it, five are still installing it.
+    for id in &chained[..5] {
+        r.handle_prerequisite_report(at, id, BL, DeviceState::Failed, Some("install failed"))
+            .unwrap();
+    }
+    for id in &chained[5..15] {
+        r.handle_prerequisite_report(at, id, BL, DeviceState::Healthy, None)
+            .unwrap();
+    }
+    r.chain_offer(at, &chained[5..15]).unwrap();
+    // Four of them confirm the modem and are offered the target.
+    for id in &chained[5..9] {
+        r.handle_prerequisite_report(at, id, MODEM, DeviceState::Healthy, None)
+            .unwrap();
+    }
+    r.chain_offer(at, &chained[5..9]).unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("chains.db");
+    {
+        let mut store = convoy::store::Store::open(&cache).unwrap();
+        store.replace_fleet(&fleet, None).unwrap();
+        store.append_rollout_log(ID, 0, r.events()).unwrap();
+        store
+            .append_event(
+                ID,
+                start,
+                "rollout.created",
+                "alice: created",
+                &serde_json::json!({"release": "t300-2.5.0", "requested_by": "alice", "path": "single_operator",
+                    "waves": [{"name": "canary", "devices": 10}, {"name": "after-prerequisites-1", "devices": 20}]}),
+            )
+            .unwrap();
+    }
+    let (backend, _feed) = Backend::fixture(fleet, cache);
+    let mut h = common::console(backend, [1400.0, 1500.0]);
+    settle(&mut h);
+    h.state_mut().send(UiCommand::Show(View::Monitor));
+    settle(&mut h);
+    wait_for(&mut h, "Prerequisite chains");
+    assert_eq!(
+        label_text(&h, "after-prerequisites-1: 20 devices"),
+        format!(
+            "after-prerequisites-1: 20 devices -> {BL} confirmed 10 (5 installing) -> {MODEM} confirmed 4 (6 installing) -> target offered 4 · 5 stopped at a prerequisite"
+        )
+    );
+    wait_for(&mut h, "Stopped at a prerequisite: 5 devices");
+    let named = label_text(&h, &format!("at {BL}: 5 ("));
+    for id in &chained[..5] {
+        assert!(named.contains(id.as_str()), "{id} named: {named}");
+    }
+    for id in &chained[5..] {
+        assert!(!named.contains(id.as_str()), "{id} not stopped: {named}");
+    }
+    h.state_mut().dismiss_toasts();
+    settle(&mut h);
+    h.snapshot("monitor_chains");
+}

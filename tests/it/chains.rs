@@ -6,6 +6,12 @@
 //! confirmed before the next, then the target, and ends on the versions they provide. A fault
 //! that fails the bootloader's install on some devices stops them there, counted and named;
 //! the log replays to the same stops. A tampered prerequisite manifest refuses the run.
+//!
+//! On the request path: a rollout request made over a real `convoy serve` with the
+//! prerequisite releases stored in its cache freezes the prerequisite waves and their chains,
+//! shows them to approvers, and once two operators approve, the server's dispatch delivers each
+//! chain before the target; a chain wave naming a device not in the fleet, or a prerequisite
+//! release not in the cache, is refused naming it.
 
 use convoy::store::Store;
 use convoy_core::fleet::Fleet;
@@ -267,7 +273,7 @@ fn devices_behind_get_their_prerequisites_in_order_then_the_target() {
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     let ws = workspace();
     let report = run(&ws, None);
-    check_chains_delivered(&ws, &report);
+    check_chains_delivered(&ws, &report, "r1");
 }
 
 /// The same from a saved plan: `convoy plan --json` with the fixture catalog writes the
@@ -332,15 +338,15 @@ fn a_saved_plan_carries_its_prerequisite_chains_to_the_engine() {
         true,
         &["--plan", &plan_file, "--max-wall-secs", "240"],
     );
-    check_chains_delivered(&ws, &report_of(&ws, &out));
+    check_chains_delivered(&ws, &report_of(&ws, &out), "r1");
 }
 
 /// Every device behind got its chain in order, each step confirmed before the next, then the
 /// target, and ends on the versions they provide; the others got the target alone.
-fn check_chains_delivered(ws: &SignedWorkspace, report: &Value) {
+fn check_chains_delivered(ws: &SignedWorkspace, report: &Value, rollout_id: &str) {
     assert_eq!(report["final_state"], "completed", "{report:#}");
     let store = Store::open_existing(Path::new(&ws.path("cache.db"))).expect("cache");
-    let log = store.rollout_log("r1").expect("log");
+    let log = store.rollout_log(rollout_id).expect("log");
     let needed = chains_needed(ws, &log);
     assert!(
         needed.values().any(|c| c == &[BL.to_owned()])
@@ -659,4 +665,493 @@ fn an_engine_planned_bootloader_release_runs_with_the_stricter_gates() {
         spec.gates, stricter,
         "the rollout runs with the stricter gates"
     );
+}
+
+/// A `convoy serve` on the workspace's cache (HTTP on 127.0.0.1) that dispatches approved
+/// requests to the embedded broker at `broker`, with a dispatcher's and two approvers' tokens.
+struct Serve {
+    rt: tokio::runtime::Runtime,
+    server: Option<convoy::serve::Server>,
+    api: String,
+    http: reqwest::Client,
+    tokens: BTreeMap<&'static str, String>,
+}
+
+impl Serve {
+    fn start(ws: &SignedWorkspace, broker: &str) -> Self {
+        let mut tokens = BTreeMap::new();
+        for (name, role) in [
+            ("dana", "dispatcher"),
+            ("alex", "approver"),
+            ("sam", "approver"),
+        ] {
+            let token = convoy_ok(&[
+                "serve",
+                "token",
+                "add",
+                "--cache",
+                &ws.path("cache.db"),
+                "--operator",
+                name,
+                "--role",
+                role,
+            ]);
+            tokens.insert(name, token.trim().to_owned());
+        }
+        let args = ws.path("dispatch.args");
+        std::fs::write(
+            &args,
+            format!(
+                "--broker\n{broker}\n--policy\n{}\n--time-scale\n{SCALE}\n--artifact\n{}\n--max-wall-secs\n240\n",
+                ws.path("policy.json"),
+                ws.path("fw.img")
+            ),
+        )
+        .expect("dispatch settings");
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        let mut config = convoy::serve::ServeConfig::new(
+            ws.path("cache.db").into(),
+            "127.0.0.1:0".parse().expect("addr"),
+        );
+        config.trust = Some(ws.path("trust").into());
+        config.rate_per_sec = 10_000.0;
+        config.rate_burst = 10_000;
+        config.dispatch =
+            Some(convoy::serve::host::read_dispatch_args(Path::new(&args)).expect("dispatch"));
+        let server = rt
+            .block_on(convoy::serve::Server::start(config))
+            .expect("server");
+        let api = format!("{}/api/v1", server.base_url());
+        Self {
+            rt,
+            server: Some(server),
+            api,
+            http: reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(30))
+                .build()
+                .expect("client"),
+            tokens,
+        }
+    }
+
+    fn post(&self, as_: &str, path: &str, body: &Value) -> (reqwest::StatusCode, Value) {
+        let url = format!("{}/{path}", self.api);
+        self.rt.block_on(convoy_e2e::api::post(
+            &self.http,
+            &url,
+            &self.tokens[as_],
+            body.to_string(),
+        ))
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        if let Some(server) = self.server.take() {
+            self.rt.block_on(server.shutdown());
+        }
+    }
+}
+
+/// Stores the target and the two prerequisite releases in the cache (`convoy release store`).
+fn store_releases(ws: &SignedWorkspace) {
+    ws.store_release();
+    for m in ["bl.json", "modem.json"] {
+        convoy_ok(&[
+            "release",
+            "store",
+            &ws.path(m),
+            "--trust",
+            &ws.path("trust"),
+            "--db",
+            &ws.path("cache.db"),
+        ]);
+    }
+}
+
+/// Issue 20 on the request path: a request planned by the server with the prerequisite
+/// releases of its cache freezes the prerequisite waves and their chains (shown in the request
+/// and `convoy request show`); approved by two operators, the server dispatches it and every
+/// device behind gets its chain in order, then the target.
+#[test]
+fn an_approved_request_delivers_its_prerequisite_chains_when_dispatched() {
+    let _one = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let ws = workspace();
+    store_releases(&ws);
+    let rig = rig(&ws, None);
+    let server = Serve::start(&ws, &rig.url);
+    let (status, body) = server.post(
+        "dana",
+        "rollouts",
+        &serde_json::json!({"release_id": TARGET, "rollout_id": "cr1", "prerequisites": [BL, MODEM]}),
+    );
+    assert_eq!(status, reqwest::StatusCode::CREATED, "{body}");
+    assert_eq!(
+        body["prerequisite_releases"],
+        serde_json::json!([BL, MODEM])
+    );
+    let chained: Vec<&Value> = body["waves"]
+        .as_array()
+        .expect("waves")
+        .iter()
+        .filter(|w| w.get("prerequisites").is_some())
+        .collect();
+    assert!(
+        chained
+            .iter()
+            .any(|w| w["prerequisites"] == serde_json::json!([BL]))
+            && chained.iter().all(|w| w["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("after-prerequisites"))),
+        "{body:#}"
+    );
+    // What approvers see from the command line too.
+    let shown = convoy_ok(&["request", "show", "cr1", "--db", &ws.path("cache.db")]);
+    assert!(
+        shown.contains(&format!("installs first: {BL}"))
+            && shown.contains(&format!("Prerequisite releases (manifests pinned, dispatched with the rollout): {BL}, {MODEM}")),
+        "{shown}"
+    );
+    for who in ["alex", "sam"] {
+        let (status, body) = server.post(who, "rollouts/cr1/approve", &serde_json::json!({}));
+        assert_eq!(status, reqwest::StatusCode::OK, "{body}");
+    }
+    let runs = server.server.as_ref().expect("server").take_runs();
+    assert_eq!(runs.len(), 1, "the server dispatched cr1");
+    let report = runs
+        .into_iter()
+        .next()
+        .expect("one run")
+        .join()
+        .expect("the dispatched run");
+    let report = serde_json::to_value(&report).expect("report JSON");
+    check_chains_delivered(&ws, &report, "cr1");
+}
+
+/// A request's chains are refused before anything is recorded: a prerequisite wave naming a
+/// device not in the fleet, a prerequisite release not stored in the cache (planned here or
+/// named by a wave), and prerequisite waves without the waves they follow. A shape applies to
+/// the prerequisite waves' soaks as to the others'.
+#[test]
+fn a_request_with_an_unknown_chain_device_or_a_prerequisite_not_in_the_cache_is_refused_and_shapes_apply_to_chains()
+ {
+    let ws = workspace();
+    ws.store_release();
+    // Only the bootloader's manifest is stored: the modem's is not.
+    convoy_ok(&[
+        "release",
+        "store",
+        &ws.path("bl.json"),
+        "--trust",
+        &ws.path("trust"),
+        "--db",
+        &ws.path("cache.db"),
+    ]);
+    let server = Serve::start(&ws, "mqtt://127.0.0.1:9");
+    let fleet: Fleet =
+        convoy::fleet_io::load_fleet(Path::new(&ws.path("fleet.json"))).expect("fleet");
+    let ids: Vec<&str> = fleet
+        .devices
+        .iter()
+        .filter(|d| d.model.as_str() == "T300")
+        .map(|d| d.id.as_str())
+        .collect();
+    let cases = [
+        (
+            serde_json::json!({"release_id": TARGET, "rollout_id": "x1",
+                "waves": [{"name": "canary", "device_ids": [ids[0]], "soak_secs": 60}],
+                "prerequisite_waves": [{"name": "after-prerequisites-1", "device_ids": [ids[1], "ghost-7"], "soak_secs": 60, "prerequisites": [BL]}]}),
+            "prerequisite_waves[0].device_ids[1]",
+            "no device ghost-7",
+        ),
+        (
+            serde_json::json!({"release_id": TARGET, "rollout_id": "x2",
+                "waves": [{"name": "canary", "device_ids": [ids[0]], "soak_secs": 60}],
+                "prerequisite_waves": [{"name": "after-prerequisites-1", "device_ids": [ids[1]], "soak_secs": 60, "prerequisites": [BL, MODEM]}]}),
+            "prerequisite_waves[0].prerequisites[1]",
+            "prerequisite release t300-modem-1.3.0 has no manifest in the server's cache",
+        ),
+        (
+            serde_json::json!({"release_id": TARGET, "rollout_id": "x3", "prerequisites": [BL, MODEM]}),
+            "prerequisites[1]",
+            "prerequisite release t300-modem-1.3.0 has no manifest in the server's cache",
+        ),
+        (
+            serde_json::json!({"release_id": TARGET, "rollout_id": "x5",
+                "waves": [{"name": "fleet", "device_ids": [ids[0]], "soak_secs": 60}],
+                "prerequisite_waves": [{"name": "canary", "device_ids": [ids[1]], "soak_secs": 60, "prerequisites": [BL]}]}),
+            "prerequisite_waves[0].name",
+            "a prerequisite wave is not the canary",
+        ),
+        (
+            serde_json::json!({"release_id": TARGET, "rollout_id": "x4",
+                "prerequisite_waves": [{"name": "after-prerequisites-1", "device_ids": [ids[1]], "soak_secs": 60, "prerequisites": [BL]}]}),
+            "prerequisite_waves",
+            "give \"waves\" too",
+        ),
+    ];
+    for (body, field, words) in cases {
+        let (status, answer) = server.post("dana", "rollouts", &body);
+        assert_eq!(
+            status,
+            reqwest::StatusCode::BAD_REQUEST,
+            "{body} -> {answer}"
+        );
+        assert_eq!(answer["field"], field, "{answer}");
+        assert!(
+            answer["error"].as_str().unwrap_or("").contains(words),
+            "{answer}"
+        );
+    }
+    let store = Store::open_existing(Path::new(&ws.path("cache.db"))).expect("cache");
+    assert!(
+        convoy::ops::requests::list(&store)
+            .expect("requests")
+            .is_empty(),
+        "nothing recorded"
+    );
+    // The command line: a prerequisite not in the cache is refused naming it; one that is
+    // gives the request its chains.
+    let cli = |rollout_id: &str, prerequisite: &str| {
+        convoy(&[
+            "request",
+            "create",
+            "--release",
+            TARGET,
+            "--rollout-id",
+            rollout_id,
+            "--prerequisite",
+            prerequisite,
+            "--operator",
+            "dana",
+            "--db",
+            &ws.path("cache.db"),
+            "--trust",
+            &ws.path("trust"),
+            "--json",
+        ])
+    };
+    let refused = cli("cli-1", MODEM);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains(
+            "refused: prerequisites[0]: prerequisite release t300-modem-1.3.0 has no manifest"
+        ),
+        "{stderr}"
+    );
+    let made = cli("cli-2", BL);
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let made: Value = serde_json::from_slice(&made.stdout).expect("the request's JSON");
+    assert_eq!(
+        made["prerequisite_releases"],
+        serde_json::json!([BL]),
+        "{made:#}"
+    );
+    // A shape applies to the prerequisite waves too: accelerated halves their soaks as it
+    // halves the others'.
+    let (status, plain) = server.post(
+        "dana",
+        "rollouts",
+        &serde_json::json!({"release_id": TARGET, "rollout_id": "plain", "prerequisites": [BL]}),
+    );
+    assert_eq!(status, reqwest::StatusCode::CREATED, "{plain}");
+    let (status, fast) = server.post(
+        "dana",
+        "rollouts",
+        &serde_json::json!({"release_id": TARGET, "rollout_id": "fast", "prerequisites": [BL], "shape": "accelerated"}),
+    );
+    assert_eq!(status, reqwest::StatusCode::CREATED, "{fast}");
+    let waves = |v: &Value| v["waves"].as_array().expect("waves").clone();
+    assert_eq!(waves(&plain).len(), waves(&fast).len());
+    let mut chain_waves = 0;
+    for (p, f) in waves(&plain).iter().zip(&waves(&fast)) {
+        assert_eq!(p["name"], f["name"]);
+        assert_eq!(p["prerequisites"], f["prerequisites"]);
+        let soak = p["soak_secs"].as_i64().expect("soak");
+        assert_eq!(
+            f["soak_secs"].as_i64(),
+            Some(convoy_core::risk::Shape::Accelerated.soak(soak)),
+            "{p} / {f}"
+        );
+        if p.get("prerequisites").is_some() {
+            chain_waves += 1;
+        }
+    }
+    assert!(chain_waves > 0, "{plain:#}");
+}
+
+/// Issue 20, DDI devices in chain waves: the DDI side serves one release per run, so a DDI
+/// device (tagged `link=ddi`) whose bootloader or modem is behind is excluded from its chain
+/// wave, with the reason on the timeline and in its history, and is never offered the target
+/// (nor assigned it over DDI, though it polls the engine's DDI endpoint throughout); the
+/// MQTT devices of the same waves get their chains, then the target, and the rollout completes.
+#[test]
+fn a_ddi_device_behind_is_excluded_from_its_chain_never_offered_the_target() {
+    let _one = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let ws = workspace();
+    let p = |name: &str| ws.path(name);
+    // Three T300s whose bootloader is behind, tagged `link=ddi` in the cache.
+    let mut fleet: Value =
+        serde_json::from_str(&std::fs::read_to_string(p("fleet.json")).expect("fleet"))
+            .expect("fleet JSON");
+    let before: Fleet = convoy::fleet_io::load_fleet(Path::new(&p("fleet.json"))).expect("fleet");
+    let behind: Vec<String> = before
+        .devices
+        .iter()
+        .filter(|d| {
+            d.model.as_str() == "T300"
+                && d.component("bootloader")
+                    .is_some_and(|v| v < "2.0.0".parse().expect("version"))
+        })
+        .map(|d| d.id.as_str().to_owned())
+        .take(3)
+        .collect();
+    assert_eq!(
+        behind.len(),
+        3,
+        "the fleet has T300s behind on the bootloader"
+    );
+    for d in fleet["devices"].as_array_mut().expect("devices") {
+        if behind.iter().any(|id| d["id"] == id.as_str()) {
+            d["tags"]["link"] = "ddi".into();
+        }
+    }
+    std::fs::write(p("tagged-fleet.json"), fleet.to_string()).expect("fleet");
+    convoy_ok(&[
+        "fleet",
+        "import",
+        &p("tagged-fleet.json"),
+        "--db",
+        &p("cache.db"),
+    ]);
+    std::fs::write(p("gateway"), "chain-gateway-secret\n").expect("gateway token");
+    let ddi_port = convoy_e2e::free_port();
+    let rig = rig(&ws, None);
+    // One DDI device polls the engine's endpoint for as long as the run lasts.
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let poller = {
+        let done = std::sync::Arc::clone(&done);
+        let controller = behind[0].clone();
+        std::thread::spawn(move || -> (u32, u32) {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async {
+                let client = hawkbit::ddi::Client::new(
+                    &format!("http://127.0.0.1:{ddi_port}"),
+                    "DEFAULT",
+                    &controller,
+                    hawkbit::ddi::ClientAuthorization::GatewayToken("chain-gateway-secret".into()),
+                    None,
+                    None,
+                    Some(std::time::Duration::from_secs(10)),
+                )
+                .expect("ddi client");
+                let (mut answered, mut offered) = (0, 0);
+                while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                    if let Ok(reply) = client.poll().await {
+                        answered += 1;
+                        if reply.update().is_some() {
+                            offered += 1;
+                        }
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
+                (answered, offered)
+            })
+        })
+    };
+    let listen = format!("127.0.0.1:{ddi_port}");
+    let gateway = p("gateway");
+    let out = rollout_run(
+        &ws,
+        &rig,
+        true,
+        &[
+            "--max-wall-secs",
+            "240",
+            "--ddi-listen",
+            &listen,
+            "--ddi-gateway-token-file",
+            &gateway,
+            "--ddi-sleep-secs",
+            "1",
+        ],
+    );
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (answered, offered) = poller.join().expect("the poller");
+    let report = report_of(&ws, &out);
+    assert_eq!(report["final_state"], "completed", "{report:#}");
+    assert!(answered > 0, "the DDI device reached the engine's endpoint");
+    assert_eq!(offered, 0, "no deployment for a DDI device behind");
+    let store = Store::open_existing(Path::new(&p("cache.db"))).expect("cache");
+    let log = store.rollout_log("r1").expect("log");
+    let rollout = Rollout::replay(log).expect("the log replays");
+    let in_chain_wave = |id: &str| {
+        rollout.spec().waves.iter().enumerate().any(|(w, wave)| {
+            !rollout.wave_chain(w).is_empty() && wave.device_ids.iter().any(|d| d == id)
+        })
+    };
+    let chained: Vec<&String> = behind.iter().filter(|id| in_chain_wave(id)).collect();
+    assert!(!chained.is_empty(), "a tagged device is in a chain wave");
+    for id in &chained {
+        assert!(offers(&store, id).is_empty(), "{id}: offered nothing");
+        let i = rollout
+            .state()
+            .device_ids
+            .binary_search(id)
+            .expect("in the rollout");
+        assert!(rollout.state().devices[i].excluded, "{id}: excluded");
+        let history: Vec<String> = store
+            .device_events(id)
+            .expect("history")
+            .iter()
+            .map(|e| e.kind.clone())
+            .collect();
+        assert!(
+            history.iter().any(|k| k == "ddi.not_offered")
+                && !history.iter().any(|k| k == "offer" || k == "ddi.assigned"),
+            "{id}: {history:?}"
+        );
+    }
+    let timeline = store.timeline("r1").expect("timeline");
+    assert!(
+        timeline.iter().any(|e| e.kind == "devices.excluded"
+            && e.cause.starts_with("engine: ")
+            && e.cause
+                .contains("DDI device is not offered prerequisite releases")
+            && e.payload.contains("DDI devices of prerequisite waves")),
+        "the reason on the timeline: {:?}",
+        timeline
+            .iter()
+            .filter(|e| e.kind == "devices.excluded")
+            .collect::<Vec<_>>()
+    );
+    // The MQTT devices of the chain waves got their chains, then the target.
+    let needed = chains_needed(&ws, &store.rollout_log("r1").expect("log"));
+    let mut delivered = 0;
+    for (id, chain) in &needed {
+        if behind.contains(id) {
+            continue;
+        }
+        let mut expected = chain.clone();
+        expected.push(TARGET.to_owned());
+        assert_eq!(offers(&store, id), expected, "{id}");
+        delivered += 1;
+    }
+    assert!(delivered > 0);
 }

@@ -105,6 +105,11 @@ pub struct CreateArgs {
     /// Checklist: what support has been told.
     #[arg(long)]
     pub support_brief: Option<String>,
+    /// When planning here: a release stored in the cache that devices behind the release's
+    /// requirements install first (repeatable; the planner's catalog). They are planned in
+    /// `after-prerequisites-N` waves and offered their chain, in order, before the release.
+    #[arg(long = "prerequisite", value_name = "RELEASE")]
+    pub prerequisites: Vec<String>,
     /// Seed of the canary and wave order when planning here.
     #[arg(long)]
     pub seed: Option<u64>,
@@ -225,6 +230,8 @@ fn create(c: &CreateArgs) -> Result<()> {
         authoriser: c.authoriser.clone(),
         evidence: c.evidence.clone(),
         waves: None,
+        prerequisite_waves: None,
+        prerequisites: Some(c.prerequisites.clone()).filter(|p| !p.is_empty()),
         seed: c.seed,
         finding_id: c.finding.clone(),
         shape: c.shape.clone(),
@@ -245,7 +252,7 @@ fn create(c: &CreateArgs) -> Result<()> {
                 .with_context(|| format!("reading the policy {}", p.display()))?,
             None => convoy_core::plan::PlanningPolicy::default(),
         };
-        requests::create(&store, &trust, &planning, new, &who, &actor, now)?
+        requests::create(&store, &trust, &planning, &new, &who, &actor, now)?
     }
     .map_err(refused)?;
     let view = made.view();
@@ -324,12 +331,24 @@ pub fn show_text(v: &RequestView) -> String {
     }
     let _ = writeln!(s, "Waves ({} devices):", v.devices);
     for w in &v.waves {
+        let chain = if w.prerequisites.is_empty() {
+            String::new()
+        } else {
+            format!("  installs first: {}", w.prerequisites.join(" -> "))
+        };
         let _ = writeln!(
             s,
-            "  {:<16} {:>7} devices  soak {}",
+            "  {:<22} {:>7} devices  soak {}{chain}",
             w.name,
             w.devices,
             crate::ops::plans::duration_text(u64::try_from(w.soak_secs).unwrap_or(0))
+        );
+    }
+    if !v.prerequisite_releases.is_empty() {
+        let _ = writeln!(
+            s,
+            "Prerequisite releases (manifests pinned, dispatched with the rollout): {}",
+            v.prerequisite_releases.join(", ")
         );
     }
     match &v.checklist {

@@ -10,8 +10,13 @@
 //! releases and, for a new rollout, the chains of its waves. A chain naming a release without
 //! a verified manifest refuses to start ([`Prerequisites::check`]).
 //!
-//! Deliberately not here: DDI devices of a chain wave are offered the target directly (the
-//! DDI side serves one release per run).
+//! DDI devices (docs/DDI.md) are not offered prerequisites: the DDI side serves one release
+//! per run. A DDI device of a chain wave is never offered the target while behind: while its
+//! wave waits it is excluded from the rollout (an `Excluded` event by `engine`, with the
+//! reason, on the timeline and in its history as `ddi.not_offered`); one that is only known as
+//! a DDI device once its wave has opened stops before its chain, counted as failed and named
+//! in the report's prerequisite stops with the same reason; and no DDI deployment of the target
+//! is assigned to a device whose chain is not done ([`EngineState::chain_holds_target`]).
 
 use anyhow::{Result, bail};
 use convoy_core::manifest::VerifiedManifest;
@@ -23,6 +28,9 @@ use std::sync::Arc;
 
 use super::state::{CmdKind, EngineState};
 use crate::link::protocol::{CommandAction, DeviceStatus, UpdateState};
+
+/// Why a DDI device of a chain wave is not offered anything.
+const DDI_NO_CHAIN: &str = "a DDI device is not offered prerequisite releases (the DDI side serves one release per run), so it is left out of its chain wave rather than offered the target while behind";
 
 /// The prerequisite releases a run may offer, and the chains of a new rollout's waves.
 #[derive(Debug, Default)]
@@ -98,13 +106,117 @@ impl EngineState {
         }
         let (chained, ddi) = self.split_ddi(device_ids);
         if !ddi.is_empty() {
-            let direct: Vec<String> = ddi
+            let behind: Vec<String> = ddi
                 .iter()
                 .map(|&i| self.fleet.devices[i].id.clone())
                 .collect();
-            self.offer_target(now, wave, &direct, paced, false)?;
+            self.stop_ddi_behind(now, &behind);
         }
         self.offer_chain_steps(now, wave, &chained)
+    }
+
+    /// DDI devices of a chain wave whose wave has opened: they stop before their chain (its
+    /// first release recorded as offered and refused with the reason), never offered the
+    /// target.
+    fn stop_ddi_behind(&mut self, now: Timestamp, device_ids: &[String]) {
+        if let Err(e) = self.rollout.chain_offer(now, device_ids) {
+            self.notes
+                .push(format!("{now}: DDI devices of a chain wave: {e}"));
+            return;
+        }
+        for id in device_ids {
+            let release = self
+                .rollout
+                .prerequisite_in_progress(id)
+                .map(str::to_owned)
+                .unwrap_or_default();
+            self.rollout.prerequisite_refused(now, id, DDI_NO_CHAIN);
+            self.device_event(
+                id,
+                now,
+                "ddi.not_offered",
+                serde_json::json!({"release": self.config.release_id, "prerequisite": release, "reason": DDI_NO_CHAIN}),
+            );
+        }
+        self.notes.push(format!(
+            "{now}: {} DDI device(s) of a chain wave stopped before their prerequisites: {DDI_NO_CHAIN}",
+            device_ids.len()
+        ));
+    }
+
+    /// Excludes from the rollout the DDI devices of chain waves that have not opened yet, with
+    /// the reason (`Excluded` by `engine` in the log and on the timeline, `ddi.not_offered` in
+    /// each device's history).
+    fn exclude_ddi_behind(&mut self, now: Timestamp) {
+        if self.ddi.is_none() {
+            return;
+        }
+        let s = self.rollout.state();
+        let mut behind: Vec<String> = Vec::new();
+        for (w, chain) in s.chain.wave_chains.iter().enumerate() {
+            if chain.is_empty() {
+                continue;
+            }
+            let Some(wave) = s.spec.waves.get(w) else {
+                continue;
+            };
+            for id in &wave.device_ids {
+                let pending = s
+                    .device_ids
+                    .binary_search(id)
+                    .ok()
+                    .and_then(|r| s.devices.get(r))
+                    .is_some_and(|d| d.state == DeviceState::Pending && !d.excluded);
+                if pending && self.index(id).is_some_and(|i| self.ddi_device(i)) {
+                    behind.push(id.clone());
+                }
+            }
+        }
+        if behind.is_empty() {
+            return;
+        }
+        let ids: Vec<&str> = behind.iter().map(String::as_str).collect();
+        match self.rollout.exclude(
+            now,
+            "engine",
+            DDI_NO_CHAIN,
+            "DDI devices of prerequisite waves",
+            &ids,
+        ) {
+            Ok(n) => {
+                for id in &behind {
+                    self.device_event(
+                        id,
+                        now,
+                        "ddi.not_offered",
+                        serde_json::json!({"release": self.config.release_id, "reason": DDI_NO_CHAIN}),
+                    );
+                }
+                self.notes.push(format!(
+                    "{now}: {n} DDI device(s) of prerequisite waves excluded: {DDI_NO_CHAIN}"
+                ));
+            }
+            Err(e) => self
+                .notes
+                .push(format!("{now}: DDI devices of prerequisite waves: {e}")),
+        }
+    }
+
+    /// Whether `device_id` is in a chain wave and has not finished its chain: the target must
+    /// not reach it yet (over DDI, where chains are not delivered, never).
+    pub(super) fn chain_holds_target(&self, device_id: &str) -> bool {
+        let s = self.rollout.state();
+        let Ok(i) = s.device_ids.binary_search_by(|d| d.as_str().cmp(device_id)) else {
+            return false;
+        };
+        let Some(slot) = s.devices.get(i) else {
+            return false;
+        };
+        if s.chain.chain(usize::from(slot.wave)).is_empty() {
+            return false;
+        }
+        let i = u32::try_from(i).unwrap_or(u32::MAX);
+        !s.chain.devices.get(&i).is_some_and(|c| c.target_offered)
     }
 
     /// The offer of the target to `device_ids` of `wave`.
@@ -193,6 +305,7 @@ impl EngineState {
         if !self.rollout.state().chain.any() {
             return Ok(());
         }
+        self.exclude_ddi_behind(now);
         self.rollout.chain_silences(now);
         let due = self.rollout.chain_due();
         let mut by_wave: BTreeMap<usize, Vec<String>> = BTreeMap::new();

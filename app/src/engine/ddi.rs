@@ -374,7 +374,7 @@ impl EngineState {
         self.ddi.as_ref().map(|d| d.counters(&self.in_rollout))
     }
 
-    fn ddi_device(&self, i: usize) -> bool {
+    pub(super) fn ddi_device(&self, i: usize) -> bool {
         self.ddi.as_ref().is_some_and(|l| l.is_ddi(i))
     }
 
@@ -460,6 +460,13 @@ impl EngineState {
         if !link.is_ddi(i) || link.action[i].is_some() || !link.port.knows(&id) {
             return;
         }
+        // A device behind, in a chain wave (docs/ENGINE.md): never the target over DDI.
+        if self.chain_holds_target(&id) {
+            return;
+        }
+        let Some(link) = self.ddi.as_mut() else {
+            return;
+        };
         match link.port.assign(&id) {
             Ok(action) => {
                 link.action[i] = Some(action);

@@ -239,6 +239,8 @@ pub fn request_plan(
         authoriser: form.emergency.then(|| form.authoriser.trim().to_owned()),
         evidence: form.emergency.then(|| form.evidence.trim().to_owned()),
         waves: None,
+        prerequisite_waves: None,
+        prerequisites: None,
         seed: None,
         finding_id: Some(form.finding_id.trim().to_owned()).filter(|s| !s.is_empty()),
         shape: Some(form.shape.trim().to_owned()).filter(|s| !s.is_empty()),
@@ -772,12 +774,17 @@ fn request_form_ui(
         ui.label("No saved plan in the cache: plan a verified release in the Planner and save it.");
     }
     for p in &listing.plans {
+        let chains = if p.prerequisite_waves.is_empty() {
+            String::new()
+        } else {
+            format!(" ({} with prerequisites)", p.prerequisite_waves.len())
+        };
         let text = format!(
-            "{} · release {} · {} devices in {} waves · saved {}",
+            "{} · release {} · {} devices in {} waves{chains} · saved {}",
             p.plan_id,
             p.release_id,
             p.devices(),
-            p.waves.len(),
+            p.waves.len() + p.prerequisite_waves.len(),
             p.created.to_rfc3339()
         );
         let selected = state.plan.as_deref() == Some(p.plan_id.as_str());
@@ -945,6 +952,15 @@ fn requests_ui(
             if let (Some(a), Some(e)) = (&r.authoriser, &r.evidence) {
                 ui.label(format!("Break-glass authoriser: {a} · evidence: {e}"));
             }
+            // Prerequisite chains (issue 20): what devices behind install before the release.
+            for w in r.waves.iter().filter(|w| !w.prerequisites.is_empty()) {
+                ui.label(format!(
+                    "Wave {}: {} devices install {} first, then the release",
+                    w.name,
+                    w.devices,
+                    w.prerequisites.join(" -> ")
+                ));
+            }
             for line in remediation_lines(r) {
                 ui.label(line);
             }
@@ -1070,6 +1086,7 @@ mod tests {
             evidence: None,
             devices: 3,
             waves: Vec::new(),
+            prerequisite_releases: Vec::new(),
             decisions: approvers
                 .iter()
                 .map(|a| Decision {

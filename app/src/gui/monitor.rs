@@ -12,7 +12,9 @@
 //! replayed [`Rollout`] with their own tests: [`wave_counts`], [`adoption_curves`] and
 //! [`proportion_series`] (the update-outcome gates, which the health series of
 //! [`convoy_core::rollout::series`] leaves out). Each reading also gives the map its
-//! [`RolloutMap`] for [`crate::gui::model::ColorMode::RolloutState`].
+//! [`RolloutMap`] for [`crate::gui::model::ColorMode::RolloutState`]. A rollout with
+//! prerequisite chains (issue 20) also shows each chain wave's progress step by step
+//! ([`chain_progress`]) and the devices stopped at a prerequisite, counted and named.
 //!
 //! Deliberately not here: deciding anything (the engine applies a command or refuses it, and
 //! its answer is shown), or writing to the cache.
@@ -26,6 +28,7 @@ use std::time::{Duration, Instant};
 use convoy_core::fleet::Fleet;
 use convoy_core::gates::{FindingStatus, GateReport, MetricKind, OutcomeAgg};
 use convoy_core::metrics::COHORT_ATTRIBUTES;
+use convoy_core::rollout::chain::PrerequisiteStop;
 use convoy_core::rollout::series::{HealthSeries, MAX_POINTS, MetricSeries, SeriesPoint};
 use convoy_core::rollout::{
     Command, DeviceState, EventKind, Phase, Rollout, RolloutState, count_outcome,
@@ -111,6 +114,64 @@ pub fn wave_counts(state: &RolloutState) -> Vec<WaveCounts> {
             c
         })
         .collect()
+}
+
+/// A chain wave's progress (issue 20): the releases its devices install before the target, in
+/// order, and how many of its devices are at each step.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ChainProgress {
+    pub wave: String,
+    pub releases: Vec<String>,
+    pub devices: u32,
+    /// Per release of the chain, in order: devices that confirmed it.
+    pub confirmed: Vec<u32>,
+    /// Per release: devices installing it now (offered, not settled).
+    pub installing: Vec<u32>,
+    /// Devices whose chain is done and that were offered the target.
+    pub target_offered: u32,
+    /// Devices stopped at a prerequisite (failed, reverted, refused or silent there).
+    pub stopped: u32,
+}
+
+/// Every chain wave's [`ChainProgress`] from a replayed rollout, in wave order (none without
+/// chains).
+pub fn chain_progress(state: &RolloutState) -> Vec<ChainProgress> {
+    let mut out = Vec::new();
+    for (w, (wave, members)) in state.spec.waves.iter().zip(&state.wave_members).enumerate() {
+        let releases = state.chain.chain(w);
+        if releases.is_empty() {
+            continue;
+        }
+        let mut p = ChainProgress {
+            wave: wave.name.clone(),
+            releases: releases.to_vec(),
+            devices: u32::try_from(members.len()).unwrap_or(u32::MAX),
+            confirmed: vec![0; releases.len()],
+            installing: vec![0; releases.len()],
+            ..ChainProgress::default()
+        };
+        for i in members {
+            let Some(c) = state.chain.devices.get(i) else {
+                continue;
+            };
+            for n in p.confirmed.iter_mut().take(usize::from(c.confirmed)) {
+                *n += 1;
+            }
+            if c.in_progress
+                && let Some(n) = p.installing.get_mut(usize::from(c.confirmed))
+            {
+                *n += 1;
+            }
+            if c.target_offered {
+                p.target_offered += 1;
+            }
+            if c.stopped_at.is_some() {
+                p.stopped += 1;
+            }
+        }
+        out.push(p);
+    }
+    out
 }
 
 /// The time step of the monitor's curves for a rollout spanning `start..end`: at most
@@ -430,6 +491,10 @@ pub struct MonitorData {
     /// Why they wait and when the next offer is due, from the engine's latest
     /// `schedule.waiting` timeline entry.
     pub offers_wait: Option<String>,
+    /// Each chain wave's progress (issue 20; empty without chains).
+    pub chains: Vec<ChainProgress>,
+    /// Devices stopped at each prerequisite release, named.
+    pub prerequisite_stops: Vec<PrerequisiteStop>,
 }
 
 impl MonitorData {
@@ -496,6 +561,8 @@ pub fn read_rollout(
             .collect(),
         awaiting_offer: rollout.awaiting_offer().len(),
         offers_wait: None,
+        chains: chain_progress(state),
+        prerequisite_stops: rollout.prerequisite_stops(),
         failing_strata: {
             let mut f: Vec<String> = state
                 .last_failures
@@ -881,6 +948,10 @@ fn body_ui(state: &mut MonitorState, cx: &ViewContext<'_>, out: &mut Commands, u
     controls_ui(state, cx, out, ui, &data);
     ui.separator();
     waves_ui(ui, &data);
+    if !data.chains.is_empty() || !data.prerequisite_stops.is_empty() {
+        ui.separator();
+        chains_ui(ui, &data);
+    }
     ui.separator();
     adoption_ui(state, ui, &data);
     ui.separator();
@@ -1380,6 +1451,76 @@ fn waves_ui(ui: &mut egui::Ui, data: &MonitorData) {
         });
 }
 
+/// The most device ids a prerequisite stop names before "and N more".
+const STOP_NAMES: usize = 12;
+
+/// The line of one chain wave: each release with the devices that confirmed it (and those
+/// installing it), then the target, and the devices stopped.
+pub fn chain_line(c: &ChainProgress) -> String {
+    let mut s = format!("{}: {} devices", c.wave, c.devices);
+    for (k, release) in c.releases.iter().enumerate() {
+        let confirmed = c.confirmed.get(k).copied().unwrap_or(0);
+        let _ = write!(s, " -> {release} confirmed {confirmed}");
+        match c.installing.get(k).copied().unwrap_or(0) {
+            0 => {}
+            n => {
+                let _ = write!(s, " ({n} installing)");
+            }
+        }
+    }
+    let _ = write!(s, " -> target offered {}", c.target_offered);
+    if c.stopped > 0 {
+        let _ = write!(s, " · {} stopped at a prerequisite", c.stopped);
+    }
+    s
+}
+
+/// The lines of the devices stopped at prerequisites: the total, then each release with its
+/// devices named (the first [`STOP_NAMES`], then how many more).
+pub fn stop_lines(stops: &[PrerequisiteStop]) -> Vec<String> {
+    if stops.is_empty() {
+        return Vec::new();
+    }
+    let total: usize = stops.iter().map(|s| s.device_ids.len()).sum();
+    let mut out = vec![format!(
+        "Stopped at a prerequisite: {total} device{}",
+        if total == 1 { "" } else { "s" }
+    )];
+    for stop in stops {
+        let mut names = stop
+            .device_ids
+            .iter()
+            .take(STOP_NAMES)
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .join(", ");
+        if stop.device_ids.len() > STOP_NAMES {
+            let _ = write!(names, " and {} more", stop.device_ids.len() - STOP_NAMES);
+        }
+        out.push(format!(
+            "at {}: {} ({names})",
+            stop.release,
+            stop.device_ids.len()
+        ));
+    }
+    out
+}
+
+/// Prerequisite chains: each chain wave's progress, and the devices stopped at a prerequisite.
+fn chains_ui(ui: &mut egui::Ui, data: &MonitorData) {
+    ui.label(RichText::new("Prerequisite chains").strong());
+    for c in &data.chains {
+        ui.label(chain_line(c));
+    }
+    for (k, line) in stop_lines(&data.prerequisite_stops).into_iter().enumerate() {
+        if k == 0 {
+            ui.label(RichText::new(line).color(tokens::BAD).strong());
+        } else {
+            ui.label(line);
+        }
+    }
+}
+
 /// Adoption curves by the chosen cohort attribute.
 fn adoption_ui(state: &mut MonitorState, ui: &mut egui::Ui, data: &MonitorData) {
     ui.horizontal(|ui| {
@@ -1502,6 +1643,43 @@ fn plain_figures(f: &convoy_core::gates::Finding) -> convoy_core::comms::Finding
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prerequisite_stops_are_counted_and_named_the_first_twelve_then_how_many_more() {
+        assert!(stop_lines(&[]).is_empty(), "no stop, no line");
+        let ids = |n: usize, p: &str| (0..n).map(|i| format!("{p}-{i:02}")).collect();
+        let lines = stop_lines(&[
+            PrerequisiteStop {
+                release: "bl".into(),
+                device_ids: ids(15, "a"),
+            },
+            PrerequisiteStop {
+                release: "modem".into(),
+                device_ids: ids(1, "b"),
+            },
+        ]);
+        assert_eq!(lines[0], "Stopped at a prerequisite: 16 devices");
+        assert!(
+            lines[1].starts_with("at bl: 15 (a-00, a-01,")
+                && lines[1].ends_with("a-11 and 3 more)"),
+            "{}",
+            lines[1]
+        );
+        assert_eq!(lines[2], "at modem: 1 (b-00)");
+        let line = chain_line(&ChainProgress {
+            wave: "after-prerequisites-1".into(),
+            releases: vec!["bl".into(), "modem".into()],
+            devices: 9,
+            confirmed: vec![6, 2],
+            installing: vec![0, 3],
+            target_offered: 2,
+            stopped: 1,
+        });
+        assert_eq!(
+            line,
+            "after-prerequisites-1: 9 devices -> bl confirmed 6 -> modem confirmed 2 (3 installing) -> target offered 2 · 1 stopped at a prerequisite"
+        );
+    }
 
     #[test]
     fn paced_offers_say_why_they_wait_and_when_the_next_is_due() {

@@ -10,6 +10,12 @@
 //! authoriser other than the requester, with evidence. A request pins the SHA-256 of the
 //! manifest it was made for: if the cache's manifest of that release changes afterwards, the
 //! request can no longer be approved or dispatched.
+//!
+//! Prerequisite chains (issue 20): a request carries the plan's prerequisite waves after its
+//! other waves, each with the releases its devices install first ([`RequestRecord::chains`]),
+//! and pins the SHA-256 of the cache's manifest of each of those releases as it pins the
+//! target's; dispatch writes them beside the plan and runs the engine with them
+//! (`--prerequisite-manifest`), so devices behind get their chain before the target.
 
 use anyhow::{Context, Result};
 use convoy_core::gates::GatePolicy;
@@ -17,15 +23,16 @@ use convoy_core::manifest::{self, VerifiedManifest};
 use convoy_core::plan::{self, PlanInput, PlanningPolicy};
 use convoy_core::risk::{Checklist, Shape, Tier, shape_waves};
 use convoy_core::rollout::{
-    ChangePath, Phase, Rollout, STANDARD_APPROVALS, WaveSpec, approvals_satisfy,
+    ChangePath, Phase, Rollout, STANDARD_APPROVALS, WaveChain, WaveSpec, approvals_satisfy,
 };
 use convoy_core::time::Timestamp;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use super::hosting::HostedRun;
+use super::plans::PrerequisiteWave;
 use super::tokens::{TokenPerson, person_key, token_person};
 
 use crate::ops::runs::RunArgs;
@@ -77,6 +84,17 @@ pub struct NewRequest {
     /// from the cache's fleet with the default policy.
     #[serde(default)]
     pub waves: Option<Vec<WaveSpec>>,
+    /// With `waves`: the waves of devices that install prerequisite releases first, as `convoy
+    /// plan --json` writes them (`prerequisite_waves`), run after `waves`. Each release they
+    /// name must be stored in the cache (`convoy release store`) and verify.
+    #[serde(default)]
+    pub prerequisite_waves: Option<Vec<PrerequisiteWave>>,
+    /// When planning here: releases stored in the cache that devices behind the target's
+    /// requirements may install first (the planner's catalog); those devices are planned in
+    /// `after-prerequisites-N` waves with their chains. Default: none (devices behind are left
+    /// out, as `convoy plan` without a catalog leaves them).
+    #[serde(default)]
+    pub prerequisites: Option<Vec<String>>,
     /// Seed of the canary and wave order when planning here.
     #[serde(default)]
     pub seed: Option<u64>,
@@ -102,7 +120,15 @@ pub struct RequestRecord {
     pub requested_by: String,
     pub requested_at: i64,
     pub path: ChangePath,
+    /// Every wave the rollout runs, the prerequisite waves last.
     pub waves: Vec<WaveSpec>,
+    /// The prerequisite chain of each prerequisite wave (by its index in `waves`; issue 20).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub chains: Vec<WaveChain>,
+    /// The SHA-256 of the cache's manifest of each release the chains name, pinned as
+    /// `manifest_sha256` pins the target's.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub prerequisite_manifests: BTreeMap<String, String>,
     #[serde(default)]
     pub gates: Option<GatePolicy>,
     /// The API token the request was made with: the requester is the person behind it
@@ -173,6 +199,8 @@ pub struct RequestView {
     pub evidence: Option<String>,
     pub devices: usize,
     pub waves: Vec<WaveSummary>,
+    /// The releases the prerequisite waves install before the target, sorted (issue 20).
+    pub prerequisite_releases: Vec<String>,
     pub decisions: Vec<Decision>,
     /// `awaiting_approval`, `approved`, `rejected`.
     pub status: &'static str,
@@ -199,6 +227,10 @@ pub struct WaveSummary {
     pub name: String,
     pub devices: usize,
     pub soak_secs: i64,
+    /// The releases this wave's devices install, in order, before the target (a prerequisite
+    /// wave; absent on the others).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub prerequisites: Vec<String>,
 }
 
 /// A stored request with its decisions.
@@ -322,12 +354,20 @@ impl Request {
             waves: r
                 .waves
                 .iter()
-                .map(|w| WaveSummary {
+                .enumerate()
+                .map(|(i, w)| WaveSummary {
                     name: w.name.clone(),
                     devices: w.device_ids.len(),
                     soak_secs: w.soak_secs,
+                    prerequisites: r
+                        .chains
+                        .iter()
+                        .find(|c| c.wave == i)
+                        .map(|c| c.releases.clone())
+                        .unwrap_or_default(),
                 })
                 .collect(),
+            prerequisite_releases: r.prerequisite_manifests.keys().cloned().collect(),
             decisions: self.decisions.clone(),
             status: if self.rejected() {
                 "rejected"
@@ -403,7 +443,7 @@ pub fn create(
     store: &Store,
     trust: &manifest::TrustedKeys,
     planning: &PlanningPolicy,
-    new: NewRequest,
+    new: &NewRequest,
     requested_by: &Who,
     actor: &str,
     now: Timestamp,
@@ -449,12 +489,19 @@ pub struct SavedPlan {
     pub release_id: String,
     pub created: Timestamp,
     pub waves: Vec<WaveSpec>,
+    /// The plan's prerequisite waves (`prerequisite_waves`), run after `waves`.
+    pub prerequisite_waves: Vec<PrerequisiteWave>,
     pub gates: Option<GatePolicy>,
 }
 
 impl SavedPlan {
     pub fn devices(&self) -> usize {
-        self.waves.iter().map(|w| w.device_ids.len()).sum()
+        self.waves.iter().map(|w| w.device_ids.len()).sum::<usize>()
+            + self
+                .prerequisite_waves
+                .iter()
+                .map(|w| w.device_ids.len())
+                .sum::<usize>()
     }
 }
 
@@ -475,11 +522,12 @@ pub fn saved_plans(store: &Store) -> Result<(Vec<SavedPlan>, Vec<String>)> {
             continue;
         }
         match plan_of(&body) {
-            Ok((waves, gates)) => plans.push(SavedPlan {
+            Ok((waves, prerequisite_waves, gates)) => plans.push(SavedPlan {
                 plan_id,
                 release_id,
                 created: Timestamp::from_secs(created),
                 waves,
+                prerequisite_waves,
                 gates,
             }),
             Err(why) => unreadable.push(format!("plan {plan_id}: {why}")),
@@ -488,8 +536,12 @@ pub fn saved_plans(store: &Store) -> Result<(Vec<SavedPlan>, Vec<String>)> {
     Ok((plans, unreadable))
 }
 
-/// The waves (`rollout_waves`) and gates of a saved plan's JSON.
-fn plan_of(body: &str) -> Result<(Vec<WaveSpec>, Option<GatePolicy>), String> {
+/// The waves (`rollout_waves`), prerequisite waves (`prerequisite_waves`, if any) and gates of
+/// a saved plan's JSON.
+#[allow(clippy::type_complexity)] // the three parts of a plan, read together.
+fn plan_of(
+    body: &str,
+) -> Result<(Vec<WaveSpec>, Vec<PrerequisiteWave>, Option<GatePolicy>), String> {
     let value: serde_json::Value = convoy_core::strict_json::from_str(body)
         .map_err(|e| format!("its body is not one reading of JSON: {e}"))?;
     let waves = value
@@ -497,6 +549,11 @@ fn plan_of(body: &str) -> Result<(Vec<WaveSpec>, Option<GatePolicy>), String> {
         .ok_or("it has no \"rollout_waves\"")?;
     let waves: Vec<WaveSpec> = serde_json::from_value(waves.clone())
         .map_err(|e| format!("its \"rollout_waves\" are not waves: {e}"))?;
+    let prerequisite_waves: Vec<PrerequisiteWave> = match value.get("prerequisite_waves") {
+        None | Some(serde_json::Value::Null) => Vec::new(),
+        Some(w) => serde_json::from_value(w.clone())
+            .map_err(|e| format!("its \"prerequisite_waves\" are not prerequisite waves: {e}"))?,
+    };
     let gates = match value.get("gates") {
         None | Some(serde_json::Value::Null) => None,
         Some(g) => Some(
@@ -504,7 +561,7 @@ fn plan_of(body: &str) -> Result<(Vec<WaveSpec>, Option<GatePolicy>), String> {
                 .map_err(|e| format!("its \"gates\" are not a gate policy: {e}"))?,
         ),
     };
-    Ok((waves, gates))
+    Ok((waves, prerequisite_waves, gates))
 }
 
 /// Records a request for `plan_id`, a plan saved in the cache: its waves and gates are frozen
@@ -539,11 +596,12 @@ pub fn create_from_plan(
         )));
     }
     new.waves = Some(plan.waves);
+    new.prerequisite_waves = Some(plan.prerequisite_waves);
     create_with_gates(
         store,
         trust,
         &PlanningPolicy::default(),
-        new,
+        &new,
         plan.gates,
         requested_by,
         actor,
@@ -556,7 +614,7 @@ fn create_with_gates(
     store: &Store,
     trust: &manifest::TrustedKeys,
     planning: &PlanningPolicy,
-    new: NewRequest,
+    new: &NewRequest,
     gates: Option<GatePolicy>,
     who: &Who,
     actor: &str,
@@ -595,7 +653,7 @@ fn create_with_gates(
             ),
         )));
     }
-    let shaping = match shaping(store, &new, requested_by)? {
+    let shaping = match shaping(store, new, requested_by)? {
         Ok(s) => s,
         Err(refusal) => return Ok(Err(refusal)),
     };
@@ -696,65 +754,11 @@ fn create_with_gates(
     };
     remediation.boot_critical = boot.as_ref().map(|b| b.reason.clone());
     let fleet = store.load_fleet()?;
-    let waves = if let Some(waves) = new.waves {
-        let known: std::collections::HashMap<&str, &convoy_core::fleet::Device> =
-            fleet.devices.iter().map(|d| (d.id.as_str(), d)).collect();
-        if waves.is_empty() {
-            return Ok(Err(field("waves", "a plan has at least one wave")));
-        }
-        let mut seen = HashSet::new();
-        for (i, w) in waves.iter().enumerate() {
-            if w.device_ids.is_empty() {
-                return Ok(Err(field(
-                    &format!("waves[{i}].device_ids"),
-                    format!("wave {} has no device", w.name),
-                )));
-            }
-            if w.soak_secs < 0 {
-                return Ok(Err(field(
-                    &format!("waves[{i}].soak_secs"),
-                    "soak_secs cannot be negative",
-                )));
-            }
-            for (j, d) in w.device_ids.iter().enumerate() {
-                let Some(device) = known.get(d.as_str()) else {
-                    return Ok(Err(field(
-                        &format!("waves[{i}].device_ids[{j}]"),
-                        format!("no device {d} in the server's cache"),
-                    )));
-                };
-                if !verified.spec().supports_hardware(device) {
-                    return Ok(Err(field(
-                        &format!("waves[{i}].device_ids[{j}]"),
-                        format!(
-                            "device {d} is a {}: release {} is for {}",
-                            device.model,
-                            new.release_id,
-                            verified.spec().hardware.join(", ")
-                        ),
-                    )));
-                }
-                if !seen.insert(d.as_str()) {
-                    return Ok(Err(field(
-                        &format!("waves[{i}].device_ids[{j}]"),
-                        format!("device {d} is in two waves"),
-                    )));
-                }
-            }
-        }
-        waves
-    } else {
-        let plan = plan::plan(&PlanInput {
-            fleet: &fleet,
-            release: verified.spec(),
-            catalog: &[],
-            now,
-            seed: new.seed.unwrap_or(1),
-            policy: planning,
-        })
-        .with_context(|| format!("planning release {}", new.release_id))?;
-        plan.rollout_waves(&fleet)
-    };
+    let (waves, chains, prerequisite_manifests) =
+        match frozen_waves(store, trust, &verified, planning, &fleet, new, now)? {
+            Ok(w) => w,
+            Err(refusal) => return Ok(Err(refusal)),
+        };
     if waves.iter().all(|w| w.device_ids.is_empty()) {
         return Ok(Err(Refusal::Conflict(format!(
             "no device of the cache is eligible for release {} now: nothing to roll out (convoy plan gives the reasons)",
@@ -762,9 +766,10 @@ fn create_with_gates(
         ))));
     }
     let mut waves = waves;
+    let mut chains = chains;
     if let Some(shape) = remediation.shape {
         remediation.planned_soaks = Some(waves.iter().map(|w| w.soak_secs).collect());
-        shape_waves(shape, &mut waves);
+        shape_chained(shape, &mut waves, &mut chains);
         if remediation.shape != remediation.proposed_shape && remediation.proposed_shape.is_some() {
             remediation.shape_changed_at = Some(now.secs());
         }
@@ -778,6 +783,8 @@ fn create_with_gates(
         requested_at: now.secs(),
         path,
         waves,
+        chains,
+        prerequisite_manifests,
         gates,
         requested_token: who.token_id.clone(),
         request_seq: None,
@@ -805,7 +812,8 @@ fn create_with_gates(
                 "authoriser": view.authoriser,
                 "evidence": view.evidence,
                 "devices": view.devices,
-                "waves": view.waves.iter().map(|w| serde_json::json!({"name": w.name, "devices": w.devices, "soak_secs": w.soak_secs})).collect::<Vec<_>>(),
+                "waves": view.waves.iter().map(|w| serde_json::json!({"name": w.name, "devices": w.devices, "soak_secs": w.soak_secs, "prerequisites": w.prerequisites})).collect::<Vec<_>>(),
+                "prerequisite_manifests": request.record.prerequisite_manifests,
                 "finding_id": view.finding_id,
                 "finding_tier": view.finding_tier,
                 "proposed_shape": view.proposed_shape,
@@ -828,6 +836,318 @@ fn create_with_gates(
     })
     .context("committing the rollout request")?;
     Ok(Ok(request))
+}
+
+/// A request's waves as frozen, their prerequisite chains and the pinned SHA-256 of the cache's
+/// manifest of each chain release.
+type Frozen = (Vec<WaveSpec>, Vec<WaveChain>, BTreeMap<String, String>);
+
+/// The waves a new request freezes: the ones given (and their prerequisite waves, appended
+/// with their chains), or planned here from `fleet` with the prerequisite releases named as
+/// the catalog. Refuses, naming the field, a wave without devices, a device not in the cache,
+/// on hardware the release is not for or in two waves, and a prerequisite release that is not
+/// stored in the cache, does not verify, or is the target itself.
+fn frozen_waves(
+    store: &Store,
+    trust: &manifest::TrustedKeys,
+    verified: &VerifiedManifest,
+    planning: &PlanningPolicy,
+    fleet: &convoy_core::fleet::Fleet,
+    new: &NewRequest,
+    now: Timestamp,
+) -> Result<Result<Frozen, Refusal>> {
+    let mut pinned: BTreeMap<String, (String, VerifiedManifest)> = BTreeMap::new();
+    let Some(given) = &new.waves else {
+        if new.prerequisite_waves.is_some() {
+            return Ok(Err(field(
+                "prerequisite_waves",
+                "prerequisite waves come after the waves they follow: give \"waves\" too (or \"prerequisites\" to plan them here)",
+            )));
+        }
+        let mut catalog = Vec::new();
+        for (k, release) in new.prerequisites.iter().flatten().enumerate() {
+            match prerequisite(
+                store,
+                trust,
+                verified,
+                release,
+                &format!("prerequisites[{k}]"),
+                now,
+            )? {
+                Ok(m) => {
+                    catalog.push(m.1.spec().clone());
+                    pinned.insert(release.clone(), m);
+                }
+                Err(refusal) => return Ok(Err(refusal)),
+            }
+        }
+        let plan = plan::plan(&PlanInput {
+            fleet,
+            release: verified.spec(),
+            catalog: &catalog,
+            now,
+            seed: new.seed.unwrap_or(1),
+            policy: planning,
+        })
+        .with_context(|| format!("planning release {}", new.release_id))?;
+        // Devices behind get their chains (none without prerequisites).
+        let (waves, chains) = convoy_core::rollout::chain::waves_with_chains(&plan, fleet);
+        let used: HashSet<&str> = chains
+            .iter()
+            .flat_map(|c| c.releases.iter().map(String::as_str))
+            .collect();
+        let pins = pinned
+            .into_iter()
+            .filter(|(r, _)| used.contains(r.as_str()))
+            .map(|(r, (sha, _))| (r, sha))
+            .collect();
+        return Ok(Ok((waves, chains, pins)));
+    };
+    if new.prerequisites.is_some() {
+        return Ok(Err(field(
+            "prerequisites",
+            "\"prerequisites\" is the catalog when the server plans; with \"waves\", give the chains in \"prerequisite_waves\"",
+        )));
+    }
+    if given.is_empty() {
+        return Ok(Err(field("waves", "a plan has at least one wave")));
+    }
+    let known: std::collections::HashMap<&str, &convoy_core::fleet::Device> =
+        fleet.devices.iter().map(|d| (d.id.as_str(), d)).collect();
+    let mut seen: HashSet<&str> = HashSet::new();
+    let mut names: HashSet<&str> = HashSet::new();
+    let mut waves = given.clone();
+    let mut chains = Vec::new();
+    let extra = new.prerequisite_waves.as_deref().unwrap_or_default();
+    let all = given
+        .iter()
+        .enumerate()
+        .map(|(i, w)| {
+            (
+                format!("waves[{i}]"),
+                w.name.as_str(),
+                &w.device_ids,
+                w.soak_secs,
+                None,
+            )
+        })
+        .chain(extra.iter().enumerate().map(|(i, w)| {
+            (
+                format!("prerequisite_waves[{i}]"),
+                w.name.as_str(),
+                &w.device_ids,
+                w.soak_secs,
+                Some(w),
+            )
+        }));
+    for (at, name, device_ids, soak_secs, chained) in all {
+        if device_ids.is_empty() {
+            return Ok(Err(field(
+                &format!("{at}.device_ids"),
+                format!("wave {name} has no device"),
+            )));
+        }
+        if soak_secs < 0 {
+            return Ok(Err(field(
+                &format!("{at}.soak_secs"),
+                "soak_secs cannot be negative",
+            )));
+        }
+        // Wave names are unique: a shape that moves the canary keeps the chains on their waves.
+        if !names.insert(name) {
+            return Ok(Err(field(
+                &format!("{at}.name"),
+                format!("two waves are named {name}"),
+            )));
+        }
+        let mut chain_specs = Vec::new();
+        if let Some(w) = chained {
+            // The emergency shape moves the canary first; prerequisite waves run last.
+            if w.name == "canary" {
+                return Ok(Err(field(
+                    &format!("{at}.name"),
+                    "a prerequisite wave is not the canary: prerequisite waves run after the others; name it after-prerequisites-N",
+                )));
+            }
+            if w.prerequisites.is_empty() {
+                return Ok(Err(field(
+                    &format!("{at}.prerequisites"),
+                    format!(
+                        "prerequisite wave {name} names no prerequisite release: put its devices in \"waves\""
+                    ),
+                )));
+            }
+            for (k, release) in w.prerequisites.iter().enumerate() {
+                if w.prerequisites[..k].contains(release) {
+                    return Ok(Err(field(
+                        &format!("{at}.prerequisites[{k}]"),
+                        format!("prerequisite release {release} is twice in wave {name}'s chain"),
+                    )));
+                }
+                if !pinned.contains_key(release) {
+                    match prerequisite(
+                        store,
+                        trust,
+                        verified,
+                        release,
+                        &format!("{at}.prerequisites[{k}]"),
+                        now,
+                    )? {
+                        Ok(m) => {
+                            pinned.insert(release.clone(), m);
+                        }
+                        Err(refusal) => return Ok(Err(refusal)),
+                    }
+                }
+                if let Some((_, m)) = pinned.get(release) {
+                    chain_specs.push(m.spec().clone());
+                }
+            }
+        }
+        for (j, d) in device_ids.iter().enumerate() {
+            let at = format!("{at}.device_ids[{j}]");
+            let Some(device) = known.get(d.as_str()) else {
+                return Ok(Err(field(
+                    &at,
+                    format!("no device {d} in the server's cache (wave {name})"),
+                )));
+            };
+            if !verified.spec().supports_hardware(device) {
+                return Ok(Err(field(
+                    &at,
+                    format!(
+                        "device {d} is a {}: release {} is for {}",
+                        device.model.as_str(),
+                        new.release_id,
+                        verified.spec().hardware.join(", ")
+                    ),
+                )));
+            }
+            if let Some(p) = chain_specs.iter().find(|p| !p.supports_hardware(device)) {
+                return Ok(Err(field(
+                    &at,
+                    format!(
+                        "device {d} is a {}: prerequisite release {} is for {}",
+                        device.model.as_str(),
+                        p.id,
+                        p.hardware.join(", ")
+                    ),
+                )));
+            }
+            if !seen.insert(d.as_str()) {
+                return Ok(Err(field(&at, format!("device {d} is in two waves"))));
+            }
+        }
+        if let Some(w) = chained {
+            chains.push(WaveChain {
+                wave: waves.len(),
+                releases: w.prerequisites.clone(),
+            });
+            waves.push(w.wave());
+        }
+    }
+    let pins = pinned.into_iter().map(|(r, (sha, _))| (r, sha)).collect();
+    Ok(Ok((waves, chains, pins)))
+}
+
+/// The cache's manifest of prerequisite release `release` (named by the request's field `at`),
+/// verified against `trust` now: its SHA-256 and the verified manifest. Refuses the target
+/// itself, a release not stored in the cache and one that does not verify.
+fn prerequisite(
+    store: &Store,
+    trust: &manifest::TrustedKeys,
+    target: &VerifiedManifest,
+    release: &str,
+    at: &str,
+    now: Timestamp,
+) -> Result<Result<(String, VerifiedManifest), Refusal>> {
+    if release == target.release_id() {
+        return Ok(Err(field(
+            at,
+            format!("release {release} is the target itself, not a prerequisite"),
+        )));
+    }
+    let Some(bytes) = stored_manifest(store, release)? else {
+        return Ok(Err(field(
+            at,
+            format!(
+                "prerequisite release {release} has no manifest in the server's cache: store its signed manifest first (convoy release store FILE)"
+            ),
+        )));
+    };
+    match manifest::verify(&bytes, trust, now) {
+        Ok(m) => Ok(Ok((sha256_hex(&bytes), m))),
+        Err(rejection) => Ok(Err(Refusal::Conflict(format!(
+            "prerequisite release {release} does not verify against the server's trusted keys ({}): {rejection}; nothing dispatched",
+            rejection.attack()
+        )))),
+    }
+}
+
+/// Applies `shape` to a request's waves, prerequisite waves included (their soaks too), and
+/// keeps each chain on its wave when the emergency shape moves the canary to the front.
+fn shape_chained(shape: Shape, waves: &mut Vec<WaveSpec>, chains: &mut [WaveChain]) {
+    let names: Vec<String> = chains
+        .iter()
+        .map(|c| {
+            waves
+                .get(c.wave)
+                .map(|w| w.name.clone())
+                .unwrap_or_default()
+        })
+        .collect();
+    shape_waves(shape, waves);
+    for (c, name) in chains.iter_mut().zip(names) {
+        if let Some(i) = waves.iter().position(|w| w.name == name) {
+            c.wave = i;
+        }
+    }
+}
+
+/// A request's waves as a plan file `convoy rollout run --plan` reads: the waves without a
+/// chain (`waves`) and the prerequisite waves after them (`prerequisite_waves`), which must
+/// come last, as requests freeze them.
+fn plan_file_waves(r: &RequestRecord) -> Result<(Vec<WaveSpec>, Vec<PrerequisiteWave>)> {
+    let mut plain = Vec::new();
+    let mut chained = Vec::new();
+    for (i, w) in r.waves.iter().enumerate() {
+        match r.chains.iter().find(|c| c.wave == i) {
+            Some(c) => chained.push(PrerequisiteWave {
+                name: w.name.clone(),
+                device_ids: w.device_ids.clone(),
+                soak_secs: w.soak_secs,
+                prerequisites: c.releases.clone(),
+            }),
+            None if chained.is_empty() => plain.push(w.clone()),
+            None => anyhow::bail!(
+                "rollout {}: wave {} comes after a prerequisite wave; the prerequisite waves run last",
+                r.rollout_id,
+                w.name
+            ),
+        }
+    }
+    if r.chains.iter().any(|c| c.wave >= r.waves.len()) {
+        anyhow::bail!(
+            "rollout {}: a prerequisite chain names no wave",
+            r.rollout_id
+        );
+    }
+    Ok((plain, chained))
+}
+
+/// Why `r`'s prerequisite manifests no longer hold: one changed or was removed from the cache
+/// since the request was made (`None`: all as pinned).
+fn prerequisites_changed(store: &Store, r: &RequestRecord) -> Result<Option<String>> {
+    for (release, sha) in &r.prerequisite_manifests {
+        let current = stored_manifest(store, release)?;
+        if current.as_deref().map(sha256_hex).as_deref() != Some(sha.as_str()) {
+            return Ok(Some(format!(
+                "the manifest of prerequisite release {release} changed (or was removed) since rollout {} was requested: request it again",
+                r.rollout_id
+            )));
+        }
+    }
+    Ok(None)
 }
 
 /// What a new request's finding, shape and checklist come to (issue 20).
@@ -1014,7 +1334,7 @@ pub fn change_shape(
         w.soak_secs = *soak;
     }
     record.remediation.planned_soaks = Some(planned);
-    shape_waves(shape, &mut record.waves);
+    shape_chained(shape, &mut record.waves, &mut record.chains);
     record.remediation.shape = Some(shape);
     record.remediation.shape_changed_by = Some(who.operator.clone());
     record.remediation.shape_changed_at = Some(now.secs());
@@ -1268,6 +1588,9 @@ pub fn decide(
             r.release_id
         ))));
     }
+    if let Some(why) = prerequisites_changed(store, r)? {
+        return Ok(Err(Refusal::Conflict(why)));
+    }
     let mut body = serde_json::json!({ "comment": comment });
     if let Some(token_id) = &who.token_id {
         body["token_id"] = token_id.clone().into();
@@ -1345,8 +1668,24 @@ fn run_spec(
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let manifest_path = dir.join("manifest.json");
     crate::files::write_file(&manifest_path, &bytes, crate::files::FileMode::Public)?;
+    // The prerequisite releases' manifests as pinned, each beside the plan.
+    if let Some(why) = prerequisites_changed(store, r)? {
+        anyhow::bail!("{why}");
+    }
+    let mut prerequisite_files = Vec::new();
+    for release in r.prerequisite_manifests.keys() {
+        let bytes = stored_manifest(store, release)?
+            .with_context(|| format!("prerequisite release {release} is no longer in the cache"))?;
+        let path = dir.join(format!("prerequisite-{release}.json"));
+        crate::files::write_file(&path, &bytes, crate::files::FileMode::Public)?;
+        prerequisite_files.push(path);
+    }
     let plan_path = dir.join("plan.json");
-    let mut plan = serde_json::json!({ "waves": r.waves });
+    let (waves, prerequisite_waves) = plan_file_waves(r)?;
+    let mut plan = serde_json::json!({ "waves": waves });
+    if !prerequisite_waves.is_empty() {
+        plan["prerequisite_waves"] = serde_json::to_value(&prerequisite_waves)?;
+    }
     if let Some(g) = &r.gates {
         plan["gates"] = serde_json::to_value(g)?;
     }
@@ -1359,6 +1698,11 @@ fn run_spec(
     spec.db = Some(cache.to_owned());
     spec.release = manifest_path;
     spec.plan = Some(plan_path);
+    for path in prerequisite_files {
+        if !spec.prerequisite_manifests.contains(&path) {
+            spec.prerequisite_manifests.push(path);
+        }
+    }
     spec.rollout_id = Some(r.rollout_id.clone());
     spec.operator = Some(r.requested_by.clone());
     spec.trust = Some(trust.to_owned());
@@ -1455,6 +1799,8 @@ mod tests {
             requested_at: 30,
             path: ChangePath::Standard,
             waves: Vec::new(),
+            chains: Vec::new(),
+            prerequisite_manifests: BTreeMap::new(),
             gates: None,
             requested_token: None,
             request_seq: None,
@@ -1489,6 +1835,8 @@ mod tests {
             authoriser: None,
             evidence: None,
             waves: None,
+            prerequisite_waves: None,
+            prerequisites: None,
             seed: None,
             finding_id: None,
             shape: None,

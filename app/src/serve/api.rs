@@ -906,7 +906,7 @@ async fn request_rollout(
                 Some(p) => crate::ops::plans::read_section(p, "planning")?,
                 None => convoy_core::plan::PlanningPolicy::default(),
             };
-            super::requests::create(store, &trust, &planning, new, &who, &actor, crate::now())
+            super::requests::create(store, &trust, &planning, &new, &who, &actor, crate::now())
         })
         .await
         .map_err(|e| ApiError::internal(&e))?
