@@ -138,7 +138,16 @@ type FixedState = BuildHasherDefault<crate::fasthash::FastHasher>;
 /// Counts cluster sizes and affected members in one pass over a fleet.
 #[derive(Default)]
 pub struct ClusterTally<'a> {
-    counts: HashMap<KeyRef<'a>, (usize, usize), FixedState>,
+    /// Each cluster's key, devices and affected devices.
+    slots: Vec<(KeyRef<'a>, usize, usize)>,
+    /// The slot of each cluster key.
+    index: HashMap<KeyRef<'a>, usize, FixedState>,
+    /// The slot of each combination of shared values seen (model, revision, component
+    /// map and tag map by address, and connectivity): most devices share all four with many
+    /// others, so their key is found by hashing five words instead of four strings and a
+    /// version. Equal values at two addresses make two entries with one key; the fleet is
+    /// borrowed for the tally's life, so no address is reused meanwhile.
+    by_addr: HashMap<[usize; 5], usize, FixedState>,
     devices: usize,
     affected: usize,
 }
@@ -146,7 +155,7 @@ pub struct ClusterTally<'a> {
 impl fmt::Debug for ClusterTally<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ClusterTally")
-            .field("clusters", &self.counts.len())
+            .field("clusters", &self.slots.len())
             .field("devices", &self.devices)
             .field("affected", &self.affected)
             .finish()
@@ -160,11 +169,25 @@ impl<'a> ClusterTally<'a> {
 
     /// Counts `device`, and whether it is in the affected set.
     pub fn add(&mut self, device: &'a Device, affected: bool) {
-        let entry = self.counts.entry(KeyRef::of(device)).or_insert((0, 0));
-        entry.0 += 1;
+        let addr = [
+            device.model.addr(),
+            device.hw_rev.addr(),
+            device.components.addr(),
+            device.tags.addr(),
+            device.connectivity as usize,
+        ];
+        let slot = *self.by_addr.entry(addr).or_insert_with(|| {
+            let key = KeyRef::of(device);
+            *self.index.entry(key).or_insert_with(|| {
+                self.slots.push((key, 0, 0));
+                self.slots.len() - 1
+            })
+        });
+        let entry = &mut self.slots[slot];
+        entry.1 += 1;
         self.devices += 1;
         if affected {
-            entry.1 += 1;
+            entry.2 += 1;
             self.affected += 1;
         }
     }
@@ -173,10 +196,10 @@ impl<'a> ClusterTally<'a> {
     pub fn clusters(&self, options: &ClusterOptions) -> Vec<Cluster> {
         let total = self.devices.max(1) as f64;
         let mut out: Vec<Cluster> = self
-            .counts
+            .slots
             .iter()
-            .filter(|(_, (n, _))| *n >= options.min_devices)
-            .map(|(k, (n, _))| Cluster {
+            .filter(|(_, n, _)| *n >= options.min_devices)
+            .map(|(k, n, _)| Cluster {
                 key: k.to_owned_key(),
                 devices: *n,
                 share: *n as f64 / total,
@@ -191,10 +214,10 @@ impl<'a> ClusterTally<'a> {
     pub fn hits(&self) -> Vec<ClusterHit> {
         let affected_total = self.affected.max(1) as f64;
         let mut out: Vec<ClusterHit> = self
-            .counts
+            .slots
             .iter()
-            .filter(|(_, (_, a))| *a > 0)
-            .map(|(k, (n, a))| ClusterHit {
+            .filter(|(_, _, a)| *a > 0)
+            .map(|(k, n, a)| ClusterHit {
                 key: k.to_owned_key(),
                 devices: *n,
                 affected: *a,
@@ -217,7 +240,7 @@ impl<'a> ClusterTally<'a> {
     pub fn shared_fate_devices(&self, min_affected_ratio: f64) -> (usize, usize) {
         let mut devices = 0;
         let mut clusters = 0;
-        for (n, a) in self.counts.values() {
+        for (_, n, a) in &self.slots {
             if *a > 0 && *a as f64 >= min_affected_ratio * *n as f64 {
                 devices += n;
                 clusters += 1;
@@ -228,11 +251,11 @@ impl<'a> ClusterTally<'a> {
 
     /// Number of distinct clusters counted.
     pub fn len(&self) -> usize {
-        self.counts.len()
+        self.slots.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.counts.is_empty()
+        self.slots.is_empty()
     }
 }
 

@@ -218,6 +218,11 @@ impl<V> SmallMap<V> {
     pub fn ptr_eq(&self, other: &Self) -> bool {
         Arc::ptr_eq(&self.0, &other.0)
     }
+
+    /// The address of the shared entries: an identity for groupings over one borrowed fleet.
+    pub fn addr(&self) -> usize {
+        self.0.as_ptr() as usize
+    }
 }
 
 impl<V: Clone> SmallMap<V> {
