@@ -302,9 +302,16 @@ impl<'p> StrataInterner<'p> {
     /// Appends the device's stratum id for every attribute to `out`.
     fn push_device(&mut self, d: &Device, out: &mut Vec<u32>) {
         for (f, field) in self.fields.iter().enumerate() {
-            let ids = &mut self.field_ids[f];
-            let next = ids.len() as u32;
-            self.row[f] = *ids.entry(field.key(d)).or_insert(next);
+            // An enum's or flag's index is its id already (a field's keys are all indices or
+            // none are); other values are numbered as they come.
+            self.row[f] = match field.key(d) {
+                FieldKey::Index(i) => u32::from(i),
+                key => {
+                    let ids = &mut self.field_ids[f];
+                    let next = ids.len() as u32;
+                    *ids.entry(key).or_insert(next)
+                }
+            };
         }
         for a in 0..self.attrs.len() {
             let fields = &self.attr_fields[a];
