@@ -789,7 +789,7 @@ pub fn radix_sort_by_key(indices: &[u32], keys: &[u64]) -> Vec<u32> {
     let mut b: Vec<u32> = vec![0; a.len()];
     for byte in 0..8 {
         let shift = 8 * byte;
-        if (differ >> shift) & 0xff == 0 {
+        if (differ >> shift).trailing_zeros() >= 8 {
             continue;
         }
         let mut counts = [0usize; 256];
