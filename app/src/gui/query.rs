@@ -684,6 +684,12 @@ impl FleetIndex {
         descending: bool,
         keys: &mut Vec<u64>,
     ) -> Vec<u32> {
+        if key == Column::Id && !descending {
+            // Filter results are already by id: each index is its own sort value.
+            keys.clear();
+            keys.extend(0..model.len() as u64);
+            return filtered.to_vec();
+        }
         self.prepare_view(model, key, false);
         keys.clear();
         keys.resize(model.len(), 0);
