@@ -17,7 +17,9 @@
 //!   the first frame that shows it; the process's resident memory then, and after the planner's
 //!   and findings' fleet (`ConsoleApp::shared_fleet`) was made; a search + sort and one status
 //!   message, each the frames from the change to the worker's answer on screen (median of
-//!   several). Opening the cohort view is measured by `bench_gui`.
+//!   several), and opening the cohort view; then a stream of 10,000 status messages a second
+//!   for four seconds with the worker in the background, as the console runs it: the UI frame
+//!   times and the latency of searches typed during the stream.
 //! - `serve`: the store's fleet summary on a cache holding the fleet: the first after the bulk
 //!   write that stored it (which rebuilds the kept counts), by full scans (the code before),
 //!   and from the kept counts; then `GET /api/v1/fleet` on a real `convoy serve` (median of 5
@@ -206,6 +208,10 @@ fn status_of(app: &ConsoleApp, k: usize) -> BackendEvent {
     let Some(model) = app.model.as_ref() else {
         fail("the status message", "the fleet is not loaded")
     };
+    status_of_model(model, k)
+}
+
+fn status_of_model(model: &convoy::gui::model::FleetModel, k: usize) -> BackendEvent {
     let d = &model.fleet.devices[(k * 7919) % model.len()];
     BackendEvent::Inbound(Inbound::Status(DeviceStatus {
         v: 1,
@@ -314,6 +320,188 @@ fn console(devices: usize) {
         devices,
         median(status),
         "median of 9: the frames until the answer shows, table view",
+    );
+    // The same over the whole fleet, sorted by last seen: a message moves its device in a
+    // sorted list of a million, and the answer carries a million-row order.
+    app.state.filter.text = String::new();
+    app.state.sort = convoy::gui::query::Column::LastSeen;
+    app.state.sort_descending = true;
+    until_answer(&ctx, &mut app);
+    let status_all: Vec<(f64, f64)> = (0..9)
+        .map(|k| {
+            let event = status_of(&app, k + 100);
+            let ((), w, c) = timed(|| {
+                if !feed.send(event) {
+                    fail("the status message", "the fixture feed refused it");
+                }
+                until_answer(&ctx, &mut app);
+            });
+            (w, c)
+        })
+        .collect();
+    row(
+        "console: one status message, whole fleet by last seen, answer on screen",
+        devices,
+        median(status_all),
+        "median of 9: no filter (a million rows), sorted by last seen, table view",
+    );
+    let search_all: Vec<(f64, f64)> = (0..4)
+        .map(|k| {
+            let ((), w, c) = timed(|| {
+                app.state.filter.text = if k % 2 == 0 {
+                    "region:eu-*".into()
+                } else {
+                    String::new()
+                };
+                app.state.sort = if k % 2 == 0 {
+                    convoy::gui::query::Column::Region
+                } else {
+                    convoy::gui::query::Column::LastSeen
+                };
+                until_answer(&ctx, &mut app);
+            });
+            (w, c)
+        })
+        .collect();
+    row(
+        "console: search + sort, large answers, on screen",
+        devices,
+        median(search_all),
+        "median of 4 (`region:eu-*` by region, and the whole fleet by last seen, in turn), table view",
+    );
+    // Opening the cohort view (over the whole fleet, the last search above): the frame that
+    // shows it asks the worker for the summaries and (waiting) swaps in the answer that
+    // carries them.
+    let cohorts: Vec<(f64, f64)> = (0..3)
+        .map(|_| {
+            let ((), w, c) = timed(|| {
+                app.send(convoy::gui::UiCommand::Show(View::Cohorts));
+                until_answer(&ctx, &mut app);
+            });
+            app.send(convoy::gui::UiCommand::Show(View::Table));
+            frame(&ctx, &mut app);
+            (w, c)
+        })
+        .collect();
+    row(
+        "console: opening the cohort view, answer on screen",
+        devices,
+        median(cohorts),
+        "median of 3: the frames until the summaries show (six attributes of the whole fleet)",
+    );
+    stream(&ctx, &mut app, &feed, devices);
+}
+
+/// Status messages per second in the stream benchmark, and for how long.
+const STREAM_RATE: f64 = 10_000.0;
+const STREAM_SECS: f64 = 4.0;
+
+/// The console while a rollout streams status into it: `STREAM_RATE` messages a second for
+/// `STREAM_SECS`, frames at up to 60 a second with the worker in the background (as the real
+/// console runs it); the UI frame times, and a search's latency (typed in the middle of the
+/// stream) until its answer shows.
+fn stream(
+    ctx: &egui::Context,
+    app: &mut ConsoleApp,
+    feed: &convoy::gui::backend::FixtureFeed,
+    n: usize,
+) {
+    app.derive_mode = DeriveMode::Background;
+    app.state.filter.text = String::new();
+    app.state.sort = convoy::gui::query::Column::LastSeen;
+    app.state.sort_descending = true;
+    frame(ctx, app);
+    let Some(model) = app.model.as_ref() else {
+        fail("the stream", "the fleet is not loaded")
+    };
+    // Messages made beforehand, so that the stream's pace is the feed's, not their making.
+    let total = (STREAM_RATE * STREAM_SECS) as usize;
+    let mut messages: Vec<BackendEvent> = Vec::with_capacity(total);
+    for k in 0..total {
+        messages.push(status_of_model(model, k));
+    }
+    let mut messages = messages.into_iter();
+    let mut frames: Vec<f64> = Vec::new();
+    let mut searches: Vec<f64> = Vec::new();
+    let mut search_at: Option<(Instant, bool)> = None;
+    let mut sent = 0usize;
+    let mut refused = 0usize;
+    let cpu = cpu_secs();
+    let started = Instant::now();
+    let mut next_search = 1.0;
+    while started.elapsed().as_secs_f64() < STREAM_SECS {
+        let due = ((started.elapsed().as_secs_f64() * STREAM_RATE) as usize).min(total);
+        while sent < due {
+            if let Some(m) = messages.next()
+                && !feed.send(m)
+            {
+                refused += 1;
+            }
+            sent += 1;
+        }
+        let t = started.elapsed().as_secs_f64();
+        if search_at.is_none() && t >= next_search {
+            // A search typed mid-stream: `eu-` regions only, or back to everything.
+            let narrow = app.state.filter.text.is_empty();
+            app.state.filter.text = if narrow {
+                "region:eu-*".into()
+            } else {
+                String::new()
+            };
+            search_at = Some((Instant::now(), narrow));
+            next_search += 1.0;
+        }
+        let f0 = Instant::now();
+        frame(ctx, app);
+        frames.push(f0.elapsed().as_secs_f64());
+        if let Some((at, narrow)) = search_at {
+            let shown = if narrow {
+                let f = &app.derived.filtered;
+                !f.is_empty()
+                    && f.len() < n
+                    && app
+                        .model
+                        .as_ref()
+                        .and_then(|m| m.fleet.devices.get(f[0] as usize))
+                        .is_some_and(|d| d.region.starts_with("eu-"))
+            } else {
+                app.derived.filtered.len() == n
+            };
+            if shown {
+                searches.push(at.elapsed().as_secs_f64());
+                search_at = None;
+            }
+        }
+        // Up to 60 frames a second.
+        let spent = f0.elapsed().as_secs_f64();
+        if spent < 1.0 / 60.0 {
+            std::thread::sleep(std::time::Duration::from_secs_f64(1.0 / 60.0 - spent));
+        }
+    }
+    let wall = started.elapsed().as_secs_f64();
+    let cpu = cpu_secs() - cpu;
+    frames.sort_by(f64::total_cmp);
+    let pct = |p: f64| frames[((frames.len() - 1) as f64 * p) as usize] * 1000.0;
+    println!(
+        "| console: UI frame under {STREAM_RATE:.0} status messages a second | {n} | {:.2} (p95 {:.2}, max {:.2}) | | {} frames in {wall:.1} s ({:.0} a second), {sent} messages ({refused} refused by the full channel); process CPU {:.0} % of one core over the stream |",
+        pct(0.5),
+        pct(0.95),
+        pct(1.0),
+        frames.len(),
+        frames.len() as f64 / wall,
+        cpu / wall * 100.0
+    );
+    searches.sort_by(f64::total_cmp);
+    let list: Vec<String> = searches
+        .iter()
+        .map(|s| format!("{:.0}", s * 1000.0))
+        .collect();
+    println!(
+        "| console: search answer on screen under the stream | {n} | {} | | each search typed mid-stream until its answer showed: {} ms |",
+        searches
+            .get(searches.len() / 2)
+            .map_or("not answered".to_owned(), |s| format!("{:.1}", s * 1000.0)),
+        list.join(", ")
     );
 }
 

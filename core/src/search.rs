@@ -42,8 +42,9 @@ pub struct Query {
     terms: Vec<Term>,
 }
 
+/// One term of a [`Query`] (see [`Query::terms`]).
 #[derive(Clone, Debug, PartialEq)]
-struct Term {
+pub struct Term {
     negated: bool,
     kind: TermKind,
 }
@@ -157,6 +158,14 @@ impl Query {
         self.terms.is_empty()
     }
 
+    /// The terms, for a caller that evaluates them its own way (the console matches each term
+    /// once against a field's distinct values, then filters devices by value). A device
+    /// matches when every term's [`TermView`] holds for it, negated where [`Term::negated`];
+    /// [`Query::matches`] is the definition.
+    pub fn terms(&self) -> &[Term] {
+        &self.terms
+    }
+
     /// Whether `device` matches every term. `extra` answers fields the caller knows and the
     /// device does not (e.g. the console's live `state`); it is asked first.
     pub fn matches(
@@ -167,6 +176,73 @@ impl Query {
         self.terms
             .iter()
             .all(|t| t.matches(device, extra) != t.negated)
+    }
+}
+
+/// What a [`Term`] tests, for callers that evaluate a query column by column.
+#[derive(Clone, Copy, Debug)]
+pub enum TermView<'a> {
+    /// A bare word (lower case): it holds when [`word_hits`] holds for the id, one of the
+    /// [`WORD_FIELDS`] (the caller's own value for it, or the device's [`field_text`]), or the
+    /// firmware version as text.
+    Word(&'a str),
+    /// A field (canonical name): if [`FieldTest::compares_versions`], the test holds for the
+    /// device's component of that name ([`FieldTest::holds_for_version`]; no component, no
+    /// match); otherwise for the caller's value of the field if it has one, else the device's
+    /// [`field_text`] ([`FieldTest::holds_for_text`]; no value, no match).
+    Field { field: &'a str, test: FieldTest<'a> },
+    /// A saved cohort's terms: every one must hold.
+    Group(&'a [Term]),
+}
+
+/// The test of a field term.
+#[derive(Clone, Copy, Debug)]
+pub struct FieldTest<'a>(&'a Test);
+
+impl FieldTest<'_> {
+    /// Whether the test compares the field as a component version.
+    pub fn compares_versions(&self) -> bool {
+        matches!(self.0, Test::Compare(_, Bound::Version(_)))
+    }
+
+    /// The test against a component version (false unless it compares versions).
+    pub fn holds_for_version(&self, v: Version) -> bool {
+        match self.0 {
+            Test::Compare(op, Bound::Version(bound)) => op.holds(v.cmp(bound)),
+            _ => false,
+        }
+    }
+
+    /// The test against a field's value as text (false if it compares versions).
+    pub fn holds_for_text(&self, value: &str) -> bool {
+        match self.0 {
+            Test::Equals(want) => value.eq_ignore_ascii_case(want),
+            Test::Glob(parts) => glob_matches(parts, value),
+            Test::Compare(op, Bound::Number(bound)) => value
+                .parse::<f64>()
+                .ok()
+                .and_then(|n| n.partial_cmp(bound))
+                .is_some_and(|o| op.holds(o)),
+            Test::Compare(_, Bound::Version(_)) => false,
+        }
+    }
+}
+
+impl Term {
+    /// Whether the term is negated (`-term`): the device matches when the view does not hold.
+    pub fn negated(&self) -> bool {
+        self.negated
+    }
+
+    pub fn view(&self) -> TermView<'_> {
+        match &self.kind {
+            TermKind::Word(w) => TermView::Word(w),
+            TermKind::Field { field, test } => TermView::Field {
+                field,
+                test: FieldTest(test),
+            },
+            TermKind::Group(terms) => TermView::Group(terms),
+        }
     }
 }
 
@@ -320,7 +396,7 @@ fn parse_term(raw: &str) -> Result<Term, QueryError> {
 }
 
 /// A field of `d` as text, borrowed where the device holds it as text.
-fn field_text<'a>(d: &'a Device, field: &str) -> Option<Cow<'a, str>> {
+pub fn field_text<'a>(d: &'a Device, field: &str) -> Option<Cow<'a, str>> {
     Some(match field {
         "id" => Cow::Borrowed(d.id.as_str()),
         "model" => Cow::Borrowed(d.model.as_str()),
@@ -387,23 +463,14 @@ impl Term {
                         None => return false,
                     },
                 };
-                match test {
-                    Test::Equals(want) => value.eq_ignore_ascii_case(want),
-                    Test::Glob(parts) => glob_matches(parts, &value),
-                    Test::Compare(op, Bound::Number(bound)) => value
-                        .parse::<f64>()
-                        .ok()
-                        .and_then(|n| n.partial_cmp(bound))
-                        .is_some_and(|o| op.holds(o)),
-                    Test::Compare(_, Bound::Version(_)) => false,
-                }
+                FieldTest(test).holds_for_text(&value)
             }
         }
     }
 }
 
-/// The text fields a bare word is looked for in.
-const WORD_FIELDS: [&str; 8] = [
+/// The text fields a bare word is looked for in (besides the id and the firmware version).
+pub const WORD_FIELDS: [&str; 8] = [
     "model",
     "hw_rev",
     "region",
@@ -415,10 +482,7 @@ const WORD_FIELDS: [&str; 8] = [
 ];
 
 fn word_matches(d: &Device, word: &str, extra: &dyn Fn(&str) -> Option<Cow<'static, str>>) -> bool {
-    let long = word.len() >= 3;
-    let hit = |value: &str| {
-        value.eq_ignore_ascii_case(word) || (long && contains_ignore_case(value, word))
-    };
+    let hit = |value: &str| word_hits(word, value);
     if hit(&d.id) {
         return true;
     }
@@ -427,6 +491,12 @@ fn word_matches(d: &Device, word: &str, extra: &dyn Fn(&str) -> Option<Cow<'stat
         .iter()
         .any(|f| extra(f).is_some_and(|v| hit(&v)) || field_text(d, f).is_some_and(|v| hit(&v)))
         || firmware.is_some_and(|v| hit(&v))
+}
+
+/// Whether the bare word `word` (lower case) hits `value`: equal ignoring ASCII case, or, for
+/// a word of 3 characters or more, contained in it.
+pub fn word_hits(word: &str, value: &str) -> bool {
+    value.eq_ignore_ascii_case(word) || (word.len() >= 3 && contains_ignore_case(value, word))
 }
 
 impl Op {

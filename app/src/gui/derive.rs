@@ -12,12 +12,18 @@
 //! Data-only changes are throttled (at most one result per throttle period while data streams
 //! in); a changed query is derived at once.
 //!
+//! The worker keeps its last [`Derivation`] and a [`FleetIndex`] of the fleet (each field's
+//! distinct values and a code per device): a search is matched against distinct values, a
+//! sort sorts ranks, and a message that changes a few devices moves just those devices in the
+//! filtered and sorted lists and adjusts the counts (issue 22). Everything is derived again
+//! only when the query, the fleet or the rollout map changed, or when many devices changed.
+//!
 //! When the map is showing, the worker also bins the result into the map grid at the map's
 //! zoom level, so that the frame which swaps the answer in does not rebuild the grid either.
 //! Likewise, when the cohort view shows, the worker summarises the answer by attribute. A zoom
 //! level change or the cohort view opening, with no data or query change, is answered too: the
-//! worker keeps a copy of its last result's classes, filter and order, and bins or summarises
-//! that (no derivation), so neither ever costs the UI thread a fleet-sized step.
+//! worker bins or summarises its last derivation's classes, filter and order (no derivation),
+//! so neither ever costs the UI thread a fleet-sized step.
 //!
 //! In [`ColorMode::RolloutState`] the classes come from the rollout the monitor last read
 //! ([`RolloutMap`]), which the monitor publishes in the egui context's data
@@ -34,11 +40,15 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender, TryRecvErr
 use std::time::{Duration, Instant};
 
 use crate::gui::aggregate::{CLASSES, Grid, cell_size_for};
-use crate::gui::model::{ColorMode, FleetModel, RolloutMap, class_counts};
+use crate::gui::model::{
+    ColorMode, FleetModel, RolloutMap, class_counts, health_class, update_class,
+};
 use crate::gui::query::{
-    Column, Filter, SUMMARY_ATTRIBUTES, SummaryRow, filter_indices, sort_indices, summarise,
+    Column, Filter, FleetIndex, SUMMARY_ATTRIBUTES, SummaryRow, device_passes, filter_indices,
+    order_key, sort_indices,
 };
 use crate::link::protocol::Inbound;
+use convoy_core::search::Query as SearchQuery;
 
 /// How often an idle worker in [`ColorMode::RolloutState`] looks for a newer [`RolloutMap`].
 pub const ROLLOUT_MAP_POLL: Duration = Duration::from_millis(500);
@@ -124,8 +134,9 @@ impl Derived {
     }
 
     /// Derives everything from `model` and `query` (and `rollout` for
-    /// [`ColorMode::RolloutState`]). Time proportional to the fleet: only the worker (and
-    /// benchmarks) call it.
+    /// [`ColorMode::RolloutState`]) the plain way, device by device: the reference the worker's
+    /// [`Derivation`] (which answers the same through a [`FleetIndex`], and device by device
+    /// for status messages) is tested against. Time proportional to the fleet.
     pub fn compute(
         model: &FleetModel,
         query: &Query,
@@ -154,6 +165,217 @@ impl Derived {
             summaries: None,
         }
     }
+}
+
+/// At most this share of the fleet (1 in N) changed since the last result is updated device
+/// by device; more is derived again from scratch (which then costs less).
+const FULL_PASS_SHARE: usize = 32;
+
+/// Up to this many changed devices move in the lists one by one (binary search, insert and
+/// remove); more are merged in one pass over the lists.
+const ONE_BY_ONE: usize = 8;
+
+/// The worker's derivation, kept between results: the [`Derived`] lists and counts, each
+/// device's sort value, and the column index they were computed through. A status message
+/// that changes one device re-tests that device against the filter and moves it in the sorted
+/// list ([`Derivation::apply_changes`]); the counts change by the difference. The result is
+/// always the one [`Derived::compute`] gives.
+#[derive(Debug)]
+pub struct Derivation {
+    /// Without grid and summaries.
+    pub derived: Derived,
+    /// Each device's sort value in table order ([`order_key`]); `order` ascends by
+    /// `(keys[i], i)`. Meaningful for the devices in `filtered`.
+    keys: Vec<u64>,
+    /// The query derived for, and its search text parsed (`None`: it does not parse).
+    query: Query,
+    parsed: Option<SearchQuery>,
+}
+
+impl Derivation {
+    /// Derives everything from scratch through `index` (built from `model`).
+    pub fn full(
+        model: &FleetModel,
+        index: &mut FleetIndex,
+        query: &Query,
+        rollout: Option<&RolloutMap>,
+    ) -> Self {
+        let n = model.len();
+        let classes = model.classes(query.color_mode, query.now, rollout);
+        let parsed = query.filter.query().ok();
+        let filtered: Vec<u32> = if query.filter.is_empty() {
+            (0..n as u32).collect()
+        } else {
+            match &parsed {
+                None => Vec::new(),
+                Some(q) => {
+                    let mask = (!q.is_empty()).then(|| index.matching(model, q));
+                    (0..n)
+                        .filter(|&i| {
+                            query.filter.class.is_none_or(|c| classes[i] == c)
+                                && mask.as_ref().is_none_or(|m| m[i])
+                        })
+                        .map(|i| i as u32)
+                        .collect()
+                }
+            }
+        };
+        let mut keys = Vec::new();
+        let order = index.sort(
+            model,
+            &filtered,
+            query.sort,
+            query.sort_descending,
+            &mut keys,
+        );
+        let counts_all = class_counts(&classes, 0..n);
+        let counts_filtered = class_counts(&classes, filtered.iter().map(|&i| i as usize));
+        index.take_grown();
+        Self {
+            derived: Derived {
+                counts_all,
+                counts_filtered,
+                newest_last_seen: model.newest_last_seen(),
+                classes,
+                filtered,
+                order,
+                generation: 0,
+                grid: None,
+                summaries: None,
+            },
+            keys,
+            query: query.clone(),
+            parsed,
+        }
+    }
+
+    /// Whether this derivation can follow `changed` devices one by one, rather than being
+    /// derived again: the same query, few enough changes, and no new distinct value in a
+    /// column (which moves the ranks the sort values were made of).
+    pub fn can_follow(&self, model: &FleetModel, query: &Query, changed: usize) -> bool {
+        self.query == *query
+            && self.derived.classes.len() == model.len()
+            && changed.saturating_mul(FULL_PASS_SHARE) <= model.len()
+    }
+
+    /// Brings the derivation up to date after the devices in `changed` (indices, any order,
+    /// repeats allowed) changed in `model` (and in `index`, by
+    /// [`FleetIndex::update_device`]). False if it could not (then derive again with
+    /// [`Derivation::full`]).
+    pub fn apply_changes(
+        &mut self,
+        model: &FleetModel,
+        index: &mut FleetIndex,
+        changed: &mut Vec<u32>,
+    ) -> bool {
+        if index.take_grown() {
+            return false;
+        }
+        changed.sort_unstable();
+        changed.dedup();
+        let q = &self.query;
+        let d = &mut self.derived;
+        let last = CLASSES - 1;
+        // (device, was in the filter, is in it now), with its new sort value in `new_keys`.
+        let mut moves: Vec<(u32, bool, bool, u64)> = Vec::with_capacity(changed.len());
+        for &i in changed.iter() {
+            let iu = i as usize;
+            let (Some(device), Some(live)) = (model.fleet.devices.get(iu), model.live.get(iu))
+            else {
+                return false;
+            };
+            let old = d.classes[iu];
+            let new = match q.color_mode {
+                ColorMode::UpdateState => update_class(live.update_state),
+                ColorMode::Health => health_class(device, live, q.now),
+                // The rollout's classes come from its map, which no message changes.
+                ColorMode::RolloutState => old,
+            };
+            let was_in = d.filtered.binary_search(&i).is_ok();
+            d.classes[iu] = new;
+            let now_in = device_passes(model, &q.filter, self.parsed.as_ref(), &d.classes, iu);
+            d.counts_all[usize::from(old).min(last)] -= 1;
+            d.counts_all[usize::from(new).min(last)] += 1;
+            if was_in {
+                d.counts_filtered[usize::from(old).min(last)] -= 1;
+            }
+            if now_in {
+                d.counts_filtered[usize::from(new).min(last)] += 1;
+            }
+            if d.newest_last_seen.is_none_or(|t| device.last_seen > t) {
+                d.newest_last_seen = Some(device.last_seen);
+            }
+            let key = order_key(index.sort_value(model, q.sort, iu), q.sort_descending);
+            moves.push((i, was_in, now_in, key));
+        }
+        let keys = &mut self.keys;
+        if moves.len() <= ONE_BY_ONE {
+            for &(i, was_in, now_in, key) in &moves {
+                let iu = i as usize;
+                if was_in {
+                    let at = d
+                        .order
+                        .partition_point(|&j| (keys[j as usize], j) < (keys[iu], i));
+                    if d.order.get(at) != Some(&i) {
+                        return false;
+                    }
+                    d.order.remove(at);
+                    if let Ok(at) = d.filtered.binary_search(&i) {
+                        d.filtered.remove(at);
+                    }
+                }
+                keys[iu] = key;
+                if now_in {
+                    if let Err(at) = d.filtered.binary_search(&i) {
+                        d.filtered.insert(at, i);
+                    }
+                    let at = d
+                        .order
+                        .partition_point(|&j| (keys[j as usize], j) < (key, i));
+                    d.order.insert(at, i);
+                }
+            }
+            return true;
+        }
+        // Many: take the changed devices out of both lists in one pass, then merge back those
+        // that pass, in index order and in table order.
+        let mut marked = vec![false; model.len()];
+        for &(i, ..) in &moves {
+            marked[i as usize] = true;
+        }
+        d.filtered.retain(|&j| !marked[j as usize]);
+        d.order.retain(|&j| !marked[j as usize]);
+        let mut back: Vec<u32> = Vec::new();
+        for &(i, _, now_in, key) in &moves {
+            keys[i as usize] = key;
+            if now_in {
+                back.push(i);
+            }
+        }
+        // `moves` follows `changed`, ascending.
+        d.filtered = merge_by(&d.filtered, &back, |&j| j);
+        back.sort_unstable_by_key(|&j| (keys[j as usize], j));
+        d.order = merge_by(&d.order, &back, |&j| (keys[j as usize], j));
+        true
+    }
+}
+
+/// Two lists ascending by `key`, merged.
+fn merge_by<K: Ord>(a: &[u32], b: &[u32], key: impl Fn(&u32) -> K) -> Vec<u32> {
+    let mut out = Vec::with_capacity(a.len() + b.len());
+    let (mut x, mut y) = (0, 0);
+    while x < a.len() && y < b.len() {
+        if key(&b[y]) < key(&a[x]) {
+            out.push(b[y]);
+            y += 1;
+        } else {
+            out.push(a[x]);
+            x += 1;
+        }
+    }
+    out.extend_from_slice(&a[x..]);
+    out.extend_from_slice(&b[y..]);
+    out
 }
 
 /// One thing the worker must know, in the order the UI saw it.
@@ -271,8 +493,14 @@ struct Replica {
     dirty: bool,
     query_changed: bool,
     data_changed: bool,
-    /// The last result's derived data, kept to answer a view change without deriving again.
-    last: Option<Derived>,
+    /// The fleet's columns as codes, built for the loaded fleet and kept in step with the
+    /// replica device by device.
+    index: FleetIndex,
+    /// The last derivation, kept to answer a view change without deriving again and to follow
+    /// status messages device by device.
+    last: Option<Derivation>,
+    /// Devices changed by messages since the last derivation.
+    changed: Vec<u32>,
     /// The rollout map the last derivation used.
     rollout: Option<std::sync::Arc<RolloutMap>>,
 }
@@ -323,11 +551,22 @@ impl Replica {
         match request {
             DeriveRequest::Load(fleet) => {
                 self.model = Some(FleetModel::shared(fleet));
+                self.index = FleetIndex::new();
+                self.last = None;
+                self.changed.clear();
                 self.query_changed = true;
             }
             DeriveRequest::Inbound(inbound) => {
                 if let Some(m) = &mut self.model {
                     m.apply(&inbound);
+                    if let Some(i) = m.index_of(inbound.device_id()) {
+                        self.index.update_device(m, i);
+                        // Past the share that is followed device by device, only "many"
+                        // matters.
+                        if self.changed.len() <= m.len() / FULL_PASS_SHARE {
+                            self.changed.push(i as u32);
+                        }
+                    }
                 }
             }
             DeriveRequest::Query(q) => {
@@ -355,7 +594,9 @@ fn run(
         dirty: false,
         query_changed: false,
         data_changed: false,
+        index: FleetIndex::new(),
         last: None,
+        changed: Vec::new(),
         rollout: None,
     };
     let mut last_result: Option<Instant> = None;
@@ -369,6 +610,7 @@ fn run(
                         r.dirty = true;
                         r.data_changed = true;
                         r.query_changed = true;
+                        r.last = None;
                     }
                     continue;
                 }
@@ -407,6 +649,7 @@ fn run(
         }
         if r.colours_by_rollout() && r.refresh_rollout(repaint) {
             r.data_changed = true;
+            r.last = None;
         }
         let (Some(model), Some(query)) = (&r.model, &r.query) else {
             // Nothing to derive from yet; the next request makes the state complete.
@@ -415,11 +658,28 @@ fn run(
         };
         let start = Instant::now();
         r.generation += 1;
-        let mut derived = match r.last.as_ref().filter(|_| !r.data_changed) {
-            // Only the view changed: bin or summarise the last result again.
-            Some(last) => last.base_copy(r.generation),
-            None => Derived::compute(model, query, r.rollout.as_deref(), r.generation),
+        // Follow the changed devices one by one where the last derivation allows it (only
+        // the view changed: nothing to follow); else derive again.
+        let followed = match r.last.as_mut() {
+            Some(last) if last.can_follow(model, query, r.changed.len()) => {
+                r.changed.is_empty() || last.apply_changes(model, &mut r.index, &mut r.changed)
+            }
+            _ => false,
         };
+        r.changed.clear();
+        if !followed {
+            r.last = Some(Derivation::full(
+                model,
+                &mut r.index,
+                query,
+                r.rollout.as_deref(),
+            ));
+        }
+        let Some(last) = r.last.as_ref() else {
+            r.dirty = false;
+            continue;
+        };
+        let mut derived = last.derived.base_copy(r.generation);
         derived.grid = r.map_level.map(|level| {
             let cell = cell_size_for(level, crate::gui::tokens::CLUSTER_CELL_PX);
             let grid = Grid::build(
@@ -435,14 +695,14 @@ fn run(
             SUMMARY_ATTRIBUTES
                 .iter()
                 .map(|(attr, title)| {
-                    let rows = summarise(model, attr, &derived.classes, &derived.filtered);
+                    let rows = r
+                        .index
+                        .summarise(model, attr, &derived.classes, &derived.filtered);
                     (*title, rows)
                 })
                 .collect()
         });
         let compute = start.elapsed();
-        // Kept for the next view change; copied after timing, it is not part of the answer.
-        r.last = Some(derived.base_copy(derived.generation));
         let result = DeriveResult {
             derived,
             seen: r.seen,
@@ -466,12 +726,31 @@ fn run(
                 crate::gui::backend::request_data_repaint(ctx);
             }
         }
+        // Idle after a load: build the index's columns for searches one at a time, until a
+        // request arrives.
+        loop {
+            match rx.try_recv() {
+                Ok(req) => {
+                    r.apply(req);
+                    break;
+                }
+                Err(TryRecvError::Empty) => {}
+                Err(TryRecvError::Disconnected) => return,
+            }
+            let Some(model) = r.model.as_ref() else {
+                break;
+            };
+            if !r.index.prewarm_step(model) {
+                break;
+            }
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gui::query::summarise;
     use convoy_core::synth::{SynthOptions, generate};
 
     const NOW: Timestamp = Timestamp::from_secs(1_800_000_000);
@@ -643,5 +922,188 @@ mod tests {
         assert_eq!(r2.seen, r.seen, "an answer to no new request");
         assert_eq!(r2.derived.counts_all[4], 10);
         assert_eq!(r2.derived.counts_all[0], 290);
+    }
+
+    /// A seeded generator for the property test (splitmix64).
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        }
+
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+    }
+
+    /// A random message for a random device: a status (update state, battery, link, maybe a
+    /// new firmware version, last seen moving on), a crash, or a battery reading.
+    fn random_message(rng: &mut Rng, model: &FleetModel, step: i64) -> Inbound {
+        use crate::link::protocol::{
+            DeviceStatus, Telemetry, TelemetryEvent, UpdateState, UpdateStatus,
+        };
+        use convoy_core::fleet::Connectivity;
+        let d = &model.fleet.devices[rng.below(model.len())];
+        let ts = Timestamp::from_secs(NOW.secs() - 7200 + step * 13 + rng.below(600) as i64);
+        match rng.below(5) {
+            0 => Inbound::Telemetry(Telemetry {
+                v: 1,
+                device_id: d.id.clone(),
+                ts,
+                seq: 1,
+                event: TelemetryEvent::Crash {
+                    process: "app".into(),
+                },
+            }),
+            1 => Inbound::Telemetry(Telemetry {
+                v: 1,
+                device_id: d.id.clone(),
+                ts,
+                seq: 2,
+                event: TelemetryEvent::Battery {
+                    pct: rng.below(101) as u8,
+                },
+            }),
+            _ => {
+                let states = [
+                    UpdateState::Idle,
+                    UpdateState::Downloading,
+                    UpdateState::Installing,
+                    UpdateState::Confirmed,
+                    UpdateState::Failed,
+                    UpdateState::Reverted,
+                ];
+                let mut components = d.components.clone();
+                if rng.below(4) == 0 {
+                    // Sometimes a version the fleet has, sometimes a new one.
+                    let v = ["2.5.0", "2.4.1", "2.5", "9.9.7"][rng.below(4)];
+                    if let Ok(v) = v.parse() {
+                        components.insert(convoy_core::fleet::component::FIRMWARE, v);
+                    }
+                }
+                let links = Connectivity::ALL;
+                Inbound::Status(DeviceStatus {
+                    v: 1,
+                    device_id: d.id.clone(),
+                    ts,
+                    active_slot: d.active_slot,
+                    components,
+                    update: UpdateStatus {
+                        state: states[rng.below(states.len())],
+                        release_id: Some("fw-2.5.0".into()),
+                        command_id: None,
+                        progress_pct: None,
+                        reason: None,
+                    },
+                    battery_pct: Some(rng.below(101) as u8),
+                    power: d.power,
+                    connectivity: links[rng.below(links.len())],
+                    metered: false,
+                    free_storage_bytes: 1,
+                    position: None,
+                })
+            }
+        }
+    }
+
+    #[test]
+    fn changes_followed_device_by_device_equal_a_full_recompute() {
+        let fleet = Arc::new(generate(&SynthOptions {
+            devices: 1500,
+            seed: 9,
+            now: NOW,
+        }));
+        let cases: [(ColorMode, &str, Option<u8>, Column, bool); 8] = [
+            (ColorMode::UpdateState, "", None, Column::LastSeen, true),
+            (
+                ColorMode::UpdateState,
+                "eu",
+                None,
+                Column::UpdateState,
+                false,
+            ),
+            (
+                ColorMode::Health,
+                "state:failed",
+                None,
+                Column::Region,
+                true,
+            ),
+            (ColorMode::Health, "", Some(4), Column::Battery, false),
+            (
+                ColorMode::UpdateState,
+                "-state:idle fw:>=2.4",
+                None,
+                Column::Firmware,
+                false,
+            ),
+            (
+                ColorMode::Health,
+                "cellular down",
+                None,
+                Column::Connectivity,
+                true,
+            ),
+            (ColorMode::UpdateState, "t300", Some(5), Column::Id, true),
+            (
+                ColorMode::RolloutState,
+                "region:eu-*",
+                None,
+                Column::Id,
+                false,
+            ),
+        ];
+        let mut rng = Rng(22);
+        let mut incremental = 0;
+        for (case, &(mode, text, class, sort, descending)) in cases.iter().enumerate() {
+            let mut model = FleetModel::shared(Arc::clone(&fleet));
+            let mut index = FleetIndex::new();
+            let q = Query {
+                color_mode: mode,
+                filter: Filter {
+                    text: text.into(),
+                    class,
+                    ..Filter::default()
+                },
+                sort,
+                sort_descending: descending,
+                now: NOW,
+            };
+            let mut d = Derivation::full(&model, &mut index, &q, None);
+            for round in 0..30 {
+                let batch = [1, 1, 2, 3, 8, 9, 40, 200][rng.below(8)];
+                let mut changed = Vec::new();
+                for k in 0..batch {
+                    let m = random_message(&mut rng, &model, (round * 300 + k) as i64);
+                    model.apply(&m);
+                    if let Some(i) = model.index_of(m.device_id()) {
+                        index.update_device(&model, i);
+                        changed.push(i as u32);
+                    }
+                }
+                if d.apply_changes(&model, &mut index, &mut changed) {
+                    incremental += 1;
+                } else {
+                    d = Derivation::full(&model, &mut index, &q, None);
+                }
+                let want = Derived::compute(&model, &q, None, 0);
+                let got = &d.derived;
+                let at = format!("case {case} ({text:?} by {sort:?}), round {round}");
+                assert_eq!(got.classes, want.classes, "{at}");
+                assert_eq!(got.filtered, want.filtered, "{at}");
+                assert_eq!(got.order, want.order, "{at}");
+                assert_eq!(got.counts_all, want.counts_all, "{at}");
+                assert_eq!(got.counts_filtered, want.counts_filtered, "{at}");
+                assert_eq!(got.newest_last_seen, want.newest_last_seen, "{at}");
+            }
+        }
+        // Most rounds were followed device by device (a new firmware version forces a full
+        // pass now and then).
+        assert!(incremental > 100, "{incremental} of 240 rounds incremental");
     }
 }
