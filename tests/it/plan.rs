@@ -892,7 +892,7 @@ fn convoy_plan_takes_a_saved_cohort_as_a_wave() {
     let expected: Vec<String> = expected.waves[1]
         .devices
         .iter()
-        .map(|&i| fleet.devices[i as usize].id.to_string())
+        .map(|&i| fleet.devices[i as usize].id.clone())
         .collect();
     assert_eq!(wave, expected);
 

@@ -90,9 +90,11 @@ fn most_common(
 /// A query cohort in words: `devices matching model:T300`, then each saved cohort it read
 /// (`; cohort "rev C" = hw_rev:C`), so the plan shows the queries actually used.
 fn query_description(query: &str, saved: &BTreeMap<String, String>) -> String {
+    use std::fmt::Write as _;
     let mut out = format!("devices matching {}", query.trim());
     for (name, q) in saved {
-        out.push_str(&format!("; cohort {name:?} = {q}"));
+        // Writing to a String cannot fail.
+        let _ = write!(out, "; cohort {name:?} = {q}");
     }
     out
 }
