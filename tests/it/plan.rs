@@ -3,7 +3,7 @@
 
 use convoy_core::fleet::{Device, Fleet};
 use convoy_core::plan::policy::{
-    Blackout, CalendarException, Cohort, LocalTime, MaintenanceWindow, RateLimit,
+    Blackout, CalendarException, Cohort, LocalTime, MaintenanceWindow, RateLimit, WaveSpec,
 };
 use convoy_core::plan::{self, Coverage, Plan, PlanInput, PlanningPolicy, Status};
 use convoy_core::release::ReleaseSpec;
@@ -759,4 +759,156 @@ fn policy_example_in_docs_parses_and_plans() {
     let plan = make_plan(&fleet, &target(), &catalog(), &policy, 1);
     assert_eq!(plan.waves[1].cohort, "depot eu-central-ber");
     assert!(plan.waves[3].soak_secs >= 172_800);
+}
+
+/// Issue 19: a saved cohort as a planner wave. `convoy cohort save` keeps the query in a
+/// cache; a policy wave `{"kind": "query", "query": "cohort:NAME"}` planned with `--db` takes
+/// exactly the eligible devices matching the saved query (the rest wave the others), the plan
+/// names the query used, an unknown cohort is refused naming it and a query that does not read
+/// is refused naming the wave.
+#[test]
+fn convoy_plan_takes_a_saved_cohort_as_a_wave() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fleet_path = dir.path().join("fleet.json");
+    let fleet_arg = fleet_path.to_str().expect("utf-8");
+    convoy_ok(&[
+        "fleet",
+        "generate",
+        "--devices",
+        "3000",
+        "--seed",
+        "4",
+        "--now",
+        NOW,
+        "--out",
+        fleet_arg,
+    ]);
+    let db = dir.path().join("cache.db");
+    let db_arg = db.to_str().expect("utf-8");
+    convoy_ok(&[
+        "cohort",
+        "save",
+        "rev C",
+        "model:T300 hw_rev:C",
+        "--db",
+        db_arg,
+    ]);
+    let release = fixtures().join("t300-fw-2.5.0.json");
+    let policy_with = |name: &str, query: &str| {
+        write_json(
+            dir.path(),
+            &format!("{name}.json"),
+            &serde_json::json!({
+                "version": 1,
+                "planning": {
+                    "canary": {"size": 30},
+                    "waves": [
+                        {"name": "canary", "cohort": {"kind": "canary"}},
+                        {"name": "rev-c", "cohort": {"kind": "query", "query": query}},
+                        {"name": "fleet", "cohort": {"kind": "rest"}}
+                    ]
+                }
+            }),
+        )
+    };
+    let run_plan = |policy: &str| {
+        convoy(&[
+            "plan",
+            "--fleet",
+            fleet_arg,
+            "--release",
+            release.to_str().expect("utf-8"),
+            "--policy",
+            policy,
+            "--db",
+            db_arg,
+            "--now",
+            NOW,
+            "--seed",
+            "3",
+            "--json",
+        ])
+    };
+    let good = policy_with("good", "cohort:\"rev C\"");
+    let out = run_plan(&good);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("plan JSON");
+    assert_eq!(v["waves"][1]["name"], "rev-c");
+    let cohort = v["waves"][1]["cohort"].as_str().expect("cohort text");
+    assert!(
+        cohort.contains("cohort:\"rev C\"") && cohort.contains("model:T300 hw_rev:C"),
+        "the plan names the query it used: {cohort}"
+    );
+    let fleet = convoy::fleet_io::load_fleet(&fleet_path).expect("fleet");
+    let rev_c = |id: &str| {
+        fleet
+            .devices
+            .iter()
+            .find(|d| d.id == id)
+            .is_some_and(|d| d.model == "T300" && d.hw_rev == "C")
+    };
+    let waves = v["rollout_waves"].as_array().expect("rollout waves");
+    let ids = |w: &serde_json::Value| -> Vec<String> {
+        w["device_ids"]
+            .as_array()
+            .expect("ids")
+            .iter()
+            .map(|i| i.as_str().expect("id").to_owned())
+            .collect()
+    };
+    let wave = ids(&waves[1]);
+    assert!(
+        !wave.is_empty(),
+        "the fleet has eligible T300 rev C devices"
+    );
+    assert!(wave.iter().all(|id| rev_c(id)), "only rev C in the wave");
+    for w in &waves[2..] {
+        assert!(
+            ids(w).iter().all(|id| !rev_c(id)),
+            "no rev C device is left for wave {}",
+            w["name"]
+        );
+    }
+    // The same plan in-process, from the query the cache holds: the same devices.
+    let mut policy = PlanningPolicy {
+        canary: convoy_core::plan::policy::CanaryPolicy {
+            size: 30,
+            ..Default::default()
+        },
+        waves: vec![
+            WaveSpec::new("canary", Cohort::Canary),
+            WaveSpec::new("rev-c", Cohort::query("cohort:\"rev C\"")),
+            WaveSpec::new("fleet", Cohort::Rest),
+        ],
+        ..PlanningPolicy::default()
+    };
+    let table = [("rev C".to_owned(), "model:T300 hw_rev:C".to_owned())].into();
+    convoy::ops::cohorts::fill_policy_from(&table, &mut policy).expect("filled");
+    let expected = make_plan(&fleet, &target(), &[], &policy, 3);
+    let expected: Vec<String> = expected.waves[1]
+        .devices
+        .iter()
+        .map(|&i| fleet.devices[i as usize].id.clone())
+        .collect();
+    assert_eq!(wave, expected);
+
+    // An unknown cohort is refused naming it; a query that does not read names the wave.
+    let out = run_plan(&policy_with("unknown", "cohort:pilots region:eu-*"));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no saved cohort named \"pilots\"") && err.contains("waves[1]"),
+        "{err}"
+    );
+    let out = run_plan(&policy_with("bad", "firmware:<"));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("waves[1].cohort.query") && err.contains("\"rev-c\""),
+        "{err}"
+    );
 }

@@ -39,6 +39,10 @@ pub struct Args {
     /// ignored here).
     #[arg(long)]
     pub policy: Option<PathBuf>,
+    /// The cache whose saved cohorts a query wave's `cohort:NAME` reads (default: $CONVOY_DB,
+    /// else $XDG_DATA_HOME/convoy/convoy.db); opened only when a wave names one.
+    #[arg(long)]
+    pub db: Option<PathBuf>,
     /// The moment the plan starts (RFC 3339); defaults to the clock.
     #[arg(long, value_parser = super::fleet::parse_time)]
     pub now: Option<Timestamp>,
@@ -62,7 +66,7 @@ pub fn run(args: &Args) -> Result<()> {
                 .with_context(|| format!("reading the catalog {}", path.display()))?,
         );
     }
-    let (policy, gates): (PlanningPolicy, GatePolicy) = match &args.policy {
+    let (mut policy, gates): (PlanningPolicy, GatePolicy) = match &args.policy {
         Some(path) => (
             read_section(path, "planning")
                 .with_context(|| format!("reading the policy {}", path.display()))?,
@@ -71,6 +75,19 @@ pub fn run(args: &Args) -> Result<()> {
         ),
         None => (PlanningPolicy::default(), GatePolicy::default()),
     };
+    // A wave's `cohort:NAME` reads the saved cohort's query now: the plan is made from it.
+    if crate::ops::cohorts::policy_needs_cache(&policy) {
+        let path = crate::store::resolve_path(args.db.as_deref())?;
+        let store = crate::store::Store::open_existing(&path).with_context(|| {
+            format!(
+                "a wave names a saved cohort: opening the cache {} for it",
+                path.display()
+            )
+        })?;
+        crate::ops::cohorts::fill_policy(&store, &mut policy).with_context(|| {
+            format!("reading the policy's saved cohorts from {}", path.display())
+        })?;
+    }
     // A release that installs a bootloader or modem is planned with stricter defaults.
     let (policy, gates, boot) = for_release(&release, policy, gates);
     let now = args.now.unwrap_or_else(crate::now);

@@ -604,6 +604,89 @@ mod tests {
             }
         }
 
+        /// A query wave takes exactly the eligible devices (not in the canary) that match the
+        /// query, `cohort:NAME` reads the wave's saved queries, the rest wave takes the others,
+        /// and a query that does not read is refused naming the wave.
+        #[test]
+        fn query_waves_take_exactly_the_matching_devices() {
+            let now = Timestamp::from_secs(1_795_392_000);
+            let fleet = synth::generate(&SynthOptions {
+                devices: 400,
+                seed: 7,
+                now,
+            });
+            let release = target();
+            let saved: std::collections::BTreeMap<String, String> =
+                [("vans".to_owned(), "device_class:delivery_van".to_owned())].into();
+            for cohort in [
+                Cohort::query("device_class:delivery_van -region:nowhere"),
+                Cohort::Query {
+                    query: "cohort:vans -region:nowhere".to_owned(),
+                    saved,
+                },
+            ] {
+                let policy = PlanningPolicy {
+                    waves: vec![
+                        WaveSpec::new("canary", Cohort::Canary),
+                        WaveSpec::new("vans", cohort),
+                    ],
+                    ..PlanningPolicy::default()
+                };
+                let plan = plan(&PlanInput {
+                    fleet: &fleet,
+                    release: &release,
+                    catalog: &[],
+                    now,
+                    seed: 3,
+                    policy: &policy,
+                })
+                .expect("plans");
+                assert_eq!(plan.waves[1].name, "vans");
+                let van = |i: u32| {
+                    fleet.devices[i as usize].device_class == crate::fleet::DeviceClass::DeliveryVan
+                };
+                let canary: std::collections::BTreeSet<u32> =
+                    plan.canary.devices.iter().copied().collect();
+                let expected: Vec<u32> = plan
+                    .devices
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, v)| {
+                        matches!(v.status, Status::EligibleNow | Status::AfterConditions)
+                            && !canary.contains(&(*i as u32))
+                            && van(*i as u32)
+                    })
+                    .map(|(i, _)| i as u32)
+                    .collect();
+                assert!(!expected.is_empty(), "the synthetic fleet has vans to plan");
+                assert_eq!(plan.waves[1].devices, expected);
+                let rest = plan
+                    .waves
+                    .iter()
+                    .find(|w| w.name == "rest")
+                    .expect("a rest wave");
+                assert!(!rest.devices.is_empty());
+                assert!(rest.devices.iter().all(|&i| !van(i)));
+            }
+            let bad = PlanningPolicy {
+                waves: vec![
+                    WaveSpec::new("canary", Cohort::Canary),
+                    WaveSpec::new("fine", Cohort::query("model:T300")),
+                    WaveSpec::new("broken", Cohort::query("firmware:<")),
+                ],
+                ..PlanningPolicy::default()
+            };
+            let err = bad.validate().expect_err("a query that does not read");
+            assert!(err.to_string().contains("waves[2].cohort.query"), "{err}");
+            assert!(err.to_string().contains("\"broken\""), "{err}");
+            let unknown = PlanningPolicy {
+                waves: vec![WaveSpec::new("pilots", Cohort::query("cohort:pilots"))],
+                ..PlanningPolicy::default()
+            };
+            let err = unknown.validate().expect_err("a cohort not filled in");
+            assert!(err.to_string().contains("pilots"), "{err}");
+        }
+
         proptest! {
             #![proptest_config(ProptestConfig::with_cases(48))]
 

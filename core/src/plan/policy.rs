@@ -222,8 +222,41 @@ pub enum Cohort {
         attribute: String,
         values: Vec<String>,
     },
+    /// Devices that match a fleet search (`crate::search`, e.g. `model:T300 hw_rev:C
+    /// region:eu-*`). A `cohort:NAME` term reads the saved cohort's query from `saved`, which
+    /// the app fills from its cache when it plans (the core keeps no saved cohorts), so the
+    /// plan is made from the queries actually used and re-planning picks up new devices.
+    Query {
+        query: String,
+        /// Saved cohorts' queries by name, for the `cohort:NAME` terms of `query`.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        saved: BTreeMap<String, String>,
+    },
     /// Everything left.
     Rest,
+}
+
+impl Cohort {
+    /// A query cohort with no saved cohorts filled in.
+    pub fn query(query: &str) -> Self {
+        Cohort::Query {
+            query: query.to_owned(),
+            saved: BTreeMap::new(),
+        }
+    }
+
+    /// The parsed query of a [`Cohort::Query`] (`None` for other kinds), reading `cohort:NAME`
+    /// terms from its `saved` queries.
+    pub fn parsed_query(&self) -> Option<Result<crate::search::Query, crate::search::QueryError>> {
+        match self {
+            Cohort::Query { query, saved } => {
+                Some(crate::search::Query::parse_with(query, &|name| {
+                    saved.get(name).cloned()
+                }))
+            }
+            _ => None,
+        }
+    }
 }
 
 /// How fast devices are offered the release.
@@ -410,6 +443,12 @@ impl PlanningPolicy {
                 return bad(
                     &format!("waves[{i}].cohort.pct"),
                     format!("{pct} is not in (0, 100]"),
+                );
+            }
+            if let Some(Err(e)) = w.cohort.parsed_query() {
+                return bad(
+                    &format!("waves[{i}].cohort.query"),
+                    format!("wave {:?}: {e}", w.name),
                 );
             }
             if w.soak_secs.is_some_and(|s| s > MAX_SOAK_SECS) {

@@ -87,6 +87,18 @@ fn most_common(
         .map(|(k, _)| k.to_owned())
 }
 
+/// A query cohort in words: `devices matching model:T300`, then each saved cohort it read
+/// (`; cohort "rev C" = hw_rev:C`), so the plan shows the queries actually used.
+fn query_description(query: &str, saved: &BTreeMap<String, String>) -> String {
+    use std::fmt::Write as _;
+    let mut out = format!("devices matching {}", query.trim());
+    for (name, q) in saved {
+        // Writing to a String cannot fail.
+        let _ = write!(out, "; cohort {name:?} = {q}");
+    }
+    out
+}
+
 /// A wave before scheduling: name, cohort text, devices, soak override, prerequisites, bytes
 /// per device.
 type Members = (String, String, Vec<u32>, Option<u64>, Vec<String>, u64);
@@ -188,6 +200,23 @@ pub fn build(input: &WaveInput<'_>, sim: &mut Simulator<'_>) -> (Vec<WavePlan>, 
                     parsed.write(&fleet.devices[i as usize], &mut buf);
                     if values.contains(&buf) {
                         take.push(i);
+                    }
+                }
+            }
+            Cohort::Query { query, saved } => {
+                description = query_description(query, saved);
+                // `validate` refused a query that does not read; one that still does not
+                // matches nothing rather than everything.
+                if let Some(Ok(parsed)) = spec.cohort.parsed_query() {
+                    for &(_, i) in &pool {
+                        if take.len() >= cap {
+                            break;
+                        }
+                        if !placed[i as usize]
+                            && parsed.matches(&fleet.devices[i as usize], &|_| None)
+                        {
+                            take.push(i);
+                        }
                     }
                 }
             }

@@ -271,6 +271,7 @@ fn cohort_text(c: &Cohort) -> String {
         Cohort::Region { id: None } => "the canary's main region".into(),
         Cohort::Percent { .. } => "a share of the devices".into(),
         Cohort::Filter { attribute, values } => format!("{attribute} in {}", values.join(", ")),
+        Cohort::Query { query, .. } => format!("devices matching {query}"),
         Cohort::Rest => "everyone left".into(),
     }
 }
