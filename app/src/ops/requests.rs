@@ -881,13 +881,18 @@ fn frozen_waves(
                 Err(refusal) => return Ok(Err(refusal)),
             }
         }
+        // Waves that name saved cohorts take their queries from this cache.
+        let mut filled = planning.clone();
+        if let Err(e) = super::cohorts::fill_policy(store, &mut filled) {
+            return Ok(Err(field("policy", format!("{e:#}"))));
+        }
         let plan = plan::plan(&PlanInput {
             fleet,
             release: verified.spec(),
             catalog: &catalog,
             now,
             seed: new.seed.unwrap_or(1),
-            policy: planning,
+            policy: &filled,
         })
         .with_context(|| format!("planning release {}", new.release_id))?;
         // Devices behind get their chains (none without prerequisites).

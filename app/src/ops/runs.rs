@@ -391,13 +391,16 @@ pub fn engine_options(args: &RunArgs) -> Result<(EngineOptions, EngineControl)> 
             .iter()
             .map(|m| m.spec().clone())
             .collect();
+        // Waves that name saved cohorts take their queries from this cache.
+        let mut filled = planning.clone();
+        super::cohorts::fill_policy(&store, &mut filled)?;
         let plan = plan::plan(&PlanInput {
             fleet: &fleet,
             release: manifest.spec(),
             catalog: &catalog,
             now: start,
             seed: args.seed,
-            policy: &planning,
+            policy: &filled,
         })
         .with_context(|| format!("planning release {}", manifest.release_id()))?;
         // Devices behind get their prerequisite chains (none without a catalog).
