@@ -266,7 +266,23 @@ struct StrataInterner<'p> {
     names: Vec<(usize, String)>,
     row: Vec<u32>,
     buf: String,
+    /// Whole strata rows by the device's shape ([`ShapeKey`]): most devices share their
+    /// shared values with thousands of others, so one lookup replaces a lookup per field and
+    /// per combination. `None` when the attributes read more than the key holds.
+    shapes: Option<super::FastMap<ShapeKey, u32>>,
+    /// Rows of stratum ids, `attrs.len()` each: one per shape, or per device without one.
+    rows: Vec<u32>,
 }
+
+/// The identities of every value a device's strata read: shared strings' and maps'
+/// addresses and enum indices, in field order (a component or tag field reads the device's
+/// component and tag maps, whose contents decide its value). Two devices with equal keys
+/// have equal values in every field, as long as the fleet is borrowed (no address is reused).
+type ShapeKey = [usize; SHAPE_WORDS];
+const SHAPE_WORDS: usize = 10;
+/// Beyond this many distinct shapes the cache stops growing (a fleet whose values are not
+/// shared has a shape per device): the rest are computed field by field, as without it.
+const MAX_SHAPES: usize = 1 << 16;
 
 impl<'p> StrataInterner<'p> {
     fn new(attrs: &'p [Attribute]) -> Self {
@@ -296,11 +312,93 @@ impl<'p> StrataInterner<'p> {
             names: Vec::new(),
             row: vec![0; n_fields],
             buf: String::new(),
+            shapes: None,
+            rows: Vec::new(),
         }
+        .with_shapes()
     }
 
-    /// Appends the device's stratum id for every attribute to `out`.
-    fn push_device(&mut self, d: &Device, out: &mut Vec<u32>) {
+    /// Turns on the shape cache if every field's identity fits in a [`ShapeKey`].
+    fn with_shapes(mut self) -> Self {
+        let words = self
+            .fields
+            .iter()
+            .filter(|f| !matches!(f, Field::Other(_)))
+            .count()
+            + if self.fields.iter().any(|f| matches!(f, Field::Other(_))) {
+                2
+            } else {
+                0
+            };
+        if words <= SHAPE_WORDS {
+            self.shapes = Some(super::FastMap::default());
+        }
+        self
+    }
+
+    fn shape_key(&self, d: &Device) -> ShapeKey {
+        let mut key = [usize::MAX; SHAPE_WORDS];
+        let mut at = 0;
+        let mut maps = false;
+        for field in &self.fields {
+            let word = match field {
+                Field::Model => d.model.addr(),
+                Field::HwRev => d.hw_rev.addr(),
+                Field::Region => d.region.addr(),
+                Field::Depot => d.depot.addr(),
+                Field::Connectivity => d.connectivity as usize,
+                Field::Power => d.power as usize,
+                Field::Tier => d.customer_tier as usize,
+                Field::Class => d.device_class as usize,
+                Field::Redundancy => d.redundancy as usize,
+                Field::Slot => d.active_slot as usize,
+                Field::Metered => usize::from(d.metered),
+                Field::Other(_) => {
+                    maps = true;
+                    continue;
+                }
+            };
+            key[at] = word;
+            at += 1;
+        }
+        if maps {
+            key[at] = d.components.addr();
+            key[at + 1] = d.tags.addr();
+        }
+        key
+    }
+
+    /// Numbers the device's stratum ids (one per attribute) as a row of [`Self::row`] and
+    /// returns the row's index: the row of an earlier device of the same shape when there is
+    /// one (its strata were then all numbered already, so ids still follow first appearance).
+    fn push_device(&mut self, d: &Device) -> u32 {
+        let n = self.attrs.len();
+        let key = self.shapes.as_ref().map(|_| self.shape_key(d));
+        if let (Some(shapes), Some(key)) = (&self.shapes, &key)
+            && let Some(&row) = shapes.get(key)
+        {
+            return row;
+        }
+        let row = (self.rows.len() / n.max(1)) as u32;
+        let mut rows = std::mem::take(&mut self.rows);
+        self.push_fields(d, &mut rows);
+        self.rows = rows;
+        if let (Some(shapes), Some(key)) = (&mut self.shapes, key)
+            && shapes.len() < MAX_SHAPES
+        {
+            shapes.insert(key, row);
+        }
+        row
+    }
+
+    /// The stratum ids of a row numbered by [`Self::push_device`].
+    fn row(&self, row: u32) -> &[u32] {
+        let n = self.attrs.len();
+        &self.rows[row as usize * n..(row as usize + 1) * n]
+    }
+
+    /// Appends the device's stratum id for every attribute to `out`, field by field.
+    fn push_fields(&mut self, d: &Device, out: &mut Vec<u32>) {
         for (f, field) in self.fields.iter().enumerate() {
             // An enum's or flag's index is its id already (a field's keys are all indices or
             // none are); other values are numbered as they come.
@@ -370,16 +468,16 @@ pub fn select(input: &CanaryInput<'_>) -> CanaryReport {
     let policy = &input.policy.canary;
     let fleet = input.fleet;
     let attrs = &policy.strata;
-    let n_attr = attrs.len();
     let n = input.targeted.len();
 
-    // 1. Strata: intern each (attribute, value) to an id; `strata_of[pos * n_attr + a]`.
+    // 1. Strata: intern each (attribute, value) to an id; a row of ids per device shape.
     // 2. Candidates and their rank key: (offline, far, seeded random).
     // Both in one pass, so that each device is read from memory once.
     let parsed: Vec<Attribute> = attrs.iter().map(|a| Attribute::parse(a)).collect();
     let mut interner = StrataInterner::new(&parsed);
-    let mut strata_of: Vec<u32> = Vec::with_capacity(n * n_attr);
-    let mut counts: Vec<Counts> = Vec::new();
+    // Counted per row of strata first (most devices share their row with many others), then
+    // added to each of the row's strata.
+    let mut row_counts: Vec<Counts> = Vec::new();
     // Calendar groups are depot indices (the last one: unknown depot).
     let depot_pos = |fi: u32| {
         fleet
@@ -387,34 +485,33 @@ pub fn select(input: &CanaryInput<'_>) -> CanaryReport {
             .get(input.group_of[fi as usize] as usize)
             .map(|x| x.position)
     };
-    let mut ranked: Vec<(u8, u64, u32)> = Vec::new(); // (tier, random, position in targeted)
+    // (tier, random, position in targeted, row of strata); positions are distinct, so the
+    // row never decides the order.
+    let mut ranked: Vec<(u8, u64, u32, u32)> = Vec::new();
     let mut excluded_peak = 0;
     let mut excluded_depot = 0;
     for (pos, &fi) in input.targeted.iter().enumerate() {
         let d = &fleet.devices[fi as usize];
-        interner.push_device(d, &mut strata_of);
-        counts.resize(interner.names.len(), Counts::default());
+        let row = interner.push_device(d);
+        if row_counts.len() <= row as usize {
+            row_counts.resize(row as usize + 1, Counts::default());
+        }
+        let c = &mut row_counts[row as usize];
         let v = input.eligibility[fi as usize];
-        let row = &strata_of[pos * n_attr..(pos + 1) * n_attr];
-        for &s in row {
-            let c = &mut counts[s as usize];
-            c.devices += 1;
-            match v.status {
-                Status::EligibleNow => c.eligible_now += 1,
-                Status::AfterPrerequisites => c.after_prerequisites += 1,
-                Status::AfterConditions => c.after_conditions += 1,
-                Status::Never => c.never += 1,
-                Status::Installed => c.installed += 1,
-            }
+        c.devices += 1;
+        match v.status {
+            Status::EligibleNow => c.eligible_now += 1,
+            Status::AfterPrerequisites => c.after_prerequisites += 1,
+            Status::AfterConditions => c.after_conditions += 1,
+            Status::Never => c.never += 1,
+            Status::Installed => c.installed += 1,
         }
         if v.status != Status::EligibleNow {
             continue;
         }
         if policy.depot.as_ref().is_some_and(|dep| *dep != d.depot) {
             excluded_depot += 1;
-            for &s in row {
-                counts[s as usize].outside_depot += 1;
-            }
+            c.outside_depot += 1;
             continue;
         }
         let group = input.group_of[fi as usize] as usize;
@@ -430,23 +527,35 @@ pub fn select(input: &CanaryInput<'_>) -> CanaryReport {
             };
         if at_peak {
             excluded_peak += 1;
-            for &s in row {
-                counts[s as usize].critical_at_peak += 1;
-            }
+            c.critical_at_peak += 1;
             continue;
         }
-        for &s in row {
-            counts[s as usize].candidates += 1;
-        }
+        c.candidates += 1;
         let offline = !d.is_online(input.now, input.policy.online_threshold_secs);
         let far = depot_pos(fi).is_none_or(|p| p.distance_km(d.position) > policy.near_depot_km);
         let tier = (u8::from(offline) << 1) | u8::from(far);
         let random = SeededRng::derive(input.seed ^ 0xCA4A_4E11, u64::from(fi)).next_u64();
-        ranked.push((tier, random, pos as u32));
+        ranked.push((tier, random, pos as u32, row));
     }
     ranked.sort_unstable();
-    let names = interner.names;
+    let names = std::mem::take(&mut interner.names);
     let n_strata = names.len();
+    let mut counts = vec![Counts::default(); n_strata];
+    for (row, rc) in row_counts.iter().enumerate() {
+        for &s in interner.row(row as u32) {
+            let c = &mut counts[s as usize];
+            c.devices += rc.devices;
+            c.eligible_now += rc.eligible_now;
+            c.after_prerequisites += rc.after_prerequisites;
+            c.after_conditions += rc.after_conditions;
+            c.never += rc.never;
+            c.installed += rc.installed;
+            c.outside_depot += rc.outside_depot;
+            c.critical_at_peak += rc.critical_at_peak;
+            c.candidates += rc.candidates;
+        }
+    }
+    let row_of = |r: u32| interner.row(ranked[r as usize].3);
 
     // Per-stratum candidate lists in rank order (counting sort into one flat array).
     let mut start = vec![0usize; n_strata + 1];
@@ -455,9 +564,9 @@ pub fn select(input: &CanaryInput<'_>) -> CanaryReport {
     }
     let mut fill = start.clone();
     let mut lists = vec![0u32; start[n_strata]];
-    for (r, &(_, _, pos)) in ranked.iter().enumerate() {
-        for &s in &strata_of[pos as usize * n_attr..(pos as usize + 1) * n_attr] {
-            lists[fill[s as usize]] = r as u32;
+    for r in 0..ranked.len() as u32 {
+        for &s in row_of(r) {
+            lists[fill[s as usize]] = r;
             fill[s as usize] += 1;
         }
     }
@@ -473,10 +582,6 @@ pub fn select(input: &CanaryInput<'_>) -> CanaryReport {
         .collect();
     let mut chosen = vec![false; ranked.len()];
     let mut picked: Vec<u32> = Vec::new(); // rank indices
-    let row_of = |r: u32| {
-        let pos = ranked[r as usize].2 as usize;
-        &strata_of[pos * n_attr..(pos + 1) * n_attr]
-    };
     let take = |r: u32,
                 chosen: &mut Vec<bool>,
                 picked: &mut Vec<u32>,
@@ -731,7 +836,8 @@ mod tests {
         let mut interner = StrataInterner::new(&attrs);
         let mut got = Vec::new();
         for d in &fleet.devices {
-            interner.push_device(d, &mut got);
+            let row = interner.push_device(d);
+            got.extend_from_slice(interner.row(row));
         }
         let (want, want_names) = strata_by_text(&attrs, &fleet.devices);
         assert!(

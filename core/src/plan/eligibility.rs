@@ -112,77 +112,69 @@ pub fn evaluate(fleet: &Fleet, target: &ReleaseSpec, catalog: Vec<&ReleaseSpec>)
         })
         .collect();
     let mut resolver = ChainResolver::new(target, catalog);
+    let conditions: Vec<(usize, &Requirement)> = target
+        .requires
+        .iter()
+        .enumerate()
+        .take(64)
+        .filter(|(_, r)| r.kind() == RequirementKind::Condition)
+        .collect();
+    // Everything but the conditions reads only the model, the hardware revision and the
+    // components: decided once per distinct (shared) triple, in device order, so reasons and
+    // chains are still numbered by first appearance.
+    let mut fixed_of: super::FastMap<[usize; 3], Fixed> = super::FastMap::default();
     let mut out = Vec::with_capacity(fleet.devices.len());
     for device in &fleet.devices {
-        let mut verdict = DeviceEligibility {
-            status: Status::EligibleNow,
-            detail: 0,
-            unmet_conditions: 0,
-            supported: false,
+        let key = [
+            device.model.addr(),
+            device.hw_rev.addr(),
+            device.components.addr(),
+        ];
+        let fixed = if let Some(&f) = fixed_of.get(&key) {
+            f
+        } else {
+            let f = fixed_part(
+                device,
+                target,
+                download,
+                &hw_reason,
+                &downgrade_reason,
+                &mut model_reason,
+                &mut reasons,
+                &mut resolver,
+            );
+            if fixed_of.len() < 1 << 16 {
+                fixed_of.insert(key, f);
+            }
+            f
         };
-        if !target.supports_hardware(device) {
-            let id = *model_reason
-                .entry(device.model.as_str())
-                .or_insert_with(|| {
-                    push(
-                        &mut reasons,
-                        format!(
-                            "model {} is not among the release's hardware ({})",
-                            device.model,
-                            target.hardware.join(", ")
-                        ),
-                    )
-                });
-            verdict.status = Status::Never;
-            verdict.detail = id;
-            out.push(verdict);
-            continue;
-        }
-        verdict.supported = true;
-        let mut components_met = true;
-        let mut hardware_unmet = None;
-        for (i, req) in target.requires.iter().enumerate().take(64) {
-            if super::is_met(req, device, download) {
-                continue;
-            }
-            match req.kind() {
-                RequirementKind::Hardware => {
-                    hardware_unmet = hardware_unmet.or(hw_reason[i]);
+        let verdict = match fixed {
+            Fixed::Unsupported(id) => DeviceEligibility {
+                status: Status::Never,
+                detail: id,
+                unmet_conditions: 0,
+                supported: false,
+            },
+            Fixed::Decided(status, detail) | Fixed::Conditions(status, detail) => {
+                let mut unmet_conditions = 0u64;
+                for &(i, req) in &conditions {
+                    if !super::is_met(req, device, download) {
+                        unmet_conditions |= 1 << i;
+                    }
                 }
-                RequirementKind::Component => components_met = false,
-                RequirementKind::Condition => verdict.unmet_conditions |= 1 << i,
-            }
-        }
-        if let Some(id) = hardware_unmet {
-            verdict.status = Status::Never;
-            verdict.detail = id;
-        } else if !target.provides.is_empty()
-            && target
-                .provides
-                .iter()
-                .all(|(c, v)| super::component(device, c) == Some(*v))
-        {
-            verdict.status = Status::Installed;
-        } else if let Some((_, _, id)) = downgrade_reason
-            .iter()
-            .find(|(c, v, _)| super::component(device, c).is_some_and(|have| have > *v))
-        {
-            verdict.status = Status::Never;
-            verdict.detail = *id;
-        } else if !components_met {
-            match resolver.resolve(device) {
-                ChainOutcome::Chain(c) => {
-                    verdict.status = Status::AfterPrerequisites;
-                    verdict.detail = c;
-                }
-                ChainOutcome::NoChain(f) => {
-                    verdict.status = Status::Never;
-                    verdict.detail = FAILURE_MARK | f;
+                let status = if matches!(fixed, Fixed::Conditions(..)) && unmet_conditions != 0 {
+                    Status::AfterConditions
+                } else {
+                    status
+                };
+                DeviceEligibility {
+                    status,
+                    detail,
+                    unmet_conditions,
+                    supported: true,
                 }
             }
-        } else if verdict.unmet_conditions != 0 {
-            verdict.status = Status::AfterConditions;
-        }
+        };
         out.push(verdict);
     }
     // Failure texts were interned by the resolver while model reasons were numbered on the fly;
@@ -215,6 +207,77 @@ pub fn evaluate(fleet: &Fleet, target: &ReleaseSpec, catalog: Vec<&ReleaseSpec>)
         chains,
         chain_bytes,
         cycles: resolver.cycles().to_vec(),
+    }
+}
+
+/// A device's verdict as far as its model, hardware revision and components decide it.
+#[derive(Clone, Copy)]
+enum Fixed {
+    /// The release is not built for the model: never, with this reason.
+    Unsupported(u32),
+    /// Supported, and this verdict stands whatever the conditions.
+    Decided(Status, u32),
+    /// Supported, and only the conditions remain: this verdict (eligible now) unless one is
+    /// unmet.
+    Conditions(Status, u32),
+}
+
+/// The checks of [`evaluate`] that do not read the device's conditions, in its order.
+#[allow(clippy::too_many_arguments)]
+fn fixed_part<'a>(
+    device: &'a crate::fleet::Device,
+    target: &ReleaseSpec,
+    download: u64,
+    hw_reason: &[Option<u32>],
+    downgrade_reason: &[(&str, crate::version::Version, u32)],
+    model_reason: &mut super::FastMap<&'a str, u32>,
+    reasons: &mut Vec<String>,
+    resolver: &mut ChainResolver<'a>,
+) -> Fixed {
+    if !target.supports_hardware(device) {
+        let id = *model_reason
+            .entry(device.model.as_str())
+            .or_insert_with(|| {
+                reasons.push(format!(
+                    "model {} is not among the release's hardware ({})",
+                    device.model,
+                    target.hardware.join(", ")
+                ));
+                (reasons.len() - 1) as u32
+            });
+        return Fixed::Unsupported(id);
+    }
+    let mut components_met = true;
+    let mut hardware_unmet = None;
+    for (i, req) in target.requires.iter().enumerate().take(64) {
+        match req.kind() {
+            RequirementKind::Condition => {}
+            _ if super::is_met(req, device, download) => {}
+            RequirementKind::Hardware => hardware_unmet = hardware_unmet.or(hw_reason[i]),
+            RequirementKind::Component => components_met = false,
+        }
+    }
+    if let Some(id) = hardware_unmet {
+        Fixed::Decided(Status::Never, id)
+    } else if !target.provides.is_empty()
+        && target
+            .provides
+            .iter()
+            .all(|(c, v)| super::component(device, c) == Some(*v))
+    {
+        Fixed::Decided(Status::Installed, 0)
+    } else if let Some((_, _, id)) = downgrade_reason
+        .iter()
+        .find(|(c, v, _)| super::component(device, c).is_some_and(|have| have > *v))
+    {
+        Fixed::Decided(Status::Never, *id)
+    } else if !components_met {
+        match resolver.resolve(device) {
+            ChainOutcome::Chain(c) => Fixed::Decided(Status::AfterPrerequisites, c),
+            ChainOutcome::NoChain(f) => Fixed::Decided(Status::Never, FAILURE_MARK | f),
+        }
+    } else {
+        Fixed::Conditions(Status::EligibleNow, 0)
     }
 }
 
