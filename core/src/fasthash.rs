@@ -1,5 +1,6 @@
 //! One fast, deterministic hasher for the core's internal hash maps (the planner's depot,
-//! stratum and component maps, the cluster tally). The core reads no random source, so std's
+//! stratum and component maps, the cluster tally), and the app's maps keyed by the fleet's own
+//! values (the console's column index, the cache's snapshot dictionaries). The core reads no random source, so std's
 //! randomly keyed SipHash is out, and SipHash with fixed keys is the hot spot of a
 //! million-device pass. Not for keys an adversary chooses, and never for anything whose
 //! output depends on iteration order.
@@ -11,7 +12,7 @@
 /// spread. Keys are the fleet's own strings, not attacker-chosen, so flooding is not a
 /// concern; no map is ever iterated, so the hash values never show in a plan.
 #[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct FastHasher(u64);
+pub struct FastHasher(u64);
 
 impl FastHasher {
     #[inline]
@@ -72,10 +73,11 @@ impl std::hash::Hasher for FastHasher {
     }
 }
 
+/// Builds [`FastHasher`]s, for `HashMap::with_hasher` and map types.
+pub type FastBuild = std::hash::BuildHasherDefault<FastHasher>;
+
 /// A `HashMap` with [`FastHasher`].
-pub(crate) type FastMap<K, V> =
-    std::collections::HashMap<K, V, std::hash::BuildHasherDefault<FastHasher>>;
+pub type FastMap<K, V> = std::collections::HashMap<K, V, std::hash::BuildHasherDefault<FastHasher>>;
 
 /// A `HashSet` with [`FastHasher`].
-pub(crate) type FastSet<K> =
-    std::collections::HashSet<K, std::hash::BuildHasherDefault<FastHasher>>;
+pub type FastSet<K> = std::collections::HashSet<K, std::hash::BuildHasherDefault<FastHasher>>;

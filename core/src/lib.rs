@@ -14,7 +14,7 @@ pub mod cluster;
 pub mod comms;
 pub mod cvss;
 pub mod devsim;
-pub(crate) mod fasthash;
+pub mod fasthash;
 pub mod fleet;
 pub mod gates;
 pub mod manifest;

@@ -751,6 +751,7 @@ fn run(
 mod tests {
     use super::*;
     use crate::gui::query::summarise;
+    use convoy_core::rng::SeededRng;
     use convoy_core::synth::{SynthOptions, generate};
 
     const NOW: Timestamp = Timestamp::from_secs(1_800_000_000);
@@ -924,33 +925,21 @@ mod tests {
         assert_eq!(r2.derived.counts_all[0], 290);
     }
 
-    /// A seeded generator for the property test (splitmix64).
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^ (z >> 31)
-        }
-
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n as u64) as usize
-        }
+    /// The property test's draws: the core's seeded generator, an index below `n`.
+    fn pick(rng: &mut SeededRng, n: usize) -> usize {
+        rng.below(n as u64) as usize
     }
 
     /// A random message for a random device: a status (update state, battery, link, maybe a
     /// new firmware version, last seen moving on), a crash, or a battery reading.
-    fn random_message(rng: &mut Rng, model: &FleetModel, step: i64) -> Inbound {
+    fn random_message(rng: &mut SeededRng, model: &FleetModel, step: i64) -> Inbound {
         use crate::link::protocol::{
             DeviceStatus, Telemetry, TelemetryEvent, UpdateState, UpdateStatus,
         };
         use convoy_core::fleet::Connectivity;
-        let d = &model.fleet.devices[rng.below(model.len())];
-        let ts = Timestamp::from_secs(NOW.secs() - 7200 + step * 13 + rng.below(600) as i64);
-        match rng.below(5) {
+        let d = &model.fleet.devices[pick(rng, model.len())];
+        let ts = Timestamp::from_secs(NOW.secs() - 7200 + step * 13 + pick(rng, 600) as i64);
+        match pick(rng, 5) {
             0 => Inbound::Telemetry(Telemetry {
                 v: 1,
                 device_id: d.id.clone(),
@@ -966,7 +955,7 @@ mod tests {
                 ts,
                 seq: 2,
                 event: TelemetryEvent::Battery {
-                    pct: rng.below(101) as u8,
+                    pct: pick(rng, 101) as u8,
                 },
             }),
             _ => {
@@ -979,9 +968,9 @@ mod tests {
                     UpdateState::Reverted,
                 ];
                 let mut components = d.components.clone();
-                if rng.below(4) == 0 {
+                if pick(rng, 4) == 0 {
                     // Sometimes a version the fleet has, sometimes a new one.
-                    let v = ["2.5.0", "2.4.1", "2.5", "9.9.7"][rng.below(4)];
+                    let v = ["2.5.0", "2.4.1", "2.5", "9.9.7"][pick(rng, 4)];
                     if let Ok(v) = v.parse() {
                         components.insert(convoy_core::fleet::component::FIRMWARE, v);
                     }
@@ -994,15 +983,15 @@ mod tests {
                     active_slot: d.active_slot,
                     components,
                     update: UpdateStatus {
-                        state: states[rng.below(states.len())],
+                        state: states[pick(rng, states.len())],
                         release_id: Some("fw-2.5.0".into()),
                         command_id: None,
                         progress_pct: None,
                         reason: None,
                     },
-                    battery_pct: Some(rng.below(101) as u8),
+                    battery_pct: Some(pick(rng, 101) as u8),
                     power: d.power,
-                    connectivity: links[rng.below(links.len())],
+                    connectivity: links[pick(rng, links.len())],
                     metered: false,
                     free_storage_bytes: 1,
                     position: None,
@@ -1058,7 +1047,7 @@ mod tests {
                 false,
             ),
         ];
-        let mut rng = Rng(22);
+        let mut rng = SeededRng::new(22);
         let mut incremental = 0;
         for (case, &(mode, text, class, sort, descending)) in cases.iter().enumerate() {
             let mut model = FleetModel::shared(Arc::clone(&fleet));
@@ -1076,7 +1065,7 @@ mod tests {
             };
             let mut d = Derivation::full(&model, &mut index, &q, None);
             for round in 0..30 {
-                let batch = [1, 1, 2, 3, 8, 9, 40, 200][rng.below(8)];
+                let batch = [1, 1, 2, 3, 8, 9, 40, 200][pick(&mut rng, 8)];
                 let mut changed = Vec::new();
                 for k in 0..batch {
                     let m = random_message(&mut rng, &model, (round * 300 + k) as i64);

@@ -225,45 +225,9 @@ pub fn summarise(
 // ---------------------------------------------------------------------------------------------
 // The fleet index: each field's distinct values once, a code per device (issue 22).
 
-/// A fast hasher for the index's dictionaries (a few hundred keys, looked up once per device
-/// when a column is built): FxHash's multiply-rotate, no DoS resistance needed (the keys are
-/// the fleet's own values and only this process sees the table).
-#[derive(Default, Clone, Copy)]
-pub struct FxHasher(u64);
-
-const FX_K: u64 = 0x51_7c_c1_b7_27_22_0a_95;
-
-impl std::hash::Hasher for FxHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        let mut chunks = bytes.chunks_exact(8);
-        for c in &mut chunks {
-            let mut w = [0u8; 8];
-            w.copy_from_slice(c);
-            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(w)).wrapping_mul(FX_K);
-        }
-        for &b in chunks.remainder() {
-            self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(FX_K);
-        }
-    }
-
-    fn write_u8(&mut self, i: u8) {
-        self.0 = (self.0.rotate_left(5) ^ u64::from(i)).wrapping_mul(FX_K);
-    }
-
-    fn write_u64(&mut self, i: u64) {
-        self.0 = (self.0.rotate_left(5) ^ i).wrapping_mul(FX_K);
-    }
-
-    fn write_usize(&mut self, i: usize) {
-        self.write_u64(i as u64);
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
-type FxBuild = std::hash::BuildHasherDefault<FxHasher>;
+/// The index's dictionaries (a few hundred keys, looked up once per device when a column is
+/// built) hash with the core's fast hasher: the keys are the fleet's own values.
+type FxBuild = convoy_core::fasthash::FastBuild;
 
 /// A version as written: `2.0` and `2.0.0` are equal versions (and sort as equals) but read
 /// differently as text, so the index keeps them apart.

@@ -259,29 +259,10 @@ fn configure(conn: &Connection) -> Result<()> {
     Ok(())
 }
 
-/// A small multiply-rotate hasher for maps keyed by strings that come from the cache itself
-/// (the snapshot's interned values), where SipHash costs more than the rest of the work. Not
+/// `HashMap`s keyed by short strings that come from the cache itself (the snapshot's interned
+/// values), where SipHash costs more than the rest of the work: the core's fast hasher. Not
 /// for keys from outside (telemetry's device ids), which could be chosen to collide.
-#[derive(Default)]
-pub(crate) struct WordHasher(u64);
-
-impl std::hash::Hasher for WordHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for word in bytes.chunks(8) {
-            let mut w = [0u8; 8];
-            w[..word.len()].copy_from_slice(word);
-            self.0 =
-                (self.0.rotate_left(5) ^ u64::from_le_bytes(w)).wrapping_mul(0x517C_C1B7_2722_0A95);
-        }
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
-/// `HashMap`s keyed by short strings, hashed with [`WordHasher`].
-pub(crate) type FastHash = std::hash::BuildHasherDefault<WordHasher>;
+pub(crate) type FastHash = convoy_core::fasthash::FastBuild;
 
 /// An `i64` for SQLite from a `u64` count, or an error naming the field.
 pub(crate) fn to_i64(value: u64, field: &str) -> Result<i64> {
