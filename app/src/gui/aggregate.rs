@@ -8,7 +8,8 @@
 //! ([`Grid::visible`], a binary search per grid column), so a frame's work grows with what is
 //! on screen, not with the fleet.
 //!
-//! Building is O(n log n) and happens only when the data, the filter or the zoom level change
+//! Building is linear in the fleet for a large filtered list (O(n log n) for a short one) and
+//! happens only when the data, the filter or the zoom level change
 //! (the map also throttles rebuilds while data streams in). This module is plain code with no
 //! egui: the map only draws what it computes.
 //!
@@ -48,8 +49,101 @@ pub fn cell_size_for(zoom: u8, cell_px: f64) -> f64 {
 }
 
 impl Grid {
-    /// Bins `devices` (indices into `xs`, `ys`, `class`) into squares of `cell_size`.
+    /// Bins `devices` (distinct indices into `xs`, `ys`, `class`) into squares of `cell_size`.
+    ///
+    /// A list that is a good part of the fleet is binned in index order through a mask, each
+    /// device's cell found in a map of the (few hundred) occupied cells, so a million devices
+    /// take two linear passes rather than a million-element sort; a short list is sorted. Both
+    /// give the same grid (cells by square, members ascending, sums in member order).
     pub fn build(xs: &[f32], ys: &[f32], class: &[u8], devices: &[u32], cell_size: f64) -> Self {
+        if devices.len() < 4096 || devices.len() * 8 < xs.len() {
+            return Self::build_sorted(xs, ys, class, devices, cell_size);
+        }
+        let inv = 1.0 / cell_size;
+        let max_cell = (inv.ceil() as u64).min(u64::from(u32::MAX)) as u32;
+        let key = |i: usize| {
+            let cx = ((f64::from(xs[i]) * inv).max(0.0) as u32).min(max_cell);
+            let cy = ((f64::from(ys[i]) * inv).max(0.0) as u32).min(max_cell);
+            (u64::from(cx) << 32) | u64::from(cy)
+        };
+        let mut mask = vec![false; xs.len()];
+        for &i in devices {
+            if let Some(m) = mask.get_mut(i as usize) {
+                *m = true;
+            }
+        }
+        // Pass 1, in index order: each member's cell, numbered as first seen.
+        let mut ids: std::collections::HashMap<u64, u32, convoy_core::fasthash::FastBuild> =
+            std::collections::HashMap::default();
+        let mut keys: Vec<u64> = Vec::new();
+        let mut counts: Vec<u32> = Vec::new();
+        let mut ordered: Vec<(u32, u32)> = Vec::with_capacity(devices.len()); // (cell id, index)
+        let mut last = (u64::MAX, 0u32);
+        for (i, _) in mask.iter().enumerate().filter(|(_, m)| **m) {
+            let k = key(i);
+            let id = if k == last.0 {
+                last.1
+            } else {
+                let id = *ids.entry(k).or_insert_with(|| {
+                    keys.push(k);
+                    counts.push(0);
+                    (keys.len() - 1) as u32
+                });
+                last = (k, id);
+                id
+            };
+            counts[id as usize] += 1;
+            ordered.push((id, i as u32));
+        }
+        // Cells in square order; each cell's members in index order after them.
+        let mut by_square: Vec<u32> = (0..keys.len() as u32).collect();
+        by_square.sort_unstable_by_key(|&id| keys[id as usize]);
+        let mut start = vec![0u32; keys.len()];
+        let mut at = 0u32;
+        for &id in &by_square {
+            start[id as usize] = at;
+            at += counts[id as usize];
+        }
+        let mut members = vec![0u32; ordered.len()];
+        let mut fill = start.clone();
+        for &(id, i) in &ordered {
+            members[fill[id as usize] as usize] = i;
+            fill[id as usize] += 1;
+        }
+        let cells = by_square
+            .iter()
+            .map(|&id| {
+                let k = keys[id as usize];
+                let s = start[id as usize];
+                let count = counts[id as usize];
+                let mut by_class = [0; CLASSES];
+                let mut sums = (0.0f64, 0.0f64);
+                for &i in &members[s as usize..(s + count) as usize] {
+                    let c =
+                        usize::from(class.get(i as usize).copied().unwrap_or(0)).min(CLASSES - 1);
+                    by_class[c] += 1;
+                    sums.0 += f64::from(xs[i as usize]);
+                    sums.1 += f64::from(ys[i as usize]);
+                }
+                Cell {
+                    cx: (k >> 32) as u32,
+                    cy: k as u32,
+                    count,
+                    centroid: [sums.0 / f64::from(count), sums.1 / f64::from(count)],
+                    by_class,
+                    start: s,
+                }
+            })
+            .collect();
+        Self {
+            cell_size,
+            cells,
+            members,
+        }
+    }
+
+    /// [`Grid::build`] by sorting the devices by (cell, index): for few devices.
+    fn build_sorted(xs: &[f32], ys: &[f32], class: &[u8], devices: &[u32], cell_size: f64) -> Self {
         let inv = 1.0 / cell_size;
         let max_cell = (inv.ceil() as u64).min(u64::from(u32::MAX)) as u32;
         let mut keyed: Vec<(u64, u32)> = devices
@@ -273,6 +367,43 @@ mod tests {
         let cl: Vec<u8> = points.iter().map(|p| p.2).collect();
         let all: Vec<u32> = (0..points.len() as u32).collect();
         Grid::build(&xs, &ys, &cl, &all, cell)
+    }
+
+    /// The linear build (a large filtered list) gives exactly the sorted build's grid: the
+    /// same cells in the same order, members, counts per class, and centroids to the bit.
+    #[test]
+    fn the_linear_build_bins_as_the_sorted_one() {
+        use convoy_core::rng::SeededRng;
+        let mut rng = SeededRng::new(9);
+        let n = 30_000;
+        // Clustered positions (most devices in a few cities), some at the edges.
+        let centres: Vec<(f64, f64)> = (0..12).map(|_| (rng.next_f64(), rng.next_f64())).collect();
+        let mut xs = Vec::with_capacity(n);
+        let mut ys = Vec::with_capacity(n);
+        for k in 0..n {
+            let (cx, cy) = centres[rng.below(centres.len() as u64) as usize];
+            let spread = if k % 97 == 0 { 0.5 } else { 0.01 };
+            xs.push(((cx + (rng.next_f64() - 0.5) * spread).clamp(0.0, 1.0)) as f32);
+            ys.push(((cy + (rng.next_f64() - 0.5) * spread).clamp(0.0, 1.0)) as f32);
+        }
+        let class: Vec<u8> = (0..n).map(|_| rng.below(9) as u8).collect();
+        for keep in [1.0, 0.5, 0.2] {
+            // The filtered list in a display order, not index order.
+            let mut devices: Vec<u32> = (0..n as u32).filter(|_| rng.next_f64() < keep).collect();
+            devices.sort_by_key(|&i| (class[i as usize], std::cmp::Reverse(i)));
+            for zoom in [0u8, 3, 6, 9, 14] {
+                let cell = cell_size_for(zoom, 60.0);
+                let linear = Grid::build(&xs, &ys, &class, &devices, cell);
+                let sorted = Grid::build_sorted(&xs, &ys, &class, &devices, cell);
+                assert!(
+                    linear.cells().len() > 1 || zoom == 0,
+                    "zoom {zoom}: cells to compare"
+                );
+                assert_eq!(linear.cells(), sorted.cells(), "keep {keep}, zoom {zoom}");
+                assert_eq!(linear.members, sorted.members, "keep {keep}, zoom {zoom}");
+                assert_eq!(linear.device_count(), devices.len());
+            }
+        }
     }
 
     #[test]
