@@ -333,10 +333,10 @@ fn wave_cohort_ui(
         match &mut w.choice {
             WaveChoice::Policy => {}
             WaveChoice::Saved(name) => {
-                let shown = listed
-                    .iter()
-                    .find(|c| c.name == *name)
-                    .map_or_else(|| format!("{name} (not in the cache)"), |c| c.label());
+                let shown = listed.iter().find(|c| c.name == *name).map_or_else(
+                    || format!("{name} (not in the cache)"),
+                    super::SavedChoice::label,
+                );
                 egui::ComboBox::from_id_salt(("planner-wave-cohort", i))
                     .selected_text(shown)
                     .show_ui(ui, |ui| {
