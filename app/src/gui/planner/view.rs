@@ -352,7 +352,9 @@ fn wave_cohort_ui(
                 ui.add(
                     egui::TextEdit::singleline(&mut w.query)
                         .hint_text("model:T300 hw_rev:C")
-                        .desired_width(220.0),
+                        .desired_width(220.0)
+                        // The grid's column is as wide as last frame's: grow it, not wrap.
+                        .min_size(egui::vec2(220.0, 0.0)),
                 )
                 .accessible_name(format!("{} search", w.name));
             }
