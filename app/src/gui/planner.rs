@@ -6,6 +6,12 @@
 //! cohort on the map. The plan is stored in the cache (audited) or exported as the JSON that
 //! `convoy rollout run --plan FILE` reads.
 //!
+//! A wave may be a saved cohort of the cache or a fleet search (issue 19): the form offers the
+//! cache's saved cohorts, listed on a thread with how many of the loaded fleet's devices each
+//! matches now, and a policy file whose waves name `cohort:NAME` is filled from the cache when it
+//! is loaded (`ops::cohorts::fill_policy`), as `convoy plan --db` does; an unknown name is an
+//! error naming it.
+//!
 //! Planning is `convoy_core::plan::plan`, as `convoy plan` runs it (`ops::plans` holds the JSON
 //! and the policy's sections, `store::plans` the saved plans); only a manifest that verifies against the trust directory
 //! gives a release to plan ([`crate::gui::releases::list_with_releases`]). Planning runs on the
@@ -29,7 +35,7 @@ use convoy_core::plan::{self, Plan, PlanInput, PlanningPolicy, Status};
 use convoy_core::release::ReleaseSpec;
 use convoy_core::requirement::RequirementKind;
 use convoy_core::time::Timestamp;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, TryRecvError};
@@ -46,7 +52,10 @@ use crate::store::Store;
 mod form;
 mod view;
 
-pub use form::{FormError, PolicyForm, RateForm, WaveForm, apply_form, form_of, parse_windows};
+pub use form::{
+    FormError, PolicyForm, RateForm, WaveChoice, WaveForm, apply_form, cohort_term, form_of,
+    parse_windows, saved_name_of,
+};
 pub use view::planner_ui;
 
 const DEBOUNCE: Duration = Duration::from_millis(400);
@@ -82,8 +91,10 @@ fn paths(text: &str) -> Vec<PathBuf> {
 }
 
 /// Reads the catalog files (comma-separated) and the policy file's `"planning"` and `"gates"`
-/// sections as `convoy plan --catalog --policy` does; empty means none and the defaults.
-pub fn load_inputs(catalog: &str, policy: &str) -> Result<Inputs> {
+/// sections as `convoy plan --catalog --policy --db` does; empty means none and the defaults.
+/// A wave that names a saved cohort (`cohort:NAME`) gets its search from the fleet cache
+/// `cache` now; an unknown name, or no cache, is an error naming the wave and the cohort.
+pub fn load_inputs(catalog: &str, policy: &str, cache: Option<&Path>) -> Result<Inputs> {
     let mut releases = Vec::new();
     let catalog_paths = paths(catalog);
     for path in &catalog_paths {
@@ -93,7 +104,7 @@ pub fn load_inputs(catalog: &str, policy: &str) -> Result<Inputs> {
         );
     }
     let policy_path = policy.trim();
-    let (planning, gates, from) = if policy_path.is_empty() {
+    let (mut planning, gates, from) = if policy_path.is_empty() {
         (
             PlanningPolicy::default(),
             GatePolicy::default(),
@@ -108,6 +119,25 @@ pub fn load_inputs(catalog: &str, policy: &str) -> Result<Inputs> {
             format!("the policy file {}", path.display()),
         )
     };
+    if crate::ops::cohorts::policy_needs_cache(&planning) {
+        let Some(cache) = cache else {
+            anyhow::bail!(
+                "a wave of {from} names a saved cohort, and no fleet cache is open to read it from"
+            );
+        };
+        let store = Store::open_existing(cache).with_context(|| {
+            format!(
+                "a wave of {from} names a saved cohort: opening the cache {}",
+                cache.display()
+            )
+        })?;
+        crate::ops::cohorts::fill_policy(&store, &mut planning).with_context(|| {
+            format!(
+                "reading the saved cohorts {from} names from the cache {}",
+                cache.display()
+            )
+        })?;
+    }
     planning
         .validate()
         .with_context(|| format!("checking {from}"))?;
@@ -320,10 +350,53 @@ pub struct Candidate {
     pub release: Option<Arc<ReleaseSpec>>,
 }
 
+/// A saved cohort the form offers as a wave.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SavedChoice {
+    pub name: String,
+    pub query: String,
+    /// Devices of the loaded fleet it matches now, or why its search does not read.
+    pub devices: Result<usize, String>,
+}
+
+impl SavedChoice {
+    /// `NAME (N devices)`: how the form lists it.
+    pub fn label(&self) -> String {
+        match &self.devices {
+            Ok(n) => format!("{} ({n} devices)", self.name),
+            Err(_) => format!("{} (does not read)", self.name),
+        }
+    }
+}
+
+/// The cache's saved cohorts with how many devices of `fleet` each matches (on a thread).
+fn list_saved(cache: &Path, fleet: &Fleet) -> Result<Vec<SavedChoice>> {
+    let store = Store::open_existing(cache)
+        .with_context(|| format!("opening the fleet cache {}", cache.display()))?;
+    let table = crate::ops::cohorts::lookup_table(&store)?;
+    Ok(table
+        .iter()
+        .map(|(name, query)| SavedChoice {
+            name: name.clone(),
+            query: query.clone(),
+            devices: convoy_core::search::Query::parse_with(query, &|n| table.get(n).cloned())
+                .map(|q| {
+                    fleet
+                        .devices
+                        .iter()
+                        .filter(|d| q.matches(d, &|_| None))
+                        .count()
+                })
+                .map_err(|e| e.to_string()),
+        })
+        .collect())
+}
+
 /// What the file and cache threads answer.
 #[derive(Debug)]
 enum Reply {
     Listed(Result<Vec<Candidate>, String>),
+    Cohorts(Result<Vec<SavedChoice>, String>),
     Loaded(Result<Box<Inputs>, String>),
     Saved(Result<String, String>),
     Picked(Option<PathBuf>),
@@ -351,6 +424,13 @@ pub struct PlannerState {
     pub form: PolicyForm,
     /// Why the form cannot be planned, if it cannot.
     pub form_error: Option<FormError>,
+    /// The cache's saved cohorts the form offers as waves; `None` until first read.
+    pub saved_cohorts: Option<Result<Vec<SavedChoice>, String>>,
+    /// Their searches by name, what a wave's `cohort:NAME` reads when it is planned.
+    saved_table: BTreeMap<String, String>,
+    /// Whether the saved cohorts were read (or are being read) for this fleet.
+    cohorts_requested: bool,
+    cohorts_listing: Option<Receiver<Reply>>,
     worker: Option<PlanWorker>,
     worker_error: Option<String>,
     fleet_sent: bool,
@@ -376,8 +456,10 @@ pub struct PlannerState {
 pub enum PlannerCommand {
     /// Read the manifests again and check their signatures.
     CheckReleases,
-    /// Read the catalog and policy files.
+    /// Read the catalog and policy files (and the saved cohorts again).
     LoadInputs,
+    /// Read the cache's saved cohorts again.
+    ReloadCohorts,
     /// Store the current plan in the cache (audited).
     Save,
     /// Write the current plan's JSON to the plan file.
@@ -397,17 +479,22 @@ impl PlannerState {
     ) {
         match command {
             PlannerCommand::CheckReleases => self.refresh(ctx, cache, now),
-            PlannerCommand::LoadInputs => self.load(ctx),
+            PlannerCommand::LoadInputs => {
+                self.cohorts_requested = false;
+                self.load(ctx, cache);
+            }
+            PlannerCommand::ReloadCohorts => self.cohorts_requested = false,
             PlannerCommand::Save => self.save(ctx, cache, now),
             PlannerCommand::Export => self.export(ctx),
             PlannerCommand::Browse(name) => self.browse(ctx, name),
         }
     }
 
-    /// Whether planning needs the console's copy of the fleet sent (a release is chosen and
-    /// this load's fleet has not gone to the planner yet).
+    /// Whether the view needs the console's copy of the fleet: planning (a release is chosen
+    /// and this load's fleet has not gone to the planner yet), or counting the saved cohorts'
+    /// devices (not yet read for this fleet).
     pub fn wants_fleet(&self) -> bool {
-        self.chosen.is_some() && !self.fleet_sent
+        (self.chosen.is_some() && !self.fleet_sent) || !self.cohorts_requested
     }
 
     /// What the console does before the view draws: lists the releases the first time, and
@@ -423,7 +510,10 @@ impl PlannerState {
     ) {
         let debounce = if clock_runs { DEBOUNCE } else { Duration::ZERO };
         if !self.listed && self.listing.is_none() {
-            self.refresh(ctx, cache, now);
+            self.refresh(ctx, cache.clone(), now);
+        }
+        if !self.cohorts_requested && self.cohorts_listing.is_none() {
+            self.list_cohorts(ctx, cache, fleet.clone());
         }
         self.sync(ctx, fleet, now, debounce);
     }
@@ -462,6 +552,7 @@ impl PlannerState {
     /// A new fleet was loaded: the planner needs its copy, and old plans refer to old indices.
     pub fn fleet_reloaded(&mut self) {
         self.fleet_sent = false;
+        self.cohorts_requested = false;
         self.sent = None;
         self.planned = None;
     }
@@ -494,6 +585,7 @@ impl PlannerState {
         }
         for slot in [
             &mut self.listing,
+            &mut self.cohorts_listing,
             &mut self.loading,
             &mut self.saving,
             &mut self.browsing,
@@ -511,6 +603,27 @@ impl PlannerState {
             *slot = None;
             match reply {
                 Reply::Listed(list) => self.releases = Some(list),
+                Reply::Cohorts(list) => {
+                    let table: BTreeMap<String, String> = list
+                        .iter()
+                        .flatten()
+                        .map(|c| (c.name.clone(), c.query.clone()))
+                        .collect();
+                    if table != self.saved_table {
+                        // A wave naming one may now mean other devices: plan again.
+                        self.saved_table = table;
+                        if self
+                            .form
+                            .waves
+                            .iter()
+                            .any(|w| w.choice != WaveChoice::Policy)
+                        {
+                            self.sent = None;
+                            self.pending = None;
+                        }
+                    }
+                    self.saved_cohorts = Some(list);
+                }
                 Reply::Loaded(Ok(inputs)) => {
                     let seed = self.form.seed.trim().parse().unwrap_or(1);
                     self.form = form_of(&inputs.policy, seed);
@@ -570,13 +683,40 @@ impl PlannerState {
         }
     }
 
-    /// Reads the catalog and policy files on a thread.
-    fn load(&mut self, ctx: &egui::Context) {
+    /// Reads the cache's saved cohorts, and counts their devices in `fleet`, on a thread.
+    fn list_cohorts(
+        &mut self,
+        ctx: &egui::Context,
+        cache: Option<PathBuf>,
+        fleet: Option<Arc<Fleet>>,
+    ) {
+        let Some(cache) = cache else {
+            self.cohorts_requested = true;
+            self.saved_cohorts = Some(Err(
+                "no fleet cache is open (saved cohorts are kept in the cache)".into(),
+            ));
+            return;
+        };
+        // The counts need the fleet: wait for it (the console sends it while `wants_fleet`).
+        let Some(fleet) = fleet else {
+            return;
+        };
+        self.cohorts_requested = true;
+        match Self::spawn(ctx, "convoy-planner-cohorts", move || {
+            Reply::Cohorts(list_saved(&cache, &fleet).map_err(|e| format!("{e:#}")))
+        }) {
+            Ok(rx) => self.cohorts_listing = Some(rx),
+            Err(why) => self.saved_cohorts = Some(Err(why)),
+        }
+    }
+
+    /// Reads the catalog and policy files on a thread (a wave's saved cohorts from `cache`).
+    fn load(&mut self, ctx: &egui::Context, cache: Option<PathBuf>) {
         let (catalog, policy) = (self.catalog.clone(), self.policy_file.clone());
         self.inputs_error = None;
         match Self::spawn(ctx, "convoy-planner-files", move || {
             Reply::Loaded(
-                load_inputs(&catalog, &policy)
+                load_inputs(&catalog, &policy, cache.as_deref())
                     .map(Box::new)
                     .map_err(|e| format!("{e:#}")),
             )
@@ -644,7 +784,7 @@ impl PlannerState {
             self.form_error = None;
             return;
         }
-        let (policy, seed) = match apply_form(&self.form, &self.inputs.policy) {
+        let (policy, seed) = match apply_form(&self.form, &self.inputs.policy, &self.saved_table) {
             Ok(p) => {
                 self.form_error = None;
                 p
@@ -802,7 +942,7 @@ mod tests {
             now: NOW,
         });
         let inputs =
-            load_inputs(&fixture("catalog.json").display().to_string(), "").expect("inputs");
+            load_inputs(&fixture("catalog.json").display().to_string(), "", None).expect("inputs");
         let release: ReleaseSpec =
             serde_json::from_slice(&std::fs::read(fixture("t300-fw-2.5.0.json")).expect("fixture"))
                 .expect("release");
@@ -900,7 +1040,7 @@ mod tests {
 
     #[test]
     fn unreadable_inputs_name_the_file() {
-        let e = load_inputs("/nonexistent/catalog.json", "").expect_err("missing");
+        let e = load_inputs("/nonexistent/catalog.json", "", None).expect_err("missing");
         assert!(
             format!("{e:#}").contains("reading the catalog /nonexistent/catalog.json"),
             "{e:#}"
@@ -912,7 +1052,65 @@ mod tests {
             r#"{"version": 1, "planning": {"canary": {"size": 0, "bogus": 1}}}"#,
         )
         .expect("write");
-        let e = load_inputs("", &p.display().to_string()).expect_err("bad policy");
+        let e = load_inputs("", &p.display().to_string(), None).expect_err("bad policy");
         assert!(format!("{e:#}").contains("\"planning\" section"), "{e:#}");
+    }
+
+    #[test]
+    fn a_policy_files_saved_cohort_waves_are_read_from_the_cache_and_an_unknown_one_is_named() {
+        use convoy_core::plan::policy::Cohort;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cache = dir.path().join("cache.db");
+        let store = Store::open(&cache).expect("cache");
+        crate::ops::cohorts::save(&store, "rev C vans", "model:T300 hw_rev:C", "dana", NOW)
+            .expect("saved");
+        let p = dir.path().join("policy.json");
+        let write = |name: &str| {
+            let doc = serde_json::json!({"version": 1, "planning": {"waves": [
+                {"name": "canary", "cohort": {"kind": "canary"}},
+                {"name": "vans", "cohort": {"kind": "query", "query": format!("cohort:\"{name}\"")}},
+                {"name": "rest", "cohort": {"kind": "rest"}},
+            ]}});
+            std::fs::write(&p, serde_json::to_vec(&doc).expect("json")).expect("write");
+        };
+        write("rev C vans");
+        let policy = p.display().to_string();
+        let inputs = load_inputs("", &policy, Some(&cache)).expect("filled from the cache");
+        assert_eq!(
+            inputs.policy.waves[1].cohort,
+            Cohort::Query {
+                query: "cohort:\"rev C vans\"".into(),
+                saved: [("rev C vans".to_owned(), "model:T300 hw_rev:C".to_owned())].into(),
+            }
+        );
+        // The form offers it as the saved cohort it is.
+        let form = form_of(&inputs.policy, 1);
+        assert_eq!(form.waves[1].choice, WaveChoice::Saved("rev C vans".into()));
+        let e = load_inputs("", &policy, None).expect_err("no cache");
+        assert!(format!("{e:#}").contains("no fleet cache is open"), "{e:#}");
+        write("pilots");
+        let e = load_inputs("", &policy, Some(&cache)).expect_err("unknown cohort");
+        let text = format!("{e:#}");
+        assert!(
+            text.contains("there is no saved cohort named \"pilots\""),
+            "{text}"
+        );
+        assert!(text.contains("wave \"vans\""), "{text}");
+        assert!(!text.contains("Some("), "{text}");
+        // The listing the form offers, with each cohort's devices in the fleet.
+        let fleet = generate(&SynthOptions {
+            devices: 300,
+            seed: 5,
+            now: NOW,
+        });
+        let want = fleet
+            .devices
+            .iter()
+            .filter(|d| &*d.model == "T300" && &*d.hw_rev == "C")
+            .count();
+        let listed = list_saved(&cache, &fleet).expect("listed");
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].devices, Ok(want));
+        assert_eq!(listed[0].label(), format!("rev C vans ({want} devices)"));
     }
 }

@@ -2,18 +2,61 @@
 //! maintenance windows, bandwidth cap, data price, canary size and seed), made from a policy
 //! ([`form_of`]) and checked back into one ([`apply_form`]), naming the first bad field.
 //!
+//! A wave takes the policy's own cohort, a saved cohort of the cache or a fleet search
+//! ([`WaveChoice`]); the last two become a query wave (`Cohort::Query`) whose `cohort:NAME`
+//! terms are filled with the saved cohorts' searches given to [`apply_form`] (issue 19), so the
+//! core plans from the searches actually used. An unknown cohort names the wave and the name.
+//!
 //! Plain code with no egui: the view ([`super::view`]) draws these fields, and the planner's
 //! state re-plans when they change. Deliberately not here: the fields the form does not show
 //! (blackouts, exceptions, criticality, strata, the gates), which come from the base policy.
 
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
+
 use convoy_core::plan::policy::{Cohort, LocalTime, MaintenanceWindow, RateLimit, WaveSpec};
 use convoy_core::plan::{self, PlanningPolicy};
+use convoy_core::search::{Query, QueryError};
+
+/// What a wave takes, as the form offers it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WaveChoice {
+    /// The policy's own cohort ([`WaveForm::cohort`]: the canary, a depot or region, a share,
+    /// an attribute filter or everyone left).
+    Policy,
+    /// The cache's saved cohort of this name (`cohort:"NAME"`).
+    Saved(String),
+    /// The fleet search typed in [`WaveForm::query`] (`model:T300 hw_rev:C`).
+    Search,
+}
+
+/// The search that names the saved cohort `name` (a name has no double quotes).
+pub fn cohort_term(name: &str) -> String {
+    format!("cohort:\"{name}\"")
+}
+
+/// The saved cohort a search names when it is nothing but `cohort:NAME` (or `cohort:"NAME"`).
+pub fn saved_name_of(query: &str) -> Option<String> {
+    let rest = query.trim().strip_prefix("cohort:")?;
+    let name = match rest.strip_prefix('"') {
+        Some(quoted) => quoted.strip_suffix('"')?,
+        None if rest.contains(char::is_whitespace) => return None,
+        None => rest,
+    };
+    (!name.is_empty() && !name.contains('"')).then(|| name.to_owned())
+}
 
 /// One wave of the policy as typed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WaveForm {
     pub name: String,
+    /// The policy's cohort for this wave (a query wave's saved searches from the policy file
+    /// are kept here).
     pub cohort: Cohort,
+    /// What the wave takes: the policy's cohort, a saved cohort or a search.
+    pub choice: WaveChoice,
+    /// The search, when [`WaveChoice::Search`].
+    pub query: String,
     /// Empty: no limit.
     pub max_devices: String,
     /// For a percent cohort only.
@@ -90,6 +133,16 @@ pub fn form_of(policy: &PlanningPolicy, seed: u64) -> PolicyForm {
                 name: w.name.clone(),
                 pct: match w.cohort {
                     Cohort::Percent { pct } => number_text(pct),
+                    _ => String::new(),
+                },
+                choice: match &w.cohort {
+                    Cohort::Query { query, .. } => {
+                        saved_name_of(query).map_or(WaveChoice::Search, WaveChoice::Saved)
+                    }
+                    _ => WaveChoice::Policy,
+                },
+                query: match &w.cohort {
+                    Cohort::Query { query, .. } => query.clone(),
                     _ => String::new(),
                 },
                 cohort: w.cohort.clone(),
@@ -182,19 +235,62 @@ pub fn parse_windows(text: &str) -> Result<Vec<MaintenanceWindow>, FormError> {
         .collect()
 }
 
+/// The query wave for `query` in wave `w`: its `cohort:NAME` terms read from the searches the
+/// policy file gave the wave, else from `saved` (the cache's); only the names used are kept.
+fn query_cohort(
+    w: &WaveForm,
+    query: &str,
+    saved: &BTreeMap<String, String>,
+) -> Result<Cohort, QueryError> {
+    let empty = BTreeMap::new();
+    let given = match &w.cohort {
+        Cohort::Query { saved, .. } => saved,
+        _ => &empty,
+    };
+    let find = |n: &str| given.get(n).or_else(|| saved.get(n)).cloned();
+    let used = RefCell::new(BTreeSet::new());
+    Query::parse_with(query, &|n| {
+        used.borrow_mut().insert(n.to_owned());
+        find(n)
+    })?;
+    Ok(Cohort::Query {
+        query: query.to_owned(),
+        saved: used
+            .into_inner()
+            .into_iter()
+            .filter_map(|n| find(&n).map(|q| (n, q)))
+            .collect(),
+    })
+}
+
 /// The policy the form describes, on top of `base` (everything the form does not show comes
-/// from it), and the seed; or the first bad field.
+/// from it), and the seed; or the first bad field. `saved` is the cache's saved cohorts'
+/// searches by name, for the waves that are a saved cohort or a search naming one.
 pub fn apply_form(
     form: &PolicyForm,
     base: &PlanningPolicy,
+    saved: &BTreeMap<String, String>,
 ) -> Result<(PlanningPolicy, u64), FormError> {
     let mut policy = base.clone();
     policy.canary.size = parse_num("Canary size", &form.canary_size, "a whole number")?;
     let seed = parse_num("Seed", &form.seed, "a whole number")?;
     let mut waves = Vec::with_capacity(form.waves.len());
     for w in &form.waves {
-        let cohort = match &w.cohort {
-            Cohort::Percent { .. } => {
+        let cohort = match (&w.choice, &w.cohort) {
+            (WaveChoice::Saved(name), _) => query_cohort(w, &cohort_term(name), saved)
+                .map_err(|e| bad(format!("{} saved cohort", w.name), e.why))?,
+            (WaveChoice::Search, _) => {
+                let field = format!("{} search", w.name);
+                let query = w.query.trim();
+                if query.is_empty() {
+                    return Err(bad(
+                        field,
+                        "type a fleet search, for example model:T300 hw_rev:C",
+                    ));
+                }
+                query_cohort(w, query, saved).map_err(|e| bad(field, e.to_string()))?
+            }
+            (WaveChoice::Policy, Cohort::Percent { .. }) => {
                 let field = format!("{} percent", w.name);
                 let pct: f64 = parse_num(&field, &w.pct, "a percentage")?;
                 if !(pct > 0.0 && pct <= 100.0) {
@@ -202,7 +298,7 @@ pub fn apply_form(
                 }
                 Cohort::Percent { pct }
             }
-            other => other.clone(),
+            (WaveChoice::Policy, other) => other.clone(),
         };
         let soak_hours: Option<f64> = parse_optional(
             &format!("{} soak hours", w.name),
@@ -280,7 +376,7 @@ mod tests {
     fn the_default_form_gives_the_default_policy_back() {
         let policy = PlanningPolicy::default();
         let form = form_of(&policy, 7);
-        let (back, seed) = apply_form(&form, &policy).expect("valid");
+        let (back, seed) = apply_form(&form, &policy, &BTreeMap::new()).expect("valid");
         assert_eq!(back, policy);
         assert_eq!(seed, 7);
     }
@@ -303,7 +399,7 @@ mod tests {
         form.rate.per_minute = "40".into();
         form.cap_gb_per_hour = "2.5".into();
         form.price_per_gb = "0.8".into();
-        let (p, _) = apply_form(&form, &policy).expect("valid");
+        let (p, _) = apply_form(&form, &policy, &BTreeMap::new()).expect("valid");
         assert_eq!(p.canary.size, 30);
         assert_eq!(p.waves[1].max_devices, Some(200));
         assert_eq!(p.waves[1].soak_secs, Some(48 * 3600));
@@ -324,7 +420,7 @@ mod tests {
             let mut f = form_of(&policy, 1);
             edit(&mut f);
             let name = f.waves.get(1).map(|w| w.name.clone()).unwrap_or_default();
-            let e = apply_form(&f, &policy).expect_err(field);
+            let e = apply_form(&f, &policy, &BTreeMap::new()).expect_err(field);
             assert_eq!(e.field, field.replace("WAVE", &name), "{e}");
         };
         check(|f| f.canary_size = "many".into(), "Canary size");
@@ -344,5 +440,74 @@ mod tests {
             "Devices per minute",
         );
         check(|f| f.rate.per_minute = "fast".into(), "Start per minute");
+    }
+
+    #[test]
+    fn a_wave_becomes_a_saved_cohort_or_a_search_and_an_unknown_name_is_named() {
+        let policy = PlanningPolicy::default();
+        let saved: BTreeMap<String, String> = [
+            ("rev C vans".to_owned(), "model:T300 hw_rev:C".to_owned()),
+            (
+                "eu rev C".to_owned(),
+                "cohort:\"rev C vans\" region:eu-*".to_owned(),
+            ),
+            ("unused".to_owned(), "model:T500".to_owned()),
+        ]
+        .into();
+        let mut form = form_of(&policy, 1);
+        form.waves[1].choice = WaveChoice::Saved("eu rev C".into());
+        form.waves[2].choice = WaveChoice::Search;
+        form.waves[2].query = " model:T500 -region:us-* ".into();
+        let (p, _) = apply_form(&form, &policy, &saved).expect("valid");
+        // Only the saved searches a wave uses go with it (the plan's wave text names them).
+        assert_eq!(
+            p.waves[1].cohort,
+            Cohort::Query {
+                query: "cohort:\"eu rev C\"".into(),
+                saved: [
+                    ("eu rev C".to_owned(), saved["eu rev C"].clone()),
+                    ("rev C vans".to_owned(), saved["rev C vans"].clone()),
+                ]
+                .into(),
+            }
+        );
+        assert_eq!(p.waves[2].cohort, Cohort::query("model:T500 -region:us-*"));
+        // The other kinds are untouched, and the form made from the policy reads the same.
+        assert_eq!(p.waves[0].cohort, Cohort::Canary);
+        assert_eq!(p.waves[3].cohort, Cohort::Rest);
+        let again = form_of(&p, 1);
+        assert_eq!(again.waves[1].choice, WaveChoice::Saved("eu rev C".into()));
+        assert_eq!(again.waves[2].choice, WaveChoice::Search);
+        assert_eq!(apply_form(&again, &p, &BTreeMap::new()).expect("kept").0, p);
+
+        let mut unknown = form_of(&policy, 1);
+        unknown.waves[1].choice = WaveChoice::Saved("pilots".into());
+        let e = apply_form(&unknown, &policy, &saved).expect_err("unknown");
+        assert_eq!(e.field, "region saved cohort");
+        assert_eq!(e.message, "there is no saved cohort named \"pilots\"");
+        unknown.waves[1].choice = WaveChoice::Search;
+        unknown.waves[1].query = "cohort:pilots".into();
+        let e = apply_form(&unknown, &policy, &saved).expect_err("unknown");
+        assert_eq!(e.field, "region search");
+        assert!(
+            e.message.contains("no saved cohort named \"pilots\""),
+            "{e}"
+        );
+        unknown.waves[1].query = "  ".into();
+        let e = apply_form(&unknown, &policy, &saved).expect_err("empty");
+        assert!(e.message.contains("type a fleet search"), "{e}");
+
+        assert_eq!(
+            saved_name_of("cohort:\"rev C vans\""),
+            Some("rev C vans".into())
+        );
+        assert_eq!(saved_name_of(" cohort:pilots "), Some("pilots".into()));
+        assert_eq!(saved_name_of("cohort:pilots region:eu-*"), None);
+        assert_eq!(saved_name_of("cohort:\"a\" -cohort:\"b\""), None);
+        assert_eq!(saved_name_of("model:T300"), None);
+        assert_eq!(
+            saved_name_of(&cohort_term("rev C vans")),
+            Some("rev C vans".into())
+        );
     }
 }

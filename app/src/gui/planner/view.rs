@@ -11,7 +11,7 @@ use convoy_core::plan::policy::Cohort;
 use convoy_core::time::Timestamp;
 use egui::RichText;
 
-use super::{Planned, PlannerCommand, PlannerState, TimelineBar, status_label};
+use super::{Planned, PlannerCommand, PlannerState, TimelineBar, WaveChoice, status_label};
 use crate::gui::app::UiCommand;
 use crate::gui::releases::SignatureState;
 use crate::gui::tokens;
@@ -74,7 +74,7 @@ pub fn planner_ui(
             ),
             _ => "Not planned yet".to_owned(),
         });
-        form_ui(state, ui);
+        form_ui(state, ui, &mut commands);
         if let Some(why) = &state.worker_error {
             ui.colored_label(tokens::BAD, why);
         }
@@ -276,28 +276,115 @@ fn cohort_text(c: &Cohort) -> String {
     }
 }
 
-fn form_ui(state: &mut PlannerState, ui: &mut egui::Ui) {
+/// What a wave takes, in the form's words.
+fn choice_text(w: &super::WaveForm) -> String {
+    match &w.choice {
+        WaveChoice::Policy => cohort_text(&w.cohort),
+        WaveChoice::Saved(_) => "a saved cohort".into(),
+        WaveChoice::Search => "a search".into(),
+    }
+}
+
+/// The wave's cohort cell: what it takes (the policy's cohort, a saved cohort of the cache or a
+/// search) and, for the last two, which cohort or the search typed. The canary stays the canary.
+fn wave_cohort_ui(
+    ui: &mut egui::Ui,
+    i: usize,
+    w: &mut super::WaveForm,
+    saved: Option<&Result<Vec<super::SavedChoice>, String>>,
+) {
+    if w.cohort == Cohort::Canary {
+        ui.label(cohort_text(&w.cohort));
+        return;
+    }
+    let listed: &[super::SavedChoice] = match saved {
+        Some(Ok(rows)) => rows,
+        _ => &[],
+    };
+    ui.horizontal(|ui| {
+        egui::ComboBox::from_id_salt(("planner-wave-kind", i))
+            .selected_text(choice_text(w))
+            .show_ui(ui, |ui| {
+                if !matches!(w.cohort, Cohort::Query { .. }) {
+                    ui.selectable_value(&mut w.choice, WaveChoice::Policy, cohort_text(&w.cohort))
+                        .on_hover_text("As the policy gives it");
+                }
+                let is_saved = matches!(w.choice, WaveChoice::Saved(_));
+                let pick = ui
+                    .add_enabled(
+                        !listed.is_empty() || is_saved,
+                        egui::Button::selectable(is_saved, "a saved cohort"),
+                    )
+                    .on_hover_text("A named search kept in the cache (Cohorts view)")
+                    .on_disabled_hover_text(
+                        "No saved cohorts in the cache yet: save a search in Cohorts (Ctrl+4)",
+                    );
+                if pick.clicked()
+                    && !is_saved
+                    && let Some(first) = listed.first()
+                {
+                    w.choice = WaveChoice::Saved(first.name.clone());
+                }
+                ui.selectable_value(&mut w.choice, WaveChoice::Search, "a search")
+                    .on_hover_text("Devices matching a fleet search, e.g. model:T300 hw_rev:C");
+            })
+            .response
+            .accessible_name(format!("{} takes", w.name));
+        match &mut w.choice {
+            WaveChoice::Policy => {}
+            WaveChoice::Saved(name) => {
+                let shown = listed.iter().find(|c| c.name == *name).map_or_else(
+                    || format!("{name} (not in the cache)"),
+                    super::SavedChoice::label,
+                );
+                egui::ComboBox::from_id_salt(("planner-wave-cohort", i))
+                    .selected_text(shown)
+                    .show_ui(ui, |ui| {
+                        for c in listed {
+                            ui.selectable_value(name, c.name.clone(), c.label())
+                                .on_hover_text(c.query.as_str());
+                        }
+                    })
+                    .response
+                    .accessible_name(format!("{} saved cohort", w.name));
+            }
+            WaveChoice::Search => {
+                ui.add(
+                    egui::TextEdit::singleline(&mut w.query)
+                        .hint_text("model:T300 hw_rev:C")
+                        .desired_width(220.0)
+                        // The grid's column is as wide as last frame's: grow it, not wrap.
+                        .min_size(egui::vec2(220.0, 0.0)),
+                )
+                .accessible_name(format!("{} search", w.name));
+            }
+        }
+    });
+}
+
+fn form_ui(state: &mut PlannerState, ui: &mut egui::Ui, commands: &mut Vec<UiCommand>) {
     let f = &mut state.form;
     ui.label(RichText::new("Waves (edit to re-plan)").strong());
+    let saved = state.saved_cohorts.as_ref();
     egui::Grid::new("planner-wave-form")
         .num_columns(5)
         .striped(true)
         .spacing([12.0, 4.0])
         .show(ui, |ui| {
-            for h in ["wave", "cohort", "max devices", "percent", "soak (hours)"] {
+            for h in ["wave", "takes", "max devices", "percent", "soak (hours)"] {
                 ui.label(RichText::new(h).strong());
             }
             ui.end_row();
-            for w in &mut f.waves {
+            for (i, w) in f.waves.iter_mut().enumerate() {
                 ui.label(&w.name);
-                ui.label(cohort_text(&w.cohort));
+                wave_cohort_ui(ui, i, w, saved);
                 cell_edit(
                     ui,
                     &mut w.max_devices,
                     &format!("{} max devices", w.name),
                     "no limit",
                 );
-                if matches!(w.cohort, Cohort::Percent { .. }) {
+                if w.choice == WaveChoice::Policy && matches!(w.cohort, Cohort::Percent { .. }) {
                     cell_edit(ui, &mut w.pct, &format!("{} percent", w.name), "1-100");
                 } else {
                     ui.label("");
@@ -311,6 +398,35 @@ fn form_ui(state: &mut PlannerState, ui: &mut egui::Ui) {
                 ui.end_row();
             }
         });
+    ui.horizontal_wrapped(|ui| {
+        let text = match saved {
+            None => "Reading the saved cohorts…".to_owned(),
+            Some(Err(why)) => format!("Saved cohorts could not be read: {why}"),
+            Some(Ok(rows)) if rows.is_empty() => {
+                "No saved cohorts in the cache yet: save a search in Cohorts (Ctrl+4) to make it a wave.".to_owned()
+            }
+            Some(Ok(rows)) => format!(
+                "{} saved cohort(s) in the cache; a wave that is one takes the devices its search matches when it is planned.",
+                rows.len()
+            ),
+        };
+        let color = if matches!(saved, Some(Err(_))) {
+            tokens::BAD
+        } else {
+            tokens::MUTED
+        };
+        ui.label(RichText::new(text).color(color));
+        if ui
+            .add_enabled(
+                state.cohorts_listing.is_none(),
+                egui::Button::new("Reload saved cohorts"),
+            )
+            .on_hover_text("Read the cache's saved cohorts again (convoy cohort save adds them too)")
+            .clicked()
+        {
+            commands.push(UiCommand::Planner(PlannerCommand::ReloadCohorts));
+        }
+    });
     ui.add_space(4.0);
     egui::Grid::new("planner-schedule-form")
         .num_columns(2)
