@@ -6,6 +6,7 @@
 //! cargo run --release -p convoy --example bench_million -- core [DEVICES]
 //! cargo run --release -p convoy --example bench_million -- console [DEVICES]
 //! cargo run --release -p convoy --example bench_million -- serve [DEVICES]
+//! cargo run --release -p convoy --example bench_million -- open [DEVICES]
 //! ```
 //!
 //! - `core`: the plan itself (`plan::plan`, the fixture release `t300-fw-2.5.0` with the
@@ -24,6 +25,12 @@
 //!   write that stored it (which rebuilds the kept counts), by full scans (the code before),
 //!   and from the kept counts; then `GET /api/v1/fleet` on a real `convoy serve` (median of 5
 //!   after one warm-up).
+//! - `open`: the console opening a cache end to end, as `convoy --db CACHE` does: the real
+//!   `Backend::attach` (the cache thread opens the store and loads the fleet) and `ConsoleApp`
+//!   headless, from the call to the first frame showing the fleet; on the first start after
+//!   the fleet was written (no fleet snapshot yet: the device rows are read and the snapshot
+//!   written) and on the next three (the snapshot is current: a warm start), each in a fresh
+//!   console. The operating system's file cache is warm in both (the cache was just written).
 //!
 //! Every line gives wall time and the process's CPU time (user + system, `/proc/self/stat`, in
 //! 10 ms ticks) over the same interval.
@@ -599,6 +606,55 @@ fn serve(devices: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The console opening a cache: `Backend::attach` to the first frame showing the fleet.
+fn open(devices: usize) -> anyhow::Result<()> {
+    use convoy::store::Store;
+    let dir = tempfile::tempdir()?;
+    let cache = dir.path().join("bench.db");
+    {
+        let mut store = Store::open(&cache)?;
+        store.replace_fleet(&fleet(devices), None)?;
+    }
+    header();
+    for run in 0..4 {
+        let ctx = egui::Context::default();
+        let ((app, rss), wall, cpu) = timed(|| {
+            let backend = Backend::attach(cache.clone(), None, "convoy", Default::default())
+                .unwrap_or_else(|e| fail("opening the cache", format!("{e:#}")));
+            let mut app = ConsoleApp::new(&ctx, None, backend, Clock::Fixed(NOW));
+            app.derive_mode = DeriveMode::Wait;
+            let deadline = Instant::now() + std::time::Duration::from_secs(120);
+            while app.derived.order.is_empty() {
+                if Instant::now() > deadline {
+                    fail("the console", "the fleet never showed in 120 s");
+                }
+                frame(&ctx, &mut app);
+                if app.model.is_none() {
+                    // Waiting for the cache thread, as the window would between events.
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                }
+            }
+            let rss = rss_mib().0;
+            (app, rss)
+        });
+        let what = if run == 0 {
+            "console: cache opened to the fleet on screen, first start after the write"
+        } else {
+            "console: cache opened to the fleet on screen, warm start"
+        };
+        row(
+            what,
+            devices,
+            (wall, cpu),
+            &format!(
+                "`Backend::attach` to the first frame showing the fleet; {rss:.0} MiB resident then"
+            ),
+        );
+        drop(app);
+    }
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let mode = args.next().unwrap_or_else(|| "core".into());
@@ -619,9 +675,10 @@ fn main() -> anyhow::Result<()> {
         "core" => core(devices),
         "console" => console(devices),
         "serve" => serve(devices)?,
+        "open" => open(devices)?,
         other => fail(
             "the mode",
-            format!("{other:?} is not core, console or serve"),
+            format!("{other:?} is not core, console, serve or open"),
         ),
     }
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
