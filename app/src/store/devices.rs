@@ -992,7 +992,11 @@ mod import_tests {
 
     /// Everything a reader can see of the fleet: the row load, the snapshot state and parts,
     /// the kept counts and facets.
-    fn state(store: &Store) -> (Fleet, Vec<(i64, i64, Vec<u8>)>, Option<(i64, bool)>, i64) {
+    /// The row load, the snapshot's parts (part, generation, body), its state (generation,
+    /// armed) and the number of facet rows.
+    type State = (Fleet, Vec<(i64, i64, Vec<u8>)>, Option<(i64, bool)>, i64);
+
+    fn state(store: &Store) -> State {
         let fleet = store.load_fleet_sequentially().expect("rows");
         let mut stmt = store
             .conn
