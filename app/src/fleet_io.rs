@@ -24,7 +24,7 @@
 
 use anyhow::{Context, Result, bail};
 use convoy_core::fleet::{
-    Connectivity, CustomerTier, Depot, Device, DeviceClass, Fleet, GeoPoint, PowerState,
+    Connectivity, CustomerTier, Depot, Device, DeviceClass, Fleet, GeoPoint, Interner, PowerState,
     Redundancy, Slot, SmallMap, Sym, component,
 };
 use convoy_core::time::Timestamp;
@@ -249,8 +249,8 @@ pub fn read_inventory(path: &Path) -> Result<Inventory> {
 enum Column {
     /// Index into [`CSV_COLUMNS`].
     Known(usize),
-    Component(String),
-    Tag(String),
+    Component(Sym),
+    Tag(Sym),
 }
 
 fn classify(header: &str) -> Column {
@@ -258,11 +258,11 @@ fn classify(header: &str) -> Column {
     if let Some(known) = CSV_COLUMNS.iter().position(|c| *c == h) {
         Column::Known(known)
     } else if let Some(name) = h.strip_prefix("component:") {
-        Column::Component(name.to_owned())
+        Column::Component(Sym::new(name))
     } else if let Some(key) = h.strip_prefix("tag:") {
-        Column::Tag(key.to_owned())
+        Column::Tag(Sym::new(key))
     } else {
-        Column::Tag(h.to_owned())
+        Column::Tag(Sym::new(h))
     }
 }
 
@@ -298,7 +298,9 @@ pub fn read_csv(reader: impl Read) -> Result<Inventory> {
         bail!("the header lacks required columns: {}", missing.join(", "));
     }
     let mut inv = Inventory::default();
-    let mut first_line: HashMap<String, u64> = HashMap::new();
+    // The line of each good device, for the duplicate check after the loop.
+    let mut lines: Vec<u64> = Vec::new();
+    let mut parts = Parts::default();
     let mut record = csv::StringRecord::new();
     loop {
         let line = rdr.position().line();
@@ -345,31 +347,80 @@ pub fn read_csv(reader: impl Read) -> Result<Inventory> {
         let fields = columns
             .iter()
             .zip(record.iter().map(|raw| csv_safe::restore(raw.trim())));
-        match device_from_fields(fields).and_then(checked) {
+        match device_from_fields(fields, &mut parts).and_then(checked) {
             Ok(d) => {
-                if let Some(first) = first_line.get(&d.id) {
-                    inv.rejected.push(RejectedRow {
-                        line,
-                        reason: format!("duplicate id {} (first on line {first})", d.id),
-                    });
-                } else {
-                    first_line.insert(d.id.clone(), line);
-                    inv.devices.push(d);
-                }
+                inv.devices.push(d);
+                lines.push(line);
             }
             Err(reason) => inv.rejected.push(RejectedRow { line, reason }),
         }
     }
+    reject_duplicates(&mut inv, &lines);
     Ok(inv)
 }
 
+/// Moves every device whose id an earlier row already had into the rejected rows (naming the
+/// first row's line), keeping the rejected rows in line order. `lines` holds each device's
+/// line. The usual inventory, sorted by id (what `fleet export` writes), takes one pass.
+fn reject_duplicates(inv: &mut Inventory, lines: &[u64]) {
+    if inv.devices.windows(2).all(|w| w[0].id < w[1].id) {
+        return;
+    }
+    let mut first: HashMap<&str, u64> = HashMap::with_capacity(inv.devices.len());
+    let mut duplicates: Vec<(usize, RejectedRow)> = Vec::new();
+    for (i, (d, &line)) in inv.devices.iter().zip(lines).enumerate() {
+        match first.entry(d.id.as_str()) {
+            std::collections::hash_map::Entry::Occupied(e) => duplicates.push((
+                i,
+                RejectedRow {
+                    line,
+                    reason: format!("duplicate id {} (first on line {})", d.id, e.get()),
+                },
+            )),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(line);
+            }
+        }
+    }
+    drop(first);
+    if duplicates.is_empty() {
+        return;
+    }
+    let mut next = duplicates.iter().map(|(i, _)| *i).peekable();
+    let mut i = 0;
+    inv.devices.retain(|_| {
+        let keep = next.peek() != Some(&i);
+        if !keep {
+            next.next();
+        }
+        i += 1;
+        keep
+    });
+    inv.rejected
+        .extend(duplicates.into_iter().map(|(_, rejected)| rejected));
+    // Stable: the rows of each kind were already in line order, and a line is rejected once.
+    inv.rejected.sort_by_key(|r| r.line);
+}
+
+/// What one load of an inventory shares between its devices: one `Sym` per distinct string,
+/// one map per distinct component or tag map ([`Interner`]), and the buffers a device's maps
+/// are collected in before each is built once.
+#[derive(Default)]
+struct Parts {
+    interner: Interner,
+    components: Vec<(Sym, Version)>,
+    tags: Vec<(Sym, Sym)>,
+}
+
 /// Builds a device from (column, text) pairs of one flat row; the error names the field.
+/// Its strings and maps are shared through `parts` with the other devices of the load.
 fn device_from_fields<'a>(
     fields: impl Iterator<Item = (&'a Column, &'a str)>,
+    parts: &mut Parts,
 ) -> Result<Device, String> {
     let mut known: [Option<&str>; CSV_COLUMNS.len()] = [None; CSV_COLUMNS.len()];
-    let mut components = SmallMap::new();
-    let mut tags = SmallMap::new();
+    parts.components.clear();
+    parts.tags.clear();
     for (col, raw) in fields {
         let value = raw.trim();
         match col {
@@ -379,12 +430,13 @@ fn device_from_fields<'a>(
                     let v: Version = value
                         .parse()
                         .map_err(|e| format!("component {name}: {e}"))?;
-                    components.insert(name.clone(), v);
+                    parts.components.push((name.clone(), v));
                 }
             }
             Column::Tag(key) => {
                 if !value.is_empty() {
-                    tags.insert(key.clone(), Sym::from(value));
+                    let value = parts.interner.sym(value);
+                    parts.tags.push((key.clone(), value));
                 }
             }
         }
@@ -392,6 +444,7 @@ fn device_from_fields<'a>(
     let get = |i: usize| known[i].filter(|v| !v.is_empty());
     let required = |i: usize| get(i).ok_or_else(|| format!("{} is empty", CSV_COLUMNS[i]));
     let id = required(col!("id"))?.to_owned();
+    let mut firmware = false;
     for (name, i) in [
         (component::FIRMWARE, col!("firmware")),
         (component::BOOTLOADER, col!("bootloader")),
@@ -399,12 +452,23 @@ fn device_from_fields<'a>(
     ] {
         if let Some(text) = get(i) {
             let v: Version = text.parse().map_err(|e| format!("{name}: {e}"))?;
-            components.insert(name, v);
+            firmware |= name == component::FIRMWARE;
+            // After the `component:` columns, so that these win over a `component:firmware`.
+            parts.components.push((parts.interner.sym(name), v));
         }
     }
-    if components.get(component::FIRMWARE).is_none() {
+    if !firmware {
         return Err("firmware is empty".to_owned());
     }
+    // Each map is built once (a later entry with the same key wins, as inserts did) and
+    // shared with every device that has the same one.
+    let components = parts
+        .interner
+        .components(parts.components.drain(..).collect());
+    let tags = parts
+        .interner
+        .tags(&parts.tags.drain(..).collect::<SmallMap<Sym>>());
+    let mut sym = |i: usize| required(i).map(|text| parts.interner.sym(text));
     let lat: f64 = parse("lat", required(col!("lat"))?)?;
     let lon: f64 = parse("lon", required(col!("lon"))?)?;
     if !(-90.0..=90.0).contains(&lat) {
@@ -440,12 +504,12 @@ fn device_from_fields<'a>(
             .map_err(|e| format!("invalid last_seen: {e}"))?,
     };
     Ok(Device {
-        model: required(col!("model"))?.into(),
-        hw_rev: required(col!("hw_rev"))?.into(),
+        model: sym(col!("model"))?,
+        hw_rev: sym(col!("hw_rev"))?,
         components,
         active_slot: get(col!("active_slot")).map_or(Ok(Slot::A), parse_enum::<Slot>)?,
-        region: required(col!("region"))?.into(),
-        depot: required(col!("depot"))?.into(),
+        region: sym(col!("region"))?,
+        depot: sym(col!("depot"))?,
         position: GeoPoint { lat, lon },
         connectivity,
         metered,
@@ -784,9 +848,10 @@ pub fn read_json(text: &str) -> Result<Inventory> {
         ..Inventory::default()
     };
     let mut first_line: HashMap<String, u64> = HashMap::new();
+    let mut parts = Parts::default();
     for (i, item) in devices.into_iter().enumerate() {
         let line = lines.get(i).copied().unwrap_or(0);
-        match device_from_json(item).and_then(checked) {
+        match device_from_json(item, &mut parts).and_then(checked) {
             Ok(d) => {
                 if let Some(first) = first_line.get(&d.id) {
                     inv.rejected.push(RejectedRow {
@@ -807,7 +872,7 @@ pub fn read_json(text: &str) -> Result<Inventory> {
     Ok(inv)
 }
 
-fn device_from_json(item: serde_json::Value) -> Result<Device, String> {
+fn device_from_json(item: serde_json::Value, parts: &mut Parts) -> Result<Device, String> {
     let serde_json::Value::Object(map) = item else {
         return Err("not a JSON object".to_owned());
     };
@@ -833,7 +898,7 @@ fn device_from_json(item: serde_json::Value) -> Result<Device, String> {
             return Err(format!("{r} is missing"));
         }
     }
-    device_from_fields(pairs.iter().map(|(c, t)| (c, t.as_str())))
+    device_from_fields(pairs.iter().map(|(c, t)| (c, t.as_str())), parts)
 }
 
 /// The 1-based line on which each element of the devices array starts (the top-level array,
@@ -1158,6 +1223,55 @@ mod tests {
             "{:?}",
             inv.rejected
         );
+    }
+
+    #[test]
+    fn duplicate_ids_are_rejected_in_line_order_naming_the_first_line() {
+        let text = format!(
+            "{HEADER}\n{}\n{}\n{}\nB2,T300\n{}\n{}\n",
+            row("B2"),
+            row("A1"),
+            row("B2"),
+            row("A1"),
+            row("C3")
+        );
+        let inv = read_csv(text.as_bytes()).expect("read");
+        let ids: Vec<&str> = inv.devices.iter().map(|d| d.id.as_str()).collect();
+        assert_eq!(ids, ["B2", "A1", "C3"], "first occurrences, in file order");
+        let rejected: Vec<String> = inv.rejected.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            rejected,
+            [
+                "line 4: duplicate id B2 (first on line 2)",
+                "line 5: 2 fields, but the header has 12 columns",
+                "line 6: duplicate id A1 (first on line 3)",
+            ]
+        );
+    }
+
+    #[test]
+    fn devices_read_from_csv_share_equal_values() {
+        let fleet = synth(300);
+        let mut out = Vec::new();
+        write_csv(&mut out, &fleet.devices).expect("write");
+        let inv = read_csv(out.as_slice()).expect("read");
+        assert_eq!(inv.devices, fleet.devices);
+        let (a, b) = (&inv.devices[0], &inv.devices[1..]);
+        let same_model = b
+            .iter()
+            .find(|d| d.model == a.model)
+            .expect("a second model");
+        assert!(
+            same_model.model.ptr_eq(&a.model),
+            "one shared string per value"
+        );
+        let same_tags = b.iter().find(|d| d.tags == a.tags).expect("equal tags");
+        assert!(same_tags.tags.ptr_eq(&a.tags), "one shared map per value");
+        let same_components = b
+            .iter()
+            .find(|d| d.components == a.components)
+            .expect("equal components");
+        assert!(same_components.components.ptr_eq(&a.components));
     }
 
     #[test]

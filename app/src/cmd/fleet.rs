@@ -133,7 +133,7 @@ fn generate(args: &GenerateArgs) -> Result<()> {
 
 fn import(args: &ImportArgs) -> Result<()> {
     let db = store::resolve_path(args.db.as_deref())?;
-    let inv = fleet_io::read_inventory(&args.file)?;
+    let mut inv = fleet_io::read_inventory(&args.file)?;
     for r in &inv.rejected {
         eprintln!("{}: {r}", args.file.display());
     }
@@ -150,8 +150,9 @@ fn import(args: &ImportArgs) -> Result<()> {
         }),
     };
     let counts = store
-        .upsert_fleet(&inv.depots, &inv.devices, Some(&entry))
-        .with_context(|| format!("importing {} into {}", args.file.display(), db.display()))?;
+        .import_fleet(&inv.depots, &mut inv.devices, Some(&entry))
+        .with_context(|| format!("importing {} into {}", args.file.display(), db.display()))?
+        .counts;
     println!(
         "imported {} devices from {} into {}: {} new, {} updated, {} rows rejected",
         inv.devices.len(),

@@ -13,7 +13,7 @@ use convoy_core::fleet::{Depot, Device, Fleet, GeoPoint, Interner, SmallMap, Sym
 use convoy_core::time::Timestamp;
 use convoy_core::version::Version;
 use rusqlite::{Connection, OpenFlags, Transaction, params};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 /// How long a load waits for the write lock to store a fresh fleet snapshot: a snapshot is
 /// never worth holding up the load behind someone else's long write.
@@ -50,7 +50,79 @@ pub struct UpsertCounts {
     pub updated: usize,
 }
 
+/// What [`Store::import_fleet`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ImportOutcome {
+    pub counts: UpsertCounts,
+    /// The cache held no devices before, so the import is the whole fleet: it was written
+    /// without per-row conflict checks, and the fleet snapshot and the fleet summary's counts
+    /// were written from it in the same transaction.
+    pub whole_fleet: bool,
+}
+
+/// Device rows per multi-row `INSERT` of the bulk path (20 parameters each).
+const DEVICE_ROWS_PER_INSERT: usize = 32;
+/// Component rows per multi-row `INSERT` of the bulk path (3 parameters each).
+const COMPONENT_ROWS_PER_INSERT: usize = 128;
+
 impl Store {
+    /// What `fleet import` does: inserts or updates `devices` (by id, which must be unique)
+    /// and `depots`, and appends `audit` if given, in one transaction, like
+    /// [`Store::upsert_fleet`]; `devices` are sorted by id first.
+    ///
+    /// Into a cache that holds no devices (a new cache), the devices are the whole fleet:
+    /// they are written with multi-row inserts and keys given in id order (no per-row search
+    /// for an existing id), and in the same transaction the fleet snapshot
+    /// (`snapshot.rs`) and the fleet summary's counts (`summary.rs`) are written from them,
+    /// so that neither the first load nor the first summary rebuilds them from the rows.
+    pub fn import_fleet(
+        &mut self,
+        depots: &[Depot],
+        devices: &mut [Device],
+        audit: Option<&AuditEntry>,
+    ) -> Result<ImportOutcome> {
+        if !devices.is_sorted_by(|a, b| a.id < b.id) {
+            devices.sort_by(|a, b| a.id.cmp(&b.id));
+        }
+        self.ingest_cache.clear_devices();
+        let tx = super::write_tx(&self.conn)?;
+        let empty: bool = tx.query_row("SELECT NOT EXISTS (SELECT 1 FROM devices)", [], |r| {
+            r.get(0)
+        })?;
+        let suspended = suspend_for(self.has_snapshot, &tx, devices.len())?;
+        upsert_depots(&tx, depots)?;
+        let (counts, keys) = if empty {
+            let keys = insert_new_devices(&tx, devices)?;
+            let counts = UpsertCounts {
+                inserted: devices.len(),
+                updated: 0,
+            };
+            (counts, Some(keys))
+        } else {
+            (upsert_devices(&tx, devices)?, None)
+        };
+        if let Some(entry) = audit {
+            append_in(&tx, entry)?;
+        }
+        if let Some(suspended) = suspended {
+            snapshot::restore_triggers(&tx, suspended)?;
+        }
+        if let Some(keys) = &keys {
+            // Every write to devices and components is done: the snapshot is armed after them.
+            if self.has_snapshot {
+                snapshot::store_in(&tx, devices)?;
+            }
+            if super::summary::kept(&tx)? {
+                super::summary::rebuild_from_devices(&tx, keys, devices)?;
+            }
+        }
+        tx.commit().context("committing the import")?;
+        Ok(ImportOutcome {
+            counts,
+            whole_fleet: keys.is_some(),
+        })
+    }
+
     /// Inserts or updates `devices` (by id) and `depots`, and appends `audit` if given, in one
     /// transaction. Devices not named are left alone: this is what `fleet import` does.
     pub fn upsert_fleet(
@@ -733,4 +805,502 @@ pub(crate) fn upsert_devices(tx: &Transaction<'_>, devices: &[Device]) -> Result
         }
     }
     Ok(counts)
+}
+
+/// Inserts `devices` (sorted by id, none of them in the cache) with keys 1, 2, ... past the
+/// largest key in use, in id order, and their components: multi-row inserts, without the
+/// search for an existing id that [`upsert_devices`] does per device. Returns the keys, one
+/// per device. A repeated id fails on the unique index (and the caller's transaction rolls
+/// back).
+pub(crate) fn insert_new_devices(tx: &Transaction<'_>, devices: &[Device]) -> Result<Vec<i64>> {
+    use std::fmt::Write as _;
+    const DEVICE_COLUMNS: usize = 20;
+    let first: i64 = tx.query_row("SELECT coalesce(max(dev), 0) + 1 FROM devices", [], |r| {
+        r.get(0)
+    })?;
+    let keys: Vec<i64> = (0..devices.len()).map(|i| first + i as i64).collect();
+    let devices_sql = |rows: usize| {
+        let mut sql = String::from(
+            "INSERT INTO devices(dev, id, model, hw_rev, active_slot, region, depot, lat, lon,
+                 connectivity, metered, battery_pct, power, free_storage_bytes, customer_tier,
+                 device_class, redundancy, last_seen, failed_update_attempts, tags) VALUES ",
+        );
+        for row in 0..rows {
+            sql.push_str(if row == 0 { "(" } else { ", (" });
+            for col in 0..DEVICE_COLUMNS {
+                let _ = write!(
+                    sql,
+                    "{}?{}",
+                    if col == 0 { "" } else { ", " },
+                    row * DEVICE_COLUMNS + col + 1
+                );
+            }
+            sql.push(')');
+        }
+        sql
+    };
+    let components_sql = |rows: usize| {
+        let mut sql = String::from("INSERT INTO components(dev, name, version) VALUES ");
+        for row in 0..rows {
+            let p = row * 3;
+            let _ = write!(
+                sql,
+                "{}(?{}, ?{}, ?{})",
+                if row == 0 { "" } else { ", " },
+                p + 1,
+                p + 2,
+                p + 3
+            );
+        }
+        sql
+    };
+    // Tags and component versions as the rows hold them, encoded once per shared map (the
+    // importer shares equal maps between devices).
+    let mut tags_text: HashMap<usize, String> = HashMap::new();
+    let mut versions_text: HashMap<usize, Vec<String>> = HashMap::new();
+    let mut component_rows: Vec<(i64, &Device, usize)> =
+        Vec::with_capacity(COMPONENT_ROWS_PER_INSERT);
+    let write_components = |rows: &[(i64, &Device, usize)],
+                            versions_text: &HashMap<usize, Vec<String>>|
+     -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut stmt = tx.prepare_cached(&components_sql(rows.len()))?;
+        for (row, &(dev, d, i)) in rows.iter().enumerate() {
+            let p = row * 3;
+            let (name, _) = d
+                .components
+                .iter()
+                .nth(i)
+                .context("a component vanished while it was written")?;
+            let version = versions_text
+                .get(&d.components.addr())
+                .and_then(|texts| texts.get(i))
+                .context("a component version was not encoded")?;
+            stmt.raw_bind_parameter(p + 1, dev)?;
+            stmt.raw_bind_parameter(p + 2, name.as_str())?;
+            stmt.raw_bind_parameter(p + 3, version.as_str())?;
+        }
+        stmt.raw_execute()
+            .with_context(|| format!("writing the components of device {}", rows[0].1.id))?;
+        Ok(())
+    };
+    for (chunk, chunk_keys) in devices
+        .chunks(DEVICE_ROWS_PER_INSERT)
+        .zip(keys.chunks(DEVICE_ROWS_PER_INSERT))
+    {
+        for d in chunk {
+            if let std::collections::hash_map::Entry::Vacant(e) = tags_text.entry(d.tags.addr()) {
+                e.insert(serde_json::to_string(&d.tags).context("encoding tags")?);
+            }
+            versions_text
+                .entry(d.components.addr())
+                .or_insert_with(|| d.components.iter().map(|(_, v)| v.to_string()).collect());
+        }
+        let mut stmt = tx.prepare_cached(&devices_sql(chunk.len()))?;
+        for (row, (d, &dev)) in chunk.iter().zip(chunk_keys).enumerate() {
+            let p = row * DEVICE_COLUMNS;
+            let free = to_i64(d.free_storage_bytes, "free_storage_bytes")
+                .with_context(|| format!("device {}", d.id))?;
+            let tags = tags_text
+                .get(&d.tags.addr())
+                .context("tags were not encoded")?;
+            stmt.raw_bind_parameter(p + 1, dev)?;
+            stmt.raw_bind_parameter(p + 2, d.id.as_str())?;
+            stmt.raw_bind_parameter(p + 3, d.model.as_str())?;
+            stmt.raw_bind_parameter(p + 4, d.hw_rev.as_str())?;
+            stmt.raw_bind_parameter(p + 5, d.active_slot.as_str())?;
+            stmt.raw_bind_parameter(p + 6, d.region.as_str())?;
+            stmt.raw_bind_parameter(p + 7, d.depot.as_str())?;
+            stmt.raw_bind_parameter(p + 8, d.position.lat)?;
+            stmt.raw_bind_parameter(p + 9, d.position.lon)?;
+            stmt.raw_bind_parameter(p + 10, d.connectivity.as_str())?;
+            stmt.raw_bind_parameter(p + 11, d.metered)?;
+            stmt.raw_bind_parameter(p + 12, d.battery_pct)?;
+            stmt.raw_bind_parameter(p + 13, d.power.as_str())?;
+            stmt.raw_bind_parameter(p + 14, free)?;
+            stmt.raw_bind_parameter(p + 15, d.customer_tier.as_str())?;
+            stmt.raw_bind_parameter(p + 16, d.device_class.as_str())?;
+            stmt.raw_bind_parameter(p + 17, d.redundancy.as_str())?;
+            stmt.raw_bind_parameter(p + 18, d.last_seen.secs())?;
+            stmt.raw_bind_parameter(p + 19, d.failed_update_attempts)?;
+            stmt.raw_bind_parameter(p + 20, tags.as_str())?;
+        }
+        stmt.raw_execute().with_context(|| {
+            format!(
+                "inserting devices {} to {}",
+                chunk[0].id,
+                chunk[chunk.len() - 1].id
+            )
+        })?;
+        for (d, &dev) in chunk.iter().zip(chunk_keys) {
+            for i in 0..d.components.len() {
+                component_rows.push((dev, d, i));
+                if component_rows.len() == COMPONENT_ROWS_PER_INSERT {
+                    write_components(&component_rows, &versions_text)?;
+                    component_rows.clear();
+                }
+            }
+        }
+    }
+    write_components(&component_rows, &versions_text)?;
+    Ok(keys)
+}
+
+#[cfg(test)]
+mod import_tests {
+    //! `Store::import_fleet`: the bulk path into a cache without devices (with the snapshot
+    //! and the summary's counts written from memory) and the upsert path into one with
+    //! devices, both atomic.
+
+    use super::super::events::NewDeviceEvent;
+    use super::super::query::{fleet_summary, fleet_summary_by_scans};
+    use super::super::{schema, summary};
+    use super::*;
+    use convoy_core::synth::{SynthOptions, generate};
+
+    const NOW: Timestamp = Timestamp::from_secs(1_795_392_000);
+
+    fn fleet(devices: usize, seed: u64) -> Fleet {
+        generate(&SynthOptions {
+            devices,
+            seed,
+            now: NOW,
+        })
+    }
+
+    fn audit() -> AuditEntry {
+        AuditEntry {
+            time: NOW,
+            actor: "test".to_owned(),
+            action: "fleet.import".to_owned(),
+            payload: serde_json::json!({}),
+        }
+    }
+
+    /// Triggers the bulk path suspends (snapshot staleness, kept counts) and the counts'
+    /// own: all must be back after any import, failed or not.
+    fn trigger_names(store: &Store) -> Vec<String> {
+        let mut stmt = store
+            .conn
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'trigger' ORDER BY name")
+            .expect("prepare");
+        let rows = stmt.query_map([], |r| r.get(0)).expect("query");
+        rows.collect::<rusqlite::Result<_>>().expect("triggers")
+    }
+
+    /// Everything a reader can see of the fleet: the row load, the snapshot state and parts,
+    /// the kept counts and facets.
+    /// The row load, the snapshot's parts (part, generation, body), its state (generation,
+    /// armed) and the number of facet rows.
+    type State = (Fleet, Vec<(i64, i64, Vec<u8>)>, Option<(i64, bool)>, i64);
+
+    fn state(store: &Store) -> State {
+        let fleet = store.load_fleet_sequentially().expect("rows");
+        let mut stmt = store
+            .conn
+            .prepare("SELECT part, generation, body FROM fleet_snapshot ORDER BY part")
+            .expect("prepare");
+        let parts = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .expect("parts")
+            .collect::<rusqlite::Result<_>>()
+            .expect("parts");
+        let fleet_state = store
+            .conn
+            .query_row("SELECT generation, armed FROM fleet_state", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .ok();
+        let facets = store
+            .conn
+            .query_row("SELECT count(*) FROM device_facets", [], |r| r.get(0))
+            .expect("facets");
+        (fleet, parts, fleet_state, facets)
+    }
+
+    #[test]
+    fn an_import_into_a_new_cache_writes_the_snapshot_and_counts_a_rebuild_would() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("cache.db");
+        let mut store = Store::open(&path).expect("open");
+        let expected = fleet(3_001, 31);
+        // A device with a rollout history before it is in the cache, and a file in another
+        // order than by id.
+        let mut events = Vec::new();
+        for (i, kind) in [(7, "confirmed"), (7, "status.changed"), (11, "failed")] {
+            events.push(NewDeviceEvent {
+                device_id: expected.devices[i].id.clone(),
+                rollout_id: Some("r1".into()),
+                time: NOW,
+                kind: kind.to_owned(),
+                payload: serde_json::json!({}),
+            });
+        }
+        store.append_device_events(&events).expect("events");
+        let mut devices = expected.devices.clone();
+        devices.reverse();
+        let outcome = store
+            .import_fleet(&expected.depots, &mut devices, Some(&audit()))
+            .expect("import");
+        assert_eq!(
+            outcome,
+            ImportOutcome {
+                counts: UpsertCounts {
+                    inserted: 3_001,
+                    updated: 0
+                },
+                whole_fleet: true
+            }
+        );
+        // The first load of a fresh process uses the snapshot and gives the rows' fleet.
+        let fresh = Store::open(&path).expect("reopen");
+        let (loaded, source) = fresh.load_fleet_traced().expect("load");
+        assert_eq!(source, FleetSource::Snapshot);
+        assert_eq!(loaded, expected);
+        assert_eq!(fresh.load_fleet_sequentially().expect("rows"), expected);
+        // The counts are valid without a rebuild, equal a recount, and equal a rebuild.
+        let kept = summary::read(&fresh.conn)
+            .expect("read")
+            .expect("valid counts");
+        assert_eq!(kept.devices(), 3_001);
+        assert_eq!(kept.by_state.get("confirmed"), Some(&1), "{kept:?}");
+        assert_eq!(kept.by_state.get("failed"), Some(&1), "{kept:?}");
+        assert_eq!(
+            fleet_summary(&fresh).expect("summary"),
+            fleet_summary_by_scans(&fresh).expect("scans")
+        );
+        let facets_before: Vec<(i64, String, String, String, String)> = {
+            let mut stmt = fresh
+                .conn
+                .prepare("SELECT * FROM device_facets ORDER BY dev")
+                .expect("prepare");
+            stmt.query_map([], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })
+            .expect("facets")
+            .collect::<rusqlite::Result<_>>()
+            .expect("facets")
+        };
+        let tx = super::super::write_tx(&fresh.conn).expect("tx");
+        summary::rebuild(&tx).expect("rebuild");
+        tx.commit().expect("commit");
+        assert_eq!(summary::read(&fresh.conn).expect("read"), Some(kept));
+        let (_, _, _, facets) = state(&fresh);
+        assert_eq!(facets, facets_before.len() as i64);
+        // Later writes keep the counts and stale the snapshot as before.
+        assert_eq!(trigger_names(&fresh), trigger_names(&store));
+        let mut changed = expected.devices[5].clone();
+        changed.model = "RENAMED".into();
+        store
+            .upsert_fleet(&[], &[changed], None)
+            .expect("small write");
+        assert!(summary::read(&store.conn).expect("read").is_some());
+        assert_eq!(
+            fleet_summary(&store).expect("summary"),
+            fleet_summary_by_scans(&store).expect("scans")
+        );
+        let (_, source) = Store::open(&path)
+            .expect("reopen")
+            .load_fleet_traced()
+            .expect("load");
+        assert_eq!(
+            source,
+            FleetSource::Rows {
+                unusable: Unusable::Stale,
+                snapshot_written: true
+            }
+        );
+    }
+
+    #[test]
+    fn an_import_into_a_cache_with_devices_updates_them_and_keeps_the_others() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("cache.db");
+        let mut store = Store::open(&path).expect("open");
+        let base = fleet(1_500, 32);
+        store.replace_fleet(&base, None).expect("save");
+        let (_, source) = store
+            .load_fleet_traced()
+            .expect("first load stores a snapshot");
+        assert!(matches!(source, FleetSource::Rows { .. }));
+        // 1,200 known devices changed and 300 new ones: a bulk write.
+        let mut expected = base.clone();
+        for d in &mut expected.devices[..1_200] {
+            d.failed_update_attempts += 2;
+            d.hw_rev = "Z".into();
+        }
+        let extra = fleet(300, 33);
+        let mut import: Vec<Device> = expected.devices[..1_200].to_vec();
+        for d in &extra.devices {
+            let mut d = d.clone();
+            d.id = format!("NEW-{}", d.id);
+            import.push(d.clone());
+            expected.devices.push(d);
+        }
+        let expected = Fleet::new(expected.depots, expected.devices);
+        let outcome = store
+            .import_fleet(&base.depots, &mut import, None)
+            .expect("import");
+        assert_eq!(
+            outcome,
+            ImportOutcome {
+                counts: UpsertCounts {
+                    inserted: 300,
+                    updated: 1_200
+                },
+                whole_fleet: false
+            }
+        );
+        let (loaded, source) = Store::open(&path)
+            .expect("reopen")
+            .load_fleet_traced()
+            .expect("load");
+        assert_eq!(
+            source,
+            FleetSource::Rows {
+                unusable: Unusable::Stale,
+                snapshot_written: true
+            }
+        );
+        assert_eq!(loaded, expected);
+        assert_eq!(
+            fleet_summary(&store).expect("summary"),
+            fleet_summary_by_scans(&store).expect("scans")
+        );
+        // Importing the same again updates everything and adds nothing.
+        let outcome = store
+            .import_fleet(&base.depots, &mut import, None)
+            .expect("again");
+        assert_eq!(
+            outcome.counts,
+            UpsertCounts {
+                inserted: 0,
+                updated: 1_500
+            }
+        );
+        assert_eq!(store.load_fleet().expect("load"), expected);
+    }
+
+    #[test]
+    fn an_import_that_fails_midway_leaves_the_cache_as_it_was() {
+        // A device whose free storage does not fit the cache's integer, in the middle: the
+        // rows before it are written, then the import fails and all of it rolls back.
+        let mut bad = fleet(2_500, 34).devices;
+        bad[1_700].free_storage_bytes = u64::MAX;
+        let mut twice = fleet(1_200, 35).devices;
+        twice.push(twice[600].clone());
+
+        // Into a new cache (the bulk path), and into a new cache below the bulk size.
+        for devices in [&bad, &twice, &bad[1_650..1_750].to_vec()] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let mut store = Store::open(&dir.path().join("new.db")).expect("open");
+            let triggers = trigger_names(&store);
+            let before = state(&store);
+            let counts_before = summary::read(&store.conn).expect("read");
+            let mut devices = devices.clone();
+            let err = store
+                .import_fleet(&[], &mut devices, Some(&audit()))
+                .expect_err("a bad device fails the import");
+            assert!(
+                format!("{err:#}").contains("free_storage_bytes")
+                    || format!("{err:#}").contains("UNIQUE"),
+                "{err:#}"
+            );
+            assert_eq!(trigger_names(&store), triggers);
+            assert_eq!(state(&store), before);
+            assert_eq!(summary::read(&store.conn).expect("read"), counts_before);
+            assert_eq!(store.device_count().expect("count"), 0);
+            assert_eq!(store.audit_entries(None).expect("audit").len(), 0);
+        }
+
+        // Into a cache with devices and a current snapshot (the upsert path).
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("full.db");
+        let mut store = Store::open(&path).expect("open");
+        let original = fleet(1_500, 36);
+        store.replace_fleet(&original, None).expect("save");
+        store.load_fleet().expect("stores the snapshot");
+        store.fleet_counts().expect("rebuilds the counts");
+        let triggers = trigger_names(&store);
+        let before = state(&store);
+        let counts_before = summary::read(&store.conn).expect("read");
+        assert!(counts_before.is_some());
+        let mut devices = original.devices.clone();
+        devices[1_100].free_storage_bytes = u64::MAX;
+        store
+            .import_fleet(&original.depots, &mut devices, None)
+            .expect_err("fails");
+        assert_eq!(trigger_names(&store), triggers);
+        assert_eq!(state(&store), before);
+        assert_eq!(summary::read(&store.conn).expect("read"), counts_before);
+        let (loaded, source) = Store::open(&path)
+            .expect("reopen")
+            .load_fleet_traced()
+            .expect("load");
+        assert_eq!(
+            source,
+            FleetSource::Snapshot,
+            "the snapshot is still current"
+        );
+        assert_eq!(loaded, original);
+    }
+
+    #[test]
+    fn an_import_into_a_cache_from_every_earlier_version_then_upgraded() {
+        let expected = fleet(1_100, 37);
+        for version in 1..=schema::LATEST_VERSION {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let path = dir.path().join("old.db");
+            let mut original = expected.clone();
+            if version < schema::DEPOT_ZONES_VERSION {
+                for d in &mut original.depots {
+                    d.time_zone = None;
+                }
+            }
+            {
+                let mut old = Store::open_at_version(&path, version).expect("old schema");
+                let mut devices = original.devices.clone();
+                let outcome = old
+                    .import_fleet(&original.depots, &mut devices, Some(&audit()))
+                    .unwrap_or_else(|e| panic!("import at version {version}: {e:#}"));
+                assert!(outcome.whole_fleet);
+                // (Loads read every column of the latest version: they come after the upgrade.)
+                assert_eq!(
+                    old.device_count().expect("count"),
+                    1_100,
+                    "version {version}"
+                );
+            }
+            // Opening it now upgrades it; the fleet and the summary are right.
+            let store = Store::open(&path).expect("upgrade");
+            assert_eq!(
+                store.load_fleet().expect("load"),
+                original,
+                "version {version}"
+            );
+            assert_eq!(
+                fleet_summary(&store).expect("summary"),
+                fleet_summary_by_scans(&store).expect("scans"),
+                "version {version}"
+            );
+        }
+        // And a cache upgraded first, then imported into, takes the bulk path in full.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("upgraded.db");
+        drop(Store::open_at_version(&path, schema::LATEST_VERSION - 1).expect("old"));
+        let mut store = Store::open(&path).expect("upgrade");
+        let mut devices = expected.devices.clone();
+        store
+            .import_fleet(&expected.depots, &mut devices, None)
+            .expect("import");
+        assert!(summary::read(&store.conn).expect("read").is_some());
+        let (loaded, source) = Store::open(&path)
+            .expect("reopen")
+            .load_fleet_traced()
+            .expect("load");
+        assert_eq!(source, FleetSource::Snapshot);
+        assert_eq!(loaded, expected);
+    }
 }

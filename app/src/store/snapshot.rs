@@ -159,13 +159,7 @@ pub(crate) fn store(
             if current != generation || !armed {
                 return Ok(false);
             }
-            conn.execute("DELETE FROM fleet_snapshot", [])?;
-            let mut insert = conn.prepare_cached(
-                "INSERT INTO fleet_snapshot(part, generation, body) VALUES (?1, ?2, ?3)",
-            )?;
-            for (i, body) in parts.iter().enumerate() {
-                insert.execute(params![i64::try_from(i)?, generation, body])?;
-            }
+            write_parts(conn, generation, &parts)?;
             Ok(true)
         })();
         match written {
@@ -181,6 +175,39 @@ pub(crate) fn store(
     })();
     conn.busy_timeout(super::BUSY_TIMEOUT)?;
     stored.context("writing the fleet snapshot")
+}
+
+/// Replaces the snapshot's parts with `parts` of `generation`, in the caller's transaction.
+fn write_parts(conn: &Connection, generation: i64, parts: &[Vec<u8>]) -> Result<()> {
+    conn.execute("DELETE FROM fleet_snapshot", [])?;
+    let mut insert = conn
+        .prepare_cached("INSERT INTO fleet_snapshot(part, generation, body) VALUES (?1, ?2, ?3)")?;
+    for (i, body) in parts.iter().enumerate() {
+        insert.execute(params![i64::try_from(i)?, generation, body])?;
+    }
+    Ok(())
+}
+
+/// Stores `devices` (sorted by id, strictly) as the snapshot inside the caller's write
+/// transaction, after its last write to `devices` and `components`, when `devices` are
+/// exactly the cache's fleet at the commit (an import into a cache without devices): the
+/// state is armed at a new generation in the same transaction, so the first load uses the
+/// snapshot. Returns whether it was stored (not when the cache has no snapshot state).
+pub(crate) fn store_in(tx: &Connection, devices: &[Device]) -> Result<bool> {
+    let generation: Option<i64> = tx
+        .query_row(
+            "UPDATE fleet_state SET generation = generation + 1, armed = 1 RETURNING generation",
+            [],
+            |r| r.get(0),
+        )
+        .optional()
+        .context("arming the fleet snapshot")?;
+    let Some(generation) = generation else {
+        return Ok(false);
+    };
+    let parts = encode(devices)?;
+    write_parts(tx, generation, &parts).context("writing the fleet snapshot")?;
+    Ok(true)
 }
 
 /// The snapshot of `devices` (sorted by id) as parts of at most [`PART_DEVICES`] devices,

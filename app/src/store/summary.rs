@@ -91,10 +91,9 @@ pub(crate) fn read(conn: &Connection) -> Result<Option<FacetCounts>> {
     Ok(Some(counts))
 }
 
-/// Rebuilds the facets and counts from the devices in one pass, in the caller's write
-/// transaction, and marks them valid. The counts' own triggers on the facets are dropped for
-/// the rebuild (a million rows would run them a million times) and the counts grouped once.
-pub(crate) fn rebuild(tx: &Connection) -> Result<()> {
+/// Drops the counts' own triggers on the facets (a million rows would run them a million
+/// times) for a rebuild in the caller's transaction, and returns their SQL to restore them.
+fn drop_facet_triggers(tx: &Connection) -> Result<Vec<String>> {
     let triggers: Vec<String> = {
         let mut stmt = tx.prepare(
             "SELECT sql FROM sqlite_master
@@ -109,12 +108,32 @@ pub(crate) fn rebuild(tx: &Connection) -> Result<()> {
         "the fleet counts have {} triggers on their facets, not 3",
         triggers.len()
     );
-    let kinds: Vec<String> = DEVICE_STATES.iter().map(|k| format!("'{k}'")).collect();
-    tx.execute_batch(&format!(
+    tx.execute_batch(
         "DROP TRIGGER device_facets_insert_counts;
          DROP TRIGGER device_facets_delete_counts;
-         DROP TRIGGER device_facets_update_counts;
-         DELETE FROM device_facets;
+         DROP TRIGGER device_facets_update_counts;",
+    )
+    .context("suspending the fleet counts' triggers")?;
+    Ok(triggers)
+}
+
+/// Creates the triggers [`drop_facet_triggers`] dropped.
+fn restore_facet_triggers(tx: &Connection, triggers: Vec<String>) -> Result<()> {
+    for sql in triggers {
+        tx.execute_batch(&sql)
+            .with_context(|| format!("restoring a fleet counts trigger: {sql}"))?;
+    }
+    Ok(())
+}
+
+/// Rebuilds the facets and counts from the devices in one pass, in the caller's write
+/// transaction, and marks them valid. The counts' own triggers on the facets are dropped for
+/// the rebuild and the counts grouped once.
+pub(crate) fn rebuild(tx: &Connection) -> Result<()> {
+    let triggers = drop_facet_triggers(tx)?;
+    let kinds: Vec<String> = DEVICE_STATES.iter().map(|k| format!("'{k}'")).collect();
+    tx.execute_batch(&format!(
+        "DELETE FROM device_facets;
          DELETE FROM fleet_counts;
          INSERT INTO device_facets(dev, model, region, firmware, state)
            SELECT d.dev, d.model, d.region,
@@ -136,11 +155,101 @@ pub(crate) fn rebuild(tx: &Connection) -> Result<()> {
         kinds.join(", ")
     ))
     .context("rebuilding the fleet counts")?;
-    for sql in triggers {
-        tx.execute_batch(&sql)
-            .with_context(|| format!("restoring a fleet counts trigger: {sql}"))?;
+    restore_facet_triggers(tx, triggers)
+}
+
+/// [`rebuild`] from `devices` in memory when they are the cache's whole fleet (an import into
+/// a cache without devices, in its transaction): `keys[i]` is the key of `devices[i]`. The
+/// same facets and counts, without reading the devices and components back; states still
+/// come from the device events (a device may have a history before it is imported).
+pub(crate) fn rebuild_from_devices(
+    tx: &Connection,
+    keys: &[i64],
+    devices: &[convoy_core::fleet::Device],
+) -> Result<()> {
+    use std::fmt::Write as _;
+    const ROWS: usize = 128;
+    anyhow::ensure!(
+        keys.len() == devices.len(),
+        "{} keys for {} devices",
+        keys.len(),
+        devices.len()
+    );
+    let kinds: Vec<String> = DEVICE_STATES.iter().map(|k| format!("'{k}'")).collect();
+    let mut states: std::collections::HashMap<String, String> = std::collections::HashMap::new();
+    {
+        let mut stmt = tx.prepare(&format!(
+            "SELECT device_id, kind FROM device_events WHERE kind IN ({}) ORDER BY seq",
+            kinds.join(", ")
+        ))?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            states.insert(r.get(0)?, r.get(1)?);
+        }
     }
-    Ok(())
+    let triggers = drop_facet_triggers(tx)?;
+    tx.execute_batch("DELETE FROM device_facets; DELETE FROM fleet_counts;")
+        .context("clearing the fleet counts")?;
+    let sql = |rows: usize| {
+        let mut sql =
+            String::from("INSERT INTO device_facets(dev, model, region, firmware, state) VALUES ");
+        for row in 0..rows {
+            let p = row * 5;
+            let _ = write!(
+                sql,
+                "{}(?{}, ?{}, ?{}, ?{}, ?{})",
+                if row == 0 { "" } else { ", " },
+                p + 1,
+                p + 2,
+                p + 3,
+                p + 4,
+                p + 5
+            );
+        }
+        sql
+    };
+    // Firmware as the rows spell it, printed once per shared component map.
+    let mut firmware: std::collections::HashMap<usize, String> = std::collections::HashMap::new();
+    let mut counts: [BTreeMap<String, u64>; 4] = Default::default();
+    for (chunk, chunk_keys) in devices.chunks(ROWS).zip(keys.chunks(ROWS)) {
+        let mut stmt = tx.prepare_cached(&sql(chunk.len()))?;
+        for (row, (d, &dev)) in chunk.iter().zip(chunk_keys).enumerate() {
+            let p = row * 5;
+            let fw = firmware.entry(d.components.addr()).or_insert_with(|| {
+                d.components
+                    .get(convoy_core::fleet::component::FIRMWARE)
+                    .map_or_else(|| "none".to_owned(), ToString::to_string)
+            });
+            let state = states.get(&d.id).map_or(IDLE, String::as_str);
+            stmt.raw_bind_parameter(p + 1, dev)?;
+            stmt.raw_bind_parameter(p + 2, d.model.as_str())?;
+            stmt.raw_bind_parameter(p + 3, d.region.as_str())?;
+            stmt.raw_bind_parameter(p + 4, fw.as_str())?;
+            stmt.raw_bind_parameter(p + 5, state)?;
+            for (map, key) in
+                counts
+                    .iter_mut()
+                    .zip([d.model.as_str(), d.region.as_str(), fw.as_str(), state])
+            {
+                if let Some(n) = map.get_mut(key) {
+                    *n += 1;
+                } else {
+                    map.insert(key.to_owned(), 1);
+                }
+            }
+        }
+        stmt.raw_execute().context("writing the fleet facets")?;
+    }
+    let mut insert = tx.prepare("INSERT INTO fleet_counts(dim, key, n) VALUES (?1, ?2, ?3)")?;
+    for (dim, map) in ["model", "region", "firmware", "state"].iter().zip(&counts) {
+        for (key, n) in map {
+            insert.execute(rusqlite::params![dim, key, i64::try_from(*n)?])?;
+        }
+    }
+    drop(insert);
+    tx.execute("UPDATE fleet_counts_state SET valid = 1", [])
+        .context("marking the fleet counts valid")?;
+    restore_facet_triggers(tx, triggers)
 }
 
 impl Store {
