@@ -7,6 +7,7 @@
 //! cargo run --release -p convoy --example bench_million -- console [DEVICES]
 //! cargo run --release -p convoy --example bench_million -- serve [DEVICES]
 //! cargo run --release -p convoy --example bench_million -- open [DEVICES]
+//! cargo run --release -p convoy --example bench_million -- grid [DEVICES]
 //! ```
 //!
 //! - `core`: the plan itself (`plan::plan`, the fixture release `t300-fw-2.5.0` with the
@@ -31,6 +32,8 @@
 //!   the fleet was written (no fleet snapshot yet: the device rows are read and the snapshot
 //!   written) and on the next three (the snapshot is current: a warm start), each in a fresh
 //!   console. The operating system's file cache is warm in both (the cache was just written).
+//! - `grid`: the map's grid of the whole fleet at zoom 2 and 9, the linear build against the
+//!   sorted one (best of 3 each).
 //!
 //! Every line gives wall time and the process's CPU time (user + system, `/proc/self/stat`, in
 //! 10 ms ticks) over the same interval.
@@ -618,12 +621,17 @@ fn open(devices: usize) -> anyhow::Result<()> {
     header();
     for run in 0..4 {
         let ctx = egui::Context::default();
-        let ((app, rss), wall, cpu) = timed(|| {
-            let backend = Backend::attach(cache.clone(), None, "convoy", Default::default())
-                .unwrap_or_else(|e| fail("opening the cache", format!("{e:#}")));
+        let (app, wall, cpu) = timed(|| {
+            let backend = Backend::attach(
+                cache.clone(),
+                None,
+                "convoy",
+                convoy::link::mqtt::MqttAuth::default(),
+            )
+            .unwrap_or_else(|e| fail("opening the cache", format!("{e:#}")));
             let mut app = ConsoleApp::new(&ctx, None, backend, Clock::Fixed(NOW));
             app.derive_mode = DeriveMode::Wait;
-            let deadline = Instant::now() + std::time::Duration::from_secs(120);
+            let deadline = Instant::now() + std::time::Duration::from_mins(2);
             while app.derived.order.is_empty() {
                 if Instant::now() > deadline {
                     fail("the console", "the fleet never showed in 120 s");
@@ -634,8 +642,7 @@ fn open(devices: usize) -> anyhow::Result<()> {
                     std::thread::sleep(std::time::Duration::from_millis(2));
                 }
             }
-            let rss = rss_mib().0;
-            (app, rss)
+            app
         });
         let what = if run == 0 {
             "console: cache opened to the fleet on screen, first start after the write"
@@ -646,13 +653,42 @@ fn open(devices: usize) -> anyhow::Result<()> {
             what,
             devices,
             (wall, cpu),
-            &format!(
-                "`Backend::attach` to the first frame showing the fleet; {rss:.0} MiB resident then"
-            ),
+            "`Backend::attach` to the first frame showing the fleet",
         );
         drop(app);
     }
     Ok(())
+}
+
+/// The map's grid of the whole fleet at the world view (zoom 2) and at a city's (zoom 9): the
+/// linear build the derive worker uses against the sorted build it replaced.
+fn grid(devices: usize) {
+    use convoy::gui::aggregate::{Grid, cell_size_for};
+    let model = convoy::gui::model::FleetModel::new(fleet(devices));
+    let classes = vec![0u8; model.len()];
+    let all: Vec<u32> = (0..model.len() as u32).collect();
+    header();
+    for zoom in [2u8, 9] {
+        let cell = cell_size_for(zoom, 60.0);
+        let linear = best(3, || {
+            Grid::build(&model.map_x, &model.map_y, &classes, &all, cell).device_count()
+        });
+        let sorted = best(3, || {
+            Grid::build_sorted(&model.map_x, &model.map_y, &classes, &all, cell).device_count()
+        });
+        row(
+            &format!("map grid of the whole fleet, zoom {zoom}: linear build"),
+            devices,
+            linear,
+            "best of 3; the derive worker's build while the map shows",
+        );
+        row(
+            &format!("map grid of the whole fleet, zoom {zoom}: sorted build (before)"),
+            devices,
+            sorted,
+            "best of 3; the same grid by sorting (cell, device)",
+        );
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -676,9 +712,10 @@ fn main() -> anyhow::Result<()> {
         "console" => console(devices),
         "serve" => serve(devices)?,
         "open" => open(devices)?,
+        "grid" => grid(devices),
         other => fail(
             "the mode",
-            format!("{other:?} is not core, console, serve or open"),
+            format!("{other:?} is not core, console, serve, open or grid"),
         ),
     }
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();

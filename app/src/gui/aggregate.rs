@@ -142,8 +142,15 @@ impl Grid {
         }
     }
 
-    /// [`Grid::build`] by sorting the devices by (cell, index): for few devices.
-    fn build_sorted(xs: &[f32], ys: &[f32], class: &[u8], devices: &[u32], cell_size: f64) -> Self {
+    /// [`Grid::build`] by sorting the devices by (cell, index): what it does for few devices,
+    /// and the reference the linear build is tested and measured against.
+    pub fn build_sorted(
+        xs: &[f32],
+        ys: &[f32],
+        class: &[u8],
+        devices: &[u32],
+        cell_size: f64,
+    ) -> Self {
         let inv = 1.0 / cell_size;
         let max_cell = (inv.ceil() as u64).min(u64::from(u32::MAX)) as u32;
         let mut keyed: Vec<(u64, u32)> = devices

@@ -108,9 +108,9 @@ impl HealthCache {
             };
             let series = match fresh {
                 Some(s) => s,
-                None => match store.rollout_log(id) {
-                    Ok(log) => {
-                        let s = Arc::new(convoy_core::rollout::series::health_series(&log));
+                None => match health_of(store, id) {
+                    Ok(series) => {
+                        let s = Arc::new(series);
                         self.by_id.insert(id.clone(), (rows, Arc::clone(&s)));
                         s
                     }
@@ -801,6 +801,18 @@ fn spawn_history_worker(
         .spawn(move || run_history(&cache, &rx, &reporter))
         .context("starting the device history thread")?;
     Ok(tx)
+}
+
+/// The health series of a rollout, folded from its log as it is read: the log is never held
+/// whole (reading it into a list at every refresh grew the console's memory with the log, issue
+/// 19), and the series is exactly `health_series` of the log.
+fn health_of(store: &Store, id: &str) -> Result<convoy_core::rollout::series::HealthSeries> {
+    let Some(last) = store.last_rollout_event(id)? else {
+        return Ok(convoy_core::rollout::series::HealthSeries::default());
+    };
+    let mut builder = convoy_core::rollout::series::SeriesBuilder::new(last.at);
+    store.for_each_rollout_event(id, |e| builder.push(e))?;
+    Ok(builder.finish())
 }
 
 /// Answers history requests until the UI (the sender) goes away, and between them reads the

@@ -294,6 +294,54 @@ impl Store {
         Ok(out)
     }
 
+    /// Feeds the log of `rollout_id` to `f` event by event, in order, without holding it
+    /// whole (a long rollout's log is hundreds of thousands of events); returns how many.
+    pub fn for_each_rollout_event(
+        &self,
+        rollout_id: &str,
+        mut f: impl FnMut(&RolloutEvent),
+    ) -> Result<usize> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT seq, event FROM rollout_log WHERE rollout_id = ?1 ORDER BY seq",
+        )?;
+        let mut rows = stmt.query([rollout_id])?;
+        let mut n = 0usize;
+        while let Some(row) = rows
+            .next()
+            .with_context(|| format!("reading the log of rollout {rollout_id}"))?
+        {
+            let seq: i64 = row.get(0)?;
+            if usize::try_from(seq).ok() != Some(n) {
+                anyhow::bail!("the log of rollout {rollout_id} has a gap before event {seq}");
+            }
+            let text = row.get_ref(1)?.as_str()?;
+            let event: RolloutEvent = serde_json::from_str(text)
+                .with_context(|| format!("event {seq} of the log of rollout {rollout_id}"))?;
+            f(&event);
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// The last event of the log of `rollout_id`, if it has one.
+    pub fn last_rollout_event(&self, rollout_id: &str) -> Result<Option<RolloutEvent>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT seq, event FROM rollout_log WHERE rollout_id = ?1 ORDER BY seq DESC LIMIT 1",
+        )?;
+        let mut rows = stmt.query([rollout_id])?;
+        let Some(row) = rows
+            .next()
+            .with_context(|| format!("reading the log of rollout {rollout_id}"))?
+        else {
+            return Ok(None);
+        };
+        let seq: i64 = row.get(0)?;
+        let text = row.get_ref(1)?.as_str()?;
+        let event = serde_json::from_str(text)
+            .with_context(|| format!("event {seq} of the log of rollout {rollout_id}"))?;
+        Ok(Some(event))
+    }
+
     /// Records the clock of a rollout's first engine run (kept if one is there already).
     pub fn record_run_clock(&mut self, clock: &RunClock) -> Result<()> {
         super::patiently(|| {
@@ -545,6 +593,17 @@ mod log_tests {
         assert_eq!(log[..2], first);
         assert_eq!(log[2].kind, EventKind::Completed);
         assert!(store.rollout_log("r2").expect("empty log").is_empty());
+        // Read event by event: the same events in the same order, and the last one alone.
+        let mut streamed = Vec::new();
+        let n = store
+            .for_each_rollout_event("r1", |e| streamed.push(e.clone()))
+            .expect("streamed");
+        assert_eq!((n, &streamed), (3, &log));
+        assert_eq!(
+            store.last_rollout_event("r1").expect("last").as_ref(),
+            log.last()
+        );
+        assert!(store.last_rollout_event("r2").expect("none").is_none());
         // Only r1's unacknowledged commands belong to r1.
         let mine: Vec<String> = store
             .pending_for_rollout("r1")

@@ -63,46 +63,134 @@ pub struct HealthSeries {
 /// Builds the series from a rollout's log (its `Created` event first). A log without one gives
 /// an empty series.
 pub fn health_series(events: &[RolloutEvent]) -> HealthSeries {
-    let Some((start, gates)) = events.iter().find_map(|e| match &e.kind {
-        EventKind::Created { spec, .. } => Some((e.at, spec.gates.clone())),
-        _ => None,
-    }) else {
+    let Some(last) = events.last() else {
         return HealthSeries::default();
     };
-    let end = events.last().map_or(start, |e| e.at);
-    let span = (end.secs() - start.secs()).max(1);
-    let step = (span / MAX_POINTS as i64 + 1).max(gates.evaluate_every_secs.max(60));
-    let layout = MetricLayout::new(&gates);
-    let mut updated = layout.empty_cohort();
-    let mut baseline = layout.empty_cohort();
-    let metric_gates: Vec<(String, MetricKind, f64)> = gates
-        .metric_gates()
-        .into_iter()
-        .filter(|(_, kind, g)| g.enabled && matches!(kind, MetricKind::Rate | MetricKind::Mean))
-        .map(|(n, k, g)| (n.to_owned(), k, g.max_ratio))
-        .collect();
-    let mut metrics: Vec<MetricSeries> = metric_gates
-        .iter()
-        .map(|(name, kind, max_ratio)| MetricSeries {
-            metric: name.clone(),
-            unit: if *kind == MetricKind::Rate {
-                "per 1,000 device-hours"
-            } else {
-                "mean"
-            },
-            max_ratio: *max_ratio,
-            points: Vec::new(),
-        })
-        .collect();
-    let mut states: Vec<DeviceState> = Vec::new();
-    let mut markers = Vec::new();
-    let mut next_point = start.secs() + step;
-    let mut dirty = false;
-    let emit = |at: i64,
-                updated: &crate::gates::CohortAgg,
-                baseline: &crate::gates::CohortAgg,
-                metrics: &mut Vec<MetricSeries>| {
-        for (series, (name, kind, _)) in metrics.iter_mut().zip(&metric_gates) {
+    let mut builder = SeriesBuilder::new(last.at);
+    for e in events {
+        builder.push(e);
+    }
+    builder.finish()
+}
+
+/// [`health_series`] event by event, so a log read from the cache row by row never has to be
+/// held whole: a long rollout's log is hundreds of thousands of events, and reading it into one
+/// list at every refresh grew the console's memory with the log (issue 19). Built with the
+/// log's last event time (the end of the time axis, which sets the step); gives exactly what
+/// [`health_series`] gives for the same events.
+pub struct SeriesBuilder {
+    end: Timestamp,
+    /// Events before the `Created` event (none in a log the engine wrote), replayed once it
+    /// comes.
+    before: Vec<RolloutEvent>,
+    fold: Option<Fold>,
+}
+
+/// The fold once the `Created` event gave the gates and the origin.
+struct Fold {
+    start: Timestamp,
+    step: i64,
+    layout: MetricLayout,
+    metric_gates: Vec<(String, MetricKind, f64)>,
+    updated: crate::gates::CohortAgg,
+    baseline: crate::gates::CohortAgg,
+    metrics: Vec<MetricSeries>,
+    states: Vec<DeviceState>,
+    markers: Vec<SeriesMarker>,
+    next_point: i64,
+    dirty: bool,
+}
+
+impl SeriesBuilder {
+    /// A builder for a log whose last event is at `end`.
+    pub fn new(end: Timestamp) -> Self {
+        Self {
+            end,
+            before: Vec::new(),
+            fold: None,
+        }
+    }
+
+    /// Adds the log's next event.
+    pub fn push(&mut self, e: &RolloutEvent) {
+        if let Some(fold) = &mut self.fold {
+            fold.push(e);
+            return;
+        }
+        let EventKind::Created { spec, .. } = &e.kind else {
+            self.before.push(e.clone());
+            return;
+        };
+        let mut fold = Fold::new(e.at, &spec.gates, self.end);
+        for early in std::mem::take(&mut self.before) {
+            fold.push(&early);
+        }
+        fold.push(e);
+        self.fold = Some(fold);
+    }
+
+    /// The series of the events pushed (empty without a `Created` event).
+    pub fn finish(self) -> HealthSeries {
+        let Some(mut fold) = self.fold else {
+            return HealthSeries::default();
+        };
+        if fold.dirty {
+            fold.emit(self.end.secs());
+        }
+        HealthSeries {
+            metrics: fold.metrics,
+            markers: fold.markers,
+            step_secs: fold.step,
+            started_at: fold.start,
+        }
+    }
+}
+
+impl Fold {
+    fn new(start: Timestamp, gates: &crate::gates::GatePolicy, end: Timestamp) -> Self {
+        let end = if end < start { start } else { end };
+        let span = (end.secs() - start.secs()).max(1);
+        let step = (span / MAX_POINTS as i64 + 1).max(gates.evaluate_every_secs.max(60));
+        let layout = MetricLayout::new(gates);
+        let updated = layout.empty_cohort();
+        let baseline = layout.empty_cohort();
+        let metric_gates: Vec<(String, MetricKind, f64)> = gates
+            .metric_gates()
+            .into_iter()
+            .filter(|(_, kind, g)| g.enabled && matches!(kind, MetricKind::Rate | MetricKind::Mean))
+            .map(|(n, k, g)| (n.to_owned(), k, g.max_ratio))
+            .collect();
+        let metrics = metric_gates
+            .iter()
+            .map(|(name, kind, max_ratio)| MetricSeries {
+                metric: name.clone(),
+                unit: if *kind == MetricKind::Rate {
+                    "per 1,000 device-hours"
+                } else {
+                    "mean"
+                },
+                max_ratio: *max_ratio,
+                points: Vec::new(),
+            })
+            .collect();
+        Self {
+            start,
+            step,
+            layout,
+            metric_gates,
+            updated,
+            baseline,
+            metrics,
+            states: Vec::new(),
+            markers: Vec::new(),
+            next_point: start.secs() + step,
+            dirty: false,
+        }
+    }
+
+    fn emit(&mut self, at: i64) {
+        let layout = &self.layout;
+        for (series, (name, kind, _)) in self.metrics.iter_mut().zip(&self.metric_gates) {
             let value = |c: &crate::gates::CohortAgg| -> (Option<f64>, f64) {
                 if *kind == MetricKind::Rate {
                     let hours = c.exposure_secs / 3600.0;
@@ -114,8 +202,8 @@ pub fn health_series(events: &[RolloutEvent]) -> HealthSeries {
                     (m.filter(|m| m.n > 0).map(|m| m.sum / m.n as f64), n as f64)
                 }
             };
-            let (u, uw) = value(updated);
-            let (b, bw) = value(baseline);
+            let (u, uw) = value(&self.updated);
+            let (b, bw) = value(&self.baseline);
             series.points.push(SeriesPoint {
                 at: Timestamp::from_secs(at),
                 updated: u,
@@ -124,85 +212,62 @@ pub fn health_series(events: &[RolloutEvent]) -> HealthSeries {
                 baseline_weight: bw,
             });
         }
-    };
-    for e in events {
-        if e.at.secs() >= next_point {
-            if dirty {
-                emit(next_point, &updated, &baseline, &mut metrics);
-                dirty = false;
+    }
+
+    fn push(&mut self, e: &RolloutEvent) {
+        if e.at.secs() >= self.next_point {
+            if self.dirty {
+                self.emit(self.next_point);
+                self.dirty = false;
             }
             // Past this event in one go: quiet stretches get no points.
-            next_point += step * ((e.at.secs() - next_point) / step + 1);
+            self.next_point += self.step * ((e.at.secs() - self.next_point) / self.step + 1);
         }
+        let marker = |label: &str, stop: bool| SeriesMarker {
+            at: e.at,
+            label: label.to_owned(),
+            stop,
+        };
         match &e.kind {
             EventKind::Device { device, state } => {
                 let i = *device as usize;
-                if states.len() <= i {
-                    states.resize(i + 1, DeviceState::Pending);
+                if self.states.len() <= i {
+                    self.states.resize(i + 1, DeviceState::Pending);
                 }
-                states[i] = *state;
+                self.states[i] = *state;
             }
             EventKind::Telemetry { device, sample } => {
-                let state = states
+                let state = self
+                    .states
                     .get(*device as usize)
                     .copied()
                     .unwrap_or(DeviceState::Pending);
                 if state.runs_new_version() {
-                    add_sample(&mut updated, &layout, sample);
-                    dirty = true;
+                    add_sample(&mut self.updated, &self.layout, sample);
+                    self.dirty = true;
                 } else if state.runs_old_version() {
-                    add_sample(&mut baseline, &layout, sample);
-                    dirty = true;
+                    add_sample(&mut self.baseline, &self.layout, sample);
+                    self.dirty = true;
                 }
             }
-            EventKind::WaveStarted { wave } => markers.push(SeriesMarker {
-                at: e.at,
-                label: format!("wave {} started", wave + 1),
-                stop: false,
-            }),
+            EventKind::WaveStarted { wave } => self
+                .markers
+                .push(marker(&format!("wave {} started", wave + 1), false)),
             EventKind::GateChecked { outcome, .. } if *outcome != GateOutcome::Continue => {
-                markers.push(SeriesMarker {
-                    at: e.at,
-                    label: format!("gate: {}", outcome_word(*outcome)),
-                    stop: *outcome != GateOutcome::Hold,
-                });
+                self.markers.push(marker(
+                    &format!("gate: {}", outcome_word(*outcome)),
+                    *outcome != GateOutcome::Hold,
+                ));
             }
-            EventKind::SoakExtended { .. } => markers.push(SeriesMarker {
-                at: e.at,
-                label: "gate: hold".into(),
-                stop: false,
-            }),
-            EventKind::Paused { by_gate: false, .. } => markers.push(SeriesMarker {
-                at: e.at,
-                label: "paused by an operator".into(),
-                stop: true,
-            }),
-            EventKind::Resumed => markers.push(SeriesMarker {
-                at: e.at,
-                label: "resumed".into(),
-                stop: false,
-            }),
-            EventKind::RollbackStarted { .. } => markers.push(SeriesMarker {
-                at: e.at,
-                label: "rollback".into(),
-                stop: true,
-            }),
-            EventKind::Aborted { .. } => markers.push(SeriesMarker {
-                at: e.at,
-                label: "aborted".into(),
-                stop: true,
-            }),
+            EventKind::SoakExtended { .. } => self.markers.push(marker("gate: hold", false)),
+            EventKind::Paused { by_gate: false, .. } => {
+                self.markers.push(marker("paused by an operator", true));
+            }
+            EventKind::Resumed => self.markers.push(marker("resumed", false)),
+            EventKind::RollbackStarted { .. } => self.markers.push(marker("rollback", true)),
+            EventKind::Aborted { .. } => self.markers.push(marker("aborted", true)),
             _ => {}
         }
-    }
-    if dirty {
-        emit(end.secs(), &updated, &baseline, &mut metrics);
-    }
-    HealthSeries {
-        metrics,
-        markers,
-        step_secs: step,
-        started_at: start,
     }
 }
 
