@@ -1,14 +1,16 @@
 //! Devices, their components and depots in the cache: bulk upsert and cold load.
 //!
-//! Writes go through cached prepared statements inside one transaction. The cold load reads the
-//! fleet snapshot when it is current (`snapshot.rs`), else each table with one query (devices
-//! and components both in `dev` order, merged in one pass), never one query per device, and
-//! then stores a fresh snapshot. This module does not parse inventories: that is `fleet_io`.
+//! Writes go through cached prepared statements inside one transaction. A device is one row:
+//! its tags and its components are JSON objects in two of its columns (schema v14; before,
+//! components were one row each). The cold load reads the fleet snapshot when it is current
+//! (`snapshot.rs`), else the device rows with one query per half of the keys, never one
+//! query per device, and then stores a fresh snapshot. This module does not parse
+//! inventories: that is `fleet_io`.
 
 use super::audit::{AuditEntry, append_in};
 use super::snapshot::{self, Unusable};
 use super::{Store, to_i64};
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use convoy_core::fleet::{Depot, Device, Fleet, GeoPoint, Interner, SmallMap, Sym};
 use convoy_core::time::Timestamp;
 use convoy_core::version::Version;
@@ -60,10 +62,8 @@ pub struct ImportOutcome {
     pub whole_fleet: bool,
 }
 
-/// Device rows per multi-row `INSERT` of the bulk path (20 parameters each).
+/// Device rows per multi-row `INSERT` of the bulk path (21 parameters each).
 const DEVICE_ROWS_PER_INSERT: usize = 32;
-/// Component rows per multi-row `INSERT` of the bulk path (3 parameters each).
-const COMPONENT_ROWS_PER_INSERT: usize = 128;
 
 impl Store {
     /// What `fleet import` does: inserts or updates `devices` (by id, which must be unique)
@@ -323,11 +323,11 @@ impl Store {
     /// The fleet from the device rows; with [`Arm::Yes`], also the snapshot generation that
     /// the rows were read at (`None` when the load could not pause writers).
     ///
-    /// Devices and components are read on two threads, each with its own connection, from
-    /// the same snapshot: a third connection holds the write lock for the moment both
-    /// readers start their read transactions, so no commit can fall between them (and arms
-    /// the fleet snapshot's state in that moment). Each table is read with one query in `dev`
-    /// order, and the two are merged in one pass.
+    /// The two halves of the device keys are read on two threads, each with its own
+    /// connection, from the same snapshot: a third connection holds the write lock for the
+    /// moment both readers start their read transactions, so no commit can fall between them
+    /// (and arms the fleet snapshot's state in that moment). Each half is read with one query
+    /// in `dev` order.
     ///
     /// If another process is in the middle of a long write (an import), writers cannot be
     /// paused; the load then reads everything on one thread from one snapshot instead, since
@@ -353,8 +353,7 @@ impl Store {
             Arm::No => None,
         };
         let upper_reader = open_reader(&self.path)?;
-        let component_reader = open_reader(&self.path)?;
-        let snapshot = [&self.conn, &upper_reader, &component_reader]
+        let snapshot = [&self.conn, &upper_reader]
             .into_iter()
             .try_for_each(|conn| -> Result<()> {
                 conn.execute_batch("BEGIN")?;
@@ -376,15 +375,8 @@ impl Store {
                     })?;
             let mid = max_dev / 2;
             std::thread::scope(|scope| {
-                let spawn = |name: &str| std::thread::Builder::new().name(name.to_owned());
-                let components = spawn("load-components")
-                    .spawn_scoped(scope, move || {
-                        let result = load_components(&component_reader);
-                        let _ = component_reader.execute_batch("COMMIT");
-                        result
-                    })
-                    .context("starting the component loader")?;
-                let upper = spawn("load-devices")
+                let upper = std::thread::Builder::new()
+                    .name("load-devices".to_owned())
                     .spawn_scoped(scope, move || {
                         let result = load_devices(&upper_reader, mid + 1, i64::MAX);
                         let _ = upper_reader.execute_batch("COMMIT");
@@ -393,20 +385,18 @@ impl Store {
                     .context("starting the device loader")?;
                 let depots = self.load_depots();
                 let lower = load_devices(&self.conn, i64::MIN, mid);
-                let joined = |name: &str| anyhow::anyhow!("the {name} loader panicked");
-                let upper = upper.join().map_err(|_| joined("device"))?;
-                let components = components.join().map_err(|_| joined("component"))?;
-                let (mut keys, mut devices) = lower?;
-                let (upper_keys, upper_devices) = upper?;
-                keys.extend(upper_keys);
-                devices.extend(upper_devices);
-                Ok((depots?, keys, devices, components?))
+                let upper = upper
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("the device loader panicked"))?;
+                let mut devices = lower?;
+                devices.extend(upper?);
+                Ok((depots?, devices))
             })
         });
         let ended = self.conn.execute_batch("COMMIT");
-        let (depots, keys, devices, components) = loaded?;
+        let (depots, devices) = loaded?;
         ended?;
-        Ok((assemble(depots, &keys, devices, components)?, generation))
+        Ok((assemble(depots, devices), generation))
     }
 
     /// [`Store::load_fleet`] on this connection alone, in one read transaction.
@@ -416,13 +406,12 @@ impl Store {
             Ok((
                 self.load_depots()?,
                 load_devices(&self.conn, i64::MIN, i64::MAX)?,
-                load_components(&self.conn)?,
             ))
         })();
         let ended = self.conn.execute_batch("COMMIT");
-        let (depots, (keys, devices), components) = loaded?;
+        let (depots, devices) = loaded?;
         ended?;
-        assemble(depots, &keys, devices, components)
+        Ok(assemble(depots, devices))
     }
 
     /// Depots sorted by id.
@@ -471,23 +460,8 @@ fn suspend_for(
     }
 }
 
-/// Gives each device its components (both in `dev` order: one merge pass) and builds the fleet.
-fn assemble(
-    depots: Vec<Depot>,
-    keys: &[i64],
-    mut devices: Vec<Device>,
-    components: Vec<(i64, SmallMap<Version>)>,
-) -> Result<Fleet> {
-    let mut i = 0;
-    for (dev, map) in components {
-        while i < keys.len() && keys[i] < dev {
-            i += 1;
-        }
-        if keys.get(i) != Some(&dev) {
-            bail!("component rows for unknown device key {dev} in the cache");
-        }
-        devices[i].components = map;
-    }
+/// Builds the fleet from the rows read, sharing equal values.
+fn assemble(depots: Vec<Depot>, mut devices: Vec<Device>) -> Fleet {
     // Devices are usually stored in id order already; sorting is then skipped (and
     // `Fleet::new`'s sharing of equal values done here).
     if devices.is_sorted_by(|a, b| a.id < b.id) && depots.is_sorted_by(|a, b| a.id < b.id) {
@@ -495,9 +469,9 @@ fn assemble(
         for d in &mut devices {
             interner.device(d);
         }
-        Ok(Fleet { depots, devices })
+        Fleet { depots, devices }
     } else {
-        Ok(Fleet::new(depots, devices))
+        Fleet::new(depots, devices)
     }
 }
 
@@ -513,65 +487,47 @@ fn open_reader(path: &std::path::Path) -> Result<Connection> {
     Ok(conn)
 }
 
-/// The device rows with `lo <= dev <= hi` in `dev` order, with empty components.
-fn load_devices(conn: &Connection, lo: i64, hi: i64) -> Result<(Vec<i64>, Vec<Device>)> {
+/// The device rows with `lo <= dev <= hi` in `dev` order.
+fn load_devices(conn: &Connection, lo: i64, hi: i64) -> Result<Vec<Device>> {
     let capacity: i64 = conn.query_row(
         "SELECT count(*) FROM devices WHERE dev BETWEEN ?1 AND ?2",
         [lo, hi],
         |r| r.get(0),
     )?;
-    // Keys apart from devices, so that the fleet's vector is built once and never copied.
-    let mut keys: Vec<i64> = Vec::with_capacity(capacity.max(0) as usize);
     let mut devices: Vec<Device> = Vec::with_capacity(capacity.max(0) as usize);
     let mut stmt = conn.prepare(
         "SELECT dev, id, model, hw_rev, active_slot, region, depot, lat, lon,
                 connectivity, metered, battery_pct, power, free_storage_bytes,
                 customer_tier, device_class, redundancy, last_seen,
-                failed_update_attempts, tags
+                failed_update_attempts, tags, components
          FROM devices WHERE dev BETWEEN ?1 AND ?2 ORDER BY dev",
     )?;
     let mut rows = stmt.query([lo, hi])?;
+    // Devices share their component maps: each distinct column text is parsed once.
+    let mut parsed: HashMap<String, SmallMap<Version>> = HashMap::new();
     while let Some(r) = rows.next()? {
-        let dev: i64 = r.get(0)?;
         let id: String = r.get(1)?;
-        let device = device_from_row(r, id).context("reading a device from the cache")?;
-        keys.push(dev);
+        let mut device = device_from_row(r, id).context("reading a device from the cache")?;
+        let text = r
+            .get_ref(20)?
+            .as_str()
+            .with_context(|| format!("column components of device {}", device.id))?;
+        device.components = if let Some(map) = parsed.get(text) {
+            map.clone()
+        } else {
+            let map = parse_components(text)
+                .with_context(|| format!("components of device {} in the cache", device.id))?;
+            parsed.insert(text.to_owned(), map.clone());
+            map
+        };
         devices.push(device);
     }
-    Ok((keys, devices))
+    Ok(devices)
 }
 
-/// Every device's components, grouped by `dev` in `dev` order.
-fn load_components(conn: &Connection) -> Result<Vec<(i64, SmallMap<Version>)>> {
-    let mut out: Vec<(i64, SmallMap<Version>)> = Vec::new();
-    let mut current: Option<(i64, Vec<(String, Version)>)> = None;
-    let mut stmt = conn.prepare("SELECT dev, name, version FROM components ORDER BY dev, name")?;
-    let mut rows = stmt.query([])?;
-    while let Some(r) = rows.next()? {
-        let dev: i64 = r.get(0)?;
-        let name: String = r.get(1)?;
-        let text = r.get_ref(2)?.as_str()?;
-        let version: Version = text
-            .parse()
-            .with_context(|| format!("component {name} of device key {dev} in the cache"))?;
-        match &mut current {
-            Some((d, entries)) if *d == dev => entries.push((name, version)),
-            _ => {
-                if let Some((d, entries)) = current.replace((dev, vec![(name, version)])) {
-                    out.push((d, entries.into_iter().collect()));
-                }
-            }
-        }
-    }
-    if let Some((d, entries)) = current {
-        out.push((d, entries.into_iter().collect()));
-    }
-    Ok(out)
-}
-
-/// Parses a tags column straight into a `SmallMap` (going through serde's `BTreeMap` would
-/// allocate a tree node per device on the cold load).
-fn parse_tags(text: &str) -> Result<SmallMap<Sym>> {
+/// A JSON object of strings, as the pairs it holds (without building a serde `BTreeMap`,
+/// which would allocate a tree node per device on the cold load).
+fn parse_object(text: &str) -> Result<Vec<(String, String)>> {
     struct Pairs(Vec<(String, String)>);
     impl<'de> serde::Deserialize<'de> for Pairs {
         fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -579,7 +535,7 @@ fn parse_tags(text: &str) -> Result<SmallMap<Sym>> {
             impl<'de> serde::de::Visitor<'de> for Visit {
                 type Value = Pairs;
                 fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                    f.write_str("a JSON object of string tags")
+                    f.write_str("a JSON object of strings")
                 }
                 fn visit_map<A: serde::de::MapAccess<'de>>(
                     self,
@@ -596,10 +552,61 @@ fn parse_tags(text: &str) -> Result<SmallMap<Sym>> {
         }
     }
     if text == "{}" {
-        return Ok(SmallMap::new());
+        return Ok(Vec::new());
     }
     let Pairs(pairs) = serde_json::from_str(text)?;
-    Ok(pairs.into_iter().map(|(k, v)| (k, Sym::from(v))).collect())
+    Ok(pairs)
+}
+
+/// Parses a tags column straight into a `SmallMap`.
+fn parse_tags(text: &str) -> Result<SmallMap<Sym>> {
+    Ok(parse_object(text)?
+        .into_iter()
+        .map(|(k, v)| (k, Sym::from(v)))
+        .collect())
+}
+
+/// Parses a components column (`{"firmware": "2.4.1", ...}`) into a `SmallMap`, naming the
+/// component whose version does not parse.
+fn parse_components(text: &str) -> Result<SmallMap<Version>> {
+    parse_object(text)?
+        .into_iter()
+        .map(|(name, version)| {
+            let parsed = version
+                .parse::<Version>()
+                .with_context(|| format!("version {version:?} of component {name}"))?;
+            Ok((name, parsed))
+        })
+        .collect()
+}
+
+/// A component map as its column holds it: a JSON object of version strings.
+fn components_json(components: &SmallMap<Version>) -> Result<String> {
+    serde_json::to_string(components).context("encoding components")
+}
+
+/// Whether the devices table has the `components` column (schema v14 on). Only the schema
+/// tests write to a cache held at an older version: there, components are rows of their own.
+fn has_components_column(tx: &Connection) -> bool {
+    tx.prepare_cached("SELECT components FROM devices LIMIT 0")
+        .is_ok()
+}
+
+/// For a cache before schema v14: `d`'s components as rows of `components` (after clearing
+/// the device's old rows when `replace`).
+fn write_component_rows(tx: &Connection, dev: i64, d: &Device, replace: bool) -> Result<()> {
+    if replace {
+        tx.prepare_cached("DELETE FROM components WHERE dev = ?1")?
+            .execute([dev])?;
+    }
+    let mut insert =
+        tx.prepare_cached("INSERT INTO components(dev, name, version) VALUES (?1, ?2, ?3)")?;
+    for (name, version) in d.components.iter() {
+        insert
+            .execute(params![dev, name.as_str(), version.to_string()])
+            .with_context(|| format!("writing component {name} of device {}", d.id))?;
+    }
+    Ok(())
 }
 
 fn device_from_row(r: &rusqlite::Row<'_>, id: String) -> Result<Device> {
@@ -706,27 +713,30 @@ pub(crate) fn upsert_depots(tx: &Transaction<'_>, depots: &[Depot]) -> Result<()
 }
 
 pub(crate) fn upsert_devices(tx: &Transaction<'_>, devices: &[Device]) -> Result<UpsertCounts> {
+    let column = has_components_column(tx);
+    // The components column only from schema v14 (`write_component_rows` before it).
+    let (col, param, set) = if column {
+        (", components", ", ?20", ", components = ?20")
+    } else {
+        ("", "", "")
+    };
     let mut find = tx.prepare_cached("SELECT dev FROM devices WHERE id = ?1")?;
-    let mut insert = tx.prepare_cached(
+    let mut insert = tx.prepare_cached(&format!(
         "INSERT INTO devices(id, model, hw_rev, active_slot, region, depot, lat, lon,
              connectivity, metered, battery_pct, power, free_storage_bytes, customer_tier,
-             device_class, redundancy, last_seen, failed_update_attempts, tags)
+             device_class, redundancy, last_seen, failed_update_attempts, tags{col})
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
-             ?18, ?19)",
-    )?;
-    let mut update = tx.prepare_cached(
+             ?18, ?19{param})"
+    ))?;
+    let mut update = tx.prepare_cached(&format!(
         "UPDATE devices SET model = ?2, hw_rev = ?3, active_slot = ?4, region = ?5,
              depot = ?6, lat = ?7, lon = ?8, connectivity = ?9, metered = ?10,
              battery_pct = ?11, power = ?12, free_storage_bytes = ?13, customer_tier = ?14,
              device_class = ?15, redundancy = ?16, last_seen = ?17,
-             failed_update_attempts = ?18, tags = ?19
-         WHERE dev = ?1",
-    )?;
-    let mut clear_components = tx.prepare_cached("DELETE FROM components WHERE dev = ?1")?;
-    let mut insert_component =
-        tx.prepare_cached("INSERT INTO components(dev, name, version) VALUES (?1, ?2, ?3)")?;
+             failed_update_attempts = ?18, tags = ?19{set}
+         WHERE dev = ?21 AND id = ?1"
+    ))?;
     let mut counts = UpsertCounts::default();
-    let mut version_text = String::new();
     // Into an empty cache (the first import) every device is new: skip one index search per
     // device. A repeated id then fails on the unique index instead of updating.
     let empty: bool = tx.query_row("SELECT NOT EXISTS (SELECT 1 FROM devices)", [], |r| {
@@ -734,6 +744,7 @@ pub(crate) fn upsert_devices(tx: &Transaction<'_>, devices: &[Device]) -> Result
     })?;
     for d in devices {
         let tags = serde_json::to_string(&d.tags).context("encoding tags")?;
+        let components = components_json(&d.components)?;
         let free = to_i64(d.free_storage_bytes, "free_storage_bytes")?;
         let existing: Option<i64> = if empty {
             None
@@ -741,80 +752,62 @@ pub(crate) fn upsert_devices(tx: &Transaction<'_>, devices: &[Device]) -> Result
             let mut rows = find.query([&d.id])?;
             rows.next()?.map(|r| r.get(0)).transpose()?
         };
+        let stmt = if existing.is_some() {
+            &mut update
+        } else {
+            &mut insert
+        };
+        stmt.raw_bind_parameter(1, d.id.as_str())?;
+        stmt.raw_bind_parameter(2, d.model.as_str())?;
+        stmt.raw_bind_parameter(3, d.hw_rev.as_str())?;
+        stmt.raw_bind_parameter(4, d.active_slot.as_str())?;
+        stmt.raw_bind_parameter(5, d.region.as_str())?;
+        stmt.raw_bind_parameter(6, d.depot.as_str())?;
+        stmt.raw_bind_parameter(7, d.position.lat)?;
+        stmt.raw_bind_parameter(8, d.position.lon)?;
+        stmt.raw_bind_parameter(9, d.connectivity.as_str())?;
+        stmt.raw_bind_parameter(10, d.metered)?;
+        stmt.raw_bind_parameter(11, d.battery_pct)?;
+        stmt.raw_bind_parameter(12, d.power.as_str())?;
+        stmt.raw_bind_parameter(13, free)?;
+        stmt.raw_bind_parameter(14, d.customer_tier.as_str())?;
+        stmt.raw_bind_parameter(15, d.device_class.as_str())?;
+        stmt.raw_bind_parameter(16, d.redundancy.as_str())?;
+        stmt.raw_bind_parameter(17, d.last_seen.secs())?;
+        stmt.raw_bind_parameter(18, d.failed_update_attempts)?;
+        stmt.raw_bind_parameter(19, tags.as_str())?;
+        if column {
+            stmt.raw_bind_parameter(20, components.as_str())?;
+        }
         let dev = if let Some(dev) = existing {
+            update.raw_bind_parameter(21, dev)?;
             update
-                .execute(params![
-                    dev,
-                    d.model.as_str(),
-                    d.hw_rev.as_str(),
-                    d.active_slot.as_str(),
-                    d.region.as_str(),
-                    d.depot.as_str(),
-                    d.position.lat,
-                    d.position.lon,
-                    d.connectivity.as_str(),
-                    d.metered,
-                    d.battery_pct,
-                    d.power.as_str(),
-                    free,
-                    d.customer_tier.as_str(),
-                    d.device_class.as_str(),
-                    d.redundancy.as_str(),
-                    d.last_seen.secs(),
-                    d.failed_update_attempts,
-                    tags
-                ])
+                .raw_execute()
                 .with_context(|| format!("updating device {}", d.id))?;
-            clear_components.execute([dev])?;
             counts.updated += 1;
             dev
         } else {
             insert
-                .execute(params![
-                    d.id,
-                    d.model.as_str(),
-                    d.hw_rev.as_str(),
-                    d.active_slot.as_str(),
-                    d.region.as_str(),
-                    d.depot.as_str(),
-                    d.position.lat,
-                    d.position.lon,
-                    d.connectivity.as_str(),
-                    d.metered,
-                    d.battery_pct,
-                    d.power.as_str(),
-                    free,
-                    d.customer_tier.as_str(),
-                    d.device_class.as_str(),
-                    d.redundancy.as_str(),
-                    d.last_seen.secs(),
-                    d.failed_update_attempts,
-                    tags
-                ])
+                .raw_execute()
                 .with_context(|| format!("inserting device {}", d.id))?;
             counts.inserted += 1;
             tx.last_insert_rowid()
         };
-        for (name, version) in d.components.iter() {
-            use std::fmt::Write as _;
-            version_text.clear();
-            let _ = write!(version_text, "{version}");
-            insert_component
-                .execute(params![dev, name.as_str(), version_text])
-                .with_context(|| format!("writing component {name} of device {}", d.id))?;
+        if !column {
+            write_component_rows(tx, dev, d, existing.is_some())?;
         }
     }
     Ok(counts)
 }
 
 /// Inserts `devices` (sorted by id, none of them in the cache) with keys 1, 2, ... past the
-/// largest key in use, in id order, and their components: multi-row inserts, without the
-/// search for an existing id that [`upsert_devices`] does per device. Returns the keys, one
-/// per device. A repeated id fails on the unique index (and the caller's transaction rolls
-/// back).
+/// largest key in use, in id order: multi-row inserts, without the search for an existing id
+/// that [`upsert_devices`] does per device. Returns the keys, one per device. A repeated id
+/// fails on the unique index (and the caller's transaction rolls back).
 pub(crate) fn insert_new_devices(tx: &Transaction<'_>, devices: &[Device]) -> Result<Vec<i64>> {
     use std::fmt::Write as _;
-    const DEVICE_COLUMNS: usize = 20;
+    let column = has_components_column(tx);
+    let columns: usize = if column { 21 } else { 20 };
     let first: i64 = tx.query_row("SELECT coalesce(max(dev), 0) + 1 FROM devices", [], |r| {
         r.get(0)
     })?;
@@ -823,69 +816,31 @@ pub(crate) fn insert_new_devices(tx: &Transaction<'_>, devices: &[Device]) -> Re
         let mut sql = String::from(
             "INSERT INTO devices(dev, id, model, hw_rev, active_slot, region, depot, lat, lon,
                  connectivity, metered, battery_pct, power, free_storage_bytes, customer_tier,
-                 device_class, redundancy, last_seen, failed_update_attempts, tags) VALUES ",
+                 device_class, redundancy, last_seen, failed_update_attempts, tags",
         );
+        sql.push_str(if column {
+            ", components) VALUES "
+        } else {
+            ") VALUES "
+        });
         for row in 0..rows {
             sql.push_str(if row == 0 { "(" } else { ", (" });
-            for col in 0..DEVICE_COLUMNS {
+            for col in 0..columns {
                 let _ = write!(
                     sql,
                     "{}?{}",
                     if col == 0 { "" } else { ", " },
-                    row * DEVICE_COLUMNS + col + 1
+                    row * columns + col + 1
                 );
             }
             sql.push(')');
         }
         sql
     };
-    let components_sql = |rows: usize| {
-        let mut sql = String::from("INSERT INTO components(dev, name, version) VALUES ");
-        for row in 0..rows {
-            let p = row * 3;
-            let _ = write!(
-                sql,
-                "{}(?{}, ?{}, ?{})",
-                if row == 0 { "" } else { ", " },
-                p + 1,
-                p + 2,
-                p + 3
-            );
-        }
-        sql
-    };
-    // Tags and component versions as the rows hold them, encoded once per shared map (the
-    // importer shares equal maps between devices).
+    // Tags and components as the rows hold them, encoded once per shared map (the importer
+    // shares equal maps between devices).
     let mut tags_text: HashMap<usize, String> = HashMap::new();
-    let mut versions_text: HashMap<usize, Vec<String>> = HashMap::new();
-    let mut component_rows: Vec<(i64, &Device, usize)> =
-        Vec::with_capacity(COMPONENT_ROWS_PER_INSERT);
-    let write_components = |rows: &[(i64, &Device, usize)],
-                            versions_text: &HashMap<usize, Vec<String>>|
-     -> Result<()> {
-        if rows.is_empty() {
-            return Ok(());
-        }
-        let mut stmt = tx.prepare_cached(&components_sql(rows.len()))?;
-        for (row, &(dev, d, i)) in rows.iter().enumerate() {
-            let p = row * 3;
-            let (name, _) = d
-                .components
-                .iter()
-                .nth(i)
-                .context("a component vanished while it was written")?;
-            let version = versions_text
-                .get(&d.components.addr())
-                .and_then(|texts| texts.get(i))
-                .context("a component version was not encoded")?;
-            stmt.raw_bind_parameter(p + 1, dev)?;
-            stmt.raw_bind_parameter(p + 2, name.as_str())?;
-            stmt.raw_bind_parameter(p + 3, version.as_str())?;
-        }
-        stmt.raw_execute()
-            .with_context(|| format!("writing the components of device {}", rows[0].1.id))?;
-        Ok(())
-    };
+    let mut components_text: HashMap<usize, String> = HashMap::new();
     for (chunk, chunk_keys) in devices
         .chunks(DEVICE_ROWS_PER_INSERT)
         .zip(keys.chunks(DEVICE_ROWS_PER_INSERT))
@@ -894,13 +849,15 @@ pub(crate) fn insert_new_devices(tx: &Transaction<'_>, devices: &[Device]) -> Re
             if let std::collections::hash_map::Entry::Vacant(e) = tags_text.entry(d.tags.addr()) {
                 e.insert(serde_json::to_string(&d.tags).context("encoding tags")?);
             }
-            versions_text
-                .entry(d.components.addr())
-                .or_insert_with(|| d.components.iter().map(|(_, v)| v.to_string()).collect());
+            if let std::collections::hash_map::Entry::Vacant(e) =
+                components_text.entry(d.components.addr())
+            {
+                e.insert(components_json(&d.components)?);
+            }
         }
         let mut stmt = tx.prepare_cached(&devices_sql(chunk.len()))?;
         for (row, (d, &dev)) in chunk.iter().zip(chunk_keys).enumerate() {
-            let p = row * DEVICE_COLUMNS;
+            let p = row * columns;
             let free = to_i64(d.free_storage_bytes, "free_storage_bytes")
                 .with_context(|| format!("device {}", d.id))?;
             let tags = tags_text
@@ -926,6 +883,12 @@ pub(crate) fn insert_new_devices(tx: &Transaction<'_>, devices: &[Device]) -> Re
             stmt.raw_bind_parameter(p + 18, d.last_seen.secs())?;
             stmt.raw_bind_parameter(p + 19, d.failed_update_attempts)?;
             stmt.raw_bind_parameter(p + 20, tags.as_str())?;
+            if column {
+                let components = components_text
+                    .get(&d.components.addr())
+                    .context("components were not encoded")?;
+                stmt.raw_bind_parameter(p + 21, components.as_str())?;
+            }
         }
         stmt.raw_execute().with_context(|| {
             format!(
@@ -934,17 +897,12 @@ pub(crate) fn insert_new_devices(tx: &Transaction<'_>, devices: &[Device]) -> Re
                 chunk[chunk.len() - 1].id
             )
         })?;
-        for (d, &dev) in chunk.iter().zip(chunk_keys) {
-            for i in 0..d.components.len() {
-                component_rows.push((dev, d, i));
-                if component_rows.len() == COMPONENT_ROWS_PER_INSERT {
-                    write_components(&component_rows, &versions_text)?;
-                    component_rows.clear();
-                }
+        if !column {
+            for (d, &dev) in chunk.iter().zip(chunk_keys) {
+                write_component_rows(tx, dev, d, false)?;
             }
         }
     }
-    write_components(&component_rows, &versions_text)?;
     Ok(keys)
 }
 
@@ -1273,13 +1231,21 @@ mod import_tests {
                     "version {version}"
                 );
             }
-            // Opening it now upgrades it; the fleet and the summary are right.
+            // Opening it now upgrades it; the fleet (from the rows and as loaded) and the
+            // summary are right.
             let store = Store::open(&path).expect("upgrade");
             assert_eq!(
-                store.load_fleet().expect("load"),
+                store.load_fleet_sequentially().expect("rows"),
                 original,
-                "version {version}"
+                "version {version}: the rows after the upgrade"
             );
+            let (loaded, source) = store.load_fleet_traced().expect("load");
+            assert_eq!(loaded, original, "version {version}");
+            if version + 1 == schema::COMPONENTS_COLUMN_VERSION {
+                // Folding the component rows into their column leaves the fleet as it was:
+                // the snapshot the import wrote is still current.
+                assert_eq!(source, FleetSource::Snapshot, "version {version}");
+            }
             assert_eq!(
                 fleet_summary(&store).expect("summary"),
                 fleet_summary_by_scans(&store).expect("scans"),

@@ -47,8 +47,7 @@ fn state_sql() -> String {
     )
 }
 
-const FIRMWARE_SQL: &str =
-    "(SELECT c.version FROM components c WHERE c.dev = d.dev AND c.name = 'firmware')";
+const FIRMWARE_SQL: &str = "json_extract(d.components, '$.firmware')";
 
 /// Filters and paging of a device query; every filter is an exact match.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -174,8 +173,8 @@ pub struct DeviceDetail {
 /// The device `id`, or `None` if the cache has no such device.
 pub fn device(store: &Store, id: &str, history_limit: usize) -> Result<Option<DeviceDetail>> {
     let sql = format!(
-        "SELECT {DEVICE_COLUMNS}, {FIRMWARE_SQL}, {} AS state, d.dev, d.tags FROM devices d
-         WHERE d.id = ?1",
+        "SELECT {DEVICE_COLUMNS}, {FIRMWARE_SQL}, {} AS state, d.components, d.tags
+         FROM devices d WHERE d.id = ?1",
         state_sql()
     );
     let found = store
@@ -184,21 +183,16 @@ pub fn device(store: &Store, id: &str, history_limit: usize) -> Result<Option<De
         .query_row([id], |r| {
             Ok((
                 device_row(r)?,
-                r.get::<_, i64>(15)?,
+                r.get::<_, String>(15)?,
                 r.get::<_, String>(16)?,
             ))
         })
         .optional()
         .with_context(|| format!("reading device {id}"))?;
-    let Some((device, dev, tags)) = found else {
+    let Some((device, components, tags)) = found else {
         return Ok(None);
     };
-    let mut stmt = store
-        .conn
-        .prepare_cached("SELECT name, version FROM components WHERE dev = ?1 ORDER BY name")?;
-    let components = stmt
-        .query_map([dev], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect::<rusqlite::Result<BTreeMap<String, String>>>()
+    let components: BTreeMap<String, String> = serde_json::from_str(&components)
         .with_context(|| format!("reading the components of device {id}"))?;
     let tags = serde_json::from_str(&tags).unwrap_or(serde_json::Value::String(tags));
     let history = store.device_history_newest_first(id, history_limit)?;

@@ -1,6 +1,6 @@
 //! Tests of the fleet snapshot: it gives exactly the fleet the rows give, it is never used once
-//! a write has touched devices or components, and a damaged part makes the load fall back to
-//! the rows instead of panicking or returning a wrong fleet.
+//! a write has touched the devices (their components included), and a damaged part makes the
+//! load fall back to the rows instead of panicking or returning a wrong fleet.
 
 use super::devices::FleetSource;
 use super::snapshot::{self, Unusable};
@@ -223,9 +223,9 @@ fn writes_make_the_snapshot_stale_until_the_next_row_load() {
 
     // Writes through plain SQL by another connection, one table at a time.
     for sql in [
-        "UPDATE components SET version = '0.0.1' WHERE dev = 5 AND name = 'firmware'",
-        "DELETE FROM components WHERE dev = 6 AND name = 'firmware'",
-        "INSERT INTO components(dev, name, version) VALUES (7, 'extra', '1.0')",
+        "UPDATE devices SET components = json_set(components, '$.firmware', '0.0.1') WHERE dev = 5",
+        "UPDATE devices SET components = json_remove(components, '$.firmware') WHERE dev = 6",
+        "UPDATE devices SET components = json_set(components, '$.extra', '1.0') WHERE dev = 7",
         "UPDATE devices SET tags = '{\"k\":\"v\"}' WHERE dev = 8",
         "DELETE FROM devices WHERE dev = 9",
     ] {
@@ -450,7 +450,7 @@ fn bulk_writes_mark_the_snapshot_stale_and_keep_the_triggers() {
     let (_dir, mut store) = temp_store();
     let mut expected = fleet(1_500, 13);
     store.replace_fleet(&expected, None).expect("save");
-    assert_eq!(trigger_count(&store), 6);
+    assert_eq!(trigger_count(&store), 3);
     check_load(store.path(), &expected, Unusable::Missing);
     // A bulk import (at least 1,000 devices) runs without the triggers and marks the snapshot
     // stale once.
@@ -460,7 +460,7 @@ fn bulk_writes_mark_the_snapshot_stale_and_keep_the_triggers() {
     store
         .upsert_fleet(&expected.depots, &expected.devices[..1_200], None)
         .expect("bulk import");
-    assert_eq!(trigger_count(&store), 6);
+    assert_eq!(trigger_count(&store), 3);
     check_load(store.path(), &expected, Unusable::Stale);
     // A bulk write that fails (a repeated id) rolls back, triggers and all.
     let mut twice = expected.devices[..1_100].to_vec();
@@ -468,7 +468,7 @@ fn bulk_writes_mark_the_snapshot_stale_and_keep_the_triggers() {
     let empty = tempfile::tempdir().expect("tempdir");
     let mut fresh = Store::open(&empty.path().join("fresh.db")).expect("open");
     assert!(fresh.upsert_fleet(&[], &twice, None).is_err());
-    assert_eq!(trigger_count(&fresh), 6);
+    assert_eq!(trigger_count(&fresh), 3);
     assert_eq!(fresh.device_count().expect("count"), 0);
     // The snapshot still goes stale on a small write afterwards.
     store

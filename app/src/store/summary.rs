@@ -137,8 +137,7 @@ pub(crate) fn rebuild(tx: &Connection) -> Result<()> {
          DELETE FROM fleet_counts;
          INSERT INTO device_facets(dev, model, region, firmware, state)
            SELECT d.dev, d.model, d.region,
-             coalesce((SELECT c.version FROM components c
-                       WHERE c.dev = d.dev AND c.name = 'firmware'), 'none'),
+             coalesce(json_extract(d.components, '$.firmware'), 'none'),
              coalesce((SELECT e.kind FROM device_events e
                        WHERE e.device_id = d.id AND e.kind IN ({})
                        ORDER BY e.seq DESC LIMIT 1), '{IDLE}')

@@ -255,11 +255,20 @@ impl Store {
         let mut by_device: BTreeMap<(i64, i64, i64), Agg> = BTreeMap::new();
         let mut by_cohort: BTreeMap<(Rc<str>, i64, i64), Agg> = BTreeMap::new();
         {
-            let mut find_device = tx.prepare_cached(
-                "SELECT d.dev, d.model, c.version FROM devices d
-                 LEFT JOIN components c ON c.dev = d.dev AND c.name = 'firmware'
-                 WHERE d.id = ?1",
-            )?;
+            // The firmware from the components column (schema v14 on); a cache held at an
+            // older version (only the schema tests write to one) has a row per component.
+            let mut find_device = tx
+                .prepare_cached(
+                    "SELECT d.dev, d.model, json_extract(d.components, '$.firmware')
+                     FROM devices d WHERE d.id = ?1",
+                )
+                .or_else(|_| {
+                    tx.prepare_cached(
+                        "SELECT d.dev, d.model, c.version FROM devices d
+                         LEFT JOIN components c ON c.dev = d.dev AND c.name = 'firmware'
+                         WHERE d.id = ?1",
+                    )
+                })?;
             let mut find_metric =
                 tx.prepare_cached("SELECT metric FROM metrics WHERE name = ?1")?;
             let mut add_metric = tx.prepare_cached("INSERT INTO metrics(name) VALUES (?1)")?;
