@@ -26,6 +26,19 @@ fn temp_store() -> (tempfile::TempDir, Store) {
     (dir, store)
 }
 
+/// Makes the cache hold `fleet` as rows only: `replace_fleet` writes the snapshot too, which
+/// these tests of the row load and its snapshot forget at once.
+fn save_rows(store: &mut Store, fleet: &Fleet) {
+    store.replace_fleet(fleet, None).expect("save");
+    store
+        .conn
+        .execute_batch(
+            "DELETE FROM fleet_snapshot;
+             UPDATE fleet_state SET generation = generation + 1, armed = 0;",
+        )
+        .expect("forget the snapshot");
+}
+
 fn rows(unusable: Unusable) -> FleetSource {
     FleetSource::Rows {
         unusable,
@@ -59,7 +72,7 @@ fn snapshot_load_equals_row_load_on_generated_fleets() {
     for (devices, seed) in [(0, 1), (1, 2), (700, 3), (1_400, 4), (3_001, 5)] {
         let (_dir, mut store) = temp_store();
         let original = fleet(devices, seed);
-        store.replace_fleet(&original, None).expect("save");
+        save_rows(&mut store, &original);
         check_load(store.path(), &original, Unusable::Missing);
         let parts: i64 = store
             .conn
@@ -118,7 +131,7 @@ fn every_load_shares_equal_values_across_the_whole_fleet() {
     let (_dir, mut store) = temp_store();
     let original = fleet(3_001, 9);
     assert_shared(&original, "generated");
-    store.replace_fleet(&original, None).expect("save");
+    save_rows(&mut store, &original);
     let (from_rows, source) = Store::open(store.path())
         .expect("reopen")
         .load_fleet_traced()
@@ -158,7 +171,7 @@ fn snapshot_keeps_odd_values_exactly() {
     d.tags.insert("empty", String::new().into());
     original.devices[4].battery_pct = Some(0);
     original.devices[5].battery_pct = Some(255);
-    store.replace_fleet(&original, None).expect("save");
+    save_rows(&mut store, &original);
     check_load(store.path(), &original, Unusable::Missing);
     let loaded = Store::open(store.path())
         .expect("reopen")
@@ -186,7 +199,7 @@ fn snapshot_keeps_odd_values_exactly() {
 fn writes_make_the_snapshot_stale_until_the_next_row_load() {
     let (_dir, mut store) = temp_store();
     let mut expected = fleet(2_000, 7);
-    store.replace_fleet(&expected, None).expect("save");
+    save_rows(&mut store, &expected);
     check_load(store.path(), &expected, Unusable::Missing);
 
     // An import that updates some devices and adds one.
@@ -215,10 +228,17 @@ fn writes_make_the_snapshot_stale_until_the_next_row_load() {
     expected.devices.push(added);
     check_load(store.path(), &expected, Unusable::Stale);
 
-    // Replacing the fleet with a smaller one deletes devices (and their components).
+    // Replacing the fleet with a smaller one deletes devices, and writes the new fleet's
+    // snapshot in the same transaction: the next load reads it, and the rows agree.
     let smaller = Fleet::new(expected.depots.clone(), expected.devices[..900].to_vec());
     store.replace_fleet(&smaller, None).expect("replace");
-    check_load(store.path(), &smaller, Unusable::Stale);
+    let (loaded, source) = Store::open(store.path())
+        .expect("reopen")
+        .load_fleet_traced()
+        .expect("load");
+    assert_eq!(source, FleetSource::Snapshot);
+    assert_eq!(loaded, smaller);
+    assert_eq!(store.load_fleet_sequentially().expect("rows"), smaller);
     expected = smaller;
 
     // Writes through plain SQL by another connection, one table at a time.
@@ -247,7 +267,7 @@ fn writes_make_the_snapshot_stale_until_the_next_row_load() {
 fn a_write_between_arming_and_storing_keeps_the_snapshot_out() {
     let (_dir, mut store) = temp_store();
     let original = fleet(300, 8);
-    store.replace_fleet(&original, None).expect("save");
+    save_rows(&mut store, &original);
     let generation = snapshot::arm(&store.conn).expect("arm");
     // A write after the rows were read at `generation`.
     store
@@ -293,7 +313,7 @@ fn damage_part(store: &Store, part: i64, damage: impl FnOnce(&mut Vec<u8>)) {
 fn damaged_snapshots_fall_back_to_the_rows() {
     let (_dir, mut store) = temp_store();
     let original = fleet(2_000, 9);
-    store.replace_fleet(&original, None).expect("save");
+    save_rows(&mut store, &original);
     check_load(store.path(), &original, Unusable::Missing);
     let cases: Vec<(&str, i64, DamageFn)> = vec![
         (
@@ -449,7 +469,7 @@ fn trigger_count(store: &Store) -> i64 {
 fn bulk_writes_mark_the_snapshot_stale_and_keep_the_triggers() {
     let (_dir, mut store) = temp_store();
     let mut expected = fleet(1_500, 13);
-    store.replace_fleet(&expected, None).expect("save");
+    save_rows(&mut store, &expected);
     assert_eq!(trigger_count(&store), 3);
     check_load(store.path(), &expected, Unusable::Missing);
     // A bulk import (at least 1,000 devices) runs without the triggers and marks the snapshot
@@ -483,7 +503,7 @@ fn bulk_writes_mark_the_snapshot_stale_and_keep_the_triggers() {
 fn a_cache_without_its_snapshot_state_still_loads_from_the_rows() {
     let (_dir, mut store) = temp_store();
     let original = fleet(800, 14);
-    store.replace_fleet(&original, None).expect("save");
+    save_rows(&mut store, &original);
     check_load(store.path(), &original, Unusable::Missing);
     store
         .conn

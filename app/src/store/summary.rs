@@ -333,7 +333,9 @@ mod tests {
         let mut store = Store::open(&dir.path().join("cache.db")).expect("open");
         // A bulk write (2,000 devices) suspends the triggers; the first summary rebuilds.
         let mut f = fleet(2_000, 5);
-        store.replace_fleet(&f, None).expect("replace");
+        store
+            .upsert_fleet(&f.depots, &f.devices, None)
+            .expect("upsert");
         assert!(
             read(&store.conn).expect("read").is_none(),
             "bulk write invalidates"
@@ -398,15 +400,21 @@ mod tests {
         store.upsert_fleet(&[], &[late], None).expect("late device");
         assert_kept_equals_recount(&store, "after a device with a history arrives");
 
-        // Devices go (fewer than the bulk size named, so the deletes run the triggers).
+        // Devices go: replacing the fleet writes the counts of the new fleet in its own
+        // transaction (they are valid at once).
         let mut fewer = f.clone();
         fewer.devices.truncate(900);
         store.replace_fleet(&fewer, None).expect("replace smaller");
+        assert!(
+            read(&store.conn).expect("read").is_some(),
+            "replace_fleet writes the counts"
+        );
         assert_kept_equals_recount(&store, "after devices were deleted");
 
         // Another bulk write, then more events: rebuilt, then kept again.
+        let more = fleet(1_500, 6);
         store
-            .replace_fleet(&fleet(1_500, 6), None)
+            .upsert_fleet(&more.depots, &more.devices, None)
             .expect("bulk again");
         assert!(
             read(&store.conn).expect("read").is_none(),

@@ -75,6 +75,58 @@ fn replace_fleet_removes_devices_not_in_the_new_fleet() {
 }
 
 #[test]
+fn replace_fleet_writes_the_snapshot_and_the_counts_of_the_new_fleet() {
+    let (_dir, mut store) = temp_store();
+    let first = fleet(1_200, 21);
+    store.replace_fleet(&first, None).expect("save");
+    // A device with an update state in its history, kept in the next fleet.
+    let kept = first.devices[7].id.clone();
+    store
+        .append_device_events(&[events::NewDeviceEvent {
+            device_id: kept.clone(),
+            rollout_id: Some("r1".to_owned()),
+            time: NOW,
+            kind: "reverted".to_owned(),
+            payload: serde_json::json!({}),
+        }])
+        .expect("event");
+    // The next fleet: fewer devices, one of them changed, and new ones (above the bulk size).
+    let mut next = fleet(1_500, 22);
+    for d in &mut next.devices {
+        d.id = format!("N{}", d.id);
+    }
+    next.devices.extend(first.devices[..300].iter().cloned());
+    if let Some(changed) = next.devices.last_mut() {
+        changed.hw_rev = "Q".into();
+    }
+    let next = Fleet::new(next.depots, next.devices);
+    store.replace_fleet(&next, None).expect("replace");
+    let (loaded, source) = Store::open(store.path())
+        .expect("reopen")
+        .load_fleet_traced()
+        .expect("load");
+    assert_eq!(source, devices::FleetSource::Snapshot, "no row load needed");
+    assert_eq!(loaded, next);
+    assert_eq!(store.load_fleet_sequentially().expect("rows"), next);
+    assert!(
+        summary::read(&store.conn).expect("read").is_some(),
+        "the counts are valid without a rebuild"
+    );
+    let summary = query::fleet_summary(&store).expect("summary");
+    assert_eq!(
+        summary,
+        query::fleet_summary_by_scans(&store).expect("scans")
+    );
+    assert_eq!(summary.devices, 1_800);
+    assert_eq!(
+        summary.by_state.get("reverted"),
+        Some(&1),
+        "{kept}'s state comes from its history: {:?}",
+        summary.by_state
+    );
+}
+
+#[test]
 fn replacing_the_fleet_deletes_telemetry_of_removed_devices() {
     let (_dir, mut store) = temp_store();
     let big = fleet(20, 2);
