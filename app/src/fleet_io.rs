@@ -268,6 +268,35 @@ fn classify(header: &str) -> Column {
 
 /// Reads a CSV inventory.
 pub fn read_csv(reader: impl Read) -> Result<Inventory> {
+    let mut devices = Vec::new();
+    let mut lines: Vec<u64> = Vec::new();
+    let mut inv = read_csv_batches(reader, |batch| {
+        devices.extend(batch.devices);
+        lines.extend(batch.lines);
+        Ok(())
+    })?;
+    inv.devices = devices;
+    reject_duplicates(&mut inv, &lines);
+    Ok(inv)
+}
+
+/// Good devices of a CSV inventory in file order, each with the line its row starts on.
+#[derive(Default)]
+pub struct Batch {
+    pub devices: Vec<Device>,
+    pub lines: Vec<u64>,
+}
+
+/// Devices per [`Batch`] of [`read_csv_batches`].
+const BATCH_DEVICES: usize = 8_192;
+
+/// Reads a CSV inventory, handing its good devices to `sink` batch by batch as they are read
+/// (duplicate ids included: the caller rejects them, see [`reject_duplicates`]). Returns the
+/// inventory's rejected rows (and no devices). An error from `sink` stops the read.
+fn read_csv_batches(
+    reader: impl Read,
+    mut sink: impl FnMut(Batch) -> Result<()>,
+) -> Result<Inventory> {
     let mut rdr = csv::ReaderBuilder::new()
         .flexible(true)
         .from_reader(LineGuard::new(reader));
@@ -298,8 +327,7 @@ pub fn read_csv(reader: impl Read) -> Result<Inventory> {
         bail!("the header lacks required columns: {}", missing.join(", "));
     }
     let mut inv = Inventory::default();
-    // The line of each good device, for the duplicate check after the loop.
-    let mut lines: Vec<u64> = Vec::new();
+    let mut batch = Batch::default();
     let mut parts = Parts::default();
     let mut record = csv::StringRecord::new();
     loop {
@@ -349,14 +377,120 @@ pub fn read_csv(reader: impl Read) -> Result<Inventory> {
             .zip(record.iter().map(|raw| csv_safe::restore(raw.trim())));
         match device_from_fields(fields, &mut parts).and_then(checked) {
             Ok(d) => {
-                inv.devices.push(d);
-                lines.push(line);
+                batch.devices.push(d);
+                batch.lines.push(line);
+                if batch.devices.len() == BATCH_DEVICES {
+                    sink(std::mem::take(&mut batch))?;
+                }
             }
             Err(reason) => inv.rejected.push(RejectedRow { line, reason }),
         }
     }
-    reject_duplicates(&mut inv, &lines);
+    if !batch.devices.is_empty() {
+        sink(batch)?;
+    }
     Ok(inv)
+}
+
+/// What [`import_csv`] did.
+pub struct CsvImport {
+    /// The inventory read: its good devices (sorted by id) and its rejected rows.
+    pub inventory: Inventory,
+    pub outcome: crate::store::devices::ImportOutcome,
+}
+
+/// `convoy fleet import` of a CSV inventory into `store`, with the audit entry `audit` makes
+/// from the inventory read. Into a cache without devices, from a file that lists its devices
+/// in increasing id order (as `fleet export` and `fleet generate` write them), the devices
+/// read so far are written while a second thread parses the rest, in one transaction that
+/// commits only once the whole file is read; any other file or cache is read first and then
+/// imported ([`Store::import_fleet`]). Either way the cache ends the same, and a failure
+/// leaves it as it was.
+pub fn import_csv(
+    path: &Path,
+    store: &mut Store,
+    audit: impl FnOnce(&Inventory) -> crate::store::AuditEntry,
+) -> Result<CsvImport> {
+    let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let (send, receive) = std::sync::mpsc::sync_channel::<Batch>(4);
+    std::thread::scope(|scope| {
+        let parser = std::thread::Builder::new()
+            .name("read-csv".to_owned())
+            .spawn_scoped(scope, move || {
+                read_csv_batches(BufReader::new(file), |batch| {
+                    // The writer stopped (it failed): so does the read.
+                    send.send(batch)
+                        .map_err(|_| anyhow::anyhow!("the import stopped"))
+                })
+            })
+            .context("starting the CSV reader")?;
+        let mut writer = store.begin_new_fleet()?;
+        let mut devices: Vec<Device> = Vec::new();
+        let mut lines: Vec<u64> = Vec::new();
+        let mut duplicates: Vec<RejectedRow> = Vec::new();
+        // The line of the first row with the last device's id, while ids increase.
+        let mut first_line = 0;
+        let mut increasing = true;
+        let mut write_error = None;
+        for batch in receive {
+            let start = devices.len();
+            for (d, line) in batch.devices.into_iter().zip(batch.lines) {
+                if increasing && let Some(last) = devices.last() {
+                    if d.id == last.id {
+                        // As `reject_duplicates` does: the first row with an id is kept.
+                        duplicates.push(RejectedRow {
+                            line,
+                            reason: format!("duplicate id {} (first on line {first_line})", d.id),
+                        });
+                        continue;
+                    }
+                    if d.id < last.id {
+                        // Not in id order: read it all, then import it the usual way.
+                        increasing = false;
+                        writer = None;
+                    }
+                }
+                if increasing {
+                    first_line = line;
+                }
+                devices.push(d);
+                lines.push(line);
+            }
+            if let Some(w) = writer.as_mut()
+                && let Err(e) = w.write(&devices[start..])
+            {
+                write_error = Some(e);
+                break;
+            }
+        }
+        let read = parser
+            .join()
+            .map_err(|_| anyhow::anyhow!("the CSV reader panicked"))?;
+        if let Some(e) = write_error {
+            return Err(e.context(format!("importing {}", path.display())));
+        }
+        let mut inventory =
+            read.with_context(|| format!("reading CSV inventory {}", path.display()))?;
+        inventory.devices = devices;
+        if increasing {
+            inventory.rejected.extend(duplicates);
+            inventory.rejected.sort_by_key(|r| r.line);
+        } else {
+            // The duplicates already set apart were each the second of two adjacent rows
+            // with one id: set apart again with the others, by the same rule.
+            inventory.rejected.extend(duplicates);
+            inventory.rejected.sort_by_key(|r| r.line);
+            reject_duplicates(&mut inventory, &lines);
+        }
+        let entry = audit(&inventory);
+        let outcome = if let Some(w) = writer {
+            w.finish(&inventory.depots, &inventory.devices, Some(&entry))?
+        } else {
+            drop(writer);
+            store.import_fleet(&inventory.depots, &mut inventory.devices, Some(&entry))?
+        };
+        Ok(CsvImport { inventory, outcome })
+    })
 }
 
 /// Moves every device whose id an earlier row already had into the rejected rows (naming the
@@ -1247,6 +1381,163 @@ mod tests {
                 "line 6: duplicate id A1 (first on line 3)",
             ]
         );
+    }
+
+    fn import_entry(inv: &Inventory) -> crate::store::AuditEntry {
+        crate::store::AuditEntry {
+            time: Timestamp::from_secs(1_795_392_000),
+            actor: "operator:test".to_owned(),
+            action: "fleet.import".to_owned(),
+            payload: serde_json::json!({
+                "devices": inv.devices.len(),
+                "rejected": inv.rejected.len(),
+            }),
+        }
+    }
+
+    /// The CSV of `fleet` as lines (header first).
+    fn csv_lines(fleet: &Fleet) -> Vec<String> {
+        let mut out = Vec::new();
+        write_csv(&mut out, &fleet.devices).expect("write");
+        String::from_utf8(out)
+            .expect("utf-8")
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Imports `lines` as a CSV file with [`import_csv`] and, into a second cache, read first
+    /// then imported with [`Store::import_fleet`] (what the import did before it streamed),
+    /// both caches holding `base` first; checks both end the same and returns the streamed
+    /// import's result.
+    fn import_both_ways(lines: &[String], base: Option<&Fleet>) -> CsvImport {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("fleet.csv");
+        std::fs::write(&file, lines.join("\n") + "\n").expect("write csv");
+        let open = |name: &str| {
+            let mut store = Store::open(&dir.path().join(name)).expect("open");
+            if let Some(base) = base {
+                store.replace_fleet(base, None).expect("base fleet");
+            }
+            store
+        };
+        let mut streamed = open("streamed.db");
+        let done = import_csv(&file, &mut streamed, import_entry).expect("streamed import");
+        let mut classic = open("classic.db");
+        let mut inv = read_inventory(&file).expect("read");
+        let entry = import_entry(&inv);
+        let outcome = classic
+            .import_fleet(&inv.depots, &mut inv.devices, Some(&entry))
+            .expect("classic import");
+        assert_eq!(done.outcome, outcome);
+        assert_eq!(done.inventory.devices, inv.devices);
+        let shown =
+            |i: &Inventory| -> Vec<String> { i.rejected.iter().map(ToString::to_string).collect() };
+        assert_eq!(shown(&done.inventory), shown(&inv));
+        let rows = streamed.load_fleet_sequentially().expect("rows");
+        assert_eq!(rows, classic.load_fleet_sequentially().expect("rows"));
+        let (loaded, source) = Store::open(streamed.path())
+            .expect("reopen")
+            .load_fleet_traced()
+            .expect("load");
+        let (_, classic_source) = Store::open(classic.path())
+            .expect("reopen")
+            .load_fleet_traced()
+            .expect("load");
+        assert_eq!(loaded, rows);
+        assert_eq!(source, classic_source);
+        let summary = crate::store::query::fleet_summary(&streamed).expect("summary");
+        assert_eq!(
+            summary,
+            crate::store::query::fleet_summary_by_scans(&streamed).expect("scans")
+        );
+        let last = |store: &Store| {
+            let mut entries = store.audit_entries(Some(1)).expect("audit");
+            let e = entries.pop().expect("an entry");
+            (e.action, e.payload)
+        };
+        assert_eq!(last(&streamed), last(&classic));
+        assert_eq!(streamed.verify_audit().expect("verify").problem, None);
+        done
+    }
+
+    /// 20,000 devices: more than two batches, so the writer has rows written before the end.
+    const STREAMED: usize = 20_000;
+
+    #[test]
+    fn a_sorted_csv_streams_into_a_new_cache_as_a_read_then_import_would() {
+        let mut lines = csv_lines(&synth(STREAMED));
+        // Two rows repeated right after themselves (in two batches), a bad row, an empty
+        // line.
+        let (a, b) = (lines[100].clone(), lines[15_000].clone());
+        lines.insert(15_001, b.clone());
+        lines.insert(15_001, b);
+        lines.insert(101, a);
+        lines.insert(9_000, "bad,row".to_owned());
+        lines.insert(12_000, String::new());
+        let done = import_both_ways(&lines, None);
+        assert!(done.outcome.whole_fleet, "the streamed path");
+        assert_eq!(done.inventory.devices.len(), STREAMED);
+        let rejected: Vec<String> = done
+            .inventory
+            .rejected
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(rejected.len(), 4, "{rejected:?}");
+        assert!(
+            rejected[0].starts_with("line 102: duplicate id"),
+            "{rejected:?}"
+        );
+        assert!(rejected[0].ends_with("(first on line 101)"), "{rejected:?}");
+    }
+
+    #[test]
+    fn an_unsorted_csv_or_a_cache_with_devices_is_imported_as_before() {
+        let fleet = synth(STREAMED);
+        let mut lines = csv_lines(&fleet);
+        // Out of order past the second batch: the rows written so far are rolled back and
+        // the file is imported whole, duplicates set apart across the file.
+        lines.swap(17_000, 17_500);
+        lines.push(lines[5].clone());
+        let done = import_both_ways(&lines, None);
+        assert!(
+            done.outcome.whole_fleet,
+            "still a whole fleet, imported at the end"
+        );
+        assert_eq!(done.inventory.devices.len(), STREAMED);
+        assert_eq!(done.inventory.rejected.len(), 1);
+        // A cache that holds devices: updated by id, the others kept.
+        let base = synth(300);
+        let done = import_both_ways(&csv_lines(&fleet), Some(&base));
+        assert!(!done.outcome.whole_fleet);
+        assert_eq!(done.outcome.counts.updated, 300);
+    }
+
+    #[test]
+    fn a_csv_refused_after_rows_were_streamed_leaves_the_new_cache_empty() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("fleet.csv");
+        let mut lines = csv_lines(&synth(STREAMED));
+        // A line past the limit refuses the whole file, after two batches were written.
+        lines.insert(19_000, "x".repeat(MAX_LINE_BYTES + 10));
+        std::fs::write(&file, lines.join("\n")).expect("write csv");
+        let mut store = Store::open(&dir.path().join("cache.db")).expect("open");
+        let triggers = |store: &Store| store.integrity_check().expect("check");
+        let Err(err) = import_csv(&file, &mut store, import_entry) else {
+            panic!("a line past the limit was imported");
+        };
+        let message = format!("{err:#}");
+        assert!(message.contains("line 19001"), "{message}");
+        assert_eq!(store.device_count().expect("count"), 0);
+        assert!(store.audit_entries(None).expect("audit").is_empty());
+        assert_eq!(triggers(&store), ["ok"]);
+        // The cache still takes the next import on the streamed path.
+        lines.remove(19_000);
+        std::fs::write(&file, lines.join("\n")).expect("write csv");
+        let done = import_csv(&file, &mut store, import_entry).expect("import");
+        assert!(done.outcome.whole_fleet);
+        assert_eq!(store.device_count().expect("count"), STREAMED);
     }
 
     #[test]

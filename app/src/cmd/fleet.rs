@@ -133,12 +133,7 @@ fn generate(args: &GenerateArgs) -> Result<()> {
 
 fn import(args: &ImportArgs) -> Result<()> {
     let db = store::resolve_path(args.db.as_deref())?;
-    let mut inv = fleet_io::read_inventory(&args.file)?;
-    for r in &inv.rejected {
-        eprintln!("{}: {r}", args.file.display());
-    }
-    let mut store = Store::open(&db)?;
-    let entry = AuditEntry {
+    let entry = |inv: &fleet_io::Inventory| AuditEntry {
         time: crate::now(),
         actor: store::audit::operator_actor(),
         action: "fleet.import".to_owned(),
@@ -149,10 +144,31 @@ fn import(args: &ImportArgs) -> Result<()> {
             "rejected": inv.rejected.len(),
         }),
     };
-    let counts = store
-        .import_fleet(&inv.depots, &mut inv.devices, Some(&entry))
-        .with_context(|| format!("importing {} into {}", args.file.display(), db.display()))?
-        .counts;
+    let is_csv = fleet_io::FleetFormat::of(&args.file)? == fleet_io::FleetFormat::Csv;
+    let (inv, counts) = if is_csv {
+        // Parsed on one thread while the rows read so far are written on this one.
+        let mut store = Store::open(&db)?;
+        let done = fleet_io::import_csv(&args.file, &mut store, entry)
+            .with_context(|| format!("importing {} into {}", args.file.display(), db.display()))?;
+        (done.inventory, done.outcome.counts)
+    } else {
+        let mut inv = fleet_io::read_inventory(&args.file)?;
+        for r in &inv.rejected {
+            eprintln!("{}: {r}", args.file.display());
+        }
+        let mut store = Store::open(&db)?;
+        let audit = entry(&inv);
+        let counts = store
+            .import_fleet(&inv.depots, &mut inv.devices, Some(&audit))
+            .with_context(|| format!("importing {} into {}", args.file.display(), db.display()))?
+            .counts;
+        (inv, counts)
+    };
+    if is_csv {
+        for r in &inv.rejected {
+            eprintln!("{}: {r}", args.file.display());
+        }
+    }
     println!(
         "imported {} devices from {} into {}: {} new, {} updated, {} rows rejected",
         inv.devices.len(),

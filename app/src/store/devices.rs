@@ -10,7 +10,7 @@
 use super::audit::{AuditEntry, append_in};
 use super::snapshot::{self, Unusable};
 use super::{Store, to_i64};
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use convoy_core::fleet::{Depot, Device, Fleet, GeoPoint, Interner, SmallMap, Sym};
 use convoy_core::time::Timestamp;
 use convoy_core::version::Version;
@@ -84,43 +84,56 @@ impl Store {
         if !devices.is_sorted_by(|a, b| a.id < b.id) {
             devices.sort_by(|a, b| a.id.cmp(&b.id));
         }
+        if let Some(mut writer) = self.begin_new_fleet()? {
+            writer.write(devices)?;
+            return writer.finish(depots, devices, audit);
+        }
         self.ingest_cache.clear_devices();
         let tx = super::write_tx(&self.conn)?;
-        let empty: bool = tx.query_row("SELECT NOT EXISTS (SELECT 1 FROM devices)", [], |r| {
-            r.get(0)
-        })?;
         let suspended = suspend_for(self.has_snapshot, &tx, devices.len())?;
         upsert_depots(&tx, depots)?;
-        let (counts, keys) = if empty {
-            let keys = insert_new_devices(&tx, devices)?;
-            let counts = UpsertCounts {
-                inserted: devices.len(),
-                updated: 0,
-            };
-            (counts, Some(keys))
-        } else {
-            (upsert_devices(&tx, devices)?.0, None)
-        };
+        let (counts, _) = upsert_devices(&tx, devices)?;
         if let Some(entry) = audit {
             append_in(&tx, entry)?;
         }
         if let Some(suspended) = suspended {
             snapshot::restore_triggers(&tx, suspended)?;
         }
-        if let Some(keys) = &keys {
-            // Every write to devices and components is done: the snapshot is armed after them.
-            if self.has_snapshot {
-                snapshot::store_in(&tx, devices)?;
-            }
-            if super::summary::kept(&tx)? {
-                super::summary::rebuild_from_devices(&tx, keys, devices)?;
-            }
-        }
         tx.commit().context("committing the import")?;
         Ok(ImportOutcome {
             counts,
-            whole_fleet: keys.is_some(),
+            whole_fleet: false,
         })
+    }
+
+    /// Starts an import into a cache that holds no devices, in one write transaction that the
+    /// returned writer holds until [`NewFleetWriter::finish`] commits it (dropping the writer
+    /// rolls everything back). `None` (and nothing written) when the cache holds devices.
+    /// The devices can be written batch by batch as they are read (`fleet_io` streams a CSV
+    /// file into it while parsing the rest on another thread).
+    pub fn begin_new_fleet(&mut self) -> Result<Option<NewFleetWriter<'_>>> {
+        self.ingest_cache.clear_devices();
+        let tx = super::write_tx(&self.conn)?;
+        let empty: bool = tx.query_row("SELECT NOT EXISTS (SELECT 1 FROM devices)", [], |r| {
+            r.get(0)
+        })?;
+        if !empty {
+            return Ok(None);
+        }
+        // However many devices come, this is a bulk write: the per-row triggers are suspended
+        // (the snapshot and the counts are written from the devices at the end).
+        let suspended = if self.has_snapshot {
+            Some(snapshot::suspend_triggers(&tx)?)
+        } else {
+            None
+        };
+        let rows = NewRows::new(&tx)?;
+        Ok(Some(NewFleetWriter {
+            tx,
+            suspended,
+            rows,
+            has_snapshot: self.has_snapshot,
+        }))
     }
 
     /// Inserts or updates `devices` (by id) and `depots`, and appends `audit` if given, in one
@@ -819,25 +832,112 @@ pub(crate) fn upsert_devices(
     Ok((counts, keys))
 }
 
-/// Inserts `devices` (sorted by id, none of them in the cache) with keys 1, 2, ... past the
-/// largest key in use, in id order: multi-row inserts, without the search for an existing id
-/// that [`upsert_devices`] does per device. Returns the keys, one per device. A repeated id
-/// fails on the unique index (and the caller's transaction rolls back).
-pub(crate) fn insert_new_devices(tx: &Transaction<'_>, devices: &[Device]) -> Result<Vec<i64>> {
-    use std::fmt::Write as _;
-    let column = has_components_column(tx);
-    let columns: usize = if column { 21 } else { 20 };
-    let first: i64 = tx.query_row("SELECT coalesce(max(dev), 0) + 1 FROM devices", [], |r| {
-        r.get(0)
-    })?;
-    let keys: Vec<i64> = (0..devices.len()).map(|i| first + i as i64).collect();
-    let devices_sql = |rows: usize| {
+/// An import into a cache without devices, holding its write transaction: see
+/// [`Store::begin_new_fleet`].
+pub struct NewFleetWriter<'s> {
+    tx: Transaction<'s>,
+    suspended: Option<snapshot::SuspendedTriggers>,
+    rows: NewRows,
+    has_snapshot: bool,
+}
+
+impl NewFleetWriter<'_> {
+    /// Inserts `devices`, which must follow the devices written before in strictly
+    /// increasing id order (an error otherwise: nothing is committed then).
+    pub fn write(&mut self, devices: &[Device]) -> Result<()> {
+        self.rows.insert(&self.tx, devices)
+    }
+
+    /// Writes `depots` and `audit`, then the fleet snapshot and the fleet summary's counts from
+    /// `devices`, which must be exactly the devices written, in order; commits.
+    pub fn finish(
+        self,
+        depots: &[Depot],
+        devices: &[Device],
+        audit: Option<&AuditEntry>,
+    ) -> Result<ImportOutcome> {
+        let Self {
+            tx,
+            suspended,
+            rows,
+            has_snapshot,
+        } = self;
+        anyhow::ensure!(
+            rows.keys.len() == devices.len(),
+            "{} devices written but {} named at the end of the import",
+            rows.keys.len(),
+            devices.len()
+        );
+        upsert_depots(&tx, depots)?;
+        if let Some(entry) = audit {
+            append_in(&tx, entry)?;
+        }
+        if let Some(suspended) = suspended {
+            snapshot::restore_triggers(&tx, suspended)?;
+        }
+        // Every write to devices is done: the snapshot is armed after them.
+        if has_snapshot {
+            snapshot::store_in(&tx, devices)?;
+        }
+        if super::summary::kept(&tx)? {
+            super::summary::rebuild_from_devices(&tx, &rows.keys, devices)?;
+        }
+        tx.commit().context("committing the import")?;
+        Ok(ImportOutcome {
+            counts: UpsertCounts {
+                inserted: devices.len(),
+                updated: 0,
+            },
+            whole_fleet: true,
+        })
+    }
+}
+
+/// The bulk insert of new devices: keys 1, 2, ... past the largest key in use, in id order;
+/// multi-row inserts, without the search for an existing id that [`upsert_devices`] does per
+/// device; tags and components encoded once per shared map (the importer shares equal maps
+/// between devices). A repeated id fails on the unique index (and the caller's transaction
+/// rolls back).
+struct NewRows {
+    /// The key of each device written, in order.
+    keys: Vec<i64>,
+    next: i64,
+    /// The id of the last device written: ids must increase strictly.
+    last_id: Option<String>,
+    /// Whether the devices table has the components column (schema v14 on).
+    column: bool,
+    tags_text: HashMap<usize, String>,
+    components_text: HashMap<usize, String>,
+}
+
+impl NewRows {
+    fn new(tx: &Transaction<'_>) -> Result<Self> {
+        let next: i64 = tx.query_row("SELECT coalesce(max(dev), 0) + 1 FROM devices", [], |r| {
+            r.get(0)
+        })?;
+        Ok(Self {
+            keys: Vec::new(),
+            next,
+            last_id: None,
+            column: has_components_column(tx),
+            tags_text: HashMap::new(),
+            components_text: HashMap::new(),
+        })
+    }
+
+    fn columns(&self) -> usize {
+        if self.column { 21 } else { 20 }
+    }
+
+    fn sql(&self, rows: usize) -> String {
+        use std::fmt::Write as _;
+        let columns = self.columns();
         let mut sql = String::from(
             "INSERT INTO devices(dev, id, model, hw_rev, active_slot, region, depot, lat, lon,
                  connectivity, metered, battery_pct, power, free_storage_bytes, customer_tier,
                  device_class, redundancy, last_seen, failed_update_attempts, tags",
         );
-        sql.push_str(if column {
+        sql.push_str(if self.column {
             ", components) VALUES "
         } else {
             ") VALUES "
@@ -855,74 +955,96 @@ pub(crate) fn insert_new_devices(tx: &Transaction<'_>, devices: &[Device]) -> Re
             sql.push(')');
         }
         sql
-    };
-    // Tags and components as the rows hold them, encoded once per shared map (the importer
-    // shares equal maps between devices).
-    let mut tags_text: HashMap<usize, String> = HashMap::new();
-    let mut components_text: HashMap<usize, String> = HashMap::new();
-    for (chunk, chunk_keys) in devices
-        .chunks(DEVICE_ROWS_PER_INSERT)
-        .zip(keys.chunks(DEVICE_ROWS_PER_INSERT))
-    {
-        for d in chunk {
-            if let std::collections::hash_map::Entry::Vacant(e) = tags_text.entry(d.tags.addr()) {
-                e.insert(serde_json::to_string(&d.tags).context("encoding tags")?);
-            }
-            if let std::collections::hash_map::Entry::Vacant(e) =
-                components_text.entry(d.components.addr())
-            {
-                e.insert(components_json(&d.components)?);
-            }
-        }
-        let mut stmt = tx.prepare_cached(&devices_sql(chunk.len()))?;
-        for (row, (d, &dev)) in chunk.iter().zip(chunk_keys).enumerate() {
-            let p = row * columns;
-            let free = to_i64(d.free_storage_bytes, "free_storage_bytes")
-                .with_context(|| format!("device {}", d.id))?;
-            let tags = tags_text
-                .get(&d.tags.addr())
-                .context("tags were not encoded")?;
-            stmt.raw_bind_parameter(p + 1, dev)?;
-            stmt.raw_bind_parameter(p + 2, d.id.as_str())?;
-            stmt.raw_bind_parameter(p + 3, d.model.as_str())?;
-            stmt.raw_bind_parameter(p + 4, d.hw_rev.as_str())?;
-            stmt.raw_bind_parameter(p + 5, d.active_slot.as_str())?;
-            stmt.raw_bind_parameter(p + 6, d.region.as_str())?;
-            stmt.raw_bind_parameter(p + 7, d.depot.as_str())?;
-            stmt.raw_bind_parameter(p + 8, d.position.lat)?;
-            stmt.raw_bind_parameter(p + 9, d.position.lon)?;
-            stmt.raw_bind_parameter(p + 10, d.connectivity.as_str())?;
-            stmt.raw_bind_parameter(p + 11, d.metered)?;
-            stmt.raw_bind_parameter(p + 12, d.battery_pct)?;
-            stmt.raw_bind_parameter(p + 13, d.power.as_str())?;
-            stmt.raw_bind_parameter(p + 14, free)?;
-            stmt.raw_bind_parameter(p + 15, d.customer_tier.as_str())?;
-            stmt.raw_bind_parameter(p + 16, d.device_class.as_str())?;
-            stmt.raw_bind_parameter(p + 17, d.redundancy.as_str())?;
-            stmt.raw_bind_parameter(p + 18, d.last_seen.secs())?;
-            stmt.raw_bind_parameter(p + 19, d.failed_update_attempts)?;
-            stmt.raw_bind_parameter(p + 20, tags.as_str())?;
-            if column {
-                let components = components_text
-                    .get(&d.components.addr())
-                    .context("components were not encoded")?;
-                stmt.raw_bind_parameter(p + 21, components.as_str())?;
-            }
-        }
-        stmt.raw_execute().with_context(|| {
-            format!(
-                "inserting devices {} to {}",
-                chunk[0].id,
-                chunk[chunk.len() - 1].id
-            )
-        })?;
-        if !column {
-            for (d, &dev) in chunk.iter().zip(chunk_keys) {
-                write_component_rows(tx, dev, d, false)?;
-            }
-        }
     }
-    Ok(keys)
+
+    fn insert(&mut self, tx: &Transaction<'_>, devices: &[Device]) -> Result<()> {
+        let mut previous = self.last_id.as_deref();
+        for d in devices {
+            if let Some(previous) = previous
+                && previous >= d.id.as_str()
+            {
+                bail!(
+                    "device {} follows device {previous}: a new fleet is written in strictly \
+                     increasing id order",
+                    d.id
+                );
+            }
+            previous = Some(d.id.as_str());
+        }
+        let columns = self.columns();
+        for chunk in devices.chunks(DEVICE_ROWS_PER_INSERT) {
+            for d in chunk {
+                if let std::collections::hash_map::Entry::Vacant(e) =
+                    self.tags_text.entry(d.tags.addr())
+                {
+                    e.insert(serde_json::to_string(&d.tags).context("encoding tags")?);
+                }
+                if let std::collections::hash_map::Entry::Vacant(e) =
+                    self.components_text.entry(d.components.addr())
+                {
+                    e.insert(components_json(&d.components)?);
+                }
+            }
+            let first = self.next;
+            let mut stmt = tx.prepare_cached(&self.sql(chunk.len()))?;
+            for (row, d) in chunk.iter().enumerate() {
+                let p = row * columns;
+                let dev = first + row as i64;
+                let free = to_i64(d.free_storage_bytes, "free_storage_bytes")
+                    .with_context(|| format!("device {}", d.id))?;
+                let tags = self
+                    .tags_text
+                    .get(&d.tags.addr())
+                    .context("tags were not encoded")?;
+                stmt.raw_bind_parameter(p + 1, dev)?;
+                stmt.raw_bind_parameter(p + 2, d.id.as_str())?;
+                stmt.raw_bind_parameter(p + 3, d.model.as_str())?;
+                stmt.raw_bind_parameter(p + 4, d.hw_rev.as_str())?;
+                stmt.raw_bind_parameter(p + 5, d.active_slot.as_str())?;
+                stmt.raw_bind_parameter(p + 6, d.region.as_str())?;
+                stmt.raw_bind_parameter(p + 7, d.depot.as_str())?;
+                stmt.raw_bind_parameter(p + 8, d.position.lat)?;
+                stmt.raw_bind_parameter(p + 9, d.position.lon)?;
+                stmt.raw_bind_parameter(p + 10, d.connectivity.as_str())?;
+                stmt.raw_bind_parameter(p + 11, d.metered)?;
+                stmt.raw_bind_parameter(p + 12, d.battery_pct)?;
+                stmt.raw_bind_parameter(p + 13, d.power.as_str())?;
+                stmt.raw_bind_parameter(p + 14, free)?;
+                stmt.raw_bind_parameter(p + 15, d.customer_tier.as_str())?;
+                stmt.raw_bind_parameter(p + 16, d.device_class.as_str())?;
+                stmt.raw_bind_parameter(p + 17, d.redundancy.as_str())?;
+                stmt.raw_bind_parameter(p + 18, d.last_seen.secs())?;
+                stmt.raw_bind_parameter(p + 19, d.failed_update_attempts)?;
+                stmt.raw_bind_parameter(p + 20, tags.as_str())?;
+                if self.column {
+                    let components = self
+                        .components_text
+                        .get(&d.components.addr())
+                        .context("components were not encoded")?;
+                    stmt.raw_bind_parameter(p + 21, components.as_str())?;
+                }
+            }
+            stmt.raw_execute().with_context(|| {
+                format!(
+                    "inserting devices {} to {}",
+                    chunk[0].id,
+                    chunk[chunk.len() - 1].id
+                )
+            })?;
+            for (row, d) in chunk.iter().enumerate() {
+                let dev = first + row as i64;
+                if !self.column {
+                    write_component_rows(tx, dev, d, false)?;
+                }
+                self.keys.push(dev);
+            }
+            self.next = first + chunk.len() as i64;
+        }
+        if let Some(last) = devices.last() {
+            self.last_id = Some(last.id.clone());
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
