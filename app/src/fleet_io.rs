@@ -741,6 +741,11 @@ fn check_text(text: &str) -> Result<(), String> {
             text.len()
         ));
     }
+    // Most fields are short ASCII: one pass over the bytes clears them (a control character
+    // in ASCII is below 0x20 or DEL; C1 controls are not ASCII and take the slow path).
+    if text.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        return Ok(());
+    }
     if let Some((at, c)) = text.char_indices().find(|(_, c)| c.is_control()) {
         return Err(format!(
             "control character U+{:04X} at byte {at} (newlines, NUL and other control \

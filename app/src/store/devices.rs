@@ -896,8 +896,8 @@ impl NewFleetWriter<'_> {
 /// The bulk insert of new devices: keys 1, 2, ... past the largest key in use, in id order;
 /// multi-row inserts, without the search for an existing id that [`upsert_devices`] does per
 /// device; tags and components encoded once per shared map (the importer shares equal maps
-/// between devices). A repeated id fails on the unique index (and the caller's transaction
-/// rolls back).
+/// between devices). Ids must increase strictly across every call: a repeated or earlier id
+/// is an error (and the caller's transaction rolls back).
 struct NewRows {
     /// The key of each device written, in order.
     keys: Vec<i64>,
@@ -1304,7 +1304,7 @@ mod import_tests {
                 .expect_err("a bad device fails the import");
             assert!(
                 format!("{err:#}").contains("free_storage_bytes")
-                    || format!("{err:#}").contains("UNIQUE"),
+                    || format!("{err:#}").contains("strictly increasing id order"),
                 "{err:#}"
             );
             assert_eq!(trigger_names(&store), triggers);
