@@ -210,8 +210,16 @@ pub(crate) fn rebuild_from_devices(
     // Firmware as the rows spell it, printed once per shared component map.
     let mut firmware: std::collections::HashMap<usize, String> = std::collections::HashMap::new();
     let mut counts: [BTreeMap<String, u64>; 4] = Default::default();
+    // The statement text of a full chunk, built once rather than for each chunk.
+    let mut full = tx.prepare_cached(&sql(ROWS))?;
+    let mut partial;
     for (chunk, chunk_keys) in devices.chunks(ROWS).zip(keys.chunks(ROWS)) {
-        let mut stmt = tx.prepare_cached(&sql(chunk.len()))?;
+        let stmt = if chunk.len() == ROWS {
+            &mut full
+        } else {
+            partial = tx.prepare_cached(&sql(chunk.len()))?;
+            &mut partial
+        };
         for (row, (d, &dev)) in chunk.iter().zip(chunk_keys).enumerate() {
             let p = row * 5;
             let fw = firmware.entry(d.components.addr()).or_insert_with(|| {
