@@ -29,9 +29,10 @@
 //! - `open`: the console opening a cache end to end, as `convoy --db CACHE` does: the real
 //!   `Backend::attach` (the cache thread opens the store and loads the fleet) and `ConsoleApp`
 //!   headless, from the call to the first frame showing the fleet; on the first start after
-//!   the fleet was written (no fleet snapshot yet: the device rows are read and the snapshot
-//!   written) and on the next three (the snapshot is current: a warm start), each in a fresh
-//!   console. The operating system's file cache is warm in both (the cache was just written).
+//!   the fleet was written by `replace_fleet` (which writes the fleet snapshot with the rows
+//!   since session 8; before, this start read the device rows and wrote the snapshot) and on
+//!   the next three (a warm start), each in a fresh console. The operating system's file
+//!   cache is warm in both (the cache was just written).
 //! - `grid`: the map's grid of the whole fleet at zoom 2 and 9, the linear build against the
 //!   sorted one (best of 3 each).
 //!
