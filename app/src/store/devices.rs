@@ -875,13 +875,35 @@ impl NewFleetWriter<'_> {
         if let Some(suspended) = suspended {
             snapshot::restore_triggers(&tx, suspended)?;
         }
-        // Every write to devices is done: the snapshot is armed after them.
-        if has_snapshot {
-            snapshot::store_in(&tx, devices)?;
-        }
-        if super::summary::kept(&tx)? {
-            super::summary::rebuild_from_devices(&tx, &rows.keys, devices)?;
-        }
+        // Every write to devices is done: the snapshot is armed after them. Its parts are
+        // encoded on another thread while the summary's counts are written on this one.
+        std::thread::scope(|scope| -> Result<()> {
+            let parts = has_snapshot
+                .then(|| {
+                    std::thread::Builder::new()
+                        .name("encode-snapshot".to_owned())
+                        .spawn_scoped(scope, || snapshot::encode(devices))
+                })
+                .transpose()
+                .context("starting the snapshot encoder")?;
+            let counts = if super::summary::kept(&tx)? {
+                super::summary::rebuild_from_devices(&tx, &rows.keys, devices)
+            } else {
+                Ok(())
+            };
+            let parts = parts
+                .map(|encoder| {
+                    encoder
+                        .join()
+                        .map_err(|_| anyhow::anyhow!("the snapshot encoder panicked"))?
+                })
+                .transpose()?;
+            counts?;
+            if let Some(parts) = parts {
+                snapshot::store_parts_in(&tx, &parts)?;
+            }
+            Ok(())
+        })?;
         tx.commit().context("committing the import")?;
         Ok(ImportOutcome {
             counts: UpsertCounts {

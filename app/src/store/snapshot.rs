@@ -194,6 +194,12 @@ fn write_parts(conn: &Connection, generation: i64, parts: &[Vec<u8>]) -> Result<
 /// state is armed at a new generation in the same transaction, so the first load uses the
 /// snapshot. Returns whether it was stored (not when the cache has no snapshot state).
 pub(crate) fn store_in(tx: &Connection, devices: &[Device]) -> Result<bool> {
+    store_parts_in(tx, &encode(devices)?)
+}
+
+/// [`store_in`] with the parts already encoded (by [`encode`], from exactly the devices the
+/// commit leaves): the import encodes them on another thread while it writes the rest.
+pub(crate) fn store_parts_in(tx: &Connection, parts: &[Vec<u8>]) -> Result<bool> {
     let generation: Option<i64> = tx
         .query_row(
             "UPDATE fleet_state SET generation = generation + 1, armed = 1 RETURNING generation",
@@ -205,8 +211,7 @@ pub(crate) fn store_in(tx: &Connection, devices: &[Device]) -> Result<bool> {
     let Some(generation) = generation else {
         return Ok(false);
     };
-    let parts = encode(devices)?;
-    write_parts(tx, generation, &parts).context("writing the fleet snapshot")?;
+    write_parts(tx, generation, parts).context("writing the fleet snapshot")?;
     Ok(true)
 }
 
