@@ -92,7 +92,7 @@ impl Store {
         let tx = super::write_tx(&self.conn)?;
         let suspended = suspend_for(self.has_snapshot, &tx, devices.len())?;
         upsert_depots(&tx, depots)?;
-        let (counts, _) = upsert_devices(&tx, devices)?;
+        let counts = upsert_devices(&tx, devices)?;
         if let Some(entry) = audit {
             append_in(&tx, entry)?;
         }
@@ -148,7 +148,7 @@ impl Store {
         let tx = super::write_tx(&self.conn)?;
         let suspended = suspend_for(self.has_snapshot, &tx, devices.len())?;
         upsert_depots(&tx, depots)?;
-        let (counts, _) = upsert_devices(&tx, devices)?;
+        let counts = upsert_devices(&tx, devices)?;
         if let Some(entry) = audit {
             append_in(&tx, entry)?;
         }
@@ -173,7 +173,7 @@ impl Store {
         let tx = super::write_tx(&self.conn)?;
         let suspended = suspend_for(self.has_snapshot, &tx, fleet.devices.len())?;
         upsert_depots(&tx, &fleet.depots)?;
-        let (counts, keys) = upsert_devices(&tx, &fleet.devices)?;
+        let counts = upsert_devices(&tx, &fleet.devices)?;
         let keep: HashSet<&str> = fleet.devices.iter().map(|d| d.id.as_str()).collect();
         let stale = {
             let mut stmt = tx.prepare("SELECT id FROM devices")?;
@@ -242,7 +242,7 @@ impl Store {
                 snapshot::store_in(&tx, &fleet.devices)?;
             }
             if super::summary::kept(&tx)? {
-                super::summary::rebuild_from_devices(&tx, &keys, &fleet.devices)?;
+                super::summary::rebuild_from_devices(&tx, &fleet.devices)?;
             }
         }
         tx.commit().context("committing the fleet")?;
@@ -738,11 +738,8 @@ pub(crate) fn upsert_depots(tx: &Transaction<'_>, depots: &[Depot]) -> Result<()
     Ok(())
 }
 
-/// Inserts or updates `devices` by id; returns the counts and each device's key, in order.
-pub(crate) fn upsert_devices(
-    tx: &Transaction<'_>,
-    devices: &[Device],
-) -> Result<(UpsertCounts, Vec<i64>)> {
+/// Inserts or updates `devices` by id.
+pub(crate) fn upsert_devices(tx: &Transaction<'_>, devices: &[Device]) -> Result<UpsertCounts> {
     let column = has_components_column(tx);
     // The components column only from schema v14 (`write_component_rows` before it).
     let (col, param, set) = if column {
@@ -767,7 +764,6 @@ pub(crate) fn upsert_devices(
          WHERE dev = ?21 AND id = ?1"
     ))?;
     let mut counts = UpsertCounts::default();
-    let mut keys = Vec::with_capacity(devices.len());
     // Into an empty cache (the first import) every device is new: skip one index search per
     // device. A repeated id then fails on the unique index instead of updating.
     let empty: bool = tx.query_row("SELECT NOT EXISTS (SELECT 1 FROM devices)", [], |r| {
@@ -827,9 +823,8 @@ pub(crate) fn upsert_devices(
         if !column {
             write_component_rows(tx, dev, d, existing.is_some())?;
         }
-        keys.push(dev);
     }
-    Ok((counts, keys))
+    Ok(counts)
 }
 
 /// An import into a cache without devices, holding its write transaction: see
@@ -863,9 +858,9 @@ impl NewFleetWriter<'_> {
             has_snapshot,
         } = self;
         anyhow::ensure!(
-            rows.keys.len() == devices.len(),
+            rows.written == devices.len(),
             "{} devices written but {} named at the end of the import",
-            rows.keys.len(),
+            rows.written,
             devices.len()
         );
         upsert_depots(&tx, depots)?;
@@ -887,7 +882,7 @@ impl NewFleetWriter<'_> {
                 .transpose()
                 .context("starting the snapshot encoder")?;
             let counts = if super::summary::kept(&tx)? {
-                super::summary::rebuild_from_devices(&tx, &rows.keys, devices)
+                super::summary::rebuild_from_devices(&tx, devices)
             } else {
                 Ok(())
             };
@@ -921,8 +916,8 @@ impl NewFleetWriter<'_> {
 /// between devices). Ids must increase strictly across every call: a repeated or earlier id
 /// is an error (and the caller's transaction rolls back).
 struct NewRows {
-    /// The key of each device written, in order.
-    keys: Vec<i64>,
+    /// How many devices were written.
+    written: usize,
     next: i64,
     /// The id of the last device written: ids must increase strictly.
     last_id: Option<String>,
@@ -941,7 +936,7 @@ impl NewRows {
             r.get(0)
         })?;
         let mut rows = Self {
-            keys: Vec::new(),
+            written: 0,
             next,
             last_id: None,
             column: has_components_column(tx),
@@ -1066,13 +1061,12 @@ impl NewRows {
                     chunk[chunk.len() - 1].id
                 )
             })?;
-            for (row, d) in chunk.iter().enumerate() {
-                let dev = first + row as i64;
-                if !self.column {
-                    write_component_rows(tx, dev, d, false)?;
+            if !self.column {
+                for (row, d) in chunk.iter().enumerate() {
+                    write_component_rows(tx, first + row as i64, d, false)?;
                 }
-                self.keys.push(dev);
             }
+            self.written += chunk.len();
             self.next = first + chunk.len() as i64;
         }
         if let Some(last) = devices.last() {
@@ -1124,11 +1118,14 @@ mod import_tests {
         rows.collect::<rusqlite::Result<_>>().expect("triggers")
     }
 
-    /// Everything a reader can see of the fleet: the row load, the snapshot state and parts,
-    /// the kept counts and facets.
-    /// The row load, the snapshot's parts (part, generation, body), its state (generation,
-    /// armed) and the number of facet rows.
-    type State = (Fleet, Vec<(i64, i64, Vec<u8>)>, Option<(i64, bool)>, i64);
+    /// Everything a reader can see of the fleet: the row load, the snapshot's parts (part,
+    /// generation, body), its state (generation, armed) and the kept counts (when valid).
+    type State = (
+        Fleet,
+        Vec<(i64, i64, Vec<u8>)>,
+        Option<(i64, bool)>,
+        Option<summary::FacetCounts>,
+    );
 
     fn state(store: &Store) -> State {
         let fleet = store.load_fleet_sequentially().expect("rows");
@@ -1147,11 +1144,8 @@ mod import_tests {
                 Ok((r.get(0)?, r.get(1)?))
             })
             .ok();
-        let facets = store
-            .conn
-            .query_row("SELECT count(*) FROM device_facets", [], |r| r.get(0))
-            .expect("facets");
-        (fleet, parts, fleet_state, facets)
+        let counts = summary::read(&store.conn).expect("counts");
+        (fleet, parts, fleet_state, counts)
     }
 
     #[test]
@@ -1205,24 +1199,10 @@ mod import_tests {
             fleet_summary(&fresh).expect("summary"),
             fleet_summary_by_scans(&fresh).expect("scans")
         );
-        let facets_before: Vec<(i64, String, String, String, String)> = {
-            let mut stmt = fresh
-                .conn
-                .prepare("SELECT * FROM device_facets ORDER BY dev")
-                .expect("prepare");
-            stmt.query_map([], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-            })
-            .expect("facets")
-            .collect::<rusqlite::Result<_>>()
-            .expect("facets")
-        };
         let tx = super::super::write_tx(&fresh.conn).expect("tx");
         summary::rebuild(&tx).expect("rebuild");
         tx.commit().expect("commit");
         assert_eq!(summary::read(&fresh.conn).expect("read"), Some(kept));
-        let (_, _, _, facets) = state(&fresh);
-        assert_eq!(facets, facets_before.len() as i64);
         // Later writes keep the counts and stale the snapshot as before.
         assert_eq!(trigger_names(&fresh), trigger_names(&store));
         let mut changed = expected.devices[5].clone();

@@ -579,6 +579,121 @@ pub const MIGRATIONS: &[&str] = &[
             WHERE dev = new.dev;
     END;
     ",
+    // v15 (issue 22): the fleet summary's counts kept by the triggers on devices and device
+    // events themselves, without the `device_facets` copy of every device (a million rows an
+    // import wrote for nothing else). A device's old values are in `old` (its firmware in
+    // `old.components`), and its state before an event is the newest update state before
+    // that event. The counts stay as they are: they are the same numbers.
+    r"
+    DROP TRIGGER devices_insert_keeps_counts;
+    DROP TRIGGER devices_update_keeps_counts;
+    DROP TRIGGER devices_delete_keeps_counts;
+    DROP TRIGGER device_events_insert_keeps_counts;
+    DROP TRIGGER device_events_delete_keeps_counts;
+    DROP TABLE device_facets;
+    CREATE TRIGGER devices_insert_keeps_counts AFTER INSERT ON devices
+        WHEN (SELECT valid FROM fleet_counts_state)
+    BEGIN
+        INSERT INTO fleet_counts(dim, key, n)
+            VALUES ('model', new.model, 1), ('region', new.region, 1),
+                   ('firmware', coalesce(json_extract(new.components, '$.firmware'), 'none'), 1),
+                   ('state', coalesce((SELECT e.kind FROM device_events e
+                      WHERE e.device_id = new.id AND e.kind IN ('pending', 'offered',
+                        'downloading', 'verified', 'installing', 'rebooting', 'confirmed',
+                        'failed', 'reverted', 'cancelled')
+                      ORDER BY e.seq DESC LIMIT 1), 'idle'), 1)
+            ON CONFLICT (dim, key) DO UPDATE SET n = n + 1;
+    END;
+    CREATE TRIGGER devices_delete_keeps_counts AFTER DELETE ON devices
+        WHEN (SELECT valid FROM fleet_counts_state)
+    BEGIN
+        UPDATE fleet_counts SET n = n - 1 WHERE dim = 'model' AND key = old.model;
+        UPDATE fleet_counts SET n = n - 1 WHERE dim = 'region' AND key = old.region;
+        UPDATE fleet_counts SET n = n - 1 WHERE dim = 'firmware'
+            AND key = coalesce(json_extract(old.components, '$.firmware'), 'none');
+        UPDATE fleet_counts SET n = n - 1 WHERE dim = 'state' AND key = coalesce((SELECT e.kind FROM device_events e
+                      WHERE e.device_id = old.id AND e.kind IN ('pending', 'offered',
+                        'downloading', 'verified', 'installing', 'rebooting', 'confirmed',
+                        'failed', 'reverted', 'cancelled')
+                      ORDER BY e.seq DESC LIMIT 1), 'idle');
+        DELETE FROM fleet_counts WHERE n <= 0;
+    END;
+    CREATE TRIGGER devices_update_keeps_counts AFTER UPDATE ON devices
+        WHEN (SELECT valid FROM fleet_counts_state)
+          AND (old.id IS NOT new.id OR old.model IS NOT new.model
+               OR old.region IS NOT new.region OR old.components IS NOT new.components)
+    BEGIN
+        UPDATE fleet_counts SET n = n - 1 WHERE dim = 'model' AND key = old.model;
+        UPDATE fleet_counts SET n = n - 1 WHERE dim = 'region' AND key = old.region;
+        UPDATE fleet_counts SET n = n - 1 WHERE dim = 'firmware'
+            AND key = coalesce(json_extract(old.components, '$.firmware'), 'none');
+        UPDATE fleet_counts SET n = n - 1 WHERE dim = 'state' AND key = coalesce((SELECT e.kind FROM device_events e
+                      WHERE e.device_id = old.id AND e.kind IN ('pending', 'offered',
+                        'downloading', 'verified', 'installing', 'rebooting', 'confirmed',
+                        'failed', 'reverted', 'cancelled')
+                      ORDER BY e.seq DESC LIMIT 1), 'idle');
+        INSERT INTO fleet_counts(dim, key, n)
+            VALUES ('model', new.model, 1), ('region', new.region, 1),
+                   ('firmware', coalesce(json_extract(new.components, '$.firmware'), 'none'), 1),
+                   ('state', coalesce((SELECT e.kind FROM device_events e
+                      WHERE e.device_id = new.id AND e.kind IN ('pending', 'offered',
+                        'downloading', 'verified', 'installing', 'rebooting', 'confirmed',
+                        'failed', 'reverted', 'cancelled')
+                      ORDER BY e.seq DESC LIMIT 1), 'idle'), 1)
+            ON CONFLICT (dim, key) DO UPDATE SET n = n + 1;
+        DELETE FROM fleet_counts WHERE n <= 0;
+    END;
+    CREATE TRIGGER device_events_insert_keeps_counts AFTER INSERT ON device_events
+        WHEN new.kind IN ('pending', 'offered',
+                        'downloading', 'verified', 'installing', 'rebooting', 'confirmed',
+                        'failed', 'reverted', 'cancelled')
+          AND (SELECT valid FROM fleet_counts_state)
+          AND EXISTS (SELECT 1 FROM devices d WHERE d.id = new.device_id)
+    BEGIN
+        UPDATE fleet_counts SET n = n - 1 WHERE dim = 'state'
+            AND key = coalesce((SELECT e.kind FROM device_events e
+                      WHERE e.device_id = new.device_id AND e.seq <> new.seq AND e.kind IN ('pending', 'offered',
+                        'downloading', 'verified', 'installing', 'rebooting', 'confirmed',
+                        'failed', 'reverted', 'cancelled')
+                      ORDER BY e.seq DESC LIMIT 1), 'idle');
+        INSERT INTO fleet_counts(dim, key, n)
+            VALUES ('state', coalesce((SELECT e.kind FROM device_events e
+                      WHERE e.device_id = new.device_id AND e.kind IN ('pending', 'offered',
+                        'downloading', 'verified', 'installing', 'rebooting', 'confirmed',
+                        'failed', 'reverted', 'cancelled')
+                      ORDER BY e.seq DESC LIMIT 1), 'idle'), 1)
+            ON CONFLICT (dim, key) DO UPDATE SET n = n + 1;
+        DELETE FROM fleet_counts WHERE n <= 0;
+    END;
+    CREATE TRIGGER device_events_delete_keeps_counts AFTER DELETE ON device_events
+        WHEN old.kind IN ('pending', 'offered',
+                        'downloading', 'verified', 'installing', 'rebooting', 'confirmed',
+                        'failed', 'reverted', 'cancelled')
+          AND (SELECT valid FROM fleet_counts_state)
+          AND EXISTS (SELECT 1 FROM devices d WHERE d.id = old.device_id)
+    BEGIN
+        UPDATE fleet_counts SET n = n - 1 WHERE dim = 'state' AND key = CASE
+            WHEN old.seq > coalesce((SELECT max(e.seq) FROM device_events e
+                                     WHERE e.device_id = old.device_id
+                                       AND e.kind IN ('pending', 'offered',
+                        'downloading', 'verified', 'installing', 'rebooting', 'confirmed',
+                        'failed', 'reverted', 'cancelled')), -1)
+            THEN old.kind
+            ELSE coalesce((SELECT e.kind FROM device_events e
+                      WHERE e.device_id = old.device_id AND e.kind IN ('pending', 'offered',
+                        'downloading', 'verified', 'installing', 'rebooting', 'confirmed',
+                        'failed', 'reverted', 'cancelled')
+                      ORDER BY e.seq DESC LIMIT 1), 'idle') END;
+        INSERT INTO fleet_counts(dim, key, n)
+            VALUES ('state', coalesce((SELECT e.kind FROM device_events e
+                      WHERE e.device_id = old.device_id AND e.kind IN ('pending', 'offered',
+                        'downloading', 'verified', 'installing', 'rebooting', 'confirmed',
+                        'failed', 'reverted', 'cancelled')
+                      ORDER BY e.seq DESC LIMIT 1), 'idle'), 1)
+            ON CONFLICT (dim, key) DO UPDATE SET n = n + 1;
+        DELETE FROM fleet_counts WHERE n <= 0;
+    END;
+    ",
 ];
 
 /// The version that folded the `components` table into the devices' `components` column.

@@ -2,9 +2,9 @@
 //! model, region, firmware and state, which `GET /fleet` used to count with full scans of the
 //! devices (a subquery into the history per device for its state).
 //!
-//! The schema (`schema.rs`, the `device_facets` migration) keeps one row of facets per device
-//! and the counts per facet value with triggers, in the same transaction as each write of a
-//! device, a component or a device event. A bulk write (an import of a thousand devices or more)
+//! The schema (`schema.rs`, steps 13 and 15) keeps the counts per value with triggers on the
+//! devices and the device events, in the same transaction as each write of a device or a
+//! device event. A bulk write (an import of a thousand devices or more)
 //! suspends the triggers with the fleet snapshot's and marks the counts invalid
 //! ([`invalidate`]); the next summary rebuilds them in one pass ([`rebuild`]). A summary never
 //! reads invalid counts: when the rebuild cannot take the write lock, it counts by full scans
@@ -91,89 +91,53 @@ pub(crate) fn read(conn: &Connection) -> Result<Option<FacetCounts>> {
     Ok(Some(counts))
 }
 
-/// Drops the counts' own triggers on the facets (a million rows would run them a million
-/// times) for a rebuild in the caller's transaction, and returns their SQL to restore them.
-fn drop_facet_triggers(tx: &Connection) -> Result<Vec<String>> {
-    let triggers: Vec<String> = {
-        let mut stmt = tx.prepare(
-            "SELECT sql FROM sqlite_master
-             WHERE type = 'trigger' AND tbl_name = 'device_facets' ORDER BY name",
-        )?;
-        let rows = stmt.query_map([], |r| r.get(0))?;
-        rows.collect::<rusqlite::Result<_>>()
-            .context("reading the fleet counts' triggers")?
-    };
-    anyhow::ensure!(
-        triggers.len() == 3,
-        "the fleet counts have {} triggers on their facets, not 3",
-        triggers.len()
-    );
-    tx.execute_batch(
-        "DROP TRIGGER device_facets_insert_counts;
-         DROP TRIGGER device_facets_delete_counts;
-         DROP TRIGGER device_facets_update_counts;",
-    )
-    .context("suspending the fleet counts' triggers")?;
-    Ok(triggers)
-}
-
-/// Creates the triggers [`drop_facet_triggers`] dropped.
-fn restore_facet_triggers(tx: &Connection, triggers: Vec<String>) -> Result<()> {
-    for sql in triggers {
-        tx.execute_batch(&sql)
-            .with_context(|| format!("restoring a fleet counts trigger: {sql}"))?;
-    }
-    Ok(())
-}
-
-/// Rebuilds the facets and counts from the devices in one pass, in the caller's write
-/// transaction, and marks them valid. The counts' own triggers on the facets are dropped for
-/// the rebuild and the counts grouped once.
+/// Rebuilds the counts from the devices in one pass, in the caller's write transaction, and
+/// marks them valid.
 pub(crate) fn rebuild(tx: &Connection) -> Result<()> {
-    let triggers = drop_facet_triggers(tx)?;
     let kinds: Vec<String> = DEVICE_STATES.iter().map(|k| format!("'{k}'")).collect();
     tx.execute_batch(&format!(
-        "DELETE FROM device_facets;
-         DELETE FROM fleet_counts;
-         INSERT INTO device_facets(dev, model, region, firmware, state)
-           SELECT d.dev, d.model, d.region,
-             coalesce(json_extract(d.components, '$.firmware'), 'none'),
+        "DELETE FROM fleet_counts;
+         INSERT INTO fleet_counts(dim, key, n)
+           SELECT 'model', model, count(*) FROM devices GROUP BY model;
+         INSERT INTO fleet_counts(dim, key, n)
+           SELECT 'region', region, count(*) FROM devices GROUP BY region;
+         INSERT INTO fleet_counts(dim, key, n)
+           SELECT 'firmware', coalesce(json_extract(components, '$.firmware'), 'none') AS v,
+                  count(*)
+           FROM devices GROUP BY v;
+         INSERT INTO fleet_counts(dim, key, n)
+           SELECT 'state',
              coalesce((SELECT e.kind FROM device_events e
                        WHERE e.device_id = d.id AND e.kind IN ({})
-                       ORDER BY e.seq DESC LIMIT 1), '{IDLE}')
-           FROM devices d;
-         INSERT INTO fleet_counts(dim, key, n)
-           SELECT 'model', model, count(*) FROM device_facets GROUP BY model;
-         INSERT INTO fleet_counts(dim, key, n)
-           SELECT 'region', region, count(*) FROM device_facets GROUP BY region;
-         INSERT INTO fleet_counts(dim, key, n)
-           SELECT 'firmware', firmware, count(*) FROM device_facets GROUP BY firmware;
-         INSERT INTO fleet_counts(dim, key, n)
-           SELECT 'state', state, count(*) FROM device_facets GROUP BY state;
+                       ORDER BY e.seq DESC LIMIT 1), '{IDLE}') AS s,
+             count(*)
+           FROM devices d GROUP BY s;
          UPDATE fleet_counts_state SET valid = 1;",
         kinds.join(", ")
     ))
-    .context("rebuilding the fleet counts")?;
-    restore_facet_triggers(tx, triggers)
+    .context("rebuilding the fleet counts")
 }
 
 /// [`rebuild`] from `devices` in memory when they are the cache's whole fleet (an import into
-/// a cache without devices, in its transaction): `keys[i]` is the key of `devices[i]`. The
-/// same facets and counts, without reading the devices and components back; states still
-/// come from the device events (a device may have a history before it is imported).
+/// a cache without devices, or `replace_fleet`, in its transaction): the same counts, without
+/// reading the devices back; states still come from the device events (a device may have a
+/// history before it is imported). A cache held at schema step 13 or 14 (only the schema
+/// tests write one) kept a facet row per device as well: its counts are left invalid, for the
+/// first summary after the upgrade to rebuild.
 pub(crate) fn rebuild_from_devices(
     tx: &Connection,
-    keys: &[i64],
     devices: &[convoy_core::fleet::Device],
 ) -> Result<()> {
-    use std::fmt::Write as _;
-    const ROWS: usize = 128;
-    anyhow::ensure!(
-        keys.len() == devices.len(),
-        "{} keys for {} devices",
-        keys.len(),
-        devices.len()
-    );
+    let facets: i64 = tx
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'device_facets'",
+            [],
+            |r| r.get(0),
+        )
+        .context("looking for the fleet facets")?;
+    if facets > 0 {
+        return invalidate(tx);
+    }
     let kinds: Vec<String> = DEVICE_STATES.iter().map(|k| format!("'{k}'")).collect();
     let mut states: std::collections::HashMap<String, String> = std::collections::HashMap::new();
     {
@@ -186,77 +150,42 @@ pub(crate) fn rebuild_from_devices(
             states.insert(r.get(0)?, r.get(1)?);
         }
     }
-    let triggers = drop_facet_triggers(tx)?;
-    tx.execute_batch("DELETE FROM device_facets; DELETE FROM fleet_counts;")
-        .context("clearing the fleet counts")?;
-    let sql = |rows: usize| {
-        let mut sql =
-            String::from("INSERT INTO device_facets(dev, model, region, firmware, state) VALUES ");
-        for row in 0..rows {
-            let p = row * 5;
-            let _ = write!(
-                sql,
-                "{}(?{}, ?{}, ?{}, ?{}, ?{})",
-                if row == 0 { "" } else { ", " },
-                p + 1,
-                p + 2,
-                p + 3,
-                p + 4,
-                p + 5
-            );
-        }
-        sql
-    };
     // Firmware as the rows spell it, printed once per shared component map.
     let mut firmware: std::collections::HashMap<usize, String> = std::collections::HashMap::new();
     let mut counts: [BTreeMap<String, u64>; 4] = Default::default();
-    // The statement text of a full chunk, built once rather than for each chunk.
-    let mut full = tx.prepare_cached(&sql(ROWS))?;
-    let mut partial;
-    for (chunk, chunk_keys) in devices.chunks(ROWS).zip(keys.chunks(ROWS)) {
-        let stmt = if chunk.len() == ROWS {
-            &mut full
-        } else {
-            partial = tx.prepare_cached(&sql(chunk.len()))?;
-            &mut partial
-        };
-        for (row, (d, &dev)) in chunk.iter().zip(chunk_keys).enumerate() {
-            let p = row * 5;
-            let fw = firmware.entry(d.components.addr()).or_insert_with(|| {
-                d.components
-                    .get(convoy_core::fleet::component::FIRMWARE)
-                    .map_or_else(|| "none".to_owned(), ToString::to_string)
-            });
-            let state = states.get(&d.id).map_or(IDLE, String::as_str);
-            stmt.raw_bind_parameter(p + 1, dev)?;
-            stmt.raw_bind_parameter(p + 2, d.model.as_str())?;
-            stmt.raw_bind_parameter(p + 3, d.region.as_str())?;
-            stmt.raw_bind_parameter(p + 4, fw.as_str())?;
-            stmt.raw_bind_parameter(p + 5, state)?;
-            for (map, key) in
-                counts
-                    .iter_mut()
-                    .zip([d.model.as_str(), d.region.as_str(), fw.as_str(), state])
-            {
-                if let Some(n) = map.get_mut(key) {
-                    *n += 1;
-                } else {
-                    map.insert(key.to_owned(), 1);
-                }
+    for d in devices {
+        let fw = firmware.entry(d.components.addr()).or_insert_with(|| {
+            d.components
+                .get(convoy_core::fleet::component::FIRMWARE)
+                .map_or_else(|| "none".to_owned(), ToString::to_string)
+        });
+        let state = states.get(&d.id).map_or(IDLE, String::as_str);
+        for (map, key) in
+            counts
+                .iter_mut()
+                .zip([d.model.as_str(), d.region.as_str(), fw.as_str(), state])
+        {
+            if let Some(n) = map.get_mut(key) {
+                *n += 1;
+            } else {
+                map.insert(key.to_owned(), 1);
             }
         }
-        stmt.raw_execute().context("writing the fleet facets")?;
     }
+    tx.execute("DELETE FROM fleet_counts", [])
+        .context("clearing the fleet counts")?;
     let mut insert = tx.prepare("INSERT INTO fleet_counts(dim, key, n) VALUES (?1, ?2, ?3)")?;
     for (dim, map) in ["model", "region", "firmware", "state"].iter().zip(&counts) {
         for (key, n) in map {
-            insert.execute(rusqlite::params![dim, key, i64::try_from(*n)?])?;
+            insert
+                .execute(rusqlite::params![dim, key, i64::try_from(*n)?])
+                .context("writing the fleet counts")?;
         }
     }
     drop(insert);
     tx.execute("UPDATE fleet_counts_state SET valid = 1", [])
         .context("marking the fleet counts valid")?;
-    restore_facet_triggers(tx, triggers)
+    Ok(())
 }
 
 impl Store {
@@ -333,6 +262,99 @@ mod tests {
             kind: kind.to_owned(),
             payload: serde_json::json!({}),
         }
+    }
+
+    #[test]
+    fn the_counts_follow_every_kind_of_write_by_plain_sql() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = Store::open(&dir.path().join("cache.db")).expect("open");
+        let f = fleet(300, 9);
+        store
+            .upsert_fleet(&f.depots, &f.devices, None)
+            .expect("fleet");
+        assert_rebuilt_equals_recount(&store, "a fresh cache's first summary");
+        let ids: Vec<String> = f.devices.iter().map(|d| d.id.clone()).collect();
+        // Three states for one device, one for another, and a kind that is not a state.
+        let events = [
+            event(&ids[0], "offered", 1),
+            event(&ids[0], "installing", 2),
+            event(&ids[0], "failed", 3),
+            event(&ids[1], "confirmed", 4),
+            event(&ids[2], "note", 5),
+            event("not-a-device", "failed", 6),
+        ];
+        store.append_device_events(&events).expect("events");
+        assert_kept_equals_recount(&store, "after events");
+        let seq_of = |store: &Store, id: &str, kind: &str| -> i64 {
+            store
+                .conn
+                .query_row(
+                    "SELECT seq FROM device_events WHERE device_id = ?1 AND kind = ?2",
+                    [id, kind],
+                    |r| r.get(0),
+                )
+                .expect("seq")
+        };
+        let steps: Vec<(String, String)> = vec![
+            (
+                "an older event deleted (the state stays)".into(),
+                format!(
+                    "DELETE FROM device_events WHERE seq = {}",
+                    seq_of(&store, &ids[0], "installing")
+                ),
+            ),
+            (
+                "the newest event deleted (the state goes back)".into(),
+                format!(
+                    "DELETE FROM device_events WHERE seq = {}",
+                    seq_of(&store, &ids[0], "failed")
+                ),
+            ),
+            (
+                "the firmware changed in the components column".into(),
+                "UPDATE devices SET components = json_set(components, '$.firmware', '9.9.9')
+                 WHERE dev = 3"
+                    .into(),
+            ),
+            (
+                "the firmware removed".into(),
+                "UPDATE devices SET components = json_remove(components, '$.firmware')
+                 WHERE dev = 4"
+                    .into(),
+            ),
+            (
+                "a device renamed to an id with no history".into(),
+                format!("UPDATE devices SET id = 'renamed' WHERE id = '{}'", ids[1]),
+            ),
+            (
+                "a device with a history deleted".into(),
+                format!("DELETE FROM devices WHERE id = '{}'", ids[0]),
+            ),
+            (
+                "model and region changed".into(),
+                "UPDATE devices SET model = 'X9', region = 'mars' WHERE dev = 7".into(),
+            ),
+            (
+                "a device inserted whose id has a history".into(),
+                "INSERT INTO devices(id, model, hw_rev, active_slot, region, depot, lat, lon,
+                     connectivity, metered, battery_pct, power, free_storage_bytes,
+                     customer_tier, device_class, redundancy, last_seen,
+                     failed_update_attempts, tags, components)
+                 VALUES ('not-a-device', 'T300', 'A', 'a', 'eu', 'eu-1', 0, 0, 'wifi', 0,
+                     NULL, 'mains', 0, 'basic', 'kiosk', 'none', 0, 0, '{}',
+                     '{\"firmware\":\"1.0.0\"}')"
+                    .into(),
+            ),
+        ];
+        for (step, sql) in &steps {
+            store.conn.execute_batch(sql).expect(step);
+            assert_kept_equals_recount(&store, step);
+        }
+        let summary = fleet_summary(&store).expect("summary");
+        assert_eq!(summary.by_firmware.get("9.9.9"), Some(&1));
+        assert_eq!(summary.by_state.get("failed"), Some(&1), "{summary:?}");
+        assert_eq!(summary.by_state.get("confirmed"), None, "{summary:?}");
+        assert_eq!(summary.by_model.get("X9"), Some(&1));
     }
 
     #[test]
