@@ -407,15 +407,16 @@ impl<'b> Source<'b> for Logged<'b> {
     }
 }
 
-/// [`decode`], with the log of its reads: (part read, part being placed then).
+/// What [`decode`] gives, and the log of its reads: (part read, part being placed then).
 #[cfg(test)]
-pub(crate) fn decode_logged(
-    parts: &[Vec<u8>],
-    threads: usize,
-) -> (
+type LoggedDecode = (
     std::result::Result<Vec<Device>, Unusable>,
     Vec<(usize, usize)>,
-) {
+);
+
+/// [`decode`], with the log of its reads.
+#[cfg(test)]
+pub(crate) fn decode_logged(parts: &[Vec<u8>], threads: usize) -> LoggedDecode {
     let mut source = Logged {
         parts,
         placing: 0,
