@@ -315,27 +315,24 @@ impl Store {
 
     /// The fleet from the snapshot, or why the snapshot cannot be used.
     fn load_fleet_from_snapshot(&self) -> Result<std::result::Result<Fleet, Unusable>> {
+        let threads = std::thread::available_parallelism()
+            .map_or(1, std::num::NonZeroUsize::get)
+            .min(4);
+        // The parts are decoded as they are read, inside the read transaction.
         self.conn.execute_batch("BEGIN")?;
         let read = (|| -> Result<_> {
-            let parts = snapshot::read_parts(&self.conn)?;
-            let depots = if parts.is_ok() {
+            let devices = snapshot::load(&self.conn, threads)?;
+            let depots = if devices.is_ok() {
                 self.load_depots()?
             } else {
                 Vec::new()
             };
-            Ok((parts, depots))
+            Ok((devices, depots))
         })();
         let ended = self.conn.execute_batch("COMMIT");
-        let (parts, depots) = read.context("reading the fleet snapshot")?;
+        let (devices, depots) = read.context("reading the fleet snapshot")?;
         ended?;
-        let parts = match parts {
-            Ok(parts) => parts,
-            Err(unusable) => return Ok(Err(unusable)),
-        };
-        let threads = std::thread::available_parallelism()
-            .map_or(1, std::num::NonZeroUsize::get)
-            .min(4);
-        Ok(snapshot::decode(&parts, threads).map(|devices| {
+        Ok(devices.map(|devices| {
             // Devices come out checked in strictly increasing id order; depots are read
             // `ORDER BY id`, which is byte order like `String`'s.
             if depots.is_sorted_by(|a, b| a.id < b.id) {

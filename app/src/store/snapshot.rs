@@ -94,9 +94,36 @@ pub(crate) fn arm(conn: &Connection) -> Result<i64> {
     .context("arming the fleet snapshot")
 }
 
-/// Reads the snapshot's parts if it is current: one read transaction must be open on `conn`.
-/// `Ok(Err(..))` says why the snapshot cannot be used.
-pub(crate) fn read_parts(conn: &Connection) -> Result<std::result::Result<Vec<Vec<u8>>, Unusable>> {
+/// The fleet from the snapshot, if it is current: one read transaction must be open on `conn`
+/// (the parts are read and decoded inside it). `Ok(Err(..))` says why the snapshot cannot be
+/// used; `Err` is a failure of SQLite itself.
+///
+/// Each part is decoded as it is read and its bytes dropped after, so the load never holds
+/// every part's bytes at once, and the fleet's vector is filled part by part, never copied
+/// whole (see [`decode_parts`]).
+pub(crate) fn load(
+    conn: &Connection,
+    threads: usize,
+) -> Result<std::result::Result<Vec<Device>, Unusable>> {
+    let count = match scan(conn)? {
+        Ok(count) => count,
+        Err(unusable) => return Ok(Err(unusable)),
+    };
+    let mut source = Cache {
+        stmt: conn.prepare_cached("SELECT body FROM fleet_snapshot WHERE part = ?1")?,
+        count,
+    };
+    match decode_parts(&mut source, threads) {
+        Ok(devices) => Ok(Ok(devices)),
+        Err(Failure::Unusable(unusable)) => Ok(Err(unusable)),
+        Err(Failure::Sql(e)) => Err(e),
+    }
+}
+
+/// Whether the snapshot is current and its parts are numbered `0..count`, all BLOBs: the
+/// part count, or why the snapshot cannot be used. Reads no part's body (`typeof` of a BLOB
+/// does not load it).
+fn scan(conn: &Connection) -> Result<std::result::Result<usize, Unusable>> {
     let state: Option<(i64, bool)> = conn
         .query_row("SELECT generation, armed FROM fleet_state", [], |r| {
             Ok((r.get(0)?, r.get(1)?))
@@ -107,9 +134,9 @@ pub(crate) fn read_parts(conn: &Connection) -> Result<std::result::Result<Vec<Ve
         return Ok(Err(Unusable::Missing));
     };
     let mut stmt =
-        conn.prepare("SELECT part, generation, body FROM fleet_snapshot ORDER BY part")?;
+        conn.prepare("SELECT part, generation, typeof(body) FROM fleet_snapshot ORDER BY part")?;
     let mut rows = stmt.query([])?;
-    let mut parts = Vec::new();
+    let mut count = 0usize;
     let mut stale = false;
     while let Some(r) = rows.next()? {
         let part: i64 = r.get(0)?;
@@ -118,24 +145,23 @@ pub(crate) fn read_parts(conn: &Connection) -> Result<std::result::Result<Vec<Ve
             stale = true;
             break;
         }
-        if usize::try_from(part).ok() != Some(parts.len()) {
+        if usize::try_from(part).ok() != Some(count) {
             return Ok(Err(Unusable::Damaged(format!(
-                "part {part} where part {} was expected",
-                parts.len()
+                "part {part} where part {count} was expected"
             ))));
         }
-        let Ok(body) = r.get_ref(2)?.as_blob() else {
+        if r.get_ref(2)?.as_str() != Ok("blob") {
             return Ok(Err(Unusable::Damaged(format!("part {part} is not a BLOB"))));
-        };
-        parts.push(body.to_vec());
+        }
+        count += 1;
     }
-    if parts.is_empty() && !stale {
+    if count == 0 && !stale {
         return Ok(Err(Unusable::Missing));
     }
     if stale || !armed {
         return Ok(Err(Unusable::Stale));
     }
-    Ok(Ok(parts))
+    Ok(Ok(count))
 }
 
 /// Stores `devices` (the fleet read at `generation`) as the snapshot, if the state is still
@@ -247,81 +273,321 @@ pub(crate) fn encode(devices: &[Device]) -> Result<Vec<Vec<u8>>> {
     })
 }
 
-/// Decodes every part into one device list (in part order), on up to `threads` threads.
+/// Why a load from the snapshot stopped: the snapshot is unusable, or SQLite failed.
+enum Failure {
+    Unusable(Unusable),
+    Sql(anyhow::Error),
+}
+
+impl From<Unusable> for Failure {
+    fn from(u: Unusable) -> Self {
+        Self::Unusable(u)
+    }
+}
+
+impl From<rusqlite::Error> for Failure {
+    fn from(e: rusqlite::Error) -> Self {
+        Self::Sql(e.into())
+    }
+}
+
+/// Where [`decode_parts`] gets the parts' bytes, one part at a time.
+trait Source<'b> {
+    /// How many parts there are.
+    fn count(&self) -> usize;
+    /// Calls `f` with part `i`'s bytes, lent for the length of the call.
+    fn with_part<R>(
+        &mut self,
+        i: usize,
+        f: impl FnOnce(&[u8]) -> R,
+    ) -> std::result::Result<R, Failure>;
+    /// Part `i`'s bytes, to hand to another thread.
+    fn part(&mut self, i: usize) -> std::result::Result<Cow<'b, [u8]>, Failure>;
+    /// Told that part `i` is the next to be placed in the fleet's vector (for the tests' log).
+    fn placing(&mut self, _i: usize) {}
+}
+
+/// The parts in the cache, one query per part inside the caller's read transaction. A part
+/// is lent straight from SQLite's copy of the row; only a part handed to another thread is
+/// copied (and dropped as soon as it is decoded).
+struct Cache<'c> {
+    stmt: rusqlite::CachedStatement<'c>,
+    count: usize,
+}
+
+impl Source<'static> for Cache<'_> {
+    fn count(&self) -> usize {
+        self.count
+    }
+
+    fn with_part<R>(
+        &mut self,
+        i: usize,
+        f: impl FnOnce(&[u8]) -> R,
+    ) -> std::result::Result<R, Failure> {
+        let part = i64::try_from(i).map_err(|_| damaged("too many parts"))?;
+        let mut rows = self.stmt.query([part])?;
+        // The scan saw every part in this transaction; a part gone since is damage all the same.
+        let Some(row) = rows.next()? else {
+            return Err(damaged(&format!("part {i} is missing")).into());
+        };
+        let Ok(body) = row.get_ref(0)?.as_blob() else {
+            return Err(damaged(&format!("part {i} is not a BLOB")).into());
+        };
+        Ok(f(body))
+    }
+
+    fn part(&mut self, i: usize) -> std::result::Result<Cow<'static, [u8]>, Failure> {
+        self.with_part(i, |body| Cow::Owned(body.to_vec()))
+    }
+}
+
+/// Parts in memory (the tests' encoded parts).
+#[cfg(test)]
+struct Memory<'b>(&'b [Vec<u8>]);
+
+#[cfg(test)]
+impl<'b> Source<'b> for Memory<'b> {
+    fn count(&self) -> usize {
+        self.0.len()
+    }
+
+    fn with_part<R>(
+        &mut self,
+        i: usize,
+        f: impl FnOnce(&[u8]) -> R,
+    ) -> std::result::Result<R, Failure> {
+        Ok(f(&self.0[i]))
+    }
+
+    fn part(&mut self, i: usize) -> std::result::Result<Cow<'b, [u8]>, Failure> {
+        Ok(Cow::Borrowed(&self.0[i]))
+    }
+}
+
+/// Decodes every part into one device list (in part order), on up to `threads` threads,
+/// exactly as the load from the cache does.
+#[cfg(test)]
 pub(crate) fn decode(
     parts: &[Vec<u8>],
     threads: usize,
 ) -> std::result::Result<Vec<Device>, Unusable> {
-    let total_parts = u32::try_from(parts.len()).map_err(|_| damaged("too many parts"))?;
-    // Headers first: the device total sizes the fleet's vector once.
-    let mut total = 0usize;
-    let mut headers = Vec::with_capacity(parts.len());
-    for (i, bytes) in parts.iter().enumerate() {
-        let header = check_part(bytes).map_err(|d| part_damage(i, &d))?;
-        if header.part as usize != i || header.parts != total_parts {
-            return Err(damaged(&format!(
-                "part {i} says it is part {} of {} (found {total_parts})",
-                header.part, header.parts
-            )));
-        }
-        total += header.devices as usize;
-        headers.push(header);
+    match decode_parts(&mut Memory(parts), threads) {
+        Ok(devices) => Ok(devices),
+        Err(Failure::Unusable(unusable)) => Err(unusable),
+        Err(Failure::Sql(e)) => Err(damaged(&format!("{e:#}"))),
     }
-    let threads = threads.clamp(1, parts.len().max(1));
-    let per_thread = parts.len().div_ceil(threads);
-    let groups: Vec<&[Vec<u8>]> = parts.chunks(per_thread.max(1)).collect();
-    let headers = &headers;
+}
+
+/// Parts in memory that log each read as (part read, part being placed then).
+#[cfg(test)]
+struct Logged<'b> {
+    parts: &'b [Vec<u8>],
+    placing: usize,
+    reads: Vec<(usize, usize)>,
+}
+
+#[cfg(test)]
+impl<'b> Source<'b> for Logged<'b> {
+    fn count(&self) -> usize {
+        self.parts.len()
+    }
+
+    fn with_part<R>(
+        &mut self,
+        i: usize,
+        f: impl FnOnce(&[u8]) -> R,
+    ) -> std::result::Result<R, Failure> {
+        self.reads.push((i, self.placing));
+        Ok(f(&self.parts[i]))
+    }
+
+    fn part(&mut self, i: usize) -> std::result::Result<Cow<'b, [u8]>, Failure> {
+        self.reads.push((i, self.placing));
+        Ok(Cow::Borrowed(&self.parts[i]))
+    }
+
+    fn placing(&mut self, i: usize) {
+        self.placing = i;
+    }
+}
+
+/// What [`decode`] gives, and the log of its reads: (part read, part being placed then).
+#[cfg(test)]
+type LoggedDecode = (
+    std::result::Result<Vec<Device>, Unusable>,
+    Vec<(usize, usize)>,
+);
+
+/// [`decode`], with the log of its reads.
+#[cfg(test)]
+pub(crate) fn decode_logged(parts: &[Vec<u8>], threads: usize) -> LoggedDecode {
+    let mut source = Logged {
+        parts,
+        placing: 0,
+        reads: Vec::new(),
+    };
+    let decoded = match decode_parts(&mut source, threads) {
+        Ok(devices) => Ok(devices),
+        Err(Failure::Unusable(unusable)) => Err(unusable),
+        Err(Failure::Sql(e)) => Err(damaged(&format!("{e:#}"))),
+    };
+    (decoded, source.reads)
+}
+
+/// A decoded part, or why it is damaged.
+type Decoded = std::result::Result<(Vec<Device>, usize), Unusable>;
+
+/// Decodes every part of `source` into one device list (in part order), on up to `threads`
+/// threads, reading each part only when it is due and dropping its bytes once decoded.
+///
+/// The calling thread reads every part (the source may be a SQLite connection, which stays
+/// on it) and decodes part `i` itself when `i % threads == 0`, straight into the fleet's
+/// vector; the other parts go round-robin to the other threads, each of which decodes its
+/// parts in order into a vector of one part, which the calling thread moves onto the end of
+/// the fleet's vector when it comes to that part. The vector is sized once from the first
+/// part (every part but the last holds the same number of devices). A worker is sent its
+/// parts up to two rounds ahead, so at most a few parts' bytes and decoded devices are held
+/// besides the fleet: never every part at once, and never a second copy of half the fleet.
+///
+/// The damage reported is that of the lowest-numbered damaged part (its header checks
+/// first), whatever the threads: parts are taken in order and the first failure stops the
+/// load.
+fn decode_parts<'b>(
+    source: &mut impl Source<'b>,
+    threads: usize,
+) -> std::result::Result<Vec<Device>, Failure> {
+    let count = source.count();
+    let total_parts = u32::try_from(count).map_err(|_| damaged("too many parts"))?;
     // One interner for every part: a value is one shared string (or map) across the fleet.
     let shared = std::sync::Mutex::new(convoy_core::fleet::Interner::new());
     let shared = &shared;
-    let decode_group = |first: usize, group: &[Vec<u8>], out: &mut Vec<Device>| {
-        for (k, bytes) in group.iter().enumerate() {
-            decode_part(bytes, &headers[first + k], out, shared)
-                .map_err(|d| part_damage(first + k, &d))?;
+    let mut devices: Vec<Device> = Vec::new();
+    let mut total = 0usize;
+    let threads = threads.clamp(1, count.max(1));
+    if threads == 1 {
+        for i in 0..count {
+            source.placing(i);
+            total += source.with_part(i, |bytes| {
+                decode_one(i, bytes, total_parts, count - i, &mut devices, shared)
+            })??;
         }
-        Ok::<(), Unusable>(())
-    };
-    let mut devices = Vec::with_capacity(total);
-    if groups.len() <= 1 {
-        if let Some(group) = groups.first() {
-            decode_group(0, group, &mut devices)?;
-        }
-    } else {
-        std::thread::scope(|scope| {
-            let handles: Vec<_> = groups
-                .iter()
-                .enumerate()
-                .skip(1)
-                .map(|(g, group)| {
-                    let first = g * per_thread;
-                    std::thread::Builder::new()
-                        .name("decode-snapshot".to_owned())
-                        .spawn_scoped(scope, move || {
-                            let mut out = Vec::new();
-                            decode_group(first, group, &mut out).map(|()| out)
-                        })
-                })
-                .collect();
-            decode_group(0, groups[0], &mut devices)?;
-            for handle in handles {
-                let handle = handle.map_err(|e| damaged(&format!("no decoder thread: {e}")))?;
-                let out = handle
-                    .join()
-                    .map_err(|_| damaged("a decoder thread panicked"))??;
-                devices.extend(out);
-            }
-            Ok::<(), Unusable>(())
-        })?;
+        return finish(devices, total);
     }
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let stop = &stop;
+    std::thread::scope(|scope| -> std::result::Result<(), Failure> {
+        let mut jobs = Vec::with_capacity(threads - 1);
+        let mut results = Vec::with_capacity(threads - 1);
+        let mut handles = Vec::with_capacity(threads - 1);
+        for _ in 1..threads {
+            let (job_tx, job_rx) = std::sync::mpsc::channel::<(usize, Cow<'b, [u8]>)>();
+            let (result_tx, result_rx) = std::sync::mpsc::channel::<Decoded>();
+            let spawned = std::thread::Builder::new()
+                .name("decode-snapshot".to_owned())
+                .spawn_scoped(scope, move || {
+                    for (i, bytes) in job_rx {
+                        if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                            break;
+                        }
+                        let mut out = Vec::new();
+                        let decoded = decode_one(i, &bytes, total_parts, 1, &mut out, shared)
+                            .map(|n| (out, n));
+                        drop(bytes);
+                        if result_tx.send(decoded).is_err() {
+                            break;
+                        }
+                    }
+                });
+            // A thread that cannot start leaves its share to the threads that did.
+            let Ok(handle) = spawned else { break };
+            jobs.push(job_tx);
+            results.push(result_rx);
+            handles.push(handle);
+        }
+        let threads = handles.len() + 1;
+        // Part `i` is decoded here when `owner(i)` is 0, else by worker `owner(i) - 1`.
+        let owner = |i: usize| i % threads;
+        let mut sent = 0usize;
+        let outcome = (|| -> std::result::Result<(), Failure> {
+            for i in 0..count {
+                source.placing(i);
+                // Keep each worker up to two rounds ahead.
+                while sent < count.min(i + 2 * threads) {
+                    let w = owner(sent);
+                    if w != 0 {
+                        let bytes = source.part(sent)?;
+                        // A worker that is gone (it panicked) is noticed at its next result.
+                        let _ = jobs[w - 1].send((sent, bytes));
+                    }
+                    sent += 1;
+                }
+                let w = owner(i);
+                if w == 0 {
+                    total += source.with_part(i, |bytes| {
+                        decode_one(i, bytes, total_parts, count - i, &mut devices, shared)
+                    })??;
+                } else {
+                    // Each worker gets its parts in order and answers in that order, so this
+                    // is part `i`.
+                    let (mut part, n) = results[w - 1]
+                        .recv()
+                        .map_err(|_| damaged("a decoder thread panicked"))??;
+                    total += n;
+                    devices.append(&mut part);
+                }
+            }
+            Ok(())
+        })();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        drop(jobs);
+        drop(results);
+        let mut panicked = false;
+        for handle in handles {
+            panicked |= handle.join().is_err();
+        }
+        outcome?;
+        if panicked {
+            return Err(damaged("a decoder thread panicked").into());
+        }
+        Ok(())
+    })?;
+    finish(devices, total)
+}
+
+/// Checks part `i` of `parts` and decodes it onto the end of `out`, first making room there
+/// for `room_for` parts of its size. Returns how many devices its header says it holds.
+fn decode_one(
+    i: usize,
+    bytes: &[u8],
+    parts: u32,
+    room_for: usize,
+    out: &mut Vec<Device>,
+    shared: &std::sync::Mutex<convoy_core::fleet::Interner>,
+) -> std::result::Result<usize, Unusable> {
+    let header = check_part(bytes).map_err(|d| part_damage(i, &d))?;
+    if header.part as usize != i || header.parts != parts {
+        return Err(damaged(&format!(
+            "part {i} says it is part {} of {} (found {parts})",
+            header.part, header.parts
+        )));
+    }
+    decode_part(bytes, &header, room_for, out, shared).map_err(|d| part_damage(i, &d))?;
+    Ok(header.devices as usize)
+}
+
+/// The fleet's last checks once every part is decoded.
+fn finish(mut devices: Vec<Device>, total: usize) -> std::result::Result<Vec<Device>, Failure> {
     if devices.len() != total {
-        return Err(damaged(
-            "the parts hold fewer devices than their headers say",
-        ));
+        return Err(damaged("the parts hold fewer devices than their headers say").into());
     }
     // The fleet's invariant, and a last guard against a snapshot that decodes but is wrong.
     if !devices.windows(2).all(|w| w[0].id < w[1].id) {
-        return Err(damaged("devices are not in strictly increasing id order"));
+        return Err(damaged("devices are not in strictly increasing id order").into());
     }
+    // Room sized from the first part is at most one part too much (the last is shorter):
+    // give it back (the allocator shrinks a vector this large in place).
+    devices.shrink_to_fit();
     Ok(devices)
 }
 
@@ -596,12 +862,13 @@ fn check_part(bytes: &[u8]) -> std::result::Result<Header, Damage> {
 }
 
 /// Decodes one part, whose `header` came from [`check_part`], and appends its devices to
-/// `out`. Strings, component maps and tag maps come from `shared`, so that every device with
+/// `out` (after making room there for `room_for` parts of this one's size). Strings, component maps and tag maps come from `shared`, so that every device with
 /// the same value shares it: the part's string table is interned once, and a device's
 /// components or tags whose encoded bytes were seen before in this part take the map made then.
 fn decode_part(
     bytes: &[u8],
     header: &Header,
+    room_for: usize,
     out: &mut Vec<Device>,
     shared: &std::sync::Mutex<convoy_core::fleet::Interner>,
 ) -> std::result::Result<(), Damage> {
@@ -641,7 +908,9 @@ fn decode_part(
     if device_count > r.remaining() / MIN_DEVICE_BYTES + 1 {
         return Err(r.fail("more devices than bytes"));
     }
-    out.reserve(device_count);
+    // Room for `room_for` parts of this size: a hint (the first part sizes the fleet's
+    // vector), so a failure to reserve it only means the vector grows as it fills.
+    let _ = out.try_reserve(device_count.saturating_mul(room_for.max(1)));
     let string = |r: &mut Reader<'_>| -> std::result::Result<Sym, Damage> {
         let i = r.len()?;
         syms.get(i)

@@ -521,3 +521,175 @@ fn a_cache_without_its_snapshot_state_still_loads_from_the_rows() {
         assert_eq!(loaded, original);
     }
 }
+
+#[test]
+fn every_thread_count_decodes_the_same_fleet() {
+    // 3,001 devices in five parts of 700 (the last short): each thread count places every part
+    // where it belongs, in one vector, with values shared across parts.
+    let original = fleet(3_001, 15);
+    let parts = snapshot::encode(&original.devices).expect("encode");
+    assert_eq!(parts.len(), 5);
+    for threads in 1..=6 {
+        let devices = snapshot::decode(&parts, threads).expect("decode");
+        assert_eq!(devices, original.devices, "{threads} threads");
+        let decoded = Fleet {
+            depots: original.depots.clone(),
+            devices,
+        };
+        assert_shared(&decoded, &format!("{threads} threads"));
+    }
+    // One part, and an empty fleet (one empty part).
+    for devices in [12, 0] {
+        let small = fleet(devices, 16);
+        let parts = snapshot::encode(&small.devices).expect("encode");
+        assert_eq!(parts.len(), 1);
+        for threads in 1..=3 {
+            assert_eq!(
+                snapshot::decode(&parts, threads).expect("decode"),
+                small.devices,
+                "{devices} devices, {threads} threads"
+            );
+        }
+    }
+}
+
+/// The reason `decode` gives for `parts`, for each thread count from 1 to 5: the same for all.
+fn same_damage_at_every_thread_count(parts: &[Vec<u8>], what: &str) -> String {
+    let reasons: Vec<String> = (1..=5)
+        .map(|threads| match snapshot::decode(parts, threads) {
+            Err(Unusable::Damaged(why)) => why,
+            other => panic!("{what}, {threads} threads: {other:?}"),
+        })
+        .collect();
+    assert!(
+        reasons.iter().all(|r| *r == reasons[0]),
+        "{what}: {reasons:?}"
+    );
+    reasons[0].clone()
+}
+
+#[test]
+fn a_damaged_part_in_the_middle_is_refused_by_every_thread_count() {
+    let original = fleet(3_001, 17);
+    let parts = snapshot::encode(&original.devices).expect("encode");
+    assert_eq!(parts.len(), 5);
+    // A flipped bit in part 2 (checksum), part 3 cut short (length), and part 2 scrambled
+    // under a valid checksum (decoding), alone and together with later damage.
+    let mut flipped = parts.clone();
+    let mid = flipped[2].len() / 2;
+    flipped[2][mid] ^= 0x04;
+    let why = same_damage_at_every_thread_count(&flipped, "bit flipped in part 2");
+    assert_eq!(
+        why,
+        format!("part 2: checksum mismatch at byte {}", parts[2].len() - 8)
+    );
+
+    let mut cut = parts.clone();
+    let short = cut[3].len() - 1;
+    cut[3].truncate(short);
+    let why = same_damage_at_every_thread_count(&cut, "part 3 cut");
+    assert!(
+        why.starts_with("part 3: length in the header differs"),
+        "{why}"
+    );
+
+    // Part 2's device count raised by one, resealed: it decodes until it runs out of bytes.
+    let mut scrambled = parts.clone();
+    let mut content = scrambled[2][..scrambled[2].len() - 8].to_vec();
+    let devices = u32::from_le_bytes(content[13..17].try_into().expect("4 bytes"));
+    content[13..17].copy_from_slice(&(devices + 1).to_le_bytes());
+    scrambled[2] = snapshot::seal_for_tests(content);
+    let why = same_damage_at_every_thread_count(&scrambled, "part 2 claims a device more");
+    assert!(why.starts_with("part 2: truncated at byte"), "{why}");
+
+    // With part 4 damaged too, the lowest damaged part is the one reported, at every thread
+    // count, whichever thread decodes which.
+    for (mut damaged, first) in [(flipped, 2), (scrambled, 2), (cut, 3)] {
+        damaged[4].clear();
+        let why = same_damage_at_every_thread_count(&damaged, "two damaged parts");
+        assert!(why.starts_with(&format!("part {first}: ")), "{why}");
+    }
+    // A part that says it is another part, or of another count.
+    let mut swapped = parts.clone();
+    swapped.swap(1, 3);
+    let why = same_damage_at_every_thread_count(&swapped, "parts 1 and 3 swapped");
+    assert_eq!(why, "part 1 says it is part 3 of 5 (found 5)");
+    let why = same_damage_at_every_thread_count(&parts[..4], "last part missing");
+    assert_eq!(why, "part 0 says it is part 0 of 5 (found 4)");
+}
+
+#[test]
+fn a_damaged_part_in_the_middle_of_the_cache_is_refused_with_the_same_reason() {
+    // The load from the cache reads and decodes part by part: a damaged middle part is found
+    // after the parts before it were decoded, and refused with the reason `decode` gives.
+    let (_dir, mut store) = temp_store();
+    let original = fleet(3_001, 18);
+    save_rows(&mut store, &original);
+    check_load(store.path(), &original, Unusable::Missing);
+    let parts: Vec<Vec<u8>> = {
+        let mut stmt = store
+            .conn
+            .prepare("SELECT body FROM fleet_snapshot ORDER BY part")
+            .expect("prepare");
+        stmt.query_map([], |r| r.get(0))
+            .expect("parts")
+            .collect::<rusqlite::Result<_>>()
+            .expect("parts")
+    };
+    assert_eq!(parts.len(), 5);
+    assert_eq!(
+        snapshot::decode(&parts, 2).expect("intact"),
+        original.devices
+    );
+    damage_part(&store, 2, |b| {
+        let mid = b.len() / 2;
+        b[mid] ^= 0x40;
+    });
+    let mut damaged = parts.clone();
+    let mid = damaged[2].len() / 2;
+    damaged[2][mid] ^= 0x40;
+    let expected = same_damage_at_every_thread_count(&damaged, "part 2 flipped");
+    let (loaded, source) = Store::open(store.path())
+        .expect("reopen")
+        .load_fleet_traced()
+        .expect("load");
+    assert_eq!(
+        source,
+        FleetSource::Rows {
+            unusable: Unusable::Damaged(expected),
+            snapshot_written: true
+        }
+    );
+    assert_eq!(loaded, original);
+    // The fresh snapshot is used again, and decodes to the same fleet.
+    let (again, source) = Store::open(store.path())
+        .expect("reopen")
+        .load_fleet_traced()
+        .expect("reload");
+    assert_eq!(source, FleetSource::Snapshot);
+    assert_eq!(again, original);
+}
+
+#[test]
+fn the_load_reads_each_part_once_and_never_far_ahead() {
+    // What keeps the load's memory to the fleet: each part is read once, and a part is read
+    // no more than two rounds (two parts per thread) ahead of the part being placed.
+    let original = fleet(7_000, 19);
+    let parts = snapshot::encode(&original.devices).expect("encode");
+    assert_eq!(parts.len(), 10);
+    for threads in 1..=4 {
+        let (devices, reads) = snapshot::decode_logged(&parts, threads);
+        assert_eq!(devices.expect("decode"), original.devices, "{threads}");
+        let mut sorted = reads.iter().map(|&(part, _)| part).collect::<Vec<_>>();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (0..10).collect::<Vec<_>>(), "{threads}: {reads:?}");
+        for (k, &(part, placing)) in reads.iter().enumerate() {
+            assert!(
+                part < placing + 2 * threads,
+                "{threads} threads: part {part} read while placing part {placing}: {reads:?}"
+            );
+            // Parts are placed in order: the log's `placing` never goes back.
+            assert!(k == 0 || placing >= reads[k - 1].1, "{reads:?}");
+        }
+    }
+}
