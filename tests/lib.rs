@@ -78,6 +78,144 @@ pub async fn hear_own_probe(
     );
 }
 
+/// The end-to-end tests' turns: a test that runs simulated time against wall time (a rollout, a
+/// simulated fleet, real agents with seconds-long soaks) or checks a wall-clock timeout runs
+/// [`alone`]; every other test runs [`shared`], beside at most one other shared test when the
+/// test binary runs two tests at a time (`RUST_TEST_THREADS=2`, as `.ci/run` does). With one
+/// test at a time the turns change nothing. Every test of `tests/it` takes its turn as its first
+/// statement (`tidy::every_end_to_end_test_takes_its_turn` checks it).
+static TURNS: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+/// A test's turn, held until the test ends (see [`alone`] and [`shared`]).
+///
+/// With `CONVOY_E2E_TIMES` set to a file, each turn appends a line to it when the test ends:
+/// the test's name, `alone` or `shared`, the seconds it waited for its turn and the seconds it
+/// held it (how docs/TESTING.md's per-test figures are measured).
+#[must_use = "a turn lasts as long as it is held: `let _turn = ...;`"]
+pub struct Turn {
+    _guard: Guard,
+    kind: &'static str,
+    asked: Instant,
+    got: Instant,
+}
+
+enum Guard {
+    Alone(#[allow(dead_code)] std::sync::RwLockWriteGuard<'static, ()>),
+    Shared(#[allow(dead_code)] std::sync::RwLockReadGuard<'static, ()>),
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        let Some(path) = std::env::var_os("CONVOY_E2E_TIMES") else {
+            return;
+        };
+        // libtest names each test's thread after the test.
+        let name = std::thread::current()
+            .name()
+            .unwrap_or("(unnamed)")
+            .to_owned();
+        let line = format!(
+            "{name}\t{}\t{:.2}\t{:.2}\n",
+            self.kind,
+            self.got.duration_since(self.asked).as_secs_f64(),
+            self.got.elapsed().as_secs_f64()
+        );
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            use std::io::Write as _;
+            let _ = f.write_all(line.as_bytes());
+        }
+    }
+}
+
+/// The turn of a time-sensitive test: no other end-to-end test runs while it is held, so two
+/// rollouts running simulated time up to 2,400x wall time never starve each other's processes
+/// (docs/ENGINE.md, known limits), and nothing else takes the CPU they need.
+pub fn alone() -> Turn {
+    let asked = Instant::now();
+    let guard = TURNS
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    Turn {
+        _guard: Guard::Alone(guard),
+        kind: "alone",
+        asked,
+        got: Instant::now(),
+    }
+}
+
+/// The turn of a test that neither runs simulated time nor checks a wall-clock timeout (commands
+/// on files, servers answering requests, waits with generous deadlines): it may run beside
+/// another such test, never beside one that runs [`alone`].
+pub fn shared() -> Turn {
+    let asked = Instant::now();
+    let guard = TURNS
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    Turn {
+        _guard: Guard::Shared(guard),
+        kind: "shared",
+        asked,
+        got: Instant::now(),
+    }
+}
+
+/// Where cargo puts this test binary's profile (`target/<profile>`), and the `cargo build`
+/// arguments that build `bin` of `package` into it.
+///
+/// By default the package alone is built (`-p package`): what a targeted
+/// `cargo test -p convoy_e2e --test e2e NAME` wants. Its dependencies are then compiled with the
+/// features that package needs, which differ from those of `cargo test --workspace` (the
+/// console's snapshot tests add wgpu, and more): under the workspace command that is a second
+/// build of about 40 crates (53 s + 28 s for the agent in CI). With `CONVOY_E2E_WORKSPACE_BUILD`
+/// set (`.ci/run` sets it, as it runs `cargo test --workspace`), the binary is built as
+/// `cargo build --workspace --tests --bin NAME`, which resolves features exactly as
+/// `cargo test --workspace` did: everything it needs is already compiled and up to date.
+fn build_bin(package: &str, bin: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    // target/<profile>/deps/e2e-<hash> -> target/<profile>/<bin>
+    let profile_dir = exe
+        .parent()
+        .and_then(|p| p.parent())
+        .expect("target profile dir");
+    let mut build = Command::new(env!("CARGO"));
+    build.args(["build", "--locked"]);
+    // Cargo gives this test process the variables it sets for a package being tested
+    // (`CARGO_MANIFEST_DIR`, `CARGO_PKG_NAME`, `OUT_DIR`, ...). Build scripts ask to be rerun when
+    // some of them change (ring's does), and cargo compares them with its own environment: left
+    // in, they make this build rerun ring's build script and rebuild everything above it (and the
+    // next `cargo test` rebuild it all back). Cargo's own settings (`CARGO_HOME`,
+    // `CARGO_TARGET_DIR`, `CARGO_INCREMENTAL`, ...) stay.
+    for (name, _) in std::env::vars_os() {
+        let Some(name) = name.to_str() else { continue };
+        if name.starts_with("CARGO_PKG_")
+            || name.starts_with("CARGO_MANIFEST_")
+            || name.starts_with("CARGO_BIN_")
+            || matches!(
+                name,
+                "CARGO_CRATE_NAME" | "CARGO_PRIMARY_PACKAGE" | "CARGO_TARGET_TMPDIR" | "OUT_DIR"
+            )
+        {
+            build.env_remove(name);
+        }
+    }
+    if std::env::var_os("CONVOY_E2E_WORKSPACE_BUILD").is_some_and(|v| !v.is_empty()) {
+        build.args(["--workspace", "--tests"]);
+    } else {
+        build.args(["-p", package]);
+    }
+    build.args(["--bin", bin]);
+    if profile_dir.file_name().is_some_and(|n| n == "release") {
+        build.arg("--release");
+    }
+    let status = build.status().expect("running cargo build");
+    assert!(status.success(), "cargo build of {bin} ({package}) failed");
+    profile_dir.join(format!("{bin}{}", std::env::consts::EXE_SUFFIX))
+}
+
 /// The `convoy` binary of this workspace's current profile, (re)built once per test process.
 ///
 /// `cargo test` builds a package's binaries only for that package's own integration tests, so
@@ -85,24 +223,7 @@ pub async fn hear_own_probe(
 /// and it is never a stale binary from an earlier build.
 pub fn convoy_bin() -> PathBuf {
     static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let exe = std::env::current_exe().expect("test binary path");
-            // target/<profile>/deps/e2e-<hash> -> target/<profile>/convoy
-            let profile_dir = exe
-                .parent()
-                .and_then(|p| p.parent())
-                .expect("target profile dir");
-            let mut build = Command::new(env!("CARGO"));
-            build.args(["build", "--locked", "-p", "convoy", "--bin", "convoy"]);
-            if profile_dir.file_name().is_some_and(|n| n == "release") {
-                build.arg("--release");
-            }
-            let status = build.status().expect("running cargo build");
-            assert!(status.success(), "cargo build -p convoy failed");
-            profile_dir.join(format!("convoy{}", std::env::consts::EXE_SUFFIX))
-        })
-        .clone()
+    BUILT.get_or_init(|| build_bin("convoy", "convoy")).clone()
 }
 
 /// Runs `convoy ARGS` and returns its output.
@@ -530,27 +651,6 @@ impl SignedWorkspace {
 pub fn agent_bin() -> PathBuf {
     static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     BUILT
-        .get_or_init(|| {
-            let exe = std::env::current_exe().expect("test binary path");
-            let profile_dir = exe
-                .parent()
-                .and_then(|p| p.parent())
-                .expect("target profile dir");
-            let mut build = Command::new(env!("CARGO"));
-            build.args([
-                "build",
-                "--locked",
-                "-p",
-                "convoy_agent",
-                "--bin",
-                "convoy-agent",
-            ]);
-            if profile_dir.file_name().is_some_and(|n| n == "release") {
-                build.arg("--release");
-            }
-            let status = build.status().expect("running cargo build");
-            assert!(status.success(), "cargo build -p convoy_agent failed");
-            profile_dir.join(format!("convoy-agent{}", std::env::consts::EXE_SUFFIX))
-        })
+        .get_or_init(|| build_bin("convoy_agent", "convoy-agent"))
         .clone()
 }

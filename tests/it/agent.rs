@@ -650,6 +650,7 @@ fn mosquitto_available() -> bool {
 
 #[test]
 fn agents_take_a_good_release_through_directory_and_command_installers_and_a_reboot() {
+    let _turn = convoy_e2e::alone();
     if !mosquitto_available() {
         return;
     }
@@ -768,6 +769,7 @@ fn agents_take_a_good_release_through_directory_and_command_installers_and_a_reb
 
 #[test]
 fn a_release_that_keeps_a_unit_restarting_is_reverted_and_stops_the_rollout_at_its_gate() {
+    let _turn = convoy_e2e::alone();
     if !mosquitto_available() {
         return;
     }
@@ -993,6 +995,7 @@ fn cpio_crc(files: &[(&str, &[u8])]) -> Vec<u8> {
 
 #[test]
 fn an_agent_installs_a_signed_swu_through_real_swupdate() {
+    let _turn = convoy_e2e::alone();
     if !mosquitto_available() || !swupdate_available() {
         return;
     }
@@ -1038,6 +1041,7 @@ fn an_agent_installs_a_signed_swu_through_real_swupdate() {
 /// broker is back: the engine sees the revert.
 #[test]
 fn a_device_whose_link_stays_away_after_its_reboot_reverts_and_reports_it_when_back() {
+    let _turn = convoy_e2e::alone();
     if !mosquitto_available() {
         return;
     }
@@ -1161,6 +1165,7 @@ fn find_u64(v: &Value, key: &str) -> u64 {
 /// key. No broker is needed: the check never connects.
 #[test]
 fn check_names_what_is_wrong_without_connecting() {
+    let _turn = convoy_e2e::shared();
     let dir = tempfile::tempdir().expect("tempdir");
     let root = dir.path();
     std::fs::create_dir_all(root.join("state")).expect("state");

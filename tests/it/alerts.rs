@@ -300,6 +300,7 @@ impl Drop for Deliverer {
 
 #[test]
 fn a_gate_stop_reaches_a_signed_webhook_and_an_smtp_server_exactly_once_through_outage_and_crash() {
+    let _turn = convoy_e2e::shared();
     let dir = tempfile::tempdir().expect("tempdir");
     let db = dir.path().join("cache.db");
     let (smtp, ca) = Smtp::start(dir.path(), "convoy", "s3cret");
@@ -462,6 +463,7 @@ fn a_gate_stop_reaches_a_signed_webhook_and_an_smtp_server_exactly_once_through_
 
 #[test]
 fn a_bad_alerts_configuration_is_refused_naming_the_channel_and_field() {
+    let _turn = convoy_e2e::shared();
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dir.path().join("alerts.toml");
     std::fs::write(

@@ -536,6 +536,7 @@ fn spoofing_is_refused(setup: &Setup, url: &str, creds: &Creds, proxy: bool) {
 
 #[test]
 fn a_device_cannot_speak_for_another_over_mosquitto_with_the_generated_config() {
+    let _turn = convoy_e2e::alone();
     if !Mosquitto::available() {
         return;
     }
@@ -584,6 +585,7 @@ fn a_device_cannot_speak_for_another_over_mosquitto_with_the_generated_config() 
 
 #[test]
 fn a_device_cannot_speak_for_another_over_the_embedded_broker_with_the_acl() {
+    let _turn = convoy_e2e::alone();
     let _one = serial();
     let setup = Setup::new(300);
     let port = free_port();
@@ -792,6 +794,7 @@ fn poison(setup: &Setup, url: &str, creds: Option<&Creds>, sizes: &[usize]) -> V
 
 #[test]
 fn a_140_kb_status_costs_one_rejection_not_the_link_over_mosquitto() {
+    let _turn = convoy_e2e::alone();
     if !Mosquitto::available() {
         return;
     }
@@ -809,6 +812,7 @@ fn a_140_kb_status_costs_one_rejection_not_the_link_over_mosquitto() {
 
 #[test]
 fn an_oversized_status_is_stopped_by_the_generated_mosquitto_config() {
+    let _turn = convoy_e2e::alone();
     if !Mosquitto::available() {
         return;
     }
@@ -829,6 +833,7 @@ fn an_oversized_status_is_stopped_by_the_generated_mosquitto_config() {
 
 #[test]
 fn an_oversized_status_costs_one_rejection_over_the_embedded_broker() {
+    let _turn = convoy_e2e::alone();
     let _one = serial();
     let setup = Setup::new(300);
     let (_broker, port) = start_broker_process(&PathBuf::from(setup.path("")));
@@ -873,6 +878,7 @@ fn sys_settles(port: u16, creds: &Creds, topic: &str, limit: u64) -> u64 {
 
 #[test]
 fn ten_engine_runs_leave_at_most_one_session_at_the_broker() {
+    let _turn = convoy_e2e::alone();
     if !Mosquitto::available() {
         return;
     }
@@ -924,6 +930,7 @@ fn ten_engine_runs_leave_at_most_one_session_at_the_broker() {
 /// publishes.
 #[test]
 fn half_sent_connects_from_one_address_lock_no_device_out_of_the_embedded_broker() {
+    let _turn = convoy_e2e::alone();
     let _one = serial();
     let setup = Setup::new(20);
     let port = free_port();

@@ -268,6 +268,7 @@ fn chains_needed(
 
 #[test]
 fn devices_behind_get_their_prerequisites_in_order_then_the_target() {
+    let _turn = convoy_e2e::alone();
     let _one = SERIAL
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -281,6 +282,7 @@ fn devices_behind_get_their_prerequisites_in_order_then_the_target() {
 /// delivers them (before, a saved plan left the devices behind out of the rollout).
 #[test]
 fn a_saved_plan_carries_its_prerequisite_chains_to_the_engine() {
+    let _turn = convoy_e2e::alone();
     let _one = SERIAL
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -421,6 +423,7 @@ fn check_chains_delivered(ws: &SignedWorkspace, report: &Value, rollout_id: &str
 
 #[test]
 fn a_failing_prerequisite_stops_its_devices_there_counted_and_named() {
+    let _turn = convoy_e2e::alone();
     let _one = SERIAL
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -514,6 +517,7 @@ fn a_failing_prerequisite_stops_its_devices_there_counted_and_named() {
 
 #[test]
 fn a_tampered_prerequisite_manifest_refuses_the_run() {
+    let _turn = convoy_e2e::shared();
     let ws = workspace();
     let mut manifest: Value =
         serde_json::from_str(&std::fs::read_to_string(ws.path("bl.json")).expect("bl"))
@@ -554,6 +558,7 @@ fn a_tampered_prerequisite_manifest_refuses_the_run() {
 /// order and completes.
 #[test]
 fn a_resumed_rollout_needs_its_prerequisite_manifests_and_finishes_the_chains() {
+    let _turn = convoy_e2e::alone();
     let _one = SERIAL
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -609,6 +614,7 @@ fn a_resumed_rollout_needs_its_prerequisite_manifests_and_finishes_the_chains() 
 /// shows for it, recorded in the rollout's log (before, only a plan file carried them).
 #[test]
 fn an_engine_planned_bootloader_release_runs_with_the_stricter_gates() {
+    let _turn = convoy_e2e::alone();
     let _one = SERIAL
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -779,6 +785,7 @@ fn store_releases(ws: &SignedWorkspace) {
 /// device behind gets its chain in order, then the target.
 #[test]
 fn an_approved_request_delivers_its_prerequisite_chains_when_dispatched() {
+    let _turn = convoy_e2e::alone();
     let _one = SERIAL
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -841,6 +848,7 @@ fn an_approved_request_delivers_its_prerequisite_chains_when_dispatched() {
 #[test]
 fn a_request_with_an_unknown_chain_device_or_a_prerequisite_not_in_the_cache_is_refused_and_shapes_apply_to_chains()
  {
+    let _turn = convoy_e2e::shared();
     let ws = workspace();
     ws.store_release();
     // Only the bootloader's manifest is stored: the modem's is not.
@@ -998,6 +1006,7 @@ fn a_request_with_an_unknown_chain_device_or_a_prerequisite_not_in_the_cache_is_
 /// MQTT devices of the same waves get their chains, then the target, and the rollout completes.
 #[test]
 fn a_ddi_device_behind_is_excluded_from_its_chain_never_offered_the_target() {
+    let _turn = convoy_e2e::alone();
     let _one = SERIAL
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);

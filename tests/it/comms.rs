@@ -13,6 +13,7 @@ use convoy_e2e::{convoy_ok, record_crash_looping_canary};
 
 #[test]
 fn every_draft_of_a_rolled_back_canary_states_its_reverted_devices() {
+    let _turn = convoy_e2e::shared();
     let dir = tempfile::tempdir().expect("tempdir");
     let db = dir.path().join("cache.db");
     let mut store = Store::open(&db).expect("a new cache");

@@ -115,6 +115,7 @@ fn timeline(cache: &Path) -> Vec<(String, String)> {
 #[test]
 #[allow(clippy::too_many_lines)] // One story, told in order.
 fn two_consoles_on_one_server_see_a_pause_and_one_queues_a_pause_while_it_is_down() {
+    let _turn = convoy_e2e::alone();
     let ws = SignedWorkspace::new(&WorkspaceSpec {
         devices: 120,
         seed: 7,
@@ -395,6 +396,7 @@ fn two_consoles_on_one_server_see_a_pause_and_one_queues_a_pause_while_it_is_dow
 /// without it says the server is unreachable and why; a console with an unknown token says so.
 #[test]
 fn a_console_trusts_a_self_signed_server_with_its_certificate_and_names_a_bad_token() {
+    let _turn = convoy_e2e::shared();
     let dir = tempfile::tempdir().expect("a temporary directory");
     let cache = dir.path().join("cache.db");
     let token = {

@@ -106,6 +106,7 @@ fn inventory(dir: &Path, seed: u64, devices: usize) -> (PathBuf, Vec<Device>) {
 
 #[test]
 fn killed_imports_leave_the_old_fleet_or_the_new_one() {
+    let _turn = convoy_e2e::alone();
     let dir = tempfile::tempdir().expect("tempdir");
     // Two inventories with the same ids and different contents: every import changes rows.
     let files = [
@@ -161,6 +162,7 @@ fn killed_imports_leave_the_old_fleet_or_the_new_one() {
 
 #[test]
 fn killed_telemetry_ingest_loses_nothing_reported_and_counts_nothing_twice() {
+    let _turn = convoy_e2e::alone();
     let dir = tempfile::tempdir().expect("tempdir");
     let (inv, devices) = inventory(dir.path(), 3, 300);
     let mut samples = Vec::new();
@@ -283,6 +285,7 @@ fn worker_bin() -> PathBuf {
 #[test]
 fn killed_dispatch_never_loses_an_ack_or_duplicates_a_command() {
     const DECISIONS: usize = 40;
+    let _turn = convoy_e2e::alone();
     let dir = tempfile::tempdir().expect("tempdir");
     let worker = |db: &Path, inbox: &Path| {
         let mut cmd = Command::new(worker_bin());

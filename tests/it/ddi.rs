@@ -104,6 +104,7 @@ fn drain(rx: &mut mpsc::Receiver<DdiEvent>) -> Vec<DdiEvent> {
 
 #[test]
 fn hawkbit_client_polls_downloads_with_a_resumed_range_and_reports() {
+    let _turn = convoy_e2e::shared();
     runtime().block_on(async {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut s = setup(dir.path()).await;
@@ -246,6 +247,7 @@ fn hawkbit_client_polls_downloads_with_a_resumed_range_and_reports() {
 
 #[test]
 fn hawkbit_client_confirms_a_cancel_and_the_action_ends_canceled() {
+    let _turn = convoy_e2e::shared();
     runtime().block_on(async {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut s = setup(dir.path()).await;
@@ -299,6 +301,7 @@ fn hawkbit_client_confirms_a_cancel_and_the_action_ends_canceled() {
 
 #[test]
 fn ddi_refuses_strangers_contradictions_and_oversized_bodies() {
+    let _turn = convoy_e2e::shared();
     runtime().block_on(async {
         let dir = tempfile::tempdir().expect("tempdir");
         let s = setup(dir.path()).await;
@@ -411,6 +414,7 @@ fn ddi_refuses_strangers_contradictions_and_oversized_bodies() {
 #[test]
 fn ddi_telemetry_reaches_the_consumer_from_its_device_only_and_hostile_bodies_are_refused() {
     use convoy::link::protocol::TelemetryEvent;
+    let _turn = convoy_e2e::shared();
     runtime().block_on(async {
         let (hub, mut events) = DdiHub::new(HubConfig {
             gateway_token: Some(GATEWAY.into()),
@@ -677,6 +681,7 @@ fn rauc_hawkbit_python_client_fetches_the_deployment_downloads_and_installs() {
     use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
     const PYTHON: &str = "/usr/bin/python3";
+    let _turn = convoy_e2e::shared();
     let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/rauc");
     let import = Command::new(PYTHON)
         .args([
@@ -849,6 +854,7 @@ fn convoy_ddi_serve_offers_the_release_to_eligible_devices_and_records_feedback(
     use convoy_e2e::{SignedWorkspace, WorkspaceSpec, convoy_bin, convoy_ok, free_port};
     use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
+    let _turn = convoy_e2e::shared();
 
     let ws = SignedWorkspace::new(&WorkspaceSpec {
         devices: 300,
@@ -1295,6 +1301,7 @@ mod in_the_engine {
     /// DDI address already taken.
     #[test]
     fn convoy_rollout_run_refuses_ddi_options_that_cannot_work() {
+        let _turn = convoy_e2e::alone();
         let m = Mixed::new();
         let run = |extra: &[&str]| {
             let mut args = vec![
@@ -1356,6 +1363,7 @@ mod in_the_engine {
     /// offer ever queued for it.
     #[test]
     fn ddi_devices_of_a_later_wave_are_offered_the_release_when_it_opens_and_counted() {
+        let _turn = convoy_e2e::alone();
         let _one = SERIAL
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -1578,6 +1586,7 @@ mod in_the_engine {
     fn failed_ddi_installs_stop_the_rollout_at_the_failure_gate() {
         use convoy::engine::WhenPaused;
         use convoy::engine::control::{OperatorCommand, RollBackScope, control_channel};
+        let _turn = convoy_e2e::alone();
         let _one = SERIAL
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -1899,6 +1908,7 @@ mod in_the_engine {
     fn a_bad_release_is_stopped_by_its_crash_gate_from_ddi_telemetry_alone() {
         use std::sync::Arc;
         use std::sync::atomic::{AtomicBool, Ordering};
+        let _turn = convoy_e2e::alone();
         let _one = SERIAL
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);

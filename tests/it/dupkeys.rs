@@ -168,6 +168,7 @@ fn refused(out: &std::process::Output, f: &Forgery, what: &str, refusals: &mut u
 /// `convoy release verify`, `release store` and `rollout run --release` on every forgery.
 #[test]
 fn cli_refuses_every_manifest_with_a_key_twice() {
+    let _turn = convoy_e2e::shared();
     let ws = workspace();
     let p = |name: &str| ws.path(name);
     let real = read_json(&p("release.json"));
@@ -237,6 +238,7 @@ fn cli_refuses_every_manifest_with_a_key_twice() {
 /// fault file and a JSON fleet with a key twice.
 #[test]
 fn trust_material_policy_fleet_and_fault_files_with_a_key_twice_are_refused() {
+    let _turn = convoy_e2e::shared();
     let ws = workspace();
     let p = |name: &str| ws.path(name);
     let (mut attempts, mut refusals) = (0, 0);
@@ -442,6 +444,7 @@ fn spawn(args: &[&str]) -> Proc {
 /// `POST /api/v1/releases` on the real `convoy serve`: 422 naming the key, nothing stored.
 #[test]
 fn the_server_refuses_a_manifest_with_a_key_twice_with_422() {
+    let _turn = convoy_e2e::shared();
     let ws = workspace();
     let p = |name: &str| ws.path(name);
     let token = convoy_ok(&[
@@ -576,6 +579,7 @@ async fn next_raw(
 /// rejection ack naming it; the genuine one afterwards is accepted.
 #[test]
 fn the_simulated_device_rejects_an_offer_with_a_key_twice_with_an_ack() {
+    let _turn = convoy_e2e::alone();
     if !Mosquitto::available() {
         eprintln!("skipped: mosquitto is not installed");
         return;
@@ -664,6 +668,7 @@ fn reversed(v: &Value) -> String {
 /// retained release manifest and inside every offer.
 #[test]
 fn the_engine_serves_the_canonical_manifest_not_the_file() {
+    let _turn = convoy_e2e::alone();
     if !Mosquitto::available() {
         eprintln!("skipped: mosquitto is not installed");
         return;

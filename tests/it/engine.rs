@@ -383,6 +383,7 @@ fn crash_loop_is_stopped_in_the_canary(url: &str, setup: &Setup, extra: &[&str])
 
 #[test]
 fn a_good_release_completes_over_the_embedded_broker() {
+    let _turn = convoy_e2e::alone();
     let _one = SERIAL
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -393,6 +394,7 @@ fn a_good_release_completes_over_the_embedded_broker() {
 
 #[test]
 fn a_good_release_completes_over_mosquitto() {
+    let _turn = convoy_e2e::alone();
     if !Mosquitto::available() {
         return;
     }
@@ -406,6 +408,7 @@ fn a_good_release_completes_over_mosquitto() {
 
 #[test]
 fn a_crash_looping_rare_revision_is_rolled_back_in_the_canary_over_the_embedded_broker() {
+    let _turn = convoy_e2e::alone();
     let _one = SERIAL
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -453,6 +456,7 @@ fn a_crash_looping_rare_revision_is_rolled_back_in_the_canary_over_the_embedded_
 
 #[test]
 fn a_crash_looping_rare_revision_is_rolled_back_in_the_canary_over_mosquitto() {
+    let _turn = convoy_e2e::alone();
     if !Mosquitto::available() {
         return;
     }
@@ -643,6 +647,7 @@ fn check_survived_restart(setup: &Setup, code: i32, report: &Value) {
 
 #[test]
 fn a_rollout_survives_a_restart_of_the_embedded_broker() {
+    let _turn = convoy_e2e::alone();
     let _one = SERIAL
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -660,6 +665,7 @@ fn a_rollout_survives_a_restart_of_the_embedded_broker() {
 
 #[test]
 fn a_rollout_survives_a_restart_of_mosquitto() {
+    let _turn = convoy_e2e::alone();
     if !Mosquitto::available() {
         return;
     }
@@ -725,6 +731,7 @@ async fn flood(url: &str, count: usize) {
 
 #[test]
 fn a_flood_of_malformed_messages_leaves_the_engine_running_and_the_cache_intact() {
+    let _turn = convoy_e2e::alone();
     let _one = SERIAL
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -846,6 +853,7 @@ fn an_operator_pauses_and_resumes_a_running_rollout_through_the_control_channel(
     use convoy::engine::control::{ControlError, OperatorCommand, control_channel};
     use convoy::engine::{self, WhenPaused};
     use convoy_core::rollout::Phase;
+    let _turn = convoy_e2e::alone();
     let _one = SERIAL
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -1014,6 +1022,7 @@ const ENGINE_DOWN: Duration = Duration::from_secs(1);
 /// release twice, and the timeline shows the stop and the resume.
 #[test]
 fn a_stopped_rollout_resumes_from_the_cache_and_completes() {
+    let _turn = convoy_e2e::alone();
     let _one = SERIAL
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -1138,6 +1147,7 @@ fn a_stopped_rollout_resumes_from_the_cache_and_completes() {
 fn rollout_control_over_the_api_reaches_an_engine_hosted_by_the_server() {
     use convoy::serve::auth::{self, Role};
     use reqwest::StatusCode;
+    let _turn = convoy_e2e::alone();
     let _one = SERIAL
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -1397,6 +1407,7 @@ fn rollouts_call(
 fn a_request_approved_over_the_api_is_dispatched_by_the_server_and_completes() {
     use convoy::serve::Server;
     use reqwest::StatusCode;
+    let _turn = convoy_e2e::alone();
     let _one = SERIAL
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -1539,6 +1550,7 @@ fn a_request_approved_over_the_api_is_dispatched_by_the_server_and_completes() {
 fn a_server_restarted_mid_rollout_continues_the_rollout_it_dispatched() {
     use convoy::serve::Server;
     use reqwest::StatusCode;
+    let _turn = convoy_e2e::alone();
     let _one = SERIAL
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -1632,6 +1644,7 @@ fn a_server_restarted_mid_rollout_continues_the_rollout_it_dispatched() {
 /// passing `promtool check metrics`, with counters that move as the rollout runs.
 #[test]
 fn the_engine_s_metrics_pass_promtool_and_move_as_the_rollout_runs() {
+    let _turn = convoy_e2e::alone();
     let _one = SERIAL
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -1703,6 +1716,7 @@ fn the_engine_s_metrics_pass_promtool_and_move_as_the_rollout_runs() {
 fn after_a_gate_rollback_an_operator_excludes_the_failing_revision_and_continues() {
     use convoy::serve::auth::{self, Role};
     use reqwest::StatusCode;
+    let _turn = convoy_e2e::alone();
     let _one = SERIAL
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -1847,6 +1861,7 @@ fn after_a_gate_rollback_an_operator_excludes_the_failing_revision_and_continues
 /// offered rev C device on the firmware it had.
 #[test]
 fn devices_that_lose_their_link_after_the_update_revert_by_themselves() {
+    let _turn = convoy_e2e::alone();
     let _one = SERIAL
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -1901,6 +1916,7 @@ fn devices_that_lose_their_link_after_the_update_revert_by_themselves() {
 #[test]
 fn support_tickets_imported_during_the_soak_stop_the_rollout_at_their_gate() {
     use std::fmt::Write as _;
+    let _turn = convoy_e2e::alone();
     let _one = SERIAL
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);

@@ -40,6 +40,7 @@ fn lease(db: &str) -> Option<(u32, String, i64)> {
 
 #[test]
 fn a_second_engine_for_a_live_rollout_is_refused_and_a_killed_ones_lease_is_taken_over() {
+    let _turn = convoy_e2e::alone();
     let ws = SignedWorkspace::new(&WorkspaceSpec {
         devices: 150,
         seed: 7,

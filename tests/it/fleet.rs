@@ -3,6 +3,7 @@ use convoy_e2e::{convoy, convoy_ok};
 
 #[test]
 fn fleet_generate_is_deterministic() {
+    let _turn = convoy_e2e::shared();
     let dir = tempfile::tempdir().expect("tempdir");
     let a = dir.path().join("a.json");
     let b = dir.path().join("b.json");
@@ -33,6 +34,7 @@ fn fleet_generate_is_deterministic() {
 
 #[test]
 fn fleet_generate_rejects_unknown_format() {
+    let _turn = convoy_e2e::shared();
     let dir = tempfile::tempdir().expect("tempdir");
     let out = dir.path().join("fleet.xlsx");
     let run = convoy(&[
@@ -54,6 +56,7 @@ fn fleet_generate_rejects_unknown_format() {
 /// read, a cohort naming itself or an unknown one; deleting one that is not there fails.
 #[test]
 fn cohort_commands_save_list_and_refuse_bad_input() {
+    let _turn = convoy_e2e::shared();
     let dir = tempfile::tempdir().expect("tempdir");
     let fleet = dir.path().join("f.json");
     let db = dir.path().join("c.db");

@@ -321,6 +321,7 @@ async fn whoami(base: &str, token: &str) -> (u16, Duration) {
 
 #[test]
 fn a_slowloris_from_one_address_leaves_convoy_serve_to_everyone_else() {
+    let _turn = convoy_e2e::alone();
     let c = ServeCache::new(0);
     // A long header timeout: the normal client below is served because of the per-client
     // bound alone (256 connections, 64 per address by default).
@@ -347,6 +348,7 @@ fn a_slowloris_from_one_address_leaves_convoy_serve_to_everyone_else() {
 
 #[test]
 fn a_slowloris_of_tls_handshakes_leaves_convoy_serve_to_everyone_else() {
+    let _turn = convoy_e2e::alone();
     let c = ServeCache::new(0);
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])
         .expect("self-signed certificate");
@@ -398,6 +400,7 @@ fn a_slowloris_of_tls_handshakes_leaves_convoy_serve_to_everyone_else() {
 
 #[test]
 fn half_sent_requests_that_hold_every_slot_are_cut_off_by_the_header_timeout() {
+    let _turn = convoy_e2e::alone();
     let c = ServeCache::new(0);
     let server = c.serve(&[
         "--max-connections",
@@ -436,6 +439,7 @@ fn half_sent_requests_that_hold_every_slot_are_cut_off_by_the_header_timeout() {
 
 #[test]
 fn event_streams_are_bounded_per_token_and_in_all_and_the_admin_is_served() {
+    let _turn = convoy_e2e::alone();
     let c = ServeCache::new(17);
     // A burst allowance above 261 requests, so that the rate limit does not hide the stream
     // bound; a long header timeout, so that idle refused connections stay until closed here.
@@ -598,6 +602,7 @@ fn hostile_depot(root: &Path) -> std::os::unix::net::UnixListener {
 
 #[test]
 fn artifacts_serve_refuses_a_fifo_540_times_at_once_and_survives_a_slowloris() {
+    let _turn = convoy_e2e::alone();
     let dir = tempfile::tempdir().expect("tempdir");
     let root = dir.path().join("depot");
     let _socket = hostile_depot(&root);
@@ -790,6 +795,7 @@ async fn poll_links(addr: SocketAddr, device: &str) -> String {
 
 #[test]
 fn the_ddi_endpoint_answers_401_first_and_never_echoes_the_host_header() {
+    let _turn = convoy_e2e::alone();
     let (ws, device) = ddi_workspace();
     let port = free_port();
     let ddi = start_ddi(&ws, port, &["--header-timeout-secs", "120"]);

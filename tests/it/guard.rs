@@ -138,5 +138,6 @@ fn check(devices: usize, seeds: &[u64]) {
 
 #[test]
 fn guard_plans_and_scores_are_byte_identical_at_200k() {
+    let _turn = convoy_e2e::shared();
     check(200_000, &[1, 3, 7]);
 }

@@ -117,6 +117,7 @@ fn no_progress(_: convoy::link::http::Progress) {}
 
 #[test]
 fn a_full_download_lands_with_the_right_hash_and_head_describes_it() {
+    let _turn = convoy_e2e::shared();
     let rt = runtime();
     let d = depot();
     let server = start(&rt, &d.root, ServerConfig::new(loopback()));
@@ -163,6 +164,7 @@ fn a_full_download_lands_with_the_right_hash_and_head_describes_it() {
 
 #[test]
 fn an_interrupted_download_resumes_from_the_part_file() {
+    let _turn = convoy_e2e::shared();
     let rt = runtime();
     let d = depot();
     let mut config = ServerConfig::new(loopback());
@@ -228,6 +230,7 @@ fn an_interrupted_download_resumes_from_the_part_file() {
 
 #[test]
 fn a_download_cut_many_times_completes_with_retries_without_refetching() {
+    let _turn = convoy_e2e::shared();
     let rt = runtime();
     let d = depot();
     let mut config = ServerConfig::new(loopback());
@@ -268,6 +271,7 @@ fn a_download_cut_many_times_completes_with_retries_without_refetching() {
 
 #[test]
 fn a_file_that_changed_on_the_server_restarts_from_zero() {
+    let _turn = convoy_e2e::shared();
     let rt = runtime();
     let d = depot();
     let mut config = ServerConfig::new(loopback());
@@ -318,6 +322,7 @@ fn a_file_that_changed_on_the_server_restarts_from_zero() {
 
 #[test]
 fn a_tampered_artifact_is_refused_and_never_put_in_place() {
+    let _turn = convoy_e2e::shared();
     let rt = runtime();
     let d = depot();
     let sha = sha256_hex(&d.bytes);
@@ -386,6 +391,7 @@ fn a_tampered_artifact_is_refused_and_never_put_in_place() {
 
 #[test]
 fn range_edge_cases_on_the_wire() {
+    let _turn = convoy_e2e::shared();
     let rt = runtime();
     let d = depot();
     let server = start(&rt, &d.root, ServerConfig::new(loopback()));
@@ -458,6 +464,7 @@ fn range_edge_cases_on_the_wire() {
 
 #[test]
 fn traversal_attempts_are_refused() {
+    let _turn = convoy_e2e::shared();
     let rt = runtime();
     let d = depot();
     // A symbolic link inside the root that leads out of it.
@@ -499,6 +506,7 @@ fn traversal_attempts_are_refused() {
 
 #[test]
 fn an_explicit_file_set_serves_only_those_files() {
+    let _turn = convoy_e2e::shared();
     let rt = runtime();
     let d = depot();
     let files = BTreeMap::from([("firmware.bin".to_owned(), d.root.join("fw.bin"))]);
@@ -525,6 +533,7 @@ fn an_explicit_file_set_serves_only_those_files() {
 
 #[test]
 fn connections_are_bounded_and_shutdown_is_clean() {
+    let _turn = convoy_e2e::alone();
     let rt = runtime();
     let d = depot();
     let mut config = ServerConfig::new(loopback());
@@ -603,6 +612,7 @@ impl Drop for Kill {
 
 #[test]
 fn convoy_artifacts_serve_and_fetch() {
+    let _turn = convoy_e2e::shared();
     let d = depot();
     let mut child = std::process::Command::new(convoy_bin())
         .args(["artifacts", "serve", "--listen", "127.0.0.1:0", "--dir"])
@@ -758,6 +768,7 @@ async fn the_simulator_fetches_artifacts_before_devices_install() {
     use convoy_core::fleet::Fleet;
     use convoy_core::manifest::TrustedKeys;
     use convoy_core::version::Version;
+    let _turn = convoy_e2e::alone();
 
     let dir = tempfile::tempdir().expect("tempdir");
     let good = pseudo_random_bytes(300_000, 3);

@@ -17,6 +17,7 @@ fn s(p: &Path) -> &str {
 
 #[test]
 fn ids_that_break_the_topic_rule_are_refused_with_line_and_reason_issue_16() {
+    let _turn = convoy_e2e::shared();
     let dir = tempfile::tempdir().expect("tempdir");
     let csv = dir.path().join("evil.csv");
     let long = "E".repeat(5_000);
@@ -68,6 +69,7 @@ fn ids_that_break_the_topic_rule_are_refused_with_line_and_reason_issue_16() {
 
 #[test]
 fn exports_are_safe_in_a_spreadsheet_and_import_back_unchanged_issue_16() {
+    let _turn = convoy_e2e::shared();
     let dir = tempfile::tempdir().expect("tempdir");
     let csv = dir.path().join("tags.csv");
     // A CSV cell is marked by the exporter; an inventory written by hand may carry the payloads
@@ -126,6 +128,7 @@ fn exports_are_safe_in_a_spreadsheet_and_import_back_unchanged_issue_16() {
 
 #[test]
 fn a_million_columns_huge_fields_and_too_many_tags_are_refused_issue_16() {
+    let _turn = convoy_e2e::shared();
     let dir = tempfile::tempdir().expect("tempdir");
     let db = dir.path().join("fleet.db");
     convoy_ok(&[

@@ -16,6 +16,7 @@ fn s(path: &Path) -> &str {
 
 #[test]
 fn key_generate_refuses_weak_passphrases_with_the_rule() {
+    let _turn = convoy_e2e::shared();
     let dir = tempfile::tempdir().expect("tempdir");
     let pass = dir.path().join("pass");
     let weak: &[(&str, &str)] = &[
@@ -83,6 +84,7 @@ fn key_generate_refuses_weak_passphrases_with_the_rule() {
 
 #[test]
 fn passphrase_and_key_files_others_can_read_are_warned_about_and_writable_ones_refused() {
+    let _turn = convoy_e2e::shared();
     let dir = tempfile::tempdir().expect("tempdir");
     let pass = dir.path().join("pass");
     write_secret(&pass, "e2e test passphrase\n");

@@ -45,6 +45,7 @@ pub fn sample(text: &str, series: &str) -> Option<f64> {
 
 #[test]
 fn the_server_s_metrics_pass_promtool_and_move_with_requests() {
+    let _turn = convoy_e2e::shared();
     let dir = tempfile::tempdir().expect("tempdir");
     let db = dir.path().join("cache.db");
     let token = {
@@ -168,6 +169,7 @@ fn names_in(text: &str) -> std::collections::BTreeSet<String> {
 
 #[test]
 fn the_packaged_rules_and_dashboard_check_and_use_only_metrics_the_server_exposes() {
+    let _turn = convoy_e2e::shared();
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let rules = root.join("packaging/prometheus/convoy-rules.yml");
     let out = Command::new("promtool")

@@ -125,6 +125,7 @@ async fn exchange(url: &str, tag: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn link_over_embedded_broker() {
+    let _turn = convoy_e2e::shared();
     let broker =
         EmbeddedBroker::start("127.0.0.1:0".parse().expect("addr")).expect("embedded broker");
     exchange(&broker.url(), "E1").await;
@@ -132,6 +133,7 @@ async fn link_over_embedded_broker() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn link_over_mosquitto() {
+    let _turn = convoy_e2e::shared();
     if !Mosquitto::available() {
         return;
     }
@@ -141,6 +143,7 @@ async fn link_over_mosquitto() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn link_reconnects_and_resubscribes_after_a_broker_restart() {
+    let _turn = convoy_e2e::shared();
     if !Mosquitto::available() {
         return;
     }
@@ -186,6 +189,7 @@ async fn link_reconnects_and_resubscribes_after_a_broker_restart() {
 
 #[test]
 fn broker_command_serves_clients() {
+    let _turn = convoy_e2e::shared();
     let port = convoy_e2e::free_port();
     let mut child = std::process::Command::new(convoy_e2e::convoy_bin())
         .args(["broker", "--listen", &format!("127.0.0.1:{port}")])
@@ -210,6 +214,7 @@ fn broker_command_serves_clients() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_embedded_broker_hands_a_late_subscriber_only_part_of_the_retained_statuses() {
     const DEVICES: usize = 300;
+    let _turn = convoy_e2e::alone();
     let broker =
         EmbeddedBroker::start("127.0.0.1:0".parse().expect("addr")).expect("embedded broker");
     let url = broker.url();

@@ -128,6 +128,7 @@ fn brute_force_chain(
 
 #[test]
 fn device_offline_for_weeks_gets_its_prerequisite_chain() {
+    let _turn = convoy_e2e::shared();
     let fleet = fleet(20_000, 7);
     let (target, catalog) = (target(), catalog());
     let plan = make_plan(&fleet, &target, &catalog, &PlanningPolicy::default(), 1);
@@ -200,6 +201,7 @@ fn device_offline_for_weeks_gets_its_prerequisite_chain() {
 
 #[test]
 fn never_eligible_devices_say_why() {
+    let _turn = convoy_e2e::shared();
     let fleet = fleet(5_000, 3);
     let mut release = target();
     // Only revisions A and B, and no bootloader release in the catalog.
@@ -258,6 +260,7 @@ fn never_eligible_devices_say_why() {
 
 #[test]
 fn canary_covers_rare_strata_or_flags_them() {
+    let _turn = convoy_e2e::shared();
     let fleet = fleet(20_000, 7);
     let (target, catalog) = (target(), catalog());
     let plan = make_plan(&fleet, &target, &catalog, &PlanningPolicy::default(), 1);
@@ -356,6 +359,7 @@ fn canary_covers_rare_strata_or_flags_them() {
 
 #[test]
 fn same_inputs_same_plan() {
+    let _turn = convoy_e2e::shared();
     let fleet = fleet(10_000, 11);
     let (target, catalog) = (target(), catalog());
     let policy = PlanningPolicy::default();
@@ -379,6 +383,7 @@ fn same_inputs_same_plan() {
 
 #[test]
 fn every_device_in_waves_lands_in_exactly_one() {
+    let _turn = convoy_e2e::shared();
     let fleet = fleet(10_000, 2);
     let plan = make_plan(&fleet, &target(), &catalog(), &PlanningPolicy::default(), 1);
     let mut count = vec![0u8; fleet.len()];
@@ -431,6 +436,7 @@ fn every_device_in_waves_lands_in_exactly_one() {
 
 #[test]
 fn bandwidth_cap_is_respected_by_the_schedule() {
+    let _turn = convoy_e2e::shared();
     let fleet = fleet(10_000, 4);
     let target = target();
     let mut policy = PlanningPolicy::default();
@@ -470,6 +476,7 @@ fn bandwidth_cap_is_respected_by_the_schedule() {
 
 #[test]
 fn seed_bandwidth_example_5mb_to_20000_devices_is_100gb() {
+    let _turn = convoy_e2e::shared();
     // The seeds' figure: a 5 MB image to 20,000 devices is 100 GB.
     let fleet = fleet(60_000, 8);
     let mut release = target();
@@ -488,6 +495,7 @@ fn seed_bandwidth_example_5mb_to_20000_devices_is_100gb() {
 
 #[test]
 fn windows_and_blackouts_are_respected() {
+    let _turn = convoy_e2e::shared();
     let fleet = fleet(8_000, 5);
     let target = target();
     let start = now();
@@ -567,6 +575,7 @@ fn windows_and_blackouts_are_respected() {
 
 #[test]
 fn critical_devices_at_peak_stay_out_of_the_canary() {
+    let _turn = convoy_e2e::shared();
     // Medical gateways are critical. By default they are always at peak: none may be in the
     // canary, and the coverage says why.
     let fleet = fleet(6_000, 9);
@@ -635,6 +644,7 @@ fn write_json(dir: &std::path::Path, name: &str, value: &serde_json::Value) -> S
 
 #[test]
 fn convoy_plan_prints_text_and_json() {
+    let _turn = convoy_e2e::shared();
     let dir = tempfile::tempdir().expect("tempdir");
     let fleet_path = dir.path().join("fleet.json");
     let fleet_arg = fleet_path.to_str().expect("utf-8");
@@ -743,6 +753,7 @@ fn convoy_plan_prints_text_and_json() {
 
 #[test]
 fn policy_example_in_docs_parses_and_plans() {
+    let _turn = convoy_e2e::shared();
     let doc = std::fs::read_to_string(
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/PLANNING.md"),
     )
@@ -768,6 +779,7 @@ fn policy_example_in_docs_parses_and_plans() {
 /// is refused naming the wave.
 #[test]
 fn convoy_plan_takes_a_saved_cohort_as_a_wave() {
+    let _turn = convoy_e2e::shared();
     let dir = tempfile::tempdir().expect("tempdir");
     let fleet_path = dir.path().join("fleet.json");
     let fleet_arg = fleet_path.to_str().expect("utf-8");

@@ -104,6 +104,7 @@ fn check_rejected(result: Result<String, String>, attack: &str) {
 
 #[test]
 fn key_files_are_encrypted_private_and_need_the_right_passphrase() {
+    let _turn = convoy_e2e::shared();
     let w = Work::new();
     let id = w.key("k");
     assert_eq!(id.len(), 64, "key id is printed: {id}");
@@ -160,6 +161,7 @@ fn key_files_are_encrypted_private_and_need_the_right_passphrase() {
 
 #[test]
 fn create_then_verify_round_trips_in_any_field_order() {
+    let _turn = convoy_e2e::shared();
     let w = Work::new();
     let id = w.key("k");
     w.artifact("fw.img", 200_000, 2);
@@ -201,6 +203,7 @@ fn edit_manifest(w: &Work, from: &str, to: &str, edit: impl FnOnce(&mut serde_js
 
 #[test]
 fn every_attack_is_rejected_and_named() {
+    let _turn = convoy_e2e::shared();
     let w = Work::new();
     w.key("k");
     w.key("other");
@@ -293,6 +296,7 @@ fn every_attack_is_rejected_and_named() {
 
 #[test]
 fn a_signed_rollback_passes_the_downgrade_check() {
+    let _turn = convoy_e2e::shared();
     let w = Work::new();
     w.key("k");
     w.artifact("fw.img", 1000, 6);
@@ -346,6 +350,7 @@ fn key_list(trust: &Path) -> String {
 
 #[test]
 fn rotation_and_revocation_through_a_trust_directory() {
+    let _turn = convoy_e2e::shared();
     let w = Work::new();
     let id1 = w.key("k1");
     let id2 = w.key("k2");
@@ -461,6 +466,7 @@ fn rotation_and_revocation_through_a_trust_directory() {
 
 #[test]
 fn several_keys_can_be_trusted_at_once() {
+    let _turn = convoy_e2e::shared();
     let w = Work::new();
     let id1 = w.key("k1");
     let id2 = w.key("k2");

@@ -160,6 +160,7 @@ fn checklist() -> Value {
 #[test]
 fn a_request_names_its_finding_whose_tier_proposes_the_shape_and_the_emergency_path_needs_its_checklist()
  {
+    let _turn = convoy_e2e::shared();
     let b = Bench::new(150, None);
     let rce = fixture("t300-remote-rce");
     assert_eq!(
@@ -493,6 +494,7 @@ fn a_request_names_its_finding_whose_tier_proposes_the_shape_and_the_emergency_p
 /// region; the regulator draft carries the finding and the checklist.
 #[test]
 fn time_to_remediate_counts_from_detection_in_convoy_metrics_for_two_findings_and_rollouts() {
+    let _turn = convoy_e2e::alone();
     let port = free_port();
     let scale = "2400";
     let settings = |ws: &convoy_e2e::SignedWorkspace| -> PathBuf {
@@ -688,6 +690,7 @@ fn time_to_remediate_counts_from_detection_in_convoy_metrics_for_two_findings_an
 /// tighter gates, and `convoy plan` says so with the reason; an application release is not.
 #[test]
 fn a_bootloader_release_is_planned_with_stricter_defaults_and_the_plan_says_why() {
+    let _turn = convoy_e2e::shared();
     let dir = tempfile::tempdir().expect("tempdir");
     let p = |name: &str| dir.path().join(name).display().to_string();
     convoy_ok(&[

@@ -324,6 +324,7 @@ impl Paced {
 
 #[test]
 fn a_paced_rollout_keeps_to_its_windows_rate_and_cap_and_offers_what_was_planned() {
+    let _turn = convoy_e2e::alone();
     let _one = SERIAL
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -345,6 +346,7 @@ fn a_paced_rollout_keeps_to_its_windows_rate_and_cap_and_offers_what_was_planned
 /// and the cap hold across the two runs and the counts still equal the plan's.
 #[test]
 fn a_paced_rollout_stopped_and_resumed_keeps_its_schedule() {
+    let _turn = convoy_e2e::alone();
     let _one = SERIAL
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);

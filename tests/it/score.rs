@@ -44,6 +44,7 @@ fn score_json(args: &[&str]) -> serde_json::Value {
 
 #[test]
 fn score_cvss_prints_version_score_and_severity() {
+    let _turn = convoy_e2e::shared();
     let out = convoy_ok(&[
         "score",
         "cvss",
@@ -77,6 +78,7 @@ fn score_cvss_prints_version_score_and_severity() {
 
 #[test]
 fn score_cvss_rejects_a_bad_vector_naming_the_metric() {
+    let _turn = convoy_e2e::shared();
     let run = convoy(&[
         "score",
         "cvss",
@@ -93,6 +95,7 @@ fn score_cvss_rejects_a_bad_vector_naming_the_metric() {
 
 #[test]
 fn score_finding_ranks_the_fixtures_on_a_generated_fleet() {
+    let _turn = convoy_e2e::shared();
     let dir = tempfile::tempdir().expect("tempdir");
     let fleet = fleet(dir.path());
     let now = "2026-11-23T00:00:00Z";
@@ -157,6 +160,7 @@ fn score_finding_ranks_the_fixtures_on_a_generated_fleet() {
 
 #[test]
 fn score_finding_reads_the_scoring_section_of_a_policy_file() {
+    let _turn = convoy_e2e::shared();
     let dir = tempfile::tempdir().expect("tempdir");
     let fleet = fleet(dir.path());
     let default_policy = repo().join("fixtures/policy/default.json");
@@ -223,6 +227,7 @@ fn score_finding_reads_the_scoring_section_of_a_policy_file() {
 
 #[test]
 fn score_finding_reports_bad_findings_with_their_place() {
+    let _turn = convoy_e2e::shared();
     let dir = tempfile::tempdir().expect("tempdir");
     let fleet = fleet(dir.path());
     let bad = dir.path().join("bad.json");
@@ -263,6 +268,7 @@ fn score_finding_reports_bad_findings_with_their_place() {
 
 #[test]
 fn score_clusters_lists_shared_fate_clusters_largest_first() {
+    let _turn = convoy_e2e::shared();
     let dir = tempfile::tempdir().expect("tempdir");
     let fleet = fleet(dir.path());
     let out = convoy_ok(&[
@@ -280,6 +286,7 @@ fn score_clusters_lists_shared_fate_clusters_largest_first() {
 
 #[test]
 fn score_policy_prints_the_default_policy_fixture() {
+    let _turn = convoy_e2e::shared();
     let printed: serde_json::Value =
         serde_json::from_str(&convoy_ok(&["score", "policy"])).expect("JSON");
     let fixture: serde_json::Value = serde_json::from_str(
@@ -291,6 +298,7 @@ fn score_policy_prints_the_default_policy_fixture() {
 
 #[test]
 fn the_finding_example_in_docs_risk_md_scores() {
+    let _turn = convoy_e2e::shared();
     let doc = std::fs::read_to_string(repo().join("docs/RISK.md")).expect("read docs/RISK.md");
     let start = doc.find("```json\n{\n  \"id\"").expect("a finding example") + "```json\n".len();
     let len = doc[start..].find("```").expect("end of the example");

@@ -89,6 +89,7 @@ fn finding_json() -> Vec<u8> {
 
 #[test]
 fn unauthenticated_requests_get_only_401() {
+    let _turn = convoy_e2e::shared();
     let f = fixture();
     let rt = runtime();
     rt.block_on(async {
@@ -133,6 +134,7 @@ fn unauthenticated_requests_get_only_401() {
 
 #[test]
 fn viewer_cannot_write_and_writes_are_audited_with_the_operator() {
+    let _turn = convoy_e2e::shared();
     let f = fixture();
     let rt = runtime();
     rt.block_on(async {
@@ -218,6 +220,7 @@ fn viewer_cannot_write_and_writes_are_audited_with_the_operator() {
 
 #[test]
 fn bad_json_names_the_field_and_big_bodies_get_413() {
+    let _turn = convoy_e2e::shared();
     let f = fixture();
     let rt = runtime();
     rt.block_on(async {
@@ -324,6 +327,7 @@ fn chunked_post(
 
 #[test]
 fn rate_limit_answers_429_per_token() {
+    let _turn = convoy_e2e::alone();
     let f = fixture();
     let rt = runtime();
     rt.block_on(async {
@@ -363,6 +367,7 @@ fn rate_limit_answers_429_per_token() {
 
 #[test]
 fn device_query_filters_pages_in_id_order() {
+    let _turn = convoy_e2e::shared();
     let f = fixture();
     let rt = runtime();
     // Reference: the generated fleet, filtered and sorted here, independently of the SQL.
@@ -529,6 +534,7 @@ async fn read_stream_until(
 
 #[test]
 fn event_stream_pushes_events_written_after_connecting() {
+    let _turn = convoy_e2e::alone();
     let f = fixture();
     let rt = runtime();
     rt.block_on(async {
@@ -655,6 +661,7 @@ fn sse_ids(text: &str) -> Vec<String> {
 
 #[test]
 fn a_stream_resumed_with_last_event_id_gets_what_it_missed_once() {
+    let _turn = convoy_e2e::alone();
     let f = fixture();
     let rt = runtime();
     rt.block_on(async {
@@ -754,6 +761,7 @@ fn a_stream_resumed_with_last_event_id_gets_what_it_missed_once() {
 
 #[test]
 fn tls_with_a_self_signed_certificate() {
+    let _turn = convoy_e2e::shared();
     let f = fixture();
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])
         .expect("self-signed certificate");
@@ -811,6 +819,7 @@ fn tls_with_a_self_signed_certificate() {
 
 #[test]
 fn token_commands_store_only_hashes_and_revoke() {
+    let _turn = convoy_e2e::shared();
     let f = fixture();
     let cache = f.cache.to_str().expect("utf-8 path");
     let out = convoy(&[
@@ -899,6 +908,7 @@ fn token_commands_store_only_hashes_and_revoke() {
 
 #[test]
 fn a_revoked_token_is_refused_by_the_running_server() {
+    let _turn = convoy_e2e::shared();
     let f = fixture();
     let rt = runtime();
     rt.block_on(async {
@@ -940,6 +950,7 @@ fn a_revoked_token_is_refused_by_the_running_server() {
 fn an_admin_manages_tokens_over_the_api_and_metrics_come_from_the_rollout_logs() {
     use convoy_core::rollout::sim::{SimConfig, SimFleet};
     use convoy_core::rollout::{ChangePath, Rollout, RolloutSpec, WaveSpec};
+    let _turn = convoy_e2e::shared();
     let f = fixture();
     // A rollout played out by the core's simulated fleet, its log in the cache as the engine
     // writes it.
@@ -1162,6 +1173,7 @@ fn request_fixture() -> RequestFixture {
 
 #[test]
 fn a_release_posted_over_the_api_is_verified_before_it_is_stored() {
+    let _turn = convoy_e2e::shared();
     let ws = convoy_e2e::SignedWorkspace::new(&convoy_e2e::WorkspaceSpec {
         devices: 50,
         seed: 3,
@@ -1276,6 +1288,7 @@ fn a_release_posted_over_the_api_is_verified_before_it_is_stored() {
 
 #[test]
 fn rollout_requests_need_distinct_approvers_and_nobody_approves_their_own() {
+    let _turn = convoy_e2e::shared();
     let f = request_fixture();
     let rt = runtime();
     let mut c = config(Path::new(&f.ws.path("cache.db")));
@@ -1564,6 +1577,7 @@ fn rollout_requests_need_distinct_approvers_and_nobody_approves_their_own() {
 /// 400 naming it, and nothing of that request is stored.
 #[test]
 fn support_signals_are_stored_once_and_bad_ones_refused() {
+    let _turn = convoy_e2e::shared();
     let f = fixture();
     let rt = runtime();
     rt.block_on(async {

@@ -119,6 +119,7 @@ struct Seen {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simulated_fleet_takes_an_offer_and_a_crash_loop_reverts() {
+    let _turn = convoy_e2e::alone();
     let broker =
         EmbeddedBroker::start("127.0.0.1:0".parse().expect("addr")).expect("embedded broker");
     let url = broker.url();
@@ -268,6 +269,7 @@ async fn simulated_fleet_takes_an_offer_and_a_crash_loop_reverts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn regression_resume_stall_a_late_console_hears_every_device_of_a_large_fleet() {
     const DEVICES: usize = 300;
+    let _turn = convoy_e2e::alone();
     let broker =
         EmbeddedBroker::start("127.0.0.1:0".parse().expect("addr")).expect("embedded broker");
     let url = broker.url();

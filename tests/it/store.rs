@@ -41,6 +41,7 @@ fn generate_db(dir: &Path, devices: usize) -> PathBuf {
 
 #[test]
 fn generate_into_the_cache_loads_back_the_same_fleet() {
+    let _turn = convoy_e2e::shared();
     let dir = tempfile::tempdir().expect("tempdir");
     let db = generate_db(dir.path(), 2_000);
     let expected = generate(&SynthOptions {
@@ -56,6 +57,7 @@ fn generate_into_the_cache_loads_back_the_same_fleet() {
 
 #[test]
 fn export_then_import_is_the_identity_for_csv_and_json() {
+    let _turn = convoy_e2e::shared();
     let dir = tempfile::tempdir().expect("tempdir");
     let db = generate_db(dir.path(), 1_500);
     for format in ["csv", "json"] {
@@ -97,6 +99,7 @@ fn export_then_import_is_the_identity_for_csv_and_json() {
 
 #[test]
 fn bad_rows_are_reported_with_line_and_reason_and_good_rows_imported() {
+    let _turn = convoy_e2e::shared();
     let dir = tempfile::tempdir().expect("tempdir");
     let db = dir.path().join("c.db");
     let run = convoy(&[
@@ -146,6 +149,7 @@ fn bad_rows_are_reported_with_line_and_reason_and_good_rows_imported() {
 
 #[test]
 fn json_inventories_take_both_device_shapes() {
+    let _turn = convoy_e2e::shared();
     let dir = tempfile::tempdir().expect("tempdir");
     let db = dir.path().join("c.db");
     let run = convoy(&[
@@ -193,6 +197,7 @@ fn raw(db: &Path) -> rusqlite::Connection {
 
 #[test]
 fn audit_verify_passes_then_names_the_tampered_entry() {
+    let _turn = convoy_e2e::shared();
     let dir = tempfile::tempdir().expect("tempdir");
     let db = generate_db(dir.path(), 50);
     for _ in 0..3 {
@@ -239,6 +244,7 @@ fn audit_verify_passes_then_names_the_tampered_entry() {
 
 #[test]
 fn telemetry_ingest_reports_bad_lines_and_is_idempotent() {
+    let _turn = convoy_e2e::shared();
     let dir = tempfile::tempdir().expect("tempdir");
     let db = generate_db(dir.path(), 20);
     let file = dir.path().join("samples.jsonl");
@@ -287,6 +293,7 @@ fn telemetry_ingest_reports_bad_lines_and_is_idempotent() {
 
 #[test]
 fn rollout_timeline_exports_markdown() {
+    let _turn = convoy_e2e::shared();
     let dir = tempfile::tempdir().expect("tempdir");
     let db = generate_db(dir.path(), 5);
     {
@@ -345,6 +352,7 @@ fn rollout_timeline_exports_markdown() {
 
 #[test]
 fn the_default_cache_lives_under_xdg_data_home() {
+    let _turn = convoy_e2e::shared();
     let dir = tempfile::tempdir().expect("tempdir");
     let run = Command::new(convoy_bin())
         .args(["fleet", "import", s(&fixture("depot-small.csv"))])

@@ -164,6 +164,7 @@ const KNOWN: &[(&str, &str, usize)] = &[];
 
 #[test]
 fn layering_rules_of_architecture_md_hold_issue_17() {
+    let _turn = convoy_e2e::shared();
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../app/src");
     let mut files = Vec::new();
     rust_files(&src, &mut files);
@@ -240,6 +241,7 @@ fn layering_rules_of_architecture_md_hold_issue_17() {
 
 #[test]
 fn the_core_reads_no_clock_no_entropy_and_depends_on_no_io_crate() {
+    let _turn = convoy_e2e::shared();
     let core = Path::new(env!("CARGO_MANIFEST_DIR")).join("../core");
     let manifest = std::fs::read_to_string(core.join("Cargo.toml")).expect("core manifest");
     let deps = manifest
@@ -406,6 +408,7 @@ fn matches(code: &str, needle: Needle) -> bool {
 /// core's is checked above), so `cargo tree -p convoy_agent` holds no egui, rusqlite or axum.
 #[test]
 fn the_agent_builds_neither_the_console_nor_the_server() {
+    let _turn = convoy_e2e::shared();
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     for package in ["app/agent", "app/devlink"] {
         let manifest = std::fs::read_to_string(root.join(package).join("Cargo.toml"))
@@ -452,6 +455,7 @@ const VIEWS_ON_CONSOLE_APP: &[(&str, usize, &str)] = &[];
 /// shell that owns the state and drains the commands) hands a view the whole `ConsoleApp`.
 #[test]
 fn views_take_a_view_context_not_the_whole_console_issue_17() {
+    let _turn = convoy_e2e::shared();
     let gui = Path::new(env!("CARGO_MANIFEST_DIR")).join("../app/src/gui");
     let mut files = Vec::new();
     rust_files(&gui, &mut files);
@@ -510,6 +514,7 @@ fn views_take_a_view_context_not_the_whole_console_issue_17() {
 /// a worker needs to wake the UI: at the start of issue 17 six views took one to start theirs).
 #[test]
 fn views_start_no_thread_and_touch_no_file_or_cache_issue_17() {
+    let _turn = convoy_e2e::shared();
     let gui = Path::new(env!("CARGO_MANIFEST_DIR")).join("../app/src/gui");
     let mut files = Vec::new();
     rust_files(&gui, &mut files);
@@ -627,6 +632,7 @@ fn view_functions_on_console_app(code: &str) -> usize {
 
 #[test]
 fn view_functions_are_found_across_lines_and_only_with_console_app() {
+    let _turn = convoy_e2e::shared();
     let code = "pub fn map_ui(map: &mut MapState, cx: &ViewContext<'_>, ui: &mut egui::Ui) {}\n\
                 fn body_ui(\n    app: &mut ConsoleApp,\n    ui: &mut egui::Ui,\n) {}\n\
                 pub fn warroom_ui(app: &ConsoleApp, ui: &mut egui::Ui) {}\n\
@@ -639,4 +645,142 @@ fn view_functions_are_found_across_lines_and_only_with_console_app() {
     let names: Vec<&str> = bodies.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(names, ["a_ui", "b_ui"]);
     assert_eq!(bodies[0].1, "{ if x { spawn(); } }");
+}
+
+/// The first statement every end-to-end test must start with: its turn (tests/lib.rs, `alone`
+/// and `shared`).
+const TURNS: [&str; 2] = [
+    "let _turn = convoy_e2e::alone();",
+    "let _turn = convoy_e2e::shared();",
+];
+
+/// The tests of `text` (functions under `#[test]` or `#[tokio::test...]`): each one's name and
+/// its first statement (up to its first `;`), trimmed.
+fn tests_and_first_statements(text: &str) -> Vec<(String, String)> {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut found = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        let attr = line.trim();
+        if attr != "#[test]" && !attr.starts_with("#[tokio::test") {
+            continue;
+        }
+        // The function after the attribute (other attributes and comments may come between).
+        let Some(offset) = lines[i + 1..].iter().position(|l| {
+            let l = l.trim_start();
+            l.starts_with("fn ") || l.starts_with("async fn ")
+        }) else {
+            found.push((
+                format!("(a test attribute on line {})", i + 1),
+                String::new(),
+            ));
+            continue;
+        };
+        let rest = lines[i + 1 + offset..].join("\n");
+        let name = rest
+            .trim_start()
+            .trim_start_matches("async ")
+            .trim_start_matches("fn ")
+            .split(|c: char| !(c.is_alphanumeric() || c == '_'))
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        let first = rest
+            .split_once('{')
+            .map(|(_, body)| first_statement(body))
+            .unwrap_or_default();
+        found.push((name, first));
+    }
+    found
+}
+
+/// The first statement of `body` (a function's text after its `{`), trimmed, with its `;`:
+/// items before it (`use`, `const`, `static`) are skipped, as they are not statements.
+fn first_statement(body: &str) -> String {
+    let mut rest = body;
+    loop {
+        // The end of this statement or item: its first `;` outside brackets.
+        let mut depth = 0i32;
+        let end = rest.char_indices().find_map(|(i, c)| {
+            match c {
+                '(' | '[' | '{' => depth += 1,
+                ')' | ']' | '}' => depth -= 1,
+                ';' if depth == 0 => return Some(i),
+                _ => {}
+            }
+            None
+        });
+        let Some(end) = end else {
+            return String::new();
+        };
+        let statement = rest[..end].trim();
+        if !["use ", "const ", "static "]
+            .iter()
+            .any(|item| statement.starts_with(item))
+        {
+            return format!("{statement};");
+        }
+        rest = &rest[end + 1..];
+    }
+}
+
+/// Two tests at a time (`RUST_TEST_THREADS=2`, `.ci/run`) is safe only if every test takes its
+/// turn: a test that took none could run beside a time-sensitive one and starve its processes.
+/// So every test of `tests/it` starts with `convoy_e2e::alone()` (it runs simulated time against
+/// wall time or checks a wall-clock timeout) or `convoy_e2e::shared()` (anything else); see
+/// docs/TESTING.md.
+#[test]
+fn every_end_to_end_test_takes_its_turn() {
+    let _turn = convoy_e2e::shared();
+    let mut files = Vec::new();
+    rust_files(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("it"),
+        &mut files,
+    );
+    let mut names = Vec::new();
+    let mut missing = Vec::new();
+    for file in &files {
+        let text = std::fs::read_to_string(file).expect("a test file");
+        for (name, first) in tests_and_first_statements(&text) {
+            if !TURNS.contains(&first.as_str()) {
+                missing.push(format!("{}: {name} starts with `{first}`", file.display()));
+            }
+            names.push(name);
+        }
+    }
+    assert!(
+        names
+            .iter()
+            .any(|n| n == "every_end_to_end_test_takes_its_turn"),
+        "the scan found this very test: {names:?}"
+    );
+    assert!(
+        missing.is_empty(),
+        "these tests take no turn; start each with `let _turn = convoy_e2e::alone();` (it runs \
+         simulated time against wall time or checks a wall-clock timeout) or \
+         `let _turn = convoy_e2e::shared();` (anything else), see docs/TESTING.md:\n{}",
+        missing.join("\n")
+    );
+    // The scanner itself: attributes and comments between `#[test]` and `fn`, async tests, items
+    // before the first statement.
+    let sample = [
+        "#[test]",
+        "#[allow(x)] // why",
+        "fn a() {",
+        "    let _turn = convoy_e2e::alone();",
+        "}",
+        "#[tokio::test(flavor = \"multi_thread\")]",
+        "async fn b() -> Result<(), E> {",
+        "    use std::io::{Read, Write};",
+        "    const N: [u8; 2] = [1; 2];",
+        "    let x = 1;",
+        "}",
+    ]
+    .join("\n");
+    assert_eq!(
+        tests_and_first_statements(&sample),
+        [
+            ("a".to_owned(), TURNS[0].to_owned()),
+            ("b".to_owned(), "let x = 1;".to_owned()),
+        ]
+    );
 }

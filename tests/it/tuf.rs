@@ -175,6 +175,7 @@ fn fetch(
 
 #[test]
 fn tuf_export_is_fetched_by_python_tuf() {
+    let _turn = convoy_e2e::shared();
     if !python_tuf_available() {
         return;
     }

@@ -171,6 +171,7 @@ impl Drop for Bench {
 
 #[test]
 fn an_admin_alone_cannot_approve_with_tokens_minted_over_the_api() {
+    let _turn = convoy_e2e::shared();
     let mut b = Bench::new(&[("ada", "admin"), ("sam", "approver")]);
     // The attack of issue 16: ada requests, mints two approvers for made-up names, approves.
     let (status, body) = b.request("ada", "r-minted", None);
@@ -235,6 +236,7 @@ fn an_admin_alone_cannot_approve_with_tokens_minted_over_the_api() {
 
 #[test]
 fn names_that_differ_only_by_case_are_one_person() {
+    let _turn = convoy_e2e::shared();
     let mut b = Bench::new(&[
         ("ada", "admin"),
         ("dana", "dispatcher"),
@@ -341,6 +343,7 @@ fn names_that_differ_only_by_case_are_one_person() {
 
 #[test]
 fn a_token_made_after_the_request_or_the_requesters_own_does_not_approve() {
+    let _turn = convoy_e2e::shared();
     let mut b = Bench::new(&[
         ("dana", "dispatcher"),
         ("alex", "approver"),
@@ -368,6 +371,7 @@ fn a_token_made_after_the_request_or_the_requesters_own_does_not_approve() {
 
 #[test]
 fn the_emergency_path_is_not_one_persons_either() {
+    let _turn = convoy_e2e::shared();
     let mut b = Bench::new(&[
         ("ada", "admin"),
         ("erin", "approver"),
@@ -412,6 +416,7 @@ fn the_emergency_path_is_not_one_persons_either() {
 
 #[test]
 fn two_real_people_with_host_made_tokens_still_approve() {
+    let _turn = convoy_e2e::shared();
     let b = Bench::new(&[
         ("dana", "dispatcher"),
         ("alex", "approver"),
